@@ -1,0 +1,4 @@
+// Placeholder entry for the admin CLI.
+export function main(): void {
+  process.exitCode = 1;
+}
