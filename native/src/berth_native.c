@@ -1,0 +1,171 @@
+/*
+ * The two system calls Node cannot make itself: setns(2) around a synchronous callback (so a netlink
+ * socket or a /proc/sys file can be opened inside a pod's network namespace), and flock(2) (so our
+ * lease-file lock interoperates with Go host-local's go-filemutex).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
+#include <node_api.h>
+
+static const char *errno_name(int e) {
+  switch (e) {
+    case EPERM: return "EPERM";
+    case ENOENT: return "ENOENT";
+    case EBADF: return "EBADF";
+    case EINVAL: return "EINVAL";
+    case ENOMEM: return "ENOMEM";
+    case EACCES: return "EACCES";
+    case EINTR: return "EINTR";
+    case ENOLCK: return "ENOLCK";
+    case EWOULDBLOCK: return "EWOULDBLOCK";
+    case EMFILE: return "EMFILE";
+    case ENFILE: return "ENFILE";
+    case EUSERS: return "EUSERS";
+    case ENOSYS: return "ENOSYS";
+    default: return "EUNKNOWN";
+  }
+}
+
+/* Throws a Node-style system error: message "<syscall> <CODE>: <strerror>", code, errno, syscall. */
+static void throw_errno(napi_env env, int e, const char *syscall) {
+  char msg[256];
+  const char *name = errno_name(e);
+  snprintf(msg, sizeof msg, "%s %s: %s", syscall, name, strerror(e));
+  napi_value code, text, err, v;
+  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &code);
+  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &text);
+  napi_create_error(env, code, text, &err);
+  napi_create_int32(env, -e, &v); /* Node convention: errno is negative (uv style) */
+  napi_set_named_property(env, err, "errno", v);
+  napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &v);
+  napi_set_named_property(env, err, "syscall", v);
+  napi_throw(env, err);
+}
+
+static int get_fd(napi_env env, napi_value v, int32_t *out) {
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  if (t != napi_number) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "fd must be a number");
+    return 0;
+  }
+  napi_get_value_int32(env, v, out);
+  if (*out < 0) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "fd must be >= 0");
+    return 0;
+  }
+  return 1;
+}
+
+/*
+ * setnsRun(fd, fn): enter the network namespace `fd`, call fn() synchronously, switch back to the
+ * namespace we were in, return fn's value or rethrow its exception. Nothing else of the event loop
+ * can run in between, which is what makes this safe on Node's main thread.
+ */
+static napi_value setns_run(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2], undefined, result = NULL;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  napi_get_undefined(env, &undefined);
+  int32_t target;
+  if (argc < 2) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", "setnsRun(fd, fn) needs two arguments");
+    return NULL;
+  }
+  if (!get_fd(env, argv[0], &target)) return NULL;
+  napi_valuetype t;
+  napi_typeof(env, argv[1], &t);
+  if (t != napi_function) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "fn must be a function");
+    return NULL;
+  }
+
+  int orig = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (orig < 0) {
+    throw_errno(env, errno, "open");
+    return NULL;
+  }
+  if (setns(target, CLONE_NEWNET) != 0) {
+    int e = errno;
+    close(orig);
+    throw_errno(env, e, "setns");
+    return NULL;
+  }
+
+  napi_status st = napi_call_function(env, undefined, argv[1], 0, NULL, &result);
+
+  if (setns(orig, CLONE_NEWNET) != 0) {
+    /* Continuing would run the rest of the process in the pod's namespace: refuse. */
+    fprintf(stderr, "berth_native: setns back to the original network namespace failed: %s\n",
+            strerror(errno));
+    abort();
+  }
+  close(orig);
+  if (st != napi_ok) return NULL; /* the pending exception propagates to the caller */
+  return result;
+}
+
+/* flock(fd, mode, nonBlocking): mode 'ex' | 'sh' | 'un'; returns false when a non-blocking lock is busy. */
+static napi_value flock_fn(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], ret;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t fd;
+  if (argc < 2) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", "flock(fd, mode, nonBlocking?) needs fd and mode");
+    return NULL;
+  }
+  if (!get_fd(env, argv[0], &fd)) return NULL;
+  char mode[4] = {0};
+  size_t len = 0;
+  if (napi_get_value_string_utf8(env, argv[1], mode, sizeof mode, &len) != napi_ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "mode must be 'ex', 'sh' or 'un'");
+    return NULL;
+  }
+  int op;
+  if (strcmp(mode, "ex") == 0) op = LOCK_EX;
+  else if (strcmp(mode, "sh") == 0) op = LOCK_SH;
+  else if (strcmp(mode, "un") == 0) op = LOCK_UN;
+  else {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_VALUE", "mode must be 'ex', 'sh' or 'un'");
+    return NULL;
+  }
+  bool nb = false;
+  if (argc >= 3) {
+    napi_valuetype t;
+    napi_typeof(env, argv[2], &t);
+    if (t == napi_boolean) napi_get_value_bool(env, argv[2], &nb);
+  }
+  if (nb) op |= LOCK_NB;
+  int r;
+  do {
+    r = flock(fd, op);
+  } while (r != 0 && errno == EINTR);
+  if (r != 0) {
+    if (errno == EWOULDBLOCK) {
+      napi_get_boolean(env, false, &ret);
+      return ret;
+    }
+    throw_errno(env, errno, "flock");
+    return NULL;
+  }
+  napi_get_boolean(env, true, &ret);
+  return ret;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+    {"setnsRun", NULL, setns_run, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"flock", NULL, flock_fn, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -1,0 +1,65 @@
+// The one place the C addon (native/) is loaded and typed: setns around a synchronous callback, and flock(2).
+import { join } from 'node:path';
+
+/** Modes of flock(2): exclusive, shared, unlock. */
+export type FlockMode = 'ex' | 'sh' | 'un';
+
+/**
+ * The native surface. Errors are Node-style system errors: `code` ('EPERM', 'EBADF', …),
+ * `errno` (negative, as in Node's own errors) and `syscall` ('setns', 'open', 'flock').
+ */
+export interface NativeAddon {
+  /**
+   * Enters the network namespace open on `fd`, calls `fn` synchronously, switches back to the namespace
+   * the thread was in (also when `fn` throws; the process aborts if switching back fails), and returns
+   * `fn`'s value or rethrows its exception. `fn` must not rely on anything asynchronous: a promise it
+   * returns settles after the switch back, outside the namespace.
+   */
+  setnsRun<T>(fd: number, fn: () => T): T;
+  /**
+   * flock(2) on `fd` (EINTR retried). With `nonBlocking`, returns false when the lock is held elsewhere
+   * (EWOULDBLOCK); otherwise returns true once the lock is taken. Interoperates with Go's
+   * go-filemutex (host-local's `<dataDir>/<net>/lock`), which uses flock(2) too.
+   */
+  flock(fd: number, mode: FlockMode, nonBlocking?: boolean): boolean;
+}
+
+/** Where the addon is looked for, first hit wins. Exposed so error messages and tests can name them. */
+export function addonCandidates(env: NodeJS.ProcessEnv = process.env): string[] {
+  // src/ and dist/ both sit one level below the package root, so the same relative path works for the
+  // compiled code and for tests running the TypeScript sources.
+  const root = join(__dirname, '..');
+  const list: string[] = [];
+  const override = env.BERTH_NATIVE_ADDON;
+  if (override !== undefined && override !== '') list.push(override);
+  list.push(
+    join(root, 'native', 'build', 'Release', 'berth_native.node'),
+    join(root, 'native', 'build', 'Debug', 'berth_native.node'),
+    join(root, 'native', `prebuilds`, `${process.platform}-${process.arch}`, 'berth_native.node'),
+  );
+  return list;
+}
+
+let loaded: NativeAddon | undefined;
+
+/**
+ * Loads the addon (once, for the default candidates); the error lists every path tried and why each
+ * failed.
+ */
+export function loadNativeAddon(candidates?: readonly string[]): NativeAddon {
+  if (candidates === undefined && loaded !== undefined) return loaded;
+  const tried: string[] = [];
+  for (const file of candidates ?? addonCandidates()) {
+    try {
+      const addon = require(file) as NativeAddon;
+      if (candidates === undefined) loaded = addon;
+      return addon;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      tried.push(`  ${file}: ${code === 'MODULE_NOT_FOUND' ? 'not found' : (err as Error).message}`);
+    }
+  }
+  throw new Error(
+    `berth: failed to load the native addon (build it with \`npm run build:native\`); checked:\n${tried.join('\n')}`,
+  );
+}

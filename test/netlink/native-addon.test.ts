@@ -1,0 +1,99 @@
+// The addon's flock(2) must exclude other processes that use flock(2) (util-linux flock, Go's go-filemutex).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, mkdtempSync, openSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { addonCandidates, loadNativeAddon } from '../../src/native-addon';
+
+const addon = loadNativeAddon();
+const cleanups: Array<() => void> = [];
+afterEach(() => {
+  for (const c of cleanups.splice(0).reverse()) c();
+});
+
+function tempLockFile(): string {
+  const dir = mkdtempSync(join(tmpdir(), `bt${process.pid}-lock-`));
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+  return join(dir, 'lock');
+}
+
+function openFd(path: string, flags: string): number {
+  const fd = openSync(path, flags);
+  cleanups.push(() => closeSync(fd));
+  return fd;
+}
+
+/** Starts util-linux `flock <file> cat`, which holds the lock until its stdin closes. */
+async function holdLockInOtherProcess(path: string, shared: boolean): Promise<ChildProcess> {
+  const child = spawn('flock', [shared ? '-s' : '-x', path, 'sh', '-c', 'echo held; cat'], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  cleanups.push(() => child.kill());
+  await new Promise<void>((resolve, reject) => {
+    child.once('error', reject);
+    child.stdout!.once('data', () => resolve());
+  });
+  return child;
+}
+
+describe('native flock', () => {
+  it('takes, reports busy, and releases an exclusive lock across file descriptions', () => {
+    const path = tempLockFile();
+    const a = openFd(path, 'w');
+    const b = openFd(path, 'r');
+    expect(addon.flock(a, 'ex', true)).toBe(true);
+    // flock locks belong to the open file description, so a second open() of the same file conflicts.
+    expect(addon.flock(b, 'ex', true)).toBe(false);
+    expect(addon.flock(b, 'sh', true)).toBe(false);
+    expect(addon.flock(a, 'un')).toBe(true);
+    expect(addon.flock(b, 'sh', true)).toBe(true);
+    expect(addon.flock(a, 'sh', true)).toBe(true);
+    expect(addon.flock(a, 'ex', true)).toBe(false);
+  });
+
+  it('sees a lock held by another process (util-linux flock) and gets it once that process lets go', async () => {
+    const path = tempLockFile();
+    const fd = openFd(path, 'w');
+    const holder = await holdLockInOtherProcess(path, false);
+    expect(addon.flock(fd, 'ex', true)).toBe(false);
+    const exited = new Promise((resolve) => holder.once('exit', resolve));
+    holder.stdin!.end();
+    await exited;
+    expect(addon.flock(fd, 'ex', true)).toBe(true);
+  });
+
+  it('shares a shared lock with another process but refuses an exclusive one', async () => {
+    const path = tempLockFile();
+    const fd = openFd(path, 'w');
+    await holdLockInOtherProcess(path, true);
+    expect(addon.flock(fd, 'ex', true)).toBe(false);
+    expect(addon.flock(fd, 'sh', true)).toBe(true);
+  });
+
+  it('throws Node-style errors for a bad descriptor and a bad mode', () => {
+    const path = tempLockFile();
+    const fd = openSync(path, 'w');
+    closeSync(fd);
+    expect(() => addon.flock(fd, 'ex', true)).toThrow(
+      expect.objectContaining({ code: 'EBADF', errno: -9, syscall: 'flock' }),
+    );
+    const ok = openFd(path, 'r');
+    expect(() => addon.flock(ok, 'xx' as 'ex')).toThrow(TypeError);
+  });
+});
+
+describe('native addon loader', () => {
+  it('tries the override first, then the build output', () => {
+    const list = addonCandidates({ BERTH_NATIVE_ADDON: '/nonexistent/x.node' });
+    expect(list[0]).toBe('/nonexistent/x.node');
+    expect(list[1]).toMatch(/native\/build\/Release\/berth_native\.node$/);
+  });
+
+  it('names every path it tried when none loads', () => {
+    const dir = tempLockFile();
+    expect(() => loadNativeAddon(['/nonexistent/a.node', dir])).toThrow(
+      /checked:\n {2}\/nonexistent\/a\.node: not found\n {2}.*lock: not found/,
+    );
+  });
+});
