@@ -1,0 +1,57 @@
+// Serialises the host-side steps of ADD/DEL/GC that share state per network (bridge creation, gateway
+// addresses, nftables sets) across concurrent plugin processes, with flock(2) on a file per network.
+import { createHash } from 'node:crypto';
+import { closeSync, mkdirSync, openSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { CniError, ErrorCode } from '../cni-spec/errors';
+import { loadNativeAddon } from '../native-addon';
+
+/** Default directory of berth's runtime state; BERTH_RUN_DIR overrides it (tests use a private one). */
+export const DEFAULT_RUN_DIR = '/run/berth';
+
+export function runDir(env: Record<string, string | undefined>): string {
+  const d = env.BERTH_RUN_DIR;
+  return d !== undefined && d !== '' ? d : DEFAULT_RUN_DIR;
+}
+
+/**
+ * A short stable key for a network name: names may hold characters that files and nftables object
+ * names cannot, and nft names are limited in length.
+ */
+export function networkKey(network: string): string {
+  return createHash('sha256').update(network).digest('hex').slice(0, 12);
+}
+
+export interface NetworkLockOptions {
+  network: string;
+  env: Record<string, string | undefined>;
+  /** Gives up with code 11 (try again later) after this long; default 60 s. */
+  timeoutMs?: number;
+}
+
+/** Runs fn holding the network's exclusive lock; the lock is released when fn settles. */
+export async function withNetworkLock<T>(opts: NetworkLockOptions, fn: () => Promise<T>): Promise<T> {
+  const dir = join(runDir(opts.env), 'bridge');
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const file = join(dir, `${networkKey(opts.network)}.lock`);
+  const fd = openSync(file, 'a', 0o600);
+  try {
+    const addon = loadNativeAddon();
+    const deadline = Date.now() + (opts.timeoutMs ?? 60_000);
+    let wait = 2;
+    // Non-blocking attempts with a short back-off: a blocking flock would freeze the event loop and
+    // could not time out.
+    while (!addon.flock(fd, 'ex', true)) {
+      if (Date.now() > deadline) {
+        throw new CniError(ErrorCode.TryAgainLater, `timed out waiting for the lock of network "${opts.network}" (${file})`);
+      }
+      await sleep(wait);
+      wait = Math.min(wait * 2, 25);
+    }
+    return await fn();
+  } finally {
+    // Closing the descriptor drops the flock.
+    closeSync(fd);
+  }
+}

@@ -1,0 +1,172 @@
+// Source NAT for container addresses through nftables: one table for berth, per network two named sets
+// (container addresses, and address·own-subnet pairs) so that ADD and DEL are element changes, each
+// element tagged with its attachment so DEL and GC find it without the prevResult.
+import { networkKey } from './lock';
+import { attachmentTag, setElements, type Nft, type NftCommand, type NftObject } from './nft';
+
+export interface MasqAddress {
+  /** Container address, no prefix. */
+  ip: string;
+  family: 4 | 6;
+  /** Network address of the container's own subnet and its prefix length. */
+  subnet: string;
+  prefixLen: number;
+}
+
+export interface MasqScope {
+  nft: Nft;
+  table: string;
+  network: string;
+}
+
+const FAMILY = 'inet';
+
+export function masqNames(network: string): { chain: string; c4: string; c6: string; s4: string; s6: string } {
+  const h = networkKey(network);
+  return { chain: `masq_${h}`, c4: `c4_${h}`, c6: `c6_${h}`, s4: `s4_${h}`, s6: `s6_${h}` };
+}
+
+function jumpComment(network: string): string {
+  return `berth masquerade: ${network}`.slice(0, 127);
+}
+
+const payload = (protocol: string, field: string) => ({ payload: { protocol, field } });
+const match = (op: string, left: unknown, right: unknown) => ({ match: { op, left, right } });
+
+/** Everything a network needs besides its elements; `add` of table/chain/set is idempotent in nft. */
+function setupCommands(scope: MasqScope, withJumps: boolean): NftCommand[] {
+  const t = { family: FAMILY, table: scope.table };
+  const n = masqNames(scope.network);
+  const rule = (chain: string, expr: unknown[], comment?: string): NftCommand => ({
+    add: { rule: { ...t, chain, expr, ...(comment !== undefined ? { comment } : {}) } },
+  });
+  const cmds: NftCommand[] = [
+    { add: { table: { family: FAMILY, name: scope.table } } },
+    {
+      add: {
+        chain: { ...t, name: 'postrouting', type: 'nat', hook: 'postrouting', prio: 100, policy: 'accept' },
+      },
+    },
+    { add: { set: { ...t, name: n.c4, type: 'ipv4_addr' } } },
+    { add: { set: { ...t, name: n.c6, type: 'ipv6_addr' } } },
+    { add: { set: { ...t, name: n.s4, type: ['ipv4_addr', 'ipv4_addr'], flags: ['interval'] } } },
+    { add: { set: { ...t, name: n.s6, type: ['ipv6_addr', 'ipv6_addr'], flags: ['interval'] } } },
+    { add: { chain: { ...t, name: n.chain } } },
+    // Rewriting only this network's chain keeps the setup idempotent without touching other networks.
+    { flush: { chain: { ...t, name: n.chain } } },
+    rule(n.chain, [match('==', payload('ip', 'daddr'), { prefix: { addr: '224.0.0.0', len: 4 } }), { return: null }]),
+    rule(n.chain, [match('==', payload('ip6', 'daddr'), { prefix: { addr: 'ff00::', len: 8 } }), { return: null }]),
+    rule(n.chain, [match('==', { concat: [payload('ip', 'saddr'), payload('ip', 'daddr')] }, `@${n.s4}`), { return: null }]),
+    rule(n.chain, [match('==', { concat: [payload('ip6', 'saddr'), payload('ip6', 'daddr')] }, `@${n.s6}`), { return: null }]),
+    rule(n.chain, [{ masquerade: null }]),
+  ];
+  if (withJumps) {
+    cmds.push(
+      rule('postrouting', [match('==', payload('ip', 'saddr'), `@${n.c4}`), { jump: { target: n.chain } }], jumpComment(scope.network)),
+      rule('postrouting', [match('==', payload('ip6', 'saddr'), `@${n.c6}`), { jump: { target: n.chain } }], jumpComment(scope.network)),
+    );
+  }
+  return cmds;
+}
+
+/** Handles of this network's jump rules in postrouting. */
+function jumpHandles(objects: readonly NftObject[], network: string): number[] {
+  const chain = masqNames(network).chain;
+  const handles: number[] = [];
+  for (const o of objects) {
+    const r = o.rule;
+    if (r === undefined || r.chain !== 'postrouting') continue;
+    const jumps = JSON.stringify(r.expr ?? []).includes(`"jump":{"target":"${chain}"}`);
+    if (jumps) handles.push(r.handle as number);
+  }
+  return handles;
+}
+
+function hasChain(objects: readonly NftObject[], name: string): boolean {
+  return objects.some((o) => o.chain !== undefined && o.chain.name === name);
+}
+
+function elementCommands(scope: MasqScope, op: 'add' | 'delete', addrs: readonly MasqAddress[], tag: string): NftCommand[] {
+  const n = masqNames(scope.network);
+  const cmds: NftCommand[] = [];
+  for (const a of addrs) {
+    const [cset, sset] = a.family === 4 ? [n.c4, n.s4] : [n.c6, n.s6];
+    const base = { family: FAMILY, table: scope.table };
+    cmds.push({ [op]: { element: { ...base, name: cset, elem: [{ elem: { val: a.ip, comment: tag } }] } } });
+    cmds.push({
+      [op]: {
+        element: {
+          ...base,
+          name: sset,
+          elem: [{ elem: { val: { concat: [a.ip, { prefix: { addr: a.subnet, len: a.prefixLen } }] }, comment: tag } }],
+        },
+      },
+    });
+  }
+  return cmds;
+}
+
+/**
+ * Makes sure the network's chain, sets and jumps exist (caller holds the network lock), then adds the
+ * attachment's elements, all in one transaction.
+ */
+export async function addMasquerade(scope: MasqScope, attachment: { containerId: string; ifname: string }, addrs: readonly MasqAddress[]): Promise<void> {
+  const tag = attachmentTag(attachment.containerId, attachment.ifname);
+  const objects = (await scope.nft.listTable(FAMILY, scope.table)) ?? [];
+  const n = masqNames(scope.network);
+  const ready = hasChain(objects, n.chain) && jumpHandles(objects, scope.network).length === 2 &&
+    [n.c4, n.c6, n.s4, n.s6].every((s) => setElements(objects, s) !== undefined);
+  const cmds = ready ? [] : setupCommands(scope, jumpHandles(objects, scope.network).length === 0);
+  if (!ready && jumpHandles(objects, scope.network).length === 1) {
+    // A half-present pair of jumps (someone deleted one): rebuild both.
+    for (const h of jumpHandles(objects, scope.network)) cmds.push({ delete: { rule: { family: FAMILY, table: scope.table, chain: 'postrouting', handle: h } } });
+    cmds.push(...setupCommands(scope, true).slice(-2));
+  }
+  cmds.push(...elementCommands(scope, 'add', addrs, tag));
+  await scope.nft.apply(cmds);
+}
+
+/** Elements of the network whose tag is in `tags` (or, with `keep`, whose tag is not in it). */
+function taggedElements(objects: readonly NftObject[], network: string, pick: (tag: string | undefined) => boolean): { set: string; val: unknown; tag: string | undefined }[] {
+  const n = masqNames(network);
+  const found: { set: string; val: unknown; tag: string | undefined }[] = [];
+  for (const set of [n.c4, n.c6, n.s4, n.s6]) {
+    for (const e of setElements(objects, set) ?? []) if (pick(e.comment)) found.push({ set, val: e.val, tag: e.comment });
+  }
+  return found;
+}
+
+/**
+ * Removes the elements whose attachment tag `pick` selects; when the network has no element left, removes
+ * its chain, sets and jumps too. Returns the tags removed. Caller holds the network lock.
+ */
+export async function removeMasquerade(scope: MasqScope, pick: (tag: string | undefined) => boolean): Promise<string[]> {
+  const objects = await scope.nft.listTable(FAMILY, scope.table);
+  if (objects === undefined) return [];
+  const n = masqNames(scope.network);
+  const doomed = taggedElements(objects, scope.network, pick);
+  const remaining = taggedElements(objects, scope.network, () => true).length - doomed.length;
+  const cmds: NftCommand[] = doomed.map((d) => ({
+    delete: { element: { family: FAMILY, table: scope.table, name: d.set, elem: [d.val] } },
+  }));
+  if (remaining === 0) {
+    for (const h of jumpHandles(objects, scope.network)) {
+      cmds.push({ delete: { rule: { family: FAMILY, table: scope.table, chain: 'postrouting', handle: h } } });
+    }
+    if (hasChain(objects, n.chain)) cmds.push({ delete: { chain: { family: FAMILY, table: scope.table, name: n.chain } } });
+    for (const s of [n.c4, n.c6, n.s4, n.s6]) {
+      if (setElements(objects, s) !== undefined) cmds.push({ delete: { set: { family: FAMILY, table: scope.table, name: s } } });
+    }
+  }
+  await scope.nft.apply(cmds);
+  return [...new Set(doomed.map((d) => d.tag ?? ''))];
+}
+
+/** The container addresses present for one attachment (CHECK). */
+export async function masqueradeAddresses(scope: MasqScope, tag: string): Promise<string[]> {
+  const objects = (await scope.nft.listTable(FAMILY, scope.table)) ?? [];
+  const n = masqNames(scope.network);
+  const ready = hasChain(objects, n.chain) && jumpHandles(objects, scope.network).length === 2;
+  if (!ready) return [];
+  return [n.c4, n.c6].flatMap((s) => (setElements(objects, s) ?? []).filter((e) => e.comment === tag).map((e) => String(e.val)));
+}

@@ -1,0 +1,114 @@
+// MAC spoof check through nftables bridge rules: frames entering the bridge from a container's host veth
+// are dropped unless their source MAC is the container's. Per network, a set of guarded ports and a set of
+// allowed (port, MAC) pairs, elements tagged with the attachment like the masquerade sets.
+import { networkKey } from './lock';
+import { attachmentTag, setElements, type Nft, type NftCommand, type NftObject } from './nft';
+
+export interface SpoofScope {
+  nft: Nft;
+  table: string;
+  network: string;
+}
+
+const FAMILY = 'bridge';
+
+export function spoofNames(network: string): { ports: string; allowed: string } {
+  const h = networkKey(network);
+  return { ports: `p_${h}`, allowed: `a_${h}` };
+}
+
+function ruleComment(network: string): string {
+  return `berth macspoofchk: ${network}`.slice(0, 127);
+}
+
+function ruleHandles(objects: readonly NftObject[], network: string): number[] {
+  const n = spoofNames(network);
+  return objects
+    .filter((o) => o.rule !== undefined && o.rule.chain === 'prerouting' && JSON.stringify(o.rule.expr ?? []).includes(`"@${n.allowed}"`))
+    .map((o) => o.rule!.handle as number);
+}
+
+function elementCommands(scope: SpoofScope, op: 'add' | 'delete', hostVeth: string, mac: string, tag: string): NftCommand[] {
+  const n = spoofNames(scope.network);
+  const base = { family: FAMILY, table: scope.table };
+  return [
+    { [op]: { element: { ...base, name: n.ports, elem: [{ elem: { val: hostVeth, comment: tag } }] } } },
+    { [op]: { element: { ...base, name: n.allowed, elem: [{ elem: { val: { concat: [hostVeth, mac] }, comment: tag } }] } } },
+  ];
+}
+
+/** Guards `hostVeth` so that only `mac` may enter from it. Caller holds the network lock. */
+export async function addSpoofCheck(
+  scope: SpoofScope,
+  attachment: { containerId: string; ifname: string; hostVeth: string; mac: string },
+): Promise<void> {
+  const tag = attachmentTag(attachment.containerId, attachment.ifname);
+  const objects = (await scope.nft.listTable(FAMILY, scope.table)) ?? [];
+  const n = spoofNames(scope.network);
+  const t = { family: FAMILY, table: scope.table };
+  const cmds: NftCommand[] = [];
+  const setsThere = setElements(objects, n.ports) !== undefined && setElements(objects, n.allowed) !== undefined;
+  if (!setsThere || ruleHandles(objects, scope.network).length !== 1) {
+    cmds.push(
+      { add: { table: { family: FAMILY, name: scope.table } } },
+      { add: { chain: { ...t, name: 'prerouting', type: 'filter', hook: 'prerouting', prio: -300, policy: 'accept' } } },
+      { add: { set: { ...t, name: n.ports, type: 'ifname' } } },
+      { add: { set: { ...t, name: n.allowed, type: ['ifname', 'ether_addr'] } } },
+    );
+    for (const h of ruleHandles(objects, scope.network)) cmds.push({ delete: { rule: { ...t, chain: 'prerouting', handle: h } } });
+    cmds.push({
+      add: {
+        rule: {
+          ...t,
+          chain: 'prerouting',
+          comment: ruleComment(scope.network),
+          expr: [
+            { match: { op: '==', left: { meta: { key: 'iifname' } }, right: `@${n.ports}` } },
+            {
+              match: {
+                op: '!=',
+                left: { concat: [{ meta: { key: 'iifname' } }, { payload: { protocol: 'ether', field: 'saddr' } }] },
+                right: `@${n.allowed}`,
+              },
+            },
+            { drop: null },
+          ],
+        },
+      },
+    });
+  }
+  cmds.push(...elementCommands(scope, 'add', attachment.hostVeth, attachment.mac, tag));
+  await scope.nft.apply(cmds);
+}
+
+/**
+ * Removes the elements whose tag `pick` selects; when none is left, removes the network's rule and sets.
+ * Returns the tags removed. Caller holds the network lock.
+ */
+export async function removeSpoofCheck(scope: SpoofScope, pick: (tag: string | undefined) => boolean): Promise<string[]> {
+  const objects = await scope.nft.listTable(FAMILY, scope.table);
+  if (objects === undefined) return [];
+  const n = spoofNames(scope.network);
+  const t = { family: FAMILY, table: scope.table };
+  const all = [n.ports, n.allowed].flatMap((set) => (setElements(objects, set) ?? []).map((e) => ({ set, ...e })));
+  const doomed = all.filter((e) => pick(e.comment));
+  const cmds: NftCommand[] = doomed.map((d) => ({ delete: { element: { ...t, name: d.set, elem: [d.val] } } }));
+  if (all.length === doomed.length) {
+    for (const h of ruleHandles(objects, scope.network)) cmds.push({ delete: { rule: { ...t, chain: 'prerouting', handle: h } } });
+    for (const s of [n.ports, n.allowed]) if (setElements(objects, s) !== undefined) cmds.push({ delete: { set: { ...t, name: s } } });
+  }
+  await scope.nft.apply(cmds);
+  return [...new Set(doomed.map((d) => d.comment ?? ''))];
+}
+
+/** The (port, MAC) pairs allowed for one attachment (CHECK). */
+export async function spoofCheckEntries(scope: SpoofScope, tag: string): Promise<{ port: string; mac: string }[]> {
+  const objects = (await scope.nft.listTable(FAMILY, scope.table)) ?? [];
+  if (ruleHandles(objects, scope.network).length !== 1) return [];
+  return (setElements(objects, spoofNames(scope.network).allowed) ?? [])
+    .filter((e) => e.comment === tag)
+    .map((e) => {
+      const [port, mac] = (e.val as { concat: [string, string] }).concat;
+      return { port, mac };
+    });
+}

@@ -1,0 +1,85 @@
+// Masquerade and spoof-check element management against the real nft, in a private table.
+import { execFileSync } from 'node:child_process';
+import { afterEach, describe, expect, it } from 'vitest';
+import { addMasquerade, masqNames, masqueradeAddresses, removeMasquerade } from '../../src/bridge/masquerade';
+import { attachmentTag, systemNft } from '../../src/bridge/nft';
+import { addSpoofCheck, removeSpoofCheck, spoofCheckEntries, spoofNames } from '../../src/bridge/spoofcheck';
+
+const table = `bt${process.pid}nft`;
+const list = (family: string): string => {
+  try {
+    return execFileSync('nft', ['list', 'table', family, table], { encoding: 'utf8' });
+  } catch {
+    return '';
+  }
+};
+
+afterEach(() => {
+  for (const family of ['inet', 'bridge']) {
+    try {
+      execFileSync('nft', ['delete', 'table', family, table], { stdio: 'ignore' });
+    } catch {
+      // already gone
+    }
+  }
+});
+
+describe('masquerade sets', () => {
+  const scope = { nft: systemNft, table, network: 'bt-net-a' };
+  const v4 = (ip: string) => ({ ip, family: 4 as const, subnet: '198.18.128.0', prefixLen: 24 });
+
+  it('adds tagged elements, removes them by attachment, and removes the network objects with the last one', async () => {
+    await addMasquerade(scope, { containerId: 'c1', ifname: 'eth0' }, [v4('198.18.128.2'), { ip: 'fd00:b::2', family: 6, subnet: 'fd00:b::', prefixLen: 64 }]);
+    await addMasquerade(scope, { containerId: 'c2', ifname: 'eth0' }, [v4('198.18.128.3')]);
+    const text = list('inet');
+    const n = masqNames('bt-net-a');
+    expect(text).toContain(`chain ${n.chain}`);
+    expect(text).toContain('198.18.128.2 comment "c1/eth0"');
+    expect(text).toContain('198.18.128.3 . 198.18.128.0/24 comment "c2/eth0"');
+    expect(text).toContain('fd00:b::2 comment "c1/eth0"');
+    // exactly two jumps, even after a second ADD
+    expect(text.match(new RegExp(`jump ${n.chain}`, 'g'))).toHaveLength(2);
+    expect(await masqueradeAddresses(scope, attachmentTag('c1', 'eth0'))).toEqual(['198.18.128.2', 'fd00:b::2']);
+
+    expect(await removeMasquerade(scope, (t) => t === 'c1/eth0')).toEqual(['c1/eth0']);
+    const after = list('inet');
+    expect(after).not.toContain('c1/eth0');
+    expect(after).toContain('c2/eth0');
+
+    await removeMasquerade(scope, (t) => t === 'c2/eth0');
+    const empty = list('inet');
+    expect(empty).not.toContain(n.chain);
+    expect(empty).not.toContain(n.c4);
+    // removing again is a no-op
+    expect(await removeMasquerade(scope, (t) => t === 'c2/eth0')).toEqual([]);
+  });
+
+  it('leaves other networks alone', async () => {
+    const other = { ...scope, network: 'bt-net-b' };
+    await addMasquerade(scope, { containerId: 'c1', ifname: 'eth0' }, [v4('198.18.128.2')]);
+    await addMasquerade(other, { containerId: 'c1', ifname: 'eth0' }, [v4('198.18.129.2')]);
+    await removeMasquerade(scope, () => true);
+    const text = list('inet');
+    expect(text).toContain(masqNames('bt-net-b').chain);
+    expect(text).toContain('198.18.129.2');
+    expect(text).not.toContain(masqNames('bt-net-a').chain);
+  });
+});
+
+describe('spoof-check sets', () => {
+  const scope = { nft: systemNft, table, network: 'bt-net-a' };
+  it('adds one rule per network and tagged (port, mac) pairs; removes them', async () => {
+    await addSpoofCheck(scope, { containerId: 'c1', ifname: 'eth0', hostVeth: 'veth00000001', mac: '02:00:00:00:00:01' });
+    await addSpoofCheck(scope, { containerId: 'c2', ifname: 'eth0', hostVeth: 'veth00000002', mac: '02:00:00:00:00:02' });
+    const text = list('bridge');
+    const n = spoofNames('bt-net-a');
+    expect(text.match(new RegExp(`@${n.allowed} drop`, 'g'))).toHaveLength(1);
+    expect(await spoofCheckEntries(scope, 'c2/eth0')).toEqual([{ port: 'veth00000002', mac: '02:00:00:00:00:02' }]);
+    await removeSpoofCheck(scope, (t) => t === 'c1/eth0');
+    expect(list('bridge')).not.toContain('veth00000001');
+    await removeSpoofCheck(scope, (t) => t === 'c2/eth0');
+    const empty = list('bridge');
+    expect(empty).not.toContain(n.allowed);
+    expect(empty).not.toContain('drop');
+  });
+});
