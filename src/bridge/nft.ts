@@ -21,8 +21,8 @@ function run(args: string[], stdin?: string): Promise<{ code: number; stdout: st
     const child = spawn('nft', args, { stdio: [stdin === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     child.on('error', (err) =>
       reject(new CniError(ErrorCode.Internal, `cannot run nft: ${err.message}`, undefined, { cause: err })),
     );

@@ -1,0 +1,57 @@
+import { describe, expect, it } from 'vitest';
+import { parseBridgeConf } from '../../src/bridge/config';
+import { parseCidr, planAddresses } from '../../src/bridge/gateway';
+
+const conf = (extra: Record<string, unknown>) =>
+  parseBridgeConf({
+    config: { cniVersion: '1.0.0', name: 'n', ipam: { type: 'host-local' }, ...extra },
+    cniArgs: new Map(),
+    runtimeConfig: () => undefined,
+  });
+
+describe('parseCidr', () => {
+  it.each([
+    ['198.18.128.5/24', { family: 4, ip: '198.18.128.5', prefixLen: 24, network: '198.18.128.0' }],
+    ['fd00:b:0::5/64', { family: 6, ip: 'fd00:b::5', prefixLen: 64, network: 'fd00:b::' }],
+  ])('%s', (cidr, expected) => expect(parseCidr(cidr)).toEqual(expected));
+});
+
+describe('planAddresses', () => {
+  const ipam = [{ address: '198.18.128.5/24' }, { address: 'fd00:b::5/64', gateway: 'fd00:b::fe' }];
+
+  it('without isGateway: interface 2, no gateways, routes untouched', () => {
+    const p = planAddresses(conf({}), ipam, [{ dst: '198.18.0.0/15' }]);
+    expect(p.ips).toEqual([
+      { address: '198.18.128.5/24', interface: 2 },
+      { address: 'fd00:b::5/64', gateway: 'fd00:b::fe', interface: 2 },
+    ]);
+    expect(p.gateways).toEqual([]);
+    expect(p.routes).toEqual([{ dst: '198.18.0.0/15' }]);
+    expect(p.hasV6).toBe(true);
+    expect(p.masq).toEqual([
+      { ip: '198.18.128.5', family: 4, subnet: '198.18.128.0', prefixLen: 24 },
+      { ip: 'fd00:b::5', family: 6, subnet: 'fd00:b::', prefixLen: 64 },
+    ]);
+  });
+
+  it('isGateway fills missing gateways with network + 1 and lists bridge addresses', () => {
+    const p = planAddresses(conf({ isGateway: true }), ipam, []);
+    expect(p.ips[0]!.gateway).toBe('198.18.128.1');
+    expect(p.gateways.map((g) => g.cidr)).toEqual(['198.18.128.1/24', 'fd00:b::fe/64']);
+    expect(p.routes).toEqual([]);
+  });
+
+  it('isDefaultGateway adds one default route per family', () => {
+    const p = planAddresses(conf({ isDefaultGateway: true }), [...ipam, { address: '198.18.129.5/24' }], []);
+    expect(p.routes).toEqual([
+      { dst: '0.0.0.0/0', gw: '198.18.128.1' },
+      { dst: '::/0', gw: 'fd00:b::fe' },
+    ]);
+    expect(p.gateways.map((g) => g.cidr)).toEqual(['198.18.128.1/24', 'fd00:b::fe/64', '198.18.129.1/24']);
+  });
+
+  it('isDefaultGateway keeps an IPAM default route that has a gateway', () => {
+    const p = planAddresses(conf({ isDefaultGateway: true }), [ipam[0]!], [{ dst: '0.0.0.0/0', gw: '198.18.128.254' }]);
+    expect(p.routes).toEqual([{ dst: '0.0.0.0/0', gw: '198.18.128.254' }]);
+  });
+});
