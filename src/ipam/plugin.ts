@@ -1,4 +1,6 @@
-// Placeholder entry until the plugin lands; replaced by a handler table on src/cni-spec/dispatch.
+// Placeholder entry until the IPAM plugin lands: answers VERSION, refuses every other command clearly.
+import { runPlugin } from '../cni-spec/dispatch';
+
 export function main(): void {
-  process.exitCode = 1;
+  runPlugin({}, { name: 'berth-ipam' });
 }

@@ -1,0 +1,46 @@
+// The rules for names that later become file paths or kernel names: container id, network name, ifname.
+
+/** libcni's charset for container ids and network names (`pkg/utils`): no path separators, no leading dot. */
+const ID_CHARSET = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
+
+/** Linux IFNAMSIZ is 16 including the terminating NUL. */
+export const MAX_IFNAME_BYTES = 15;
+
+/** Describes what is wrong with a container id, or undefined when it is acceptable. */
+export function containerIdProblem(id: string): string | undefined {
+  if (id === '') return 'must not be empty';
+  if (!ID_CHARSET.test(id)) {
+    return 'must start with a letter or digit and contain only letters, digits, "_", "." and "-"';
+  }
+  return undefined;
+}
+
+/** Describes what is wrong with a network name (it names a directory later), or undefined. */
+export function networkNameProblem(name: string): string | undefined {
+  if (name === '') return 'must not be empty';
+  if (!ID_CHARSET.test(name)) {
+    return 'must start with a letter or digit and contain only letters, digits, "_", "." and "-"';
+  }
+  return undefined;
+}
+
+/** Describes what is wrong with an interface name (the kernel's and libcni's rules), or undefined. */
+export function ifnameProblem(name: string): string | undefined {
+  if (name === '') return 'must not be empty';
+  if (utf8Length(name) > MAX_IFNAME_BYTES) return `must be at most ${MAX_IFNAME_BYTES} bytes`;
+  if (name === '.' || name === '..') return 'must not be "." or ".."';
+  if (name.includes('/')) return 'must not contain "/"';
+  if (name.includes(':')) return 'must not contain ":"';
+  if (/\s/u.test(name)) return 'must not contain whitespace';
+  return undefined;
+}
+
+// Counted by hand: TextEncoder is not part of the ES library this room compiles against.
+function utf8Length(s: string): number {
+  let n = 0;
+  for (const ch of s) {
+    const cp = ch.codePointAt(0) ?? 0;
+    n += cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+  }
+  return n;
+}
