@@ -136,6 +136,19 @@ describe('DEL', () => {
     for (const call of fake.calls()) expect(call.stdin).not.toHaveProperty('prevResult');
   });
 
+  test('a list whose version changed since the ADD gets the cached result converted to its version', async () => {
+    fake.writeConf('10-net1.conflist', list({ cniVersion: '1.0.0' }));
+    await exec('add', '/run/netns/p1');
+    fake.writeConf('10-net1.conflist', list({ cniVersion: '0.4.0' }));
+    fake.resetCalls();
+    expect((await exec('del', '/run/netns/p1')).code).toBe(0);
+    // 0.4.0 tags every IP with its family; 1.0.0 had dropped the field.
+    expect(fake.calls()[0]?.stdin.prevResult).toMatchObject({
+      cniVersion: '0.4.0',
+      ips: [{ version: '4', address: '198.18.7.5/24', interface: 0 }],
+    });
+  });
+
   test('lists older than 0.4.0 get no prevResult on DEL', async () => {
     fake.writeConf('10-net1.conflist', list({ cniVersion: '0.3.1' }));
     await exec('add', '/run/netns/p1');

@@ -78,13 +78,13 @@ describe('cache file', () => {
   });
 
   test.each([
-    [{ containerId: '' }, 'missing containerID'],
-    [{ containerId: '../x' }, 'invalid characters in containerID'],
-    [{ networkName: 'a/b' }, 'invalid characters found in network name'],
-    [{ ifName: '' }, 'interface name is empty'],
-    [{ ifName: 'sixteen-bytes-xx' }, 'interface name is too long'],
-    [{ ifName: '..' }, 'invalid characters found in interface name'],
-    [{ ifName: 'a:b' }, 'invalid characters found in interface name'],
+    [{ containerId: '' }, 'invalid container id ""'],
+    [{ containerId: '../x' }, 'invalid container id "../x"'],
+    [{ networkName: 'a/b' }, 'invalid network name "a/b"'],
+    [{ ifName: '' }, 'invalid interface name ""'],
+    [{ ifName: 'sixteen-bytes-xx' }, 'at most 15 bytes'],
+    [{ ifName: '..' }, 'invalid interface name ".."'],
+    [{ ifName: 'a:b' }, 'invalid interface name "a:b"'],
   ])('names reaching the file path are validated: %j', (over, msg) => {
     expect(() => validateAttachmentKey({ ...entry(), ...over })).toThrow(msg);
   });

@@ -3,7 +3,7 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { extname, join } from 'node:path';
 import { CniError, ErrorCode } from '../../cni-spec/errors';
-import { compareSpecVersions, IMPLEMENTED_SPEC_VERSION } from './spec-version';
+import { compareVersions, IMPLEMENTED_VERSION } from '../../cni-spec/versions';
 
 /** One plugin object of the list, as written by the administrator (unknown keys kept verbatim). */
 export type PluginConf = Record<string, unknown> & { type: string; capabilities?: Record<string, unknown> };
@@ -129,7 +129,7 @@ function pickVersion(rawVersions: unknown, cniVersion: string, fail: (msg: strin
   const consider = (v: string, what: string): void => {
     let newer: boolean;
     try {
-      newer = compareSpecVersions(v, IMPLEMENTED_SPEC_VERSION) > 0;
+      newer = compareVersions(v, IMPLEMENTED_VERSION) > 0;
     } catch {
       return fail(`invalid ${what}`);
     }
@@ -141,7 +141,7 @@ function pickVersion(rawVersions: unknown, cniVersion: string, fail: (msg: strin
   });
   if (cniVersion !== '') consider(cniVersion, `cniVersion ${cniVersion}`);
   if (usable.length === 0) return cniVersion;
-  return usable.sort(compareSpecVersions)[usable.length - 1] as string;
+  return usable.sort(compareVersions)[usable.length - 1] as string;
 }
 
 function parseBoolKey(raw: Record<string, unknown>, key: string, fail: (msg: string) => never): boolean {

@@ -12,7 +12,7 @@ import {
   validateAttachmentKey,
   writeCacheEntry,
 } from './result-cache';
-import { atLeast, COMMAND_MIN_VERSION } from './spec-version';
+import { COMMAND_MIN_VERSION, versionAtLeast as atLeast } from '../../cni-spec/versions';
 
 /** How plugins are found and executed; tests and the demo use the real one, on real executables. */
 export interface PluginRunner {

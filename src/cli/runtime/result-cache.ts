@@ -3,6 +3,7 @@
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CniError, ErrorCode } from '../../cni-spec/errors';
+import { containerIdProblem, ifnameProblem, networkNameProblem } from '../../cni-spec/identifiers';
 
 /** libcni's default: the cache files live in `<dir>/results/`. */
 export const DEFAULT_CACHE_DIR = '/var/lib/cni';
@@ -25,26 +26,17 @@ export interface CachedAttachment extends AttachmentKey {
   result: Record<string, unknown> | undefined;
 }
 
-// Same rules as libcni's utils.Validate*: these three strings become a file name under the cache dir.
-const NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
-
+/** libcni validates these three before ADD/CHECK/DEL: they become a file name under the cache dir. */
 export function validateAttachmentKey(key: AttachmentKey): void {
-  if (key.containerId === '') throw new CniError(ErrorCode.UnknownContainer, 'missing containerID');
-  if (!NAME_RE.test(key.containerId)) {
-    throw new CniError(ErrorCode.InvalidEnvironmentVariables, 'invalid characters in containerID', key.containerId);
+  const id = containerIdProblem(key.containerId);
+  if (id !== undefined) {
+    const code = key.containerId === '' ? ErrorCode.UnknownContainer : ErrorCode.InvalidEnvironmentVariables;
+    throw new CniError(code, `invalid container id "${key.containerId}": ${id}`);
   }
-  if (key.networkName === '') throw new CniError(ErrorCode.InvalidNetworkConfig, 'missing network name');
-  if (!NAME_RE.test(key.networkName)) {
-    throw new CniError(ErrorCode.InvalidNetworkConfig, 'invalid characters found in network name', key.networkName);
-  }
-  const ifn = key.ifName;
-  if (ifn === '') throw new CniError(ErrorCode.InvalidEnvironmentVariables, 'interface name is empty');
-  if (Buffer.byteLength(ifn) > 15) {
-    throw new CniError(ErrorCode.InvalidEnvironmentVariables, 'interface name is too long', 'interface name should be less than 16 characters');
-  }
-  if (ifn === '.' || ifn === '..' || /[/:\s]/.test(ifn)) {
-    throw new CniError(ErrorCode.InvalidEnvironmentVariables, 'invalid characters found in interface name', ifn);
-  }
+  const net = networkNameProblem(key.networkName);
+  if (net !== undefined) throw new CniError(ErrorCode.InvalidNetworkConfig, `invalid network name "${key.networkName}": ${net}`);
+  const ifn = ifnameProblem(key.ifName);
+  if (ifn !== undefined) throw new CniError(ErrorCode.InvalidEnvironmentVariables, `invalid interface name "${key.ifName}": ${ifn}`);
 }
 
 export function cacheFilePath(cacheDir: string, key: AttachmentKey): string {

@@ -1,12 +1,9 @@
 // Converts a cached result to the list's current version before it is sent as prevResult (libcni
 // GetAsVersion): the list may have changed version since the ADD that produced the cache.
-import { CniError, ErrorCode } from '../../cni-spec/errors';
+import { parseResult, toVersion } from '../../cni-spec/convert';
 
-const SAME_LAYOUT = new Set(['1.0.0', '1.1.0']);
-
-export function convertCachedResult(result: Record<string, unknown>, toVersion: string): Record<string, unknown> {
-  const from = typeof result.cniVersion === 'string' ? result.cniVersion : '';
-  if (from === toVersion) return result;
-  if (SAME_LAYOUT.has(from) && SAME_LAYOUT.has(toVersion)) return { ...result, cniVersion: toVersion };
-  throw new CniError(ErrorCode.IncompatibleCniVersion, `cannot convert a ${from} result to ${toVersion}`);
+export function convertCachedResult(result: Record<string, unknown>, version: string): Record<string, unknown> {
+  // Same version: passed on as cached, so keys a chained plugin added beyond the spec survive.
+  if (result.cniVersion === version) return result;
+  return toVersion(parseResult(result, version), version) as unknown as Record<string, unknown>;
 }
