@@ -1,0 +1,110 @@
+// Entering a pod's network namespace from Node: the only door is withNetns, a synchronous scope.
+//
+// Hazard (why the scope is synchronous): setns(2) changes the namespace of the calling *thread*. Node
+// runs JavaScript on one thread, so if the code inside awaited anything, every other callback that runs
+// meanwhile (timers, I/O completions, other requests) would run in the pod's namespace, and libuv's
+// threadpool (fs, DNS) would not follow the switch at all. So enter, work and leave happen in one native
+// call (`setnsRun`), with no `await` in between. What survives the scope are file descriptors: a netlink
+// socket or a /proc/sys file opened inside stays bound to the namespace it was opened in. Hence the
+// pattern: open sockets/files inside, use them asynchronously outside.
+import { closeSync, openSync, readlinkSync, statfsSync } from 'node:fs';
+import { loadNativeAddon } from '../native-addon';
+import { NetlinkError, toNetlinkError } from './errors';
+
+const NSFS_MAGIC = 0x6e736673;
+const PROC_SUPER_MAGIC = 0x9fa0;
+
+/** An open network namespace: a path (bind mount or /proc/<pid>/ns/net) or an fd we were given. */
+export interface NetnsRef {
+  readonly fd: number;
+  /** The path it was opened from, when it was opened from one. */
+  readonly path: string | undefined;
+  /** Closes the fd if this ref opened it; a borrowed fd stays open. */
+  close(): void;
+}
+
+/** A namespace by path, by fd (borrowed), or an already open ref. */
+export type NetnsSpec = string | number | NetnsRef;
+
+/**
+ * Opens a network namespace by path. Errors (NetlinkError, op 'open netns', object = path):
+ * `ENOENT` when the path does not exist (DEL treats this as "already gone"), `ENOTNS` when it exists but
+ * is on neither nsfs nor procfs (a plain file or directory), other errno names as open(2) reports them.
+ */
+export function openNetns(spec: string | number): NetnsRef {
+  if (typeof spec === 'number') {
+    return { fd: spec, path: undefined, close() {} };
+  }
+  let type: number;
+  try {
+    type = statfsSync(spec).type;
+  } catch (err) {
+    throw toNetlinkError(err, 'open netns', spec);
+  }
+  if (type !== NSFS_MAGIC && type !== PROC_SUPER_MAGIC) {
+    throw new NetlinkError({
+      code: 'ENOTNS',
+      errno: 0,
+      op: 'open netns',
+      object: spec,
+      message: `open netns ${spec}: not a network namespace (filesystem type 0x${type.toString(16)}, expected nsfs or procfs)`,
+    });
+  }
+  let fd: number;
+  try {
+    fd = openSync(spec, 'r'); // libuv opens with O_CLOEXEC
+  } catch (err) {
+    throw toNetlinkError(err, 'open netns', spec);
+  }
+  let open = true;
+  return {
+    fd,
+    path: spec,
+    close() {
+      if (open) closeSync(fd);
+      open = false;
+    },
+  };
+}
+
+/**
+ * Runs `fn` synchronously inside the network namespace `netns` and switches back before returning or
+ * rethrowing. `fn` must be synchronous: create sockets, open files, read or write small files; a promise
+ * returned by `fn` would settle outside the namespace. If switching back fails the process aborts rather
+ * than carry on in the wrong namespace. A path is opened and closed around the call.
+ * Errors: as `openNetns` for a path; entering fails with NetlinkError op 'setns' (`EINVAL` for an fd
+ * that is not a network namespace, `EPERM` without CAP_SYS_ADMIN).
+ */
+export function withNetns<T>(netns: NetnsSpec, fn: () => T): T {
+  const ref = typeof netns === 'object' ? netns : openNetns(netns);
+  try {
+    return enter(ref, fn);
+  } finally {
+    if (ref !== netns) ref.close();
+  }
+}
+
+function enter<T>(ref: NetnsRef, fn: () => T): T {
+  const addon = loadNativeAddon();
+  let inside = false;
+  try {
+    return addon.setnsRun(ref.fd, () => {
+      inside = true;
+      return fn();
+    });
+  } catch (err) {
+    // Errors from fn pass through untouched; only a failed entry is ours to describe.
+    if (inside) throw err;
+    throw toNetlinkError(err, 'setns', ref.path ?? `fd ${ref.fd}`);
+  }
+}
+
+/** The calling thread's network namespace, e.g. `net:[4026531840]` (for checks and logs). */
+export function currentNetnsId(): string {
+  return readlinkSync('/proc/thread-self/ns/net');
+}
+
+/** The inode identity of a namespace path (`net:[…]`), to compare with `currentNetnsId()`. */
+export function netnsIdOf(spec: NetnsSpec): string {
+  return withNetns(spec, currentNetnsId);
+}
