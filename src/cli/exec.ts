@@ -3,8 +3,9 @@
 import { createHash } from 'node:crypto';
 import { resolve } from 'node:path';
 import { CniError, ErrorCode } from '../cni-spec/errors';
+import { execPlugin, findPlugin } from '../cni-spec/invoke';
 import { loadNetworkConfList } from './runtime/conflist';
-import type { GcArgs, Runtime } from './runtime/network-list';
+import type { GcArgs, PluginRunner, Runtime } from './runtime/network-list';
 import {
   addNetworkList,
   checkNetworkList,
@@ -12,7 +13,6 @@ import {
   gcNetworkList,
   statusNetworkList,
 } from './runtime/network-list';
-import { processRunner } from './runtime/plugin-runner';
 import type { RuntimeConf } from './runtime/request-config';
 import { DEFAULT_CACHE_DIR } from './runtime/result-cache';
 import { convertCachedResult } from './runtime/result-version';
@@ -79,13 +79,20 @@ function parseValid(pairs: string[] | undefined): GcArgs {
   };
 }
 
+/** Real executables through cni-spec/invoke: their stderr flows through to ours, as under libcni. */
+const processRunner: PluginRunner = {
+  find: async (type, dirs) => findPlugin(type, dirs),
+  run: async ({ path, env, stdin }) =>
+    (await execPlugin({ path, command: env.CNI_COMMAND ?? '', env, stdin, forwardStderr: true })).stdout,
+};
+
 /** The runtime `berth exec` (and `berth demo`) uses: plugins from CNI_PATH, the cache under cacheDir. */
 export function runtimeFromEnv(env: Record<string, string | undefined>, io: Pick<ExecIo, 'stderr'>, cacheDir?: string): Runtime {
   return {
     // Go's filepath.SplitList: an empty CNI_PATH is no directory at all.
     path: (env.CNI_PATH ?? '') === '' ? [] : (env.CNI_PATH as string).split(':'),
     cacheDir: cacheDir ?? (env.BERTH_CACHE_DIR || DEFAULT_CACHE_DIR),
-    runner: processRunner({ stderr: io.stderr }),
+    runner: processRunner,
     convertResult: convertCachedResult,
     env,
     log: (line) => io.stderr(`${line}\n`),
