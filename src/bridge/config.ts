@@ -1,6 +1,7 @@
 // Reads the bridge network configuration once into a normalised BridgeConf, with the reference
 // plugin's keys, defaults and validation, so the handlers never look at raw JSON.
 import { CniError, ErrorCode } from '../cni-spec/errors';
+import type { Request } from '../cni-spec/request';
 import type { DNS } from '../cni-spec/types/result';
 
 export const DEFAULT_BRIDGE = 'cni0';
@@ -261,4 +262,8 @@ export function parseBridgeConf(input: BridgeConfInput): BridgeConf {
 /** VLAN filtering is needed on the bridge (set when the bridge is created) once any VLAN is configured. */
 export function wantsVlanFiltering(conf: BridgeConf): boolean {
   return conf.vlan !== 0 || conf.vlanTrunk.length > 0;
+}
+
+export function confFromRequest(req: Request): BridgeConf {
+  return parseBridgeConf({ config: req.config, cniArgs: req.cniArgs, runtimeConfig: (k) => req.runtimeConfig(k) });
 }

@@ -1,0 +1,371 @@
+// ADD: bridge, veth pair (container end created directly in the pod's namespace), IPAM, addresses and
+// routes inside, gateway on the bridge, masquerade and spoof check; every step registers its undo so a
+// failure leaves nothing behind.
+import { randomBytes } from 'node:crypto';
+import { CniError, ErrorCode } from '../cni-spec/errors';
+import { delegate } from '../cni-spec/invoke';
+import type { Request } from '../cni-spec/request';
+import type { Interface, Result } from '../cni-spec/types/result';
+import { toKernelCniError } from '../netlink/errors';
+import { openNetns } from '../netlink/netns';
+import type { Link } from '../netlink/types';
+import { confFromRequest, wantsVlanFiltering, type BridgeConf } from './config';
+import { planAddresses, parseCidr, type AddressPlan, type GatewayAddress } from './gateway';
+import { hostNetlink, isCode, netnsNetlink, readSysctl, trySysctl, writeSysctl, type Netlink } from './kernel';
+import { withNetworkLock } from './lock';
+import { addMasquerade, removeMasquerade } from './masquerade';
+import { attachmentTag, nftTable, systemNft } from './nft';
+import { addSpoofCheck, removeSpoofCheck } from './spoofcheck';
+import { UndoStack } from './undo';
+
+/** Test-only fault injection (BERTH_TEST_FAULT=after-veth|after-ipam|after-gateway|after-masq). */
+function fault(req: Request, point: string): void {
+  if (req.env.BERTH_TEST_FAULT === point) {
+    throw new CniError(ErrorCode.Internal, `injected fault ${point} (BERTH_TEST_FAULT)`);
+  }
+}
+
+function log(line: string): void {
+  process.stderr.write(`berth-bridge: ${line}\n`);
+}
+
+/** Creates the bridge or reuses it; EEXIST is fine, an existing non-bridge is an error. */
+async function ensureBridge(nl: Netlink, conf: BridgeConf): Promise<{ link: Link; created: boolean }> {
+  let created = false;
+  try {
+    await nl.createBridge({
+      name: conf.bridge,
+      ...(conf.mtu !== undefined ? { mtu: conf.mtu } : {}),
+      ...(wantsVlanFiltering(conf) ? { vlanFiltering: true } : {}),
+    });
+    created = true;
+  } catch (err) {
+    if (!isCode(err, 'EEXIST')) throw toKernelCniError(err);
+  }
+  const link = await nl.getLink(conf.bridge);
+  if (link.kind !== 'bridge') {
+    throw new CniError(ErrorCode.Internal, `failed to create bridge "${conf.bridge}": "${conf.bridge}" already exists but is not a bridge`);
+  }
+  if (created && link.mac !== undefined) {
+    // Pin the new bridge's own random MAC before any port joins; otherwise it follows the lowest port MAC
+    // and changes as pods come and go (the reference pins it only in gateway mode).
+    await nl.setMac(link.index, link.mac);
+  }
+  if (conf.promiscMode && !link.promisc) await nl.setPromisc(conf.bridge, true);
+  // We own the routes of this interface.
+  trySysctl(undefined, `net/ipv6/conf/${conf.bridge}/accept_ra`, '0');
+  if (!link.up) await nl.setUp(conf.bridge);
+  return { link: await nl.getLink(conf.bridge), created };
+}
+
+function hostVethName(): string {
+  return `veth${randomBytes(4).toString('hex')}`;
+}
+
+interface VethPair {
+  host: Link;
+  container: Link;
+}
+
+async function createVeth(host: Netlink, pod: Netlink, req: Request, conf: BridgeConf, netnsFd: number): Promise<VethPair> {
+  for (let attempt = 0; ; attempt++) {
+    const name = hostVethName();
+    try {
+      await host.createVethPair({
+        name,
+        peerName: req.ifname,
+        peerNetns: netnsFd,
+        ...(conf.mtu !== undefined ? { mtu: conf.mtu } : {}),
+        ...(conf.mac !== undefined ? { peerMac: conf.mac } : {}),
+      });
+      return { host: await host.getLink(name), container: await pod.getLink(req.ifname) };
+    } catch (err) {
+      if (!isCode(err, 'EEXIST')) throw toKernelCniError(err);
+      if ((await pod.findLink(req.ifname)) !== undefined) {
+        throw new CniError(ErrorCode.Internal, `container veth name provided (${req.ifname}) already exists`);
+      }
+      if (attempt >= 9) throw new CniError(ErrorCode.Internal, `failed to find a free host veth name after 10 attempts`);
+    }
+  }
+}
+
+async function configurePort(host: Netlink, conf: BridgeConf, bridge: Link, veth: Link, tag: string): Promise<void> {
+  await host.setAlias(veth.index, tag);
+  trySysctl(undefined, `net/ipv6/conf/${veth.name}/accept_ra`, '0');
+  await host.setMaster(veth.index, bridge.index);
+  await host.setBridgePort(veth.index, { hairpin: conf.hairpinMode, isolated: conf.portIsolation });
+  if (conf.vlan !== 0 || conf.vlanTrunk.length > 0) {
+    if (!conf.preserveDefaultVlan) {
+      const existing = await host.listPortVlans(veth.index);
+      if (existing.length > 0) await host.delPortVlans(veth.index, existing);
+    }
+    const vlans = [];
+    // Access VLAN: PVID and untagged; with only a trunk, the native VLAN is 1 as in the reference.
+    if (conf.vlan !== 0) vlans.push({ vid: conf.vlan, pvid: true, untagged: true });
+    else vlans.push({ vid: 1, pvid: true, untagged: true });
+    for (const vid of conf.vlanTrunk) if (vid !== conf.vlan) vlans.push({ vid });
+    await host.addPortVlans(veth.index, vlans);
+  }
+  await host.setUp(veth.index);
+}
+
+/** Inside the pod: sysctls, addresses, link up, routes. */
+async function configureContainer(pod: Netlink, req: Request, conf: BridgeConf, plan: AddressPlan | undefined): Promise<void> {
+  const ifn = req.ifname;
+  if (plan !== undefined) {
+    if (plan.hasV6) {
+      // IPv6 is switched on only for attachments that have an IPv6 address.
+      trySysctl(req.netns, 'net/ipv6/conf/lo/disable_ipv6', '0');
+      trySysctl(req.netns, `net/ipv6/conf/${ifn}/disable_ipv6`, '0');
+      trySysctl(req.netns, `net/ipv6/conf/${ifn}/keep_addr_on_down`, '1');
+      if (conf.enableDad) {
+        trySysctl(req.netns, `net/ipv6/conf/${ifn}/enhanced_dad`, '1');
+        trySysctl(req.netns, `net/ipv6/conf/${ifn}/accept_dad`, '1');
+      } else {
+        trySysctl(req.netns, `net/ipv6/conf/${ifn}/accept_dad`, '0');
+      }
+    }
+    // A gratuitous ARP on link-up tells neighbours about a reused address.
+    trySysctl(req.netns, `net/ipv4/conf/${ifn}/arp_notify`, '1');
+    for (const ip of plan.ips) {
+      const p = parseCidr(ip.address);
+      try {
+        await pod.addAddress({ link: ifn, address: p.ip, prefixLength: p.prefixLen });
+      } catch (err) {
+        throw new CniError(ErrorCode.Internal, `failed to add IP addr ${ip.address} to "${ifn}": ${(err as Error).message}`, undefined, { cause: err });
+      }
+    }
+  }
+  if (!conf.disableContainerInterface) await pod.setUp(ifn);
+  if (plan === undefined) return;
+  if (plan.hasV6 && conf.enableDad) await waitDad(pod, ifn);
+  const gwOf = { 4: undefined as string | undefined, 6: undefined as string | undefined };
+  for (const ip of plan.ips) {
+    const f = parseCidr(ip.address).family;
+    if (gwOf[f] === undefined && ip.gateway !== undefined) gwOf[f] = ip.gateway;
+  }
+  for (const r of plan.routes) {
+    const f = parseCidr(r.dst).family;
+    const gw = r.gw ?? gwOf[f];
+    try {
+      await pod.addRoute({
+        dst: r.dst,
+        link: ifn,
+        ...(gw !== undefined ? { gateway: gw } : {}),
+        ...(r.priority !== undefined ? { priority: r.priority } : {}),
+        ...(r.table !== undefined ? { table: r.table } : {}),
+        ...(r.scope !== undefined ? { scope: scopeName(r.scope) } : {}),
+      });
+    } catch (err) {
+      if (isCode(err, 'EEXIST')) continue;
+      throw new CniError(ErrorCode.Internal, `failed to add route ${r.dst}${gw !== undefined ? ` via ${gw}` : ''} on "${ifn}": ${(err as Error).message}`, undefined, { cause: err });
+    }
+  }
+}
+
+function scopeName(scope: number): 'universe' | 'site' | 'link' | 'host' | 'nowhere' {
+  switch (scope) {
+    case 200:
+      return 'site';
+    case 253:
+      return 'link';
+    case 254:
+      return 'host';
+    case 255:
+      return 'nowhere';
+    default:
+      return 'universe';
+  }
+}
+
+/** With enabledad, IPv6 addresses must leave the tentative state (5 s, as the reference) and never fail DAD. */
+async function waitDad(pod: Netlink, ifname: string): Promise<void> {
+  const deadline = Date.now() + 5000;
+  for (;;) {
+    const addrs = (await pod.listAddresses({ link: ifname, family: 6 })).filter((a) => a.scope === 0);
+    const failed = addrs.find((a) => a.dadFailed);
+    if (failed !== undefined) throw new CniError(ErrorCode.Internal, `IPv6 DAD failed for ${failed.address} on "${ifname}"`);
+    if (!addrs.some((a) => a.tentative)) return;
+    if (Date.now() > deadline) throw new CniError(ErrorCode.Internal, `IPv6 addresses on "${ifname}" still tentative after 5 s`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Gateway addresses on the bridge, reference ensureAddr semantics; returns the ones this call added. */
+async function ensureGateways(host: Netlink, conf: BridgeConf, bridge: Link, gateways: readonly GatewayAddress[]): Promise<GatewayAddress[]> {
+  const added: GatewayAddress[] = [];
+  for (const gw of gateways) {
+    const present = await host.listAddresses({ link: bridge.index, family: gw.family });
+    let have = false;
+    for (const a of present) {
+      if (a.scope !== 0) continue;
+      if (a.address === gw.ip && a.prefixLength === gw.prefixLen) {
+        have = true;
+        continue;
+      }
+      const overlaps = gw.family === 4 || sameSubnet(`${a.address}/${a.prefixLength}`, gw.cidr);
+      if (!overlaps) continue;
+      if (!conf.forceAddress) {
+        throw new CniError(ErrorCode.Internal, `"${conf.bridge}" already has an IP address different from ${gw.cidr}`);
+      }
+      await host.delAddress({ link: bridge.index, address: a.address, prefixLength: a.prefixLength });
+    }
+    if (have) continue;
+    try {
+      // IPv6 gateway with NODAD: never tentative, usable by the first pod at once.
+      await host.addAddress({ link: bridge.index, address: gw.ip, prefixLength: gw.prefixLen, ...(gw.family === 6 ? { nodad: true } : {}) });
+      added.push(gw);
+    } catch (err) {
+      if (!isCode(err, 'EEXIST')) throw new CniError(ErrorCode.Internal, `could not add IP address to "${conf.bridge}": ${(err as Error).message}`, undefined, { cause: err });
+    }
+  }
+  if (gateways.length > 0) {
+    // Pin the bridge MAC to itself, or it follows the lowest port MAC as ports come and go.
+    const now = await host.getLink(bridge.index);
+    if (now.mac !== undefined) await host.setMac(bridge.index, now.mac);
+  }
+  return added;
+}
+
+/** IPv6: two prefixes overlap when either contains the other's network address. */
+function sameSubnet(a: string, b: string): boolean {
+  const pa = parseCidr(a);
+  const pb = parseCidr(b);
+  const shorter = Math.min(pa.prefixLen, pb.prefixLen);
+  return parseCidr(`${pa.ip}/${shorter}`).network === parseCidr(`${pb.ip}/${shorter}`).network;
+}
+
+function enableForwarding(plan: AddressPlan): void {
+  for (const family of [4, 6] as const) {
+    if (!plan.gateways.some((g) => g.family === family)) continue;
+    const key = family === 4 ? 'net/ipv4/ip_forward' : 'net/ipv6/conf/all/forwarding';
+    if (readSysctl(undefined, key) !== '1') writeSysctl(undefined, key, '1');
+  }
+}
+
+export async function cmdAdd(req: Request): Promise<Result> {
+  const conf = confFromRequest(req);
+  const undo = new UndoStack();
+  const tag = attachmentTag(req.containerId, req.ifname);
+  const nftScope = { nft: systemNft, table: nftTable(req.env), network: conf.network };
+  const lockOpts = { network: conf.network, env: req.env };
+  let netnsRef;
+  try {
+    netnsRef = openNetns(req.netns);
+  } catch (err) {
+    throw toKernelCniError(err);
+  }
+  const host = await hostNetlink();
+  let pod: Netlink | undefined;
+  try {
+    pod = await netnsNetlink(req.netns);
+    if ((await pod.findLink(req.ifname)) !== undefined) {
+      throw new CniError(ErrorCode.Internal, `container veth name provided (${req.ifname}) already exists`);
+    }
+
+    const bridge = await withNetworkLock(lockOpts, async () => {
+      const b = await ensureBridge(host, conf);
+      if (b.created) {
+        undo.push(`delete bridge ${conf.bridge}`, () =>
+          withNetworkLock(lockOpts, async () => {
+            // Only if no other attachment started using it meanwhile.
+            const ports = (await host.listLinks()).filter((l) => l.masterIndex === b.link.index);
+            if (ports.length === 0) await host.deleteLink(b.link.index).catch((e) => (isCode(e, 'ENODEV') ? undefined : Promise.reject(e)));
+          }),
+        );
+      }
+      return b.link;
+    });
+
+    const veth = await createVeth(host, pod, req, conf, netnsRef.fd);
+    undo.push(`delete veth ${veth.host.name}`, () =>
+      host.deleteLink(veth.host.index).catch((e) => (isCode(e, 'ENODEV') ? undefined : Promise.reject(e))),
+    );
+    await configurePort(host, conf, bridge, veth.host, tag);
+    fault(req, 'after-veth');
+
+    const result: Result = {
+      cniVersion: '1.1.0',
+      interfaces: [
+        { name: bridge.name, ...(bridge.mac !== undefined ? { mac: bridge.mac } : {}) },
+        { name: veth.host.name, ...(veth.host.mac !== undefined ? { mac: veth.host.mac } : {}) },
+        { name: req.ifname, ...(veth.container.mac !== undefined ? { mac: veth.container.mac } : {}), sandbox: req.netns },
+      ],
+    };
+
+    if (conf.macSpoofCheck && veth.container.mac !== undefined) {
+      const mac = veth.container.mac;
+      await withNetworkLock(lockOpts, () => addSpoofCheck(nftScope, { containerId: req.containerId, ifname: req.ifname, hostVeth: veth.host.name, mac }));
+      undo.push('remove spoof-check entries', () => withNetworkLock(lockOpts, () => removeSpoofCheck(nftScope, (t) => t === tag)).then(() => undefined));
+    }
+
+    let plan: AddressPlan | undefined;
+    if (conf.ipamType !== undefined) {
+      const ipamType = conf.ipamType;
+      const ipam = await delegate({ pluginType: ipamType, command: 'ADD', request: req });
+      undo.push(`IPAM DEL (${ipamType})`, async () => {
+        await delegate({ pluginType: ipamType, command: 'DEL', request: req });
+      });
+      fault(req, 'after-ipam');
+      if (ipam === undefined || ipam.ips === undefined || ipam.ips.length === 0) {
+        throw new CniError(ErrorCode.Internal, 'IPAM plugin returned missing IP config');
+      }
+      plan = planAddresses(conf, ipam.ips, ipam.routes ?? []);
+      result.ips = plan.ips;
+      if (plan.routes.length > 0) result.routes = plan.routes;
+      if (ipam.dns !== undefined) result.dns = ipam.dns;
+    }
+
+    await configureContainer(pod, req, conf, plan);
+
+    if (plan !== undefined && (conf.isGateway || conf.ipMasq)) {
+      const p = plan;
+      await withNetworkLock(lockOpts, async () => {
+        if (conf.isGateway && p.gateways.length > 0) {
+          const added = await ensureGateways(host, conf, bridge, p.gateways);
+          if (added.length > 0) {
+            undo.push('remove gateway addresses', () =>
+              withNetworkLock(lockOpts, async () => {
+                // Other pods may already route through them: remove only while ours is the only port.
+                const ports = (await host.listLinks()).filter((l) => l.masterIndex === bridge.index && l.index !== veth.host.index);
+                if (ports.length > 0) return;
+                for (const g of added) await host.delAddress({ link: bridge.index, address: g.ip, prefixLength: g.prefixLen }).catch(() => undefined);
+              }),
+            );
+          }
+          enableForwarding(p);
+        }
+        fault(req, 'after-gateway');
+        if (conf.ipMasq) {
+          await addMasquerade(nftScope, { containerId: req.containerId, ifname: req.ifname }, p.masq);
+          undo.push('remove masquerade entries', () => withNetworkLock(lockOpts, () => removeMasquerade(nftScope, (t) => t === tag)).then(() => undefined));
+        }
+      });
+      fault(req, 'after-masq');
+    }
+
+    if (!conf.disableContainerInterface) {
+      try {
+        await host.waitOperUp(veth.host.index, { timeoutMs: 2550 });
+      } catch (err) {
+        const now = await host.findLink(veth.host.index);
+        throw new CniError(ErrorCode.Internal, `bridge port in error state: ${now?.operState ?? 'gone'}`, undefined, { cause: err });
+      }
+    }
+
+    // MACs can change: the bridge takes a port's MAC when its first port joins.
+    const [brNow, hostNow] = await Promise.all([host.getLink(bridge.index), host.getLink(veth.host.index)]);
+    const ifs = result.interfaces as Interface[];
+    if (brNow.mac !== undefined) ifs[0]!.mac = brNow.mac;
+    if (hostNow.mac !== undefined) ifs[1]!.mac = hostNow.mac;
+    if (conf.dns !== undefined) result.dns = conf.dns;
+    return result;
+  } catch (err) {
+    await undo.unwind(log);
+    throw toKernelCniError(err);
+  } finally {
+    pod?.close();
+    host.close();
+    netnsRef.close();
+  }
+}

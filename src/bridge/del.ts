@@ -1,0 +1,95 @@
+// DEL: idempotent teardown that works without a namespace and without a prevResult. The host veth is found
+// by its alias tag when the namespace is gone or unknown; IPAM is released and the attachment's masquerade
+// and spoof-check elements are removed in every case.
+import { CniError, ErrorCode } from '../cni-spec/errors';
+import { delegate } from '../cni-spec/invoke';
+import type { Request } from '../cni-spec/request';
+import { netlinkCode, toKernelCniError } from '../netlink/errors';
+import { confFromRequest } from './config';
+import { hostNetlink, isCode, netnsNetlink, type Netlink } from './kernel';
+import { withNetworkLock } from './lock';
+import { removeMasquerade } from './masquerade';
+import { attachmentTag, nftTable, systemNft } from './nft';
+import { removeSpoofCheck } from './spoofcheck';
+
+/** Deletes the container interface inside the namespace; false when the namespace is gone. */
+async function deleteInNetns(netns: string, ifname: string): Promise<boolean> {
+  let pod: Netlink;
+  try {
+    pod = await netnsNetlink(netns);
+  } catch (err) {
+    // A namespace already deleted (or a path that is no namespace any more) is not an error for DEL.
+    if (netlinkCode(err) === 'ENOENT' || netlinkCode(err) === 'ENOTNS') return false;
+    throw toKernelCniError(err);
+  }
+  try {
+    const link = await pod.findLink(ifname);
+    if (link !== undefined) {
+      await pod.deleteLink(link.index).catch((e) => (isCode(e, 'ENODEV') ? undefined : Promise.reject(e)));
+    }
+    return true;
+  } finally {
+    pod.close();
+  }
+}
+
+/** Host veths carrying this attachment's tag (left behind when the namespace is unknown or still alive elsewhere). */
+async function deleteTaggedVeths(host: Netlink, tag: string): Promise<void> {
+  for (const l of await host.listLinks()) {
+    if (l.kind === 'veth' && l.alias === tag) {
+      await host.deleteLink(l.index).catch((e) => (isCode(e, 'ENODEV') ? undefined : Promise.reject(e)));
+    }
+  }
+}
+
+export async function cmdDel(req: Request): Promise<void> {
+  const conf = confFromRequest(req);
+  const tag = attachmentTag(req.containerId, req.ifname);
+  const errors: string[] = [];
+  let firstError: unknown;
+  const note = (what: string, err: unknown): void => {
+    errors.push(`${what}: ${(err as Error).message}`);
+    firstError ??= err;
+  };
+
+  try {
+    if (req.netns !== '') await deleteInNetns(req.netns, req.ifname);
+  } catch (err) {
+    note('delete container interface', err);
+  }
+  const host = await hostNetlink();
+  try {
+    await deleteTaggedVeths(host, tag);
+  } catch (err) {
+    note('delete host veth', err);
+  } finally {
+    host.close();
+  }
+
+  // Released after the device is gone, like the reference (containernetworking/plugins#666).
+  if (conf.ipamType !== undefined) {
+    try {
+      await delegate({ pluginType: conf.ipamType, command: 'DEL', request: req });
+    } catch (err) {
+      note(`IPAM DEL (${conf.ipamType})`, err);
+    }
+  }
+
+  const scope = { nft: systemNft, table: nftTable(req.env), network: conf.network };
+  try {
+    await withNetworkLock({ network: conf.network, env: req.env }, async () => {
+      await removeMasquerade(scope, (t) => t === tag);
+      await removeSpoofCheck(scope, (t) => t === tag);
+    });
+  } catch (err) {
+    note('remove nftables entries', err);
+  }
+
+  if (firstError !== undefined) {
+    if (errors.length === 1 && firstError instanceof CniError) throw firstError;
+    throw new CniError(
+      firstError instanceof CniError ? firstError.code : ErrorCode.Internal,
+      `DEL finished with ${errors.length} error(s): ${errors.join('; ')}`,
+    );
+  }
+}

@@ -1,0 +1,105 @@
+// GC and STATUS (spec 1.1): GC removes what belongs to attachments the runtime no longer lists (host veths on
+// this bridge, masquerade and spoof-check elements) and then asks IPAM to do the same; STATUS says whether an
+// ADD could be served now.
+import { spawn } from 'node:child_process';
+import { CniError, ErrorCode } from '../cni-spec/errors';
+import { delegate } from '../cni-spec/invoke';
+import type { Request } from '../cni-spec/request';
+import { confFromRequest } from './config';
+import { hostNetlink, isCode } from './kernel';
+import { withNetworkLock } from './lock';
+import { removeMasquerade } from './masquerade';
+import { attachmentTag, nftTable, systemNft } from './nft';
+import { removeSpoofCheck } from './spoofcheck';
+
+/** An alias berth wrote: `<containerID>/<ifname>` (ifname has no '/'). */
+const TAG_RE = /^.+\/[^/]{1,15}$/;
+
+export async function cmdGc(req: Request): Promise<void> {
+  const conf = confFromRequest(req);
+  const valid = new Set((req.validAttachments ?? []).map((a) => attachmentTag(a.containerID, a.ifname)));
+  const stale = (tag: string | undefined): boolean => tag === undefined || !valid.has(tag);
+  const failures: string[] = [];
+  const lockOpts = { network: conf.network, env: req.env };
+
+  await withNetworkLock(lockOpts, async () => {
+    const host = await hostNetlink();
+    try {
+      const br = await host.findLink(conf.bridge);
+      if (br !== undefined && br.kind === 'bridge') {
+        for (const l of await host.listLinks()) {
+          if (l.masterIndex !== br.index || l.kind !== 'veth' || l.alias === undefined || !TAG_RE.test(l.alias)) continue;
+          if (valid.has(l.alias)) continue;
+          try {
+            await host.deleteLink(l.index);
+          } catch (err) {
+            if (!isCode(err, 'ENODEV')) failures.push(`delete host veth ${l.name} (${l.alias}): ${(err as Error).message}`);
+          }
+        }
+      }
+    } catch (err) {
+      failures.push(`list host veths: ${(err as Error).message}`);
+    } finally {
+      host.close();
+    }
+    const scope = { nft: systemNft, table: nftTable(req.env), network: conf.network };
+    try {
+      await removeMasquerade(scope, stale);
+    } catch (err) {
+      failures.push(`masquerade entries: ${(err as Error).message}`);
+    }
+    try {
+      await removeSpoofCheck(scope, stale);
+    } catch (err) {
+      failures.push(`spoof-check entries: ${(err as Error).message}`);
+    }
+  });
+
+  if (conf.ipamType !== undefined) {
+    try {
+      await delegate({ pluginType: conf.ipamType, command: 'GC', request: req });
+    } catch (err) {
+      failures.push(`IPAM GC (${conf.ipamType}): ${(err as Error).message}`);
+    }
+  }
+  if (failures.length > 0) {
+    throw new CniError(ErrorCode.Internal, `GC finished with ${failures.length} error(s)`, failures.join('; '));
+  }
+}
+
+function nftUsable(): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const child = spawn('nft', ['-j', 'list', 'tables'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.on('error', (err) => resolve(`cannot run nft: ${err.message}`));
+    child.on('close', (code) => resolve(code === 0 ? undefined : `nft fails: ${stderr.trim()}`));
+  });
+}
+
+export async function cmdStatus(req: Request): Promise<void> {
+  const conf = confFromRequest(req);
+  const unavailable = (msg: string): CniError => new CniError(ErrorCode.PluginNotAvailable, msg);
+  const host = await hostNetlink();
+  try {
+    const br = await host.findLink(conf.bridge);
+    if (br !== undefined && br.kind !== 'bridge') {
+      throw unavailable(`"${conf.bridge}" exists but is not a bridge: ADD cannot create the bridge`);
+    }
+  } finally {
+    host.close();
+  }
+  if (conf.ipMasq || conf.macSpoofCheck) {
+    const problem = await nftUsable();
+    if (problem !== undefined) throw unavailable(`nftables unusable (needed for ${conf.ipMasq ? 'ipMasq' : 'macspoofchk'}): ${problem}`);
+  }
+  if (conf.ipamType !== undefined) {
+    try {
+      await delegate({ pluginType: conf.ipamType, command: 'STATUS', request: req });
+    } catch (err) {
+      const e = err as CniError;
+      if (e instanceof CniError && (e.code === ErrorCode.PluginNotAvailable || e.code === ErrorCode.PluginNotAvailableLimitedConnectivity)) throw e;
+      throw unavailable(`IPAM ${conf.ipamType} STATUS failed: ${e.message}`);
+    }
+  }
+}

@@ -1,0 +1,41 @@
+// The bridge's door to the kernel room: rtnetlink sockets on the host or in a pod's namespace, and
+// sysctls there. One place to adapt if the netlink room's entry points move.
+import { netlinkCode } from '../netlink/errors';
+import { openNetlink } from '../netlink/rtnetlink';
+import { readSysctl as nlReadSysctl, writeSysctl as nlWriteSysctl } from '../netlink/sysctl';
+import type { Netlink } from '../netlink/types';
+
+export type { Netlink };
+
+/** A socket in the plugin's own (host) namespace. */
+export async function hostNetlink(): Promise<Netlink> {
+  return openNetlink();
+}
+
+/** A socket bound to the pod's namespace (opened inside it, used from outside). */
+export async function netnsNetlink(netns: string | number): Promise<Netlink> {
+  return openNetlink(netns);
+}
+
+/** Keys naming an interface must be in slash form (interface names may contain dots). */
+export function writeSysctl(netns: string | undefined, key: string, value: string): void {
+  nlWriteSysctl(key, value, netns);
+}
+
+export function readSysctl(netns: string | undefined, key: string): string {
+  return nlReadSysctl(key, netns);
+}
+
+/** Best-effort sysctl write (the reference ignores these failures, e.g. on hosts booted with ipv6.disable=1). */
+export function trySysctl(netns: string | undefined, key: string, value: string): void {
+  try {
+    nlWriteSysctl(key, value, netns);
+  } catch {
+    // missing key (IPv6 disabled, interface gone): nothing to set
+  }
+}
+
+export function isCode(err: unknown, ...codes: string[]): boolean {
+  const c = netlinkCode(err);
+  return c !== undefined && codes.includes(c);
+}

@@ -1,0 +1,213 @@
+// berth-bridge ADD/CHECK/DEL through the built executable, as a runtime runs it, on real namespaces.
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { ALL_VERSIONS, Fixture, ipJson, nsExec, readSysctlIn, sh } from './harness';
+
+const fx = new Fixture('a');
+afterEach(() => fx.cleanup());
+afterAll(() => fx.dispose());
+
+const V4 = [{ subnet: '198.18.130.0/24' }];
+const V6 = [{ subnet: 'fd00:b::/64' }];
+
+function conf(extra: Record<string, unknown> = {}, version = '1.0.0'): Record<string, unknown> {
+  return {
+    cniVersion: version,
+    name: `${fx.prefix}net`,
+    type: 'berth-bridge',
+    bridge: fx.bridge(),
+    ipam: fx.hostLocal([V4], {}, version),
+    ...extra,
+  };
+}
+
+function globalAddrs(ns: string, ifname: string): string[] {
+  const [link] = ipJson(['-n', ns, 'addr', 'show', 'dev', ifname]);
+  return (link.addr_info as any[]).filter((a) => a.scope === 'global').map((a) => `${a.local}/${a.prefixlen}`);
+}
+
+describe.each(ALL_VERSIONS)('[%s] ADD, CHECK, DEL', (version) => {
+  it('attaches a pod and removes it again', async () => {
+    const ns = fx.netns();
+    const c = conf({ isDefaultGateway: true }, version);
+    const br = c.bridge as string;
+    const add = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr1', netns: ns.path, ifname: 'eth0' });
+    expect(add.stderr).toBe('');
+    expect(add.code).toBe(0);
+    const r = add.json;
+    expect(r.cniVersion).toBe(version);
+
+    // The kernel state.
+    expect(globalAddrs(ns.name, 'eth0')).toEqual(['198.18.130.2/24']);
+    const routes = ipJson(['-n', ns.name, 'route', 'show', 'default']);
+    expect(routes).toEqual([expect.objectContaining({ dst: 'default', gateway: '198.18.130.1', dev: 'eth0' })]);
+    const ports = fx.ports(br);
+    expect(ports).toHaveLength(1);
+    const hostVeth = ports[0];
+    expect(hostVeth.ifname).toMatch(/^veth[0-9a-f]{8}$/);
+    const [detail] = ipJson(['-d', 'link', 'show', 'dev', hostVeth.ifname]);
+    expect(detail.ifalias).toBe('ctr1/eth0');
+    const [brAddr] = ipJson(['addr', 'show', 'dev', br]);
+    expect((brAddr.addr_info as any[]).filter((a) => a.scope === 'global').map((a) => `${a.local}/${a.prefixlen}`)).toEqual(['198.18.130.1/24']);
+    expect(readSysctlIn(ns.name, 'net.ipv4.conf.eth0.arp_notify')).toBe('1');
+    expect(sh('sysctl', ['-n', 'net.ipv4.ip_forward']).trim()).toBe('1');
+
+    // The result shape per version.
+    const [contLink] = ipJson(['-n', ns.name, 'link', 'show', 'dev', 'eth0']);
+    if (version === '0.1.0' || version === '0.2.0') {
+      expect(r.ip4).toEqual(expect.objectContaining({ ip: '198.18.130.2/24', gateway: '198.18.130.1' }));
+      expect(r.interfaces).toBeUndefined();
+    } else {
+      expect(r.interfaces).toEqual([
+        { name: br, mac: ipJson(['link', 'show', 'dev', br])[0].address },
+        { name: hostVeth.ifname, mac: hostVeth.address },
+        { name: 'eth0', mac: contLink.address, sandbox: ns.path },
+      ]);
+      const ip = r.ips[0];
+      expect(ip).toEqual(expect.objectContaining({ address: '198.18.130.2/24', gateway: '198.18.130.1', interface: 2 }));
+      if (version.startsWith('0.3') || version === '0.4.0') expect(ip.version).toBe('4');
+      else expect(ip.version).toBeUndefined();
+      expect(r.routes).toEqual([{ dst: '0.0.0.0/0', gw: '198.18.130.1' }]);
+    }
+
+    if (!['0.1.0', '0.2.0', '0.3.0', '0.3.1'].includes(version)) {
+      const check = await fx.run({ command: 'CHECK', conf: { ...c, prevResult: r }, containerId: 'ctr1', netns: ns.path, ifname: 'eth0' });
+      expect(check.stdout + check.stderr).toBe('');
+      expect(check.code).toBe(0);
+    }
+
+    const del = await fx.run({ command: 'DEL', conf: c, containerId: 'ctr1', netns: ns.path, ifname: 'eth0' });
+    expect(del.code).toBe(0);
+    expect(ipJson(['-n', ns.name, 'link', 'show']).map((l: any) => l.ifname)).toEqual(['lo']);
+    expect(fx.ports(br)).toEqual([]);
+    expect(fx.leases(c.name as string)).toEqual([]);
+  });
+});
+
+describe('dual stack', () => {
+  it('configures both families, the gateways on the bridge (IPv6 not tentative), and CHECK detects drift', async () => {
+    const ns = fx.netns();
+    const c = conf({ isDefaultGateway: true, ipam: fx.hostLocal([V4, V6]) });
+    const br = c.bridge as string;
+    const add = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr2', netns: ns.path, ifname: 'eth1' });
+    expect(add.code, add.stdout).toBe(0);
+    expect(globalAddrs(ns.name, 'eth1').sort()).toEqual(['198.18.130.2/24', 'fd00:b::2/64']);
+    const v6def = ipJson(['-n', ns.name, '-6', 'route', 'show', 'default']);
+    expect(v6def).toEqual([expect.objectContaining({ gateway: 'fd00:b::1', dev: 'eth1' })]);
+    const brAddrs = (ipJson(['addr', 'show', 'dev', br])[0].addr_info as any[]).filter((a) => a.scope === 'global');
+    expect(brAddrs.map((a) => a.local).sort()).toEqual(['198.18.130.1', 'fd00:b::1']);
+    expect(brAddrs.find((a) => a.local === 'fd00:b::1').tentative).toBeUndefined();
+    expect(readSysctlIn(ns.name, 'net.ipv6.conf.eth1.accept_dad')).toBe('0');
+    expect(readSysctlIn(ns.name, 'net.ipv6.conf.eth1.disable_ipv6')).toBe('0');
+    // IPv6 reachability from the pod to its gateway, right after ADD.
+    nsExec(ns.name, ['ping', '-6', '-c', '1', '-W', '2', 'fd00:b::1']);
+    nsExec(ns.name, ['ping', '-c', '1', '-W', '2', '198.18.130.1']);
+    expect(add.json.routes).toEqual([
+      { dst: '0.0.0.0/0', gw: '198.18.130.1' },
+      { dst: '::/0', gw: 'fd00:b::1' },
+    ]);
+
+    const args = { conf: { ...c, prevResult: add.json }, containerId: 'ctr2', netns: ns.path, ifname: 'eth1' };
+    expect((await fx.run({ command: 'CHECK', ...args })).code).toBe(0);
+    sh('ip', ['-n', ns.name, 'addr', 'del', 'fd00:b::2/64', 'dev', 'eth1']);
+    const broken = await fx.run({ command: 'CHECK', ...args });
+    expect(broken.code).not.toBe(0);
+    expect(broken.json.msg).toContain('fd00:b::2/64');
+
+    expect((await fx.run({ command: 'DEL', ...args })).code).toBe(0);
+    expect(fx.leases(c.name as string)).toEqual([]);
+  });
+
+  it('CHECK fails when the host veth is gone', async () => {
+    const ns = fx.netns();
+    const c = conf();
+    const add = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr3', netns: ns.path, ifname: 'eth0' });
+    expect(add.code).toBe(0);
+    sh('ip', ['link', 'del', add.json.interfaces[1].name]);
+    const check = await fx.run({ command: 'CHECK', conf: { ...c, prevResult: add.json }, containerId: 'ctr3', netns: ns.path, ifname: 'eth0' });
+    expect(check.code).not.toBe(0);
+    expect(check.json.msg).toMatch(/not found/);
+  });
+});
+
+describe('ADD refusals', () => {
+  it('fails when the interface already exists in the netns, and leaves nothing', async () => {
+    const ns = fx.netns();
+    sh('ip', ['-n', ns.name, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0p']);
+    const c = conf();
+    const add = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr4', netns: ns.path, ifname: 'eth0' });
+    expect(add.code).not.toBe(0);
+    expect(add.json.msg).toContain('already exists');
+    expect(fx.leases(c.name as string)).toEqual([]);
+    expect(fx.ports(c.bridge as string)).toEqual([]);
+  });
+
+  it('fails when the bridge name is taken by a link that is not a bridge', async () => {
+    const ns = fx.netns();
+    const c = conf();
+    sh('ip', ['link', 'add', c.bridge as string, 'type', 'veth', 'peer', 'name', `${c.bridge as string}p`]);
+    const add = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr5', netns: ns.path, ifname: 'eth0' });
+    expect(add.code).not.toBe(0);
+    expect(add.json.msg).toContain('is not a bridge');
+    expect(ipJson(['-n', ns.name, 'link', 'show']).map((l: any) => l.ifname)).toEqual(['lo']);
+  });
+
+  it('reuses an existing bridge (same ifindex)', async () => {
+    const c = conf();
+    sh('ip', ['link', 'add', c.bridge as string, 'type', 'bridge']);
+    const before = ipJson(['link', 'show', 'dev', c.bridge as string])[0].ifindex;
+    const ns = fx.netns();
+    expect((await fx.run({ command: 'ADD', conf: c, containerId: 'ctr6', netns: ns.path, ifname: 'eth0' })).code).toBe(0);
+    expect(ipJson(['link', 'show', 'dev', c.bridge as string])[0].ifindex).toBe(before);
+  });
+});
+
+describe('DEL is idempotent', () => {
+  async function added(): Promise<{ ns: { name: string; path: string }; c: Record<string, unknown>; result: any }> {
+    const ns = fx.netns();
+    const c = conf({ ipMasq: true, macspoofchk: true });
+    const add = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr7', netns: ns.path, ifname: 'eth0' });
+    expect(add.code, add.stdout).toBe(0);
+    expect(fx.leases(c.name as string)).toHaveLength(1);
+    expect(fx.nftList('inet')).toContain('ctr7/eth0');
+    expect(fx.nftList('bridge')).toContain('ctr7/eth0');
+    return { ns, c, result: add.json };
+  }
+  function expectAllGone(c: Record<string, unknown>): void {
+    expect(fx.leases(c.name as string)).toEqual([]);
+    expect(fx.ports(c.bridge as string)).toEqual([]);
+    expect(fx.nftList('inet')).not.toContain('ctr7');
+    expect(fx.nftList('bridge')).not.toContain('ctr7');
+  }
+
+  it('twice, without prevResult', async () => {
+    const { ns, c } = await added();
+    for (let i = 0; i < 2; i++) {
+      const del = await fx.run({ command: 'DEL', conf: c, containerId: 'ctr7', netns: ns.path, ifname: 'eth0' });
+      expect(del.code, del.stdout).toBe(0);
+    }
+    expectAllGone(c);
+  });
+
+  it('with an empty CNI_NETNS (the pod netns still alive): host veth found by its alias', async () => {
+    const { ns, c } = await added();
+    const del = await fx.run({ command: 'DEL', conf: c, containerId: 'ctr7', netns: '', ifname: 'eth0' });
+    expect(del.code, del.stdout).toBe(0);
+    expectAllGone(c);
+    expect(ipJson(['-n', ns.name, 'link', 'show']).map((l: any) => l.ifname)).toEqual(['lo']);
+  });
+
+  it('after the netns was deleted, with prevResult', async () => {
+    const { ns, c, result } = await added();
+    fx.deleteNetns(ns.name);
+    const del = await fx.run({ command: 'DEL', conf: { ...c, prevResult: result }, containerId: 'ctr7', netns: ns.path, ifname: 'eth0' });
+    expect(del.code, del.stdout).toBe(0);
+    expectAllGone(c);
+  });
+
+  it('for an attachment that never existed', async () => {
+    const ns = fx.netns();
+    const c = conf({ ipMasq: true });
+    const del = await fx.run({ command: 'DEL', conf: c, containerId: 'nobody', netns: ns.path, ifname: 'eth0' });
+    expect(del.code, del.stdout).toBe(0);
+  });
+});

@@ -1,0 +1,199 @@
+// Root-test fixtures for the bridge plugin: named namespaces, the built plugin run as a runtime would,
+// host-local with a private dataDir, a private nftables table and run dir, and cleanup of all of it.
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+export const REPO = resolve(__dirname, '..', '..');
+export const CNI_PATH = `${join(REPO, 'bin')}:/usr/lib/cni`;
+
+/**
+ * Debian's host-local speaks spec <= 1.0.0. For 1.1.0 requests the tests put this wrapper on CNI_PATH as
+ * IPAM `bt-host-local`: it hands the config to the real host-local as 1.0.0 and relabels the answer, so the
+ * allocation is still host-local's own. It has no GC or STATUS (host-local has none either).
+ */
+const HOST_LOCAL_11 = `#!/bin/sh
+in=$(cat)
+v=$(printf '%s' "$in" | jq -r .cniVersion)
+case "$CNI_COMMAND" in GC|STATUS) exit 0;; esac
+out=$(printf '%s' "$in" | jq -c 'if .cniVersion == "1.1.0" then .cniVersion = "1.0.0" else . end' | /usr/lib/cni/host-local)
+rc=$?
+if [ "$v" = 1.1.0 ]; then printf '%s' "$out" | jq -c 'if .cniVersion == "1.0.0" then .cniVersion = "1.1.0" else . end'; else printf '%s' "$out"; fi
+exit $rc
+`;
+export const ALL_VERSIONS = ['0.1.0', '0.2.0', '0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] as const;
+
+export function sh(cmd: string, args: string[]): string {
+  return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+export function trySh(cmd: string, args: string[]): string | undefined {
+  try {
+    return sh(cmd, args);
+  } catch {
+    return undefined;
+  }
+}
+export function ipJson<T = any>(args: string[]): T {
+  return JSON.parse(sh('ip', ['-j', ...args]) || '[]') as T;
+}
+
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+  json: any;
+}
+
+export interface RunOptions {
+  plugin?: string;
+  command: 'ADD' | 'DEL' | 'CHECK' | 'GC' | 'STATUS' | 'VERSION';
+  conf: Record<string, unknown>;
+  containerId?: string;
+  netns?: string;
+  ifname?: string;
+  cniArgs?: string;
+  env?: Record<string, string>;
+}
+
+/** A test fixture: everything it creates carries `prefix` and goes away in cleanup(). */
+export class Fixture {
+  readonly prefix: string;
+  readonly dataDir: string;
+  readonly runDir: string;
+  readonly nftTable: string;
+  /** A directory on CNI_PATH holding bt-host-local (see HOST_LOCAL_11). */
+  readonly extraBin: string;
+  private readonly netnses = new Set<string>();
+  private readonly bridges = new Set<string>();
+  private readonly sysctls = new Map<string, string>();
+  private seq = 0;
+
+  constructor(tag: string) {
+    // bt<pid><tag>: unique on the machine, short enough for link names (<= 15 bytes with a suffix).
+    this.prefix = `bt${process.pid}${tag}`;
+    this.dataDir = mkdtempSync(join(tmpdir(), `${this.prefix}-ipam-`));
+    this.runDir = mkdtempSync(join(tmpdir(), `${this.prefix}-run-`));
+    this.nftTable = `${this.prefix}t`;
+    this.extraBin = mkdtempSync(join(tmpdir(), `${this.prefix}-bin-`));
+    writeFileSync(join(this.extraBin, 'bt-host-local'), HOST_LOCAL_11, { mode: 0o755 });
+    for (const key of ['net.ipv4.ip_forward', 'net.ipv6.conf.all.forwarding']) {
+      this.sysctls.set(key, sh('sysctl', ['-n', key]).trim());
+    }
+  }
+
+  netns(): { name: string; path: string } {
+    const name = `${this.prefix}-ns${this.seq++}`;
+    sh('ip', ['netns', 'add', name]);
+    this.netnses.add(name);
+    return { name, path: `/run/netns/${name}` };
+  }
+
+  deleteNetns(name: string): void {
+    trySh('ip', ['netns', 'del', name]);
+    this.netnses.delete(name);
+  }
+
+  bridge(): string {
+    const name = `${this.prefix}b${this.seq++}`;
+    this.bridges.add(name);
+    return name;
+  }
+
+  /** An IPAM section for host-local with this fixture's dataDir. */
+  hostLocal(ranges: Array<Record<string, unknown>[]>, extra: Record<string, unknown> = {}, version = '1.0.0'): Record<string, unknown> {
+    return { type: version === '1.1.0' ? 'bt-host-local' : 'host-local', dataDir: this.dataDir, ranges, ...extra };
+  }
+
+  /** Lease files host-local holds for a network (not counting its lock and cursor files). */
+  leases(network: string): string[] {
+    const dir = join(this.dataDir, network);
+    if (!existsSync(dir)) return [];
+    return readdirSync(dir).filter((f) => f !== 'lock' && !f.startsWith('last_reserved_ip'));
+  }
+
+  env(): Record<string, string> {
+    return { BERTH_NFT_TABLE: this.nftTable, BERTH_RUN_DIR: this.runDir, CNI_PATH: `${CNI_PATH}:${this.extraBin}` };
+  }
+
+  run(opts: RunOptions): Promise<RunResult> {
+    return runPlugin({ ...opts, env: { ...this.env(), ...(opts.env ?? {}) } });
+  }
+
+  nftList(family: 'inet' | 'bridge'): string {
+    return trySh('nft', ['list', 'table', family, this.nftTable]) ?? '';
+  }
+
+  /** Host links whose master is `bridge`. */
+  ports(bridge: string): any[] {
+    if (trySh('ip', ['link', 'show', 'dev', bridge]) === undefined) return [];
+    return ipJson(['link', 'show', 'master', bridge]);
+  }
+
+  cleanup(): void {
+    for (const ns of this.netnses) trySh('ip', ['netns', 'del', ns]);
+    this.netnses.clear();
+    for (const br of this.bridges) {
+      for (const port of (trySh('ip', ['-j', 'link', 'show', 'master', br]) ? ipJson(['link', 'show', 'master', br]) : [])) {
+        trySh('ip', ['link', 'del', port.ifname]);
+      }
+      trySh('ip', ['link', 'del', `${br}.1`]);
+      trySh('ip', ['link', 'del', br]);
+    }
+    this.bridges.clear();
+    for (const family of ['inet', 'bridge']) trySh('nft', ['delete', 'table', family, this.nftTable]);
+    for (const [key, value] of this.sysctls) trySh('sysctl', ['-qw', `${key}=${value}`]);
+    for (const f of readdirSync(this.dataDir)) rmSync(join(this.dataDir, f), { recursive: true, force: true });
+  }
+
+  dispose(): void {
+    this.cleanup();
+    rmSync(this.dataDir, { recursive: true, force: true });
+    rmSync(this.runDir, { recursive: true, force: true });
+    rmSync(this.extraBin, { recursive: true, force: true });
+  }
+}
+
+export function runPlugin(opts: RunOptions): Promise<RunResult> {
+  const plugin = opts.plugin ?? join(REPO, 'bin', 'berth-bridge');
+  const env: Record<string, string> = {
+    PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin',
+    CNI_COMMAND: opts.command,
+    CNI_PATH,
+    ...(opts.containerId !== undefined ? { CNI_CONTAINERID: opts.containerId } : {}),
+    ...(opts.netns !== undefined ? { CNI_NETNS: opts.netns } : {}),
+    ...(opts.ifname !== undefined ? { CNI_IFNAME: opts.ifname } : {}),
+    ...(opts.cniArgs !== undefined ? { CNI_ARGS: opts.cniArgs } : {}),
+    ...(opts.env ?? {}),
+  };
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(plugin, [], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code) => {
+      let json: any;
+      try {
+        json = stdout.trim() === '' ? undefined : JSON.parse(stdout);
+      } catch {
+        json = undefined;
+      }
+      resolvePromise({ code: code ?? -1, stdout, stderr, json });
+    });
+    child.stdin.on('error', () => undefined);
+    child.stdin.end(JSON.stringify(opts.conf));
+  });
+}
+
+/** Runs `fn` inside a netns through `ip netns exec` and returns stdout. */
+export function nsExec(ns: string, cmd: string[]): string {
+  return sh('ip', ['netns', 'exec', ns, ...cmd]);
+}
+
+export function readSysctlIn(ns: string, key: string): string {
+  return nsExec(ns, ['cat', `/proc/sys/${key.replace(/\./g, '/')}`]).trim();
+}
+
+export { readFileSync, writeFileSync };
