@@ -1,0 +1,234 @@
+// The IPAM commands as functions of a parsed Request and the services they need (a store, the boot id), so
+// the plugin and, later, the daemon run the same code.
+import { CniError, ErrorCode } from '../cni-spec/errors';
+import type { Request } from '../cni-spec/request';
+import type { IPConfig, Result } from '../cni-spec/types/result';
+import { IMPLEMENTED_VERSION } from '../cni-spec/versions';
+import { type Ip, formatIp, parseCidr, sameIp } from './address';
+import { allocateFromSet, blockedOrdinals, nextCandidate } from './allocator';
+import { type IpamConfig, parseIpamConfig } from './config';
+import { checkContainerId, checkIfname } from './names';
+import { describeRangeSet, rangeFor, rangeSetContains } from './range-set';
+import { readResolvConf } from './resolv-conf';
+import type { Lease, LeaseMeta, LeaseStore, PodIdentity } from './store';
+
+export interface IpamDeps {
+  /** The store of the configured network (the file store in the plugin). */
+  openStore(conf: IpamConfig): LeaseStore;
+  /** Current boot; undefined when unknown (then nothing is released for being from an earlier boot). */
+  bootId: string | undefined;
+  warn(msg: string): void;
+  now(): Date;
+}
+
+/** Code for an ADD/STATUS that cannot be served because a pool is full or the store unwritable (spec: STATUS). */
+const NOT_AVAILABLE = ErrorCode.PluginNotAvailable;
+
+function podIdentity(args: ReadonlyMap<string, string>): PodIdentity | undefined {
+  const pod: PodIdentity = {};
+  const map = {
+    K8S_POD_NAMESPACE: 'namespace',
+    K8S_POD_NAME: 'name',
+    K8S_POD_UID: 'uid',
+    K8S_POD_INFRA_CONTAINER_ID: 'infraContainerId',
+  } as const;
+  for (const [k, field] of Object.entries(map)) {
+    const v = args.get(k);
+    if (v !== undefined && v !== '') pod[field] = v;
+  }
+  return Object.keys(pod).length === 0 ? undefined : pod;
+}
+
+function configOf(req: Request): IpamConfig {
+  return parseIpamConfig({
+    config: req.config,
+    cniVersion: req.cniVersion,
+    cniArgs: req.cniArgs,
+    args: req.args,
+    runtimeConfig: (k) => req.runtimeConfig(k),
+  });
+}
+
+function attachmentOf(req: Request): { containerId: string; ifname: string } {
+  return { containerId: checkContainerId(req.containerId), ifname: checkIfname(req.ifname) };
+}
+
+/** Releases leases stamped with an earlier boot, unless the network keeps them. */
+async function releaseEarlierBoots(
+  s: Parameters<Parameters<LeaseStore['transact']>[0]>[0],
+  conf: IpamConfig,
+  deps: IpamDeps,
+): Promise<void> {
+  if (!conf.releaseOnReboot || deps.bootId === undefined) return;
+  const stale = await s.leasesFromEarlierBoots();
+  for (const l of stale) await s.release(l);
+  if (stale.length > 0) {
+    deps.warn(`berth-ipam: released ${stale.length} lease(s) of network ${conf.network} from an earlier boot`);
+  }
+}
+
+function ipConfig(conf: IpamConfig, setId: number, ip: Ip): IPConfig {
+  const range = rangeFor(conf.rangeSets[setId]!, ip)!;
+  return { address: `${formatIp(ip)}/${range.subnet.prefix}`, gateway: formatIp(range.gateway) };
+}
+
+export async function add(req: Request, deps: IpamDeps): Promise<Result> {
+  const conf = configOf(req);
+  const att = attachmentOf(req);
+  const dns = conf.resolvConf === undefined ? undefined : readResolvConf(conf.resolvConf);
+  const meta: LeaseMeta = { createdAt: deps.now().toISOString(), origin: 'berth' };
+  if (deps.bootId !== undefined) meta.bootId = deps.bootId;
+  if (req.netns !== '') meta.netns = req.netns;
+  const pod = podIdentity(req.cniArgs);
+  if (pod !== undefined) meta.pod = pod;
+
+  const ips = await deps.openStore(conf).transact(async (s) => {
+    await releaseEarlierBoots(s, conf, deps);
+    // Idempotent ADD: what the attachment already holds is returned again (legacy id-only leases do not count,
+    // as in host-local's duplicate check).
+    const held = (await s.leasesOf(att)).filter((l) => l.ifname === att.ifname);
+    const remaining = [...conf.requested];
+    const taken: Lease[] = [];
+    const out: IPConfig[] = [];
+    try {
+      for (const [setId, set] of conf.rangeSets.entries()) {
+        const idx = remaining.findIndex((ip) => rangeSetContains(set, ip));
+        const requested = idx === -1 ? undefined : remaining.splice(idx, 1)[0];
+        const existing = held.find((l) => rangeSetContains(set, l.ip));
+        if (existing !== undefined) {
+          if (requested !== undefined && !sameIp(requested, existing.ip)) {
+            throw new CniError(
+              ErrorCode.InvalidNetworkConfig,
+              `failed to allocate for range ${setId}: ${att.containerId}/${att.ifname} already holds ${formatIp(existing.ip)}, not the requested ${formatIp(requested)}`,
+            );
+          }
+          out.push(ipConfig(conf, setId, existing.ip));
+          continue;
+        }
+        let ip: Ip;
+        try {
+          ip = await allocateFromSet({
+            session: s,
+            set,
+            setId,
+            ...att,
+            meta,
+            ...(requested === undefined ? {} : { requested }),
+            policy: conf.policy,
+            exclude: conf.exclude,
+          });
+        } catch (err) {
+          if (!(err instanceof CniError)) throw err;
+          throw new CniError(err.code, `failed to allocate for range ${setId}: ${err.message}`, err.details, { cause: err });
+        }
+        taken.push({ ip, ...att, meta });
+        out.push(ipConfig(conf, setId, ip));
+      }
+      if (remaining.length > 0) {
+        throw new CniError(
+          ErrorCode.InvalidNetworkConfig,
+          `failed to allocate all requested IPs: ${remaining.map(formatIp).join(' ')} (in no configured range set)`,
+        );
+      }
+    } catch (err) {
+      // Nothing of a failed ADD stays: every range set is allocated under this one lock.
+      for (const l of taken.reverse()) await s.release(l);
+      throw err;
+    }
+    return out;
+  });
+
+  const result: Result = { cniVersion: IMPLEMENTED_VERSION, ips };
+  if (conf.routes.length > 0) result.routes = conf.routes;
+  if (dns !== undefined) result.dns = dns;
+  return result;
+}
+
+export async function del(req: Request, deps: IpamDeps): Promise<void> {
+  const conf = configOf(req);
+  const att = attachmentOf(req);
+  await deps.openStore(conf).transact(async (s) => {
+    // By attachment, not by range: a DEL after the ranges changed still frees the address.
+    for (const l of await s.leasesOf(att)) await s.release(l);
+  });
+}
+
+export async function check(req: Request, deps: IpamDeps): Promise<void> {
+  const conf = configOf(req);
+  const att = attachmentOf(req);
+  if (req.prevResult === undefined) {
+    throw new CniError(ErrorCode.InvalidNetworkConfig, 'CHECK needs prevResult (the result of ADD)');
+  }
+  const prev = (req.prevResult.ips ?? [])
+    .map((c) => parseCidr(c.address)?.ip)
+    .filter((ip): ip is Ip => ip !== undefined && conf.rangeSets.some((set) => rangeSetContains(set, ip)));
+  const leases = await deps.openStore(conf).transact(async (s) => s.leasesOf(att), { readOnly: true });
+  if (leases.length === 0) {
+    throw new CniError(
+      ErrorCode.UnknownContainer,
+      `no lease in network ${conf.network} for ${att.containerId}/${att.ifname}`,
+    );
+  }
+  const missing = prev.filter((ip) => !leases.some((l) => sameIp(l.ip, ip)));
+  const extra = leases.filter((l) => !prev.some((ip) => sameIp(l.ip, ip)));
+  if (missing.length > 0 || extra.length > 0) {
+    const parts = [
+      ...(missing.length > 0 ? [`prevResult lists ${missing.map(formatIp).join(', ')} which the attachment does not hold`] : []),
+      ...(extra.length > 0 ? [`the attachment holds ${extra.map((l) => formatIp(l.ip)).join(', ')} which prevResult does not list`] : []),
+    ];
+    throw new CniError(
+      ErrorCode.Internal,
+      `leases of ${att.containerId}/${att.ifname} in network ${conf.network} do not match prevResult: ${parts.join('; ')}`,
+    );
+  }
+}
+
+export async function gc(req: Request, deps: IpamDeps): Promise<void> {
+  const conf = configOf(req);
+  const valid = req.validAttachments ?? [];
+  const validKeys = new Set(valid.map((a) => `${a.containerID}\n${a.ifname}`));
+  const validIds = new Set(valid.map((a) => a.containerID));
+  const failures: string[] = [];
+  await deps.openStore(conf).transact(async (s) => {
+    for (const l of await s.all()) {
+      // A legacy lease names no interface: it stays while any attachment of its container is valid.
+      const keep = l.ifname === '' ? validIds.has(l.containerId) : validKeys.has(`${l.containerId}\n${l.ifname}`);
+      if (keep) continue;
+      try {
+        await s.release(l);
+      } catch (err) {
+        failures.push(`${formatIp(l.ip)}: ${(err as Error).message}`);
+      }
+    }
+  });
+  if (failures.length > 0) {
+    throw new CniError(ErrorCode.IoFailure, `GC could not release ${failures.length} lease(s)`, failures.join('; '));
+  }
+}
+
+export async function status(req: Request, deps: IpamDeps): Promise<void> {
+  const conf = configOf(req);
+  const store = deps.openStore(conf);
+  const unwritable = await store.unwritableReason();
+  if (unwritable !== undefined) {
+    throw new CniError(NOT_AVAILABLE, `lease store of network ${conf.network} is not writable: ${unwritable}`);
+  }
+  const full = await store.transact(
+    async (s) => {
+      const releasable = conf.releaseOnReboot && deps.bootId !== undefined ? await s.leasesFromEarlierBoots() : [];
+      const out: string[] = [];
+      for (const [setId, set] of conf.rangeSets.entries()) {
+        const occupancy = await s.occupancy(set);
+        const free = nextCandidate({ set, start: 0n, occupancy, blocked: blockedOrdinals(set, conf.exclude) });
+        if (free === undefined && !releasable.some((l) => rangeSetContains(set, l.ip))) {
+          out.push(`range set ${setId} (${describeRangeSet(set)})`);
+        }
+      }
+      return out;
+    },
+    { readOnly: true },
+  );
+  if (full.length > 0) {
+    throw new CniError(NOT_AVAILABLE, `no free address in ${full.join(', ')} of network ${conf.network}`);
+  }
+}

@@ -1,0 +1,737 @@
+// The file store: host-local's exact layout under <dataDir>/<network>/ (the IP files stay the truth), plus
+// berth's metadata and a rebuildable index in a `.berth/` subdirectory, so a node can switch between
+// host-local and berth-ipam on the same directory.
+//
+// Layout (see README "berth-ipam"):
+//   <net>/lock                    flock(2), shared with host-local (go-filemutex)
+//   <net>/<ip>                    "<containerID>\r\n<ifname>", mode 0600; written to .berth/tmp, fsynced,
+//                                 then link(2)ed to its name: exclusive, and never visible half-written
+//   <net>/last_reserved_ip.<set>  host-local's round-robin cursor
+//   <net>/.berth/state.json       index state: generation, last boot seen, directory mtime sentinel
+//   <net>/.berth/att/<id>:<if>    one JSON record per attachment: its IPs and metadata (boot id, netns, pod)
+//   <net>/.berth/sets/<hash>      occupancy bitmap of one range set (JSON header line, then bits)
+//   <net>/.berth/tmp/             temp files; emptied under the lock
+//
+// host-local walks the whole tree (subdirectories included) on DEL/CHECK and matches file *contents*
+// against "<id>\r\n<ifname>" or "<id>": every file berth keeps under .berth/ starts with "{", which no
+// container id can, so host-local never mistakes one for a lease.
+//
+// The index is trusted only while the network directory's mtime equals the sentinel berth set at its last
+// commit (a value in the past with random nanoseconds, which no later change of the directory can
+// reproduce): any lease file created or removed by someone else (host-local, an admin) changes the mtime,
+// and the next berth operation rebuilds the index from the IP files.
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import { join } from 'node:path';
+import { CniError, ErrorCode } from '../cni-spec/errors';
+import { loadNativeAddon } from '../native-addon';
+import { type Family, type Ip, formatIp, parseIp } from './address';
+import type { Occupancy } from './allocator';
+import { checkContainerId, checkIfname, checkNetworkName } from './names';
+import { type RangeSet, rangeSetKey } from './range-set';
+import type { Attachment, Lease, LeaseMeta, LeaseSession, LeaseStore, NewLease, TransactOptions } from './store';
+
+const BERTH_DIR = '.berth';
+const CURSOR_PREFIX = 'last_reserved_ip.';
+/** Range sets larger than this (IPv6 /64 …) use existence probes instead of a bitmap. */
+const BITMAP_LIMIT = 1 << 24;
+/** Probes per search in a set too large for a bitmap: far more than any real pool fills consecutively. */
+const PROBE_LIMIT = 1 << 20;
+
+export interface LeaseFileStoreOptions {
+  dataDir: string;
+  network: string;
+  /** The current boot (kernel boot_id): stamped on new leases and on host-local leases first seen. */
+  bootId: string;
+  /** Warnings (foreign files, rebuilds) go here: stderr in the plugin. */
+  warn?: (msg: string) => void;
+  now?: () => Date;
+}
+
+interface State {
+  v: 1;
+  gen: number;
+  dirMtimeNs: string;
+  bootId?: string;
+}
+
+interface AttRecord {
+  v: 1;
+  containerId: string;
+  ifname: string;
+  ips: string[];
+  meta: LeaseMeta;
+}
+
+/** A contiguous block of addresses, as stored in a bitmap's header (gateways do not matter here). */
+interface Span {
+  family: Family;
+  start: bigint;
+  end: bigint;
+}
+
+interface BitmapHeader {
+  v: 1;
+  gen: number;
+  key: string;
+  size: number;
+}
+
+function errnoOf(err: unknown): string | undefined {
+  return (err as NodeJS.ErrnoException | undefined)?.code;
+}
+
+function ioError(what: string, err: unknown): CniError {
+  return new CniError(ErrorCode.IoFailure, `${what}: ${(err as Error).message}`, undefined, { cause: err });
+}
+
+function attKey(a: Attachment): string {
+  return `${a.containerId}:${a.ifname}`;
+}
+
+/** host-local's lease file content; legacy files hold only the id. */
+function leaseContent(a: Attachment): string {
+  return a.ifname === '' ? a.containerId.trim() : `${a.containerId.trim()}\r\n${a.ifname}`;
+}
+
+function parseLeaseContent(raw: string): Attachment | undefined {
+  const t = raw.trim();
+  const nl = t.indexOf('\r\n');
+  const containerId = nl === -1 ? t : t.slice(0, nl);
+  const ifname = nl === -1 ? '' : t.slice(nl + 2);
+  // Anything host-local could have written passes; binary junk and JSON do not.
+  if (!/^[^\s{}\0]{1,1024}$/.test(containerId)) return undefined;
+  if (ifname !== '' && !/^[^\s/\0]{1,64}$/.test(ifname)) return undefined;
+  return { containerId, ifname };
+}
+
+function parseSetKey(key: string): Span[] | undefined {
+  const spans: Span[] = [];
+  for (const part of key.split(',')) {
+    const [a, b] = part.split('-');
+    const s = a === undefined ? undefined : parseIp(a);
+    const e = b === undefined ? undefined : parseIp(b);
+    if (s === undefined || e === undefined || s.family !== e.family || s.value > e.value) return undefined;
+    spans.push({ family: s.family, start: s.value, end: e.value });
+  }
+  return spans;
+}
+
+function spanOrdinal(spans: readonly Span[], ip: Ip): number | undefined {
+  let base = 0n;
+  for (const s of spans) {
+    if (ip.family === s.family && ip.value >= s.start && ip.value <= s.end) return Number(base + ip.value - s.start);
+    base += s.end - s.start + 1n;
+  }
+  return undefined;
+}
+
+function spanAt(spans: readonly Span[], ordinal: bigint): Ip {
+  let rest = ordinal;
+  for (const s of spans) {
+    const n = s.end - s.start + 1n;
+    if (rest < n) return { family: s.family, value: s.start + rest };
+    rest -= n;
+  }
+  throw new RangeError(`ordinal ${ordinal} outside the set`);
+}
+
+/** Occupancy of one range set as a bitmap over its ordinals. */
+class Bitmap implements Occupancy {
+  constructor(
+    readonly key: string,
+    readonly spans: readonly Span[],
+    readonly bits: Uint8Array,
+    readonly size: number,
+  ) {}
+
+  setTaken(ip: Ip, taken: boolean): void {
+    const o = spanOrdinal(this.spans, ip);
+    if (o === undefined) return;
+    if (taken) this.bits[o >> 3]! |= 1 << (o & 7);
+    else this.bits[o >> 3]! &= ~(1 << (o & 7));
+  }
+
+  firstFree(lo: bigint, hi: bigint): bigint | undefined {
+    let i = Number(lo);
+    const end = Number(hi);
+    while (i <= end) {
+      if ((i & 7) === 0 && i + 7 <= end && this.bits[i >> 3] === 0xff) {
+        i += 8;
+        continue;
+      }
+      if ((this.bits[i >> 3]! & (1 << (i & 7))) === 0) return BigInt(i);
+      i++;
+    }
+    return undefined;
+  }
+
+  encode(gen: number): Buffer {
+    const header: BitmapHeader = { v: 1, gen, key: this.key, size: this.size };
+    return Buffer.concat([Buffer.from(`${JSON.stringify(header)}\n`), this.bits]);
+  }
+
+  static decode(buf: Buffer): { header: BitmapHeader; bitmap: Bitmap } | undefined {
+    const nl = buf.indexOf(0x0a);
+    if (nl === -1 || buf[0] !== 0x7b) return undefined;
+    let header: BitmapHeader;
+    try {
+      header = JSON.parse(buf.subarray(0, nl).toString()) as BitmapHeader;
+    } catch {
+      return undefined;
+    }
+    if (header.v !== 1 || typeof header.key !== 'string' || typeof header.gen !== 'number') return undefined;
+    const spans = parseSetKey(header.key);
+    if (spans === undefined) return undefined;
+    const bits = new Uint8Array(buf.subarray(nl + 1));
+    if (bits.length !== Math.ceil(header.size / 8)) return undefined;
+    return { header, bitmap: new Bitmap(header.key, spans, bits, header.size) };
+  }
+}
+
+function spansOf(set: RangeSet): Span[] {
+  return set.map((r) => ({ family: r.family, start: r.start, end: r.end }));
+}
+
+function setHash(key: string): string {
+  return createHash('sha256').update(key).digest('hex').slice(0, 32);
+}
+
+function isRecord(x: unknown): x is AttRecord {
+  const r = x as AttRecord;
+  return (
+    typeof r === 'object' &&
+    r !== null &&
+    r.v === 1 &&
+    typeof r.containerId === 'string' &&
+    typeof r.ifname === 'string' &&
+    Array.isArray(r.ips) &&
+    r.ips.every((i) => typeof i === 'string') &&
+    typeof r.meta === 'object' &&
+    r.meta !== null
+  );
+}
+
+interface Paths {
+  dir: string;
+  lock: string;
+  berth: string;
+  state: string;
+  att: string;
+  sets: string;
+  tmp: string;
+}
+
+export function leaseDirPaths(dataDir: string, network: string): Paths {
+  const dir = join(dataDir, checkNetworkName(network));
+  const berth = join(dir, BERTH_DIR);
+  return {
+    dir,
+    lock: join(dir, 'lock'),
+    berth,
+    state: join(berth, 'state.json'),
+    att: join(berth, 'att'),
+    sets: join(berth, 'sets'),
+    tmp: join(berth, 'tmp'),
+  };
+}
+
+let tmpSeq = 0;
+
+/** Writes a whole file atomically: temp file in .berth/tmp, optional fsync, rename over the target. */
+function writeAtomic(p: Paths, target: string, data: string | Uint8Array, opts: { fsync: boolean }): void {
+  const tmp = join(p.tmp, `w-${process.pid}-${tmpSeq++}`);
+  const fd = fs.openSync(tmp, 'wx', 0o600);
+  try {
+    fs.writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data);
+    if (opts.fsync) fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, target);
+}
+
+class FileSession implements LeaseSession {
+  /** Records read or changed in this session; null = known absent. */
+  private readonly records = new Map<string, AttRecord | null>();
+  private readonly dirtyRecords = new Set<string>();
+  /** All records are in `records` (after a rebuild): the disk copies are not consulted. */
+  private recordsComplete = false;
+  private readonly bitmaps = new Map<string, Bitmap>();
+  /** IPs whose lease file this session created (true) or removed (false). */
+  private readonly changes = new Map<string, { ip: Ip; taken: boolean }>();
+  private names: string[] | undefined;
+  private rebuilt = false;
+  private bootSeen = false;
+
+  constructor(
+    private readonly p: Paths,
+    private readonly state: State,
+    private readonly opts: LeaseFileStoreOptions,
+  ) {}
+
+  private warn(msg: string): void {
+    this.opts.warn?.(`berth-ipam: ${msg}`);
+  }
+
+  private now(): Date {
+    return this.opts.now?.() ?? new Date();
+  }
+
+  get dirty(): boolean {
+    return this.changes.size > 0 || this.rebuilt || this.bootSeen || this.dirtyRecords.size > 0 || this.builtBitmaps;
+  }
+
+  private builtBitmaps = false;
+
+  private listNames(): string[] {
+    if (this.names === undefined) this.names = fs.readdirSync(this.p.dir);
+    return this.names;
+  }
+
+  /** Reads every lease file: the truth the index is rebuilt from. Foreign files are skipped with a warning. */
+  private scanLeases(): Map<string, { att: Attachment; ips: string[]; mtime: Date }> {
+    const out = new Map<string, { att: Attachment; ips: string[]; mtime: Date }>();
+    const buf = Buffer.alloc(4096);
+    for (const name of this.listNames()) {
+      if (name === 'lock' || name === BERTH_DIR || name.startsWith(CURSOR_PREFIX)) continue;
+      const ip = parseIp(name);
+      if (ip === undefined || formatIp(ip) !== name) {
+        this.warn(`skipping foreign file ${join(this.p.dir, name)} (not named after an IP address)`);
+        continue;
+      }
+      let text: string;
+      let mtime: Date;
+      try {
+        const fd = fs.openSync(join(this.p.dir, name), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+        try {
+          const st = fs.fstatSync(fd);
+          if (!st.isFile()) throw new Error('not a regular file');
+          mtime = st.mtime;
+          text = buf.subarray(0, fs.readSync(fd, buf, 0, buf.length, 0)).toString();
+        } finally {
+          fs.closeSync(fd);
+        }
+      } catch (err) {
+        this.warn(`skipping unreadable lease file ${join(this.p.dir, name)}: ${(err as Error).message}; the address stays taken`);
+        continue;
+      }
+      const att = parseLeaseContent(text);
+      if (att === undefined) {
+        this.warn(`skipping corrupt lease file ${join(this.p.dir, name)} (${JSON.stringify(text.slice(0, 40))}); the address stays taken`);
+        continue;
+      }
+      const key = attKey(att);
+      const entry = out.get(key);
+      if (entry === undefined) out.set(key, { att, ips: [name], mtime });
+      else entry.ips.push(name);
+    }
+    return out;
+  }
+
+  /** Reconciles the attachment records with the lease files (after a foreign change, or corruption). */
+  rebuild(reason: string, quiet = false): void {
+    this.names = undefined;
+    const truth = this.scanLeases();
+    if (truth.size > 0 || !quiet) this.warn(`rebuilt the lease index of ${this.p.dir} (${reason})`);
+    const onDisk = this.readAllRecordKeys();
+    const next = new Map<string, AttRecord | null>();
+    for (const key of onDisk) next.set(key, null);
+    for (const [key, t] of truth) {
+      const prev = this.readRecordQuiet(key);
+      const sameIps =
+        prev !== undefined && prev !== null && prev.ips.length === t.ips.length && t.ips.every((i) => prev.ips.includes(i));
+      const meta: LeaseMeta =
+        prev !== undefined && prev !== null
+          ? prev.meta
+          : { bootId: this.opts.bootId, createdAt: t.mtime.toISOString(), origin: 'found' };
+      next.set(key, { v: 1, containerId: t.att.containerId, ifname: t.att.ifname, ips: t.ips, meta });
+      if (!sameIps) this.dirtyRecords.add(key);
+    }
+    for (const [key, rec] of next) {
+      if (rec === null) this.dirtyRecords.add(key);
+      this.records.set(key, rec);
+    }
+    this.recordsComplete = true;
+    this.rebuilt = true;
+  }
+
+  private readAllRecordKeys(): string[] {
+    try {
+      return fs.readdirSync(this.p.att);
+    } catch (err) {
+      if (errnoOf(err) === 'ENOENT') return [];
+      throw err;
+    }
+  }
+
+  /** A record from disk, or undefined when absent or unreadable (no rebuild). */
+  private readRecordQuiet(key: string): AttRecord | null | undefined {
+    if (this.records.has(key)) return this.records.get(key);
+    try {
+      const rec: unknown = JSON.parse(fs.readFileSync(join(this.p.att, key), 'utf8'));
+      return isRecord(rec) ? rec : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  private record(key: string): AttRecord | null {
+    if (this.records.has(key)) return this.records.get(key)!;
+    if (this.recordsComplete) return null;
+    let rec: AttRecord | null;
+    try {
+      const parsed: unknown = JSON.parse(fs.readFileSync(join(this.p.att, key), 'utf8'));
+      if (!isRecord(parsed)) throw new Error('not a lease record');
+      rec = parsed;
+    } catch (err) {
+      if (errnoOf(err) === 'ENOENT') {
+        rec = null;
+      } else {
+        this.rebuild(`index record ${key} unreadable: ${(err as Error).message}`);
+        return this.records.get(key) ?? null;
+      }
+    }
+    this.records.set(key, rec);
+    return rec;
+  }
+
+  private setRecord(key: string, rec: AttRecord | null): void {
+    this.records.set(key, rec);
+    this.dirtyRecords.add(key);
+  }
+
+  private noteChange(ip: Ip, taken: boolean): void {
+    this.changes.set(formatIp(ip), { ip, taken });
+    for (const b of this.bitmaps.values()) b.setTaken(ip, taken);
+    if (this.names !== undefined) {
+      const name = formatIp(ip);
+      this.names = taken ? [...this.names, name] : this.names.filter((n) => n !== name);
+    }
+  }
+
+  async reserve(lease: NewLease, setId: number): Promise<boolean> {
+    checkContainerId(lease.containerId);
+    if (lease.ifname !== '') checkIfname(lease.ifname);
+    const name = formatIp(lease.ip);
+    const target = join(this.p.dir, name);
+    const tmp = join(this.p.tmp, `lease-${process.pid}-${tmpSeq++}`);
+    try {
+      const fd = fs.openSync(tmp, 'wx', 0o600);
+      try {
+        fs.writeSync(fd, leaseContent(lease));
+        fs.fsyncSync(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+      try {
+        // link(2) fails with EEXIST instead of replacing: the exclusive create, with the content already there.
+        fs.linkSync(tmp, target);
+      } catch (err) {
+        if (errnoOf(err) !== 'EEXIST') throw err;
+        // The index missed a lease someone else wrote: it is taken, and the records need the truth again.
+        this.noteChange(lease.ip, true);
+        this.rebuild(`${target} exists although the index had it free`);
+        return false;
+      } finally {
+        fs.rmSync(tmp, { force: true });
+      }
+      writeAtomic(this.p, join(this.p.dir, `${CURSOR_PREFIX}${setId}`), name, { fsync: false });
+    } catch (err) {
+      throw ioError(`cannot write lease ${target}`, err);
+    }
+    this.noteChange(lease.ip, true);
+    const key = attKey(lease);
+    const prev = this.record(key);
+    this.setRecord(key, {
+      v: 1,
+      containerId: lease.containerId,
+      ifname: lease.ifname,
+      ips: [...(prev?.ips ?? []).filter((i) => i !== name), name],
+      meta: prev?.meta ?? lease.meta,
+    });
+    return true;
+  }
+
+  async lastReserved(setId: number): Promise<Ip | undefined> {
+    let text: string;
+    try {
+      text = fs.readFileSync(join(this.p.dir, `${CURSOR_PREFIX}${setId}`), 'utf8');
+    } catch (err) {
+      if (errnoOf(err) === 'ENOENT') return undefined;
+      this.warn(`cannot read the cursor of range set ${setId}: ${(err as Error).message}`);
+      return undefined;
+    }
+    const ip = parseIp(text);
+    if (ip === undefined && text !== '') this.warn(`ignoring corrupt cursor file ${CURSOR_PREFIX}${setId}`);
+    return ip;
+  }
+
+  async occupancy(set: RangeSet): Promise<Occupancy> {
+    const key = rangeSetKey(set);
+    const spans = spansOf(set);
+    const size = spans.reduce((n, s) => n + (s.end - s.start + 1n), 0n);
+    if (size > BigInt(BITMAP_LIMIT)) return this.probeOccupancy(spans);
+    const existing = this.bitmaps.get(key);
+    if (existing !== undefined) return existing;
+    let bitmap: Bitmap | undefined;
+    if (!this.rebuilt) {
+      try {
+        const d = Bitmap.decode(fs.readFileSync(join(this.p.sets, setHash(key))));
+        if (d !== undefined && d.header.gen === this.state.gen && d.header.key === key) bitmap = d.bitmap;
+      } catch (err) {
+        if (errnoOf(err) !== 'ENOENT') this.warn(`rebuilding unreadable occupancy map of ${key}: ${(err as Error).message}`);
+      }
+    }
+    if (bitmap === undefined) {
+      bitmap = new Bitmap(key, spans, new Uint8Array(Math.ceil(Number(size) / 8)), Number(size));
+      for (const name of this.listNames()) {
+        const ip = parseIp(name);
+        if (ip !== undefined && formatIp(ip) === name) bitmap.setTaken(ip, true);
+      }
+      this.builtBitmaps = true;
+    } else {
+      for (const c of this.changes.values()) bitmap.setTaken(c.ip, c.taken);
+    }
+    this.bitmaps.set(key, bitmap);
+    return bitmap;
+  }
+
+  private probeOccupancy(spans: readonly Span[]): Occupancy {
+    const taken = (ip: Ip): boolean => {
+      const name = formatIp(ip);
+      const c = this.changes.get(name);
+      return c !== undefined ? c.taken : fs.existsSync(join(this.p.dir, name));
+    };
+    return {
+      firstFree(lo: bigint, hi: bigint): bigint | undefined {
+        let probes = 0;
+        for (let o = lo; o <= hi && probes < PROBE_LIMIT; o++, probes++) {
+          if (!taken(spanAt(spans, o))) return o;
+        }
+        return undefined;
+      },
+    };
+  }
+
+  private leasesOfRecord(rec: AttRecord): Lease[] {
+    return rec.ips.map((t) => ({
+      ip: parseIp(t)!,
+      containerId: rec.containerId,
+      ifname: rec.ifname,
+      meta: rec.meta,
+    }));
+  }
+
+  /** Cheap verification of an index answer against the truth: each listed file holds this attachment. */
+  private verified(rec: AttRecord): boolean {
+    const want = leaseContent(rec);
+    return rec.ips.every((t) => {
+      try {
+        return fs.readFileSync(join(this.p.dir, t), 'utf8').trim() === want;
+      } catch {
+        return false;
+      }
+    });
+  }
+
+  async leasesOf(a: Attachment): Promise<Lease[]> {
+    checkContainerId(a.containerId);
+    if (a.ifname !== '') checkIfname(a.ifname);
+    const lookup = (key: string): AttRecord | null => {
+      let rec = this.record(key);
+      if (rec !== null && !this.dirtyRecords.has(key) && !this.verified(rec)) {
+        this.rebuild(`index entry ${key} does not match the lease files`);
+        rec = this.record(key);
+      }
+      return rec;
+    };
+    const exact = lookup(attKey(a));
+    if (exact !== null && exact.ips.length > 0) return this.leasesOfRecord(exact);
+    if (a.ifname === '') return [];
+    // host-local matches legacy files (id only) when no exact match exists.
+    const legacy = lookup(attKey({ containerId: a.containerId, ifname: '' }));
+    return legacy === null ? [] : this.leasesOfRecord(legacy);
+  }
+
+  async all(): Promise<Lease[]> {
+    const out: Lease[] = [];
+    const keys = new Set<string>(this.recordsComplete ? [] : this.readAllRecordKeys());
+    for (const k of this.records.keys()) keys.add(k);
+    for (const key of keys) {
+      const rec = this.record(key);
+      if (rec !== null) out.push(...this.leasesOfRecord(rec));
+    }
+    return out;
+  }
+
+  async leasesFromEarlierBoots(): Promise<Lease[]> {
+    if (this.state.bootId === this.opts.bootId) return [];
+    this.bootSeen = true;
+    return (await this.all()).filter((l) => l.meta.bootId !== this.opts.bootId);
+  }
+
+  async release(lease: Lease): Promise<void> {
+    const name = formatIp(lease.ip);
+    try {
+      fs.unlinkSync(join(this.p.dir, name));
+    } catch (err) {
+      if (errnoOf(err) !== 'ENOENT') throw ioError(`cannot remove lease ${join(this.p.dir, name)}`, err);
+    }
+    this.noteChange(lease.ip, false);
+    const key = attKey(lease);
+    const rec = this.record(key);
+    if (rec !== null) {
+      const ips = rec.ips.filter((i) => i !== name);
+      this.setRecord(key, ips.length === 0 ? null : { ...rec, ips });
+    }
+  }
+
+  /** Persists the index: records, bitmaps (new generation), then the directory sentinel and state. */
+  commit(): void {
+    if (!this.dirty) return;
+    const gen = this.state.gen + 1;
+    for (const key of this.dirtyRecords) {
+      const rec = this.records.get(key);
+      const file = join(this.p.att, key);
+      if (rec === null || rec === undefined) fs.rmSync(file, { force: true });
+      else writeAtomic(this.p, file, JSON.stringify(rec), { fsync: false });
+    }
+    // Bitmaps of other range sets (an older config, other runtime ipRanges) follow the changes too, or go.
+    for (const file of fs.readdirSync(this.p.sets)) {
+      const path = join(this.p.sets, file);
+      if ([...this.bitmaps.keys()].some((k) => setHash(k) === file)) continue;
+      let d: ReturnType<typeof Bitmap.decode>;
+      try {
+        d = this.rebuilt ? undefined : Bitmap.decode(fs.readFileSync(path));
+      } catch {
+        d = undefined;
+      }
+      if (d === undefined || d.header.gen !== this.state.gen) {
+        fs.rmSync(path, { force: true });
+        continue;
+      }
+      for (const c of this.changes.values()) d.bitmap.setTaken(c.ip, c.taken);
+      writeAtomic(this.p, path, d.bitmap.encode(gen), { fsync: false });
+    }
+    for (const [key, b] of this.bitmaps) writeAtomic(this.p, join(this.p.sets, setHash(key)), b.encode(gen), { fsync: false });
+    const next: State = { v: 1, gen, dirMtimeNs: setSentinel(this.p.dir, this.now(), (m) => this.warn(m)) };
+    const bootId = this.bootSeen ? this.opts.bootId : this.state.bootId ?? this.opts.bootId;
+    next.bootId = bootId;
+    writeAtomic(this.p, this.p.state, JSON.stringify(next), { fsync: false });
+  }
+}
+
+/**
+ * Sets the directory's mtime to a moment 10 s in the past with random nanoseconds and returns the value the
+ * kernel stored: any later change of the directory stamps the current time, which cannot equal it.
+ */
+function setSentinel(dir: string, now: Date, warn: (m: string) => void): string {
+  const secs = Math.floor(now.getTime() / 1000) - 10 + Math.random();
+  try {
+    fs.utimesSync(dir, now, secs);
+  } catch (err) {
+    warn(`cannot stamp ${dir} (${(err as Error).message}); the index will be rebuilt on every operation`);
+    return 'unset';
+  }
+  return fs.statSync(dir, { bigint: true }).mtimeNs.toString();
+}
+
+function readState(p: Paths): State | undefined {
+  try {
+    const s = JSON.parse(fs.readFileSync(p.state, 'utf8')) as State;
+    if (s.v === 1 && typeof s.gen === 'number' && typeof s.dirMtimeNs === 'string') return s;
+  } catch {
+    // Missing or corrupt: the index is rebuilt.
+  }
+  return undefined;
+}
+
+function lockFile(path: string): () => void {
+  const addon = loadNativeAddon();
+  const fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_CREAT, 0o600);
+  try {
+    addon.flock(fd, 'ex');
+  } catch (err) {
+    fs.closeSync(fd);
+    throw err;
+  }
+  return () => {
+    // Closing the descriptor drops the flock too; unlock first so a failure to close cannot keep it.
+    try {
+      addon.flock(fd, 'un');
+    } finally {
+      fs.closeSync(fd);
+    }
+  };
+}
+
+/** Opens the store of one network; nothing touches the disk until `transact`. */
+export function openLeaseFileStore(opts: LeaseFileStoreOptions): LeaseStore {
+  const p = leaseDirPaths(opts.dataDir, opts.network);
+  const store = {
+    async transact<T>(fn: (s: LeaseSession) => Promise<T>, topts?: TransactOptions): Promise<T> {
+      let unlock: () => void;
+      try {
+        fs.mkdirSync(p.dir, { recursive: true, mode: 0o755 });
+        for (const d of [p.berth, p.att, p.sets, p.tmp]) fs.mkdirSync(d, { recursive: true, mode: 0o700 });
+        unlock = lockFile(p.lock);
+      } catch (err) {
+        throw ioError(`cannot open the lease store ${p.dir}`, err);
+      }
+      try {
+        // Temp files left by a crash: host-local would match their content on CHECK; remove them first.
+        for (const f of fs.readdirSync(p.tmp)) fs.rmSync(join(p.tmp, f), { force: true });
+        const loaded = readState(p);
+        const mtime = fs.statSync(p.dir, { bigint: true }).mtimeNs.toString();
+        const state: State = loaded ?? { v: 1, gen: 0, dirMtimeNs: '' };
+        const session = new FileSession(p, state, opts);
+        if (loaded === undefined) session.rebuild('no index yet', true);
+        else if (loaded.dirMtimeNs !== mtime) session.rebuild('the directory changed outside berth');
+        const commit = (): void => {
+          if (topts?.readOnly === true) return;
+          try {
+            session.commit();
+          } catch (err) {
+            throw ioError(`cannot update the lease index in ${p.berth}`, err);
+          }
+        };
+        let result: T;
+        try {
+          result = await fn(session);
+        } catch (err) {
+          // A failed command has rolled its own changes back; keep the index in step with the files anyway.
+          try {
+            commit();
+          } catch (commitErr) {
+            opts.warn?.(`berth-ipam: ${(commitErr as Error).message}`);
+          }
+          throw err;
+        }
+        commit();
+        return result;
+      } finally {
+        unlock();
+      }
+    },
+
+    async unwritableReason(): Promise<string | undefined> {
+      // The nearest existing ancestor decides: the store creates the rest.
+      let dir = p.dir;
+      for (;;) {
+        try {
+          const st = fs.statSync(dir);
+          if (!st.isDirectory()) return `${dir} is not a directory`;
+          fs.accessSync(dir, fs.constants.W_OK);
+          return undefined;
+        } catch (err) {
+          if (errnoOf(err) !== 'ENOENT') return `${dir} is not writable: ${(err as Error).message}`;
+        }
+        const parent = join(dir, '..');
+        if (parent === dir) return `no existing directory above ${p.dir}`;
+        dir = parent;
+      }
+    },
+  } satisfies LeaseStore;
+  return store;
+}

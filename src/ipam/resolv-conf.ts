@@ -1,0 +1,42 @@
+// The DNS part of an IPAM result, read from a resolv.conf-style file exactly as host-local parses it.
+import { readFileSync } from 'node:fs';
+import { CniError, ErrorCode } from '../cni-spec/errors';
+import type { DNS } from '../cni-spec/types/result';
+
+export function parseResolvConf(text: string): DNS {
+  const dns: DNS = {};
+  for (const raw of text.split('\n')) {
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#') || line.startsWith(';')) continue;
+    const fields = line.split(/\s+/);
+    if (fields.length < 2) continue;
+    const [key, ...rest] = fields;
+    switch (key) {
+      case 'nameserver':
+        (dns.nameservers ??= []).push(rest[0]!);
+        break;
+      case 'domain':
+        dns.domain = rest[0]!;
+        break;
+      case 'search':
+        (dns.search ??= []).push(...rest);
+        break;
+      case 'options':
+        (dns.options ??= []).push(...rest);
+        break;
+    }
+  }
+  return dns;
+}
+
+export function readResolvConf(path: string): DNS {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new CniError(ErrorCode.IoFailure, `cannot read resolvConf ${path}: ${(err as Error).message}`, undefined, {
+      cause: err,
+    });
+  }
+  return parseResolvConf(text);
+}
