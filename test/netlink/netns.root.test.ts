@@ -1,0 +1,163 @@
+// Entering namespaces: the thread always comes back, and bad paths give the documented errors.
+import { mkdtempSync, openSync, closeSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { CniError, ErrorCode } from '../../src/cni-spec/errors';
+import { NetlinkError, netlinkCode, toKernelCniError } from '../../src/netlink/errors';
+import { currentNetnsId, netnsIdOf, openNetns, withNetns } from '../../src/netlink/netns';
+import { KernelFixture, leftovers, sh, threadNetns } from './kernel-fixture';
+
+let fx: KernelFixture;
+let original: string;
+
+beforeAll(() => {
+  original = threadNetns();
+});
+afterEach(() => {
+  fx?.cleanup();
+  // Whatever a test did, the worker's thread must be back where it started.
+  expect(threadNetns()).toBe(original);
+});
+afterAll(() => {
+  expect(leftovers(`bt${process.pid}`)).toEqual([]);
+});
+
+function podInode(nsName: string): string {
+  // An independent observer: a process started by ip in that netns reads its own link.
+  return sh('ip', ['netns', 'exec', nsName, 'readlink', '/proc/self/ns/net']).trim();
+}
+
+describe('withNetns', () => {
+  it('runs the callback inside the namespace and returns its value, then switches back', () => {
+    fx = new KernelFixture();
+    const pod = fx.addNetns('p');
+    const inside = withNetns(pod.path!, () => threadNetns());
+    expect(inside).toBe(podInode(pod.nsName!));
+    expect(inside).not.toBe(original);
+    expect(threadNetns()).toBe(original);
+    expect(currentNetnsId()).toBe(original);
+  });
+
+  it('switches back and rethrows the very same error when the callback throws', () => {
+    fx = new KernelFixture();
+    const pod = fx.addNetns('p');
+    const boom = new Error('boom');
+    let seenInside = '';
+    expect(() =>
+      withNetns(pod.path!, () => {
+        seenInside = threadNetns();
+        throw boom;
+      }),
+    ).toThrow(boom);
+    expect(seenInside).toBe(podInode(pod.nsName!));
+    expect(threadNetns()).toBe(original);
+  });
+
+  it('switches back when the callback throws a non-Error value', () => {
+    fx = new KernelFixture();
+    const pod = fx.addNetns('p');
+    let caught: unknown;
+    try {
+      withNetns(pod.path!, () => {
+        throw 42;
+      });
+    } catch (e) {
+      caught = e;
+    }
+    expect(caught).toBe(42);
+    expect(threadNetns()).toBe(original);
+  });
+
+  it('nests: inner scope returns to the outer namespace, outer scope to the original', () => {
+    fx = new KernelFixture();
+    const a = fx.addNetns('a');
+    const b = fx.addNetns('b');
+    const seen = withNetns(a.path!, () => {
+      const inner = withNetns(b.path!, () => threadNetns());
+      return [threadNetns(), inner];
+    });
+    expect(seen).toEqual([podInode(a.nsName!), podInode(b.nsName!)]);
+    expect(threadNetns()).toBe(original);
+  });
+
+  it('accepts an fd (borrowed, left open) and an open ref', () => {
+    fx = new KernelFixture();
+    const pod = fx.addNetns('p');
+    const fd = openSync(pod.path!, 'r');
+    try {
+      expect(withNetns(fd, () => threadNetns())).toBe(podInode(pod.nsName!));
+      // Still usable: the fd was borrowed, not closed.
+      expect(withNetns(fd, () => threadNetns())).toBe(podInode(pod.nsName!));
+    } finally {
+      closeSync(fd);
+    }
+    const ref = openNetns(pod.path!);
+    try {
+      expect(netnsIdOf(ref)).toBe(podInode(pod.nsName!));
+      expect(netnsIdOf(ref)).toBe(podInode(pod.nsName!));
+    } finally {
+      ref.close();
+    }
+    expect(threadNetns()).toBe(original);
+  });
+
+  it('accepts /proc/<pid>/ns/net paths', () => {
+    expect(withNetns(`/proc/${process.pid}/ns/net`, () => threadNetns())).toBe(original);
+  });
+});
+
+describe('bad namespaces', () => {
+  it('a missing path is NetlinkError ENOENT (op "open netns"), CniError code 8 for handlers', () => {
+    const path = `/var/run/netns/bt${process.pid}-missing`;
+    let err: unknown;
+    try {
+      withNetns(path, () => 1);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(NetlinkError);
+    expect(err).toMatchObject({ code: 'ENOENT', op: 'open netns', object: path });
+    const cni = toKernelCniError(err);
+    expect(cni).toBeInstanceOf(CniError);
+    expect((cni as CniError).code).toBe(ErrorCode.InvalidNetns);
+    expect((cni as CniError).message).toContain(path);
+    expect(netlinkCode(cni)).toBe('ENOENT');
+    expect(threadNetns()).toBe(original);
+  });
+
+  it('a path that is not a namespace is ENOTNS, also CniError code 8', () => {
+    const dir = mkdtempSync(join(tmpdir(), `bt${process.pid}-ns-`));
+    try {
+      const file = join(dir, 'plain');
+      writeFileSync(file, '');
+      expect(() => withNetns(file, () => 1)).toThrow(expect.objectContaining({ code: 'ENOTNS', op: 'open netns' }));
+      expect((toKernelCniError(new NetlinkError({ code: 'ENOTNS', errno: 0, op: 'open netns', object: file })) as CniError).code).toBe(
+        ErrorCode.InvalidNetns,
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    expect(threadNetns()).toBe(original);
+  });
+
+  it('an fd of another namespace type fails setns with EINVAL and leaves the thread alone', () => {
+    const fd = openSync(`/proc/${process.pid}/ns/uts`, 'r');
+    try {
+      expect(() => withNetns(fd, () => 1)).toThrow(expect.objectContaining({ code: 'EINVAL', op: 'setns' }));
+    } finally {
+      closeSync(fd);
+    }
+    expect(threadNetns()).toBe(original);
+  });
+
+  it('an fd that is not a namespace at all fails setns with EINVAL', () => {
+    const fd = openSync('/proc/self/status', 'r');
+    try {
+      expect(() => withNetns(fd, () => 1)).toThrow(expect.objectContaining({ code: 'EINVAL', op: 'setns' }));
+    } finally {
+      closeSync(fd);
+    }
+    expect(threadNetns()).toBe(original);
+  });
+});
