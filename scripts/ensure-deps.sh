@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Makes a machine ready to build and test berth, then builds it. Idempotent; on a fresh Debian 12 run it
+# as root (CI does). As another user it installs nothing system-wide and only says what is missing.
+#
+# Installs: the Debian packages below (only the missing ones), cnitool and the reference plugins through
+# ../shared/tools/setup-cni-reference.sh when that file sits beside the repo, the npm dependencies
+# (npm ci, skipped when node_modules already matches the lock file), then runs `npm run build`.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+log() { echo "ensure-deps: $*" >&2; }
+
+pkgs=(nftables iproute2 iputils-ping jq containernetworking-plugins build-essential python3 golang-go
+  golang-github-appc-cni-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+
+if [ "$(id -u)" = 0 ]; then
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  setup="$repo/../shared/tools/setup-cni-reference.sh"
+  if [ -f "$setup" ]; then
+    bash "$setup" >&2
+  else
+    log "no $setup beside the repo: cnitool not built (scripts that need it will say so)"
+  fi
+elif [ ${#missing[@]} -gt 0 ]; then
+  log "not root: not installing ${missing[*]} (the unit tests do not need them)"
+fi
+
+command -v node >/dev/null || { log "node (>= 20) is required and not installed"; exit 1; }
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+[ "$node_major" -ge 20 ] || { log "node >= 20 is required, found $(node --version)"; exit 1; }
+
+cd "$repo"
+# `npm ls` fails when an installed package is missing or at another version than the lock file pins.
+if [ -d node_modules ] && npm ls --all >/dev/null 2>&1; then
+  log "node_modules up to date"
+else
+  log "npm ci"
+  npm ci --no-audit --no-fund >&2
+fi
+log "npm run build"
+npm run build >&2
