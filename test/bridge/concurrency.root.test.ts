@@ -1,0 +1,55 @@
+// Many pods added and deleted at once on one bridge: distinct addresses, one gateway address per family,
+// no duplicated nftables rules, and nothing left after the DELs.
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { Fixture, ipJson, nsExec } from './harness';
+
+const fx = new Fixture('c');
+afterEach(() => fx.cleanup());
+afterAll(() => fx.dispose());
+
+const PODS = 24;
+
+describe('concurrency', () => {
+  it(`${PODS} simultaneous ADDs then ${PODS} simultaneous DELs on one bridge`, async () => {
+    const c = {
+      cniVersion: '1.0.0',
+      name: `${fx.prefix}net`,
+      type: 'berth-bridge',
+      bridge: fx.bridge(),
+      isDefaultGateway: true,
+      ipMasq: true,
+      macspoofchk: true,
+      ipam: fx.hostLocal([[{ subnet: '198.18.132.0/24' }], [{ subnet: 'fd00:b::/64' }]]),
+    };
+    const pods = Array.from({ length: PODS }, (_, i) => ({ id: `pod${i}`, ns: fx.netns() }));
+    const adds = await Promise.all(pods.map((p) => fx.run({ command: 'ADD', conf: c, containerId: p.id, netns: p.ns.path, ifname: 'eth0' })));
+    for (const a of adds) expect(a.code, a.stdout + a.stderr).toBe(0);
+
+    const v4 = adds.map((a) => a.json.ips[0].address);
+    expect(new Set(v4).size).toBe(PODS);
+    expect(new Set(adds.map((a) => a.json.interfaces[1].name)).size).toBe(PODS);
+    expect(fx.ports(c.bridge)).toHaveLength(PODS);
+    const brAddrs = ipJson(['addr', 'show', 'dev', c.bridge])[0].addr_info.filter((a: any) => a.scope === 'global');
+    expect(brAddrs.map((a: any) => `${a.local}/${a.prefixlen}`).sort()).toEqual(['198.18.132.1/24', 'fd00:b::1/64']);
+
+    const inet = fx.nftList('inet');
+    expect(inet.match(/jump masq_/g)).toHaveLength(2);
+    expect(inet.match(/masquerade$/gm)).toHaveLength(1);
+    expect(inet.match(/comment "pod\d+\/eth0"/g)).toHaveLength(PODS * 4);
+    const bridgeTable = fx.nftList('bridge');
+    expect(bridgeTable.match(/ drop/g)).toHaveLength(1);
+    expect(bridgeTable.match(/comment "pod\d+\/eth0"/g)).toHaveLength(PODS * 2);
+
+    // traffic: pod0 reaches the gateway and the last pod (ping exits non-zero otherwise)
+    nsExec(pods[0]!.ns.name, ['ping', '-c', '1', '-W', '2', '198.18.132.1']);
+    nsExec(pods[0]!.ns.name, ['ping', '-c', '1', '-W', '2', v4[PODS - 1]!.split('/')[0]!]);
+
+    const dels = await Promise.all(pods.map((p) => fx.run({ command: 'DEL', conf: c, containerId: p.id, netns: p.ns.path, ifname: 'eth0' })));
+    for (const d of dels) expect(d.code, d.stdout + d.stderr).toBe(0);
+    expect(fx.ports(c.bridge)).toEqual([]);
+    expect(fx.leases(c.name)).toEqual([]);
+    expect(fx.nftList('inet')).not.toContain('pod');
+    expect(fx.nftList('inet')).not.toContain('masq_');
+    expect(fx.nftList('bridge')).not.toContain('drop');
+  });
+});
