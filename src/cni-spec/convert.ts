@@ -232,32 +232,6 @@ export function toVersion(result: Result, version: string): VersionedResult {
   return convertFamily(result, '110', version);
 }
 
-/**
- * Reads a result printed in any supported version into the internal model. The result's own
- * `cniVersion` decides its shape; `version` (the config's) is assumed when it has none.
- */
-export function parseResult(json: string | JsonObject, version: string): Result {
-  const ctx = resultContext();
-  let value: unknown = json;
-  if (typeof json === 'string') {
-    try {
-      value = JSON.parse(json);
-    } catch (err) {
-      throw new CniError(ErrorCode.DecodingFailure, `result is not valid JSON: ${(err as Error).message}`);
-    }
-  }
-  const o = expectObject(value, ctx);
-  const own = o.cniVersion;
-  if (own !== undefined && typeof own !== 'string') {
-    throw new CniError(ErrorCode.DecodingFailure, `result.cniVersion: expected a string, got ${typeof own}`);
-  }
-  const v = own ?? version;
-  if (!isSupportedVersion(v)) throw unsupportedVersionError('result version', v);
-  const family = VERSION_FAMILY[v];
-  const read = READERS[family];
-  return convertFamily(read(o, v, ctx), family, IMPLEMENTED_VERSION) as Result;
-}
-
 const READERS: Readonly<Record<Family, (o: JsonObject, v: string, ctx: ShapeContext) => VersionedResult>> = {
   '020': readResult020,
   '040': readResult040,
@@ -265,3 +239,29 @@ const READERS: Readonly<Record<Family, (o: JsonObject, v: string, ctx: ShapeCont
   '110': readResult110,
 };
 
+/**
+ * Reads a result printed in any supported version into the internal model. The result's own
+ * `cniVersion` decides its shape; `version` (the config's) is assumed when it has none. `what` names
+ * the value in error messages ("prevResult", "result of host-local").
+ */
+export function parseResult(json: string | JsonObject, version: string, what = 'result'): Result {
+  const ctx = resultContext(what);
+  let value: unknown = json;
+  if (typeof json === 'string') {
+    try {
+      value = JSON.parse(json);
+    } catch (err) {
+      throw new CniError(ErrorCode.DecodingFailure, `${what} is not valid JSON: ${(err as Error).message}`);
+    }
+  }
+  const o = expectObject(value, ctx);
+  const own = o.cniVersion;
+  if (own !== undefined && typeof own !== 'string') {
+    throw new CniError(ErrorCode.DecodingFailure, `${what}.cniVersion: expected a string, got ${typeof own}`);
+  }
+  const v = own ?? version;
+  if (!isSupportedVersion(v)) throw unsupportedVersionError(`${what} version`, v);
+  const family = VERSION_FAMILY[v];
+  const read = READERS[family];
+  return convertFamily(read(o, v, ctx), family, IMPLEMENTED_VERSION) as Result;
+}

@@ -156,5 +156,5 @@ export async function delegate(opts: DelegateOptions): Promise<Result | undefine
   if (stdout.trim() === '') {
     throw new CniError(ErrorCode.Internal, `plugin ${opts.pluginType} printed no result for ADD`, path);
   }
-  return parseResult(stdout, request.cniVersion);
+  return parseResult(stdout, request.cniVersion, `result of ${opts.pluginType}`);
 }

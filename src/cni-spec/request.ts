@@ -274,12 +274,7 @@ function readArgsCni(config: NetConf): Readonly<Record<string, unknown>> {
 function readPrevResult(config: NetConf): Result | undefined {
   const prev = readObjectKey(config, 'prevResult');
   if (prev === undefined) return undefined;
-  try {
-    return parseResult(prev, config.cniVersion);
-  } catch (err) {
-    const e = err as CniError;
-    throw new CniError(e.code, `invalid prevResult: ${e.message}`, e.details, { cause: err });
-  }
+  return parseResult(prev, config.cniVersion, 'prevResult');
 }
 
 const VALID_ATTACHMENT_KEYS = ['cni.dev/valid-attachments', 'cni.dev/attachments'] as const;
