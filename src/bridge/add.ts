@@ -40,6 +40,14 @@ async function ensureBridge(nl: Netlink, conf: BridgeConf): Promise<{ link: Link
     });
     created = true;
   } catch (err) {
+    if (isCode(err, 'EOPNOTSUPP') && wantsVlanFiltering(conf)) {
+      throw new CniError(
+        ErrorCode.Internal,
+        `failed to create bridge "${conf.bridge}": this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING), needed by "vlan"/"vlanTrunk"`,
+        undefined,
+        { cause: err },
+      );
+    }
     if (!isCode(err, 'EEXIST')) throw toKernelCniError(err);
   }
   const link = await nl.getLink(conf.bridge);
@@ -191,8 +199,28 @@ async function waitDad(pod: Netlink, ifname: string): Promise<void> {
   }
 }
 
-/** Gateway addresses on the bridge, reference ensureAddr semantics; returns the ones this call added. */
-async function ensureGateways(host: Netlink, conf: BridgeConf, bridge: Link, gateways: readonly GatewayAddress[]): Promise<GatewayAddress[]> {
+/**
+ * With an access VLAN the gateway cannot sit on the bridge device (untagged, VLAN 1): like the reference,
+ * a host-side veth pair `<bridge>.<vlan>` is created on first use, its other end a port of the bridge in
+ * that VLAN, and the gateway addresses go on it. Shared by every pod of the VLAN, so never removed by a pod.
+ */
+async function ensureVlanGateway(host: Netlink, conf: BridgeConf, bridge: Link): Promise<Link> {
+  const name = `${conf.bridge}.${conf.vlan}`;
+  const existing = await host.findLink(name);
+  if (existing !== undefined) return existing;
+  if (Buffer.byteLength(name) > 15) {
+    throw new CniError(ErrorCode.InvalidNetworkConfig, `invalid "vlan": gateway interface name ${name} is longer than 15 bytes (shorten "bridge")`);
+  }
+  const port = hostVethName();
+  await host.createVethPair({ name: port, peerName: name, peerNetns: '/proc/self/ns/net', mtu: bridge.mtu });
+  await configurePort(host, conf, bridge, await host.getLink(port), `${name} gateway port`);
+  await host.setUp(name);
+  return host.getLink(name);
+}
+
+/** Gateway addresses on the bridge (or VLAN gateway), reference ensureAddr semantics; returns those this call added. */
+async function ensureGateways(host: Netlink, conf: BridgeConf, target: Link, gateways: readonly GatewayAddress[]): Promise<GatewayAddress[]> {
+  const bridge = target;
   const added: GatewayAddress[] = [];
   for (const gw of gateways) {
     const present = await host.listAddresses({ link: bridge.index, family: gw.family });
@@ -206,7 +234,7 @@ async function ensureGateways(host: Netlink, conf: BridgeConf, bridge: Link, gat
       const overlaps = gw.family === 4 || sameSubnet(`${a.address}/${a.prefixLength}`, gw.cidr);
       if (!overlaps) continue;
       if (!conf.forceAddress) {
-        throw new CniError(ErrorCode.Internal, `"${conf.bridge}" already has an IP address different from ${gw.cidr}`);
+        throw new CniError(ErrorCode.Internal, `"${target.name}" already has an IP address different from ${gw.cidr}`);
       }
       await host.delAddress({ link: bridge.index, address: a.address, prefixLength: a.prefixLength });
     }
@@ -216,10 +244,10 @@ async function ensureGateways(host: Netlink, conf: BridgeConf, bridge: Link, gat
       await host.addAddress({ link: bridge.index, address: gw.ip, prefixLength: gw.prefixLen, ...(gw.family === 6 ? { nodad: true } : {}) });
       added.push(gw);
     } catch (err) {
-      if (!isCode(err, 'EEXIST')) throw new CniError(ErrorCode.Internal, `could not add IP address to "${conf.bridge}": ${(err as Error).message}`, undefined, { cause: err });
+      if (!isCode(err, 'EEXIST')) throw new CniError(ErrorCode.Internal, `could not add IP address to "${target.name}": ${(err as Error).message}`, undefined, { cause: err });
     }
   }
-  if (gateways.length > 0) {
+  if (gateways.length > 0 && target.kind === 'bridge') {
     // Pin the bridge MAC to itself, or it follows the lowest port MAC as ports come and go.
     const now = await host.getLink(bridge.index);
     if (now.mac !== undefined) await host.setMac(bridge.index, now.mac);
@@ -322,14 +350,16 @@ export async function cmdAdd(req: Request): Promise<Result> {
       const p = plan;
       await withNetworkLock(lockOpts, async () => {
         if (conf.isGateway && p.gateways.length > 0) {
-          const added = await ensureGateways(host, conf, bridge, p.gateways);
+          const target = conf.vlan !== 0 ? await ensureVlanGateway(host, conf, bridge) : bridge;
+          if (target !== bridge) (result.interfaces as Interface[]).push({ name: target.name, ...(target.mac !== undefined ? { mac: target.mac } : {}) });
+          const added = await ensureGateways(host, conf, target, p.gateways);
           if (added.length > 0) {
             undo.push('remove gateway addresses', () =>
               withNetworkLock(lockOpts, async () => {
                 // Other pods may already route through them: remove only while ours is the only port.
                 const ports = (await host.listLinks()).filter((l) => l.masterIndex === bridge.index && l.index !== veth.host.index);
                 if (ports.length > 0) return;
-                for (const g of added) await host.delAddress({ link: bridge.index, address: g.ip, prefixLength: g.prefixLen }).catch(() => undefined);
+                for (const g of added) await host.delAddress({ link: target.index, address: g.ip, prefixLength: g.prefixLen }).catch(() => undefined);
               }),
             );
           }

@@ -1,0 +1,258 @@
+// Every configuration key of berth-bridge, checked on the kernel state it produces (and on traffic where
+// the option is about traffic: masquerade, spoof check).
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { Fixture, ipJson, nsExec, readSysctlIn, sh, trySh } from './harness';
+
+const fx = new Fixture('o');
+afterEach(() => fx.cleanup());
+afterAll(() => fx.dispose());
+
+const SUBNET = '198.18.133.0/24';
+
+function conf(extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    cniVersion: '1.0.0',
+    name: `${fx.prefix}net`,
+    type: 'berth-bridge',
+    bridge: fx.bridge(),
+    ipam: fx.hostLocal([[{ subnet: SUBNET }]]),
+    ...extra,
+  };
+}
+
+async function add(c: Record<string, unknown>, opts: { id?: string; ifname?: string; cniArgs?: string } = {}) {
+  const ns = fx.netns();
+  const r = await fx.run({ command: 'ADD', conf: c, containerId: opts.id ?? 'ctr1', netns: ns.path, ifname: opts.ifname ?? 'eth0', ...(opts.cniArgs !== undefined ? { cniArgs: opts.cniArgs } : {}) });
+  expect(r.code, r.stdout + r.stderr).toBe(0);
+  return { ns, result: r.json, hostVeth: r.json.interfaces[1].name as string };
+}
+
+const linkDetail = (dev: string, ns?: string): any => ipJson([...(ns !== undefined ? ['-n', ns] : []), '-d', 'link', 'show', 'dev', dev])[0];
+const bridgeVlans = (dev: string): any[] => {
+  const out = JSON.parse(sh('bridge', ['-j', 'vlan', 'show', 'dev', dev]) || '[]');
+  return out[0]?.vlans ?? [];
+};
+
+describe('gateway options', () => {
+  it('isGateway: gateway on the bridge, forwarding on, no default route', async () => {
+    const c = conf({ isGateway: true });
+    const { ns, result } = await add(c);
+    expect(result.ips[0].gateway).toBe('198.18.133.1');
+    expect(ipJson(['addr', 'show', 'dev', c.bridge as string])[0].addr_info.map((a: any) => a.local)).toContain('198.18.133.1');
+    expect(sh('sysctl', ['-n', 'net.ipv4.ip_forward']).trim()).toBe('1');
+    expect(ipJson(['-n', ns.name, 'route', 'show', 'default'])).toEqual([]);
+  });
+
+  it('without isGateway: no address on the bridge, no gateway in the result', async () => {
+    const c = conf();
+    const { result } = await add(c);
+    expect(result.ips[0].gateway).toBe('198.18.133.1'); // host-local's own gateway is passed through
+    expect(ipJson(['addr', 'show', 'dev', c.bridge as string])[0].addr_info.filter((a: any) => a.family === 'inet')).toEqual([]);
+  });
+
+  it('forceAddress: a different address on the bridge is an error without it, replaced with it', async () => {
+    const c = conf({ isGateway: true });
+    sh('ip', ['link', 'add', c.bridge as string, 'type', 'bridge']);
+    sh('ip', ['addr', 'add', '198.18.134.1/24', 'dev', c.bridge as string]);
+    const ns = fx.netns();
+    const refused = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr1', netns: ns.path, ifname: 'eth0' });
+    expect(refused.code).not.toBe(0);
+    expect(refused.json.msg).toBe(`"${c.bridge as string}" already has an IP address different from 198.18.133.1/24`);
+    expect(fx.leases(c.name as string)).toEqual([]);
+    const { result } = await add({ ...c, forceAddress: true });
+    expect(result.ips[0].address).toMatch(/^198\.18\.133\.\d+\/24$/);
+    const v4 = ipJson(['addr', 'show', 'dev', c.bridge as string])[0].addr_info.filter((a: any) => a.family === 'inet').map((a: any) => a.local);
+    expect(v4).toEqual(['198.18.133.1']);
+  });
+});
+
+describe('ipMasq', () => {
+  /** An "outside" namespace reachable from the host only; it has no route back to the pod subnet. */
+  function outside(): { name: string } {
+    const ext = fx.netns();
+    const hostEnd = `${fx.prefix}x${ext.name.slice(-2)}`;
+    sh('ip', ['link', 'add', hostEnd, 'type', 'veth', 'peer', 'name', 'ext0', 'netns', ext.name]);
+    sh('ip', ['addr', 'add', '198.18.141.1/24', 'dev', hostEnd]);
+    sh('ip', ['link', 'set', hostEnd, 'up']);
+    sh('ip', ['-n', ext.name, 'addr', 'add', '198.18.141.2/24', 'dev', 'ext0']);
+    sh('ip', ['-n', ext.name, 'link', 'set', 'ext0', 'up']);
+    return ext;
+  }
+
+  it.each([
+    [true, 'iptables'],
+    [true, 'nftables'],
+    [true, undefined],
+    [false, undefined],
+  ])('ipMasq %s (ipMasqBackend %s): traffic to another network leaves with the host address only when on', async (masq, backend) => {
+    const c = conf({ isDefaultGateway: true, ipMasq: masq, ...(backend !== undefined ? { ipMasqBackend: backend } : {}) });
+    const { ns } = await add(c);
+    const ext = outside();
+    const ping = trySh('ip', ['netns', 'exec', ns.name, 'ping', '-c', '1', '-W', '1', '198.18.141.2']);
+    if (masq) {
+      expect(ping, 'pod reaches the outside network through the masquerade').toBeDefined();
+      expect(fx.nftList('inet')).toContain('198.18.133.2 comment "ctr1/eth0"');
+    } else {
+      expect(ping, 'without masquerade the outside has no route back').toBeUndefined();
+      expect(fx.nftList('inet')).not.toContain('198.18.133.2');
+    }
+    // same-subnet traffic is never masqueraded: the gateway sees the pod's own address
+    nsExec(ns.name, ['ping', '-c', '1', '-W', '1', '198.18.133.1']);
+    fx.deleteNetns(ext.name);
+  });
+});
+
+describe('link options', () => {
+  it('mtu: the new bridge and both veth ends', async () => {
+    const c = conf({ mtu: 1400 });
+    const { ns, hostVeth } = await add(c);
+    expect(linkDetail(c.bridge as string).mtu).toBe(1400);
+    expect(linkDetail(hostVeth).mtu).toBe(1400);
+    expect(linkDetail('eth0', ns.name).mtu).toBe(1400);
+  });
+
+  it('hairpinMode: hairpin on the host port (off by default)', async () => {
+    const on = await add(conf({ hairpinMode: true }));
+    expect(linkDetail(on.hostVeth).linkinfo.info_slave_data.hairpin).toBe(true);
+    const off = await add(conf(), { id: 'ctr2' });
+    expect(linkDetail(off.hostVeth).linkinfo.info_slave_data.hairpin).toBe(false);
+  });
+
+  it('promiscMode: the bridge is promiscuous', async () => {
+    const c = conf({ promiscMode: true });
+    await add(c);
+    expect(linkDetail(c.bridge as string).flags).toContain('PROMISC');
+  });
+
+  it('portIsolation ("true" as the docs write it): the host port is isolated', async () => {
+    const { hostVeth } = await add(conf({ portIsolation: 'true' }));
+    expect(linkDetail(hostVeth).linkinfo.info_slave_data.isolated).toBe(true);
+  });
+
+  it('enabledad: enhanced DAD on; default: accept_dad 0', async () => {
+    const v6 = [[{ subnet: 'fd00:b::/64' }]];
+    const on = await add(conf({ enabledad: true, ipam: fx.hostLocal(v6) }));
+    expect(readSysctlIn(on.ns.name, 'net.ipv6.conf.eth0.accept_dad')).toBe('1');
+    expect(readSysctlIn(on.ns.name, 'net.ipv6.conf.eth0.enhanced_dad')).toBe('1');
+    const addrs = ipJson(['-n', on.ns.name, 'addr', 'show', 'dev', 'eth0'])[0].addr_info.filter((a: any) => a.scope === 'global');
+    expect(addrs[0].tentative).toBeUndefined(); // ADD waited for DAD
+    const off = await add(conf({ ipam: fx.hostLocal(v6) }), { id: 'ctr2' });
+    expect(readSysctlIn(off.ns.name, 'net.ipv6.conf.eth0.accept_dad')).toBe('0');
+  });
+
+  it('IPv6 is left alone in an IPv4-only pod', async () => {
+    const { ns } = await add(conf());
+    // the namespace default (1 = keep addresses off on down) is not touched for IPv4-only pods
+    expect(readSysctlIn(ns.name, 'net.ipv6.conf.eth0.keep_addr_on_down')).toBe('0');
+  });
+});
+
+/** Kernels built without CONFIG_BRIDGE_VLAN_FILTERING refuse vlan_filtering (this CI machine is one). */
+function kernelHasVlanFiltering(): boolean {
+  const probe = `${fx.prefix}vf`;
+  const ok = trySh('ip', ['link', 'add', probe, 'type', 'bridge', 'vlan_filtering', '1']) !== undefined;
+  trySh('ip', ['link', 'del', probe]);
+  return ok;
+}
+const VLAN_OK = kernelHasVlanFiltering();
+
+describe.skipIf(VLAN_OK)('VLANs on a kernel without bridge VLAN filtering', () => {
+  it.each([{ vlan: 100 }, { vlanTrunk: [{ id: 101 }] }])('%j fails clearly and leaves nothing', async (extra) => {
+    const c = conf(extra);
+    const ns = fx.netns();
+    const r = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr1', netns: ns.path, ifname: 'eth0' });
+    expect(r.code).not.toBe(0);
+    expect(r.json.msg).toContain('CONFIG_BRIDGE_VLAN_FILTERING');
+    expect(trySh('ip', ['link', 'show', 'dev', c.bridge as string])).toBeUndefined();
+    expect(ipJson(['-n', ns.name, 'link', 'show']).map((l: any) => l.ifname)).toEqual(['lo']);
+    expect(fx.leases(c.name as string)).toEqual([]);
+  });
+});
+
+describe.runIf(VLAN_OK)('VLANs', () => {
+  it('vlan: PVID untagged on the port, vlan_filtering on the new bridge, default VLAN 1 kept (preserveDefaultVlan default)', async () => {
+    const c = conf({ vlan: 100 });
+    const { hostVeth } = await add(c);
+    expect(linkDetail(c.bridge as string).linkinfo.info_data.vlan_filtering).toBe(1);
+    const vlans = bridgeVlans(hostVeth);
+    expect(vlans).toContainEqual({ vlan: 100, flags: ['PVID', 'Egress Untagged'] });
+    expect(vlans.map((v) => v.vlan)).toContain(1);
+  });
+
+  it('preserveDefaultVlan false: only the configured VLAN', async () => {
+    const c = conf({ vlan: 100, preserveDefaultVlan: false });
+    const { hostVeth } = await add(c);
+    expect(bridgeVlans(hostVeth)).toEqual([{ vlan: 100, flags: ['PVID', 'Egress Untagged'] }]);
+  });
+
+  it('vlanTrunk: tagged VLANs, native VLAN 1', async () => {
+    const c = conf({ vlanTrunk: [{ id: 101 }, { minID: 200, maxID: 202 }], preserveDefaultVlan: false });
+    const { hostVeth } = await add(c);
+    const vlans = bridgeVlans(hostVeth);
+    expect(vlans).toContainEqual({ vlan: 1, flags: ['PVID', 'Egress Untagged'] });
+    const tagged = vlans.filter((v) => v.vlan !== 1).flatMap((v) => (v.vlanEnd !== undefined ? [`${v.vlan}-${v.vlanEnd}`] : [String(v.vlan)]));
+    expect(tagged).toEqual(['101', '200-202']);
+  });
+
+  it('vlan with isGateway: the gateway lives on <bridge>.<vlan>, reported as a 4th interface', async () => {
+    const c = conf({ vlan: 100, isDefaultGateway: true, bridge: `${fx.prefix}v` });
+    const { ns, result } = await add(c);
+    const gwIf = `${c.bridge as string}.100`;
+    expect(result.interfaces).toHaveLength(4);
+    expect(result.interfaces[3].name).toBe(gwIf);
+    expect(ipJson(['addr', 'show', 'dev', gwIf])[0].addr_info.map((a: any) => a.local)).toContain('198.18.133.1');
+    nsExec(ns.name, ['ping', '-c', '1', '-W', '2', '198.18.133.1']);
+    trySh('ip', ['link', 'del', gwIf]);
+  });
+});
+
+describe('L2 and container options', () => {
+  it('no IPAM: L2-only attachment, interface up, no ips in the result; CHECK works without IPAM', async () => {
+    const c = conf({ ipam: {} });
+    const { ns, result } = await add(c);
+    expect(result.ips).toBeUndefined();
+    expect(linkDetail('eth0', ns.name).operstate).toBe('UP');
+    const check = await fx.run({ command: 'CHECK', conf: { ...c, prevResult: result }, containerId: 'ctr1', netns: ns.path, ifname: 'eth0' });
+    expect(check.code, check.stdout).toBe(0);
+  });
+
+  it('disableContainerInterface: the container end stays down', async () => {
+    const c = conf({ ipam: undefined, disableContainerInterface: true });
+    const { ns } = await add(c);
+    expect(linkDetail('eth0', ns.name).flags).not.toContain('UP');
+  });
+
+  it('disableContainerInterface with IPAM is refused (code 7)', async () => {
+    const ns = fx.netns();
+    const r = await fx.run({ command: 'ADD', conf: conf({ disableContainerInterface: true }), containerId: 'ctr1', netns: ns.path, ifname: 'eth0' });
+    expect(r.json.code).toBe(7);
+    expect(r.json.msg).toContain('disableContainerInterface');
+  });
+
+  it('dns from the config replaces the IPAM dns', async () => {
+    const { result } = await add(conf({ dns: { nameservers: ['198.18.0.53'], search: ['pods.example'] } }));
+    expect(result.dns).toEqual({ nameservers: ['198.18.0.53'], search: ['pods.example'] });
+  });
+
+  it.each([
+    ['CNI_ARGS MAC=', {}, { cniArgs: 'IgnoreUnknown=1;MAC=02:42:c6:12:85:01' }, '02:42:c6:12:85:01'],
+    ['args.cni.mac', { args: { cni: { mac: '02:42:c6:12:85:02' } } }, { cniArgs: 'IgnoreUnknown=1;MAC=02:42:c6:12:85:01' }, '02:42:c6:12:85:02'],
+    ['runtimeConfig.mac', { runtimeConfig: { mac: '02:42:c6:12:85:03' }, args: { cni: { mac: '02:42:c6:12:85:02' } } }, {}, '02:42:c6:12:85:03'],
+  ])('container MAC from %s', async (_what, extra, opts, mac) => {
+    const { ns, result } = await add(conf(extra), opts);
+    expect(linkDetail('eth0', ns.name).address).toBe(mac);
+    expect(result.interfaces[2].mac).toBe(mac);
+  });
+});
+
+describe('macspoofchk', () => {
+  it('frames from the pod with another source MAC are dropped', async () => {
+    const c = conf({ isGateway: true, macspoofchk: true });
+    const { ns, hostVeth, result } = await add(c);
+    expect(fx.nftList('bridge')).toContain(`"${hostVeth}" . ${result.interfaces[2].mac} comment "ctr1/eth0"`);
+    nsExec(ns.name, ['ping', '-c', '1', '-W', '1', '198.18.133.1']);
+    sh('ip', ['-n', ns.name, 'link', 'set', 'eth0', 'address', '02:42:c6:12:85:99']);
+    sh('ip', ['neigh', 'flush', 'dev', c.bridge as string]);
+    expect(trySh('ip', ['netns', 'exec', ns.name, 'ping', '-c', '1', '-W', '1', '198.18.133.1'])).toBeUndefined();
+  });
+});
