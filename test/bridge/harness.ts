@@ -109,7 +109,7 @@ export class Fixture {
   leases(network: string): string[] {
     const dir = join(this.dataDir, network);
     if (!existsSync(dir)) return [];
-    return readdirSync(dir).filter((f) => f !== 'lock' && !f.startsWith('last_reserved_ip'));
+    return readdirSync(dir).filter((f) => f !== 'lock' && !f.startsWith('last_reserved_ip') && !f.startsWith('.'));
   }
 
   env(): Record<string, string> {

@@ -1,0 +1,130 @@
+// GC and STATUS (spec 1.1.0) with berth-ipam as the delegated IPAM.
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { Fixture, ipJson, sh } from './harness';
+
+const fx = new Fixture('g');
+afterEach(() => fx.cleanup());
+afterAll(() => fx.dispose());
+
+function conf(extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    cniVersion: '1.1.0',
+    name: `${fx.prefix}net`,
+    type: 'berth-bridge',
+    bridge: fx.bridge(),
+    isGateway: true,
+    ipMasq: true,
+    macspoofchk: true,
+    ipam: { type: 'berth-ipam', dataDir: fx.dataDir, ranges: [[{ subnet: '198.18.135.0/24' }]] },
+    ...extra,
+  };
+}
+
+async function threePods(c: Record<string, unknown>) {
+  const pods = [];
+  for (const id of ['podA', 'podB', 'podC']) {
+    const ns = fx.netns();
+    const r = await fx.run({ command: 'ADD', conf: c, containerId: id, netns: ns.path, ifname: 'eth0' });
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    pods.push({ id, ns, result: r.json });
+  }
+  expect(fx.ports(c.bridge as string)).toHaveLength(3);
+  return pods;
+}
+
+describe('GC', () => {
+  it.each([
+    ['cni.dev/valid-attachments', 'cni.dev/valid-attachments'],
+    ['the legacy cni.dev/attachments', 'cni.dev/attachments'],
+  ])('keeps what %s lists, removes the rest (host veths, nft entries, leases)', async (_what, key) => {
+    const c = conf();
+    const [a] = await threePods(c);
+    // a port berth did not create (no alias) is never touched
+    const foreign = `${fx.prefix}f`;
+    sh('ip', ['link', 'add', foreign, 'type', 'veth', 'peer', 'name', `${foreign}p`]);
+    sh('ip', ['link', 'set', foreign, 'master', c.bridge as string]);
+
+    const gc = await fx.run({ command: 'GC', conf: { ...c, [key]: [{ containerID: 'podA', ifname: 'eth0' }] } });
+    expect(gc.code, gc.stdout + gc.stderr).toBe(0);
+    const ports = fx.ports(c.bridge as string).map((l: any) => l.ifname);
+    expect(ports.sort()).toEqual([a!.result.interfaces[1].name, foreign].sort());
+    expect(fx.leases(c.name as string)).toEqual(['198.18.135.2']);
+    const inet = fx.nftList('inet');
+    expect(inet).toContain('podA/eth0');
+    expect(inet).not.toMatch(/podB|podC/);
+    expect(fx.nftList('bridge')).not.toMatch(/podB|podC/);
+    const check = await fx.run({ command: 'CHECK', conf: { ...c, prevResult: a!.result }, containerId: 'podA', netns: a!.ns.path, ifname: 'eth0' });
+    expect(check.code, check.stdout).toBe(0);
+    sh('ip', ['link', 'del', foreign]);
+  });
+
+  it('without a list, nothing is valid: everything of the network goes', async () => {
+    const c = conf();
+    await threePods(c);
+    const gc = await fx.run({ command: 'GC', conf: c });
+    expect(gc.code, gc.stdout).toBe(0);
+    expect(fx.ports(c.bridge as string)).toEqual([]);
+    expect(fx.leases(c.name as string)).toEqual([]);
+    expect(fx.nftList('inet')).not.toContain('pod');
+    expect(fx.nftList('bridge')).not.toContain('pod');
+  });
+
+  it('leaves other networks on other bridges alone', async () => {
+    const c1 = conf();
+    const c2 = conf({ name: `${fx.prefix}other`, ipam: { type: 'berth-ipam', dataDir: fx.dataDir, ranges: [[{ subnet: '198.18.136.0/24' }]] } });
+    const ns = fx.netns();
+    expect((await fx.run({ command: 'ADD', conf: c2, containerId: 'podX', netns: ns.path, ifname: 'eth0' })).code).toBe(0);
+    expect((await fx.run({ command: 'GC', conf: c1 })).code).toBe(0);
+    expect(fx.ports(c2.bridge as string)).toHaveLength(1);
+    expect(fx.leases(c2.name as string)).toEqual(['198.18.136.2']);
+    expect(fx.nftList('inet')).toContain('podX/eth0');
+  });
+
+  it('reports a failing IPAM GC but still cleans up its own state', async () => {
+    const c = conf();
+    await threePods(c);
+    const broken = { ...c, ipam: { type: `${fx.prefix}-missing-ipam` } };
+    const gc = await fx.run({ command: 'GC', conf: broken });
+    expect(gc.code).not.toBe(0);
+    expect(gc.json.details).toContain('IPAM GC');
+    expect(fx.ports(c.bridge as string)).toEqual([]);
+    expect(fx.nftList('inet')).not.toContain('pod');
+  });
+});
+
+describe('STATUS', () => {
+  it('succeeds when an ADD could be served', async () => {
+    const r = await fx.run({ command: 'STATUS', conf: conf() });
+    expect(r.code, r.stdout).toBe(0);
+    expect(r.stdout).toBe('');
+  });
+
+  it('code 50 when the bridge name is taken by something that is not a bridge', async () => {
+    const c = conf();
+    sh('ip', ['link', 'add', c.bridge as string, 'type', 'veth', 'peer', 'name', `${c.bridge as string}p`]);
+    const r = await fx.run({ command: 'STATUS', conf: c });
+    expect(r.code).not.toBe(0);
+    expect(r.json.code).toBe(50);
+    expect(r.json.msg).toContain('not a bridge');
+  });
+
+  it('code 50 when IPAM cannot serve', async () => {
+    const r = await fx.run({ command: 'STATUS', conf: conf({ ipam: { type: `${fx.prefix}-missing-ipam` } }) });
+    expect(r.json.code).toBe(50);
+    expect(r.json.msg).toContain('IPAM');
+  });
+
+  it('is refused for configs older than 1.1.0 (code 1)', async () => {
+    const r = await fx.run({ command: 'STATUS', conf: conf({ cniVersion: '1.0.0' }) });
+    expect(r.json.code).toBe(1);
+  });
+});
+
+describe('no bridge state before ADD', () => {
+  it('GC on a network that never had a pod succeeds', async () => {
+    const c = conf();
+    const r = await fx.run({ command: 'GC', conf: c });
+    expect(r.code, r.stdout).toBe(0);
+    expect(ipJson(['link', 'show']).some((l: any) => l.ifname === c.bridge)).toBe(false);
+  });
+});
