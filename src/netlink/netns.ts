@@ -87,8 +87,9 @@ export function withNetns<T>(netns: NetnsSpec, fn: () => T): T {
 function enter<T>(ref: NetnsRef, fn: () => T): T {
   const addon = loadNativeAddon();
   let inside = false;
+  let result: T;
   try {
-    return addon.setnsRun(ref.fd, () => {
+    result = addon.setnsRun(ref.fd, () => {
       inside = true;
       return fn();
     });
@@ -97,6 +98,13 @@ function enter<T>(ref: NetnsRef, fn: () => T): T {
     if (inside) throw err;
     throw toNetlinkError(err, 'setns', ref.path ?? `fd ${ref.fd}`);
   }
+  if (typeof (result as { then?: unknown } | null)?.then === 'function') {
+    // Everything after the callback's first await ran (or will run) outside the namespace: a bug, so
+    // say so loudly rather than let it half-work. The promise's own outcome is dropped on purpose.
+    (result as unknown as Promise<unknown>).then(undefined, () => undefined);
+    throw new TypeError('withNetns: the callback returned a promise; it must be synchronous (open sockets/files inside, await outside)');
+  }
+  return result;
 }
 
 /** The calling thread's network namespace, e.g. `net:[4026531840]` (for checks and logs). */

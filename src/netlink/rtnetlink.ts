@@ -67,6 +67,7 @@ import type {
 } from './types';
 
 const NETLINK_ROUTE = 0;
+const NLM_F_DUMP_INTR = 0x10;
 const OPERSTATES: readonly OperState[] = ['unknown', 'notpresent', 'down', 'lowerlayerdown', 'testing', 'dormant', 'up'];
 
 /**
@@ -198,13 +199,21 @@ class RtnlSocket implements Netlink {
     this.socket.close();
   }
 
-  /** Sends one request and returns the payloads of the reply; NLMSG_ERROR becomes a NetlinkError. */
+  /**
+   * Sends one request and returns the payloads of the reply; NLMSG_ERROR becomes a NetlinkError. A dump
+   * that the kernel marks inconsistent (NLM_F_DUMP_INTR: the table changed under it) is retried, up to
+   * 5 attempts in all, the last one accepted as is (the Go plugins' netlinksafe does the same).
+   */
   private async request(type: number, payload: Buffer, flags: number, object: string): Promise<Buffer[]> {
     let msgs;
-    try {
-      [msgs] = await this.socket.request(type, payload, { flags, checkError: false });
-    } catch (err) {
-      throw toNetlinkError(err, RTM_NAMES[type] ?? `RTM ${type}`, this.where(object));
+    for (let attempt = 1; ; attempt++) {
+      try {
+        [msgs] = await this.socket.request(type, payload, { flags, checkError: false });
+      } catch (err) {
+        throw toNetlinkError(err, RTM_NAMES[type] ?? `RTM ${type}`, this.where(object));
+      }
+      const dump = (flags & NLM_F.DUMP) === NLM_F.DUMP;
+      if (!dump || attempt >= 5 || !msgs.some((m) => (m.flags & NLM_F_DUMP_INTR) !== 0)) break;
     }
     const first = msgs[0];
     if (first !== undefined && first.type === NLMSG_ERROR) {
@@ -483,7 +492,10 @@ class RtnlSocket implements Netlink {
     const family = filter.family !== undefined ? familyOf(filter.family) : AF.UNSPEC;
     const payload = ifaddrmsg({ family, prefixLength: 0, index: 0 });
     const replies = await this.request(RTM.GETADDR, payload, NLM_F.DUMP, 'addresses');
-    return replies.map(parseAddress).filter((a) => index === undefined || a.index === index);
+    return replies
+      .filter((r) => r[0] === AF.INET || r[0] === AF.INET6)
+      .map(parseAddress)
+      .filter((a) => index === undefined || a.index === index);
   }
 
   private async routeRequest(type: number, opts: RouteOptions, nlFlags: number): Promise<void> {
@@ -536,6 +548,7 @@ class RtnlSocket implements Netlink {
     const family = filter.family !== undefined ? familyOf(filter.family) : AF.UNSPEC;
     const replies = await this.request(RTM.GETROUTE, rtmsg({ family }), NLM_F.DUMP, 'routes');
     return replies
+      .filter((r) => r[0] === AF.INET || r[0] === AF.INET6) // not the multicast (RTNL_FAMILY_IPMR…) tables
       .map(parseRoute)
       .filter((r) => (filter.table === undefined || r.table === filter.table) && (oif === undefined || r.oif === oif));
   }

@@ -102,6 +102,25 @@ describe('withNetns', () => {
     expect(threadNetns()).toBe(original);
   });
 
+  it('refuses an async callback (its awaits would run outside) and still switches back', async () => {
+    fx = new KernelFixture();
+    const pod = fx.addNetns('p');
+    let before = '';
+    let after = '';
+    expect(() =>
+      withNetns(pod.path!, async () => {
+        before = threadNetns();
+        await Promise.resolve();
+        after = threadNetns();
+      }),
+    ).toThrow(/must be synchronous/);
+    await new Promise((r) => setImmediate(r));
+    // The part before the first await ran inside, the rest outside: exactly why it is refused.
+    expect(before).toBe(podInode(pod.nsName!));
+    expect(after).toBe(original);
+    expect(threadNetns()).toBe(original);
+  });
+
   it('accepts /proc/<pid>/ns/net paths', () => {
     expect(withNetns(`/proc/${process.pid}/ns/net`, () => threadNetns())).toBe(original);
   });
