@@ -266,6 +266,10 @@ describe.each(['host', 'pod'] as const)('links in the %s namespace', (label) => 
     const after = observeJson<any[]>(place, 'bridge', ['vlan', 'show', 'dev', name])[0];
     expect((after.vlans as any[]).map((v) => v.vlan)).toEqual([10]);
 
+    await nl.setBridgeVlanFiltering(br, false);
+    expect(ipLink(place, br).linkinfo.info_data.vlan_filtering).toBe(0);
+    await nl.setBridgeVlanFiltering(br, true);
+    expect(ipLink(place, br).linkinfo.info_data.vlan_filtering).toBe(1);
     await nl.addPortVlans(br, [{ vid: 10 }], { self: true });
     const brVlans = observeJson<any[]>(place, 'bridge', ['vlan', 'show', 'dev', br])[0];
     expect((brVlans.vlans as any[]).map((v) => v.vlan)).toContain(10);
@@ -280,5 +284,9 @@ describe.each(['host', 'pod'] as const)('links in the %s namespace', (label) => 
     const br = linkName(place, 'b');
     expect((await rejection(nl.createBridge({ name: br, vlanFiltering: true }))).code).toBe('EOPNOTSUPP');
     expect(ipLink(place, br)).toBeUndefined();
+    // Without the flag the bridge is created, and switching filtering on later fails the same way.
+    await nl.createBridge({ name: br, vlanFiltering: false });
+    expect(ipLink(place, br).linkinfo.info_data.vlan_filtering).toBe(0);
+    expect((await rejection(nl.setBridgeVlanFiltering(br, true))).code).toBe('EOPNOTSUPP');
   });
 });
