@@ -4,12 +4,17 @@ import { basename } from 'node:path';
 
 export type ProgramName = 'berth-bridge' | 'berth-ipam' | 'berth';
 
+const PROGRAMS: readonly string[] = ['berth-bridge', 'berth-ipam', 'berth'] satisfies ProgramName[];
+
 /** Picks the program from the name the executable was started under (a hard link or a launcher). */
 export function programFromInvocation(argv: readonly string[], execPath: string): string {
   const script = argv[1];
-  // Under a single-executable build argv[1] is the executable itself, or absent.
-  const invokedAs = script !== undefined && !script.startsWith('-') ? script : execPath;
-  return basename(invokedAs).replace(/\.(c?js|exe)$/, '');
+  // Under a single-executable build argv[1] is the caller's argv[0], or absent; a caller may set argv[0]
+  // to anything, while execPath keeps the hard link's name (symlinks are resolved), so either may name us.
+  const names = [script !== undefined && !script.startsWith('-') ? script : execPath, execPath].map((p) =>
+    basename(p).replace(/\.(c?js|exe)$/, ''),
+  );
+  return names.find((n) => PROGRAMS.includes(n)) ?? (names[0] as string);
 }
 
 export function main(name: string = programFromInvocation(process.argv, process.execPath)): void {
@@ -21,6 +26,10 @@ export function main(name: string = programFromInvocation(process.argv, process.
       (require('./ipam/plugin') as typeof import('./ipam/plugin')).main();
       return;
     case 'berth':
+      if (process.argv[2] === '--version' || process.argv[2] === '-V') {
+        process.stdout.write((require('./sea/build-info') as typeof import('./sea/build-info')).describeBuild());
+        return;
+      }
       (require('./cli/main') as typeof import('./cli/main')).main();
       return;
     default:

@@ -41,6 +41,15 @@ export function addonCandidates(env: NodeJS.ProcessEnv = process.env): string[] 
 }
 
 let loaded: NativeAddon | undefined;
+let embedded: (() => NativeAddon) | undefined;
+
+/**
+ * Set by the single-executable entry (src/sea/entry.ts): the addon then comes from the executable's
+ * embedded asset instead of the candidate paths, which do not exist on a host without the source tree.
+ */
+export function setEmbeddedAddonLoader(load: () => NativeAddon): void {
+  embedded = load;
+}
 
 /**
  * Loads the addon (once, for the default candidates); the error lists every path tried and why each
@@ -48,6 +57,7 @@ let loaded: NativeAddon | undefined;
  */
 export function loadNativeAddon(candidates?: readonly string[]): NativeAddon {
   if (candidates === undefined && loaded !== undefined) return loaded;
+  if (candidates === undefined && embedded !== undefined) return (loaded = embedded());
   const tried: string[] = [];
   for (const file of candidates ?? addonCandidates()) {
     try {
