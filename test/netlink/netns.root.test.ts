@@ -1,9 +1,11 @@
 // Entering namespaces: the thread always comes back, and bad paths give the documented errors.
-import { mkdtempSync, openSync, closeSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { chmodSync, copyFileSync, existsSync, mkdtempSync, openSync, closeSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { CniError, ErrorCode } from '../../src/cni-spec/errors';
+import { addonCandidates } from '../../src/native-addon';
 import { NetlinkError, netlinkCode, toKernelCniError } from '../../src/netlink/errors';
 import { currentNetnsId, netnsIdOf, openNetns, withNetns } from '../../src/netlink/netns';
 import { KernelFixture, leftovers, sh, threadNetns } from './kernel-fixture';
@@ -168,6 +170,36 @@ describe('bad namespaces', () => {
       closeSync(fd);
     }
     expect(threadNetns()).toBe(original);
+  });
+
+  it('without CAP_SYS_ADMIN setns fails with a Node-style EPERM (code, errno, syscall)', () => {
+    // A child process as nobody (setpriv drops the capabilities with the uid) loads the addon directly,
+    // from a world-readable copy (the checkout may live under a private home directory).
+    const dir = mkdtempSync(join(tmpdir(), `bt${process.pid}-eperm-`));
+    chmodSync(dir, 0o755);
+    const addonPath = join(dir, 'berth_native.node');
+    copyFileSync(addonCandidates({}).find((p) => existsSync(p))!, addonPath);
+    chmodSync(addonPath, 0o755);
+    const script = `const a = require(${JSON.stringify(addonPath)});
+      const fd = require('fs').openSync('/proc/self/ns/net', 'r');
+      try { a.setnsRun(fd, () => 1); console.log('entered'); }
+      catch (e) { console.log(JSON.stringify({ code: e.code, errno: e.errno, syscall: e.syscall, message: e.message, isError: e instanceof Error })); }`;
+    let out: string;
+    try {
+      out = execFileSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '-e', script], {
+        encoding: 'utf8',
+        cwd: dir,
+      });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    expect(JSON.parse(out)).toEqual({
+      code: 'EPERM',
+      errno: -1,
+      syscall: 'setns',
+      message: 'setns EPERM: Operation not permitted',
+      isError: true,
+    });
   });
 
   it('an fd that is not a namespace at all fails setns with EINVAL', () => {
