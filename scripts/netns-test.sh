@@ -5,19 +5,19 @@
 # gone, GC of a forgotten pod, and that nothing is left (veths, nftables entries, leases, cache files).
 # One line per check (ok/FAIL); exits non-zero on any failure.
 #
-#   env: BRIDGE_TYPE, IPAM_TYPE: the plugins under test. BRIDGE_TYPE=berth-bridge IPAM_TYPE=berth-ipam is
-#        the target; BRIDGE_TYPE=bridge IPAM_TYPE=host-local runs it on Debian's reference plugins
-#        (/usr/lib/cni). DEFAULT FOR NOW: the reference pair, because CI runs this script and the berth
-#        plugins do not pass it yet — switched to berth as soon as they do;
+#   env: BRIDGE_TYPE (default berth-bridge), IPAM_TYPE (default berth-ipam) — BRIDGE_TYPE=bridge
+#        IPAM_TYPE=host-local runs the same test on Debian's reference plugins (/usr/lib/cni), and any mix
+#        works (berth-bridge with host-local, bridge with berth-ipam);
 #        IPMASQ (default true for berth-bridge, false for the reference bridge, which leaks its masquerade
-#        rules when the netns is gone: containernetworking/plugins#810); CNI_VERSION (default 1.0.0);
+#        rules when the netns is gone: containernetworking/plugins#810); CNI_VERSION (default 1.0.0: the
+#        cnitool here is built on Debian's libcni 1.1.2, which cannot read 1.1.0 results);
 #        CNITOOL (default /usr/local/bin/cnitool).
 # Everything it creates is named bt<pid>-… (bridges bt<pid>a/b) and removed on exit, also on failure.
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BRIDGE_TYPE="${BRIDGE_TYPE:-bridge}"
-IPAM_TYPE="${IPAM_TYPE:-host-local}"
+BRIDGE_TYPE="${BRIDGE_TYPE:-berth-bridge}"
+IPAM_TYPE="${IPAM_TYPE:-berth-ipam}"
 CNI_VERSION="${CNI_VERSION:-1.0.0}"
 CNITOOL="${CNITOOL:-/usr/local/bin/cnitool}"
 if [ -z "${IPMASQ:-}" ]; then
@@ -145,6 +145,10 @@ no_lease_files() { # net, addresses…: no file named after (or naming) a releas
   done
   ! grep -rl "cnitool-" "$tmp/ipam/$net" 2>/dev/null
 }
+# The positive twins of the two checks above, so "nothing left" cannot pass by looking in the wrong place.
+lease_file_for() { [ -n "$(find "$tmp/ipam" -name "$1" 2>/dev/null)" ]; }
+# Captured first: grep -q closing the pipe early would kill nft with SIGPIPE, a failure under pipefail.
+in_nft() { local rules; rules="$(nft list ruleset)" && grep -qw -- "$1" <<<"$rules"; }
 nft_clean() { # addresses…: none of them appears in the ruleset
   local rules a
   rules="$(nft list ruleset 2>&1)"
@@ -171,6 +175,8 @@ run_network() { # label, bridge, ranges-json, families
       local a; a="$(addr_of "${ps[$i]}" "$fam")"
       addrs+=("$a")
       check "[$label] ${ps[$i]} has its IPv$fam address $a in its netns" addr_in_netns "${ps[$i]}" "$a"
+      check "[$label] ${ps[$i]}'s IPv$fam lease is on disk" lease_file_for "$a"
+      if [ "$IPMASQ" = true ]; then check "[$label] ${ps[$i]}'s IPv$fam address is in the masquerade set" in_nft "$a"; fi
       local gw; gw="$(gw_of "${ps[$i]}" "$fam")"
       check "[$label] ${ps[$i]} -> gateway $gw (IPv$fam)" pingable "${ps[$i]}" "$gw"
       local j=$(( (i + 1) % 4 ))
