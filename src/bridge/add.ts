@@ -54,11 +54,6 @@ async function ensureBridge(nl: Netlink, conf: BridgeConf): Promise<{ link: Link
   if (link.kind !== 'bridge') {
     throw new CniError(ErrorCode.Internal, `failed to create bridge "${conf.bridge}": "${conf.bridge}" already exists but is not a bridge`);
   }
-  if (created && link.mac !== undefined) {
-    // Pin the new bridge's own random MAC before any port joins; otherwise it follows the lowest port MAC
-    // and changes as pods come and go (the reference pins it only in gateway mode).
-    await nl.setMac(link.index, link.mac);
-  }
   if (conf.promiscMode && !link.promisc) await nl.setPromisc(conf.bridge, true);
   // We own the routes of this interface.
   trySysctl(undefined, `net/ipv6/conf/${conf.bridge}/accept_ra`, '0');
@@ -121,17 +116,19 @@ async function configurePort(host: Netlink, conf: BridgeConf, bridge: Link, veth
 async function configureContainer(pod: Netlink, req: Request, conf: BridgeConf, plan: AddressPlan | undefined): Promise<void> {
   const ifn = req.ifname;
   if (plan !== undefined) {
+    // DAD applies to the link-local address too, so it is set for IPv4-only pods as well (as the reference
+    // does): hairpin reflection would otherwise make DAD fail.
+    if (conf.enableDad) {
+      trySysctl(req.netns, `net/ipv6/conf/${ifn}/enhanced_dad`, '1');
+      trySysctl(req.netns, `net/ipv6/conf/${ifn}/accept_dad`, '1');
+    } else {
+      trySysctl(req.netns, `net/ipv6/conf/${ifn}/accept_dad`, '0');
+    }
     if (plan.hasV6) {
       // IPv6 is switched on only for attachments that have an IPv6 address.
       trySysctl(req.netns, 'net/ipv6/conf/lo/disable_ipv6', '0');
       trySysctl(req.netns, `net/ipv6/conf/${ifn}/disable_ipv6`, '0');
       trySysctl(req.netns, `net/ipv6/conf/${ifn}/keep_addr_on_down`, '1');
-      if (conf.enableDad) {
-        trySysctl(req.netns, `net/ipv6/conf/${ifn}/enhanced_dad`, '1');
-        trySysctl(req.netns, `net/ipv6/conf/${ifn}/accept_dad`, '1');
-      } else {
-        trySysctl(req.netns, `net/ipv6/conf/${ifn}/accept_dad`, '0');
-      }
     }
     // A gratuitous ARP on link-up tells neighbours about a reused address.
     trySysctl(req.netns, `net/ipv4/conf/${ifn}/arp_notify`, '1');

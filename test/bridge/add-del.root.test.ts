@@ -119,7 +119,8 @@ describe('dual stack', () => {
 
   it('CHECK fails when the host veth is gone', async () => {
     const ns = fx.netns();
-    const c = conf();
+    // isGateway pins the bridge MAC, so the failure is about the veth, not a bridge MAC that moved
+    const c = conf({ isGateway: true });
     const add = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr3', netns: ns.path, ifname: 'eth0' });
     expect(add.code).toBe(0);
     sh('ip', ['link', 'del', add.json.interfaces[1].name]);

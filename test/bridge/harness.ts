@@ -64,6 +64,7 @@ export class Fixture {
   readonly nftTable: string;
   /** A directory on CNI_PATH holding bt-host-local (see HOST_LOCAL_11). */
   readonly extraBin: string;
+  readonly berthBridge = join(REPO, 'bin', 'berth-bridge');
   private readonly netnses = new Set<string>();
   private readonly bridges = new Set<string>();
   private readonly sysctls = new Map<string, string>();
