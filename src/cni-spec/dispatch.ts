@@ -94,7 +94,7 @@ export function reportFailure(io: Pick<PluginIo, 'stdout' | 'stderr'>, report: F
   const cniErr = err instanceof CniError ? err : unexpected(err, about, command);
   const json = JSON.stringify(cniErr.toJSON(report.cniVersion));
   const details = cniErr.details === undefined ? '' : ` (${cniErr.details})`;
-  io.stderr(`${about.name}: ${command || 'no command'} failed: code ${cniErr.code}: ${cniErr.message}${details}\n`);
+  io.stderr(`${about.name}: ${command === '' ? 'no command' : command} failed: code ${cniErr.code}: ${cniErr.message}${details}\n`);
   const cause = err instanceof CniError ? err.cause : err;
   if (cause instanceof Error && cause.stack !== undefined) io.stderr(`${cause.stack}\n`);
   io.stdout(`${json}\n`);
@@ -113,7 +113,7 @@ function unexpected(err: unknown, about: PluginAbout, command: string): CniError
 declare const require: (id: './process-io') => ProcessBinding;
 
 /** What ./process-io exports, restated so that this module does not pull Node's types in. */
-interface ProcessBinding {
+export interface ProcessBinding {
   runOnProcess(run: (io: PluginIo) => Promise<number>, about: PluginAbout): void;
 }
 

@@ -1,7 +1,7 @@
 // The entry adapter: the only code in this room that touches the real process (env, stdin, stdout, exit).
 import { readFileSync } from 'node:fs';
 import { CniError, ErrorCode } from './errors';
-import { type PluginAbout, type PluginIo, reportFailure } from './dispatch';
+import { type PluginAbout, type PluginIo, type ProcessBinding, reportFailure } from './dispatch';
 import { COMMANDS } from './request';
 
 /** Reads stdin, runs one invocation through `run`, then exits with its code once output is flushed. */
@@ -53,3 +53,6 @@ function exitAfterFlush(code: number): void {
   process.exitCode = code;
   process.stdout.write('', () => process.stderr.write('', () => process.exit(code)));
 }
+
+// dispatch.ts restates this module's shape (to stay free of Node's types); this keeps the two in step.
+({ runOnProcess }) satisfies ProcessBinding;

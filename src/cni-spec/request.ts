@@ -71,7 +71,7 @@ const CONFIG_COMMANDS: ReadonlySet<Command> = new Set(['ADD', 'DEL', 'CHECK', 'G
 
 type EnvField = 'containerId' | 'netns' | 'ifname' | 'cniArgs' | 'path';
 
-interface EnvVarRule {
+export interface EnvVarRule {
   name: string;
   field: EnvField;
   /** Commands that read the variable; for the others it is ignored (libcni sends it empty). */
