@@ -1,14 +1,11 @@
 #!/usr/bin/env bash
-# The demo (placeholder until the bridge plugin lands): gets dependencies and the build in place and says
-# what the demo will show.
+# The main job in one command (root): dependencies and build via scripts/ensure-deps.sh, then `berth demo`
+# attaches two throw-away pod namespaces with berth-bridge + berth-ipam through the same runtime as
+# `berth exec`, shows their addresses, pings one pod from the other, DELs both and removes the namespaces,
+# the bridge and its temp files (also on failure or Ctrl-C). Arguments go to `berth demo`
+# (`--reference` runs the same flow on Debian's bridge + host-local, for comparison).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+[ "$(id -u)" = 0 ] || { echo "demo.sh: must run as root (it creates network namespaces and a bridge)" >&2; exit 1; }
 bash "$repo/scripts/ensure-deps.sh"
-cat <<'MSG'
-berth is built. The demo is not there yet; once berth-bridge lands it will, as root:
-  1. create two pods (network namespaces) and attach them to a berth bridge network through
-     berth exec, the way containerd or CRI-O run CNI plugins;
-  2. show their addresses from berth-ipam's lease files and ping one pod from the other;
-  3. run CHECK, DEL and GC and show that nothing is left behind.
-What works today:  CNI_COMMAND=VERSION ./bin/berth-bridge </dev/null
-MSG
+exec node "$repo/bin/berth" demo "$@"
