@@ -73,6 +73,14 @@ function timed(argv) {
 }
 
 const samples = new Map(plugins.map((p) => [p.label, { add: [], del: [] }]));
+/** berth-bridge answering VERSION: Node's start-up plus our entry, the floor under every berth command. */
+const floor = [];
+function versionOnce() {
+  const t = process.hrtime.bigint();
+  const r = spawnSync(join(repo, 'bin', 'berth-bridge'), [], { env: { ...env, CNI_COMMAND: 'VERSION' }, input: '{}' });
+  if (r.status !== 0) throw new Error(`berth-bridge VERSION: ${r.stdout}${r.stderr}`);
+  floor.push(Number(process.hrtime.bigint() - t) / 1e6);
+}
 let seq = 0;
 function once(p, record) {
   const ns = `${prefix}-n${seq++}`;
@@ -97,7 +105,10 @@ function pct(xs, q) {
 try {
   // Warm-up: creates the bridges (first-ADD work is not what is measured) and the page cache.
   for (const p of plugins) once(p, false);
-  for (let i = 0; i < runs; i++) for (const p of i % 2 === 0 ? plugins : [...plugins].reverse()) once(p, true);
+  for (let i = 0; i < runs; i++) {
+    for (const p of i % 2 === 0 ? plugins : [...plugins].reverse()) once(p, true);
+    versionOnce();
+  }
 
   const ref = samples.get('reference bridge');
   const ours = samples.get('berth-bridge');
@@ -121,6 +132,7 @@ try {
   console.log('| op  | plugin           |  median |     p90 | median ratio vs reference |');
   console.log('| --- | ---------------- | ------: | ------: | ------------------------: |');
   for (const r of rows) console.log(`| ${r.op.padEnd(3)} | ${r.plugin.padEnd(16)} | ${f(r.median)} | ${f(r.p90)} | ${r.ratio.toFixed(2).padStart(25)} |`);
+  console.log(`| -   | berth-bridge VERSION (start-up floor, no cnitool) | ${f(pct(floor, 0.5))} | ${f(pct(floor, 0.9))} | ${(pct(floor, 0.5) / pct(ref.add, 0.5)).toFixed(2).padStart(25)} |`);
   void ours;
 } finally {
   for (const p of plugins) trySh('ip', ['link', 'del', p.bridge]);
