@@ -1,9 +1,10 @@
 // `berth demo`: the main job in one command — two throw-away pods on a bridge, their addresses, a ping
 // between them, then everything removed again (also on failure or Ctrl-C). Root only: it creates namespaces.
 import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { containerIdFor, runtimeFromEnv } from './exec';
 import { confListFromBytes, type NetworkConfigList } from './runtime/conflist';
@@ -36,7 +37,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
   const network = `${prefix}-net`;
   const [bridgeType, ipamType, pluginDir] = opts.reference
     ? ['bridge', 'host-local', '/usr/lib/cni']
-    : ['berth-bridge', 'berth-ipam', resolve(__dirname, '../../bin')];
+    : ['berth-bridge', 'berth-ipam', berthPluginDir()];
 
   // Ctrl-C (or a kill) aborts the running command and every step after it; the finally below cleans up.
   const abort = new AbortController();
@@ -156,6 +157,12 @@ async function cleanup(c: {
   for (const pod of c.pods) await quiet('ip', 'netns', 'del', pod.name);
   await quiet('ip', 'link', 'del', c.bridge);
   await rm(c.tmp, { recursive: true, force: true }).catch((e: unknown) => c.err(`cleanup: rm ${c.tmp}: ${describeError(e)}\n`));
+}
+
+/** Where berth-bridge lives: the repo's bin/ launchers, or beside the single executable (out/). */
+function berthPluginDir(): string {
+  const candidates = [resolve(__dirname, '../../bin'), dirname(process.execPath)];
+  return candidates.find((dir) => existsSync(join(dir, 'berth-bridge'))) ?? (candidates[0] as string);
 }
 
 /** A /24 of 198.18.0.0/15 no route on this host uses yet, starting from one derived from our pid. */

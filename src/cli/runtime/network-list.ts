@@ -69,7 +69,7 @@ async function invoke(
 ): Promise<string> {
   const path = await runtime.runner.find(input.plugin.type, runtime.path);
   const stdin = buildPluginConfig({ command, ...input });
-  const env = buildPluginEnv(runtime.env, command, input.rt, runtime.path);
+  const env = buildPluginEnv({ base: runtime.env, command, rt: input.rt, path: runtime.path });
   return runtime.runner.run({ path, env, stdin });
 }
 

@@ -60,19 +60,20 @@ export function pickCapabilities(plugin: PluginConf, capabilityArgs: Record<stri
 }
 
 /** The environment of one plugin execution: the runtime's own plus all six CNI_* variables (libcni Args.AsEnv). */
-export function buildPluginEnv(
-  base: Record<string, string | undefined>,
-  command: RuntimeCommand,
-  rt: RuntimeConf,
-  path: readonly string[],
-): Record<string, string> {
+export function buildPluginEnv(input: {
+  base: Record<string, string | undefined>;
+  command: RuntimeCommand;
+  rt: RuntimeConf;
+  path: readonly string[];
+}): Record<string, string> {
+  const { rt } = input;
   const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(base)) if (v !== undefined) env[k] = v;
-  env.CNI_COMMAND = command;
+  for (const [k, v] of Object.entries(input.base)) if (v !== undefined) env[k] = v;
+  env.CNI_COMMAND = input.command;
   env.CNI_CONTAINERID = rt.containerId;
   env.CNI_NETNS = rt.netns;
   env.CNI_ARGS = rt.args.map(([k, v]) => `${k}=${v}`).join(';');
   env.CNI_IFNAME = rt.ifName;
-  env.CNI_PATH = path.join(':');
+  env.CNI_PATH = input.path.join(':');
   return env;
 }
