@@ -1,10 +1,10 @@
 // GC and STATUS (spec 1.1): GC removes what belongs to attachments the runtime no longer lists (host veths on
 // this bridge, masquerade and spoof-check elements) and then asks IPAM to do the same; STATUS says whether an
 // ADD could be served now.
-import { spawn } from 'node:child_process';
 import { CniError, ErrorCode } from '../cni-spec/errors';
 import { delegate } from '../cni-spec/invoke';
 import type { Request } from '../cni-spec/request';
+import { nftList } from '../netlink/nftables';
 import { confFromRequest } from './config';
 import { hostNetlink, isCode } from './kernel';
 import { withNetworkLock } from './lock';
@@ -67,14 +67,13 @@ export async function cmdGc(req: Request): Promise<void> {
   }
 }
 
-function nftUsable(): Promise<string | undefined> {
-  return new Promise((resolve) => {
-    const child = spawn('nft', ['-j', 'list', 'tables'], { stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', (err) => resolve(`cannot run nft: ${err.message}`));
-    child.on('close', (code) => resolve(code === 0 ? undefined : `nft fails: ${stderr.trim()}`));
-  });
+async function nftUsable(): Promise<string | undefined> {
+  try {
+    await nftList(['tables']);
+    return undefined;
+  } catch (err) {
+    return (err as Error).message;
+  }
 }
 
 export async function cmdStatus(req: Request): Promise<void> {

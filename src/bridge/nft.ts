@@ -1,7 +1,7 @@
-// Runs nftables transactions and listings through the `nft` binary in JSON mode, for the bridge's
-// masquerade and spoof-check tables. Kept minimal: a batch is one atomic nft transaction.
-import { spawn } from 'node:child_process';
-import { CniError, ErrorCode } from '../cni-spec/errors';
+// The bridge's view of nftables: the two calls it needs (apply a transaction, list a table), the table
+// name, and the attachment tags carried as element comments.
+import { createHash } from 'node:crypto';
+import { listTable, nftApply, type NftFamily } from '../netlink/nftables';
 
 /** One command of libnftables' JSON schema, e.g. `{ add: { element: {...} } }`. */
 export type NftCommand = Record<string, unknown>;
@@ -16,43 +16,10 @@ export interface Nft {
   listTable(family: string, table: string): Promise<NftObject[] | undefined>;
 }
 
-function run(args: string[], stdin?: string): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('nft', args, { stdio: [stdin === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', (err) =>
-      reject(new CniError(ErrorCode.Internal, `cannot run nft: ${err.message}`, undefined, { cause: err })),
-    );
-    child.on('close', (code) => resolve({ code: code ?? 1, stdout, stderr }));
-    if (stdin !== undefined && child.stdin !== null) {
-      // A failed spawn reports through 'error'; the pipe error would only repeat it.
-      child.stdin.on('error', () => undefined);
-      child.stdin.end(stdin);
-    }
-  });
-}
-
+/** berth's nftables through the kernel room's `nft -j` wrapper (large batches go through a file there). */
 export const systemNft: Nft = {
-  async apply(cmds) {
-    if (cmds.length === 0) return;
-    // The batch goes as one argument: `nft -f -` opens /dev/stdin, which fails on Node's socket pipes.
-    const r = await run(['-j', JSON.stringify({ nftables: cmds })]);
-    if (r.code !== 0) {
-      throw new CniError(ErrorCode.Internal, `nftables transaction failed: ${r.stderr.trim().split('\n')[0] ?? ''}`, r.stderr.trim());
-    }
-  },
-  async listTable(family, table) {
-    const r = await run(['-j', 'list', 'table', family, table]);
-    if (r.code !== 0) {
-      if (/No such file or directory/.test(r.stderr)) return undefined;
-      throw new CniError(ErrorCode.Internal, `nft list table ${family} ${table} failed: ${r.stderr.trim()}`);
-    }
-    const parsed = JSON.parse(r.stdout) as { nftables?: NftObject[] };
-    return (parsed.nftables ?? []).filter((o) => !('metainfo' in o));
-  },
+  apply: (cmds) => nftApply(cmds),
+  listTable: (family, table) => listTable({ family: family as NftFamily, name: table }),
 };
 
 /** Default table name for both families (inet: masquerade, bridge: spoof check). */
@@ -68,7 +35,6 @@ export function nftTable(env: Record<string, string | undefined>): string {
 export function attachmentTag(containerId: string, ifname: string): string {
   const tag = `${containerId}/${ifname}`;
   if (Buffer.byteLength(tag) <= 127) return tag;
-  const { createHash } = require('node:crypto') as typeof import('node:crypto');
   return `${containerId.slice(0, 64)}~${createHash('sha256').update(tag).digest('hex').slice(0, 32)}/${ifname}`;
 }
 
