@@ -2,7 +2,8 @@
 # End-to-end test of berth's main job (root): pods are network namespaces attached to one bridge per
 # network, half through `berth exec` and half through cnitool, exactly as a runtime would run the plugins.
 # Checks traffic (pod<->pod, pod<->gateway; IPv4 and dual stack), CHECK, DEL twice, DEL after the netns is
-# gone, GC of a forgotten pod, and that nothing is left (veths, nftables entries, leases, cache files).
+# gone, GC of a forgotten pod, and that nothing is left (veths, nftables entries, leases, cache files);
+# with berth's plugins also STATUS and GC of spec 1.1 (runtime DEL phase and the plugins' own GC).
 # One line per check (ok/FAIL); exits non-zero on any failure.
 #
 #   env: BRIDGE_TYPE (default berth-bridge), IPAM_TYPE (default berth-ipam) — BRIDGE_TYPE=bridge
@@ -12,7 +13,7 @@
 #        rules when the netns is gone: containernetworking/plugins#810); CNI_VERSION (default 1.0.0: the
 #        cnitool here is built on Debian's libcni 1.1.2, which cannot read 1.1.0 results);
 #        CNITOOL (default /usr/local/bin/cnitool).
-# Everything it creates is named bt<pid>-… (bridges bt<pid>a/b) and removed on exit, also on failure.
+# Everything it creates is named bt<pid>-… (bridges bt<pid>a/b/c) and removed on exit, also on failure.
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,7 +42,8 @@ P="bt$$"
 tmp="$(mktemp -d "/tmp/$P-e2e.XXXXXX")"
 # One /24 of 198.19.0.0/16 and one /64 of fd00:e2e::/32 per run, so parallel runs never share a route.
 X=$(( $$ % 250 + 1 ))
-V4A="198.19.$X.0/25"
+V4A="198.19.$X.0/26"
+V4C="198.19.$X.64/26"
 V4B="198.19.$X.128/25"
 V6B="fd00:e2e:0:$X::/64"
 ipfwd4="$(sysctl -n net.ipv4.ip_forward)"
@@ -69,7 +71,7 @@ cleanup() {
   for net in "${nets[@]}"; do
     rm -f /var/lib/cni/results/"$net"-* 2>/dev/null
   done
-  for br in "${P}a" "${P}b"; do
+  for br in "${P}a" "${P}b" "${P}c"; do
     for l in $(ip -o link show master "$br" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
       ip link del "$l" 2>/dev/null
     done
@@ -106,10 +108,10 @@ pingable() { # pod, address
   return 1
 }
 
-write_conf() { # net, bridge, ranges-json
+write_conf() { # net, bridge, ranges-json[, cniVersion]
   local ipam
   ipam="$(jq -nc --arg t "$IPAM_TYPE" --arg d "$tmp/ipam" --argjson r "$3" '{type:$t, dataDir:$d, ranges:$r}')"
-  jq -n --arg v "$CNI_VERSION" --arg n "$1" --arg t "$BRIDGE_TYPE" --arg b "$2" --argjson m "$IPMASQ" --argjson ipam "$ipam" \
+  jq -n --arg v "${4:-$CNI_VERSION}" --arg n "$1" --arg t "$BRIDGE_TYPE" --arg b "$2" --argjson m "$IPMASQ" --argjson ipam "$ipam" \
     '{cniVersion:$v, name:$n, plugins:[{type:$t, bridge:$b, isGateway:true, ipMasq:$m, ipam:$ipam}]}' \
     >"$NETCONFPATH/$1.conflist"
 }
@@ -142,15 +144,23 @@ host_veth_of() { # the result's host-side interface: no sandbox and not the brid
   jq -r --arg br "$2" '.interfaces[] | select((.sandbox // "") == "" and .name != $br) | .name' "$tmp/$1.json" | head -n 1
 }
 addr_in_netns() { ip -n "$1" -j addr show dev eth0 | jq -e --arg a "$2" '[.[].addr_info[].local] | index($a) != null' >/dev/null; }
-cache_file() { echo "/var/lib/cni/results/$1-cnitool-$(printf %s "/run/netns/$2" | sha512sum | cut -c1-20)-eth0"; }
+cache_file() { echo "/var/lib/cni/results/$1-$(id_of "$2")-eth0"; }
 no_veth_on() { [ -z "$(ip -o link show master "$1" 2>/dev/null)" ] || { ip -o link show master "$1"; return 1; }; }
-no_lease_files() { # net, addresses…: no file named after (or naming) a released address, no pod's container id
+no_lease_files() { # net, addresses…: no file named after a released address
   local net="$1" a f; shift
   for a in "$@"; do
-    f="$(find "$tmp/ipam" -name "$a*" 2>/dev/null)"
+    f="$(find "$tmp/ipam/$net" -name "$a*" 2>/dev/null)"
     [ -z "$f" ] || { echo "left: $f"; return 1; }
   done
-  ! grep -rl "cnitool-" "$tmp/ipam/$net" 2>/dev/null
+}
+id_of() { echo "cnitool-$(printf %s "/run/netns/$1" | sha512sum | cut -c1-20)"; }
+no_records_of() { # net, pods…: no file in the IPAM dir names or holds their container ids
+  local net="$1" pod id hits; shift
+  for pod in "$@"; do
+    id="$(id_of "$pod")"
+    hits="$(find "$tmp/ipam/$net" -name "*$id*" 2>/dev/null; grep -rlF -- "$id" "$tmp/ipam/$net" 2>/dev/null)"
+    [ -z "$hits" ] || { echo "records of $pod ($id): $hits"; return 1; }
+  done
 }
 # The positive twins of the two checks above, so "nothing left" cannot pass by looking in the wrong place.
 lease_file_for() { [ -n "$(find "$tmp/ipam" -name "$1" 2>/dev/null)" ]; }
@@ -220,12 +230,54 @@ run_network() { # label, bridge, ranges-json, families
 
   check "[$label] no veth left on $br" no_veth_on "$br"
   check "[$label] no lease left" no_lease_files "$net" "${addrs[@]}"
+  check "[$label] no IPAM record of any pod left" no_records_of "$net" "${ps[@]}" "$lost"
   check "[$label] no nftables entry left for any pod address" nft_clean "${addrs[@]}"
   for pod in "${ps[@]}" "$lost"; do ip netns del "$pod" 2>/dev/null; done
 }
 
+# Spec 1.1 only (Debian's reference plugins stop at 1.0.0, and cnitool cannot read 1.1.0 results): STATUS,
+# and GC both ways — phase 1 DELs a pod the runtime still has in its cache, phase 2 (the plugins' own GC)
+# must clean up a pod whose cache entry is lost, and keep the pod listed as valid.
+run_gc_network() {
+  local label=gc br="${P}c" net="$P-gc" i
+  nets+=("$net")
+  write_conf "$net" "$br" "[[{\"subnet\":\"$V4C\"}]]" 1.1.0
+  local ps=("$net-1" "$net-2" "$net-3")
+  check "[$label] STATUS via berth exec" "${BERTH[@]}" status "$net" /run/netns/unused
+  local addrs=()
+  for i in 0 1 2; do
+    check "[$label] ADD ${ps[$i]} via berth" add_pod berth "$net" "${ps[$i]}"
+    addrs+=("$(addr_of "${ps[$i]}" 4)")
+  done
+  check "[$label] ${ps[2]}'s cache entry is lost" rm "$(cache_file "$net" "${ps[2]}")"
+  local keep; keep="$(id_of "${ps[0]}")"
+  check "[$label] GC with only ${ps[0]} valid" "${BERTH[@]}" gc "$net" /run/netns/unused --valid "$keep/eth0"
+  check "[$label] ${ps[1]} (cached) was DELed: cache file gone" test ! -e "$(cache_file "$net" "${ps[1]}")"
+  check "[$label] only ${ps[0]}'s veth is left on $br" test "$(ip -o link show master "$br" | wc -l)" = 1
+  check "[$label] ${ps[1]} and ${ps[2]} (lost cache) have no lease left" no_lease_files "$net" "${addrs[1]}" "${addrs[2]}"
+  check "[$label] ${ps[1]} and ${ps[2]} have no IPAM record left" no_records_of "$net" "${ps[1]}" "${ps[2]}"
+  check "[$label] ${ps[1]} and ${ps[2]} have no nftables entry left" nft_clean "${addrs[1]}" "${addrs[2]}"
+  check "[$label] ${ps[0]} kept its lease" lease_file_for "${addrs[0]}"
+  if [ "$IPMASQ" = true ]; then check "[$label] ${ps[0]} kept its masquerade entry" in_nft "${addrs[0]}"; fi
+  check "[$label] CHECK ${ps[0]} still passes" "${BERTH[@]}" check "$net" "/run/netns/${ps[0]}"
+  check "[$label] ${ps[0]} -> gateway $(gw_of "${ps[0]}" 4)" pingable "${ps[0]}" "$(gw_of "${ps[0]}" 4)"
+  check "[$label] GC again changes nothing" "${BERTH[@]}" gc "$net" /run/netns/unused --valid "$keep/eth0"
+  check "[$label] ${ps[0]} still attached after the second GC" "${BERTH[@]}" check "$net" "/run/netns/${ps[0]}"
+  check "[$label] DEL ${ps[0]}" "${BERTH[@]}" del "$net" "/run/netns/${ps[0]}"
+  check "[$label] no veth left on $br" no_veth_on "$br"
+  check "[$label] no lease left" no_lease_files "$net" "${addrs[@]}"
+  check "[$label] no IPAM record left" no_records_of "$net" "${ps[@]}"
+  check "[$label] no nftables entry left" nft_clean "${addrs[@]}"
+  for i in 0 1 2; do ip netns del "${ps[$i]}" 2>/dev/null; done
+}
+
 run_network v4 "${P}a" "[[{\"subnet\":\"$V4A\"}]]" "4"
 run_network ds "${P}b" "[[{\"subnet\":\"$V4B\"}],[{\"subnet\":\"$V6B\"}]]" "4 6"
+if [ "$BRIDGE_TYPE" = berth-bridge ] && [ "$IPAM_TYPE" = berth-ipam ]; then
+  run_gc_network
+else
+  echo "SKIP [gc] STATUS/GC need spec 1.1.0 plugins (berth-bridge + berth-ipam)"
+fi
 
 echo "# $((checks - fails))/$checks checks passed"
 [ "$fails" = 0 ]
