@@ -149,13 +149,19 @@ export async function allocateFromSet(o: AllocateOptions): Promise<Ip> {
   const blocked = blockedOrdinals(o.set, o.exclude);
   const cursor = o.policy === 'round-robin' ? await o.session.lastReserved(o.setId) : undefined;
   const start = startOrdinal({ set: o.set, cursor, policy: o.policy });
+  const refused = new Set<bigint>();
   for (;;) {
     const cand = nextCandidate({ set: o.set, start, occupancy, blocked });
     if (cand === undefined) {
       throw new CniError(ErrorCode.Internal, `no IP addresses available in range set: ${where}`);
     }
     const ip = ipAtOrdinal(o.set, cand);
+    if (refused.has(cand)) {
+      // A store whose occupancy ignores its own refusals would loop here forever.
+      throw new CniError(ErrorCode.Internal, `lease store still reports ${formatIp(ip)} free after refusing it`);
+    }
     // A false reserve means someone outside the index holds the address; the session marks it taken.
     if (await o.session.reserve({ ...lease, ip }, o.setId)) return ip;
+    refused.add(cand);
   }
 }

@@ -725,7 +725,8 @@ export function openLeaseFileStore(opts: LeaseFileStoreOptions): LeaseStore {
           fs.accessSync(dir, fs.constants.W_OK);
           return undefined;
         } catch (err) {
-          if (errnoOf(err) !== 'ENOENT') return `${dir} is not writable: ${(err as Error).message}`;
+          const code = errnoOf(err);
+          if (code !== 'ENOENT' && code !== 'ENOTDIR') return `${dir} is not writable: ${(err as Error).message}`;
         }
         const parent = join(dir, '..');
         if (parent === dir) return `no existing directory above ${p.dir}`;

@@ -2,6 +2,7 @@
 import { runPlugin } from '../cni-spec/dispatch';
 import type { Request } from '../cni-spec/request';
 import { BOOT_ID_FILE, readBootId } from './boot-id';
+import { forwardToDaemon } from './daemon-client';
 import { type IpamDeps, add, check, del, gc, status } from './handlers';
 import { openLeaseFileStore } from './lease-file-store';
 
@@ -25,14 +26,20 @@ function depsFor(req: Request): IpamDeps {
   };
 }
 
+/** berthd answers when its socket does; otherwise the files (so DEL never fails because the daemon is down). */
+async function served<T>(req: Request, direct: (req: Request, deps: IpamDeps) => Promise<T>): Promise<T> {
+  const reply = await forwardToDaemon(req, warn);
+  return reply === undefined ? direct(req, depsFor(req)) : (reply.result as T);
+}
+
 export function main(): void {
   runPlugin(
     {
-      add: (req) => add(req, depsFor(req)),
-      del: (req) => del(req, depsFor(req)),
-      check: (req) => check(req, depsFor(req)),
-      gc: (req) => gc(req, depsFor(req)),
-      status: (req) => status(req, depsFor(req)),
+      add: (req) => served(req, add),
+      del: (req) => served(req, del),
+      check: (req) => served(req, check),
+      gc: (req) => served(req, gc),
+      status: (req) => served(req, status),
     },
     { name: 'berth-ipam' },
   );

@@ -1,0 +1,103 @@
+// The admin operations behind `berth leases|gc|status`: asked of berthd when its socket answers, otherwise
+// run in-process by the same Service straight on the files (same flock, same layout), so both agree.
+import { CniError, ErrorCode } from '../../cni-spec/errors';
+import { BOOT_ID_FILE, readBootId } from '../boot-id';
+import { DEFAULT_DATA_DIR } from '../config';
+import { DaemonUnavailable, callDaemon } from '../daemon-client';
+import { createLogger } from './log';
+import type {
+  AdminGcReply,
+  AdminGcRequest,
+  AdminReleaseReply,
+  DaemonStatus,
+  LeaseList,
+  LeaseView,
+  NetworkView,
+} from './protocol';
+import { DEFAULT_SOCKET } from './protocol';
+import type { LeaseFilter } from './service';
+
+export interface AdminBackend {
+  /** 'daemon' or 'files', for the user to know what answered. */
+  readonly kind: 'daemon' | 'files';
+  readonly where: string;
+  list(filter: LeaseFilter): Promise<LeaseView[]>;
+  show(query: string, filter: LeaseFilter): Promise<LeaseView[]>;
+  release(ip: string, filter: LeaseFilter): Promise<AdminReleaseReply>;
+  gc(req: AdminGcRequest): Promise<AdminGcReply>;
+  status(filter: LeaseFilter): Promise<{ daemon?: DaemonStatus; networks: NetworkView[] }>;
+  close(): void;
+}
+
+export interface BackendOptions {
+  socket?: string;
+  /** Given explicitly: also passed to the daemon, which otherwise lists its own --data-dir. */
+  dataDir?: string;
+}
+
+function query(filter: LeaseFilter): string {
+  const p = new URLSearchParams();
+  if (filter.network !== undefined) p.set('network', filter.network);
+  if (filter.dataDir !== undefined) p.set('dataDir', filter.dataDir);
+  const s = p.toString();
+  return s === '' ? '' : `?${s}`;
+}
+
+function daemonBackend(socket: string, defaults: LeaseFilter): AdminBackend {
+  const ask = async <T>(method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown): Promise<T> => {
+    const reply = await callDaemon({ socket, method, path, ...(body === undefined ? {} : { body }) });
+    if (reply.status >= 200 && reply.status < 300) return reply.body as T;
+    throw CniError.fromJson(reply.body) ?? new CniError(ErrorCode.Internal, `berthd answered HTTP ${reply.status}`);
+  };
+  const f = (filter: LeaseFilter): LeaseFilter => ({ ...defaults, ...filter });
+  return {
+    kind: 'daemon',
+    where: socket,
+    list: async (filter) => (await ask<LeaseList>('GET', `/v1/leases${query(f(filter))}`)).leases,
+    show: async (q, filter) => {
+      try {
+        return (await ask<LeaseList>('GET', `/v1/leases/${encodeURIComponent(q)}${query(f(filter))}`)).leases;
+      } catch (err) {
+        if (err instanceof CniError && err.code === ErrorCode.UnknownContainer) return [];
+        throw err;
+      }
+    },
+    release: (ip, filter) => ask<AdminReleaseReply>('DELETE', `/v1/leases/${encodeURIComponent(ip)}${query(f(filter))}`),
+    gc: (req) => ask<AdminGcReply>('POST', '/v1/gc', { ...(defaults.dataDir !== undefined ? { dataDir: defaults.dataDir } : {}), ...req }),
+    status: async (filter) => {
+      const s = await ask<DaemonStatus>('GET', `/v1/status${query(f(filter))}`);
+      return { daemon: s, networks: s.networks };
+    },
+    close: () => undefined,
+  };
+}
+
+function filesBackend(dataDir: string): AdminBackend {
+  // Loaded only here: the daemon's store is not needed when the daemon answers.
+  const { Service } = require('./service') as typeof import('./service');
+  const log = createLogger({ format: 'text', level: 'warn', write: (s) => process.stderr.write(s) });
+  const service = new Service({ dataDir, bootId: readBootId(BOOT_ID_FILE, () => undefined), log });
+  const f = (filter: LeaseFilter): LeaseFilter => ({ dataDir, ...filter });
+  return {
+    kind: 'files',
+    where: dataDir,
+    list: (filter) => service.list(f(filter)),
+    show: (q, filter) => service.show(q, f(filter)),
+    release: (ip, filter) => service.release(ip, f(filter)),
+    gc: (req) => service.adminGc({ dataDir, ...req }),
+    status: async (filter) => ({ networks: await service.networkViews(f(filter)) }),
+    close: () => service.close(),
+  };
+}
+
+/** berthd when its socket answers /v1/health, else the files under the data dir. */
+export async function openAdminBackend(o: BackendOptions): Promise<AdminBackend> {
+  const socket = o.socket ?? DEFAULT_SOCKET;
+  try {
+    const reply = await callDaemon({ socket, method: 'GET', path: '/v1/health', timeoutMs: 5_000 });
+    if (reply.status === 200 || reply.status === 503) return daemonBackend(socket, o.dataDir !== undefined ? { dataDir: o.dataDir } : {});
+  } catch (err) {
+    if (!(err instanceof DaemonUnavailable)) throw err;
+  }
+  return filesBackend(o.dataDir ?? DEFAULT_DATA_DIR);
+}

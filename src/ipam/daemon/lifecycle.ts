@@ -1,0 +1,157 @@
+// berthd's life: take the socket (its own, root-only, or systemd's through LISTEN_FDS), serve in the
+// foreground with logs on stderr, and on SIGTERM/SIGINT finish what is in flight before exiting.
+import * as fs from 'node:fs';
+import * as http from 'node:http';
+import * as net from 'node:net';
+import { dirname } from 'node:path';
+import { BOOT_ID_FILE, readBootId } from '../boot-id';
+import { type LogFormat, type LogLevel, type Logger, createLogger } from './log';
+import { Metrics } from './metrics';
+import { DEFAULT_SOCKET } from './protocol';
+import { BerthServer } from './server';
+import { Service } from './service';
+
+export interface DaemonOptions {
+  socket?: string;
+  dataDir?: string;
+  logFormat?: LogFormat;
+  logLevel?: LogLevel;
+  /** `HOST:PORT` for a TCP listener serving only /metrics; none unless asked for. */
+  metricsAddress?: string;
+  env?: NodeJS.ProcessEnv;
+  /** Resolves when the daemon listens (tests, benches). */
+  onListening?: (info: { socket: string }) => void;
+}
+
+/** systemd's socket activation: the listening socket arrives as fd 3 when LISTEN_PID names us. */
+function activationFd(env: NodeJS.ProcessEnv): number | undefined {
+  if (env.LISTEN_PID !== String(process.pid) || env.LISTEN_FDS === undefined) return undefined;
+  const n = Number(env.LISTEN_FDS);
+  // Not for children: they would believe the socket is theirs.
+  delete env.LISTEN_PID;
+  delete env.LISTEN_FDS;
+  delete env.LISTEN_FDNAMES;
+  if (n === 0) return undefined;
+  if (n !== 1) throw new Error(`systemd passed ${n} sockets (LISTEN_FDS); berthd listens on exactly one`);
+  return 3;
+}
+
+/** A socket file left by a daemon that died is removed; one that answers belongs to a live daemon. */
+async function clearStaleSocket(path: string): Promise<void> {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  if (!st.isSocket()) throw new Error(`${path} exists and is not a socket; not touching it`);
+  const alive = await new Promise<boolean>((resolve) => {
+    const c = net.connect(path);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
+  if (alive) throw new Error(`another berthd already answers on ${path}`);
+  fs.unlinkSync(path);
+}
+
+function prepareSocketDir(path: string, log: Logger): void {
+  const dir = dirname(path);
+  if (!fs.existsSync(dir)) {
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    fs.chmodSync(dir, 0o700);
+    return;
+  }
+  const mode = fs.statSync(dir).mode & 0o777;
+  if ((mode & 0o077) !== 0) log.log('warn', 'socket directory is accessible to others; the socket itself is 0600', { dir, mode: mode.toString(8) });
+}
+
+function listen(server: http.Server, target: { path: string } | { fd: number }): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    const done = (): void => {
+      server.off('error', reject);
+      resolve();
+    };
+    if ('fd' in target) server.listen({ fd: target.fd }, done);
+    else server.listen(target.path, done);
+  });
+}
+
+/** Runs berthd until a signal stops it; resolves to the exit code. */
+export async function runDaemon(o: DaemonOptions): Promise<number> {
+  const env = o.env ?? process.env;
+  const log = createLogger({ format: o.logFormat ?? 'text', level: o.logLevel ?? 'info', write: (s) => process.stderr.write(s) });
+  // Group commit issues one fdatasync per new lease at once; more threads let them join one journal commit.
+  if (env.UV_THREADPOOL_SIZE === undefined) process.env.UV_THREADPOOL_SIZE = '16';
+  const bootFile = env.BERTH_BOOT_ID_FILE;
+  const bootId = readBootId(bootFile !== undefined && bootFile !== '' ? bootFile : BOOT_ID_FILE, (m) => log.log('warn', m));
+  const metrics = new Metrics();
+  const service = new Service({ bootId, log, metrics, ...(o.dataDir !== undefined ? { dataDir: o.dataDir } : {}) });
+  const socketPath = o.socket ?? DEFAULT_SOCKET;
+  const server = new BerthServer({ service, log, metrics, socketPath });
+
+  const fd = activationFd(env);
+  let ownSocket = false;
+  if (fd !== undefined) {
+    await listen(server.http, { fd });
+    log.log('info', 'listening on the socket passed by systemd', { fd });
+  } else {
+    prepareSocketDir(socketPath, log);
+    await clearStaleSocket(socketPath);
+    // The socket is born 0600: no moment in which another user could connect.
+    const oldMask = process.umask(0o177);
+    try {
+      await listen(server.http, { path: socketPath });
+    } finally {
+      process.umask(oldMask);
+    }
+    fs.chmodSync(socketPath, 0o600);
+    ownSocket = true;
+    log.log('info', 'listening', { socket: socketPath, pid: process.pid });
+  }
+
+  let metricsServer: http.Server | undefined;
+  if (o.metricsAddress !== undefined) {
+    const m = /^(.*):(\d+)$/.exec(o.metricsAddress);
+    if (m === null) throw new Error(`--metrics-address wants HOST:PORT, got ${o.metricsAddress}`);
+    metricsServer = http.createServer((req, res) => {
+      const ok = req.method === 'GET' && (req.url === '/metrics' || req.url === '/v1/metrics');
+      const body = ok ? server.metricsText() : 'only GET /metrics here\n';
+      res.writeHead(ok ? 200 : 404, { 'content-type': 'text/plain; version=0.0.4' }).end(body);
+    });
+    await new Promise<void>((resolve, reject) => {
+      metricsServer!.once('error', reject);
+      metricsServer!.listen(Number(m[2]), m[1]!.replace(/^\[|\]$/g, ''), () => resolve());
+    });
+    log.log('info', 'metrics listening', { address: o.metricsAddress });
+  }
+  o.onListening?.({ socket: socketPath });
+
+  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+    const on = (sig: NodeJS.Signals): void => {
+      process.off('SIGTERM', on);
+      process.off('SIGINT', on);
+      resolve(sig);
+    };
+    process.on('SIGTERM', on);
+    process.on('SIGINT', on);
+  });
+  log.log('info', 'stopping: finishing requests in flight', { signal });
+  // A second signal while draining means "now".
+  const force = (): void => {
+    log.log('warn', 'second signal: exiting without waiting');
+    process.exit(1);
+  };
+  process.once('SIGTERM', force);
+  process.once('SIGINT', force);
+  await server.shutdown();
+  metricsServer?.close();
+  service.close();
+  if (ownSocket) fs.rmSync(socketPath, { force: true });
+  log.log('info', 'stopped');
+  return 0;
+}

@@ -1,0 +1,76 @@
+// Counters, gauges and a latency histogram in Prometheus' text format (version 0.0.4), without a client
+// library: berthd exports a handful of series and must not grow a dependency for them.
+
+type Labels = Record<string, string>;
+
+function labelText(labels: Labels): string {
+  const parts = Object.entries(labels).map(([k, v]) => `${k}="${v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`);
+  return parts.length === 0 ? '' : `{${parts.join(',')}}`;
+}
+
+/** Request latency buckets (seconds): the daemon's own work is sub-millisecond, fsync a few ms. */
+const BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
+
+interface Histogram {
+  counts: number[];
+  sum: number;
+  count: number;
+}
+
+/** A gauge read at scrape time (pool sizes come from the network stores). */
+export interface GaugeSample {
+  name: string;
+  help: string;
+  labels: Labels;
+  value: number;
+}
+
+export class Metrics {
+  private readonly counters = new Map<string, { help: string; values: Map<string, number> }>();
+  private readonly histograms = new Map<string, Histogram>();
+
+  inc(name: string, help: string, labels: Labels = {}, by = 1): void {
+    let c = this.counters.get(name);
+    if (c === undefined) {
+      c = { help, values: new Map() };
+      this.counters.set(name, c);
+    }
+    const key = labelText(labels);
+    c.values.set(key, (c.values.get(key) ?? 0) + by);
+  }
+
+  observeLatency(route: string, seconds: number): void {
+    const key = labelText({ route });
+    let h = this.histograms.get(key);
+    if (h === undefined) {
+      h = { counts: BUCKETS.map(() => 0), sum: 0, count: 0 };
+      this.histograms.set(key, h);
+    }
+    for (let i = 0; i < BUCKETS.length; i++) if (seconds <= BUCKETS[i]!) h.counts[i]!++;
+    h.sum += seconds;
+    h.count++;
+  }
+
+  /** The exposition text; `gauges` are sampled by the caller at scrape time. */
+  render(gauges: readonly GaugeSample[]): string {
+    const out: string[] = [];
+    for (const [name, c] of this.counters) {
+      out.push(`# HELP ${name} ${c.help}`, `# TYPE ${name} counter`);
+      for (const [labels, v] of c.values) out.push(`${name}${labels} ${v}`);
+    }
+    const byName = new Map<string, GaugeSample[]>();
+    for (const g of gauges) byName.set(g.name, [...(byName.get(g.name) ?? []), g]);
+    for (const [name, samples] of byName) {
+      out.push(`# HELP ${name} ${samples[0]!.help}`, `# TYPE ${name} gauge`);
+      for (const s of samples) out.push(`${name}${labelText(s.labels)} ${s.value}`);
+    }
+    const h = 'berthd_request_duration_seconds';
+    out.push(`# HELP ${h} Time from a request's last byte to its reply, by route.`, `# TYPE ${h} histogram`);
+    for (const [key, hist] of this.histograms) {
+      const inner = key.slice(1, -1);
+      BUCKETS.forEach((b, i) => out.push(`${h}_bucket{${inner},le="${b}"} ${hist.counts[i]}`));
+      out.push(`${h}_bucket{${inner},le="+Inf"} ${hist.count}`, `${h}_sum${key} ${hist.sum}`, `${h}_count${key} ${hist.count}`);
+    }
+    return `${out.join('\n')}\n`;
+  }
+}

@@ -1,0 +1,602 @@
+// berthd's view of one network: its leases in memory (by address, by attachment, occupancy per range set),
+// kept in step with the lease files under the same flock berth-ipam and host-local take, and the requests
+// of a moment committed as one batch so that one round of fsyncs covers all of them.
+//
+// The files stay the truth and keep lease-file-store's layout exactly (host-local's IP files and cursors,
+// berth's `.berth/att/` records and `state.json` sentinel), so a plugin working on the files directly, before,
+// after or at the same moment as the daemon, sees the same leases and trusts the same index.
+import * as fs from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { CniError, ErrorCode } from '../../cni-spec/errors';
+import { loadNativeAddon } from '../../native-addon';
+import { type Ip, formatIp, parseIp } from '../address';
+import type { Occupancy } from '../allocator';
+import { leaseDirPaths } from '../lease-file-store';
+import { checkContainerId, checkIfname } from '../names';
+import { type RangeSet, ipAtOrdinal, ordinalOf, rangeSetKey, rangeSetSize } from '../range-set';
+import type { Attachment, Lease, LeaseMeta, LeaseSession, LeaseStore, NewLease, TransactOptions } from '../store';
+import type { Logger } from './log';
+
+const BERTH_DIR = '.berth';
+const CURSOR_PREFIX = 'last_reserved_ip.';
+/** Range sets up to this many addresses get a bitmap; larger ones (IPv6 /64) are probed against the map. */
+const BITMAP_LIMIT = 1 << 22;
+const PROBE_LIMIT = 1 << 20;
+/** Requests per batch: bounds the time the flock is held while plugins working on the files wait. */
+const MAX_BATCH = 256;
+/** Longest pause between attempts to take a flock held by someone else. */
+const MAX_LOCK_BACKOFF_MS = 20;
+
+const fdatasync = promisify(fs.fdatasync);
+const fsync = promisify(fs.fsync);
+const close = promisify(fs.close);
+
+export interface NetworkStoreOptions {
+  dataDir: string;
+  network: string;
+  bootId: string;
+  log: Logger;
+  now?: () => Date;
+}
+
+/** What one batch changed, and what must reach the disk before its replies leave. */
+interface Tx {
+  /** Descriptors of lease files created by the batch, synced and closed after it. */
+  fds: number[];
+  cursors: Set<number>;
+  atts: Set<string>;
+  /** Anything in the network directory changed (the sentinel and state must follow). */
+  changed: boolean;
+  bootSeen: boolean;
+}
+
+interface Pending {
+  fn: (s: LeaseSession) => Promise<unknown>;
+  readOnly: boolean;
+  resolve(v: unknown): void;
+  reject(err: unknown): void;
+}
+
+interface AttEntry {
+  containerId: string;
+  ifname: string;
+  meta: LeaseMeta;
+  ips: Set<string>;
+}
+
+function errnoOf(err: unknown): string | undefined {
+  return (err as NodeJS.ErrnoException | undefined)?.code;
+}
+
+function ioError(what: string, err: unknown): CniError {
+  return new CniError(ErrorCode.IoFailure, `${what}: ${(err as Error).message}`, undefined, { cause: err });
+}
+
+function attKey(a: Attachment): string {
+  return `${a.containerId}:${a.ifname}`;
+}
+
+/** host-local's file content ("<id>\r\n<ifname>", or the id alone for legacy leases); same as lease-file-store. */
+function leaseContent(a: Attachment): string {
+  return a.ifname === '' ? a.containerId : `${a.containerId}\r\n${a.ifname}`;
+}
+
+function parseLeaseContent(raw: string): Attachment | undefined {
+  const t = raw.trim();
+  const nl = t.indexOf('\r\n');
+  const containerId = nl === -1 ? t : t.slice(0, nl);
+  const ifname = nl === -1 ? '' : t.slice(nl + 2);
+  if (!/^[^\s{}\0]{1,1024}$/.test(containerId)) return undefined;
+  if (ifname !== '' && !/^[^\s/\0]{1,64}$/.test(ifname)) return undefined;
+  return { containerId, ifname };
+}
+
+/** Occupancy over the set's ordinals, built from the taken addresses and updated on every change. */
+class BitmapOccupancy implements Occupancy {
+  private readonly bits: Uint8Array;
+
+  constructor(
+    private readonly set: RangeSet,
+    size: number,
+  ) {
+    this.bits = new Uint8Array(Math.ceil(size / 8));
+  }
+
+  mark(ip: Ip, taken: boolean): void {
+    const o = ordinalOf(this.set, ip);
+    if (o === undefined) return;
+    const i = Number(o);
+    if (taken) this.bits[i >> 3]! |= 1 << (i & 7);
+    else this.bits[i >> 3]! &= ~(1 << (i & 7));
+  }
+
+  firstFree(lo: bigint, hi: bigint): bigint | undefined {
+    let i = Number(lo);
+    const end = Number(hi);
+    while (i <= end) {
+      if ((i & 7) === 0 && i + 7 <= end && this.bits[i >> 3] === 0xff) {
+        i += 8;
+        continue;
+      }
+      if ((this.bits[i >> 3]! & (1 << (i & 7))) === 0) return BigInt(i);
+      i++;
+    }
+    return undefined;
+  }
+}
+
+let tmpSeq = 0;
+
+/** The in-memory store of one network directory; `transact` joins the next batch. */
+export class NetworkStore implements LeaseStore {
+  readonly dataDir: string;
+  readonly network: string;
+  private readonly p: ReturnType<typeof leaseDirPaths>;
+  /** Every IP-named file, parseable or not: an unreadable lease still holds its address. */
+  private readonly taken = new Map<string, Ip>();
+  private readonly byIp = new Map<string, Lease>();
+  private readonly byAtt = new Map<string, AttEntry>();
+  private readonly occupancies = new Map<string, BitmapOccupancy>();
+  private readonly cursors = new Map<number, Ip | undefined>();
+  private indexState: { gen: number; bootId?: string } = { gen: 0 };
+  /** The directory mtime berth stamped at its last commit; anything else means someone changed it. */
+  private knownMtime: bigint | undefined;
+  private lockFd: number | undefined;
+  private lockIno: number | bigint | undefined;
+  private readonly queue: Pending[] = [];
+  private running = false;
+  private tx: Tx | undefined;
+  /** Committed batches whose files still wait for their fsync. */
+  private unsynced: { tx: Tx; settle: (err?: unknown) => void }[] = [];
+  private syncing = false;
+  private readonly idleWaiters: (() => void)[] = [];
+  /** The ranges of the last request that named them: pool gauges and `berth status`. */
+  lastRangeSets: readonly RangeSet[] = [];
+  readonly stats = { batches: 0, batchedRequests: 0, fsyncRounds: 0, rescans: 0, lockWaits: 0 };
+
+  constructor(private readonly opts: NetworkStoreOptions) {
+    this.dataDir = opts.dataDir;
+    this.network = opts.network;
+    this.p = leaseDirPaths(opts.dataDir, opts.network);
+  }
+
+  get dir(): string {
+    return this.p.dir;
+  }
+
+  transact<T>(fn: (s: LeaseSession) => Promise<T>, opts?: TransactOptions): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.queue.push({ fn, readOnly: opts?.readOnly === true, resolve: resolve as (v: unknown) => void, reject });
+      if (!this.running) {
+        this.running = true;
+        // The loop reports every outcome through the queued promises; nothing can escape it.
+        this.runBatches().catch((err: unknown) => this.opts.log.log('error', 'batch loop failed', { error: String(err) }));
+      }
+    });
+  }
+
+  async unwritableReason(): Promise<string | undefined> {
+    let dir = this.p.dir;
+    for (;;) {
+      try {
+        const st = fs.statSync(dir);
+        if (!st.isDirectory()) return `${dir} is not a directory`;
+        fs.accessSync(dir, fs.constants.W_OK);
+        return undefined;
+      } catch (err) {
+        if (errnoOf(err) !== 'ENOENT') return `${dir} is not writable: ${(err as Error).message}`;
+      }
+      const parent = join(dir, '..');
+      if (parent === dir) return `no existing directory above ${this.p.dir}`;
+      dir = parent;
+    }
+  }
+
+  /** Resolves once no batch runs or waits for its fsync (shutdown). */
+  idle(): Promise<void> {
+    if (!this.running && this.unsynced.length === 0 && !this.syncing) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** Leases currently held, from memory (callers that need them fresh run a read-only transact first). */
+  snapshot(): Lease[] {
+    return [...this.byIp.values()];
+  }
+
+  /** Used addresses per range set of the last config seen. */
+  pools(): { set: RangeSet; size: bigint; used: number }[] {
+    return this.lastRangeSets.map((set) => {
+      let used = 0;
+      for (const ip of this.taken.values()) if (ordinalOf(set, ip) !== undefined) used++;
+      return { set, size: rangeSetSize(set), used };
+    });
+  }
+
+  close(): void {
+    if (this.lockFd !== undefined) fs.closeSync(this.lockFd);
+    this.lockFd = undefined;
+  }
+
+  private checkIdle(): void {
+    if (this.running || this.syncing || this.unsynced.length > 0) return;
+    for (const w of this.idleWaiters.splice(0)) w();
+  }
+
+  private async runBatches(): Promise<void> {
+    try {
+      // Requests whose bytes arrived in the same turn of the event loop join this batch.
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      while (this.queue.length > 0) {
+        const batch = this.queue.splice(0, MAX_BATCH);
+        const tx: Tx = { fds: [], cursors: new Set(), atts: new Set(), changed: false, bootSeen: false };
+        const outcomes: ({ ok: true; value: unknown } | { ok: false; err: unknown })[] = [];
+        let failure: unknown;
+        try {
+          await this.lock();
+          try {
+            this.tx = tx;
+            this.refresh();
+            for (const item of batch) {
+              try {
+                outcomes.push({ ok: true, value: await item.fn(this.session) });
+              } catch (err) {
+                outcomes.push({ ok: false, err });
+              }
+            }
+            this.commit(tx);
+          } finally {
+            this.tx = undefined;
+            this.unlock();
+          }
+        } catch (err) {
+          // The files are the truth: whatever the batch left half-done, the next one reads them again.
+          this.knownMtime = undefined;
+          failure = err instanceof CniError ? err : ioError(`lease store ${this.p.dir}`, err);
+          for (const fd of tx.fds.splice(0)) fs.closeSync(fd);
+        }
+        this.stats.batches++;
+        this.stats.batchedRequests += batch.length;
+        const settle = (syncErr?: unknown): void => {
+          batch.forEach((item, i) => {
+            const o = outcomes[i];
+            if (failure !== undefined) item.reject(failure);
+            else if (syncErr !== undefined && !item.readOnly) item.reject(ioError('cannot make the leases durable', syncErr));
+            else if (o === undefined) item.reject(new CniError(ErrorCode.Internal, 'request lost in its batch'));
+            else if (o.ok) item.resolve(o.value);
+            else item.reject(o.err);
+          });
+        };
+        if (tx.fds.length === 0 && !tx.changed) settle();
+        else {
+          this.unsynced.push({ tx, settle });
+          this.startSync();
+        }
+      }
+    } finally {
+      this.running = false;
+      this.checkIdle();
+    }
+  }
+
+  /**
+   * Group commit: every batch committed while the previous fsync round ran is made durable by the next
+   * round (its new files' data and the directory), so concurrent requests share one journal commit.
+   */
+  private startSync(): void {
+    if (this.syncing) return;
+    this.syncing = true;
+    const round = this.unsynced.splice(0);
+    const fds = round.flatMap((r) => r.tx.fds);
+    this.stats.fsyncRounds++;
+    const work = async (): Promise<void> => {
+      try {
+        await Promise.all(fds.map((fd) => fdatasync(fd)));
+        const dirFd = fs.openSync(this.p.dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+        try {
+          await fsync(dirFd);
+        } finally {
+          fs.closeSync(dirFd);
+        }
+      } finally {
+        await Promise.all(fds.map((fd) => close(fd).catch(() => undefined)));
+      }
+    };
+    work().then(
+      () => round.forEach((r) => r.settle()),
+      (err: unknown) => round.forEach((r) => r.settle(err)),
+    ).finally(() => {
+      this.syncing = false;
+      if (this.unsynced.length > 0) this.startSync();
+      else this.checkIdle();
+    }).catch(() => undefined);
+  }
+
+  /** Takes the network's flock without blocking the event loop: a plugin on the files may hold it. */
+  private async lock(): Promise<void> {
+    const addon = loadNativeAddon();
+    let delay = 1;
+    for (;;) {
+      if (this.lockFd === undefined) {
+        fs.mkdirSync(this.p.dir, { recursive: true, mode: 0o755 });
+        for (const d of [this.p.berth, this.p.att, this.p.sets, this.p.tmp]) fs.mkdirSync(d, { recursive: true, mode: 0o700 });
+        this.lockFd = fs.openSync(this.p.lock, fs.constants.O_RDONLY | fs.constants.O_CREAT, 0o600);
+        this.lockIno = fs.fstatSync(this.lockFd).ino;
+      }
+      if (addon.flock(this.lockFd, 'ex', true)) {
+        // A lock file removed and recreated (the directory wiped) no longer excludes anyone: start over.
+        let current: number | undefined;
+        try {
+          current = fs.statSync(this.p.lock).ino;
+        } catch (err) {
+          if (errnoOf(err) !== 'ENOENT') throw err;
+        }
+        if (current === this.lockIno) return;
+        this.close();
+        this.knownMtime = undefined;
+        continue;
+      }
+      this.stats.lockWaits++;
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, MAX_LOCK_BACKOFF_MS);
+    }
+  }
+
+  private unlock(): void {
+    if (this.lockFd !== undefined) loadNativeAddon().flock(this.lockFd, 'un');
+  }
+
+  /** Re-reads the files when anyone but this daemon changed the directory since its last commit. */
+  private refresh(): void {
+    const mtime = fs.statSync(this.p.dir, { bigint: true }).mtimeNs;
+    if (mtime === this.knownMtime) return;
+    this.rescan(this.knownMtime === undefined ? 'first use' : 'the directory changed outside the daemon');
+  }
+
+  private rescan(reason: string): void {
+    const tx = this.tx!;
+    this.stats.rescans++;
+    this.taken.clear();
+    this.byIp.clear();
+    this.byAtt.clear();
+    this.occupancies.clear();
+    this.cursors.clear();
+    // Temp files of a writer that died: nobody writes them without the lock, which is held now.
+    for (const f of fs.readdirSync(this.p.tmp)) fs.rmSync(join(this.p.tmp, f), { force: true });
+    const records = new Map<string, { ips: string[]; meta: LeaseMeta }>();
+    for (const key of fs.readdirSync(this.p.att)) {
+      try {
+        const r = JSON.parse(fs.readFileSync(join(this.p.att, key), 'utf8')) as { v?: number; ips?: unknown; meta?: unknown };
+        if (r.v === 1 && Array.isArray(r.ips) && typeof r.meta === 'object' && r.meta !== null) {
+          records.set(key, { ips: r.ips.filter((i): i is string => typeof i === 'string'), meta: r.meta as LeaseMeta });
+        }
+      } catch {
+        // An unreadable record is rewritten from the lease files below.
+      }
+    }
+    const buf = Buffer.alloc(4096);
+    for (const name of fs.readdirSync(this.p.dir)) {
+      if (name === 'lock' || name === BERTH_DIR || name.startsWith(CURSOR_PREFIX)) continue;
+      const ip = parseIp(name);
+      if (ip === undefined || formatIp(ip) !== name) continue;
+      this.taken.set(name, ip);
+      let text: string;
+      let mtime: Date;
+      try {
+        const fd = fs.openSync(join(this.p.dir, name), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+        try {
+          const st = fs.fstatSync(fd);
+          if (!st.isFile()) continue;
+          mtime = st.mtime;
+          text = buf.subarray(0, fs.readSync(fd, buf, 0, buf.length, 0)).toString();
+        } finally {
+          fs.closeSync(fd);
+        }
+      } catch {
+        continue;
+      }
+      const att = parseLeaseContent(text);
+      if (att === undefined) {
+        this.opts.log.log('warn', 'corrupt lease file keeps its address taken', { file: join(this.p.dir, name) });
+        continue;
+      }
+      const key = attKey(att);
+      let entry = this.byAtt.get(key);
+      if (entry === undefined) {
+        const rec = records.get(key);
+        const meta: LeaseMeta = rec?.meta ?? { bootId: this.opts.bootId, createdAt: mtime.toISOString(), origin: 'found' };
+        entry = { ...att, meta, ips: new Set() };
+        this.byAtt.set(key, entry);
+      }
+      entry.ips.add(name);
+      this.byIp.set(name, { ip, containerId: att.containerId, ifname: att.ifname, meta: entry.meta });
+    }
+    // Records that disagree with the files are rewritten at commit, as lease-file-store's rebuild does.
+    for (const key of new Set([...records.keys(), ...this.byAtt.keys()])) {
+      const rec = records.get(key);
+      const entry = this.byAtt.get(key);
+      const same = rec !== undefined && entry !== undefined && rec.ips.length === entry.ips.size && rec.ips.every((i) => entry.ips.has(i));
+      if (!same) {
+        tx.atts.add(key);
+        tx.changed = true;
+      }
+    }
+    try {
+      const s = JSON.parse(fs.readFileSync(this.p.state, 'utf8')) as { v?: number; gen?: unknown; bootId?: unknown };
+      this.indexState = { gen: typeof s.gen === 'number' ? s.gen : 0 };
+      if (typeof s.bootId === 'string') this.indexState.bootId = s.bootId;
+    } catch {
+      this.indexState = { gen: 0 };
+      tx.changed = true;
+    }
+    this.knownMtime = fs.statSync(this.p.dir, { bigint: true }).mtimeNs;
+    if (reason !== 'first use') this.opts.log.log('debug', 're-read lease files', { network: this.network, reason });
+  }
+
+  private mark(name: string, ip: Ip, taken: boolean): void {
+    if (taken) this.taken.set(name, ip);
+    else this.taken.delete(name);
+    for (const o of this.occupancies.values()) o.mark(ip, taken);
+  }
+
+  private readonly session: LeaseSession = {
+    reserve: async (lease: NewLease, setId: number): Promise<boolean> => this.reserve(lease, setId),
+    lastReserved: async (setId: number): Promise<Ip | undefined> => this.lastReserved(setId),
+    occupancy: async (set: RangeSet): Promise<Occupancy> => this.occupancy(set),
+    leasesOf: async (a: Attachment): Promise<Lease[]> => this.leasesOf(a),
+    all: async (): Promise<Lease[]> => this.snapshot(),
+    leasesFromEarlierBoots: async (): Promise<Lease[]> => {
+      if (this.indexState.bootId === this.opts.bootId) return [];
+      this.tx!.bootSeen = true;
+      return this.snapshot().filter((l) => l.meta.bootId !== this.opts.bootId);
+    },
+    release: async (lease: Lease): Promise<void> => this.release(lease),
+  };
+
+  private reserve(lease: NewLease, setId: number): boolean {
+    checkContainerId(lease.containerId);
+    if (lease.ifname !== '') checkIfname(lease.ifname);
+    const tx = this.tx!;
+    const name = formatIp(lease.ip);
+    if (this.taken.has(name)) return false;
+    const target = join(this.p.dir, name);
+    const tmp = join(this.p.tmp, `berthd-${process.pid}-${tmpSeq++}`);
+    let fd: number;
+    try {
+      fd = fs.openSync(tmp, 'wx', 0o600);
+    } catch (err) {
+      throw ioError(`cannot write lease ${target}`, err);
+    }
+    try {
+      fs.writeSync(fd, leaseContent(lease));
+      // link(2) is the exclusive create, with the content already in place (as lease-file-store does).
+      fs.linkSync(tmp, target);
+    } catch (err) {
+      fs.closeSync(fd);
+      fs.rmSync(tmp, { force: true });
+      if (errnoOf(err) !== 'EEXIST') throw ioError(`cannot write lease ${target}`, err);
+      // Someone wrote it without the lock, or the view is stale: taken, and the next batch re-reads.
+      this.mark(name, lease.ip, true);
+      this.knownMtime = undefined;
+      return false;
+    }
+    fs.unlinkSync(tmp);
+    tx.fds.push(fd);
+    tx.changed = true;
+    this.mark(name, lease.ip, true);
+    const key = attKey(lease);
+    let entry = this.byAtt.get(key);
+    if (entry === undefined) {
+      entry = { containerId: lease.containerId, ifname: lease.ifname, meta: lease.meta, ips: new Set() };
+      this.byAtt.set(key, entry);
+    }
+    entry.ips.add(name);
+    this.byIp.set(name, { ip: lease.ip, containerId: lease.containerId, ifname: lease.ifname, meta: entry.meta });
+    tx.atts.add(key);
+    this.cursors.set(setId, lease.ip);
+    tx.cursors.add(setId);
+    return true;
+  }
+
+  private lastReserved(setId: number): Ip | undefined {
+    if (this.cursors.has(setId)) return this.cursors.get(setId);
+    let ip: Ip | undefined;
+    try {
+      ip = parseIp(fs.readFileSync(join(this.p.dir, `${CURSOR_PREFIX}${setId}`), 'utf8').trim());
+    } catch (err) {
+      if (errnoOf(err) !== 'ENOENT') this.opts.log.log('warn', 'cannot read a cursor', { network: this.network, setId, error: String(err) });
+    }
+    this.cursors.set(setId, ip);
+    return ip;
+  }
+
+  private occupancy(set: RangeSet): Occupancy {
+    const size = rangeSetSize(set);
+    if (size > BigInt(BITMAP_LIMIT)) {
+      return {
+        firstFree: (lo: bigint, hi: bigint): bigint | undefined => {
+          let probes = 0;
+          for (let o = lo; o <= hi && probes < PROBE_LIMIT; o++, probes++) {
+            if (!this.taken.has(formatIp(ipAtOrdinal(set, o)))) return o;
+          }
+          return undefined;
+        },
+      };
+    }
+    const key = rangeSetKey(set);
+    let occ = this.occupancies.get(key);
+    if (occ === undefined) {
+      occ = new BitmapOccupancy(set, Number(size));
+      for (const ip of this.taken.values()) occ.mark(ip, true);
+      this.occupancies.set(key, occ);
+    }
+    return occ;
+  }
+
+  private leasesOf(a: Attachment): Lease[] {
+    checkContainerId(a.containerId);
+    if (a.ifname !== '') checkIfname(a.ifname);
+    const of = (key: string): Lease[] => [...(this.byAtt.get(key)?.ips ?? [])].map((ip) => this.byIp.get(ip)!);
+    const exact = of(attKey(a));
+    if (exact.length > 0 || a.ifname === '') return exact;
+    // host-local matches legacy files (id only) when no exact match exists.
+    return of(attKey({ containerId: a.containerId, ifname: '' }));
+  }
+
+  private release(lease: Lease): void {
+    const tx = this.tx!;
+    const name = formatIp(lease.ip);
+    try {
+      fs.unlinkSync(join(this.p.dir, name));
+    } catch (err) {
+      if (errnoOf(err) !== 'ENOENT') throw ioError(`cannot remove lease ${join(this.p.dir, name)}`, err);
+    }
+    tx.changed = true;
+    this.mark(name, lease.ip, false);
+    this.byIp.delete(name);
+    const key = attKey(lease);
+    const entry = this.byAtt.get(key);
+    if (entry !== undefined) {
+      entry.ips.delete(name);
+      if (entry.ips.size === 0) this.byAtt.delete(key);
+      tx.atts.add(key);
+    }
+  }
+
+  private writeAtomic(target: string, data: string): void {
+    const tmp = join(this.p.tmp, `berthd-${process.pid}-${tmpSeq++}`);
+    fs.writeFileSync(tmp, data, { mode: 0o600, flag: 'wx' });
+    fs.renameSync(tmp, target);
+  }
+
+  /**
+   * Writes what lease-file-store keeps beside the IP files: cursors, attachment records, then the directory
+   * sentinel and state.json, so that a plugin on the files next trusts the index instead of rebuilding it.
+   */
+  private commit(tx: Tx): void {
+    if (!tx.changed && !tx.bootSeen) return;
+    for (const setId of tx.cursors) {
+      const ip = this.cursors.get(setId);
+      if (ip !== undefined) this.writeAtomic(join(this.p.dir, `${CURSOR_PREFIX}${setId}`), formatIp(ip));
+    }
+    for (const key of tx.atts) {
+      const entry = this.byAtt.get(key);
+      const file = join(this.p.att, key);
+      if (entry === undefined || entry.ips.size === 0) fs.rmSync(file, { force: true });
+      else {
+        const rec = { v: 1, containerId: entry.containerId, ifname: entry.ifname, ips: [...entry.ips], meta: entry.meta };
+        this.writeAtomic(file, JSON.stringify(rec));
+      }
+    }
+    const now = this.opts.now?.() ?? new Date();
+    // A moment in the past with random nanoseconds: any later change of the directory stamps the current
+    // time, which cannot equal it (lease-file-store's sentinel, shared so both sides trust one index).
+    fs.utimesSync(this.p.dir, now, Math.floor(now.getTime() / 1000) - 10 + Math.random());
+    this.knownMtime = fs.statSync(this.p.dir, { bigint: true }).mtimeNs;
+    const gen = this.indexState.gen + 1;
+    const bootId = tx.bootSeen ? this.opts.bootId : (this.indexState.bootId ?? this.opts.bootId);
+    this.indexState = { gen, bootId };
+    // A new generation also retires lease-file-store's occupancy bitmaps, which it rebuilds from the files.
+    this.writeAtomic(this.p.state, JSON.stringify({ v: 1, gen, dirMtimeNs: this.knownMtime.toString(), bootId }));
+  }
+}

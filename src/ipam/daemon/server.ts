@@ -1,0 +1,269 @@
+// berthd's HTTP/1.1 front: routes under /v1/, bodies read with a size limit, every failure answered as a
+// CNI error object with an HTTP status, and the bookkeeping that lets SIGTERM finish what is in flight.
+import * as http from 'node:http';
+import { CniError, ErrorCode, toCniError } from '../../cni-spec/errors';
+import type { Logger } from './log';
+import type { GaugeSample, Metrics } from './metrics';
+import { Allocate, Check, Gc, MAX_BODY_BYTES, Release, Status, type DaemonStatus, type Health, type Method } from './protocol';
+import { type CallTrace, type LeaseFilter, Service, ServiceError } from './service';
+
+export interface ServerOptions {
+  service: Service;
+  log: Logger;
+  metrics: Metrics;
+  /** Shown in /v1/status. */
+  socketPath: string;
+  maxBodyBytes?: number;
+}
+
+/** HTTP status for a CNI code when the raising code did not choose one. */
+function statusOf(err: CniError): number {
+  if (err instanceof ServiceError) return err.status;
+  switch (err.code) {
+    case ErrorCode.IncompatibleCniVersion:
+    case ErrorCode.UnsupportedField:
+    case ErrorCode.InvalidEnvironmentVariables:
+    case ErrorCode.DecodingFailure:
+    case ErrorCode.InvalidNetworkConfig:
+      return 400;
+    case ErrorCode.UnknownContainer:
+      return 404;
+    case ErrorCode.TryAgainLater:
+    case ErrorCode.PluginNotAvailable:
+    case ErrorCode.PluginNotAvailableLimitedConnectivity:
+      return 503;
+    default:
+      return 500;
+  }
+}
+
+const CNI_ROUTES: ReadonlyMap<string, Method<unknown>> = new Map([Allocate, Release, Check, Status].map((m) => [m.path, m]));
+
+export class BerthServer {
+  readonly http: http.Server;
+  private inFlight = 0;
+  private draining = false;
+  private readonly started = Date.now();
+  private readonly idleWaiters: (() => void)[] = [];
+
+  constructor(private readonly o: ServerOptions) {
+    this.http = http.createServer({ requestTimeout: 30_000, headersTimeout: 10_000, keepAliveTimeout: 5_000 }, (req, res) => {
+      this.handle(req, res).catch((err: unknown) => this.o.log.log('error', 'request handler failed', { error: String(err) }));
+    });
+    // A malformed request line or headers: answer in the same JSON shape, then drop the connection.
+    this.http.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+      if (socket.writable && err.code !== 'ECONNRESET') {
+        const body = JSON.stringify(new CniError(ErrorCode.DecodingFailure, `bad HTTP request: ${err.message}`).toJSON());
+        socket.end(`HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+      } else {
+        socket.destroy();
+      }
+    });
+  }
+
+  /** Requests read and not yet answered. */
+  get inFlightCount(): number {
+    return this.inFlight;
+  }
+
+  get isDraining(): boolean {
+    return this.draining;
+  }
+
+  /** Stops taking connections and resolves when every request already read has been answered. */
+  async shutdown(): Promise<void> {
+    this.draining = true;
+    const closed = new Promise<void>((resolve) => this.http.close(() => resolve()));
+    this.http.closeIdleConnections();
+    if (this.inFlight > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    await this.o.service.drain();
+    this.http.closeAllConnections();
+    await closed;
+  }
+
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    this.inFlight++;
+    const t0 = process.hrtime.bigint();
+    const url = new URL(req.url ?? '/', 'http://berthd');
+    const route = this.routeName(req.method ?? 'GET', url.pathname);
+    let gone = false;
+    res.on('close', () => {
+      if (!res.writableFinished) gone = true;
+    });
+    try {
+      const reply = await this.dispatch(req, url, () => gone);
+      if (typeof reply === 'string') this.send(res, 200, reply, 'text/plain; version=0.0.4');
+      else this.send(res, reply.status ?? 200, JSON.stringify(reply.body));
+      this.o.metrics.inc('berthd_requests_total', 'Requests answered, by route and HTTP status.', { route, status: String(reply === undefined || typeof reply === 'string' ? 200 : reply.status ?? 200) });
+    } catch (err) {
+      const cni = toCniError(err);
+      const status = statusOf(cni);
+      if (!(err instanceof CniError)) this.o.log.log('error', 'unexpected failure', { route, error: err instanceof Error ? err.stack ?? err.message : String(err) });
+      this.o.metrics.inc('berthd_errors_total', 'Requests answered with a CNI error, by route and CNI code.', { route, code: String(cni.code) });
+      this.o.metrics.inc('berthd_requests_total', 'Requests answered, by route and HTTP status.', { route, status: String(status) });
+      this.send(res, status, JSON.stringify(cni.toJSON()));
+    } finally {
+      this.o.metrics.observeLatency(route, Number(process.hrtime.bigint() - t0) / 1e9);
+      this.inFlight--;
+      if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
+    }
+  }
+
+  private routeName(method: string, path: string): string {
+    if (path.startsWith('/v1/leases/')) return `${method} /v1/leases/:id`;
+    if (CNI_ROUTES.has(path) || path === Gc.path) return `${method} ${path}`;
+    if (['/v1/leases', '/v1/status', '/v1/health', '/v1/metrics', '/metrics'].includes(path)) return `${method} ${path}`;
+    return 'unknown';
+  }
+
+  private send(res: http.ServerResponse, status: number, body: string, type = 'application/json'): void {
+    if (res.destroyed || res.headersSent) return;
+    const headers: http.OutgoingHttpHeaders = { 'content-type': type, 'content-length': Buffer.byteLength(body) };
+    if (this.draining) headers.connection = 'close';
+    res.writeHead(status, headers).end(body);
+  }
+
+  /** Reads the whole body (bounded) and parses it as JSON. */
+  private readJson(req: http.IncomingMessage): Promise<unknown> {
+    const limit = this.o.maxBodyBytes ?? MAX_BODY_BYTES;
+    return new Promise((resolve, reject) => {
+      const declared = Number(req.headers['content-length'] ?? '0');
+      if (declared > limit) {
+        req.resume();
+        reject(new ServiceError(413, ErrorCode.DecodingFailure, `request body of ${declared} bytes exceeds the limit of ${limit}`));
+        return;
+      }
+      const chunks: Buffer[] = [];
+      let size = 0;
+      let failed = false;
+      req.on('data', (c: Buffer) => {
+        if (failed) return;
+        size += c.length;
+        if (size > limit) {
+          failed = true;
+          reject(new ServiceError(413, ErrorCode.DecodingFailure, `request body exceeds the limit of ${limit} bytes`));
+          return;
+        }
+        chunks.push(c);
+      });
+      req.on('end', () => {
+        if (failed) return;
+        const text = Buffer.concat(chunks).toString('utf8');
+        try {
+          resolve(JSON.parse(text));
+        } catch (err) {
+          reject(new ServiceError(400, ErrorCode.DecodingFailure, `request body is not JSON: ${(err as Error).message}`));
+        }
+      });
+      req.on('error', (err) => {
+        failed = true;
+        reject(new ServiceError(400, ErrorCode.IoFailure, `request body not received: ${err.message}`));
+      });
+      // The client went away before its body was complete: nothing was started, nothing to undo.
+      req.on('aborted', () => {
+        failed = true;
+        reject(new ServiceError(400, ErrorCode.IoFailure, 'client closed the connection before the body was complete'));
+      });
+    });
+  }
+
+  private filterOf(url: URL): LeaseFilter {
+    const f: LeaseFilter = {};
+    const network = url.searchParams.get('network');
+    const dataDir = url.searchParams.get('dataDir');
+    if (network !== null && network !== '') f.network = network;
+    if (dataDir !== null && dataDir !== '') {
+      if (!dataDir.startsWith('/')) throw new ServiceError(400, ErrorCode.InvalidEnvironmentVariables, 'dataDir must be an absolute path');
+      f.dataDir = dataDir;
+    }
+    return f;
+  }
+
+  private async dispatch(
+    req: http.IncomingMessage,
+    url: URL,
+    clientGone: () => boolean,
+  ): Promise<{ status?: number; body: unknown } | string> {
+    const method = req.method ?? 'GET';
+    const path = url.pathname;
+    const service = this.o.service;
+    const wrongMethod = (allowed: string): never => {
+      throw new ServiceError(405, ErrorCode.UnsupportedField, `${method} ${path}: use ${allowed}`);
+    };
+
+    const cni = CNI_ROUTES.get(path);
+    // GET /v1/status is the daemon's own status; POST carries a CNI STATUS.
+    if ((cni !== undefined && !(path === Status.path && method === 'GET')) || path === Gc.path) {
+      if (method !== 'POST') wrongMethod('POST');
+      const body = await this.readJson(req);
+      if (path === Gc.path && typeof body === 'object' && body !== null && !('config' in body)) {
+        return { body: await service.adminGc(body) };
+      }
+      const m = cni ?? Gc;
+      const trace: CallTrace = { reserved: [] };
+      const result = await service.call(m, body, trace);
+      if (clientGone() && trace.reserved.length > 0) {
+        // Nobody will ever configure these addresses: give them back instead of leaking them.
+        const undone = await service.undo(trace);
+        this.o.log.log('warn', 'client left before the reply; allocation undone', { route: path, released: undone });
+      }
+      return { body: result ?? { ok: true } };
+    }
+
+    if (path === '/v1/leases') {
+      if (method !== 'GET') wrongMethod('GET');
+      return { body: { leases: await service.list(this.filterOf(url)) } };
+    }
+    if (path.startsWith('/v1/leases/')) {
+      const id = decodeURIComponent(path.slice('/v1/leases/'.length));
+      if (method === 'GET') {
+        const leases = await service.show(id, this.filterOf(url));
+        if (leases.length === 0) throw new ServiceError(404, ErrorCode.UnknownContainer, `no lease for ${JSON.stringify(id)}`);
+        return { body: { leases } };
+      }
+      if (method === 'DELETE') return { body: await service.release(id, this.filterOf(url)) };
+      wrongMethod('GET or DELETE');
+    }
+    if (path === '/v1/health') {
+      if (method !== 'GET') wrongMethod('GET');
+      const h: Health = { ok: !this.draining, draining: this.draining };
+      return { status: this.draining ? 503 : 200, body: h };
+    }
+    if (path === '/v1/status') {
+      const s: DaemonStatus = {
+        version: 1,
+        pid: process.pid,
+        uptimeSeconds: Math.round((Date.now() - this.started) / 1000),
+        socket: this.o.socketPath,
+        draining: this.draining,
+        networks: await service.networkViews(this.filterOf(url)),
+      };
+      return { body: s };
+    }
+    if (path === '/metrics' || path === '/v1/metrics') {
+      if (method !== 'GET') wrongMethod('GET');
+      return this.metricsText();
+    }
+    throw new ServiceError(404, ErrorCode.UnsupportedField, `no route ${method} ${path} (see /v1/health, /v1/leases, /v1/status, /metrics)`);
+  }
+
+  metricsText(): string {
+    const gauges: GaugeSample[] = this.o.service.poolGauges().flatMap((p) => {
+      const labels = { network: p.network, range_set: String(p.rangeSet) };
+      return [
+        { name: 'berthd_pool_size', help: 'Addresses a range set can hand out (gateway and excluded addresses not counted).', labels, value: p.size },
+        { name: 'berthd_pool_used', help: 'Addresses of a range set held by a lease.', labels, value: p.used },
+        { name: 'berthd_pool_free', help: 'Addresses of a range set still free.', labels, value: p.free },
+      ];
+    });
+    const b = this.o.service.batchStats();
+    gauges.push(
+      { name: 'berthd_batches', help: 'Batches committed under one flock since start.', labels: {}, value: b.batches },
+      { name: 'berthd_batched_requests', help: 'Store transactions run inside those batches.', labels: {}, value: b.batchedRequests },
+      { name: 'berthd_fsync_rounds', help: 'Group fsync rounds (each covers every batch committed meanwhile).', labels: {}, value: b.fsyncRounds },
+      { name: 'berthd_rescans', help: 'Times a network was re-read because its directory changed outside the daemon.', labels: {}, value: b.rescans },
+      { name: 'berthd_in_flight', help: 'Requests being served.', labels: {}, value: this.inFlight },
+    );
+    return this.o.metrics.render(gauges);
+  }
+}

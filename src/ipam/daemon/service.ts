@@ -1,0 +1,371 @@
+// What berthd can do, independent of HTTP: run berth-ipam's own handlers against the in-memory network
+// stores, and the admin operations (list, show, release, GC, status). The `berth` CLI runs the same
+// service in-process on the files when no daemon answers, so both paths behave alike.
+import * as fs from 'node:fs';
+import { join } from 'node:path';
+import { CniError, ErrorCode } from '../../cni-spec/errors';
+import { parseRequest } from '../../cni-spec/request';
+import type { Result } from '../../cni-spec/types/result';
+import { type Cidr, formatIp, parseIp, sameIp } from '../address';
+import { blockedOrdinals } from '../allocator';
+import type { IpamConfig } from '../config';
+import { DEFAULT_DATA_DIR } from '../config';
+import { type IpamDeps, add, check, del, gc, status } from '../handlers';
+import { networkNameProblem } from '../../cni-spec/identifiers';
+import { describeRangeSet } from '../range-set';
+import type { Lease, LeaseSession, LeaseStore } from '../store';
+import type { Logger } from './log';
+import type { Metrics } from './metrics';
+import { NetworkStore } from './network-store';
+import type {
+  AdminGcReply,
+  AdminGcRequest,
+  AdminReleaseReply,
+  Envelope,
+  LeaseView,
+  Method,
+  NetworkView,
+} from './protocol';
+
+/** A CniError that also says which HTTP status carries it. */
+export class ServiceError extends CniError {
+  constructor(
+    readonly status: number,
+    code: number,
+    msg: string,
+    details?: string,
+  ) {
+    super(code, msg, details);
+  }
+}
+
+export interface ServiceOptions {
+  /** Where networks are listed from when a request names none (`--data-dir`). */
+  dataDir?: string;
+  bootId: string | undefined;
+  log: Logger;
+  metrics?: Metrics;
+  now?: () => Date;
+}
+
+/** What a CNI call did beyond its reply: the leases it newly took (undone when the client is gone). */
+export interface CallTrace {
+  reserved: Lease[];
+}
+
+export interface LeaseFilter {
+  network?: string;
+  dataDir?: string;
+}
+
+function leaseView(store: NetworkStore, l: Lease): LeaseView {
+  const v: LeaseView = {
+    network: store.network,
+    dataDir: store.dataDir,
+    ip: formatIp(l.ip),
+    containerId: l.containerId,
+    ifname: l.ifname,
+  };
+  const m = l.meta;
+  if (m.pod !== undefined) {
+    const pod: NonNullable<LeaseView['pod']> = {};
+    if (m.pod.namespace !== undefined) pod.namespace = m.pod.namespace;
+    if (m.pod.name !== undefined) pod.name = m.pod.name;
+    if (m.pod.uid !== undefined) pod.uid = m.pod.uid;
+    v.pod = pod;
+  }
+  if (m.netns !== undefined) v.netns = m.netns;
+  if (m.createdAt !== undefined) v.createdAt = m.createdAt;
+  if (m.bootId !== undefined) v.bootId = m.bootId;
+  if (m.origin !== undefined) v.origin = m.origin;
+  return v;
+}
+
+function compareLeases(a: LeaseView, b: LeaseView): number {
+  if (a.network !== b.network) return a.network < b.network ? -1 : 1;
+  const ia = parseIp(a.ip)!;
+  const ib = parseIp(b.ip)!;
+  if (ia.family !== ib.family) return ia.family - ib.family;
+  return ia.value < ib.value ? -1 : ia.value > ib.value ? 1 : 0;
+}
+
+export class Service {
+  private readonly stores = new Map<string, NetworkStore>();
+  private readonly lastExclude = new Map<string, readonly Cidr[]>();
+  readonly dataDir: string;
+
+  constructor(private readonly opts: ServiceOptions) {
+    this.dataDir = opts.dataDir ?? DEFAULT_DATA_DIR;
+  }
+
+  /** The store of a network directory; one per directory for the daemon's lifetime. */
+  store(dataDir: string, network: string): NetworkStore {
+    const key = join(dataDir, network);
+    let s = this.stores.get(key);
+    if (s === undefined) {
+      s = new NetworkStore({ dataDir, network, bootId: this.opts.bootId ?? 'unknown', log: this.opts.log, ...(this.opts.now ? { now: this.opts.now } : {}) });
+      this.stores.set(key, s);
+    }
+    return s;
+  }
+
+  /** Waits for every batch and fsync in flight (shutdown), then closes the lock files. */
+  async drain(): Promise<void> {
+    await Promise.all([...this.stores.values()].map((s) => s.idle()));
+  }
+
+  close(): void {
+    for (const s of this.stores.values()) s.close();
+  }
+
+  private deps(trace: CallTrace): IpamDeps {
+    const metrics = this.opts.metrics;
+    return {
+      bootId: this.opts.bootId,
+      warn: (msg) => this.opts.log.log('warn', msg),
+      now: this.opts.now ?? (() => new Date()),
+      openStore: (conf: IpamConfig): LeaseStore => {
+        const store = this.store(conf.dataDir, conf.network);
+        store.lastRangeSets = conf.rangeSets;
+        this.lastExclude.set(store.dir, conf.exclude);
+        const network = conf.network;
+        return {
+          unwritableReason: () => store.unwritableReason(),
+          transact: (fn, o) =>
+            store.transact(
+              (s) =>
+                fn({
+                  ...s,
+                  reserve: async (lease, setId) => {
+                    const ok = await s.reserve(lease, setId);
+                    if (ok) {
+                      trace.reserved.push({ ...lease });
+                      metrics?.inc('berthd_allocations_total', 'Addresses handed out.', { network });
+                    }
+                    return ok;
+                  },
+                  release: async (lease) => {
+                    await s.release(lease);
+                    const i = trace.reserved.findIndex((r) => sameIp(r.ip, lease.ip));
+                    if (i !== -1) trace.reserved.splice(i, 1);
+                    metrics?.inc('berthd_releases_total', 'Addresses released.', { network });
+                  },
+                } satisfies LeaseSession),
+              o,
+            ),
+        };
+      },
+    };
+  }
+
+  /** Runs one forwarded CNI command with berth-ipam's handlers; the reply is the result (ADD) or undefined. */
+  async call(method: Method<unknown>, envelope: unknown, trace: CallTrace = { reserved: [] }): Promise<Result | undefined> {
+    if (typeof envelope !== 'object' || envelope === null || Array.isArray(envelope)) {
+      throw new ServiceError(400, ErrorCode.DecodingFailure, 'request body must be a JSON object {"env": {...}, "config": {...}}');
+    }
+    const e = envelope as Partial<Envelope>;
+    if (typeof e.env !== 'object' || e.env === null || Array.isArray(e.env) || !Object.values(e.env).every((v) => typeof v === 'string')) {
+      throw new ServiceError(400, ErrorCode.DecodingFailure, 'request "env" must be an object of strings (the CNI_* variables)');
+    }
+    if (typeof e.config !== 'string' && (typeof e.config !== 'object' || e.config === null || Array.isArray(e.config))) {
+      throw new ServiceError(400, ErrorCode.DecodingFailure, 'request "config" must be the network config (object or JSON text)');
+    }
+    // The daemon never executes other plugins: a curl caller need not invent a CNI_PATH.
+    const env: Record<string, string> = { CNI_PATH: '/opt/cni/bin', ...e.env, CNI_COMMAND: method.command };
+    const req = parseRequest({ env, stdin: typeof e.config === 'string' ? e.config : JSON.stringify(e.config) });
+    const deps = this.deps(trace);
+    switch (method.command) {
+      case 'ADD':
+        return add(req, deps);
+      case 'DEL':
+        await del(req, deps);
+        return undefined;
+      case 'CHECK':
+        await check(req, deps);
+        return undefined;
+      case 'GC':
+        await gc(req, deps);
+        return undefined;
+      case 'STATUS':
+        await status(req, deps);
+        return undefined;
+    }
+  }
+
+  /** Gives back what an ADD took when its caller went away before the reply (it will never use it). */
+  async undo(trace: CallTrace): Promise<number> {
+    let undone = 0;
+    const byStore = new Map<NetworkStore, Lease[]>();
+    for (const l of trace.reserved) {
+      for (const s of this.stores.values()) {
+        if (s.snapshot().some((h) => sameIp(h.ip, l.ip) && h.containerId === l.containerId && h.ifname === l.ifname)) {
+          byStore.set(s, [...(byStore.get(s) ?? []), l]);
+        }
+      }
+    }
+    for (const [store, leases] of byStore) {
+      await store.transact(async (s) => {
+        for (const l of leases) {
+          const held = (await s.leasesOf(l)).find((h) => sameIp(h.ip, l.ip));
+          if (held !== undefined) {
+            await s.release(held);
+            undone++;
+          }
+        }
+      });
+    }
+    trace.reserved.length = 0;
+    return undone;
+  }
+
+  /** Network directories under a data dir (those with host-local's `lock` file), plus those served. */
+  private networks(filter: LeaseFilter): NetworkStore[] {
+    const dirs = filter.dataDir !== undefined ? [filter.dataDir] : [this.dataDir];
+    const out = new Map<string, NetworkStore>();
+    for (const s of this.stores.values()) {
+      if (filter.dataDir !== undefined && s.dataDir !== filter.dataDir) continue;
+      if (filter.network !== undefined && s.network !== filter.network) continue;
+      if (fs.existsSync(s.dir)) out.set(s.dir, s);
+    }
+    for (const dataDir of dirs) {
+      let names: string[];
+      try {
+        names = fs.readdirSync(dataDir);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        throw new ServiceError(500, ErrorCode.IoFailure, `cannot list ${dataDir}: ${(err as Error).message}`);
+      }
+      for (const name of names) {
+        if (filter.network !== undefined && name !== filter.network) continue;
+        if (networkNameProblem(name) !== undefined || !fs.existsSync(join(dataDir, name, 'lock'))) continue;
+        const s = this.store(dataDir, name);
+        out.set(s.dir, s);
+      }
+    }
+    if (filter.network !== undefined && out.size === 0) {
+      throw new ServiceError(
+        404,
+        ErrorCode.InvalidNetworkConfig,
+        `unknown network ${JSON.stringify(filter.network)}: no lease directory under ${dirs.join(', ')}`,
+      );
+    }
+    return [...out.values()];
+  }
+
+  private async leasesIn(store: NetworkStore): Promise<LeaseView[]> {
+    const leases = await store.transact(async (s) => s.all(), { readOnly: true });
+    return leases.map((l) => leaseView(store, l));
+  }
+
+  async list(filter: LeaseFilter): Promise<LeaseView[]> {
+    const out: LeaseView[] = [];
+    for (const s of this.networks(filter)) out.push(...(await this.leasesIn(s)));
+    return out.sort(compareLeases);
+  }
+
+  /** Leases by address, or by container id (a unique prefix of at least 4 characters counts too). */
+  async show(query: string, filter: LeaseFilter): Promise<LeaseView[]> {
+    const all = await this.list(filter);
+    const ip = parseIp(query);
+    if (ip !== undefined) return all.filter((l) => sameIp(parseIp(l.ip)!, ip));
+    const exact = all.filter((l) => l.containerId === query);
+    if (exact.length > 0 || query.length < 4) return exact;
+    return all.filter((l) => l.containerId.startsWith(query));
+  }
+
+  async release(ipText: string, filter: LeaseFilter): Promise<AdminReleaseReply> {
+    const ip = parseIp(ipText);
+    if (ip === undefined) throw new ServiceError(400, ErrorCode.InvalidEnvironmentVariables, `${JSON.stringify(ipText)} is not an IP address`);
+    const holders = this.networks(filter).filter((s) => fs.existsSync(join(s.dir, formatIp(ip))));
+    if (holders.length > 1) {
+      throw new ServiceError(
+        409,
+        ErrorCode.InvalidEnvironmentVariables,
+        `${formatIp(ip)} is leased in several networks (${holders.map((s) => s.network).join(', ')}): name one with --network`,
+      );
+    }
+    const released: LeaseView[] = [];
+    for (const store of holders) {
+      await store.transact(async (s) => {
+        const lease = (await s.all()).find((l) => sameIp(l.ip, ip));
+        if (lease === undefined) return;
+        await s.release(lease);
+        released.push(leaseView(store, lease));
+        this.opts.metrics?.inc('berthd_releases_total', 'Addresses released.', { network: store.network });
+      });
+    }
+    if (released.length === 0) throw new ServiceError(404, ErrorCode.UnknownContainer, `no lease holds ${formatIp(ip)}`);
+    return { released };
+  }
+
+  async adminGc(body: unknown): Promise<AdminGcReply> {
+    const r = body as Partial<AdminGcRequest>;
+    if (typeof r.network !== 'string' || !Array.isArray(r.valid)) {
+      throw new ServiceError(400, ErrorCode.DecodingFailure, 'GC needs {"network": N, "valid": [{"containerID", "ifname"}...], "dryRun"?}');
+    }
+    for (const a of r.valid) {
+      if (typeof a !== 'object' || a === null || typeof a.containerID !== 'string' || typeof a.ifname !== 'string') {
+        throw new ServiceError(400, ErrorCode.DecodingFailure, 'each valid attachment needs string "containerID" and "ifname"');
+      }
+    }
+    const dryRun = r.dryRun === true;
+    const [store] = this.networks({ network: r.network, ...(typeof r.dataDir === 'string' ? { dataDir: r.dataDir } : {}) });
+    const validKeys = new Set(r.valid.map((a) => `${a.containerID}\n${a.ifname}`));
+    const validIds = new Set(r.valid.map((a) => a.containerID));
+    const released = await store!.transact(
+      async (s) => {
+        const gone: Lease[] = [];
+        for (const l of await s.all()) {
+          // As berth-ipam's GC: a legacy lease names no interface and stays while its container is valid.
+          const keep = l.ifname === '' ? validIds.has(l.containerId) : validKeys.has(`${l.containerId}\n${l.ifname}`);
+          if (keep) continue;
+          if (!dryRun) await s.release(l);
+          gone.push(l);
+        }
+        return gone;
+      },
+      { readOnly: dryRun },
+    );
+    return { network: r.network, dryRun, released: released.map((l) => leaseView(store!, l)) };
+  }
+
+  async networkViews(filter: LeaseFilter = {}): Promise<NetworkView[]> {
+    const out: NetworkView[] = [];
+    for (const s of this.networks(filter)) {
+      const leases = await this.leasesIn(s);
+      const view: NetworkView = { network: s.network, dataDir: s.dataDir, leases: leases.length };
+      const pools = s.pools();
+      if (pools.length > 0) {
+        const exclude = this.lastExclude.get(s.dir) ?? [];
+        view.pools = pools.map((p, i) => {
+          const blocked = blockedOrdinals(p.set, exclude).reduce((n, b) => n + (b.hi - b.lo + 1n), 0n);
+          const size = Number(p.size - blocked);
+          return { rangeSet: i, ranges: describeRangeSet(p.set), size, used: p.used, free: Math.max(0, size - p.used) };
+        });
+      }
+      out.push(view);
+    }
+    return out.sort((a, b) => (a.network < b.network ? -1 : a.network > b.network ? 1 : 0));
+  }
+
+  /** Pool gauges from memory only (a scrape must not take locks). */
+  poolGauges(): { network: string; rangeSet: number; size: number; used: number; free: number }[] {
+    const out: { network: string; rangeSet: number; size: number; used: number; free: number }[] = [];
+    for (const s of this.stores.values()) {
+      const exclude = this.lastExclude.get(s.dir) ?? [];
+      s.pools().forEach((p, i) => {
+        const blocked = blockedOrdinals(p.set, exclude).reduce((n, b) => n + (b.hi - b.lo + 1n), 0n);
+        const size = Number(p.size - blocked);
+        out.push({ network: s.network, rangeSet: i, size, used: p.used, free: Math.max(0, size - p.used) });
+      });
+    }
+    return out;
+  }
+
+  batchStats(): { batches: number; batchedRequests: number; fsyncRounds: number; rescans: number; lockWaits: number } {
+    const t = { batches: 0, batchedRequests: 0, fsyncRounds: 0, rescans: 0, lockWaits: 0 };
+    for (const s of this.stores.values()) for (const k of Object.keys(t) as (keyof typeof t)[]) t[k] += s.stats[k];
+    return t;
+  }
+}
+

@@ -1,0 +1,297 @@
+// berthd in-process on a temp socket and temp data dir (any user): the daemon's store against the files
+// and lease-file-store's index, batching, bad input, clients that leave, and the CLI's pure pieces.
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import * as net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import { ErrorCode } from '../../src/cni-spec/errors';
+import { parseRequest } from '../../src/cni-spec/request';
+import { callDaemon } from '../../src/ipam/daemon-client';
+import { createLogger } from '../../src/ipam/daemon/log';
+import { Metrics } from '../../src/ipam/daemon/metrics';
+import { Allocate, Release } from '../../src/ipam/daemon/protocol';
+import { BerthServer } from '../../src/ipam/daemon/server';
+import { Service } from '../../src/ipam/daemon/service';
+import { add as fileAdd } from '../../src/ipam/handlers';
+import { openLeaseFileStore } from '../../src/ipam/lease-file-store';
+import { loadNativeAddon } from '../../src/native-addon';
+import { parseValidList } from '../../src/cli/gc';
+import { age, leaseTable } from '../../src/cli/leases';
+
+const BOOT = 'boot-test-1';
+
+let dir: string;
+let dataDir: string;
+let socket: string;
+let server: BerthServer | undefined;
+let service: Service;
+let logs: string[];
+
+function conf(network = 'btnet', extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    cniVersion: '1.0.0',
+    name: network,
+    type: 'berth-ipam',
+    ipam: { type: 'berth-ipam', dataDir, ranges: [[{ subnet: '198.18.200.0/24' }]], ...extra },
+  };
+}
+
+function envelope(cid: string, network = 'btnet', args = ''): { env: Record<string, string>; config: Record<string, unknown> } {
+  return { env: { CNI_CONTAINERID: cid, CNI_NETNS: `/run/netns/${cid}`, CNI_IFNAME: 'eth0', CNI_ARGS: args }, config: conf(network) };
+}
+
+function leaseFiles(network = 'btnet'): Map<string, string> {
+  const d = join(dataDir, network);
+  const out = new Map<string, string>();
+  if (!existsSync(d)) return out;
+  for (const f of readdirSync(d)) if (/^\d+\.\d+\.\d+\.\d+$/.test(f)) out.set(f, readFileSync(join(d, f), 'utf8'));
+  return out;
+}
+
+async function startServer(maxBodyBytes?: number): Promise<void> {
+  const log = createLogger({ format: 'text', level: 'debug', write: (s) => logs.push(s) });
+  const metrics = new Metrics();
+  service = new Service({ dataDir, bootId: BOOT, log, metrics });
+  server = new BerthServer({ service, log, metrics, socketPath: socket, ...(maxBodyBytes ? { maxBodyBytes } : {}) });
+  await new Promise<void>((resolve) => server!.http.listen(socket, resolve));
+}
+
+/** Sends raw bytes and returns the raw reply (the connection is closed by the server or by `end`). */
+function raw(bytes: string, opts: { end?: boolean } = {}): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const c = net.createConnection(socket);
+    const chunks: Buffer[] = [];
+    c.on('connect', () => (opts.end === false ? c.write(bytes) : c.end(bytes)));
+    c.on('data', (d: Buffer) => chunks.push(d));
+    c.on('close', () => resolve(Buffer.concat(chunks).toString()));
+    c.on('error', reject);
+  });
+}
+
+function jsonOf(reply: string): { status: number; body: Record<string, unknown> } {
+  const status = Number(/^HTTP\/1\.1 (\d+)/.exec(reply)?.[1]);
+  return { status, body: JSON.parse(reply.slice(reply.indexOf('\r\n\r\n') + 4)) as Record<string, unknown> };
+}
+
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), `btd${process.pid}-`));
+  dataDir = join(dir, 'data');
+  socket = join(dir, 'berthd.sock');
+  logs = [];
+});
+
+afterEach(async () => {
+  if (server !== undefined) {
+    await server.shutdown();
+    service.close();
+    server = undefined;
+  }
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('the daemon store keeps the files and lease-file-store index as the plugin would', () => {
+  test('allocate through the socket: the IP file, its record, and a plugin on the files sees it without rebuilding', async () => {
+    await startServer();
+    const r = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-a', 'btnet', 'K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=web-0') });
+    expect(r.status).toBe(200);
+    const ip = ((r.body as { ips: { address: string }[] }).ips[0]!.address).split('/')[0]!;
+    expect(leaseFiles().get(ip)).toBe('ctr-a\r\neth0');
+
+    // The plugin's own store, working on the files: same lease, metadata kept, and no index rebuild.
+    const warnings: string[] = [];
+    const store = openLeaseFileStore({ dataDir, network: 'btnet', bootId: BOOT, warn: (m) => warnings.push(m) });
+    const leases = await store.transact(async (s) => s.leasesOf({ containerId: 'ctr-a', ifname: 'eth0' }), { readOnly: true });
+    expect(leases.map((l) => l.ip.value)).toHaveLength(1);
+    expect(leases[0]!.meta.pod).toEqual({ namespace: 'ns1', name: 'web-0' });
+    expect(warnings).toEqual([]);
+
+    // A plugin ADD on the files next to it takes another address and keeps the index trusted.
+    const req = parseRequest({
+      env: { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'ctr-b', CNI_NETNS: '/x', CNI_IFNAME: 'eth0', CNI_PATH: '/x' },
+      stdin: JSON.stringify(conf()),
+    });
+    const res = await fileAdd(req, { bootId: BOOT, warn: (m) => warnings.push(m), now: () => new Date(), openStore: () => store });
+    const ipB = res.ips![0]!.address.split('/')[0]!;
+    expect(ipB).not.toBe(ip);
+    expect(warnings).toEqual([]);
+
+    // …and the daemon sees the plugin's lease at once (its directory changed: re-read).
+    const list = await callDaemon({ socket, method: 'GET', path: '/v1/leases?network=btnet' });
+    expect((list.body as { leases: { ip: string; containerId: string }[] }).leases.map((l) => [l.ip, l.containerId])).toEqual([
+      [ip, 'ctr-a'],
+      [ipB, 'ctr-b'],
+    ]);
+
+    const del = await callDaemon({ socket, method: 'POST', path: Release.path, body: envelope('ctr-a') });
+    expect(del.status).toBe(200);
+    expect([...leaseFiles().keys()]).toEqual([ipB]);
+    expect(existsSync(join(dataDir, 'btnet', '.berth', 'att', 'ctr-a:eth0'))).toBe(false);
+  });
+
+  test('concurrent requests share batches and fsync rounds, and get distinct addresses', async () => {
+    await startServer();
+    const n = 60;
+    const replies = await Promise.all(
+      Array.from({ length: n }, (_, i) => callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope(`ctr-${i}`) })),
+    );
+    const ips = replies.map((r) => (r.body as { ips: { address: string }[] }).ips[0]!.address);
+    expect(new Set(ips).size).toBe(n);
+    expect(leaseFiles().size).toBe(n);
+    const stats = service.batchStats();
+    console.log(stats);
+    expect(stats.batchedRequests).toBe(n);
+    // With 60 requests in flight at once, some must have been committed together, and made durable together.
+    expect(stats.batches).toBeLessThan(n);
+    expect(stats.fsyncRounds).toBeLessThan(stats.batches + 1);
+  });
+
+  test('ADD again for the same attachment returns the same address (idempotent, as berth-ipam)', async () => {
+    await startServer();
+    const a = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-1') });
+    const b = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-1') });
+    expect(b.body).toEqual(a.body);
+    expect(leaseFiles().size).toBe(1);
+  });
+
+  test('restart rebuilds from the files: a new service finds what the previous one wrote', async () => {
+    await startServer();
+    await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-1') });
+    await server!.shutdown();
+    service.close();
+    server = undefined;
+    await startServer();
+    const list = await callDaemon({ socket, method: 'GET', path: '/v1/leases' });
+    expect((list.body as { leases: { containerId: string }[] }).leases.map((l) => l.containerId)).toEqual(['ctr-1']);
+  });
+});
+
+describe('bad input is a JSON error with an HTTP status and a CNI code, never a crash', () => {
+  const cases: { name: string; request: string; status: number; code: number }[] = [
+    {
+      name: 'malformed JSON',
+      request: 'POST /v1/allocate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 9\r\nConnection: close\r\n\r\n{"env": [',
+      status: 400,
+      code: ErrorCode.DecodingFailure,
+    },
+    {
+      name: 'envelope without config',
+      request: 'POST /v1/allocate HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n{"env":{}}',
+      status: 400,
+      code: ErrorCode.DecodingFailure,
+    },
+    { name: 'unknown route', request: 'GET /v2/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n', status: 404, code: ErrorCode.UnsupportedField },
+    { name: 'wrong method', request: 'GET /v1/allocate HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n', status: 405, code: ErrorCode.UnsupportedField },
+    {
+      name: 'unknown network',
+      request: 'GET /v1/leases?network=nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
+      status: 404,
+      code: ErrorCode.InvalidNetworkConfig,
+    },
+    {
+      name: 'oversized body (declared)',
+      request: 'POST /v1/allocate HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n{}',
+      status: 413,
+      code: ErrorCode.DecodingFailure,
+    },
+    { name: 'garbage instead of HTTP', request: 'HELLO\r\n\r\n', status: 400, code: ErrorCode.DecodingFailure },
+  ];
+  for (const c of cases) {
+    test(c.name, async () => {
+      await startServer(4096);
+      const r = jsonOf(await raw(c.request));
+      expect(r.status).toBe(c.status);
+      expect(r.body.code).toBe(c.code);
+      expect(typeof r.body.msg).toBe('string');
+      // Still serving.
+      expect((await callDaemon({ socket, method: 'GET', path: '/v1/health' })).status).toBe(200);
+    });
+  }
+
+  test('a CNI error of the handlers keeps its code (bad config → 7, bad container id → 4)', async () => {
+    await startServer();
+    const bad = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: { env: envelope('c').env, config: conf('btnet', { ranges: [[{ subnet: 'nope' }]] }) } });
+    expect(bad.status).toBe(400);
+    expect((bad.body as { code: number }).code).toBe(ErrorCode.InvalidNetworkConfig);
+    const badId = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('../etc') });
+    expect((badId.body as { code: number }).code).toBe(ErrorCode.InvalidEnvironmentVariables);
+    expect(leaseFiles().size).toBe(0);
+  });
+
+  test('an oversized body streamed without a length is cut off with 413', async () => {
+    await startServer(4096);
+    const big = `{"env":{},"config":"${'x'.repeat(10_000)}"}`;
+    const reply = await raw(`POST /v1/allocate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${big.length.toString(16)}\r\n${big}\r\n0\r\n\r\n`);
+    expect(jsonOf(reply).status).toBe(413);
+  });
+});
+
+describe('clients that leave', () => {
+  test('mid-body: nothing started, no request left in flight, no connection kept', async () => {
+    await startServer();
+    await new Promise<void>((resolve) => {
+      const c = net.createConnection(socket, () => {
+        c.write('POST /v1/allocate HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{"env":');
+        setTimeout(() => {
+          c.destroy();
+          resolve();
+        }, 50);
+      });
+    });
+    await expect.poll(() => server!.inFlightCount).toBe(0);
+    await expect.poll(() => new Promise((r) => server!.http.getConnections((_, n) => r(n)))).toBe(0);
+    expect(leaseFiles().size).toBe(0);
+  });
+
+  test('after the request, before the reply: the allocation is undone (nobody will use it)', async () => {
+    await startServer();
+    // Hold the network's flock as a plugin on the files would: the daemon queues the request and waits.
+    const netDir = join(dataDir, 'btnet');
+    mkdirSync(netDir, { recursive: true });
+    const fd = openSync(join(netDir, 'lock'), 'a');
+    const addon = loadNativeAddon();
+    expect(addon.flock(fd, 'ex', true)).toBe(true);
+    try {
+      const c = net.createConnection(socket);
+      await new Promise<void>((resolve) => c.on('connect', resolve));
+      const body = JSON.stringify(envelope('ctr-gone'));
+      c.write(`POST /v1/allocate HTTP/1.1\r\nHost: x\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+      await expect.poll(() => service.batchStats().lockWaits, { timeout: 5000 }).toBeGreaterThan(0);
+      c.destroy();
+      await new Promise((r) => setTimeout(r, 50));
+    } finally {
+      addon.flock(fd, 'un');
+      closeSync(fd);
+    }
+    await expect.poll(() => server!.inFlightCount, { timeout: 5000 }).toBe(0);
+    expect(leaseFiles().size).toBe(0);
+    expect(logs.join('')).toMatch(/client left before the reply; allocation undone .*released=1/);
+    // The address is free again: the next container gets the first one.
+    const r = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-next') });
+    expect((r.body as { ips: { address: string }[] }).ips[0]!.address).toBe('198.18.200.3/24');
+  });
+});
+
+describe('CLI pieces', () => {
+  test('valid-attachment lists: JSON as in cni.dev/valid-attachments, or lines', () => {
+    expect(parseValidList('[{"containerID":"a","ifname":"eth0"}]')).toEqual([{ containerID: 'a', ifname: 'eth0' }]);
+    expect(parseValidList('# kept\na eth0\nb/net1\n\n')).toEqual([
+      { containerID: 'a', ifname: 'eth0' },
+      { containerID: 'b', ifname: 'net1' },
+    ]);
+    expect(() => parseValidList('a b c')).toThrow(/line 1/);
+  });
+
+  test('lease table and ages', () => {
+    const now = new Date('2026-01-02T00:00:00Z');
+    expect(age('2026-01-01T23:59:30Z', now)).toBe('30s');
+    expect(age('2026-01-01T23:00:00Z', now)).toBe('60m');
+    expect(age('2025-12-30T00:00:00Z', now)).toBe('3d');
+    const t = leaseTable(
+      [{ network: 'n', dataDir: '/d', ip: '198.18.0.2', containerId: '0123456789abcdef', ifname: 'eth0', pod: { namespace: 'ns', name: 'p' }, createdAt: '2026-01-01T23:59:00Z' }],
+      now,
+    );
+    expect(t.split('\n')[0]).toMatch(/^NETWORK\s+IP\s+CONTAINER\s+IFNAME\s+POD\s+AGE$/);
+    expect(t.split('\n')[1]).toMatch(/^n\s+198\.18\.0\.2\s+0123456789ab\s+eth0\s+ns\/p\s+60s$/);
+  });
+});

@@ -1,0 +1,313 @@
+// berth-ipam as a runtime runs it (the built executable, CNI env, config on stdin): every config key and
+// requested-IP source, idempotent ADD, exhaustion and STATUS, reboot, GC, CHECK, corrupt files, path escapes.
+import { chmodSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeAll, describe, expect, test } from 'vitest';
+import { type Invocation, addressesOf, assertBuilt, ipam, leaseFiles, netConf, tempDataDir } from './harness';
+
+beforeAll(assertBuilt);
+
+let cleanups: (() => void)[] = [];
+afterEach(() => {
+  for (const c of cleanups) c();
+  cleanups = [];
+});
+
+function setup(ipamKeys: Record<string, unknown> = {}, opts: { cniVersion?: string; top?: Record<string, unknown> } = {}) {
+  const t = tempDataDir('plugin');
+  cleanups.push(t.cleanup);
+  const bootFile = join(t.dir, 'boot_id');
+  writeFileSync(bootFile, 'boot-1\n');
+  const config = netConf({
+    name: 'net1',
+    type: 'berth-ipam',
+    ipam: { dataDir: join(t.dir, 'data'), ranges: [[{ subnet: '198.18.64.0/24' }]], ...ipamKeys },
+    ...opts,
+  });
+  const call = (inv: Partial<Invocation> & Pick<Invocation, 'command'>) =>
+    ipam({ config, ...inv, env: { BERTH_BOOT_ID_FILE: bootFile, ...inv.env } });
+  return { dir: t.dir, dataDir: join(t.dir, 'data'), netDir: join(t.dir, 'data', 'net1'), bootFile, config, call };
+}
+
+describe('ADD result', () => {
+  test('1.1.0: ips with prefix and gateway, routes, DNS from resolvConf, no interfaces; files in host-local layout', () => {
+    const s = setup({
+      routes: [{ dst: '0.0.0.0/0' }, { dst: '198.18.0.0/15', gw: '198.18.64.1' }],
+      resolvConf: '',
+    });
+    const resolv = join(s.dir, 'resolv.conf');
+    writeFileSync(resolv, '# comment\nnameserver 198.18.0.53\nnameserver fd00:5::53\ndomain example.test\nsearch a.test b.test\noptions ndots:2 edns0\n');
+    (s.config.ipam as Record<string, unknown>).resolvConf = resolv;
+    const r = s.call({ command: 'ADD', containerId: 'ctr1' });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.json).toEqual({
+      cniVersion: '1.1.0',
+      ips: [{ address: '198.18.64.2/24', gateway: '198.18.64.1' }],
+      routes: [{ dst: '0.0.0.0/0' }, { dst: '198.18.0.0/15', gw: '198.18.64.1' }],
+      dns: { nameservers: ['198.18.0.53', 'fd00:5::53'], domain: 'example.test', search: ['a.test', 'b.test'], options: ['ndots:2', 'edns0'] },
+    });
+    expect(readFileSync(join(s.netDir, '198.18.64.2'), 'utf8')).toBe('ctr1\r\neth0');
+    expect(statSync(join(s.netDir, '198.18.64.2')).mode & 0o777).toBe(0o600);
+    expect(readFileSync(join(s.netDir, 'last_reserved_ip.0'), 'utf8')).toBe('198.18.64.2');
+    expect(existsSync(join(s.netDir, 'lock'))).toBe(true);
+  });
+
+  test.each([
+    ['0.4.0', { cniVersion: '0.4.0', ips: [{ version: '4', address: '198.18.64.2/24', gateway: '198.18.64.1' }] }],
+    ['0.2.0', { cniVersion: '0.2.0', ip4: { ip: '198.18.64.2/24', gateway: '198.18.64.1' } }],
+  ])('in the request version %s', (v, want) => {
+    const s = setup({}, { cniVersion: v });
+    const r = s.call({ command: 'ADD' });
+    expect(r.status, r.stdout + r.stderr).toBe(0);
+    expect(r.json).toMatchObject(want);
+    expect(r.json).not.toHaveProperty('interfaces');
+  });
+
+  test('legacy top-level subnet/rangeStart/rangeEnd/gateway, prepended to ranges', () => {
+    const s = setup({
+      subnet: '198.18.65.0/24',
+      rangeStart: '198.18.65.100',
+      rangeEnd: '198.18.65.101',
+      gateway: '198.18.65.254',
+      ranges: [[{ subnet: 'fd00:5::/64' }]],
+    });
+    const r = s.call({ command: 'ADD' });
+    expect(r.json?.ips).toEqual([
+      { address: '198.18.65.100/24', gateway: '198.18.65.254' },
+      { address: 'fd00:5::2/64', gateway: 'fd00:5::1' },
+    ]);
+  });
+
+  test('idempotent: the same attachment gets the same addresses, another one the next', () => {
+    const s = setup({ ranges: [[{ subnet: '198.18.64.0/24' }], [{ subnet: 'fd00:5::/64' }]] });
+    const a = s.call({ command: 'ADD', containerId: 'c1' });
+    const b = s.call({ command: 'ADD', containerId: 'c1' });
+    const c = s.call({ command: 'ADD', containerId: 'c2' });
+    expect(addressesOf(a)).toEqual(['198.18.64.2', 'fd00:5::2']);
+    expect(addressesOf(b)).toEqual(addressesOf(a));
+    expect(addressesOf(c)).toEqual(['198.18.64.3', 'fd00:5::3']);
+    expect([...leaseFiles(s.dataDir, 'net1').keys()].sort()).toEqual(['198.18.64.2', '198.18.64.3', 'fd00:5::2', 'fd00:5::3']);
+  });
+
+  test('exclude and allocation "lowest"', () => {
+    const s = setup({ exclude: ['198.18.64.2', '198.18.64.4/31'], allocation: 'lowest' });
+    expect(addressesOf(s.call({ command: 'ADD', containerId: 'c1' }))).toEqual(['198.18.64.3']);
+    expect(addressesOf(s.call({ command: 'ADD', containerId: 'c2' }))).toEqual(['198.18.64.6']);
+    expect(s.call({ command: 'DEL', containerId: 'c1' }).status).toBe(0);
+    expect(addressesOf(s.call({ command: 'ADD', containerId: 'c3' }))).toEqual(['198.18.64.3']);
+  });
+});
+
+describe('requested IPs', () => {
+  test.each<[string, Partial<Invocation>, Record<string, unknown>]>([
+    ['CNI_ARGS IP=', { cniArgs: 'IgnoreUnknown=1;K8S_POD_NAME=p;IP=198.18.64.50' }, {}],
+    ['args.cni.ips', {}, { args: { cni: { ips: ['198.18.64.50/24'] } } }],
+    ['runtimeConfig.ips', {}, { runtimeConfig: { ips: ['198.18.64.50/24'] } }],
+  ])('%s', (_n, inv, top) => {
+    const s = setup({}, { top });
+    const r = s.call({ command: 'ADD', ...inv });
+    expect(r.status, r.stdout).toBe(0);
+    expect(addressesOf(r)).toEqual(['198.18.64.50']);
+    // Taken now: the same request for another attachment fails and leaves nothing behind.
+    const again = s.call({ command: 'ADD', containerId: 'other', ...inv });
+    expect(again.status).not.toBe(0);
+    expect(again.json?.msg).toMatch(/requested IP address 198\.18\.64\.50 is not available in range set 198\.18\.64\.1-198\.18\.64\.254/);
+    expect([...leaseFiles(s.dataDir, 'net1').keys()]).toEqual(['198.18.64.50']);
+  });
+
+  test('runtimeConfig.ipRanges is prepended (one address per set)', () => {
+    const s = setup({}, { top: { runtimeConfig: { ipRanges: [[{ subnet: '198.18.66.0/24', rangeStart: '198.18.66.10' }]] } } });
+    const r = s.call({ command: 'ADD' });
+    expect(r.json?.ips).toEqual([
+      { address: '198.18.66.10/24', gateway: '198.18.66.1' },
+      { address: '198.18.64.2/24', gateway: '198.18.64.1' },
+    ]);
+  });
+
+  test('a requested IP in no range set fails the ADD and releases what it took (dual stack)', () => {
+    const s = setup(
+      { ranges: [[{ subnet: '198.18.64.0/24' }], [{ subnet: 'fd00:5::/64' }]] },
+      { top: { runtimeConfig: { ips: ['198.18.99.1'] } } },
+    );
+    const r = s.call({ command: 'ADD' });
+    expect(r.status).not.toBe(0);
+    expect(r.json?.msg).toMatch(/failed to allocate all requested IPs: 198\.18\.99\.1/);
+    expect(leaseFiles(s.dataDir, 'net1').size).toBe(0);
+  });
+
+  test('a taken IPv6 request rolls back the IPv4 address of the same ADD', () => {
+    const s = setup({ ranges: [[{ subnet: '198.18.64.0/24' }], [{ subnet: 'fd00:5::/64' }]] });
+    expect(s.call({ command: 'ADD', containerId: 'c1', cniArgs: 'IP=fd00:5::9' }).status).toBe(0);
+    const r = s.call({ command: 'ADD', containerId: 'c2', cniArgs: 'IP=fd00:5::9' });
+    expect(r.status).not.toBe(0);
+    expect(r.json?.msg).toMatch(/failed to allocate for range 1: requested IP address fd00:5::9 is not available/);
+    expect([...leaseFiles(s.dataDir, 'net1').keys()].sort()).toEqual(['198.18.64.2', 'fd00:5::9']);
+  });
+});
+
+describe('exhaustion and STATUS', () => {
+  test('a full pool fails ADD, then STATUS says 50; a DEL makes both work again', () => {
+    const s = setup({ ranges: [[{ subnet: '198.18.64.0/29' }]] }); // .2-.6 usable
+    expect(s.call({ command: 'STATUS' }).status).toBe(0);
+    for (let i = 0; i < 5; i++) expect(s.call({ command: 'ADD', containerId: `c${i}` }).status).toBe(0);
+    const full = s.call({ command: 'ADD', containerId: 'c5' });
+    expect(full.status).toBe(1);
+    expect(full.json?.msg).toBe('failed to allocate for range 0: no IP addresses available in range set: 198.18.64.1-198.18.64.6');
+    const st = s.call({ command: 'STATUS' });
+    expect(st.status).toBe(1);
+    expect(st.json?.code).toBe(50);
+    expect(st.json?.msg).toMatch(/no free address in range set 0 \(198\.18\.64\.1-198\.18\.64\.6\)/);
+    expect(s.call({ command: 'DEL', containerId: 'c3' }).status).toBe(0);
+    expect(s.call({ command: 'STATUS' }).status).toBe(0);
+    expect(addressesOf(s.call({ command: 'ADD', containerId: 'c5' }))).toEqual(['198.18.64.5']);
+  });
+
+  test('STATUS is 50 when the store cannot be written', () => {
+    const s = setup();
+    writeFileSync(join(s.dir, 'afile'), '');
+    (s.config.ipam as Record<string, unknown>).dataDir = join(s.dir, 'afile', 'data');
+    const st = s.call({ command: 'STATUS' });
+    expect(st.json?.code).toBe(50);
+    expect(st.json?.msg).toMatch(/not writable: .*afile is not a directory/);
+  });
+});
+
+describe('reboot', () => {
+  test('leases of an earlier boot are released on the first ADD of a new boot', () => {
+    const s = setup();
+    expect(addressesOf(s.call({ command: 'ADD', containerId: 'old1' }))).toEqual(['198.18.64.2']);
+    expect(addressesOf(s.call({ command: 'ADD', containerId: 'old2' }))).toEqual(['198.18.64.3']);
+    writeFileSync(s.bootFile, 'boot-2\n');
+    const r = s.call({ command: 'ADD', containerId: 'new1' });
+    expect(r.stderr).toMatch(/released 2 lease\(s\) of network net1 from an earlier boot/);
+    expect(addressesOf(r)).toEqual(['198.18.64.4']);
+    expect([...leaseFiles(s.dataDir, 'net1')]).toEqual([['198.18.64.4', 'new1\r\neth0']]);
+  });
+
+  test('host-local leases belong to the boot they were first seen in', () => {
+    const s = setup();
+    mkdirSync(s.netDir, { recursive: true });
+    writeFileSync(join(s.netDir, '198.18.64.20'), 'hl1\r\neth0');
+    expect(s.call({ command: 'ADD', containerId: 'b1' }).status).toBe(0); // first seen in boot-1
+    writeFileSync(s.bootFile, 'boot-2\n');
+    writeFileSync(join(s.netDir, '198.18.64.21'), 'hl2\r\neth0'); // appears during boot-2
+    const r = s.call({ command: 'ADD', containerId: 'b2' });
+    // b1 (.2) and hl1 (.20) were boot-1's; hl2 (.21) was first seen in boot-2 and stays; the cursor was at .2.
+    expect(addressesOf(r)).toEqual(['198.18.64.3']);
+    expect([...leaseFiles(s.dataDir, 'net1').keys()].sort()).toEqual(['198.18.64.21', '198.18.64.3']);
+  });
+
+  test('releaseOnReboot: false keeps them', () => {
+    const s = setup({ releaseOnReboot: false });
+    expect(s.call({ command: 'ADD', containerId: 'old1' }).status).toBe(0);
+    writeFileSync(s.bootFile, 'boot-2\n');
+    expect(s.call({ command: 'ADD', containerId: 'new1' }).status).toBe(0);
+    expect([...leaseFiles(s.dataDir, 'net1').keys()].sort()).toEqual(['198.18.64.2', '198.18.64.3']);
+  });
+
+  test('a full pool of an earlier boot is not "exhausted" for STATUS', () => {
+    const s = setup({ ranges: [[{ subnet: '198.18.64.0/30' }]] }); // only .2
+    expect(s.call({ command: 'ADD', containerId: 'old' }).status).toBe(0);
+    expect(s.call({ command: 'STATUS' }).json?.code).toBe(50);
+    writeFileSync(s.bootFile, 'boot-2\n');
+    expect(s.call({ command: 'STATUS' }).status).toBe(0);
+    expect(addressesOf(s.call({ command: 'ADD', containerId: 'new' }))).toEqual(['198.18.64.2']);
+  });
+});
+
+describe('DEL, CHECK, GC', () => {
+  test('DEL is idempotent, works for unknown attachments and after the ranges changed', () => {
+    const s = setup();
+    expect(s.call({ command: 'ADD', containerId: 'c1' }).status).toBe(0);
+    (s.config.ipam as Record<string, unknown>).ranges = [[{ subnet: '198.18.70.0/24' }]];
+    for (let i = 0; i < 2; i++) {
+      const r = s.call({ command: 'DEL', containerId: 'c1', netns: '' });
+      expect(r.status, r.stdout).toBe(0);
+      expect(r.stdout).toBe('');
+    }
+    expect(s.call({ command: 'DEL', containerId: 'never' }).status).toBe(0);
+    expect(leaseFiles(s.dataDir, 'net1').size).toBe(0);
+  });
+
+  test('CHECK compares prevResult with the leases', () => {
+    const s = setup({ ranges: [[{ subnet: '198.18.64.0/24' }], [{ subnet: 'fd00:5::/64' }]] });
+    const add = s.call({ command: 'ADD', containerId: 'c1' });
+    const withPrev = (prev: unknown) => ({ ...s.config, prevResult: prev });
+    const check = (prev: unknown, containerId = 'c1') => ipam({ config: withPrev(prev), command: 'CHECK', containerId, env: { BERTH_BOOT_ID_FILE: s.bootFile } });
+    expect(check(add.json).status).toBe(0);
+    const wrong = { ...add.json, ips: [{ address: '198.18.64.9/24', gateway: '198.18.64.1' }, add.json!.ips[1]] };
+    const r = check(wrong);
+    expect(r.status).toBe(1);
+    expect(r.json?.msg).toMatch(/prevResult lists 198\.18\.64\.9 which the attachment does not hold; the attachment holds 198\.18\.64\.2 which prevResult does not list/);
+    const missing = check(add.json, 'c2');
+    expect(missing.json?.code).toBe(3);
+    expect(ipam({ config: s.config, command: 'CHECK', env: { BERTH_BOOT_ID_FILE: s.bootFile } }).json?.msg).toMatch(/prevResult/);
+  });
+
+  test('GC releases every lease not in cni.dev/valid-attachments and keeps lock and cursors', () => {
+    const s = setup();
+    for (const c of ['keep1', 'drop1', 'keep2', 'drop2']) expect(s.call({ command: 'ADD', containerId: c }).status).toBe(0);
+    expect(s.call({ command: 'ADD', containerId: 'keep1', ifname: 'net9' }).status).toBe(0);
+    const gc = (valid: unknown) => ipam({ config: { ...s.config, ...(valid === undefined ? {} : { 'cni.dev/valid-attachments': valid }) }, command: 'GC' });
+    const r = gc([{ containerID: 'keep1', ifname: 'eth0' }, { containerID: 'keep2', ifname: 'eth0' }]);
+    expect(r.status, r.stdout).toBe(0);
+    expect([...leaseFiles(s.dataDir, 'net1').values()].sort()).toEqual(['keep1\r\neth0', 'keep2\r\neth0']);
+    expect(gc([{ containerID: 'keep1', ifname: 'eth0' }, { containerID: 'keep2', ifname: 'eth0' }]).status).toBe(0);
+    expect(leaseFiles(s.dataDir, 'net1').size).toBe(2);
+    expect(gc(undefined).status).toBe(0); // no list: nothing is valid
+    expect(leaseFiles(s.dataDir, 'net1').size).toBe(0);
+    expect(existsSync(join(s.netDir, 'lock'))).toBe(true);
+    expect(readFileSync(join(s.netDir, 'last_reserved_ip.0'), 'utf8')).toBe('198.18.64.6');
+  });
+});
+
+describe('corrupt and foreign files', () => {
+  test('are skipped with a warning, never a crash; an IP-named file keeps its address taken', () => {
+    const s = setup();
+    mkdirSync(join(s.netDir, 'subdir'), { recursive: true });
+    writeFileSync(join(s.netDir, '198.18.64.2'), '\0\0\xff binary junk');
+    writeFileSync(join(s.netDir, '198.18.64.3'), '');
+    writeFileSync(join(s.netDir, 'README'), 'hello');
+    writeFileSync(join(s.netDir, '198.18.64.004'), 'c\r\neth0');
+    writeFileSync(join(s.netDir, 'last_reserved_ip.0'), 'garbage');
+    const r = s.call({ command: 'ADD', containerId: 'c1' });
+    expect(r.status, r.stdout).toBe(0);
+    expect(addressesOf(r)).toEqual(['198.18.64.4']);
+    expect(r.stderr).toMatch(/corrupt lease file .*198\.18\.64\.2/);
+    expect(r.stderr).toMatch(/corrupt lease file .*198\.18\.64\.3/);
+    expect(r.stderr).toMatch(/foreign file .*README/);
+    expect(r.stderr).toMatch(/corrupt cursor/);
+    // A corrupt index is rebuilt from the lease files.
+    for (const f of readdirSync(join(s.netDir, '.berth', 'att'))) writeFileSync(join(s.netDir, '.berth', 'att', f), '{broken');
+    writeFileSync(join(s.netDir, '.berth', 'state.json'), 'nope');
+    expect(s.call({ command: 'DEL', containerId: 'c1' }).status).toBe(0);
+    expect(existsSync(join(s.netDir, '198.18.64.4'))).toBe(false);
+    expect(addressesOf(s.call({ command: 'ADD', containerId: 'c2' }))).toEqual(['198.18.64.5']);
+  });
+});
+
+describe('names that would escape dataDir', () => {
+  test.each<[string, Partial<Invocation>, Record<string, unknown>, number]>([
+    ['network name', {}, { name: '..' }, 7],
+    ['network name with a slash', {}, { name: 'a/../../x' }, 7],
+    ['container id', { containerId: '../../x' }, {}, 4],
+    ['ifname', { ifname: '../x' }, {}, 4],
+  ])('%s is refused', (_n, inv, top, code) => {
+    const s = setup();
+    const r = ipam({ config: { ...s.config, ...top }, command: 'ADD', ...inv });
+    expect(r.status).toBe(1);
+    expect(r.json?.code).toBe(code);
+    expect(readdirSync(s.dir).sort()).toEqual(['boot_id']);
+  });
+
+  test('an unreadable data dir is an error object, not a crash', () => {
+    const s = setup();
+    mkdirSync(s.dataDir);
+    writeFileSync(s.netDir, 'a file where the network directory should be');
+    chmodSync(s.netDir, 0o400);
+    const r = s.call({ command: 'ADD' });
+    expect(r.status).toBe(1);
+    expect(r.json?.code).toBe(5);
+    expect(r.stdout.trim().split('\n')).toHaveLength(1);
+  });
+});
