@@ -51,8 +51,9 @@ export function encodeCacheEntry(entry: CachedAttachment): string {
     config: entry.config.toString('base64'),
     ifName: entry.ifName,
     networkName: entry.networkName,
-    netns: entry.netns,
   };
+  // libcni >= 1.2 records the netns (omitempty) so GC can DEL a stale attachment properly; 1.1 does not.
+  if (entry.netns !== '') out.netns = entry.netns;
   if (entry.cniArgs.length > 0) out.cniArgs = entry.cniArgs;
   if (Object.keys(entry.capabilityArgs).length > 0) out.capabilityArgs = entry.capabilityArgs;
   if (entry.result !== undefined) out.result = entry.result;
