@@ -288,25 +288,25 @@ export async function cmdAdd(req: Request): Promise<Result> {
       throw new CniError(ErrorCode.Internal, `container veth name provided (${req.ifname}) already exists`);
     }
 
-    const bridge = await withNetworkLock(lockOpts, async () => {
+    // Bridge creation and port attachment happen under the network lock, so a rollback that removes a bridge
+    // it created (when the bridge has no port) can never pull it from under another ADD's new port.
+    const { bridge, veth } = await withNetworkLock(lockOpts, async () => {
       const b = await ensureBridge(host, conf);
       if (b.created) {
         undo.push(`delete bridge ${conf.bridge}`, () =>
           withNetworkLock(lockOpts, async () => {
-            // Only if no other attachment started using it meanwhile.
             const ports = (await host.listLinks()).filter((l) => l.masterIndex === b.link.index);
             if (ports.length === 0) await host.deleteLink(b.link.index).catch((e) => (isCode(e, 'ENODEV') ? undefined : Promise.reject(e)));
           }),
         );
       }
-      return b.link;
+      const v = await createVeth(host, pod!, req, conf, netnsRef.fd);
+      undo.push(`delete veth ${v.host.name}`, () =>
+        host.deleteLink(v.host.index).catch((e) => (isCode(e, 'ENODEV') ? undefined : Promise.reject(e))),
+      );
+      await configurePort(host, conf, b.link, v.host, tag);
+      return { bridge: b.link, veth: v };
     });
-
-    const veth = await createVeth(host, pod, req, conf, netnsRef.fd);
-    undo.push(`delete veth ${veth.host.name}`, () =>
-      host.deleteLink(veth.host.index).catch((e) => (isCode(e, 'ENODEV') ? undefined : Promise.reject(e))),
-    );
-    await configurePort(host, conf, bridge, veth.host, tag);
     fault(req, 'after-veth');
 
     const result: Result = {

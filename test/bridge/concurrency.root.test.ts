@@ -52,4 +52,34 @@ describe('concurrency', () => {
     expect(fx.nftList('inet')).not.toContain('masq_');
     expect(fx.nftList('bridge')).not.toContain('drop');
   });
+
+  it('failing and succeeding ADDs at once on a new bridge: rollbacks never take what the others use', async () => {
+    const c = {
+      cniVersion: '1.0.0',
+      name: `${fx.prefix}mix`,
+      type: 'berth-bridge',
+      bridge: fx.bridge(),
+      isDefaultGateway: true,
+      ipMasq: true,
+      ipam: fx.hostLocal([[{ subnet: '198.18.138.0/24' }]]),
+    };
+    const pods = Array.from({ length: 12 }, (_, i) => ({ id: `mix${i}`, ns: fx.netns(), fail: i % 2 === 0 }));
+    const adds = await Promise.all(
+      pods.map((p) =>
+        fx.run({ command: 'ADD', conf: c, containerId: p.id, netns: p.ns.path, ifname: 'eth0', ...(p.fail ? { env: { BERTH_TEST_FAULT: 'after-masq' } } : {}) }),
+      ),
+    );
+    const good = pods.filter((p) => !p.fail);
+    adds.forEach((a, i) => expect(a.code === 0, `ADD ${pods[i]!.id}: ${a.stdout}${a.stderr}`).toBe(!pods[i]!.fail));
+    expect(fx.ports(c.bridge)).toHaveLength(good.length);
+    expect(fx.leases(c.name)).toHaveLength(good.length);
+    expect(ipJson(['addr', 'show', 'dev', c.bridge])[0].addr_info.map((a: any) => a.local)).toContain('198.18.138.1');
+    expect(fx.nftList('inet').match(/comment "mix\d+\/eth0"/g)).toHaveLength(good.length * 2);
+    for (const [i, p] of pods.entries()) {
+      if (p.fail) continue;
+      const check = await fx.run({ command: 'CHECK', conf: { ...c, prevResult: adds[i]!.json }, containerId: p.id, netns: p.ns.path, ifname: 'eth0' });
+      expect(check.code, `CHECK ${p.id}: ${check.stdout}${check.stderr}`).toBe(0);
+    }
+    nsExec(good[0]!.ns.name, ['ping', '-c', '1', '-W', '2', '198.18.138.1']);
+  });
 });
