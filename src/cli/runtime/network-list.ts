@@ -2,7 +2,7 @@
 // which order, with what, and what is cached — the contract `berth exec` shares with cnitool.
 import { CniError, ErrorCode, toCniError } from '../../cni-spec/errors';
 import type { NetworkConfigList, PluginConf } from './conflist';
-import type { RuntimeCommand, RuntimeConf } from './request-config';
+import type { PluginRequestInput, RuntimeCommand, RuntimeConf } from './request-config';
 import { buildPluginConfig, buildPluginEnv, NO_ATTACHMENT } from './request-config';
 import type { AttachmentKey } from './result-cache';
 import {
@@ -59,14 +59,7 @@ function wrap(err: unknown, prefix: string): CniError {
   return new CniError(e.code, `${prefix}: ${e.message}`, e.details, { cause: err });
 }
 
-async function invoke(
-  runtime: Runtime,
-  command: RuntimeCommand,
-  input: { list: NetworkConfigList; plugin: PluginConf; rt: RuntimeConf } & Pick<
-    Parameters<typeof buildPluginConfig>[0],
-    'prevResult' | 'validAttachments'
-  >,
-): Promise<string> {
+async function invoke(runtime: Runtime, command: RuntimeCommand, input: Omit<PluginRequestInput, 'command'>): Promise<string> {
   const path = await runtime.runner.find(input.plugin.type, runtime.path);
   const stdin = buildPluginConfig({ command, ...input });
   const env = buildPluginEnv({ base: runtime.env, command, rt: input.rt, path: runtime.path });
