@@ -139,7 +139,6 @@ describe('the daemon store keeps the files and lease-file-store index as the plu
     expect(new Set(ips).size).toBe(n);
     expect(leaseFiles().size).toBe(n);
     const stats = service.batchStats();
-    console.log(stats);
     expect(stats.batchedRequests).toBe(n);
     // With 60 requests in flight at once, some must have been committed together, and made durable together.
     expect(stats.batches).toBeLessThan(n);
