@@ -26,6 +26,7 @@ export async function run(argv: readonly string[]): Promise<number> {
   // One register* per subcommand; later subcommands (daemon, leases, gc, status) add theirs here.
   registerExec(program, (code) => (exitCode = code));
   registerDemo(program, (code) => (exitCode = code));
+  registerBerthd(program, (code) => (exitCode = code));
 
   try {
     await program.parseAsync([...argv], { from: 'node' });
@@ -75,5 +76,65 @@ function registerDemo(program: Command, setExit: (code: number) => void): void {
     .action(async (opts: { reference?: boolean }) => {
       const { runDemo } = require('./demo') as typeof import('./demo');
       setExit(await runDemo({ reference: opts.reference === true, out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) }));
+    });
+}
+
+/** berthd and its admin commands (issue 6); each module loads only when its subcommand runs. */
+function registerBerthd(program: Command, setExit: (code: number) => void): void {
+  const io = { out: (s: string) => void process.stdout.write(s), err: (s: string) => void process.stderr.write(s) };
+  const where = (c: Command): Command =>
+    c
+      .option('--socket <path>', 'berthd socket (default /run/berth/berthd.sock)')
+      .option('--data-dir <dir>', 'lease data dir when no daemon answers (default /var/lib/cni/networks)');
+  program
+    .command('daemon')
+    .description('run berthd, the IPAM daemon, in the foreground (HTTP+JSON on a root-only unix socket)')
+    .option('--socket <path>', 'where to listen (default /run/berth/berthd.sock; systemd may pass it via LISTEN_FDS)')
+    .option('--data-dir <dir>', 'where `GET /v1/leases` looks for networks (default /var/lib/cni/networks)')
+    .option('--log-format <format>', 'text or json (JSON lines)', 'text')
+    .option('--log-level <level>', 'debug, info, warn or error', 'info')
+    .option('--metrics-address <host:port>', 'also serve /metrics over TCP there (off by default)')
+    .action(async (o: import('./daemon').DaemonCliOptions) => {
+      const { runDaemonCommand } = require('./daemon') as typeof import('./daemon');
+      setExit(await runDaemonCommand(o, io.err));
+    });
+  const leases = where(program.command('leases').description('list leases: network, IP, container, ifname, pod, age'))
+    .option('--network <name>', 'only this network')
+    .option('--json', 'JSON instead of a table')
+    .action(async (o: import('./leases').LeaseCliOptions) => {
+      const { runLeasesList } = require('./leases') as typeof import('./leases');
+      setExit(await runLeasesList(o, io));
+    });
+  where(leases.command('show <ip|container>').description('one lease (or a container\'s leases) in detail'))
+    .option('--network <name>', 'only this network')
+    .option('--json', 'JSON output')
+    .action(async (q: string, o: import('./leases').LeaseCliOptions) => {
+      const { runLeasesShow } = require('./leases') as typeof import('./leases');
+      setExit(await runLeasesShow(q, o, io));
+    });
+  where(leases.command('release <ip>').description('release one lease by hand (asks first unless --yes)'))
+    .option('--network <name>', 'the network holding it (needed when several do)')
+    .option('-y, --yes', 'do not ask for confirmation')
+    .option('--json', 'JSON output')
+    .action(async (ip: string, o: import('./leases').ReleaseOptions) => {
+      const { runLeasesRelease, terminalAsk } = require('./leases') as typeof import('./leases');
+      const ask = terminalAsk();
+      setExit(await runLeasesRelease(ip, { ...o, ...(ask ? { ask } : {}) }, io));
+    });
+  where(program.command('gc').description('release the leases of a network whose attachment is not in the valid list'))
+    .requiredOption('--network <name>', 'the network')
+    .requiredOption('--valid <file>', 'valid attachments: JSON [{containerID, ifname}] or "<id> <ifname>" lines; - for stdin')
+    .option('--dry-run', 'only list what would be released')
+    .option('--json', 'JSON output')
+    .action(async (o: import('./gc').GcCliOptions) => {
+      const { runGc } = require('./gc') as typeof import('./gc');
+      setExit(await runGc(o, io));
+    });
+  where(program.command('status').description('is berthd up, and leases and free addresses per network'))
+    .option('--network <name>', 'only this network')
+    .option('--json', 'JSON output')
+    .action(async (o: import('./status').StatusCliOptions) => {
+      const { runStatus } = require('./status') as typeof import('./status');
+      setExit(await runStatus(o, io));
     });
 }

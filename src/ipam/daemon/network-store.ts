@@ -27,6 +27,8 @@ const PROBE_LIMIT = 1 << 20;
 const MAX_BATCH = 256;
 /** Longest pause between attempts to take a flock held by someone else. */
 const MAX_LOCK_BACKOFF_MS = 20;
+/** A batch waiting for an fsync round to end starts anyway once this many requests queue up. */
+const GROW_WHILE_SYNCING = 64;
 
 const fdatasync = promisify(fs.fdatasync);
 const fsync = promisify(fs.fsync);
@@ -151,6 +153,8 @@ export class NetworkStore implements LeaseStore {
   private unsynced: { tx: Tx; settle: (err?: unknown) => void }[] = [];
   private syncing = false;
   private readonly idleWaiters: (() => void)[] = [];
+  /** The batch loop, waiting for more requests or for the fsync round to end. */
+  private wakers: (() => void)[] = [];
   /** The ranges of the last request that named them: pool gauges and `berth status`. */
   lastRangeSets: readonly RangeSet[] = [];
   readonly stats = { batches: 0, batchedRequests: 0, fsyncRounds: 0, rescans: 0, lockWaits: 0 };
@@ -168,6 +172,7 @@ export class NetworkStore implements LeaseStore {
   transact<T>(fn: (s: LeaseSession) => Promise<T>, opts?: TransactOptions): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       this.queue.push({ fn, readOnly: opts?.readOnly === true, resolve: resolve as (v: unknown) => void, reject });
+      if (this.queue.length >= GROW_WHILE_SYNCING) this.wake();
       if (!this.running) {
         this.running = true;
         // The loop reports every outcome through the queued promises; nothing can escape it.
@@ -218,6 +223,10 @@ export class NetworkStore implements LeaseStore {
     this.lockFd = undefined;
   }
 
+  private wake(): void {
+    for (const w of this.wakers.splice(0)) w();
+  }
+
   private checkIdle(): void {
     if (this.running || this.syncing || this.unsynced.length > 0) return;
     for (const w of this.idleWaiters.splice(0)) w();
@@ -228,6 +237,11 @@ export class NetworkStore implements LeaseStore {
       // Requests whose bytes arrived in the same turn of the event loop join this batch.
       await new Promise<void>((resolve) => setImmediate(resolve));
       while (this.queue.length > 0) {
+        // While an fsync round runs, whatever is committed now waits for the next round anyway: let the
+        // batch grow until that round ends (or the batch is large), so the per-batch writes are shared.
+        while (this.syncing && this.queue.length < GROW_WHILE_SYNCING) {
+          await new Promise<void>((resolve) => this.wakers.push(resolve));
+        }
         const batch = this.queue.splice(0, MAX_BATCH);
         const tx: Tx = { fds: [], cursors: new Set(), atts: new Set(), changed: false, bootSeen: false };
         const outcomes: ({ ok: true; value: unknown } | { ok: false; err: unknown })[] = [];
@@ -307,6 +321,7 @@ export class NetworkStore implements LeaseStore {
       (err: unknown) => round.forEach((r) => r.settle(err)),
     ).finally(() => {
       this.syncing = false;
+      this.wake();
       if (this.unsynced.length > 0) this.startSync();
       else this.checkIdle();
     }).catch(() => undefined);
@@ -582,10 +597,22 @@ export class NetworkStore implements LeaseStore {
     for (const key of tx.atts) {
       const entry = this.byAtt.get(key);
       const file = join(this.p.att, key);
-      if (entry === undefined || entry.ips.size === 0) fs.rmSync(file, { force: true });
-      else {
-        const rec = { v: 1, containerId: entry.containerId, ifname: entry.ifname, ips: [...entry.ips], meta: entry.meta };
-        this.writeAtomic(file, JSON.stringify(rec));
+      if (entry === undefined || entry.ips.size === 0) {
+        try {
+          fs.unlinkSync(file);
+        } catch (err) {
+          if (errnoOf(err) !== 'ENOENT') throw err;
+        }
+        continue;
+      }
+      const rec = JSON.stringify({ v: 1, containerId: entry.containerId, ifname: entry.ifname, ips: [...entry.ips], meta: entry.meta });
+      try {
+        // A new attachment (the common case) gets its record in place: a torn record only makes readers
+        // rebuild it from the lease files, which are written and synced separately.
+        fs.writeFileSync(file, rec, { mode: 0o600, flag: 'wx' });
+      } catch (err) {
+        if (errnoOf(err) !== 'EEXIST') throw err;
+        this.writeAtomic(file, rec);
       }
     }
     const now = this.opts.now?.() ?? new Date();

@@ -1,0 +1,124 @@
+#!/usr/bin/env node
+// berthd throughput: allocate+release pairs per second through the unix socket, with N concurrent clients.
+// Not a test, a measurement. Run as root after `npm run build`:
+//   node bench/daemon/throughput.js [seconds=10] [clients=1,8,32,64]
+//
+// A fresh daemon (dist/, `berth daemon`) on a socket and data dir in a temp dir; each client keeps one
+// HTTP/1.1 keep-alive connection and loops: POST /v1/allocate for a new container id, then POST
+// /v1/release for it. A pair counts when both replies are 200. Every allocation is fsynced before its
+// reply (group commit). Printed: pairs/s, p50/p99 of a pair's latency, batches and fsync rounds the
+// daemon used (from /metrics), and at the end the store is checked empty.
+'use strict';
+const { spawn } = require('node:child_process');
+const fs = require('node:fs');
+const http = require('node:http');
+const os = require('node:os');
+const { join } = require('node:path');
+
+const seconds = Number(process.argv[2] ?? 10);
+const clientCounts = (process.argv[3] ?? '1,8,32,64').split(',').map(Number);
+const repo = join(__dirname, '..', '..');
+const dir = fs.mkdtempSync(join(os.tmpdir(), `btbench${process.pid}-`));
+const socket = join(dir, 'berthd.sock');
+const dataDir = join(dir, 'data');
+
+const config = {
+  cniVersion: '1.0.0',
+  name: 'btbench',
+  type: 'berth-ipam',
+  ipam: { type: 'berth-ipam', dataDir, ranges: [[{ subnet: '198.18.192.0/20' }]] },
+};
+
+function post(agent, path, body) {
+  return new Promise((resolve, reject) => {
+    const data = JSON.stringify(body);
+    const req = http.request(
+      { socketPath: socket, path, method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) } },
+      (res) => {
+        const chunks = [];
+        res.on('data', (c) => chunks.push(c));
+        res.on('end', () => (res.statusCode === 200 ? resolve() : reject(new Error(`${path}: HTTP ${res.statusCode} ${Buffer.concat(chunks)}`))));
+      },
+    );
+    req.on('error', reject);
+    req.end(data);
+  });
+}
+
+function get(path) {
+  return new Promise((resolve, reject) => {
+    http.get({ socketPath: socket, path }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve(Buffer.concat(chunks).toString()));
+    }).on('error', reject);
+  });
+}
+
+function metric(text, name) {
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return line === undefined ? 0 : Number(line.split(' ')[1]);
+}
+
+async function waitReady() {
+  for (let i = 0; i < 200; i++) {
+    try {
+      await get('/v1/health');
+      return;
+    } catch {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  throw new Error('berthd did not come up');
+}
+
+async function round(clients) {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: clients });
+  const before = await get('/metrics');
+  const latencies = [];
+  let pairs = 0;
+  const end = Date.now() + seconds * 1000;
+  await Promise.all(
+    Array.from({ length: clients }, async (_, c) => {
+      for (let i = 0; Date.now() < end; i++) {
+        const env = { CNI_CONTAINERID: `bench-${clients}-${c}-${i}`, CNI_NETNS: '/run/netns/bench', CNI_IFNAME: 'eth0' };
+        const t0 = process.hrtime.bigint();
+        await post(agent, '/v1/allocate', { env, config });
+        await post(agent, '/v1/release', { env, config });
+        latencies.push(Number(process.hrtime.bigint() - t0) / 1e6);
+        pairs++;
+      }
+    }),
+  );
+  agent.destroy();
+  const after = await get('/metrics');
+  latencies.sort((a, b) => a - b);
+  const q = (p) => latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))].toFixed(2);
+  const d = (n) => metric(after, n) - metric(before, n);
+  console.log(
+    `clients=${String(clients).padStart(3)}  pairs/s=${String(Math.round(pairs / seconds)).padStart(6)}  pair p50=${q(0.5)}ms p99=${q(0.99)}ms  ` +
+      `batches=${d('berthd_batches')} (txs ${d('berthd_batched_requests')}) fsync-rounds=${d('berthd_fsync_rounds')}`,
+  );
+}
+
+async function main() {
+  const daemon = spawn(process.execPath, [join(repo, 'bin', 'berth'), 'daemon', '--socket', socket, '--data-dir', dataDir, '--log-level', 'warn'], {
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  try {
+    await waitReady();
+    console.log(`berthd bench: ${os.cpus().length} CPUs, load ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}, ${seconds}s per round, data dir on ${dataDir}`);
+    for (const c of clientCounts) await round(c);
+    const left = fs.readdirSync(join(dataDir, 'btbench')).filter((f) => /^\d/.test(f));
+    console.log(`leases left after the runs: ${left.length}`);
+  } finally {
+    daemon.kill('SIGTERM');
+    await new Promise((r) => daemon.once('exit', r));
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exitCode = 1;
+});

@@ -1,0 +1,62 @@
+// `berth gc`: releases every lease of a network whose attachment is not in a list of valid ones (the same
+// rule as CNI GC's cni.dev/valid-attachments), or only lists them with --dry-run.
+import { readFileSync } from 'node:fs';
+import { openAdminBackend, type BackendOptions } from '../ipam/daemon/admin-backend';
+import type { CliIo } from './leases';
+
+export interface GcCliOptions extends BackendOptions {
+  network: string;
+  /** Path, or '-' for stdin. */
+  valid: string;
+  dryRun?: boolean;
+  json?: boolean;
+}
+
+/**
+ * The valid attachments: a JSON list of {"containerID", "ifname"} (as in cni.dev/valid-attachments), or
+ * text with one "<containerID> <ifname>" or "<containerID>/<ifname>" per line (# comments allowed).
+ */
+export function parseValidList(text: string): { containerID: string; ifname: string }[] {
+  const t = text.trim();
+  if (t.startsWith('[')) {
+    const list = JSON.parse(t) as unknown;
+    if (!Array.isArray(list)) throw new Error('the valid list must be a JSON array');
+    return list.map((a: unknown, i) => {
+      const o = a as Record<string, unknown>;
+      if (typeof o !== 'object' || o === null || typeof o.containerID !== 'string' || typeof o.ifname !== 'string') {
+        throw new Error(`entry ${i} of the valid list needs string "containerID" and "ifname"`);
+      }
+      return { containerID: o.containerID, ifname: o.ifname };
+    });
+  }
+  const out: { containerID: string; ifname: string }[] = [];
+  t.split('\n').forEach((raw, i) => {
+    const line = raw.replace(/#.*/, '').trim();
+    if (line === '') return;
+    const parts = line.includes('/') && !/\s/.test(line) ? line.split('/') : line.split(/\s+/);
+    if (parts.length !== 2 || parts[0] === '' || parts[1] === '') {
+      throw new Error(`line ${i + 1} of the valid list: expected "<containerID> <ifname>", got ${JSON.stringify(raw)}`);
+    }
+    out.push({ containerID: parts[0]!, ifname: parts[1]! });
+  });
+  return out;
+}
+
+export async function runGc(o: GcCliOptions, io: CliIo): Promise<number> {
+  const valid = parseValidList(readFileSync(o.valid === '-' ? 0 : o.valid, 'utf8'));
+  const b = await openAdminBackend(o);
+  if (b.kind === 'files') io.err(`berth: berthd is not answering; working on the lease files under ${b.where}\n`);
+  try {
+    const r = await b.gc({ network: o.network, valid, dryRun: o.dryRun === true });
+    if (o.json === true) {
+      io.out(`${JSON.stringify(r, null, 2)}\n`);
+      return 0;
+    }
+    const verb = r.dryRun ? 'would release' : 'released';
+    for (const l of r.released) io.out(`${verb} ${l.ip} (container ${l.containerId}${l.ifname ? `/${l.ifname}` : ''})\n`);
+    io.out(`${r.released.length} lease(s) ${verb} in network ${r.network}; ${valid.length} valid attachment(s) given\n`);
+    return 0;
+  } finally {
+    b.close();
+  }
+}
