@@ -268,6 +268,25 @@ function enableForwarding(plan: AddressPlan): void {
   }
 }
 
+/**
+ * Spec: an ADD given a prevResult (a chained position) prints the prevResult plus its own changes. Our
+ * interfaces go after the previous ones and our IPs' interface indices shift with them.
+ */
+function chainedResult(prev: Result, ours: Result): Result {
+  const offset = prev.interfaces?.length ?? 0;
+  const merged: Result = {
+    cniVersion: ours.cniVersion,
+    interfaces: [...(prev.interfaces ?? []), ...(ours.interfaces ?? [])],
+  };
+  const ips = [...(prev.ips ?? []), ...(ours.ips ?? []).map((ip) => ({ ...ip, interface: (ip.interface ?? 2) + offset }))];
+  if (ips.length > 0) merged.ips = ips;
+  const routes = [...(prev.routes ?? []), ...(ours.routes ?? [])];
+  if (routes.length > 0) merged.routes = routes;
+  const dns = ours.dns ?? prev.dns;
+  if (dns !== undefined) merged.dns = dns;
+  return merged;
+}
+
 export async function cmdAdd(req: Request): Promise<Result> {
   const conf = confFromRequest(req);
   const undo = new UndoStack();
@@ -386,7 +405,7 @@ export async function cmdAdd(req: Request): Promise<Result> {
     if (brNow.mac !== undefined) ifs[0]!.mac = brNow.mac;
     if (hostNow.mac !== undefined) ifs[1]!.mac = hostNow.mac;
     if (conf.dns !== undefined) result.dns = conf.dns;
-    return result;
+    return req.prevResult !== undefined ? chainedResult(req.prevResult, result) : result;
   } catch (err) {
     await undo.unwind(log);
     throw toKernelCniError(err);

@@ -212,3 +212,24 @@ describe('DEL is idempotent', () => {
     expect(del.code, del.stdout).toBe(0);
   });
 });
+
+describe('chained ADD', () => {
+  it('with a prevResult, prints it plus its own interfaces, IPs (indices shifted) and routes', async () => {
+    const ns = fx.netns();
+    const prevResult = {
+      cniVersion: '1.0.0',
+      interfaces: [{ name: 'lo', sandbox: ns.path }],
+      ips: [{ address: '127.0.0.1/8', interface: 0 }],
+    };
+    const c = conf({ isDefaultGateway: true, prevResult });
+    const add = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr8', netns: ns.path, ifname: 'eth0' });
+    expect(add.code, add.stdout).toBe(0);
+    const r = add.json;
+    expect(r.interfaces.map((i: any) => i.name)).toEqual(['lo', c.bridge, expect.stringMatching(/^veth/), 'eth0']);
+    expect(r.ips).toEqual([
+      { address: '127.0.0.1/8', interface: 0 },
+      expect.objectContaining({ address: '198.18.130.2/24', interface: 3 }),
+    ]);
+    expect(r.routes).toEqual([{ dst: '0.0.0.0/0', gw: '198.18.130.1' }]);
+  });
+});

@@ -63,6 +63,8 @@ describe('GC', () => {
     await threePods(c);
     const gc = await fx.run({ command: 'GC', conf: c });
     expect(gc.code, gc.stdout).toBe(0);
+    // idempotent: a second GC finds nothing and succeeds
+    expect((await fx.run({ command: 'GC', conf: c })).code).toBe(0);
     expect(fx.ports(c.bridge as string)).toEqual([]);
     expect(fx.leases(c.name as string)).toEqual([]);
     expect(fx.nftList('inet')).not.toContain('pod');
