@@ -1,4 +1,6 @@
 // GC and STATUS (spec 1.1.0) with berth-ipam as the delegated IPAM.
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { Fixture, ipJson, sh } from './harness';
 
@@ -114,6 +116,16 @@ describe('STATUS', () => {
     const r = await fx.run({ command: 'STATUS', conf: conf({ ipam: { type: `${fx.prefix}-missing-ipam` } }) });
     expect(r.json.code).toBe(50);
     expect(r.json.msg).toContain('IPAM');
+  });
+
+  // A PATH holding node but no nft: the plugin runs, nftables cannot.
+  const nodeDir = dirname(process.execPath);
+  it.skipIf(existsSync(join(nodeDir, 'nft')))('code 50 when ipMasq needs nftables and nft cannot run', async () => {
+    const r = await fx.run({ command: 'STATUS', conf: conf(), env: { PATH: nodeDir } });
+    expect(r.json.code).toBe(50);
+    expect(r.json.msg).toContain('nftables unusable');
+    const l2 = await fx.run({ command: 'STATUS', conf: conf({ ipMasq: false, macspoofchk: false }), env: { PATH: nodeDir } });
+    expect(l2.code, l2.stdout).toBe(0);
   });
 
   it('is refused for configs older than 1.1.0 (code 1)', async () => {
