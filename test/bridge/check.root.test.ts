@@ -1,0 +1,105 @@
+// CHECK notices drift in every piece of state it is responsible for (scope 5 of issue 4).
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { masqNames } from '../../src/bridge/masquerade';
+import { spoofNames } from '../../src/bridge/spoofcheck';
+import { Fixture, sh } from './harness';
+
+const fx = new Fixture('h');
+afterEach(() => fx.cleanup());
+afterAll(() => fx.dispose());
+
+interface Attached {
+  ns: { name: string; path: string };
+  c: Record<string, unknown>;
+  result: any;
+  hostVeth: string;
+}
+
+async function attach(): Promise<Attached> {
+  const c = {
+    cniVersion: '1.0.0',
+    name: `${fx.prefix}net`,
+    type: 'berth-bridge',
+    bridge: fx.bridge(),
+    isDefaultGateway: true,
+    ipMasq: true,
+    macspoofchk: true,
+    hairpinMode: true,
+    portIsolation: true,
+    mtu: 1400,
+    ipam: fx.hostLocal([[{ subnet: '198.18.139.0/24' }]]),
+  };
+  const ns = fx.netns();
+  const add = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr1', netns: ns.path, ifname: 'eth0' });
+  expect(add.code, add.stdout).toBe(0);
+  return { ns, c, result: add.json, hostVeth: add.json.interfaces[1].name };
+}
+
+async function check(a: Attached) {
+  return fx.run({ command: 'CHECK', conf: { ...a.c, prevResult: a.result }, containerId: 'ctr1', netns: a.ns.path, ifname: 'eth0' });
+}
+
+describe('CHECK', () => {
+  it('passes right after ADD, with no output', async () => {
+    const a = await attach();
+    const r = await check(a);
+    expect(r.code, r.stdout).toBe(0);
+    expect(r.stdout).toBe('');
+  });
+
+  it('fails without prevResult', async () => {
+    const a = await attach();
+    const r = await fx.run({ command: 'CHECK', conf: a.c, containerId: 'ctr1', netns: a.ns.path, ifname: 'eth0' });
+    expect(r.code).not.toBe(0);
+    expect(r.json.msg).toContain('prevResult');
+  });
+
+  it('tolerates a later plugin changing the MAC (recorded in prevResult) and adding routes', async () => {
+    const a = await attach();
+    sh('ip', ['-n', a.ns.name, 'link', 'set', 'eth0', 'address', '02:42:c6:12:85:77']);
+    sh('ip', ['-n', a.ns.name, 'route', 'add', '198.18.240.0/24', 'via', '198.18.139.1']);
+    a.result.interfaces[2].mac = '02:42:c6:12:85:77';
+    // the spoof check follows the MAC the pod has now only through a new ADD; CHECK reports it
+    const r = await check(a);
+    expect(r.code).not.toBe(0);
+    expect(r.json.msg).toContain('spoof-check');
+    const noSpoof = { ...a, c: { ...a.c, macspoofchk: false } };
+    expect((await check(noSpoof)).code).toBe(0);
+  });
+
+  it.each<[string, (a: Attached) => void, RegExp]>([
+    ['container interface removed', (a) => sh('ip', ['-n', a.ns.name, 'link', 'del', 'eth0']), /not found/],
+    ['container interface down', (a) => sh('ip', ['-n', a.ns.name, 'link', 'set', 'eth0', 'down']), /down/],
+    ['container MTU changed', (a) => sh('ip', ['-n', a.ns.name, 'link', 'set', 'eth0', 'mtu', '1300']), /MTU/],
+    ['address removed', (a) => sh('ip', ['-n', a.ns.name, 'addr', 'flush', 'dev', 'eth0']), /198\.18\.139\.2\/24/],
+    ['default route removed', (a) => sh('ip', ['-n', a.ns.name, 'route', 'del', 'default']), /route 0\.0\.0\.0\/0/],
+    ['host veth detached from the bridge', (a) => sh('ip', ['link', 'set', a.hostVeth, 'nomaster']), /not attached|not a bridge port/],
+    ['hairpin turned off', (a) => sh('bridge', ['link', 'set', 'dev', a.hostVeth, 'hairpin', 'off']), /hairpin/],
+    ['isolation turned off', (a) => sh('bridge', ['link', 'set', 'dev', a.hostVeth, 'isolated', 'off']), /isolation/],
+    ['promiscuous mode switched on the bridge', (a) => sh('ip', ['link', 'set', a.c.bridge as string, 'promisc', 'on']), /Promisc/],
+    [
+      'masquerade entry removed',
+      (a) => sh('nft', ['delete', 'element', 'inet', fx.nftTable, masqNames(a.c.name as string).c4, '{ 198.18.139.2 }']),
+      /masquerade entry/,
+    ],
+    [
+      'spoof-check entry removed',
+      (a) => sh('nft', ['delete', 'element', 'bridge', fx.nftTable, spoofNames(a.c.name as string).allowed, `{ "${a.hostVeth}" . ${a.result.interfaces[2].mac} }`]),
+      /spoof-check entry/,
+    ],
+  ])('fails when: %s', async (_what, breakIt, msg) => {
+    const a = await attach();
+    expect((await check(a)).code).toBe(0);
+    breakIt(a);
+    const r = await check(a);
+    expect(r.code).not.toBe(0);
+    expect(r.json.msg).toMatch(msg);
+  });
+
+  it('fails when the IPAM reservation is gone (IPAM CHECK is delegated)', async () => {
+    const a = await attach();
+    for (const lease of fx.leases(a.c.name as string)) sh('rm', [`${fx.dataDir}/${a.c.name as string}/${lease}`]);
+    const r = await check(a);
+    expect(r.code).not.toBe(0);
+  });
+});
