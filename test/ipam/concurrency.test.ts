@@ -3,7 +3,7 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, test } from 'vitest';
-import { BERTH_IPAM, addressesOf, assertBuilt, ipam, leaseFiles, netConf, runAsync, tempDataDir } from './harness';
+import { BERTH_IPAM, HOST_LOCAL, addressesOf, assertBuilt, ipam, leaseFiles, netConf, runAsync, tempDataDir } from './harness';
 
 beforeAll(assertBuilt);
 let cleanups: (() => void)[] = [];
@@ -57,5 +57,38 @@ describe.each([
     expect(leaseFiles(dataDir, 'conc').size).toBe(0);
     expect(readdirSync(att)).toEqual([]);
     expect(readdirSync(join(dataDir, 'conc', '.berth', 'tmp'))).toEqual([]);
+  });
+});
+
+describe('mixed with host-local', () => {
+  test('50 host-local and 50 berth-ipam ADDs at once exclude each other through the same flock', { timeout: 180_000 }, async () => {
+    const t = tempDataDir('mixed');
+    cleanups.push(t.cleanup);
+    const dataDir = join(t.dir, 'data');
+    const ranges = [[{ subnet: '198.18.64.0/24' }]];
+    const berthConf = netConf({ name: 'mixed', type: 'berth-ipam', ipam: { dataDir, ranges }, cniVersion: '0.4.0' });
+    const hlConf = netConf({ name: 'mixed', type: 'host-local', ipam: { dataDir, ranges }, cniVersion: '0.4.0' });
+    const runs = Array.from({ length: N }, (_, i) =>
+      i % 2 === 0
+        ? runAsync(BERTH_IPAM, { command: 'ADD', config: berthConf, containerId: `b-${i}` })
+        : runAsync(HOST_LOCAL, { command: 'ADD', config: hlConf, containerId: `h-${i}` }),
+    );
+    const adds = await Promise.all(runs);
+    for (const r of adds) expect(r.status, r.stdout + r.stderr).toBe(0);
+    const all = adds.flatMap(addressesOf);
+    expect(new Set(all).size).toBe(N);
+    const files = leaseFiles(dataDir, 'mixed');
+    expect(files.size).toBe(N);
+    adds.forEach((r, i) => expect(files.get(addressesOf(r)[0]!)).toBe(`${i % 2 === 0 ? 'b' : 'h'}-${i}\r\neth0`));
+    // Each releases the other's half, concurrently.
+    const dels = await Promise.all(
+      Array.from({ length: N }, (_, i) =>
+        i % 2 === 0
+          ? runAsync(HOST_LOCAL, { command: 'DEL', config: hlConf, containerId: `b-${i}` })
+          : runAsync(BERTH_IPAM, { command: 'DEL', config: berthConf, containerId: `h-${i}` }),
+      ),
+    );
+    for (const r of dels) expect(r.status, r.stdout + r.stderr).toBe(0);
+    expect(leaseFiles(dataDir, 'mixed').size).toBe(0);
   });
 });
