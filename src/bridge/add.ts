@@ -70,7 +70,20 @@ interface VethPair {
   container: Link;
 }
 
-async function createVeth(host: Netlink, pod: Netlink, req: Request, conf: BridgeConf, netnsFd: number): Promise<VethPair> {
+/** What the steps of one ADD share: the request, its configuration and the two open sockets. */
+interface AddContext {
+  req: Request;
+  conf: BridgeConf;
+  /** Socket in the host namespace. */
+  host: Netlink;
+  /** Socket in the pod's namespace. */
+  pod: Netlink;
+  /** The pod namespace, open for the whole ADD. */
+  netnsFd: number;
+}
+
+async function createVeth(ctx: AddContext): Promise<VethPair> {
+  const { host, pod, req, conf, netnsFd } = ctx;
   for (let attempt = 0; ; attempt++) {
     const name = hostVethName();
     try {
@@ -92,8 +105,10 @@ async function createVeth(host: Netlink, pod: Netlink, req: Request, conf: Bridg
   }
 }
 
-async function configurePort(host: Netlink, conf: BridgeConf, bridge: Link, veth: Link, tag: string): Promise<void> {
-  await host.setAlias(veth.index, tag);
+async function configurePort(ctx: AddContext, port: { bridge: Link; veth: Link; alias: string }): Promise<void> {
+  const { host, conf } = ctx;
+  const { bridge, veth } = port;
+  await host.setAlias(veth.index, port.alias);
   trySysctl(undefined, `net/ipv6/conf/${veth.name}/accept_ra`, '0');
   await host.setMaster(veth.index, bridge.index);
   await host.setBridgePort(veth.index, { hairpin: conf.hairpinMode, isolated: conf.portIsolation });
@@ -113,7 +128,8 @@ async function configurePort(host: Netlink, conf: BridgeConf, bridge: Link, veth
 }
 
 /** Inside the pod: sysctls, addresses, link up, routes. */
-async function configureContainer(pod: Netlink, req: Request, conf: BridgeConf, plan: AddressPlan | undefined): Promise<void> {
+async function configureContainer(ctx: AddContext, plan: AddressPlan | undefined): Promise<void> {
+  const { pod, req, conf } = ctx;
   const ifn = req.ifname;
   if (plan !== undefined) {
     // DAD applies to the link-local address too, so it is set for IPv4-only pods as well (as the reference
@@ -201,7 +217,8 @@ async function waitDad(pod: Netlink, ifname: string): Promise<void> {
  * a host-side veth pair `<bridge>.<vlan>` is created on first use, its other end a port of the bridge in
  * that VLAN, and the gateway addresses go on it. Shared by every pod of the VLAN, so never removed by a pod.
  */
-async function ensureVlanGateway(host: Netlink, conf: BridgeConf, bridge: Link): Promise<Link> {
+async function ensureVlanGateway(ctx: AddContext, bridge: Link): Promise<Link> {
+  const { host, conf } = ctx;
   const name = `${conf.bridge}.${conf.vlan}`;
   const existing = await host.findLink(name);
   if (existing !== undefined) return existing;
@@ -210,13 +227,14 @@ async function ensureVlanGateway(host: Netlink, conf: BridgeConf, bridge: Link):
   }
   const port = hostVethName();
   await host.createVethPair({ name: port, peerName: name, peerNetns: '/proc/self/ns/net', mtu: bridge.mtu });
-  await configurePort(host, conf, bridge, await host.getLink(port), `${name} gateway port`);
+  await configurePort(ctx, { bridge, veth: await host.getLink(port), alias: `${name} gateway port` });
   await host.setUp(name);
   return host.getLink(name);
 }
 
 /** Gateway addresses on the bridge (or VLAN gateway), reference ensureAddr semantics; returns those this call added. */
-async function ensureGateways(host: Netlink, conf: BridgeConf, target: Link, gateways: readonly GatewayAddress[]): Promise<GatewayAddress[]> {
+async function ensureGateways(ctx: AddContext, target: Link, gateways: readonly GatewayAddress[]): Promise<GatewayAddress[]> {
+  const { host, conf } = ctx;
   const bridge = target;
   const added: GatewayAddress[] = [];
   for (const gw of gateways) {
@@ -302,7 +320,9 @@ export async function cmdAdd(req: Request): Promise<Result> {
   const host = await hostNetlink();
   let pod: Netlink | undefined;
   try {
-    pod = await netnsNetlink(req.netns);
+    // The socket is opened on the fd already held, so the pod namespace is entered by the same reference.
+    pod = await netnsNetlink(netnsRef.fd);
+    const ctx: AddContext = { req, conf, host, pod, netnsFd: netnsRef.fd };
     if ((await pod.findLink(req.ifname)) !== undefined) {
       throw new CniError(ErrorCode.Internal, `container veth name provided (${req.ifname}) already exists`);
     }
@@ -319,11 +339,11 @@ export async function cmdAdd(req: Request): Promise<Result> {
           }),
         );
       }
-      const v = await createVeth(host, pod!, req, conf, netnsRef.fd);
+      const v = await createVeth(ctx);
       undo.push(`delete veth ${v.host.name}`, () =>
         host.deleteLink(v.host.index).catch((e) => (isCode(e, 'ENODEV') ? undefined : Promise.reject(e))),
       );
-      await configurePort(host, conf, b.link, v.host, tag);
+      await configurePort(ctx, { bridge: b.link, veth: v.host, alias: tag });
       return { bridge: b.link, veth: v };
     });
     fault(req, 'after-veth');
@@ -360,15 +380,15 @@ export async function cmdAdd(req: Request): Promise<Result> {
       if (ipam.dns !== undefined) result.dns = ipam.dns;
     }
 
-    await configureContainer(pod, req, conf, plan);
+    await configureContainer(ctx, plan);
 
     if (plan !== undefined && (conf.isGateway || conf.ipMasq)) {
       const p = plan;
       await withNetworkLock(lockOpts, async () => {
         if (conf.isGateway && p.gateways.length > 0) {
-          const target = conf.vlan !== 0 ? await ensureVlanGateway(host, conf, bridge) : bridge;
+          const target = conf.vlan !== 0 ? await ensureVlanGateway(ctx, bridge) : bridge;
           if (target !== bridge) (result.interfaces as Interface[]).push({ name: target.name, ...(target.mac !== undefined ? { mac: target.mac } : {}) });
-          const added = await ensureGateways(host, conf, target, p.gateways);
+          const added = await ensureGateways(ctx, target, p.gateways);
           if (added.length > 0) {
             undo.push('remove gateway addresses', () =>
               withNetworkLock(lockOpts, async () => {
