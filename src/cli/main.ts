@@ -108,18 +108,19 @@ function registerBerthd(program: Command, setExit: (code: number) => void): void
   where(leases.command('show <ip|container>').description('one lease (or a container\'s leases) in detail'))
     .option('--network <name>', 'only this network')
     .option('--json', 'JSON output')
-    .action(async (q: string, o: import('./leases').LeaseCliOptions) => {
+    .action(async (q: string, _o: unknown, cmd: Command) => {
       const { runLeasesShow } = require('./leases') as typeof import('./leases');
-      setExit(await runLeasesShow(q, o, io));
+      // --socket/--data-dir may land on `leases` itself: take the merged view.
+      setExit(await runLeasesShow(q, cmd.optsWithGlobals(), io));
     });
   where(leases.command('release <ip>').description('release one lease by hand (asks first unless --yes)'))
     .option('--network <name>', 'the network holding it (needed when several do)')
     .option('-y, --yes', 'do not ask for confirmation')
     .option('--json', 'JSON output')
-    .action(async (ip: string, o: import('./leases').ReleaseOptions) => {
+    .action(async (ip: string, _o: unknown, cmd: Command) => {
       const { runLeasesRelease, terminalAsk } = require('./leases') as typeof import('./leases');
       const ask = terminalAsk();
-      setExit(await runLeasesRelease(ip, { ...o, ...(ask ? { ask } : {}) }, io));
+      setExit(await runLeasesRelease(ip, { ...cmd.optsWithGlobals(), ...(ask ? { ask } : {}) }, io));
     });
   where(program.command('gc').description('release the leases of a network whose attachment is not in the valid list'))
     .requiredOption('--network <name>', 'the network')
