@@ -122,6 +122,18 @@ export async function addMasquerade(scope: MasqScope, attachment: { containerId:
     for (const h of jumpHandles(objects, scope.network)) cmds.push({ delete: { rule: { family: FAMILY, table: scope.table, chain: 'postrouting', handle: h } } });
     cmds.push(...setupCommands(scope, true).slice(-2));
   }
+  // An address can come back (IPAM reuses it) while a stale element from an attachment whose DEL never
+  // completed still holds it; `add` would keep the old tag, so replace such elements.
+  for (const a of addrs) {
+    const [cset, sset] = a.family === 4 ? [n.c4, n.s4] : [n.c6, n.s6];
+    for (const e of setElements(objects, cset) ?? []) {
+      if (e.val === a.ip && e.comment !== tag) cmds.push({ delete: { element: { family: FAMILY, table: scope.table, name: cset, elem: [e.val] } } });
+    }
+    for (const e of setElements(objects, sset) ?? []) {
+      const key = (e.val as { concat?: unknown[] }).concat?.[0];
+      if (key === a.ip && e.comment !== tag) cmds.push({ delete: { element: { family: FAMILY, table: scope.table, name: sset, elem: [e.val] } } });
+    }
+  }
   cmds.push(...elementCommands(scope, 'add', addrs, tag));
   await scope.nft.apply(cmds);
 }

@@ -54,6 +54,15 @@ describe('masquerade sets', () => {
     expect(await removeMasquerade(scope, (t) => t === 'c2/eth0')).toEqual([]);
   });
 
+  it('an address that comes back replaces a stale element of another attachment', async () => {
+    await addMasquerade(scope, { containerId: 'old', ifname: 'eth0' }, [v4('198.18.128.9')]);
+    await addMasquerade(scope, { containerId: 'new', ifname: 'eth0' }, [v4('198.18.128.9')]);
+    const text = list('inet');
+    expect(text).toContain('198.18.128.9 comment "new/eth0"');
+    expect(text).toContain('198.18.128.9 . 198.18.128.0/24 comment "new/eth0"');
+    expect(text).not.toContain('old/eth0');
+  });
+
   it('leaves other networks alone', async () => {
     const other = { ...scope, network: 'bt-net-b' };
     await addMasquerade(scope, { containerId: 'c1', ifname: 'eth0' }, [v4('198.18.128.2')]);
