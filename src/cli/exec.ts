@@ -21,6 +21,10 @@ export const EXEC_VERBS = ['add', 'check', 'del', 'gc', 'status'] as const;
 export type ExecVerb = (typeof EXEC_VERBS)[number];
 
 export interface ExecOptions {
+  verb: ExecVerb;
+  network: string;
+  /** Path of the network namespace (made absolute; it also derives the container id). */
+  netns: string;
   /** Overrides CNI_IFNAME. */
   ifname?: string;
   /** Overrides BERTH_CACHE_DIR (the directory holding `results/`). */
@@ -100,13 +104,8 @@ export function runtimeFromEnv(env: Record<string, string | undefined>, io: Pick
 }
 
 /** Runs one verb; resolves to the exit code. Errors go to stderr as one line (cnitool prints err.Error()). */
-export async function runExec(
-  verb: ExecVerb,
-  network: string,
-  netns: string,
-  opts: ExecOptions,
-  io: ExecIo,
-): Promise<number> {
+export async function runExec(opts: ExecOptions, io: ExecIo): Promise<number> {
+  const { verb, network, netns } = opts;
   try {
     const env = io.env;
     const list = await loadNetworkConfList(env.NETCONFPATH || '/etc/cni/net.d', network);

@@ -58,7 +58,7 @@ function registerExec(program: Command, setExit: (code: number) => void): void {
     sub.action(async (network: string, netns: string, opts: { ifname?: string; cacheDir?: string; valid?: string[] }) => {
       const { runExec } = require('./exec') as typeof import('./exec');
       setExit(
-        await runExec(verb, network, netns, opts, {
+        await runExec({ ...opts, verb, network, netns }, {
           env: process.env,
           stdout: (s) => process.stdout.write(s),
           stderr: (s) => process.stderr.write(s),

@@ -18,10 +18,15 @@ function list(extra: Record<string, unknown> = {}, plugins = ['a', 'b', 'c']): R
   return { cniVersion: '1.1.0', name: 'net1', plugins: plugins.map((type) => ({ type })), ...extra };
 }
 
-async function exec(verb: ExecVerb, netns: string, opts: ExecOptions = {}, env: Record<string, string> = {}) {
+async function exec(
+  verb: ExecVerb,
+  netns: string,
+  opts: Omit<ExecOptions, 'verb' | 'network' | 'netns'> = {},
+  env: Record<string, string> = {},
+) {
   let stdout = '';
   let stderr = '';
-  const code = await runExec(verb, 'net1', netns, { cacheDir, ...opts }, {
+  const code = await runExec({ verb, network: 'net1', netns, cacheDir, ...opts }, {
     env: { PATH: process.env.PATH, NETCONFPATH: fake.confDir, CNI_PATH: fake.binDir, FAKE_DIR: fake.dir, ...env },
     stdout: (s) => (stdout += s),
     stderr: (s) => (stderr += s),
@@ -201,7 +206,7 @@ describe('GC', () => {
     fake.writeConf('20-other.conflist', { ...list(), name: 'other' });
     for (const p of ['/run/netns/p1', '/run/netns/p2']) expect((await exec('add', p)).code).toBe(0);
     // An attachment of another network on the same cache dir: GC of net1 must not touch it.
-    const other = await runExec('add', 'other', '/run/netns/p3', { cacheDir }, {
+    const other = await runExec({ verb: 'add', network: 'other', netns: '/run/netns/p3', cacheDir }, {
       env: { PATH: process.env.PATH, NETCONFPATH: fake.confDir, CNI_PATH: fake.binDir, FAKE_DIR: fake.dir },
       stdout: () => undefined,
       stderr: () => undefined,
