@@ -65,6 +65,9 @@ const env = {
   BERTH_RUN_DIR: runDir,
 };
 const forward = sh('sysctl', ['-n', 'net.ipv4.ip_forward']).trim();
+// With --masq the reference goes through iptables (iptables-nft here), which leaves its `nat` tables behind
+// after the last DEL: remember which tables existed, to remove only new ones that hold no rule.
+const tablesBefore = new Set(sh('nft', ['list', 'tables']).split('\n').filter(Boolean));
 
 function timed(argv) {
   const t = process.hrtime.bigint();
@@ -138,5 +141,12 @@ try {
   for (const p of plugins) trySh('ip', ['link', 'del', p.bridge]);
   trySh('nft', ['delete', 'table', 'inet', `${prefix}t`]);
   trySh('sysctl', ['-qw', `net.ipv4.ip_forward=${forward}`]);
+  for (const line of sh('nft', ['list', 'tables']).split('\n').filter(Boolean)) {
+    if (tablesBefore.has(line) || !masq) continue;
+    const [, family, name] = line.split(' ');
+    const content = spawnSync('nft', ['-j', 'list', 'table', family, name], { encoding: 'utf8' }).stdout;
+    const hasRules = (JSON.parse(content || '{"nftables":[]}').nftables ?? []).some((o) => 'rule' in o);
+    if (!hasRules) trySh('nft', ['delete', 'table', family, name]);
+  }
   rmSync(work, { recursive: true, force: true });
 }
