@@ -6,6 +6,7 @@
 // berth's `.berth/att/` records and `state.json` sentinel), so a plugin working on the files directly, before,
 // after or at the same moment as the daemon, sees the same leases and trusts the same index.
 import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { CniError, ErrorCode } from '../../cni-spec/errors';
@@ -48,6 +49,11 @@ interface Tx {
   fds: number[];
   cursors: Set<number>;
   atts: Set<string>;
+  /**
+   * Files to remove at commit, all at once: released leases (by IP name) and the temp names of new ones.
+   * Removing them one by one on the event loop would serialize on the filesystem's journal.
+   */
+  unlinks: Map<string, string>;
   /** Anything in the network directory changed (the sentinel and state must follow). */
   changed: boolean;
   bootSeen: boolean;
@@ -243,7 +249,7 @@ export class NetworkStore implements LeaseStore {
           await new Promise<void>((resolve) => this.wakers.push(resolve));
         }
         const batch = this.queue.splice(0, MAX_BATCH);
-        const tx: Tx = { fds: [], cursors: new Set(), atts: new Set(), changed: false, bootSeen: false };
+        const tx: Tx = { fds: [], cursors: new Set(), atts: new Set(), unlinks: new Map(), changed: false, bootSeen: false };
         const outcomes: ({ ok: true; value: unknown } | { ok: false; err: unknown })[] = [];
         let failure: unknown;
         try {
@@ -258,7 +264,7 @@ export class NetworkStore implements LeaseStore {
                 outcomes.push({ ok: false, err });
               }
             }
-            this.commit(tx);
+            await this.commit(tx);
           } finally {
             this.tx = undefined;
             this.unlock();
@@ -475,6 +481,14 @@ export class NetworkStore implements LeaseStore {
     const name = formatIp(lease.ip);
     if (this.taken.has(name)) return false;
     const target = join(this.p.dir, name);
+    if (tx.unlinks.delete(name)) {
+      // Released earlier in this batch and still on disk: remove it now, the new lease takes its name.
+      try {
+        fs.unlinkSync(target);
+      } catch (err) {
+        if (errnoOf(err) !== 'ENOENT') throw ioError(`cannot remove lease ${target}`, err);
+      }
+    }
     const tmp = join(this.p.tmp, `berthd-${process.pid}-${tmpSeq++}`);
     let fd: number;
     try {
@@ -495,7 +509,7 @@ export class NetworkStore implements LeaseStore {
       this.knownMtime = undefined;
       return false;
     }
-    fs.unlinkSync(tmp);
+    tx.unlinks.set(`tmp:${tmp}`, tmp);
     tx.fds.push(fd);
     tx.changed = true;
     this.mark(name, lease.ip, true);
@@ -561,11 +575,8 @@ export class NetworkStore implements LeaseStore {
   private release(lease: Lease): void {
     const tx = this.tx!;
     const name = formatIp(lease.ip);
-    try {
-      fs.unlinkSync(join(this.p.dir, name));
-    } catch (err) {
-      if (errnoOf(err) !== 'ENOENT') throw ioError(`cannot remove lease ${join(this.p.dir, name)}`, err);
-    }
+    // Gone from memory now, from disk at commit (still under the lock, so nobody sees the difference).
+    tx.unlinks.set(name, join(this.p.dir, name));
     tx.changed = true;
     this.mark(name, lease.ip, false);
     this.byIp.delete(name);
@@ -578,6 +589,12 @@ export class NetworkStore implements LeaseStore {
     }
   }
 
+  private async writeAtomicAsync(target: string, data: string): Promise<void> {
+    const tmp = join(this.p.tmp, `berthd-${process.pid}-${tmpSeq++}`);
+    await fsp.writeFile(tmp, data, { mode: 0o600, flag: 'wx' });
+    await fsp.rename(tmp, target);
+  }
+
   private writeAtomic(target: string, data: string): void {
     const tmp = join(this.p.tmp, `berthd-${process.pid}-${tmpSeq++}`);
     fs.writeFileSync(tmp, data, { mode: 0o600, flag: 'wx' });
@@ -588,33 +605,38 @@ export class NetworkStore implements LeaseStore {
    * Writes what lease-file-store keeps beside the IP files: cursors, attachment records, then the directory
    * sentinel and state.json, so that a plugin on the files next trusts the index instead of rebuilding it.
    */
-  private commit(tx: Tx): void {
+  private async commit(tx: Tx): Promise<void> {
     if (!tx.changed && !tx.bootSeen) return;
+    const ignoreMissing = (err: unknown): void => {
+      if (errnoOf(err) !== 'ENOENT') throw err;
+    };
+    const work: Promise<void>[] = [];
+    for (const path of tx.unlinks.values()) work.push(fsp.unlink(path).catch(ignoreMissing));
     for (const setId of tx.cursors) {
       const ip = this.cursors.get(setId);
-      if (ip !== undefined) this.writeAtomic(join(this.p.dir, `${CURSOR_PREFIX}${setId}`), formatIp(ip));
+      if (ip !== undefined) work.push(this.writeAtomicAsync(join(this.p.dir, `${CURSOR_PREFIX}${setId}`), formatIp(ip)));
     }
     for (const key of tx.atts) {
       const entry = this.byAtt.get(key);
       const file = join(this.p.att, key);
       if (entry === undefined || entry.ips.size === 0) {
-        try {
-          fs.unlinkSync(file);
-        } catch (err) {
-          if (errnoOf(err) !== 'ENOENT') throw err;
-        }
+        work.push(fsp.unlink(file).catch(ignoreMissing));
         continue;
       }
       const rec = JSON.stringify({ v: 1, containerId: entry.containerId, ifname: entry.ifname, ips: [...entry.ips], meta: entry.meta });
-      try {
-        // A new attachment (the common case) gets its record in place: a torn record only makes readers
-        // rebuild it from the lease files, which are written and synced separately.
-        fs.writeFileSync(file, rec, { mode: 0o600, flag: 'wx' });
-      } catch (err) {
-        if (errnoOf(err) !== 'EEXIST') throw err;
-        this.writeAtomic(file, rec);
-      }
+      // A new attachment (the common case) gets its record in place: a torn record only makes readers
+      // rebuild it from the lease files, which are written and synced separately.
+      work.push(
+        fsp.writeFile(file, rec, { mode: 0o600, flag: 'wx' }).catch((err: unknown) => {
+          if (errnoOf(err) !== 'EEXIST') throw err;
+          return this.writeAtomicAsync(file, rec);
+        }),
+      );
     }
+    // Every write is started before any is awaited: they share the filesystem journal's commits.
+    const results = await Promise.allSettled(work);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed !== undefined) throw failed.reason;
     const now = this.opts.now?.() ?? new Date();
     // A moment in the past with random nanoseconds: any later change of the directory stamps the current
     // time, which cannot equal it (lease-file-store's sentinel, shared so both sides trust one index).
