@@ -1,7 +1,7 @@
 // Root-test fixtures for the bridge plugin: named namespaces, the built plugin run as a runtime would,
 // host-local with a private dataDir, a private nftables table and run dir, and cleanup of all of it.
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
@@ -138,7 +138,8 @@ export class Fixture {
       for (const port of (trySh('ip', ['-j', 'link', 'show', 'master', br]) ? ipJson(['link', 'show', 'master', br]) : [])) {
         trySh('ip', ['link', 'del', port.ifname]);
       }
-      trySh('ip', ['link', 'del', `${br}.1`]);
+      // a VLAN gateway interface <bridge>.<vlan> (its peer is a port, already gone)
+      for (const l of ipJson(['link', 'show'])) if (String(l.ifname).startsWith(`${br}.`)) trySh('ip', ['link', 'del', l.ifname]);
       trySh('ip', ['link', 'del', br]);
     }
     this.bridges.clear();
@@ -188,7 +189,7 @@ export function runPlugin(opts: RunOptions): Promise<RunResult> {
   });
 }
 
-/** Runs `fn` inside a netns through `ip netns exec` and returns stdout. */
+/** Runs a command inside a netns through `ip netns exec` and returns its stdout (throws on failure). */
 export function nsExec(ns: string, cmd: string[]): string {
   return sh('ip', ['netns', 'exec', ns, ...cmd]);
 }
@@ -197,4 +198,3 @@ export function readSysctlIn(ns: string, key: string): string {
   return nsExec(ns, ['cat', `/proc/sys/${key.replace(/\./g, '/')}`]).trim();
 }
 
-export { readFileSync, writeFileSync };
