@@ -3,18 +3,20 @@
 // the bundled JavaScript, a V8 code cache and the two native addons as assets, injected into a copy of
 // this node binary), plus the hard links out/berth-bridge and out/berth-ipam. Run after `npm run build`.
 //
-//   options: --no-strip   keep node's debug symbols (strip(1) removes ~12 MB and is used when found)
-//            --snapshot   build with useSnapshot instead of useCodeCache (experiment; see bench/startup)
+//   options: --out DIR    write there instead of out/ (tests build into their own temp dir)
+//            --no-strip   keep node's debug symbols (strip(1) removes ~12 MB and is used when found)
 'use strict';
-const { execFileSync } = require('node:child_process');
+const { execFileSync, spawnSync } = require('node:child_process');
 const { createHash } = require('node:crypto');
 const fs = require('node:fs');
 const path = require('node:path');
 
 const repo = path.resolve(__dirname, '..');
-const out = path.join(repo, 'out');
+const argv = process.argv.slice(2);
+const outIndex = argv.indexOf('--out');
+const out = path.resolve(outIndex >= 0 && argv[outIndex + 1] !== undefined ? argv[outIndex + 1] : path.join(repo, 'out'));
 const work = path.join(out, 'sea');
-const args = new Set(process.argv.slice(2));
+const args = new Set(argv);
 // The fuse Node's SEA loader looks for (documented in Node's single-executable-applications page).
 const SEA_FUSE = 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2';
 const PROGRAMS = ['berth', 'berth-bridge', 'berth-ipam'];
@@ -134,12 +136,16 @@ async function main() {
     main: bundleFile,
     output: blob,
     disableExperimentalSEAWarning: true,
-    ...(args.has('--snapshot') ? { useSnapshot: true } : { useCodeCache: true }),
+    // Measured in bench/startup: the code cache saves ~4 ms of CPU per start; useSnapshot (which needs a
+    // different entry, since a snapshot cannot hold the native addons) measured no better than the cache.
+    useCodeCache: true,
     assets,
   };
   const configFile = path.join(work, 'sea-config.json');
   fs.writeFileSync(configFile, `${JSON.stringify(seaConfig, null, 2)}\n`);
-  execFileSync(process.execPath, ['--experimental-sea-config', configFile], { cwd: work, stdio: ['ignore', 'ignore', 'inherit'] });
+  const prepared = spawnSync(process.execPath, ['--experimental-sea-config', configFile], { cwd: work, encoding: 'utf8' });
+  if (prepared.status !== 0) fail(`node --experimental-sea-config failed:\n${prepared.stdout}${prepared.stderr}`);
+  log(`SEA blob with code cache and ${Object.keys(assets).length} assets: ${fs.statSync(blob).size} bytes`);
 
   // A copy of the running node, stripped when possible, receives the blob; the result is renamed into place
   // so a half-written executable never sits at out/berth.
@@ -154,8 +160,14 @@ async function main() {
       log(`strip unavailable or failed (${err.code ?? err.status}): keeping the symbols`);
     }
   }
-  const { inject } = require('postject');
-  await inject(tmp, 'NODE_SEA_BLOB', fs.readFileSync(blob), { sentinelFuse: SEA_FUSE });
+  // postject's ELF library warns about every unnamed note section of node's binary; those lines are noise.
+  const postject = require.resolve('postject/dist/cli.js', { paths: [repo] });
+  const injected = spawnSync(process.execPath, [postject, tmp, 'NODE_SEA_BLOB', blob, '--sentinel-fuse', SEA_FUSE], {
+    encoding: 'utf8',
+  });
+  const noise = /^warning: Can't find string offset for section name '\.note[^']*'$|Start injection|Injection done|^\s*$/;
+  for (const line of `${injected.stdout}\n${injected.stderr}`.split('\n')) if (!noise.test(line.replace(/\x1b\[[0-9;]*m/g, ''))) log(`postject: ${line}`);
+  if (injected.status !== 0) fail(`postject failed (exit ${injected.status})`);
   fs.renameSync(tmp, exe);
   for (const name of PROGRAMS.slice(1)) {
     const link = path.join(out, name);
@@ -164,7 +176,7 @@ async function main() {
   }
 
   const version = execFileSync(exe, ['--version'], { encoding: 'utf8', env: { PATH: '/usr/bin:/bin' } }).trim();
-  log(`${path.relative(repo, exe)}: ${fs.statSync(exe).size} bytes, hard links ${PROGRAMS.slice(1).join(', ')}; ${version}`);
+  log(`${exe}: ${fs.statSync(exe).size} bytes, hard links ${PROGRAMS.slice(1).join(', ')}; ${version}`);
 }
 
 main().catch((err) => fail(err.stack ?? String(err)));

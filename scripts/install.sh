@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Installs the single executable built by `npm run package` (out/berth) where runtimes look for CNI
+# plugins: <prefix>/berth plus the hard links berth-bridge and berth-ipam. Needs no Node.js on the host.
+#
+# Every file is written as a new file in its target directory and renamed over the old one, so a plugin
+# that is executing keeps running its own (old) file, and a runtime starting one sees either the old or
+# the new executable, never a half-written one. A file that already has the right content and mode is
+# left alone: a second run changes nothing and says so.
+#
+#   scripts/install.sh [--prefix DIR] [--from DIR] [--conf[=FILE]] [--with-systemd] [--uninstall]
+#     --prefix DIR       plugin directory (default /opt/cni/bin)
+#     --from DIR         where berth, berth-bridge, berth-ipam were built (default: <repo>/out, or the
+#                        directory holding this script when berth sits beside it, as in a release)
+#     --conf[=FILE]      also install an example network (default conf/10-berth-ipv4.conflist) into
+#                        --conf-dir (default /etc/cni/net.d) unless a file of that name is there
+#     --with-systemd     also install conf/berthd.service and conf/berthd.socket (when present) into
+#                        --systemd-dir (default /etc/systemd/system), then `systemctl daemon-reload`
+#     --uninstall        remove berth, berth-bridge and berth-ipam from --prefix (and, with
+#                        --with-systemd, the units); leases, configs and /var/lib/berth stay
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+
+prefix=/opt/cni/bin
+from=""
+conf=""
+conf_dir=/etc/cni/net.d
+systemd=false
+systemd_dir=/etc/systemd/system
+uninstall=false
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2; exit "${1:-2}"; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --prefix) prefix="${2:?--prefix needs a directory}"; shift ;;
+    --prefix=*) prefix="${1#*=}" ;;
+    --from) from="${2:?--from needs a directory}"; shift ;;
+    --from=*) from="${1#*=}" ;;
+    --conf) conf="$repo/conf/10-berth-ipv4.conflist" ;;
+    --conf=*) conf="${1#*=}" ;;
+    --conf-dir) conf_dir="${2:?--conf-dir needs a directory}"; shift ;;
+    --conf-dir=*) conf_dir="${1#*=}" ;;
+    --with-systemd) systemd=true ;;
+    --systemd-dir) systemd_dir="${2:?--systemd-dir needs a directory}"; shift ;;
+    --systemd-dir=*) systemd_dir="${1#*=}" ;;
+    --uninstall) uninstall=true ;;
+    -h|--help) usage 0 ;;
+    *) echo "install.sh: unknown option $1" >&2; usage ;;
+  esac
+  shift
+done
+
+if [ -z "$from" ]; then
+  if [ -f "$here/berth" ]; then from="$here"; else from="$repo/out"; fi
+fi
+
+changed=0
+unchanged=0
+say() { echo "install.sh: $*"; }
+tmp_files=()
+trap 'rm -f "${tmp_files[@]}"' EXIT
+
+# install_file SRC DEST MODE: copy to a temp file beside DEST, then rename over DEST.
+install_file() {
+  local src="$1" dest="$2" mode="$3"
+  if [ -f "$dest" ] && [ ! -L "$dest" ] && cmp -s "$src" "$dest"; then
+    if [ "$(stat -c %a "$dest")" = "$mode" ]; then
+      say "unchanged  $dest"
+      unchanged=$((unchanged + 1))
+      return
+    fi
+  fi
+  local tmp
+  tmp="$(mktemp "$(dirname "$dest")/.$(basename "$dest").new.XXXXXX")"
+  tmp_files+=("$tmp")
+  cp "$src" "$tmp"
+  chmod "$mode" "$tmp"
+  sync "$tmp" 2>/dev/null || true
+  mv -fT "$tmp" "$dest"
+  say "installed  $dest"
+  changed=$((changed + 1))
+}
+
+# link_file TARGET LINK: LINK becomes a hard link to TARGET, through a temp link renamed over LINK.
+link_file() {
+  local target="$1" link="$2"
+  if [ "$link" -ef "$target" ] && [ ! -L "$link" ]; then
+    say "unchanged  $link (hard link to $(basename "$target"))"
+    unchanged=$((unchanged + 1))
+    return
+  fi
+  local tmp="$(dirname "$link")/.$(basename "$link").new.$$"
+  tmp_files+=("$tmp")
+  rm -f "$tmp"
+  ln "$target" "$tmp"
+  mv -fT "$tmp" "$link"
+  say "linked     $link -> $(basename "$target") (hard link)"
+  changed=$((changed + 1))
+}
+
+remove_file() {
+  if [ -e "$1" ] || [ -L "$1" ]; then
+    rm -f "$1"
+    say "removed    $1"
+    changed=$((changed + 1))
+  else
+    say "absent     $1"
+    unchanged=$((unchanged + 1))
+  fi
+}
+
+units=(berthd.service berthd.socket)
+
+if [ "$uninstall" = true ]; then
+  for name in berth-bridge berth-ipam berth; do remove_file "$prefix/$name"; done
+  if [ "$systemd" = true ]; then
+    for unit in "${units[@]}"; do remove_file "$systemd_dir/$unit"; done
+  fi
+  say "$changed removed, $unchanged already absent (leases, /etc/cni/net.d and /var/lib/berth are kept)"
+  exit 0
+fi
+
+exe="$from/berth"
+[ -f "$exe" ] || { echo "install.sh: $exe not found: build it with \`npm run package\` (or pass --from DIR)" >&2; exit 1; }
+version="$("$exe" --version)" || { echo "install.sh: $exe --version failed: not a working berth executable" >&2; exit 1; }
+say "from $exe: $version"
+
+mkdir -p "$prefix"
+install_file "$exe" "$prefix/berth" 755
+link_file "$prefix/berth" "$prefix/berth-bridge"
+link_file "$prefix/berth" "$prefix/berth-ipam"
+
+if [ -n "$conf" ]; then
+  [ -f "$conf" ] || { echo "install.sh: --conf: $conf not found" >&2; exit 1; }
+  dest="$conf_dir/$(basename "$conf")"
+  if [ -e "$dest" ] && ! cmp -s "$conf" "$dest"; then
+    say "kept       $dest (exists and differs from $conf: not overwritten)"
+    unchanged=$((unchanged + 1))
+  else
+    mkdir -p "$conf_dir"
+    install_file "$conf" "$dest" 644
+  fi
+fi
+
+if [ "$systemd" = true ]; then
+  units_changed=$changed
+  for unit in "${units[@]}"; do
+    src="$repo/conf/$unit"
+    if [ ! -f "$src" ]; then
+      say "skipped    $unit (no $src in this tree)"
+      continue
+    fi
+    mkdir -p "$systemd_dir"
+    # The units name /opt/cni/bin/berth; point them at the prefix actually used.
+    rendered="$(mktemp)"
+    tmp_files+=("$rendered")
+    sed "s#/opt/cni/bin/#${prefix%/}/#g" "$src" >"$rendered"
+    install_file "$rendered" "$systemd_dir/$unit" 644
+  done
+  if [ "$changed" -gt "$units_changed" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+    systemctl daemon-reload
+    say "ran        systemctl daemon-reload (enable with: systemctl enable --now berthd.socket)"
+  fi
+fi
+
+if [ "$changed" -eq 0 ]; then
+  say "nothing to do: all $unchanged already up to date"
+else
+  say "$changed changed, $unchanged unchanged"
+fi
