@@ -15,6 +15,7 @@ import { hostNetlink, isCode, netnsNetlink, readSysctl, trySysctl, writeSysctl, 
 import { withNetworkLock } from './lock';
 import { addMasquerade, removeMasquerade } from './masquerade';
 import { attachmentTag, nftTable, systemNft } from './nft';
+import { registerAttachment, unregisterAttachment } from './registry';
 import { addSpoofCheck, removeSpoofCheck } from './spoofcheck';
 import { UndoStack } from './undo';
 
@@ -344,6 +345,8 @@ export async function cmdAdd(req: Request): Promise<Result> {
         host.deleteLink(v.host.index).catch((e) => (isCode(e, 'ENODEV') ? undefined : Promise.reject(e))),
       );
       await configurePort(ctx, { bridge: b.link, veth: v.host, alias: tag });
+      registerAttachment(req.env, conf.network, tag);
+      undo.push('unregister attachment', async () => unregisterAttachment(req.env, conf.network, tag));
       return { bridge: b.link, veth: v };
     });
     fault(req, 'after-veth');

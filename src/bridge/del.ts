@@ -10,6 +10,7 @@ import { hostNetlink, isCode, netnsNetlink, type Netlink } from './kernel';
 import { withNetworkLock } from './lock';
 import { removeMasquerade } from './masquerade';
 import { attachmentTag, nftTable, systemNft } from './nft';
+import { unregisterAttachment } from './registry';
 import { removeSpoofCheck } from './spoofcheck';
 
 /** Deletes the container interface inside the namespace; false when the namespace is gone. */
@@ -83,6 +84,11 @@ export async function cmdDel(req: Request): Promise<void> {
     });
   } catch (err) {
     note('remove nftables entries', err);
+  }
+  try {
+    unregisterAttachment(req.env, conf.network, tag);
+  } catch (err) {
+    note('unregister attachment', err);
   }
 
   if (firstError !== undefined) {

@@ -10,6 +10,7 @@ import { hostNetlink, isCode } from './kernel';
 import { withNetworkLock } from './lock';
 import { removeMasquerade } from './masquerade';
 import { attachmentTag, nftTable, systemNft } from './nft';
+import { registeredElsewhere, registeredTags, unregisterAttachment } from './registry';
 import { removeSpoofCheck } from './spoofcheck';
 
 /** An alias berth wrote: `<containerID>/<ifname>` (ifname has no '/'). */
@@ -30,6 +31,8 @@ export async function cmdGc(req: Request): Promise<void> {
         for (const l of await host.listLinks()) {
           if (l.masterIndex !== br.index || l.kind !== 'veth' || l.alias === undefined || !TAG_RE.test(l.alias)) continue;
           if (valid.has(l.alias)) continue;
+          // A port another network registered is that network's to collect, even on a shared bridge.
+          if (registeredElsewhere(req.env, conf.network, l.alias)) continue;
           try {
             await host.deleteLink(l.index);
           } catch (err) {
@@ -41,6 +44,9 @@ export async function cmdGc(req: Request): Promise<void> {
       failures.push(`list host veths: ${(err as Error).message}`);
     } finally {
       host.close();
+    }
+    for (const tag of registeredTags(req.env, conf.network)) {
+      if (!valid.has(tag)) unregisterAttachment(req.env, conf.network, tag);
     }
     const scope = { nft: systemNft, table: nftTable(req.env), network: conf.network };
     try {

@@ -84,6 +84,22 @@ describe('GC', () => {
     expect(fx.nftList('inet')).toContain('podX/eth0');
   });
 
+  it('two networks sharing one bridge: GC of one never takes the ports of the other', async () => {
+    const bridge = fx.bridge();
+    const netA = conf({ name: `${fx.prefix}na`, bridge, ipam: {}, isGateway: false, ipMasq: false });
+    const netB = conf({ name: `${fx.prefix}nb`, bridge, ipam: {}, isGateway: false, ipMasq: false });
+    const nsA = fx.netns();
+    const nsB = fx.netns();
+    const a = await fx.run({ command: 'ADD', conf: netA, containerId: 'podA', netns: nsA.path, ifname: 'eth0' });
+    const b = await fx.run({ command: 'ADD', conf: netB, containerId: 'podB', netns: nsB.path, ifname: 'eth1' });
+    expect(a.code, a.stdout).toBe(0);
+    expect(b.code, b.stdout).toBe(0);
+    expect((await fx.run({ command: 'GC', conf: netA })).code).toBe(0);
+    expect(fx.ports(bridge).map((l: any) => l.ifname)).toEqual([b.json.interfaces[1].name]);
+    expect((await fx.run({ command: 'GC', conf: netB })).code).toBe(0);
+    expect(fx.ports(bridge)).toEqual([]);
+  });
+
   it('reports a failing IPAM GC but still cleans up its own state', async () => {
     const c = conf();
     await threePods(c);

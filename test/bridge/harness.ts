@@ -145,7 +145,9 @@ export class Fixture {
     this.bridges.clear();
     for (const family of ['inet', 'bridge']) trySh('nft', ['delete', 'table', family, this.nftTable]);
     for (const [key, value] of this.sysctls) trySh('sysctl', ['-qw', `${key}=${value}`]);
-    for (const f of readdirSync(this.dataDir)) rmSync(join(this.dataDir, f), { recursive: true, force: true });
+    for (const dir of [this.dataDir, this.runDir]) {
+      for (const f of readdirSync(dir)) rmSync(join(dir, f), { recursive: true, force: true });
+    }
   }
 
   dispose(): void {

@@ -1,0 +1,64 @@
+// Which network each tagged host veth belongs to, so that GC of one network never removes the ports of
+// another network sharing its bridge: one small file per attachment under the run dir (tmpfs, so it lives
+// exactly as long as the veths do).
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { networkKey, runDir } from './lock';
+
+type Env = Record<string, string | undefined>;
+
+function baseDir(env: Env): string {
+  return join(runDir(env), 'bridge');
+}
+
+function networkDir(env: Env, network: string): string {
+  return join(baseDir(env), `${networkKey(network)}.attachments`);
+}
+
+function fileOf(tag: string): string {
+  return createHash('sha256').update(tag).digest('hex').slice(0, 24);
+}
+
+export function registerAttachment(env: Env, network: string, tag: string): void {
+  const dir = networkDir(env, network);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  writeFileSync(join(dir, fileOf(tag)), tag, { mode: 0o600 });
+}
+
+export function unregisterAttachment(env: Env, network: string, tag: string): void {
+  rmSync(join(networkDir(env, network), fileOf(tag)), { force: true });
+}
+
+/** True when another network (not `network`) has registered this tag. */
+export function registeredElsewhere(env: Env, network: string, tag: string): boolean {
+  const mine = `${networkKey(network)}.attachments`;
+  let dirs: string[];
+  try {
+    dirs = readdirSync(baseDir(env)).filter((d) => d.endsWith('.attachments') && d !== mine);
+  } catch {
+    return false;
+  }
+  const file = fileOf(tag);
+  return dirs.some((d) => existsSync(join(baseDir(env), d, file)));
+}
+
+/** The tags registered for a network. */
+export function registeredTags(env: Env, network: string): string[] {
+  const dir = networkDir(env, network);
+  let files: string[];
+  try {
+    files = readdirSync(dir);
+  } catch {
+    return [];
+  }
+  const tags: string[] = [];
+  for (const f of files) {
+    try {
+      tags.push(readFileSync(join(dir, f), 'utf8'));
+    } catch {
+      // removed meanwhile
+    }
+  }
+  return tags;
+}
