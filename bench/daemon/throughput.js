@@ -108,6 +108,17 @@ async function main() {
   try {
     await waitReady();
     console.log(`berthd bench: ${os.cpus().length} CPUs, load ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}, ${seconds}s per round, data dir on ${dataDir}`);
+    // What the disk costs right now: a pair needs at least two creates and two removals (lease file and
+    // its attachment record), so this bounds pairs/s from above whatever the daemon does.
+    const cal = join(dir, 'calibrate');
+    fs.mkdirSync(cal);
+    const t0 = process.hrtime.bigint();
+    for (let i = 0; i < 2000; i++) {
+      fs.writeFileSync(join(cal, String(i)), 'ctr\r\neth0', { flag: 'wx' });
+      fs.unlinkSync(join(cal, String(i)));
+    }
+    const us = Number(process.hrtime.bigint() - t0) / 2000 / 1000;
+    console.log(`file create+remove in that directory: ${us.toFixed(0)} µs → at most ${Math.round(1e6 / (2 * us))} pairs/s on one thread`);
     for (const c of clientCounts) await round(c);
     const left = fs.readdirSync(join(dataDir, 'btbench')).filter((f) => /^\d/.test(f));
     console.log(`leases left after the runs: ${left.length}`);

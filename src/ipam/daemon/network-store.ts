@@ -595,12 +595,6 @@ export class NetworkStore implements LeaseStore {
     await fsp.rename(tmp, target);
   }
 
-  private writeAtomic(target: string, data: string): void {
-    const tmp = join(this.p.tmp, `berthd-${process.pid}-${tmpSeq++}`);
-    fs.writeFileSync(tmp, data, { mode: 0o600, flag: 'wx' });
-    fs.renameSync(tmp, target);
-  }
-
   /**
    * Writes what lease-file-store keeps beside the IP files: cursors, attachment records, then the directory
    * sentinel and state.json, so that a plugin on the files next trusts the index instead of rebuilding it.
@@ -646,6 +640,6 @@ export class NetworkStore implements LeaseStore {
     const bootId = tx.bootSeen ? this.opts.bootId : (this.indexState.bootId ?? this.opts.bootId);
     this.indexState = { gen, bootId };
     // A new generation also retires lease-file-store's occupancy bitmaps, which it rebuilds from the files.
-    this.writeAtomic(this.p.state, JSON.stringify({ v: 1, gen, dirMtimeNs: this.knownMtime.toString(), bootId }));
+    await this.writeAtomicAsync(this.p.state, JSON.stringify({ v: 1, gen, dirMtimeNs: this.knownMtime.toString(), bootId }));
   }
 }

@@ -103,7 +103,9 @@ export class BerthServer {
       this.o.metrics.inc('berthd_requests_total', 'Requests answered, by route and HTTP status.', { route, status: String(status) });
       this.send(res, status, JSON.stringify(cni.toJSON()));
     } finally {
-      this.o.metrics.observeLatency(route, Number(process.hrtime.bigint() - t0) / 1e9);
+      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+      this.o.metrics.observeLatency(route, seconds);
+      this.o.log.log('debug', 'request', { route, status: res.statusCode, ms: Math.round(seconds * 1e6) / 1e3, gone });
       this.inFlight--;
       if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
     }
