@@ -1,6 +1,6 @@
 // berthd in-process on a temp socket and temp data dir (any user): the daemon's store against the files
 // and lease-file-store's index, batching, bad input, clients that leave, and the CLI's pure pieces.
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -162,6 +162,32 @@ describe('the daemon store keeps the files and lease-file-store index as the plu
     await startServer();
     const list = await callDaemon({ socket, method: 'GET', path: '/v1/leases' });
     expect((list.body as { leases: { containerId: string }[] }).leases.map((l) => l.containerId)).toEqual(['ctr-1']);
+  });
+});
+
+describe('networks that go away', () => {
+  test('an idle network whose directory was removed is forgotten and its lock file closed', async () => {
+    await startServer();
+    await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-1') });
+    const before = service.store(dataDir, 'btnet');
+    const lockFds = (): string[] =>
+      readdirSync('/proc/self/fd')
+        .map((fd) => {
+          try {
+            return readlinkSync(`/proc/self/fd/${fd}`);
+          } catch {
+            return '';
+          }
+        })
+        .filter((t) => t.startsWith(join(dataDir, 'btnet', 'lock')));
+    expect(lockFds()).toHaveLength(1);
+    expect(service.sweep()).toBe(0);
+    rmSync(dataDir, { recursive: true });
+    expect(service.sweep()).toBe(1);
+    expect(lockFds()).toEqual([]);
+    expect(service.store(dataDir, 'btnet')).not.toBe(before);
+    const r = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-2') });
+    expect((r.body as { ips: { address: string }[] }).ips[0]!.address).toBe('198.18.200.2/24');
   });
 });
 

@@ -130,6 +130,11 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
     log.log('info', 'metrics listening', { address: o.metricsAddress });
   }
   o.onListening?.({ socket: socketPath });
+  const sweeper = setInterval(() => {
+    const n = service.sweep();
+    if (n > 0) log.log('debug', 'forgot networks whose directory is gone', { count: n });
+  }, 60_000);
+  sweeper.unref();
 
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     const on = (sig: NodeJS.Signals): void => {
@@ -148,6 +153,7 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
   };
   process.once('SIGTERM', force);
   process.once('SIGINT', force);
+  clearInterval(sweeper);
   await server.shutdown();
   metricsServer?.close();
   service.close();

@@ -224,6 +224,11 @@ export class NetworkStore implements LeaseStore {
     });
   }
 
+  /** Nothing queued, running or waiting for its fsync. */
+  get isIdle(): boolean {
+    return !this.running && !this.syncing && this.unsynced.length === 0 && this.queue.length === 0;
+  }
+
   close(): void {
     if (this.lockFd !== undefined) fs.closeSync(this.lockFd);
     this.lockFd = undefined;

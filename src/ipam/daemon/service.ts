@@ -118,6 +118,22 @@ export class Service {
     for (const s of this.stores.values()) s.close();
   }
 
+  /**
+   * Forgets idle networks whose directory is gone (a temp data dir removed, a network deleted), closing
+   * their lock file; a later request for them starts afresh from the files.
+   */
+  sweep(): number {
+    let n = 0;
+    for (const [key, s] of this.stores) {
+      if (!s.isIdle || fs.existsSync(s.dir)) continue;
+      s.close();
+      this.stores.delete(key);
+      this.lastExclude.delete(s.dir);
+      n++;
+    }
+    return n;
+  }
+
   private deps(trace: CallTrace): IpamDeps {
     const metrics = this.opts.metrics;
     return {
