@@ -60,9 +60,40 @@ function nativeAddons() {
   return { berth_native: berthNative, netlink: gypBuild.path(netlinkDir) };
 }
 
-async function bundle(entry, outfile) {
+const dist = path.join(repo, 'dist');
+
+/**
+ * Where the bundle is cut (ids are paths below dist/ without .js): the modules the sources already
+ * require lazily. Each becomes a part loaded on first require (src/sea/chunks.ts); everything else that
+ * the main script reaches stays in it.
+ */
+const CHUNKS = ['bridge/plugin', 'bridge/add', 'bridge/del', 'bridge/check', 'bridge/gc-status', 'ipam/plugin', 'cli/main'];
+/**
+ * Rooms kept in the main script whole, whoever uses them: cni-spec is the contract between the
+ * dispatcher and the handlers (one CniError class), and every plugin start runs it.
+ */
+const SHARED_ROOMS = ['cni-spec'];
+
+function distId(file) {
+  const rel = path.relative(dist, file);
+  return rel.startsWith('..') || !rel.endsWith('.js') ? undefined : rel.slice(0, -3);
+}
+
+/** Resolves a relative require as Node would (file, file.js, dir/index.js); undefined for anything else. */
+function resolveRelative(spec, dir) {
+  if (!spec.startsWith('./') && !spec.startsWith('../')) return undefined;
+  const base = path.resolve(dir, spec);
+  return [base, `${base}.js`, path.join(base, 'index.js')].find((f) => fs.existsSync(f) && fs.statSync(f).isFile());
+}
+
+/**
+ * One esbuild run. `core` (ids of the main script's modules) and `chunks` become external `berth-core:` /
+ * `berth-chunk:` requires, served at run time by src/sea/chunks.ts; node-gyp-build becomes our shim that
+ * serves netlink's addon from the embedded asset.
+ */
+async function bundle({ entry, outfile, core, chunks, banner, footer }) {
   const esbuild = require('esbuild');
-  const shim = path.join(repo, 'dist', 'sea', 'node-gyp-build.js');
+  const shim = path.join(dist, 'sea', 'node-gyp-build.js');
   const result = await esbuild.build({
     entryPoints: [entry],
     outfile,
@@ -70,20 +101,28 @@ async function bundle(entry, outfile) {
     platform: 'node',
     target: 'node20',
     format: 'cjs',
-    // tsc's CommonJS output keeps each `require('./bridge/plugin')` where main.ts wrote it, and esbuild
-    // wraps every CommonJS module in a function run on first require: the plugin path still loads only
-    // its own modules (commander's body never runs for a plugin).
+    // tsc's CommonJS output keeps each `require('./x')` where the source wrote it, and esbuild wraps every
+    // CommonJS module in a function run on first require: module bodies still run only when needed.
     minifyWhitespace: true,
     minifySyntax: true,
     legalComments: 'none',
     metafile: true,
     logLevel: 'warning',
     logOverride: { 'unsupported-require-call': 'silent' }, // native-addon.ts's require(candidate), unused in the SEA
+    ...(banner !== undefined ? { banner: { js: banner }, footer: { js: footer } } : {}),
     plugins: [
       {
-        name: 'berth-sea-node-gyp-build',
+        name: 'berth-sea',
         setup(build) {
           build.onResolve({ filter: /^node-gyp-build$/ }, () => ({ path: shim }));
+          build.onResolve({ filter: /^\.\.?\// }, (args) => {
+            const file = resolveRelative(args.path, args.resolveDir);
+            const id = file === undefined ? undefined : distId(file);
+            if (id === undefined || file === entry) return undefined;
+            if (chunks.has(id)) return { path: `berth-chunk:${id}`, external: true };
+            if (core.has(id)) return { path: `berth-core:${id}`, external: true };
+            return undefined;
+          });
         },
       },
     ],
@@ -91,16 +130,89 @@ async function bundle(entry, outfile) {
   return result.metafile;
 }
 
-/** The bundle must hold what the plugins run and nothing unexpected; node-gyp-build itself must be gone. */
-function checkInputs(metafile) {
-  const inputs = Object.keys(metafile.inputs);
+/**
+ * Builds the main script and the parts. Two passes for the main script: the first finds which modules it
+ * holds, the second adds a table of them (lazy factories) that the parts require through.
+ */
+async function bundleAll() {
+  const chunks = new Set(CHUNKS);
+  for (const id of chunks) if (!fs.existsSync(path.join(dist, `${id}.js`))) fail(`dist/${id}.js missing (scripts/package.js CHUNKS is stale?)`);
+  const entry = path.join(dist, 'sea', 'entry.js');
+  const first = await bundle({ entry, outfile: path.join(work, 'probe.js'), core: new Set(), chunks });
+  fs.rmSync(path.join(work, 'probe.js'));
+  const coreIds = Object.keys(first.inputs).map((i) => distId(path.resolve(repo, i))).filter((id) => id !== undefined);
+  coreIds.push('sea/chunks');
+  for (const room of SHARED_ROOMS) {
+    for (const f of fs.readdirSync(path.join(dist, room), { recursive: true })) {
+      if (String(f).endsWith('.js')) coreIds.push(distId(path.join(dist, room, String(f))));
+    }
+  }
+
+  // The generated entry: the parts' loader first, then berth's own entry.
+  const req = (id) => `require(${JSON.stringify(path.join(dist, `${id}.js`))})`;
+  const coreEntry = path.join(work, 'core-entry.js');
+  fs.writeFileSync(
+    coreEntry,
+    [
+      "'use strict';",
+      "const sea = require('node:sea');",
+      `__berthChunkRequire = ${req('sea/chunks')}.createChunkRequire({`,
+      `  core: {\n${coreIds.map((id) => `    ${JSON.stringify(id)}: () => ${req(id)},`).join('\n')}\n  },`,
+      '  builtin: (id) => require(id),',
+      "  source: (name) => sea.getAsset(name, 'utf8'),",
+      '  bytes: (name) => new Uint8Array(sea.getRawAsset(name)),',
+      '});',
+      `${req('sea/entry')};`,
+      '',
+    ].join('\n'),
+  );
+  const mainFile = path.join(work, 'berth.js');
+  // The single executable's script gets a require() that only knows built-ins; the main script's own
+  // require (a parameter of this wrapper) sends berth-chunk: ids to the parts' loader.
+  const banner = 'var __berthChunkRequire;(function (require) {';
+  const footer = '})((r => id => id.startsWith("berth-") ? __berthChunkRequire(id) : r(id))(require));';
+  const metafiles = [await bundle({ entry: coreEntry, outfile: mainFile, core: new Set(), chunks, banner, footer })];
+
+  const { CHUNK_PREFIX, CHUNK_SUFFIX, chunkAssets } = require(path.join(dist, 'sea', 'chunks.js'));
+  const { Script } = require('node:vm');
+  const parts = [];
+  const core = new Set(coreIds);
+  const held = new Map(); // chunk id -> the dist modules its part holds
+  const loads = new Map(); // chunk id -> the parts it requires
+  for (const id of chunks) {
+    const outfile = path.join(work, 'chunk', `${id}.js`);
+    const metafile = await bundle({ entry: path.join(dist, `${id}.js`), outfile, core, chunks });
+    metafiles.push(metafile);
+    held.set(id, new Set(Object.keys(metafile.inputs).map((i) => distId(path.resolve(repo, i))).filter((m) => m !== undefined)));
+    loads.set(id, Object.values(metafile.outputs).flatMap((o) => o.imports.filter((i) => i.path.startsWith('berth-chunk:')).map((i) => i.path.slice(12))));
+    // The code cache is made by this same node binary, so the executable's V8 accepts it.
+    const source = fs.readFileSync(outfile, 'utf8');
+    const cacheFile = outfile.replace(/\.js$/, '.cache');
+    fs.writeFileSync(cacheFile, new Script(`${CHUNK_PREFIX}${source}${CHUNK_SUFFIX}`, { filename: `berth:${id}.js` }).createCachedData());
+    const names = chunkAssets(id);
+    parts.push({ id, size: source.length, assets: { [names.source]: outfile, [names.cache]: cacheFile } });
+  }
+  // A part and a part it loads run in one process: a module in both would exist twice (two classes, two
+  // caches). Such a module belongs in SHARED_ROOMS or in a part of its own.
+  for (const [parent, children] of loads) {
+    for (const child of children) {
+      const both = [...held.get(parent)].filter((m) => held.get(child).has(m));
+      if (both.length > 0) fail(`parts ${parent} and ${child} (loaded together) both hold ${both.join(', ')}`);
+    }
+  }
+  return { mainFile, metafiles, parts };
+}
+
+/** The bundles must hold what berth runs and nothing unexpected (node-gyp-build, for one, must be gone). */
+function checkInputs(metafiles) {
+  const inputs = new Set(metafiles.flatMap((m) => Object.keys(m.inputs)));
   const packages = new Set(
-    inputs.filter((i) => i.includes('node_modules/')).map((i) => i.replace(/^.*node_modules\/((@[^/]+\/)?[^/]+).*$/, '$1')),
+    [...inputs].filter((i) => i.includes('node_modules/')).map((i) => i.replace(/^.*node_modules\/((@[^/]+\/)?[^/]+).*$/, '$1')),
   );
   const allowed = new Set(['netlink', 'ip-address', 'commander']);
   const unexpected = [...packages].filter((p) => !allowed.has(p));
   if (unexpected.length > 0) fail(`bundle pulls in unexpected packages: ${unexpected.join(', ')}`);
-  return { modules: inputs.length, packages: [...packages].sort() };
+  return { modules: inputs.size, packages: [...packages].sort() };
 }
 
 async function main() {
@@ -108,10 +220,10 @@ async function main() {
   fs.rmSync(work, { recursive: true, force: true });
   fs.mkdirSync(work, { recursive: true });
 
-  const bundleFile = path.join(work, 'berth.js');
-  const metafile = await bundle(path.join(repo, 'dist', 'sea', 'entry.js'), bundleFile);
-  const { modules, packages } = checkInputs(metafile);
-  log(`bundled ${modules} modules (packages: ${packages.join(', ')}) into ${fs.statSync(bundleFile).size} bytes`);
+  const { mainFile: bundleFile, metafiles, parts } = await bundleAll();
+  const { modules, packages } = checkInputs(metafiles);
+  log(`bundled ${modules} modules (packages: ${packages.join(', ')}): main script ${fs.statSync(bundleFile).size} bytes; ` +
+    `parts loaded on first use: ${parts.map((p) => `${p.id} ${p.size}`).join(', ')}`);
 
   const pkg = JSON.parse(fs.readFileSync(path.join(repo, 'package.json'), 'utf8'));
   const build = { version: pkg.version, commit: buildId(), builtAt: new Date().toISOString().replace(/\.\d+Z$/, 'Z') };
@@ -130,6 +242,7 @@ async function main() {
     log(`embedding ${path.relative(repo, file)} as ${asset}`);
   }
   fs.writeFileSync(path.join(work, 'manifest.json'), JSON.stringify(manifest));
+  for (const part of parts) Object.assign(assets, part.assets);
 
   const blob = path.join(work, 'sea-prep.blob');
   const seaConfig = {
