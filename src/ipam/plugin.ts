@@ -3,8 +3,7 @@ import { runPlugin } from '../cni-spec/dispatch';
 import type { Request } from '../cni-spec/request';
 import { BOOT_ID_FILE, readBootId } from './boot-id';
 import { forwardToDaemon } from './daemon-client';
-import { type IpamDeps, add, check, del, gc, status } from './handlers';
-import { openLeaseFileStore } from './lease-file-store';
+import type { IpamDeps } from './handlers';
 
 function warn(msg: string): void {
   process.stderr.write(`${msg}\n`);
@@ -22,24 +21,35 @@ function depsFor(req: Request): IpamDeps {
     warn,
     now: () => new Date(),
     openStore: (conf) =>
-      openLeaseFileStore({ dataDir: conf.dataDir, network: conf.network, bootId: bootId ?? 'unknown', warn }),
+      (require('./lease-file-store') as typeof import('./lease-file-store')).openLeaseFileStore({
+        dataDir: conf.dataDir,
+        network: conf.network,
+        bootId: bootId ?? 'unknown',
+        warn,
+      }),
   };
 }
 
-/** berthd answers when its socket does; otherwise the files (so DEL never fails because the daemon is down). */
-async function served<T>(req: Request, direct: (req: Request, deps: IpamDeps) => Promise<T>): Promise<T> {
+type Handlers = typeof import('./handlers');
+
+/**
+ * berthd answers when its socket does; otherwise the files (so DEL never fails because the daemon is down).
+ * The handlers and the file store load only then: when the daemon answers they are ~10 ms of unused start-up.
+ */
+async function served<T>(req: Request, pick: (h: Handlers) => (req: Request, deps: IpamDeps) => Promise<T>): Promise<T> {
   const reply = await forwardToDaemon(req, warn);
-  return reply === undefined ? direct(req, depsFor(req)) : (reply.result as T);
+  if (reply !== undefined) return reply.result as T;
+  return pick(require('./handlers') as Handlers)(req, depsFor(req));
 }
 
 export function main(): void {
   runPlugin(
     {
-      add: (req) => served(req, add),
-      del: (req) => served(req, del),
-      check: (req) => served(req, check),
-      gc: (req) => served(req, gc),
-      status: (req) => served(req, status),
+      add: (req) => served(req, (h) => h.add),
+      del: (req) => served(req, (h) => h.del),
+      check: (req) => served(req, (h) => h.check),
+      gc: (req) => served(req, (h) => h.gc),
+      status: (req) => served(req, (h) => h.status),
     },
     { name: 'berth-ipam' },
   );
