@@ -297,6 +297,36 @@ describe('clients that leave', () => {
   });
 });
 
+describe('log and metrics formats', () => {
+  test('text lines for people, JSON lines for collectors, below-level lines dropped', () => {
+    const out: string[] = [];
+    const now = () => new Date('2026-01-01T00:00:00Z');
+    createLogger({ format: 'text', level: 'info', write: (l) => out.push(l), now }).log('info', 'listening', { socket: '/run/x.sock', n: 2 });
+    createLogger({ format: 'json', level: 'info', write: (l) => out.push(l), now }).log('warn', 'odd', { why: 'a b' });
+    createLogger({ format: 'json', level: 'warn', write: (l) => out.push(l), now }).log('info', 'dropped');
+    expect(out).toEqual([
+      '2026-01-01T00:00:00.000Z INFO listening socket=/run/x.sock n=2\n',
+      '{"time":"2026-01-01T00:00:00.000Z","level":"warn","msg":"odd","why":"a b"}\n',
+    ]);
+  });
+
+  test('Prometheus text: counters with labels, gauges, cumulative histogram buckets', () => {
+    const m = new Metrics();
+    m.inc('berthd_allocations_total', 'Addresses handed out.', { network: 'n"1' });
+    m.inc('berthd_allocations_total', 'Addresses handed out.', { network: 'n"1' }, 2);
+    m.observeLatency('POST /v1/allocate', 0.0007);
+    m.observeLatency('POST /v1/allocate', 0.02);
+    const text = m.render([{ name: 'berthd_pool_free', help: 'Free.', labels: { network: 'n' }, value: 7 }]);
+    expect(text).toContain('# TYPE berthd_allocations_total counter\nberthd_allocations_total{network="n\\"1"} 3\n');
+    expect(text).toContain('# TYPE berthd_pool_free gauge\nberthd_pool_free{network="n"} 7\n');
+    expect(text).toContain('berthd_request_duration_seconds_bucket{route="POST /v1/allocate",le="0.0005"} 0\n');
+    expect(text).toContain('berthd_request_duration_seconds_bucket{route="POST /v1/allocate",le="0.001"} 1\n');
+    expect(text).toContain('berthd_request_duration_seconds_bucket{route="POST /v1/allocate",le="0.025"} 2\n');
+    expect(text).toContain('berthd_request_duration_seconds_bucket{route="POST /v1/allocate",le="+Inf"} 2\n');
+    expect(text).toContain('berthd_request_duration_seconds_count{route="POST /v1/allocate"} 2\n');
+  });
+});
+
 describe('CLI pieces', () => {
   test('valid-attachment lists: JSON as in cni.dev/valid-attachments, or lines', () => {
     expect(parseValidList('[{"containerID":"a","ifname":"eth0"}]')).toEqual([{ containerID: 'a', ifname: 'eth0' }]);
