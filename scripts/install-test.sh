@@ -132,9 +132,10 @@ commit="$(git -C "$repo" rev-parse --short=12 HEAD)"
 reports_build() {
   local out
   out="$(env -i PATH="$tools" "$prefix/berth" --version)" && echo "$out" &&
-    grep -q "berth $version (build $commit" <<<"$out" && grep -q 'single executable' <<<"$out"
+    grep -q "berth $version (build $commit" <<<"$out" && grep -q 'single executable' <<<"$out" &&
+    grep -q 'code cache accepted' <<<"$out"
 }
-check "berth --version reports version $version and build $commit" reports_build
+check "berth --version reports version $version, build $commit, code cache accepted" reports_build
 for exe in berth-bridge berth-ipam; do
   check "$exe answers VERSION without node" \
     bash -c "env -i PATH='$tools' CNI_COMMAND=VERSION '$prefix/$exe' </dev/null | jq -e '.supportedVersions | index(\"1.1.0\") and index(\"0.1.0\")'"

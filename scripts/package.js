@@ -166,17 +166,29 @@ async function bundleAll() {
       '',
     ].join('\n'),
   );
-  const mainFile = path.join(work, 'berth.js');
-  // The single executable's script gets a require() that only knows built-ins; the main script's own
-  // require (a parameter of this wrapper) sends berth-chunk: ids to the parts' loader.
+  // The program's own require() only knows built-ins (the single executable's, handed on by the
+  // bootstrap); the bundle's require (a parameter of this wrapper) sends berth-chunk: ids to the parts' loader.
   const banner = 'var __berthChunkRequire;(function (require) {';
   const footer = '})((r => id => id.startsWith("berth-") ? __berthChunkRequire(id) : r(id))(require));';
-  const metafiles = [await bundle({ entry: coreEntry, outfile: mainFile, core: new Set(), chunks, banner, footer })];
+  const coreFile = path.join(work, 'chunk', 'core.js');
+  const metafiles = [await bundle({ entry: coreEntry, outfile: coreFile, core: new Set(), chunks, banner, footer })];
+  // The executable's main script: compiles the bundle above with its code cache.
+  const mainFile = path.join(work, 'berth.js');
+  metafiles.push(await bundle({ entry: path.join(dist, 'sea', 'bootstrap.js'), outfile: mainFile, core: new Set(), chunks: new Set() }));
 
   const { CHUNK_PREFIX, CHUNK_SUFFIX, chunkAssets } = require(path.join(dist, 'sea', 'chunks.js'));
   const { Script } = require('node:vm');
   const parts = [];
   const core = new Set(coreIds);
+  const compileCache = (id, file) => {
+    // A cache of compiling only; scripts/sea/train.js replaces those of the scripts a VERSION start runs.
+    const cacheFile = file.replace(/\.js$/, '.cache');
+    const source = fs.readFileSync(file, 'utf8');
+    fs.writeFileSync(cacheFile, new Script(`${CHUNK_PREFIX}${source}${CHUNK_SUFFIX}`, { filename: `berth:${id}.js` }).createCachedData());
+    const names = chunkAssets(id);
+    return { id, size: source.length, assets: { [names.source]: file, [names.cache]: cacheFile } };
+  };
+  parts.push(compileCache('core', coreFile));
   const held = new Map(); // chunk id -> the dist modules its part holds
   const loads = new Map(); // chunk id -> the parts it requires
   for (const id of chunks) {
@@ -186,11 +198,7 @@ async function bundleAll() {
     held.set(id, new Set(Object.keys(metafile.inputs).map((i) => distId(path.resolve(repo, i))).filter((m) => m !== undefined)));
     loads.set(id, Object.values(metafile.outputs).flatMap((o) => o.imports.filter((i) => i.path.startsWith('berth-chunk:')).map((i) => i.path.slice(12))));
     // The code cache is made by this same node binary, so the executable's V8 accepts it.
-    const source = fs.readFileSync(outfile, 'utf8');
-    const cacheFile = outfile.replace(/\.js$/, '.cache');
-    fs.writeFileSync(cacheFile, new Script(`${CHUNK_PREFIX}${source}${CHUNK_SUFFIX}`, { filename: `berth:${id}.js` }).createCachedData());
-    const names = chunkAssets(id);
-    parts.push({ id, size: source.length, assets: { [names.source]: outfile, [names.cache]: cacheFile } });
+    parts.push(compileCache(id, outfile));
   }
   // A part and a part it loads run in one process: a module in both would exist twice (two classes, two
   // caches). Such a module belongs in SHARED_ROOMS or in a part of its own.
@@ -215,6 +223,34 @@ function checkInputs(metafiles) {
   return { modules: inputs.size, packages: [...packages].sort() };
 }
 
+/** Which scripts each training start leaves warm caches for (scripts/sea/train.js). */
+const TRAINING = [
+  { program: 'berth-bridge', ids: ['core', 'bridge/plugin'] },
+  { program: 'berth-ipam', ids: ['ipam/plugin'] },
+];
+
+function train(assets, bootstrap) {
+  const assetsFile = path.join(work, 'assets.json');
+  fs.writeFileSync(assetsFile, JSON.stringify(assets));
+  for (const { program, ids } of TRAINING) {
+    const run = spawnSync(process.execPath, [path.join(__dirname, 'sea', 'train.js'), assetsFile, bootstrap, program, ...ids], {
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', CNI_COMMAND: 'VERSION' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      encoding: 'utf8',
+    });
+    let answer;
+    try {
+      answer = JSON.parse(run.stdout);
+    } catch {
+      answer = undefined;
+    }
+    if (run.status !== 0 || !Array.isArray(answer?.supportedVersions)) {
+      fail(`training start of ${program} failed (exit ${run.status}):\n${run.stdout}${run.stderr}`);
+    }
+  }
+  log(`warm code caches from VERSION starts: ${TRAINING.map((t) => `${t.program} (${t.ids.join(', ')})`).join('; ')}`);
+}
+
 async function main() {
   if (!fs.existsSync(path.join(repo, 'dist', 'sea', 'entry.js'))) fail('dist/sea/entry.js missing: run `npm run build` first');
   fs.rmSync(work, { recursive: true, force: true });
@@ -222,8 +258,8 @@ async function main() {
 
   const { mainFile: bundleFile, metafiles, parts } = await bundleAll();
   const { modules, packages } = checkInputs(metafiles);
-  log(`bundled ${modules} modules (packages: ${packages.join(', ')}): main script ${fs.statSync(bundleFile).size} bytes; ` +
-    `parts loaded on first use: ${parts.map((p) => `${p.id} ${p.size}`).join(', ')}`);
+  log(`bundled ${modules} modules (packages: ${packages.join(', ')}): bootstrap ${fs.statSync(bundleFile).size} bytes; ` +
+    `parts: ${parts.map((p) => `${p.id} ${p.size}`).join(', ')}`);
 
   const pkg = JSON.parse(fs.readFileSync(path.join(repo, 'package.json'), 'utf8'));
   const build = { version: pkg.version, commit: buildId(), builtAt: new Date().toISOString().replace(/\.\d+Z$/, 'Z') };
@@ -243,6 +279,7 @@ async function main() {
   }
   fs.writeFileSync(path.join(work, 'manifest.json'), JSON.stringify(manifest));
   for (const part of parts) Object.assign(assets, part.assets);
+  train(assets, bundleFile);
 
   const blob = path.join(work, 'sea-prep.blob');
   const seaConfig = {
