@@ -79,8 +79,9 @@ export async function cmdDel(req: Request): Promise<void> {
   const scope = { nft: systemNft, table: nftTable(req.env), network: conf.network };
   try {
     await withNetworkLock({ network: conf.network, env: req.env }, async () => {
-      await removeMasquerade(scope, (t) => t === tag);
-      await removeSpoofCheck(scope, (t) => t === tag);
+      // Two tables, two independent nft processes: run them side by side, both finished before the lock goes.
+      const outcomes = await Promise.allSettled([removeMasquerade(scope, (t) => t === tag), removeSpoofCheck(scope, (t) => t === tag)]);
+      for (const o of outcomes) if (o.status === 'rejected') throw o.reason;
     });
   } catch (err) {
     note('remove nftables entries', err);
