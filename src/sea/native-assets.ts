@@ -1,6 +1,5 @@
 // Native addons inside the single executable: a .node file can only be dlopen()ed from disk, so each
 // embedded addon is written once to a root-owned directory under its content hash and loaded from there.
-import { createHash } from 'node:crypto';
 import { closeSync, fsyncSync, lstatSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 
@@ -95,6 +94,8 @@ export function extractAddon(name: string, env: NodeJS.ProcessEnv = process.env)
   assertPrivateDir(dir);
   if (trustedFile(file)) return file;
   const bytes = new Uint8Array(sea().getRawAsset(entry.asset) as ArrayBuffer);
+  // Required here: only a first extraction needs node:crypto, which is slow to load.
+  const { createHash } = require('node:crypto') as typeof import('node:crypto');
   const actual = createHash('sha256').update(bytes).digest('hex');
   if (actual !== entry.sha256) throw new Error(`embedded addon ${name} is corrupt (sha256 ${actual}, expected ${entry.sha256})`);
   writeAtomically(file, bytes);
