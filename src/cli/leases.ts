@@ -1,6 +1,7 @@
 // `berth leases`: who holds which address, as a table for people or JSON for scripts, one lease in detail,
 // and releasing one by hand (asked for confirmation, since the pod holding it loses its address).
 import { type AdminBackend, type BackendOptions, openAdminBackend } from '../ipam/daemon/admin-backend';
+import { formatIp, parseIp } from '../ipam/address';
 import type { LeaseView } from '../ipam/daemon/protocol';
 
 export interface CliIo {
@@ -109,9 +110,15 @@ export function terminalAsk(): ((q: string) => Promise<string>) | undefined {
 
 export async function runLeasesRelease(ip: string, o: ReleaseOptions, io: CliIo): Promise<number> {
   return withBackend(o, io, async (b) => {
-    const held = (await b.show(ip, filterOf(o))).filter((l) => l.ip === ip || l.ip === ip.toLowerCase());
+    const want = parseIp(ip);
+    if (want === undefined) {
+      io.err(`berth: ${JSON.stringify(ip)} is not an IP address\n`);
+      return 1;
+    }
+    const canonical = formatIp(want);
+    const held = (await b.show(canonical, filterOf(o))).filter((l) => l.ip === canonical);
     if (held.length === 0) {
-      io.err(`berth: no lease holds ${ip}\n`);
+      io.err(`berth: no lease holds ${canonical}\n`);
       return 1;
     }
     if (o.yes !== true) {
@@ -126,7 +133,7 @@ export async function runLeasesRelease(ip: string, o: ReleaseOptions, io: CliIo)
         return 1;
       }
     }
-    const r = await b.release(ip, filterOf(o));
+    const r = await b.release(canonical, filterOf(o));
     if (o.json === true) io.out(`${JSON.stringify(r, null, 2)}\n`);
     else for (const l of r.released) io.out(`released ${l.ip} (network ${l.network}, container ${l.containerId}${l.ifname ? `/${l.ifname}` : ''})\n`);
     return 0;

@@ -17,7 +17,7 @@ import { add as fileAdd } from '../../src/ipam/handlers';
 import { openLeaseFileStore } from '../../src/ipam/lease-file-store';
 import { loadNativeAddon } from '../../src/native-addon';
 import { parseValidList } from '../../src/cli/gc';
-import { age, leaseTable } from '../../src/cli/leases';
+import { age, leaseTable, runLeasesRelease } from '../../src/cli/leases';
 
 const BOOT = 'boot-test-1';
 
@@ -335,6 +335,26 @@ describe('CLI pieces', () => {
       { containerID: 'b', ifname: 'net1' },
     ]);
     expect(() => parseValidList('a b c')).toThrow(/line 1/);
+  });
+
+  test('leases release asks on the terminal and does what the answer says', async () => {
+    await startServer();
+    const r = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-ask') });
+    const ip = (r.body as { ips: { address: string }[] }).ips[0]!.address.split('/')[0]!;
+    const out: string[] = [];
+    const io = { out: (x: string) => void out.push(x), err: (x: string) => void out.push(x) };
+    const questions: string[] = [];
+    const ask = (answer: string) => async (q: string): Promise<string> => {
+      questions.push(q);
+      return answer;
+    };
+    expect(await runLeasesRelease(ip, { socket, ask: ask('n') }, io)).toBe(1);
+    expect(questions[0]).toMatch(new RegExp(`^Release ${ip.replace(/\./g, '\\.')} in network btnet, held by ctr-ask/eth0\\?`));
+    expect(leaseFiles().has(ip)).toBe(true);
+    expect(await runLeasesRelease('not-an-ip', { socket, yes: true }, io)).toBe(1);
+    expect(await runLeasesRelease(ip, { socket, ask: ask('yes') }, io)).toBe(0);
+    expect(leaseFiles().has(ip)).toBe(false);
+    expect(out.join('')).toContain(`released ${ip} (network btnet, container ctr-ask/eth0)`);
   });
 
   test('lease table and ages', () => {
