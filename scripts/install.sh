@@ -119,6 +119,8 @@ if [ "$uninstall" = true ]; then
   exit 0
 fi
 
+# Checked before anything is written, so a bad option leaves the host as it was.
+if [ -n "$conf" ] && [ ! -f "$conf" ]; then echo "install.sh: --conf: $conf not found" >&2; exit 1; fi
 exe="$from/berth"
 [ -f "$exe" ] || { echo "install.sh: $exe not found: build it with \`npm run package\` (or pass --from DIR)" >&2; exit 1; }
 version="$("$exe" --version)" || { echo "install.sh: $exe --version failed: not a working berth executable" >&2; exit 1; }
@@ -130,7 +132,6 @@ link_file "$prefix/berth" "$prefix/berth-bridge"
 link_file "$prefix/berth" "$prefix/berth-ipam"
 
 if [ -n "$conf" ]; then
-  [ -f "$conf" ] || { echo "install.sh: --conf: $conf not found" >&2; exit 1; }
   dest="$conf_dir/$(basename "$conf")"
   if [ -e "$dest" ] && ! cmp -s "$conf" "$dest"; then
     say "kept       $dest (exists and differs from $conf: not overwritten)"
