@@ -165,6 +165,33 @@ describe('the daemon store keeps the files and lease-file-store index as the plu
   });
 });
 
+describe('a plugin holding a network\'s flock', () => {
+  test('delays only that network: the daemon keeps serving others and /v1/health, then finishes the wait', async () => {
+    await startServer();
+    const netDir = join(dataDir, 'btnet');
+    mkdirSync(netDir, { recursive: true });
+    const fd = openSync(join(netDir, 'lock'), 'a');
+    const addon = loadNativeAddon();
+    expect(addon.flock(fd, 'ex', true)).toBe(true);
+    let waiting: Promise<{ status: number; body: unknown }>;
+    try {
+      waiting = callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-waits') });
+      await expect.poll(() => service.batchStats().lockWaits, { timeout: 5000 }).toBeGreaterThan(0);
+      // The event loop is free: another network and the health route answer meanwhile.
+      const other = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-other', 'btother') });
+      expect(other.status).toBe(200);
+      expect((await callDaemon({ socket, method: 'GET', path: '/v1/health' })).status).toBe(200);
+      expect(leaseFiles()).toEqual(new Map());
+    } finally {
+      addon.flock(fd, 'un');
+      closeSync(fd);
+    }
+    const done = await waiting;
+    expect(done.status).toBe(200);
+    expect([...leaseFiles().values()]).toEqual(['ctr-waits\r\neth0']);
+  });
+});
+
 describe('networks that go away', () => {
   test('an idle network whose directory was removed is forgotten and its lock file closed', async () => {
     await startServer();
