@@ -1,0 +1,22 @@
+// How the multi-call program knows which of its names it was started under: the launchers' script, or,
+// in the single executable, the caller's argv[0] (argv[1] there) and the executable's own path.
+import { describe, expect, it } from 'vitest';
+import { programFromInvocation } from '../../src/main';
+
+describe('programFromInvocation', () => {
+  it.each([
+    // [argv, execPath, expected]
+    [['/usr/bin/node', '/repo/bin/berth-bridge'], '/usr/bin/node', 'berth-bridge'],
+    [['/usr/bin/node', '/repo/dist/main.js'], '/usr/bin/node', 'main'],
+    // single executable: argv = [execPath, argv0, ...args]
+    [['/opt/cni/bin/berth-ipam', '/opt/cni/bin/berth-ipam'], '/opt/cni/bin/berth-ipam', 'berth-ipam'],
+    [['/opt/cni/bin/berth', 'berth', 'exec', 'add'], '/opt/cni/bin/berth', 'berth'],
+    // a caller that sets argv[0] to something else: the hard link's name in execPath decides
+    [['/opt/cni/bin/berth-bridge', 'cni-plugin'], '/opt/cni/bin/berth-bridge', 'berth-bridge'],
+    // a symlink named berth-ipam resolves to berth in execPath, but argv[0] keeps the name
+    [['/opt/cni/bin/berth', '/usr/local/bin/berth-ipam'], '/opt/cni/bin/berth', 'berth-ipam'],
+    [['/opt/cni/bin/berth', '--version'], '/opt/cni/bin/berth', 'berth'],
+  ] as const)('%j with execPath %s is %s', (argv, execPath, expected) => {
+    expect(programFromInvocation(argv, execPath)).toBe(expected);
+  });
+});
