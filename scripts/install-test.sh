@@ -210,9 +210,11 @@ check "$P-c got its address $c and reaches $P-a" bash -c "[[ '$c' == 198.19.200.
 check "--version now reports build 2" bash -c "[ \"\$(env -i PATH='$tools' '$prefix/berth' --version)\" = \"\$(env -i PATH='$tools' '$tmp/build2/berth' --version)\" ]"
 
 # --- the extraction dir must be private ---------------------------------------------------------------
+# berthd off for these (a daemon would take the ADD without berth-ipam loading its addon).
+jq '.ipam.daemonSocket = false' "$tmp/conf.json" >"$tmp/conf-files.json"
 ipam_add() { # native dir
   env -i PATH="$tools" BERTH_NATIVE_DIR="$1" CNI_COMMAND=ADD CNI_CONTAINERID="$P-x" CNI_NETNS=/run/netns/none \
-    CNI_IFNAME=eth0 CNI_PATH="$prefix" "$prefix/berth-ipam" <"$tmp/conf.json"
+    CNI_IFNAME=eth0 CNI_PATH="$prefix" "$prefix/berth-ipam" <"$tmp/conf-files.json"
 }
 mkdir -m 777 "$tmp/world"
 refused_dir() { # dir, message pattern: ipam ADD fails with a CNI error naming the problem, dir stays empty
