@@ -263,6 +263,7 @@ class FileSession implements LeaseSession {
   private names: string[] | undefined;
   private rebuilt = false;
   private bootSeen = false;
+  private builtBitmaps = false;
 
   constructor(
     private readonly p: Paths,
@@ -278,11 +279,10 @@ class FileSession implements LeaseSession {
     return this.opts.now?.() ?? new Date();
   }
 
+  /** Something to persist: lease changes, a rebuilt index or bitmap, a newly seen boot. */
   get dirty(): boolean {
     return this.changes.size > 0 || this.rebuilt || this.bootSeen || this.dirtyRecords.size > 0 || this.builtBitmaps;
   }
-
-  private builtBitmaps = false;
 
   private listNames(): string[] {
     if (this.names === undefined) this.names = fs.readdirSync(this.p.dir);
