@@ -87,6 +87,8 @@ echo "# install-test: prefix=$prefix network=$net bridge=$br"
 if [ ! -f "$repo/dist/sea/entry.js" ] || [ ! -f "$repo/native/build/Release/berth_native.node" ]; then
   (cd "$repo" && npm run build >&2)
 fi
+# The commit the builds should name (others may commit to a shared tree meanwhile: either end is fine).
+commit_before="$(git -C "$repo" rev-parse --short=12 HEAD)"
 check "package build 1 (scripts/package.js)" node "$repo/scripts/package.js" --out "$tmp/build1"
 check "package build 2" node "$repo/scripts/package.js" --out "$tmp/build2"
 [ -x "$tmp/build1/berth" ] && [ -x "$tmp/build2/berth" ] || { echo "FAIL no executable built: stopping"; exit 1; }
@@ -132,7 +134,7 @@ commit="$(git -C "$repo" rev-parse --short=12 HEAD)"
 reports_build() {
   local out
   out="$(env -i PATH="$tools" "$prefix/berth" --version)" && echo "$out" &&
-    grep -q "berth $version (build $commit" <<<"$out" && grep -q 'single executable' <<<"$out" &&
+    grep -Eq "berth $version \(build ($commit_before|$commit)" <<<"$out" && grep -q 'single executable' <<<"$out" &&
     grep -q 'code cache accepted' <<<"$out"
 }
 check "berth --version reports version $version, build $commit, code cache accepted" reports_build
