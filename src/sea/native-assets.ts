@@ -63,6 +63,12 @@ function trustedFile(file: string): boolean {
 /** Writes `bytes` to `file` through a temp file in the same directory and a rename, so no reader sees half a library. */
 function writeAtomically(file: string, bytes: Uint8Array): void {
   const tmp = `${file}.${process.pid}.tmp`;
+  // Left behind only by a process of the same pid that died mid-write: ours to replace.
+  try {
+    unlinkSync(tmp);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
   const fd = openSync(tmp, 'wx', 0o500);
   try {
     writeSync(fd, bytes);
