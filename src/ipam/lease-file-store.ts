@@ -152,6 +152,15 @@ class Bitmap implements Occupancy {
     else this.bits[o >> 3]! &= ~(1 << (o & 7));
   }
 
+  /** Resets the bits from a directory listing (the names of the lease files). */
+  refill(names: readonly string[]): void {
+    this.bits.fill(0);
+    for (const name of names) {
+      const ip = parseIp(name);
+      if (ip !== undefined && formatIp(ip) === name) this.setTaken(ip, true);
+    }
+  }
+
   firstFree(lo: bigint, hi: bigint): bigint | undefined {
     let i = Number(lo);
     const end = Number(hi);
@@ -334,6 +343,8 @@ class FileSession implements LeaseSession {
     this.names = undefined;
     const truth = this.scanLeases();
     if (truth.size > 0 || !quiet) this.warn(`rebuilt the lease index of ${this.p.dir} (${reason})`);
+    // Bitmaps already handed to the allocator are refilled in place: it keeps using the same objects.
+    for (const b of this.bitmaps.values()) b.refill(this.listNames());
     const onDisk = this.readAllRecordKeys();
     const next = new Map<string, AttRecord | null>();
     for (const key of onDisk) next.set(key, null);
@@ -485,10 +496,7 @@ class FileSession implements LeaseSession {
     }
     if (bitmap === undefined) {
       bitmap = new Bitmap(key, spans, new Uint8Array(Math.ceil(Number(size) / 8)), Number(size));
-      for (const name of this.listNames()) {
-        const ip = parseIp(name);
-        if (ip !== undefined && formatIp(ip) === name) bitmap.setTaken(ip, true);
-      }
+      bitmap.refill(this.listNames());
       this.builtBitmaps = true;
     } else {
       for (const c of this.changes.values()) bitmap.setTaken(c.ip, c.taken);

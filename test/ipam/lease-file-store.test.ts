@@ -92,6 +92,11 @@ describe('the index follows changes made behind its back', () => {
   test('a stale occupancy map costs a retry, never a duplicate', async () => {
     const { store, dir, warnings } = open();
     expect(await alloc(store, 'c1', 'lowest')).toBe('198.18.64.2');
+    expect(await alloc(store, 'c0', 'lowest')).toBe('198.18.64.3');
+    expect(await alloc(store, 'cx', 'lowest')).toBe('198.18.64.4');
+    await store.transact(async (s) => {
+      for (const l of await s.leasesOf({ containerId: 'c0', ifname: 'eth0' })) await s.release(l);
+    });
     const sets = join(dir, '.berth', 'sets');
     const [file] = readdirSync(sets);
     const buf = readFileSync(join(sets, file!));
@@ -101,6 +106,10 @@ describe('the index follows changes made behind its back', () => {
     expect(await alloc(store, 'c2', 'lowest')).toBe('198.18.64.3');
     expect(warnings.join('\n')).toMatch(/198\.18\.64\.2 exists although the index had it free/);
     expect(readFileSync(join(dir, '198.18.64.2'), 'utf8')).toBe('c1\r\neth0');
+    // The map was refilled from the files and persisted: no further retries.
+    warnings.length = 0;
+    expect(await alloc(store, 'c3', 'lowest')).toBe('198.18.64.5');
+    expect(warnings).toEqual([]);
   });
 
   test('legacy id-only files are matched when no exact lease exists', async () => {
