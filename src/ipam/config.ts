@@ -136,10 +136,7 @@ export function parseIpamConfig(input: ConfigInput): IpamConfig {
     return true;
   });
 
-  const dataDir = ipam.dataDir ?? DEFAULT_DATA_DIR;
-  if (typeof dataDir !== 'string' || !dataDir.startsWith('/')) {
-    throw invalid(`ipam.dataDir must be an absolute path, got ${JSON.stringify(dataDir)}`);
-  }
+  const { dataDir } = parseStoreLocation(input.config);
   const resolvConf = ipam.resolvConf;
   if (resolvConf !== undefined && resolvConf !== null && typeof resolvConf !== 'string') {
     throw invalid('ipam.resolvConf must be a path');
@@ -171,4 +168,39 @@ export function parseIpamConfig(input: ConfigInput): IpamConfig {
   };
   if (typeof resolvConf === 'string' && resolvConf !== '') conf.resolvConf = resolvConf;
   return conf;
+}
+
+/** Where the leases live: all that releasing needs. */
+export function parseStoreLocation(config: Readonly<Record<string, unknown>>): { network: string; dataDir: string } {
+  const network = checkNetworkName(config.name);
+  const ipam = config.ipam as Record<string, unknown> | undefined;
+  const dataDir = (typeof ipam === 'object' && ipam !== null ? ipam.dataDir : undefined) ?? DEFAULT_DATA_DIR;
+  if (typeof dataDir !== 'string' || !dataDir.startsWith('/')) {
+    throw invalid(`ipam.dataDir must be an absolute path, got ${JSON.stringify(dataDir)}`);
+  }
+  return { network, dataDir };
+}
+
+/**
+ * The config for DEL and GC: a config whose ranges no longer parse (edited since the ADD) must not keep
+ * leases from being released, so only the store location has to be valid then.
+ */
+export function parseIpamConfigForRelease(input: ConfigInput, warn: (msg: string) => void): IpamConfig {
+  try {
+    return parseIpamConfig(input);
+  } catch (err) {
+    if (!(err instanceof CniError) || err.code !== ErrorCode.InvalidNetworkConfig) throw err;
+    const where = parseStoreLocation(input.config);
+    warn(`berth-ipam: ${err.message}; releasing by attachment anyway`);
+    return {
+      ...where,
+      cniVersion: input.cniVersion,
+      rangeSets: [],
+      routes: [],
+      exclude: [],
+      policy: 'round-robin',
+      releaseOnReboot: true,
+      requested: [],
+    };
+  }
 }

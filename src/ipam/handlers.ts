@@ -6,7 +6,7 @@ import type { IPConfig, Result } from '../cni-spec/types/result';
 import { IMPLEMENTED_VERSION } from '../cni-spec/versions';
 import { type Ip, formatIp, parseCidr, sameIp } from './address';
 import { allocateFromSet, blockedOrdinals, nextCandidate } from './allocator';
-import { type IpamConfig, parseIpamConfig } from './config';
+import { type ConfigInput, type IpamConfig, parseIpamConfig, parseIpamConfigForRelease } from './config';
 import { checkContainerId, checkIfname } from './names';
 import { describeRangeSet, rangeFor, rangeSetContains } from './range-set';
 import { readResolvConf } from './resolv-conf';
@@ -39,14 +39,18 @@ function podIdentity(args: ReadonlyMap<string, string>): PodIdentity | undefined
   return Object.keys(pod).length === 0 ? undefined : pod;
 }
 
-function configOf(req: Request): IpamConfig {
-  return parseIpamConfig({
+function configInput(req: Request): ConfigInput {
+  return {
     config: req.config,
     cniVersion: req.cniVersion,
     cniArgs: req.cniArgs,
     args: req.args,
     runtimeConfig: (k) => req.runtimeConfig(k),
-  });
+  };
+}
+
+function configOf(req: Request): IpamConfig {
+  return parseIpamConfig(configInput(req));
 }
 
 function attachmentOf(req: Request): { containerId: string; ifname: string } {
@@ -145,7 +149,7 @@ export async function add(req: Request, deps: IpamDeps): Promise<Result> {
 }
 
 export async function del(req: Request, deps: IpamDeps): Promise<void> {
-  const conf = configOf(req);
+  const conf = parseIpamConfigForRelease(configInput(req), deps.warn);
   const att = attachmentOf(req);
   await deps.openStore(conf).transact(async (s) => {
     // By attachment, not by range: a DEL after the ranges changed still frees the address.
@@ -184,7 +188,7 @@ export async function check(req: Request, deps: IpamDeps): Promise<void> {
 }
 
 export async function gc(req: Request, deps: IpamDeps): Promise<void> {
-  const conf = configOf(req);
+  const conf = parseIpamConfigForRelease(configInput(req), deps.warn);
   const valid = req.validAttachments ?? [];
   const validKeys = new Set(valid.map((a) => `${a.containerID}\n${a.ifname}`));
   const validIds = new Set(valid.map((a) => a.containerID));

@@ -229,6 +229,20 @@ describe('DEL, CHECK, GC', () => {
     expect(leaseFiles(s.dataDir, 'net1').size).toBe(0);
   });
 
+  test('DEL and GC release even when the ranges no longer parse; ADD still refuses them', () => {
+    const s = setup();
+    expect(s.call({ command: 'ADD', containerId: 'c1' }).status).toBe(0);
+    expect(s.call({ command: 'ADD', containerId: 'c2' }).status).toBe(0);
+    (s.config.ipam as Record<string, unknown>).ranges = [[{ subnet: '198.18.64.5/24' }]];
+    expect(s.call({ command: 'ADD', containerId: 'c3' }).json?.code).toBe(7);
+    const r = s.call({ command: 'DEL', containerId: 'c1' });
+    expect(r.status, r.stdout).toBe(0);
+    expect(r.stderr).toMatch(/host bits set.*; releasing by attachment anyway/);
+    expect([...leaseFiles(s.dataDir, 'net1').keys()]).toEqual(['198.18.64.3']);
+    expect(ipam({ config: s.config, command: 'GC' }).status).toBe(0);
+    expect(leaseFiles(s.dataDir, 'net1').size).toBe(0);
+  });
+
   test('CHECK compares prevResult with the leases', () => {
     const s = setup({ ranges: [[{ subnet: '198.18.64.0/24' }], [{ subnet: 'fd00:5::/64' }]] });
     const add = s.call({ command: 'ADD', containerId: 'c1' });
