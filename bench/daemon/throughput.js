@@ -97,7 +97,8 @@ async function round(clients) {
   const d = (n) => metric(after, n) - metric(before, n);
   console.log(
     `clients=${String(clients).padStart(3)}  pairs/s=${String(Math.round(pairs / seconds)).padStart(6)}  pair p50=${q(0.5)}ms p99=${q(0.99)}ms  ` +
-      `batches=${d('berthd_batches')} (txs ${d('berthd_batched_requests')}) fsync-rounds=${d('berthd_fsync_rounds')}`,
+      `batches=${d('berthd_batches')} (txs ${d('berthd_batched_requests')}) fsync-rounds=${d('berthd_fsync_rounds')} ` +
+      `under-lock=${d('berthd_batch_seconds').toFixed(2)}s fsync=${d('berthd_fsync_seconds').toFixed(2)}s`,
   );
 }
 

@@ -129,6 +129,29 @@ describe('the daemon store keeps the files and lease-file-store index as the plu
     expect(existsSync(join(dataDir, 'btnet', '.berth', 'att', 'ctr-a:eth0'))).toBe(false);
   });
 
+  test('file work on one address keeps the batch\'s order: take, give back, take again by another', async () => {
+    await startServer();
+    const store = service.store(dataDir, 'btnet');
+    const ip = { family: 4 as const, value: (198n << 24n) | (18n << 16n) | (200n << 8n) | 9n };
+    const meta = { origin: 'berth' as const };
+    await store.transact(async (s) => {
+      expect(await s.reserve({ ip, containerId: 'first', ifname: 'eth0', meta }, 0)).toBe(true);
+      const [lease] = await s.leasesOf({ containerId: 'first', ifname: 'eth0' });
+      await s.release(lease!);
+      expect(await s.reserve({ ip, containerId: 'second', ifname: 'eth0', meta }, 0)).toBe(true);
+    });
+    expect(leaseFiles()).toEqual(new Map([['198.18.200.9', 'second\r\neth0']]));
+    await store.transact(async (s) => {
+      const [lease] = await s.leasesOf({ containerId: 'second', ifname: 'eth0' });
+      await s.release(lease!);
+      expect(await s.reserve({ ip, containerId: 'third', ifname: 'eth0', meta }, 0)).toBe(true);
+      const [again] = await s.leasesOf({ containerId: 'third', ifname: 'eth0' });
+      await s.release(again!);
+    });
+    expect(leaseFiles()).toEqual(new Map());
+    expect(readdirSync(join(dataDir, 'btnet', '.berth', 'att'))).toEqual([]);
+  });
+
   test('concurrent requests share batches and fsync rounds, and get distinct addresses', async () => {
     await startServer();
     const n = 60;

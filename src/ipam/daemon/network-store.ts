@@ -34,6 +34,8 @@ const GROW_WHILE_SYNCING = 64;
 const fdatasync = promisify(fs.fdatasync);
 const fsync = promisify(fs.fsync);
 const close = promisify(fs.close);
+const open = promisify(fs.open);
+const write = promisify(fs.write) as (fd: number, data: string) => Promise<unknown>;
 
 export interface NetworkStoreOptions {
   dataDir: string;
@@ -50,10 +52,13 @@ interface Tx {
   cursors: Set<number>;
   atts: Set<string>;
   /**
-   * Files to remove at commit, all at once: released leases (by IP name) and the temp names of new ones.
-   * Removing them one by one on the event loop would serialize on the filesystem's journal.
+   * The file work of each lease name (create, remove), chained per name so that it happens in the order
+   * the batch decided it, and run concurrently across names off the event loop: one create or unlink at a
+   * time on the main thread would wait for the filesystem journal each time. Awaited at commit.
    */
-  unlinks: Map<string, string>;
+  chains: Map<string, Promise<void>>;
+  /** Temp names of new lease files, removed after the batch (off the critical path; never matched by anyone). */
+  tmps: string[];
   /** Anything in the network directory changed (the sentinel and state must follow). */
   changed: boolean;
   bootSeen: boolean;
@@ -163,7 +168,7 @@ export class NetworkStore implements LeaseStore {
   private wakers: (() => void)[] = [];
   /** The ranges of the last request that named them: pool gauges and `berth status`. */
   lastRangeSets: readonly RangeSet[] = [];
-  readonly stats = { batches: 0, batchedRequests: 0, fsyncRounds: 0, rescans: 0, lockWaits: 0 };
+  readonly stats = { batches: 0, batchedRequests: 0, fsyncRounds: 0, rescans: 0, lockWaits: 0, lockWaitSeconds: 0, batchSeconds: 0, fsyncSeconds: 0 };
 
   constructor(private readonly opts: NetworkStoreOptions) {
     this.dataDir = opts.dataDir;
@@ -254,11 +259,15 @@ export class NetworkStore implements LeaseStore {
           await new Promise<void>((resolve) => this.wakers.push(resolve));
         }
         const batch = this.queue.splice(0, MAX_BATCH);
-        const tx: Tx = { fds: [], cursors: new Set(), atts: new Set(), unlinks: new Map(), changed: false, bootSeen: false };
+        const tx: Tx = { fds: [], cursors: new Set(), atts: new Set(), chains: new Map(), tmps: [], changed: false, bootSeen: false };
         const outcomes: ({ ok: true; value: unknown } | { ok: false; err: unknown })[] = [];
         let failure: unknown;
+        const t0 = process.hrtime.bigint();
+        let t1 = t0;
         try {
           await this.lock();
+          t1 = process.hrtime.bigint();
+          this.stats.lockWaitSeconds += Number(t1 - t0) / 1e9;
           try {
             this.tx = tx;
             this.refresh();
@@ -273,6 +282,8 @@ export class NetworkStore implements LeaseStore {
           } finally {
             this.tx = undefined;
             this.unlock();
+            // Best effort: the link is in place; a name left behind is removed by the next writer under the lock.
+            for (const t of tx.tmps) fsp.unlink(t).catch(() => undefined);
           }
         } catch (err) {
           // The files are the truth: whatever the batch left half-done, the next one reads them again.
@@ -282,6 +293,7 @@ export class NetworkStore implements LeaseStore {
         }
         this.stats.batches++;
         this.stats.batchedRequests += batch.length;
+        this.stats.batchSeconds += Number(process.hrtime.bigint() - t1) / 1e9;
         const settle = (syncErr?: unknown): void => {
           batch.forEach((item, i) => {
             const o = outcomes[i];
@@ -314,6 +326,7 @@ export class NetworkStore implements LeaseStore {
     const round = this.unsynced.splice(0);
     const fds = round.flatMap((r) => r.tx.fds);
     this.stats.fsyncRounds++;
+    const started = process.hrtime.bigint();
     const work = async (): Promise<void> => {
       try {
         await Promise.all(fds.map((fd) => fdatasync(fd)));
@@ -331,6 +344,7 @@ export class NetworkStore implements LeaseStore {
       () => round.forEach((r) => r.settle()),
       (err: unknown) => round.forEach((r) => r.settle(err)),
     ).finally(() => {
+      this.stats.fsyncSeconds += Number(process.hrtime.bigint() - started) / 1e9;
       this.syncing = false;
       this.wake();
       if (this.unsynced.length > 0) this.startSync();
@@ -479,43 +493,45 @@ export class NetworkStore implements LeaseStore {
     release: async (lease: Lease): Promise<void> => this.release(lease),
   };
 
+  private chain(tx: Tx, name: string, op: () => Promise<void>): void {
+    const next = (tx.chains.get(name) ?? Promise.resolve()).then(op);
+    // Observed at commit through allSettled; this branch only keeps it from counting as unhandled.
+    next.catch(() => undefined);
+    tx.chains.set(name, next);
+  }
+
   private reserve(lease: NewLease, setId: number): boolean {
     checkContainerId(lease.containerId);
     if (lease.ifname !== '') checkIfname(lease.ifname);
     const tx = this.tx!;
     const name = formatIp(lease.ip);
+    // Under the lock, with the view re-read whenever anyone else changed the directory, memory is the truth.
     if (this.taken.has(name)) return false;
     const target = join(this.p.dir, name);
-    if (tx.unlinks.delete(name)) {
-      // Released earlier in this batch and still on disk: remove it now, the new lease takes its name.
-      try {
-        fs.unlinkSync(target);
-      } catch (err) {
-        if (errnoOf(err) !== 'ENOENT') throw ioError(`cannot remove lease ${target}`, err);
-      }
-    }
     const tmp = join(this.p.tmp, `berthd-${process.pid}-${tmpSeq++}`);
-    let fd: number;
-    try {
-      fd = fs.openSync(tmp, 'wx', 0o600);
-    } catch (err) {
-      throw ioError(`cannot write lease ${target}`, err);
-    }
-    try {
-      fs.writeSync(fd, leaseContent(lease));
-      // link(2) is the exclusive create, with the content already in place (as lease-file-store does).
-      fs.linkSync(tmp, target);
-    } catch (err) {
-      fs.closeSync(fd);
-      fs.rmSync(tmp, { force: true });
-      if (errnoOf(err) !== 'EEXIST') throw ioError(`cannot write lease ${target}`, err);
-      // Someone wrote it without the lock, or the view is stale: taken, and the next batch re-reads.
-      this.mark(name, lease.ip, true);
-      this.knownMtime = undefined;
-      return false;
-    }
-    tx.unlinks.set(`tmp:${tmp}`, tmp);
-    tx.fds.push(fd);
+    const content = leaseContent(lease);
+    this.chain(tx, name, async () => {
+      let fd: number;
+      try {
+        fd = await open(tmp, 'wx', 0o600);
+      } catch (err) {
+        throw ioError(`cannot write lease ${target}`, err);
+      }
+      try {
+        await write(fd, content);
+        // link(2) is the exclusive create, with the content already in place (as lease-file-store does).
+        await fsp.link(tmp, target);
+      } catch (err) {
+        await close(fd).catch(() => undefined);
+        await fsp.rm(tmp, { force: true });
+        if (errnoOf(err) !== 'EEXIST') throw ioError(`cannot write lease ${target}`, err);
+        // Only a writer ignoring the flock can do this: re-read everything, and let the caller retry.
+        this.knownMtime = undefined;
+        throw new CniError(ErrorCode.TryAgainLater, `lease ${target} appeared outside the network's lock; the leases are re-read, retry`);
+      }
+      tx.fds.push(fd);
+      tx.tmps.push(tmp);
+    });
     tx.changed = true;
     this.mark(name, lease.ip, true);
     const key = attKey(lease);
@@ -580,8 +596,13 @@ export class NetworkStore implements LeaseStore {
   private release(lease: Lease): void {
     const tx = this.tx!;
     const name = formatIp(lease.ip);
-    // Gone from memory now, from disk at commit (still under the lock, so nobody sees the difference).
-    tx.unlinks.set(name, join(this.p.dir, name));
+    const target = join(this.p.dir, name);
+    // Gone from memory now, from disk by commit (still under the lock, so nobody sees the difference).
+    this.chain(tx, name, () =>
+      fsp.unlink(target).catch((err: unknown) => {
+        if (errnoOf(err) !== 'ENOENT') throw ioError(`cannot remove lease ${target}`, err);
+      }),
+    );
     tx.changed = true;
     this.mark(name, lease.ip, false);
     this.byIp.delete(name);
@@ -609,8 +630,8 @@ export class NetworkStore implements LeaseStore {
     const ignoreMissing = (err: unknown): void => {
       if (errnoOf(err) !== 'ENOENT') throw err;
     };
-    const work: Promise<void>[] = [];
-    for (const path of tx.unlinks.values()) work.push(fsp.unlink(path).catch(ignoreMissing));
+    // Lease files first in the list, so that their failure (a lease taken outside the lock) is the one reported.
+    const work: Promise<void>[] = [...tx.chains.values()];
     for (const setId of tx.cursors) {
       const ip = this.cursors.get(setId);
       if (ip !== undefined) work.push(this.writeAtomicAsync(join(this.p.dir, `${CURSOR_PREFIX}${setId}`), formatIp(ip)));
@@ -632,7 +653,8 @@ export class NetworkStore implements LeaseStore {
         }),
       );
     }
-    // Every write is started before any is awaited: they share the filesystem journal's commits.
+    // Every write is started before any is awaited (records and cursors beside the lease files): they share
+    // the filesystem journal's commits. Only the sentinel must wait for all of them.
     const results = await Promise.allSettled(work);
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed !== undefined) throw failed.reason;

@@ -264,6 +264,9 @@ export class BerthServer {
       { name: 'berthd_batched_requests', help: 'Store transactions run inside those batches.', labels: {}, value: b.batchedRequests },
       { name: 'berthd_fsync_rounds', help: 'Group fsync rounds (each covers every batch committed meanwhile).', labels: {}, value: b.fsyncRounds },
       { name: 'berthd_rescans', help: 'Times a network was re-read because its directory changed outside the daemon.', labels: {}, value: b.rescans },
+      { name: 'berthd_lock_wait_seconds', help: 'Time spent waiting for network flocks held by others.', labels: {}, value: b.lockWaitSeconds },
+      { name: 'berthd_batch_seconds', help: 'Time batches held a network lock (running requests and writing files).', labels: {}, value: b.batchSeconds },
+      { name: 'berthd_fsync_seconds', help: 'Time fsync rounds took (requests wait for them before their reply).', labels: {}, value: b.fsyncSeconds },
       { name: 'berthd_in_flight', help: 'Requests being served.', labels: {}, value: this.inFlight },
     );
     return this.o.metrics.render(gauges);

@@ -378,8 +378,8 @@ export class Service {
     return out;
   }
 
-  batchStats(): { batches: number; batchedRequests: number; fsyncRounds: number; rescans: number; lockWaits: number } {
-    const t = { batches: 0, batchedRequests: 0, fsyncRounds: 0, rescans: 0, lockWaits: 0 };
+  batchStats(): NetworkStore['stats'] {
+    const t = { batches: 0, batchedRequests: 0, fsyncRounds: 0, rescans: 0, lockWaits: 0, lockWaitSeconds: 0, batchSeconds: 0, fsyncSeconds: 0 };
     for (const s of this.stores.values()) for (const k of Object.keys(t) as (keyof typeof t)[]) t[k] += s.stats[k];
     return t;
   }
