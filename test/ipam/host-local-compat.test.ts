@@ -97,3 +97,26 @@ describe('berth-ipam replaces host-local in place', () => {
     ok(ipam({ config: { ...berthConf, cniVersion: '1.1.0' }, command: 'STATUS' }));
   });
 });
+
+describe('IPv6 file names', () => {
+  const conf6 = (type: 'host-local' | 'berth-ipam') =>
+    netConf({ name: 'compat6', type, ipam: { dataDir, ranges: [[{ subnet: 'fd00:5::/64' }]] }, cniVersion: '0.4.0' });
+
+  test('berth names and reads IPv6 lease files exactly as host-local writes them', () => {
+    // Requested in a non-canonical spelling: the file name is Go's canonical text (RFC 5952), on both sides.
+    const hlIps = ['fd00:5:0:0:1:0:0:1', 'fd00:5::1:0:0:0'];
+    const berthIps = ['fd00:5::abcd:0:0:0', 'FD00:5:0:0:FFFF:FFFF:FFFF:FFFE'];
+    hlIps.forEach((ip, i) => ok(hostLocal({ config: conf6('host-local'), command: 'ADD', containerId: `h6-${i}`, cniArgs: `IP=${ip}` })));
+    berthIps.forEach((ip, i) => ok(ipam({ config: conf6('berth-ipam'), command: 'ADD', containerId: `b6-${i}`, cniArgs: `IP=${ip}` })));
+    expect([...leaseFiles(dataDir, 'compat6').keys()].sort()).toEqual(
+      ['fd00:5::1:0:0:1', 'fd00:5:0:0:1::', 'fd00:5:0:0:abcd::', 'fd00:5::ffff:ffff:ffff:fffe'].sort(),
+    );
+    // Each side releases the other's: the names match byte for byte, and berth found no foreign file.
+    hlIps.forEach((_ip, i) => {
+      const r = ok(ipam({ config: conf6('berth-ipam'), command: 'DEL', containerId: `h6-${i}` }));
+      expect(r.stderr).not.toMatch(/foreign file/);
+    });
+    berthIps.forEach((_ip, i) => ok(hostLocal({ config: conf6('host-local'), command: 'DEL', containerId: `b6-${i}` })));
+    expect(leaseFiles(dataDir, 'compat6').size).toBe(0);
+  });
+});
