@@ -603,6 +603,9 @@ class FileSession implements LeaseSession {
       const rec = this.records.get(key);
       const file = join(this.p.att, key);
       if (rec === null || rec === undefined) fs.rmSync(file, { force: true });
+      // After a rebuild (possibly tens of thousands of records) a record is written in place: a torn one
+      // fails to parse and only causes another rebuild from the lease files. Otherwise temp + rename.
+      else if (this.rebuilt) fs.writeFileSync(file, JSON.stringify(rec), { mode: 0o600 });
       else writeAtomic(this.p, file, JSON.stringify(rec), { fsync: false });
     }
     // Bitmaps of other range sets (an older config, other runtime ipRanges) follow the changes too, or go.
