@@ -163,9 +163,9 @@ export async function check(req: Request, deps: IpamDeps): Promise<void> {
   if (req.prevResult === undefined) {
     throw new CniError(ErrorCode.InvalidNetworkConfig, 'CHECK needs prevResult (the result of ADD)');
   }
-  const prev = (req.prevResult.ips ?? [])
-    .map((c) => parseCidr(c.address)?.ip)
-    .filter((ip): ip is Ip => ip !== undefined && conf.rangeSets.some((set) => rangeSetContains(set, ip)));
+  const listed = (req.prevResult.ips ?? []).map((c) => parseCidr(c.address)?.ip).filter((ip): ip is Ip => ip !== undefined);
+  // Addresses outside our range sets may come from other plugins of the chain: only ours must be leased.
+  const prev = listed.filter((ip) => conf.rangeSets.some((set) => rangeSetContains(set, ip)));
   const leases = await deps.openStore(conf).transact(async (s) => s.leasesOf(att), { readOnly: true });
   if (leases.length === 0) {
     throw new CniError(
@@ -174,7 +174,7 @@ export async function check(req: Request, deps: IpamDeps): Promise<void> {
     );
   }
   const missing = prev.filter((ip) => !leases.some((l) => sameIp(l.ip, ip)));
-  const extra = leases.filter((l) => !prev.some((ip) => sameIp(l.ip, ip)));
+  const extra = leases.filter((l) => !listed.some((ip) => sameIp(l.ip, ip)));
   if (missing.length > 0 || extra.length > 0) {
     const parts = [
       ...(missing.length > 0 ? [`prevResult lists ${missing.map(formatIp).join(', ')} which the attachment does not hold`] : []),

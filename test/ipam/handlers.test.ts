@@ -55,6 +55,11 @@ describe('handlers on the in-memory store', () => {
     await check(request('CHECK', { top: { prevResult: r } }), deps(s));
     const other = { ...r, ips: [{ address: '198.18.64.3/30' }, r.ips![1]] };
     await expect(check(request('CHECK', { top: { prevResult: other } }), deps(s))).rejects.toThrow(/do not match prevResult/);
+    // An address another plugin of the chain added is not ours to check.
+    const chained = { ...r, ips: [...r.ips!, { address: '198.18.99.9/24' }] };
+    await check(request('CHECK', { top: { prevResult: chained } }), deps(s));
+    // After the ranges changed, a lease outside them still matches when prevResult lists it.
+    await check(request('CHECK', { top: { prevResult: r }, ipam: { ranges: [[{ subnet: 'fd00:5::/64' }]] } }), deps(s));
   });
 
   test('a new boot releases the old leases on ADD; releaseOnReboot: false keeps them', async () => {
