@@ -14,7 +14,8 @@
 //
 // host-local walks the whole tree (subdirectories included) on DEL/CHECK and matches file *contents*
 // against "<id>\r\n<ifname>" or "<id>": every file berth keeps under .berth/ starts with "{", which no
-// container id can, so host-local never mistakes one for a lease.
+// container id can, so host-local never mistakes one for a lease. A lease's temp file (its final content)
+// exists only while berth holds the lock, under which host-local scans too; crash leftovers go first thing.
 //
 // The index is trusted only while the network directory's mtime equals the sentinel berth set at its last
 // commit (a value in the past with random nanoseconds, which no later change of the directory can
