@@ -98,7 +98,10 @@ describe('the daemon store keeps the files and lease-file-store index as the plu
     const ip = ((r.body as { ips: { address: string }[] }).ips[0]!.address).split('/')[0]!;
     expect(leaseFiles().get(ip)).toBe('ctr-a\r\neth0');
 
-    // The plugin's own store, working on the files: same lease, metadata kept, and no index rebuild.
+    // The plugin's own store, working on the files: same lease, metadata kept, and no index rebuild. Its
+    // flock is blocking, and here it would run in the daemon's own process: wait until the daemon has let go
+    // of the lock (it may still be writing the index after the reply), as a separate plugin process would.
+    await service.drain();
     const warnings: string[] = [];
     const store = openLeaseFileStore({ dataDir, network: 'btnet', bootId: BOOT, warn: (m) => warnings.push(m) });
     const leases = await store.transact(async (s) => s.leasesOf({ containerId: 'ctr-a', ifname: 'eth0' }), { readOnly: true });
@@ -230,6 +233,8 @@ describe('networks that go away', () => {
           }
         })
         .filter((t) => t.startsWith(join(dataDir, 'btnet', 'lock')));
+    // The reply leaves after its fsync; the index beside the files may still be being written.
+    await service.drain();
     expect(lockFds()).toHaveLength(1);
     expect(service.sweep()).toBe(0);
     rmSync(dataDir, { recursive: true });

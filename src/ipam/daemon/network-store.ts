@@ -28,8 +28,11 @@ const PROBE_LIMIT = 1 << 20;
 const MAX_BATCH = 256;
 /** Longest pause between attempts to take a flock held by someone else. */
 const MAX_LOCK_BACKOFF_MS = 20;
-/** A batch waiting for an fsync round to end starts anyway once this many requests queue up. */
-const GROW_WHILE_SYNCING = 64;
+/**
+ * Longest time batches follow each other under one flock hold before the index is written and the lock
+ * let go, so that plugins working on the files get their turn under a steady load.
+ */
+const MAX_HOLD_NS = 25_000_000n;
 
 const fdatasync = promisify(fs.fdatasync);
 const fsync = promisify(fs.fsync);
@@ -45,23 +48,41 @@ export interface NetworkStoreOptions {
   now?: () => Date;
 }
 
-/** What one batch changed, and what must reach the disk before its replies leave. */
-interface Tx {
-  /** Descriptors of lease files created by the batch, synced and closed after it. */
-  fds: number[];
-  cursors: Set<number>;
-  atts: Set<string>;
+/**
+ * One hold of the network's flock: several batches run under it back to back, their file work (lease files
+ * and attachment records) in flight together; the rest of the index (cursors, records fixed by a re-read,
+ * the sentinel and state.json) is written once, when the hold ends (queue empty, or held long enough that
+ * plugins on the files get their turn).
+ */
+interface Hold {
   /**
    * The file work of each lease name (create, remove), chained per name so that it happens in the order
-   * the batch decided it, and run concurrently across names off the event loop: one create or unlink at a
-   * time on the main thread would wait for the filesystem journal each time. Awaited at commit.
+   * the batches decided it, and run concurrently across names off the event loop: one create or unlink at
+   * a time on the main thread would wait for the filesystem journal each time.
    */
   chains: Map<string, Promise<void>>;
-  /** Temp names of new lease files, removed after the batch (off the critical path; never matched by anyone). */
+  /** Every batch's file work of this hold; the index is written after all of it. */
+  work: Promise<unknown>[];
+  cursors: Set<number>;
+  atts: Set<string>;
+  /** Temp names of new lease files, removed after the hold (off the critical path; never matched by anyone). */
   tmps: string[];
   /** Anything in the network directory changed (the sentinel and state must follow). */
   changed: boolean;
   bootSeen: boolean;
+  /** File work failed: end the hold, re-read the files at the next one. */
+  failed: boolean;
+  started: bigint;
+}
+
+/** One batch: what must reach the disk before its replies leave. */
+interface Tx {
+  /** Descriptors of lease files created by the batch, synced and closed after its fsync round. */
+  fds: number[];
+  /** This batch's file work (a subset of the hold's chains). */
+  work: Promise<void>[];
+  /** The batch changed the directory (a release, a record fixed by a re-read): its reply waits for an fsync. */
+  changed: boolean;
 }
 
 interface Pending {
@@ -160,12 +181,11 @@ export class NetworkStore implements LeaseStore {
   private readonly queue: Pending[] = [];
   private running = false;
   private tx: Tx | undefined;
+  private hold: Hold | undefined;
   /** Committed batches whose files still wait for their fsync. */
   private unsynced: { tx: Tx; settle: (err?: unknown) => void }[] = [];
   private syncing = false;
   private readonly idleWaiters: (() => void)[] = [];
-  /** The batch loop, waiting for more requests or for the fsync round to end. */
-  private wakers: (() => void)[] = [];
   /** The ranges of the last request that named them: pool gauges and `berth status`. */
   lastRangeSets: readonly RangeSet[] = [];
   readonly stats = { batches: 0, batchedRequests: 0, fsyncRounds: 0, rescans: 0, lockWaits: 0, lockWaitSeconds: 0, batchSeconds: 0, fsyncSeconds: 0 };
@@ -183,7 +203,6 @@ export class NetworkStore implements LeaseStore {
   transact<T>(fn: (s: LeaseSession) => Promise<T>, opts?: TransactOptions): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       this.queue.push({ fn, readOnly: opts?.readOnly === true, resolve: resolve as (v: unknown) => void, reject });
-      if (this.queue.length >= GROW_WHILE_SYNCING) this.wake();
       if (!this.running) {
         this.running = true;
         // The loop reports every outcome through the queued promises; nothing can escape it.
@@ -239,10 +258,6 @@ export class NetworkStore implements LeaseStore {
     this.lockFd = undefined;
   }
 
-  private wake(): void {
-    for (const w of this.wakers.splice(0)) w();
-  }
-
   private checkIdle(): void {
     if (this.running || this.syncing || this.unsynced.length > 0) return;
     for (const w of this.idleWaiters.splice(0)) w();
@@ -253,66 +268,104 @@ export class NetworkStore implements LeaseStore {
       // Requests whose bytes arrived in the same turn of the event loop join this batch.
       await new Promise<void>((resolve) => setImmediate(resolve));
       while (this.queue.length > 0) {
-        // While an fsync round runs, whatever is committed now waits for the next round anyway: let the
-        // batch grow until that round ends (or the batch is large), so the per-batch writes are shared.
-        while (this.syncing && this.queue.length < GROW_WHILE_SYNCING) {
-          await new Promise<void>((resolve) => this.wakers.push(resolve));
-        }
         const batch = this.queue.splice(0, MAX_BATCH);
-        const tx: Tx = { fds: [], cursors: new Set(), atts: new Set(), chains: new Map(), tmps: [], changed: false, bootSeen: false };
+        const tx: Tx = { fds: [], work: [], changed: false };
         const outcomes: ({ ok: true; value: unknown } | { ok: false; err: unknown })[] = [];
         let failure: unknown;
         const t0 = process.hrtime.bigint();
-        let t1 = t0;
         try {
-          await this.lock();
-          t1 = process.hrtime.bigint();
-          this.stats.lockWaitSeconds += Number(t1 - t0) / 1e9;
-          try {
+          if (this.hold === undefined) {
+            await this.lock();
+            this.stats.lockWaitSeconds += Number(process.hrtime.bigint() - t0) / 1e9;
+            this.hold = { chains: new Map(), work: [], cursors: new Set(), atts: new Set(), tmps: [], changed: false, bootSeen: false, failed: false, started: process.hrtime.bigint() };
             this.tx = tx;
             this.refresh();
-            for (const item of batch) {
-              try {
-                outcomes.push({ ok: true, value: await item.fn(this.session) });
-              } catch (err) {
-                outcomes.push({ ok: false, err });
-              }
+          }
+          this.tx = tx;
+          for (const item of batch) {
+            try {
+              outcomes.push({ ok: true, value: await item.fn(this.session) });
+            } catch (err) {
+              outcomes.push({ ok: false, err });
             }
-            await this.commit(tx);
-          } finally {
-            this.tx = undefined;
-            this.unlock();
-            // Best effort: the link is in place; a name left behind is removed by the next writer under the lock.
-            for (const t of tx.tmps) fsp.unlink(t).catch(() => undefined);
           }
         } catch (err) {
-          // The files are the truth: whatever the batch left half-done, the next one reads them again.
-          this.knownMtime = undefined;
+          // Taking the lock or re-reading the files failed: nothing of this batch ran.
           failure = err instanceof CniError ? err : ioError(`lease store ${this.p.dir}`, err);
-          for (const fd of tx.fds.splice(0)) fs.closeSync(fd);
+          this.knownMtime = undefined;
+        } finally {
+          this.tx = undefined;
         }
         this.stats.batches++;
         this.stats.batchedRequests += batch.length;
-        this.stats.batchSeconds += Number(process.hrtime.bigint() - t1) / 1e9;
-        const settle = (syncErr?: unknown): void => {
+        const settle = (err?: unknown): void => {
           batch.forEach((item, i) => {
             const o = outcomes[i];
             if (failure !== undefined) item.reject(failure);
-            else if (syncErr !== undefined && !item.readOnly) item.reject(ioError('cannot make the leases durable', syncErr));
+            else if (err !== undefined && !item.readOnly) item.reject(err instanceof CniError ? err : ioError('cannot make the leases durable', err));
             else if (o === undefined) item.reject(new CniError(ErrorCode.Internal, 'request lost in its batch'));
             else if (o.ok) item.resolve(o.value);
             else item.reject(o.err);
           });
         };
-        if (tx.fds.length === 0 && !tx.changed) settle();
+        const hold = this.hold;
+        if (failure !== undefined || (tx.work.length === 0 && !tx.changed)) settle();
         else {
-          this.unsynced.push({ tx, settle });
-          this.startSync();
+          // The batch's files first, then its fsync round; meanwhile the next batch runs under the same hold.
+          const filesDone = Promise.allSettled(tx.work).then((results) => {
+            const bad = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+            if (bad === undefined) return undefined;
+            if (hold !== undefined) hold.failed = true;
+            return bad.reason as unknown;
+          });
+          hold?.work.push(filesDone);
+          filesDone.then(
+            (fileErr) => {
+              if (fileErr !== undefined) {
+                for (const fd of tx.fds.splice(0)) fs.closeSync(fd);
+                settle(fileErr);
+                return;
+              }
+              this.unsynced.push({ tx, settle });
+              this.startSync();
+            },
+            (err: unknown) => settle(err),
+          );
+        }
+        this.stats.batchSeconds += Number(process.hrtime.bigint() - t0) / 1e9;
+        // More requests may have arrived while this batch ran; a short turn of the event loop lets them in.
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        const heldTooLong = this.hold !== undefined && process.hrtime.bigint() - this.hold.started > MAX_HOLD_NS;
+        if (this.hold !== undefined && (this.queue.length === 0 || this.hold.failed || heldTooLong)) {
+          await this.releaseHold();
+          // A plugin blocked on the flock was just woken: give it a moment to take it before we do again.
+          if (heldTooLong) await new Promise((resolve) => setTimeout(resolve, 1));
         }
       }
     } finally {
+      if (this.hold !== undefined) await this.releaseHold().catch((err: unknown) => this.opts.log.log('error', 'cannot end the lock hold', { error: String(err) }));
       this.running = false;
       this.checkIdle();
+    }
+  }
+
+  /** Ends a hold: waits for its file work, writes the index beside the files, lets go of the flock. */
+  private async releaseHold(): Promise<void> {
+    const hold = this.hold!;
+    const t0 = process.hrtime.bigint();
+    try {
+      await Promise.all(hold.work);
+      if (hold.failed) this.knownMtime = undefined;
+      else await this.commit(hold);
+    } catch (err) {
+      this.knownMtime = undefined;
+      this.opts.log.log('error', 'cannot update the lease index; the files will be re-read', { network: this.network, error: String(err) });
+    } finally {
+      this.hold = undefined;
+      this.unlock();
+      this.stats.batchSeconds += Number(process.hrtime.bigint() - t0) / 1e9;
+      // Best effort: the links are in place; a name left behind is removed by the next writer under the lock.
+      for (const t of hold.tmps) fsp.unlink(t).catch(() => undefined);
     }
   }
 
@@ -346,7 +399,6 @@ export class NetworkStore implements LeaseStore {
     ).finally(() => {
       this.stats.fsyncSeconds += Number(process.hrtime.bigint() - started) / 1e9;
       this.syncing = false;
-      this.wake();
       if (this.unsynced.length > 0) this.startSync();
       else this.checkIdle();
     }).catch(() => undefined);
@@ -394,7 +446,7 @@ export class NetworkStore implements LeaseStore {
   }
 
   private rescan(reason: string): void {
-    const tx = this.tx!;
+    const hold = this.hold!;
     this.stats.rescans++;
     this.taken.clear();
     this.byIp.clear();
@@ -457,8 +509,8 @@ export class NetworkStore implements LeaseStore {
       const entry = this.byAtt.get(key);
       const same = rec !== undefined && entry !== undefined && rec.ips.length === entry.ips.size && rec.ips.every((i) => entry.ips.has(i));
       if (!same) {
-        tx.atts.add(key);
-        tx.changed = true;
+        hold.atts.add(key);
+        hold.changed = true;
       }
     }
     try {
@@ -467,7 +519,7 @@ export class NetworkStore implements LeaseStore {
       if (typeof s.bootId === 'string') this.indexState.bootId = s.bootId;
     } catch {
       this.indexState = { gen: 0 };
-      tx.changed = true;
+      hold.changed = true;
     }
     this.knownMtime = fs.statSync(this.p.dir, { bigint: true }).mtimeNs;
     if (reason !== 'first use') this.opts.log.log('debug', 're-read lease files', { network: this.network, reason });
@@ -487,30 +539,61 @@ export class NetworkStore implements LeaseStore {
     all: async (): Promise<Lease[]> => this.snapshot(),
     leasesFromEarlierBoots: async (): Promise<Lease[]> => {
       if (this.indexState.bootId === this.opts.bootId) return [];
-      this.tx!.bootSeen = true;
+      this.hold!.bootSeen = true;
       return this.snapshot().filter((l) => l.meta.bootId !== this.opts.bootId);
     },
     release: async (lease: Lease): Promise<void> => this.release(lease),
   };
 
-  private chain(tx: Tx, name: string, op: () => Promise<void>): void {
-    const next = (tx.chains.get(name) ?? Promise.resolve()).then(op);
-    // Observed at commit through allSettled; this branch only keeps it from counting as unhandled.
+  /** Queues file work on one lease name behind the earlier work on that name; the batch awaits it. */
+  private chain(name: string, op: () => Promise<void>): void {
+    const hold = this.hold!;
+    const next = (hold.chains.get(name) ?? Promise.resolve()).then(op);
+    // Observed by the batch through allSettled; this branch only keeps it from counting as unhandled.
     next.catch(() => undefined);
-    tx.chains.set(name, next);
+    hold.chains.set(name, next);
+    this.tx!.work.push(next);
+  }
+
+  /**
+   * Writes the attachment's record (lease-file-store's `.berth/att/<id>:<ifname>`) as it stands now, with the
+   * batch's lease files, so that a reply never leaves before the pod identity it carries is on disk.
+   */
+  private recordAtt(key: string): void {
+    const entry = this.byAtt.get(key);
+    const file = join(this.p.att, key);
+    const rec =
+      entry === undefined || entry.ips.size === 0
+        ? undefined
+        : JSON.stringify({ v: 1, containerId: entry.containerId, ifname: entry.ifname, ips: [...entry.ips], meta: entry.meta });
+    this.chain(`att:${key}`, async () => {
+      if (rec === undefined) {
+        await fsp.unlink(file).catch((err: unknown) => {
+          if (errnoOf(err) !== 'ENOENT') throw err;
+        });
+        return;
+      }
+      // A new attachment (the common case) gets its record in place: a torn record only makes readers
+      // rebuild it from the lease files.
+      await fsp.writeFile(file, rec, { mode: 0o600, flag: 'wx' }).catch((err: unknown) => {
+        if (errnoOf(err) !== 'EEXIST') throw err;
+        return this.writeAtomicAsync(file, rec);
+      });
+    });
   }
 
   private reserve(lease: NewLease, setId: number): boolean {
     checkContainerId(lease.containerId);
     if (lease.ifname !== '') checkIfname(lease.ifname);
     const tx = this.tx!;
+    const hold = this.hold!;
     const name = formatIp(lease.ip);
     // Under the lock, with the view re-read whenever anyone else changed the directory, memory is the truth.
     if (this.taken.has(name)) return false;
     const target = join(this.p.dir, name);
     const tmp = join(this.p.tmp, `berthd-${process.pid}-${tmpSeq++}`);
     const content = leaseContent(lease);
-    this.chain(tx, name, async () => {
+    this.chain(name, async () => {
       let fd: number;
       try {
         fd = await open(tmp, 'wx', 0o600);
@@ -530,9 +613,10 @@ export class NetworkStore implements LeaseStore {
         throw new CniError(ErrorCode.TryAgainLater, `lease ${target} appeared outside the network's lock; the leases are re-read, retry`);
       }
       tx.fds.push(fd);
-      tx.tmps.push(tmp);
+      hold.tmps.push(tmp);
     });
     tx.changed = true;
+    hold.changed = true;
     this.mark(name, lease.ip, true);
     const key = attKey(lease);
     let entry = this.byAtt.get(key);
@@ -542,9 +626,9 @@ export class NetworkStore implements LeaseStore {
     }
     entry.ips.add(name);
     this.byIp.set(name, { ip: lease.ip, containerId: lease.containerId, ifname: lease.ifname, meta: entry.meta });
-    tx.atts.add(key);
+    this.recordAtt(key);
     this.cursors.set(setId, lease.ip);
-    tx.cursors.add(setId);
+    hold.cursors.add(setId);
     return true;
   }
 
@@ -595,15 +679,17 @@ export class NetworkStore implements LeaseStore {
 
   private release(lease: Lease): void {
     const tx = this.tx!;
+    const hold = this.hold!;
     const name = formatIp(lease.ip);
     const target = join(this.p.dir, name);
     // Gone from memory now, from disk by commit (still under the lock, so nobody sees the difference).
-    this.chain(tx, name, () =>
+    this.chain(name, () =>
       fsp.unlink(target).catch((err: unknown) => {
         if (errnoOf(err) !== 'ENOENT') throw ioError(`cannot remove lease ${target}`, err);
       }),
     );
     tx.changed = true;
+    hold.changed = true;
     this.mark(name, lease.ip, false);
     this.byIp.delete(name);
     const key = attKey(lease);
@@ -611,7 +697,7 @@ export class NetworkStore implements LeaseStore {
     if (entry !== undefined) {
       entry.ips.delete(name);
       if (entry.ips.size === 0) this.byAtt.delete(key);
-      tx.atts.add(key);
+      this.recordAtt(key);
     }
   }
 
@@ -625,18 +711,17 @@ export class NetworkStore implements LeaseStore {
    * Writes what lease-file-store keeps beside the IP files: cursors, attachment records, then the directory
    * sentinel and state.json, so that a plugin on the files next trusts the index instead of rebuilding it.
    */
-  private async commit(tx: Tx): Promise<void> {
-    if (!tx.changed && !tx.bootSeen) return;
+  private async commit(hold: Hold): Promise<void> {
+    if (!hold.changed && !hold.bootSeen) return;
     const ignoreMissing = (err: unknown): void => {
       if (errnoOf(err) !== 'ENOENT') throw err;
     };
-    // Lease files first in the list, so that their failure (a lease taken outside the lock) is the one reported.
-    const work: Promise<void>[] = [...tx.chains.values()];
-    for (const setId of tx.cursors) {
+    const work: Promise<void>[] = [];
+    for (const setId of hold.cursors) {
       const ip = this.cursors.get(setId);
       if (ip !== undefined) work.push(this.writeAtomicAsync(join(this.p.dir, `${CURSOR_PREFIX}${setId}`), formatIp(ip)));
     }
-    for (const key of tx.atts) {
+    for (const key of hold.atts) {
       const entry = this.byAtt.get(key);
       const file = join(this.p.att, key);
       if (entry === undefined || entry.ips.size === 0) {
@@ -664,7 +749,7 @@ export class NetworkStore implements LeaseStore {
     fs.utimesSync(this.p.dir, now, Math.floor(now.getTime() / 1000) - 10 + Math.random());
     this.knownMtime = fs.statSync(this.p.dir, { bigint: true }).mtimeNs;
     const gen = this.indexState.gen + 1;
-    const bootId = tx.bootSeen ? this.opts.bootId : (this.indexState.bootId ?? this.opts.bootId);
+    const bootId = hold.bootSeen ? this.opts.bootId : (this.indexState.bootId ?? this.opts.bootId);
     this.indexState = { gen, bootId };
     // A new generation also retires lease-file-store's occupancy bitmaps, which it rebuilds from the files.
     await this.writeAtomicAsync(this.p.state, JSON.stringify({ v: 1, gen, dirMtimeNs: this.knownMtime.toString(), bootId }));
