@@ -290,9 +290,11 @@ export class NetworkStore implements LeaseStore {
             }
           }
         } catch (err) {
-          // Taking the lock or re-reading the files failed: nothing of this batch ran.
+          // Taking the lock or re-reading the files failed: nothing of this batch ran, and a hold taken
+          // without a good view of the files must end now.
           failure = err instanceof CniError ? err : ioError(`lease store ${this.p.dir}`, err);
           this.knownMtime = undefined;
+          if (this.hold !== undefined) this.hold.failed = true;
         } finally {
           this.tx = undefined;
         }
