@@ -129,6 +129,14 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
     });
     log.log('info', 'metrics listening', { address: o.metricsAddress });
   }
+  // The networks of the data dir are read now, not at their first request: the view is warm, and a broken
+  // directory shows in the log at start rather than in a pod's ADD.
+  try {
+    const views = await service.networkViews();
+    for (const v of views) log.log('info', 'network loaded', { network: v.network, dataDir: v.dataDir, leases: v.leases });
+  } catch (err) {
+    log.log('warn', 'could not read the networks of the data dir', { dataDir: service.dataDir, error: (err as Error).message });
+  }
   o.onListening?.({ socket: socketPath });
   const sweeper = setInterval(() => {
     const n = service.sweep();
