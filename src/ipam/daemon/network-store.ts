@@ -39,6 +39,8 @@ const fsync = promisify(fs.fsync);
 const close = promisify(fs.close);
 const open = promisify(fs.open);
 const write = promisify(fs.write) as (fd: number, data: string) => Promise<unknown>;
+// The callback API, not fs/promises: no FileHandle object per small file.
+const writeFile = promisify(fs.writeFile);
 
 export interface NetworkStoreOptions {
   dataDir: string;
@@ -577,7 +579,7 @@ export class NetworkStore implements LeaseStore {
       }
       // A new attachment (the common case) gets its record in place: a torn record only makes readers
       // rebuild it from the lease files.
-      await fsp.writeFile(file, rec, { mode: 0o600, flag: 'wx' }).catch((err: unknown) => {
+      await writeFile(file, rec, { mode: 0o600, flag: 'wx' }).catch((err: unknown) => {
         if (errnoOf(err) !== 'EEXIST') throw err;
         return this.writeAtomicAsync(file, rec);
       });
@@ -705,7 +707,7 @@ export class NetworkStore implements LeaseStore {
 
   private async writeAtomicAsync(target: string, data: string): Promise<void> {
     const tmp = join(this.p.tmp, `berthd-${process.pid}-${tmpSeq++}`);
-    await fsp.writeFile(tmp, data, { mode: 0o600, flag: 'wx' });
+    await writeFile(tmp, data, { mode: 0o600, flag: 'wx' });
     await fsp.rename(tmp, target);
   }
 
@@ -734,7 +736,7 @@ export class NetworkStore implements LeaseStore {
       // A new attachment (the common case) gets its record in place: a torn record only makes readers
       // rebuild it from the lease files, which are written and synced separately.
       work.push(
-        fsp.writeFile(file, rec, { mode: 0o600, flag: 'wx' }).catch((err: unknown) => {
+        writeFile(file, rec, { mode: 0o600, flag: 'wx' }).catch((err: unknown) => {
           if (errnoOf(err) !== 'EEXIST') throw err;
           return this.writeAtomicAsync(file, rec);
         }),
