@@ -17,7 +17,6 @@ import { leaseDirPaths } from '../lease-file-store';
 import { checkContainerId, checkIfname } from '../names';
 import { type RangeSet, ipAtOrdinal, ordinalOf, rangeSetKey, rangeSetSize } from '../range-set';
 import type { Attachment, Lease, LeaseMeta, LeaseSession, LeaseStore, NewLease, TransactOptions } from '../store';
-import { type FileOp, fileWorker } from './file-worker';
 import type { Logger } from './log';
 
 const BERTH_DIR = '.berth';
@@ -38,6 +37,8 @@ const MAX_HOLD_NS = 25_000_000n;
 const fdatasync = promisify(fs.fdatasync);
 const fsync = promisify(fs.fsync);
 const close = promisify(fs.close);
+const open = promisify(fs.open);
+const write = promisify(fs.write) as (fd: number, data: string) => Promise<unknown>;
 // The callback API, not fs/promises: no FileHandle object per small file.
 const writeFile = promisify(fs.writeFile);
 
@@ -56,11 +57,18 @@ export interface NetworkStoreOptions {
  * plugins on the files get their turn).
  */
 interface Hold {
+  /**
+   * The file work of each lease name (create, remove), chained per name so that it happens in the order
+   * the batches decided it, and run concurrently across names off the event loop: one create or unlink at
+   * a time on the main thread would wait for the filesystem journal each time.
+   */
+  chains: Map<string, Promise<void>>;
   /** Every batch's file work of this hold; the index is written after all of it. */
   work: Promise<unknown>[];
   cursors: Set<number>;
-  /** Records found out of step with the lease files by a re-read, rewritten when the hold ends. */
   atts: Set<string>;
+  /** Temp names of new lease files, removed after the hold (off the critical path; never matched by anyone). */
+  tmps: string[];
   /** Anything in the network directory changed (the sentinel and state must follow). */
   changed: boolean;
   bootSeen: boolean;
@@ -73,11 +81,8 @@ interface Hold {
 interface Tx {
   /** Descriptors of lease files created by the batch, synced and closed after its fsync round. */
   fds: number[];
-  /**
-   * The batch's file work in the order it decided it (a create, then a removal of the same address, …),
-   * done by the file worker in one message after the batch's requests ran.
-   */
-  ops: FileOp[];
+  /** This batch's file work (a subset of the hold's chains). */
+  work: Promise<void>[];
   /** The batch changed the directory (a release, a record fixed by a re-read): its reply waits for an fsync. */
   changed: boolean;
 }
@@ -266,7 +271,7 @@ export class NetworkStore implements LeaseStore {
       await new Promise<void>((resolve) => setImmediate(resolve));
       while (this.queue.length > 0) {
         const batch = this.queue.splice(0, MAX_BATCH);
-        const tx: Tx = { fds: [], ops: [], changed: false };
+        const tx: Tx = { fds: [], work: [], changed: false };
         const outcomes: ({ ok: true; value: unknown } | { ok: false; err: unknown })[] = [];
         let failure: unknown;
         const t0 = process.hrtime.bigint();
@@ -274,7 +279,7 @@ export class NetworkStore implements LeaseStore {
           if (this.hold === undefined) {
             await this.lock();
             this.stats.lockWaitSeconds += Number(process.hrtime.bigint() - t0) / 1e9;
-            this.hold = { work: [], cursors: new Set(), atts: new Set(), changed: false, bootSeen: false, failed: false, started: process.hrtime.bigint() };
+            this.hold = { chains: new Map(), work: [], cursors: new Set(), atts: new Set(), tmps: [], changed: false, bootSeen: false, failed: false, started: process.hrtime.bigint() };
             this.tx = tx;
             this.refresh();
           }
@@ -308,29 +313,15 @@ export class NetworkStore implements LeaseStore {
           });
         };
         const hold = this.hold;
-        if (failure !== undefined || (tx.ops.length === 0 && !tx.changed)) settle();
+        if (failure !== undefined || (tx.work.length === 0 && !tx.changed)) settle();
         else {
           // The batch's files first, then its fsync round; meanwhile the next batch runs under the same hold.
-          const filesDone = (tx.ops.length === 0 ? Promise.resolve([]) : fileWorker().run(tx.ops)).then(
-            (results) => {
-              for (const r of results) if (r.ok && r.fd !== undefined) tx.fds.push(r.fd);
-              const bad = results.find((r) => !r.ok);
-              if (bad === undefined || bad.ok) return undefined;
-              if (hold !== undefined) hold.failed = true;
-              this.knownMtime = undefined;
-              const op = tx.ops[results.length - 1]!;
-              if (op.kind === 'create' && bad.code === 'EEXIST') {
-                // Only a writer ignoring the flock can do this: re-read everything, and let the caller retry.
-                return new CniError(ErrorCode.TryAgainLater, `lease ${op.target} appeared outside the network's lock; the leases are re-read, retry`);
-              }
-              const what = op.kind === 'create' ? op.target : op.kind === 'unlink' ? op.path : op.file;
-              return new CniError(ErrorCode.IoFailure, `cannot write ${what}: ${bad.message}`);
-            },
-            (err: unknown) => {
-              if (hold !== undefined) hold.failed = true;
-              return ioError('the file worker failed', err) as unknown;
-            },
-          );
+          const filesDone = Promise.allSettled(tx.work).then((results) => {
+            const bad = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+            if (bad === undefined) return undefined;
+            if (hold !== undefined) hold.failed = true;
+            return bad.reason as unknown;
+          });
           hold?.work.push(filesDone);
           filesDone.then(
             (fileErr) => {
@@ -377,6 +368,8 @@ export class NetworkStore implements LeaseStore {
       this.hold = undefined;
       this.unlock();
       this.stats.batchSeconds += Number(process.hrtime.bigint() - t0) / 1e9;
+      // Best effort: the links are in place; a name left behind is removed by the next writer under the lock.
+      for (const t of hold.tmps) fsp.unlink(t).catch(() => undefined);
     }
   }
 
@@ -556,6 +549,16 @@ export class NetworkStore implements LeaseStore {
     release: async (lease: Lease): Promise<void> => this.release(lease),
   };
 
+  /** Queues file work on one lease name behind the earlier work on that name; the batch awaits it. */
+  private chain(name: string, op: () => Promise<void>): void {
+    const hold = this.hold!;
+    const next = (hold.chains.get(name) ?? Promise.resolve()).then(op);
+    // Observed by the batch through allSettled; this branch only keeps it from counting as unhandled.
+    next.catch(() => undefined);
+    hold.chains.set(name, next);
+    this.tx!.work.push(next);
+  }
+
   /**
    * Writes the attachment's record (lease-file-store's `.berth/att/<id>:<ifname>`) as it stands now, with the
    * batch's lease files, so that a reply never leaves before the pod identity it carries is on disk.
@@ -567,8 +570,20 @@ export class NetworkStore implements LeaseStore {
       entry === undefined || entry.ips.size === 0
         ? undefined
         : JSON.stringify({ v: 1, containerId: entry.containerId, ifname: entry.ifname, ips: [...entry.ips], meta: entry.meta });
-    if (rec === undefined) this.tx!.ops.push({ kind: 'unlink', path: file });
-    else this.tx!.ops.push({ kind: 'record', file, tmp: join(this.p.tmp, `berthd-${process.pid}-${tmpSeq++}`), data: rec });
+    this.chain(`att:${key}`, async () => {
+      if (rec === undefined) {
+        await fsp.unlink(file).catch((err: unknown) => {
+          if (errnoOf(err) !== 'ENOENT') throw err;
+        });
+        return;
+      }
+      // A new attachment (the common case) gets its record in place: a torn record only makes readers
+      // rebuild it from the lease files.
+      await writeFile(file, rec, { mode: 0o600, flag: 'wx' }).catch((err: unknown) => {
+        if (errnoOf(err) !== 'EEXIST') throw err;
+        return this.writeAtomicAsync(file, rec);
+      });
+    });
   }
 
   private reserve(lease: NewLease, setId: number): boolean {
@@ -581,7 +596,29 @@ export class NetworkStore implements LeaseStore {
     if (this.taken.has(name)) return false;
     const target = join(this.p.dir, name);
     const tmp = join(this.p.tmp, `berthd-${process.pid}-${tmpSeq++}`);
-    tx.ops.push({ kind: 'create', tmp, target, content: leaseContent(lease) });
+    const content = leaseContent(lease);
+    this.chain(name, async () => {
+      let fd: number;
+      try {
+        fd = await open(tmp, 'wx', 0o600);
+      } catch (err) {
+        throw ioError(`cannot write lease ${target}`, err);
+      }
+      try {
+        await write(fd, content);
+        // link(2) is the exclusive create, with the content already in place (as lease-file-store does).
+        await fsp.link(tmp, target);
+      } catch (err) {
+        await close(fd).catch(() => undefined);
+        await fsp.rm(tmp, { force: true });
+        if (errnoOf(err) !== 'EEXIST') throw ioError(`cannot write lease ${target}`, err);
+        // Only a writer ignoring the flock can do this: re-read everything, and let the caller retry.
+        this.knownMtime = undefined;
+        throw new CniError(ErrorCode.TryAgainLater, `lease ${target} appeared outside the network's lock; the leases are re-read, retry`);
+      }
+      tx.fds.push(fd);
+      hold.tmps.push(tmp);
+    });
     tx.changed = true;
     hold.changed = true;
     this.mark(name, lease.ip, true);
@@ -649,8 +686,12 @@ export class NetworkStore implements LeaseStore {
     const hold = this.hold!;
     const name = formatIp(lease.ip);
     const target = join(this.p.dir, name);
-    // Gone from memory now, from disk with the batch's other file work (under the lock: nobody sees the gap).
-    tx.ops.push({ kind: 'unlink', path: target });
+    // Gone from memory now, from disk by commit (still under the lock, so nobody sees the difference).
+    this.chain(name, () =>
+      fsp.unlink(target).catch((err: unknown) => {
+        if (errnoOf(err) !== 'ENOENT') throw ioError(`cannot remove lease ${target}`, err);
+      }),
+    );
     tx.changed = true;
     hold.changed = true;
     this.mark(name, lease.ip, false);
