@@ -14,7 +14,7 @@ import { planAddresses, parseCidr, type AddressPlan, type GatewayAddress } from 
 import { hostNetlink, isCode, netnsNetlink, readSysctl, trySysctl, writeSysctl, type Netlink } from './kernel';
 import { withNetworkLock } from './lock';
 import { addMasquerade, removeMasquerade } from './masquerade';
-import { attachmentTag, nftTable, systemNft } from './nft';
+import { attachmentTag, nftScope } from './nft';
 import { registerAttachment, unregisterAttachment } from './registry';
 import { addSpoofCheck, removeSpoofCheck } from './spoofcheck';
 import { UndoStack } from './undo';
@@ -310,7 +310,7 @@ export async function cmdAdd(req: Request): Promise<Result> {
   const conf = confFromRequest(req);
   const undo = new UndoStack();
   const tag = attachmentTag(req.containerId, req.ifname);
-  const nftScope = { nft: systemNft, table: nftTable(req.env), network: conf.network };
+  const nft = nftScope(req.env, conf.network);
   const lockOpts = { network: conf.network, env: req.env };
   let netnsRef;
   try {
@@ -346,7 +346,7 @@ export async function cmdAdd(req: Request): Promise<Result> {
       );
       await configurePort(ctx, { bridge: b.link, veth: v.host, alias: tag });
       registerAttachment(req.env, conf.network, tag);
-      undo.push('unregister attachment', async () => unregisterAttachment(req.env, conf.network, tag));
+      undo.push('unregister attachment', () => withNetworkLock(lockOpts, async () => unregisterAttachment(req.env, conf.network, tag)));
       return { bridge: b.link, veth: v };
     });
     fault(req, 'after-veth');
@@ -362,8 +362,8 @@ export async function cmdAdd(req: Request): Promise<Result> {
 
     if (conf.macSpoofCheck && veth.container.mac !== undefined) {
       const mac = veth.container.mac;
-      await withNetworkLock(lockOpts, () => addSpoofCheck(nftScope, { containerId: req.containerId, ifname: req.ifname, hostVeth: veth.host.name, mac }));
-      undo.push('remove spoof-check entries', () => withNetworkLock(lockOpts, () => removeSpoofCheck(nftScope, (t) => t === tag)).then(() => undefined));
+      await withNetworkLock(lockOpts, () => addSpoofCheck(nft, { containerId: req.containerId, ifname: req.ifname, hostVeth: veth.host.name, mac }));
+      undo.push('remove spoof-check entries', () => withNetworkLock(lockOpts, () => removeSpoofCheck(nft, (t) => t === tag)).then(() => undefined));
     }
 
     let plan: AddressPlan | undefined;
@@ -406,8 +406,8 @@ export async function cmdAdd(req: Request): Promise<Result> {
         }
         fault(req, 'after-gateway');
         if (conf.ipMasq) {
-          await addMasquerade(nftScope, { containerId: req.containerId, ifname: req.ifname }, p.masq);
-          undo.push('remove masquerade entries', () => withNetworkLock(lockOpts, () => removeMasquerade(nftScope, (t) => t === tag)).then(() => undefined));
+          await addMasquerade(nft, { containerId: req.containerId, ifname: req.ifname }, p.masq);
+          undo.push('remove masquerade entries', () => withNetworkLock(lockOpts, () => removeMasquerade(nft, (t) => t === tag)).then(() => undefined));
         }
       });
       fault(req, 'after-masq');

@@ -10,7 +10,7 @@ import { confFromRequest } from './config';
 import { canonicalIp, parseCidr } from './gateway';
 import { hostNetlink, netnsNetlink } from './kernel';
 import { masqueradeAddresses } from './masquerade';
-import { attachmentTag, nftTable, systemNft } from './nft';
+import { attachmentTag, nftScope } from './nft';
 import { spoofCheckEntries } from './spoofcheck';
 
 function fail(msg: string): never {
@@ -103,7 +103,7 @@ export async function cmdCheck(req: Request): Promise<void> {
     }
 
     const tag = attachmentTag(req.containerId, req.ifname);
-    const scope = { nft: systemNft, table: nftTable(req.env), network: conf.network };
+    const scope = nftScope(req.env, conf.network);
     if (conf.ipMasq && conf.ipamType !== undefined) {
       const masq = new Set(await masqueradeAddresses(scope, tag));
       for (const ip of prev.ips ?? []) {

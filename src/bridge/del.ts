@@ -9,7 +9,7 @@ import { confFromRequest } from './config';
 import { hostNetlink, isCode, netnsNetlink, type Netlink } from './kernel';
 import { withNetworkLock } from './lock';
 import { removeMasquerade } from './masquerade';
-import { attachmentTag, nftTable, systemNft } from './nft';
+import { attachmentTag, nftScope } from './nft';
 import { unregisterAttachment } from './registry';
 import { removeSpoofCheck } from './spoofcheck';
 
@@ -76,20 +76,21 @@ export async function cmdDel(req: Request): Promise<void> {
     }
   }
 
-  const scope = { nft: systemNft, table: nftTable(req.env), network: conf.network };
+  const scope = nftScope(req.env, conf.network);
   try {
     await withNetworkLock({ network: conf.network, env: req.env }, async () => {
       // Two tables, two independent nft processes: run them side by side, both finished before the lock goes.
       const outcomes = await Promise.allSettled([removeMasquerade(scope, (t) => t === tag), removeSpoofCheck(scope, (t) => t === tag)]);
-      for (const o of outcomes) if (o.status === 'rejected') throw o.reason;
+      const failed = outcomes.find((o) => o.status === 'rejected');
+      if (failed !== undefined) note('remove nftables entries', failed.reason);
+      try {
+        unregisterAttachment(req.env, conf.network, tag);
+      } catch (err) {
+        note('unregister attachment', err);
+      }
     });
   } catch (err) {
-    note('remove nftables entries', err);
-  }
-  try {
-    unregisterAttachment(req.env, conf.network, tag);
-  } catch (err) {
-    note('unregister attachment', err);
+    note('network lock', err);
   }
 
   if (firstError !== undefined) {

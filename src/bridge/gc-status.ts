@@ -9,7 +9,7 @@ import { confFromRequest } from './config';
 import { hostNetlink, isCode } from './kernel';
 import { withNetworkLock } from './lock';
 import { removeMasquerade } from './masquerade';
-import { attachmentTag, nftTable, systemNft } from './nft';
+import { attachmentTag, nftScope } from './nft';
 import { registeredElsewhere, registeredTags, unregisterAttachment } from './registry';
 import { removeSpoofCheck } from './spoofcheck';
 
@@ -48,7 +48,7 @@ export async function cmdGc(req: Request): Promise<void> {
     for (const tag of registeredTags(req.env, conf.network)) {
       if (!valid.has(tag)) unregisterAttachment(req.env, conf.network, tag);
     }
-    const scope = { nft: systemNft, table: nftTable(req.env), network: conf.network };
+    const scope = nftScope(req.env, conf.network);
     try {
       await removeMasquerade(scope, stale);
     } catch (err) {

@@ -2,7 +2,7 @@
 // addresses, nftables sets) across concurrent plugin processes, with flock(2) on a file per network.
 import { createHash } from 'node:crypto';
 import { closeSync, mkdirSync, openSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CniError, ErrorCode } from '../cni-spec/errors';
 import { loadNativeAddon } from '../native-addon';
@@ -32,10 +32,25 @@ export interface NetworkLockOptions {
 
 /** Runs fn holding the network's exclusive lock; the lock is released when fn settles. */
 export async function withNetworkLock<T>(opts: NetworkLockOptions, fn: () => Promise<T>): Promise<T> {
-  const dir = join(runDir(opts.env), 'bridge');
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const file = join(dir, `${networkKey(opts.network)}.lock`);
-  const fd = openSync(file, 'a', 0o600);
+  // The lock files stay: unlinking a flock file is racy by nature (a waiter holding the old inode and a
+  // newcomer creating a new file would both "hold" the lock), and they are a few empty files on tmpfs.
+  const file = join(runDir(opts.env), 'bridge', `${networkKey(opts.network)}.lock`);
+  return withFileLock({ file, what: `network "${opts.network}"`, timeoutMs: opts.timeoutMs }, fn);
+}
+
+/**
+ * Runs fn holding the one host-wide lock that creating berth's nftables tables (and their base chains) and
+ * deleting them take, so that a table is never deleted between another network's look at it and its setup.
+ * Lock order: a network lock first, then this one; nobody takes a network lock while holding it.
+ */
+export async function withTablesLock<T>(env: Record<string, string | undefined>, fn: () => Promise<T>): Promise<T> {
+  const file = join(runDir(env), 'bridge', 'nft-tables.lock');
+  return withFileLock({ file, what: 'the nftables tables' }, fn);
+}
+
+async function withFileLock<T>(opts: { file: string; what: string; timeoutMs?: number | undefined }, fn: () => Promise<T>): Promise<T> {
+  mkdirSync(dirname(opts.file), { recursive: true, mode: 0o700 });
+  const fd = openSync(opts.file, 'a', 0o600);
   try {
     const addon = loadNativeAddon();
     const deadline = Date.now() + (opts.timeoutMs ?? 60_000);
@@ -44,7 +59,7 @@ export async function withNetworkLock<T>(opts: NetworkLockOptions, fn: () => Pro
     // could not time out.
     while (!addon.flock(fd, 'ex', true)) {
       if (Date.now() > deadline) {
-        throw new CniError(ErrorCode.TryAgainLater, `timed out waiting for the lock of network "${opts.network}" (${file})`);
+        throw new CniError(ErrorCode.TryAgainLater, `timed out waiting for the lock of ${opts.what} (${opts.file})`);
       }
       await sleep(wait);
       wait = Math.min(wait * 2, 25);

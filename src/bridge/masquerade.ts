@@ -2,7 +2,7 @@
 // (container addresses, and address·own-subnet pairs) so that ADD and DEL are element changes, each
 // element tagged with its attachment so DEL and GC find it without the prevResult.
 import { networkKey } from './lock';
-import { attachmentTag, setElements, type Nft, type NftCommand, type NftObject } from './nft';
+import { attachmentTag, emptyButFor, setElements, type Nft, type NftCommand, type NftObject, type TablesLock } from './nft';
 
 export interface MasqAddress {
   /** Container address, no prefix. */
@@ -17,6 +17,8 @@ export interface MasqScope {
   nft: Nft;
   table: string;
   network: string;
+  /** Held around table setup and teardown (see addMasquerade). */
+  tablesLock: TablesLock;
 }
 
 const FAMILY = 'inet';
@@ -112,7 +114,17 @@ function elementCommands(scope: MasqScope, op: 'add' | 'delete', addrs: readonly
  */
 export async function addMasquerade(scope: MasqScope, attachment: { containerId: string; ifname: string }, addrs: readonly MasqAddress[]): Promise<void> {
   const tag = attachmentTag(attachment.containerId, attachment.ifname);
-  const objects = (await scope.nft.listTable(FAMILY, scope.table)) ?? [];
+  const first = addPlan(scope, (await scope.nft.listTable(FAMILY, scope.table)) ?? [], addrs, tag);
+  // Ready: this network's chain and sets are in the table. Only holders of this network's lock (we hold it)
+  // remove them, and a teardown deletes the table only when it finds no other network's objects in it
+  // (listed inside the tables lock), so the table stays until our elements are in: no tables lock needed.
+  if (first.ready) return scope.nft.apply(first.cmds);
+  // Setup: a teardown could have listed the table before our setup and delete it after; under the tables
+  // lock and with a fresh listing, setup and teardown are ordered.
+  return scope.tablesLock(async () => scope.nft.apply(addPlan(scope, (await scope.nft.listTable(FAMILY, scope.table)) ?? [], addrs, tag).cmds));
+}
+
+function addPlan(scope: MasqScope, objects: readonly NftObject[], addrs: readonly MasqAddress[], tag: string): { ready: boolean; cmds: NftCommand[] } {
   const n = masqNames(scope.network);
   const ready = hasChain(objects, n.chain) && jumpHandles(objects, scope.network).length === 2 &&
     [n.c4, n.c6, n.s4, n.s6].every((s) => setElements(objects, s) !== undefined);
@@ -135,7 +147,7 @@ export async function addMasquerade(scope: MasqScope, attachment: { containerId:
     }
   }
   cmds.push(...elementCommands(scope, 'add', addrs, tag));
-  await scope.nft.apply(cmds);
+  return { ready, cmds };
 }
 
 /** Elements of the network whose tag is in `tags` (or, with `keep`, whose tag is not in it). */
@@ -150,19 +162,37 @@ function taggedElements(objects: readonly NftObject[], network: string, pick: (t
 
 /**
  * Removes the elements whose attachment tag `pick` selects; when the network has no element left, removes
- * its chain, sets and jumps too. Returns the tags removed. Caller holds the network lock.
+ * its chain, sets and jumps too, and the whole table when nothing else is left in it. Returns the tags
+ * removed. Caller holds the network lock.
  */
 export async function removeMasquerade(scope: MasqScope, pick: (tag: string | undefined) => boolean): Promise<string[]> {
   const objects = await scope.nft.listTable(FAMILY, scope.table);
   if (objects === undefined) return [];
+  const first = removePlan(scope, objects, pick);
+  if (!first.tableEmpty) {
+    await scope.nft.apply(first.cmds);
+    return first.tags;
+  }
+  // Deleting the table is only safe against a concurrent setup under the tables lock, on a fresh listing.
+  return scope.tablesLock(async () => {
+    const now = await scope.nft.listTable(FAMILY, scope.table);
+    if (now === undefined) return [];
+    const plan = removePlan(scope, now, pick);
+    await scope.nft.apply(plan.tableEmpty ? [{ delete: { table: { family: FAMILY, name: scope.table } } }] : plan.cmds);
+    return plan.tags;
+  });
+}
+
+function removePlan(scope: MasqScope, objects: readonly NftObject[], pick: (tag: string | undefined) => boolean): { cmds: NftCommand[]; tags: string[]; tableEmpty: boolean } {
   const n = masqNames(scope.network);
   const doomed = taggedElements(objects, scope.network, pick);
   const remaining = taggedElements(objects, scope.network, () => true).length - doomed.length;
   const cmds: NftCommand[] = doomed.map((d) => ({
     delete: { element: { family: FAMILY, table: scope.table, name: d.set, elem: [d.val] } },
   }));
+  const jumps = jumpHandles(objects, scope.network);
   if (remaining === 0) {
-    for (const h of jumpHandles(objects, scope.network)) {
+    for (const h of jumps) {
       cmds.push({ delete: { rule: { family: FAMILY, table: scope.table, chain: 'postrouting', handle: h } } });
     }
     if (hasChain(objects, n.chain)) cmds.push({ delete: { chain: { family: FAMILY, table: scope.table, name: n.chain } } });
@@ -170,8 +200,13 @@ export async function removeMasquerade(scope: MasqScope, pick: (tag: string | un
       if (setElements(objects, s) !== undefined) cmds.push({ delete: { set: { family: FAMILY, table: scope.table, name: s } } });
     }
   }
-  await scope.nft.apply(cmds);
-  return [...new Set(doomed.map((d) => d.tag ?? ''))];
+  const sets = new Set([n.c4, n.c6, n.s4, n.s6]);
+  const own = (o: NftObject): boolean =>
+    (o.chain !== undefined && o.chain.name === n.chain) ||
+    (o.set !== undefined && sets.has(o.set.name as string)) ||
+    (o.rule !== undefined && (o.rule.chain === n.chain || jumps.includes(o.rule.handle as number)));
+  const tableEmpty = remaining === 0 && emptyButFor(objects, 'postrouting', own);
+  return { cmds, tags: [...new Set(doomed.map((d) => d.tag ?? ''))], tableEmpty };
 }
 
 /** The container addresses present for one attachment (CHECK). */

@@ -2,6 +2,7 @@
 // name, and the attachment tags carried as element comments.
 import { createHash } from 'node:crypto';
 import { listTable, nftApply, type NftFamily } from '../netlink/nftables';
+import { withTablesLock } from './lock';
 
 /** One command of libnftables' JSON schema, e.g. `{ add: { element: {...} } }`. */
 export type NftCommand = Record<string, unknown>;
@@ -14,6 +15,21 @@ export interface Nft {
   apply(cmds: NftCommand[]): Promise<void>;
   /** Lists a table; undefined when it does not exist. */
   listTable(family: string, table: string): Promise<NftObject[] | undefined>;
+}
+
+/**
+ * Runs fn holding the host-wide lock that table setup and table teardown share (lock.ts withTablesLock);
+ * a scope carries it so the nft modules need not know where the run dir is.
+ */
+export type TablesLock = <T>(fn: () => Promise<T>) => Promise<T>;
+
+/**
+ * True when the table holds nothing but itself, its base chain and what `own` claims (one network's
+ * objects): deleting the whole table then removes nobody else's chain, set or rule (an operator's rule in
+ * the base chain keeps the table too).
+ */
+export function emptyButFor(objects: readonly NftObject[], baseChain: string, own: (o: NftObject) => boolean): boolean {
+  return objects.every((o) => o.table !== undefined || (o.chain !== undefined && o.chain.name === baseChain) || own(o));
 }
 
 /** berth's nftables through the kernel room's `nft -j` wrapper (large batches go through a file there). */
@@ -59,4 +75,9 @@ export function setElements(objects: readonly NftObject[], name: string): SetEle
     }
   }
   return undefined;
+}
+
+/** What the masquerade and spoof-check modules work on for one network of a request. */
+export function nftScope(env: Record<string, string | undefined>, network: string): { nft: Nft; table: string; network: string; tablesLock: TablesLock } {
+  return { nft: systemNft, table: nftTable(env), network, tablesLock: (fn) => withTablesLock(env, fn) };
 }

@@ -2,7 +2,7 @@
 // another network sharing its bridge: one small file per attachment under the run dir (tmpfs, so it lives
 // exactly as long as the veths do).
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { networkKey, runDir } from './lock';
 
@@ -20,14 +20,23 @@ function fileOf(tag: string): string {
   return createHash('sha256').update(tag).digest('hex').slice(0, 24);
 }
 
+/** Caller holds the network lock (an unregister could otherwise remove the directory between mkdir and write). */
 export function registerAttachment(env: Env, network: string, tag: string): void {
   const dir = networkDir(env, network);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   writeFileSync(join(dir, fileOf(tag)), tag, { mode: 0o600 });
 }
 
+/** Caller holds the network lock; the network's directory goes with its last attachment. */
 export function unregisterAttachment(env: Env, network: string, tag: string): void {
-  rmSync(join(networkDir(env, network), fileOf(tag)), { force: true });
+  const dir = networkDir(env, network);
+  rmSync(join(dir, fileOf(tag)), { force: true });
+  try {
+    rmdirSync(dir);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'ENOTEMPTY' && code !== 'EEXIST' && code !== 'ENOENT') throw err;
+  }
 }
 
 /** True when another network (not `network`) has registered this tag. */

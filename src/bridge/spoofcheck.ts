@@ -2,12 +2,14 @@
 // are dropped unless their source MAC is the container's. Per network, a set of guarded ports and a set of
 // allowed (port, MAC) pairs, elements tagged with the attachment like the masquerade sets.
 import { networkKey } from './lock';
-import { attachmentTag, setElements, type Nft, type NftCommand, type NftObject } from './nft';
+import { attachmentTag, emptyButFor, setElements, type Nft, type NftCommand, type NftObject, type TablesLock } from './nft';
 
 export interface SpoofScope {
   nft: Nft;
   table: string;
   network: string;
+  /** Held around table setup and teardown (as for the masquerade table). */
+  tablesLock: TablesLock;
 }
 
 const FAMILY = 'bridge';
@@ -42,13 +44,25 @@ export async function addSpoofCheck(
   scope: SpoofScope,
   attachment: { containerId: string; ifname: string; hostVeth: string; mac: string },
 ): Promise<void> {
+  const first = addPlan(scope, (await scope.nft.listTable(FAMILY, scope.table)) ?? [], attachment);
+  // Ready needs no tables lock: our sets and rule go only under our network lock (held), and a teardown
+  // keeps a table that holds another network's objects (same reasoning as addMasquerade).
+  if (first.ready) return scope.nft.apply(first.cmds);
+  return scope.tablesLock(async () => scope.nft.apply(addPlan(scope, (await scope.nft.listTable(FAMILY, scope.table)) ?? [], attachment).cmds));
+}
+
+function addPlan(
+  scope: SpoofScope,
+  objects: readonly NftObject[],
+  attachment: { containerId: string; ifname: string; hostVeth: string; mac: string },
+): { ready: boolean; cmds: NftCommand[] } {
   const tag = attachmentTag(attachment.containerId, attachment.ifname);
-  const objects = (await scope.nft.listTable(FAMILY, scope.table)) ?? [];
   const n = spoofNames(scope.network);
   const t = { family: FAMILY, table: scope.table };
   const cmds: NftCommand[] = [];
   const setsThere = setElements(objects, n.ports) !== undefined && setElements(objects, n.allowed) !== undefined;
-  if (!setsThere || ruleHandles(objects, scope.network).length !== 1) {
+  const ready = setsThere && ruleHandles(objects, scope.network).length === 1;
+  if (!ready) {
     cmds.push(
       { add: { table: { family: FAMILY, name: scope.table } } },
       { add: { chain: { ...t, name: 'prerouting', type: 'filter', hook: 'prerouting', prio: -300, policy: 'accept' } } },
@@ -78,27 +92,47 @@ export async function addSpoofCheck(
     });
   }
   cmds.push(...elementCommands(scope, 'add', attachment.hostVeth, attachment.mac, tag));
-  await scope.nft.apply(cmds);
+  return { ready, cmds };
 }
 
 /**
- * Removes the elements whose tag `pick` selects; when none is left, removes the network's rule and sets.
- * Returns the tags removed. Caller holds the network lock.
+ * Removes the elements whose tag `pick` selects; when none is left, removes the network's rule and sets,
+ * and the whole table when nothing else is left in it. Returns the tags removed. Caller holds the network lock.
  */
 export async function removeSpoofCheck(scope: SpoofScope, pick: (tag: string | undefined) => boolean): Promise<string[]> {
   const objects = await scope.nft.listTable(FAMILY, scope.table);
   if (objects === undefined) return [];
+  const first = removePlan(scope, objects, pick);
+  if (!first.tableEmpty) {
+    await scope.nft.apply(first.cmds);
+    return first.tags;
+  }
+  return scope.tablesLock(async () => {
+    const now = await scope.nft.listTable(FAMILY, scope.table);
+    if (now === undefined) return [];
+    const plan = removePlan(scope, now, pick);
+    await scope.nft.apply(plan.tableEmpty ? [{ delete: { table: { family: FAMILY, name: scope.table } } }] : plan.cmds);
+    return plan.tags;
+  });
+}
+
+function removePlan(scope: SpoofScope, objects: readonly NftObject[], pick: (tag: string | undefined) => boolean): { cmds: NftCommand[]; tags: string[]; tableEmpty: boolean } {
   const n = spoofNames(scope.network);
   const t = { family: FAMILY, table: scope.table };
   const all = [n.ports, n.allowed].flatMap((set) => (setElements(objects, set) ?? []).map((e) => ({ set, ...e })));
   const doomed = all.filter((e) => pick(e.comment));
   const cmds: NftCommand[] = doomed.map((d) => ({ delete: { element: { ...t, name: d.set, elem: [d.val] } } }));
-  if (all.length === doomed.length) {
-    for (const h of ruleHandles(objects, scope.network)) cmds.push({ delete: { rule: { ...t, chain: 'prerouting', handle: h } } });
+  const rules = ruleHandles(objects, scope.network);
+  const last = all.length === doomed.length;
+  if (last) {
+    for (const h of rules) cmds.push({ delete: { rule: { ...t, chain: 'prerouting', handle: h } } });
     for (const s of [n.ports, n.allowed]) if (setElements(objects, s) !== undefined) cmds.push({ delete: { set: { ...t, name: s } } });
   }
-  await scope.nft.apply(cmds);
-  return [...new Set(doomed.map((d) => d.comment ?? ''))];
+  const own = (o: NftObject): boolean =>
+    (o.set !== undefined && (o.set.name === n.ports || o.set.name === n.allowed)) ||
+    (o.rule !== undefined && rules.includes(o.rule.handle as number));
+  const tableEmpty = last && emptyButFor(objects, 'prerouting', own);
+  return { cmds, tags: [...new Set(doomed.map((d) => d.comment ?? ''))], tableEmpty };
 }
 
 /** The (port, MAC) pairs allowed for one attachment (CHECK). */

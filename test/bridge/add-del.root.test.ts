@@ -181,6 +181,8 @@ describe('DEL is idempotent', () => {
     expect(fx.ports(c.bridge as string)).toEqual([]);
     expect(fx.nftList('inet')).not.toContain('ctr7');
     expect(fx.nftList('bridge')).not.toContain('ctr7');
+    expect(fx.tables()).toEqual([]);
+    expect(fx.runState()).toEqual([]);
   }
 
   it('twice, without prevResult', async () => {
@@ -213,6 +215,45 @@ describe('DEL is idempotent', () => {
     const c = conf({ ipMasq: true });
     const del = await fx.run({ command: 'DEL', conf: c, containerId: 'nobody', netns: ns.path, ifname: 'eth0' });
     expect(del.code, del.stdout).toBe(0);
+  });
+});
+
+describe('nothing left behind', () => {
+  it('after the last DEL of the last network: no nft table, no registry dir; STATUS and CHECK create none', async () => {
+    const nets = [
+      conf({ name: `${fx.prefix}n1`, ipMasq: true, macspoofchk: true, ipam: fx.hostLocal([[{ subnet: '198.18.131.0/24' }]], {}, '1.1.0') }, '1.1.0'),
+      conf({ name: `${fx.prefix}n2`, ipMasq: true, macspoofchk: true, ipam: fx.hostLocal([[{ subnet: '198.18.133.0/24' }]], {}, '1.1.0') }, '1.1.0'),
+    ];
+    const pods = nets.flatMap((c, i) => ['p', 'q'].map((id) => ({ c, id: `${id}${i}`, ns: fx.netns() })));
+    const adds = [];
+    for (const p of pods) {
+      const r = await fx.run({ command: 'ADD', conf: p.c, containerId: p.id, netns: p.ns.path, ifname: 'eth0' });
+      expect(r.code, r.stdout + r.stderr).toBe(0);
+      adds.push(r.json);
+    }
+    expect(fx.tables().sort()).toEqual([`bridge ${fx.nftTable}`, `inet ${fx.nftTable}`]);
+    expect(fx.runState()).toHaveLength(2);
+
+    // the first network's last DEL takes only its own objects: the tables stay for the second
+    for (const p of pods.slice(0, 2)) {
+      const del = await fx.run({ command: 'DEL', conf: p.c, containerId: p.id, netns: p.ns.path, ifname: 'eth0' });
+      expect(del.code, del.stdout + del.stderr).toBe(0);
+    }
+    expect(fx.tables()).toHaveLength(2);
+    expect(fx.nftList('inet')).toContain('q1/eth0');
+    expect(fx.runState()).toHaveLength(1);
+    for (const p of pods.slice(2)) {
+      const del = await fx.run({ command: 'DEL', conf: p.c, containerId: p.id, netns: p.ns.path, ifname: 'eth0' });
+      expect(del.code, del.stdout + del.stderr).toBe(0);
+    }
+    expect(fx.tables()).toEqual([]);
+    expect(fx.runState()).toEqual([]);
+
+    const status = await fx.run({ command: 'STATUS', conf: nets[0]! });
+    expect(status.code, status.stdout + status.stderr).toBe(0);
+    const check = await fx.run({ command: 'CHECK', conf: { ...nets[0]!, prevResult: adds[0] }, containerId: 'p0', netns: pods[0]!.ns.path, ifname: 'eth0' });
+    expect(check.code).not.toBe(0);
+    expect(fx.tables()).toEqual([]);
   });
 });
 

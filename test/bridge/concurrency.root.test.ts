@@ -53,6 +53,42 @@ describe('concurrency', () => {
     expect(fx.nftList('bridge')).not.toContain('drop');
   });
 
+  it('ADD/DEL storms on two networks sharing the tables: no ADD fails, no ADD loses its entries, nothing left', async () => {
+    const nets = ['A', 'B'].map((n, i) => ({
+      n,
+      c: {
+        cniVersion: '1.0.0',
+        name: `${fx.prefix}s${n}`,
+        type: 'berth-bridge',
+        bridge: fx.bridge(),
+        isGateway: true,
+        ipMasq: true,
+        macspoofchk: true,
+        ipam: fx.hostLocal([[{ subnet: `198.18.${140 + i}.0/24` }]]),
+      },
+      pods: Array.from({ length: 10 }, (_, j) => ({ id: `s${n}${j}`, ns: fx.netns() })),
+    }));
+    const storm = async (net: (typeof nets)[number], round: number): Promise<void> => {
+      const adds = await Promise.all(net.pods.map((p) => fx.run({ command: 'ADD', conf: net.c, containerId: p.id, netns: p.ns.path, ifname: 'eth0' })));
+      for (const a of adds) expect(a.code, `ADD ${net.n} round ${round}: ${a.stdout}${a.stderr}`).toBe(0);
+      // every ADD's entries are there (a table deleted under a setup would have taken them)
+      expect(fx.nftList('inet').match(new RegExp(`comment "s${net.n}\\d/eth0"`, 'g')), `inet ${net.n} round ${round}`).toHaveLength(20);
+      expect(fx.nftList('bridge').match(new RegExp(`comment "s${net.n}\\d/eth0"`, 'g')), `bridge ${net.n} round ${round}`).toHaveLength(20);
+      const dels = await Promise.all(net.pods.map((p) => fx.run({ command: 'DEL', conf: net.c, containerId: p.id, netns: p.ns.path, ifname: 'eth0' })));
+      for (const d of dels) expect(d.code, `DEL ${net.n} round ${round}: ${d.stdout}${d.stderr}`).toBe(0);
+    };
+    // Each network runs its rounds on its own, B out of step, so that one's teardown meets the other's setup.
+    await Promise.all(
+      nets.map(async (net) => {
+        if (net.n === 'B') await new Promise((r) => setTimeout(r, 300));
+        for (let round = 0; round < 4; round++) await storm(net, round);
+      }),
+    );
+    expect(fx.tables()).toEqual([]);
+    expect(fx.runState()).toEqual([]);
+    for (const net of nets) expect(fx.leases(net.c.name)).toEqual([]);
+  }, 120_000);
+
   it('failing and succeeding ADDs at once on a new bridge: rollbacks never take what the others use', async () => {
     const c = {
       cniVersion: '1.0.0',

@@ -71,6 +71,9 @@ describe('GC', () => {
     expect(fx.leases(c.name as string)).toEqual([]);
     expect(fx.nftList('inet')).not.toContain('pod');
     expect(fx.nftList('bridge')).not.toContain('pod');
+    // the last attachments of the only network: both tables and the registry dir go too
+    expect(fx.tables()).toEqual([]);
+    expect(fx.runState()).toEqual([]);
   });
 
   it('leaves other networks on other bridges alone', async () => {
@@ -82,6 +85,9 @@ describe('GC', () => {
     expect(fx.ports(c2.bridge as string)).toHaveLength(1);
     expect(fx.leases(c2.name as string)).toEqual(['198.18.136.2']);
     expect(fx.nftList('inet')).toContain('podX/eth0');
+    // podX's network keeps the tables when the other's GC finds them otherwise empty
+    expect(fx.tables()).toHaveLength(2);
+    expect(fx.runState()).toHaveLength(1);
   });
 
   it('two networks sharing one bridge: GC of one never takes the ports of the other', async () => {

@@ -125,6 +125,18 @@ export class Fixture {
     return trySh('nft', ['list', 'table', family, this.nftTable]) ?? '';
   }
 
+  /** This fixture's nftables tables that exist, as `<family> <name>` (from `nft -j list tables`). */
+  tables(): string[] {
+    const out = JSON.parse(sh('nft', ['-j', 'list', 'tables'])) as { nftables: Array<{ table?: { family: string; name: string } }> };
+    return out.nftables.flatMap((o) => (o.table !== undefined && o.table.name === this.nftTable ? [`${o.table.family} ${o.table.name}`] : []));
+  }
+
+  /** What the plugin left under `<runDir>/bridge` besides its lock files. */
+  runState(): string[] {
+    const dir = join(this.runDir, 'bridge');
+    return existsSync(dir) ? readdirSync(dir).filter((f) => !f.endsWith('.lock')) : [];
+  }
+
   /** Host links whose master is `bridge`. */
   ports(bridge: string): any[] {
     if (trySh('ip', ['link', 'show', 'dev', bridge]) === undefined) return [];

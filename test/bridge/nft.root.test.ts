@@ -1,11 +1,26 @@
 // Masquerade and spoof-check element management against the real nft, in a private table.
 import { execFileSync } from 'node:child_process';
-import { afterEach, describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { withTablesLock } from '../../src/bridge/lock';
 import { addMasquerade, masqNames, masqueradeAddresses, removeMasquerade } from '../../src/bridge/masquerade';
-import { attachmentTag, systemNft } from '../../src/bridge/nft';
+import { attachmentTag, systemNft, type TablesLock } from '../../src/bridge/nft';
 import { addSpoofCheck, removeSpoofCheck, spoofCheckEntries, spoofNames } from '../../src/bridge/spoofcheck';
 
 const table = `bt${process.pid}nft`;
+const runDir = mkdtempSync(join(tmpdir(), `bt${process.pid}nft-run-`));
+const tablesLock: TablesLock = (fn) => withTablesLock({ BERTH_RUN_DIR: runDir }, fn);
+afterAll(() => rmSync(runDir, { recursive: true, force: true }));
+const exists = (family: string): boolean => {
+  try {
+    execFileSync('nft', ['list', 'table', family, table], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+};
 const list = (family: string): string => {
   try {
     return execFileSync('nft', ['list', 'table', family, table], { encoding: 'utf8' });
@@ -25,7 +40,7 @@ afterEach(() => {
 });
 
 describe('masquerade sets', () => {
-  const scope = { nft: systemNft, table, network: 'bt-net-a' };
+  const scope = { nft: systemNft, table, network: 'bt-net-a', tablesLock };
   const v4 = (ip: string) => ({ ip, family: 4 as const, subnet: '198.18.128.0', prefixLen: 24 });
 
   it('adds tagged elements, removes them by attachment, and removes the network objects with the last one', async () => {
@@ -47,9 +62,8 @@ describe('masquerade sets', () => {
     expect(after).toContain('c2/eth0');
 
     await removeMasquerade(scope, (t) => t === 'c2/eth0');
-    const empty = list('inet');
-    expect(empty).not.toContain(n.chain);
-    expect(empty).not.toContain(n.c4);
+    // the last network's last element takes the whole table with it
+    expect(exists('inet')).toBe(false);
     // removing again is a no-op
     expect(await removeMasquerade(scope, (t) => t === 'c2/eth0')).toEqual([]);
   });
@@ -72,11 +86,29 @@ describe('masquerade sets', () => {
     expect(text).toContain(masqNames('bt-net-b').chain);
     expect(text).toContain('198.18.129.2');
     expect(text).not.toContain(masqNames('bt-net-a').chain);
+    await removeMasquerade(other, () => true);
+    expect(exists('inet')).toBe(false);
+  });
+
+  it("keeps the table while someone else's rule is in its base chain", async () => {
+    await addMasquerade(scope, { containerId: 'c1', ifname: 'eth0' }, [v4('198.18.128.2')]);
+    execFileSync('nft', ['add', 'rule', 'inet', table, 'postrouting', 'counter']);
+    await removeMasquerade(scope, () => true);
+    const text = list('inet');
+    expect(text).toContain('counter');
+    expect(text).not.toContain(masqNames('bt-net-a').chain);
+  });
+
+  it('removing from a table holding only an empty base chain deletes it (leftover of an older run)', async () => {
+    execFileSync('nft', ['add', 'table', 'inet', table]);
+    execFileSync('nft', ['add', 'chain', 'inet', table, 'postrouting', '{ type nat hook postrouting priority 100; policy accept; }']);
+    expect(await removeMasquerade(scope, () => true)).toEqual([]);
+    expect(exists('inet')).toBe(false);
   });
 });
 
 describe('spoof-check sets', () => {
-  const scope = { nft: systemNft, table, network: 'bt-net-a' };
+  const scope = { nft: systemNft, table, network: 'bt-net-a', tablesLock };
   it('adds one rule per network and tagged (port, mac) pairs; removes them', async () => {
     await addSpoofCheck(scope, { containerId: 'c1', ifname: 'eth0', hostVeth: 'veth00000001', mac: '02:00:00:00:00:01' });
     await addSpoofCheck(scope, { containerId: 'c2', ifname: 'eth0', hostVeth: 'veth00000002', mac: '02:00:00:00:00:02' });
@@ -87,8 +119,18 @@ describe('spoof-check sets', () => {
     await removeSpoofCheck(scope, (t) => t === 'c1/eth0');
     expect(list('bridge')).not.toContain('veth00000001');
     await removeSpoofCheck(scope, (t) => t === 'c2/eth0');
-    const empty = list('bridge');
-    expect(empty).not.toContain(n.allowed);
-    expect(empty).not.toContain('drop');
+    expect(exists('bridge')).toBe(false);
+  });
+
+  it("keeps the table while another network's rule and sets are in it", async () => {
+    const other = { ...scope, network: 'bt-net-b' };
+    await addSpoofCheck(scope, { containerId: 'c1', ifname: 'eth0', hostVeth: 'veth00000001', mac: '02:00:00:00:00:01' });
+    await addSpoofCheck(other, { containerId: 'c2', ifname: 'eth0', hostVeth: 'veth00000002', mac: '02:00:00:00:00:02' });
+    await removeSpoofCheck(scope, () => true);
+    const text = list('bridge');
+    expect(text).not.toContain(spoofNames('bt-net-a').allowed);
+    expect(text).toContain('veth00000002');
+    await removeSpoofCheck(other, () => true);
+    expect(exists('bridge')).toBe(false);
   });
 });
