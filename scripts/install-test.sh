@@ -27,6 +27,10 @@ fi
 
 P="bt$$"
 tmp="$(mktemp -d "/tmp/$P-install.XXXXXX")"
+# berth-bridge's lock files and attachment registry under the run's temp dir, not /run/berth (passed on
+# explicitly below: the plugins run under env -i). The nftables table stays the default `berth`.
+export BERTH_RUN_DIR="$tmp/run"
+berth_table_before="$(nft list tables 2>/dev/null | grep -cE '^table (inet|bridge) berth$')"
 prefix="$tmp/opt/cni/bin"
 net="$P-inst"
 br="${P}br"
@@ -75,7 +79,7 @@ mkdir -p "$tools"
 for t in ip nft ping sh; do ln -s "$(command -v "$t")" "$tools/$t"; done
 ln -s "$CNITOOL" "$tools/cnitool"
 native="$tmp/native" # BERTH_NATIVE_DIR: private to this run (the default is /var/lib/berth/native)
-bare() { env -i PATH="$tools" BERTH_NATIVE_DIR="$native" "$@"; }
+bare() { env -i PATH="$tools" BERTH_NATIVE_DIR="$native" BERTH_RUN_DIR="$BERTH_RUN_DIR" "$@"; }
 cni() { bare NETCONFPATH="$tmp/net.d" CNI_PATH="$prefix" cnitool "$@"; }
 pod_env() { # command, pod, executable: run a plugin directly, as a runtime does
   bare CNI_COMMAND="$1" CNI_CONTAINERID="$2" CNI_NETNS="/run/netns/$2" CNI_IFNAME=eth0 CNI_PATH="$prefix" "$3"
@@ -178,7 +182,7 @@ mkfifo "$tmp/stdin.fifo"
 exec 3<>"$tmp/stdin.fifo" # a writer exists, so the plugin's open of the fifo does not block; its read does
 # Started by env directly (not through a function, which would fork a subshell), so $! is the plugin;
 # 3>&- keeps the fifo's writer out of the plugin, or it would never see the end of its stdin.
-env -i PATH="$tools" BERTH_NATIVE_DIR="$native" CNI_COMMAND=ADD CNI_CONTAINERID="$P-c" CNI_NETNS="/run/netns/$P-c" \
+env -i PATH="$tools" BERTH_NATIVE_DIR="$native" BERTH_RUN_DIR="$BERTH_RUN_DIR" CNI_COMMAND=ADD CNI_CONTAINERID="$P-c" CNI_NETNS="/run/netns/$P-c" \
   CNI_IFNAME=eth0 CNI_PATH="$prefix" "$prefix/berth-bridge" <"$tmp/stdin.fifo" >"$tmp/$P-c.json" 2>"$tmp/$P-c.err" 3>&- &
 plugin_pid=$!
 blocked_on_stdin() {
@@ -253,6 +257,13 @@ no_nft_left() {
 check "no lease file left for ${addrs[*]}" no_lease_left
 check "no nftables entry left for ${addrs[*]}" no_nft_left
 check "no cnitool cache file left" bash -c "! ls /var/lib/cni/results/'$net'-* 2>/dev/null"
+no_berth_table() { local t; t="$(nft list tables)" || return 1; echo "$t"; ! grep -qE '^table (inet|bridge) berth$' <<<"$t"; }
+if [ "$berth_table_before" = 0 ]; then
+  check "no berth nftables table left after the last DEL (nft list tables)" no_berth_table
+else
+  echo "SKIP a berth nftables table existed before this run (someone else's): not checking that none is left"
+fi
+check "no attachment registry left under BERTH_RUN_DIR" bash -c "[ -d '$BERTH_RUN_DIR/bridge' ] && ! find '$BERTH_RUN_DIR' -name '*.attachments' | grep -q ."
 
 # --- uninstall -----------------------------------------------------------------------------------------
 check "install.sh --uninstall" "$repo/scripts/install.sh" --uninstall "${install_args[@]}"

@@ -40,6 +40,12 @@ fi
 
 P="bt$$"
 tmp="$(mktemp -d "/tmp/$P-e2e.XXXXXX")"
+# berth-bridge's lock files and attachment registry go under the run's temp dir, not /run/berth (the
+# plugins get it through berth exec and cnitool, which both pass their environment on). The nftables table
+# stays the default one: this run checks the real thing, and that the last DEL leaves no `berth` table.
+# (Table setup/teardown lock under the run dir: do not run this beside other users of the `berth` table.)
+export BERTH_RUN_DIR="$tmp/run"
+berth_table_before="$(nft list tables 2>/dev/null | grep -cE '^table (inet|bridge) berth$')"
 # One /24 of 198.19.0.0/16 and one /64 of fd00:e2e::/32 per run, so parallel runs never share a route.
 X=$(( $$ % 250 + 1 ))
 V4A="198.19.$X.0/26"
@@ -277,6 +283,18 @@ if [ "$BRIDGE_TYPE" = berth-bridge ] && [ "$IPAM_TYPE" = berth-ipam ]; then
   run_gc_network
 else
   echo "SKIP [gc] STATUS/GC need spec 1.1.0 plugins (berth-bridge + berth-ipam)"
+fi
+
+# After the last DEL of every network: nothing of berth-bridge's on the host.
+no_berth_table() { local t; t="$(nft list tables)" || return 1; echo "$t"; ! grep -qE '^table (inet|bridge) berth$' <<<"$t"; }
+no_registry_left() { ls -A "$BERTH_RUN_DIR/bridge" && [ -z "$(find "$BERTH_RUN_DIR" -name '*.attachments' 2>/dev/null)" ]; }
+if [ "$BRIDGE_TYPE" = berth-bridge ]; then
+  if [ "$berth_table_before" = 0 ]; then
+    check "no berth nftables table left after the last DEL (nft list tables)" no_berth_table
+  else
+    echo "SKIP a berth nftables table existed before this run (someone else's): not checking that none is left"
+  fi
+  check "no attachment registry left under BERTH_RUN_DIR" no_registry_left
 fi
 
 echo "# $((checks - fails))/$checks checks passed"
