@@ -129,6 +129,8 @@ describe('the daemon store keeps the files and lease-file-store index as the plu
     const del = await callDaemon({ socket, method: 'POST', path: Release.path, body: envelope('ctr-a') });
     expect(del.status).toBe(200);
     expect([...leaseFiles().keys()]).toEqual([ipB]);
+    // The record is index, written when the daemon lets go of the lock.
+    await service.drain();
     expect(existsSync(join(dataDir, 'btnet', '.berth', 'att', 'ctr-a:eth0'))).toBe(false);
   });
 
@@ -152,7 +154,25 @@ describe('the daemon store keeps the files and lease-file-store index as the plu
       await s.release(again!);
     });
     expect(leaseFiles()).toEqual(new Map());
+    // 'third' came and went within one hold: its record was never written; 'second''s is gone.
+    await service.drain();
     expect(readdirSync(join(dataDir, 'btnet', '.berth', 'att'))).toEqual([]);
+    expect(readdirSync(join(dataDir, 'btnet', '.berth', 'tmp'))).toEqual([]);
+  });
+
+  test('a release waits for no fsync round; an allocation does', async () => {
+    await startServer();
+    await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-1') });
+    await service.drain();
+    const rounds = service.batchStats().fsyncRounds;
+    expect(rounds).toBeGreaterThan(0);
+    const del = await callDaemon({ socket, method: 'POST', path: Release.path, body: envelope('ctr-1') });
+    expect(del.status).toBe(200);
+    expect(leaseFiles()).toEqual(new Map());
+    await service.drain();
+    expect(service.batchStats().fsyncRounds).toBe(rounds);
+    await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-2') });
+    expect(service.batchStats().fsyncRounds).toBe(rounds + 1);
   });
 
   test('concurrent requests share batches and fsync rounds, and get distinct addresses', async () => {

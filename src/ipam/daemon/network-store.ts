@@ -6,7 +6,6 @@
 // berth's `.berth/att/` records and `state.json` sentinel), so a plugin working on the files directly, before,
 // after or at the same moment as the daemon, sees the same leases and trusts the same index.
 import * as fs from 'node:fs';
-import * as fsp from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { CniError, ErrorCode } from '../../cni-spec/errors';
@@ -34,13 +33,12 @@ const MAX_LOCK_BACKOFF_MS = 20;
  */
 const MAX_HOLD_NS = 25_000_000n;
 
+// Only the syncs leave the event loop. Creates, writes and unlinks of small files are done in place: through
+// the thread pool each cost several futex wake-ups and context switches (≈ 56 futex calls per pair against
+// ≈ 5, and ~20 % less daemon CPU per pair, in README's berthd bench notes).
 const fdatasync = promisify(fs.fdatasync);
 const fsync = promisify(fs.fsync);
-const close = promisify(fs.close);
-const open = promisify(fs.open);
-const write = promisify(fs.write) as (fd: number, data: string) => Promise<unknown>;
-// The callback API, not fs/promises: no FileHandle object per small file.
-const writeFile = promisify(fs.writeFile);
+const LEASE_CREATE = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
 
 export interface NetworkStoreOptions {
   dataDir: string;
@@ -51,23 +49,16 @@ export interface NetworkStoreOptions {
 }
 
 /**
- * One hold of the network's flock: several batches run under it back to back, their file work (lease files
- * and attachment records) in flight together; the rest of the index (cursors, records fixed by a re-read,
- * the sentinel and state.json) is written once, when the hold ends (queue empty, or held long enough that
- * plugins on the files get their turn).
+ * One hold of the network's flock: several batches run under it back to back, each creating and removing
+ * its lease files as its requests run; the index beside them (attachment records, cursors, the sentinel
+ * and state.json) is written once, when the hold ends (queue empty, or held long enough that plugins on the
+ * files get their turn). An attachment that came and went within one hold never gets a record.
  */
 interface Hold {
-  /**
-   * The file work of each lease name (create, remove), chained per name so that it happens in the order
-   * the batches decided it, and run concurrently across names off the event loop: one create or unlink at
-   * a time on the main thread would wait for the filesystem journal each time.
-   */
-  chains: Map<string, Promise<void>>;
-  /** Every batch's file work of this hold; the index is written after all of it. */
-  work: Promise<unknown>[];
   cursors: Set<number>;
+  /** Attachments whose `.berth/att` record must be written or removed when the hold ends. */
   atts: Set<string>;
-  /** Temp names of new lease files, removed after the hold (off the critical path; never matched by anyone). */
+  /** Temp names of new lease files (already linked into place), removed before the flock is let go. */
   tmps: string[];
   /** Anything in the network directory changed (the sentinel and state must follow). */
   changed: boolean;
@@ -79,12 +70,8 @@ interface Hold {
 
 /** One batch: what must reach the disk before its replies leave. */
 interface Tx {
-  /** Descriptors of lease files created by the batch, synced and closed after its fsync round. */
+  /** Descriptors of lease files created by the batch, synced and closed after its fsync round: the replies wait for it. */
   fds: number[];
-  /** This batch's file work (a subset of the hold's chains). */
-  work: Promise<void>[];
-  /** The batch changed the directory (a release, a record fixed by a re-read): its reply waits for an fsync. */
-  changed: boolean;
 }
 
 interface Pending {
@@ -163,6 +150,23 @@ class BitmapOccupancy implements Occupancy {
 }
 
 let tmpSeq = 0;
+
+function writeNew(file: string, data: string): void {
+  const fd = fs.openSync(file, LEASE_CREATE, 0o600);
+  try {
+    fs.writeSync(fd, data);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function unlinkIfThere(file: string): void {
+  try {
+    fs.unlinkSync(file);
+  } catch (err) {
+    if (errnoOf(err) !== 'ENOENT') throw err;
+  }
+}
 
 /** The in-memory store of one network directory; `transact` joins the next batch. */
 export class NetworkStore implements LeaseStore {
@@ -271,7 +275,7 @@ export class NetworkStore implements LeaseStore {
       await new Promise<void>((resolve) => setImmediate(resolve));
       while (this.queue.length > 0) {
         const batch = this.queue.splice(0, MAX_BATCH);
-        const tx: Tx = { fds: [], work: [], changed: false };
+        const tx: Tx = { fds: [] };
         const outcomes: ({ ok: true; value: unknown } | { ok: false; err: unknown })[] = [];
         let failure: unknown;
         const t0 = process.hrtime.bigint();
@@ -279,7 +283,7 @@ export class NetworkStore implements LeaseStore {
           if (this.hold === undefined) {
             await this.lock();
             this.stats.lockWaitSeconds += Number(process.hrtime.bigint() - t0) / 1e9;
-            this.hold = { chains: new Map(), work: [], cursors: new Set(), atts: new Set(), tmps: [], changed: false, bootSeen: false, failed: false, started: process.hrtime.bigint() };
+            this.hold = { cursors: new Set(), atts: new Set(), tmps: [], changed: false, bootSeen: false, failed: false, started: process.hrtime.bigint() };
             this.tx = tx;
             this.refresh();
           }
@@ -296,7 +300,12 @@ export class NetworkStore implements LeaseStore {
           // without a good view of the files must end now.
           failure = err instanceof CniError ? err : ioError(`lease store ${this.p.dir}`, err);
           this.knownMtime = undefined;
-          if (this.hold !== undefined) this.hold.failed = true;
+          if (this.hold !== undefined) {
+            // Memory may be half re-read: write none of it.
+            this.hold.failed = true;
+            this.hold.atts.clear();
+            this.hold.cursors.clear();
+          }
         } finally {
           this.tx = undefined;
         }
@@ -312,29 +321,14 @@ export class NetworkStore implements LeaseStore {
             else item.reject(o.err);
           });
         };
-        const hold = this.hold;
-        if (failure !== undefined || (tx.work.length === 0 && !tx.changed)) settle();
+        // Only new leases wait for an fsync round: a removal lost to a power cut brings back a lease of a
+        // container that is gone (released by GC or the reboot rule), never a duplicate; the next round's
+        // directory fsync covers it anyway.
+        if (failure !== undefined || tx.fds.length === 0) settle();
         else {
-          // The batch's files first, then its fsync round; meanwhile the next batch runs under the same hold.
-          const filesDone = Promise.allSettled(tx.work).then((results) => {
-            const bad = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-            if (bad === undefined) return undefined;
-            if (hold !== undefined) hold.failed = true;
-            return bad.reason as unknown;
-          });
-          hold?.work.push(filesDone);
-          filesDone.then(
-            (fileErr) => {
-              if (fileErr !== undefined) {
-                for (const fd of tx.fds.splice(0)) fs.closeSync(fd);
-                settle(fileErr);
-                return;
-              }
-              this.unsynced.push({ tx, settle });
-              this.startSync();
-            },
-            (err: unknown) => settle(err),
-          );
+          // The batch's files are written: its fsync round next, while the next batch runs under the same hold.
+          this.unsynced.push({ tx, settle });
+          this.startSync();
         }
         this.stats.batchSeconds += Number(process.hrtime.bigint() - t0) / 1e9;
         // More requests may have arrived while this batch ran; a short turn of the event loop lets them in.
@@ -358,18 +352,23 @@ export class NetworkStore implements LeaseStore {
     const hold = this.hold!;
     const t0 = process.hrtime.bigint();
     try {
-      await Promise.all(hold.work);
+      this.commit(hold);
       if (hold.failed) this.knownMtime = undefined;
-      else await this.commit(hold);
     } catch (err) {
       this.knownMtime = undefined;
       this.opts.log.log('error', 'cannot update the lease index; the files will be re-read', { network: this.network, error: String(err) });
     } finally {
+      // The links are in place (a name left behind by a failure is removed by the next holder of the lock).
+      for (const t of hold.tmps) {
+        try {
+          fs.unlinkSync(t);
+        } catch {
+          // Removed at the next re-read.
+        }
+      }
       this.hold = undefined;
       this.unlock();
       this.stats.batchSeconds += Number(process.hrtime.bigint() - t0) / 1e9;
-      // Best effort: the links are in place; a name left behind is removed by the next writer under the lock.
-      for (const t of hold.tmps) fsp.unlink(t).catch(() => undefined);
     }
   }
 
@@ -394,7 +393,7 @@ export class NetworkStore implements LeaseStore {
           fs.closeSync(dirFd);
         }
       } finally {
-        await Promise.all(fds.map((fd) => close(fd).catch(() => undefined)));
+        for (const fd of fds) fs.closeSync(fd);
       }
     };
     work().then(
@@ -549,41 +548,9 @@ export class NetworkStore implements LeaseStore {
     release: async (lease: Lease): Promise<void> => this.release(lease),
   };
 
-  /** Queues file work on one lease name behind the earlier work on that name; the batch awaits it. */
-  private chain(name: string, op: () => Promise<void>): void {
-    const hold = this.hold!;
-    const next = (hold.chains.get(name) ?? Promise.resolve()).then(op);
-    // Observed by the batch through allSettled; this branch only keeps it from counting as unhandled.
-    next.catch(() => undefined);
-    hold.chains.set(name, next);
-    this.tx!.work.push(next);
-  }
-
-  /**
-   * Writes the attachment's record (lease-file-store's `.berth/att/<id>:<ifname>`) as it stands now, with the
-   * batch's lease files, so that a reply never leaves before the pod identity it carries is on disk.
-   */
+  /** The attachment's `.berth/att` record follows its leases when the hold ends (see `Hold`). */
   private recordAtt(key: string): void {
-    const entry = this.byAtt.get(key);
-    const file = join(this.p.att, key);
-    const rec =
-      entry === undefined || entry.ips.size === 0
-        ? undefined
-        : JSON.stringify({ v: 1, containerId: entry.containerId, ifname: entry.ifname, ips: [...entry.ips], meta: entry.meta });
-    this.chain(`att:${key}`, async () => {
-      if (rec === undefined) {
-        await fsp.unlink(file).catch((err: unknown) => {
-          if (errnoOf(err) !== 'ENOENT') throw err;
-        });
-        return;
-      }
-      // A new attachment (the common case) gets its record in place: a torn record only makes readers
-      // rebuild it from the lease files.
-      await writeFile(file, rec, { mode: 0o600, flag: 'wx' }).catch((err: unknown) => {
-        if (errnoOf(err) !== 'EEXIST') throw err;
-        return this.writeAtomicAsync(file, rec);
-      });
-    });
+    this.hold!.atts.add(key);
   }
 
   private reserve(lease: NewLease, setId: number): boolean {
@@ -595,31 +562,26 @@ export class NetworkStore implements LeaseStore {
     // Under the lock, with the view re-read whenever anyone else changed the directory, memory is the truth.
     if (this.taken.has(name)) return false;
     const target = join(this.p.dir, name);
+    // Written under a temp name in `.berth/tmp`, then link(2)ed into place: host-local's exclusive create,
+    // never visible half-written. Its fdatasync then also syncs `.berth/tmp` (ext4 without a journal syncs
+    // a new inode's parent), not the network directory the batches keep changing: measured 0.3 ms against
+    // 2 ms per fdatasync under load. The network directory gets one fsync per round.
     const tmp = join(this.p.tmp, `berthd-${process.pid}-${tmpSeq++}`);
-    const content = leaseContent(lease);
-    this.chain(name, async () => {
-      let fd: number;
-      try {
-        fd = await open(tmp, 'wx', 0o600);
-      } catch (err) {
-        throw ioError(`cannot write lease ${target}`, err);
-      }
-      try {
-        await write(fd, content);
-        // link(2) is the exclusive create, with the content already in place (as lease-file-store does).
-        await fsp.link(tmp, target);
-      } catch (err) {
-        await close(fd).catch(() => undefined);
-        await fsp.rm(tmp, { force: true });
-        if (errnoOf(err) !== 'EEXIST') throw ioError(`cannot write lease ${target}`, err);
-        // Only a writer ignoring the flock can do this: re-read everything, and let the caller retry.
-        this.knownMtime = undefined;
-        throw new CniError(ErrorCode.TryAgainLater, `lease ${target} appeared outside the network's lock; the leases are re-read, retry`);
-      }
-      tx.fds.push(fd);
+    let fd: number | undefined;
+    try {
+      fd = fs.openSync(tmp, LEASE_CREATE, 0o600);
       hold.tmps.push(tmp);
-    });
-    tx.changed = true;
+      fs.writeSync(fd, leaseContent(lease));
+      fs.linkSync(tmp, target);
+    } catch (err) {
+      if (fd !== undefined) fs.closeSync(fd);
+      hold.failed = true;
+      if (errnoOf(err) !== 'EEXIST' || fd === undefined) throw ioError(`cannot write lease ${target}`, err);
+      // Only a writer ignoring the flock can do this: re-read everything, and let the caller retry.
+      this.knownMtime = undefined;
+      throw new CniError(ErrorCode.TryAgainLater, `lease ${target} appeared outside the network's lock; the leases are re-read, retry`);
+    }
+    tx.fds.push(fd);
     hold.changed = true;
     this.mark(name, lease.ip, true);
     const key = attKey(lease);
@@ -686,13 +648,12 @@ export class NetworkStore implements LeaseStore {
     const hold = this.hold!;
     const name = formatIp(lease.ip);
     const target = join(this.p.dir, name);
-    // Gone from memory now, from disk by commit (still under the lock, so nobody sees the difference).
-    this.chain(name, () =>
-      fsp.unlink(target).catch((err: unknown) => {
-        if (errnoOf(err) !== 'ENOENT') throw ioError(`cannot remove lease ${target}`, err);
-      }),
-    );
-    tx.changed = true;
+    try {
+      unlinkIfThere(target);
+    } catch (err) {
+      hold.failed = true;
+      throw ioError(`cannot remove lease ${target}`, err);
+    }
     hold.changed = true;
     this.mark(name, lease.ip, false);
     this.byIp.delete(name);
@@ -705,48 +666,42 @@ export class NetworkStore implements LeaseStore {
     }
   }
 
-  private async writeAtomicAsync(target: string, data: string): Promise<void> {
+  private writeAtomic(target: string, data: string): void {
     const tmp = join(this.p.tmp, `berthd-${process.pid}-${tmpSeq++}`);
-    await writeFile(tmp, data, { mode: 0o600, flag: 'wx' });
-    await fsp.rename(tmp, target);
+    writeNew(tmp, data);
+    fs.renameSync(tmp, target);
   }
 
   /**
    * Writes what lease-file-store keeps beside the IP files: cursors, attachment records, then the directory
    * sentinel and state.json, so that a plugin on the files next trusts the index instead of rebuilding it.
    */
-  private async commit(hold: Hold): Promise<void> {
+  private commit(hold: Hold): void {
     if (!hold.changed && !hold.bootSeen) return;
-    const ignoreMissing = (err: unknown): void => {
-      if (errnoOf(err) !== 'ENOENT') throw err;
-    };
-    const work: Promise<void>[] = [];
+    // After a failed step the records still follow memory (which changes only after each file step
+    // succeeded), so pod identities are kept; but no sentinel: the next holder re-reads the files.
     for (const setId of hold.cursors) {
       const ip = this.cursors.get(setId);
-      if (ip !== undefined) work.push(this.writeAtomicAsync(join(this.p.dir, `${CURSOR_PREFIX}${setId}`), formatIp(ip)));
+      if (ip !== undefined) this.writeAtomic(join(this.p.dir, `${CURSOR_PREFIX}${setId}`), formatIp(ip));
     }
     for (const key of hold.atts) {
       const entry = this.byAtt.get(key);
       const file = join(this.p.att, key);
       if (entry === undefined || entry.ips.size === 0) {
-        work.push(fsp.unlink(file).catch(ignoreMissing));
+        unlinkIfThere(file);
         continue;
       }
       const rec = JSON.stringify({ v: 1, containerId: entry.containerId, ifname: entry.ifname, ips: [...entry.ips], meta: entry.meta });
       // A new attachment (the common case) gets its record in place: a torn record only makes readers
       // rebuild it from the lease files, which are written and synced separately.
-      work.push(
-        writeFile(file, rec, { mode: 0o600, flag: 'wx' }).catch((err: unknown) => {
-          if (errnoOf(err) !== 'EEXIST') throw err;
-          return this.writeAtomicAsync(file, rec);
-        }),
-      );
+      try {
+        writeNew(file, rec);
+      } catch (err) {
+        if (errnoOf(err) !== 'EEXIST') throw err;
+        this.writeAtomic(file, rec);
+      }
     }
-    // Every write is started before any is awaited (records and cursors beside the lease files): they share
-    // the filesystem journal's commits. Only the sentinel must wait for all of them.
-    const results = await Promise.allSettled(work);
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed !== undefined) throw failed.reason;
+    if (hold.failed) return;
     const now = this.opts.now?.() ?? new Date();
     // A moment in the past with random nanoseconds: any later change of the directory stamps the current
     // time, which cannot equal it (lease-file-store's sentinel, shared so both sides trust one index).
@@ -756,6 +711,6 @@ export class NetworkStore implements LeaseStore {
     const bootId = hold.bootSeen ? this.opts.bootId : (this.indexState.bootId ?? this.opts.bootId);
     this.indexState = { gen, bootId };
     // A new generation also retires lease-file-store's occupancy bitmaps, which it rebuilds from the files.
-    await this.writeAtomicAsync(this.p.state, JSON.stringify({ v: 1, gen, dirMtimeNs: this.knownMtime.toString(), bootId }));
+    this.writeAtomic(this.p.state, JSON.stringify({ v: 1, gen, dirMtimeNs: this.knownMtime.toString(), bootId }));
   }
 }
