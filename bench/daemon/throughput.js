@@ -7,7 +7,10 @@
 // HTTP/1.1 keep-alive connection and loops: POST /v1/allocate for a new container id, then POST
 // /v1/release for it. A pair counts when both replies are 200. Every allocation is fsynced before its
 // reply (group commit). Printed: pairs/s, p50/p99 of a pair's latency, batches and fsync rounds the
-// daemon used (from /metrics), and at the end the store is checked empty.
+// daemon used (from /metrics), CPU seconds per pair of the daemon (all its threads, from /proc) and of this
+// client, and at the end the store is checked empty. On a shared 2-core machine CPU per pair is the
+// steadier figure: pairs/s moves with everyone else's load.
+// BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" passes node flags to the daemon (profiling).
 'use strict';
 const { spawn } = require('node:child_process');
 const fs = require('node:fs');
@@ -72,7 +75,18 @@ async function waitReady() {
   throw new Error('berthd did not come up');
 }
 
+/** utime + stime of a whole process (every thread), in seconds. */
+function cpuSeconds(pid) {
+  const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  // Fields 14 and 15 (utime, stime) in clock ticks; USER_HZ is 100 on Linux.
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
+
+let daemonPid;
+
 async function round(clients) {
+  const daemonCpu0 = cpuSeconds(daemonPid);
+  const selfCpu0 = process.cpuUsage();
   const agent = new http.Agent({ keepAlive: true, maxSockets: clients });
   const before = await get('/metrics');
   const latencies = [];
@@ -91,6 +105,9 @@ async function round(clients) {
     }),
   );
   agent.destroy();
+  const daemonCpu = cpuSeconds(daemonPid) - daemonCpu0;
+  const self = process.cpuUsage(selfCpu0);
+  const perPair = (sec) => `${Math.round((sec * 1e6) / Math.max(pairs, 1))}µs`;
   const after = await get('/metrics');
   latencies.sort((a, b) => a - b);
   const q = (p) => latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))].toFixed(2);
@@ -98,14 +115,17 @@ async function round(clients) {
   console.log(
     `clients=${String(clients).padStart(3)}  pairs/s=${String(Math.round(pairs / seconds)).padStart(6)}  pair p50=${q(0.5)}ms p99=${q(0.99)}ms  ` +
       `batches=${d('berthd_batches')} (txs ${d('berthd_batched_requests')}) fsync-rounds=${d('berthd_fsync_rounds')} ` +
-      `under-lock=${d('berthd_batch_seconds').toFixed(2)}s fsync=${d('berthd_fsync_seconds').toFixed(2)}s`,
+      `under-lock=${d('berthd_batch_seconds').toFixed(2)}s fsync=${d('berthd_fsync_seconds').toFixed(2)}s  ` +
+      `cpu/pair daemon=${perPair(daemonCpu)} client=${perPair((self.user + self.system) / 1e6)}`,
   );
 }
 
 async function main() {
-  const daemon = spawn(process.execPath, [join(repo, 'bin', 'berth'), 'daemon', '--socket', socket, '--data-dir', dataDir, '--log-level', 'warn'], {
+  const nodeArgs = process.env.BENCH_NODE_ARGS ? process.env.BENCH_NODE_ARGS.split(' ') : [];
+  const daemon = spawn(process.execPath, [...nodeArgs, join(repo, 'bin', 'berth'), 'daemon', '--socket', socket, '--data-dir', dataDir, '--log-level', 'warn'], {
     stdio: ['ignore', 'inherit', 'inherit'],
   });
+  daemonPid = daemon.pid;
   try {
     await waitReady();
     console.log(`berthd bench: ${os.cpus().length} CPUs, load ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}, ${seconds}s per round, data dir on ${dataDir}`);
