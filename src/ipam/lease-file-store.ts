@@ -28,12 +28,29 @@ import { CniError, ErrorCode } from '../cni-spec/errors';
 import { loadNativeAddon } from '../native-addon';
 import { type Family, type Ip, formatIp, parseIp } from './address';
 import type { Occupancy } from './allocator';
-import { checkContainerId, checkIfname, checkNetworkName } from './names';
+import {
+  type AttRecord,
+  type IndexState as State,
+  type LeaseDirPaths as Paths,
+  attKey,
+  clearTemp,
+  cursorPath,
+  encodeRecord,
+  encodeState,
+  isBookkeepingName,
+  isRecord,
+  leaseContent,
+  leaseDirPaths,
+  leaseNameIp,
+  parseLeaseContent,
+  readLeaseFile,
+  readState,
+  stampSentinel,
+} from './lease-dir';
+import { checkContainerId, checkIfname } from './names';
 import { type RangeSet, rangeSetKey } from './range-set';
 import type { Attachment, Lease, LeaseMeta, LeaseSession, LeaseStore, NewLease, TransactOptions } from './store';
 
-const BERTH_DIR = '.berth';
-const CURSOR_PREFIX = 'last_reserved_ip.';
 /** Range sets larger than this (IPv6 /64 …) use existence probes instead of a bitmap. */
 const BITMAP_LIMIT = 1 << 24;
 /** Probes per search in a set too large for a bitmap: far more than any real pool fills consecutively. */
@@ -47,21 +64,6 @@ export interface LeaseFileStoreOptions {
   /** Warnings (foreign files, rebuilds) go here: stderr in the plugin. */
   warn?: (msg: string) => void;
   now?: () => Date;
-}
-
-interface State {
-  v: 1;
-  gen: number;
-  dirMtimeNs: string;
-  bootId?: string;
-}
-
-interface AttRecord {
-  v: 1;
-  containerId: string;
-  ifname: string;
-  ips: string[];
-  meta: LeaseMeta;
 }
 
 /** A contiguous block of addresses, as stored in a bitmap's header (gateways do not matter here). */
@@ -84,26 +86,6 @@ function errnoOf(err: unknown): string | undefined {
 
 function ioError(what: string, err: unknown): CniError {
   return new CniError(ErrorCode.IoFailure, `${what}: ${(err as Error).message}`, undefined, { cause: err });
-}
-
-function attKey(a: Attachment): string {
-  return `${a.containerId}:${a.ifname}`;
-}
-
-/** host-local's lease file content; legacy files hold only the id. */
-function leaseContent(a: Attachment): string {
-  return a.ifname === '' ? a.containerId.trim() : `${a.containerId.trim()}\r\n${a.ifname}`;
-}
-
-function parseLeaseContent(raw: string): Attachment | undefined {
-  const t = raw.trim();
-  const nl = t.indexOf('\r\n');
-  const containerId = nl === -1 ? t : t.slice(0, nl);
-  const ifname = nl === -1 ? '' : t.slice(nl + 2);
-  // Anything host-local could have written passes; binary junk and JSON do not.
-  if (!/^[^\s{}\0]{1,1024}$/.test(containerId)) return undefined;
-  if (ifname !== '' && !/^[^\s/\0]{1,64}$/.test(ifname)) return undefined;
-  return { containerId, ifname };
 }
 
 function parseSetKey(key: string): Span[] | undefined {
@@ -207,45 +189,6 @@ function setHash(key: string): string {
   return createHash('sha256').update(key).digest('hex').slice(0, 32);
 }
 
-function isRecord(x: unknown): x is AttRecord {
-  const r = x as AttRecord;
-  return (
-    typeof r === 'object' &&
-    r !== null &&
-    r.v === 1 &&
-    typeof r.containerId === 'string' &&
-    typeof r.ifname === 'string' &&
-    Array.isArray(r.ips) &&
-    r.ips.every((i) => typeof i === 'string') &&
-    typeof r.meta === 'object' &&
-    r.meta !== null
-  );
-}
-
-interface Paths {
-  dir: string;
-  lock: string;
-  berth: string;
-  state: string;
-  att: string;
-  sets: string;
-  tmp: string;
-}
-
-export function leaseDirPaths(dataDir: string, network: string): Paths {
-  const dir = join(dataDir, checkNetworkName(network));
-  const berth = join(dir, BERTH_DIR);
-  return {
-    dir,
-    lock: join(dir, 'lock'),
-    berth,
-    state: join(berth, 'state.json'),
-    att: join(berth, 'att'),
-    sets: join(berth, 'sets'),
-    tmp: join(berth, 'tmp'),
-  };
-}
-
 let tmpSeq = 0;
 
 /** Writes a whole file atomically: temp file in .berth/tmp, optional fsync, rename over the target. */
@@ -304,24 +247,15 @@ class FileSession implements LeaseSession {
     const out = new Map<string, { att: Attachment; ips: string[]; mtime: Date }>();
     const buf = Buffer.alloc(4096);
     for (const name of this.listNames()) {
-      if (name === 'lock' || name === BERTH_DIR || name.startsWith(CURSOR_PREFIX)) continue;
-      const ip = parseIp(name);
-      if (ip === undefined || formatIp(ip) !== name) {
+      if (isBookkeepingName(name)) continue;
+      if (leaseNameIp(name) === undefined) {
         this.warn(`skipping foreign file ${join(this.p.dir, name)} (not named after an IP address)`);
         continue;
       }
       let text: string;
       let mtime: Date;
       try {
-        const fd = fs.openSync(join(this.p.dir, name), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-        try {
-          const st = fs.fstatSync(fd);
-          if (!st.isFile()) throw new Error('not a regular file');
-          mtime = st.mtime;
-          text = buf.subarray(0, fs.readSync(fd, buf, 0, buf.length, 0)).toString();
-        } finally {
-          fs.closeSync(fd);
-        }
+        ({ text, mtime } = readLeaseFile(join(this.p.dir, name), buf));
       } catch (err) {
         this.warn(`skipping unreadable lease file ${join(this.p.dir, name)}: ${(err as Error).message}; the address stays taken`);
         continue;
@@ -448,7 +382,7 @@ class FileSession implements LeaseSession {
       } finally {
         fs.rmSync(tmp, { force: true });
       }
-      writeAtomic(this.p, join(this.p.dir, `${CURSOR_PREFIX}${setId}`), name, { fsync: false });
+      writeAtomic(this.p, cursorPath(this.p, setId), name, { fsync: false });
     } catch (err) {
       throw ioError(`cannot write lease ${target}`, err);
     }
@@ -468,14 +402,14 @@ class FileSession implements LeaseSession {
   async lastReserved(setId: number): Promise<Ip | undefined> {
     let text: string;
     try {
-      text = fs.readFileSync(join(this.p.dir, `${CURSOR_PREFIX}${setId}`), 'utf8');
+      text = fs.readFileSync(cursorPath(this.p, setId), 'utf8');
     } catch (err) {
       if (errnoOf(err) === 'ENOENT') return undefined;
       this.warn(`cannot read the cursor of range set ${setId}: ${(err as Error).message}`);
       return undefined;
     }
     const ip = parseIp(text);
-    if (ip === undefined && text !== '') this.warn(`ignoring corrupt cursor file ${CURSOR_PREFIX}${setId}`);
+    if (ip === undefined && text !== '') this.warn(`ignoring corrupt cursor file ${cursorPath(this.p, setId)}`);
     return ip;
   }
 
@@ -606,8 +540,8 @@ class FileSession implements LeaseSession {
       if (rec === null || rec === undefined) fs.rmSync(file, { force: true });
       // After a rebuild (possibly tens of thousands of records) a record is written in place: a torn one
       // fails to parse and only causes another rebuild from the lease files. Otherwise temp + rename.
-      else if (this.rebuilt) fs.writeFileSync(file, JSON.stringify(rec), { mode: 0o600 });
-      else writeAtomic(this.p, file, JSON.stringify(rec), { fsync: false });
+      else if (this.rebuilt) fs.writeFileSync(file, encodeRecord(rec), { mode: 0o600 });
+      else writeAtomic(this.p, file, encodeRecord(rec), { fsync: false });
     }
     // Bitmaps of other range sets (an older config, other runtime ipRanges) follow the changes too, or go.
     for (const file of fs.readdirSync(this.p.sets)) {
@@ -627,36 +561,10 @@ class FileSession implements LeaseSession {
       writeAtomic(this.p, path, d.bitmap.encode(gen), { fsync: false });
     }
     for (const [key, b] of this.bitmaps) writeAtomic(this.p, join(this.p.sets, setHash(key)), b.encode(gen), { fsync: false });
-    const next: State = { v: 1, gen, dirMtimeNs: setSentinel(this.p.dir, this.now(), (m) => this.warn(m)) };
+    const dirMtimeNs = stampSentinel(this.p.dir, this.now(), (m) => this.warn(m));
     const bootId = this.bootSeen ? this.opts.bootId : this.state.bootId ?? this.opts.bootId;
-    next.bootId = bootId;
-    writeAtomic(this.p, this.p.state, JSON.stringify(next), { fsync: false });
+    writeAtomic(this.p, this.p.state, encodeState({ gen, dirMtimeNs, bootId }), { fsync: false });
   }
-}
-
-/**
- * Sets the directory's mtime to a moment 10 s in the past with random nanoseconds and returns the value the
- * kernel stored: any later change of the directory stamps the current time, which cannot equal it.
- */
-function setSentinel(dir: string, now: Date, warn: (m: string) => void): string {
-  const secs = Math.floor(now.getTime() / 1000) - 10 + Math.random();
-  try {
-    fs.utimesSync(dir, now, secs);
-  } catch (err) {
-    warn(`cannot stamp ${dir} (${(err as Error).message}); the index will be rebuilt on every operation`);
-    return 'unset';
-  }
-  return fs.statSync(dir, { bigint: true }).mtimeNs.toString();
-}
-
-function readState(p: Paths): State | undefined {
-  try {
-    const s = JSON.parse(fs.readFileSync(p.state, 'utf8')) as State;
-    if (s.v === 1 && typeof s.gen === 'number' && typeof s.dirMtimeNs === 'string') return s;
-  } catch {
-    // Missing or corrupt: the index is rebuilt.
-  }
-  return undefined;
 }
 
 function lockFile(path: string): () => void {
@@ -693,7 +601,7 @@ export function openLeaseFileStore(opts: LeaseFileStoreOptions): LeaseStore {
       }
       try {
         // Temp files left by a crash: host-local would match their content on CHECK; remove them first.
-        for (const f of fs.readdirSync(p.tmp)) fs.rmSync(join(p.tmp, f), { force: true });
+        clearTemp(p);
         const loaded = readState(p);
         const mtime = fs.statSync(p.dir, { bigint: true }).mtimeNs.toString();
         const state: State = loaded ?? { v: 1, gen: 0, dirMtimeNs: '' };

@@ -12,7 +12,7 @@ import { CniError, ErrorCode } from '../../cni-spec/errors';
 import { loadNativeAddon } from '../../native-addon';
 import { type Ip, formatIp, parseIp } from '../address';
 import type { Occupancy } from '../allocator';
-import { leaseDirPaths } from '../lease-file-store';
+import { leaseDirPaths } from '../lease-dir';
 import { checkContainerId, checkIfname } from '../names';
 import { type RangeSet, ipAtOrdinal, ordinalOf, rangeSetKey, rangeSetSize } from '../range-set';
 import type { Attachment, Lease, LeaseMeta, LeaseSession, LeaseStore, NewLease, TransactOptions } from '../store';
