@@ -12,14 +12,28 @@ import { CniError, ErrorCode } from '../../cni-spec/errors';
 import { loadNativeAddon } from '../../native-addon';
 import { type Ip, formatIp, parseIp } from '../address';
 import type { Occupancy } from '../allocator';
-import { leaseDirPaths } from '../lease-dir';
+import {
+  NO_SENTINEL,
+  attKey,
+  clearTemp,
+  cursorPath,
+  encodeRecord,
+  encodeState,
+  isBookkeepingName,
+  isRecord,
+  leaseContent,
+  leaseDirPaths,
+  leaseNameIp,
+  parseLeaseContent,
+  readLeaseFile,
+  readState,
+  stampSentinel,
+} from '../lease-dir';
 import { checkContainerId, checkIfname } from '../names';
 import { type RangeSet, ipAtOrdinal, ordinalOf, rangeSetKey, rangeSetSize } from '../range-set';
 import type { Attachment, Lease, LeaseMeta, LeaseSession, LeaseStore, NewLease, TransactOptions } from '../store';
 import type { Logger } from './log';
 
-const BERTH_DIR = '.berth';
-const CURSOR_PREFIX = 'last_reserved_ip.';
 /** Range sets up to this many addresses get a bitmap; larger ones (IPv6 /64) are probed against the map. */
 const BITMAP_LIMIT = 1 << 22;
 const PROBE_LIMIT = 1 << 20;
@@ -94,25 +108,6 @@ function errnoOf(err: unknown): string | undefined {
 
 function ioError(what: string, err: unknown): CniError {
   return new CniError(ErrorCode.IoFailure, `${what}: ${(err as Error).message}`, undefined, { cause: err });
-}
-
-function attKey(a: Attachment): string {
-  return `${a.containerId}:${a.ifname}`;
-}
-
-/** host-local's file content ("<id>\r\n<ifname>", or the id alone for legacy leases); same as lease-file-store. */
-function leaseContent(a: Attachment): string {
-  return a.ifname === '' ? a.containerId : `${a.containerId}\r\n${a.ifname}`;
-}
-
-function parseLeaseContent(raw: string): Attachment | undefined {
-  const t = raw.trim();
-  const nl = t.indexOf('\r\n');
-  const containerId = nl === -1 ? t : t.slice(0, nl);
-  const ifname = nl === -1 ? '' : t.slice(nl + 2);
-  if (!/^[^\s{}\0]{1,1024}$/.test(containerId)) return undefined;
-  if (ifname !== '' && !/^[^\s/\0]{1,64}$/.test(ifname)) return undefined;
-  return { containerId, ifname };
 }
 
 /** Occupancy over the set's ordinals, built from the taken addresses and updated on every change. */
@@ -457,37 +452,28 @@ export class NetworkStore implements LeaseStore {
     this.occupancies.clear();
     this.cursors.clear();
     // Temp files of a writer that died: nobody writes them without the lock, which is held now.
-    for (const f of fs.readdirSync(this.p.tmp)) fs.rmSync(join(this.p.tmp, f), { force: true });
+    clearTemp(this.p);
     const records = new Map<string, { ips: string[]; meta: LeaseMeta }>();
     for (const key of fs.readdirSync(this.p.att)) {
       try {
-        const r = JSON.parse(fs.readFileSync(join(this.p.att, key), 'utf8')) as { v?: number; ips?: unknown; meta?: unknown };
-        if (r.v === 1 && Array.isArray(r.ips) && typeof r.meta === 'object' && r.meta !== null) {
-          records.set(key, { ips: r.ips.filter((i): i is string => typeof i === 'string'), meta: r.meta as LeaseMeta });
-        }
+        const r: unknown = JSON.parse(fs.readFileSync(join(this.p.att, key), 'utf8'));
+        if (isRecord(r)) records.set(key, { ips: r.ips, meta: r.meta });
       } catch {
         // An unreadable record is rewritten from the lease files below.
       }
     }
     const buf = Buffer.alloc(4096);
     for (const name of fs.readdirSync(this.p.dir)) {
-      if (name === 'lock' || name === BERTH_DIR || name.startsWith(CURSOR_PREFIX)) continue;
-      const ip = parseIp(name);
-      if (ip === undefined || formatIp(ip) !== name) continue;
+      if (isBookkeepingName(name)) continue;
+      const ip = leaseNameIp(name);
+      if (ip === undefined) continue;
       this.taken.set(name, ip);
       let text: string;
       let mtime: Date;
       try {
-        const fd = fs.openSync(join(this.p.dir, name), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-        try {
-          const st = fs.fstatSync(fd);
-          if (!st.isFile()) continue;
-          mtime = st.mtime;
-          text = buf.subarray(0, fs.readSync(fd, buf, 0, buf.length, 0)).toString();
-        } finally {
-          fs.closeSync(fd);
-        }
-      } catch {
+        ({ text, mtime } = readLeaseFile(join(this.p.dir, name), buf));
+      } catch (err) {
+        this.opts.log.log('warn', 'unreadable lease file keeps its address taken', { file: join(this.p.dir, name), error: (err as Error).message });
         continue;
       }
       const att = parseLeaseContent(text);
@@ -516,14 +502,10 @@ export class NetworkStore implements LeaseStore {
         hold.changed = true;
       }
     }
-    try {
-      const s = JSON.parse(fs.readFileSync(this.p.state, 'utf8')) as { v?: number; gen?: unknown; bootId?: unknown };
-      this.indexState = { gen: typeof s.gen === 'number' ? s.gen : 0 };
-      if (typeof s.bootId === 'string') this.indexState.bootId = s.bootId;
-    } catch {
-      this.indexState = { gen: 0 };
-      hold.changed = true;
-    }
+    const state = readState(this.p);
+    this.indexState = { gen: state?.gen ?? 0 };
+    if (state?.bootId !== undefined) this.indexState.bootId = state.bootId;
+    if (state === undefined) hold.changed = true;
     this.knownMtime = fs.statSync(this.p.dir, { bigint: true }).mtimeNs;
     if (reason !== 'first use') this.opts.log.log('debug', 're-read lease files', { network: this.network, reason });
   }
@@ -602,7 +584,7 @@ export class NetworkStore implements LeaseStore {
     if (this.cursors.has(setId)) return this.cursors.get(setId);
     let ip: Ip | undefined;
     try {
-      ip = parseIp(fs.readFileSync(join(this.p.dir, `${CURSOR_PREFIX}${setId}`), 'utf8').trim());
+      ip = parseIp(fs.readFileSync(cursorPath(this.p, setId), 'utf8').trim());
     } catch (err) {
       if (errnoOf(err) !== 'ENOENT') this.opts.log.log('warn', 'cannot read a cursor', { network: this.network, setId, error: String(err) });
     }
@@ -682,7 +664,7 @@ export class NetworkStore implements LeaseStore {
     // succeeded), so pod identities are kept; but no sentinel: the next holder re-reads the files.
     for (const setId of hold.cursors) {
       const ip = this.cursors.get(setId);
-      if (ip !== undefined) this.writeAtomic(join(this.p.dir, `${CURSOR_PREFIX}${setId}`), formatIp(ip));
+      if (ip !== undefined) this.writeAtomic(cursorPath(this.p, setId), formatIp(ip));
     }
     for (const key of hold.atts) {
       const entry = this.byAtt.get(key);
@@ -691,7 +673,7 @@ export class NetworkStore implements LeaseStore {
         unlinkIfThere(file);
         continue;
       }
-      const rec = JSON.stringify({ v: 1, containerId: entry.containerId, ifname: entry.ifname, ips: [...entry.ips], meta: entry.meta });
+      const rec = encodeRecord(entry);
       // A new attachment (the common case) gets its record in place: a torn record only makes readers
       // rebuild it from the lease files, which are written and synced separately.
       try {
@@ -702,15 +684,13 @@ export class NetworkStore implements LeaseStore {
       }
     }
     if (hold.failed) return;
-    const now = this.opts.now?.() ?? new Date();
-    // A moment in the past with random nanoseconds: any later change of the directory stamps the current
-    // time, which cannot equal it (lease-file-store's sentinel, shared so both sides trust one index).
-    fs.utimesSync(this.p.dir, now, Math.floor(now.getTime() / 1000) - 10 + Math.random());
-    this.knownMtime = fs.statSync(this.p.dir, { bigint: true }).mtimeNs;
+    // lease-file-store's sentinel, so that both sides trust one index.
+    const dirMtimeNs = stampSentinel(this.p.dir, this.opts.now?.() ?? new Date(), (m) => this.opts.log.log('warn', m, { network: this.network }));
+    this.knownMtime = dirMtimeNs === NO_SENTINEL ? undefined : BigInt(dirMtimeNs);
     const gen = this.indexState.gen + 1;
     const bootId = hold.bootSeen ? this.opts.bootId : (this.indexState.bootId ?? this.opts.bootId);
     this.indexState = { gen, bootId };
     // A new generation also retires lease-file-store's occupancy bitmaps, which it rebuilds from the files.
-    this.writeAtomic(this.p.state, JSON.stringify({ v: 1, gen, dirMtimeNs: this.knownMtime.toString(), bootId }));
+    this.writeAtomic(this.p.state, encodeState({ gen, dirMtimeNs, bootId }));
   }
 }
