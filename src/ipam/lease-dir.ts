@@ -160,6 +160,49 @@ export function stampSentinel(dir: string, now: Date, warn: (m: string) => void)
   return fs.statSync(dir, { bigint: true }).mtimeNs.toString();
 }
 
+/**
+ * The bit layout of the `.berth/sets/<hash>` occupancy bitmaps (also the daemon's in-memory ones): the
+ * address of ordinal i is taken when bit (i & 7) of byte (i >> 3) is set.
+ */
+export function setOrdinalBit(bits: Uint8Array, i: number, taken: boolean): void {
+  if (taken) bits[i >> 3]! |= 1 << (i & 7);
+  else bits[i >> 3]! &= ~(1 << (i & 7));
+}
+
+/** The first ordinal in [lo, hi] whose bit is clear, skipping whole full bytes. */
+export function firstClearOrdinal(bits: Uint8Array, lo: bigint, hi: bigint): bigint | undefined {
+  let i = Number(lo);
+  const end = Number(hi);
+  while (i <= end) {
+    if ((i & 7) === 0 && i + 7 <= end && bits[i >> 3] === 0xff) {
+      i += 8;
+      continue;
+    }
+    if ((bits[i >> 3]! & (1 << (i & 7))) === 0) return BigInt(i);
+    i++;
+  }
+  return undefined;
+}
+
+/** Why the network directory cannot be written (STATUS), or undefined. The nearest existing ancestor decides: the stores create the rest. */
+export function unwritableReason(p: LeaseDirPaths): string | undefined {
+  let dir = p.dir;
+  for (;;) {
+    try {
+      const st = fs.statSync(dir);
+      if (!st.isDirectory()) return `${dir} is not a directory`;
+      fs.accessSync(dir, fs.constants.W_OK);
+      return undefined;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') return `${dir} is not writable: ${(err as Error).message}`;
+    }
+    const parent = join(dir, '..');
+    if (parent === dir) return `no existing directory above ${p.dir}`;
+    dir = parent;
+  }
+}
+
 /** Temp files a crashed writer left: host-local would match their content on CHECK. Only under the lock. */
 export function clearTemp(p: LeaseDirPaths): void {
   for (const f of fs.readdirSync(p.tmp)) fs.rmSync(join(p.tmp, f), { force: true });

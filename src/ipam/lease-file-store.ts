@@ -37,6 +37,7 @@ import {
   cursorPath,
   encodeRecord,
   encodeState,
+  firstClearOrdinal,
   isBookkeepingName,
   isRecord,
   leaseContent,
@@ -45,7 +46,9 @@ import {
   parseLeaseContent,
   readLeaseFile,
   readState,
+  setOrdinalBit,
   stampSentinel,
+  unwritableReason,
 } from './lease-dir';
 import { checkContainerId, checkIfname } from './names';
 import { type RangeSet, rangeSetKey } from './range-set';
@@ -131,31 +134,20 @@ class Bitmap implements Occupancy {
   setTaken(ip: Ip, taken: boolean): void {
     const o = spanOrdinal(this.spans, ip);
     if (o === undefined) return;
-    if (taken) this.bits[o >> 3]! |= 1 << (o & 7);
-    else this.bits[o >> 3]! &= ~(1 << (o & 7));
+    setOrdinalBit(this.bits, o, taken);
   }
 
   /** Resets the bits from a directory listing (the names of the lease files). */
   refill(names: readonly string[]): void {
     this.bits.fill(0);
     for (const name of names) {
-      const ip = parseIp(name);
-      if (ip !== undefined && formatIp(ip) === name) this.setTaken(ip, true);
+      const ip = leaseNameIp(name);
+      if (ip !== undefined) this.setTaken(ip, true);
     }
   }
 
   firstFree(lo: bigint, hi: bigint): bigint | undefined {
-    let i = Number(lo);
-    const end = Number(hi);
-    while (i <= end) {
-      if ((i & 7) === 0 && i + 7 <= end && this.bits[i >> 3] === 0xff) {
-        i += 8;
-        continue;
-      }
-      if ((this.bits[i >> 3]! & (1 << (i & 7))) === 0) return BigInt(i);
-      i++;
-    }
-    return undefined;
+    return firstClearOrdinal(this.bits, lo, hi);
   }
 
   encode(gen: number): Buffer {
@@ -636,22 +628,7 @@ export function openLeaseFileStore(opts: LeaseFileStoreOptions): LeaseStore {
     },
 
     async unwritableReason(): Promise<string | undefined> {
-      // The nearest existing ancestor decides: the store creates the rest.
-      let dir = p.dir;
-      for (;;) {
-        try {
-          const st = fs.statSync(dir);
-          if (!st.isDirectory()) return `${dir} is not a directory`;
-          fs.accessSync(dir, fs.constants.W_OK);
-          return undefined;
-        } catch (err) {
-          const code = errnoOf(err);
-          if (code !== 'ENOENT' && code !== 'ENOTDIR') return `${dir} is not writable: ${(err as Error).message}`;
-        }
-        const parent = join(dir, '..');
-        if (parent === dir) return `no existing directory above ${p.dir}`;
-        dir = parent;
-      }
+      return unwritableReason(p);
     },
   } satisfies LeaseStore;
   return store;

@@ -12,23 +12,7 @@ import { CniError, ErrorCode } from '../../cni-spec/errors';
 import { loadNativeAddon } from '../../native-addon';
 import { type Ip, formatIp, parseIp } from '../address';
 import type { Occupancy } from '../allocator';
-import {
-  NO_SENTINEL,
-  attKey,
-  clearTemp,
-  cursorPath,
-  encodeRecord,
-  encodeState,
-  isBookkeepingName,
-  isRecord,
-  leaseContent,
-  leaseDirPaths,
-  leaseNameIp,
-  parseLeaseContent,
-  readLeaseFile,
-  readState,
-  stampSentinel,
-} from '../lease-dir';
+import * as disk from '../lease-dir';
 import { checkContainerId, checkIfname } from '../names';
 import { type RangeSet, ipAtOrdinal, ordinalOf, rangeSetKey, rangeSetSize } from '../range-set';
 import type { Attachment, Lease, LeaseMeta, LeaseSession, LeaseStore, NewLease, TransactOptions } from '../store';
@@ -124,23 +108,11 @@ class BitmapOccupancy implements Occupancy {
   mark(ip: Ip, taken: boolean): void {
     const o = ordinalOf(this.set, ip);
     if (o === undefined) return;
-    const i = Number(o);
-    if (taken) this.bits[i >> 3]! |= 1 << (i & 7);
-    else this.bits[i >> 3]! &= ~(1 << (i & 7));
+    disk.setOrdinalBit(this.bits, Number(o), taken);
   }
 
   firstFree(lo: bigint, hi: bigint): bigint | undefined {
-    let i = Number(lo);
-    const end = Number(hi);
-    while (i <= end) {
-      if ((i & 7) === 0 && i + 7 <= end && this.bits[i >> 3] === 0xff) {
-        i += 8;
-        continue;
-      }
-      if ((this.bits[i >> 3]! & (1 << (i & 7))) === 0) return BigInt(i);
-      i++;
-    }
-    return undefined;
+    return disk.firstClearOrdinal(this.bits, lo, hi);
   }
 }
 
@@ -167,7 +139,7 @@ function unlinkIfThere(file: string): void {
 export class NetworkStore implements LeaseStore {
   readonly dataDir: string;
   readonly network: string;
-  private readonly p: ReturnType<typeof leaseDirPaths>;
+  private readonly p: disk.LeaseDirPaths;
   /** Every IP-named file, parseable or not: an unreadable lease still holds its address. */
   private readonly taken = new Map<string, Ip>();
   private readonly byIp = new Map<string, Lease>();
@@ -194,7 +166,7 @@ export class NetworkStore implements LeaseStore {
   constructor(private readonly opts: NetworkStoreOptions) {
     this.dataDir = opts.dataDir;
     this.network = opts.network;
-    this.p = leaseDirPaths(opts.dataDir, opts.network);
+    this.p = disk.leaseDirPaths(opts.dataDir, opts.network);
   }
 
   get dir(): string {
@@ -213,20 +185,7 @@ export class NetworkStore implements LeaseStore {
   }
 
   async unwritableReason(): Promise<string | undefined> {
-    let dir = this.p.dir;
-    for (;;) {
-      try {
-        const st = fs.statSync(dir);
-        if (!st.isDirectory()) return `${dir} is not a directory`;
-        fs.accessSync(dir, fs.constants.W_OK);
-        return undefined;
-      } catch (err) {
-        if (errnoOf(err) !== 'ENOENT') return `${dir} is not writable: ${(err as Error).message}`;
-      }
-      const parent = join(dir, '..');
-      if (parent === dir) return `no existing directory above ${this.p.dir}`;
-      dir = parent;
-    }
+    return disk.unwritableReason(this.p);
   }
 
   /** Resolves once no batch runs or waits for its fsync (shutdown). */
@@ -452,36 +411,36 @@ export class NetworkStore implements LeaseStore {
     this.occupancies.clear();
     this.cursors.clear();
     // Temp files of a writer that died: nobody writes them without the lock, which is held now.
-    clearTemp(this.p);
+    disk.clearTemp(this.p);
     const records = new Map<string, { ips: string[]; meta: LeaseMeta }>();
     for (const key of fs.readdirSync(this.p.att)) {
       try {
         const r: unknown = JSON.parse(fs.readFileSync(join(this.p.att, key), 'utf8'));
-        if (isRecord(r)) records.set(key, { ips: r.ips, meta: r.meta });
+        if (disk.isRecord(r)) records.set(key, { ips: r.ips, meta: r.meta });
       } catch {
         // An unreadable record is rewritten from the lease files below.
       }
     }
     const buf = Buffer.alloc(4096);
     for (const name of fs.readdirSync(this.p.dir)) {
-      if (isBookkeepingName(name)) continue;
-      const ip = leaseNameIp(name);
+      if (disk.isBookkeepingName(name)) continue;
+      const ip = disk.leaseNameIp(name);
       if (ip === undefined) continue;
       this.taken.set(name, ip);
       let text: string;
       let mtime: Date;
       try {
-        ({ text, mtime } = readLeaseFile(join(this.p.dir, name), buf));
+        ({ text, mtime } = disk.readLeaseFile(join(this.p.dir, name), buf));
       } catch (err) {
         this.opts.log.log('warn', 'unreadable lease file keeps its address taken', { file: join(this.p.dir, name), error: (err as Error).message });
         continue;
       }
-      const att = parseLeaseContent(text);
+      const att = disk.parseLeaseContent(text);
       if (att === undefined) {
         this.opts.log.log('warn', 'corrupt lease file keeps its address taken', { file: join(this.p.dir, name) });
         continue;
       }
-      const key = attKey(att);
+      const key = disk.attKey(att);
       let entry = this.byAtt.get(key);
       if (entry === undefined) {
         const rec = records.get(key);
@@ -502,7 +461,7 @@ export class NetworkStore implements LeaseStore {
         hold.changed = true;
       }
     }
-    const state = readState(this.p);
+    const state = disk.readState(this.p);
     this.indexState = { gen: state?.gen ?? 0 };
     if (state?.bootId !== undefined) this.indexState.bootId = state.bootId;
     if (state === undefined) hold.changed = true;
@@ -553,7 +512,7 @@ export class NetworkStore implements LeaseStore {
     try {
       fd = fs.openSync(tmp, LEASE_CREATE, 0o600);
       hold.tmps.push(tmp);
-      fs.writeSync(fd, leaseContent(lease));
+      fs.writeSync(fd, disk.leaseContent(lease));
       fs.linkSync(tmp, target);
     } catch (err) {
       if (fd !== undefined) fs.closeSync(fd);
@@ -566,7 +525,7 @@ export class NetworkStore implements LeaseStore {
     tx.fds.push(fd);
     hold.changed = true;
     this.mark(name, lease.ip, true);
-    const key = attKey(lease);
+    const key = disk.attKey(lease);
     let entry = this.byAtt.get(key);
     if (entry === undefined) {
       entry = { containerId: lease.containerId, ifname: lease.ifname, meta: lease.meta, ips: new Set() };
@@ -584,7 +543,7 @@ export class NetworkStore implements LeaseStore {
     if (this.cursors.has(setId)) return this.cursors.get(setId);
     let ip: Ip | undefined;
     try {
-      ip = parseIp(fs.readFileSync(cursorPath(this.p, setId), 'utf8').trim());
+      ip = parseIp(fs.readFileSync(disk.cursorPath(this.p, setId), 'utf8').trim());
     } catch (err) {
       if (errnoOf(err) !== 'ENOENT') this.opts.log.log('warn', 'cannot read a cursor', { network: this.network, setId, error: String(err) });
     }
@@ -619,10 +578,10 @@ export class NetworkStore implements LeaseStore {
     checkContainerId(a.containerId);
     if (a.ifname !== '') checkIfname(a.ifname);
     const of = (key: string): Lease[] => [...(this.byAtt.get(key)?.ips ?? [])].map((ip) => this.byIp.get(ip)!);
-    const exact = of(attKey(a));
+    const exact = of(disk.attKey(a));
     if (exact.length > 0 || a.ifname === '') return exact;
     // host-local matches legacy files (id only) when no exact match exists.
-    return of(attKey({ containerId: a.containerId, ifname: '' }));
+    return of(disk.attKey({ containerId: a.containerId, ifname: '' }));
   }
 
   private release(lease: Lease): void {
@@ -639,7 +598,7 @@ export class NetworkStore implements LeaseStore {
     hold.changed = true;
     this.mark(name, lease.ip, false);
     this.byIp.delete(name);
-    const key = attKey(lease);
+    const key = disk.attKey(lease);
     const entry = this.byAtt.get(key);
     if (entry !== undefined) {
       entry.ips.delete(name);
@@ -664,7 +623,7 @@ export class NetworkStore implements LeaseStore {
     // succeeded), so pod identities are kept; but no sentinel: the next holder re-reads the files.
     for (const setId of hold.cursors) {
       const ip = this.cursors.get(setId);
-      if (ip !== undefined) this.writeAtomic(cursorPath(this.p, setId), formatIp(ip));
+      if (ip !== undefined) this.writeAtomic(disk.cursorPath(this.p, setId), formatIp(ip));
     }
     for (const key of hold.atts) {
       const entry = this.byAtt.get(key);
@@ -673,7 +632,7 @@ export class NetworkStore implements LeaseStore {
         unlinkIfThere(file);
         continue;
       }
-      const rec = encodeRecord(entry);
+      const rec = disk.encodeRecord(entry);
       // A new attachment (the common case) gets its record in place: a torn record only makes readers
       // rebuild it from the lease files, which are written and synced separately.
       try {
@@ -685,12 +644,12 @@ export class NetworkStore implements LeaseStore {
     }
     if (hold.failed) return;
     // lease-file-store's sentinel, so that both sides trust one index.
-    const dirMtimeNs = stampSentinel(this.p.dir, this.opts.now?.() ?? new Date(), (m) => this.opts.log.log('warn', m, { network: this.network }));
-    this.knownMtime = dirMtimeNs === NO_SENTINEL ? undefined : BigInt(dirMtimeNs);
+    const dirMtimeNs = disk.stampSentinel(this.p.dir, this.opts.now?.() ?? new Date(), (m) => this.opts.log.log('warn', m, { network: this.network }));
+    this.knownMtime = dirMtimeNs === disk.NO_SENTINEL ? undefined : BigInt(dirMtimeNs);
     const gen = this.indexState.gen + 1;
     const bootId = hold.bootSeen ? this.opts.bootId : (this.indexState.bootId ?? this.opts.bootId);
     this.indexState = { gen, bootId };
     // A new generation also retires lease-file-store's occupancy bitmaps, which it rebuilds from the files.
-    this.writeAtomic(this.p.state, encodeState({ gen, dirMtimeNs, bootId }));
+    this.writeAtomic(this.p.state, disk.encodeState({ gen, dirMtimeNs, bootId }));
   }
 }
