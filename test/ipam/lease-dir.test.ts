@@ -3,20 +3,7 @@
 import { mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, test } from 'vitest';
-import {
-  encodeRecord,
-  encodeState,
-  firstClearOrdinal,
-  isBookkeepingName,
-  isRecord,
-  leaseContent,
-  leaseDirPaths,
-  leaseNameIp,
-  parseLeaseContent,
-  readState,
-  setOrdinalBit,
-  stampSentinel,
-} from '../../src/ipam/lease-dir';
+import * as disk from '../../src/ipam/lease-dir';
 import { tempDataDir } from './harness';
 
 let cleanups: (() => void)[] = [];
@@ -27,54 +14,54 @@ afterEach(() => {
 
 describe('lease files', () => {
   test("host-local's content, legacy id-only files, and what is not a lease", () => {
-    expect(leaseContent({ containerId: 'ctr-1', ifname: 'eth0' })).toBe('ctr-1\r\neth0');
-    expect(leaseContent({ containerId: 'ctr-1', ifname: '' })).toBe('ctr-1');
-    expect(parseLeaseContent('ctr-1\r\neth0')).toEqual({ containerId: 'ctr-1', ifname: 'eth0' });
-    expect(parseLeaseContent('ctr-1\n')).toEqual({ containerId: 'ctr-1', ifname: '' });
-    expect(parseLeaseContent('')).toBeUndefined();
-    expect(parseLeaseContent('{"v":1}')).toBeUndefined();
-    expect(parseLeaseContent('ctr\r\neth/0')).toBeUndefined();
+    expect(disk.leaseContent({ containerId: 'ctr-1', ifname: 'eth0' })).toBe('ctr-1\r\neth0');
+    expect(disk.leaseContent({ containerId: 'ctr-1', ifname: '' })).toBe('ctr-1');
+    expect(disk.parseLeaseContent('ctr-1\r\neth0')).toEqual({ containerId: 'ctr-1', ifname: 'eth0' });
+    expect(disk.parseLeaseContent('ctr-1\n')).toEqual({ containerId: 'ctr-1', ifname: '' });
+    expect(disk.parseLeaseContent('')).toBeUndefined();
+    expect(disk.parseLeaseContent('{"v":1}')).toBeUndefined();
+    expect(disk.parseLeaseContent('ctr\r\neth/0')).toBeUndefined();
   });
 
   test('only canonical address names are leases; lock, cursors and .berth are bookkeeping', () => {
-    expect(leaseNameIp('198.18.0.7')?.value).toBe((198n << 24n) | (18n << 16n) | 7n);
-    expect(leaseNameIp('198.18.0.07')).toBeUndefined();
-    expect(leaseNameIp('fd00::1')).toBeDefined();
-    expect(leaseNameIp('fd00:0::1')).toBeUndefined();
-    expect(leaseNameIp('lock')).toBeUndefined();
-    expect(['lock', '.berth', 'last_reserved_ip.0'].map(isBookkeepingName)).toEqual([true, true, true]);
-    expect(isBookkeepingName('198.18.0.7')).toBe(false);
+    expect(disk.leaseNameIp('198.18.0.7')?.value).toBe((198n << 24n) | (18n << 16n) | 7n);
+    expect(disk.leaseNameIp('198.18.0.07')).toBeUndefined();
+    expect(disk.leaseNameIp('fd00::1')).toBeDefined();
+    expect(disk.leaseNameIp('fd00:0::1')).toBeUndefined();
+    expect(disk.leaseNameIp('lock')).toBeUndefined();
+    expect(['lock', '.berth', 'last_reserved_ip.0'].map(disk.isBookkeepingName)).toEqual([true, true, true]);
+    expect(disk.isBookkeepingName('198.18.0.7')).toBe(false);
   });
 });
 
 describe('.berth index files', () => {
   test('a record is JSON starting with "{" in a fixed key order, and reads back', () => {
     const meta = { bootId: 'b', createdAt: '2026-01-01T00:00:00.000Z', origin: 'berth' as const };
-    const text = encodeRecord({ containerId: 'c', ifname: 'eth0', ips: new Set(['198.18.0.2']), meta });
+    const text = disk.encodeRecord({ containerId: 'c', ifname: 'eth0', ips: new Set(['198.18.0.2']), meta });
     expect(text).toBe('{"v":1,"containerId":"c","ifname":"eth0","ips":["198.18.0.2"],"meta":{"bootId":"b","createdAt":"2026-01-01T00:00:00.000Z","origin":"berth"}}');
-    expect(isRecord(JSON.parse(text))).toBe(true);
-    expect(isRecord({ v: 1, ips: [], meta: {} })).toBe(false);
+    expect(disk.isRecord(JSON.parse(text))).toBe(true);
+    expect(disk.isRecord({ v: 1, ips: [], meta: {} })).toBe(false);
   });
 
   test('state.json round trip; missing or corrupt is undefined', () => {
     const t = tempDataDir('fmt');
     cleanups.push(t.cleanup);
-    const p = leaseDirPaths(t.dir, 'n1');
+    const p = disk.leaseDirPaths(t.dir, 'n1');
     mkdirSync(p.berth, { recursive: true });
-    expect(readState(p)).toBeUndefined();
-    writeFileSync(p.state, encodeState({ gen: 3, dirMtimeNs: '123', bootId: 'b' }));
-    expect(readState(p)).toEqual({ v: 1, gen: 3, dirMtimeNs: '123', bootId: 'b' });
+    expect(disk.readState(p)).toBeUndefined();
+    writeFileSync(p.state, disk.encodeState({ gen: 3, dirMtimeNs: '123', bootId: 'b' }));
+    expect(disk.readState(p)).toEqual({ v: 1, gen: 3, dirMtimeNs: '123', bootId: 'b' });
     writeFileSync(p.state, '{"v":1,"gen":3}');
-    expect(readState(p)).toBeUndefined();
+    expect(disk.readState(p)).toBeUndefined();
   });
 
   test('the sentinel is the mtime the kernel stored, and any later change of the directory breaks it', () => {
     const t = tempDataDir('fmt');
     cleanups.push(t.cleanup);
-    const p = leaseDirPaths(t.dir, 'n1');
+    const p = disk.leaseDirPaths(t.dir, 'n1');
     mkdirSync(p.dir, { recursive: true });
     const warnings: string[] = [];
-    const stamp = stampSentinel(p.dir, new Date(), (m) => warnings.push(m));
+    const stamp = disk.stampSentinel(p.dir, new Date(), (m) => warnings.push(m));
     expect(stamp).toBe(statSync(p.dir, { bigint: true }).mtimeNs.toString());
     writeFileSync(join(p.dir, '198.18.0.9'), 'x\r\neth0');
     expect(statSync(p.dir, { bigint: true }).mtimeNs.toString()).not.toBe(stamp);
@@ -83,12 +70,12 @@ describe('.berth index files', () => {
 
   test('bitmap layout: ordinal i is bit i&7 of byte i>>3; the search skips full bytes', () => {
     const bits = new Uint8Array(4);
-    for (let i = 0; i < 19; i++) setOrdinalBit(bits, i, true);
+    for (let i = 0; i < 19; i++) disk.setOrdinalBit(bits, i, true);
     expect([...bits]).toEqual([0xff, 0xff, 0x07, 0]);
-    expect(firstClearOrdinal(bits, 0n, 31n)).toBe(19n);
-    setOrdinalBit(bits, 9, false);
+    expect(disk.firstClearOrdinal(bits, 0n, 31n)).toBe(19n);
+    disk.setOrdinalBit(bits, 9, false);
     expect(bits[1]).toBe(0xfd);
-    expect(firstClearOrdinal(bits, 0n, 31n)).toBe(9n);
-    expect(firstClearOrdinal(bits, 10n, 18n)).toBeUndefined();
+    expect(disk.firstClearOrdinal(bits, 0n, 31n)).toBe(9n);
+    expect(disk.firstClearOrdinal(bits, 10n, 18n)).toBeUndefined();
   });
 });
