@@ -2,7 +2,7 @@
 // (container addresses, and address·own-subnet pairs) so that ADD and DEL are element changes, each
 // element tagged with its attachment so DEL and GC find it without the prevResult.
 import { networkKey } from './lock';
-import { attachmentTag, emptyButFor, setElements, type Nft, type NftCommand, type NftObject, type TablesLock } from './nft';
+import { attachmentTag, emptyButFor, removeAndMaybeDropTable, setElements, type Nft, type NftCommand, type NftObject, type RemovePlan, type TablesLock } from './nft';
 
 export interface MasqAddress {
   /** Container address, no prefix. */
@@ -166,24 +166,10 @@ function taggedElements(objects: readonly NftObject[], network: string, pick: (t
  * removed. Caller holds the network lock.
  */
 export async function removeMasquerade(scope: MasqScope, pick: (tag: string | undefined) => boolean): Promise<string[]> {
-  const objects = await scope.nft.listTable(FAMILY, scope.table);
-  if (objects === undefined) return [];
-  const first = removePlan(scope, objects, pick);
-  if (!first.tableEmpty) {
-    await scope.nft.apply(first.cmds);
-    return first.tags;
-  }
-  // Deleting the table is only safe against a concurrent setup under the tables lock, on a fresh listing.
-  return scope.tablesLock(async () => {
-    const now = await scope.nft.listTable(FAMILY, scope.table);
-    if (now === undefined) return [];
-    const plan = removePlan(scope, now, pick);
-    await scope.nft.apply(plan.tableEmpty ? [{ delete: { table: { family: FAMILY, name: scope.table } } }] : plan.cmds);
-    return plan.tags;
-  });
+  return removeAndMaybeDropTable({ nft: scope.nft, family: FAMILY, table: scope.table, tablesLock: scope.tablesLock, plan: (objects) => removePlan(scope, objects, pick) });
 }
 
-function removePlan(scope: MasqScope, objects: readonly NftObject[], pick: (tag: string | undefined) => boolean): { cmds: NftCommand[]; tags: string[]; tableEmpty: boolean } {
+function removePlan(scope: MasqScope, objects: readonly NftObject[], pick: (tag: string | undefined) => boolean): RemovePlan {
   const n = masqNames(scope.network);
   const doomed = taggedElements(objects, scope.network, pick);
   const remaining = taggedElements(objects, scope.network, () => true).length - doomed.length;

@@ -32,6 +32,43 @@ export function emptyButFor(objects: readonly NftObject[], baseChain: string, ow
   return objects.every((o) => o.table !== undefined || (o.chain !== undefined && o.chain.name === baseChain) || own(o));
 }
 
+/** What removing one network's entries from a table would do, planned from a listing of that table. */
+export interface RemovePlan {
+  cmds: NftCommand[];
+  tags: string[];
+  /** Nothing but the removed entries' network would be left: the table itself can go. */
+  tableEmpty: boolean;
+}
+
+/**
+ * Applies a removal planned from a listing; when the table would be left empty, deletes the whole table
+ * instead, but only under the tables lock and on a fresh listing, because a concurrent setup of another
+ * network may have added its chain since the first listing. Returns the tags removed.
+ */
+export async function removeAndMaybeDropTable(opts: {
+  nft: Nft;
+  family: string;
+  table: string;
+  tablesLock: TablesLock;
+  plan: (objects: readonly NftObject[]) => RemovePlan;
+}): Promise<string[]> {
+  const { nft, family, table } = opts;
+  const objects = await nft.listTable(family, table);
+  if (objects === undefined) return [];
+  const first = opts.plan(objects);
+  if (!first.tableEmpty) {
+    await nft.apply(first.cmds);
+    return first.tags;
+  }
+  return opts.tablesLock(async () => {
+    const now = await nft.listTable(family, table);
+    if (now === undefined) return [];
+    const plan = opts.plan(now);
+    await nft.apply(plan.tableEmpty ? [{ delete: { table: { family, name: table } } }] : plan.cmds);
+    return plan.tags;
+  });
+}
+
 /** berth's nftables through the kernel room's `nft -j` wrapper (large batches go through a file there). */
 export const systemNft: Nft = {
   apply: (cmds) => nftApply(cmds),

@@ -2,7 +2,7 @@
 // are dropped unless their source MAC is the container's. Per network, a set of guarded ports and a set of
 // allowed (port, MAC) pairs, elements tagged with the attachment like the masquerade sets.
 import { networkKey } from './lock';
-import { attachmentTag, emptyButFor, setElements, type Nft, type NftCommand, type NftObject, type TablesLock } from './nft';
+import { attachmentTag, emptyButFor, removeAndMaybeDropTable, setElements, type Nft, type NftCommand, type NftObject, type RemovePlan, type TablesLock } from './nft';
 
 export interface SpoofScope {
   nft: Nft;
@@ -100,23 +100,10 @@ function addPlan(
  * and the whole table when nothing else is left in it. Returns the tags removed. Caller holds the network lock.
  */
 export async function removeSpoofCheck(scope: SpoofScope, pick: (tag: string | undefined) => boolean): Promise<string[]> {
-  const objects = await scope.nft.listTable(FAMILY, scope.table);
-  if (objects === undefined) return [];
-  const first = removePlan(scope, objects, pick);
-  if (!first.tableEmpty) {
-    await scope.nft.apply(first.cmds);
-    return first.tags;
-  }
-  return scope.tablesLock(async () => {
-    const now = await scope.nft.listTable(FAMILY, scope.table);
-    if (now === undefined) return [];
-    const plan = removePlan(scope, now, pick);
-    await scope.nft.apply(plan.tableEmpty ? [{ delete: { table: { family: FAMILY, name: scope.table } } }] : plan.cmds);
-    return plan.tags;
-  });
+  return removeAndMaybeDropTable({ nft: scope.nft, family: FAMILY, table: scope.table, tablesLock: scope.tablesLock, plan: (objects) => removePlan(scope, objects, pick) });
 }
 
-function removePlan(scope: SpoofScope, objects: readonly NftObject[], pick: (tag: string | undefined) => boolean): { cmds: NftCommand[]; tags: string[]; tableEmpty: boolean } {
+function removePlan(scope: SpoofScope, objects: readonly NftObject[], pick: (tag: string | undefined) => boolean): RemovePlan {
   const n = spoofNames(scope.network);
   const t = { family: FAMILY, table: scope.table };
   const all = [n.ports, n.allowed].flatMap((set) => (setElements(objects, set) ?? []).map((e) => ({ set, ...e })));
