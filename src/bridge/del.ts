@@ -34,10 +34,16 @@ async function deleteInNetns(netns: string, ifname: string): Promise<boolean> {
   }
 }
 
-/** Host veths carrying this attachment's tag (left behind when the namespace is unknown or still alive elsewhere). */
-async function deleteTaggedVeths(host: Netlink, tag: string): Promise<void> {
+/**
+ * Host veths carrying this attachment's tag (left behind when the namespace is unknown or still alive
+ * elsewhere). Only ports of this network's bridge, or veths detached from any bridge, count: a veth with the
+ * same tag on another bridge belongs to another network's attachment and is not ours to delete.
+ */
+async function deleteTaggedVeths(host: Netlink, opts: { tag: string; bridge: string }): Promise<void> {
+  const bridge = await host.findLink(opts.bridge);
   for (const l of await host.listLinks()) {
-    if (l.kind === 'veth' && l.alias === tag) {
+    const onOurs = l.masterIndex === undefined || (bridge !== undefined && l.masterIndex === bridge.index);
+    if (l.kind === 'veth' && l.alias === opts.tag && onOurs) {
       await host.deleteLink(l.index).catch((e) => (isCode(e, 'ENODEV') ? undefined : Promise.reject(e)));
     }
   }
@@ -60,7 +66,7 @@ export async function cmdDel(req: Request): Promise<void> {
   }
   const host = await hostNetlink();
   try {
-    await deleteTaggedVeths(host, tag);
+    await deleteTaggedVeths(host, { tag, bridge: conf.bridge });
   } catch (err) {
     note('delete host veth', err);
   } finally {

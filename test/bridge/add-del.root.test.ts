@@ -202,6 +202,22 @@ describe('DEL is idempotent', () => {
     expect(ipJson(['-n', ns.name, 'link', 'show']).map((l: any) => l.ifname)).toEqual(['lo']);
   });
 
+  it('with an empty CNI_NETNS leaves a veth with the same tag on another bridge alone (another network\'s)', async () => {
+    const { c } = await added();
+    const otherBridge = fx.bridge();
+    const other = `${fx.prefix}o0`;
+    sh('ip', ['link', 'add', otherBridge, 'type', 'bridge']);
+    sh('ip', ['link', 'add', other, 'type', 'veth', 'peer', 'name', `${fx.prefix}o1`]);
+    sh('ip', ['link', 'set', other, 'master', otherBridge]);
+    sh('ip', ['link', 'set', 'dev', other, 'alias', 'ctr7/eth0']);
+    const del = await fx.run({ command: 'DEL', conf: c, containerId: 'ctr7', netns: '', ifname: 'eth0' });
+    expect(del.code, del.stdout).toBe(0);
+    expectAllGone(c);
+    const [survivor] = ipJson(['-d', 'link', 'show', 'dev', other]);
+    expect(survivor.ifalias).toBe('ctr7/eth0');
+    expect(survivor.master).toBe(otherBridge);
+  });
+
   it('after the netns was deleted, with prevResult', async () => {
     const { ns, c, result } = await added();
     fx.deleteNetns(ns.name);
