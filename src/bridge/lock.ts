@@ -30,11 +30,18 @@ export interface NetworkLockOptions {
   timeoutMs?: number;
 }
 
+/**
+ * The network's lock file. It stays after use: unlinking a flock file is racy by nature (a waiter holding
+ * the old inode and a newcomer creating a new file would both "hold" the lock), and it is one empty file
+ * on tmpfs. Only a caller that alone uses the network (berth demo's throw-away one) may remove it.
+ */
+export function networkLockFile(env: Record<string, string | undefined>, network: string): string {
+  return join(runDir(env), 'bridge', `${networkKey(network)}.lock`);
+}
+
 /** Runs fn holding the network's exclusive lock; the lock is released when fn settles. */
 export async function withNetworkLock<T>(opts: NetworkLockOptions, fn: () => Promise<T>): Promise<T> {
-  // The lock files stay: unlinking a flock file is racy by nature (a waiter holding the old inode and a
-  // newcomer creating a new file would both "hold" the lock), and they are a few empty files on tmpfs.
-  const file = join(runDir(opts.env), 'bridge', `${networkKey(opts.network)}.lock`);
+  const file = networkLockFile(opts.env, opts.network);
   return withFileLock({ file, what: `network "${opts.network}"`, timeoutMs: opts.timeoutMs }, fn);
 }
 

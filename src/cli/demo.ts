@@ -10,6 +10,7 @@ import { containerIdFor, runtimeFromEnv } from './exec';
 import { confListFromBytes, type NetworkConfigList } from './runtime/conflist';
 import { addNetworkList, delNetworkList, type Runtime } from './runtime/network-list';
 import type { RuntimeConf } from './runtime/request-config';
+import { networkLockFile } from '../bridge/lock';
 
 const run = promisify(execFile);
 
@@ -117,7 +118,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     code = 1;
     opts.err(`berth demo: ${abort.signal.aborted ? 'interrupted' : `failed: ${describeError(err)}`}\n`);
   } finally {
-    await cleanup({ pods, bridge, tmp, chain, err: opts.err });
+    await cleanup({ pods, bridge, tmp, chain, lockFile: opts.reference ? undefined : networkLockFile(process.env, network), err: opts.err });
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
@@ -138,6 +139,8 @@ async function cleanup(c: {
   bridge: string;
   tmp: string;
   chain: { runtime: Runtime; list: NetworkConfigList } | undefined;
+  /** berth-bridge's lock file of this throw-away network: nobody else uses the network, so it can go. */
+  lockFile: string | undefined;
   err(s: string): void;
 }): Promise<void> {
   // The DEL releases what only the plugins know about (leases, nftables entries), so it goes first.
@@ -157,6 +160,7 @@ async function cleanup(c: {
   for (const pod of c.pods) await quiet('ip', 'netns', 'del', pod.name);
   await quiet('ip', 'link', 'del', c.bridge);
   await rm(c.tmp, { recursive: true, force: true }).catch((e: unknown) => c.err(`cleanup: rm ${c.tmp}: ${describeError(e)}\n`));
+  if (c.lockFile !== undefined) await rm(c.lockFile, { force: true }).catch((e: unknown) => c.err(`cleanup: rm ${c.lockFile}: ${describeError(e)}\n`));
 }
 
 /** Where berth-bridge lives: the repo's bin/ launchers, or beside the single executable (out/). */

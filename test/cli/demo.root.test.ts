@@ -5,6 +5,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { resolve } from 'node:path';
 import { expect, test } from 'vitest';
+import { networkLockFile } from '../../src/bridge/lock';
 
 const BERTH = resolve(__dirname, '../../bin/berth');
 
@@ -12,7 +13,8 @@ function leftovers(prefix: string): string[] {
   const netns = execFileSync('ip', ['netns', 'list']).toString().split('\n').filter((l) => l.startsWith(prefix));
   const links = execFileSync('ip', ['-o', 'link', 'show']).toString().split('\n').filter((l) => l.includes(prefix));
   const temp = readdirSync(tmpdir()).filter((f) => f.startsWith(prefix));
-  return [...netns, ...links, ...temp];
+  const lock = networkLockFile({}, `${prefix}-net`);
+  return [...netns, ...links, ...temp, ...(existsSync(lock) ? [lock] : [])];
 }
 
 test('berth demo attaches two pods, pings across, and removes everything', () => {
