@@ -37,8 +37,6 @@ br="${P}br"
 pods=("$P-a" "$P-b" "$P-c")
 ipfwd4="$(sysctl -n net.ipv4.ip_forward)"
 plugin_pid=""
-checks=0
-fails=0
 
 cleanup() {
   set +e
@@ -60,18 +58,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-report() { # name, status
-  checks=$((checks + 1))
-  if [ "$2" = 0 ]; then
-    echo "ok   $1"
-  else
-    fails=$((fails + 1))
-    echo "FAIL $1"
-    sed 's/^/     | /' "$tmp/last.out" | head -n 20
-  fi
-}
-check() { local name="$1"; shift; "$@" >"$tmp/last.out" 2>&1; report "$name" $?; }
-refuse() { local name="$1"; shift; if "$@" >"$tmp/last.out" 2>&1; then report "$name" 1; else report "$name" 0; fi; }
+# shellcheck source=lib/checks.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/checks.sh"
 
 # The world the installed executables see: no node anywhere on PATH.
 tools="$tmp/tools"

@@ -63,8 +63,6 @@ mkdir -p "$NETCONFPATH" "$tmp/ipam"
 
 pods=()
 nets=()
-checks=0
-fails=0
 
 cleanup() {
   set +e
@@ -89,20 +87,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-report() { # name, status
-  checks=$((checks + 1))
-  if [ "$2" = 0 ]; then
-    echo "ok   $1"
-  else
-    fails=$((fails + 1))
-    echo "FAIL $1"
-    sed 's/^/     | /' "$tmp/last.out" | head -n 15
-  fi
-}
-# check NAME CMD…: CMD must succeed.
-check() { local name="$1"; shift; "$@" >"$tmp/last.out" 2>&1; report "$name" $?; }
-# refuse NAME CMD…: CMD must fail.
-refuse() { local name="$1"; shift; if "$@" >"$tmp/last.out" 2>&1; then report "$name" 1; else report "$name" 0; fi; }
+# shellcheck source=lib/checks.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/checks.sh"
 
 # Retried: an IPv6 gateway address may still be finishing DAD on the host side.
 pingable() { # pod, address
