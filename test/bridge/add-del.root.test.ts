@@ -11,14 +11,11 @@ const V4 = [{ subnet: '198.18.130.0/24' }];
 const V6 = [{ subnet: 'fd00:b::/64' }];
 
 function conf(extra: Record<string, unknown> = {}, version = '1.0.0'): Record<string, unknown> {
-  return {
+  return fx.conf({
     cniVersion: version,
-    name: `${fx.prefix}net`,
-    type: 'berth-bridge',
-    bridge: fx.bridge(),
     ipam: fx.hostLocal([V4], {}, version),
     ...extra,
-  };
+  });
 }
 
 function globalAddrs(ns: string, ifname: string): string[] {

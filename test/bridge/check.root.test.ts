@@ -16,11 +16,7 @@ interface Attached {
 }
 
 async function attach(): Promise<Attached> {
-  const c = {
-    cniVersion: '1.0.0',
-    name: `${fx.prefix}net`,
-    type: 'berth-bridge',
-    bridge: fx.bridge(),
+  const c = fx.conf({
     isDefaultGateway: true,
     ipMasq: true,
     macspoofchk: true,
@@ -28,7 +24,7 @@ async function attach(): Promise<Attached> {
     portIsolation: true,
     mtu: 1400,
     ipam: fx.hostLocal([[{ subnet: '198.18.139.0/24' }]]),
-  };
+  });
   const ns = fx.netns();
   const add = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr1', netns: ns.path, ifname: 'eth0' });
   expect(add.code, add.stdout).toBe(0);

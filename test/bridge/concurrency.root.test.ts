@@ -11,16 +11,12 @@ const PODS = 24;
 
 describe('concurrency', () => {
   it(`${PODS} simultaneous ADDs then ${PODS} simultaneous DELs on one bridge`, async () => {
-    const c = {
-      cniVersion: '1.0.0',
-      name: `${fx.prefix}net`,
-      type: 'berth-bridge',
-      bridge: fx.bridge(),
+    const c = fx.conf({
       isDefaultGateway: true,
       ipMasq: true,
       macspoofchk: true,
       ipam: fx.hostLocal([[{ subnet: '198.18.132.0/24' }], [{ subnet: 'fd00:b::/64' }]]),
-    };
+    });
     const pods = Array.from({ length: PODS }, (_, i) => ({ id: `pod${i}`, ns: fx.netns() }));
     const adds = await Promise.all(pods.map((p) => fx.run({ command: 'ADD', conf: c, containerId: p.id, netns: p.ns.path, ifname: 'eth0' })));
     for (const a of adds) expect(a.code, a.stdout + a.stderr).toBe(0);

@@ -9,17 +9,14 @@ afterEach(() => fx.cleanup());
 afterAll(() => fx.dispose());
 
 function conf(extra: Record<string, unknown> = {}): Record<string, unknown> {
-  return {
+  return fx.conf({
     cniVersion: '1.1.0',
-    name: `${fx.prefix}net`,
-    type: 'berth-bridge',
-    bridge: fx.bridge(),
     isGateway: true,
     ipMasq: true,
     macspoofchk: true,
     ipam: { type: 'berth-ipam', dataDir: fx.dataDir, ranges: [[{ subnet: '198.18.135.0/24' }]] },
     ...extra,
-  };
+  });
 }
 
 async function threePods(c: Record<string, unknown>) {

@@ -101,6 +101,11 @@ export class Fixture {
     return name;
   }
 
+  /** A berth-bridge network config (spec 1.0.0 unless `extra` says otherwise) on a fresh bridge of this fixture. */
+  conf(extra: Record<string, unknown> = {}): Record<string, unknown> {
+    return { cniVersion: '1.0.0', name: `${this.prefix}net`, type: 'berth-bridge', bridge: this.bridge(), ...extra };
+  }
+
   /** An IPAM section for host-local with this fixture's dataDir. */
   hostLocal(ranges: Array<Record<string, unknown>[]>, extra: Record<string, unknown> = {}, version = '1.0.0'): Record<string, unknown> {
     return { type: version === '1.1.0' ? 'bt-host-local' : 'host-local', dataDir: this.dataDir, ranges, ...extra };

@@ -10,14 +10,10 @@ afterAll(() => fx.dispose());
 const SUBNET = '198.18.133.0/24';
 
 function conf(extra: Record<string, unknown> = {}): Record<string, unknown> {
-  return {
-    cniVersion: '1.0.0',
-    name: `${fx.prefix}net`,
-    type: 'berth-bridge',
-    bridge: fx.bridge(),
+  return fx.conf({
     ipam: fx.hostLocal([[{ subnet: SUBNET }]]),
     ...extra,
-  };
+  });
 }
 
 async function add(c: Record<string, unknown>, opts: { id?: string; ifname?: string; cniArgs?: string } = {}) {

@@ -9,17 +9,13 @@ afterEach(() => fx.cleanup());
 afterAll(() => fx.dispose());
 
 function conf(extra: Record<string, unknown> = {}): Record<string, unknown> {
-  return {
-    cniVersion: '1.0.0',
-    name: `${fx.prefix}net`,
-    type: 'berth-bridge',
-    bridge: fx.bridge(),
+  return fx.conf({
     isDefaultGateway: true,
     ipMasq: true,
     macspoofchk: true,
     ipam: fx.hostLocal([[{ subnet: '198.18.131.0/24' }], [{ subnet: 'fd00:b::/64' }]]),
     ...extra,
-  };
+  });
 }
 
 function expectNothingLeft(c: Record<string, unknown>, ns: { name: string }, opts: { bridgeGone: boolean }): void {
