@@ -1,36 +1,13 @@
 // Addresses (v4/v6, NODAD, tentative, DAD failure) and routes (gateway, metric, table, scope, device), through
 // our socket in the host and in a pod namespace, checked with `ip -j addr/route` as the observer.
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { NetlinkError } from '../../src/netlink/errors';
+import { describe, expect, it } from 'vitest';
 import { openNetlink } from '../../src/netlink/rtnetlink';
 import type { Netlink } from '../../src/netlink/types';
-import { HOST, KernelFixture, leftovers, observe, observeJson, sh, threadNetns, type Place } from './kernel-fixture';
+import { HOST, KernelFixture, observe, observeJson, rejection, sh, useKernelFixture, type Place } from './kernel-fixture';
 
+const kernel = useKernelFixture();
 let fx: KernelFixture;
-let sockets: Netlink[] = [];
-let original: string;
 
-beforeAll(() => {
-  original = threadNetns();
-});
-afterEach(() => {
-  for (const s of sockets.splice(0)) s.close();
-  fx?.cleanup();
-  expect(threadNetns()).toBe(original);
-});
-afterAll(() => {
-  expect(leftovers(`bt${process.pid}`)).toEqual([]);
-});
-
-async function rejection(p: Promise<unknown>): Promise<NetlinkError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(NetlinkError);
-    return e as NetlinkError;
-  }
-  throw new Error('expected a rejection');
-}
 
 interface Setup {
   place: Place;
@@ -47,18 +24,18 @@ const NET = {
 } as const;
 
 async function setup(label: 'host' | 'pod'): Promise<Setup> {
-  fx = new KernelFixture();
+  fx = kernel.fresh();
   const pod = fx.addNetns('p');
   const scratch = fx.addNetns('s');
   const place = label === 'host' ? HOST : pod;
   const nl = openNetlink(place.path);
-  sockets.push(nl);
+  kernel.track(nl);
   const link = fx.name('v');
   if (label === 'host') fx.hostLink(link);
   const created = await nl.createVethPair({ name: link, peerName: 'eth0', peerNetns: scratch.path! });
   await nl.setUp(link);
   const peer = openNetlink(scratch.path);
-  sockets.push(peer);
+  kernel.track(peer);
   await peer.setUp('eth0');
   return { place, nl, link, index: created.index };
 }

@@ -2,6 +2,8 @@
 // observers (ip/bridge/nft/sysctl in JSON), and cleanup that runs even when a test fails.
 import { execFileSync } from 'node:child_process';
 import { readlinkSync } from 'node:fs';
+import { afterAll, afterEach, beforeAll, expect } from 'vitest';
+import { NetlinkError } from '../../src/netlink/errors';
 
 export function sh(cmd: string, args: readonly string[]): string {
   return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
@@ -113,4 +115,48 @@ export function kernelHasBridgeVlans(): boolean {
   const ok = trySh('ip', ['link', 'add', name, 'type', 'bridge', 'vlan_filtering', '1']) !== undefined;
   if (ok) trySh('ip', ['link', 'del', name]);
   return ok;
+}
+
+/**
+ * The hooks every kernel test file needs, registered once: after each test, close the sockets it opened,
+ * remove what its fixtures made and check the thread is back in its original namespace; after the file,
+ * check nothing named after this process is left. `fresh()` gives a test its fixture, `track()` a socket.
+ */
+export function useKernelFixture(): { fresh(): KernelFixture; track<T extends { close(): void }>(socket: T): T } {
+  const fixtures: KernelFixture[] = [];
+  const sockets: { close(): void }[] = [];
+  let original = '';
+  beforeAll(() => {
+    original = threadNetns();
+  });
+  afterEach(() => {
+    for (const s of sockets.splice(0)) s.close();
+    for (const f of fixtures.splice(0)) f.cleanup();
+    expect(threadNetns()).toBe(original);
+  });
+  afterAll(() => {
+    expect(leftovers(`bt${process.pid}`)).toEqual([]);
+  });
+  return {
+    fresh: () => {
+      const f = new KernelFixture();
+      fixtures.push(f);
+      return f;
+    },
+    track: (socket) => {
+      sockets.push(socket);
+      return socket;
+    },
+  };
+}
+
+/** The NetlinkError a promise rejects with (fails the test if it resolves or rejects with something else). */
+export async function rejection(p: Promise<unknown>): Promise<NetlinkError> {
+  try {
+    await p;
+  } catch (e) {
+    expect(e).toBeInstanceOf(NetlinkError);
+    return e as NetlinkError;
+  }
+  throw new Error('expected a rejection');
 }

@@ -1,44 +1,22 @@
 // Links, veth pairs across namespaces, bridge ports and VLANs, done through our socket in the host and in a
 // pod namespace, each checked with ip/bridge -j as an independent observer.
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { CniError, ErrorCode } from '../../src/cni-spec/errors';
-import { NetlinkError, netlinkCode, toKernelCniError } from '../../src/netlink/errors';
+import { netlinkCode, toKernelCniError } from '../../src/netlink/errors';
 import { openNetlink } from '../../src/netlink/rtnetlink';
 import type { Netlink } from '../../src/netlink/types';
-import { HOST, KernelFixture, ipLink, kernelHasBridgeVlans, leftovers, observeJson, threadNetns, type Place } from './kernel-fixture';
+import { HOST, ipLink, KernelFixture, kernelHasBridgeVlans, observeJson, rejection, useKernelFixture, type Place } from './kernel-fixture';
 
+const kernel = useKernelFixture();
 let fx: KernelFixture;
-let sockets: Netlink[] = [];
-let original: string;
 let vlansSupported = false;
 
 beforeAll(() => {
-  original = threadNetns();
   vlansSupported = kernelHasBridgeVlans();
-});
-afterEach(() => {
-  for (const s of sockets.splice(0)) s.close();
-  fx?.cleanup();
-  expect(threadNetns()).toBe(original);
-});
-afterAll(() => {
-  expect(leftovers(`bt${process.pid}`)).toEqual([]);
 });
 
 function open(place: Place): Netlink {
-  const s = openNetlink(place.path);
-  sockets.push(s);
-  return s;
-}
-
-async function rejection(p: Promise<unknown>): Promise<NetlinkError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(NetlinkError);
-    return e as NetlinkError;
-  }
-  throw new Error('expected a rejection');
+  return kernel.track(openNetlink(place.path));
 }
 
 interface Setup {
@@ -53,7 +31,7 @@ interface Setup {
  * `pod`: we work inside a pod namespace and put veth peers into the host (the Go reference's way).
  */
 function setup(label: 'host' | 'pod'): Setup {
-  fx = new KernelFixture();
+  fx = kernel.fresh();
   const pod = fx.addNetns('p');
   const place = label === 'host' ? HOST : pod;
   const other = label === 'host' ? pod : HOST;

@@ -3,27 +3,18 @@ import { execFileSync } from 'node:child_process';
 import { chmodSync, copyFileSync, existsSync, mkdtempSync, openSync, closeSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { CniError, ErrorCode } from '../../src/cni-spec/errors';
 import { addonCandidates } from '../../src/native-addon';
 import { NetlinkError, netlinkCode, toKernelCniError } from '../../src/netlink/errors';
 import { currentNetnsId, netnsIdOf, openNetns, withNetns } from '../../src/netlink/netns';
-import { KernelFixture, leftovers, sh, threadNetns } from './kernel-fixture';
+import { KernelFixture, sh, threadNetns, useKernelFixture } from './kernel-fixture';
 
+const kernel = useKernelFixture();
+/** The test thread's namespace before any test ran: every withNetns must come back to it. */
+const original = threadNetns();
 let fx: KernelFixture;
-let original: string;
 
-beforeAll(() => {
-  original = threadNetns();
-});
-afterEach(() => {
-  fx?.cleanup();
-  // Whatever a test did, the worker's thread must be back where it started.
-  expect(threadNetns()).toBe(original);
-});
-afterAll(() => {
-  expect(leftovers(`bt${process.pid}`)).toEqual([]);
-});
 
 function podInode(nsName: string): string {
   // An independent observer: a process started by ip in that netns reads its own link.
@@ -32,7 +23,7 @@ function podInode(nsName: string): string {
 
 describe('withNetns', () => {
   it('runs the callback inside the namespace and returns its value, then switches back', () => {
-    fx = new KernelFixture();
+    fx = kernel.fresh();
     const pod = fx.addNetns('p');
     const inside = withNetns(pod.path!, () => threadNetns());
     expect(inside).toBe(podInode(pod.nsName!));
@@ -42,7 +33,7 @@ describe('withNetns', () => {
   });
 
   it('switches back and rethrows the very same error when the callback throws', () => {
-    fx = new KernelFixture();
+    fx = kernel.fresh();
     const pod = fx.addNetns('p');
     const boom = new Error('boom');
     let seenInside = '';
@@ -57,7 +48,7 @@ describe('withNetns', () => {
   });
 
   it('switches back when the callback throws a non-Error value', () => {
-    fx = new KernelFixture();
+    fx = kernel.fresh();
     const pod = fx.addNetns('p');
     let caught: unknown;
     try {
@@ -72,7 +63,7 @@ describe('withNetns', () => {
   });
 
   it('nests: inner scope returns to the outer namespace, outer scope to the original', () => {
-    fx = new KernelFixture();
+    fx = kernel.fresh();
     const a = fx.addNetns('a');
     const b = fx.addNetns('b');
     const seen = withNetns(a.path!, () => {
@@ -84,7 +75,7 @@ describe('withNetns', () => {
   });
 
   it('accepts an fd (borrowed, left open) and an open ref', () => {
-    fx = new KernelFixture();
+    fx = kernel.fresh();
     const pod = fx.addNetns('p');
     const fd = openSync(pod.path!, 'r');
     try {
@@ -105,7 +96,7 @@ describe('withNetns', () => {
   });
 
   it('refuses an async callback (its awaits would run outside) and still switches back', async () => {
-    fx = new KernelFixture();
+    fx = kernel.fresh();
     const pod = fx.addNetns('p');
     let before = '';
     let after = '';

@@ -1,6 +1,6 @@
 // sysctls read/written inside a namespace (and not leaking into the host), and nftables objects through
 // `nft -j`, in the host and in a pod namespace; observers: `sysctl` under ip netns exec, `nft -j list`.
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { NetlinkError } from '../../src/netlink/errors';
 import {
   addChain,
@@ -16,21 +16,13 @@ import {
 } from '../../src/netlink/nftables';
 import { openNetlink } from '../../src/netlink/rtnetlink';
 import { readSysctl, sysctlPath, writeSysctl } from '../../src/netlink/sysctl';
-import { HOST, KernelFixture, leftovers, observe, observeJson, threadNetns, trySh, type Place } from './kernel-fixture';
+import { HOST, KernelFixture, observe, observeJson, threadNetns, trySh, useKernelFixture, type Place } from './kernel-fixture';
 
+const kernel = useKernelFixture();
+/** The test thread's namespace before any test ran: every namespace switch must come back to it. */
+const original = threadNetns();
 let fx: KernelFixture;
-let original: string;
 
-beforeAll(() => {
-  original = threadNetns();
-});
-afterEach(() => {
-  fx?.cleanup();
-  expect(threadNetns()).toBe(original);
-});
-afterAll(() => {
-  expect(leftovers(`bt${process.pid}`)).toEqual([]);
-});
 
 function sysctlIn(place: Place, key: string): string {
   return observe(place, 'sysctl', ['-n', key]).trim();
@@ -44,7 +36,7 @@ describe('sysctl', () => {
   });
 
   it('reads and writes inside a pod namespace without touching the host', () => {
-    fx = new KernelFixture();
+    fx = kernel.fresh();
     const pod = fx.addNetns('p');
     const key = 'net.ipv4.conf.all.arp_ignore';
     const hostBefore = sysctlIn(HOST, key);
@@ -60,7 +52,7 @@ describe('sysctl', () => {
   });
 
   it('reaches per-interface keys of links that exist only in the pod, in slash form', async () => {
-    fx = new KernelFixture();
+    fx = kernel.fresh();
     const pod = fx.addNetns('p');
     const other = fx.addNetns('o');
     const nl = openNetlink(pod.path);
@@ -92,7 +84,7 @@ describe('sysctl', () => {
   });
 
   it('unknown keys, bad values and bad namespaces give NetlinkErrors', () => {
-    fx = new KernelFixture();
+    fx = kernel.fresh();
     const pod = fx.addNetns('p');
     expect(() => readSysctl('net.ipv4.no_such_key', pod.path)).toThrow(expect.objectContaining({ code: 'ENOENT', op: 'sysctl read' }));
     expect(() => writeSysctl('net.ipv4.conf.all.arp_ignore', 'banana', pod.path)).toThrow(
@@ -107,7 +99,7 @@ describe('sysctl', () => {
 
 describe.each(['host', 'pod'] as const)('nftables in the %s namespace', (label) => {
   function place(): Place {
-    fx = new KernelFixture();
+    fx = kernel.fresh();
     return label === 'host' ? HOST : fx.addNetns('p');
   }
 
