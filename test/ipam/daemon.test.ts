@@ -49,6 +49,19 @@ function leaseFiles(network = 'btnet'): Map<string, string> {
   return out;
 }
 
+/** Holds the network's flock as a plugin working on the files would; returns the release. */
+function holdNetworkLock(network = 'btnet'): () => void {
+  const netDir = join(dataDir, network);
+  mkdirSync(netDir, { recursive: true });
+  const fd = openSync(join(netDir, 'lock'), 'a');
+  const addon = loadNativeAddon();
+  expect(addon.flock(fd, 'ex', true)).toBe(true);
+  return () => {
+    addon.flock(fd, 'un');
+    closeSync(fd);
+  };
+}
+
 async function startServer(maxBodyBytes?: number): Promise<void> {
   const log = createLogger({ format: 'text', level: 'debug', write: (s) => logs.push(s) });
   const metrics = new Metrics();
@@ -214,11 +227,7 @@ describe('the daemon store keeps the files and lease-file-store index as the plu
 describe('a plugin holding a network\'s flock', () => {
   test('delays only that network: the daemon keeps serving others and /v1/health, then finishes the wait', async () => {
     await startServer();
-    const netDir = join(dataDir, 'btnet');
-    mkdirSync(netDir, { recursive: true });
-    const fd = openSync(join(netDir, 'lock'), 'a');
-    const addon = loadNativeAddon();
-    expect(addon.flock(fd, 'ex', true)).toBe(true);
+    const release = holdNetworkLock();
     let waiting: Promise<{ status: number; body: unknown }>;
     try {
       waiting = callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-waits') });
@@ -229,8 +238,7 @@ describe('a plugin holding a network\'s flock', () => {
       expect((await callDaemon({ socket, method: 'GET', path: '/v1/health' })).status).toBe(200);
       expect(leaseFiles()).toEqual(new Map());
     } finally {
-      addon.flock(fd, 'un');
-      closeSync(fd);
+      release();
     }
     const done = await waiting;
     expect(done.status).toBe(200);
@@ -346,11 +354,7 @@ describe('clients that leave', () => {
   test('after the request, before the reply: the allocation is undone (nobody will use it)', async () => {
     await startServer();
     // Hold the network's flock as a plugin on the files would: the daemon queues the request and waits.
-    const netDir = join(dataDir, 'btnet');
-    mkdirSync(netDir, { recursive: true });
-    const fd = openSync(join(netDir, 'lock'), 'a');
-    const addon = loadNativeAddon();
-    expect(addon.flock(fd, 'ex', true)).toBe(true);
+    const release = holdNetworkLock();
     try {
       const c = net.createConnection(socket);
       await new Promise<void>((resolve) => c.on('connect', resolve));
@@ -360,8 +364,7 @@ describe('clients that leave', () => {
       c.destroy();
       await new Promise((r) => setTimeout(r, 50));
     } finally {
-      addon.flock(fd, 'un');
-      closeSync(fd);
+      release();
     }
     await expect.poll(() => server!.inFlightCount, { timeout: 5000 }).toBe(0);
     expect(leaseFiles().size).toBe(0);
