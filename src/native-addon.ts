@@ -1,4 +1,4 @@
-// The one place the C addon (native/) is loaded and typed: setns around a synchronous callback, and flock(2).
+// The one place the C addon (native/) is loaded and typed: setns around a synchronous callback, flock(2), syncfs(2).
 import { join } from 'node:path';
 
 /** Modes of flock(2): exclusive, shared, unlock. */
@@ -22,6 +22,12 @@ export interface NativeAddon {
    * go-filemutex (host-local's `<dataDir>/<net>/lock`), which uses flock(2) too.
    */
   flock(fd: number, mode: FlockMode, nonBlocking?: boolean): boolean;
+  /**
+   * syncfs(2) of the filesystem holding `fd`, on a libuv pool thread: resolves once everything written to
+   * that filesystem is on disk (data, inodes, directories, then one cache flush), rejects with the
+   * writeback error (EIO, ENOSPC, …) the kernel reports.
+   */
+  syncfs(fd: number): Promise<void>;
 }
 
 /** Where the addon is looked for, first hit wins. Exposed so error messages and tests can name them. */

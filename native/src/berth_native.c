@@ -1,7 +1,8 @@
 /*
- * The two system calls Node cannot make itself: setns(2) around a synchronous callback (so a netlink
- * socket or a /proc/sys file can be opened inside a pod's network namespace), and flock(2) (so our
- * lease-file lock interoperates with Go host-local's go-filemutex).
+ * The system calls Node cannot make itself: setns(2) around a synchronous callback (so a netlink
+ * socket or a /proc/sys file can be opened inside a pod's network namespace), flock(2) (so our
+ * lease-file lock interoperates with Go host-local's go-filemutex), and syncfs(2) off the main thread
+ * (berthd's group commit: one call makes a whole round of lease files durable).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -28,12 +29,16 @@ static const char *errno_name(int e) {
     case ENFILE: return "ENFILE";
     case EUSERS: return "EUSERS";
     case ENOSYS: return "ENOSYS";
+    case EIO: return "EIO";
+    case ENOSPC: return "ENOSPC";
+    case EROFS: return "EROFS";
+    case EDQUOT: return "EDQUOT";
     default: return "EUNKNOWN";
   }
 }
 
-/* Throws a Node-style system error: message "<syscall> <CODE>: <strerror>", code, errno, syscall. */
-static void throw_errno(napi_env env, int e, const char *syscall) {
+/* A Node-style system error: message "<syscall> <CODE>: <strerror>", code, errno, syscall. */
+static napi_value errno_error(napi_env env, int e, const char *syscall) {
   char msg[256];
   const char *name = errno_name(e);
   snprintf(msg, sizeof msg, "%s %s: %s", syscall, name, strerror(e));
@@ -45,7 +50,11 @@ static void throw_errno(napi_env env, int e, const char *syscall) {
   napi_set_named_property(env, err, "errno", v);
   napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &v);
   napi_set_named_property(env, err, "syscall", v);
-  napi_throw(env, err);
+  return err;
+}
+
+static void throw_errno(napi_env env, int e, const char *syscall) {
+  napi_throw(env, errno_error(env, e, syscall));
 }
 
 static int get_fd(napi_env env, napi_value v, int32_t *out) {
@@ -159,10 +168,61 @@ static napi_value flock_fn(napi_env env, napi_callback_info info) {
   return ret;
 }
 
+/* syncfs(fd) on a libuv pool thread; resolves the promise when the filesystem of fd is on disk. */
+typedef struct {
+  int fd;
+  int err;
+  napi_async_work work;
+  napi_deferred deferred;
+} syncfs_job;
+
+static void syncfs_execute(napi_env env, void *data) {
+  (void)env;
+  syncfs_job *job = data;
+  job->err = syncfs(job->fd) == 0 ? 0 : errno;
+}
+
+static void syncfs_complete(napi_env env, napi_status status, void *data) {
+  syncfs_job *job = data;
+  napi_value v;
+  if (status == napi_ok && job->err == 0) {
+    napi_get_undefined(env, &v);
+    napi_resolve_deferred(env, job->deferred, v);
+  } else {
+    napi_reject_deferred(env, job->deferred, errno_error(env, job->err != 0 ? job->err : EINTR, "syncfs"));
+  }
+  napi_delete_async_work(env, job->work);
+  free(job);
+}
+
+static napi_value syncfs_fn(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], promise, name;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t fd;
+  if (argc < 1) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", "syncfs(fd) needs fd");
+    return NULL;
+  }
+  if (!get_fd(env, argv[0], &fd)) return NULL;
+  syncfs_job *job = calloc(1, sizeof *job);
+  if (job == NULL) {
+    throw_errno(env, ENOMEM, "syncfs");
+    return NULL;
+  }
+  job->fd = fd;
+  napi_create_promise(env, &job->deferred, &promise);
+  napi_create_string_utf8(env, "berth.syncfs", NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, syncfs_execute, syncfs_complete, job, &job->work);
+  napi_queue_async_work(env, job->work);
+  return promise;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"setnsRun", NULL, setns_run, NULL, NULL, NULL, napi_enumerable, NULL},
     {"flock", NULL, flock_fn, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"syncfs", NULL, syncfs_fn, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

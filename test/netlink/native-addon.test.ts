@@ -1,6 +1,6 @@
 // The addon's flock(2) must exclude other processes that use flock(2) (util-linux flock, Go's go-filemutex).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -117,6 +117,36 @@ describe('flock against Go host-local (go-filemutex on <dataDir>/<net>/lock)', (
     expect(await done).toBe(0);
     expect(JSON.parse(out).ips[0].address).toBe('198.18.3.2/24');
     expect(readFileSync(join(dataDir, net, '198.18.3.2'), 'utf8')).toBe('flocktest\r\neth0');
+  });
+});
+
+describe('native syncfs (berthd\'s group commit)', () => {
+  /** Dirty page cache of the whole machine, in KiB (/proc/meminfo). */
+  function dirtyKiB(): number {
+    return Number(/^Dirty:\s+(\d+) kB$/m.exec(readFileSync('/proc/meminfo', 'utf8'))![1]);
+  }
+
+  it('writes the filesystem\'s dirty data before it resolves, off the main thread', async () => {
+    const file = join(tempLockFile(), '..', 'data');
+    const fd = openFd(file, 'w');
+    // 64 MiB of dirty pages: far below the kernel's own writeback thresholds on these machines.
+    const chunk = Buffer.alloc(1 << 20, 0x5a);
+    for (let i = 0; i < 64; i++) writeSync(fd, chunk);
+    const before = dirtyKiB();
+    expect(before).toBeGreaterThan(48 * 1024);
+    let loopTurned = false;
+    setImmediate(() => {
+      loopTurned = true;
+    });
+    await addon.syncfs(fd);
+    expect(loopTurned).toBe(true);
+    // Other processes may dirty pages meanwhile, but not 48 MiB in that moment.
+    expect(before - dirtyKiB()).toBeGreaterThan(48 * 1024);
+  });
+
+  it('rejects with a Node-style system error', async () => {
+    await expect(addon.syncfs(987654)).rejects.toMatchObject({ code: 'EBADF', syscall: 'syncfs', errno: -9 });
+    expect(() => addon.syncfs('x' as unknown as number)).toThrow(TypeError);
   });
 });
 
