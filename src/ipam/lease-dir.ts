@@ -19,6 +19,7 @@ export interface LeaseDirPaths {
   att: string;
   sets: string;
   tmp: string;
+  spare: string;
 }
 
 export function leaseDirPaths(dataDir: string, network: string): LeaseDirPaths {
@@ -32,6 +33,7 @@ export function leaseDirPaths(dataDir: string, network: string): LeaseDirPaths {
     att: join(berth, 'att'),
     sets: join(berth, 'sets'),
     tmp: join(berth, 'tmp'),
+    spare: join(berth, 'spare'),
   };
 }
 

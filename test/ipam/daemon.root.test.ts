@@ -1,16 +1,18 @@
 // berthd's acceptance (root): a real daemon process on a socket in a temp dir, the built berth-ipam and
 // curl as clients, the lease files as the judge. Each test removes its daemon (by PID) and its temp dir.
 import { spawnSync } from 'node:child_process';
-import { existsSync, statSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import { parseRequest } from '../../src/cni-spec/request';
 import { callDaemon } from '../../src/ipam/daemon-client';
 import { Allocate } from '../../src/ipam/daemon/protocol';
 import { add as fileAdd } from '../../src/ipam/handlers';
 import { openLeaseFileStore } from '../../src/ipam/lease-file-store';
+import { HOST_LOCAL } from './harness';
 import {
   type Daemon,
+  type Run,
   type Sandbox,
   addressOf,
   assertDistFresh,
@@ -19,6 +21,7 @@ import {
   ipam,
   leaseFiles,
   netConf,
+  runProgram,
   removeSandbox,
   sandbox,
   startDaemon,
@@ -340,6 +343,44 @@ describe('mixed storm on one /24: 100 ADDs through the daemon and 100 straight o
     expect(await daemonLeases(s)).toEqual(new Map());
     expect(await metric(s, 'berthd_releases_total')).toBe(100);
   }, 90_000);
+});
+
+describe('Debian\'s host-local on the data dir berthd recycles inodes in', () => {
+  test('host-local\'s content scans never take a spare for a lease; both sides keep distinct addresses', async () => {
+    const s = box('hl');
+    await daemon(s);
+    const subnet = '198.18.196.0/24';
+    const viaDaemon = (cmd: 'ADD' | 'DEL', cid: string): Promise<Run> => ipam(cmd, cid, netConf(s, { daemon: true, subnet }));
+    const hlConf = { ...netConf(s, { daemon: false, subnet }), type: 'host-local', ipam: { type: 'host-local', dataDir: s.dataDir, ranges: [[{ subnet }]] } };
+    const hostLocal = (cmd: string, cid: string): Promise<Run> =>
+      runProgram(HOST_LOCAL, [], { CNI_COMMAND: cmd, CNI_CONTAINERID: cid, CNI_NETNS: `/run/netns/${cid}`, CNI_IFNAME: 'eth0', CNI_PATH: '/usr/lib/cni' }, JSON.stringify(hlConf));
+    const ok = (r: Run): Run => {
+      expect(r.code, `${r.stdout}${r.stderr}`).toBe(0);
+      return r;
+    };
+    const spareDir = join(s.dataDir, s.network, '.berth', 'spare');
+
+    const a = addressOf(ok(await viaDaemon('ADD', 'gone-a')).stdout);
+    const b = addressOf(ok(await viaDaemon('ADD', 'kept-b')).stdout);
+    ok(await viaDaemon('DEL', 'gone-a'));
+    const spares = readdirSync(spareDir).sort();
+    expect(spares.length).toBeGreaterThan(0);
+    // host-local's DEL of the released container walks every file, spares included, matching contents.
+    ok(await hostLocal('DEL', 'gone-a'));
+    expect(readdirSync(spareDir).sort()).toEqual(spares);
+    // host-local and berthd take turns on the same directory: all distinct, each file naming its container.
+    const c = addressOf(ok(await hostLocal('ADD', 'hl-c')).stdout);
+    const d = addressOf(ok(await viaDaemon('ADD', 'berth-d')).stdout);
+    expect(new Set([b, c, d]).size).toBe(3);
+    expect(leaseFiles(s)).toEqual(new Map([[b, 'kept-b\r\neth0'], [c, 'hl-c\r\neth0'], [d, 'berth-d\r\neth0']]));
+    expect(a).not.toBe(b);
+    // Each releases the other's lease.
+    ok(await hostLocal('DEL', 'berth-d'));
+    ok(await viaDaemon('DEL', 'hl-c'));
+    ok(await viaDaemon('DEL', 'kept-b'));
+    expect(leaseFiles(s)).toEqual(new Map());
+    for (const f of readdirSync(spareDir)) expect(readFileSync(join(spareDir, f), 'latin1').startsWith('{')).toBe(true);
+  }, 60_000);
 });
 
 describe('admin CLI', () => {

@@ -1,6 +1,6 @@
 // berthd in-process on a temp socket and temp data dir (any user): the daemon's store against the files
 // and lease-file-store's index, batching, bad input, clients that leave, and the CLI's pure pieces.
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, lstatSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync } from 'node:fs';
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -46,6 +46,18 @@ function leaseFiles(network = 'btnet'): Map<string, string> {
   const out = new Map<string, string>();
   if (!existsSync(d)) return out;
   for (const f of readdirSync(d)) if (/^\d+\.\d+\.\d+\.\d+$/.test(f)) out.set(f, readFileSync(join(d, f), 'utf8'));
+  return out;
+}
+
+/** Inode numbers of the regular files under `root`, subdirectories included. */
+function inodesUnder(root: string): number[] {
+  const out: number[] = [];
+  for (const name of readdirSync(root)) {
+    const path = join(root, name);
+    const st = lstatSync(path);
+    if (st.isDirectory()) out.push(...inodesUnder(path));
+    else if (st.isFile()) out.push(st.ino);
+  }
   return out;
 }
 
@@ -210,6 +222,40 @@ describe('the daemon store keeps the files and lease-file-store index as the plu
     const b = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-1') });
     expect(b.body).toEqual(a.body);
     expect(leaseFiles().size).toBe(1);
+  });
+
+  test('allocate/release cycles recycle inodes: a release keeps the lease\'s inode as a spare, the next lease is a spare', async () => {
+    await startServer();
+    const netDir = join(dataDir, 'btnet');
+    const spareDir = join(netDir, '.berth', 'spare');
+    const spareInodes = (): Set<number> => new Set(existsSync(spareDir) ? inodesUnder(spareDir) : []);
+    const leaseInode = (): number => statSync(join(netDir, [...leaseFiles().keys()][0]!)).ino;
+    for (let i = 0; i < 20; i++) {
+      const before = spareInodes();
+      await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope(`ctr-${i}`) });
+      await service.drain();
+      const lease = leaseInode();
+      // From the second pair on, no inode is allocated for a lease: it is one the spares held.
+      if (i > 0) expect(before.has(lease)).toBe(true);
+      await callDaemon({ socket, method: 'POST', path: Release.path, body: envelope(`ctr-${i}`) });
+      await service.drain();
+      expect(leaseFiles()).toEqual(new Map());
+      // The released lease's inode was not freed: it waits under .berth/spare, stamped as no lease.
+      expect(spareInodes().has(lease)).toBe(true);
+    }
+    const spares = readdirSync(spareDir);
+    expect(spares.length).toBeGreaterThan(0);
+    expect(spares.length).toBeLessThanOrEqual(8);
+    for (const f of spares) expect(readFileSync(join(spareDir, f), 'latin1').startsWith('{')).toBe(true);
+
+    // A restarted daemon takes the spares over: its first lease is one of them, not a new inode.
+    const kept = spareInodes();
+    await server!.shutdown();
+    service.close();
+    server = undefined;
+    await startServer();
+    await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('after-restart') });
+    expect(kept.has(leaseInode())).toBe(true);
   });
 
   test('restart rebuilds from the files: a new service finds what the previous one wrote', async () => {

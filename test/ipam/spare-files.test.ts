@@ -1,0 +1,124 @@
+// berthd's inode recycling (src/ipam/daemon/spare-files.ts) on real files: a removed file's inode comes back
+// as the next new file, no content of an earlier file shows through, and nothing under the spare directory
+// can be taken for a lease by host-local's content scans.
+import { closeSync, fstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import { SpareFiles } from '../../src/ipam/daemon/spare-files';
+
+let dir: string;
+let net: string;
+let spareDir: string;
+
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), `bt${process.pid}-spare-`));
+  net = join(dir, 'net');
+  spareDir = join(net, '.berth', 'spare');
+  mkdirSync(spareDir, { recursive: true });
+});
+
+afterEach(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function place(s: SpareFiles, name: string, data: string): number {
+  const fd = s.placeNew(join(net, name), data);
+  const ino = fstatSync(fd).ino;
+  closeSync(fd);
+  return ino;
+}
+
+function spareContents(): string[] {
+  return readdirSync(spareDir).map((f) => readFileSync(join(spareDir, f), 'latin1'));
+}
+
+describe('SpareFiles', () => {
+  test('a removed lease\'s inode is the next new file\'s, with exactly the new content', () => {
+    const s = new SpareFiles(spareDir);
+    const first = place(s, '198.18.0.2', 'container-with-a-long-id\r\neth0');
+    expect(s.remove(join(net, '198.18.0.2'))).toBe(true);
+    expect(readdirSync(net).sort()).toEqual(['.berth']);
+    expect(s.count).toBe(1);
+    // Shorter content into the same inode: nothing of the old one is left behind it.
+    const second = place(s, '198.18.0.3', 'short\r\neth1');
+    expect(second).toBe(first);
+    expect(readFileSync(join(net, '198.18.0.3'), 'utf8')).toBe('short\r\neth1');
+    expect(statSync(join(net, '198.18.0.3')).nlink).toBe(1);
+    expect(readdirSync(spareDir)).toEqual([]);
+    // Same size again (the truncate is skipped): still exact.
+    s.remove(join(net, '198.18.0.3'));
+    place(s, '198.18.0.4', 'other\r\neth2');
+    expect(readFileSync(join(net, '198.18.0.4'), 'utf8')).toBe('other\r\neth2');
+  });
+
+  test('a spare never holds lease content: its first byte is "{"', () => {
+    const s = new SpareFiles(spareDir);
+    for (let i = 2; i < 6; i++) place(s, `198.18.0.${i}`, `ctr-${i}\r\neth0`);
+    for (let i = 2; i < 6; i++) s.remove(join(net, `198.18.0.${i}`));
+    const contents = spareContents();
+    expect(contents).toHaveLength(4);
+    for (const c of contents) expect(c.startsWith('{')).toBe(true);
+  });
+
+  test('placeNew is exclusive: an existing name fails with EEXIST and keeps both files intact', () => {
+    const s = new SpareFiles(spareDir);
+    writeFileSync(join(net, '198.18.0.9'), 'someone\r\neth0');
+    place(s, '198.18.0.8', 'a\r\neth0');
+    s.remove(join(net, '198.18.0.8'));
+    expect(() => s.placeNew(join(net, '198.18.0.9'), 'me\r\neth0')).toThrow(expect.objectContaining({ code: 'EEXIST' }));
+    expect(readFileSync(join(net, '198.18.0.9'), 'utf8')).toBe('someone\r\neth0');
+    // The spare it tried is still there for the next file.
+    expect(s.count).toBe(1);
+    expect(readdirSync(spareDir)).toHaveLength(1);
+  });
+
+  test('a spare removed behind its back (host-local\'s DEL matched it) is skipped', () => {
+    const s = new SpareFiles(spareDir);
+    place(s, '198.18.0.2', 'a\r\neth0');
+    s.remove(join(net, '198.18.0.2'));
+    for (const f of readdirSync(spareDir)) rmSync(join(spareDir, f));
+    place(s, '198.18.0.3', 'b\r\neth0');
+    expect(readFileSync(join(net, '198.18.0.3'), 'utf8')).toBe('b\r\neth0');
+  });
+
+  test('replace swaps the content atomically and keeps the old inode as a spare', () => {
+    const s = new SpareFiles(spareDir);
+    const state = join(net, 'state.json');
+    s.replace(state, '{"gen":1}');
+    const ino1 = statSync(state).ino;
+    s.replace(state, '{"gen":2}');
+    expect(readFileSync(state, 'utf8')).toBe('{"gen":2}');
+    expect(s.count).toBe(1);
+    s.replace(state, '{"gen":3}');
+    // The third write went into the first inode.
+    expect(statSync(state).ino).toBe(ino1);
+    expect(readFileSync(state, 'utf8')).toBe('{"gen":3}');
+  });
+
+  test('remove of a missing name is false; more spares than the cap are unlinked', () => {
+    const s = new SpareFiles(spareDir, 2);
+    expect(s.remove(join(net, '198.18.0.77'))).toBe(false);
+    for (let i = 2; i < 6; i++) place(s, `198.18.0.${i}`, `c${i}\r\neth0`);
+    for (let i = 2; i < 6; i++) s.remove(join(net, `198.18.0.${i}`));
+    expect(s.count).toBe(2);
+    expect(readdirSync(spareDir)).toHaveLength(2);
+  });
+
+  test('adopt takes over spares on disk, stamps one a crash left with lease content, drops what is not a file', () => {
+    writeFileSync(join(spareDir, 's-old-1'), 'crashed-before-stamp\r\neth0');
+    writeFileSync(join(spareDir, 's-old-2'), '{');
+    symlinkSync('/etc/hostname', join(spareDir, 's-link'));
+    const s = new SpareFiles(spareDir);
+    s.adopt();
+    expect(s.count).toBe(2);
+    expect(readdirSync(spareDir).sort()).toEqual(['s-old-1', 's-old-2']);
+    for (const c of spareContents()) expect(c.startsWith('{')).toBe(true);
+    // Both are used before any new inode is made.
+    const a = place(s, '198.18.0.2', 'x\r\neth0');
+    const b = place(s, '198.18.0.3', 'y\r\neth0');
+    expect(readdirSync(spareDir)).toEqual([]);
+    expect(new Set([a, b]).size).toBe(2);
+    expect(readFileSync(join(net, '198.18.0.2'), 'utf8')).toBe('x\r\neth0');
+  });
+});
