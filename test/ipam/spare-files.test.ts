@@ -1,7 +1,7 @@
 // berthd's inode recycling (src/ipam/daemon/spare-files.ts) on real files: a removed file's inode comes back
 // as the next new file, no content of an earlier file shows through, and nothing under the spare directory
 // can be taken for a lease by host-local's content scans.
-import { closeSync, fstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, fstatSync, linkSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
@@ -29,6 +29,10 @@ function place(s: SpareFiles, name: string, data: string): number {
   return ino;
 }
 
+function inodesIn(d: string): number[] {
+  return readdirSync(d).map((f) => statSync(join(d, f)).ino);
+}
+
 function spareContents(): string[] {
   return readdirSync(spareDir).map((f) => readFileSync(join(spareDir, f), 'latin1'));
 }
@@ -44,8 +48,9 @@ describe('SpareFiles', () => {
     const second = place(s, '198.18.0.3', 'short\r\neth1');
     expect(second).toBe(first);
     expect(readFileSync(join(net, '198.18.0.3'), 'utf8')).toBe('short\r\neth1');
-    expect(statSync(join(net, '198.18.0.3')).nlink).toBe(1);
-    expect(readdirSync(spareDir)).toEqual([]);
+    // Its spare name stays as a second name (the shadow), so that removing it is one unlink.
+    expect(statSync(join(net, '198.18.0.3')).nlink).toBe(2);
+    expect(inodesIn(spareDir)).toEqual([second]);
     // Same size again (the truncate is skipped): still exact.
     s.remove(join(net, '198.18.0.3'));
     place(s, '198.18.0.4', 'other\r\neth2');
@@ -82,6 +87,25 @@ describe('SpareFiles', () => {
     expect(readFileSync(join(net, '198.18.0.3'), 'utf8')).toBe('b\r\neth0');
   });
 
+  test('host-local\'s DEL removing a lease and its shadow: the release finds nothing, nothing is left', () => {
+    const s = new SpareFiles(spareDir);
+    place(s, '198.18.0.2', 'ctr\r\neth0');
+    // What host-local's DEL does: every file whose content matches, wherever it is.
+    for (const d of [net, spareDir]) for (const f of readdirSync(d)) if (f !== '.berth' && readFileSync(join(d, f), 'utf8') === 'ctr\r\neth0') rmSync(join(d, f));
+    expect(s.remove(join(net, '198.18.0.2'))).toBe(false);
+    expect(s.count).toBe(0);
+    expect(readdirSync(spareDir)).toEqual([]);
+  });
+
+  test('a lease removed by someone else leaves its shadow, which the release turns into a spare', () => {
+    const s = new SpareFiles(spareDir);
+    const ino = place(s, '198.18.0.2', 'ctr\r\neth0');
+    rmSync(join(net, '198.18.0.2'));
+    expect(s.remove(join(net, '198.18.0.2'))).toBe(false);
+    expect(inodesIn(spareDir)).toEqual([ino]);
+    expect(spareContents()[0]!.startsWith('{')).toBe(true);
+  });
+
   test('replace swaps the content atomically and keeps the old inode as a spare', () => {
     const s = new SpareFiles(spareDir);
     const state = join(net, 'state.json');
@@ -105,20 +129,25 @@ describe('SpareFiles', () => {
     expect(readdirSync(spareDir)).toHaveLength(2);
   });
 
-  test('adopt takes over spares on disk, stamps one a crash left with lease content, drops what is not a file', () => {
+  test('adopt takes over spares on disk, stamps one a crash left with lease content, drops shadows and non-files', () => {
     writeFileSync(join(spareDir, 's-old-1'), 'crashed-before-stamp\r\neth0');
     writeFileSync(join(spareDir, 's-old-2'), '{');
     symlinkSync('/etc/hostname', join(spareDir, 's-link'));
+    // The shadow of a live lease a previous daemon placed: the lease must keep its content.
+    writeFileSync(join(net, '198.18.0.9'), 'live\r\neth0');
+    linkSync(join(net, '198.18.0.9'), join(spareDir, 's-old-shadow'));
     const s = new SpareFiles(spareDir);
     s.adopt();
     expect(s.count).toBe(2);
     expect(readdirSync(spareDir).sort()).toEqual(['s-old-1', 's-old-2']);
     for (const c of spareContents()) expect(c.startsWith('{')).toBe(true);
-    // Both are used before any new inode is made.
+    expect(readFileSync(join(net, '198.18.0.9'), 'utf8')).toBe('live\r\neth0');
+    expect(statSync(join(net, '198.18.0.9')).nlink).toBe(1);
+    // Both spares are used before any new inode is made.
+    const old = new Set(inodesIn(spareDir));
     const a = place(s, '198.18.0.2', 'x\r\neth0');
     const b = place(s, '198.18.0.3', 'y\r\neth0');
-    expect(readdirSync(spareDir)).toEqual([]);
-    expect(new Set([a, b]).size).toBe(2);
+    expect(new Set([a, b])).toEqual(old);
     expect(readFileSync(join(net, '198.18.0.2'), 'utf8')).toBe('x\r\neth0');
   });
 });

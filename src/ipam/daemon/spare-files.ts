@@ -1,11 +1,14 @@
 // Inode recycling for berthd's lease directories. On ext4 without a journal (these machines, and many nodes),
-// every inode freed stays "recently deleted" for about half a minute and each new create scans past all of
-// them: under a steady allocate/release load a create climbs from ~15 µs to ~450 µs of kernel CPU. So berthd
-// never frees an inode in steady state: a removed lease file is renamed into `.berth/spare/` and the next new
-// file (lease, attachment record, cursor, state) is written into such a spare and linked into place.
+// a freed inode counts as "recently deleted" for a minute or more, and every new create scans past all such
+// inodes of its group: under a steady allocate/release load a create climbs from ~15 µs to ~450 µs of kernel
+// CPU. So berthd never frees an inode in steady state. Every file it creates (lease, attachment record,
+// cursor, state) is written into a spare file of `.berth/spare/` and link(2)ed into place; the spare name
+// stays as a second name of the file (its shadow), so that removing the file later is one unlink(2) of its
+// real name, after which the inode is a spare again. A spare is stamped with a `{` as its first byte.
 //
-// A spare's first byte is `{`, as every file under `.berth/` starts: host-local's scans, which match file
-// contents against container ids, can never take one for a lease.
+// host-local's DEL walks the whole network directory and removes every file whose content is
+// `<id>\r\n<ifname>`: a spare (`{`) never matches; a shadow of a live lease is that lease's own inode, so the
+// DEL that matches it releases that very lease. host-local's CHECK and ADD match only IP-named files.
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 
@@ -22,8 +25,8 @@ export class SpareFiles {
   private names: string[] = [];
   /** Sizes of spares known from their last write: a new content of the same size needs no ftruncate. */
   private readonly sizes = new Map<string, number>();
-  /** Sizes of the files placed since the last `adopt` (the files were not re-read since), by name. */
-  private readonly placed = new Map<string, number>();
+  /** Files placed since the last `adopt` (the directory was not re-read since): their shadow and size. */
+  private readonly placed = new Map<string, { shadow: string; size: number }>();
   private seq = 0;
   // Names must not collide with spares a previous daemon left (adopted at the next `adopt`).
   private readonly token = `${process.pid.toString(36)}${Date.now().toString(36)}`;
@@ -34,13 +37,15 @@ export class SpareFiles {
     private readonly max = 256,
   ) {}
 
+  /** Spares ready for a new file. */
   get count(): number {
     return this.names.length;
   }
 
   /**
-   * Takes over the spares on disk (a previous daemon's, or after a re-read of the directory), stamping each as
-   * a non-lease first: one renamed there by a writer that died before stamping still holds lease content.
+   * Takes over what is on disk (a previous daemon's spares, or after the directory was re-read): a name with
+   * other links is the shadow of a live file and is dropped (its file lives on); a single-linked one is a
+   * spare, stamped again (a writer that died between removing a file and stamping left its content).
    */
   adopt(): void {
     this.names = [];
@@ -51,12 +56,12 @@ export class SpareFiles {
       try {
         const fd = fs.openSync(path, REUSE);
         try {
+          if (fs.fstatSync(fd).nlink > 1 || this.names.length >= this.max) throw new Error('not a spare');
           fs.writeSync(fd, NOT_A_LEASE, 0, 1, 0);
         } finally {
           fs.closeSync(fd);
         }
-        if (this.names.length < this.max) this.names.push(path);
-        else fs.unlinkSync(path);
+        this.names.push(path);
       } catch {
         try {
           fs.unlinkSync(path);
@@ -100,10 +105,11 @@ export class SpareFiles {
 
   /**
    * Creates `target` holding `data`, failing with EEXIST when it exists (host-local's exclusive create),
-   * never visible half-written. Returns the new file's descriptor, for the caller to sync and close.
+   * never visible half-written. Returns the new file's descriptor, for the caller to close.
    */
   placeNew(target: string, data: string): number {
-    const { path, fd } = this.fill(Buffer.from(data));
+    const buf = Buffer.from(data);
+    const { path, fd } = this.fill(buf);
     try {
       fs.linkSync(path, target);
     } catch (err) {
@@ -111,9 +117,7 @@ export class SpareFiles {
       this.names.push(path);
       throw err;
     }
-    // The inode keeps its other name: nothing is freed.
-    fs.unlinkSync(path);
-    this.placed.set(target, data.length);
+    this.placed.set(target, { shadow: path, size: buf.length });
     return fd;
   }
 
@@ -124,21 +128,25 @@ export class SpareFiles {
   replace(target: string, data: string): void {
     const { path, fd } = this.fill(Buffer.from(data));
     fs.closeSync(fd);
-    const keep = this.freshName();
-    let kept = false;
-    try {
-      fs.linkSync(target, keep);
-      kept = true;
-    } catch (err) {
-      if (errnoOf(err) !== 'ENOENT') {
-        this.names.push(path);
-        throw err;
+    const old = this.placed.get(target);
+    let keep = old?.shadow;
+    if (keep === undefined) {
+      // A file we did not place: a new name keeps its inode.
+      keep = this.freshName();
+      try {
+        fs.linkSync(target, keep);
+      } catch (err) {
+        keep = undefined;
+        if (errnoOf(err) !== 'ENOENT') {
+          this.names.push(path);
+          throw err;
+        }
       }
     }
     fs.renameSync(path, target);
     this.placed.delete(target);
     // A cursor holds an address, never a container id: host-local cannot take it for a lease either.
-    if (kept) this.keep(keep, true);
+    if (keep !== undefined) this.keep(keep, true, old?.size);
   }
 
   /**
@@ -146,16 +154,28 @@ export class SpareFiles {
    * already starts with `{` (berth's index files), no stamping needed.
    */
   remove(target: string, notALease = false): boolean {
-    const path = this.freshName();
-    const size = this.placed.get(target);
+    const placed = this.placed.get(target);
     this.placed.delete(target);
+    if (placed !== undefined) {
+      let was = true;
+      try {
+        fs.unlinkSync(target);
+      } catch (err) {
+        if (errnoOf(err) !== 'ENOENT') throw err;
+        // Removed by someone else (the shadow now holds the only name): a spare all the same.
+        was = false;
+      }
+      this.keep(placed.shadow, notALease, placed.size);
+      return was;
+    }
+    const path = this.freshName();
     try {
       fs.renameSync(target, path);
     } catch (err) {
       if (errnoOf(err) === 'ENOENT') return false;
       throw err;
     }
-    this.keep(path, notALease, size);
+    this.keep(path, notALease);
     return true;
   }
 
@@ -173,7 +193,8 @@ export class SpareFiles {
       this.names.push(path);
       if (size !== undefined) this.sizes.set(path, size);
     } catch {
-      // Too many spares, or not a regular file (a symlink or directory someone put under a lease's name).
+      // Too many spares, gone (host-local's DEL removed a shadow), or not a regular file (a symlink or
+      // directory someone put under a lease's name).
       try {
         fs.unlinkSync(path);
       } catch {
