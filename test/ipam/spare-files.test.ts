@@ -1,7 +1,7 @@
 // berthd's inode recycling (src/ipam/daemon/spare-files.ts) on real files: a removed file's inode comes back
 // as the next new file, no content of an earlier file shows through, and nothing under the spare directory
 // can be taken for a lease by host-local's content scans.
-import { closeSync, fstatSync, linkSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { linkSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
@@ -23,10 +23,12 @@ afterEach(() => {
 });
 
 function place(s: SpareFiles, name: string, data: string): number {
-  const fd = s.placeNew(join(net, name), data);
-  const ino = fstatSync(fd).ino;
-  closeSync(fd);
-  return ino;
+  s.placeNew(join(net, name), data);
+  return statSync(join(net, name)).ino;
+}
+
+function openFds(): number {
+  return readdirSync('/proc/self/fd').length;
 }
 
 function inodesIn(d: string): number[] {
@@ -149,5 +151,27 @@ describe('SpareFiles', () => {
     const b = place(s, '198.18.0.3', 'y\r\neth0');
     expect(new Set([a, b])).toEqual(old);
     expect(readFileSync(join(net, '198.18.0.2'), 'utf8')).toBe('x\r\neth0');
+  });
+
+  test('descriptors stay open up to the bound, are reused across remove and place, and close() closes all', () => {
+    const base = openFds();
+    const s = new SpareFiles(spareDir, 256, 8);
+    for (let i = 2; i < 14; i++) place(s, `198.18.0.${i}`, `c${i}\r\neth0`);
+    expect(s.openCount).toBe(8);
+    expect(openFds()).toBe(base + 8);
+    for (let i = 2; i < 14; i++) s.remove(join(net, `198.18.0.${i}`));
+    for (let i = 2; i < 14; i++) place(s, `198.18.1.${i}`, `d${i}\r\neth0`);
+    expect(s.openCount).toBe(8);
+    for (let i = 2; i < 14; i++) expect(readFileSync(join(net, `198.18.1.${i}`), 'utf8')).toBe(`d${i}\r\neth0`);
+    s.close();
+    expect(s.openCount).toBe(0);
+    expect(openFds()).toBe(base);
+    // After close the files are still there; a new instance adopts what is spare (nothing: all are live).
+    const again = new SpareFiles(spareDir, 256, 8);
+    again.adopt();
+    expect(again.count).toBe(0);
+    expect(readdirSync(spareDir)).toEqual([]);
+    again.close();
+    expect(openFds()).toBe(base);
   });
 });

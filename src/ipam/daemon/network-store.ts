@@ -204,6 +204,7 @@ export class NetworkStore implements LeaseStore {
   close(): void {
     if (this.lockFd !== undefined) fs.closeSync(this.lockFd);
     this.lockFd = undefined;
+    this.spares.close();
   }
 
   private checkIdle(): void {
@@ -503,9 +504,8 @@ export class NetworkStore implements LeaseStore {
     const target = join(this.p.dir, name);
     // Written into a spare inode, then link(2)ed into place: host-local's exclusive create, never visible
     // half-written, and no inode allocated (see spare-files.ts). The batch's sync round makes it durable.
-    let fd: number;
     try {
-      fd = this.spares.placeNew(target, disk.leaseContent(lease));
+      this.spares.placeNew(target, disk.leaseContent(lease));
     } catch (err) {
       hold.failed = true;
       if (errnoOf(err) !== 'EEXIST') throw ioError(`cannot write lease ${target}`, err);
@@ -513,7 +513,6 @@ export class NetworkStore implements LeaseStore {
       this.knownMtime = undefined;
       throw new CniError(ErrorCode.TryAgainLater, `lease ${target} appeared outside the network's lock; the leases are re-read, retry`);
     }
-    fs.closeSync(fd);
     tx.newLeases++;
     hold.changed = true;
     this.mark(name, lease.ip, true);
@@ -626,7 +625,7 @@ export class NetworkStore implements LeaseStore {
       // A new attachment (the common case) gets its record in place: a torn record only makes readers
       // rebuild it from the lease files, which are written and synced separately.
       try {
-        fs.closeSync(this.spares.placeNew(file, rec));
+        this.spares.placeNew(file, rec);
       } catch (err) {
         if (errnoOf(err) !== 'EEXIST') throw err;
         this.writeAtomic(file, rec);

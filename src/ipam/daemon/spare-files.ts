@@ -4,7 +4,8 @@
 // CPU. So berthd never frees an inode in steady state. Every file it creates (lease, attachment record,
 // cursor, state) is written into a spare file of `.berth/spare/` and link(2)ed into place; the spare name
 // stays as a second name of the file (its shadow), so that removing the file later is one unlink(2) of its
-// real name, after which the inode is a spare again. A spare is stamped with a `{` as its first byte.
+// real name, after which the inode is a spare again. A spare is stamped with a `{` as its first byte. The
+// files stay open (up to a bound), so a placement is a write and a link, a removal an unlink and a write.
 //
 // host-local's DEL walks the whole network directory and removes every file whose content is
 // `<id>\r\n<ifname>`: a spare (`{`) never matches; a shadow of a live lease is that lease's own inode, so the
@@ -20,13 +21,22 @@ function errnoOf(err: unknown): string | undefined {
   return (err as NodeJS.ErrnoException | undefined)?.code;
 }
 
+/** At most this many descriptors stay open per network (spares and placed files); beyond, paths are reopened. */
+const DEFAULT_MAX_OPEN = 1024;
+
+interface Spare {
+  path: string;
+  fd?: number;
+  /** Size of its content when known from our last write: the same size again needs no ftruncate. */
+  size?: number;
+}
+
 /** The spare files of one network directory. Used only under the network's flock. */
 export class SpareFiles {
-  private names: string[] = [];
-  /** Sizes of spares known from their last write: a new content of the same size needs no ftruncate. */
-  private readonly sizes = new Map<string, number>();
-  /** Files placed since the last `adopt` (the directory was not re-read since): their shadow and size. */
-  private readonly placed = new Map<string, { shadow: string; size: number }>();
+  private spares: Spare[] = [];
+  /** Files placed since the last `adopt` (the directory was not re-read since), with their shadow. */
+  private readonly placed = new Map<string, { shadow: string; size: number; fd?: number }>();
+  private open = 0;
   private seq = 0;
   // Names must not collide with spares a previous daemon left (adopted at the next `adopt`).
   private readonly token = `${process.pid.toString(36)}${Date.now().toString(36)}`;
@@ -35,11 +45,41 @@ export class SpareFiles {
     private readonly dir: string,
     /** Spares kept at most; beyond that a removed file is unlinked. */
     private readonly max = 256,
+    private readonly maxOpen = DEFAULT_MAX_OPEN,
   ) {}
 
   /** Spares ready for a new file. */
   get count(): number {
-    return this.names.length;
+    return this.spares.length;
+  }
+
+  /** Descriptors held open. */
+  get openCount(): number {
+    return this.open;
+  }
+
+  /** Closes every descriptor and forgets everything (the files stay). */
+  close(): void {
+    for (const s of this.spares) this.closeFd(s.fd);
+    for (const p of this.placed.values()) this.closeFd(p.fd);
+    this.spares = [];
+    this.placed.clear();
+  }
+
+  private closeFd(fd: number | undefined): void {
+    if (fd === undefined) return;
+    this.open--;
+    fs.closeSync(fd);
+  }
+
+  /** Keeps `fd` open if the budget allows, else closes it. */
+  private hold(fd: number): number | undefined {
+    if (this.open >= this.maxOpen) {
+      fs.closeSync(fd);
+      return undefined;
+    }
+    this.open++;
+    return fd;
   }
 
   /**
@@ -48,21 +88,19 @@ export class SpareFiles {
    * spare, stamped again (a writer that died between removing a file and stamping left its content).
    */
   adopt(): void {
-    this.names = [];
-    this.sizes.clear();
-    this.placed.clear();
+    this.close();
     for (const name of fs.readdirSync(this.dir)) {
       const path = join(this.dir, name);
+      let fd: number | undefined;
       try {
-        const fd = fs.openSync(path, REUSE);
-        try {
-          if (fs.fstatSync(fd).nlink > 1 || this.names.length >= this.max) throw new Error('not a spare');
-          fs.writeSync(fd, NOT_A_LEASE, 0, 1, 0);
-        } finally {
-          fs.closeSync(fd);
-        }
-        this.names.push(path);
+        fd = fs.openSync(path, REUSE);
+        if (fs.fstatSync(fd).nlink > 1 || this.spares.length >= this.max) throw new Error('not a spare');
+        fs.writeSync(fd, NOT_A_LEASE, 0, 1, 0);
+        const held = this.hold(fd);
+        fd = undefined;
+        this.spares.push(held === undefined ? { path } : { path, fd: held });
       } catch {
+        if (fd !== undefined) fs.closeSync(fd);
         try {
           fs.unlinkSync(path);
         } catch {
@@ -76,49 +114,56 @@ export class SpareFiles {
     return join(this.dir, `s-${this.token}-${this.seq++}`);
   }
 
-  /** A spare (or a new file) holding exactly `data`, open for writing; its name is `path`. */
-  private fill(data: Buffer): { path: string; fd: number } {
+  /** A spare (or a new file) holding exactly `data`, with an open descriptor. */
+  private fill(data: Buffer): { path: string; fd: number; size: number } {
     for (;;) {
-      const reused = this.names.pop();
-      const path = reused ?? this.freshName();
-      let fd: number;
-      try {
-        fd = fs.openSync(path, reused === undefined ? CREATE : REUSE, 0o600);
-      } catch (err) {
-        // Removed behind our back (host-local's DEL may remove a file it matched): take another.
-        if (reused !== undefined && errnoOf(err) === 'ENOENT') continue;
-        throw err;
+      // Every spare in the list exists on disk; a fresh name is created.
+      const spare = this.spares.pop();
+      const path = spare?.path ?? this.freshName();
+      let fd = spare?.fd;
+      if (fd !== undefined) this.open--;
+      else {
+        try {
+          fd = fs.openSync(path, spare !== undefined ? REUSE : CREATE, 0o600);
+        } catch (err) {
+          // Removed behind our back (host-local's DEL may remove a file it matched): take another.
+          if (spare !== undefined && errnoOf(err) === 'ENOENT') continue;
+          throw err;
+        }
       }
-      const size = reused === undefined ? undefined : this.sizes.get(reused);
-      if (reused !== undefined) this.sizes.delete(reused);
       try {
         fs.writeSync(fd, data, 0, data.length, 0);
-        if (reused !== undefined && size !== data.length) fs.ftruncateSync(fd, data.length);
+        if (spare !== undefined && spare.size !== data.length) fs.ftruncateSync(fd, data.length);
       } catch (err) {
         fs.closeSync(fd);
-        this.names.push(path);
+        this.spares.push({ path });
         throw err;
       }
-      return { path, fd };
+      return { path, fd, size: data.length };
     }
   }
 
   /**
    * Creates `target` holding `data`, failing with EEXIST when it exists (host-local's exclusive create),
-   * never visible half-written. Returns the new file's descriptor, for the caller to close.
+   * never visible half-written.
    */
-  placeNew(target: string, data: string): number {
+  placeNew(target: string, data: string): void {
     const buf = Buffer.from(data);
-    const { path, fd } = this.fill(buf);
-    try {
-      fs.linkSync(path, target);
-    } catch (err) {
-      fs.closeSync(fd);
-      this.names.push(path);
-      throw err;
+    for (;;) {
+      const f = this.fill(buf);
+      try {
+        fs.linkSync(f.path, target);
+      } catch (err) {
+        fs.closeSync(f.fd);
+        // The spare's name was removed behind our back while we held it open: take another.
+        if (errnoOf(err) === 'ENOENT' && !fs.existsSync(f.path)) continue;
+        this.spares.push({ path: f.path, size: f.size });
+        throw err;
+      }
+      const fd = this.hold(f.fd);
+      this.placed.set(target, fd === undefined ? { shadow: f.path, size: f.size } : { shadow: f.path, size: f.size, fd });
+      return;
     }
-    this.placed.set(target, { shadow: path, size: buf.length });
-    return fd;
   }
 
   /**
@@ -126,7 +171,7 @@ export class SpareFiles {
    * (cursors, state, records), never for leases: the old content is not stamped.
    */
   replace(target: string, data: string): void {
-    const { path, fd } = this.fill(Buffer.from(data));
+    const { path, fd, size } = this.fill(Buffer.from(data));
     fs.closeSync(fd);
     const old = this.placed.get(target);
     let keep = old?.shadow;
@@ -138,7 +183,7 @@ export class SpareFiles {
       } catch (err) {
         keep = undefined;
         if (errnoOf(err) !== 'ENOENT') {
-          this.names.push(path);
+          this.spares.push({ path, size });
           throw err;
         }
       }
@@ -146,7 +191,8 @@ export class SpareFiles {
     fs.renameSync(path, target);
     this.placed.delete(target);
     // A cursor holds an address, never a container id: host-local cannot take it for a lease either.
-    if (keep !== undefined) this.keep(keep, true, old?.size);
+    if (keep !== undefined) this.keep(keep, true, old?.size, old?.fd);
+    else if (old !== undefined) this.closeFd(old.fd);
   }
 
   /**
@@ -162,10 +208,15 @@ export class SpareFiles {
         fs.unlinkSync(target);
       } catch (err) {
         if (errnoOf(err) !== 'ENOENT') throw err;
-        // Removed by someone else (the shadow now holds the only name): a spare all the same.
         was = false;
+        // Removed by someone else. host-local's DEL also removed the shadow (same content): nothing is left
+        // to keep. Otherwise the shadow holds the only name: a spare all the same.
+        if (!fs.existsSync(placed.shadow)) {
+          this.closeFd(placed.fd);
+          return false;
+        }
       }
-      this.keep(placed.shadow, notALease, placed.size);
+      this.keep(placed.shadow, notALease, placed.size, placed.fd);
       return was;
     }
     const path = this.freshName();
@@ -179,22 +230,28 @@ export class SpareFiles {
     return true;
   }
 
-  private keep(path: string, notALease: boolean, size?: number): void {
+  private keep(path: string, notALease: boolean, size?: number, fd?: number): void {
     try {
-      if (this.names.length >= this.max) throw new Error('enough spares');
+      if (this.spares.length >= this.max) throw new Error('enough spares');
       if (!notALease) {
-        const fd = fs.openSync(path, REUSE);
-        try {
-          fs.writeSync(fd, NOT_A_LEASE, 0, 1, 0);
-        } finally {
-          fs.closeSync(fd);
+        if (fd !== undefined) fs.writeSync(fd, NOT_A_LEASE, 0, 1, 0);
+        else {
+          const once = fs.openSync(path, REUSE);
+          try {
+            fs.writeSync(once, NOT_A_LEASE, 0, 1, 0);
+          } finally {
+            fs.closeSync(once);
+          }
         }
       }
-      this.names.push(path);
-      if (size !== undefined) this.sizes.set(path, size);
+      const spare: Spare = { path };
+      if (fd !== undefined) spare.fd = fd;
+      if (size !== undefined) spare.size = size;
+      this.spares.push(spare);
     } catch {
       // Too many spares, gone (host-local's DEL removed a shadow), or not a regular file (a symlink or
       // directory someone put under a lease's name).
+      this.closeFd(fd);
       try {
         fs.unlinkSync(path);
       } catch {
