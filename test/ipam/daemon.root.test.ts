@@ -300,11 +300,16 @@ describe('lifecycle', () => {
 });
 
 describe('mixed storm on one /24: 100 ADDs through the daemon and 100 straight on the files at once', () => {
-  // Shared by the two steps: the ADD storm leaves the store the DEL storm empties.
-  const s = sandbox('storm');
+  // Shared by the two steps: the ADD storm leaves the store the DEL storm empties. Made in beforeAll, not
+  // at collection: a run filtered to other tests skips this block's hooks and would leave the directory.
+  let s: Sandbox;
   let d: Daemon | undefined;
   const ids = Array.from({ length: 200 }, (_, i) => `storm-${i}`);
   const viaDaemon = (i: number): boolean => i % 2 === 0;
+
+  beforeAll(() => {
+    s = sandbox('storm');
+  });
 
   afterAll(async () => {
     await stopDaemon(d);
