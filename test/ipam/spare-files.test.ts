@@ -2,6 +2,7 @@
 // as the next new file, no content of an earlier file shows through, and nothing under the spare directory
 // can be taken for a lease by host-local's content scans.
 import { linkSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
@@ -173,5 +174,26 @@ describe('SpareFiles', () => {
     expect(readdirSync(spareDir)).toEqual([]);
     again.close();
     expect(openFds()).toBe(base);
+  });
+
+  test('all networks together keep at most a quarter of the descriptor limit open', () => {
+    // A child under RLIMIT_NOFILE 64: two networks placing 40 files each hold 16 descriptors in all.
+    const script = `
+      const { SpareFiles } = require(${JSON.stringify(join(__dirname, '../../dist/ipam/daemon/spare-files.js'))});
+      const fs = require('node:fs');
+      const out = [];
+      for (const n of ['a', 'b']) {
+        const dir = ${JSON.stringify(dir)} + '/' + n;
+        fs.mkdirSync(dir + '/spare', { recursive: true });
+        const s = new SpareFiles(dir + '/spare');
+        for (let i = 0; i < 40; i++) s.placeNew(dir + '/f' + i, 'x' + i);
+        out.push(s.openCount);
+      }
+      console.log(JSON.stringify(out));`;
+    const r = spawnSync('prlimit', ['--nofile=64:64', process.execPath, '-e', script], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    const [a, b] = JSON.parse(r.stdout) as [number, number];
+    expect(a + b).toBe(16);
+    expect(readdirSync(join(dir, 'b')).filter((f) => f.startsWith('f'))).toHaveLength(40);
   });
 });

@@ -24,6 +24,25 @@ function errnoOf(err: unknown): string | undefined {
 /** At most this many descriptors stay open per network (spares and placed files); beyond, paths are reopened. */
 const DEFAULT_MAX_OPEN = 1024;
 
+/**
+ * Descriptors all networks together may keep open: a quarter of the soft RLIMIT_NOFILE (which Node raises to
+ * the hard limit at start), at most 4096, so that held files never starve the sockets and lock files.
+ */
+const processBudget = { used: 0, max: fdBudget() };
+
+function fdBudget(): number {
+  try {
+    const line = fs.readFileSync('/proc/self/limits', 'utf8').split('\n').find((l) => l.startsWith('Max open files'));
+    const soft = line?.slice('Max open files'.length).trim().split(/\s+/)[0];
+    if (soft === 'unlimited') return 4096;
+    const n = Number(soft);
+    if (Number.isFinite(n)) return Math.min(4096, Math.floor(n / 4));
+  } catch {
+    // No /proc: a small budget.
+  }
+  return 256;
+}
+
 interface Spare {
   path: string;
   fd?: number;
@@ -68,17 +87,24 @@ export class SpareFiles {
 
   private closeFd(fd: number | undefined): void {
     if (fd === undefined) return;
-    this.open--;
+    this.uncount();
     fs.closeSync(fd);
+  }
+
+  /** A held descriptor leaves the pool (closed, or taken for use). */
+  private uncount(): void {
+    this.open--;
+    processBudget.used--;
   }
 
   /** Keeps `fd` open if the budget allows, else closes it. */
   private hold(fd: number): number | undefined {
-    if (this.open >= this.maxOpen) {
+    if (this.open >= this.maxOpen || processBudget.used >= processBudget.max) {
       fs.closeSync(fd);
       return undefined;
     }
     this.open++;
+    processBudget.used++;
     return fd;
   }
 
@@ -121,7 +147,7 @@ export class SpareFiles {
       const spare = this.spares.pop();
       const path = spare?.path ?? this.freshName();
       let fd = spare?.fd;
-      if (fd !== undefined) this.open--;
+      if (fd !== undefined) this.uncount();
       else {
         try {
           fd = fs.openSync(path, spare !== undefined ? REUSE : CREATE, 0o600);
