@@ -24,8 +24,9 @@ export interface NativeAddon {
   flock(fd: number, mode: FlockMode, nonBlocking?: boolean): boolean;
   /**
    * syncfs(2) of the filesystem holding `fd`, on a libuv pool thread: resolves once everything written to
-   * that filesystem is on disk (data, inodes, directories, then one cache flush), rejects with the
-   * writeback error (EIO, ENOSPC, …) the kernel reports.
+   * that filesystem is on disk (data, inodes, directories, then one cache flush). Rejects with a writeback
+   * error (EIO, ENOSPC, …) that happened since the descriptor was opened or its last syncfs: Linux >= 5.8
+   * reports them, older kernels report none.
    */
   syncfs(fd: number): Promise<void>;
 }

@@ -211,10 +211,23 @@ static napi_value syncfs_fn(napi_env env, napi_callback_info info) {
     return NULL;
   }
   job->fd = fd;
-  napi_create_promise(env, &job->deferred, &promise);
-  napi_create_string_utf8(env, "berth.syncfs", NAPI_AUTO_LENGTH, &name);
-  napi_create_async_work(env, NULL, name, syncfs_execute, syncfs_complete, job, &job->work);
-  napi_queue_async_work(env, job->work);
+  if (napi_create_promise(env, &job->deferred, &promise) != napi_ok) {
+    free(job);
+    napi_throw_error(env, "ERR_NAPI", "syncfs: cannot create a promise");
+    return NULL;
+  }
+  /* A job that cannot be queued would leave the promise pending forever: reject it at once instead. */
+  if (napi_create_string_utf8(env, "berth.syncfs", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_async_work(env, NULL, name, syncfs_execute, syncfs_complete, job, &job->work) != napi_ok) {
+    napi_reject_deferred(env, job->deferred, errno_error(env, ENOMEM, "syncfs"));
+    free(job);
+    return promise;
+  }
+  if (napi_queue_async_work(env, job->work) != napi_ok) {
+    napi_reject_deferred(env, job->deferred, errno_error(env, ENOMEM, "syncfs"));
+    napi_delete_async_work(env, job->work);
+    free(job);
+  }
   return promise;
 }
 
