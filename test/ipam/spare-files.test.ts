@@ -36,6 +36,11 @@ function inodesIn(d: string): number[] {
   return readdirSync(d).map((f) => statSync(join(d, f)).ino);
 }
 
+/** What the daemon does around a sync round that covered the removals so far. */
+function synced(s: SpareFiles): void {
+  s.warm(s.takeCooling());
+}
+
 function spareContents(): string[] {
   return readdirSync(spareDir).map((f) => readFileSync(join(spareDir, f), 'latin1'));
 }
@@ -46,6 +51,8 @@ describe('SpareFiles', () => {
     const first = place(s, '198.18.0.2', 'container-with-a-long-id\r\neth0');
     expect(s.remove(join(net, '198.18.0.2'))).toBe(true);
     expect(readdirSync(net).sort()).toEqual(['.berth']);
+    expect(s.coolingCount).toBe(1);
+    synced(s);
     expect(s.count).toBe(1);
     // Shorter content into the same inode: nothing of the old one is left behind it.
     const second = place(s, '198.18.0.3', 'short\r\neth1');
@@ -56,8 +63,25 @@ describe('SpareFiles', () => {
     expect(inodesIn(spareDir)).toEqual([second]);
     // Same size again (the truncate is skipped): still exact.
     s.remove(join(net, '198.18.0.3'));
-    place(s, '198.18.0.4', 'other\r\neth2');
+    synced(s);
+    expect(place(s, '198.18.0.4', 'other\r\neth2')).toBe(first);
     expect(readFileSync(join(net, '198.18.0.4'), 'utf8')).toBe('other\r\neth2');
+  });
+
+  test('a removed inode is not reused before a sync round covered its removal', () => {
+    const s = new SpareFiles(spareDir);
+    const first = place(s, '198.18.0.2', 'a\r\neth0');
+    s.remove(join(net, '198.18.0.2'));
+    const cooling = s.takeCooling();
+    // The round runs: a placement meanwhile gets another inode.
+    const during = place(s, '198.18.0.3', 'b\r\neth0');
+    expect(during).not.toBe(first);
+    // The round failed: still cooling, still not reused.
+    s.cool(cooling);
+    expect(place(s, '198.18.0.4', 'c\r\neth0')).not.toBe(first);
+    // The next round ends: reused.
+    synced(s);
+    expect(place(s, '198.18.0.5', 'd\r\neth0')).toBe(first);
   });
 
   test('a spare never holds lease content: its first byte is "{"', () => {
@@ -74,11 +98,13 @@ describe('SpareFiles', () => {
     writeFileSync(join(net, '198.18.0.9'), 'someone\r\neth0');
     place(s, '198.18.0.8', 'a\r\neth0');
     s.remove(join(net, '198.18.0.8'));
+    synced(s);
     expect(() => s.placeNew(join(net, '198.18.0.9'), 'me\r\neth0')).toThrow(expect.objectContaining({ code: 'EEXIST' }));
     expect(readFileSync(join(net, '198.18.0.9'), 'utf8')).toBe('someone\r\neth0');
-    // The spare it tried is still there for the next file.
+    // The spare it tried is still there for the next file, stamped again over the content it was given.
     expect(s.count).toBe(1);
     expect(readdirSync(spareDir)).toHaveLength(1);
+    expect(spareContents()[0]!.startsWith('{')).toBe(true);
   });
 
   test('a spare removed behind its back (host-local\'s DEL matched it) is skipped', () => {
@@ -116,6 +142,7 @@ describe('SpareFiles', () => {
     const ino1 = statSync(state).ino;
     s.replace(state, '{"gen":2}');
     expect(readFileSync(state, 'utf8')).toBe('{"gen":2}');
+    synced(s);
     expect(s.count).toBe(1);
     s.replace(state, '{"gen":3}');
     // The third write went into the first inode.
@@ -123,11 +150,36 @@ describe('SpareFiles', () => {
     expect(readFileSync(state, 'utf8')).toBe('{"gen":3}');
   });
 
+  test('a reused inode is 0600 whoever wrote it, and a file others rewrite in place is truncated on reuse', () => {
+    const s = new SpareFiles(spareDir);
+    // host-local writes its leases 0644.
+    writeFileSync(join(net, '198.18.0.7'), 'host-local-container-id\r\neth0', { mode: 0o644 });
+    s.remove(join(net, '198.18.0.7'));
+    synced(s);
+    place(s, '198.18.0.8', 'mine\r\neth0');
+    expect(statSync(join(net, '198.18.0.8')).mode & 0o777).toBe(0o600);
+    expect(readFileSync(join(net, '198.18.0.8'), 'utf8')).toBe('mine\r\neth0');
+    // A record: a plugin on the files may rewrite it in place, longer.
+    const rec = join(net, 'rec');
+    s.placeNew(rec, '{"v":1}', { sizeKnown: false });
+    writeFileSync(rec, '{"v":1,"rewritten":"in place, longer"}');
+    s.remove(rec);
+    s.remove(join(net, '198.18.0.8'));
+    synced(s);
+    // Both spares come back exact, whichever is taken first.
+    place(s, '198.18.0.9', 'x\r\neth0');
+    place(s, '198.18.0.10', 'y\r\neth0');
+    expect(readFileSync(join(net, '198.18.0.9'), 'utf8')).toBe('x\r\neth0');
+    expect(readFileSync(join(net, '198.18.0.10'), 'utf8')).toBe('y\r\neth0');
+  });
+
   test('remove of a missing name is false; more spares than the cap are unlinked', () => {
     const s = new SpareFiles(spareDir, 2);
     expect(s.remove(join(net, '198.18.0.77'))).toBe(false);
     for (let i = 2; i < 6; i++) place(s, `198.18.0.${i}`, `c${i}\r\neth0`);
     for (let i = 2; i < 6; i++) s.remove(join(net, `198.18.0.${i}`));
+    expect(s.coolingCount).toBe(2);
+    synced(s);
     expect(s.count).toBe(2);
     expect(readdirSync(spareDir)).toHaveLength(2);
   });
@@ -141,6 +193,9 @@ describe('SpareFiles', () => {
     linkSync(join(net, '198.18.0.9'), join(spareDir, 's-old-shadow'));
     const s = new SpareFiles(spareDir);
     s.adopt();
+    // Their removal may not be on disk yet: they cool first.
+    expect(s.coolingCount).toBe(2);
+    synced(s);
     expect(s.count).toBe(2);
     expect(readdirSync(spareDir).sort()).toEqual(['s-old-1', 's-old-2']);
     for (const c of spareContents()) expect(c.startsWith('{')).toBe(true);
@@ -161,6 +216,7 @@ describe('SpareFiles', () => {
     expect(s.openCount).toBe(8);
     expect(openFds()).toBe(base + 8);
     for (let i = 2; i < 14; i++) s.remove(join(net, `198.18.0.${i}`));
+    synced(s);
     for (let i = 2; i < 14; i++) place(s, `198.18.1.${i}`, `d${i}\r\neth0`);
     expect(s.openCount).toBe(8);
     for (let i = 2; i < 14; i++) expect(readFileSync(join(net, `198.18.1.${i}`), 'utf8')).toBe(`d${i}\r\neth0`);

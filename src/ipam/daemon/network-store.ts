@@ -16,6 +16,7 @@ import { checkContainerId, checkIfname } from '../names';
 import { type RangeSet, ipAtOrdinal, ordinalOf, rangeSetKey, rangeSetSize } from '../range-set';
 import type { Attachment, Lease, LeaseMeta, LeaseSession, LeaseStore, NewLease, TransactOptions } from '../store';
 import type { Logger } from './log';
+import type { FilesystemSync } from './fs-sync';
 import { SpareFiles } from './spare-files';
 
 /** Range sets up to this many addresses get a bitmap; larger ones (IPv6 /64) are probed against the map. */
@@ -30,11 +31,6 @@ const MAX_LOCK_BACKOFF_MS = 20;
  * let go, so that plugins working on the files get their turn under a steady load.
  */
 const MAX_HOLD_NS = 25_000_000n;
-/**
- * Sync rounds in flight at once: a batch committed while a round runs starts its own round at once instead
- * of waiting for that one to end (each syncfs covers everything written before it started).
- */
-const MAX_SYNCS = 2;
 
 // Only the sync leaves the event loop. Creates, writes and unlinks of small files are done in place: through
 // the thread pool each cost several futex wake-ups and context switches (≈ 56 futex calls per pair against
@@ -45,6 +41,8 @@ export interface NetworkStoreOptions {
   network: string;
   bootId: string;
   log: Logger;
+  /** The daemon's group commit, shared by every network (one syncfs at a time per filesystem). */
+  syncer: FilesystemSync;
   now?: () => Date;
 }
 
@@ -134,13 +132,15 @@ export class NetworkStore implements LeaseStore {
   private knownMtime: bigint | undefined;
   private lockFd: number | undefined;
   private lockIno: number | bigint | undefined;
+  /** The filesystem of the network directory (its sync rounds are shared with the other networks on it). */
+  private dev: number | bigint | undefined;
+  /** The last sync round this network's batches were covered by (stats count distinct rounds). */
+  private lastRound = 0;
   private readonly queue: Pending[] = [];
   private running = false;
   private tx: Tx | undefined;
   private hold: Hold | undefined;
-  /** Committed batches whose files still wait for their fsync. */
-  private unsynced: { tx: Tx; settle: (err?: unknown) => void }[] = [];
-  /** Sync rounds in flight. */
+  /** Committed batches whose replies wait for a sync round. */
   private syncs = 0;
   /** Wakes the batch loop while it keeps a hold waiting for a request or the end of a fsync round. */
   private wake: (() => void) | undefined;
@@ -178,7 +178,7 @@ export class NetworkStore implements LeaseStore {
 
   /** Resolves once no batch runs or waits for its fsync (shutdown). */
   idle(): Promise<void> {
-    if (!this.running && this.unsynced.length === 0 && this.syncs === 0) return Promise.resolve();
+    if (!this.running && this.syncs === 0) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
@@ -198,7 +198,7 @@ export class NetworkStore implements LeaseStore {
 
   /** Nothing queued, running or waiting for its fsync. */
   get isIdle(): boolean {
-    return !this.running && this.syncs === 0 && this.unsynced.length === 0 && this.queue.length === 0;
+    return !this.running && this.syncs === 0 && this.queue.length === 0;
   }
 
   close(): void {
@@ -208,7 +208,7 @@ export class NetworkStore implements LeaseStore {
   }
 
   private checkIdle(): void {
-    if (this.running || this.syncs > 0 || this.unsynced.length > 0) return;
+    if (this.running || this.syncs > 0) return;
     for (const w of this.idleWaiters.splice(0)) w();
   }
 
@@ -223,14 +223,21 @@ export class NetworkStore implements LeaseStore {
           const heldTooLong = process.hrtime.bigint() - hold.started > MAX_HOLD_NS;
           // While a round's replies are out, their clients' next requests are on their way: keep the hold (and
           // the index writes it defers) for them rather than commit the index after every round.
-          const waitingForReplies = this.syncs > 0 || this.unsynced.length > 0;
+          const waitingForReplies = this.syncs > 0;
           if (!waitingForReplies || hold.failed || heldTooLong) {
             await this.releaseHold();
             // A plugin blocked on the flock was just woken: give it a moment to take it before we do again.
             if (heldTooLong) await new Promise((resolve) => setTimeout(resolve, 1));
           } else {
+            // Until a request comes, a round ends, or the hold has lasted its limit (a slow round, when
+            // something else writes a lot to the filesystem, must not keep plugins on the files waiting).
+            const left = Number(MAX_HOLD_NS - (process.hrtime.bigint() - hold.started)) / 1e6;
             await new Promise<void>((resolve) => {
-              this.wake = resolve;
+              const timer = setTimeout(resolve, Math.max(1, Math.ceil(left)));
+              this.wake = () => {
+                clearTimeout(timer);
+                resolve();
+              };
             });
             this.wake = undefined;
           }
@@ -287,11 +294,8 @@ export class NetworkStore implements LeaseStore {
         // container that is gone (released by GC or the reboot rule), never a duplicate; the next round's
         // directory fsync covers it anyway.
         if (failure !== undefined || tx.newLeases === 0) settle();
-        else {
-          // The batch's files are written: its fsync round next, while the next batch runs under the same hold.
-          this.unsynced.push({ tx, settle });
-          this.startSync();
-        }
+        // The batch's files are written: its sync round next, while the next batch runs under the same hold.
+        else this.syncBatch(settle);
         this.stats.batchSeconds += Number(process.hrtime.bigint() - t0) / 1e9;
         // More requests may have arrived while this batch ran; a short turn of the event loop lets them in.
         await new Promise<void>((resolve) => setImmediate(resolve));
@@ -326,35 +330,40 @@ export class NetworkStore implements LeaseStore {
   }
 
   /**
-   * Group commit: every batch committed while the previous sync round ran is made durable by the next round,
-   * one syncfs(2) of the data dir's filesystem: the new files' data, their inodes and the directories' new
-   * names, then one flush of the disk's cache. Measured against an fdatasync per file plus one fsync of the
-   * directory, for a round of 32 leases: 0.25 ms against 3 ms, and ~8 µs of CPU per lease (the kernel's
-   * writeback included) against ~70 µs. The price: the round also writes whatever else is dirty on that
-   * filesystem, so under someone else's heavy writing a round takes longer (and gathers more requests).
+   * Group commit: the batch's replies wait for a sync round that starts after its files were written, one
+   * syncfs(2) of the filesystem shared with every other network on it (fs-sync.ts): the new files' data, their
+   * inodes and the directories' new names, then one flush of the disk's cache. Measured against an fdatasync
+   * per file plus one fsync of the directory, for a round of 32 leases: 0.25 ms against 3 ms, and ~8 µs of CPU
+   * per lease (the kernel's writeback included) against ~70 µs. The price: a round also writes whatever else is
+   * dirty on that filesystem, so under someone else's heavy writing a round takes longer (and gathers more).
+   * The same round makes the removals before it durable: only then are their inodes reused (spare-files.ts).
    */
-  private startSync(): void {
-    if (this.syncs >= MAX_SYNCS) return;
+  private syncBatch(settle: (err?: unknown) => void): void {
     this.syncs++;
-    const round = this.unsynced.splice(0);
-    this.stats.fsyncRounds++;
-    const started = process.hrtime.bigint();
-    const work = async (): Promise<void> => {
-      const dirFd = fs.openSync(this.p.dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
-      try {
-        await loadNativeAddon().syncfs(dirFd);
-      } finally {
-        fs.closeSync(dirFd);
-      }
-    };
-    work().then(
-      () => round.forEach((r) => r.settle()),
-      (err: unknown) => round.forEach((r) => r.settle(err)),
+    const cooled = this.spares.takeCooling();
+    let sync: Promise<{ round: number; seconds: number }>;
+    try {
+      sync = this.opts.syncer.sync(this.dev!, this.p.dir);
+    } catch (err) {
+      sync = Promise.reject(err);
+    }
+    sync.then(
+      ({ round, seconds }) => {
+        this.spares.warm(cooled);
+        if (round !== this.lastRound) {
+          this.lastRound = round;
+          this.stats.fsyncRounds++;
+          this.stats.fsyncSeconds += seconds;
+        }
+        settle();
+      },
+      (err: unknown) => {
+        this.spares.cool(cooled);
+        settle(err);
+      },
     ).finally(() => {
-      this.stats.fsyncSeconds += Number(process.hrtime.bigint() - started) / 1e9;
       this.syncs--;
-      if (this.unsynced.length > 0) this.startSync();
-      else this.checkIdle();
+      this.checkIdle();
       this.wake?.();
     }).catch(() => undefined);
   }
@@ -368,7 +377,9 @@ export class NetworkStore implements LeaseStore {
         fs.mkdirSync(this.p.dir, { recursive: true, mode: 0o755 });
         for (const d of [this.p.berth, this.p.att, this.p.sets, this.p.tmp, this.p.spare]) fs.mkdirSync(d, { recursive: true, mode: 0o700 });
         this.lockFd = fs.openSync(this.p.lock, fs.constants.O_RDONLY | fs.constants.O_CREAT, 0o600);
-        this.lockIno = fs.fstatSync(this.lockFd).ino;
+        const st = fs.fstatSync(this.lockFd);
+        this.lockIno = st.ino;
+        this.dev = st.dev;
       }
       if (addon.flock(this.lockFd, 'ex', true)) {
         // A lock file removed and recreated (the directory wiped) no longer excludes anyone: start over.
@@ -408,6 +419,8 @@ export class NetworkStore implements LeaseStore {
     this.byAtt.clear();
     this.occupancies.clear();
     this.cursors.clear();
+    // A plugin on the files recreates `.berth` without `spare`, and anyone may have removed any of it.
+    for (const d of [this.p.berth, this.p.att, this.p.sets, this.p.tmp, this.p.spare]) fs.mkdirSync(d, { recursive: true, mode: 0o700 });
     // Temp files of a writer that died: nobody writes them without the lock, which is held now.
     disk.clearTemp(this.p);
     this.spares.adopt();
@@ -618,14 +631,15 @@ export class NetworkStore implements LeaseStore {
       const entry = this.byAtt.get(key);
       const file = join(this.p.att, key);
       if (entry === undefined || entry.ips.size === 0) {
-        this.spares.remove(file, true);
+        this.spares.remove(file);
         continue;
       }
       const rec = disk.encodeRecord(entry);
       // A new attachment (the common case) gets its record in place: a torn record only makes readers
       // rebuild it from the lease files, which are written and synced separately.
       try {
-        this.spares.placeNew(file, rec);
+        // A plugin on the files rewrites records in place: their size is not known when they come back.
+        this.spares.placeNew(file, rec, { sizeKnown: false });
       } catch (err) {
         if (errnoOf(err) !== 'EEXIST') throw err;
         this.writeAtomic(file, rec);

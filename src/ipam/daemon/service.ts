@@ -16,6 +16,7 @@ import { describeRangeSet } from '../range-set';
 import type { Lease, LeaseSession, LeaseStore } from '../store';
 import type { Logger } from './log';
 import type { Metrics } from './metrics';
+import { FilesystemSync } from './fs-sync';
 import { NetworkStore } from './network-store';
 import type {
   AdminGcReply,
@@ -46,6 +47,8 @@ export interface ServiceOptions {
   log: Logger;
   metrics?: Metrics;
   now?: () => Date;
+  /** Group commit across networks; a new one by default (tests pass one with a slow or failing syncfs). */
+  syncer?: FilesystemSync;
 }
 
 /** What a CNI call did beyond its reply: the leases it newly took (undone when the client is gone). */
@@ -93,9 +96,11 @@ export class Service {
   private readonly stores = new Map<string, NetworkStore>();
   private readonly lastExclude = new Map<string, readonly Cidr[]>();
   readonly dataDir: string;
+  private readonly syncer: FilesystemSync;
 
   constructor(private readonly opts: ServiceOptions) {
     this.dataDir = opts.dataDir ?? DEFAULT_DATA_DIR;
+    this.syncer = opts.syncer ?? new FilesystemSync();
   }
 
   /** The store of a network directory; one per directory for the daemon's lifetime. */
@@ -103,7 +108,14 @@ export class Service {
     const key = join(dataDir, network);
     let s = this.stores.get(key);
     if (s === undefined) {
-      s = new NetworkStore({ dataDir, network, bootId: this.opts.bootId ?? 'unknown', log: this.opts.log, ...(this.opts.now ? { now: this.opts.now } : {}) });
+      s = new NetworkStore({
+        dataDir,
+        network,
+        bootId: this.opts.bootId ?? 'unknown',
+        log: this.opts.log,
+        syncer: this.syncer,
+        ...(this.opts.now ? { now: this.opts.now } : {}),
+      });
       this.stores.set(key, s);
     }
     return s;
@@ -116,6 +128,7 @@ export class Service {
 
   close(): void {
     for (const s of this.stores.values()) s.close();
+    this.syncer.close();
   }
 
   /**

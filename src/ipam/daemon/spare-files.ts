@@ -7,6 +7,10 @@
 // real name, after which the inode is a spare again. A spare is stamped with a `{` as its first byte. The
 // files stay open (up to a bound), so a placement is a write and a link, a removal an unlink and a write.
 //
+// A freed-up inode cools until a sync round covering its removal has ended (the daemon calls `takeCooling`
+// before a round and `warm` after it): reused earlier, a power cut could leave the old name on disk with the
+// new content, another container's id under a released address.
+//
 // host-local's DEL walks the whole network directory and removes every file whose content is
 // `<id>\r\n<ifname>`: a spare (`{`) never matches; a shadow of a live lease is that lease's own inode, so the
 // DEL that matches it releases that very lease. host-local's CHECK and ADD match only IP-named files.
@@ -52,9 +56,12 @@ interface Spare {
 
 /** The spare files of one network directory. Used only under the network's flock. */
 export class SpareFiles {
+  /** Ready for a new file. */
   private spares: Spare[] = [];
+  /** Removed since the last `takeCooling`: not reused before a sync round covered the removal. */
+  private cooling: Spare[] = [];
   /** Files placed since the last `adopt` (the directory was not re-read since), with their shadow. */
-  private readonly placed = new Map<string, { shadow: string; size: number; fd?: number }>();
+  private readonly placed = new Map<string, { shadow: string; size?: number; fd?: number }>();
   private open = 0;
   private seq = 0;
   // Names must not collide with spares a previous daemon left (adopted at the next `adopt`).
@@ -62,7 +69,7 @@ export class SpareFiles {
 
   constructor(
     private readonly dir: string,
-    /** Spares kept at most; beyond that a removed file is unlinked. */
+    /** Spares kept at most (ready and cooling); beyond that a removed file is unlinked. */
     private readonly max = 256,
     private readonly maxOpen = DEFAULT_MAX_OPEN,
   ) {}
@@ -72,16 +79,40 @@ export class SpareFiles {
     return this.spares.length;
   }
 
+  /** Spares waiting for a sync round. */
+  get coolingCount(): number {
+    return this.cooling.length;
+  }
+
   /** Descriptors held open. */
   get openCount(): number {
     return this.open;
   }
 
+  /** The spares removed so far, for the caller to `warm` once a sync round that starts now has ended. */
+  takeCooling(): Spare[] {
+    return this.cooling.splice(0);
+  }
+
+  /** Their removal is durable: ready for reuse. */
+  warm(spares: Spare[]): void {
+    for (const s of spares) {
+      if (this.spares.length < this.max) this.spares.push(s);
+      else this.drop(s.path, s.fd);
+    }
+  }
+
+  /** The round failed: they wait for the next one. */
+  cool(spares: Spare[]): void {
+    this.cooling.push(...spares);
+  }
+
   /** Closes every descriptor and forgets everything (the files stay). */
   close(): void {
-    for (const s of this.spares) this.closeFd(s.fd);
+    for (const s of [...this.spares, ...this.cooling]) this.closeFd(s.fd);
     for (const p of this.placed.values()) this.closeFd(p.fd);
     this.spares = [];
+    this.cooling = [];
     this.placed.clear();
   }
 
@@ -97,7 +128,7 @@ export class SpareFiles {
     processBudget.used--;
   }
 
-  /** Keeps `fd` open if the budget allows, else closes it. */
+  /** Keeps `fd` open if the budgets allow, else closes it. */
   private hold(fd: number): number | undefined {
     if (this.open >= this.maxOpen || processBudget.used >= processBudget.max) {
       fs.closeSync(fd);
@@ -108,10 +139,21 @@ export class SpareFiles {
     return fd;
   }
 
+  /** Unlinks a spare name for good (its inode is freed unless it has other names). */
+  private drop(path: string, fd: number | undefined): void {
+    this.closeFd(fd);
+    try {
+      fs.unlinkSync(path);
+    } catch {
+      // Gone already, or a directory someone put there: left alone (`adopt` skips what it cannot open).
+    }
+  }
+
   /**
    * Takes over what is on disk (a previous daemon's spares, or after the directory was re-read): a name with
    * other links is the shadow of a live file and is dropped (its file lives on); a single-linked one is a
-   * spare, stamped again (a writer that died between removing a file and stamping left its content).
+   * spare, stamped again (a writer that died between removing a file and stamping left its content) and
+   * cooling (its removal may not be on disk yet).
    */
   adopt(): void {
     this.close();
@@ -120,18 +162,15 @@ export class SpareFiles {
       let fd: number | undefined;
       try {
         fd = fs.openSync(path, REUSE);
-        if (fs.fstatSync(fd).nlink > 1 || this.spares.length >= this.max) throw new Error('not a spare');
+        if (fs.fstatSync(fd).nlink > 1 || this.cooling.length >= this.max) throw new Error('not a spare');
         fs.writeSync(fd, NOT_A_LEASE, 0, 1, 0);
+        fs.fchmodSync(fd, 0o600);
         const held = this.hold(fd);
         fd = undefined;
-        this.spares.push(held === undefined ? { path } : { path, fd: held });
+        this.cooling.push(held === undefined ? { path } : { path, fd: held });
       } catch {
         if (fd !== undefined) fs.closeSync(fd);
-        try {
-          fs.unlinkSync(path);
-        } catch {
-          // Not ours to clear (a directory): left alone.
-        }
+        this.drop(path, undefined);
       }
     }
   }
@@ -140,8 +179,20 @@ export class SpareFiles {
     return join(this.dir, `s-${this.token}-${this.seq++}`);
   }
 
+  /** Puts a spare back after a failed use: its content was (partly) overwritten, so it is stamped again. */
+  private putBack(path: string, fd: number): void {
+    try {
+      fs.writeSync(fd, NOT_A_LEASE, 0, 1, 0);
+      const held = this.hold(fd);
+      this.spares.push(held === undefined ? { path } : { path, fd: held });
+    } catch {
+      fs.closeSync(fd);
+      this.drop(path, undefined);
+    }
+  }
+
   /** A spare (or a new file) holding exactly `data`, with an open descriptor. */
-  private fill(data: Buffer): { path: string; fd: number; size: number } {
+  private fill(data: Buffer): { path: string; fd: number } {
     for (;;) {
       // Every spare in the list exists on disk; a fresh name is created.
       const spare = this.spares.pop();
@@ -161,44 +212,52 @@ export class SpareFiles {
         fs.writeSync(fd, data, 0, data.length, 0);
         if (spare !== undefined && spare.size !== data.length) fs.ftruncateSync(fd, data.length);
       } catch (err) {
-        fs.closeSync(fd);
-        this.spares.push({ path });
+        this.putBack(path, fd);
         throw err;
       }
-      return { path, fd, size: data.length };
+      return { path, fd };
     }
   }
 
   /**
    * Creates `target` holding `data`, failing with EEXIST when it exists (host-local's exclusive create),
-   * never visible half-written.
+   * never visible half-written. `sizeKnown: false` for files others may rewrite in place (the size is then
+   * not trusted when the inode comes back).
    */
-  placeNew(target: string, data: string): void {
+  placeNew(target: string, data: string, opts: { sizeKnown?: boolean } = {}): void {
     const buf = Buffer.from(data);
+    const stale = this.placed.get(target);
+    if (stale !== undefined) {
+      // Removed behind our back and not re-read since (only a writer ignoring the directory's sentinel):
+      // its shadow holds the only name left.
+      this.placed.delete(target);
+      this.keep(stale.shadow, stale.fd);
+    }
     for (;;) {
       const f = this.fill(buf);
       try {
         fs.linkSync(f.path, target);
       } catch (err) {
-        fs.closeSync(f.fd);
         // The spare's name was removed behind our back while we held it open: take another.
-        if (errnoOf(err) === 'ENOENT' && !fs.existsSync(f.path)) continue;
-        this.spares.push({ path: f.path, size: f.size });
+        if (errnoOf(err) === 'ENOENT' && !fs.existsSync(f.path)) {
+          fs.closeSync(f.fd);
+          continue;
+        }
+        this.putBack(f.path, f.fd);
         throw err;
       }
       const fd = this.hold(f.fd);
-      this.placed.set(target, fd === undefined ? { shadow: f.path, size: f.size } : { shadow: f.path, size: f.size, fd });
+      const entry: { shadow: string; size?: number; fd?: number } = { shadow: f.path };
+      if (opts.sizeKnown !== false) entry.size = buf.length;
+      if (fd !== undefined) entry.fd = fd;
+      this.placed.set(target, entry);
       return;
     }
   }
 
-  /**
-   * Replaces `target` (or creates it) atomically; its old inode becomes a spare. For berth's own files
-   * (cursors, state, records), never for leases: the old content is not stamped.
-   */
+  /** Replaces `target` (or creates it) atomically; its old inode becomes a spare. */
   replace(target: string, data: string): void {
-    const { path, fd, size } = this.fill(Buffer.from(data));
-    fs.closeSync(fd);
+    const { path, fd } = this.fill(Buffer.from(data));
     const old = this.placed.get(target);
     let keep = old?.shadow;
     if (keep === undefined) {
@@ -209,41 +268,39 @@ export class SpareFiles {
       } catch (err) {
         keep = undefined;
         if (errnoOf(err) !== 'ENOENT') {
-          this.spares.push({ path, size });
+          this.putBack(path, fd);
           throw err;
         }
       }
     }
+    fs.closeSync(fd);
     fs.renameSync(path, target);
     this.placed.delete(target);
-    // A cursor holds an address, never a container id: host-local cannot take it for a lease either.
-    if (keep !== undefined) this.keep(keep, true, old?.size, old?.fd);
+    if (keep !== undefined) this.keep(keep, old?.fd, old?.size);
     else if (old !== undefined) this.closeFd(old.fd);
   }
 
-  /**
-   * Removes `target`, keeping its inode as a spare; false when it was not there. `notALease`: the content
-   * already starts with `{` (berth's index files), no stamping needed.
-   */
-  remove(target: string, notALease = false): boolean {
+  /** Removes `target`, keeping its inode as a spare; false when it was not there. */
+  remove(target: string): boolean {
     const placed = this.placed.get(target);
-    this.placed.delete(target);
     if (placed !== undefined) {
-      let was = true;
       try {
         fs.unlinkSync(target);
       } catch (err) {
         if (errnoOf(err) !== 'ENOENT') throw err;
-        was = false;
+        this.placed.delete(target);
         // Removed by someone else. host-local's DEL also removed the shadow (same content): nothing is left
         // to keep. Otherwise the shadow holds the only name: a spare all the same.
         if (!fs.existsSync(placed.shadow)) {
           this.closeFd(placed.fd);
           return false;
         }
+        this.keep(placed.shadow, placed.fd, placed.size);
+        return false;
       }
-      this.keep(placed.shadow, notALease, placed.size, placed.fd);
-      return was;
+      this.placed.delete(target);
+      this.keep(placed.shadow, placed.fd, placed.size);
+      return true;
     }
     const path = this.freshName();
     try {
@@ -252,37 +309,34 @@ export class SpareFiles {
       if (errnoOf(err) === 'ENOENT') return false;
       throw err;
     }
-    this.keep(path, notALease);
+    this.keep(path);
     return true;
   }
 
-  private keep(path: string, notALease: boolean, size?: number, fd?: number): void {
-    try {
-      if (this.spares.length >= this.max) throw new Error('enough spares');
-      if (!notALease) {
-        if (fd !== undefined) fs.writeSync(fd, NOT_A_LEASE, 0, 1, 0);
-        else {
-          const once = fs.openSync(path, REUSE);
-          try {
-            fs.writeSync(once, NOT_A_LEASE, 0, 1, 0);
-          } finally {
-            fs.closeSync(once);
-          }
-        }
-      }
-      const spare: Spare = { path };
-      if (fd !== undefined) spare.fd = fd;
-      if (size !== undefined) spare.size = size;
-      this.spares.push(spare);
-    } catch {
-      // Too many spares, gone (host-local's DEL removed a shadow), or not a regular file (a symlink or
-      // directory someone put under a lease's name).
-      this.closeFd(fd);
-      try {
-        fs.unlinkSync(path);
-      } catch {
-        // A directory stays in `.berth/spare`; `adopt` skips what it cannot open.
-      }
+  /** A removed file's inode becomes a cooling spare: stamped `{`, mode 0600 whoever wrote it. */
+  private keep(path: string, fd?: number, size?: number): void {
+    if (this.spares.length + this.cooling.length >= this.max) {
+      this.drop(path, fd);
+      return;
     }
+    let own = fd;
+    try {
+      own ??= fs.openSync(path, REUSE);
+      fs.writeSync(own, NOT_A_LEASE, 0, 1, 0);
+      if (fd === undefined) fs.fchmodSync(own, 0o600);
+    } catch {
+      // Gone (host-local's DEL removed a shadow), or not a regular file (a symlink or directory someone put
+      // under a lease's name).
+      if (own !== undefined && own !== fd) fs.closeSync(own);
+      this.drop(path, fd);
+      return;
+    }
+    const spare: Spare = { path };
+    if (own !== fd) {
+      const held = this.hold(own);
+      if (held !== undefined) spare.fd = held;
+    } else if (fd !== undefined) spare.fd = fd;
+    if (size !== undefined) spare.size = size;
+    this.cooling.push(spare);
   }
 }
