@@ -1,6 +1,6 @@
 // berthd's view of one network: its leases in memory (by address, by attachment, occupancy per range set),
 // kept in step with the lease files under the same flock berth-ipam and host-local take, and the requests
-// of a moment committed as one batch so that one round of fsyncs covers all of them.
+// of a moment committed as one batch so that one sync round covers all of them.
 //
 // The files stay the truth and keep lease-file-store's layout exactly (host-local's IP files and cursors,
 // berth's `.berth/att/` records and `state.json` sentinel), so a plugin working on the files directly, before,
@@ -41,7 +41,7 @@ export interface NetworkStoreOptions {
   network: string;
   bootId: string;
   log: Logger;
-  /** The daemon's group commit, shared by every network (one syncfs at a time per filesystem). */
+  /** The daemon's group commit, shared by every network (sync rounds per filesystem, fs-sync.ts). */
   syncer: FilesystemSync;
   now?: () => Date;
 }
@@ -142,7 +142,7 @@ export class NetworkStore implements LeaseStore {
   private hold: Hold | undefined;
   /** Committed batches whose replies wait for a sync round. */
   private syncs = 0;
-  /** Wakes the batch loop while it keeps a hold waiting for a request or the end of a fsync round. */
+  /** Wakes the batch loop while it keeps a hold waiting for a request or the end of a sync round. */
   private wake: (() => void) | undefined;
   private readonly idleWaiters: (() => void)[] = [];
   /** The ranges of the last request that named them: pool gauges and `berth status`. */
@@ -176,7 +176,7 @@ export class NetworkStore implements LeaseStore {
     return disk.unwritableReason(this.p);
   }
 
-  /** Resolves once no batch runs or waits for its fsync (shutdown). */
+  /** Resolves once no batch runs or waits for its sync round (shutdown). */
   idle(): Promise<void> {
     if (!this.running && this.syncs === 0) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
@@ -196,7 +196,7 @@ export class NetworkStore implements LeaseStore {
     });
   }
 
-  /** Nothing queued, running or waiting for its fsync. */
+  /** Nothing queued, running or waiting for its sync round. */
   get isIdle(): boolean {
     return !this.running && this.syncs === 0 && this.queue.length === 0;
   }
@@ -290,9 +290,9 @@ export class NetworkStore implements LeaseStore {
             else item.reject(o.err);
           });
         };
-        // Only new leases wait for an fsync round: a removal lost to a power cut brings back a lease of a
-        // container that is gone (released by GC or the reboot rule), never a duplicate; the next round's
-        // directory fsync covers it anyway.
+        // Only new leases wait for a sync round: a removal lost to a power cut brings back a lease of a
+        // container that is gone (released by GC or the reboot rule), never a duplicate; the next round
+        // covers it anyway.
         if (failure !== undefined || tx.newLeases === 0) settle();
         // The batch's files are written: its sync round next, while the next batch runs under the same hold.
         else this.syncBatch(settle);
