@@ -264,6 +264,26 @@ describe('the daemon store keeps the files and lease-file-store index as the plu
     expect(kept.has(leaseInode())).toBe(true);
   });
 
+  test('a read-only listing on the files (the admin CLI without a daemon) leaves the daemon\'s spares alone', async () => {
+    await startServer();
+    for (const cid of ['ctr-1', 'ctr-2']) {
+      await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope(cid) });
+      await callDaemon({ socket, method: 'POST', path: Release.path, body: envelope(cid) });
+    }
+    await service.drain();
+    const spareDir = join(dataDir, 'btnet', '.berth', 'spare');
+    const ctimes = (): number[] => readdirSync(spareDir).sort().map((f) => statSync(join(spareDir, f)).ctimeMs);
+    const before = ctimes();
+    expect(before.length).toBeGreaterThan(0);
+    const onFiles = new Service({ dataDir, bootId: BOOT, log: createLogger({ format: 'text', level: 'error', write: () => undefined }) });
+    try {
+      expect(await onFiles.list({ network: 'btnet' })).toEqual([]);
+    } finally {
+      onFiles.close();
+    }
+    expect(ctimes()).toEqual(before);
+  });
+
   test('a plugin on the files that recreated .berth (without spare/) does not break the daemon', async () => {
     await startServer();
     await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-1') });

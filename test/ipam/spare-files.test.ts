@@ -252,4 +252,36 @@ describe('SpareFiles', () => {
     expect(a + b).toBe(16);
     expect(readdirSync(join(dir, 'b')).filter((f) => f.startsWith('f'))).toHaveLength(40);
   });
+
+  test('a cooling batch taken before close never comes back beside what adopt found: no inode is listed twice', () => {
+    const s = new SpareFiles(spareDir);
+    const a = place(s, '198.18.0.2', 'a\r\neth0');
+    s.remove(join(net, '198.18.0.2'));
+    const inFlight = s.takeCooling();
+    // The directory is re-read meanwhile (someone else changed it): the next use adopts what is on disk.
+    s.close();
+    place(s, '198.18.0.3', 'b\r\neth0');
+    // The round of the batch ends only now.
+    s.warm(inFlight);
+    synced(s);
+    expect(s.count).toBe(1);
+    const c = place(s, '198.18.0.4', 'c\r\neth0');
+    const d = place(s, '198.18.0.5', 'd\r\neth0');
+    expect(c).toBe(a);
+    expect(d).not.toBe(a);
+    expect(readFileSync(join(net, '198.18.0.4'), 'utf8')).toBe('c\r\neth0');
+    expect(readFileSync(join(net, '198.18.0.5'), 'utf8')).toBe('d\r\neth0');
+  });
+
+  test('after close, nothing under the spare directory is touched until the next placement or removal', () => {
+    const s = new SpareFiles(spareDir);
+    place(s, '198.18.0.2', 'a\r\neth0');
+    s.remove(join(net, '198.18.0.2'));
+    s.close();
+    const before = readdirSync(spareDir).map((f) => statSync(join(spareDir, f)).ctimeMs);
+    const fresh = new SpareFiles(spareDir);
+    fresh.takeCooling();
+    fresh.close();
+    expect(readdirSync(spareDir).map((f) => statSync(join(spareDir, f)).ctimeMs)).toEqual(before);
+  });
 });

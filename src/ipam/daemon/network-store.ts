@@ -423,7 +423,8 @@ export class NetworkStore implements LeaseStore {
     for (const d of [this.p.berth, this.p.att, this.p.sets, this.p.tmp, this.p.spare]) fs.mkdirSync(d, { recursive: true, mode: 0o700 });
     // Temp files of a writer that died: nobody writes them without the lock, which is held now.
     disk.clearTemp(this.p);
-    this.spares.adopt();
+    // The spares are taken over again when next used (not by a read-only request).
+    this.spares.close();
     const records = new Map<string, { ips: string[]; meta: LeaseMeta }>();
     for (const key of fs.readdirSync(this.p.att)) {
       try {

@@ -47,6 +47,12 @@ function fdBudget(): number {
   return 256;
 }
 
+/** Spares taken to cool during one sync round. */
+export interface CoolingBatch {
+  generation: number;
+  spares: Spare[];
+}
+
 interface Spare {
   path: string;
   fd?: number;
@@ -63,6 +69,10 @@ export class SpareFiles {
   /** Files placed since the last `adopt` (the directory was not re-read since), with their shadow. */
   private readonly placed = new Map<string, { shadow: string; size?: number; fd?: number }>();
   private open = 0;
+  /** Bumped by `close`: cooling batches taken before it are stale. */
+  private generation = 0;
+  /** What is on disk was taken over (`adopt`); until then nothing under the directory is touched. */
+  private adopted = false;
   private seq = 0;
   // Names must not collide with spares a previous daemon left (adopted at the next `adopt`).
   private readonly token = `${process.pid.toString(36)}${Date.now().toString(36)}`;
@@ -90,25 +100,42 @@ export class SpareFiles {
   }
 
   /** The spares removed so far, for the caller to `warm` once a sync round that starts now has ended. */
-  takeCooling(): Spare[] {
-    return this.cooling.splice(0);
+  takeCooling(): CoolingBatch {
+    return { generation: this.generation, spares: this.cooling.splice(0) };
   }
 
   /** Their removal is durable: ready for reuse. */
-  warm(spares: Spare[]): void {
-    for (const s of spares) {
+  warm(batch: CoolingBatch): void {
+    if (this.outdated(batch)) return;
+    for (const s of batch.spares) {
       if (this.spares.length < this.max) this.spares.push(s);
       else this.drop(s.path, s.fd);
     }
   }
 
   /** The round failed: they wait for the next one. */
-  cool(spares: Spare[]): void {
-    this.cooling.push(...spares);
+  cool(batch: CoolingBatch): void {
+    if (this.outdated(batch)) return;
+    this.cooling.push(...batch.spares);
   }
 
-  /** Closes every descriptor and forgets everything (the files stay). */
+  /**
+   * A batch taken before `close`: its files are on disk for the next `adopt` to find, so it must not come
+   * back as well (one inode listed twice would be placed under two names).
+   */
+  private outdated(batch: CoolingBatch): boolean {
+    if (batch.generation === this.generation) return false;
+    for (const s of batch.spares) this.closeFd(s.fd);
+    return true;
+  }
+
+  /**
+   * Forgets everything (the files stay); what is on disk is taken over again at the next placement or
+   * removal, so that a read-only use of the directory (an admin listing) leaves the spares alone.
+   */
   close(): void {
+    this.adopted = false;
+    this.generation++;
     for (const s of [...this.spares, ...this.cooling]) this.closeFd(s.fd);
     for (const p of this.placed.values()) this.closeFd(p.fd);
     this.spares = [];
@@ -157,6 +184,7 @@ export class SpareFiles {
    */
   adopt(): void {
     this.close();
+    this.adopted = true;
     for (const name of fs.readdirSync(this.dir)) {
       const path = join(this.dir, name);
       let fd: number | undefined;
@@ -225,6 +253,7 @@ export class SpareFiles {
    * not trusted when the inode comes back).
    */
   placeNew(target: string, data: string, opts: { sizeKnown?: boolean } = {}): void {
+    if (!this.adopted) this.adopt();
     const buf = Buffer.from(data);
     const stale = this.placed.get(target);
     if (stale !== undefined) {
@@ -257,6 +286,7 @@ export class SpareFiles {
 
   /** Replaces `target` (or creates it) atomically; its old inode becomes a spare. */
   replace(target: string, data: string): void {
+    if (!this.adopted) this.adopt();
     const { path, fd } = this.fill(Buffer.from(data));
     const old = this.placed.get(target);
     let keep = old?.shadow;
@@ -282,6 +312,7 @@ export class SpareFiles {
 
   /** Removes `target`, keeping its inode as a spare; false when it was not there. */
   remove(target: string): boolean {
+    if (!this.adopted) this.adopt();
     const placed = this.placed.get(target);
     if (placed !== undefined) {
       try {
