@@ -284,4 +284,18 @@ describe('SpareFiles', () => {
     fresh.close();
     expect(readdirSync(spareDir).map((f) => statSync(join(spareDir, f)).ctimeMs)).toEqual(before);
   });
+
+  test('a spare another process has linked elsewhere meanwhile is never written into', () => {
+    const s = new SpareFiles(spareDir);
+    const a = place(s, '198.18.0.2', 'a\r\neth0');
+    s.remove(join(net, '198.18.0.2'));
+    synced(s);
+    // Another berth process (a second daemon, an admin command on the files) put the inode to use.
+    const [spare] = readdirSync(spareDir);
+    linkSync(join(spareDir, spare!), join(net, 'theirs'));
+    writeFileSync(join(net, 'theirs'), '{"theirs":true}');
+    const b = place(s, '198.18.0.3', 'b\r\neth0');
+    expect(b).not.toBe(a);
+    expect(readFileSync(join(net, 'theirs'), 'utf8')).toBe('{"theirs":true}');
+  });
 });

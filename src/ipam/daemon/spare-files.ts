@@ -236,6 +236,12 @@ export class SpareFiles {
           throw err;
         }
       }
+      // Another berth process on this directory (an admin command on the files, a second daemon) may have
+      // used the inode for a file of its own since it became our spare: a spare has no other name.
+      if (spare !== undefined && fs.fstatSync(fd).nlink !== 1) {
+        fs.closeSync(fd);
+        continue;
+      }
       try {
         fs.writeSync(fd, data, 0, data.length, 0);
         if (spare !== undefined && spare.size !== data.length) fs.ftruncateSync(fd, data.length);
