@@ -61,7 +61,7 @@ describe('SpareFiles', () => {
     // Its spare name stays as a second name (the shadow), so that removing it is one unlink.
     expect(statSync(join(net, '198.18.0.3')).nlink).toBe(2);
     expect(inodesIn(spareDir)).toEqual([second]);
-    // Same size again (the truncate is skipped): still exact.
+    // Same size again (no truncate needed): still exact.
     s.remove(join(net, '198.18.0.3'));
     synced(s);
     expect(place(s, '198.18.0.4', 'other\r\neth2')).toBe(first);
@@ -161,7 +161,7 @@ describe('SpareFiles', () => {
     expect(readFileSync(join(net, '198.18.0.8'), 'utf8')).toBe('mine\r\neth0');
     // A record: a plugin on the files may rewrite it in place, longer.
     const rec = join(net, 'rec');
-    s.placeNew(rec, '{"v":1}', { sizeKnown: false });
+    s.placeNew(rec, '{"v":1}');
     writeFileSync(rec, '{"v":1,"rewritten":"in place, longer"}');
     s.remove(rec);
     s.remove(join(net, '198.18.0.8'));

@@ -639,8 +639,7 @@ export class NetworkStore implements LeaseStore {
       // A new attachment (the common case) gets its record in place: a torn record only makes readers
       // rebuild it from the lease files, which are written and synced separately.
       try {
-        // A plugin on the files rewrites records in place: their size is not known when they come back.
-        this.spares.placeNew(file, rec, { sizeKnown: false });
+        this.spares.placeNew(file, rec);
       } catch (err) {
         if (errnoOf(err) !== 'EEXIST') throw err;
         this.writeAtomic(file, rec);

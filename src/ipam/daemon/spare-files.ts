@@ -5,7 +5,7 @@
 // cursor, state) is written into a spare file of `.berth/spare/` and link(2)ed into place; the spare name
 // stays as a second name of the file (its shadow), so that removing the file later is one unlink(2) of its
 // real name, after which the inode is a spare again. A spare is stamped with a `{` as its first byte. The
-// files stay open (up to a bound), so a placement is a write and a link, a removal an unlink and a write.
+// files stay open (up to a bound), so a placement is a look (fstat), a write and a link, a removal an unlink and a write.
 //
 // A freed-up inode cools until a sync round covering its removal has ended (the daemon calls `takeCooling`
 // before a round and `warm` after it): reused earlier, a power cut could leave the old name on disk with the
@@ -56,8 +56,6 @@ export interface CoolingBatch {
 interface Spare {
   path: string;
   fd?: number;
-  /** Size of its content when known from our last write: the same size again needs no ftruncate. */
-  size?: number;
 }
 
 /** The spare files of one network directory. Used only under the network's flock. */
@@ -67,7 +65,7 @@ export class SpareFiles {
   /** Removed since the last `takeCooling`: not reused before a sync round covered the removal. */
   private cooling: Spare[] = [];
   /** Files placed since the last `adopt` (the directory was not re-read since), with their shadow. */
-  private readonly placed = new Map<string, { shadow: string; size?: number; fd?: number }>();
+  private readonly placed = new Map<string, { shadow: string; fd?: number }>();
   private open = 0;
   /** Bumped by `close`: cooling batches taken before it are stale. */
   private generation = 0;
@@ -237,14 +235,16 @@ export class SpareFiles {
         }
       }
       // Another berth process on this directory (an admin command on the files, a second daemon) may have
-      // used the inode for a file of its own since it became our spare: a spare has no other name.
-      if (spare !== undefined && fs.fstatSync(fd).nlink !== 1) {
+      // used the inode for a file of its own since it became our spare: a spare has no other name. The same
+      // look tells whether the new content needs a truncate (the old one may be longer).
+      const st = spare === undefined ? undefined : fs.fstatSync(fd);
+      if (st !== undefined && st.nlink !== 1) {
         fs.closeSync(fd);
         continue;
       }
       try {
         fs.writeSync(fd, data, 0, data.length, 0);
-        if (spare !== undefined && spare.size !== data.length) fs.ftruncateSync(fd, data.length);
+        if (st !== undefined && st.size > data.length) fs.ftruncateSync(fd, data.length);
       } catch (err) {
         this.putBack(path, fd);
         throw err;
@@ -255,10 +255,9 @@ export class SpareFiles {
 
   /**
    * Creates `target` holding `data`, failing with EEXIST when it exists (host-local's exclusive create),
-   * never visible half-written. `sizeKnown: false` for files others may rewrite in place (the size is then
-   * not trusted when the inode comes back).
+   * never visible half-written.
    */
-  placeNew(target: string, data: string, opts: { sizeKnown?: boolean } = {}): void {
+  placeNew(target: string, data: string): void {
     if (!this.adopted) this.adopt();
     const buf = Buffer.from(data);
     const stale = this.placed.get(target);
@@ -282,10 +281,7 @@ export class SpareFiles {
         throw err;
       }
       const fd = this.hold(f.fd);
-      const entry: { shadow: string; size?: number; fd?: number } = { shadow: f.path };
-      if (opts.sizeKnown !== false) entry.size = buf.length;
-      if (fd !== undefined) entry.fd = fd;
-      this.placed.set(target, entry);
+      this.placed.set(target, fd === undefined ? { shadow: f.path } : { shadow: f.path, fd });
       return;
     }
   }
@@ -312,7 +308,7 @@ export class SpareFiles {
     fs.closeSync(fd);
     fs.renameSync(path, target);
     this.placed.delete(target);
-    if (keep !== undefined) this.keep(keep, old?.fd, old?.size);
+    if (keep !== undefined) this.keep(keep, old?.fd);
     else if (old !== undefined) this.closeFd(old.fd);
   }
 
@@ -332,11 +328,11 @@ export class SpareFiles {
           this.closeFd(placed.fd);
           return false;
         }
-        this.keep(placed.shadow, placed.fd, placed.size);
+        this.keep(placed.shadow, placed.fd);
         return false;
       }
       this.placed.delete(target);
-      this.keep(placed.shadow, placed.fd, placed.size);
+      this.keep(placed.shadow, placed.fd);
       return true;
     }
     const path = this.freshName();
@@ -351,7 +347,7 @@ export class SpareFiles {
   }
 
   /** A removed file's inode becomes a cooling spare: stamped `{`, mode 0600 whoever wrote it. */
-  private keep(path: string, fd?: number, size?: number): void {
+  private keep(path: string, fd?: number): void {
     if (this.spares.length + this.cooling.length >= this.max) {
       this.drop(path, fd);
       return;
@@ -373,7 +369,6 @@ export class SpareFiles {
       const held = this.hold(own);
       if (held !== undefined) spare.fd = held;
     } else if (fd !== undefined) spare.fd = fd;
-    if (size !== undefined) spare.size = size;
     this.cooling.push(spare);
   }
 }
