@@ -8,17 +8,13 @@
 // add to the plugin (the daemon client speaks HTTP/1.1 on a raw node:net socket instead).
 'use strict';
 const { spawn, spawnSync } = require('node:child_process');
-const fs = require('node:fs');
 const os = require('node:os');
 const { join } = require('node:path');
+const { repo, withDaemon } = require('./daemon-process');
 
 const runs = Math.max(10, Number(process.argv[2] ?? 60));
-const repo = join(__dirname, '..', '..');
-const dir = fs.mkdtempSync(join(os.tmpdir(), `btlat${process.pid}-`));
-const socket = join(dir, 'berthd.sock');
-const dataDir = join(dir, 'data');
 
-function conf(name, daemon) {
+function conf({ socket, dataDir }, name, daemon) {
   return JSON.stringify({
     cniVersion: '1.0.0',
     name,
@@ -51,16 +47,12 @@ function stats(xs) {
 }
 
 async function main() {
-  const daemon = spawn(process.execPath, [join(repo, 'bin', 'berth'), 'daemon', '--socket', socket, '--data-dir', dataDir, '--log-level', 'warn'], {
-    stdio: ['ignore', 'inherit', 'inherit'],
-  });
-  try {
-    for (let i = 0; i < 100 && !fs.existsSync(socket); i++) await new Promise((r) => setTimeout(r, 50));
+  await withDaemon('btlat', async (d) => {
     const files = [];
     const viaDaemon = [];
     for (let i = 0; i < runs; i++) {
       for (const [name, useDaemon, into] of [['btlatf', false, files], ['btlatd', true, viaDaemon]]) {
-        const c = conf(name, useDaemon);
+        const c = conf(d, name, useDaemon);
         into.push(await run('ADD', `lat-${i}`, c));
         await run('DEL', `lat-${i}`, c);
       }
@@ -71,11 +63,7 @@ async function main() {
     console.log(`  on the files:     ${stats(files)}`);
     console.log(`  through berthd:   ${stats(viaDaemon)}`);
     console.log(`  require('node:http') in a fresh node: ${Number(http.stdout).toFixed(2)} ms; require('node:net'): ${Number(net.stdout).toFixed(2)} ms`);
-  } finally {
-    daemon.kill('SIGTERM');
-    await new Promise((r) => daemon.once('exit', r));
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 }
 
 main().catch((err) => {

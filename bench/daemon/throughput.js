@@ -12,26 +12,18 @@
 // steadier figure: pairs/s moves with everyone else's load.
 // BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" passes node flags to the daemon (profiling).
 'use strict';
-const { spawn } = require('node:child_process');
 const fs = require('node:fs');
-const http = require('node:http');
 const net = require('node:net');
 const os = require('node:os');
 const { join } = require('node:path');
+const { get, withDaemon } = require('./daemon-process');
 
 const seconds = Number(process.argv[2] ?? 10);
 const clientCounts = (process.argv[3] ?? '1,8,32,64').split(',').map(Number);
-const repo = join(__dirname, '..', '..');
-const dir = fs.mkdtempSync(join(os.tmpdir(), `btbench${process.pid}-`));
-const socket = join(dir, 'berthd.sock');
-const dataDir = join(dir, 'data');
-
-const config = {
-  cniVersion: '1.0.0',
-  name: 'btbench',
-  type: 'berth-ipam',
-  ipam: { type: 'berth-ipam', dataDir, ranges: [[{ subnet: '198.18.192.0/20' }]] },
-};
+/** The daemon of this run (set in main). */
+let socket;
+let daemonPid;
+let config;
 
 /**
  * One keep-alive HTTP/1.1 connection with a minimal hand-written client: node's http.Agent costs about as much
@@ -82,31 +74,9 @@ class Connection {
   }
 }
 
-function get(path) {
-  return new Promise((resolve, reject) => {
-    http.get({ socketPath: socket, path }, (res) => {
-      const chunks = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('end', () => resolve(Buffer.concat(chunks).toString()));
-    }).on('error', reject);
-  });
-}
-
 function metric(text, name) {
   const line = text.split('\n').find((l) => l.startsWith(`${name} `));
   return line === undefined ? 0 : Number(line.split(' ')[1]);
-}
-
-async function waitReady() {
-  for (let i = 0; i < 200; i++) {
-    try {
-      await get('/v1/health');
-      return;
-    } catch {
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-  throw new Error('berthd did not come up');
 }
 
 /** utime + stime of a whole process (every thread), in seconds. */
@@ -116,13 +86,11 @@ function cpuSeconds(pid) {
   return (Number(f[11]) + Number(f[12])) / 100;
 }
 
-let daemonPid;
-
 async function round(clients) {
   const daemonCpu0 = cpuSeconds(daemonPid);
   const selfCpu0 = process.cpuUsage();
   const conns = Array.from({ length: clients }, () => new Connection());
-  const before = await get('/metrics');
+  const before = await get(socket, '/metrics');
   const latencies = [];
   let pairs = 0;
   const end = Date.now() + seconds * 1000;
@@ -142,7 +110,7 @@ async function round(clients) {
   const daemonCpu = cpuSeconds(daemonPid) - daemonCpu0;
   const self = process.cpuUsage(selfCpu0);
   const perPair = (sec) => `${Math.round((sec * 1e6) / Math.max(pairs, 1))}µs`;
-  const after = await get('/metrics');
+  const after = await get(socket, '/metrics');
   latencies.sort((a, b) => a - b);
   const q = (p) => latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))].toFixed(2);
   const d = (n) => metric(after, n) - metric(before, n);
@@ -155,17 +123,19 @@ async function round(clients) {
 }
 
 async function main() {
-  const nodeArgs = process.env.BENCH_NODE_ARGS ? process.env.BENCH_NODE_ARGS.split(' ') : [];
-  const daemon = spawn(process.execPath, [...nodeArgs, join(repo, 'bin', 'berth'), 'daemon', '--socket', socket, '--data-dir', dataDir, '--log-level', 'warn'], {
-    stdio: ['ignore', 'inherit', 'inherit'],
-  });
-  daemonPid = daemon.pid;
-  try {
-    await waitReady();
-    console.log(`berthd bench: ${os.cpus().length} CPUs, load ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}, ${seconds}s per round, data dir on ${dataDir}`);
+  await withDaemon('btbench', async (d) => {
+    socket = d.socket;
+    daemonPid = d.pid;
+    config = {
+      cniVersion: '1.0.0',
+      name: 'btbench',
+      type: 'berth-ipam',
+      ipam: { type: 'berth-ipam', dataDir: d.dataDir, ranges: [[{ subnet: '198.18.192.0/20' }]] },
+    };
+    console.log(`berthd bench: ${os.cpus().length} CPUs, load ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}, ${seconds}s per round, data dir on ${d.dataDir}`);
     // What the disk costs right now: a pair needs at least two creates and two removals (lease file and
     // its attachment record), so this bounds pairs/s from above whatever the daemon does.
-    const cal = join(dir, 'calibrate');
+    const cal = join(d.dir, 'calibrate');
     fs.mkdirSync(cal);
     const t0 = process.hrtime.bigint();
     for (let i = 0; i < 2000; i++) {
@@ -175,13 +145,9 @@ async function main() {
     const us = Number(process.hrtime.bigint() - t0) / 2000 / 1000;
     console.log(`file create+remove in that directory: ${us.toFixed(0)} µs → at most ${Math.round(1e6 / (2 * us))} pairs/s on one thread`);
     for (const c of clientCounts) await round(c);
-    const left = fs.readdirSync(join(dataDir, 'btbench')).filter((f) => /^\d/.test(f));
+    const left = fs.readdirSync(join(d.dataDir, 'btbench')).filter((f) => /^\d/.test(f));
     console.log(`leases left after the runs: ${left.length}`);
-  } finally {
-    daemon.kill('SIGTERM');
-    await new Promise((r) => daemon.once('exit', r));
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 }
 
 main().catch((err) => {
