@@ -14,7 +14,9 @@ const path = require('node:path');
 const repo = path.resolve(__dirname, '..');
 const argv = process.argv.slice(2);
 const outIndex = argv.indexOf('--out');
-const out = path.resolve(outIndex >= 0 && argv[outIndex + 1] !== undefined ? argv[outIndex + 1] : path.join(repo, 'out'));
+const out = path.resolve(
+  outIndex >= 0 && argv[outIndex + 1] !== undefined ? argv[outIndex + 1] : path.join(repo, 'out'),
+);
 const work = path.join(out, 'sea');
 const args = new Set(argv);
 // The fuse Node's SEA loader looks for (documented in Node's single-executable-applications page).
@@ -36,7 +38,11 @@ function sha256(file) {
 
 function git(...argv) {
   try {
-    return execFileSync('git', argv, { cwd: repo, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    return execFileSync('git', argv, {
+      cwd: repo,
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    }).trim();
   } catch {
     return undefined;
   }
@@ -67,7 +73,15 @@ const dist = path.join(repo, 'dist');
  * require lazily. Each becomes a part loaded on first require (src/sea/chunks.ts); everything else that
  * the main script reaches stays in it.
  */
-const CHUNKS = ['bridge/plugin', 'bridge/add', 'bridge/del', 'bridge/check', 'bridge/gc-status', 'ipam/plugin', 'cli/main'];
+const CHUNKS = [
+  'bridge/plugin',
+  'bridge/add',
+  'bridge/del',
+  'bridge/check',
+  'bridge/gc-status',
+  'ipam/plugin',
+  'cli/main',
+];
 /**
  * Rooms kept in the main script whole, whoever uses them: cni-spec is the contract between the
  * dispatcher and the handlers (one CniError class), and every plugin start runs it.
@@ -83,7 +97,9 @@ function distId(file) {
 function resolveRelative(spec, dir) {
   if (!spec.startsWith('./') && !spec.startsWith('../')) return undefined;
   const base = path.resolve(dir, spec);
-  return [base, `${base}.js`, path.join(base, 'index.js')].find((f) => fs.existsSync(f) && fs.statSync(f).isFile());
+  return [base, `${base}.js`, path.join(base, 'index.js')].find(
+    (f) => fs.existsSync(f) && fs.statSync(f).isFile(),
+  );
 }
 
 /**
@@ -136,11 +152,15 @@ async function bundle({ entry, outfile, core, chunks, banner, footer }) {
  */
 async function bundleAll() {
   const chunks = new Set(CHUNKS);
-  for (const id of chunks) if (!fs.existsSync(path.join(dist, `${id}.js`))) fail(`dist/${id}.js missing (scripts/package.js CHUNKS is stale?)`);
+  for (const id of chunks)
+    if (!fs.existsSync(path.join(dist, `${id}.js`)))
+      fail(`dist/${id}.js missing (scripts/package.js CHUNKS is stale?)`);
   const entry = path.join(dist, 'sea', 'entry.js');
   const first = await bundle({ entry, outfile: path.join(work, 'probe.js'), core: new Set(), chunks });
   fs.rmSync(path.join(work, 'probe.js'));
-  const coreIds = Object.keys(first.inputs).map((i) => distId(path.resolve(repo, i))).filter((id) => id !== undefined);
+  const coreIds = Object.keys(first.inputs)
+    .map((i) => distId(path.resolve(repo, i)))
+    .filter((id) => id !== undefined);
   coreIds.push('sea/chunks');
   for (const room of SHARED_ROOMS) {
     for (const f of fs.readdirSync(path.join(dist, room), { recursive: true })) {
@@ -171,10 +191,19 @@ async function bundleAll() {
   const banner = 'var __berthChunkRequire;(function (require) {';
   const footer = '})((r => id => id.startsWith("berth-") ? __berthChunkRequire(id) : r(id))(require));';
   const coreFile = path.join(work, 'chunk', 'core.js');
-  const metafiles = [await bundle({ entry: coreEntry, outfile: coreFile, core: new Set(), chunks, banner, footer })];
+  const metafiles = [
+    await bundle({ entry: coreEntry, outfile: coreFile, core: new Set(), chunks, banner, footer }),
+  ];
   // The executable's main script: compiles the bundle above with its code cache.
   const mainFile = path.join(work, 'berth.js');
-  metafiles.push(await bundle({ entry: path.join(dist, 'sea', 'bootstrap.js'), outfile: mainFile, core: new Set(), chunks: new Set() }));
+  metafiles.push(
+    await bundle({
+      entry: path.join(dist, 'sea', 'bootstrap.js'),
+      outfile: mainFile,
+      core: new Set(),
+      chunks: new Set(),
+    }),
+  );
 
   const { CHUNK_PREFIX, CHUNK_SUFFIX, chunkAssets } = require(path.join(dist, 'sea', 'chunks.js'));
   const { Script } = require('node:vm');
@@ -184,7 +213,12 @@ async function bundleAll() {
     // A cache of compiling only; scripts/sea/train.js replaces those of the scripts a VERSION start runs.
     const cacheFile = file.replace(/\.js$/, '.cache');
     const source = fs.readFileSync(file, 'utf8');
-    fs.writeFileSync(cacheFile, new Script(`${CHUNK_PREFIX}${source}${CHUNK_SUFFIX}`, { filename: `berth:${id}.js` }).createCachedData());
+    fs.writeFileSync(
+      cacheFile,
+      new Script(`${CHUNK_PREFIX}${source}${CHUNK_SUFFIX}`, {
+        filename: `berth:${id}.js`,
+      }).createCachedData(),
+    );
     const names = chunkAssets(id);
     return { id, size: source.length, assets: { [names.source]: file, [names.cache]: cacheFile } };
   };
@@ -195,8 +229,20 @@ async function bundleAll() {
     const outfile = path.join(work, 'chunk', `${id}.js`);
     const metafile = await bundle({ entry: path.join(dist, `${id}.js`), outfile, core, chunks });
     metafiles.push(metafile);
-    held.set(id, new Set(Object.keys(metafile.inputs).map((i) => distId(path.resolve(repo, i))).filter((m) => m !== undefined)));
-    loads.set(id, Object.values(metafile.outputs).flatMap((o) => o.imports.filter((i) => i.path.startsWith('berth-chunk:')).map((i) => i.path.slice(12))));
+    held.set(
+      id,
+      new Set(
+        Object.keys(metafile.inputs)
+          .map((i) => distId(path.resolve(repo, i)))
+          .filter((m) => m !== undefined),
+      ),
+    );
+    loads.set(
+      id,
+      Object.values(metafile.outputs).flatMap((o) =>
+        o.imports.filter((i) => i.path.startsWith('berth-chunk:')).map((i) => i.path.slice(12)),
+      ),
+    );
     // The code cache is made by this same node binary, so the executable's V8 accepts it.
     parts.push(compileCache(id, outfile));
   }
@@ -205,7 +251,8 @@ async function bundleAll() {
   for (const [parent, children] of loads) {
     for (const child of children) {
       const both = [...held.get(parent)].filter((m) => held.get(child).has(m));
-      if (both.length > 0) fail(`parts ${parent} and ${child} (loaded together) both hold ${both.join(', ')}`);
+      if (both.length > 0)
+        fail(`parts ${parent} and ${child} (loaded together) both hold ${both.join(', ')}`);
     }
   }
   return { mainFile, metafiles, parts };
@@ -215,7 +262,9 @@ async function bundleAll() {
 function checkInputs(metafiles) {
   const inputs = new Set(metafiles.flatMap((m) => Object.keys(m.inputs)));
   const packages = new Set(
-    [...inputs].filter((i) => i.includes('node_modules/')).map((i) => i.replace(/^.*node_modules\/((@[^/]+\/)?[^/]+).*$/, '$1')),
+    [...inputs]
+      .filter((i) => i.includes('node_modules/'))
+      .map((i) => i.replace(/^.*node_modules\/((@[^/]+\/)?[^/]+).*$/, '$1')),
   );
   const allowed = new Set(['netlink', 'ip-address', 'commander']);
   const unexpected = [...packages].filter((p) => !allowed.has(p));
@@ -233,11 +282,15 @@ function train(assets, bootstrap) {
   const assetsFile = path.join(work, 'assets.json');
   fs.writeFileSync(assetsFile, JSON.stringify(assets));
   for (const { program, ids } of TRAINING) {
-    const run = spawnSync(process.execPath, [path.join(__dirname, 'sea', 'train.js'), assetsFile, bootstrap, program, ...ids], {
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', CNI_COMMAND: 'VERSION' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-      encoding: 'utf8',
-    });
+    const run = spawnSync(
+      process.execPath,
+      [path.join(__dirname, 'sea', 'train.js'), assetsFile, bootstrap, program, ...ids],
+      {
+        env: { PATH: process.env.PATH ?? '/usr/bin:/bin', CNI_COMMAND: 'VERSION' },
+        stdio: ['ignore', 'pipe', 'pipe'],
+        encoding: 'utf8',
+      },
+    );
     let answer;
     try {
       answer = JSON.parse(run.stdout);
@@ -248,21 +301,30 @@ function train(assets, bootstrap) {
       fail(`training start of ${program} failed (exit ${run.status}):\n${run.stdout}${run.stderr}`);
     }
   }
-  log(`warm code caches from VERSION starts: ${TRAINING.map((t) => `${t.program} (${t.ids.join(', ')})`).join('; ')}`);
+  log(
+    `warm code caches from VERSION starts: ${TRAINING.map((t) => `${t.program} (${t.ids.join(', ')})`).join('; ')}`,
+  );
 }
 
 async function main() {
-  if (!fs.existsSync(path.join(repo, 'dist', 'sea', 'entry.js'))) fail('dist/sea/entry.js missing: run `npm run build` first');
+  if (!fs.existsSync(path.join(repo, 'dist', 'sea', 'entry.js')))
+    fail('dist/sea/entry.js missing: run `npm run build` first');
   fs.rmSync(work, { recursive: true, force: true });
   fs.mkdirSync(work, { recursive: true });
 
   const { mainFile: bundleFile, metafiles, parts } = await bundleAll();
   const { modules, packages } = checkInputs(metafiles);
-  log(`bundled ${modules} modules (packages: ${packages.join(', ')}): bootstrap ${fs.statSync(bundleFile).size} bytes; ` +
-    `parts: ${parts.map((p) => `${p.id} ${p.size}`).join(', ')}`);
+  log(
+    `bundled ${modules} modules (packages: ${packages.join(', ')}): bootstrap ${fs.statSync(bundleFile).size} bytes; ` +
+      `parts: ${parts.map((p) => `${p.id} ${p.size}`).join(', ')}`,
+  );
 
   const pkg = JSON.parse(fs.readFileSync(path.join(repo, 'package.json'), 'utf8'));
-  const build = { version: pkg.version, commit: buildId(), builtAt: new Date().toISOString().replace(/\.\d+Z$/, 'Z') };
+  const build = {
+    version: pkg.version,
+    commit: buildId(),
+    builtAt: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
+  };
   fs.writeFileSync(path.join(work, 'build.json'), JSON.stringify(build));
 
   const addons = nativeAddons();
@@ -293,8 +355,12 @@ async function main() {
   };
   const configFile = path.join(work, 'sea-config.json');
   fs.writeFileSync(configFile, `${JSON.stringify(seaConfig, null, 2)}\n`);
-  const prepared = spawnSync(process.execPath, ['--experimental-sea-config', configFile], { cwd: work, encoding: 'utf8' });
-  if (prepared.status !== 0) fail(`node --experimental-sea-config failed:\n${prepared.stdout}${prepared.stderr}`);
+  const prepared = spawnSync(process.execPath, ['--experimental-sea-config', configFile], {
+    cwd: work,
+    encoding: 'utf8',
+  });
+  if (prepared.status !== 0)
+    fail(`node --experimental-sea-config failed:\n${prepared.stdout}${prepared.stderr}`);
   log(`SEA blob with code cache and ${Object.keys(assets).length} assets: ${fs.statSync(blob).size} bytes`);
 
   // A copy of the running node, stripped when possible, receives the blob; the result is renamed into place
@@ -312,11 +378,17 @@ async function main() {
   }
   // postject's ELF library warns about every unnamed note section of node's binary; those lines are noise.
   const postject = require.resolve('postject/dist/cli.js', { paths: [repo] });
-  const injected = spawnSync(process.execPath, [postject, tmp, 'NODE_SEA_BLOB', blob, '--sentinel-fuse', SEA_FUSE], {
-    encoding: 'utf8',
-  });
-  const noise = /^warning: Can't find string offset for section name '\.note[^']*'$|Start injection|Injection done|^\s*$/;
-  for (const line of `${injected.stdout}\n${injected.stderr}`.split('\n')) if (!noise.test(line.replace(/\x1b\[[0-9;]*m/g, ''))) log(`postject: ${line}`);
+  const injected = spawnSync(
+    process.execPath,
+    [postject, tmp, 'NODE_SEA_BLOB', blob, '--sentinel-fuse', SEA_FUSE],
+    {
+      encoding: 'utf8',
+    },
+  );
+  const noise =
+    /^warning: Can't find string offset for section name '\.note[^']*'$|Start injection|Injection done|^\s*$/;
+  for (const line of `${injected.stdout}\n${injected.stderr}`.split('\n'))
+    if (!noise.test(line.replace(/\x1b\[[0-9;]*m/g, ''))) log(`postject: ${line}`);
   if (injected.status !== 0) fail(`postject failed (exit ${injected.status})`);
   fs.renameSync(tmp, exe);
   for (const name of PROGRAMS.slice(1)) {
@@ -325,7 +397,10 @@ async function main() {
     fs.linkSync(exe, link);
   }
 
-  const version = execFileSync(exe, ['--version'], { encoding: 'utf8', env: { PATH: '/usr/bin:/bin' } }).trim();
+  const version = execFileSync(exe, ['--version'], {
+    encoding: 'utf8',
+    env: { PATH: '/usr/bin:/bin' },
+  }).trim();
   log(`${exe}: ${fs.statSync(exe).size} bytes, hard links ${PROGRAMS.slice(1).join(', ')}; ${version}`);
 }
 

@@ -27,7 +27,9 @@ export function main(name: string = programFromInvocation(process.argv, process.
       return;
     case 'berth':
       if (process.argv[2] === '--version' || process.argv[2] === '-V') {
-        process.stdout.write((require('./sea/build-info') as typeof import('./sea/build-info')).describeBuild());
+        process.stdout.write(
+          (require('./sea/build-info') as typeof import('./sea/build-info')).describeBuild(),
+        );
         return;
       }
       (require('./cli/main') as typeof import('./cli/main')).main();

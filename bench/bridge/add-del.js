@@ -37,8 +37,20 @@ const runDir = join(work, 'run');
 sh('mkdir', ['-p', netconf, dataDir, runDir]);
 
 const plugins = [
-  { label: 'reference bridge', type: 'bridge', net: `${prefix}ref`, bridge: `${prefix}r`, subnet: '198.18.160.0/22' },
-  { label: 'berth-bridge', type: 'berth-bridge', net: `${prefix}berth`, bridge: `${prefix}b`, subnet: '198.18.164.0/22' },
+  {
+    label: 'reference bridge',
+    type: 'bridge',
+    net: `${prefix}ref`,
+    bridge: `${prefix}r`,
+    subnet: '198.18.160.0/22',
+  },
+  {
+    label: 'berth-bridge',
+    type: 'berth-bridge',
+    net: `${prefix}berth`,
+    bridge: `${prefix}b`,
+    subnet: '198.18.164.0/22',
+  },
 ];
 for (const p of plugins) {
   const conflist = {
@@ -80,7 +92,10 @@ const samples = new Map(plugins.map((p) => [p.label, { add: [], del: [] }]));
 const floor = [];
 function versionOnce() {
   const t = process.hrtime.bigint();
-  const r = spawnSync(join(repo, 'bin', 'berth-bridge'), [], { env: { ...env, CNI_COMMAND: 'VERSION' }, input: '{}' });
+  const r = spawnSync(join(repo, 'bin', 'berth-bridge'), [], {
+    env: { ...env, CNI_COMMAND: 'VERSION' },
+    input: '{}',
+  });
   if (r.status !== 0) throw new Error(`berth-bridge VERSION: ${r.stdout}${r.stderr}`);
   floor.push(Number(process.hrtime.bigint() - t) / 1e6);
 }
@@ -129,13 +144,20 @@ try {
     }
   }
   const f = (x) => x.toFixed(1).padStart(7);
-  console.log(`berth-bridge vs reference bridge through cnitool, host-local IPAM, isGateway${masq ? ', ipMasq' : ''}; ${runs} runs each, ms`);
+  console.log(
+    `berth-bridge vs reference bridge through cnitool, host-local IPAM, isGateway${masq ? ', ipMasq' : ''}; ${runs} runs each, ms`,
+  );
   console.log(`node ${process.version}, kernel ${sh('uname', ['-r']).trim()}`);
   console.log('');
   console.log('| op  | plugin           |  median |     p90 | median ratio vs reference |');
   console.log('| --- | ---------------- | ------: | ------: | ------------------------: |');
-  for (const r of rows) console.log(`| ${r.op.padEnd(3)} | ${r.plugin.padEnd(16)} | ${f(r.median)} | ${f(r.p90)} | ${r.ratio.toFixed(2).padStart(25)} |`);
-  console.log(`| -   | berth-bridge VERSION (start-up floor, no cnitool) | ${f(pct(floor, 0.5))} | ${f(pct(floor, 0.9))} | ${(pct(floor, 0.5) / pct(ref.add, 0.5)).toFixed(2).padStart(25)} |`);
+  for (const r of rows)
+    console.log(
+      `| ${r.op.padEnd(3)} | ${r.plugin.padEnd(16)} | ${f(r.median)} | ${f(r.p90)} | ${r.ratio.toFixed(2).padStart(25)} |`,
+    );
+  console.log(
+    `| -   | berth-bridge VERSION (start-up floor, no cnitool) | ${f(pct(floor, 0.5))} | ${f(pct(floor, 0.9))} | ${(pct(floor, 0.5) / pct(ref.add, 0.5)).toFixed(2).padStart(25)} |`,
+  );
   void ours;
 } finally {
   for (const p of plugins) trySh('ip', ['link', 'del', p.bridge]);

@@ -13,11 +13,13 @@ const repo = join(__dirname, '..', '..');
 /** GET on the daemon's socket; resolves with the body as text. */
 function get(socket, path) {
   return new Promise((resolve, reject) => {
-    http.get({ socketPath: socket, path }, (res) => {
-      const chunks = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('end', () => resolve(Buffer.concat(chunks).toString()));
-    }).on('error', reject);
+    http
+      .get({ socketPath: socket, path }, (res) => {
+        const chunks = [];
+        res.on('data', (c) => chunks.push(c));
+        res.on('end', () => resolve(Buffer.concat(chunks).toString()));
+      })
+      .on('error', reject);
   });
 }
 
@@ -27,9 +29,23 @@ async function withDaemon(tag, fn) {
   const socket = join(dir, 'berthd.sock');
   const dataDir = join(dir, 'data');
   const nodeArgs = process.env.BENCH_NODE_ARGS ? process.env.BENCH_NODE_ARGS.split(' ') : [];
-  const daemon = spawn(process.execPath, [...nodeArgs, join(repo, 'bin', 'berth'), 'daemon', '--socket', socket, '--data-dir', dataDir, '--log-level', 'warn'], {
-    stdio: ['ignore', 'inherit', 'inherit'],
-  });
+  const daemon = spawn(
+    process.execPath,
+    [
+      ...nodeArgs,
+      join(repo, 'bin', 'berth'),
+      'daemon',
+      '--socket',
+      socket,
+      '--data-dir',
+      dataDir,
+      '--log-level',
+      'warn',
+    ],
+    {
+      stdio: ['ignore', 'inherit', 'inherit'],
+    },
+  );
   const exited = new Promise((resolve) => daemon.once('exit', resolve));
   try {
     for (let i = 0; ; i++) {

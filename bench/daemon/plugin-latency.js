@@ -19,7 +19,12 @@ function conf({ socket, dataDir }, name, daemon) {
     cniVersion: '1.0.0',
     name,
     type: 'berth-ipam',
-    ipam: { type: 'berth-ipam', dataDir, daemonSocket: daemon ? socket : false, ranges: [[{ subnet: '198.18.192.0/24' }]] },
+    ipam: {
+      type: 'berth-ipam',
+      dataDir,
+      daemonSocket: daemon ? socket : false,
+      ranges: [[{ subnet: '198.18.192.0/24' }]],
+    },
   });
 }
 
@@ -27,7 +32,14 @@ function run(command, cid, stdin) {
   return new Promise((resolve, reject) => {
     const t0 = process.hrtime.bigint();
     const child = spawn(join(repo, 'bin', 'berth-ipam'), [], {
-      env: { PATH: process.env.PATH, CNI_COMMAND: command, CNI_CONTAINERID: cid, CNI_NETNS: '/run/netns/x', CNI_IFNAME: 'eth0', CNI_PATH: '/opt/cni/bin' },
+      env: {
+        PATH: process.env.PATH,
+        CNI_COMMAND: command,
+        CNI_CONTAINERID: cid,
+        CNI_NETNS: '/run/netns/x',
+        CNI_IFNAME: 'eth0',
+        CNI_PATH: '/opt/cni/bin',
+      },
       stdio: ['pipe', 'pipe', 'inherit'],
     });
     let out = '';
@@ -51,18 +63,42 @@ async function main() {
     const files = [];
     const viaDaemon = [];
     for (let i = 0; i < runs; i++) {
-      for (const [name, useDaemon, into] of [['btlatf', false, files], ['btlatd', true, viaDaemon]]) {
+      for (const [name, useDaemon, into] of [
+        ['btlatf', false, files],
+        ['btlatd', true, viaDaemon],
+      ]) {
         const c = conf(d, name, useDaemon);
         into.push(await run('ADD', `lat-${i}`, c));
         await run('DEL', `lat-${i}`, c);
       }
     }
-    const http = spawnSync(process.execPath, ['-e', "const t=process.hrtime.bigint();require('node:http');console.log(Number(process.hrtime.bigint()-t)/1e6)"], { encoding: 'utf8' });
-    const net = spawnSync(process.execPath, ['-e', "const t=process.hrtime.bigint();require('node:net');console.log(Number(process.hrtime.bigint()-t)/1e6)"], { encoding: 'utf8' });
-    console.log(`berth-ipam ADD, ${runs} runs each, ${os.cpus().length} CPUs, load ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}`);
+    const http = spawnSync(
+      process.execPath,
+      [
+        '-e',
+        "const t=process.hrtime.bigint();require('node:http');console.log(Number(process.hrtime.bigint()-t)/1e6)",
+      ],
+      { encoding: 'utf8' },
+    );
+    const net = spawnSync(
+      process.execPath,
+      [
+        '-e',
+        "const t=process.hrtime.bigint();require('node:net');console.log(Number(process.hrtime.bigint()-t)/1e6)",
+      ],
+      { encoding: 'utf8' },
+    );
+    console.log(
+      `berth-ipam ADD, ${runs} runs each, ${os.cpus().length} CPUs, load ${os
+        .loadavg()
+        .map((l) => l.toFixed(1))
+        .join(' ')}`,
+    );
     console.log(`  on the files:     ${stats(files)}`);
     console.log(`  through berthd:   ${stats(viaDaemon)}`);
-    console.log(`  require('node:http') in a fresh node: ${Number(http.stdout).toFixed(2)} ms; require('node:net'): ${Number(net.stdout).toFixed(2)} ms`);
+    console.log(
+      `  require('node:http') in a fresh node: ${Number(http.stdout).toFixed(2)} ms; require('node:net'): ${Number(net.stdout).toFixed(2)} ms`,
+    );
   });
 }
 

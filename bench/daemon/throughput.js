@@ -64,7 +64,9 @@ class Connection {
     const data = Buffer.from(JSON.stringify(body));
     return new Promise((resolve, reject) => {
       this.waiting = { resolve, reject, path };
-      this.sock.write(`POST ${path} HTTP/1.1\r\nhost: berthd\r\ncontent-type: application/json\r\ncontent-length: ${data.length}\r\n\r\n`);
+      this.sock.write(
+        `POST ${path} HTTP/1.1\r\nhost: berthd\r\ncontent-type: application/json\r\ncontent-length: ${data.length}\r\n\r\n`,
+      );
       this.sock.write(data);
     });
   }
@@ -97,7 +99,11 @@ async function round(clients) {
   await Promise.all(
     Array.from({ length: clients }, async (_, c) => {
       for (let i = 0; Date.now() < end; i++) {
-        const env = { CNI_CONTAINERID: `bench-${clients}-${c}-${i}`, CNI_NETNS: '/run/netns/bench', CNI_IFNAME: 'eth0' };
+        const env = {
+          CNI_CONTAINERID: `bench-${clients}-${c}-${i}`,
+          CNI_NETNS: '/run/netns/bench',
+          CNI_IFNAME: 'eth0',
+        };
         const t0 = process.hrtime.bigint();
         await conns[c].post('/v1/allocate', { env, config });
         await conns[c].post('/v1/release', { env, config });
@@ -132,7 +138,12 @@ async function main() {
       type: 'berth-ipam',
       ipam: { type: 'berth-ipam', dataDir: d.dataDir, ranges: [[{ subnet: '198.18.192.0/20' }]] },
     };
-    console.log(`berthd bench: ${os.cpus().length} CPUs, load ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}, ${seconds}s per round, data dir on ${d.dataDir}`);
+    console.log(
+      `berthd bench: ${os.cpus().length} CPUs, load ${os
+        .loadavg()
+        .map((l) => l.toFixed(1))
+        .join(' ')}, ${seconds}s per round, data dir on ${d.dataDir}`,
+    );
     // What the disk costs right now: a pair needs at least two creates and two removals (lease file and
     // its attachment record), so this bounds pairs/s from above whatever the daemon does.
     const cal = join(d.dir, 'calibrate');
@@ -143,7 +154,9 @@ async function main() {
       fs.unlinkSync(join(cal, String(i)));
     }
     const us = Number(process.hrtime.bigint() - t0) / 2000 / 1000;
-    console.log(`file create+remove in that directory: ${us.toFixed(0)} µs → at most ${Math.round(1e6 / (2 * us))} pairs/s on one thread`);
+    console.log(
+      `file create+remove in that directory: ${us.toFixed(0)} µs → at most ${Math.round(1e6 / (2 * us))} pairs/s on one thread`,
+    );
     for (const c of clientCounts) await round(c);
     const left = fs.readdirSync(join(d.dataDir, 'btbench')).filter((f) => /^\d/.test(f));
     console.log(`leases left after the runs: ${left.length}`);

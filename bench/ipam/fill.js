@@ -39,7 +39,12 @@ function conf(type, dataDir) {
     name: 'bench',
     type: 'bridge',
     // The files, not berthd (bench/daemon measures the daemon).
-    ipam: { type, dataDir, ranges: [[{ subnet: '198.18.0.0/16' }]], ...(type === 'berth-ipam' ? { daemonSocket: false } : {}) },
+    ipam: {
+      type,
+      dataDir,
+      ranges: [[{ subnet: '198.18.0.0/16' }]],
+      ...(type === 'berth-ipam' ? { daemonSocket: false } : {}),
+    },
   });
 }
 
@@ -55,7 +60,8 @@ function exec(bin, command, stdin, containerId) {
   const t0 = process.hrtime.bigint();
   const r = spawnSync(bin, [], { env, input: stdin, encoding: 'utf8' });
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-  if (r.status !== 0) throw new Error(`${path.basename(bin)} ${command} ${containerId} failed: ${r.stdout}${r.stderr}`);
+  if (r.status !== 0)
+    throw new Error(`${path.basename(bin)} ${command} ${containerId} failed: ${r.stdout}${r.stderr}`);
   return ms;
 }
 
@@ -63,7 +69,8 @@ function exec(bin, command, stdin, containerId) {
 function prefill(dataDir, taken, cursorOff) {
   const dir = path.join(dataDir, 'bench');
   fs.mkdirSync(dir, { recursive: true });
-  for (const off of taken) fs.writeFileSync(path.join(dir, ipAt(off)), `fill-${off}\r\neth0`, { mode: 0o600 });
+  for (const off of taken)
+    fs.writeFileSync(path.join(dir, ipAt(off)), `fill-${off}\r\neth0`, { mode: 0o600 });
   fs.writeFileSync(path.join(dir, 'last_reserved_ip.0'), ipAt(cursorOff));
 }
 
@@ -112,7 +119,16 @@ function storeOps(dataDir) {
     add: (id) =>
       timed(() =>
         store.transact((s) =>
-          allocateFromSet({ session: s, set, setId: 0, containerId: id, ifname: 'eth0', meta: {}, policy: 'round-robin', exclude: [] }),
+          allocateFromSet({
+            session: s,
+            set,
+            setId: 0,
+            containerId: id,
+            ifname: 'eth0',
+            meta: {},
+            policy: 'round-robin',
+            exclude: [],
+          }),
         ),
       ),
     del: (id) =>
@@ -152,14 +168,24 @@ async function main() {
   try {
     for (const sc of scenarios) {
       const dirs = prepare(sc);
-      const stdin = { 'berth-ipam': conf('berth-ipam', dirs['berth-ipam']), 'host-local': conf('host-local', dirs['host-local']) };
+      const stdin = {
+        'berth-ipam': conf('berth-ipam', dirs['berth-ipam']),
+        'host-local': conf('host-local', dirs['host-local']),
+      };
       // berth-ipam's first ADD on a host-local directory builds its index (one read of every lease file,
       // one record per attachment, the occupancy bitmap): a one-time migration cost, reported apart.
       const first = exec(BERTH, 'ADD', stdin['berth-ipam'], 'warmup');
       exec(BERTH, 'DEL', stdin['berth-ipam'], 'warmup');
       // The in-process store works on berth's directory too (same lock, same index).
       const store = storeOps(dirs['berth-ipam']);
-      cells.push({ sc, dirs, stdin, first, store, t: { berthAdd: [], berthDel: [], hlAdd: [], hlDel: [], storeAdd: [], storeDel: [], version: [] } });
+      cells.push({
+        sc,
+        dirs,
+        stdin,
+        first,
+        store,
+        t: { berthAdd: [], berthDel: [], hlAdd: [], hlDel: [], storeAdd: [], storeDel: [], version: [] },
+      });
     }
     // Rounds visit every cell in a new order each time, so the load of a shared machine hits all cells alike.
     for (let r = 0; r < REPS; r++) {
@@ -176,7 +202,8 @@ async function main() {
       process.stderr.write(`round ${r + 1}/${REPS}\n`);
     }
   } finally {
-    for (const c of cells) for (const d of Object.values(c.dirs)) fs.rmSync(d, { recursive: true, force: true });
+    for (const c of cells)
+      for (const d of Object.values(c.dirs)) fs.rmSync(d, { recursive: true, force: true });
   }
   const f = (x) => x.toFixed(1);
   const f2 = (x) => x.toFixed(2);

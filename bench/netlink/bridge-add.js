@@ -47,8 +47,16 @@ async function berthAdd(ns, hostVeth, ip) {
 }
 
 function ipBatchAdd(ns, hostVeth, ip) {
-  sh('ip', ['-batch', '-'], `link add ${hostVeth} mtu 1500 type veth peer name eth0 netns ${ns}\nlink set ${hostVeth} master ${bridge}\nlink set ${hostVeth} up\n`);
-  sh('ip', ['-n', ns, '-batch', '-'], `addr add ${ip}/20 dev eth0\nlink set lo up\nlink set eth0 up\nroute add default via 198.18.0.1\n`);
+  sh(
+    'ip',
+    ['-batch', '-'],
+    `link add ${hostVeth} mtu 1500 type veth peer name eth0 netns ${ns}\nlink set ${hostVeth} master ${bridge}\nlink set ${hostVeth} up\n`,
+  );
+  sh(
+    'ip',
+    ['-n', ns, '-batch', '-'],
+    `addr add ${ip}/20 dev eth0\nlink set lo up\nlink set eth0 up\nroute add default via 198.18.0.1\n`,
+  );
 }
 
 /** The outcome must be the same either way: checked once per method with ip -j. */
@@ -70,7 +78,12 @@ function verify(ns, hostVeth, ip) {
 function stats(xs) {
   const s = [...xs].sort((a, b) => a - b);
   const q = (p) => s[Math.min(s.length - 1, Math.ceil(p * s.length) - 1)];
-  return { median: (s[Math.floor((s.length - 1) / 2)] + s[Math.ceil((s.length - 1) / 2)]) / 2, p90: q(0.9), min: s[0], max: s[s.length - 1] };
+  return {
+    median: (s[Math.floor((s.length - 1) / 2)] + s[Math.ceil((s.length - 1) / 2)]) / 2,
+    p90: q(0.9),
+    min: s[0],
+    max: s[s.length - 1],
+  };
 }
 
 let bridgeIndex;
@@ -109,12 +122,16 @@ async function main() {
   const p = stats(times.ip);
   const f = (x) => x.toFixed(2).padStart(7);
   const kernel = execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim();
-  console.log(`kernel side of a bridge ADD, ${runs} runs each (fresh netns per run), kernel ${kernel}, node ${process.version}`);
+  console.log(
+    `kernel side of a bridge ADD, ${runs} runs each (fresh netns per run), kernel ${kernel}, node ${process.version}`,
+  );
   console.log(`require('dist/netlink/rtnetlink') once: ${requireMs.toFixed(2)} ms`);
   console.log('method                          median      p90      min      max   (ms)');
   console.log(`berth netlink (in-process)    ${f(b.median)}  ${f(p90(b))}  ${f(b.min)}  ${f(b.max)}`);
   console.log(`ip -batch (2 processes)       ${f(p.median)}  ${f(p90(p))}  ${f(p.min)}  ${f(p.max)}`);
-  console.log(`ratio ip/berth (median)       ${(p.median / b.median).toFixed(2)}x; target berth <= 5 ms: ${b.median <= 5 ? 'met' : 'NOT met'}`);
+  console.log(
+    `ratio ip/berth (median)       ${(p.median / b.median).toFixed(2)}x; target berth <= 5 ms: ${b.median <= 5 ? 'met' : 'NOT met'}`,
+  );
 }
 
 function p90(s) {

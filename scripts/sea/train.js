@@ -18,7 +18,9 @@ const sea = {
   isSea: () => true,
   getAsset: (name, encoding) => {
     const bytes = read(name);
-    return encoding === undefined ? bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length) : bytes.toString(encoding);
+    return encoding === undefined
+      ? bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length)
+      : bytes.toString(encoding);
   },
   getRawAsset: (name) => sea.getAsset(name),
 };
@@ -53,6 +55,9 @@ process.on('exit', () => {
 
 process.argv = [process.execPath, program];
 const module_ = { exports: {} };
-new vm.Script(`(function (exports, require, module, __filename, __dirname) {${fs.readFileSync(bootstrapFile, 'utf8')}\n})`, {
-  filename: 'bootstrap.js',
-}).runInThisContext()(module_.exports, builtin, module_, program, '/');
+new vm.Script(
+  `(function (exports, require, module, __filename, __dirname) {${fs.readFileSync(bootstrapFile, 'utf8')}\n})`,
+  {
+    filename: 'bootstrap.js',
+  },
+).runInThisContext()(module_.exports, builtin, module_, program, '/');

@@ -11,7 +11,15 @@ import { openNetns } from '../netlink/netns';
 import type { Link } from '../netlink/types';
 import { confFromRequest, wantsVlanFiltering, type BridgeConf } from './config';
 import { planAddresses, parseCidr, type AddressPlan, type GatewayAddress } from './gateway';
-import { hostNetlink, isCode, netnsNetlink, readSysctl, trySysctl, writeSysctl, type Netlink } from './kernel';
+import {
+  hostNetlink,
+  isCode,
+  netnsNetlink,
+  readSysctl,
+  trySysctl,
+  writeSysctl,
+  type Netlink,
+} from './kernel';
 import { withNetworkLock } from './lock';
 import { addMasquerade, removeMasquerade } from './masquerade';
 import { attachmentTag, nftScope } from './nft';
@@ -53,7 +61,10 @@ async function ensureBridge(nl: Netlink, conf: BridgeConf): Promise<{ link: Link
   }
   const link = await nl.getLink(conf.bridge);
   if (link.kind !== 'bridge') {
-    throw new CniError(ErrorCode.Internal, `failed to create bridge "${conf.bridge}": "${conf.bridge}" already exists but is not a bridge`);
+    throw new CniError(
+      ErrorCode.Internal,
+      `failed to create bridge "${conf.bridge}": "${conf.bridge}" already exists but is not a bridge`,
+    );
   }
   if (conf.promiscMode && !link.promisc) await nl.setPromisc(conf.bridge, true);
   // We own the routes of this interface.
@@ -101,12 +112,16 @@ async function createVeth(ctx: AddContext): Promise<VethPair> {
       if ((await pod.findLink(req.ifname)) !== undefined) {
         throw new CniError(ErrorCode.Internal, `container veth name provided (${req.ifname}) already exists`);
       }
-      if (attempt >= 9) throw new CniError(ErrorCode.Internal, `failed to find a free host veth name after 10 attempts`);
+      if (attempt >= 9)
+        throw new CniError(ErrorCode.Internal, `failed to find a free host veth name after 10 attempts`);
     }
   }
 }
 
-async function configurePort(ctx: AddContext, port: { bridge: Link; veth: Link; alias: string }): Promise<void> {
+async function configurePort(
+  ctx: AddContext,
+  port: { bridge: Link; veth: Link; alias: string },
+): Promise<void> {
   const { host, conf } = ctx;
   const { bridge, veth } = port;
   await host.setAlias(veth.index, port.alias);
@@ -154,7 +169,12 @@ async function configureContainer(ctx: AddContext, plan: AddressPlan | undefined
       try {
         await pod.addAddress({ link: ifn, address: p.ip, prefixLength: p.prefixLen });
       } catch (err) {
-        throw new CniError(ErrorCode.Internal, `failed to add IP addr ${ip.address} to "${ifn}": ${(err as Error).message}`, undefined, { cause: err });
+        throw new CniError(
+          ErrorCode.Internal,
+          `failed to add IP addr ${ip.address} to "${ifn}": ${(err as Error).message}`,
+          undefined,
+          { cause: err },
+        );
       }
     }
   }
@@ -180,7 +200,12 @@ async function configureContainer(ctx: AddContext, plan: AddressPlan | undefined
       });
     } catch (err) {
       if (isCode(err, 'EEXIST')) continue;
-      throw new CniError(ErrorCode.Internal, `failed to add route ${r.dst}${gw !== undefined ? ` via ${gw}` : ''} on "${ifn}": ${(err as Error).message}`, undefined, { cause: err });
+      throw new CniError(
+        ErrorCode.Internal,
+        `failed to add route ${r.dst}${gw !== undefined ? ` via ${gw}` : ''} on "${ifn}": ${(err as Error).message}`,
+        undefined,
+        { cause: err },
+      );
     }
   }
 }
@@ -206,9 +231,11 @@ async function waitDad(pod: Netlink, ifname: string): Promise<void> {
   for (;;) {
     const addrs = (await pod.listAddresses({ link: ifname, family: 6 })).filter((a) => a.scope === 0);
     const failed = addrs.find((a) => a.dadFailed);
-    if (failed !== undefined) throw new CniError(ErrorCode.Internal, `IPv6 DAD failed for ${failed.address} on "${ifname}"`);
+    if (failed !== undefined)
+      throw new CniError(ErrorCode.Internal, `IPv6 DAD failed for ${failed.address} on "${ifname}"`);
     if (!addrs.some((a) => a.tentative)) return;
-    if (Date.now() > deadline) throw new CniError(ErrorCode.Internal, `IPv6 addresses on "${ifname}" still tentative after 5 s`);
+    if (Date.now() > deadline)
+      throw new CniError(ErrorCode.Internal, `IPv6 addresses on "${ifname}" still tentative after 5 s`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }
@@ -224,7 +251,10 @@ async function ensureVlanGateway(ctx: AddContext, bridge: Link): Promise<Link> {
   const existing = await host.findLink(name);
   if (existing !== undefined) return existing;
   if (Buffer.byteLength(name) > 15) {
-    throw new CniError(ErrorCode.InvalidNetworkConfig, `invalid "vlan": gateway interface name ${name} is longer than 15 bytes (shorten "bridge")`);
+    throw new CniError(
+      ErrorCode.InvalidNetworkConfig,
+      `invalid "vlan": gateway interface name ${name} is longer than 15 bytes (shorten "bridge")`,
+    );
   }
   const port = hostVethName();
   await host.createVethPair({ name: port, peerName: name, peerNetns: '/proc/self/ns/net', mtu: bridge.mtu });
@@ -234,7 +264,11 @@ async function ensureVlanGateway(ctx: AddContext, bridge: Link): Promise<Link> {
 }
 
 /** Gateway addresses on the bridge (or VLAN gateway), reference ensureAddr semantics; returns those this call added. */
-async function ensureGateways(ctx: AddContext, target: Link, gateways: readonly GatewayAddress[]): Promise<GatewayAddress[]> {
+async function ensureGateways(
+  ctx: AddContext,
+  target: Link,
+  gateways: readonly GatewayAddress[],
+): Promise<GatewayAddress[]> {
   const { host, conf } = ctx;
   const bridge = target;
   const added: GatewayAddress[] = [];
@@ -250,17 +284,31 @@ async function ensureGateways(ctx: AddContext, target: Link, gateways: readonly 
       const overlaps = gw.family === 4 || sameSubnet(`${a.address}/${a.prefixLength}`, gw.cidr);
       if (!overlaps) continue;
       if (!conf.forceAddress) {
-        throw new CniError(ErrorCode.Internal, `"${target.name}" already has an IP address different from ${gw.cidr}`);
+        throw new CniError(
+          ErrorCode.Internal,
+          `"${target.name}" already has an IP address different from ${gw.cidr}`,
+        );
       }
       await host.delAddress({ link: bridge.index, address: a.address, prefixLength: a.prefixLength });
     }
     if (have) continue;
     try {
       // IPv6 gateway with NODAD: never tentative, usable by the first pod at once.
-      await host.addAddress({ link: bridge.index, address: gw.ip, prefixLength: gw.prefixLen, ...(gw.family === 6 ? { nodad: true } : {}) });
+      await host.addAddress({
+        link: bridge.index,
+        address: gw.ip,
+        prefixLength: gw.prefixLen,
+        ...(gw.family === 6 ? { nodad: true } : {}),
+      });
       added.push(gw);
     } catch (err) {
-      if (!isCode(err, 'EEXIST')) throw new CniError(ErrorCode.Internal, `could not add IP address to "${target.name}": ${(err as Error).message}`, undefined, { cause: err });
+      if (!isCode(err, 'EEXIST'))
+        throw new CniError(
+          ErrorCode.Internal,
+          `could not add IP address to "${target.name}": ${(err as Error).message}`,
+          undefined,
+          { cause: err },
+        );
     }
   }
   if (gateways.length > 0 && target.kind === 'bridge') {
@@ -297,7 +345,10 @@ function chainedResult(prev: Result, ours: Result): Result {
     cniVersion: ours.cniVersion,
     interfaces: [...(prev.interfaces ?? []), ...(ours.interfaces ?? [])],
   };
-  const ips = [...(prev.ips ?? []), ...(ours.ips ?? []).map((ip) => ({ ...ip, interface: (ip.interface ?? 2) + offset }))];
+  const ips = [
+    ...(prev.ips ?? []),
+    ...(ours.ips ?? []).map((ip) => ({ ...ip, interface: (ip.interface ?? 2) + offset })),
+  ];
   if (ips.length > 0) merged.ips = ips;
   const routes = [...(prev.routes ?? []), ...(ours.routes ?? [])];
   if (routes.length > 0) merged.routes = routes;
@@ -336,7 +387,10 @@ export async function cmdAdd(req: Request): Promise<Result> {
         undo.push(`delete bridge ${conf.bridge}`, () =>
           withNetworkLock(lockOpts, async () => {
             const ports = (await host.listLinks()).filter((l) => l.masterIndex === b.link.index);
-            if (ports.length === 0) await host.deleteLink(b.link.index).catch((e) => (isCode(e, 'ENODEV') ? undefined : Promise.reject(e)));
+            if (ports.length === 0)
+              await host
+                .deleteLink(b.link.index)
+                .catch((e) => (isCode(e, 'ENODEV') ? undefined : Promise.reject(e)));
           }),
         );
       }
@@ -346,7 +400,9 @@ export async function cmdAdd(req: Request): Promise<Result> {
       );
       await configurePort(ctx, { bridge: b.link, veth: v.host, alias: tag });
       registerAttachment(req.env, conf.network, tag);
-      undo.push('unregister attachment', () => withNetworkLock(lockOpts, async () => unregisterAttachment(req.env, conf.network, tag)));
+      undo.push('unregister attachment', () =>
+        withNetworkLock(lockOpts, async () => unregisterAttachment(req.env, conf.network, tag)),
+      );
       return { bridge: b.link, veth: v };
     });
     fault(req, 'after-veth');
@@ -356,14 +412,27 @@ export async function cmdAdd(req: Request): Promise<Result> {
       interfaces: [
         { name: bridge.name, ...(bridge.mac !== undefined ? { mac: bridge.mac } : {}) },
         { name: veth.host.name, ...(veth.host.mac !== undefined ? { mac: veth.host.mac } : {}) },
-        { name: req.ifname, ...(veth.container.mac !== undefined ? { mac: veth.container.mac } : {}), sandbox: req.netns },
+        {
+          name: req.ifname,
+          ...(veth.container.mac !== undefined ? { mac: veth.container.mac } : {}),
+          sandbox: req.netns,
+        },
       ],
     };
 
     if (conf.macSpoofCheck && veth.container.mac !== undefined) {
       const mac = veth.container.mac;
-      await withNetworkLock(lockOpts, () => addSpoofCheck(nft, { containerId: req.containerId, ifname: req.ifname, hostVeth: veth.host.name, mac }));
-      undo.push('remove spoof-check entries', () => withNetworkLock(lockOpts, () => removeSpoofCheck(nft, (t) => t === tag)).then(() => undefined));
+      await withNetworkLock(lockOpts, () =>
+        addSpoofCheck(nft, {
+          containerId: req.containerId,
+          ifname: req.ifname,
+          hostVeth: veth.host.name,
+          mac,
+        }),
+      );
+      undo.push('remove spoof-check entries', () =>
+        withNetworkLock(lockOpts, () => removeSpoofCheck(nft, (t) => t === tag)).then(() => undefined),
+      );
     }
 
     let plan: AddressPlan | undefined;
@@ -390,15 +459,24 @@ export async function cmdAdd(req: Request): Promise<Result> {
       await withNetworkLock(lockOpts, async () => {
         if (conf.isGateway && p.gateways.length > 0) {
           const target = conf.vlan !== 0 ? await ensureVlanGateway(ctx, bridge) : bridge;
-          if (target !== bridge) (result.interfaces as Interface[]).push({ name: target.name, ...(target.mac !== undefined ? { mac: target.mac } : {}) });
+          if (target !== bridge)
+            (result.interfaces as Interface[]).push({
+              name: target.name,
+              ...(target.mac !== undefined ? { mac: target.mac } : {}),
+            });
           const added = await ensureGateways(ctx, target, p.gateways);
           if (added.length > 0) {
             undo.push('remove gateway addresses', () =>
               withNetworkLock(lockOpts, async () => {
                 // Other pods may already route through them: remove only while ours is the only port.
-                const ports = (await host.listLinks()).filter((l) => l.masterIndex === bridge.index && l.index !== veth.host.index);
+                const ports = (await host.listLinks()).filter(
+                  (l) => l.masterIndex === bridge.index && l.index !== veth.host.index,
+                );
                 if (ports.length > 0) return;
-                for (const g of added) await host.delAddress({ link: target.index, address: g.ip, prefixLength: g.prefixLen }).catch(() => undefined);
+                for (const g of added)
+                  await host
+                    .delAddress({ link: target.index, address: g.ip, prefixLength: g.prefixLen })
+                    .catch(() => undefined);
               }),
             );
           }
@@ -407,7 +485,9 @@ export async function cmdAdd(req: Request): Promise<Result> {
         fault(req, 'after-gateway');
         if (conf.ipMasq) {
           await addMasquerade(nft, { containerId: req.containerId, ifname: req.ifname }, p.masq);
-          undo.push('remove masquerade entries', () => withNetworkLock(lockOpts, () => removeMasquerade(nft, (t) => t === tag)).then(() => undefined));
+          undo.push('remove masquerade entries', () =>
+            withNetworkLock(lockOpts, () => removeMasquerade(nft, (t) => t === tag)).then(() => undefined),
+          );
         }
       });
       fault(req, 'after-masq');
@@ -418,7 +498,12 @@ export async function cmdAdd(req: Request): Promise<Result> {
         await host.waitOperUp(veth.host.index, { timeoutMs: 2550 });
       } catch (err) {
         const now = await host.findLink(veth.host.index);
-        throw new CniError(ErrorCode.Internal, `bridge port in error state: ${now?.operState ?? 'gone'}`, undefined, { cause: err });
+        throw new CniError(
+          ErrorCode.Internal,
+          `bridge port in error state: ${now?.operState ?? 'gone'}`,
+          undefined,
+          { cause: err },
+        );
       }
     }
 

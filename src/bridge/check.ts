@@ -22,15 +22,18 @@ const sameMac = (a: string | undefined, b: string | undefined): boolean =>
 
 export async function cmdCheck(req: Request): Promise<void> {
   const conf = confFromRequest(req);
-  if (conf.ipamType !== undefined) await delegate({ pluginType: conf.ipamType, command: 'CHECK', request: req });
+  if (conf.ipamType !== undefined)
+    await delegate({ pluginType: conf.ipamType, command: 'CHECK', request: req });
   const prev = req.prevResult;
   if (prev === undefined) fail('Required prevResult missing');
   const ifaces = prev.interfaces ?? [];
   const brIf = ifaces.find((i) => i.name === conf.bridge && (i.sandbox ?? '') === '');
   const contIdx = ifaces.findIndex((i) => i.name === req.ifname && i.sandbox === req.netns);
   const contIf: Interface | undefined = ifaces[contIdx];
-  if (brIf === undefined) fail(`CNI created bridge ${conf.bridge} in host namespace was not found in prevResult`);
-  if (contIf === undefined) fail(`Sandbox in prevResult doesn't match configured netns: ${req.netns} (interface ${req.ifname})`);
+  if (brIf === undefined)
+    fail(`CNI created bridge ${conf.bridge} in host namespace was not found in prevResult`);
+  if (contIf === undefined)
+    fail(`Sandbox in prevResult doesn't match configured netns: ${req.netns} (interface ${req.ifname})`);
 
   const host = await hostNetlink();
   let pod;
@@ -46,40 +49,53 @@ export async function cmdCheck(req: Request): Promise<void> {
     if (br.kind !== 'bridge') fail(`Interface ${conf.bridge} does not have link type of bridge`);
     if (!sameMac(brIf.mac, br.mac)) fail(`Bridge interface ${conf.bridge} Mac doesn't match: ${brIf.mac}`);
     if (br.promisc !== conf.promiscMode) {
-      fail(`Bridge interface ${conf.bridge} configured Promisc Mode ${conf.promiscMode} doesn't match current state: ${br.promisc}`);
+      fail(
+        `Bridge interface ${conf.bridge} configured Promisc Mode ${conf.promiscMode} doesn't match current state: ${br.promisc}`,
+      );
     }
 
     const cont = await pod.findLink(req.ifname);
     if (cont === undefined) fail(`CNI created interface in container ${req.ifname} not found`);
     if (cont.kind !== 'veth') fail(`Container interface ${req.ifname} not of type veth`);
-    if (!sameMac(contIf.mac, cont.mac)) fail(`Interface ${req.ifname} Mac ${contIf.mac} doesn't match container Mac: ${cont.mac}`);
-    if (conf.mtu !== undefined && cont.mtu !== conf.mtu) fail(`Interface ${req.ifname} MTU ${cont.mtu} doesn't match configured ${conf.mtu}`);
+    if (!sameMac(contIf.mac, cont.mac))
+      fail(`Interface ${req.ifname} Mac ${contIf.mac} doesn't match container Mac: ${cont.mac}`);
+    if (conf.mtu !== undefined && cont.mtu !== conf.mtu)
+      fail(`Interface ${req.ifname} MTU ${cont.mtu} doesn't match configured ${conf.mtu}`);
     if (!conf.disableContainerInterface && !cont.up) fail(`Interface ${req.ifname} is down`);
 
     // The host veth: a veth of prevResult whose index is the container end's peer, enslaved to the bridge.
-    const hostCandidates = ifaces.filter((i, idx) => idx !== contIdx && i !== brIf && (i.sandbox ?? '') === '');
+    const hostCandidates = ifaces.filter(
+      (i, idx) => idx !== contIdx && i !== brIf && (i.sandbox ?? '') === '',
+    );
     let hostVeth;
     for (const i of hostCandidates) {
       const l = await host.findLink(i.name);
-      if (l !== undefined && l.kind === 'veth' && l.index === cont.parentIndex) hostVeth = { link: l, iface: i };
+      if (l !== undefined && l.kind === 'veth' && l.index === cont.parentIndex)
+        hostVeth = { link: l, iface: i };
     }
     if (hostVeth === undefined) fail(`CNI veth created for bridge ${conf.bridge} was not found`);
     const hv = hostVeth.link;
     if (hv.masterIndex !== br.index) fail(`Host veth ${hv.name} is not attached to bridge ${conf.bridge}`);
-    if (!sameMac(hostVeth.iface.mac, hv.mac)) fail(`Interface ${hv.name} Mac doesn't match: ${hostVeth.iface.mac}`);
-    if (conf.mtu !== undefined && hv.mtu !== conf.mtu) fail(`Host veth ${hv.name} MTU ${hv.mtu} doesn't match configured ${conf.mtu}`);
+    if (!sameMac(hostVeth.iface.mac, hv.mac))
+      fail(`Interface ${hv.name} Mac doesn't match: ${hostVeth.iface.mac}`);
+    if (conf.mtu !== undefined && hv.mtu !== conf.mtu)
+      fail(`Host veth ${hv.name} MTU ${hv.mtu} doesn't match configured ${conf.mtu}`);
     const port = await host.getBridgePort(hv.index);
     if (port === undefined) fail(`Host veth ${hv.name} is not a bridge port`);
-    if (port.hairpin !== conf.hairpinMode) fail(`Host veth ${hv.name} hairpin mode is ${port.hairpin}, configured ${conf.hairpinMode}`);
-    if (port.isolated !== conf.portIsolation) fail(`Host veth ${hv.name} port isolation is ${port.isolated}, configured ${conf.portIsolation}`);
+    if (port.hairpin !== conf.hairpinMode)
+      fail(`Host veth ${hv.name} hairpin mode is ${port.hairpin}, configured ${conf.hairpinMode}`);
+    if (port.isolated !== conf.portIsolation)
+      fail(`Host veth ${hv.name} port isolation is ${port.isolated}, configured ${conf.portIsolation}`);
     if (conf.vlan !== 0 || conf.vlanTrunk.length > 0) {
       const vids = new Map<number, { pvid: boolean; untagged: boolean }>();
       for (const v of await host.listPortVlans(hv.index)) {
-        for (let id = v.vid; id <= (v.vidEnd ?? v.vid); id++) vids.set(id, { pvid: v.pvid === true, untagged: v.untagged === true });
+        for (let id = v.vid; id <= (v.vidEnd ?? v.vid); id++)
+          vids.set(id, { pvid: v.pvid === true, untagged: v.untagged === true });
       }
       const access = conf.vlan !== 0 ? conf.vlan : 1;
       const a = vids.get(access);
-      if (a === undefined || !a.pvid || !a.untagged) fail(`Host veth ${hv.name} lacks VLAN ${access} as PVID untagged`);
+      if (a === undefined || !a.pvid || !a.untagged)
+        fail(`Host veth ${hv.name} lacks VLAN ${access} as PVID untagged`);
       for (const id of conf.vlanTrunk) if (!vids.has(id)) fail(`Host veth ${hv.name} lacks trunk VLAN ${id}`);
     }
 
@@ -97,9 +113,14 @@ export async function cmdCheck(req: Request): Promise<void> {
       const d = parseCidr(r.dst);
       const found = routes.some((x) => {
         const xd = parseCidr(x.dst);
-        return xd.network === d.network && xd.prefixLen === d.prefixLen && (r.gw === undefined || (x.gateway !== undefined && canonicalIp(x.gateway) === canonicalIp(r.gw)));
+        return (
+          xd.network === d.network &&
+          xd.prefixLen === d.prefixLen &&
+          (r.gw === undefined || (x.gateway !== undefined && canonicalIp(x.gateway) === canonicalIp(r.gw)))
+        );
       });
-      if (!found) fail(`Failed to match route ${r.dst}${r.gw !== undefined ? ` via ${r.gw}` : ''} in container`);
+      if (!found)
+        fail(`Failed to match route ${r.dst}${r.gw !== undefined ? ` via ${r.gw}` : ''} in container`);
     }
 
     const tag = attachmentTag(req.containerId, req.ifname);
@@ -113,7 +134,8 @@ export async function cmdCheck(req: Request): Promise<void> {
     }
     if (conf.macSpoofCheck) {
       const entries = await spoofCheckEntries(scope, tag);
-      if (!entries.some((e) => e.port === hv.name && sameMac(e.mac, cont.mac))) fail(`spoof-check entry for ${hv.name} (${tag}) is missing`);
+      if (!entries.some((e) => e.port === hv.name && sameMac(e.mac, cont.mac)))
+        fail(`spoof-check entry for ${hv.name} (${tag}) is missing`);
     }
   } catch (err) {
     throw toKernelCniError(err);

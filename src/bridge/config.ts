@@ -79,11 +79,7 @@ function str(config: Record<string, unknown>, key: string): string | undefined {
 /** Interface names reach netlink and sysfs paths: same rule as the kernel's dev_valid_name. */
 export function isValidIfName(name: string): boolean {
   return (
-    name.length > 0 &&
-    Buffer.byteLength(name) <= 15 &&
-    name !== '.' &&
-    name !== '..' &&
-    !/[/:\s]/.test(name)
+    name.length > 0 && Buffer.byteLength(name) <= 15 && name !== '.' && name !== '..' && !/[/:\s]/.test(name)
   );
 }
 
@@ -92,12 +88,18 @@ const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
 function parseMac(raw: unknown, source: string): string | undefined {
   if (raw === undefined || raw === null || raw === '') return undefined;
   if (typeof raw !== 'string' || !MAC_RE.test(raw)) {
-    throw new CniError(ErrorCode.InvalidNetworkConfig, `invalid MAC address from ${source}: ${JSON.stringify(raw)}`);
+    throw new CniError(
+      ErrorCode.InvalidNetworkConfig,
+      `invalid MAC address from ${source}: ${JSON.stringify(raw)}`,
+    );
   }
   const mac = raw.toLowerCase();
   // A multicast (group) address cannot be a unicast interface's address.
   if ((parseInt(mac.slice(0, 2), 16) & 1) === 1) {
-    throw new CniError(ErrorCode.InvalidNetworkConfig, `invalid MAC address from ${source}: ${raw} is a multicast address`);
+    throw new CniError(
+      ErrorCode.InvalidNetworkConfig,
+      `invalid MAC address from ${source}: ${raw} is a multicast address`,
+    );
   }
   return mac;
 }
@@ -185,7 +187,8 @@ export function parseBridgeConf(input: BridgeConfInput): BridgeConf {
   const cniVersion = str(c, 'cniVersion') ?? '0.1.0';
 
   const bridge = str(c, 'bridge') ?? DEFAULT_BRIDGE;
-  if (!isValidIfName(bridge)) throw invalid('bridge', `${JSON.stringify(bridge)} is not a valid interface name`);
+  if (!isValidIfName(bridge))
+    throw invalid('bridge', `${JSON.stringify(bridge)} is not a valid interface name`);
 
   const isDefaultGateway = bool(c, 'isDefaultGateway', false);
   const isGateway = bool(c, 'isGateway', false) || isDefaultGateway;
@@ -196,7 +199,8 @@ export function parseBridgeConf(input: BridgeConfInput): BridgeConf {
   }
 
   const mtuRaw = int(c, 'mtu', 0, 65535);
-  if (mtuRaw !== undefined && mtuRaw !== 0 && mtuRaw < 68) throw invalid('mtu', `${mtuRaw} is below the minimum of 68`);
+  if (mtuRaw !== undefined && mtuRaw !== 0 && mtuRaw < 68)
+    throw invalid('mtu', `${mtuRaw} is below the minimum of 68`);
 
   const hairpinMode = bool(c, 'hairpinMode', false);
   const promiscMode = bool(c, 'promiscMode', false);
@@ -205,7 +209,11 @@ export function parseBridgeConf(input: BridgeConfInput): BridgeConf {
   }
 
   const vlanRaw = c.vlan;
-  if (vlanRaw !== undefined && vlanRaw !== null && (typeof vlanRaw !== 'number' || !Number.isInteger(vlanRaw))) {
+  if (
+    vlanRaw !== undefined &&
+    vlanRaw !== null &&
+    (typeof vlanRaw !== 'number' || !Number.isInteger(vlanRaw))
+  ) {
     throw invalid('vlan', `expected an integer, got ${JSON.stringify(vlanRaw)}`);
   }
   const vlan = (vlanRaw as number | undefined | null) ?? 0;
@@ -216,17 +224,22 @@ export function parseBridgeConf(input: BridgeConfInput): BridgeConf {
   if (ipamRaw !== undefined && ipamRaw !== null) {
     if (typeof ipamRaw !== 'object' || Array.isArray(ipamRaw)) throw invalid('ipam', 'expected an object');
     const t = (ipamRaw as Record<string, unknown>).type;
-    if (t !== undefined && t !== null && typeof t !== 'string') throw invalid('ipam', '"type" must be a string');
+    if (t !== undefined && t !== null && typeof t !== 'string')
+      throw invalid('ipam', '"type" must be a string');
     if (typeof t === 'string' && t !== '') {
       // The type names an executable looked up on CNI_PATH: no path separators.
-      if (t.includes('/') || t === '.' || t === '..') throw invalid('ipam', `type ${JSON.stringify(t)} is not a plugin name`);
+      if (t.includes('/') || t === '.' || t === '..')
+        throw invalid('ipam', `type ${JSON.stringify(t)} is not a plugin name`);
       ipamType = t;
     }
   }
 
   const disableContainerInterface = bool(c, 'disableContainerInterface', false);
   if (disableContainerInterface && ipamType !== undefined) {
-    throw invalid('disableContainerInterface', 'cannot be set together with an IPAM type (the interface would stay down)');
+    throw invalid(
+      'disableContainerInterface',
+      'cannot be set together with an IPAM type (the interface would stay down)',
+    );
   }
 
   let mac = parseMac(cniArgsMac(input.cniArgs), 'CNI_ARGS MAC');
@@ -265,5 +278,9 @@ export function wantsVlanFiltering(conf: BridgeConf): boolean {
 }
 
 export function confFromRequest(req: Request): BridgeConf {
-  return parseBridgeConf({ config: req.config, cniArgs: req.cniArgs, runtimeConfig: (k) => req.runtimeConfig(k) });
+  return parseBridgeConf({
+    config: req.config,
+    cniArgs: req.cniArgs,
+    runtimeConfig: (k) => req.runtimeConfig(k),
+  });
 }

@@ -86,7 +86,10 @@ export async function cmdDel(req: Request): Promise<void> {
   try {
     await withNetworkLock({ network: conf.network, env: req.env }, async () => {
       // Two tables, two independent nft processes: run them side by side, both finished before the lock goes.
-      const outcomes = await Promise.allSettled([removeMasquerade(scope, (t) => t === tag), removeSpoofCheck(scope, (t) => t === tag)]);
+      const outcomes = await Promise.allSettled([
+        removeMasquerade(scope, (t) => t === tag),
+        removeSpoofCheck(scope, (t) => t === tag),
+      ]);
       const failed = outcomes.find((o) => o.status === 'rejected');
       if (failed !== undefined) note('remove nftables entries', failed.reason);
       try {

@@ -18,16 +18,29 @@ export interface ParsedCidr {
 
 export function parseCidr(cidr: string): ParsedCidr {
   const slash = cidr.indexOf('/');
-  if (slash < 0) throw new CniError(ErrorCode.Internal, `address ${JSON.stringify(cidr)} has no prefix length`);
+  if (slash < 0)
+    throw new CniError(ErrorCode.Internal, `address ${JSON.stringify(cidr)} has no prefix length`);
   try {
     if (cidr.includes(':')) {
       const a = new Address6(cidr);
-      return { family: 6, ip: new Address6(a.addressMinusSuffix ?? cidr.slice(0, slash)).correctForm(), prefixLen: a.subnetMask, network: a.startAddress().correctForm() };
+      return {
+        family: 6,
+        ip: new Address6(a.addressMinusSuffix ?? cidr.slice(0, slash)).correctForm(),
+        prefixLen: a.subnetMask,
+        network: a.startAddress().correctForm(),
+      };
     }
     const a = new Address4(cidr);
-    return { family: 4, ip: a.addressMinusSuffix ?? cidr.slice(0, slash), prefixLen: a.subnetMask, network: a.startAddress().correctForm() };
+    return {
+      family: 4,
+      ip: a.addressMinusSuffix ?? cidr.slice(0, slash),
+      prefixLen: a.subnetMask,
+      network: a.startAddress().correctForm(),
+    };
   } catch (err) {
-    throw new CniError(ErrorCode.Internal, `invalid address ${JSON.stringify(cidr)}`, undefined, { cause: err });
+    throw new CniError(ErrorCode.Internal, `invalid address ${JSON.stringify(cidr)}`, undefined, {
+      cause: err,
+    });
   }
 }
 
@@ -73,7 +86,11 @@ export interface AddressPlan {
   hasV6: boolean;
 }
 
-export function planAddresses(conf: BridgeConf, ipamIps: readonly IPConfig[], ipamRoutes: readonly Route[]): AddressPlan {
+export function planAddresses(
+  conf: BridgeConf,
+  ipamIps: readonly IPConfig[],
+  ipamRoutes: readonly Route[],
+): AddressPlan {
   const ips: IPConfig[] = [];
   const routes: Route[] = ipamRoutes.map((r) => ({ ...r }));
   const gateways: GatewayAddress[] = [];
@@ -95,7 +112,8 @@ export function planAddresses(conf: BridgeConf, ipamIps: readonly IPConfig[], ip
     if (conf.isGateway && out.gateway !== undefined) {
       const gwIp = canonicalIp(out.gateway);
       const cidr = `${gwIp}/${p.prefixLen}`;
-      if (!gateways.some((g) => g.cidr === cidr)) gateways.push({ family: p.family, cidr, ip: gwIp, prefixLen: p.prefixLen });
+      if (!gateways.some((g) => g.cidr === cidr))
+        gateways.push({ family: p.family, cidr, ip: gwIp, prefixLen: p.prefixLen });
     }
     masq.push({ ip: p.ip, family: p.family, subnet: p.network, prefixLen: p.prefixLen });
     ips.push(out);

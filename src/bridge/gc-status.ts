@@ -29,14 +29,21 @@ export async function cmdGc(req: Request): Promise<void> {
       const br = await host.findLink(conf.bridge);
       if (br !== undefined && br.kind === 'bridge') {
         for (const l of await host.listLinks()) {
-          if (l.masterIndex !== br.index || l.kind !== 'veth' || l.alias === undefined || !TAG_RE.test(l.alias)) continue;
+          if (
+            l.masterIndex !== br.index ||
+            l.kind !== 'veth' ||
+            l.alias === undefined ||
+            !TAG_RE.test(l.alias)
+          )
+            continue;
           if (valid.has(l.alias)) continue;
           // A port another network registered is that network's to collect, even on a shared bridge.
           if (registeredElsewhere(req.env, conf.network, l.alias)) continue;
           try {
             await host.deleteLink(l.index);
           } catch (err) {
-            if (!isCode(err, 'ENODEV')) failures.push(`delete host veth ${l.name} (${l.alias}): ${(err as Error).message}`);
+            if (!isCode(err, 'ENODEV'))
+              failures.push(`delete host veth ${l.name} (${l.alias}): ${(err as Error).message}`);
           }
         }
       }
@@ -69,7 +76,11 @@ export async function cmdGc(req: Request): Promise<void> {
     }
   }
   if (failures.length > 0) {
-    throw new CniError(ErrorCode.Internal, `GC finished with ${failures.length} error(s)`, failures.join('; '));
+    throw new CniError(
+      ErrorCode.Internal,
+      `GC finished with ${failures.length} error(s)`,
+      failures.join('; '),
+    );
   }
 }
 
@@ -96,14 +107,22 @@ export async function cmdStatus(req: Request): Promise<void> {
   }
   if (conf.ipMasq || conf.macSpoofCheck) {
     const problem = await nftUsable();
-    if (problem !== undefined) throw unavailable(`nftables unusable (needed for ${conf.ipMasq ? 'ipMasq' : 'macspoofchk'}): ${problem}`);
+    if (problem !== undefined)
+      throw unavailable(
+        `nftables unusable (needed for ${conf.ipMasq ? 'ipMasq' : 'macspoofchk'}): ${problem}`,
+      );
   }
   if (conf.ipamType !== undefined) {
     try {
       await delegate({ pluginType: conf.ipamType, command: 'STATUS', request: req });
     } catch (err) {
       const e = err as CniError;
-      if (e instanceof CniError && (e.code === ErrorCode.PluginNotAvailable || e.code === ErrorCode.PluginNotAvailableLimitedConnectivity)) throw e;
+      if (
+        e instanceof CniError &&
+        (e.code === ErrorCode.PluginNotAvailable ||
+          e.code === ErrorCode.PluginNotAvailableLimitedConnectivity)
+      )
+        throw e;
       throw unavailable(`IPAM ${conf.ipamType} STATUS failed: ${e.message}`);
     }
   }

@@ -50,12 +50,18 @@ export async function withNetworkLock<T>(opts: NetworkLockOptions, fn: () => Pro
  * deleting them take, so that a table is never deleted between another network's look at it and its setup.
  * Lock order: a network lock first, then this one; nobody takes a network lock while holding it.
  */
-export async function withTablesLock<T>(env: Record<string, string | undefined>, fn: () => Promise<T>): Promise<T> {
+export async function withTablesLock<T>(
+  env: Record<string, string | undefined>,
+  fn: () => Promise<T>,
+): Promise<T> {
   const file = join(runDir(env), 'bridge', 'nft-tables.lock');
   return withFileLock({ file, what: 'the nftables tables' }, fn);
 }
 
-async function withFileLock<T>(opts: { file: string; what: string; timeoutMs?: number | undefined }, fn: () => Promise<T>): Promise<T> {
+async function withFileLock<T>(
+  opts: { file: string; what: string; timeoutMs?: number | undefined },
+  fn: () => Promise<T>,
+): Promise<T> {
   mkdirSync(dirname(opts.file), { recursive: true, mode: 0o700 });
   const fd = openSync(opts.file, 'a', 0o600);
   try {
@@ -66,7 +72,10 @@ async function withFileLock<T>(opts: { file: string; what: string; timeoutMs?: n
     // could not time out.
     while (!addon.flock(fd, 'ex', true)) {
       if (Date.now() > deadline) {
-        throw new CniError(ErrorCode.TryAgainLater, `timed out waiting for the lock of ${opts.what} (${opts.file})`);
+        throw new CniError(
+          ErrorCode.TryAgainLater,
+          `timed out waiting for the lock of ${opts.what} (${opts.file})`,
+        );
       }
       await sleep(wait);
       wait = Math.min(wait * 2, 25);

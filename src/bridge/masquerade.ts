@@ -2,7 +2,17 @@
 // (container addresses, and address·own-subnet pairs) so that ADD and DEL are element changes, each
 // element tagged with its attachment so DEL and GC find it without the prevResult.
 import { networkKey } from './lock';
-import { attachmentTag, emptyButFor, removeAndMaybeDropTable, setElements, type Nft, type NftCommand, type NftObject, type RemovePlan, type TablesLock } from './nft';
+import {
+  attachmentTag,
+  emptyButFor,
+  removeAndMaybeDropTable,
+  setElements,
+  type Nft,
+  type NftCommand,
+  type NftObject,
+  type RemovePlan,
+  type TablesLock,
+} from './nft';
 
 export interface MasqAddress {
   /** Container address, no prefix. */
@@ -23,7 +33,13 @@ export interface MasqScope {
 
 const FAMILY = 'inet';
 
-export function masqNames(network: string): { chain: string; c4: string; c6: string; s4: string; s6: string } {
+export function masqNames(network: string): {
+  chain: string;
+  c4: string;
+  c6: string;
+  s4: string;
+  s6: string;
+} {
   const h = networkKey(network);
   return { chain: `masq_${h}`, c4: `c4_${h}`, c6: `c6_${h}`, s4: `s4_${h}`, s6: `s6_${h}` };
 }
@@ -56,16 +72,36 @@ function setupCommands(scope: MasqScope, withJumps: boolean): NftCommand[] {
     { add: { chain: { ...t, name: n.chain } } },
     // Rewriting only this network's chain keeps the setup idempotent without touching other networks.
     { flush: { chain: { ...t, name: n.chain } } },
-    rule(n.chain, [match('==', payload('ip', 'daddr'), { prefix: { addr: '224.0.0.0', len: 4 } }), { return: null }]),
-    rule(n.chain, [match('==', payload('ip6', 'daddr'), { prefix: { addr: 'ff00::', len: 8 } }), { return: null }]),
-    rule(n.chain, [match('==', { concat: [payload('ip', 'saddr'), payload('ip', 'daddr')] }, `@${n.s4}`), { return: null }]),
-    rule(n.chain, [match('==', { concat: [payload('ip6', 'saddr'), payload('ip6', 'daddr')] }, `@${n.s6}`), { return: null }]),
+    rule(n.chain, [
+      match('==', payload('ip', 'daddr'), { prefix: { addr: '224.0.0.0', len: 4 } }),
+      { return: null },
+    ]),
+    rule(n.chain, [
+      match('==', payload('ip6', 'daddr'), { prefix: { addr: 'ff00::', len: 8 } }),
+      { return: null },
+    ]),
+    rule(n.chain, [
+      match('==', { concat: [payload('ip', 'saddr'), payload('ip', 'daddr')] }, `@${n.s4}`),
+      { return: null },
+    ]),
+    rule(n.chain, [
+      match('==', { concat: [payload('ip6', 'saddr'), payload('ip6', 'daddr')] }, `@${n.s6}`),
+      { return: null },
+    ]),
     rule(n.chain, [{ masquerade: null }]),
   ];
   if (withJumps) {
     cmds.push(
-      rule('postrouting', [match('==', payload('ip', 'saddr'), `@${n.c4}`), { jump: { target: n.chain } }], jumpComment(scope.network)),
-      rule('postrouting', [match('==', payload('ip6', 'saddr'), `@${n.c6}`), { jump: { target: n.chain } }], jumpComment(scope.network)),
+      rule(
+        'postrouting',
+        [match('==', payload('ip', 'saddr'), `@${n.c4}`), { jump: { target: n.chain } }],
+        jumpComment(scope.network),
+      ),
+      rule(
+        'postrouting',
+        [match('==', payload('ip6', 'saddr'), `@${n.c6}`), { jump: { target: n.chain } }],
+        jumpComment(scope.network),
+      ),
     );
   }
   return cmds;
@@ -88,7 +124,12 @@ function hasChain(objects: readonly NftObject[], name: string): boolean {
   return objects.some((o) => o.chain !== undefined && o.chain.name === name);
 }
 
-function elementCommands(scope: MasqScope, op: 'add' | 'delete', addrs: readonly MasqAddress[], tag: string): NftCommand[] {
+function elementCommands(
+  scope: MasqScope,
+  op: 'add' | 'delete',
+  addrs: readonly MasqAddress[],
+  tag: string,
+): NftCommand[] {
   const n = masqNames(scope.network);
   const cmds: NftCommand[] = [];
   for (const a of addrs) {
@@ -100,7 +141,14 @@ function elementCommands(scope: MasqScope, op: 'add' | 'delete', addrs: readonly
         element: {
           ...base,
           name: sset,
-          elem: [{ elem: { val: { concat: [a.ip, { prefix: { addr: a.subnet, len: a.prefixLen } }] }, comment: tag } }],
+          elem: [
+            {
+              elem: {
+                val: { concat: [a.ip, { prefix: { addr: a.subnet, len: a.prefixLen } }] },
+                comment: tag,
+              },
+            },
+          ],
         },
       },
     });
@@ -112,7 +160,11 @@ function elementCommands(scope: MasqScope, op: 'add' | 'delete', addrs: readonly
  * Makes sure the network's chain, sets and jumps exist (caller holds the network lock), then adds the
  * attachment's elements, all in one transaction.
  */
-export async function addMasquerade(scope: MasqScope, attachment: { containerId: string; ifname: string }, addrs: readonly MasqAddress[]): Promise<void> {
+export async function addMasquerade(
+  scope: MasqScope,
+  attachment: { containerId: string; ifname: string },
+  addrs: readonly MasqAddress[],
+): Promise<void> {
   const tag = attachmentTag(attachment.containerId, attachment.ifname);
   const first = addPlan(scope, (await scope.nft.listTable(FAMILY, scope.table)) ?? [], addrs, tag);
   // Ready: this network's chain and sets are in the table. Only holders of this network's lock (we hold it)
@@ -121,17 +173,29 @@ export async function addMasquerade(scope: MasqScope, attachment: { containerId:
   if (first.ready) return scope.nft.apply(first.cmds);
   // Setup: a teardown could have listed the table before our setup and delete it after; under the tables
   // lock and with a fresh listing, setup and teardown are ordered.
-  return scope.tablesLock(async () => scope.nft.apply(addPlan(scope, (await scope.nft.listTable(FAMILY, scope.table)) ?? [], addrs, tag).cmds));
+  return scope.tablesLock(async () =>
+    scope.nft.apply(addPlan(scope, (await scope.nft.listTable(FAMILY, scope.table)) ?? [], addrs, tag).cmds),
+  );
 }
 
-function addPlan(scope: MasqScope, objects: readonly NftObject[], addrs: readonly MasqAddress[], tag: string): { ready: boolean; cmds: NftCommand[] } {
+function addPlan(
+  scope: MasqScope,
+  objects: readonly NftObject[],
+  addrs: readonly MasqAddress[],
+  tag: string,
+): { ready: boolean; cmds: NftCommand[] } {
   const n = masqNames(scope.network);
-  const ready = hasChain(objects, n.chain) && jumpHandles(objects, scope.network).length === 2 &&
+  const ready =
+    hasChain(objects, n.chain) &&
+    jumpHandles(objects, scope.network).length === 2 &&
     [n.c4, n.c6, n.s4, n.s6].every((s) => setElements(objects, s) !== undefined);
   const cmds = ready ? [] : setupCommands(scope, jumpHandles(objects, scope.network).length === 0);
   if (!ready && jumpHandles(objects, scope.network).length === 1) {
     // A half-present pair of jumps (someone deleted one): rebuild both.
-    for (const h of jumpHandles(objects, scope.network)) cmds.push({ delete: { rule: { family: FAMILY, table: scope.table, chain: 'postrouting', handle: h } } });
+    for (const h of jumpHandles(objects, scope.network))
+      cmds.push({
+        delete: { rule: { family: FAMILY, table: scope.table, chain: 'postrouting', handle: h } },
+      });
     cmds.push(...setupCommands(scope, true).slice(-2));
   }
   // An address can come back (IPAM reuses it) while a stale element from an attachment whose DEL never
@@ -139,11 +203,13 @@ function addPlan(scope: MasqScope, objects: readonly NftObject[], addrs: readonl
   for (const a of addrs) {
     const [cset, sset] = a.family === 4 ? [n.c4, n.s4] : [n.c6, n.s6];
     for (const e of setElements(objects, cset) ?? []) {
-      if (e.val === a.ip && e.comment !== tag) cmds.push({ delete: { element: { family: FAMILY, table: scope.table, name: cset, elem: [e.val] } } });
+      if (e.val === a.ip && e.comment !== tag)
+        cmds.push({ delete: { element: { family: FAMILY, table: scope.table, name: cset, elem: [e.val] } } });
     }
     for (const e of setElements(objects, sset) ?? []) {
       const key = (e.val as { concat?: unknown[] }).concat?.[0];
-      if (key === a.ip && e.comment !== tag) cmds.push({ delete: { element: { family: FAMILY, table: scope.table, name: sset, elem: [e.val] } } });
+      if (key === a.ip && e.comment !== tag)
+        cmds.push({ delete: { element: { family: FAMILY, table: scope.table, name: sset, elem: [e.val] } } });
     }
   }
   cmds.push(...elementCommands(scope, 'add', addrs, tag));
@@ -151,11 +217,16 @@ function addPlan(scope: MasqScope, objects: readonly NftObject[], addrs: readonl
 }
 
 /** Elements of the network whose tag is in `tags` (or, with `keep`, whose tag is not in it). */
-function taggedElements(objects: readonly NftObject[], network: string, pick: (tag: string | undefined) => boolean): { set: string; val: unknown; tag: string | undefined }[] {
+function taggedElements(
+  objects: readonly NftObject[],
+  network: string,
+  pick: (tag: string | undefined) => boolean,
+): { set: string; val: unknown; tag: string | undefined }[] {
   const n = masqNames(network);
   const found: { set: string; val: unknown; tag: string | undefined }[] = [];
   for (const set of [n.c4, n.c6, n.s4, n.s6]) {
-    for (const e of setElements(objects, set) ?? []) if (pick(e.comment)) found.push({ set, val: e.val, tag: e.comment });
+    for (const e of setElements(objects, set) ?? [])
+      if (pick(e.comment)) found.push({ set, val: e.val, tag: e.comment });
   }
   return found;
 }
@@ -165,11 +236,24 @@ function taggedElements(objects: readonly NftObject[], network: string, pick: (t
  * its chain, sets and jumps too, and the whole table when nothing else is left in it. Returns the tags
  * removed. Caller holds the network lock.
  */
-export async function removeMasquerade(scope: MasqScope, pick: (tag: string | undefined) => boolean): Promise<string[]> {
-  return removeAndMaybeDropTable({ nft: scope.nft, family: FAMILY, table: scope.table, tablesLock: scope.tablesLock, plan: (objects) => removePlan(scope, objects, pick) });
+export async function removeMasquerade(
+  scope: MasqScope,
+  pick: (tag: string | undefined) => boolean,
+): Promise<string[]> {
+  return removeAndMaybeDropTable({
+    nft: scope.nft,
+    family: FAMILY,
+    table: scope.table,
+    tablesLock: scope.tablesLock,
+    plan: (objects) => removePlan(scope, objects, pick),
+  });
 }
 
-function removePlan(scope: MasqScope, objects: readonly NftObject[], pick: (tag: string | undefined) => boolean): RemovePlan {
+function removePlan(
+  scope: MasqScope,
+  objects: readonly NftObject[],
+  pick: (tag: string | undefined) => boolean,
+): RemovePlan {
   const n = masqNames(scope.network);
   const doomed = taggedElements(objects, scope.network, pick);
   const remaining = taggedElements(objects, scope.network, () => true).length - doomed.length;
@@ -179,11 +263,15 @@ function removePlan(scope: MasqScope, objects: readonly NftObject[], pick: (tag:
   const jumps = jumpHandles(objects, scope.network);
   if (remaining === 0) {
     for (const h of jumps) {
-      cmds.push({ delete: { rule: { family: FAMILY, table: scope.table, chain: 'postrouting', handle: h } } });
+      cmds.push({
+        delete: { rule: { family: FAMILY, table: scope.table, chain: 'postrouting', handle: h } },
+      });
     }
-    if (hasChain(objects, n.chain)) cmds.push({ delete: { chain: { family: FAMILY, table: scope.table, name: n.chain } } });
+    if (hasChain(objects, n.chain))
+      cmds.push({ delete: { chain: { family: FAMILY, table: scope.table, name: n.chain } } });
     for (const s of [n.c4, n.c6, n.s4, n.s6]) {
-      if (setElements(objects, s) !== undefined) cmds.push({ delete: { set: { family: FAMILY, table: scope.table, name: s } } });
+      if (setElements(objects, s) !== undefined)
+        cmds.push({ delete: { set: { family: FAMILY, table: scope.table, name: s } } });
     }
   }
   const sets = new Set([n.c4, n.c6, n.s4, n.s6]);
@@ -201,5 +289,7 @@ export async function masqueradeAddresses(scope: MasqScope, tag: string): Promis
   const n = masqNames(scope.network);
   const ready = hasChain(objects, n.chain) && jumpHandles(objects, scope.network).length === 2;
   if (!ready) return [];
-  return [n.c4, n.c6].flatMap((s) => (setElements(objects, s) ?? []).filter((e) => e.comment === tag).map((e) => String(e.val)));
+  return [n.c4, n.c6].flatMap((s) =>
+    (setElements(objects, s) ?? []).filter((e) => e.comment === tag).map((e) => String(e.val)),
+  );
 }

@@ -28,8 +28,14 @@ export type TablesLock = <T>(fn: () => Promise<T>) => Promise<T>;
  * objects): deleting the whole table then removes nobody else's chain, set or rule (an operator's rule in
  * the base chain keeps the table too).
  */
-export function emptyButFor(objects: readonly NftObject[], baseChain: string, own: (o: NftObject) => boolean): boolean {
-  return objects.every((o) => o.table !== undefined || (o.chain !== undefined && o.chain.name === baseChain) || own(o));
+export function emptyButFor(
+  objects: readonly NftObject[],
+  baseChain: string,
+  own: (o: NftObject) => boolean,
+): boolean {
+  return objects.every(
+    (o) => o.table !== undefined || (o.chain !== undefined && o.chain.name === baseChain) || own(o),
+  );
 }
 
 /** What removing one network's entries from a table would do, planned from a listing of that table. */
@@ -115,6 +121,9 @@ export function setElements(objects: readonly NftObject[], name: string): SetEle
 }
 
 /** What the masquerade and spoof-check modules work on for one network of a request. */
-export function nftScope(env: Record<string, string | undefined>, network: string): { nft: Nft; table: string; network: string; tablesLock: TablesLock } {
+export function nftScope(
+  env: Record<string, string | undefined>,
+  network: string,
+): { nft: Nft; table: string; network: string; tablesLock: TablesLock } {
   return { nft: systemNft, table: nftTable(env), network, tablesLock: (fn) => withTablesLock(env, fn) };
 }

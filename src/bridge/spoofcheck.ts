@@ -2,7 +2,17 @@
 // are dropped unless their source MAC is the container's. Per network, a set of guarded ports and a set of
 // allowed (port, MAC) pairs, elements tagged with the attachment like the masquerade sets.
 import { networkKey } from './lock';
-import { attachmentTag, emptyButFor, removeAndMaybeDropTable, setElements, type Nft, type NftCommand, type NftObject, type RemovePlan, type TablesLock } from './nft';
+import {
+  attachmentTag,
+  emptyButFor,
+  removeAndMaybeDropTable,
+  setElements,
+  type Nft,
+  type NftCommand,
+  type NftObject,
+  type RemovePlan,
+  type TablesLock,
+} from './nft';
 
 export interface SpoofScope {
   nft: Nft;
@@ -26,16 +36,35 @@ function ruleComment(network: string): string {
 function ruleHandles(objects: readonly NftObject[], network: string): number[] {
   const n = spoofNames(network);
   return objects
-    .filter((o) => o.rule !== undefined && o.rule.chain === 'prerouting' && JSON.stringify(o.rule.expr ?? []).includes(`"@${n.allowed}"`))
+    .filter(
+      (o) =>
+        o.rule !== undefined &&
+        o.rule.chain === 'prerouting' &&
+        JSON.stringify(o.rule.expr ?? []).includes(`"@${n.allowed}"`),
+    )
     .map((o) => o.rule!.handle as number);
 }
 
-function elementCommands(scope: SpoofScope, op: 'add' | 'delete', hostVeth: string, mac: string, tag: string): NftCommand[] {
+function elementCommands(
+  scope: SpoofScope,
+  op: 'add' | 'delete',
+  hostVeth: string,
+  mac: string,
+  tag: string,
+): NftCommand[] {
   const n = spoofNames(scope.network);
   const base = { family: FAMILY, table: scope.table };
   return [
     { [op]: { element: { ...base, name: n.ports, elem: [{ elem: { val: hostVeth, comment: tag } }] } } },
-    { [op]: { element: { ...base, name: n.allowed, elem: [{ elem: { val: { concat: [hostVeth, mac] }, comment: tag } }] } } },
+    {
+      [op]: {
+        element: {
+          ...base,
+          name: n.allowed,
+          elem: [{ elem: { val: { concat: [hostVeth, mac] }, comment: tag } }],
+        },
+      },
+    },
   ];
 }
 
@@ -48,7 +77,9 @@ export async function addSpoofCheck(
   // Ready needs no tables lock: our sets and rule go only under our network lock (held), and a teardown
   // keeps a table that holds another network's objects (same reasoning as addMasquerade).
   if (first.ready) return scope.nft.apply(first.cmds);
-  return scope.tablesLock(async () => scope.nft.apply(addPlan(scope, (await scope.nft.listTable(FAMILY, scope.table)) ?? [], attachment).cmds));
+  return scope.tablesLock(async () =>
+    scope.nft.apply(addPlan(scope, (await scope.nft.listTable(FAMILY, scope.table)) ?? [], attachment).cmds),
+  );
 }
 
 function addPlan(
@@ -60,16 +91,29 @@ function addPlan(
   const n = spoofNames(scope.network);
   const t = { family: FAMILY, table: scope.table };
   const cmds: NftCommand[] = [];
-  const setsThere = setElements(objects, n.ports) !== undefined && setElements(objects, n.allowed) !== undefined;
+  const setsThere =
+    setElements(objects, n.ports) !== undefined && setElements(objects, n.allowed) !== undefined;
   const ready = setsThere && ruleHandles(objects, scope.network).length === 1;
   if (!ready) {
     cmds.push(
       { add: { table: { family: FAMILY, name: scope.table } } },
-      { add: { chain: { ...t, name: 'prerouting', type: 'filter', hook: 'prerouting', prio: -300, policy: 'accept' } } },
+      {
+        add: {
+          chain: {
+            ...t,
+            name: 'prerouting',
+            type: 'filter',
+            hook: 'prerouting',
+            prio: -300,
+            policy: 'accept',
+          },
+        },
+      },
       { add: { set: { ...t, name: n.ports, type: 'ifname' } } },
       { add: { set: { ...t, name: n.allowed, type: ['ifname', 'ether_addr'] } } },
     );
-    for (const h of ruleHandles(objects, scope.network)) cmds.push({ delete: { rule: { ...t, chain: 'prerouting', handle: h } } });
+    for (const h of ruleHandles(objects, scope.network))
+      cmds.push({ delete: { rule: { ...t, chain: 'prerouting', handle: h } } });
     cmds.push({
       add: {
         rule: {
@@ -81,7 +125,9 @@ function addPlan(
             {
               match: {
                 op: '!=',
-                left: { concat: [{ meta: { key: 'iifname' } }, { payload: { protocol: 'ether', field: 'saddr' } }] },
+                left: {
+                  concat: [{ meta: { key: 'iifname' } }, { payload: { protocol: 'ether', field: 'saddr' } }],
+                },
                 right: `@${n.allowed}`,
               },
             },
@@ -99,21 +145,39 @@ function addPlan(
  * Removes the elements whose tag `pick` selects; when none is left, removes the network's rule and sets,
  * and the whole table when nothing else is left in it. Returns the tags removed. Caller holds the network lock.
  */
-export async function removeSpoofCheck(scope: SpoofScope, pick: (tag: string | undefined) => boolean): Promise<string[]> {
-  return removeAndMaybeDropTable({ nft: scope.nft, family: FAMILY, table: scope.table, tablesLock: scope.tablesLock, plan: (objects) => removePlan(scope, objects, pick) });
+export async function removeSpoofCheck(
+  scope: SpoofScope,
+  pick: (tag: string | undefined) => boolean,
+): Promise<string[]> {
+  return removeAndMaybeDropTable({
+    nft: scope.nft,
+    family: FAMILY,
+    table: scope.table,
+    tablesLock: scope.tablesLock,
+    plan: (objects) => removePlan(scope, objects, pick),
+  });
 }
 
-function removePlan(scope: SpoofScope, objects: readonly NftObject[], pick: (tag: string | undefined) => boolean): RemovePlan {
+function removePlan(
+  scope: SpoofScope,
+  objects: readonly NftObject[],
+  pick: (tag: string | undefined) => boolean,
+): RemovePlan {
   const n = spoofNames(scope.network);
   const t = { family: FAMILY, table: scope.table };
-  const all = [n.ports, n.allowed].flatMap((set) => (setElements(objects, set) ?? []).map((e) => ({ set, ...e })));
+  const all = [n.ports, n.allowed].flatMap((set) =>
+    (setElements(objects, set) ?? []).map((e) => ({ set, ...e })),
+  );
   const doomed = all.filter((e) => pick(e.comment));
-  const cmds: NftCommand[] = doomed.map((d) => ({ delete: { element: { ...t, name: d.set, elem: [d.val] } } }));
+  const cmds: NftCommand[] = doomed.map((d) => ({
+    delete: { element: { ...t, name: d.set, elem: [d.val] } },
+  }));
   const rules = ruleHandles(objects, scope.network);
   const last = all.length === doomed.length;
   if (last) {
     for (const h of rules) cmds.push({ delete: { rule: { ...t, chain: 'prerouting', handle: h } } });
-    for (const s of [n.ports, n.allowed]) if (setElements(objects, s) !== undefined) cmds.push({ delete: { set: { ...t, name: s } } });
+    for (const s of [n.ports, n.allowed])
+      if (setElements(objects, s) !== undefined) cmds.push({ delete: { set: { ...t, name: s } } });
   }
   const own = (o: NftObject): boolean =>
     (o.set !== undefined && (o.set.name === n.ports || o.set.name === n.allowed)) ||
@@ -123,7 +187,10 @@ function removePlan(scope: SpoofScope, objects: readonly NftObject[], pick: (tag
 }
 
 /** The (port, MAC) pairs allowed for one attachment (CHECK). */
-export async function spoofCheckEntries(scope: SpoofScope, tag: string): Promise<{ port: string; mac: string }[]> {
+export async function spoofCheckEntries(
+  scope: SpoofScope,
+  tag: string,
+): Promise<{ port: string; mac: string }[]> {
   const objects = (await scope.nft.listTable(FAMILY, scope.table)) ?? [];
   if (ruleHandles(objects, scope.network).length !== 1) return [];
   return (setElements(objects, spoofNames(scope.network).allowed) ?? [])

@@ -21,7 +21,10 @@ export async function runDaemonCommand(o: DaemonCliOptions, err: (s: string) => 
     err(`berth daemon: --log-level must be debug, info, warn or error, got ${level}\n`);
     return 2;
   }
-  for (const [flag, v] of [['--socket', o.socket], ['--data-dir', o.dataDir]] as const) {
+  for (const [flag, v] of [
+    ['--socket', o.socket],
+    ['--data-dir', o.dataDir],
+  ] as const) {
     if (v !== undefined && !v.startsWith('/')) {
       err(`berth daemon: ${flag} must be an absolute path, got ${v}\n`);
       return 2;

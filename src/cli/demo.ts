@@ -89,9 +89,15 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     await writeFile(join(confDir, `${network}.conflist`), bytes);
     const list = confListFromBytes(bytes);
     // The same runtime `berth exec` uses, with a private result cache so the demo leaves nothing in /var/lib/cni.
-    const runtime = runtimeFromEnv({ ...process.env, CNI_PATH: pluginDir }, { stderr: opts.err }, join(tmp, 'cache'));
+    const runtime = runtimeFromEnv(
+      { ...process.env, CNI_PATH: pluginDir },
+      { stderr: opts.err },
+      join(tmp, 'cache'),
+    );
     chain = { runtime, list };
-    opts.out(`# network ${network}: ${bridgeType} on bridge ${bridge}, ${ipamType} from ${subnet}, plugins in ${pluginDir}\n`);
+    opts.out(
+      `# network ${network}: ${bridgeType} on bridge ${bridge}, ${ipamType} from ${subnet}, plugins in ${pluginDir}\n`,
+    );
 
     const addresses: string[] = [];
     for (const pod of pods) {
@@ -99,14 +105,18 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
       step(`berth exec add ${network} ${pod.netns}`);
       pod.added = true; // from here on a DEL is owed, even if the ADD fails half way
       const result = await addNetworkList(runtime, list, pod.rt);
-      const ip = ((result.ips ?? []) as { address: string }[]).map((i) => i.address).find((a) => !a.includes(':'));
+      const ip = ((result.ips ?? []) as { address: string }[])
+        .map((i) => i.address)
+        .find((a) => !a.includes(':'));
       if (ip === undefined) throw new Error(`ADD for ${pod.name} returned no IPv4 address`);
       addresses.push(ip.split('/')[0] as string);
       opts.out(`  -> ${ip}\n`);
     }
     for (const pod of pods) opts.out(await sh('ip', '-n', pod.name, '-br', 'addr', 'show', 'dev', 'eth0'));
     const [from, to] = pods as [Pod, Pod];
-    opts.out(await sh('ip', 'netns', 'exec', from.name, 'ping', '-n', '-c', '3', '-W', '2', addresses[1] as string));
+    opts.out(
+      await sh('ip', 'netns', 'exec', from.name, 'ping', '-n', '-c', '3', '-W', '2', addresses[1] as string),
+    );
 
     for (const pod of pods) {
       step(`berth exec del ${network} ${pod.netns}`);
@@ -118,7 +128,14 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     code = 1;
     opts.err(`berth demo: ${abort.signal.aborted ? 'interrupted' : `failed: ${describeError(err)}`}\n`);
   } finally {
-    await cleanup({ pods, bridge, tmp, chain, lockFile: opts.reference ? undefined : networkLockFile(process.env, network), err: opts.err });
+    await cleanup({
+      pods,
+      bridge,
+      tmp,
+      chain,
+      lockFile: opts.reference ? undefined : networkLockFile(process.env, network),
+      err: opts.err,
+    });
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
@@ -128,7 +145,9 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
 function describeError(err: unknown): string {
   if (err instanceof Error) {
     const stderr = (err as { stderr?: unknown }).stderr;
-    return typeof stderr === 'string' && stderr.trim() !== '' ? `${err.message.split('\n')[0]}: ${stderr.trim()}` : err.message;
+    return typeof stderr === 'string' && stderr.trim() !== ''
+      ? `${err.message.split('\n')[0]}: ${stderr.trim()}`
+      : err.message;
   }
   return String(err);
 }
@@ -153,14 +172,23 @@ async function cleanup(c: {
   const quiet = (cmd: string, ...args: string[]): Promise<unknown> =>
     run(cmd, args).catch((e: unknown) => {
       // Absent already is the expected case after a successful run.
-      if (!/Cannot find device|No such file|does not exist|Cannot open network namespace/i.test(describeError(e))) {
+      if (
+        !/Cannot find device|No such file|does not exist|Cannot open network namespace/i.test(
+          describeError(e),
+        )
+      ) {
         c.err(`cleanup: ${cmd} ${args.join(' ')}: ${describeError(e)}\n`);
       }
     });
   for (const pod of c.pods) await quiet('ip', 'netns', 'del', pod.name);
   await quiet('ip', 'link', 'del', c.bridge);
-  await rm(c.tmp, { recursive: true, force: true }).catch((e: unknown) => c.err(`cleanup: rm ${c.tmp}: ${describeError(e)}\n`));
-  if (c.lockFile !== undefined) await rm(c.lockFile, { force: true }).catch((e: unknown) => c.err(`cleanup: rm ${c.lockFile}: ${describeError(e)}\n`));
+  await rm(c.tmp, { recursive: true, force: true }).catch((e: unknown) =>
+    c.err(`cleanup: rm ${c.tmp}: ${describeError(e)}\n`),
+  );
+  if (c.lockFile !== undefined)
+    await rm(c.lockFile, { force: true }).catch((e: unknown) =>
+      c.err(`cleanup: rm ${c.lockFile}: ${describeError(e)}\n`),
+    );
 }
 
 /** Where berth-bridge lives: the repo's bin/ launchers, or beside the single executable (out/). */

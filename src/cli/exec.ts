@@ -76,7 +76,10 @@ function parseValid(pairs: string[] | undefined): GcArgs {
     validAttachments: pairs.map((p) => {
       const slash = p.lastIndexOf('/');
       if (slash <= 0 || slash === p.length - 1) {
-        throw new CniError(ErrorCode.InvalidEnvironmentVariables, `--valid wants <containerID>/<ifname>, got "${p}"`);
+        throw new CniError(
+          ErrorCode.InvalidEnvironmentVariables,
+          `--valid wants <containerID>/<ifname>, got "${p}"`,
+        );
       }
       return { containerID: p.slice(0, slash), ifname: p.slice(slash + 1) };
     }),
@@ -91,7 +94,11 @@ const processRunner: PluginRunner = {
 };
 
 /** The runtime `berth exec` (and `berth demo`) uses: plugins from CNI_PATH, the cache under cacheDir. */
-export function runtimeFromEnv(env: Record<string, string | undefined>, io: Pick<ExecIo, 'stderr'>, cacheDir?: string): Runtime {
+export function runtimeFromEnv(
+  env: Record<string, string | undefined>,
+  io: Pick<ExecIo, 'stderr'>,
+  cacheDir?: string,
+): Runtime {
   return {
     // Go's filepath.SplitList: an empty CNI_PATH is no directory at all.
     path: (env.CNI_PATH ?? '') === '' ? [] : (env.CNI_PATH as string).split(':'),

@@ -23,7 +23,12 @@ export function parseValidList(text: string): { containerID: string; ifname: str
     if (!Array.isArray(list)) throw new Error('the valid list must be a JSON array');
     return list.map((a: unknown, i) => {
       const o = a as Record<string, unknown>;
-      if (typeof o !== 'object' || o === null || typeof o.containerID !== 'string' || typeof o.ifname !== 'string') {
+      if (
+        typeof o !== 'object' ||
+        o === null ||
+        typeof o.containerID !== 'string' ||
+        typeof o.ifname !== 'string'
+      ) {
         throw new Error(`entry ${i} of the valid list needs string "containerID" and "ifname"`);
       }
       return { containerID: o.containerID, ifname: o.ifname };
@@ -35,7 +40,9 @@ export function parseValidList(text: string): { containerID: string; ifname: str
     if (line === '') return;
     const parts = line.includes('/') && !/\s/.test(line) ? line.split('/') : line.split(/\s+/);
     if (parts.length !== 2 || parts[0] === '' || parts[1] === '') {
-      throw new Error(`line ${i + 1} of the valid list: expected "<containerID> <ifname>", got ${JSON.stringify(raw)}`);
+      throw new Error(
+        `line ${i + 1} of the valid list: expected "<containerID> <ifname>", got ${JSON.stringify(raw)}`,
+      );
     }
     out.push({ containerID: parts[0]!, ifname: parts[1]! });
   });
@@ -45,7 +52,8 @@ export function parseValidList(text: string): { containerID: string; ifname: str
 export async function runGc(o: GcCliOptions, io: CliIo): Promise<number> {
   const valid = parseValidList(readFileSync(o.valid === '-' ? 0 : o.valid, 'utf8'));
   const b = await openAdminBackend(o);
-  if (b.kind === 'files') io.err(`berth: berthd is not answering; working on the lease files under ${b.where}\n`);
+  if (b.kind === 'files')
+    io.err(`berth: berthd is not answering; working on the lease files under ${b.where}\n`);
   try {
     const r = await b.gc({ network: o.network, valid, dryRun: o.dryRun === true });
     if (o.json === true) {
@@ -53,8 +61,11 @@ export async function runGc(o: GcCliOptions, io: CliIo): Promise<number> {
       return 0;
     }
     const verb = r.dryRun ? 'would release' : 'released';
-    for (const l of r.released) io.out(`${verb} ${l.ip} (container ${l.containerId}${l.ifname ? `/${l.ifname}` : ''})\n`);
-    io.out(`${r.released.length} lease(s) ${verb} in network ${r.network}; ${valid.length} valid attachment(s) given\n`);
+    for (const l of r.released)
+      io.out(`${verb} ${l.ip} (container ${l.containerId}${l.ifname ? `/${l.ifname}` : ''})\n`);
+    io.out(
+      `${r.released.length} lease(s) ${verb} in network ${r.network}; ${valid.length} valid attachment(s) given\n`,
+    );
     return 0;
   } finally {
     b.close();

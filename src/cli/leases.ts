@@ -33,15 +33,26 @@ function pod(l: LeaseView): string {
 export function leaseTable(leases: readonly LeaseView[], now: Date): string {
   const rows = [
     ['NETWORK', 'IP', 'CONTAINER', 'IFNAME', 'POD', 'AGE'],
-    ...leases.map((l) => [l.network, l.ip, l.containerId.length > 12 ? l.containerId.slice(0, 12) : l.containerId, l.ifname || '-', pod(l), age(l.createdAt, now)]),
+    ...leases.map((l) => [
+      l.network,
+      l.ip,
+      l.containerId.length > 12 ? l.containerId.slice(0, 12) : l.containerId,
+      l.ifname || '-',
+      pod(l),
+      age(l.createdAt, now),
+    ]),
   ];
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')).join('\n') + '\n';
+  return (
+    rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')).join('\n') +
+    '\n'
+  );
 }
 
 async function withBackend<T>(o: BackendOptions, io: CliIo, fn: (b: AdminBackend) => Promise<T>): Promise<T> {
   const b = await openAdminBackend(o);
-  if (b.kind === 'files') io.err(`berth: berthd is not answering; working on the lease files under ${b.where}\n`);
+  if (b.kind === 'files')
+    io.err(`berth: berthd is not answering; working on the lease files under ${b.where}\n`);
   try {
     return await fn(b);
   } finally {
@@ -72,13 +83,27 @@ export async function runLeasesShow(query: string, o: LeaseCliOptions, io: CliIo
         ['data dir', l.dataDir],
         ['container', l.containerId],
         ['ifname', l.ifname || '(legacy lease: container id only)'],
-        ['pod', l.pod === undefined ? undefined : [l.pod.namespace, l.pod.name].filter(Boolean).join('/') + (l.pod.uid ? ` (uid ${l.pod.uid})` : '')],
+        [
+          'pod',
+          l.pod === undefined
+            ? undefined
+            : [l.pod.namespace, l.pod.name].filter(Boolean).join('/') +
+              (l.pod.uid ? ` (uid ${l.pod.uid})` : ''),
+        ],
         ['netns', l.netns],
-        ['created', l.createdAt === undefined ? undefined : `${l.createdAt} (${age(l.createdAt, new Date())} ago)`],
+        [
+          'created',
+          l.createdAt === undefined ? undefined : `${l.createdAt} (${age(l.createdAt, new Date())} ago)`,
+        ],
         ['boot id', l.bootId],
         ['origin', l.origin],
       ];
-      io.out(lines.filter(([, v]) => v !== undefined).map(([k, v]) => `${`${k}:`.padEnd(11)}${v}`).join('\n') + '\n\n');
+      io.out(
+        lines
+          .filter(([, v]) => v !== undefined)
+          .map(([k, v]) => `${`${k}:`.padEnd(11)}${v}`)
+          .join('\n') + '\n\n',
+      );
     }
   }
   if (leases.length === 0) {
@@ -126,8 +151,14 @@ export async function runLeasesRelease(ip: string, o: ReleaseOptions, io: CliIo)
         io.err('berth: refusing to release without --yes (no terminal to ask for confirmation)\n');
         return 1;
       }
-      const who = held.map((l) => `${l.ip} in network ${l.network}, held by ${l.containerId}${l.ifname ? `/${l.ifname}` : ''}`).join('; ');
-      const answer = await o.ask(`Release ${who}? The pod keeps using the address until it is deleted. [y/N] `);
+      const who = held
+        .map(
+          (l) => `${l.ip} in network ${l.network}, held by ${l.containerId}${l.ifname ? `/${l.ifname}` : ''}`,
+        )
+        .join('; ');
+      const answer = await o.ask(
+        `Release ${who}? The pod keeps using the address until it is deleted. [y/N] `,
+      );
       if (!/^y(es)?$/i.test(answer.trim())) {
         io.err('berth: not released\n');
         return 1;
@@ -135,7 +166,11 @@ export async function runLeasesRelease(ip: string, o: ReleaseOptions, io: CliIo)
     }
     const r = await b.release(canonical, filterOf(o));
     if (o.json === true) io.out(`${JSON.stringify(r, null, 2)}\n`);
-    else for (const l of r.released) io.out(`released ${l.ip} (network ${l.network}, container ${l.containerId}${l.ifname ? `/${l.ifname}` : ''})\n`);
+    else
+      for (const l of r.released)
+        io.out(
+          `released ${l.ip} (network ${l.network}, container ${l.containerId}${l.ifname ? `/${l.ifname}` : ''})\n`,
+        );
     return 0;
   });
 }

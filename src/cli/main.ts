@@ -54,34 +54,58 @@ function registerExec(program: Command, setExit: (code: number) => void): void {
       .description(`${command} the network list <network> for the namespace at path <netns>`)
       .option('-i, --ifname <name>', 'interface name inside the netns (default: $CNI_IFNAME or eth0)')
       .option('--cache-dir <dir>', 'directory holding results/ (default: $BERTH_CACHE_DIR or /var/lib/cni)');
-    if (verb === 'gc') sub.option('--valid <containerID/ifname>', 'an attachment still in use (repeatable)', collect, []);
-    sub.action(async (network: string, netns: string, opts: { ifname?: string; cacheDir?: string; valid?: string[] }) => {
-      const { runExec } = require('./exec') as typeof import('./exec');
-      setExit(
-        await runExec({ ...opts, verb, network, netns }, {
-          env: process.env,
-          stdout: (s) => process.stdout.write(s),
-          stderr: (s) => process.stderr.write(s),
-        }),
-      );
-    });
+    if (verb === 'gc')
+      sub.option('--valid <containerID/ifname>', 'an attachment still in use (repeatable)', collect, []);
+    sub.action(
+      async (
+        network: string,
+        netns: string,
+        opts: { ifname?: string; cacheDir?: string; valid?: string[] },
+      ) => {
+        const { runExec } = require('./exec') as typeof import('./exec');
+        setExit(
+          await runExec(
+            { ...opts, verb, network, netns },
+            {
+              env: process.env,
+              stdout: (s) => process.stdout.write(s),
+              stderr: (s) => process.stderr.write(s),
+            },
+          ),
+        );
+      },
+    );
   }
 }
 
 function registerDemo(program: Command, setExit: (code: number) => void): void {
   program
     .command('demo')
-    .description('attach two throw-away pod namespaces with berth-bridge + berth-ipam, ping between them, remove everything (root)')
-    .option('--reference', "use Debian's reference bridge + host-local from /usr/lib/cni instead (comparison)")
+    .description(
+      'attach two throw-away pod namespaces with berth-bridge + berth-ipam, ping between them, remove everything (root)',
+    )
+    .option(
+      '--reference',
+      "use Debian's reference bridge + host-local from /usr/lib/cni instead (comparison)",
+    )
     .action(async (opts: { reference?: boolean }) => {
       const { runDemo } = require('./demo') as typeof import('./demo');
-      setExit(await runDemo({ reference: opts.reference === true, out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) }));
+      setExit(
+        await runDemo({
+          reference: opts.reference === true,
+          out: (s) => process.stdout.write(s),
+          err: (s) => process.stderr.write(s),
+        }),
+      );
     });
 }
 
 /** berthd and its admin commands (issue 6); each module loads only when its subcommand runs. */
 function registerBerthd(program: Command, setExit: (code: number) => void): void {
-  const io = { out: (s: string) => void process.stdout.write(s), err: (s: string) => void process.stderr.write(s) };
+  const io = {
+    out: (s: string) => void process.stdout.write(s),
+    err: (s: string) => void process.stderr.write(s),
+  };
   const where = (c: Command): Command =>
     c
       .option('--socket <path>', 'berthd socket (default /run/berth/berthd.sock)')
@@ -89,7 +113,10 @@ function registerBerthd(program: Command, setExit: (code: number) => void): void
   program
     .command('daemon')
     .description('run berthd, the IPAM daemon, in the foreground (HTTP+JSON on a root-only unix socket)')
-    .option('--socket <path>', 'where to listen (default /run/berth/berthd.sock; systemd may pass it via LISTEN_FDS)')
+    .option(
+      '--socket <path>',
+      'where to listen (default /run/berth/berthd.sock; systemd may pass it via LISTEN_FDS)',
+    )
     .option('--data-dir <dir>', 'where `GET /v1/leases` looks for networks (default /var/lib/cni/networks)')
     .option('--log-format <format>', 'text or json (JSON lines)', 'text')
     .option('--log-level <level>', 'debug, info, warn or error', 'info')
@@ -98,14 +125,16 @@ function registerBerthd(program: Command, setExit: (code: number) => void): void
       const { runDaemonCommand } = require('./daemon') as typeof import('./daemon');
       setExit(await runDaemonCommand(o, io.err));
     });
-  const leases = where(program.command('leases').description('list leases: network, IP, container, ifname, pod, age'))
+  const leases = where(
+    program.command('leases').description('list leases: network, IP, container, ifname, pod, age'),
+  )
     .option('--network <name>', 'only this network')
     .option('--json', 'JSON instead of a table')
     .action(async (o: import('./leases').LeaseCliOptions) => {
       const { runLeasesList } = require('./leases') as typeof import('./leases');
       setExit(await runLeasesList(o, io));
     });
-  where(leases.command('show <ip|container>').description('one lease (or a container\'s leases) in detail'))
+  where(leases.command('show <ip|container>').description("one lease (or a container's leases) in detail"))
     .option('--network <name>', 'only this network')
     .option('--json', 'JSON output')
     .action(async (q: string, _o: unknown, cmd: Command) => {
@@ -122,9 +151,16 @@ function registerBerthd(program: Command, setExit: (code: number) => void): void
       const ask = terminalAsk();
       setExit(await runLeasesRelease(ip, { ...cmd.optsWithGlobals(), ...(ask ? { ask } : {}) }, io));
     });
-  where(program.command('gc').description('release the leases of a network whose attachment is not in the valid list'))
+  where(
+    program
+      .command('gc')
+      .description('release the leases of a network whose attachment is not in the valid list'),
+  )
     .requiredOption('--network <name>', 'the network')
-    .requiredOption('--valid <file>', 'valid attachments: JSON [{containerID, ifname}] or "<id> <ifname>" lines; - for stdin')
+    .requiredOption(
+      '--valid <file>',
+      'valid attachments: JSON [{containerID, ifname}] or "<id> <ifname>" lines; - for stdin',
+    )
     .option('--dry-run', 'only list what would be released')
     .option('--json', 'JSON output')
     .action(async (o: import('./gc').GcCliOptions) => {

@@ -17,14 +17,17 @@ export async function runStatus(o: StatusCliOptions, io: CliIo): Promise<number>
     }
     if (s.daemon !== undefined) {
       const d = s.daemon;
-      io.out(`berthd: ${d.draining ? 'draining' : 'running'} (pid ${d.pid}, up ${d.uptimeSeconds}s, socket ${d.socket})\n`);
+      io.out(
+        `berthd: ${d.draining ? 'draining' : 'running'} (pid ${d.pid}, up ${d.uptimeSeconds}s, socket ${d.socket})\n`,
+      );
     } else {
       io.out(`berthd: not answering; lease files under ${b.where}\n`);
     }
     if (s.networks.length === 0) io.out('no networks\n');
     for (const n of s.networks) {
       io.out(`network ${n.network} (${n.dataDir}/${n.network}): ${n.leases} lease(s)\n`);
-      for (const p of n.pools ?? []) io.out(`  range set ${p.rangeSet} ${p.ranges}: ${p.used} used, ${p.free} free of ${p.size}\n`);
+      for (const p of n.pools ?? [])
+        io.out(`  range set ${p.rangeSet} ${p.ranges}: ${p.used} used, ${p.free} free of ${p.size}\n`);
     }
     return 0;
   } finally {

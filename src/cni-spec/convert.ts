@@ -13,7 +13,12 @@ import type { DNS, Result } from './types/result';
 import type { IPConfig020, Result020, Route020 } from './types/v020';
 import type { IPConfig040, Result040 } from './types/v040';
 import type { Result100 } from './types/v100';
-import { IMPLEMENTED_VERSION, isSupportedVersion, type SpecVersion, unsupportedVersionError } from './versions';
+import {
+  IMPLEMENTED_VERSION,
+  isSupportedVersion,
+  type SpecVersion,
+  unsupportedVersionError,
+} from './versions';
 
 /** Versions sharing one result shape. */
 export type Family = '020' | '040' | '100' | '110';
@@ -38,7 +43,10 @@ interface FamilyResult {
 /** Any result as printed on the wire in some spec version. */
 export type VersionedResult = FamilyResult[Family];
 
-type Converter<F extends Family, T extends Family> = (r: FamilyResult[F], cniVersion: string) => FamilyResult[T];
+type Converter<F extends Family, T extends Family> = (
+  r: FamilyResult[F],
+  cniVersion: string,
+) => FamilyResult[T];
 type AnyConverter = (r: VersionedResult, cniVersion: string) => VersionedResult;
 type EdgeKey = `${Family}->${Family}`;
 interface Edge {
@@ -128,14 +136,13 @@ function to040(r: Result100 | Result040, cniVersion: string): Result040 {
     interfaces: nonEmpty(r.interfaces)?.map((i) =>
       withoutUndefined({ name: i.name, mac: i.mac, sandbox: i.sandbox }),
     ),
-    ips: nonEmpty(r.ips)?.map(
-      (ip): IPConfig040 =>
-        withoutUndefined({
-          version: ipFamilyOf(ip.address),
-          interface: ip.interface,
-          address: ip.address,
-          gateway: ip.gateway,
-        }),
+    ips: nonEmpty(r.ips)?.map((ip): IPConfig040 =>
+      withoutUndefined({
+        version: ipFamilyOf(ip.address),
+        interface: ip.interface,
+        address: ip.address,
+        gateway: ip.gateway,
+      }),
     ),
     routes: nonEmpty(r.routes)?.map((rt) => withoutUndefined({ dst: rt.dst, gw: rt.gw })),
     dns: canonicalDns(r.dns),
@@ -185,7 +192,10 @@ function from040to020(r: Result040, cniVersion: string): Result020 {
 function from020to040(r: Result020, cniVersion: string): Result040 {
   const ips: IPConfig040[] = [];
   const routes: Route020[] = [];
-  for (const [version, c] of [['4', r.ip4], ['6', r.ip6]] as const) {
+  for (const [version, c] of [
+    ['4', r.ip4],
+    ['6', r.ip6],
+  ] as const) {
     if (c === undefined) continue;
     ips.push(withoutUndefined({ version, address: c.ip, gateway: c.gateway }));
     routes.push(...(c.routes ?? []));

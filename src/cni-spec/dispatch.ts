@@ -61,7 +61,11 @@ export async function dispatch(io: PluginIo, handlers: PluginHandlers, about: Pl
   }
 }
 
-async function runHandler(handlers: PluginHandlers, req: Request, about: PluginAbout): Promise<Result | undefined> {
+async function runHandler(
+  handlers: PluginHandlers,
+  req: Request,
+  about: PluginAbout,
+): Promise<Result | undefined> {
   const key = HANDLER_OF[req.command];
   if (handlers[key] === undefined) {
     throw new CniError(NOT_IMPLEMENTED_CODE, `${about.name}: ${req.command} is not implemented yet`);
@@ -94,7 +98,9 @@ export function reportFailure(io: Pick<PluginIo, 'stdout' | 'stderr'>, report: F
   const cniErr = err instanceof CniError ? err : unexpected(err, about, command);
   const json = JSON.stringify(cniErr.toJSON(report.cniVersion));
   const details = cniErr.details === undefined ? '' : ` (${cniErr.details})`;
-  io.stderr(`${about.name}: ${command === '' ? 'no command' : command} failed: code ${cniErr.code}: ${cniErr.message}${details}\n`);
+  io.stderr(
+    `${about.name}: ${command === '' ? 'no command' : command} failed: code ${cniErr.code}: ${cniErr.message}${details}\n`,
+  );
   const cause = err instanceof CniError ? err.cause : err;
   if (cause instanceof Error && cause.stack !== undefined) io.stderr(`${cause.stack}\n`);
   io.stdout(`${json}\n`);
@@ -103,9 +109,14 @@ export function reportFailure(io: Pick<PluginIo, 'stdout' | 'stderr'>, report: F
 
 function unexpected(err: unknown, about: PluginAbout, command: string): CniError {
   const what = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
-  return new CniError(ErrorCode.Internal, `${about.name} ${command}: unexpected failure: ${what}`, undefined, {
-    cause: err,
-  });
+  return new CniError(
+    ErrorCode.Internal,
+    `${about.name} ${command}: unexpected failure: ${what}`,
+    undefined,
+    {
+      cause: err,
+    },
+  );
 }
 
 // Node's CommonJS `require`, declared here rather than through @types/node: this room compiles without

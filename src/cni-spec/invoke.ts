@@ -92,10 +92,17 @@ function execOnce(opts: ExecPluginOptions): Promise<PluginOutput> {
     child.stdin.end(opts.stdin);
     child.on('error', (err: NodeJS.ErrnoException) => {
       if (err.code === 'ETXTBSY') return reject(err);
-      reject(new CniError(ErrorCode.Internal, `cannot run plugin ${opts.path}: ${err.message}`, undefined, { cause: err }));
+      reject(
+        new CniError(ErrorCode.Internal, `cannot run plugin ${opts.path}: ${err.message}`, undefined, {
+          cause: err,
+        }),
+      );
     });
     child.on('close', (code, signal) => {
-      const out = { stdout: Buffer.concat(stdout).toString('utf8'), stderr: Buffer.concat(stderr).toString('utf8') };
+      const out = {
+        stdout: Buffer.concat(stdout).toString('utf8'),
+        stderr: Buffer.concat(stderr).toString('utf8'),
+      };
       if (code === 0) return resolve(out);
       reject(pluginFailure({ path: opts.path, code, signal, ...out }));
     });
@@ -115,7 +122,10 @@ function pluginFailure(run: FailedRun): CniError {
   const out = run.stdout.trim();
   if (out === '') {
     const errText = run.stderr.trim();
-    const msg = errText === '' ? 'netplugin failed with no error message' : `netplugin failed: ${JSON.stringify(errText)}`;
+    const msg =
+      errText === ''
+        ? 'netplugin failed with no error message'
+        : `netplugin failed: ${JSON.stringify(errText)}`;
     return new CniError(ErrorCode.Internal, msg, details);
   }
   let parsed: unknown;
@@ -124,7 +134,10 @@ function pluginFailure(run: FailedRun): CniError {
   } catch {
     parsed = undefined;
   }
-  return CniError.fromJson(parsed) ?? new CniError(ErrorCode.Internal, `netplugin failed: ${JSON.stringify(out)}`, details);
+  return (
+    CniError.fromJson(parsed) ??
+    new CniError(ErrorCode.Internal, `netplugin failed: ${JSON.stringify(out)}`, details)
+  );
 }
 
 export interface DelegateOptions {

@@ -99,9 +99,20 @@ export const ENV_VARS: readonly EnvVarRule[] = [
     requiredFor: ATTACHMENT_COMMANDS,
     problem: ifnameProblem,
   },
-  { name: 'CNI_ARGS', field: 'cniArgs', usedBy: ATTACHMENT_COMMANDS, requiredFor: new Set(), problem: cniArgsProblem },
+  {
+    name: 'CNI_ARGS',
+    field: 'cniArgs',
+    usedBy: ATTACHMENT_COMMANDS,
+    requiredFor: new Set(),
+    problem: cniArgsProblem,
+  },
   // The spec requires CNI_PATH for GC and leaves it optional for STATUS; plugins that delegate need it anyway.
-  { name: 'CNI_PATH', field: 'path', usedBy: CONFIG_COMMANDS, requiredFor: new Set(['ADD', 'DEL', 'CHECK', 'GC']) },
+  {
+    name: 'CNI_PATH',
+    field: 'path',
+    usedBy: CONFIG_COMMANDS,
+    requiredFor: new Set(['ADD', 'DEL', 'CHECK', 'GC']),
+  },
 ];
 
 function cniArgsProblem(value: string): string | undefined {
@@ -156,7 +167,8 @@ export function parseRequest(input: Invocation): Request {
     config,
     cniVersion: config.cniVersion,
     args,
-    runtimeConfig: (key) => (runtimeConfig === undefined ? undefined : caseInsensitiveGet(runtimeConfig, key)),
+    runtimeConfig: (key) =>
+      runtimeConfig === undefined ? undefined : caseInsensitiveGet(runtimeConfig, key),
   };
   if (prevResult !== undefined) request.prevResult = prevResult;
   if (command === 'GC') request.validAttachments = readValidAttachments(config);
@@ -164,7 +176,13 @@ export function parseRequest(input: Invocation): Request {
 }
 
 function readEnvVars(env: Invocation['env'], command: RequestCommand): Pick<Request, EnvField> {
-  const out: Pick<Request, EnvField> = { containerId: '', netns: '', ifname: '', cniArgs: new Map(), path: [] };
+  const out: Pick<Request, EnvField> = {
+    containerId: '',
+    netns: '',
+    ifname: '',
+    cniArgs: new Map(),
+    path: [],
+  };
   const missing: string[] = [];
   const problems: string[] = [];
   for (const rule of ENV_VARS) {
@@ -224,24 +242,32 @@ export function parseNetConf(stdin: string, command: RequestCommand): NetConf {
     throw new CniError(ErrorCode.DecodingFailure, `error decoding network config from stdin: ${what}`);
   }
   if (!isJsonObject(value)) {
-    throw new CniError(ErrorCode.DecodingFailure, 'error decoding network config from stdin: expected a JSON object');
+    throw new CniError(
+      ErrorCode.DecodingFailure,
+      'error decoding network config from stdin: expected a JSON object',
+    );
   }
   const cniVersion = value.cniVersion;
   if (cniVersion === undefined) throw invalidConfig('network config has no cniVersion');
   if (typeof cniVersion !== 'string' || !isVersionString(cniVersion)) {
-    throw invalidConfig(`invalid cniVersion ${JSON.stringify(cniVersion)}: expected a version such as "1.1.0"`);
+    throw invalidConfig(
+      `invalid cniVersion ${JSON.stringify(cniVersion)}: expected a version such as "1.1.0"`,
+    );
   }
   if (!isSupportedVersion(cniVersion)) throw unsupportedVersionError('config', cniVersion);
 
   const name = value.name;
   if (typeof name !== 'string') throw invalidConfig('network config has no name (a string)');
   const nameProblem = networkNameProblem(name);
-  if (nameProblem !== undefined) throw invalidConfig(`invalid network name ${JSON.stringify(name)}: ${nameProblem}`);
+  if (nameProblem !== undefined)
+    throw invalidConfig(`invalid network name ${JSON.stringify(name)}: ${nameProblem}`);
 
   const type = value.type;
   if (typeof type !== 'string' || type === '') throw invalidConfig('network config has no type (a string)');
   if (type.includes('/') || type.includes('\\')) {
-    throw invalidConfig(`invalid plugin type ${JSON.stringify(type)}: must be an executable name, not a path`);
+    throw invalidConfig(
+      `invalid plugin type ${JSON.stringify(type)}: must be an executable name, not a path`,
+    );
   }
 
   const minVersion = (COMMAND_MIN_VERSION as Partial<Record<Command, string>>)[command];

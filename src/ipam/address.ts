@@ -97,7 +97,8 @@ export function parseCidr(text: string): Cidr | undefined {
   if (ip === undefined || !/^(0|[1-9][0-9]{0,2})$/.test(p)) return undefined;
   const prefix = Number(p);
   // An IPv4-mapped IPv6 CIDR would need its prefix shifted; host-local users never write one.
-  if (prefix > FAMILY_BITS[ip.family] || (ip.family === 4 && text.slice(0, slash).includes(':'))) return undefined;
+  if (prefix > FAMILY_BITS[ip.family] || (ip.family === 4 && text.slice(0, slash).includes(':')))
+    return undefined;
   return { ip, prefix };
 }
 
@@ -111,7 +112,7 @@ export function formatIp(ip: Ip): string {
   for (let i = 7; i >= 0; i--) groups.push(Number((ip.value >> BigInt(i * 16)) & 0xffffn));
   let bestStart = -1;
   let bestLen = 0;
-  for (let i = 0; i < 8; ) {
+  for (let i = 0; i < 8;) {
     if (groups[i] !== 0) {
       i++;
       continue;

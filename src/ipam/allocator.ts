@@ -2,14 +2,7 @@
 // reserves candidates through a store session until one sticks.
 import { CniError, ErrorCode } from '../cni-spec/errors';
 import { type Cidr, type Ip, formatIp, lastOf, networkOf, sameIp } from './address';
-import {
-  type RangeSet,
-  describeRangeSet,
-  ipAtOrdinal,
-  ordinalOf,
-  rangeFor,
-  rangeSetSize,
-} from './range-set';
+import { type RangeSet, describeRangeSet, ipAtOrdinal, ordinalOf, rangeFor, rangeSetSize } from './range-set';
 import type { LeaseMeta, LeaseSession } from './store';
 
 /**
@@ -76,7 +69,12 @@ export function startOrdinal(opts: { set: RangeSet; cursor: Ip | undefined; poli
   return (o + 1n) % rangeSetSize(opts.set);
 }
 
-function firstFreeBetween(lo: bigint, hi: bigint, blocked: readonly Interval[], occ: Occupancy): bigint | undefined {
+function firstFreeBetween(
+  lo: bigint,
+  hi: bigint,
+  blocked: readonly Interval[],
+  occ: Occupancy,
+): bigint | undefined {
   let from = lo;
   for (const b of blocked) {
     if (b.hi < from) continue;
@@ -128,14 +126,20 @@ export async function allocateFromSet(o: AllocateOptions): Promise<Ip> {
     const ip = o.requested;
     const range = rangeFor(o.set, ip);
     if (range === undefined) {
-      throw new CniError(ErrorCode.InvalidNetworkConfig, `requested IP address ${formatIp(ip)} is not in range set ${where}`);
+      throw new CniError(
+        ErrorCode.InvalidNetworkConfig,
+        `requested IP address ${formatIp(ip)} is not in range set ${where}`,
+      );
     }
     if (sameIp(range.gateway, ip)) {
       throw new CniError(ErrorCode.InvalidNetworkConfig, `requested ip ${formatIp(ip)} is subnet's gateway`);
     }
     const ord = ordinalOf(o.set, ip)!;
     if (isBlocked(blockedOrdinals(o.set, o.exclude), ord)) {
-      throw new CniError(ErrorCode.InvalidNetworkConfig, `requested IP address ${formatIp(ip)} is excluded by the network's exclude list`);
+      throw new CniError(
+        ErrorCode.InvalidNetworkConfig,
+        `requested IP address ${formatIp(ip)} is excluded by the network's exclude list`,
+      );
     }
     if (!(await o.session.reserve({ ...lease, ip }, o.setId))) {
       throw new CniError(
@@ -158,7 +162,10 @@ export async function allocateFromSet(o: AllocateOptions): Promise<Ip> {
     const ip = ipAtOrdinal(o.set, cand);
     if (refused.has(cand)) {
       // A store whose occupancy ignores its own refusals would loop here forever.
-      throw new CniError(ErrorCode.Internal, `lease store still reports ${formatIp(ip)} free after refusing it`);
+      throw new CniError(
+        ErrorCode.Internal,
+        `lease store still reports ${formatIp(ip)} free after refusing it`,
+      );
     }
     // A false reserve means someone outside the index holds the address; the session marks it taken.
     if (await o.session.reserve({ ...lease, ip }, o.setId)) return ip;

@@ -14,7 +14,9 @@ export function readBootId(file: string, warn: (msg: string) => void): string | 
     if (id !== '') return id;
     warn(`berth-ipam: ${file} is empty; leases from earlier boots will not be released`);
   } catch (err) {
-    warn(`berth-ipam: cannot read the boot id from ${file} (${(err as Error).message}); leases from earlier boots will not be released`);
+    warn(
+      `berth-ipam: cannot read the boot id from ${file} (${(err as Error).message}); leases from earlier boots will not be released`,
+    );
   }
   return undefined;
 }

@@ -50,12 +50,16 @@ function requestedIp(v: unknown, where: string, code: number = ErrorCode.Invalid
     const ip = v.includes('/') ? parseCidr(v)?.ip : parseIp(v);
     if (ip !== undefined) return ip;
   }
-  throw new CniError(code, `${where}: cannot understand ip ${JSON.stringify(v)} (expected an IP or IP/prefix)`);
+  throw new CniError(
+    code,
+    `${where}: cannot understand ip ${JSON.stringify(v)} (expected an IP or IP/prefix)`,
+  );
 }
 
 function stringList(v: unknown, where: string): string[] {
   if (v === undefined || v === null) return [];
-  if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) throw invalid(`${where} must be a list of strings`);
+  if (!Array.isArray(v) || !v.every((x) => typeof x === 'string'))
+    throw invalid(`${where} must be a list of strings`);
   return v as string[];
 }
 
@@ -69,13 +73,15 @@ function parseRoutes(v: unknown): Route[] {
     }
     const route: Route = { dst: o.dst };
     if (o.gw !== undefined && o.gw !== null && o.gw !== '') {
-      if (typeof o.gw !== 'string' || parseIp(o.gw) === undefined) throw invalid(`ipam.routes[${i}].gw must be an IP address`);
+      if (typeof o.gw !== 'string' || parseIp(o.gw) === undefined)
+        throw invalid(`ipam.routes[${i}].gw must be an IP address`);
       route.gw = o.gw;
     }
     for (const k of ['mtu', 'advmss', 'priority', 'table', 'scope'] as const) {
       const n = o[k];
       if (n === undefined) continue;
-      if (typeof n !== 'number' || !Number.isInteger(n) || n < 0) throw invalid(`ipam.routes[${i}].${k} must be a non-negative integer`);
+      if (typeof n !== 'number' || !Number.isInteger(n) || n < 0)
+        throw invalid(`ipam.routes[${i}].${k} must be a non-negative integer`);
       route[k] = n;
     }
     return route;
@@ -104,7 +110,9 @@ export function parseIpamConfig(input: ConfigInput): IpamConfig {
     const { subnet, rangeStart, rangeEnd, gateway } = ipam;
     rawSets.push({ raw: [{ subnet, rangeStart, rangeEnd, gateway }], where: 'ipam (top-level subnet)' });
   }
-  parseRangeSets(ipam.ranges, 'ipam.ranges').forEach((raw, i) => rawSets.push({ raw, where: `ipam.ranges[${i}]` }));
+  parseRangeSets(ipam.ranges, 'ipam.ranges').forEach((raw, i) =>
+    rawSets.push({ raw, where: `ipam.ranges[${i}]` }),
+  );
   if (rawSets.length === 0) throw invalid('no IP ranges specified (set ipam.ranges or ipam.subnet)');
   const rangeSets = rawSets.map((s, i) => canonicalizeRangeSet(s.raw, `invalid range set ${i} (${s.where})`));
 
@@ -124,7 +132,9 @@ export function parseIpamConfig(input: ConfigInput): IpamConfig {
   if (ipArg !== undefined && ipArg !== '') {
     requested.push(requestedIp(ipArg, 'CNI_ARGS IP', ErrorCode.InvalidEnvironmentVariables));
   }
-  stringList(input.args.ips, 'args.cni.ips').forEach((v, i) => requested.push(requestedIp(v, `args.cni.ips[${i}]`)));
+  stringList(input.args.ips, 'args.cni.ips').forEach((v, i) =>
+    requested.push(requestedIp(v, `args.cni.ips[${i}]`)),
+  );
   stringList(input.runtimeConfig('ips'), 'runtimeConfig.ips').forEach((v, i) =>
     requested.push(requestedIp(v, `runtimeConfig.ips[${i}]`)),
   );
@@ -143,7 +153,9 @@ export function parseIpamConfig(input: ConfigInput): IpamConfig {
   }
 
   const exclude = stringList(ipam.exclude, 'ipam.exclude').map((e) => {
-    const c = e.includes('/') ? parseCidr(e) : ((ip) => (ip === undefined ? undefined : { ip, prefix: ip.family === 4 ? 32 : 128 }))(parseIp(e));
+    const c = e.includes('/')
+      ? parseCidr(e)
+      : ((ip) => (ip === undefined ? undefined : { ip, prefix: ip.family === 4 ? 32 : 128 }))(parseIp(e));
     if (c === undefined) throw invalid(`ipam.exclude: ${JSON.stringify(e)} is not an IP address or CIDR`);
     return c;
   });
@@ -171,7 +183,10 @@ export function parseIpamConfig(input: ConfigInput): IpamConfig {
 }
 
 /** Where the leases live: all that releasing needs. */
-export function parseStoreLocation(config: Readonly<Record<string, unknown>>): { network: string; dataDir: string } {
+export function parseStoreLocation(config: Readonly<Record<string, unknown>>): {
+  network: string;
+  dataDir: string;
+} {
   const network = checkNetworkName(config.name);
   const ipam = config.ipam as Record<string, unknown> | undefined;
   const dataDir = (typeof ipam === 'object' && ipam !== null ? ipam.dataDir : undefined) ?? DEFAULT_DATA_DIR;

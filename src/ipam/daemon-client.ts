@@ -5,7 +5,16 @@ import { statSync } from 'node:fs';
 import { CniError, ErrorCode } from '../cni-spec/errors';
 import type { Request } from '../cni-spec/request';
 import type { Result } from '../cni-spec/types/result';
-import { Allocate, Check, DEFAULT_SOCKET, Gc, type Method, Release, Status, type Envelope } from './daemon/protocol';
+import {
+  Allocate,
+  Check,
+  DEFAULT_SOCKET,
+  Gc,
+  type Method,
+  Release,
+  Status,
+  type Envelope,
+} from './daemon/protocol';
 
 /** The daemon could not be asked (absent, refused, reset, timed out, garbled): not a CNI failure. */
 export class DaemonUnavailable extends Error {
@@ -72,7 +81,9 @@ export function callDaemon(c: DaemonCall): Promise<DaemonReply> {
   const payload = c.body === undefined ? '' : JSON.stringify(c.body);
   const head =
     `${c.method} ${c.path} HTTP/1.1\r\nHost: berthd\r\nConnection: close\r\nAccept: application/json\r\n` +
-    (c.body === undefined ? '' : `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(payload)}\r\n`) +
+    (c.body === undefined
+      ? ''
+      : `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(payload)}\r\n`) +
     '\r\n';
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
@@ -116,7 +127,10 @@ export function daemonSocketOf(config: Readonly<Record<string, unknown>>): strin
   if (v === false || v === '' || v === null) return undefined;
   if (v === undefined) return DEFAULT_SOCKET;
   if (typeof v !== 'string' || !v.startsWith('/')) {
-    throw new CniError(ErrorCode.InvalidNetworkConfig, `ipam.daemonSocket must be an absolute path (or false), got ${JSON.stringify(v)}`);
+    throw new CniError(
+      ErrorCode.InvalidNetworkConfig,
+      `ipam.daemonSocket must be an absolute path (or false), got ${JSON.stringify(v)}`,
+    );
   }
   return v;
 }
@@ -125,7 +139,10 @@ export function daemonSocketOf(config: Readonly<Record<string, unknown>>): strin
  * Forwards the request to berthd when its socket answers: resolves to its answer ({ result } for ADD), or
  * undefined when there is no daemon to ask. A CNI error from the daemon is thrown as is.
  */
-export async function forwardToDaemon(req: Request, warn: (msg: string) => void): Promise<{ result?: Result } | undefined> {
+export async function forwardToDaemon(
+  req: Request,
+  warn: (msg: string) => void,
+): Promise<{ result?: Result } | undefined> {
   const socket = daemonSocketOf(req.config);
   if (socket === undefined) return undefined;
   try {
@@ -153,7 +170,9 @@ export async function forwardToDaemon(req: Request, warn: (msg: string) => void)
   }
   const cni = CniError.fromJson(reply.body);
   if (cni === undefined) {
-    warn(`berth-ipam: berthd answered HTTP ${reply.status} without a CNI error; working on the lease files directly`);
+    warn(
+      `berth-ipam: berthd answered HTTP ${reply.status} without a CNI error; working on the lease files directly`,
+    );
     return undefined;
   }
   throw cni;

@@ -67,7 +67,9 @@ async function releaseEarlierBoots(
   const stale = await s.leasesFromEarlierBoots();
   for (const l of stale) await s.release(l);
   if (stale.length > 0) {
-    deps.warn(`berth-ipam: released ${stale.length} lease(s) of network ${conf.network} from an earlier boot`);
+    deps.warn(
+      `berth-ipam: released ${stale.length} lease(s) of network ${conf.network} from an earlier boot`,
+    );
   }
 }
 
@@ -123,7 +125,9 @@ export async function add(req: Request, deps: IpamDeps): Promise<Result> {
           });
         } catch (err) {
           if (!(err instanceof CniError)) throw err;
-          throw new CniError(err.code, `failed to allocate for range ${setId}: ${err.message}`, err.details, { cause: err });
+          throw new CniError(err.code, `failed to allocate for range ${setId}: ${err.message}`, err.details, {
+            cause: err,
+          });
         }
         taken.push({ ip, ...att, meta });
         out.push(ipConfig(conf, setId, ip));
@@ -163,7 +167,9 @@ export async function check(req: Request, deps: IpamDeps): Promise<void> {
   if (req.prevResult === undefined) {
     throw new CniError(ErrorCode.InvalidNetworkConfig, 'CHECK needs prevResult (the result of ADD)');
   }
-  const listed = (req.prevResult.ips ?? []).map((c) => parseCidr(c.address)?.ip).filter((ip): ip is Ip => ip !== undefined);
+  const listed = (req.prevResult.ips ?? [])
+    .map((c) => parseCidr(c.address)?.ip)
+    .filter((ip): ip is Ip => ip !== undefined);
   // Addresses outside our range sets may come from other plugins of the chain: only ours must be leased.
   const prev = listed.filter((ip) => conf.rangeSets.some((set) => rangeSetContains(set, ip)));
   const leases = await deps.openStore(conf).transact(async (s) => s.leasesOf(att), { readOnly: true });
@@ -177,8 +183,14 @@ export async function check(req: Request, deps: IpamDeps): Promise<void> {
   const extra = leases.filter((l) => !listed.some((ip) => sameIp(l.ip, ip)));
   if (missing.length > 0 || extra.length > 0) {
     const parts = [
-      ...(missing.length > 0 ? [`prevResult lists ${missing.map(formatIp).join(', ')} which the attachment does not hold`] : []),
-      ...(extra.length > 0 ? [`the attachment holds ${extra.map((l) => formatIp(l.ip)).join(', ')} which prevResult does not list`] : []),
+      ...(missing.length > 0
+        ? [`prevResult lists ${missing.map(formatIp).join(', ')} which the attachment does not hold`]
+        : []),
+      ...(extra.length > 0
+        ? [
+            `the attachment holds ${extra.map((l) => formatIp(l.ip)).join(', ')} which prevResult does not list`,
+          ]
+        : []),
     ];
     throw new CniError(
       ErrorCode.Internal,
@@ -196,7 +208,8 @@ export async function gc(req: Request, deps: IpamDeps): Promise<void> {
   await deps.openStore(conf).transact(async (s) => {
     for (const l of await s.all()) {
       // A legacy lease names no interface: it stays while any attachment of its container is valid.
-      const keep = l.ifname === '' ? validIds.has(l.containerId) : validKeys.has(`${l.containerId}\n${l.ifname}`);
+      const keep =
+        l.ifname === '' ? validIds.has(l.containerId) : validKeys.has(`${l.containerId}\n${l.ifname}`);
       if (keep) continue;
       try {
         await s.release(l);
@@ -206,7 +219,11 @@ export async function gc(req: Request, deps: IpamDeps): Promise<void> {
     }
   });
   if (failures.length > 0) {
-    throw new CniError(ErrorCode.IoFailure, `GC could not release ${failures.length} lease(s)`, failures.join('; '));
+    throw new CniError(
+      ErrorCode.IoFailure,
+      `GC could not release ${failures.length} lease(s)`,
+      failures.join('; '),
+    );
   }
 }
 
@@ -215,15 +232,24 @@ export async function status(req: Request, deps: IpamDeps): Promise<void> {
   const store = deps.openStore(conf);
   const unwritable = await store.unwritableReason();
   if (unwritable !== undefined) {
-    throw new CniError(NOT_AVAILABLE, `lease store of network ${conf.network} is not writable: ${unwritable}`);
+    throw new CniError(
+      NOT_AVAILABLE,
+      `lease store of network ${conf.network} is not writable: ${unwritable}`,
+    );
   }
   const full = await store.transact(
     async (s) => {
-      const releasable = conf.releaseOnReboot && deps.bootId !== undefined ? await s.leasesFromEarlierBoots() : [];
+      const releasable =
+        conf.releaseOnReboot && deps.bootId !== undefined ? await s.leasesFromEarlierBoots() : [];
       const out: string[] = [];
       for (const [setId, set] of conf.rangeSets.entries()) {
         const occupancy = await s.occupancy(set);
-        const free = nextCandidate({ set, start: 0n, occupancy, blocked: blockedOrdinals(set, conf.exclude) });
+        const free = nextCandidate({
+          set,
+          start: 0n,
+          occupancy,
+          blocked: blockedOrdinals(set, conf.exclude),
+        });
         if (free === undefined && !releasable.some((l) => rangeSetContains(set, l.ip))) {
           out.push(`range set ${setId} (${describeRangeSet(set)})`);
         }

@@ -98,8 +98,19 @@ export interface AttRecord {
   meta: LeaseMeta;
 }
 
-export function encodeRecord(r: { containerId: string; ifname: string; ips: Iterable<string>; meta: LeaseMeta }): string {
-  const rec: AttRecord = { v: 1, containerId: r.containerId, ifname: r.ifname, ips: [...r.ips], meta: r.meta };
+export function encodeRecord(r: {
+  containerId: string;
+  ifname: string;
+  ips: Iterable<string>;
+  meta: LeaseMeta;
+}): string {
+  const rec: AttRecord = {
+    v: 1,
+    containerId: r.containerId,
+    ifname: r.ifname,
+    ips: [...r.ips],
+    meta: r.meta,
+  };
   return JSON.stringify(rec);
 }
 

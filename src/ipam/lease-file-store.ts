@@ -52,7 +52,15 @@ import {
 } from './lease-dir';
 import { checkContainerId, checkIfname } from './names';
 import { type RangeSet, rangeSetKey } from './range-set';
-import type { Attachment, Lease, LeaseMeta, LeaseSession, LeaseStore, NewLease, TransactOptions } from './store';
+import type {
+  Attachment,
+  Lease,
+  LeaseMeta,
+  LeaseSession,
+  LeaseStore,
+  NewLease,
+  TransactOptions,
+} from './store';
 
 /** Range sets larger than this (IPv6 /64 …) use existence probes instead of a bitmap. */
 const BITMAP_LIMIT = 1 << 24;
@@ -106,7 +114,8 @@ function parseSetKey(key: string): Span[] | undefined {
 function spanOrdinal(spans: readonly Span[], ip: Ip): number | undefined {
   let base = 0n;
   for (const s of spans) {
-    if (ip.family === s.family && ip.value >= s.start && ip.value <= s.end) return Number(base + ip.value - s.start);
+    if (ip.family === s.family && ip.value >= s.start && ip.value <= s.end)
+      return Number(base + ip.value - s.start);
     base += s.end - s.start + 1n;
   }
   return undefined;
@@ -226,7 +235,13 @@ class FileSession implements LeaseSession {
 
   /** Something to persist: lease changes, a rebuilt index or bitmap, a newly seen boot. */
   get dirty(): boolean {
-    return this.changes.size > 0 || this.rebuilt || this.bootSeen || this.dirtyRecords.size > 0 || this.builtBitmaps;
+    return (
+      this.changes.size > 0 ||
+      this.rebuilt ||
+      this.bootSeen ||
+      this.dirtyRecords.size > 0 ||
+      this.builtBitmaps
+    );
   }
 
   private listNames(): string[] {
@@ -249,12 +264,16 @@ class FileSession implements LeaseSession {
       try {
         ({ text, mtime } = readLeaseFile(join(this.p.dir, name), buf));
       } catch (err) {
-        this.warn(`skipping unreadable lease file ${join(this.p.dir, name)}: ${(err as Error).message}; the address stays taken`);
+        this.warn(
+          `skipping unreadable lease file ${join(this.p.dir, name)}: ${(err as Error).message}; the address stays taken`,
+        );
         continue;
       }
       const att = parseLeaseContent(text);
       if (att === undefined) {
-        this.warn(`skipping corrupt lease file ${join(this.p.dir, name)} (${JSON.stringify(text.slice(0, 40))}); the address stays taken`);
+        this.warn(
+          `skipping corrupt lease file ${join(this.p.dir, name)} (${JSON.stringify(text.slice(0, 40))}); the address stays taken`,
+        );
         continue;
       }
       const key = attKey(att);
@@ -278,7 +297,10 @@ class FileSession implements LeaseSession {
     for (const [key, t] of truth) {
       const prev = this.readRecordQuiet(key);
       const sameIps =
-        prev !== undefined && prev !== null && prev.ips.length === t.ips.length && t.ips.every((i) => prev.ips.includes(i));
+        prev !== undefined &&
+        prev !== null &&
+        prev.ips.length === t.ips.length &&
+        t.ips.every((i) => prev.ips.includes(i));
       const meta: LeaseMeta =
         prev !== undefined && prev !== null
           ? prev.meta
@@ -401,7 +423,8 @@ class FileSession implements LeaseSession {
       return undefined;
     }
     const ip = parseIp(text);
-    if (ip === undefined && text !== '') this.warn(`ignoring corrupt cursor file ${cursorPath(this.p, setId)}`);
+    if (ip === undefined && text !== '')
+      this.warn(`ignoring corrupt cursor file ${cursorPath(this.p, setId)}`);
     return ip;
   }
 
@@ -418,7 +441,8 @@ class FileSession implements LeaseSession {
         const d = Bitmap.decode(fs.readFileSync(join(this.p.sets, setHash(key))));
         if (d !== undefined && d.header.gen === this.state.gen && d.header.key === key) bitmap = d.bitmap;
       } catch (err) {
-        if (errnoOf(err) !== 'ENOENT') this.warn(`rebuilding unreadable occupancy map of ${key}: ${(err as Error).message}`);
+        if (errnoOf(err) !== 'ENOENT')
+          this.warn(`rebuilding unreadable occupancy map of ${key}: ${(err as Error).message}`);
       }
     }
     if (bitmap === undefined) {
@@ -552,9 +576,10 @@ class FileSession implements LeaseSession {
       for (const c of this.changes.values()) d.bitmap.setTaken(c.ip, c.taken);
       writeAtomic(this.p, path, d.bitmap.encode(gen), { fsync: false });
     }
-    for (const [key, b] of this.bitmaps) writeAtomic(this.p, join(this.p.sets, setHash(key)), b.encode(gen), { fsync: false });
+    for (const [key, b] of this.bitmaps)
+      writeAtomic(this.p, join(this.p.sets, setHash(key)), b.encode(gen), { fsync: false });
     const dirMtimeNs = stampSentinel(this.p.dir, this.now(), (m) => this.warn(m));
-    const bootId = this.bootSeen ? this.opts.bootId : this.state.bootId ?? this.opts.bootId;
+    const bootId = this.bootSeen ? this.opts.bootId : (this.state.bootId ?? this.opts.bootId);
     writeAtomic(this.p, this.p.state, encodeState({ gen, dirMtimeNs, bootId }), { fsync: false });
   }
 }

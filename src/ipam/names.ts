@@ -9,7 +9,11 @@ export const MAX_CONTAINER_ID = 239;
 
 export function checkNetworkName(name: unknown): string {
   const problem =
-    typeof name !== 'string' ? 'must be a string' : name.length > 255 ? 'must be at most 255 bytes' : networkNameProblem(name);
+    typeof name !== 'string'
+      ? 'must be a string'
+      : name.length > 255
+        ? 'must be at most 255 bytes'
+        : networkNameProblem(name);
   if (problem !== undefined) {
     throw new CniError(
       ErrorCode.InvalidNetworkConfig,
@@ -27,7 +31,10 @@ export function checkContainerId(id: unknown): string {
         ? `must be at most ${MAX_CONTAINER_ID} bytes`
         : containerIdProblem(id);
   if (problem !== undefined) {
-    throw new CniError(ErrorCode.InvalidEnvironmentVariables, `invalid container id ${JSON.stringify(id)}: ${problem}`);
+    throw new CniError(
+      ErrorCode.InvalidEnvironmentVariables,
+      `invalid container id ${JSON.stringify(id)}: ${problem}`,
+    );
   }
   return id as string;
 }
@@ -35,7 +42,10 @@ export function checkContainerId(id: unknown): string {
 export function checkIfname(ifname: unknown): string {
   const problem = typeof ifname !== 'string' ? 'must be a string' : ifnameProblem(ifname);
   if (problem !== undefined) {
-    throw new CniError(ErrorCode.InvalidEnvironmentVariables, `invalid interface name ${JSON.stringify(ifname)}: ${problem}`);
+    throw new CniError(
+      ErrorCode.InvalidEnvironmentVariables,
+      `invalid interface name ${JSON.stringify(ifname)}: ${problem}`,
+    );
   }
   return ifname as string;
 }

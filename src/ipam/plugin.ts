@@ -36,7 +36,10 @@ type Handlers = typeof import('./handlers');
  * berthd answers when its socket does; otherwise the files (so DEL never fails because the daemon is down).
  * The handlers and the file store load only then: when the daemon answers they are ~10 ms of unused start-up.
  */
-async function served<T>(req: Request, pick: (h: Handlers) => (req: Request, deps: IpamDeps) => Promise<T>): Promise<T> {
+async function served<T>(
+  req: Request,
+  pick: (h: Handlers) => (req: Request, deps: IpamDeps) => Promise<T>,
+): Promise<T> {
   const reply = await forwardToDaemon(req, warn);
   if (reply !== undefined) return reply.result as T;
   return pick(require('./handlers') as Handlers)(req, depsFor(req));

@@ -51,13 +51,16 @@ function ipKey(raw: RawRange, key: 'rangeStart' | 'rangeEnd' | 'gateway', where:
 /** host-local's Range.Canonicalize, with the same defaults and a few more checks (start <= end, families). */
 export function canonicalizeRange(raw: RawRange, where: string): Range {
   if (typeof raw !== 'object' || raw === null) throw invalid(`${where}: a range must be an object`);
-  if (typeof raw.subnet !== 'string') throw invalid(`${where}: subnet is required (a CIDR such as 198.18.64.0/24)`);
+  if (typeof raw.subnet !== 'string')
+    throw invalid(`${where}: subnet is required (a CIDR such as 198.18.64.0/24)`);
   const subnet = parseCidr(raw.subnet);
   if (subnet === undefined) throw invalid(`${where}: subnet ${JSON.stringify(raw.subnet)} is not a CIDR`);
   const family = subnet.ip.family;
   const bits = family === 4 ? 32 : 128;
   if (subnet.prefix > bits - 2) {
-    throw invalid(`${where}: network ${raw.subnet} too small to allocate from (a /${bits - 2} is the smallest)`);
+    throw invalid(
+      `${where}: network ${raw.subnet} too small to allocate from (a /${bits - 2} is the smallest)`,
+    );
   }
   const net = networkOf(subnet);
   if (net !== subnet.ip.value) {
@@ -114,7 +117,8 @@ export function describeRangeSet(set: RangeSet): string {
 
 /** Canonicalizes every range of a set; the set must be non-empty, single-family and without overlaps. */
 export function canonicalizeRangeSet(raw: unknown, where: string): Range[] {
-  if (!Array.isArray(raw) || raw.length === 0) throw invalid(`${where}: a range set must be a non-empty list of ranges`);
+  if (!Array.isArray(raw) || raw.length === 0)
+    throw invalid(`${where}: a range set must be a non-empty list of ranges`);
   const set = raw.map((r, i) => canonicalizeRange(r as RawRange, `${where} range ${i}`));
   const fam = set[0]!.family;
   if (set.some((r) => r.family !== fam)) throw invalid(`${where}: mixed address families in one range set`);

@@ -34,9 +34,14 @@ export function readResolvConf(path: string): DNS {
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
-    throw new CniError(ErrorCode.IoFailure, `cannot read resolvConf ${path}: ${(err as Error).message}`, undefined, {
-      cause: err,
-    });
+    throw new CniError(
+      ErrorCode.IoFailure,
+      `cannot read resolvConf ${path}: ${(err as Error).message}`,
+      undefined,
+      {
+        cause: err,
+      },
+    );
   }
   return parseResolvConf(text);
 }

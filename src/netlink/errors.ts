@@ -84,7 +84,14 @@ export function toNetlinkError(err: unknown, op: string, object?: string): Netli
       const errno = typeof sys.errno === 'number' ? -Math.abs(sys.errno) : errnoOf(sys.code);
       return new NetlinkError({ code: sys.code, errno, op, object, cause: err });
     }
-    return new NetlinkError({ code: 'EIO', errno: 0, op, object, message: `${op}${object !== undefined ? ` ${object}` : ''}: ${err.message}`, cause: err });
+    return new NetlinkError({
+      code: 'EIO',
+      errno: 0,
+      op,
+      object,
+      message: `${op}${object !== undefined ? ` ${object}` : ''}: ${err.message}`,
+      cause: err,
+    });
   }
   return new NetlinkError({ code: 'EIO', errno: 0, op, object, message: `${op}: ${String(err)}` });
 }
@@ -121,7 +128,8 @@ export function netlinkCode(err: unknown): NetlinkErrorCode | undefined {
 export function toKernelCniError(err: unknown): unknown {
   if (!(err instanceof NetlinkError)) return err;
   let code: number = ErrorCode.Internal;
-  if (err.op === 'open netns' && (err.code === 'ENOENT' || err.code === 'ENOTNS')) code = ErrorCode.InvalidNetns;
+  if (err.op === 'open netns' && (err.code === 'ENOENT' || err.code === 'ENOTNS'))
+    code = ErrorCode.InvalidNetns;
   else if (err.code === 'EAGAIN' || err.code === 'EBUSY') code = ErrorCode.TryAgainLater;
   return new CniError(code, err.message, err.code, { cause: err });
 }

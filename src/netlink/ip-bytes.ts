@@ -7,7 +7,13 @@ export type IpFamily = 4 | 6;
 export function ipFamily(address: string): IpFamily {
   if (isIPv4(address)) return 4;
   if (isIPv6(address)) return 6;
-  throw new NetlinkError({ code: 'EINVAL', errno: -22, op: 'parse address', object: address, message: `not an IP address: ${address}` });
+  throw new NetlinkError({
+    code: 'EINVAL',
+    errno: -22,
+    op: 'parse address',
+    object: address,
+    message: `not an IP address: ${address}`,
+  });
 }
 
 export function ipToBytes(address: string): Buffer {
@@ -36,7 +42,7 @@ export function bytesToIp(b: Buffer): string {
   for (let i = 0; i < 16; i += 2) g.push(b.readUInt16BE(i));
   let bestStart = -1;
   let bestLen = 1;
-  for (let i = 0; i < 8; ) {
+  for (let i = 0; i < 8;) {
     if (g[i] !== 0) {
       i++;
       continue;
@@ -62,7 +68,13 @@ export function parseCidr(cidr: string): { address: string; prefixLength: number
   const max = family === 4 ? 32 : 128;
   const prefixLength = slash < 0 ? max : Number(cidr.slice(slash + 1));
   if (!Number.isInteger(prefixLength) || prefixLength < 0 || prefixLength > max) {
-    throw new NetlinkError({ code: 'EINVAL', errno: -22, op: 'parse prefix', object: cidr, message: `bad prefix length in ${cidr}` });
+    throw new NetlinkError({
+      code: 'EINVAL',
+      errno: -22,
+      op: 'parse prefix',
+      object: cidr,
+      message: `bad prefix length in ${cidr}`,
+    });
   }
   return { address, prefixLength, family };
 }

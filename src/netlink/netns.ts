@@ -102,7 +102,9 @@ function enter<T>(ref: NetnsRef, fn: () => T): T {
     // Everything after the callback's first await ran (or will run) outside the namespace: a bug, so
     // say so loudly rather than let it half-work. The promise's own outcome is dropped on purpose.
     (result as unknown as Promise<unknown>).then(undefined, () => undefined);
-    throw new TypeError('withNetns: the callback returned a promise; it must be synchronous (open sockets/files inside, await outside)');
+    throw new TypeError(
+      'withNetns: the callback returned a promise; it must be synchronous (open sockets/files inside, await outside)',
+    );
   }
   return result;
 }

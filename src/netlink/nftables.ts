@@ -96,7 +96,15 @@ function run(args: string[], opts: NftOptions): Promise<{ code: number; stdout: 
     child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
     child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     child.on('error', (err) =>
-      reject(new NetlinkError({ code: (err as NodeJS.ErrnoException).code ?? 'EIO', errno: 0, op: 'nft', message: `cannot run nft: ${err.message}`, cause: err })),
+      reject(
+        new NetlinkError({
+          code: (err as NodeJS.ErrnoException).code ?? 'EIO',
+          errno: 0,
+          op: 'nft',
+          message: `cannot run nft: ${err.message}`,
+          cause: err,
+        }),
+      ),
     );
     child.on('close', (code) => resolve({ code: code ?? 1, stdout, stderr }));
   });

@@ -68,7 +68,15 @@ import type {
 
 const NETLINK_ROUTE = 0;
 const NLM_F_DUMP_INTR = 0x10;
-const OPERSTATES: readonly OperState[] = ['unknown', 'notpresent', 'down', 'lowerlayerdown', 'testing', 'dormant', 'up'];
+const OPERSTATES: readonly OperState[] = [
+  'unknown',
+  'notpresent',
+  'down',
+  'lowerlayerdown',
+  'testing',
+  'dormant',
+  'up',
+];
 
 /**
  * Opens an rtnetlink socket in `netns` (a path, an fd, an open NetnsRef) or, without one, in the
@@ -84,7 +92,10 @@ export function openNetlink(netns?: NetnsSpec): Netlink {
 }
 
 /** Runs `fn` with a socket in `netns` and closes it afterwards, also on failure. */
-export async function withNetlink<T>(netns: NetnsSpec | undefined, fn: (nl: Netlink) => Promise<T>): Promise<T> {
+export async function withNetlink<T>(
+  netns: NetnsSpec | undefined,
+  fn: (nl: Netlink) => Promise<T>,
+): Promise<T> {
   const nl = openNetlink(netns);
   try {
     return await fn(nl);
@@ -96,7 +107,13 @@ export async function withNetlink<T>(netns: NetnsSpec | undefined, fn: (nl: Netl
 function macToBytes(mac: string): Buffer {
   const parts = mac.split(':');
   if (parts.length !== 6 || parts.some((p) => !/^[0-9a-fA-F]{1,2}$/.test(p))) {
-    throw new NetlinkError({ code: 'EINVAL', errno: -22, op: 'parse mac', object: mac, message: `not a MAC address: ${mac}` });
+    throw new NetlinkError({
+      code: 'EINVAL',
+      errno: -22,
+      op: 'parse mac',
+      object: mac,
+      message: `not a MAC address: ${mac}`,
+    });
   }
   return Buffer.from(parts.map((p) => parseInt(p, 16)));
 }
@@ -228,9 +245,18 @@ class RtnlSocket implements Netlink {
     return this.netns !== undefined ? `${object} (netns ${this.netns})` : object;
   }
 
-  private async linkRequest(type: number, ref: LinkRef, m: { family?: number; flags?: number; change?: number }, attrs: Attr[], nlFlags = 0): Promise<Buffer[]> {
+  private async linkRequest(
+    type: number,
+    ref: LinkRef,
+    m: { family?: number; flags?: number; change?: number },
+    attrs: Attr[],
+    nlFlags = 0,
+  ): Promise<Buffer[]> {
     const sel = select(ref);
-    const payload = Buffer.concat([ifinfomsg({ ...m, index: sel.index }), encodeAttrs([...sel.attrs, ...attrs])]);
+    const payload = Buffer.concat([
+      ifinfomsg({ ...m, index: sel.index }),
+      encodeAttrs([...sel.attrs, ...attrs]),
+    ]);
     return this.request(type, payload, nlFlags, refLabel(ref));
   }
 
@@ -239,7 +265,9 @@ class RtnlSocket implements Netlink {
   }
 
   async getLink(ref: LinkRef): Promise<Link> {
-    const [reply] = await this.linkRequest(RTM.GETLINK, ref, {}, [[IFLA.EXT_MASK, u32(RTEXT_FILTER.SKIP_STATS)]]);
+    const [reply] = await this.linkRequest(RTM.GETLINK, ref, {}, [
+      [IFLA.EXT_MASK, u32(RTEXT_FILTER.SKIP_STATS)],
+    ]);
     if (reply === undefined) throw fromErrno(-19, 'RTM_GETLINK', this.where(refLabel(ref)));
     return parseLink(reply);
   }
@@ -254,7 +282,10 @@ class RtnlSocket implements Netlink {
   }
 
   async listLinks(): Promise<Link[]> {
-    const payload = Buffer.concat([ifinfomsg({}), encodeAttrs([[IFLA.EXT_MASK, u32(RTEXT_FILTER.SKIP_STATS)]])]);
+    const payload = Buffer.concat([
+      ifinfomsg({}),
+      encodeAttrs([[IFLA.EXT_MASK, u32(RTEXT_FILTER.SKIP_STATS)]]),
+    ]);
     const replies = await this.request(RTM.GETLINK, payload, NLM_F.DUMP, 'links');
     return replies.map(parseLink);
   }
@@ -277,7 +308,13 @@ class RtnlSocket implements Netlink {
 
   async setBridgeVlanFiltering(bridge: LinkRef, on: boolean): Promise<void> {
     await this.linkRequest(RTM.NEWLINK, bridge, {}, [
-      [IFLA.LINKINFO, [[IFLA_INFO.KIND, str('bridge')], [IFLA_INFO.DATA, [[IFLA_BR_VLAN_FILTERING, u8(on ? 1 : 0)]]]]],
+      [
+        IFLA.LINKINFO,
+        [
+          [IFLA_INFO.KIND, str('bridge')],
+          [IFLA_INFO.DATA, [[IFLA_BR_VLAN_FILTERING, u8(on ? 1 : 0)]]],
+        ],
+      ],
     ]);
   }
 
@@ -295,9 +332,20 @@ class RtnlSocket implements Netlink {
       const attrs: Attr[] = [[IFLA.IFNAME, str(opts.name)]];
       if (opts.mtu !== undefined) attrs.push([IFLA.MTU, u32(opts.mtu)]);
       if (opts.mac !== undefined) attrs.push([IFLA.ADDRESS, macToBytes(opts.mac)]);
-      attrs.push([IFLA.LINKINFO, [[IFLA_INFO.KIND, str('veth')], [IFLA_INFO.DATA, [[VETH_INFO_PEER, peer]]]]]);
+      attrs.push([
+        IFLA.LINKINFO,
+        [
+          [IFLA_INFO.KIND, str('veth')],
+          [IFLA_INFO.DATA, [[VETH_INFO_PEER, peer]]],
+        ],
+      ]);
       const payload = Buffer.concat([ifinfomsg({}), encodeAttrs(attrs)]);
-      await this.request(RTM.NEWLINK, payload, NLM_F.CREATE | NLM_F.EXCL, `${opts.name} (peer ${opts.peerName})`);
+      await this.request(
+        RTM.NEWLINK,
+        payload,
+        NLM_F.CREATE | NLM_F.EXCL,
+        `${opts.name} (peer ${opts.peerName})`,
+      );
     } finally {
       if (peerNs !== opts.peerNetns) peerNs.close();
     }
@@ -337,7 +385,9 @@ class RtnlSocket implements Netlink {
 
   async setAlias(ref: LinkRef, alias: string): Promise<void> {
     // An empty IFLA_IFALIAS removes the alias; a NUL-terminated one would be stored verbatim.
-    await this.linkRequest(RTM.SETLINK, ref, {}, [[IFLA.IFALIAS, alias === '' ? Buffer.alloc(0) : Buffer.from(alias, 'utf8')]]);
+    await this.linkRequest(RTM.SETLINK, ref, {}, [
+      [IFLA.IFALIAS, alias === '' ? Buffer.alloc(0) : Buffer.from(alias, 'utf8')],
+    ]);
   }
 
   async setPromisc(ref: LinkRef, on: boolean): Promise<void> {
@@ -374,7 +424,10 @@ class RtnlSocket implements Netlink {
     if (opts.learning !== undefined) port.push([IFLA_BRPORT.LEARNING, u8(opts.learning ? 1 : 0)]);
     if (port.length === 0) return;
     // br_setlink only parses IFLA_PROTINFO as nested attributes when NLA_F_NESTED is set.
-    const payload = Buffer.concat([ifinfomsg({ family: AF.BRIDGE, index }), encodeAttrs([[IFLA.PROTINFO | NLA_F_NESTED, port]])]);
+    const payload = Buffer.concat([
+      ifinfomsg({ family: AF.BRIDGE, index }),
+      encodeAttrs([[IFLA.PROTINFO | NLA_F_NESTED, port]]),
+    ]);
     await this.request(RTM.SETLINK, payload, 0, refLabel(ref));
   }
 
@@ -407,12 +460,18 @@ class RtnlSocket implements Netlink {
     };
   }
 
-  private async vlanRequest(type: number, ref: LinkRef, vlans: readonly PortVlan[], opts: VlanOptions): Promise<void> {
+  private async vlanRequest(
+    type: number,
+    ref: LinkRef,
+    vlans: readonly PortVlan[],
+    opts: VlanOptions,
+  ): Promise<void> {
     const index = await this.indexOf(ref);
     const spec: Attr[] = [];
     if (opts.self === true) spec.push([IFLA_BRIDGE.FLAGS, u16(BRIDGE_FLAGS.SELF)]);
     for (const v of vlans) {
-      const flags = (v.pvid === true ? BRIDGE_VLAN_INFO.PVID : 0) | (v.untagged === true ? BRIDGE_VLAN_INFO.UNTAGGED : 0);
+      const flags =
+        (v.pvid === true ? BRIDGE_VLAN_INFO.PVID : 0) | (v.untagged === true ? BRIDGE_VLAN_INFO.UNTAGGED : 0);
       const entry = (f: number, vid: number) => Buffer.concat([u16(f), u16(vid)]);
       if (v.vidEnd !== undefined && v.vidEnd !== v.vid) {
         spec.push([IFLA_BRIDGE.VLAN_INFO, entry(flags | BRIDGE_VLAN_INFO.RANGE_BEGIN, v.vid)]);
@@ -421,7 +480,10 @@ class RtnlSocket implements Netlink {
         spec.push([IFLA_BRIDGE.VLAN_INFO, entry(flags, v.vid)]);
       }
     }
-    const payload = Buffer.concat([ifinfomsg({ family: AF.BRIDGE, index }), encodeAttrs([[IFLA.AF_SPEC, spec]])]);
+    const payload = Buffer.concat([
+      ifinfomsg({ family: AF.BRIDGE, index }),
+      encodeAttrs([[IFLA.AF_SPEC, spec]]),
+    ]);
     const what = vlans.map((v) => (v.vidEnd !== undefined ? `${v.vid}-${v.vidEnd}` : `${v.vid}`)).join(',');
     await this.request(type, payload, 0, `${refLabel(ref)} vlan ${what}`);
   }
@@ -463,7 +525,8 @@ class RtnlSocket implements Netlink {
     const index = await this.indexOf(opts.link);
     const { family } = parseCidr(opts.address);
     const bytes = ipToBytes(opts.address);
-    const flags = (opts.nodad === true ? IFA_F.NODAD : 0) | (opts.noPrefixRoute === true ? IFA_F.NOPREFIXROUTE : 0);
+    const flags =
+      (opts.nodad === true ? IFA_F.NODAD : 0) | (opts.noPrefixRoute === true ? IFA_F.NOPREFIXROUTE : 0);
     const attrs: Attr[] = [
       [IFA.LOCAL, bytes],
       [IFA.ADDRESS, bytes],
@@ -476,7 +539,12 @@ class RtnlSocket implements Netlink {
       ifaddrmsg({ family: familyOf(family), prefixLength: opts.prefixLength, flags, index }),
       encodeAttrs(attrs),
     ]);
-    await this.request(type, payload, nlFlags, `${opts.address}/${opts.prefixLength} dev ${refLabel(opts.link)}`);
+    await this.request(
+      type,
+      payload,
+      nlFlags,
+      `${opts.address}/${opts.prefixLength} dev ${refLabel(opts.link)}`,
+    );
   }
 
   addAddress(opts: AddressOptions): Promise<void> {
@@ -550,7 +618,9 @@ class RtnlSocket implements Netlink {
     return replies
       .filter((r) => r[0] === AF.INET || r[0] === AF.INET6) // not the multicast (RTNL_FAMILY_IPMR…) tables
       .map(parseRoute)
-      .filter((r) => (filter.table === undefined || r.table === filter.table) && (oif === undefined || r.oif === oif));
+      .filter(
+        (r) =>
+          (filter.table === undefined || r.table === filter.table) && (oif === undefined || r.oif === oif),
+      );
   }
 }
-

@@ -20,7 +20,15 @@ export const RTM_NAMES: Record<number, string> = Object.fromEntries(
 );
 
 /** nlmsg_flags modifiers (NLM_F_*); REQUEST and ACK are added by the socket layer. */
-export const NLM_F = { ROOT: 0x100, MATCH: 0x200, DUMP: 0x300, REPLACE: 0x100, EXCL: 0x200, CREATE: 0x400, APPEND: 0x800 } as const;
+export const NLM_F = {
+  ROOT: 0x100,
+  MATCH: 0x200,
+  DUMP: 0x300,
+  REPLACE: 0x100,
+  EXCL: 0x200,
+  CREATE: 0x400,
+  APPEND: 0x800,
+} as const;
 export const NLMSG_ERROR = 2;
 export const NLA_F_NESTED = 0x8000;
 
@@ -52,7 +60,14 @@ export const IFLA_BRPORT = { MODE: 4, LEARNING: 8, ISOLATED: 33 } as const;
 /** IFLA_BRIDGE_* inside IFLA_AF_SPEC (AF_BRIDGE). */
 export const IFLA_BRIDGE = { FLAGS: 0, VLAN_INFO: 2 } as const;
 export const BRIDGE_FLAGS = { MASTER: 1, SELF: 2 } as const;
-export const BRIDGE_VLAN_INFO = { MASTER: 1, PVID: 2, UNTAGGED: 4, RANGE_BEGIN: 8, RANGE_END: 16, BRENTRY: 32 } as const;
+export const BRIDGE_VLAN_INFO = {
+  MASTER: 1,
+  PVID: 2,
+  UNTAGGED: 4,
+  RANGE_BEGIN: 8,
+  RANGE_END: 16,
+  BRENTRY: 32,
+} as const;
 /** IFLA_EXT_MASK bits (RTEXT_FILTER_*). */
 export const RTEXT_FILTER = { BRVLAN: 2, BRVLAN_COMPRESSED: 4, SKIP_STATS: 8 } as const;
 /** IFF_* device flags. */
@@ -173,7 +188,13 @@ export function ifinfomsg(m: { family?: number; index?: number; flags?: number; 
 export const IFINFOMSG_LEN = 16;
 
 /** struct ifaddrmsg (8 bytes). */
-export function ifaddrmsg(m: { family: number; prefixLength: number; flags?: number; scope?: number; index: number }): Buffer {
+export function ifaddrmsg(m: {
+  family: number;
+  prefixLength: number;
+  flags?: number;
+  scope?: number;
+  index: number;
+}): Buffer {
   const b = Buffer.alloc(8);
   b.writeUInt8(m.family, 0);
   b.writeUInt8(m.prefixLength, 1);

@@ -11,5 +11,6 @@ const script = new Script(`${CHUNK_PREFIX}${sea.getAsset(names.source, 'utf8')}$
   cachedData: new Uint8Array(sea.getRawAsset(names.cache) as ArrayBuffer),
 });
 // `berth --version` reports it (src/sea/build-info.ts): a rejected cache still works, only slower.
-(globalThis as Record<symbol, unknown>)[Symbol.for('berth.codeCache')] = script.cachedDataRejected === true ? 'rejected' : 'accepted';
+(globalThis as Record<symbol, unknown>)[Symbol.for('berth.codeCache')] =
+  script.cachedDataRejected === true ? 'rejected' : 'accepted';
 (script.runInThisContext() as (...args: unknown[]) => void)(exports, require, module, __filename, __dirname);

@@ -16,9 +16,17 @@ export const BUILD_ASSET = 'berth/build.json';
 export function buildInfo(): BuildInfo {
   const sea = require('node:sea') as typeof import('node:sea');
   if (sea.isSea()) {
-    const baked = JSON.parse(sea.getAsset(BUILD_ASSET, 'utf8')) as Omit<BuildInfo, 'node' | 'singleExecutable'>;
+    const baked = JSON.parse(sea.getAsset(BUILD_ASSET, 'utf8')) as Omit<
+      BuildInfo,
+      'node' | 'singleExecutable'
+    >;
     const codeCache = (globalThis as Record<symbol, unknown>)[Symbol.for('berth.codeCache')];
-    return { ...baked, node: process.version, singleExecutable: true, ...(typeof codeCache === 'string' ? { codeCache } : {}) };
+    return {
+      ...baked,
+      node: process.version,
+      singleExecutable: true,
+      ...(typeof codeCache === 'string' ? { codeCache } : {}),
+    };
   }
   // dist/sea/ and src/sea/ both sit two levels below the package root.
   const pkg = require('../../package.json') as { version: string };

@@ -43,7 +43,13 @@ export function createChunkRequire(opts: ChunkLoaderOptions): (id: string) => un
     const module = { exports: {} as unknown };
     // Set before running, as Node does, so a cycle back into this part sees its partial exports.
     loaded.set(id, module.exports);
-    (script.runInThisContext() as (...args: unknown[]) => void)(module.exports, chunkRequire, module, filename, '/');
+    (script.runInThisContext() as (...args: unknown[]) => void)(
+      module.exports,
+      chunkRequire,
+      module,
+      filename,
+      '/',
+    );
     loaded.set(id, module.exports);
     return module.exports;
   };

@@ -5,6 +5,9 @@ import { main } from '../main';
 import { type NativeAddon, setEmbeddedAddonLoader } from '../native-addon';
 
 setEmbeddedAddonLoader(
-  () => (require('./native-assets') as typeof import('./native-assets')).loadEmbeddedAddon('berth_native') as NativeAddon,
+  () =>
+    (require('./native-assets') as typeof import('./native-assets')).loadEmbeddedAddon(
+      'berth_native',
+    ) as NativeAddon,
 );
 main();

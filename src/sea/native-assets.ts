@@ -1,6 +1,15 @@
 // Native addons inside the single executable: a .node file can only be dlopen()ed from disk, so each
 // embedded addon is written once to a root-owned directory under its content hash and loaded from there.
-import { closeSync, fsyncSync, lstatSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  fsyncSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  renameSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs';
 import { dirname, join } from 'node:path';
 
 /** Default extraction directory; BERTH_NATIVE_DIR replaces it (tests use a private temp dir). */
@@ -40,12 +49,14 @@ export function assertPrivateDir(dir: string): void {
   const st = lstatSync(dir);
   if (!st.isDirectory()) throw new Error(`${dir} is not a directory (a symlink is refused)`);
   if (st.uid !== me) throw new Error(`${dir} is owned by uid ${st.uid}, not by uid ${me}`);
-  if ((st.mode & 0o022) !== 0) throw new Error(`${dir} is writable by group or others (mode ${(st.mode & 0o777).toString(8)})`);
+  if ((st.mode & 0o022) !== 0)
+    throw new Error(`${dir} is writable by group or others (mode ${(st.mode & 0o777).toString(8)})`);
   for (let up = dirname(dir); ; up = dirname(up)) {
     const a = lstatSync(up);
     const sticky = (a.mode & 0o1000) !== 0;
     if (a.uid !== 0 && a.uid !== me) throw new Error(`${up} (above ${dir}) is owned by uid ${a.uid}`);
-    if ((a.mode & 0o022) !== 0 && !sticky) throw new Error(`${up} (above ${dir}) is writable by group or others`);
+    if ((a.mode & 0o022) !== 0 && !sticky)
+      throw new Error(`${up} (above ${dir}) is writable by group or others`);
     if (up === dirname(up)) break;
   }
 }
@@ -94,7 +105,10 @@ function writeAtomically(file: string, bytes: Uint8Array): void {
 export function extractAddon(name: string, env: NodeJS.ProcessEnv = process.env): string {
   const entry = readManifest().addons[name];
   if (entry === undefined) throw new Error(`no embedded addon named ${name}`);
-  const dir = env.BERTH_NATIVE_DIR !== undefined && env.BERTH_NATIVE_DIR !== '' ? env.BERTH_NATIVE_DIR : DEFAULT_NATIVE_DIR;
+  const dir =
+    env.BERTH_NATIVE_DIR !== undefined && env.BERTH_NATIVE_DIR !== ''
+      ? env.BERTH_NATIVE_DIR
+      : DEFAULT_NATIVE_DIR;
   const file = join(dir, `${entry.sha256}.node`);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   assertPrivateDir(dir);
@@ -103,7 +117,8 @@ export function extractAddon(name: string, env: NodeJS.ProcessEnv = process.env)
   // Required here: only a first extraction needs node:crypto, which is slow to load.
   const { createHash } = require('node:crypto') as typeof import('node:crypto');
   const actual = createHash('sha256').update(bytes).digest('hex');
-  if (actual !== entry.sha256) throw new Error(`embedded addon ${name} is corrupt (sha256 ${actual}, expected ${entry.sha256})`);
+  if (actual !== entry.sha256)
+    throw new Error(`embedded addon ${name} is corrupt (sha256 ${actual}, expected ${entry.sha256})`);
   writeAtomically(file, bytes);
   return file;
 }

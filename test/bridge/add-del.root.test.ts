@@ -20,7 +20,9 @@ function conf(extra: Record<string, unknown> = {}, version = '1.0.0'): Record<st
 
 function globalAddrs(ns: string, ifname: string): string[] {
   const [link] = ipJson(['-n', ns, 'addr', 'show', 'dev', ifname]);
-  return (link.addr_info as any[]).filter((a) => a.scope === 'global').map((a) => `${a.local}/${a.prefixlen}`);
+  return (link.addr_info as any[])
+    .filter((a) => a.scope === 'global')
+    .map((a) => `${a.local}/${a.prefixlen}`);
 }
 
 describe.each(ALL_VERSIONS)('[%s] ADD, CHECK, DEL', (version) => {
@@ -28,7 +30,13 @@ describe.each(ALL_VERSIONS)('[%s] ADD, CHECK, DEL', (version) => {
     const ns = fx.netns();
     const c = conf({ isDefaultGateway: true }, version);
     const br = c.bridge as string;
-    const add = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr1', netns: ns.path, ifname: 'eth0' });
+    const add = await fx.run({
+      command: 'ADD',
+      conf: c,
+      containerId: 'ctr1',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
     expect(add.stderr).toBe('');
     expect(add.code).toBe(0);
     const r = add.json;
@@ -37,7 +45,9 @@ describe.each(ALL_VERSIONS)('[%s] ADD, CHECK, DEL', (version) => {
     // The kernel state.
     expect(globalAddrs(ns.name, 'eth0')).toEqual(['198.18.130.2/24']);
     const routes = ipJson(['-n', ns.name, 'route', 'show', 'default']);
-    expect(routes).toEqual([expect.objectContaining({ dst: 'default', gateway: '198.18.130.1', dev: 'eth0' })]);
+    expect(routes).toEqual([
+      expect.objectContaining({ dst: 'default', gateway: '198.18.130.1', dev: 'eth0' }),
+    ]);
     const ports = fx.ports(br);
     expect(ports).toHaveLength(1);
     const hostVeth = ports[0];
@@ -45,7 +55,9 @@ describe.each(ALL_VERSIONS)('[%s] ADD, CHECK, DEL', (version) => {
     const [detail] = ipJson(['-d', 'link', 'show', 'dev', hostVeth.ifname]);
     expect(detail.ifalias).toBe('ctr1/eth0');
     const [brAddr] = ipJson(['addr', 'show', 'dev', br]);
-    expect((brAddr.addr_info as any[]).filter((a) => a.scope === 'global').map((a) => `${a.local}/${a.prefixlen}`)).toEqual(['198.18.130.1/24']);
+    expect(
+      (brAddr.addr_info as any[]).filter((a) => a.scope === 'global').map((a) => `${a.local}/${a.prefixlen}`),
+    ).toEqual(['198.18.130.1/24']);
     expect(readSysctlIn(ns.name, 'net.ipv4.conf.eth0.arp_notify')).toBe('1');
     expect(sh('sysctl', ['-n', 'net.ipv4.ip_forward']).trim()).toBe('1');
 
@@ -61,19 +73,33 @@ describe.each(ALL_VERSIONS)('[%s] ADD, CHECK, DEL', (version) => {
         { name: 'eth0', mac: contLink.address, sandbox: ns.path },
       ]);
       const ip = r.ips[0];
-      expect(ip).toEqual(expect.objectContaining({ address: '198.18.130.2/24', gateway: '198.18.130.1', interface: 2 }));
+      expect(ip).toEqual(
+        expect.objectContaining({ address: '198.18.130.2/24', gateway: '198.18.130.1', interface: 2 }),
+      );
       if (version.startsWith('0.3') || version === '0.4.0') expect(ip.version).toBe('4');
       else expect(ip.version).toBeUndefined();
       expect(r.routes).toEqual([{ dst: '0.0.0.0/0', gw: '198.18.130.1' }]);
     }
 
     if (!['0.1.0', '0.2.0', '0.3.0', '0.3.1'].includes(version)) {
-      const check = await fx.run({ command: 'CHECK', conf: { ...c, prevResult: r }, containerId: 'ctr1', netns: ns.path, ifname: 'eth0' });
+      const check = await fx.run({
+        command: 'CHECK',
+        conf: { ...c, prevResult: r },
+        containerId: 'ctr1',
+        netns: ns.path,
+        ifname: 'eth0',
+      });
       expect(check.stdout + check.stderr).toBe('');
       expect(check.code).toBe(0);
     }
 
-    const del = await fx.run({ command: 'DEL', conf: c, containerId: 'ctr1', netns: ns.path, ifname: 'eth0' });
+    const del = await fx.run({
+      command: 'DEL',
+      conf: c,
+      containerId: 'ctr1',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
     expect(del.code).toBe(0);
     expect(ipJson(['-n', ns.name, 'link', 'show']).map((l: any) => l.ifname)).toEqual(['lo']);
     expect(fx.ports(br)).toEqual([]);
@@ -86,12 +112,20 @@ describe('dual stack', () => {
     const ns = fx.netns();
     const c = conf({ isDefaultGateway: true, ipam: fx.hostLocal([V4, V6]) });
     const br = c.bridge as string;
-    const add = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr2', netns: ns.path, ifname: 'eth1' });
+    const add = await fx.run({
+      command: 'ADD',
+      conf: c,
+      containerId: 'ctr2',
+      netns: ns.path,
+      ifname: 'eth1',
+    });
     expect(add.code, add.stdout).toBe(0);
     expect(globalAddrs(ns.name, 'eth1').sort()).toEqual(['198.18.130.2/24', 'fd00:b::2/64']);
     const v6def = ipJson(['-n', ns.name, '-6', 'route', 'show', 'default']);
     expect(v6def).toEqual([expect.objectContaining({ gateway: 'fd00:b::1', dev: 'eth1' })]);
-    const brAddrs = (ipJson(['addr', 'show', 'dev', br])[0].addr_info as any[]).filter((a) => a.scope === 'global');
+    const brAddrs = (ipJson(['addr', 'show', 'dev', br])[0].addr_info as any[]).filter(
+      (a) => a.scope === 'global',
+    );
     expect(brAddrs.map((a) => a.local).sort()).toEqual(['198.18.130.1', 'fd00:b::1']);
     expect(brAddrs.find((a) => a.local === 'fd00:b::1').tentative).toBeUndefined();
     expect(readSysctlIn(ns.name, 'net.ipv6.conf.eth1.accept_dad')).toBe('0');
@@ -104,7 +138,12 @@ describe('dual stack', () => {
       { dst: '::/0', gw: 'fd00:b::1' },
     ]);
 
-    const args = { conf: { ...c, prevResult: add.json }, containerId: 'ctr2', netns: ns.path, ifname: 'eth1' };
+    const args = {
+      conf: { ...c, prevResult: add.json },
+      containerId: 'ctr2',
+      netns: ns.path,
+      ifname: 'eth1',
+    };
     expect((await fx.run({ command: 'CHECK', ...args })).code).toBe(0);
     sh('ip', ['-n', ns.name, 'addr', 'del', 'fd00:b::2/64', 'dev', 'eth1']);
     const broken = await fx.run({ command: 'CHECK', ...args });
@@ -119,10 +158,22 @@ describe('dual stack', () => {
     const ns = fx.netns();
     // isGateway pins the bridge MAC, so the failure is about the veth, not a bridge MAC that moved
     const c = conf({ isGateway: true });
-    const add = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr3', netns: ns.path, ifname: 'eth0' });
+    const add = await fx.run({
+      command: 'ADD',
+      conf: c,
+      containerId: 'ctr3',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
     expect(add.code).toBe(0);
     sh('ip', ['link', 'del', add.json.interfaces[1].name]);
-    const check = await fx.run({ command: 'CHECK', conf: { ...c, prevResult: add.json }, containerId: 'ctr3', netns: ns.path, ifname: 'eth0' });
+    const check = await fx.run({
+      command: 'CHECK',
+      conf: { ...c, prevResult: add.json },
+      containerId: 'ctr3',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
     expect(check.code).not.toBe(0);
     expect(check.json.msg).toMatch(/not found/);
   });
@@ -133,7 +184,13 @@ describe('ADD refusals', () => {
     const ns = fx.netns();
     sh('ip', ['-n', ns.name, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0p']);
     const c = conf();
-    const add = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr4', netns: ns.path, ifname: 'eth0' });
+    const add = await fx.run({
+      command: 'ADD',
+      conf: c,
+      containerId: 'ctr4',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
     expect(add.code).not.toBe(0);
     expect(add.json.msg).toContain('already exists');
     expect(fx.leases(c.name as string)).toEqual([]);
@@ -144,7 +201,13 @@ describe('ADD refusals', () => {
     const ns = fx.netns();
     const c = conf();
     sh('ip', ['link', 'add', c.bridge as string, 'type', 'veth', 'peer', 'name', `${c.bridge as string}p`]);
-    const add = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr5', netns: ns.path, ifname: 'eth0' });
+    const add = await fx.run({
+      command: 'ADD',
+      conf: c,
+      containerId: 'ctr5',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
     expect(add.code).not.toBe(0);
     expect(add.json.msg).toContain('is not a bridge');
     expect(ipJson(['-n', ns.name, 'link', 'show']).map((l: any) => l.ifname)).toEqual(['lo']);
@@ -155,16 +218,28 @@ describe('ADD refusals', () => {
     sh('ip', ['link', 'add', c.bridge as string, 'type', 'bridge']);
     const before = ipJson(['link', 'show', 'dev', c.bridge as string])[0].ifindex;
     const ns = fx.netns();
-    expect((await fx.run({ command: 'ADD', conf: c, containerId: 'ctr6', netns: ns.path, ifname: 'eth0' })).code).toBe(0);
+    expect(
+      (await fx.run({ command: 'ADD', conf: c, containerId: 'ctr6', netns: ns.path, ifname: 'eth0' })).code,
+    ).toBe(0);
     expect(ipJson(['link', 'show', 'dev', c.bridge as string])[0].ifindex).toBe(before);
   });
 });
 
 describe('DEL is idempotent', () => {
-  async function added(): Promise<{ ns: { name: string; path: string }; c: Record<string, unknown>; result: any }> {
+  async function added(): Promise<{
+    ns: { name: string; path: string };
+    c: Record<string, unknown>;
+    result: any;
+  }> {
     const ns = fx.netns();
     const c = conf({ ipMasq: true, macspoofchk: true });
-    const add = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr7', netns: ns.path, ifname: 'eth0' });
+    const add = await fx.run({
+      command: 'ADD',
+      conf: c,
+      containerId: 'ctr7',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
     expect(add.code, add.stdout).toBe(0);
     expect(fx.leases(c.name as string)).toHaveLength(1);
     expect(fx.nftList('inet')).toContain('ctr7/eth0');
@@ -185,7 +260,13 @@ describe('DEL is idempotent', () => {
   it('twice, without prevResult', async () => {
     const { ns, c } = await added();
     for (let i = 0; i < 2; i++) {
-      const del = await fx.run({ command: 'DEL', conf: c, containerId: 'ctr7', netns: ns.path, ifname: 'eth0' });
+      const del = await fx.run({
+        command: 'DEL',
+        conf: c,
+        containerId: 'ctr7',
+        netns: ns.path,
+        ifname: 'eth0',
+      });
       expect(del.code, del.stdout).toBe(0);
     }
     expectAllGone(c);
@@ -199,7 +280,7 @@ describe('DEL is idempotent', () => {
     expect(ipJson(['-n', ns.name, 'link', 'show']).map((l: any) => l.ifname)).toEqual(['lo']);
   });
 
-  it('with an empty CNI_NETNS leaves a veth with the same tag on another bridge alone (another network\'s)', async () => {
+  it("with an empty CNI_NETNS leaves a veth with the same tag on another bridge alone (another network's)", async () => {
     const { c } = await added();
     const otherBridge = fx.bridge();
     const other = `${fx.prefix}o0`;
@@ -218,7 +299,13 @@ describe('DEL is idempotent', () => {
   it('after the netns was deleted, with prevResult', async () => {
     const { ns, c, result } = await added();
     fx.deleteNetns(ns.name);
-    const del = await fx.run({ command: 'DEL', conf: { ...c, prevResult: result }, containerId: 'ctr7', netns: ns.path, ifname: 'eth0' });
+    const del = await fx.run({
+      command: 'DEL',
+      conf: { ...c, prevResult: result },
+      containerId: 'ctr7',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
     expect(del.code, del.stdout).toBe(0);
     expectAllGone(c);
   });
@@ -226,7 +313,13 @@ describe('DEL is idempotent', () => {
   it('for an attachment that never existed', async () => {
     const ns = fx.netns();
     const c = conf({ ipMasq: true });
-    const del = await fx.run({ command: 'DEL', conf: c, containerId: 'nobody', netns: ns.path, ifname: 'eth0' });
+    const del = await fx.run({
+      command: 'DEL',
+      conf: c,
+      containerId: 'nobody',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
     expect(del.code, del.stdout).toBe(0);
   });
 });
@@ -234,13 +327,35 @@ describe('DEL is idempotent', () => {
 describe('nothing left behind', () => {
   it('after the last DEL of the last network: no nft table, no registry dir; STATUS and CHECK create none', async () => {
     const nets = [
-      conf({ name: `${fx.prefix}n1`, ipMasq: true, macspoofchk: true, ipam: fx.hostLocal([[{ subnet: '198.18.131.0/24' }]], {}, '1.1.0') }, '1.1.0'),
-      conf({ name: `${fx.prefix}n2`, ipMasq: true, macspoofchk: true, ipam: fx.hostLocal([[{ subnet: '198.18.133.0/24' }]], {}, '1.1.0') }, '1.1.0'),
+      conf(
+        {
+          name: `${fx.prefix}n1`,
+          ipMasq: true,
+          macspoofchk: true,
+          ipam: fx.hostLocal([[{ subnet: '198.18.131.0/24' }]], {}, '1.1.0'),
+        },
+        '1.1.0',
+      ),
+      conf(
+        {
+          name: `${fx.prefix}n2`,
+          ipMasq: true,
+          macspoofchk: true,
+          ipam: fx.hostLocal([[{ subnet: '198.18.133.0/24' }]], {}, '1.1.0'),
+        },
+        '1.1.0',
+      ),
     ];
     const pods = nets.flatMap((c, i) => ['p', 'q'].map((id) => ({ c, id: `${id}${i}`, ns: fx.netns() })));
     const adds = [];
     for (const p of pods) {
-      const r = await fx.run({ command: 'ADD', conf: p.c, containerId: p.id, netns: p.ns.path, ifname: 'eth0' });
+      const r = await fx.run({
+        command: 'ADD',
+        conf: p.c,
+        containerId: p.id,
+        netns: p.ns.path,
+        ifname: 'eth0',
+      });
       expect(r.code, r.stdout + r.stderr).toBe(0);
       adds.push(r.json);
     }
@@ -249,14 +364,26 @@ describe('nothing left behind', () => {
 
     // the first network's last DEL takes only its own objects: the tables stay for the second
     for (const p of pods.slice(0, 2)) {
-      const del = await fx.run({ command: 'DEL', conf: p.c, containerId: p.id, netns: p.ns.path, ifname: 'eth0' });
+      const del = await fx.run({
+        command: 'DEL',
+        conf: p.c,
+        containerId: p.id,
+        netns: p.ns.path,
+        ifname: 'eth0',
+      });
       expect(del.code, del.stdout + del.stderr).toBe(0);
     }
     expect(fx.tables()).toHaveLength(2);
     expect(fx.nftList('inet')).toContain('q1/eth0');
     expect(fx.runState()).toHaveLength(1);
     for (const p of pods.slice(2)) {
-      const del = await fx.run({ command: 'DEL', conf: p.c, containerId: p.id, netns: p.ns.path, ifname: 'eth0' });
+      const del = await fx.run({
+        command: 'DEL',
+        conf: p.c,
+        containerId: p.id,
+        netns: p.ns.path,
+        ifname: 'eth0',
+      });
       expect(del.code, del.stdout + del.stderr).toBe(0);
     }
     expect(fx.tables()).toEqual([]);
@@ -264,7 +391,13 @@ describe('nothing left behind', () => {
 
     const status = await fx.run({ command: 'STATUS', conf: nets[0]! });
     expect(status.code, status.stdout + status.stderr).toBe(0);
-    const check = await fx.run({ command: 'CHECK', conf: { ...nets[0]!, prevResult: adds[0] }, containerId: 'p0', netns: pods[0]!.ns.path, ifname: 'eth0' });
+    const check = await fx.run({
+      command: 'CHECK',
+      conf: { ...nets[0]!, prevResult: adds[0] },
+      containerId: 'p0',
+      netns: pods[0]!.ns.path,
+      ifname: 'eth0',
+    });
     expect(check.code).not.toBe(0);
     expect(fx.tables()).toEqual([]);
   });
@@ -279,10 +412,21 @@ describe('chained ADD', () => {
       ips: [{ address: '127.0.0.1/8', interface: 0 }],
     };
     const c = conf({ isDefaultGateway: true, prevResult });
-    const add = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr8', netns: ns.path, ifname: 'eth0' });
+    const add = await fx.run({
+      command: 'ADD',
+      conf: c,
+      containerId: 'ctr8',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
     expect(add.code, add.stdout).toBe(0);
     const r = add.json;
-    expect(r.interfaces.map((i: any) => i.name)).toEqual(['lo', c.bridge, expect.stringMatching(/^veth/), 'eth0']);
+    expect(r.interfaces.map((i: any) => i.name)).toEqual([
+      'lo',
+      c.bridge,
+      expect.stringMatching(/^veth/),
+      'eth0',
+    ]);
     expect(r.ips).toEqual([
       { address: '127.0.0.1/8', interface: 0 },
       expect.objectContaining({ address: '198.18.130.2/24', interface: 3 }),

@@ -32,7 +32,13 @@ async function attach(): Promise<Attached> {
 }
 
 async function check(a: Attached) {
-  return fx.run({ command: 'CHECK', conf: { ...a.c, prevResult: a.result }, containerId: 'ctr1', netns: a.ns.path, ifname: 'eth0' });
+  return fx.run({
+    command: 'CHECK',
+    conf: { ...a.c, prevResult: a.result },
+    containerId: 'ctr1',
+    netns: a.ns.path,
+    ifname: 'eth0',
+  });
 }
 
 describe('CHECK', () => {
@@ -45,7 +51,13 @@ describe('CHECK', () => {
 
   it('fails without prevResult', async () => {
     const a = await attach();
-    const r = await fx.run({ command: 'CHECK', conf: a.c, containerId: 'ctr1', netns: a.ns.path, ifname: 'eth0' });
+    const r = await fx.run({
+      command: 'CHECK',
+      conf: a.c,
+      containerId: 'ctr1',
+      netns: a.ns.path,
+      ifname: 'eth0',
+    });
     expect(r.code).not.toBe(0);
     expect(r.json.msg).toContain('prevResult');
   });
@@ -66,21 +78,65 @@ describe('CHECK', () => {
   it.each<[string, (a: Attached) => void, RegExp]>([
     ['container interface removed', (a) => sh('ip', ['-n', a.ns.name, 'link', 'del', 'eth0']), /not found/],
     ['container interface down', (a) => sh('ip', ['-n', a.ns.name, 'link', 'set', 'eth0', 'down']), /down/],
-    ['container MTU changed', (a) => sh('ip', ['-n', a.ns.name, 'link', 'set', 'eth0', 'mtu', '1300']), /MTU/],
-    ['address removed', (a) => sh('ip', ['-n', a.ns.name, 'addr', 'flush', 'dev', 'eth0']), /198\.18\.139\.2\/24/],
-    ['default route removed', (a) => sh('ip', ['-n', a.ns.name, 'route', 'del', 'default']), /route 0\.0\.0\.0\/0/],
-    ['host veth detached from the bridge', (a) => sh('ip', ['link', 'set', a.hostVeth, 'nomaster']), /not attached|not a bridge port/],
-    ['hairpin turned off', (a) => sh('bridge', ['link', 'set', 'dev', a.hostVeth, 'hairpin', 'off']), /hairpin/],
-    ['isolation turned off', (a) => sh('bridge', ['link', 'set', 'dev', a.hostVeth, 'isolated', 'off']), /isolation/],
-    ['promiscuous mode switched on the bridge', (a) => sh('ip', ['link', 'set', a.c.bridge as string, 'promisc', 'on']), /Promisc/],
+    [
+      'container MTU changed',
+      (a) => sh('ip', ['-n', a.ns.name, 'link', 'set', 'eth0', 'mtu', '1300']),
+      /MTU/,
+    ],
+    [
+      'address removed',
+      (a) => sh('ip', ['-n', a.ns.name, 'addr', 'flush', 'dev', 'eth0']),
+      /198\.18\.139\.2\/24/,
+    ],
+    [
+      'default route removed',
+      (a) => sh('ip', ['-n', a.ns.name, 'route', 'del', 'default']),
+      /route 0\.0\.0\.0\/0/,
+    ],
+    [
+      'host veth detached from the bridge',
+      (a) => sh('ip', ['link', 'set', a.hostVeth, 'nomaster']),
+      /not attached|not a bridge port/,
+    ],
+    [
+      'hairpin turned off',
+      (a) => sh('bridge', ['link', 'set', 'dev', a.hostVeth, 'hairpin', 'off']),
+      /hairpin/,
+    ],
+    [
+      'isolation turned off',
+      (a) => sh('bridge', ['link', 'set', 'dev', a.hostVeth, 'isolated', 'off']),
+      /isolation/,
+    ],
+    [
+      'promiscuous mode switched on the bridge',
+      (a) => sh('ip', ['link', 'set', a.c.bridge as string, 'promisc', 'on']),
+      /Promisc/,
+    ],
     [
       'masquerade entry removed',
-      (a) => sh('nft', ['delete', 'element', 'inet', fx.nftTable, masqNames(a.c.name as string).c4, '{ 198.18.139.2 }']),
+      (a) =>
+        sh('nft', [
+          'delete',
+          'element',
+          'inet',
+          fx.nftTable,
+          masqNames(a.c.name as string).c4,
+          '{ 198.18.139.2 }',
+        ]),
       /masquerade entry/,
     ],
     [
       'spoof-check entry removed',
-      (a) => sh('nft', ['delete', 'element', 'bridge', fx.nftTable, spoofNames(a.c.name as string).allowed, `{ "${a.hostVeth}" . ${a.result.interfaces[2].mac} }`]),
+      (a) =>
+        sh('nft', [
+          'delete',
+          'element',
+          'bridge',
+          fx.nftTable,
+          spoofNames(a.c.name as string).allowed,
+          `{ "${a.hostVeth}" . ${a.result.interfaces[2].mac} }`,
+        ]),
       /spoof-check entry/,
     ],
   ])('fails when: %s', async (_what, breakIt, msg) => {
@@ -94,7 +150,8 @@ describe('CHECK', () => {
 
   it('fails when the IPAM reservation is gone (IPAM CHECK is delegated)', async () => {
     const a = await attach();
-    for (const lease of fx.leases(a.c.name as string)) sh('rm', [`${fx.dataDir}/${a.c.name as string}/${lease}`]);
+    for (const lease of fx.leases(a.c.name as string))
+      sh('rm', [`${fx.dataDir}/${a.c.name as string}/${lease}`]);
     const r = await check(a);
     expect(r.code).not.toBe(0);
   });

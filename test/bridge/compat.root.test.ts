@@ -77,14 +77,26 @@ function bridgeState(br: string): unknown {
     mtu: p.mtu,
     operstate: p.operstate,
     kind: p.linkinfo.info_kind,
-    port: (({ state, hairpin, isolated, learning, flood, guard }) => ({ state, hairpin, isolated, learning, flood, guard }))(p.linkinfo.info_slave_data),
+    port: (({ state, hairpin, isolated, learning, flood, guard }) => ({
+      state,
+      hairpin,
+      isolated,
+      learning,
+      flood,
+      guard,
+    }))(p.linkinfo.info_slave_data),
   }));
   return {
     flags: b.flags,
     mtu: b.mtu,
     operstate: b.operstate,
     promiscuity: b.promiscuity,
-    bridge: { stp_state: info.stp_state, vlan_filtering: info.vlan_filtering, vlan_protocol: info.vlan_protocol, mcast_snooping: info.mcast_snooping },
+    bridge: {
+      stp_state: info.stp_state,
+      vlan_filtering: info.vlan_filtering,
+      vlan_protocol: info.vlan_protocol,
+      mcast_snooping: info.mcast_snooping,
+    },
     addrs: normAddrs((b.addr_info as any[]).filter((a) => !LINK_LOCAL.test(a.local))),
     ports,
   };
@@ -105,51 +117,93 @@ function shape(r: any, netnsPath: string): unknown {
 async function attach(plugin: string, c: Record<string, unknown>) {
   const ns = fx.netns();
   const br = c.bridge as string;
-  const add = await fx.run({ plugin, command: 'ADD', conf: c, containerId: 'compat1', netns: ns.path, ifname: 'eth0' });
+  const add = await fx.run({
+    plugin,
+    command: 'ADD',
+    conf: c,
+    containerId: 'compat1',
+    netns: ns.path,
+    ifname: 'eth0',
+  });
   expect(add.code, `${plugin}: ${add.stdout}${add.stderr}`).toBe(0);
   // The bridge's operstate follows its ports through the kernel's linkwatch, up to a second later than the
   // port: wait for it the same way for both plugins before taking the snapshot.
-  for (let i = 0; i < 40 && ipJson(['link', 'show', 'dev', br])[0].operstate !== 'UP'; i++) await new Promise((r) => setTimeout(r, 50));
+  for (let i = 0; i < 40 && ipJson(['link', 'show', 'dev', br])[0].operstate !== 'UP'; i++)
+    await new Promise((r) => setTimeout(r, 50));
   const state = { pod: podState(ns.name, 'eth0'), bridge: bridgeState(br), result: shape(add.json, ns.path) };
-  const del = await fx.run({ plugin, command: 'DEL', conf: c, containerId: 'compat1', netns: ns.path, ifname: 'eth0' });
+  const del = await fx.run({
+    plugin,
+    command: 'DEL',
+    conf: c,
+    containerId: 'compat1',
+    netns: ns.path,
+    ifname: 'eth0',
+  });
   expect(del.code, `${plugin} DEL: ${del.stdout}`).toBe(0);
   fx.deleteNetns(ns.name);
   trySh('ip', ['link', 'del', br]);
   return state;
 }
 
-describe.each(['0.3.1', '0.4.0', '1.0.0'])('[%s] reference bridge vs berth-bridge, both with host-local', (version) => {
-  it.each([
-    ['dual stack, default gateway, mtu, hairpin', { isDefaultGateway: true, mtu: 1450, hairpinMode: true }, true],
-    ['IPv4, isGateway only, promiscMode', { isGateway: true, promiscMode: true }, false],
-    ['IPv4, no gateway', {}, false],
-  ])('%s: same pod, same bridge, same result shape', async (_what, options, dual) => {
-    const br = fx.bridge();
-    const base = {
-      cniVersion: version,
-      name: `${fx.prefix}net`,
-      bridge: br,
-      ...options,
-      ipam: fx.hostLocal(dual ? [[{ subnet: '198.18.137.0/24' }], [{ subnet: 'fd00:b::/64' }]] : [[{ subnet: '198.18.137.0/24' }]]),
-    };
-    const ref = await attach(REFERENCE, { ...base, type: 'bridge' });
-    fx.cleanup();
-    const ours = await attach(fx.berthBridge, { ...base, type: 'berth-bridge' });
-    expect(ours.pod).toEqual(ref.pod);
-    expect(ours.bridge).toEqual(ref.bridge);
-    expect(ours.result).toEqual(ref.result);
-    expect(DELIBERATE).toHaveLength(3);
-  });
-});
+describe.each(['0.3.1', '0.4.0', '1.0.0'])(
+  '[%s] reference bridge vs berth-bridge, both with host-local',
+  (version) => {
+    it.each([
+      [
+        'dual stack, default gateway, mtu, hairpin',
+        { isDefaultGateway: true, mtu: 1450, hairpinMode: true },
+        true,
+      ],
+      ['IPv4, isGateway only, promiscMode', { isGateway: true, promiscMode: true }, false],
+      ['IPv4, no gateway', {}, false],
+    ])('%s: same pod, same bridge, same result shape', async (_what, options, dual) => {
+      const br = fx.bridge();
+      const base = {
+        cniVersion: version,
+        name: `${fx.prefix}net`,
+        bridge: br,
+        ...options,
+        ipam: fx.hostLocal(
+          dual
+            ? [[{ subnet: '198.18.137.0/24' }], [{ subnet: 'fd00:b::/64' }]]
+            : [[{ subnet: '198.18.137.0/24' }]],
+        ),
+      };
+      const ref = await attach(REFERENCE, { ...base, type: 'bridge' });
+      fx.cleanup();
+      const ours = await attach(fx.berthBridge, { ...base, type: 'berth-bridge' });
+      expect(ours.pod).toEqual(ref.pod);
+      expect(ours.bridge).toEqual(ref.bridge);
+      expect(ours.result).toEqual(ref.result);
+      expect(DELIBERATE).toHaveLength(3);
+    });
+  },
+);
 
 describe('state both leave behind after DEL', () => {
   it('neither removes the bridge; both release the lease', async () => {
-    for (const [plugin, type] of [[REFERENCE, 'bridge'], [fx.berthBridge, 'berth-bridge']] as const) {
+    for (const [plugin, type] of [
+      [REFERENCE, 'bridge'],
+      [fx.berthBridge, 'berth-bridge'],
+    ] as const) {
       const br = fx.bridge();
-      const c = { cniVersion: '1.0.0', name: `${fx.prefix}net`, type, bridge: br, isGateway: true, ipam: fx.hostLocal([[{ subnet: '198.18.137.0/24' }]]) };
+      const c = {
+        cniVersion: '1.0.0',
+        name: `${fx.prefix}net`,
+        type,
+        bridge: br,
+        isGateway: true,
+        ipam: fx.hostLocal([[{ subnet: '198.18.137.0/24' }]]),
+      };
       const ns = fx.netns();
-      expect((await fx.run({ plugin, command: 'ADD', conf: c, containerId: 'c', netns: ns.path, ifname: 'eth0' })).code).toBe(0);
-      expect((await fx.run({ plugin, command: 'DEL', conf: c, containerId: 'c', netns: ns.path, ifname: 'eth0' })).code).toBe(0);
+      expect(
+        (await fx.run({ plugin, command: 'ADD', conf: c, containerId: 'c', netns: ns.path, ifname: 'eth0' }))
+          .code,
+      ).toBe(0);
+      expect(
+        (await fx.run({ plugin, command: 'DEL', conf: c, containerId: 'c', netns: ns.path, ifname: 'eth0' }))
+          .code,
+      ).toBe(0);
       expect(trySh('ip', ['link', 'show', 'dev', br])).toBeDefined();
       expect(fx.leases(c.name)).toEqual([]);
       sh('ip', ['link', 'del', br]);

@@ -69,7 +69,11 @@ describe('parseBridgeConf options', () => {
   it.each<[string, Record<string, unknown>, Partial<BridgeConf>]>([
     ['bridge name', { bridge: 'br-x' }, { bridge: 'br-x' }],
     ['isGateway', { isGateway: true }, { isGateway: true, isDefaultGateway: false }],
-    ['isDefaultGateway implies isGateway', { isDefaultGateway: true }, { isGateway: true, isDefaultGateway: true }],
+    [
+      'isDefaultGateway implies isGateway',
+      { isDefaultGateway: true },
+      { isGateway: true, isDefaultGateway: true },
+    ],
     ['forceAddress', { forceAddress: true }, { forceAddress: true }],
     ['ipMasq', { ipMasq: true }, { ipMasq: true }],
     ['ipMasqBackend nftables', { ipMasqBackend: 'nftables' }, { ipMasqBackend: 'nftables' }],
@@ -80,15 +84,27 @@ describe('parseBridgeConf options', () => {
     ['promiscMode', { promiscMode: true }, { promiscMode: true }],
     ['vlan', { vlan: 100 }, { vlan: 100 }],
     ['vlan 0 is none', { vlan: 0 }, { vlan: 0 }],
-    ['vlanTrunk ids and ranges, sorted and unique', { vlanTrunk: [{ id: 300 }, { minID: 101, maxID: 103 }, { id: 102 }] }, { vlanTrunk: [101, 102, 103, 300] }],
+    [
+      'vlanTrunk ids and ranges, sorted and unique',
+      { vlanTrunk: [{ id: 300 }, { minID: 101, maxID: 103 }, { id: 102 }] },
+      { vlanTrunk: [101, 102, 103, 300] },
+    ],
     ['vlan with vlanTrunk', { vlan: 5, vlanTrunk: [{ id: 7 }] }, { vlan: 5, vlanTrunk: [7] }],
     ['preserveDefaultVlan false', { preserveDefaultVlan: false }, { preserveDefaultVlan: false }],
     ['enabledad', { enabledad: true }, { enableDad: true }],
     ['macspoofchk', { macspoofchk: true }, { macSpoofCheck: true }],
-    ['disableContainerInterface without IPAM', { disableContainerInterface: true }, { disableContainerInterface: true }],
+    [
+      'disableContainerInterface without IPAM',
+      { disableContainerInterface: true },
+      { disableContainerInterface: true },
+    ],
     ['portIsolation as the docs write it', { portIsolation: 'true' }, { portIsolation: true }],
     ['"false" string', { ipMasq: 'false', hairpinMode: 'true' }, { ipMasq: false, hairpinMode: true }],
-    ['dns replaces IPAM dns', { dns: { nameservers: ['198.18.0.53'], search: ['a.example'] } }, { dns: { nameservers: ['198.18.0.53'], search: ['a.example'] } }],
+    [
+      'dns replaces IPAM dns',
+      { dns: { nameservers: ['198.18.0.53'], search: ['a.example'] } },
+      { dns: { nameservers: ['198.18.0.53'], search: ['a.example'] } },
+    ],
     ['empty dns keeps IPAM dns', { dns: {} }, { dns: undefined }],
   ])('%s', (_name, cfg, expected) => {
     expect(parse(cfg)).toMatchObject(expected);

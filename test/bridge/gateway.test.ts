@@ -51,7 +51,11 @@ describe('planAddresses', () => {
   });
 
   it('isDefaultGateway keeps an IPAM default route that has a gateway', () => {
-    const p = planAddresses(conf({ isDefaultGateway: true }), [ipam[0]!], [{ dst: '0.0.0.0/0', gw: '198.18.128.254' }]);
+    const p = planAddresses(
+      conf({ isDefaultGateway: true }),
+      [ipam[0]!],
+      [{ dst: '0.0.0.0/0', gw: '198.18.128.254' }],
+    );
     expect(p.routes).toEqual([{ dst: '0.0.0.0/0', gw: '198.18.128.254' }]);
   });
 });

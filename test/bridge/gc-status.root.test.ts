@@ -43,7 +43,10 @@ describe('GC', () => {
     sh('ip', ['link', 'add', foreign, 'type', 'veth', 'peer', 'name', `${foreign}p`]);
     sh('ip', ['link', 'set', foreign, 'master', c.bridge as string]);
 
-    const gc = await fx.run({ command: 'GC', conf: { ...c, [key]: [{ containerID: 'podA', ifname: 'eth0' }] } });
+    const gc = await fx.run({
+      command: 'GC',
+      conf: { ...c, [key]: [{ containerID: 'podA', ifname: 'eth0' }] },
+    });
     expect(gc.code, gc.stdout + gc.stderr).toBe(0);
     const ports = fx.ports(c.bridge as string).map((l: any) => l.ifname);
     expect(ports.sort()).toEqual([a!.result.interfaces[1].name, foreign].sort());
@@ -52,7 +55,13 @@ describe('GC', () => {
     expect(inet).toContain('podA/eth0');
     expect(inet).not.toMatch(/podB|podC/);
     expect(fx.nftList('bridge')).not.toMatch(/podB|podC/);
-    const check = await fx.run({ command: 'CHECK', conf: { ...c, prevResult: a!.result }, containerId: 'podA', netns: a!.ns.path, ifname: 'eth0' });
+    const check = await fx.run({
+      command: 'CHECK',
+      conf: { ...c, prevResult: a!.result },
+      containerId: 'podA',
+      netns: a!.ns.path,
+      ifname: 'eth0',
+    });
     expect(check.code, check.stdout).toBe(0);
     sh('ip', ['link', 'del', foreign]);
   });
@@ -75,9 +84,14 @@ describe('GC', () => {
 
   it('leaves other networks on other bridges alone', async () => {
     const c1 = conf();
-    const c2 = conf({ name: `${fx.prefix}other`, ipam: { type: 'berth-ipam', dataDir: fx.dataDir, ranges: [[{ subnet: '198.18.136.0/24' }]] } });
+    const c2 = conf({
+      name: `${fx.prefix}other`,
+      ipam: { type: 'berth-ipam', dataDir: fx.dataDir, ranges: [[{ subnet: '198.18.136.0/24' }]] },
+    });
     const ns = fx.netns();
-    expect((await fx.run({ command: 'ADD', conf: c2, containerId: 'podX', netns: ns.path, ifname: 'eth0' })).code).toBe(0);
+    expect(
+      (await fx.run({ command: 'ADD', conf: c2, containerId: 'podX', netns: ns.path, ifname: 'eth0' })).code,
+    ).toBe(0);
     expect((await fx.run({ command: 'GC', conf: c1 })).code).toBe(0);
     expect(fx.ports(c2.bridge as string)).toHaveLength(1);
     expect(fx.leases(c2.name as string)).toEqual(['198.18.136.2']);
@@ -93,8 +107,20 @@ describe('GC', () => {
     const netB = conf({ name: `${fx.prefix}nb`, bridge, ipam: {}, isGateway: false, ipMasq: false });
     const nsA = fx.netns();
     const nsB = fx.netns();
-    const a = await fx.run({ command: 'ADD', conf: netA, containerId: 'podA', netns: nsA.path, ifname: 'eth0' });
-    const b = await fx.run({ command: 'ADD', conf: netB, containerId: 'podB', netns: nsB.path, ifname: 'eth1' });
+    const a = await fx.run({
+      command: 'ADD',
+      conf: netA,
+      containerId: 'podA',
+      netns: nsA.path,
+      ifname: 'eth0',
+    });
+    const b = await fx.run({
+      command: 'ADD',
+      conf: netB,
+      containerId: 'podB',
+      netns: nsB.path,
+      ifname: 'eth1',
+    });
     expect(a.code, a.stdout).toBe(0);
     expect(b.code, b.stdout).toBe(0);
     expect((await fx.run({ command: 'GC', conf: netA })).code).toBe(0);
@@ -132,20 +158,30 @@ describe('STATUS', () => {
   });
 
   it('code 50 when IPAM cannot serve', async () => {
-    const r = await fx.run({ command: 'STATUS', conf: conf({ ipam: { type: `${fx.prefix}-missing-ipam` } }) });
+    const r = await fx.run({
+      command: 'STATUS',
+      conf: conf({ ipam: { type: `${fx.prefix}-missing-ipam` } }),
+    });
     expect(r.json.code).toBe(50);
     expect(r.json.msg).toContain('IPAM');
   });
 
   // A PATH holding node but no nft: the plugin runs, nftables cannot.
   const nodeDir = dirname(process.execPath);
-  it.skipIf(existsSync(join(nodeDir, 'nft')))('code 50 when ipMasq needs nftables and nft cannot run', async () => {
-    const r = await fx.run({ command: 'STATUS', conf: conf(), env: { PATH: nodeDir } });
-    expect(r.json.code).toBe(50);
-    expect(r.json.msg).toContain('nftables unusable');
-    const l2 = await fx.run({ command: 'STATUS', conf: conf({ ipMasq: false, macspoofchk: false }), env: { PATH: nodeDir } });
-    expect(l2.code, l2.stdout).toBe(0);
-  });
+  it.skipIf(existsSync(join(nodeDir, 'nft')))(
+    'code 50 when ipMasq needs nftables and nft cannot run',
+    async () => {
+      const r = await fx.run({ command: 'STATUS', conf: conf(), env: { PATH: nodeDir } });
+      expect(r.json.code).toBe(50);
+      expect(r.json.msg).toContain('nftables unusable');
+      const l2 = await fx.run({
+        command: 'STATUS',
+        conf: conf({ ipMasq: false, macspoofchk: false }),
+        env: { PATH: nodeDir },
+      });
+      expect(l2.code, l2.stdout).toBe(0);
+    },
+  );
 
   it('is refused for configs older than 1.1.0 (code 1)', async () => {
     const r = await fx.run({ command: 'STATUS', conf: conf({ cniVersion: '1.0.0' }) });

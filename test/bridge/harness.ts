@@ -103,23 +103,44 @@ export class Fixture {
 
   /** A berth-bridge network config (spec 1.0.0 unless `extra` says otherwise) on a fresh bridge of this fixture. */
   conf(extra: Record<string, unknown> = {}): Record<string, unknown> {
-    return { cniVersion: '1.0.0', name: `${this.prefix}net`, type: 'berth-bridge', bridge: this.bridge(), ...extra };
+    return {
+      cniVersion: '1.0.0',
+      name: `${this.prefix}net`,
+      type: 'berth-bridge',
+      bridge: this.bridge(),
+      ...extra,
+    };
   }
 
   /** An IPAM section for host-local with this fixture's dataDir. */
-  hostLocal(ranges: Array<Record<string, unknown>[]>, extra: Record<string, unknown> = {}, version = '1.0.0'): Record<string, unknown> {
-    return { type: version === '1.1.0' ? 'bt-host-local' : 'host-local', dataDir: this.dataDir, ranges, ...extra };
+  hostLocal(
+    ranges: Array<Record<string, unknown>[]>,
+    extra: Record<string, unknown> = {},
+    version = '1.0.0',
+  ): Record<string, unknown> {
+    return {
+      type: version === '1.1.0' ? 'bt-host-local' : 'host-local',
+      dataDir: this.dataDir,
+      ranges,
+      ...extra,
+    };
   }
 
   /** Lease files host-local holds for a network (not counting its lock and cursor files). */
   leases(network: string): string[] {
     const dir = join(this.dataDir, network);
     if (!existsSync(dir)) return [];
-    return readdirSync(dir).filter((f) => f !== 'lock' && !f.startsWith('last_reserved_ip') && !f.startsWith('.'));
+    return readdirSync(dir).filter(
+      (f) => f !== 'lock' && !f.startsWith('last_reserved_ip') && !f.startsWith('.'),
+    );
   }
 
   env(): Record<string, string> {
-    return { BERTH_NFT_TABLE: this.nftTable, BERTH_RUN_DIR: this.runDir, CNI_PATH: `${CNI_PATH}:${this.extraBin}` };
+    return {
+      BERTH_NFT_TABLE: this.nftTable,
+      BERTH_RUN_DIR: this.runDir,
+      CNI_PATH: `${CNI_PATH}:${this.extraBin}`,
+    };
   }
 
   run(opts: RunOptions): Promise<RunResult> {
@@ -132,8 +153,12 @@ export class Fixture {
 
   /** This fixture's nftables tables that exist, as `<family> <name>` (from `nft -j list tables`). */
   tables(): string[] {
-    const out = JSON.parse(sh('nft', ['-j', 'list', 'tables'])) as { nftables: Array<{ table?: { family: string; name: string } }> };
-    return out.nftables.flatMap((o) => (o.table !== undefined && o.table.name === this.nftTable ? [`${o.table.family} ${o.table.name}`] : []));
+    const out = JSON.parse(sh('nft', ['-j', 'list', 'tables'])) as {
+      nftables: Array<{ table?: { family: string; name: string } }>;
+    };
+    return out.nftables.flatMap((o) =>
+      o.table !== undefined && o.table.name === this.nftTable ? [`${o.table.family} ${o.table.name}`] : [],
+    );
   }
 
   /** What the plugin left under `<runDir>/bridge` besides its lock files. */
@@ -152,11 +177,14 @@ export class Fixture {
     for (const ns of this.netnses) trySh('ip', ['netns', 'del', ns]);
     this.netnses.clear();
     for (const br of this.bridges) {
-      for (const port of (trySh('ip', ['-j', 'link', 'show', 'master', br]) ? ipJson(['link', 'show', 'master', br]) : [])) {
+      for (const port of trySh('ip', ['-j', 'link', 'show', 'master', br])
+        ? ipJson(['link', 'show', 'master', br])
+        : []) {
         trySh('ip', ['link', 'del', port.ifname]);
       }
       // a VLAN gateway interface <bridge>.<vlan> (its peer is a port, already gone)
-      for (const l of ipJson(['link', 'show'])) if (String(l.ifname).startsWith(`${br}.`)) trySh('ip', ['link', 'del', l.ifname]);
+      for (const l of ipJson(['link', 'show']))
+        if (String(l.ifname).startsWith(`${br}.`)) trySh('ip', ['link', 'del', l.ifname]);
       trySh('ip', ['link', 'del', br]);
     }
     this.bridges.clear();
@@ -216,4 +244,3 @@ export function nsExec(ns: string, cmd: string[]): string {
 export function readSysctlIn(ns: string, key: string): string {
   return nsExec(ns, ['cat', `/proc/sys/${key.replace(/\./g, '/')}`]).trim();
 }
-

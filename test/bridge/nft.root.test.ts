@@ -44,7 +44,10 @@ describe('masquerade sets', () => {
   const v4 = (ip: string) => ({ ip, family: 4 as const, subnet: '198.18.128.0', prefixLen: 24 });
 
   it('adds tagged elements, removes them by attachment, and removes the network objects with the last one', async () => {
-    await addMasquerade(scope, { containerId: 'c1', ifname: 'eth0' }, [v4('198.18.128.2'), { ip: 'fd00:b::2', family: 6, subnet: 'fd00:b::', prefixLen: 64 }]);
+    await addMasquerade(scope, { containerId: 'c1', ifname: 'eth0' }, [
+      v4('198.18.128.2'),
+      { ip: 'fd00:b::2', family: 6, subnet: 'fd00:b::', prefixLen: 64 },
+    ]);
     await addMasquerade(scope, { containerId: 'c2', ifname: 'eth0' }, [v4('198.18.128.3')]);
     const text = list('inet');
     const n = masqNames('bt-net-a');
@@ -54,7 +57,10 @@ describe('masquerade sets', () => {
     expect(text).toContain('fd00:b::2 comment "c1/eth0"');
     // exactly two jumps, even after a second ADD
     expect(text.match(new RegExp(`jump ${n.chain}`, 'g'))).toHaveLength(2);
-    expect(await masqueradeAddresses(scope, attachmentTag('c1', 'eth0'))).toEqual(['198.18.128.2', 'fd00:b::2']);
+    expect(await masqueradeAddresses(scope, attachmentTag('c1', 'eth0'))).toEqual([
+      '198.18.128.2',
+      'fd00:b::2',
+    ]);
 
     expect(await removeMasquerade(scope, (t) => t === 'c1/eth0')).toEqual(['c1/eth0']);
     const after = list('inet');
@@ -101,7 +107,14 @@ describe('masquerade sets', () => {
 
   it('removing from a table holding only an empty base chain deletes it (leftover of an older run)', async () => {
     execFileSync('nft', ['add', 'table', 'inet', table]);
-    execFileSync('nft', ['add', 'chain', 'inet', table, 'postrouting', '{ type nat hook postrouting priority 100; policy accept; }']);
+    execFileSync('nft', [
+      'add',
+      'chain',
+      'inet',
+      table,
+      'postrouting',
+      '{ type nat hook postrouting priority 100; policy accept; }',
+    ]);
     expect(await removeMasquerade(scope, () => true)).toEqual([]);
     expect(exists('inet')).toBe(false);
   });
@@ -110,12 +123,24 @@ describe('masquerade sets', () => {
 describe('spoof-check sets', () => {
   const scope = { nft: systemNft, table, network: 'bt-net-a', tablesLock };
   it('adds one rule per network and tagged (port, mac) pairs; removes them', async () => {
-    await addSpoofCheck(scope, { containerId: 'c1', ifname: 'eth0', hostVeth: 'veth00000001', mac: '02:00:00:00:00:01' });
-    await addSpoofCheck(scope, { containerId: 'c2', ifname: 'eth0', hostVeth: 'veth00000002', mac: '02:00:00:00:00:02' });
+    await addSpoofCheck(scope, {
+      containerId: 'c1',
+      ifname: 'eth0',
+      hostVeth: 'veth00000001',
+      mac: '02:00:00:00:00:01',
+    });
+    await addSpoofCheck(scope, {
+      containerId: 'c2',
+      ifname: 'eth0',
+      hostVeth: 'veth00000002',
+      mac: '02:00:00:00:00:02',
+    });
     const text = list('bridge');
     const n = spoofNames('bt-net-a');
     expect(text.match(new RegExp(`@${n.allowed} drop`, 'g'))).toHaveLength(1);
-    expect(await spoofCheckEntries(scope, 'c2/eth0')).toEqual([{ port: 'veth00000002', mac: '02:00:00:00:00:02' }]);
+    expect(await spoofCheckEntries(scope, 'c2/eth0')).toEqual([
+      { port: 'veth00000002', mac: '02:00:00:00:00:02' },
+    ]);
     await removeSpoofCheck(scope, (t) => t === 'c1/eth0');
     expect(list('bridge')).not.toContain('veth00000001');
     await removeSpoofCheck(scope, (t) => t === 'c2/eth0');
@@ -124,8 +149,18 @@ describe('spoof-check sets', () => {
 
   it("keeps the table while another network's rule and sets are in it", async () => {
     const other = { ...scope, network: 'bt-net-b' };
-    await addSpoofCheck(scope, { containerId: 'c1', ifname: 'eth0', hostVeth: 'veth00000001', mac: '02:00:00:00:00:01' });
-    await addSpoofCheck(other, { containerId: 'c2', ifname: 'eth0', hostVeth: 'veth00000002', mac: '02:00:00:00:00:02' });
+    await addSpoofCheck(scope, {
+      containerId: 'c1',
+      ifname: 'eth0',
+      hostVeth: 'veth00000001',
+      mac: '02:00:00:00:00:01',
+    });
+    await addSpoofCheck(other, {
+      containerId: 'c2',
+      ifname: 'eth0',
+      hostVeth: 'veth00000002',
+      mac: '02:00:00:00:00:02',
+    });
     await removeSpoofCheck(scope, () => true);
     const text = list('bridge');
     expect(text).not.toContain(spoofNames('bt-net-a').allowed);

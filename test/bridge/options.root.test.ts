@@ -16,14 +16,25 @@ function conf(extra: Record<string, unknown> = {}): Record<string, unknown> {
   });
 }
 
-async function add(c: Record<string, unknown>, opts: { id?: string; ifname?: string; cniArgs?: string } = {}) {
+async function add(
+  c: Record<string, unknown>,
+  opts: { id?: string; ifname?: string; cniArgs?: string } = {},
+) {
   const ns = fx.netns();
-  const r = await fx.run({ command: 'ADD', conf: c, containerId: opts.id ?? 'ctr1', netns: ns.path, ifname: opts.ifname ?? 'eth0', ...(opts.cniArgs !== undefined ? { cniArgs: opts.cniArgs } : {}) });
+  const r = await fx.run({
+    command: 'ADD',
+    conf: c,
+    containerId: opts.id ?? 'ctr1',
+    netns: ns.path,
+    ifname: opts.ifname ?? 'eth0',
+    ...(opts.cniArgs !== undefined ? { cniArgs: opts.cniArgs } : {}),
+  });
   expect(r.code, r.stdout + r.stderr).toBe(0);
   return { ns, result: r.json, hostVeth: r.json.interfaces[1].name as string };
 }
 
-const linkDetail = (dev: string, ns?: string): any => ipJson([...(ns !== undefined ? ['-n', ns] : []), '-d', 'link', 'show', 'dev', dev])[0];
+const linkDetail = (dev: string, ns?: string): any =>
+  ipJson([...(ns !== undefined ? ['-n', ns] : []), '-d', 'link', 'show', 'dev', dev])[0];
 const bridgeVlans = (dev: string): any[] => {
   const out = JSON.parse(sh('bridge', ['-j', 'vlan', 'show', 'dev', dev]) || '[]');
   return out[0]?.vlans ?? [];
@@ -34,7 +45,9 @@ describe('gateway options', () => {
     const c = conf({ isGateway: true });
     const { ns, result } = await add(c);
     expect(result.ips[0].gateway).toBe('198.18.133.1');
-    expect(ipJson(['addr', 'show', 'dev', c.bridge as string])[0].addr_info.map((a: any) => a.local)).toContain('198.18.133.1');
+    expect(
+      ipJson(['addr', 'show', 'dev', c.bridge as string])[0].addr_info.map((a: any) => a.local),
+    ).toContain('198.18.133.1');
     expect(sh('sysctl', ['-n', 'net.ipv4.ip_forward']).trim()).toBe('1');
     expect(ipJson(['-n', ns.name, 'route', 'show', 'default'])).toEqual([]);
   });
@@ -43,7 +56,11 @@ describe('gateway options', () => {
     const c = conf();
     const { result } = await add(c);
     expect(result.ips[0].gateway).toBe('198.18.133.1'); // host-local's own gateway is passed through
-    expect(ipJson(['addr', 'show', 'dev', c.bridge as string])[0].addr_info.filter((a: any) => a.family === 'inet')).toEqual([]);
+    expect(
+      ipJson(['addr', 'show', 'dev', c.bridge as string])[0].addr_info.filter(
+        (a: any) => a.family === 'inet',
+      ),
+    ).toEqual([]);
   });
 
   it('forceAddress: a different address on the bridge is an error without it, replaced with it', async () => {
@@ -51,13 +68,23 @@ describe('gateway options', () => {
     sh('ip', ['link', 'add', c.bridge as string, 'type', 'bridge']);
     sh('ip', ['addr', 'add', '198.18.134.1/24', 'dev', c.bridge as string]);
     const ns = fx.netns();
-    const refused = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr1', netns: ns.path, ifname: 'eth0' });
+    const refused = await fx.run({
+      command: 'ADD',
+      conf: c,
+      containerId: 'ctr1',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
     expect(refused.code).not.toBe(0);
-    expect(refused.json.msg).toBe(`"${c.bridge as string}" already has an IP address different from 198.18.133.1/24`);
+    expect(refused.json.msg).toBe(
+      `"${c.bridge as string}" already has an IP address different from 198.18.133.1/24`,
+    );
     expect(fx.leases(c.name as string)).toEqual([]);
     const { result } = await add({ ...c, forceAddress: true });
     expect(result.ips[0].address).toMatch(/^198\.18\.133\.\d+\/24$/);
-    const v4 = ipJson(['addr', 'show', 'dev', c.bridge as string])[0].addr_info.filter((a: any) => a.family === 'inet').map((a: any) => a.local);
+    const v4 = ipJson(['addr', 'show', 'dev', c.bridge as string])[0]
+      .addr_info.filter((a: any) => a.family === 'inet')
+      .map((a: any) => a.local);
     expect(v4).toEqual(['198.18.133.1']);
   });
 });
@@ -80,22 +107,29 @@ describe('ipMasq', () => {
     [true, 'nftables'],
     [true, undefined],
     [false, undefined],
-  ])('ipMasq %s (ipMasqBackend %s): traffic to another network leaves with the host address only when on', async (masq, backend) => {
-    const c = conf({ isDefaultGateway: true, ipMasq: masq, ...(backend !== undefined ? { ipMasqBackend: backend } : {}) });
-    const { ns } = await add(c);
-    const ext = outside();
-    const ping = trySh('ip', ['netns', 'exec', ns.name, 'ping', '-c', '1', '-W', '1', '198.18.141.2']);
-    if (masq) {
-      expect(ping, 'pod reaches the outside network through the masquerade').toBeDefined();
-      expect(fx.nftList('inet')).toContain('198.18.133.2 comment "ctr1/eth0"');
-    } else {
-      expect(ping, 'without masquerade the outside has no route back').toBeUndefined();
-      expect(fx.nftList('inet')).not.toContain('198.18.133.2');
-    }
-    // same-subnet traffic is never masqueraded: the gateway sees the pod's own address
-    nsExec(ns.name, ['ping', '-c', '1', '-W', '1', '198.18.133.1']);
-    fx.deleteNetns(ext.name);
-  });
+  ])(
+    'ipMasq %s (ipMasqBackend %s): traffic to another network leaves with the host address only when on',
+    async (masq, backend) => {
+      const c = conf({
+        isDefaultGateway: true,
+        ipMasq: masq,
+        ...(backend !== undefined ? { ipMasqBackend: backend } : {}),
+      });
+      const { ns } = await add(c);
+      const ext = outside();
+      const ping = trySh('ip', ['netns', 'exec', ns.name, 'ping', '-c', '1', '-W', '1', '198.18.141.2']);
+      if (masq) {
+        expect(ping, 'pod reaches the outside network through the masquerade').toBeDefined();
+        expect(fx.nftList('inet')).toContain('198.18.133.2 comment "ctr1/eth0"');
+      } else {
+        expect(ping, 'without masquerade the outside has no route back').toBeUndefined();
+        expect(fx.nftList('inet')).not.toContain('198.18.133.2');
+      }
+      // same-subnet traffic is never masqueraded: the gateway sees the pod's own address
+      nsExec(ns.name, ['ping', '-c', '1', '-W', '1', '198.18.133.1']);
+      fx.deleteNetns(ext.name);
+    },
+  );
 });
 
 describe('link options', () => {
@@ -130,7 +164,9 @@ describe('link options', () => {
     const on = await add(conf({ enabledad: true, ipam: fx.hostLocal(v6) }));
     expect(readSysctlIn(on.ns.name, 'net.ipv6.conf.eth0.accept_dad')).toBe('1');
     expect(readSysctlIn(on.ns.name, 'net.ipv6.conf.eth0.enhanced_dad')).toBe('1');
-    const addrs = ipJson(['-n', on.ns.name, 'addr', 'show', 'dev', 'eth0'])[0].addr_info.filter((a: any) => a.scope === 'global');
+    const addrs = ipJson(['-n', on.ns.name, 'addr', 'show', 'dev', 'eth0'])[0].addr_info.filter(
+      (a: any) => a.scope === 'global',
+    );
     expect(addrs[0].tentative).toBeUndefined(); // ADD waited for DAD
     const off = await add(conf({ ipam: fx.hostLocal(v6) }), { id: 'ctr2' });
     expect(readSysctlIn(off.ns.name, 'net.ipv6.conf.eth0.accept_dad')).toBe('0');
@@ -153,16 +189,25 @@ function kernelHasVlanFiltering(): boolean {
 const VLAN_OK = kernelHasVlanFiltering();
 
 describe.skipIf(VLAN_OK)('VLANs on a kernel without bridge VLAN filtering', () => {
-  it.each([{ vlan: 100 }, { vlanTrunk: [{ id: 101 }] }])('%j fails clearly and leaves nothing', async (extra) => {
-    const c = conf(extra);
-    const ns = fx.netns();
-    const r = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr1', netns: ns.path, ifname: 'eth0' });
-    expect(r.code).not.toBe(0);
-    expect(r.json.msg).toContain('CONFIG_BRIDGE_VLAN_FILTERING');
-    expect(trySh('ip', ['link', 'show', 'dev', c.bridge as string])).toBeUndefined();
-    expect(ipJson(['-n', ns.name, 'link', 'show']).map((l: any) => l.ifname)).toEqual(['lo']);
-    expect(fx.leases(c.name as string)).toEqual([]);
-  });
+  it.each([{ vlan: 100 }, { vlanTrunk: [{ id: 101 }] }])(
+    '%j fails clearly and leaves nothing',
+    async (extra) => {
+      const c = conf(extra);
+      const ns = fx.netns();
+      const r = await fx.run({
+        command: 'ADD',
+        conf: c,
+        containerId: 'ctr1',
+        netns: ns.path,
+        ifname: 'eth0',
+      });
+      expect(r.code).not.toBe(0);
+      expect(r.json.msg).toContain('CONFIG_BRIDGE_VLAN_FILTERING');
+      expect(trySh('ip', ['link', 'show', 'dev', c.bridge as string])).toBeUndefined();
+      expect(ipJson(['-n', ns.name, 'link', 'show']).map((l: any) => l.ifname)).toEqual(['lo']);
+      expect(fx.leases(c.name as string)).toEqual([]);
+    },
+  );
 });
 
 describe.runIf(VLAN_OK)('VLANs', () => {
@@ -186,7 +231,9 @@ describe.runIf(VLAN_OK)('VLANs', () => {
     const { hostVeth } = await add(c);
     const vlans = bridgeVlans(hostVeth);
     expect(vlans).toContainEqual({ vlan: 1, flags: ['PVID', 'Egress Untagged'] });
-    const tagged = vlans.filter((v) => v.vlan !== 1).flatMap((v) => (v.vlanEnd !== undefined ? [`${v.vlan}-${v.vlanEnd}`] : [String(v.vlan)]));
+    const tagged = vlans
+      .filter((v) => v.vlan !== 1)
+      .flatMap((v) => (v.vlanEnd !== undefined ? [`${v.vlan}-${v.vlanEnd}`] : [String(v.vlan)]));
     expect(tagged).toEqual(['101', '200-202']);
   });
 
@@ -196,7 +243,9 @@ describe.runIf(VLAN_OK)('VLANs', () => {
     const gwIf = `${c.bridge as string}.100`;
     expect(result.interfaces).toHaveLength(4);
     expect(result.interfaces[3].name).toBe(gwIf);
-    expect(ipJson(['addr', 'show', 'dev', gwIf])[0].addr_info.map((a: any) => a.local)).toContain('198.18.133.1');
+    expect(ipJson(['addr', 'show', 'dev', gwIf])[0].addr_info.map((a: any) => a.local)).toContain(
+      '198.18.133.1',
+    );
     nsExec(ns.name, ['ping', '-c', '1', '-W', '2', '198.18.133.1']);
     trySh('ip', ['link', 'del', gwIf]);
   });
@@ -208,7 +257,13 @@ describe('L2 and container options', () => {
     const { ns, result } = await add(c);
     expect(result.ips).toBeUndefined();
     expect(linkDetail('eth0', ns.name).operstate).toBe('UP');
-    const check = await fx.run({ command: 'CHECK', conf: { ...c, prevResult: result }, containerId: 'ctr1', netns: ns.path, ifname: 'eth0' });
+    const check = await fx.run({
+      command: 'CHECK',
+      conf: { ...c, prevResult: result },
+      containerId: 'ctr1',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
     expect(check.code, check.stdout).toBe(0);
   });
 
@@ -220,7 +275,13 @@ describe('L2 and container options', () => {
 
   it('disableContainerInterface with IPAM is refused (code 7)', async () => {
     const ns = fx.netns();
-    const r = await fx.run({ command: 'ADD', conf: conf({ disableContainerInterface: true }), containerId: 'ctr1', netns: ns.path, ifname: 'eth0' });
+    const r = await fx.run({
+      command: 'ADD',
+      conf: conf({ disableContainerInterface: true }),
+      containerId: 'ctr1',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
     expect(r.json.code).toBe(7);
     expect(r.json.msg).toContain('disableContainerInterface');
   });
@@ -232,8 +293,18 @@ describe('L2 and container options', () => {
 
   it.each([
     ['CNI_ARGS MAC=', {}, { cniArgs: 'IgnoreUnknown=1;MAC=02:42:c6:12:85:01' }, '02:42:c6:12:85:01'],
-    ['args.cni.mac', { args: { cni: { mac: '02:42:c6:12:85:02' } } }, { cniArgs: 'IgnoreUnknown=1;MAC=02:42:c6:12:85:01' }, '02:42:c6:12:85:02'],
-    ['runtimeConfig.mac', { runtimeConfig: { mac: '02:42:c6:12:85:03' }, args: { cni: { mac: '02:42:c6:12:85:02' } } }, {}, '02:42:c6:12:85:03'],
+    [
+      'args.cni.mac',
+      { args: { cni: { mac: '02:42:c6:12:85:02' } } },
+      { cniArgs: 'IgnoreUnknown=1;MAC=02:42:c6:12:85:01' },
+      '02:42:c6:12:85:02',
+    ],
+    [
+      'runtimeConfig.mac',
+      { runtimeConfig: { mac: '02:42:c6:12:85:03' }, args: { cni: { mac: '02:42:c6:12:85:02' } } },
+      {},
+      '02:42:c6:12:85:03',
+    ],
   ])('container MAC from %s', async (_what, extra, opts, mac) => {
     const { ns, result } = await add(conf(extra), opts);
     expect(linkDetail('eth0', ns.name).address).toBe(mac);
@@ -249,6 +320,8 @@ describe('macspoofchk', () => {
     nsExec(ns.name, ['ping', '-c', '1', '-W', '1', '198.18.133.1']);
     sh('ip', ['-n', ns.name, 'link', 'set', 'eth0', 'address', '02:42:c6:12:85:99']);
     sh('ip', ['neigh', 'flush', 'dev', c.bridge as string]);
-    expect(trySh('ip', ['netns', 'exec', ns.name, 'ping', '-c', '1', '-W', '1', '198.18.133.1'])).toBeUndefined();
+    expect(
+      trySh('ip', ['netns', 'exec', ns.name, 'ping', '-c', '1', '-W', '1', '198.18.133.1']),
+    ).toBeUndefined();
   });
 });

@@ -18,12 +18,18 @@ function conf(extra: Record<string, unknown> = {}): Record<string, unknown> {
   });
 }
 
-function expectNothingLeft(c: Record<string, unknown>, ns: { name: string }, opts: { bridgeGone: boolean }): void {
+function expectNothingLeft(
+  c: Record<string, unknown>,
+  ns: { name: string },
+  opts: { bridgeGone: boolean },
+): void {
   expect(ipJson(['-n', ns.name, 'link', 'show']).map((l: any) => l.ifname)).toEqual(['lo']);
   expect(fx.leases(c.name as string)).toEqual([]);
   expect(fx.nftList('inet')).not.toMatch(/comment "ctr/);
   expect(fx.nftList('bridge')).not.toMatch(/comment "ctr/);
-  const vethsWithOurTag = ipJson(['-d', 'link', 'show', 'type', 'veth']).filter((l: any) => typeof l.ifalias === 'string' && l.ifalias.startsWith('ctr'));
+  const vethsWithOurTag = ipJson(['-d', 'link', 'show', 'type', 'veth']).filter(
+    (l: any) => typeof l.ifalias === 'string' && l.ifalias.startsWith('ctr'),
+  );
   expect(vethsWithOurTag).toEqual([]);
   if (opts.bridgeGone) expect(trySh('ip', ['link', 'show', 'dev', c.bridge as string])).toBeUndefined();
 }
@@ -32,7 +38,13 @@ describe('rollback of a failed ADD', () => {
   it('IPAM fails (bad IPAM config): veth and the bridge it created are removed', async () => {
     const ns = fx.netns();
     const c = conf({ ipam: fx.hostLocal([[{ subnet: 'not-a-subnet' }]]) });
-    const add = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr1', netns: ns.path, ifname: 'eth0' });
+    const add = await fx.run({
+      command: 'ADD',
+      conf: c,
+      containerId: 'ctr1',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
     expect(add.code).not.toBe(0);
     expect(add.json.msg).toMatch(/not-a-subnet|invalid/i);
     expectNothingLeft(c, ns, { bridgeGone: true });
@@ -41,10 +53,22 @@ describe('rollback of a failed ADD', () => {
   it('IPAM fails (range exhausted): the second pod leaves nothing, the first is untouched', async () => {
     const c = conf({ ipam: fx.hostLocal([[{ subnet: '198.18.131.0/30' }]]) });
     const first = fx.netns();
-    const ok = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr1', netns: first.path, ifname: 'eth0' });
+    const ok = await fx.run({
+      command: 'ADD',
+      conf: c,
+      containerId: 'ctr1',
+      netns: first.path,
+      ifname: 'eth0',
+    });
     expect(ok.code, ok.stdout).toBe(0);
     const second = fx.netns();
-    const add = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr2', netns: second.path, ifname: 'eth0' });
+    const add = await fx.run({
+      command: 'ADD',
+      conf: c,
+      containerId: 'ctr2',
+      netns: second.path,
+      ifname: 'eth0',
+    });
     expect(add.code).not.toBe(0);
     expect(add.json.msg).toContain('no IP addresses available');
     expect(ipJson(['-n', second.name, 'link', 'show']).map((l: any) => l.ifname)).toEqual(['lo']);
@@ -52,15 +76,27 @@ describe('rollback of a failed ADD', () => {
     expect(fx.ports(c.bridge as string)).toHaveLength(1);
     expect(fx.nftList('inet')).not.toContain('ctr2');
     // the first pod's gateway address survived the second one's rollback
-    expect(ipJson(['addr', 'show', 'dev', c.bridge as string])[0].addr_info.some((a: any) => a.local === '198.18.131.1')).toBe(true);
+    expect(
+      ipJson(['addr', 'show', 'dev', c.bridge as string])[0].addr_info.some(
+        (a: any) => a.local === '198.18.131.1',
+      ),
+    ).toBe(true);
   });
 
   it('a route that cannot be added (real kernel error after IPAM and veth): lease released, veth gone', async () => {
     const ns = fx.netns();
     const c = conf({
-      ipam: fx.hostLocal([[{ subnet: '198.18.131.0/24' }]], { routes: [{ dst: '198.18.250.0/24', gw: '198.18.251.1' }] }),
+      ipam: fx.hostLocal([[{ subnet: '198.18.131.0/24' }]], {
+        routes: [{ dst: '198.18.250.0/24', gw: '198.18.251.1' }],
+      }),
     });
-    const add = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr1', netns: ns.path, ifname: 'eth0' });
+    const add = await fx.run({
+      command: 'ADD',
+      conf: c,
+      containerId: 'ctr1',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
     expect(add.code).not.toBe(0);
     expect(add.json.msg).toContain('198.18.250.0/24');
     expectNothingLeft(c, ns, { bridgeGone: true });
@@ -69,7 +105,14 @@ describe('rollback of a failed ADD', () => {
   it.each(['after-veth', 'after-ipam', 'after-gateway', 'after-masq'])('injected fault %s', async (point) => {
     const ns = fx.netns();
     const c = conf();
-    const add = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr1', netns: ns.path, ifname: 'eth0', env: { BERTH_TEST_FAULT: point } });
+    const add = await fx.run({
+      command: 'ADD',
+      conf: c,
+      containerId: 'ctr1',
+      netns: ns.path,
+      ifname: 'eth0',
+      env: { BERTH_TEST_FAULT: point },
+    });
     expect(add.code).not.toBe(0);
     expect(add.json.code).toBe(999);
     expect(add.json.msg).toContain(point);
@@ -79,9 +122,19 @@ describe('rollback of a failed ADD', () => {
   it('after masquerade, with another pod on the bridge: its gateway and entries stay', async () => {
     const c = conf();
     const first = fx.netns();
-    expect((await fx.run({ command: 'ADD', conf: c, containerId: 'keep1', netns: first.path, ifname: 'eth0' })).code).toBe(0);
+    expect(
+      (await fx.run({ command: 'ADD', conf: c, containerId: 'keep1', netns: first.path, ifname: 'eth0' }))
+        .code,
+    ).toBe(0);
     const ns = fx.netns();
-    const add = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr1', netns: ns.path, ifname: 'eth0', env: { BERTH_TEST_FAULT: 'after-masq' } });
+    const add = await fx.run({
+      command: 'ADD',
+      conf: c,
+      containerId: 'ctr1',
+      netns: ns.path,
+      ifname: 'eth0',
+      env: { BERTH_TEST_FAULT: 'after-masq' },
+    });
     expect(add.code).not.toBe(0);
     expect(add.json.code).toBe(999);
     expect(ipJson(['-n', ns.name, 'link', 'show']).map((l: any) => l.ifname)).toEqual(['lo']);

@@ -28,10 +28,17 @@ afterEach(() => {
 });
 
 function run(tool: 'berth' | 'cnitool', verb: string, env: Record<string, string> = {}) {
-  const [cmd, args] = tool === 'berth' ? [process.execPath, [BERTH, 'exec', verb, net, netns]] : [CNITOOL, [verb, net, netns]];
+  const [cmd, args] =
+    tool === 'berth' ? [process.execPath, [BERTH, 'exec', verb, net, netns]] : [CNITOOL, [verb, net, netns]];
   const r = spawnSync(cmd, args, {
     encoding: 'utf8',
-    env: { PATH: process.env.PATH, NETCONFPATH: fake.confDir, CNI_PATH: fake.binDir, FAKE_DIR: fake.dir, ...env },
+    env: {
+      PATH: process.env.PATH,
+      NETCONFPATH: fake.confDir,
+      CNI_PATH: fake.binDir,
+      FAKE_DIR: fake.dir,
+      ...env,
+    },
   });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
@@ -41,7 +48,8 @@ function normalise(calls: Call[]) {
   return calls.map((c) => {
     const stdin = structuredClone(c.stdin);
     const prev = stdin.prevResult as Record<string, unknown> | undefined;
-    if (prev && typeof prev.dns === 'object' && prev.dns !== null && Object.keys(prev.dns).length === 0) delete prev.dns;
+    if (prev && typeof prev.dns === 'object' && prev.dns !== null && Object.keys(prev.dns).length === 0)
+      delete prev.dns;
     const env = Object.fromEntries(Object.entries(c.env).filter(([k]) => k.startsWith('CNI_')));
     return { plugin: c.plugin, command: c.command, stdin, env };
   });
@@ -60,13 +68,21 @@ describe.skipIf(!haveCnitool)('berth exec vs cnitool', () => {
     cniVersion: '1.0.0',
     name: net,
     plugins: [
-      { type: 'a', capabilities: { portMappings: true, mac: false }, zeta: { y: [1, 2], x: 'z' }, alpha: true },
+      {
+        type: 'a',
+        capabilities: { portMappings: true, mac: false },
+        zeta: { y: [1, 2], x: 'z' },
+        alpha: true,
+      },
       { type: 'b', capabilities: { mac: true } },
     ],
   };
   const env = {
     CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAME=pod-a',
-    CAP_ARGS: JSON.stringify({ portMappings: [{ hostPort: 8080, containerPort: 80, protocol: 'tcp' }], mac: 'c2:11:22:33:44:55' }),
+    CAP_ARGS: JSON.stringify({
+      portMappings: [{ hostPort: 8080, containerPort: 80, protocol: 'tcp' }],
+      mac: 'c2:11:22:33:44:55',
+    }),
   };
 
   test('ADD, CHECK, DEL: the plugins receive the same environment and the same config', async () => {
@@ -80,9 +96,14 @@ describe.skipIf(!haveCnitool)('berth exec vs cnitool', () => {
       }
       seen[tool] = normalise(fake.calls());
     }
-    expect(seen.berth?.map((c) => `${c.plugin}:${c.command}`)).toEqual(
-      ['a:ADD', 'b:ADD', 'a:CHECK', 'b:CHECK', 'b:DEL', 'a:DEL'],
-    );
+    expect(seen.berth?.map((c) => `${c.plugin}:${c.command}`)).toEqual([
+      'a:ADD',
+      'b:ADD',
+      'a:CHECK',
+      'b:CHECK',
+      'b:DEL',
+      'a:DEL',
+    ]);
     expect(seen.berth).toEqual(seen.cnitool);
   });
 
@@ -99,7 +120,13 @@ describe.skipIf(!haveCnitool)('berth exec vs cnitool', () => {
   });
 
   test('the cache files agree (berth adds libcni 1.2+ "netns"), also for an up-converted single .conf', () => {
-    fake.writeConf('10-net.conf', { cniVersion: '0.4.0', name: net, type: 'a', z: 1, capabilities: { mac: true } });
+    fake.writeConf('10-net.conf', {
+      cniVersion: '0.4.0',
+      name: net,
+      type: 'a',
+      z: 1,
+      capabilities: { mac: true },
+    });
     const berthCache = join(fake.root, 'cache');
     expect(run('cnitool', 'add', env).code).toBe(0);
     fake.resetCalls();
@@ -109,27 +136,36 @@ describe.skipIf(!haveCnitool)('berth exec vs cnitool', () => {
     expect(ours.netns).toBe(netns);
     delete ours.netns;
     expect(ours).toEqual(theirs);
-    expect(Buffer.from(ours.config, 'base64').toString()).toBe(Buffer.from(theirs.config, 'base64').toString());
+    expect(Buffer.from(ours.config, 'base64').toString()).toBe(
+      Buffer.from(theirs.config, 'base64').toString(),
+    );
   });
 
   test.each([
     ['cnitool', 'berth'],
     ['berth', 'cnitool'],
-  ] as const)('%s ADD, then %s CHECK and DEL use the cached result; the cache file is gone after', (adder, other) => {
-    fake.writeConf('10-net.conflist', listConf);
-    const add = run(adder, 'add', env);
-    expect(add.code).toBe(0);
-    const result = JSON.parse(add.stdout);
-    fake.resetCalls();
-    expect(run(other, 'check').code).toBe(0);
-    expect(run(other, 'del').code).toBe(0);
-    const calls = normalise(fake.calls());
-    expect(calls.map((c) => `${c.plugin}:${c.command}`)).toEqual(['a:CHECK', 'b:CHECK', 'b:DEL', 'a:DEL']);
-    for (const c of calls) {
-      expect(c.stdin.prevResult).toMatchObject({ cniVersion: '1.0.0', interfaces: result.interfaces, ips: result.ips });
-    }
-    expect(existsSync(join(systemCache, `${net}-${containerIdFor(netns)}-eth0`))).toBe(false);
-  });
+  ] as const)(
+    '%s ADD, then %s CHECK and DEL use the cached result; the cache file is gone after',
+    (adder, other) => {
+      fake.writeConf('10-net.conflist', listConf);
+      const add = run(adder, 'add', env);
+      expect(add.code).toBe(0);
+      const result = JSON.parse(add.stdout);
+      fake.resetCalls();
+      expect(run(other, 'check').code).toBe(0);
+      expect(run(other, 'del').code).toBe(0);
+      const calls = normalise(fake.calls());
+      expect(calls.map((c) => `${c.plugin}:${c.command}`)).toEqual(['a:CHECK', 'b:CHECK', 'b:DEL', 'a:DEL']);
+      for (const c of calls) {
+        expect(c.stdin.prevResult).toMatchObject({
+          cniVersion: '1.0.0',
+          interfaces: result.interfaces,
+          ips: result.ips,
+        });
+      }
+      expect(existsSync(join(systemCache, `${net}-${containerIdFor(netns)}-eth0`))).toBe(false);
+    },
+  );
 
   test('a failing plugin: both exit 1 with the plugin message on stderr and leave no cache', () => {
     fake.writeConf('10-net.conflist', listConf);

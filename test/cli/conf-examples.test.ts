@@ -36,7 +36,13 @@ test.each(files)('%s loads like libcni loads it and passes the plugins’ config
       continue;
     }
     expect(bridge.ipamType).toBe('berth-ipam');
-    const ipam = parseIpamConfig({ config, cniVersion: list.cniVersion, cniArgs: new Map(), args: {}, runtimeConfig: () => undefined });
+    const ipam = parseIpamConfig({
+      config,
+      cniVersion: list.cniVersion,
+      cniArgs: new Map(),
+      args: {},
+      runtimeConfig: () => undefined,
+    });
     expect(ipam.rangeSets.length).toBe(file.includes('dualstack') ? 2 : 1);
   }
 });

@@ -46,12 +46,24 @@ describe('loadNetworkConfList', () => {
   test('falls back to single-plugin *.conf / *.json files, up-converted the way libcni re-serialises them', async () => {
     write('10-x.conflist', conflist('other', 'x'));
     write('30-net.json', { cniVersion: '0.4.0', name: 'net', type: 'late' });
-    write('20-net.conf', { type: 'bridge', name: 'net', cniVersion: '0.4.0', bridge: 'br0', ipam: { type: 'host-local', b: 1, a: 2 } });
+    write('20-net.conf', {
+      type: 'bridge',
+      name: 'net',
+      cniVersion: '0.4.0',
+      bridge: 'br0',
+      ipam: { type: 'host-local', b: 1, a: 2 },
+    });
     write('15-net.txt', { cniVersion: '0.4.0', name: 'net', type: 'ignored-extension' });
     const list = await loadNetworkConfList(dir, 'net');
     expect(list).toMatchObject({ name: 'net', cniVersion: '0.4.0', disableCheck: false, disableGC: false });
     expect(list.plugins).toEqual([
-      { type: 'bridge', name: 'net', cniVersion: '0.4.0', bridge: 'br0', ipam: { type: 'host-local', b: 1, a: 2 } },
+      {
+        type: 'bridge',
+        name: 'net',
+        cniVersion: '0.4.0',
+        bridge: 'br0',
+        ipam: { type: 'host-local', b: 1, a: 2 },
+      },
     ]);
     expect(list.bytes.toString()).toBe(
       '{"cniVersion":"0.4.0","name":"net","plugins":[{"bridge":"br0","cniVersion":"0.4.0","ipam":{"a":2,"b":1,"type":"host-local"},"name":"net","type":"bridge"}]}',
@@ -61,14 +73,20 @@ describe('loadNetworkConfList', () => {
   test('directories are skipped, a missing directory means no configs', async () => {
     mkdirSync(join(dir, 'net.conflist'));
     await expect(loadNetworkConfList(dir, 'net')).rejects.toThrow(`no net configurations found in ${dir}`);
-    await expect(loadNetworkConfList(join(dir, 'absent'), 'net')).rejects.toThrow('no net configurations found');
+    await expect(loadNetworkConfList(join(dir, 'absent'), 'net')).rejects.toThrow(
+      'no net configurations found',
+    );
   });
 
   test('names the network when configs exist but none matches', async () => {
     write('10-x.conflist', conflist('other', 'x'));
-    await expect(loadNetworkConfList(dir, 'net')).rejects.toThrow(`no net configuration with name "net" in ${dir}`);
+    await expect(loadNetworkConfList(dir, 'net')).rejects.toThrow(
+      `no net configuration with name "net" in ${dir}`,
+    );
     write('10-x.conf', { cniVersion: '1.0.0', name: 'other2', type: 'x' });
-    await expect(loadNetworkConfList(dir, 'net')).rejects.toThrow(`no net configuration with name "net" in ${dir}`);
+    await expect(loadNetworkConfList(dir, 'net')).rejects.toThrow(
+      `no net configuration with name "net" in ${dir}`,
+    );
   });
 
   test('a broken file stops the scan even when a later file would match (libcni does the same)', async () => {
@@ -123,5 +141,7 @@ describe('confListFromBytes', () => {
 });
 
 test('goJson sorts keys at every level like Go marshalling a map, keeping array order', () => {
-  expect(goJson({ b: 1, a: { d: [{ z: 1, y: 2 }, 3], c: null } })).toBe('{"a":{"c":null,"d":[{"y":2,"z":1},3]},"b":1}');
+  expect(goJson({ b: 1, a: { d: [{ z: 1, y: 2 }, 3], c: null } })).toBe(
+    '{"a":{"c":null,"d":[{"y":2,"z":1},3]},"b":1}',
+  );
 });

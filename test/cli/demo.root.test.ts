@@ -10,8 +10,14 @@ import { networkLockFile } from '../../src/bridge/lock';
 const BERTH = resolve(__dirname, '../../bin/berth');
 
 function leftovers(prefix: string): string[] {
-  const netns = execFileSync('ip', ['netns', 'list']).toString().split('\n').filter((l) => l.startsWith(prefix));
-  const links = execFileSync('ip', ['-o', 'link', 'show']).toString().split('\n').filter((l) => l.includes(prefix));
+  const netns = execFileSync('ip', ['netns', 'list'])
+    .toString()
+    .split('\n')
+    .filter((l) => l.startsWith(prefix));
+  const links = execFileSync('ip', ['-o', 'link', 'show'])
+    .toString()
+    .split('\n')
+    .filter((l) => l.includes(prefix));
   const temp = readdirSync(tmpdir()).filter((f) => f.startsWith(prefix));
   const lock = networkLockFile({}, `${prefix}-net`);
   return [...netns, ...links, ...temp, ...(existsSync(lock) ? [lock] : [])];

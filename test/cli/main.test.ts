@@ -34,7 +34,18 @@ test('exec add -i and --cache-dir reach the plugin and the cache; gc --valid rea
   expect(readdirSync(join(cache, 'results'))).toEqual([`n-${id}-net3`]);
 
   fake.resetCalls();
-  const gc = berth('exec', 'gc', 'n', '/run/netns/x', '--cache-dir', cache, '--valid', `${id}/net3`, '--valid', 'other/eth0');
+  const gc = berth(
+    'exec',
+    'gc',
+    'n',
+    '/run/netns/x',
+    '--cache-dir',
+    cache,
+    '--valid',
+    `${id}/net3`,
+    '--valid',
+    'other/eth0',
+  );
   expect(gc.code).toBe(0);
   expect(fake.calls().map((c) => c.command)).toEqual(['GC']);
   expect(fake.calls()[0]?.stdin['cni.dev/valid-attachments']).toEqual([

@@ -26,16 +26,26 @@ async function exec(
 ) {
   let stdout = '';
   let stderr = '';
-  const code = await runExec({ verb, network: 'net1', netns, cacheDir, ...opts }, {
-    env: { PATH: process.env.PATH, NETCONFPATH: fake.confDir, CNI_PATH: fake.binDir, FAKE_DIR: fake.dir, ...env },
-    stdout: (s) => (stdout += s),
-    stderr: (s) => (stderr += s),
-  });
+  const code = await runExec(
+    { verb, network: 'net1', netns, cacheDir, ...opts },
+    {
+      env: {
+        PATH: process.env.PATH,
+        NETCONFPATH: fake.confDir,
+        CNI_PATH: fake.binDir,
+        FAKE_DIR: fake.dir,
+        ...env,
+      },
+      stdout: (s) => (stdout += s),
+      stderr: (s) => (stderr += s),
+    },
+  );
   return { code, stdout, stderr };
 }
 
 const order = () => fake.calls().map((c) => `${c.plugin}:${c.command}`);
-const cacheFiles = () => (existsSync(join(cacheDir, 'results')) ? readdirSync(join(cacheDir, 'results')) : []);
+const cacheFiles = () =>
+  existsSync(join(cacheDir, 'results')) ? readdirSync(join(cacheDir, 'results')) : [];
 
 describe('ADD', () => {
   test('runs the plugins in list order, chaining each result into the next as prevResult', async () => {
@@ -46,7 +56,11 @@ describe('ADD', () => {
     const [a, b, c] = fake.calls();
     expect(a?.stdin).not.toHaveProperty('prevResult');
     // The fakes print no cniVersion: the runtime takes the config's, as libcni's fixupResultVersion does.
-    expect(b?.stdin.prevResult).toEqual({ cniVersion: '1.1.0', interfaces: [{ name: 'a' }], ips: [{ address: '198.18.7.1/24', interface: 0 }] });
+    expect(b?.stdin.prevResult).toEqual({
+      cniVersion: '1.1.0',
+      interfaces: [{ name: 'a' }],
+      ips: [{ address: '198.18.7.1/24', interface: 0 }],
+    });
     expect((c?.stdin.prevResult as { interfaces: unknown }).interfaces).toEqual([{ name: 'b' }]);
     // The printed result is the last plugin's, indented like cnitool's.
     expect(JSON.parse(r.stdout)).toMatchObject({ cniVersion: '1.1.0', interfaces: [{ name: 'c' }] });
@@ -67,7 +81,12 @@ describe('ADD', () => {
 
   test('each plugin gets the environment libcni gives: the runtime env plus all six CNI_* variables', async () => {
     fake.writeConf('10-net1.conflist', list({}, ['a']));
-    await exec('add', '/run/netns/p1', { ifname: 'net7' }, { CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAME=x', MY_VAR: 'kept' });
+    await exec(
+      'add',
+      '/run/netns/p1',
+      { ifname: 'net7' },
+      { CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAME=x', MY_VAR: 'kept' },
+    );
     const env = fake.calls()[0]?.env ?? {};
     expect(env).toMatchObject({
       CNI_COMMAND: 'ADD',
@@ -90,7 +109,10 @@ describe('ADD', () => {
         { type: 'c', capabilities: { bandwidth: true }, runtimeConfig: { admin: 1 } },
       ],
     });
-    const caps = { portMappings: [{ hostPort: 8080, containerPort: 80, protocol: 'tcp' }], mac: 'c2:11:22:33:44:55' };
+    const caps = {
+      portMappings: [{ hostPort: 8080, containerPort: 80, protocol: 'tcp' }],
+      mac: 'c2:11:22:33:44:55',
+    };
     expect((await exec('add', '/run/netns/p1', {}, { CAP_ARGS: JSON.stringify(caps) })).code).toBe(0);
     const [a, b, c] = fake.calls();
     expect(a?.stdin.runtimeConfig).toEqual({ portMappings: caps.portMappings });
@@ -98,12 +120,19 @@ describe('ADD', () => {
     // Nothing to send: libcni leaves an admin-written runtimeConfig alone.
     expect(c?.stdin.runtimeConfig).toEqual({ admin: 1 });
     // name and cniVersion are inserted into every plugin's config; libcni passes capabilities through.
-    expect(a?.stdin).toMatchObject({ name: 'net1', cniVersion: '1.0.0', type: 'a', capabilities: { portMappings: true } });
+    expect(a?.stdin).toMatchObject({
+      name: 'net1',
+      cniVersion: '1.0.0',
+      type: 'a',
+      capabilities: { portMappings: true },
+    });
   });
 
   test('rejects bad CNI_ARGS and CAP_ARGS before running anything', async () => {
     fake.writeConf('10-net1.conflist', list());
-    expect((await exec('add', '/run/netns/p1', {}, { CNI_ARGS: 'A=1;B' })).stderr).toContain('invalid CNI_ARGS pair "B"');
+    expect((await exec('add', '/run/netns/p1', {}, { CNI_ARGS: 'A=1;B' })).stderr).toContain(
+      'invalid CNI_ARGS pair "B"',
+    );
     expect((await exec('add', '/run/netns/p1', {}, { CAP_ARGS: '[1]' })).code).toBe(1);
     expect((await exec('add', '/run/netns/p1', { ifname: 'a/b' })).stderr).toContain('interface name');
     expect(fake.calls()).toEqual([]);
@@ -192,12 +221,15 @@ describe('CHECK', () => {
     expect(fake.calls()).toEqual([]);
   });
 
-  test.each([[true], ['true']])('disableCheck %j: succeeds without running a plugin', async (disableCheck) => {
-    fake.writeConf('10-net1.conflist', list({ disableCheck }));
-    fake.failOn('a', 'CHECK');
-    expect((await exec('check', '/run/netns/p1')).code).toBe(0);
-    expect(fake.calls()).toEqual([]);
-  });
+  test.each([[true], ['true']])(
+    'disableCheck %j: succeeds without running a plugin',
+    async (disableCheck) => {
+      fake.writeConf('10-net1.conflist', list({ disableCheck }));
+      fake.failOn('a', 'CHECK');
+      expect((await exec('check', '/run/netns/p1')).code).toBe(0);
+      expect(fake.calls()).toEqual([]);
+    },
+  );
 });
 
 describe('GC', () => {
@@ -206,11 +238,14 @@ describe('GC', () => {
     fake.writeConf('20-other.conflist', { ...list(), name: 'other' });
     for (const p of ['/run/netns/p1', '/run/netns/p2']) expect((await exec('add', p)).code).toBe(0);
     // An attachment of another network on the same cache dir: GC of net1 must not touch it.
-    const other = await runExec({ verb: 'add', network: 'other', netns: '/run/netns/p3', cacheDir }, {
-      env: { PATH: process.env.PATH, NETCONFPATH: fake.confDir, CNI_PATH: fake.binDir, FAKE_DIR: fake.dir },
-      stdout: () => undefined,
-      stderr: () => undefined,
-    });
+    const other = await runExec(
+      { verb: 'add', network: 'other', netns: '/run/netns/p3', cacheDir },
+      {
+        env: { PATH: process.env.PATH, NETCONFPATH: fake.confDir, CNI_PATH: fake.binDir, FAKE_DIR: fake.dir },
+        stdout: () => undefined,
+        stderr: () => undefined,
+      },
+    );
     expect(other).toBe(0);
     fake.resetCalls();
   }
@@ -229,8 +264,16 @@ describe('GC', () => {
     expect(gc?.stdin['cni.dev/attachments']).toEqual([{ containerID: keep, ifname: 'eth0' }]);
     expect(gc?.stdin).not.toHaveProperty('prevResult');
     // GC concerns the network, not an attachment: libcni leaves the per-attachment variables empty.
-    expect(gc?.env).toMatchObject({ CNI_COMMAND: 'GC', CNI_CONTAINERID: '', CNI_NETNS: '', CNI_IFNAME: '', CNI_ARGS: '' });
-    expect(cacheFiles().sort()).toEqual([`net1-${keep}-eth0`, `other-${containerIdFor('/run/netns/p3')}-eth0`].sort());
+    expect(gc?.env).toMatchObject({
+      CNI_COMMAND: 'GC',
+      CNI_CONTAINERID: '',
+      CNI_NETNS: '',
+      CNI_IFNAME: '',
+      CNI_ARGS: '',
+    });
+    expect(cacheFiles().sort()).toEqual(
+      [`net1-${keep}-eth0`, `other-${containerIdFor('/run/netns/p3')}-eth0`].sort(),
+    );
   });
 
   test('with no valid list (cnitool) every cached attachment is stale and no attachments key is sent', async () => {
@@ -296,7 +339,10 @@ describe('STATUS', () => {
 });
 
 test('cniVersions: every request carries the highest listed version this runtime implements (<= 1.1.0)', async () => {
-  fake.writeConf('10-net1.conflist', list({ cniVersion: '0.4.0', cniVersions: ['1.0.0', '1.1.0', '2.0.0', '0.3.1'] }));
+  fake.writeConf(
+    '10-net1.conflist',
+    list({ cniVersion: '0.4.0', cniVersions: ['1.0.0', '1.1.0', '2.0.0', '0.3.1'] }),
+  );
   await exec('add', '/run/netns/p1');
   for (const call of fake.calls()) expect(call.stdin.cniVersion).toBe('1.1.0');
   const cached = JSON.parse(readFileSync(join(cacheDir, 'results', cacheFiles()[0] as string), 'utf8'));

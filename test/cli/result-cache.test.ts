@@ -29,7 +29,10 @@ const entry = (over: Partial<CachedAttachment> = {}): CachedAttachment => ({
   ifName: 'eth0',
   netns: '/run/netns/p1',
   config: conf,
-  cniArgs: [['IgnoreUnknown', '1'], ['K8S_POD_NAME', 'x']],
+  cniArgs: [
+    ['IgnoreUnknown', '1'],
+    ['K8S_POD_NAME', 'x'],
+  ],
   capabilityArgs: { portMappings: [{ hostPort: 80 }] },
   result: { cniVersion: '1.0.0', ips: [{ address: '198.18.0.2/24' }] },
   ...over,
@@ -60,7 +63,10 @@ describe('cache file', () => {
     await writeCacheEntry(dir, entry());
     await writeCacheEntry(dir, entry({ networkName: 'other', ifName: 'net1' }));
     expect(decodeCacheEntry(readFileSync(cacheFilePath(dir, entry()), 'utf8'))).toEqual(entry());
-    expect((await listCachedAttachments(dir)).map((e) => `${e.networkName}/${e.ifName}`)).toEqual(['net/eth0', 'other/net1']);
+    expect((await listCachedAttachments(dir)).map((e) => `${e.networkName}/${e.ifName}`)).toEqual([
+      'net/eth0',
+      'other/net1',
+    ]);
     expect(await readCachedResult(dir, entry())).toEqual(entry().result);
     await removeCacheEntry(dir, entry());
     expect(await readCachedResult(dir, entry())).toBeUndefined();
@@ -107,11 +113,20 @@ describe('container id', () => {
 test.each([
   ['', []],
   ['A=1', [['A', '1']]],
-  ['IgnoreUnknown=1;K8S_POD_NAME=x', [['IgnoreUnknown', '1'], ['K8S_POD_NAME', 'x']]],
+  [
+    'IgnoreUnknown=1;K8S_POD_NAME=x',
+    [
+      ['IgnoreUnknown', '1'],
+      ['K8S_POD_NAME', 'x'],
+    ],
+  ],
 ])('CNI_ARGS %j', (s, pairs) => {
   expect(parseCniArgs(s)).toEqual(pairs);
 });
 
-test.each(['A', 'A=', '=1', 'A=1=2', 'A=1;', 'A=1;;B=2'])('CNI_ARGS %j is rejected like cnitool does', (s) => {
-  expect(() => parseCniArgs(s)).toThrow('invalid CNI_ARGS pair');
-});
+test.each(['A', 'A=', '=1', 'A=1=2', 'A=1;', 'A=1;;B=2'])(
+  'CNI_ARGS %j is rejected like cnitool does',
+  (s) => {
+    expect(() => parseCniArgs(s)).toThrow('invalid CNI_ARGS pair');
+  },
+);

@@ -17,7 +17,9 @@ beforeAll(() => {
       return !existsSync(js) || statSync(js).mtimeMs < statSync(join(srcDir, f)).mtimeMs;
     });
   if (!existsSync(join(REPO, 'dist/main.js')) || stale.length > 0) {
-    throw new Error(`dist/ is missing or older than src/cni-spec (${stale.join(', ')}): run "npm run build:ts" first`);
+    throw new Error(
+      `dist/ is missing or older than src/cni-spec (${stale.join(', ')}): run "npm run build:ts" first`,
+    );
   }
 });
 
@@ -30,7 +32,12 @@ interface Outcome {
 function runPlugin(bin: string, env: Record<string, string | undefined>, stdin: string): Outcome {
   const clean: Record<string, string> = { PATH: process.env.PATH ?? '/usr/bin:/bin' };
   for (const [k, v] of Object.entries(env)) if (v !== undefined) clean[k] = v;
-  const r = spawnSync(join(REPO, 'bin', bin), [], { env: clean, input: stdin, encoding: 'utf8', timeout: 20_000 });
+  const r = spawnSync(join(REPO, 'bin', bin), [], {
+    env: clean,
+    input: stdin,
+    encoding: 'utf8',
+    timeout: 20_000,
+  });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 

@@ -4,7 +4,12 @@ import { describe, expect, it } from 'vitest';
 import { parseResult, toVersion } from '../../src/cni-spec/convert';
 import { ErrorCode } from '../../src/cni-spec/errors';
 import type { Result } from '../../src/cni-spec/types/result';
-import { SUPPORTED_VERSIONS, specHasIpVersionField, specHasMultipleIPs, specHasResultExtras } from '../../src/cni-spec/versions';
+import {
+  SUPPORTED_VERSIONS,
+  specHasIpVersionField,
+  specHasMultipleIPs,
+  specHasResultExtras,
+} from '../../src/cni-spec/versions';
 import { expectCniError } from './helpers';
 
 const GOLDEN = join(__dirname, '../fixtures/golden');
@@ -40,18 +45,27 @@ describe('parseResult: every golden file reads back and prints again unchanged',
   });
 
   it('0.4.0 reads back to the 1.0.0 shape (only the version tags and the 1.1 extras differ)', () => {
-    sameJson(toVersion(parseResult(golden('result-0.4.0.json'), '0.4.0'), '1.0.0'), golden('result-1.0.0.json'));
+    sameJson(
+      toVersion(parseResult(golden('result-0.4.0.json'), '0.4.0'), '1.0.0'),
+      golden('result-1.0.0.json'),
+    );
   });
 
   it('0.2.0 read back and printed as 0.4.0 maps ip4/ip6 into ips and flattens routes', () => {
-    sameJson(toVersion(parseResult(golden('result-0.2.0.json'), '0.2.0'), '0.4.0'), golden('from-0.2.0-to-0.4.0.json'));
+    sameJson(
+      toVersion(parseResult(golden('result-0.2.0.json'), '0.2.0'), '0.4.0'),
+      golden('from-0.2.0-to-0.4.0.json'),
+    );
   });
 });
 
 describe('every version to every version: the shape of the target is respected', () => {
   const pairs = SUPPORTED_VERSIONS.flatMap((from) => SUPPORTED_VERSIONS.map((to) => [from, to] as const));
   it.each(pairs)('%s → %s', (from, to) => {
-    const out = toVersion(parseResult(golden(`result-${from}.json`), from), to) as unknown as Record<string, unknown>;
+    const out = toVersion(parseResult(golden(`result-${from}.json`), from), to) as unknown as Record<
+      string,
+      unknown
+    >;
     expect(out.cniVersion).toBe(to);
     const json = JSON.stringify(out);
     if (!specHasMultipleIPs(to)) {
@@ -62,7 +76,7 @@ describe('every version to every version: the shape of the target is respected',
     }
     expect(json.includes('"ip4"') || json.includes('"ip6"')).toBe(false);
     const ips = out.ips as Array<Record<string, unknown>>;
-    expect(ips.every((ip) => ('version' in ip) === specHasIpVersionField(to))).toBe(true);
+    expect(ips.every((ip) => 'version' in ip === specHasIpVersionField(to))).toBe(true);
     for (const key of ['"socketPath"', '"pciID"', '"mtu"', '"advmss"', '"priority"', '"table"', '"scope"']) {
       expect(json.includes(key)).toBe(specHasResultExtras(to) && specHasResultExtras(from));
     }
@@ -91,13 +105,29 @@ describe('toVersion details', () => {
   });
 
   it('omits empty lists and an empty dns, like the Go types do', () => {
-    const sparse: Result = { cniVersion: '1.1.0', interfaces: [], ips: ipamResult.ips ?? [], routes: [], dns: { nameservers: [] } };
-    sameJson(toVersion(sparse, '1.1.0'), { cniVersion: '1.1.0', ips: [{ address: '198.18.0.9/24', gateway: '198.18.0.1' }] });
-    sameJson(toVersion(sparse, '0.2.0'), { cniVersion: '0.2.0', ip4: { ip: '198.18.0.9/24', gateway: '198.18.0.1' } });
+    const sparse: Result = {
+      cniVersion: '1.1.0',
+      interfaces: [],
+      ips: ipamResult.ips ?? [],
+      routes: [],
+      dns: { nameservers: [] },
+    };
+    sameJson(toVersion(sparse, '1.1.0'), {
+      cniVersion: '1.1.0',
+      ips: [{ address: '198.18.0.9/24', gateway: '198.18.0.1' }],
+    });
+    sameJson(toVersion(sparse, '0.2.0'), {
+      cniVersion: '0.2.0',
+      ip4: { ip: '198.18.0.9/24', gateway: '198.18.0.1' },
+    });
   });
 
   it('keeps zero values that are real values (table 0, scope 0, interface index 0)', () => {
-    const r: Result = { cniVersion: '1.1.0', ips: [{ interface: 0, address: '198.18.0.9/24' }], routes: [{ dst: '::/0', table: 0, scope: 0 }] };
+    const r: Result = {
+      cniVersion: '1.1.0',
+      ips: [{ interface: 0, address: '198.18.0.9/24' }],
+      routes: [{ dst: '::/0', table: 0, scope: 0 }],
+    };
     sameJson(toVersion(r, '1.1.0'), r);
   });
 
@@ -108,22 +138,32 @@ describe('toVersion details', () => {
   it.each(['0.1.0', '0.2.0'])('a result without IPs cannot be printed in %s (code 1)', (v) => {
     const l2only: Result = { cniVersion: '1.1.0', interfaces: [{ name: 'eth0', sandbox: '/run/netns/x' }] };
     expectCniError(() => toVersion(l2only, v), ErrorCode.IncompatibleCniVersion, /without IP addresses/);
-    expectCniError(() => toVersion({ cniVersion: '1.1.0' }, v), ErrorCode.IncompatibleCniVersion, /without IP addresses/);
+    expectCniError(
+      () => toVersion({ cniVersion: '1.1.0' }, v),
+      ErrorCode.IncompatibleCniVersion,
+      /without IP addresses/,
+    );
   });
 
   it('a result without IPs prints fine from 0.3.0 on', () => {
     const l2only: Result = { cniVersion: '1.1.0', interfaces: [{ name: 'eth0', sandbox: '/run/netns/x' }] };
-    sameJson(toVersion(l2only, '0.3.0'), { cniVersion: '0.3.0', interfaces: [{ name: 'eth0', sandbox: '/run/netns/x' }] });
+    sameJson(toVersion(l2only, '0.3.0'), {
+      cniVersion: '0.3.0',
+      interfaces: [{ name: 'eth0', sandbox: '/run/netns/x' }],
+    });
   });
 
-  it.each(['0.5.0', '2.0.0', '1.1', 'x'])('an unsupported version %j is code 1 with the supported list', (v) => {
-    const err = expectCniError(() => toVersion(FULL, v), ErrorCode.IncompatibleCniVersion);
-    expect(err.details).toContain(JSON.stringify(SUPPORTED_VERSIONS));
-  });
+  it.each(['0.5.0', '2.0.0', '1.1', 'x'])(
+    'an unsupported version %j is code 1 with the supported list',
+    (v) => {
+      const err = expectCniError(() => toVersion(FULL, v), ErrorCode.IncompatibleCniVersion);
+      expect(err.details).toContain(JSON.stringify(SUPPORTED_VERSIONS));
+    },
+  );
 });
 
 describe('parseResult details', () => {
-  it('uses the result\'s own cniVersion over the one it is given', () => {
+  it("uses the result's own cniVersion over the one it is given", () => {
     const r = parseResult({ cniVersion: '0.2.0', ip4: { ip: '198.18.0.5/24' } }, '1.1.0');
     expect(r).toEqual({ cniVersion: '1.1.0', ips: [{ address: '198.18.0.5/24' }] });
   });
@@ -136,7 +176,10 @@ describe('parseResult details', () => {
   });
 
   it('infers the family of a 0.3.x address without a version tag', () => {
-    const r = parseResult({ cniVersion: '0.3.0', ips: [{ address: 'fd00::5/64' }, { address: '198.18.0.5/24' }] }, '0.3.0');
+    const r = parseResult(
+      { cniVersion: '0.3.0', ips: [{ address: 'fd00::5/64' }, { address: '198.18.0.5/24' }] },
+      '0.3.0',
+    );
     sameJson(toVersion(r, '0.3.0').ips, [
       { version: '6', address: 'fd00::5/64' },
       { version: '4', address: '198.18.0.5/24' },
@@ -144,7 +187,10 @@ describe('parseResult details', () => {
   });
 
   it('ignores keys it does not know and 1.1 fields in a 1.0.0 result', () => {
-    const r = parseResult({ cniVersion: '1.0.0', interfaces: [{ name: 'eth0', mtu: 9000 }], extra: 1 }, '1.0.0');
+    const r = parseResult(
+      { cniVersion: '1.0.0', interfaces: [{ name: 'eth0', mtu: 9000 }], extra: 1 },
+      '1.0.0',
+    );
     expect(r).toEqual({ cniVersion: '1.1.0', interfaces: [{ name: 'eth0' }] });
   });
 
@@ -154,11 +200,36 @@ describe('parseResult details', () => {
     ['cniVersion a number', { cniVersion: 1 }, ErrorCode.DecodingFailure, /cniVersion/],
     ['unsupported cniVersion', { cniVersion: '0.9.0' }, ErrorCode.IncompatibleCniVersion, /0\.9\.0/],
     ['ips not a list', { ips: {} }, ErrorCode.DecodingFailure, /result\.ips: expected an array/],
-    ['an address that is a number', { ips: [{ address: 5 }] }, ErrorCode.DecodingFailure, /result\.ips\[0\]\.address: expected a string/],
-    ['a negative interface index', { ips: [{ address: '198.18.0.5/24', interface: -1 }] }, ErrorCode.DecodingFailure, /interface/],
-    ['an interface without name', { interfaces: [{ mac: 'x' }] }, ErrorCode.DecodingFailure, /interfaces\[0\]\.name: missing/],
-    ['a route without dst', { routes: [{ gw: '198.18.0.1' }] }, ErrorCode.DecodingFailure, /routes\[0\]\.dst: missing/],
-    ['dns nameservers not strings', { dns: { nameservers: [1] } }, ErrorCode.DecodingFailure, /nameservers\[0\]/],
+    [
+      'an address that is a number',
+      { ips: [{ address: 5 }] },
+      ErrorCode.DecodingFailure,
+      /result\.ips\[0\]\.address: expected a string/,
+    ],
+    [
+      'a negative interface index',
+      { ips: [{ address: '198.18.0.5/24', interface: -1 }] },
+      ErrorCode.DecodingFailure,
+      /interface/,
+    ],
+    [
+      'an interface without name',
+      { interfaces: [{ mac: 'x' }] },
+      ErrorCode.DecodingFailure,
+      /interfaces\[0\]\.name: missing/,
+    ],
+    [
+      'a route without dst',
+      { routes: [{ gw: '198.18.0.1' }] },
+      ErrorCode.DecodingFailure,
+      /routes\[0\]\.dst: missing/,
+    ],
+    [
+      'dns nameservers not strings',
+      { dns: { nameservers: [1] } },
+      ErrorCode.DecodingFailure,
+      /nameservers\[0\]/,
+    ],
   ])('%s → code %i', (_label, json, code, msg) => {
     expectCniError(() => parseResult(json as string, '1.1.0'), code, msg);
   });

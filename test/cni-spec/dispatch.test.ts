@@ -1,5 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { NOT_IMPLEMENTED_CODE, type PluginHandlers, type PluginIo, dispatch } from '../../src/cni-spec/dispatch';
+import {
+  NOT_IMPLEMENTED_CODE,
+  type PluginHandlers,
+  type PluginIo,
+  dispatch,
+} from '../../src/cni-spec/dispatch';
 import { CniError, ErrorCode } from '../../src/cni-spec/errors';
 import type { Request } from '../../src/cni-spec/request';
 import type { Result } from '../../src/cni-spec/types/result';
@@ -26,7 +31,11 @@ interface Run {
   stderr: string;
 }
 
-async function run(opts: { env?: Record<string, string | undefined>; conf?: unknown; handlers?: PluginHandlers }): Promise<Run> {
+async function run(opts: {
+  env?: Record<string, string | undefined>;
+  conf?: unknown;
+  handlers?: PluginHandlers;
+}): Promise<Run> {
   const out: string[] = [];
   const err: string[] = [];
   const conf = opts.conf ?? CONF;
@@ -52,21 +61,23 @@ function failure(r: Run): { code: number; msg: string; details?: string; cniVers
 }
 
 describe('VERSION', () => {
-  it.each([['empty stdin', ''], ['garbage', '{not json'], ['a config', JSON.stringify({ cniVersion: '0.1.0' })]])(
-    'answers the fixed object whatever stdin holds (%s)',
-    async (_label, stdin) => {
-      const r = await run({ env: { CNI_COMMAND: 'VERSION', CNI_CONTAINERID: undefined }, conf: stdin });
-      expect(r).toEqual({
-        code: 0,
-        stdout: '{"cniVersion":"1.1.0","supportedVersions":["0.1.0","0.2.0","0.3.0","0.3.1","0.4.0","1.0.0","1.1.0"]}\n',
-        stderr: '',
-      });
-    },
-  );
+  it.each([
+    ['empty stdin', ''],
+    ['garbage', '{not json'],
+    ['a config', JSON.stringify({ cniVersion: '0.1.0' })],
+  ])('answers the fixed object whatever stdin holds (%s)', async (_label, stdin) => {
+    const r = await run({ env: { CNI_COMMAND: 'VERSION', CNI_CONTAINERID: undefined }, conf: stdin });
+    expect(r).toEqual({
+      code: 0,
+      stdout:
+        '{"cniVersion":"1.1.0","supportedVersions":["0.1.0","0.2.0","0.3.0","0.3.1","0.4.0","1.0.0","1.1.0"]}\n',
+      stderr: '',
+    });
+  });
 });
 
 describe('handlers', () => {
-  it('ADD prints the handler\'s result in the config\'s version, once', async () => {
+  it("ADD prints the handler's result in the config's version, once", async () => {
     let seen: Request | undefined;
     const add = async (req: Request): Promise<Result> => {
       seen = req;
@@ -102,12 +113,15 @@ describe('handlers', () => {
     expect(calls).toEqual([command]);
   });
 
-  it.each(['ADD', 'DEL', 'CHECK', 'GC', 'STATUS'])('%s without a handler fails clearly (never silent success)', async (command) => {
-    const r = await run({ env: { CNI_COMMAND: command } });
-    const err = failure(r);
-    expect(err.code).toBe(NOT_IMPLEMENTED_CODE);
-    expect(err.msg).toBe(`berth-test: ${command} is not implemented yet`);
-  });
+  it.each(['ADD', 'DEL', 'CHECK', 'GC', 'STATUS'])(
+    '%s without a handler fails clearly (never silent success)',
+    async (command) => {
+      const r = await run({ env: { CNI_COMMAND: command } });
+      const err = failure(r);
+      expect(err.code).toBe(NOT_IMPLEMENTED_CODE);
+      expect(err.msg).toBe(`berth-test: ${command} is not implemented yet`);
+    },
+  );
 
   it('a bad request never reaches the handler', async () => {
     const calls: string[] = [];
@@ -124,7 +138,12 @@ describe('failures are rendered once', () => {
       throw new CniError(ErrorCode.TryAgainLater, 'store is locked', 'lock held by pid 42');
     };
     const r = await run({ handlers: { add } });
-    expect(failure(r)).toEqual({ cniVersion: '1.1.0', code: 11, msg: 'store is locked', details: 'lock held by pid 42' });
+    expect(failure(r)).toEqual({
+      cniVersion: '1.1.0',
+      code: 11,
+      msg: 'store is locked',
+      details: 'lock held by pid 42',
+    });
     expect(r.stderr).toContain('store is locked');
   });
 
@@ -136,7 +155,9 @@ describe('failures are rendered once', () => {
     const r = await run({ handlers: { add } });
     const err = failure(r);
     expect(err.code).toBe(ErrorCode.Internal);
-    expect(err.msg).toMatch(/^berth-test ADD: unexpected failure: TypeError: Cannot read properties of undefined/);
+    expect(err.msg).toMatch(
+      /^berth-test ADD: unexpected failure: TypeError: Cannot read properties of undefined/,
+    );
     expect(r.stdout).not.toMatch(/\n\s+at /);
     expect(r.stderr).toMatch(/TypeError[^\n]*\n\s+at /);
   });
@@ -151,7 +172,10 @@ describe('failures are rendered once', () => {
 
   it('an ADD handler that returns nothing is an error, not an empty success', async () => {
     const add = (async () => undefined) as unknown as PluginHandlers['add'];
-    expect(failure(await run({ handlers: { add } }))).toMatchObject({ code: 999, msg: 'berth-test: ADD produced no result' });
+    expect(failure(await run({ handlers: { add } }))).toMatchObject({
+      code: 999,
+      msg: 'berth-test: ADD produced no result',
+    });
   });
 
   it('a result the config version cannot express fails without printing a partial result', async () => {

@@ -31,7 +31,11 @@ beforeAll(() => {
   plugin(dirB, 'not-exec', 'echo b');
   mkdirSync(join(dirA, 'a-dir'));
   plugin(dirB, 'a-dir', 'echo b');
-  plugin(dirA, 'echo-env', 'printf "%s|%s|%s|" "$CNI_COMMAND" "$FOO" "${GONE-unset}"; cat; echo "to stderr" >&2');
+  plugin(
+    dirA,
+    'echo-env',
+    'printf "%s|%s|%s|" "$CNI_COMMAND" "$FOO" "${GONE-unset}"; cat; echo "to stderr" >&2',
+  );
   plugin(dirA, 'cni-error', 'echo \'{"code":11,"msg":"try later","details":"store locked"}\'; exit 1');
   plugin(dirA, 'stderr-only', 'echo "disk on fire" >&2; exit 3');
   plugin(dirA, 'silent-fail', 'exit 1');
@@ -39,7 +43,11 @@ beforeAll(() => {
   plugin(dirA, 'self-kill', 'kill -KILL $$');
   plugin(dirA, 'no-read', 'exit 0');
   // An IPAM stand-in: prints a result in whatever shape the test asks via RESULT, and records its input.
-  plugin(dirA, 'fake-ipam', `cat > "${root}/ipam-stdin.$CNI_COMMAND"; env > "${root}/ipam-env.$CNI_COMMAND"; printf '%s' "$RESULT"`);
+  plugin(
+    dirA,
+    'fake-ipam',
+    `cat > "${root}/ipam-stdin.$CNI_COMMAND"; env > "${root}/ipam-env.$CNI_COMMAND"; printf '%s' "$RESULT"`,
+  );
   plugin(dirA, 'empty-ipam', 'exit 0');
 });
 
@@ -63,13 +71,18 @@ describe('findPlugin', () => {
   });
 
   it('names the searched directories when nothing matches', () => {
-    const err = expectCniError(() => findPlugin('missing', [dirA, '/nonexistent']), ErrorCode.InvalidNetworkConfig);
+    const err = expectCniError(
+      () => findPlugin('missing', [dirA, '/nonexistent']),
+      ErrorCode.InvalidNetworkConfig,
+    );
     expect(err.message).toBe(`failed to find plugin "missing" in path [${dirA} /nonexistent]`);
     expect(err.details).toBe(`searched ${join(dirA, 'missing')}, /nonexistent/missing`);
   });
 
   it('says so when CNI_PATH is empty', () => {
-    expect(expectCniError(() => findPlugin('both', []), ErrorCode.InvalidNetworkConfig).details).toBe('CNI_PATH is empty');
+    expect(expectCniError(() => findPlugin('both', []), ErrorCode.InvalidNetworkConfig).details).toBe(
+      'CNI_PATH is empty',
+    );
   });
 
   it.each(['', '../a/both', 'a/both', '..'])('refuses the type %j, which is a path', (type) => {
@@ -89,9 +102,11 @@ describe('execPlugin', () => {
     expect(out).toEqual({ stdout: 'ADD|bar|unset|{"a": 1}\n', stderr: 'to stderr\n' });
   });
 
-  it('copies the plugin\'s stderr to ours unless told not to', async () => {
+  it("copies the plugin's stderr to ours unless told not to", async () => {
     const writes: string[] = [];
-    vi.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => (writes.push(String(chunk)), true));
+    vi.spyOn(process.stderr, 'write').mockImplementation(
+      (chunk: string | Uint8Array) => (writes.push(String(chunk)), true),
+    );
     const opts = { path: join(dirA, 'echo-env'), command: 'DEL', env: {}, stdin: '' };
     await execPlugin(opts);
     expect(writes.join('')).toBe('to stderr\n');
@@ -99,8 +114,10 @@ describe('execPlugin', () => {
     expect(writes.join('')).toBe('to stderr\n');
   });
 
-  it('throws the plugin\'s own error object, code, msg and details kept', async () => {
-    const err = await execPlugin({ path: join(dirA, 'cni-error'), command: 'ADD', env: {}, stdin: '' }).catch((e: unknown) => e);
+  it("throws the plugin's own error object, code, msg and details kept", async () => {
+    const err = await execPlugin({ path: join(dirA, 'cni-error'), command: 'ADD', env: {}, stdin: '' }).catch(
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(CniError);
     expect(err).toMatchObject({ code: 11, message: 'try later', details: 'store locked' });
   });
@@ -118,13 +135,23 @@ describe('execPlugin', () => {
   });
 
   it('does not trip over a plugin that exits without reading a large stdin', async () => {
-    const out = await execPlugin({ path: join(dirA, 'no-read'), command: 'DEL', env: {}, stdin: 'x'.repeat(4 << 20) });
+    const out = await execPlugin({
+      path: join(dirA, 'no-read'),
+      command: 'DEL',
+      env: {},
+      stdin: 'x'.repeat(4 << 20),
+    });
     expect(out).toEqual({ stdout: '', stderr: '' });
   });
 
   it('reports a path that cannot be executed', async () => {
-    const err = await execPlugin({ path: join(root, 'nope'), command: 'ADD', env: {}, stdin: '' }).catch((e: unknown) => e);
-    expect(err).toMatchObject({ code: ErrorCode.Internal, message: expect.stringMatching(/^cannot run plugin .*nope: .*ENOENT/) });
+    const err = await execPlugin({ path: join(root, 'nope'), command: 'ADD', env: {}, stdin: '' }).catch(
+      (e: unknown) => e,
+    );
+    expect(err).toMatchObject({
+      code: ErrorCode.Internal,
+      message: expect.stringMatching(/^cannot run plugin .*nope: .*ENOENT/),
+    });
   });
 });
 
@@ -148,7 +175,8 @@ describe('delegate', () => {
   }
 
   it('ADD: runs the delegate with our stdin and env and returns its result in the internal model', async () => {
-    const result = '{"cniVersion":"0.4.0","ips":[{"version":"4","address":"198.18.0.5/24","gateway":"198.18.0.1"}],"dns":{}}';
+    const result =
+      '{"cniVersion":"0.4.0","ips":[{"version":"4","address":"198.18.0.5/24","gateway":"198.18.0.1"}],"dns":{}}';
     const req = request({ cniVersion: '0.4.0', result });
     await expect(delegate({ pluginType: 'fake-ipam', command: 'ADD', request: req })).resolves.toEqual({
       cniVersion: '1.1.0',
@@ -158,8 +186,11 @@ describe('delegate', () => {
     expect(readFileSync(join(root, 'ipam-env.ADD'), 'utf8')).toContain('CNI_CONTAINERID=ctr1\n');
   });
 
-  it('reads a result without cniVersion in the config\'s version', async () => {
-    const req = request({ cniVersion: '0.2.0', result: '{"ip4":{"ip":"198.18.0.6/24"},"ip6":{"ip":"fd00::6/64"}}' });
+  it("reads a result without cniVersion in the config's version", async () => {
+    const req = request({
+      cniVersion: '0.2.0',
+      result: '{"ip4":{"ip":"198.18.0.6/24"},"ip6":{"ip":"fd00::6/64"}}',
+    });
     await expect(delegate({ pluginType: 'fake-ipam', command: 'ADD', request: req })).resolves.toEqual({
       cniVersion: '1.1.0',
       ips: [{ address: '198.18.0.6/24' }, { address: 'fd00::6/64' }],
@@ -168,7 +199,13 @@ describe('delegate', () => {
 
   it('DEL: overrides env and stdin when asked, returns undefined', async () => {
     const req = request({ cniVersion: '1.1.0', command: 'DEL', result: 'ignored output' });
-    const out = await delegate({ pluginType: 'fake-ipam', command: 'DEL', request: req, env: { CNI_IFNAME: 'net9', RESULT: undefined }, stdin: '{}' });
+    const out = await delegate({
+      pluginType: 'fake-ipam',
+      command: 'DEL',
+      request: req,
+      env: { CNI_IFNAME: 'net9', RESULT: undefined },
+      stdin: '{}',
+    });
     expect(out).toBeUndefined();
     expect(readFileSync(join(root, 'ipam-stdin.DEL'), 'utf8')).toBe('{}');
     const env = readFileSync(join(root, 'ipam-env.DEL'), 'utf8');
@@ -177,14 +214,19 @@ describe('delegate', () => {
     expect(env).not.toContain('RESULT=');
   });
 
-  it('throws the delegate\'s error as it printed it', async () => {
+  it("throws the delegate's error as it printed it", async () => {
     const req = request({ cniVersion: '1.1.0' });
-    await expect(delegate({ pluginType: 'cni-error', command: 'ADD', request: req })).rejects.toMatchObject({ code: 11, message: 'try later' });
+    await expect(delegate({ pluginType: 'cni-error', command: 'ADD', request: req })).rejects.toMatchObject({
+      code: 11,
+      message: 'try later',
+    });
   });
 
   it('a delegate missing from CNI_PATH is an error naming the path', async () => {
     const req = request({ cniVersion: '1.1.0' });
-    await expect(delegate({ pluginType: 'no-such-ipam', command: 'ADD', request: req })).rejects.toMatchObject({
+    await expect(
+      delegate({ pluginType: 'no-such-ipam', command: 'ADD', request: req }),
+    ).rejects.toMatchObject({
       code: ErrorCode.InvalidNetworkConfig,
       message: `failed to find plugin "no-such-ipam" in path [${dirB} ${dirA}]`,
     });

@@ -20,7 +20,10 @@ function inv(env: Record<string, string | undefined>, conf: unknown = CONF): Inv
 function withEnv(overrides: Record<string, string | undefined>): Invocation {
   return inv({ ...ADD_ENV, ...overrides });
 }
-function withConf(overrides: Record<string, unknown>, env: Record<string, string | undefined> = ADD_ENV): Invocation {
+function withConf(
+  overrides: Record<string, unknown>,
+  env: Record<string, string | undefined> = ADD_ENV,
+): Invocation {
   return inv(env, { ...CONF, ...overrides });
 }
 
@@ -40,7 +43,11 @@ describe('environment rules', () => {
       /\[CNI_CONTAINERID CNI_NETNS CNI_IFNAME CNI_PATH\] missing/,
     ],
     ['CHECK without netns', { CNI_COMMAND: 'CHECK', CNI_NETNS: undefined }, /\[CNI_NETNS\] missing/],
-    ['DEL without container id', { CNI_COMMAND: 'DEL', CNI_CONTAINERID: undefined }, /\[CNI_CONTAINERID\] missing/],
+    [
+      'DEL without container id',
+      { CNI_COMMAND: 'DEL', CNI_CONTAINERID: undefined },
+      /\[CNI_CONTAINERID\] missing/,
+    ],
     ['DEL without ifname', { CNI_COMMAND: 'DEL', CNI_IFNAME: undefined }, /\[CNI_IFNAME\] missing/],
     ['GC without path', { CNI_COMMAND: 'GC', CNI_PATH: undefined }, /\[CNI_PATH\] missing/],
     [
@@ -65,7 +72,10 @@ describe('environment rules', () => {
     ['eth0\n', 'whitespace'],
   ])('ifname %j is refused (%s)', (ifname, why) => {
     // An empty ifname counts as missing; the rest are named with their problem.
-    const err = expectCniError(() => parseRequest(withEnv({ CNI_IFNAME: ifname })), ErrorCode.InvalidEnvironmentVariables);
+    const err = expectCniError(
+      () => parseRequest(withEnv({ CNI_IFNAME: ifname })),
+      ErrorCode.InvalidEnvironmentVariables,
+    );
     expect(err.message).toContain(ifname === '' ? '[CNI_IFNAME] missing' : why);
   });
 
@@ -74,24 +84,41 @@ describe('environment rules', () => {
   });
 
   it.each(['a/b', '../x', '-x', '.x', '_x', 'a b', 'ctr$1', 'é'])('container id %j is refused', (id) => {
-    expectCniError(() => parseRequest(withEnv({ CNI_CONTAINERID: id })), ErrorCode.InvalidEnvironmentVariables, /CNI_CONTAINERID/);
+    expectCniError(
+      () => parseRequest(withEnv({ CNI_CONTAINERID: id })),
+      ErrorCode.InvalidEnvironmentVariables,
+      /CNI_CONTAINERID/,
+    );
   });
 
-  it.each(['ctr1', 'A1_b.c-d', 'cnitool-0123456789abcdef0123', 'f'.repeat(64)])('container id %j is accepted', (id) => {
-    expect(parseRequest(withEnv({ CNI_CONTAINERID: id })).containerId).toBe(id);
-  });
+  it.each(['ctr1', 'A1_b.c-d', 'cnitool-0123456789abcdef0123', 'f'.repeat(64)])(
+    'container id %j is accepted',
+    (id) => {
+      expect(parseRequest(withEnv({ CNI_CONTAINERID: id })).containerId).toBe(id);
+    },
+  );
 
   it('DEL tolerates an absent or empty netns', () => {
     expect(parseRequest(withEnv({ CNI_COMMAND: 'DEL', CNI_NETNS: undefined })).netns).toBe('');
     expect(parseRequest(withEnv({ CNI_COMMAND: 'DEL', CNI_NETNS: '' })).netns).toBe('');
   });
 
-  it.each(['GC', 'STATUS'])('%s needs no container id, netns or ifname and ignores what libcni sends empty', (command) => {
-    const env = { CNI_COMMAND: command, CNI_PATH: '/opt/cni/bin', CNI_CONTAINERID: '', CNI_NETNS: '', CNI_IFNAME: '', CNI_ARGS: '' };
-    const req = parseRequest(inv(env));
-    expect(req).toMatchObject({ command, containerId: '', netns: '', ifname: '', path: ['/opt/cni/bin'] });
-    expect(req.cniArgs.size).toBe(0);
-  });
+  it.each(['GC', 'STATUS'])(
+    '%s needs no container id, netns or ifname and ignores what libcni sends empty',
+    (command) => {
+      const env = {
+        CNI_COMMAND: command,
+        CNI_PATH: '/opt/cni/bin',
+        CNI_CONTAINERID: '',
+        CNI_NETNS: '',
+        CNI_IFNAME: '',
+        CNI_ARGS: '',
+      };
+      const req = parseRequest(inv(env));
+      expect(req).toMatchObject({ command, containerId: '', netns: '', ifname: '', path: ['/opt/cni/bin'] });
+      expect(req.cniArgs.size).toBe(0);
+    },
+  );
 
   it('STATUS runs without CNI_PATH (the spec leaves it optional there)', () => {
     expect(parseRequest(inv({ CNI_COMMAND: 'STATUS' })).path).toEqual([]);
@@ -115,16 +142,29 @@ describe('environment rules', () => {
   });
 
   it('ignores extra environment variables and hands the whole environment on', () => {
-    const extra = { PATH: '/usr/bin', TRACEPARENT: '00-abc-def-01', CNI_NETNS_OVERRIDE: '1', BAGGAGE: 'k=v', EMPTY: undefined };
+    const extra = {
+      PATH: '/usr/bin',
+      TRACEPARENT: '00-abc-def-01',
+      CNI_NETNS_OVERRIDE: '1',
+      BAGGAGE: 'k=v',
+      EMPTY: undefined,
+    };
     const req = parseRequest(withEnv(extra));
-    expect(req.env).toEqual({ ...ADD_ENV, PATH: '/usr/bin', TRACEPARENT: '00-abc-def-01', CNI_NETNS_OVERRIDE: '1', BAGGAGE: 'k=v' });
+    expect(req.env).toEqual({
+      ...ADD_ENV,
+      PATH: '/usr/bin',
+      TRACEPARENT: '00-abc-def-01',
+      CNI_NETNS_OVERRIDE: '1',
+      BAGGAGE: 'k=v',
+    });
     expect('EMPTY' in req.env).toBe(false);
   });
 });
 
 describe('CNI_ARGS', () => {
   it('parses the pairs containerd sends, keys as given', () => {
-    const raw = 'IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=ctr1;IP=198.18.0.5';
+    const raw =
+      'IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=ctr1;IP=198.18.0.5';
     const req = parseRequest(withEnv({ CNI_ARGS: raw }));
     expect([...req.cniArgs]).toEqual([
       ['IgnoreUnknown', '1'],
@@ -144,7 +184,11 @@ describe('CNI_ARGS', () => {
 
   it.each(['novalue', 'A=1=2', '=x', 'A=1;;B'])('refuses %j with code 4', (raw) => {
     // "A=1;;B" has an empty segment (skipped) and a pair without "=".
-    expectCniError(() => parseRequest(withEnv({ CNI_ARGS: raw })), ErrorCode.InvalidEnvironmentVariables, /CNI_ARGS/);
+    expectCniError(
+      () => parseRequest(withEnv({ CNI_ARGS: raw })),
+      ErrorCode.InvalidEnvironmentVariables,
+      /CNI_ARGS/,
+    );
   });
 
   it('is not read by GC (libcni sends it empty there)', () => {
@@ -166,7 +210,11 @@ describe('CNI_ARGS', () => {
   });
 
   it('refuses an IgnoreUnknown that is not a boolean word', () => {
-    expectCniError(() => assertKnownCniArgs(parseCniArgs('IgnoreUnknown=maybe'), []), ErrorCode.InvalidEnvironmentVariables, /IgnoreUnknown/);
+    expectCniError(
+      () => assertKnownCniArgs(parseCniArgs('IgnoreUnknown=maybe'), []),
+      ErrorCode.InvalidEnvironmentVariables,
+      /IgnoreUnknown/,
+    );
   });
 });
 
@@ -195,7 +243,10 @@ describe('stdin configuration', () => {
   });
 
   it('an unsupported cniVersion lists the supported versions in details', () => {
-    const err = expectCniError(() => parseRequest(withConf({ cniVersion: '9.9.9' })), ErrorCode.IncompatibleCniVersion);
+    const err = expectCniError(
+      () => parseRequest(withConf({ cniVersion: '9.9.9' })),
+      ErrorCode.IncompatibleCniVersion,
+    );
     expect(err.details).toBe(`config is "9.9.9", plugin supports ${JSON.stringify(SUPPORTED_VERSIONS)}`);
   });
 
@@ -235,7 +286,8 @@ describe('stdin configuration', () => {
   ])('%s with cniVersion %s allowed: %s', (command, cniVersion, allowed) => {
     const input = withConf({ cniVersion }, { ...ADD_ENV, CNI_COMMAND: command });
     if (allowed) expect(parseRequest(input).command).toBe(command);
-    else expectCniError(() => parseRequest(input), ErrorCode.IncompatibleCniVersion, new RegExp(`"${command}"`));
+    else
+      expectCniError(() => parseRequest(input), ErrorCode.IncompatibleCniVersion, new RegExp(`"${command}"`));
   });
 
   it('tolerates reserved and plugin-specific keys and keeps them in config', () => {
@@ -257,7 +309,11 @@ describe('stdin configuration', () => {
     expect(parseRequest(withConf({})).args).toEqual({});
     expect(parseRequest(withConf({ args: {} })).args).toEqual({});
     expectCniError(() => parseRequest(withConf({ args: 'x' })), ErrorCode.InvalidNetworkConfig, /args/);
-    expectCniError(() => parseRequest(withConf({ args: { cni: [1] } })), ErrorCode.InvalidNetworkConfig, /args\.cni/);
+    expectCniError(
+      () => parseRequest(withConf({ args: { cni: [1] } })),
+      ErrorCode.InvalidNetworkConfig,
+      /args\.cni/,
+    );
   });
 });
 
@@ -265,7 +321,9 @@ describe('runtimeConfig', () => {
   const containerd = [{ HostPort: 8080, ContainerPort: 80, Protocol: 'tcp', HostIP: '' }];
 
   it('looks keys up ignoring case', () => {
-    const req = parseRequest(withConf({ runtimeConfig: { PortMappings: containerd, mac: 'c2:11:22:33:44:55' } }));
+    const req = parseRequest(
+      withConf({ runtimeConfig: { PortMappings: containerd, mac: 'c2:11:22:33:44:55' } }),
+    );
     expect(req.runtimeConfig('portMappings')).toEqual(containerd);
     expect(req.runtimeConfig('PORTMAPPINGS')).toEqual(containerd);
     expect(req.runtimeConfig('MAC')).toBe('c2:11:22:33:44:55');
@@ -286,7 +344,11 @@ describe('runtimeConfig', () => {
 
   it('answers undefined without runtimeConfig; a non-object one → code 7', () => {
     expect(parseRequest(withConf({})).runtimeConfig('portMappings')).toBeUndefined();
-    expectCniError(() => parseRequest(withConf({ runtimeConfig: [] })), ErrorCode.InvalidNetworkConfig, /runtimeConfig/);
+    expectCniError(
+      () => parseRequest(withConf({ runtimeConfig: [] })),
+      ErrorCode.InvalidNetworkConfig,
+      /runtimeConfig/,
+    );
   });
 });
 
@@ -298,7 +360,9 @@ describe('prevResult', () => {
   };
 
   it('is converted to the internal model', () => {
-    const req = parseRequest(withConf({ cniVersion: '0.4.0', prevResult: prev040 }, { ...ADD_ENV, CNI_COMMAND: 'CHECK' }));
+    const req = parseRequest(
+      withConf({ cniVersion: '0.4.0', prevResult: prev040 }, { ...ADD_ENV, CNI_COMMAND: 'CHECK' }),
+    );
     expect(req.prevResult).toEqual({
       cniVersion: '1.1.0',
       interfaces: [{ name: 'eth0', sandbox: '/run/netns/bt-x' }],
@@ -307,7 +371,9 @@ describe('prevResult', () => {
   });
 
   it('without its own cniVersion is read in the config version (0.2.0 shape)', () => {
-    const prevResult = { ip4: { ip: '198.18.0.5/24', gateway: '198.18.0.1', routes: [{ dst: '0.0.0.0/0' }] } };
+    const prevResult = {
+      ip4: { ip: '198.18.0.5/24', gateway: '198.18.0.1', routes: [{ dst: '0.0.0.0/0' }] },
+    };
     const req = parseRequest(withConf({ cniVersion: '0.2.0', prevResult }));
     expect(req.prevResult).toEqual({
       cniVersion: '1.1.0',
@@ -317,7 +383,10 @@ describe('prevResult', () => {
   });
 
   it('without its own cniVersion in a 1.1.0 config keeps the 1.1 fields', () => {
-    const prevResult = { interfaces: [{ name: 'eth0', mtu: 1400 }], routes: [{ dst: '0.0.0.0/0', table: 100 }] };
+    const prevResult = {
+      interfaces: [{ name: 'eth0', mtu: 1400 }],
+      routes: [{ dst: '0.0.0.0/0', table: 100 }],
+    };
     expect(parseRequest(withConf({ prevResult })).prevResult).toEqual({ cniVersion: '1.1.0', ...prevResult });
   });
 
@@ -327,7 +396,11 @@ describe('prevResult', () => {
       ErrorCode.DecodingFailure,
       /prevResult.*ips\[0\]\.address: missing/,
     );
-    expectCniError(() => parseRequest(withConf({ prevResult: 'x' })), ErrorCode.InvalidNetworkConfig, /prevResult/);
+    expectCniError(
+      () => parseRequest(withConf({ prevResult: 'x' })),
+      ErrorCode.InvalidNetworkConfig,
+      /prevResult/,
+    );
   });
 });
 
@@ -343,7 +416,9 @@ describe('GC attachments', () => {
   });
 
   it('prefers the current key over the legacy one', () => {
-    const req = parseRequest(withConf({ 'cni.dev/valid-attachments': list.slice(0, 1), 'cni.dev/attachments': list }, gcEnv));
+    const req = parseRequest(
+      withConf({ 'cni.dev/valid-attachments': list.slice(0, 1), 'cni.dev/attachments': list }, gcEnv),
+    );
     expect(req.validAttachments).toEqual(list.slice(0, 1));
   });
 
@@ -356,6 +431,10 @@ describe('GC attachments', () => {
     ['entries without ifname', [{ containerID: 'ctr1' }]],
     ['entries that are strings', ['ctr1']],
   ])('refuses a list that is %s (code 7)', (_label, value) => {
-    expectCniError(() => parseRequest(withConf({ 'cni.dev/valid-attachments': value }, gcEnv)), ErrorCode.InvalidNetworkConfig, /valid-attachments/);
+    expectCniError(
+      () => parseRequest(withConf({ 'cni.dev/valid-attachments': value }, gcEnv)),
+      ErrorCode.InvalidNetworkConfig,
+      /valid-attachments/,
+    );
   });
 });

@@ -23,24 +23,34 @@ describe('parseIp / formatIp', () => {
     const ip = parseIp(text);
     expect(ip?.family).toBe(family);
     const oracle =
-      family === 4
-        ? Address4.fromBigInt(ip!.value).correctForm()
-        : new Address6(text).correctForm();
+      family === 4 ? Address4.fromBigInt(ip!.value).correctForm() : new Address6(text).correctForm();
     expect(formatIp(ip!)).toBe(oracle);
     // Round trip through our own parser.
     expect(parseIp(formatIp(ip!))).toEqual(ip);
     if (family === 6) expect(ip!.value).toBe(new Address6(text).bigInt());
   });
 
-  test.each(['', '1.2.3', '1.2.3.4.5', '256.1.1.1', '01.2.3.4', '1::2::3', 'fd00:5::g', '1:2:3:4:5:6:7:8:9', 'abc', '1.2.3.4/24', 'fe80::1%eth0'])(
-    'rejects %j',
-    (text) => {
-      expect(parseIp(text)).toBeUndefined();
-    },
-  );
+  test.each([
+    '',
+    '1.2.3',
+    '1.2.3.4.5',
+    '256.1.1.1',
+    '01.2.3.4',
+    '1::2::3',
+    'fd00:5::g',
+    '1:2:3:4:5:6:7:8:9',
+    'abc',
+    '1.2.3.4/24',
+    'fe80::1%eth0',
+  ])('rejects %j', (text) => {
+    expect(parseIp(text)).toBeUndefined();
+  });
 
   test('parseCidr keeps host bits and checks the prefix', () => {
-    expect(parseCidr('198.18.64.5/24')).toEqual({ ip: { family: 4, value: parseIp('198.18.64.5')!.value }, prefix: 24 });
+    expect(parseCidr('198.18.64.5/24')).toEqual({
+      ip: { family: 4, value: parseIp('198.18.64.5')!.value },
+      prefix: 24,
+    });
     expect(parseCidr('fd00:5::/64')?.prefix).toBe(64);
     expect(parseCidr('198.18.64.0/33')).toBeUndefined();
     expect(parseCidr('198.18.64.0')).toBeUndefined();

@@ -3,7 +3,13 @@
 import { describe, expect, test } from 'vitest';
 import { CniError } from '../../src/cni-spec/errors';
 import { type Ip, formatIp, parseCidr, parseIp } from '../../src/ipam/address';
-import { type Policy, allocateFromSet, blockedOrdinals, nextCandidate, startOrdinal } from '../../src/ipam/allocator';
+import {
+  type Policy,
+  allocateFromSet,
+  blockedOrdinals,
+  nextCandidate,
+  startOrdinal,
+} from '../../src/ipam/allocator';
 import { type RawRange, type Range, canonicalizeRangeSet, ipAtOrdinal } from '../../src/ipam/range-set';
 import { memoryStore } from './memory-store';
 
@@ -30,7 +36,9 @@ async function allocN(opts: {
         ifname: 'eth0',
         meta: {},
         policy: opts.policy ?? 'round-robin',
-        exclude: (opts.exclude ?? []).map((e) => parseCidr(e.includes('/') ? e : `${e}/${e.includes(':') ? 128 : 32}`)!),
+        exclude: (opts.exclude ?? []).map((e) =>
+          parseCidr(e.includes('/') ? e : `${e}/${e.includes(':') ? 128 : 32}`)!,
+        ),
         ...(opts.requested === undefined ? {} : { requested: ip(opts.requested) }),
       }),
     );
@@ -41,13 +49,19 @@ async function allocN(opts: {
 
 describe('round-robin (host-local order)', () => {
   test('a /24 starts at .2 (the .1 gateway is skipped) and goes up', async () => {
-    expect(await allocN({ ranges: set({ subnet: '198.18.64.0/24' }), n: 3 })).toEqual(['198.18.64.2', '198.18.64.3', '198.18.64.4']);
+    expect(await allocN({ ranges: set({ subnet: '198.18.64.0/24' }), n: 3 })).toEqual([
+      '198.18.64.2',
+      '198.18.64.3',
+      '198.18.64.4',
+    ]);
   });
 
   test('continues after last_reserved_ip, and restarts at rangeStart when the cursor left the set', async () => {
     const store = memoryStore();
     store.cursors.set(0, ip('198.18.64.9'));
-    expect(await allocN({ ranges: set({ subnet: '198.18.64.0/24' }), n: 1, store })).toEqual(['198.18.64.10']);
+    expect(await allocN({ ranges: set({ subnet: '198.18.64.0/24' }), n: 1, store })).toEqual([
+      '198.18.64.10',
+    ]);
     store.cursors.set(0, ip('198.18.99.9'));
     expect(await allocN({ ranges: set({ subnet: '198.18.64.0/24' }), n: 1, store })).toEqual(['198.18.64.2']);
   });
@@ -97,7 +111,16 @@ describe('round-robin (host-local order)', () => {
             return ok;
           },
         };
-        return allocateFromSet({ session: view, set: ranges, setId: 0, containerId: 'c', ifname: 'eth0', meta: {}, policy: 'lowest', exclude: [] });
+        return allocateFromSet({
+          session: view,
+          set: ranges,
+          setId: 0,
+          containerId: 'c',
+          ifname: 'eth0',
+          meta: {},
+          policy: 'lowest',
+          exclude: [],
+        });
       });
     store.leases.set('198.18.64.2', hidden);
     expect(formatIp(await run(false))).toBe('198.18.64.3');
@@ -109,7 +132,11 @@ describe('round-robin (host-local order)', () => {
 describe('berth additions', () => {
   test('exclude skips single addresses and CIDRs', async () => {
     expect(
-      await allocN({ ranges: set({ subnet: '198.18.64.0/24' }), n: 3, exclude: ['198.18.64.2', '198.18.64.4/30'] }),
+      await allocN({
+        ranges: set({ subnet: '198.18.64.0/24' }),
+        n: 3,
+        exclude: ['198.18.64.2', '198.18.64.4/30'],
+      }),
     ).toEqual(['198.18.64.3', '198.18.64.8', '198.18.64.9']);
   });
 
@@ -143,7 +170,9 @@ describe('requested addresses', () => {
     await allocN({ ranges, n: 1, store, requested: '198.18.64.50' });
     const err = await allocN({ ranges, n: 1, store, requested: '198.18.64.50' }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(CniError);
-    expect((err as CniError).message).toBe('requested IP address 198.18.64.50 is not available in range set 198.18.64.1-198.18.64.254');
+    expect((err as CniError).message).toBe(
+      'requested IP address 198.18.64.50 is not available in range set 198.18.64.1-198.18.64.254',
+    );
   });
 });
 
@@ -163,8 +192,17 @@ describe('nextCandidate (pure)', () => {
     ['198.18.64.4', ['198.18.64.2', '198.18.64.3', '198.18.64.5', '198.18.64.6'], '198.18.64.4'],
     ['198.18.64.4', ['198.18.64.2', '198.18.64.3', '198.18.64.4', '198.18.64.5', '198.18.64.6'], undefined],
   ])('cursor %s, taken %j → %s', (cursor, taken, want) => {
-    const start = startOrdinal({ set: ranges, cursor: cursor === undefined ? undefined : ip(cursor), policy: 'round-robin' });
-    const got = nextCandidate({ set: ranges, start, occupancy: occ(taken), blocked: blockedOrdinals(ranges) });
+    const start = startOrdinal({
+      set: ranges,
+      cursor: cursor === undefined ? undefined : ip(cursor),
+      policy: 'round-robin',
+    });
+    const got = nextCandidate({
+      set: ranges,
+      start,
+      occupancy: occ(taken),
+      blocked: blockedOrdinals(ranges),
+    });
     expect(got === undefined ? undefined : formatIp(ipAtOrdinal(ranges, got))).toBe(want);
   });
 });

@@ -5,10 +5,19 @@ import { formatIp } from '../../src/ipam/address';
 import { type ConfigInput, DEFAULT_DATA_DIR, parseIpamConfig } from '../../src/ipam/config';
 import { describeRangeSet } from '../../src/ipam/range-set';
 
-function input(ipam: Record<string, unknown>, extra: Partial<ConfigInput> & { top?: Record<string, unknown> } = {}): ConfigInput {
+function input(
+  ipam: Record<string, unknown>,
+  extra: Partial<ConfigInput> & { top?: Record<string, unknown> } = {},
+): ConfigInput {
   const runtime = (extra.top?.runtimeConfig ?? {}) as Record<string, unknown>;
   return {
-    config: { cniVersion: '1.1.0', name: 'net1', type: 'berth-ipam', ipam: { type: 'berth-ipam', ...ipam }, ...extra.top },
+    config: {
+      cniVersion: '1.1.0',
+      name: 'net1',
+      type: 'berth-ipam',
+      ipam: { type: 'berth-ipam', ...ipam },
+      ...extra.top,
+    },
     cniVersion: extra.cniVersion ?? '1.1.0',
     cniArgs: extra.cniArgs ?? new Map(),
     args: extra.args ?? {},
@@ -42,7 +51,18 @@ describe('defaults (host-local semantics)', () => {
   });
   test('explicit rangeStart/rangeEnd/gateway are kept', () => {
     const c = parseIpamConfig(
-      input({ ranges: [[{ subnet: '198.18.64.0/24', rangeStart: '198.18.64.10', rangeEnd: '198.18.64.20', gateway: '198.18.64.254' }]] }),
+      input({
+        ranges: [
+          [
+            {
+              subnet: '198.18.64.0/24',
+              rangeStart: '198.18.64.10',
+              rangeEnd: '198.18.64.20',
+              gateway: '198.18.64.254',
+            },
+          ],
+        ],
+      }),
     );
     expect(describeRangeSet(c.rangeSets[0]!)).toBe('198.18.64.10-198.18.64.20');
     expect(formatIp(c.rangeSets[0]![0]!.gateway)).toBe('198.18.64.254');
@@ -88,7 +108,10 @@ describe('merge order', () => {
         routes: [{ dst: '0.0.0.0/0' }, { dst: '198.18.0.0/15', gw: '198.18.64.1' }],
       }),
     );
-    expect(c.exclude.map((e) => `${formatIp(e.ip)}/${e.prefix}`)).toEqual(['198.18.64.5/32', '198.18.64.16/28']);
+    expect(c.exclude.map((e) => `${formatIp(e.ip)}/${e.prefix}`)).toEqual([
+      '198.18.64.5/32',
+      '198.18.64.16/28',
+    ]);
     expect(c.policy).toBe('lowest');
     expect(c.releaseOnReboot).toBe(false);
     expect(c.dataDir).toBe('/run/x');
@@ -105,24 +128,79 @@ describe('validation: code 7 naming the problem', () => {
     ['too small v4', { subnet: '198.18.64.0/31' }, /too small/],
     ['too small v6', { ranges: [[{ subnet: 'fd00:5::/127' }]] }, /too small/],
     ['not a cidr', { subnet: 'banana' }, /not a CIDR/],
-    ['rangeStart outside', { ranges: [[{ subnet: '198.18.64.0/24', rangeStart: '198.18.65.1' }]] }, /rangeStart 198\.18\.65\.1 not in network 198\.18\.64\.0\/24/],
-    ['rangeEnd outside', { ranges: [[{ subnet: '198.18.64.0/24', rangeEnd: '198.18.63.1' }]] }, /rangeEnd 198\.18\.63\.1 not in network/],
-    ['start after end', { ranges: [[{ subnet: '198.18.64.0/24', rangeStart: '198.18.64.9', rangeEnd: '198.18.64.3' }]] }, /is after rangeEnd/],
-    ['mixed families', { ranges: [[{ subnet: '198.18.64.0/24' }, { subnet: 'fd00:5::/64' }]] }, /mixed address families/],
-    ['overlap in a set', { ranges: [[{ subnet: '198.18.64.0/24' }, { subnet: '198.18.64.0/25' }]] }, /overlap/],
-    ['overlap between sets', { ranges: [[{ subnet: '198.18.64.0/24' }], [{ subnet: '198.18.64.128/25' }]] }, /range set 0 overlaps with 1/],
-    ['gateway of another family', { ranges: [[{ subnet: '198.18.64.0/24', gateway: 'fd00:5::1' }]] }, /gateway fd00:5::1 is not of the subnet's family/],
+    [
+      'rangeStart outside',
+      { ranges: [[{ subnet: '198.18.64.0/24', rangeStart: '198.18.65.1' }]] },
+      /rangeStart 198\.18\.65\.1 not in network 198\.18\.64\.0\/24/,
+    ],
+    [
+      'rangeEnd outside',
+      { ranges: [[{ subnet: '198.18.64.0/24', rangeEnd: '198.18.63.1' }]] },
+      /rangeEnd 198\.18\.63\.1 not in network/,
+    ],
+    [
+      'start after end',
+      { ranges: [[{ subnet: '198.18.64.0/24', rangeStart: '198.18.64.9', rangeEnd: '198.18.64.3' }]] },
+      /is after rangeEnd/,
+    ],
+    [
+      'mixed families',
+      { ranges: [[{ subnet: '198.18.64.0/24' }, { subnet: 'fd00:5::/64' }]] },
+      /mixed address families/,
+    ],
+    [
+      'overlap in a set',
+      { ranges: [[{ subnet: '198.18.64.0/24' }, { subnet: '198.18.64.0/25' }]] },
+      /overlap/,
+    ],
+    [
+      'overlap between sets',
+      { ranges: [[{ subnet: '198.18.64.0/24' }], [{ subnet: '198.18.64.128/25' }]] },
+      /range set 0 overlaps with 1/,
+    ],
+    [
+      'gateway of another family',
+      { ranges: [[{ subnet: '198.18.64.0/24', gateway: 'fd00:5::1' }]] },
+      /gateway fd00:5::1 is not of the subnet's family/,
+    ],
     ['ranges not a list', { ranges: { subnet: '198.18.64.0/24' } }, /ipam\.ranges must be a list/],
     ['empty range set', { ranges: [[]] }, /non-empty list/],
     ['relative dataDir', { subnet: '198.18.64.0/24', dataDir: 'data' }, /dataDir must be an absolute path/],
     ['bad exclude', { subnet: '198.18.64.0/24', exclude: ['x'] }, /exclude.*not an IP address or CIDR/],
     ['bad allocation', { subnet: '198.18.64.0/24', allocation: 'random' }, /allocation must be/],
-    ['bad releaseOnReboot', { subnet: '198.18.64.0/24', releaseOnReboot: 'no' }, /releaseOnReboot must be true or false/],
-    ['bad route', { subnet: '198.18.64.0/24', routes: [{ dst: '0.0.0.0' }] }, /routes\[0\]\.dst must be a CIDR/],
-    ['bad route gw', { subnet: '198.18.64.0/24', routes: [{ dst: '0.0.0.0/0', gw: 'x' }] }, /routes\[0\]\.gw must be an IP/],
-    ['bad runtime ip', { subnet: '198.18.64.0/24' }, /runtimeConfig\.ips\[0\]: cannot understand ip/, { runtimeConfig: (k) => (k === 'ips' ? ['nope'] : undefined) }],
-    ['bad args ip', { subnet: '198.18.64.0/24' }, /args\.cni\.ips\[0\]: cannot understand ip/, { args: { ips: ['1.2.3'] } }],
-    ['two v4 sets before 0.3.0', { ranges: [[{ subnet: '198.18.64.0/24' }], [{ subnet: '198.18.65.0/24' }]] }, /CNI version 0\.2\.0 does not support more than 1 address per family/, { cniVersion: '0.2.0' }],
+    [
+      'bad releaseOnReboot',
+      { subnet: '198.18.64.0/24', releaseOnReboot: 'no' },
+      /releaseOnReboot must be true or false/,
+    ],
+    [
+      'bad route',
+      { subnet: '198.18.64.0/24', routes: [{ dst: '0.0.0.0' }] },
+      /routes\[0\]\.dst must be a CIDR/,
+    ],
+    [
+      'bad route gw',
+      { subnet: '198.18.64.0/24', routes: [{ dst: '0.0.0.0/0', gw: 'x' }] },
+      /routes\[0\]\.gw must be an IP/,
+    ],
+    [
+      'bad runtime ip',
+      { subnet: '198.18.64.0/24' },
+      /runtimeConfig\.ips\[0\]: cannot understand ip/,
+      { runtimeConfig: (k) => (k === 'ips' ? ['nope'] : undefined) },
+    ],
+    [
+      'bad args ip',
+      { subnet: '198.18.64.0/24' },
+      /args\.cni\.ips\[0\]: cannot understand ip/,
+      { args: { ips: ['1.2.3'] } },
+    ],
+    [
+      'two v4 sets before 0.3.0',
+      { ranges: [[{ subnet: '198.18.64.0/24' }], [{ subnet: '198.18.65.0/24' }]] },
+      /CNI version 0\.2\.0 does not support more than 1 address per family/,
+      { cniVersion: '0.2.0' },
+    ],
   ])('%s', (_name, ipam, msg, override) => {
     const i = input(ipam, override);
     if (ipam.__drop === true) delete (i.config as Record<string, unknown>).ipam;
@@ -138,11 +216,14 @@ describe('validation: code 7 naming the problem', () => {
     expect(err.message).toMatch(/CNI_ARGS IP/);
   });
 
-  test.each(['../x', '.hidden', 'a/b', ''])('network name %j that would escape dataDir is refused', (name) => {
-    const i = input({ subnet: '198.18.64.0/24' });
-    (i.config as Record<string, unknown>).name = name;
-    const err = failure(i);
-    expect(err.code).toBe(ErrorCode.InvalidNetworkConfig);
-    expect(err.message).toMatch(/invalid network name/);
-  });
+  test.each(['../x', '.hidden', 'a/b', ''])(
+    'network name %j that would escape dataDir is refused',
+    (name) => {
+      const i = input({ subnet: '198.18.64.0/24' });
+      (i.config as Record<string, unknown>).name = name;
+      const err = failure(i);
+      expect(err.code).toBe(ErrorCode.InvalidNetworkConfig);
+      expect(err.message).toMatch(/invalid network name/);
+    },
+  );
 });

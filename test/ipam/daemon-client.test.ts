@@ -34,7 +34,14 @@ async function scripted(reply: string | ((c: net.Socket) => void)): Promise<void
 
 function request(command: 'ADD' | 'DEL', daemonSocket: unknown): ReturnType<typeof parseRequest> {
   return parseRequest({
-    env: { CNI_COMMAND: command, CNI_CONTAINERID: 'c1', CNI_NETNS: '/run/netns/x', CNI_IFNAME: 'eth0', CNI_PATH: '/opt/cni/bin', CNI_ARGS: 'K8S_POD_NAME=p' },
+    env: {
+      CNI_COMMAND: command,
+      CNI_CONTAINERID: 'c1',
+      CNI_NETNS: '/run/netns/x',
+      CNI_IFNAME: 'eth0',
+      CNI_PATH: '/opt/cni/bin',
+      CNI_ARGS: 'K8S_POD_NAME=p',
+    },
     stdin: JSON.stringify({
       cniVersion: '1.0.0',
       name: 'n1',
@@ -58,7 +65,9 @@ afterEach(async () => {
 
 describe('callDaemon', () => {
   test('sends one HTTP/1.1 request with the JSON body and reads a Content-Length reply', async () => {
-    await scripted('HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{"ok":true}');
+    await scripted(
+      'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{"ok":true}',
+    );
     const r = await callDaemon({ socket, method: 'POST', path: '/v1/release', body: { a: 1 } });
     expect(r).toEqual({ status: 200, body: { ok: true } });
     expect(received[0]).toMatch(/^POST \/v1\/release HTTP\/1\.1\r\n/);
@@ -66,14 +75,25 @@ describe('callDaemon', () => {
   });
 
   test('reads a chunked reply', async () => {
-    await scripted('HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n6\r\n{"code\r\n10\r\n":3,"msg":"gone"\r\n1\r\n}\r\n0\r\n\r\n');
-    expect(await callDaemon({ socket, method: 'GET', path: '/v1/leases/x' })).toEqual({ status: 404, body: { code: 3, msg: 'gone' } });
+    await scripted(
+      'HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n6\r\n{"code\r\n10\r\n":3,"msg":"gone"\r\n1\r\n}\r\n0\r\n\r\n',
+    );
+    expect(await callDaemon({ socket, method: 'GET', path: '/v1/leases/x' })).toEqual({
+      status: 404,
+      body: { code: 3, msg: 'gone' },
+    });
   });
 
   const failures: [string, string | ((c: net.Socket) => void)][] = [
-    ['a reply cut short', 'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 50\r\n\r\n{"ok"'],
+    [
+      'a reply cut short',
+      'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 50\r\n\r\n{"ok"',
+    ],
     ['not HTTP', 'SSH-2.0-OpenSSH\r\n\r\n'],
-    ['JSON promised, not delivered', 'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 3\r\n\r\nabc'],
+    [
+      'JSON promised, not delivered',
+      'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 3\r\n\r\nabc',
+    ],
     [
       'a daemon dying mid-reply',
       (c) => {
@@ -86,17 +106,23 @@ describe('callDaemon', () => {
   for (const [name, behave] of failures) {
     test(`${name} → DaemonUnavailable`, async () => {
       await scripted(behave);
-      await expect(callDaemon({ socket, method: 'GET', path: '/v1/health' })).rejects.toBeInstanceOf(DaemonUnavailable);
+      await expect(callDaemon({ socket, method: 'GET', path: '/v1/health' })).rejects.toBeInstanceOf(
+        DaemonUnavailable,
+      );
     });
   }
 
   test('no socket, or a socket nobody listens on → DaemonUnavailable', async () => {
-    await expect(callDaemon({ socket, method: 'GET', path: '/v1/health' })).rejects.toBeInstanceOf(DaemonUnavailable);
+    await expect(callDaemon({ socket, method: 'GET', path: '/v1/health' })).rejects.toBeInstanceOf(
+      DaemonUnavailable,
+    );
   });
 
   test('a daemon that never answers → DaemonUnavailable after the timeout', async () => {
     await scripted(() => undefined);
-    await expect(callDaemon({ socket, method: 'GET', path: '/v1/health', timeoutMs: 200 })).rejects.toThrow(/no reply in time/);
+    await expect(callDaemon({ socket, method: 'GET', path: '/v1/health', timeoutMs: 200 })).rejects.toThrow(
+      /no reply in time/,
+    );
   });
 });
 
@@ -111,20 +137,33 @@ describe('forwardToDaemon (the plugin side)', () => {
 
   test('forwards {env, config} and returns the result of an ADD', async () => {
     const result = '{"cniVersion":"1.1.0","ips":[{"address":"198.18.201.2/24","gateway":"198.18.201.1"}]}';
-    await scripted(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${result.length}\r\n\r\n${result}`);
+    await scripted(
+      `HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: ${result.length}\r\n\r\n${result}`,
+    );
     const warnings: string[] = [];
     const r = await forwardToDaemon(request('ADD', socket), (m) => warnings.push(m));
     expect(r).toEqual({ result: JSON.parse(result) });
     expect(warnings).toEqual([]);
-    const body = JSON.parse(received[0]!.slice(received[0]!.indexOf('\r\n\r\n') + 4)) as { env: Record<string, string>; config: { name: string } };
+    const body = JSON.parse(received[0]!.slice(received[0]!.indexOf('\r\n\r\n') + 4)) as {
+      env: Record<string, string>;
+      config: { name: string };
+    };
     expect(received[0]).toMatch(/^POST \/v1\/allocate /);
-    expect(body.env).toEqual({ CNI_CONTAINERID: 'c1', CNI_NETNS: '/run/netns/x', CNI_IFNAME: 'eth0', CNI_ARGS: 'K8S_POD_NAME=p', CNI_PATH: '/opt/cni/bin' });
+    expect(body.env).toEqual({
+      CNI_CONTAINERID: 'c1',
+      CNI_NETNS: '/run/netns/x',
+      CNI_IFNAME: 'eth0',
+      CNI_ARGS: 'K8S_POD_NAME=p',
+      CNI_PATH: '/opt/cni/bin',
+    });
     expect(body.config.name).toBe('n1');
   });
 
   test("the daemon's CNI error is raised as is", async () => {
     const err = '{"code":11,"msg":"busy","details":"try later"}';
-    await scripted(`HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: ${err.length}\r\n\r\n${err}`);
+    await scripted(
+      `HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: ${err.length}\r\n\r\n${err}`,
+    );
     const e = await forwardToDaemon(request('DEL', socket), () => undefined).catch((x: unknown) => x);
     expect(e).toBeInstanceOf(CniError);
     expect((e as CniError).toJSON()).toEqual({ code: 11, msg: 'busy', details: 'try later' });
@@ -135,7 +174,9 @@ describe('forwardToDaemon (the plugin side)', () => {
     expect(await forwardToDaemon(request('DEL', socket), (m) => warnings.push(m))).toBeUndefined();
     expect(warnings).toEqual([]);
     writeFileSync(join(dir, 'plain-file'), '');
-    expect(await forwardToDaemon(request('DEL', join(dir, 'plain-file')), (m) => warnings.push(m))).toBeUndefined();
+    expect(
+      await forwardToDaemon(request('DEL', join(dir, 'plain-file')), (m) => warnings.push(m)),
+    ).toBeUndefined();
     await scripted((c) => c.destroy());
     expect(await forwardToDaemon(request('DEL', socket), (m) => warnings.push(m))).toBeUndefined();
     expect(warnings).toHaveLength(1);

@@ -10,12 +10,20 @@ export const REPO = join(__dirname, '../..');
 
 /** The built code is what runs: a dist/ older than the daemon's sources would test something else. */
 export function assertDistFresh(): void {
-  const pairs: [string, string][] = [['src/ipam/daemon-client.ts', 'dist/ipam/daemon-client.js'], ['src/ipam/plugin.ts', 'dist/ipam/plugin.js']];
+  const pairs: [string, string][] = [
+    ['src/ipam/daemon-client.ts', 'dist/ipam/daemon-client.js'],
+    ['src/ipam/plugin.ts', 'dist/ipam/plugin.js'],
+  ];
   for (const f of readdirSync(join(REPO, 'src/ipam/daemon'))) {
-    if (f.endsWith('.ts')) pairs.push([`src/ipam/daemon/${f}`, `dist/ipam/daemon/${f.replace(/\.ts$/, '.js')}`]);
+    if (f.endsWith('.ts'))
+      pairs.push([`src/ipam/daemon/${f}`, `dist/ipam/daemon/${f.replace(/\.ts$/, '.js')}`]);
   }
-  const stale = pairs.filter(([s, d]) => !existsSync(join(REPO, d)) || statSync(join(REPO, d)).mtimeMs < statSync(join(REPO, s)).mtimeMs);
-  if (stale.length > 0) throw new Error(`dist/ is older than ${stale.map(([s]) => s).join(', ')}: run "npm run build:ts" first`);
+  const stale = pairs.filter(
+    ([s, d]) =>
+      !existsSync(join(REPO, d)) || statSync(join(REPO, d)).mtimeMs < statSync(join(REPO, s)).mtimeMs,
+  );
+  if (stale.length > 0)
+    throw new Error(`dist/ is older than ${stale.map(([s]) => s).join(', ')}: run "npm run build:ts" first`);
 }
 
 export interface Sandbox {
@@ -27,7 +35,12 @@ export interface Sandbox {
 
 export function sandbox(tag: string): Sandbox {
   const dir = mkdtempSync(join(tmpdir(), `bt${process.pid}-${tag}-`));
-  return { dir, dataDir: join(dir, 'data'), socket: join(dir, 'run', 'berthd.sock'), network: `bt${process.pid}${tag}` };
+  return {
+    dir,
+    dataDir: join(dir, 'data'),
+    socket: join(dir, 'run', 'berthd.sock'),
+    network: `bt${process.pid}${tag}`,
+  };
 }
 
 export function removeSandbox(s: Sandbox): void {
@@ -41,9 +54,23 @@ export interface Daemon {
 }
 
 /** Starts `berth daemon` and resolves once /v1/health answers. */
-export async function startDaemon(s: Sandbox, opts: { wrap?: string[]; extraArgs?: string[] } = {}): Promise<Daemon> {
-  const args = [join(REPO, 'bin', 'berth'), 'daemon', '--socket', s.socket, '--data-dir', s.dataDir, '--log-format', 'json', ...(opts.extraArgs ?? [])];
-  const cmd = opts.wrap === undefined ? [process.execPath, ...args] : [...opts.wrap, process.execPath, ...args];
+export async function startDaemon(
+  s: Sandbox,
+  opts: { wrap?: string[]; extraArgs?: string[] } = {},
+): Promise<Daemon> {
+  const args = [
+    join(REPO, 'bin', 'berth'),
+    'daemon',
+    '--socket',
+    s.socket,
+    '--data-dir',
+    s.dataDir,
+    '--log-format',
+    'json',
+    ...(opts.extraArgs ?? []),
+  ];
+  const cmd =
+    opts.wrap === undefined ? [process.execPath, ...args] : [...opts.wrap, process.execPath, ...args];
   const child = spawn(cmd[0]!, cmd.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
   const stderr: string[] = [];
   child.stderr!.on('data', (d: Buffer) => stderr.push(d.toString()));
@@ -63,13 +90,19 @@ export async function startDaemon(s: Sandbox, opts: { wrap?: string[]; extraArgs
 }
 
 /** Kills by PID (the test started it); SIGKILL when it is still alive. */
-export async function stopDaemon(d: Daemon | undefined, signal: NodeJS.Signals = 'SIGKILL'): Promise<number | null> {
+export async function stopDaemon(
+  d: Daemon | undefined,
+  signal: NodeJS.Signals = 'SIGKILL',
+): Promise<number | null> {
   if (d === undefined) return null;
   if (d.child.exitCode === null && d.child.signalCode === null) process.kill(d.child.pid!, signal);
   return d.exited;
 }
 
-export function netConf(s: Sandbox, opts: { daemon: boolean; subnet?: string; cniVersion?: string }): Record<string, unknown> {
+export function netConf(
+  s: Sandbox,
+  opts: { daemon: boolean; subnet?: string; cniVersion?: string },
+): Record<string, unknown> {
   return {
     cniVersion: opts.cniVersion ?? '1.0.0',
     name: s.network,
@@ -89,25 +122,47 @@ export interface Run {
   stderr: string;
 }
 
-export function runProgram(bin: string, args: string[], env: Record<string, string>, stdin: string): Promise<Run> {
+export function runProgram(
+  bin: string,
+  args: string[],
+  env: Record<string, string>,
+  stdin: string,
+): Promise<Run> {
   return new Promise((resolve, reject) => {
-    const child = spawn(bin, args, { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(bin, args, {
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     child.stdout.on('data', (d: Buffer) => out.push(d));
     child.stderr.on('data', (d: Buffer) => err.push(d));
     child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() }));
+    child.on('close', (code) =>
+      resolve({ code, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() }),
+    );
     child.stdin.end(stdin);
   });
 }
 
 /** berth-ipam as a runtime runs it. */
-export function ipam(command: string, cid: string, conf: Record<string, unknown>, extraEnv: Record<string, string> = {}): Promise<Run> {
+export function ipam(
+  command: string,
+  cid: string,
+  conf: Record<string, unknown>,
+  extraEnv: Record<string, string> = {},
+): Promise<Run> {
   return runProgram(
     join(REPO, 'bin', 'berth-ipam'),
     [],
-    { CNI_COMMAND: command, CNI_CONTAINERID: cid, CNI_NETNS: `/run/netns/${cid}`, CNI_IFNAME: 'eth0', CNI_PATH: '/opt/cni/bin', ...extraEnv },
+    {
+      CNI_COMMAND: command,
+      CNI_CONTAINERID: cid,
+      CNI_NETNS: `/run/netns/${cid}`,
+      CNI_IFNAME: 'eth0',
+      CNI_PATH: '/opt/cni/bin',
+      ...extraEnv,
+    },
     JSON.stringify(conf),
   );
 }

@@ -56,23 +56,38 @@ afterEach(async () => {
 });
 
 function curl(s: Sandbox, args: string[], stdin?: string): { code: number | null; out: string; err: string } {
-  const r = spawnSync('curl', ['-sS', '--unix-socket', s.socket, ...args], { input: stdin, encoding: 'utf8', timeout: 20_000 });
+  const r = spawnSync('curl', ['-sS', '--unix-socket', s.socket, ...args], {
+    input: stdin,
+    encoding: 'utf8',
+    timeout: 20_000,
+  });
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 
 function envelope(cid: string, conf: Record<string, unknown>): string {
-  return JSON.stringify({ env: { CNI_CONTAINERID: cid, CNI_NETNS: `/run/netns/${cid}`, CNI_IFNAME: 'eth0' }, config: conf });
+  return JSON.stringify({
+    env: { CNI_CONTAINERID: cid, CNI_NETNS: `/run/netns/${cid}`, CNI_IFNAME: 'eth0' },
+    config: conf,
+  });
 }
 
 async function metric(s: Sandbox, name: string): Promise<number> {
   const r = await callDaemon({ socket: s.socket, method: 'GET', path: '/metrics' });
-  const line = String(r.body).split('\n').find((l) => l.startsWith(name));
+  const line = String(r.body)
+    .split('\n')
+    .find((l) => l.startsWith(name));
   return line === undefined ? 0 : Number(line.split(' ').pop());
 }
 
 async function daemonLeases(s: Sandbox): Promise<Map<string, string>> {
-  const r = await callDaemon({ socket: s.socket, method: 'GET', path: `/v1/leases?network=${s.network}&dataDir=${encodeURIComponent(s.dataDir)}` });
-  return new Map((r.body as { leases: { ip: string; containerId: string }[] }).leases.map((l) => [l.ip, l.containerId]));
+  const r = await callDaemon({
+    socket: s.socket,
+    method: 'GET',
+    path: `/v1/leases?network=${s.network}&dataDir=${encodeURIComponent(s.dataDir)}`,
+  });
+  return new Map(
+    (r.body as { leases: { ip: string; containerId: string }[] }).leases.map((l) => [l.ip, l.containerId]),
+  );
 }
 
 describe('berthd serves berth-ipam and curl', () => {
@@ -89,11 +104,28 @@ describe('berthd serves berth-ipam and curl', () => {
     // Served by the daemon (it counted the allocation), not by the fallback.
     expect(await metric(s, 'berthd_allocations_total')).toBe(1);
 
-    const c = curl(s, ['-X', 'POST', '-H', 'content-type: application/json', '--data-binary', '@-', 'http://berthd/v1/allocate'], envelope('ctr-curl', conf));
+    const c = curl(
+      s,
+      [
+        '-X',
+        'POST',
+        '-H',
+        'content-type: application/json',
+        '--data-binary',
+        '@-',
+        'http://berthd/v1/allocate',
+      ],
+      envelope('ctr-curl', conf),
+    );
     expect(c.code, c.err).toBe(0);
     const ipC = addressOf(c.out);
     expect(ipC).not.toBe(ipA);
-    expect(leaseFiles(s)).toEqual(new Map([[ipA, 'ctr-plugin\r\neth0'], [ipC, 'ctr-curl\r\neth0']]));
+    expect(leaseFiles(s)).toEqual(
+      new Map([
+        [ipA, 'ctr-plugin\r\neth0'],
+        [ipC, 'ctr-curl\r\neth0'],
+      ]),
+    );
 
     const prev = { ...conf, prevResult: JSON.parse(a.stdout) };
     const chk = await ipam('CHECK', 'ctr-plugin', prev);
@@ -104,7 +136,11 @@ describe('berthd serves berth-ipam and curl', () => {
     expect(wrong.code).toBe(1);
     expect(JSON.parse(wrong.stdout)).toMatchObject({ code: 3 });
 
-    const d1 = curl(s, ['-X', 'POST', '--data-binary', '@-', 'http://berthd/v1/release'], envelope('ctr-plugin', conf));
+    const d1 = curl(
+      s,
+      ['-X', 'POST', '--data-binary', '@-', 'http://berthd/v1/release'],
+      envelope('ctr-plugin', conf),
+    );
     expect(d1.out).toBe('{"ok":true}');
     const d2 = await ipam('DEL', 'ctr-curl', conf);
     expect(d2.code, d2.stdout).toBe(0);
@@ -122,7 +158,16 @@ describe('berthd serves berth-ipam and curl', () => {
     spawnSync('chmod', ['0755', s.dir]);
     const asNobody = spawnSync(
       'setpriv',
-      ['--reuid=nobody', '--regid=nogroup', '--clear-groups', 'curl', '-sS', '--unix-socket', s.socket, 'http://berthd/v1/health'],
+      [
+        '--reuid=nobody',
+        '--regid=nogroup',
+        '--clear-groups',
+        'curl',
+        '-sS',
+        '--unix-socket',
+        s.socket,
+        'http://berthd/v1/health',
+      ],
       { encoding: 'utf8', timeout: 20_000 },
     );
     expect(asNobody.status).toBe(7); // curl: couldn't connect
@@ -131,7 +176,16 @@ describe('berthd serves berth-ipam and curl', () => {
     spawnSync('chmod', ['0755', dirname(s.socket)]);
     const throughOpenDir = spawnSync(
       'setpriv',
-      ['--reuid=nobody', '--regid=nogroup', '--clear-groups', 'curl', '-sS', '--unix-socket', s.socket, 'http://berthd/v1/health'],
+      [
+        '--reuid=nobody',
+        '--regid=nogroup',
+        '--clear-groups',
+        'curl',
+        '-sS',
+        '--unix-socket',
+        s.socket,
+        'http://berthd/v1/health',
+      ],
       { encoding: 'utf8', timeout: 20_000 },
     );
     expect(throughOpenDir.status).toBe(7);
@@ -150,7 +204,10 @@ describe('berthd serves berth-ipam and curl', () => {
     ];
     for (const [args, body, status, code] of cases) {
       const r = curl(s, ['-o', '-', '-w', '\n%{http_code}', ...args], body);
-      const [json, http] = [r.out.slice(0, r.out.lastIndexOf('\n')), r.out.slice(r.out.lastIndexOf('\n') + 1)];
+      const [json, http] = [
+        r.out.slice(0, r.out.lastIndexOf('\n')),
+        r.out.slice(r.out.lastIndexOf('\n') + 1),
+      ];
       expect(Number(http), args.join(' ')).toBe(status);
       expect(JSON.parse(json)).toMatchObject({ code });
     }
@@ -189,7 +246,12 @@ describe('lifecycle', () => {
 
     // A new daemon clears the stale socket and sees everything written meanwhile.
     await daemon(s);
-    expect(await daemonLeases(s)).toEqual(new Map([[ipB, 'ctr-2'], [ipC, 'ctr-3']]));
+    expect(await daemonLeases(s)).toEqual(
+      new Map([
+        [ipB, 'ctr-2'],
+        [ipC, 'ctr-3'],
+      ]),
+    );
     const e = await ipam('ADD', 'ctr-4', conf);
     expect([ipB, ipC]).not.toContain(addressOf(e.stdout));
     expect(await metric(s, 'berthd_allocations_total')).toBe(1);
@@ -209,8 +271,14 @@ describe('lifecycle', () => {
       ids.map(async (cid, i) => {
         await new Promise((r) => setTimeout(r, i * 2));
         try {
-          const r = await callDaemon({ socket: s.socket, method: 'POST', path: Allocate.path, body: JSON.parse(envelope(cid, conf)) });
-          if (r.status === 200) acked.set(cid, (r.body as { ips: { address: string }[] }).ips[0]!.address.split('/')[0]!);
+          const r = await callDaemon({
+            socket: s.socket,
+            method: 'POST',
+            path: Allocate.path,
+            body: JSON.parse(envelope(cid, conf)),
+          });
+          if (r.status === 200)
+            acked.set(cid, (r.body as { ips: { address: string }[] }).ips[0]!.address.split('/')[0]!);
         } catch {
           failed++;
         }
@@ -232,14 +300,30 @@ describe('lifecycle', () => {
     // The runtime retries the rest (here on the files, as the plugin does with the daemon gone): each gets
     // one address, the acknowledged ones theirs again, and no address is held twice.
     const warnings: string[] = [];
-    const store = openLeaseFileStore({ dataDir: s.dataDir, network: s.network, bootId: 'unused', warn: (m) => warnings.push(m) });
+    const store = openLeaseFileStore({
+      dataDir: s.dataDir,
+      network: s.network,
+      bootId: 'unused',
+      warn: (m) => warnings.push(m),
+    });
     const got = new Map<string, string>();
     for (const cid of ids) {
       const req = parseRequest({
-        env: { CNI_COMMAND: 'ADD', CNI_CONTAINERID: cid, CNI_NETNS: `/run/netns/${cid}`, CNI_IFNAME: 'eth0', CNI_PATH: '/x' },
+        env: {
+          CNI_COMMAND: 'ADD',
+          CNI_CONTAINERID: cid,
+          CNI_NETNS: `/run/netns/${cid}`,
+          CNI_IFNAME: 'eth0',
+          CNI_PATH: '/x',
+        },
         stdin: JSON.stringify(conf),
       });
-      const r = await fileAdd(req, { bootId: undefined, warn: (m) => warnings.push(m), now: () => new Date(), openStore: () => store });
+      const r = await fileAdd(req, {
+        bootId: undefined,
+        warn: (m) => warnings.push(m),
+        now: () => new Date(),
+        openStore: () => store,
+      });
       got.set(cid, r.ips![0]!.address.split('/')[0]!);
     }
     for (const [cid, ip] of acked) expect(got.get(cid)).toBe(ip);
@@ -264,7 +348,12 @@ describe('lifecycle', () => {
     const outcomes = await Promise.all(
       Array.from({ length: 80 }, async (_, i) => {
         try {
-          const r = await callDaemon({ socket: s.socket, method: 'POST', path: Allocate.path, body: JSON.parse(envelope(`ctr-${i}`, conf)) });
+          const r = await callDaemon({
+            socket: s.socket,
+            method: 'POST',
+            path: Allocate.path,
+            body: JSON.parse(envelope(`ctr-${i}`, conf)),
+          });
           if (signalled) answeredAfterSignal++;
           if (!signalled) {
             signalled = true;
@@ -318,7 +407,9 @@ describe('mixed storm on one /24: 100 ADDs through the daemon and 100 straight o
 
   test('200 ADDs → 200 distinct addresses, one per container, and a consistent store', async () => {
     d = await startDaemon(s);
-    const runs = await Promise.all(ids.map((cid, i) => ipam('ADD', cid, netConf(s, { daemon: viaDaemon(i), subnet: '198.18.195.0/24' }))));
+    const runs = await Promise.all(
+      ids.map((cid, i) => ipam('ADD', cid, netConf(s, { daemon: viaDaemon(i), subnet: '198.18.195.0/24' }))),
+    );
     runs.forEach((r, i) => expect(r.code, `${ids[i]}: ${r.stdout} ${r.stderr}`).toBe(0));
     const ips = runs.map((r) => addressOf(r.stdout));
     expect(new Set(ips).size).toBe(200);
@@ -339,26 +430,47 @@ describe('mixed storm on one /24: 100 ADDs through the daemon and 100 straight o
 
   test('then 200 DELs, mixed the same way → an empty store', async () => {
     expect(d).toBeDefined();
-    const runs = await Promise.all(ids.map((cid, i) => ipam('DEL', cid, netConf(s, { daemon: !viaDaemon(i), subnet: '198.18.195.0/24' }))));
+    const runs = await Promise.all(
+      ids.map((cid, i) => ipam('DEL', cid, netConf(s, { daemon: !viaDaemon(i), subnet: '198.18.195.0/24' }))),
+    );
     runs.forEach((r, i) => expect(r.code, `${ids[i]}: ${r.stdout} ${r.stderr}`).toBe(0));
     expect(leaseFiles(s).size).toBe(0);
     // The daemon writes the records (index) when it lets go of the lock: take it, as a plugin would.
-    await openLeaseFileStore({ dataDir: s.dataDir, network: s.network, bootId: 'unused' }).transact(async () => undefined, { readOnly: true });
+    await openLeaseFileStore({ dataDir: s.dataDir, network: s.network, bootId: 'unused' }).transact(
+      async () => undefined,
+      { readOnly: true },
+    );
     expect(attRecords(s)).toEqual([]);
     expect(await daemonLeases(s)).toEqual(new Map());
     expect(await metric(s, 'berthd_releases_total')).toBe(100);
   }, 90_000);
 });
 
-describe('Debian\'s host-local on the data dir berthd recycles inodes in', () => {
-  test('host-local\'s content scans never take a spare for a lease; both sides keep distinct addresses', async () => {
+describe("Debian's host-local on the data dir berthd recycles inodes in", () => {
+  test("host-local's content scans never take a spare for a lease; both sides keep distinct addresses", async () => {
     const s = box('hl');
     await daemon(s);
     const subnet = '198.18.196.0/24';
-    const viaDaemon = (cmd: 'ADD' | 'DEL', cid: string): Promise<Run> => ipam(cmd, cid, netConf(s, { daemon: true, subnet }));
-    const hlConf = { ...netConf(s, { daemon: false, subnet }), type: 'host-local', ipam: { type: 'host-local', dataDir: s.dataDir, ranges: [[{ subnet }]] } };
+    const viaDaemon = (cmd: 'ADD' | 'DEL', cid: string): Promise<Run> =>
+      ipam(cmd, cid, netConf(s, { daemon: true, subnet }));
+    const hlConf = {
+      ...netConf(s, { daemon: false, subnet }),
+      type: 'host-local',
+      ipam: { type: 'host-local', dataDir: s.dataDir, ranges: [[{ subnet }]] },
+    };
     const hostLocal = (cmd: string, cid: string): Promise<Run> =>
-      runProgram(HOST_LOCAL, [], { CNI_COMMAND: cmd, CNI_CONTAINERID: cid, CNI_NETNS: `/run/netns/${cid}`, CNI_IFNAME: 'eth0', CNI_PATH: '/usr/lib/cni' }, JSON.stringify(hlConf));
+      runProgram(
+        HOST_LOCAL,
+        [],
+        {
+          CNI_COMMAND: cmd,
+          CNI_CONTAINERID: cid,
+          CNI_NETNS: `/run/netns/${cid}`,
+          CNI_IFNAME: 'eth0',
+          CNI_PATH: '/usr/lib/cni',
+        },
+        JSON.stringify(hlConf),
+      );
     const ok = (r: Run): Run => {
       expect(r.code, `${r.stdout}${r.stderr}`).toBe(0);
       return r;
@@ -377,14 +489,21 @@ describe('Debian\'s host-local on the data dir berthd recycles inodes in', () =>
     const c = addressOf(ok(await hostLocal('ADD', 'hl-c')).stdout);
     const d = addressOf(ok(await viaDaemon('ADD', 'berth-d')).stdout);
     expect(new Set([b, c, d]).size).toBe(3);
-    expect(leaseFiles(s)).toEqual(new Map([[b, 'kept-b\r\neth0'], [c, 'hl-c\r\neth0'], [d, 'berth-d\r\neth0']]));
+    expect(leaseFiles(s)).toEqual(
+      new Map([
+        [b, 'kept-b\r\neth0'],
+        [c, 'hl-c\r\neth0'],
+        [d, 'berth-d\r\neth0'],
+      ]),
+    );
     expect(a).not.toBe(b);
     // Each releases the other's lease.
     ok(await hostLocal('DEL', 'berth-d'));
     ok(await viaDaemon('DEL', 'hl-c'));
     ok(await viaDaemon('DEL', 'kept-b'));
     expect(leaseFiles(s)).toEqual(new Map());
-    for (const f of readdirSync(spareDir)) expect(readFileSync(join(spareDir, f), 'latin1').startsWith('{')).toBe(true);
+    for (const f of readdirSync(spareDir))
+      expect(readFileSync(join(spareDir, f), 'latin1').startsWith('{')).toBe(true);
   }, 60_000);
 });
 
@@ -396,7 +515,9 @@ describe('admin CLI', () => {
       const conf = netConf(s, { daemon: withDaemon, subnet: '198.18.196.0/24' });
       const added = new Map<string, string>();
       for (const cid of ['aaaa1111', 'bbbb2222', 'cccc3333']) {
-        const r = await ipam('ADD', cid, conf, { CNI_ARGS: `K8S_POD_NAMESPACE=ns;K8S_POD_NAME=pod-${cid.slice(0, 1)}` });
+        const r = await ipam('ADD', cid, conf, {
+          CNI_ARGS: `K8S_POD_NAMESPACE=ns;K8S_POD_NAME=pod-${cid.slice(0, 1)}`,
+        });
         expect(r.code, r.stdout).toBe(0);
         added.set(cid, addressOf(r.stdout));
       }
@@ -404,20 +525,27 @@ describe('admin CLI', () => {
 
       const table = await berth(['leases', '--network', s.network, ...where]);
       expect(table.code, table.stderr).toBe(0);
-      expect(table.stderr).toBe(withDaemon ? '' : `berth: berthd is not answering; working on the lease files under ${s.dataDir}\n`);
+      expect(table.stderr).toBe(
+        withDaemon ? '' : `berth: berthd is not answering; working on the lease files under ${s.dataDir}\n`,
+      );
       const lines = table.stdout.trim().split('\n');
       expect(lines[0]).toMatch(/^NETWORK\s+IP\s+CONTAINER\s+IFNAME\s+POD\s+AGE$/);
       expect(lines.slice(1).map((l) => l.split(/\s+/).slice(0, 5))).toEqual(
         [...added].map(([cid, ip]) => [s.network, ip, cid, 'eth0', `ns/pod-${cid.slice(0, 1)}`]),
       );
 
-      const json = JSON.parse((await berth(['leases', '--json', ...where])).stdout) as { ip: string; containerId: string }[];
+      const json = JSON.parse((await berth(['leases', '--json', ...where])).stdout) as {
+        ip: string;
+        containerId: string;
+      }[];
       expect(json.map((l) => [l.containerId, l.ip])).toEqual([...added]);
 
       const show = await berth(['leases', 'show', 'bbbb2222', ...where]);
       expect(show.stdout).toMatch(new RegExp(`ip:\\s+${added.get('bbbb2222')!.replace(/\./g, '\\.')}\\n`));
       expect(show.stdout).toMatch(/pod:\s+ns\/pod-b/);
-      expect((await berth(['leases', 'show', added.get('cccc3333')!, '--json', ...where])).stdout).toMatch(/"containerId": "cccc3333"/);
+      expect((await berth(['leases', 'show', added.get('cccc3333')!, '--json', ...where])).stdout).toMatch(
+        /"containerId": "cccc3333"/,
+      );
 
       // No terminal and no --yes: refused, nothing released.
       const refused = await berth(['leases', 'release', added.get('aaaa1111')!, ...where]);
@@ -441,8 +569,8 @@ describe('admin CLI', () => {
       expect(st.code).toBe(0);
       expect(st.stdout).toMatch(withDaemon ? /^berthd: running \(pid \d+/ : /^berthd: not answering/);
       expect(st.stdout).toContain(`network ${s.network} (${s.dataDir}/${s.network}): 1 lease(s)`);
-      if (withDaemon) expect(st.stdout).toMatch(/range set 0 198\.18\.196\.1-198\.18\.196\.254: 1 used, 252 free of 253/);
+      if (withDaemon)
+        expect(st.stdout).toMatch(/range set 0 198\.18\.196\.1-198\.18\.196\.254: 1 used, 252 free of 253/);
     });
   }
 });
-

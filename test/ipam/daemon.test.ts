@@ -1,6 +1,18 @@
 // berthd in-process on a temp socket and temp data dir (any user): the daemon's store against the files
 // and lease-file-store's index, batching, bad input, clients that leave, and the CLI's pure pieces.
-import { closeSync, existsSync, lstatSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  readdirSync,
+  readlinkSync,
+  rmSync,
+  statSync,
+} from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -39,15 +51,23 @@ function conf(network = 'btnet', extra: Record<string, unknown> = {}): Record<st
   };
 }
 
-function envelope(cid: string, network = 'btnet', args = ''): { env: Record<string, string>; config: Record<string, unknown> } {
-  return { env: { CNI_CONTAINERID: cid, CNI_NETNS: `/run/netns/${cid}`, CNI_IFNAME: 'eth0', CNI_ARGS: args }, config: conf(network) };
+function envelope(
+  cid: string,
+  network = 'btnet',
+  args = '',
+): { env: Record<string, string>; config: Record<string, unknown> } {
+  return {
+    env: { CNI_CONTAINERID: cid, CNI_NETNS: `/run/netns/${cid}`, CNI_IFNAME: 'eth0', CNI_ARGS: args },
+    config: conf(network),
+  };
 }
 
 function leaseFiles(network = 'btnet'): Map<string, string> {
   const d = join(dataDir, network);
   const out = new Map<string, string>();
   if (!existsSync(d)) return out;
-  for (const f of readdirSync(d)) if (/^\d+\.\d+\.\d+\.\d+$/.test(f)) out.set(f, readFileSync(join(d, f), 'utf8'));
+  for (const f of readdirSync(d))
+    if (/^\d+\.\d+\.\d+\.\d+$/.test(f)) out.set(f, readFileSync(join(d, f), 'utf8'));
   return out;
 }
 
@@ -80,7 +100,13 @@ async function startServer(maxBodyBytes?: number, syncer?: FilesystemSync): Prom
   const log = createLogger({ format: 'text', level: 'debug', write: (s) => logs.push(s) });
   const metrics = new Metrics();
   service = new Service({ dataDir, bootId: BOOT, log, metrics, ...(syncer ? { syncer } : {}) });
-  server = new BerthServer({ service, log, metrics, socketPath: socket, ...(maxBodyBytes ? { maxBodyBytes } : {}) });
+  server = new BerthServer({
+    service,
+    log,
+    metrics,
+    socketPath: socket,
+    ...(maxBodyBytes ? { maxBodyBytes } : {}),
+  });
   await new Promise<void>((resolve) => server!.http.listen(socket, resolve));
 }
 
@@ -120,9 +146,14 @@ afterEach(async () => {
 describe('the daemon store keeps the files and lease-file-store index as the plugin would', () => {
   test('allocate through the socket: the IP file, its record, and a plugin on the files sees it without rebuilding', async () => {
     await startServer();
-    const r = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-a', 'btnet', 'K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=web-0') });
+    const r = await callDaemon({
+      socket,
+      method: 'POST',
+      path: Allocate.path,
+      body: envelope('ctr-a', 'btnet', 'K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=web-0'),
+    });
     expect(r.status).toBe(200);
-    const ip = ((r.body as { ips: { address: string }[] }).ips[0]!.address).split('/')[0]!;
+    const ip = (r.body as { ips: { address: string }[] }).ips[0]!.address.split('/')[0]!;
     expect(leaseFiles().get(ip)).toBe('ctr-a\r\neth0');
 
     // The plugin's own store, working on the files: same lease, metadata kept, and no index rebuild. Its
@@ -130,25 +161,48 @@ describe('the daemon store keeps the files and lease-file-store index as the plu
     // of the lock (it may still be writing the index after the reply), as a separate plugin process would.
     await service.drain();
     const warnings: string[] = [];
-    const store = openLeaseFileStore({ dataDir, network: 'btnet', bootId: BOOT, warn: (m) => warnings.push(m) });
-    const leases = await store.transact(async (s) => s.leasesOf({ containerId: 'ctr-a', ifname: 'eth0' }), { readOnly: true });
+    const store = openLeaseFileStore({
+      dataDir,
+      network: 'btnet',
+      bootId: BOOT,
+      warn: (m) => warnings.push(m),
+    });
+    const leases = await store.transact(async (s) => s.leasesOf({ containerId: 'ctr-a', ifname: 'eth0' }), {
+      readOnly: true,
+    });
     expect(leases.map((l) => l.ip.value)).toHaveLength(1);
     expect(leases[0]!.meta.pod).toEqual({ namespace: 'ns1', name: 'web-0' });
     expect(warnings).toEqual([]);
 
     // A plugin ADD on the files next to it takes another address and keeps the index trusted.
     const req = parseRequest({
-      env: { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'ctr-b', CNI_NETNS: '/x', CNI_IFNAME: 'eth0', CNI_PATH: '/x' },
+      env: {
+        CNI_COMMAND: 'ADD',
+        CNI_CONTAINERID: 'ctr-b',
+        CNI_NETNS: '/x',
+        CNI_IFNAME: 'eth0',
+        CNI_PATH: '/x',
+      },
       stdin: JSON.stringify(conf()),
     });
-    const res = await fileAdd(req, { bootId: BOOT, warn: (m) => warnings.push(m), now: () => new Date(), openStore: () => store });
+    const res = await fileAdd(req, {
+      bootId: BOOT,
+      warn: (m) => warnings.push(m),
+      now: () => new Date(),
+      openStore: () => store,
+    });
     const ipB = res.ips![0]!.address.split('/')[0]!;
     expect(ipB).not.toBe(ip);
     expect(warnings).toEqual([]);
 
     // …and the daemon sees the plugin's lease at once (its directory changed: re-read).
     const list = await callDaemon({ socket, method: 'GET', path: '/v1/leases?network=btnet' });
-    expect((list.body as { leases: { ip: string; containerId: string }[] }).leases.map((l) => [l.ip, l.containerId])).toEqual([
+    expect(
+      (list.body as { leases: { ip: string; containerId: string }[] }).leases.map((l) => [
+        l.ip,
+        l.containerId,
+      ]),
+    ).toEqual([
       [ip, 'ctr-a'],
       [ipB, 'ctr-b'],
     ]);
@@ -161,7 +215,7 @@ describe('the daemon store keeps the files and lease-file-store index as the plu
     expect(existsSync(join(dataDir, 'btnet', '.berth', 'att', 'ctr-a:eth0'))).toBe(false);
   });
 
-  test('file work on one address keeps the batch\'s order: take, give back, take again by another', async () => {
+  test("file work on one address keeps the batch's order: take, give back, take again by another", async () => {
     await startServer();
     const store = service.store(dataDir, 'btnet');
     const ip = { family: 4 as const, value: (198n << 24n) | (18n << 16n) | (200n << 8n) | 9n };
@@ -206,7 +260,9 @@ describe('the daemon store keeps the files and lease-file-store index as the plu
     await startServer();
     const n = 60;
     const replies = await Promise.all(
-      Array.from({ length: n }, (_, i) => callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope(`ctr-${i}`) })),
+      Array.from({ length: n }, (_, i) =>
+        callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope(`ctr-${i}`) }),
+      ),
     );
     const ips = replies.map((r) => (r.body as { ips: { address: string }[] }).ips[0]!.address);
     expect(new Set(ips).size).toBe(n);
@@ -226,7 +282,7 @@ describe('the daemon store keeps the files and lease-file-store index as the plu
     expect(leaseFiles().size).toBe(1);
   });
 
-  test('allocate/release cycles recycle inodes: a release keeps the lease\'s inode as a spare, later leases are spares', async () => {
+  test("allocate/release cycles recycle inodes: a release keeps the lease's inode as a spare, later leases are spares", async () => {
     await startServer();
     const netDir = join(dataDir, 'btnet');
     const spareDir = join(netDir, '.berth', 'spare');
@@ -264,7 +320,7 @@ describe('the daemon store keeps the files and lease-file-store index as the plu
     expect(kept.has(leaseInode())).toBe(true);
   });
 
-  test('a read-only listing on the files (the admin CLI without a daemon) leaves the daemon\'s spares alone', async () => {
+  test("a read-only listing on the files (the admin CLI without a daemon) leaves the daemon's spares alone", async () => {
     await startServer();
     for (const cid of ['ctr-1', 'ctr-2']) {
       await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope(cid) });
@@ -272,10 +328,17 @@ describe('the daemon store keeps the files and lease-file-store index as the plu
     }
     await service.drain();
     const spareDir = join(dataDir, 'btnet', '.berth', 'spare');
-    const ctimes = (): number[] => readdirSync(spareDir).sort().map((f) => statSync(join(spareDir, f)).ctimeMs);
+    const ctimes = (): number[] =>
+      readdirSync(spareDir)
+        .sort()
+        .map((f) => statSync(join(spareDir, f)).ctimeMs);
     const before = ctimes();
     expect(before.length).toBeGreaterThan(0);
-    const onFiles = new Service({ dataDir, bootId: BOOT, log: createLogger({ format: 'text', level: 'error', write: () => undefined }) });
+    const onFiles = new Service({
+      dataDir,
+      bootId: BOOT,
+      log: createLogger({ format: 'text', level: 'error', write: () => undefined }),
+    });
     try {
       expect(await onFiles.list({ network: 'btnet' })).toEqual([]);
     } finally {
@@ -292,10 +355,21 @@ describe('the daemon store keeps the files and lease-file-store index as the plu
     rmSync(join(dataDir, 'btnet', '.berth'), { recursive: true });
     const store = openLeaseFileStore({ dataDir, network: 'btnet', bootId: BOOT, warn: () => undefined });
     const req = parseRequest({
-      env: { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'on-files', CNI_NETNS: '/x', CNI_IFNAME: 'eth0', CNI_PATH: '/x' },
+      env: {
+        CNI_COMMAND: 'ADD',
+        CNI_CONTAINERID: 'on-files',
+        CNI_NETNS: '/x',
+        CNI_IFNAME: 'eth0',
+        CNI_PATH: '/x',
+      },
       stdin: JSON.stringify(conf()),
     });
-    await fileAdd(req, { bootId: BOOT, warn: () => undefined, now: () => new Date(), openStore: () => store });
+    await fileAdd(req, {
+      bootId: BOOT,
+      warn: () => undefined,
+      now: () => new Date(),
+      openStore: () => store,
+    });
     expect(existsSync(join(dataDir, 'btnet', '.berth', 'spare'))).toBe(false);
     const r = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-2') });
     expect(r.status, JSON.stringify(r.body)).toBe(200);
@@ -311,11 +385,13 @@ describe('the daemon store keeps the files and lease-file-store index as the plu
     server = undefined;
     await startServer();
     const list = await callDaemon({ socket, method: 'GET', path: '/v1/leases' });
-    expect((list.body as { leases: { containerId: string }[] }).leases.map((l) => l.containerId)).toEqual(['ctr-1']);
+    expect((list.body as { leases: { containerId: string }[] }).leases.map((l) => l.containerId)).toEqual([
+      'ctr-1',
+    ]);
   });
 });
 
-describe('a plugin holding a network\'s flock', () => {
+describe("a plugin holding a network's flock", () => {
   test('delays only that network: the daemon keeps serving others and /v1/health, then finishes the wait', async () => {
     await startServer();
     const release = holdNetworkLock();
@@ -324,7 +400,12 @@ describe('a plugin holding a network\'s flock', () => {
       waiting = callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-waits') });
       await expect.poll(() => service.batchStats().lockWaits, { timeout: 5000 }).toBeGreaterThan(0);
       // The event loop is free: another network and the health route answer meanwhile.
-      const other = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-other', 'btother') });
+      const other = await callDaemon({
+        socket,
+        method: 'POST',
+        path: Allocate.path,
+        body: envelope('ctr-other', 'btother'),
+      });
       expect(other.status).toBe(200);
       expect((await callDaemon({ socket, method: 'GET', path: '/v1/health' })).status).toBe(200);
       expect(leaseFiles()).toEqual(new Map());
@@ -349,7 +430,9 @@ describe('a slow sync round (someone else writing a lot to the filesystem)', () 
     const add = callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-slow') });
     await new Promise((r) => setTimeout(r, 150));
     // A plugin in another process, blocking on the network's flock as host-local does (at most 1 s).
-    const other = spawnSync('flock', ['-w', '1', join(dataDir, 'btnet', 'lock'), 'true'], { encoding: 'utf8' });
+    const other = spawnSync('flock', ['-w', '1', join(dataDir, 'btnet', 'lock'), 'true'], {
+      encoding: 'utf8',
+    });
     const waited = Date.now() - t0;
     expect(other.status, other.stderr).toBe(0);
     expect(waited).toBeLessThan(1000);
@@ -392,18 +475,30 @@ describe('bad input is a JSON error with an HTTP status and a CNI code, never a 
   const cases: { name: string; request: string; status: number; code: number }[] = [
     {
       name: 'malformed JSON',
-      request: 'POST /v1/allocate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 9\r\nConnection: close\r\n\r\n{"env": [',
+      request:
+        'POST /v1/allocate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 9\r\nConnection: close\r\n\r\n{"env": [',
       status: 400,
       code: ErrorCode.DecodingFailure,
     },
     {
       name: 'envelope without config',
-      request: 'POST /v1/allocate HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n{"env":{}}',
+      request:
+        'POST /v1/allocate HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n{"env":{}}',
       status: 400,
       code: ErrorCode.DecodingFailure,
     },
-    { name: 'unknown route', request: 'GET /v2/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n', status: 404, code: ErrorCode.UnsupportedField },
-    { name: 'wrong method', request: 'GET /v1/allocate HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n', status: 405, code: ErrorCode.UnsupportedField },
+    {
+      name: 'unknown route',
+      request: 'GET /v2/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
+      status: 404,
+      code: ErrorCode.UnsupportedField,
+    },
+    {
+      name: 'wrong method',
+      request: 'GET /v1/allocate HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
+      status: 405,
+      code: ErrorCode.UnsupportedField,
+    },
     {
       name: 'unknown network',
       request: 'GET /v1/leases?network=nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
@@ -416,7 +511,12 @@ describe('bad input is a JSON error with an HTTP status and a CNI code, never a 
       status: 413,
       code: ErrorCode.DecodingFailure,
     },
-    { name: 'garbage instead of HTTP', request: 'HELLO\r\n\r\n', status: 400, code: ErrorCode.DecodingFailure },
+    {
+      name: 'garbage instead of HTTP',
+      request: 'HELLO\r\n\r\n',
+      status: 400,
+      code: ErrorCode.DecodingFailure,
+    },
   ];
   for (const c of cases) {
     test(c.name, async () => {
@@ -432,7 +532,12 @@ describe('bad input is a JSON error with an HTTP status and a CNI code, never a 
 
   test('a CNI error of the handlers keeps its code (bad config → 7, bad container id → 4)', async () => {
     await startServer();
-    const bad = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: { env: envelope('c').env, config: conf('btnet', { ranges: [[{ subnet: 'nope' }]] }) } });
+    const bad = await callDaemon({
+      socket,
+      method: 'POST',
+      path: Allocate.path,
+      body: { env: envelope('c').env, config: conf('btnet', { ranges: [[{ subnet: 'nope' }]] }) },
+    });
     expect(bad.status).toBe(400);
     expect((bad.body as { code: number }).code).toBe(ErrorCode.InvalidNetworkConfig);
     const badId = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('../etc') });
@@ -443,7 +548,9 @@ describe('bad input is a JSON error with an HTTP status and a CNI code, never a 
   test('an oversized body streamed without a length is cut off with 413', async () => {
     await startServer(4096);
     const big = `{"env":{},"config":"${'x'.repeat(10_000)}"}`;
-    const reply = await raw(`POST /v1/allocate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${big.length.toString(16)}\r\n${big}\r\n0\r\n\r\n`);
+    const reply = await raw(
+      `POST /v1/allocate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${big.length.toString(16)}\r\n${big}\r\n0\r\n\r\n`,
+    );
     expect(jsonOf(reply).status).toBe(413);
   });
 });
@@ -473,7 +580,9 @@ describe('clients that leave', () => {
       const c = net.createConnection(socket);
       await new Promise<void>((resolve) => c.on('connect', resolve));
       const body = JSON.stringify(envelope('ctr-gone'));
-      c.write(`POST /v1/allocate HTTP/1.1\r\nHost: x\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+      c.write(
+        `POST /v1/allocate HTTP/1.1\r\nHost: x\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+      );
       await expect.poll(() => service.batchStats().lockWaits, { timeout: 5000 }).toBeGreaterThan(0);
       c.destroy();
       await new Promise((r) => setTimeout(r, 50));
@@ -493,8 +602,13 @@ describe('log and metrics formats', () => {
   test('text lines for people, JSON lines for collectors, below-level lines dropped', () => {
     const out: string[] = [];
     const now = () => new Date('2026-01-01T00:00:00Z');
-    createLogger({ format: 'text', level: 'info', write: (l) => out.push(l), now }).log('info', 'listening', { socket: '/run/x.sock', n: 2 });
-    createLogger({ format: 'json', level: 'info', write: (l) => out.push(l), now }).log('warn', 'odd', { why: 'a b' });
+    createLogger({ format: 'text', level: 'info', write: (l) => out.push(l), now }).log('info', 'listening', {
+      socket: '/run/x.sock',
+      n: 2,
+    });
+    createLogger({ format: 'json', level: 'info', write: (l) => out.push(l), now }).log('warn', 'odd', {
+      why: 'a b',
+    });
     createLogger({ format: 'json', level: 'warn', write: (l) => out.push(l), now }).log('info', 'dropped');
     expect(out).toEqual([
       '2026-01-01T00:00:00.000Z INFO listening socket=/run/x.sock n=2\n',
@@ -509,11 +623,19 @@ describe('log and metrics formats', () => {
     m.observeLatency('POST /v1/allocate', 0.0007);
     m.observeLatency('POST /v1/allocate', 0.02);
     const text = m.render([{ name: 'berthd_pool_free', help: 'Free.', labels: { network: 'n' }, value: 7 }]);
-    expect(text).toContain('# TYPE berthd_allocations_total counter\nberthd_allocations_total{network="n\\"1"} 3\n');
+    expect(text).toContain(
+      '# TYPE berthd_allocations_total counter\nberthd_allocations_total{network="n\\"1"} 3\n',
+    );
     expect(text).toContain('# TYPE berthd_pool_free gauge\nberthd_pool_free{network="n"} 7\n');
-    expect(text).toContain('berthd_request_duration_seconds_bucket{route="POST /v1/allocate",le="0.0005"} 0\n');
-    expect(text).toContain('berthd_request_duration_seconds_bucket{route="POST /v1/allocate",le="0.001"} 1\n');
-    expect(text).toContain('berthd_request_duration_seconds_bucket{route="POST /v1/allocate",le="0.025"} 2\n');
+    expect(text).toContain(
+      'berthd_request_duration_seconds_bucket{route="POST /v1/allocate",le="0.0005"} 0\n',
+    );
+    expect(text).toContain(
+      'berthd_request_duration_seconds_bucket{route="POST /v1/allocate",le="0.001"} 1\n',
+    );
+    expect(text).toContain(
+      'berthd_request_duration_seconds_bucket{route="POST /v1/allocate",le="0.025"} 2\n',
+    );
     expect(text).toContain('berthd_request_duration_seconds_bucket{route="POST /v1/allocate",le="+Inf"} 2\n');
     expect(text).toContain('berthd_request_duration_seconds_count{route="POST /v1/allocate"} 2\n');
   });
@@ -521,7 +643,9 @@ describe('log and metrics formats', () => {
 
 describe('CLI pieces', () => {
   test('valid-attachment lists: JSON as in cni.dev/valid-attachments, or lines', () => {
-    expect(parseValidList('[{"containerID":"a","ifname":"eth0"}]')).toEqual([{ containerID: 'a', ifname: 'eth0' }]);
+    expect(parseValidList('[{"containerID":"a","ifname":"eth0"}]')).toEqual([
+      { containerID: 'a', ifname: 'eth0' },
+    ]);
     expect(parseValidList('# kept\na eth0\nb/net1\n\n')).toEqual([
       { containerID: 'a', ifname: 'eth0' },
       { containerID: 'b', ifname: 'net1' },
@@ -536,12 +660,16 @@ describe('CLI pieces', () => {
     const out: string[] = [];
     const io = { out: (x: string) => void out.push(x), err: (x: string) => void out.push(x) };
     const questions: string[] = [];
-    const ask = (answer: string) => async (q: string): Promise<string> => {
-      questions.push(q);
-      return answer;
-    };
+    const ask =
+      (answer: string) =>
+      async (q: string): Promise<string> => {
+        questions.push(q);
+        return answer;
+      };
     expect(await runLeasesRelease(ip, { socket, ask: ask('n') }, io)).toBe(1);
-    expect(questions[0]).toMatch(new RegExp(`^Release ${ip.replace(/\./g, '\\.')} in network btnet, held by ctr-ask/eth0\\?`));
+    expect(questions[0]).toMatch(
+      new RegExp(`^Release ${ip.replace(/\./g, '\\.')} in network btnet, held by ctr-ask/eth0\\?`),
+    );
     expect(leaseFiles().has(ip)).toBe(true);
     expect(await runLeasesRelease('not-an-ip', { socket, yes: true }, io)).toBe(1);
     expect(await runLeasesRelease(ip, { socket, ask: ask('yes') }, io)).toBe(0);
@@ -555,7 +683,17 @@ describe('CLI pieces', () => {
     expect(age('2026-01-01T23:00:00Z', now)).toBe('60m');
     expect(age('2025-12-30T00:00:00Z', now)).toBe('3d');
     const t = leaseTable(
-      [{ network: 'n', dataDir: '/d', ip: '198.18.0.2', containerId: '0123456789abcdef', ifname: 'eth0', pod: { namespace: 'ns', name: 'p' }, createdAt: '2026-01-01T23:59:00Z' }],
+      [
+        {
+          network: 'n',
+          dataDir: '/d',
+          ip: '198.18.0.2',
+          containerId: '0123456789abcdef',
+          ifname: 'eth0',
+          pod: { namespace: 'ns', name: 'p' },
+          createdAt: '2026-01-01T23:59:00Z',
+        },
+      ],
       now,
     );
     expect(t.split('\n')[0]).toMatch(/^NETWORK\s+IP\s+CONTAINER\s+IFNAME\s+POD\s+AGE$/);

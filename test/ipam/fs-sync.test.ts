@@ -20,7 +20,12 @@ afterEach(() => {
 });
 
 /** A syncfs stand-in that counts calls and lets the test end each round. */
-function scriptedSyncfs(): { calls: number[]; inFlight: () => number; end: (err?: Error) => void; fn: (fd: number) => Promise<void> } {
+function scriptedSyncfs(): {
+  calls: number[];
+  inFlight: () => number;
+  end: (err?: Error) => void;
+  fn: (fd: number) => Promise<void>;
+} {
   const calls: number[] = [];
   const pending: { resolve: () => void; reject: (e: Error) => void }[] = [];
   return {

@@ -7,12 +7,32 @@ import { formatIp } from '../../src/ipam/address';
 import { type IpamDeps, add, check, del, gc, status } from '../../src/ipam/handlers';
 import { type MemoryStore, memoryStore } from './memory-store';
 
-const IPAM = { type: 'berth-ipam', dataDir: '/nonexistent-never-touched', ranges: [[{ subnet: '198.18.64.0/30' }], [{ subnet: 'fd00:5::/64' }]] };
+const IPAM = {
+  type: 'berth-ipam',
+  dataDir: '/nonexistent-never-touched',
+  ranges: [[{ subnet: '198.18.64.0/30' }], [{ subnet: 'fd00:5::/64' }]],
+};
 
-function request(command: string, opts: { id?: string; top?: Record<string, unknown>; ipam?: Record<string, unknown> } = {}) {
+function request(
+  command: string,
+  opts: { id?: string; top?: Record<string, unknown>; ipam?: Record<string, unknown> } = {},
+) {
   return parseRequest({
-    env: { CNI_COMMAND: command, CNI_CONTAINERID: opts.id ?? 'c1', CNI_NETNS: '/run/netns/x', CNI_IFNAME: 'eth0', CNI_PATH: '/x', CNI_ARGS: 'K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p' },
-    stdin: JSON.stringify({ cniVersion: '1.1.0', name: 'mem', type: 'x', ipam: { ...IPAM, ...opts.ipam }, ...opts.top }),
+    env: {
+      CNI_COMMAND: command,
+      CNI_CONTAINERID: opts.id ?? 'c1',
+      CNI_NETNS: '/run/netns/x',
+      CNI_IFNAME: 'eth0',
+      CNI_PATH: '/x',
+      CNI_ARGS: 'K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p',
+    },
+    stdin: JSON.stringify({
+      cniVersion: '1.1.0',
+      name: 'mem',
+      type: 'x',
+      ipam: { ...IPAM, ...opts.ipam },
+      ...opts.top,
+    }),
   });
 }
 
@@ -54,18 +74,29 @@ describe('handlers on the in-memory store', () => {
     const r = await add(request('ADD'), deps(s));
     await check(request('CHECK', { top: { prevResult: r } }), deps(s));
     const other = { ...r, ips: [{ address: '198.18.64.3/30' }, r.ips![1]] };
-    await expect(check(request('CHECK', { top: { prevResult: other } }), deps(s))).rejects.toThrow(/do not match prevResult/);
+    await expect(check(request('CHECK', { top: { prevResult: other } }), deps(s))).rejects.toThrow(
+      /do not match prevResult/,
+    );
     // An address another plugin of the chain added is not ours to check.
     const chained = { ...r, ips: [...r.ips!, { address: '198.18.99.9/24' }] };
     await check(request('CHECK', { top: { prevResult: chained } }), deps(s));
     // After the ranges changed, a lease outside them still matches when prevResult lists it.
-    await check(request('CHECK', { top: { prevResult: r }, ipam: { ranges: [[{ subnet: 'fd00:5::/64' }]] } }), deps(s));
+    await check(
+      request('CHECK', { top: { prevResult: r }, ipam: { ranges: [[{ subnet: 'fd00:5::/64' }]] } }),
+      deps(s),
+    );
   });
 
   test('a new boot releases the old leases on ADD; releaseOnReboot: false keeps them', async () => {
     const s = memoryStore('boot-b');
     await add(request('ADD', { id: 'old' }), deps(s, 'boot-a'));
-    await add(request('ADD', { id: 'new', ipam: { releaseOnReboot: false, ranges: [[{ subnet: '198.18.64.0/29' }]] } }), deps(s, 'boot-b'));
+    await add(
+      request('ADD', {
+        id: 'new',
+        ipam: { releaseOnReboot: false, ranges: [[{ subnet: '198.18.64.0/29' }]] },
+      }),
+      deps(s, 'boot-b'),
+    );
     expect(held(s)).toHaveLength(3);
     const d = deps(s, 'boot-b');
     s.sweptBoot = undefined;
@@ -78,11 +109,20 @@ describe('handlers on the in-memory store', () => {
     const s = memoryStore();
     await add(request('ADD', { id: 'keep', ipam: { ranges: [[{ subnet: '198.18.64.0/29' }]] } }), deps(s));
     await add(request('ADD', { id: 'drop', ipam: { ranges: [[{ subnet: '198.18.64.0/29' }]] } }), deps(s));
-    s.leases.set('198.18.64.6', { ip: { family: 4, value: (198n << 24n) | (18n << 16n) | (64n << 8n) | 6n }, containerId: 'keep', ifname: '', meta: {} });
-    await gc(request('GC', { top: { cniVersion: '1.1.0', 'cni.dev/valid-attachments': [{ containerID: 'keep', ifname: 'eth0' }] } }), deps(s));
-    expect([...s.leases.values()].map((l) => `${l.containerId}/${l.ifname}@${formatIp(l.ip)}`).sort()).toEqual([
-      'keep/@198.18.64.6',
-      'keep/eth0@198.18.64.2',
-    ]);
+    s.leases.set('198.18.64.6', {
+      ip: { family: 4, value: (198n << 24n) | (18n << 16n) | (64n << 8n) | 6n },
+      containerId: 'keep',
+      ifname: '',
+      meta: {},
+    });
+    await gc(
+      request('GC', {
+        top: { cniVersion: '1.1.0', 'cni.dev/valid-attachments': [{ containerID: 'keep', ifname: 'eth0' }] },
+      }),
+      deps(s),
+    );
+    expect(
+      [...s.leases.values()].map((l) => `${l.containerId}/${l.ifname}@${formatIp(l.ip)}`).sort(),
+    ).toEqual(['keep/@198.18.64.6', 'keep/eth0@198.18.64.2']);
   });
 });

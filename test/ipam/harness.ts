@@ -19,7 +19,9 @@ export function assertBuilt(): void {
       return !existsSync(js) || statSync(js).mtimeMs < statSync(join(srcDir, f)).mtimeMs;
     });
   if (!existsSync(join(REPO, 'dist/main.js')) || stale.length > 0) {
-    throw new Error(`dist/ is missing or older than src/ipam (${stale.join(', ')}): run "npm run build:ts" first`);
+    throw new Error(
+      `dist/ is missing or older than src/ipam (${stale.join(', ')}): run "npm run build:ts" first`,
+    );
   }
 }
 
@@ -71,7 +73,12 @@ function outcome(status: number | null, stdout: string, stderr: string): Outcome
 }
 
 export function run(bin: string, inv: Invocation): Outcome {
-  const r = spawnSync(bin, [], { env: envOf(inv), input: JSON.stringify(inv.config), encoding: 'utf8', timeout: 30_000 });
+  const r = spawnSync(bin, [], {
+    env: envOf(inv),
+    input: JSON.stringify(inv.config),
+    encoding: 'utf8',
+    timeout: 30_000,
+  });
   return outcome(r.status, r.stdout, r.stderr);
 }
 
@@ -114,7 +121,8 @@ export function leaseFiles(dataDir: string, network: string): Map<string, string
   const dir = join(dataDir, network);
   const out = new Map<string, string>();
   for (const e of readdirSync(dir, { withFileTypes: true })) {
-    if (!e.isFile() || e.name === 'lock' || e.name.startsWith('last_reserved_ip.') || e.name.startsWith('.')) continue;
+    if (!e.isFile() || e.name === 'lock' || e.name.startsWith('last_reserved_ip.') || e.name.startsWith('.'))
+      continue;
     out.set(e.name, readFileSync(join(dir, e.name), 'utf8'));
   }
   return out;

@@ -4,7 +4,17 @@
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { HOST_LOCAL, type Invocation, addressesOf, assertBuilt, hostLocal, ipam, leaseFiles, netConf, tempDataDir } from './harness';
+import {
+  HOST_LOCAL,
+  type Invocation,
+  addressesOf,
+  assertBuilt,
+  hostLocal,
+  ipam,
+  leaseFiles,
+  netConf,
+  tempDataDir,
+} from './harness';
 
 const t = tempDataDir('compat');
 const dataDir = join(t.dir, 'data');
@@ -23,7 +33,8 @@ const ok = <T extends { status: number | null; stdout: string; stderr: string }>
 
 beforeAll(() => {
   assertBuilt();
-  if (!existsSync(HOST_LOCAL)) throw new Error(`${HOST_LOCAL} is missing: apt-get install containernetworking-plugins`);
+  if (!existsSync(HOST_LOCAL))
+    throw new Error(`${HOST_LOCAL} is missing: apt-get install containernetworking-plugins`);
 });
 afterAll(() => t.cleanup());
 
@@ -46,7 +57,8 @@ describe('berth-ipam replaces host-local in place', () => {
     ok(berth({ command: 'DEL', containerId: 'h1' }));
     expect(existsSync(join(netDir, '198.18.64.2'))).toBe(false);
     expect(existsSync(join(netDir, 'fd00:5::2'))).toBe(false);
-    const berthFiles = (): string[] => readdirSync(join(netDir, '.berth'), { recursive: true }).map(String).sort();
+    const berthFiles = (): string[] =>
+      readdirSync(join(netDir, '.berth'), { recursive: true }).map(String).sort();
     const before = berthFiles();
     ok(hl({ command: 'DEL', containerId: 'b1' }));
     expect(existsSync(join(netDir, '198.18.64.5'))).toBe(false);
@@ -55,7 +67,7 @@ describe('berth-ipam replaces host-local in place', () => {
     expect(berthFiles()).toEqual(before);
   });
 
-  test('host-local continues after berth\'s cursor, and berth after host-local\'s (index rebuilt)', () => {
+  test("host-local continues after berth's cursor, and berth after host-local's (index rebuilt)", () => {
     const h4 = ok(hl({ command: 'ADD', containerId: 'h4' }));
     expect(addressesOf(h4)).toEqual(['198.18.64.7', 'fd00:5::7']);
     results.set('h4', h4);
@@ -69,7 +81,16 @@ describe('berth-ipam replaces host-local in place', () => {
     const files = leaseFiles(dataDir, 'compat');
     expect([...files.values()].sort()).toEqual(live.flatMap((c) => [`${c}\r\neth0`, `${c}\r\neth0`]).sort());
     expect([...files.keys()].sort()).toEqual(
-      ['198.18.64.4', '198.18.64.6', '198.18.64.7', '198.18.64.8', 'fd00:5::4', 'fd00:5::6', 'fd00:5::7', 'fd00:5::8'].sort(),
+      [
+        '198.18.64.4',
+        '198.18.64.6',
+        '198.18.64.7',
+        '198.18.64.8',
+        'fd00:5::4',
+        'fd00:5::6',
+        'fd00:5::7',
+        'fd00:5::8',
+      ].sort(),
     );
     for (const c of live) {
       const prevResult = results.get(c)!.json;
@@ -80,9 +101,14 @@ describe('berth-ipam replaces host-local in place', () => {
     }
     // host-local refuses a second ADD for berth's attachment (it sees the lease) ...
     const dup = hl({ command: 'ADD', containerId: 'b2' });
-    expect(dup.json?.msg).toMatch(/198\.18\.64\.6 has been allocated to b2, duplicate allocation is not allowed/);
+    expect(dup.json?.msg).toMatch(
+      /198\.18\.64\.6 has been allocated to b2, duplicate allocation is not allowed/,
+    );
     // ... and berth answers an ADD for host-local's attachment with host-local's addresses (idempotent).
-    expect(addressesOf(ok(berth({ command: 'ADD', containerId: 'h4' })))).toEqual(['198.18.64.7', 'fd00:5::7']);
+    expect(addressesOf(ok(berth({ command: 'ADD', containerId: 'h4' })))).toEqual([
+      '198.18.64.7',
+      'fd00:5::7',
+    ]);
     expect(leaseFiles(dataDir, 'compat').size).toBe(8);
   });
 
@@ -100,14 +126,30 @@ describe('berth-ipam replaces host-local in place', () => {
 
 describe('IPv6 file names', () => {
   const conf6 = (type: 'host-local' | 'berth-ipam') =>
-    netConf({ name: 'compat6', type, ipam: { dataDir, ranges: [[{ subnet: 'fd00:5::/64' }]] }, cniVersion: '0.4.0' });
+    netConf({
+      name: 'compat6',
+      type,
+      ipam: { dataDir, ranges: [[{ subnet: 'fd00:5::/64' }]] },
+      cniVersion: '0.4.0',
+    });
 
   test('berth names and reads IPv6 lease files exactly as host-local writes them', () => {
     // Requested in a non-canonical spelling: the file name is Go's canonical text (RFC 5952), on both sides.
     const hlIps = ['fd00:5:0:0:1:0:0:1', 'fd00:5::1:0:0:0'];
     const berthIps = ['fd00:5::abcd:0:0:0', 'FD00:5:0:0:FFFF:FFFF:FFFF:FFFE'];
-    hlIps.forEach((ip, i) => ok(hostLocal({ config: conf6('host-local'), command: 'ADD', containerId: `h6-${i}`, cniArgs: `IP=${ip}` })));
-    berthIps.forEach((ip, i) => ok(ipam({ config: conf6('berth-ipam'), command: 'ADD', containerId: `b6-${i}`, cniArgs: `IP=${ip}` })));
+    hlIps.forEach((ip, i) =>
+      ok(
+        hostLocal({
+          config: conf6('host-local'),
+          command: 'ADD',
+          containerId: `h6-${i}`,
+          cniArgs: `IP=${ip}`,
+        }),
+      ),
+    );
+    berthIps.forEach((ip, i) =>
+      ok(ipam({ config: conf6('berth-ipam'), command: 'ADD', containerId: `b6-${i}`, cniArgs: `IP=${ip}` })),
+    );
     expect([...leaseFiles(dataDir, 'compat6').keys()].sort()).toEqual(
       ['fd00:5::1:0:0:1', 'fd00:5:0:0:1::', 'fd00:5:0:0:abcd::', 'fd00:5::ffff:ffff:ffff:fffe'].sort(),
     );
@@ -116,7 +158,9 @@ describe('IPv6 file names', () => {
       const r = ok(ipam({ config: conf6('berth-ipam'), command: 'DEL', containerId: `h6-${i}` }));
       expect(r.stderr).not.toMatch(/foreign file/);
     });
-    berthIps.forEach((_ip, i) => ok(hostLocal({ config: conf6('host-local'), command: 'DEL', containerId: `b6-${i}` })));
+    berthIps.forEach((_ip, i) =>
+      ok(hostLocal({ config: conf6('host-local'), command: 'DEL', containerId: `b6-${i}` })),
+    );
     expect(leaseFiles(dataDir, 'compat6').size).toBe(0);
   });
 });

@@ -38,7 +38,9 @@ describe('.berth index files', () => {
   test('a record is JSON starting with "{" in a fixed key order, and reads back', () => {
     const meta = { bootId: 'b', createdAt: '2026-01-01T00:00:00.000Z', origin: 'berth' as const };
     const text = disk.encodeRecord({ containerId: 'c', ifname: 'eth0', ips: new Set(['198.18.0.2']), meta });
-    expect(text).toBe('{"v":1,"containerId":"c","ifname":"eth0","ips":["198.18.0.2"],"meta":{"bootId":"b","createdAt":"2026-01-01T00:00:00.000Z","origin":"berth"}}');
+    expect(text).toBe(
+      '{"v":1,"containerId":"c","ifname":"eth0","ips":["198.18.0.2"],"meta":{"bootId":"b","createdAt":"2026-01-01T00:00:00.000Z","origin":"berth"}}',
+    );
     expect(disk.isRecord(JSON.parse(text))).toBe(true);
     expect(disk.isRecord({ v: 1, ips: [], meta: {} })).toBe(false);
   });

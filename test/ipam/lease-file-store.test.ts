@@ -27,9 +27,24 @@ function open(bootId = 'boot-1') {
   return { store, dir: join(t.dir, 'n1'), warnings, dataDir: t.dir };
 }
 
-function alloc(store: LeaseStore, containerId: string, policy: 'lowest' | 'round-robin' = 'round-robin'): Promise<string> {
+function alloc(
+  store: LeaseStore,
+  containerId: string,
+  policy: 'lowest' | 'round-robin' = 'round-robin',
+): Promise<string> {
   return store.transact(async (s) =>
-    formatIp(await allocateFromSet({ session: s, set: v4, setId: 0, containerId, ifname: 'eth0', meta: { bootId: 'boot-1' }, policy, exclude: [] })),
+    formatIp(
+      await allocateFromSet({
+        session: s,
+        set: v4,
+        setId: 0,
+        containerId,
+        ifname: 'eth0',
+        meta: { bootId: 'boot-1' },
+        policy,
+        exclude: [],
+      }),
+    ),
   );
 }
 
@@ -63,7 +78,9 @@ describe('layout', () => {
     const { store, dir } = open();
     await alloc(store, 'c1');
     const st = statSync(dir, { bigint: true });
-    const state = JSON.parse(readFileSync(join(dir, '.berth', 'state.json'), 'utf8')) as { dirMtimeNs: string };
+    const state = JSON.parse(readFileSync(join(dir, '.berth', 'state.json'), 'utf8')) as {
+      dirMtimeNs: string;
+    };
     expect(state.dirMtimeNs).toBe(st.mtimeNs.toString());
     expect(Number(st.mtimeNs / 1_000_000n)).toBeLessThan(Date.now() - 5000);
   });

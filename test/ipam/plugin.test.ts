@@ -1,6 +1,14 @@
 // berth-ipam as a runtime runs it (the built executable, CNI env, config on stdin): every config key and
 // requested-IP source, idempotent ADD, exhaustion and STATUS, reboot, GC, CHECK, corrupt files, path escapes.
-import { chmodSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, test } from 'vitest';
 import { type Invocation, addressesOf, assertBuilt, ipam, leaseFiles, netConf, tempDataDir } from './harness';
@@ -13,7 +21,10 @@ afterEach(() => {
   cleanups = [];
 });
 
-function setup(ipamKeys: Record<string, unknown> = {}, opts: { cniVersion?: string; top?: Record<string, unknown> } = {}) {
+function setup(
+  ipamKeys: Record<string, unknown> = {},
+  opts: { cniVersion?: string; top?: Record<string, unknown> } = {},
+) {
   const t = tempDataDir('plugin');
   cleanups.push(t.cleanup);
   const bootFile = join(t.dir, 'boot_id');
@@ -26,7 +37,14 @@ function setup(ipamKeys: Record<string, unknown> = {}, opts: { cniVersion?: stri
   });
   const call = (inv: Partial<Invocation> & Pick<Invocation, 'command'>) =>
     ipam({ config, ...inv, env: { BERTH_BOOT_ID_FILE: bootFile, ...inv.env } });
-  return { dir: t.dir, dataDir: join(t.dir, 'data'), netDir: join(t.dir, 'data', 'net1'), bootFile, config, call };
+  return {
+    dir: t.dir,
+    dataDir: join(t.dir, 'data'),
+    netDir: join(t.dir, 'data', 'net1'),
+    bootFile,
+    config,
+    call,
+  };
 }
 
 describe('ADD result', () => {
@@ -36,7 +54,10 @@ describe('ADD result', () => {
       resolvConf: '',
     });
     const resolv = join(s.dir, 'resolv.conf');
-    writeFileSync(resolv, '# comment\nnameserver 198.18.0.53\nnameserver fd00:5::53\ndomain example.test\nsearch a.test b.test\noptions ndots:2 edns0\n');
+    writeFileSync(
+      resolv,
+      '# comment\nnameserver 198.18.0.53\nnameserver fd00:5::53\ndomain example.test\nsearch a.test b.test\noptions ndots:2 edns0\n',
+    );
     (s.config.ipam as Record<string, unknown>).resolvConf = resolv;
     const r = s.call({ command: 'ADD', containerId: 'ctr1' });
     expect(r.status, r.stderr).toBe(0);
@@ -44,7 +65,12 @@ describe('ADD result', () => {
       cniVersion: '1.1.0',
       ips: [{ address: '198.18.64.2/24', gateway: '198.18.64.1' }],
       routes: [{ dst: '0.0.0.0/0' }, { dst: '198.18.0.0/15', gw: '198.18.64.1' }],
-      dns: { nameservers: ['198.18.0.53', 'fd00:5::53'], domain: 'example.test', search: ['a.test', 'b.test'], options: ['ndots:2', 'edns0'] },
+      dns: {
+        nameservers: ['198.18.0.53', 'fd00:5::53'],
+        domain: 'example.test',
+        search: ['a.test', 'b.test'],
+        options: ['ndots:2', 'edns0'],
+      },
     });
     expect(readFileSync(join(s.netDir, '198.18.64.2'), 'utf8')).toBe('ctr1\r\neth0');
     expect(statSync(join(s.netDir, '198.18.64.2')).mode & 0o777).toBe(0o600);
@@ -53,7 +79,10 @@ describe('ADD result', () => {
   });
 
   test.each([
-    ['0.4.0', { cniVersion: '0.4.0', ips: [{ version: '4', address: '198.18.64.2/24', gateway: '198.18.64.1' }] }],
+    [
+      '0.4.0',
+      { cniVersion: '0.4.0', ips: [{ version: '4', address: '198.18.64.2/24', gateway: '198.18.64.1' }] },
+    ],
     ['0.2.0', { cniVersion: '0.2.0', ip4: { ip: '198.18.64.2/24', gateway: '198.18.64.1' } }],
   ])('in the request version %s', (v, want) => {
     const s = setup({}, { cniVersion: v });
@@ -86,7 +115,12 @@ describe('ADD result', () => {
     expect(addressesOf(a)).toEqual(['198.18.64.2', 'fd00:5::2']);
     expect(addressesOf(b)).toEqual(addressesOf(a));
     expect(addressesOf(c)).toEqual(['198.18.64.3', 'fd00:5::3']);
-    expect([...leaseFiles(s.dataDir, 'net1').keys()].sort()).toEqual(['198.18.64.2', '198.18.64.3', 'fd00:5::2', 'fd00:5::3']);
+    expect([...leaseFiles(s.dataDir, 'net1').keys()].sort()).toEqual([
+      '198.18.64.2',
+      '198.18.64.3',
+      'fd00:5::2',
+      'fd00:5::3',
+    ]);
   });
 
   test('exclude and allocation "lowest"', () => {
@@ -111,12 +145,17 @@ describe('requested IPs', () => {
     // Taken now: the same request for another attachment fails and leaves nothing behind.
     const again = s.call({ command: 'ADD', containerId: 'other', ...inv });
     expect(again.status).not.toBe(0);
-    expect(again.json?.msg).toMatch(/requested IP address 198\.18\.64\.50 is not available in range set 198\.18\.64\.1-198\.18\.64\.254/);
+    expect(again.json?.msg).toMatch(
+      /requested IP address 198\.18\.64\.50 is not available in range set 198\.18\.64\.1-198\.18\.64\.254/,
+    );
     expect([...leaseFiles(s.dataDir, 'net1').keys()]).toEqual(['198.18.64.50']);
   });
 
   test('runtimeConfig.ipRanges is prepended (one address per set)', () => {
-    const s = setup({}, { top: { runtimeConfig: { ipRanges: [[{ subnet: '198.18.66.0/24', rangeStart: '198.18.66.10' }]] } } });
+    const s = setup(
+      {},
+      { top: { runtimeConfig: { ipRanges: [[{ subnet: '198.18.66.0/24', rangeStart: '198.18.66.10' }]] } } },
+    );
     const r = s.call({ command: 'ADD' });
     expect(r.json?.ips).toEqual([
       { address: '198.18.66.10/24', gateway: '198.18.66.1' },
@@ -140,7 +179,9 @@ describe('requested IPs', () => {
     expect(s.call({ command: 'ADD', containerId: 'c1', cniArgs: 'IP=fd00:5::9' }).status).toBe(0);
     const r = s.call({ command: 'ADD', containerId: 'c2', cniArgs: 'IP=fd00:5::9' });
     expect(r.status).not.toBe(0);
-    expect(r.json?.msg).toMatch(/failed to allocate for range 1: requested IP address fd00:5::9 is not available/);
+    expect(r.json?.msg).toMatch(
+      /failed to allocate for range 1: requested IP address fd00:5::9 is not available/,
+    );
     expect([...leaseFiles(s.dataDir, 'net1').keys()].sort()).toEqual(['198.18.64.2', 'fd00:5::9']);
   });
 });
@@ -152,7 +193,9 @@ describe('exhaustion and STATUS', () => {
     for (let i = 0; i < 5; i++) expect(s.call({ command: 'ADD', containerId: `c${i}` }).status).toBe(0);
     const full = s.call({ command: 'ADD', containerId: 'c5' });
     expect(full.status).toBe(1);
-    expect(full.json?.msg).toBe('failed to allocate for range 0: no IP addresses available in range set: 198.18.64.1-198.18.64.6');
+    expect(full.json?.msg).toBe(
+      'failed to allocate for range 0: no IP addresses available in range set: 198.18.64.1-198.18.64.6',
+    );
     const st = s.call({ command: 'STATUS' });
     expect(st.status).toBe(1);
     expect(st.json?.code).toBe(50);
@@ -247,26 +290,52 @@ describe('DEL, CHECK, GC', () => {
     const s = setup({ ranges: [[{ subnet: '198.18.64.0/24' }], [{ subnet: 'fd00:5::/64' }]] });
     const add = s.call({ command: 'ADD', containerId: 'c1' });
     const withPrev = (prev: unknown) => ({ ...s.config, prevResult: prev });
-    const check = (prev: unknown, containerId = 'c1') => ipam({ config: withPrev(prev), command: 'CHECK', containerId, env: { BERTH_BOOT_ID_FILE: s.bootFile } });
+    const check = (prev: unknown, containerId = 'c1') =>
+      ipam({
+        config: withPrev(prev),
+        command: 'CHECK',
+        containerId,
+        env: { BERTH_BOOT_ID_FILE: s.bootFile },
+      });
     expect(check(add.json).status).toBe(0);
-    const wrong = { ...add.json, ips: [{ address: '198.18.64.9/24', gateway: '198.18.64.1' }, add.json!.ips[1]] };
+    const wrong = {
+      ...add.json,
+      ips: [{ address: '198.18.64.9/24', gateway: '198.18.64.1' }, add.json!.ips[1]],
+    };
     const r = check(wrong);
     expect(r.status).toBe(1);
-    expect(r.json?.msg).toMatch(/prevResult lists 198\.18\.64\.9 which the attachment does not hold; the attachment holds 198\.18\.64\.2 which prevResult does not list/);
+    expect(r.json?.msg).toMatch(
+      /prevResult lists 198\.18\.64\.9 which the attachment does not hold; the attachment holds 198\.18\.64\.2 which prevResult does not list/,
+    );
     const missing = check(add.json, 'c2');
     expect(missing.json?.code).toBe(3);
-    expect(ipam({ config: s.config, command: 'CHECK', env: { BERTH_BOOT_ID_FILE: s.bootFile } }).json?.msg).toMatch(/prevResult/);
+    expect(
+      ipam({ config: s.config, command: 'CHECK', env: { BERTH_BOOT_ID_FILE: s.bootFile } }).json?.msg,
+    ).toMatch(/prevResult/);
   });
 
   test('GC releases every lease not in cni.dev/valid-attachments and keeps lock and cursors', () => {
     const s = setup();
-    for (const c of ['keep1', 'drop1', 'keep2', 'drop2']) expect(s.call({ command: 'ADD', containerId: c }).status).toBe(0);
+    for (const c of ['keep1', 'drop1', 'keep2', 'drop2'])
+      expect(s.call({ command: 'ADD', containerId: c }).status).toBe(0);
     expect(s.call({ command: 'ADD', containerId: 'keep1', ifname: 'net9' }).status).toBe(0);
-    const gc = (valid: unknown) => ipam({ config: { ...s.config, ...(valid === undefined ? {} : { 'cni.dev/valid-attachments': valid }) }, command: 'GC' });
-    const r = gc([{ containerID: 'keep1', ifname: 'eth0' }, { containerID: 'keep2', ifname: 'eth0' }]);
+    const gc = (valid: unknown) =>
+      ipam({
+        config: { ...s.config, ...(valid === undefined ? {} : { 'cni.dev/valid-attachments': valid }) },
+        command: 'GC',
+      });
+    const r = gc([
+      { containerID: 'keep1', ifname: 'eth0' },
+      { containerID: 'keep2', ifname: 'eth0' },
+    ]);
     expect(r.status, r.stdout).toBe(0);
     expect([...leaseFiles(s.dataDir, 'net1').values()].sort()).toEqual(['keep1\r\neth0', 'keep2\r\neth0']);
-    expect(gc([{ containerID: 'keep1', ifname: 'eth0' }, { containerID: 'keep2', ifname: 'eth0' }]).status).toBe(0);
+    expect(
+      gc([
+        { containerID: 'keep1', ifname: 'eth0' },
+        { containerID: 'keep2', ifname: 'eth0' },
+      ]).status,
+    ).toBe(0);
     expect(leaseFiles(s.dataDir, 'net1').size).toBe(2);
     expect(gc(undefined).status).toBe(0); // no list: nothing is valid
     expect(leaseFiles(s.dataDir, 'net1').size).toBe(0);
@@ -292,7 +361,8 @@ describe('corrupt and foreign files', () => {
     expect(r.stderr).toMatch(/foreign file .*README/);
     expect(r.stderr).toMatch(/corrupt cursor/);
     // A corrupt index is rebuilt from the lease files.
-    for (const f of readdirSync(join(s.netDir, '.berth', 'att'))) writeFileSync(join(s.netDir, '.berth', 'att', f), '{broken');
+    for (const f of readdirSync(join(s.netDir, '.berth', 'att')))
+      writeFileSync(join(s.netDir, '.berth', 'att', f), '{broken');
     writeFileSync(join(s.netDir, '.berth', 'state.json'), 'nope');
     expect(s.call({ command: 'DEL', containerId: 'c1' }).status).toBe(0);
     expect(existsSync(join(s.netDir, '198.18.64.4'))).toBe(false);

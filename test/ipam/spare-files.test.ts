@@ -1,7 +1,17 @@
 // berthd's inode recycling (src/ipam/daemon/spare-files.ts) on real files: a removed file's inode comes back
 // as the next new file, no content of an earlier file shows through, and nothing under the spare directory
 // can be taken for a lease by host-local's content scans.
-import { linkSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  linkSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -46,7 +56,7 @@ function spareContents(): string[] {
 }
 
 describe('SpareFiles', () => {
-  test('a removed lease\'s inode is the next new file\'s, with exactly the new content', () => {
+  test("a removed lease's inode is the next new file's, with exactly the new content", () => {
     const s = new SpareFiles(spareDir);
     const first = place(s, '198.18.0.2', 'container-with-a-long-id\r\neth0');
     expect(s.remove(join(net, '198.18.0.2'))).toBe(true);
@@ -99,7 +109,9 @@ describe('SpareFiles', () => {
     place(s, '198.18.0.8', 'a\r\neth0');
     s.remove(join(net, '198.18.0.8'));
     synced(s);
-    expect(() => s.placeNew(join(net, '198.18.0.9'), 'me\r\neth0')).toThrow(expect.objectContaining({ code: 'EEXIST' }));
+    expect(() => s.placeNew(join(net, '198.18.0.9'), 'me\r\neth0')).toThrow(
+      expect.objectContaining({ code: 'EEXIST' }),
+    );
     expect(readFileSync(join(net, '198.18.0.9'), 'utf8')).toBe('someone\r\neth0');
     // The spare it tried is still there for the next file, stamped again over the content it was given.
     expect(s.count).toBe(1);
@@ -107,7 +119,7 @@ describe('SpareFiles', () => {
     expect(spareContents()[0]!.startsWith('{')).toBe(true);
   });
 
-  test('a spare removed behind its back (host-local\'s DEL matched it) is skipped', () => {
+  test("a spare removed behind its back (host-local's DEL matched it) is skipped", () => {
     const s = new SpareFiles(spareDir);
     place(s, '198.18.0.2', 'a\r\neth0');
     s.remove(join(net, '198.18.0.2'));
@@ -116,11 +128,13 @@ describe('SpareFiles', () => {
     expect(readFileSync(join(net, '198.18.0.3'), 'utf8')).toBe('b\r\neth0');
   });
 
-  test('host-local\'s DEL removing a lease and its shadow: the release finds nothing, nothing is left', () => {
+  test("host-local's DEL removing a lease and its shadow: the release finds nothing, nothing is left", () => {
     const s = new SpareFiles(spareDir);
     place(s, '198.18.0.2', 'ctr\r\neth0');
     // What host-local's DEL does: every file whose content matches, wherever it is.
-    for (const d of [net, spareDir]) for (const f of readdirSync(d)) if (f !== '.berth' && readFileSync(join(d, f), 'utf8') === 'ctr\r\neth0') rmSync(join(d, f));
+    for (const d of [net, spareDir])
+      for (const f of readdirSync(d))
+        if (f !== '.berth' && readFileSync(join(d, f), 'utf8') === 'ctr\r\neth0') rmSync(join(d, f));
     expect(s.remove(join(net, '198.18.0.2'))).toBe(false);
     expect(s.count).toBe(0);
     expect(readdirSync(spareDir)).toEqual([]);
@@ -219,7 +233,8 @@ describe('SpareFiles', () => {
     synced(s);
     for (let i = 2; i < 14; i++) place(s, `198.18.1.${i}`, `d${i}\r\neth0`);
     expect(s.openCount).toBe(8);
-    for (let i = 2; i < 14; i++) expect(readFileSync(join(net, `198.18.1.${i}`), 'utf8')).toBe(`d${i}\r\neth0`);
+    for (let i = 2; i < 14; i++)
+      expect(readFileSync(join(net, `198.18.1.${i}`), 'utf8')).toBe(`d${i}\r\neth0`);
     s.close();
     expect(s.openCount).toBe(0);
     expect(openFds()).toBe(base);

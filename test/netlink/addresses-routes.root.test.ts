@@ -3,11 +3,19 @@
 import { describe, expect, it } from 'vitest';
 import { openNetlink } from '../../src/netlink/rtnetlink';
 import type { Netlink } from '../../src/netlink/types';
-import { HOST, KernelFixture, observe, observeJson, rejection, sh, useKernelFixture, type Place } from './kernel-fixture';
+import {
+  HOST,
+  KernelFixture,
+  observe,
+  observeJson,
+  rejection,
+  sh,
+  useKernelFixture,
+  type Place,
+} from './kernel-fixture';
 
 const kernel = useKernelFixture();
 let fx: KernelFixture;
-
 
 interface Setup {
   place: Place;
@@ -60,8 +68,20 @@ describe.each(['host', 'pod'] as const)('addresses in the %s namespace', (label)
     expect(v6.tentative).toBeUndefined();
 
     const ours = await nl.listAddresses({ link });
-    expect(ours.find((a) => a.family === 4)).toMatchObject({ address: `${net.v4}.2`, prefixLength: 24, index, scope: 0, tentative: false });
-    expect(ours.find((a) => a.address === `${net.v6}::2`)).toMatchObject({ family: 6, prefixLength: 64, nodad: true, tentative: false, dadFailed: false });
+    expect(ours.find((a) => a.family === 4)).toMatchObject({
+      address: `${net.v4}.2`,
+      prefixLength: 24,
+      index,
+      scope: 0,
+      tentative: false,
+    });
+    expect(ours.find((a) => a.address === `${net.v6}::2`)).toMatchObject({
+      family: 6,
+      prefixLength: 64,
+      nodad: true,
+      tentative: false,
+      dadFailed: false,
+    });
     expect((await nl.listAddresses({ link, family: 4 })).map((a) => a.address)).toEqual([`${net.v4}.2`]);
 
     const dup = await rejection(nl.addAddress({ link, address: `${net.v4}.2`, prefixLength: 24 }));
@@ -71,7 +91,9 @@ describe.each(['host', 'pod'] as const)('addresses in the %s namespace', (label)
     await nl.delAddress({ link, address: `${net.v4}.2`, prefixLength: 24 });
     await nl.delAddress({ link, address: `${net.v6}::2`, prefixLength: 64 });
     expect(addrs(place, link).filter((a) => a.scope === 'global')).toEqual([]);
-    expect((await rejection(nl.delAddress({ link, address: `${net.v4}.2`, prefixLength: 24 }))).code).toBe('EADDRNOTAVAIL');
+    expect((await rejection(nl.delAddress({ link, address: `${net.v4}.2`, prefixLength: 24 }))).code).toBe(
+      'EADDRNOTAVAIL',
+    );
   });
 
   it('reports an IPv6 address as tentative while DAD runs', async () => {
@@ -118,18 +140,38 @@ describe.each(['host', 'pod'] as const)('routes in the %s namespace', (label) =>
     await nl.addRoute({ dst: '198.18.10.0/24', link, scope: 'host', table });
 
     const main4 = observeJson<any[]>(place, 'ip', ['route', 'show', 'table', 'main']);
-    expect(main4.find((r) => r.dst === '198.18.8.0/24')).toMatchObject({ gateway: `${net.v4}.1`, dev: link, metric: 50 });
+    expect(main4.find((r) => r.dst === '198.18.8.0/24')).toMatchObject({
+      gateway: `${net.v4}.1`,
+      dev: link,
+      metric: 50,
+    });
     expect(main4.find((r) => r.dst === '198.18.9.0/24')).toMatchObject({ dev: link, scope: 'link' });
     const tbl = observeJson<any[]>(place, 'ip', ['route', 'show', 'table', String(table)]);
     expect(tbl.find((r) => r.dst === 'default')).toMatchObject({ gateway: `${net.v4}.1`, dev: link });
     expect(tbl.find((r) => r.dst === '198.18.10.0/24')).toMatchObject({ dev: link, scope: 'host' });
     const main6 = observeJson<any[]>(place, 'ip', ['-6', 'route', 'show', 'table', 'main']);
-    expect(main6.find((r) => r.dst === 'fd00:b3:8::/64')).toMatchObject({ gateway: `${net.v6}::1`, dev: link, metric: 77 });
+    expect(main6.find((r) => r.dst === 'fd00:b3:8::/64')).toMatchObject({
+      gateway: `${net.v6}::1`,
+      dev: link,
+      metric: 77,
+    });
 
     const ours = await nl.listRoutes({ link });
-    expect(ours.find((r) => r.dst === '198.18.8.0/24')).toMatchObject({ family: 4, gateway: `${net.v4}.1`, oif: index, priority: 50, table: 254, scope: 0, protocol: 3 });
+    expect(ours.find((r) => r.dst === '198.18.8.0/24')).toMatchObject({
+      family: 4,
+      gateway: `${net.v4}.1`,
+      oif: index,
+      priority: 50,
+      table: 254,
+      scope: 0,
+      protocol: 3,
+    });
     expect(ours.find((r) => r.dst === '198.18.9.0/24')).toMatchObject({ scope: 253, gateway: undefined });
-    expect(ours.find((r) => r.dst === 'fd00:b3:8::/64')).toMatchObject({ family: 6, gateway: `${net.v6}::1`, priority: 77 });
+    expect(ours.find((r) => r.dst === 'fd00:b3:8::/64')).toMatchObject({
+      family: 6,
+      gateway: `${net.v6}::1`,
+      priority: 77,
+    });
     const inTable = await nl.listRoutes({ table });
     expect(inTable.map((r) => r.dst).sort()).toEqual(['0.0.0.0/0', '198.18.10.0/24']);
     expect(inTable.find((r) => r.dst === '198.18.10.0/24')?.scope).toBe(254);
@@ -142,14 +184,27 @@ describe.each(['host', 'pod'] as const)('routes in the %s namespace', (label) =>
     await nl.delRoute({ dst: '198.18.8.0/24', gateway: `${net.v4}.1`, priority: 50 });
     await nl.delRoute({ dst: '0.0.0.0/0', table });
     await nl.delRoute({ dst: 'fd00:b3:8::/64', gateway: `${net.v6}::1`, link });
-    expect(observeJson<any[]>(place, 'ip', ['route', 'show', 'table', 'main']).find((r) => r.dst === '198.18.8.0/24')).toBeUndefined();
-    expect(observeJson<any[]>(place, 'ip', ['route', 'show', 'table', String(table)]).map((r) => r.dst)).toEqual(['198.18.10.0/24']);
-    expect(observeJson<any[]>(place, 'ip', ['-6', 'route', 'show', 'table', 'main']).find((r) => r.dst === 'fd00:b3:8::/64')).toBeUndefined();
-    expect((await rejection(nl.delRoute({ dst: '198.18.8.0/24', gateway: `${net.v4}.1` }))).code).toBe('ESRCH');
+    expect(
+      observeJson<any[]>(place, 'ip', ['route', 'show', 'table', 'main']).find(
+        (r) => r.dst === '198.18.8.0/24',
+      ),
+    ).toBeUndefined();
+    expect(
+      observeJson<any[]>(place, 'ip', ['route', 'show', 'table', String(table)]).map((r) => r.dst),
+    ).toEqual(['198.18.10.0/24']);
+    expect(
+      observeJson<any[]>(place, 'ip', ['-6', 'route', 'show', 'table', 'main']).find(
+        (r) => r.dst === 'fd00:b3:8::/64',
+      ),
+    ).toBeUndefined();
+    expect((await rejection(nl.delRoute({ dst: '198.18.8.0/24', gateway: `${net.v4}.1` }))).code).toBe(
+      'ESRCH',
+    );
     // A gateway that is not on any link is refused by the kernel.
-    expect((await rejection(nl.addRoute({ dst: '198.18.11.0/24', gateway: '198.18.15.1' }))).code).toBe('ENETUNREACH');
+    expect((await rejection(nl.addRoute({ dst: '198.18.11.0/24', gateway: '198.18.15.1' }))).code).toBe(
+      'ENETUNREACH',
+    );
   });
-
 });
 
 describe('routes in a pod namespace only', () => {
@@ -160,6 +215,8 @@ describe('routes in a pod namespace only', () => {
     await nl.addAddress({ link, address: `${net.v4}.2`, prefixLength: 24 });
     await nl.addRoute({ dst: '0.0.0.0/0', gateway: `${net.v4}.1` });
     expect(observeJson<any[]>(place, 'ip', ['link', 'show', 'dev', 'lo'])[0].flags).toContain('UP');
-    expect(observeJson<any[]>(place, 'ip', ['route', 'show', 'default'])).toMatchObject([{ dst: 'default', gateway: `${net.v4}.1`, dev: link }]);
+    expect(observeJson<any[]>(place, 'ip', ['route', 'show', 'default'])).toMatchObject([
+      { dst: 'default', gateway: `${net.v4}.1`, dev: link },
+    ]);
   });
 });

@@ -2,9 +2,24 @@
 import { isIP } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { CniError, ErrorCode } from '../../src/cni-spec/errors';
-import { NetlinkError, fromErrno, netlinkCode, toKernelCniError, toNetlinkError } from '../../src/netlink/errors';
+import {
+  NetlinkError,
+  fromErrno,
+  netlinkCode,
+  toKernelCniError,
+  toNetlinkError,
+} from '../../src/netlink/errors';
 import { bytesToIp, ipToBytes, ipv4Broadcast, parseCidr } from '../../src/netlink/ip-bytes';
-import { NLA_F_NESTED, decodeAttrList, decodeAttrs, encodeAttrs, readStr, str, u16, u32 } from '../../src/netlink/rtnl-codec';
+import {
+  NLA_F_NESTED,
+  decodeAttrList,
+  decodeAttrs,
+  encodeAttrs,
+  readStr,
+  str,
+  u16,
+  u32,
+} from '../../src/netlink/rtnl-codec';
 
 describe('ip bytes', () => {
   it.each([
@@ -51,7 +66,13 @@ describe('attributes', () => {
   it('pads to 4 bytes and nests', () => {
     const buf = encodeAttrs([
       [3, str('abc')],
-      [18, [[1, str('bridge')], [2, [[7, Buffer.from([1])]]]]],
+      [
+        18,
+        [
+          [1, str('bridge')],
+          [2, [[7, Buffer.from([1])]]],
+        ],
+      ],
       [4, u32(1400)],
     ]);
     expect(buf.length % 4).toBe(0);
@@ -90,22 +111,41 @@ describe('attributes', () => {
 
 describe('errors', () => {
   it('names kernel errnos (EOPNOTSUPP, not libuv ENOTSUP)', () => {
-    expect(fromErrno(-17, 'RTM_NEWLINK', 'br0')).toMatchObject({ code: 'EEXIST', errno: -17, op: 'RTM_NEWLINK', object: 'br0' });
+    expect(fromErrno(-17, 'RTM_NEWLINK', 'br0')).toMatchObject({
+      code: 'EEXIST',
+      errno: -17,
+      op: 'RTM_NEWLINK',
+      object: 'br0',
+    });
     expect(fromErrno(19, 'RTM_GETLINK').code).toBe('ENODEV');
     expect(fromErrno(-95, 'RTM_SETLINK').code).toBe('EOPNOTSUPP');
     expect(fromErrno(-17, 'RTM_NEWLINK', 'br0').message).toBe('RTM_NEWLINK br0: EEXIST');
   });
 
   it("converts node_netlink's 'Request rejected: X' and Node system errors", () => {
-    expect(toNetlinkError(new Error('Request rejected: EEXIST'), 'RTM_NEWLINK', 'br0')).toMatchObject({ code: 'EEXIST', errno: -17 });
+    expect(toNetlinkError(new Error('Request rejected: EEXIST'), 'RTM_NEWLINK', 'br0')).toMatchObject({
+      code: 'EEXIST',
+      errno: -17,
+    });
     expect(toNetlinkError(new Error('Request rejected: -19'), 'RTM_GETLINK').code).toBe('ENODEV');
-    const sys = Object.assign(new Error('ENOENT: no such file'), { code: 'ENOENT', errno: -2, syscall: 'open' });
-    expect(toNetlinkError(sys, 'open netns', '/x')).toMatchObject({ code: 'ENOENT', errno: -2, op: 'open netns', object: '/x' });
+    const sys = Object.assign(new Error('ENOENT: no such file'), {
+      code: 'ENOENT',
+      errno: -2,
+      syscall: 'open',
+    });
+    expect(toNetlinkError(sys, 'open netns', '/x')).toMatchObject({
+      code: 'ENOENT',
+      errno: -2,
+      op: 'open netns',
+      object: '/x',
+    });
     expect(toNetlinkError(new Error('weird'), 'nft').code).toBe('EIO');
   });
 
   it('maps to CniError: bad netns path → 8, EBUSY → 11, the rest → 999; the errno stays reachable', () => {
-    const missing = toKernelCniError(new NetlinkError({ code: 'ENOENT', errno: -2, op: 'open netns', object: '/run/netns/x' })) as CniError;
+    const missing = toKernelCniError(
+      new NetlinkError({ code: 'ENOENT', errno: -2, op: 'open netns', object: '/run/netns/x' }),
+    ) as CniError;
     expect(missing).toBeInstanceOf(CniError);
     expect(missing.code).toBe(ErrorCode.InvalidNetns);
     expect(netlinkCode(missing)).toBe('ENOENT');

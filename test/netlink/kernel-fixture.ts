@@ -101,11 +101,13 @@ export function ipLink(place: Place, name: string): any | undefined {
 /** Leftovers carrying a process-wide prefix: netns names, host links, nft tables. */
 export function leftovers(pidPrefix: string): string[] {
   const out: string[] = [];
-  for (const line of sh('ip', ['netns', 'list']).split('\n')) if (line.startsWith(pidPrefix)) out.push(`netns ${line}`);
+  for (const line of sh('ip', ['netns', 'list']).split('\n'))
+    if (line.startsWith(pidPrefix)) out.push(`netns ${line}`);
   for (const l of JSON.parse(sh('ip', ['-j', 'link', 'show'])) as Array<{ ifname: string }>) {
     if (l.ifname.startsWith(pidPrefix)) out.push(`link ${l.ifname}`);
   }
-  for (const line of sh('nft', ['list', 'tables']).split('\n')) if (line.includes(pidPrefix)) out.push(`nft ${line}`);
+  for (const line of sh('nft', ['list', 'tables']).split('\n'))
+    if (line.includes(pidPrefix)) out.push(`nft ${line}`);
   return out;
 }
 
@@ -122,7 +124,10 @@ export function kernelHasBridgeVlans(): boolean {
  * remove what its fixtures made and check the thread is back in its original namespace; after the file,
  * check nothing named after this process is left. `fresh()` gives a test its fixture, `track()` a socket.
  */
-export function useKernelFixture(): { fresh(): KernelFixture; track<T extends { close(): void }>(socket: T): T } {
+export function useKernelFixture(): {
+  fresh(): KernelFixture;
+  track<T extends { close(): void }>(socket: T): T;
+} {
   const fixtures: KernelFixture[] = [];
   const sockets: { close(): void }[] = [];
   let original = '';

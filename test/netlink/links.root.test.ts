@@ -5,7 +5,16 @@ import { CniError, ErrorCode } from '../../src/cni-spec/errors';
 import { netlinkCode, toKernelCniError } from '../../src/netlink/errors';
 import { openNetlink } from '../../src/netlink/rtnetlink';
 import type { Netlink } from '../../src/netlink/types';
-import { HOST, ipLink, KernelFixture, kernelHasBridgeVlans, observeJson, rejection, useKernelFixture, type Place } from './kernel-fixture';
+import {
+  HOST,
+  ipLink,
+  KernelFixture,
+  kernelHasBridgeVlans,
+  observeJson,
+  rejection,
+  useKernelFixture,
+  type Place,
+} from './kernel-fixture';
 
 const kernel = useKernelFixture();
 let fx: KernelFixture;
@@ -52,7 +61,13 @@ describe.each(['host', 'pod'] as const)('links in the %s namespace', (label) => 
     const seen = ipLink(place, br);
     expect(seen.linkinfo.info_kind).toBe('bridge');
     expect(seen.mtu).toBe(1400);
-    expect(link).toMatchObject({ name: br, kind: 'bridge', mtu: 1400, index: seen.ifindex, mac: seen.address });
+    expect(link).toMatchObject({
+      name: br,
+      kind: 'bridge',
+      mtu: 1400,
+      index: seen.ifindex,
+      mac: seen.address,
+    });
 
     const err = await rejection(nl.createBridge({ name: br }));
     expect(err).toMatchObject({ code: 'EEXIST', op: 'RTM_NEWLINK', errno: -17 });
@@ -83,10 +98,22 @@ describe.each(['host', 'pod'] as const)('links in the %s namespace', (label) => 
     expect([here.address, there.address]).toEqual(['02:42:c6:12:00:01', '02:42:c6:12:00:02']);
     // The peer was born over there: no link of that name here (the host may have an eth0 of its own).
     if (peer !== 'eth0') expect(ipLink(place, peer)).toBeUndefined();
-    expect(link).toMatchObject({ name, kind: 'veth', mtu: 1450, mac: '02:42:c6:12:00:01', parentIndex: there.ifindex });
+    expect(link).toMatchObject({
+      name,
+      kind: 'veth',
+      mtu: 1450,
+      mac: '02:42:c6:12:00:01',
+      parentIndex: there.ifindex,
+    });
     expect(link.linkNetnsId).toBeDefined();
     // The peer name is taken over there: a second pair with the same peer name fails with EEXIST.
-    const err = await rejection(nl.createVethPair({ name: linkName(place, 'x'), peerName: peer, peerNetns: other.path ?? `/proc/${process.pid}/ns/net` }));
+    const err = await rejection(
+      nl.createVethPair({
+        name: linkName(place, 'x'),
+        peerName: peer,
+        peerNetns: other.path ?? `/proc/${process.pid}/ns/net`,
+      }),
+    );
     expect(err.code).toBe('EEXIST');
   });
 
@@ -125,7 +152,11 @@ describe.each(['host', 'pod'] as const)('links in the %s namespace', (label) => 
     const name = linkName(place, 'v');
     const renamed = linkName(place, 'r');
     const peer = other.label === 'host' ? fx.hostLink(fx.name('w')) : 'eth0';
-    const link = await nl.createVethPair({ name, peerName: peer, peerNetns: other.path ?? `/proc/${process.pid}/ns/net` });
+    const link = await nl.createVethPair({
+      name,
+      peerName: peer,
+      peerNetns: other.path ?? `/proc/${process.pid}/ns/net`,
+    });
 
     await nl.rename(link.index, renamed);
     expect(ipLink(place, name)).toBeUndefined();
@@ -150,7 +181,9 @@ describe.each(['host', 'pod'] as const)('links in the %s namespace', (label) => 
     expect(await nl.getLink(byName.index)).toEqual(byName);
     const listed = observeJson<Array<{ ifname: string; ifindex: number }>>(place, 'ip', ['link', 'show']);
     const ours = await nl.listLinks();
-    expect(ours.map((l) => [l.name, l.index]).sort()).toEqual(listed.map((l) => [l.ifname, l.ifindex]).sort());
+    expect(ours.map((l) => [l.name, l.index]).sort()).toEqual(
+      listed.map((l) => [l.ifname, l.ifindex]).sort(),
+    );
 
     // Down: the bounded wait gives up with ETIMEDOUT.
     const err = await rejection(nl.waitOperUp(name, { timeoutMs: 30 }));
@@ -170,7 +203,11 @@ describe.each(['host', 'pod'] as const)('links in the %s namespace', (label) => 
     const name = linkName(place, 'v');
     const peer = other.label === 'host' ? fx.hostLink(fx.name('w')) : 'eth0';
     await nl.createBridge({ name: br });
-    const v = await nl.createVethPair({ name, peerName: peer, peerNetns: other.path ?? `/proc/${process.pid}/ns/net` });
+    const v = await nl.createVethPair({
+      name,
+      peerName: peer,
+      peerNetns: other.path ?? `/proc/${process.pid}/ns/net`,
+    });
 
     await nl.setMaster(name, br);
     expect(ipLink(place, name).master).toBe(br);
@@ -182,7 +219,11 @@ describe.each(['host', 'pod'] as const)('links in the %s namespace', (label) => 
 
     // A veth is no master: the kernel refuses with EOPNOTSUPP.
     const other2 = linkName(place, 'c');
-    await nl.createVethPair({ name: other2, peerName: linkName(place, 'd'), peerNetns: place.path ?? `/proc/${process.pid}/ns/net` });
+    await nl.createVethPair({
+      name: other2,
+      peerName: linkName(place, 'd'),
+      peerNetns: place.path ?? `/proc/${process.pid}/ns/net`,
+    });
     const notBridge = await rejection(nl.setMaster(name, other2));
     expect(notBridge).toMatchObject({ code: 'EOPNOTSUPP', op: 'RTM_SETLINK' });
     expect(ipLink(place, name).master).toBeUndefined();
@@ -204,7 +245,11 @@ describe.each(['host', 'pod'] as const)('links in the %s namespace', (label) => 
     await nl.setBridgePort(name, { hairpin: true, isolated: true });
     let seen = observeJson<any[]>(place, 'bridge', ['-d', 'link', 'show', 'dev', name])[0];
     expect([seen.hairpin, seen.isolated]).toEqual([true, true]);
-    expect(await nl.getBridgePort(name)).toMatchObject({ hairpin: true, isolated: true, masterIndex: ipLink(place, br).ifindex });
+    expect(await nl.getBridgePort(name)).toMatchObject({
+      hairpin: true,
+      isolated: true,
+      masterIndex: ipLink(place, br).ifindex,
+    });
 
     await nl.setBridgePort(name, { hairpin: false });
     seen = observeJson<any[]>(place, 'bridge', ['-d', 'link', 'show', 'dev', name])[0];
@@ -228,16 +273,28 @@ describe.each(['host', 'pod'] as const)('links in the %s namespace', (label) => 
     await nl.createVethPair({ name, peerName: peer, peerNetns: other.path ?? `/proc/${process.pid}/ns/net` });
     await nl.setMaster(name, br);
     await nl.delPortVlans(name, [{ vid: 1 }]);
-    await nl.addPortVlans(name, [{ vid: 10, pvid: true, untagged: true }, { vid: 20 }, { vid: 100, vidEnd: 105 }]);
+    await nl.addPortVlans(name, [
+      { vid: 10, pvid: true, untagged: true },
+      { vid: 20 },
+      { vid: 100, vidEnd: 105 },
+    ]);
 
     const seen = observeJson<any[]>(place, 'bridge', ['vlan', 'show', 'dev', name])[0];
-    const entries = (seen.vlans as any[]).map((v) => ({ vid: v.vlan, vidEnd: v.vlanEnd, flags: (v.flags ?? []).sort() }));
+    const entries = (seen.vlans as any[]).map((v) => ({
+      vid: v.vlan,
+      vidEnd: v.vlanEnd,
+      flags: (v.flags ?? []).sort(),
+    }));
     expect(entries).toEqual([
       { vid: 10, vidEnd: undefined, flags: ['Egress Untagged', 'PVID'] },
       { vid: 20, vidEnd: undefined, flags: [] },
       { vid: 100, vidEnd: 105, flags: [] },
     ]);
-    expect(await nl.listPortVlans(name)).toEqual([{ vid: 10, pvid: true, untagged: true }, { vid: 20 }, { vid: 100, vidEnd: 105 }]);
+    expect(await nl.listPortVlans(name)).toEqual([
+      { vid: 10, pvid: true, untagged: true },
+      { vid: 20 },
+      { vid: 100, vidEnd: 105 },
+    ]);
 
     await nl.delPortVlans(name, [{ vid: 20 }, { vid: 100, vidEnd: 105 }]);
     expect(await nl.listPortVlans(name)).toEqual([{ vid: 10, pvid: true, untagged: true }]);

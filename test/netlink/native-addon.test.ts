@@ -1,6 +1,15 @@
 // The addon's flock(2) must exclude other processes that use flock(2) (util-linux flock, Go's go-filemutex).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  writeSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -86,47 +95,56 @@ describe('native flock', () => {
 describe('flock against Go host-local (go-filemutex on <dataDir>/<net>/lock)', () => {
   const hostLocal = '/usr/lib/cni/host-local';
 
-  it.skipIf(!existsSync(hostLocal))('host-local waits while we hold the lock and allocates once we let go', async () => {
-    const dataDir = join(tempLockFile(), '..', 'data');
-    const net = `bt${process.pid}net`;
-    mkdirSync(join(dataDir, net), { recursive: true });
-    const fd = openFd(join(dataDir, net, 'lock'), 'w');
-    expect(addon.flock(fd, 'ex', true)).toBe(true);
+  it.skipIf(!existsSync(hostLocal))(
+    'host-local waits while we hold the lock and allocates once we let go',
+    async () => {
+      const dataDir = join(tempLockFile(), '..', 'data');
+      const net = `bt${process.pid}net`;
+      mkdirSync(join(dataDir, net), { recursive: true });
+      const fd = openFd(join(dataDir, net, 'lock'), 'w');
+      expect(addon.flock(fd, 'ex', true)).toBe(true);
 
-    const conf = JSON.stringify({
-      cniVersion: '1.0.0',
-      name: net,
-      ipam: { type: 'host-local', dataDir, ranges: [[{ subnet: '198.18.3.0/24' }]] },
-    });
-    const child = spawn(hostLocal, [], {
-      env: { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'flocktest', CNI_NETNS: '/dev/null', CNI_IFNAME: 'eth0', CNI_PATH: '/usr/lib/cni' },
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    cleanups.push(() => child.kill());
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    const done = new Promise<number | null>((resolve) => child.on('exit', resolve));
-    child.stdin.end(conf);
+      const conf = JSON.stringify({
+        cniVersion: '1.0.0',
+        name: net,
+        ipam: { type: 'host-local', dataDir, ranges: [[{ subnet: '198.18.3.0/24' }]] },
+      });
+      const child = spawn(hostLocal, [], {
+        env: {
+          CNI_COMMAND: 'ADD',
+          CNI_CONTAINERID: 'flocktest',
+          CNI_NETNS: '/dev/null',
+          CNI_IFNAME: 'eth0',
+          CNI_PATH: '/usr/lib/cni',
+        },
+        stdio: ['pipe', 'pipe', 'pipe'],
+      });
+      cleanups.push(() => child.kill());
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      const done = new Promise<number | null>((resolve) => child.on('exit', resolve));
+      child.stdin.end(conf);
 
-    // While we hold the lock, host-local cannot reserve anything.
-    const early = await Promise.race([done, new Promise((r) => setTimeout(() => r('waiting'), 400))]);
-    expect(early).toBe('waiting');
-    expect(existsSync(join(dataDir, net, '198.18.3.2'))).toBe(false);
+      // While we hold the lock, host-local cannot reserve anything.
+      const early = await Promise.race([done, new Promise((r) => setTimeout(() => r('waiting'), 400))]);
+      expect(early).toBe('waiting');
+      expect(existsSync(join(dataDir, net, '198.18.3.2'))).toBe(false);
 
-    expect(addon.flock(fd, 'un')).toBe(true);
-    expect(await done).toBe(0);
-    expect(JSON.parse(out).ips[0].address).toBe('198.18.3.2/24');
-    expect(readFileSync(join(dataDir, net, '198.18.3.2'), 'utf8')).toBe('flocktest\r\neth0');
-  });
+      expect(addon.flock(fd, 'un')).toBe(true);
+      expect(await done).toBe(0);
+      expect(JSON.parse(out).ips[0].address).toBe('198.18.3.2/24');
+      expect(readFileSync(join(dataDir, net, '198.18.3.2'), 'utf8')).toBe('flocktest\r\neth0');
+    },
+  );
 });
 
-describe('native syncfs (berthd\'s group commit)', () => {
+describe("native syncfs (berthd's group commit)", () => {
   /** Dirty page cache of the whole machine, in KiB (/proc/meminfo). */
   function dirtyKiB(): number {
     return Number(/^Dirty:\s+(\d+) kB$/m.exec(readFileSync('/proc/meminfo', 'utf8'))![1]);
   }
 
-  it('writes the filesystem\'s dirty data before it resolves, off the main thread', async () => {
+  it("writes the filesystem's dirty data before it resolves, off the main thread", async () => {
     const file = join(tempLockFile(), '..', 'data');
     const fd = openFd(file, 'w');
     // 64 MiB of dirty pages: far below the kernel's own writeback thresholds on these machines.

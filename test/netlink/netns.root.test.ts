@@ -1,6 +1,15 @@
 // Entering namespaces: the thread always comes back, and bad paths give the documented errors.
 import { execFileSync } from 'node:child_process';
-import { chmodSync, copyFileSync, existsSync, mkdtempSync, openSync, closeSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdtempSync,
+  openSync,
+  closeSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -14,7 +23,6 @@ const kernel = useKernelFixture();
 /** The test thread's namespace before any test ran: every withNetns must come back to it. */
 const original = threadNetns();
 let fx: KernelFixture;
-
 
 function podInode(nsName: string): string {
   // An independent observer: a process started by ip in that netns reads its own link.
@@ -143,10 +151,16 @@ describe('bad namespaces', () => {
     try {
       const file = join(dir, 'plain');
       writeFileSync(file, '');
-      expect(() => withNetns(file, () => 1)).toThrow(expect.objectContaining({ code: 'ENOTNS', op: 'open netns' }));
-      expect((toKernelCniError(new NetlinkError({ code: 'ENOTNS', errno: 0, op: 'open netns', object: file })) as CniError).code).toBe(
-        ErrorCode.InvalidNetns,
+      expect(() => withNetns(file, () => 1)).toThrow(
+        expect.objectContaining({ code: 'ENOTNS', op: 'open netns' }),
       );
+      expect(
+        (
+          toKernelCniError(
+            new NetlinkError({ code: 'ENOTNS', errno: 0, op: 'open netns', object: file }),
+          ) as CniError
+        ).code,
+      ).toBe(ErrorCode.InvalidNetns);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -169,7 +183,10 @@ describe('bad namespaces', () => {
     const dir = mkdtempSync(join(tmpdir(), `bt${process.pid}-eperm-`));
     chmodSync(dir, 0o755);
     const addonPath = join(dir, 'berth_native.node');
-    copyFileSync(addonCandidates({}).find((p) => existsSync(p))!, addonPath);
+    copyFileSync(
+      addonCandidates({}).find((p) => existsSync(p))!,
+      addonPath,
+    );
     chmodSync(addonPath, 0o755);
     const script = `const a = require(${JSON.stringify(addonPath)});
       const fd = require('fs').openSync('/proc/self/ns/net', 'r');
@@ -177,10 +194,14 @@ describe('bad namespaces', () => {
       catch (e) { console.log(JSON.stringify({ code: e.code, errno: e.errno, syscall: e.syscall, message: e.message, isError: e instanceof Error })); }`;
     let out: string;
     try {
-      out = execFileSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '-e', script], {
-        encoding: 'utf8',
-        cwd: dir,
-      });
+      out = execFileSync(
+        'setpriv',
+        ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '-e', script],
+        {
+          encoding: 'utf8',
+          cwd: dir,
+        },
+      );
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

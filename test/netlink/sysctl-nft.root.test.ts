@@ -16,13 +16,21 @@ import {
 } from '../../src/netlink/nftables';
 import { openNetlink } from '../../src/netlink/rtnetlink';
 import { readSysctl, sysctlPath, writeSysctl } from '../../src/netlink/sysctl';
-import { HOST, KernelFixture, observe, observeJson, threadNetns, trySh, useKernelFixture, type Place } from './kernel-fixture';
+import {
+  HOST,
+  KernelFixture,
+  observe,
+  observeJson,
+  threadNetns,
+  trySh,
+  useKernelFixture,
+  type Place,
+} from './kernel-fixture';
 
 const kernel = useKernelFixture();
 /** The test thread's namespace before any test ran: every namespace switch must come back to it. */
 const original = threadNetns();
 let fx: KernelFixture;
-
 
 function sysctlIn(place: Place, key: string): string {
   return observe(place, 'sysctl', ['-n', key]).trim();
@@ -66,7 +74,9 @@ describe('sysctl', () => {
     writeSysctl('net/ipv6/conf/eth0.5/accept_ra', '2', pod.path);
     expect(sysctlIn(pod, 'net/ipv6/conf/eth0.5/accept_ra')).toBe('2');
     // The host has no such interface.
-    expect(() => readSysctl('net/ipv6/conf/eth0.5/accept_ra')).toThrow(expect.objectContaining({ code: 'ENOENT', op: 'sysctl read' }));
+    expect(() => readSysctl('net/ipv6/conf/eth0.5/accept_ra')).toThrow(
+      expect.objectContaining({ code: 'ENOENT', op: 'sysctl read' }),
+    );
   });
 
   it('restores a host sysctl it changes (host namespace write path)', () => {
@@ -86,7 +96,9 @@ describe('sysctl', () => {
   it('unknown keys, bad values and bad namespaces give NetlinkErrors', () => {
     fx = kernel.fresh();
     const pod = fx.addNetns('p');
-    expect(() => readSysctl('net.ipv4.no_such_key', pod.path)).toThrow(expect.objectContaining({ code: 'ENOENT', op: 'sysctl read' }));
+    expect(() => readSysctl('net.ipv4.no_such_key', pod.path)).toThrow(
+      expect.objectContaining({ code: 'ENOENT', op: 'sysctl read' }),
+    );
     expect(() => writeSysctl('net.ipv4.conf.all.arp_ignore', 'banana', pod.path)).toThrow(
       expect.objectContaining({ code: 'EINVAL', op: 'sysctl write' }),
     );
@@ -110,12 +122,30 @@ describe.each(['host', 'pod'] as const)('nftables in the %s namespace', (label) 
     await nftApply(
       [
         addTable({ family: 'inet', name: table }),
-        addChain({ family: 'inet', table, name: 'post', type: 'nat', hook: 'postrouting', prio: 100, policy: 'accept' }),
+        addChain({
+          family: 'inet',
+          table,
+          name: 'post',
+          type: 'nat',
+          hook: 'postrouting',
+          prio: 100,
+          policy: 'accept',
+        }),
         addChain({ family: 'inet', table, name: 'plain' }),
         addSet({ family: 'inet', table, name: 'pods4', type: 'ipv4_addr' }),
         addSet({ family: 'inet', table, name: 'pods6', type: 'ipv6_addr', flags: ['interval'] }),
-        addElements({ family: 'inet', table, name: 'pods4', elem: ['198.18.0.2', { elem: { val: '198.18.0.3', comment: 'c1/eth0' } }] }),
-        addElements({ family: 'inet', table, name: 'pods6', elem: [{ prefix: { addr: 'fd00:b3::', len: 64 } }] }),
+        addElements({
+          family: 'inet',
+          table,
+          name: 'pods4',
+          elem: ['198.18.0.2', { elem: { val: '198.18.0.3', comment: 'c1/eth0' } }],
+        }),
+        addElements({
+          family: 'inet',
+          table,
+          name: 'pods6',
+          elem: [{ prefix: { addr: 'fd00:b3::', len: 64 } }],
+        }),
       ],
       opts,
     );
@@ -143,7 +173,9 @@ describe.each(['host', 'pod'] as const)('nftables in the %s namespace', (label) 
       opts,
     );
     const after = observeJson<{ nftables: any[] }>(where, 'nft', ['list', 'table', 'inet', table]).nftables;
-    expect(after.find((o) => o.set?.name === 'pods4')?.set?.elem).toEqual([{ elem: { val: '198.18.0.3', comment: 'c1/eth0' } }]);
+    expect(after.find((o) => o.set?.name === 'pods4')?.set?.elem).toEqual([
+      { elem: { val: '198.18.0.3', comment: 'c1/eth0' } },
+    ]);
     expect(after.find((o) => o.set?.name === 'pods6')).toBeUndefined();
     expect(after.find((o) => o.chain?.name === 'plain')).toBeUndefined();
 
@@ -181,7 +213,9 @@ describe.each(['host', 'pod'] as const)('nftables in the %s namespace', (label) 
     const table = fx.nftTable('inet', `${fx.prefix}t`);
     const opts = { netns: where.path };
     await nftApply([addTable({ family: 'inet', name: table })], opts);
-    await expect(nftApply([{ create: { table: { family: 'inet', name: table } } }], opts)).rejects.toMatchObject({ code: 'EEXIST', op: 'nft' });
+    await expect(
+      nftApply([{ create: { table: { family: 'inet', name: table } } }], opts),
+    ).rejects.toMatchObject({ code: 'EEXIST', op: 'nft' });
     await nftApply([deleteTable({ family: 'inet', name: table })], opts);
   });
 });

@@ -36,7 +36,11 @@ describe('createChunkRequire', () => {
         exports.add = () => require('berth-chunk:bridge/add');`,
       'bridge/add': `module.exports = { errors: require('berth-core:cni-spec/errors'), file: __filename };`,
     });
-    const plugin = req('berth-chunk:bridge/plugin') as { same: unknown; path: unknown; add: () => { errors: unknown; file: string } };
+    const plugin = req('berth-chunk:bridge/plugin') as {
+      same: unknown;
+      path: unknown;
+      add: () => { errors: unknown; file: string };
+    };
     expect(plugin.same).toBe(shared);
     expect(plugin.path).toEqual({ builtin: true });
     expect(plugin.add().errors).toBe(shared);
@@ -45,7 +49,9 @@ describe('createChunkRequire', () => {
   });
 
   it('compiles and runs each part once', () => {
-    const { req, reads } = loaderFor({ once: 'exports.n = (globalThis.__bertChunkRuns = (globalThis.__bertChunkRuns ?? 0) + 1);' });
+    const { req, reads } = loaderFor({
+      once: 'exports.n = (globalThis.__bertChunkRuns = (globalThis.__bertChunkRuns ?? 0) + 1);',
+    });
     const first = req('berth-chunk:once');
     expect(req('berth-chunk:once')).toBe(first);
     expect(reads).toEqual([chunkAssets('once').source]);
@@ -62,7 +68,9 @@ describe('createChunkRequire', () => {
 
   it('runs a part given the code cache made for its wrapped source', () => {
     const code = 'exports.v = 42;';
-    const cache = new Script(`${CHUNK_PREFIX}${code}${CHUNK_SUFFIX}`, { filename: 'berth:cached.js' }).createCachedData();
+    const cache = new Script(`${CHUNK_PREFIX}${code}${CHUNK_SUFFIX}`, {
+      filename: 'berth:cached.js',
+    }).createCachedData();
     const { req } = loaderFor({ cached: code }, { cached: cache });
     expect(req('berth-chunk:cached')).toEqual({ v: 42 });
   });

@@ -55,7 +55,9 @@ async function confFiles(dir: string, extensions: string[]): Promise<string[]> {
     entries = await readdir(dir, { withFileTypes: true });
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
-    throw new CniError(ErrorCode.IoFailure, `cannot read config directory ${dir}`, String(err), { cause: err });
+    throw new CniError(ErrorCode.IoFailure, `cannot read config directory ${dir}`, String(err), {
+      cause: err,
+    });
   }
   return entries
     .filter((e) => !e.isDirectory() && extensions.includes(extname(e.name)))
@@ -90,7 +92,8 @@ export function confListFromBytes(bytes: Buffer, file?: string): NetworkConfigLi
   const rawPlugins = raw.plugins as unknown[];
   if (rawPlugins.length === 0) fail('no plugins in list');
   const plugins = rawPlugins.map((p, i) => {
-    if (typeof p !== 'object' || p === null || Array.isArray(p)) return fail(`plugin config ${i} is not an object`);
+    if (typeof p !== 'object' || p === null || Array.isArray(p))
+      return fail(`plugin config ${i} is not an object`);
     return parsePluginConf(p as Record<string, unknown>, `plugin config ${i}${where}`);
   });
   const list: NetworkConfigList = {
@@ -113,7 +116,10 @@ export function confListFromConf(conf: PluginConf, file?: string): NetworkConfig
 
 function parsePluginConf(raw: Record<string, unknown>, what: string): PluginConf {
   if (typeof raw.type !== 'string' || raw.type === '') {
-    throw new CniError(ErrorCode.InvalidNetworkConfig, `error parsing configuration (${what}): missing 'type'`);
+    throw new CniError(
+      ErrorCode.InvalidNetworkConfig,
+      `error parsing configuration (${what}): missing 'type'`,
+    );
   }
   // The type becomes a file name searched on CNI_PATH: a separator would escape the plugin directories.
   if (/[/\\]/.test(raw.type)) {
@@ -162,7 +168,9 @@ function parseJsonObject(bytes: Buffer, what: string): Record<string, unknown> {
   try {
     parsed = JSON.parse(bytes.toString('utf8'));
   } catch (err) {
-    throw new CniError(ErrorCode.DecodingFailure, `${what}: ${(err as Error).message}`, undefined, { cause: err });
+    throw new CniError(ErrorCode.DecodingFailure, `${what}: ${(err as Error).message}`, undefined, {
+      cause: err,
+    });
   }
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
     throw new CniError(ErrorCode.DecodingFailure, `${what}: not a JSON object`);
@@ -188,6 +196,7 @@ function sortKeys(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(sortKeys);
   if (typeof value !== 'object' || value === null) return value;
   const out: Record<string, unknown> = {};
-  for (const key of Object.keys(value).sort(byteOrder)) out[key] = sortKeys((value as Record<string, unknown>)[key]);
+  for (const key of Object.keys(value).sort(byteOrder))
+    out[key] = sortKeys((value as Record<string, unknown>)[key]);
   return out;
 }

@@ -59,7 +59,11 @@ function wrap(err: unknown, prefix: string): CniError {
   return new CniError(e.code, `${prefix}: ${e.message}`, e.details, { cause: err });
 }
 
-async function invoke(runtime: Runtime, command: RuntimeCommand, input: Omit<PluginRequestInput, 'command'>): Promise<string> {
+async function invoke(
+  runtime: Runtime,
+  command: RuntimeCommand,
+  input: Omit<PluginRequestInput, 'command'>,
+): Promise<string> {
   const path = await runtime.runner.find(input.plugin.type, runtime.path);
   const stdin = buildPluginConfig({ command, ...input });
   const env = buildPluginEnv({ base: runtime.env, command, rt: input.rt, path: runtime.path });
@@ -104,7 +108,11 @@ function parseResult(stdout: string, configVersion: string): Record<string, unkn
   try {
     parsed = JSON.parse(stdout);
   } catch (err) {
-    throw new CniError(ErrorCode.DecodingFailure, `failed to unmarshal raw result: ${(err as Error).message}`, stdout.slice(0, 200));
+    throw new CniError(
+      ErrorCode.DecodingFailure,
+      `failed to unmarshal raw result: ${(err as Error).message}`,
+      stdout.slice(0, 200),
+    );
   }
   if (parsed === null) parsed = {};
   if (typeof parsed !== 'object' || Array.isArray(parsed)) {
@@ -130,8 +138,16 @@ async function cachedPrevResult(
 }
 
 /** CHECK every plugin in order with the cached result; needs a >= 0.4.0 list; a no-op under disableCheck. */
-export async function checkNetworkList(runtime: Runtime, list: NetworkConfigList, rt: RuntimeConf): Promise<void> {
-  requireVersion(list, 'CHECK', `configuration version "${list.cniVersion}" does not support the CHECK command`);
+export async function checkNetworkList(
+  runtime: Runtime,
+  list: NetworkConfigList,
+  rt: RuntimeConf,
+): Promise<void> {
+  requireVersion(
+    list,
+    'CHECK',
+    `configuration version "${list.cniVersion}" does not support the CHECK command`,
+  );
   if (list.disableCheck) return;
   validateAttachmentKey(keyOf(list, rt));
   const prevResult = await cachedPrevResult(runtime, list, rt);
@@ -148,7 +164,11 @@ export async function checkNetworkList(runtime: Runtime, list: NetworkConfigList
  * DEL every plugin in reverse order (a plugin undoes its work after the ones chained on it); stops at the
  * first failure and keeps the cache file so the DEL can be retried; removes it once all succeeded.
  */
-export async function delNetworkList(runtime: Runtime, list: NetworkConfigList, rt: RuntimeConf): Promise<void> {
+export async function delNetworkList(
+  runtime: Runtime,
+  list: NetworkConfigList,
+  rt: RuntimeConf,
+): Promise<void> {
   validateAttachmentKey(keyOf(list, rt));
   // Cached prevResult on DEL arrived with 0.4.0; older lists never get one.
   const prevResult = versionAtLeast(list, '0.4.0') ? await cachedPrevResult(runtime, list, rt) : undefined;
@@ -167,7 +187,11 @@ export async function delNetworkList(runtime: Runtime, list: NetworkConfigList, 
  * network that is not valid; (2) for >= 1.1.0 lists, GC to every plugin. Both phases go on past failures,
  * which are reported together at the end. A no-op under disableGC.
  */
-export async function gcNetworkList(runtime: Runtime, list: NetworkConfigList, gc: GcArgs = {}): Promise<void> {
+export async function gcNetworkList(
+  runtime: Runtime,
+  list: NetworkConfigList,
+  gc: GcArgs = {},
+): Promise<void> {
   if (list.disableGC) return;
   const errors: CniError[] = [];
   const valid = new Set((gc.validAttachments ?? []).map((a) => `${a.containerID}\0${a.ifname}`));
@@ -189,7 +213,12 @@ export async function gcNetworkList(runtime: Runtime, list: NetworkConfigList, g
   if (versionAtLeast(list, COMMAND_MIN_VERSION.GC)) {
     for (const plugin of list.plugins) {
       try {
-        await invoke(runtime, 'GC', { list, plugin, rt: NO_ATTACHMENT, validAttachments: gc.validAttachments });
+        await invoke(runtime, 'GC', {
+          list,
+          plugin,
+          rt: NO_ATTACHMENT,
+          validAttachments: gc.validAttachments,
+        });
       } catch (err) {
         errors.push(wrap(err, `plugin ${describe(plugin)} failed (gc)`));
       }
@@ -228,5 +257,6 @@ function versionAtLeast(list: NetworkConfigList, min: string): boolean {
 }
 
 function requireVersion(list: NetworkConfigList, command: 'CHECK', msg: string): void {
-  if (!versionAtLeast(list, COMMAND_MIN_VERSION[command])) throw new CniError(ErrorCode.IncompatibleCniVersion, msg);
+  if (!versionAtLeast(list, COMMAND_MIN_VERSION[command]))
+    throw new CniError(ErrorCode.IncompatibleCniVersion, msg);
 }

@@ -17,7 +17,13 @@ export interface RuntimeConf {
 }
 
 /** GC and STATUS concern the whole network: libcni sends them with every per-attachment variable empty. */
-export const NO_ATTACHMENT: RuntimeConf = { containerId: '', netns: '', ifName: '', args: [], capabilityArgs: {} };
+export const NO_ATTACHMENT: RuntimeConf = {
+  containerId: '',
+  netns: '',
+  ifName: '',
+  args: [],
+  capabilityArgs: {},
+};
 
 export interface PluginRequestInput {
   command: RuntimeCommand;
@@ -49,12 +55,16 @@ export function buildPluginConfig(input: PluginRequestInput): string {
 }
 
 /** runtimeConfig[cap] for each capability the plugin sets to true and the runtime has a value for. */
-export function pickCapabilities(plugin: PluginConf, capabilityArgs: Record<string, unknown>): Record<string, unknown> {
+export function pickCapabilities(
+  plugin: PluginConf,
+  capabilityArgs: Record<string, unknown>,
+): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   const caps = plugin.capabilities;
   if (typeof caps !== 'object' || caps === null) return out;
   for (const [cap, enabled] of Object.entries(caps)) {
-    if (enabled === true && Object.prototype.hasOwnProperty.call(capabilityArgs, cap)) out[cap] = capabilityArgs[cap];
+    if (enabled === true && Object.prototype.hasOwnProperty.call(capabilityArgs, cap))
+      out[cap] = capabilityArgs[cap];
   }
   return out;
 }

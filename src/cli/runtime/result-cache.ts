@@ -34,9 +34,14 @@ export function validateAttachmentKey(key: AttachmentKey): void {
     throw new CniError(code, `invalid container id "${key.containerId}": ${id}`);
   }
   const net = networkNameProblem(key.networkName);
-  if (net !== undefined) throw new CniError(ErrorCode.InvalidNetworkConfig, `invalid network name "${key.networkName}": ${net}`);
+  if (net !== undefined)
+    throw new CniError(ErrorCode.InvalidNetworkConfig, `invalid network name "${key.networkName}": ${net}`);
   const ifn = ifnameProblem(key.ifName);
-  if (ifn !== undefined) throw new CniError(ErrorCode.InvalidEnvironmentVariables, `invalid interface name "${key.ifName}": ${ifn}`);
+  if (ifn !== undefined)
+    throw new CniError(
+      ErrorCode.InvalidEnvironmentVariables,
+      `invalid interface name "${key.ifName}": ${ifn}`,
+    );
 }
 
 export function cacheFilePath(cacheDir: string, key: AttachmentKey): string {
@@ -77,12 +82,14 @@ export function decodeCacheEntry(text: string): CachedAttachment | undefined {
   } catch {
     return undefined;
   }
-  if (typeof raw !== 'object' || raw === null || (raw as { kind?: unknown }).kind !== CACHE_KIND) return undefined;
+  if (typeof raw !== 'object' || raw === null || (raw as { kind?: unknown }).kind !== CACHE_KIND)
+    return undefined;
   const o = raw as Record<string, unknown>;
   const str = (k: string): string => (typeof o[k] === 'string' ? (o[k] as string) : '');
   const args = Array.isArray(o.cniArgs)
     ? (o.cniArgs as unknown[]).filter(
-        (p): p is [string, string] => Array.isArray(p) && p.length === 2 && p.every((x) => typeof x === 'string'),
+        (p): p is [string, string] =>
+          Array.isArray(p) && p.length === 2 && p.every((x) => typeof x === 'string'),
       )
     : [];
   const caps = typeof o.capabilityArgs === 'object' && o.capabilityArgs !== null ? o.capabilityArgs : {};
@@ -103,7 +110,10 @@ export function decodeCacheEntry(text: string): CachedAttachment | undefined {
  * The cached final result of an attachment, as libcni reads it for CHECK and DEL: absent file → undefined;
  * a legacy file holding just the result → that result; an unparseable file is ignored (DEL must go on).
  */
-export async function readCachedResult(cacheDir: string, key: AttachmentKey): Promise<Record<string, unknown> | undefined> {
+export async function readCachedResult(
+  cacheDir: string,
+  key: AttachmentKey,
+): Promise<Record<string, unknown> | undefined> {
   let text: string;
   try {
     text = await readFile(cacheFilePath(cacheDir, key), 'utf8');

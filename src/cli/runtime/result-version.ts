@@ -2,7 +2,10 @@
 // GetAsVersion): the list may have changed version since the ADD that produced the cache.
 import { parseResult, toVersion } from '../../cni-spec/convert';
 
-export function convertCachedResult(result: Record<string, unknown>, version: string): Record<string, unknown> {
+export function convertCachedResult(
+  result: Record<string, unknown>,
+  version: string,
+): Record<string, unknown> {
   // Same version: passed on as cached, so keys a chained plugin added beyond the spec survive.
   if (result.cniVersion === version) return result;
   return toVersion(parseResult(result, version), version) as unknown as Record<string, unknown>;

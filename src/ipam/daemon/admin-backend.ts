@@ -47,7 +47,10 @@ function daemonBackend(socket: string, defaults: LeaseFilter): AdminBackend {
   const ask = async <T>(method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown): Promise<T> => {
     const reply = await callDaemon({ socket, method, path, ...(body === undefined ? {} : { body }) });
     if (reply.status >= 200 && reply.status < 300) return reply.body as T;
-    throw CniError.fromJson(reply.body) ?? new CniError(ErrorCode.Internal, `berthd answered HTTP ${reply.status}`);
+    throw (
+      CniError.fromJson(reply.body) ??
+      new CniError(ErrorCode.Internal, `berthd answered HTTP ${reply.status}`)
+    );
   };
   const f = (filter: LeaseFilter): LeaseFilter => ({ ...defaults, ...filter });
   return {
@@ -62,8 +65,13 @@ function daemonBackend(socket: string, defaults: LeaseFilter): AdminBackend {
         throw err;
       }
     },
-    release: (ip, filter) => ask<AdminReleaseReply>('DELETE', `/v1/leases/${encodeURIComponent(ip)}${query(f(filter))}`),
-    gc: (req) => ask<AdminGcReply>('POST', '/v1/gc', { ...(defaults.dataDir !== undefined ? { dataDir: defaults.dataDir } : {}), ...req }),
+    release: (ip, filter) =>
+      ask<AdminReleaseReply>('DELETE', `/v1/leases/${encodeURIComponent(ip)}${query(f(filter))}`),
+    gc: (req) =>
+      ask<AdminGcReply>('POST', '/v1/gc', {
+        ...(defaults.dataDir !== undefined ? { dataDir: defaults.dataDir } : {}),
+        ...req,
+      }),
     status: async (filter) => {
       const s = await ask<DaemonStatus>('GET', `/v1/status${query(f(filter))}`);
       return { daemon: s, networks: s.networks };
@@ -95,7 +103,8 @@ export async function openAdminBackend(o: BackendOptions): Promise<AdminBackend>
   const socket = o.socket ?? DEFAULT_SOCKET;
   try {
     const reply = await callDaemon({ socket, method: 'GET', path: '/v1/health', timeoutMs: 5_000 });
-    if (reply.status === 200 || reply.status === 503) return daemonBackend(socket, o.dataDir !== undefined ? { dataDir: o.dataDir } : {});
+    if (reply.status === 200 || reply.status === 503)
+      return daemonBackend(socket, o.dataDir !== undefined ? { dataDir: o.dataDir } : {});
   } catch (err) {
     if (!(err instanceof DaemonUnavailable)) throw err;
   }

@@ -44,14 +44,22 @@ interface Filesystem {
 export class FilesystemSync {
   private readonly byDev = new Map<number | bigint, Filesystem>();
 
-  constructor(private readonly syncfs: (fd: number) => Promise<void> = (fd) => loadNativeAddon().syncfs(fd)) {}
+  constructor(
+    private readonly syncfs: (fd: number) => Promise<void> = (fd) => loadNativeAddon().syncfs(fd),
+  ) {}
 
   /** Makes everything written so far to the filesystem of `dir` (device `dev`) durable. */
   sync(dev: number | bigint, dir: string): Promise<SyncRound> {
     let f = this.byDev.get(dev);
     if (f === undefined) {
       // Any directory of the filesystem will do, for as long as the daemon runs (also once it is removed).
-      f = { fd: fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY), inFlight: new Set(), closed: false, rounds: 0, next: [] };
+      f = {
+        fd: fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY),
+        inFlight: new Set(),
+        closed: false,
+        rounds: 0,
+        next: [],
+      };
       this.byDev.set(dev, f);
     }
     const target = f;
@@ -81,25 +89,28 @@ export class FilesystemSync {
     } catch (err) {
       done = Promise.reject(err);
     }
-    done.then(
-      () => {
-        if (r.failed) return;
-        const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-        for (const w of r.waiters) w.resolve({ round, seconds });
-      },
-      (err: unknown) => {
-        // The failed write may belong to any caller so far: the other rounds in flight and those waiting.
-        const all = [...f.inFlight].flatMap((o) => (o.failed ? [] : ((o.failed = true), o.waiters)));
-        for (const w of [...all, ...f.next.splice(0)]) w.reject(err);
-      },
-    ).finally(() => {
-      f.inFlight.delete(r);
-      if (f.closed) {
-        if (f.inFlight.size === 0) fs.closeSync(f.fd);
-        for (const w of f.next.splice(0)) w.reject(new Error('filesystem sync closed'));
-        return;
-      }
-      if (f.next.length > 0 && f.inFlight.size < MAX_IN_FLIGHT) this.run(f);
-    }).catch(() => undefined);
+    done
+      .then(
+        () => {
+          if (r.failed) return;
+          const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+          for (const w of r.waiters) w.resolve({ round, seconds });
+        },
+        (err: unknown) => {
+          // The failed write may belong to any caller so far: the other rounds in flight and those waiting.
+          const all = [...f.inFlight].flatMap((o) => (o.failed ? [] : ((o.failed = true), o.waiters)));
+          for (const w of [...all, ...f.next.splice(0)]) w.reject(err);
+        },
+      )
+      .finally(() => {
+        f.inFlight.delete(r);
+        if (f.closed) {
+          if (f.inFlight.size === 0) fs.closeSync(f.fd);
+          for (const w of f.next.splice(0)) w.reject(new Error('filesystem sync closed'));
+          return;
+        }
+        if (f.next.length > 0 && f.inFlight.size < MAX_IN_FLIGHT) this.run(f);
+      })
+      .catch(() => undefined);
   }
 }

@@ -66,7 +66,11 @@ function prepareSocketDir(path: string, log: Logger): void {
     return;
   }
   const mode = fs.statSync(dir).mode & 0o777;
-  if ((mode & 0o077) !== 0) log.log('warn', 'socket directory is accessible to others; the socket itself is 0600', { dir, mode: mode.toString(8) });
+  if ((mode & 0o077) !== 0)
+    log.log('warn', 'socket directory is accessible to others; the socket itself is 0600', {
+      dir,
+      mode: mode.toString(8),
+    });
 }
 
 function listen(server: http.Server, target: { path: string } | { fd: number }): Promise<void> {
@@ -84,13 +88,24 @@ function listen(server: http.Server, target: { path: string } | { fd: number }):
 /** Runs berthd until a signal stops it; resolves to the exit code. */
 export async function runDaemon(o: DaemonOptions): Promise<number> {
   const env = o.env ?? process.env;
-  const log = createLogger({ format: o.logFormat ?? 'text', level: o.logLevel ?? 'info', write: (s) => process.stderr.write(s) });
+  const log = createLogger({
+    format: o.logFormat ?? 'text',
+    level: o.logLevel ?? 'info',
+    write: (s) => process.stderr.write(s),
+  });
   // Group commit issues one fdatasync per new lease at once; more threads let them join one journal commit.
   if (env.UV_THREADPOOL_SIZE === undefined) process.env.UV_THREADPOOL_SIZE = '16';
   const bootFile = env.BERTH_BOOT_ID_FILE;
-  const bootId = readBootId(bootFile !== undefined && bootFile !== '' ? bootFile : BOOT_ID_FILE, (m) => log.log('warn', m));
+  const bootId = readBootId(bootFile !== undefined && bootFile !== '' ? bootFile : BOOT_ID_FILE, (m) =>
+    log.log('warn', m),
+  );
   const metrics = new Metrics();
-  const service = new Service({ bootId, log, metrics, ...(o.dataDir !== undefined ? { dataDir: o.dataDir } : {}) });
+  const service = new Service({
+    bootId,
+    log,
+    metrics,
+    ...(o.dataDir !== undefined ? { dataDir: o.dataDir } : {}),
+  });
   const socketPath = o.socket ?? DEFAULT_SOCKET;
   const server = new BerthServer({ service, log, metrics, socketPath });
 
@@ -133,9 +148,13 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
   // directory shows in the log at start rather than in a pod's ADD.
   try {
     const views = await service.networkViews();
-    for (const v of views) log.log('info', 'network loaded', { network: v.network, dataDir: v.dataDir, leases: v.leases });
+    for (const v of views)
+      log.log('info', 'network loaded', { network: v.network, dataDir: v.dataDir, leases: v.leases });
   } catch (err) {
-    log.log('warn', 'could not read the networks of the data dir', { dataDir: service.dataDir, error: (err as Error).message });
+    log.log('warn', 'could not read the networks of the data dir', {
+      dataDir: service.dataDir,
+      error: (err as Error).message,
+    });
   }
   o.onListening?.({ socket: socketPath });
   const sweeper = setInterval(() => {

@@ -4,7 +4,9 @@
 type Labels = Record<string, string>;
 
 function labelText(labels: Labels): string {
-  const parts = Object.entries(labels).map(([k, v]) => `${k}="${v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`);
+  const parts = Object.entries(labels).map(
+    ([k, v]) => `${k}="${v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`,
+  );
   return parts.length === 0 ? '' : `{${parts.join(',')}}`;
 }
 
@@ -69,7 +71,11 @@ export class Metrics {
     for (const [key, hist] of this.histograms) {
       const inner = key.slice(1, -1);
       BUCKETS.forEach((b, i) => out.push(`${h}_bucket{${inner},le="${b}"} ${hist.counts[i]}`));
-      out.push(`${h}_bucket{${inner},le="+Inf"} ${hist.count}`, `${h}_sum${key} ${hist.sum}`, `${h}_count${key} ${hist.count}`);
+      out.push(
+        `${h}_bucket{${inner},le="+Inf"} ${hist.count}`,
+        `${h}_sum${key} ${hist.sum}`,
+        `${h}_count${key} ${hist.count}`,
+      );
     }
     return `${out.join('\n')}\n`;
   }

@@ -14,7 +14,15 @@ import type { Occupancy } from '../allocator';
 import * as disk from '../lease-dir';
 import { checkContainerId, checkIfname } from '../names';
 import { type RangeSet, ipAtOrdinal, ordinalOf, rangeSetKey, rangeSetSize } from '../range-set';
-import type { Attachment, Lease, LeaseMeta, LeaseSession, LeaseStore, NewLease, TransactOptions } from '../store';
+import type {
+  Attachment,
+  Lease,
+  LeaseMeta,
+  LeaseSession,
+  LeaseStore,
+  NewLease,
+  TransactOptions,
+} from '../store';
 import type { Logger } from './log';
 import type { FilesystemSync } from './fs-sync';
 import { SpareFiles } from './spare-files';
@@ -147,7 +155,16 @@ export class NetworkStore implements LeaseStore {
   private readonly idleWaiters: (() => void)[] = [];
   /** The ranges of the last request that named them: pool gauges and `berth status`. */
   lastRangeSets: readonly RangeSet[] = [];
-  readonly stats = { batches: 0, batchedRequests: 0, fsyncRounds: 0, rescans: 0, lockWaits: 0, lockWaitSeconds: 0, batchSeconds: 0, fsyncSeconds: 0 };
+  readonly stats = {
+    batches: 0,
+    batchedRequests: 0,
+    fsyncRounds: 0,
+    rescans: 0,
+    lockWaits: 0,
+    lockWaitSeconds: 0,
+    batchSeconds: 0,
+    fsyncSeconds: 0,
+  };
 
   constructor(private readonly opts: NetworkStoreOptions) {
     this.dataDir = opts.dataDir;
@@ -162,12 +179,19 @@ export class NetworkStore implements LeaseStore {
 
   transact<T>(fn: (s: LeaseSession) => Promise<T>, opts?: TransactOptions): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      this.queue.push({ fn, readOnly: opts?.readOnly === true, resolve: resolve as (v: unknown) => void, reject });
+      this.queue.push({
+        fn,
+        readOnly: opts?.readOnly === true,
+        resolve: resolve as (v: unknown) => void,
+        reject,
+      });
       this.wake?.();
       if (!this.running) {
         this.running = true;
         // The loop reports every outcome through the queued promises; nothing can escape it.
-        this.runBatches().catch((err: unknown) => this.opts.log.log('error', 'batch loop failed', { error: String(err) }));
+        this.runBatches().catch((err: unknown) =>
+          this.opts.log.log('error', 'batch loop failed', { error: String(err) }),
+        );
       }
     });
   }
@@ -252,7 +276,14 @@ export class NetworkStore implements LeaseStore {
           if (this.hold === undefined) {
             await this.lock();
             this.stats.lockWaitSeconds += Number(process.hrtime.bigint() - t0) / 1e9;
-            this.hold = { cursors: new Set(), atts: new Set(), changed: false, bootSeen: false, failed: false, started: process.hrtime.bigint() };
+            this.hold = {
+              cursors: new Set(),
+              atts: new Set(),
+              changed: false,
+              bootSeen: false,
+              failed: false,
+              started: process.hrtime.bigint(),
+            };
             this.tx = tx;
             this.refresh();
           }
@@ -284,8 +315,10 @@ export class NetworkStore implements LeaseStore {
           batch.forEach((item, i) => {
             const o = outcomes[i];
             if (failure !== undefined) item.reject(failure);
-            else if (err !== undefined && !item.readOnly) item.reject(err instanceof CniError ? err : ioError('cannot make the leases durable', err));
-            else if (o === undefined) item.reject(new CniError(ErrorCode.Internal, 'request lost in its batch'));
+            else if (err !== undefined && !item.readOnly)
+              item.reject(err instanceof CniError ? err : ioError('cannot make the leases durable', err));
+            else if (o === undefined)
+              item.reject(new CniError(ErrorCode.Internal, 'request lost in its batch'));
             else if (o.ok) item.resolve(o.value);
             else item.reject(o.err);
           });
@@ -299,14 +332,18 @@ export class NetworkStore implements LeaseStore {
         this.stats.batchSeconds += Number(process.hrtime.bigint() - t0) / 1e9;
         // More requests may have arrived while this batch ran; a short turn of the event loop lets them in.
         await new Promise<void>((resolve) => setImmediate(resolve));
-        const heldTooLong = this.hold !== undefined && process.hrtime.bigint() - this.hold.started > MAX_HOLD_NS;
+        const heldTooLong =
+          this.hold !== undefined && process.hrtime.bigint() - this.hold.started > MAX_HOLD_NS;
         if (this.hold !== undefined && this.queue.length > 0 && (this.hold.failed || heldTooLong)) {
           await this.releaseHold();
           if (heldTooLong) await new Promise((resolve) => setTimeout(resolve, 1));
         }
       }
     } finally {
-      if (this.hold !== undefined) await this.releaseHold().catch((err: unknown) => this.opts.log.log('error', 'cannot end the lock hold', { error: String(err) }));
+      if (this.hold !== undefined)
+        await this.releaseHold().catch((err: unknown) =>
+          this.opts.log.log('error', 'cannot end the lock hold', { error: String(err) }),
+        );
       this.running = false;
       this.checkIdle();
     }
@@ -321,7 +358,10 @@ export class NetworkStore implements LeaseStore {
       if (hold.failed) this.knownMtime = undefined;
     } catch (err) {
       this.knownMtime = undefined;
-      this.opts.log.log('error', 'cannot update the lease index; the files will be re-read', { network: this.network, error: String(err) });
+      this.opts.log.log('error', 'cannot update the lease index; the files will be re-read', {
+        network: this.network,
+        error: String(err),
+      });
     } finally {
       this.hold = undefined;
       this.unlock();
@@ -347,25 +387,28 @@ export class NetworkStore implements LeaseStore {
     } catch (err) {
       sync = Promise.reject(err);
     }
-    sync.then(
-      ({ round, seconds }) => {
-        this.spares.warm(cooled);
-        if (round !== this.lastRound) {
-          this.lastRound = round;
-          this.stats.fsyncRounds++;
-          this.stats.fsyncSeconds += seconds;
-        }
-        settle();
-      },
-      (err: unknown) => {
-        this.spares.cool(cooled);
-        settle(err);
-      },
-    ).finally(() => {
-      this.syncs--;
-      this.checkIdle();
-      this.wake?.();
-    }).catch(() => undefined);
+    sync
+      .then(
+        ({ round, seconds }) => {
+          this.spares.warm(cooled);
+          if (round !== this.lastRound) {
+            this.lastRound = round;
+            this.stats.fsyncRounds++;
+            this.stats.fsyncSeconds += seconds;
+          }
+          settle();
+        },
+        (err: unknown) => {
+          this.spares.cool(cooled);
+          settle(err);
+        },
+      )
+      .finally(() => {
+        this.syncs--;
+        this.checkIdle();
+        this.wake?.();
+      })
+      .catch(() => undefined);
   }
 
   /** Takes the network's flock without blocking the event loop: a plugin on the files may hold it. */
@@ -375,7 +418,8 @@ export class NetworkStore implements LeaseStore {
     for (;;) {
       if (this.lockFd === undefined) {
         fs.mkdirSync(this.p.dir, { recursive: true, mode: 0o755 });
-        for (const d of [this.p.berth, this.p.att, this.p.sets, this.p.tmp, this.p.spare]) fs.mkdirSync(d, { recursive: true, mode: 0o700 });
+        for (const d of [this.p.berth, this.p.att, this.p.sets, this.p.tmp, this.p.spare])
+          fs.mkdirSync(d, { recursive: true, mode: 0o700 });
         this.lockFd = fs.openSync(this.p.lock, fs.constants.O_RDONLY | fs.constants.O_CREAT, 0o600);
         const st = fs.fstatSync(this.lockFd);
         this.lockIno = st.ino;
@@ -420,7 +464,8 @@ export class NetworkStore implements LeaseStore {
     this.occupancies.clear();
     this.cursors.clear();
     // A plugin on the files recreates `.berth` without `spare`, and anyone may have removed any of it.
-    for (const d of [this.p.berth, this.p.att, this.p.sets, this.p.tmp, this.p.spare]) fs.mkdirSync(d, { recursive: true, mode: 0o700 });
+    for (const d of [this.p.berth, this.p.att, this.p.sets, this.p.tmp, this.p.spare])
+      fs.mkdirSync(d, { recursive: true, mode: 0o700 });
     // Temp files of a writer that died: nobody writes them without the lock, which is held now.
     disk.clearTemp(this.p);
     // The spares are taken over again when next used (not by a read-only request).
@@ -445,19 +490,28 @@ export class NetworkStore implements LeaseStore {
       try {
         ({ text, mtime } = disk.readLeaseFile(join(this.p.dir, name), buf));
       } catch (err) {
-        this.opts.log.log('warn', 'unreadable lease file keeps its address taken', { file: join(this.p.dir, name), error: (err as Error).message });
+        this.opts.log.log('warn', 'unreadable lease file keeps its address taken', {
+          file: join(this.p.dir, name),
+          error: (err as Error).message,
+        });
         continue;
       }
       const att = disk.parseLeaseContent(text);
       if (att === undefined) {
-        this.opts.log.log('warn', 'corrupt lease file keeps its address taken', { file: join(this.p.dir, name) });
+        this.opts.log.log('warn', 'corrupt lease file keeps its address taken', {
+          file: join(this.p.dir, name),
+        });
         continue;
       }
       const key = disk.attKey(att);
       let entry = this.byAtt.get(key);
       if (entry === undefined) {
         const rec = records.get(key);
-        const meta: LeaseMeta = rec?.meta ?? { bootId: this.opts.bootId, createdAt: mtime.toISOString(), origin: 'found' };
+        const meta: LeaseMeta = rec?.meta ?? {
+          bootId: this.opts.bootId,
+          createdAt: mtime.toISOString(),
+          origin: 'found',
+        };
         entry = { ...att, meta, ips: new Set() };
         this.byAtt.set(key, entry);
       }
@@ -468,7 +522,11 @@ export class NetworkStore implements LeaseStore {
     for (const key of new Set([...records.keys(), ...this.byAtt.keys()])) {
       const rec = records.get(key);
       const entry = this.byAtt.get(key);
-      const same = rec !== undefined && entry !== undefined && rec.ips.length === entry.ips.size && rec.ips.every((i) => entry.ips.has(i));
+      const same =
+        rec !== undefined &&
+        entry !== undefined &&
+        rec.ips.length === entry.ips.size &&
+        rec.ips.every((i) => entry.ips.has(i));
       if (!same) {
         hold.atts.add(key);
         hold.changed = true;
@@ -479,7 +537,8 @@ export class NetworkStore implements LeaseStore {
     if (state?.bootId !== undefined) this.indexState.bootId = state.bootId;
     if (state === undefined) hold.changed = true;
     this.knownMtime = fs.statSync(this.p.dir, { bigint: true }).mtimeNs;
-    if (reason !== 'first use') this.opts.log.log('debug', 're-read lease files', { network: this.network, reason });
+    if (reason !== 'first use')
+      this.opts.log.log('debug', 're-read lease files', { network: this.network, reason });
   }
 
   private mark(name: string, ip: Ip, taken: boolean): void {
@@ -525,7 +584,10 @@ export class NetworkStore implements LeaseStore {
       if (errnoOf(err) !== 'EEXIST') throw ioError(`cannot write lease ${target}`, err);
       // Only a writer ignoring the flock can do this: re-read everything, and let the caller retry.
       this.knownMtime = undefined;
-      throw new CniError(ErrorCode.TryAgainLater, `lease ${target} appeared outside the network's lock; the leases are re-read, retry`);
+      throw new CniError(
+        ErrorCode.TryAgainLater,
+        `lease ${target} appeared outside the network's lock; the leases are re-read, retry`,
+      );
     }
     tx.newLeases++;
     hold.changed = true;
@@ -537,7 +599,12 @@ export class NetworkStore implements LeaseStore {
       this.byAtt.set(key, entry);
     }
     entry.ips.add(name);
-    this.byIp.set(name, { ip: lease.ip, containerId: lease.containerId, ifname: lease.ifname, meta: entry.meta });
+    this.byIp.set(name, {
+      ip: lease.ip,
+      containerId: lease.containerId,
+      ifname: lease.ifname,
+      meta: entry.meta,
+    });
     this.recordAtt(key);
     this.cursors.set(setId, lease.ip);
     hold.cursors.add(setId);
@@ -550,7 +617,12 @@ export class NetworkStore implements LeaseStore {
     try {
       ip = parseIp(fs.readFileSync(disk.cursorPath(this.p, setId), 'utf8').trim());
     } catch (err) {
-      if (errnoOf(err) !== 'ENOENT') this.opts.log.log('warn', 'cannot read a cursor', { network: this.network, setId, error: String(err) });
+      if (errnoOf(err) !== 'ENOENT')
+        this.opts.log.log('warn', 'cannot read a cursor', {
+          network: this.network,
+          setId,
+          error: String(err),
+        });
     }
     this.cursors.set(setId, ip);
     return ip;
@@ -582,7 +654,8 @@ export class NetworkStore implements LeaseStore {
   private leasesOf(a: Attachment): Lease[] {
     checkContainerId(a.containerId);
     if (a.ifname !== '') checkIfname(a.ifname);
-    const of = (key: string): Lease[] => [...(this.byAtt.get(key)?.ips ?? [])].map((ip) => this.byIp.get(ip)!);
+    const of = (key: string): Lease[] =>
+      [...(this.byAtt.get(key)?.ips ?? [])].map((ip) => this.byIp.get(ip)!);
     const exact = of(disk.attKey(a));
     if (exact.length > 0 || a.ifname === '') return exact;
     // host-local matches legacy files (id only) when no exact match exists.
@@ -647,7 +720,9 @@ export class NetworkStore implements LeaseStore {
     }
     if (hold.failed) return;
     // lease-file-store's sentinel, so that both sides trust one index.
-    const dirMtimeNs = disk.stampSentinel(this.p.dir, this.opts.now?.() ?? new Date(), (m) => this.opts.log.log('warn', m, { network: this.network }));
+    const dirMtimeNs = disk.stampSentinel(this.p.dir, this.opts.now?.() ?? new Date(), (m) =>
+      this.opts.log.log('warn', m, { network: this.network }),
+    );
     this.knownMtime = dirMtimeNs === disk.NO_SENTINEL ? undefined : BigInt(dirMtimeNs);
     const gen = this.indexState.gen + 1;
     const bootId = hold.bootSeen ? this.opts.bootId : (this.indexState.bootId ?? this.opts.bootId);

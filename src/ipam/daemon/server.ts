@@ -4,7 +4,17 @@ import * as http from 'node:http';
 import { CniError, ErrorCode, toCniError } from '../../cni-spec/errors';
 import type { Logger } from './log';
 import type { GaugeSample, Metrics } from './metrics';
-import { Allocate, Check, Gc, MAX_BODY_BYTES, Release, Status, type DaemonStatus, type Health, type Method } from './protocol';
+import {
+  Allocate,
+  Check,
+  Gc,
+  MAX_BODY_BYTES,
+  Release,
+  Status,
+  type DaemonStatus,
+  type Health,
+  type Method,
+} from './protocol';
 import { type CallTrace, type LeaseFilter, Service, ServiceError } from './service';
 
 export interface ServerOptions {
@@ -37,7 +47,9 @@ function statusOf(err: CniError): number {
   }
 }
 
-const CNI_ROUTES: ReadonlyMap<string, Method<unknown>> = new Map([Allocate, Release, Check, Status].map((m) => [m.path, m]));
+const CNI_ROUTES: ReadonlyMap<string, Method<unknown>> = new Map(
+  [Allocate, Release, Check, Status].map((m) => [m.path, m]),
+);
 
 export class BerthServer {
   readonly http: http.Server;
@@ -47,14 +59,23 @@ export class BerthServer {
   private readonly idleWaiters: (() => void)[] = [];
 
   constructor(private readonly o: ServerOptions) {
-    this.http = http.createServer({ requestTimeout: 30_000, headersTimeout: 10_000, keepAliveTimeout: 5_000 }, (req, res) => {
-      this.handle(req, res).catch((err: unknown) => this.o.log.log('error', 'request handler failed', { error: String(err) }));
-    });
+    this.http = http.createServer(
+      { requestTimeout: 30_000, headersTimeout: 10_000, keepAliveTimeout: 5_000 },
+      (req, res) => {
+        this.handle(req, res).catch((err: unknown) =>
+          this.o.log.log('error', 'request handler failed', { error: String(err) }),
+        );
+      },
+    );
     // A malformed request line or headers: answer in the same JSON shape, then drop the connection.
     this.http.on('clientError', (err: NodeJS.ErrnoException, socket) => {
       if (socket.writable && err.code !== 'ECONNRESET') {
-        const body = JSON.stringify(new CniError(ErrorCode.DecodingFailure, `bad HTTP request: ${err.message}`).toJSON());
-        socket.end(`HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+        const body = JSON.stringify(
+          new CniError(ErrorCode.DecodingFailure, `bad HTTP request: ${err.message}`).toJSON(),
+        );
+        socket.end(
+          `HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+        );
       } else {
         socket.destroy();
       }
@@ -94,18 +115,37 @@ export class BerthServer {
       const reply = await this.dispatch(req, url, () => gone);
       if (typeof reply === 'string') this.send(res, 200, reply, 'text/plain; version=0.0.4');
       else this.send(res, reply.status ?? 200, JSON.stringify(reply.body));
-      this.o.metrics.inc('berthd_requests_total', 'Requests answered, by route and HTTP status.', { route, status: String(reply === undefined || typeof reply === 'string' ? 200 : reply.status ?? 200) });
+      this.o.metrics.inc('berthd_requests_total', 'Requests answered, by route and HTTP status.', {
+        route,
+        status: String(reply === undefined || typeof reply === 'string' ? 200 : (reply.status ?? 200)),
+      });
     } catch (err) {
       const cni = toCniError(err);
       const status = statusOf(cni);
-      if (!(err instanceof CniError)) this.o.log.log('error', 'unexpected failure', { route, error: err instanceof Error ? err.stack ?? err.message : String(err) });
-      this.o.metrics.inc('berthd_errors_total', 'Requests answered with a CNI error, by route and CNI code.', { route, code: String(cni.code) });
-      this.o.metrics.inc('berthd_requests_total', 'Requests answered, by route and HTTP status.', { route, status: String(status) });
+      if (!(err instanceof CniError))
+        this.o.log.log('error', 'unexpected failure', {
+          route,
+          error: err instanceof Error ? (err.stack ?? err.message) : String(err),
+        });
+      this.o.metrics.inc(
+        'berthd_errors_total',
+        'Requests answered with a CNI error, by route and CNI code.',
+        { route, code: String(cni.code) },
+      );
+      this.o.metrics.inc('berthd_requests_total', 'Requests answered, by route and HTTP status.', {
+        route,
+        status: String(status),
+      });
       this.send(res, status, JSON.stringify(cni.toJSON()));
     } finally {
       const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
       this.o.metrics.observeLatency(route, seconds);
-      this.o.log.log('debug', 'request', { route, status: res.statusCode, ms: Math.round(seconds * 1e6) / 1e3, gone });
+      this.o.log.log('debug', 'request', {
+        route,
+        status: res.statusCode,
+        ms: Math.round(seconds * 1e6) / 1e3,
+        gone,
+      });
       this.inFlight--;
       if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
     }
@@ -114,13 +154,17 @@ export class BerthServer {
   private routeName(method: string, path: string): string {
     if (path.startsWith('/v1/leases/')) return `${method} /v1/leases/:id`;
     if (CNI_ROUTES.has(path) || path === Gc.path) return `${method} ${path}`;
-    if (['/v1/leases', '/v1/status', '/v1/health', '/v1/metrics', '/metrics'].includes(path)) return `${method} ${path}`;
+    if (['/v1/leases', '/v1/status', '/v1/health', '/v1/metrics', '/metrics'].includes(path))
+      return `${method} ${path}`;
     return 'unknown';
   }
 
   private send(res: http.ServerResponse, status: number, body: string, type = 'application/json'): void {
     if (res.destroyed || res.headersSent) return;
-    const headers: http.OutgoingHttpHeaders = { 'content-type': type, 'content-length': Buffer.byteLength(body) };
+    const headers: http.OutgoingHttpHeaders = {
+      'content-type': type,
+      'content-length': Buffer.byteLength(body),
+    };
     if (this.draining) headers.connection = 'close';
     res.writeHead(status, headers).end(body);
   }
@@ -132,7 +176,13 @@ export class BerthServer {
       const declared = Number(req.headers['content-length'] ?? '0');
       if (declared > limit) {
         req.resume();
-        reject(new ServiceError(413, ErrorCode.DecodingFailure, `request body of ${declared} bytes exceeds the limit of ${limit}`));
+        reject(
+          new ServiceError(
+            413,
+            ErrorCode.DecodingFailure,
+            `request body of ${declared} bytes exceeds the limit of ${limit}`,
+          ),
+        );
         return;
       }
       const chunks: Buffer[] = [];
@@ -143,7 +193,13 @@ export class BerthServer {
         size += c.length;
         if (size > limit) {
           failed = true;
-          reject(new ServiceError(413, ErrorCode.DecodingFailure, `request body exceeds the limit of ${limit} bytes`));
+          reject(
+            new ServiceError(
+              413,
+              ErrorCode.DecodingFailure,
+              `request body exceeds the limit of ${limit} bytes`,
+            ),
+          );
           return;
         }
         chunks.push(c);
@@ -154,7 +210,13 @@ export class BerthServer {
         try {
           resolve(JSON.parse(text));
         } catch (err) {
-          reject(new ServiceError(400, ErrorCode.DecodingFailure, `request body is not JSON: ${(err as Error).message}`));
+          reject(
+            new ServiceError(
+              400,
+              ErrorCode.DecodingFailure,
+              `request body is not JSON: ${(err as Error).message}`,
+            ),
+          );
         }
       });
       req.on('error', (err) => {
@@ -164,7 +226,13 @@ export class BerthServer {
       // The client went away before its body was complete: nothing was started, nothing to undo.
       req.on('aborted', () => {
         failed = true;
-        reject(new ServiceError(400, ErrorCode.IoFailure, 'client closed the connection before the body was complete'));
+        reject(
+          new ServiceError(
+            400,
+            ErrorCode.IoFailure,
+            'client closed the connection before the body was complete',
+          ),
+        );
       });
     });
   }
@@ -175,7 +243,12 @@ export class BerthServer {
     const dataDir = url.searchParams.get('dataDir');
     if (network !== null && network !== '') f.network = network;
     if (dataDir !== null && dataDir !== '') {
-      if (!dataDir.startsWith('/')) throw new ServiceError(400, ErrorCode.InvalidEnvironmentVariables, 'dataDir must be an absolute path');
+      if (!dataDir.startsWith('/'))
+        throw new ServiceError(
+          400,
+          ErrorCode.InvalidEnvironmentVariables,
+          'dataDir must be an absolute path',
+        );
       f.dataDir = dataDir;
     }
     return f;
@@ -207,7 +280,10 @@ export class BerthServer {
       if (clientGone() && trace.reserved.length > 0) {
         // Nobody will ever configure these addresses: give them back instead of leaking them.
         const undone = await service.undo(trace);
-        this.o.log.log('warn', 'client left before the reply; allocation undone', { route: path, released: undone });
+        this.o.log.log('warn', 'client left before the reply; allocation undone', {
+          route: path,
+          released: undone,
+        });
       }
       return { body: result ?? { ok: true } };
     }
@@ -220,7 +296,8 @@ export class BerthServer {
       const id = decodeURIComponent(path.slice('/v1/leases/'.length));
       if (method === 'GET') {
         const leases = await service.show(id, this.filterOf(url));
-        if (leases.length === 0) throw new ServiceError(404, ErrorCode.UnknownContainer, `no lease for ${JSON.stringify(id)}`);
+        if (leases.length === 0)
+          throw new ServiceError(404, ErrorCode.UnknownContainer, `no lease for ${JSON.stringify(id)}`);
         return { body: { leases } };
       }
       if (method === 'DELETE') return { body: await service.release(id, this.filterOf(url)) };
@@ -246,27 +323,76 @@ export class BerthServer {
       if (method !== 'GET') wrongMethod('GET');
       return this.metricsText();
     }
-    throw new ServiceError(404, ErrorCode.UnsupportedField, `no route ${method} ${path} (see /v1/health, /v1/leases, /v1/status, /metrics)`);
+    throw new ServiceError(
+      404,
+      ErrorCode.UnsupportedField,
+      `no route ${method} ${path} (see /v1/health, /v1/leases, /v1/status, /metrics)`,
+    );
   }
 
   metricsText(): string {
     const gauges: GaugeSample[] = this.o.service.poolGauges().flatMap((p) => {
       const labels = { network: p.network, range_set: String(p.rangeSet) };
       return [
-        { name: 'berthd_pool_size', help: 'Addresses a range set can hand out (gateway and excluded addresses not counted).', labels, value: p.size },
-        { name: 'berthd_pool_used', help: 'Addresses of a range set held by a lease.', labels, value: p.used },
+        {
+          name: 'berthd_pool_size',
+          help: 'Addresses a range set can hand out (gateway and excluded addresses not counted).',
+          labels,
+          value: p.size,
+        },
+        {
+          name: 'berthd_pool_used',
+          help: 'Addresses of a range set held by a lease.',
+          labels,
+          value: p.used,
+        },
         { name: 'berthd_pool_free', help: 'Addresses of a range set still free.', labels, value: p.free },
       ];
     });
     const b = this.o.service.batchStats();
     gauges.push(
-      { name: 'berthd_batches', help: 'Batches committed under one flock since start.', labels: {}, value: b.batches },
-      { name: 'berthd_batched_requests', help: 'Store transactions run inside those batches.', labels: {}, value: b.batchedRequests },
-      { name: 'berthd_fsync_rounds', help: 'Group fsync rounds (each covers every batch committed meanwhile).', labels: {}, value: b.fsyncRounds },
-      { name: 'berthd_rescans', help: 'Times a network was re-read because its directory changed outside the daemon.', labels: {}, value: b.rescans },
-      { name: 'berthd_lock_wait_seconds', help: 'Time spent waiting for network flocks held by others.', labels: {}, value: b.lockWaitSeconds },
-      { name: 'berthd_batch_seconds', help: 'Time batches held a network lock (running requests and writing files).', labels: {}, value: b.batchSeconds },
-      { name: 'berthd_fsync_seconds', help: 'Time fsync rounds took (requests wait for them before their reply).', labels: {}, value: b.fsyncSeconds },
+      {
+        name: 'berthd_batches',
+        help: 'Batches committed under one flock since start.',
+        labels: {},
+        value: b.batches,
+      },
+      {
+        name: 'berthd_batched_requests',
+        help: 'Store transactions run inside those batches.',
+        labels: {},
+        value: b.batchedRequests,
+      },
+      {
+        name: 'berthd_fsync_rounds',
+        help: 'Group fsync rounds (each covers every batch committed meanwhile).',
+        labels: {},
+        value: b.fsyncRounds,
+      },
+      {
+        name: 'berthd_rescans',
+        help: 'Times a network was re-read because its directory changed outside the daemon.',
+        labels: {},
+        value: b.rescans,
+      },
+      {
+        name: 'berthd_lock_wait_seconds',
+        help: 'Time spent waiting for network flocks held by others.',
+        labels: {},
+        value: b.lockWaitSeconds,
+      },
+      {
+        name: 'berthd_batch_seconds',
+        help: 'Time batches held a network lock (running requests and writing files).',
+        labels: {},
+        value: b.batchSeconds,
+      },
+      {
+        name: 'berthd_fsync_seconds',
+        help: 'Time fsync rounds took (requests wait for them before their reply).',
+        labels: {},
+        value: b.fsyncSeconds,
+      },
       { name: 'berthd_in_flight', help: 'Requests being served.', labels: {}, value: this.inFlight },
     );
     return this.o.metrics.render(gauges);

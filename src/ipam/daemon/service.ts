@@ -188,20 +188,47 @@ export class Service {
   }
 
   /** Runs one forwarded CNI command with berth-ipam's handlers; the reply is the result (ADD) or undefined. */
-  async call(method: Method<unknown>, envelope: unknown, trace: CallTrace = { reserved: [] }): Promise<Result | undefined> {
+  async call(
+    method: Method<unknown>,
+    envelope: unknown,
+    trace: CallTrace = { reserved: [] },
+  ): Promise<Result | undefined> {
     if (typeof envelope !== 'object' || envelope === null || Array.isArray(envelope)) {
-      throw new ServiceError(400, ErrorCode.DecodingFailure, 'request body must be a JSON object {"env": {...}, "config": {...}}');
+      throw new ServiceError(
+        400,
+        ErrorCode.DecodingFailure,
+        'request body must be a JSON object {"env": {...}, "config": {...}}',
+      );
     }
     const e = envelope as Partial<Envelope>;
-    if (typeof e.env !== 'object' || e.env === null || Array.isArray(e.env) || !Object.values(e.env).every((v) => typeof v === 'string')) {
-      throw new ServiceError(400, ErrorCode.DecodingFailure, 'request "env" must be an object of strings (the CNI_* variables)');
+    if (
+      typeof e.env !== 'object' ||
+      e.env === null ||
+      Array.isArray(e.env) ||
+      !Object.values(e.env).every((v) => typeof v === 'string')
+    ) {
+      throw new ServiceError(
+        400,
+        ErrorCode.DecodingFailure,
+        'request "env" must be an object of strings (the CNI_* variables)',
+      );
     }
-    if (typeof e.config !== 'string' && (typeof e.config !== 'object' || e.config === null || Array.isArray(e.config))) {
-      throw new ServiceError(400, ErrorCode.DecodingFailure, 'request "config" must be the network config (object or JSON text)');
+    if (
+      typeof e.config !== 'string' &&
+      (typeof e.config !== 'object' || e.config === null || Array.isArray(e.config))
+    ) {
+      throw new ServiceError(
+        400,
+        ErrorCode.DecodingFailure,
+        'request "config" must be the network config (object or JSON text)',
+      );
     }
     // The daemon never executes other plugins: a curl caller need not invent a CNI_PATH.
     const env: Record<string, string> = { CNI_PATH: '/opt/cni/bin', ...e.env, CNI_COMMAND: method.command };
-    const req = parseRequest({ env, stdin: typeof e.config === 'string' ? e.config : JSON.stringify(e.config) });
+    const req = parseRequest({
+      env,
+      stdin: typeof e.config === 'string' ? e.config : JSON.stringify(e.config),
+    });
     const deps = this.deps(trace);
     switch (method.command) {
       case 'ADD':
@@ -227,7 +254,11 @@ export class Service {
     const byStore = new Map<NetworkStore, Lease[]>();
     for (const l of trace.reserved) {
       for (const s of this.stores.values()) {
-        if (s.snapshot().some((h) => sameIp(h.ip, l.ip) && h.containerId === l.containerId && h.ifname === l.ifname)) {
+        if (
+          s
+            .snapshot()
+            .some((h) => sameIp(h.ip, l.ip) && h.containerId === l.containerId && h.ifname === l.ifname)
+        ) {
           byStore.set(s, [...(byStore.get(s) ?? []), l]);
         }
       }
@@ -304,7 +335,12 @@ export class Service {
 
   async release(ipText: string, filter: LeaseFilter): Promise<AdminReleaseReply> {
     const ip = parseIp(ipText);
-    if (ip === undefined) throw new ServiceError(400, ErrorCode.InvalidEnvironmentVariables, `${JSON.stringify(ipText)} is not an IP address`);
+    if (ip === undefined)
+      throw new ServiceError(
+        400,
+        ErrorCode.InvalidEnvironmentVariables,
+        `${JSON.stringify(ipText)} is not an IP address`,
+      );
     const holders = this.networks(filter).filter((s) => fs.existsSync(join(s.dir, formatIp(ip))));
     if (holders.length > 1) {
       throw new ServiceError(
@@ -323,22 +359,39 @@ export class Service {
         this.opts.metrics?.inc('berthd_releases_total', 'Addresses released.', { network: store.network });
       });
     }
-    if (released.length === 0) throw new ServiceError(404, ErrorCode.UnknownContainer, `no lease holds ${formatIp(ip)}`);
+    if (released.length === 0)
+      throw new ServiceError(404, ErrorCode.UnknownContainer, `no lease holds ${formatIp(ip)}`);
     return { released };
   }
 
   async adminGc(body: unknown): Promise<AdminGcReply> {
     const r = body as Partial<AdminGcRequest>;
     if (typeof r.network !== 'string' || !Array.isArray(r.valid)) {
-      throw new ServiceError(400, ErrorCode.DecodingFailure, 'GC needs {"network": N, "valid": [{"containerID", "ifname"}...], "dryRun"?}');
+      throw new ServiceError(
+        400,
+        ErrorCode.DecodingFailure,
+        'GC needs {"network": N, "valid": [{"containerID", "ifname"}...], "dryRun"?}',
+      );
     }
     for (const a of r.valid) {
-      if (typeof a !== 'object' || a === null || typeof a.containerID !== 'string' || typeof a.ifname !== 'string') {
-        throw new ServiceError(400, ErrorCode.DecodingFailure, 'each valid attachment needs string "containerID" and "ifname"');
+      if (
+        typeof a !== 'object' ||
+        a === null ||
+        typeof a.containerID !== 'string' ||
+        typeof a.ifname !== 'string'
+      ) {
+        throw new ServiceError(
+          400,
+          ErrorCode.DecodingFailure,
+          'each valid attachment needs string "containerID" and "ifname"',
+        );
       }
     }
     const dryRun = r.dryRun === true;
-    const [store] = this.networks({ network: r.network, ...(typeof r.dataDir === 'string' ? { dataDir: r.dataDir } : {}) });
+    const [store] = this.networks({
+      network: r.network,
+      ...(typeof r.dataDir === 'string' ? { dataDir: r.dataDir } : {}),
+    });
     const validKeys = new Set(r.valid.map((a) => `${a.containerID}\n${a.ifname}`));
     const validIds = new Set(r.valid.map((a) => a.containerID));
     const released = await store!.transact(
@@ -346,7 +399,8 @@ export class Service {
         const gone: Lease[] = [];
         for (const l of await s.all()) {
           // As berth-ipam's GC: a legacy lease names no interface and stays while its container is valid.
-          const keep = l.ifname === '' ? validIds.has(l.containerId) : validKeys.has(`${l.containerId}\n${l.ifname}`);
+          const keep =
+            l.ifname === '' ? validIds.has(l.containerId) : validKeys.has(`${l.containerId}\n${l.ifname}`);
           if (keep) continue;
           if (!dryRun) await s.release(l);
           gone.push(l);
@@ -369,7 +423,13 @@ export class Service {
         view.pools = pools.map((p, i) => {
           const blocked = blockedOrdinals(p.set, exclude).reduce((n, b) => n + (b.hi - b.lo + 1n), 0n);
           const size = Number(p.size - blocked);
-          return { rangeSet: i, ranges: describeRangeSet(p.set), size, used: p.used, free: Math.max(0, size - p.used) };
+          return {
+            rangeSet: i,
+            ranges: describeRangeSet(p.set),
+            size,
+            used: p.used,
+            free: Math.max(0, size - p.used),
+          };
         });
       }
       out.push(view);
@@ -392,9 +452,18 @@ export class Service {
   }
 
   batchStats(): NetworkStore['stats'] {
-    const t = { batches: 0, batchedRequests: 0, fsyncRounds: 0, rescans: 0, lockWaits: 0, lockWaitSeconds: 0, batchSeconds: 0, fsyncSeconds: 0 };
-    for (const s of this.stores.values()) for (const k of Object.keys(t) as (keyof typeof t)[]) t[k] += s.stats[k];
+    const t = {
+      batches: 0,
+      batchedRequests: 0,
+      fsyncRounds: 0,
+      rescans: 0,
+      lockWaits: 0,
+      lockWaitSeconds: 0,
+      batchSeconds: 0,
+      fsyncSeconds: 0,
+    };
+    for (const s of this.stores.values())
+      for (const k of Object.keys(t) as (keyof typeof t)[]) t[k] += s.stats[k];
     return t;
   }
 }
-
