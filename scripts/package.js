@@ -388,7 +388,8 @@ async function main() {
   const noise =
     /^warning: Can't find string offset for section name '\.note[^']*'$|Start injection|Injection done|^\s*$/;
   for (const line of `${injected.stdout}\n${injected.stderr}`.split('\n'))
-    if (!noise.test(line.replace(/\x1b\[[0-9;]*m/g, ''))) log(`postject: ${line}`);
+    // eslint-disable-next-line no-control-regex -- strips the terminal colour codes postject prints
+    if (!noise.test(line.replace(/\u001b\[[0-9;]*m/g, ''))) log(`postject: ${line}`);
   if (injected.status !== 0) fail(`postject failed (exit ${injected.status})`);
   fs.renameSync(tmp, exe);
   for (const name of PROGRAMS.slice(1)) {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test command: dependencies and build (ensure-deps.sh), the vitest projects this user can run (unit;
-# root as well when run as root), then every end-to-end script scripts/*-test.sh (root only; each counts
+# The test command: dependencies and build (ensure-deps.sh), lint and the format check, the vitest
+# projects this user can run (unit; root as well when run as root), then every end-to-end script scripts/*-test.sh (root only; each counts
 # as one test). Ends with one plain line "N passed, N failed"; exits non-zero if anything failed or if
 # no test ran at all.
 set -uo pipefail
@@ -27,6 +27,17 @@ count_report() {
       (f) => f.status === "failed" && !f.assertionResults.some((a) => a.status === "failed"));
     console.log(r.numPassedTests, r.numFailedTests + brokenFiles.length);' "$1"
 }
+
+# House rules first: lint (type-aware, with DESIGN.md's room table) and the format check. Each counts as
+# one test, so a submission that breaks either fails the run.
+for check in lint format:check; do
+  if npm run --silent "$check" >&2; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    echo "test.sh: npm run $check failed" >&2
+  fi
+done
 
 projects=(unit)
 if [ "$(id -u)" = 0 ]; then projects+=(root); else echo "test.sh: not root: skipping the root project" >&2; fi

@@ -53,7 +53,8 @@ async function withDaemon(tag, fn) {
         await get(socket, '/v1/health');
         break;
       } catch (err) {
-        if (i >= 200 || daemon.exitCode !== null) throw new Error(`berthd did not come up: ${err.message}`);
+        if (i >= 200 || daemon.exitCode !== null)
+          throw new Error(`berthd did not come up: ${err.message}`, { cause: err });
         await new Promise((r) => setTimeout(r, 50));
       }
     }

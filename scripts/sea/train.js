@@ -29,6 +29,7 @@ const sea = {
 const compiled = new Map();
 class RecordingScript extends vm.Script {
   constructor(source, options = {}) {
+    // eslint-disable-next-line no-unused-vars -- taken out so the script compiles without a cache
     const { cachedData, ...rest } = options;
     super(source, rest);
     const m = /^berth:(.*)\.js$/.exec(options.filename ?? '');

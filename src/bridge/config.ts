@@ -216,7 +216,7 @@ export function parseBridgeConf(input: BridgeConfInput): BridgeConf {
   ) {
     throw invalid('vlan', `expected an integer, got ${JSON.stringify(vlanRaw)}`);
   }
-  const vlan = (vlanRaw as number | undefined | null) ?? 0;
+  const vlan = vlanRaw ?? 0;
   if (vlan < 0 || vlan > 4094) throw invalid('vlan', `invalid VLAN ID ${vlan} (must be between 0 and 4094)`);
 
   const ipamRaw = c.ipam;
@@ -254,7 +254,7 @@ export function parseBridgeConf(input: BridgeConfInput): BridgeConf {
     isDefaultGateway,
     forceAddress: bool(c, 'forceAddress', false),
     ipMasq: bool(c, 'ipMasq', false),
-    ipMasqBackend: backendRaw as BridgeConf['ipMasqBackend'],
+    ipMasqBackend: backendRaw,
     mtu: mtuRaw === 0 ? undefined : mtuRaw,
     hairpinMode,
     promiscMode,

@@ -273,5 +273,5 @@ export function parseResult(json: string | JsonObject, version: string, what = '
   if (!isSupportedVersion(v)) throw unsupportedVersionError(`${what} version`, v);
   const family = VERSION_FAMILY[v];
   const read = READERS[family];
-  return convertFamily(read(o, v, ctx), family, IMPLEMENTED_VERSION) as Result;
+  return convertFamily(read(o, v, ctx), family, IMPLEMENTED_VERSION);
 }

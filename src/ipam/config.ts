@@ -60,7 +60,7 @@ function stringList(v: unknown, where: string): string[] {
   if (v === undefined || v === null) return [];
   if (!Array.isArray(v) || !v.every((x) => typeof x === 'string'))
     throw invalid(`${where} must be a list of strings`);
-  return v as string[];
+  return v;
 }
 
 function parseRoutes(v: unknown): Route[] {

@@ -24,6 +24,9 @@ export function parseResolvConf(text: string): DNS {
       case 'options':
         (dns.options ??= []).push(...rest);
         break;
+      default:
+        // Other keywords (sortlist, lookup, …) have no place in a CNI result.
+        break;
     }
   }
   return dns;

@@ -125,7 +125,7 @@ export function str(v: string): Buffer {
 export function encodeAttrs(attrs: readonly Attr[]): Buffer {
   const parts: Buffer[] = [];
   for (const [type, value] of attrs) {
-    const payload = Buffer.isBuffer(value) ? value : encodeAttrs(value as readonly Attr[]);
+    const payload = Buffer.isBuffer(value) ? value : encodeAttrs(value);
     const header = Buffer.alloc(4);
     header.writeUInt16LE(4 + payload.length, 0);
     header.writeUInt16LE(type, 2);

@@ -231,7 +231,7 @@ describe('parseResult details', () => {
       /nameservers\[0\]/,
     ],
   ])('%s → code %i', (_label, json, code, msg) => {
-    expectCniError(() => parseResult(json as string, '1.1.0'), code, msg);
+    expectCniError(() => parseResult(json, '1.1.0'), code, msg);
   });
 
   it.each([

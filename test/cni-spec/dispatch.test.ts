@@ -164,6 +164,7 @@ describe('failures are rendered once', () => {
 
   it('a thrown non-Error value becomes 999 naming it', async () => {
     const del = async (): Promise<void> => {
+      // eslint-disable-next-line @typescript-eslint/only-throw-error -- the case under test
       throw 'boom';
     };
     const r = await run({ env: { CNI_COMMAND: 'DEL' }, handlers: { del } });

@@ -3,16 +3,8 @@
 import { describe, expect, it } from 'vitest';
 import { openNetlink } from '../../src/netlink/rtnetlink';
 import type { Netlink } from '../../src/netlink/types';
-import {
-  HOST,
-  KernelFixture,
-  observe,
-  observeJson,
-  rejection,
-  sh,
-  useKernelFixture,
-  type Place,
-} from './kernel-fixture';
+import type { KernelFixture } from './kernel-fixture';
+import { HOST, observe, observeJson, rejection, sh, useKernelFixture, type Place } from './kernel-fixture';
 
 const kernel = useKernelFixture();
 let fx: KernelFixture;

@@ -5,10 +5,10 @@ import { CniError, ErrorCode } from '../../src/cni-spec/errors';
 import { netlinkCode, toKernelCniError } from '../../src/netlink/errors';
 import { openNetlink } from '../../src/netlink/rtnetlink';
 import type { Netlink } from '../../src/netlink/types';
+import type { KernelFixture } from './kernel-fixture';
 import {
   HOST,
   ipLink,
-  KernelFixture,
   kernelHasBridgeVlans,
   observeJson,
   rejection,

@@ -41,7 +41,7 @@ async function holdLockInOtherProcess(path: string, shared: boolean): Promise<Ch
   cleanups.push(() => child.kill());
   await new Promise<void>((resolve, reject) => {
     child.once('error', reject);
-    child.stdout!.once('data', () => resolve());
+    child.stdout.once('data', () => resolve());
   });
   return child;
 }

@@ -17,7 +17,8 @@ import { CniError, ErrorCode } from '../../src/cni-spec/errors';
 import { addonCandidates } from '../../src/native-addon';
 import { NetlinkError, netlinkCode, toKernelCniError } from '../../src/netlink/errors';
 import { currentNetnsId, netnsIdOf, openNetns, withNetns } from '../../src/netlink/netns';
-import { KernelFixture, sh, threadNetns, useKernelFixture } from './kernel-fixture';
+import type { KernelFixture } from './kernel-fixture';
+import { sh, threadNetns, useKernelFixture } from './kernel-fixture';
 
 const kernel = useKernelFixture();
 /** The test thread's namespace before any test ran: every withNetns must come back to it. */
@@ -61,6 +62,7 @@ describe('withNetns', () => {
     let caught: unknown;
     try {
       withNetns(pod.path!, () => {
+        // eslint-disable-next-line @typescript-eslint/only-throw-error -- the case under test
         throw 42;
       });
     } catch (e) {

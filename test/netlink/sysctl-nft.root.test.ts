@@ -16,9 +16,9 @@ import {
 } from '../../src/netlink/nftables';
 import { openNetlink } from '../../src/netlink/rtnetlink';
 import { readSysctl, sysctlPath, writeSysctl } from '../../src/netlink/sysctl';
+import type { KernelFixture } from './kernel-fixture';
 import {
   HOST,
-  KernelFixture,
   observe,
   observeJson,
   threadNetns,

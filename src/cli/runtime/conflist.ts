@@ -143,7 +143,7 @@ function pickVersion(rawVersions: unknown, cniVersion: string, fail: (msg: strin
   };
   rawVersions.forEach((v, i) => {
     if (typeof v !== 'string') fail(`invalid cniVersions entry at index ${i}: ${jsonType(v)}`);
-    consider(v as string, `cniVersions entry ${String(v)} at index ${i}`);
+    consider(v, `cniVersions entry ${String(v)} at index ${i}`);
   });
   if (cniVersion !== '') consider(cniVersion, `cniVersion ${cniVersion}`);
   if (usable.length === 0) return cniVersion;

@@ -224,7 +224,8 @@ export async function gcNetworkList(
       }
     }
   }
-  if (errors.length === 1) throw errors[0];
+  const [only] = errors;
+  if (only !== undefined && errors.length === 1) throw only;
   if (errors.length > 1) {
     for (const e of errors) runtime.log?.(e.message);
     throw new CniError(

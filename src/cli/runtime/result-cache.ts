@@ -85,7 +85,7 @@ export function decodeCacheEntry(text: string): CachedAttachment | undefined {
   if (typeof raw !== 'object' || raw === null || (raw as { kind?: unknown }).kind !== CACHE_KIND)
     return undefined;
   const o = raw as Record<string, unknown>;
-  const str = (k: string): string => (typeof o[k] === 'string' ? (o[k] as string) : '');
+  const str = (k: string): string => (typeof o[k] === 'string' ? o[k] : '');
   const args = Array.isArray(o.cniArgs)
     ? (o.cniArgs as unknown[]).filter(
         (p): p is [string, string] =>

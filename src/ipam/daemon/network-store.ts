@@ -182,7 +182,7 @@ export class NetworkStore implements LeaseStore {
       this.queue.push({
         fn,
         readOnly: opts?.readOnly === true,
-        resolve: resolve as (v: unknown) => void,
+        resolve: resolve,
         reject,
       });
       this.wake?.();
@@ -663,7 +663,6 @@ export class NetworkStore implements LeaseStore {
   }
 
   private release(lease: Lease): void {
-    const tx = this.tx!;
     const hold = this.hold!;
     const name = formatIp(lease.ip);
     const target = join(this.p.dir, name);

@@ -15,7 +15,8 @@ import {
   type Health,
   type Method,
 } from './protocol';
-import { type CallTrace, type LeaseFilter, Service, ServiceError } from './service';
+import type { Service } from './service';
+import { type CallTrace, type LeaseFilter, ServiceError } from './service';
 
 export interface ServerOptions {
   service: Service;
