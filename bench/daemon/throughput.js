@@ -122,8 +122,8 @@ async function round(clients) {
   const d = (n) => metric(after, n) - metric(before, n);
   console.log(
     `clients=${String(clients).padStart(3)}  pairs/s=${String(Math.round(pairs / seconds)).padStart(6)}  pair p50=${q(0.5)}ms p99=${q(0.99)}ms  ` +
-      `batches=${d('berthd_batches')} (txs ${d('berthd_batched_requests')}) fsync-rounds=${d('berthd_fsync_rounds')} ` +
-      `under-lock=${d('berthd_batch_seconds').toFixed(2)}s fsync=${d('berthd_fsync_seconds').toFixed(2)}s  ` +
+      `batches=${d('berthd_batches_total')} (txs ${d('berthd_batched_requests_total')}) fsync-rounds=${d('berthd_fsync_rounds_total')} ` +
+      `under-lock=${d('berthd_batch_seconds_total').toFixed(2)}s fsync=${d('berthd_fsync_seconds_total').toFixed(2)}s  ` +
       `cpu/pair daemon=${perPair(daemonCpu)} client=${perPair((self.user + self.system) / 1e6)}`,
   );
 }

@@ -641,6 +641,60 @@ describe('log and metrics formats', () => {
   });
 });
 
+describe('metric types follow the Prometheus conventions', () => {
+  /** `name -> type` from the `# TYPE` lines, and `name -> value` of unlabelled samples. */
+  function parseExposition(text: string): { types: Map<string, string>; values: Map<string, number> } {
+    const types = new Map<string, string>();
+    const values = new Map<string, number>();
+    for (const line of text.split('\n')) {
+      const t = /^# TYPE (\S+) (\S+)$/.exec(line);
+      if (t !== null) types.set(t[1]!, t[2]!);
+      const v = /^([a-z_]+) (\S+)$/.exec(line);
+      if (v !== null) values.set(v[1]!, Number(v[2]));
+    }
+    return { types, values };
+  }
+
+  test('sums since start are counters named _total / _seconds_total, and never go down when a network is forgotten', async () => {
+    await startServer();
+    await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-m1') });
+    await callDaemon({ socket, method: 'POST', path: Release.path, body: envelope('ctr-m1') });
+    await service.drain();
+    const first = parseExposition(
+      String((await callDaemon({ socket, method: 'GET', path: '/metrics' })).body),
+    );
+    for (const name of [
+      'berthd_batches_total',
+      'berthd_batched_requests_total',
+      'berthd_fsync_rounds_total',
+      'berthd_rescans_total',
+      'berthd_lock_waits_total',
+      'berthd_lock_wait_seconds_total',
+      'berthd_batch_seconds_total',
+      'berthd_fsync_seconds_total',
+    ])
+      expect(first.types.get(name), name).toBe('counter');
+    for (const old of ['berthd_batches', 'berthd_fsync_rounds', 'berthd_rescans', 'berthd_fsync_seconds'])
+      expect(first.types.has(old), old).toBe(false);
+    // Every counter is named _total; every gauge is something that can go down.
+    for (const [name, type] of first.types) {
+      if (type === 'counter') expect(name).toMatch(/_total$/);
+      if (type === 'gauge') expect(name).not.toMatch(/_total$|_seconds$/);
+    }
+    expect(first.values.get('berthd_batches_total')).toBeGreaterThan(0);
+    expect(first.values.get('berthd_fsync_rounds_total')).toBeGreaterThan(0);
+
+    // The network's directory goes, the sweep forgets its store: its sums stay in the counters.
+    rmSync(dataDir, { recursive: true });
+    expect(service.sweep()).toBe(1);
+    const after = parseExposition(
+      String((await callDaemon({ socket, method: 'GET', path: '/metrics' })).body),
+    );
+    for (const name of ['berthd_batches_total', 'berthd_fsync_rounds_total', 'berthd_batch_seconds_total'])
+      expect(after.values.get(name), name).toBeGreaterThanOrEqual(first.values.get(name)!);
+  });
+});
+
 describe('CLI pieces', () => {
   test('valid-attachment lists: JSON as in cni.dev/valid-attachments, or lines', () => {
     expect(parseValidList('[{"containerID":"a","ifname":"eth0"}]')).toEqual([

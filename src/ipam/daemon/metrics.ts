@@ -19,12 +19,18 @@ interface Histogram {
   count: number;
 }
 
-/** A gauge read at scrape time (pool sizes come from the network stores). */
-export interface GaugeSample {
+/**
+ * A value read at scrape time: a gauge (pool sizes come from the network stores), or a counter kept
+ * elsewhere (the stores' batch statistics), which must only ever grow and is named `_total` as Prometheus'
+ * conventions say, so that `rate()` works on it.
+ */
+export interface SampledValue {
   name: string;
   help: string;
   labels: Labels;
   value: number;
+  /** Gauge unless said otherwise. */
+  type?: 'gauge' | 'counter';
 }
 
 export class Metrics {
@@ -53,17 +59,17 @@ export class Metrics {
     h.count++;
   }
 
-  /** The exposition text; `gauges` are sampled by the caller at scrape time. */
-  render(gauges: readonly GaugeSample[]): string {
+  /** The exposition text; `sampled` values are read by the caller at scrape time. */
+  render(sampled: readonly SampledValue[]): string {
     const out: string[] = [];
     for (const [name, c] of this.counters) {
       out.push(`# HELP ${name} ${c.help}`, `# TYPE ${name} counter`);
       for (const [labels, v] of c.values) out.push(`${name}${labels} ${v}`);
     }
-    const byName = new Map<string, GaugeSample[]>();
-    for (const g of gauges) byName.set(g.name, [...(byName.get(g.name) ?? []), g]);
+    const byName = new Map<string, SampledValue[]>();
+    for (const g of sampled) byName.set(g.name, [...(byName.get(g.name) ?? []), g]);
     for (const [name, samples] of byName) {
-      out.push(`# HELP ${name} ${samples[0]!.help}`, `# TYPE ${name} gauge`);
+      out.push(`# HELP ${name} ${samples[0]!.help}`, `# TYPE ${name} ${samples[0]!.type ?? 'gauge'}`);
       for (const s of samples) out.push(`${name}${labelText(s.labels)} ${s.value}`);
     }
     const h = 'berthd_request_duration_seconds';

@@ -3,7 +3,7 @@
 import * as http from 'node:http';
 import { CniError, ErrorCode, toCniError } from '../../cni-spec/errors';
 import type { Logger } from './log';
-import type { GaugeSample, Metrics } from './metrics';
+import type { Metrics, SampledValue } from './metrics';
 import {
   Allocate,
   Check,
@@ -332,7 +332,7 @@ export class BerthServer {
   }
 
   metricsText(): string {
-    const gauges: GaugeSample[] = this.o.service.poolGauges().flatMap((p) => {
+    const sampled: SampledValue[] = this.o.service.poolGauges().flatMap((p) => {
       const labels = { network: p.network, range_set: String(p.rangeSet) };
       return [
         {
@@ -351,51 +351,54 @@ export class BerthServer {
       ];
     });
     const b = this.o.service.batchStats();
-    gauges.push(
-      {
-        name: 'berthd_batches',
-        help: 'Batches committed under one flock since start.',
-        labels: {},
-        value: b.batches,
-      },
-      {
-        name: 'berthd_batched_requests',
-        help: 'Store transactions run inside those batches.',
-        labels: {},
-        value: b.batchedRequests,
-      },
-      {
-        name: 'berthd_fsync_rounds',
-        help: 'Group fsync rounds (each covers every batch committed meanwhile).',
-        labels: {},
-        value: b.fsyncRounds,
-      },
-      {
-        name: 'berthd_rescans',
-        help: 'Times a network was re-read because its directory changed outside the daemon.',
-        labels: {},
-        value: b.rescans,
-      },
-      {
-        name: 'berthd_lock_wait_seconds',
-        help: 'Time spent waiting for network flocks held by others.',
-        labels: {},
-        value: b.lockWaitSeconds,
-      },
-      {
-        name: 'berthd_batch_seconds',
-        help: 'Time batches held a network lock (running requests and writing files).',
-        labels: {},
-        value: b.batchSeconds,
-      },
-      {
-        name: 'berthd_fsync_seconds',
-        help: 'Time fsync rounds took (requests wait for them before their reply).',
-        labels: {},
-        value: b.fsyncSeconds,
-      },
+    // Sums since start, kept by the network stores: counters, so they are named `_total` (and seconds
+    // `_seconds_total`); the service keeps the sums of networks it forgot, so none ever goes down.
+    const counter = (name: string, help: string, value: number): SampledValue => ({
+      name,
+      help,
+      labels: {},
+      value,
+      type: 'counter',
+    });
+    sampled.push(
+      counter('berthd_batches_total', 'Batches committed under one flock since start.', b.batches),
+      counter(
+        'berthd_batched_requests_total',
+        'Store transactions run inside those batches.',
+        b.batchedRequests,
+      ),
+      counter(
+        'berthd_fsync_rounds_total',
+        'Group fsync rounds (each covers every batch committed meanwhile).',
+        b.fsyncRounds,
+      ),
+      counter(
+        'berthd_rescans_total',
+        'Times a network was re-read because its directory changed outside the daemon.',
+        b.rescans,
+      ),
+      counter(
+        'berthd_lock_waits_total',
+        'Attempts to take a network flock that found it held by others.',
+        b.lockWaits,
+      ),
+      counter(
+        'berthd_lock_wait_seconds_total',
+        'Time spent waiting for network flocks held by others.',
+        b.lockWaitSeconds,
+      ),
+      counter(
+        'berthd_batch_seconds_total',
+        'Time batches held a network lock (running requests and writing files).',
+        b.batchSeconds,
+      ),
+      counter(
+        'berthd_fsync_seconds_total',
+        'Time fsync rounds took (requests wait for them before their reply).',
+        b.fsyncSeconds,
+      ),
       { name: 'berthd_in_flight', help: 'Requests being served.', labels: {}, value: this.inFlight },
     );
-    return this.o.metrics.render(gauges);
+    return this.o.metrics.render(sampled);
   }
 }

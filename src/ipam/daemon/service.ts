@@ -97,6 +97,17 @@ export class Service {
   private readonly lastExclude = new Map<string, readonly Cidr[]>();
   readonly dataDir: string;
   private readonly syncer: FilesystemSync;
+  /** Batch statistics of networks forgot by `sweep`: the sums exported as counters must never go down. */
+  private readonly retiredStats: NetworkStore['stats'] = {
+    batches: 0,
+    batchedRequests: 0,
+    fsyncRounds: 0,
+    rescans: 0,
+    lockWaits: 0,
+    lockWaitSeconds: 0,
+    batchSeconds: 0,
+    fsyncSeconds: 0,
+  };
 
   constructor(private readonly opts: ServiceOptions) {
     this.dataDir = opts.dataDir ?? DEFAULT_DATA_DIR;
@@ -139,6 +150,8 @@ export class Service {
     let n = 0;
     for (const [key, s] of this.stores) {
       if (!s.isIdle || fs.existsSync(s.dir)) continue;
+      for (const k of Object.keys(this.retiredStats) as (keyof NetworkStore['stats'])[])
+        this.retiredStats[k] += s.stats[k];
       s.close();
       this.stores.delete(key);
       this.lastExclude.delete(s.dir);
@@ -451,17 +464,9 @@ export class Service {
     return out;
   }
 
+  /** Sums since start over every network served, forgotten ones included. */
   batchStats(): NetworkStore['stats'] {
-    const t = {
-      batches: 0,
-      batchedRequests: 0,
-      fsyncRounds: 0,
-      rescans: 0,
-      lockWaits: 0,
-      lockWaitSeconds: 0,
-      batchSeconds: 0,
-      fsyncSeconds: 0,
-    };
+    const t = { ...this.retiredStats };
     for (const s of this.stores.values())
       for (const k of Object.keys(t) as (keyof typeof t)[]) t[k] += s.stats[k];
     return t;
