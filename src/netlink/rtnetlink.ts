@@ -181,7 +181,9 @@ function parseRoute(data: Buffer): Route {
   const dstLen = data.readUInt8(1);
   const a = decodeAttrs(data, RTMSG_LEN);
   const dst = a.get(RTA.DST);
-  const gw = a.get(RTA.GATEWAY);
+  // RTA_VIA (struct rtvia: u16 family, then the address) carries a next hop of the other family.
+  const via = a.get(RTA.VIA);
+  const gw = a.get(RTA.GATEWAY) ?? (via !== undefined && via.length > 2 ? via.subarray(2) : undefined);
   const prefsrc = a.get(RTA.PREFSRC);
   return {
     family,
@@ -582,7 +584,12 @@ class RtnlSocket implements Netlink {
             : RT_SCOPE.universe;
     const attrs: Attr[] = [];
     if (dst.prefixLength > 0) attrs.push([RTA.DST, ipToBytes(dst.address)]);
-    if (opts.gateway !== undefined) attrs.push([RTA.GATEWAY, ipToBytes(opts.gateway)]);
+    if (opts.gateway !== undefined) {
+      const gw = ipToBytes(opts.gateway);
+      const gwFamily = gw.length === 4 ? 4 : 6;
+      if (gwFamily === dst.family) attrs.push([RTA.GATEWAY, gw]);
+      else attrs.push([RTA.VIA, Buffer.concat([u16(familyOf(gwFamily)), gw])]);
+    }
     if (oif !== undefined) attrs.push([RTA.OIF, u32(oif)]);
     if (opts.priority !== undefined) attrs.push([RTA.PRIORITY, u32(opts.priority)]);
     if (opts.src !== undefined) attrs.push([RTA.PREFSRC, ipToBytes(opts.src)]);
@@ -592,7 +599,7 @@ class RtnlSocket implements Netlink {
         family: familyOf(dst.family),
         dstLen: dst.prefixLength,
         table: table < 256 ? table : RT_TABLE.UNSPEC,
-        protocol: adding ? RTPROT.BOOT : 0,
+        protocol: opts.protocol ?? (adding ? RTPROT.BOOT : 0),
         scope,
         type: adding ? RTN_UNICAST : 0,
       }),
@@ -605,6 +612,10 @@ class RtnlSocket implements Netlink {
 
   addRoute(opts: RouteOptions): Promise<void> {
     return this.routeRequest(RTM.NEWROUTE, opts, NLM_F.CREATE | NLM_F.EXCL);
+  }
+
+  replaceRoute(opts: RouteOptions): Promise<void> {
+    return this.routeRequest(RTM.NEWROUTE, opts, NLM_F.CREATE | NLM_F.REPLACE);
   }
 
   delRoute(opts: RouteOptions): Promise<void> {
@@ -620,7 +631,9 @@ class RtnlSocket implements Netlink {
       .map(parseRoute)
       .filter(
         (r) =>
-          (filter.table === undefined || r.table === filter.table) && (oif === undefined || r.oif === oif),
+          (filter.table === undefined || r.table === filter.table) &&
+          (oif === undefined || r.oif === oif) &&
+          (filter.protocol === undefined || r.protocol === filter.protocol),
       );
   }
 }

@@ -87,10 +87,15 @@ export const IFA_F = {
 } as const;
 
 /** RTA_* (struct rtmsg attributes). */
-export const RTA = { DST: 1, OIF: 4, GATEWAY: 5, PRIORITY: 6, PREFSRC: 7, TABLE: 15 } as const;
+export const RTA = { DST: 1, OIF: 4, GATEWAY: 5, PRIORITY: 6, PREFSRC: 7, TABLE: 15, VIA: 18 } as const;
 export const RT_TABLE = { UNSPEC: 0, MAIN: 254, LOCAL: 255 } as const;
 export const RT_SCOPE = { universe: 0, site: 200, link: 253, host: 254, nowhere: 255 } as const;
-export const RTPROT = { KERNEL: 2, BOOT: 3, STATIC: 4 } as const;
+/**
+ * RTPROT_*: who installed a route. BERTH (0xbe = 190) is berthd's own: unused by the kernel's list
+ * (include/uapi/linux/rtnetlink.h: …, 99 openr, 186 bgp, 187 isis, 188 ospf, 189 rip, 192 eigrp) and by
+ * iproute2's rt_protos, so `ip route show proto 190` lists exactly the routes berthd programs.
+ */
+export const RTPROT = { KERNEL: 2, BOOT: 3, STATIC: 4, BERTH: 190 } as const;
 export const RTN_UNICAST = 1;
 
 /** One attribute to encode; `nested` attributes are encoded recursively. */

@@ -138,7 +138,7 @@ export interface Route {
   /** RTA_TABLE (254 = main, 255 = local). */
   table: number;
   scope: number;
-  /** RTPROT_*: 2 kernel, 3 boot, 4 static. */
+  /** RTPROT_*: 2 kernel, 3 boot, 4 static, 190 berthd. */
   protocol: number;
   /** RTN_*: 1 unicast, 2 local, … */
   type: number;
@@ -148,6 +148,10 @@ export interface Route {
 export interface RouteOptions {
   /** CIDR; 0.0.0.0/0 or ::/0 for the default route. */
   dst: string;
+  /**
+   * Next hop. An IPv6 next hop for an IPv4 `dst` is sent as RTA_VIA (RFC 5549, `ip route add … via inet6
+   * <addr>`, Linux ≥ 5.2); the kernel refuses the reverse (EINVAL: IPv6 routes have no RTA_VIA).
+   */
   gateway?: string;
   link?: LinkRef;
   /** The metric (RTA_PRIORITY). */
@@ -158,6 +162,11 @@ export interface RouteOptions {
   scope?: RouteScope;
   /** Preferred source address (RTA_PREFSRC). */
   src?: string;
+  /**
+   * RTPROT_* the route is installed with (default 3, boot, like `ip route add`). On delete, a given
+   * protocol must match (the kernel compares it when non-zero), so a delete never hits another owner's route.
+   */
+  protocol?: number;
 }
 
 export interface RouteFilter {
@@ -165,6 +174,8 @@ export interface RouteFilter {
   /** Only this table (default: every table). */
   table?: number;
   link?: LinkRef;
+  /** Only routes of this RTPROT_* (e.g. 190, berthd's own). */
+  protocol?: number;
 }
 
 export interface WaitOptions {
@@ -228,6 +239,8 @@ export interface Netlink {
 
   /** RTM_NEWROUTE (protocol boot, like `ip route add`); EEXIST when present. */
   addRoute(opts: RouteOptions): Promise<void>;
+  /** RTM_NEWROUTE with NLM_F_REPLACE: adds, or replaces the route of the same dst/table/metric in place. */
+  replaceRoute(opts: RouteOptions): Promise<void>;
   /** RTM_DELROUTE; ESRCH when no route matches. */
   delRoute(opts: RouteOptions): Promise<void>;
   listRoutes(filter?: RouteFilter): Promise<Route[]>;

@@ -212,3 +212,43 @@ describe('routes in a pod namespace only', () => {
     ]);
   });
 });
+
+describe('route ownership by protocol, replace, and next hops of the other family', () => {
+  it('adds with a protocol, lists by it, deletes only a matching one, replaces in place', async () => {
+    const net = NET.pod;
+    const { place, nl, link } = await setup('pod');
+    await nl.addAddress({ link, address: `${net.v4}.2`, prefixLength: 24 });
+    await nl.addAddress({ link, address: `${net.v6}::2`, prefixLength: 64, nodad: true });
+    // An operator's route and berthd's (protocol 190) side by side.
+    await nl.addRoute({ dst: '198.18.20.0/26', gateway: `${net.v4}.1` });
+    await nl.addRoute({ dst: '198.18.20.64/26', gateway: `${net.v4}.3`, protocol: 190 });
+    // An IPv4 block via an IPv6 neighbour (RTA_VIA, RFC 5549; the kernel has no IPv6-via-IPv4 route).
+    await nl.addRoute({ dst: '198.18.22.0/26', gateway: `${net.v6}::3`, protocol: 190 });
+
+    const seen = observeJson<any[]>(place, 'ip', ['route', 'show', 'proto', '190']);
+    expect(seen).toEqual([
+      expect.objectContaining({ dst: '198.18.20.64/26', gateway: `${net.v4}.3` }),
+      expect.objectContaining({ dst: '198.18.22.0/26', via: { family: 'inet6', host: `${net.v6}::3` } }),
+    ]);
+
+    const ours = await nl.listRoutes({ protocol: 190 });
+    expect(ours.map((r) => [r.dst, r.gateway, r.protocol]).sort()).toEqual([
+      ['198.18.20.64/26', `${net.v4}.3`, 190],
+      ['198.18.22.0/26', `${net.v6}::3`, 190],
+    ]);
+
+    // A delete naming protocol 190 does not match the operator's route of the same destination.
+    await nl.addRoute({ dst: '198.18.21.0/26', gateway: `${net.v4}.1` });
+    expect((await rejection(nl.delRoute({ dst: '198.18.21.0/26', protocol: 190 }))).code).toBe('ESRCH');
+    expect(observeJson<any[]>(place, 'ip', ['route', 'show', '198.18.21.0/26'])).toHaveLength(1);
+
+    await nl.replaceRoute({ dst: '198.18.20.64/26', gateway: `${net.v4}.4`, protocol: 190 });
+    expect(observeJson<any[]>(place, 'ip', ['route', 'show', '198.18.20.64/26'])).toEqual([
+      expect.objectContaining({ gateway: `${net.v4}.4`, protocol: '190' }),
+    ]);
+    await nl.delRoute({ dst: '198.18.20.64/26', protocol: 190 });
+    await nl.delRoute({ dst: '198.18.22.0/26', protocol: 190 });
+    expect(await nl.listRoutes({ protocol: 190 })).toEqual([]);
+    expect(observeJson<any[]>(place, 'ip', ['route', 'show', '198.18.20.0/26'])).toHaveLength(1);
+  });
+});
