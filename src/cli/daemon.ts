@@ -1,6 +1,6 @@
 // `berth daemon`: berthd in the foreground (systemd runs it so), options checked here before it starts.
-import { isLogFormat, isLogLevel } from '../ipam/daemon/log';
-import { runDaemon } from '../ipam/daemon/lifecycle';
+import { isLogFormat, isLogLevel } from '../daemon/log';
+import { runDaemon } from '../daemon/lifecycle';
 
 export interface DaemonCliOptions {
   socket?: string;

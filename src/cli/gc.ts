@@ -1,7 +1,7 @@
 // `berth gc`: releases every lease of a network whose attachment is not in a list of valid ones (the same
 // rule as CNI GC's cni.dev/valid-attachments), or only lists them with --dry-run.
 import { readFileSync } from 'node:fs';
-import { openAdminBackend, type BackendOptions } from '../ipam/daemon/admin-backend';
+import { openAdminBackend, type BackendOptions } from '../daemon/admin-backend';
 import type { CliIo } from './leases';
 
 export interface GcCliOptions extends BackendOptions {

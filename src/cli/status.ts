@@ -1,5 +1,5 @@
 // `berth status`: is berthd up, and how full is each network (from the daemon, or from the files).
-import { openAdminBackend, type BackendOptions } from '../ipam/daemon/admin-backend';
+import { openAdminBackend, type BackendOptions } from '../daemon/admin-backend';
 import type { CliIo } from './leases';
 
 export interface StatusCliOptions extends BackendOptions {

@@ -14,9 +14,10 @@ export function assertDistFresh(): void {
     ['src/ipam/daemon-client.ts', 'dist/ipam/daemon-client.js'],
     ['src/ipam/plugin.ts', 'dist/ipam/plugin.js'],
   ];
-  for (const f of readdirSync(join(REPO, 'src/ipam/daemon'))) {
-    if (f.endsWith('.ts'))
-      pairs.push([`src/ipam/daemon/${f}`, `dist/ipam/daemon/${f.replace(/\.ts$/, '.js')}`]);
+  for (const dir of ['ipam/daemon', 'daemon']) {
+    for (const f of readdirSync(join(REPO, 'src', dir))) {
+      if (f.endsWith('.ts')) pairs.push([`src/${dir}/${f}`, `dist/${dir}/${f.replace(/\.ts$/, '.js')}`]);
+    }
   }
   const stale = pairs.filter(
     ([s, d]) =>

@@ -23,7 +23,7 @@ import type {
   NewLease,
   TransactOptions,
 } from '../store';
-import type { Logger } from './log';
+import type { Logger } from './observer';
 import type { FilesystemSync } from './fs-sync';
 import { SpareFiles } from './spare-files';
 

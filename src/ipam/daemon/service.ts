@@ -14,8 +14,8 @@ import { type IpamDeps, add, check, del, gc, status } from '../handlers';
 import { networkNameProblem } from '../../cni-spec/identifiers';
 import { describeRangeSet } from '../range-set';
 import type { Lease, LeaseSession, LeaseStore } from '../store';
-import type { Logger } from './log';
-import type { Metrics } from './metrics';
+import type { Logger } from './observer';
+import type { Counters } from './observer';
 import { FilesystemSync } from './fs-sync';
 import { NetworkStore } from './network-store';
 import type {
@@ -45,7 +45,7 @@ export interface ServiceOptions {
   dataDir?: string;
   bootId: string | undefined;
   log: Logger;
-  metrics?: Metrics;
+  metrics?: Counters;
   now?: () => Date;
   /** Group commit across networks; a new one by default (tests pass one with a slow or failing syncfs). */
   syncer?: FilesystemSync;

@@ -1,7 +1,7 @@
 // berthd's HTTP/1.1 front: routes under /v1/, bodies read with a size limit, every failure answered as a
 // CNI error object with an HTTP status, and the bookkeeping that lets SIGTERM finish what is in flight.
 import * as http from 'node:http';
-import { CniError, ErrorCode, toCniError } from '../../cni-spec/errors';
+import { CniError, ErrorCode, toCniError } from '../cni-spec/errors';
 import type { Logger } from './log';
 import type { Metrics, SampledValue } from './metrics';
 import {
@@ -14,9 +14,9 @@ import {
   type DaemonStatus,
   type Health,
   type Method,
-} from './protocol';
-import type { Service } from './service';
-import { type CallTrace, type LeaseFilter, ServiceError } from './service';
+} from '../ipam/daemon/protocol';
+import type { Service } from '../ipam/daemon/service';
+import { type CallTrace, type LeaseFilter, ServiceError } from '../ipam/daemon/service';
 
 export interface ServerOptions {
   service: Service;

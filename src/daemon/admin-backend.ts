@@ -1,9 +1,9 @@
 // The admin operations behind `berth leases|gc|status`: asked of berthd when its socket answers, otherwise
 // run in-process by the same Service straight on the files (same flock, same layout), so both agree.
-import { CniError, ErrorCode } from '../../cni-spec/errors';
-import { BOOT_ID_FILE, readBootId } from '../boot-id';
-import { DEFAULT_DATA_DIR } from '../config';
-import { DaemonUnavailable, callDaemon } from '../daemon-client';
+import { CniError, ErrorCode } from '../cni-spec/errors';
+import { BOOT_ID_FILE, readBootId } from '../ipam/boot-id';
+import { DEFAULT_DATA_DIR } from '../ipam/config';
+import { DaemonUnavailable, callDaemon } from '../ipam/daemon-client';
 import { createLogger } from './log';
 import type {
   AdminGcReply,
@@ -13,9 +13,9 @@ import type {
   LeaseList,
   LeaseView,
   NetworkView,
-} from './protocol';
-import { DEFAULT_SOCKET } from './protocol';
-import type { LeaseFilter } from './service';
+} from '../ipam/daemon/protocol';
+import { DEFAULT_SOCKET } from '../ipam/daemon/protocol';
+import type { LeaseFilter } from '../ipam/daemon/service';
 
 export interface AdminBackend {
   /** 'daemon' or 'files', for the user to know what answered. */
@@ -82,7 +82,7 @@ function daemonBackend(socket: string, defaults: LeaseFilter): AdminBackend {
 
 function filesBackend(dataDir: string): AdminBackend {
   // Loaded only here: the daemon's store is not needed when the daemon answers.
-  const { Service } = require('./service') as typeof import('./service');
+  const { Service } = require('../ipam/daemon/service') as typeof import('../ipam/daemon/service');
   const log = createLogger({ format: 'text', level: 'warn', write: (s) => process.stderr.write(s) });
   const service = new Service({ dataDir, bootId: readBootId(BOOT_ID_FILE, () => undefined), log });
   const f = (filter: LeaseFilter): LeaseFilter => ({ dataDir, ...filter });

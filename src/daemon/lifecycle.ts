@@ -4,12 +4,12 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
 import { dirname } from 'node:path';
-import { BOOT_ID_FILE, readBootId } from '../boot-id';
+import { BOOT_ID_FILE, readBootId } from '../ipam/boot-id';
 import { type LogFormat, type LogLevel, type Logger, createLogger } from './log';
 import { Metrics } from './metrics';
-import { DEFAULT_SOCKET } from './protocol';
+import { DEFAULT_SOCKET } from '../ipam/daemon/protocol';
 import { BerthServer } from './server';
-import { Service } from './service';
+import { Service } from '../ipam/daemon/service';
 
 export interface DaemonOptions {
   socket?: string;
