@@ -1,0 +1,283 @@
+// Route programming without a kernel: what berthd wants from a block map, how a reconcile moves an
+// in-memory table (with the kernel's matching rules) there, and the block map fed by etcd keys.
+import { describe, expect, it } from 'vitest';
+import { BlockMap, parseClusterKey, underlayOf } from '../../src/cluster/block-map';
+import { RouteProgrammer } from '../../src/cluster/route-programmer';
+import {
+  canonicalCidr,
+  compareRoutes,
+  desiredRoutes,
+  reconcileRoutes,
+  type ClusterView,
+} from '../../src/cluster/routes';
+import { FakeRouteTable } from './fake-route-table';
+
+const P = '/berth/v1';
+const view: ClusterView = {
+  blocks: [
+    { network: 'pods', cidr: '198.19.0.0/26', node: 'n1' },
+    { network: 'pods', cidr: '198.19.0.64/26', node: 'n2' },
+    { network: 'pods', cidr: 'fd00:b:0:0:0:0:0:1c0/122', node: 'n2' },
+    { network: 'pods', cidr: '198.19.0.128/26', node: 'n3' },
+    { network: 'pods', cidr: 'fd00:b::200/122', node: 'n3' },
+  ],
+  alive: [
+    { node: 'n1', underlay: ['198.18.0.11'] },
+    { node: 'n2', underlay: ['198.18.0.12', 'fd00:ff::12'] },
+    { node: 'n3', underlay: ['fd00:ff::13'] },
+  ],
+};
+
+describe('desiredRoutes', () => {
+  it('routes every block of another node via its underlay of the same family; IPv4 may go via IPv6', () => {
+    const d = desiredRoutes(view, 'n1');
+    expect(d.routes).toEqual([
+      { dst: '198.19.0.128/26', via: 'fd00:ff::13', node: 'n3', network: 'pods' },
+      { dst: '198.19.0.64/26', via: '198.18.0.12', node: 'n2', network: 'pods' },
+      { dst: 'fd00:b::1c0/122', via: 'fd00:ff::12', node: 'n2', network: 'pods' },
+      { dst: 'fd00:b::200/122', via: 'fd00:ff::13', node: 'n3', network: 'pods' },
+    ]);
+    expect(d.held).toEqual([]);
+  });
+
+  it('never routes its own blocks; an IPv6 block of a node without IPv6 underlay is held', () => {
+    const d = desiredRoutes(
+      { blocks: [...view.blocks, { network: 'pods', cidr: 'fd00:b::/122', node: 'n1' }], alive: view.alive },
+      'n2',
+    );
+    expect(d.routes.map((r) => r.dst)).not.toContain('198.19.0.64/26');
+    expect(d.held).toEqual([
+      { dst: 'fd00:b::/122', node: 'n1', network: 'pods', reason: 'no underlay of this family' },
+    ]);
+  });
+
+  it('keeps the routes of a node whose lease lapsed via the last underlay seen; holds unknown ones', () => {
+    const lapsed = { blocks: view.blocks, alive: view.alive.filter((n) => n.node !== 'n2') };
+    const withMemory = desiredRoutes(lapsed, 'n1', new Map([['n2', ['198.18.0.12', 'fd00:ff::12']]]));
+    expect(withMemory.routes.filter((r) => r.node === 'n2').map((r) => r.via)).toEqual([
+      '198.18.0.12',
+      'fd00:ff::12',
+    ]);
+    const fresh = desiredRoutes(lapsed, 'n1');
+    expect(fresh.held.map((h) => [h.dst, h.reason])).toEqual([
+      ['198.19.0.64/26', 'underlay unknown'],
+      ['fd00:b::1c0/122', 'underlay unknown'],
+    ]);
+  });
+
+  it('canonicalizes CIDRs (host bits, IPv6 text forms)', () => {
+    expect(canonicalCidr('198.19.0.70/26')).toBe('198.19.0.64/26');
+    expect(canonicalCidr('FD00:B:0::1C0/122')).toBe('fd00:b::1c0/122');
+    expect(canonicalCidr('nonsense')).toBeUndefined();
+  });
+});
+
+describe('reconcileRoutes', () => {
+  it('adds, replaces, removes and deduplicates only proto-190 routes; conflicts and errors are reported', async () => {
+    const t = new FakeRouteTable();
+    // The operator's routes: one unrelated, one on a block berthd wants (conflict).
+    await t.addRoute({ dst: '10.0.0.0/8', gateway: '198.18.0.1' });
+    await t.addRoute({ dst: 'fd00:b::200/122', gateway: 'fd00:ff::99' });
+    // berthd's from before: one right, one with an old next hop, one stale, one duplicate of a wanted dst.
+    await t.addRoute({ dst: '198.19.0.64/26', gateway: '198.18.0.12', protocol: 190 });
+    await t.addRoute({ dst: '198.19.0.64/26', gateway: '198.18.0.99', protocol: 190, priority: 5 });
+    await t.addRoute({ dst: '198.19.0.128/26', gateway: '198.18.0.13', protocol: 190 });
+    await t.addRoute({ dst: '198.19.1.0/26', gateway: '198.18.0.14', protocol: 190 });
+    t.failOn.set('fd00:b::1c0/122', 'ENETUNREACH');
+
+    const out = await reconcileRoutes({ table: t, desired: desiredRoutes(view, 'n1') });
+    expect(out).toMatchObject({
+      added: [],
+      replaced: ['198.19.0.128/26'],
+      removed: ['198.19.0.64/26', '198.19.1.0/26'],
+      unchanged: 1,
+      conflicts: ['fd00:b::200/122'],
+    });
+    expect(out.errors).toEqual([
+      { dst: 'fd00:b::1c0/122', op: 'add', message: expect.stringContaining('ENETUNREACH') },
+    ]);
+    const ours = (await t.listRoutes({ protocol: 190 })).map((r) => `${r.dst} ${r.gateway}`).sort();
+    expect(ours).toEqual(['198.19.0.128/26 fd00:ff::13', '198.19.0.64/26 198.18.0.12']);
+    // The operator's routes are exactly as they were.
+    expect((await t.listRoutes({ protocol: 3 })).map((r) => `${r.dst} ${r.gateway}`).sort()).toEqual([
+      '10.0.0.0/8 198.18.0.1',
+      'fd00:b::200/122 fd00:ff::99',
+    ]);
+
+    // The next run fixes what failed and changes nothing else.
+    t.failOn.clear();
+    const again = await reconcileRoutes({ table: t, desired: desiredRoutes(view, 'n1') });
+    expect(again).toMatchObject({
+      added: ['fd00:b::1c0/122'],
+      replaced: [],
+      removed: [],
+      unchanged: 2,
+      errors: [],
+    });
+  });
+
+  it('leaves the kernel route of a held block alone, and removes everything once nothing is owned', async () => {
+    const t = new FakeRouteTable();
+    await t.addRoute({ dst: '198.19.0.64/26', gateway: '198.18.0.12', protocol: 190 });
+    const lapsed = { blocks: view.blocks, alive: [] };
+    expect(await reconcileRoutes({ table: t, desired: desiredRoutes(lapsed, 'n1') })).toMatchObject({
+      removed: [],
+      added: [],
+    });
+    expect(t.routes).toHaveLength(1);
+    const none = await reconcileRoutes({ table: t, desired: desiredRoutes({ blocks: [], alive: [] }, 'n1') });
+    expect(none.removed).toEqual(['198.19.0.64/26']);
+    expect(t.routes).toEqual([]);
+  });
+
+  it('compareRoutes says, per destination, whether the kernel agrees', () => {
+    const d = desiredRoutes(view, 'n1');
+    const present = [
+      { dst: '198.19.0.64/26', gateway: '198.18.0.12' },
+      { dst: '198.19.0.128/26', gateway: '198.18.0.13' },
+      { dst: 'fd00:b::200/122', gateway: 'fd00:ff::13' },
+      { dst: 'fd00:b::200/122', gateway: 'fd00:ff::13' },
+      { dst: '198.19.9.0/26', gateway: '198.18.0.19' },
+    ].map((r) => ({
+      family: 4 as const,
+      oif: undefined,
+      priority: undefined,
+      table: 254,
+      scope: 0,
+      protocol: 190,
+      type: 1,
+      prefsrc: undefined,
+      ...r,
+    }));
+    expect(compareRoutes(d, present).map((e) => `${e.dst} ${e.state}`)).toEqual([
+      '198.19.0.128/26 wrong-via',
+      '198.19.0.64/26 ok',
+      '198.19.9.0/26 stale',
+      'fd00:b::1c0/122 missing',
+      'fd00:b::200/122 duplicate',
+    ]);
+  });
+});
+
+describe('BlockMap', () => {
+  it('parses block and alive keys under the prefix, and nothing else', () => {
+    expect(parseClusterKey(P, '/berth/v1/nets/pods/blocks/198.19.0.64-26')).toEqual({
+      kind: 'block',
+      network: 'pods',
+      cidr: '198.19.0.64/26',
+    });
+    expect(parseClusterKey(P, '/berth/v1/nets/pods/blocks/fd00::1c0-122')).toMatchObject({
+      cidr: 'fd00::1c0/122',
+    });
+    expect(parseClusterKey(`${P}/`, '/berth/v1/nodes/n1/alive')).toEqual({ kind: 'alive', node: 'n1' });
+    for (const k of [
+      '/berth/v1/nets/pods/config',
+      '/berth/v1/nodes/n1/identity',
+      '/other/v1/nodes/n1/alive',
+      '/berth/v1/nets/pods/blocks/x',
+    ])
+      expect(parseClusterKey(P, k)).toBeUndefined();
+    expect(underlayOf('{"uid":"u","underlay":"198.18.0.11","underlay6":"fd00:ff::11"}')).toEqual([
+      '198.18.0.11',
+      'fd00:ff::11',
+    ]);
+    expect(underlayOf('not json')).toEqual([]);
+  });
+
+  it('is undefined until loaded, then follows puts and deletes and tells its listeners', () => {
+    const m = new BlockMap(P);
+    let heard = 0;
+    m.onChange(() => heard++);
+    m.apply([{ type: 'put', key: `${P}/nodes/n2/alive`, value: '{"underlay":"198.18.0.12"}' }]);
+    expect(m.view()).toBeUndefined();
+    m.reset([
+      { key: `${P}/nets/pods/blocks/198.19.0.64-26`, value: '{"node":"n2"}' },
+      { key: `${P}/nodes/n2/alive`, value: '{"underlay":"198.18.0.12"}' },
+      { key: `${P}/nets/pods/config`, value: '{}' },
+    ]);
+    expect(heard).toBe(1);
+    expect(m.view()).toEqual({
+      blocks: [{ network: 'pods', cidr: '198.19.0.64/26', node: 'n2' }],
+      alive: [{ node: 'n2', underlay: ['198.18.0.12'] }],
+    });
+    m.apply([
+      { type: 'delete', key: `${P}/nets/pods/blocks/198.19.0.64-26` },
+      { type: 'put', key: `${P}/nets/pods/blocks/198.19.0.128-26`, value: '{"node":"n3"}' },
+      { type: 'delete', key: `${P}/nodes/n2/alive` },
+    ]);
+    expect(heard).toBe(2);
+    expect(m.view()).toEqual({
+      blocks: [{ network: 'pods', cidr: '198.19.0.128/26', node: 'n3' }],
+      alive: [],
+    });
+    m.apply([{ type: 'put', key: `${P}/nets/pods/usage/n1`, value: '{}' }]);
+    expect(heard).toBe(2);
+  });
+});
+
+describe('RouteProgrammer', () => {
+  it('does nothing before the map is loaded, then follows it; counts changes; forgets a node with its blocks', async () => {
+    const t = new FakeRouteTable();
+    await t.addRoute({ dst: '198.19.0.64/26', gateway: '198.18.0.12', protocol: 190 });
+    const m = new BlockMap(P);
+    const p = new RouteProgrammer({ source: m, self: 'n1', openTable: () => t, resyncMs: 0, log: () => {} });
+    p.start();
+    await p.reconcileNow();
+    expect(t.calls.filter((c) => !c.startsWith('add 198.19.0.64/26'))).toEqual([]);
+    expect((await p.report()).loaded).toBe(false);
+
+    m.reset([
+      { key: `${P}/nets/pods/blocks/198.19.0.64-26`, value: '{"node":"n2"}' },
+      { key: `${P}/nets/pods/blocks/198.19.0.128-26`, value: '{"node":"n3"}' },
+      { key: `${P}/nodes/n2/alive`, value: '{"underlay":"198.18.0.12"}' },
+      { key: `${P}/nodes/n3/alive`, value: '{"underlay":"198.18.0.13"}' },
+    ]);
+    await p.reconcileNow();
+    expect((await t.listRoutes({ protocol: 190 })).map((r) => r.dst).sort()).toEqual([
+      '198.19.0.128/26',
+      '198.19.0.64/26',
+    ]);
+
+    // n3's lease lapses: its route stays (last underlay). Then n3 is forgotten: its block goes, and the route.
+    m.apply([{ type: 'delete', key: `${P}/nodes/n3/alive` }]);
+    await p.reconcileNow();
+    expect((await t.listRoutes({ protocol: 190 })).map((r) => r.dst)).toContain('198.19.0.128/26');
+    m.apply([{ type: 'delete', key: `${P}/nets/pods/blocks/198.19.0.128-26` }]);
+    await p.reconcileNow();
+    expect((await t.listRoutes({ protocol: 190 })).map((r) => r.dst)).toEqual(['198.19.0.64/26']);
+
+    const report = await p.report();
+    expect(report.entries.map((e) => `${e.dst} ${e.state} ${e.via}`)).toEqual([
+      '198.19.0.64/26 ok 198.18.0.12',
+    ]);
+    const samples = p.samples();
+    const value = (name: string, labels: Record<string, string> = {}) =>
+      samples.find((s) => s.name === name && JSON.stringify(s.labels) === JSON.stringify(labels))?.value;
+    expect(value('berthd_cluster_routes', { family: 'ipv4' })).toBe(1);
+    expect(value('berthd_cluster_route_changes_total', { op: 'added' })).toBe(1);
+    expect(value('berthd_cluster_route_changes_total', { op: 'removed' })).toBe(1);
+    expect(value('berthd_cluster_route_reconcile_errors_total')).toBe(0);
+    await p.stop();
+    expect(t.routes).toHaveLength(1);
+  });
+
+  it('coalesces bursts of changes into few reconciles and counts failures', async () => {
+    const t = new FakeRouteTable();
+    const m = new BlockMap(P);
+    m.reset([{ key: `${P}/nodes/n2/alive`, value: '{"underlay":"198.18.0.12"}' }]);
+    const p = new RouteProgrammer({ source: m, self: 'n1', openTable: () => t, resyncMs: 0, log: () => {} });
+    p.start();
+    t.failOn.set('198.19.0.192/26', 'ENETUNREACH');
+    for (let i = 0; i < 4; i++)
+      m.apply([{ type: 'put', key: `${P}/nets/pods/blocks/198.19.0.${i * 64}-26`, value: '{"node":"n2"}' }]);
+    await p.reconcileNow();
+    const reconciles = p.samples().find((s) => s.name === 'berthd_cluster_route_reconciles_total')!.value;
+    expect(reconciles).toBeLessThanOrEqual(3);
+    expect(t.routes.map((r) => r.dst).sort()).toEqual(['198.19.0.0/26', '198.19.0.128/26', '198.19.0.64/26']);
+    expect(
+      p.samples().find((s) => s.name === 'berthd_cluster_route_reconcile_errors_total')!.value,
+    ).toBeGreaterThan(0);
+    expect(t.closed).toBeGreaterThan(0);
+    await p.stop();
+  });
+});
