@@ -10,7 +10,7 @@ import { toKernelCniError } from '../netlink/errors';
 import { openNetns } from '../netlink/netns';
 import type { Link } from '../netlink/types';
 import { confFromRequest, wantsVlanFiltering, type BridgeConf } from './config';
-import { planAddresses, parseCidr, type AddressPlan, type GatewayAddress } from './gateway';
+import { canonicalIp, planAddresses, parseCidr, type AddressPlan, type GatewayAddress } from './gateway';
 import {
   hostNetlink,
   isCode,
@@ -187,8 +187,12 @@ async function configureContainer(ctx: AddContext, plan: AddressPlan | undefined
     if (gwOf[f] === undefined && ip.gateway !== undefined) gwOf[f] = ip.gateway;
   }
   for (const r of plan.routes) {
-    const f = parseCidr(r.dst).family;
-    const gw = r.gw ?? gwOf[f];
+    const dst = parseCidr(r.dst);
+    const f = dst.family;
+    // A route to the gateway itself (a host-routed pod's on-link route) never goes via the gateway.
+    const toGateway =
+      gwOf[f] !== undefined && dst.prefixLen === (f === 4 ? 32 : 128) && dst.ip === canonicalIp(gwOf[f]);
+    const gw = r.gw ?? (toGateway ? undefined : gwOf[f]);
     try {
       await pod.addRoute({
         dst: r.dst,
@@ -465,6 +469,11 @@ export async function cmdAdd(req: Request): Promise<Result> {
               ...(target.mac !== undefined ? { mac: target.mac } : {}),
             });
           const added = await ensureGateways(ctx, target, p.gateways);
+          if (p.gateways.some((g) => g.hostRouted === true)) {
+            // Host-routed pods reach each other through the gateway; a redirect would tell a pod to skip it
+            // for a neighbour its own routes do not put on-link.
+            trySysctl(undefined, `net/ipv4/conf/${target.name}/send_redirects`, '0');
+          }
           if (added.length > 0) {
             undo.push('remove gateway addresses', () =>
               withNetworkLock(lockOpts, async () => {

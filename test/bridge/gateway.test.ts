@@ -59,3 +59,43 @@ describe('planAddresses', () => {
     expect(p.routes).toEqual([{ dst: '0.0.0.0/0', gw: '198.18.128.254' }]);
   });
 });
+
+describe('planAddresses with host-routed addresses (cluster networks)', () => {
+  const ipam = [
+    { address: '198.19.0.70/32', gateway: '198.19.0.1' },
+    { address: 'fd00:b::46/128', gateway: 'fd00:b::1' },
+  ];
+  const routes = [
+    { dst: '198.19.0.0/24', gw: '198.19.0.1' },
+    { dst: '198.19.0.0/16', gw: '198.19.0.1' },
+    { dst: 'fd00:b::/64', gw: 'fd00:b::1' },
+    { dst: '198.18.5.0/24', gw: '198.19.0.1' },
+  ];
+
+  it('puts the gateway on the bridge with the widest pool route via it, and on-link routes first', () => {
+    const p = planAddresses(conf({ isGateway: true, isDefaultGateway: true }), ipam, routes);
+    expect(p.gateways).toEqual([
+      { family: 4, cidr: '198.19.0.1/16', ip: '198.19.0.1', prefixLen: 16, hostRouted: true },
+      { family: 6, cidr: 'fd00:b::1/64', ip: 'fd00:b::1', prefixLen: 64, hostRouted: true },
+    ]);
+    expect(p.routes.slice(0, 2)).toEqual([{ dst: '198.19.0.1/32' }, { dst: 'fd00:b::1/128' }]);
+    expect(p.routes.slice(-2)).toEqual([
+      { dst: '0.0.0.0/0', gw: '198.19.0.1' },
+      { dst: '::/0', gw: 'fd00:b::1' },
+    ]);
+    expect(p.masq).toEqual([
+      { ip: '198.19.0.70', family: 4, subnet: '198.19.0.0', prefixLen: 16 },
+      { ip: 'fd00:b::46', family: 6, subnet: 'fd00:b::', prefixLen: 64 },
+    ]);
+  });
+
+  it('an address equal to its gateway, or a host prefix without gateway, is not host-routed', () => {
+    const p = planAddresses(conf({}), [{ address: '198.19.0.9/32' }], []);
+    expect(p.gateways).toEqual([]);
+    expect(p.routes).toEqual([]);
+  });
+
+  it('refuses without a pool route (code 7)', () => {
+    expect(() => planAddresses(conf({ isGateway: true }), ipam, [])).toThrow(/no route via 198.19.0.1/);
+  });
+});
