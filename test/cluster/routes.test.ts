@@ -281,3 +281,41 @@ describe('RouteProgrammer', () => {
     await p.stop();
   });
 });
+
+describe('followBlockMap', () => {
+  it('loads with one range, follows watch events, reloads on compaction', async () => {
+    const { followBlockMap } = await import('../../src/cluster/block-map-feed');
+    let store = [{ key: `${P}/nets/pods/blocks/198.19.0.64-26`, value: '{"node":"n2"}' }];
+    let handlers: any;
+    let watchedFrom = '';
+    const etcd = {
+      range: (key: string) =>
+        Promise.resolve({ kvs: store.filter((kv) => kv.key.startsWith(key)), revision: '41' }),
+      watch: (_prefix: string, from: string, h: any) => {
+        watchedFrom = from;
+        handlers = h;
+        return { close: () => undefined };
+      },
+    };
+    const map = new BlockMap(P);
+    const logs: string[] = [];
+    await followBlockMap({ etcd, map, prefix: P, log: (l) => logs.push(l) });
+    expect(watchedFrom).toBe('42');
+    expect(map.view()?.blocks).toEqual([{ network: 'pods', cidr: '198.19.0.64/26', node: 'n2' }]);
+    handlers.onEvents(
+      [
+        { type: 'PUT', kv: { key: `${P}/nodes/n2/alive`, value: '{"underlay":"198.18.0.12"}' } },
+        { type: 'DELETE', kv: { key: `${P}/nets/pods/blocks/198.19.0.64-26`, value: '' } },
+      ],
+      '43',
+    );
+    expect(map.view()).toEqual({ blocks: [], alive: [{ node: 'n2', underlay: ['198.18.0.12'] }] });
+    store = [{ key: `${P}/nets/pods/blocks/198.19.0.128-26`, value: '{"node":"n3"}' }];
+    expect(await handlers.onReset()).toBe('42');
+    expect(map.view()).toEqual({
+      blocks: [{ network: 'pods', cidr: '198.19.0.128/26', node: 'n3' }],
+      alive: [],
+    });
+    expect(logs.join('\n')).toContain('compacted');
+  });
+});
