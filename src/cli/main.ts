@@ -174,4 +174,14 @@ function registerBerthd(program: Command, setExit: (code: number) => void): void
       const { runStatus } = require('./status') as typeof import('./status');
       setExit(await runStatus(o, io));
     });
+  const cluster = program.command('cluster').description('cluster networks: state shared between nodes');
+  cluster
+    .command('routes')
+    .description("routes berthd keeps to other nodes' blocks (proto 190), and whether the kernel agrees")
+    .option('--socket <path>', 'berthd socket (default /run/berth/berthd.sock)')
+    .option('--json', 'JSON output')
+    .action(async (o: import('./cluster-routes').ClusterRoutesCliOptions) => {
+      const { runClusterRoutes } = require('./cluster-routes') as typeof import('./cluster-routes');
+      setExit(await runClusterRoutes(o, io));
+    });
 }

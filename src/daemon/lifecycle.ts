@@ -19,6 +19,8 @@ export interface DaemonOptions {
   /** `HOST:PORT` for a TCP listener serving only /metrics; none unless asked for. */
   metricsAddress?: string;
   env?: NodeJS.ProcessEnv;
+  /** On a cluster node: berthd's route programmer (see src/cluster/route-programmer.ts). */
+  routes?: import('./server').ServerOptions['routes'];
   /** Resolves when the daemon listens (tests, benches). */
   onListening?: (info: { socket: string }) => void;
 }
@@ -107,7 +109,13 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
     ...(o.dataDir !== undefined ? { dataDir: o.dataDir } : {}),
   });
   const socketPath = o.socket ?? DEFAULT_SOCKET;
-  const server = new BerthServer({ service, log, metrics, socketPath });
+  const server = new BerthServer({
+    service,
+    log,
+    metrics,
+    socketPath,
+    ...(o.routes !== undefined ? { routes: o.routes } : {}),
+  });
 
   const fd = activationFd(env);
   let ownSocket = false;

@@ -2,6 +2,7 @@
 // CNI error object with an HTTP status, and the bookkeeping that lets SIGTERM finish what is in flight.
 import * as http from 'node:http';
 import { CniError, ErrorCode, toCniError } from '../cni-spec/errors';
+import type { RouteMetricSample, RoutesReport } from '../cluster/route-programmer';
 import type { Logger } from './log';
 import type { Metrics, SampledValue } from './metrics';
 import {
@@ -25,6 +26,8 @@ export interface ServerOptions {
   /** Shown in /v1/status. */
   socketPath: string;
   maxBodyBytes?: number;
+  /** On a cluster node: the route programmer (routes to other nodes' blocks), for /v1/cluster/routes and /metrics. */
+  routes?: { report(): Promise<RoutesReport>; samples(): RouteMetricSample[] };
 }
 
 /** HTTP status for a CNI code when the raising code did not choose one. */
@@ -155,7 +158,11 @@ export class BerthServer {
   private routeName(method: string, path: string): string {
     if (path.startsWith('/v1/leases/')) return `${method} /v1/leases/:id`;
     if (CNI_ROUTES.has(path) || path === Gc.path) return `${method} ${path}`;
-    if (['/v1/leases', '/v1/status', '/v1/health', '/v1/metrics', '/metrics'].includes(path))
+    if (
+      ['/v1/leases', '/v1/status', '/v1/health', '/v1/metrics', '/metrics', '/v1/cluster/routes'].includes(
+        path,
+      )
+    )
       return `${method} ${path}`;
     return 'unknown';
   }
@@ -324,6 +331,16 @@ export class BerthServer {
       if (method !== 'GET') wrongMethod('GET');
       return this.metricsText();
     }
+    if (path === '/v1/cluster/routes') {
+      if (method !== 'GET') wrongMethod('GET');
+      if (this.o.routes === undefined)
+        throw new ServiceError(
+          404,
+          ErrorCode.UnsupportedField,
+          'this berthd programs no routes between nodes (it is not a cluster node)',
+        );
+      return { body: await this.o.routes.report() };
+    }
     throw new ServiceError(
       404,
       ErrorCode.UnsupportedField,
@@ -399,6 +416,7 @@ export class BerthServer {
       ),
       { name: 'berthd_in_flight', help: 'Requests being served.', labels: {}, value: this.inFlight },
     );
+    if (this.o.routes !== undefined) sampled.push(...this.o.routes.samples());
     return this.o.metrics.render(sampled);
   }
 }
