@@ -11,7 +11,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 log() { echo "ensure-deps: $*" >&2; }
 
 pkgs=(nftables iproute2 iputils-ping jq containernetworking-plugins build-essential python3 golang-go
-  golang-github-appc-cni-dev curl)
+  golang-github-appc-cni-dev curl etcd-server etcd-client)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

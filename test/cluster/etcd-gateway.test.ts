@@ -1,0 +1,228 @@
+// The gateway client against the in-memory fake: txn semantics as etcd has them, lease ids beyond 2^53 kept
+// exact, failover between members, auth, watch with reconnect and compaction.
+import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import {
+  EtcdGateway,
+  EtcdUnavailableError,
+  type WatchEvent,
+  parseJsonKeepingBigInts,
+  prefixEnd,
+} from '../../src/cluster/etcd-gateway';
+import { FakeEtcd } from './fake-etcd';
+
+let fake: FakeEtcd;
+let urls: string[];
+const clients: EtcdGateway[] = [];
+
+function client(opts: Partial<ConstructorParameters<typeof EtcdGateway>[0]> = {}): EtcdGateway {
+  const c = new EtcdGateway({ endpoints: urls, timeoutMs: 300, ...opts });
+  clients.push(c);
+  return c;
+}
+
+beforeEach(async () => {
+  fake = new FakeEtcd();
+  urls = [await fake.addMember(), await fake.addMember(), await fake.addMember()];
+});
+
+afterEach(async () => {
+  for (const c of clients.splice(0)) c.close();
+  await fake.close();
+});
+
+const until = async (cond: () => boolean, ms = 3000): Promise<void> => {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+};
+
+describe('JSON with int64', () => {
+  test('long integer literals outside strings become strings; strings untouched', () => {
+    const v = parseJsonKeepingBigInts(
+      '{"ID":7587880000000000123,"s":"x: 12345678901234567890","n":5}',
+    ) as Record<string, unknown>;
+    expect(v.ID).toBe('7587880000000000123');
+    expect(v.s).toBe('x: 12345678901234567890');
+    expect(v.n).toBe(5);
+  });
+
+  test('prefixEnd increments the last byte', () => {
+    expect(Buffer.from(prefixEnd('/a/'), 'base64').toString()).toBe('/a0');
+  });
+});
+
+describe('kv and txn', () => {
+  test('put/range/delete with revisions as strings', async () => {
+    const c = client();
+    const rev = await c.put('/t/a', 'one');
+    const kv = await c.get('/t/a');
+    expect(kv).toMatchObject({
+      key: '/t/a',
+      value: 'one',
+      createRevision: rev,
+      modRevision: rev,
+      version: '1',
+    });
+    await c.put('/t/b', 'two');
+    const r = await c.range('/t/', { prefix: true });
+    expect(r.kvs.map((k) => k.key)).toEqual(['/t/a', '/t/b']);
+    expect(await c.deleteRange('/t/', { prefix: true })).toBe('2');
+    expect(await c.get('/t/a')).toBeUndefined();
+  });
+
+  test('create_revision == 0 lets exactly one of two claims win; the loser sees the winner', async () => {
+    const a = client();
+    const b = client();
+    const claim = (who: EtcdGateway, v: string) =>
+      who.txn({
+        compare: [{ key: '/blk/1', target: 'CREATE', createRevision: '0' }],
+        success: [{ put: { key: '/blk/1', value: v } }],
+        failure: [{ range: { key: '/blk/1' } }],
+      });
+    const [ra, rb] = await Promise.all([claim(a, 'A'), claim(b, 'B')]);
+    expect([ra.succeeded, rb.succeeded].sort()).toEqual([false, true]);
+    const loser = ra.succeeded ? rb : ra;
+    const winner = ra.succeeded ? 'A' : 'B';
+    const seen = loser.responses[0]!;
+    expect('range' in seen && seen.range.kvs[0]!.value).toBe(winner);
+    expect(fake.get('/blk/1')!.value).toBe(winner);
+  });
+
+  test('lease compare: a key put under a lease compares equal to that exact id (> 2^53)', async () => {
+    const c = client();
+    const lease = await c.leaseGrant(10);
+    expect(BigInt(lease.id) > BigInt(Number.MAX_SAFE_INTEGER)).toBe(true);
+    await c.put('/n/alive', 'x', lease.id);
+    const near = (BigInt(lease.id) + 1n).toString();
+    const good = await c.txn({
+      compare: [{ key: '/n/alive', target: 'LEASE', lease: lease.id }],
+      success: [{ put: { key: '/ok', value: '1' } }],
+      failure: [],
+    });
+    const bad = await c.txn({
+      compare: [{ key: '/n/alive', target: 'LEASE', lease: near }],
+      success: [{ put: { key: '/bad', value: '1' } }],
+      failure: [],
+    });
+    expect(good.succeeded).toBe(true);
+    expect(bad.succeeded).toBe(false);
+    expect(fake.get('/bad')).toBeUndefined();
+    expect(fake.get('/n/alive')!.lease.toString()).toBe(lease.id);
+  });
+
+  test('value compare on a missing key is false; mod revision CAS', async () => {
+    const c = client();
+    const r = await c.txn({
+      compare: [{ key: '/missing', target: 'VALUE', value: '' }],
+      success: [{ put: { key: '/x', value: '1' } }],
+      failure: [],
+    });
+    expect(r.succeeded).toBe(false);
+    const rev = await c.put('/cas', 'a');
+    await c.put('/cas', 'b');
+    const stale = await c.txn({
+      compare: [{ key: '/cas', target: 'MOD', modRevision: rev }],
+      success: [{ deleteRange: { key: '/cas' } }],
+      failure: [],
+    });
+    expect(stale.succeeded).toBe(false);
+    expect(fake.get('/cas')!.value).toBe('b');
+  });
+});
+
+describe('leases', () => {
+  test('keepalive renews; an expired lease takes its key and keepalive answers 0', async () => {
+    let t = 1_000_000;
+    fake.now = () => t;
+    const c = client();
+    const lease = await c.leaseGrant(5);
+    await c.put('/n/alive', 'x', lease.id);
+    t += 4000;
+    expect(await c.leaseKeepAlive(lease.id)).toBe(5);
+    t += 4000;
+    expect(await c.get('/n/alive')).toBeDefined();
+    t += 6000;
+    expect(await c.get('/n/alive')).toBeUndefined();
+    expect(await c.leaseKeepAlive(lease.id)).toBe(0);
+  });
+});
+
+describe('endpoints', () => {
+  test('a member that hangs, refuses or answers 503 is skipped; lastContact moves', async () => {
+    const c = client();
+    await c.put('/k', 'v');
+    const before = c.lastContact!;
+    fake.setMode(0, 'hang');
+    fake.setMode(1, 'unavailable');
+    expect((await c.get('/k'))!.value).toBe('v');
+    expect(c.endpointInUse).toBe(urls[2]);
+    expect(c.lastContact!).toBeGreaterThan(before);
+    fake.setMode(2, 'refuse');
+    fake.setMode(0, 'up');
+    expect((await c.get('/k'))!.value).toBe('v');
+    expect(c.endpointInUse).toBe(urls[0]);
+  });
+
+  test('no member answers: EtcdUnavailableError naming each', async () => {
+    const c = client();
+    for (let i = 0; i < 3; i++) fake.setMode(i, i === 0 ? 'hang' : 'unavailable');
+    const err = await c.get('/k').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(EtcdUnavailableError);
+    expect(String(err)).toContain(urls[0]);
+    expect(await c.health(urls[1])).toBe(false);
+  });
+});
+
+describe('auth', () => {
+  test('authenticates, and again when the token is refused', async () => {
+    fake.auth = { user: 'berth', password: 'pw' };
+    const c = client({ auth: { user: 'berth', password: 'pw' } });
+    await c.put('/k', 'v');
+    expect((await c.get('/k'))!.value).toBe('v');
+    const wrong = client({ auth: { user: 'berth', password: 'nope' } });
+    await expect(wrong.get('/k')).rejects.toThrow(/authentication failed/);
+    const none = client();
+    await expect(none.get('/k')).rejects.toThrow(/invalid auth token/);
+  });
+});
+
+describe('watch', () => {
+  test('events with prev_kv; reconnects after the member dropped it; resets after compaction', async () => {
+    const c = client();
+    const start = await c.put('/w/0', 'zero');
+    const seen: WatchEvent[] = [];
+    let resets = 0;
+    const w = c.watch('/w/', (BigInt(start) + 1n).toString(), {
+      onEvents: (ev) => seen.push(...ev),
+      onReset: async () => {
+        resets++;
+        return (await c.range('/w/', { prefix: true })).revision;
+      },
+    });
+    try {
+      await c.put('/w/1', 'one');
+      await c.put('/w/0', 'zero2');
+      await c.deleteRange('/w/1');
+      await until(() => seen.length === 3);
+      expect(seen.map((e) => `${e.type} ${e.kv.key}`)).toEqual(['PUT /w/1', 'PUT /w/0', 'DELETE /w/1']);
+      expect(seen[1]!.prevKv!.value).toBe('zero');
+      // The member drops every watch; a write happens while the watch is away; it must not be missed.
+      fake.setMode(0, 'refuse');
+      fake.setMode(0, 'up');
+      await c.put('/w/2', 'two');
+      await until(() => seen.length === 4, 5000);
+      expect(seen[3]!.kv.key).toBe('/w/2');
+      // History compacted while away: the watch asks for a fresh range.
+      fake.compact();
+      fake.setMode(0, 'refuse');
+      await c.put('/w/3', 'three');
+      fake.compact();
+      fake.setMode(0, 'up');
+      await until(() => resets === 1, 5000);
+    } finally {
+      w.close();
+    }
+  });
+});
