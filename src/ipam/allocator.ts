@@ -118,6 +118,9 @@ export interface AllocateOptions {
   exclude: readonly Cidr[];
 }
 
+/** The range set has no free address left (a cluster network then claims another block). */
+export class RangeSetExhaustedError extends CniError {}
+
 /** Reserves one address of the set (the requested one, or the next candidate) and returns it. */
 export async function allocateFromSet(o: AllocateOptions): Promise<Ip> {
   const lease = { containerId: o.containerId, ifname: o.ifname, meta: o.meta };
@@ -157,7 +160,10 @@ export async function allocateFromSet(o: AllocateOptions): Promise<Ip> {
   for (;;) {
     const cand = nextCandidate({ set: o.set, start, occupancy, blocked });
     if (cand === undefined) {
-      throw new CniError(ErrorCode.Internal, `no IP addresses available in range set: ${where}`);
+      throw new RangeSetExhaustedError(
+        ErrorCode.Internal,
+        `no IP addresses available in range set: ${where}`,
+      );
     }
     const ip = ipAtOrdinal(o.set, cand);
     if (refused.has(cand)) {

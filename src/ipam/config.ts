@@ -6,6 +6,7 @@ import { specHasMultipleIPs } from '../cni-spec/versions';
 import type { Route } from '../cni-spec/types/result';
 import { type Cidr, type Ip, formatIp, parseCidr, parseIp } from './address';
 import type { Policy } from './allocator';
+import { type ClusterSettings, parseClusterSettings } from './cluster-blocks';
 import { checkNetworkName } from './names';
 import { type Range, canonicalizeRangeSet, rangeSetsOverlap } from './range-set';
 
@@ -28,6 +29,8 @@ export interface IpamConfig {
   releaseOnReboot: boolean;
   /** Requested addresses, merged in host-local's order (CNI_ARGS IP, args.cni.ips, runtimeConfig.ips). */
   requested: Ip[];
+  /** berth: `ipam.cluster` makes the range sets pools shared through etcd (design/cluster-ipam.md). */
+  cluster?: ClusterSettings;
 }
 
 /** What the config is read from: the request's parts, without the rest of the Request. */
@@ -179,6 +182,8 @@ export function parseIpamConfig(input: ConfigInput): IpamConfig {
     requested: uniqueRequested,
   };
   if (typeof resolvConf === 'string' && resolvConf !== '') conf.resolvConf = resolvConf;
+  const cluster = parseClusterSettings(ipam.cluster);
+  if (cluster !== undefined) conf.cluster = cluster;
   return conf;
 }
 

@@ -5,7 +5,8 @@ import type { Request } from '../cni-spec/request';
 import type { IPConfig, Result } from '../cni-spec/types/result';
 import { IMPLEMENTED_VERSION } from '../cni-spec/versions';
 import { type Ip, formatIp, parseCidr, sameIp } from './address';
-import { allocateFromSet, blockedOrdinals, nextCandidate } from './allocator';
+import { RangeSetExhaustedError, allocateFromSet, blockedOrdinals, nextCandidate } from './allocator';
+import type { ClusterAllocator } from './cluster-blocks';
 import { type ConfigInput, type IpamConfig, parseIpamConfig, parseIpamConfigForRelease } from './config';
 import { checkContainerId, checkIfname } from './names';
 import { describeRangeSet, rangeFor, rangeSetContains } from './range-set';
@@ -19,6 +20,19 @@ export interface IpamDeps {
   bootId: string | undefined;
   warn(msg: string): void;
   now(): Date;
+  /** Cluster networks (`ipam.cluster`): the node's owned blocks of each pool, and claims of more. */
+  cluster?: ClusterAllocator;
+}
+
+function clusterOf(conf: IpamConfig, deps: IpamDeps): ClusterAllocator | undefined {
+  if (conf.cluster === undefined) return undefined;
+  if (deps.cluster === undefined) {
+    throw new CniError(
+      ErrorCode.Internal,
+      `network ${conf.network} is a cluster network; this store has no blocks`,
+    );
+  }
+  return deps.cluster;
 }
 
 /** Code for an ADD/STATUS that cannot be served because a pool is full or the store unwritable (spec: STATUS). */
@@ -88,63 +102,102 @@ export async function add(req: Request, deps: IpamDeps): Promise<Result> {
   const pod = podIdentity(req.cniArgs);
   if (pod !== undefined) meta.pod = pod;
 
-  const ips = await deps.openStore(conf).transact(async (s) => {
-    await releaseEarlierBoots(s, conf, deps);
-    // Idempotent ADD: what the attachment already holds is returned again (legacy id-only leases do not count,
-    // as in host-local's duplicate check).
-    const held = (await s.leasesOf(att)).filter((l) => l.ifname === att.ifname);
-    const remaining = [...conf.requested];
-    const taken: Lease[] = [];
-    const out: IPConfig[] = [];
-    try {
-      for (const [setId, set] of conf.rangeSets.entries()) {
-        const idx = remaining.findIndex((ip) => rangeSetContains(set, ip));
-        const requested = idx === -1 ? undefined : remaining.splice(idx, 1)[0];
-        const existing = held.find((l) => rangeSetContains(set, l.ip));
-        if (existing !== undefined) {
-          if (requested !== undefined && !sameIp(requested, existing.ip)) {
+  const cluster = clusterOf(conf, deps);
+  const started = deps.now().getTime();
+  let ips: IPConfig[];
+  for (;;) {
+    // On a cluster network a range set with no free owned address ends the attempt (nothing kept), a block
+    // is claimed outside the lock, and the ADD runs again.
+    const outcome = await deps
+      .openStore(conf)
+      .transact(async (s): Promise<{ ips: IPConfig[] } | { need: number }> => {
+        await releaseEarlierBoots(s, conf, deps);
+        const sets = cluster === undefined ? conf.rangeSets : await cluster.ownedRangeSets(conf);
+        // Idempotent ADD: what the attachment already holds is returned again (legacy id-only leases do not count,
+        // as in host-local's duplicate check).
+        const held = (await s.leasesOf(att)).filter((l) => l.ifname === att.ifname);
+        const remaining = [...conf.requested];
+        const taken: Lease[] = [];
+        const out: IPConfig[] = [];
+        try {
+          for (const [setId, pool] of conf.rangeSets.entries()) {
+            const set = sets[setId]!;
+            const idx = remaining.findIndex((ip) => rangeSetContains(pool, ip));
+            const requested = idx === -1 ? undefined : remaining.splice(idx, 1)[0];
+            const existing = held.find((l) => rangeSetContains(pool, l.ip));
+            if (existing !== undefined) {
+              if (requested !== undefined && !sameIp(requested, existing.ip)) {
+                throw new CniError(
+                  ErrorCode.InvalidNetworkConfig,
+                  `failed to allocate for range ${setId}: ${att.containerId}/${att.ifname} already holds ${formatIp(existing.ip)}, not the requested ${formatIp(requested)}`,
+                );
+              }
+              out.push(ipConfig(conf, setId, existing.ip));
+              continue;
+            }
+            if (set.length === 0) {
+              if (requested !== undefined) {
+                throw new CniError(
+                  ErrorCode.InvalidNetworkConfig,
+                  `failed to allocate for range ${setId}: requested IP address ${formatIp(requested)} is not in a block this node owns`,
+                );
+              }
+              for (const l of taken.reverse()) await s.release(l);
+              return { need: setId };
+            }
+            let ip: Ip;
+            try {
+              ip = await allocateFromSet({
+                session: s,
+                set,
+                setId,
+                ...att,
+                meta,
+                ...(requested === undefined ? {} : { requested }),
+                policy: conf.policy,
+                exclude: conf.exclude,
+              });
+            } catch (err) {
+              if (!(err instanceof CniError)) throw err;
+              if (cluster !== undefined && err instanceof RangeSetExhaustedError) {
+                for (const l of taken.reverse()) await s.release(l);
+                return { need: setId };
+              }
+              throw new CniError(
+                err.code,
+                `failed to allocate for range ${setId}: ${err.message}`,
+                err.details,
+                {
+                  cause: err,
+                },
+              );
+            }
+            taken.push({ ip, ...att, meta });
+            out.push(ipConfig(conf, setId, ip));
+          }
+          if (remaining.length > 0) {
             throw new CniError(
               ErrorCode.InvalidNetworkConfig,
-              `failed to allocate for range ${setId}: ${att.containerId}/${att.ifname} already holds ${formatIp(existing.ip)}, not the requested ${formatIp(requested)}`,
+              `failed to allocate all requested IPs: ${remaining.map(formatIp).join(' ')} (in no configured range set)`,
             );
           }
-          out.push(ipConfig(conf, setId, existing.ip));
-          continue;
-        }
-        let ip: Ip;
-        try {
-          ip = await allocateFromSet({
-            session: s,
-            set,
-            setId,
-            ...att,
-            meta,
-            ...(requested === undefined ? {} : { requested }),
-            policy: conf.policy,
-            exclude: conf.exclude,
-          });
         } catch (err) {
-          if (!(err instanceof CniError)) throw err;
-          throw new CniError(err.code, `failed to allocate for range ${setId}: ${err.message}`, err.details, {
-            cause: err,
-          });
+          // Nothing of a failed ADD stays: every range set is allocated under this one lock.
+          for (const l of taken.reverse()) await s.release(l);
+          throw err;
         }
-        taken.push({ ip, ...att, meta });
-        out.push(ipConfig(conf, setId, ip));
-      }
-      if (remaining.length > 0) {
-        throw new CniError(
-          ErrorCode.InvalidNetworkConfig,
-          `failed to allocate all requested IPs: ${remaining.map(formatIp).join(' ')} (in no configured range set)`,
-        );
-      }
-    } catch (err) {
-      // Nothing of a failed ADD stays: every range set is allocated under this one lock.
-      for (const l of taken.reverse()) await s.release(l);
-      throw err;
+        return { ips: out };
+      });
+    if ('ips' in outcome) {
+      ips = outcome.ips;
+      break;
     }
-    return out;
-  });
+    await cluster!.needMore(conf, outcome.need, started);
+  }
+  cluster?.afterAdd(
+    conf,
+    ips.map((c) => parseCidr(c.address)!.ip),
+  );
 
   const result: Result = { cniVersion: IMPLEMENTED_VERSION, ips };
   if (conf.routes.length > 0) result.routes = conf.routes;
@@ -155,10 +208,13 @@ export async function add(req: Request, deps: IpamDeps): Promise<Result> {
 export async function del(req: Request, deps: IpamDeps): Promise<void> {
   const conf = parseIpamConfigForRelease(configInput(req), deps.warn);
   const att = attachmentOf(req);
-  await deps.openStore(conf).transact(async (s) => {
+  const released = await deps.openStore(conf).transact(async (s) => {
     // By attachment, not by range: a DEL after the ranges changed still frees the address.
-    for (const l of await s.leasesOf(att)) await s.release(l);
+    const leases = await s.leasesOf(att);
+    for (const l of leases) await s.release(l);
+    return leases.map((l) => l.ip);
   });
+  if (conf.cluster !== undefined && released.length > 0) deps.cluster?.afterRelease(conf, released);
 }
 
 export async function check(req: Request, deps: IpamDeps): Promise<void> {
@@ -205,6 +261,7 @@ export async function gc(req: Request, deps: IpamDeps): Promise<void> {
   const validKeys = new Set(valid.map((a) => `${a.containerID}\n${a.ifname}`));
   const validIds = new Set(valid.map((a) => a.containerID));
   const failures: string[] = [];
+  const released: Ip[] = [];
   await deps.openStore(conf).transact(async (s) => {
     for (const l of await s.all()) {
       // A legacy lease names no interface: it stays while any attachment of its container is valid.
@@ -213,11 +270,13 @@ export async function gc(req: Request, deps: IpamDeps): Promise<void> {
       if (keep) continue;
       try {
         await s.release(l);
+        released.push(l.ip);
       } catch (err) {
         failures.push(`${formatIp(l.ip)}: ${(err as Error).message}`);
       }
     }
   });
+  if (conf.cluster !== undefined && released.length > 0) deps.cluster?.afterRelease(conf, released);
   if (failures.length > 0) {
     throw new CniError(
       ErrorCode.IoFailure,
@@ -237,12 +296,29 @@ export async function status(req: Request, deps: IpamDeps): Promise<void> {
       `lease store of network ${conf.network} is not writable: ${unwritable}`,
     );
   }
+  const cluster = clusterOf(conf, deps);
   const full = await store.transact(
     async (s) => {
+      let sets = conf.rangeSets;
+      if (cluster !== undefined) {
+        try {
+          sets = await cluster.ownedRangeSets(conf);
+        } catch (err) {
+          // A fenced node is not ready (50), where an ADD is told to try again later (11).
+          if (err instanceof CniError && err.code === ErrorCode.TryAgainLater) {
+            throw new CniError(NOT_AVAILABLE, err.message);
+          }
+          throw err;
+        }
+      }
       const releasable =
         conf.releaseOnReboot && deps.bootId !== undefined ? await s.leasesFromEarlierBoots() : [];
       const out: string[] = [];
-      for (const [setId, set] of conf.rangeSets.entries()) {
+      for (const [setId, set] of sets.entries()) {
+        if (set.length === 0) {
+          out.push(`range set ${setId} (no block owned)`);
+          continue;
+        }
         const occupancy = await s.occupancy(set);
         const free = nextCandidate({
           set,
@@ -258,6 +334,15 @@ export async function status(req: Request, deps: IpamDeps): Promise<void> {
     },
     { readOnly: true },
   );
+  if (full.length > 0 && cluster !== undefined) {
+    // A cluster node is ready while it can still claim a block.
+    const why = await cluster.claimImpossibleReason(conf);
+    if (why === undefined) return;
+    throw new CniError(
+      NOT_AVAILABLE,
+      `no free address in the blocks this node owns in ${full.join(', ')} of network ${conf.network}, and no block can be claimed: ${why}`,
+    );
+  }
   if (full.length > 0) {
     throw new CniError(NOT_AVAILABLE, `no free address in ${full.join(', ')} of network ${conf.network}`);
   }

@@ -2,6 +2,7 @@
 import { runPlugin } from '../cni-spec/dispatch';
 import type { Request } from '../cni-spec/request';
 import { BOOT_ID_FILE, readBootId } from './boot-id';
+import { filesClusterAllocator } from './cluster-blocks';
 import { forwardToDaemon } from './daemon-client';
 import type { IpamDeps } from './handlers';
 
@@ -20,6 +21,7 @@ function depsFor(req: Request): IpamDeps {
     bootId,
     warn,
     now: () => new Date(),
+    cluster: filesClusterAllocator(() => new Date()),
     openStore: (conf) =>
       (require('./lease-file-store') as typeof import('./lease-file-store')).openLeaseFileStore({
         dataDir: conf.dataDir,

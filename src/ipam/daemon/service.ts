@@ -8,6 +8,7 @@ import { parseRequest } from '../../cni-spec/request';
 import type { Result } from '../../cni-spec/types/result';
 import { type Cidr, formatIp, parseIp, sameIp } from '../address';
 import { blockedOrdinals } from '../allocator';
+import type { ClusterAllocator } from '../cluster-blocks';
 import type { IpamConfig } from '../config';
 import { DEFAULT_DATA_DIR } from '../config';
 import { type IpamDeps, add, check, del, gc, status } from '../handlers';
@@ -46,6 +47,8 @@ export interface ServiceOptions {
   bootId: string | undefined;
   log: Logger;
   metrics?: Counters;
+  /** Cluster networks' blocks (berthd started with etcd endpoints); without it a cluster network's ADD fails. */
+  cluster?: ClusterAllocator;
   now?: () => Date;
   /** Group commit across networks; a new one by default (tests pass one with a slow or failing syncfs). */
   syncer?: FilesystemSync;
@@ -166,6 +169,7 @@ export class Service {
       bootId: this.opts.bootId,
       warn: (msg) => this.opts.log.log('warn', msg),
       now: this.opts.now ?? (() => new Date()),
+      ...(this.opts.cluster !== undefined ? { cluster: this.opts.cluster } : {}),
       openStore: (conf: IpamConfig): LeaseStore => {
         const store = this.store(conf.dataDir, conf.network);
         store.lastRangeSets = conf.rangeSets;

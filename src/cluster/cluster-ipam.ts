@@ -1,0 +1,645 @@
+// berthd's cluster layer: the node (identity, liveness, fence), one ClusterNetwork per cluster network it
+// serves, the ClusterAllocator the IPAM handlers call, and the admin operations behind `berth cluster
+// status|check` and `berth node forget|leave|rejoin`.
+import * as fs from 'node:fs';
+import { dirname } from 'node:path';
+import { randomUUID } from 'node:crypto';
+import { CniError, ErrorCode } from '../cni-spec/errors';
+import { type Ip, lastOf, networkOf, parseCidr } from '../ipam/address';
+import type { ClusterAllocator } from '../ipam/cluster-blocks';
+import type { IpamConfig } from '../ipam/config';
+import type { Range } from '../ipam/range-set';
+import type { LeaseStore } from '../ipam/store';
+import { EtcdGateway, type EtcdGatewayOptions, EtcdUnavailableError, type TxnOp } from './etcd-gateway';
+import {
+  type AbsentValue,
+  type BlockValue,
+  ClusterKeys,
+  type ForgottenValue,
+  type IdentityValue,
+  parseValue,
+} from './keys';
+import { ClusterNetwork, type NetworkSettings } from './network';
+import { type ClusterLog, ClusterNode } from './node';
+import { ClusterStats, type GaugeLine } from './stats';
+
+export interface ClusterOptions {
+  etcd: Omit<EtcdGatewayOptions, 'onRequest' | 'onFailover'>;
+  prefix: string;
+  nodeName: string;
+  /** File holding this machine's node uid, created once. */
+  nodeIdFile: string;
+  bootId: string;
+  ttlSeconds: number;
+  horizonSeconds: number;
+  claimTimeoutMs: number;
+  blockReleaseAfterMs: number;
+  /** Extra wait after a dead node's horizon + 2 × TTL before `forget` is accepted (clock skew). */
+  forgetMarginSeconds: number;
+  version: string;
+  log: ClusterLog;
+}
+
+/** The node uid: read from its file, created (random) the first time. */
+export function loadNodeUid(file: string): string {
+  try {
+    const t = fs.readFileSync(file, 'utf8').trim();
+    if (t !== '') return t;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  const uid = randomUUID();
+  fs.mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+  fs.writeFileSync(file, `${uid}\n`, { mode: 0o600, flag: 'wx' });
+  return fs.readFileSync(file, 'utf8').trim();
+}
+
+export interface NodeStatus {
+  node: string;
+  uid?: string;
+  alive: boolean;
+  absentSince?: string;
+  forgotten?: boolean;
+  blocks: Record<string, string[]>;
+}
+
+export interface ClusterStatusReply {
+  node: string;
+  uid: string;
+  prefix: string;
+  etcd: { endpoint: string; healthy: boolean }[];
+  lastContactSecondsAgo: number;
+  fenced?: string;
+  lease?: string;
+  networks: {
+    network: string;
+    blocks: { cidr: string; state: string; used: number; free: number }[];
+    free: number;
+    used: number;
+  }[];
+  nodes: NodeStatus[];
+}
+
+export interface ClusterCheckReply {
+  problems: string[];
+  checked: { blocks: number; nodes: number; networks: number };
+}
+
+export class ClusterIpam implements ClusterAllocator {
+  readonly stats = new ClusterStats();
+  readonly etcd: EtcdGateway;
+  readonly keys: ClusterKeys;
+  readonly node: ClusterNode;
+  private readonly networks = new Map<string, ClusterNetwork>();
+  private storeOf: ((conf: IpamConfig) => LeaseStore) | undefined;
+  private ticker: NodeJS.Timeout | undefined;
+  private nodeWatch: { close(): void } | undefined;
+  private readonly aliveNodes = new Set<string>();
+  private readonly settings: NetworkSettings;
+
+  constructor(private readonly o: ClusterOptions) {
+    this.keys = new ClusterKeys(o.prefix);
+    this.etcd = new EtcdGateway({
+      ...o.etcd,
+      onRequest: (op, result, seconds) => {
+        this.stats.inc('berthd_cluster_etcd_requests_total', 'Requests to etcd, by operation and result.', {
+          op,
+          result,
+        });
+        this.stats.observe(
+          'berthd_cluster_etcd_request_duration_seconds',
+          'etcd request latency.',
+          { op },
+          seconds,
+        );
+      },
+      onFailover: (from, to) => {
+        this.stats.inc('berthd_cluster_etcd_failovers_total', 'Moves to another etcd member.');
+        o.log.log('info', 'cluster: etcd endpoint changed', { from, to });
+      },
+    });
+    this.node = new ClusterNode({
+      etcd: this.etcd,
+      keys: this.keys,
+      name: o.nodeName,
+      uid: loadNodeUid(o.nodeIdFile),
+      bootId: o.bootId,
+      ttlSeconds: o.ttlSeconds,
+      horizonSeconds: o.horizonSeconds,
+      version: o.version,
+      log: o.log,
+      stats: this.stats,
+    });
+    this.node.onForgottenNewBoot = () => {
+      for (const n of this.networks.values()) n.dropAll();
+    };
+    this.settings = {
+      claimTimeoutMs: o.claimTimeoutMs,
+      blockReleaseAfterMs: o.blockReleaseAfterMs,
+      minBlocks: 1,
+      maxBlocksPerClaim: 16,
+    };
+  }
+
+  /** Where the networks' lease stores come from (berthd's service), set before the first request. */
+  useStores(storeOf: (conf: IpamConfig) => LeaseStore): void {
+    this.storeOf = storeOf;
+  }
+
+  /** Registers the node (refusing to start on an identity conflict) and starts the periodic checks. */
+  async start(): Promise<void> {
+    await this.node.start();
+    this.ticker = setInterval(() => {
+      for (const n of this.networks.values()) {
+        n.tick().catch((err: unknown) =>
+          this.o.log.log('warn', 'cluster: periodic check failed', { network: n.name, error: String(err) }),
+        );
+      }
+    }, 1000);
+    this.ticker.unref();
+    this.watchNodes().catch((err: unknown) =>
+      this.o.log.log('debug', 'cluster: node watch not started yet', { error: String(err) }),
+    );
+  }
+
+  /** Watches `nodes/`: which nodes are alive, and the first daemon to see one vanish records since when. */
+  private async watchNodes(): Promise<void> {
+    const r = await this.etcd.range(this.keys.nodes(), { prefix: true });
+    this.aliveNodes.clear();
+    for (const kv of r.kvs) {
+      const k = this.keys.parseNodeKey(kv.key);
+      if (k?.what === 'alive') this.aliveNodes.add(k.node);
+    }
+    this.nodeWatch = this.etcd.watch(this.keys.nodes(), (BigInt(r.revision) + 1n).toString(), {
+      onEvents: (events) => {
+        for (const e of events) {
+          const k = this.keys.parseNodeKey(e.kv.key);
+          if (k?.what !== 'alive') continue;
+          if (e.type === 'PUT') this.aliveNodes.add(k.node);
+          else {
+            this.aliveNodes.delete(k.node);
+            if (k.node !== this.node.name) {
+              this.o.log.log(
+                'warn',
+                'cluster: node absent (its liveness lease lapsed); its blocks stay its own',
+                {
+                  node: k.node,
+                },
+              );
+              this.noteAbsent(k.node).catch(() => undefined);
+            }
+          }
+        }
+      },
+      onReset: async () => {
+        const again = await this.etcd.range(this.keys.nodes(), { prefix: true });
+        this.aliveNodes.clear();
+        for (const kv of again.kvs) {
+          const k = this.keys.parseNodeKey(kv.key);
+          if (k?.what === 'alive') this.aliveNodes.add(k.node);
+        }
+        return again.revision;
+      },
+    });
+  }
+
+  private async noteAbsent(node: string): Promise<boolean> {
+    const value: AbsentValue = { since: new Date().toISOString(), by: this.node.name };
+    const r = await this.etcd.txn(
+      {
+        compare: [
+          { key: this.keys.alive(node), target: 'CREATE', createRevision: '0' },
+          { key: this.keys.absent(node), target: 'CREATE', createRevision: '0' },
+          { key: this.keys.identity(node), target: 'CREATE', createRevision: '0', result: 'GREATER' },
+        ],
+        success: [{ put: { key: this.keys.absent(node), value: JSON.stringify(value) } }],
+        failure: [],
+      },
+      'absent',
+    );
+    return r.succeeded;
+  }
+
+  async stop(): Promise<void> {
+    if (this.ticker !== undefined) clearInterval(this.ticker);
+    this.nodeWatch?.close();
+    for (const n of this.networks.values()) n.close();
+    await this.node.stop(true);
+    this.etcd.close();
+  }
+
+  private network(conf: IpamConfig): ClusterNetwork {
+    let n = this.networks.get(conf.network);
+    if (n === undefined) {
+      if (this.storeOf === undefined) throw new Error('cluster: no lease stores attached');
+      const storeOf = this.storeOf;
+      const first = conf;
+      n = new ClusterNetwork(this.node, conf, () => storeOf(first), this.settings, this.stats);
+      this.networks.set(conf.network, n);
+      // Reconciled with etcd in the background; until then the blocks of cluster.json serve.
+      n.sync().catch((err: unknown) => {
+        if (err instanceof EtcdUnavailableError) return;
+        this.o.log.log('warn', 'cluster: network not reconciled with etcd', {
+          network: conf.network,
+          error: String(err),
+        });
+      });
+    }
+    return n;
+  }
+
+  // ---- ClusterAllocator ----
+
+  async ownedRangeSets(conf: IpamConfig): Promise<Range[][]> {
+    const n = this.network(conf);
+    return Promise.resolve(n.ownedRangeSets());
+  }
+
+  async needMore(conf: IpamConfig, setId: number, sinceMs: number): Promise<void> {
+    const n = this.network(conf);
+    try {
+      await n.sync();
+    } catch (err) {
+      if (err instanceof CniError) throw err;
+    }
+    await n.needMore(setId, sinceMs, Date.now());
+  }
+
+  afterAdd(conf: IpamConfig, ips: readonly Ip[]): void {
+    this.networks.get(conf.network)?.afterAdd(ips);
+  }
+
+  afterRelease(conf: IpamConfig, ips: readonly Ip[]): void {
+    this.networks.get(conf.network)?.afterRelease(ips);
+  }
+
+  async claimImpossibleReason(conf: IpamConfig): Promise<string | undefined> {
+    return this.network(conf).claimImpossibleReason();
+  }
+
+  // ---- metrics ----
+
+  gauges(): GaugeLine[] {
+    const out: GaugeLine[] = [];
+    const g = (name: string, help: string, value: number, labels: Record<string, string> = {}): void => {
+      out.push({ name, help, labels, value });
+    };
+    const age = this.node.lastContactAgeSeconds();
+    g(
+      'berthd_cluster_etcd_up',
+      'Whether etcd answered within the last two keepalive periods.',
+      age < (this.o.ttlSeconds * 2) / 3 + 2 ? 1 : 0,
+    );
+    g('berthd_cluster_last_contact_age_seconds', 'Seconds since etcd last answered.', age);
+    g(
+      'berthd_cluster_fenced',
+      'Whether this node stopped allocating (past its ownership horizon, or forgotten).',
+      this.node.fenceReason() === undefined ? 0 : 1,
+    );
+    g(
+      'berthd_cluster_etcd_round_trips_total',
+      'Requests sent to etcd members (each attempt counts).',
+      this.etcd.roundTrips,
+    );
+    for (const n of this.networks.values()) {
+      const counts = new Map<string, number>();
+      for (const b of n.ownedBlocks()) {
+        const fam = n.pools[b.setId]!.family === 4 ? 'ipv4' : 'ipv6';
+        const k = `${fam}\n${b.state}`;
+        counts.set(k, (counts.get(k) ?? 0) + 1);
+      }
+      for (const [k, v] of counts) {
+        const [family, state] = k.split('\n') as [string, string];
+        g('berthd_cluster_blocks', 'Blocks this node owns.', v, { network: n.name, family, state });
+      }
+      let claimedOthers = 0;
+      for (const c of n.claimedBlocks().values()) if (c.node !== this.node.name) claimedOthers++;
+      g(
+        'berthd_cluster_pool_blocks',
+        'Blocks of the network claimed by any node (from the watch).',
+        n.claimedBlocks().size,
+        {
+          network: n.name,
+          state: 'claimed',
+        },
+      );
+      g(
+        'berthd_cluster_pool_blocks_other_nodes',
+        'Blocks of the network claimed by other nodes.',
+        claimedOthers,
+        { network: n.name },
+      );
+    }
+    g('berthd_cluster_nodes', 'Nodes by liveness (from the watch).', this.aliveNodes.size, {
+      state: 'alive',
+    });
+    return out;
+  }
+
+  metricsText(): string {
+    return this.stats.render(this.gauges());
+  }
+
+  // ---- admin ----
+
+  async status(): Promise<ClusterStatusReply> {
+    const health = await this.etcd.memberHealth();
+    const nodes: NodeStatus[] = [];
+    const byName = new Map<string, NodeStatus>();
+    const get = (name: string): NodeStatus => {
+      let s = byName.get(name);
+      if (s === undefined) {
+        s = { node: name, alive: false, blocks: {} };
+        byName.set(name, s);
+        nodes.push(s);
+      }
+      return s;
+    };
+    try {
+      const r = await this.etcd.range(this.keys.nodes(), { prefix: true });
+      for (const kv of r.kvs) {
+        const k = this.keys.parseNodeKey(kv.key);
+        if (k === undefined) continue;
+        const s = get(k.node);
+        if (k.what === 'alive') s.alive = true;
+        if (k.what === 'identity') {
+          const uid = parseValue<IdentityValue>(kv.value)?.uid;
+          if (uid !== undefined) s.uid = uid;
+        }
+        if (k.what === 'absent') {
+          const since = parseValue<AbsentValue>(kv.value)?.since;
+          if (since !== undefined) s.absentSince = since;
+        }
+        if (k.what === 'forgotten') s.forgotten = true;
+      }
+      const b = await this.etcd.range(this.keys.nets(), { prefix: true });
+      for (const kv of b.kvs) {
+        const k = this.keys.parseBlockKey(kv.key);
+        const v = parseValue<BlockValue>(kv.value);
+        if (k === undefined || v === undefined) continue;
+        const s = get(v.node);
+        (s.blocks[k.net] ??= []).push(k.cidr);
+      }
+    } catch (err) {
+      if (!(err instanceof EtcdUnavailableError)) throw err;
+    }
+    const fence = this.node.fenceReason();
+    const reply: ClusterStatusReply = {
+      node: this.node.name,
+      uid: this.node.uid,
+      prefix: this.keys.prefix,
+      etcd: health,
+      lastContactSecondsAgo: Math.round(this.node.lastContactAgeSeconds() * 10) / 10,
+      networks: [...this.networks.values()].map((n) => {
+        const blocks = n
+          .ownedBlocks()
+          .map((b) => ({ cidr: b.cidr, state: b.state, used: b.used, free: b.usable - b.used }));
+        return {
+          network: n.name,
+          blocks,
+          used: blocks.reduce((a, b) => a + b.used, 0),
+          free: blocks.reduce((a, b) => a + (b.state === 'owned' ? b.free : 0), 0),
+        };
+      }),
+      nodes: nodes.sort((a, b) => (a.node < b.node ? -1 : 1)),
+    };
+    if (fence !== undefined) reply.fenced = fence;
+    const lease = this.node.currentLease;
+    if (lease !== undefined) reply.lease = lease;
+    return reply;
+  }
+
+  /** Like `calicoctl ipam check`: what should not be, in etcd and against this node's files. */
+  async check(): Promise<ClusterCheckReply> {
+    const problems: string[] = [];
+    const nodesR = await this.etcd.range(this.keys.nodes(), { prefix: true });
+    const identities = new Map<string, IdentityValue>();
+    const alive = new Set<string>();
+    const absent = new Map<string, AbsentValue>();
+    for (const kv of nodesR.kvs) {
+      const k = this.keys.parseNodeKey(kv.key);
+      if (k === undefined) continue;
+      if (k.what === 'identity') {
+        const v = parseValue<IdentityValue>(kv.value);
+        if (v !== undefined) identities.set(k.node, v);
+      }
+      if (k.what === 'alive') alive.add(k.node);
+      if (k.what === 'absent') {
+        const v = parseValue<AbsentValue>(kv.value);
+        if (v !== undefined) absent.set(k.node, v);
+      }
+    }
+    const netsR = await this.etcd.range(this.keys.nets(), { prefix: true });
+    let blocks = 0;
+    const perNet = new Map<string, { cidr: string; v: BlockValue }[]>();
+    const configs = new Map<string, string[][]>();
+    for (const kv of netsR.kvs) {
+      const rest = kv.key.slice(this.keys.nets().length);
+      const [net, what] = rest.split('/');
+      if (what === 'config') {
+        const c = parseValue<{ pools: string[][] }>(kv.value);
+        if (c !== undefined && net !== undefined) configs.set(net, c.pools);
+        continue;
+      }
+      const k = this.keys.parseBlockKey(kv.key);
+      const v = parseValue<BlockValue>(kv.value);
+      if (k === undefined || v === undefined) {
+        if (what === 'blocks') problems.push(`unreadable block key ${kv.key}`);
+        continue;
+      }
+      blocks++;
+      perNet.set(k.net, [...(perNet.get(k.net) ?? []), { cidr: k.cidr, v }]);
+      const id = identities.get(v.node);
+      if (id === undefined)
+        problems.push(`block ${k.cidr} of ${k.net} belongs to node ${v.node}, which has no identity`);
+      else if (id.uid !== v.uid)
+        problems.push(
+          `block ${k.cidr} of ${k.net} names node ${v.node} with uid ${v.uid}, but the node's identity is ${id.uid}`,
+        );
+    }
+    for (const [net, list] of perNet) {
+      // Overlaps: impossible by construction (one key per aligned block), checked anyway.
+      const ranges = list.map((b) => {
+        const [ip, len] = b.cidr.split('/');
+        return { b, ip: ip!, len: Number(len) };
+      });
+      const spans = ranges.map((r) => {
+        const c = parseCidr(`${r.ip}/${r.len}`)!;
+        return { cidr: r.b.cidr, fam: c.ip.family, lo: networkOf(c), hi: lastOf(c) };
+      });
+      spans.sort((a, b) => (a.fam !== b.fam ? a.fam - b.fam : a.lo < b.lo ? -1 : a.lo > b.lo ? 1 : 0));
+      for (let i = 1; i < spans.length; i++) {
+        const a = spans[i - 1]!;
+        const b = spans[i]!;
+        if (a.fam === b.fam && b.lo <= a.hi)
+          problems.push(`blocks ${a.cidr} and ${b.cidr} of ${net} overlap`);
+      }
+      const pools = configs.get(net);
+      const local = this.networks.get(net);
+      if (pools === undefined) problems.push(`network ${net} has blocks but no config key`);
+      if (local !== undefined) {
+        for (const { cidr } of list) {
+          if (!local.pools.some((p) => p.find(cidr) !== undefined))
+            problems.push(`block ${cidr} of ${net} lies outside every pool`);
+        }
+      }
+    }
+    for (const [node, id] of identities) {
+      if (alive.has(node)) continue;
+      const a = absent.get(node);
+      const since = a === undefined ? undefined : Date.parse(a.since);
+      if (since !== undefined && (Date.now() - since) / 1000 > id.horizonSeconds) {
+        problems.push(
+          `node ${node} has been absent since ${a!.since}, past its ownership horizon (${id.horizonSeconds} s): \`berth node forget ${node}\` frees its blocks once its pods are gone`,
+        );
+      }
+    }
+    // This node: cluster.json against etcd, and leases outside owned blocks.
+    for (const [net, n] of this.networks) {
+      const etcdMine = new Set(
+        (perNet.get(net) ?? [])
+          .filter((b) => b.v.node === this.node.name && b.v.uid === this.node.uid)
+          .map((b) => b.cidr),
+      );
+      for (const b of n.ownedBlocks()) {
+        if (!etcdMine.has(b.cidr))
+          problems.push(`${net}: block ${b.cidr} is used locally but etcd does not say this node owns it`);
+      }
+      for (const ip of await n.leasesOutsideBlocks())
+        problems.push(`${net}: lease ${ip} lies outside the blocks this node owns`);
+    }
+    return { problems, checked: { blocks, nodes: identities.size, networks: perNet.size } };
+  }
+
+  /**
+   * `berth node forget <node>`: frees a dead node's blocks. Refused while it is alive, and until it has been
+   * absent longer than its ownership horizon + 2 × TTL + a margin (it has fenced itself by then), unless forced.
+   */
+  async forget(node: string, force: boolean): Promise<{ node: string; blocks: string[] }> {
+    const { keys, etcd } = this;
+    if (node === this.node.name)
+      throw new CniError(ErrorCode.InvalidEnvironmentVariables, 'use `berth node leave` for this node');
+    const idKv = await etcd.get(keys.identity(node));
+    if (idKv === undefined)
+      throw new CniError(ErrorCode.UnknownContainer, `node ${node} has no identity in etcd`);
+    const id = parseValue<IdentityValue>(idKv.value)!;
+    const aliveKv = await etcd.get(keys.alive(node));
+    if (aliveKv !== undefined && !force) {
+      throw new CniError(
+        ErrorCode.TryAgainLater,
+        `node ${node} is alive (its liveness key exists): refusing to forget it`,
+      );
+    }
+    if (!force) {
+      let absentKv = await etcd.get(keys.absent(node));
+      if (absentKv === undefined) {
+        await this.noteAbsent(node);
+        absentKv = await etcd.get(keys.absent(node));
+      }
+      const since = Date.parse(parseValue<AbsentValue>(absentKv?.value ?? '')?.since ?? '');
+      const needed = id.horizonSeconds + 2 * id.ttlSeconds + this.o.forgetMarginSeconds;
+      const absentFor = Number.isNaN(since) ? 0 : (Date.now() - since) / 1000;
+      if (absentFor < needed) {
+        throw new CniError(
+          ErrorCode.TryAgainLater,
+          `node ${node} has been absent for ${Math.round(absentFor)} s; it may still use its blocks until its ownership horizon has passed: forget is accepted after ${needed} s of absence (horizon ${id.horizonSeconds} s + 2 × TTL ${id.ttlSeconds} s + margin ${this.o.forgetMarginSeconds} s), in ${Math.ceil(needed - absentFor)} s; --force accepts the risk of duplicate addresses`,
+        );
+      }
+    }
+    const netsR = await etcd.range(keys.nets(), { prefix: true });
+    const theirs = netsR.kvs
+      .map((kv) => ({ kv, k: keys.parseBlockKey(kv.key), v: parseValue<BlockValue>(kv.value) }))
+      .filter((x) => x.k !== undefined && x.v?.node === node);
+    const forgotten: ForgottenValue = {
+      at: new Date().toISOString(),
+      by: this.node.name,
+      uid: id.uid,
+      bootId: id.bootId,
+      blocks: theirs.map((x) => `${x.k!.net} ${x.k!.cidr}`),
+    };
+    // Blocks in batches of 64 (etcd's --max-txn-ops is 128), each by CAS; identity and tombstone in the last.
+    const batches: (typeof theirs)[] = [];
+    for (let i = 0; i < theirs.length; i += 64) batches.push(theirs.slice(i, i + 64));
+    if (batches.length === 0) batches.push([]);
+    for (const [i, batch] of batches.entries()) {
+      const last = i === batches.length - 1;
+      const success: TxnOp[] = batch.map((x) => ({ deleteRange: { key: x.kv.key } }));
+      if (last) {
+        success.push({ deleteRange: { key: keys.identity(node) } });
+        success.push({ deleteRange: { key: keys.absent(node) } });
+        success.push({ put: { key: keys.forgotten(node), value: JSON.stringify(forgotten) } });
+      }
+      const r = await etcd.txn(
+        {
+          compare: [
+            ...(force ? [] : [{ key: keys.alive(node), target: 'CREATE' as const, createRevision: '0' }]),
+            { key: keys.identity(node), target: 'MOD', modRevision: idKv.modRevision },
+            ...batch.map((x) => ({ key: x.kv.key, target: 'MOD' as const, modRevision: x.kv.modRevision })),
+          ],
+          success,
+          failure: [],
+        },
+        'forget',
+      );
+      if (!r.succeeded) {
+        throw new CniError(
+          ErrorCode.TryAgainLater,
+          `node ${node} changed while being forgotten (it came back, or its blocks changed); nothing more was deleted, run it again`,
+        );
+      }
+    }
+    this.o.log.log('warn', 'cluster: node forgotten, its blocks are free', {
+      node,
+      blocks: theirs.length,
+      force,
+    });
+    return { node, blocks: forgotten.blocks };
+  }
+
+  /** `berth node leave`: this node releases its (empty) blocks and its identity. */
+  async leave(): Promise<{ released: string[]; kept: string[] }> {
+    const released: string[] = [];
+    const kept: string[] = [];
+    for (const n of this.networks.values()) {
+      const r = await n.leave();
+      released.push(...r.released.map((c) => `${n.name} ${c}`));
+      kept.push(...r.kept.map((k) => `${n.name} ${k.cidr} (${k.used} leases)`));
+    }
+    // Blocks of networks this daemon has not served since it started are released too when no lease file is in them.
+    if (kept.length > 0) {
+      throw new CniError(
+        ErrorCode.TryAgainLater,
+        `blocks still hold leases, not leaving: ${kept.join(', ')}; released ${released.length}`,
+      );
+    }
+    const { keys, etcd } = this;
+    const netsR = await etcd.range(keys.nets(), { prefix: true });
+    const left = netsR.kvs.filter((kv) => {
+      const v = parseValue<BlockValue>(kv.value);
+      return (
+        keys.parseBlockKey(kv.key) !== undefined && v?.node === this.node.name && v.uid === this.node.uid
+      );
+    });
+    if (left.length > 0) {
+      throw new CniError(
+        ErrorCode.TryAgainLater,
+        `this node still owns ${left.length} block(s) of networks it has not served since it started (${left.map((kv) => kv.key).join(', ')}); run an ADD/DEL on them first or forget from another node`,
+      );
+    }
+    await this.node.stop(true);
+    await etcd.txn({
+      compare: [],
+      success: [
+        { deleteRange: { key: keys.identity(this.node.name) } },
+        { deleteRange: { key: keys.alive(this.node.name) } },
+      ],
+      failure: [],
+    });
+    this.node.identityFence = `node ${this.node.name} left the cluster; restart berthd to join again`;
+    return { released, kept };
+  }
+
+  async rejoin(): Promise<void> {
+    await this.node.rejoin();
+  }
+}

@@ -1,0 +1,757 @@
+// One cluster network on this node: the pools of its config, the blocks this node owns (etcd says so, and
+// `.berth/cluster.json` records them for berth-ipam on the files), claims of more blocks with one etcd txn
+// that also checks the node's liveness lease, the background claims that keep a reserve so ADDs do not wait,
+// and the release of blocks that stayed empty.
+//
+// Invariant: the blocks used locally ⊆ the blocks etcd says this node owns. A claim is written to
+// cluster.json only after its txn committed; a release marks the block `releasing` (under the network's lock,
+// after checking it is empty) before the txn that deletes it.
+import { CniError, ErrorCode } from '../cni-spec/errors';
+import { type Ip, formatIp } from '../ipam/address';
+import {
+  type ClusterRecord,
+  type LocalBlock,
+  PoolBlocks,
+  ownedRangeSet,
+  readClusterRecord,
+  writeClusterRecord,
+} from '../ipam/cluster-blocks';
+import type { IpamConfig } from '../ipam/config';
+import { type Range, describeRangeSet } from '../ipam/range-set';
+import type { LeaseStore } from '../ipam/store';
+import { EtcdUnavailableError, type KeyValue, type TxnOp, type Watcher } from './etcd-gateway';
+import { type BlockValue, type PoolConfigValue, parseValue } from './keys';
+import type { ClusterNode } from './node';
+import type { ClusterStats } from './stats';
+
+export interface NetworkSettings {
+  claimTimeoutMs: number;
+  /** A block empty at two checks at least this far apart is released (0: at the next check). */
+  blockReleaseAfterMs: number;
+  /** Blocks kept per pool even when empty. */
+  minBlocks: number;
+  /** Most blocks one claim txn takes. */
+  maxBlocksPerClaim: number;
+}
+
+interface Owned {
+  setId: number;
+  createRevision: string;
+  modRevision: string;
+  state: 'owned' | 'releasing';
+  /** Monotonic ms of the first check that found it empty (undefined: in use at the last check). */
+  emptySince?: number;
+  /** Addresses of the block that can be handed out (gateway excluded). */
+  usable: number;
+  used: number;
+}
+
+interface Claimed {
+  node: string;
+  uid: string;
+}
+
+function usableOf(r: Range): number {
+  const n = Number(r.end - r.start + 1n);
+  return r.gateway.value >= r.start && r.gateway.value <= r.end ? n - 1 : n;
+}
+
+/** FNV-1a of the node name: where its search for a free block starts, so nodes do not all collide at block 0. */
+function nameHash(name: string): bigint {
+  let h = 0xcbf29ce484222325n;
+  for (const c of Buffer.from(name, 'utf8')) {
+    h ^= BigInt(c);
+    h = (h * 0x100000001b3n) & 0xffffffffffffffffn;
+  }
+  return h;
+}
+
+export class ClusterNetwork {
+  readonly name: string;
+  readonly dataDir: string;
+  readonly pools: PoolBlocks[];
+  private readonly owned = new Map<string, Owned>();
+  /** Every claimed block of the network (any node), from a range and the watch. */
+  private readonly claimed = new Map<string, Claimed>();
+  private synced = false;
+  private syncing: Promise<void> | undefined;
+  private watcher: Watcher | undefined;
+  private readonly inFlight = new Map<number, Promise<void>>();
+  private readonly waiting = new Map<number, number>();
+  /** Growth of the leases in the owned blocks between two checks (about a second), over the last minute. */
+  private readonly growth: number[] = [];
+  /** Leases counted at the last check. */
+  private usedAtCheck = 0;
+  private lastRecordContact = 0;
+  private backgroundFailedAt = -Infinity;
+  lastError: { message: string; at: number } | undefined;
+  private readonly clock: () => number;
+
+  constructor(
+    readonly node: ClusterNode,
+    conf: IpamConfig,
+    private readonly store: () => LeaseStore,
+    private readonly settings: NetworkSettings,
+    private readonly stats: ClusterStats,
+    clock?: () => number,
+  ) {
+    this.name = conf.network;
+    this.dataDir = conf.dataDir;
+    this.pools = conf.rangeSets.map((set) => new PoolBlocks(set, conf.cluster!));
+    this.clock = clock ?? (() => performance.now());
+    const rec = readClusterRecord(this.dataDir, this.name);
+    if (rec !== undefined && rec.node === node.name && rec.uid === node.uid) {
+      node.inheritContact(rec.lastContact);
+      for (const b of rec.blocks) this.adoptLocal(b);
+    }
+  }
+
+  private poolOf(cidr: string): { setId: number; range: Range } | undefined {
+    for (const [setId, p] of this.pools.entries()) {
+      const b = p.find(cidr);
+      if (b !== undefined) return { setId, range: b.range };
+    }
+    return undefined;
+  }
+
+  private adoptLocal(b: LocalBlock): void {
+    const where = this.poolOf(b.cidr);
+    // A block outside today's pools is never used for new addresses (its leases stay until DEL).
+    if (where === undefined) return;
+    this.owned.set(b.cidr, {
+      setId: where.setId,
+      createRevision: b.createRevision,
+      modRevision: b.createRevision,
+      state: b.state,
+      usable: usableOf(where.range),
+      used: 0,
+    });
+  }
+
+  /** The owned blocks (not being released) of each pool, as range sets. */
+  ownedRangeSets(): Range[][] {
+    const fence = this.node.fenceReason();
+    if (fence !== undefined) {
+      this.stats.inc('berthd_cluster_adds_failed_total', 'ADDs refused by the cluster layer.', {
+        network: this.name,
+        reason: 'fenced',
+      });
+      throw new CniError(ErrorCode.TryAgainLater, fence);
+    }
+    return this.pools.map((pool, setId) =>
+      ownedRangeSet(
+        pool,
+        [...this.owned.entries()].filter(([, o]) => o.setId === setId && o.state === 'owned').map(([c]) => c),
+      ),
+    );
+  }
+
+  ownedBlocks(): { cidr: string; setId: number; state: string; used: number; usable: number }[] {
+    return [...this.owned.entries()].map(([cidr, o]) => ({
+      cidr,
+      setId: o.setId,
+      state: o.state,
+      used: o.used,
+      usable: o.usable,
+    }));
+  }
+
+  claimedBlocks(): Map<string, Claimed> {
+    return this.claimed;
+  }
+
+  record(): ClusterRecord {
+    return {
+      clusterId: this.node.keys.prefix,
+      node: this.node.name,
+      uid: this.node.uid,
+      blocks: [...this.owned.entries()].map(([cidr, o]) => ({
+        cidr,
+        createRevision: o.createRevision,
+        state: o.state,
+      })),
+      lastContact: this.node.lastContactWall(),
+      horizonSeconds: this.node.o.horizonSeconds,
+      ...(this.node.identityFence !== undefined ? { fenced: this.node.identityFence } : {}),
+    };
+  }
+
+  writeRecord(): void {
+    writeClusterRecord(this.dataDir, this.name, this.record());
+    this.lastRecordContact = this.node.lastContact();
+  }
+
+  /**
+   * Reconciles with etcd once reachable: the pool config (all nodes must agree), the claimed blocks, adoption
+   * of every block etcd says is ours (a claim whose answer was lost), dropping local blocks etcd does not
+   * say are ours, then a watch. Throws EtcdUnavailableError while etcd cannot be reached.
+   */
+  sync(): Promise<void> {
+    if (this.synced) return Promise.resolve();
+    this.syncing ??= this.doSync().finally(() => {
+      this.syncing = undefined;
+    });
+    return this.syncing;
+  }
+
+  private async doSync(): Promise<void> {
+    const { etcd, keys } = this.node;
+    await this.checkPoolConfig();
+    const r = await etcd.range(keys.blocks(this.name), { prefix: true });
+    this.applyBlocks(r.kvs, true);
+    this.synced = true;
+    this.writeRecord();
+    this.watcher?.close();
+    this.watcher = etcd.watch(keys.blocks(this.name), (BigInt(r.revision) + 1n).toString(), {
+      onEvents: (events) => {
+        for (const e of events) {
+          const parsed = keys.parseBlockKey(e.kv.key);
+          if (parsed === undefined) continue;
+          if (e.type === 'PUT') this.applyBlocks([e.kv], false);
+          else this.blockGone(parsed.cidr);
+        }
+      },
+      onReset: async () => {
+        const again = await etcd.range(keys.blocks(this.name), { prefix: true });
+        this.applyBlocks(again.kvs, true);
+        this.writeRecord();
+        return again.revision;
+      },
+      onError: (err) =>
+        this.node.o.log.log('debug', 'cluster: block watch reconnecting', { error: err.message }),
+    });
+  }
+
+  private async checkPoolConfig(): Promise<void> {
+    const { etcd, keys } = this.node;
+    const want: PoolConfigValue = {
+      pools: this.pools.map((p) => describeRangeSet(p.set).split(',')),
+      blockSize4: 0,
+      blockSize6: 0,
+      schema: 1,
+    };
+    const first = this.pools[0];
+    if (first !== undefined) {
+      const c = first.at(0n).cidr;
+      want[first.family === 4 ? 'blockSize4' : 'blockSize6'] = Number(c.slice(c.indexOf('/') + 1));
+    }
+    const text = JSON.stringify(want);
+    const key = keys.config(this.name);
+    const r = await etcd.txn(
+      {
+        compare: [{ key, target: 'CREATE', createRevision: '0' }],
+        success: [{ put: { key, value: text } }],
+        failure: [{ range: { key } }],
+      },
+      'config',
+    );
+    if (r.succeeded) return;
+    const kv = 'range' in r.responses[0]! ? r.responses[0].range.kvs[0] : undefined;
+    if (kv === undefined || kv.value === text) return;
+    const theirs = parseValue<PoolConfigValue>(kv.value);
+    throw new CniError(
+      ErrorCode.InvalidNetworkConfig,
+      `cluster network ${this.name}: this node's pools ${JSON.stringify(want.pools)} differ from the ones in etcd ${JSON.stringify(theirs?.pools)}; every node must use the same ranges`,
+    );
+  }
+
+  /** Block keys from a range (`complete`: the whole prefix, so anything not listed is not claimed) or watch. */
+  private applyBlocks(kvs: KeyValue[], complete: boolean): void {
+    const { keys } = this.node;
+    const seen = new Set<string>();
+    let changed = false;
+    for (const kv of kvs) {
+      const parsed = keys.parseBlockKey(kv.key);
+      if (parsed === undefined) continue;
+      const v = parseValue<BlockValue>(kv.value);
+      if (v === undefined) continue;
+      seen.add(parsed.cidr);
+      this.claimed.set(parsed.cidr, { node: v.node, uid: v.uid });
+      const mine = v.node === this.node.name && v.uid === this.node.uid;
+      const o = this.owned.get(parsed.cidr);
+      if (mine && o === undefined) {
+        const where = this.poolOf(parsed.cidr);
+        if (where !== undefined) {
+          this.owned.set(parsed.cidr, {
+            setId: where.setId,
+            createRevision: kv.createRevision,
+            modRevision: kv.modRevision,
+            state: 'owned',
+            usable: usableOf(where.range),
+            used: 0,
+          });
+          changed = true;
+          this.node.o.log.log('info', 'cluster: adopted a block etcd says is ours', {
+            network: this.name,
+            block: parsed.cidr,
+          });
+        }
+      } else if (mine && o !== undefined) {
+        o.modRevision = kv.modRevision;
+        o.createRevision = kv.createRevision;
+      } else if (!mine && o !== undefined) {
+        this.owned.delete(parsed.cidr);
+        changed = true;
+        this.node.o.log.log(
+          'warn',
+          'cluster: etcd says a block we used belongs to another node; no longer used',
+          {
+            network: this.name,
+            block: parsed.cidr,
+            owner: v.node,
+          },
+        );
+      }
+    }
+    if (complete) {
+      for (const cidr of [...this.claimed.keys()]) if (!seen.has(cidr)) this.claimed.delete(cidr);
+      for (const cidr of [...this.owned.keys()]) {
+        if (!seen.has(cidr)) {
+          this.owned.delete(cidr);
+          changed = true;
+        }
+      }
+    }
+    if (changed && this.synced) this.writeRecord();
+  }
+
+  private blockGone(cidr: string): void {
+    this.claimed.delete(cidr);
+    const o = this.owned.get(cidr);
+    if (o !== undefined && o.state === 'owned') {
+      // Deleted by someone else (`berth node forget --force`): etcd no longer says it is ours.
+      this.owned.delete(cidr);
+      this.node.o.log.log('warn', 'cluster: a block of ours was deleted in etcd; no longer used', {
+        network: this.name,
+        block: cidr,
+      });
+      this.writeRecord();
+    }
+  }
+
+  /** Free usable addresses of a pool's owned blocks (estimate between recounts). */
+  freeIn(setId: number): number {
+    let n = 0;
+    for (const o of this.owned.values())
+      if (o.setId === setId && o.state === 'owned') n += Math.max(0, o.usable - o.used);
+    return n;
+  }
+
+  private usedNow(): number {
+    let n = 0;
+    for (const o of this.owned.values()) n += o.used;
+    return n;
+  }
+
+  /**
+   * One block plus the largest burst of the last minute, a burst being the growth of the leases between two
+   * checks (ADDs minus DELs): churn at any rate needs no reserve beyond a block, a storm needs its size.
+   */
+  private reserveTarget(setId: number): number {
+    const block = this.pools[setId]!.blockAddresses;
+    let burst = Math.max(0, this.usedNow() - this.usedAtCheck);
+    for (const g of this.growth) if (g > burst) burst = g;
+    return block + Math.min(burst, block * (this.settings.maxBlocksPerClaim - 1));
+  }
+
+  /** Picks up to `k` unclaimed blocks of a pool: after our own blocks, else from a hash of our name. */
+  private candidates(setId: number, k: number): string[] {
+    const pool = this.pools[setId]!;
+    const mine = [...this.owned.entries()]
+      .filter(([, o]) => o.setId === setId)
+      .map(([c]) => pool.find(c)!.index);
+    const start =
+      mine.length > 0 ? mine.reduce((a, b) => (a > b ? a : b)) + 1n : nameHash(this.node.name) % pool.count;
+    const out: string[] = [];
+    // At most every claimed block plus k is probed: the pool itself is never enumerated.
+    const limit = BigInt(this.claimed.size + k + 1);
+    for (let i = 0n; i < pool.count && i < limit && out.length < k; i++) {
+      const b = pool.at((start + i) % pool.count);
+      if (!this.claimed.has(b.cidr) && !this.owned.has(b.cidr)) out.push(b.cidr);
+    }
+    return out;
+  }
+
+  /** One claim attempt of `k` blocks; resolves with the number claimed (0: all taken, pick again). */
+  private async claimOnce(setId: number, k: number): Promise<number> {
+    const { etcd, keys } = this.node;
+    const lease = await this.node.ensureAlive();
+    const cidrs = this.candidates(setId, k);
+    if (cidrs.length === 0) {
+      throw new CniError(
+        ErrorCode.Internal,
+        `no IP addresses available in range set: ${describeRangeSet(this.pools[setId]!.set)} (every block of the pool of cluster network ${this.name} is claimed)`,
+      );
+    }
+    const value: BlockValue = {
+      node: this.node.name,
+      uid: this.node.uid,
+      claimedAt: this.node.wallClock().toISOString(),
+    };
+    const aliveKey = keys.alive(this.node.name);
+    const r = await etcd.txn(
+      {
+        compare: [
+          { key: aliveKey, target: 'LEASE', lease },
+          ...cidrs.map((c) => ({
+            key: keys.block(this.name, c),
+            target: 'CREATE' as const,
+            createRevision: '0',
+          })),
+        ],
+        success: cidrs.map((c): TxnOp => ({
+          put: { key: keys.block(this.name, c), value: JSON.stringify(value) },
+        })),
+        failure: [
+          { range: { key: aliveKey } },
+          ...cidrs.map((c): TxnOp => ({ range: { key: keys.block(this.name, c) } })),
+        ],
+      },
+      'claim',
+    );
+    if (r.succeeded) {
+      for (const c of cidrs) {
+        const where = this.poolOf(c)!;
+        this.claimed.set(c, { node: this.node.name, uid: this.node.uid });
+        this.owned.set(c, {
+          setId,
+          createRevision: r.revision,
+          modRevision: r.revision,
+          state: 'owned',
+          usable: usableOf(where.range),
+          used: 0,
+        });
+      }
+      this.writeRecord();
+      this.stats.inc(
+        'berthd_cluster_block_claims_total',
+        'Blocks claimed, by result.',
+        { network: this.name, result: 'ok' },
+        cidrs.length,
+      );
+      this.node.o.log.log('debug', 'cluster: claimed blocks', {
+        network: this.name,
+        blocks: cidrs.join(' '),
+      });
+      return cidrs.length;
+    }
+    const aliveKv = 'range' in r.responses[0]! ? r.responses[0].range.kvs[0] : undefined;
+    if (aliveKv === undefined || aliveKv.lease !== lease) {
+      this.node.leaseLost(lease);
+    }
+    const blockKvs = r.responses.slice(1).flatMap((x) => ('range' in x ? x.range.kvs : []));
+    if (blockKvs.length > 0) {
+      this.stats.inc(
+        'berthd_cluster_block_claims_total',
+        'Blocks claimed, by result.',
+        { network: this.name, result: 'conflict' },
+        blockKvs.length,
+      );
+      this.applyBlocks(blockKvs, false);
+    }
+    return 0;
+  }
+
+  /** Claims until something was claimed (a few attempts), sized to what waits plus the reserve. */
+  private claim(setId: number, why: 'wait' | 'reserve'): Promise<void> {
+    let p = this.inFlight.get(setId);
+    if (p !== undefined) return p;
+    p = (async () => {
+      try {
+        await this.sync();
+        const block = this.pools[setId]!.blockAddresses;
+        const want = (this.waiting.get(setId) ?? 0) + this.reserveTarget(setId) - this.freeIn(setId);
+        const k = Math.min(this.settings.maxBlocksPerClaim, Math.max(1, Math.ceil(want / block)));
+        for (let attempt = 0; attempt < 8; attempt++) {
+          if ((await this.claimOnce(setId, k)) > 0) return;
+        }
+        throw new EtcdUnavailableError('claims kept conflicting with other nodes');
+      } catch (err) {
+        if (!(err instanceof CniError)) {
+          this.lastError = { message: (err as Error).message, at: this.clock() };
+          if (why === 'wait')
+            this.stats.inc('berthd_cluster_block_claims_total', 'Blocks claimed, by result.', {
+              network: this.name,
+              result: 'error',
+            });
+        }
+        throw err;
+      } finally {
+        this.inFlight.delete(setId);
+      }
+    })();
+    this.inFlight.set(setId, p);
+    return p;
+  }
+
+  /** An ADD found no free owned address: wait for a claim, at most the claim timeout since the ADD began. */
+  async needMore(setId: number, sinceMs: number, nowMs: number): Promise<void> {
+    const fence = this.node.fenceReason();
+    if (fence !== undefined) throw new CniError(ErrorCode.TryAgainLater, fence);
+    this.waiting.set(setId, (this.waiting.get(setId) ?? 0) + 1);
+    const t0 = this.clock();
+    const left = this.settings.claimTimeoutMs - (nowMs - sinceMs);
+    this.stats.inc(
+      'berthd_cluster_adds_waited_total',
+      'ADDs that waited for a block claim (0 in the steady state).',
+      {
+        network: this.name,
+      },
+    );
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        this.claim(setId, 'wait'),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () =>
+              reject(
+                new EtcdUnavailableError(
+                  `no claim finished within the claim timeout (${this.settings.claimTimeoutMs} ms)`,
+                ),
+              ),
+            Math.max(0, left),
+          );
+        }),
+      ]);
+    } catch (err) {
+      if (err instanceof CniError) {
+        if (err.code !== ErrorCode.InvalidNetworkConfig)
+          this.stats.inc('berthd_cluster_adds_failed_total', 'ADDs refused by the cluster layer.', {
+            network: this.name,
+            reason: 'pool_exhausted',
+          });
+        throw err;
+      }
+      this.stats.inc('berthd_cluster_adds_failed_total', 'ADDs refused by the cluster layer.', {
+        network: this.name,
+        reason: 'etcd_unreachable',
+      });
+      const age = Math.round(this.node.lastContactAgeSeconds());
+      throw new CniError(
+        ErrorCode.TryAgainLater,
+        `try again later: no free address in the blocks this node owns in network ${this.name}, and no block could be claimed: etcd is unreachable (last contact ${age} s ago: ${(err as Error).message})`,
+      );
+    } finally {
+      clearTimeout(timer);
+      this.waiting.set(setId, (this.waiting.get(setId) ?? 1) - 1);
+      this.stats.observe(
+        'berthd_cluster_claim_wait_seconds',
+        'Time ADDs waited for a block claim.',
+        {},
+        (this.clock() - t0) / 1000,
+      );
+    }
+  }
+
+  /** After an ADD: count its addresses, and claim in the background when free owned addresses fall below the reserve. */
+  afterAdd(ips: readonly Ip[]): void {
+    this.count(ips, 1);
+    for (const [setId] of this.pools.entries()) this.reserveCheck(setId);
+  }
+
+  afterRelease(ips: readonly Ip[]): void {
+    this.count(ips, -1);
+  }
+
+  private count(ips: readonly Ip[], by: number): void {
+    for (const ip of ips) {
+      for (const pool of this.pools) {
+        const b = pool.blockOf(ip);
+        const o = b === undefined ? undefined : this.owned.get(b.cidr);
+        if (o !== undefined) {
+          o.used = Math.max(0, o.used + by);
+          break;
+        }
+      }
+    }
+  }
+
+  private reserveCheck(setId: number): void {
+    if (this.inFlight.has(setId) || this.node.fenceReason() !== undefined) return;
+    // After a failure (etcd down), background claims pause a second instead of hammering.
+    if (this.clock() - this.backgroundFailedAt < 1000) return;
+    if (this.freeIn(setId) >= this.reserveTarget(setId)) return;
+    this.claim(setId, 'reserve').catch((err: unknown) => {
+      this.backgroundFailedAt = this.clock();
+      this.node.o.log.log('debug', 'cluster: background claim failed', {
+        network: this.name,
+        error: String(err),
+      });
+    });
+  }
+
+  /** Why no block can be claimed now (STATUS), or undefined. */
+  async claimImpossibleReason(): Promise<string | undefined> {
+    const fence = this.node.fenceReason();
+    if (fence !== undefined) return fence;
+    if (!(await this.node.etcd.health())) {
+      return `etcd is unreachable (last contact ${Math.round(this.node.lastContactAgeSeconds())} s ago)`;
+    }
+    for (const [setId] of this.pools.entries()) {
+      if (this.candidates(setId, 1).length === 0) return `every block of range set ${setId} is claimed`;
+    }
+    return undefined;
+  }
+
+  /**
+   * The periodic check: recount leases per owned block, mark blocks empty at two checks `blockReleaseAfter`
+   * apart as releasing (under the lock) and delete them in etcd, keep the reserve, refresh cluster.json's
+   * last contact, retry the sync while etcd was down.
+   */
+  async tick(): Promise<void> {
+    if (!this.synced) {
+      try {
+        await this.sync();
+      } catch (err) {
+        if (!(err instanceof EtcdUnavailableError)) throw err;
+      }
+    }
+    const now = this.clock();
+    const toRelease: string[] = [];
+    await this.store().transact(async (s) => {
+      const leases = await s.all();
+      for (const o of this.owned.values()) o.used = 0;
+      const byCidr = new Map<string, number>();
+      for (const l of leases) {
+        for (const pool of this.pools) {
+          const b = pool.blockOf(l.ip);
+          if (b !== undefined) {
+            byCidr.set(b.cidr, (byCidr.get(b.cidr) ?? 0) + 1);
+            break;
+          }
+        }
+      }
+      for (const [cidr, o] of this.owned) {
+        o.used = byCidr.get(cidr) ?? 0;
+        if (o.used > 0) {
+          o.emptySince = undefined;
+          if (o.state === 'releasing') o.state = 'owned';
+          continue;
+        }
+        if (o.state === 'releasing') {
+          toRelease.push(cidr);
+          continue;
+        }
+        if (o.emptySince === undefined) {
+          o.emptySince = now;
+          if (this.settings.blockReleaseAfterMs > 0) continue;
+        }
+        if (now - o.emptySince < this.settings.blockReleaseAfterMs) continue;
+        // Keep minBlocks per pool, and one block's worth of free addresses.
+        const sameSet = [...this.owned.values()].filter((x) => x.setId === o.setId && x.state === 'owned');
+        const freeAfter = this.freeIn(o.setId) - o.usable;
+        if (sameSet.length <= this.settings.minBlocks || freeAfter < this.pools[o.setId]!.blockAddresses)
+          continue;
+        o.state = 'releasing';
+        toRelease.push(cidr);
+      }
+      if (toRelease.length > 0) this.writeRecord();
+      const used = this.usedNow();
+      this.growth.push(Math.max(0, used - this.usedAtCheck));
+      while (this.growth.length > 60) this.growth.shift();
+      this.usedAtCheck = used;
+    });
+    for (const cidr of toRelease) await this.release(cidr);
+    if (this.node.lastContact() !== this.lastRecordContact) {
+      const every = Math.min(30_000, (this.node.o.horizonSeconds * 1000) / 4);
+      if (this.node.lastContact() - this.lastRecordContact >= every) this.writeRecord();
+    }
+    for (const [setId] of this.pools.entries()) this.reserveCheck(setId);
+  }
+
+  private async release(cidr: string): Promise<void> {
+    const o = this.owned.get(cidr);
+    if (o === undefined || o.state !== 'releasing') return;
+    const { etcd, keys } = this.node;
+    const key = keys.block(this.name, cidr);
+    try {
+      const lease = await this.node.ensureAlive();
+      const r = await etcd.txn(
+        {
+          compare: [
+            { key, target: 'MOD', modRevision: o.modRevision },
+            { key: keys.alive(this.node.name), target: 'LEASE', lease },
+          ],
+          success: [{ deleteRange: { key } }],
+          failure: [{ range: { key } }],
+        },
+        'release',
+      );
+      const kv = !r.succeeded && 'range' in r.responses[0]! ? r.responses[0].range.kvs[0] : undefined;
+      if (r.succeeded || kv === undefined) {
+        this.owned.delete(cidr);
+        this.claimed.delete(cidr);
+        this.writeRecord();
+        this.stats.inc('berthd_cluster_block_releases_total', 'Empty blocks released.', {
+          network: this.name,
+        });
+        this.node.o.log.log('debug', 'cluster: released an empty block', { network: this.name, block: cidr });
+        return;
+      }
+      const v = parseValue<BlockValue>(kv.value);
+      if (v?.node === this.node.name && v.uid === this.node.uid) o.modRevision = kv.modRevision;
+      else this.node.leaseLost(lease);
+    } catch (err) {
+      // Still `releasing`: retried at the next check (nothing is handed out of it meanwhile).
+      this.node.o.log.log('debug', 'cluster: release failed, retried later', {
+        network: this.name,
+        block: cidr,
+        error: String(err),
+      });
+    }
+  }
+
+  /** `berth node leave`: releases every block (they must be empty). */
+  async leave(): Promise<{ released: string[]; kept: { cidr: string; used: number }[] }> {
+    await this.store().transact(async (s) => {
+      const leases = await s.all();
+      for (const [cidr, o] of this.owned) {
+        const pool = this.pools[o.setId]!;
+        const used = leases.filter((l) => pool.blockOf(l.ip)?.cidr === cidr).length;
+        o.used = used;
+        if (used === 0) o.state = 'releasing';
+      }
+      this.writeRecord();
+    });
+    const released: string[] = [];
+    for (const [cidr, o] of [...this.owned]) {
+      if (o.state !== 'releasing') continue;
+      await this.release(cidr);
+      if (!this.owned.has(cidr)) released.push(cidr);
+    }
+    const kept = [...this.owned.entries()].map(([cidr, o]) => ({ cidr, used: o.used }));
+    return { released, kept };
+  }
+
+  /** Leases of this node outside its owned blocks (`berth cluster check`). */
+  async leasesOutsideBlocks(): Promise<string[]> {
+    return this.store().transact(
+      async (s) => {
+        const out: string[] = [];
+        for (const l of await s.all()) {
+          const inPool = this.pools.map((p) => p.blockOf(l.ip)).find((b) => b !== undefined);
+          if (inPool === undefined) continue;
+          if (!this.owned.has(inPool.cidr)) out.push(formatIp(l.ip));
+        }
+        return out;
+      },
+      { readOnly: true },
+    );
+  }
+
+  /** This node was forgotten and came back with a new boot: the old blocks are not ours any more. */
+  dropAll(): void {
+    this.owned.clear();
+    this.synced = false;
+    try {
+      this.writeRecord();
+    } catch {
+      // Rewritten at the next sync.
+    }
+  }
+
+  close(): void {
+    this.watcher?.close();
+  }
+}

@@ -1,0 +1,298 @@
+// This node in the cluster: its permanent identity key (a second machine with the same name cannot inherit
+// its blocks), its `alive` key under a lease kept alive every TTL/3, re-registration when the lease lapsed,
+// and the self-fence: past the ownership horizon since etcd last answered, the node stops allocating even in
+// its own blocks, which is what lets `berth node forget` elsewhere free them safely afterwards.
+import type { EtcdGateway } from './etcd-gateway';
+import { EtcdUnavailableError } from './etcd-gateway';
+import type { ClusterKeys } from './keys';
+import { type AliveValue, type ForgottenValue, type IdentityValue, parseValue } from './keys';
+import type { ClusterStats } from './stats';
+
+export interface ClusterLog {
+  log(level: 'debug' | 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>): void;
+}
+
+export interface ClusterNodeOptions {
+  etcd: EtcdGateway;
+  keys: ClusterKeys;
+  name: string;
+  uid: string;
+  bootId: string;
+  ttlSeconds: number;
+  horizonSeconds: number;
+  version: string;
+  log: ClusterLog;
+  stats: ClusterStats;
+  /** Monotonic ms. */
+  clock?: () => number;
+  wallClock?: () => Date;
+}
+
+/** The node refuses to run: its name belongs to another machine. */
+export class IdentityConflictError extends Error {}
+
+export class ClusterNode {
+  readonly name: string;
+  readonly uid: string;
+  private lease: string | undefined;
+  private registering: Promise<string> | undefined;
+  private keepalive: NodeJS.Timeout | undefined;
+  /** Set when etcd says this node must not allocate (forgotten with its pods possibly alive, identity lost). */
+  identityFence: string | undefined;
+  /** Monotonic time of an earlier process's last contact, from cluster.json (until this one reaches etcd). */
+  private inheritedContact: number | undefined;
+  private readonly started: number;
+  private readonly clock: () => number;
+  readonly wallClock: () => Date;
+  /** Called when etcd says a forgotten node came back with a new boot: its local blocks are gone. */
+  onForgottenNewBoot: (() => void) | undefined;
+  private stopped = false;
+
+  constructor(readonly o: ClusterNodeOptions) {
+    this.name = o.name;
+    this.uid = o.uid;
+    this.clock = o.clock ?? (() => performance.now());
+    this.wallClock = o.wallClock ?? (() => new Date());
+    this.started = this.clock();
+  }
+
+  get etcd(): EtcdGateway {
+    return this.o.etcd;
+  }
+
+  get keys(): ClusterKeys {
+    return this.o.keys;
+  }
+
+  get currentLease(): string | undefined {
+    return this.lease;
+  }
+
+  /** An earlier process's last contact (wall clock, from cluster.json): the fence does not restart with the daemon. */
+  inheritContact(wall: string): void {
+    const t = Date.parse(wall);
+    if (Number.isNaN(t)) return;
+    const mono = this.clock() - (this.wallClock().getTime() - t);
+    if (this.inheritedContact === undefined || mono > this.inheritedContact) this.inheritedContact = mono;
+  }
+
+  /** Monotonic ms of the last answer from etcd (this process, else the inherited one, else start). */
+  lastContact(): number {
+    return this.o.etcd.lastContact ?? this.inheritedContact ?? this.started;
+  }
+
+  lastContactAgeSeconds(): number {
+    return (this.clock() - this.lastContact()) / 1000;
+  }
+
+  /** Wall-clock time of the last contact (for cluster.json). */
+  lastContactWall(): string {
+    return new Date(this.wallClock().getTime() - (this.clock() - this.lastContact())).toISOString();
+  }
+
+  /** Why this node must not allocate now, or undefined. */
+  fenceReason(): string | undefined {
+    if (this.identityFence !== undefined) return this.identityFence;
+    const age = this.lastContactAgeSeconds();
+    if (age > this.o.horizonSeconds) {
+      return `node ${this.name} has not reached etcd for ${Math.round(age)} s (ownership horizon ${this.o.horizonSeconds} s): it no longer allocates, even in its own blocks, until etcd answers again`;
+    }
+    return undefined;
+  }
+
+  /** Registers (identity, lease, alive) and keeps the lease alive. Throws IdentityConflictError only. */
+  async start(): Promise<void> {
+    try {
+      await this.ensureAlive();
+    } catch (err) {
+      if (err instanceof IdentityConflictError) throw err;
+      this.o.log.log('warn', 'cluster: not registered yet, retrying in the background', {
+        error: (err as Error).message,
+      });
+    }
+    const every = Math.max(200, (this.o.ttlSeconds * 1000) / 3);
+    this.keepalive = setInterval(() => {
+      this.tick().catch((err: unknown) =>
+        this.o.log.log('debug', 'cluster: keepalive failed', { error: String(err) }),
+      );
+    }, every);
+    this.keepalive.unref();
+  }
+
+  private async tick(): Promise<void> {
+    if (this.stopped) return;
+    if (this.lease === undefined) {
+      await this.ensureAlive();
+      return;
+    }
+    const ttl = await this.o.etcd.leaseKeepAlive(this.lease);
+    if (ttl <= 0) {
+      this.o.log.log(
+        'warn',
+        'cluster: liveness lease lapsed (etcd unreachable or the process paused); registering again',
+        {
+          lease: this.lease,
+        },
+      );
+      this.lease = undefined;
+      await this.ensureAlive();
+    }
+  }
+
+  /** Stops the keepalive; with `revoke`, the alive key goes at once (graceful stop). */
+  async stop(revoke: boolean): Promise<void> {
+    this.stopped = true;
+    if (this.keepalive !== undefined) clearInterval(this.keepalive);
+    if (revoke && this.lease !== undefined) {
+      try {
+        await this.o.etcd.leaseRevoke(this.lease);
+      } catch {
+        // Its TTL ends it anyway.
+      }
+    }
+  }
+
+  /** The claim txn found `alive` not under our lease: forget it, the next ensureAlive registers again. */
+  leaseLost(lease: string): void {
+    if (this.lease === lease) this.lease = undefined;
+  }
+
+  /** The current lease, registering first when there is none. Throws when etcd is unreachable or fenced. */
+  ensureAlive(): Promise<string> {
+    if (this.lease !== undefined) return Promise.resolve(this.lease);
+    this.registering ??= this.register().finally(() => {
+      this.registering = undefined;
+    });
+    return this.registering;
+  }
+
+  private identityValue(): IdentityValue {
+    return {
+      uid: this.uid,
+      since: this.wallClock().toISOString(),
+      bootId: this.o.bootId,
+      horizonSeconds: this.o.horizonSeconds,
+      ttlSeconds: this.o.ttlSeconds,
+    };
+  }
+
+  private async register(): Promise<string> {
+    const { etcd, keys } = this.o;
+    const idKey = keys.identity(this.name);
+    const forgottenKey = keys.forgotten(this.name);
+    // 1. identity: created once; ours (same uid) → refreshed with this boot's settings.
+    let identityText: string | undefined;
+    for (let attempt = 0; identityText === undefined && attempt < 5; attempt++) {
+      const mine = JSON.stringify(this.identityValue());
+      const r = await etcd.txn(
+        {
+          compare: [
+            { key: idKey, target: 'CREATE', createRevision: '0' },
+            { key: forgottenKey, target: 'CREATE', createRevision: '0' },
+          ],
+          success: [{ put: { key: idKey, value: mine } }],
+          failure: [{ range: { key: idKey } }, { range: { key: forgottenKey } }],
+        },
+        'register',
+      );
+      if (r.succeeded) {
+        identityText = mine;
+        break;
+      }
+      const idKv = 'range' in r.responses[0]! ? r.responses[0].range.kvs[0] : undefined;
+      const fgKv = 'range' in r.responses[1]! ? r.responses[1].range.kvs[0] : undefined;
+      if (idKv !== undefined) {
+        const id = parseValue<IdentityValue>(idKv.value);
+        if (id?.uid !== this.uid) {
+          throw new IdentityConflictError(
+            `node name ${this.name} belongs to another machine in etcd (uid ${id?.uid ?? '?'}, ours ${this.uid}); refusing to use its blocks. Give this node another --node-name, or run \`berth node forget ${this.name}\` if that machine is gone`,
+          );
+        }
+        // Ours: refresh it (same uid), by CAS so a concurrent forget is not overwritten.
+        const u = await etcd.txn(
+          {
+            compare: [{ key: idKey, target: 'MOD', modRevision: idKv.modRevision }],
+            success: [{ put: { key: idKey, value: mine } }],
+            failure: [],
+          },
+          'register',
+        );
+        if (u.succeeded) identityText = mine;
+        continue;
+      }
+      if (fgKv !== undefined) {
+        const fg = parseValue<ForgottenValue>(fgKv.value);
+        if (fg?.uid === this.uid && fg.bootId === this.o.bootId) {
+          this.identityFence = `node ${this.name} was forgotten (by ${fg.by} at ${fg.at}) while this boot's pods may still run: drain them, then run \`berth node rejoin\``;
+          throw new Error(this.identityFence);
+        }
+        // A new boot (or another machine): nothing of the old blocks is in use any more; start afresh.
+        const d = await etcd.txn(
+          {
+            compare: [{ key: forgottenKey, target: 'MOD', modRevision: fgKv.modRevision }],
+            success: [{ deleteRange: { key: forgottenKey } }],
+            failure: [],
+          },
+          'register',
+        );
+        if (d.succeeded) {
+          this.o.log.log('info', 'cluster: this node was forgotten before this boot; registering afresh', {
+            node: this.name,
+          });
+          this.onForgottenNewBoot?.();
+        }
+      }
+    }
+    if (identityText === undefined)
+      throw new Error(`could not register node ${this.name} (identity kept changing)`);
+    // 2. alive under a new lease, only while the identity is still ours.
+    const lease = await etcd.leaseGrant(this.o.ttlSeconds);
+    const alive: AliveValue = {
+      uid: this.uid,
+      bootId: this.o.bootId,
+      pid: process.pid,
+      version: this.o.version,
+      since: this.wallClock().toISOString(),
+    };
+    const r = await etcd.txn(
+      {
+        compare: [{ key: idKey, target: 'VALUE', value: identityText }],
+        success: [
+          { put: { key: keys.alive(this.name), value: JSON.stringify(alive), lease: lease.id } },
+          { deleteRange: { key: keys.absent(this.name) } },
+        ],
+        failure: [],
+      },
+      'register',
+    );
+    if (!r.succeeded) {
+      await etcd.leaseRevoke(lease.id).catch(() => undefined);
+      throw new Error(`node ${this.name}'s identity changed while registering`);
+    }
+    this.identityFence = undefined;
+    this.lease = lease.id;
+    this.o.stats.inc('berthd_cluster_lease_registrations_total', 'Times this node registered its alive key.');
+    this.o.log.log('info', 'cluster: node registered', { node: this.name, lease: lease.id });
+    return lease.id;
+  }
+
+  /** Clears the forgotten fence after its pods were drained (`berth node rejoin`). */
+  async rejoin(): Promise<void> {
+    const fg = await this.o.etcd.get(this.o.keys.forgotten(this.name));
+    if (fg !== undefined) {
+      await this.o.etcd.txn({
+        compare: [{ key: this.o.keys.forgotten(this.name), target: 'MOD', modRevision: fg.modRevision }],
+        success: [{ deleteRange: { key: this.o.keys.forgotten(this.name) } }],
+        failure: [],
+      });
+    }
+    this.identityFence = undefined;
+    this.onForgottenNewBoot?.();
+    await this.ensureAlive();
+  }
+
+  /** True when `err` means etcd could not be asked (as opposed to an answer we did not like). */
+  static unreachable(err: unknown): boolean {
+    return err instanceof EtcdUnavailableError;
+  }
+}

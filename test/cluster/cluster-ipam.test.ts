@@ -1,0 +1,330 @@
+// Cluster IPAM end to end in one process, on the fake etcd: berthd's Service with the cluster layer for two
+// or three nodes (separate data dirs, one etcd), asserted from the lease files, cluster.json and the etcd keys.
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import { ClusterIpam } from '../../src/cluster/cluster-ipam';
+import { IdentityConflictError } from '../../src/cluster/node';
+import { CniError, ErrorCode } from '../../src/cni-spec/errors';
+import { parseRequest } from '../../src/cni-spec/request';
+import { parseCidr, parseIp, cidrContains } from '../../src/ipam/address';
+import { PoolBlocks, filesClusterAllocator, readClusterRecord } from '../../src/ipam/cluster-blocks';
+import { canonicalizeRangeSet } from '../../src/ipam/range-set';
+import { Allocate, Release, Status } from '../../src/ipam/daemon/protocol';
+import { Service } from '../../src/ipam/daemon/service';
+import { add as fileAdd } from '../../src/ipam/handlers';
+import { openLeaseFileStore } from '../../src/ipam/lease-file-store';
+import { FakeEtcd } from './fake-etcd';
+
+const NET = 'ctnet';
+const POOL = '198.18.0.0/20';
+let fake: FakeEtcd;
+let urls: string[];
+let root: string;
+const nodes: { cluster: ClusterIpam; service: Service; dataDir: string; name: string }[] = [];
+const quiet = { log: () => undefined };
+
+function config(dataDir: string): Record<string, unknown> {
+  return {
+    cniVersion: '1.1.0',
+    name: NET,
+    type: 'berth-ipam',
+    ipam: { type: 'berth-ipam', dataDir, ranges: [[{ subnet: POOL }]], cluster: { blockSize: 26 } },
+  };
+}
+
+function envelope(dataDir: string, cid: string): unknown {
+  return {
+    env: { CNI_CONTAINERID: cid, CNI_NETNS: `/run/netns/${cid}`, CNI_IFNAME: 'eth0' },
+    config: config(dataDir),
+  };
+}
+
+async function startNode(
+  name: string,
+  opts: { horizonSeconds?: number; releaseAfterMs?: number; uidFile?: string; claimTimeoutMs?: number } = {},
+): Promise<(typeof nodes)[number]> {
+  const dataDir = join(root, name, 'data');
+  const cluster = new ClusterIpam({
+    etcd: { endpoints: urls, timeoutMs: 300 },
+    prefix: '/berth/v1',
+    nodeName: name,
+    nodeIdFile: opts.uidFile ?? join(root, name, 'node-id'),
+    bootId: `boot-${name}`,
+    ttlSeconds: 3,
+    horizonSeconds: opts.horizonSeconds ?? 3600,
+    claimTimeoutMs: opts.claimTimeoutMs ?? 1500,
+    blockReleaseAfterMs: opts.releaseAfterMs ?? 300_000,
+    forgetMarginSeconds: 0,
+    version: 'test',
+    log: quiet,
+  });
+  const service = new Service({ dataDir, bootId: `boot-${name}`, log: quiet, cluster });
+  cluster.useStores((conf) => service.store(conf.dataDir, conf.network));
+  await cluster.start();
+  const n = { cluster, service, dataDir, name };
+  nodes.push(n);
+  return n;
+}
+
+async function add(n: (typeof nodes)[number], cid: string): Promise<string> {
+  const r = await n.service.call(Allocate, envelope(n.dataDir, cid));
+  return r!.ips![0]!.address.split('/')[0]!;
+}
+
+function leaseFiles(dataDir: string): string[] {
+  const dir = join(dataDir, NET);
+  return existsSync(dir) ? readdirSync(dir).filter((f) => parseIp(f) !== undefined) : [];
+}
+
+function etcdBlocksOf(node: string): string[] {
+  return fake
+    .keys(`/berth/v1/nets/${NET}/blocks/`)
+    .filter((k) => (JSON.parse(fake.get(k)!.value) as { node: string }).node === node)
+    .map((k) => k.slice(k.lastIndexOf('/') + 1).replace('-', '/'));
+}
+
+/** Addresses the blocks can hand out: inside the pool's range, the gateway excluded. */
+function capacityOf(blocks: string[]): number {
+  const pool = new PoolBlocks(canonicalizeRangeSet([{ subnet: POOL }], 'test'), {
+    blockSize4: 26,
+    blockSize6: 122,
+  });
+  return blocks.reduce((n, c) => {
+    const r = pool.find(c)!.range;
+    const gw = r.gateway.value >= r.start && r.gateway.value <= r.end ? 1 : 0;
+    return n + Number(r.end - r.start + 1n) - gw;
+  }, 0);
+}
+
+function inBlocks(ip: string, blocks: string[]): boolean {
+  return blocks.some((b) => cidrContains(parseCidr(b)!, parseIp(ip)!));
+}
+
+beforeEach(async () => {
+  fake = new FakeEtcd();
+  urls = [await fake.addMember(), await fake.addMember()];
+  root = mkdtempSync(join(tmpdir(), 'bt-cluster-'));
+});
+
+afterEach(async () => {
+  for (const n of nodes.splice(0)) {
+    await n.cluster.stop();
+    await n.service.drain();
+    n.service.close();
+  }
+  await fake.close();
+  rmSync(root, { recursive: true, force: true });
+});
+
+describe('claims', () => {
+  test('two nodes, concurrent ADDs: disjoint addresses, each inside a block etcd says its node owns', async () => {
+    const a = await startNode('n1');
+    const b = await startNode('n2');
+    const ips = await Promise.all(
+      Array.from({ length: 300 }, (_, i) => add(i % 2 === 0 ? a : b, `ctr-${i}`)),
+    );
+    expect(new Set(ips).size).toBe(300);
+    for (const n of [a, b]) {
+      const files = leaseFiles(n.dataDir);
+      const owned = etcdBlocksOf(n.name);
+      expect(files.length).toBe(150);
+      expect(files.every((ip) => inBlocks(ip, owned))).toBe(true);
+      // cluster.json lists what etcd says the node owns, nothing more.
+      const rec = readClusterRecord(n.dataDir, NET)!;
+      expect(rec.blocks.map((x) => x.cidr).sort()).toEqual(owned.sort());
+    }
+    const fa = new Set(leaseFiles(a.dataDir));
+    expect(leaseFiles(b.dataDir).some((ip) => fa.has(ip))).toBe(false);
+    // About one claim per block, not one etcd write per address.
+    const txns = fake.calls.get('/v3/kv/txn') ?? 0;
+    expect(txns).toBeLessThan(40);
+    expect(a.cluster.stats.total('berthd_cluster_adds_waited_total')).toBeGreaterThan(0);
+  });
+
+  test('steady state: ADD/DEL churn inside owned blocks makes no etcd request', async () => {
+    const a = await startNode('n1');
+    for (let i = 0; i < 20; i++) await add(a, `warm-${i}`);
+    await new Promise((r) => setTimeout(r, 300));
+    const keepalives = (): number =>
+      a.cluster.stats.counter('berthd_cluster_etcd_requests_total', { op: 'lease_keepalive', result: 'ok' });
+    const before = a.cluster.etcd.roundTrips - keepalives();
+    const waited = a.cluster.stats.total('berthd_cluster_adds_waited_total');
+    for (let i = 0; i < 200; i++) {
+      await add(a, `churn-${i}`);
+      await a.service.call(Release, envelope(a.dataDir, `churn-${i}`));
+    }
+    // Keepalives (every TTL/3 = 1 s) land meanwhile; nothing else does.
+    expect(a.cluster.etcd.roundTrips - keepalives() - before).toBe(0);
+    expect(a.cluster.stats.total('berthd_cluster_adds_waited_total')).toBe(waited);
+  });
+
+  test('a second machine under the same node name is refused', async () => {
+    await startNode('n1');
+    const dup = startNode('n1', { uidFile: join(root, 'other-id') });
+    await expect(dup).rejects.toBeInstanceOf(IdentityConflictError);
+    nodes.pop();
+  });
+
+  test('a lapsed liveness lease: the next claim re-registers and succeeds', async () => {
+    const a = await startNode('n1');
+    await add(a, 'first');
+    fake.expireAllLeases();
+    expect(fake.get('/berth/v1/nodes/n1/alive')).toBeUndefined();
+    for (let i = 0; i < 130; i++) await add(a, `more-${i}`);
+    expect(fake.get('/berth/v1/nodes/n1/alive')).toBeDefined();
+    expect(a.cluster.stats.total('berthd_cluster_lease_registrations_total')).toBeGreaterThanOrEqual(2);
+  });
+});
+
+describe('etcd down', () => {
+  test('ADDs inside owned blocks go on, an ADD needing a block fails with 11, DEL works, STATUS 0 while free', async () => {
+    const a = await startNode('n1', { claimTimeoutMs: 800 });
+    await add(a, 'c-0');
+    await new Promise((r) => setTimeout(r, 200));
+    const owned = etcdBlocksOf('n1');
+    const capacity = capacityOf(owned);
+    fake.setMode(0, 'unavailable');
+    fake.setMode(1, 'hang');
+    const got: string[] = [];
+    let failure: unknown;
+    for (let i = 1; i < capacity + 5 && failure === undefined; i++) {
+      try {
+        if (i < capacity) await a.service.call(Status, envelope(a.dataDir, 'st'));
+        got.push(await add(a, `c-${i}`));
+      } catch (err) {
+        failure = err;
+      }
+    }
+    expect(got.length).toBe(capacity - 1);
+    expect(got.every((ip) => inBlocks(ip, owned))).toBe(true);
+    expect(failure).toBeInstanceOf(CniError);
+    expect((failure as CniError).code).toBe(ErrorCode.TryAgainLater);
+    expect((failure as CniError).message).toMatch(/etcd is unreachable \(last contact \d+ s ago/);
+    // Full and no claim possible: STATUS says not available (50).
+    const st = await a.service.call(Status, envelope(a.dataDir, 'st')).catch((e: unknown) => e);
+    expect((st as CniError).code).toBe(ErrorCode.PluginNotAvailable);
+    await a.service.call(Release, envelope(a.dataDir, 'c-1'));
+    expect(leaseFiles(a.dataDir)).not.toContain(got[0]);
+    // etcd back: claims resume.
+    fake.setMode(0, 'up');
+    fake.setMode(1, 'up');
+    await add(a, 'after-1');
+    await add(a, 'after-2');
+    expect(etcdBlocksOf('n1').length).toBeGreaterThan(owned.length);
+  });
+
+  test('past the ownership horizon without etcd the node fences itself: ADD 11, STATUS 50', async () => {
+    const a = await startNode('n1', { horizonSeconds: 1 });
+    await add(a, 'c-0');
+    fake.setMode(0, 'unavailable');
+    fake.setMode(1, 'unavailable');
+    await new Promise((r) => setTimeout(r, 1600));
+    const err = (await add(a, 'c-1').catch((e: unknown) => e)) as CniError;
+    expect(err.code).toBe(ErrorCode.TryAgainLater);
+    expect(err.message).toMatch(/ownership horizon/);
+    const st = (await a.service.call(Status, envelope(a.dataDir, 'st')).catch((e: unknown) => e)) as CniError;
+    expect(st.code).toBe(ErrorCode.PluginNotAvailable);
+    expect(a.cluster.gauges().find((g) => g.name === 'berthd_cluster_fenced')!.value).toBe(1);
+    fake.setMode(0, 'up');
+    fake.setMode(1, 'up');
+    await new Promise((r) => setTimeout(r, 1200));
+    await add(a, 'c-2');
+  });
+});
+
+describe('daemon down: berth-ipam on the files', () => {
+  test('allocates only inside the blocks of cluster.json and never claims', async () => {
+    const a = await startNode('n1');
+    await add(a, 'c-0');
+    await a.cluster.stop();
+    await a.service.drain();
+    a.service.close();
+    nodes.pop();
+    const owned = readClusterRecord(a.dataDir, NET)!.blocks.map((b) => b.cidr);
+    const txnsBefore = fake.calls.get('/v3/kv/txn') ?? 0;
+    const deps = {
+      bootId: 'boot-n1',
+      warn: () => undefined,
+      now: () => new Date(),
+      cluster: filesClusterAllocator(() => new Date()),
+      openStore: () =>
+        openLeaseFileStore({ dataDir: a.dataDir, network: NET, bootId: 'boot-n1', warn: () => undefined }),
+    };
+    const req = (cid: string) =>
+      parseRequest({
+        env: {
+          CNI_COMMAND: 'ADD',
+          CNI_CONTAINERID: cid,
+          CNI_NETNS: '/x',
+          CNI_IFNAME: 'eth0',
+          CNI_PATH: '/x',
+        },
+        stdin: JSON.stringify(config(a.dataDir)),
+      });
+    const got: string[] = [];
+    let failure: unknown;
+    for (let i = 0; i < 200 && failure === undefined; i++) {
+      try {
+        const r = await fileAdd(req(`f-${i}`), deps);
+        got.push(r.ips![0]!.address.split('/')[0]!);
+      } catch (err) {
+        failure = err;
+      }
+    }
+    expect(got.every((ip) => inBlocks(ip, owned))).toBe(true);
+    expect(got.length).toBe(capacityOf(owned) - 1);
+    expect((failure as CniError).code).toBe(ErrorCode.TryAgainLater);
+    expect((failure as CniError).message).toMatch(/berthd .* is not running/);
+    expect(fake.calls.get('/v3/kv/txn') ?? 0).toBe(txnsBefore);
+  });
+});
+
+describe('release, forget, leave', () => {
+  test('the owner releases blocks that stayed empty, keeping one', async () => {
+    const a = await startNode('n1', { releaseAfterMs: 0 });
+    for (let i = 0; i < 200; i++) await add(a, `c-${i}`);
+    expect(etcdBlocksOf('n1').length).toBeGreaterThanOrEqual(4);
+    for (let i = 0; i < 200; i++) await a.service.call(Release, envelope(a.dataDir, `c-${i}`));
+    const deadline = Date.now() + 10_000;
+    while (etcdBlocksOf('n1').length > 1 && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 100));
+    expect(etcdBlocksOf('n1').length).toBe(1);
+    expect(readClusterRecord(a.dataDir, NET)!.blocks.map((b) => b.cidr)).toEqual(etcdBlocksOf('n1'));
+    expect((await a.cluster.check()).problems).toEqual([]);
+  }, 20_000);
+
+  test('forget is refused while the node is alive and before its horizon, accepted after; leave frees all', async () => {
+    const a = await startNode('n1');
+    const b = await startNode('n2', { horizonSeconds: 1 });
+    await add(a, 'a-0');
+    await add(b, 'b-0');
+    const bBlocks = etcdBlocksOf('n2');
+    expect(bBlocks.length).toBeGreaterThan(0);
+    await expect(a.cluster.forget('n2', false)).rejects.toThrow(/is alive/);
+    // n2 dies silently (no revoke): its lease runs out.
+    await b.cluster.stop().catch(() => undefined);
+    nodes.splice(nodes.indexOf(b), 1);
+    await b.service.drain();
+    b.service.close();
+    fake.putDirect('/berth/v1/nodes/n2/alive-placeholder', 'x');
+    fake.expireAllLeases();
+    // n1's own lease went too: it registers again on its next keepalive; give it that.
+    await new Promise((r) => setTimeout(r, 1200));
+    await expect(a.cluster.forget('n2', false)).rejects.toThrow(/absent for \d+ s.*accepted after 7 s/);
+    expect(etcdBlocksOf('n2')).toEqual(bBlocks);
+    await new Promise((r) => setTimeout(r, 7200));
+    const r = await a.cluster.forget('n2', false);
+    expect(r.blocks.length).toBe(bBlocks.length);
+    expect(etcdBlocksOf('n2')).toEqual([]);
+    expect(fake.get('/berth/v1/nodes/n2/identity')).toBeUndefined();
+    expect(fake.get('/berth/v1/nodes/n2/forgotten')).toBeDefined();
+    // Graceful leave of n1 once its pods are gone.
+    await a.service.call(Release, envelope(a.dataDir, 'a-0'));
+    const left = await a.cluster.leave();
+    expect(left.kept).toEqual([]);
+    expect(etcdBlocksOf('n1')).toEqual([]);
+    expect(fake.get('/berth/v1/nodes/n1/identity')).toBeUndefined();
+  }, 20_000);
+});
