@@ -3,40 +3,21 @@
 // failure leaves nothing behind.
 import { randomBytes } from 'node:crypto';
 import { CniError, ErrorCode } from '../cni-spec/errors';
-import { delegate } from '../cni-spec/invoke';
 import type { Request } from '../cni-spec/request';
 import type { Interface, Result } from '../cni-spec/types/result';
 import { toKernelCniError } from '../netlink/errors';
 import { openNetns } from '../netlink/netns';
 import type { Link } from '../netlink/types';
 import { confFromRequest, wantsVlanFiltering, type BridgeConf } from './config';
+import type { BridgeDeps } from './deps';
 import { canonicalIp, planAddresses, parseCidr, type AddressPlan, type GatewayAddress } from './gateway';
-import {
-  hostNetlink,
-  isCode,
-  netnsNetlink,
-  readSysctl,
-  trySysctl,
-  writeSysctl,
-  type Netlink,
-} from './kernel';
+import { isCode, readSysctl, trySysctl, writeSysctl, type Netlink } from './kernel';
 import { withNetworkLock } from './lock';
 import { addMasquerade, removeMasquerade } from './masquerade';
 import { attachmentTag, nftScope } from './nft';
 import { registerAttachment, unregisterAttachment } from './registry';
 import { addSpoofCheck, removeSpoofCheck } from './spoofcheck';
 import { UndoStack } from './undo';
-
-/** Test-only fault injection (BERTH_TEST_FAULT=after-veth|after-ipam|after-gateway|after-masq). */
-function fault(req: Request, point: string): void {
-  if (req.env.BERTH_TEST_FAULT === point) {
-    throw new CniError(ErrorCode.Internal, `injected fault ${point} (BERTH_TEST_FAULT)`);
-  }
-}
-
-function log(line: string): void {
-  process.stderr.write(`berth-bridge: ${line}\n`);
-}
 
 /** Creates the bridge or reuses it; EEXIST is fine, an existing non-bridge is an error. */
 async function ensureBridge(nl: Netlink, conf: BridgeConf): Promise<{ link: Link; created: boolean }> {
@@ -361,23 +342,30 @@ function chainedResult(prev: Result, ours: Result): Result {
   return merged;
 }
 
-export async function cmdAdd(req: Request): Promise<Result> {
+export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
   const conf = confFromRequest(req);
   const undo = new UndoStack();
   const tag = attachmentTag(req.containerId, req.ifname);
-  const nft = nftScope(req.env, conf.network);
-  const lockOpts = { network: conf.network, env: req.env };
+  const nft = nftScope(deps, conf.network);
+  const lockOpts = { network: conf.network, runDir: deps.runDir };
+  const fault = (point: string): void => deps.fault?.(point);
   let netnsRef;
   try {
     netnsRef = openNetns(req.netns);
   } catch (err) {
     throw toKernelCniError(err);
   }
-  const host = await hostNetlink();
+  let host: Netlink;
+  try {
+    host = await deps.kernel.host();
+  } catch (err) {
+    netnsRef.close();
+    throw toKernelCniError(err);
+  }
   let pod: Netlink | undefined;
   try {
     // The socket is opened on the fd already held, so the pod namespace is entered by the same reference.
-    pod = await netnsNetlink(netnsRef.fd);
+    pod = await deps.kernel.netns(netnsRef.fd);
     const ctx: AddContext = { req, conf, host, pod, netnsFd: netnsRef.fd };
     if ((await pod.findLink(req.ifname)) !== undefined) {
       throw new CniError(ErrorCode.Internal, `container veth name provided (${req.ifname}) already exists`);
@@ -403,13 +391,13 @@ export async function cmdAdd(req: Request): Promise<Result> {
         host.deleteLink(v.host.index).catch((e) => (isCode(e, 'ENODEV') ? undefined : Promise.reject(e))),
       );
       await configurePort(ctx, { bridge: b.link, veth: v.host, alias: tag });
-      registerAttachment(req.env, conf.network, tag);
+      registerAttachment(deps.runDir, conf.network, tag);
       undo.push('unregister attachment', () =>
-        withNetworkLock(lockOpts, async () => unregisterAttachment(req.env, conf.network, tag)),
+        withNetworkLock(lockOpts, async () => unregisterAttachment(deps.runDir, conf.network, tag)),
       );
       return { bridge: b.link, veth: v };
     });
-    fault(req, 'after-veth');
+    fault('after-veth');
 
     const result: Result = {
       cniVersion: '1.1.0',
@@ -442,11 +430,11 @@ export async function cmdAdd(req: Request): Promise<Result> {
     let plan: AddressPlan | undefined;
     if (conf.ipamType !== undefined) {
       const ipamType = conf.ipamType;
-      const ipam = await delegate({ pluginType: ipamType, command: 'ADD', request: req });
+      const ipam = await deps.ipam({ pluginType: ipamType, command: 'ADD', request: req });
       undo.push(`IPAM DEL (${ipamType})`, async () => {
-        await delegate({ pluginType: ipamType, command: 'DEL', request: req });
+        await deps.ipam({ pluginType: ipamType, command: 'DEL', request: req });
       });
-      fault(req, 'after-ipam');
+      fault('after-ipam');
       if (ipam === undefined || ipam.ips === undefined || ipam.ips.length === 0) {
         throw new CniError(ErrorCode.Internal, 'IPAM plugin returned missing IP config');
       }
@@ -491,7 +479,7 @@ export async function cmdAdd(req: Request): Promise<Result> {
           }
           enableForwarding(p);
         }
-        fault(req, 'after-gateway');
+        fault('after-gateway');
         if (conf.ipMasq) {
           await addMasquerade(nft, { containerId: req.containerId, ifname: req.ifname }, p.masq);
           undo.push('remove masquerade entries', () =>
@@ -499,7 +487,7 @@ export async function cmdAdd(req: Request): Promise<Result> {
           );
         }
       });
-      fault(req, 'after-masq');
+      fault('after-masq');
     }
 
     if (!conf.disableContainerInterface) {
@@ -524,7 +512,7 @@ export async function cmdAdd(req: Request): Promise<Result> {
     if (conf.dns !== undefined) result.dns = conf.dns;
     return req.prevResult !== undefined ? chainedResult(req.prevResult, result) : result;
   } catch (err) {
-    await undo.unwind(log);
+    await undo.unwind(req.log);
     throw toKernelCniError(err);
   } finally {
     pod?.close();

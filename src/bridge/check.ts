@@ -2,13 +2,12 @@
 // host veth and its port settings, addresses, routes, masquerade and spoof-check entries — and asks IPAM
 // to check its reservation only when there is an IPAM.
 import { CniError, ErrorCode } from '../cni-spec/errors';
-import { delegate } from '../cni-spec/invoke';
 import type { Request } from '../cni-spec/request';
 import type { Interface } from '../cni-spec/types/result';
 import { toKernelCniError } from '../netlink/errors';
 import { confFromRequest } from './config';
 import { canonicalIp, parseCidr } from './gateway';
-import { hostNetlink, netnsNetlink } from './kernel';
+import type { BridgeDeps } from './deps';
 import { masqueradeAddresses } from './masquerade';
 import { attachmentTag, nftScope } from './nft';
 import { spoofCheckEntries } from './spoofcheck';
@@ -20,10 +19,10 @@ function fail(msg: string): never {
 const sameMac = (a: string | undefined, b: string | undefined): boolean =>
   a === undefined || b === undefined || a.toLowerCase() === b.toLowerCase();
 
-export async function cmdCheck(req: Request): Promise<void> {
+export async function cmdCheck(req: Request, deps: BridgeDeps): Promise<void> {
   const conf = confFromRequest(req);
   if (conf.ipamType !== undefined)
-    await delegate({ pluginType: conf.ipamType, command: 'CHECK', request: req });
+    await deps.ipam({ pluginType: conf.ipamType, command: 'CHECK', request: req });
   const prev = req.prevResult;
   if (prev === undefined) fail('Required prevResult missing');
   const ifaces = prev.interfaces ?? [];
@@ -35,10 +34,10 @@ export async function cmdCheck(req: Request): Promise<void> {
   if (contIf === undefined)
     fail(`Sandbox in prevResult doesn't match configured netns: ${req.netns} (interface ${req.ifname})`);
 
-  const host = await hostNetlink();
+  const host = await deps.kernel.host();
   let pod;
   try {
-    pod = await netnsNetlink(req.netns);
+    pod = await deps.kernel.netns(req.netns);
   } catch (err) {
     host.close();
     throw toKernelCniError(err);
@@ -124,7 +123,7 @@ export async function cmdCheck(req: Request): Promise<void> {
     }
 
     const tag = attachmentTag(req.containerId, req.ifname);
-    const scope = nftScope(req.env, conf.network);
+    const scope = nftScope(deps, conf.network);
     if (conf.ipMasq && conf.ipamType !== undefined) {
       const masq = new Set(await masqueradeAddresses(scope, tag));
       for (const ip of prev.ips ?? []) {

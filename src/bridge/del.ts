@@ -2,11 +2,11 @@
 // by its alias tag when the namespace is gone or unknown; IPAM is released and the attachment's masquerade
 // and spoof-check elements are removed in every case.
 import { CniError, ErrorCode } from '../cni-spec/errors';
-import { delegate } from '../cni-spec/invoke';
 import type { Request } from '../cni-spec/request';
 import { netlinkCode, toKernelCniError } from '../netlink/errors';
 import { confFromRequest } from './config';
-import { hostNetlink, isCode, netnsNetlink, type Netlink } from './kernel';
+import type { BridgeDeps, BridgeKernel } from './deps';
+import { isCode, type Netlink } from './kernel';
 import { withNetworkLock } from './lock';
 import { removeMasquerade } from './masquerade';
 import { attachmentTag, nftScope } from './nft';
@@ -14,10 +14,10 @@ import { unregisterAttachment } from './registry';
 import { removeSpoofCheck } from './spoofcheck';
 
 /** Deletes the container interface inside the namespace; false when the namespace is gone. */
-async function deleteInNetns(netns: string, ifname: string): Promise<boolean> {
+async function deleteInNetns(kernel: BridgeKernel, netns: string, ifname: string): Promise<boolean> {
   let pod: Netlink;
   try {
-    pod = await netnsNetlink(netns);
+    pod = await kernel.netns(netns);
   } catch (err) {
     // A namespace already deleted (or a path that is no namespace any more) is not an error for DEL.
     if (netlinkCode(err) === 'ENOENT' || netlinkCode(err) === 'ENOTNS') return false;
@@ -49,7 +49,7 @@ async function deleteTaggedVeths(host: Netlink, opts: { tag: string; bridge: str
   }
 }
 
-export async function cmdDel(req: Request): Promise<void> {
+export async function cmdDel(req: Request, deps: BridgeDeps): Promise<void> {
   const conf = confFromRequest(req);
   const tag = attachmentTag(req.containerId, req.ifname);
   const errors: string[] = [];
@@ -60,31 +60,33 @@ export async function cmdDel(req: Request): Promise<void> {
   };
 
   try {
-    if (req.netns !== '') await deleteInNetns(req.netns, req.ifname);
+    if (req.netns !== '') await deleteInNetns(deps.kernel, req.netns, req.ifname);
   } catch (err) {
     note('delete container interface', err);
   }
-  const host = await hostNetlink();
   try {
-    await deleteTaggedVeths(host, { tag, bridge: conf.bridge });
+    const host = await deps.kernel.host();
+    try {
+      await deleteTaggedVeths(host, { tag, bridge: conf.bridge });
+    } finally {
+      host.close();
+    }
   } catch (err) {
     note('delete host veth', err);
-  } finally {
-    host.close();
   }
 
   // Released after the device is gone, like the reference (containernetworking/plugins#666).
   if (conf.ipamType !== undefined) {
     try {
-      await delegate({ pluginType: conf.ipamType, command: 'DEL', request: req });
+      await deps.ipam({ pluginType: conf.ipamType, command: 'DEL', request: req });
     } catch (err) {
       note(`IPAM DEL (${conf.ipamType})`, err);
     }
   }
 
-  const scope = nftScope(req.env, conf.network);
+  const scope = nftScope(deps, conf.network);
   try {
-    await withNetworkLock({ network: conf.network, env: req.env }, async () => {
+    await withNetworkLock({ network: conf.network, runDir: deps.runDir }, async () => {
       // Two tables, two independent nft processes: run them side by side, both finished before the lock goes.
       const outcomes = await Promise.allSettled([
         removeMasquerade(scope, (t) => t === tag),
@@ -93,7 +95,7 @@ export async function cmdDel(req: Request): Promise<void> {
       const failed = outcomes.find((o) => o.status === 'rejected');
       if (failed !== undefined) note('remove nftables entries', failed.reason);
       try {
-        unregisterAttachment(req.env, conf.network, tag);
+        unregisterAttachment(deps.runDir, conf.network, tag);
       } catch (err) {
         note('unregister attachment', err);
       }

@@ -2,11 +2,11 @@
 // this bridge, masquerade and spoof-check elements) and then asks IPAM to do the same; STATUS says whether an
 // ADD could be served now.
 import { CniError, ErrorCode } from '../cni-spec/errors';
-import { delegate } from '../cni-spec/invoke';
 import type { Request } from '../cni-spec/request';
 import { nftList } from '../netlink/nftables';
 import { confFromRequest } from './config';
-import { hostNetlink, isCode } from './kernel';
+import type { BridgeDeps } from './deps';
+import { isCode } from './kernel';
 import { withNetworkLock } from './lock';
 import { removeMasquerade } from './masquerade';
 import { attachmentTag, nftScope } from './nft';
@@ -16,15 +16,15 @@ import { removeSpoofCheck } from './spoofcheck';
 /** An alias berth wrote: `<containerID>/<ifname>` (ifname has no '/'). */
 const TAG_RE = /^.+\/[^/]{1,15}$/;
 
-export async function cmdGc(req: Request): Promise<void> {
+export async function cmdGc(req: Request, deps: BridgeDeps): Promise<void> {
   const conf = confFromRequest(req);
   const valid = new Set((req.validAttachments ?? []).map((a) => attachmentTag(a.containerID, a.ifname)));
   const stale = (tag: string | undefined): boolean => tag === undefined || !valid.has(tag);
   const failures: string[] = [];
-  const lockOpts = { network: conf.network, env: req.env };
+  const lockOpts = { network: conf.network, runDir: deps.runDir };
 
   await withNetworkLock(lockOpts, async () => {
-    const host = await hostNetlink();
+    const host = await deps.kernel.host();
     try {
       const br = await host.findLink(conf.bridge);
       if (br !== undefined && br.kind === 'bridge') {
@@ -38,7 +38,7 @@ export async function cmdGc(req: Request): Promise<void> {
             continue;
           if (valid.has(l.alias)) continue;
           // A port another network registered is that network's to collect, even on a shared bridge.
-          if (registeredElsewhere(req.env, conf.network, l.alias)) continue;
+          if (registeredElsewhere(deps.runDir, conf.network, l.alias)) continue;
           try {
             await host.deleteLink(l.index);
           } catch (err) {
@@ -52,10 +52,10 @@ export async function cmdGc(req: Request): Promise<void> {
     } finally {
       host.close();
     }
-    for (const tag of registeredTags(req.env, conf.network)) {
-      if (!valid.has(tag)) unregisterAttachment(req.env, conf.network, tag);
+    for (const tag of registeredTags(deps.runDir, conf.network)) {
+      if (!valid.has(tag)) unregisterAttachment(deps.runDir, conf.network, tag);
     }
-    const scope = nftScope(req.env, conf.network);
+    const scope = nftScope(deps, conf.network);
     try {
       await removeMasquerade(scope, stale);
     } catch (err) {
@@ -70,7 +70,7 @@ export async function cmdGc(req: Request): Promise<void> {
 
   if (conf.ipamType !== undefined) {
     try {
-      await delegate({ pluginType: conf.ipamType, command: 'GC', request: req });
+      await deps.ipam({ pluginType: conf.ipamType, command: 'GC', request: req });
     } catch (err) {
       failures.push(`IPAM GC (${conf.ipamType}): ${(err as Error).message}`);
     }
@@ -93,10 +93,10 @@ async function nftUsable(): Promise<string | undefined> {
   }
 }
 
-export async function cmdStatus(req: Request): Promise<void> {
+export async function cmdStatus(req: Request, deps: BridgeDeps): Promise<void> {
   const conf = confFromRequest(req);
   const unavailable = (msg: string): CniError => new CniError(ErrorCode.PluginNotAvailable, msg);
-  const host = await hostNetlink();
+  const host = await deps.kernel.host();
   try {
     const br = await host.findLink(conf.bridge);
     if (br !== undefined && br.kind !== 'bridge') {
@@ -114,7 +114,7 @@ export async function cmdStatus(req: Request): Promise<void> {
   }
   if (conf.ipamType !== undefined) {
     try {
-      await delegate({ pluginType: conf.ipamType, command: 'STATUS', request: req });
+      await deps.ipam({ pluginType: conf.ipamType, command: 'STATUS', request: req });
     } catch (err) {
       const e = err as CniError;
       if (

@@ -81,14 +81,7 @@ export const systemNft: Nft = {
   listTable: (family, table) => listTable({ family: family as NftFamily, name: table }),
 };
 
-/** Default table name for both families (inet: masquerade, bridge: spoof check). */
-export const DEFAULT_NFT_TABLE = 'berth';
-
-/** BERTH_NFT_TABLE overrides the table name so tests can work in a private table. */
-export function nftTable(env: Record<string, string | undefined>): string {
-  const t = env.BERTH_NFT_TABLE;
-  return t !== undefined && /^[A-Za-z][A-Za-z0-9_]{0,30}$/.test(t) ? t : DEFAULT_NFT_TABLE;
-}
+export { DEFAULT_NFT_TABLE, nftTable } from './deps';
 
 /** nft's comment limit is 128 bytes; a longer tag is shortened the same way at ADD, DEL and GC. */
 export function attachmentTag(containerId: string, ifname: string): string {
@@ -122,8 +115,13 @@ export function setElements(objects: readonly NftObject[], name: string): SetEle
 
 /** What the masquerade and spoof-check modules work on for one network of a request. */
 export function nftScope(
-  env: Record<string, string | undefined>,
+  where: { nftTable: string; runDir: string },
   network: string,
 ): { nft: Nft; table: string; network: string; tablesLock: TablesLock } {
-  return { nft: systemNft, table: nftTable(env), network, tablesLock: (fn) => withTablesLock(env, fn) };
+  return {
+    nft: systemNft,
+    table: where.nftTable,
+    network,
+    tablesLock: (fn) => withTablesLock(where.runDir, fn),
+  };
 }

@@ -4,16 +4,15 @@
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { networkKey, runDir } from './lock';
+import { networkKey } from './lock';
 
-type Env = Record<string, string | undefined>;
-
-function baseDir(env: Env): string {
-  return join(runDir(env), 'bridge');
+/** `runDir` is berth's run directory (BridgeDeps.runDir). */
+function baseDir(runDir: string): string {
+  return join(runDir, 'bridge');
 }
 
-function networkDir(env: Env, network: string): string {
-  return join(baseDir(env), `${networkKey(network)}.attachments`);
+function networkDir(runDir: string, network: string): string {
+  return join(baseDir(runDir), `${networkKey(network)}.attachments`);
 }
 
 function fileOf(tag: string): string {
@@ -21,15 +20,15 @@ function fileOf(tag: string): string {
 }
 
 /** Caller holds the network lock (an unregister could otherwise remove the directory between mkdir and write). */
-export function registerAttachment(env: Env, network: string, tag: string): void {
-  const dir = networkDir(env, network);
+export function registerAttachment(runDir: string, network: string, tag: string): void {
+  const dir = networkDir(runDir, network);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   writeFileSync(join(dir, fileOf(tag)), tag, { mode: 0o600 });
 }
 
 /** Caller holds the network lock; the network's directory goes with its last attachment. */
-export function unregisterAttachment(env: Env, network: string, tag: string): void {
-  const dir = networkDir(env, network);
+export function unregisterAttachment(runDir: string, network: string, tag: string): void {
+  const dir = networkDir(runDir, network);
   rmSync(join(dir, fileOf(tag)), { force: true });
   try {
     rmdirSync(dir);
@@ -40,21 +39,21 @@ export function unregisterAttachment(env: Env, network: string, tag: string): vo
 }
 
 /** True when another network (not `network`) has registered this tag. */
-export function registeredElsewhere(env: Env, network: string, tag: string): boolean {
+export function registeredElsewhere(runDir: string, network: string, tag: string): boolean {
   const mine = `${networkKey(network)}.attachments`;
   let dirs: string[];
   try {
-    dirs = readdirSync(baseDir(env)).filter((d) => d.endsWith('.attachments') && d !== mine);
+    dirs = readdirSync(baseDir(runDir)).filter((d) => d.endsWith('.attachments') && d !== mine);
   } catch {
     return false;
   }
   const file = fileOf(tag);
-  return dirs.some((d) => existsSync(join(baseDir(env), d, file)));
+  return dirs.some((d) => existsSync(join(baseDir(runDir), d, file)));
 }
 
 /** The tags registered for a network. */
-export function registeredTags(env: Env, network: string): string[] {
-  const dir = networkDir(env, network);
+export function registeredTags(runDir: string, network: string): string[] {
+  const dir = networkDir(runDir, network);
   let files: string[];
   try {
     files = readdirSync(dir);

@@ -10,6 +10,7 @@ import { containerIdFor, runtimeFromEnv } from './exec';
 import { confListFromBytes, type NetworkConfigList } from './runtime/conflist';
 import { addNetworkList, delNetworkList, type Runtime } from './runtime/network-list';
 import type { RuntimeConf } from './runtime/request-config';
+import { runDir } from '../bridge/deps';
 import { networkLockFile } from '../bridge/lock';
 
 const run = promisify(execFile);
@@ -133,7 +134,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
       bridge,
       tmp,
       chain,
-      lockFile: opts.reference ? undefined : networkLockFile(process.env, network),
+      lockFile: opts.reference ? undefined : networkLockFile(runDir(process.env), network),
       err: opts.err,
     });
     process.off('SIGINT', onSignal);

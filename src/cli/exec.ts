@@ -90,7 +90,15 @@ function parseValid(pairs: string[] | undefined): GcArgs {
 const processRunner: PluginRunner = {
   find: async (type, dirs) => findPlugin(type, dirs),
   run: async ({ path, env, stdin }) =>
-    (await execPlugin({ path, command: env.CNI_COMMAND ?? '', env, stdin, forwardStderr: true })).stdout,
+    (
+      await execPlugin({
+        path,
+        command: env.CNI_COMMAND ?? '',
+        env,
+        stdin,
+        stderr: (t) => void process.stderr.write(t),
+      })
+    ).stdout,
 };
 
 /** The runtime `berth exec` (and `berth demo`) uses: plugins from CNI_PATH, the cache under cacheDir. */

@@ -1,7 +1,15 @@
 // Maps a CNI command to a plugin's handler and renders the outcome: a result or one error object on stdout.
 import { toVersion } from './convert';
 import { CniError, ErrorCode } from './errors';
-import { type Command, type Request, type RequestCommand, parseCommand, parseRequest } from './request';
+import {
+  type CancelSignal,
+  type Command,
+  type Invocation,
+  type Request,
+  type RequestCommand,
+  parseCommand,
+  parseRequest,
+} from './request';
 import type { Result } from './types/result';
 import { SUPPORTED_VERSIONS, versionInfo } from './versions';
 
@@ -11,6 +19,8 @@ export interface PluginIo {
   stdin: string;
   stdout(s: string): void;
   stderr(s: string): void;
+  /** Cancels the request (berthd: caller gone, deadline); handed to the handler as `Request.signal`. */
+  signal?: CancelSignal;
 }
 
 /** A plugin is a table of handlers; a command without one fails with a clear error, never succeeds silently. */
@@ -52,6 +62,9 @@ export async function dispatch(io: PluginIo, handlers: PluginHandlers, about: Pl
       return 0;
     }
     const request = parseRequest(io);
+    request.log = (line) => io.stderr(`${about.name}: ${line}\n`);
+    request.stderr = (text) => io.stderr(text);
+    if (io.signal !== undefined) request.signal = io.signal;
     cniVersion = request.cniVersion;
     const result = await runHandler(handlers, request, about);
     if (result !== undefined) io.stdout(`${JSON.stringify(toVersion(result, request.cniVersion))}\n`);
@@ -79,6 +92,44 @@ async function runHandler(
     throw new CniError(ErrorCode.Internal, `${about.name}: ADD produced no result`);
   }
   return result;
+}
+
+/** What one invocation printed and its exit code, as the standalone program would have. */
+export interface CallOutput {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs one invocation in memory through `dispatch`, the same code the executables run, so stdout, stderr and
+ * the exit code are those of the standalone program. `onStderr` sees stderr as it is written (berthd copies
+ * it to its log).
+ */
+export async function dispatchCall(
+  call: Invocation & { signal?: CancelSignal; onStderr?: (s: string) => void },
+  handlers: PluginHandlers,
+  about: PluginAbout,
+): Promise<CallOutput> {
+  let stdout = '';
+  let stderr = '';
+  const io: PluginIo = {
+    env: call.env,
+    stdin: call.stdin,
+    stdout: (s) => void (stdout += s),
+    stderr: (s) => {
+      stderr += s;
+      call.onStderr?.(s);
+    },
+  };
+  if (call.signal !== undefined) io.signal = call.signal;
+  let code: number;
+  try {
+    code = await dispatch(io, handlers, about);
+  } catch (err) {
+    code = reportFailure(io, { about, command: call.env.CNI_COMMAND ?? '', err });
+  }
+  return { code, stdout, stderr };
 }
 
 export interface FailureReport {

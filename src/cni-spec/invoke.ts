@@ -4,7 +4,7 @@ import { accessSync, constants, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseResult } from './convert';
 import { CniError, ErrorCode } from './errors';
-import type { Request, RequestCommand } from './request';
+import type { CancelSignal, Request, RequestCommand } from './request';
 import type { Result } from './types/result';
 
 /** The first executable file named `type` in `dirs` (CNI_PATH order); a clear error naming the dirs if none. */
@@ -41,8 +41,10 @@ export interface ExecPluginOptions {
   /** The plugin's whole environment; undefined values are left out. */
   env: Readonly<Record<string, string | undefined>>;
   stdin: string;
-  /** Copy the plugin's stderr to ours as it arrives (default true), as libcni does. */
-  forwardStderr?: boolean;
+  /** Receives the plugin's stderr as it arrives (libcni copies it to its own); dropped when absent. */
+  stderr?: (text: string) => void;
+  /** Kills the plugin (SIGKILL) when aborted: the caller gave up or its deadline passed. */
+  signal?: CancelSignal;
 }
 
 export interface PluginOutput {
@@ -79,13 +81,24 @@ function childEnv(opts: ExecPluginOptions): Record<string, string> {
 
 function execOnce(opts: ExecPluginOptions): Promise<PluginOutput> {
   return new Promise((resolve, reject) => {
+    if (opts.signal?.aborted === true) {
+      reject(
+        new CniError(ErrorCode.TryAgainLater, `not running plugin ${opts.path}: the call was cancelled`),
+      );
+      return;
+    }
     const child = spawn(opts.path, [], { env: childEnv(opts), stdio: ['pipe', 'pipe', 'pipe'] });
+    const kill = (): void => void child.kill('SIGKILL');
+    opts.signal?.addEventListener('abort', kill, { once: true });
+    child.once('close', () => opts.signal?.removeEventListener('abort', kill));
     const stdout: Buffer[] = [];
     const stderr: Buffer[] = [];
     child.stdout.on('data', (chunk: Buffer) => stdout.push(chunk));
-    child.stderr.on('data', (chunk: Buffer) => {
-      stderr.push(chunk);
-      if (opts.forwardStderr !== false) process.stderr.write(chunk);
+    // Decoded as a stream, so a character split across chunks reaches the sink whole.
+    child.stderr.setEncoding('utf8');
+    child.stderr.on('data', (chunk: string) => {
+      stderr.push(Buffer.from(chunk, 'utf8'));
+      opts.stderr?.(chunk);
     });
     // A plugin may exit without reading stdin; the broken pipe is not the failure worth reporting.
     child.stdin.on('error', () => undefined);
@@ -164,6 +177,8 @@ export async function delegate(opts: DelegateOptions): Promise<Result | undefine
     command: opts.command,
     env: { ...request.env, ...opts.env },
     stdin: opts.stdin ?? request.stdin,
+    stderr: request.stderr,
+    ...(request.signal !== undefined ? { signal: request.signal } : {}),
   });
   if (opts.command !== 'ADD') return undefined;
   if (stdout.trim() === '') {

@@ -58,6 +58,25 @@ export interface Request {
   runtimeConfig(key: string): unknown;
   /** GC only: attachments still valid (current or legacy key); [] when the runtime sent none. */
   validAttachments?: Attachment[];
+  /**
+   * One line for the caller's stderr, prefixed with the plugin's name (rollback notes, warnings). Set by the
+   * dispatcher from its I/O, so in berthd each request's lines reach its own caller; a no-op until then.
+   */
+  log(line: string): void;
+  /** Text for the caller's stderr as is (a delegated plugin's own stderr). */
+  stderr(text: string): void;
+  /** Aborted when the caller is gone or its deadline passed (berthd); delegated plugins are killed then. */
+  signal?: CancelSignal;
+}
+
+/**
+ * The part of an AbortSignal a request needs, stated here because this room compiles without Node's
+ * (or the DOM's) types; Node's AbortSignal satisfies it.
+ */
+export interface CancelSignal {
+  readonly aborted: boolean;
+  addEventListener(type: 'abort', listener: () => void, options?: { once?: boolean }): void;
+  removeEventListener(type: 'abort', listener: () => void): void;
 }
 
 /** The raw material of one invocation, as the entry adapter read it. */
@@ -167,6 +186,8 @@ export function parseRequest(input: Invocation): Request {
     config,
     cniVersion: config.cniVersion,
     args,
+    log: () => undefined,
+    stderr: () => undefined,
     runtimeConfig: (key) =>
       runtimeConfig === undefined ? undefined : caseInsensitiveGet(runtimeConfig, key),
   };

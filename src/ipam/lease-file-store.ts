@@ -584,11 +584,27 @@ class FileSession implements LeaseSession {
   }
 }
 
-function lockFile(path: string): () => void {
+/** How long a transaction waits for the network's lock before failing with code 11 (try again later). */
+const LOCK_TIMEOUT_MS = 60_000;
+
+/**
+ * Takes the network's flock without ever blocking the event loop: non-blocking attempts with a short
+ * back-off. The first attempt succeeds whenever nobody else holds it (the plugin's usual case), so this
+ * costs nothing there; a blocking flock would freeze every other request of a process that serves many.
+ */
+async function lockFile(path: string): Promise<() => void> {
   const addon = loadNativeAddon();
   const fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_CREAT, 0o600);
   try {
-    addon.flock(fd, 'ex');
+    const deadline = Date.now() + LOCK_TIMEOUT_MS;
+    let wait = 1;
+    while (!addon.flock(fd, 'ex', true)) {
+      if (Date.now() > deadline) {
+        throw new CniError(ErrorCode.TryAgainLater, `timed out waiting for the lock ${path}`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, wait));
+      wait = Math.min(wait * 2, 20);
+    }
   } catch (err) {
     fs.closeSync(fd);
     throw err;
@@ -612,8 +628,9 @@ export function openLeaseFileStore(opts: LeaseFileStoreOptions): LeaseStore {
       try {
         fs.mkdirSync(p.dir, { recursive: true, mode: 0o755 });
         for (const d of [p.berth, p.att, p.sets, p.tmp]) fs.mkdirSync(d, { recursive: true, mode: 0o700 });
-        unlock = lockFile(p.lock);
+        unlock = await lockFile(p.lock);
       } catch (err) {
+        if (err instanceof CniError) throw err;
         throw ioError(`cannot open the lease store ${p.dir}`, err);
       }
       try {

@@ -6,8 +6,9 @@ import { filesClusterAllocator } from './cluster-blocks';
 import { forwardToDaemon } from './daemon-client';
 import type { IpamDeps } from './handlers';
 
-function warn(msg: string): void {
-  process.stderr.write(`${msg}\n`);
+/** Warnings go to the caller's stderr, through the request's own sink. */
+function warnerOf(req: Request): (msg: string) => void {
+  return (msg) => req.stderr(`${msg}\n`);
 }
 
 /**
@@ -15,6 +16,7 @@ function warn(msg: string): void {
  * simulate a reboot; it has no other use.
  */
 function depsFor(req: Request): IpamDeps {
+  const warn = warnerOf(req);
   const bootFile = req.env.BERTH_BOOT_ID_FILE;
   const bootId = readBootId(bootFile !== undefined && bootFile !== '' ? bootFile : BOOT_ID_FILE, warn);
   return {
@@ -42,7 +44,7 @@ async function served<T>(
   req: Request,
   pick: (h: Handlers) => (req: Request, deps: IpamDeps) => Promise<T>,
 ): Promise<T> {
-  const reply = await forwardToDaemon(req, warn);
+  const reply = await forwardToDaemon(req, warnerOf(req));
   if (reply !== undefined) return reply.result as T;
   return pick(require('./handlers') as Handlers)(req, depsFor(req));
 }

@@ -84,12 +84,23 @@ const OPERSTATES: readonly OperState[] = [
  * namespace for its whole life, so the verbs can be awaited freely afterwards. Close it when done.
  * Errors: those of openNetns/withNetns (ENOENT / ENOTNS for a bad path, op 'open netns').
  */
-export function openNetlink(netns?: NetnsSpec): Netlink {
+export function openNetlink(netns?: NetnsSpec, opts: NetlinkOptions = {}): Netlink {
   const create = () => createNetlink(NETLINK_ROUTE);
   const socket = netns === undefined ? create() : withNetns(netns, create);
   const label = typeof netns === 'string' ? netns : typeof netns === 'object' ? netns.path : undefined;
-  return new RtnlSocket(socket, label);
+  return new RtnlSocket(socket, label, opts.requestTimeoutMs ?? REQUEST_TIMEOUT_MS);
 }
+
+export interface NetlinkOptions {
+  /** A request whose reply has not come by then fails (ETIMEDOUT); default 10 s. */
+  requestTimeoutMs?: number;
+}
+
+/**
+ * The kernel answers rtnetlink requests in microseconds; a reply this late is lost, and waiting for it
+ * forever would hold the network lock of every ADD behind it (in berthd, until restart).
+ */
+const REQUEST_TIMEOUT_MS = 10_000;
 
 /** Runs `fn` with a socket in `netns` and closes it afterwards, also on failure. */
 export async function withNetlink<T>(
@@ -209,13 +220,43 @@ function select(ref: LinkRef): { index: number; attrs: Attr[] } {
 }
 
 class RtnlSocket implements Netlink {
+  /** Set once the socket failed: every request from then on fails with it. */
+  private broken: Error | undefined;
+  /** Rejections of the requests waiting for a reply, so a socket error fails them instead of leaving them. */
+  private readonly pending = new Set<(err: Error) => void>();
+
   constructor(
     private readonly socket: NetlinkSocket,
     readonly netns: string | undefined,
-  ) {}
+    private readonly timeoutMs: number,
+  ) {
+    // Without a listener an 'error' event is thrown: in berthd, an uncaught exception ending every call.
+    socket.on('error', (err: Error) => {
+      this.broken = err;
+      for (const fail of this.pending) fail(err);
+      this.pending.clear();
+    });
+  }
 
   close(): void {
     this.socket.close();
+  }
+
+  /** One request and its reply, failed by a socket error or after the timeout. */
+  private send(type: number, payload: Buffer, flags: number): ReturnType<NetlinkSocket['request']> {
+    if (this.broken !== undefined) return Promise.reject(this.broken);
+    let fail: (err: Error) => void = () => undefined;
+    const failed = new Promise<never>((_, reject) => (fail = reject));
+    this.pending.add(fail);
+    const reply = this.socket
+      .request(type, payload, { flags, checkError: false, timeout: this.timeoutMs })
+      .catch((err: unknown) => {
+        if (!(err instanceof Error) || err.message !== 'Timeout has been reached') throw err;
+        throw Object.assign(new Error(`no reply from the kernel within ${this.timeoutMs} ms`), {
+          code: 'ETIMEDOUT',
+        });
+      });
+    return Promise.race([reply, failed]).finally(() => this.pending.delete(fail));
   }
 
   /**
@@ -227,7 +268,7 @@ class RtnlSocket implements Netlink {
     let msgs;
     for (let attempt = 1; ; attempt++) {
       try {
-        [msgs] = await this.socket.request(type, payload, { flags, checkError: false });
+        [msgs] = await this.send(type, payload, flags);
       } catch (err) {
         throw toNetlinkError(err, RTM_NAMES[type] ?? `RTM ${type}`, this.where(object));
       }

@@ -244,12 +244,12 @@ describe('DEL is idempotent', () => {
     expect(fx.leases(c.name as string)).toHaveLength(1);
     expect(fx.nftList('inet')).toContain('ctr7/eth0');
     expect(fx.nftList('bridge')).toContain('ctr7/eth0');
-    expect(registeredTags(fx.env(), c.name as string)).toEqual(['ctr7/eth0']);
+    expect(registeredTags(fx.runDir, c.name as string)).toEqual(['ctr7/eth0']);
     return { ns, c, result: add.json };
   }
   function expectAllGone(c: Record<string, unknown>): void {
     expect(fx.leases(c.name as string)).toEqual([]);
-    expect(registeredTags(fx.env(), c.name as string)).toEqual([]);
+    expect(registeredTags(fx.runDir, c.name as string)).toEqual([]);
     expect(fx.ports(c.bridge as string)).toEqual([]);
     expect(fx.nftList('inet')).not.toContain('ctr7');
     expect(fx.nftList('bridge')).not.toContain('ctr7');

@@ -11,7 +11,7 @@ import { addSpoofCheck, removeSpoofCheck, spoofCheckEntries, spoofNames } from '
 
 const table = `bt${process.pid}nft`;
 const runDir = mkdtempSync(join(tmpdir(), `bt${process.pid}nft-run-`));
-const tablesLock: TablesLock = (fn) => withTablesLock({ BERTH_RUN_DIR: runDir }, fn);
+const tablesLock: TablesLock = (fn) => withTablesLock(runDir, fn);
 afterAll(() => rmSync(runDir, { recursive: true, force: true }));
 const exists = (family: string): boolean => {
   try {

@@ -19,7 +19,7 @@ function leftovers(prefix: string): string[] {
     .split('\n')
     .filter((l) => l.includes(prefix));
   const temp = readdirSync(tmpdir()).filter((f) => f.startsWith(prefix));
-  const lock = networkLockFile({}, `${prefix}-net`);
+  const lock = networkLockFile('/run/berth', `${prefix}-net`);
   return [...netns, ...links, ...temp, ...(existsSync(lock) ? [lock] : [])];
 }
 

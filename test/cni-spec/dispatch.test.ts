@@ -4,6 +4,7 @@ import {
   type PluginHandlers,
   type PluginIo,
   dispatch,
+  dispatchCall,
 } from '../../src/cni-spec/dispatch';
 import { CniError, ErrorCode } from '../../src/cni-spec/errors';
 import type { Request } from '../../src/cni-spec/request';
@@ -202,5 +203,56 @@ describe('failures are rendered once', () => {
   it('without CNI_COMMAND also says on stderr what the program is', async () => {
     const r = await run({ env: { CNI_COMMAND: undefined } });
     expect(r.stderr).toMatch(/^berth-test: a CNI plugin; CNI spec versions 0\.1\.0, .*1\.1\.0\n/);
+  });
+});
+
+describe('requests that share a process (berthd)', () => {
+  it("a handler's log lines and its delegates' stderr reach its own caller, prefixed once", async () => {
+    const handlers: PluginHandlers = {
+      del: async (req) => {
+        req.log('rollback: step failed');
+        req.stderr('raw delegate words\n');
+      },
+    };
+    const out = await dispatchCall(
+      { env: { ...ENV, CNI_COMMAND: 'DEL' }, stdin: JSON.stringify(CONF) },
+      handlers,
+      ABOUT,
+    );
+    expect(out).toEqual({
+      code: 0,
+      stdout: '',
+      stderr: 'berth-test: rollback: step failed\nraw delegate words\n',
+    });
+  });
+
+  it("each request gets its caller's cancellation signal", async () => {
+    const seen: unknown[] = [];
+    const handlers: PluginHandlers = {
+      del: async (req) => void seen.push(req.signal),
+    };
+    const a = new AbortController();
+    const b = new AbortController();
+    const call = (signal: AbortSignal) =>
+      dispatchCall(
+        { env: { ...ENV, CNI_COMMAND: 'DEL' }, stdin: JSON.stringify(CONF), signal },
+        handlers,
+        ABOUT,
+      );
+    await Promise.all([call(a.signal), call(b.signal)]);
+    expect(seen).toEqual([a.signal, b.signal]);
+  });
+
+  it('dispatchCall gives the bytes and exit code the standalone program prints, failures included', async () => {
+    const ok = await dispatchCall(
+      { env: ENV, stdin: JSON.stringify(CONF) },
+      { add: async () => RESULT },
+      ABOUT,
+    );
+    const direct = await run({ handlers: { add: async () => RESULT } });
+    expect(ok).toEqual(direct);
+    const bad = await dispatchCall({ env: ENV, stdin: '{' }, {}, ABOUT);
+    expect(bad).toEqual(await run({ conf: '{', handlers: {} }));
+    expect(bad.code).toBe(1);
   });
 });

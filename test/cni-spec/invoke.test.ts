@@ -102,16 +102,43 @@ describe('execPlugin', () => {
     expect(out).toEqual({ stdout: 'ADD|bar|unset|{"a": 1}\n', stderr: 'to stderr\n' });
   });
 
-  it("copies the plugin's stderr to ours unless told not to", async () => {
-    const writes: string[] = [];
+  it("hands the plugin's stderr to the caller's sink, never to the process's own stderr", async () => {
+    // In berthd many calls share the process: a delegate's words belong to the call that ran it.
+    const processWrites: string[] = [];
     vi.spyOn(process.stderr, 'write').mockImplementation(
-      (chunk: string | Uint8Array) => (writes.push(String(chunk)), true),
+      (chunk: string | Uint8Array) => (processWrites.push(String(chunk)), true),
     );
+    const sink: string[] = [];
     const opts = { path: join(dirA, 'echo-env'), command: 'DEL', env: {}, stdin: '' };
+    await execPlugin({ ...opts, stderr: (t) => void sink.push(t) });
+    expect(sink.join('')).toBe('to stderr\n');
     await execPlugin(opts);
-    expect(writes.join('')).toBe('to stderr\n');
-    await execPlugin({ ...opts, forwardStderr: false });
-    expect(writes.join('')).toBe('to stderr\n');
+    expect(processWrites.join('')).toBe('');
+  });
+
+  it('kills the plugin when the call is cancelled, and does not start one for a cancelled call', async () => {
+    const sleeper = plugin(dirA, 'sleeper', 'echo started >&2; exec sleep 30');
+    const ac = new AbortController();
+    const t0 = Date.now();
+    const run = execPlugin({
+      path: sleeper,
+      command: 'ADD',
+      env: { PATH: process.env.PATH },
+      stdin: '',
+      stderr: () => ac.abort(),
+      signal: ac.signal,
+    }).catch((e: unknown) => e);
+    const err = await run;
+    expect(Date.now() - t0).toBeLessThan(10_000);
+    expect(err).toMatchObject({ code: ErrorCode.Internal, details: `${sleeper}: killed by SIGKILL` });
+    const again = await execPlugin({
+      path: sleeper,
+      command: 'ADD',
+      env: {},
+      stdin: '',
+      signal: ac.signal,
+    }).catch((e: unknown) => e);
+    expect(again).toMatchObject({ code: ErrorCode.TryAgainLater });
   });
 
   it("throws the plugin's own error object, code, msg and details kept", async () => {

@@ -161,3 +161,29 @@ describe('the index follows changes made behind its back', () => {
     expect(ip('198.18.64.3').family).toBe(4);
   });
 });
+
+describe('the lock (berthd serves many requests on one event loop)', () => {
+  test("waiting for another process's flock never blocks the event loop", async () => {
+    const { store, dir } = open();
+    await alloc(store, 'ctr-first');
+    // Another process (host-local, a standalone berth-ipam) holds the network's lock for a while.
+    const { spawn } = await import('node:child_process');
+    const holder = spawn('flock', [join(dir, 'lock'), 'sh', '-c', 'echo held; sleep 0.6'], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    cleanups.push(() => holder.kill('SIGKILL'));
+    await new Promise<void>((resolve) => holder.stdout.once('data', () => resolve()));
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 10);
+    try {
+      const t0 = Date.now();
+      const got = await alloc(store, 'ctr-second');
+      expect(got).toBe('198.18.64.3');
+      // The transaction waited for the other holder, and the loop kept turning meanwhile.
+      expect(Date.now() - t0).toBeGreaterThan(300);
+      expect(ticks).toBeGreaterThan(10);
+    } finally {
+      clearInterval(timer);
+    }
+  });
+});
