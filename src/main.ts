@@ -17,7 +17,20 @@ export function programFromInvocation(argv: readonly string[], execPath: string)
   return names.find((n) => PROGRAMS.includes(n)) ?? (names[0] as string);
 }
 
-export function main(name: string = programFromInvocation(process.argv, process.execPath)): void {
+/**
+ * berth-shim's fallback runs `berth` under a plugin's name: argv[0] tells the single executable, and this
+ * variable tells a development tree's Node launcher (a script cannot see argv[0]). It is removed before the
+ * program runs, so the plugin sees exactly the caller's environment.
+ */
+export function takeFallbackProgram(name: string, env: NodeJS.ProcessEnv): string {
+  const shimmed = env.BERTH_FALLBACK_PROGRAM;
+  if (shimmed === undefined) return name;
+  delete env.BERTH_FALLBACK_PROGRAM;
+  return name === 'berth' && (shimmed === 'berth-bridge' || shimmed === 'berth-ipam') ? shimmed : name;
+}
+
+export function main(invokedAs: string = programFromInvocation(process.argv, process.execPath)): void {
+  const name = takeFallbackProgram(invokedAs, process.env);
   switch (name) {
     case 'berth-bridge':
       (require('./bridge/plugin') as typeof import('./bridge/plugin')).main();

@@ -1,7 +1,7 @@
 // How the multi-call program knows which of its names it was started under: the launchers' script, or,
 // in the single executable, the caller's argv[0] (argv[1] there) and the executable's own path.
 import { describe, expect, it } from 'vitest';
-import { programFromInvocation } from '../../src/main';
+import { programFromInvocation, takeFallbackProgram } from '../../src/main';
 
 describe('programFromInvocation', () => {
   it.each([
@@ -19,4 +19,24 @@ describe('programFromInvocation', () => {
   ] as const)('%j with execPath %s is %s', (argv, execPath, expected) => {
     expect(programFromInvocation(argv, execPath)).toBe(expected);
   });
+});
+
+describe('takeFallbackProgram (berth-shim runs `berth` under a plugin name)', () => {
+  it.each([
+    ['berth', 'berth-bridge', 'berth-bridge'],
+    ['berth', 'berth-ipam', 'berth-ipam'],
+    ['berth', 'something-else', 'berth'],
+    ['berth-ipam', 'berth-bridge', 'berth-ipam'],
+    ['berth', undefined, 'berth'],
+  ] as const)(
+    '%s with BERTH_FALLBACK_PROGRAM=%s runs %s, and the variable is gone',
+    (name, value, expected) => {
+      const env: NodeJS.ProcessEnv = {
+        PATH: '/bin',
+        ...(value === undefined ? {} : { BERTH_FALLBACK_PROGRAM: value }),
+      };
+      expect(takeFallbackProgram(name, env)).toBe(expected);
+      expect(env).toEqual({ PATH: '/bin' });
+    },
+  );
 });

@@ -1,0 +1,300 @@
+// berth-shim (native/shim) against the standalone programs: for the same environment and stdin it must print
+// the same stdout and stderr bytes and exit with the same code, whether berthd is absent (fallback: the shim
+// execs the standalone program itself) or answers (here a fake berthd that runs the standalone program;
+// test/shim/warm.root.test.ts does it against the real one). After the request is sent, a lost, garbled or
+// late reply must be a CNI error with code 11, quickly.
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { isDeepStrictEqual } from 'node:util';
+import { dirname, join } from 'node:path';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { FakeBerthd, type ProgramRun, runProgram } from './fake-berthd';
+
+const repo = join(__dirname, '../..');
+const shimDir = join(repo, 'native/shim/build/bin');
+const golden = join(repo, 'test/fixtures/golden');
+const VERSIONS = readdirSync(golden)
+  .map((f) => /^result-(.+)\.json$/.exec(f)?.[1])
+  .filter((v): v is string => v !== undefined)
+  .sort();
+const PLUGINS = ['berth-bridge', 'berth-ipam'] as const;
+
+const work = mkdtempSync(join(tmpdir(), 'berth-shim-test-'));
+const dataDir = join(work, 'ipam');
+const PATH = `${dirname(process.execPath)}:/usr/sbin:/usr/bin:/sbin:/bin`;
+
+interface Case {
+  name: string;
+  plugin: (typeof PLUGINS)[number];
+  env: Record<string, string>;
+  stdin: string | Buffer;
+}
+
+function cniEnv(command: string, containerId = 'shimctr'): Record<string, string> {
+  return {
+    PATH,
+    CNI_COMMAND: command,
+    CNI_CONTAINERID: containerId,
+    CNI_NETNS: '/run/netns/berth-shim-test-none',
+    CNI_IFNAME: 'eth0',
+    CNI_PATH: shimDir,
+  };
+}
+
+function ipamConf(cniVersion: string, extra: Record<string, unknown> = {}): string {
+  return JSON.stringify({
+    cniVersion,
+    name: 'shimnet',
+    type: 'berth-bridge',
+    ipam: {
+      type: 'berth-ipam',
+      dataDir,
+      daemonSocket: false,
+      ranges: [[{ subnet: '198.18.7.0/24' }], [{ subnet: 'fd00:7::/64' }]],
+    },
+    ...extra,
+  });
+}
+
+/** berth-ipam ADD, CHECK (prevResult: the golden result) and DEL in every spec version, in this order. */
+function goldenCases(): Case[] {
+  return VERSIONS.flatMap((v) => {
+    const prevResult = JSON.parse(readFileSync(join(golden, `result-${v}.json`), 'utf8')) as unknown;
+    const id = `ctr-${v}`;
+    return [
+      { name: `ipam ADD ${v}`, plugin: 'berth-ipam', env: cniEnv('ADD', id), stdin: ipamConf(v) },
+      {
+        name: `ipam CHECK ${v} (golden prevResult)`,
+        plugin: 'berth-ipam',
+        env: cniEnv('CHECK', id),
+        stdin: ipamConf(v, { prevResult }),
+      },
+      {
+        name: `bridge CHECK ${v} (golden prevResult, no such netns)`,
+        plugin: 'berth-bridge',
+        env: cniEnv('CHECK', id),
+        stdin: ipamConf(v, { prevResult }),
+      },
+      { name: `ipam DEL ${v}`, plugin: 'berth-ipam', env: cniEnv('DEL', id), stdin: ipamConf(v) },
+    ] satisfies Case[];
+  });
+}
+
+function errorCases(): Case[] {
+  return PLUGINS.flatMap((plugin) => {
+    const { CNI_CONTAINERID: _, ...noContainer } = cniEnv('ADD');
+    return [
+      { name: 'VERSION', plugin, env: cniEnv('VERSION'), stdin: ipamConf('1.0.0') },
+      { name: 'no CNI_COMMAND', plugin, env: { PATH }, stdin: '' },
+      { name: 'unknown CNI_COMMAND', plugin, env: cniEnv('BOGUS'), stdin: ipamConf('1.0.0') },
+      { name: 'ADD without CNI_CONTAINERID', plugin, env: noContainer, stdin: ipamConf('1.0.0') },
+      {
+        name: 'ADD with a bad CNI_ARGS',
+        plugin,
+        env: { ...cniEnv('ADD'), CNI_ARGS: 'IgnoreUnknown=1;K' },
+        stdin: ipamConf('1.0.0'),
+      },
+      { name: 'ADD with bad JSON', plugin, env: cniEnv('ADD'), stdin: '{"cniVersion": "1.0.0", "name": ' },
+      { name: 'ADD with an empty stdin', plugin, env: cniEnv('ADD'), stdin: '' },
+      { name: 'ADD of unsupported version 9.9.9', plugin, env: cniEnv('ADD'), stdin: ipamConf('9.9.9') },
+      { name: 'ADD without cniVersion', plugin, env: cniEnv('ADD'), stdin: '{"name":"x","type":"y"}' },
+      {
+        name: 'bytes to escape: quotes, backslashes, control characters, non-ASCII, invalid UTF-8',
+        plugin,
+        env: { ...cniEnv('ADD'), CNI_ARGS: 'K8S_POD_NAME="a\\b"\tc\u0001ü€😀', WEIRD: '\n\r"\\' },
+        stdin: Buffer.concat([
+          Buffer.from('{"cniVersion":"1.0.0","name":"n\u0002\\"\\\\ü😀","type":"t\u001f\n'),
+          Buffer.from([0xff, 0xc3, 0x28, 0xe2, 0x82]),
+          Buffer.from('"}'),
+        ]),
+      },
+      {
+        name: 'a 300 KiB stdin',
+        plugin,
+        env: cniEnv('ADD'),
+        stdin: ipamConf('1.0.0', { padding: 'x'.repeat(300 * 1024) }).replace('"shimnet"', '"shim net"'),
+      },
+    ] satisfies Case[];
+  });
+}
+
+const standaloneArgs = (plugin: string): [string, ...string[]] => [
+  process.execPath,
+  join(repo, 'bin', plugin),
+];
+
+async function runAll(cases: Case[], run: (c: Case) => Promise<ProgramRun>): Promise<ProgramRun[]> {
+  rmSync(dataDir, { recursive: true, force: true });
+  mkdirSync(dataDir, { recursive: true });
+  const runs: ProgramRun[] = [];
+  for (const c of cases) runs.push(await run(c));
+  return runs;
+}
+
+const standalone = (c: Case): Promise<ProgramRun> => {
+  const [file, ...args] = standaloneArgs(c.plugin);
+  return runProgram(file, args, c.env, c.stdin);
+};
+const throughShim =
+  (socket: string, extraEnv: Record<string, string> = {}) =>
+  (c: Case) =>
+    runProgram(join(shimDir, c.plugin), [], { ...c.env, BERTH_SOCKET: socket, ...extraEnv }, c.stdin);
+
+/** The comparable view of a run: text for readable diffs, exact bytes still compared. */
+const view = (r: ProgramRun) => ({
+  code: r.code,
+  stdout: r.stdout.toString('latin1'),
+  stderr: r.stderr.toString('latin1'),
+});
+
+function expectSame(cases: Case[], got: ProgramRun[], want: ProgramRun[]): void {
+  cases.forEach((c, i) => {
+    expect(view(got[i] as ProgramRun), c.name).toEqual(view(want[i] as ProgramRun));
+  });
+}
+
+const fake = new FakeBerthd(standaloneArgs);
+const CASES = [...goldenCases(), ...errorCases()];
+let reference: ProgramRun[];
+
+beforeAll(async () => {
+  if (!existsSync(join(shimDir, 'berth-bridge')))
+    throw new Error(`${shimDir}/berth-bridge missing: run npm run build (build:shim)`);
+  mkdirSync(work, { recursive: true });
+  await fake.listen();
+  reference = await runAll(CASES, standalone);
+}, 120_000);
+
+afterAll(async () => {
+  await fake.close();
+  rmSync(work, { recursive: true, force: true });
+});
+
+beforeEach(() => {
+  fake.mode = { kind: 'standalone' };
+  fake.calls.length = 0;
+});
+
+describe('the reference runs themselves', () => {
+  it('cover successes and failures (the comparison below is not vacuous)', () => {
+    const codes = reference.map((r) => r.code);
+    expect(codes).toContain(0);
+    expect(codes).toContain(1);
+    const adds = reference.filter((_, i) => CASES[i]?.name.startsWith('ipam ADD'));
+    expect(adds).toHaveLength(VERSIONS.length);
+    for (const r of adds) expect(r.stdout.toString()).toMatch(/198\.18\.7\.\d+/);
+  });
+});
+
+describe('fallback: no berthd', () => {
+  it('no socket file: same bytes and exit codes as the standalone program', async () => {
+    const runs = await runAll(CASES, throughShim(join(work, 'absent.sock')));
+    expectSame(CASES, runs, reference);
+  }, 180_000);
+
+  it('a socket path nobody listens on (connection refused): falls back', async () => {
+    const stale = join(work, 'stale.sock');
+    writeFileSync(stale, ''); // connect(2) to a non-socket fails with ECONNREFUSED
+    const cases = CASES.filter((c) => c.name.startsWith('ADD'));
+    const runs = await runAll(cases, throughShim(stale));
+    expectSame(
+      cases,
+      runs,
+      cases.map((c) => reference[CASES.indexOf(c)] as ProgramRun),
+    );
+  }, 60_000);
+
+  it.each([421, 503, 403, 400, 500])(
+    'berthd answers %i (did nothing): falls back',
+    async (status) => {
+      fake.mode = { kind: 'status', status };
+      const cases = CASES.filter((c) => c.name.startsWith('ipam ADD') || c.name === 'ADD with bad JSON');
+      const runs = await runAll(cases, throughShim(fake.socket));
+      expect(fake.calls.length).toBe(cases.length);
+      expectSame(
+        cases,
+        runs,
+        cases.map((c) => reference[CASES.indexOf(c)] as ProgramRun),
+      );
+    },
+    60_000,
+  );
+});
+
+describe('warm: berthd answers', () => {
+  it('same bytes and exit codes as the standalone program; berthd got the whole environment', async () => {
+    const runs = await runAll(CASES, throughShim(fake.socket));
+    expectSame(CASES, runs, reference);
+    // Each case's call, in order (berth-bridge's CHECK adds its own call of berth-ipam, found through
+    // CNI_PATH: the shim again). VERSION and failed commands send no stdin: the program does not read it.
+    let next = 0;
+    for (const c of CASES) {
+      const want = { ...c.env, BERTH_SOCKET: fake.socket };
+      while (next < fake.calls.length && !isDeepStrictEqual(fake.calls[next]?.env, want)) next++;
+      const call = fake.calls[next++];
+      expect(call, `${c.name}: forwarded with the whole environment`).toBeDefined();
+      expect(call?.v).toBe(1);
+      expect(call?.plugin).toBe(c.plugin);
+      const sent = ['ADD', 'DEL', 'CHECK', 'GC', 'STATUS'].includes(c.env.CNI_COMMAND ?? '');
+      expect(call?.stdin).toBe(sent ? Buffer.from(c.stdin).toString('utf8') : '');
+    }
+  }, 180_000);
+});
+
+describe('after the request was sent, a bad reply is code 11 and never a second run', () => {
+  const add: Case = { name: 'ADD', plugin: 'berth-bridge', env: cniEnv('ADD'), stdin: ipamConf('1.0.0') };
+  it.each([
+    ['close', /closed the connection without answering/],
+    ['garbled', /is not HTTP/],
+    ['cut-short', /was cut short: 7 of 100 bytes/],
+    ['no-exit-code', /lacks a valid Content-Length, Berth-Exit-Code/],
+  ] as const)('%s', async (kind, message) => {
+    fake.mode = { kind };
+    for (const plugin of PLUGINS) {
+      const run = await throughShim(fake.socket)({ ...add, plugin });
+      expect(run.code).toBe(1);
+      const err = JSON.parse(run.stdout.toString()) as { code: number; msg: string };
+      expect(err.code).toBe(11);
+      expect(err.msg).toMatch(message);
+      expect(err.msg).toContain(fake.socket);
+      expect(run.stderr.toString()).toMatch(new RegExp(`^${plugin}: ADD failed: code 11: `));
+    }
+    expect(fake.calls).toHaveLength(2);
+  });
+
+  it('a reply that never comes: code 11 once BERTH_SHIM_TIMEOUT (1 s here) has passed, no hang', async () => {
+    fake.mode = { kind: 'silent' };
+    const started = Date.now();
+    const run = await throughShim(fake.socket, { BERTH_SHIM_TIMEOUT: '1' })(add);
+    const took = Date.now() - started;
+    expect(run.code).toBe(1);
+    const err = JSON.parse(run.stdout.toString()) as { code: number; msg: string };
+    expect(err).toMatchObject({ code: 11 });
+    expect(err.msg).toMatch(/did not answer within 1 s/);
+    expect(took).toBeGreaterThanOrEqual(1000);
+    expect(took).toBeLessThan(10_000);
+  });
+});
+
+describe('names', () => {
+  it('refuses to run under another name', async () => {
+    const other = join(work, 'other-name');
+    copyFileSync(join(repo, 'native/shim/build/berth-shim'), other);
+    chmodSync(other, 0o755);
+    const run = await runProgram(other, [], cniEnv('VERSION'), '');
+    expect(run.code).toBe(1);
+    expect(run.stderr.toString()).toMatch(
+      /started as "other-name"; install it as berth-bridge or berth-ipam/,
+    );
+  });
+});
