@@ -8,6 +8,7 @@ import { type Ip, formatIp, parseCidr, sameIp } from './address';
 import { RangeSetExhaustedError, allocateFromSet, blockedOrdinals, nextCandidate } from './allocator';
 import type { ClusterAllocator } from './cluster-blocks';
 import { type ConfigInput, type IpamConfig, parseIpamConfig, parseIpamConfigForRelease } from './config';
+import { hostRoutedAddressing } from './host-routed';
 import { checkContainerId, checkIfname } from './names';
 import { describeRangeSet, rangeFor, rangeSetContains } from './range-set';
 import { readResolvConf } from './resolv-conf';
@@ -200,7 +201,13 @@ export async function add(req: Request, deps: IpamDeps): Promise<Result> {
   );
 
   const result: Result = { cniVersion: IMPLEMENTED_VERSION, ips };
-  if (conf.routes.length > 0) result.routes = conf.routes;
+  if (conf.cluster !== undefined) {
+    // Pods of other nodes share the pool: host prefixes, so none looks on-link (see host-routed.ts).
+    const hostRouted = hostRoutedAddressing(conf.rangeSets, ips);
+    result.ips = hostRouted.ips;
+    const routes = [...hostRouted.poolRoutes, ...conf.routes];
+    if (routes.length > 0) result.routes = routes;
+  } else if (conf.routes.length > 0) result.routes = conf.routes;
   if (dns !== undefined) result.dns = dns;
   return result;
 }
