@@ -5,6 +5,7 @@ import { runDaemon } from '../daemon/lifecycle';
 export interface DaemonCliOptions {
   socket?: string;
   dataDir?: string;
+  stateDir?: string;
   logFormat?: string;
   logLevel?: string;
   metricsAddress?: string;
@@ -24,6 +25,7 @@ export async function runDaemonCommand(o: DaemonCliOptions, err: (s: string) => 
   for (const [flag, v] of [
     ['--socket', o.socket],
     ['--data-dir', o.dataDir],
+    ['--state-dir', o.stateDir],
   ] as const) {
     if (v !== undefined && !v.startsWith('/')) {
       err(`berth daemon: ${flag} must be an absolute path, got ${v}\n`);
@@ -35,6 +37,7 @@ export async function runDaemonCommand(o: DaemonCliOptions, err: (s: string) => 
     logLevel: level,
     ...(o.socket !== undefined ? { socket: o.socket } : {}),
     ...(o.dataDir !== undefined ? { dataDir: o.dataDir } : {}),
+    ...(o.stateDir !== undefined ? { stateDir: o.stateDir } : {}),
     ...(o.metricsAddress !== undefined ? { metricsAddress: o.metricsAddress } : {}),
   });
 }

@@ -118,6 +118,10 @@ function registerBerthd(program: Command, setExit: (code: number) => void): void
       'where to listen (default /run/berth/berthd.sock; systemd may pass it via LISTEN_FDS)',
     )
     .option('--data-dir <dir>', 'where `GET /v1/leases` looks for networks (default /var/lib/cni/networks)')
+    .option(
+      '--state-dir <dir>',
+      "berthd's own state: the data dirs it served, listed again after a restart (default: the socket's directory)",
+    )
     .option('--log-format <format>', 'text or json (JSON lines)', 'text')
     .option('--log-level <level>', 'debug, info, warn or error', 'info')
     .option('--metrics-address <host:port>', 'also serve /metrics over TCP there (off by default)')

@@ -3,7 +3,7 @@
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import { BOOT_ID_FILE, readBootId } from '../ipam/boot-id';
 import { type LogFormat, type LogLevel, type Logger, createLogger } from './log';
 import { Metrics } from './metrics';
@@ -14,6 +14,8 @@ import { Service } from '../ipam/daemon/service';
 export interface DaemonOptions {
   socket?: string;
   dataDir?: string;
+  /** Where berthd keeps its own small state (the data dirs served); default: the socket's directory. */
+  stateDir?: string;
   logFormat?: LogFormat;
   logLevel?: LogLevel;
   /** `HOST:PORT` for a TCP listener serving only /metrics; none unless asked for. */
@@ -24,6 +26,9 @@ export interface DaemonOptions {
   /** Resolves when the daemon listens (tests, benches). */
   onListening?: (info: { socket: string }) => void;
 }
+
+/** The data dirs berthd served, so a restarted daemon lists their networks before a plugin names them. */
+export const DATA_DIRS_FILE = 'berthd-data-dirs.json';
 
 /** systemd's socket activation: the listening socket arrives as fd 3 when LISTEN_PID names us. */
 function activationFd(env: NodeJS.ProcessEnv): number | undefined {
@@ -102,13 +107,16 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
     log.log('warn', m),
   );
   const metrics = new Metrics();
+  const socketPath = o.socket ?? DEFAULT_SOCKET;
+  const stateDir = o.stateDir ?? dirname(socketPath);
+  fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   const service = new Service({
     bootId,
     log,
     metrics,
+    dataDirsFile: join(stateDir, DATA_DIRS_FILE),
     ...(o.dataDir !== undefined ? { dataDir: o.dataDir } : {}),
   });
-  const socketPath = o.socket ?? DEFAULT_SOCKET;
   const server = new BerthServer({
     service,
     log,
@@ -152,15 +160,15 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
     });
     log.log('info', 'metrics listening', { address: o.metricsAddress });
   }
-  // The networks of the data dir are read now, not at their first request: the view is warm, and a broken
-  // directory shows in the log at start rather than in a pod's ADD.
+  // The networks of the data dirs (--data-dir and those remembered) are read now, not at their first
+  // request: the view is warm, and a broken directory shows in the log at start rather than in a pod's ADD.
   try {
     const views = await service.networkViews();
     for (const v of views)
       log.log('info', 'network loaded', { network: v.network, dataDir: v.dataDir, leases: v.leases });
   } catch (err) {
-    log.log('warn', 'could not read the networks of the data dir', {
-      dataDir: service.dataDir,
+    log.log('warn', 'could not read the networks of the data dirs', {
+      dataDirs: service.knownDataDirs.join(','),
       error: (err as Error).message,
     });
   }

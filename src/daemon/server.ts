@@ -367,6 +367,13 @@ export class BerthServer {
         { name: 'berthd_pool_free', help: 'Addresses of a range set still free.', labels, value: p.free },
       ];
     });
+    for (const n of this.o.service.leaseGauges())
+      sampled.push({
+        name: 'berthd_leases',
+        help: 'Leases held in a network directory (every data dir served, remembered across restarts).',
+        labels: { network: n.network, data_dir: n.dataDir },
+        value: n.leases,
+      });
     const b = this.o.service.batchStats();
     // Sums since start, kept by the network stores: counters, so they are named `_total` (and seconds
     // `_seconds_total`); the service keeps the sums of networks it forgot, so none ever goes down.

@@ -257,6 +257,38 @@ describe('lifecycle', () => {
     expect(await metric(s, 'berthd_allocations_total')).toBe(1);
   });
 
+  test('a restarted daemon still lists the networks of every data dir it served (leases, berth leases, metrics)', async () => {
+    const s = box('dirs');
+    // A second data dir, named only by the plugin config (not --data-dir).
+    const other: Sandbox = { ...s, dataDir: join(s.dir, 'other-data'), network: `${s.network}o` };
+    const d = await daemon(s);
+    const a = await ipam('ADD', 'ctr-other', netConf(other, { daemon: true, subnet: '198.18.197.0/24' }));
+    expect(a.code, a.stderr).toBe(0);
+    const ip = addressOf(a.stdout);
+    expect(await stopDaemon(d, 'SIGTERM')).toBe(0);
+
+    await daemon(s);
+    const listed = await callDaemon({ socket: s.socket, method: 'GET', path: '/v1/leases' });
+    expect(
+      (listed.body as { leases: { network: string; dataDir: string; ip: string }[] }).leases.map((l) => [
+        l.network,
+        l.dataDir,
+        l.ip,
+      ]),
+    ).toEqual([[other.network, other.dataDir, ip]]);
+    const cli = await berth(['leases', '--json', '--socket', s.socket]);
+    expect(cli.code, cli.stderr).toBe(0);
+    expect(
+      (JSON.parse(cli.stdout) as { containerId: string; ip: string }[]).map((l) => [l.containerId, l.ip]),
+    ).toEqual([['ctr-other', ip]]);
+    const metrics = String((await callDaemon({ socket: s.socket, method: 'GET', path: '/metrics' })).body);
+    expect(metrics).toContain(`berthd_leases{network="${other.network}",data_dir="${other.dataDir}"} 1\n`);
+    // The list lives in the state dir (by default the socket's directory), root only.
+    const stateFile = join(dirname(s.socket), 'berthd-data-dirs.json');
+    expect(JSON.parse(readFileSync(stateFile, 'utf8'))).toEqual({ version: 1, dataDirs: [other.dataDir] });
+    expect(statSync(stateFile).mode & 0o777).toBe(0o600);
+  });
+
   test('kill -9 in the middle of 200 concurrent ADDs loses no acknowledged lease and duplicates none', async () => {
     const s = box('kill');
     const conf = netConf(s, { daemon: true, subnet: '198.18.193.0/24' });

@@ -12,6 +12,7 @@ import {
   readlinkSync,
   rmSync,
   statSync,
+  writeFileSync,
 } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import * as net from 'node:net';
@@ -468,6 +469,36 @@ describe('networks that go away', () => {
     expect(service.store(dataDir, 'btnet')).not.toBe(before);
     const r = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-2') });
     expect((r.body as { ips: { address: string }[] }).ips[0]!.address).toBe('198.18.200.2/24');
+  });
+});
+
+describe('the data dirs served, remembered across restarts', () => {
+  test('a removed data dir is dropped from the list; a corrupt list is ignored with a warning', async () => {
+    const file = join(dir, 'berthd-data-dirs.json');
+    const log = createLogger({ format: 'text', level: 'debug', write: (s) => logs.push(s) });
+    const other = join(dir, 'other');
+    mkdirSync(join(other, 'n1'), { recursive: true });
+    writeFileSync(join(other, 'n1', 'lock'), '');
+    const first = new Service({ dataDir, bootId: BOOT, log, dataDirsFile: file });
+    first.store(other, 'n1');
+    expect(JSON.parse(readFileSync(file, 'utf8'))).toEqual({ version: 1, dataDirs: [other] });
+    first.close();
+
+    const second = new Service({ dataDir, bootId: BOOT, log, dataDirsFile: file });
+    expect(second.knownDataDirs).toEqual([dataDir, other]);
+    expect((await second.networkViews()).map((v) => [v.network, v.dataDir])).toEqual([['n1', other]]);
+    await second.drain();
+    rmSync(other, { recursive: true });
+    expect(second.sweep()).toBe(1);
+    expect(second.knownDataDirs).toEqual([dataDir]);
+    expect(JSON.parse(readFileSync(file, 'utf8'))).toEqual({ version: 1, dataDirs: [] });
+    second.close();
+
+    writeFileSync(file, '{"dataDirs": [');
+    const third = new Service({ dataDir, bootId: BOOT, log, dataDirsFile: file });
+    expect(third.knownDataDirs).toEqual([dataDir]);
+    expect(logs.join('')).toMatch(/WARN ignoring a corrupt list of data dirs served/);
+    third.close();
   });
 });
 

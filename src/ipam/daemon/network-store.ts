@@ -211,6 +211,11 @@ export class NetworkStore implements LeaseStore {
     return [...this.byIp.values()];
   }
 
+  /** Leases held, from memory (as of the last batch). */
+  get leaseCount(): number {
+    return this.byIp.size;
+  }
+
   /** Used addresses per range set of the last config seen. */
   pools(): { set: RangeSet; size: bigint; used: number }[] {
     return this.lastRangeSets.map((set) => {

@@ -52,6 +52,17 @@ export interface ServiceOptions {
   now?: () => Date;
   /** Group commit across networks; a new one by default (tests pass one with a slow or failing syncfs). */
   syncer?: FilesystemSync;
+  /**
+   * berthd's list of the data dirs it has served (`<state dir>/berthd-data-dirs.json`): read at start and
+   * listed beside `dataDir`, so a restarted daemon still shows networks that only a plugin config named.
+   * The CLI working on the files has none.
+   */
+  dataDirsFile?: string;
+}
+
+interface DataDirsState {
+  version: 1;
+  dataDirs: string[];
 }
 
 /** What a CNI call did beyond its reply: the leases it newly took (undone when the client is gone). */
@@ -112,9 +123,67 @@ export class Service {
     fsyncSeconds: 0,
   };
 
+  /** Data dirs served besides `dataDir` (remembered in `dataDirsFile` across restarts). */
+  private readonly servedDataDirs = new Set<string>();
+
   constructor(private readonly opts: ServiceOptions) {
     this.dataDir = opts.dataDir ?? DEFAULT_DATA_DIR;
     this.syncer = opts.syncer ?? new FilesystemSync();
+    if (opts.dataDirsFile !== undefined) this.loadDataDirs(opts.dataDirsFile);
+  }
+
+  /** Data dirs listed when a request names none: `--data-dir`, then the others served, in order. */
+  get knownDataDirs(): string[] {
+    return [this.dataDir, ...[...this.servedDataDirs].filter((d) => d !== this.dataDir)];
+  }
+
+  private loadDataDirs(file: string): void {
+    let text: string;
+    try {
+      text = fs.readFileSync(file, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
+        this.opts.log.log('warn', 'cannot read the list of data dirs served', {
+          file,
+          error: (err as Error).message,
+        });
+      return;
+    }
+    try {
+      const st = JSON.parse(text) as Partial<DataDirsState>;
+      if (!Array.isArray(st.dataDirs)) throw new Error('no "dataDirs" list');
+      for (const d of st.dataDirs) if (typeof d === 'string' && d.startsWith('/')) this.servedDataDirs.add(d);
+    } catch (err) {
+      // An index, not the truth: a corrupt list only costs the networks it named until a plugin names them.
+      this.opts.log.log('warn', 'ignoring a corrupt list of data dirs served', {
+        file,
+        error: (err as Error).message,
+      });
+    }
+  }
+
+  /** Writes the list whole (temp file, rename): a crash leaves the old list or the new one. */
+  private saveDataDirs(): void {
+    const file = this.opts.dataDirsFile;
+    if (file === undefined) return;
+    const state: DataDirsState = { version: 1, dataDirs: [...this.servedDataDirs] };
+    const tmp = `${file}.tmp-${process.pid}`;
+    try {
+      fs.writeFileSync(tmp, `${JSON.stringify(state)}\n`, { mode: 0o600 });
+      fs.renameSync(tmp, file);
+    } catch (err) {
+      fs.rmSync(tmp, { force: true });
+      this.opts.log.log('warn', 'cannot write the list of data dirs served', {
+        file,
+        error: (err as Error).message,
+      });
+    }
+  }
+
+  private rememberDataDir(dataDir: string): void {
+    if (dataDir === this.dataDir || this.servedDataDirs.has(dataDir)) return;
+    this.servedDataDirs.add(dataDir);
+    this.saveDataDirs();
   }
 
   /** The store of a network directory; one per directory for the daemon's lifetime. */
@@ -131,6 +200,7 @@ export class Service {
         ...(this.opts.now ? { now: this.opts.now } : {}),
       });
       this.stores.set(key, s);
+      this.rememberDataDir(dataDir);
     }
     return s;
   }
@@ -160,6 +230,14 @@ export class Service {
       this.lastExclude.delete(s.dir);
       n++;
     }
+    // A data dir that is gone (a removed temp dir) is no longer listed, nor remembered.
+    let forgot = false;
+    for (const d of this.servedDataDirs) {
+      if (fs.existsSync(d) || [...this.stores.values()].some((s) => s.dataDir === d)) continue;
+      this.servedDataDirs.delete(d);
+      forgot = true;
+    }
+    if (forgot) this.saveDataDirs();
     return n;
   }
 
@@ -297,7 +375,7 @@ export class Service {
 
   /** Network directories under a data dir (those with host-local's `lock` file), plus those served. */
   private networks(filter: LeaseFilter): NetworkStore[] {
-    const dirs = filter.dataDir !== undefined ? [filter.dataDir] : [this.dataDir];
+    const dirs = filter.dataDir !== undefined ? [filter.dataDir] : this.knownDataDirs;
     const out = new Map<string, NetworkStore>();
     for (const s of this.stores.values()) {
       if (filter.dataDir !== undefined && s.dataDir !== filter.dataDir) continue;
@@ -452,6 +530,15 @@ export class Service {
       out.push(view);
     }
     return out.sort((a, b) => (a.network < b.network ? -1 : a.network > b.network ? 1 : 0));
+  }
+
+  /** Leases per network from memory (a scrape must not take locks), also before any config was seen. */
+  leaseGauges(): { network: string; dataDir: string; leases: number }[] {
+    return [...this.stores.values()].map((s) => ({
+      network: s.network,
+      dataDir: s.dataDir,
+      leases: s.leaseCount,
+    }));
   }
 
   /** Pool gauges from memory only (a scrape must not take locks). */
