@@ -22,6 +22,7 @@ import {
 import { ClusterNetwork, type NetworkSettings } from './network';
 import { type ClusterLog, ClusterNode } from './node';
 import { ClusterStats, type GaugeLine } from './stats';
+import type { Underlay } from './underlay';
 
 export interface ClusterOptions {
   etcd: Omit<EtcdGatewayOptions, 'onRequest' | 'onFailover'>;
@@ -37,6 +38,8 @@ export interface ClusterOptions {
   /** Extra wait after a dead node's horizon + 2 × TTL before `forget` is accepted (clock skew). */
   forgetMarginSeconds: number;
   version: string;
+  /** This node's underlay addresses, published in its `alive` key (issue 15). */
+  underlay?: Underlay;
   log: ClusterLog;
 }
 
@@ -127,6 +130,7 @@ export class ClusterIpam implements ClusterAllocator {
       ttlSeconds: o.ttlSeconds,
       horizonSeconds: o.horizonSeconds,
       version: o.version,
+      ...(o.underlay !== undefined ? { underlay: o.underlay } : {}),
       log: o.log,
       stats: this.stats,
     });

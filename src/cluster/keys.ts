@@ -73,6 +73,9 @@ export interface AliveValue {
   pid: number;
   version: string;
   since: string;
+  /** Where other nodes route this node's blocks (issue 15): IPv4 and IPv6 underlay addresses. */
+  underlay?: string;
+  underlay6?: string;
 }
 
 export interface BlockValue {

@@ -7,6 +7,7 @@ import { EtcdUnavailableError } from './etcd-gateway';
 import type { ClusterKeys } from './keys';
 import { type AliveValue, type ForgottenValue, type IdentityValue, parseValue } from './keys';
 import type { ClusterStats } from './stats';
+import type { Underlay } from './underlay';
 
 export interface ClusterLog {
   log(level: 'debug' | 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>): void;
@@ -21,6 +22,8 @@ export interface ClusterNodeOptions {
   ttlSeconds: number;
   horizonSeconds: number;
   version: string;
+  /** Published in `alive` for the other nodes' routes (src/cluster/underlay.ts). */
+  underlay?: Underlay;
   log: ClusterLog;
   stats: ClusterStats;
   /** Monotonic ms. */
@@ -253,6 +256,8 @@ export class ClusterNode {
       pid: process.pid,
       version: this.o.version,
       since: this.wallClock().toISOString(),
+      ...(this.o.underlay?.underlay !== undefined ? { underlay: this.o.underlay.underlay } : {}),
+      ...(this.o.underlay?.underlay6 !== undefined ? { underlay6: this.o.underlay.underlay6 } : {}),
     };
     const r = await etcd.txn(
       {
