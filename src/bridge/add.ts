@@ -73,9 +73,15 @@ interface AddContext {
   pod: Netlink;
   /** The pod namespace, open for the whole ADD. */
   netnsFd: number;
+  /** Test-only fault injection (BERTH_TEST_FAULT). */
+  fault: (point: string) => void;
 }
 
-async function createVeth(ctx: AddContext): Promise<VethPair> {
+/**
+ * Creates the pair; its removal is armed the moment the kernel has it, before any lookup, so a failure of
+ * anything after (a lookup included) never leaves a pair behind.
+ */
+async function createVeth(ctx: AddContext, undo: UndoStack): Promise<VethPair> {
   const { host, pod, req, conf, netnsFd } = ctx;
   for (let attempt = 0; ; attempt++) {
     const name = hostVethName();
@@ -87,7 +93,6 @@ async function createVeth(ctx: AddContext): Promise<VethPair> {
         ...(conf.mtu !== undefined ? { mtu: conf.mtu } : {}),
         ...(conf.mac !== undefined ? { peerMac: conf.mac } : {}),
       });
-      return { host: await host.getLink(name), container: await pod.getLink(req.ifname) };
     } catch (err) {
       if (!isCode(err, 'EEXIST')) throw toKernelCniError(err);
       if ((await pod.findLink(req.ifname)) !== undefined) {
@@ -95,6 +100,17 @@ async function createVeth(ctx: AddContext): Promise<VethPair> {
       }
       if (attempt >= 9)
         throw new CniError(ErrorCode.Internal, `failed to find a free host veth name after 10 attempts`);
+      continue;
+    }
+    // Removing the host end removes its peer in the pod too.
+    undo.push(`delete veth ${name}`, () =>
+      host.deleteLink(name).catch((e) => (isCode(e, 'ENODEV') ? undefined : Promise.reject(e))),
+    );
+    try {
+      ctx.fault('veth-created');
+      return { host: await host.getLink(name), container: await pod.getLink(req.ifname) };
+    } catch (err) {
+      throw toKernelCniError(err);
     }
   }
 }
@@ -366,7 +382,7 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
   try {
     // The socket is opened on the fd already held, so the pod namespace is entered by the same reference.
     pod = await deps.kernel.netns(netnsRef.fd);
-    const ctx: AddContext = { req, conf, host, pod, netnsFd: netnsRef.fd };
+    const ctx: AddContext = { req, conf, host, pod, netnsFd: netnsRef.fd, fault };
     if ((await pod.findLink(req.ifname)) !== undefined) {
       throw new CniError(ErrorCode.Internal, `container veth name provided (${req.ifname}) already exists`);
     }
@@ -386,10 +402,7 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
           }),
         );
       }
-      const v = await createVeth(ctx);
-      undo.push(`delete veth ${v.host.name}`, () =>
-        host.deleteLink(v.host.index).catch((e) => (isCode(e, 'ENODEV') ? undefined : Promise.reject(e))),
-      );
+      const v = await createVeth(ctx, undo);
       await configurePort(ctx, { bridge: b.link, veth: v.host, alias: tag });
       registerAttachment(deps.runDir, conf.network, tag);
       undo.push('unregister attachment', () =>

@@ -1,6 +1,7 @@
 // Reads the bridge network configuration once into a normalised BridgeConf, with the reference
 // plugin's keys, defaults and validation, so the handlers never look at raw JSON.
 import { CniError, ErrorCode } from '../cni-spec/errors';
+import { ifnameProblem } from '../cni-spec/identifiers';
 import type { Request } from '../cni-spec/request';
 import type { DNS } from '../cni-spec/types/result';
 
@@ -77,12 +78,6 @@ function str(config: Record<string, unknown>, key: string): string | undefined {
 }
 
 /** Interface names reach netlink and sysfs paths: same rule as the kernel's dev_valid_name. */
-export function isValidIfName(name: string): boolean {
-  return (
-    name.length > 0 && Buffer.byteLength(name) <= 15 && name !== '.' && name !== '..' && !/[/:\s]/.test(name)
-  );
-}
-
 const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
 
 function parseMac(raw: unknown, source: string): string | undefined {
@@ -187,8 +182,9 @@ export function parseBridgeConf(input: BridgeConfInput): BridgeConf {
   const cniVersion = str(c, 'cniVersion') ?? '0.1.0';
 
   const bridge = str(c, 'bridge') ?? DEFAULT_BRIDGE;
-  if (!isValidIfName(bridge))
-    throw invalid('bridge', `${JSON.stringify(bridge)} is not a valid interface name`);
+  const bridgeProblem = ifnameProblem(bridge);
+  if (bridgeProblem !== undefined)
+    throw invalid('bridge', `${JSON.stringify(bridge)} is not a valid interface name: ${bridgeProblem}`);
 
   const isDefaultGateway = bool(c, 'isDefaultGateway', false);
   const isGateway = bool(c, 'isGateway', false) || isDefaultGateway;

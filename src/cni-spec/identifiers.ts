@@ -32,6 +32,9 @@ export function ifnameProblem(name: string): string | undefined {
   if (name.includes('/')) return 'must not contain "/"';
   if (name.includes(':')) return 'must not contain ":"';
   if (/\s/u.test(name)) return 'must not contain whitespace';
+  // The kernel takes a name with "%" as a template ("eth%d" becomes eth0, eth1, …): the link would be
+  // created under another name than the one asked for, and then not be found by it.
+  if (name.includes('%')) return 'must not contain "%" (the kernel treats it as a naming template)';
   return undefined;
 }
 

@@ -135,6 +135,7 @@ describe('parseBridgeConf rejects invalid configs with code 7 naming the key', (
     [{ mtu: '1500' }, 'mtu'],
     [{ bridge: 'a-name-longer-than-15' }, 'bridge'],
     [{ bridge: 'a/b' }, 'bridge'],
+    [{ bridge: 'x%d' }, 'bridge'],
     [{ bridge: 3 }, 'bridge'],
     [{ ipam: { type: '../x' } }, 'ipam'],
     [{ ipam: 'host-local' }, 'ipam'],

@@ -102,7 +102,27 @@ describe('rollback of a failed ADD', () => {
     expectNothingLeft(c, ns, { bridgeGone: true });
   });
 
-  it.each(['after-veth', 'after-ipam', 'after-gateway', 'after-masq'])('injected fault %s', async (point) => {
+  it.each(['veth-created', 'after-veth', 'after-ipam', 'after-gateway', 'after-masq'])(
+    'injected fault %s',
+    async (point) => {
+      const ns = fx.netns();
+      const c = conf();
+      const add = await fx.run({
+        command: 'ADD',
+        conf: c,
+        containerId: 'ctr1',
+        netns: ns.path,
+        ifname: 'eth0',
+        env: { BERTH_TEST_FAULT: point },
+      });
+      expect(add.code).not.toBe(0);
+      expect(add.json.code).toBe(999);
+      expect(add.json.msg).toContain(point);
+      expectNothingLeft(c, ns, { bridgeGone: true });
+    },
+  );
+
+  it('a "%" in CNI_IFNAME or the bridge name is refused up front (4, 7): no veth, no eth0 in the pod', async () => {
     const ns = fx.netns();
     const c = conf();
     const add = await fx.run({
@@ -110,13 +130,24 @@ describe('rollback of a failed ADD', () => {
       conf: c,
       containerId: 'ctr1',
       netns: ns.path,
-      ifname: 'eth0',
-      env: { BERTH_TEST_FAULT: point },
+      ifname: 'eth%d',
     });
     expect(add.code).not.toBe(0);
-    expect(add.json.code).toBe(999);
-    expect(add.json.msg).toContain(point);
+    expect(add.json.code).toBe(4);
+    expect(add.json.msg).toContain('CNI_IFNAME');
     expectNothingLeft(c, ns, { bridgeGone: true });
+    const templated = { ...c, bridge: `${String(c.bridge).slice(0, 12)}%d` };
+    const bad = await fx.run({
+      command: 'ADD',
+      conf: templated,
+      containerId: 'ctr1',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
+    expect(bad.json.code).toBe(7);
+    expect(bad.json.msg).toContain('bridge');
+    expectNothingLeft(c, ns, { bridgeGone: true });
+    expect(trySh('ip', ['link', 'show', 'dev', `${String(c.bridge).slice(0, 12)}0`])).toBeUndefined();
   });
 
   it('after masquerade, with another pod on the bridge: its gateway and entries stay', async () => {

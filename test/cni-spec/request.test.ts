@@ -70,6 +70,8 @@ describe('environment rules', () => {
     ['eth 0', 'whitespace'],
     ['eth\t0', 'whitespace'],
     ['eth0\n', 'whitespace'],
+    ['eth%d', 'must not contain "%"'],
+    ['%', 'must not contain "%"'],
   ])('ifname %j is refused (%s)', (ifname, why) => {
     // An empty ifname counts as missing; the rest are named with their problem.
     const err = expectCniError(
