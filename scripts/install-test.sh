@@ -67,7 +67,9 @@ mkdir -p "$tools"
 for t in ip nft ping sh; do ln -s "$(command -v "$t")" "$tools/$t"; done
 ln -s "$CNITOOL" "$tools/cnitool"
 native="$tmp/native" # BERTH_NATIVE_DIR: private to this run (the default is /var/lib/berth/native)
-bare() { env -i PATH="$tools" BERTH_NATIVE_DIR="$native" BERTH_RUN_DIR="$BERTH_RUN_DIR" "$@"; }
+# No berthd at BERTH_SOCKET: the shims (berth-bridge, berth-ipam) fall back to the installed berth.
+nosock="$tmp/no-berthd.sock"
+bare() { env -i PATH="$tools" BERTH_NATIVE_DIR="$native" BERTH_RUN_DIR="$BERTH_RUN_DIR" BERTH_SOCKET="$nosock" "$@"; }
 cni() { bare NETCONFPATH="$tmp/net.d" CNI_PATH="$prefix" cnitool "$@"; }
 pod_env() { # command, pod, executable: run a plugin directly, as a runtime does
   bare CNI_COMMAND="$1" CNI_CONTAINERID="$2" CNI_NETNS="/run/netns/$2" CNI_IFNAME=eth0 CNI_PATH="$prefix" "$3"
@@ -94,8 +96,10 @@ cp "$tmp/install1.out" "$tmp/last.out"
 report "install.sh into a fresh prefix" "$status"
 sed 's/^/     : /' "$tmp/install1.out"
 check "berth installed, byte for byte" cmp "$tmp/build1/berth" "$prefix/berth"
-check "berth-bridge is a hard link to berth" test "$prefix/berth-bridge" -ef "$prefix/berth"
-check "berth-ipam is a hard link to berth" test "$prefix/berth-ipam" -ef "$prefix/berth"
+check "berth-bridge is berth-shim, byte for byte" cmp "$tmp/build1/berth-shim" "$prefix/berth-bridge"
+check "berth-ipam is a hard link to berth-bridge" test "$prefix/berth-ipam" -ef "$prefix/berth-bridge"
+check "the shim is linked statically or against libc only" bash -c "! ldd '$prefix/berth-bridge' 2>/dev/null | grep -v -E 'linux-vdso|libc\.so|ld-linux|not a dynamic' | grep -q ."
+
 check "the example conflist is installed" cmp "$repo/conf/10-berth-ipv4.conflist" "$tmp/etc/cni/net.d/10-berth-ipv4.conflist"
 for unit in berthd.service berthd.socket; do
   if [ -f "$repo/conf/$unit" ]; then
@@ -132,7 +136,7 @@ reports_build() {
 check "berth --version reports version $version, build $commit, code cache accepted" reports_build
 for exe in berth-bridge berth-ipam; do
   check "$exe answers VERSION without node" \
-    bash -c "env -i PATH='$tools' CNI_COMMAND=VERSION '$prefix/$exe' </dev/null | jq -e '.supportedVersions | index(\"1.1.0\") and index(\"0.1.0\")'"
+    bash -c "env -i PATH='$tools' BERTH_SOCKET='$nosock' CNI_COMMAND=VERSION '$prefix/$exe' </dev/null | jq -e '.supportedVersions | index(\"1.1.0\") and index(\"0.1.0\")'"
 done
 
 # --- end to end through cnitool ----------------------------------------------------------------------
@@ -170,7 +174,7 @@ mkfifo "$tmp/stdin.fifo"
 exec 3<>"$tmp/stdin.fifo" # a writer exists, so the plugin's open of the fifo does not block; its read does
 # Started by env directly (not through a function, which would fork a subshell), so $! is the plugin;
 # 3>&- keeps the fifo's writer out of the plugin, or it would never see the end of its stdin.
-env -i PATH="$tools" BERTH_NATIVE_DIR="$native" BERTH_RUN_DIR="$BERTH_RUN_DIR" CNI_COMMAND=ADD CNI_CONTAINERID="$P-c" CNI_NETNS="/run/netns/$P-c" \
+env -i PATH="$tools" BERTH_NATIVE_DIR="$native" BERTH_RUN_DIR="$BERTH_RUN_DIR" BERTH_SOCKET="$nosock" CNI_COMMAND=ADD CNI_CONTAINERID="$P-c" CNI_NETNS="/run/netns/$P-c" \
   CNI_IFNAME=eth0 CNI_PATH="$prefix" "$prefix/berth-bridge" <"$tmp/stdin.fifo" >"$tmp/$P-c.json" 2>"$tmp/$P-c.err" 3>&- &
 plugin_pid=$!
 blocked_on_stdin() {
@@ -189,8 +193,8 @@ status=$?
 cp "$tmp/install3.out" "$tmp/last.out"
 report "install.sh of build 2 while the plugin runs" "$status"
 sed 's/^/     : /' "$tmp/install3.out"
-check "berth replaced (new inode), links follow" bash -c "[ \"\$(stat -c %i '$prefix/berth')\" != '$inode_before' ] && cmp '$tmp/build2/berth' '$prefix/berth' && [ '$prefix/berth-bridge' -ef '$prefix/berth' ] && [ '$prefix/berth-ipam' -ef '$prefix/berth' ]"
-check "the running plugin still executes its old, now unlinked file" bash -c "readlink '/proc/$plugin_pid/exe' | grep -q '(deleted)'"
+check "berth replaced (new inode), the shims stay (same bytes in both builds)" bash -c "[ \"\$(stat -c %i '$prefix/berth')\" != '$inode_before' ] && cmp '$tmp/build2/berth' '$prefix/berth' && cmp '$tmp/build2/berth-shim' '$prefix/berth-bridge' && [ '$prefix/berth-ipam' -ef '$prefix/berth-bridge' ]"
+check "the blocked shim is still waiting for its stdin" bash -c "[ \"\$(readlink '/proc/$plugin_pid/exe')\" = '$prefix/berth-bridge' ]"
 cat "$tmp/conf.json" >&3
 exec 3>&-
 wait "$plugin_pid"
@@ -207,7 +211,7 @@ check "--version now reports build 2" bash -c "[ \"\$(env -i PATH='$tools' '$pre
 # berthd off for these (a daemon would take the ADD without berth-ipam loading its addon).
 jq '.ipam.daemonSocket = false' "$tmp/conf.json" >"$tmp/conf-files.json"
 ipam_add() { # native dir
-  env -i PATH="$tools" BERTH_NATIVE_DIR="$1" CNI_COMMAND=ADD CNI_CONTAINERID="$P-x" CNI_NETNS=/run/netns/none \
+  env -i PATH="$tools" BERTH_NATIVE_DIR="$1" BERTH_SOCKET="$nosock" CNI_COMMAND=ADD CNI_CONTAINERID="$P-x" CNI_NETNS=/run/netns/none \
     CNI_IFNAME=eth0 CNI_PATH="$prefix" "$prefix/berth-ipam" <"$tmp/conf-files.json"
 }
 mkdir -m 777 "$tmp/world"

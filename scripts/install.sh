@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs the single executable built by `npm run package` (out/berth) where runtimes look for CNI
-# plugins: <prefix>/berth plus the hard links berth-bridge and berth-ipam. Needs no Node.js on the host.
+# Installs what `npm run package` built where runtimes look for CNI plugins: <prefix>/berth (the single
+# executable) and the plugins berth-bridge and berth-ipam: berth-shim (out/berth-shim, hard links to each
+# other), which forwards each call to berthd and runs <prefix>/berth under the plugin's name when there is
+# no berthd; with --standalone, hard links to berth instead (every call starts Node). Needs no Node.js.
 #
 # Every file is written as a new file in its target directory and renamed over the old one, so a plugin
 # that is executing keeps running its own (old) file, and a runtime starting one sees either the old or
@@ -15,6 +17,7 @@
 #                        --conf-dir (default /etc/cni/net.d) unless a file of that name is there
 #     --with-systemd     also install conf/berthd.service and conf/berthd.socket (when present) into
 #                        --systemd-dir (default /etc/systemd/system), then `systemctl daemon-reload`
+#     --standalone       plugins as hard links to berth (no shim, no warm path)
 #     --uninstall        remove berth, berth-bridge and berth-ipam from --prefix (and, with
 #                        --with-systemd, the units); leases, configs and /var/lib/berth stay
 set -euo pipefail
@@ -28,6 +31,7 @@ conf_dir=/etc/cni/net.d
 systemd=false
 systemd_dir=/etc/systemd/system
 uninstall=false
+standalone=false
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2; exit "${1:-2}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -42,6 +46,7 @@ while [ $# -gt 0 ]; do
     --with-systemd) systemd=true ;;
     --systemd-dir) systemd_dir="${2:?--systemd-dir needs a directory}"; shift ;;
     --systemd-dir=*) systemd_dir="${1#*=}" ;;
+    --standalone) standalone=true ;;
     --uninstall) uninstall=true ;;
     -h|--help) usage 0 ;;
     *) echo "install.sh: unknown option $1" >&2; usage ;;
@@ -127,9 +132,19 @@ version="$("$exe" --version)" || { echo "install.sh: $exe --version failed: not 
 say "from $exe: $version"
 
 mkdir -p "$prefix"
+shim="$from/berth-shim"
+if [ "$standalone" = false ] && [ ! -f "$shim" ]; then
+  say "no $shim in this build: installing the plugins standalone (hard links to berth)"
+  standalone=true
+fi
+# berth first: the shim falls back to it, so it must be in place before the shim is.
 install_file "$exe" "$prefix/berth" 755
-link_file "$prefix/berth" "$prefix/berth-bridge"
-link_file "$prefix/berth" "$prefix/berth-ipam"
+if [ "$standalone" = true ]; then
+  link_file "$prefix/berth" "$prefix/berth-bridge"
+else
+  install_file "$shim" "$prefix/berth-bridge" 755
+fi
+link_file "$prefix/berth-bridge" "$prefix/berth-ipam"
 
 if [ -n "$conf" ]; then
   dest="$conf_dir/$(basename "$conf")"

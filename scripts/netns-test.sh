@@ -12,7 +12,7 @@
 #        IPMASQ (default true for berth-bridge, false for the reference bridge, which leaks its masquerade
 #        rules when the netns is gone: containernetworking/plugins#810); CNI_VERSION (default 1.0.0: the
 #        cnitool here is built on Debian's libcni 1.1.2, which cannot read 1.1.0 results);
-#        CNITOOL (default /usr/local/bin/cnitool).
+#        CNITOOL (default /usr/local/bin/cnitool); PLUGIN_DIR (default bin/: where berth's plugins are).
 # Everything it creates is named bt<pid>-… (bridges bt<pid>a/b/c) and removed on exit, also on failure.
 set -uo pipefail
 
@@ -56,7 +56,9 @@ ipfwd4="$(sysctl -n net.ipv4.ip_forward)"
 ipfwd6="$(sysctl -n net.ipv6.conf.all.forwarding)"
 
 export NETCONFPATH="$tmp/net.d"
-export CNI_PATH="$repo/bin:/usr/lib/cni:/opt/cni/bin"
+# PLUGIN_DIR: where berth-bridge and berth-ipam are found (default bin/, the Node launchers).
+# scripts/shim-netns-test.sh passes native/shim/build/bin: the shims, falling back without a berthd.
+export CNI_PATH="${PLUGIN_DIR:-$repo/bin}:/usr/lib/cni:/opt/cni/bin"
 unset CNI_IFNAME CNI_ARGS CAP_ARGS BERTH_CACHE_DIR  # both tools must use the shared default cache
 BERTH=(node "$repo/bin/berth" exec)
 mkdir -p "$NETCONFPATH" "$tmp/ipam"

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // `npm run package`: builds out/berth, one self-contained executable (Node's single-executable support:
 // the bundled JavaScript, a V8 code cache and the two native addons as assets, injected into a copy of
-// this node binary), plus the hard links out/berth-bridge and out/berth-ipam. Run after `npm run build`.
+// this node binary), plus out/berth-shim (the warm path's C client) with the hard links out/berth-bridge and
+// out/berth-ipam. Run after `npm run build`.
 //
 //   options: --out DIR    write there instead of out/ (tests build into their own temp dir)
 //            --no-strip   keep node's debug symbols (strip(1) removes ~12 MB and is used when found)
@@ -392,17 +393,29 @@ async function main() {
     if (!noise.test(line.replace(/\u001b\[[0-9;]*m/g, ''))) log(`postject: ${line}`);
   if (injected.status !== 0) fail(`postject failed (exit ${injected.status})`);
   fs.renameSync(tmp, exe);
+  // The plugins are berth-shim (native/shim): it forwards each call to berthd and, without one, runs this
+  // executable under the plugin's name. Copied as a file of its own, the plugins hard links to it.
+  const shimSource = path.join(repo, 'native', 'shim', 'build', 'berth-shim');
+  if (!fs.existsSync(shimSource)) fail(`${shimSource} missing: run \`npm run build\` (build:shim) first`);
+  const shim = path.join(out, 'berth-shim');
+  const shimTmp = path.join(out, `.berth-shim.${process.pid}.tmp`);
+  fs.copyFileSync(shimSource, shimTmp);
+  fs.chmodSync(shimTmp, 0o755);
+  fs.renameSync(shimTmp, shim);
   for (const name of PROGRAMS.slice(1)) {
     const link = path.join(out, name);
     fs.rmSync(link, { force: true });
-    fs.linkSync(exe, link);
+    fs.linkSync(shim, link);
   }
 
   const version = execFileSync(exe, ['--version'], {
     encoding: 'utf8',
     env: { PATH: '/usr/bin:/bin' },
   }).trim();
-  log(`${exe}: ${fs.statSync(exe).size} bytes, hard links ${PROGRAMS.slice(1).join(', ')}; ${version}`);
+  log(
+    `${exe}: ${fs.statSync(exe).size} bytes; ${shim} (${fs.statSync(shim).size} bytes) with hard links ` +
+      `${PROGRAMS.slice(1).join(', ')}; ${version}`,
+  );
 }
 
 main().catch((err) => fail(err.stack ?? String(err)));
