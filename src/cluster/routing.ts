@@ -6,6 +6,7 @@ import { BlockMap } from './block-map';
 import { followBlockMap, type BlockMapEtcd } from './block-map-feed';
 import { RouteProgrammer } from './route-programmer';
 import type { RouteTable } from './routes';
+import { detectUnderlay, underlayFromFlags, type Underlay } from './underlay';
 
 export interface ClusterRoutingOptions {
   etcd: BlockMapEtcd;
@@ -17,6 +18,8 @@ export interface ClusterRoutingOptions {
   openTable?: () => RouteTable & { close(): void };
   tableId?: number;
   resyncMs?: number;
+  /** Delay between attempts to load the block map while etcd does not answer (default 2 s). */
+  retryMs?: number;
 }
 
 export interface ClusterRouting {
@@ -38,17 +41,56 @@ export async function startClusterRouting(o: ClusterRoutingOptions): Promise<Clu
   // Subscribed before the first load, so the first reconcile runs on the loaded map.
   programmer.start();
   let watcher: { close(): void } | undefined;
-  try {
-    watcher = await followBlockMap({ etcd: o.etcd, map, prefix: o.prefix, log: o.log });
-  } catch (err) {
-    await programmer.stop();
-    throw err;
-  }
+  let closed = false;
+  let retry: NodeJS.Timeout | undefined;
+  // etcd unreachable at start only delays routing: until the map loads, the kernel's routes stay as they are.
+  const follow = async (): Promise<void> => {
+    try {
+      const w = await followBlockMap({ etcd: o.etcd, map, prefix: o.prefix, log: o.log });
+      if (closed) w.close();
+      else watcher = w;
+    } catch (err) {
+      if (closed) return;
+      o.log(`routes: cannot load the block map yet (${(err as Error).message}); retrying in 2 s`);
+      retry = setTimeout(() => void follow(), o.retryMs ?? 2000);
+      retry.unref();
+    }
+  };
+  await follow();
   return {
     programmer,
     close: async () => {
+      closed = true;
+      if (retry !== undefined) clearTimeout(retry);
       watcher?.close();
       await programmer.stop();
     },
   };
+}
+
+/**
+ * The underlay to publish: the flag values when given, else detected towards the first etcd endpoint. A
+ * failed detection is logged and publishes nothing (the other nodes then hold this node's blocks).
+ */
+export async function resolveUnderlay(o: {
+  flags: readonly string[] | undefined;
+  endpoints: readonly string[];
+  log: (line: string) => void;
+}): Promise<Underlay> {
+  if (o.flags !== undefined && o.flags.length > 0) return underlayFromFlags(o.flags);
+  const first = o.endpoints[0];
+  if (first === undefined) return {};
+  const nl = openNetlink();
+  try {
+    const found = await detectUnderlay(first, nl);
+    o.log(
+      `routes: underlay detected: ${[found.underlay, found.underlay6].filter(Boolean).join(', ') || 'none'}`,
+    );
+    return found;
+  } catch (err) {
+    o.log(`routes: could not detect the underlay (${(err as Error).message}); set --underlay-address`);
+    return {};
+  } finally {
+    nl.close();
+  }
 }

@@ -98,3 +98,40 @@ test('alive carries the underlay; a block another node claims gets a route via i
   expect(table.routes.some((r) => blocksOf('n1').includes(r.dst))).toBe(false);
   expect(ip2.startsWith('198.19.')).toBe(true);
 });
+
+test('routing waits for an unreachable etcd without touching the routes, then loads', async () => {
+  let fail = true;
+  const etcd = {
+    range: () =>
+      fail
+        ? Promise.reject(new Error('etcd unreachable'))
+        : Promise.resolve({
+            kvs: [
+              { key: '/berth/v1/nets/n/blocks/198.19.0.64-26', value: '{"node":"n2"}' },
+              { key: '/berth/v1/nodes/n2/alive', value: '{"underlay":"198.18.0.12"}' },
+            ],
+            revision: '7',
+          }),
+    watch: () => ({ close: () => undefined }),
+  };
+  const table = new FakeRouteTable();
+  await table.addRoute({ dst: '198.19.1.0/26', gateway: '198.18.0.13', protocol: 190 });
+  const logs: string[] = [];
+  const routing = await startClusterRouting({
+    etcd,
+    prefix: '/berth/v1',
+    self: 'n1',
+    log: (l) => logs.push(l),
+    openTable: () => table,
+    resyncMs: 0,
+    retryMs: 20,
+  });
+  cleanups.push(() => routing.close());
+  expect(logs.join('\n')).toContain('cannot load the block map yet');
+  expect(table.routes.map((r) => r.dst)).toEqual(['198.19.1.0/26']);
+  fail = false;
+  for (let i = 0; i < 100 && !table.routes.some((r) => r.dst === '198.19.0.64/26'); i++)
+    await new Promise((r) => setTimeout(r, 20));
+  await routing.programmer.reconcileNow();
+  expect(table.routes.map((r) => r.dst)).toEqual(['198.19.0.64/26']);
+});
