@@ -1,4 +1,6 @@
 // `berth daemon`: berthd in the foreground (systemd runs it so), options checked here before it starts.
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { isLogFormat, isLogLevel } from '../daemon/log';
 import { runDaemon } from '../daemon/lifecycle';
 
@@ -9,6 +11,87 @@ export interface DaemonCliOptions {
   logFormat?: string;
   logLevel?: string;
   metricsAddress?: string;
+  etcdEndpoints?: string;
+  etcdCacert?: string;
+  etcdCert?: string;
+  etcdKey?: string;
+  etcdUser?: string;
+  etcdPrefix?: string;
+  nodeName?: string;
+  nodeIdFile?: string;
+  nodeLeaseTtl?: string;
+  ownershipHorizon?: string;
+  claimTimeout?: string;
+  blockReleaseAfter?: string;
+  forgetMargin?: string;
+  reserveWindow?: string;
+}
+
+/** `15s`, `500ms`, `5m`, `1h`, or plain seconds → milliseconds. */
+export function parseDuration(text: string): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(text.trim());
+  if (m === null) return undefined;
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h'];
+  return Math.round(Number(m[1]) * unit);
+}
+
+type ClusterSettings = NonNullable<Parameters<typeof runDaemon>[0]['cluster']>;
+
+/** The cluster flags, checked; undefined without --etcd-endpoints. Throws a message for a bad flag. */
+export function clusterSettingsOf(o: DaemonCliOptions, env: NodeJS.ProcessEnv): ClusterSettings | undefined {
+  if (o.etcdEndpoints === undefined || o.etcdEndpoints === '') return undefined;
+  const endpoints = o.etcdEndpoints
+    .split(',')
+    .map((e) => e.trim())
+    .filter((e) => e !== '');
+  for (const e of endpoints) {
+    if (!/^https?:\/\/[^/]+\/?$/.test(e))
+      throw new Error(`--etcd-endpoints: ${e} is not http(s)://host:port`);
+  }
+  const dur = (flag: string, v: string | undefined, def: number, min = 0): number => {
+    if (v === undefined) return def;
+    const ms = parseDuration(v);
+    if (ms === undefined || ms < min)
+      throw new Error(`${flag} wants a duration such as 15s, 5m or 1h, got ${v}`);
+    return ms;
+  };
+  const read = (flag: string, path: string | undefined): Buffer | undefined => {
+    if (path === undefined) return undefined;
+    try {
+      return readFileSync(path);
+    } catch (err) {
+      throw new Error(`${flag}: cannot read ${path}: ${(err as Error).message}`);
+    }
+  };
+  const ca = read('--etcd-cacert', o.etcdCacert);
+  const cert = read('--etcd-cert', o.etcdCert);
+  const key = read('--etcd-key', o.etcdKey);
+  const password = env.BERTH_ETCD_PASSWORD;
+  if (o.etcdUser !== undefined && (password === undefined || password === '')) {
+    throw new Error('--etcd-user needs the password in $BERTH_ETCD_PASSWORD (never on the command line)');
+  }
+  const ttl = dur('--node-lease-ttl', o.nodeLeaseTtl, 15_000, 2000);
+  const horizon = dur('--ownership-horizon', o.ownershipHorizon, 3_600_000, 1000);
+  if (horizon < 2 * ttl) throw new Error('--ownership-horizon must be at least twice --node-lease-ttl');
+  return {
+    etcd: {
+      endpoints,
+      timeoutMs: 2000,
+      ...(ca || cert || key
+        ? { tls: { ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}) } }
+        : {}),
+      ...(o.etcdUser !== undefined ? { auth: { user: o.etcdUser, password: password! } } : {}),
+    },
+    prefix: o.etcdPrefix ?? '/berth/v1',
+    nodeName: o.nodeName ?? hostname(),
+    nodeIdFile: o.nodeIdFile ?? '/var/lib/berth/node-id',
+    ttlSeconds: Math.round(ttl / 1000),
+    horizonSeconds: Math.round(horizon / 1000),
+    claimTimeoutMs: dur('--claim-timeout', o.claimTimeout, 5000, 100),
+    blockReleaseAfterMs: dur('--block-release-after', o.blockReleaseAfter, 300_000),
+    reserveWindowMs: dur('--reserve-window', o.reserveWindow, 60_000, 1000),
+    forgetMarginSeconds: Math.round(dur('--forget-margin', o.forgetMargin, 30_000) / 1000),
+  };
 }
 
 export async function runDaemonCommand(o: DaemonCliOptions, err: (s: string) => void): Promise<number> {
@@ -32,7 +115,19 @@ export async function runDaemonCommand(o: DaemonCliOptions, err: (s: string) => 
       return 2;
     }
   }
+  let cluster: ClusterSettings | undefined;
+  try {
+    cluster = clusterSettingsOf(o, process.env);
+  } catch (e) {
+    err(`berth daemon: ${(e as Error).message}\n`);
+    return 2;
+  }
+  if (o.nodeName !== undefined && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$/.test(o.nodeName)) {
+    err(`berth daemon: --node-name ${o.nodeName} is not a valid node name (letters, digits, . _ -)\n`);
+    return 2;
+  }
   return runDaemon({
+    ...(cluster !== undefined ? { cluster } : {}),
     logFormat: format,
     logLevel: level,
     ...(o.socket !== undefined ? { socket: o.socket } : {}),

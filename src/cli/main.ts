@@ -125,6 +125,29 @@ function registerBerthd(program: Command, setExit: (code: number) => void): void
     .option('--log-format <format>', 'text or json (JSON lines)', 'text')
     .option('--log-level <level>', 'debug, info, warn or error', 'info')
     .option('--metrics-address <host:port>', 'also serve /metrics over TCP there (off by default)')
+    .option(
+      '--etcd-endpoints <urls>',
+      'cluster IPAM: etcd client URLs, comma-separated (makes this a cluster node)',
+    )
+    .option('--etcd-cacert <file>', 'CA bundle for https etcd endpoints')
+    .option('--etcd-cert <file>', 'client certificate for etcd')
+    .option('--etcd-key <file>', 'client key for etcd')
+    .option('--etcd-user <name>', 'etcd user (password from $BERTH_ETCD_PASSWORD)')
+    .option('--etcd-prefix <prefix>', "root of berth's keys in etcd (default /berth/v1)")
+    .option('--node-name <name>', 'this node in the cluster (default: hostname)')
+    .option(
+      '--node-id-file <file>',
+      "holds this machine's node uid, created once (default /var/lib/berth/node-id)",
+    )
+    .option('--node-lease-ttl <duration>', 'liveness lease TTL (default 15s)')
+    .option('--ownership-horizon <duration>', 'without etcd for this long, stop allocating (default 1h)')
+    .option('--claim-timeout <duration>', 'longest an ADD waits for a block claim (default 5s)')
+    .option('--block-release-after <duration>', 'release blocks empty for this long (default 5m)')
+    .option('--reserve-window <duration>', 'how long the largest ADD burst sizes the reserve (default 1m)')
+    .option(
+      '--forget-margin <duration>',
+      'clock-skew margin before `berth node forget` is accepted (default 30s)',
+    )
     .action(async (o: import('./daemon').DaemonCliOptions) => {
       const { runDaemonCommand } = require('./daemon') as typeof import('./daemon');
       setExit(await runDaemonCommand(o, io.err));
@@ -179,6 +202,53 @@ function registerBerthd(program: Command, setExit: (code: number) => void): void
       setExit(await runStatus(o, io));
     });
   const cluster = program.command('cluster').description('cluster networks: state shared between nodes');
+  const clusterCmd = (
+    name: string,
+    description: string,
+    run: (o: import('./cluster').ClusterCliOptions) => Promise<number>,
+  ): void => {
+    cluster
+      .command(name)
+      .description(description)
+      .option('--socket <path>', 'berthd socket (default /run/berth/berthd.sock)')
+      .option('--json', 'JSON output')
+      .action(async (o: import('./cluster').ClusterCliOptions) => setExit(await run(o)));
+  };
+  clusterCmd(
+    'status',
+    "nodes, blocks per node, this node's free/used addresses, etcd health, last contact",
+    (o) => (require('./cluster') as typeof import('./cluster')).runClusterStatus(o, io),
+  );
+  clusterCmd(
+    'check',
+    'like calicoctl ipam check: overlaps, blocks outside pools, absent nodes, local vs etcd',
+    (o) => (require('./cluster') as typeof import('./cluster')).runClusterCheck(o, io),
+  );
+  const node = program.command('node').description('this node, or another, in the cluster');
+  node
+    .command('forget <node>')
+    .description("free a dead node's blocks (refused until it has been absent past its ownership horizon)")
+    .option('--socket <path>', 'berthd socket (default /run/berth/berthd.sock)')
+    .option('--force', 'accept the risk of duplicate addresses: do not wait for the horizon')
+    .option('--json', 'JSON output')
+    .action(async (name: string, o: import('./cluster').ClusterCliOptions & { force?: boolean }) => {
+      const { runNodeForget } = require('./cluster') as typeof import('./cluster');
+      setExit(await runNodeForget(name, o, io));
+    });
+  for (const [name, description] of [
+    ['leave', 'this node leaves the cluster: releases its (empty) blocks and its identity'],
+    ['rejoin', "after a forget, once this boot's pods are drained: register again"],
+  ] as const) {
+    node
+      .command(name)
+      .description(description)
+      .option('--socket <path>', 'berthd socket (default /run/berth/berthd.sock)')
+      .option('--json', 'JSON output')
+      .action(async (o: import('./cluster').ClusterCliOptions) => {
+        const { runNodeSelf } = require('./cluster') as typeof import('./cluster');
+        setExit(await runNodeSelf(name, o, io));
+      });
+  }
   cluster
     .command('routes')
     .description("routes berthd keeps to other nodes' blocks (proto 190), and whether the kernel agrees")

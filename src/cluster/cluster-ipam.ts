@@ -35,6 +35,8 @@ export interface ClusterOptions {
   horizonSeconds: number;
   claimTimeoutMs: number;
   blockReleaseAfterMs: number;
+  /** How long the largest burst is remembered for the reserve (default 60 s). */
+  reserveWindowMs?: number;
   /** Extra wait after a dead node's horizon + 2 × TTL before `forget` is accepted (clock skew). */
   forgetMarginSeconds: number;
   version: string;
@@ -142,6 +144,7 @@ export class ClusterIpam implements ClusterAllocator {
       blockReleaseAfterMs: o.blockReleaseAfterMs,
       minBlocks: 1,
       maxBlocksPerClaim: 16,
+      reserveWindowMs: o.reserveWindowMs ?? 60_000,
     };
   }
 

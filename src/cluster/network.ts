@@ -32,6 +32,8 @@ export interface NetworkSettings {
   minBlocks: number;
   /** Most blocks one claim txn takes. */
   maxBlocksPerClaim: number;
+  /** How long the largest burst is remembered for the reserve (checks are ~1 s apart; default 60 s). */
+  reserveWindowMs: number;
 }
 
 interface Owned {
@@ -649,7 +651,8 @@ export class ClusterNetwork {
       if (toRelease.length > 0) this.writeRecord();
       const used = this.usedNow();
       this.growth.push(Math.max(0, used - this.usedAtCheck));
-      while (this.growth.length > 60) this.growth.shift();
+      while (this.growth.length > Math.max(1, Math.round(this.settings.reserveWindowMs / 1000)))
+        this.growth.shift();
       this.usedAtCheck = used;
     });
     for (const cidr of toRelease) await this.release(cidr);

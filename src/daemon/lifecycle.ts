@@ -23,6 +23,8 @@ export interface DaemonOptions {
   env?: NodeJS.ProcessEnv;
   /** On a cluster node: berthd's route programmer (see src/cluster/route-programmer.ts). */
   routes?: import('./server').ServerOptions['routes'];
+  /** A cluster node (etcd endpoints given): the settings of src/cluster/cluster-ipam.ts, minus what berthd supplies. */
+  cluster?: Omit<import('../cluster/cluster-ipam').ClusterOptions, 'bootId' | 'log' | 'version'>;
   /** Resolves when the daemon listens (tests, benches). */
   onListening?: (info: { socket: string }) => void;
 }
@@ -110,19 +112,36 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
   const socketPath = o.socket ?? DEFAULT_SOCKET;
   const stateDir = o.stateDir ?? dirname(socketPath);
   fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+  // The etcd client loads only here: a plugin execution never pays for it.
+  const cluster =
+    o.cluster === undefined
+      ? undefined
+      : new (require('../cluster/cluster-ipam') as typeof import('../cluster/cluster-ipam')).ClusterIpam({
+          ...o.cluster,
+          bootId: bootId ?? 'unknown',
+          log,
+          version: '0.1.0',
+        });
   const service = new Service({
     bootId,
     log,
     metrics,
     dataDirsFile: join(stateDir, DATA_DIRS_FILE),
     ...(o.dataDir !== undefined ? { dataDir: o.dataDir } : {}),
+    ...(cluster !== undefined ? { cluster } : {}),
   });
+  if (cluster !== undefined) {
+    cluster.useStores((conf) => service.store(conf.dataDir, conf.network));
+    // Refuses to start when the node name belongs to another machine; an unreachable etcd only delays it.
+    await cluster.start();
+  }
   const server = new BerthServer({
     service,
     log,
     metrics,
     socketPath,
     ...(o.routes !== undefined ? { routes: o.routes } : {}),
+    ...(cluster !== undefined ? { cluster } : {}),
   });
 
   const fd = activationFd(env);
@@ -199,6 +218,7 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
   clearInterval(sweeper);
   await server.shutdown();
   metricsServer?.close();
+  await cluster?.stop();
   service.close();
   if (ownSocket) fs.rmSync(socketPath, { force: true });
   log.log('info', 'stopped');

@@ -28,6 +28,15 @@ export interface ServerOptions {
   maxBodyBytes?: number;
   /** On a cluster node: the route programmer (routes to other nodes' blocks), for /v1/cluster/routes and /metrics. */
   routes?: { report(): Promise<RoutesReport>; samples(): RouteMetricSample[] };
+  /** On a cluster IPAM node: status, check, forget/leave/rejoin, and the cluster's metrics. */
+  cluster?: {
+    status(): Promise<unknown>;
+    check(): Promise<unknown>;
+    forget(node: string, force: boolean): Promise<unknown>;
+    leave(): Promise<unknown>;
+    rejoin(): Promise<void>;
+    metricsText(): string;
+  };
 }
 
 /** HTTP status for a CNI code when the raising code did not choose one. */
@@ -157,6 +166,8 @@ export class BerthServer {
 
   private routeName(method: string, path: string): string {
     if (path.startsWith('/v1/leases/')) return `${method} /v1/leases/:id`;
+    if (path.startsWith('/v1/cluster/nodes/')) return `${method} /v1/cluster/nodes/:node/forget`;
+    if (path.startsWith('/v1/cluster/')) return `${method} ${path}`;
     if (CNI_ROUTES.has(path) || path === Gc.path) return `${method} ${path}`;
     if (
       ['/v1/leases', '/v1/status', '/v1/health', '/v1/metrics', '/metrics', '/v1/cluster/routes'].includes(
@@ -331,6 +342,39 @@ export class BerthServer {
       if (method !== 'GET') wrongMethod('GET');
       return this.metricsText();
     }
+    if (path.startsWith('/v1/cluster/') && path !== '/v1/cluster/routes') {
+      const cluster = this.o.cluster;
+      if (cluster === undefined)
+        throw new ServiceError(
+          404,
+          ErrorCode.UnsupportedField,
+          'this berthd is not a cluster node (no --etcd-endpoints)',
+        );
+      if (path === '/v1/cluster/status') {
+        if (method !== 'GET') wrongMethod('GET');
+        return { body: await cluster.status() };
+      }
+      if (path === '/v1/cluster/check') {
+        if (method !== 'GET') wrongMethod('GET');
+        return { body: await cluster.check() };
+      }
+      if (path === '/v1/cluster/leave') {
+        if (method !== 'POST') wrongMethod('POST');
+        return { body: await cluster.leave() };
+      }
+      if (path === '/v1/cluster/rejoin') {
+        if (method !== 'POST') wrongMethod('POST');
+        await cluster.rejoin();
+        return { body: { ok: true } };
+      }
+      const forget = /^\/v1\/cluster\/nodes\/([^/]+)\/forget$/.exec(path);
+      if (forget !== null) {
+        if (method !== 'POST') wrongMethod('POST');
+        return {
+          body: await cluster.forget(decodeURIComponent(forget[1]!), url.searchParams.get('force') === '1'),
+        };
+      }
+    }
     if (path === '/v1/cluster/routes') {
       if (method !== 'GET') wrongMethod('GET');
       if (this.o.routes === undefined)
@@ -424,6 +468,6 @@ export class BerthServer {
       { name: 'berthd_in_flight', help: 'Requests being served.', labels: {}, value: this.inFlight },
     );
     if (this.o.routes !== undefined) sampled.push(...this.o.routes.samples());
-    return this.o.metrics.render(sampled);
+    return this.o.metrics.render(sampled) + (this.o.cluster?.metricsText() ?? '');
   }
 }

@@ -57,6 +57,7 @@ async function startNode(
     claimTimeoutMs: opts.claimTimeoutMs ?? 1500,
     blockReleaseAfterMs: opts.releaseAfterMs ?? 300_000,
     forgetMarginSeconds: 0,
+    reserveWindowMs: 1000,
     version: 'test',
     log: quiet,
   });
