@@ -220,13 +220,14 @@ inns nft delete table ip "$P"
 # 7. drain: DEL everything; empty blocks released (each node keeps one); berth cluster check clean
 for f in s1 s2 s3 s5; do inns node "$DRV" del "$T/$f.json" "$TARGETS" >/dev/null; done
 inns node "$DRV" del "$T/s6.json" "$T/n3.sock:$T/n3/data" >/dev/null
-for i in $(seq 0 99); do
-  n=$(((i % 3) + 1))
+cni_del() { # i
+  local n=$((($1 % 3) + 1))
   echo "{\"cniVersion\":\"1.1.0\",\"name\":\"$NET\",\"type\":\"berth-ipam\",\"ipam\":{\"type\":\"berth-ipam\",\"dataDir\":\"$T/n$n/data\",\"daemonSocket\":\"$T/n$n.sock\",\"ranges\":[[{\"subnet\":\"$POOL\"}]],\"cluster\":{}}}" |
-    inns env CNI_COMMAND=DEL CNI_CONTAINERID="cni-$i" CNI_NETNS=/x CNI_IFNAME=eth0 CNI_PATH="$repo/bin" "$repo/bin/berth-ipam" >/dev/null 2>&1 &
-  [ $((i % 4)) = 3 ] && wait
-done
-wait
+    inns env CNI_COMMAND=DEL CNI_CONTAINERID="cni-$1" CNI_NETNS=/x CNI_IFNAME=eth0 CNI_PATH="$repo/bin" "$repo/bin/berth-ipam" >/dev/null 2>&1
+}
+export -f cni_del
+# (xargs, not `wait`: a bare wait would also wait for the etcd members and daemons.)
+seq 0 99 | xargs -P 4 -I{} bash -c 'cni_del {}'
 sleep 4
 left="$(ls "$T"/n1/data/$NET "$T"/n2/data/$NET | grep -c '^198\.')"
 check "drain: no lease file left on n1/n2 ($left)" [ "$left" = 0 ]
