@@ -18,6 +18,7 @@ export interface DaemonCliOptions {
   etcdUser?: string;
   etcdPrefix?: string;
   nodeName?: string;
+  underlayAddress?: string[];
   nodeIdFile?: string;
   nodeLeaseTtl?: string;
   ownershipHorizon?: string;
@@ -126,8 +127,24 @@ export async function runDaemonCommand(o: DaemonCliOptions, err: (s: string) => 
     err(`berth daemon: --node-name ${o.nodeName} is not a valid node name (letters, digits, . _ -)\n`);
     return 2;
   }
+  const underlayAddresses = o.underlayAddress ?? [];
+  if (underlayAddresses.length > 0) {
+    try {
+      // Checked here (an address per family at most) so a typo stops the daemon before it registers.
+      const { underlayFromFlags } = require('../cluster/underlay') as typeof import('../cluster/underlay');
+      underlayFromFlags(underlayAddresses);
+    } catch (e) {
+      err(`berth daemon: ${(e as Error).message}\n`);
+      return 2;
+    }
+    if (cluster === undefined) {
+      err('berth daemon: --underlay-address needs --etcd-endpoints (routes are for cluster nodes)\n');
+      return 2;
+    }
+  }
   return runDaemon({
     ...(cluster !== undefined ? { cluster } : {}),
+    ...(underlayAddresses.length > 0 ? { underlayAddresses } : {}),
     logFormat: format,
     logLevel: level,
     ...(o.socket !== undefined ? { socket: o.socket } : {}),

@@ -136,6 +136,11 @@ function registerBerthd(program: Command, setExit: (code: number) => void): void
     .option('--etcd-prefix <prefix>', "root of berth's keys in etcd (default /berth/v1)")
     .option('--node-name <name>', 'this node in the cluster (default: hostname)')
     .option(
+      '--underlay-address <ip>',
+      "where other nodes route this node's blocks, one per family (repeatable; default: detected)",
+      (v: string, prev: string[] | undefined) => [...(prev ?? []), v],
+    )
+    .option(
       '--node-id-file <file>',
       "holds this machine's node uid, created once (default /var/lib/berth/node-id)",
     )

@@ -25,6 +25,8 @@ export interface DaemonOptions {
   routes?: import('./server').ServerOptions['routes'];
   /** A cluster node (etcd endpoints given): the settings of src/cluster/cluster-ipam.ts, minus what berthd supplies. */
   cluster?: Omit<import('../cluster/cluster-ipam').ClusterOptions, 'bootId' | 'log' | 'version'>;
+  /** `--underlay-address` values (one per family); without them a cluster node detects its underlay. */
+  underlayAddresses?: string[];
   /** Resolves when the daemon listens (tests, benches). */
   onListening?: (info: { socket: string }) => void;
 }
@@ -112,12 +114,27 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
   const socketPath = o.socket ?? DEFAULT_SOCKET;
   const stateDir = o.stateDir ?? dirname(socketPath);
   fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
-  // The etcd client loads only here: a plugin execution never pays for it.
+  // The etcd client and the route programmer load only here: a plugin execution never pays for them.
+  const routingModule =
+    o.cluster === undefined
+      ? undefined
+      : (require('../cluster/routing') as typeof import('../cluster/routing'));
+  const routeLog = (line: string): void => log.log('info', line);
+  const underlay =
+    o.cluster === undefined || routingModule === undefined
+      ? undefined
+      : (o.cluster.underlay ??
+        (await routingModule.resolveUnderlay({
+          flags: o.underlayAddresses,
+          endpoints: o.cluster.etcd.endpoints,
+          log: routeLog,
+        })));
   const cluster =
     o.cluster === undefined
       ? undefined
       : new (require('../cluster/cluster-ipam') as typeof import('../cluster/cluster-ipam')).ClusterIpam({
           ...o.cluster,
+          ...(underlay !== undefined ? { underlay } : {}),
           bootId: bootId ?? 'unknown',
           log,
           version: '0.1.0',
@@ -135,12 +152,23 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
     // Refuses to start when the node name belongs to another machine; an unreachable etcd only delays it.
     await cluster.start();
   }
+  // Routes to the other nodes' blocks (issue 15): follows the block map in etcd.
+  const routing =
+    cluster !== undefined && routingModule !== undefined && o.cluster !== undefined
+      ? await routingModule.startClusterRouting({
+          etcd: cluster.etcd,
+          prefix: o.cluster.prefix,
+          self: o.cluster.nodeName,
+          log: routeLog,
+        })
+      : undefined;
+  const routes = o.routes ?? routing?.programmer;
   const server = new BerthServer({
     service,
     log,
     metrics,
     socketPath,
-    ...(o.routes !== undefined ? { routes: o.routes } : {}),
+    ...(routes !== undefined ? { routes } : {}),
     ...(cluster !== undefined ? { cluster } : {}),
   });
 
@@ -218,6 +246,8 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
   clearInterval(sweeper);
   await server.shutdown();
   metricsServer?.close();
+  // Routes stay in the kernel: pods keep their traffic while berthd is down.
+  await routing?.close();
   await cluster?.stop();
   service.close();
   if (ownSocket) fs.rmSync(socketPath, { force: true });
