@@ -87,9 +87,11 @@ describe('host-routed addresses (cluster networks)', () => {
     expect(sh('sysctl', ['-n', `net.ipv4.conf.${bridge}.send_redirects`]).trim()).toBe('0');
 
     // Pod to pod on one node goes through the gateway (one hop: TTL 63 in the reply), both families.
-    const ping4 = nsExec(a.ns.name, ['ping', '-c', '1', '-W', '2', '198.19.214.6']);
+    // `-c 1 -w 10`: one reply wanted, probes every second for up to 10 s (the bridge's IPv6 gateway may
+    // still be in DAD, and neighbours unresolved, when the first probe leaves).
+    const ping4 = nsExec(a.ns.name, ['ping', '-c', '1', '-w', '10', '198.19.214.6']);
     expect(ping4).toMatch(/ttl=63/);
-    const ping6 = nsExec(a.ns.name, ['ping', '-6', '-c', '1', '-W', '2', 'fd00:b15:214::6']);
+    const ping6 = nsExec(a.ns.name, ['ping', '-6', '-c', '1', '-w', '10', 'fd00:b15:214::6']);
     expect(ping6).toMatch(/ttl=63/);
     expect(b.result.ips[0].address).toBe('198.19.214.6/32');
 
