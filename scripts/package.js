@@ -76,6 +76,10 @@ const dist = path.join(repo, 'dist');
  */
 const CHUNKS = [
   'bridge/plugin',
+  'bridge/deps',
+  'bridge/kernel',
+  'netlink/errors',
+  'netlink/netns',
   'bridge/add',
   'bridge/del',
   'bridge/check',
