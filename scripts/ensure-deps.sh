@@ -10,8 +10,9 @@ export DEBIAN_FRONTEND=noninteractive
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 log() { echo "ensure-deps: $*" >&2; }
 
+# containerd, runc, busybox-static: scripts/cri-test.sh (a private containerd with its CRI plugin).
 pkgs=(nftables iproute2 iputils-ping jq containernetworking-plugins build-essential python3 golang-go
-  golang-github-appc-cni-dev curl etcd-server etcd-client)
+  golang-github-appc-cni-dev curl etcd-server etcd-client containerd runc busybox-static)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
