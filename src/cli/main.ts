@@ -199,6 +199,24 @@ function registerBerthd(program: Command, setExit: (code: number) => void): void
       const { runGc } = require('./gc') as typeof import('./gc');
       setExit(await runGc(o, io));
     });
+  program
+    .command('doctor')
+    .description(
+      'check the node: network configs a runtime here cannot read (cniVersion), missing loopback or plugins',
+    )
+    .option('--conf-dir <dir>', 'network configs (default /etc/cni/net.d)')
+    .option('--bin-dir <dir>', 'plugin dir (default /opt/cni/bin)')
+    .option(
+      '--runtime <name=version>',
+      'containerd|cri-o|podman=VERSION instead of detecting (repeatable)',
+      collect,
+      [],
+    )
+    .option('--json', 'JSON output')
+    .action(async (o: import('./doctor').DoctorCliOptions) => {
+      const { runDoctor } = require('./doctor') as typeof import('./doctor');
+      setExit(await runDoctor(o, io));
+    });
   where(program.command('status').description('is berthd up, and leases and free addresses per network'))
     .option('--network <name>', 'only this network')
     .option('--json', 'JSON output')
