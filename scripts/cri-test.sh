@@ -153,8 +153,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     conf_dir = "$netd"
     max_conf_num = 1
 EOF
-# The plugins inherit containerd's environment: berth's lock files and addon extraction go to this run.
-BERTH_RUN_DIR="$tmp/run" BERTH_NATIVE_DIR="$tmp/native" containerd --config "$tmp/containerd.toml" \
+# The plugins inherit containerd's environment: berth's lock files and addon extraction go to this run,
+# and the shims (berth-bridge, berth-ipam) ask this run's berthd socket, never the host's /run/berth (in
+# the modes without berthd nobody listens there and they run berth standalone).
+BERTH_RUN_DIR="$tmp/run" BERTH_NATIVE_DIR="$tmp/native" BERTH_SOCKET="${given_socket:-$tmp/berthd/berthd.sock}" containerd --config "$tmp/containerd.toml" \
   >"$tmp/containerd.log" 2>&1 &
 ctrd_pid=$!
 up() { for _ in $(seq 1 100); do ctr -a "$sock" version >/dev/null 2>&1 && return 0; sleep 0.1; done; return 1; }
