@@ -20,7 +20,12 @@ PREFIX=/berth/v1
 export NET=ctnet POOL=198.18.0.0/16
 passed=0
 failed=0
-declare -A EPID DPID
+declare -A DPID
+# n3 reaches etcd through 127.0.0.3 only, so it alone can be cut off with one nft rule.
+ETCD_NS="$NS" ETCD_DIR="$T" ETCD_TOKEN="$P" ETCD_CLIENT_HOST=127.0.0.3
+source "$repo/scripts/lib/etcd.sh"
+EP="$ETCD_ENDPOINTS"
+EP3="$(etcd_endpoints_on 127.0.0.3)"
 
 ok() { echo "ok   $*"; passed=$((passed + 1)); }
 bad() { echo "FAIL $*"; failed=$((failed + 1)); }
@@ -28,8 +33,9 @@ check() { local what="$1"; shift; if "$@"; then ok "$what"; else bad "$what"; fi
 inns() { ip netns exec "$NS" "$@"; }
 
 cleanup() {
-  for p in "${DPID[@]}" "${EPID[@]}"; do kill -CONT "$p" 2>/dev/null; kill -9 "$p" 2>/dev/null; done
-  for p in "${DPID[@]}" "${EPID[@]}"; do wait "$p" 2>/dev/null; done
+  for p in "${DPID[@]}"; do kill -CONT "$p" 2>/dev/null; kill -9 "$p" 2>/dev/null; done
+  for p in "${DPID[@]}"; do wait "$p" 2>/dev/null; done
+  etcd_kill_all
   ip netns del "$NS" 2>/dev/null
   rm -rf "$T"
 }
@@ -39,27 +45,6 @@ ip netns add "$NS"
 inns ip link set lo up
 inns ip addr add 127.0.0.3/8 dev lo 2>/dev/null
 
-CL=m1=http://127.0.0.1:32180,m2=http://127.0.0.1:32280,m3=http://127.0.0.1:32380
-EP=http://127.0.0.1:32179,http://127.0.0.1:32279,http://127.0.0.1:32379
-# n3 reaches etcd through 127.0.0.3 only, so it alone can be cut off with one nft rule.
-EP3=http://127.0.0.3:32179,http://127.0.0.3:32279,http://127.0.0.3:32379
-start_member() { # i state
-  local i=$1 c=$((32079 + $1 * 100)) p=$((32080 + $1 * 100))
-  # `ip netns exec` itself, not a shell function: $! must be the PID etcd runs under (kill -9 and cleanup).
-  ip netns exec "$NS" etcd --name "m$i" --data-dir "$T/m$i" \
-    --listen-client-urls "http://127.0.0.1:$c,http://127.0.0.3:$c" --advertise-client-urls "http://127.0.0.1:$c" \
-    --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p" \
-    --initial-cluster "$CL" --initial-cluster-token "$P" --initial-cluster-state "$2" \
-    --log-level error --logger zap >>"$T/m$i.log" 2>&1 &
-  EPID[$i]=$!
-}
-etcd_healthy() {
-  local end=$((SECONDS + ${1:-15}))
-  until inns env ETCDCTL_API=3 etcdctl --endpoints=$EP --command-timeout=1s endpoint health >/dev/null 2>&1; do
-    [ $SECONDS -lt $end ] || return 1
-    sleep 0.1
-  done
-}
 start_daemon() { # n endpoints
   local n=$1
   mkdir -p "$T/$n/data"
@@ -82,12 +67,12 @@ jsonf() { node -e "const o=JSON.parse(process.argv[1]); console.log(eval('o.'+pr
 metric() { # n name → sum over labels
   inns curl -s --unix-socket "$T/$1.sock" http://b/metrics | awk -v m="$2" '$1 ~ "^"m"({|$)" {s+=$2} END {print s+0}'
 }
-blocks_of() { inns env ETCDCTL_API=3 etcdctl --endpoints=$EP get --prefix "$PREFIX/nets/$NET/blocks/" | paste - - | grep "\"node\":\"$1\"" | awk '{print $1}' | sort; }
+blocks_of() { etcd_ctl get --prefix "$PREFIX/nets/$NET/blocks/" | paste - - | grep "\"node\":\"$1\"" | awk '{print $1}' | sort; }
 berth() { local n=$1; shift; inns node "$repo/bin/berth" "$@" --socket "$T/$n.sock"; }
 
 # 1. etcd and daemons
 t0=$SECONDS
-for i in 1 2 3; do start_member $i new; done
+etcd_start_all new
 check "3-member etcd healthy ($((SECONDS - t0)) s)" etcd_healthy 20
 check "berthd n1 up" start_daemon n1 "$EP"
 check "berthd n2 up" start_daemon n2 "$EP"
@@ -139,21 +124,20 @@ after_n2="$(blocks_of n2)"
 check "n2's blocks from before the kill are still n2's" [ -z "$(comm -23 <(echo "$before_n2") <(echo "$after_n2"))" ]
 
 # 4. kill -9 the etcd leader during a storm, restart it 4 s later: 0 failed ADDs
-leader=$(inns env ETCDCTL_API=3 etcdctl --endpoints=$EP endpoint status -w json 2>/dev/null |
-  node -e 'const a=JSON.parse(require("fs").readFileSync(0,"utf8")); const i=a.findIndex(s=>s.Status.header.member_id===s.Status.leader); console.log(i+1)')
+leader=$(etcd_leader)
 ( storm "$T/s3.json" 4000 200 s3 >"$T/s3.out" ) &
 spid=$!
 sleep 0.3
-kill -9 "${EPID[$leader]}"; wait "${EPID[$leader]}" 2>/dev/null
+etcd_kill_member "$leader"
 sleep 4
-start_member "$leader" existing
+etcd_start_member "$leader" existing
 wait $spid
 echo "     storm with leader m$leader killed: $(cat "$T/s3.out")"
 check "etcd leader kill -9: 0 failed ADDs" [ "$(jsonf "$(cat "$T/s3.out")" failed)" = 0 ]
 check "etcd healthy again" etcd_healthy 20
 
 # 5. all of etcd stopped for 10 s during a storm
-for i in 1 2 3; do kill -9 "${EPID[$i]}" 2>/dev/null; wait "${EPID[$i]}" 2>/dev/null; done
+etcd_kill_all
 down_at=$SECONDS
 check "all etcd members stopped" bash -c "! ip netns exec $NS env ETCDCTL_API=3 etcdctl --endpoints=$EP --command-timeout=1s endpoint health >/dev/null 2>&1"
 ( storm "$T/s4.json" 6000 100 s4 >"$T/s4.out" ) &
@@ -170,7 +154,7 @@ check "etcd down: the message says why and since when" bash -c "grep -q 'etcd is
 dels="$(inns node "$DRV" del "$T/s4.json" "$TARGETS")"
 check "etcd down: DELs succeed ($dels)" [ "$(jsonf "$dels" failed)" = 0 ]
 sleep $((10 - (SECONDS - down_at) > 0 ? 10 - (SECONDS - down_at) : 0))
-for i in 1 2 3; do start_member $i existing; done
+etcd_start_all existing
 etcd_healthy 20
 up_at=$SECONDS
 s5="$(storm "$T/s5.json" 2000 100 s5)"

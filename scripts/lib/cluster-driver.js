@@ -3,6 +3,10 @@
 //   storm  <out.json> <count> <concurrency> <prefix> <sock:dataDir,...>  ADDs spread round-robin over berthds
 //   del    <in.json> <sock:dataDir,...>                                   DEL of every ADD that succeeded
 //   check  <endpoints> <prefix> <node:dataDir,...> [replies.json...]        files vs etcd (see below)
+//   routes <endpoints> <prefix> <self> <node=underlay4/underlay6,...>       the routes <self> should have:
+//          "<block> via <underlay>" for every block of another node in etcd, one a line, sorted
+// NET and POOL choose the network and its IPv4 pool; IPAM (JSON of an ipam object without dataDir and
+// daemonSocket) replaces the whole IPAM config, e.g. a dual-stack cluster network.
 // storm retries a request whose daemon did not answer at all (killed, restarting) for up to RETRY_MS
 // (default 0), so "acknowledged" means a 200 reply; CNI errors are recorded, not retried.
 'use strict';
@@ -15,6 +19,10 @@ const POOL = process.env.POOL ?? '198.18.0.0/16';
 const RETRY_MS = Number(process.env.RETRY_MS ?? '3000');
 
 function config(dataDir, sock) {
+  if (process.env.IPAM !== undefined) {
+    const ipam = { ...JSON.parse(process.env.IPAM), dataDir, daemonSocket: sock };
+    return { cniVersion: '1.1.0', name: NET, type: 'berth-ipam', ipam };
+  }
   return {
     cniVersion: '1.1.0',
     name: NET,
@@ -225,6 +233,31 @@ async function check(endpoints, prefix, list, replies) {
   if (problems.length > 0) process.exitCode = 1;
 }
 
+async function routes(endpoints, prefix, self, underlays) {
+  const dist = path.join(__dirname, '..', '..', 'dist');
+  const { EtcdGateway } = require(path.join(dist, 'cluster', 'etcd-gateway.js'));
+  const via = new Map(
+    underlays.split(',').map((x) => {
+      const [node, addrs] = x.split('=');
+      const [v4, v6] = addrs.split('/');
+      return [node, { v4, v6 }];
+    }),
+  );
+  const etcd = new EtcdGateway({ endpoints: endpoints.split(','), timeoutMs: 3000 });
+  const r = await etcd.range(`${prefix}/nets/`, { prefix: true });
+  etcd.close();
+  const out = [];
+  for (const kv of r.kvs) {
+    const m = /\/nets\/[^/]+\/blocks\/(.+)-(\d+)$/.exec(kv.key);
+    if (m === null) continue;
+    const node = JSON.parse(kv.value).node;
+    if (node === self) continue;
+    const u = via.get(node);
+    out.push(`${m[1]}/${m[2]} via ${m[1].includes(':') ? u?.v6 : u?.v4}`);
+  }
+  for (const line of out.sort()) console.log(line);
+}
+
 const [cmd, ...args] = process.argv.slice(2);
 const run =
   cmd === 'storm'
@@ -233,7 +266,9 @@ const run =
       ? del(args[0], args[1])
       : cmd === 'check'
         ? check(args[0], args[1], args[2], args.slice(3))
-        : Promise.reject(new Error(`unknown command ${cmd}`));
+        : cmd === 'routes'
+          ? routes(args[0], args[1], args[2], args[3])
+          : Promise.reject(new Error(`unknown command ${cmd}`));
 run.catch((err) => {
   console.error(err);
   process.exitCode = 2;
