@@ -97,6 +97,25 @@ function parseRangeSets(raw: unknown, where: string): unknown[] {
   return raw;
 }
 
+/**
+ * The old-style single range (`ipam.subnet`, `rangeStart`, `rangeEnd`, `gateway`) is used only when
+ * `subnet` is set, but host-local decodes every key into its typed field first, so a wrong type is an
+ * error whatever else is present; berth says so too instead of ignoring the key.
+ */
+function checkLegacyRangeKeys(ipam: Readonly<Record<string, unknown>>): void {
+  const subnet = ipam.subnet;
+  if (subnet !== undefined && subnet !== null && typeof subnet !== 'string') {
+    throw invalid(`ipam.subnet must be a CIDR such as 198.18.64.0/24, got ${JSON.stringify(subnet)}`);
+  }
+  for (const key of ['rangeStart', 'rangeEnd', 'gateway'] as const) {
+    const v = ipam[key];
+    if (v === undefined || v === null || v === '') continue;
+    if (typeof v !== 'string' || parseIp(v) === undefined) {
+      throw invalid(`ipam.${key} must be an IP address, got ${JSON.stringify(v)}`);
+    }
+  }
+}
+
 export function parseIpamConfig(input: ConfigInput): IpamConfig {
   const network = checkNetworkName(input.config.name);
   const ipam = input.config.ipam as Record<string, unknown> | undefined;
@@ -109,6 +128,7 @@ export function parseIpamConfig(input: ConfigInput): IpamConfig {
   parseRangeSets(input.runtimeConfig('ipRanges'), 'runtimeConfig.ipRanges').forEach((raw, i) =>
     rawSets.push({ raw, where: `runtimeConfig.ipRanges[${i}]` }),
   );
+  checkLegacyRangeKeys(ipam);
   if (ipam.subnet !== undefined && ipam.subnet !== null && ipam.subnet !== '') {
     const { subnet, rangeStart, rangeEnd, gateway } = ipam;
     rawSets.push({ raw: [{ subnet, rangeStart, rangeEnd, gateway }], where: 'ipam (top-level subnet)' });

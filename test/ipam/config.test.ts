@@ -163,6 +163,27 @@ describe('validation: code 7 naming the problem', () => {
       { ranges: [[{ subnet: '198.18.64.0/24', gateway: 'fd00:5::1' }]] },
       /gateway fd00:5::1 is not of the subnet's family/,
     ],
+    // host-local decodes the old-style keys whatever else is present (issue 12 item 2).
+    [
+      'rangeStart of the wrong type beside ranges',
+      { rangeStart: {}, gateway: true, ranges: [[{ subnet: '198.18.64.0/24' }]] },
+      /ipam\.rangeStart must be an IP address, got \{\}/,
+    ],
+    [
+      'gateway of the wrong type beside ranges',
+      { gateway: true, ranges: [[{ subnet: '198.18.64.0/24' }]] },
+      /ipam\.gateway must be an IP address, got true/,
+    ],
+    [
+      'rangeEnd not an IP beside ranges',
+      { rangeEnd: 'foo', ranges: [[{ subnet: '198.18.64.0/24' }]] },
+      /ipam\.rangeEnd must be an IP address, got "foo"/,
+    ],
+    [
+      'subnet of the wrong type beside ranges',
+      { subnet: 5, ranges: [[{ subnet: '198.18.64.0/24' }]] },
+      /ipam\.subnet must be a CIDR.*got 5/,
+    ],
     ['ranges not a list', { ranges: { subnet: '198.18.64.0/24' } }, /ipam\.ranges must be a list/],
     ['empty range set', { ranges: [[]] }, /non-empty list/],
     ['relative dataDir', { subnet: '198.18.64.0/24', dataDir: 'data' }, /dataDir must be an absolute path/],
@@ -208,6 +229,13 @@ describe('validation: code 7 naming the problem', () => {
     expect(err).toBeInstanceOf(CniError);
     expect(err.code).toBe(ErrorCode.InvalidNetworkConfig);
     expect(err.message).toMatch(msg);
+  });
+
+  test('well-formed old-style keys without a subnet are ignored, as host-local does', () => {
+    const c = parseIpamConfig(
+      input({ rangeStart: '198.18.1.1', gateway: null, ranges: [[{ subnet: '198.18.64.0/24' }]] }),
+    );
+    expect(describeRangeSet(c.rangeSets[0]!)).toBe('198.18.64.1-198.18.64.254');
   });
 
   test('CNI_ARGS IP= that is not an IP is code 4', () => {
