@@ -227,21 +227,23 @@ export async function del(req: Request, deps: IpamDeps): Promise<void> {
 export async function check(req: Request, deps: IpamDeps): Promise<void> {
   const conf = configOf(req);
   const att = attachmentOf(req);
-  if (req.prevResult === undefined) {
-    throw new CniError(ErrorCode.InvalidNetworkConfig, 'CHECK needs prevResult (the result of ADD)');
+  const leases = await deps.openStore(conf).transact(async (s) => s.leasesOf(att), { readOnly: true });
+  if (leases.length === 0) {
+    // host-local's words ("Failed to find address added by container"), but the spec's code for an
+    // unknown container (3) rather than host-local's generic 999.
+    throw new CniError(
+      ErrorCode.UnknownContainer,
+      `failed to find an address added by container ${att.containerId} (ifname ${att.ifname}): no lease in network ${conf.network}`,
+    );
   }
+  // A runtime that calls the IPAM plugin directly may send no prevResult: then, as host-local does, a
+  // lease of the attachment is all CHECK can ask for.
+  if (req.prevResult === undefined) return;
   const listed = (req.prevResult.ips ?? [])
     .map((c) => parseCidr(c.address)?.ip)
     .filter((ip): ip is Ip => ip !== undefined);
   // Addresses outside our range sets may come from other plugins of the chain: only ours must be leased.
   const prev = listed.filter((ip) => conf.rangeSets.some((set) => rangeSetContains(set, ip)));
-  const leases = await deps.openStore(conf).transact(async (s) => s.leasesOf(att), { readOnly: true });
-  if (leases.length === 0) {
-    throw new CniError(
-      ErrorCode.UnknownContainer,
-      `no lease in network ${conf.network} for ${att.containerId}/${att.ifname}`,
-    );
-  }
   const missing = prev.filter((ip) => !leases.some((l) => sameIp(l.ip, ip)));
   const extra = leases.filter((l) => !listed.some((ip) => sameIp(l.ip, ip)));
   if (missing.length > 0 || extra.length > 0) {

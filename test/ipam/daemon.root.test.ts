@@ -135,6 +135,15 @@ describe('berthd serves berth-ipam and curl', () => {
     const wrong = await ipam('CHECK', 'ctr-none', prev);
     expect(wrong.code).toBe(1);
     expect(JSON.parse(wrong.stdout)).toMatchObject({ code: 3 });
+    // Without prevResult (a direct call), as host-local: a lease of the attachment is enough.
+    const direct = await ipam('CHECK', 'ctr-plugin', conf);
+    expect(direct.code, direct.stdout).toBe(0);
+    const directNone = await ipam('CHECK', 'ctr-none', conf);
+    expect(directNone.code).toBe(1);
+    expect(JSON.parse(directNone.stdout)).toMatchObject({ code: 3 });
+    // All four CHECKs were answered by the daemon (two with a CNI error), not by the files fallback.
+    expect(await metric(s, 'berthd_requests_total{route="POST /v1/check",status="200"}')).toBe(2);
+    expect(await metric(s, 'berthd_errors_total{route="POST /v1/check",code="3"}')).toBe(2);
 
     const d1 = curl(
       s,

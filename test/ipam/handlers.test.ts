@@ -1,7 +1,7 @@
 // The command handlers on the in-memory store: they need nothing of the file store (the daemon will run
 // them on its own store), and their rules hold whatever the store.
 import { describe, expect, test } from 'vitest';
-import { CniError } from '../../src/cni-spec/errors';
+import { CniError, ErrorCode } from '../../src/cni-spec/errors';
 import { parseRequest } from '../../src/cni-spec/request';
 import { formatIp } from '../../src/ipam/address';
 import { type IpamDeps, add, check, del, gc, status } from '../../src/ipam/handlers';
@@ -85,6 +85,20 @@ describe('handlers on the in-memory store', () => {
       request('CHECK', { top: { prevResult: r }, ipam: { ranges: [[{ subnet: 'fd00:5::/64' }]] } }),
       deps(s),
     );
+  });
+
+  test('CHECK without prevResult passes when the attachment holds a lease and fails (3) when not, as host-local', async () => {
+    const s = memoryStore();
+    await add(request('ADD'), deps(s));
+    await check(request('CHECK'), deps(s));
+    await expect(check(request('CHECK', { id: 'c2' }), deps(s))).rejects.toMatchObject({
+      code: ErrorCode.UnknownContainer,
+      message: expect.stringMatching(/failed to find an address added by container c2 \(ifname eth0\)/),
+    });
+    await del(request('DEL'), deps(s));
+    await expect(check(request('CHECK'), deps(s))).rejects.toMatchObject({
+      code: ErrorCode.UnknownContainer,
+    });
   });
 
   test('a new boot releases the old leases on ADD; releaseOnReboot: false keeps them', async () => {

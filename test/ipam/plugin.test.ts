@@ -309,9 +309,22 @@ describe('DEL, CHECK, GC', () => {
     );
     const missing = check(add.json, 'c2');
     expect(missing.json?.code).toBe(3);
-    expect(
-      ipam({ config: s.config, command: 'CHECK', env: { BERTH_BOOT_ID_FILE: s.bootFile } }).json?.msg,
-    ).toMatch(/prevResult/);
+  });
+
+  test('CHECK without prevResult (a direct call, as host-local answers it): a lease of the attachment passes, none is code 3', () => {
+    const s = setup();
+    expect(s.call({ command: 'ADD', containerId: 'c1' }).status).toBe(0);
+    const direct = (containerId: string) =>
+      ipam({ config: s.config, command: 'CHECK', containerId, env: { BERTH_BOOT_ID_FILE: s.bootFile } });
+    const held = direct('c1');
+    expect(held.status, held.stdout + held.stderr).toBe(0);
+    expect(held.stdout).toBe('');
+    const none = direct('c2');
+    expect(none.status).toBe(1);
+    expect(none.json).toMatchObject({ code: 3 });
+    expect(none.json?.msg).toMatch(/failed to find an address added by container c2/);
+    expect(s.call({ command: 'DEL', containerId: 'c1' }).status).toBe(0);
+    expect(direct('c1').json?.code).toBe(3);
   });
 
   test('GC releases every lease not in cni.dev/valid-attachments and keeps lock and cursors', () => {
