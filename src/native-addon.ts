@@ -1,4 +1,5 @@
-// The one place the C addon (native/) is loaded and typed: setns around a synchronous callback, flock(2), syncfs(2).
+// The one place the C addon (native/) is loaded and typed: setns around a synchronous callback, the type of a
+// namespace file, flock(2), syncfs(2).
 import { join } from 'node:path';
 
 /** Modes of flock(2): exclusive, shared, unlock. */
@@ -29,6 +30,11 @@ export interface NativeAddon {
    * reports them, older kernels report none.
    */
   syncfs(fd: number): Promise<void>;
+  /**
+   * The namespace type of `fd` as its CLONE_NEW* flag (ioctl NS_GET_NSTYPE, Linux >= 4.11):
+   * 0x40000000 for a network namespace. Throws ENOTTY when `fd` is not a namespace at all.
+   */
+  nsType(fd: number): number;
 }
 
 /** Where the addon is looked for, first hit wins. Exposed so error messages and tests can name them. */

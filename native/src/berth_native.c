@@ -1,6 +1,7 @@
 /*
  * The system calls Node cannot make itself: setns(2) around a synchronous callback (so a netlink
- * socket or a /proc/sys file can be opened inside a pod's network namespace), flock(2) (so our
+ * socket or a /proc/sys file can be opened inside a pod's network namespace), the type of a namespace
+ * file (ioctl NS_GET_NSTYPE), flock(2) (so our
  * lease-file lock interoperates with Go host-local's go-filemutex), and syncfs(2) off the main thread
  * (berthd's group commit: one call makes a whole round of lease files durable).
  */
@@ -11,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 #include <node_api.h>
 
@@ -33,6 +35,7 @@ static const char *errno_name(int e) {
     case ENOSPC: return "ENOSPC";
     case EROFS: return "EROFS";
     case EDQUOT: return "EDQUOT";
+    case ENOTTY: return "ENOTTY";
     default: return "EUNKNOWN";
   }
 }
@@ -231,11 +234,40 @@ static napi_value syncfs_fn(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+/* From <linux/nsfs.h> (Linux 4.11); defined here so the addon builds against older headers too. */
+#ifndef NS_GET_NSTYPE
+#define NS_GET_NSTYPE _IO(0xb7, 0x3)
+#endif
+
+/*
+ * nsType(fd): the CLONE_NEW* flag of the namespace open on fd (ioctl NS_GET_NSTYPE), so a path can be
+ * checked to be a network namespace before anything uses it; ENOTTY when fd is no namespace at all.
+ */
+static napi_value ns_type(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], ret;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t fd;
+  if (argc < 1) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", "nsType(fd) needs fd");
+    return NULL;
+  }
+  if (!get_fd(env, argv[0], &fd)) return NULL;
+  int t = ioctl(fd, NS_GET_NSTYPE);
+  if (t < 0) {
+    throw_errno(env, errno, "ioctl");
+    return NULL;
+  }
+  napi_create_int32(env, t, &ret);
+  return ret;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"setnsRun", NULL, setns_run, NULL, NULL, NULL, napi_enumerable, NULL},
     {"flock", NULL, flock_fn, NULL, NULL, NULL, napi_enumerable, NULL},
     {"syncfs", NULL, syncfs_fn, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"nsType", NULL, ns_type, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -13,6 +13,17 @@ import { NetlinkError, toNetlinkError } from './errors';
 
 const NSFS_MAGIC = 0x6e736673;
 const PROC_SUPER_MAGIC = 0x9fa0;
+const CLONE_NEWNET = 0x40000000;
+/** The other CLONE_NEW* flags, to say what a wrong namespace file is. */
+const NAMESPACE_KINDS = new Map([
+  [0x00020000, 'mnt'],
+  [0x04000000, 'uts'],
+  [0x08000000, 'ipc'],
+  [0x10000000, 'user'],
+  [0x20000000, 'pid'],
+  [0x02000000, 'cgroup'],
+  [0x00000080, 'time'],
+]);
 
 /** An open network namespace: a path (bind mount or /proc/<pid>/ns/net) or an fd we were given. */
 export interface NetnsRef {
@@ -29,7 +40,8 @@ export type NetnsSpec = string | number | NetnsRef;
 /**
  * Opens a network namespace by path. Errors (NetlinkError, op 'open netns', object = path):
  * `ENOENT` when the path does not exist (DEL treats this as "already gone"), `ENOTNS` when it exists but
- * is on neither nsfs nor procfs (a plain file or directory), other errno names as open(2) reports them.
+ * is not a network namespace (a plain file or directory, another namespace type such as /proc/self/ns/mnt,
+ * a procfs file that is no namespace), other errno names as open(2) reports them.
  */
 export function openNetns(spec: string | number): NetnsRef {
   if (typeof spec === 'number') {
@@ -55,6 +67,32 @@ export function openNetns(spec: string | number): NetnsRef {
     fd = openSync(spec, 'r'); // libuv opens with O_CLOEXEC
   } catch (err) {
     throw toNetlinkError(err, 'open netns', spec);
+  }
+  // nsfs and procfs also hold other namespaces (/proc/self/ns/mnt, a bind mount of a uts namespace) and
+  // plain files (/proc/self/status), which setns or a veth's IFLA_NET_NS_FD would refuse later with a bare
+  // EINVAL: ask the open fd what it is.
+  let nsType: number | undefined;
+  try {
+    nsType = loadNativeAddon().nsType(fd);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOTTY') {
+      closeSync(fd);
+      throw toNetlinkError(err, 'open netns', spec);
+    }
+  }
+  if (nsType !== CLONE_NEWNET) {
+    closeSync(fd);
+    const kind =
+      nsType === undefined
+        ? 'not a namespace at all'
+        : `a ${NAMESPACE_KINDS.get(nsType) ?? `0x${nsType.toString(16)}`} namespace`;
+    throw new NetlinkError({
+      code: 'ENOTNS',
+      errno: 0,
+      op: 'open netns',
+      object: spec,
+      message: `open netns ${spec}: not a network namespace (${kind})`,
+    });
   }
   let open = true;
   return {

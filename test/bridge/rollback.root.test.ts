@@ -150,6 +150,18 @@ describe('rollback of a failed ADD', () => {
     expect(trySh('ip', ['link', 'show', 'dev', `${String(c.bridge).slice(0, 12)}0`])).toBeUndefined();
   });
 
+  it('CNI_NETNS naming a namespace of another type (a mount namespace) is code 8, as a non-netns path', async () => {
+    const ns = fx.netns();
+    const c = conf();
+    for (const netns of ['/proc/self/ns/mnt', `/proc/${process.pid}/ns/uts`]) {
+      const add = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr1', netns, ifname: 'eth0' });
+      expect(add.code).not.toBe(0);
+      expect(add.json.code, add.stdout).toBe(8);
+      expect(add.json.msg).toContain(`${netns}: not a network namespace`);
+      expectNothingLeft(c, ns, { bridgeGone: true });
+    }
+  });
+
   it('after masquerade, with another pod on the bridge: its gateway and entries stay', async () => {
     const c = conf();
     const first = fx.netns();

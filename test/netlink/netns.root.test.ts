@@ -1,5 +1,5 @@
 // Entering namespaces: the thread always comes back, and bad paths give the documented errors.
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import {
   chmodSync,
   copyFileSync,
@@ -164,6 +164,43 @@ describe('bad namespaces', () => {
         ).code,
       ).toBe(ErrorCode.InvalidNetns);
     } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    expect(threadNetns()).toBe(original);
+  });
+
+  it('a namespace file of another type (/proc/self/ns/mnt, a bound uts namespace) or a procfs file is ENOTNS, code 8', () => {
+    const dir = mkdtempSync(join(tmpdir(), `bt${process.pid}-nstype-`));
+    const bound = join(dir, 'uts');
+    try {
+      // A persistent uts namespace: unshare bind-mounts its namespace file onto `bound` (nsfs).
+      writeFileSync(bound, '');
+      execFileSync('unshare', [`--uts=${bound}`, 'true']);
+      for (const [path, kind] of [
+        ['/proc/self/ns/mnt', /a mnt namespace/],
+        [`/proc/${process.pid}/ns/uts`, /a uts namespace/],
+        [bound, /a uts namespace/],
+        ['/proc/self/status', /not a namespace at all/],
+      ] as const) {
+        let err: unknown;
+        try {
+          withNetns(path, () => 1);
+        } catch (e) {
+          err = e;
+        }
+        expect(err, path).toBeInstanceOf(NetlinkError);
+        expect(err).toMatchObject({ code: 'ENOTNS', op: 'open netns', object: path });
+        expect((err as Error).message).toMatch(kind);
+        const cni = toKernelCniError(err) as CniError;
+        expect(cni.code).toBe(ErrorCode.InvalidNetns);
+        expect(cni.message).toContain(`${path}: not a network namespace`);
+      }
+      // A bound network namespace still opens (the check reads the fd, not the path).
+      fx = kernel.fresh();
+      const pod = fx.addNetns('p');
+      expect(withNetns(pod.path!, () => threadNetns())).toBe(podInode(pod.nsName!));
+    } finally {
+      spawnSync('umount', [bound]);
       rmSync(dir, { recursive: true, force: true });
     }
     expect(threadNetns()).toBe(original);
