@@ -27,8 +27,13 @@ function expectNothingLeft(
   expect(fx.leases(c.name as string)).toEqual([]);
   expect(fx.nftList('inet')).not.toMatch(/comment "ctr/);
   expect(fx.nftList('bridge')).not.toMatch(/comment "ctr/);
+  // Other engineers' tests tag their veths "ctr…" too: count only ours, on our bridges or on none (a veth
+  // left behind before it was attached).
   const vethsWithOurTag = ipJson(['-d', 'link', 'show', 'type', 'veth']).filter(
-    (l: any) => typeof l.ifalias === 'string' && l.ifalias.startsWith('ctr'),
+    (l: any) =>
+      typeof l.ifalias === 'string' &&
+      l.ifalias.startsWith('ctr') &&
+      (l.master === undefined || String(l.master).startsWith(fx.prefix)),
   );
   expect(vethsWithOurTag).toEqual([]);
   if (opts.bridgeGone) expect(trySh('ip', ['link', 'show', 'dev', c.bridge as string])).toBeUndefined();
