@@ -35,6 +35,8 @@ export interface NativeAddon {
    * 0x40000000 for a network namespace. Throws ENOTTY when `fd` is not a namespace at all.
    */
   nsType(fd: number): number;
+  /** The pid, uid and gid of the process at the other end of the unix socket `fd` (SO_PEERCRED). */
+  peerCredentials(fd: number): { pid: number; uid: number; gid: number };
 }
 
 /** Where the addon is looked for, first hit wins. Exposed so error messages and tests can name them. */

@@ -3,7 +3,8 @@
  * socket or a /proc/sys file can be opened inside a pod's network namespace), the type of a namespace
  * file (ioctl NS_GET_NSTYPE), flock(2) (so our
  * lease-file lock interoperates with Go host-local's go-filemutex), and syncfs(2) off the main thread
- * (berthd's group commit: one call makes a whole round of lease files durable).
+ * (berthd's group commit: one call makes a whole round of lease files durable), and SO_PEERCRED (berthd
+ * serves plugin calls to root callers only).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -13,6 +14,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <node_api.h>
 
@@ -121,6 +123,33 @@ static napi_value setns_run(napi_env env, napi_callback_info info) {
   close(orig);
   if (st != napi_ok) return NULL; /* the pending exception propagates to the caller */
   return result;
+}
+
+/* peerCredentials(fd): { pid, uid, gid } of the process at the other end of a unix socket (SO_PEERCRED). */
+static napi_value peer_credentials(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], ret, v;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t fd;
+  if (argc < 1) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", "peerCredentials(fd) needs fd");
+    return NULL;
+  }
+  if (!get_fd(env, argv[0], &fd)) return NULL;
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    throw_errno(env, errno, "getsockopt");
+    return NULL;
+  }
+  napi_create_object(env, &ret);
+  napi_create_int32(env, (int32_t)cred.pid, &v);
+  napi_set_named_property(env, ret, "pid", v);
+  napi_create_uint32(env, (uint32_t)cred.uid, &v);
+  napi_set_named_property(env, ret, "uid", v);
+  napi_create_uint32(env, (uint32_t)cred.gid, &v);
+  napi_set_named_property(env, ret, "gid", v);
+  return ret;
 }
 
 /* flock(fd, mode, nonBlocking): mode 'ex' | 'sh' | 'un'; returns false when a non-blocking lock is busy. */
@@ -268,6 +297,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"flock", NULL, flock_fn, NULL, NULL, NULL, napi_enumerable, NULL},
     {"syncfs", NULL, syncfs_fn, NULL, NULL, NULL, napi_enumerable, NULL},
     {"nsType", NULL, ns_type, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"peerCredentials", NULL, peer_credentials, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

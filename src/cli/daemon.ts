@@ -26,6 +26,10 @@ export interface DaemonCliOptions {
   blockReleaseAfter?: string;
   forgetMargin?: string;
   reserveWindow?: string;
+  runDir?: string;
+  nftTable?: string;
+  callTimeout?: string;
+  plugins?: boolean;
 }
 
 /** `15s`, `500ms`, `5m`, `1h`, or plain seconds → milliseconds. */
@@ -142,9 +146,26 @@ export async function runDaemonCommand(o: DaemonCliOptions, err: (s: string) => 
       return 2;
     }
   }
+  if (o.runDir !== undefined && !o.runDir.startsWith('/')) {
+    err(`berth daemon: --run-dir must be an absolute path, got ${o.runDir}\n`);
+    return 2;
+  }
+  if (o.nftTable !== undefined && !/^[A-Za-z][A-Za-z0-9_]{0,30}$/.test(o.nftTable)) {
+    err(`berth daemon: --nft-table must be a name of letters, digits and _, got ${o.nftTable}\n`);
+    return 2;
+  }
+  const timeout = o.callTimeout === undefined ? undefined : Number(o.callTimeout);
+  if (timeout !== undefined && !(Number.isFinite(timeout) && timeout > 0)) {
+    err(`berth daemon: --call-timeout wants seconds (> 0), got ${o.callTimeout}\n`);
+    return 2;
+  }
   return runDaemon({
     ...(cluster !== undefined ? { cluster } : {}),
     ...(underlayAddresses.length > 0 ? { underlayAddresses } : {}),
+    ...(o.runDir !== undefined ? { runDir: o.runDir } : {}),
+    ...(o.nftTable !== undefined ? { nftTable: o.nftTable } : {}),
+    ...(timeout !== undefined ? { callDeadlineMs: Math.round(timeout * 1000) } : {}),
+    ...(o.plugins === false ? { servePlugins: false } : {}),
     logFormat: format,
     logLevel: level,
     ...(o.socket !== undefined ? { socket: o.socket } : {}),

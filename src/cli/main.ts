@@ -112,7 +112,9 @@ function registerBerthd(program: Command, setExit: (code: number) => void): void
       .option('--data-dir <dir>', 'lease data dir when no daemon answers (default /var/lib/cni/networks)');
   program
     .command('daemon')
-    .description('run berthd, the IPAM daemon, in the foreground (HTTP+JSON on a root-only unix socket)')
+    .description(
+      'run berthd in the foreground: the IPAM daemon and the warm path (plugin calls forwarded by the shim), HTTP+JSON on a root-only unix socket',
+    )
     .option(
       '--socket <path>',
       'where to listen (default /run/berth/berthd.sock; systemd may pass it via LISTEN_FDS)',
@@ -153,6 +155,13 @@ function registerBerthd(program: Command, setExit: (code: number) => void): void
       '--forget-margin <duration>',
       'clock-skew margin before `berth node forget` is accepted (default 30s)',
     )
+    .option('--run-dir <dir>', "berth-bridge's run dir for plugin calls (default /run/berth)")
+    .option('--nft-table <name>', "berth-bridge's nftables table for plugin calls (default berth)")
+    .option(
+      '--call-timeout <seconds>',
+      'deadline of one plugin call; delegates are killed then (default 120)',
+    )
+    .option('--no-plugins', 'do not serve plugin calls (/v1/cni answers 421: the shim runs them standalone)')
     .action(async (o: import('./daemon').DaemonCliOptions) => {
       const { runDaemonCommand } = require('./daemon') as typeof import('./daemon');
       setExit(await runDaemonCommand(o, io.err));

@@ -8,6 +8,8 @@ import { BOOT_ID_FILE, readBootId } from '../ipam/boot-id';
 import { type LogFormat, type LogLevel, type Logger, createLogger } from './log';
 import { Metrics } from './metrics';
 import { DEFAULT_SOCKET } from '../ipam/daemon/protocol';
+import { nftTable, runDir } from '../bridge/deps';
+import { DEFAULT_CALL_DEADLINE_MS, PluginHost } from './plugin-host';
 import { BerthServer } from './server';
 import { Service } from '../ipam/daemon/service';
 
@@ -18,6 +20,14 @@ export interface DaemonOptions {
   stateDir?: string;
   logFormat?: LogFormat;
   logLevel?: LogLevel;
+  /** berth-bridge's run dir for the warm path (default: BERTH_RUN_DIR of berthd's environment, or /run/berth). */
+  runDir?: string;
+  /** berth-bridge's nftables table for the warm path (default: BERTH_NFT_TABLE, or berth). */
+  nftTable?: string;
+  /** Deadline of one plugin call (default 120 s): then it is cancelled and its delegates killed. */
+  callDeadlineMs?: number;
+  /** Serve plugin calls on /v1/cni (the warm path); default true. */
+  servePlugins?: boolean;
   /** `HOST:PORT` for a TCP listener serving only /metrics; none unless asked for. */
   metricsAddress?: string;
   env?: NodeJS.ProcessEnv;
@@ -163,6 +173,18 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
         })
       : undefined;
   const routes = o.routes ?? routing?.programmer;
+  const plugins =
+    o.servePlugins === false
+      ? undefined
+      : new PluginHost({
+          service,
+          log,
+          metrics,
+          runDir: o.runDir ?? runDir(env),
+          nftTable: o.nftTable ?? nftTable(env),
+          bootIdFile: bootFile !== undefined && bootFile !== '' ? bootFile : BOOT_ID_FILE,
+          deadlineMs: o.callDeadlineMs ?? DEFAULT_CALL_DEADLINE_MS,
+        });
   const server = new BerthServer({
     service,
     log,
@@ -170,6 +192,7 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
     socketPath,
     ...(routes !== undefined ? { routes } : {}),
     ...(cluster !== undefined ? { cluster } : {}),
+    ...(plugins ? { plugins } : {}),
   });
 
   const fd = activationFd(env);

@@ -13,6 +13,9 @@ function labelText(labels: Labels): string {
 /** Request latency buckets (seconds): the daemon's own work is sub-millisecond, fsync a few ms. */
 const BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
 
+/** Buckets of whole plugin calls (seconds): a warm ADD takes milliseconds, a cold one or a slow IPAM more. */
+const CALL_BUCKETS = [0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+
 interface Histogram {
   counts: number[];
   sum: number;
@@ -36,6 +39,7 @@ export interface SampledValue {
 export class Metrics {
   private readonly counters = new Map<string, { help: string; values: Map<string, number> }>();
   private readonly histograms = new Map<string, Histogram>();
+  private readonly families = new Map<string, { help: string; series: Map<string, Histogram> }>();
 
   inc(name: string, help: string, labels: Labels = {}, by = 1): void {
     let c = this.counters.get(name);
@@ -55,6 +59,24 @@ export class Metrics {
       this.histograms.set(key, h);
     }
     for (let i = 0; i < BUCKETS.length; i++) if (seconds <= BUCKETS[i]!) h.counts[i]!++;
+    h.sum += seconds;
+    h.count++;
+  }
+
+  /** One observation of a named histogram (plugin calls: milliseconds to seconds, CALL_BUCKETS). */
+  observe(name: string, help: string, labels: Labels, seconds: number): void {
+    let family = this.families.get(name);
+    if (family === undefined) {
+      family = { help, series: new Map() };
+      this.families.set(name, family);
+    }
+    const key = labelText(labels);
+    let h = family.series.get(key);
+    if (h === undefined) {
+      h = { counts: CALL_BUCKETS.map(() => 0), sum: 0, count: 0 };
+      family.series.set(key, h);
+    }
+    for (let i = 0; i < CALL_BUCKETS.length; i++) if (seconds <= CALL_BUCKETS[i]!) h.counts[i]!++;
     h.sum += seconds;
     h.count++;
   }
@@ -82,6 +104,18 @@ export class Metrics {
         `${h}_sum${key} ${hist.sum}`,
         `${h}_count${key} ${hist.count}`,
       );
+    }
+    for (const [name, family] of this.families) {
+      out.push(`# HELP ${name} ${family.help}`, `# TYPE ${name} histogram`);
+      for (const [key, hist] of family.series) {
+        const inner = key === '' ? '' : `${key.slice(1, -1)},`;
+        CALL_BUCKETS.forEach((b, i) => out.push(`${name}_bucket{${inner}le="${b}"} ${hist.counts[i]}`));
+        out.push(
+          `${name}_bucket{${inner}le="+Inf"} ${hist.count}`,
+          `${name}_sum${key} ${hist.sum}`,
+          `${name}_count${key} ${hist.count}`,
+        );
+      }
     }
     return `${out.join('\n')}\n`;
   }

@@ -3,6 +3,8 @@
 import * as http from 'node:http';
 import { CniError, ErrorCode, toCniError } from '../cni-spec/errors';
 import type { RouteMetricSample, RoutesReport } from '../cluster/route-programmer';
+import { serveCniCall, type RawReply } from './cni-route';
+import { CNI_PATH as CNI_CALL_PATH } from './protocol';
 import type { Logger } from './log';
 import type { Metrics, SampledValue } from './metrics';
 import {
@@ -17,10 +19,13 @@ import {
   type Method,
 } from '../ipam/daemon/protocol';
 import type { Service } from '../ipam/daemon/service';
+import type { PluginHost } from './plugin-host';
 import { type CallTrace, type LeaseFilter, ServiceError } from '../ipam/daemon/service';
 
 export interface ServerOptions {
   service: Service;
+  /** The warm path: berth-bridge's and berth-ipam's handlers served on POST /v1/cni; none without it. */
+  plugins?: PluginHost;
   log: Logger;
   metrics: Metrics;
   /** Shown in /v1/status. */
@@ -63,6 +68,8 @@ function statusOf(err: CniError): number {
 const CNI_ROUTES: ReadonlyMap<string, Method<unknown>> = new Map(
   [Allocate, Release, Check, Status].map((m) => [m.path, m]),
 );
+
+type Reply = { status?: number; body: unknown } | string | { raw: RawReply };
 
 export class BerthServer {
   readonly http: http.Server;
@@ -121,16 +128,35 @@ export class BerthServer {
     const url = new URL(req.url ?? '/', 'http://berthd');
     const route = this.routeName(req.method ?? 'GET', url.pathname);
     let gone = false;
+    const clientGone = new AbortController();
     res.on('close', () => {
-      if (!res.writableFinished) gone = true;
+      if (!res.writableFinished) {
+        gone = true;
+        clientGone.abort();
+      }
     });
     try {
-      const reply = await this.dispatch(req, url, () => gone);
+      const reply: Reply =
+        url.pathname === CNI_CALL_PATH
+          ? await serveCniCall(req, {
+              plugins: this.o.plugins,
+              draining: this.draining,
+              clientGone: clientGone.signal,
+              readJson: () => this.readJson(req),
+            })
+          : await this.dispatch(req, url, () => gone);
+      let status = 200;
       if (typeof reply === 'string') this.send(res, 200, reply, 'text/plain; version=0.0.4');
-      else this.send(res, reply.status ?? 200, JSON.stringify(reply.body));
+      else if ('raw' in reply) {
+        status = reply.raw.status;
+        this.sendRaw(res, reply.raw);
+      } else {
+        status = reply.status ?? 200;
+        this.send(res, status, JSON.stringify(reply.body));
+      }
       this.o.metrics.inc('berthd_requests_total', 'Requests answered, by route and HTTP status.', {
         route,
-        status: String(reply === undefined || typeof reply === 'string' ? 200 : (reply.status ?? 200)),
+        status: String(status),
       });
     } catch (err) {
       const cni = toCniError(err);
@@ -170,12 +196,30 @@ export class BerthServer {
     if (path.startsWith('/v1/cluster/')) return `${method} ${path}`;
     if (CNI_ROUTES.has(path) || path === Gc.path) return `${method} ${path}`;
     if (
-      ['/v1/leases', '/v1/status', '/v1/health', '/v1/metrics', '/metrics', '/v1/cluster/routes'].includes(
-        path,
-      )
+      [
+        CNI_CALL_PATH,
+        '/v1/leases',
+        '/v1/status',
+        '/v1/health',
+        '/v1/metrics',
+        '/metrics',
+        '/v1/cluster/routes',
+      ].includes(path)
     )
       return `${method} ${path}`;
     return 'unknown';
+  }
+
+  /** A warm-path reply: the exact bytes, always with Content-Length (the shim reads no chunked encoding). */
+  private sendRaw(res: http.ServerResponse, raw: RawReply): void {
+    if (res.destroyed || res.headersSent) return;
+    const headers: http.OutgoingHttpHeaders = {
+      'content-type': 'application/octet-stream',
+      ...raw.headers,
+      'content-length': raw.body.length,
+    };
+    if (this.draining) headers.connection = 'close';
+    res.writeHead(raw.status, headers).end(raw.body);
   }
 
   private send(res: http.ServerResponse, status: number, body: string, type = 'application/json'): void {
@@ -336,6 +380,7 @@ export class BerthServer {
         draining: this.draining,
         networks: await service.networkViews(this.filterOf(url)),
       };
+      if (this.o.plugins !== undefined) s.warm = { up: !this.draining, ...this.o.plugins.stats() };
       return { body: s };
     }
     if (path === '/metrics' || path === '/v1/metrics') {

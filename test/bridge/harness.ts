@@ -4,6 +4,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { type TestDaemon, runLikeShim, startDaemon } from '../daemon/warm-client';
 
 export const REPO = resolve(__dirname, '..', '..');
 export const CNI_PATH = `${join(REPO, 'bin')}:/usr/lib/cni`;
@@ -22,6 +23,12 @@ rc=$?
 if [ "$v" = 1.1.0 ]; then printf '%s' "$out" | jq -c 'if .cniVersion == "1.0.0" then .cniVersion = "1.1.0" else . end'; else printf '%s' "$out"; fi
 exit $rc
 `;
+/**
+ * BERTH_TEST_MODE=warm runs every plugin call as the shim would: forwarded to a real berthd serving this
+ * fixture's run dir and nftables table (the daemon's own settings), standalone when it answers "not here".
+ */
+export const WARM = process.env.BERTH_TEST_MODE === 'warm';
+
 export const ALL_VERSIONS = ['0.1.0', '0.2.0', '0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] as const;
 
 export function sh(cmd: string, args: string[]): string {
@@ -69,6 +76,10 @@ export class Fixture {
   private readonly bridges = new Set<string>();
   private readonly sysctls = new Map<string, string>();
   private seq = 0;
+  private daemon: Promise<TestDaemon> | undefined;
+  private daemonPid: number | undefined;
+  /** Plugin calls berthd served (warm mode), and those it sent back to run standalone. */
+  readonly warmCalls = { served: 0, fallback: 0 };
 
   constructor(tag: string) {
     // bt<pid><tag>: unique on the machine, short enough for link names (<= 15 bytes with a suffix).
@@ -144,7 +155,22 @@ export class Fixture {
   }
 
   run(opts: RunOptions): Promise<RunResult> {
-    return runPlugin({ ...opts, env: { ...this.env(), ...(opts.env ?? {}) } });
+    const withEnv = { ...opts, env: { ...this.env(), ...(opts.env ?? {}) } };
+    if (!WARM) return runPlugin(withEnv);
+    return this.runWarm(withEnv);
+  }
+
+  private async runWarm(opts: RunOptions): Promise<RunResult> {
+    this.daemon ??= startDaemon({ tag: 'fx', runDir: this.runDir, nftTable: this.nftTable }).then((d) => {
+      this.daemonPid = d.pid;
+      return d;
+    });
+    const d = await this.daemon;
+    const { path, env, stdin } = pluginCall(opts);
+    const r = await runLikeShim(d.socket, path, env, stdin);
+    if (r.warm) this.warmCalls.served++;
+    else this.warmCalls.fallback++;
+    return { code: r.code, stdout: r.stdout, stderr: r.stderr, json: parseJson(r.stdout) };
   }
 
   nftList(family: 'inet' | 'bridge'): string {
@@ -196,11 +222,47 @@ export class Fixture {
   }
 
   dispose(): void {
+    if (WARM)
+      process.stderr.write(
+        `${this.prefix}: warm calls served ${this.warmCalls.served}, standalone ${this.warmCalls.fallback}\n`,
+      );
+    if (this.daemonPid !== undefined) {
+      try {
+        process.kill(this.daemonPid, 'SIGTERM');
+      } catch {
+        // already gone
+      }
+      void this.daemon?.then((d) => d.stop());
+    }
     this.cleanup();
     rmSync(this.dataDir, { recursive: true, force: true });
     rmSync(this.runDir, { recursive: true, force: true });
     rmSync(this.extraBin, { recursive: true, force: true });
   }
+}
+
+function parseJson(stdout: string): any {
+  try {
+    return stdout.trim() === '' ? undefined : JSON.parse(stdout);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The executable, whole environment and stdin of one call, as a runtime would make it. */
+function pluginCall(opts: RunOptions): { path: string; env: Record<string, string>; stdin: string } {
+  const path = opts.plugin ?? join(REPO, 'bin', 'berth-bridge');
+  const env: Record<string, string> = {
+    PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin',
+    CNI_COMMAND: opts.command,
+    CNI_PATH,
+    ...(opts.containerId !== undefined ? { CNI_CONTAINERID: opts.containerId } : {}),
+    ...(opts.netns !== undefined ? { CNI_NETNS: opts.netns } : {}),
+    ...(opts.ifname !== undefined ? { CNI_IFNAME: opts.ifname } : {}),
+    ...(opts.cniArgs !== undefined ? { CNI_ARGS: opts.cniArgs } : {}),
+    ...(opts.env ?? {}),
+  };
+  return { path, env, stdin: JSON.stringify(opts.conf) };
 }
 
 export function runPlugin(opts: RunOptions): Promise<RunResult> {

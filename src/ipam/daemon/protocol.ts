@@ -108,6 +108,21 @@ export interface DaemonStatus {
   socket: string;
   draining: boolean;
   networks: NetworkView[];
+  /** The warm path (berthd running the plugins): absent from a daemon that does not serve them. */
+  warm?: WarmStatus;
+}
+
+/** What `berth status` shows of the warm path. */
+export interface WarmStatus {
+  /** True while berthd takes plugin calls (false once draining). */
+  up: boolean;
+  plugins: readonly string[];
+  served: number;
+  notServed: number;
+  inFlight: number;
+  deadlineMs: number;
+  runDir: string;
+  nftTable: string;
 }
 
 /** GET /v1/health. */

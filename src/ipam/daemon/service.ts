@@ -4,7 +4,7 @@
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { CniError, ErrorCode } from '../../cni-spec/errors';
-import { parseRequest } from '../../cni-spec/request';
+import { type Request, parseRequest } from '../../cni-spec/request';
 import type { Result } from '../../cni-spec/types/result';
 import { type Cidr, formatIp, parseIp, sameIp } from '../address';
 import { blockedOrdinals } from '../allocator';
@@ -324,8 +324,16 @@ export class Service {
       env,
       stdin: typeof e.config === 'string' ? e.config : JSON.stringify(e.config),
     });
+    return this.run(req, trace);
+  }
+
+  /**
+   * Runs berth-ipam's handler for an already parsed request (its `command` decides which): the warm path's
+   * berth-ipam calls, and berth-bridge's IPAM calls in berthd, go straight here.
+   */
+  async run(req: Request, trace: CallTrace = { reserved: [] }): Promise<Result | undefined> {
     const deps = this.deps(trace);
-    switch (method.command) {
+    switch (req.command) {
       case 'ADD':
         return add(req, deps);
       case 'DEL':

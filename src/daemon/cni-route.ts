@@ -1,0 +1,74 @@
+// POST /v1/cni: one plugin invocation forwarded by the shim. Every answer but 200 means "berthd did
+// nothing, run the standalone program" (see protocol.ts), so each refusal is decided before any work.
+import type * as http from 'node:http';
+import { loadNativeAddon } from '../native-addon';
+import type { PluginHost } from './plugin-host';
+import {
+  EXIT_CODE_HEADER,
+  type ForwardedCall,
+  REASON_HEADER,
+  STDOUT_LENGTH_HEADER,
+  type WarmPlugin,
+  envelopeProblem,
+} from './protocol';
+
+export interface RawReply {
+  status: number;
+  headers: Record<string, string>;
+  body: Buffer;
+}
+
+export interface CniRouteContext {
+  plugins: PluginHost | undefined;
+  draining: boolean;
+  clientGone: AbortSignal;
+  readJson(): Promise<unknown>;
+}
+
+function refusal(status: number, reason: string): { raw: RawReply } {
+  return {
+    raw: {
+      status,
+      headers: { [REASON_HEADER]: reason.replace(/[^\x20-\x7e]/g, '?'), connection: 'close' },
+      body: Buffer.from(`${reason}\n`),
+    },
+  };
+}
+
+/** The uid at the other end of the request's unix socket; undefined when it cannot be known. */
+export function peerUid(req: http.IncomingMessage): number | undefined {
+  const fd = (req.socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) return undefined;
+  try {
+    return loadNativeAddon().peerCredentials(fd).uid;
+  } catch {
+    return undefined;
+  }
+}
+
+export async function serveCniCall(
+  req: http.IncomingMessage,
+  ctx: CniRouteContext,
+): Promise<{ raw: RawReply }> {
+  if (req.method !== 'POST') return refusal(405, 'POST /v1/cni only');
+  if (ctx.plugins === undefined) return refusal(421, 'this berthd does not serve plugin calls');
+  if (ctx.draining) return refusal(503, 'berthd is stopping');
+  // The socket is root-only already; this keeps a socket whose mode was loosened from serving others.
+  const uid = peerUid(req);
+  if (uid !== 0) return refusal(403, `plugin calls are served to root only (peer uid ${uid ?? 'unknown'})`);
+  const body = await ctx.readJson();
+  const problem = envelopeProblem(body);
+  if (problem !== undefined) return refusal(400, `malformed call: ${problem}`);
+  const call = body as ForwardedCall;
+  const reason = ctx.plugins.notServedReason(call);
+  if (reason !== undefined) return refusal(421, `not served here: ${reason}`);
+  const out = await ctx.plugins.serve(call as ForwardedCall & { plugin: WarmPlugin }, ctx.clientGone);
+  const stdout = Buffer.from(out.stdout, 'utf8');
+  return {
+    raw: {
+      status: 200,
+      headers: { [EXIT_CODE_HEADER]: String(out.code), [STDOUT_LENGTH_HEADER]: String(stdout.length) },
+      body: Buffer.concat([stdout, Buffer.from(out.stderr, 'utf8')]),
+    },
+  };
+}

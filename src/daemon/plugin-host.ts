@@ -1,0 +1,227 @@
+// berthd's warm path: berth-bridge's and berth-ipam's handler tables run in this process through the same
+// dispatcher the executables use, so a forwarded call prints the bytes the standalone program would. Many
+// calls at once on one event loop; calls for one attachment in arrival order; each with a deadline.
+import { toVersion, parseResult } from '../cni-spec/convert';
+import { type CallOutput, type PluginHandlers, dispatchCall } from '../cni-spec/dispatch';
+import { CniError, ErrorCode } from '../cni-spec/errors';
+import type { Request } from '../cni-spec/request';
+import type { Result } from '../cni-spec/types/result';
+import { type BridgeDeps, type IpamCall, execIpam, nftTable, runDir, systemKernel } from '../bridge/deps';
+import { BRIDGE_ABOUT, bridgeHandlers } from '../bridge/handlers';
+import type { Service } from '../ipam/daemon/service';
+import { AttachmentQueue, attachmentOf } from './attachments';
+import type { Logger } from './log';
+import type { Metrics } from './metrics';
+import { type ForwardedCall, WARM_PLUGINS, type WarmPlugin } from './protocol';
+
+export interface PluginHostOptions {
+  service: Service;
+  log: Logger;
+  metrics: Metrics;
+  /** Where berth-bridge's state lives; calls whose environment names another one are not served. */
+  runDir: string;
+  nftTable: string;
+  /** The boot id file berthd read; calls naming another BERTH_BOOT_ID_FILE are not served. */
+  bootIdFile: string;
+  /** Each call's deadline: past it the call is cancelled and its delegated plugins killed. */
+  deadlineMs: number;
+}
+
+/** Default per-call deadline; a runtime gives a plugin about as long before it gives up. */
+export const DEFAULT_CALL_DEADLINE_MS = 120_000;
+
+const BERTH_IPAM_ABOUT = { name: 'berth-ipam' } as const;
+
+/** Calls seen since start, for `berth status` and /v1/status. */
+export interface WarmStats {
+  plugins: readonly string[];
+  served: number;
+  notServed: number;
+  inFlight: number;
+  deadlineMs: number;
+  runDir: string;
+  nftTable: string;
+}
+
+export class PluginHost {
+  private readonly tables: Record<WarmPlugin, { handlers: PluginHandlers; about: { name: string } }>;
+  private readonly attachments = new AttachmentQueue();
+  private seq = 0;
+  private served = 0;
+  private notServed = 0;
+  private inFlight = 0;
+
+  constructor(private readonly o: PluginHostOptions) {
+    const bridgeDeps: BridgeDeps = {
+      runDir: o.runDir,
+      nftTable: o.nftTable,
+      kernel: systemKernel,
+      ipam: (call) => (call.pluginType === 'berth-ipam' ? this.ipamInProcess(call) : execIpam(call)),
+    };
+    this.tables = {
+      'berth-bridge': { handlers: bridgeHandlers(bridgeDeps), about: BRIDGE_ABOUT },
+      'berth-ipam': { handlers: this.ipamHandlers(), about: BERTH_IPAM_ABOUT },
+    };
+  }
+
+  stats(): WarmStats {
+    return {
+      plugins: WARM_PLUGINS,
+      served: this.served,
+      notServed: this.notServed,
+      inFlight: this.inFlight,
+      deadlineMs: this.o.deadlineMs,
+      runDir: this.o.runDir,
+      nftTable: this.o.nftTable,
+    };
+  }
+
+  /**
+   * Why this daemon must not serve the call (the shim then runs the standalone program), or undefined.
+   * Settings that decide where state lives come from berthd's own configuration: a caller naming other
+   * ones (tests with a private run dir or table) runs standalone, and no caller can point berthd elsewhere.
+   */
+  notServedReason(call: ForwardedCall): string | undefined {
+    const reason = this.reasonOf(call);
+    if (reason !== undefined) {
+      this.notServed++;
+      this.o.metrics.inc('berthd_plugin_fallbacks_total', 'Plugin calls not served here (421).', {
+        plugin: (WARM_PLUGINS as readonly string[]).includes(call.plugin) ? call.plugin : 'other',
+        reason: reason.split(':')[0]!,
+      });
+    }
+    return reason;
+  }
+
+  private reasonOf(call: ForwardedCall): string | undefined {
+    const env = call.env;
+    if (!(WARM_PLUGINS as readonly string[]).includes(call.plugin))
+      return `plugin: ${JSON.stringify(call.plugin)} is not served by berthd`;
+    if (runDir(env) !== this.o.runDir) return `run-dir: the caller's BERTH_RUN_DIR is not berthd's`;
+    if (nftTable(env) !== this.o.nftTable) return `nft-table: the caller's BERTH_NFT_TABLE is not berthd's`;
+    const boot = env.BERTH_BOOT_ID_FILE;
+    if (boot !== undefined && boot !== '' && boot !== this.o.bootIdFile)
+      return `boot-id-file: the caller's BERTH_BOOT_ID_FILE is not berthd's`;
+    if (env.BERTH_TEST_FAULT !== undefined && env.BERTH_TEST_FAULT !== '')
+      return 'test-fault: fault injection runs standalone only';
+    return undefined;
+  }
+
+  /**
+   * Runs one forwarded call. `clientGone` aborts when the caller disconnected: its delegates are killed,
+   * and an ADD that still succeeded is deleted again (nobody will ever use or delete it otherwise).
+   */
+  async serve(call: ForwardedCall & { plugin: WarmPlugin }, clientGone: AbortSignal): Promise<CallOutput> {
+    const id = (++this.seq).toString(36);
+    const command = call.env.CNI_COMMAND ?? '';
+    const table = this.tables[call.plugin];
+    const t0 = process.hrtime.bigint();
+    const deadline = AbortSignal.timeout(this.o.deadlineMs);
+    const signal = AbortSignal.any([clientGone, deadline]);
+    const fields = { req: id, plugin: call.plugin, command, container: call.env.CNI_CONTAINERID };
+    const onStderr = lineLogger((line) => this.o.log.log('info', line, fields));
+    this.inFlight++;
+    this.served++;
+    try {
+      const out = await this.attachments.run(attachmentOf(call.env, call.stdin), async () => {
+        const r = await dispatchCall(
+          { env: call.env, stdin: call.stdin, signal, onStderr },
+          table.handlers,
+          table.about,
+        );
+        if (command === 'ADD' && r.code === 0 && clientGone.aborted) await this.undoAdd(call, id);
+        return r;
+      });
+      if (deadline.aborted) this.o.log.log('warn', 'call passed its deadline', fields);
+      this.count(call.plugin, command, out.code, t0);
+      return out;
+    } finally {
+      this.inFlight--;
+    }
+  }
+
+  /** The caller left after its ADD succeeded: the runtime will retry with a new ADD, so this one goes. */
+  private async undoAdd(call: ForwardedCall & { plugin: WarmPlugin }, id: string): Promise<void> {
+    const table = this.tables[call.plugin];
+    const fields = { req: id, plugin: call.plugin, container: call.env.CNI_CONTAINERID };
+    this.o.log.log('warn', 'caller left before the ADD reply; deleting what it made', fields);
+    const del = await dispatchCall(
+      {
+        env: { ...call.env, CNI_COMMAND: 'DEL' },
+        stdin: call.stdin,
+        signal: AbortSignal.timeout(this.o.deadlineMs),
+        onStderr: lineLogger((line) => this.o.log.log('info', line, { ...fields, command: 'DEL' })),
+      },
+      table.handlers,
+      table.about,
+    );
+    if (del.code !== 0)
+      this.o.log.log('error', 'DEL after the caller left failed', { ...fields, out: del.stdout });
+  }
+
+  private count(plugin: string, command: string, code: number, t0: bigint): void {
+    const labels = { plugin, command: command === '' ? 'none' : command };
+    this.o.metrics.inc(
+      'berthd_plugin_calls_total',
+      'Plugin calls served in-process, by plugin and command.',
+      labels,
+    );
+    if (code !== 0)
+      this.o.metrics.inc('berthd_plugin_errors_total', 'Plugin calls that ended with a CNI error.', labels);
+    this.o.metrics.observe(
+      'berthd_plugin_call_duration_seconds',
+      'Time a served plugin call took, by plugin and command.',
+      labels,
+      Number(process.hrtime.bigint() - t0) / 1e9,
+    );
+  }
+
+  /** berth-ipam's handlers over the daemon's lease stores (never the file store: §2.2 row 18). */
+  private ipamHandlers(): PluginHandlers {
+    const run = (req: Request): Promise<Result | undefined> => this.o.service.run(req);
+    return {
+      add: async (req) => (await run(req)) as Result,
+      del: async (req) => void (await run(req)),
+      check: async (req) => void (await run(req)),
+      gc: async (req) => void (await run(req)),
+      status: async (req) => void (await run(req)),
+    };
+  }
+
+  /**
+   * berth-bridge's IPAM call when the type is berth-ipam: straight into the lease store. The result takes
+   * the way it would through an executable (printed in the config's version, read back), so both modes
+   * hand the bridge the same result.
+   */
+  private async ipamInProcess(call: IpamCall): Promise<Result | undefined> {
+    const req: Request = { ...call.request, command: call.command };
+    let result: Result | undefined;
+    try {
+      result = await this.o.service.run(req);
+    } catch (err) {
+      if (err instanceof CniError) throw err;
+      const what = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+      throw new CniError(
+        ErrorCode.Internal,
+        `berth-ipam ${call.command}: unexpected failure: ${what}`,
+        undefined,
+        {
+          cause: err,
+        },
+      );
+    }
+    if (call.command !== 'ADD' || result === undefined) return undefined;
+    const printed = JSON.stringify(toVersion(result, req.cniVersion));
+    return parseResult(printed, req.cniVersion, 'result of berth-ipam');
+  }
+}
+
+/** Splits stderr text into lines for the daemon's log (the caller gets the bytes as they are). */
+function lineLogger(log: (line: string) => void): (text: string) => void {
+  let partial = '';
+  return (text) => {
+    const lines = (partial + text).split('\n');
+    partial = lines.pop() ?? '';
+    for (const l of lines) if (l !== '') log(l);
+  };
+}

@@ -1,0 +1,218 @@
+// The warm path as berthd runs it: berth-bridge's and berth-ipam's handlers in this process through the
+// daemon's dispatcher (PluginHost), many calls at once, then a real berthd on /v1/cni: its refusals, the
+// bytes it answers, and a caller that leaves in the middle of an ADD.
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import type { CallOutput } from '../../src/cni-spec/dispatch';
+import type * as LogModule from '../../src/daemon/log';
+import type * as MetricsModule from '../../src/daemon/metrics';
+import type * as HostModule from '../../src/daemon/plugin-host';
+import type * as ServiceModule from '../../src/ipam/daemon/service';
+import { CNI_PATH, Fixture, REPO, ipJson, nsExec, trySh } from '../bridge/harness';
+import { type TestDaemon, postCni, runStandalone, startDaemon } from './warm-client';
+
+// The built code (dist/), as berthd runs it: the handler tables load their modules with require().
+const dist = (m: string): unknown => require(join(REPO, 'dist', m));
+const { createLogger } = dist('daemon/log.js') as typeof LogModule;
+const { Metrics } = dist('daemon/metrics.js') as typeof MetricsModule;
+const { PluginHost } = dist('daemon/plugin-host.js') as typeof HostModule;
+const { Service } = dist('ipam/daemon/service.js') as typeof ServiceModule;
+type Service = ServiceModule.Service;
+type PluginHost = HostModule.PluginHost;
+type Metrics = MetricsModule.Metrics;
+
+const fx = new Fixture('w');
+const ipamDir = mkdtempSync(join(tmpdir(), `${fx.prefix}-lease-`));
+const logLines: string[] = [];
+let service: Service;
+let host: PluginHost;
+let metrics: Metrics;
+
+beforeAll(() => {
+  const log = createLogger({ format: 'text', level: 'info', write: (l) => void logLines.push(l) });
+  metrics = new Metrics();
+  service = new Service({ bootId: 'boot-test', log, metrics, dataDir: ipamDir });
+  host = new PluginHost({
+    service,
+    log,
+    metrics,
+    runDir: fx.runDir,
+    nftTable: fx.nftTable,
+    bootIdFile: '/proc/sys/kernel/random/boot_id',
+    deadlineMs: 60_000,
+  });
+});
+
+afterAll(async () => {
+  await service.drain();
+  service.close();
+  fx.dispose();
+  rmSync(ipamDir, { recursive: true, force: true });
+});
+
+function conf(subnet: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return fx.conf({
+    isGateway: true,
+    ipMasq: true,
+    ipam: { type: 'berth-ipam', dataDir: ipamDir, ranges: [[{ subnet }]], routes: [{ dst: '0.0.0.0/0' }] },
+    ...extra,
+  });
+}
+
+function callEnv(command: string, containerId: string, netns: string): Record<string, string> {
+  return {
+    PATH: process.env.PATH ?? '/usr/bin:/bin',
+    CNI_COMMAND: command,
+    CNI_CONTAINERID: containerId,
+    CNI_NETNS: netns,
+    CNI_IFNAME: 'eth0',
+    ...fx.env(),
+  };
+}
+
+const never = new AbortController().signal;
+
+describe('in-process: 24 concurrent ADDs through the daemon dispatcher, then 24 DELs', () => {
+  test('each pod gets its address and routes, pods reach each other, and nothing is left', async () => {
+    const c = conf('198.18.180.0/24');
+    const stdin = JSON.stringify(c);
+    const pods = Array.from({ length: 24 }, (_, i) => ({ id: `${fx.prefix}c${i}`, ns: fx.netns() }));
+    const adds: CallOutput[] = await Promise.all(
+      pods.map((p) =>
+        host.serve({ v: 1, plugin: 'berth-bridge', env: callEnv('ADD', p.id, p.ns.path), stdin }, never),
+      ),
+    );
+    const addresses: string[] = [];
+    adds.forEach((r, i) => {
+      expect(r.stderr, `pod ${i}`).toBe('');
+      expect(r.code, r.stdout).toBe(0);
+      const result = JSON.parse(r.stdout) as { ips: { address: string; gateway: string }[] };
+      const ip = result.ips[0]!;
+      expect(ip.gateway).toBe('198.18.180.1');
+      const inNs = ipJson<{ addr_info: { local: string; prefixlen: number; family: string }[] }[]>([
+        '-n',
+        pods[i]!.ns.name,
+        'addr',
+        'show',
+        'dev',
+        'eth0',
+      ]);
+      const v4 = inNs[0]!.addr_info
+        .filter((a) => a.family === 'inet')
+        .map((a) => `${a.local}/${a.prefixlen}`);
+      expect(v4).toEqual([ip.address]);
+      const routes = ipJson<{ gateway: string }[]>(['-n', pods[i]!.ns.name, 'route', 'show', 'default']);
+      expect(routes.map((x) => x.gateway)).toEqual(['198.18.180.1']);
+      addresses.push(ip.address.split('/')[0]!);
+    });
+    expect(new Set(addresses).size).toBe(24);
+    // Reachability across the bridge: every pod pings the next one.
+    for (let i = 0; i < 24; i++) {
+      const out = nsExec(pods[i]!.ns.name, ['ping', '-n', '-c', '1', '-W', '2', addresses[(i + 1) % 24]!]);
+      expect(out).toMatch(/1 received/);
+    }
+    const bridge = c.bridge as string;
+    expect(fx.ports(bridge)).toHaveLength(24);
+
+    const dels = await Promise.all(
+      pods.map((p) =>
+        host.serve({ v: 1, plugin: 'berth-bridge', env: callEnv('DEL', p.id, p.ns.path), stdin }, never),
+      ),
+    );
+    for (const d of dels) expect(d).toEqual({ code: 0, stdout: '', stderr: '' });
+    expect(fx.ports(bridge)).toHaveLength(0);
+    expect(fx.leases(c.name as string).length + leaseFiles(c.name as string).length).toBe(0);
+    expect(fx.runState()).toEqual([]);
+    expect(fx.nftList('inet')).not.toMatch(/198\.18\.180\./);
+    expect(metrics.render([])).toMatch(/berthd_plugin_calls_total\{plugin="berth-bridge",command="ADD"\} 24/);
+  });
+});
+
+function leaseFiles(network: string): string[] {
+  try {
+    return readdirSync(join(ipamDir, network)).filter((f) => /^\d/.test(f));
+  } catch {
+    return [];
+  }
+}
+
+describe('a real berthd on /v1/cni', () => {
+  let d: TestDaemon;
+  beforeAll(async () => {
+    d = await startDaemon({ tag: 'w', runDir: fx.runDir, nftTable: fx.nftTable, dataDir: ipamDir });
+  });
+  afterAll(async () => {
+    await d.stop();
+  });
+
+  test('refuses, having done nothing, what it must not serve: 421, 400', async () => {
+    const base = { env: callEnv('ADD', 'x', '/run/netns/none'), stdin: '{}' };
+    expect((await postCni(d.socket, { ...base, plugin: 'bridge' })).status).toBe(421);
+    for (const env of [
+      { BERTH_RUN_DIR: '/tmp/elsewhere' },
+      { BERTH_NFT_TABLE: 'other' },
+      { BERTH_TEST_FAULT: 'after-veth' },
+      { BERTH_BOOT_ID_FILE: '/tmp/boot' },
+    ]) {
+      const r = await postCni(d.socket, { ...base, plugin: 'berth-bridge', env: { ...base.env, ...env } });
+      expect(r.status, JSON.stringify(env)).toBe(421);
+    }
+    const noRunDir = { ...base.env } as Record<string, string>;
+    delete noRunDir.BERTH_RUN_DIR; // the default /run/berth is not this daemon's run dir either
+    expect((await postCni(d.socket, { ...base, plugin: 'berth-bridge', env: noRunDir })).status).toBe(421);
+    const bad = await postCni(d.socket, { plugin: 'berth-bridge', env: { A: 1 } as never, stdin: '' });
+    expect(bad.status).toBe(400);
+  });
+
+  test('answers byte for byte what the standalone program prints, errors included', async () => {
+    const bridge = join(REPO, 'bin', 'berth-bridge');
+    const cases: { env: Record<string, string>; stdin: string }[] = [
+      { env: { ...fx.env(), CNI_COMMAND: 'VERSION' }, stdin: '' },
+      { env: { ...fx.env(), CNI_COMMAND: 'BOGUS' }, stdin: '{}' },
+      { env: { ...fx.env() }, stdin: '{}' },
+      { env: callEnv('ADD', 'c1', '/run/netns/none'), stdin: '{not json' },
+      {
+        env: callEnv('ADD', 'c1', '/run/netns/none'),
+        stdin: JSON.stringify({ ...conf('198.18.181.0/24'), cniVersion: '9.9.9' }),
+      },
+      { env: { ...callEnv('ADD', '', ''), CNI_PATH }, stdin: JSON.stringify(conf('198.18.181.0/24')) },
+      { env: callEnv('DEL', 'c-none', ''), stdin: JSON.stringify(conf('198.18.181.0/24')) },
+    ];
+    for (const c of cases) {
+      const warm = await postCni(d.socket, { plugin: 'berth-bridge', ...c });
+      expect(warm.status).toBe(200);
+      const cold = await runStandalone(bridge, c.env, c.stdin);
+      expect({ code: warm.code, stdout: warm.stdout, stderr: warm.stderr }).toEqual(cold);
+    }
+  });
+
+  test('a caller that disconnects in the middle of an ADD leaves nothing behind once berthd is done', async () => {
+    const c = conf('198.18.182.0/24');
+    const ns = fx.netns();
+    const id = `${fx.prefix}gone`;
+    const reply = postCni(
+      d.socket,
+      { plugin: 'berth-bridge', env: callEnv('ADD', id, ns.path), stdin: JSON.stringify(c) },
+      { onRequestSent: (req) => setTimeout(() => req.destroy(), 5) },
+    ).catch((e: unknown) => e);
+    expect(await reply).toBeInstanceOf(Error);
+    // berthd finishes the ADD, then deletes it, in the attachment's order.
+    const deadline = Date.now() + 20_000;
+    while (!/caller left before the ADD reply/.test(d.log()) && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 50));
+    // A CHECK-free way to wait until the attachment's queue is empty: a DEL queued after it.
+    await postCni(d.socket, {
+      plugin: 'berth-bridge',
+      env: callEnv('DEL', `${id}x`, ''),
+      stdin: JSON.stringify(c),
+    });
+    await new Promise((r) => setTimeout(r, 300));
+    expect(fx.ports(c.bridge as string)).toHaveLength(0);
+    expect(trySh('ip', ['-n', ns.name, 'link', 'show', 'eth0'])).toBeUndefined();
+    expect(leaseFiles(c.name as string)).toEqual([]);
+    expect(fx.runState()).toEqual([]);
+    expect(fx.nftList('inet')).not.toMatch(/198\.18\.182\./);
+  });
+});
