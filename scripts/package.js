@@ -80,6 +80,7 @@ const CHUNKS = [
   'bridge/kernel',
   'netlink/errors',
   'netlink/netns',
+  'bridge/lock',
   'bridge/add',
   'bridge/del',
   'bridge/check',
