@@ -102,12 +102,12 @@ check "the shim is linked statically or against libc only" bash -c "! ldd '$pref
 
 check "the example conflist is installed" cmp "$repo/conf/10-berth-ipv4.conflist" "$tmp/etc/cni/net.d/10-berth-ipv4.conflist"
 for unit in berthd.service berthd.socket; do
-  if [ -f "$repo/conf/$unit" ]; then
+  if [ -f "$repo/deploy/systemd/$unit" ]; then
     check "$unit installed" test -f "$tmp/etc/systemd/system/$unit"
     check "$unit installed with its /opt/cni/bin/ paths pointing into the prefix" \
-      diff <(sed "s#/opt/cni/bin/#$prefix/#g" "$repo/conf/$unit") "$tmp/etc/systemd/system/$unit"
+      diff <(sed "s#/opt/cni/bin/#$prefix/#g" "$repo/deploy/systemd/$unit") "$tmp/etc/systemd/system/$unit"
   else
-    check "$unit absent from conf/: install.sh says it skipped it" grep -q "skipped.*$unit" "$tmp/install1.out"
+    check "$unit absent from deploy/systemd/: install.sh says it skipped it" grep -q "skipped.*$unit" "$tmp/install1.out"
   fi
 done
 

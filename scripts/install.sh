@@ -15,7 +15,7 @@
 #                        directory holding this script when berth sits beside it, as in a release)
 #     --conf[=FILE]      also install an example network (default conf/10-berth-ipv4.conflist) into
 #                        --conf-dir (default /etc/cni/net.d) unless a file of that name is there
-#     --with-systemd     also install conf/berthd.service and conf/berthd.socket (when present) into
+#     --with-systemd     also install deploy/systemd/berthd.service and berthd.socket (when present) into
 #                        --systemd-dir (default /etc/systemd/system), then `systemctl daemon-reload`
 #     --standalone       plugins as hard links to berth (no shim, no warm path)
 #     --uninstall        remove berth, berth-bridge and berth-ipam from --prefix (and, with
@@ -160,7 +160,7 @@ fi
 if [ "$systemd" = true ]; then
   units_changed=$changed
   for unit in "${units[@]}"; do
-    src="$repo/conf/$unit"
+    src="$repo/deploy/systemd/$unit"
     if [ ! -f "$src" ]; then
       say "skipped    $unit (no $src in this tree)"
       continue

@@ -1,0 +1,68 @@
+// Socket activation as systemd does it (deploy/systemd/berthd.socket): the listening socket is created by
+// someone else and handed to berthd as fd 3 with LISTEN_FDS=1 and LISTEN_PID=<berthd's pid>. berthd must
+// serve on it (the warm path included) and must not create a socket of its own.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, expect, test } from 'vitest';
+import { REPO } from '../bridge/harness';
+import { postCni } from './warm-client';
+
+const dir = mkdtempSync(join(tmpdir(), `bt${process.pid}-act-`));
+let child: ChildProcess | undefined;
+
+afterEach(async () => {
+  if (child !== undefined && child.exitCode === null && child.signalCode === null) {
+    const gone = new Promise((r) => child!.once('exit', r));
+    child.kill('SIGKILL');
+    await gone;
+  }
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test('berthd serves on the socket passed as fd 3 (LISTEN_FDS=1, LISTEN_PID) and creates none itself', async () => {
+  const activated = join(dir, 'activated.sock');
+  const own = join(dir, 'own.sock');
+  // The systemd side, as systemd does it: bind and listen (0600), put the socket on fd 3, set LISTEN_PID to
+  // the pid that will run berthd, exec it. python3 stands in for systemd (systemd-socket-activate may be
+  // absent on a CI machine).
+  const systemd = [
+    'import os, socket, sys',
+    'os.umask(0o177)',
+    's = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)',
+    's.bind(sys.argv[1]); s.listen(128)',
+    // s may already be fd 3, and dup2 onto itself would keep its close-on-exec flag: clear it explicitly.
+    'if s.fileno() != 3: os.dup2(s.fileno(), 3)',
+    'os.set_inheritable(3, True)',
+    'os.environ["LISTEN_FDS"] = "1"; os.environ["LISTEN_PID"] = str(os.getpid())',
+    'os.execv(sys.argv[2], sys.argv[2:])',
+  ].join('\n');
+  const table = `bt${process.pid}act`;
+  const args = ['daemon', '--socket', own, '--run-dir', join(dir, 'run'), '--nft-table', table];
+  child = spawn(
+    'python3',
+    ['-c', systemd, activated, process.execPath, join(REPO, 'bin', 'berth'), ...args],
+    {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  );
+  let log = '';
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (log += d));
+  for (let i = 0; !/listening/.test(log); i++) {
+    if (i > 500 || child.exitCode !== null) throw new Error(`berthd did not start: ${log}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  expect(log).toMatch(/listening on the socket passed by systemd/);
+  // A plugin call through the activated socket is served by berthd (the warm path), not refused.
+  const r = await postCni(activated, {
+    plugin: 'berth-bridge',
+    env: { CNI_COMMAND: 'VERSION', BERTH_RUN_DIR: join(dir, 'run'), BERTH_NFT_TABLE: table },
+    stdin: '',
+  });
+  expect(r.status).toBe(200);
+  expect(r.code).toBe(0);
+  expect(JSON.parse(r.stdout)).toMatchObject({ supportedVersions: expect.arrayContaining(['1.1.0']) });
+  // It did not make a socket at --socket: the activated one is the only one.
+  expect(existsSync(own)).toBe(false);
+});
