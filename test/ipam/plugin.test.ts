@@ -397,6 +397,20 @@ describe('names that would escape dataDir', () => {
     expect(readdirSync(s.dir).sort()).toEqual(['boot_id']);
   });
 
+  test('the container id limit the README states: 239 bytes work (record name fits NAME_MAX), 240 are code 4', () => {
+    const s = setup();
+    const longest = 'c'.repeat(239);
+    const ok = s.call({ command: 'ADD', containerId: longest, ifname: 'eth0123456789ab' });
+    expect(ok.status, ok.stdout).toBe(0);
+    expect(readFileSync(join(s.netDir, addressesOf(ok)[0]!), 'utf8')).toBe(`${longest}\r\neth0123456789ab`);
+    const tooLong = s.call({ command: 'ADD', containerId: 'c'.repeat(240) });
+    expect(tooLong.status).toBe(1);
+    expect(tooLong.json).toMatchObject({ code: 4 });
+    expect(tooLong.json?.msg).toMatch(/must be at most 239 bytes/);
+    expect(s.call({ command: 'DEL', containerId: longest, ifname: 'eth0123456789ab' }).status).toBe(0);
+    expect(leaseFiles(s.dataDir, 'net1').size).toBe(0);
+  });
+
   test('an unreadable data dir is an error object, not a crash', () => {
     const s = setup();
     mkdirSync(s.dataDir);
