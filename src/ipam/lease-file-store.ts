@@ -546,6 +546,20 @@ class FileSession implements LeaseSession {
     }
   }
 
+  /**
+   * What a read-only session (CHECK, STATUS) keeps: occupancy bitmaps it had to build while the index was
+   * trusted (typically after berthd's commit retired them with a new generation), written at the *current*
+   * generation. They are exact (built from the listing under the lock) and stay valid until the next
+   * commit changes the generation, so repeated STATUS reads one small file instead of listing every lease.
+   * Nothing else is written: no record, no sentinel (the network directory's mtime stays, so a running
+   * berthd does not re-read it), no boot marked as seen (the next ADD must still release earlier boots).
+   */
+  commitDerived(): void {
+    if (this.rebuilt || !this.builtBitmaps || this.changes.size > 0) return;
+    for (const [key, b] of this.bitmaps)
+      writeAtomic(this.p, join(this.p.sets, setHash(key)), b.encode(this.state.gen), { fsync: false });
+  }
+
   /** Persists the index: records, bitmaps (new generation), then the directory sentinel and state. */
   commit(): void {
     if (!this.dirty) return;
@@ -643,7 +657,17 @@ export function openLeaseFileStore(opts: LeaseFileStoreOptions): LeaseStore {
         if (loaded === undefined) session.rebuild('no index yet', true);
         else if (loaded.dirMtimeNs !== mtime) session.rebuild('the directory changed outside berth');
         const commit = (): void => {
-          if (topts?.readOnly === true) return;
+          if (topts?.readOnly === true) {
+            // Best effort: a store that cannot be written still answers CHECK and STATUS.
+            try {
+              session.commitDerived();
+            } catch (err) {
+              opts.warn?.(
+                `berth-ipam: cannot keep the occupancy map in ${p.sets}: ${(err as Error).message}`,
+              );
+            }
+            return;
+          }
           try {
             session.commit();
           } catch (err) {

@@ -65,7 +65,10 @@ export interface LeaseSession {
 }
 
 export interface TransactOptions {
-  /** Persist nothing (CHECK, STATUS): an index rebuilt on the way stays in memory. */
+  /**
+   * Change nothing (CHECK, STATUS): no lease, no record, no boot marked as seen. A store may still keep
+   * derived data it had to rebuild and that stays exact (the file store's occupancy maps).
+   */
   readOnly?: boolean;
 }
 

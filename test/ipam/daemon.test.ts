@@ -28,7 +28,7 @@ import { Metrics } from '../../src/daemon/metrics';
 import { Allocate, Release } from '../../src/ipam/daemon/protocol';
 import { BerthServer } from '../../src/daemon/server';
 import { Service } from '../../src/ipam/daemon/service';
-import { add as fileAdd } from '../../src/ipam/handlers';
+import { add as fileAdd, status as fileStatus } from '../../src/ipam/handlers';
 import { openLeaseFileStore } from '../../src/ipam/lease-file-store';
 import { loadNativeAddon } from '../../src/native-addon';
 import { parseValidList } from '../../src/cli/gc';
@@ -346,6 +346,62 @@ describe('the daemon store keeps the files and lease-file-store index as the plu
       onFiles.close();
     }
     expect(ctimes()).toEqual(before);
+  });
+
+  test('repeated STATUS on the files after daemon activity reads the kept occupancy map, not every lease (issue 12 item 7)', async () => {
+    await startServer();
+    for (const cid of ['ctr-1', 'ctr-2', 'ctr-3'])
+      await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope(cid) });
+    await service.drain();
+    const netDir = join(dataDir, 'btnet');
+    const setsDir = join(netDir, '.berth', 'sets');
+    const gen = (): number =>
+      (JSON.parse(readFileSync(join(netDir, '.berth', 'state.json'), 'utf8')) as { gen: number }).gen;
+    const maps = (): { file: string; gen: number }[] =>
+      readdirSync(setsDir).map((file) => {
+        const buf = readFileSync(join(setsDir, file));
+        return {
+          file,
+          gen: (JSON.parse(buf.subarray(0, buf.indexOf(10)).toString()) as { gen: number }).gen,
+        };
+      });
+    // berthd's commits moved the generation on: no occupancy map of the current one exists yet.
+    const genAfterDaemon = gen();
+    expect(maps().filter((m) => m.gen === genAfterDaemon)).toEqual([]);
+    const dirMtime = statSync(netDir, { bigint: true }).mtimeNs;
+    const rescans = service.batchStats().rescans;
+
+    const store = openLeaseFileStore({ dataDir, network: 'btnet', bootId: BOOT, warn: () => undefined });
+    const fileDeps = { bootId: BOOT, warn: () => undefined, now: () => new Date(), openStore: () => store };
+    const statusReq = () =>
+      parseRequest({
+        env: { CNI_COMMAND: 'STATUS', CNI_PATH: '/x' },
+        stdin: JSON.stringify({ ...conf(), cniVersion: '1.1.0' }),
+      });
+    await fileStatus(statusReq(), fileDeps);
+    // The first STATUS built the map from the listing and kept it, at the current generation; it changed
+    // nothing else: same generation, same directory mtime (berthd does not have to re-read the files).
+    const kept = maps().filter((m) => m.gen === genAfterDaemon);
+    expect(kept).toHaveLength(1);
+    expect(gen()).toBe(genAfterDaemon);
+    expect(statSync(netDir, { bigint: true }).mtimeNs).toBe(dirMtime);
+
+    // The next STATUS answers from that map alone: mark every address taken in it (the lease files still
+    // say 3 of 254) and STATUS says the pool is full. A STATUS that listed the leases would say ready.
+    const path = join(setsDir, kept[0]!.file);
+    const buf = readFileSync(path);
+    const nl = buf.indexOf(10);
+    writeFileSync(path, Buffer.concat([buf.subarray(0, nl + 1), Buffer.alloc(buf.length - nl - 1, 0xff)]));
+    await expect(fileStatus(statusReq(), fileDeps)).rejects.toMatchObject({ code: 50 });
+    writeFileSync(path, buf);
+    await fileStatus(statusReq(), fileDeps);
+
+    // berthd carries on without a rescan, and its next commit retires the map as before.
+    const r = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-4') });
+    expect(r.status, JSON.stringify(r.body)).toBe(200);
+    await service.drain();
+    expect(service.batchStats().rescans).toBe(rescans);
+    expect(gen()).toBeGreaterThan(genAfterDaemon);
   });
 
   test('a plugin on the files that recreated .berth (without spare/) does not break the daemon', async () => {
