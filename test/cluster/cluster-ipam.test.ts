@@ -144,6 +144,24 @@ describe('claims', () => {
     expect(a.cluster.stats.total('berthd_cluster_adds_waited_total')).toBeGreaterThan(0);
   });
 
+  test('a storm claims ahead: one claim txn per burst, not one per block', async () => {
+    const a = await startNode('n1');
+    const claims = (): number =>
+      a.cluster.stats.counter('berthd_cluster_etcd_requests_total', { op: 'claim', result: 'ok' });
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: 64 }, async () => {
+        while (next < 1200) await add(a, `storm-${next++}`);
+      }),
+    );
+    const blocks = etcdBlocksOf('n1').length;
+    expect(capacityOf(etcdBlocksOf('n1'))).toBeGreaterThanOrEqual(1200);
+    // 1200 addresses need 20 blocks; sized to the deficit alone each claim was about one block (≈ 20 txns).
+    expect(blocks).toBeGreaterThanOrEqual(20);
+    expect(claims()).toBeLessThanOrEqual(8);
+    expect(claims() / 1200).toBeLessThan(0.01);
+  });
+
   test('steady state: ADD/DEL churn inside owned blocks makes no etcd request', async () => {
     const a = await startNode('n1');
     for (let i = 0; i < 20; i++) await add(a, `warm-${i}`);
