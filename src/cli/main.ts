@@ -110,62 +110,33 @@ function registerBerthd(program: Command, setExit: (code: number) => void): void
     c
       .option('--socket <path>', 'berthd socket (default /run/berth/berthd.sock)')
       .option('--data-dir <dir>', 'lease data dir when no daemon answers (default /var/lib/cni/networks)');
-  program
-    .command('daemon')
-    .description(
-      'run berthd in the foreground: the IPAM daemon and the warm path (plugin calls forwarded by the shim), HTTP+JSON on a root-only unix socket',
-    )
-    .option(
-      '--socket <path>',
-      'where to listen (default /run/berth/berthd.sock; systemd may pass it via LISTEN_FDS)',
-    )
-    .option('--data-dir <dir>', 'where `GET /v1/leases` looks for networks (default /var/lib/cni/networks)')
-    .option(
-      '--state-dir <dir>',
-      "berthd's own state: the data dirs it served, listed again after a restart (default: the socket's directory)",
-    )
-    .option('--log-format <format>', 'text or json (JSON lines)', 'text')
-    .option('--log-level <level>', 'debug, info, warn or error', 'info')
-    .option('--metrics-address <host:port>', 'also serve /metrics over TCP there (off by default)')
-    .option(
-      '--etcd-endpoints <urls>',
-      'cluster IPAM: etcd client URLs, comma-separated (makes this a cluster node)',
-    )
-    .option('--etcd-cacert <file>', 'CA bundle for https etcd endpoints')
-    .option('--etcd-cert <file>', 'client certificate for etcd')
-    .option('--etcd-key <file>', 'client key for etcd')
-    .option('--etcd-user <name>', 'etcd user (password from $BERTH_ETCD_PASSWORD)')
-    .option('--etcd-prefix <prefix>', "root of berth's keys in etcd (default /berth/v1)")
-    .option('--node-name <name>', 'this node in the cluster (default: hostname)')
-    .option(
-      '--underlay-address <ip>',
-      "where other nodes route this node's blocks, one per family (repeatable; default: detected)",
-      (v: string, prev: string[] | undefined) => [...(prev ?? []), v],
-    )
-    .option(
-      '--node-id-file <file>',
-      "holds this machine's node uid, created once (default /var/lib/berth/node-id)",
-    )
-    .option('--node-lease-ttl <duration>', 'liveness lease TTL (default 15s)')
-    .option('--ownership-horizon <duration>', 'without etcd for this long, stop allocating (default 1h)')
-    .option('--claim-timeout <duration>', 'longest an ADD waits for a block claim (default 5s)')
-    .option('--block-release-after <duration>', 'release blocks empty for this long (default 5m)')
-    .option('--reserve-window <duration>', 'how long the largest ADD burst sizes the reserve (default 1m)')
-    .option(
-      '--forget-margin <duration>',
-      'clock-skew margin before `berth node forget` is accepted (default 30s)',
-    )
-    .option('--run-dir <dir>', "berth-bridge's run dir for plugin calls (default /run/berth)")
-    .option('--nft-table <name>', "berth-bridge's nftables table for plugin calls (default berth)")
-    .option(
-      '--call-timeout <seconds>',
-      'deadline of one plugin call; delegates are killed then (default 120)',
-    )
-    .option('--no-plugins', 'do not serve plugin calls (/v1/cni answers 421: the shim runs them standalone)')
-    .action(async (o: import('./daemon').DaemonCliOptions) => {
-      const { runDaemonCommand } = require('./daemon') as typeof import('./daemon');
-      setExit(await runDaemonCommand(o, io.err));
-    });
+  daemonOptions(
+    program
+      .command('daemon')
+      .description(
+        'run berthd in the foreground: the IPAM daemon and the warm path (plugin calls forwarded by the shim), HTTP+JSON on a root-only unix socket',
+      ),
+  ).action(async (o: import('./daemon').DaemonCliOptions) => {
+    const { runDaemonCommand } = require('./daemon') as typeof import('./daemon');
+    setExit(await runDaemonCommand(o, io.err));
+  });
+  daemonOptions(
+    program
+      .command('node-agent')
+      .description(
+        "the node image's entrypoint: install the plugins and the network config on the host, then run berthd",
+      )
+      .option(
+        '--plugins-from <dir>',
+        'holds berth and berth-shim (default: the directory of this executable)',
+      )
+      .option('--cni-bin-dir <dir>', "the host's plugin dir, mounted (default /host/opt/cni/bin)")
+      .option('--cni-conf-dir <dir>', "the host's network config dir, mounted (default /host/etc/cni/net.d)")
+      .option('--conflist <file>', 'network config to install there, after the plugins (default: none)'),
+  ).action(async (o: import('./node-agent').NodeAgentCliOptions) => {
+    const { runNodeAgent } = require('./node-agent') as typeof import('./node-agent');
+    setExit(await runNodeAgent(o, io.err));
+  });
   const leases = where(
     program.command('leases').description('list leases: network, IP, container, ifname, pod, age'),
   )
@@ -290,4 +261,59 @@ function registerBerthd(program: Command, setExit: (code: number) => void): void
       const { runClusterRoutes } = require('./cluster-routes') as typeof import('./cluster-routes');
       setExit(await runClusterRoutes(o, io));
     });
+}
+
+/** berthd's options, shared by `berth daemon` and `berth node-agent`. */
+function daemonOptions(cmd: Command): Command {
+  return cmd
+    .option(
+      '--socket <path>',
+      'where to listen (default /run/berth/berthd.sock; systemd may pass it via LISTEN_FDS)',
+    )
+    .option('--data-dir <dir>', 'where `GET /v1/leases` looks for networks (default /var/lib/cni/networks)')
+    .option(
+      '--state-dir <dir>',
+      "berthd's own state: the data dirs it served, listed again after a restart (default: the socket's directory)",
+    )
+    .option('--log-format <format>', 'text or json (JSON lines)', 'text')
+    .option('--log-level <level>', 'debug, info, warn or error', 'info')
+    .option(
+      '--metrics-address <host:port>',
+      'also serve /metrics and /v1/health over TCP there (off by default)',
+    )
+    .option(
+      '--etcd-endpoints <urls>',
+      'cluster IPAM: etcd client URLs, comma-separated (makes this a cluster node)',
+    )
+    .option('--etcd-cacert <file>', 'CA bundle for https etcd endpoints')
+    .option('--etcd-cert <file>', 'client certificate for etcd')
+    .option('--etcd-key <file>', 'client key for etcd')
+    .option('--etcd-user <name>', 'etcd user (password from $BERTH_ETCD_PASSWORD)')
+    .option('--etcd-prefix <prefix>', "root of berth's keys in etcd (default /berth/v1)")
+    .option('--node-name <name>', 'this node in the cluster (default: hostname)')
+    .option(
+      '--underlay-address <ip>',
+      "where other nodes route this node's blocks, one per family (repeatable; default: detected)",
+      (v: string, prev: string[] | undefined) => [...(prev ?? []), v],
+    )
+    .option(
+      '--node-id-file <file>',
+      "holds this machine's node uid, created once (default /var/lib/berth/node-id)",
+    )
+    .option('--node-lease-ttl <duration>', 'liveness lease TTL (default 15s)')
+    .option('--ownership-horizon <duration>', 'without etcd for this long, stop allocating (default 1h)')
+    .option('--claim-timeout <duration>', 'longest an ADD waits for a block claim (default 5s)')
+    .option('--block-release-after <duration>', 'release blocks empty for this long (default 5m)')
+    .option('--reserve-window <duration>', 'how long the largest ADD burst sizes the reserve (default 1m)')
+    .option(
+      '--forget-margin <duration>',
+      'clock-skew margin before `berth node forget` is accepted (default 30s)',
+    )
+    .option('--run-dir <dir>', "berth-bridge's run dir for plugin calls (default /run/berth)")
+    .option('--nft-table <name>', "berth-bridge's nftables table for plugin calls (default berth)")
+    .option(
+      '--call-timeout <seconds>',
+      'deadline of one plugin call; delegates are killed then (default 120)',
+    )
+    .option('--no-plugins', 'do not serve plugin calls (/v1/cni answers 421: the shim runs them standalone)');
 }
