@@ -220,8 +220,16 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
     const m = /^(.*):(\d+)$/.exec(o.metricsAddress);
     if (m === null) throw new Error(`--metrics-address wants HOST:PORT, got ${o.metricsAddress}`);
     metricsServer = http.createServer((req, res) => {
+      // /v1/health here too: kubelet's httpGet probes reach TCP only (deploy/berth.yaml probes it).
+      if (req.method === 'GET' && req.url === '/v1/health') {
+        const draining = server.isDraining;
+        res
+          .writeHead(draining ? 503 : 200, { 'content-type': 'application/json' })
+          .end(JSON.stringify({ ok: !draining, draining }));
+        return;
+      }
       const ok = req.method === 'GET' && (req.url === '/metrics' || req.url === '/v1/metrics');
-      const body = ok ? server.metricsText() : 'only GET /metrics here\n';
+      const body = ok ? server.metricsText() : 'only GET /metrics and /v1/health here\n';
       res.writeHead(ok ? 200 : 404, { 'content-type': 'text/plain; version=0.0.4' }).end(body);
     });
     await new Promise<void>((resolve, reject) => {
