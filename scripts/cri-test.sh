@@ -229,6 +229,7 @@ run_mode() { # mode, subnet third octet, kind (reference|standalone|berthd|insta
       net="$(jq -r .name "$given_conflist")"
       br="$(jq -r '.plugins[0].bridge' "$given_conflist")"
       gw="$(jq -r '.plugins[0].ipam.ranges[0][0].gateway' "$given_conflist")"
+      subnet="$(jq -r '.plugins[0].ipam.ranges[0][0].subnet' "$given_conflist")"
       leases="$(jq -r '.plugins[0].ipam.dataDir' "$given_conflist")/$net"
       nets[-1]="$net"
       bridges[-1]="$br"

@@ -11,8 +11,12 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 log() { echo "ensure-deps: $*" >&2; }
 
 # containerd, runc, busybox-static: scripts/cri-test.sh (a private containerd with its CRI plugin).
+# podman, python3-yaml: scripts/node-image-test.sh (builds and runs the node image, reads deploy/berth.yaml).
 pkgs=(nftables iproute2 iputils-ping jq containernetworking-plugins build-essential python3 golang-go
-  golang-github-appc-cni-dev curl etcd-server etcd-client containerd runc busybox-static)
+  golang-github-appc-cni-dev curl etcd-server etcd-client containerd runc busybox-static podman python3-yaml)
+# kubectl (node-image-test.sh parses the manifest with `kubectl kustomize`): Debian's kubernetes-client
+# only when no kubectl is there, since another kubectl package owns the same /usr/bin/kubectl.
+command -v kubectl >/dev/null || pkgs+=(kubernetes-client)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
