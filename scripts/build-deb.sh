@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Builds berth_<version>_amd64.deb with dpkg-deb from what `npm run package` built (`npm run deb` does both):
+#   /opt/cni/bin/berth                     the single executable (needs no Node.js)
+#   /opt/cni/bin/berth-bridge, berth-ipam  berth-shim (forwards to berthd, else runs the berth beside it)
+#   /usr/bin/berth                         -> /opt/cni/bin/berth (the admin CLI on the PATH)
+#   /lib/systemd/system/berthd.socket, berthd.service   from deploy/systemd/ (socket activation)
+#   /usr/share/doc/berth/                  README.md, copyright, examples/ (conf/*.conflist + conf/README.md)
+# No network config is installed: a config in /etc/cni/net.d makes a runtime use the network at once, so
+# that stays the admin's step (copy one from /usr/share/doc/berth/examples). dpkg writes every file as
+# <name>.dpkg-new and renames it over the old one, so a runtime never executes half a plugin.
+#
+#   scripts/build-deb.sh [--from DIR] [--out DIR] [--version V]
+#     --from DIR     where `npm run package` wrote berth and berth-shim (default <repo>/out)
+#     --out DIR      where the .deb goes (default <repo>/out)
+#     --version V    package version (default package.json's)
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+from="$repo/out"
+out="$repo/out"
+version="$(node -p "require('$repo/package.json').version")"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --from) from="${2:?}"; shift ;;
+    --out) out="${2:?}"; shift ;;
+    --version) version="${2:?}"; shift ;;
+    *) echo "build-deb.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+for f in "$from/berth" "$from/berth-shim"; do
+  [ -x "$f" ] || { echo "build-deb.sh: no $f (run npm run package first)" >&2; exit 1; }
+done
+arch="$(dpkg --print-architecture)"
+
+stage="$(mktemp -d "${TMPDIR:-/tmp}/berth-deb.XXXXXX")"
+trap 'rm -rf "$stage"' EXIT
+chmod 755 "$stage"
+install -d -m 755 "$stage/DEBIAN" "$stage/opt/cni/bin" "$stage/usr/bin" "$stage/usr/share/doc/berth/examples"
+install -m 755 "$from/berth" "$stage/opt/cni/bin/berth"
+install -m 755 "$from/berth-shim" "$stage/opt/cni/bin/berth-bridge"
+ln "$stage/opt/cni/bin/berth-bridge" "$stage/opt/cni/bin/berth-ipam"
+ln -s /opt/cni/bin/berth "$stage/usr/bin/berth"
+install -m 644 "$repo/README.md" "$stage/usr/share/doc/berth/README.md"
+install -m 644 "$repo"/conf/*.conflist "$repo/conf/README.md" "$stage/usr/share/doc/berth/examples/"
+printf 'berth\nLicense: Apache-2.0 (see /usr/share/common-licenses/Apache-2.0)\n' \
+  >"$stage/usr/share/doc/berth/copyright"
+
+units=()
+for u in berthd.socket berthd.service; do
+  [ -f "$repo/deploy/systemd/$u" ] && units+=("$repo/deploy/systemd/$u")
+done
+if [ ${#units[@]} -gt 0 ]; then
+  install -d -m 755 "$stage/lib/systemd/system"
+  install -m 644 "${units[@]}" "$stage/lib/systemd/system/"
+else
+  echo "build-deb.sh: no deploy/systemd/berthd.{socket,service}: the package has no systemd units" >&2
+fi
+
+# Maintainer scripts: systemd only when it runs the system and dpkg works on the real root (DPKG_ROOT is
+# set by `dpkg --root … --force-script-chrootless`, as the tests do: nothing outside that root is touched).
+cat >"$stage/DEBIAN/postinst" <<'EOF'
+#!/bin/sh
+set -e
+if [ "$1" = configure ] && [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ] &&
+  [ -f /lib/systemd/system/berthd.socket ]; then
+  systemctl daemon-reload || true
+  systemctl enable berthd.socket || true
+  if [ -n "$2" ]; then
+    # Upgrade: the running berthd finishes what it has in flight, the socket starts the new one.
+    systemctl try-restart berthd.service || true
+  fi
+  systemctl start berthd.socket || true
+fi
+exit 0
+EOF
+cat >"$stage/DEBIAN/prerm" <<'EOF'
+#!/bin/sh
+set -e
+if [ "$1" = remove ] && [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
+  systemctl stop berthd.socket berthd.service || true
+  systemctl disable berthd.socket || true
+fi
+exit 0
+EOF
+cat >"$stage/DEBIAN/postrm" <<'EOF'
+#!/bin/sh
+set -e
+if [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
+  systemctl daemon-reload || true
+fi
+exit 0
+EOF
+chmod 755 "$stage/DEBIAN/postinst" "$stage/DEBIAN/prerm" "$stage/DEBIAN/postrm"
+
+size_kb="$(du -sk --exclude=DEBIAN "$stage" | cut -f1)"
+cat >"$stage/DEBIAN/control" <<EOF
+Package: berth
+Version: $version
+Architecture: $arch
+Maintainer: berth developers <berth@localhost>
+Installed-Size: $size_kb
+Depends: libc6 (>= 2.28), libstdc++6, libgcc-s1, nftables
+Recommends: containernetworking-plugins
+Section: net
+Priority: optional
+Homepage: https://example.invalid/berth
+Description: CNI bridge and IPAM plugins with an IPAM daemon (berthd)
+ berth-bridge (Linux bridge + veth per pod) and berth-ipam (host-local
+ compatible leases, or berthd when it runs) for containerd, CRI-O, podman
+ and any CNI runtime, plus the berth admin command and berthd, started by
+ systemd socket activation. One self-contained executable: no Node.js needed.
+ Containerd and CRI-O also need the loopback plugin (containernetworking-plugins).
+EOF
+
+mkdir -p "$out"
+deb="$out/berth_${version}_${arch}.deb"
+dpkg-deb --root-owner-group -Zgzip --build "$stage" "$deb" >&2
+echo "$deb"
