@@ -216,7 +216,10 @@ run_mode() { # mode, subnet third octet, kind (reference|standalone|berthd|insta
       if [ "$kind" = berthd ]; then
         socket="$tmp/berthd/berthd.sock"
         mkdir -p -m 700 "$tmp/berthd"
-        "$bin/berth" daemon --socket "$socket" --data-dir "$leases" >"$tmp/berthd.log" 2>&1 &
+        # --run-dir as the plugins' BERTH_RUN_DIR: berthd serves only calls for its own run dir (else 421,
+        # and the shim runs berth standalone).
+        BERTH_NATIVE_DIR="$tmp/native" "$bin/berth" daemon --socket "$socket" --data-dir "$leases" \
+          --run-dir "$tmp/run" >"$tmp/berthd.log" 2>&1 &
         berthd_pid=$!
         healthy() { for _ in $(seq 1 100); do curl -sf --unix-socket "$socket" http://berthd/v1/health && return 0; sleep 0.1; done; return 1; }
         check "[$mode] berthd is up (pid $berthd_pid) and healthy on $socket" healthy
@@ -258,6 +261,11 @@ run_mode() { # mode, subnet third octet, kind (reference|standalone|berthd|insta
     served() { local m; m="$(curl -sf --unix-socket "$socket" http://berthd/metrics)" || return 1
       grep "berthd_allocations_total{network=\"$net\"}" <<<"$m" | awk -v want=$((seq_pods + par_pods)) '{print; if ($2 != want) exit 1}' | grep -q . ; }
     check "[$mode] berthd handed out the $((seq_pods + par_pods)) addresses (berthd_allocations_total)" served
+    warm() { local m; m="$(curl -sf --unix-socket "$socket" http://berthd/metrics)" || return 1
+      grep -E '^berthd_plugin_(calls|fallbacks)_total' <<<"$m"
+      grep -F 'berthd_plugin_calls_total{plugin="berth-bridge",command="ADD"}' <<<"$m" |
+        awk -v want=$((seq_pods + par_pods)) '{ if ($2 != want) exit 1 }' && grep -qF 'command="ADD"' <<<"$m"; }
+    check "[$mode] berthd ran the $((seq_pods + par_pods)) berth-bridge ADDs in-process (warm path, berthd_plugin_calls_total)" warm
   fi
   gone_checks "$mode" "$net" "$br" "$leases" "${reports[@]}"
   if [ "$kind" = berthd ]; then
