@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Two more runtimes run a container on berth through the shim while berthd runs (root):
+#   containerd  `ctr run --cni` (a private containerd; ctr reads only /opt/cni/bin and /etc/cni/net.d, so it
+#               runs in a private mount namespace with tmpfs over those two paths — the host's stay untouched)
+#   podman      the CNI backend with its own --cni-config-dir and plugin dir (CONTAINERS_CONF), own storage
+# Each container checks its eth0 address and pings the gateway; berthd must have served the berth-bridge ADD
+# and DEL in-process (berthd_plugin_calls_total), and nothing (lease, veth) is left. Names bt<pid>…,
+# 198.19.244.0/24 (ctr) and 198.19.245.0/24 (podman); everything removed on exit.
+set -uo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+[ "$(id -u)" = 0 ] || { echo "runtimes-test.sh: must run as root" >&2; exit 1; }
+for tool in containerd ctr podman jq curl node unshare gcc; do
+  command -v "$tool" >/dev/null || { echo "runtimes-test.sh: missing $tool" >&2; exit 1; }
+done
+SEA_FUSE=NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2
+if ! grep -q "$SEA_FUSE" "$(node -p process.execPath)"; then
+  echo "SKIP runtimes-test.sh: no single-executable fuse in $(node -p process.execPath)"
+  exit 0
+fi
+
+P="bt$$"
+tmp="$(mktemp -d "/tmp/$P-rt.XXXXXX")"
+sock="$tmp/containerd.sock"
+bsock="$tmp/berthd/berthd.sock"
+ctrd_pid="" berthd_pid=""
+podman_=(podman --root "$tmp/storage" --runroot "$tmp/runroot" --storage-driver vfs --cgroup-manager cgroupfs
+  --events-backend file --tmpdir "$tmp/podman-tmp")
+limits=(--ulimit "nofile=$(ulimit -Sn):$(ulimit -Hn)" --ulimit nproc=4096:4096)
+# shellcheck source=lib/checks.sh
+. "$repo/scripts/lib/checks.sh"
+# shellcheck source=lib/oci-image.sh
+. "$repo/scripts/lib/oci-image.sh"
+
+cleanup() {
+  set +e
+  "${podman_[@]}" rm -f -t 2 "$P-pod" >/dev/null 2>&1
+  "${podman_[@]}" rmi -f berth.local/busybox:1 >/dev/null 2>&1
+  [ -n "$ctrd_pid" ] && kill "$ctrd_pid" 2>/dev/null && wait "$ctrd_pid" 2>/dev/null
+  [ -n "$berthd_pid" ] && kill "$berthd_pid" 2>/dev/null && wait "$berthd_pid" 2>/dev/null
+  for br in "${P}ct" "${P}pm"; do
+    for l in $(ip -o link show master "$br" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do ip link del "$l"; done
+    ip link del "$br" 2>/dev/null
+  done
+  findmnt -rn -o TARGET | grep -F "$tmp/" | sort -r | while read -r m; do umount -l "$m"; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+mkdir -p "$tmp/bin" "$tmp/net.d" "$tmp/busybox/rootfs/bin" "$tmp/podman-tmp" "$tmp/run" "$tmp/leases"
+mkdir -p -m 700 "$tmp/berthd"
+
+check "berth built (scripts/package.js)" node "$repo/scripts/package.js" --out "$tmp/build"
+check "installed into a temp plugin dir (scripts/install.sh: berth + the shims)" \
+  "$repo/scripts/install.sh" --from "$tmp/build" --prefix "$tmp/bin"
+cp /usr/lib/cni/loopback "$tmp/bin/"
+cp /bin/busybox "$tmp/busybox/rootfs/bin/busybox"
+for a in sh ip ping grep sleep; do ln -s busybox "$tmp/busybox/rootfs/bin/$a"; done
+check "busybox image tarball" oci_image_tar "$tmp/busybox/rootfs" berth.local/busybox:1 \
+  '{"Env":["PATH=/bin"],"Cmd":["/bin/sh"]}' "$tmp/busybox.tar"
+export BERTH_SOCKET="$bsock" BERTH_RUN_DIR="$tmp/run" BERTH_NATIVE_DIR="$tmp/native"
+"$tmp/bin/berth" daemon --socket "$bsock" --data-dir "$tmp/leases" --run-dir "$tmp/run" >"$tmp/berthd.log" 2>&1 &
+berthd_pid=$!
+healthy() { for _ in $(seq 1 100); do curl -sf --unix-socket "$bsock" http://b/v1/health && return 0; sleep 0.1; done; return 1; }
+check "berthd is up (pid $berthd_pid)" healthy
+conflist() { # name bridge octet
+  jq -n --arg n "$1" --arg b "$2" --arg s "198.19.$3.0/24" --arg g "198.19.$3.1" --arg d "$tmp/leases" \
+    --arg sock "$bsock" '{cniVersion:"1.0.0", name:$n, plugins:[{type:"berth-bridge", bridge:$b, isGateway:true,
+    ipMasq:true, ipam:{type:"berth-ipam", dataDir:$d, daemonSocket:$sock, ranges:[[{subnet:$s, gateway:$g}]]}}]}'
+}
+calls() { curl -sf --unix-socket "$bsock" http://b/metrics | grep -F "berthd_plugin_calls_total{plugin=\"berth-bridge\",command=\"$1\"}" | awk '{print $2}'; }
+in_pod='ip -4 -o addr show dev eth0 | grep -q "inet $0" && ping -c 1 -W 5 $1 >/dev/null && echo reached'
+leases_gone() { ! ls "$tmp/leases/$1" 2>/dev/null | grep -E '^[0-9.]+$'; }
+
+# --- containerd: ctr run --cni --------------------------------------------------------------------------
+cat >"$tmp/containerd.toml" <<EOF
+version = 2
+root = "$tmp/root"
+state = "$tmp/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$sock"
+EOF
+containerd --config "$tmp/containerd.toml" >"$tmp/containerd.log" 2>&1 &
+ctrd_pid=$!
+up() { for _ in $(seq 1 100); do ctr -a "$sock" version >/dev/null 2>&1 && return 0; sleep 0.1; done; return 1; }
+check "private containerd is up (pid $ctrd_pid)" up
+check "busybox imported" ctr -a "$sock" -n "$P" images import "$tmp/busybox.tar"
+conflist "$P-ctr" "${P}ct" 244 >"$tmp/ctr.conflist"
+adds0="$(calls ADD)" dels0="$(calls DEL)"
+ctr_run() {
+  unshare -m --propagation private bash -c '
+    set -e
+    # tmpfs on the deepest of /opt/cni/bin, /opt/cni, /opt that exists (nothing is created on the host)
+    for d in /opt/cni/bin /opt/cni /opt; do [ -d "$d" ] && { mount -t tmpfs tmpfs "$d"; break; }; done
+    mkdir -p /opt/cni/bin /etc/cni/net.d && mount -t tmpfs tmpfs /etc/cni/net.d
+    cp -a "$1"/. /opt/cni/bin/ && cp "$2" /etc/cni/net.d/10-berth.conflist
+    ctr -a "$3" -n "$4" run --rm --cni berth.local/busybox:1 "$4-c" sh -c "$5" 198.19.244.2 198.19.244.1
+  ' _ "$tmp/bin" "$tmp/ctr.conflist" "$sock" "$P" "$in_pod"
+}
+check "ctr run --cni: the container has 198.19.244.2 on eth0 and pings the gateway" ctr_run
+served() { local a d; a="$(calls ADD)" d="$(calls DEL)"; echo "ADD ${adds0:-0}->$a DEL ${dels0:-0}->$d"
+  [ "${a:-0}" -gt "${adds0:-0}" ] && [ "${d:-0}" -gt "${dels0:-0}" ]; }
+check "berthd ran ctr's berth-bridge ADD and DEL in-process (warm path)" served
+check "ctr's DEL released the lease" leases_gone "$P-ctr"
+kill "$ctrd_pid"; wait "$ctrd_pid" 2>/dev/null; ctrd_pid=""
+
+# --- podman, CNI backend ------------------------------------------------------------------------------------
+conflist "$P-pm" "${P}pm" 245 >"$tmp/net.d/10-berth.conflist"
+cat >"$tmp/containers.conf" <<EOF
+[network]
+network_backend = "cni"
+cni_plugin_dirs = ["$tmp/bin"]
+network_config_dir = "$tmp/net.d"
+EOF
+check "busybox loaded into podman" "${podman_[@]}" load -i "$tmp/busybox.tar"
+adds0="$(calls ADD)" dels0="$(calls DEL)"
+pm() { CONTAINERS_CONF="$tmp/containers.conf" "${podman_[@]}" --network-backend cni --cni-config-dir "$tmp/net.d" "$@"; }
+# Started detached and removed by this script (with its environment): the cleanup podman runs on its own
+# when a container exits does not carry BERTH_SOCKET/BERTH_RUN_DIR and would use the host's /run/berth.
+podman_run() {
+  pm run -d "${limits[@]}" --name "$P-pod" --network "$P-pm" berth.local/busybox:1 sleep 600 >/dev/null &&
+    pm exec "$P-pod" sh -c "$in_pod" 198.19.245.2 198.19.245.1 &&
+    pm rm -f -t 0 "$P-pod" >/dev/null
+}
+check "podman run --network (CNI backend): the container has 198.19.245.2 on eth0 and pings the gateway" podman_run
+check "berthd ran podman's berth-bridge ADD and DEL in-process (warm path)" served
+check "podman's DEL released the lease" leases_gone "$P-pm"
+
+nothing_left() {
+  local br
+  for br in "${P}ct" "${P}pm"; do [ -z "$(ip -o link show master "$br" 2>/dev/null)" ] || { echo "veth left on $br"; return 1; }; done
+  ! ls /var/lib/cni/results/"$P"-* 2>/dev/null
+}
+check "no veth left on either bridge, no result cache file of these networks" nothing_left
+echo "# runtimes-test: $checks checks, $fails failed"
+[ "$fails" -eq 0 ]
