@@ -90,9 +90,10 @@ const CHUNKS = [
 ];
 /**
  * Rooms kept in the main script whole, whoever uses them: cni-spec is the contract between the
- * dispatcher and the handlers (one CniError class), and every plugin start runs it.
+ * dispatcher and the handlers (one CniError class), and every plugin start runs it; address is the
+ * vocabulary every room shares (bridge/add and the kernel room's parts would otherwise both hold it).
  */
-const SHARED_ROOMS = ['cni-spec'];
+const SHARED_ROOMS = ['cni-spec', 'address'];
 
 function distId(file) {
   const rel = path.relative(dist, file);

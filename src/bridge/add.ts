@@ -2,6 +2,8 @@
 // routes inside, gateway on the bridge, masquerade and spoof check; every step registers its undo so a
 // failure leaves nothing behind.
 import { randomBytes } from 'node:crypto';
+import { networkOf } from '../address/cidr';
+import { FAMILY_BITS, formatIp } from '../address/ip';
 import { CniError, ErrorCode } from '../cni-spec/errors';
 import type { Request } from '../cni-spec/request';
 import type { Interface, Result } from '../cni-spec/types/result';
@@ -164,7 +166,7 @@ async function configureContainer(ctx: AddContext, plan: AddressPlan | undefined
     for (const ip of plan.ips) {
       const p = parseCidr(ip.address);
       try {
-        await pod.addAddress({ link: ifn, address: p.ip, prefixLength: p.prefixLen });
+        await pod.addAddress({ link: ifn, address: formatIp(p.ip), prefixLength: p.prefix });
       } catch (err) {
         throw new CniError(
           ErrorCode.Internal,
@@ -180,15 +182,15 @@ async function configureContainer(ctx: AddContext, plan: AddressPlan | undefined
   if (plan.hasV6 && conf.enableDad) await waitDad(pod, ifn);
   const gwOf = { 4: undefined as string | undefined, 6: undefined as string | undefined };
   for (const ip of plan.ips) {
-    const f = parseCidr(ip.address).family;
+    const f = parseCidr(ip.address).ip.family;
     if (gwOf[f] === undefined && ip.gateway !== undefined) gwOf[f] = ip.gateway;
   }
   for (const r of plan.routes) {
     const dst = parseCidr(r.dst);
-    const f = dst.family;
+    const f = dst.ip.family;
     // A route to the gateway itself (a host-routed pod's on-link route) never goes via the gateway.
     const toGateway =
-      gwOf[f] !== undefined && dst.prefixLen === (f === 4 ? 32 : 128) && dst.ip === canonicalIp(gwOf[f]);
+      gwOf[f] !== undefined && dst.prefix === FAMILY_BITS[f] && formatIp(dst.ip) === canonicalIp(gwOf[f]);
     const gw = r.gw ?? (toGateway ? undefined : gwOf[f]);
     try {
       await pod.addRoute({
@@ -324,8 +326,11 @@ async function ensureGateways(
 function sameSubnet(a: string, b: string): boolean {
   const pa = parseCidr(a);
   const pb = parseCidr(b);
-  const shorter = Math.min(pa.prefixLen, pb.prefixLen);
-  return parseCidr(`${pa.ip}/${shorter}`).network === parseCidr(`${pb.ip}/${shorter}`).network;
+  const shorter = Math.min(pa.prefix, pb.prefix);
+  return (
+    pa.ip.family === pb.ip.family &&
+    networkOf({ ip: pa.ip, prefix: shorter }) === networkOf({ ip: pb.ip, prefix: shorter })
+  );
 }
 
 function enableForwarding(plan: AddressPlan): void {

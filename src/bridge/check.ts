@@ -1,6 +1,8 @@
 // CHECK: compares the live state with the prevResult and the configuration — bridge, container interface,
 // host veth and its port settings, addresses, routes, masquerade and spoof-check entries — and asks IPAM
 // to check its reservation only when there is an IPAM.
+import { networkOf } from '../address/cidr';
+import { formatIp } from '../address/ip';
 import { CniError, ErrorCode } from '../cni-spec/errors';
 import type { Request } from '../cni-spec/request';
 import type { Interface } from '../cni-spec/types/result';
@@ -103,7 +105,7 @@ export async function cmdCheck(req: Request, deps: BridgeDeps): Promise<void> {
     for (const ip of prev.ips ?? []) {
       if (ip.interface !== undefined && ip.interface !== contIdx) continue;
       const p = parseCidr(ip.address);
-      if (!addrs.some((a) => canonicalIp(a.address) === p.ip && a.prefixLength === p.prefixLen)) {
+      if (!addrs.some((a) => canonicalIp(a.address) === formatIp(p.ip) && a.prefixLength === p.prefix)) {
         fail(`Failed to match addr ${ip.address} on interface ${req.ifname}`);
       }
     }
@@ -113,8 +115,9 @@ export async function cmdCheck(req: Request, deps: BridgeDeps): Promise<void> {
       const found = routes.some((x) => {
         const xd = parseCidr(x.dst);
         return (
-          xd.network === d.network &&
-          xd.prefixLen === d.prefixLen &&
+          xd.ip.family === d.ip.family &&
+          networkOf(xd) === networkOf(d) &&
+          xd.prefix === d.prefix &&
           (r.gw === undefined || (x.gateway !== undefined && canonicalIp(x.gateway) === canonicalIp(r.gw)))
         );
       });
@@ -128,7 +131,8 @@ export async function cmdCheck(req: Request, deps: BridgeDeps): Promise<void> {
       const masq = new Set(await masqueradeAddresses(scope, tag));
       for (const ip of prev.ips ?? []) {
         const p = parseCidr(ip.address);
-        if (!masq.has(p.ip)) fail(`masquerade entry for ${p.ip} (${tag}) is missing`);
+        const addr = formatIp(p.ip);
+        if (!masq.has(addr)) fail(`masquerade entry for ${addr} (${tag}) is missing`);
       }
     }
     if (conf.macSpoofCheck) {

@@ -3,71 +3,43 @@
 // isDefaultGateway, and the gateway addresses the bridge must carry. Host-routed addresses (a /32 or /128
 // with a gateway, as berth-ipam hands out on cluster networks) get an on-link route to their gateway, and
 // the bridge carries that gateway with the prefix of the pool (see hostRoutedPool).
-import { Address4, Address6 } from 'ip-address';
+import { type Cidr, cidrContains, formatCidr, networkIp, parseCidrAsWritten } from '../address/cidr';
+import { type Family, type Ip, FAMILY_BITS, formatIp, parseIpAsWritten, sameIp } from '../address/ip';
 import { CniError, ErrorCode } from '../cni-spec/errors';
 import type { IPConfig, Route } from '../cni-spec/types/result';
 import type { BridgeConf } from './config';
 import type { MasqAddress } from './masquerade';
 
-export interface ParsedCidr {
-  family: 4 | 6;
-  /** Host address, canonical text. */
-  ip: string;
-  prefixLen: number;
-  /** Network address, canonical text. */
-  network: string;
+/** An "ip/len" of an IPAM result, a route or the kernel; a malformed one is an internal error (code 999). */
+export function parseCidr(cidr: string): Cidr {
+  const c = parseCidrAsWritten(cidr);
+  if (c !== undefined) return c;
+  throw new CniError(
+    ErrorCode.Internal,
+    cidr.includes('/')
+      ? `invalid address ${JSON.stringify(cidr)}`
+      : `address ${JSON.stringify(cidr)} has no prefix length`,
+  );
 }
 
-export function parseCidr(cidr: string): ParsedCidr {
-  const slash = cidr.indexOf('/');
-  if (slash < 0)
-    throw new CniError(ErrorCode.Internal, `address ${JSON.stringify(cidr)} has no prefix length`);
-  try {
-    if (cidr.includes(':')) {
-      const a = new Address6(cidr);
-      return {
-        family: 6,
-        ip: new Address6(a.addressMinusSuffix ?? cidr.slice(0, slash)).correctForm(),
-        prefixLen: a.subnetMask,
-        network: a.startAddress().correctForm(),
-      };
-    }
-    const a = new Address4(cidr);
-    return {
-      family: 4,
-      ip: a.addressMinusSuffix ?? cidr.slice(0, slash),
-      prefixLen: a.subnetMask,
-      network: a.startAddress().correctForm(),
-    };
-  } catch (err) {
-    throw new CniError(ErrorCode.Internal, `invalid address ${JSON.stringify(cidr)}`, undefined, {
-      cause: err,
-    });
-  }
-}
-
-export function familyOf(ip: string): 4 | 6 {
-  return ip.includes(':') ? 6 : 4;
+function parseIp(ip: string): Ip {
+  const parsed = parseIpAsWritten(ip);
+  if (parsed === undefined) throw new CniError(ErrorCode.Internal, `invalid address ${JSON.stringify(ip)}`);
+  return parsed;
 }
 
 /** Canonical text of an address, so that `fd00:b:0::1` and `fd00:b::1` compare equal. */
 export function canonicalIp(ip: string): string {
-  return ip.includes(':') ? new Address6(ip).correctForm() : new Address4(ip).correctForm();
+  return formatIp(parseIp(ip));
 }
 
-function firstHost(p: ParsedCidr): string {
-  return p.family === 4
-    ? Address4.fromBigInt(new Address4(p.network).bigInt() + 1n).correctForm()
-    : Address6.fromBigInt(new Address6(p.network).bigInt() + 1n).correctForm();
+function firstHost(c: Cidr): string {
+  return formatIp({ family: c.ip.family, value: networkIp(c).value + 1n });
 }
 
-function isDefaultDst(dst: string, family: 4 | 6): boolean {
-  try {
-    const p = parseCidr(dst);
-    return p.family === family && p.prefixLen === 0;
-  } catch {
-    return false;
-  }
+function isDefaultDst(dst: string, family: Family): boolean {
+  const c = parseCidrAsWritten(dst);
+  return c !== undefined && c.ip.family === family && c.prefix === 0;
 }
 
 export interface GatewayAddress {
@@ -85,14 +57,8 @@ export interface GatewayAddress {
  * other nodes in the same pool must be reached through the node), so everything goes via the gateway, which
  * is the same address on every node's bridge.
  */
-export function isHostRouted(p: ParsedCidr, gateway: string | undefined): boolean {
-  return (
-    gateway !== undefined && p.prefixLen === (p.family === 4 ? 32 : 128) && canonicalIp(gateway) !== p.ip
-  );
-}
-
-function contains(cidr: ParsedCidr, ip: string): boolean {
-  return parseCidr(`${ip}/${cidr.prefixLen}`).network === cidr.network;
+export function isHostRouted(p: Cidr, gateway: string | undefined): boolean {
+  return gateway !== undefined && p.prefix === FAMILY_BITS[p.ip.family] && !sameIp(parseIp(gateway), p.ip);
 }
 
 /**
@@ -101,24 +67,21 @@ function contains(cidr: ParsedCidr, ip: string): boolean {
  * carries the gateway with this prefix, so the host reaches every local pod of the pool on the bridge, and
  * the routes to other nodes' blocks (longer prefixes, via their underlay) win for theirs.
  */
-export function hostRoutedPool(
-  p: ParsedCidr,
-  gateway: string,
-  routes: readonly Route[],
-): ParsedCidr | undefined {
-  const gw = canonicalIp(gateway);
-  let best: ParsedCidr | undefined;
+export function hostRoutedPool(p: Cidr, gateway: string, routes: readonly Route[]): Cidr | undefined {
+  const gw = parseIp(gateway);
+  let best: Cidr | undefined;
   for (const r of routes) {
-    if (r.gw === undefined || canonicalIp(r.gw) !== gw) continue;
-    let dst: ParsedCidr;
-    try {
-      dst = parseCidr(r.dst);
-    } catch {
+    if (r.gw === undefined || canonicalIp(r.gw) !== formatIp(gw)) continue;
+    const dst = parseCidrAsWritten(r.dst);
+    if (dst === undefined) continue;
+    if (
+      dst.ip.family !== p.ip.family ||
+      dst.prefix === 0 ||
+      !cidrContains(dst, gw) ||
+      !cidrContains(dst, p.ip)
+    )
       continue;
-    }
-    if (dst.family !== p.family || dst.prefixLen === 0 || !contains(dst, gw) || !contains(dst, p.ip))
-      continue;
-    if (best === undefined || dst.prefixLen < best.prefixLen) best = dst;
+    if (best === undefined || dst.prefix < best.prefix) best = dst;
   }
   return best;
 }
@@ -146,6 +109,8 @@ export function planAddresses(
   const onLink: Route[] = [];
   for (const ipc of ipamIps) {
     const p = parseCidr(ipc.address);
+    const family = p.ip.family;
+    const ip = formatIp(p.ip);
     const out: IPConfig = { ...ipc, interface: 2 };
     if (isHostRouted(p, out.gateway)) {
       const gwIp = canonicalIp(out.gateway!);
@@ -163,41 +128,41 @@ export function planAddresses(
         );
       }
       // The gateway is on-link only through this route; it goes before every route via the gateway.
-      const hostLen = p.family === 4 ? 32 : 128;
+      const hostLen = FAMILY_BITS[family];
       if (!onLink.some((r) => r.dst === `${gwIp}/${hostLen}`)) onLink.push({ dst: `${gwIp}/${hostLen}` });
-      const cidr = `${gwIp}/${pool.prefixLen}`;
+      const cidr = `${gwIp}/${pool.prefix}`;
       if (!gateways.some((g) => g.cidr === cidr))
-        gateways.push({ family: p.family, cidr, ip: gwIp, prefixLen: pool.prefixLen, hostRouted: true });
+        gateways.push({ family: family, cidr, ip: gwIp, prefixLen: pool.prefix, hostRouted: true });
       // Traffic inside the pool (to pods of this node and of others) keeps its source: only what leaves the
       // pool is masqueraded.
-      masq.push({ ip: p.ip, family: p.family, subnet: pool.network, prefixLen: pool.prefixLen });
-      if (conf.isDefaultGateway && !defaultRouteFound[p.family]) {
-        defaultRouteFound[p.family] = routes.some((r) => r.gw !== undefined && isDefaultDst(r.dst, p.family));
-        if (!defaultRouteFound[p.family]) {
-          routes.push({ dst: p.family === 4 ? '0.0.0.0/0' : '::/0', gw: gwIp });
-          defaultRouteFound[p.family] = true;
+      masq.push({ ip, family: family, subnet: formatIp(networkIp(pool)), prefixLen: pool.prefix });
+      if (conf.isDefaultGateway && !defaultRouteFound[family]) {
+        defaultRouteFound[family] = routes.some((r) => r.gw !== undefined && isDefaultDst(r.dst, family));
+        if (!defaultRouteFound[family]) {
+          routes.push({ dst: family === 4 ? '0.0.0.0/0' : '::/0', gw: gwIp });
+          defaultRouteFound[family] = true;
         }
       }
       ips.push(out);
       continue;
     }
     if (out.gateway === undefined && conf.isGateway) out.gateway = firstHost(p);
-    if (conf.isDefaultGateway && !defaultRouteFound[p.family]) {
-      defaultRouteFound[p.family] = routes.some((r) => r.gw !== undefined && isDefaultDst(r.dst, p.family));
-      if (!defaultRouteFound[p.family]) {
-        const route: Route = { dst: p.family === 4 ? '0.0.0.0/0' : '::/0' };
+    if (conf.isDefaultGateway && !defaultRouteFound[family]) {
+      defaultRouteFound[family] = routes.some((r) => r.gw !== undefined && isDefaultDst(r.dst, family));
+      if (!defaultRouteFound[family]) {
+        const route: Route = { dst: family === 4 ? '0.0.0.0/0' : '::/0' };
         if (out.gateway !== undefined) route.gw = out.gateway;
         routes.push(route);
-        defaultRouteFound[p.family] = true;
+        defaultRouteFound[family] = true;
       }
     }
     if (conf.isGateway && out.gateway !== undefined) {
       const gwIp = canonicalIp(out.gateway);
-      const cidr = `${gwIp}/${p.prefixLen}`;
+      const cidr = formatCidr(parseIp(gwIp), p.prefix);
       if (!gateways.some((g) => g.cidr === cidr))
-        gateways.push({ family: p.family, cidr, ip: gwIp, prefixLen: p.prefixLen });
+        gateways.push({ family: family, cidr, ip: gwIp, prefixLen: p.prefix });
     }
-    masq.push({ ip: p.ip, family: p.family, subnet: p.network, prefixLen: p.prefixLen });
+    masq.push({ ip, family: family, subnet: formatIp(networkIp(p)), prefixLen: p.prefix });
     ips.push(out);
   }
   return { ips, routes: [...onLink, ...routes], gateways, masq, hasV6: masq.some((m) => m.family === 6) };

@@ -1,7 +1,7 @@
 // `berth leases`: who holds which address, as a table for people or JSON for scripts, one lease in detail,
 // and releasing one by hand (asked for confirmation, since the pod holding it loses its address).
 import { type AdminBackend, type BackendOptions, openAdminBackend } from '../daemon/admin-backend';
-import { formatIp, parseIp } from '../ipam/address';
+import { formatIp, parseIp } from '../address/ip';
 import type { LeaseView } from '../ipam/daemon/protocol';
 
 export interface CliIo {

@@ -7,7 +7,7 @@
 // cluster.json only after its txn committed; a release marks the block `releasing` (under the network's lock,
 // after checking it is empty) before the txn that deletes it.
 import { CniError, ErrorCode } from '../cni-spec/errors';
-import { type Ip, formatIp } from '../ipam/address';
+import { type Ip, formatIp } from '../address/ip';
 import {
   type ClusterRecord,
   type LocalBlock,

@@ -2,7 +2,8 @@
 // through that node's underlay address. berthd keeps these routes in the host namespace under its own
 // routing protocol number, so it can list, repair and remove exactly its own routes and never touches
 // anyone else's (the operator's, the kernel's, a routing daemon's).
-import { formatIp, parseCidr, parseIp, type Family, type Ip } from '../ipam/address';
+import { formatCidr, networkIp, parseCidr } from '../address/cidr';
+import { type Family, formatIp, parseIp } from '../address/ip';
 import { NetlinkError } from '../netlink/errors';
 import { RTPROT, RT_TABLE } from '../netlink/rtnl-codec';
 import type { Netlink, Route } from '../netlink/types';
@@ -55,11 +56,7 @@ export interface DesiredRoutes {
 /** A CIDR in one canonical text (network address, RFC 5952), so etcd's and the kernel's forms compare. */
 export function canonicalCidr(text: string): string | undefined {
   const c = parseCidr(text);
-  if (c === undefined) return undefined;
-  const bits = c.ip.family === 4 ? 32 : 128;
-  const hostBits = BigInt(bits - c.prefix);
-  const network: Ip = { family: c.ip.family, value: (c.ip.value >> hostBits) << hostBits };
-  return `${formatIp(network)}/${c.prefix}`;
+  return c === undefined ? undefined : formatCidr(networkIp(c), c.prefix);
 }
 
 function familyOfIp(text: string): Family | undefined {

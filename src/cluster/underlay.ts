@@ -4,7 +4,7 @@
 // for IPv6, a global address on that same interface.
 import { createSocket } from 'node:dgram';
 import { lookup } from 'node:dns/promises';
-import { parseIp } from '../ipam/address';
+import { parseIp } from '../address/ip';
 import type { Netlink } from '../netlink/types';
 
 export interface Underlay {

@@ -1,7 +1,8 @@
 // Choosing addresses: the pure part (range set + cursor + what is taken → next candidate) and the loop that
 // reserves candidates through a store session until one sticks.
 import { CniError, ErrorCode } from '../cni-spec/errors';
-import { type Cidr, type Ip, formatIp, lastOf, networkOf, sameIp } from './address';
+import { type Cidr, lastOf, networkOf } from '../address/cidr';
+import { type Ip, formatIp, sameIp } from '../address/ip';
 import { type RangeSet, describeRangeSet, ipAtOrdinal, ordinalOf, rangeFor, rangeSetSize } from './range-set';
 import type { LeaseMeta, LeaseSession } from './store';
 

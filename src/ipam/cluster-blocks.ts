@@ -5,7 +5,8 @@
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { CniError, ErrorCode } from '../cni-spec/errors';
-import { type Cidr, type Family, type Ip, FAMILY_BITS, formatCidr, parseCidr } from './address';
+import { type Cidr, formatCidr, parseCidr } from '../address/cidr';
+import { type Family, type Ip, FAMILY_BITS } from '../address/ip';
 import type { IpamConfig } from './config';
 import { BERTH_DIR } from './lease-dir';
 import type { Range, RangeSet } from './range-set';

@@ -4,7 +4,8 @@
 import { CniError, ErrorCode } from '../cni-spec/errors';
 import { specHasMultipleIPs } from '../cni-spec/versions';
 import type { Route } from '../cni-spec/types/result';
-import { type Cidr, type Ip, formatIp, parseCidr, parseIp } from './address';
+import { type Cidr, parseCidr } from '../address/cidr';
+import { type Ip, formatIp, parseIp } from '../address/ip';
 import type { Policy } from './allocator';
 import { type ClusterSettings, parseClusterSettings } from './cluster-blocks';
 import { checkNetworkName } from './names';

@@ -5,7 +5,8 @@
 // (bridge/gateway.ts, hostRoutedPool). The gateway is the same address on every node and never handed out
 // (host-local's rule: a range's gateway is skipped).
 import type { IPConfig, Route } from '../cni-spec/types/result';
-import { FAMILY_BITS, formatCidr, formatIp, parseCidr } from './address';
+import { formatCidr, parseCidr } from '../address/cidr';
+import { FAMILY_BITS, formatIp } from '../address/ip';
 import { rangeFor, type RangeSet } from './range-set';
 
 /**

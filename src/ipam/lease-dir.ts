@@ -4,7 +4,7 @@
 // differ between the two. Layout and rules: README "berth-ipam", section "On disk".
 import * as fs from 'node:fs';
 import { join } from 'node:path';
-import { type Ip, formatIp, parseIp } from './address';
+import { type Ip, formatIp, parseIp } from '../address/ip';
 import { checkNetworkName } from './names';
 import type { Attachment, LeaseMeta } from './store';
 

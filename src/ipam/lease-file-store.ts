@@ -26,7 +26,7 @@ import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { CniError, ErrorCode } from '../cni-spec/errors';
 import { loadNativeAddon } from '../native-addon';
-import { type Family, type Ip, formatIp, parseIp } from './address';
+import { type Family, type Ip, formatIp, parseIp } from '../address/ip';
 import type { Occupancy } from './allocator';
 import {
   type AttRecord,

@@ -1,18 +1,8 @@
 // Ranges and range sets with host-local's defaults and checks, plus the ordinal numbering (the set's
 // addresses in iteration order, 0..size-1) that the allocator and the occupancy bitmaps share.
 import { CniError, ErrorCode } from '../cni-spec/errors';
-import {
-  type Cidr,
-  type Family,
-  type Ip,
-  cidrContains,
-  formatCidr,
-  formatIp,
-  lastOf,
-  networkOf,
-  parseCidr,
-  parseIp,
-} from './address';
+import { type Cidr, cidrContains, formatCidr, lastOf, networkOf, parseCidr } from '../address/cidr';
+import { type Family, type Ip, formatIp, parseIp } from '../address/ip';
 
 /** A canonical range: every address of `start..end` (inclusive) lies in `subnet`. */
 export interface Range {

@@ -1,6 +1,6 @@
 // The lease store contract: what the IPAM handlers (and later the daemon) need from any store, so that the
 // file store and an in-memory (or etcd) store are interchangeable.
-import type { Ip } from './address';
+import type { Ip } from '../address/ip';
 import type { Occupancy } from './allocator';
 import type { RangeSet } from './range-set';
 

@@ -1,89 +1,49 @@
 // Textual IP addresses <-> the byte strings netlink carries; the only place addresses become Buffers.
-import { isIPv4, isIPv6 } from 'node:net';
+// Parsing and text forms are the shared address room's; the kernel is told an address in the family its
+// notation says (an IPv4-mapped IPv6 address stays IPv6 here).
+import { type Cidr, lastOf, parseCidrAsWritten } from '../address/cidr';
+import { type Family, type Ip, FAMILY_BITS, formatIp, parseIpAsWritten } from '../address/ip';
 import { NetlinkError } from './errors';
 
-export type IpFamily = 4 | 6;
+export type IpFamily = Family;
 
-export function ipFamily(address: string): IpFamily {
-  if (isIPv4(address)) return 4;
-  if (isIPv6(address)) return 6;
-  throw new NetlinkError({
-    code: 'EINVAL',
-    errno: -22,
-    op: 'parse address',
-    object: address,
-    message: `not an IP address: ${address}`,
-  });
+function invalid(op: string, object: string, message: string): NetlinkError {
+  return new NetlinkError({ code: 'EINVAL', errno: -22, op, object, message });
 }
 
-export function ipToBytes(address: string): Buffer {
-  if (ipFamily(address) === 4) return Buffer.from(address.split('.').map(Number));
-  const out = Buffer.alloc(16);
-  let text = address;
-  // An embedded IPv4 tail (::ffff:1.2.3.4) becomes two groups.
-  const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
-  if (v4 !== null) {
-    const b = v4[1]!.split('.').map(Number);
-    text = `${text.slice(0, v4.index)}${((b[0]! << 8) | b[1]!).toString(16)}:${((b[2]! << 8) | b[3]!).toString(16)}`;
-  }
-  const [head, tail] = text.includes('::') ? text.split('::') : [text, undefined];
-  const h = head === '' || head === undefined ? [] : head.split(':');
-  const t = tail === undefined || tail === '' ? [] : tail.split(':');
-  const groups = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
-  groups.forEach((g, i) => out.writeUInt16BE(parseInt(g, 16), i * 2));
+function parseAddress(address: string): Ip {
+  const ip = parseIpAsWritten(address);
+  if (ip === undefined) throw invalid('parse address', address, `not an IP address: ${address}`);
+  return ip;
+}
+
+export function ipToBytes(address: string | Ip): Buffer {
+  const ip = typeof address === 'string' ? parseAddress(address) : address;
+  const out = Buffer.alloc(FAMILY_BITS[ip.family] / 8);
+  let v = ip.value;
+  for (let i = out.length - 1; i >= 0; i--, v >>= 8n) out[i] = Number(v & 0xffn);
   return out;
 }
 
 /** Formats 4 or 16 bytes; IPv6 in RFC 5952 form (lowercase, longest zero run compressed). */
 export function bytesToIp(b: Buffer): string {
-  if (b.length === 4) return `${b[0]}.${b[1]}.${b[2]}.${b[3]}`;
-  if (b.length !== 16) throw new Error(`unexpected address length ${b.length}`);
-  const g: number[] = [];
-  for (let i = 0; i < 16; i += 2) g.push(b.readUInt16BE(i));
-  let bestStart = -1;
-  let bestLen = 1;
-  for (let i = 0; i < 8;) {
-    if (g[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && g[j] === 0) j++;
-    if (j - i > bestLen) {
-      bestStart = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  const hex = g.map((x) => x.toString(16));
-  if (bestStart < 0) return hex.join(':');
-  return `${hex.slice(0, bestStart).join(':')}::${hex.slice(bestStart + bestLen).join(':')}`;
+  if (b.length !== 4 && b.length !== 16) throw new Error(`unexpected address length ${b.length}`);
+  let value = 0n;
+  for (const byte of b) value = (value << 8n) | BigInt(byte);
+  return formatIp({ family: b.length === 4 ? 4 : 6, value });
 }
 
-/** Parses `addr/len` (len defaults to the full length). */
-export function parseCidr(cidr: string): { address: string; prefixLength: number; family: IpFamily } {
+/** Parses `addr/len` (len defaults to the full length); EINVAL when it is not one. */
+export function parseCidr(cidr: string): Cidr {
   const slash = cidr.indexOf('/');
-  const address = slash < 0 ? cidr : cidr.slice(0, slash);
-  const family = ipFamily(address);
-  const max = family === 4 ? 32 : 128;
-  const prefixLength = slash < 0 ? max : Number(cidr.slice(slash + 1));
-  if (!Number.isInteger(prefixLength) || prefixLength < 0 || prefixLength > max) {
-    throw new NetlinkError({
-      code: 'EINVAL',
-      errno: -22,
-      op: 'parse prefix',
-      object: cidr,
-      message: `bad prefix length in ${cidr}`,
-    });
-  }
-  return { address, prefixLength, family };
+  const ip = parseAddress(slash < 0 ? cidr : cidr.slice(0, slash));
+  if (slash < 0) return { ip, prefix: FAMILY_BITS[ip.family] };
+  const c = parseCidrAsWritten(cidr);
+  if (c === undefined) throw invalid('parse prefix', cidr, `bad prefix length in ${cidr}`);
+  return c;
 }
 
 /** The IPv4 broadcast address of addr/len (what `ip addr add … brd +` and Go's netlink.AddrAdd set). */
 export function ipv4Broadcast(address: string, prefixLength: number): string {
-  const b = ipToBytes(address);
-  const n = b.readUInt32BE(0) | (prefixLength === 0 ? 0xffffffff : (1 << (32 - prefixLength)) - 1);
-  const out = Buffer.alloc(4);
-  out.writeUInt32BE(n >>> 0, 0);
-  return bytesToIp(out);
+  return formatIp({ family: 4, value: lastOf({ ip: parseAddress(address), prefix: prefixLength }) });
 }

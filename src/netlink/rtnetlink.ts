@@ -566,8 +566,9 @@ class RtnlSocket implements Netlink {
 
   private async addressRequest(type: number, opts: AddressOptions, nlFlags: number): Promise<void> {
     const index = await this.indexOf(opts.link);
-    const { family } = parseCidr(opts.address);
-    const bytes = ipToBytes(opts.address);
+    const { ip } = parseCidr(opts.address);
+    const family = ip.family;
+    const bytes = ipToBytes(ip);
     const flags =
       (opts.nodad === true ? IFA_F.NODAD : 0) | (opts.noPrefixRoute === true ? IFA_F.NOPREFIXROUTE : 0);
     const attrs: Attr[] = [
@@ -624,11 +625,11 @@ class RtnlSocket implements Netlink {
             ? RT_SCOPE.link
             : RT_SCOPE.universe;
     const attrs: Attr[] = [];
-    if (dst.prefixLength > 0) attrs.push([RTA.DST, ipToBytes(dst.address)]);
+    if (dst.prefix > 0) attrs.push([RTA.DST, ipToBytes(dst.ip)]);
     if (opts.gateway !== undefined) {
       const gw = ipToBytes(opts.gateway);
       const gwFamily = gw.length === 4 ? 4 : 6;
-      if (gwFamily === dst.family) attrs.push([RTA.GATEWAY, gw]);
+      if (gwFamily === dst.ip.family) attrs.push([RTA.GATEWAY, gw]);
       else attrs.push([RTA.VIA, Buffer.concat([u16(familyOf(gwFamily)), gw])]);
     }
     if (oif !== undefined) attrs.push([RTA.OIF, u32(oif)]);
@@ -637,8 +638,8 @@ class RtnlSocket implements Netlink {
     attrs.push([RTA.TABLE, u32(table)]);
     const payload = Buffer.concat([
       rtmsg({
-        family: familyOf(dst.family),
-        dstLen: dst.prefixLength,
+        family: familyOf(dst.ip.family),
+        dstLen: dst.prefix,
         table: table < 256 ? table : RT_TABLE.UNSPEC,
         protocol: opts.protocol ?? (adding ? RTPROT.BOOT : 0),
         scope,

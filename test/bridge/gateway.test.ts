@@ -1,5 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { parseBridgeConf } from '../../src/bridge/config';
+import { networkIp } from '../../src/address/cidr';
+import { formatIp } from '../../src/address/ip';
 import { parseCidr, planAddresses } from '../../src/bridge/gateway';
 
 const conf = (extra: Record<string, unknown>) =>
@@ -13,7 +15,21 @@ describe('parseCidr', () => {
   it.each([
     ['198.18.128.5/24', { family: 4, ip: '198.18.128.5', prefixLen: 24, network: '198.18.128.0' }],
     ['fd00:b:0::5/64', { family: 6, ip: 'fd00:b::5', prefixLen: 64, network: 'fd00:b::' }],
-  ])('%s', (cidr, expected) => expect(parseCidr(cidr)).toEqual(expected));
+  ])('%s', (cidr, expected) => {
+    const c = parseCidr(cidr);
+    expect({
+      family: c.ip.family,
+      ip: formatIp(c.ip),
+      prefixLen: c.prefix,
+      network: formatIp(networkIp(c)),
+    }).toEqual(expected);
+  });
+
+  it('refuses what is not an address with a prefix length, as an internal error (999)', () => {
+    expect(() => parseCidr('198.18.128.5')).toThrow(/has no prefix length/);
+    expect(() => parseCidr('198.18.128.5/33')).toThrow(expect.objectContaining({ code: 999 }));
+    expect(() => parseCidr('fe80::1%eth0/64')).toThrow(/invalid address/);
+  });
 });
 
 describe('planAddresses', () => {

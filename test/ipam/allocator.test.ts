@@ -2,7 +2,8 @@
 // across ranges, berth's exclude list and `lowest` policy, requested addresses and exhaustion.
 import { describe, expect, test } from 'vitest';
 import { CniError } from '../../src/cni-spec/errors';
-import { type Ip, formatIp, parseCidr, parseIp } from '../../src/ipam/address';
+import { parseCidr } from '../../src/address/cidr';
+import { type Ip, formatIp, parseIp } from '../../src/address/ip';
 import {
   type Policy,
   allocateFromSet,

@@ -1,7 +1,7 @@
 // Config parsing: host-local's keys, merge order and defaults, berth's keys, and code-7 validation naming the problem.
 import { describe, expect, test } from 'vitest';
 import { CniError, ErrorCode } from '../../src/cni-spec/errors';
-import { formatIp } from '../../src/ipam/address';
+import { formatIp } from '../../src/address/ip';
 import { type ConfigInput, DEFAULT_DATA_DIR, parseIpamConfig } from '../../src/ipam/config';
 import { describeRangeSet } from '../../src/ipam/range-set';
 

@@ -3,7 +3,7 @@
 import { describe, expect, test } from 'vitest';
 import { CniError, ErrorCode } from '../../src/cni-spec/errors';
 import { parseRequest } from '../../src/cni-spec/request';
-import { formatIp } from '../../src/ipam/address';
+import { formatIp } from '../../src/address/ip';
 import { type IpamDeps, add, check, del, gc, status } from '../../src/ipam/handlers';
 import { type MemoryStore, memoryStore } from './memory-store';
 

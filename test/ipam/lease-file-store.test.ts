@@ -3,7 +3,7 @@
 import { mkdirSync, readFileSync, readdirSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, test } from 'vitest';
-import { type Ip, formatIp, parseIp } from '../../src/ipam/address';
+import { type Ip, formatIp, parseIp } from '../../src/address/ip';
 import { allocateFromSet } from '../../src/ipam/allocator';
 import { openLeaseFileStore } from '../../src/ipam/lease-file-store';
 import { canonicalizeRangeSet } from '../../src/ipam/range-set';

@@ -1,6 +1,6 @@
 // The second LeaseStore: everything in memory, so allocator and handler tests run without a disk and the
 // interface is proven not to leak file-store specifics.
-import { type Ip, formatIp } from '../../src/ipam/address';
+import { type Ip, formatIp } from '../../src/address/ip';
 import type { Occupancy } from '../../src/ipam/allocator';
 import { type RangeSet, ipAtOrdinal } from '../../src/ipam/range-set';
 import type { Attachment, Lease, LeaseSession, LeaseStore, NewLease } from '../../src/ipam/store';

@@ -9,6 +9,7 @@ import {
   toKernelCniError,
   toNetlinkError,
 } from '../../src/netlink/errors';
+import { parseIpAsWritten } from '../../src/address/ip';
 import { bytesToIp, ipToBytes, ipv4Broadcast, parseCidr } from '../../src/netlink/ip-bytes';
 import {
   NLA_F_NESTED,
@@ -47,9 +48,12 @@ describe('ip bytes', () => {
   });
 
   it('parses CIDRs and rejects bad ones with EINVAL', () => {
-    expect(parseCidr('198.18.0.0/20')).toEqual({ address: '198.18.0.0', prefixLength: 20, family: 4 });
-    expect(parseCidr('fd00:b3::/64')).toEqual({ address: 'fd00:b3::', prefixLength: 64, family: 6 });
-    expect(parseCidr('198.18.0.1')).toEqual({ address: '198.18.0.1', prefixLength: 32, family: 4 });
+    expect(parseCidr('198.18.0.0/20')).toEqual({ ip: parseIpAsWritten('198.18.0.0'), prefix: 20 });
+    expect(parseCidr('fd00:b3::/64')).toEqual({ ip: parseIpAsWritten('fd00:b3::'), prefix: 64 });
+    expect(parseCidr('198.18.0.1')).toEqual({ ip: parseIpAsWritten('198.18.0.1'), prefix: 32 });
+    // The kernel is told the family the text says: an IPv4-mapped address stays IPv6 (16 bytes).
+    expect(parseCidr('::ffff:198.18.0.1/128').ip.family).toBe(6);
+    expect(() => parseCidr('198.18.0.0/020')).toThrow(expect.objectContaining({ code: 'EINVAL' }));
     expect(() => parseCidr('198.18.0.0/33')).toThrow(expect.objectContaining({ code: 'EINVAL' }));
     expect(() => parseCidr('nope/3')).toThrow(NetlinkError);
   });

@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { CniError, ErrorCode } from '../../cni-spec/errors';
 import { loadNativeAddon } from '../../native-addon';
-import { type Ip, formatIp, parseIp } from '../address';
+import { type Ip, formatIp, parseIp } from '../../address/ip';
 import type { Occupancy } from '../allocator';
 import * as disk from '../lease-dir';
 import { checkContainerId, checkIfname } from '../names';

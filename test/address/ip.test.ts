@@ -1,7 +1,8 @@
 // IP text forms must equal Go's (they are lease file names): checked against ip-address as the oracle.
 import { Address4, Address6 } from 'ip-address';
 import { describe, expect, test } from 'vitest';
-import { formatIp, parseCidr, parseIp } from '../../src/ipam/address';
+import { parseCidr } from '../../src/address/cidr';
+import { formatIp, parseIp, parseIpAsWritten } from '../../src/address/ip';
 
 describe('parseIp / formatIp', () => {
   test.each([
@@ -44,6 +45,15 @@ describe('parseIp / formatIp', () => {
     'fe80::1%eth0',
   ])('rejects %j', (text) => {
     expect(parseIp(text)).toBeUndefined();
+  });
+
+  test('parseIpAsWritten keeps the family the text says', () => {
+    expect(parseIpAsWritten('::ffff:198.18.64.9')).toEqual({
+      family: 6,
+      value: new Address6('::ffff:198.18.64.9').bigInt(),
+    });
+    expect(parseIpAsWritten('198.18.64.9')).toEqual(parseIp('198.18.64.9'));
+    expect(parseIpAsWritten('fe80::1%eth0')).toBeUndefined();
   });
 
   test('parseCidr keeps host bits and checks the prefix', () => {

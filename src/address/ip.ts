@@ -1,18 +1,14 @@
-// IP addresses as (family, bigint) pairs, with Go's net.IP text forms, because lease file names must be
-// byte-identical to the ones host-local writes. Hand-written instead of ip-address, whose ipv6 module
-// alone costs ~8 ms of every plugin start (ip-address serves as the oracle in the unit tests).
+// IP addresses as (family, bigint) pairs with Go's net.IP text forms: the one address type every room
+// shares. Lease file names must be byte-identical to the ones host-local writes, and the bigint makes "next
+// address" and "inside this prefix" plain arithmetic. Hand-written rather than on ip-address, whose ipv6
+// module alone costs ~9 ms of every plugin start; ip-address is the oracle in test/address/. No Node types
+// here (no Buffer): bytes are netlink's business (src/netlink/ip-bytes.ts).
 
 export type Family = 4 | 6;
 
 export interface Ip {
   readonly family: Family;
   readonly value: bigint;
-}
-
-export interface Cidr {
-  /** The address as written (host bits possibly set). */
-  readonly ip: Ip;
-  readonly prefix: number;
 }
 
 export const FAMILY_BITS: Record<Family, number> = { 4: 32, 6: 128 };
@@ -49,13 +45,13 @@ function parseV6(text: string): bigint | undefined {
   const dbl = s.indexOf('::');
   if (dbl !== -1 && s.indexOf('::', dbl + 1) !== -1) return undefined;
   const want = 8 - tail.length;
-  const parseGroups = (part: string): string[] | undefined => (part === '' ? [] : part.split(':'));
+  const parseGroups = (part: string): string[] => (part === '' ? [] : part.split(':'));
   if (dbl === -1) {
-    groups = parseGroups(s) ?? [];
+    groups = parseGroups(s);
     if (groups.length !== want) return undefined;
   } else {
-    const head = parseGroups(s.slice(0, dbl)) ?? [];
-    const rest = parseGroups(s.slice(dbl + 2)) ?? [];
+    const head = parseGroups(s.slice(0, dbl));
+    const rest = parseGroups(s.slice(dbl + 2));
     const missing = want - head.length - rest.length;
     if (missing < 1) return undefined;
     groups = [...head, ...Array<string>(missing).fill('0'), ...rest];
@@ -69,37 +65,31 @@ function parseV6(text: string): bigint | undefined {
   return v;
 }
 
-const V4_MAPPED_PREFIX = 0xffffn << 32n;
+const V4_MAPPED_HIGH = 0xffffn;
 
 /**
- * Parses an IP the way Go's net.ParseIP + host-local's canonicalizeIP do: IPv4, IPv6, and IPv4-mapped IPv6
- * folded to IPv4. Returns undefined for anything else.
+ * Parses an address in the family its notation says: IPv6 text stays IPv6 even when it holds an
+ * IPv4-mapped address (what the kernel is told). No zone ("%eth0"). Undefined for anything else.
  */
-export function parseIp(text: string): Ip | undefined {
+export function parseIpAsWritten(text: string): Ip | undefined {
   if (typeof text !== 'string') return undefined;
   if (!text.includes(':')) {
     const v = parseV4(text);
     return v === undefined ? undefined : { family: 4, value: v };
   }
   const v = parseV6(text);
-  if (v === undefined) return undefined;
-  if (v >> 32n === V4_MAPPED_PREFIX >> 32n) return { family: 4, value: v & 0xffffffffn };
-  return { family: 6, value: v };
+  return v === undefined ? undefined : { family: 6, value: v };
 }
 
-/** Parses "ip/prefix". */
-export function parseCidr(text: string): Cidr | undefined {
-  if (typeof text !== 'string') return undefined;
-  const slash = text.indexOf('/');
-  if (slash === -1) return undefined;
-  const ip = parseIp(text.slice(0, slash));
-  const p = text.slice(slash + 1);
-  if (ip === undefined || !/^(0|[1-9][0-9]{0,2})$/.test(p)) return undefined;
-  const prefix = Number(p);
-  // An IPv4-mapped IPv6 CIDR would need its prefix shifted; host-local users never write one.
-  if (prefix > FAMILY_BITS[ip.family] || (ip.family === 4 && text.slice(0, slash).includes(':')))
-    return undefined;
-  return { ip, prefix };
+/**
+ * Parses an IP the way Go's net.ParseIP + host-local's canonicalizeIP do: IPv4, IPv6, and IPv4-mapped IPv6
+ * folded to IPv4 (so one address has one lease file name). Undefined for anything else.
+ */
+export function parseIp(text: string): Ip | undefined {
+  const ip = parseIpAsWritten(text);
+  if (ip?.family === 6 && ip.value >> 32n === V4_MAPPED_HIGH)
+    return { family: 4, value: ip.value & 0xffffffffn };
+  return ip;
 }
 
 /** Go's net.IP.String(): dotted quad, or RFC 5952 (longest run of >= 2 zero groups compressed, lowercase). */
@@ -128,27 +118,6 @@ export function formatIp(ip: Ip): string {
   const hex = (gs: number[]): string => gs.map((g) => g.toString(16)).join(':');
   if (bestLen < 2) return hex(groups);
   return `${hex(groups.slice(0, bestStart))}::${hex(groups.slice(bestStart + bestLen))}`;
-}
-
-export function formatCidr(ip: Ip, prefix: number): string {
-  return `${formatIp(ip)}/${prefix}`;
-}
-
-export function maskOf(family: Family, prefix: number): bigint {
-  const bits = BigInt(FAMILY_BITS[family]);
-  return ((1n << bits) - 1n) ^ ((1n << (bits - BigInt(prefix))) - 1n);
-}
-
-export function networkOf(c: Cidr): bigint {
-  return c.ip.value & maskOf(c.ip.family, c.prefix);
-}
-
-export function lastOf(c: Cidr): bigint {
-  return networkOf(c) | (((1n << BigInt(FAMILY_BITS[c.ip.family])) - 1n) ^ maskOf(c.ip.family, c.prefix));
-}
-
-export function cidrContains(c: Cidr, ip: Ip): boolean {
-  return ip.family === c.ip.family && (ip.value & maskOf(c.ip.family, c.prefix)) === networkOf(c);
 }
 
 export function sameIp(a: Ip, b: Ip): boolean {
