@@ -77,7 +77,6 @@ function str(config: Record<string, unknown>, key: string): string | undefined {
   return v;
 }
 
-/** Interface names reach netlink and sysfs paths: same rule as the kernel's dev_valid_name. */
 const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
 
 function parseMac(raw: unknown, source: string): string | undefined {
@@ -182,6 +181,7 @@ export function parseBridgeConf(input: BridgeConfInput): BridgeConf {
   const cniVersion = str(c, 'cniVersion') ?? '0.1.0';
 
   const bridge = str(c, 'bridge') ?? DEFAULT_BRIDGE;
+  // The bridge's name reaches netlink and sysfs paths: CNI_IFNAME's rule (the kernel's dev_valid_name).
   const bridgeProblem = ifnameProblem(bridge);
   if (bridgeProblem !== undefined)
     throw invalid('bridge', `${JSON.stringify(bridge)} is not a valid interface name: ${bridgeProblem}`);

@@ -136,6 +136,12 @@ describe('parseBridgeConf rejects invalid configs with code 7 naming the key', (
     [{ bridge: 'a-name-longer-than-15' }, 'bridge'],
     [{ bridge: 'a/b' }, 'bridge'],
     [{ bridge: 'x%d' }, 'bridge'],
+    // The same rule as CNI_IFNAME (cni-spec/identifiers.ts): bytes, not characters, count.
+    [{ bridge: '' }, 'bridge'],
+    [{ bridge: '..' }, 'bridge'],
+    [{ bridge: 'br:0' }, 'bridge'],
+    [{ bridge: 'br 0' }, 'bridge'],
+    [{ bridge: 'brücke-ééééé' }, 'bridge'],
     [{ bridge: 3 }, 'bridge'],
     [{ ipam: { type: '../x' } }, 'ipam'],
     [{ ipam: 'host-local' }, 'ipam'],
