@@ -173,30 +173,6 @@ export function stampSentinel(dir: string, now: Date, warn: (m: string) => void)
   return fs.statSync(dir, { bigint: true }).mtimeNs.toString();
 }
 
-/**
- * The bit layout of the `.berth/sets/<hash>` occupancy bitmaps (also the daemon's in-memory ones): the
- * address of ordinal i is taken when bit (i & 7) of byte (i >> 3) is set.
- */
-export function setOrdinalBit(bits: Uint8Array, i: number, taken: boolean): void {
-  if (taken) bits[i >> 3]! |= 1 << (i & 7);
-  else bits[i >> 3]! &= ~(1 << (i & 7));
-}
-
-/** The first ordinal in [lo, hi] whose bit is clear, skipping whole full bytes. */
-export function firstClearOrdinal(bits: Uint8Array, lo: bigint, hi: bigint): bigint | undefined {
-  let i = Number(lo);
-  const end = Number(hi);
-  while (i <= end) {
-    if ((i & 7) === 0 && i + 7 <= end && bits[i >> 3] === 0xff) {
-      i += 8;
-      continue;
-    }
-    if ((bits[i >> 3]! & (1 << (i & 7))) === 0) return BigInt(i);
-    i++;
-  }
-  return undefined;
-}
-
 /** Why the network directory cannot be written (STATUS), or undefined. The nearest existing ancestor decides: the stores create the rest. */
 export function unwritableReason(p: LeaseDirPaths): string | undefined {
   let dir = p.dir;

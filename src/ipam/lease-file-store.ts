@@ -37,7 +37,6 @@ import {
   cursorPath,
   encodeRecord,
   encodeState,
-  firstClearOrdinal,
   isBookkeepingName,
   isRecord,
   leaseContent,
@@ -46,11 +45,11 @@ import {
   parseLeaseContent,
   readLeaseFile,
   readState,
-  setOrdinalBit,
   stampSentinel,
   unwritableReason,
 } from './lease-dir';
 import { checkContainerId, checkIfname } from './names';
+import { OrdinalBitmap, fitsBitmap, probeOccupancy } from './occupancy';
 import { type RangeSet, rangeSetKey } from './range-set';
 import type {
   Attachment,
@@ -61,11 +60,6 @@ import type {
   NewLease,
   TransactOptions,
 } from './store';
-
-/** Range sets larger than this (IPv6 /64 …) use existence probes instead of a bitmap. */
-const BITMAP_LIMIT = 1 << 24;
-/** Probes per search in a set too large for a bitmap: far more than any real pool fills consecutively. */
-const PROBE_LIMIT = 1 << 20;
 
 export interface LeaseFileStoreOptions {
   dataDir: string;
@@ -131,32 +125,30 @@ function spanAt(spans: readonly Span[], ordinal: bigint): Ip {
   throw new RangeError(`ordinal ${ordinal} outside the set`);
 }
 
-/** Occupancy of one range set as a bitmap over its ordinals. */
-class Bitmap implements Occupancy {
+/** Occupancy of one range set as a bitmap over its ordinals, with the set it numbers and its file form. */
+class Bitmap extends OrdinalBitmap {
   constructor(
     readonly key: string,
     readonly spans: readonly Span[],
-    readonly bits: Uint8Array,
-    readonly size: number,
-  ) {}
+    size: number,
+    bits?: Uint8Array,
+  ) {
+    super(size, bits);
+  }
 
   setTaken(ip: Ip, taken: boolean): void {
     const o = spanOrdinal(this.spans, ip);
     if (o === undefined) return;
-    setOrdinalBit(this.bits, o, taken);
+    this.setOrdinal(o, taken);
   }
 
   /** Resets the bits from a directory listing (the names of the lease files). */
   refill(names: readonly string[]): void {
-    this.bits.fill(0);
+    this.clear();
     for (const name of names) {
       const ip = leaseNameIp(name);
       if (ip !== undefined) this.setTaken(ip, true);
     }
-  }
-
-  firstFree(lo: bigint, hi: bigint): bigint | undefined {
-    return firstClearOrdinal(this.bits, lo, hi);
   }
 
   encode(gen: number): Buffer {
@@ -177,8 +169,8 @@ class Bitmap implements Occupancy {
     const spans = parseSetKey(header.key);
     if (spans === undefined) return undefined;
     const bits = new Uint8Array(buf.subarray(nl + 1));
-    if (bits.length !== Math.ceil(header.size / 8)) return undefined;
-    return { header, bitmap: new Bitmap(header.key, spans, bits, header.size) };
+    if (bits.length !== OrdinalBitmap.bytesFor(header.size)) return undefined;
+    return { header, bitmap: new Bitmap(header.key, spans, header.size, bits) };
   }
 }
 
@@ -432,7 +424,7 @@ class FileSession implements LeaseSession {
     const key = rangeSetKey(set);
     const spans = spansOf(set);
     const size = spans.reduce((n, s) => n + (s.end - s.start + 1n), 0n);
-    if (size > BigInt(BITMAP_LIMIT)) return this.probeOccupancy(spans);
+    if (!fitsBitmap(size)) return this.probeOccupancy(spans);
     const existing = this.bitmaps.get(key);
     if (existing !== undefined) return existing;
     let bitmap: Bitmap | undefined;
@@ -446,7 +438,7 @@ class FileSession implements LeaseSession {
       }
     }
     if (bitmap === undefined) {
-      bitmap = new Bitmap(key, spans, new Uint8Array(Math.ceil(Number(size) / 8)), Number(size));
+      bitmap = new Bitmap(key, spans, Number(size));
       bitmap.refill(this.listNames());
       this.builtBitmaps = true;
     } else {
@@ -462,15 +454,7 @@ class FileSession implements LeaseSession {
       const c = this.changes.get(name);
       return c !== undefined ? c.taken : fs.existsSync(join(this.p.dir, name));
     };
-    return {
-      firstFree(lo: bigint, hi: bigint): bigint | undefined {
-        let probes = 0;
-        for (let o = lo; o <= hi && probes < PROBE_LIMIT; o++, probes++) {
-          if (!taken(spanAt(spans, o))) return o;
-        }
-        return undefined;
-      },
-    };
+    return probeOccupancy((o) => taken(spanAt(spans, o)));
   }
 
   private leasesOfRecord(rec: AttRecord): Lease[] {

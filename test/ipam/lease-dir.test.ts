@@ -69,15 +69,4 @@ describe('.berth index files', () => {
     expect(statSync(p.dir, { bigint: true }).mtimeNs.toString()).not.toBe(stamp);
     expect(warnings).toEqual([]);
   });
-
-  test('bitmap layout: ordinal i is bit i&7 of byte i>>3; the search skips full bytes', () => {
-    const bits = new Uint8Array(4);
-    for (let i = 0; i < 19; i++) disk.setOrdinalBit(bits, i, true);
-    expect([...bits]).toEqual([0xff, 0xff, 0x07, 0]);
-    expect(disk.firstClearOrdinal(bits, 0n, 31n)).toBe(19n);
-    disk.setOrdinalBit(bits, 9, false);
-    expect(bits[1]).toBe(0xfd);
-    expect(disk.firstClearOrdinal(bits, 0n, 31n)).toBe(9n);
-    expect(disk.firstClearOrdinal(bits, 10n, 18n)).toBeUndefined();
-  });
 });

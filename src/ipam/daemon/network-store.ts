@@ -13,6 +13,7 @@ import { type Ip, formatIp, parseIp } from '../../address/ip';
 import type { Occupancy } from '../allocator';
 import * as disk from '../lease-dir';
 import { checkContainerId, checkIfname } from '../names';
+import { OrdinalBitmap, fitsBitmap, probeOccupancy } from '../occupancy';
 import { type RangeSet, ipAtOrdinal, ordinalOf, rangeSetKey, rangeSetSize } from '../range-set';
 import type {
   Attachment,
@@ -27,9 +28,6 @@ import type { Logger } from './observer';
 import type { FilesystemSync } from './fs-sync';
 import { SpareFiles } from './spare-files';
 
-/** Range sets up to this many addresses get a bitmap; larger ones (IPv6 /64) are probed against the map. */
-const BITMAP_LIMIT = 1 << 22;
-const PROBE_LIMIT = 1 << 20;
 /** Requests per batch: bounds the time the flock is held while plugins working on the files wait. */
 const MAX_BATCH = 256;
 /** Longest pause between attempts to take a flock held by someone else. */
@@ -101,24 +99,17 @@ function ioError(what: string, err: unknown): CniError {
 }
 
 /** Occupancy over the set's ordinals, built from the taken addresses and updated on every change. */
-class BitmapOccupancy implements Occupancy {
-  private readonly bits: Uint8Array;
-
+class SetBitmap extends OrdinalBitmap {
   constructor(
     private readonly set: RangeSet,
     size: number,
   ) {
-    this.bits = new Uint8Array(Math.ceil(size / 8));
+    super(size);
   }
 
   mark(ip: Ip, taken: boolean): void {
     const o = ordinalOf(this.set, ip);
-    if (o === undefined) return;
-    disk.setOrdinalBit(this.bits, Number(o), taken);
-  }
-
-  firstFree(lo: bigint, hi: bigint): bigint | undefined {
-    return disk.firstClearOrdinal(this.bits, lo, hi);
+    if (o !== undefined) this.setOrdinal(Number(o), taken);
   }
 }
 
@@ -133,7 +124,7 @@ export class NetworkStore implements LeaseStore {
   private readonly taken = new Map<string, Ip>();
   private readonly byIp = new Map<string, Lease>();
   private readonly byAtt = new Map<string, AttEntry>();
-  private readonly occupancies = new Map<string, BitmapOccupancy>();
+  private readonly occupancies = new Map<string, SetBitmap>();
   private readonly cursors = new Map<number, Ip | undefined>();
   private indexState: { gen: number; bootId?: string } = { gen: 0 };
   /** The directory mtime berth stamped at its last commit; anything else means someone changed it. */
@@ -635,21 +626,12 @@ export class NetworkStore implements LeaseStore {
 
   private occupancy(set: RangeSet): Occupancy {
     const size = rangeSetSize(set);
-    if (size > BigInt(BITMAP_LIMIT)) {
-      return {
-        firstFree: (lo: bigint, hi: bigint): bigint | undefined => {
-          let probes = 0;
-          for (let o = lo; o <= hi && probes < PROBE_LIMIT; o++, probes++) {
-            if (!this.taken.has(formatIp(ipAtOrdinal(set, o)))) return o;
-          }
-          return undefined;
-        },
-      };
-    }
+    // Probed against the map of taken addresses when too large for a bitmap.
+    if (!fitsBitmap(size)) return probeOccupancy((o) => this.taken.has(formatIp(ipAtOrdinal(set, o))));
     const key = rangeSetKey(set);
     let occ = this.occupancies.get(key);
     if (occ === undefined) {
-      occ = new BitmapOccupancy(set, Number(size));
+      occ = new SetBitmap(set, Number(size));
       for (const ip of this.taken.values()) occ.mark(ip, true);
       this.occupancies.set(key, occ);
     }
