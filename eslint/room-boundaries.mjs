@@ -21,6 +21,12 @@ export const ROOM_IMPORTS = {
   main: ['*'],
 };
 
+// Room → room it may import → the only files (under the importing room, without extension) through which
+// it may: a door. The bridge reaches the kernel room through bridge/kernel.ts alone.
+export const ROOM_DOORS = {
+  bridge: { netlink: ['kernel'] },
+};
+
 function roomOf(srcRoot, file) {
   const rel = path.relative(srcRoot, file);
   if (rel.startsWith('..') || path.isAbsolute(rel)) return undefined;
@@ -37,6 +43,7 @@ export const roomBoundaries = {
     messages: {
       wrongWay:
         "room '{{from}}' may not import room '{{to}}' (allowed: {{allowed}}); see DESIGN.md's room table",
+      notTheDoor: "room '{{from}}' reaches room '{{to}}' only through {{doors}}; import it from there",
       unknownRoom:
         "'{{room}}' is not a room in eslint/room-boundaries.mjs; add it to ROOM_IMPORTS and DESIGN.md",
     },
@@ -55,7 +62,15 @@ export const roomBoundaries = {
         context.report({ node, messageId: 'unknownRoom', data: { room: from } });
         return;
       }
-      if (allowed.includes('*') || allowed.includes(to)) return;
+      if (allowed.includes('*') || allowed.includes(to)) {
+        const doors = ROOM_DOORS[from]?.[to];
+        const self = path.relative(path.join(srcRoot, from), file).replace(/\.[cm]?[jt]s$/, '');
+        if (doors !== undefined && !doors.includes(self)) {
+          const list = doors.map((d) => `src/${from}/${d}.ts`).join(', ');
+          context.report({ node, messageId: 'notTheDoor', data: { from, to, doors: list } });
+        }
+        return;
+      }
       context.report({
         node,
         messageId: 'wrongWay',

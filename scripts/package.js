@@ -78,8 +78,6 @@ const CHUNKS = [
   'bridge/plugin',
   'bridge/deps',
   'bridge/kernel',
-  'netlink/errors',
-  'netlink/netns',
   'bridge/lock',
   'bridge/add',
   'bridge/del',

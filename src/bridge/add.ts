@@ -7,13 +7,19 @@ import { FAMILY_BITS, formatIp } from '../address/ip';
 import { CniError, ErrorCode } from '../cni-spec/errors';
 import type { Request } from '../cni-spec/request';
 import type { Interface, Result } from '../cni-spec/types/result';
-import { toKernelCniError } from '../netlink/errors';
-import { openNetns } from '../netlink/netns';
-import type { Link } from '../netlink/types';
 import { confFromRequest, wantsVlanFiltering, type BridgeConf } from './config';
 import type { BridgeDeps } from './deps';
 import { canonicalIp, planAddresses, parseCidr, type AddressPlan, type GatewayAddress } from './gateway';
-import { isCode, readSysctl, trySysctl, writeSysctl, type Netlink } from './kernel';
+import {
+  isCode,
+  openNetns,
+  readSysctl,
+  toKernelCniError,
+  trySysctl,
+  writeSysctl,
+  type Link,
+  type Netlink,
+} from './kernel';
 import { withNetworkLock } from './lock';
 import { addMasquerade, removeMasquerade } from './masquerade';
 import { attachmentTag, nftScope } from './nft';

@@ -3,10 +3,9 @@
 // and spoof-check elements are removed in every case.
 import { CniError, ErrorCode } from '../cni-spec/errors';
 import type { Request } from '../cni-spec/request';
-import { netlinkCode, toKernelCniError } from '../netlink/errors';
 import { confFromRequest } from './config';
 import type { BridgeDeps, BridgeKernel } from './deps';
-import { isCode, type Netlink } from './kernel';
+import { isCode, netlinkCode, toKernelCniError, type Netlink } from './kernel';
 import { withNetworkLock } from './lock';
 import { removeMasquerade } from './masquerade';
 import { attachmentTag, nftScope } from './nft';

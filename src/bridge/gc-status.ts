@@ -3,10 +3,9 @@
 // ADD could be served now.
 import { CniError, ErrorCode } from '../cni-spec/errors';
 import type { Request } from '../cni-spec/request';
-import { nftList } from '../netlink/nftables';
 import { confFromRequest } from './config';
 import type { BridgeDeps } from './deps';
-import { isCode } from './kernel';
+import { isCode, nftList } from './kernel';
 import { withNetworkLock } from './lock';
 import { removeMasquerade } from './masquerade';
 import { attachmentTag, nftScope } from './nft';

@@ -1,11 +1,16 @@
-// The bridge's door to the kernel room: rtnetlink sockets on the host or in a pod's namespace, and
-// sysctls there. One place to adapt if the netlink room's entry points move.
+// The bridge's only door to the kernel room (lint enforces it: no other file of src/bridge imports
+// src/netlink): rtnetlink sockets on the host or in a pod's namespace, sysctls there, namespaces, nftables
+// and the kernel's errors. One place to adapt if the netlink room's entry points move.
 import { netlinkCode } from '../netlink/errors';
 import { openNetlink } from '../netlink/rtnetlink';
 import { readSysctl as nlReadSysctl, writeSysctl as nlWriteSysctl } from '../netlink/sysctl';
 import type { Netlink } from '../netlink/types';
 
 export type { Netlink };
+export type { Link } from '../netlink/types';
+export { netlinkCode, toKernelCniError } from '../netlink/errors';
+export { openNetns } from '../netlink/netns';
+export { listTable, nftApply, nftList, type NftFamily } from '../netlink/nftables';
 
 /** A socket in the plugin's own (host) namespace. */
 export async function hostNetlink(): Promise<Netlink> {

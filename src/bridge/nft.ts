@@ -1,7 +1,7 @@
 // The bridge's view of nftables: the two calls it needs (apply a transaction, list a table), the table
 // name, and the attachment tags carried as element comments.
 import { createHash } from 'node:crypto';
-import { listTable, nftApply, type NftFamily } from '../netlink/nftables';
+import { listTable, nftApply, type NftFamily } from './kernel';
 import { withTablesLock } from './lock';
 
 /** One command of libnftables' JSON schema, e.g. `{ add: { element: {...} } }`. */

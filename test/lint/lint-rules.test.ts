@@ -30,6 +30,14 @@ const allowedImport = probe(
   'bridge',
   "import { CniError } from '../cni-spec/errors';\nexport const x = CniError;\n",
 );
+const pastTheDoor = probe(
+  'bridge',
+  "import { toKernelCniError } from '../netlink/errors';\nexport const x = toKernelCniError;\n",
+);
+const throughTheDoor = probe(
+  'bridge',
+  "import { toKernelCniError } from './kernel';\nexport const x = toKernelCniError;\n",
+);
 const floatingPromise = probe(
   'ipam',
   'async function work(): Promise<void> {}\nexport function start(): void {\n  work();\n}\n',
@@ -60,6 +68,13 @@ describe('lint', { timeout: 120_000 }, () => {
 
   it('accepts an import the room table allows', async () => {
     const ids = await ruleIdsFor(allowedImport);
+    expect(ids.filter((id) => id.startsWith('fatal'))).toEqual([]);
+    expect(ids).not.toContain('berth/room-boundaries');
+  });
+
+  it('refuses a bridge file reaching the kernel room past bridge/kernel.ts, its one door', async () => {
+    expect(await ruleIdsFor(pastTheDoor)).toContain('berth/room-boundaries');
+    const ids = await ruleIdsFor(throughTheDoor);
     expect(ids.filter((id) => id.startsWith('fatal'))).toEqual([]);
     expect(ids).not.toContain('berth/room-boundaries');
   });
