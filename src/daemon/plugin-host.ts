@@ -36,6 +36,8 @@ const BERTH_IPAM_ABOUT = { name: 'berth-ipam' } as const;
 export interface WarmStats {
   plugins: readonly string[];
   served: number;
+  /** Served calls that ended with a CNI error (exit code 1). */
+  errors: number;
   notServed: number;
   inFlight: number;
   deadlineMs: number;
@@ -48,6 +50,7 @@ export class PluginHost {
   private readonly attachments = new AttachmentQueue();
   private seq = 0;
   private served = 0;
+  private errors = 0;
   private notServed = 0;
   private inFlight = 0;
 
@@ -68,6 +71,7 @@ export class PluginHost {
     return {
       plugins: WARM_PLUGINS,
       served: this.served,
+      errors: this.errors,
       notServed: this.notServed,
       inFlight: this.inFlight,
       deadlineMs: this.o.deadlineMs,
@@ -166,6 +170,7 @@ export class PluginHost {
       'Plugin calls served in-process, by plugin and command.',
       labels,
     );
+    if (code !== 0) this.errors++;
     if (code !== 0)
       this.o.metrics.inc('berthd_plugin_errors_total', 'Plugin calls that ended with a CNI error.', labels);
     this.o.metrics.observe(

@@ -117,7 +117,11 @@ export interface WarmStatus {
   /** True while berthd takes plugin calls (false once draining). */
   up: boolean;
   plugins: readonly string[];
+  /** Plugin calls berthd ran (whatever their outcome), since it started. */
   served: number;
+  /** Of those, the ones that ended with a CNI error. */
+  errors: number;
+  /** Calls berthd sent back to run standalone (421: another run dir, nft table, plugin, test faults). */
   notServed: number;
   inFlight: number;
   deadlineMs: number;
