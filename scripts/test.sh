@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: dependencies and build (ensure-deps.sh), lint and the format check, the vitest
-# projects this user can run (unit; root as well when run as root), then every end-to-end script scripts/*-test.sh (root only; each counts
+# projects this user can run (unit; root as well when run as root, and the bridge root tests once more on
+# the warm path), then every end-to-end script scripts/*-test.sh (root only; each counts
 # as one test). Ends with one plain line "N passed, N failed"; exits non-zero if anything failed or if
 # no test ran at all.
 set -uo pipefail
@@ -39,11 +40,23 @@ for check in lint format:check; do
   fi
 done
 
-projects=(unit)
-if [ "$(id -u)" = 0 ]; then projects+=(root); else echo "test.sh: not root: skipping the root project" >&2; fi
-for project in "${projects[@]}"; do
+# Each run: a report name, then the vitest arguments. root-warm runs the bridge root tests again on the warm
+# path (BERTH_TEST_MODE=warm: every plugin call forwarded to a real berthd per fixture, as the shim does).
+runs=("unit --project unit")
+if [ "$(id -u)" = 0 ]; then
+  runs+=("root --project root" "root-warm --project root test/bridge")
+else
+  echo "test.sh: not root: skipping the root project" >&2
+fi
+for run in "${runs[@]}"; do
+  read -r project args <<<"$run"
   report="$reports/$project.json"
-  npx vitest run --project "$project" --reporter=default --reporter=json --outputFile="$report"
+  # shellcheck disable=SC2086
+  if [ "$project" = root-warm ]; then
+    BERTH_TEST_MODE=warm npx vitest run $args --reporter=default --reporter=json --outputFile="$report"
+  else
+    npx vitest run $args --reporter=default --reporter=json --outputFile="$report"
+  fi
   rc=$?
   if [ -s "$report" ]; then
     read -r p f < <(count_report "$report")
