@@ -114,7 +114,9 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
     level: o.logLevel ?? 'info',
     write: (s) => process.stderr.write(s),
   });
-  // Group commit issues one fdatasync per new lease at once; more threads let them join one journal commit.
+  // Sync rounds hold up to two pool threads per filesystem while a syncfs runs (ipam/daemon/fs-sync.ts), and
+  // the lease files' async fs calls share that pool: with libuv's default of 4 they would queue behind the
+  // rounds. (16 dates from one fdatasync per lease; it was not re-measured when rounds replaced those.)
   if (env.UV_THREADPOOL_SIZE === undefined) process.env.UV_THREADPOOL_SIZE = '16';
   const bootFile = env.BERTH_BOOT_ID_FILE;
   const bootId = readBootId(bootFile !== undefined && bootFile !== '' ? bootFile : BOOT_ID_FILE, (m) =>
