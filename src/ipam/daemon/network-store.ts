@@ -113,6 +113,20 @@ class SetBitmap extends OrdinalBitmap {
   }
 }
 
+/** A network store's batch statistics before its first batch (also the sums of forgotten stores). */
+export function zeroBatchStats() {
+  return {
+    batches: 0,
+    batchedRequests: 0,
+    fsyncRounds: 0,
+    rescans: 0,
+    lockWaits: 0,
+    lockWaitSeconds: 0,
+    batchSeconds: 0,
+    fsyncSeconds: 0,
+  };
+}
+
 /** The in-memory store of one network directory; `transact` joins the next batch. */
 export class NetworkStore implements LeaseStore {
   readonly dataDir: string;
@@ -146,16 +160,7 @@ export class NetworkStore implements LeaseStore {
   private readonly idleWaiters: (() => void)[] = [];
   /** The ranges of the last request that named them: pool gauges and `berth status`. */
   lastRangeSets: readonly RangeSet[] = [];
-  readonly stats = {
-    batches: 0,
-    batchedRequests: 0,
-    fsyncRounds: 0,
-    rescans: 0,
-    lockWaits: 0,
-    lockWaitSeconds: 0,
-    batchSeconds: 0,
-    fsyncSeconds: 0,
-  };
+  readonly stats = zeroBatchStats();
 
   constructor(private readonly opts: NetworkStoreOptions) {
     this.dataDir = opts.dataDir;

@@ -19,7 +19,7 @@ import type { Lease, LeaseSession, LeaseStore } from '../store';
 import type { Logger } from './observer';
 import type { Counters } from './observer';
 import { FilesystemSync } from './fs-sync';
-import { NetworkStore } from './network-store';
+import { NetworkStore, zeroBatchStats } from './network-store';
 import type {
   AdminGcReply,
   AdminGcRequest,
@@ -113,16 +113,7 @@ export class Service {
   readonly dataDir: string;
   private readonly syncer: FilesystemSync;
   /** Batch statistics of networks forgot by `sweep`: the sums exported as counters must never go down. */
-  private readonly retiredStats: NetworkStore['stats'] = {
-    batches: 0,
-    batchedRequests: 0,
-    fsyncRounds: 0,
-    rescans: 0,
-    lockWaits: 0,
-    lockWaitSeconds: 0,
-    batchSeconds: 0,
-    fsyncSeconds: 0,
-  };
+  private readonly retiredStats: NetworkStore['stats'] = zeroBatchStats();
 
   /** Data dirs served besides `dataDir` (remembered in `dataDirsFile` across restarts). */
   private readonly servedDataDirs = new Set<string>();
