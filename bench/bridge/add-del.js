@@ -10,25 +10,25 @@
 // machine hits both alike. --masq adds ipMasq (iptables for the reference, nftables for berth).
 'use strict';
 const { spawnSync } = require('node:child_process');
-const { mkdtempSync, rmSync, writeFileSync } = require('node:fs');
+const { mkdtempSync, rmSync } = require('node:fs');
 const { tmpdir } = require('node:os');
 const { join, resolve } = require('node:path');
+const {
+  sh,
+  trySh,
+  msSince,
+  pct,
+  writeConflist,
+  cnitoolSync,
+  nftTables,
+  removeNewEmptyNftTables,
+} = require('./cnitool');
 
 const args = process.argv.slice(2);
 const masq = args.includes('--masq');
 const runs = Math.max(20, Number(args.find((a) => /^\d+$/.test(a)) ?? 30));
 const repo = resolve(__dirname, '..', '..');
-const cnitool = process.env.CNITOOL ?? '/usr/local/bin/cnitool';
 const prefix = `bt${process.pid}`;
-
-function sh(cmd, argv, env) {
-  const r = spawnSync(cmd, argv, { encoding: 'utf8', env: env ?? process.env });
-  if (r.status !== 0) throw new Error(`${cmd} ${argv.join(' ')}: ${r.stdout}${r.stderr}`);
-  return r.stdout;
-}
-function trySh(cmd, argv) {
-  spawnSync(cmd, argv, { stdio: 'ignore' });
-}
 
 const work = mkdtempSync(join(tmpdir(), `${prefix}-bench-`));
 const netconf = join(work, 'net.d');
@@ -53,20 +53,8 @@ const plugins = [
   },
 ];
 for (const p of plugins) {
-  const conflist = {
-    cniVersion: '1.0.0',
-    name: p.net,
-    plugins: [
-      {
-        type: p.type,
-        bridge: p.bridge,
-        isGateway: true,
-        ...(masq ? { ipMasq: true } : {}),
-        ipam: { type: 'host-local', dataDir, ranges: [[{ subnet: p.subnet }]] },
-      },
-    ],
-  };
-  writeFileSync(join(netconf, `${p.net}.conflist`), JSON.stringify(conflist));
+  const ipam = { type: 'host-local', dataDir, ranges: [[{ subnet: p.subnet }]] };
+  writeConflist(netconf, { net: p.net, type: p.type, bridge: p.bridge, masq, ipam });
 }
 
 const env = {
@@ -77,15 +65,7 @@ const env = {
   BERTH_RUN_DIR: runDir,
 };
 const forward = sh('sysctl', ['-n', 'net.ipv4.ip_forward']).trim();
-// With --masq the reference goes through iptables (iptables-nft here), which leaves its `nat` tables behind
-// after the last DEL: remember which tables existed, to remove only new ones that hold no rule.
-const tablesBefore = new Set(sh('nft', ['list', 'tables']).split('\n').filter(Boolean));
-
-function timed(argv) {
-  const t = process.hrtime.bigint();
-  sh(cnitool, argv, env);
-  return Number(process.hrtime.bigint() - t) / 1e6;
-}
+const tablesBefore = nftTables();
 
 const samples = new Map(plugins.map((p) => [p.label, { add: [], del: [] }]));
 /** berth-bridge answering VERSION: Node's start-up plus our entry, the floor under every berth command. */
@@ -97,15 +77,15 @@ function versionOnce() {
     input: '{}',
   });
   if (r.status !== 0) throw new Error(`berth-bridge VERSION: ${r.stdout}${r.stderr}`);
-  floor.push(Number(process.hrtime.bigint() - t) / 1e6);
+  floor.push(msSince(t));
 }
 let seq = 0;
 function once(p, record) {
   const ns = `${prefix}-n${seq++}`;
   sh('ip', ['netns', 'add', ns]);
   try {
-    const add = timed(['add', p.net, `/var/run/netns/${ns}`]);
-    const del = timed(['del', p.net, `/var/run/netns/${ns}`]);
+    const add = cnitoolSync('add', p.net, ns, env);
+    const del = cnitoolSync('del', p.net, ns, env);
     if (record) {
       samples.get(p.label).add.push(add);
       samples.get(p.label).del.push(del);
@@ -113,11 +93,6 @@ function once(p, record) {
   } finally {
     trySh('ip', ['netns', 'del', ns]);
   }
-}
-
-function pct(xs, q) {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.ceil(q * s.length) - 1)];
 }
 
 try {
@@ -163,12 +138,6 @@ try {
   for (const p of plugins) trySh('ip', ['link', 'del', p.bridge]);
   trySh('nft', ['delete', 'table', 'inet', `${prefix}t`]);
   trySh('sysctl', ['-qw', `net.ipv4.ip_forward=${forward}`]);
-  for (const line of sh('nft', ['list', 'tables']).split('\n').filter(Boolean)) {
-    if (tablesBefore.has(line) || !masq) continue;
-    const [, family, name] = line.split(' ');
-    const content = spawnSync('nft', ['-j', 'list', 'table', family, name], { encoding: 'utf8' }).stdout;
-    const hasRules = (JSON.parse(content || '{"nftables":[]}').nftables ?? []).some((o) => 'rule' in o);
-    if (!hasRules) trySh('nft', ['delete', 'table', family, name]);
-  }
+  if (masq) removeNewEmptyNftTables(tablesBefore);
   rmSync(work, { recursive: true, force: true });
 }

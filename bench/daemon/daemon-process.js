@@ -1,6 +1,7 @@
 // A throw-away berthd for the benches in this directory: the built daemon (bin/berth) on a socket and a data
 // dir in a fresh temp dir, ready once /v1/health answers, stopped with SIGTERM and removed afterwards, also
-// when the bench fails. BENCH_NODE_ARGS passes node flags to the daemon (e.g. "--cpu-prof --cpu-prof-dir=DIR").
+// when the bench fails (SIGKILL if it has not exited 10 s after the SIGTERM). BENCH_NODE_ARGS passes node
+// flags to the daemon (e.g. "--cpu-prof --cpu-prof-dir=DIR").
 'use strict';
 const { spawn } = require('node:child_process');
 const fs = require('node:fs');
@@ -23,8 +24,11 @@ function get(socket, path) {
   });
 }
 
-/** Runs `fn({ dir, socket, dataDir, pid })` against a fresh daemon; returns what it returns. */
-async function withDaemon(tag, fn) {
+/**
+ * Runs `fn({ dir, socket, dataDir, pid })` against a fresh daemon started with `extraArgs` besides its
+ * socket and data dir; returns what `fn` returns.
+ */
+async function withDaemon(tag, fn, extraArgs = []) {
   const dir = fs.mkdtempSync(join(os.tmpdir(), `${tag}${process.pid}-`));
   const socket = join(dir, 'berthd.sock');
   const dataDir = join(dir, 'data');
@@ -41,6 +45,7 @@ async function withDaemon(tag, fn) {
       dataDir,
       '--log-level',
       'warn',
+      ...extraArgs,
     ],
     {
       stdio: ['ignore', 'inherit', 'inherit'],
@@ -61,7 +66,9 @@ async function withDaemon(tag, fn) {
     return await fn({ dir, socket, dataDir, pid: daemon.pid });
   } finally {
     if (daemon.exitCode === null) daemon.kill('SIGTERM');
+    const kill = setTimeout(() => daemon.kill('SIGKILL'), 10_000);
     await exited;
+    clearTimeout(kill);
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }
