@@ -415,7 +415,10 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
       }
       const v = await createVeth(ctx, undo);
       await configurePort(ctx, { bridge: b.link, veth: v.host, alias: tag });
-      registerAttachment(deps.runDir, conf.network, tag);
+      registerAttachment(deps.runDir, conf.network, tag, {
+        masquerade: conf.ipMasq,
+        spoofCheck: conf.macSpoofCheck,
+      });
       undo.push('unregister attachment', () =>
         withNetworkLock(lockOpts, async () => unregisterAttachment(deps.runDir, conf.network, tag)),
       );

@@ -9,7 +9,7 @@ import { isCode, netlinkCode, toKernelCniError, type Netlink } from './kernel';
 import { withNetworkLock } from './lock';
 import { removeMasquerade } from './masquerade';
 import { attachmentTag, nftScope } from './nft';
-import { unregisterAttachment } from './registry';
+import { attachmentNftUse, unregisterAttachment } from './registry';
 import { removeSpoofCheck } from './spoofcheck';
 
 /** Deletes the container interface inside the namespace; false when the namespace is gone. */
@@ -86,10 +86,12 @@ export async function cmdDel(req: Request, deps: BridgeDeps): Promise<void> {
   const scope = nftScope(deps, conf.network);
   try {
     await withNetworkLock({ network: conf.network, runDir: deps.runDir }, async () => {
+      // Only the tables the ADD recorded it may use (each listing is an nft process); both without a record.
       // Two tables, two independent nft processes: run them side by side, both finished before the lock goes.
+      const use = attachmentNftUse(deps.runDir, conf.network, tag) ?? { masquerade: true, spoofCheck: true };
       const outcomes = await Promise.allSettled([
-        removeMasquerade(scope, (t) => t === tag),
-        removeSpoofCheck(scope, (t) => t === tag),
+        use.masquerade ? removeMasquerade(scope, (t) => t === tag) : undefined,
+        use.spoofCheck ? removeSpoofCheck(scope, (t) => t === tag) : undefined,
       ]);
       const failed = outcomes.find((o) => o.status === 'rejected');
       if (failed !== undefined) note('remove nftables entries', failed.reason);

@@ -1,6 +1,7 @@
 // Which network each tagged host veth belongs to, so that GC of one network never removes the ports of
 // another network sharing its bridge: one small file per attachment under the run dir (tmpfs, so it lives
-// exactly as long as the veths do).
+// exactly as long as the veths do). The file also says which nftables tables the ADD may put elements in,
+// so that DEL lists only those (an `nft` process each, the largest cost of a DEL served by berthd).
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -19,11 +20,48 @@ function fileOf(tag: string): string {
   return createHash('sha256').update(tag).digest('hex').slice(0, 24);
 }
 
-/** Caller holds the network lock (an unregister could otherwise remove the directory between mkdir and write). */
-export function registerAttachment(runDir: string, network: string, tag: string): void {
+/** The nftables tables an attachment's ADD may put elements in (from its config, decided before it does). */
+export interface NftUse {
+  masquerade: boolean;
+  spoofCheck: boolean;
+}
+
+/** An attachment's file: the tag, then (since the record says what nft holds) a line `nft:` with the uses. */
+function parseRecord(text: string): { tag: string; nft: NftUse | undefined } {
+  const [tag = '', uses] = text.split('\n');
+  if (uses === undefined || !uses.startsWith('nft:')) return { tag, nft: undefined };
+  const words = uses.slice('nft:'.length).split(' ');
+  return { tag, nft: { masquerade: words.includes('masquerade'), spoofCheck: words.includes('spoofcheck') } };
+}
+
+/**
+ * Records the attachment with what it may put into nftables, before the ADD puts anything there. Caller
+ * holds the network lock (an unregister could otherwise remove the directory between mkdir and write). A
+ * record already there (an ADD of the same attachment again, without a DEL between) keeps its uses.
+ */
+export function registerAttachment(runDir: string, network: string, tag: string, nft: NftUse): void {
   const dir = networkDir(runDir, network);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
-  writeFileSync(join(dir, fileOf(tag)), tag, { mode: 0o600 });
+  const before = attachmentNftUse(runDir, network, tag);
+  const masquerade = nft.masquerade || (before?.masquerade ?? false);
+  const spoofCheck = nft.spoofCheck || (before?.spoofCheck ?? false);
+  const uses = `nft:${masquerade ? ' masquerade' : ''}${spoofCheck ? ' spoofcheck' : ''}`;
+  writeFileSync(join(dir, fileOf(tag)), `${tag}\n${uses}`, { mode: 0o600 });
+}
+
+/**
+ * What the attachment's ADD recorded about nftables; undefined when there is no record (no ADD got that
+ * far, or it was deleted) or one written before records said it: then DEL must look in both tables.
+ */
+export function attachmentNftUse(runDir: string, network: string, tag: string): NftUse | undefined {
+  let text: string;
+  try {
+    text = readFileSync(join(networkDir(runDir, network), fileOf(tag)), 'utf8');
+  } catch {
+    return undefined;
+  }
+  const record = parseRecord(text);
+  return record.tag === tag ? record.nft : undefined;
 }
 
 /** Caller holds the network lock; the network's directory goes with its last attachment. */
@@ -63,7 +101,7 @@ export function registeredTags(runDir: string, network: string): string[] {
   const tags: string[] = [];
   for (const f of files) {
     try {
-      tags.push(readFileSync(join(dir, f), 'utf8'));
+      tags.push(parseRecord(readFileSync(join(dir, f), 'utf8')).tag);
     } catch {
       // removed meanwhile
     }

@@ -1,4 +1,7 @@
 // berth-bridge ADD/CHECK/DEL through the built executable, as a runtime runs it, on real namespaces.
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { registeredTags } from '../../src/bridge/registry';
 import {
@@ -7,7 +10,7 @@ import {
   specHasIpVersionField,
   specHasMultipleIPs,
 } from '../../src/cni-spec/versions';
-import { Fixture, ipJson, nsExec, readSysctlIn, sh } from './harness';
+import { Fixture, ipJson, nsExec, readSysctlIn, runPlugin, sh } from './harness';
 
 const fx = new Fixture('a');
 afterEach(() => fx.cleanup());
@@ -438,5 +441,49 @@ describe('chained ADD', () => {
       expect.objectContaining({ address: '198.18.130.2/24', interface: 3 }),
     ]);
     expect(r.routes).toEqual([{ dst: '0.0.0.0/0', gw: '198.18.130.1' }]);
+  });
+});
+
+describe('DEL runs nft only for the tables the ADD recorded', () => {
+  // Each nft listing is a process (forked from berthd on the warm path: most of a DEL's cost there). The DEL
+  // runs standalone with an `nft` on PATH that logs its arguments and runs the real one.
+  it.each([
+    ['neither masquerade nor spoof check: no nft at all', {}, 'plain', []],
+    ['ipMasq: the inet table only', { ipMasq: true }, 'masq', ['inet']],
+    ['macspoofchk: the bridge table only', { macspoofchk: true }, 'spoof', ['bridge']],
+    ['no record (nothing was added): both tables', { ipMasq: true }, undefined, ['inet', 'bridge']],
+  ])('%s', async (_what, extra, containerId, families) => {
+    const ns = fx.netns();
+    const c = conf(extra);
+    if (containerId !== undefined) {
+      const add = await fx.run({ command: 'ADD', conf: c, containerId, netns: ns.path, ifname: 'eth0' });
+      expect(add.code, add.stdout + add.stderr).toBe(0);
+    }
+    const bin = mkdtempSync(join(tmpdir(), `${fx.prefix}-nft-`));
+    try {
+      const log = join(bin, 'log');
+      writeFileSync(log, '');
+      const nft = sh('sh', ['-c', 'command -v nft']).trim();
+      writeFileSync(join(bin, 'nft'), `#!/bin/sh\necho "$*" >> ${log}\nexec ${nft} "$@"\n`, { mode: 0o755 });
+      const del = await runPlugin({
+        command: 'DEL',
+        conf: c,
+        containerId: containerId ?? 'never-added',
+        netns: ns.path,
+        ifname: 'eth0',
+        env: { ...fx.env(), PATH: `${bin}:${process.env.PATH ?? '/usr/sbin:/usr/bin'}` },
+      });
+      expect(del.code, del.stdout + del.stderr).toBe(0);
+      const calls = readFileSync(log, 'utf8').split('\n').filter(Boolean);
+      const listed = calls.flatMap((l) => /^-j list table (\w+) /.exec(l)?.[1] ?? []);
+      // (a table the last attachment leaves empty is listed twice: again under the tables lock, then dropped)
+      expect([...new Set(listed)].sort()).toEqual([...families].sort());
+    } finally {
+      rmSync(bin, { recursive: true, force: true });
+    }
+    expect(registeredTags(fx.runDir, c.name as string)).toEqual([]);
+    expect(fx.ports(c.bridge as string)).toEqual([]);
+    expect(fx.nftList('inet')).not.toContain(`${containerId}/eth0`);
+    expect(fx.nftList('bridge')).not.toContain(`${containerId}/eth0`);
   });
 });
