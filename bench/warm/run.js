@@ -246,19 +246,30 @@ async function churn(env, pid, p) {
   return { before, after: statusKb(pid, 'VmRSS'), hwm: statusKb(pid, 'VmHWM'), seconds: msSince(t0) / 1000 };
 }
 
+/** Sums over berthd's /metrics lines that match `re` (all label sets). */
+async function metricSum(socket, re) {
+  const metrics = await get(socket, '/metrics');
+  return metrics
+    .split('\n')
+    .filter((l) => re.test(l))
+    .reduce((n, l) => n + Number(l.split(' ').pop()), 0);
+}
+
 /** berthd's own counters: every call served in-process, none sent back (421). */
 async function servedCounts(socket) {
-  const metrics = await get(socket, '/metrics');
-  const count = (re) =>
-    metrics
-      .split('\n')
-      .filter((l) => re.test(l))
-      .reduce((n, l) => n + Number(l.split(' ').pop()), 0);
   return {
-    served: count(/^berthd_plugin_calls_total\{/),
-    errors: count(/^berthd_plugin_errors_total\{/),
-    fallbacks: count(/^berthd_plugin_fallbacks_total\{/),
+    served: await metricSum(socket, /^berthd_plugin_calls_total\{/),
+    errors: await metricSum(socket, /^berthd_plugin_errors_total\{/),
+    fallbacks: await metricSum(socket, /^berthd_plugin_fallbacks_total\{/),
   };
+}
+
+/** Seconds berthd spent in berth-bridge calls of `command` so far (its latency histogram's sum). */
+function daemonSeconds(socket, command) {
+  const re = new RegExp(
+    `^berthd_plugin_call_duration_seconds_sum\\{plugin="berth-bridge",command="${command}"\\}`,
+  );
+  return metricSum(socket, re);
 }
 
 const load = () =>
@@ -301,6 +312,9 @@ function report({ results, rss, life, counts, loadBefore, loadAfter }) {
     lines.push(
       `| berthd CPU per ADD / per DEL (sequential) | ${m} | | ${ms(s.cpuAdd / n)} / ${ms(s.cpuDel / n)} | | | |`,
     );
+    lines.push(
+      `| berthd time in the call per ADD / per DEL (sequential, mean) | ${m} | | ${ms((1000 * s.daemonAdd) / n)} / ${ms((1000 * s.daemonDel) / n)} | | | |`,
+    );
   }
   const shim = Math.max(rss.add, rss.del);
   lines.push(
@@ -342,7 +356,10 @@ async function main() {
         const results = [];
         for (const { masq, plugins } of nets) {
           const s = samples();
+          const inDaemon = [await daemonSeconds(socket, 'ADD'), await daemonSeconds(socket, 'DEL')];
           await sequential(env, pid, plugins, s);
+          s.daemonAdd = (await daemonSeconds(socket, 'ADD')) - inDaemon[0];
+          s.daemonDel = (await daemonSeconds(socket, 'DEL')) - inDaemon[1];
           await concurrent(env, plugins, s);
           results.push({ masq, s });
           console.error(`bench/warm: ipMasq ${masq ? 'on' : 'off'} done (load ${load()})`);
