@@ -155,7 +155,8 @@ async function del(inFile, list) {
 async function check(endpoints, prefix, list, replies) {
   const dist = path.join(__dirname, '..', '..', 'dist');
   const { EtcdGateway } = require(path.join(dist, 'cluster', 'etcd-gateway.js'));
-  const { parseIp, parseCidr, cidrContains } = require(path.join(dist, 'ipam', 'address.js'));
+  const { parseIp } = require(path.join(dist, 'address', 'ip.js'));
+  const { parseCidr, cidrContains } = require(path.join(dist, 'address', 'cidr.js'));
   const problems = [];
   const seen = new Map();
   let files = 0;
