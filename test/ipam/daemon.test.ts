@@ -305,7 +305,10 @@ describe('the daemon store keeps the files and lease-file-store index as the plu
     }
     const spares = readdirSync(spareDir);
     expect(spares.length).toBeGreaterThan(0);
-    expect(spares.length).toBeLessThanOrEqual(8);
+    // Bounded by what is in flight around a sync round, not by the number of cycles (30 here: without
+    // recycling there would be one spare per cycle). A round that ends just after the next placement looked
+    // for a warm spare adds one: 8 or fewer on a quiet machine, 9 seen at load 11.
+    expect(spares.length).toBeLessThanOrEqual(15);
     for (const f of spares) expect(readFileSync(join(spareDir, f), 'latin1').startsWith('{')).toBe(true);
 
     // A restarted daemon takes the spares over: after its first sync round, its leases are among them.
