@@ -2,7 +2,9 @@
 // The warm path against the reference, as a runtime sees it (issue 13's targets): berth-bridge + berth-ipam
 // through the C shim into a private berthd, beside Debian's bridge + host-local (/usr/lib/cni), both driven
 // by cnitool in one run, alternating. A measurement, not a test.
-// Run as root after `npm run build`:  node bench/warm/run.js [runs=30] [--rounds 3] [--cycles 2000]
+// Run as root after `npm run build`:
+//   node bench/warm/run.js [runs=30] [--rounds 3] [--cycles 2000] [--masq off|on]
+// (--masq: only that setting, e.g. to profile it with BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=DIR").
 //
 // For ipMasq off, then on, each with its own bridge and /24 per plugin:
 //  - sequential: `runs` pods per plugin, alternating run by run; per pod a fresh named netns (outside the
@@ -47,6 +49,8 @@ const runs = Math.max(
 );
 const rounds = Math.max(1, flag('--rounds', 3));
 const cycles = Math.max(0, flag('--cycles', 2000));
+const onlyMasq = args.includes('--masq') ? args[args.indexOf('--masq') + 1] : undefined;
+if (onlyMasq !== undefined && onlyMasq !== 'on' && onlyMasq !== 'off') throw new Error('--masq on|off');
 const CONCURRENT = 50;
 const CYCLE_WORKERS = 4;
 const prefix = `bt${process.pid}`;
@@ -281,16 +285,9 @@ const ms = (x) => `${x.toFixed(1)} ms`;
 const mb = (kb) => `${(kb / 1024).toFixed(1)} MB`;
 const verdict = (ok) => (ok ? 'pass' : '**miss**');
 
-function report({ results, rss, life, counts, loadBefore, loadAfter }) {
-  const lines = [
-    `## bench/warm (${new Date().toISOString()}): berth (shim → berthd) against the reference bridge + host-local, through cnitool`,
-    '',
-    `${os.cpus().length} cores, node ${process.version}, kernel ${os.release()}; load average ${loadBefore} before, ${loadAfter} after; ` +
-      `${runs} sequential pods per plugin and setting, ${rounds} rounds of ${CONCURRENT} concurrent, ${cycles} churn cycles`,
-    '',
-    '| measure | ipMasq | reference | berth | berth / reference | target | |',
-    '| --- | --- | ---: | ---: | ---: | ---: | --- |',
-  ];
+/** The table rows of the timed phases, per ipMasq setting. */
+function timingRows(results) {
+  const lines = [];
   for (const { masq, s } of results) {
     const m = masq ? 'on' : 'off';
     const ref = s.reference;
@@ -316,6 +313,20 @@ function report({ results, rss, life, counts, loadBefore, loadAfter }) {
       `| berthd time in the call per ADD / per DEL (sequential, mean) | ${m} | | ${ms((1000 * s.daemonAdd) / n)} / ${ms((1000 * s.daemonDel) / n)} | | | |`,
     );
   }
+  return lines;
+}
+
+function report({ results, rss, life, counts, loadBefore, loadAfter }) {
+  const lines = [
+    `## bench/warm (${new Date().toISOString()}): berth (shim → berthd) against the reference bridge + host-local, through cnitool`,
+    '',
+    `${os.cpus().length} cores, node ${process.version}, kernel ${os.release()}; load average ${loadBefore} before, ${loadAfter} after; ` +
+      `${runs} sequential pods per plugin and setting, ${rounds} rounds of ${CONCURRENT} concurrent, ${cycles} churn cycles`,
+    '',
+    '| measure | ipMasq | reference | berth | berth / reference | target | |',
+    '| --- | --- | ---: | ---: | ---: | ---: | --- |',
+  ];
+  lines.push(...timingRows(results));
   const shim = Math.max(rss.add, rss.del);
   lines.push(
     `| shim peak RSS, ADD / DEL | | | ${mb(rss.add)} / ${mb(rss.del)} | | ≤ 2 MB | ${verdict(shim <= TARGETS.shimRssKb)} |`,
@@ -355,6 +366,7 @@ async function main() {
         for (const { plugins } of nets) await sequential(env, pid, plugins, samples(), 1);
         const results = [];
         for (const { masq, plugins } of nets) {
+          if (onlyMasq !== undefined && masq !== (onlyMasq === 'on')) continue;
           const s = samples();
           const inDaemon = [await daemonSeconds(socket, 'ADD'), await daemonSeconds(socket, 'DEL')];
           await sequential(env, pid, plugins, s);
@@ -362,6 +374,8 @@ async function main() {
           s.daemonDel = (await daemonSeconds(socket, 'DEL')) - inDaemon[1];
           await concurrent(env, plugins, s);
           results.push({ masq, s });
+          // Shown at once: the churn below takes minutes, and an interrupted run keeps these.
+          console.error(timingRows([{ masq, s }]).join('\n'));
           console.error(`bench/warm: ipMasq ${masq ? 'on' : 'off'} done (load ${load()})`);
         }
         const berthMasq = nets[1].plugins[1];
