@@ -20,6 +20,7 @@ export interface LeaseDirPaths {
   sets: string;
   tmp: string;
   spare: string;
+  found: string;
 }
 
 export function leaseDirPaths(dataDir: string, network: string): LeaseDirPaths {
@@ -34,6 +35,7 @@ export function leaseDirPaths(dataDir: string, network: string): LeaseDirPaths {
     sets: join(berth, 'sets'),
     tmp: join(berth, 'tmp'),
     spare: join(berth, 'spare'),
+    found: join(berth, 'found'),
   };
 }
 
@@ -49,8 +51,36 @@ export function isBookkeepingName(name: string): boolean {
 
 /** The address a lease file name stands for: only the canonical text form counts (as host-local writes it). */
 export function leaseNameIp(name: string): Ip | undefined {
+  if (!name.includes(':')) return dottedQuad(name);
   const ip = parseIp(name);
   return ip !== undefined && formatIp(ip) === name ? ip : undefined;
+}
+
+/**
+ * A canonical dotted quad (no leading zero, each part up to 255), as formatIp writes it: what parseIp and
+ * formatIp answer together, without their splits and bigint steps (a scan asks once per lease file).
+ */
+function dottedQuad(name: string): Ip | undefined {
+  let value = 0;
+  let part = 0;
+  let digits = 0;
+  let dots = 0;
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    if (c === 0x2e) {
+      if (digits === 0 || dots === 3) return undefined;
+      value = value * 256 + part;
+      part = 0;
+      digits = 0;
+      dots++;
+    } else if (c >= 0x30 && c <= 0x39) {
+      if (digits > 0 && part === 0) return undefined;
+      part = part * 10 + (c - 0x30);
+      if (++digits > 3 || part > 255) return undefined;
+    } else return undefined;
+  }
+  if (dots !== 3 || digits === 0) return undefined;
+  return { family: 4, value: BigInt(value * 256 + part) };
 }
 
 /** The name of an attachment's record under `.berth/att/`. */
@@ -74,18 +104,75 @@ export function parseLeaseContent(raw: string): Attachment | undefined {
   return { containerId, ifname };
 }
 
+/** One IP-named entry of the network directory, as a scan found it. */
+export interface ScannedLease {
+  name: string;
+  ip: Ip;
+  /** Undefined when the file could not be read or holds no lease (`problem` says why): its address stays taken. */
+  att?: Attachment;
+  problem?: string;
+  /** The file was read, but what it holds is no lease. */
+  corrupt?: boolean;
+}
+
+/** Flags of a scan's open: never follow a symlink, never wait on a FIFO put there in place of a lease. */
+const SCAN_OPEN = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK;
+
 /**
- * Reads one lease file without following a symlink; throws when it cannot be read or is not a regular file.
- * `buf` is reused across calls by a scan of the whole directory.
+ * Reads every lease of a network directory once: the listing (whose entry types say which names are regular
+ * files, so no stat per file), then open, read, close of each IP-named regular file. This is the one scan a
+ * take-over or a rebuild costs; host-local pays about the same on each ADD and DEL (a walk with an lstat, an
+ * open, an fstat, two reads and a close per file). Names that are neither leases nor bookkeeping go to
+ * `foreign`.
  */
-export function readLeaseFile(path: string, buf: Buffer): { text: string; mtime: Date } {
-  const fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+export function scanLeaseDir(dir: string): { leases: ScannedLease[]; foreign: string[] } {
+  const leases: ScannedLease[] = [];
+  const foreign: string[] = [];
+  const buf = Buffer.alloc(4096);
+  for (const ent of fs.readdirSync(dir, { withFileTypes: true })) {
+    const name = ent.name;
+    if (isBookkeepingName(name)) continue;
+    const ip = leaseNameIp(name);
+    if (ip === undefined) {
+      foreign.push(name);
+      continue;
+    }
+    if (!ent.isFile()) {
+      leases.push({ name, ip, problem: 'not a regular file' });
+      continue;
+    }
+    let text: string;
+    try {
+      const fd = fs.openSync(`${dir}/${name}`, SCAN_OPEN);
+      try {
+        text = buf.toString('utf8', 0, fs.readSync(fd, buf, 0, buf.length, 0));
+      } finally {
+        fs.closeSync(fd);
+      }
+    } catch (err) {
+      leases.push({ name, ip, problem: (err as Error).message });
+      continue;
+    }
+    const att = parseLeaseContent(text);
+    if (att === undefined)
+      leases.push({ name, ip, corrupt: true, problem: JSON.stringify(text.slice(0, 40)) });
+    else leases.push({ name, ip, att });
+  }
+  return { leases, foreign };
+}
+
+/** The content of one lease file (no symlink followed), or undefined when it cannot be read. */
+export function readLeaseText(path: string): string | undefined {
+  const buf = Buffer.alloc(4096);
   try {
-    const st = fs.fstatSync(fd);
-    if (!st.isFile()) throw new Error('not a regular file');
-    return { text: buf.subarray(0, fs.readSync(fd, buf, 0, buf.length, 0)).toString(), mtime: st.mtime };
-  } finally {
-    fs.closeSync(fd);
+    const fd = fs.openSync(path, SCAN_OPEN);
+    try {
+      return buf.toString('utf8', 0, fs.readSync(fd, buf, 0, buf.length, 0));
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    return undefined;
   }
 }
 
@@ -129,17 +216,25 @@ export function isRecord(x: unknown): x is AttRecord {
   );
 }
 
-/** `.berth/state.json`: index generation, the directory mtime sentinel of the last commit, last boot seen. */
+/**
+ * `.berth/state.json`: index generation, the directory mtime sentinel of the last commit, last boot seen,
+ * and the id of the `.berth/found` index that belongs to this state (none: every attachment has its record
+ * under `.berth/att/`). Version 2 is written since the found index exists: a berth-ipam of before reads it as
+ * no state at all and rebuilds its records from the lease files, so going back a version loses nothing.
+ * Version 1 (no found index) is still read.
+ */
 export interface IndexState {
-  v: 1;
+  v: 1 | 2;
   gen: number;
   dirMtimeNs: string;
   bootId?: string;
+  found?: string;
 }
 
-export function encodeState(s: { gen: number; dirMtimeNs: string; bootId?: string }): string {
-  const state: IndexState = { v: 1, gen: s.gen, dirMtimeNs: s.dirMtimeNs };
+export function encodeState(s: { gen: number; dirMtimeNs: string; bootId?: string; found?: string }): string {
+  const state: IndexState = { v: 2, gen: s.gen, dirMtimeNs: s.dirMtimeNs };
   if (s.bootId !== undefined) state.bootId = s.bootId;
+  if (s.found !== undefined) state.found = s.found;
   return JSON.stringify(state);
 }
 
@@ -147,11 +242,202 @@ export function encodeState(s: { gen: number; dirMtimeNs: string; bootId?: strin
 export function readState(p: LeaseDirPaths): IndexState | undefined {
   try {
     const s = JSON.parse(fs.readFileSync(p.state, 'utf8')) as IndexState;
-    if (s.v === 1 && typeof s.gen === 'number' && typeof s.dirMtimeNs === 'string') return s;
+    if (
+      (s.v === 1 || s.v === 2) &&
+      typeof s.gen === 'number' &&
+      typeof s.dirMtimeNs === 'string' &&
+      (s.found === undefined || typeof s.found === 'string')
+    )
+      return s;
   } catch {
     // Missing or corrupt.
   }
   return undefined;
+}
+
+/**
+ * `.berth/found`: the attachments of the lease files berth found without a record of its own (host-local's
+ * leases at a take-over, or after host-local changed the directory), written whole, in one write, by the
+ * scan that found them, instead of a record per attachment under `.berth/att/` (a take-over of 60,000
+ * leases wrote 60,000 files). A record under `.berth/att/` overrides the attachment's entry here; a record
+ * with no address left (a tombstone) says the attachment released what it had been found with. The file
+ * belongs to the state whose `found` names its id, and is ignored otherwise (the index is then rebuilt).
+ *
+ * Layout: a JSON header line (so the file starts with `{` and host-local never takes it for a lease:
+ * `{"v":1,"id":…,"metas":[…],"buckets":B}`), then B+1 little-endian uint32 offsets into the entries, then
+ * the entries grouped by bucket (FNV-1a of the attachment key, modulo B), one line each:
+ * `<containerID>\t<ifname>\t<meta index>\t<ip> <ip>…`. A lookup reads the header, the table and one bucket.
+ */
+export interface FoundEntry {
+  containerId: string;
+  ifname: string;
+  ips: string[];
+  meta: LeaseMeta;
+}
+
+interface FoundHeader {
+  v: 1;
+  id: string;
+  metas: LeaseMeta[];
+  buckets: number;
+}
+
+/** Entries per bucket aimed at: a lookup reads a few KiB. */
+const FOUND_PER_BUCKET = 32;
+/** The first read of a lookup: the header and the table of any directory up to ~500,000 attachments. */
+const FOUND_PREFIX_BYTES = 64 * 1024;
+
+/** FNV-1a (32 bits) of the attachment key's UTF-16 code units. */
+function foundBucket(key: string, buckets: number): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
+  return (h >>> 0) % buckets;
+}
+
+export function encodeFound(id: string, entries: readonly FoundEntry[]): Buffer {
+  let buckets = 1;
+  while (buckets * FOUND_PER_BUCKET < entries.length) buckets *= 2;
+  const metas: LeaseMeta[] = [];
+  // Found entries share a few meta objects (one per sighting): by identity first, by value for the rest.
+  const byObject = new Map<LeaseMeta, number>();
+  const byValue = new Map<string, number>();
+  const lines: string[] = Array.from({ length: buckets }, () => '');
+  for (const e of entries) {
+    let mi = byObject.get(e.meta);
+    if (mi === undefined) {
+      const m = JSON.stringify(e.meta);
+      mi = byValue.get(m);
+      if (mi === undefined) {
+        mi = metas.length;
+        metas.push(e.meta);
+        byValue.set(m, mi);
+      }
+      byObject.set(e.meta, mi);
+    }
+    const b = foundBucket(attKey(e), buckets);
+    lines[b] += `${e.containerId}\t${e.ifname}\t${mi}\t${e.ips.join(' ')}\n`;
+  }
+  const header: FoundHeader = { v: 1, id, metas, buckets };
+  const table = Buffer.alloc(4 * (buckets + 1));
+  const parts: Buffer[] = [Buffer.from(`${JSON.stringify(header)}\n`), table];
+  let off = 0;
+  for (let b = 0; b < buckets; b++) {
+    table.writeUInt32LE(off, 4 * b);
+    const part = Buffer.from(lines[b]!);
+    parts.push(part);
+    off += part.length;
+  }
+  table.writeUInt32LE(off, 4 * buckets);
+  return Buffer.concat(parts);
+}
+
+/** Thrown for a found index that exists but cannot be used (the caller rebuilds it from the lease files). */
+export class CorruptFoundIndex extends Error {}
+
+function parseFoundLines(text: string, metas: readonly LeaseMeta[], out: FoundEntry[]): void {
+  for (const line of text.split('\n')) {
+    if (line === '') continue;
+    const [containerId, ifname, mi, ips] = line.split('\t');
+    const meta = metas[Number(mi)];
+    if (containerId === undefined || ifname === undefined || ips === undefined || meta === undefined)
+      throw new CorruptFoundIndex(`bad entry ${JSON.stringify(line.slice(0, 80))}`);
+    out.push({ containerId, ifname, ips: ips === '' ? [] : ips.split(' '), meta });
+  }
+}
+
+/** A `.berth/found` file opened for lookups: its header and bucket table, read once. */
+export class FoundIndex {
+  private constructor(
+    private readonly path: string,
+    readonly id: string,
+    private readonly metas: readonly LeaseMeta[],
+    private readonly table: Uint32Array,
+    private readonly bodyStart: number,
+  ) {}
+
+  /** The index with this id; undefined when there is no file; throws CorruptFoundIndex for any other file. */
+  static open(path: string, id: string): FoundIndex | undefined {
+    let fd: number;
+    try {
+      fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw new CorruptFoundIndex((err as Error).message);
+    }
+    try {
+      let buf = Buffer.alloc(FOUND_PREFIX_BYTES);
+      let len = fs.readSync(fd, buf, 0, buf.length, 0);
+      const nl = buf.subarray(0, len).indexOf(0x0a);
+      if (nl === -1 || buf[0] !== 0x7b) throw new CorruptFoundIndex('no header');
+      let header: FoundHeader;
+      try {
+        header = JSON.parse(buf.toString('utf8', 0, nl)) as FoundHeader;
+      } catch {
+        throw new CorruptFoundIndex('bad header');
+      }
+      if (
+        header.v !== 1 ||
+        header.id !== id ||
+        !Array.isArray(header.metas) ||
+        !Number.isInteger(header.buckets) ||
+        header.buckets < 1
+      )
+        throw new CorruptFoundIndex(`not the index ${id}`);
+      const tableEnd = nl + 1 + 4 * (header.buckets + 1);
+      if (tableEnd > len) {
+        buf = Buffer.alloc(tableEnd);
+        len = fs.readSync(fd, buf, 0, tableEnd, 0);
+        if (len < tableEnd) throw new CorruptFoundIndex('short table');
+      }
+      const table = new Uint32Array(header.buckets + 1);
+      for (let b = 0; b <= header.buckets; b++) table[b] = buf.readUInt32LE(nl + 1 + 4 * b);
+      return new FoundIndex(path, id, header.metas, table, tableEnd);
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  private read(start: number, end: number): string {
+    if (end < start) throw new CorruptFoundIndex('bad table');
+    const fd = fs.openSync(this.path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    try {
+      const buf = Buffer.alloc(end - start);
+      const n = fs.readSync(fd, buf, 0, buf.length, this.bodyStart + start);
+      if (n !== buf.length) throw new CorruptFoundIndex('short file');
+      return buf.toString('utf8');
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  /** The entry of the attachment with this key (`attKey`), if it was found: one read of its bucket. */
+  lookup(key: string): FoundEntry | undefined {
+    const b = foundBucket(key, this.table.length - 1);
+    const out: FoundEntry[] = [];
+    parseFoundLines(this.read(this.table[b]!, this.table[b + 1]!), this.metas, out);
+    return out.find((e) => attKey(e) === key);
+  }
+
+  /** Every entry. */
+  all(): FoundEntry[] {
+    const out: FoundEntry[] = [];
+    parseFoundLines(this.read(0, this.table[this.table.length - 1]!), this.metas, out);
+    return out;
+  }
+}
+
+let foundSeq = 0;
+
+/** Writes the found index whole: a temp file in `.berth/tmp`, renamed over the old one (only under the lock). */
+export function writeFound(p: LeaseDirPaths, data: Uint8Array): void {
+  const tmp = join(p.tmp, `found-${process.pid}-${foundSeq++}`);
+  fs.writeFileSync(tmp, data, { mode: 0o600, flag: 'wx' });
+  fs.renameSync(tmp, p.found);
+}
+
+/** A new found index id: any value no earlier index of the directory had. */
+export function newFoundId(): string {
+  return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`;
 }
 
 /** What `stampSentinel` returns when the directory could not be stamped: matches no real mtime. */

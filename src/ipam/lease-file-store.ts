@@ -8,7 +8,10 @@
 //                                 then link(2)ed to its name: exclusive, and never visible half-written
 //   <net>/last_reserved_ip.<set>  host-local's round-robin cursor
 //   <net>/.berth/state.json       index state: generation, last boot seen, directory mtime sentinel
-//   <net>/.berth/att/<id>:<if>    one JSON record per attachment: its IPs and metadata (boot id, netns, pod)
+//   <net>/.berth/att/<id>:<if>    one JSON record per attachment berth wrote: its IPs and metadata (boot id,
+//                                 netns, pod); one with no IP left is a tombstone over the found index
+//   <net>/.berth/found            the attachments of the leases berth found without a record (host-local's,
+//                                 at a take-over), written whole by the scan that found them (lease-dir.ts)
 //   <net>/.berth/sets/<hash>      occupancy bitmap of one range set (JSON header line, then bits)
 //   <net>/.berth/tmp/             temp files; emptied under the lock
 //
@@ -30,11 +33,15 @@ import { type Family, type Ip, formatIp, parseIp } from '../address/ip';
 import type { Occupancy } from './allocator';
 import {
   type AttRecord,
+  CorruptFoundIndex,
+  type FoundEntry,
+  FoundIndex,
   type IndexState as State,
   type LeaseDirPaths as Paths,
   attKey,
   clearTemp,
   cursorPath,
+  encodeFound,
   encodeRecord,
   encodeState,
   isBookkeepingName,
@@ -42,9 +49,9 @@ import {
   leaseContent,
   leaseDirPaths,
   leaseNameIp,
-  parseLeaseContent,
-  readLeaseFile,
+  newFoundId,
   readState,
+  scanLeaseDir,
   stampSentinel,
   unwritableReason,
 } from './lease-dir';
@@ -142,13 +149,10 @@ class Bitmap extends OrdinalBitmap {
     this.setOrdinal(o, taken);
   }
 
-  /** Resets the bits from a directory listing (the names of the lease files). */
-  refill(names: readonly string[]): void {
+  /** Resets the bits from the addresses of the lease files. */
+  refill(ips: Iterable<Ip>): void {
     this.clear();
-    for (const name of names) {
-      const ip = leaseNameIp(name);
-      if (ip !== undefined) this.setTaken(ip, true);
-    }
+    for (const ip of ips) this.setTaken(ip, true);
   }
 
   encode(gen: number): Buffer {
@@ -206,7 +210,15 @@ class FileSession implements LeaseSession {
   private readonly bitmaps = new Map<string, Bitmap>();
   /** IPs whose lease file this session created (true) or removed (false). */
   private readonly changes = new Map<string, { ip: Ip; taken: boolean }>();
-  private names: string[] | undefined;
+  /** The IP-named files of the directory (by name), once listed. */
+  private taken: Map<string, Ip> | undefined;
+  /** The found index of the state, once opened (null: the state has none). */
+  private found: FoundIndex | null | undefined;
+  /** After a rebuild: the attachments whose record belongs in the found index, and the index it replaces. */
+  private foundKeys: Set<string> | undefined;
+  private oldFound: Map<string, FoundEntry> | undefined;
+  /** The id of the found index `oldFound` was read from; undefined when there was none, or it was unusable. */
+  private oldFoundId: string | undefined;
   private rebuilt = false;
   private bootSeen = false;
   private builtBitmaps = false;
@@ -236,74 +248,124 @@ class FileSession implements LeaseSession {
     );
   }
 
-  private listNames(): string[] {
-    if (this.names === undefined) this.names = fs.readdirSync(this.p.dir);
-    return this.names;
-  }
-
-  /** Reads every lease file: the truth the index is rebuilt from. Foreign files are skipped with a warning. */
-  private scanLeases(): Map<string, { att: Attachment; ips: string[]; mtime: Date }> {
-    const out = new Map<string, { att: Attachment; ips: string[]; mtime: Date }>();
-    const buf = Buffer.alloc(4096);
-    for (const name of this.listNames()) {
-      if (isBookkeepingName(name)) continue;
-      if (leaseNameIp(name) === undefined) {
-        this.warn(`skipping foreign file ${join(this.p.dir, name)} (not named after an IP address)`);
-        continue;
+  /** The lease files' addresses: from the listing (names only) unless a scan already read them. */
+  private takenIps(): Map<string, Ip> {
+    if (this.taken === undefined) {
+      this.taken = new Map();
+      for (const name of fs.readdirSync(this.p.dir)) {
+        if (isBookkeepingName(name)) continue;
+        const ip = leaseNameIp(name);
+        if (ip !== undefined) this.taken.set(name, ip);
       }
-      let text: string;
-      let mtime: Date;
-      try {
-        ({ text, mtime } = readLeaseFile(join(this.p.dir, name), buf));
-      } catch (err) {
-        this.warn(
-          `skipping unreadable lease file ${join(this.p.dir, name)}: ${(err as Error).message}; the address stays taken`,
-        );
-        continue;
-      }
-      const att = parseLeaseContent(text);
-      if (att === undefined) {
-        this.warn(
-          `skipping corrupt lease file ${join(this.p.dir, name)} (${JSON.stringify(text.slice(0, 40))}); the address stays taken`,
-        );
-        continue;
-      }
-      const key = attKey(att);
-      const entry = out.get(key);
-      if (entry === undefined) out.set(key, { att, ips: [name], mtime });
-      else entry.ips.push(name);
     }
-    return out;
+    return this.taken;
   }
 
-  /** Reconciles the attachment records with the lease files (after a foreign change, or corruption). */
+  /** The state's found index; a missing or corrupt one rebuilds the index (and returns null after). */
+  private foundIndex(): FoundIndex | null {
+    if (this.found !== undefined) return this.found;
+    if (this.state.found === undefined || this.rebuilt) return (this.found = null);
+    let idx: FoundIndex | undefined;
+    try {
+      idx = FoundIndex.open(this.p.found, this.state.found);
+    } catch (err) {
+      if (!(err instanceof CorruptFoundIndex)) throw err;
+      this.rebuild(`found index unusable: ${err.message}`);
+      return null;
+    }
+    if (idx === undefined) {
+      this.rebuild('found index missing');
+      return null;
+    }
+    return (this.found = idx);
+  }
+
+  /**
+   * Reconciles the index with the lease files (take-over, a foreign change, corruption): one read of every
+   * lease file. Attachments with a record of berth's keep it (rewritten only when its addresses differ);
+   * every other one goes into the found index, written whole at commit: no file per attachment.
+   */
   rebuild(reason: string, quiet = false): void {
-    this.names = undefined;
-    const truth = this.scanLeases();
+    const { leases, foreign } = scanLeaseDir(this.p.dir);
+    for (const name of foreign)
+      this.warn(`skipping foreign file ${join(this.p.dir, name)} (not named after an IP address)`);
+    const truth = new Map<string, { att: Attachment; ips: string[] }>();
+    this.taken = new Map();
+    for (const l of leases) {
+      this.taken.set(l.name, l.ip);
+      if (l.att === undefined) {
+        const file = join(this.p.dir, l.name);
+        this.warn(
+          l.corrupt === true
+            ? `skipping corrupt lease file ${file} (${l.problem}); the address stays taken`
+            : `skipping unreadable lease file ${file}: ${l.problem}; the address stays taken`,
+        );
+        continue;
+      }
+      const key = attKey(l.att);
+      const t = truth.get(key);
+      if (t === undefined) truth.set(key, { att: l.att, ips: [l.name] });
+      else t.ips.push(l.name);
+    }
     if (truth.size > 0 || !quiet) this.warn(`rebuilt the lease index of ${this.p.dir} (${reason})`);
     // Bitmaps already handed to the allocator are refilled in place: it keeps using the same objects.
-    for (const b of this.bitmaps.values()) b.refill(this.listNames());
-    const onDisk = this.readAllRecordKeys();
-    const next = new Map<string, AttRecord | null>();
-    for (const key of onDisk) next.set(key, null);
-    for (const [key, t] of truth) {
-      const prev = this.readRecordQuiet(key);
-      const sameIps =
-        prev !== undefined &&
-        prev !== null &&
-        prev.ips.length === t.ips.length &&
-        t.ips.every((i) => prev.ips.includes(i));
-      const meta: LeaseMeta =
-        prev !== undefined && prev !== null
-          ? prev.meta
-          : { bootId: this.opts.bootId, createdAt: t.mtime.toISOString(), origin: 'found' };
-      next.set(key, { v: 1, containerId: t.att.containerId, ifname: t.att.ifname, ips: t.ips, meta });
-      if (!sameIps) this.dirtyRecords.add(key);
+    for (const b of this.bitmaps.values()) b.refill(this.taken.values());
+    // What the found index of the state said keeps its metadata (the boot and time first seen).
+    if (this.oldFound === undefined) {
+      this.oldFound = new Map();
+      if (this.state.found !== undefined) {
+        try {
+          const idx = FoundIndex.open(this.p.found, this.state.found);
+          for (const e of idx?.all() ?? []) this.oldFound.set(attKey(e), e);
+          if (idx !== undefined) this.oldFoundId = idx.id;
+        } catch (err) {
+          if (!(err instanceof CorruptFoundIndex)) throw err;
+        }
+      }
     }
-    for (const [key, rec] of next) {
-      if (rec === null) this.dirtyRecords.add(key);
+    const firstSeen: LeaseMeta = {
+      bootId: this.opts.bootId,
+      createdAt: this.now().toISOString(),
+      origin: 'found',
+    };
+    const onDisk = new Set(this.readAllRecordKeys());
+    // Records this session changed before the rebuild keep their metadata (pod, netns of a lease it took).
+    const mine = new Map<string, AttRecord>();
+    for (const key of this.dirtyRecords) {
+      const r = this.records.get(key);
+      if (r !== null && r !== undefined && r.ips.length > 0) mine.set(key, r);
+    }
+    this.records.clear();
+    this.foundKeys = new Set();
+    for (const key of onDisk) this.records.set(key, null);
+    for (const [key, t] of truth) {
+      const rec: AttRecord = {
+        v: 1,
+        containerId: t.att.containerId,
+        ifname: t.att.ifname,
+        ips: t.ips,
+        meta: firstSeen,
+      };
+      const own = mine.get(key);
+      if (own !== undefined) {
+        rec.meta = own.meta;
+        this.dirtyRecords.add(key);
+      } else if (!onDisk.has(key)) {
+        rec.meta = this.oldFound.get(key)?.meta ?? firstSeen;
+        this.foundKeys.add(key);
+      } else {
+        const prev = this.readRecordQuiet(key);
+        const sameIps =
+          prev !== undefined && prev.ips.length === t.ips.length && t.ips.every((i) => prev.ips.includes(i));
+        // A tombstone's metadata was that of leases released since: these are new to berth.
+        rec.meta =
+          prev !== undefined && prev.ips.length > 0 ? prev.meta : (this.oldFound.get(key)?.meta ?? firstSeen);
+        if (!sameIps) this.dirtyRecords.add(key);
+      }
       this.records.set(key, rec);
     }
+    for (const key of onDisk) if (this.records.get(key) === null) this.dirtyRecords.add(key);
+    this.found = null;
     this.recordsComplete = true;
     this.rebuilt = true;
   }
@@ -318,8 +380,7 @@ class FileSession implements LeaseSession {
   }
 
   /** A record from disk, or undefined when absent or unreadable (no rebuild). */
-  private readRecordQuiet(key: string): AttRecord | null | undefined {
-    if (this.records.has(key)) return this.records.get(key);
+  private readRecordQuiet(key: string): AttRecord | undefined {
     try {
       const rec: unknown = JSON.parse(fs.readFileSync(join(this.p.att, key), 'utf8'));
       return isRecord(rec) ? rec : undefined;
@@ -328,6 +389,7 @@ class FileSession implements LeaseSession {
     }
   }
 
+  /** The attachment's record: its own under `.berth/att/`, else its entry in the found index, else null. */
   private record(key: string): AttRecord | null {
     if (this.records.has(key)) return this.records.get(key)!;
     if (this.recordsComplete) return null;
@@ -338,7 +400,15 @@ class FileSession implements LeaseSession {
       rec = parsed;
     } catch (err) {
       if (errnoOf(err) === 'ENOENT') {
-        rec = null;
+        let e: FoundEntry | undefined;
+        try {
+          e = this.foundIndex()?.lookup(key);
+        } catch (err) {
+          if (!(err instanceof CorruptFoundIndex)) throw err;
+          this.rebuild(`found index unusable: ${err.message}`);
+        }
+        if (this.recordsComplete) return this.records.get(key) ?? null;
+        rec = e === undefined ? null : { v: 1, ...e };
       } else {
         this.rebuild(`index record ${key} unreadable: ${(err as Error).message}`);
         return this.records.get(key) ?? null;
@@ -354,12 +424,11 @@ class FileSession implements LeaseSession {
   }
 
   private noteChange(ip: Ip, taken: boolean): void {
-    this.changes.set(formatIp(ip), { ip, taken });
+    const name = formatIp(ip);
+    this.changes.set(name, { ip, taken });
     for (const b of this.bitmaps.values()) b.setTaken(ip, taken);
-    if (this.names !== undefined) {
-      const name = formatIp(ip);
-      this.names = taken ? [...this.names, name] : this.names.filter((n) => n !== name);
-    }
+    if (taken) this.taken?.set(name, ip);
+    else this.taken?.delete(name);
   }
 
   async reserve(lease: NewLease, setId: number): Promise<boolean> {
@@ -400,7 +469,8 @@ class FileSession implements LeaseSession {
       containerId: lease.containerId,
       ifname: lease.ifname,
       ips: [...(prev?.ips ?? []).filter((i) => i !== name), name],
-      meta: prev?.meta ?? lease.meta,
+      // A tombstone's metadata is that of leases released before: the new lease's own counts.
+      meta: prev !== null && prev.ips.length > 0 ? prev.meta : lease.meta,
     });
     return true;
   }
@@ -439,7 +509,7 @@ class FileSession implements LeaseSession {
     }
     if (bitmap === undefined) {
       bitmap = new Bitmap(key, spans, Number(size));
-      bitmap.refill(this.listNames());
+      bitmap.refill(this.takenIps().values());
       this.builtBitmaps = true;
     } else {
       for (const c of this.changes.values()) bitmap.setTaken(c.ip, c.taken);
@@ -497,21 +567,47 @@ class FileSession implements LeaseSession {
     return legacy === null ? [] : this.leasesOfRecord(legacy);
   }
 
-  async all(): Promise<Lease[]> {
+  /** Every record (own or found), each once; `want` picks the ones turned into leases. */
+  private leasesWhere(want: (rec: AttRecord) => boolean): Lease[] {
     const out: Lease[] = [];
-    const keys = new Set<string>(this.recordsComplete ? [] : this.readAllRecordKeys());
-    for (const k of this.records.keys()) keys.add(k);
-    for (const key of keys) {
-      const rec = this.record(key);
-      if (rec !== null) out.push(...this.leasesOfRecord(rec));
+    const found = this.recordsComplete ? null : this.foundIndex();
+    if (!this.recordsComplete) {
+      const keys = new Set<string>(this.readAllRecordKeys());
+      for (const k of this.records.keys()) keys.add(k);
+      for (const key of keys) {
+        const rec = this.record(key);
+        if (rec !== null && want(rec)) out.push(...this.leasesOfRecord(rec));
+      }
+      // A record of its own (a tombstone too) overrides the attachment's found entry.
+      let entries: FoundEntry[] = [];
+      try {
+        entries = found?.all() ?? [];
+      } catch (err) {
+        if (!(err instanceof CorruptFoundIndex)) throw err;
+        this.rebuild(`found index unusable: ${err.message}`);
+      }
+      for (const e of entries) {
+        if (keys.has(attKey(e))) continue;
+        const rec: AttRecord = { v: 1, ...e };
+        if (want(rec)) out.push(...this.leasesOfRecord(rec));
+      }
+      // An unreadable record met on the way rebuilt the index: answer from the rebuilt one.
+      if (!this.recordsComplete) return out;
+      out.length = 0;
     }
+    for (const rec of this.records.values())
+      if (rec !== null && want(rec)) out.push(...this.leasesOfRecord(rec));
     return out;
+  }
+
+  async all(): Promise<Lease[]> {
+    return this.leasesWhere(() => true);
   }
 
   async leasesFromEarlierBoots(): Promise<Lease[]> {
     if (this.state.bootId === this.opts.bootId) return [];
     this.bootSeen = true;
-    return (await this.all()).filter((l) => l.meta.bootId !== this.opts.bootId);
+    return this.leasesWhere((rec) => rec.meta.bootId !== this.opts.bootId);
   }
 
   async release(lease: Lease): Promise<void> {
@@ -524,10 +620,8 @@ class FileSession implements LeaseSession {
     this.noteChange(lease.ip, false);
     const key = attKey(lease);
     const rec = this.record(key);
-    if (rec !== null) {
-      const ips = rec.ips.filter((i) => i !== name);
-      this.setRecord(key, ips.length === 0 ? null : { ...rec, ips });
-    }
+    // With no address left the record goes at commit, or stays as a tombstone over a found entry.
+    if (rec !== null) this.setRecord(key, { ...rec, ips: rec.ips.filter((i) => i !== name) });
   }
 
   /**
@@ -544,18 +638,57 @@ class FileSession implements LeaseSession {
       writeAtomic(this.p, join(this.p.sets, setHash(key)), b.encode(this.state.gen), { fsync: false });
   }
 
-  /** Persists the index: records, bitmaps (new generation), then the directory sentinel and state. */
+  /**
+   * After a rebuild: the found index the state will name. The same attachments with the same addresses as
+   * the index before keep it (no write); otherwise a new one is written whole, in one write (temp + rename).
+   */
+  private commitFound(): string | undefined {
+    const entries: FoundEntry[] = [];
+    let same = true;
+    for (const key of this.foundKeys ?? []) {
+      const rec = this.records.get(key);
+      if (this.dirtyRecords.has(key) || rec === null || rec === undefined || rec.ips.length === 0) continue;
+      entries.push({ containerId: rec.containerId, ifname: rec.ifname, ips: rec.ips, meta: rec.meta });
+      const old = this.oldFound?.get(key);
+      same &&=
+        old !== undefined && old.ips.length === rec.ips.length && rec.ips.every((i) => old.ips.includes(i));
+    }
+    if (same && entries.length === this.oldFound?.size && this.oldFoundId !== undefined)
+      return this.oldFoundId;
+    if (entries.length === 0) return undefined;
+    const id = newFoundId();
+    writeAtomic(this.p, this.p.found, encodeFound(id, entries), { fsync: false });
+    return id;
+  }
+
+  /** Whether the found index the state names after this commit holds the attachment (a tombstone must hide it). */
+  private foundAfterCommit(key: string, foundId: string | undefined): boolean {
+    if (foundId === undefined) return false;
+    if (this.rebuilt) return foundId === this.oldFoundId && this.oldFound?.has(key) === true;
+    try {
+      return this.found?.lookup(key) !== undefined;
+    } catch {
+      // Unreadable now: a tombstone is never wrong (the next rebuild drops it).
+      return true;
+    }
+  }
+
+  /** Persists the index: records, the found index, bitmaps (new generation), then the directory sentinel and state. */
   commit(): void {
     if (!this.dirty) return;
+    // A tombstone needs the found index: opened now, so that a missing one rebuilds the index before the
+    // commit starts, not halfway through it.
+    if (!this.rebuilt && this.dirtyRecords.size > 0) this.foundIndex();
     const gen = this.state.gen + 1;
+    const foundId = this.rebuilt ? this.commitFound() : this.state.found;
     for (const key of this.dirtyRecords) {
       const rec = this.records.get(key);
       const file = join(this.p.att, key);
-      if (rec === null || rec === undefined) fs.rmSync(file, { force: true });
-      // After a rebuild (possibly tens of thousands of records) a record is written in place: a torn one
-      // fails to parse and only causes another rebuild from the lease files. Otherwise temp + rename.
-      else if (this.rebuilt) fs.writeFileSync(file, encodeRecord(rec), { mode: 0o600 });
-      else writeAtomic(this.p, file, encodeRecord(rec), { fsync: false });
+      if (rec === null || rec === undefined || rec.ips.length === 0) {
+        if (rec !== null && rec !== undefined && this.foundAfterCommit(key, foundId))
+          writeAtomic(this.p, file, encodeRecord(rec), { fsync: false });
+        else fs.rmSync(file, { force: true });
+      } else writeAtomic(this.p, file, encodeRecord(rec), { fsync: false });
     }
     // Bitmaps of other range sets (an older config, other runtime ipRanges) follow the changes too, or go.
     for (const file of fs.readdirSync(this.p.sets)) {
@@ -578,7 +711,10 @@ class FileSession implements LeaseSession {
       writeAtomic(this.p, join(this.p.sets, setHash(key)), b.encode(gen), { fsync: false });
     const dirMtimeNs = stampSentinel(this.p.dir, this.now(), (m) => this.warn(m));
     const bootId = this.bootSeen ? this.opts.bootId : (this.state.bootId ?? this.opts.bootId);
-    writeAtomic(this.p, this.p.state, encodeState({ gen, dirMtimeNs, bootId }), { fsync: false });
+    writeAtomic(this.p, this.p.state, encodeState({ gen, dirMtimeNs, bootId, found: foundId }), {
+      fsync: false,
+    });
+    if (foundId === undefined) fs.rmSync(this.p.found, { force: true });
   }
 }
 

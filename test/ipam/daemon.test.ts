@@ -19,6 +19,7 @@ import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import { formatIp } from '../../src/address/ip';
 import { ErrorCode } from '../../src/cni-spec/errors';
 import { parseRequest } from '../../src/cni-spec/request';
 import { callDaemon } from '../../src/ipam/daemon-client';
@@ -448,6 +449,63 @@ describe('the daemon store keeps the files and lease-file-store index as the plu
     expect((list.body as { leases: { containerId: string }[] }).leases.map((l) => l.containerId)).toEqual([
       'ctr-1',
     ]);
+  });
+});
+
+describe('taking over a host-local directory (issue 12 item 6)', () => {
+  test('the daemon writes one found index, no record per lease found; the plugin on the files trusts it', async () => {
+    const netDir = join(dataDir, 'btnet');
+    mkdirSync(netDir, { recursive: true });
+    for (let i = 0; i < 150; i++) writeFileSync(join(netDir, `198.18.200.${10 + i}`), `found-${i}\r\neth0`);
+    await startServer();
+    const r = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-a') });
+    expect(r.status).toBe(200);
+    await service.drain();
+    // Before: one record per attachment found (151 files under .berth/att).
+    expect(readdirSync(join(netDir, '.berth', 'att'))).toEqual(['ctr-a:eth0']);
+    expect(
+      readFileSync(join(netDir, '.berth', 'found'))
+        .subarray(0, 1)
+        .toString(),
+    ).toBe('{');
+
+    const warnings: string[] = [];
+    const files = () =>
+      openLeaseFileStore({ dataDir, network: 'btnet', bootId: BOOT, warn: (m) => warnings.push(m) });
+    const leasesOf = (id: string) =>
+      files().transact((s) => s.leasesOf({ containerId: id, ifname: 'eth0' }), { readOnly: true });
+    const found = await leasesOf('found-3');
+    expect(found.map((l) => formatIp(l.ip))).toEqual(['198.18.200.13']);
+    expect(found[0]!.meta).toMatchObject({ origin: 'found', bootId: BOOT });
+    expect(warnings).toEqual([]);
+
+    // Released through the daemon: its found entry is hidden by a tombstone, for the plugin too.
+    const del = await callDaemon({ socket, method: 'POST', path: Release.path, body: envelope('found-3') });
+    expect(del.status).toBe(200);
+    await service.drain();
+    expect(leaseFiles().has('198.18.200.13')).toBe(false);
+    expect(await leasesOf('found-3')).toEqual([]);
+    const all = await files().transact((s) => s.all(), { readOnly: true });
+    expect(all.map((l) => `${formatIp(l.ip)} ${l.containerId}`).sort()).toEqual(
+      [...leaseFiles()].map(([ip, c]) => `${ip} ${c.split('\r\n')[0]}`).sort(),
+    );
+    expect(warnings).toEqual([]);
+
+    // A restarted daemon reads the same index: the same leases, nothing written again.
+    await server!.shutdown();
+    service.close();
+    server = undefined;
+    const foundBefore = readFileSync(join(netDir, '.berth', 'found'));
+    await startServer();
+    const list = await callDaemon({ socket, method: 'GET', path: '/v1/leases?network=btnet' });
+    expect((list.body as { leases: unknown[] }).leases).toHaveLength(150);
+    const again = await callDaemon({ socket, method: 'POST', path: Release.path, body: envelope('found-4') });
+    expect(again.status).toBe(200);
+    await service.drain();
+    expect(readFileSync(join(netDir, '.berth', 'found')).equals(foundBefore)).toBe(true);
+    expect(await leasesOf('found-4')).toEqual([]);
+    expect((await leasesOf('found-5')).map((l) => formatIp(l.ip))).toEqual(['198.18.200.15']);
+    expect(warnings).toEqual([]);
   });
 });
 

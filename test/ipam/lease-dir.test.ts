@@ -1,8 +1,9 @@
 // The on-disk format both lease stores (berth-ipam on the files, berthd) write through lease-dir.ts: the
 // exact bytes host-local and the other store read back.
-import { mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, test } from 'vitest';
+import { formatIp, parseIp } from '../../src/address/ip';
 import * as disk from '../../src/ipam/lease-dir';
 import { tempDataDir } from './harness';
 
@@ -52,7 +53,12 @@ describe('.berth index files', () => {
     mkdirSync(p.berth, { recursive: true });
     expect(disk.readState(p)).toBeUndefined();
     writeFileSync(p.state, disk.encodeState({ gen: 3, dirMtimeNs: '123', bootId: 'b' }));
-    expect(disk.readState(p)).toEqual({ v: 1, gen: 3, dirMtimeNs: '123', bootId: 'b' });
+    expect(disk.readState(p)).toEqual({ v: 2, gen: 3, dirMtimeNs: '123', bootId: 'b' });
+    writeFileSync(p.state, disk.encodeState({ gen: 4, dirMtimeNs: '123', found: 'f1' }));
+    expect(disk.readState(p)).toEqual({ v: 2, gen: 4, dirMtimeNs: '123', found: 'f1' });
+    // Written by a berth of before the found index: still read.
+    writeFileSync(p.state, '{"v":1,"gen":3,"dirMtimeNs":"123"}');
+    expect(disk.readState(p)).toEqual({ v: 1, gen: 3, dirMtimeNs: '123' });
     writeFileSync(p.state, '{"v":1,"gen":3}');
     expect(disk.readState(p)).toBeUndefined();
   });
@@ -68,5 +74,78 @@ describe('.berth index files', () => {
     writeFileSync(join(p.dir, '198.18.0.9'), 'x\r\neth0');
     expect(statSync(p.dir, { bigint: true }).mtimeNs.toString()).not.toBe(stamp);
     expect(warnings).toEqual([]);
+  });
+});
+
+describe('the found index (.berth/found)', () => {
+  const meta = { bootId: 'b', createdAt: '2026-01-01T00:00:00.000Z', origin: 'found' as const };
+  const entries = Array.from({ length: 1000 }, (_, i) => ({
+    containerId: `ctr-${i}`,
+    ifname: i % 7 === 0 ? '' : 'eth0',
+    ips:
+      i % 5 === 0
+        ? [`198.18.${i >> 8}.${i & 255}`, `fd00::${i.toString(16)}`]
+        : [`198.18.${i >> 8}.${i & 255}`],
+    meta,
+  }));
+
+  test('one file starting with "{"; a lookup finds each attachment, and nothing else', () => {
+    const t = tempDataDir('fmt');
+    cleanups.push(t.cleanup);
+    const p = disk.leaseDirPaths(t.dir, 'n1');
+    mkdirSync(p.tmp, { recursive: true });
+    disk.writeFound(p, disk.encodeFound('id-1', entries));
+    expect(readFileSync(p.found).subarray(0, 1).toString()).toBe('{');
+    const idx = disk.FoundIndex.open(p.found, 'id-1')!;
+    for (const e of entries) expect(idx.lookup(disk.attKey(e))).toEqual(e);
+    expect(idx.lookup('ctr-1:eth1')).toBeUndefined();
+    expect(idx.lookup('nope:eth0')).toBeUndefined();
+    expect(idx.all().sort((a, b) => a.containerId.localeCompare(b.containerId))).toEqual(
+      [...entries].sort((a, b) => a.containerId.localeCompare(b.containerId)),
+    );
+  });
+
+  test('another id, a missing file, or a damaged one: absent or CorruptFoundIndex, never a wrong answer', () => {
+    const t = tempDataDir('fmt');
+    cleanups.push(t.cleanup);
+    const p = disk.leaseDirPaths(t.dir, 'n1');
+    mkdirSync(p.tmp, { recursive: true });
+    expect(disk.FoundIndex.open(p.found, 'id-1')).toBeUndefined();
+    const buf = disk.encodeFound('id-1', entries);
+    writeFileSync(p.found, buf);
+    expect(() => disk.FoundIndex.open(p.found, 'id-2')).toThrow(disk.CorruptFoundIndex);
+    writeFileSync(p.found, buf.subarray(0, buf.length - 100));
+    expect(() => disk.FoundIndex.open(p.found, 'id-1')!.all()).toThrow(disk.CorruptFoundIndex);
+    writeFileSync(p.found, 'garbage');
+    expect(() => disk.FoundIndex.open(p.found, 'id-1')).toThrow(disk.CorruptFoundIndex);
+  });
+});
+
+describe('lease names', () => {
+  test('the dotted-quad fast path answers what parseIp and formatIp answer together', () => {
+    const names = [
+      '0.0.0.0',
+      '255.255.255.255',
+      '198.18.0.7',
+      '1.2.3',
+      '1.2.3.4.5',
+      '01.2.3.4',
+      '1.2.3.04',
+      '256.1.1.1',
+      '1.2.3.4 ',
+      '1..2.3',
+      '.1.2.3',
+      '1.2.3.',
+      '1.2.3.1000',
+      '10.0.0.0',
+      '10.00.0.1',
+      '1a.2.3.4',
+      '',
+    ];
+    for (const n of names) {
+      const ip = parseIp(n);
+      const want = ip !== undefined && formatIp(ip) === n ? ip : undefined;
+      expect(disk.leaseNameIp(n), n).toEqual(want);
+    }
   });
 });

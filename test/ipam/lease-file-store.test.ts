@@ -1,6 +1,17 @@
 // The file store on temp dirs, in-process: host-local's layout, berth files host-local cannot mistake for
 // leases, crash leftovers, and the index noticing (and rebuilding after) changes it did not make.
-import { mkdirSync, readFileSync, readdirSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import {
+  cpSync,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, test } from 'vitest';
 import { type Ip, formatIp, parseIp } from '../../src/address/ip';
@@ -8,7 +19,7 @@ import { allocateFromSet } from '../../src/ipam/allocator';
 import { openLeaseFileStore } from '../../src/ipam/lease-file-store';
 import { canonicalizeRangeSet } from '../../src/ipam/range-set';
 import type { LeaseStore } from '../../src/ipam/store';
-import { tempDataDir } from './harness';
+import { BERTH_IPAM, assertBuilt, tempDataDir } from './harness';
 
 let cleanups: (() => void)[] = [];
 afterEach(() => {
@@ -186,4 +197,188 @@ describe('the lock (berthd serves many requests on one event loop)', () => {
       clearInterval(timer);
     }
   });
+});
+
+// Issue 12 item 6: the first berth call on a large host-local directory costs one read of every lease file
+// and a constant number of writes (the found index, the occupancy map, the state), not a record per lease.
+describe('taking over a host-local directory', () => {
+  const v16 = canonicalizeRangeSet([{ subnet: '198.18.0.0/16' }], 't');
+  const at = (i: number): string => `198.18.${((i + 2) >> 8) & 255}.${(i + 2) & 255}`;
+
+  /** host-local's files for `n` attachments (one lease each), one legacy id-only lease and a corrupt one. */
+  function prefill(dir: string, n: number): void {
+    mkdirSync(dir, { recursive: true });
+    for (let i = 0; i < n; i++) writeFileSync(join(dir, at(i)), `found-${i}\r\neth0`, { mode: 0o600 });
+    writeFileSync(join(dir, '198.18.250.1'), 'legacy-ctr');
+    writeFileSync(join(dir, '198.18.250.2'), '\0\0junk');
+    writeFileSync(join(dir, 'last_reserved_ip.0'), at(n - 1));
+  }
+
+  /** The truth: address → content of every IP-named file. */
+  function truth(dir: string): Map<string, string> {
+    const out = new Map<string, string>();
+    for (const f of readdirSync(dir)) if (/^198\./.test(f)) out.set(f, readFileSync(join(dir, f), 'utf8'));
+    return out;
+  }
+
+  const addIn = (store: LeaseStore, containerId: string): Promise<string> =>
+    store.transact(async (s) =>
+      formatIp(
+        await allocateFromSet({
+          session: s,
+          set: v16,
+          setId: 0,
+          containerId,
+          ifname: 'eth0',
+          meta: { bootId: 'boot-1', origin: 'berth' },
+          policy: 'round-robin',
+          exclude: [],
+        }),
+      ),
+    );
+  const delIn = (store: LeaseStore, containerId: string, ifname = 'eth0'): Promise<string[]> =>
+    store.transact(async (s) => {
+      const ls = await s.leasesOf({ containerId, ifname });
+      for (const l of ls) await s.release(l);
+      return ls.map((l) => formatIp(l.ip));
+    });
+
+  /** Every lease the index lists equals the files, lease for lease (the corrupt file is no lease). */
+  async function expectIndexMatchesFiles(store: LeaseStore, dir: string): Promise<void> {
+    const all = await store.transact((s) => s.all(), { readOnly: true });
+    const listed = new Map(
+      all.map((l) => [formatIp(l.ip), l.ifname === '' ? l.containerId : `${l.containerId}\r\n${l.ifname}`]),
+    );
+    const files = truth(dir);
+    files.delete('198.18.250.2');
+    expect(listed.size).toBe(files.size);
+    expect(new Map([...listed].sort())).toEqual(new Map([...files].sort()));
+  }
+
+  test('the first ADD writes no record per found lease; the found leases are still matched by DEL, listed and kept', async () => {
+    const { store, dir, dataDir, warnings } = open();
+    const n = 3000;
+    prefill(dir, n);
+    expect(await addIn(store, 'new-1')).toBe(at(n));
+    expect(warnings.join('\n')).toMatch(/rebuilt the lease index .*no index yet/);
+    // One record: the new attachment's. Before: one per lease found (3,002 files under .berth/att).
+    expect(readdirSync(join(dir, '.berth', 'att'))).toEqual(['new-1:eth0']);
+    expect(walk(join(dir, '.berth')).length).toBeLessThanOrEqual(6);
+    for (const f of walk(join(dir, '.berth'))) expect(readFileSync(f).subarray(0, 1).toString(), f).toBe('{');
+
+    // Another process (a new store) trusts the index: no rebuild, and finds what host-local wrote.
+    warnings.length = 0;
+    const next = openLeaseFileStore({
+      dataDir,
+      network: 'n1',
+      bootId: 'boot-1',
+      warn: (m) => warnings.push(m),
+    });
+    const found = await next.transact((s) => s.leasesOf({ containerId: 'found-17', ifname: 'eth0' }), {
+      readOnly: true,
+    });
+    expect(found.map((l) => formatIp(l.ip))).toEqual([at(17)]);
+    expect(found[0]!.meta).toMatchObject({ origin: 'found', bootId: 'boot-1' });
+    expect(typeof found[0]!.meta.createdAt).toBe('string');
+    expect(
+      await next.transact((s) => s.leasesOf({ containerId: 'legacy-ctr', ifname: 'eth1' })),
+    ).toHaveLength(1);
+    expect(await delIn(next, 'found-17')).toEqual([at(17)]);
+    expect(existsSync(join(dir, at(17)))).toBe(false);
+    // Released once: gone from the index for good, also for a DEL repeated by the runtime.
+    expect(await delIn(next, 'found-17')).toEqual([]);
+    expect(await delIn(openLeaseFileStore({ dataDir, network: 'n1', bootId: 'boot-1' }), 'found-17')).toEqual(
+      [],
+    );
+    // Its address goes to the next attachment, which then owns it alone.
+    expect(
+      await next.transact(async (s) =>
+        s.reserve({ ip: ip(at(17)), containerId: 'new-2', ifname: 'eth0', meta: {} }, 0),
+      ),
+    ).toBe(true);
+    expect(await delIn(next, 'found-17')).toEqual([]);
+    expect(await delIn(next, 'found-18')).toEqual([at(18)]);
+    // The cursor stands at at(17) (the reserve above): the same attachment takes its old address again.
+    expect(await addIn(next, 'found-18')).toBe(at(18));
+    expect(await delIn(next, 'found-18')).toEqual([at(18)]);
+    expect(warnings).toEqual([]);
+    await expectIndexMatchesFiles(next, dir);
+
+    // host-local changes the directory behind berth's back: the next call rebuilds and still agrees.
+    writeFileSync(join(dir, '198.18.251.9'), 'hl-late\r\neth0');
+    rmSync(join(dir, at(19)));
+    await expectIndexMatchesFiles(next, dir);
+    expect(await delIn(next, 'hl-late')).toEqual(['198.18.251.9']);
+    expect(await delIn(next, 'found-19')).toEqual([]);
+    expect(await delIn(next, 'found-20')).toEqual([at(20)]);
+    expect(readdirSync(join(dir, '.berth', 'att')).length).toBeLessThanOrEqual(3);
+    await expectIndexMatchesFiles(next, dir);
+  });
+
+  test('kill -9 at any moment of the take-over leaves a directory the next call takes over correctly', async () => {
+    assertBuilt();
+    const t = tempDataDir('takeover');
+    cleanups.push(t.cleanup);
+    const template = join(t.dir, 'template', 'n1');
+    const n = 3000;
+    prefill(template, n);
+    const config = JSON.stringify({
+      cniVersion: '1.0.0',
+      name: 'n1',
+      type: 'berth-ipam',
+      ipam: { type: 'berth-ipam', daemonSocket: false, ranges: [[{ subnet: '198.18.0.0/16' }]] },
+    });
+    const runAdd = (dataDir: string, killAfterMs: number | undefined): Promise<number | null> =>
+      new Promise((resolve, reject) => {
+        const child = spawn(BERTH_IPAM, [], {
+          env: {
+            PATH: process.env.PATH ?? '/usr/bin:/bin',
+            CNI_COMMAND: 'ADD',
+            CNI_CONTAINERID: 'killed',
+            CNI_NETNS: '/run/netns/x',
+            CNI_IFNAME: 'eth0',
+            CNI_PATH: '/usr/lib/cni',
+          },
+          stdio: ['pipe', 'ignore', 'ignore'],
+        });
+        child.stdin.end(
+          JSON.stringify({ ...JSON.parse(config), ipam: { ...JSON.parse(config).ipam, dataDir } }),
+        );
+        const timer =
+          killAfterMs === undefined ? undefined : setTimeout(() => child.kill('SIGKILL'), killAfterMs);
+        child.on('error', reject);
+        child.on('exit', (code) => {
+          if (timer !== undefined) clearTimeout(timer);
+          resolve(code);
+        });
+      });
+    // How long a whole take-over takes here, then kills spread over it (and one at its very start).
+    const full = join(t.dir, 'full');
+    cpSync(join(t.dir, 'template'), full, { recursive: true });
+    const t0 = Date.now();
+    expect(await runAdd(full, undefined)).toBe(0);
+    const span = Date.now() - t0;
+    for (const frac of [0.05, 0.4, 0.7, 0.9]) {
+      const dataDir = join(t.dir, `kill-${frac}`);
+      cpSync(join(t.dir, 'template'), dataDir, { recursive: true });
+      const dir = join(dataDir, 'n1');
+      await runAdd(dataDir, Math.round(span * frac));
+      const before = truth(dir);
+      const store = openLeaseFileStore({ dataDir, network: 'n1', bootId: 'boot-1' });
+      await expectIndexMatchesFiles(store, dir);
+      // The killed ADD holds its address or nothing; found attachments are matched; no address is given twice.
+      const killed = before.get(at(n)) === 'killed\r\neth0' ? [at(n)] : [];
+      expect(
+        (await store.transact((s) => s.leasesOf({ containerId: 'killed', ifname: 'eth0' }))).map((l) =>
+          formatIp(l.ip),
+        ),
+      ).toEqual(killed);
+      expect(await delIn(store, 'found-5')).toEqual([at(5)]);
+      const got = await addIn(store, 'after');
+      expect(before.has(got)).toBe(false);
+      await expectIndexMatchesFiles(openLeaseFileStore({ dataDir, network: 'n1', bootId: 'boot-1' }), dir);
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+    t.cleanup();
+  }, 240_000);
 });

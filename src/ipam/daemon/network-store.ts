@@ -62,6 +62,8 @@ interface Hold {
   cursors: Set<number>;
   /** Attachments whose `.berth/att` record must be written or removed when the hold ends. */
   atts: Set<string>;
+  /** The found index must be written again (the files were re-read and differ from it). */
+  found: boolean;
   /** Anything in the network directory changed (the sentinel and state must follow). */
   changed: boolean;
   bootSeen: boolean;
@@ -140,7 +142,11 @@ export class NetworkStore implements LeaseStore {
   private readonly byAtt = new Map<string, AttEntry>();
   private readonly occupancies = new Map<string, SetBitmap>();
   private readonly cursors = new Map<number, Ip | undefined>();
-  private indexState: { gen: number; bootId?: string } = { gen: 0 };
+  private indexState: { gen: number; bootId?: string; found?: string } = { gen: 0 };
+  /** Attachments in the found index the state names (see lease-dir.ts): released, they leave a tombstone. */
+  private foundKeys = new Set<string>();
+  /** Since the last re-read: attachments without a record of their own, whose record is the found index. */
+  private foundManaged = new Set<string>();
   /** The directory mtime berth stamped at its last commit; anything else means someone changed it. */
   private knownMtime: bigint | undefined;
   private lockFd: number | undefined;
@@ -280,6 +286,7 @@ export class NetworkStore implements LeaseStore {
             this.hold = {
               cursors: new Set(),
               atts: new Set(),
+              found: false,
               changed: false,
               bootSeen: false,
               failed: false,
@@ -305,6 +312,7 @@ export class NetworkStore implements LeaseStore {
             // Memory may be half re-read: write none of it.
             this.hold.failed = true;
             this.hold.atts.clear();
+            this.hold.found = false;
             this.hold.cursors.clear();
           }
         } finally {
@@ -469,10 +477,14 @@ export class NetworkStore implements LeaseStore {
       fs.mkdirSync(d, { recursive: true, mode: 0o700 });
     // Temp files of a writer that died: nobody writes them without the lock, which is held now.
     disk.clearTemp(this.p);
+    this.foundKeys.clear();
+    this.foundManaged.clear();
     // The spares are taken over again when next used (not by a read-only request).
     this.spares.close();
+    // Records of berth's own (a tombstone too: no address left), and the found index of the state.
     const records = new Map<string, { ips: string[]; meta: LeaseMeta }>();
-    for (const key of fs.readdirSync(this.p.att)) {
+    const attFiles = new Set(fs.readdirSync(this.p.att));
+    for (const key of attFiles) {
       try {
         const r: unknown = JSON.parse(fs.readFileSync(join(this.p.att, key), 'utf8'));
         if (disk.isRecord(r)) records.set(key, { ips: r.ips, meta: r.meta });
@@ -480,62 +492,89 @@ export class NetworkStore implements LeaseStore {
         // An unreadable record is rewritten from the lease files below.
       }
     }
-    const buf = Buffer.alloc(4096);
-    for (const name of fs.readdirSync(this.p.dir)) {
-      if (disk.isBookkeepingName(name)) continue;
-      const ip = disk.leaseNameIp(name);
-      if (ip === undefined) continue;
-      this.taken.set(name, ip);
-      let text: string;
-      let mtime: Date;
+    const state = disk.readState(this.p);
+    let oldFound: Map<string, disk.FoundEntry> | undefined;
+    if (state?.found !== undefined) {
       try {
-        ({ text, mtime } = disk.readLeaseFile(join(this.p.dir, name), buf));
+        const idx = disk.FoundIndex.open(this.p.found, state.found);
+        if (idx !== undefined) oldFound = new Map(idx.all().map((e) => [disk.attKey(e), e]));
       } catch (err) {
-        this.opts.log.log('warn', 'unreadable lease file keeps its address taken', {
-          file: join(this.p.dir, name),
-          error: (err as Error).message,
-        });
-        continue;
+        if (!(err instanceof disk.CorruptFoundIndex)) throw err;
       }
-      const att = disk.parseLeaseContent(text);
-      if (att === undefined) {
-        this.opts.log.log('warn', 'corrupt lease file keeps its address taken', {
-          file: join(this.p.dir, name),
+      if (oldFound === undefined)
+        this.opts.log.log('warn', 'found index missing or unusable; written again', {
+          network: this.network,
         });
+    }
+    const firstSeen: LeaseMeta = {
+      bootId: this.opts.bootId,
+      createdAt: (this.opts.now?.() ?? new Date()).toISOString(),
+      origin: 'found',
+    };
+    const { leases } = disk.scanLeaseDir(this.p.dir);
+    for (const l of leases) {
+      this.taken.set(l.name, l.ip);
+      const att = l.att;
+      if (att === undefined) {
+        if (l.corrupt === true)
+          this.opts.log.log('warn', 'corrupt lease file keeps its address taken', {
+            file: join(this.p.dir, l.name),
+          });
+        else
+          this.opts.log.log('warn', 'unreadable lease file keeps its address taken', {
+            file: join(this.p.dir, l.name),
+            error: l.problem,
+          });
         continue;
       }
       const key = disk.attKey(att);
       let entry = this.byAtt.get(key);
       if (entry === undefined) {
         const rec = records.get(key);
-        const meta: LeaseMeta = rec?.meta ?? {
-          bootId: this.opts.bootId,
-          createdAt: mtime.toISOString(),
-          origin: 'found',
-        };
+        const meta: LeaseMeta =
+          rec !== undefined && rec.ips.length > 0 ? rec.meta : (oldFound?.get(key)?.meta ?? firstSeen);
         entry = { ...att, meta, ips: new Set() };
         this.byAtt.set(key, entry);
       }
-      entry.ips.add(name);
-      this.byIp.set(name, { ip, containerId: att.containerId, ifname: att.ifname, meta: entry.meta });
+      entry.ips.add(l.name);
+      this.byIp.set(l.name, { ip: l.ip, containerId: att.containerId, ifname: att.ifname, meta: entry.meta });
     }
-    // Records that disagree with the files are rewritten at commit, as lease-file-store's rebuild does.
-    for (const key of new Set([...records.keys(), ...this.byAtt.keys()])) {
+    // Attachments without a record of their own belong in the found index: written again when it differs.
+    this.foundManaged = new Set([...this.byAtt.keys()].filter((k) => !attFiles.has(k)));
+    const sameIps = (ips: readonly string[], entry: AttEntry): boolean =>
+      ips.length === entry.ips.size && ips.every((i) => entry.ips.has(i));
+    // The index on disk still serves when it holds exactly these, apart from attachments a record of their
+    // own overrides (a tombstone hides a released one).
+    const foundCurrent =
+      oldFound === undefined
+        ? this.foundManaged.size === 0
+        : [...this.foundManaged].every((k) => {
+            const e = oldFound.get(k);
+            return e !== undefined && sameIps(e.ips, this.byAtt.get(k)!);
+          }) && [...oldFound.keys()].every((k) => this.foundManaged.has(k) || attFiles.has(k));
+    this.foundKeys = foundCurrent ? new Set(oldFound?.keys() ?? []) : new Set();
+    if (!foundCurrent) {
+      hold.found = true;
+      hold.changed = true;
+    }
+    // Records that disagree with the files are rewritten at commit, as lease-file-store's rebuild does; a
+    // tombstone stays only while the found index it hides an entry of stays.
+    for (const key of attFiles) {
       const rec = records.get(key);
       const entry = this.byAtt.get(key);
       const same =
         rec !== undefined &&
-        entry !== undefined &&
-        rec.ips.length === entry.ips.size &&
-        rec.ips.every((i) => entry.ips.has(i));
+        (entry !== undefined
+          ? sameIps(rec.ips, entry)
+          : rec.ips.length === 0 && foundCurrent && oldFound?.has(key) === true);
       if (!same) {
         hold.atts.add(key);
         hold.changed = true;
       }
     }
-    const state = disk.readState(this.p);
     this.indexState = { gen: state?.gen ?? 0 };
     if (state?.bootId !== undefined) this.indexState.bootId = state.bootId;
+    if (foundCurrent && state?.found !== undefined) this.indexState.found = state.found;
     if (state === undefined) hold.changed = true;
     this.knownMtime = fs.statSync(this.p.dir, { bigint: true }).mtimeNs;
     if (reason !== 'first use')
@@ -671,10 +710,17 @@ export class NetworkStore implements LeaseStore {
     const entry = this.byAtt.get(key);
     if (entry !== undefined) {
       entry.ips.delete(name);
-      if (entry.ips.size === 0) this.byAtt.delete(key);
+      if (entry.ips.size === 0) {
+        this.byAtt.delete(key);
+        // Kept for the tombstone its record becomes when the found index holds it.
+        this.gone.set(key, entry);
+      }
       this.recordAtt(key);
     }
   }
+
+  /** Attachments released to nothing since the last commit: the content of a tombstone. */
+  private readonly gone = new Map<string, AttEntry>();
 
   private writeAtomic(target: string, data: string): void {
     this.spares.replace(target, data);
@@ -685,18 +731,43 @@ export class NetworkStore implements LeaseStore {
    * sentinel and state.json, so that a plugin on the files next trusts the index instead of rebuilding it.
    */
   private commit(hold: Hold): void {
-    if (!hold.changed && !hold.bootSeen) return;
+    if (!hold.changed && !hold.bootSeen) {
+      this.gone.clear();
+      return;
+    }
     // After a failed step the records still follow memory (which changes only after each file step
     // succeeded), so pod identities are kept; but no sentinel: the next holder re-reads the files.
     for (const setId of hold.cursors) {
       const ip = this.cursors.get(setId);
       if (ip !== undefined) this.writeAtomic(disk.cursorPath(this.p, setId), formatIp(ip));
     }
+    // The found index, written whole in one write: the attachments without a record of their own.
+    let foundId = this.indexState.found;
+    if (hold.found && !hold.failed) {
+      const entries: disk.FoundEntry[] = [];
+      for (const key of this.foundManaged) {
+        const e = this.byAtt.get(key);
+        if (hold.atts.has(key) || e === undefined || e.ips.size === 0) continue;
+        entries.push({ containerId: e.containerId, ifname: e.ifname, ips: [...e.ips], meta: e.meta });
+      }
+      foundId = entries.length === 0 ? undefined : disk.newFoundId();
+      if (foundId !== undefined) disk.writeFound(this.p, disk.encodeFound(foundId, entries));
+      this.foundKeys = new Set(entries.map((e) => disk.attKey(e)));
+      hold.found = false;
+    }
     for (const key of hold.atts) {
       const entry = this.byAtt.get(key);
       const file = join(this.p.att, key);
       if (entry === undefined || entry.ips.size === 0) {
-        this.spares.remove(file);
+        const gone = this.gone.get(key);
+        // A tombstone over the found entry (or the record goes).
+        if (this.foundKeys.has(key) && gone !== undefined)
+          this.writeAtomic(file, disk.encodeRecord({ ...gone, ips: [] }));
+        else if (this.foundKeys.has(key)) {
+          const sep = key.lastIndexOf(':');
+          const tomb = { containerId: key.slice(0, sep), ifname: key.slice(sep + 1), ips: [], meta: {} };
+          this.writeAtomic(file, disk.encodeRecord(tomb));
+        } else this.spares.remove(file);
         continue;
       }
       const rec = disk.encodeRecord(entry);
@@ -709,6 +780,7 @@ export class NetworkStore implements LeaseStore {
         this.writeAtomic(file, rec);
       }
     }
+    this.gone.clear();
     if (hold.failed) return;
     // lease-file-store's sentinel, so that both sides trust one index.
     const dirMtimeNs = disk.stampSentinel(this.p.dir, this.opts.now?.() ?? new Date(), (m) =>
@@ -718,7 +790,9 @@ export class NetworkStore implements LeaseStore {
     const gen = this.indexState.gen + 1;
     const bootId = hold.bootSeen ? this.opts.bootId : (this.indexState.bootId ?? this.opts.bootId);
     this.indexState = { gen, bootId };
+    if (foundId !== undefined) this.indexState.found = foundId;
     // A new generation also retires lease-file-store's occupancy bitmaps, which it rebuilds from the files.
-    this.writeAtomic(this.p.state, disk.encodeState({ gen, dirMtimeNs, bootId }));
+    this.writeAtomic(this.p.state, disk.encodeState({ gen, dirMtimeNs, bootId, found: foundId }));
+    if (foundId === undefined) fs.rmSync(this.p.found, { force: true });
   }
 }
