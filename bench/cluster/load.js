@@ -184,7 +184,7 @@ function sum(xs, f) {
 /** One row per run and phase: etcd round trips per ADD, and ADDs per second per node (wall and CPU). */
 function table(files) {
   const rows = [
-    '| daemons | phase | ADDs per node | etcd round trips (by op) | per ADD | blocks claimed (conflicts) | ADDs waited | ADD/s per node (wall) | ADDs per berthd CPU-second (system share) |',
+    '| daemons (filesystem, load) | phase | ADDs per node | etcd round trips (by op) | per ADD | blocks claimed (conflicts) | ADDs waited | ADD/s per node (wall) | ADDs per berthd CPU-second (system share) |',
     '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',
   ];
   for (const f of files) {
@@ -212,7 +212,7 @@ function table(files) {
           ? `cold, ${r.coldConc}-way`
           : `steady churn, ${r.live} live, DEL+ADD pairs ${r.churnConc}-way`;
       rows.push(
-        `| ${r.nodes} | ${what} | ${adds} | ${rt} (${byOp}) | **${(rt / total).toFixed(4)}** | ${sum(per, (x) => x.blocksClaimed)} (${sum(per, (x) => x.claimConflicts)}) | ${sum(per, (x) => x.addsWaited)} | ${wall} | ${cpu} |`,
+        `| ${r.nodes}${r.separate ? ' separate' : ''} (${r.fs ?? 'shared'}, ${r.load ?? '?'}) | ${what} | ${adds} | ${rt} (${byOp}) | **${(rt / total).toFixed(4)}** | ${sum(per, (x) => x.blocksClaimed)} (${sum(per, (x) => x.claimConflicts)}) | ${sum(per, (x) => x.addsWaited)} | ${wall} | ${cpu} |`,
       );
     }
   }
