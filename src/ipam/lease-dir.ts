@@ -123,10 +123,10 @@ const SCAN_OPEN = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants
  * files, so no stat per file), then open, read, close of each IP-named regular file. This is the one scan a
  * take-over or a rebuild costs; host-local pays about the same on each ADD and DEL (a walk with an lstat, an
  * open, an fstat, two reads and a close per file). Names that are neither leases nor bookkeeping go to
- * `foreign`.
+ * `foreign`; `visit` sees every other one (the objects it gets are its to keep or drop: a take-over keeps as
+ * few as it can, since what survives the scan is what the garbage collector copies).
  */
-export function scanLeaseDir(dir: string): { leases: ScannedLease[]; foreign: string[] } {
-  const leases: ScannedLease[] = [];
+export function scanLeaseDir(dir: string, visit: (l: ScannedLease) => void): { foreign: string[] } {
   const foreign: string[] = [];
   const buf = Buffer.alloc(4096);
   for (const ent of fs.readdirSync(dir, { withFileTypes: true })) {
@@ -138,7 +138,7 @@ export function scanLeaseDir(dir: string): { leases: ScannedLease[]; foreign: st
       continue;
     }
     if (!ent.isFile()) {
-      leases.push({ name, ip, problem: 'not a regular file' });
+      visit({ name, ip, problem: 'not a regular file' });
       continue;
     }
     let text: string;
@@ -150,30 +150,14 @@ export function scanLeaseDir(dir: string): { leases: ScannedLease[]; foreign: st
         fs.closeSync(fd);
       }
     } catch (err) {
-      leases.push({ name, ip, problem: (err as Error).message });
+      visit({ name, ip, problem: (err as Error).message });
       continue;
     }
     const att = parseLeaseContent(text);
-    if (att === undefined)
-      leases.push({ name, ip, corrupt: true, problem: JSON.stringify(text.slice(0, 40)) });
-    else leases.push({ name, ip, att });
+    if (att === undefined) visit({ name, ip, corrupt: true, problem: JSON.stringify(text.slice(0, 40)) });
+    else visit({ name, ip, att });
   }
-  return { leases, foreign };
-}
-
-/** The content of one lease file (no symlink followed), or undefined when it cannot be read. */
-export function readLeaseText(path: string): string | undefined {
-  const buf = Buffer.alloc(4096);
-  try {
-    const fd = fs.openSync(path, SCAN_OPEN);
-    try {
-      return buf.toString('utf8', 0, fs.readSync(fd, buf, 0, buf.length, 0));
-    } finally {
-      fs.closeSync(fd);
-    }
-  } catch {
-    return undefined;
-  }
+  return { foreign };
 }
 
 /** One `.berth/att/<id>:<ifname>` record. It starts with `{`, so host-local never takes it for a lease. */
@@ -301,7 +285,7 @@ export function encodeFound(id: string, entries: readonly FoundEntry[]): Buffer 
   // Found entries share a few meta objects (one per sighting): by identity first, by value for the rest.
   const byObject = new Map<LeaseMeta, number>();
   const byValue = new Map<string, number>();
-  const lines: string[] = Array.from({ length: buckets }, () => '');
+  const lines: string[][] = Array.from({ length: buckets }, () => []);
   for (const e of entries) {
     let mi = byObject.get(e.meta);
     if (mi === undefined) {
@@ -315,7 +299,7 @@ export function encodeFound(id: string, entries: readonly FoundEntry[]): Buffer 
       byObject.set(e.meta, mi);
     }
     const b = foundBucket(attKey(e), buckets);
-    lines[b] += `${e.containerId}\t${e.ifname}\t${mi}\t${e.ips.join(' ')}\n`;
+    lines[b]!.push(`${e.containerId}\t${e.ifname}\t${mi}\t${e.ips.join(' ')}\n`);
   }
   const header: FoundHeader = { v: 1, id, metas, buckets };
   const table = Buffer.alloc(4 * (buckets + 1));
@@ -323,7 +307,7 @@ export function encodeFound(id: string, entries: readonly FoundEntry[]): Buffer 
   let off = 0;
   for (let b = 0; b < buckets; b++) {
     table.writeUInt32LE(off, 4 * b);
-    const part = Buffer.from(lines[b]!);
+    const part = Buffer.from(lines[b]!.join(''));
     parts.push(part);
     off += part.length;
   }

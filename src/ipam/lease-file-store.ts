@@ -149,10 +149,13 @@ class Bitmap extends OrdinalBitmap {
     this.setOrdinal(o, taken);
   }
 
-  /** Resets the bits from the addresses of the lease files. */
-  refill(ips: Iterable<Ip>): void {
+  /** Resets the bits from the names of the lease files. */
+  refill(names: Iterable<string>): void {
     this.clear();
-    for (const ip of ips) this.setTaken(ip, true);
+    for (const name of names) {
+      const ip = leaseNameIp(name);
+      if (ip !== undefined) this.setTaken(ip, true);
+    }
   }
 
   encode(gen: number): Buffer {
@@ -210,12 +213,12 @@ class FileSession implements LeaseSession {
   private readonly bitmaps = new Map<string, Bitmap>();
   /** IPs whose lease file this session created (true) or removed (false). */
   private readonly changes = new Map<string, { ip: Ip; taken: boolean }>();
-  /** The IP-named files of the directory (by name), once listed. */
-  private taken: Map<string, Ip> | undefined;
+  /** The names of the IP-named files of the directory, once listed. */
+  private taken: Set<string> | undefined;
   /** The found index of the state, once opened (null: the state has none). */
   private found: FoundIndex | null | undefined;
   /** After a rebuild: the attachments whose record belongs in the found index, and the index it replaces. */
-  private foundKeys: Set<string> | undefined;
+  private foundLive: Map<string, FoundEntry> | undefined;
   private oldFound: Map<string, FoundEntry> | undefined;
   /** The id of the found index `oldFound` was read from; undefined when there was none, or it was unusable. */
   private oldFoundId: string | undefined;
@@ -248,15 +251,12 @@ class FileSession implements LeaseSession {
     );
   }
 
-  /** The lease files' addresses: from the listing (names only) unless a scan already read them. */
-  private takenIps(): Map<string, Ip> {
+  /** The names of the lease files: from the listing unless a scan already read them. */
+  private takenNames(): Set<string> {
     if (this.taken === undefined) {
-      this.taken = new Map();
-      for (const name of fs.readdirSync(this.p.dir)) {
-        if (isBookkeepingName(name)) continue;
-        const ip = leaseNameIp(name);
-        if (ip !== undefined) this.taken.set(name, ip);
-      }
+      this.taken = new Set();
+      for (const name of fs.readdirSync(this.p.dir))
+        if (!isBookkeepingName(name) && leaseNameIp(name) !== undefined) this.taken.add(name);
     }
     return this.taken;
   }
@@ -286,30 +286,39 @@ class FileSession implements LeaseSession {
    * every other one goes into the found index, written whole at commit: no file per attachment.
    */
   rebuild(reason: string, quiet = false): void {
-    const { leases, foreign } = scanLeaseDir(this.p.dir);
-    for (const name of foreign)
-      this.warn(`skipping foreign file ${join(this.p.dir, name)} (not named after an IP address)`);
-    const truth = new Map<string, { att: Attachment; ips: string[] }>();
-    this.taken = new Map();
-    for (const l of leases) {
-      this.taken.set(l.name, l.ip);
-      if (l.att === undefined) {
+    // The scan's attachments, kept as found entries (one object and one array each, no more: on 60,000
+    // leases what survives the scan is what the garbage collector copies, a large part of a take-over).
+    const truth = new Map<string, FoundEntry>();
+    const taken = new Set<string>();
+    const firstSeen: LeaseMeta = {
+      bootId: this.opts.bootId,
+      createdAt: this.now().toISOString(),
+      origin: 'found',
+    };
+    const { foreign } = scanLeaseDir(this.p.dir, (l) => {
+      taken.add(l.name);
+      const att = l.att;
+      if (att === undefined) {
         const file = join(this.p.dir, l.name);
         this.warn(
           l.corrupt === true
             ? `skipping corrupt lease file ${file} (${l.problem}); the address stays taken`
             : `skipping unreadable lease file ${file}: ${l.problem}; the address stays taken`,
         );
-        continue;
+        return;
       }
-      const key = attKey(l.att);
+      const key = attKey(att);
       const t = truth.get(key);
-      if (t === undefined) truth.set(key, { att: l.att, ips: [l.name] });
+      if (t === undefined)
+        truth.set(key, { containerId: att.containerId, ifname: att.ifname, ips: [l.name], meta: firstSeen });
       else t.ips.push(l.name);
-    }
+    });
+    for (const name of foreign)
+      this.warn(`skipping foreign file ${join(this.p.dir, name)} (not named after an IP address)`);
+    this.taken = taken;
     if (truth.size > 0 || !quiet) this.warn(`rebuilt the lease index of ${this.p.dir} (${reason})`);
     // Bitmaps already handed to the allocator are refilled in place: it keeps using the same objects.
-    for (const b of this.bitmaps.values()) b.refill(this.taken.values());
+    for (const b of this.bitmaps.values()) b.refill(taken);
     // What the found index of the state said keeps its metadata (the boot and time first seen).
     if (this.oldFound === undefined) {
       this.oldFound = new Map();
@@ -323,11 +332,6 @@ class FileSession implements LeaseSession {
         }
       }
     }
-    const firstSeen: LeaseMeta = {
-      bootId: this.opts.bootId,
-      createdAt: this.now().toISOString(),
-      origin: 'found',
-    };
     const onDisk = new Set(this.readAllRecordKeys());
     // Records this session changed before the rebuild keep their metadata (pod, netns of a lease it took).
     const mine = new Map<string, AttRecord>();
@@ -336,35 +340,32 @@ class FileSession implements LeaseSession {
       if (r !== null && r !== undefined && r.ips.length > 0) mine.set(key, r);
     }
     this.records.clear();
-    this.foundKeys = new Set();
     for (const key of onDisk) this.records.set(key, null);
+    // Attachments with a record of their own (on disk, or this session's) leave the found entries.
     for (const [key, t] of truth) {
-      const rec: AttRecord = {
-        v: 1,
-        containerId: t.att.containerId,
-        ifname: t.att.ifname,
-        ips: t.ips,
-        meta: firstSeen,
-      };
       const own = mine.get(key);
+      const old = this.oldFound.get(key);
+      if (own === undefined && !onDisk.has(key)) {
+        if (old !== undefined) t.meta = old.meta;
+        continue;
+      }
+      truth.delete(key);
+      const rec: AttRecord = { v: 1, ...t };
       if (own !== undefined) {
         rec.meta = own.meta;
         this.dirtyRecords.add(key);
-      } else if (!onDisk.has(key)) {
-        rec.meta = this.oldFound.get(key)?.meta ?? firstSeen;
-        this.foundKeys.add(key);
       } else {
         const prev = this.readRecordQuiet(key);
         const sameIps =
           prev !== undefined && prev.ips.length === t.ips.length && t.ips.every((i) => prev.ips.includes(i));
         // A tombstone's metadata was that of leases released since: these are new to berth.
-        rec.meta =
-          prev !== undefined && prev.ips.length > 0 ? prev.meta : (this.oldFound.get(key)?.meta ?? firstSeen);
+        rec.meta = prev !== undefined && prev.ips.length > 0 ? prev.meta : (old?.meta ?? firstSeen);
         if (!sameIps) this.dirtyRecords.add(key);
       }
       this.records.set(key, rec);
     }
     for (const key of onDisk) if (this.records.get(key) === null) this.dirtyRecords.add(key);
+    this.foundLive = truth;
     this.found = null;
     this.recordsComplete = true;
     this.rebuilt = true;
@@ -392,7 +393,13 @@ class FileSession implements LeaseSession {
   /** The attachment's record: its own under `.berth/att/`, else its entry in the found index, else null. */
   private record(key: string): AttRecord | null {
     if (this.records.has(key)) return this.records.get(key)!;
-    if (this.recordsComplete) return null;
+    if (this.recordsComplete) {
+      const e = this.foundLive?.get(key);
+      if (e === undefined) return null;
+      const rec: AttRecord = { v: 1, ...e };
+      this.records.set(key, rec);
+      return rec;
+    }
     let rec: AttRecord | null;
     try {
       const parsed: unknown = JSON.parse(fs.readFileSync(join(this.p.att, key), 'utf8'));
@@ -427,7 +434,7 @@ class FileSession implements LeaseSession {
     const name = formatIp(ip);
     this.changes.set(name, { ip, taken });
     for (const b of this.bitmaps.values()) b.setTaken(ip, taken);
-    if (taken) this.taken?.set(name, ip);
+    if (taken) this.taken?.add(name);
     else this.taken?.delete(name);
   }
 
@@ -509,7 +516,7 @@ class FileSession implements LeaseSession {
     }
     if (bitmap === undefined) {
       bitmap = new Bitmap(key, spans, Number(size));
-      bitmap.refill(this.takenIps().values());
+      bitmap.refill(this.takenNames());
       this.builtBitmaps = true;
     } else {
       for (const c of this.changes.values()) bitmap.setTaken(c.ip, c.taken);
@@ -597,6 +604,11 @@ class FileSession implements LeaseSession {
     }
     for (const rec of this.records.values())
       if (rec !== null && want(rec)) out.push(...this.leasesOfRecord(rec));
+    for (const [key, e] of this.foundLive ?? []) {
+      if (this.records.has(key)) continue;
+      const rec: AttRecord = { v: 1, ...e };
+      if (want(rec)) out.push(...this.leasesOfRecord(rec));
+    }
     return out;
   }
 
@@ -645,13 +657,12 @@ class FileSession implements LeaseSession {
   private commitFound(): string | undefined {
     const entries: FoundEntry[] = [];
     let same = true;
-    for (const key of this.foundKeys ?? []) {
-      const rec = this.records.get(key);
-      if (this.dirtyRecords.has(key) || rec === null || rec === undefined || rec.ips.length === 0) continue;
-      entries.push({ containerId: rec.containerId, ifname: rec.ifname, ips: rec.ips, meta: rec.meta });
+    for (const [key, e] of this.foundLive ?? []) {
+      if (this.dirtyRecords.has(key)) continue;
+      entries.push(e);
       const old = this.oldFound?.get(key);
       same &&=
-        old !== undefined && old.ips.length === rec.ips.length && rec.ips.every((i) => old.ips.includes(i));
+        old !== undefined && old.ips.length === e.ips.length && e.ips.every((i) => old.ips.includes(i));
     }
     if (same && entries.length === this.oldFound?.size && this.oldFoundId !== undefined)
       return this.oldFoundId;

@@ -315,6 +315,32 @@ describe('taking over a host-local directory', () => {
     await expectIndexMatchesFiles(next, dir);
   });
 
+  test("a rebuild in the middle of a session keeps the session's own records (pod identity of a lease it took)", async () => {
+    const { store, dir, dataDir } = open();
+    prefill(dir, 50);
+    await addIn(store, 'first');
+    const meta = { bootId: 'boot-1', origin: 'berth' as const, pod: { namespace: 'ns', name: 'web-0' } };
+    const taken = await store.transact(async (s) => {
+      expect(await s.reserve({ ip: ip('198.18.99.1'), containerId: 'pod', ifname: 'eth0', meta }, 0)).toBe(
+        true,
+      );
+      // host-local writes the next address behind the session's back: the link fails, the index is rebuilt.
+      writeFileSync(join(dir, '198.18.99.2'), 'hl\r\neth0');
+      expect(await s.reserve({ ip: ip('198.18.99.2'), containerId: 'pod', ifname: 'eth0', meta }, 1)).toBe(
+        false,
+      );
+      return s.leasesOf({ containerId: 'pod', ifname: 'eth0' });
+    });
+    expect(taken.map((l) => [formatIp(l.ip), l.meta.pod?.name])).toEqual([['198.18.99.1', 'web-0']]);
+    const again = openLeaseFileStore({ dataDir, network: 'n1', bootId: 'boot-1' });
+    const leases = await again.transact((s) => s.leasesOf({ containerId: 'pod', ifname: 'eth0' }));
+    expect(leases.map((l) => [formatIp(l.ip), l.meta.pod?.name])).toEqual([['198.18.99.1', 'web-0']]);
+    expect(
+      (await again.transact((s) => s.leasesOf({ containerId: 'hl', ifname: 'eth0' })))[0]!.meta.origin,
+    ).toBe('found');
+    await expectIndexMatchesFiles(again, dir);
+  });
+
   test('kill -9 at any moment of the take-over leaves a directory the next call takes over correctly', async () => {
     assertBuilt();
     const t = tempDataDir('takeover');

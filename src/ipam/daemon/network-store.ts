@@ -511,8 +511,7 @@ export class NetworkStore implements LeaseStore {
       createdAt: (this.opts.now?.() ?? new Date()).toISOString(),
       origin: 'found',
     };
-    const { leases } = disk.scanLeaseDir(this.p.dir);
-    for (const l of leases) {
+    disk.scanLeaseDir(this.p.dir, (l) => {
       this.taken.set(l.name, l.ip);
       const att = l.att;
       if (att === undefined) {
@@ -525,7 +524,7 @@ export class NetworkStore implements LeaseStore {
             file: join(this.p.dir, l.name),
             error: l.problem,
           });
-        continue;
+        return;
       }
       const key = disk.attKey(att);
       let entry = this.byAtt.get(key);
@@ -538,7 +537,7 @@ export class NetworkStore implements LeaseStore {
       }
       entry.ips.add(l.name);
       this.byIp.set(l.name, { ip: l.ip, containerId: att.containerId, ifname: att.ifname, meta: entry.meta });
-    }
+    });
     // Attachments without a record of their own belong in the found index: written again when it differs.
     this.foundManaged = new Set([...this.byAtt.keys()].filter((k) => !attFiles.has(k)));
     const sameIps = (ips: readonly string[], entry: AttEntry): boolean =>
