@@ -187,6 +187,36 @@ describe('claims', () => {
     expect(a.cluster.stats.total('berthd_cluster_adds_waited_total')).toBe(waited);
   });
 
+  test('blocks of ours that arrive in one watch batch are adopted with one cluster.json write', async () => {
+    const a = await startNode('n1');
+    await add(a, 'first');
+    const [mine] = etcdBlocksOf('n1');
+    const value = JSON.parse(fake.get(`/berth/v1/nets/${NET}/blocks/${mine!.replace('/', '-')}`)!.value) as {
+      uid: string;
+    };
+    // A claim of 4 blocks whose answer the node never read (one txn: one revision, one watch batch).
+    const lost = ['198.18.9.0/26', '198.18.9.64/26', '198.18.9.128/26', '198.18.9.192/26'];
+    const net = (a.cluster as unknown as { networks: Map<string, { writeRecord(): void }> }).networks.get(
+      NET,
+    )!;
+    const writes = vi.spyOn(net, 'writeRecord');
+    fake.putManyDirect(
+      lost.map((c) => [
+        `/berth/v1/nets/${NET}/blocks/${c.replace('/', '-')}`,
+        JSON.stringify({ node: 'n1', uid: value.uid, claimedAt: new Date().toISOString() }),
+      ]),
+    );
+    await vi.waitFor(
+      () => {
+        const rec = readClusterRecord(a.dataDir, NET)!;
+        expect(rec.blocks.map((x) => x.cidr)).toEqual(expect.arrayContaining(lost));
+      },
+      { timeout: 3000, interval: 20 },
+    );
+    // One write for the batch; one per block (4) before.
+    expect(writes).toHaveBeenCalledTimes(1);
+  });
+
   test('a second machine under the same node name is refused', async () => {
     await startNode('n1');
     const dup = startNode('n1', { uidFile: join(root, 'other-id') });

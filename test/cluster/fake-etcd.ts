@@ -119,6 +119,13 @@ export class FakeEtcd {
     this.writeTxn((w) => w.put(key, Buffer.from(value), 0n));
   }
 
+  /** Several keys in one write txn: one revision, one watch batch. */
+  putManyDirect(entries: [key: string, value: string][]): void {
+    this.writeTxn((w) => {
+      for (const [k, v] of entries) w.put(k, Buffer.from(v), 0n);
+    });
+  }
+
   /** Forgets history up to `rev`: watches starting earlier are answered with compact_revision. */
   compact(rev: bigint = this.revision): void {
     this.compactRevision = rev;
