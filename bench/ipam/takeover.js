@@ -12,7 +12,7 @@
 // take-overs the berth directory is put back into host-local's state (its `.berth/`, its one new lease and
 // the cursor), so each one is a first call again.
 //
-// Usage: npm run build:ts && node bench/ipam/takeover.js [--reps N] [--json out.json]
+// Usage: npm run build && node bench/ipam/takeover.js [--reps N] [--json out.json]
 'use strict';
 const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');

@@ -4,17 +4,21 @@
  * file (ioctl NS_GET_NSTYPE), flock(2) (so our
  * lease-file lock interoperates with Go host-local's go-filemutex), and syncfs(2) off the main thread
  * (berthd's group commit: one call makes a whole round of lease files durable), and SO_PEERCRED (berthd
- * serves plugin calls to root callers only).
+ * serves plugin calls to root callers only), and the read of every small file of a directory in one call
+ * (berth-ipam's take-over of a host-local lease directory).
  */
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <sched.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <node_api.h>
 
@@ -291,6 +295,118 @@ static napi_value ns_type(napi_env env, napi_callback_info info) {
   return ret;
 }
 
+/*
+ * readSmallFiles(dir): every entry of a directory ('.' and '..' aside) with the first 4096 bytes of each
+ * regular file, in one Buffer, so a scan of tens of thousands of lease files costs one call instead of an
+ * open, a read and a close from JavaScript per file. Each entry: u8 kind (0: read, 1: not a regular file,
+ * 2: open or read failed), u16 name length, u16 content length (kind 0) or u16 errno (kind 2), then the name
+ * and the content. Files are opened relative to the directory, O_NOFOLLOW | O_NONBLOCK (never a symlink
+ * followed, never a wait on a FIFO). Throws (open/readdir errors) only for the directory itself.
+ */
+struct outbuf {
+  char *p;
+  size_t len, cap;
+};
+
+static int out_put(struct outbuf *o, const void *data, size_t n) {
+  if (o->len + n > o->cap) {
+    size_t cap = o->cap ? o->cap : 1 << 20;
+    while (cap < o->len + n) cap *= 2;
+    char *p = realloc(o->p, cap);
+    if (p == NULL) return 0;
+    o->p = p;
+    o->cap = cap;
+  }
+  memcpy(o->p + o->len, data, n);
+  o->len += n;
+  return 1;
+}
+
+static int out_entry(struct outbuf *o, uint8_t kind, const char *name, size_t name_len, uint16_t extra,
+                     const char *content, size_t content_len) {
+  uint8_t head[5] = {kind, (uint8_t)(name_len & 0xff), (uint8_t)(name_len >> 8), (uint8_t)(extra & 0xff),
+                     (uint8_t)(extra >> 8)};
+  return out_put(o, head, 5) && out_put(o, name, name_len) && out_put(o, content, content_len);
+}
+
+static napi_value read_small_files(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], ret;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char path[4096];
+  size_t plen;
+  if (argc < 1 || napi_get_value_string_utf8(env, argv[0], path, sizeof path, &plen) != napi_ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "readSmallFiles(dir) needs a path");
+    return NULL;
+  }
+  int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) {
+    throw_errno(env, errno, "open");
+    return NULL;
+  }
+  DIR *d = fdopendir(dfd);
+  if (d == NULL) {
+    int e = errno;
+    close(dfd);
+    throw_errno(env, e, "fdopendir");
+    return NULL;
+  }
+  struct outbuf o = {NULL, 0, 0};
+  char content[4096];
+  int fail = 0, nomem = 0;
+  for (;;) {
+    errno = 0;
+    struct dirent *e = readdir(d);
+    if (e == NULL) {
+      fail = errno;
+      break;
+    }
+    const char *name = e->d_name;
+    if (name[0] == '.' && (name[1] == 0 || (name[1] == '.' && name[2] == 0))) continue;
+    size_t nlen = strlen(name);
+    int ok;
+    unsigned char type = e->d_type;
+    if (type == DT_UNKNOWN) {
+      struct stat st;
+      if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) type = S_ISREG(st.st_mode) ? DT_REG : DT_FIFO;
+    }
+    if (type != DT_REG) {
+      ok = out_entry(&o, 1, name, nlen, 0, NULL, 0);
+    } else {
+      int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+      ssize_t r = -1;
+      int err = 0;
+      if (fd < 0) err = errno;
+      else {
+        do r = read(fd, content, sizeof content);
+        while (r < 0 && errno == EINTR);
+        if (r < 0) err = errno;
+        close(fd);
+      }
+      ok = err ? out_entry(&o, 2, name, nlen, (uint16_t)err, NULL, 0)
+               : out_entry(&o, 0, name, nlen, (uint16_t)r, content, (size_t)r);
+    }
+    if (!ok) {
+      nomem = 1;
+      break;
+    }
+  }
+  closedir(d);
+  if (nomem || fail) {
+    free(o.p);
+    throw_errno(env, nomem ? ENOMEM : fail, "readdir");
+    return NULL;
+  }
+  void *data;
+  napi_status st = napi_create_buffer_copy(env, o.len, o.p ? o.p : "", &data, &ret);
+  free(o.p);
+  if (st != napi_ok) {
+    napi_throw_error(env, NULL, "readSmallFiles: cannot create the buffer");
+    return NULL;
+  }
+  return ret;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"setnsRun", NULL, setns_run, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -298,6 +414,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"syncfs", NULL, syncfs_fn, NULL, NULL, NULL, napi_enumerable, NULL},
     {"nsType", NULL, ns_type, NULL, NULL, NULL, napi_enumerable, NULL},
     {"peerCredentials", NULL, peer_credentials, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"readSmallFiles", NULL, read_small_files, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

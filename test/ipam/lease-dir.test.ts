@@ -1,10 +1,12 @@
 // The on-disk format both lease stores (berth-ipam on the files, berthd) write through lease-dir.ts: the
 // exact bytes host-local and the other store read back.
-import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, test } from 'vitest';
 import { formatIp, parseIp } from '../../src/address/ip';
 import * as disk from '../../src/ipam/lease-dir';
+import { loadNativeAddon } from '../../src/native-addon';
 import { tempDataDir } from './harness';
 
 let cleanups: (() => void)[] = [];
@@ -147,5 +149,48 @@ describe('lease names', () => {
       const want = ip !== undefined && formatIp(ip) === n ? ip : undefined;
       expect(disk.leaseNameIp(n), n).toEqual(want);
     }
+  });
+});
+
+describe('the scan of a lease directory', () => {
+  test('the native one-call read and the file-by-file read see the same leases, problems and foreign names', () => {
+    const t = tempDataDir('scan');
+    cleanups.push(t.cleanup);
+    const d = join(t.dir, 'n1');
+    mkdirSync(join(d, '.berth'), { recursive: true });
+    writeFileSync(join(d, '198.18.0.2'), 'ctr-a\r\neth0');
+    writeFileSync(join(d, '198.18.0.3'), 'legacy');
+    writeFileSync(join(d, 'fd00::7'), 'ctr-b\r\neth1');
+    writeFileSync(join(d, '198.18.0.4'), '{"not":"a lease"}');
+    writeFileSync(join(d, 'lock'), '');
+    writeFileSync(join(d, 'last_reserved_ip.0'), '198.18.0.2');
+    writeFileSync(join(d, 'README'), 'hello');
+    symlinkSync(join(d, '198.18.0.2'), join(d, '198.18.0.5'));
+    mkdirSync(join(d, '198.18.0.6'));
+    execFileSync('mkfifo', [join(d, '198.18.0.8')]);
+    const run = (native: boolean) => {
+      const seen: unknown[] = [];
+      const { foreign } = disk.scanLeaseDir(
+        d,
+        (l) => seen.push([l.name, l.att, l.corrupt === true, l.problem !== undefined]),
+        { native },
+      );
+      return { seen: seen.sort((a, b) => String(a).localeCompare(String(b))), foreign: foreign.sort() };
+    };
+    const native = run(true);
+    expect(native).toEqual(run(false));
+    expect(native.foreign).toEqual(['README']);
+    expect(native.seen).toEqual(
+      [
+        ['198.18.0.2', { containerId: 'ctr-a', ifname: 'eth0' }, false, false],
+        ['198.18.0.3', { containerId: 'legacy', ifname: '' }, false, false],
+        ['198.18.0.4', undefined, true, true],
+        ['198.18.0.5', undefined, false, true],
+        ['198.18.0.6', undefined, false, true],
+        ['198.18.0.8', undefined, false, true],
+        ['fd00::7', { containerId: 'ctr-b', ifname: 'eth1' }, false, false],
+      ].sort((a, b) => String(a).localeCompare(String(b))),
+    );
+    expect(loadNativeAddon().readSmallFiles).toBeTypeOf('function');
   });
 });
