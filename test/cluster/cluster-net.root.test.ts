@@ -77,8 +77,10 @@ function bridgePlugin(o: {
   });
 }
 
+// `-c 1 -w 5`: one reply wanted, a probe a second for up to 5 s. A single probe (`-W 2`) lost one IPv6 ping
+// across nodes in CI: the first probes can meet addresses still in DAD and neighbours not yet resolved.
 function ping(from: Pod, to: string): { ok: boolean; ttl: number | undefined } {
-  const r = spawnSync('ip', ['netns', 'exec', from.ns.nsName!, 'ping', '-c', '1', '-W', '2', to], {
+  const r = spawnSync('ip', ['netns', 'exec', from.ns.nsName!, 'ping', '-c', '1', '-w', '5', to], {
     encoding: 'utf8',
   });
   const m = /ttl=(\d+)/.exec(r.stdout);
