@@ -9,88 +9,21 @@
 //
 // Usage: npm run build:ts && node bench/ipam/fill.js [--reps N] [--json out.json]
 'use strict';
-const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
+const pool = require('./pool');
 
-const REPO = path.join(__dirname, '..', '..');
-const BERTH = path.join(REPO, 'bin', 'berth-ipam');
-const HOST_LOCAL = '/usr/lib/cni/host-local';
-const argv = process.argv.slice(2);
-const opt = (name, dflt) => {
-  const i = argv.indexOf(name);
-  return i === -1 ? dflt : argv[i + 1];
-};
-const REPS = Number(opt('--reps', '7'));
-const JSON_OUT = opt('--json', undefined);
+const { REPO, BERTH, HOST_LOCAL, FIRST, LAST, POOL, conf, shuffled, randomTaken, median } = pool;
+const REPS = Number(pool.opt('--reps', '7'));
+const JSON_OUT = pool.opt('--json', undefined);
 
-// 198.18.0.0/16: gateway .0.1, usable .0.1-.255.254 minus the gateway = 65533 addresses.
-const BASE = (198 << 24) | (18 << 16);
-const FIRST = 2; // offset of 198.18.0.2
-const LAST = 65534; // offset of 198.18.255.254
-const ipAt = (off) => `198.18.${(off >> 8) & 255}.${off & 255}`;
-const POOL = LAST - FIRST + 1;
-void BASE;
-
-function conf(type, dataDir) {
-  return JSON.stringify({
-    cniVersion: '0.4.0',
-    name: 'bench',
-    type: 'bridge',
-    // The files, not berthd (bench/daemon measures the daemon).
-    ipam: {
-      type,
-      dataDir,
-      ranges: [[{ subnet: '198.18.0.0/16' }]],
-      ...(type === 'berth-ipam' ? { daemonSocket: false } : {}),
-    },
-  });
-}
-
-function exec(bin, command, stdin, containerId) {
-  const env = {
-    PATH: process.env.PATH,
-    CNI_COMMAND: command,
-    CNI_CONTAINERID: containerId,
-    CNI_NETNS: '/run/netns/bench',
-    CNI_IFNAME: 'eth0',
-    CNI_PATH: '/usr/lib/cni',
-  };
-  const t0 = process.hrtime.bigint();
-  const r = spawnSync(bin, [], { env, input: stdin, encoding: 'utf8' });
-  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-  if (r.status !== 0)
-    throw new Error(`${path.basename(bin)} ${command} ${containerId} failed: ${r.stdout}${r.stderr}`);
-  return ms;
-}
+/** An execution's wall time in ms. */
+const exec = (bin, command, stdin, containerId) => pool.runPlugin(bin, command, stdin, containerId).ms;
 
 /** Writes host-local's files for `taken` offsets, and its cursor. */
-function prefill(dataDir, taken, cursorOff) {
-  const dir = path.join(dataDir, 'bench');
-  fs.mkdirSync(dir, { recursive: true });
-  for (const off of taken)
-    fs.writeFileSync(path.join(dir, ipAt(off)), `fill-${off}\r\neth0`, { mode: 0o600 });
-  fs.writeFileSync(path.join(dir, 'last_reserved_ip.0'), ipAt(cursorOff));
-}
-
-/** A deterministic shuffle, so both plugins see the same pool. */
-function randomTaken(count, seed) {
-  const offs = [];
-  for (let o = FIRST; o <= LAST; o++) offs.push(o);
-  let s = seed >>> 0;
-  for (let i = offs.length - 1; i > 0; i--) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    const j = s % (i + 1);
-    [offs[i], offs[j]] = [offs[j], offs[i]];
-  }
-  return offs.slice(0, count);
-}
-
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-};
+const prefill = (dataDir, taken, cursorOff) =>
+  pool.writeHostLocalDir(dataDir, taken, cursorOff, (off) => `fill-${off}`);
 
 /** A scenario's two data dirs (one per plugin), pre-filled identically. */
 function prepare(sc) {
@@ -139,17 +72,6 @@ function storeOps(dataDir) {
       ),
   };
 }
-
-const shuffled = (xs, seed) => {
-  const a = [...xs];
-  let s = seed >>> 0;
-  for (let i = a.length - 1; i > 0; i--) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    const j = s % (i + 1);
-    [a[i], a[j]] = [a[j], a[i]];
-  }
-  return a;
-};
 
 async function main() {
   if (!fs.existsSync(path.join(REPO, 'dist', 'main.js'))) throw new Error('run "npm run build:ts" first');

@@ -14,84 +14,22 @@
 //
 // Usage: npm run build && node bench/ipam/takeover.js [--reps N] [--json out.json]
 'use strict';
-const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
+const pool = require('./pool');
 
-const REPO = path.join(__dirname, '..', '..');
-const BERTH = path.join(REPO, 'bin', 'berth-ipam');
-const HOST_LOCAL = '/usr/lib/cni/host-local';
-const argv = process.argv.slice(2);
-const opt = (name, dflt) => {
-  const i = argv.indexOf(name);
-  return i === -1 ? dflt : argv[i + 1];
-};
-const REPS = Number(opt('--reps', '5'));
-const JSON_OUT = opt('--json', undefined);
-const NET = 'bench';
+const { REPO, BERTH, HOST_LOCAL, NET, FIRST, POOL, ipAt, conf, shuffled, randomTaken, median } = pool;
+const REPS = Number(pool.opt('--reps', '5'));
+const JSON_OUT = pool.opt('--json', undefined);
 
-// 198.18.0.0/16: usable .0.2-.255.254 besides the gateway .0.1 = 65,533 addresses (as bench/ipam/fill.js).
-const FIRST = 2;
-const LAST = 65534;
-const POOL = LAST - FIRST + 1;
-const ipAt = (off) => `198.18.${(off >> 8) & 255}.${off & 255}`;
+/** One execution of `bin` on `dataDir`'s network: wall time and stdout. */
+const exec = (bin, command, dataDir, containerId) =>
+  pool.runPlugin(bin, command, conf(bin === HOST_LOCAL ? 'host-local' : 'berth-ipam', dataDir), containerId);
 
-function conf(type, dataDir) {
-  return JSON.stringify({
-    cniVersion: '0.4.0',
-    name: NET,
-    type: 'bridge',
-    ipam: {
-      type,
-      dataDir,
-      ranges: [[{ subnet: '198.18.0.0/16' }]],
-      ...(type === 'berth-ipam' ? { daemonSocket: false } : {}),
-    },
-  });
-}
-
-function exec(bin, command, dataDir, containerId) {
-  const env = {
-    PATH: process.env.PATH,
-    CNI_COMMAND: command,
-    CNI_CONTAINERID: containerId,
-    CNI_NETNS: '/run/netns/bench',
-    CNI_IFNAME: 'eth0',
-    CNI_PATH: '/usr/lib/cni',
-  };
-  const type = bin === HOST_LOCAL ? 'host-local' : 'berth-ipam';
-  const t0 = process.hrtime.bigint();
-  const r = spawnSync(bin, [], { env, input: conf(type, dataDir), encoding: 'utf8' });
-  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-  if (r.status !== 0)
-    throw new Error(`${path.basename(bin)} ${command} ${containerId} failed: ${r.stdout}${r.stderr}`);
-  return { ms, stdout: r.stdout };
-}
-
-/** A deterministic shuffle of the pool, so every directory of a fill level holds the same addresses. */
-function randomTaken(count, seed) {
-  const offs = [];
-  for (let o = FIRST; o <= LAST; o++) offs.push(o);
-  let s = seed >>> 0;
-  for (let i = offs.length - 1; i > 0; i--) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    const j = s % (i + 1);
-    [offs[i], offs[j]] = [offs[j], offs[i]];
-  }
-  return offs.slice(0, count);
-}
-
-/** host-local's layout, written directly: a file per address ("<64 hex id>\r\neth0", 0600), the cursor. */
-function prefill(dataDir, taken, cursorOff) {
-  const dir = path.join(dataDir, NET);
-  fs.mkdirSync(dir, { recursive: true });
-  for (const off of taken) {
-    const id = `${off.toString(16).padStart(8, '0')}`.repeat(8);
-    fs.writeFileSync(path.join(dir, ipAt(off)), `${id}\r\neth0`, { mode: 0o600 });
-  }
-  fs.writeFileSync(path.join(dir, 'last_reserved_ip.0'), ipAt(cursorOff));
-}
+/** host-local's layout with container ids as runtimes make them (64 hex digits). */
+const prefill = (dataDir, taken, cursorOff) =>
+  pool.writeHostLocalDir(dataDir, taken, cursorOff, (off) => off.toString(16).padStart(8, '0').repeat(8));
 
 /** Puts a berth directory back into host-local's state: no `.berth/`, not the one new lease, the old cursor. */
 function resetTakeover(dataDir, newLeases, cursorOff) {
@@ -100,22 +38,6 @@ function resetTakeover(dataDir, newLeases, cursorOff) {
   for (const ip of newLeases) fs.rmSync(path.join(dir, ip), { force: true });
   fs.writeFileSync(path.join(dir, 'last_reserved_ip.0'), ipAt(cursorOff));
 }
-
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-};
-
-const shuffled = (xs, seed) => {
-  const a = [...xs];
-  let s = seed >>> 0;
-  for (let i = a.length - 1; i > 0; i--) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    const j = s % (i + 1);
-    [a[i], a[j]] = [a[j], a[i]];
-  }
-  return a;
-};
 
 const dist = (m) => require(path.join(REPO, 'dist', m));
 
