@@ -106,7 +106,12 @@ kill "$ctrd_pid"; wait "$ctrd_pid" 2>/dev/null; ctrd_pid=""
 
 # --- podman, CNI backend ------------------------------------------------------------------------------------
 conflist "$P-pm" "${P}pm" 245 >"$tmp/net.d/10-berth.conflist"
+# conmon_env_vars: when the container exits, conmon starts `podman container cleanup` on its own, with conmon's
+# environment rather than the caller's; that cleanup may win the race to run the CNI DEL, so it must find
+# the same berthd (without these it would look for /run/berth/berthd.sock and run the plugin standalone).
 cat >"$tmp/containers.conf" <<EOF
+[engine]
+conmon_env_vars = ["PATH=$PATH", "BERTH_SOCKET=$bsock", "BERTH_RUN_DIR=$tmp/run", "BERTH_NATIVE_DIR=$tmp/native"]
 [network]
 network_backend = "cni"
 cni_plugin_dirs = ["$tmp/bin"]
@@ -115,16 +120,18 @@ EOF
 check "busybox loaded into podman" "${podman_[@]}" load -i "$tmp/busybox.tar"
 adds0="$(calls ADD)" dels0="$(calls DEL)"
 pm() { CONTAINERS_CONF="$tmp/containers.conf" "${podman_[@]}" --network-backend cni --cni-config-dir "$tmp/net.d" "$@"; }
-# Started detached and removed by this script (with its environment): the cleanup podman runs on its own
-# when a container exits does not carry BERTH_SOCKET/BERTH_RUN_DIR and would use the host's /run/berth.
+# Started detached and then killed: the DEL is run by the cleanup that conmon starts when the container
+# exits (as for any container that ends by itself), with conmon_env_vars as its environment.
 podman_run() {
   pm run -d "${limits[@]}" --name "$P-pod" --network "$P-pm" berth.local/busybox:1 sleep 600 >/dev/null &&
     pm exec "$P-pod" sh -c "$in_pod" 198.19.245.2 198.19.245.1 &&
-    pm rm -f -t 0 "$P-pod" >/dev/null
+    pm kill "$P-pod" >/dev/null
 }
+released_by_cleanup() { for _ in $(seq 1 100); do leases_gone "$P-pm" >/dev/null && return 0; sleep 0.1; done; return 1; }
 check "podman run --network (CNI backend): the container has 198.19.245.2 on eth0 and pings the gateway" podman_run
+check "the container's exit released its lease (conmon's cleanup ran the DEL)" released_by_cleanup
 check "berthd ran podman's berth-bridge ADD and DEL in-process (warm path)" served
-check "podman's DEL released the lease" leases_gone "$P-pm"
+check "podman rm after the cleanup" pm rm -f -t 0 "$P-pod"
 
 nothing_left() {
   local br
