@@ -426,9 +426,14 @@ export class ClusterNetwork {
       'claim',
     );
     if (r.succeeded) {
+      // The watch may have delivered these PUTs before the txn's answer and adopted the blocks (and written
+      // cluster.json, and counted allocations in them): keep those entries and write only if one is new.
+      let added = false;
       for (const c of cidrs) {
         const where = this.poolOf(c)!;
         this.claimed.set(c, { node: this.node.name, uid: this.node.uid });
+        if (this.owned.has(c)) continue;
+        added = true;
         this.owned.set(c, {
           setId,
           createRevision: r.revision,
@@ -438,7 +443,7 @@ export class ClusterNetwork {
           used: 0,
         });
       }
-      this.writeRecord();
+      if (added) this.writeRecord();
       this.stats.inc(
         'berthd_cluster_block_claims_total',
         'Blocks claimed, by result.',

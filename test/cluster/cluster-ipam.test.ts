@@ -217,6 +217,27 @@ describe('claims', () => {
     expect(writes).toHaveBeenCalledTimes(1);
   });
 
+  test("a claim whose blocks the watch adopted first writes cluster.json once, not again after the txn's answer", async () => {
+    const a = await startNode('n1');
+    await add(a, 'first');
+    const net = (a.cluster as unknown as { networks: Map<string, { writeRecord(): void }> }).networks.get(
+      NET,
+    )!;
+    const claims = (): number =>
+      a.cluster.stats.counter('berthd_cluster_etcd_requests_total', { op: 'claim', result: 'ok' });
+    await vi.waitFor(() => expect(net).toBeDefined());
+    const claimsBefore = claims();
+    fake.txnAnswerDelayMs = 150;
+    const writes = vi.spyOn(net, 'writeRecord');
+    for (let i = 0; i < 70; i++) await add(a, `more-${i}`);
+    await vi.waitFor(() => expect(claims()).toBeGreaterThan(claimsBefore), { timeout: 3000 });
+    await new Promise((r) => setTimeout(r, 400));
+    fake.txnAnswerDelayMs = 0;
+    // Every claim's blocks reached the node through the watch before the answer: one write per claim.
+    expect(claims() - claimsBefore).toBeGreaterThan(0);
+    expect(writes).toHaveBeenCalledTimes(claims() - claimsBefore);
+  }, 20_000);
+
   test('a second machine under the same node name is refused', async () => {
     await startNode('n1');
     const dup = startNode('n1', { uidFile: join(root, 'other-id') });

@@ -61,6 +61,8 @@ export class FakeEtcd {
   auth: { user: string; password: string } | undefined;
   private readonly tokens = new Set<string>();
   now: () => number = () => Date.now();
+  /** Holds back each txn's answer (after it is applied and watchers have their events). */
+  txnAnswerDelayMs = 0;
 
   /** Starts one more member (HTTP listener on 127.0.0.1); returns its URL. */
   async addMember(): Promise<string> {
@@ -390,9 +392,13 @@ export class FakeEtcd {
             send(200, { header: this.header(), deleted: String(n) });
             return;
           }
-          case '/v3/kv/txn':
-            send(200, this.doTxn(body));
+          case '/v3/kv/txn': {
+            // Applied (and watchers told) now; the answer may be held back to let a watch event win the race.
+            const answer = this.doTxn(body);
+            if (this.txnAnswerDelayMs > 0) setTimeout(() => send(200, answer), this.txnAnswerDelayMs);
+            else send(200, answer);
             return;
+          }
           case '/v3/lease/grant': {
             const ttl = Number(body.TTL);
             const id = this.nextLease++;
