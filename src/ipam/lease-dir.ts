@@ -53,36 +53,40 @@ export function isBookkeepingName(name: string): boolean {
 
 /** The address a lease file name stands for: only the canonical text form counts (as host-local writes it). */
 export function leaseNameIp(name: string): Ip | undefined {
-  if (!name.includes(':')) return dottedQuad(name);
+  if (!name.includes(':')) {
+    const v = dottedQuad(name, 0, name.length);
+    return v < 0 ? undefined : { family: 4, value: BigInt(v) };
+  }
   const ip = parseIp(name);
   return ip !== undefined && formatIp(ip) === name ? ip : undefined;
 }
 
 /**
- * A canonical dotted quad (no leading zero, each part up to 255), as formatIp writes it: what parseIp and
- * formatIp answer together, without their splits and bigint steps (a scan asks once per lease file).
+ * The value of a canonical dotted quad (no leading zero, each part up to 255) in `src` from `start` to `end`,
+ * or -1: what parseIp and formatIp answer together, without their splits and bigint steps (a scan asks once
+ * per lease file), on a name's text or straight on the bytes of the scan's buffer.
  */
-function dottedQuad(name: string): Ip | undefined {
+function dottedQuad(src: string | Uint8Array, start: number, end: number): number {
   let value = 0;
   let part = 0;
   let digits = 0;
   let dots = 0;
-  for (let i = 0; i < name.length; i++) {
-    const c = name.charCodeAt(i);
+  for (let i = start; i < end; i++) {
+    const c = typeof src === 'string' ? src.charCodeAt(i) : src[i]!;
     if (c === 0x2e) {
-      if (digits === 0 || dots === 3) return undefined;
+      if (digits === 0 || dots === 3) return -1;
       value = value * 256 + part;
       part = 0;
       digits = 0;
       dots++;
     } else if (c >= 0x30 && c <= 0x39) {
-      if (digits > 0 && part === 0) return undefined;
+      if (digits > 0 && part === 0) return -1;
       part = part * 10 + (c - 0x30);
-      if (++digits > 3 || part > 255) return undefined;
-    } else return undefined;
+      if (++digits > 3 || part > 255) return -1;
+    } else return -1;
   }
-  if (dots !== 3 || digits === 0) return undefined;
-  return { family: 4, value: BigInt(value * 256 + part) };
+  if (dots !== 3 || digits === 0) return -1;
+  return value * 256 + part;
 }
 
 /** The name of an attachment's record under `.berth/att/`. */
@@ -106,6 +110,16 @@ export function parseLeaseContent(raw: string): Attachment | undefined {
   return { containerId, ifname };
 }
 
+/** An ASCII byte `\s` matches (and `trim` removes): tab, line feed, vertical tab, form feed, return, space. */
+const isSpace = (c: number): boolean => c === 0x20 || (c >= 0x09 && c <= 0x0d);
+
+/** FNV-1a (32 bits) of an attachment key's UTF-16 code units: the found index's buckets and the scan's table. */
+function keyHash(key: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+}
+
 /** One IP-named entry of the network directory, as a scan found it. */
 export interface ScannedLease {
   name: string;
@@ -117,76 +131,271 @@ export interface ScannedLease {
   corrupt?: boolean;
 }
 
+/**
+ * Leases as columns of byte ranges: the name of each, and the container id and ifname of its attachment,
+ * all in one buffer (`arena`), so that a scan of tens of thousands of leases creates no object per lease
+ * (what survives a scan is what the garbage collector copies, a large part of a take-over in a fresh
+ * process). The scan's own columns, and those FoundSet builds from found entries, have this form.
+ */
+interface LeaseColumns {
+  arena: Buffer;
+  count: number;
+  nameStart: Int32Array;
+  nameEnd: Int32Array;
+  /** -1: the lease holds no attachment (unreadable, or no lease inside). */
+  idStart: Int32Array;
+  idEnd: Int32Array;
+  ifStart: Int32Array;
+  ifEnd: Int32Array;
+  /** keyHash of the attachment key. */
+  hash: Uint32Array;
+}
+
+/** The addresses of a directory's lease files: IPv4 ones as numbers (no object each), the others as Ips. */
+export interface LeaseAddrs {
+  v4: Float64Array;
+  other: Ip[];
+}
+
+/** Every lease of a network directory, as one scan read it (`scanLeases`). */
+export class LeaseScan implements LeaseColumns {
+  /** Names that are neither leases nor bookkeeping. */
+  readonly foreign: string[] = [];
+  count = 0;
+  readonly nameStart: Int32Array;
+  readonly nameEnd: Int32Array;
+  readonly idStart: Int32Array;
+  readonly idEnd: Int32Array;
+  readonly ifStart: Int32Array;
+  readonly ifEnd: Int32Array;
+  readonly hash: Uint32Array;
+  /** The address of each IPv4 lease as a number; -1 for the others, whose Ip is in `otherIps`. */
+  readonly v4: Float64Array;
+  readonly otherIps = new Map<number, Ip>();
+  /** Why a lease holds no attachment, by its index. */
+  readonly problems = new Map<number, { problem: string; corrupt: boolean }>();
+
+  constructor(
+    public arena: Buffer,
+    capacity: number,
+  ) {
+    this.nameStart = new Int32Array(capacity);
+    this.nameEnd = new Int32Array(capacity);
+    this.idStart = new Int32Array(capacity);
+    this.idEnd = new Int32Array(capacity);
+    this.ifStart = new Int32Array(capacity);
+    this.ifEnd = new Int32Array(capacity);
+    this.hash = new Uint32Array(capacity);
+    this.v4 = new Float64Array(capacity);
+  }
+
+  name(i: number): string {
+    return this.arena.toString('latin1', this.nameStart[i], this.nameEnd[i]);
+  }
+
+  /** Lease `i` as an object (for callers that keep one per lease anyway, like berthd's memory). */
+  lease(i: number): ScannedLease {
+    const v = this.v4[i]!;
+    const l: ScannedLease = {
+      name: this.name(i),
+      ip: v >= 0 ? { family: 4, value: BigInt(v) } : this.otherIps.get(i)!,
+    };
+    const p = this.problems.get(i);
+    if (p !== undefined) {
+      if (p.corrupt) l.corrupt = true;
+      l.problem = p.problem;
+    } else l.att = columnAttachment(this, i);
+    return l;
+  }
+
+  /** The addresses of every lease (readable or not: each keeps its address taken). */
+  addrs(): LeaseAddrs {
+    let n4 = 0;
+    for (let i = 0; i < this.count; i++) if (this.v4[i]! >= 0) n4++;
+    const v4 = new Float64Array(n4);
+    n4 = 0;
+    for (let i = 0; i < this.count; i++) if (this.v4[i]! >= 0) v4[n4++] = this.v4[i]!;
+    return { v4, other: [...this.otherIps.values()] };
+  }
+}
+
+function columnAttachment(c: LeaseColumns, i: number): Attachment {
+  return {
+    containerId: c.arena.toString('utf8', c.idStart[i], c.idEnd[i]),
+    ifname: c.arena.toString('utf8', c.ifStart[i], c.ifEnd[i]),
+  };
+}
+
+/**
+ * parseLeaseContent on the bytes from `start` to `end`, for contents in ASCII that pass as they are (every
+ * lease host-local writes): sets lease `i`'s attachment columns and answers true. Anything else (non-ASCII,
+ * or no lease) answers false and goes the way of parseLeaseContent, whose rules these are.
+ */
+function asciiLease(s: LeaseScan, i: number, buf: Buffer, start: number, end: number): boolean {
+  let a = start;
+  let b = end;
+  for (let k = a; k < b; k++) if (buf[k]! >= 0x80) return false;
+  while (a < b && isSpace(buf[a]!)) a++;
+  while (b > a && isSpace(buf[b - 1]!)) b--;
+  let nl = b;
+  for (let k = a; k + 1 < b; k++)
+    if (buf[k] === 0x0d && buf[k + 1] === 0x0a) {
+      nl = k;
+      break;
+    }
+  const ifStart = nl === b ? b : nl + 2;
+  if (nl - a < 1 || nl - a > 1024 || b - ifStart > 64) return false;
+  let h = 0x811c9dc5;
+  for (let k = a; k < nl; k++) {
+    const c = buf[k]!;
+    if (c === 0 || c === 0x7b || c === 0x7d || isSpace(c)) return false;
+    h = Math.imul(h ^ c, 0x01000193);
+  }
+  h = Math.imul(h ^ 0x3a, 0x01000193);
+  for (let k = ifStart; k < b; k++) {
+    const c = buf[k]!;
+    if (c === 0 || c === 0x2f || isSpace(c)) return false;
+    h = Math.imul(h ^ c, 0x01000193);
+  }
+  s.idStart[i] = a;
+  s.idEnd[i] = nl;
+  s.ifStart[i] = ifStart;
+  s.ifEnd[i] = b;
+  s.hash[i] = h >>> 0;
+  return true;
+}
+
 /** Flags of a scan's open: never follow a symlink, never wait on a FIFO put there in place of a lease. */
 const SCAN_OPEN = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK;
 
 /**
  * Reads every lease of a network directory once: the listing (whose entry types say which names are regular
  * files, so no stat per file), then open, read, close of each regular file, all in one call of the native
- * addon (`readSmallFiles`; one by one from JavaScript without it, or with `native: false`). This is the one scan a
- * take-over or a rebuild costs; host-local pays about the same on each ADD and DEL (a walk with an lstat, an
- * open, an fstat, two reads and a close per file). Names that are neither leases nor bookkeeping go to
- * `foreign`; `visit` sees every other one (the objects it gets are its to keep or drop: a take-over keeps as
- * few as it can, since what survives the scan is what the garbage collector copies).
+ * addon (`readSmallFiles`; one by one from JavaScript without it, or with `native: false`, into a buffer of
+ * the same layout). This is the one scan a take-over or a rebuild costs; host-local pays about the same on
+ * each ADD and DEL (a walk with an lstat, an open, an fstat, two reads and a close per file). The leases are
+ * read straight from the buffer into columns (LeaseScan): no string or object per lease when its name is a
+ * dotted quad and its content ASCII (host-local's own leases); any other goes through leaseNameIp and
+ * parseLeaseContent.
  */
+export function scanLeases(dir: string, opts: { native?: boolean } = {}): LeaseScan {
+  const buf = (opts.native === false ? undefined : readSmallFiles(dir)) ?? readFilesOneByOne(dir);
+  // Each entry: kind u8 (0 read, 1 not a regular file, 2 failed), name length u16, content length or errno
+  // u16, the name, the content.
+  const next = (off: number): number =>
+    off + 5 + buf.readUInt16LE(off + 1) + (buf[off] === 0 ? buf.readUInt16LE(off + 3) : 0);
+  let entries = 0;
+  for (let off = 0; off < buf.length; off = next(off)) entries++;
+  const s = new LeaseScan(buf, entries);
+  /** Attachments decoded the slow way, whose bytes follow the buffer's in the arena. */
+  const extra: Buffer[] = [];
+  let arenaEnd = buf.length;
+  const place = (text: string): [number, number] => {
+    const b = Buffer.from(text);
+    extra.push(b);
+    arenaEnd += b.length;
+    return [arenaEnd - b.length, arenaEnd];
+  };
+  for (let off = 0; off < buf.length;) {
+    const kind = buf[off]!;
+    const nameStart = off + 5;
+    const nameEnd = nameStart + buf.readUInt16LE(off + 1);
+    const x = buf.readUInt16LE(off + 3);
+    off = kind === 0 ? nameEnd + x : nameEnd;
+    const first = buf[nameStart]!;
+    const v4 = first >= 0x30 && first <= 0x39 ? dottedQuad(buf, nameStart, nameEnd) : -1;
+    let ip: Ip | undefined;
+    if (v4 < 0) {
+      const name = buf.toString('utf8', nameStart, nameEnd);
+      if (isBookkeepingName(name)) continue;
+      ip = leaseNameIp(name);
+      if (ip === undefined) {
+        s.foreign.push(name);
+        continue;
+      }
+    }
+    const i = s.count++;
+    s.nameStart[i] = nameStart;
+    s.nameEnd[i] = nameEnd;
+    s.v4[i] = v4;
+    if (ip !== undefined) s.otherIps.set(i, ip);
+    s.idStart[i] = -1;
+    if (kind !== 0) {
+      const problem = kind === 1 ? 'not a regular file' : `${getSystemErrorName(-x)} on open or read`;
+      s.problems.set(i, { problem, corrupt: false });
+      continue;
+    }
+    if (asciiLease(s, i, buf, nameEnd, off)) continue;
+    const text = buf.toString('utf8', nameEnd, off);
+    const att = parseLeaseContent(text);
+    if (att === undefined) {
+      s.problems.set(i, { problem: JSON.stringify(text.slice(0, 40)), corrupt: true });
+      continue;
+    }
+    [s.idStart[i], s.idEnd[i]] = place(att.containerId);
+    [s.ifStart[i], s.ifEnd[i]] = place(att.ifname);
+    s.hash[i] = keyHash(attKey(att));
+  }
+  if (extra.length > 0) s.arena = Buffer.concat([buf, ...extra]);
+  return s;
+}
+
+/** scanLeases with an object per lease, each handed to `visit` in the order read; the foreign names after. */
 export function scanLeaseDir(
   dir: string,
   visit: (l: ScannedLease) => void,
   opts: { native?: boolean } = {},
 ): { foreign: string[] } {
-  const foreign: string[] = [];
-  const one = (name: string, read: () => string | { problem: string }): void => {
-    if (isBookkeepingName(name)) return;
-    const ip = leaseNameIp(name);
-    if (ip === undefined) {
-      foreign.push(name);
-      return;
+  const s = scanLeases(dir, opts);
+  for (let i = 0; i < s.count; i++) visit(s.lease(i));
+  return { foreign: s.foreign };
+}
+
+/** The addresses of the lease files from the listing alone (no file read). */
+export function listLeaseAddrs(dir: string): LeaseAddrs {
+  const v4: number[] = [];
+  const other: Ip[] = [];
+  for (const name of fs.readdirSync(dir)) {
+    const v = name.includes(':') ? -1 : dottedQuad(name, 0, name.length);
+    if (v >= 0) v4.push(v);
+    else if (!isBookkeepingName(name)) {
+      const ip = leaseNameIp(name);
+      if (ip !== undefined) other.push(ip);
     }
-    const text = read();
-    if (typeof text !== 'string') {
-      visit({ name, ip, problem: text.problem });
-      return;
-    }
-    const att = parseLeaseContent(text);
-    if (att === undefined) visit({ name, ip, corrupt: true, problem: JSON.stringify(text.slice(0, 40)) });
-    else visit({ name, ip, att });
-  };
-  const all = opts.native === false ? undefined : readSmallFiles(dir);
-  if (all !== undefined) {
-    // kind u8 (0 read, 1 not a regular file, 2 failed), name length u16, content length or errno u16.
-    let off = 0;
-    while (off < all.length) {
-      const kind = all[off]!;
-      const nameEnd = off + 5 + all.readUInt16LE(off + 1);
-      const extra = all.readUInt16LE(off + 3);
-      const name = all.toString('utf8', off + 5, nameEnd);
-      off = kind === 0 ? nameEnd + extra : nameEnd;
-      const end = off;
-      one(name, () =>
-        kind === 0
-          ? all.toString('utf8', nameEnd, end)
-          : { problem: kind === 1 ? 'not a regular file' : `${getSystemErrorName(-extra)} on open or read` },
-      );
-    }
-    return { foreign };
   }
-  const buf = Buffer.alloc(4096);
+  return { v4: Float64Array.from(v4), other };
+}
+
+/** readSmallFiles' buffer, made from JavaScript (an addon without it, or `native: false`). */
+function readFilesOneByOne(dir: string): Buffer {
+  const parts: Buffer[] = [];
+  const content = Buffer.alloc(4096);
   for (const ent of fs.readdirSync(dir, { withFileTypes: true })) {
-    one(ent.name, () => {
-      if (!ent.isFile()) return { problem: 'not a regular file' };
+    const name = Buffer.from(ent.name);
+    const head = Buffer.alloc(5);
+    head.writeUInt16LE(name.length, 1);
+    parts.push(head, name);
+    if (!ent.isFile()) {
+      head[0] = 1;
+      continue;
+    }
+    let n: number;
+    try {
+      const fd = fs.openSync(`${dir}/${ent.name}`, SCAN_OPEN);
       try {
-        const fd = fs.openSync(`${dir}/${ent.name}`, SCAN_OPEN);
-        try {
-          return buf.toString('utf8', 0, fs.readSync(fd, buf, 0, buf.length, 0));
-        } finally {
-          fs.closeSync(fd);
-        }
-      } catch (err) {
-        return { problem: (err as Error).message };
+        n = fs.readSync(fd, content, 0, content.length, 0);
+      } finally {
+        fs.closeSync(fd);
       }
-    });
+    } catch (err) {
+      head[0] = 2;
+      head.writeUInt16LE(-((err as NodeJS.ErrnoException).errno ?? -5), 3);
+      continue;
+    }
+    head.writeUInt16LE(n, 3);
+    parts.push(Buffer.from(content.subarray(0, n)));
   }
-  return { foreign };
+  return Buffer.concat(parts);
 }
 
 /** The native one-call read of a directory, or undefined when the addon (or that function of it) is missing. */
@@ -311,48 +520,289 @@ const FOUND_PER_BUCKET = 32;
 /** The first read of a lookup: the header and the table of any directory up to ~500,000 attachments. */
 const FOUND_PREFIX_BYTES = 64 * 1024;
 
-/** FNV-1a (32 bits) of the attachment key's UTF-16 code units. */
-function foundBucket(key: string, buckets: number): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
-  return (h >>> 0) % buckets;
+/**
+ * Found attachments in memory, grouped from lease columns (a scan's, or those of given entries) and kept as
+ * byte ranges with a hash table over them: a take-over of 60,000 leases creates no object per attachment,
+ * and writes the found index straight from the scan's bytes. Entries become objects only when asked for.
+ */
+export class FoundSet {
+  /** Per attachment: its first and last lease (leases chained by `nextLease`), key hash, meta index. */
+  private readonly head: Int32Array;
+  private readonly tail: Int32Array;
+  private readonly attHash: Uint32Array;
+  private readonly metaOf: Int32Array;
+  /** Released from the set (delete): still in the hash table, skipped by everything else. */
+  private readonly gone: Uint8Array;
+  private readonly nextLease: Int32Array;
+  /** Open addressing: attachment index + 1, 0 for a free slot. */
+  private readonly slots: Int32Array;
+  private atts = 0;
+  private live = 0;
+  private readonly metas: LeaseMeta[] = [];
+  private readonly metaIds = new Map<LeaseMeta, number>();
+
+  private constructor(private readonly c: LeaseColumns) {
+    const n = c.count;
+    this.head = new Int32Array(n);
+    this.tail = new Int32Array(n);
+    this.attHash = new Uint32Array(n);
+    this.metaOf = new Int32Array(n);
+    this.gone = new Uint8Array(n);
+    this.nextLease = new Int32Array(n);
+    let size = 16;
+    while (size < 2 * n) size *= 2;
+    this.slots = new Int32Array(size);
+  }
+
+  /** The attachments of the scan's readable leases, all with `meta` (the moment they were first seen). */
+  static fromScan(scan: LeaseScan, meta: LeaseMeta): FoundSet {
+    const set = new FoundSet(scan);
+    const mi = set.metaIndex(meta);
+    for (let i = 0; i < scan.count; i++) if (scan.idStart[i]! >= 0) set.add(i, mi);
+    return set;
+  }
+
+  /** A set holding these entries (each with at least one address). */
+  static fromEntries(entries: readonly FoundEntry[]): FoundSet {
+    const count = entries.reduce((n, e) => n + e.ips.length, 0);
+    const chunks: Buffer[] = [];
+    let len = 0;
+    const place = (text: string): number => {
+      const b = Buffer.from(text);
+      chunks.push(b);
+      len += b.length;
+      return len - b.length;
+    };
+    const cols: LeaseColumns = {
+      arena: Buffer.alloc(0),
+      count,
+      nameStart: new Int32Array(count),
+      nameEnd: new Int32Array(count),
+      idStart: new Int32Array(count),
+      idEnd: new Int32Array(count),
+      ifStart: new Int32Array(count),
+      ifEnd: new Int32Array(count),
+      hash: new Uint32Array(count),
+    };
+    let i = 0;
+    for (const e of entries) {
+      const idStart = place(e.containerId);
+      const ifStart = place(e.ifname);
+      const ifEnd = len;
+      const hash = keyHash(attKey(e));
+      for (const ip of e.ips) {
+        cols.nameStart[i] = place(ip);
+        cols.nameEnd[i] = len;
+        cols.idStart[i] = idStart;
+        cols.idEnd[i] = ifStart;
+        cols.ifStart[i] = ifStart;
+        cols.ifEnd[i] = ifEnd;
+        cols.hash[i++] = hash;
+      }
+    }
+    cols.arena = Buffer.concat(chunks);
+    const set = new FoundSet(cols);
+    i = 0;
+    for (const e of entries) {
+      const mi = set.metaIndex(e.meta);
+      for (let k = 0; k < e.ips.length; k++) set.add(i++, mi);
+    }
+    return set;
+  }
+
+  /** Attachments in the set. */
+  get size(): number {
+    return this.live;
+  }
+
+  private metaIndex(meta: LeaseMeta): number {
+    let mi = this.metaIds.get(meta);
+    if (mi === undefined) {
+      mi = this.metas.push(meta) - 1;
+      this.metaIds.set(meta, mi);
+    }
+    return mi;
+  }
+
+  private keyAt(i: number): string {
+    const a = columnAttachment(this.c, i);
+    return attKey(a);
+  }
+
+  /** Whether leases i and j belong to one attachment key (`<id>:<ifname>`, as the records' Maps compare). */
+  private sameKey(i: number, j: number): boolean {
+    const { arena, idStart, idEnd, ifStart, ifEnd } = this.c;
+    const idLen = idEnd[i]! - idStart[i]!;
+    const ifLen = ifEnd[i]! - ifStart[i]!;
+    if (idLen + ifLen !== idEnd[j]! - idStart[j]! + ifEnd[j]! - ifStart[j]!) return false;
+    // The same key split elsewhere (a colon inside an id or an ifname) is rare enough for strings.
+    if (idLen !== idEnd[j]! - idStart[j]!) return this.keyAt(i) === this.keyAt(j);
+    return (
+      arena.compare(arena, idStart[j], idEnd[j], idStart[i], idEnd[i]) === 0 &&
+      arena.compare(arena, ifStart[j], ifEnd[j], ifStart[i], ifEnd[i]) === 0
+    );
+  }
+
+  private add(i: number, mi: number): void {
+    const h = this.c.hash[i]!;
+    const mask = this.slots.length - 1;
+    this.nextLease[i] = -1;
+    for (let slot = h & mask; ; slot = (slot + 1) & mask) {
+      const a = this.slots[slot]! - 1;
+      if (a < 0) {
+        const n = this.atts++;
+        this.head[n] = i;
+        this.tail[n] = i;
+        this.attHash[n] = h;
+        this.metaOf[n] = mi;
+        this.slots[slot] = n + 1;
+        this.live++;
+        return;
+      }
+      if (this.attHash[a] === h && this.sameKey(this.head[a]!, i)) {
+        this.nextLease[this.tail[a]!] = i;
+        this.tail[a] = i;
+        return;
+      }
+    }
+  }
+
+  /** The attachment with this key (`attKey`) still in the set, or -1. */
+  private find(key: string): number {
+    const h = keyHash(key);
+    const mask = this.slots.length - 1;
+    for (let slot = h & mask; ; slot = (slot + 1) & mask) {
+      const a = this.slots[slot]! - 1;
+      if (a < 0) return -1;
+      if (this.attHash[a] === h && this.keyAt(this.head[a]!) === key) return this.gone[a] === 1 ? -1 : a;
+    }
+  }
+
+  private ipsOf(a: number): string[] {
+    const ips: string[] = [];
+    for (let i = this.head[a]!; i >= 0; i = this.nextLease[i]!)
+      ips.push(this.c.arena.toString('utf8', this.c.nameStart[i], this.c.nameEnd[i]));
+    return ips;
+  }
+
+  private entry(a: number): FoundEntry {
+    const att = columnAttachment(this.c, this.head[a]!);
+    return {
+      containerId: att.containerId,
+      ifname: att.ifname,
+      ips: this.ipsOf(a),
+      meta: this.metas[this.metaOf[a]!]!,
+    };
+  }
+
+  get(key: string): FoundEntry | undefined {
+    const a = this.find(key);
+    return a < 0 ? undefined : this.entry(a);
+  }
+
+  has(key: string): boolean {
+    return this.find(key) >= 0;
+  }
+
+  delete(key: string): boolean {
+    const a = this.find(key);
+    if (a < 0) return false;
+    this.gone[a] = 1;
+    this.live--;
+    return true;
+  }
+
+  /** The attachment with this key, if in the set, keeps `meta` instead of its own. */
+  setMeta(key: string, meta: LeaseMeta): void {
+    const a = this.find(key);
+    if (a >= 0) this.metaOf[a] = this.metaIndex(meta);
+  }
+
+  /** The entries (by key) whose meta passes `want`, asked once per distinct meta: most are never made. */
+  *entries(want: (m: LeaseMeta) => boolean = () => true): Generator<[string, FoundEntry]> {
+    const wanted = this.metas.map(want);
+    for (let a = 0; a < this.atts; a++) {
+      if (this.gone[a] === 1 || !wanted[this.metaOf[a]!]) continue;
+      const e = this.entry(a);
+      yield [attKey(e), e];
+    }
+  }
+
+  /** The same attachments with the same addresses as `old` (a found index read back). */
+  sameAs(old: ReadonlyMap<string, FoundEntry>): boolean {
+    if (this.live !== old.size) return false;
+    for (const [key, e] of this.entries()) {
+      const o = old.get(key);
+      if (o === undefined || o.ips.length !== e.ips.length || !e.ips.every((i) => o.ips.includes(i)))
+        return false;
+    }
+    return true;
+  }
+
+  /**
+   * The found index file (layout: see FoundEntry's comment above), written from the byte ranges: lines of
+   * one bucket in the order the attachments were found, metas numbered in that order and shared by value.
+   */
+  encode(id: string): Buffer {
+    let buckets = 1;
+    while (buckets * FOUND_PER_BUCKET < this.live) buckets *= 2;
+    const { arena, nameStart, nameEnd, idStart, idEnd, ifStart, ifEnd } = this.c;
+    const metas: LeaseMeta[] = [];
+    const byValue = new Map<string, number>();
+    const metaOut = new Int32Array(this.metas.length).fill(-1);
+    const miText: Buffer[] = [];
+    const bucketLen = new Float64Array(buckets + 1);
+    for (let a = 0; a < this.atts; a++) {
+      if (this.gone[a] === 1) continue;
+      const mi = this.metaOf[a]!;
+      if (metaOut[mi] === -1) {
+        const m = JSON.stringify(this.metas[mi]);
+        let out = byValue.get(m);
+        if (out === undefined) {
+          out = metas.push(this.metas[mi]!) - 1;
+          byValue.set(m, out);
+        }
+        metaOut[mi] = out;
+        miText[mi] = Buffer.from(String(out));
+      }
+      const h = this.head[a]!;
+      // `<id>\t<ifname>\t<meta>\t<ip> <ip>…\n`
+      let len = idEnd[h]! - idStart[h]! + ifEnd[h]! - ifStart[h]! + miText[mi]!.length + 3;
+      for (let i = h; i >= 0; i = this.nextLease[i]!) len += nameEnd[i]! - nameStart[i]! + 1;
+      bucketLen[(this.attHash[a]! % buckets) + 1]! += len;
+    }
+    const header: FoundHeader = { v: 1, id, metas, buckets };
+    const head = Buffer.from(`${JSON.stringify(header)}\n`);
+    const bodyStart = head.length + 4 * (buckets + 1);
+    for (let b = 1; b <= buckets; b++) bucketLen[b] = bucketLen[b]! + bucketLen[b - 1]!;
+    const out = Buffer.allocUnsafe(bodyStart + bucketLen[buckets]!);
+    head.copy(out, 0);
+    for (let b = 0; b <= buckets; b++) out.writeUInt32LE(bucketLen[b]!, head.length + 4 * b);
+    // bucketLen[b] is now where bucket b's next line goes.
+    for (let a = 0; a < this.atts; a++) {
+      if (this.gone[a] === 1) continue;
+      const b = this.attHash[a]! % buckets;
+      const h = this.head[a]!;
+      let p = bodyStart + bucketLen[b]!;
+      p += arena.copy(out, p, idStart[h], idEnd[h]);
+      out[p++] = 0x09;
+      p += arena.copy(out, p, ifStart[h], ifEnd[h]);
+      out[p++] = 0x09;
+      p += miText[this.metaOf[a]!]!.copy(out, p);
+      out[p++] = 0x09;
+      for (let i = h; i >= 0; i = this.nextLease[i]!) {
+        p += arena.copy(out, p, nameStart[i], nameEnd[i]);
+        out[p++] = this.nextLease[i]! >= 0 ? 0x20 : 0x0a;
+      }
+      bucketLen[b] = p - bodyStart;
+    }
+    return out;
+  }
 }
 
+/** The found index file of these entries (layout: FoundEntry). */
 export function encodeFound(id: string, entries: readonly FoundEntry[]): Buffer {
-  let buckets = 1;
-  while (buckets * FOUND_PER_BUCKET < entries.length) buckets *= 2;
-  const metas: LeaseMeta[] = [];
-  // Found entries share a few meta objects (one per sighting): by identity first, by value for the rest.
-  const byObject = new Map<LeaseMeta, number>();
-  const byValue = new Map<string, number>();
-  const lines: string[][] = Array.from({ length: buckets }, () => []);
-  for (const e of entries) {
-    let mi = byObject.get(e.meta);
-    if (mi === undefined) {
-      const m = JSON.stringify(e.meta);
-      mi = byValue.get(m);
-      if (mi === undefined) {
-        mi = metas.length;
-        metas.push(e.meta);
-        byValue.set(m, mi);
-      }
-      byObject.set(e.meta, mi);
-    }
-    const b = foundBucket(attKey(e), buckets);
-    lines[b]!.push(`${e.containerId}\t${e.ifname}\t${mi}\t${e.ips.join(' ')}\n`);
-  }
-  const header: FoundHeader = { v: 1, id, metas, buckets };
-  const table = Buffer.alloc(4 * (buckets + 1));
-  const parts: Buffer[] = [Buffer.from(`${JSON.stringify(header)}\n`), table];
-  let off = 0;
-  for (let b = 0; b < buckets; b++) {
-    table.writeUInt32LE(off, 4 * b);
-    const part = Buffer.from(lines[b]!.join(''));
-    parts.push(part);
-    off += part.length;
-  }
-  table.writeUInt32LE(off, 4 * buckets);
-  return Buffer.concat(parts);
+  return FoundSet.fromEntries(entries).encode(id);
 }
 
 /** Thrown for a found index that exists but cannot be used (the caller rebuilds it from the lease files). */
@@ -436,7 +886,7 @@ export class FoundIndex {
 
   /** The entry of the attachment with this key (`attKey`), if it was found: one read of its bucket. */
   lookup(key: string): FoundEntry | undefined {
-    const b = foundBucket(key, this.table.length - 1);
+    const b = keyHash(key) % (this.table.length - 1);
     const out: FoundEntry[] = [];
     parseFoundLines(this.read(this.table[b]!, this.table[b + 1]!), this.metas, out);
     return out.find((e) => attKey(e) === key);
@@ -447,6 +897,24 @@ export class FoundIndex {
     const out: FoundEntry[] = [];
     parseFoundLines(this.read(0, this.table[this.table.length - 1]!), this.metas, out);
     return out;
+  }
+}
+
+/**
+ * The entries of the found index `id` by attachment key (what a rebuild keeps the metadata of); undefined
+ * when there is none, or it is missing or unusable.
+ */
+export function readFoundEntries(
+  p: LeaseDirPaths,
+  id: string | undefined,
+): Map<string, FoundEntry> | undefined {
+  if (id === undefined) return undefined;
+  try {
+    const idx = FoundIndex.open(p.found, id);
+    return idx === undefined ? undefined : new Map(idx.all().map((e) => [attKey(e), e]));
+  } catch (err) {
+    if (!(err instanceof CorruptFoundIndex)) throw err;
+    return undefined;
   }
 }
 

@@ -36,22 +36,23 @@ import {
   CorruptFoundIndex,
   type FoundEntry,
   FoundIndex,
+  FoundSet,
   type IndexState as State,
+  type LeaseAddrs,
   type LeaseDirPaths as Paths,
   attKey,
   clearTemp,
   cursorPath,
-  encodeFound,
   encodeRecord,
   encodeState,
-  isBookkeepingName,
   isRecord,
   leaseContent,
   leaseDirPaths,
-  leaseNameIp,
+  listLeaseAddrs,
   newFoundId,
+  readFoundEntries,
   readState,
-  scanLeaseDir,
+  scanLeases,
   stampSentinel,
   unwritableReason,
 } from './lease-dir';
@@ -149,13 +150,23 @@ class Bitmap extends OrdinalBitmap {
     this.setOrdinal(o, taken);
   }
 
-  /** Resets the bits from the names of the lease files. */
-  refill(names: Iterable<string>): void {
+  /** Resets the bits from the addresses of the lease files. */
+  refill(addrs: LeaseAddrs): void {
     this.clear();
-    for (const name of names) {
-      const ip = leaseNameIp(name);
-      if (ip !== undefined) this.setTaken(ip, true);
+    // The IPv4 spans as numbers: a lease costs a comparison and a subtraction, no bigint step.
+    const v4: { start: number; end: number; base: number }[] = [];
+    let base = 0n;
+    for (const s of this.spans) {
+      if (s.family === 4) v4.push({ start: Number(s.start), end: Number(s.end), base: Number(base) });
+      base += s.end - s.start + 1n;
     }
+    for (const v of addrs.v4)
+      for (const s of v4)
+        if (v >= s.start && v <= s.end) {
+          this.setOrdinal(s.base + v - s.start, true);
+          break;
+        }
+    for (const ip of addrs.other) this.setTaken(ip, true);
   }
 
   encode(gen: number): Buffer {
@@ -204,6 +215,16 @@ function writeAtomic(p: Paths, target: string, data: string | Uint8Array, opts: 
   fs.renameSync(tmp, target);
 }
 
+/** What a rebuild of the index from the lease files leaves for the rest of the session and its commit. */
+interface Rebuilt {
+  /** The attachments without a record of their own: the found index the commit writes (unless unchanged). */
+  found: FoundSet;
+  /** The state's found index as the session's first rebuild read it, by attachment key: metadata it keeps. */
+  old: Map<string, FoundEntry>;
+  /** Its id; undefined when the state named none, or it was missing or unusable. */
+  oldId: string | undefined;
+}
+
 class FileSession implements LeaseSession {
   /** Records read or changed in this session; null = known absent. */
   private readonly records = new Map<string, AttRecord | null>();
@@ -213,16 +234,12 @@ class FileSession implements LeaseSession {
   private readonly bitmaps = new Map<string, Bitmap>();
   /** IPs whose lease file this session created (true) or removed (false). */
   private readonly changes = new Map<string, { ip: Ip; taken: boolean }>();
-  /** The names of the IP-named files of the directory, once listed. */
-  private taken: Set<string> | undefined;
-  /** The found index of the state, once opened (null: the state has none). */
+  /** The addresses of the IP-named files of the directory, once listed (or read by a rebuild). */
+  private addrs: LeaseAddrs | undefined;
+  /** The found index of the state, once opened (null: the state has none, or a rebuild replaced it). */
   private found: FoundIndex | null | undefined;
-  /** After a rebuild: the attachments whose record belongs in the found index, and the index it replaces. */
-  private foundLive: Map<string, FoundEntry> | undefined;
-  private oldFound: Map<string, FoundEntry> | undefined;
-  /** The id of the found index `oldFound` was read from; undefined when there was none, or it was unusable. */
-  private oldFoundId: string | undefined;
-  private rebuilt = false;
+  /** What the last rebuild of the index from the lease files left for the commit; undefined: none ran. */
+  private rebuilt: Rebuilt | undefined;
   private bootSeen = false;
   private builtBitmaps = false;
 
@@ -244,27 +261,24 @@ class FileSession implements LeaseSession {
   get dirty(): boolean {
     return (
       this.changes.size > 0 ||
-      this.rebuilt ||
+      this.rebuilt !== undefined ||
       this.bootSeen ||
       this.dirtyRecords.size > 0 ||
       this.builtBitmaps
     );
   }
 
-  /** The names of the lease files: from the listing unless a scan already read them. */
-  private takenNames(): Set<string> {
-    if (this.taken === undefined) {
-      this.taken = new Set();
-      for (const name of fs.readdirSync(this.p.dir))
-        if (!isBookkeepingName(name) && leaseNameIp(name) !== undefined) this.taken.add(name);
-    }
-    return this.taken;
+  /** Sets a bitmap from the lease files (the listing, unless a scan already read them) and this session's changes. */
+  private fill(b: Bitmap): void {
+    b.refill((this.addrs ??= listLeaseAddrs(this.p.dir)));
+    // Changes made before the listing or scan are in it already: setting them again changes nothing.
+    for (const c of this.changes.values()) b.setTaken(c.ip, c.taken);
   }
 
   /** The state's found index; a missing or corrupt one rebuilds the index (and returns null after). */
   private foundIndex(): FoundIndex | null {
     if (this.found !== undefined) return this.found;
-    if (this.state.found === undefined || this.rebuilt) return (this.found = null);
+    if (this.state.found === undefined || this.rebuilt !== undefined) return (this.found = null);
     let idx: FoundIndex | undefined;
     try {
       idx = FoundIndex.open(this.p.found, this.state.found);
@@ -283,54 +297,39 @@ class FileSession implements LeaseSession {
   /**
    * Reconciles the index with the lease files (take-over, a foreign change, corruption): one read of every
    * lease file. Attachments with a record of berth's keep it (rewritten only when its addresses differ);
-   * every other one goes into the found index, written whole at commit: no file per attachment.
+   * every other one goes into the found index, written whole at commit: no file per attachment. The scan's
+   * leases stay byte ranges of its buffer (FoundSet): on 60,000 leases no object per lease is made, which
+   * the garbage collector of a fresh process would otherwise copy, a large part of a take-over.
    */
   rebuild(reason: string, quiet = false): void {
-    // The scan's attachments, kept as found entries (one object and one array each, no more: on 60,000
-    // leases what survives the scan is what the garbage collector copies, a large part of a take-over).
-    const truth = new Map<string, FoundEntry>();
-    const taken = new Set<string>();
+    const scan = scanLeases(this.p.dir);
+    for (const [i, l] of scan.problems) {
+      const file = join(this.p.dir, scan.name(i));
+      this.warn(
+        l.corrupt
+          ? `skipping corrupt lease file ${file} (${l.problem}); the address stays taken`
+          : `skipping unreadable lease file ${file}: ${l.problem}; the address stays taken`,
+      );
+    }
+    for (const name of scan.foreign)
+      this.warn(`skipping foreign file ${join(this.p.dir, name)} (not named after an IP address)`);
     const firstSeen: LeaseMeta = {
       bootId: this.opts.bootId,
       createdAt: this.now().toISOString(),
       origin: 'found',
     };
-    const { foreign } = scanLeaseDir(this.p.dir, (l) => {
-      taken.add(l.name);
-      const att = l.att;
-      if (att === undefined) {
-        const file = join(this.p.dir, l.name);
-        this.warn(
-          l.corrupt === true
-            ? `skipping corrupt lease file ${file} (${l.problem}); the address stays taken`
-            : `skipping unreadable lease file ${file}: ${l.problem}; the address stays taken`,
-        );
-        return;
-      }
-      const key = attKey(att);
-      const t = truth.get(key);
-      if (t === undefined)
-        truth.set(key, { containerId: att.containerId, ifname: att.ifname, ips: [l.name], meta: firstSeen });
-      else t.ips.push(l.name);
-    });
-    for (const name of foreign)
-      this.warn(`skipping foreign file ${join(this.p.dir, name)} (not named after an IP address)`);
-    this.taken = taken;
-    if (truth.size > 0 || !quiet) this.warn(`rebuilt the lease index of ${this.p.dir} (${reason})`);
+    const found = FoundSet.fromScan(scan, firstSeen);
+    this.addrs = scan.addrs();
+    if (found.size > 0 || !quiet) this.warn(`rebuilt the lease index of ${this.p.dir} (${reason})`);
     // Bitmaps already handed to the allocator are refilled in place: it keeps using the same objects.
-    for (const b of this.bitmaps.values()) b.refill(taken);
-    // What the found index of the state said keeps its metadata (the boot and time first seen).
-    if (this.oldFound === undefined) {
-      this.oldFound = new Map();
-      if (this.state.found !== undefined) {
-        try {
-          const idx = FoundIndex.open(this.p.found, this.state.found);
-          for (const e of idx?.all() ?? []) this.oldFound.set(attKey(e), e);
-          if (idx !== undefined) this.oldFoundId = idx.id;
-        } catch (err) {
-          if (!(err instanceof CorruptFoundIndex)) throw err;
-        }
-      }
+    for (const b of this.bitmaps.values()) this.fill(b);
+    // What the found index of the state said (read once per session) keeps its metadata (boot, time first seen).
+    let old = this.rebuilt?.old;
+    let oldId = this.rebuilt?.oldId;
+    if (old === undefined) {
+      const entries = readFoundEntries(this.p, this.state.found);
+      old = entries ?? new Map<string, FoundEntry>();
+      oldId = entries === undefined ? undefined : this.state.found;
     }
     const onDisk = new Set(this.readAllRecordKeys());
     // Records this session changed before the rebuild keep their metadata (pod, netns of a lease it took).
@@ -342,14 +341,11 @@ class FileSession implements LeaseSession {
     this.records.clear();
     for (const key of onDisk) this.records.set(key, null);
     // Attachments with a record of their own (on disk, or this session's) leave the found entries.
-    for (const [key, t] of truth) {
+    for (const key of new Set([...onDisk, ...mine.keys()])) {
+      const t = found.get(key);
+      if (t === undefined) continue;
+      found.delete(key);
       const own = mine.get(key);
-      const old = this.oldFound.get(key);
-      if (own === undefined && !onDisk.has(key)) {
-        if (old !== undefined) t.meta = old.meta;
-        continue;
-      }
-      truth.delete(key);
       const rec: AttRecord = { v: 1, ...t };
       if (own !== undefined) {
         rec.meta = own.meta;
@@ -359,16 +355,17 @@ class FileSession implements LeaseSession {
         const sameIps =
           prev !== undefined && prev.ips.length === t.ips.length && t.ips.every((i) => prev.ips.includes(i));
         // A tombstone's metadata was that of leases released since: these are new to berth.
-        rec.meta = prev !== undefined && prev.ips.length > 0 ? prev.meta : (old?.meta ?? firstSeen);
+        rec.meta = prev !== undefined && prev.ips.length > 0 ? prev.meta : (old.get(key)?.meta ?? firstSeen);
         if (!sameIps) this.dirtyRecords.add(key);
       }
       this.records.set(key, rec);
     }
+    // The others keep the metadata the found index gave them.
+    for (const [key, e] of old) found.setMeta(key, e.meta);
     for (const key of onDisk) if (this.records.get(key) === null) this.dirtyRecords.add(key);
-    this.foundLive = truth;
+    this.rebuilt = { found, old, oldId };
     this.found = null;
     this.recordsComplete = true;
-    this.rebuilt = true;
   }
 
   private readAllRecordKeys(): string[] {
@@ -394,7 +391,7 @@ class FileSession implements LeaseSession {
   private record(key: string): AttRecord | null {
     if (this.records.has(key)) return this.records.get(key)!;
     if (this.recordsComplete) {
-      const e = this.foundLive?.get(key);
+      const e = this.rebuilt?.found.get(key);
       if (e === undefined) return null;
       const rec: AttRecord = { v: 1, ...e };
       this.records.set(key, rec);
@@ -434,8 +431,6 @@ class FileSession implements LeaseSession {
     const name = formatIp(ip);
     this.changes.set(name, { ip, taken });
     for (const b of this.bitmaps.values()) b.setTaken(ip, taken);
-    if (taken) this.taken?.add(name);
-    else this.taken?.delete(name);
   }
 
   async reserve(lease: NewLease, setId: number): Promise<boolean> {
@@ -505,7 +500,7 @@ class FileSession implements LeaseSession {
     const existing = this.bitmaps.get(key);
     if (existing !== undefined) return existing;
     let bitmap: Bitmap | undefined;
-    if (!this.rebuilt) {
+    if (this.rebuilt === undefined) {
       try {
         const d = Bitmap.decode(fs.readFileSync(join(this.p.sets, setHash(key))));
         if (d !== undefined && d.header.gen === this.state.gen && d.header.key === key) bitmap = d.bitmap;
@@ -516,7 +511,7 @@ class FileSession implements LeaseSession {
     }
     if (bitmap === undefined) {
       bitmap = new Bitmap(key, spans, Number(size));
-      bitmap.refill(this.takenNames());
+      this.fill(bitmap);
       this.builtBitmaps = true;
     } else {
       for (const c of this.changes.values()) bitmap.setTaken(c.ip, c.taken);
@@ -534,7 +529,7 @@ class FileSession implements LeaseSession {
     return probeOccupancy((o) => taken(spanAt(spans, o)));
   }
 
-  private leasesOfRecord(rec: AttRecord): Lease[] {
+  private leasesOfRecord(rec: FoundEntry): Lease[] {
     return rec.ips.map((t) => ({
       ip: parseIp(t)!,
       containerId: rec.containerId,
@@ -574,8 +569,8 @@ class FileSession implements LeaseSession {
     return legacy === null ? [] : this.leasesOfRecord(legacy);
   }
 
-  /** Every record (own or found), each once; `want` picks the ones turned into leases. */
-  private leasesWhere(want: (rec: AttRecord) => boolean): Lease[] {
+  /** Every record (own or found), each once; `want` picks, by their metadata, the ones turned into leases. */
+  private leasesWhere(want: (meta: LeaseMeta) => boolean): Lease[] {
     const out: Lease[] = [];
     const found = this.recordsComplete ? null : this.foundIndex();
     if (!this.recordsComplete) {
@@ -583,7 +578,7 @@ class FileSession implements LeaseSession {
       for (const k of this.records.keys()) keys.add(k);
       for (const key of keys) {
         const rec = this.record(key);
-        if (rec !== null && want(rec)) out.push(...this.leasesOfRecord(rec));
+        if (rec !== null && want(rec.meta)) out.push(...this.leasesOfRecord(rec));
       }
       // A record of its own (a tombstone too) overrides the attachment's found entry.
       let entries: FoundEntry[] = [];
@@ -593,22 +588,16 @@ class FileSession implements LeaseSession {
         if (!(err instanceof CorruptFoundIndex)) throw err;
         this.rebuild(`found index unusable: ${err.message}`);
       }
-      for (const e of entries) {
-        if (keys.has(attKey(e))) continue;
-        const rec: AttRecord = { v: 1, ...e };
-        if (want(rec)) out.push(...this.leasesOfRecord(rec));
-      }
+      for (const e of entries) if (!keys.has(attKey(e)) && want(e.meta)) out.push(...this.leasesOfRecord(e));
       // An unreadable record met on the way rebuilt the index: answer from the rebuilt one.
       if (!this.recordsComplete) return out;
       out.length = 0;
     }
     for (const rec of this.records.values())
-      if (rec !== null && want(rec)) out.push(...this.leasesOfRecord(rec));
-    for (const [key, e] of this.foundLive ?? []) {
-      if (this.records.has(key)) continue;
-      const rec: AttRecord = { v: 1, ...e };
-      if (want(rec)) out.push(...this.leasesOfRecord(rec));
-    }
+      if (rec !== null && want(rec.meta)) out.push(...this.leasesOfRecord(rec));
+    // Found entries are made only for the metadata wanted (after a take-over, leases of earlier boots: none).
+    for (const [key, e] of this.rebuilt?.found.entries(want) ?? [])
+      if (!this.records.has(key)) out.push(...this.leasesOfRecord(e));
     return out;
   }
 
@@ -619,7 +608,7 @@ class FileSession implements LeaseSession {
   async leasesFromEarlierBoots(): Promise<Lease[]> {
     if (this.state.bootId === this.opts.bootId) return [];
     this.bootSeen = true;
-    return this.leasesWhere((rec) => rec.meta.bootId !== this.opts.bootId);
+    return this.leasesWhere((meta) => meta.bootId !== this.opts.bootId);
   }
 
   async release(lease: Lease): Promise<void> {
@@ -645,7 +634,7 @@ class FileSession implements LeaseSession {
    * berthd does not re-read it), no boot marked as seen (the next ADD must still release earlier boots).
    */
   commitDerived(): void {
-    if (this.rebuilt || !this.builtBitmaps || this.changes.size > 0) return;
+    if (this.rebuilt !== undefined || !this.builtBitmaps || this.changes.size > 0) return;
     for (const [key, b] of this.bitmaps)
       writeAtomic(this.p, join(this.p.sets, setHash(key)), b.encode(this.state.gen), { fsync: false });
   }
@@ -654,28 +643,20 @@ class FileSession implements LeaseSession {
    * After a rebuild: the found index the state will name. The same attachments with the same addresses as
    * the index before keep it (no write); otherwise a new one is written whole, in one write (temp + rename).
    */
-  private commitFound(): string | undefined {
-    const entries: FoundEntry[] = [];
-    let same = true;
-    for (const [key, e] of this.foundLive ?? []) {
-      if (this.dirtyRecords.has(key)) continue;
-      entries.push(e);
-      const old = this.oldFound?.get(key);
-      same &&=
-        old !== undefined && old.ips.length === e.ips.length && e.ips.every((i) => old.ips.includes(i));
-    }
-    if (same && entries.length === this.oldFound?.size && this.oldFoundId !== undefined)
-      return this.oldFoundId;
-    if (entries.length === 0) return undefined;
+  private commitFound(r: Rebuilt): string | undefined {
+    // Attachments this session gave a record of their own leave it (the set serves nothing after the commit).
+    for (const key of this.dirtyRecords) r.found.delete(key);
+    if (r.oldId !== undefined && r.found.sameAs(r.old)) return r.oldId;
+    if (r.found.size === 0) return undefined;
     const id = newFoundId();
-    writeAtomic(this.p, this.p.found, encodeFound(id, entries), { fsync: false });
+    writeAtomic(this.p, this.p.found, r.found.encode(id), { fsync: false });
     return id;
   }
 
   /** Whether the found index the state names after this commit holds the attachment (a tombstone must hide it). */
   private foundAfterCommit(key: string, foundId: string | undefined): boolean {
     if (foundId === undefined) return false;
-    if (this.rebuilt) return foundId === this.oldFoundId && this.oldFound?.has(key) === true;
+    if (this.rebuilt !== undefined) return foundId === this.rebuilt.oldId && this.rebuilt.old.has(key);
     try {
       return this.found?.lookup(key) !== undefined;
     } catch {
@@ -689,9 +670,9 @@ class FileSession implements LeaseSession {
     if (!this.dirty) return;
     // A tombstone needs the found index: opened now, so that a missing one rebuilds the index before the
     // commit starts, not halfway through it.
-    if (!this.rebuilt && this.dirtyRecords.size > 0) this.foundIndex();
+    if (this.rebuilt === undefined && this.dirtyRecords.size > 0) this.foundIndex();
     const gen = this.state.gen + 1;
-    const foundId = this.rebuilt ? this.commitFound() : this.state.found;
+    const foundId = this.rebuilt !== undefined ? this.commitFound(this.rebuilt) : this.state.found;
     for (const key of this.dirtyRecords) {
       const rec = this.records.get(key);
       const file = join(this.p.att, key);
@@ -707,7 +688,7 @@ class FileSession implements LeaseSession {
       if ([...this.bitmaps.keys()].some((k) => setHash(k) === file)) continue;
       let d: ReturnType<typeof Bitmap.decode>;
       try {
-        d = this.rebuilt ? undefined : Bitmap.decode(fs.readFileSync(path));
+        d = this.rebuilt !== undefined ? undefined : Bitmap.decode(fs.readFileSync(path));
       } catch {
         d = undefined;
       }

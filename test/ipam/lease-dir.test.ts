@@ -194,3 +194,127 @@ describe('the scan of a lease directory', () => {
     expect(loadNativeAddon().readSmallFiles).toBeTypeOf('function');
   });
 });
+
+// The take-over keeps a scan's leases as byte ranges (FoundSet) and writes the found index from them; the
+// reference is what the rebuild did before, one object per lease: scanLeaseDir, grouped by attachment key
+// in the order read, and encodeFound of those entries.
+describe('found attachments kept as the bytes of the scan (FoundSet)', () => {
+  const meta = { bootId: 'b', createdAt: '2026-01-01T00:00:00.000Z', origin: 'found' as const };
+
+  function leaseDir(): string {
+    const t = tempDataDir('foundset');
+    cleanups.push(t.cleanup);
+    const d = join(t.dir, 'n1');
+    mkdirSync(join(d, '.berth'), { recursive: true });
+    for (let i = 0; i < 300; i++)
+      writeFileSync(join(d, `198.18.${i >> 8}.${i & 255}`), `${(i % 250).toString(16).repeat(8)}\r\neth0`);
+    const files: [string, string | Buffer][] = [
+      ['198.18.9.1', 'dual\r\neth0'],
+      ['fd00::9:1', 'dual\r\neth0'],
+      ['198.18.9.2', 'legacy-only'],
+      ['198.18.9.3', '  spaced\r\neth1 \n'],
+      ['198.18.9.4', 'ctr-ü\r\neth0'],
+      ['198.18.9.5', Buffer.from([0x63, 0xff, 0x0d, 0x0a, 0x65])],
+      ['198.18.9.6', 'a:b\r\nc'],
+      ['198.18.9.7', 'a\r\nb:c'],
+      ['198.18.9.8', 'tab\tin-id\r\neth0'],
+      ['198.18.9.9', `${'x'.repeat(1025)}\r\neth0`],
+      ['198.18.9.10', `long-if\r\n${'i'.repeat(65)}`],
+      ['198.18.9.11', `max-if\r\n${'i'.repeat(64)}`],
+      ['198.18.9.12', '{"v":1}'],
+      ['198.18.9.13', 'ctr\r\neth/0'],
+      ['198.18.9.14', 'nbsp\u00a0id\r\neth0'],
+      ['198.18.9.15', ''],
+      ['198.18.09.16', 'not-canonical\r\neth0'],
+    ];
+    for (const [name, content] of files) writeFileSync(join(d, name), content);
+    writeFileSync(join(d, 'last_reserved_ip.0'), '198.18.0.2');
+    return d;
+  }
+
+  function reference(d: string, native: boolean): disk.FoundEntry[] {
+    const byKey = new Map<string, disk.FoundEntry>();
+    disk.scanLeaseDir(
+      d,
+      (l) => {
+        if (l.att === undefined) return;
+        const e = byKey.get(disk.attKey(l.att));
+        if (e === undefined) byKey.set(disk.attKey(l.att), { ...l.att, ips: [l.name], meta });
+        else e.ips.push(l.name);
+      },
+      { native },
+    );
+    return [...byKey.values()];
+  }
+
+  test('the found index written from the scan is the one the entries of a scan by objects give, byte for byte', () => {
+    const d = leaseDir();
+    for (const native of [true, false]) {
+      const entries = reference(d, native);
+      // Checks the reference itself: the odd files above are what they look like.
+      const byId = new Map(entries.map((e) => [e.containerId, e]));
+      expect([...byId.get('dual')!.ips].sort()).toEqual(['198.18.9.1', 'fd00::9:1']);
+      expect(byId.get('legacy-only')?.ifname).toBe('');
+      expect(byId.get('spaced')?.ifname).toBe('eth1');
+      expect(byId.get('ctr-ü')?.ips).toEqual(['198.18.9.4']);
+      expect(byId.get('c\ufffd')?.ifname).toBe('e');
+      expect(byId.get('max-if')?.ips).toEqual(['198.18.9.11']);
+      for (const gone of ['tab', 'x'.repeat(1025), 'long-if', 'ctr', 'nbsp\u00a0id', 'not-canonical'])
+        expect(byId.has(gone), gone).toBe(false);
+      // "a:b" on "c" and "a" on "b:c" have one key, so one entry (as any Map of the keys has them).
+      expect([...byId.get('a:b')!.ips].sort()).toEqual(['198.18.9.6', '198.18.9.7']);
+      expect(entries).toHaveLength(250 + 7);
+
+      const set = disk.FoundSet.fromScan(disk.scanLeases(d, { native }), meta);
+      expect(set.size).toBe(entries.length);
+      expect(set.encode('id-1')).toEqual(disk.encodeFound('id-1', entries));
+      for (const e of entries) expect(set.get(disk.attKey(e))).toEqual(e);
+      expect(set.get('dual:eth1')).toBeUndefined();
+      expect(set.sameAs(new Map(entries.map((e) => [disk.attKey(e), e])))).toBe(true);
+    }
+  });
+
+  test('delete, setMeta, entries by meta, sameAs', () => {
+    const d = leaseDir();
+    const entries = reference(d, true);
+    const old = new Map(entries.map((e) => [disk.attKey(e), e]));
+    const set = disk.FoundSet.fromScan(disk.scanLeases(d), meta);
+    expect(set.delete('dual:eth0')).toBe(true);
+    expect(set.delete('dual:eth0')).toBe(false);
+    expect(set.has('dual:eth0')).toBe(false);
+    expect(set.size).toBe(entries.length - 1);
+    expect(set.sameAs(old)).toBe(false);
+    const earlier = { bootId: 'earlier', origin: 'found' as const };
+    set.setMeta('ctr-ü:eth0', earlier);
+    set.setMeta('dual:eth0', earlier);
+    expect([...set.entries((m) => m.bootId !== 'b')].map(([k]) => k)).toEqual(['ctr-ü:eth0']);
+    expect([...set.entries()]).toHaveLength(entries.length - 1);
+    const rest = entries
+      .filter((e) => e.containerId !== 'dual')
+      .map((e) => (e.containerId === 'ctr-ü' ? { ...e, meta: earlier } : e));
+    expect(set.encode('id-2')).toEqual(disk.encodeFound('id-2', rest));
+    const idx = disk.FoundIndex.open(
+      (() => {
+        const p = disk.leaseDirPaths(join(d, '..'), 'n1');
+        mkdirSync(p.tmp, { recursive: true });
+        disk.writeFound(p, set.encode('id-2'));
+        return p.found;
+      })(),
+      'id-2',
+    )!;
+    expect(idx.lookup('ctr-ü:eth0')?.meta).toEqual(earlier);
+    expect(idx.lookup('dual:eth0')).toBeUndefined();
+  });
+
+  test('the addresses of the leases: from the scan and from the listing alike', () => {
+    const d = leaseDir();
+    const sorted = (a: disk.LeaseAddrs) => ({
+      v4: [...a.v4].sort((x, y) => x - y),
+      other: a.other.map((ip) => formatIp(ip)).sort(),
+    });
+    const fromScan = sorted(disk.scanLeases(d).addrs());
+    expect(fromScan).toEqual(sorted(disk.listLeaseAddrs(d)));
+    expect(fromScan.v4).toHaveLength(300 + 15);
+    expect(fromScan.other).toEqual(['fd00::9:1']);
+  });
+});

@@ -493,19 +493,9 @@ export class NetworkStore implements LeaseStore {
       }
     }
     const state = disk.readState(this.p);
-    let oldFound: Map<string, disk.FoundEntry> | undefined;
-    if (state?.found !== undefined) {
-      try {
-        const idx = disk.FoundIndex.open(this.p.found, state.found);
-        if (idx !== undefined) oldFound = new Map(idx.all().map((e) => [disk.attKey(e), e]));
-      } catch (err) {
-        if (!(err instanceof disk.CorruptFoundIndex)) throw err;
-      }
-      if (oldFound === undefined)
-        this.opts.log.log('warn', 'found index missing or unusable; written again', {
-          network: this.network,
-        });
-    }
+    const oldFound = disk.readFoundEntries(this.p, state?.found);
+    if (state?.found !== undefined && oldFound === undefined)
+      this.opts.log.log('warn', 'found index missing or unusable; written again', { network: this.network });
     const firstSeen: LeaseMeta = {
       bootId: this.opts.bootId,
       createdAt: (this.opts.now?.() ?? new Date()).toISOString(),
