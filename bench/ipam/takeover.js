@@ -7,7 +7,8 @@
 //   (b) berth-ipam's first ADD on the directory, executed the same way (Node start-up included);
 //   (c) the same take-over in-process through the file store (no start-up), and berthd's network store's
 //       first ADD in-process (the daemon takes the directory over the same way);
-//   (d) berth's scan alone (scanLeaseDir), the floor of any take-over.
+//   (d) berth's scan alone (scanLeases: the files read, the leases parsed into columns), the floor of any
+//       take-over.
 // Every round visits the cells in a new order and runs (a)-(d) alternating; medians of the rounds. Between two
 // take-overs the berth directory is put back into host-local's state (its `.berth/`, its one new lease and
 // the cursor), so each one is a first call again.
@@ -103,10 +104,9 @@ async function daemonTakeover(dataDir) {
 }
 
 function scanOnly(dataDir) {
-  const { scanLeaseDir } = dist('ipam/lease-dir.js');
+  const { scanLeases } = dist('ipam/lease-dir.js');
   const t0 = process.hrtime.bigint();
-  let n = 0;
-  scanLeaseDir(path.join(dataDir, NET), () => n++);
+  const n = scanLeases(path.join(dataDir, NET)).count;
   return { ms: Number(process.hrtime.bigint() - t0) / 1e6, n };
 }
 

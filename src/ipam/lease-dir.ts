@@ -784,20 +784,30 @@ export class FoundSet {
       const b = this.attHash[a]! % buckets;
       const h = this.head[a]!;
       let p = bodyStart + bucketLen[b]!;
-      p += arena.copy(out, p, idStart[h], idEnd[h]);
+      p = copyBytes(arena, idStart[h]!, idEnd[h]!, out, p);
       out[p++] = 0x09;
-      p += arena.copy(out, p, ifStart[h], ifEnd[h]);
+      p = copyBytes(arena, ifStart[h]!, ifEnd[h]!, out, p);
       out[p++] = 0x09;
-      p += miText[this.metaOf[a]!]!.copy(out, p);
+      const mt = miText[this.metaOf[a]!]!;
+      p = copyBytes(mt, 0, mt.length, out, p);
       out[p++] = 0x09;
       for (let i = h; i >= 0; i = this.nextLease[i]!) {
-        p += arena.copy(out, p, nameStart[i], nameEnd[i]);
+        p = copyBytes(arena, nameStart[i]!, nameEnd[i]!, out, p);
         out[p++] = this.nextLease[i]! >= 0 ? 0x20 : 0x0a;
       }
       bucketLen[b] = p - bodyStart;
     }
     return out;
   }
+}
+
+/**
+ * Copies src[start, end) to dst at p and answers the position after: a loop, since Buffer#copy goes through
+ * JavaScript argument checks per call, which cost more than the few dozen bytes of a field.
+ */
+function copyBytes(src: Uint8Array, start: number, end: number, dst: Uint8Array, p: number): number {
+  for (let k = start; k < end; k++) dst[p++] = src[k]!;
+  return p;
 }
 
 /** The found index file of these entries (layout: FoundEntry). */
