@@ -157,40 +157,43 @@ export interface LeaseAddrs {
   other: Ip[];
 }
 
+function newColumns(arena: Buffer, capacity: number): LeaseColumns {
+  return {
+    arena,
+    count: 0,
+    nameStart: new Int32Array(capacity),
+    nameEnd: new Int32Array(capacity),
+    idStart: new Int32Array(capacity),
+    idEnd: new Int32Array(capacity),
+    ifStart: new Int32Array(capacity),
+    ifEnd: new Int32Array(capacity),
+    hash: new Uint32Array(capacity),
+  };
+}
+
 /** Every lease of a network directory, as one scan read it (`scanLeases`). */
-export class LeaseScan implements LeaseColumns {
+export class LeaseScan {
   /** Names that are neither leases nor bookkeeping. */
   readonly foreign: string[] = [];
-  count = 0;
-  readonly nameStart: Int32Array;
-  readonly nameEnd: Int32Array;
-  readonly idStart: Int32Array;
-  readonly idEnd: Int32Array;
-  readonly ifStart: Int32Array;
-  readonly ifEnd: Int32Array;
-  readonly hash: Uint32Array;
+  readonly cols: LeaseColumns;
   /** The address of each IPv4 lease as a number; -1 for the others, whose Ip is in `otherIps`. */
   readonly v4: Float64Array;
   readonly otherIps = new Map<number, Ip>();
   /** Why a lease holds no attachment, by its index. */
   readonly problems = new Map<number, { problem: string; corrupt: boolean }>();
 
-  constructor(
-    public arena: Buffer,
-    capacity: number,
-  ) {
-    this.nameStart = new Int32Array(capacity);
-    this.nameEnd = new Int32Array(capacity);
-    this.idStart = new Int32Array(capacity);
-    this.idEnd = new Int32Array(capacity);
-    this.ifStart = new Int32Array(capacity);
-    this.ifEnd = new Int32Array(capacity);
-    this.hash = new Uint32Array(capacity);
+  constructor(arena: Buffer, capacity: number) {
+    this.cols = newColumns(arena, capacity);
     this.v4 = new Float64Array(capacity);
   }
 
+  /** Leases (IP-named entries, readable or not). */
+  get count(): number {
+    return this.cols.count;
+  }
+
   name(i: number): string {
-    return this.arena.toString('latin1', this.nameStart[i], this.nameEnd[i]);
+    return this.cols.arena.toString('latin1', this.cols.nameStart[i], this.cols.nameEnd[i]);
   }
 
   /** Lease `i` as an object (for callers that keep one per lease anyway, like berthd's memory). */
@@ -204,7 +207,7 @@ export class LeaseScan implements LeaseColumns {
     if (p !== undefined) {
       if (p.corrupt) l.corrupt = true;
       l.problem = p.problem;
-    } else l.att = columnAttachment(this, i);
+    } else l.att = columnAttachment(this.cols, i);
     return l;
   }
 
@@ -231,7 +234,7 @@ function columnAttachment(c: LeaseColumns, i: number): Attachment {
  * lease host-local writes): sets lease `i`'s attachment columns and answers true. Anything else (non-ASCII,
  * or no lease) answers false and goes the way of parseLeaseContent, whose rules these are.
  */
-function asciiLease(s: LeaseScan, i: number, buf: Buffer, start: number, end: number): boolean {
+function asciiLease(c: LeaseColumns, i: number, buf: Buffer, start: number, end: number): boolean {
   let a = start;
   let b = end;
   for (let k = a; k < b; k++) if (buf[k]! >= 0x80) return false;
@@ -257,11 +260,11 @@ function asciiLease(s: LeaseScan, i: number, buf: Buffer, start: number, end: nu
     if (c === 0 || c === 0x2f || isSpace(c)) return false;
     h = Math.imul(h ^ c, 0x01000193);
   }
-  s.idStart[i] = a;
-  s.idEnd[i] = nl;
-  s.ifStart[i] = ifStart;
-  s.ifEnd[i] = b;
-  s.hash[i] = h >>> 0;
+  c.idStart[i] = a;
+  c.idEnd[i] = nl;
+  c.ifStart[i] = ifStart;
+  c.ifEnd[i] = b;
+  c.hash[i] = h >>> 0;
   return true;
 }
 
@@ -287,6 +290,7 @@ export function scanLeases(dir: string, opts: { native?: boolean } = {}): LeaseS
   let entries = 0;
   for (let off = 0; off < buf.length; off = next(off)) entries++;
   const s = new LeaseScan(buf, entries);
+  const c = s.cols;
   /** Attachments decoded the slow way, whose bytes follow the buffer's in the arena. */
   const extra: Buffer[] = [];
   let arenaEnd = buf.length;
@@ -314,29 +318,29 @@ export function scanLeases(dir: string, opts: { native?: boolean } = {}): LeaseS
         continue;
       }
     }
-    const i = s.count++;
-    s.nameStart[i] = nameStart;
-    s.nameEnd[i] = nameEnd;
+    const i = c.count++;
+    c.nameStart[i] = nameStart;
+    c.nameEnd[i] = nameEnd;
     s.v4[i] = v4;
     if (ip !== undefined) s.otherIps.set(i, ip);
-    s.idStart[i] = -1;
+    c.idStart[i] = -1;
     if (kind !== 0) {
       const problem = kind === 1 ? 'not a regular file' : `${getSystemErrorName(-x)} on open or read`;
       s.problems.set(i, { problem, corrupt: false });
       continue;
     }
-    if (asciiLease(s, i, buf, nameEnd, off)) continue;
+    if (asciiLease(c, i, buf, nameEnd, off)) continue;
     const text = buf.toString('utf8', nameEnd, off);
     const att = parseLeaseContent(text);
     if (att === undefined) {
       s.problems.set(i, { problem: JSON.stringify(text.slice(0, 40)), corrupt: true });
       continue;
     }
-    [s.idStart[i], s.idEnd[i]] = place(att.containerId);
-    [s.ifStart[i], s.ifEnd[i]] = place(att.ifname);
-    s.hash[i] = keyHash(attKey(att));
+    [c.idStart[i], c.idEnd[i]] = place(att.containerId);
+    [c.ifStart[i], c.ifEnd[i]] = place(att.ifname);
+    c.hash[i] = keyHash(attKey(att));
   }
-  if (extra.length > 0) s.arena = Buffer.concat([buf, ...extra]);
+  if (extra.length > 0) c.arena = Buffer.concat([buf, ...extra]);
   return s;
 }
 
@@ -556,34 +560,31 @@ export class FoundSet {
 
   /** The attachments of the scan's readable leases, all with `meta` (the moment they were first seen). */
   static fromScan(scan: LeaseScan, meta: LeaseMeta): FoundSet {
-    const set = new FoundSet(scan);
+    const set = new FoundSet(scan.cols);
     const mi = set.metaIndex(meta);
-    for (let i = 0; i < scan.count; i++) if (scan.idStart[i]! >= 0) set.add(i, mi);
+    for (let i = 0; i < scan.count; i++) if (scan.cols.idStart[i]! >= 0) set.add(i, mi);
     return set;
   }
 
   /** A set holding these entries (each with at least one address). */
   static fromEntries(entries: readonly FoundEntry[]): FoundSet {
-    const count = entries.reduce((n, e) => n + e.ips.length, 0);
-    const chunks: Buffer[] = [];
+    let count = 0;
+    let units = 0;
+    for (const e of entries) {
+      count += e.ips.length;
+      units += e.containerId.length + e.ifname.length;
+      for (const ip of e.ips) units += ip.length;
+    }
+    // One buffer for every string (3 bytes of UTF-8 at most per UTF-16 unit), not a Buffer each.
+    const arena = Buffer.allocUnsafe(3 * units);
     let len = 0;
     const place = (text: string): number => {
-      const b = Buffer.from(text);
-      chunks.push(b);
-      len += b.length;
-      return len - b.length;
+      const at = len;
+      len += arena.write(text, at);
+      return at;
     };
-    const cols: LeaseColumns = {
-      arena: Buffer.alloc(0),
-      count,
-      nameStart: new Int32Array(count),
-      nameEnd: new Int32Array(count),
-      idStart: new Int32Array(count),
-      idEnd: new Int32Array(count),
-      ifStart: new Int32Array(count),
-      ifEnd: new Int32Array(count),
-      hash: new Uint32Array(count),
-    };
+    const cols = newColumns(arena, count);
+    cols.count = count;
     let i = 0;
     for (const e of entries) {
       const idStart = place(e.containerId);
@@ -600,7 +601,6 @@ export class FoundSet {
         cols.hash[i++] = hash;
       }
     }
-    cols.arena = Buffer.concat(chunks);
     const set = new FoundSet(cols);
     i = 0;
     for (const e of entries) {
