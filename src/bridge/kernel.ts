@@ -11,6 +11,7 @@ export type { Link } from '../netlink/types';
 export { netlinkCode, toKernelCniError } from '../netlink/errors';
 export { openNetns } from '../netlink/netns';
 export { listTable, nftApply, nftList, type NftFamily } from '../netlink/nftables';
+export { applyNft, readNftTable } from '../netlink/nftnl';
 
 /** A socket in the plugin's own (host) namespace. */
 export async function hostNetlink(): Promise<Netlink> {

@@ -1,7 +1,7 @@
 // The bridge's view of nftables: the two calls it needs (apply a transaction, list a table), the table
 // name, and the attachment tags carried as element comments.
 import { createHash } from 'node:crypto';
-import { listTable, nftApply, type NftFamily } from './kernel';
+import { applyNft, readNftTable, type NftFamily } from './kernel';
 import { withTablesLock } from './lock';
 
 /** One command of libnftables' JSON schema, e.g. `{ add: { element: {...} } }`. */
@@ -75,10 +75,13 @@ export async function removeAndMaybeDropTable(opts: {
   });
 }
 
-/** berth's nftables through the kernel room's `nft -j` wrapper (large batches go through a file there). */
+/**
+ * berth's nftables through the kernel room: listings and element/delete transactions over netlink in this
+ * process, what only nft can build (tables, chains, sets, rules) through `nft -j` (see netlink/nftnl.ts).
+ */
 export const systemNft: Nft = {
-  apply: (cmds) => nftApply(cmds),
-  listTable: (family, table) => listTable({ family: family as NftFamily, name: table }),
+  apply: (cmds) => applyNft(cmds),
+  listTable: (family, table) => readNftTable({ family: family as NftFamily, name: table }),
 };
 
 export { DEFAULT_NFT_TABLE, nftTable } from './deps';

@@ -1,0 +1,210 @@
+// nftables over netlink (src/netlink/nftnl.ts) against the kernel, in a private namespace: the table and
+// sets are made by `nft` the way berth's masquerade and spoof check make them, elements go in and out
+// through our batches, and `nft -j list` (run under `ip netns exec`) is the observer.
+import { describe, expect, it } from 'vitest';
+import { CniError, ErrorCode } from '../../src/cni-spec/errors';
+import { toKernelCniError } from '../../src/netlink/errors';
+import { listTable } from '../../src/netlink/nftables';
+import { applyNft, nfnlApply, nfnlListTable, readNftTable } from '../../src/netlink/nftnl';
+import { NftnlUnsupported } from '../../src/netlink/nftnl-codec';
+import type { KernelFixture, Place } from './kernel-fixture';
+import { observe, observeJson, rejection, trySh, useKernelFixture } from './kernel-fixture';
+
+const kernel = useKernelFixture();
+
+/** A pod namespace holding `inet <t>` and `bridge <t>` with berth's set types, made by nft itself. */
+function setup(): { fx: KernelFixture; pod: Place; table: string; opts: { netns: string } } {
+  const fx = kernel.fresh();
+  const pod = fx.addNetns('p');
+  const table = `${fx.prefix}t`;
+  const script = [
+    `table inet ${table} {`,
+    '  set c4 { type ipv4_addr; }',
+    '  set c6 { type ipv6_addr; }',
+    '  set s4 { type ipv4_addr . ipv4_addr; flags interval; }',
+    '  set s6 { type ipv6_addr . ipv6_addr; flags interval; }',
+    '  chain masq { masquerade; }',
+    '  chain postrouting {',
+    '    type nat hook postrouting priority 100; policy accept;',
+    '    ip saddr @c4 jump masq comment "berth masquerade: n"',
+    '  }',
+    '}',
+    `table bridge ${table} {`,
+    '  set p { type ifname; }',
+    '  set a { type ifname . ether_addr; }',
+    '  chain prerouting {',
+    '    type filter hook prerouting priority -300; policy accept;',
+    '    iifname @p iifname . ether saddr != @a drop',
+    '  }',
+    '}',
+  ].join('\n');
+  observe(pod, 'sh', ['-c', `printf '%s\\n' "$1" | nft -f -`, 'sh', script]);
+  return { fx, pod, table, opts: { netns: pod.path! } };
+}
+
+function nftSet(pod: Place, family: string, table: string, name: string): unknown[] {
+  const out = observeJson<{ nftables: any[] }>(pod, 'nft', ['-j', 'list', 'set', family, table, name]);
+  return out.nftables.find((o) => o.set !== undefined)?.set.elem ?? [];
+}
+
+const add = (family: string, table: string, name: string, elem: unknown[]) => ({
+  add: { element: { family, table, name, elem } },
+});
+const del = (family: string, table: string, name: string, elem: unknown[]) => ({
+  delete: { element: { family, table, name, elem } },
+});
+
+describe('nftables over netlink', () => {
+  it('adds tagged elements to every kind of berth set and deletes them again (nft -j list set agrees)', async () => {
+    const { pod, table, opts } = setup();
+    const pair4 = { concat: ['198.18.0.5', { prefix: { addr: '198.18.0.0', len: 24 } }] };
+    const pair6 = { concat: ['fd00:b15::5', { prefix: { addr: 'fd00:b15::', len: 64 } }] };
+    const mac = { concat: ['veth5', '0a:58:c6:12:00:05'] };
+    const tagged = (val: unknown) => [{ elem: { val, comment: 'c5/eth0' } }];
+    await nfnlApply(
+      [
+        add('inet', table, 'c4', tagged('198.18.0.5')),
+        add('inet', table, 'c6', tagged('fd00:b15::5')),
+        add('inet', table, 's4', tagged(pair4)),
+        add('inet', table, 's6', tagged(pair6)),
+      ],
+      opts,
+    );
+    await nfnlApply(
+      [add('bridge', table, 'p', tagged('veth5')), add('bridge', table, 'a', tagged(mac))],
+      opts,
+    );
+    expect(nftSet(pod, 'inet', table, 'c4')).toEqual(tagged('198.18.0.5'));
+    expect(nftSet(pod, 'inet', table, 'c6')).toEqual(tagged('fd00:b15::5'));
+    expect(nftSet(pod, 'inet', table, 's4')).toEqual(tagged(pair4));
+    expect(nftSet(pod, 'inet', table, 's6')).toEqual(tagged(pair6));
+    expect(nftSet(pod, 'bridge', table, 'p')).toEqual(tagged('veth5'));
+    expect(nftSet(pod, 'bridge', table, 'a')).toEqual(tagged(mac));
+    // Only in the namespace we asked for.
+    expect(trySh('nft', ['list', 'table', 'inet', table])).toBeUndefined();
+
+    // `add element` semantics: an element already there is no error and keeps its comment.
+    await nfnlApply(
+      [add('inet', table, 'c4', [{ elem: { val: '198.18.0.5', comment: 'other/eth0' } }])],
+      opts,
+    );
+    expect(nftSet(pod, 'inet', table, 'c4')).toEqual(tagged('198.18.0.5'));
+
+    await nfnlApply(
+      [
+        del('inet', table, 'c4', ['198.18.0.5']),
+        del('inet', table, 's4', [pair4]),
+        del('inet', table, 's6', [pair6]),
+        del('bridge', table, 'a', [mac]),
+      ],
+      opts,
+    );
+    expect(nftSet(pod, 'inet', table, 'c4')).toEqual([]);
+    expect(nftSet(pod, 'inet', table, 's4')).toEqual([]);
+    expect(nftSet(pod, 'inet', table, 's6')).toEqual([]);
+    expect(nftSet(pod, 'inet', table, 'c6')).toEqual(tagged('fd00:b15::5'));
+    expect(nftSet(pod, 'bridge', table, 'a')).toEqual([]);
+  });
+
+  it('lists a table as nft -j does for everything berth reads (sets, elements, chains, rule handles, jumps, lookups)', async () => {
+    const { table, opts } = setup();
+    await nfnlApply(
+      [
+        add('inet', table, 'c4', ['198.18.0.7', { elem: { val: '198.18.0.8', comment: 'c8/eth0' } }]),
+        add('inet', table, 's4', [
+          {
+            elem: {
+              val: { concat: ['198.18.0.8', { prefix: { addr: '198.18.0.0', len: 24 } }] },
+              comment: 'c8',
+            },
+          },
+        ]),
+      ],
+      opts,
+    );
+    for (const family of ['inet', 'bridge'] as const) {
+      const ours = (await nfnlListTable({ family, name: table }, opts))!;
+      const nft = (await listTable({ family, name: table }, opts))!;
+      // Element order is the kernel's here; nft sorts hash sets by value for display (berth's plans do not care).
+      const sorted = (elem: unknown) =>
+        Array.isArray(elem) ? elem.map((e) => JSON.stringify(e)).sort() : elem;
+      const sets = (objs: typeof ours) =>
+        objs.filter((o) => o.set !== undefined).map((o) => ({ ...o.set, elem: sorted(o.set!.elem) }));
+      expect(sets(ours)).toEqual(sets(nft));
+      const names = (objs: typeof ours, kind: string) =>
+        objs.filter((o) => o[kind] !== undefined).map((o) => [o[kind]!.name, o[kind]!.handle]);
+      expect(names(ours, 'chain')).toEqual(names(nft, 'chain'));
+      const rules = (objs: typeof ours) =>
+        objs.filter((o) => o.rule !== undefined).map((o) => [o.rule!.chain, o.rule!.handle]);
+      expect(rules(ours)).toEqual(rules(nft));
+      // What the plans look for in a rule's JSON is in ours as in nft's.
+      for (const needle of ['"jump":{"target":"masq"}', '"@c4"', '"@a"', '"@p"']) {
+        const has = (objs: typeof ours) =>
+          objs.some((o) => JSON.stringify(o.rule?.expr ?? []).includes(needle));
+        expect(has(ours), needle).toBe(has(nft));
+      }
+    }
+    expect(await nfnlListTable({ family: 'inet', name: `${table}x` }, opts)).toBeUndefined();
+  });
+
+  it('deletes a rule by handle, a chain, a set and the table in one transaction', async () => {
+    const { pod, table, opts } = setup();
+    const objs = (await nfnlListTable({ family: 'inet', name: table }, opts))!;
+    const jump = objs.find((o) => o.rule?.chain === 'postrouting')!.rule!;
+    await nfnlApply(
+      [
+        { delete: { rule: { family: 'inet', table, chain: 'postrouting', handle: jump.handle } } },
+        { delete: { chain: { family: 'inet', table, name: 'masq' } } },
+        { delete: { set: { family: 'inet', table, name: 's6' } } },
+      ],
+      opts,
+    );
+    const left = observe(pod, 'nft', ['list', 'table', 'inet', table]);
+    expect(left).not.toContain('jump masq');
+    expect(left).not.toContain('chain masq');
+    expect(left).not.toContain('set s6');
+    expect(left).toContain('set s4');
+    await nfnlApply([{ delete: { table: { family: 'inet', name: table } } }], opts);
+    expect(observe(pod, 'nft', ['list', 'tables'])).not.toContain(`inet ${table}`);
+  });
+
+  it('is atomic, and kernel errors keep their errno: ENOENT for a missing element, set or table', async () => {
+    const { pod, table, opts } = setup();
+    const err = await rejection(
+      nfnlApply([add('inet', table, 'c4', ['198.18.0.9']), del('inet', table, 'c4', ['198.18.0.10'])], opts),
+    );
+    expect(err).toMatchObject({ code: 'ENOENT', op: 'nft' });
+    expect(err.message).toContain(`delete element inet ${table} c4`);
+    expect(nftSet(pod, 'inet', table, 'c4')).toEqual([]);
+
+    const missingSet = await rejection(nfnlApply([add('inet', table, 'nope', ['198.18.0.9'])], opts));
+    expect(missingSet).toMatchObject({ code: 'ENOENT', op: 'nft' });
+    const missingTable = await rejection(applyNft([add('inet', `${table}x`, 'c4', ['198.18.0.9'])], opts));
+    expect(missingTable).toMatchObject({ code: 'ENOENT', op: 'nft' });
+    // What a handler throws for it: Internal, the errno name as details, the NetlinkError as cause.
+    const cni = toKernelCniError(missingTable) as CniError;
+    expect(cni).toBeInstanceOf(CniError);
+    expect(cni.code).toBe(ErrorCode.Internal);
+    expect(cni.details).toBe('ENOENT');
+    expect(cni.cause).toBe(missingTable);
+  });
+
+  it('leaves to nft what it cannot do: creating objects, sets of other types', async () => {
+    const { pod, table, opts } = setup();
+    const create = [
+      { add: { set: { family: 'inet', table, name: 'ports', type: 'inet_service' } } },
+      add('inet', table, 'ports', [53, 80]),
+    ];
+    await expect(nfnlApply(create, opts)).rejects.toBeInstanceOf(NftnlUnsupported);
+    expect(observe(pod, 'nft', ['list', 'table', 'inet', table])).not.toContain('ports');
+    await applyNft(create, opts);
+    expect(nftSet(pod, 'inet', table, 'ports')).toEqual([53, 80]);
+    // A table holding a set we cannot read is listed by nft instead, with the same answer.
+    await expect(nfnlListTable({ family: 'inet', name: table }, opts)).rejects.toBeInstanceOf(
+      NftnlUnsupported,
+    );
+    expect(await readNftTable({ family: 'inet', name: table }, opts)).toEqual(
+      await listTable({ family: 'inet', name: table }, opts),
+    );
+  });
+});
