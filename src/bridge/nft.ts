@@ -76,8 +76,9 @@ export async function removeAndMaybeDropTable(opts: {
 }
 
 /**
- * berth's nftables through the kernel room: listings and element/delete transactions over netlink in this
- * process, what only nft can build (tables, chains, sets, rules) through `nft -j` (see netlink/nftnl.ts).
+ * berth's nftables through the kernel room: listings and transactions over netlink in this process (no
+ * `nft` process for what berth itself sends); `nft -j` only for what the netlink codec does not express,
+ * e.g. a table holding an operator's map (see netlink/nftnl.ts).
  */
 export const systemNft: Nft = {
   apply: (cmds) => applyNft(cmds),

@@ -63,7 +63,7 @@ export const NFTA_SET_ELEM = {
   OBJREF: 9,
   KEY_END: 10,
 } as const;
-export const NFTA_SET_ELEM_LIST = { TABLE: 1, SET: 2, ELEMENTS: 3 } as const;
+export const NFTA_SET_ELEM_LIST = { TABLE: 1, SET: 2, ELEMENTS: 3, SET_ID: 4 } as const;
 export const NFTA_DATA = { VALUE: 1, VERDICT: 2 } as const;
 export const NFTA_VERDICT = { CODE: 1, CHAIN: 2 } as const;
 export const NFTA_EXPR = { NAME: 1, DATA: 2 } as const;
@@ -419,7 +419,10 @@ export function setElemMsg(
   table: string,
   set: string,
   elems: Attr[],
+  setId?: number,
 ): NftMsg {
+  // A set made earlier in the same batch is named by its NFTA_SET_ID too, as nft does.
+  const id: Attr[] = setId !== undefined ? [[NFTA_SET_ELEM_LIST.SET_ID, be32(setId)]] : [];
   return {
     type: op === 'add' ? NFT_MSG.NEWSETELEM : NFT_MSG.DELSETELEM,
     family,
@@ -428,6 +431,7 @@ export function setElemMsg(
     attrs: [
       [NFTA_SET_ELEM_LIST.TABLE, str(table)],
       [NFTA_SET_ELEM_LIST.SET, str(set)],
+      ...id,
       nested(NFTA_SET_ELEM_LIST.ELEMENTS, elems),
     ],
   };

@@ -1,8 +1,9 @@
-// nftables over netlink from inside the process: reading a table and applying element and delete
-// transactions without starting `nft`. Node's spawn() forks the whole process (berthd: ~80 MB, ~54 ms per
-// nft child on a busy machine); the same work over an nfnetlink socket takes well under a millisecond.
-// What this module cannot express (creating tables, chains, sets and rules: nft's expression compiler) or
-// cannot read (sets of types berth does not use, maps, timeouts) goes through `nft -j` as before, decided
+// nftables over netlink from inside the process: reading a table and applying transactions without
+// starting `nft`. Node's spawn() forks the whole process (berthd: ~80 MB, ~54 ms per nft child on a busy
+// machine); the same work over an nfnetlink socket takes well under a millisecond. Transactions: element
+// adds and deletes, deletes of rules, chains, sets and tables, and the creating commands of berth's own
+// setup (nftnl-create.ts). What this module cannot express (other expressions and set types: nft's
+// compiler) or cannot read (maps, timeouts, other set types) goes through `nft -j` as before, decided
 // before anything is sent, so a transaction is always applied whole by one of the two.
 import { RawNetlinkSocket } from 'netlink/dist/raw';
 import { NetlinkError, fromErrno, toNetlinkError } from './errors';
@@ -52,6 +53,7 @@ import {
   type NftOptions,
   type TableRef,
 } from './nftables';
+import { createMsg, type NewSets } from './nftnl-create';
 import { readStr, str } from './rtnl-codec';
 
 export { NftnlUnsupported } from './nftnl-codec';
@@ -370,6 +372,12 @@ function deleteMsg(cmd: NftCommand): NftMsg | undefined {
   return undefined;
 }
 
+/** The family number a command names (NftnlUnsupported for one nft knows and we do not). */
+function familyOf(cmd: NftCommand): number {
+  const what = Object.values(cmd)[0] as Record<string, { family?: unknown }> | undefined;
+  return familyNumber(String(Object.values(what ?? {})[0]?.family));
+}
+
 function describe(cmd: NftCommand): string {
   const [op, what] = Object.entries(cmd)[0] ?? ['?', {}];
   const [kind, o] = Object.entries(what as Record<string, Record<string, unknown>>)[0] ?? ['?', {}];
@@ -387,28 +395,33 @@ function describe(cmd: NftCommand): string {
 
 /**
  * Applies `commands` as one nf_tables transaction over netlink: element adds and deletes (nft's
- * `add element` semantics: an element already there is kept, comment and all), and deletes of rules by
- * handle, chains, sets and tables. Throws NftnlUnsupported, before anything is sent, for any other
- * command or a set it cannot encode. Errors: NetlinkError op 'nft' with the kernel's errno name of the
+ * `add element` semantics: an element already there is kept, comment and all), deletes of rules by
+ * handle, chains, sets and tables, and what createMsg compiles (add table/chain/set/rule, flush chain).
+ * Throws NftnlUnsupported, before anything is sent, for any other command or a set it cannot encode. Errors: NetlinkError op 'nft' with the kernel's errno name of the
  * first failing command (`ENOENT` for a missing table, set, chain or element, …) and that command in the
  * message, as nftApply reports them.
  */
 export async function nfnlApply(commands: readonly NftCommand[], opts: NftOptions = {}): Promise<void> {
   if (commands.length === 0) return;
-  const parsed = commands.map((c) => asElementCmd(c) ?? deleteMsg(c));
-  const bad = parsed.findIndex((p) => p === undefined);
-  if (bad >= 0) throw new NftnlUnsupported(describe(commands[bad]!));
+  // Everything but the elements of existing sets is compiled before the socket is opened.
+  const created: NewSets = new Map();
+  const parsed = commands.map((c) => {
+    const p = asElementCmd(c) ?? deleteMsg(c) ?? createMsg(c, familyOf(c), created);
+    if (p === undefined) throw new NftnlUnsupported(describe(c));
+    return p;
+  });
   await withNfnl(opts.netns, async (s) => {
     const sets = new Map<string, SetInfo>();
     const msgs: NftMsg[] = [];
     for (const [i, p] of parsed.entries()) {
-      if (p === undefined || !('op' in p)) {
-        msgs.push(p!);
+      if (!('op' in p)) {
+        msgs.push(p);
         continue;
       }
       const family = familyNumber(p.family);
       const key = `${p.family} ${p.table} ${p.name}`;
-      let set = sets.get(key);
+      const made = created.get(key);
+      let set = made?.info ?? sets.get(key);
       if (set === undefined) {
         const get = {
           type: NFT_MSG.GETSET,
@@ -426,20 +439,21 @@ export async function nfnlApply(commands: readonly NftCommand[], opts: NftOption
         }
         sets.set(key, set);
       }
+      const known = set;
       const elems = (Array.isArray(p.elem) ? p.elem : []).map((e) => {
         const inner = (e as { elem?: { val: unknown; comment?: unknown } } | null)?.elem;
         if (typeof e === 'object' && e !== null && inner !== undefined) {
           if (!keysAre(inner, 'comment' in inner ? ['val', 'comment'] : ['val']))
             throw new NftnlUnsupported(describe(commands[i]!));
           return elementAttrs(
-            set,
+            known,
             inner.val,
             p.op === 'add' && typeof inner.comment === 'string' ? inner.comment : undefined,
           );
         }
-        return elementAttrs(set, e, undefined);
+        return elementAttrs(known, e, undefined);
       });
-      msgs.push(setElemMsg(p.op, family, p.table, p.name, elems));
+      msgs.push(setElemMsg(p.op, family, p.table, p.name, elems, made?.id));
     }
     const error = await s.batch(msgs);
     if (error !== undefined) {

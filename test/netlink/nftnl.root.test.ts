@@ -4,7 +4,10 @@
 import { describe, expect, it } from 'vitest';
 import { CniError, ErrorCode } from '../../src/cni-spec/errors';
 import { toKernelCniError } from '../../src/netlink/errors';
-import { listTable } from '../../src/netlink/nftables';
+import { addMasquerade } from '../../src/bridge/masquerade';
+import type { Nft, NftCommand } from '../../src/bridge/nft';
+import { addSpoofCheck } from '../../src/bridge/spoofcheck';
+import { listTable, nftApply } from '../../src/netlink/nftables';
 import { applyNft, nfnlApply, nfnlListTable, readNftTable } from '../../src/netlink/nftnl';
 import { NftnlUnsupported } from '../../src/netlink/nftnl-codec';
 import type { KernelFixture, Place } from './kernel-fixture';
@@ -189,7 +192,54 @@ describe('nftables over netlink', () => {
     expect(cni.cause).toBe(missingTable);
   });
 
-  it('leaves to nft what it cannot do: creating objects, sets of other types', async () => {
+  it("creates a network's table, chains, sets and rules as nft does (berth's setup in two namespaces)", async () => {
+    const fx = kernel.fresh();
+    const [byNft, byUs] = [fx.addNetns('n'), fx.addNetns('u')];
+    const batches: NftCommand[][] = [];
+    const nft: Nft = { apply: async (cmds) => void batches.push(cmds), listTable: async () => undefined };
+    const scope = {
+      nft,
+      table: `${fx.prefix}t`,
+      network: 'net1',
+      tablesLock: <T>(fn: () => Promise<T>) => fn(),
+    };
+    await addMasquerade(scope, { containerId: 'c1', ifname: 'eth0' }, [
+      { ip: '198.18.0.2', family: 4, subnet: '198.18.0.0', prefixLen: 24 },
+      { ip: 'fd00:b15::2', family: 6, subnet: 'fd00:b15::', prefixLen: 64 },
+    ]);
+    await addSpoofCheck(scope, {
+      containerId: 'c1',
+      ifname: 'eth0',
+      hostVeth: 'veth1',
+      mac: '0a:58:c6:12:00:02',
+    });
+    for (const b of batches) {
+      await nftApply(b, { netns: byNft.path });
+      await nfnlApply(b, { netns: byUs.path });
+    }
+    const ruleset = (p: Place) => observe(p, 'nft', ['list', 'ruleset']);
+    expect(ruleset(byUs)).toContain('masquerade');
+    expect(ruleset(byUs)).toBe(ruleset(byNft));
+    const json = (p: Place) =>
+      JSON.stringify(observeJson(p, 'nft', ['-j', 'list', 'ruleset']), (k, v: unknown) =>
+        k === 'handle' || k === 'metainfo' ? undefined : v,
+      );
+    expect(json(byUs)).toBe(json(byNft));
+    // Again, on the existing objects (a setup repairing a network): still the same.
+    for (const b of batches) {
+      await nftApply(
+        b.filter((c) => !('add' in c && 'element' in (c.add as object))),
+        { netns: byNft.path },
+      );
+      await nfnlApply(
+        b.filter((c) => !('add' in c && 'element' in (c.add as object))),
+        { netns: byUs.path },
+      );
+    }
+    expect(ruleset(byUs)).toBe(ruleset(byNft));
+  });
+
+  it('leaves to nft what it cannot do: sets of other types, other expressions', async () => {
     const { pod, table, opts } = setup();
     const create = [
       { add: { set: { family: 'inet', table, name: 'ports', type: 'inet_service' } } },
