@@ -54,7 +54,7 @@ import {
   type TableRef,
 } from './nftables';
 import { createMsg, type NewSets } from './nftnl-create';
-import { readStr, str } from './rtnl-codec';
+import { readStr, str, type Attr } from './rtnl-codec';
 
 export { NftnlUnsupported } from './nftnl-codec';
 
@@ -329,47 +329,49 @@ function asElementCmd(cmd: NftCommand): ElementCmd | undefined {
 const keysAre = (o: object, keys: string[]): boolean =>
   Object.keys(o).every((k) => keys.includes(k)) && keys.every((k) => k in o);
 
+const s = (v: unknown) => str(String(v));
+/** The deletes berth sends: the JSON keys each must have (no more), and the message. */
+const DELETES: Record<
+  string,
+  { keys: string[]; type: number; attrs: (o: Record<string, unknown>) => Attr[] }
+> = {
+  rule: {
+    keys: ['family', 'table', 'chain', 'handle'],
+    type: NFT_MSG.DELRULE,
+    attrs: (o) => [
+      [NFTA_RULE.TABLE, s(o.table)],
+      [NFTA_RULE.CHAIN, s(o.chain)],
+      [NFTA_RULE.HANDLE, be64(o.handle as number)],
+    ],
+  },
+  chain: {
+    keys: ['family', 'table', 'name'],
+    type: NFT_MSG.DELCHAIN,
+    attrs: (o) => [
+      [NFTA_CHAIN.TABLE, s(o.table)],
+      [NFTA_CHAIN.NAME, s(o.name)],
+    ],
+  },
+  set: {
+    keys: ['family', 'table', 'name'],
+    type: NFT_MSG.DELSET,
+    attrs: (o) => [
+      [NFTA_SET.TABLE, s(o.table)],
+      [NFTA_SET.NAME, s(o.name)],
+    ],
+  },
+  table: { keys: ['family', 'name'], type: NFT_MSG.DELTABLE, attrs: (o) => [[NFTA_TABLE.NAME, s(o.name)]] },
+};
+
 /** A delete of a rule (by handle), chain, set or table, as one message; undefined for anything else. */
 function deleteMsg(cmd: NftCommand): NftMsg | undefined {
   const d = cmd.delete as Record<string, Record<string, unknown>> | undefined;
   if (d === undefined || Object.keys(cmd).length !== 1 || Object.keys(d).length !== 1) return undefined;
   const [[kind, o]] = Object.entries(d) as [[string, Record<string, unknown>]];
-  const s = (v: unknown) => str(String(v));
-  const family = familyNumber(String(o.family));
-  if (kind === 'rule' && keysAre(o, ['family', 'table', 'chain', 'handle']) && Number.isInteger(o.handle))
-    return {
-      type: NFT_MSG.DELRULE,
-      family,
-      flags: 0,
-      attrs: [
-        [NFTA_RULE.TABLE, s(o.table)],
-        [NFTA_RULE.CHAIN, s(o.chain)],
-        [NFTA_RULE.HANDLE, be64(o.handle as number)],
-      ],
-    };
-  if (kind === 'chain' && keysAre(o, ['family', 'table', 'name']))
-    return {
-      type: NFT_MSG.DELCHAIN,
-      family,
-      flags: 0,
-      attrs: [
-        [NFTA_CHAIN.TABLE, s(o.table)],
-        [NFTA_CHAIN.NAME, s(o.name)],
-      ],
-    };
-  if (kind === 'set' && keysAre(o, ['family', 'table', 'name']))
-    return {
-      type: NFT_MSG.DELSET,
-      family,
-      flags: 0,
-      attrs: [
-        [NFTA_SET.TABLE, s(o.table)],
-        [NFTA_SET.NAME, s(o.name)],
-      ],
-    };
-  if (kind === 'table' && keysAre(o, ['family', 'name']))
-    return { type: NFT_MSG.DELTABLE, family, flags: 0, attrs: [[NFTA_TABLE.NAME, s(o.name)]] };
-  return undefined;
+  const spec = DELETES[kind];
+  if (spec === undefined || !keysAre(o, spec.keys)) return undefined;
+  if (kind === 'rule' && !Number.isInteger(o.handle)) return undefined;
+  return { type: spec.type, family: familyNumber(String(o.family)), flags: 0, attrs: spec.attrs(o) };
 }
 
 /** The family number a command names (NftnlUnsupported for one nft knows and we do not). */

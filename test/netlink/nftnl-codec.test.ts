@@ -23,7 +23,7 @@ import {
   udataComment,
   type SetInfo,
 } from '../../src/netlink/nftnl-codec';
-import { encodeAttrs, str } from '../../src/netlink/rtnl-codec';
+import { encodeAttrs, str, type Attr } from '../../src/netlink/rtnl-codec';
 
 const set = (name: string, keyType: number, keyLen: number, flags = 0): SetInfo => ({
   name,
@@ -41,6 +41,9 @@ const ports = set('p', 41, 16);
 const allowed = set('a', (41 << 6) | 9, 24);
 
 const hex = (b: Buffer) => b.toString('hex');
+/** An nf_tables answer as the kernel sends it (NLM_F_MULTI, family inet) with these attributes. */
+const answer = (type: number, attrs: Attr[]) =>
+  parseMessages(encodeMsg((10 << 8) | type, 2, 0, 1, attrs))[0]!;
 
 describe('batches', () => {
   it('one NEWSETELEM between BATCH_BEGIN and BATCH_END, as nft sends it (plus NLM_F_ACK)', () => {
@@ -99,13 +102,11 @@ describe('answers the kernel gave nft', () => {
         '000034000100100001000c000100c6120003c612000010000a000c000100c6120003c61200ff0f00060000096162632f657468310000',
       'hex',
     );
-    const m = parseMessages(
-      encodeMsg((10 << 8) | NFT_MSG.NEWSETELEM, 2, 0, 1, [
-        [1, str('t')],
-        [2, str('s4')],
-        [3, elements],
-      ]),
-    )[0]!;
+    const m = answer(NFT_MSG.NEWSETELEM, [
+      [1, str('t')],
+      [2, str('s4')],
+      [3, elements],
+    ]);
     expect(parseElements(s4, m)).toEqual([
       { val: { concat: ['198.18.0.2', { prefix: { addr: '198.18.0.0', len: 24 } }] }, comment: 'abc/eth0' },
       { val: { concat: ['198.18.0.3', { prefix: { addr: '198.18.0.0', len: 24 } }] }, comment: 'abc/eth1' },
@@ -121,14 +122,12 @@ describe('answers the kernel gave nft', () => {
         '000000180002001400020008000100fffffffd060002006d000000',
       'hex',
     );
-    const m = parseMessages(
-      encodeMsg((10 << 8) | NFT_MSG.NEWRULE, 2, 0, 1, [
-        [1, str('t')],
-        [2, str('postrouting')],
-        [3, Buffer.from('0000000000000006', 'hex')],
-        [4, exprs],
-      ]),
-    )[0]!;
+    const m = answer(NFT_MSG.NEWRULE, [
+      [1, str('t')],
+      [2, str('postrouting')],
+      [3, Buffer.from('0000000000000006', 'hex')],
+      [4, exprs],
+    ]);
     const r = parseRule(m);
     expect(r).toEqual({
       table: 't',

@@ -3,9 +3,6 @@
 // rule's NFTA_RULE_EXPRESSIONS and a set's attributes compared with `strace -xx nft -j -f <both batches>`
 // (sets numbered 1–6 across the two batches, as nft numbered them there).
 import { describe, expect, it } from 'vitest';
-import { addMasquerade } from '../../src/bridge/masquerade';
-import type { Nft, NftCommand } from '../../src/bridge/nft';
-import { addSpoofCheck } from '../../src/bridge/spoofcheck';
 import {
   NFT_MSG,
   NFTA_RULE,
@@ -16,22 +13,10 @@ import {
 } from '../../src/netlink/nftnl-codec';
 import { createMsg, type NewSets } from '../../src/netlink/nftnl-create';
 import { encodeAttrs } from '../../src/netlink/rtnl-codec';
+import { berthSetupCommands } from './berth-nft-setup';
 
-async function setupCommands(): Promise<NftCommand[][]> {
-  const batches: NftCommand[][] = [];
-  const nft: Nft = { apply: async (cmds) => void batches.push(cmds), listTable: async () => undefined };
-  const scope = { nft, table: 'T', network: 'net1', tablesLock: <T>(fn: () => Promise<T>) => fn() };
-  await addMasquerade(scope, { containerId: 'c1', ifname: 'eth0' }, [
-    { ip: '198.18.0.2', family: 4, subnet: '198.18.0.0', prefixLen: 24 },
-  ]);
-  await addSpoofCheck(scope, {
-    containerId: 'c1',
-    ifname: 'eth0',
-    hostVeth: 'veth1',
-    mac: '0a:58:c6:12:00:02',
-  });
-  return batches;
-}
+const setupCommands = () =>
+  berthSetupCommands('T', [{ ip: '198.18.0.2', family: 4, subnet: '198.18.0.0', prefixLen: 24 }]);
 
 /** Captured from nft: the expressions of the rules in the order the batches add them. */
 const NFT_RULES = [

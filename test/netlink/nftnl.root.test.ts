@@ -4,12 +4,10 @@
 import { describe, expect, it } from 'vitest';
 import { CniError, ErrorCode } from '../../src/cni-spec/errors';
 import { toKernelCniError } from '../../src/netlink/errors';
-import { addMasquerade } from '../../src/bridge/masquerade';
-import type { Nft, NftCommand } from '../../src/bridge/nft';
-import { addSpoofCheck } from '../../src/bridge/spoofcheck';
 import { listTable, nftApply } from '../../src/netlink/nftables';
 import { applyNft, nfnlApply, nfnlListTable, readNftTable } from '../../src/netlink/nftnl';
 import { NftnlUnsupported } from '../../src/netlink/nftnl-codec';
+import { berthSetupCommands } from './berth-nft-setup';
 import type { KernelFixture, Place } from './kernel-fixture';
 import { observe, observeJson, rejection, trySh, useKernelFixture } from './kernel-fixture';
 
@@ -195,24 +193,10 @@ describe('nftables over netlink', () => {
   it("creates a network's table, chains, sets and rules as nft does (berth's setup in two namespaces)", async () => {
     const fx = kernel.fresh();
     const [byNft, byUs] = [fx.addNetns('n'), fx.addNetns('u')];
-    const batches: NftCommand[][] = [];
-    const nft: Nft = { apply: async (cmds) => void batches.push(cmds), listTable: async () => undefined };
-    const scope = {
-      nft,
-      table: `${fx.prefix}t`,
-      network: 'net1',
-      tablesLock: <T>(fn: () => Promise<T>) => fn(),
-    };
-    await addMasquerade(scope, { containerId: 'c1', ifname: 'eth0' }, [
+    const batches = await berthSetupCommands(`${fx.prefix}t`, [
       { ip: '198.18.0.2', family: 4, subnet: '198.18.0.0', prefixLen: 24 },
       { ip: 'fd00:b15::2', family: 6, subnet: 'fd00:b15::', prefixLen: 64 },
     ]);
-    await addSpoofCheck(scope, {
-      containerId: 'c1',
-      ifname: 'eth0',
-      hostVeth: 'veth1',
-      mac: '0a:58:c6:12:00:02',
-    });
     for (const b of batches) {
       await nftApply(b, { netns: byNft.path });
       await nfnlApply(b, { netns: byUs.path });
