@@ -86,8 +86,8 @@ export async function cmdDel(req: Request, deps: BridgeDeps): Promise<void> {
   const scope = nftScope(deps, conf.network);
   try {
     await withNetworkLock({ network: conf.network, runDir: deps.runDir }, async () => {
-      // Only the tables the ADD recorded it may use (each listing is an nft process); both without a record.
-      // Two tables, two independent nft processes: run them side by side, both finished before the lock goes.
+      // Only the tables the ADD recorded it may use (each a few netlink dumps); both without a record.
+      // Two tables, independent of each other: side by side, both finished before the lock goes.
       const use = attachmentNftUse(deps.runDir, conf.network, tag) ?? { masquerade: true, spoofCheck: true };
       const outcomes = await Promise.allSettled([
         use.masquerade ? removeMasquerade(scope, (t) => t === tag) : undefined,

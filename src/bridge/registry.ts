@@ -1,7 +1,7 @@
 // Which network each tagged host veth belongs to, so that GC of one network never removes the ports of
 // another network sharing its bridge: one small file per attachment under the run dir (tmpfs, so it lives
 // exactly as long as the veths do). The file also says which nftables tables the ADD may put elements in,
-// so that DEL lists only those (an `nft` process each, the largest cost of a DEL served by berthd).
+// so that DEL lists only those (once an `nft` process each; now netlink dumps, still work saved).
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';

@@ -216,7 +216,9 @@ export async function nfnlListTable(t: TableRef, opts: NftOptions = {}): Promise
       try {
         objects = await readTable(s, t, family);
       } catch (err) {
-        if (!(err instanceof Retry) || attempt >= 5) throw err;
+        // A set listed by one dump can be gone by the next (another network's teardown committed in
+        // between: ENOENT on its elements): a changed generation means "read again", as for nft.
+        if (attempt >= 5 || !(err instanceof Retry || (await s.genId()) !== gen)) throw err;
         continue;
       }
       if ((await s.genId()) === gen || attempt >= 5) return objects;
