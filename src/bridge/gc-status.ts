@@ -5,7 +5,7 @@ import { CniError, ErrorCode } from '../cni-spec/errors';
 import type { Request } from '../cni-spec/request';
 import { confFromRequest } from './config';
 import type { BridgeDeps } from './deps';
-import { isCode, nftList } from './kernel';
+import { isCode } from './kernel';
 import { withNetworkLock } from './lock';
 import { removeMasquerade } from './masquerade';
 import { attachmentTag, nftScope } from './nft';
@@ -83,9 +83,11 @@ export async function cmdGc(req: Request, deps: BridgeDeps): Promise<void> {
   }
 }
 
-async function nftUsable(): Promise<string | undefined> {
+/** Whether nftables answers the way ADD and DEL use it: a listing of berth's table (netlink, in-process). */
+async function nftUsable(deps: BridgeDeps, network: string): Promise<string | undefined> {
+  const scope = nftScope(deps, network);
   try {
-    await nftList(['tables']);
+    await scope.nft.listTable('inet', scope.table);
     return undefined;
   } catch (err) {
     return (err as Error).message;
@@ -105,7 +107,7 @@ export async function cmdStatus(req: Request, deps: BridgeDeps): Promise<void> {
     host.close();
   }
   if (conf.ipMasq || conf.macSpoofCheck) {
-    const problem = await nftUsable();
+    const problem = await nftUsable(deps, conf.network);
     if (problem !== undefined)
       throw unavailable(
         `nftables unusable (needed for ${conf.ipMasq ? 'ipMasq' : 'macspoofchk'}): ${problem}`,

@@ -10,7 +10,7 @@ export type { Netlink };
 export type { Link } from '../netlink/types';
 export { netlinkCode, toKernelCniError } from '../netlink/errors';
 export { openNetns } from '../netlink/netns';
-export { listTable, nftApply, nftList, type NftFamily } from '../netlink/nftables';
+export { type NftFamily } from '../netlink/nftables';
 export { applyNft, readNftTable } from '../netlink/nftnl';
 
 /** A socket in the plugin's own (host) namespace. */
