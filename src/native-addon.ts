@@ -1,5 +1,6 @@
 // The one place the C addon (native/) is loaded and typed: setns around a synchronous callback, the type of a
-// namespace file, flock(2), syncfs(2), a directory's small files read in one call.
+// namespace file, flock(2), syncfs(2), a directory's small files read in one call, a netlink request on a
+// pool thread.
 import { join } from 'node:path';
 
 /** Modes of flock(2): exclusive, shared, unlock. */
@@ -43,6 +44,19 @@ export interface NativeAddon {
    * from an addon built before it (callers then read the files one by one).
    */
   readSmallFiles?(dir: string): Buffer;
+  /**
+   * A plain AF_NETLINK socket of `protocol` (close-on-exec, bound to a kernel-chosen port) in the calling
+   * thread's namespace, for `netlinkRequest`; closed by the caller (fs.closeSync). Absent from an addon
+   * built before it (callers then send on their main socket).
+   */
+  netlinkOpen?(protocol: number): number;
+  /**
+   * Sends one netlink message (whole, header included, NLM_F_ACK set) on `fd` from a libuv pool thread and
+   * waits there for its acknowledgement (NLMSG_ERROR with the message's sequence number); resolves with the
+   * acknowledgement's error field: 0 or a negative errno. Rejects with ETIMEDOUT when none came within
+   * `timeoutMs`. One request at a time per fd. For requests answered by an acknowledgement alone.
+   */
+  netlinkRequest?(fd: number, message: Buffer, timeoutMs: number): Promise<number>;
 }
 
 /** Where the addon is looked for, first hit wins. Exposed so error messages and tests can name them. */

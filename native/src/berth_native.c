@@ -4,8 +4,9 @@
  * file (ioctl NS_GET_NSTYPE), flock(2) (so our
  * lease-file lock interoperates with Go host-local's go-filemutex), and syncfs(2) off the main thread
  * (berthd's group commit: one call makes a whole round of lease files durable), and SO_PEERCRED (berthd
- * serves plugin calls to root callers only), and the read of every small file of a directory in one call
- * (berth-ipam's take-over of a host-local lease directory).
+ * serves plugin calls to root callers only), the read of every small file of a directory in one call
+ * (berth-ipam's take-over of a host-local lease directory), and one acknowledged netlink request on a pool
+ * thread (a veth's deletion keeps the sending thread in the kernel for ~20 ms).
  */
 #include <errno.h>
 #include <dirent.h>
@@ -18,6 +19,8 @@
 #include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/time.h>
+#include <linux/netlink.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <node_api.h>
@@ -42,6 +45,9 @@ static const char *errno_name(int e) {
     case EROFS: return "EROFS";
     case EDQUOT: return "EDQUOT";
     case ENOTTY: return "ENOTTY";
+    case ETIMEDOUT: return "ETIMEDOUT";
+    case EMSGSIZE: return "EMSGSIZE";
+    case EPROTONOSUPPORT: return "EPROTONOSUPPORT";
     default: return "EUNKNOWN";
   }
 }
@@ -204,6 +210,37 @@ static napi_value flock_fn(napi_env env, napi_callback_info info) {
   return ret;
 }
 
+/*
+ * Runs `execute` on a libuv pool thread for `job` and returns the promise that `complete` settles (through
+ * *deferred) and frees the job in. A job that cannot be created or queued would leave its promise pending
+ * forever: it is rejected at once instead and the job handed to `discard`. NULL, with an exception pending,
+ * only when no promise could be made.
+ */
+static napi_value start_pool_job(napi_env env, const char *what, napi_async_execute_callback execute,
+                                 napi_async_complete_callback complete, void *job, napi_deferred *deferred,
+                                 napi_async_work *work, void (*discard)(void *)) {
+  napi_value promise, name;
+  char label[64];
+  if (napi_create_promise(env, deferred, &promise) != napi_ok) {
+    discard(job);
+    napi_throw_error(env, "ERR_NAPI", "cannot create a promise");
+    return NULL;
+  }
+  snprintf(label, sizeof label, "berth.%s", what);
+  if (napi_create_string_utf8(env, label, NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_async_work(env, NULL, name, execute, complete, job, work) != napi_ok) {
+    napi_reject_deferred(env, *deferred, errno_error(env, ENOMEM, what));
+    discard(job);
+    return promise;
+  }
+  if (napi_queue_async_work(env, *work) != napi_ok) {
+    napi_reject_deferred(env, *deferred, errno_error(env, ENOMEM, what));
+    napi_delete_async_work(env, *work);
+    discard(job);
+  }
+  return promise;
+}
+
 /* syncfs(fd) on a libuv pool thread; resolves the promise when the filesystem of fd is on disk. */
 typedef struct {
   int fd;
@@ -233,7 +270,7 @@ static void syncfs_complete(napi_env env, napi_status status, void *data) {
 
 static napi_value syncfs_fn(napi_env env, napi_callback_info info) {
   size_t argc = 1;
-  napi_value argv[1], promise, name;
+  napi_value argv[1];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   int32_t fd;
   if (argc < 1) {
@@ -247,24 +284,7 @@ static napi_value syncfs_fn(napi_env env, napi_callback_info info) {
     return NULL;
   }
   job->fd = fd;
-  if (napi_create_promise(env, &job->deferred, &promise) != napi_ok) {
-    free(job);
-    napi_throw_error(env, "ERR_NAPI", "syncfs: cannot create a promise");
-    return NULL;
-  }
-  /* A job that cannot be queued would leave the promise pending forever: reject it at once instead. */
-  if (napi_create_string_utf8(env, "berth.syncfs", NAPI_AUTO_LENGTH, &name) != napi_ok ||
-      napi_create_async_work(env, NULL, name, syncfs_execute, syncfs_complete, job, &job->work) != napi_ok) {
-    napi_reject_deferred(env, job->deferred, errno_error(env, ENOMEM, "syncfs"));
-    free(job);
-    return promise;
-  }
-  if (napi_queue_async_work(env, job->work) != napi_ok) {
-    napi_reject_deferred(env, job->deferred, errno_error(env, ENOMEM, "syncfs"));
-    napi_delete_async_work(env, job->work);
-    free(job);
-  }
-  return promise;
+  return start_pool_job(env, "syncfs", syncfs_execute, syncfs_complete, job, &job->deferred, &job->work, free);
 }
 
 /* From <linux/nsfs.h> (Linux 4.11); defined here so the addon builds against older headers too. */
@@ -407,6 +427,177 @@ static napi_value read_small_files(napi_env env, napi_callback_info info) {
   return ret;
 }
 
+/*
+ * netlinkOpen(protocol): a plain AF_NETLINK socket (close-on-exec, port chosen by the kernel) for
+ * netlinkRequest. Opened inside setnsRun it belongs to that namespace, like any socket. Closed by the
+ * caller (fs.closeSync) once no request is in flight on it.
+ */
+static napi_value netlink_open(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], ret;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t protocol;
+  if (argc < 1 || napi_get_value_int32(env, argv[0], &protocol) != napi_ok || protocol < 0) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "netlinkOpen(protocol) needs a protocol number");
+    return NULL;
+  }
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol);
+  if (fd < 0) {
+    throw_errno(env, errno, "socket");
+    return NULL;
+  }
+  struct sockaddr_nl local = {.nl_family = AF_NETLINK};
+  if (bind(fd, (struct sockaddr *)&local, sizeof local) != 0) {
+    int e = errno;
+    close(fd);
+    throw_errno(env, e, "bind");
+    return NULL;
+  }
+  napi_create_int32(env, fd, &ret);
+  return ret;
+}
+
+/*
+ * netlinkRequest(fd, message, timeoutMs): sends one netlink message (header included, NLM_F_ACK set by the
+ * caller) on a libuv pool thread and waits there for its acknowledgement (the NLMSG_ERROR with the same
+ * sequence number); resolves with its error field (0, or a negative errno). The kernel does the work of an
+ * rtnetlink request inside sendmsg, in the sender's thread: for a veth's deletion ~20 ms (RCU grace periods),
+ * which on Node's main thread would stop every other call berthd is serving, and would serialise deletions
+ * that the kernel can partly overlap. Replies of other sequence numbers (one that timed out before) are
+ * skipped. Only for requests answered by an acknowledgement alone: no dumps, no NLM_F_ECHO.
+ */
+#define NETLINK_REPLY_BUFFER 65536
+
+typedef struct {
+  int fd;
+  int timeout_ms;
+  uint32_t seq;
+  void *message;
+  size_t length;
+  int kernel_error; /* the acknowledgement's error field */
+  int err;          /* our own failure (errno), 0 if the acknowledgement came */
+  const char *syscall;
+  napi_async_work work;
+  napi_deferred deferred;
+} netlink_job;
+
+static void netlink_execute(napi_env env, void *data) {
+  (void)env;
+  netlink_job *job = data;
+  struct timeval tv = {.tv_sec = job->timeout_ms / 1000, .tv_usec = (job->timeout_ms % 1000) * 1000};
+  if (setsockopt(job->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0) {
+    job->err = errno;
+    job->syscall = "setsockopt";
+    return;
+  }
+  struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
+  ssize_t n;
+  do {
+    n = sendto(job->fd, job->message, job->length, 0, (struct sockaddr *)&kernel, sizeof kernel);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    job->err = errno;
+    job->syscall = "sendmsg";
+    return;
+  }
+  char *buf = malloc(NETLINK_REPLY_BUFFER);
+  if (buf == NULL) {
+    job->err = ENOMEM;
+    job->syscall = "recv";
+    return;
+  }
+  for (;;) {
+    do {
+      n = recv(job->fd, buf, NETLINK_REPLY_BUFFER, MSG_TRUNC);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+      job->err = (errno == EAGAIN || errno == EWOULDBLOCK) ? ETIMEDOUT : errno;
+      job->syscall = "recv";
+      break;
+    }
+    if (n > NETLINK_REPLY_BUFFER) {
+      job->err = EMSGSIZE;
+      job->syscall = "recv";
+      break;
+    }
+    int left = (int)n;
+    for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
+      if (h->nlmsg_seq != job->seq || h->nlmsg_type != NLMSG_ERROR) continue;
+      if (h->nlmsg_len < NLMSG_LENGTH(sizeof(int))) {
+        job->err = EMSGSIZE;
+        job->syscall = "recv";
+      } else {
+        memcpy(&job->kernel_error, NLMSG_DATA(h), sizeof(int));
+      }
+      free(buf);
+      return;
+    }
+  }
+  free(buf);
+}
+
+static void netlink_job_free(void *data) {
+  netlink_job *job = data;
+  free(job->message);
+  free(job);
+}
+
+static void netlink_complete(napi_env env, napi_status status, void *data) {
+  netlink_job *job = data;
+  napi_value v;
+  if (status == napi_ok && job->err == 0) {
+    napi_create_int32(env, job->kernel_error, &v);
+    napi_resolve_deferred(env, job->deferred, v);
+  } else {
+    napi_reject_deferred(env, job->deferred,
+                         errno_error(env, job->err != 0 ? job->err : EINTR, job->syscall ? job->syscall : "netlink"));
+  }
+  napi_delete_async_work(env, job->work);
+  netlink_job_free(job);
+}
+
+static napi_value netlink_request(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 3) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", "netlinkRequest(fd, message, timeoutMs) needs three arguments");
+    return NULL;
+  }
+  int32_t fd, timeout_ms;
+  if (!get_fd(env, argv[0], &fd)) return NULL;
+  bool is_buffer = false;
+  napi_is_buffer(env, argv[1], &is_buffer);
+  void *bytes = NULL;
+  size_t length = 0;
+  if (!is_buffer || napi_get_buffer_info(env, argv[1], &bytes, &length) != napi_ok ||
+      length < sizeof(struct nlmsghdr)) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "message must be a Buffer holding a netlink message");
+    return NULL;
+  }
+  if (napi_get_value_int32(env, argv[2], &timeout_ms) != napi_ok || timeout_ms <= 0) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "timeoutMs must be a positive number");
+    return NULL;
+  }
+  netlink_job *job = calloc(1, sizeof *job);
+  void *copy = malloc(length);
+  if (job == NULL || copy == NULL) {
+    free(job);
+    free(copy);
+    throw_errno(env, ENOMEM, "netlinkRequest");
+    return NULL;
+  }
+  /* Copied: the JavaScript buffer may be reused or collected while the pool thread sends it. */
+  memcpy(copy, bytes, length);
+  job->fd = fd;
+  job->timeout_ms = timeout_ms;
+  job->message = copy;
+  job->length = length;
+  job->seq = ((struct nlmsghdr *)copy)->nlmsg_seq;
+  return start_pool_job(env, "netlinkRequest", netlink_execute, netlink_complete, job, &job->deferred, &job->work,
+                        netlink_job_free);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"setnsRun", NULL, setns_run, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -415,6 +606,8 @@ static napi_value init(napi_env env, napi_value exports) {
     {"nsType", NULL, ns_type, NULL, NULL, NULL, napi_enumerable, NULL},
     {"peerCredentials", NULL, peer_credentials, NULL, NULL, NULL, napi_enumerable, NULL},
     {"readSmallFiles", NULL, read_small_files, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"netlinkOpen", NULL, netlink_open, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"netlinkRequest", NULL, netlink_request, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -1,8 +1,10 @@
 // rtnetlink verbs over one socket bound to one namespace: what berth-bridge does to links, addresses and routes.
+import { closeSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createNetlink, type NetlinkSocket } from 'netlink/dist/netlink';
 import { NetlinkError, fromErrno, toNetlinkError } from './errors';
 import { bytesToIp, ipToBytes, ipv4Broadcast, parseCidr, type IpFamily } from './ip-bytes';
+import { loadNativeAddon } from '../native-addon';
 import { openNetns, withNetns, type NetnsRef, type NetnsSpec } from './netns';
 import {
   AF,
@@ -67,6 +69,9 @@ import type {
 } from './types';
 
 const NETLINK_ROUTE = 0;
+const NLMSG_HDRLEN = 16;
+const NLM_F_REQUEST = 0x1;
+const NLM_F_ACK = 0x4;
 const NLM_F_DUMP_INTR = 0x10;
 const OPERSTATES: readonly OperState[] = [
   'unknown',
@@ -85,10 +90,18 @@ const OPERSTATES: readonly OperState[] = [
  * Errors: those of openNetns/withNetns (ENOENT / ENOTNS for a bad path, op 'open netns').
  */
 export function openNetlink(netns?: NetnsSpec, opts: NetlinkOptions = {}): Netlink {
-  const create = () => createNetlink(NETLINK_ROUTE);
-  const socket = netns === undefined ? create() : withNetns(netns, create);
+  const create = (): { socket: NetlinkSocket; slowFd: number | undefined } => {
+    const socket = createNetlink(NETLINK_ROUTE);
+    try {
+      return { socket, slowFd: loadNativeAddon().netlinkOpen?.(NETLINK_ROUTE) };
+    } catch (err) {
+      socket.close();
+      throw toNetlinkError(err, 'socket', 'rtnetlink');
+    }
+  };
+  const { socket, slowFd } = netns === undefined ? create() : withNetns(netns, create);
   const label = typeof netns === 'string' ? netns : typeof netns === 'object' ? netns.path : undefined;
-  return new RtnlSocket(socket, label, opts.requestTimeoutMs ?? REQUEST_TIMEOUT_MS);
+  return new RtnlSocket(socket, slowFd, label, opts.requestTimeoutMs ?? REQUEST_TIMEOUT_MS);
 }
 
 export interface NetlinkOptions {
@@ -224,9 +237,20 @@ class RtnlSocket implements Netlink {
   private broken: Error | undefined;
   /** Rejections of the requests waiting for a reply, so a socket error fails them instead of leaving them. */
   private readonly pending = new Set<(err: Error) => void>();
+  /** The slow requests on `slowFd`, chained: one acknowledgement is awaited per socket at a time. */
+  private slowQueue: Promise<unknown> = Promise.resolve();
+  private slowSeq = 0;
 
   constructor(
     private readonly socket: NetlinkSocket,
+    /**
+     * A second socket of the same namespace for the requests whose kernel work is long (a veth's creation
+     * and deletion: the kernel does it inside sendmsg, in the sender's thread, ~20 ms for a deletion's RCU
+     * grace periods). Sent from a libuv pool thread (native netlinkRequest), so berthd's event loop serves
+     * other calls meanwhile and concurrent deletions overlap in the kernel instead of queueing behind the
+     * event loop. Undefined with an addon built before it: those requests then go on `socket`.
+     */
+    private slowFd: number | undefined,
     readonly netns: string | undefined,
     private readonly timeoutMs: number,
   ) {
@@ -240,6 +264,40 @@ class RtnlSocket implements Netlink {
 
   close(): void {
     this.socket.close();
+    const fd = this.slowFd;
+    this.slowFd = undefined;
+    // Closed once a request still in flight on a pool thread is done, so its fd cannot be reused under it.
+    if (fd !== undefined) void this.slowQueue.then(() => closeSync(fd));
+  }
+
+  /**
+   * One acknowledged request sent from a pool thread on `slowFd` (see there); on `socket` without one.
+   * Errors as `request`'s.
+   */
+  private async slowRequest(type: number, payload: Buffer, flags: number, object: string): Promise<void> {
+    const fd = this.slowFd;
+    const send = loadNativeAddon().netlinkRequest;
+    if (fd === undefined || send === undefined) {
+      await this.request(type, payload, flags, object);
+      return;
+    }
+    const op = RTM_NAMES[type] ?? `RTM ${type}`;
+    const header = Buffer.alloc(NLMSG_HDRLEN);
+    header.writeUInt32LE(NLMSG_HDRLEN + payload.length, 0);
+    header.writeUInt16LE(type, 4);
+    header.writeUInt16LE(flags | NLM_F_REQUEST | NLM_F_ACK, 6);
+    header.writeUInt32LE((this.slowSeq = (this.slowSeq + 1) >>> 0), 8);
+    const message = Buffer.concat([header, payload]);
+    const run = (): Promise<number> => send(fd, message, this.timeoutMs);
+    const sent = this.slowQueue.then(run, run);
+    this.slowQueue = sent.catch(() => undefined);
+    let errno: number;
+    try {
+      errno = await sent;
+    } catch (err) {
+      throw toNetlinkError(err, op, this.where(object));
+    }
+    if (errno !== 0) throw fromErrno(errno, op, this.where(object));
   }
 
   /** One request and its reply, failed by a socket error or after the timeout. */
@@ -383,7 +441,7 @@ class RtnlSocket implements Netlink {
         ],
       ]);
       const payload = Buffer.concat([ifinfomsg({}), encodeAttrs(attrs)]);
-      await this.request(
+      await this.slowRequest(
         RTM.NEWLINK,
         payload,
         NLM_F.CREATE | NLM_F.EXCL,
@@ -438,7 +496,9 @@ class RtnlSocket implements Netlink {
   }
 
   async deleteLink(ref: LinkRef): Promise<void> {
-    await this.linkRequest(RTM.DELLINK, ref, {}, []);
+    const sel = select(ref);
+    const payload = Buffer.concat([ifinfomsg({ index: sel.index }), encodeAttrs(sel.attrs)]);
+    await this.slowRequest(RTM.DELLINK, payload, 0, refLabel(ref));
   }
 
   async waitOperUp(ref: LinkRef, opts: WaitOptions = {}): Promise<Link> {

@@ -168,6 +168,54 @@ describe("native syncfs (berthd's group commit)", () => {
   });
 });
 
+/** An RTM_GETLINK request for one interface index; `ack` sets NLM_F_ACK. */
+function getLinkMessage(index: number, seq: number, ack: boolean): Buffer {
+  const m = Buffer.alloc(16 + 16);
+  m.writeUInt32LE(m.length, 0);
+  m.writeUInt16LE(18, 4); // RTM_GETLINK
+  m.writeUInt16LE(ack ? 0x1 | 0x4 : 0x1, 6); // NLM_F_REQUEST (| NLM_F_ACK)
+  m.writeUInt32LE(seq, 8);
+  m.writeInt32LE(index, 16 + 4); // struct ifinfomsg: family, pad, type, then the index
+  return m;
+}
+
+describe('native netlink request on a pool thread', () => {
+  function openRoute(): number {
+    const fd = addon.netlinkOpen!(0);
+    cleanups.push(() => closeSync(fd));
+    return fd;
+  }
+
+  it("resolves with the acknowledgement's error field, skipping the reply that comes before it", async () => {
+    const fd = openRoute();
+    // lo is index 1 in every namespace: the kernel answers with RTM_NEWLINK, then the acknowledgement (0).
+    await expect(addon.netlinkRequest!(fd, getLinkMessage(1, 41, true), 2000)).resolves.toBe(0);
+    await expect(addon.netlinkRequest!(fd, getLinkMessage(0x7ffffff0, 42, true), 2000)).resolves.toBe(-19);
+  });
+
+  it('never stops the event loop: a request with no acknowledgement times out on the pool thread', async () => {
+    const fd = openRoute();
+    const order: string[] = [];
+    // Without NLM_F_ACK a successful GET gets its reply only, so the thread waits for the full timeout.
+    const pending = addon.netlinkRequest!(fd, getLinkMessage(1, 43, false), 300).then(
+      () => order.push('resolved'),
+      (err: NodeJS.ErrnoException) => order.push(`rejected ${err.code} ${err.syscall}`),
+    );
+    setImmediate(() => order.push('event loop turned'));
+    await pending;
+    expect(order).toEqual(['event loop turned', 'rejected ETIMEDOUT recv']);
+  });
+
+  it('rejects a closed socket with EBADF and refuses what is no netlink message', async () => {
+    const fd = addon.netlinkOpen!(0);
+    closeSync(fd);
+    await expect(addon.netlinkRequest!(fd, getLinkMessage(1, 44, true), 1000)).rejects.toMatchObject({
+      code: 'EBADF',
+    });
+    expect(() => addon.netlinkRequest!(openRoute(), Buffer.alloc(4), 1000)).toThrow(/netlink message/);
+  });
+});
+
 describe('native addon loader', () => {
   it('tries the override first, then the build output', () => {
     const list = addonCandidates({ BERTH_NATIVE_ADDON: '/nonexistent/x.node' });
