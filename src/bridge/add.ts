@@ -19,6 +19,7 @@ import {
   writeSysctl,
   type Link,
   type Netlink,
+  type NetnsRef,
 } from './kernel';
 import { withNetworkLock } from './lock';
 import { addMasquerade, removeMasquerade } from './masquerade';
@@ -27,39 +28,54 @@ import { registerAttachment, unregisterAttachment } from './registry';
 import { addSpoofCheck, removeSpoofCheck } from './spoofcheck';
 import { UndoStack } from './undo';
 
-/** Creates the bridge or reuses it; EEXIST is fine, an existing non-bridge is an error. */
+/**
+ * Reuses the bridge or creates it; an existing non-bridge is an error. Every ADD but a network's first
+ * finds it, so it is looked up before a creation is tried (one request instead of a refused creation and
+ * two lookups).
+ */
 async function ensureBridge(nl: Netlink, conf: BridgeConf): Promise<{ link: Link; created: boolean }> {
   let created = false;
-  try {
-    await nl.createBridge({
-      name: conf.bridge,
-      ...(conf.mtu !== undefined ? { mtu: conf.mtu } : {}),
-      ...(wantsVlanFiltering(conf) ? { vlanFiltering: true } : {}),
-    });
-    created = true;
-  } catch (err) {
-    if (isCode(err, 'EOPNOTSUPP') && wantsVlanFiltering(conf)) {
-      throw new CniError(
-        ErrorCode.Internal,
-        `failed to create bridge "${conf.bridge}": this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING), needed by "vlan"/"vlanTrunk"`,
-        undefined,
-        { cause: err },
-      );
+  let link = await nl.findLink(conf.bridge);
+  if (link === undefined) {
+    try {
+      await nl.createBridge({
+        name: conf.bridge,
+        ...(conf.mtu !== undefined ? { mtu: conf.mtu } : {}),
+        ...(wantsVlanFiltering(conf) ? { vlanFiltering: true } : {}),
+      });
+      created = true;
+    } catch (err) {
+      if (isCode(err, 'EOPNOTSUPP') && wantsVlanFiltering(conf)) {
+        throw new CniError(
+          ErrorCode.Internal,
+          `failed to create bridge "${conf.bridge}": this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING), needed by "vlan"/"vlanTrunk"`,
+          undefined,
+          { cause: err },
+        );
+      }
+      // Another ADD (or process) created it between the lookup and the creation.
+      if (!isCode(err, 'EEXIST')) throw toKernelCniError(err);
     }
-    if (!isCode(err, 'EEXIST')) throw toKernelCniError(err);
+    link = await nl.getLink(conf.bridge);
   }
-  const link = await nl.getLink(conf.bridge);
   if (link.kind !== 'bridge') {
     throw new CniError(
       ErrorCode.Internal,
       `failed to create bridge "${conf.bridge}": "${conf.bridge}" already exists but is not a bridge`,
     );
   }
-  if (conf.promiscMode && !link.promisc) await nl.setPromisc(conf.bridge, true);
+  let changed = false;
+  if (conf.promiscMode && !link.promisc) {
+    await nl.setPromisc(conf.bridge, true);
+    changed = true;
+  }
   // We own the routes of this interface.
   trySysctl(undefined, `net/ipv6/conf/${conf.bridge}/accept_ra`, '0');
-  if (!link.up) await nl.setUp(conf.bridge);
-  return { link: await nl.getLink(conf.bridge), created };
+  if (!link.up) {
+    await nl.setUp(conf.bridge);
+    changed = true;
+  }
+  return { link: changed ? await nl.getLink(conf.bridge) : link, created };
 }
 
 function hostVethName(): string {
@@ -79,8 +95,8 @@ interface AddContext {
   host: Netlink;
   /** Socket in the pod's namespace. */
   pod: Netlink;
-  /** The pod namespace, open for the whole ADD. */
-  netnsFd: number;
+  /** The pod namespace, open for the whole ADD (its sysctls are opened through it, not the path again). */
+  netns: NetnsRef;
   /** Test-only fault injection (BERTH_TEST_FAULT). */
   fault: (point: string) => void;
 }
@@ -90,14 +106,14 @@ interface AddContext {
  * anything after (a lookup included) never leaves a pair behind.
  */
 async function createVeth(ctx: AddContext, undo: UndoStack): Promise<VethPair> {
-  const { host, pod, req, conf, netnsFd } = ctx;
+  const { host, pod, req, conf, netns } = ctx;
   for (let attempt = 0; ; attempt++) {
     const name = hostVethName();
     try {
       await host.createVethPair({
         name,
         peerName: req.ifname,
-        peerNetns: netnsFd,
+        peerNetns: netns.fd,
         ...(conf.mtu !== undefined ? { mtu: conf.mtu } : {}),
         ...(conf.mac !== undefined ? { peerMac: conf.mac } : {}),
       });
@@ -150,25 +166,25 @@ async function configurePort(
 
 /** Inside the pod: sysctls, addresses, link up, routes. */
 async function configureContainer(ctx: AddContext, plan: AddressPlan | undefined): Promise<void> {
-  const { pod, req, conf } = ctx;
+  const { pod, req, conf, netns } = ctx;
   const ifn = req.ifname;
   if (plan !== undefined) {
     // DAD applies to the link-local address too, so it is set for IPv4-only pods as well (as the reference
     // does): hairpin reflection would otherwise make DAD fail.
     if (conf.enableDad) {
-      trySysctl(req.netns, `net/ipv6/conf/${ifn}/enhanced_dad`, '1');
-      trySysctl(req.netns, `net/ipv6/conf/${ifn}/accept_dad`, '1');
+      trySysctl(netns, `net/ipv6/conf/${ifn}/enhanced_dad`, '1');
+      trySysctl(netns, `net/ipv6/conf/${ifn}/accept_dad`, '1');
     } else {
-      trySysctl(req.netns, `net/ipv6/conf/${ifn}/accept_dad`, '0');
+      trySysctl(netns, `net/ipv6/conf/${ifn}/accept_dad`, '0');
     }
     if (plan.hasV6) {
       // IPv6 is switched on only for attachments that have an IPv6 address.
-      trySysctl(req.netns, 'net/ipv6/conf/lo/disable_ipv6', '0');
-      trySysctl(req.netns, `net/ipv6/conf/${ifn}/disable_ipv6`, '0');
-      trySysctl(req.netns, `net/ipv6/conf/${ifn}/keep_addr_on_down`, '1');
+      trySysctl(netns, 'net/ipv6/conf/lo/disable_ipv6', '0');
+      trySysctl(netns, `net/ipv6/conf/${ifn}/disable_ipv6`, '0');
+      trySysctl(netns, `net/ipv6/conf/${ifn}/keep_addr_on_down`, '1');
     }
     // A gratuitous ARP on link-up tells neighbours about a reused address.
-    trySysctl(req.netns, `net/ipv4/conf/${ifn}/arp_notify`, '1');
+    trySysctl(netns, `net/ipv4/conf/${ifn}/arp_notify`, '1');
     for (const ip of plan.ips) {
       const p = parseCidr(ip.address);
       try {
@@ -393,7 +409,7 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
   try {
     // The socket is opened on the fd already held, so the pod namespace is entered by the same reference.
     pod = await deps.kernel.netns(netnsRef.fd);
-    const ctx: AddContext = { req, conf, host, pod, netnsFd: netnsRef.fd, fault };
+    const ctx: AddContext = { req, conf, host, pod, netns: netnsRef, fault };
     if ((await pod.findLink(req.ifname)) !== undefined) {
       throw new CniError(ErrorCode.Internal, `container veth name provided (${req.ifname}) already exists`);
     }

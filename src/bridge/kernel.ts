@@ -4,12 +4,13 @@
 import { netlinkCode } from '../netlink/errors';
 import { openNetlink } from '../netlink/rtnetlink';
 import { readSysctl as nlReadSysctl, writeSysctl as nlWriteSysctl } from '../netlink/sysctl';
+import type { NetnsSpec } from '../netlink/netns';
 import type { Netlink } from '../netlink/types';
 
 export type { Netlink };
 export type { Link } from '../netlink/types';
 export { netlinkCode, toKernelCniError } from '../netlink/errors';
-export { openNetns } from '../netlink/netns';
+export { openNetns, type NetnsRef } from '../netlink/netns';
 export { type NftFamily } from '../netlink/nftables';
 export { applyNft, readNftTable } from '../netlink/nftnl';
 
@@ -24,16 +25,16 @@ export async function netnsNetlink(netns: string | number): Promise<Netlink> {
 }
 
 /** Keys naming an interface must be in slash form (interface names may contain dots). */
-export function writeSysctl(netns: string | undefined, key: string, value: string): void {
+export function writeSysctl(netns: NetnsSpec | undefined, key: string, value: string): void {
   nlWriteSysctl(key, value, netns);
 }
 
-export function readSysctl(netns: string | undefined, key: string): string {
+export function readSysctl(netns: NetnsSpec | undefined, key: string): string {
   return nlReadSysctl(key, netns);
 }
 
 /** Best-effort sysctl write (the reference ignores these failures, e.g. on hosts booted with ipv6.disable=1). */
-export function trySysctl(netns: string | undefined, key: string, value: string): void {
+export function trySysctl(netns: NetnsSpec | undefined, key: string, value: string): void {
   try {
     nlWriteSysctl(key, value, netns);
   } catch {

@@ -307,7 +307,14 @@ class RtnlSocket implements Netlink {
     const failed = new Promise<never>((_, reject) => (fail = reject));
     this.pending.add(fail);
     const reply = this.socket
-      .request(type, payload, { flags, checkError: false, timeout: this.timeoutMs })
+      .request(type, payload, {
+        flags,
+        checkError: false,
+        timeout: this.timeoutMs,
+        // The kernel routes replies by the socket, not by nlmsg_pid (iproute2 sends 0 too); without it
+        // the library asks the kernel for the socket's address (getsockname) on every request.
+        localPort: 0,
+      })
       .catch((err: unknown) => {
         if (!(err instanceof Error) || err.message !== 'Timeout has been reached') throw err;
         throw Object.assign(new Error(`no reply from the kernel within ${this.timeoutMs} ms`), {
