@@ -336,8 +336,10 @@ async function ensureGateways(
         );
     }
   }
-  if (gateways.length > 0 && target.kind === 'bridge') {
-    // Pin the bridge MAC to itself, or it follows the lowest port MAC as ports come and go.
+  if (added.length > 0 && target.kind === 'bridge') {
+    // Pin the bridge MAC to itself, or it follows the lowest port MAC as ports come and go. Once, when the
+    // gateway address goes on (as the reference): a pinned MAC stays, and setting it again on every ADD
+    // is two more round trips and a NETDEV_CHANGEADDR through the kernel's notifier chains each time.
     const now = await host.getLink(bridge.index);
     if (now.mac !== undefined) await host.setMac(bridge.index, now.mac);
   }
