@@ -48,6 +48,9 @@ static const char *errno_name(int e) {
     case ETIMEDOUT: return "ETIMEDOUT";
     case EMSGSIZE: return "EMSGSIZE";
     case EPROTONOSUPPORT: return "EPROTONOSUPPORT";
+    case ENOTSOCK: return "ENOTSOCK";
+    case ENOBUFS: return "ENOBUFS";
+    case ECONNREFUSED: return "ECONNREFUSED";
     default: return "EUNKNOWN";
   }
 }

@@ -12,6 +12,7 @@ import type { BridgeDeps } from './deps';
 import { canonicalIp, planAddresses, parseCidr, type AddressPlan, type GatewayAddress } from './gateway';
 import {
   isCode,
+  macIsPinned,
   openNetns,
   readSysctl,
   toKernelCniError,
@@ -336,14 +337,20 @@ async function ensureGateways(
         );
     }
   }
-  if (added.length > 0 && target.kind === 'bridge') {
-    // Pin the bridge MAC to itself, or it follows the lowest port MAC as ports come and go. Once, when the
-    // gateway address goes on (as the reference): a pinned MAC stays, and setting it again on every ADD
-    // is two more round trips and a NETDEV_CHANGEADDR through the kernel's notifier chains each time.
-    const now = await host.getLink(bridge.index);
-    if (now.mac !== undefined) await host.setMac(bridge.index, now.mac);
-  }
   return added;
+}
+
+/**
+ * Pins the bridge MAC to itself, or it follows the lowest port MAC as ports come and go. By the ADD that put a
+ * gateway address on (as the reference), and by any later ADD that finds the MAC not pinned (one that died
+ * between its address and the pin, a bridge made elsewhere): one sysfs read, where pinning on every ADD was a
+ * lookup and an RTM_SETLINK each time, with a NETDEV_CHANGEADDR through the kernel's notifier chains.
+ */
+async function pinBridgeMac(host: Netlink, target: Link, addedAddress: boolean): Promise<void> {
+  if (target.kind !== 'bridge') return;
+  if (!addedAddress && macIsPinned(target.name)) return;
+  const now = await host.getLink(target.index);
+  if (now.mac !== undefined) await host.setMac(target.index, now.mac);
 }
 
 /** IPv6: two prefixes overlap when either contains the other's network address. */
@@ -522,6 +529,7 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
               }),
             );
           }
+          await pinBridgeMac(host, target, added.length > 0);
           enableForwarding(p);
         }
         fault('after-gateway');

@@ -1,6 +1,7 @@
 // The bridge's only door to the kernel room (lint enforces it: no other file of src/bridge imports
 // src/netlink): rtnetlink sockets on the host or in a pod's namespace, sysctls there, namespaces, nftables
 // and the kernel's errors. One place to adapt if the netlink room's entry points move.
+import { readFileSync } from 'node:fs';
 import { netlinkCode } from '../netlink/errors';
 import { openNetlink } from '../netlink/rtnetlink';
 import { readSysctl as nlReadSysctl, writeSysctl as nlWriteSysctl } from '../netlink/sysctl';
@@ -22,6 +23,18 @@ export async function hostNetlink(): Promise<Netlink> {
 /** A socket bound to the pod's namespace (opened inside it, used from outside). */
 export async function netnsNetlink(netns: string | number): Promise<Netlink> {
   return openNetlink(netns);
+}
+
+/**
+ * Whether a host interface's MAC was set explicitly (sysfs `addr_assign_type` 3, NET_ADDR_SET) rather than
+ * chosen by the kernel, which for a bridge means following its lowest port. False when it cannot be read.
+ */
+export function macIsPinned(ifname: string): boolean {
+  try {
+    return readFileSync(`/sys/class/net/${ifname}/addr_assign_type`, 'utf8').trim() === '3';
+  } catch {
+    return false;
+  }
 }
 
 /** Keys naming an interface must be in slash form (interface names may contain dots). */

@@ -91,13 +91,14 @@ const OPERSTATES: readonly OperState[] = [
  */
 export function openNetlink(netns?: NetnsSpec, opts: NetlinkOptions = {}): Netlink {
   const create = (): { socket: NetlinkSocket; slowFd: number | undefined } => {
-    const socket = createNetlink(NETLINK_ROUTE);
+    let slowFd: number | undefined;
     try {
-      return { socket, slowFd: loadNativeAddon().netlinkOpen?.(NETLINK_ROUTE) };
-    } catch (err) {
-      socket.close();
-      throw toNetlinkError(err, 'socket', 'rtnetlink');
+      slowFd = loadNativeAddon().netlinkOpen?.(NETLINK_ROUTE);
+    } catch {
+      // No addon here, or no descriptor left (EMFILE): the slow requests then go on the main socket.
+      slowFd = undefined;
     }
+    return { socket: createNetlink(NETLINK_ROUTE), slowFd };
   };
   const { socket, slowFd } = netns === undefined ? create() : withNetns(netns, create);
   const label = typeof netns === 'string' ? netns : typeof netns === 'object' ? netns.path : undefined;
@@ -267,7 +268,15 @@ class RtnlSocket implements Netlink {
     const fd = this.slowFd;
     this.slowFd = undefined;
     // Closed once a request still in flight on a pool thread is done, so its fd cannot be reused under it.
-    if (fd !== undefined) void this.slowQueue.then(() => closeSync(fd));
+    if (fd !== undefined) {
+      void this.slowQueue.then(() => {
+        try {
+          closeSync(fd);
+        } catch {
+          // Nothing to do about a failed close; it must not become an unhandled rejection in berthd.
+        }
+      });
+    }
   }
 
   /**
