@@ -235,18 +235,14 @@ describe('ADD refusals', () => {
 
   it('pins the bridge MAC in gateway mode, also when the gateway address was there and the MAC was not pinned', async () => {
     // NET_ADDR_SET (3) in sysfs: the MAC was set explicitly and no longer follows the lowest port's.
-    const assignType = (br: string): string =>
-      readFileSync(`/sys/class/net/${br}/addr_assign_type`, 'utf8').trim();
+    const assignType = (c: Record<string, unknown>): string =>
+      readFileSync(`/sys/class/net/${c.bridge as string}/addr_assign_type`, 'utf8').trim();
+    const addPod = async (c: Record<string, unknown>, containerId: string): Promise<number> =>
+      (await fx.run({ command: 'ADD', conf: c, containerId, netns: fx.netns().path, ifname: 'eth0' })).code;
+
     const fresh = conf({ isGateway: true });
-    const a = await fx.run({
-      command: 'ADD',
-      conf: fresh,
-      containerId: 'ctr7',
-      netns: fx.netns().path,
-      ifname: 'eth0',
-    });
-    expect(a.code).toBe(0);
-    expect(assignType(fresh.bridge as string)).toBe('3');
+    expect(await addPod(fresh, 'ctr7')).toBe(0);
+    expect(assignType(fresh)).toBe('3');
 
     // A bridge with the gateway address already on it (an ADD that died before its pin, or made by hand):
     // the ADD adds no address, and must still pin.
@@ -257,16 +253,9 @@ describe('ADD refusals', () => {
     });
     sh('ip', ['link', 'add', c.bridge as string, 'type', 'bridge']);
     sh('ip', ['addr', 'add', '198.18.131.1/24', 'dev', c.bridge as string]);
-    expect(assignType(c.bridge as string)).not.toBe('3');
-    const b = await fx.run({
-      command: 'ADD',
-      conf: c,
-      containerId: 'ctr8',
-      netns: fx.netns().path,
-      ifname: 'eth0',
-    });
-    expect(b.code).toBe(0);
-    expect(assignType(c.bridge as string)).toBe('3');
+    expect(assignType(c)).not.toBe('3');
+    expect(await addPod(c, 'ctr8')).toBe(0);
+    expect(assignType(c)).toBe('3');
   });
 });
 
