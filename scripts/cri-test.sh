@@ -59,6 +59,9 @@ SEA_FUSE=NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2
 . "$repo/scripts/lib/checks.sh"
 # shellcheck source=lib/oci-image.sh
 . "$repo/scripts/lib/oci-image.sh"
+# shellcheck source=lib/nft-leftovers.sh
+. "$repo/scripts/lib/nft-leftovers.sh"
+nft_before="$(nft_tables_now)"
 
 ctr_() { ctr -a "$sock" -n k8s.io "$@"; }
 our_pids() { # processes started for this run's containerd (shims name its socket), containerd itself aside
@@ -91,6 +94,7 @@ cleanup() {
   done
   for net in "${nets[@]}"; do rm -f /var/lib/cni/results/"$net"-* 2>/dev/null; done
   sysctl -qw net.ipv4.ip_forward="$ipfwd4" >/dev/null
+  remove_new_empty_nft_tables "$nft_before"
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -298,6 +302,10 @@ wait "$ctrd_pid" 2>/dev/null
 ctrd_pid=""
 no_procs_at_all() { local p; p="$(our_pids)"; [ -z "$p" ] || { ps -o pid,args -p "$(echo $p | tr ' ' ,)"; return 1; }; }
 check "no process of this run left after containerd stopped" no_procs_at_all
+# The reference's iptables leaves an empty `nat` table; berth's own tables go with their last element.
+remove_new_empty_nft_tables "$nft_before"
+no_new_table() { local now; now="$(nft_tables_now)"; [ "$now" = "$nft_before" ] || { echo "before: $nft_before"; echo "now: $now"; return 1; }; }
+check "no nftables table left that this run created" no_new_table
 
 echo "# RunPodSandbox time per pod (ms: median mean max; includes the pause container; CNI ADD runs inside it)"
 printf '#   %-12s %-22s %-22s\n' mode "one after another (${seq_pods})" "at once (${par_pods})"
