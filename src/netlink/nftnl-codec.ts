@@ -3,7 +3,18 @@
 // from dumps. Numbers from include/uapi/linux/netfilter/{nfnetlink,nf_tables}.h; nf_tables integers are
 // big-endian (NLA_BE32/NLA_BE64), the netlink headers host order (little-endian here).
 import { bytesToIp, ipToBytes } from './ip-bytes';
-import { decodeAttrList, decodeAttrs, encodeAttrs, readStr, str, type Attr } from './rtnl-codec';
+import {
+  NLMSG_HDRLEN,
+  NLM_F_ACK,
+  NLM_F_REQUEST,
+  decodeAttrList,
+  decodeAttrs,
+  encodeAttrs,
+  nlmsghdr,
+  readStr,
+  str,
+  type Attr,
+} from './rtnl-codec';
 
 export const NETLINK_NETFILTER = 12;
 export const NFNL_SUBSYS_NFTABLES = 10;
@@ -36,9 +47,8 @@ export const NFT_MSG_NAMES: Record<number, string> = Object.fromEntries(
   Object.entries(NFT_MSG).map(([k, v]) => [v, `NFT_MSG_${k}`]),
 );
 
-export const NLM_F_REQUEST = 0x1;
+export { NLM_F_ACK, NLM_F_REQUEST };
 export const NLM_F_MULTI = 0x2;
-export const NLM_F_ACK = 0x4;
 export const NLM_F_DUMP = 0x300;
 export const NLM_F_CREATE = 0x400;
 export const NLMSG_ERROR = 2;
@@ -136,16 +146,12 @@ export function encodeMsg(
   resId = 0,
 ): Buffer {
   const body = encodeAttrs(attrs);
-  const b = Buffer.alloc(20);
-  b.writeUInt32LE(20 + body.length, 0);
-  b.writeUInt16LE(type, 4);
-  b.writeUInt16LE(flags, 6);
-  b.writeUInt32LE(seq >>> 0, 8);
-  b.writeUInt32LE(0, 12);
-  b.writeUInt8(family, 16);
-  b.writeUInt8(0, 17); // NFNETLINK_V0
-  b.writeUInt16BE(resId, 18);
-  return Buffer.concat([b, body]);
+  const nfgenmsg = Buffer.alloc(4);
+  nfgenmsg.writeUInt8(family, 0);
+  nfgenmsg.writeUInt8(0, 1); // NFNETLINK_V0
+  nfgenmsg.writeUInt16BE(resId, 2);
+  const length = NLMSG_HDRLEN + nfgenmsg.length + body.length;
+  return Buffer.concat([nlmsghdr(length, type, flags, seq), nfgenmsg, body]);
 }
 
 /** A single (non-batch) request, e.g. a GET or a dump. */

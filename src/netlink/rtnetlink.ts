@@ -22,7 +22,10 @@ import {
   IFLA_INFO,
   NLA_F_NESTED,
   NLMSG_ERROR,
+  NLMSG_HDRLEN,
   NLM_F,
+  NLM_F_ACK,
+  NLM_F_REQUEST,
   RTA,
   RTEXT_FILTER,
   RTM,
@@ -37,6 +40,7 @@ import {
   decodeAttrs,
   encodeAttrs,
   ifaddrmsg,
+  nlmsghdr,
   ifinfomsg,
   readStr,
   readU32,
@@ -69,9 +73,6 @@ import type {
 } from './types';
 
 const NETLINK_ROUTE = 0;
-const NLMSG_HDRLEN = 16;
-const NLM_F_REQUEST = 0x1;
-const NLM_F_ACK = 0x4;
 const NLM_F_DUMP_INTR = 0x10;
 const OPERSTATES: readonly OperState[] = [
   'unknown',
@@ -291,11 +292,13 @@ class RtnlSocket implements Netlink {
       return;
     }
     const op = RTM_NAMES[type] ?? `RTM ${type}`;
-    const header = Buffer.alloc(NLMSG_HDRLEN);
-    header.writeUInt32LE(NLMSG_HDRLEN + payload.length, 0);
-    header.writeUInt16LE(type, 4);
-    header.writeUInt16LE(flags | NLM_F_REQUEST | NLM_F_ACK, 6);
-    header.writeUInt32LE((this.slowSeq = (this.slowSeq + 1) >>> 0), 8);
+    this.slowSeq = (this.slowSeq + 1) >>> 0;
+    const header = nlmsghdr(
+      NLMSG_HDRLEN + payload.length,
+      type,
+      flags | NLM_F_REQUEST | NLM_F_ACK,
+      this.slowSeq,
+    );
     const message = Buffer.concat([header, payload]);
     const run = (): Promise<number> => send(fd, message, this.timeoutMs);
     const sent = this.slowQueue.then(run, run);

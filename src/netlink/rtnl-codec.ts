@@ -31,6 +31,19 @@ export const NLM_F = {
 } as const;
 export const NLMSG_ERROR = 2;
 export const NLA_F_NESTED = 0x8000;
+export const NLM_F_REQUEST = 0x1;
+export const NLM_F_ACK = 0x4;
+export const NLMSG_HDRLEN = 16;
+
+/** struct nlmsghdr for a message of `length` bytes in all (header included); port 0, as iproute2 sends. */
+export function nlmsghdr(length: number, type: number, flags: number, seq: number): Buffer {
+  const b = Buffer.alloc(NLMSG_HDRLEN);
+  b.writeUInt32LE(length, 0);
+  b.writeUInt16LE(type, 4);
+  b.writeUInt16LE(flags, 6);
+  b.writeUInt32LE(seq >>> 0, 8);
+  return b;
+}
 
 export const AF = { UNSPEC: 0, INET: 2, BRIDGE: 7, INET6: 10 } as const;
 
