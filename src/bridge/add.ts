@@ -39,7 +39,7 @@ async function ensureBridge(nl: Netlink, conf: BridgeConf): Promise<{ link: Link
   let link = await nl.findLink(conf.bridge);
   if (link === undefined) {
     try {
-      await nl.createBridge({
+      link = await nl.createBridge({
         name: conf.bridge,
         ...(conf.mtu !== undefined ? { mtu: conf.mtu } : {}),
         ...(wantsVlanFiltering(conf) ? { vlanFiltering: true } : {}),
@@ -56,8 +56,8 @@ async function ensureBridge(nl: Netlink, conf: BridgeConf): Promise<{ link: Link
       }
       // Another ADD (or process) created it between the lookup and the creation.
       if (!isCode(err, 'EEXIST')) throw toKernelCniError(err);
+      link = await nl.getLink(conf.bridge);
     }
-    link = await nl.getLink(conf.bridge);
   }
   if (link.kind !== 'bridge') {
     throw new CniError(
