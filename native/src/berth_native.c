@@ -91,21 +91,30 @@ static int get_fd(napi_env env, napi_value v, int32_t *out) {
 }
 
 /*
+ * The arguments of a call whose first argument is a file descriptor: up to `max` into argv, at least `needed`
+ * of them (else ERR_MISSING_ARGS with `usage`), the first a valid fd. 0 with an exception pending otherwise.
+ */
+static int fd_args(napi_env env, napi_callback_info info, napi_value *argv, size_t max, size_t needed, int32_t *fd,
+                   const char *usage) {
+  size_t argc = max;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < needed) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", usage);
+    return 0;
+  }
+  return get_fd(env, argv[0], fd);
+}
+
+/*
  * setnsRun(fd, fn): enter the network namespace `fd`, call fn() synchronously, switch back to the
  * namespace we were in, return fn's value or rethrow its exception. Nothing else of the event loop
  * can run in between, which is what makes this safe on Node's main thread.
  */
 static napi_value setns_run(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2], undefined, result = NULL;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  napi_get_undefined(env, &undefined);
   int32_t target;
-  if (argc < 2) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "setnsRun(fd, fn) needs two arguments");
-    return NULL;
-  }
-  if (!get_fd(env, argv[0], &target)) return NULL;
+  if (!fd_args(env, info, argv, 2, 2, &target, "setnsRun(fd, fn) needs two arguments")) return NULL;
+  napi_get_undefined(env, &undefined);
   napi_valuetype t;
   napi_typeof(env, argv[1], &t);
   if (t != napi_function) {
@@ -140,15 +149,9 @@ static napi_value setns_run(napi_env env, napi_callback_info info) {
 
 /* peerCredentials(fd): { pid, uid, gid } of the process at the other end of a unix socket (SO_PEERCRED). */
 static napi_value peer_credentials(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1], ret, v;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   int32_t fd;
-  if (argc < 1) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "peerCredentials(fd) needs fd");
-    return NULL;
-  }
-  if (!get_fd(env, argv[0], &fd)) return NULL;
+  if (!fd_args(env, info, argv, 1, 1, &fd, "peerCredentials(fd) needs fd")) return NULL;
   struct ucred cred;
   socklen_t len = sizeof cred;
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
@@ -167,15 +170,9 @@ static napi_value peer_credentials(napi_env env, napi_callback_info info) {
 
 /* flock(fd, mode, nonBlocking): mode 'ex' | 'sh' | 'un'; returns false when a non-blocking lock is busy. */
 static napi_value flock_fn(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
   napi_value argv[3], ret;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   int32_t fd;
-  if (argc < 2) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "flock(fd, mode, nonBlocking?) needs fd and mode");
-    return NULL;
-  }
-  if (!get_fd(env, argv[0], &fd)) return NULL;
+  if (!fd_args(env, info, argv, 3, 2, &fd, "flock(fd, mode, nonBlocking?) needs fd and mode")) return NULL;
   char mode[4] = {0};
   size_t len = 0;
   if (napi_get_value_string_utf8(env, argv[1], mode, sizeof mode, &len) != napi_ok) {
@@ -190,12 +187,11 @@ static napi_value flock_fn(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, "ERR_INVALID_ARG_VALUE", "mode must be 'ex', 'sh' or 'un'");
     return NULL;
   }
+  /* N-API passes undefined for an argument not given. */
   bool nb = false;
-  if (argc >= 3) {
-    napi_valuetype t;
-    napi_typeof(env, argv[2], &t);
-    if (t == napi_boolean) napi_get_value_bool(env, argv[2], &nb);
-  }
+  napi_valuetype t;
+  napi_typeof(env, argv[2], &t);
+  if (t == napi_boolean) napi_get_value_bool(env, argv[2], &nb);
   if (nb) op |= LOCK_NB;
   int r;
   do {
@@ -272,15 +268,9 @@ static void syncfs_complete(napi_env env, napi_status status, void *data) {
 }
 
 static napi_value syncfs_fn(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   int32_t fd;
-  if (argc < 1) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "syncfs(fd) needs fd");
-    return NULL;
-  }
-  if (!get_fd(env, argv[0], &fd)) return NULL;
+  if (!fd_args(env, info, argv, 1, 1, &fd, "syncfs(fd) needs fd")) return NULL;
   syncfs_job *job = calloc(1, sizeof *job);
   if (job == NULL) {
     throw_errno(env, ENOMEM, "syncfs");
@@ -300,15 +290,9 @@ static napi_value syncfs_fn(napi_env env, napi_callback_info info) {
  * checked to be a network namespace before anything uses it; ENOTTY when fd is no namespace at all.
  */
 static napi_value ns_type(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1], ret;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   int32_t fd;
-  if (argc < 1) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "nsType(fd) needs fd");
-    return NULL;
-  }
-  if (!get_fd(env, argv[0], &fd)) return NULL;
+  if (!fd_args(env, info, argv, 1, 1, &fd, "nsType(fd) needs fd")) return NULL;
   int t = ioctl(fd, NS_GET_NSTYPE);
   if (t < 0) {
     throw_errno(env, errno, "ioctl");
@@ -560,15 +544,9 @@ static void netlink_complete(napi_env env, napi_status status, void *data) {
 }
 
 static napi_value netlink_request(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
   napi_value argv[3];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 3) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "netlinkRequest(fd, message, timeoutMs) needs three arguments");
-    return NULL;
-  }
   int32_t fd, timeout_ms;
-  if (!get_fd(env, argv[0], &fd)) return NULL;
+  if (!fd_args(env, info, argv, 3, 3, &fd, "netlinkRequest(fd, message, timeoutMs) needs three arguments")) return NULL;
   bool is_buffer = false;
   napi_is_buffer(env, argv[1], &is_buffer);
   void *bytes = NULL;
