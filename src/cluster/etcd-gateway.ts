@@ -100,7 +100,15 @@ export interface Watcher {
 
 /** An etcd request that got no usable answer (unreachable, timed out, no quorum): the caller may retry. */
 export class EtcdUnavailableError extends Error {
-  constructor(message: string) {
+  /**
+   * @param membersListening some member accepted the connection but could not serve (it timed out or said no
+   * leader / no quorum): etcd is probably between leaders, which takes a second or two after a leader dies, so a
+   * retry soon can succeed. False when no member accepted a connection at all (etcd is down).
+   */
+  constructor(
+    message: string,
+    readonly membersListening = false,
+  ) {
     super(message);
     this.name = 'EtcdUnavailableError';
   }
@@ -256,6 +264,18 @@ interface Endpoint {
   suspectUntil: number;
 }
 
+/** A transport error that says nothing listens there (as opposed to a timeout or a dropped connection). */
+function notListening(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return (
+    code === 'ECONNREFUSED' ||
+    code === 'EHOSTUNREACH' ||
+    code === 'ENETUNREACH' ||
+    code === 'EADDRNOTAVAIL' ||
+    code === 'ENOTFOUND'
+  );
+}
+
 export class EtcdGateway {
   private readonly endpoints: Endpoint[];
   private current = 0;
@@ -361,13 +381,18 @@ export class EtcdGateway {
             url: new URL(endpoint),
             suspectUntil: 0,
           });
+    return (await this.probe(ep)) === 'healthy';
+  }
+
+  /** /health of one member, telling a member that is up without a leader from one that accepts no connection. */
+  private async probe(ep: Endpoint): Promise<'healthy' | 'leaderless' | 'down'> {
     try {
       const r = await this.exchange(ep, 'GET', '/health', undefined, Math.min(this.timeoutMs, 1500));
-      if (r.status !== 200) return false;
+      if (r.status !== 200) return 'leaderless';
       const o = JSON.parse(r.text) as { health?: unknown };
-      return o.health === true || o.health === 'true';
-    } catch {
-      return false;
+      return o.health === true || o.health === 'true' ? 'healthy' : 'leaderless';
+    } catch (err) {
+      return notListening(err) ? 'down' : 'leaderless';
     }
   }
 
@@ -411,13 +436,22 @@ export class EtcdGateway {
     const text = JSON.stringify(body);
     const problems: string[] = [];
     const n = this.endpoints.length;
+    // The member to start from is read once: other calls move `current` while this one waits, and reading it
+    // again per try skipped members (one call tried m1, m3, m3 and never m2, the new leader, so ADDs failed
+    // while etcd was electing: cluster-test's leader kill).
+    const first = this.current;
+    let listening = false;
     let retriedAuth = false;
     for (let tried = 0; tried < n; tried++) {
-      const idx = (this.current + tried) % n;
+      const idx = (first + tried) % n;
       const ep = this.endpoints[idx]!;
-      if (tried > 0 && ep.suspectUntil > this.clock() && !(await this.health(ep.url.href))) {
-        problems.push(`${ep.url.origin}: unhealthy`);
-        continue;
+      if (tried > 0 && ep.suspectUntil > this.clock()) {
+        const state = await this.probe(ep);
+        if (state !== 'healthy') {
+          if (state === 'leaderless') listening = true;
+          problems.push(`${ep.url.origin}: unhealthy`);
+          continue;
+        }
       }
       const sent = this.clock();
       this.roundTrips++;
@@ -427,6 +461,7 @@ export class EtcdGateway {
       } catch (err) {
         this.o.onRequest?.(op, 'error', (this.clock() - sent) / 1000);
         problems.push(`${ep.url.origin}: ${(err as Error).message}`);
+        if (!notListening(err)) listening = true;
         this.suspect(idx, (err as Error).message);
         continue;
       }
@@ -445,6 +480,7 @@ export class EtcdGateway {
       const code = typeof parsed.code === 'number' ? parsed.code : undefined;
       // 503 / Unavailable (14) / DeadlineExceeded (4): this member cannot serve now (no leader, no quorum).
       if (r.status === 503 || code === 14 || code === 4 || r.status >= 500) {
+        listening = true;
         problems.push(`${ep.url.origin}: ${message}`);
         this.suspect(idx, message);
         continue;
@@ -463,7 +499,7 @@ export class EtcdGateway {
       }
       throw new EtcdRequestError(`etcd ${op}: ${message}`, r.status, code);
     }
-    throw new EtcdUnavailableError(`etcd unreachable (${problems.join('; ')})`);
+    throw new EtcdUnavailableError(`etcd unreachable (${problems.join('; ')})`, listening);
   }
 
   private noteContact(sent: number, idx: number): void {

@@ -24,6 +24,9 @@ import { type BlockValue, type PoolConfigValue, parseValue } from './keys';
 import type { ClusterNode } from './node';
 import type { ClusterStats } from './stats';
 
+/** Pause between claims while etcd elects a leader (an election takes 1–2 s with etcd's defaults). */
+const CLAIM_RETRY_MS = 200;
+
 export interface NetworkSettings {
   claimTimeoutMs: number;
   /** A block empty at two checks at least this far apart is released (0: at the next check). */
@@ -510,6 +513,24 @@ export class ClusterNetwork {
     return p;
   }
 
+  /**
+   * Claims for a waiting ADD until one succeeds or `deadline` (monotonic ms). A claim that failed because etcd is
+   * between leaders (members up, none able to serve: the first second or two after the leader died) is tried
+   * again until the deadline; with no member listening at all (etcd down) the ADD fails now.
+   */
+  private async claimUntil(setId: number, deadline: number, abandoned: () => boolean): Promise<void> {
+    for (;;) {
+      try {
+        await this.claim(setId, 'wait');
+        return;
+      } catch (err) {
+        if (!(err instanceof EtcdUnavailableError) || !err.membersListening) throw err;
+        if (abandoned() || this.clock() + CLAIM_RETRY_MS >= deadline) throw err;
+        await new Promise((r) => setTimeout(r, CLAIM_RETRY_MS));
+      }
+    }
+  }
+
   /** An ADD found no free owned address: wait for a claim, at most the claim timeout since the ADD began. */
   async needMore(setId: number, sinceMs: number, nowMs: number): Promise<void> {
     const fence = this.node.fenceReason();
@@ -525,17 +546,23 @@ export class ClusterNetwork {
       },
     );
     let timer: NodeJS.Timeout | undefined;
+    let timedOut = false;
     try {
       await Promise.race([
-        this.claim(setId, 'wait'),
+        this.claimUntil(setId, t0 + left, () => timedOut),
         new Promise<never>((_, reject) => {
           timer = setTimeout(
-            () =>
+            () => {
+              timedOut = true;
               reject(
                 new EtcdUnavailableError(
-                  `no claim finished within the claim timeout (${this.settings.claimTimeoutMs} ms)`,
+                  `no claim finished within the claim timeout (${this.settings.claimTimeoutMs} ms)` +
+                    (this.lastError !== undefined && this.lastError.at >= t0
+                      ? `; ${this.lastError.message}`
+                      : ''),
                 ),
-              ),
+              );
+            },
             Math.max(0, left),
           );
         }),

@@ -293,6 +293,26 @@ describe('etcd down', () => {
     expect(etcdBlocksOf('n1').length).toBeGreaterThan(owned.length);
   });
 
+  test('etcd between leaders: an ADD needing a block waits and gets one once a member serves again', async () => {
+    // The members answer 503 (no leader) for 600 ms of the ADD's 2 s claim timeout, as after a leader's
+    // kill -9; the ADD must not fail with the first round's 503s but claim when etcd can serve again.
+    const a = await startNode('n1', { claimTimeoutMs: 2000 });
+    await add(a, 'c-0');
+    await new Promise((r) => setTimeout(r, 200));
+    const owned = etcdBlocksOf('n1');
+    const capacity = capacityOf(owned);
+    fake.setMode(0, 'unavailable');
+    fake.setMode(1, 'unavailable');
+    for (let i = 1; i < capacity; i++) expect(inBlocks(await add(a, `c-${i}`), owned)).toBe(true);
+    const waiting = add(a, 'needs-a-block');
+    await new Promise((r) => setTimeout(r, 600));
+    fake.setMode(0, 'up');
+    fake.setMode(1, 'up');
+    const ip = await waiting;
+    expect(inBlocks(ip, owned)).toBe(false);
+    expect(inBlocks(ip, etcdBlocksOf('n1'))).toBe(true);
+  });
+
   test('past the ownership horizon without etcd the node fences itself: ADD 11, STATUS 50', async () => {
     const a = await startNode('n1', { horizonSeconds: 1 });
     await add(a, 'c-0');

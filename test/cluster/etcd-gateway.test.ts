@@ -1,5 +1,7 @@
 // The gateway client against the in-memory fake: txn semantics as etcd has them, lease ids beyond 2^53 kept
 // exact, failover between members, auth, watch with reconnect and compaction.
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import {
   EtcdGateway,
@@ -163,6 +165,43 @@ describe('endpoints', () => {
     fake.setMode(0, 'up');
     expect((await c.get('/k'))!.value).toBe('v');
     expect(c.endpointInUse).toBe(urls[0]);
+  });
+
+  test('each member is tried once per call although other calls move the member in use meanwhile', async () => {
+    // B waits out m0 and settles on m1 while A is still waiting for m0; A must go on with m1, not with the
+    // member after the one B moved to (m2, 503), then m0 again: that skipped the new leader during elections.
+    const c = client();
+    await c.put('/k', 'v');
+    fake.setMode(0, 'hang');
+    fake.setMode(2, 'unavailable');
+    const b = c.get('/k');
+    await new Promise((r) => setTimeout(r, 100));
+    const a = c.get('/k');
+    expect((await b)!.value).toBe('v');
+    expect(c.endpointInUse).toBe(urls[1]);
+    expect((await a)!.value).toBe('v');
+  });
+
+  test('unavailable errors tell etcd between leaders (members listening) from etcd down (none listening)', async () => {
+    const leaderless = client();
+    fake.setMode(0, 'unavailable');
+    fake.setMode(1, 'hang');
+    fake.setMode(2, 'unavailable');
+    const e1 = await leaderless.get('/k').catch((e: unknown) => e);
+    expect(e1).toBeInstanceOf(EtcdUnavailableError);
+    expect((e1 as EtcdUnavailableError).membersListening).toBe(true);
+    const closedPorts: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const s = createServer();
+      await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+      closedPorts.push(`http://127.0.0.1:${(s.address() as AddressInfo).port}`);
+      await new Promise((r) => s.close(r));
+    }
+    const down = client({ endpoints: closedPorts });
+    const e2 = await down.get('/k').catch((e: unknown) => e);
+    expect(e2).toBeInstanceOf(EtcdUnavailableError);
+    expect((e2 as EtcdUnavailableError).membersListening).toBe(false);
+    expect(String(e2)).toContain('ECONNREFUSED');
   });
 
   test('no member answers: EtcdUnavailableError naming each', async () => {
