@@ -5,15 +5,26 @@ import { CniError, ErrorCode } from '../cni-spec/errors';
 import type { Request } from '../cni-spec/request';
 import { confFromRequest } from './config';
 import type { BridgeDeps, BridgeKernel } from './deps';
-import { isCode, netlinkCode, toKernelCniError, type Netlink } from './kernel';
+import { isCode, netlinkCode, toKernelCniError, type Link, type Netlink } from './kernel';
 import { withNetworkLock } from './lock';
 import { removeMasquerade } from './masquerade';
 import { attachmentTag, nftScope } from './nft';
 import { attachmentNftUse, unregisterAttachment } from './registry';
 import { removeSpoofCheck } from './spoofcheck';
 
-/** Deletes the container interface inside the namespace; false when the namespace is gone. */
-async function deleteInNetns(kernel: BridgeKernel, netns: string, ifname: string): Promise<boolean> {
+/**
+ * Deletes the container interface inside the namespace. True when the host end of this attachment went with
+ * it: the interface was a veth whose peer on the host carries the attachment's tag and points back at it (the
+ * kernel deletes both ends together). False when the namespace is gone, the interface is not there, or its peer
+ * could not be confirmed as ours (no host socket, another kind of link, another peer).
+ */
+async function deleteInNetns(
+  kernel: BridgeKernel,
+  host: Netlink | undefined,
+  netns: string,
+  ifname: string,
+  tag: string,
+): Promise<boolean> {
   let pod: Netlink;
   try {
     pod = await kernel.netns(netns);
@@ -24,13 +35,24 @@ async function deleteInNetns(kernel: BridgeKernel, netns: string, ifname: string
   }
   try {
     const link = await pod.findLink(ifname);
-    if (link !== undefined) {
-      await pod.deleteLink(link.index).catch((e) => (isCode(e, 'ENODEV') ? undefined : Promise.reject(e)));
-    }
-    return true;
+    if (link === undefined) return false;
+    const hostEndIsOurs = host !== undefined && (await isHostEndOf(host, link, tag));
+    await pod.deleteLink(link.index).catch((e) => (isCode(e, 'ENODEV') ? undefined : Promise.reject(e)));
+    return hostEndIsOurs;
   } finally {
     pod.close();
   }
+}
+
+/** Whether `podLink` is a veth whose peer, in the host namespace, is this attachment's host veth. */
+async function isHostEndOf(host: Netlink, podLink: Link, tag: string): Promise<boolean> {
+  if (podLink.kind !== 'veth' || podLink.parentIndex === undefined || podLink.linkNetnsId === undefined) {
+    return false;
+  }
+  const peer = await host.findLink(podLink.parentIndex);
+  return (
+    peer !== undefined && peer.kind === 'veth' && peer.alias === tag && peer.parentIndex === podLink.index
+  );
 }
 
 /**
@@ -58,20 +80,32 @@ export async function cmdDel(req: Request, deps: BridgeDeps): Promise<void> {
     firstError ??= err;
   };
 
+  let host: Netlink | undefined;
   try {
-    if (req.netns !== '') await deleteInNetns(deps.kernel, req.netns, req.ifname);
-  } catch (err) {
-    note('delete container interface', err);
-  }
-  try {
-    const host = await deps.kernel.host();
-    try {
-      await deleteTaggedVeths(host, { tag, bridge: conf.bridge });
-    } finally {
-      host.close();
-    }
+    host = await deps.kernel.host();
   } catch (err) {
     note('delete host veth', err);
+  }
+  try {
+    let hostEndDeleted = false;
+    try {
+      if (req.netns !== '')
+        hostEndDeleted = await deleteInNetns(deps.kernel, host, req.netns, req.ifname, tag);
+    } catch (err) {
+      note('delete container interface', err);
+    }
+    // The host's links are searched for the tag only when the pod's interface did not take the host end with
+    // it (namespace gone or unknown, interface missing, peer not ours): that search lists every link of the
+    // host, ~2 ms of the event loop per DEL on a node with 110 pods.
+    if (host !== undefined && !hostEndDeleted) {
+      try {
+        await deleteTaggedVeths(host, { tag, bridge: conf.bridge });
+      } catch (err) {
+        note('delete host veth', err);
+      }
+    }
+  } finally {
+    host?.close();
   }
 
   // Released after the device is gone, like the reference (containernetworking/plugins#666).
