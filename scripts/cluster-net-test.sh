@@ -120,11 +120,12 @@ expected_routes() { # i
 routes_agree() { # i: kernel == etcd, printed as a diff when not
   diff <(expected_routes "$1") <(kernel_routes "$1")
 }
-wait_for() { # seconds cmd…: polls every 0.1 s
-  local end=$((SECONDS + $1))
+wait_for() { # seconds cmd…: polls every 0.1 s (the deadline in ms: $SECONDS counts whole seconds, so a
+  # deadline in it ends anywhere between n-1 and n seconds later)
+  local end=$(($(now_ms) + $1 * 1000))
   shift
   until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -lt $end ] || { "$@"; return 1; }
+    [ "$(now_ms)" -lt $end ] || { "$@"; return 1; }
     sleep 0.1
   done
 }

@@ -691,11 +691,12 @@ export class ClusterNetwork {
           if (this.settings.blockReleaseAfterMs > 0) continue;
         }
         if (now - o.emptySince < this.settings.blockReleaseAfterMs) continue;
-        // Keep minBlocks per pool, and one block's worth of free addresses.
+        // Keep minBlocks per pool, and the reserve (one block's worth of free addresses plus the burst still
+        // remembered): a release below it was claimed back by the reserve check right after, the same block
+        // often, while other nodes' routes to it went and came back (cluster-net-test's release check).
         const sameSet = [...this.owned.values()].filter((x) => x.setId === o.setId && x.state === 'owned');
         const freeAfter = this.freeIn(o.setId) - o.usable;
-        if (sameSet.length <= this.settings.minBlocks || freeAfter < this.pools[o.setId]!.blockAddresses)
-          continue;
+        if (sameSet.length <= this.settings.minBlocks || freeAfter < this.reserveTarget(o.setId)) continue;
         o.state = 'releasing';
         toRelease.push(cidr);
       }

@@ -44,7 +44,13 @@ function envelope(dataDir: string, cid: string): unknown {
 
 async function startNode(
   name: string,
-  opts: { horizonSeconds?: number; releaseAfterMs?: number; uidFile?: string; claimTimeoutMs?: number } = {},
+  opts: {
+    horizonSeconds?: number;
+    releaseAfterMs?: number;
+    uidFile?: string;
+    claimTimeoutMs?: number;
+    reserveWindowMs?: number;
+  } = {},
 ): Promise<(typeof nodes)[number]> {
   const dataDir = join(root, name, 'data');
   const cluster = new ClusterIpam({
@@ -58,7 +64,7 @@ async function startNode(
     claimTimeoutMs: opts.claimTimeoutMs ?? 1500,
     blockReleaseAfterMs: opts.releaseAfterMs ?? 300_000,
     forgetMarginSeconds: 0,
-    reserveWindowMs: 1000,
+    reserveWindowMs: opts.reserveWindowMs ?? 1000,
     version: 'test',
     log: quiet,
   });
@@ -392,6 +398,41 @@ describe('release, forget, leave', () => {
     expect(readClusterRecord(a.dataDir, NET)!.blocks.map((b) => b.cidr)).toEqual(etcdBlocksOf('n1'));
     expect((await a.cluster.check()).problems).toEqual([]);
   }, 20_000);
+
+  test('releases keep the reserve: a released block is never claimed back (no release/claim churn)', async () => {
+    // A burst remembered for 3 s of checks, released once a check has counted it: the reserve it asks for
+    // must not be released and then claimed back while it is remembered.
+    const a = await startNode('n1', { releaseAfterMs: 0, reserveWindowMs: 3000 });
+    await Promise.all(Array.from({ length: 200 }, (_, i) => add(a, `c-${i}`)));
+    // The claims the burst started are done once the count stays put for half a second; a check counts it.
+    let claims = a.cluster.stats.total('berthd_cluster_block_claims_total');
+    for (let quiet = 0; quiet < 10;) {
+      await new Promise((r) => setTimeout(r, 50));
+      const c = a.cluster.stats.total('berthd_cluster_block_claims_total');
+      quiet = c === claims ? quiet + 1 : 0;
+      claims = c;
+    }
+    await new Promise((r) => setTimeout(r, 1200));
+    claims = a.cluster.stats.total('berthd_cluster_block_claims_total');
+    await Promise.all(
+      Array.from({ length: 200 }, (_, i) => a.service.call(Release, envelope(a.dataDir, `c-${i}`))),
+    );
+    const released = new Set<string>();
+    let before = etcdBlocksOf('n1');
+    const deadline = Date.now() + 10_000;
+    while (etcdBlocksOf('n1').length > 1 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 50));
+      const now = etcdBlocksOf('n1');
+      for (const b of before) if (!now.includes(b)) released.add(b);
+      before = now;
+    }
+    // Settled: one block left, and more reserve checks' worth of time for a claim back to show.
+    await new Promise((r) => setTimeout(r, 2500));
+    expect(etcdBlocksOf('n1').length).toBe(1);
+    expect(released.size).toBeGreaterThanOrEqual(3);
+    expect(etcdBlocksOf('n1').filter((b) => released.has(b))).toEqual([]);
+    expect(a.cluster.stats.total('berthd_cluster_block_claims_total')).toBe(claims);
+  }, 25_000);
 
   test('forget is refused while the node is alive and before its horizon, accepted after; leave frees all', async () => {
     const a = await startNode('n1');
