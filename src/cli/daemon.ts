@@ -81,7 +81,11 @@ export function clusterSettingsOf(o: DaemonCliOptions, env: NodeJS.ProcessEnv): 
   return {
     etcd: {
       endpoints,
-      timeoutMs: 2000,
+      // An election takes 1–2 s after the leader died, and a request a follower forwarded to the dead leader
+      // is lost: only this timeout ends it. At 2 s a claim could spend 4 s on two followers in a row, past the
+      // ADD's claim timeout; at 1 s the claim is retried on a member that has a leader again (measured in
+      // design/cluster-ipam.md: writes resumed 1.16 s after the first failure with a 1 s timeout).
+      timeoutMs: 1000,
       ...(ca || cert || key
         ? { tls: { ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}) } }
         : {}),

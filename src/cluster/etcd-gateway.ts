@@ -381,13 +381,13 @@ export class EtcdGateway {
             url: new URL(endpoint),
             suspectUntil: 0,
           });
-    return (await this.probe(ep)) === 'healthy';
+    return (await this.probe(ep, Math.min(this.timeoutMs, 1500))) === 'healthy';
   }
 
   /** /health of one member, telling a member that is up without a leader from one that accepts no connection. */
-  private async probe(ep: Endpoint): Promise<'healthy' | 'leaderless' | 'down'> {
+  private async probe(ep: Endpoint, timeoutMs: number): Promise<'healthy' | 'leaderless' | 'down'> {
     try {
-      const r = await this.exchange(ep, 'GET', '/health', undefined, Math.min(this.timeoutMs, 1500));
+      const r = await this.exchange(ep, 'GET', '/health', undefined, timeoutMs);
       if (r.status !== 200) return 'leaderless';
       const o = JSON.parse(r.text) as { health?: unknown };
       return o.health === true || o.health === 'true' ? 'healthy' : 'leaderless';
@@ -436,17 +436,24 @@ export class EtcdGateway {
     const text = JSON.stringify(body);
     const problems: string[] = [];
     const n = this.endpoints.length;
-    // The member to start from is read once: other calls move `current` while this one waits, and reading it
-    // again per try skipped members (one call tried m1, m3, m3 and never m2, the new leader, so ADDs failed
-    // while etcd was electing: cluster-test's leader kill).
-    const first = this.current;
+    // Each member at most once per call, and first the one that answered last: other calls move `current`
+    // while this one waits (during an election, to the new leader). Following `current` blindly tried one
+    // member twice and never the new leader (m1, m3, m3: cluster-test's leader kill); a fixed order ignored
+    // what the other calls had found meanwhile.
+    const tried = new Set<number>();
+    let idx = this.current;
     let listening = false;
     let retriedAuth = false;
-    for (let tried = 0; tried < n; tried++) {
-      const idx = (first + tried) % n;
+    while (tried.size < n) {
+      if (!tried.has(this.current)) idx = this.current;
+      else while (tried.has(idx)) idx = (idx + 1) % n;
+      const first = tried.size === 0;
+      tried.add(idx);
       const ep = this.endpoints[idx]!;
-      if (tried > 0 && ep.suspectUntil > this.clock()) {
-        const state = await this.probe(ep);
+      if (!first && ep.suspectUntil > this.clock()) {
+        // A healthy member answers /health in about a millisecond; one that takes longer is no help to this
+        // call, which may be an ADD waiting for a block (the probe used to wait up to 1.5 s).
+        const state = await this.probe(ep, Math.min(this.timeoutMs, 500));
         if (state !== 'healthy') {
           if (state === 'leaderless') listening = true;
           problems.push(`${ep.url.origin}: unhealthy`);
@@ -494,7 +501,7 @@ export class EtcdGateway {
       ) {
         retriedAuth = true;
         await this.authenticate();
-        tried--;
+        tried.delete(idx);
         continue;
       }
       throw new EtcdRequestError(`etcd ${op}: ${message}`, r.status, code);
