@@ -182,6 +182,22 @@ describe('endpoints', () => {
     expect((await a)!.value).toBe('v');
   });
 
+  test('a call goes on with the member another call found answering meanwhile, not the next in order', async () => {
+    // B waits out m0, gets 503 from m1 and settles on m2 while A still waits for m0; A must go to m2 at
+    // once, not first to m1 (suspected now: a /health probe) as a fixed order would.
+    const c = client();
+    await c.put('/k', 'v');
+    fake.setMode(0, 'hang');
+    fake.setMode(1, 'unavailable');
+    const b = c.get('/k');
+    await new Promise((r) => setTimeout(r, 150));
+    const a = c.get('/k');
+    expect((await b)!.value).toBe('v');
+    expect(c.endpointInUse).toBe(urls[2]);
+    expect((await a)!.value).toBe('v');
+    expect(fake.calls.get('/health') ?? 0).toBe(0);
+  });
+
   test('unavailable errors tell etcd between leaders (members listening) from etcd down (none listening)', async () => {
     const leaderless = client();
     fake.setMode(0, 'unavailable');
