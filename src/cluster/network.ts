@@ -518,14 +518,14 @@ export class ClusterNetwork {
    * between leaders (members up, none able to serve: the first second or two after the leader died) is tried
    * again until the deadline; with no member listening at all (etcd down) the ADD fails now.
    */
-  private async claimUntil(setId: number, deadline: number, abandoned: () => boolean): Promise<void> {
+  private async claimUntil(setId: number, deadline: number): Promise<void> {
     for (;;) {
       try {
         await this.claim(setId, 'wait');
         return;
       } catch (err) {
         if (!(err instanceof EtcdUnavailableError) || !err.membersListening) throw err;
-        if (abandoned() || this.clock() + CLAIM_RETRY_MS >= deadline) throw err;
+        if (this.clock() + CLAIM_RETRY_MS >= deadline) throw err;
         await new Promise((r) => setTimeout(r, CLAIM_RETRY_MS));
       }
     }
@@ -546,14 +546,13 @@ export class ClusterNetwork {
       },
     );
     let timer: NodeJS.Timeout | undefined;
-    let timedOut = false;
     try {
       await Promise.race([
-        this.claimUntil(setId, t0 + left, () => timedOut),
+        // Stops retrying by the same deadline as the timer below.
+        this.claimUntil(setId, t0 + left),
         new Promise<never>((_, reject) => {
           timer = setTimeout(
-            () => {
-              timedOut = true;
+            () =>
               reject(
                 new EtcdUnavailableError(
                   `no claim finished within the claim timeout (${this.settings.claimTimeoutMs} ms)` +
@@ -561,8 +560,7 @@ export class ClusterNetwork {
                       ? `; ${this.lastError.message}`
                       : ''),
                 ),
-              );
-            },
+              ),
             Math.max(0, left),
           );
         }),
