@@ -56,8 +56,9 @@ async function added(): Promise<{
   return { ns, c, hostVeth: ports[0].ifname as string };
 }
 
-function del(c: Record<string, unknown>, netns: string): Promise<void> {
-  const { deps } = current!;
+/** DEL in-process; resolves with how many times it listed the host's links. */
+async function delCountingListings(c: Record<string, unknown>, netns: string): Promise<number> {
+  const { deps, listings } = countingDeps();
   const req = parseRequest({
     env: {
       ...fx.env(),
@@ -70,10 +71,9 @@ function del(c: Record<string, unknown>, netns: string): Promise<void> {
     },
     stdin: JSON.stringify(c),
   });
-  return cmdDel(req, deps);
+  await cmdDel(req, deps);
+  return listings();
 }
-
-let current: ReturnType<typeof countingDeps> | undefined;
 
 function linkNames(ns?: string): string[] {
   return ipJson([...(ns !== undefined ? ['-n', ns] : []), 'link', 'show']).map((l: any) => l.ifname);
@@ -82,9 +82,7 @@ function linkNames(ns?: string): string[] {
 describe('DEL and the host link listing', () => {
   it('the pod veth took the tagged host veth with it: no listing of the host links', async () => {
     const { ns, c, hostVeth } = await added();
-    current = countingDeps();
-    await del(c, ns.path);
-    expect(current.listings()).toBe(0);
+    expect(await delCountingListings(c, ns.path)).toBe(0);
     expect(linkNames()).not.toContain(hostVeth);
     expect(linkNames(ns.name)).toEqual(['lo']);
     expect(fx.ports(c.bridge as string)).toEqual([]);
@@ -96,9 +94,7 @@ describe('DEL and the host link listing', () => {
     // The attachment's veth renamed away and another link in its place: deleting eth0 leaves the host end.
     sh('ip', ['-n', ns.name, 'link', 'set', 'eth0', 'name', 'eth9']);
     sh('ip', ['-n', ns.name, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth8']);
-    current = countingDeps();
-    await del(c, ns.path);
-    expect(current.listings()).toBe(1);
+    expect(await delCountingListings(c, ns.path)).toBe(1);
     expect(linkNames()).not.toContain(hostVeth);
     expect(linkNames(ns.name)).toEqual(['lo']);
     expect(fx.leases(c.name as string)).toEqual([]);
@@ -106,9 +102,7 @@ describe('DEL and the host link listing', () => {
 
   it('without a namespace the host links are searched as before', async () => {
     const { ns, c, hostVeth } = await added();
-    current = countingDeps();
-    await del(c, '');
-    expect(current.listings()).toBe(1);
+    expect(await delCountingListings(c, '')).toBe(1);
     expect(linkNames()).not.toContain(hostVeth);
     expect(linkNames(ns.name)).toEqual(['lo']);
   });
