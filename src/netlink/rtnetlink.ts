@@ -99,7 +99,12 @@ export function openNetlink(netns?: NetnsSpec, opts: NetlinkOptions = {}): Netli
       // No addon here, or no descriptor left (EMFILE): the slow requests then go on the main socket.
       slowFd = undefined;
     }
-    return { socket: createNetlink(NETLINK_ROUTE), slowFd };
+    try {
+      return { socket: createNetlink(NETLINK_ROUTE), slowFd };
+    } catch (err) {
+      if (slowFd !== undefined) closeSync(slowFd);
+      throw toNetlinkError(err, 'socket', 'rtnetlink');
+    }
   };
   const { socket, slowFd } = netns === undefined ? create() : withNetns(netns, create);
   const label = typeof netns === 'string' ? netns : typeof netns === 'object' ? netns.path : undefined;
