@@ -3,10 +3,13 @@
 // through the C shim into a private berthd, beside Debian's bridge + host-local (/usr/lib/cni), both driven
 // by cnitool in one run, alternating. A measurement, not a test.
 // Run as root after `npm run build`:
-//   node bench/warm/run.js [runs=30] [--rounds 3] [--cycles 2000] [--masq off|on]
+//   node bench/warm/run.js [runs=30] [--rounds 3] [--cycles 2000] [--warmup 300] [--masq off|on]
 // (--masq: only that setting, e.g. to profile it with BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=DIR").
 //
-// For ipMasq off, then on, each with its own bridge and /24 per plugin:
+// Before the clock: one pod per plugin and setting (bridges and tables exist, as for every ADD but a node's
+// first), then `warmup` ADD/DEL cycles of berth per setting (berthd as on a node that has run pods for a
+// while; V8 optimises the handlers only after many calls). For ipMasq off, then on, each with its own bridge
+// and /24 per plugin:
 //  - sequential: `runs` pods per plugin, alternating run by run; per pod a fresh named netns (outside the
 //    clock), then `cnitool add` and `cnitool del`, each timed as a whole process (cnitool's own start-up,
 //    the shim or the Go plugin, IPAM). berthd's CPU per ADD and per DEL: utime+stime deltas of its
@@ -49,6 +52,7 @@ const runs = Math.max(
 );
 const rounds = Math.max(1, flag('--rounds', 3));
 const cycles = Math.max(0, flag('--cycles', 2000));
+const warmup = Math.max(0, flag('--warmup', 300));
 const onlyMasq = args.includes('--masq') ? args[args.indexOf('--masq') + 1] : undefined;
 if (onlyMasq !== undefined && onlyMasq !== 'on' && onlyMasq !== 'off') throw new Error('--masq on|off');
 const CONCURRENT = 50;
@@ -228,17 +232,16 @@ async function shimRss(env, p) {
   return kb;
 }
 
-async function churn(env, pid, p) {
-  const before = statusKb(pid, 'VmRSS');
+/** `count` ADD/DEL cycles through the shim, CYCLE_WORKERS at a time, each worker in its own netns. */
+async function cycleThrough(env, p, count, tag) {
   let next = 0;
-  const t0 = process.hrtime.bigint();
   await Promise.all(
     Array.from({ length: CYCLE_WORKERS }, async () => {
       const ns = addNs();
       try {
-        while (next < cycles) {
+        while (next < count) {
           checkInterrupted();
-          const id = `${prefix}-c${next++}`;
+          const id = `${prefix}-${tag}${next++}`;
           await shimCall(env, p, 'ADD', id, ns);
           await shimCall(env, p, 'DEL', id, ns);
         }
@@ -247,6 +250,12 @@ async function churn(env, pid, p) {
       }
     }),
   );
+}
+
+async function churn(env, pid, p) {
+  const before = statusKb(pid, 'VmRSS');
+  const t0 = process.hrtime.bigint();
+  await cycleThrough(env, p, cycles, 'c');
   return { before, after: statusKb(pid, 'VmRSS'), hwm: statusKb(pid, 'VmHWM'), seconds: msSince(t0) / 1000 };
 }
 
@@ -321,7 +330,7 @@ function report({ results, rss, life, counts, loadBefore, loadAfter }) {
     `## bench/warm (${new Date().toISOString()}): berth (shim → berthd) against the reference bridge + host-local, through cnitool`,
     '',
     `${os.cpus().length} cores, node ${process.version}, kernel ${os.release()}; load average ${loadBefore} before, ${loadAfter} after; ` +
-      `${runs} sequential pods per plugin and setting, ${rounds} rounds of ${CONCURRENT} concurrent, ${cycles} churn cycles`,
+      `${runs} sequential pods per plugin and setting, ${rounds} rounds of ${CONCURRENT} concurrent, berthd warmed by ${warmup} ADD/DEL cycles per setting, ${cycles} churn cycles`,
     '',
     '| measure | ipMasq | reference | berth | berth / reference | target | |',
     '| --- | --- | ---: | ---: | ---: | ---: | --- |',
@@ -362,8 +371,13 @@ async function main() {
           BERTH_NFT_TABLE: table,
         };
         const loadBefore = load();
-        // Warm-up: the bridges and nft tables exist before the clock starts, as for every ADD but a node's first.
-        for (const { plugins } of nets) await sequential(env, pid, plugins, samples(), 1);
+        // Warm-up: the bridges and nft tables exist before the clock starts, as for every ADD but a node's first,
+        // and berthd has served `warmup` ADD/DEL cycles per setting, as a node's daemon has after its first
+        // pods: V8 compiles the handlers' hot code only after many calls (--warmup 0 measures a fresh daemon).
+        for (const { plugins } of nets) {
+          await sequential(env, pid, plugins, samples(), 1);
+          await cycleThrough(env, plugins[1], warmup, 'w');
+        }
         const results = [];
         for (const { masq, plugins } of nets) {
           if (onlyMasq !== undefined && masq !== (onlyMasq === 'on')) continue;
