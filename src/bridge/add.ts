@@ -12,8 +12,8 @@ import type { BridgeDeps } from './deps';
 import { canonicalIp, planAddresses, parseCidr, type AddressPlan, type GatewayAddress } from './gateway';
 import {
   isCode,
-  macIsPinned,
   openNetns,
+  pinnedMac,
   readSysctl,
   toKernelCniError,
   trySysctl,
@@ -103,15 +103,16 @@ interface AddContext {
 }
 
 /**
- * Creates the pair; its removal is armed the moment the kernel has it, before any lookup, so a failure of
- * anything after (a lookup included) never leaves a pair behind.
+ * Creates the pair; its removal is armed the moment the call returns (a creation whose lookup fails removes
+ * the pair itself), so a failure of anything after never leaves a pair behind.
  */
 async function createVeth(ctx: AddContext, undo: UndoStack): Promise<VethPair> {
   const { host, pod, req, conf, netns } = ctx;
   for (let attempt = 0; ; attempt++) {
     const name = hostVethName();
+    let hostEnd: Link;
     try {
-      await host.createVethPair({
+      hostEnd = await host.createVethPair({
         name,
         peerName: req.ifname,
         peerNetns: netns.fd,
@@ -133,7 +134,7 @@ async function createVeth(ctx: AddContext, undo: UndoStack): Promise<VethPair> {
     );
     try {
       ctx.fault('veth-created');
-      return { host: await host.getLink(name), container: await pod.getLink(req.ifname) };
+      return { host: hostEnd, container: await pod.getLink(req.ifname) };
     } catch (err) {
       throw toKernelCniError(err);
     }
@@ -343,14 +344,18 @@ async function ensureGateways(
 /**
  * Pins the bridge MAC to itself, or it follows the lowest port MAC as ports come and go. By the ADD that put a
  * gateway address on (as the reference), and by any later ADD that finds the MAC not pinned (one that died
- * between its address and the pin, a bridge made elsewhere): one sysfs read, where pinning on every ADD was a
+ * between its address and the pin, a bridge made elsewhere): two sysfs reads, where pinning on every ADD was a
  * lookup and an RTM_SETLINK each time, with a NETDEV_CHANGEADDR through the kernel's notifier chains.
+ * Returns the pinned MAC, which the result reports without another lookup.
  */
-async function pinBridgeMac(host: Netlink, target: Link, addedAddress: boolean): Promise<void> {
-  if (target.kind !== 'bridge') return;
-  if (!addedAddress && macIsPinned(target.name)) return;
+async function pinBridgeMac(host: Netlink, target: Link, addedAddress: boolean): Promise<string | undefined> {
+  if (target.kind !== 'bridge') return undefined;
+  // Pinned already (maybe by another ADD since this one first read the bridge): sysfs has the MAC it keeps.
+  const pinned = addedAddress ? undefined : pinnedMac(target.name);
+  if (pinned !== undefined) return pinned;
   const now = await host.getLink(target.index);
   if (now.mac !== undefined) await host.setMac(target.index, now.mac);
+  return now.mac;
 }
 
 /** IPv6: two prefixes overlap when either contains the other's network address. */
@@ -418,10 +423,9 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
   try {
     // The socket is opened on the fd already held, so the pod namespace is entered by the same reference.
     pod = await deps.kernel.netns(netnsRef.fd);
+    // An interface already named req.ifname in the pod is found by the veth creation's EEXIST (createVeth),
+    // not by a lookup first: one request less on every ADD.
     const ctx: AddContext = { req, conf, host, pod, netns: netnsRef, fault };
-    if ((await pod.findLink(req.ifname)) !== undefined) {
-      throw new CniError(ErrorCode.Internal, `container veth name provided (${req.ifname}) already exists`);
-    }
 
     // Bridge creation and port attachment happen under the network lock, so a rollback that removes a bridge
     // it created (when the bridge has no port) can never pull it from under another ADD's new port.
@@ -498,6 +502,7 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
 
     await configureContainer(ctx, plan);
 
+    let pinnedBridgeMac: string | undefined;
     if (plan !== undefined && (conf.isGateway || conf.ipMasq)) {
       const p = plan;
       await withNetworkLock(lockOpts, async () => {
@@ -529,7 +534,7 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
               }),
             );
           }
-          await pinBridgeMac(host, target, added.length > 0);
+          pinnedBridgeMac = await pinBridgeMac(host, target, added.length > 0);
           enableForwarding(p);
         }
         fault('after-gateway');
@@ -557,11 +562,10 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
       }
     }
 
-    // MACs can change: the bridge takes a port's MAC when its first port joins.
-    const [brNow, hostNow] = await Promise.all([host.getLink(bridge.index), host.getLink(veth.host.index)]);
-    const ifs = result.interfaces as Interface[];
-    if (brNow.mac !== undefined) ifs[0]!.mac = brNow.mac;
-    if (hostNow.mac !== undefined) ifs[1]!.mac = hostNow.mac;
+    // An unpinned bridge takes a port's MAC as ports come and go, so its MAC is read again unless this ADD
+    // pinned it or found it pinned. The host veth keeps the MAC it was created with.
+    const bridgeMac = pinnedBridgeMac ?? (await host.getLink(bridge.index)).mac;
+    if (bridgeMac !== undefined) (result.interfaces as Interface[])[0]!.mac = bridgeMac;
     if (conf.dns !== undefined) result.dns = conf.dns;
     return req.prevResult !== undefined ? chainedResult(req.prevResult, result) : result;
   } catch (err) {

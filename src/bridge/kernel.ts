@@ -26,14 +26,16 @@ export async function netnsNetlink(netns: string | number): Promise<Netlink> {
 }
 
 /**
- * Whether a host interface's MAC was set explicitly (sysfs `addr_assign_type` 3, NET_ADDR_SET) rather than
- * chosen by the kernel, which for a bridge means following its lowest port. False when it cannot be read.
+ * A host interface's MAC when it was set explicitly (sysfs `addr_assign_type` 3, NET_ADDR_SET) rather than
+ * chosen by the kernel, which for a bridge means following its lowest port; undefined when not pinned or
+ * unreadable. Read after the pin is seen, so it is the MAC the interface keeps.
  */
-export function macIsPinned(ifname: string): boolean {
+export function pinnedMac(ifname: string): string | undefined {
   try {
-    return readFileSync(`/sys/class/net/${ifname}/addr_assign_type`, 'utf8').trim() === '3';
+    if (readFileSync(`/sys/class/net/${ifname}/addr_assign_type`, 'utf8').trim() !== '3') return undefined;
+    return readFileSync(`/sys/class/net/${ifname}/address`, 'utf8').trim();
   } catch {
-    return false;
+    return undefined;
   }
 }
 

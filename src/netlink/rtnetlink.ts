@@ -474,7 +474,13 @@ class RtnlSocket implements Netlink {
     } finally {
       if (peerNs !== opts.peerNetns) peerNs.close();
     }
-    return this.getLink(opts.name);
+    // The pair exists from here: a failed lookup removes it, so the caller gets the link or nothing to undo.
+    try {
+      return await this.getLink(opts.name);
+    } catch (err) {
+      await this.deleteLink(opts.name).catch(() => undefined);
+      throw err;
+    }
   }
 
   async setUp(ref: LinkRef): Promise<void> {

@@ -117,6 +117,20 @@ describe.each(['host', 'pod'] as const)('links in the %s namespace', (label) => 
     expect(err.code).toBe('EEXIST');
   });
 
+  it('a veth pair whose lookup after creation fails is removed again: the caller has nothing to undo', async () => {
+    const { place, other, nl } = setup(label);
+    const name = linkName(place, 'v');
+    const peer = other.label === 'host' ? fx.hostLink(fx.name('w')) : 'eth0';
+    const lookupFailure = Object.assign(new Error('lookup failed on purpose'), { code: 'ENOBUFS' });
+    // An own property shadows the method for this socket only: createVethPair's lookup goes through it.
+    Object.defineProperty(nl, 'getLink', { value: () => Promise.reject(lookupFailure), configurable: true });
+    await expect(
+      nl.createVethPair({ name, peerName: peer, peerNetns: other.path ?? `/proc/${process.pid}/ns/net` }),
+    ).rejects.toBe(lookupFailure);
+    expect(ipLink(place, name)).toBeUndefined();
+    expect(ipLink(other, peer)).toBeUndefined();
+  });
+
   it('sets up/down, MTU, MAC, alias and promiscuous mode', async () => {
     const { place, other, nl } = setup(label);
     const name = linkName(place, 'v');
