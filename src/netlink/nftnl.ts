@@ -65,10 +65,15 @@ const NLM_F_DUMP_INTR = 0x10;
 
 class Retry extends Error {}
 
-/** One nfnetlink socket in one namespace; one exchange at a time (each caller opens its own). */
+/**
+ * One nfnetlink socket in one namespace; one exchange at a time (one caller at a time: withNfnl). Answers
+ * are matched by sequence number, so a socket can serve one caller after another.
+ */
 class NfnlSocket {
   private seq = (Date.now() & 0x3fffffff) + 1;
   private current: { onMessage: (m: NlMsg) => void; fail: (err: Error) => void } | undefined;
+  /** A socket error or a lost answer: the socket is not handed to another caller. */
+  failed = false;
 
   constructor(
     private readonly raw: RawNetlinkSocket,
@@ -78,20 +83,29 @@ class NfnlSocket {
       for (const m of parseMessages(buf)) this.current?.onMessage(m);
     });
     // Without a listener an 'error' event is thrown: in berthd, an uncaught exception ending every call.
-    raw.on('error', (err: Error) => this.current?.fail(err));
+    raw.on('error', (err: Error) => {
+      this.failed = true;
+      this.current?.fail(err);
+    });
   }
 
   close(): void {
     this.raw.close();
   }
 
+  /** An idle socket must not keep a process's event loop alive (the standalone plugin exits when done). */
+  ref(held: boolean): void {
+    if (held) this.raw.ref();
+    else this.raw.unref();
+  }
+
   /** Sends `buf` and feeds the answers to `handle` until it calls done (or throws). */
   private exchange<T>(buf: Buffer, handle: (m: NlMsg, done: (v: T) => void) => void): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(
-        () => finish(() => reject(fromErrno(110, 'nfnetlink', `no answer within ${this.timeoutMs} ms`))),
-        this.timeoutMs,
-      );
+      const timer = setTimeout(() => {
+        this.failed = true;
+        finish(() => reject(fromErrno(110, 'nfnetlink', `no answer within ${this.timeoutMs} ms`)));
+      }, this.timeoutMs);
       const finish = (settle: () => void) => {
         clearTimeout(timer);
         this.current = undefined;
@@ -108,7 +122,10 @@ class NfnlSocket {
         fail: (err) => finish(() => reject(toNetlinkError(err, 'nfnetlink'))),
       };
       this.raw.send(buf, {}, (err) => {
-        if (err) this.current?.fail(err);
+        if (err) {
+          this.failed = true;
+          this.current?.fail(err);
+        }
       });
     });
   }
@@ -176,19 +193,60 @@ class NfnlSocket {
 
 const NFT_MSG_LABEL = (m: NftMsg): string => NFT_MSG_NAMES[m.type] ?? `NFT_MSG ${m.type}`;
 
+/**
+ * Sockets of the process's own namespace kept open between callers, at most `max` idle. Closing an nfnetlink
+ * socket makes the kernel first finish destroying what earlier transactions deleted, an RCU grace period
+ * (close(2) took 10-14 ms after a DEL's element removal here): in berthd, that stopped the event loop once
+ * per DEL with masquerade or spoof check. A socket that failed is closed instead of kept.
+ */
+export class IdleSockets<S extends { failed: boolean; close(): void; ref(held: boolean): void }> {
+  private readonly idle: S[] = [];
+
+  constructor(private readonly max: number) {}
+
+  /** An idle socket, held for the caller, or undefined when none is left. */
+  take(): S | undefined {
+    const s = this.idle.pop();
+    s?.ref(true);
+    return s;
+  }
+
+  /** The caller is done with `s`: kept for the next one unless it failed or enough are kept already. */
+  give(s: S): void {
+    if (s.failed || this.idle.length >= this.max) {
+      s.close();
+      return;
+    }
+    s.ref(false);
+    this.idle.push(s);
+  }
+
+  get size(): number {
+    return this.idle.length;
+  }
+}
+
+/** Idle sockets in berth's own namespace: as many as calls that ran at once in berthd, within reason. */
+const ownNamespaceSockets = new IdleSockets<NfnlSocket>(4);
+
 async function withNfnl<T>(netns: NetnsSpec | undefined, fn: (s: NfnlSocket) => Promise<T>): Promise<T> {
   const create = () => new RawNetlinkSocket(NETLINK_NETFILTER);
-  let raw: RawNetlinkSocket;
-  try {
-    raw = netns === undefined ? create() : withNetns(netns, create);
-  } catch (err) {
-    throw toNetlinkError(err, 'nfnetlink socket');
+  const pooled = netns === undefined;
+  let s = pooled ? ownNamespaceSockets.take() : undefined;
+  if (s === undefined) {
+    let raw: RawNetlinkSocket;
+    try {
+      raw = netns === undefined ? create() : withNetns(netns, create);
+    } catch (err) {
+      throw toNetlinkError(err, 'nfnetlink socket');
+    }
+    s = new NfnlSocket(raw, REQUEST_TIMEOUT_MS);
   }
-  const s = new NfnlSocket(raw, REQUEST_TIMEOUT_MS);
   try {
     return await fn(s);
   } finally {
-    s.close();
+    if (pooled) ownNamespaceSockets.give(s);
+    else s.close();
   }
 }
 

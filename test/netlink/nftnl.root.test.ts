@@ -1,6 +1,7 @@
 // nftables over netlink (src/netlink/nftnl.ts) against the kernel, in a private namespace: the table and
 // sets are made by `nft` the way berth's masquerade and spoof check make them, elements go in and out
 // through our batches, and `nft -j list` (run under `ip netns exec`) is the observer.
+import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { CniError, ErrorCode } from '../../src/cni-spec/errors';
 import { toKernelCniError } from '../../src/netlink/errors';
@@ -240,5 +241,65 @@ describe('nftables over netlink', () => {
     expect(await readNftTable({ family: 'inet', name: table }, opts)).toEqual(
       await listTable({ family: 'inet', name: table }, opts),
     );
+  });
+});
+
+/** Inodes of the nfnetlink sockets this process holds (protocol 12 in /proc/self/net/netlink). */
+function nfnetlinkSocketsHeld(): Set<string> {
+  const rows = readFileSync('/proc/self/net/netlink', 'utf8').trim().split('\n').slice(1);
+  const netfilter = new Set(
+    rows
+      .map((r) => r.trim().split(/\s+/))
+      .filter((c) => c[1] === '12')
+      .map((c) => c[9]),
+  );
+  const held = new Set<string>();
+  for (const fd of readdirSync('/proc/self/fd')) {
+    let target: string;
+    try {
+      target = readlinkSync(`/proc/self/fd/${fd}`);
+    } catch {
+      continue;
+    }
+    const inode = /^socket:\[(\d+)\]$/.exec(target)?.[1];
+    if (inode !== undefined && netfilter.has(inode)) held.add(inode);
+  }
+  return held;
+}
+
+describe("nfnetlink sockets in berth's own namespace", () => {
+  it('are kept for the next call (closing one waits for the kernel after a deletion); no more than ran at once', async () => {
+    const fx = kernel.fresh();
+    const table = `${fx.prefix}t`;
+    const t = { family: 'inet', name: table };
+    const elem = (op: 'add' | 'delete', ip: string) => ({
+      [op]: {
+        element: { family: 'inet', table, name: 'c4', elem: [{ elem: { val: ip, comment: 'x/eth0' } }] },
+      },
+    });
+    try {
+      await applyNft([
+        { add: { table: { family: 'inet', name: table } } },
+        { add: { set: { family: 'inet', table, name: 'c4', type: 'ipv4_addr' } } },
+      ]);
+      const kept = nfnetlinkSocketsHeld();
+      expect(kept.size).toBeGreaterThanOrEqual(1);
+      // One after another, deletions included: the same sockets serve every call.
+      for (let i = 1; i <= 5; i++) {
+        await applyNft([elem('add', `198.18.0.${i}`)]);
+        expect((await readNftTable(t))?.some((o) => o.set?.name === 'c4')).toBe(true);
+        await applyNft([elem('delete', `198.18.0.${i}`)]);
+        expect(nfnetlinkSocketsHeld()).toEqual(kept);
+      }
+      // Three at once need three sockets; afterwards no call opens another.
+      await Promise.all([readNftTable(t), readNftTable(t), readNftTable(t)]);
+      const peak = nfnetlinkSocketsHeld();
+      expect(peak.size).toBeLessThanOrEqual(kept.size + 2);
+      await readNftTable(t);
+      await applyNft([elem('add', '198.18.0.9'), elem('delete', '198.18.0.9')]);
+      expect(nfnetlinkSocketsHeld()).toEqual(peak);
+    } finally {
+      trySh('nft', ['delete', 'table', 'inet', table]);
+    }
   });
 });
