@@ -342,7 +342,7 @@ function report({ results, rss, life, counts, loadBefore, loadAfter }) {
   );
   const growth = life.after - life.before;
   lines.push(
-    `| berthd RSS before → after ${cycles} ADD/DEL cycles (peak) | on | | ${mb(life.before)} → ${mb(life.after)} (${mb(life.hwm)}) | +${mb(growth)} | growth ≤ 10 MB | ${verdict(growth <= TARGETS.rssGrowthKb)} |`,
+    `| berthd RSS before → after ${cycles} ADD/DEL cycles (peak) | on | | ${mb(life.before)} → ${mb(life.after)} (${mb(life.hwm)}) | ${growth < 0 ? '−' : '+'}${mb(Math.abs(growth))} | growth ≤ 10 MB | ${verdict(growth <= TARGETS.rssGrowthKb)} |`,
   );
   lines.push(
     '',
