@@ -146,19 +146,25 @@ class NfnlSocket {
     });
   }
 
-  /** A dump: every answer up to NLMSG_DONE. */
+  /**
+   * A dump: every answer up to NLMSG_DONE. An interrupted one is still read to its end before Retry is
+   * thrown: the kernel refuses a new dump on a socket whose dump is unfinished (EBUSY), and the socket
+   * serves the retry and later callers.
+   */
   dump(m: NftMsg, object: string): Promise<NlMsg[]> {
     const seq = this.nextSeq(1);
     const out: NlMsg[] = [];
+    let interrupted = false;
     return this.exchange(encodeRequest({ ...m, flags: m.flags | NLM_F_DUMP }, seq), (a, done) => {
       if (a.seq !== seq) return;
-      if ((a.flags & NLM_F_DUMP_INTR) !== 0) throw new Retry('dump interrupted');
+      if ((a.flags & NLM_F_DUMP_INTR) !== 0) interrupted = true;
       if (a.type === NLMSG_ERROR) {
         if (errorOf(a) !== 0) throw fromErrno(errorOf(a), NFT_MSG_LABEL(m), object);
         return;
       }
-      if (a.type === NLMSG_DONE) done(out);
-      else out.push(a);
+      if (a.type !== NLMSG_DONE) out.push(a);
+      else if (interrupted) throw new Retry('dump interrupted');
+      else done(out);
     });
   }
 
@@ -206,9 +212,23 @@ export class IdleSockets<S extends { failed: boolean; close(): void; ref(held: b
 
   /** An idle socket, held for the caller, or undefined when none is left. */
   take(): S | undefined {
-    const s = this.idle.pop();
-    s?.ref(true);
-    return s;
+    for (let s = this.idle.pop(); s !== undefined; s = this.idle.pop()) {
+      // A socket error while idle (the library closes the socket on some) marks it failed.
+      if (!s.failed) {
+        try {
+          s.ref(true);
+          return s;
+        } catch {
+          s.failed = true;
+        }
+      }
+      try {
+        s.close();
+      } catch {
+        // closed already
+      }
+    }
+    return undefined;
   }
 
   /** The caller is done with `s`: kept for the next one unless it failed or enough are kept already. */

@@ -39,6 +39,25 @@ describe('idle nfnetlink sockets', () => {
     expect(pool.take()).toBeUndefined();
   });
 
+  it('closes instead of handing out a socket that failed while idle, or that cannot be held again', () => {
+    const pool = new IdleSockets<FakeSocket>(3);
+    const broken = new FakeSocket();
+    const closedUnderneath = new FakeSocket();
+    const good = new FakeSocket();
+    pool.give(good);
+    pool.give(closedUnderneath);
+    pool.give(broken);
+    // A socket error while idle; and one the library closed itself, so that holding it throws.
+    broken.failed = true;
+    closedUnderneath.ref = () => {
+      throw new Error('Netlink socket is closed');
+    };
+    expect(pool.take()).toBe(good);
+    expect(broken.closed).toBe(true);
+    expect(closedUnderneath.closed).toBe(true);
+    expect(pool.size).toBe(0);
+  });
+
   it('keeps at most its limit and closes the sockets beyond it', () => {
     const pool = new IdleSockets<FakeSocket>(2);
     const sockets = [new FakeSocket(), new FakeSocket(), new FakeSocket()];
