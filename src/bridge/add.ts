@@ -83,6 +83,18 @@ function hostVethName(): string {
   return `veth${randomBytes(4).toString('hex')}`;
 }
 
+/**
+ * A random locally administered unicast MAC for a host-side veth end. Set at creation, the MAC counts as
+ * set (`addr_assign_type` 3) rather than random, so systemd-udevd's `MACAddressPolicy=persistent` (its
+ * default since v242) leaves it alone: it would otherwise change the MAC a moment after the ADD, and the
+ * result would report one the link no longer has.
+ */
+function hostVethMac(): string {
+  const b = randomBytes(6);
+  b[0] = (b[0]! & 0xfe) | 0x02;
+  return [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
+}
+
 interface VethPair {
   host: Link;
   container: Link;
@@ -114,6 +126,7 @@ async function createVeth(ctx: AddContext, undo: UndoStack): Promise<VethPair> {
     try {
       hostEnd = await host.createVethPair({
         name,
+        mac: hostVethMac(),
         peerName: req.ifname,
         peerNetns: netns.fd,
         ...(conf.mtu !== undefined ? { mtu: conf.mtu } : {}),
@@ -284,7 +297,14 @@ async function ensureVlanGateway(ctx: AddContext, bridge: Link): Promise<Link> {
     );
   }
   const port = hostVethName();
-  await host.createVethPair({ name: port, peerName: name, peerNetns: '/proc/self/ns/net', mtu: bridge.mtu });
+  await host.createVethPair({
+    name: port,
+    mac: hostVethMac(),
+    peerName: name,
+    peerMac: hostVethMac(),
+    peerNetns: '/proc/self/ns/net',
+    mtu: bridge.mtu,
+  });
   await configurePort(ctx, { bridge, veth: await host.getLink(port), alias: `${name} gateway port` });
   await host.setUp(name);
   return host.getLink(name);

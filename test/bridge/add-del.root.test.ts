@@ -63,6 +63,10 @@ describe.each(SUPPORTED_VERSIONS)('[%s] ADD, CHECK, DEL', (version) => {
     expect(hostVeth.ifname).toMatch(/^veth[0-9a-f]{8}$/);
     const [detail] = ipJson(['-d', 'link', 'show', 'dev', hostVeth.ifname]);
     expect(detail.ifalias).toBe('ctr1/eth0');
+    // Its MAC was set at creation (locally administered, unicast), so udev's MACAddressPolicy=persistent
+    // leaves it alone and the result keeps naming the MAC the link has.
+    expect(readFileSync(`/sys/class/net/${hostVeth.ifname}/addr_assign_type`, 'utf8').trim()).toBe('3');
+    expect(parseInt((hostVeth.address as string).slice(0, 2), 16) & 0x03).toBe(0x02);
     const [brAddr] = ipJson(['addr', 'show', 'dev', br]);
     expect(
       (brAddr.addr_info as any[]).filter((a) => a.scope === 'global').map((a) => `${a.local}/${a.prefixlen}`),
