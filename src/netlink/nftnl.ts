@@ -164,6 +164,8 @@ class NfnlSocket {
       }
       if (a.type !== NLMSG_DONE) out.push(a);
       else if (interrupted) throw new Retry('dump interrupted');
+      // A dump that failed on the way ends with its errno in NLMSG_DONE: what came before is not the whole.
+      else if (doneErrno(a) !== 0) throw fromErrno(doneErrno(a), NFT_MSG_LABEL(m), object);
       else done(out);
     });
   }
@@ -198,6 +200,9 @@ class NfnlSocket {
 }
 
 const NFT_MSG_LABEL = (m: NftMsg): string => NFT_MSG_NAMES[m.type] ?? `NFT_MSG ${m.type}`;
+
+/** NLMSG_DONE's errno (0 when the dump ended well, or when an old kernel sent no payload). */
+const doneErrno = (m: NlMsg): number => (m.body.length >= 4 ? m.body.readInt32LE(0) : 0);
 
 /**
  * Sockets of the process's own namespace kept open between callers, at most `max` idle. Closing an nfnetlink
