@@ -263,12 +263,17 @@ describe('claims', () => {
 });
 
 describe('etcd down', () => {
-  test('ADDs inside owned blocks go on, an ADD needing a block fails with 11, DEL works, STATUS 0 while free', async () => {
-    const a = await startNode('n1', { claimTimeoutMs: 800 });
+  /** Node n1 after its first ADD, once its background claims have settled: its blocks and their capacity. */
+  async function nodeWithItsFirstBlocks(claimTimeoutMs: number) {
+    const a = await startNode('n1', { claimTimeoutMs });
     await add(a, 'c-0');
     await new Promise((r) => setTimeout(r, 200));
     const owned = etcdBlocksOf('n1');
-    const capacity = capacityOf(owned);
+    return { a, owned, capacity: capacityOf(owned) };
+  }
+
+  test('ADDs inside owned blocks go on, an ADD needing a block fails with 11, DEL works, STATUS 0 while free', async () => {
+    const { a, owned, capacity } = await nodeWithItsFirstBlocks(800);
     fake.setMode(0, 'unavailable');
     fake.setMode(1, 'hang');
     const got: string[] = [];
@@ -302,11 +307,7 @@ describe('etcd down', () => {
   test('etcd between leaders: an ADD needing a block waits and gets one once a member serves again', async () => {
     // The members answer 503 (no leader) for 600 ms of the ADD's 2 s claim timeout, as after a leader's
     // kill -9; the ADD must not fail with the first round's 503s but claim when etcd can serve again.
-    const a = await startNode('n1', { claimTimeoutMs: 2000 });
-    await add(a, 'c-0');
-    await new Promise((r) => setTimeout(r, 200));
-    const owned = etcdBlocksOf('n1');
-    const capacity = capacityOf(owned);
+    const { a, owned, capacity } = await nodeWithItsFirstBlocks(2000);
     fake.setMode(0, 'unavailable');
     fake.setMode(1, 'unavailable');
     for (let i = 1; i < capacity; i++) expect(inBlocks(await add(a, `c-${i}`), owned)).toBe(true);

@@ -167,16 +167,24 @@ describe('endpoints', () => {
     expect(c.endpointInUse).toBe(urls[0]);
   });
 
-  test('each member is tried once per call although other calls move the member in use meanwhile', async () => {
-    // B waits out m0 and settles on m1 while A is still waiting for m0; A must go on with m1, not with the
-    // member after the one B moved to (m2, 503), then m0 again: that skipped the new leader during elections.
+  /**
+   * m0 hangs and `unavailable` answers 503. Call B starts, call A `afterMs` later, so that A is still waiting
+   * for m0 when B moves the member in use.
+   */
+  async function twoCallsWhileM0Hangs(unavailable: number, afterMs: number) {
     const c = client();
     await c.put('/k', 'v');
     fake.setMode(0, 'hang');
-    fake.setMode(2, 'unavailable');
+    fake.setMode(unavailable, 'unavailable');
     const b = c.get('/k');
-    await new Promise((r) => setTimeout(r, 100));
-    const a = c.get('/k');
+    await new Promise((r) => setTimeout(r, afterMs));
+    return { c, a: c.get('/k'), b };
+  }
+
+  test('each member is tried once per call although other calls move the member in use meanwhile', async () => {
+    // B waits out m0 and settles on m1 while A is still waiting for m0; A must go on with m1, not with the
+    // member after the one B moved to (m2, 503), then m0 again: that skipped the new leader during elections.
+    const { c, a, b } = await twoCallsWhileM0Hangs(2, 100);
     expect((await b)!.value).toBe('v');
     expect(c.endpointInUse).toBe(urls[1]);
     expect((await a)!.value).toBe('v');
@@ -185,13 +193,7 @@ describe('endpoints', () => {
   test('a call goes on with the member another call found answering meanwhile, not the next in order', async () => {
     // B waits out m0, gets 503 from m1 and settles on m2 while A still waits for m0; A must go to m2 at
     // once, not first to m1 (suspected now: a /health probe) as a fixed order would.
-    const c = client();
-    await c.put('/k', 'v');
-    fake.setMode(0, 'hang');
-    fake.setMode(1, 'unavailable');
-    const b = c.get('/k');
-    await new Promise((r) => setTimeout(r, 150));
-    const a = c.get('/k');
+    const { c, a, b } = await twoCallsWhileM0Hangs(1, 150);
     expect((await b)!.value).toBe('v');
     expect(c.endpointInUse).toBe(urls[2]);
     expect((await a)!.value).toBe('v');
