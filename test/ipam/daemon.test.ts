@@ -261,11 +261,22 @@ describe('the daemon store keeps the files and lease-file-store index as the plu
   test('concurrent requests share batches and fsync rounds, and get distinct addresses', async () => {
     await startServer();
     const n = 60;
-    const replies = await Promise.all(
-      Array.from({ length: n }, (_, i) =>
-        callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope(`ctr-${i}`) }),
-      ),
-    );
+    // A plugin on the files holds the network's flock until all 60 requests are in: the first batch waits
+    // for it and the others queue behind it. Without that wait, how many requests share a batch depends on
+    // how their bytes interleave with the batches, which load changes (60 batches once, in a CI run).
+    const release = holdNetworkLock();
+    let all: Promise<{ status: number; body: unknown }[]>;
+    try {
+      all = Promise.all(
+        Array.from({ length: n }, (_, i) =>
+          callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope(`ctr-${i}`) }),
+        ),
+      );
+      await expect.poll(() => server!.inFlightCount, { timeout: 5000 }).toBe(n);
+    } finally {
+      release();
+    }
+    const replies = await all;
     const ips = replies.map((r) => (r.body as { ips: { address: string }[] }).ips[0]!.address);
     expect(new Set(ips).size).toBe(n);
     expect(leaseFiles().size).toBe(n);
