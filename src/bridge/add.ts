@@ -14,6 +14,7 @@ import {
   isCode,
   openNetns,
   pinnedMac,
+  randomLocalMac,
   readSysctl,
   toKernelCniError,
   trySysctl,
@@ -83,18 +84,6 @@ function hostVethName(): string {
   return `veth${randomBytes(4).toString('hex')}`;
 }
 
-/**
- * A random locally administered unicast MAC for a host-side veth end. Set at creation, the MAC counts as
- * set (`addr_assign_type` 3) rather than random, so systemd-udevd's `MACAddressPolicy=persistent` (its
- * default since v242) leaves it alone: it would otherwise change the MAC a moment after the ADD, and the
- * result would report one the link no longer has.
- */
-function hostVethMac(): string {
-  const b = randomBytes(6);
-  b[0] = (b[0]! & 0xfe) | 0x02;
-  return [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
-}
-
 interface VethPair {
   host: Link;
   container: Link;
@@ -126,7 +115,10 @@ async function createVeth(ctx: AddContext, undo: UndoStack): Promise<VethPair> {
     try {
       hostEnd = await host.createVethPair({
         name,
-        mac: hostVethMac(),
+        // Given at creation, the MAC counts as set (`addr_assign_type` 3) rather than random, so systemd-udevd's
+        // `MACAddressPolicy=persistent` (its default since v242) leaves it alone; it would otherwise change it a
+        // moment after the ADD, and the result (and a CHECK) would name a MAC the link no longer has.
+        mac: randomLocalMac(),
         peerName: req.ifname,
         peerNetns: netns.fd,
         ...(conf.mtu !== undefined ? { mtu: conf.mtu } : {}),
@@ -299,9 +291,10 @@ async function ensureVlanGateway(ctx: AddContext, bridge: Link): Promise<Link> {
   const port = hostVethName();
   await host.createVethPair({
     name: port,
-    mac: hostVethMac(),
+    // Both ends are on the host: MACs set at creation, as for a pod's host end (createVeth).
+    mac: randomLocalMac(),
     peerName: name,
-    peerMac: hostVethMac(),
+    peerMac: randomLocalMac(),
     peerNetns: '/proc/self/ns/net',
     mtu: bridge.mtu,
   });

@@ -14,6 +14,7 @@ export { netlinkCode, toKernelCniError } from '../netlink/errors';
 export { openNetns, type NetnsRef } from '../netlink/netns';
 export { type NftFamily } from '../netlink/nftables';
 export { applyNft, readNftTable } from '../netlink/nftnl';
+export { randomLocalMac } from '../netlink/rtnetlink';
 
 /** A socket in the plugin's own (host) namespace. */
 export async function hostNetlink(): Promise<Netlink> {

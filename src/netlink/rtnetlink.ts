@@ -1,4 +1,5 @@
 // rtnetlink verbs over one socket bound to one namespace: what berth-bridge does to links, addresses and routes.
+import { randomBytes } from 'node:crypto';
 import { closeSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createNetlink, type NetlinkSocket } from 'netlink/dist/netlink';
@@ -152,6 +153,13 @@ function macToBytes(mac: string): Buffer {
 function bytesToMac(b: Buffer | undefined): string | undefined {
   if (b === undefined || b.length === 0) return undefined;
   return [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
+}
+
+/** A random locally administered unicast MAC, in the form links are read back with. */
+export function randomLocalMac(): string {
+  const b = randomBytes(6);
+  b[0] = (b[0]! & 0xfe) | 0x02;
+  return bytesToMac(b)!;
 }
 
 function familyOf(f: IpFamily): number {
