@@ -66,6 +66,13 @@ const NLM_F_DUMP_INTR = 0x10;
 class Retry extends Error {}
 
 /**
+ * Listings of one table before giving up while the ruleset keeps changing under them. A listing is a dozen
+ * round trips (~1-2 ms); with two networks' pods coming and going at once (concurrency.root.test's storms,
+ * hundreds of transactions a second) five in a row could all be crossed by a commit.
+ */
+const LIST_ATTEMPTS = 30;
+
+/**
  * One nfnetlink socket in one namespace; one exchange at a time (one caller at a time: withNfnl). Answers
  * are matched by sequence number, so a socket can serve one caller after another.
  */
@@ -299,12 +306,19 @@ export async function nfnlListTable(t: TableRef, opts: NftOptions = {}): Promise
       try {
         objects = await readTable(s, t, family);
       } catch (err) {
-        // A set listed by one dump can be gone by the next (another network's teardown committed in
-        // between: ENOENT on its elements): a changed generation means "read again", as for nft.
-        if (attempt >= 5 || !(err instanceof Retry || (await s.genId()) !== gen)) throw err;
+        // An interrupted dump or a set gone under the listing (Retry), or a failure after which the
+        // generation moved (another network's teardown committed in between): read again, as nft does.
+        const again = err instanceof Retry || (await s.genId()) !== gen;
+        if (!again) throw err;
+        if (attempt >= LIST_ATTEMPTS)
+          throw fromErrno(
+            11,
+            'nft list',
+            `${t.family} ${t.name}: the ruleset changed under ${attempt} listings`,
+          );
         continue;
       }
-      if ((await s.genId()) === gen || attempt >= 5) return objects;
+      if ((await s.genId()) === gen || attempt >= LIST_ATTEMPTS) return objects;
     }
   });
 }
@@ -366,18 +380,27 @@ async function readSet(
   set: SetInfo,
 ): Promise<Record<string, unknown>> {
   keyFields(set); // NftnlUnsupported for what we cannot read
-  const answers = await s.dump(
-    {
-      type: NFT_MSG.GETSETELEM,
-      family,
-      flags: 0,
-      attrs: [
-        [NFTA_SET_ELEM_LIST.TABLE, str(t.name)],
-        [NFTA_SET_ELEM_LIST.SET, str(set.name)],
-      ],
-    },
-    `${t.family} ${t.name} ${set.name}`,
-  );
+  let answers: NlMsg[];
+  try {
+    answers = await s.dump(
+      {
+        type: NFT_MSG.GETSETELEM,
+        family,
+        flags: 0,
+        attrs: [
+          [NFTA_SET_ELEM_LIST.TABLE, str(t.name)],
+          [NFTA_SET_ELEM_LIST.SET, str(set.name)],
+        ],
+      },
+      `${t.family} ${t.name} ${set.name}`,
+    );
+  } catch (err) {
+    // Listed by the set dump, gone for its elements (another network's teardown): read the table again.
+    // Not always seen as a new generation: a commit bumps the generation before it unlinks what it deletes,
+    // so the generation read at the start of this listing can already be the one without the set.
+    if (err instanceof NetlinkError && err.code === 'ENOENT') throw new Retry(`set ${set.name} gone`);
+    throw err;
+  }
   const elem = answers
     .flatMap((m) => parseElements(set, m))
     .map((e) => (e.comment !== undefined ? { elem: { val: e.val, comment: e.comment } } : e.val));

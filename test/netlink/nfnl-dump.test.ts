@@ -7,6 +7,7 @@ import {
   NFNL_SUBSYS_NFTABLES,
   NFTA_CHAIN,
   NFTA_GEN_ID,
+  NFTA_SET,
   NFTA_TABLE,
   NFT_MSG,
   NLMSG_DONE,
@@ -27,6 +28,8 @@ const NLM_F_DUMP_INTR = 0x10;
 interface DumpScript {
   /** Chain names, sent as one datagram; the first flagged NLM_F_DUMP_INTR when `interrupted`. */
   chains: string[];
+  /** Sets (of ipv4_addr), in the same datagram. */
+  sets?: string[];
   interrupted?: boolean;
   /** The rest of the dump (more chains, then NLMSG_DONE) comes this much later. */
   restAfterMs?: number;
@@ -86,6 +89,16 @@ const chain = (seq: number, name: string, flags: number): Buffer =>
     [NFTA_CHAIN.HANDLE, be64(1)],
   ]);
 
+const set = (seq: number, name: string): Buffer =>
+  encodeMsg(nftType(NFT_MSG.NEWSET), NLM_F_MULTI, seq, 1, [
+    [NFTA_SET.TABLE, str(TABLE)],
+    [NFTA_SET.NAME, str(name)],
+    [NFTA_SET.FLAGS, be32(0)],
+    [NFTA_SET.KEY_TYPE, be32(7)],
+    [NFTA_SET.KEY_LEN, be32(4)],
+    [NFTA_SET.HANDLE, be64(2)],
+  ]);
+
 function answer(sock: EventEmitter, m: NlMsg): void {
   const type = m.type & 0xff;
   const dump = (m.flags & NLM_F_DUMP) === NLM_F_DUMP;
@@ -107,9 +120,12 @@ function answer(sock: EventEmitter, m: NlMsg): void {
   // The kernel's netlink_dump_start: one dump per socket at a time.
   if (kernel.dumpRunning) return send(error(m.seq, -16));
   const script = kernel.dumps.get(type)?.shift() ?? { chains: [] };
-  const first = script.chains.map((c, i) =>
-    chain(m.seq, c, i === 0 && script.interrupted === true ? NLM_F_DUMP_INTR : 0),
-  );
+  const first = [
+    ...script.chains.map((c, i) =>
+      chain(m.seq, c, i === 0 && script.interrupted === true ? NLM_F_DUMP_INTR : 0),
+    ),
+    ...(script.sets ?? []).map((name) => set(m.seq, name)),
+  ];
   const end = [...(script.rest ?? []).map((c) => chain(m.seq, c, 0)), done(m.seq, script.doneErrno ?? 0)];
   if (script.restAfterMs === undefined) return send(...first, ...end);
   kernel.dumpRunning = true;
@@ -143,6 +159,18 @@ describe('nftables listing dumps', () => {
   it('a dump whose NLMSG_DONE carries an errno fails instead of returning what came before it', async () => {
     kernel.dumps.set(NFT_MSG.GETCHAIN, [{ chains: ['c1'], doneErrno: -2 }]);
     await expect(nfnlListTable({ family: 'inet', name: TABLE })).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  it('a set gone between the set dump and its elements dump is read again, whatever the generation says', async () => {
+    // A commit bumps the generation before it unlinks what it deletes: the generation read at the start of
+    // the listing can already be the one without the set (the scripted kernel never changes it).
+    kernel.dumps.set(NFT_MSG.GETSET, [{ chains: [], sets: ['s4'] }, { chains: [] }]);
+    kernel.dumps.set(NFT_MSG.GETSETELEM, [{ chains: [], doneErrno: -2 }]);
+    kernel.dumps.set(NFT_MSG.GETCHAIN, [{ chains: ['c1'] }, { chains: ['c1'] }]);
+    const objects = await nfnlListTable({ family: 'inet', name: TABLE });
+    expect(chainNames(objects)).toEqual(['c1']);
+    expect(objects?.some((o) => o.set !== undefined)).toBe(false);
+    expect(kernel.requests.filter((r) => r.type === NFT_MSG.GETSET)).toHaveLength(2);
   });
 
   it('a dump that ends well lists everything', async () => {
