@@ -232,6 +232,8 @@ export class ClusterIpam implements ClusterAllocator {
     if (this.ticker !== undefined) clearInterval(this.ticker);
     this.nodeWatch?.close();
     for (const n of this.networks.values()) n.close();
+    // The last record a change asked for reaches the disk before the daemon goes.
+    await Promise.all([...this.networks.values()].map((n) => n.recordsWritten()));
     await this.node.stop(true);
     this.etcd.close();
   }

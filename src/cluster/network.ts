@@ -88,6 +88,9 @@ export class ClusterNetwork {
   /** Leases counted at the last check. */
   private usedAtCheck = 0;
   private lastRecordContact = 0;
+  /** The last cluster.json write asked for (settled, never rejects), and the one not started yet. */
+  private recordWritten: Promise<void> = Promise.resolve();
+  private recordQueued: Promise<void> | undefined;
   private backgroundFailedAt = -Infinity;
   lastError: { message: string; at: number } | undefined;
   private readonly clock: () => number;
@@ -181,9 +184,39 @@ export class ClusterNetwork {
     };
   }
 
-  writeRecord(): void {
-    writeClusterRecord(this.dataDir, this.name, this.record());
-    this.lastRecordContact = this.node.lastContact();
+  /**
+   * Writes cluster.json with the state as it is when the write starts (off the event loop, see
+   * writeClusterRecord). Writes never overlap: calls made while one is on its way share the next one, so a
+   * burst of changes costs at most two writes. Resolves once a write that started after the call is on disk;
+   * await it before telling etcd anything the record must already say (a block being released).
+   */
+  writeRecord(): Promise<void> {
+    if (this.recordQueued !== undefined) return this.recordQueued;
+    const write = async (): Promise<void> => {
+      this.recordQueued = undefined;
+      const contact = this.node.lastContact();
+      await writeClusterRecord(this.dataDir, this.name, this.record());
+      this.lastRecordContact = contact;
+    };
+    const queued = this.recordWritten.then(write);
+    this.recordQueued = queued;
+    this.recordWritten = queued.catch(() => undefined);
+    return queued;
+  }
+
+  /** writeRecord() from a caller that cannot wait (a watch event): a failure is logged; the next write retries. */
+  private writeRecordLater(): void {
+    this.writeRecord().catch((err: unknown) =>
+      this.node.o.log.log('warn', 'cluster: cannot write cluster.json', {
+        network: this.name,
+        error: String(err),
+      }),
+    );
+  }
+
+  /** Resolves when no cluster.json write is on its way (daemon stop). */
+  recordsWritten(): Promise<void> {
+    return this.recordWritten;
   }
 
   /**
@@ -205,13 +238,12 @@ export class ClusterNetwork {
     const r = await etcd.range(keys.blocks(this.name), { prefix: true });
     this.applyBlocks(r.kvs, true);
     this.synced = true;
-    this.writeRecord();
+    await this.writeRecord();
     this.watcher?.close();
     this.watcher = etcd.watch(keys.blocks(this.name), (BigInt(r.revision) + 1n).toString(), {
       onEvents: (events) => {
         // A claim of k blocks is one revision, so one batch of k PUTs: applied together, they cost one
-        // cluster.json write (two fsyncs on the event loop) instead of one per block. The order of PUTs and
-        // DELETEs is kept.
+        // cluster.json write (two fsyncs) instead of one per block. The order of PUTs and DELETEs is kept.
         let puts: KeyValue[] = [];
         for (const e of events) {
           const parsed = keys.parseBlockKey(e.kv.key);
@@ -229,7 +261,7 @@ export class ClusterNetwork {
       onReset: async () => {
         const again = await etcd.range(keys.blocks(this.name), { prefix: true });
         this.applyBlocks(again.kvs, true);
-        this.writeRecord();
+        await this.writeRecord();
         return again.revision;
       },
       onError: (err) =>
@@ -327,7 +359,7 @@ export class ClusterNetwork {
         }
       }
     }
-    if (changed && this.synced) this.writeRecord();
+    if (changed && this.synced) this.writeRecordLater();
   }
 
   private blockGone(cidr: string): void {
@@ -340,7 +372,7 @@ export class ClusterNetwork {
         network: this.name,
         block: cidr,
       });
-      this.writeRecord();
+      this.writeRecordLater();
     }
   }
 
@@ -446,7 +478,7 @@ export class ClusterNetwork {
           used: 0,
         });
       }
-      if (added) this.writeRecord();
+      if (added) await this.writeRecord();
       this.stats.inc(
         'berthd_cluster_block_claims_total',
         'Blocks claimed, by result.',
@@ -698,7 +730,7 @@ export class ClusterNetwork {
         o.state = 'releasing';
         toRelease.push(cidr);
       }
-      if (toRelease.length > 0) this.writeRecord();
+      if (toRelease.length > 0) await this.writeRecord();
       const used = this.usedNow();
       this.growth.push(Math.max(0, used - this.usedAtCheck));
       while (this.growth.length > Math.max(1, Math.round(this.settings.reserveWindowMs / 1000)))
@@ -708,7 +740,7 @@ export class ClusterNetwork {
     for (const cidr of toRelease) await this.release(cidr);
     if (this.node.lastContact() !== this.lastRecordContact) {
       const every = Math.min(30_000, (this.node.o.horizonSeconds * 1000) / 4);
-      if (this.node.lastContact() - this.lastRecordContact >= every) this.writeRecord();
+      if (this.node.lastContact() - this.lastRecordContact >= every) await this.writeRecord();
     }
     for (const [setId] of this.pools.entries()) this.reserveCheck(setId);
   }
@@ -735,7 +767,7 @@ export class ClusterNetwork {
       if (r.succeeded || kv === undefined) {
         this.owned.delete(cidr);
         this.claimed.delete(cidr);
-        this.writeRecord();
+        await this.writeRecord();
         this.stats.inc('berthd_cluster_block_releases_total', 'Empty blocks released.', {
           network: this.name,
         });
@@ -765,7 +797,7 @@ export class ClusterNetwork {
         o.used = used;
         if (used === 0) o.state = 'releasing';
       }
-      this.writeRecord();
+      await this.writeRecord();
     });
     const released: string[] = [];
     for (const [cidr, o] of [...this.owned]) {
@@ -797,11 +829,8 @@ export class ClusterNetwork {
   dropAll(): void {
     this.owned.clear();
     this.synced = false;
-    try {
-      this.writeRecord();
-    } catch {
-      // Rewritten at the next sync.
-    }
+    // A failure is logged; the record is rewritten at the next sync.
+    this.writeRecordLater();
   }
 
   close(): void {

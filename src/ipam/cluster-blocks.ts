@@ -182,25 +182,33 @@ export function readClusterRecord(dataDir: string, network: string): ClusterReco
   }
 }
 
-/** Temp file, fsync, rename, fsync of the directory: a reader sees the old record or the new one. */
-export function writeClusterRecord(dataDir: string, network: string, rec: ClusterRecord): void {
+/**
+ * Temp file, fsync, rename, fsync of the directory: a reader sees the old record or the new one. Every step
+ * runs on libuv's pool, so berthd's event loop (and every call it serves) never waits on the disk. One writer
+ * per network at a time (ClusterNetwork.writeRecord serialises them): the temp name is per process.
+ */
+export async function writeClusterRecord(
+  dataDir: string,
+  network: string,
+  rec: ClusterRecord,
+): Promise<void> {
   const target = clusterRecordPath(dataDir, network);
   const dir = join(dataDir, network, BERTH_DIR);
-  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  await fs.promises.mkdir(dir, { recursive: true, mode: 0o700 });
   const tmp = `${target}.${process.pid}.tmp`;
-  const fd = fs.openSync(tmp, 'w', 0o600);
+  const file = await fs.promises.open(tmp, 'w', 0o600);
   try {
-    fs.writeSync(fd, `${JSON.stringify(rec)}\n`);
-    fs.fsyncSync(fd);
+    await file.writeFile(`${JSON.stringify(rec)}\n`);
+    await file.sync();
   } finally {
-    fs.closeSync(fd);
+    await file.close();
   }
-  fs.renameSync(tmp, target);
-  const dfd = fs.openSync(dir, 'r');
+  await fs.promises.rename(tmp, target);
+  const dirHandle = await fs.promises.open(dir, 'r');
   try {
-    fs.fsyncSync(dfd);
+    await dirHandle.sync();
   } finally {
-    fs.closeSync(dfd);
+    await dirHandle.close();
   }
 }
 

@@ -5,12 +5,18 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, test, vi } from 'vitest';
 import { ClusterIpam } from '../../src/cluster/cluster-ipam';
+import type { ClusterNetwork } from '../../src/cluster/network';
 import { IdentityConflictError } from '../../src/cluster/node';
 import { CniError, ErrorCode } from '../../src/cni-spec/errors';
 import { parseRequest } from '../../src/cni-spec/request';
 import { cidrContains, parseCidr } from '../../src/address/cidr';
 import { parseIp } from '../../src/address/ip';
-import { PoolBlocks, filesClusterAllocator, readClusterRecord } from '../../src/ipam/cluster-blocks';
+import {
+  PoolBlocks,
+  clusterRecordPath,
+  filesClusterAllocator,
+  readClusterRecord,
+} from '../../src/ipam/cluster-blocks';
 import { canonicalizeRangeSet } from '../../src/ipam/range-set';
 import { Allocate, Release, Status } from '../../src/ipam/daemon/protocol';
 import { Service } from '../../src/ipam/daemon/service';
@@ -399,6 +405,49 @@ describe('release, forget, leave', () => {
     expect(readClusterRecord(a.dataDir, NET)!.blocks.map((b) => b.cidr)).toEqual(etcdBlocksOf('n1'));
     expect((await a.cluster.check()).problems).toEqual([]);
   }, 20_000);
+
+  test("a block is 'releasing' in cluster.json before etcd is asked to delete it", async () => {
+    // berth-ipam on the files (daemon down) allocates from cluster.json's owned blocks: once etcd lets a block
+    // go, another node may claim it, so the record must stop offering it first.
+    const a = await startNode('n1', { releaseAfterMs: 0 });
+    for (let i = 0; i < 200; i++) await add(a, `c-${i}`);
+    const atRelease: { cidr: string; state: string | undefined }[] = [];
+    fake.onTxn = (body) => {
+      for (const op of (body.success as { request_delete_range?: { key: string } }[] | undefined) ?? []) {
+        if (op.request_delete_range === undefined) continue;
+        const key = Buffer.from(op.request_delete_range.key, 'base64').toString();
+        if (!key.startsWith(`/berth/v1/nets/${NET}/blocks/`)) continue;
+        const cidr = key.slice(key.lastIndexOf('/') + 1).replace('-', '/');
+        const onDisk = readClusterRecord(a.dataDir, NET)!.blocks.find((b) => b.cidr === cidr);
+        atRelease.push({ cidr, state: onDisk?.state });
+      }
+    };
+    for (let i = 0; i < 200; i++) await a.service.call(Release, envelope(a.dataDir, `c-${i}`));
+    await vi.waitFor(() => expect(etcdBlocksOf('n1').length).toBe(1), { timeout: 10_000, interval: 50 });
+    expect(atRelease.length).toBeGreaterThanOrEqual(3);
+    expect(atRelease.filter((r) => r.state !== 'releasing')).toEqual([]);
+  }, 20_000);
+
+  test('cluster.json is written off the event loop, and writes asked for meanwhile share one', async () => {
+    const a = await startNode('n1');
+    await add(a, 'first');
+    const net = (a.cluster as unknown as { networks: Map<string, ClusterNetwork> }).networks.get(NET)!;
+    const path = clusterRecordPath(a.dataDir, NET);
+    await net.recordsWritten();
+    rmSync(path);
+    const first = net.writeRecord();
+    // A synchronous write would be done before anything else runs; this one is still on libuv's pool.
+    const onDiskAtImmediate = await new Promise<boolean>((r) => setImmediate(() => r(existsSync(path))));
+    expect(onDiskAtImmediate).toBe(false);
+    // Asked for while the first is on its way: one more write, shared, with the state of its start.
+    const later = [net.writeRecord(), net.writeRecord(), net.writeRecord()];
+    expect(later[1]).toBe(later[0]);
+    expect(later[2]).toBe(later[0]);
+    expect(later[0]).not.toBe(first);
+    await Promise.all([first, ...later]);
+    expect(readClusterRecord(a.dataDir, NET)).toEqual(net.record());
+    expect(readdirSync(join(a.dataDir, NET, '.berth')).filter((f) => f.endsWith('.tmp'))).toEqual([]);
+  });
 
   test('releases keep the reserve: a released block is never claimed back (no release/claim churn)', async () => {
     // A burst remembered for 3 s of checks, released once a check has counted it: the reserve it asks for

@@ -63,6 +63,8 @@ export class FakeEtcd {
   now: () => number = () => Date.now();
   /** Holds back each txn's answer (after it is applied and watchers have their events). */
   txnAnswerDelayMs = 0;
+  /** Called with each txn's body as it arrives, before it is applied (a test looks at a node's files then). */
+  onTxn: ((body: Json) => void) | undefined;
 
   /** Starts one more member (HTTP listener on 127.0.0.1); returns its URL. */
   async addMember(): Promise<string> {
@@ -285,6 +287,7 @@ export class FakeEtcd {
   }
 
   private doTxn(body: Json): Json {
+    this.onTxn?.(body);
     const compares = (body.compare as Json[] | undefined) ?? [];
     const ok = compares.every((c) => this.compare(c));
     const ops = ((ok ? body.success : body.failure) as Json[] | undefined) ?? [];
