@@ -48,15 +48,25 @@ if [ "$(id -u)" = 0 ]; then
 else
   echo "test.sh: not root: skipping the root project" >&2
 fi
+# The root projects run in a private network namespace, and a private mount namespace so that /sys shows that
+# namespace's links: whatever subnets and names they use, they cannot meet another run's on this shared
+# machine or the host's own networking, and what a killed run leaves behind goes with the namespace.
+in_private_netns() {
+  unshare --net --mount --propagation private -- \
+    bash -c 'mount -t sysfs sysfs /sys && ip link set lo up && exec "$@"' in_private_netns "$@"
+}
 for run in "${runs[@]}"; do
   read -r project args <<<"$run"
   report="$reports/$project.json"
   # shellcheck disable=SC2086
-  if [ "$project" = root-warm ]; then
-    BERTH_TEST_MODE=warm npx vitest run $args --reporter=default --reporter=json --outputFile="$report"
-  else
-    npx vitest run $args --reporter=default --reporter=json --outputFile="$report"
-  fi
+  case "$project" in
+    unit) npx vitest run $args --reporter=default --reporter=json --outputFile="$report" ;;
+    root) in_private_netns npx vitest run $args --reporter=default --reporter=json --outputFile="$report" ;;
+    root-warm)
+      in_private_netns env BERTH_TEST_MODE=warm \
+        npx vitest run $args --reporter=default --reporter=json --outputFile="$report"
+      ;;
+  esac
   rc=$?
   if [ -s "$report" ]; then
     read -r p f < <(count_report "$report")
