@@ -88,11 +88,18 @@ static int buf_json(struct buf *b, const char *s, size_t n) {
   return buf_add(b, s + start, n - start);
 }
 
+static int is_digit(char c) { return c >= '0' && c <= '9'; }
+
+/** Writes all of it; a non-blocking stdout or stderr (as some parents pass them) is waited on, not cut short. */
 static int write_all(int fd, const char *p, size_t n) {
   while (n > 0) {
     ssize_t w = write(fd, p, n);
     if (w < 0) {
       if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+        if (poll(&pfd, 1, -1) >= 0 || errno == EINTR) continue;
+      }
       return -1;
     }
     p += w;
@@ -289,9 +296,12 @@ int main(int argc, char **argv) {
   struct sockaddr_un addr = {.sun_family = AF_UNIX};
   if (strlen(path) >= sizeof addr.sun_path) return fall_back(argv, &in, stdin_read);
   strcpy(addr.sun_path, path);
-  int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (sock < 0 || connect(sock, (struct sockaddr *)&addr, sizeof addr) != 0)
-    return fall_back(argv, &in, stdin_read);
+  // Non-blocking from the start: a blocking connect(2) waits without limit while berthd's listen queue is
+  // full (berthd stopped, or not accepting). EAGAIN then, like any failure here, means nothing was sent.
+  int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (sock < 0) return fall_back(argv, &in, stdin_read);
+  if (connect(sock, (struct sockaddr *)&addr, sizeof addr) != 0)
+    return close(sock), fall_back(argv, &in, stdin_read);
 
   // The request: the body first (its length goes in the head), then both in one send when they fit.
   struct buf body = {0};
@@ -319,7 +329,6 @@ int main(int argc, char **argv) {
   free(body.p);
 
   double deadline = now_s() + timeout;
-  fcntl(sock, F_SETFL, fcntl(sock, F_GETFL) | O_NONBLOCK);
   for (size_t sent = 0; sent < req.len;) {
     ssize_t w = send(sock, req.p + sent, req.len - sent, MSG_NOSIGNAL);
     if (w >= 0) {
@@ -352,6 +361,10 @@ int main(int argc, char **argv) {
                       "running there: try again later",
                       path, timeout);
       }
+      // A unix socket is reset only when closed with some of the request still unread: berthd starts a
+      // call once it has read the whole body, so it cannot have run this one (stopped before accepting,
+      // or died while reading). The standalone program is safe to run.
+      if (errno == ECONNRESET && rep.len == 0) return close(sock), fall_back(argv, &in, stdin_read);
       return fail(11, "lost the connection to berthd (%s) after sending the call: %s; try again later",
                   path, strerror(errno));
     }
@@ -375,10 +388,13 @@ int main(int argc, char **argv) {
     }
     end_of_head[2] = 0;  // the head as a string ending in its last header's \r\n
     head_len = (size_t)(end_of_head + 4 - rep.p);
-    int status = 0;
-    if (strncmp(rep.p, "HTTP/1.", 7) != 0 || sscanf(rep.p + 8, " %3d", &status) != 1) {
+    // "HTTP/1.x NNN" then a space or the end of the line: exactly three digits.
+    const char *st = rep.p + 9;
+    if (strncmp(rep.p, "HTTP/1.", 7) != 0 || rep.p[8] != ' ' || !is_digit(st[0]) || !is_digit(st[1]) ||
+        !is_digit(st[2]) || (st[3] != ' ' && st[3] != '\r')) {
       return fail(11, "berthd's reply (%s) is not HTTP: try again later", path);
     }
+    int status = (st[0] - '0') * 100 + (st[1] - '0') * 10 + (st[2] - '0');
     if (status != 200) {
       // 421 not served here, 503 draining, 403 not root, 400 malformed...: berthd did nothing.
       close(sock);

@@ -2,7 +2,7 @@
 // alone: in `standalone` mode it runs the standalone plugin program with the forwarded environment and
 // stdin and replies with its output, so whatever the shim prints must equal the program's own output.
 // The other modes misbehave on purpose: a status that means "did nothing", a connection closed after the
-// request, a reply that never comes, a garbled or cut-short one.
+// request (read or, 'reset-unread', not), a reply that never comes, a garbled or cut-short one, a big one.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { type Server, type Socket, createServer } from 'node:net';
@@ -16,7 +16,10 @@ export type FakeMode =
   | { kind: 'silent' }
   | { kind: 'garbled' }
   | { kind: 'cut-short' }
-  | { kind: 'no-exit-code' };
+  | { kind: 'no-exit-code' }
+  | { kind: 'reset-unread' }
+  | { kind: 'big'; stdoutBytes: number }
+  | { kind: 'raw'; reply: string };
 
 export interface ForwardedCall {
   v: number;
@@ -63,7 +66,8 @@ export class FakeBerthd {
 
   /** `standalone(plugin)`: the command line that runs the plugin program (e.g. node bin/berth-bridge). */
   constructor(private readonly standalone: (plugin: string) => [string, ...string[]]) {
-    this.server = createServer((sock) => this.serve(sock));
+    // Paused on connect, so that 'reset-unread' can close a connection whose request it never read.
+    this.server = createServer({ pauseOnConnect: true }, (sock) => this.serve(sock));
   }
 
   listen(): Promise<void> {
@@ -80,6 +84,11 @@ export class FakeBerthd {
     this.open.add(sock);
     sock.on('close', () => this.open.delete(sock));
     sock.on('error', () => {});
+    if (this.mode.kind === 'reset-unread') {
+      // The request stays in the socket, unread, when it closes: the kernel resets the connection.
+      setTimeout(() => sock.destroy(), 200);
+      return;
+    }
     let data = Buffer.alloc(0);
     sock.on('data', (chunk: Buffer) => {
       data = Buffer.concat([data, chunk]);
@@ -98,6 +107,7 @@ export class FakeBerthd {
       this.calls.push(call);
       void this.answer(sock, call);
     });
+    sock.resume();
   }
 
   private async answer(sock: Socket, call: ForwardedCall): Promise<void> {
@@ -122,6 +132,24 @@ export class FakeBerthd {
       case 'no-exit-code':
         sock.end('HTTP/1.1 200 OK\r\nContent-Length: 3\r\nBerth-Stdout-Length: 3\r\n\r\n{}\n');
         return;
+      case 'reset-unread':
+        return;
+      case 'raw':
+        sock.end(mode.reply);
+        return;
+      case 'big': {
+        const body = Buffer.alloc(mode.stdoutBytes, 'x');
+        sock.end(
+          Buffer.concat([
+            Buffer.from(
+              `HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\nBerth-Exit-Code: 0\r\n` +
+                `Berth-Stdout-Length: ${body.length}\r\nConnection: close\r\n\r\n`,
+            ),
+            body,
+          ]),
+        );
+        return;
+      }
       case 'standalone': {
         const [file, ...args] = this.standalone(call.plugin);
         const run = await runProgram(file, args, call.env, call.stdin);

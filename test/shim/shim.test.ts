@@ -14,6 +14,8 @@ import {
   rmSync,
   writeFileSync,
 } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { type Socket, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { isDeepStrictEqual } from 'node:util';
 import { dirname, join } from 'node:path';
@@ -231,6 +233,92 @@ describe('fallback: no berthd', () => {
   );
 });
 
+describe('fallback: berthd cannot have run the call', () => {
+  const adds = (): Case[] => CASES.filter((c) => c.name.startsWith('ipam ADD'));
+  const want = (cases: Case[]): ProgramRun[] => cases.map((c) => reference[CASES.indexOf(c)] as ProgramRun);
+
+  it('berthd closes the connection with the request unread (reset): falls back', async () => {
+    fake.mode = { kind: 'reset-unread' };
+    const cases = adds();
+    const runs = await runAll(cases, throughShim(fake.socket));
+    expect(fake.calls).toHaveLength(0);
+    expectSame(cases, runs, want(cases));
+  }, 60_000);
+
+  it("berthd's listen queue is full (it accepts nothing): falls back at once, no hang in connect(2)", async () => {
+    // A listener with a queue of one that never accepts (its process is stopped), and the queue filled.
+    const sock = join(work, 'stuck.sock');
+    const listener = spawn(
+      process.execPath,
+      [
+        '-e',
+        `require('net').createServer().listen({ path: ${JSON.stringify(sock)}, backlog: 1 }, () => console.log('up'))`,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    const queued: Socket[] = [];
+    try {
+      await new Promise<void>((resolve) => listener.stdout.once('data', () => resolve()));
+      process.kill(listener.pid!, 'SIGSTOP');
+      for (let i = 0; i < 20; i++) {
+        const c = connect(sock);
+        const full = await new Promise<boolean>((resolve) => {
+          c.once('connect', () => resolve(false));
+          c.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'EAGAIN'));
+        });
+        if (full) break;
+        queued.push(c);
+      }
+      expect(queued.length).toBeGreaterThan(0);
+      expect(queued.length).toBeLessThan(20);
+      const cases = adds().slice(0, 2);
+      const started = Date.now();
+      const runs = await Promise.race([
+        runAll(cases, throughShim(sock, { BERTH_SHIM_TIMEOUT: '60' })),
+        new Promise<never>((_, reject) =>
+          setTimeout(() => reject(new Error('the shim hung in connect')), 20_000),
+        ),
+      ]);
+      expectSame(cases, runs, want(cases));
+      expect(Date.now() - started).toBeLessThan(20_000);
+    } finally {
+      for (const c of queued) c.destroy();
+      process.kill(listener.pid!, 'SIGKILL');
+      rmSync(sock, { force: true });
+    }
+  }, 60_000);
+
+  it('a non-blocking stdout (as some parents pass it) gets the whole reply, not a cut', async () => {
+    const stdoutBytes = 300_000;
+    fake.mode = { kind: 'big', stdoutBytes };
+    const add = adds()[0] as Case;
+    // perl (perl-base: always on Debian) sets O_NONBLOCK on the pipe, then execs the shim; the reader
+    // starts late, so the pipe is full when the shim writes.
+    const child = spawn(
+      'perl',
+      [
+        '-MFcntl',
+        '-e',
+        'fcntl(STDOUT, F_SETFL, fcntl(STDOUT, F_GETFL, 0) | O_NONBLOCK) or die; exec @ARGV or die',
+        join(shimDir, add.plugin),
+      ],
+      { env: { ...add.env, BERTH_SOCKET: fake.socket }, stdio: ['pipe', 'pipe', 'pipe'] },
+    );
+    child.stdout.pause();
+    child.stdin.end(add.stdin);
+    const err: Buffer[] = [];
+    child.stderr.on('data', (d: Buffer) => err.push(d));
+    await new Promise((r) => setTimeout(r, 500));
+    const out: Buffer[] = [];
+    child.stdout.on('data', (d: Buffer) => out.push(d));
+    child.stdout.resume();
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    expect(Buffer.concat(err).toString()).toBe('');
+    expect(code).toBe(0);
+    expect(Buffer.concat(out).length).toBe(stdoutBytes);
+  });
+});
+
 describe('warm: berthd answers', () => {
   it('same bytes and exit codes as the standalone program; berthd got the whole environment', async () => {
     const runs = await runAll(CASES, throughShim(fake.socket));
@@ -270,6 +358,20 @@ describe('after the request was sent, a bad reply is code 11 and never a second 
       expect(run.stderr.toString()).toMatch(new RegExp(`^${plugin}: ADD failed: code 11: `));
     }
     expect(fake.calls).toHaveLength(2);
+  });
+
+  it('a status of four digits is not HTTP (not taken as 200)', async () => {
+    fake.mode = {
+      kind: 'raw',
+      reply:
+        'HTTP/1.1 2001 OK\r\nContent-Length: 3\r\nBerth-Exit-Code: 0\r\nBerth-Stdout-Length: 3\r\n\r\n{}\n',
+    };
+    const run = await throughShim(fake.socket)(add);
+    expect(run.code).toBe(1);
+    expect(JSON.parse(run.stdout.toString())).toMatchObject({
+      code: 11,
+      msg: expect.stringMatching(/is not HTTP/),
+    });
   });
 
   it('a reply that never comes: code 11 once BERTH_SHIM_TIMEOUT (1 s here) has passed, no hang', async () => {
