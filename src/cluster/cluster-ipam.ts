@@ -100,6 +100,8 @@ export class ClusterIpam implements ClusterAllocator {
   private storeOf: ((conf: IpamConfig) => LeaseStore) | undefined;
   private ticker: NodeJS.Timeout | undefined;
   private nodeWatch: { close(): void } | undefined;
+  private nodeWatchStarting = false;
+  private stopped = false;
   private readonly aliveNodes = new Set<string>();
   private readonly settings: NetworkSettings;
 
@@ -158,6 +160,7 @@ export class ClusterIpam implements ClusterAllocator {
   async start(): Promise<void> {
     await this.node.start();
     this.ticker = setInterval(() => {
+      this.startNodeWatch();
       for (const n of this.networks.values()) {
         n.tick().catch((err: unknown) =>
           this.o.log.log('warn', 'cluster: periodic check failed', { network: n.name, error: String(err) }),
@@ -165,14 +168,27 @@ export class ClusterIpam implements ClusterAllocator {
       }
     }, 1000);
     this.ticker.unref();
-    this.watchNodes().catch((err: unknown) =>
-      this.o.log.log('debug', 'cluster: node watch not started yet', { error: String(err) }),
-    );
+    this.startNodeWatch();
+  }
+
+  /** Starts the node watch unless it runs or is starting; the ticker retries it while etcd cannot be reached. */
+  private startNodeWatch(): void {
+    if (this.nodeWatch !== undefined || this.nodeWatchStarting || this.stopped) return;
+    this.nodeWatchStarting = true;
+    this.watchNodes()
+      .catch((err: unknown) =>
+        this.o.log.log('debug', 'cluster: node watch not started yet', { error: String(err) }),
+      )
+      .finally(() => {
+        this.nodeWatchStarting = false;
+      });
   }
 
   /** Watches `nodes/`: which nodes are alive, and the first daemon to see one vanish records since when. */
   private async watchNodes(): Promise<void> {
     const r = await this.etcd.range(this.keys.nodes(), { prefix: true });
+    // Stopped meanwhile: no watch may open now (nothing would ever close it).
+    if (this.stopped) return;
     this.aliveNodes.clear();
     for (const kv of r.kvs) {
       const k = this.keys.parseNodeKey(kv.key);
@@ -229,6 +245,7 @@ export class ClusterIpam implements ClusterAllocator {
   }
 
   async stop(): Promise<void> {
+    this.stopped = true;
     if (this.ticker !== undefined) clearInterval(this.ticker);
     this.nodeWatch?.close();
     for (const n of this.networks.values()) n.close();

@@ -79,6 +79,8 @@ export class ClusterNetwork {
   /** Every claimed block of the network (any node), from a range and the watch. */
   private readonly claimed = new Map<string, Claimed>();
   private synced = false;
+  /** close() was called (daemon stop): a sync still on its way opens no watch. */
+  private closed = false;
   private syncing: Promise<void> | undefined;
   private watcher: Watcher | undefined;
   private readonly inFlight = new Map<number, Promise<void>>();
@@ -236,9 +238,12 @@ export class ClusterNetwork {
     const { etcd, keys } = this.node;
     await this.checkPoolConfig();
     const r = await etcd.range(keys.blocks(this.name), { prefix: true });
+    // Stopped meanwhile: no watch may open now (nothing would ever close it).
+    if (this.closed) return;
     this.applyBlocks(r.kvs, true);
     this.synced = true;
-    await this.writeRecord();
+    // The watch opens before the record is written: a failed write (retried by the next one) must not
+    // leave the network synced but blind to other nodes' claims and to deletions of its own blocks.
     this.watcher?.close();
     this.watcher = etcd.watch(keys.blocks(this.name), (BigInt(r.revision) + 1n).toString(), {
       onEvents: (events) => {
@@ -267,6 +272,7 @@ export class ClusterNetwork {
       onError: (err) =>
         this.node.o.log.log('debug', 'cluster: block watch reconnecting', { error: err.message }),
     });
+    await this.writeRecord();
   }
 
   private async checkPoolConfig(): Promise<void> {
@@ -834,6 +840,7 @@ export class ClusterNetwork {
   }
 
   close(): void {
+    this.closed = true;
     this.watcher?.close();
   }
 }

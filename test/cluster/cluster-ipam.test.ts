@@ -1,5 +1,6 @@
 // Cluster IPAM end to end in one process, on the fake etcd: berthd's Service with the cluster layer for two
 // or three nodes (separate data dirs, one etcd), asserted from the lease files, cluster.json and the etcd keys.
+import * as fs from 'node:fs';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -268,6 +269,83 @@ describe('claims', () => {
   });
 });
 
+describe('the first sync, its cluster.json write and the block watch', () => {
+  /** Another node's claim, put straight into etcd: heard only through the block watch. */
+  const otherClaim = (cidr: string): void =>
+    fake.putDirect(
+      `/berth/v1/nets/${NET}/blocks/${cidr.replace('/', '-')}`,
+      JSON.stringify({ node: 'n2', uid: 'u2', claimedAt: new Date().toISOString() }),
+    );
+  const networkOf = (n: (typeof nodes)[number]): ClusterNetwork | undefined =>
+    (n.cluster as unknown as { networks: Map<string, ClusterNetwork> }).networks.get(NET);
+
+  test('a failed write does not leave the network without its block watch', async () => {
+    const a = await startNode('n1');
+    const rename = fs.promises.rename.bind(fs.promises);
+    let failed = 0;
+    vi.spyOn(fs.promises, 'rename').mockImplementation(async (from, to) => {
+      if (failed === 0 && String(to).endsWith('cluster.json')) {
+        failed++;
+        throw Object.assign(new Error('EIO: i/o error, rename'), { code: 'EIO' });
+      }
+      return rename(from, to);
+    });
+    await add(a, 'first').catch(() => undefined);
+    vi.restoreAllMocks();
+    expect(failed).toBe(1);
+    otherClaim('198.18.15.0/26');
+    await vi.waitFor(() => expect(networkOf(a)?.claimedBlocks().has('198.18.15.0/26')).toBe(true), {
+      timeout: 3000,
+      interval: 20,
+    });
+  });
+
+  test('a daemon stopped while the sync writes cluster.json leaves no watch open', async () => {
+    const a = await startNode('n1');
+    const rename = fs.promises.rename.bind(fs.promises);
+    let letGo!: () => void;
+    const held = new Promise<void>((r) => (letGo = r));
+    let reached!: () => void;
+    const writing = new Promise<void>((r) => (reached = r));
+    vi.spyOn(fs.promises, 'rename').mockImplementation(async (from, to) => {
+      if (String(to).endsWith('cluster.json')) {
+        reached();
+        await held;
+      }
+      return rename(from, to);
+    });
+    const first = add(a, 'first').catch(() => undefined);
+    await writing;
+    nodes.splice(nodes.indexOf(a), 1);
+    const stopped = a.cluster.stop();
+    letGo();
+    await stopped;
+    vi.restoreAllMocks();
+    await first;
+    await a.service.drain();
+    a.service.close();
+    await new Promise((r) => setTimeout(r, 200));
+    expect(fake.openWatches).toBe(0);
+    otherClaim('198.18.15.0/26');
+    await new Promise((r) => setTimeout(r, 200));
+    expect(networkOf(a)?.claimedBlocks().has('198.18.15.0/26')).toBe(false);
+  });
+});
+
+test('etcd unreachable when the daemon starts: its node watch starts once etcd answers', async () => {
+  fake.setMode(0, 'refuse');
+  fake.setMode(1, 'refuse');
+  const a = await startNode('n1');
+  await new Promise((r) => setTimeout(r, 300));
+  expect(fake.openWatches).toBe(0);
+  fake.setMode(0, 'up');
+  fake.setMode(1, 'up');
+  await vi.waitFor(() => expect(fake.openWatches).toBe(1), { timeout: 5000, interval: 50 });
+  fake.putDirect('/berth/v1/nodes/n2/alive', 'x');
+  const alive = (a.cluster as unknown as { aliveNodes: Set<string> }).aliveNodes;
+  await vi.waitFor(() => expect(alive.has('n2')).toBe(true), { timeout: 3000, interval: 20 });
+});
+
 describe('etcd down', () => {
   /** Node n1 after its first ADD, once its background claims have settled: its blocks and their capacity. */
   async function nodeWithItsFirstBlocks(claimTimeoutMs: number) {
@@ -433,6 +511,7 @@ describe('release, forget, leave', () => {
     await add(a, 'first');
     const net = (a.cluster as unknown as { networks: Map<string, ClusterNetwork> }).networks.get(NET)!;
     const path = clusterRecordPath(a.dataDir, NET);
+    await new Promise((r) => setTimeout(r, 300)); // the first ADD's background claims settle
     await net.recordsWritten();
     rmSync(path);
     const first = net.writeRecord();
@@ -445,7 +524,8 @@ describe('release, forget, leave', () => {
     expect(later[2]).toBe(later[0]);
     expect(later[0]).not.toBe(first);
     await Promise.all([first, ...later]);
-    expect(readClusterRecord(a.dataDir, NET)).toEqual(net.record());
+    // The state of the shared write's start (keepalives move lastContact on since): the blocks.
+    expect(readClusterRecord(a.dataDir, NET)?.blocks).toEqual(net.record().blocks);
     expect(readdirSync(join(a.dataDir, NET, '.berth')).filter((f) => f.endsWith('.tmp'))).toEqual([]);
   });
 

@@ -114,6 +114,11 @@ export class FakeEtcd {
       : { value: kv.value.toString('utf8'), createRevision: kv.create, modRevision: kv.mod, lease: kv.lease };
   }
 
+  /** Watch streams open now. */
+  get openWatches(): number {
+    return this.watches.size;
+  }
+
   keys(prefix = ''): string[] {
     this.expire();
     return [...this.kvs.keys()].filter((k) => k.startsWith(prefix)).sort();
