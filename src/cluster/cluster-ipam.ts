@@ -160,6 +160,8 @@ export class ClusterIpam implements ClusterAllocator {
   async start(): Promise<void> {
     await this.node.start();
     this.ticker = setInterval(() => {
+      // Seen even while no ADD asks: a gap past the horizon keeps the node fenced until it registers anew.
+      this.node.fenceReason();
       this.startNodeWatch();
       for (const n of this.networks.values()) {
         n.tick().catch((err: unknown) =>

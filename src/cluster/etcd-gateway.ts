@@ -640,7 +640,6 @@ export class EtcdGateway {
         'content-length': Buffer.byteLength(body),
       };
       if (this.token !== undefined) headers.authorization = this.token;
-      const sent = this.clock();
       let settled = false;
       const fail = (err: Error): void => {
         if (settled) return;
@@ -683,7 +682,8 @@ export class EtcdGateway {
               } catch {
                 continue;
               }
-              this.noteContact(sent, idx);
+              // No contact from a watch: a member without quorum still creates watches (the gateway sends
+              // no require-leader), so a stream says nothing of whether etcd as a whole answers.
               if (msg.error !== undefined) {
                 r.destroy();
                 fail(new Error(`watch: ${JSON.stringify(msg.error)}`));

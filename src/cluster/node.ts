@@ -50,6 +50,10 @@ export class ClusterNode {
   /** Called when etcd says a forgotten node came back with a new boot: its local blocks are gone. */
   onForgottenNewBoot: (() => void) | undefined;
   private stopped = false;
+  /** Seen past the ownership horizon since the last registration (see fenceReason). */
+  private pastHorizon = false;
+  /** Times the node went past its horizon: a registration begun before the latest one does not lift it. */
+  private gaps = 0;
 
   constructor(readonly o: ClusterNodeOptions) {
     this.name = o.name;
@@ -93,12 +97,24 @@ export class ClusterNode {
     return new Date(this.wallClock().getTime() - (this.clock() - this.lastContact())).toISOString();
   }
 
-  /** Why this node must not allocate now, or undefined. */
+  /**
+   * Why this node must not allocate now, or undefined. Once seen past the horizon, the node stays fenced
+   * after etcd answers again, until it has registered anew: meanwhile another node may have forgotten it and
+   * taken its blocks, and only the registration (which finds the `forgotten` tombstone) says so. The first
+   * answer after the gap, a keepalive's, says nothing about that.
+   */
   fenceReason(): string | undefined {
     if (this.identityFence !== undefined) return this.identityFence;
     const age = this.lastContactAgeSeconds();
     if (age > this.o.horizonSeconds) {
-      return `node ${this.name} has not reached etcd for ${Math.round(age)} s (ownership horizon ${this.o.horizonSeconds} s): it no longer allocates, even in its own blocks, until etcd answers again`;
+      if (!this.pastHorizon) {
+        this.pastHorizon = true;
+        this.gaps++;
+      }
+      return `node ${this.name} has not reached etcd for ${Math.round(age)} s (ownership horizon ${this.o.horizonSeconds} s): it no longer allocates, even in its own blocks, until etcd answers again and it has registered anew`;
+    }
+    if (this.pastHorizon) {
+      return `node ${this.name} was cut off from etcd past its ownership horizon (${this.o.horizonSeconds} s); it allocates again once it has registered anew (its blocks may have been forgotten meanwhile)`;
     }
     return undefined;
   }
@@ -124,6 +140,14 @@ export class ClusterNode {
 
   private async tick(): Promise<void> {
     if (this.stopped) return;
+    // Before anything is sent: a gap past the horizon must be seen before an answer ends it.
+    this.fenceReason();
+    if (this.pastHorizon && this.lease !== undefined && this.registering === undefined) {
+      // The lease may have outlived the gap (a horizon shorter than the TTL); register anyway.
+      const old = this.lease;
+      this.lease = undefined;
+      await this.o.etcd.leaseRevoke(old).catch(() => undefined);
+    }
     if (this.lease === undefined) {
       await this.ensureAlive();
       return;
@@ -181,6 +205,7 @@ export class ClusterNode {
 
   private async register(): Promise<string> {
     const { etcd, keys } = this.o;
+    const gapsAtStart = this.gaps;
     const idKey = keys.identity(this.name);
     const forgottenKey = keys.forgotten(this.name);
     // 1. identity: created once; ours (same uid) → refreshed with this boot's settings.
@@ -275,6 +300,7 @@ export class ClusterNode {
       throw new Error(`node ${this.name}'s identity changed while registering`);
     }
     this.identityFence = undefined;
+    if (this.gaps === gapsAtStart) this.pastHorizon = false;
     this.lease = lease.id;
     this.o.stats.inc('berthd_cluster_lease_registrations_total', 'Times this node registered its alive key.');
     this.o.log.log('info', 'cluster: node registered', { node: this.name, lease: lease.id });

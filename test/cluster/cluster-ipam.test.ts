@@ -57,11 +57,13 @@ async function startNode(
     uidFile?: string;
     claimTimeoutMs?: number;
     reserveWindowMs?: number;
+    /** Only these members (default: all). */
+    endpoints?: string[];
   } = {},
 ): Promise<(typeof nodes)[number]> {
   const dataDir = join(root, name, 'data');
   const cluster = new ClusterIpam({
-    etcd: { endpoints: urls, timeoutMs: 300 },
+    etcd: { endpoints: opts.endpoints ?? urls, timeoutMs: 300 },
     prefix: '/berth/v1',
     nodeName: name,
     nodeIdFile: opts.uidFile ?? join(root, name, 'node-id'),
@@ -563,6 +565,50 @@ describe('release, forget, leave', () => {
     expect(etcdBlocksOf('n1').filter((b) => released.has(b))).toEqual([]);
     expect(a.cluster.stats.total('berthd_cluster_block_claims_total')).toBe(claims);
   }, 25_000);
+
+  test('a node cut off past its horizon and forgotten meanwhile hands out nothing when etcd answers again', async () => {
+    // n1 reaches etcd only through member 0, n2 only through member 1: the cut is n1's alone.
+    const a = await startNode('n1', { horizonSeconds: 1, endpoints: [urls[0]!] });
+    const b = await startNode('n2', { endpoints: [urls[1]!] });
+    await add(a, 'a-0');
+    await new Promise((r) => setTimeout(r, 200));
+    const aBlocks = etcdBlocksOf('n1');
+    fake.setMode(0, 'refuse');
+    fake.expireAllLeases();
+    await vi.waitFor(() => expect(a.cluster.node.fenceReason()).toMatch(/has not reached etcd/), {
+      timeout: 5000,
+      interval: 100,
+    });
+    // Forgotten (--force: n1 is past its horizon): its blocks are free for others from now on.
+    const forgotten = await b.cluster.forget('n1', true);
+    expect(forgotten.blocks.length).toBe(aBlocks.length);
+    // etcd answers n1 again: its keepalive at once, its registration (a txn) only after 1.5 s, and its block
+    // watch not at all, so nothing but the fence stands between n1 and its stale blocks meanwhile.
+    fake.holdWatches = true;
+    fake.txnAnswerDelayMs = 1500;
+    fake.setMode(0, 'up');
+    try {
+      await vi.waitFor(() => expect(a.cluster.node.lastContactAgeSeconds()).toBeLessThan(0.5), {
+        timeout: 5000,
+        interval: 20,
+      });
+      const late = await add(a, 'a-1').then(
+        (ip) => `handed out ${ip}`,
+        (err: unknown) => err,
+      );
+      expect(late).toBeInstanceOf(CniError);
+      expect((late as CniError).code).toBe(ErrorCode.TryAgainLater);
+      expect((late as CniError).message).toMatch(/registered anew/);
+    } finally {
+      fake.txnAnswerDelayMs = 0;
+      fake.holdWatches = false;
+    }
+    // Its registration finds the tombstone of this boot: still fenced, now by etcd's word.
+    await vi.waitFor(() => expect(a.cluster.node.fenceReason()).toMatch(/was forgotten/), {
+      timeout: 8000,
+      interval: 100,
+    });
+  }, 30_000);
 
   test('forget is refused while the node is alive and before its horizon, accepted after; leave frees all', async () => {
     const a = await startNode('n1');

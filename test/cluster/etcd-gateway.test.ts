@@ -246,6 +246,42 @@ describe('auth', () => {
 });
 
 describe('watch', () => {
+  test('a watch stream is no contact: a member without quorum still creates watches', async () => {
+    // As a partitioned member through the gateway: every call 503, a watch created (then its stream ends now
+    // and then, as when the member restarts). Only answers of etcd as a whole may lift the node's fence.
+    const member = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        if (req.url === '/v3/watch') {
+          res.writeHead(200, { 'content-type': 'application/json' });
+          res.write(`${JSON.stringify({ result: { header: { revision: '5' }, created: true } })}\n`);
+          setTimeout(() => res.end(), 100);
+          return;
+        }
+        res
+          .writeHead(503, { 'content-type': 'application/json' })
+          .end(JSON.stringify({ error: 'etcdserver: no leader', code: 14 }));
+      });
+    });
+    await new Promise<void>((r) => member.listen(0, '127.0.0.1', () => r()));
+    try {
+      const c = new EtcdGateway({
+        endpoints: [`http://127.0.0.1:${(member.address() as AddressInfo).port}`],
+        timeoutMs: 300,
+      });
+      clients.push(c);
+      const w = c.watch('/k/', '6', { onEvents: () => undefined, onReset: () => Promise.resolve('5') });
+      await new Promise((r) => setTimeout(r, 1500));
+      w.close();
+      await expect(c.txn({ compare: [], success: [], failure: [] })).rejects.toBeInstanceOf(
+        EtcdUnavailableError,
+      );
+      expect(c.lastContact).toBeUndefined();
+    } finally {
+      member.close();
+    }
+  });
+
   test('events with prev_kv; reconnects after the member dropped it; resets after compaction', async () => {
     const c = client();
     const start = await c.put('/w/0', 'zero');

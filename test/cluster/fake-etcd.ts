@@ -63,6 +63,8 @@ export class FakeEtcd {
   now: () => number = () => Date.now();
   /** Holds back each txn's answer (after it is applied and watchers have their events). */
   txnAnswerDelayMs = 0;
+  /** While set, a new watch request gets no answer at all (the stream just hangs). */
+  holdWatches = false;
   /** Called with each txn's body as it arrives, before it is applied (a test looks at a node's files then). */
   onTxn: ((body: Json) => void) | undefined;
 
@@ -446,6 +448,7 @@ export class FakeEtcd {
             return;
           }
           case '/v3/watch': {
+            if (this.holdWatches) return;
             const c = (body.create_request ?? {}) as Json;
             const { start, end } = this.rangeOf(c);
             const from = BigInt(String(c.start_revision ?? '0'));
