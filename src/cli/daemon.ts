@@ -103,6 +103,20 @@ export function clusterSettingsOf(o: DaemonCliOptions, env: NodeJS.ProcessEnv): 
   };
 }
 
+/** The longest a Node timer holds (ms); AbortSignal.timeout throws above 2^32 - 1, setTimeout fires at once. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * `--call-timeout` (seconds) in ms, or null when no timer can hold it: under 1 ms every call would start
+ * cancelled; past MAX_TIMER_MS every call failed in AbortSignal.timeout and the shim silently ran standalone.
+ */
+export function callDeadlineMs(seconds: string): number | null {
+  const s = Number(seconds);
+  if (seconds.trim() === '' || !Number.isFinite(s)) return null;
+  const ms = Math.round(s * 1000);
+  return ms >= 1 && ms <= MAX_TIMER_MS ? ms : null;
+}
+
 export async function runDaemonCommand(o: DaemonCliOptions, err: (s: string) => void): Promise<number> {
   const format = o.logFormat ?? 'text';
   const level = o.logLevel ?? 'info';
@@ -158,9 +172,11 @@ export async function runDaemonCommand(o: DaemonCliOptions, err: (s: string) => 
     err(`berth daemon: --nft-table must be a name of letters, digits and _, got ${o.nftTable}\n`);
     return 2;
   }
-  const timeout = o.callTimeout === undefined ? undefined : Number(o.callTimeout);
-  if (timeout !== undefined && !(Number.isFinite(timeout) && timeout > 0)) {
-    err(`berth daemon: --call-timeout wants seconds (> 0), got ${o.callTimeout}\n`);
+  const deadlineMs = o.callTimeout === undefined ? undefined : callDeadlineMs(o.callTimeout);
+  if (deadlineMs === null) {
+    err(
+      `berth daemon: --call-timeout wants seconds from 0.001 to ${MAX_TIMER_MS / 1000}, got ${o.callTimeout}\n`,
+    );
     return 2;
   }
   return runDaemon({
@@ -168,7 +184,7 @@ export async function runDaemonCommand(o: DaemonCliOptions, err: (s: string) => 
     ...(underlayAddresses.length > 0 ? { underlayAddresses } : {}),
     ...(o.runDir !== undefined ? { runDir: o.runDir } : {}),
     ...(o.nftTable !== undefined ? { nftTable: o.nftTable } : {}),
-    ...(timeout !== undefined ? { callDeadlineMs: Math.round(timeout * 1000) } : {}),
+    ...(deadlineMs !== undefined ? { callDeadlineMs: deadlineMs } : {}),
     ...(o.plugins === false ? { servePlugins: false } : {}),
     logFormat: format,
     logLevel: level,

@@ -4,7 +4,7 @@
 import { toVersion, parseResult } from '../cni-spec/convert';
 import { type CallOutput, type PluginHandlers, dispatchCall } from '../cni-spec/dispatch';
 import { CniError, ErrorCode } from '../cni-spec/errors';
-import type { Request } from '../cni-spec/request';
+import { COMMANDS, type Request } from '../cni-spec/request';
 import type { Result } from '../cni-spec/types/result';
 import { type BridgeDeps, type IpamCall, execIpam, nftTable, runDir, systemKernel } from '../bridge/deps';
 import { BRIDGE_ABOUT, bridgeHandlers } from '../bridge/handlers';
@@ -164,7 +164,9 @@ export class PluginHost {
   }
 
   private count(plugin: string, command: string, code: number, t0: bigint): void {
-    const labels = { plugin, command: command === '' ? 'none' : command };
+    // A label value per command CNI knows: whatever else a caller puts in CNI_COMMAND is one series, not one each.
+    const known = (COMMANDS as readonly string[]).includes(command);
+    const labels = { plugin, command: command === '' ? 'none' : known ? command : 'other' };
     this.o.metrics.inc(
       'berthd_plugin_calls_total',
       'Plugin calls served in-process, by plugin and command.',

@@ -193,7 +193,6 @@ export class BerthServer {
   private routeName(method: string, path: string): string {
     if (path.startsWith('/v1/leases/')) return `${method} /v1/leases/:id`;
     if (path.startsWith('/v1/cluster/nodes/')) return `${method} /v1/cluster/nodes/:node/forget`;
-    if (path.startsWith('/v1/cluster/')) return `${method} ${path}`;
     if (CNI_ROUTES.has(path) || path === Gc.path) return `${method} ${path}`;
     if (
       [
@@ -204,6 +203,10 @@ export class BerthServer {
         '/v1/metrics',
         '/metrics',
         '/v1/cluster/routes',
+        '/v1/cluster/status',
+        '/v1/cluster/check',
+        '/v1/cluster/leave',
+        '/v1/cluster/rejoin',
       ].includes(path)
     )
       return `${method} ${path}`;

@@ -138,6 +138,22 @@ function leaseFiles(network: string): string[] {
   }
 }
 
+describe('metrics of served calls', () => {
+  test('a CNI_COMMAND no spec knows is counted as command="other", not as a series of its own', async () => {
+    const stdin = JSON.stringify(conf('198.18.181.0/24'));
+    for (const junk of ['JUNK1', 'JUNK2', 'add']) {
+      const out = await host.serve(
+        { v: 1, plugin: 'berth-bridge', env: callEnv(junk, `${fx.prefix}-junk`, '/nonexistent'), stdin },
+        never,
+      );
+      expect(out.code).not.toBe(0);
+    }
+    const text = metrics.render([]);
+    expect(text).toMatch(/berthd_plugin_calls_total\{plugin="berth-bridge",command="other"\} 3/);
+    expect(text).not.toMatch(/JUNK|command="add"/);
+  });
+});
+
 describe('a real berthd on /v1/cni', () => {
   let d: TestDaemon;
   beforeAll(async () => {

@@ -1,0 +1,24 @@
+// berth daemon's option checks that are pure functions of the text given.
+import { describe, expect, test } from 'vitest';
+import { MAX_TIMER_MS, callDeadlineMs } from '../../src/cli/daemon';
+
+describe('--call-timeout', () => {
+  test('seconds become whole milliseconds', () => {
+    expect(callDeadlineMs('120')).toBe(120_000);
+    expect(callDeadlineMs('0.25')).toBe(250);
+    expect(callDeadlineMs('0.001')).toBe(1);
+    expect(callDeadlineMs(String(MAX_TIMER_MS / 1000))).toBe(MAX_TIMER_MS);
+  });
+
+  test('refused: what no timer can hold, and what is no number', () => {
+    // 0.0004 s rounds to 0 ms: every call would start cancelled.
+    for (const bad of ['0', '-1', '0.0004', '5e6', 'Infinity', 'NaN', '', ' ', '2m'])
+      expect(callDeadlineMs(bad), bad).toBeNull();
+  });
+
+  test('the largest accepted value is one AbortSignal.timeout takes', () => {
+    const ms = callDeadlineMs(String(MAX_TIMER_MS / 1000))!;
+    const signal = AbortSignal.timeout(ms);
+    expect(signal.aborted).toBe(false);
+  });
+});
