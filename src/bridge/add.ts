@@ -412,6 +412,19 @@ function chainedResult(prev: Result, ours: Result): Result {
   return merged;
 }
 
+/** A delegate run by the rollback gets this long in berthd: a hung one must not hold the attachment forever. */
+const CLEANUP_TIMEOUT_MS = 30_000;
+
+/**
+ * The request for a rollback step: not cancelled with the call. A caller that left, or a deadline that
+ * passed, is often why the ADD fails, and its cleanup must still run (a delegated IPAM refuses to start
+ * with an aborted signal, and its lease would leak). In berthd it gets a deadline of its own.
+ */
+function forCleanup(req: Request): Request {
+  if (req.signal === undefined) return req;
+  return { ...req, signal: AbortSignal.timeout(CLEANUP_TIMEOUT_MS) };
+}
+
 export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
   const conf = confFromRequest(req);
   const undo = new UndoStack();
@@ -501,7 +514,7 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
       const ipamType = conf.ipamType;
       const ipam = await deps.ipam({ pluginType: ipamType, command: 'ADD', request: req });
       undo.push(`IPAM DEL (${ipamType})`, async () => {
-        await deps.ipam({ pluginType: ipamType, command: 'DEL', request: req });
+        await deps.ipam({ pluginType: ipamType, command: 'DEL', request: forCleanup(req) });
       });
       fault('after-ipam');
       if (ipam === undefined || ipam.ips === undefined || ipam.ips.length === 0) {

@@ -88,9 +88,28 @@ function execOnce(opts: ExecPluginOptions): Promise<PluginOutput> {
       return;
     }
     const child = spawn(opts.path, [], { env: childEnv(opts), stdio: ['pipe', 'pipe', 'pipe'] });
-    const kill = (): void => void child.kill('SIGKILL');
+    let cancelled = false;
+    const kill = (): void => {
+      cancelled = true;
+      child.kill('SIGKILL');
+    };
     opts.signal?.addEventListener('abort', kill, { once: true });
     child.once('close', () => opts.signal?.removeEventListener('abort', kill));
+    // Killed for the call's sake: done once the plugin itself is gone. Its own children may still hold the
+    // pipes (a script's `sleep`); waiting for 'close' would wait for them, past the deadline.
+    child.once('exit', (_code, signal) => {
+      if (!cancelled) return;
+      opts.signal?.removeEventListener('abort', kill);
+      child.stdout.destroy();
+      child.stderr.destroy();
+      reject(
+        new CniError(
+          ErrorCode.TryAgainLater,
+          `plugin ${opts.path} was killed: the call was cancelled (its deadline passed, or its caller left)`,
+          `${opts.path}: killed by ${signal ?? 'SIGKILL'}`,
+        ),
+      );
+    });
     const stdout: Buffer[] = [];
     const stderr: Buffer[] = [];
     child.stdout.on('data', (chunk: Buffer) => stdout.push(chunk));

@@ -1,8 +1,12 @@
 // A failed ADD leaves nothing: no veth, no lease, no nftables element, no gateway address it added, no
 // bridge it created. Faults are real where the kernel or IPAM can produce them, injected otherwise
 // (BERTH_TEST_FAULT, read only from the request's environment).
+import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { Fixture, ipJson, trySh } from './harness';
+import type * as AddModule from '../../src/bridge/add';
+import type * as DepsModule from '../../src/bridge/deps';
+import type * as RequestModule from '../../src/cni-spec/request';
+import { CNI_PATH, Fixture, REPO, ipJson, trySh } from './harness';
 
 const fx = new Fixture('r');
 afterEach(() => fx.cleanup());
@@ -192,5 +196,47 @@ describe('rollback of a failed ADD', () => {
     expect(fx.nftList('bridge')).not.toContain('ctr1');
     const gw = ipJson(['addr', 'show', 'dev', c.bridge as string])[0].addr_info.map((a: any) => a.local);
     expect(gw).toEqual(expect.arrayContaining(['198.18.131.1', 'fd00:b::1']));
+  });
+});
+
+describe('rollback when the call was cancelled (berthd: the caller left, or the deadline passed)', () => {
+  // In-process, as berthd runs the handler (the built code), with a delegated IPAM (host-local).
+  const dist = (m: string): unknown => require(join(REPO, 'dist', m));
+  const { cmdAdd } = dist('bridge/add.js') as typeof AddModule;
+  const { execIpam, faultAt, systemKernel } = dist('bridge/deps.js') as typeof DepsModule;
+  const { parseRequest } = dist('cni-spec/request.js') as typeof RequestModule;
+
+  it("the delegated IPAM's lease is still released: the rollback is not cancelled with the call", async () => {
+    const ns = fx.netns();
+    const c = conf({ ipMasq: false, macspoofchk: false });
+    const caller = new AbortController();
+    const ipamCalls: string[] = [];
+    const req = parseRequest({
+      env: {
+        CNI_COMMAND: 'ADD',
+        CNI_CONTAINERID: 'ctr9',
+        CNI_NETNS: ns.path,
+        CNI_IFNAME: 'eth0',
+        CNI_PATH,
+      },
+      stdin: JSON.stringify(c),
+    });
+    req.signal = caller.signal;
+    const add = cmdAdd(req, {
+      runDir: fx.runDir,
+      nftTable: fx.nftTable,
+      kernel: systemKernel,
+      ipam: async (call) => {
+        ipamCalls.push(`${call.command} cancelled=${call.request.signal?.aborted}`);
+        const r = await execIpam(call);
+        // The caller leaves right after host-local handed out the address; the ADD then fails.
+        if (call.command === 'ADD') caller.abort();
+        return r;
+      },
+      fault: faultAt('after-ipam'),
+    });
+    await expect(add).rejects.toThrow(/after-ipam/);
+    expect(ipamCalls).toEqual(['ADD cancelled=false', 'DEL cancelled=false']);
+    expectNothingLeft(c, ns, { bridgeGone: true });
   });
 });

@@ -130,7 +130,12 @@ describe('execPlugin', () => {
     }).catch((e: unknown) => e);
     const err = await run;
     expect(Date.now() - t0).toBeLessThan(10_000);
-    expect(err).toMatchObject({ code: ErrorCode.Internal, details: `${sleeper}: killed by SIGKILL` });
+    expect(err).toBeInstanceOf(CniError);
+    expect(err).toMatchObject({
+      code: ErrorCode.TryAgainLater,
+      message: expect.stringMatching(/was killed: the call was cancelled/),
+      details: `${sleeper}: killed by SIGKILL`,
+    });
     const again = await execPlugin({
       path: sleeper,
       command: 'ADD',
@@ -139,6 +144,32 @@ describe('execPlugin', () => {
       signal: ac.signal,
     }).catch((e: unknown) => e);
     expect(again).toMatchObject({ code: ErrorCode.TryAgainLater });
+  });
+
+  it('a cancelled plugin whose own child holds its output open: done when the plugin is, not the child', async () => {
+    // The shell is the plugin; its `sleep` keeps stdout and stderr open for 30 s after the shell is killed.
+    const childPid = join(root, 'parent-child.pid');
+    const parent = plugin(dirA, 'parent', `sleep 30 & echo $! > ${childPid}; echo started >&2; wait`);
+    const ac = new AbortController();
+    const t0 = Date.now();
+    try {
+      const err = await execPlugin({
+        path: parent,
+        command: 'ADD',
+        env: { PATH: process.env.PATH },
+        stdin: '',
+        stderr: () => ac.abort(),
+        signal: ac.signal,
+      }).catch((e: unknown) => e);
+      expect(Date.now() - t0).toBeLessThan(5_000);
+      expect(err).toMatchObject({ code: ErrorCode.TryAgainLater });
+    } finally {
+      try {
+        process.kill(Number(readFileSync(childPid, 'utf8')), 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
   });
 
   it("throws the plugin's own error object, code, msg and details kept", async () => {

@@ -1,0 +1,83 @@
+// PluginHost's own rules, with berth-bridge's handlers replaced by stubs (no kernel): the per-call deadline
+// and the order of calls of one attachment.
+import { describe, expect, test } from 'vitest';
+import type { PluginHandlers } from '../../src/cni-spec/dispatch';
+import { CniError, ErrorCode } from '../../src/cni-spec/errors';
+import type { Request } from '../../src/cni-spec/request';
+import { createLogger } from '../../src/daemon/log';
+import { Metrics } from '../../src/daemon/metrics';
+import { PluginHost } from '../../src/daemon/plugin-host';
+import type { Service } from '../../src/ipam/daemon/service';
+
+function hostWith(handlers: PluginHandlers, deadlineMs: number): PluginHost {
+  const host = new PluginHost({
+    service: {} as Service,
+    log: createLogger({ format: 'text', level: 'error', write: () => undefined }),
+    metrics: new Metrics(),
+    runDir: '/nonexistent/berth-run',
+    nftTable: 'berth',
+    bootIdFile: '/proc/sys/kernel/random/boot_id',
+    deadlineMs,
+  });
+  const tables = (host as unknown as { tables: Record<string, { handlers: PluginHandlers }> }).tables;
+  tables['berth-bridge']!.handlers = handlers;
+  return host;
+}
+
+/** Waits `ms`, or fails with code 11 as soon as the call is cancelled. */
+function work(req: Request, ms: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (req.signal?.aborted === true) return reject(new CniError(ErrorCode.TryAgainLater, 'cancelled'));
+    const t = setTimeout(resolve, ms);
+    req.signal?.addEventListener('abort', () => {
+      clearTimeout(t);
+      reject(new CniError(ErrorCode.TryAgainLater, 'cancelled'));
+    });
+  });
+}
+
+const never = new AbortController().signal;
+const call = (command: string) => ({
+  v: 1,
+  plugin: 'berth-bridge' as const,
+  env: {
+    CNI_COMMAND: command,
+    CNI_CONTAINERID: 'ctr-deadline',
+    CNI_NETNS: '/run/netns/x',
+    CNI_IFNAME: 'eth0',
+    CNI_PATH: '/nonexistent',
+  },
+  stdin: JSON.stringify({ cniVersion: '1.0.0', name: 'deadline-net', type: 'berth-bridge' }),
+});
+
+describe('deadline', () => {
+  test("a DEL queued behind its attachment's slow ADD gets its whole deadline from its own turn", async () => {
+    const order: string[] = [];
+    const host = hostWith(
+      {
+        add: async (req) => {
+          await work(req, 600);
+          order.push('ADD done');
+          return { cniVersion: '1.0.0' };
+        },
+        del: async (req) => {
+          order.push('DEL started');
+          await work(req, 600);
+          order.push('DEL done');
+        },
+      },
+      1000,
+    );
+    const [add, del] = await Promise.all([host.serve(call('ADD'), never), host.serve(call('DEL'), never)]);
+    expect(add.code).toBe(0);
+    expect(del.code).toBe(0);
+    expect(order).toEqual(['ADD done', 'DEL started', 'DEL done']);
+  });
+
+  test('a call past its deadline is cancelled with code 11', async () => {
+    const host = hostWith({ del: (req) => work(req, 5000) }, 200);
+    const out = await host.serve(call('DEL'), never);
+    expect(out.code).toBe(1);
+    expect(JSON.parse(out.stdout)).toMatchObject({ code: 11 });
+  });
+});
