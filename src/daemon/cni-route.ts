@@ -2,6 +2,7 @@
 // nothing, run the standalone program" (see protocol.ts), so each refusal is decided before any work.
 import type * as http from 'node:http';
 import { loadNativeAddon } from '../native-addon';
+import type { CallOutput } from '../cni-spec/dispatch';
 import type { PluginHost } from './plugin-host';
 import {
   EXIT_CODE_HEADER,
@@ -23,6 +24,17 @@ export interface CniRouteContext {
   draining: boolean;
   clientGone: AbortSignal;
   readJson(): Promise<unknown>;
+  /** Writes a reply; true once it is all in the caller's socket, false when the caller was gone. */
+  deliver(raw: RawReply): Promise<boolean>;
+}
+
+function replyOf(out: CallOutput): RawReply {
+  const stdout = Buffer.from(out.stdout, 'utf8');
+  return {
+    status: 200,
+    headers: { [EXIT_CODE_HEADER]: String(out.code), [STDOUT_LENGTH_HEADER]: String(stdout.length) },
+    body: Buffer.concat([stdout, Buffer.from(out.stderr, 'utf8')]),
+  };
 }
 
 function refusal(status: number, reason: string): { raw: RawReply } {
@@ -46,10 +58,11 @@ export function peerUid(req: http.IncomingMessage): number | undefined {
   }
 }
 
+/** The reply to send, or, with `sent`, the reply that was already sent (or tried) from the call's turn. */
 export async function serveCniCall(
   req: http.IncomingMessage,
   ctx: CniRouteContext,
-): Promise<{ raw: RawReply }> {
+): Promise<{ raw: RawReply; sent?: true }> {
   if (req.method !== 'POST') return refusal(405, 'POST /v1/cni only');
   if (ctx.plugins === undefined) return refusal(421, 'this berthd does not serve plugin calls');
   if (ctx.draining) return refusal(503, 'berthd is stopping');
@@ -62,13 +75,8 @@ export async function serveCniCall(
   const call = body as ForwardedCall;
   const reason = ctx.plugins.notServedReason(call);
   if (reason !== undefined) return refusal(421, `not served here: ${reason}`);
-  const out = await ctx.plugins.serve(call as ForwardedCall & { plugin: WarmPlugin }, ctx.clientGone);
-  const stdout = Buffer.from(out.stdout, 'utf8');
-  return {
-    raw: {
-      status: 200,
-      headers: { [EXIT_CODE_HEADER]: String(out.code), [STDOUT_LENGTH_HEADER]: String(stdout.length) },
-      body: Buffer.concat([stdout, Buffer.from(out.stderr, 'utf8')]),
-    },
-  };
+  const out = await ctx.plugins.serve(call as ForwardedCall & { plugin: WarmPlugin }, ctx.clientGone, (o) =>
+    ctx.deliver(replyOf(o)),
+  );
+  return { raw: replyOf(out), sent: true };
 }

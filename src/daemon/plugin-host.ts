@@ -114,8 +114,15 @@ export class PluginHost {
   /**
    * Runs one forwarded call. `clientGone` aborts when the caller disconnected: its delegates are killed,
    * and an ADD that still succeeded is deleted again (nobody will ever use or delete it otherwise).
+   * `deliver`, when given, sends the reply from within the attachment's turn and says whether it reached the
+   * caller's socket: an ADD whose reply could not be written (the caller left as the ADD ended) is deleted
+   * too, before the attachment's next call runs.
    */
-  async serve(call: ForwardedCall & { plugin: WarmPlugin }, clientGone: AbortSignal): Promise<CallOutput> {
+  async serve(
+    call: ForwardedCall & { plugin: WarmPlugin },
+    clientGone: AbortSignal,
+    deliver?: (out: CallOutput) => Promise<boolean>,
+  ): Promise<CallOutput> {
     const id = (++this.seq).toString(36);
     const command = call.env.CNI_COMMAND ?? '';
     const table = this.tables[call.plugin];
@@ -136,7 +143,8 @@ export class PluginHost {
           table.handlers,
           table.about,
         );
-        if (command === 'ADD' && r.code === 0 && clientGone.aborted) await this.undoAdd(call, id);
+        const delivered = !clientGone.aborted && (deliver === undefined || (await deliver(r)));
+        if (command === 'ADD' && r.code === 0 && !delivered) await this.undoAdd(call, id);
         return r;
       });
       if (deadline?.aborted === true) this.o.log.log('warn', 'call passed its deadline', fields);

@@ -143,13 +143,14 @@ export class BerthServer {
               draining: this.draining,
               clientGone: clientGone.signal,
               readJson: () => this.readJson(req),
+              deliver: (raw) => this.deliverRaw(res, raw),
             })
           : await this.dispatch(req, url, () => gone);
       let status = 200;
       if (typeof reply === 'string') this.send(res, 200, reply, 'text/plain; version=0.0.4');
       else if ('raw' in reply) {
         status = reply.raw.status;
-        this.sendRaw(res, reply.raw);
+        if (!('sent' in reply)) this.sendRaw(res, reply.raw);
       } else {
         status = reply.status ?? 200;
         this.send(res, status, JSON.stringify(reply.body));
@@ -211,6 +212,20 @@ export class BerthServer {
     )
       return `${method} ${path}`;
     return 'unknown';
+  }
+
+  /**
+   * sendRaw, resolving true once the reply is in the caller's socket, false when the caller had gone. Not
+   * 'finish' nor writableFinished: they only say the bytes left Node. A write to a socket whose peer has
+   * closed fails with EPIPE, and only the socket's error says so, by the time the response closes.
+   */
+  private deliverRaw(res: http.ServerResponse, raw: RawReply): Promise<boolean> {
+    const socket = res.socket;
+    if (socket === null || res.destroyed || res.headersSent) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      res.once('close', () => resolve(socket.errored === null));
+      this.sendRaw(res, raw);
+    });
   }
 
   /** A warm-path reply: the exact bytes, always with Content-Length (the shim reads no chunked encoding). */

@@ -1,14 +1,16 @@
 // The warm path as berthd runs it: berth-bridge's and berth-ipam's handlers in this process through the
 // daemon's dispatcher (PluginHost), many calls at once, then a real berthd on /v1/cni: its refusals, the
 // bytes it answers, and a caller that leaves in the middle of an ADD.
+import { spawn } from 'node:child_process';
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import type { CallOutput } from '../../src/cni-spec/dispatch';
 import type * as LogModule from '../../src/daemon/log';
 import type * as MetricsModule from '../../src/daemon/metrics';
 import type * as HostModule from '../../src/daemon/plugin-host';
+import type * as ServerModule from '../../src/daemon/server';
 import type * as ServiceModule from '../../src/ipam/daemon/service';
 import { CNI_PATH, Fixture, REPO, ipJson, nsExec, trySh } from '../bridge/harness';
 import { type TestDaemon, postCni, runStandalone, startDaemon } from './warm-client';
@@ -19,6 +21,7 @@ const { createLogger } = dist('daemon/log.js') as typeof LogModule;
 const { Metrics } = dist('daemon/metrics.js') as typeof MetricsModule;
 const { PluginHost } = dist('daemon/plugin-host.js') as typeof HostModule;
 const { Service } = dist('ipam/daemon/service.js') as typeof ServiceModule;
+const { BerthServer } = dist('daemon/server.js') as typeof ServerModule;
 type Service = ServiceModule.Service;
 type PluginHost = HostModule.PluginHost;
 type Metrics = MetricsModule.Metrics;
@@ -151,6 +154,74 @@ describe('metrics of served calls', () => {
     const text = metrics.render([]);
     expect(text).toMatch(/berthd_plugin_calls_total\{plugin="berth-bridge",command="other"\} 3/);
     expect(text).not.toMatch(/JUNK|command="add"/);
+  });
+});
+
+describe('the reply of an ADD', () => {
+  test('an ADD whose reply cannot be written (the caller left as it ended) is deleted before the next call', async () => {
+    // berthd's server and PluginHost in this process; berth-ipam's handlers are stubs. The ADD's last step
+    // holds the event loop, and the caller leaves meanwhile: its close is seen only when the reply is written.
+    const calls: string[] = [];
+    const stubHost = new PluginHost({
+      service,
+      log: createLogger({ format: 'text', level: 'error', write: () => undefined }),
+      metrics: new Metrics(),
+      runDir: fx.runDir,
+      nftTable: fx.nftTable,
+      bootIdFile: '/proc/sys/kernel/random/boot_id',
+      deadlineMs: 60_000,
+    });
+    (stubHost as unknown as { tables: Record<string, { handlers: unknown }> }).tables[
+      'berth-ipam'
+    ]!.handlers = {
+      add: async () => {
+        calls.push('ADD');
+        await new Promise((r) => setTimeout(r, 50));
+        const until = Date.now() + 300;
+        while (Date.now() < until); // the last, synchronous step
+        return { cniVersion: '1.0.0', ips: [{ address: '198.18.183.2/24' }] };
+      },
+      del: () => {
+        calls.push('DEL');
+        return Promise.resolve();
+      },
+    };
+    const server = new BerthServer({
+      service,
+      plugins: stubHost,
+      log: createLogger({ format: 'text', level: 'error', write: () => undefined }),
+      metrics: new Metrics(),
+      socketPath: 'test',
+    });
+    const sock = join(fx.runDir, 'reply-test.sock');
+    await new Promise<void>((r) => server.http.listen(sock, () => r()));
+    try {
+      const body = JSON.stringify({
+        v: 1,
+        plugin: 'berth-ipam',
+        env: { ...callEnv('ADD', `${fx.prefix}-reply`, '/nonexistent'), CNI_PATH: '/nonexistent' },
+        stdin: JSON.stringify({ cniVersion: '1.0.0', name: `${fx.prefix}-reply`, type: 'berth-ipam' }),
+      });
+      // The caller is another process (as the shim is): it sends the call and exits 150 ms later, while
+      // this process is held by the ADD's last step.
+      const request =
+        `POST /v1/cni HTTP/1.1\r\nHost: berthd\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
+        `Connection: close\r\n\r\n${body}`;
+      const caller = spawn(
+        process.execPath,
+        [
+          '-e',
+          `const c = require('net').connect(${JSON.stringify(sock)}, () => { c.write(${JSON.stringify(request)}); setTimeout(() => process.exit(0), 150); });`,
+        ],
+        { stdio: 'ignore' },
+      );
+      const exited = new Promise((r) => caller.once('exit', r));
+      await vi.waitFor(() => expect(calls).toEqual(['ADD', 'DEL']), { timeout: 5000, interval: 20 });
+      await exited;
+    } finally {
+      await new Promise((r) => server.http.close(r));
+      rmSync(sock, { force: true });
+    }
   });
 });
 
