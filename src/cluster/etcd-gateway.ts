@@ -276,8 +276,16 @@ function notListening(err: unknown): boolean {
   );
 }
 
+/** One watch's stream on one member: dropped (and reconnected elsewhere) when that member is suspected. */
+interface WatchStream {
+  idx: number;
+  drop(why: Error): void;
+}
+
 export class EtcdGateway {
   private readonly endpoints: Endpoint[];
+  /** Watch streams open now, with their member (see suspect). */
+  private readonly watchStreams = new Set<WatchStream>();
   private current = 0;
   private readonly timeoutMs: number;
   private readonly httpAgent = new http.Agent({ keepAlive: true, maxSockets: 64 });
@@ -519,8 +527,25 @@ export class EtcdGateway {
     }
   }
 
-  private suspect(idx: number, _reason: string): void {
+  private suspect(idx: number, reason: string): void {
     this.endpoints[idx]!.suspectUntil = this.clock() + 5000;
+    // A member a call found unfit (hung, without quorum) may hold watch streams that will never say another
+    // word, and a watch has no deadline of its own: they reconnect to another member.
+    for (const stream of [...this.watchStreams]) {
+      if (stream.idx === idx)
+        stream.drop(new Error(`${this.endpoints[idx]!.url.origin} suspected: ${reason}`));
+    }
+  }
+
+  /** Where a watch (re)connects: the member in use, unless suspected and another one is not. */
+  private watchMember(): number {
+    const n = this.endpoints.length;
+    const now = this.clock();
+    for (let k = 0; k < n; k++) {
+      const idx = (this.current + k) % n;
+      if (this.endpoints[idx]!.suspectUntil <= now) return idx;
+    }
+    return this.current;
   }
 
   async range(
@@ -614,6 +639,7 @@ export class EtcdGateway {
     let next = fromRevision;
     let closed = false;
     let req: http.ClientRequest | undefined;
+    let open: WatchStream | undefined;
     let retry: NodeJS.Timeout | undefined;
     const reconnect = (why: Error | undefined, delayMs: number): void => {
       req = undefined;
@@ -624,7 +650,7 @@ export class EtcdGateway {
     };
     const start = (): void => {
       if (closed || this.closed) return;
-      const idx = this.current;
+      const idx = this.watchMember();
       const ep = this.endpoints[idx]!;
       const mod = ep.url.protocol === 'https:' ? https : http;
       const body = JSON.stringify({
@@ -641,9 +667,21 @@ export class EtcdGateway {
       };
       if (this.token !== undefined) headers.authorization = this.token;
       let settled = false;
+      const stream: WatchStream = (open = {
+        idx,
+        drop: (why) => {
+          if (settled) return;
+          settled = true;
+          this.watchStreams.delete(stream);
+          r.destroy();
+          reconnect(why, 0);
+        },
+      });
+      this.watchStreams.add(stream);
       const fail = (err: Error): void => {
         if (settled) return;
         settled = true;
+        this.watchStreams.delete(stream);
         // Not the member's fault when the stream merely ended: try the same one again first.
         if (!/ended/.test(err.message)) {
           this.suspect(idx, err.message);
@@ -733,6 +771,7 @@ export class EtcdGateway {
       close: (): void => {
         closed = true;
         if (retry !== undefined) clearTimeout(retry);
+        if (open !== undefined) this.watchStreams.delete(open);
         req?.destroy();
       },
     };

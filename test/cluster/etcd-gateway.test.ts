@@ -282,6 +282,29 @@ describe('watch', () => {
     }
   });
 
+  test('a watch on a member that hangs moves to another member once a call finds it unfit', async () => {
+    const c = client();
+    const start = await c.put('/h/0', 'zero');
+    const seen: string[] = [];
+    const w = c.watch('/h/', (BigInt(start) + 1n).toString(), {
+      onEvents: (ev) => seen.push(...ev.map((e) => e.kv.key)),
+      onReset: () => Promise.resolve(start),
+    });
+    try {
+      await c.put('/h/1', 'one');
+      await until(() => seen.length === 1);
+      // Member 0 stops (a stopped process): its watch stream stays open and says nothing more, and a watch
+      // has no deadline. A call finds member 0 unfit (times out) and is answered by member 1: the watch
+      // follows.
+      fake.setMode(0, 'hang');
+      await c.put('/h/2', 'two');
+      await until(() => seen.includes('/h/2'), 5000);
+    } finally {
+      w.close();
+      fake.setMode(0, 'up');
+    }
+  });
+
   test('events with prev_kv; reconnects after the member dropped it; resets after compaction', async () => {
     const c = client();
     const start = await c.put('/w/0', 'zero');

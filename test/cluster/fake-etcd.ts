@@ -34,6 +34,8 @@ interface Watch {
   start: string;
   end: string | undefined;
   res: http.ServerResponse;
+  /** The member serving it: a member in 'hang' mode keeps its streams open and silent (a stopped process). */
+  member: { mode: MemberMode };
 }
 
 export type MemberMode = 'up' | 'refuse' | 'hang' | 'unavailable';
@@ -83,7 +85,7 @@ export class FakeEtcd {
 
   setMode(i: number, mode: MemberMode): void {
     this.members[i]!.mode = mode;
-    if (mode !== 'up') {
+    if (mode !== 'up' && mode !== 'hang') {
       for (const w of [...this.watches]) {
         w.res.destroy();
         this.watches.delete(w);
@@ -196,6 +198,7 @@ export class FakeEtcd {
     this.revision = rev;
     this.history.push(...events);
     for (const w of this.watches) {
+      if (w.member.mode === 'hang') continue;
       const mine = events.filter((e) => inRange(e.key, w.start, w.end));
       if (mine.length > 0) this.sendEvents(w.res, mine);
     }
@@ -465,7 +468,7 @@ export class FakeEtcd {
               const past = this.history.filter((e) => e.rev >= from && inRange(e.key, start, end));
               if (past.length > 0) this.sendEvents(res, past);
             }
-            const w: Watch = { start, end, res };
+            const w: Watch = { start, end, res, member };
             this.watches.add(w);
             res.on('close', () => this.watches.delete(w));
             return;
