@@ -19,6 +19,12 @@ import {
 /** The daemon could not be asked (absent, refused, reset, timed out, garbled): not a CNI failure. */
 export class DaemonUnavailable extends Error {
   readonly code = 'BERTH_DAEMON_UNAVAILABLE';
+  /**
+   * The whole request reached the daemon, which may have acted on it: the reply was lost (a timeout, a close
+   * without a complete reply). False when nothing was sent, or the daemon reset the connection before any
+   * reply (on a unix socket: it closed with the request unread).
+   */
+  maybeRan = false;
 }
 
 export interface DaemonReply {
@@ -88,17 +94,26 @@ export function callDaemon(c: DaemonCall): Promise<DaemonReply> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let settled = false;
-    const fail = (why: string): void => {
+    let written = false;
+    const fail = (why: string, resetBeforeReply = false): void => {
       if (settled) return;
       settled = true;
       sock.destroy();
-      reject(new DaemonUnavailable(`berthd at ${c.socket}: ${why}`));
+      const err = new DaemonUnavailable(`berthd at ${c.socket}: ${why}`);
+      err.maybeRan = written && !resetBeforeReply;
+      reject(err);
     };
     const sock = net.createConnection(c.socket);
     sock.setTimeout(c.timeoutMs ?? 30_000, () => fail('no reply in time'));
-    sock.on('connect', () => sock.write(head + payload));
+    sock.on('connect', () =>
+      sock.write(head + payload, (err) => {
+        if (err === undefined || err === null) written = true;
+      }),
+    );
     sock.on('data', (d: Buffer) => chunks.push(d));
-    sock.on('error', (err: NodeJS.ErrnoException) => fail(err.code ?? err.message));
+    sock.on('error', (err: NodeJS.ErrnoException) =>
+      fail(err.code ?? err.message, err.code === 'ECONNRESET' && chunks.length === 0),
+    );
     sock.on('end', () => {
       if (settled) return;
       try {
@@ -162,6 +177,15 @@ export async function forwardToDaemon(
     reply = await callDaemon({ socket, method: 'POST', path: method.path, body: envelope });
   } catch (err) {
     if (!(err instanceof DaemonUnavailable)) throw err;
+    // An ADD berthd may have run must not run again on the files: berthd, seeing its caller gone, undoes
+    // it and frees the address while the files' ADD hands the same lease out (two pods, one address).
+    // DEL, CHECK, GC and STATUS converge whoever runs them.
+    if (err.maybeRan && req.command === 'ADD') {
+      throw new CniError(
+        ErrorCode.TryAgainLater,
+        `berth-ipam: ${err.message}, after the ADD was sent: it may have run there (and is undone once berthd sees the caller gone); try again later`,
+      );
+    }
     warn(`berth-ipam: ${err.message}; working on the lease files directly`);
     return undefined;
   }

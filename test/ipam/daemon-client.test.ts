@@ -5,7 +5,7 @@ import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
-import { CniError } from '../../src/cni-spec/errors';
+import { CniError, ErrorCode } from '../../src/cni-spec/errors';
 import { parseRequest } from '../../src/cni-spec/request';
 import { DaemonUnavailable, callDaemon, daemonSocketOf, forwardToDaemon } from '../../src/ipam/daemon-client';
 
@@ -167,6 +167,32 @@ describe('forwardToDaemon (the plugin side)', () => {
     const e = await forwardToDaemon(request('DEL', socket), () => undefined).catch((x: unknown) => x);
     expect(e).toBeInstanceOf(CniError);
     expect((e as CniError).toJSON()).toEqual({ code: 11, msg: 'busy', details: 'try later' });
+  });
+
+  test('an ADD the daemon read and never answered: code 11, never run again on the files', async () => {
+    // berthd may have run it: seeing its caller gone it undoes it, freeing the address the files' ADD would
+    // hand out as well (one address, two pods).
+    await scripted((c) => c.destroy());
+    const warnings: string[] = [];
+    const err = await forwardToDaemon(request('ADD', socket), (m) => warnings.push(m)).catch(
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(CniError);
+    expect((err as CniError).code).toBe(ErrorCode.TryAgainLater);
+    expect((err as CniError).message).toMatch(/after the ADD was sent: it may have run there/);
+    expect(warnings).toEqual([]);
+    expect(received).toHaveLength(1);
+  });
+
+  test('an ADD the daemon refused unread (reset): the files', async () => {
+    server = net.createServer({ pauseOnConnect: true }, (c) => {
+      c.on('error', () => undefined);
+      setTimeout(() => c.destroy(), 100); // the request stays unread in the socket
+    });
+    await new Promise<void>((resolve) => server!.listen(socket, resolve));
+    const warnings: string[] = [];
+    expect(await forwardToDaemon(request('ADD', socket), (m) => warnings.push(m))).toBeUndefined();
+    expect(warnings[0]).toMatch(/ECONNRESET; working on the lease files directly/);
   });
 
   test('no daemon: undefined (files), with a warning only when a socket was there but failed', async () => {
