@@ -15,20 +15,23 @@
 #
 #   scripts/cri-test.sh                    all three modes, with a fresh package build
 #   CRI_TEST_MODES="standalone" scripts/cri-test.sh
-#   scripts/cri-test.sh --bin-dir DIR --conflist FILE [--berthd-socket PATH]
+#   scripts/cri-test.sh --bin-dir DIR --conflist FILE [--berthd-socket PATH [--run-dir DIR]]
 #       one mode, "installed": CNI bin dir and network as something else installed them (the node image
-#       test, scripts/node-image-test.sh); loopback is added to a copy of DIR, FILE is used as is.
+#       test, scripts/node-image-test.sh); loopback is added to a copy of DIR, FILE is used as is. With
+#       --run-dir (the plugins' BERTH_RUN_DIR, the berthd's own --run-dir), every berth-bridge ADD must be
+#       served in-process by that berthd (the warm path).
 # Everything it creates is named bt<pid>…, uses 198.19.240-242.0/24, and is removed on exit, also on failure.
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 [ "$(id -u)" = 0 ] || { echo "cri-test.sh: must run as root" >&2; exit 1; }
 
-given_bin="" given_conflist="" given_socket=""
+given_bin="" given_conflist="" given_socket="" given_run_dir=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin-dir) given_bin="$2"; shift ;;
     --conflist) given_conflist="$2"; shift ;;
     --berthd-socket) given_socket="$2"; shift ;;
+    --run-dir) given_run_dir="$2"; shift ;;
     *) echo "cri-test.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -160,7 +163,7 @@ EOF
 # The plugins inherit containerd's environment: berth's lock files and addon extraction go to this run,
 # and the shims (berth-bridge, berth-ipam) ask this run's berthd socket, never the host's /run/berth (in
 # the modes without berthd nobody listens there and they run berth standalone).
-BERTH_RUN_DIR="$tmp/run" BERTH_NATIVE_DIR="$tmp/native" BERTH_SOCKET="${given_socket:-$tmp/berthd/berthd.sock}" containerd --config "$tmp/containerd.toml" \
+BERTH_RUN_DIR="${given_run_dir:-$tmp/run}" BERTH_NATIVE_DIR="$tmp/native" BERTH_SOCKET="${given_socket:-$tmp/berthd/berthd.sock}" containerd --config "$tmp/containerd.toml" \
   >"$tmp/containerd.log" 2>&1 &
 ctrd_pid=$!
 up() { for _ in $(seq 1 100); do ctr -a "$sock" version >/dev/null 2>&1 && return 0; sleep 0.1; done; return 1; }
@@ -261,6 +264,13 @@ run_mode() { # mode, subnet third octet, kind (reference|standalone|berthd|insta
     [ -f "$r" ] && reports+=("$r") && run_ms["$mode-$how"]="$(jq -r '[.pods[].runMs] | sort | (if length == 0 then "-" else
       "\(.[(length / 2 | floor)] | round) \(add / length | round) \(max | round)" end)' "$r")"
   done
+  if [ "$kind" = installed ] && [ -n "$given_socket" ] && [ -n "$given_run_dir" ]; then
+    warm_installed() { local m; m="$(curl -sf --unix-socket "$given_socket" http://berthd/metrics)" || return 1
+      grep -E '^berthd_plugin_(calls|fallbacks)_total' <<<"$m"
+      grep -F 'berthd_plugin_calls_total{plugin="berth-bridge",command="ADD"}' <<<"$m" |
+        awk -v want=$((seq_pods + par_pods)) '{ if ($2 != want) exit 1 }' && grep -qF 'command="ADD"' <<<"$m"; }
+    check "[$mode] the installed berthd ran the $((seq_pods + par_pods)) berth-bridge ADDs in-process (warm path)" warm_installed
+  fi
   if [ "$kind" = berthd ]; then
     served() { local m; m="$(curl -sf --unix-socket "$socket" http://berthd/metrics)" || return 1
       grep "berthd_allocations_total{network=\"$net\"}" <<<"$m" | awk -v want=$((seq_pods + par_pods)) '{print; if ($2 != want) exit 1}' | grep -q . ; }

@@ -7,7 +7,8 @@
 #   - what the agent installed: berth, berth-bridge and berth-ipam (= berth-shim), executable, byte for byte
 #     the build; the config last (the agent's log order); no temp file left behind;
 #   - pods through containerd's CRI plugin on what it installed (scripts/cri-test.sh --bin-dir --conflist),
-#     their addresses handed out by the agent's berthd (berthd_allocations_total);
+#     their addresses handed out by the agent's berthd (berthd_allocations_total), every berth-bridge ADD
+#     run by it in-process (the warm path: containerd's /var/run/netns/… paths visible in the container);
 #   - SIGTERM (podman stop): the agent exits 0, plugins and config stay, the shims still answer (standalone);
 #     a second start changes no file (idempotent);
 #   - the liveness/readiness route: berthd from the image with --metrics-address in a private network
@@ -85,7 +86,8 @@ mounts = []
 for m in c["volumeMounts"]:
     v = vols[m["name"]]  # every mount names a volume
     mounts.append({"mountPath": m["mountPath"], "hostPath": v.get("hostPath", {}).get("path"),
-                   "configMap": v.get("configMap", {}).get("name"), "readOnly": m.get("readOnly", False)})
+                   "configMap": v.get("configMap", {}).get("name"), "readOnly": m.get("readOnly", False),
+                   "propagation": m.get("mountPropagation")})
 args = c["args"]
 metrics = [a.split("=", 1)[1] for a in args if a.startswith("--metrics-address=")]
 assert len(metrics) == 1, "--metrics-address"
@@ -144,16 +146,25 @@ jq --arg n "$net" --arg b "$br" --arg d "$host/var/lib/cni/networks" --arg s "$h
 volumes=()
 while read -r m; do
   mp="$(jq -r .mountPath <<<"$m")" hp="$(jq -r '.hostPath // empty' <<<"$m")" ro="$(jq -r .readOnly <<<"$m")"
+  prop="$(jq -r '.propagation // empty' <<<"$m")"
   if [ "$(jq -r '.configMap // empty' <<<"$m")" != "" ]; then src="$host/configmap"
   elif { [ "$hp" = /run/netns ] || [ "$hp" = /lib/modules ]; } && [ -d "$hp" ]; then
     src="$hp" ro=true # read only here, never written
   else src="$host$hp"; mkdir -p "$src"; fi
-  volumes+=(-v "$src:$mp$([ "$ro" = true ] && echo ':ro')")
+  # HostToContainer is a slave mount: the namespaces runtimes mount on the host later appear inside.
+  opts=()
+  [ "$ro" = true ] && opts+=(ro)
+  [ "$prop" = HostToContainer ] && opts+=(rslave)
+  volumes+=(-v "$src:$mp$([ ${#opts[@]} -gt 0 ] && (IFS=,; echo ":${opts[*]}"))")
 done < <(jq -c '.mounts[]' "$tmp/manifest.json")
 # The lease dir also at its host path: the config names it, and berthd opens it inside the container.
 volumes+=(-v "$host/var/lib/cni:$host/var/lib/cni")
+# The run dir likewise: berthd serves only plugin calls whose BERTH_RUN_DIR is its own --run-dir, and the
+# plugins here use this run's (on a node both are /run/berth, the manifest's mount).
+volumes+=(-v "$host/run/berth:$host/run/berth")
 # The manifest's args, but no TCP listener on the host's loopback (checked below in a namespace of ours).
 mapfile -t args < <(jq -r '.args[] | select(startswith("--metrics-address=") | not)' "$tmp/manifest.json")
+args+=("--run-dir=$host/run/berth")
 agent_log="$tmp/agent.log"
 start_agent() {
   "${podman_[@]}" run -d "${limits[@]}" --name "$P-agent" --network host --pid host --privileged "${volumes[@]}" "$tag" \
@@ -196,7 +207,8 @@ conf="$host/etc/cni/net.d/$(jq -r .conflistName "$tmp/manifest.json")"
 seq_pods="${CRI_TEST_SEQ_PODS:-2}" par_pods="${CRI_TEST_PAR_PODS:-4}"
 pods() {
   CRI_TEST_SEQ_PODS=$seq_pods CRI_TEST_PAR_PODS=$par_pods bash "$repo/scripts/cri-test.sh" \
-    --bin-dir "$host/opt/cni/bin" --conflist "$conf" --berthd-socket "$host/run/berth/berthd.sock"
+    --bin-dir "$host/opt/cni/bin" --conflist "$conf" --berthd-socket "$host/run/berth/berthd.sock" \
+    --run-dir "$host/run/berth"
 }
 check "pods through containerd's CRI plugin on the installed plugins and config (cri-test.sh installed mode)" pods
 cp "$tmp/last.out" "$tmp/cri.out"

@@ -4,11 +4,13 @@
 import { toVersion, parseResult } from '../cni-spec/convert';
 import { type CallOutput, type PluginHandlers, dispatchCall } from '../cni-spec/dispatch';
 import { CniError, ErrorCode } from '../cni-spec/errors';
+import { findPlugin } from '../cni-spec/invoke';
 import { COMMANDS, type Request } from '../cni-spec/request';
 import type { Result } from '../cni-spec/types/result';
 import { type BridgeDeps, type IpamCall, execIpam, nftTable, runDir, systemKernel } from '../bridge/deps';
 import { BRIDGE_ABOUT, bridgeHandlers } from '../bridge/handlers';
 import type { Service } from '../ipam/daemon/service';
+import { isNamespaceFile } from '../netlink/netns';
 import { AttachmentQueue, attachmentOf } from './attachments';
 import type { Logger } from './log';
 import type { Metrics } from './metrics';
@@ -31,6 +33,17 @@ export interface PluginHostOptions {
 export const DEFAULT_CALL_DEADLINE_MS = 120_000;
 
 const BERTH_IPAM_ABOUT = { name: 'berth-ipam' } as const;
+
+/** The `ipam.type` of a network config, undefined when there is none or it does not parse (dispatch says why). */
+function ipamTypeOf(stdin: string): string | undefined {
+  try {
+    const conf = JSON.parse(stdin) as { ipam?: { type?: unknown } } | null;
+    const t = conf?.ipam?.type;
+    return typeof t === 'string' ? t : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 /** Calls seen since start, for `berth status` and /v1/status. */
 export interface WarmStats {
@@ -108,6 +121,33 @@ export class PluginHost {
       return `boot-id-file: the caller's BERTH_BOOT_ID_FILE is not berthd's`;
     if (env.BERTH_TEST_FAULT !== undefined && env.BERTH_TEST_FAULT !== '')
       return 'test-fault: fault injection runs standalone only';
+    return this.notVisibleHere(call);
+  }
+
+  /**
+   * berthd may run in a mount namespace of its own (the DaemonSet's container): a pod namespace or a
+   * delegated IPAM plugin the runtime names on the host must also be there, else the standalone program
+   * (on the host, beside the shim) serves the call instead of berthd failing it.
+   */
+  private notVisibleHere(call: ForwardedCall): string | undefined {
+    const env = call.env;
+    const command = env.CNI_COMMAND;
+    if (command !== 'ADD' && command !== 'CHECK' && command !== 'DEL') return undefined;
+    const netns = env.CNI_NETNS;
+    // Missing here, or only the file it is mounted on (a mount the container did not get: propagation).
+    if (command !== 'DEL' && netns !== undefined && netns !== '' && !isNamespaceFile(netns))
+      return `netns: ${netns} is not visible to berthd as a namespace`;
+    if (call.plugin !== 'berth-bridge') return undefined;
+    const ipamType = ipamTypeOf(call.stdin);
+    if (ipamType === undefined || ipamType === 'berth-ipam') return undefined;
+    try {
+      findPlugin(
+        ipamType,
+        (env.CNI_PATH ?? '').split(':').filter((d) => d !== ''),
+      );
+    } catch {
+      return `ipam: plugin ${ipamType} is not on CNI_PATH as berthd sees it`;
+    }
     return undefined;
   }
 

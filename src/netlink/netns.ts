@@ -38,6 +38,19 @@ export interface NetnsRef {
 export type NetnsSpec = string | number | NetnsRef;
 
 /**
+ * Whether `path` is, in this process's mount namespace, a namespace file (nsfs, or procfs's
+ * /proc/<pid>/ns/net): false for a path that is missing or only the empty file a namespace is mounted on.
+ */
+export function isNamespaceFile(path: string): boolean {
+  try {
+    const type = statfsSync(path).type;
+    return type === NSFS_MAGIC || type === PROC_SUPER_MAGIC;
+  } catch {
+    return false;
+  }
+}
+
+/**
  * Opens a network namespace by path. Errors (NetlinkError, op 'open netns', object = path):
  * `ENOENT` when the path does not exist (DEL treats this as "already gone"), `ENOTNS` when it exists but
  * is not a network namespace (a plain file or directory, another namespace type such as /proc/self/ns/mnt,

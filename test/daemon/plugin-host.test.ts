@@ -81,3 +81,52 @@ describe('deadline', () => {
     expect(JSON.parse(out.stdout)).toMatchObject({ code: 11 });
   });
 });
+
+describe('what berthd cannot see is served by the standalone program (421)', () => {
+  // berthd's own settings (the caller names none): only visibility decides here.
+  const host = (): PluginHost => {
+    const h = hostWith({}, 1000);
+    (h as unknown as { o: { runDir: string; nftTable: string } }).o.runDir = '/run/berth';
+    return h;
+  };
+  const forward = (
+    command: string,
+    netns: string,
+    ipamType: string,
+    cniPath = '/usr/lib/cni:/nonexistent',
+  ) => ({
+    v: 1,
+    plugin: 'berth-bridge',
+    env: {
+      CNI_COMMAND: command,
+      CNI_CONTAINERID: 'c',
+      CNI_NETNS: netns,
+      CNI_IFNAME: 'eth0',
+      CNI_PATH: cniPath,
+    },
+    stdin: JSON.stringify({ cniVersion: '1.0.0', name: 'n', type: 'berth-bridge', ipam: { type: ipamType } }),
+  });
+
+  test("a pod namespace path that is not in berthd's mount namespace", () => {
+    expect(host().notServedReason(forward('ADD', '/var/run/netns-not-here/cni-1', 'berth-ipam'))).toMatch(
+      /^netns: \/var\/run\/netns-not-here\/cni-1 is not visible to berthd as a namespace/,
+    );
+    expect(host().notServedReason(forward('CHECK', '/nonexistent/ns', 'berth-ipam'))).toMatch(/^netns:/);
+    // The file a namespace is mounted on, without the mount (it did not propagate into berthd's container).
+    expect(host().notServedReason(forward('ADD', '/etc/hostname', 'berth-ipam'))).toMatch(
+      /^netns: \/etc\/hostname is not visible to berthd as a namespace/,
+    );
+    // DEL of a namespace gone everywhere is still berthd's (the host veth is found by its tag).
+    expect(host().notServedReason(forward('DEL', '/nonexistent/ns', 'berth-ipam'))).toBeUndefined();
+    expect(host().notServedReason(forward('ADD', '/proc/self/ns/net', 'berth-ipam'))).toBeUndefined();
+  });
+
+  test('a delegated IPAM plugin that is not on CNI_PATH as berthd sees it', () => {
+    expect(host().notServedReason(forward('ADD', '/proc/self/ns/net', 'bt-no-such-ipam'))).toMatch(
+      /^ipam: plugin bt-no-such-ipam is not on CNI_PATH as berthd sees it/,
+    );
+    expect(host().notServedReason(forward('DEL', '', 'bt-no-such-ipam'))).toMatch(/^ipam:/);
+    // /bin/true stands in for a plugin berthd can run.
+    expect(host().notServedReason(forward('ADD', '/proc/self/ns/net', 'true', '/bin'))).toBeUndefined();
+  });
+});
