@@ -146,17 +146,27 @@ async function createVeth(ctx: AddContext, undo: UndoStack): Promise<VethPair> {
   }
 }
 
+/**
+ * A bridge port: a pod's host veth, or (`vlanGateway`) the port of the `<bridge>.<vlan>` gateway pair. The
+ * gateway's port gets none of the pods' port options, as in the reference (hairpin off, not isolated, the
+ * access VLAN only): isolated like the pods' ports it could not reach them, and no pod its gateway.
+ */
 async function configurePort(
   ctx: AddContext,
-  port: { bridge: Link; veth: Link; alias: string },
+  port: { bridge: Link; veth: Link; alias: string; vlanGateway?: boolean },
 ): Promise<void> {
   const { host, conf } = ctx;
   const { bridge, veth } = port;
+  const gateway = port.vlanGateway === true;
   await host.setAlias(veth.index, port.alias);
   trySysctl(undefined, `net/ipv6/conf/${veth.name}/accept_ra`, '0');
   await host.setMaster(veth.index, bridge.index);
-  await host.setBridgePort(veth.index, { hairpin: conf.hairpinMode, isolated: conf.portIsolation });
-  if (conf.vlan !== 0 || conf.vlanTrunk.length > 0) {
+  await host.setBridgePort(veth.index, {
+    hairpin: gateway ? false : conf.hairpinMode,
+    isolated: gateway ? false : conf.portIsolation,
+  });
+  const trunk = gateway ? [] : conf.vlanTrunk;
+  if (conf.vlan !== 0 || trunk.length > 0) {
     if (!conf.preserveDefaultVlan) {
       const existing = await host.listPortVlans(veth.index);
       if (existing.length > 0) await host.delPortVlans(veth.index, existing);
@@ -165,7 +175,7 @@ async function configurePort(
     // Access VLAN: PVID and untagged; with only a trunk, the native VLAN is 1 as in the reference.
     if (conf.vlan !== 0) vlans.push({ vid: conf.vlan, pvid: true, untagged: true });
     else vlans.push({ vid: 1, pvid: true, untagged: true });
-    for (const vid of conf.vlanTrunk) if (vid !== conf.vlan) vlans.push({ vid });
+    for (const vid of trunk) if (vid !== conf.vlan) vlans.push({ vid });
     await host.addPortVlans(veth.index, vlans);
   }
   await host.setUp(veth.index);
@@ -298,7 +308,14 @@ async function ensureVlanGateway(ctx: AddContext, bridge: Link): Promise<Link> {
     peerNetns: '/proc/self/ns/net',
     mtu: bridge.mtu,
   });
-  await configurePort(ctx, { bridge, veth: await host.getLink(port), alias: `${name} gateway port` });
+  await configurePort(ctx, {
+    bridge,
+    veth: await host.getLink(port),
+    alias: `${name} gateway port`,
+    vlanGateway: true,
+  });
+  // The host's end routes for the VLAN: it takes no router advertisement from a pod (as the bridge).
+  trySysctl(undefined, `net/ipv6/conf/${name}/accept_ra`, '0');
   await host.setUp(name);
   return host.getLink(name);
 }

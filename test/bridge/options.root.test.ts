@@ -1,5 +1,6 @@
 // Every configuration key of berth-bridge, checked on the kernel state it produces (and on traffic where
 // the option is about traffic: masquerade, spoof check).
+import { readFileSync } from 'node:fs';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { Fixture, ipJson, nsExec, readSysctlIn, sh, trySh } from './harness';
 
@@ -248,6 +249,37 @@ describe.runIf(VLAN_OK)('VLANs', () => {
     );
     nsExec(ns.name, ['ping', '-c', '1', '-W', '2', '198.18.133.1']);
     trySh('ip', ['link', 'del', gwIf]);
+  });
+
+  it("vlan with isGateway, portIsolation, hairpinMode and a trunk: the gateway's port takes none of them", async () => {
+    const c = conf({
+      vlan: 100,
+      isDefaultGateway: true,
+      portIsolation: true,
+      hairpinMode: true,
+      vlanTrunk: [{ id: 101 }],
+      preserveDefaultVlan: false,
+      bridge: `${fx.prefix}w`,
+    });
+    const { ns, hostVeth } = await add(c);
+    const gwIf = `${c.bridge as string}.100`;
+    try {
+      // The gateway pair's bridge end: the veth on the bridge whose peer is <bridge>.100.
+      const gwPeer = linkDetail(gwIf).link as string;
+      const port = linkDetail(gwPeer);
+      expect(port.linkinfo.info_slave_data.isolated).toBe(false);
+      expect(port.linkinfo.info_slave_data.hairpin).toBe(false);
+      expect(bridgeVlans(gwPeer)).toEqual([{ vlan: 100, flags: ['PVID', 'Egress Untagged'] }]);
+      // The pod's own port keeps its options.
+      const podPort = linkDetail(hostVeth);
+      expect(podPort.linkinfo.info_slave_data.isolated).toBe(true);
+      expect(podPort.linkinfo.info_slave_data.hairpin).toBe(true);
+      expect(readFileSync(`/proc/sys/net/ipv6/conf/${gwIf}/accept_ra`, 'utf8').trim()).toBe('0');
+      // An isolated pod still reaches its gateway.
+      nsExec(ns.name, ['ping', '-c', '1', '-W', '2', '198.18.133.1']);
+    } finally {
+      trySh('ip', ['link', 'del', gwIf]);
+    }
   });
 });
 
