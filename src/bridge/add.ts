@@ -8,6 +8,7 @@ import { CniError, ErrorCode } from '../cni-spec/errors';
 import type { Request } from '../cni-spec/request';
 import type { Interface, Result } from '../cni-spec/types/result';
 import { confFromRequest, wantsVlanFiltering, type BridgeConf } from './config';
+import { refuseOwnNetns } from './own-netns';
 import type { BridgeDeps } from './deps';
 import { canonicalIp, planAddresses, parseCidr, type AddressPlan, type GatewayAddress } from './gateway';
 import {
@@ -444,6 +445,7 @@ function forCleanup(req: Request): Request {
 
 export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
   const conf = confFromRequest(req);
+  refuseOwnNetns(req);
   const undo = new UndoStack();
   const tag = attachmentTag(req.containerId, req.ifname);
   const nft = nftScope(deps, conf.network);

@@ -7,6 +7,7 @@ import { CniError, ErrorCode } from '../cni-spec/errors';
 import type { Request } from '../cni-spec/request';
 import type { Interface } from '../cni-spec/types/result';
 import { confFromRequest } from './config';
+import { refuseOwnNetns } from './own-netns';
 import { canonicalIp, parseCidr } from './gateway';
 import type { BridgeDeps } from './deps';
 import { toKernelCniError } from './kernel';
@@ -23,6 +24,7 @@ const sameMac = (a: string | undefined, b: string | undefined): boolean =>
 
 export async function cmdCheck(req: Request, deps: BridgeDeps): Promise<void> {
   const conf = confFromRequest(req);
+  refuseOwnNetns(req);
   if (conf.ipamType !== undefined)
     await deps.ipam({ pluginType: conf.ipamType, command: 'CHECK', request: req });
   const prev = req.prevResult;

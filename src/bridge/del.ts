@@ -4,6 +4,7 @@
 import { CniError, ErrorCode } from '../cni-spec/errors';
 import type { Request } from '../cni-spec/request';
 import { confFromRequest } from './config';
+import { refuseOwnNetns } from './own-netns';
 import type { BridgeDeps, BridgeKernel } from './deps';
 import { isCode, netlinkCode, toKernelCniError, type Link, type Netlink } from './kernel';
 import { withNetworkLock } from './lock';
@@ -72,6 +73,7 @@ async function deleteTaggedVeths(host: Netlink, opts: { tag: string; bridge: str
 
 export async function cmdDel(req: Request, deps: BridgeDeps): Promise<void> {
   const conf = confFromRequest(req);
+  refuseOwnNetns(req);
   const tag = attachmentTag(req.containerId, req.ifname);
   const errors: string[] = [];
   let firstError: unknown;

@@ -11,7 +11,7 @@ import type { Netlink } from '../netlink/types';
 export type { Netlink };
 export type { Link } from '../netlink/types';
 export { netlinkCode, toKernelCniError } from '../netlink/errors';
-export { openNetns, type NetnsRef } from '../netlink/netns';
+export { isOwnNetns, openNetns, type NetnsRef } from '../netlink/netns';
 export { type NftFamily } from '../netlink/nftables';
 export { applyNft, readNftTable } from '../netlink/nftnl';
 export { randomLocalMac } from '../netlink/rtnetlink';

@@ -7,7 +7,7 @@
 // call (`setnsRun`), with no `await` in between. What survives the scope are file descriptors: a netlink
 // socket or a /proc/sys file opened inside stays bound to the namespace it was opened in. Hence the
 // pattern: open sockets/files inside, use them asynchronously outside.
-import { closeSync, openSync, readlinkSync, statfsSync } from 'node:fs';
+import { closeSync, openSync, readlinkSync, statSync, statfsSync } from 'node:fs';
 import { loadNativeAddon } from '../native-addon';
 import { NetlinkError, toNetlinkError } from './errors';
 
@@ -36,6 +36,20 @@ export interface NetnsRef {
 
 /** A namespace by path, by fd (borrowed), or an already open ref. */
 export type NetnsSpec = string | number | NetnsRef;
+
+/**
+ * Whether `path` is the network namespace the calling thread is in (same namespace inode). False when it
+ * cannot be read: the open that follows reports that.
+ */
+export function isOwnNetns(path: string): boolean {
+  try {
+    const target = statSync(path);
+    const own = statSync('/proc/thread-self/ns/net');
+    return target.dev === own.dev && target.ino === own.ino;
+  } catch {
+    return false;
+  }
+}
 
 /**
  * Whether `path` is, in this process's mount namespace, a namespace file (nsfs, or procfs's

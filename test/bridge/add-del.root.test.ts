@@ -10,7 +10,7 @@ import {
   specHasIpVersionField,
   specHasMultipleIPs,
 } from '../../src/cni-spec/versions';
-import { Fixture, ipJson, nsExec, readSysctlIn, runPlugin, sh } from './harness';
+import { Fixture, ipJson, nsExec, readSysctlIn, runPlugin, sh, trySh } from './harness';
 
 const fx = new Fixture('a');
 afterEach(() => fx.cleanup());
@@ -208,6 +208,42 @@ describe('ADD refusals', () => {
     expect(add.json.msg).toContain('already exists');
     expect(fx.leases(c.name as string)).toEqual([]);
     expect(fx.ports(c.bridge as string)).toEqual([]);
+  });
+
+  it("refuses the plugin's own network namespace (code 8) for ADD, CHECK and DEL, unless CNI_NETNS_OVERRIDE", async () => {
+    // A host link of ours named like the pod's interface: a DEL in the host namespace would delete it.
+    const dummy = `${fx.prefix}o0`;
+    sh('ip', ['link', 'add', dummy, 'type', 'veth', 'peer', 'name', `${dummy}p`]);
+    try {
+      const c = conf();
+      for (const command of ['ADD', 'CHECK', 'DEL'] as const) {
+        const r = await fx.run({
+          command,
+          conf: c,
+          containerId: 'ctr8',
+          netns: '/proc/self/ns/net',
+          ifname: dummy,
+        });
+        expect(r.code, `${command}: ${r.stdout}`).not.toBe(0);
+        expect(r.json.code).toBe(8);
+        expect(r.json.msg).toMatch(/plugin's own network namespace/);
+      }
+      expect(trySh('ip', ['link', 'show', 'dev', dummy])).toBeDefined();
+      expect(fx.leases(c.name as string)).toEqual([]);
+      // As libcni's skel: CNI_NETNS_OVERRIDE lets the call through (here a DEL, which removes that link).
+      const del = await fx.run({
+        command: 'DEL',
+        conf: c,
+        containerId: 'ctr8',
+        netns: '/proc/self/ns/net',
+        ifname: dummy,
+        env: { CNI_NETNS_OVERRIDE: '1' },
+      });
+      expect(del.code, del.stdout).toBe(0);
+      expect(trySh('ip', ['link', 'show', 'dev', dummy])).toBeUndefined();
+    } finally {
+      trySh('ip', ['link', 'del', dummy]);
+    }
   });
 
   it('fails when the bridge name is taken by a link that is not a bridge', async () => {
