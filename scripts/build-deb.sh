@@ -64,12 +64,16 @@ set -e
 if [ "$1" = configure ] && [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ] &&
   [ -f /lib/systemd/system/berthd.socket ]; then
   systemctl daemon-reload || true
-  systemctl enable berthd.socket || true
-  if [ -n "$2" ]; then
-    # Upgrade: the running berthd finishes what it has in flight, the socket starts the new one.
+  if [ -z "$2" ]; then
+    # First install: the warm path on.
+    systemctl enable berthd.socket || true
+    systemctl start berthd.socket || true
+  else
+    # Upgrade: as the admin left it (switching to standalone disables the units; an upgrade must not undo
+    # that). The running berthd finishes what it has in flight, the socket starts the new one.
     systemctl try-restart berthd.service || true
+    if systemctl is-enabled --quiet berthd.socket; then systemctl start berthd.socket || true; fi
   fi
-  systemctl start berthd.socket || true
 fi
 exit 0
 EOF
@@ -79,6 +83,16 @@ set -e
 if [ "$1" = remove ] && [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
   systemctl stop berthd.socket berthd.service || true
   systemctl disable berthd.socket || true
+fi
+if [ "$1" = remove ]; then
+  # The admin's network configs stay, and a runtime still running berth-bridge from them fails every pod's
+  # ADD and DEL once the plugins are gone: say which.
+  left="$(grep -ls '"type"[[:space:]]*:[[:space:]]*"berth-' "${DPKG_ROOT:-}"/etc/cni/net.d/* 2>/dev/null || true)"
+  if [ -n "$left" ]; then
+    echo "berth: these network configs still name berth's plugins, which are being removed; pods on them" >&2
+    echo "berth: will fail to start and to stop until they are changed or removed:" >&2
+    echo "$left" | sed 's/^/berth:   /' >&2
+  fi
 fi
 exit 0
 EOF

@@ -73,6 +73,29 @@ mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates" "$root/var/lib/d
 touch "$root/var/lib/dpkg/status" "$root/var/lib/dpkg/available"
 
 # --- install -------------------------------------------------------------------------------------------
+# The postinst's systemd calls (dpkg skips them in a temp root): run it in a private mount namespace where
+# /run/systemd/system and the unit exist and `systemctl` only logs, for a first install and for upgrades
+# with the socket enabled and disabled (the README's switch to standalone must survive an upgrade).
+postinst_calls() { # $2 of postinst (old version or ""), is-enabled answer (0/1)
+  local d="$tmp/postinst-$RANDOM"
+  mkdir -p "$d/bin" "$d/units" && dpkg-deb --ctrl-tarfile "$new_deb" | tar -x -C "$d" ./postinst
+  printf '#!/bin/sh\necho "$*" >>%s/calls\n[ "$1 $2" = "is-enabled --quiet" ] && exit %s\nexit 0\n' "$d" "$2" >"$d/bin/systemctl"
+  chmod +x "$d/bin/systemctl" && touch "$d/units/berthd.socket"
+  unshare --mount --propagation private sh -c '
+    mount -t tmpfs none /run/systemd 2>/dev/null || { mkdir -p /run/systemd && mount -t tmpfs none /run/systemd; }
+    mkdir -p /run/systemd/system && mount --bind "$1/units" /lib/systemd/system &&
+    PATH="$1/bin:$PATH" sh "$1/postinst" configure "$2"' postinst "$d" "$1" >/dev/null 2>&1
+  tr '\n' ';' <"$d/calls"
+}
+postinst_ok() {
+  local first up_on up_off
+  first="$(postinst_calls "" 0)" up_on="$(postinst_calls "$old_version" 0)" up_off="$(postinst_calls "$old_version" 1)"
+  echo "first install: $first | upgrade, enabled: $up_on | upgrade, disabled: $up_off"
+  [ "$first" = "daemon-reload;enable berthd.socket;start berthd.socket;" ] &&
+    [ "$up_on" = "daemon-reload;try-restart berthd.service;is-enabled --quiet berthd.socket;start berthd.socket;" ] &&
+    [ "$up_off" = "daemon-reload;try-restart berthd.service;is-enabled --quiet berthd.socket;" ]
+}
+check "postinst: enables and starts the socket on a first install; an upgrade leaves a disabled one disabled" postinst_ok
 check "dpkg -i berth_${old_version} into the temp root" "${dpkg_[@]}" -i "$old_deb"
 status_is() { "${dpkg_[@]}" -s berth | tee /dev/stderr | grep -q "^Status: $1" && "${dpkg_[@]}" -s berth | grep -q "^Version: $2\$"; }
 check "dpkg says berth $old_version is installed" status_is "install ok installed" "$old_version"

@@ -115,10 +115,23 @@ remove_file() {
 
 units=(berthd.service berthd.socket)
 
+# The units systemd runs (not a test's --systemd-dir): they are stopped and disabled before their files go,
+# else berthd.socket keeps listening, berthd runs on from deleted files and its wants-link dangles.
+live_units() {
+  [ -d /run/systemd/system ] || return 1
+  case "$systemd_dir" in /etc/systemd/system | /lib/systemd/system | /usr/lib/systemd/system) return 0 ;; esac
+  return 1
+}
+
 if [ "$uninstall" = true ]; then
+  if [ "$systemd" = true ] && live_units; then
+    systemctl disable --now berthd.socket berthd.service >/dev/null 2>&1 || true
+    say "stopped    berthd.socket berthd.service (and disabled)"
+  fi
   for name in berth-bridge berth-ipam berth; do remove_file "$prefix/$name"; done
   if [ "$systemd" = true ]; then
     for unit in "${units[@]}"; do remove_file "$systemd_dir/$unit"; done
+    if live_units; then systemctl daemon-reload || true; fi
   fi
   say "$changed removed, $unchanged already absent (leases, /etc/cni/net.d and /var/lib/berth are kept)"
   exit 0

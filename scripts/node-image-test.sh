@@ -77,6 +77,8 @@ ds, cm = by_kind["DaemonSet"], by_kind["ConfigMap"]
 spec = ds["spec"]["template"]["spec"]
 assert ds["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
 assert spec["hostNetwork"] is True, "hostNetwork"
+# Not the cluster's DNS: CoreDNS needs the pod network this pod brings up (a cold start would deadlock).
+assert spec.get("dnsPolicy", "ClusterFirst") in ("Default", "ClusterFirst"), "dnsPolicy"
 assert any(t.get("operator") == "Exists" and "key" not in t for t in spec["tolerations"]), "tolerate all taints"
 c = spec["containers"][0]
 assert c["securityContext"]["privileged"] is True
