@@ -277,7 +277,7 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
   process.once('SIGTERM', force);
   process.once('SIGINT', force);
   clearInterval(sweeper);
-  await server.shutdown();
+  await server.shutdown({ keepListening: !ownSocket });
   metricsServer?.close();
   // Routes stay in the kernel: pods keep their traffic while berthd is down.
   await routing?.close();

@@ -132,12 +132,13 @@ export class PluginHost {
   private notVisibleHere(call: ForwardedCall): string | undefined {
     const env = call.env;
     const command = env.CNI_COMMAND;
+    // berth-ipam never enters the namespace, nor runs another plugin.
+    if (call.plugin !== 'berth-bridge') return undefined;
     if (command !== 'ADD' && command !== 'CHECK' && command !== 'DEL') return undefined;
     const netns = env.CNI_NETNS;
     // Missing here, or only the file it is mounted on (a mount the container did not get: propagation).
     if (command !== 'DEL' && netns !== undefined && netns !== '' && !isNamespaceFile(netns))
       return `netns: ${netns} is not visible to berthd as a namespace`;
-    if (call.plugin !== 'berth-bridge') return undefined;
     const ipamType = ipamTypeOf(call.stdin);
     if (ipamType === undefined || ipamType === 'berth-ipam') return undefined;
     try {

@@ -111,15 +111,22 @@ export class BerthServer {
     return this.draining;
   }
 
-  /** Stops taking connections and resolves when every request already read has been answered. */
-  async shutdown(): Promise<void> {
+  /**
+   * Resolves when every request already read has been answered. Connections stop being taken at once, so
+   * that callers find no daemon and run on their own; except with `keepListening` (systemd's socket, which
+   * systemd keeps listening on: a connection would wait in its queue for the next berthd), where new calls
+   * are answered 503 "did nothing" until the last one in flight is done.
+   */
+  async shutdown(opts: { keepListening?: boolean } = {}): Promise<void> {
     this.draining = true;
-    const closed = new Promise<void>((resolve) => this.http.close(() => resolve()));
+    const close = (): Promise<void> => new Promise<void>((resolve) => this.http.close(() => resolve()));
+    const closed = opts.keepListening === true ? undefined : close();
     this.http.closeIdleConnections();
     if (this.inFlight > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
     await this.o.service.drain();
+    const closing = closed ?? close();
     this.http.closeAllConnections();
-    await closed;
+    await closing;
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
@@ -355,6 +362,8 @@ export class BerthServer {
       if (path === Gc.path && typeof body === 'object' && body !== null && !('config' in body)) {
         return { body: await service.adminGc(body) };
       }
+      // Stopping: nothing new starts. Not a CNI error, so berth-ipam runs the call on the files itself.
+      if (this.draining) return { status: 503, body: { draining: true, message: 'berthd is stopping' } };
       const m = cni ?? Gc;
       const trace: CallTrace = { reserved: [] };
       const result = await service.call(m, body, trace);

@@ -2,7 +2,7 @@
 // someone else and handed to berthd as fd 3 with LISTEN_FDS=1 and LISTEN_PID=<berthd's pid>. berthd must
 // serve on it (the warm path included) and must not create a socket of its own.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, expect, test } from 'vitest';
@@ -66,3 +66,80 @@ test('berthd serves on the socket passed as fd 3 (LISTEN_FDS=1, LISTEN_PID) and 
   // It did not make a socket at --socket: the activated one is the only one.
   expect(existsSync(own)).toBe(false);
 });
+
+test('stopping with a call in flight, berthd answers new calls 503 on the socket systemd keeps listening on', async () => {
+  mkdirSync(dir, { recursive: true }); // the previous test's afterEach removed it
+  const activated = join(dir, 'kept.sock');
+  // This "systemd" keeps its copy of the listening socket while berthd runs (fork, not exec), as systemd
+  // does: a connection berthd does not take waits in the socket's queue.
+  const systemd = [
+    'import os, socket, sys',
+    'os.umask(0o177)',
+    's = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)',
+    's.bind(sys.argv[1]); s.listen(128)',
+    'pid = os.fork()',
+    'if pid == 0:',
+    '    if s.fileno() != 3: os.dup2(s.fileno(), 3)',
+    '    os.set_inheritable(3, True)',
+    '    os.environ["LISTEN_FDS"] = "1"; os.environ["LISTEN_PID"] = str(os.getpid())',
+    '    os.execv(sys.argv[2], sys.argv[2:])',
+    'print(pid, flush=True)',
+    'os.waitpid(pid, 0)',
+  ].join('\n');
+  const table = `bt${process.pid}ac2`;
+  const runDir = join(dir, 'run2');
+  const dataDir = join(dir, 'leases');
+  const args = ['daemon', '--socket', join(dir, 'own2.sock'), '--run-dir', runDir, '--nft-table', table];
+  args.push('--data-dir', dataDir);
+  child = spawn(
+    'python3',
+    ['-c', systemd, activated, process.execPath, join(REPO, 'bin', 'berth'), ...args],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
+  let out = '';
+  let log = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (log += d));
+  for (let i = 0; !/listening/.test(log); i++) {
+    if (i > 500 || child.exitCode !== null) throw new Error(`berthd did not start: ${log}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const berthd = Number(out.trim());
+  // A call in flight for 3 s: its network's lock is held by another process meanwhile.
+  const net = `bt${process.pid}dr`;
+  mkdirSync(join(dataDir, net), { recursive: true });
+  const holder = spawn('flock', [join(dataDir, net, 'lock'), 'sleep', '3'], { stdio: 'ignore' });
+  try {
+    await new Promise((r) => setTimeout(r, 200));
+    const env = { BERTH_RUN_DIR: runDir, BERTH_NFT_TABLE: table, CNI_CONTAINERID: 'c1', CNI_IFNAME: 'eth0' };
+    const inFlight = postCni(activated, {
+      plugin: 'berth-ipam',
+      env: { ...env, CNI_COMMAND: 'ADD', CNI_NETNS: '/proc/self/ns/net', CNI_PATH: '/nonexistent' },
+      stdin: JSON.stringify({
+        cniVersion: '1.0.0',
+        name: net,
+        type: 'berth-ipam',
+        ipam: { type: 'berth-ipam', dataDir, ranges: [[{ subnet: '198.18.184.0/24' }]] },
+      }),
+    });
+    await new Promise((r) => setTimeout(r, 300));
+    process.kill(berthd, 'SIGTERM');
+    await new Promise((r) => setTimeout(r, 300));
+    // A new call meanwhile: answered at once, "did nothing" (the shim runs it standalone), not queued.
+    const started = Date.now();
+    const late = await Promise.race([
+      postCni(activated, { plugin: 'berth-bridge', env: { ...env, CNI_COMMAND: 'VERSION' }, stdin: '' }),
+      new Promise<never>((_, reject) => setTimeout(() => reject(new Error('queued: no answer')), 2000)),
+    ]);
+    expect(late.status).toBe(503);
+    expect(Date.now() - started).toBeLessThan(2000);
+    // The call in flight still finishes.
+    const first = await inFlight;
+    expect(first.status).toBe(200);
+    expect(first.code, first.stdout).toBe(0);
+  } finally {
+    holder.kill('SIGKILL');
+  }
+}, 30_000);

@@ -255,13 +255,15 @@ describe('a real berthd on /v1/cni', () => {
 
   test('answers byte for byte what the standalone program prints, errors included', async () => {
     const bridge = join(REPO, 'bin', 'berth-bridge');
+    // A namespace that exists (berthd leaves one it cannot see to the standalone program: 421, below).
+    const ns = fx.netns();
     const cases: { env: Record<string, string>; stdin: string }[] = [
       { env: { ...fx.env(), CNI_COMMAND: 'VERSION' }, stdin: '' },
       { env: { ...fx.env(), CNI_COMMAND: 'BOGUS' }, stdin: '{}' },
       { env: { ...fx.env() }, stdin: '{}' },
-      { env: callEnv('ADD', 'c1', '/run/netns/none'), stdin: '{not json' },
+      { env: callEnv('ADD', 'c1', ns.path), stdin: '{not json' },
       {
-        env: callEnv('ADD', 'c1', '/run/netns/none'),
+        env: callEnv('ADD', 'c1', ns.path),
         stdin: JSON.stringify({ ...conf('198.18.181.0/24'), cniVersion: '9.9.9' }),
       },
       { env: { ...callEnv('ADD', '', ''), CNI_PATH }, stdin: JSON.stringify(conf('198.18.181.0/24')) },
@@ -273,6 +275,12 @@ describe('a real berthd on /v1/cni', () => {
       const cold = await runStandalone(bridge, c.env, c.stdin);
       expect({ code: warm.code, stdout: warm.stdout, stderr: warm.stderr }).toEqual(cold);
     }
+    const unseen = await postCni(d.socket, {
+      plugin: 'berth-bridge',
+      env: callEnv('ADD', 'c1', '/run/netns/none'),
+      stdin: JSON.stringify(conf('198.18.181.0/24')),
+    });
+    expect(unseen.status).toBe(421);
   });
 
   test('a caller that disconnects in the middle of an ADD leaves nothing behind once berthd is done', async () => {
