@@ -482,7 +482,11 @@ describe('release, forget, leave', () => {
     while (etcdBlocksOf('n1').length > 1 && Date.now() < deadline)
       await new Promise((r) => setTimeout(r, 100));
     expect(etcdBlocksOf('n1').length).toBe(1);
-    expect(readClusterRecord(a.dataDir, NET)!.blocks.map((b) => b.cidr)).toEqual(etcdBlocksOf('n1'));
+    // cluster.json follows once the release's answer is in and its write (on libuv's pool) is done.
+    await vi.waitFor(
+      () => expect(readClusterRecord(a.dataDir, NET)!.blocks.map((b) => b.cidr)).toEqual(etcdBlocksOf('n1')),
+      { timeout: 3000, interval: 20 },
+    );
     expect((await a.cluster.check()).problems).toEqual([]);
   }, 20_000);
 
