@@ -129,6 +129,11 @@ export interface ScannedLease {
   problem?: string;
   /** The file was read, but what it holds is no lease. */
   corrupt?: boolean;
+  /**
+   * What it holds starts with `{`, berthd's stamp on a removed lease's inode (.berth/spare): host-local never
+   * writes one. Under a lease's name only after a power cut that kept the stamp and lost the rename.
+   */
+  spareStamp?: boolean;
 }
 
 /**
@@ -180,7 +185,7 @@ export class LeaseScan {
   readonly v4: Float64Array;
   readonly otherIps = new Map<number, Ip>();
   /** Why a lease holds no attachment, by its index. */
-  readonly problems = new Map<number, { problem: string; corrupt: boolean }>();
+  readonly problems = new Map<number, { problem: string; corrupt: boolean; spareStamp?: boolean }>();
 
   constructor(arena: Buffer, capacity: number) {
     this.cols = newColumns(arena, capacity);
@@ -206,6 +211,7 @@ export class LeaseScan {
     const p = this.problems.get(i);
     if (p !== undefined) {
       if (p.corrupt) l.corrupt = true;
+      if (p.spareStamp === true) l.spareStamp = true;
       l.problem = p.problem;
     } else l.att = columnAttachment(this.cols, i);
     return l;
@@ -333,7 +339,11 @@ export function scanLeases(dir: string, opts: { native?: boolean } = {}): LeaseS
     const text = buf.toString('utf8', nameEnd, off);
     const att = parseLeaseContent(text);
     if (att === undefined) {
-      s.problems.set(i, { problem: JSON.stringify(text.slice(0, 40)), corrupt: true });
+      s.problems.set(i, {
+        problem: JSON.stringify(text.slice(0, 40)),
+        corrupt: true,
+        ...(text.startsWith('{') ? { spareStamp: true } : {}),
+      });
       continue;
     }
     [c.idStart[i], c.idEnd[i]] = place(att.containerId);

@@ -913,3 +913,41 @@ describe('CLI pieces', () => {
     expect(t.split('\n')[1]).toMatch(/^n\s+198\.18\.0\.2\s+0123456789ab\s+eth0\s+ns\/p\s+60s$/);
   });
 });
+
+describe('what a power cut can leave in the directory', () => {
+  test("a released lease's inode stamped as a spare, still under the lease's name: removed, its address free", async () => {
+    await startServer();
+    mkdirSync(join(dataDir, 'btnet'), { recursive: true });
+    // As a DEL leaves it when the rename into .berth/spare was lost and the `{` stamped over its first byte
+    // was not; host-local never writes `{`. Any other unreadable file keeps its address.
+    writeFileSync(join(dataDir, 'btnet', '198.18.200.2'), '{tr-a\r\neth0', { mode: 0o600 });
+    writeFileSync(join(dataDir, 'btnet', '198.18.200.3'), '\0\0garbage', { mode: 0o600 });
+    const r = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-b') });
+    expect(r.status).toBe(200);
+    expect((r.body as { ips: { address: string }[] }).ips[0]!.address).toBe('198.18.200.2/24');
+    expect(leaseFiles().get('198.18.200.2')).toBe('ctr-b\r\neth0');
+    expect(leaseFiles().get('198.18.200.3')).toBe('\0\0garbage');
+    expect(logs.join('')).toMatch(/removed a released lease that a power cut left behind/);
+  });
+});
+
+describe('memory', () => {
+  test("a network keeps a bounded number of range-set bitmaps, however many pods' ipRanges it sees", async () => {
+    await startServer();
+    for (let i = 0; i < 24; i++) {
+      const body = envelope(`ctr-r${i}`);
+      // Each pod its own range (runtimeConfig.ipRanges): a range set, and a bitmap, of its own.
+      body.config.runtimeConfig = { ipRanges: [[{ subnet: `198.18.${100 + i}.0/24` }]] };
+      const r = await callDaemon({ socket, method: 'POST', path: Allocate.path, body });
+      expect(r.status).toBe(200);
+      expect((r.body as { ips: { address: string }[] }).ips[0]!.address).toBe(`198.18.${100 + i}.2/24`);
+    }
+    const store = service.store(dataDir, 'btnet') as unknown as { occupancies: Map<string, unknown> };
+    expect(store.occupancies.size).toBeLessThanOrEqual(8);
+    // A set used again after it was dropped is rebuilt from the leases: .2 stays taken.
+    const again = envelope('ctr-r0b');
+    again.config.runtimeConfig = { ipRanges: [[{ subnet: '198.18.100.0/24' }]] };
+    const r = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: again });
+    expect((r.body as { ips: { address: string }[] }).ips[0]!.address).toBe('198.18.100.3/24');
+  });
+});

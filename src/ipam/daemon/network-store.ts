@@ -32,6 +32,9 @@ import { SpareFiles } from './spare-files';
 const MAX_BATCH = 256;
 /** Longest pause between attempts to take a flock held by someone else. */
 const MAX_LOCK_BACKOFF_MS = 20;
+/** Range-set bitmaps a network keeps (up to 2 MiB each); a set used again after eviction is rebuilt. */
+const MAX_OCCUPANCIES = 8;
+
 /**
  * Longest time batches follow each other under one flock hold before the index is written and the lock
  * let go, so that plugins working on the files get their turn under a steady load.
@@ -140,6 +143,7 @@ export class NetworkStore implements LeaseStore {
   private readonly taken = new Map<string, Ip>();
   private readonly byIp = new Map<string, Lease>();
   private readonly byAtt = new Map<string, AttEntry>();
+  /** Bitmaps of the range sets in use, least recently used first (at most MAX_OCCUPANCIES). */
   private readonly occupancies = new Map<string, SetBitmap>();
   private readonly cursors = new Map<number, Ip | undefined>();
   private indexState: { gen: number; bootId?: string; found?: string } = { gen: 0 };
@@ -501,7 +505,12 @@ export class NetworkStore implements LeaseStore {
       createdAt: (this.opts.now?.() ?? new Date()).toISOString(),
       origin: 'found',
     };
+    const stamped: string[] = [];
     disk.scanLeaseDir(this.p.dir, (l) => {
+      if (l.spareStamp === true) {
+        stamped.push(l.name);
+        return;
+      }
       this.taken.set(l.name, l.ip);
       const att = l.att;
       if (att === undefined) {
@@ -528,6 +537,18 @@ export class NetworkStore implements LeaseStore {
       entry.ips.add(l.name);
       this.byIp.set(l.name, { ip: l.ip, containerId: att.containerId, ifname: att.ifname, meta: entry.meta });
     });
+    // A lease removed just before a power cut whose rename into .berth/spare was lost and whose stamp was
+    // not: nobody's lease (the DEL was answered), and read as corrupt it would keep its address for good.
+    for (const name of stamped) {
+      try {
+        fs.unlinkSync(join(this.p.dir, name));
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      }
+      this.opts.log.log('warn', "removed a released lease that a power cut left behind (a spare's stamp)", {
+        file: join(this.p.dir, name),
+      });
+    }
     // Attachments without a record of their own belong in the found index: written again when it differs.
     this.foundManaged = new Set([...this.byAtt.keys()].filter((k) => !attFiles.has(k)));
     const sameIps = (ips: readonly string[], entry: AttEntry): boolean =>
@@ -666,8 +687,12 @@ export class NetworkStore implements LeaseStore {
     if (occ === undefined) {
       occ = new SetBitmap(set, Number(size));
       for (const ip of this.taken.values()) occ.mark(ip, true);
-      this.occupancies.set(key, occ);
-    }
+      // The least recently used goes: pods' runtimeConfig.ipRanges, or a cluster network's owned blocks as
+      // they change, each make a set of their own, and every lease change updates every bitmap kept.
+      if (this.occupancies.size >= MAX_OCCUPANCIES)
+        this.occupancies.delete(this.occupancies.keys().next().value!);
+    } else this.occupancies.delete(key);
+    this.occupancies.set(key, occ);
     return occ;
   }
 
