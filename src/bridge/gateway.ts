@@ -112,19 +112,15 @@ export function planAddresses(
     const family = p.ip.family;
     const ip = formatIp(p.ip);
     const out: IPConfig = { ...ipc, interface: 2 };
-    if (isHostRouted(p, out.gateway)) {
+    // Host-routed only when the bridge is the gateway: otherwise the gateway is the IPAM's word only (as in
+    // the reference, which adds a /32 with a gateway like any address).
+    if (conf.isGateway && isHostRouted(p, out.gateway)) {
       const gwIp = canonicalIp(out.gateway!);
       const pool = hostRoutedPool(p, gwIp, ipamRoutes);
       if (pool === undefined) {
         throw new CniError(
           ErrorCode.InvalidNetworkConfig,
           `address ${ipc.address} is host-routed through ${gwIp}, but IPAM returned no route via ${gwIp} covering both (the pool); berth-bridge needs it to put ${gwIp}/<pool prefix> on the bridge`,
-        );
-      }
-      if (!conf.isGateway) {
-        throw new CniError(
-          ErrorCode.InvalidNetworkConfig,
-          `address ${ipc.address} is host-routed through ${gwIp}: set "isGateway": true so the bridge carries ${gwIp}`,
         );
       }
       // The gateway is on-link only through this route; it goes before every route via the gateway.

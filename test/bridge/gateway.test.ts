@@ -111,6 +111,13 @@ describe('planAddresses with host-routed addresses (cluster networks)', () => {
     expect(p.routes).toEqual([]);
   });
 
+  it('without isGateway, a host prefix with a gateway is an address like any (the reference adds it)', () => {
+    const p = planAddresses(conf({}), [{ address: '192.168.1.10/32', gateway: '192.168.1.1' }], []);
+    expect(p.ips).toEqual([{ address: '192.168.1.10/32', gateway: '192.168.1.1', interface: 2 }]);
+    expect(p.gateways).toEqual([]);
+    expect(p.routes).toEqual([]);
+  });
+
   it('refuses without a pool route (code 7)', () => {
     expect(() => planAddresses(conf({ isGateway: true }), ipam, [])).toThrow(/no route via 198.19.0.1/);
   });
