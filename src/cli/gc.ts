@@ -10,6 +10,8 @@ export interface GcCliOptions extends BackendOptions {
   valid: string;
   dryRun?: boolean;
   json?: boolean;
+  /** An empty valid list means "release every lease" only with this. */
+  all?: boolean;
 }
 
 /**
@@ -50,12 +52,21 @@ export function parseValidList(text: string): { containerID: string; ifname: str
 }
 
 export async function runGc(o: GcCliOptions, io: CliIo): Promise<number> {
+  // The list is at most this old: a lease made from now on belongs to a pod it cannot name, and stays.
+  const listedAt = new Date().toISOString();
   const valid = parseValidList(readFileSync(o.valid === '-' ? 0 : o.valid, 'utf8'));
+  if (valid.length === 0 && o.all !== true) {
+    // Most often a command upstream of `--valid -` that failed and printed nothing.
+    io.err(
+      `berth: the valid list is empty: that would release every lease of network ${o.network}; pass --all if that is what you want\n`,
+    );
+    return 1;
+  }
   const b = await openAdminBackend(o);
   if (b.kind === 'files')
     io.err(`berth: berthd is not answering; working on the lease files under ${b.where}\n`);
   try {
-    const r = await b.gc({ network: o.network, valid, dryRun: o.dryRun === true });
+    const r = await b.gc({ network: o.network, valid, dryRun: o.dryRun === true, listedAt });
     if (o.json === true) {
       io.out(`${JSON.stringify(r, null, 2)}\n`);
       return 0;

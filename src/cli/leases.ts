@@ -164,7 +164,10 @@ export async function runLeasesRelease(ip: string, o: ReleaseOptions, io: CliIo)
         return 1;
       }
     }
-    const r = await b.release(canonical, filterOf(o));
+    // The holder shown (and confirmed) goes along: if the address changed hands meanwhile, nothing is released.
+    const seen =
+      held.length === 1 ? { containerId: held[0]!.containerId, ifname: held[0]!.ifname } : undefined;
+    const r = await b.release(canonical, filterOf(o), seen);
     if (o.json === true) io.out(`${JSON.stringify(r, null, 2)}\n`);
     else
       for (const l of r.released)

@@ -174,6 +174,7 @@ function registerBerthd(program: Command, setExit: (code: number) => void): void
       'valid attachments: JSON [{containerID, ifname}] or "<id> <ifname>" lines; - for stdin',
     )
     .option('--dry-run', 'only list what would be released')
+    .option('--all', 'with an empty valid list: release every lease of the network')
     .option('--json', 'JSON output')
     .action(async (o: import('./gc').GcCliOptions) => {
       const { runGc } = require('./gc') as typeof import('./gc');

@@ -23,7 +23,12 @@ export interface AdminBackend {
   readonly where: string;
   list(filter: LeaseFilter): Promise<LeaseView[]>;
   show(query: string, filter: LeaseFilter): Promise<LeaseView[]>;
-  release(ip: string, filter: LeaseFilter): Promise<AdminReleaseReply>;
+  /** With `holder`, only while that attachment still holds the address (409 otherwise). */
+  release(
+    ip: string,
+    filter: LeaseFilter,
+    holder?: { containerId: string; ifname: string },
+  ): Promise<AdminReleaseReply>;
   gc(req: AdminGcRequest): Promise<AdminGcReply>;
   status(filter: LeaseFilter): Promise<{ daemon?: DaemonStatus; networks: NetworkView[] }>;
   close(): void;
@@ -65,8 +70,14 @@ function daemonBackend(socket: string, defaults: LeaseFilter): AdminBackend {
         throw err;
       }
     },
-    release: (ip, filter) =>
-      ask<AdminReleaseReply>('DELETE', `/v1/leases/${encodeURIComponent(ip)}${query(f(filter))}`),
+    release: (ip, filter, holder) => {
+      const q = query(f(filter));
+      const who =
+        holder === undefined
+          ? ''
+          : `${q === '' ? '?' : '&'}${new URLSearchParams({ containerId: holder.containerId, ifname: holder.ifname }).toString()}`;
+      return ask<AdminReleaseReply>('DELETE', `/v1/leases/${encodeURIComponent(ip)}${q}${who}`);
+    },
     gc: (req) =>
       ask<AdminGcReply>('POST', '/v1/gc', {
         ...(defaults.dataDir !== undefined ? { dataDir: defaults.dataDir } : {}),
@@ -91,7 +102,7 @@ function filesBackend(dataDir: string): AdminBackend {
     where: dataDir,
     list: (filter) => service.list(f(filter)),
     show: (q, filter) => service.show(q, f(filter)),
-    release: (ip, filter) => service.release(ip, f(filter)),
+    release: (ip, filter, holder) => service.release(ip, f(filter), holder),
     gc: (req) => service.adminGc({ dataDir, ...req }),
     status: async (filter) => ({ networks: await service.networkViews(f(filter)) }),
     close: () => service.close(),

@@ -3,7 +3,7 @@
 import * as http from 'node:http';
 import { CniError, ErrorCode, toCniError } from '../cni-spec/errors';
 import type { RouteMetricSample, RoutesReport } from '../cluster/route-programmer';
-import { serveCniCall, type RawReply } from './cni-route';
+import { peerUid, serveCniCall, type RawReply } from './cni-route';
 import { CNI_PATH as CNI_CALL_PATH } from './protocol';
 import type { Logger } from './log';
 import type { Metrics, SampledValue } from './metrics';
@@ -31,6 +31,12 @@ export interface ServerOptions {
   /** Shown in /v1/status. */
   socketPath: string;
   maxBodyBytes?: number;
+  /**
+   * Peer uids (SO_PEERCRED) served anything but reads: allocations, releases, GC, cluster changes. Root only
+   * by default; the socket's mode may be loosened (a group for `berth status`), this may not. Tests that run
+   * the server in their own process as another user name theirs.
+   */
+  writerUids?: readonly number[];
   /** On a cluster node: the route programmer (routes to other nodes' blocks), for /v1/cluster/routes and /metrics. */
   routes?: { report(): Promise<RoutesReport>; samples(): RouteMetricSample[] };
   /** On a cluster IPAM node: status, check, forget/leave/rejoin, and the cluster's metrics. */
@@ -152,7 +158,7 @@ export class BerthServer {
               readJson: () => this.readJson(req),
               deliver: (raw) => this.deliverRaw(res, raw),
             })
-          : await this.dispatch(req, url, () => gone);
+          : await this.dispatchTrusted(req, url, () => gone);
       let status = 200;
       if (typeof reply === 'string') this.send(res, 200, reply, 'text/plain; version=0.0.4');
       else if ('raw' in reply) {
@@ -196,6 +202,26 @@ export class BerthServer {
       this.inFlight--;
       if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
     }
+  }
+
+  /** dispatch, for a writer (see writerUids) unless the request only reads. */
+  private async dispatchTrusted(
+    req: http.IncomingMessage,
+    url: URL,
+    clientGone: () => boolean,
+  ): Promise<{ status?: number; body: unknown } | string> {
+    const method = req.method ?? 'GET';
+    if (method !== 'GET' && method !== 'HEAD') {
+      const uid = peerUid(req);
+      if (uid === undefined || !(this.o.writerUids ?? [0]).includes(uid)) {
+        throw new ServiceError(
+          403,
+          ErrorCode.Internal,
+          `berthd serves ${method} ${url.pathname} to root only (peer uid ${uid ?? 'unknown'})`,
+        );
+      }
+    }
+    return this.dispatch(req, url, clientGone);
   }
 
   private routeName(method: string, path: string): string {
@@ -390,7 +416,12 @@ export class BerthServer {
           throw new ServiceError(404, ErrorCode.UnknownContainer, `no lease for ${JSON.stringify(id)}`);
         return { body: { leases } };
       }
-      if (method === 'DELETE') return { body: await service.release(id, this.filterOf(url)) };
+      if (method === 'DELETE') {
+        const containerId = url.searchParams.get('containerId');
+        const holder =
+          containerId === null ? undefined : { containerId, ifname: url.searchParams.get('ifname') ?? '' };
+        return { body: await service.release(id, this.filterOf(url), holder) };
+      }
       wrongMethod('GET or DELETE');
     }
     if (path === '/v1/health') {

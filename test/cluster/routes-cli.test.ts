@@ -30,6 +30,8 @@ async function serve(routes?: RouteProgrammer): Promise<string> {
     log,
     metrics: new Metrics(),
     socketPath: socket,
+    // This process, as whichever user runs the tests, may change things (root only by default).
+    writerUids: [process.getuid!()],
     ...(routes !== undefined ? { routes } : {}),
   });
   await new Promise<void>((resolve) => server.http.listen(socket, resolve));

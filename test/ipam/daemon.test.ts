@@ -32,7 +32,7 @@ import { Service } from '../../src/ipam/daemon/service';
 import { add as fileAdd, status as fileStatus } from '../../src/ipam/handlers';
 import { openLeaseFileStore } from '../../src/ipam/lease-file-store';
 import { loadNativeAddon } from '../../src/native-addon';
-import { parseValidList } from '../../src/cli/gc';
+import { parseValidList, runGc } from '../../src/cli/gc';
 import { age, leaseTable, runLeasesRelease } from '../../src/cli/leases';
 
 const BOOT = 'boot-test-1';
@@ -107,6 +107,8 @@ async function startServer(maxBodyBytes?: number, syncer?: FilesystemSync): Prom
     log,
     metrics,
     socketPath: socket,
+    // This process, as whichever user runs the tests, may change things (root only by default).
+    writerUids: [process.getuid!()],
     ...(maxBodyBytes ? { maxBodyBytes } : {}),
   });
   await new Promise<void>((resolve) => server!.http.listen(socket, resolve));
@@ -888,6 +890,78 @@ describe('CLI pieces', () => {
     expect(await runLeasesRelease(ip, { socket, ask: ask('yes') }, io)).toBe(0);
     expect(leaseFiles().has(ip)).toBe(false);
     expect(out.join('')).toContain(`released ${ip} (network btnet, container ctr-ask/eth0)`);
+  });
+
+  test('leases release: an address that changed hands while the operator answered is not released (409)', async () => {
+    await startServer();
+    const r = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-old') });
+    const ip = (r.body as { ips: { address: string }[] }).ips[0]!.address.split('/')[0]!;
+    const out: string[] = [];
+    const io = { out: (x: string) => void out.push(x), err: (x: string) => void out.push(x) };
+    // While the question is on the screen, the pod goes and another takes the same address.
+    const ask = async (): Promise<string> => {
+      await callDaemon({ socket, method: 'POST', path: Release.path, body: envelope('ctr-old') });
+      const again = await callDaemon({
+        socket,
+        method: 'POST',
+        path: Allocate.path,
+        body: envelope('ctr-new', 'btnet', `IgnoreUnknown=1;IP=${ip}`),
+      });
+      expect((again.body as { ips: { address: string }[] }).ips[0]!.address.split('/')[0]).toBe(ip);
+      return 'y';
+    };
+    // Thrown as berthd's CNI error (main prints it, exit 1).
+    await expect(runLeasesRelease(ip, { socket, ask }, io)).rejects.toThrow(
+      /changed hands: now held by ctr-new\/eth0, not ctr-old\/eth0; not released/,
+    );
+    expect(leaseFiles().get(ip)).toBe('ctr-new\r\neth0');
+  });
+
+  test('berth gc: an empty valid list releases nothing without --all; leases newer than the list stay', async () => {
+    await startServer();
+    for (const id of ['ctr-1', 'ctr-2'])
+      await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope(id) });
+    const out: string[] = [];
+    const io = { out: (x: string) => void out.push(x), err: (x: string) => void out.push(x) };
+    const empty = join(dir, 'empty.txt');
+    writeFileSync(empty, '\n');
+    expect(await runGc({ socket, network: 'btnet', valid: empty }, io)).toBe(1);
+    expect(out.join('')).toMatch(/the valid list is empty: that would release every lease of network btnet/);
+    expect(leaseFiles().size).toBe(2);
+    // A list taken before ctr-3 existed: ctr-3's lease is newer than the list and stays.
+    await new Promise((r) => setTimeout(r, 20));
+    const listed = new Date().toISOString();
+    await new Promise((r) => setTimeout(r, 20));
+    await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-3') });
+    const gc = await callDaemon({
+      socket,
+      method: 'POST',
+      path: '/v1/gc',
+      body: { network: 'btnet', valid: [{ containerID: 'ctr-1', ifname: 'eth0' }], listedAt: listed },
+    });
+    expect(gc.status).toBe(200);
+    expect((gc.body as { released: { containerId: string }[] }).released.map((l) => l.containerId)).toEqual([
+      'ctr-2',
+    ]);
+    expect([...leaseFiles().values()].sort()).toEqual(['ctr-1\r\neth0', 'ctr-3\r\neth0']);
+    expect(await runGc({ socket, network: 'btnet', valid: empty, all: true }, io)).toBe(0);
+    expect(leaseFiles().size).toBe(0);
+  });
+
+  test('only writerUids may change anything; reads are open to whoever reaches the socket', async () => {
+    const log = createLogger({ format: 'text', level: 'error', write: () => undefined });
+    const metrics = new Metrics();
+    service = new Service({ dataDir, bootId: BOOT, log, metrics });
+    // Nobody this process could be.
+    server = new BerthServer({ service, log, metrics, socketPath: socket, writerUids: [4_000_000_000] });
+    await new Promise<void>((resolve) => server!.http.listen(socket, resolve));
+    const add = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-x') });
+    expect(add.status).toBe(403);
+    expect(JSON.stringify(add.body)).toMatch(/to root only \(peer uid \d+\)/);
+    expect(leaseFiles().size).toBe(0);
+    const del = await callDaemon({ socket, method: 'DELETE', path: '/v1/leases/198.18.200.2' });
+    expect(del.status).toBe(403);
+    expect((await callDaemon({ socket, method: 'GET', path: '/v1/leases' })).status).toBe(200);
   });
 
   test('lease table and ages', () => {

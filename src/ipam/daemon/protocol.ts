@@ -70,6 +70,11 @@ export interface AdminGcRequest {
   dataDir?: string;
   valid: { containerID: string; ifname: string }[];
   dryRun?: boolean;
+  /**
+   * ISO time the valid list was taken (`berth gc`: when it started): a lease made later is kept, its pod
+   * being newer than the list.
+   */
+  listedAt?: string;
 }
 
 export interface AdminGcReply {

@@ -428,7 +428,16 @@ export class Service {
     return all.filter((l) => l.containerId.startsWith(query));
   }
 
-  async release(ipText: string, filter: LeaseFilter): Promise<AdminReleaseReply> {
+  /**
+   * `berth leases release`: frees the lease of an address. With `holder` (the attachment the operator saw and
+   * confirmed), only while that attachment still holds it: between the look and the release, the pod may
+   * have gone and another taken the address.
+   */
+  async release(
+    ipText: string,
+    filter: LeaseFilter,
+    holder?: { containerId: string; ifname: string },
+  ): Promise<AdminReleaseReply> {
     const ip = parseIp(ipText);
     if (ip === undefined)
       throw new ServiceError(
@@ -449,6 +458,16 @@ export class Service {
       await store.transact(async (s) => {
         const lease = (await s.all()).find((l) => sameIp(l.ip, ip));
         if (lease === undefined) return;
+        if (
+          holder !== undefined &&
+          (lease.containerId !== holder.containerId || lease.ifname !== holder.ifname)
+        ) {
+          throw new ServiceError(
+            409,
+            ErrorCode.InvalidEnvironmentVariables,
+            `${formatIp(ip)} changed hands: now held by ${lease.containerId}${lease.ifname !== '' ? `/${lease.ifname}` : ''}, not ${holder.containerId}${holder.ifname !== '' ? `/${holder.ifname}` : ''}; not released`,
+          );
+        }
         await s.release(lease);
         released.push(leaseView(store, lease));
         this.opts.metrics?.inc('berthd_releases_total', 'Addresses released.', { network: store.network });
@@ -483,10 +502,21 @@ export class Service {
       }
     }
     const dryRun = r.dryRun === true;
-    const [store] = this.networks({
+    const stores = this.networks({
       network: r.network,
       ...(typeof r.dataDir === 'string' ? { dataDir: r.dataDir } : {}),
     });
+    if (stores.length === 0)
+      throw new ServiceError(404, ErrorCode.UnknownContainer, `no network ${JSON.stringify(r.network)} here`);
+    if (stores.length > 1) {
+      throw new ServiceError(
+        409,
+        ErrorCode.InvalidEnvironmentVariables,
+        `network ${r.network} is in several data dirs (${stores.map((s) => s.dataDir).join(', ')}): name one with --data-dir`,
+      );
+    }
+    const store = stores[0];
+    const listedAt = typeof r.listedAt === 'string' ? Date.parse(r.listedAt) : NaN;
     const validKeys = new Set(r.valid.map((a) => `${a.containerID}\n${a.ifname}`));
     const validIds = new Set(r.valid.map((a) => a.containerID));
     const released = await store!.transact(
@@ -497,6 +527,9 @@ export class Service {
           const keep =
             l.ifname === '' ? validIds.has(l.containerId) : validKeys.has(`${l.containerId}\n${l.ifname}`);
           if (keep) continue;
+          // Made after the list was taken: its pod is newer than the list.
+          const created = l.meta.createdAt === undefined ? NaN : Date.parse(l.meta.createdAt);
+          if (!Number.isNaN(listedAt) && !Number.isNaN(created) && created > listedAt) continue;
           if (!dryRun) await s.release(l);
           gone.push(l);
         }
