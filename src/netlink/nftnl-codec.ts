@@ -160,8 +160,11 @@ export function encodeRequest(m: NftMsg, seq: number): Buffer {
 }
 
 /**
- * One transaction: BATCH_BEGIN (seq), the messages (seq+1 …, each with NLM_F_ACK so that each gets exactly
- * one answer, an ACK or its error), BATCH_END. The kernel commits all or nothing.
+ * One transaction: BATCH_BEGIN (seq), the messages (seq+1 …), BATCH_END. The kernel commits all or nothing.
+ * A message that fails is always answered with its error; only the last asks for an ACK (NLM_F_ACK), which
+ * the kernel queues after every earlier answer. An ACK for each would all be queued inside the one sendmsg,
+ * before anything can read them: a few hundred overflow the socket's receive buffer (ENOBUFS), and the
+ * netlink library aborts the process on that error (a GC of stale elements sends one command per element).
  */
 export function encodeBatch(msgs: readonly NftMsg[], seq: number): Buffer {
   const parts = [encodeMsg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, [], NFNL_SUBSYS_NFTABLES)];
@@ -169,7 +172,7 @@ export function encodeBatch(msgs: readonly NftMsg[], seq: number): Buffer {
     parts.push(
       encodeMsg(
         (NFNL_SUBSYS_NFTABLES << 8) | m.type,
-        NLM_F_REQUEST | NLM_F_ACK | m.flags,
+        NLM_F_REQUEST | (i === msgs.length - 1 ? NLM_F_ACK : 0) | m.flags,
         seq + 1 + i,
         m.family,
         m.attrs,

@@ -184,15 +184,14 @@ class NfnlSocket {
   }
 
   /**
-   * One transaction. Every message carries NLM_F_ACK, so each gets exactly one answer (ACK or error),
-   * queued by the time the kernel has processed the batch; an error on the batch's own header fails it
-   * as a whole. Resolves with the index and errno of the first failed message, or undefined.
+   * One transaction (see encodeBatch): a failed message answers with its error, the last message in any case
+   * (ACK or error), after all the others; an error on the batch's own header (a failed commit) comes first
+   * and fails it as a whole. Resolves with the index and errno of the first failed message, or undefined.
    */
   batch(msgs: readonly NftMsg[]): Promise<{ index: number; errno: number } | undefined> {
     const first = this.nextSeq(msgs.length + 2);
     const last = first + msgs.length + 1;
     const errors: Array<{ index: number; errno: number }> = [];
-    let answered = 0;
     return this.exchange(encodeBatch(msgs, first), (a, done) => {
       if (a.seq < first || a.seq > last || a.type !== NLMSG_ERROR) return;
       const errno = errorOf(a);
@@ -201,7 +200,7 @@ class NfnlSocket {
         return;
       }
       if (errno !== 0) errors.push({ index: a.seq - first - 1, errno });
-      if (++answered === msgs.length) done(errors.sort((x, y) => x.index - y.index)[0]);
+      if (a.seq === last - 1) done(errors.sort((x, y) => x.index - y.index)[0]);
     });
   }
 }

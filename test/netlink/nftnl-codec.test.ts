@@ -68,6 +68,12 @@ describe('batches', () => {
     expect(buf.length).toBe(20 + (20 + attrs.length) + 20);
   });
 
+  it('only the last message of a batch asks for an ACK (failures answer anyway)', () => {
+    const msg = setElemMsg('add', 1, 't', 'c4', [elementAttrs(c4, '198.18.0.3', 'x')]);
+    const flags = parseMessages(encodeBatch([msg, msg, msg], 200)).map((m) => m.flags);
+    expect(flags).toEqual([0x1, 0x1 | 0x400, 0x1 | 0x400, 0x1 | 0x4 | 0x400, 0x1]);
+  });
+
   it('deletes name the key only; a concatenated range carries KEY and KEY_END', () => {
     const del = setElemMsg('delete', 1, 't', 's4', [
       elementAttrs(s4, { concat: ['198.18.0.3', { prefix: { addr: '198.18.0.0', len: 24 } }] }, undefined),

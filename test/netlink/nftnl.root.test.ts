@@ -1,13 +1,16 @@
 // nftables over netlink (src/netlink/nftnl.ts) against the kernel, in a private namespace: the table and
 // sets are made by `nft` the way berth's masquerade and spoof check make them, elements go in and out
 // through our batches, and `nft -j list` (run under `ip netns exec`) is the observer.
+import { spawnSync } from 'node:child_process';
 import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { CniError, ErrorCode } from '../../src/cni-spec/errors';
 import { toKernelCniError } from '../../src/netlink/errors';
 import { listTable, nftApply } from '../../src/netlink/nftables';
 import { applyNft, nfnlApply, nfnlListTable, readNftTable } from '../../src/netlink/nftnl';
 import { NftnlUnsupported } from '../../src/netlink/nftnl-codec';
+import { REPO } from '../bridge/harness';
 import { berthSetupCommands } from './berth-nft-setup';
 import type { KernelFixture, Place } from './kernel-fixture';
 import { observe, observeJson, rejection, trySh, useKernelFixture } from './kernel-fixture';
@@ -57,6 +60,44 @@ const del = (family: string, table: string, name: string, elem: unknown[]) => ({
 });
 
 describe('nftables over netlink', () => {
+  it('400 commands in one transaction (a GC of stale elements): applied, and the process survives', () => {
+    // One command per element, as GC sends them. With an ACK asked for each, 400 ACKs queued in one sendmsg
+    // overflowed the socket's receive buffer, and the netlink library aborted the process on ENOBUFS: run
+    // in a child, so that the old code fails this test instead of killing vitest.
+    const { pod, table, opts } = setup();
+    const addrs = Array.from({ length: 400 }, (_, i) => `198.18.${100 + (i >> 8)}.${i & 255}`);
+    const run = (commands: unknown[]) =>
+      spawnSync(
+        process.execPath,
+        [
+          '-e',
+          `require(${JSON.stringify(join(REPO, 'dist/netlink/nftnl.js'))}).nfnlApply(JSON.parse(process.argv[1]), JSON.parse(process.argv[2])).then(() => console.log('applied'), (e) => { console.error(String(e)); process.exit(3); })`,
+          JSON.stringify(commands),
+          JSON.stringify(opts),
+        ],
+        { encoding: 'utf8' },
+      );
+    const added = run(addrs.map((a) => add('inet', table, 'c4', [a])));
+    expect({ status: added.status, signal: added.signal, err: added.stderr }).toEqual({
+      status: 0,
+      signal: null,
+      err: '',
+    });
+    expect(nftSet(pod, 'inet', table, 'c4')).toHaveLength(400);
+    const removed = run(addrs.map((a) => del('inet', table, 'c4', [a])));
+    expect({ status: removed.status, signal: removed.signal }).toEqual({ status: 0, signal: null });
+    expect(nftSet(pod, 'inet', table, 'c4')).toHaveLength(0);
+    // A failing command in the middle still fails the whole transaction, and names itself.
+    const bad = run([
+      add('inet', table, 'c4', ['198.18.9.1']),
+      del('inet', table, 'c4', ['198.18.9.2']),
+      add('inet', table, 'c4', ['198.18.9.3']),
+    ]);
+    expect(bad.status).toBe(3);
+    expect(bad.stderr).toMatch(/delete element inet \S+ c4: ENOENT/);
+    expect(nftSet(pod, 'inet', table, 'c4')).toHaveLength(0);
+  });
+
   it('adds tagged elements to every kind of berth set and deletes them again (nft -j list set agrees)', async () => {
     const { pod, table, opts } = setup();
     const pair4 = { concat: ['198.18.0.5', { prefix: { addr: '198.18.0.0', len: 24 } }] };
