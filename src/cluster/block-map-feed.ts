@@ -30,13 +30,16 @@ export async function followBlockMap(o: {
   log: (line: string) => void;
 }): Promise<{ close(): void }> {
   const root = o.prefix.endsWith('/') ? o.prefix : `${o.prefix}/`;
+  /** Loads the map; the revision it reflects. */
   const load = async (): Promise<string> => {
     const r = await o.etcd.range(root, { prefix: true });
     o.map.reset(r.kvs);
-    return (BigInt(r.revision) + 1n).toString();
+    return r.revision;
   };
-  const from = await load();
-  return o.etcd.watch(root, from, {
+  const loaded = await load();
+  // The watch starts after the load's revision; after a reset, the gateway resumes after what onReset
+  // returns (the plain revision: returning one more skipped the next write, e.g. a block's release).
+  return o.etcd.watch(root, (BigInt(loaded) + 1n).toString(), {
     onEvents: (events) =>
       o.map.apply(
         events.map((e) =>

@@ -1,6 +1,6 @@
 // Route programming without a kernel: what berthd wants from a block map, how a reconcile moves an
 // in-memory table (with the kernel's matching rules) there, and the block map fed by etcd keys.
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { BlockMap, parseClusterKey, underlayOf } from '../../src/cluster/block-map';
 import { RouteProgrammer } from '../../src/cluster/route-programmer';
 import {
@@ -311,11 +311,57 @@ describe('followBlockMap', () => {
     );
     expect(map.view()).toEqual({ blocks: [], alive: [{ node: 'n2', underlay: ['198.18.0.12'] }] });
     store = [{ key: `${P}/nets/pods/blocks/198.19.0.128-26`, value: '{"node":"n3"}' }];
-    expect(await handlers.onReset()).toBe('42');
+    // The revision the reload reflects: the gateway resumes the watch after it (the next write included).
+    expect(await handlers.onReset()).toBe('41');
     expect(map.view()).toEqual({
       blocks: [{ network: 'pods', cidr: '198.19.0.128/26', node: 'n3' }],
       alive: [],
     });
     expect(logs.join('\n')).toContain('compacted');
+  });
+
+  it('after a compaction reload, the first write past the reload is not lost (real gateway, fake etcd)', async () => {
+    const { followBlockMap } = await import('../../src/cluster/block-map-feed');
+    const { EtcdGateway } = await import('../../src/cluster/etcd-gateway');
+    const { FakeEtcd } = await import('./fake-etcd');
+    const fake = new FakeEtcd();
+    const gw = new EtcdGateway({ endpoints: [await fake.addMember()], timeoutMs: 300 });
+    try {
+      const A = `${P}/nets/pods/blocks/198.19.0.64-26`;
+      const B = `${P}/nets/pods/blocks/198.19.0.128-26`;
+      await gw.put(A, '{"node":"n2"}');
+      let resetting = false;
+      const etcd = {
+        range: async (k: string, o: { prefix: boolean }) => {
+          const r = await gw.range(k, o);
+          // n2 releases A right after the reload's range: the write at the range's revision + 1.
+          if (resetting) {
+            resetting = false;
+            await gw.deleteRange(A);
+          }
+          return r;
+        },
+        watch: gw.watch.bind(gw),
+      };
+      const map = new BlockMap(P);
+      const logs: string[] = [];
+      const w = await followBlockMap({ etcd, map, prefix: P, log: (l) => logs.push(l) });
+      // The watch away while the history it needs is compacted: it resets, reloading the map.
+      fake.setMode(0, 'refuse');
+      fake.putDirect(`${P}/other`, '1');
+      fake.compact();
+      resetting = true;
+      fake.setMode(0, 'up');
+      await vi.waitFor(() => expect(logs.join('\n')).toContain('compacted'), { timeout: 4000 });
+      await gw.put(B, '{"node":"n3"}');
+      await vi.waitFor(() => expect((map.view()?.blocks ?? []).some((b) => b.node === 'n3')).toBe(true), {
+        timeout: 4000,
+      });
+      w.close();
+      expect(map.view()!.blocks.map((b) => b.cidr)).toEqual(['198.19.0.128/26']);
+    } finally {
+      gw.close();
+      await fake.close();
+    }
   });
 });
