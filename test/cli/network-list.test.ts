@@ -1,5 +1,5 @@
 // The runtime's command order and caching, checked through real (fake) plugin executables.
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { containerIdFor, runExec, type ExecOptions, type ExecVerb } from '../../src/cli/exec';
@@ -181,6 +181,23 @@ describe('DEL', () => {
       cniVersion: '0.4.0',
       ips: [{ version: '4', address: '198.18.7.5/24', interface: 0 }],
     });
+  });
+
+  test('a cached result that cannot be converted is dropped and the DEL goes on without one (as libcni)', async () => {
+    fake.writeConf('10-net1.conflist', list({ cniVersion: '1.0.0' }));
+    await exec('add', '/run/netns/p1');
+    const file = join(cacheDir, 'results', cacheFiles()[0]!);
+    // A result of a version no converter knows (a newer runtime wrote the cache, say).
+    const entry = JSON.parse(readFileSync(file, 'utf8')) as { result: { cniVersion: string } };
+    entry.result.cniVersion = '9.9.9';
+    writeFileSync(file, JSON.stringify(entry));
+    fake.writeConf('10-net1.conflist', list({ cniVersion: '0.4.0' }));
+    fake.resetCalls();
+    const r = await exec('del', '/run/netns/p1');
+    expect(r.code, r.stderr).toBe(0);
+    expect(order()).toEqual(['c:DEL', 'b:DEL', 'a:DEL']);
+    for (const call of fake.calls()) expect(call.stdin).not.toHaveProperty('prevResult');
+    expect(cacheFiles()).toEqual([]);
   });
 
   test('lists older than 0.4.0 get no prevResult on DEL', async () => {

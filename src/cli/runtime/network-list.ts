@@ -170,8 +170,17 @@ export async function delNetworkList(
   rt: RuntimeConf,
 ): Promise<void> {
   validateAttachmentKey(keyOf(list, rt));
-  // Cached prevResult on DEL arrived with 0.4.0; older lists never get one.
-  const prevResult = versionAtLeast(list, '0.4.0') ? await cachedPrevResult(runtime, list, rt) : undefined;
+  // Cached prevResult on DEL arrived with 0.4.0; older lists never get one. A cached result that cannot be
+  // read or converted is dropped and the DEL goes on without one, as libcni does: else the attachment could
+  // never be deleted.
+  let prevResult: Record<string, unknown> | undefined;
+  if (versionAtLeast(list, '0.4.0')) {
+    try {
+      prevResult = await cachedPrevResult(runtime, list, rt);
+    } catch {
+      await removeCacheEntry(runtime.cacheDir, keyOf(list, rt));
+    }
+  }
   for (const plugin of [...list.plugins].reverse()) {
     try {
       await invoke(runtime, 'DEL', { list, plugin, rt, prevResult });
