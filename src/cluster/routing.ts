@@ -83,8 +83,11 @@ export async function resolveUnderlay(o: {
   const nl = openNetlink();
   try {
     const found = await detectUnderlay(first, nl);
+    const got = [found.underlay, found.underlay6].filter(Boolean).join(', ');
     o.log(
-      `routes: underlay detected: ${[found.underlay, found.underlay6].filter(Boolean).join(', ') || 'none'}`,
+      got !== ''
+        ? `routes: underlay detected: ${got}`
+        : `routes: no underlay detected towards ${first} (loopback, or no stable global address there): other nodes will hold this node's blocks unrouted; set --underlay-address`,
     );
     return found;
   } catch (err) {

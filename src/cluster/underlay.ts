@@ -5,7 +5,11 @@
 import { createSocket } from 'node:dgram';
 import { lookup } from 'node:dns/promises';
 import { parseIp } from '../address/ip';
-import type { Netlink } from '../netlink/types';
+import type { Address, Netlink } from '../netlink/types';
+
+/** IFA_F_TEMPORARY (an IPv6 privacy address; the bit means secondary for IPv4) and IFA_F_DEPRECATED. */
+const IFA_F_TEMPORARY = 0x01;
+const IFA_F_DEPRECATED = 0x20;
 
 export interface Underlay {
   /** IPv4 underlay address, if any. */
@@ -53,26 +57,31 @@ export async function detectUnderlay(
   const url = new URL(endpoint);
   const host = url.hostname.replace(/^\[|\]$/g, '');
   const port = url.port !== '' ? Number(url.port) : 2379;
-  const source = await sourceAddressTowards(host, port);
+  let source = await sourceAddressTowards(host, port);
   const all = await nl.listAddresses();
-  const mine = all.find((a) => a.address === source);
-  const out: Underlay = {};
   const loopback = (a: string) => a === '::1' || a.startsWith('127.');
-  if (!loopback(source)) {
+  // An IPv6 privacy (temporary) or deprecated address expires: other nodes' routes via it would die with it.
+  const passing = (a: Address) => a.family === 6 && (a.flags & (IFA_F_TEMPORARY | IFA_F_DEPRECATED)) !== 0;
+  const usable = (a: Address) =>
+    a.scope === 0 && !a.tentative && !a.dadFailed && !loopback(a.address) && !passing(a);
+  let mine = all.find((a) => a.address === source);
+  if (mine !== undefined && passing(mine)) {
+    // The kernel may prefer a temporary source (use_tempaddr=2): a stable one of the same interface instead.
+    const stable = all.find((a) => a.index === mine!.index && a.family === mine!.family && usable(a));
+    if (stable !== undefined) {
+      mine = stable;
+      source = stable.address;
+    }
+  }
+  const out: Underlay = {};
+  if (!loopback(source) && (mine === undefined || !passing(mine))) {
     if (source.includes(':')) out.underlay6 = source;
     else out.underlay = source;
   }
   if (mine !== undefined) {
-    // The other family on the same interface: global scope, usable (not tentative, DAD not failed).
-    const other = all.find(
-      (a) =>
-        a.index === mine.index &&
-        a.family !== mine.family &&
-        a.scope === 0 &&
-        !a.tentative &&
-        !a.dadFailed &&
-        !loopback(a.address),
-    );
+    // The other family on the same interface: global scope, usable (not tentative, DAD not failed, not
+    // temporary or deprecated).
+    const other = all.find((a) => a.index === mine.index && a.family !== mine.family && usable(a));
     if (other !== undefined) {
       if (other.family === 6) out.underlay6 = other.address;
       else out.underlay = other.address;

@@ -131,7 +131,9 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
     o.cluster === undefined
       ? undefined
       : (require('../cluster/routing') as typeof import('../cluster/routing'));
-  const routeLog = (line: string): void => log.log('info', line);
+  // What stops routing between nodes is a warning; the rest is information.
+  const routeLog = (line: string): void =>
+    log.log(/^routes: (no underlay|could not)/.test(line) ? 'warn' : 'info', line);
   const underlay =
     o.cluster === undefined || routingModule === undefined
       ? undefined
