@@ -7,8 +7,9 @@ import { isOwnNetns } from './kernel';
 
 export function refuseOwnNetns(req: Request): void {
   if (req.netns === '') return;
+  // As skel: "1", or "true" in any case.
   const override = req.env.CNI_NETNS_OVERRIDE;
-  if (override === '1' || override === 'true') return;
+  if (override === '1' || override?.toUpperCase() === 'TRUE') return;
   if (isOwnNetns(req.netns)) {
     throw new CniError(
       ErrorCode.InvalidNetns,

@@ -731,6 +731,7 @@ export class EtcdGateway {
               const compacted = int64(result.compact_revision);
               if (compacted !== '0') {
                 settled = true;
+                this.watchStreams.delete(stream);
                 r.destroy();
                 handlers.onReset().then(
                   (rev) => {

@@ -237,7 +237,7 @@ describe('ADD refusals', () => {
         containerId: 'ctr8',
         netns: '/proc/self/ns/net',
         ifname: dummy,
-        env: { CNI_NETNS_OVERRIDE: '1' },
+        env: { CNI_NETNS_OVERRIDE: 'TRUE' }, // "1", or "true" in any case, as skel
       });
       expect(del.code, del.stdout).toBe(0);
       expect(trySh('ip', ['link', 'show', 'dev', dummy])).toBeUndefined();

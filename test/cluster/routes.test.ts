@@ -357,6 +357,8 @@ describe('followBlockMap', () => {
       await vi.waitFor(() => expect((map.view()?.blocks ?? []).some((b) => b.node === 'n3')).toBe(true), {
         timeout: 4000,
       });
+      // One stream in the gateway's books: the one before the reset is gone from them.
+      expect((gw as unknown as { watchStreams: Set<unknown> }).watchStreams.size).toBe(1);
       w.close();
       expect(map.view()!.blocks.map((b) => b.cidr)).toEqual(['198.19.0.128/26']);
     } finally {

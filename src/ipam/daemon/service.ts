@@ -528,7 +528,9 @@ export class Service {
             l.ifname === '' ? validIds.has(l.containerId) : validKeys.has(`${l.containerId}\n${l.ifname}`);
           if (keep) continue;
           // Made after the list was taken: its pod is newer than the list.
-          const created = l.meta.createdAt === undefined ? NaN : Date.parse(l.meta.createdAt);
+          // Only for leases berth made: one it found (host-local's) carries the time berth first read it.
+          const created =
+            l.meta.createdAt === undefined || l.meta.origin === 'found' ? NaN : Date.parse(l.meta.createdAt);
           if (!Number.isNaN(listedAt) && !Number.isNaN(created) && created > listedAt) continue;
           if (!dryRun) await s.release(l);
           gone.push(l);
