@@ -30,6 +30,8 @@ export interface DaemonCliOptions {
   nftTable?: string;
   callTimeout?: string;
   plugins?: boolean;
+  /** Not a flag: `berth node-agent` runs berthd in a container (delegated IPAM then runs on the host). */
+  inContainer?: boolean;
 }
 
 /** `15s`, `500ms`, `5m`, `1h`, or plain seconds → milliseconds. */
@@ -186,6 +188,7 @@ export async function runDaemonCommand(o: DaemonCliOptions, err: (s: string) => 
     ...(o.nftTable !== undefined ? { nftTable: o.nftTable } : {}),
     ...(deadlineMs !== undefined ? { callDeadlineMs: deadlineMs } : {}),
     ...(o.plugins === false ? { servePlugins: false } : {}),
+    ...(o.inContainer === true ? { delegatedIpamHere: false } : {}),
     logFormat: format,
     logLevel: level,
     ...(o.socket !== undefined ? { socket: o.socket } : {}),

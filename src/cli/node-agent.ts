@@ -143,5 +143,6 @@ export async function runNodeAgent(o: NodeAgentCliOptions, err: (s: string) => v
     return 1;
   }
   const { runDaemonCommand } = require('./daemon') as typeof import('./daemon');
-  return runDaemonCommand(o, err);
+  // The node image's container: a delegated IPAM plugin must run on the host, where its state is.
+  return runDaemonCommand({ ...o, inContainer: true }, err);
 }

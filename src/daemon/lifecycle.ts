@@ -28,6 +28,8 @@ export interface DaemonOptions {
   callDeadlineMs?: number;
   /** Serve plugin calls on /v1/cni (the warm path); default true. */
   servePlugins?: boolean;
+  /** Run a served berth-bridge call's delegated IPAM plugin here (default true); false in a container (see PluginHost). */
+  delegatedIpamHere?: boolean;
   /** `HOST:PORT` for a TCP listener serving only /metrics; none unless asked for. */
   metricsAddress?: string;
   env?: NodeJS.ProcessEnv;
@@ -188,6 +190,7 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
           nftTable: o.nftTable ?? nftTable(env),
           bootIdFile: bootFile !== undefined && bootFile !== '' ? bootFile : BOOT_ID_FILE,
           deadlineMs: o.callDeadlineMs ?? DEFAULT_CALL_DEADLINE_MS,
+          ...(o.delegatedIpamHere === false ? { delegatedIpamHere: false } : {}),
         });
   const server = new BerthServer({
     service,

@@ -27,6 +27,12 @@ export interface PluginHostOptions {
   bootIdFile: string;
   /** Each call's deadline: past it the call is cancelled and its delegated plugins killed. */
   deadlineMs: number;
+  /**
+   * Whether a delegated IPAM plugin (anything but berth-ipam) may run here (default true). Not in a
+   * container (the node image's agent): its state (host-local's dataDir, say) would land in the
+   * container's own files, beside the host's that standalone runs use; such calls get 421.
+   */
+  delegatedIpamHere?: boolean;
 }
 
 /** Default per-call deadline; a runtime gives a plugin about as long before it gives up. */
@@ -141,6 +147,8 @@ export class PluginHost {
       return `netns: ${netns} is not visible to berthd as a namespace`;
     const ipamType = ipamTypeOf(call.stdin);
     if (ipamType === undefined || ipamType === 'berth-ipam') return undefined;
+    if (this.o.delegatedIpamHere === false)
+      return `ipam: delegated plugin ${ipamType} keeps its state on the host; berthd runs in a container`;
     try {
       findPlugin(
         ipamType,

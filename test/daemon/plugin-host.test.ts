@@ -84,9 +84,11 @@ describe('deadline', () => {
 
 describe('what berthd cannot see is served by the standalone program (421)', () => {
   // berthd's own settings (the caller names none): only visibility decides here.
-  const host = (): PluginHost => {
+  const host = (delegatedIpamHere = true): PluginHost => {
     const h = hostWith({}, 1000);
-    (h as unknown as { o: { runDir: string; nftTable: string } }).o.runDir = '/run/berth';
+    const o = (h as unknown as { o: { runDir: string; delegatedIpamHere?: boolean } }).o;
+    o.runDir = '/run/berth';
+    o.delegatedIpamHere = delegatedIpamHere;
     return h;
   };
   const forward = (
@@ -126,7 +128,14 @@ describe('what berthd cannot see is served by the standalone program (421)', () 
       /^ipam: plugin bt-no-such-ipam is not on CNI_PATH as berthd sees it/,
     );
     expect(host().notServedReason(forward('DEL', '', 'bt-no-such-ipam'))).toMatch(/^ipam:/);
-    // /bin/true stands in for a plugin berthd can run.
-    expect(host().notServedReason(forward('ADD', '/proc/self/ns/net', 'true', '/bin'))).toBeUndefined();
+    // /bin/true stands in for a plugin berthd can run (in the host's mount namespace).
+    expect(host(true).notServedReason(forward('ADD', '/proc/self/ns/net', 'true', '/bin'))).toBeUndefined();
+  });
+
+  test('any delegated IPAM when berthd is in a mount namespace of its own (a container): it keeps its state on the host', () => {
+    expect(host(false).notServedReason(forward('ADD', '/proc/self/ns/net', 'true', '/bin'))).toMatch(
+      /^ipam: delegated plugin true keeps its state on the host; berthd runs in a container/,
+    );
+    expect(host(false).notServedReason(forward('ADD', '/proc/self/ns/net', 'berth-ipam'))).toBeUndefined();
   });
 });
