@@ -64,8 +64,9 @@ set -e
 if [ "$1" = configure ] && [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ] &&
   [ -f /lib/systemd/system/berthd.socket ]; then
   systemctl daemon-reload || true
-  if [ -z "$2" ]; then
-    # First install: the warm path on.
+  if [ -z "$2" ] || [ -e /var/lib/berth/.deb-socket-was-enabled ]; then
+    # First install, or again after a remove that found the socket enabled (prerm left the mark): on.
+    rm -f /var/lib/berth/.deb-socket-was-enabled
     systemctl enable berthd.socket || true
     systemctl start berthd.socket || true
   else
@@ -81,6 +82,11 @@ cat >"$stage/DEBIAN/prerm" <<'EOF'
 #!/bin/sh
 set -e
 if [ "$1" = remove ] && [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
+  # Removed (not purged), the package comes back as an upgrade of its old version: remember whether the
+  # warm path was on, so that postinst turns it on again then.
+  if systemctl is-enabled --quiet berthd.socket; then
+    mkdir -p /var/lib/berth && touch /var/lib/berth/.deb-socket-was-enabled
+  fi
   systemctl stop berthd.socket berthd.service || true
   systemctl disable berthd.socket || true
 fi

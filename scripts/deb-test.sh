@@ -76,26 +76,35 @@ touch "$root/var/lib/dpkg/status" "$root/var/lib/dpkg/available"
 # The postinst's systemd calls (dpkg skips them in a temp root): run it in a private mount namespace where
 # /run/systemd/system and the unit exist and `systemctl` only logs, for a first install and for upgrades
 # with the socket enabled and disabled (the README's switch to standalone must survive an upgrade).
-postinst_calls() { # $2 of postinst (old version or ""), is-enabled answer (0/1)
-  local d="$tmp/postinst-$RANDOM"
-  mkdir -p "$d/bin" "$d/units" && dpkg-deb --ctrl-tarfile "$new_deb" | tar -x -C "$d" ./postinst
-  printf '#!/bin/sh\necho "$*" >>%s/calls\n[ "$1 $2" = "is-enabled --quiet" ] && exit %s\nexit 0\n' "$d" "$2" >"$d/bin/systemctl"
-  chmod +x "$d/bin/systemctl" && touch "$d/units/berthd.socket"
+postinst_calls() { # script (postinst/prerm), its argument, $2 (old version or ""), is-enabled answer (0/1),
+  # "mark" to start with prerm's mark of an enabled socket; prints systemctl's calls, then "mark" if left
+  local d="$tmp/maint-$RANDOM"
+  mkdir -p "$d/bin" "$d/units" "$d/varlib" && dpkg-deb --ctrl-tarfile "$new_deb" | tar -x -C "$d" "./$1"
+  printf '#!/bin/sh\necho "$*" >>%s/calls\n[ "$1 $2" = "is-enabled --quiet" ] && exit %s\nexit 0\n' "$d" "$4" >"$d/bin/systemctl"
+  chmod +x "$d/bin/systemctl" && touch "$d/units/berthd.socket" "$d/calls"
+  if [ "${5:-}" = mark ]; then mkdir -p "$d/varlib/berth" && touch "$d/varlib/berth/.deb-socket-was-enabled"; fi
   unshare --mount --propagation private sh -c '
     mount -t tmpfs none /run/systemd 2>/dev/null || { mkdir -p /run/systemd && mount -t tmpfs none /run/systemd; }
-    mkdir -p /run/systemd/system && mount --bind "$1/units" /lib/systemd/system &&
-    PATH="$1/bin:$PATH" sh "$1/postinst" configure "$2"' postinst "$d" "$1" >/dev/null 2>&1
+    mkdir -p /run/systemd/system && mount --bind "$1/units" /lib/systemd/system && mount --bind "$1/varlib" /var/lib &&
+    PATH="$1/bin:$PATH" sh "$1/$2" "$3" "$4"' maint "$d" "$1" "$2" "$3" >/dev/null 2>&1
   tr '\n' ';' <"$d/calls"
+  [ -e "$d/varlib/berth/.deb-socket-was-enabled" ] && echo mark
 }
 postinst_ok() {
-  local first up_on up_off
-  first="$(postinst_calls "" 0)" up_on="$(postinst_calls "$old_version" 0)" up_off="$(postinst_calls "$old_version" 1)"
-  echo "first install: $first | upgrade, enabled: $up_on | upgrade, disabled: $up_off"
+  local first up_on up_off back rm_on
+  first="$(postinst_calls postinst configure "" 0)"
+  up_on="$(postinst_calls postinst configure "$old_version" 0)"
+  up_off="$(postinst_calls postinst configure "$old_version" 1)"
+  back="$(postinst_calls postinst configure "$old_version" 1 mark)"
+  rm_on="$(postinst_calls prerm remove "" 0)"
+  echo "first install: $first | upgrade, enabled: $up_on | upgrade, disabled: $up_off | after a remove that found it enabled: $back | prerm remove, enabled: $rm_on"
   [ "$first" = "daemon-reload;enable berthd.socket;start berthd.socket;" ] &&
     [ "$up_on" = "daemon-reload;try-restart berthd.service;is-enabled --quiet berthd.socket;start berthd.socket;" ] &&
-    [ "$up_off" = "daemon-reload;try-restart berthd.service;is-enabled --quiet berthd.socket;" ]
+    [ "$up_off" = "daemon-reload;try-restart berthd.service;is-enabled --quiet berthd.socket;" ] &&
+    [ "$back" = "daemon-reload;enable berthd.socket;start berthd.socket;" ] &&
+    [ "$rm_on" = "is-enabled --quiet berthd.socket;stop berthd.socket berthd.service;disable berthd.socket;mark" ]
 }
-check "postinst: enables and starts the socket on a first install; an upgrade leaves a disabled one disabled" postinst_ok
+check "maintainer scripts: the socket on at a first install, and again after a remove that found it on; an upgrade leaves a disabled one off" postinst_ok
 check "dpkg -i berth_${old_version} into the temp root" "${dpkg_[@]}" -i "$old_deb"
 status_is() { "${dpkg_[@]}" -s berth | tee /dev/stderr | grep -q "^Status: $1" && "${dpkg_[@]}" -s berth | grep -q "^Version: $2\$"; }
 check "dpkg says berth $old_version is installed" status_is "install ok installed" "$old_version"
