@@ -1,5 +1,5 @@
 // The entry adapter: the only code in this room that touches the real process (env, stdin, stdout, exit).
-import { readFileSync } from 'node:fs';
+import { readSync } from 'node:fs';
 import { CniError, ErrorCode } from './errors';
 import { type PluginAbout, type PluginIo, type ProcessBinding, reportFailure } from './dispatch';
 import { COMMANDS } from './request';
@@ -36,15 +36,23 @@ function needsStdin(command: string): boolean {
 
 async function readStdin(needed: boolean): Promise<string> {
   if (!needed) return '';
-  try {
-    return readFileSync(0, 'utf8');
-  } catch (err) {
-    // A non-blocking stdin (inherited from some parents) cannot be read synchronously.
-    if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
-    const chunks: Buffer[] = [];
-    for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
-    return Buffer.concat(chunks).toString('utf8');
+  // Read to the end in place. A non-blocking stdin (inherited from some parents) answers EAGAIN while the
+  // writer is behind: wait a little and read on, keeping what came before (readFileSync dropped it).
+  const chunks: Buffer[] = [];
+  const buf = Buffer.allocUnsafe(64 * 1024);
+  for (;;) {
+    let n: number;
+    try {
+      n = readSync(0, buf, 0, buf.length, null);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+      await new Promise((r) => setTimeout(r, 1));
+      continue;
+    }
+    if (n === 0) break;
+    chunks.push(Buffer.from(buf.subarray(0, n)));
   }
+  return Buffer.concat(chunks).toString('utf8');
 }
 
 // A plugin runs once and must end: handles left open (sockets, timers) must not keep it alive once the

@@ -327,7 +327,9 @@ function readPrevResult(config: NetConf): Result | undefined {
 const VALID_ATTACHMENT_KEYS = ['cni.dev/valid-attachments', 'cni.dev/attachments'] as const;
 
 function readValidAttachments(config: NetConf): Attachment[] {
-  const key = VALID_ATTACHMENT_KEYS.find((k) => config[k] !== undefined);
+  // null is an empty list, as Go reads it: libcni writes a nil slice as null (CRI-O's GC of a network with
+  // no live pod sends exactly that).
+  const key = VALID_ATTACHMENT_KEYS.find((k) => config[k] !== undefined && config[k] !== null);
   if (key === undefined) return []; // cnitool sends none: nothing is valid any more
   const list = config[key];
   if (!Array.isArray(list)) throw invalidConfig(`"${key}" must be an array`);

@@ -119,3 +119,49 @@ describe('berth-bridge refuses bad input with exactly one error object', () => {
     expect((JSON.parse(r.stdout) as { details: string }).details).toContain(SUPPORTED);
   });
 });
+
+describe('stdin', () => {
+  it('a non-blocking stdin fed slower than it is read arrives whole', async () => {
+    // perl (perl-base: always on Debian) makes fd 0 non-blocking and execs the plugin; the writer sends a
+    // 200 kB config in pieces. readFileSync gave up at the first EAGAIN, dropping what it had read.
+    const { spawn } = await import('node:child_process');
+    const { mkdtempSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const dataDir = mkdtempSync(join(tmpdir(), 'bt-stdin-'));
+    try {
+      const stdin = JSON.stringify({
+        cniVersion: '1.1.0',
+        name: 'net1',
+        type: 'berth-ipam',
+        padding: 'x'.repeat(200_000),
+        ipam: { type: 'berth-ipam', dataDir, daemonSocket: false, ranges: [[{ subnet: '198.18.185.0/24' }]] },
+      });
+      const child = spawn(
+        'perl',
+        [
+          '-MFcntl',
+          '-e',
+          'fcntl(STDIN, F_SETFL, fcntl(STDIN, F_GETFL, 0) | O_NONBLOCK) or die; exec @ARGV or die',
+          join(REPO, 'bin', 'berth-ipam'),
+        ],
+        {
+          env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...ENV, CNI_COMMAND: 'DEL' },
+          stdio: ['pipe', 'pipe', 'pipe'],
+        },
+      );
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+      const exited = new Promise<number | null>((r) => child.on('close', r));
+      const bytes = Buffer.from(stdin);
+      for (let off = 0; off < bytes.length; off += 16_384) {
+        child.stdin.write(bytes.subarray(off, off + 16_384));
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      child.stdin.end();
+      expect(await exited, out).toBe(0);
+    } finally {
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+});

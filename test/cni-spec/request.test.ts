@@ -428,6 +428,13 @@ describe('GC attachments', () => {
     expect(parseRequest(withConf({}, gcEnv)).validAttachments).toEqual([]);
   });
 
+  it('treats a null list as empty, as Go does (libcni writes a nil slice as null: CRI-O, no live pod)', () => {
+    expect(parseRequest(withConf({ 'cni.dev/valid-attachments': null }, gcEnv)).validAttachments).toEqual([]);
+    // A null current key does not hide the legacy one.
+    const both = { 'cni.dev/valid-attachments': null, 'cni.dev/attachments': list };
+    expect(parseRequest(withConf(both, gcEnv)).validAttachments).toEqual(list);
+  });
+
   it.each([
     ['not an array', { x: 1 }],
     ['entries without ifname', [{ containerID: 'ctr1' }]],
