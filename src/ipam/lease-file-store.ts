@@ -354,14 +354,27 @@ class FileSession implements LeaseSession {
         const prev = this.readRecordQuiet(key);
         const sameIps =
           prev !== undefined && prev.ips.length === t.ips.length && t.ips.every((i) => prev.ips.includes(i));
-        // A tombstone's metadata was that of leases released since: these are new to berth.
-        rec.meta = prev !== undefined && prev.ips.length > 0 ? prev.meta : (old.get(key)?.meta ?? firstSeen);
+        // Metadata (boot, pod) stays only with an address it was about: a tombstone's was that of leases
+        // released since, and a container id that came back (a restart under the same id, through
+        // host-local) with other addresses is new to berth; the old boot id would make the reboot rule
+        // release its live lease.
+        const overlaps = (ips: readonly string[]): boolean => ips.some((i) => t.ips.includes(i));
+        const fromFound = old.get(key);
+        rec.meta =
+          prev !== undefined && overlaps(prev.ips)
+            ? prev.meta
+            : fromFound !== undefined && overlaps(fromFound.ips)
+              ? fromFound.meta
+              : firstSeen;
         if (!sameIps) this.dirtyRecords.add(key);
       }
       this.records.set(key, rec);
     }
-    // The others keep the metadata the found index gave them.
-    for (const [key, e] of old) found.setMeta(key, e.meta);
+    // The others keep the metadata the found index gave them, while they hold an address it was about.
+    for (const [key, e] of old) {
+      const now = found.get(key);
+      if (now !== undefined && e.ips.some((i) => now.ips.includes(i))) found.setMeta(key, e.meta);
+    }
     for (const key of onDisk) if (this.records.get(key) === null) this.dirtyRecords.add(key);
     this.rebuilt = { found, old, oldId };
     this.found = null;

@@ -1028,3 +1028,32 @@ describe('memory', () => {
     expect((r.body as { ips: { address: string }[] }).ips[0]!.address).toBe('198.18.100.3/24');
   });
 });
+
+describe('reboot', () => {
+  test('a container id that came back after the reboot (through host-local) with another address keeps it', async () => {
+    const log = createLogger({ format: 'text', level: 'error', write: () => undefined });
+    const cfg = (cid: string) => ({
+      env: { CNI_CONTAINERID: cid, CNI_NETNS: `/run/netns/${cid}`, CNI_IFNAME: 'eth0' },
+      config: {
+        cniVersion: '1.0.0',
+        name: 'btnet',
+        type: 'berth-ipam',
+        ipam: { type: 'berth-ipam', dataDir, ranges: [[{ subnet: '198.18.200.0/29' }]] },
+      },
+    });
+    const before = new Service({ dataDir, bootId: 'boot-1', log });
+    expect((await before.call(Allocate, cfg('x')))!.ips![0]!.address).toBe('198.18.200.2/29');
+    await before.drain();
+    before.close();
+    // Boot 2: the runtime restarts x under the same id through host-local (its DEL, then its ADD).
+    rmSync(join(dataDir, 'btnet', '198.18.200.2'));
+    writeFileSync(join(dataDir, 'btnet', '198.18.200.3'), 'x\r\neth0');
+    writeFileSync(join(dataDir, 'btnet', 'last_reserved_ip.0'), '198.18.200.3');
+    service = new Service({ dataDir, bootId: 'boot-2', log });
+    expect((await service.call(Allocate, cfg('y')))!.ips![0]!.address).toBe('198.18.200.4/29');
+    for (let i = 0; i < 3; i++) await service.call(Allocate, cfg(`z${i}`));
+    expect(leaseFiles().get('198.18.200.3')).toBe('x\r\neth0');
+    await service.drain();
+    service.close();
+  });
+});

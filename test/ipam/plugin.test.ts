@@ -6,6 +6,7 @@ import {
   mkdirSync,
   readFileSync,
   readdirSync,
+  rmSync,
   statSync,
   writeFileSync,
 } from 'node:fs';
@@ -238,6 +239,23 @@ describe('reboot', () => {
     // b1 (.2) and hl1 (.20) were boot-1's; hl2 (.21) was first seen in boot-2 and stays; the cursor was at .2.
     expect(addressesOf(r)).toEqual(['198.18.64.3']);
     expect([...leaseFiles(s.dataDir, 'net1').keys()].sort()).toEqual(['198.18.64.21', '198.18.64.3']);
+  });
+
+  test('a container id that came back after the reboot (through host-local) with another address keeps it', () => {
+    const s = setup({ ranges: [[{ subnet: '198.18.64.0/29' }]] });
+    expect(addressesOf(s.call({ command: 'ADD', containerId: 'x' }))).toEqual(['198.18.64.2']);
+    writeFileSync(s.bootFile, 'boot-2\n');
+    // The runtime restarts x under the same id through host-local: its DEL, then its ADD (the next address).
+    rmSync(join(s.netDir, '198.18.64.2'));
+    writeFileSync(join(s.netDir, '198.18.64.3'), 'x\r\neth0');
+    writeFileSync(join(s.netDir, 'last_reserved_ip.0'), '198.18.64.3');
+    // berth's record of x still names boot-1 and .2: x's live .3 is not "from an earlier boot".
+    const r = s.call({ command: 'ADD', containerId: 'y' });
+    expect(r.stderr).not.toMatch(/released \d+ lease/);
+    expect(addressesOf(r)).toEqual(['198.18.64.4']);
+    for (let i = 0; i < 4; i++) s.call({ command: 'ADD', containerId: `z${i}` });
+    const files = leaseFiles(s.dataDir, 'net1');
+    expect(files.get('198.18.64.3')).toBe('x\r\neth0');
   });
 
   test('releaseOnReboot: false keeps them', () => {

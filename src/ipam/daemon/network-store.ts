@@ -528,15 +528,26 @@ export class NetworkStore implements LeaseStore {
       const key = disk.attKey(att);
       let entry = this.byAtt.get(key);
       if (entry === undefined) {
-        const rec = records.get(key);
-        const meta: LeaseMeta =
-          rec !== undefined && rec.ips.length > 0 ? rec.meta : (oldFound?.get(key)?.meta ?? firstSeen);
-        entry = { ...att, meta, ips: new Set() };
+        // Its metadata is decided once all its leases are read (below).
+        entry = { ...att, meta: firstSeen, ips: new Set() };
         this.byAtt.set(key, entry);
       }
       entry.ips.add(l.name);
-      this.byIp.set(l.name, { ip: l.ip, containerId: att.containerId, ifname: att.ifname, meta: entry.meta });
     });
+    // An attachment keeps the metadata (boot, pod) of its record or found entry only while it still holds an
+    // address of it: the same container id may have come back (a restart under the same id, through
+    // host-local) with other addresses, and the old boot id would make the reboot rule release them.
+    for (const [key, entry] of this.byAtt) {
+      const overlaps = (ips: readonly string[]): boolean => ips.some((i) => entry.ips.has(i));
+      const rec = records.get(key);
+      const inFound = oldFound?.get(key);
+      if (rec !== undefined && overlaps(rec.ips)) entry.meta = rec.meta;
+      else if (inFound !== undefined && overlaps(inFound.ips)) entry.meta = inFound.meta;
+      for (const name of entry.ips) {
+        const ip = this.taken.get(name)!;
+        this.byIp.set(name, { ip, containerId: entry.containerId, ifname: entry.ifname, meta: entry.meta });
+      }
+    }
     // A lease removed just before a power cut whose rename into .berth/spare was lost and whose stamp was
     // not: nobody's lease (the DEL was answered), and read as corrupt it would keep its address for good.
     for (const name of stamped) {
