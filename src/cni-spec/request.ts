@@ -341,6 +341,24 @@ function readValidAttachments(config: NetConf): Attachment[] {
   });
 }
 
+/**
+ * `obj` with each of `names` read as Go's encoding/json reads a struct field: the exact key, else one that
+ * differs only in case. The reference plugins read their config structs that way (host-local honours
+ * "datadir" and "RangeStart"), so a drop-in must too.
+ */
+export function withGoFieldNames(
+  obj: Readonly<Record<string, unknown>>,
+  names: readonly string[],
+): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...obj };
+  for (const name of names) {
+    if (Object.hasOwn(obj, name)) continue;
+    const v = caseInsensitiveGet(obj, name);
+    if (v !== undefined) out[name] = v;
+  }
+  return out;
+}
+
 /** Looks a key up exactly, then ignoring case: runtimes disagree on capitalisation (HostPort/hostPort). */
 export function caseInsensitiveGet(obj: Readonly<Record<string, unknown>>, key: string): unknown {
   if (Object.hasOwn(obj, key)) return obj[key];

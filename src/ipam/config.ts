@@ -2,6 +2,7 @@
 // additions (exclude, allocation, releaseOnReboot), and the requested-IP inputs; every problem is code 7
 // (or 4 for CNI_ARGS) and names the key at fault.
 import { CniError, ErrorCode } from '../cni-spec/errors';
+import { withGoFieldNames } from '../cni-spec/request';
 import { specHasMultipleIPs } from '../cni-spec/versions';
 import type { Route } from '../cni-spec/types/result';
 import { type Cidr, parseCidr } from '../address/cidr';
@@ -71,7 +72,18 @@ function parseRoutes(v: unknown): Route[] {
   if (v === undefined || v === null) return [];
   if (!Array.isArray(v)) throw invalid('ipam.routes must be a list of {"dst": CIDR, "gw"?: IP}');
   return v.map((r: unknown, i) => {
-    const o = r as Record<string, unknown>;
+    const o =
+      typeof r === 'object' && r !== null
+        ? withGoFieldNames(r as Record<string, unknown>, [
+            'dst',
+            'gw',
+            'mtu',
+            'advmss',
+            'priority',
+            'table',
+            'scope',
+          ])
+        : (r as Record<string, unknown>);
     if (typeof o !== 'object' || o === null || typeof o.dst !== 'string' || parseCidr(o.dst) === undefined) {
       throw invalid(`ipam.routes[${i}].dst must be a CIDR such as 0.0.0.0/0`);
     }
@@ -117,10 +129,28 @@ function checkLegacyRangeKeys(ipam: Readonly<Record<string, unknown>>): void {
   }
 }
 
+/** host-local's own ipam keys, read in any case as Go does (berth's additions are read as written). */
+const HOST_LOCAL_FIELDS = [
+  'subnet',
+  'rangeStart',
+  'rangeEnd',
+  'gateway',
+  'ranges',
+  'routes',
+  'dataDir',
+  'resolvConf',
+];
+
+function ipamObject(config: Readonly<Record<string, unknown>>): Record<string, unknown> | undefined {
+  const ipam = config.ipam;
+  if (typeof ipam !== 'object' || ipam === null || Array.isArray(ipam)) return undefined;
+  return withGoFieldNames(ipam as Record<string, unknown>, HOST_LOCAL_FIELDS);
+}
+
 export function parseIpamConfig(input: ConfigInput): IpamConfig {
   const network = checkNetworkName(input.config.name);
-  const ipam = input.config.ipam as Record<string, unknown> | undefined;
-  if (typeof ipam !== 'object' || ipam === null || Array.isArray(ipam)) {
+  const ipam = ipamObject(input.config);
+  if (ipam === undefined) {
     throw invalid(`IPAM config missing 'ipam' key`);
   }
 
@@ -214,8 +244,7 @@ export function parseStoreLocation(config: Readonly<Record<string, unknown>>): {
   dataDir: string;
 } {
   const network = checkNetworkName(config.name);
-  const ipam = config.ipam as Record<string, unknown> | undefined;
-  const dataDir = (typeof ipam === 'object' && ipam !== null ? ipam.dataDir : undefined) ?? DEFAULT_DATA_DIR;
+  const dataDir = ipamObject(config)?.dataDir ?? DEFAULT_DATA_DIR;
   if (typeof dataDir !== 'string' || !dataDir.startsWith('/')) {
     throw invalid(`ipam.dataDir must be an absolute path, got ${JSON.stringify(dataDir)}`);
   }

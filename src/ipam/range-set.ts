@@ -1,6 +1,7 @@
 // Ranges and range sets with host-local's defaults and checks, plus the ordinal numbering (the set's
 // addresses in iteration order, 0..size-1) that the allocator and the occupancy bitmaps share.
 import { CniError, ErrorCode } from '../cni-spec/errors';
+import { withGoFieldNames } from '../cni-spec/request';
 import { type Cidr, cidrContains, formatCidr, lastOf, networkOf, parseCidr } from '../address/cidr';
 import { type Family, type Ip, formatIp, parseIp } from '../address/ip';
 
@@ -39,8 +40,15 @@ function ipKey(raw: RawRange, key: 'rangeStart' | 'rangeEnd' | 'gateway', where:
 }
 
 /** host-local's Range.Canonicalize, with the same defaults and a few more checks (start <= end, families). */
-export function canonicalizeRange(raw: RawRange, where: string): Range {
-  if (typeof raw !== 'object' || raw === null) throw invalid(`${where}: a range must be an object`);
+export function canonicalizeRange(given: RawRange, where: string): Range {
+  if (typeof given !== 'object' || given === null) throw invalid(`${where}: a range must be an object`);
+  // Keys in any case, as host-local reads them (Go's encoding/json).
+  const raw: RawRange = withGoFieldNames(given as Record<string, unknown>, [
+    'subnet',
+    'rangeStart',
+    'rangeEnd',
+    'gateway',
+  ]);
   if (typeof raw.subnet !== 'string')
     throw invalid(`${where}: subnet is required (a CIDR such as 198.18.64.0/24)`);
   const subnet = parseCidr(raw.subnet);

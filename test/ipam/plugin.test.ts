@@ -216,6 +216,28 @@ describe('exhaustion and STATUS', () => {
   });
 });
 
+describe('keys in any case, as host-local reads them (Go)', () => {
+  test('"datadir", "Ranges", "rangestart"/"RangeEnd", "Subnet", "Routes" mean what host-local takes them for', () => {
+    const t = tempDataDir('plugin-case');
+    cleanups.push(t.cleanup);
+    const dir = join(t.dir, 'other-data');
+    const config = netConf({
+      name: 'net1',
+      type: 'berth-ipam',
+      ipam: {
+        datadir: dir,
+        Ranges: [[{ Subnet: '198.18.66.0/24', rangestart: '198.18.66.100', RangeEnd: '198.18.66.110' }]],
+        Routes: [{ Dst: '0.0.0.0/0' }],
+      },
+    });
+    const r = ipam({ config, command: 'ADD', containerId: 'c1', env: {} });
+    expect(r.status, r.stdout).toBe(0);
+    expect(addressesOf(r)).toEqual(['198.18.66.100']);
+    expect(r.json?.routes).toEqual([{ dst: '0.0.0.0/0' }]);
+    expect([...leaseFiles(dir, 'net1').keys()]).toEqual(['198.18.66.100']);
+  });
+});
+
 describe('reboot', () => {
   test('leases of an earlier boot are released on the first ADD of a new boot', () => {
     const s = setup();
