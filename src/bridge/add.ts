@@ -487,15 +487,20 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
           }),
         );
       }
-      const v = await createVeth(ctx, undo);
-      await configurePort(ctx, { bridge: b.link, veth: v.host, alias: tag });
-      registerAttachment(deps.runDir, conf.network, tag, {
+      // Registered before any link carries the tag: GC of another network sharing the bridge skips a tagged
+      // port registered elsewhere, and would otherwise delete this one between its tag and its record. A
+      // rollback removes the veth (pushed later, undone first), then the record, unless it was there before
+      // (this attachment's earlier ADD).
+      const existed = registerAttachment(deps.runDir, conf.network, tag, {
         masquerade: conf.ipMasq,
         spoofCheck: conf.macSpoofCheck,
       });
-      undo.push('unregister attachment', () =>
-        withNetworkLock(lockOpts, async () => unregisterAttachment(deps.runDir, conf.network, tag)),
-      );
+      if (!existed)
+        undo.push('unregister attachment', () =>
+          withNetworkLock(lockOpts, async () => unregisterAttachment(deps.runDir, conf.network, tag)),
+        );
+      const v = await createVeth(ctx, undo);
+      await configurePort(ctx, { bridge: b.link, veth: v.host, alias: tag });
       return { bridge: b.link, veth: v };
     });
     fault('after-veth');

@@ -35,18 +35,21 @@ function parseRecord(text: string): { tag: string; nft: NftUse | undefined } {
 }
 
 /**
- * Records the attachment with what it may put into nftables, before the ADD puts anything there. Caller
- * holds the network lock (an unregister could otherwise remove the directory between mkdir and write). A
- * record already there (an ADD of the same attachment again, without a DEL between) keeps its uses.
+ * Records the attachment with what it may put into nftables, before the ADD makes anything. Caller holds
+ * the network lock (an unregister could otherwise remove the directory between mkdir and write). A record
+ * already there (an ADD of the same attachment again, without a DEL between) keeps its uses. True when a
+ * record was there before.
  */
-export function registerAttachment(runDir: string, network: string, tag: string, nft: NftUse): void {
+export function registerAttachment(runDir: string, network: string, tag: string, nft: NftUse): boolean {
   const dir = networkDir(runDir, network);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const existed = existsSync(join(dir, fileOf(tag)));
   const before = attachmentNftUse(runDir, network, tag);
   const masquerade = nft.masquerade || (before?.masquerade ?? false);
   const spoofCheck = nft.spoofCheck || (before?.spoofCheck ?? false);
   const uses = `nft:${masquerade ? ' masquerade' : ''}${spoofCheck ? ' spoofcheck' : ''}`;
   writeFileSync(join(dir, fileOf(tag)), `${tag}\n${uses}`, { mode: 0o600 });
+  return existed;
 }
 
 /**
