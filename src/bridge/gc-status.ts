@@ -22,8 +22,16 @@ export async function cmdGc(req: Request, deps: BridgeDeps): Promise<void> {
   const failures: string[] = [];
   const lockOpts = { network: conf.network, runDir: deps.runDir };
 
+  // Past any failure (the lock, the host socket, the registry), as the spec asks of GC: IPAM GC still runs,
+  // and every failure is reported at the end.
   await withNetworkLock(lockOpts, async () => {
-    const host = await deps.kernel.host();
+    let host: Awaited<ReturnType<BridgeDeps['kernel']['host']>>;
+    try {
+      host = await deps.kernel.host();
+    } catch (err) {
+      failures.push(`host netlink: ${(err as Error).message}`);
+      return;
+    }
     try {
       const br = await host.findLink(conf.bridge);
       if (br !== undefined && br.kind === 'bridge') {
@@ -52,7 +60,11 @@ export async function cmdGc(req: Request, deps: BridgeDeps): Promise<void> {
       host.close();
     }
     for (const tag of registeredTags(deps.runDir, conf.network)) {
-      if (!valid.has(tag)) unregisterAttachment(deps.runDir, conf.network, tag);
+      try {
+        if (!valid.has(tag)) unregisterAttachment(deps.runDir, conf.network, tag);
+      } catch (err) {
+        failures.push(`unregister ${tag}: ${(err as Error).message}`);
+      }
     }
     const scope = nftScope(deps, conf.network);
     try {
@@ -65,6 +77,8 @@ export async function cmdGc(req: Request, deps: BridgeDeps): Promise<void> {
     } catch (err) {
       failures.push(`spoof-check entries: ${(err as Error).message}`);
     }
+  }).catch((err: unknown) => {
+    failures.push(`network lock: ${(err as Error).message}`);
   });
 
   if (conf.ipamType !== undefined) {

@@ -143,3 +143,31 @@ describe('two networks on one bridge', () => {
     }
   });
 });
+
+describe('GC past failures', () => {
+  it('a host socket that cannot be opened still lets IPAM GC run, and the failure is reported', async () => {
+    const runDir = mkdtempSync(join(tmpdir(), 'bt-gc-fail-'));
+    try {
+      const ipamCalls: string[] = [];
+      const deps = {
+        runDir,
+        nftTable: 'btgcfail',
+        kernel: {
+          host: () => Promise.reject(new Error('EMFILE: too many open files')),
+          netns: () => Promise.reject(new Error('unused')),
+        },
+        ipam: (call: { command: string }) => {
+          ipamCalls.push(call.command);
+          return Promise.resolve(undefined);
+        },
+      } as unknown as BridgeDeps;
+      const req = request('GC', 'netA');
+      (req.config as Record<string, unknown>).ipam = { type: 'bt-ipam' };
+      const err = await cmdGc(req, deps).catch((e: unknown) => e);
+      expect(ipamCalls).toEqual(['GC']);
+      expect((err as { details?: string }).details).toMatch(/host netlink: EMFILE/);
+    } finally {
+      rmSync(runDir, { recursive: true, force: true });
+    }
+  });
+});
