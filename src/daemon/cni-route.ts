@@ -22,6 +22,8 @@ export interface RawReply {
 export interface CniRouteContext {
   plugins: PluginHost | undefined;
   draining: boolean;
+  /** Peer uids served (ServerOptions.writerUids). */
+  writerUids: readonly number[];
   clientGone: AbortSignal;
   readJson(): Promise<unknown>;
   /** Writes a reply; true once it is all in the caller's socket, false when the caller was gone. */
@@ -68,15 +70,17 @@ export async function serveCniCall(
   if (ctx.draining) return refusal(503, 'berthd is stopping');
   // The socket is root-only already; this keeps a socket whose mode was loosened from serving others.
   const uid = peerUid(req);
-  if (uid !== 0) return refusal(403, `plugin calls are served to root only (peer uid ${uid ?? 'unknown'})`);
+  if (uid === undefined || !ctx.writerUids.includes(uid))
+    return refusal(403, `plugin calls are served to root only (peer uid ${uid ?? 'unknown'})`);
   const body = await ctx.readJson();
   const problem = envelopeProblem(body);
   if (problem !== undefined) return refusal(400, `malformed call: ${problem}`);
   const call = body as ForwardedCall;
   const reason = ctx.plugins.notServedReason(call);
   if (reason !== undefined) return refusal(421, `not served here: ${reason}`);
+  let sent: RawReply | undefined;
   const out = await ctx.plugins.serve(call as ForwardedCall & { plugin: WarmPlugin }, ctx.clientGone, (o) =>
-    ctx.deliver(replyOf(o)),
+    ctx.deliver((sent = replyOf(o))),
   );
-  return { raw: replyOf(out), sent: true };
+  return { raw: sent ?? replyOf(out), sent: true };
 }

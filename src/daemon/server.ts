@@ -81,6 +81,9 @@ export class BerthServer {
   readonly http: http.Server;
   private inFlight = 0;
   private draining = false;
+  private get writerUids(): readonly number[] {
+    return this.o.writerUids ?? [0];
+  }
   private readonly started = Date.now();
   private readonly idleWaiters: (() => void)[] = [];
 
@@ -154,11 +157,12 @@ export class BerthServer {
           ? await serveCniCall(req, {
               plugins: this.o.plugins,
               draining: this.draining,
+              writerUids: this.writerUids,
               clientGone: clientGone.signal,
               readJson: () => this.readJson(req),
               deliver: (raw) => this.deliverRaw(res, raw),
             })
-          : await this.dispatchTrusted(req, url, () => gone);
+          : await this.dispatch(req, url, () => gone);
       let status = 200;
       if (typeof reply === 'string') this.send(res, 200, reply, 'text/plain; version=0.0.4');
       else if ('raw' in reply) {
@@ -202,26 +206,6 @@ export class BerthServer {
       this.inFlight--;
       if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
     }
-  }
-
-  /** dispatch, for a writer (see writerUids) unless the request only reads. */
-  private async dispatchTrusted(
-    req: http.IncomingMessage,
-    url: URL,
-    clientGone: () => boolean,
-  ): Promise<{ status?: number; body: unknown } | string> {
-    const method = req.method ?? 'GET';
-    if (method !== 'GET' && method !== 'HEAD') {
-      const uid = peerUid(req);
-      if (uid === undefined || !(this.o.writerUids ?? [0]).includes(uid)) {
-        throw new ServiceError(
-          403,
-          ErrorCode.Internal,
-          `berthd serves ${method} ${url.pathname} to root only (peer uid ${uid ?? 'unknown'})`,
-        );
-      }
-    }
-    return this.dispatch(req, url, clientGone);
   }
 
   private routeName(method: string, path: string): string {
@@ -376,6 +360,17 @@ export class BerthServer {
     const method = req.method ?? 'GET';
     const path = url.pathname;
     const service = this.o.service;
+    // Anything but a read is for a writer (writerUids, root by default), whatever the socket's mode.
+    if (method !== 'GET' && method !== 'HEAD') {
+      const uid = peerUid(req);
+      if (uid === undefined || !this.writerUids.includes(uid)) {
+        throw new ServiceError(
+          403,
+          ErrorCode.Internal,
+          `berthd serves ${method} ${url.pathname} to root only (peer uid ${uid ?? 'unknown'})`,
+        );
+      }
+    }
     const wrongMethod = (allowed: string): never => {
       throw new ServiceError(405, ErrorCode.UnsupportedField, `${method} ${path}: use ${allowed}`);
     };
