@@ -75,7 +75,8 @@ export async function startClusterRouting(o: ClusterRoutingOptions): Promise<Clu
 export async function resolveUnderlay(o: {
   flags: readonly string[] | undefined;
   endpoints: readonly string[];
-  log: (line: string) => void;
+  /** 'warn' for what leaves other nodes without routes to this one. */
+  log: (line: string, level?: 'info' | 'warn') => void;
 }): Promise<Underlay> {
   if (o.flags !== undefined && o.flags.length > 0) return underlayFromFlags(o.flags);
   const first = o.endpoints[0];
@@ -88,10 +89,14 @@ export async function resolveUnderlay(o: {
       got !== ''
         ? `routes: underlay detected: ${got}`
         : `routes: no underlay detected towards ${first} (loopback, or no stable global address there): other nodes will hold this node's blocks unrouted; set --underlay-address`,
+      got !== '' ? 'info' : 'warn',
     );
     return found;
   } catch (err) {
-    o.log(`routes: could not detect the underlay (${(err as Error).message}); set --underlay-address`);
+    o.log(
+      `routes: could not detect the underlay (${(err as Error).message}); set --underlay-address`,
+      'warn',
+    );
     return {};
   } finally {
     nl.close();

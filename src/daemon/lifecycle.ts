@@ -133,9 +133,7 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
     o.cluster === undefined
       ? undefined
       : (require('../cluster/routing') as typeof import('../cluster/routing'));
-  // What stops routing between nodes is a warning; the rest is information.
-  const routeLog = (line: string): void =>
-    log.log(/^routes: (no underlay|could not)/.test(line) ? 'warn' : 'info', line);
+  const routeLog = (line: string, level: 'info' | 'warn' = 'info'): void => log.log(level, line);
   const underlay =
     o.cluster === undefined || routingModule === undefined
       ? undefined
