@@ -43,8 +43,7 @@ function parseRecord(text: string): { tag: string; nft: NftUse | undefined } {
 export function registerAttachment(runDir: string, network: string, tag: string, nft: NftUse): boolean {
   const dir = networkDir(runDir, network);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const existed = existsSync(join(dir, fileOf(tag)));
-  const before = attachmentNftUse(runDir, network, tag);
+  const { existed, nft: before } = readRecord(runDir, network, tag);
   const masquerade = nft.masquerade || (before?.masquerade ?? false);
   const spoofCheck = nft.spoofCheck || (before?.spoofCheck ?? false);
   const uses = `nft:${masquerade ? ' masquerade' : ''}${spoofCheck ? ' spoofcheck' : ''}`;
@@ -57,14 +56,23 @@ export function registerAttachment(runDir: string, network: string, tag: string,
  * far, or it was deleted) or one written before records said it: then DEL must look in both tables.
  */
 export function attachmentNftUse(runDir: string, network: string, tag: string): NftUse | undefined {
+  return readRecord(runDir, network, tag).nft;
+}
+
+/** The attachment's file: whether there is one, and the uses it records (undefined as for attachmentNftUse). */
+function readRecord(
+  runDir: string,
+  network: string,
+  tag: string,
+): { existed: boolean; nft: NftUse | undefined } {
   let text: string;
   try {
     text = readFileSync(join(networkDir(runDir, network), fileOf(tag)), 'utf8');
   } catch {
-    return undefined;
+    return { existed: false, nft: undefined };
   }
   const record = parseRecord(text);
-  return record.tag === tag ? record.nft : undefined;
+  return { existed: true, nft: record.tag === tag ? record.nft : undefined };
 }
 
 /** Caller holds the network lock; the network's directory goes with its last attachment. */
