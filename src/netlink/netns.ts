@@ -44,12 +44,17 @@ export type NetnsSpec = string | number | NetnsRef;
 export function isOwnNetns(path: string): boolean {
   try {
     const target = statSync(path);
-    const own = statSync('/proc/thread-self/ns/net');
-    return target.dev === own.dev && target.ino === own.ino;
+    // The process's namespace outside any withNetns scope: read once (berthd asks on every call).
+    ownNetns ??= statSync('/proc/thread-self/ns/net');
+    return target.dev === ownNetns.dev && target.ino === ownNetns.ino;
   } catch {
     return false;
   }
 }
+let ownNetns: { dev: number; ino: number } | undefined;
+
+/** A filesystem type a namespace file can have: nsfs, or procfs (/proc/<pid>/ns/net). */
+const isNamespaceFs = (type: number): boolean => type === NSFS_MAGIC || type === PROC_SUPER_MAGIC;
 
 /**
  * Whether `path` is, in this process's mount namespace, a namespace file (nsfs, or procfs's
@@ -57,8 +62,7 @@ export function isOwnNetns(path: string): boolean {
  */
 export function isNamespaceFile(path: string): boolean {
   try {
-    const type = statfsSync(path).type;
-    return type === NSFS_MAGIC || type === PROC_SUPER_MAGIC;
+    return isNamespaceFs(statfsSync(path).type);
   } catch {
     return false;
   }
@@ -80,7 +84,7 @@ export function openNetns(spec: string | number): NetnsRef {
   } catch (err) {
     throw toNetlinkError(err, 'open netns', spec);
   }
-  if (type !== NSFS_MAGIC && type !== PROC_SUPER_MAGIC) {
+  if (!isNamespaceFs(type)) {
     throw new NetlinkError({
       code: 'ENOTNS',
       errno: 0,
