@@ -200,7 +200,7 @@ export function parseIpamConfig(input: ConfigInput): IpamConfig {
     return true;
   });
 
-  const { dataDir } = parseStoreLocation(input.config);
+  const dataDir = dataDirOf(ipam);
   const resolvConf = ipam.resolvConf;
   if (resolvConf !== undefined && resolvConf !== null && typeof resolvConf !== 'string') {
     throw invalid('ipam.resolvConf must be a path');
@@ -243,12 +243,15 @@ export function parseStoreLocation(config: Readonly<Record<string, unknown>>): {
   network: string;
   dataDir: string;
 } {
-  const network = checkNetworkName(config.name);
-  const dataDir = ipamObject(config)?.dataDir ?? DEFAULT_DATA_DIR;
+  return { network: checkNetworkName(config.name), dataDir: dataDirOf(ipamObject(config)) };
+}
+
+function dataDirOf(ipam: Readonly<Record<string, unknown>> | undefined): string {
+  const dataDir = ipam?.dataDir ?? DEFAULT_DATA_DIR;
   if (typeof dataDir !== 'string' || !dataDir.startsWith('/')) {
     throw invalid(`ipam.dataDir must be an absolute path, got ${JSON.stringify(dataDir)}`);
   }
-  return { network, dataDir };
+  return dataDir;
 }
 
 /**
