@@ -171,16 +171,11 @@ export async function delNetworkList(
 ): Promise<void> {
   validateAttachmentKey(keyOf(list, rt));
   // Cached prevResult on DEL arrived with 0.4.0; older lists never get one. A cached result that cannot be
-  // read or converted is dropped and the DEL goes on without one, as libcni does: else the attachment could
-  // never be deleted.
-  let prevResult: Record<string, unknown> | undefined;
-  if (versionAtLeast(list, '0.4.0')) {
-    try {
-      prevResult = await cachedPrevResult(runtime, list, rt);
-    } catch {
-      await removeCacheEntry(runtime.cacheDir, keyOf(list, rt));
-    }
-  }
+  // read or converted is ignored and the DEL goes on without one, as libcni does (else the attachment could
+  // never be deleted); the entry goes with the DEL's success, below.
+  const prevResult = versionAtLeast(list, '0.4.0')
+    ? await cachedPrevResult(runtime, list, rt).catch(() => undefined)
+    : undefined;
   for (const plugin of [...list.plugins].reverse()) {
     try {
       await invoke(runtime, 'DEL', { list, plugin, rt, prevResult });
