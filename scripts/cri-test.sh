@@ -264,22 +264,21 @@ run_mode() { # mode, subnet third octet, kind (reference|standalone|berthd|insta
     [ -f "$r" ] && reports+=("$r") && run_ms["$mode-$how"]="$(jq -r '[.pods[].runMs] | sort | (if length == 0 then "-" else
       "\(.[(length / 2 | floor)] | round) \(add / length | round) \(max | round)" end)' "$r")"
   done
+  # The berthd at socket $1 ran every pod's berth-bridge ADD in-process: its counter says exactly that many.
+  ran_in_process() { local m; m="$(curl -sf --unix-socket "$1" http://berthd/metrics)" || return 1
+    grep -E '^berthd_plugin_(calls|fallbacks)_total' <<<"$m"
+    grep -F 'berthd_plugin_calls_total{plugin="berth-bridge",command="ADD"}' <<<"$m" |
+      awk -v want=$((seq_pods + par_pods)) '{ print; if ($2 != want) exit 1 }' | grep -q . ; }
   if [ "$kind" = installed ] && [ -n "$given_socket" ] && [ -n "$given_run_dir" ]; then
-    warm_installed() { local m; m="$(curl -sf --unix-socket "$given_socket" http://berthd/metrics)" || return 1
-      grep -E '^berthd_plugin_(calls|fallbacks)_total' <<<"$m"
-      grep -F 'berthd_plugin_calls_total{plugin="berth-bridge",command="ADD"}' <<<"$m" |
-        awk -v want=$((seq_pods + par_pods)) '{ if ($2 != want) exit 1 }' && grep -qF 'command="ADD"' <<<"$m"; }
-    check "[$mode] the installed berthd ran the $((seq_pods + par_pods)) berth-bridge ADDs in-process (warm path)" warm_installed
+    check "[$mode] the installed berthd ran the $((seq_pods + par_pods)) berth-bridge ADDs in-process (warm path)" \
+      ran_in_process "$given_socket"
   fi
   if [ "$kind" = berthd ]; then
     served() { local m; m="$(curl -sf --unix-socket "$socket" http://berthd/metrics)" || return 1
       grep "berthd_allocations_total{network=\"$net\"}" <<<"$m" | awk -v want=$((seq_pods + par_pods)) '{print; if ($2 != want) exit 1}' | grep -q . ; }
     check "[$mode] berthd handed out the $((seq_pods + par_pods)) addresses (berthd_allocations_total)" served
-    warm() { local m; m="$(curl -sf --unix-socket "$socket" http://berthd/metrics)" || return 1
-      grep -E '^berthd_plugin_(calls|fallbacks)_total' <<<"$m"
-      grep -F 'berthd_plugin_calls_total{plugin="berth-bridge",command="ADD"}' <<<"$m" |
-        awk -v want=$((seq_pods + par_pods)) '{ if ($2 != want) exit 1 }' && grep -qF 'command="ADD"' <<<"$m"; }
-    check "[$mode] berthd ran the $((seq_pods + par_pods)) berth-bridge ADDs in-process (warm path, berthd_plugin_calls_total)" warm
+    check "[$mode] berthd ran the $((seq_pods + par_pods)) berth-bridge ADDs in-process (warm path, berthd_plugin_calls_total)" \
+      ran_in_process "$socket"
   fi
   gone_checks "$mode" "$net" "$br" "$leases" "${reports[@]}"
   if [ "$kind" = berthd ]; then
