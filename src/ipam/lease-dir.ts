@@ -994,3 +994,17 @@ export function unwritableReason(p: LeaseDirPaths): string | undefined {
 export function clearTemp(p: LeaseDirPaths): void {
   for (const f of fs.readdirSync(p.tmp)) fs.rmSync(join(p.tmp, f), { force: true });
 }
+
+/**
+ * The metadata (boot, pod) of an attachment whose leases are `holds`: the first of `sources` (its record,
+ * then its found-index entry) that names an address it still holds, else `fresh`. A container id that came
+ * back with other addresses (a restart under the same id, through host-local) is new to berth: the old boot
+ * id would make the reboot rule release its live lease.
+ */
+export function inheritedMeta(
+  holds: (name: string) => boolean,
+  sources: readonly ({ ips: readonly string[]; meta: LeaseMeta } | undefined)[],
+  fresh: LeaseMeta,
+): LeaseMeta {
+  return sources.find((s) => s !== undefined && s.ips.some(holds))?.meta ?? fresh;
+}

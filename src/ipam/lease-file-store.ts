@@ -55,6 +55,7 @@ import {
   scanLeases,
   stampSentinel,
   unwritableReason,
+  inheritedMeta,
 } from './lease-dir';
 import { checkContainerId, checkIfname } from './names';
 import { OrdinalBitmap, fitsBitmap, probeOccupancy } from './occupancy';
@@ -354,18 +355,9 @@ class FileSession implements LeaseSession {
         const prev = this.readRecordQuiet(key);
         const sameIps =
           prev !== undefined && prev.ips.length === t.ips.length && t.ips.every((i) => prev.ips.includes(i));
-        // Metadata (boot, pod) stays only with an address it was about: a tombstone's was that of leases
-        // released since, and a container id that came back (a restart under the same id, through
-        // host-local) with other addresses is new to berth; the old boot id would make the reboot rule
-        // release its live lease.
-        const overlaps = (ips: readonly string[]): boolean => ips.some((i) => t.ips.includes(i));
-        const fromFound = old.get(key);
-        rec.meta =
-          prev !== undefined && overlaps(prev.ips)
-            ? prev.meta
-            : fromFound !== undefined && overlaps(fromFound.ips)
-              ? fromFound.meta
-              : firstSeen;
+        // Metadata (boot, pod) stays only with an address it was about (a tombstone's is that of leases
+        // released since).
+        rec.meta = inheritedMeta((i) => t.ips.includes(i), [prev, old.get(key)], firstSeen);
         if (!sameIps) this.dirtyRecords.add(key);
       }
       this.records.set(key, rec);
@@ -373,7 +365,11 @@ class FileSession implements LeaseSession {
     // The others keep the metadata the found index gave them, while they hold an address it was about.
     for (const [key, e] of old) {
       const now = found.get(key);
-      if (now !== undefined && e.ips.some((i) => now.ips.includes(i))) found.setMeta(key, e.meta);
+      if (now !== undefined)
+        found.setMeta(
+          key,
+          inheritedMeta((i) => now.ips.includes(i), [e], now.meta),
+        );
     }
     for (const key of onDisk) if (this.records.get(key) === null) this.dirtyRecords.add(key);
     this.rebuilt = { found, old, oldId };

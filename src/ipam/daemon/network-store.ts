@@ -534,15 +534,13 @@ export class NetworkStore implements LeaseStore {
       }
       entry.ips.add(l.name);
     });
-    // An attachment keeps the metadata (boot, pod) of its record or found entry only while it still holds an
-    // address of it: the same container id may have come back (a restart under the same id, through
-    // host-local) with other addresses, and the old boot id would make the reboot rule release them.
+    // The metadata of each attachment, now that all its leases are read (see inheritedMeta).
     for (const [key, entry] of this.byAtt) {
-      const overlaps = (ips: readonly string[]): boolean => ips.some((i) => entry.ips.has(i));
-      const rec = records.get(key);
-      const inFound = oldFound?.get(key);
-      if (rec !== undefined && overlaps(rec.ips)) entry.meta = rec.meta;
-      else if (inFound !== undefined && overlaps(inFound.ips)) entry.meta = inFound.meta;
+      entry.meta = disk.inheritedMeta(
+        (i) => entry.ips.has(i),
+        [records.get(key), oldFound?.get(key)],
+        firstSeen,
+      );
       for (const name of entry.ips) {
         const ip = this.taken.get(name)!;
         this.byIp.set(name, { ip, containerId: entry.containerId, ifname: entry.ifname, meta: entry.meta });
