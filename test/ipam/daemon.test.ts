@@ -131,6 +131,18 @@ function jsonOf(reply: string): { status: number; body: Record<string, unknown> 
   return { status, body: JSON.parse(reply.slice(reply.indexOf('\r\n\r\n') + 4)) as Record<string, unknown> };
 }
 
+/** Allocates through the daemon's socket for `cid`; the address handed out, without its prefix. */
+async function allocatedIp(cid: string): Promise<string> {
+  const r = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope(cid) });
+  return (r.body as { ips: { address: string }[] }).ips[0]!.address.split('/')[0]!;
+}
+
+/** A CLI's io whose out and err both land in `lines`. */
+function capturedIo(): { lines: string[]; io: { out: (x: string) => void; err: (x: string) => void } } {
+  const lines: string[] = [];
+  return { lines, io: { out: (x) => void lines.push(x), err: (x) => void lines.push(x) } };
+}
+
 beforeEach(() => {
   dir = mkdtempSync(join(tmpdir(), `btd${process.pid}-`));
   dataDir = join(dir, 'data');
@@ -870,10 +882,8 @@ describe('CLI pieces', () => {
 
   test('leases release asks on the terminal and does what the answer says', async () => {
     await startServer();
-    const r = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-ask') });
-    const ip = (r.body as { ips: { address: string }[] }).ips[0]!.address.split('/')[0]!;
-    const out: string[] = [];
-    const io = { out: (x: string) => void out.push(x), err: (x: string) => void out.push(x) };
+    const ip = await allocatedIp('ctr-ask');
+    const { lines: out, io } = capturedIo();
     const questions: string[] = [];
     const ask =
       (answer: string) =>
@@ -894,10 +904,8 @@ describe('CLI pieces', () => {
 
   test('leases release: an address that changed hands while the operator answered is not released (409)', async () => {
     await startServer();
-    const r = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-old') });
-    const ip = (r.body as { ips: { address: string }[] }).ips[0]!.address.split('/')[0]!;
-    const out: string[] = [];
-    const io = { out: (x: string) => void out.push(x), err: (x: string) => void out.push(x) };
+    const ip = await allocatedIp('ctr-old');
+    const { io } = capturedIo();
     // While the question is on the screen, the pod goes and another takes the same address.
     const ask = async (): Promise<string> => {
       await callDaemon({ socket, method: 'POST', path: Release.path, body: envelope('ctr-old') });
@@ -921,8 +929,7 @@ describe('CLI pieces', () => {
     await startServer();
     for (const id of ['ctr-1', 'ctr-2'])
       await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope(id) });
-    const out: string[] = [];
-    const io = { out: (x: string) => void out.push(x), err: (x: string) => void out.push(x) };
+    const { lines: out, io } = capturedIo();
     const empty = join(dir, 'empty.txt');
     writeFileSync(empty, '\n');
     expect(await runGc({ socket, network: 'btnet', valid: empty }, io)).toBe(1);
