@@ -81,6 +81,8 @@ export class BerthServer {
   readonly http: http.Server;
   private inFlight = 0;
   private draining = false;
+  /** Stopping while still listening (systemd's socket): IPAM calls get 503 instead of being served. */
+  private refusingNew = false;
   private get writerUids(): readonly number[] {
     return this.o.writerUids ?? [0];
   }
@@ -128,6 +130,7 @@ export class BerthServer {
    */
   async shutdown(opts: { keepListening?: boolean } = {}): Promise<void> {
     this.draining = true;
+    this.refusingNew = opts.keepListening === true;
     const close = (): Promise<void> => new Promise<void>((resolve) => this.http.close(() => resolve()));
     const closed = opts.keepListening === true ? undefined : close();
     this.http.closeIdleConnections();
@@ -383,8 +386,10 @@ export class BerthServer {
       if (path === Gc.path && typeof body === 'object' && body !== null && !('config' in body)) {
         return { body: await service.adminGc(body) };
       }
-      // Stopping: nothing new starts. Not a CNI error, so berth-ipam runs the call on the files itself.
-      if (this.draining) return { status: 503, body: { draining: true, message: 'berthd is stopping' } };
+      // Stopping on systemd's socket, which keeps taking connections: nothing new starts. Not a CNI error, so
+      // berth-ipam runs the call on the files itself. On its own socket berthd takes no connection once
+      // stopping, and serves every request of those it took.
+      if (this.refusingNew) return { status: 503, body: { draining: true, message: 'berthd is stopping' } };
       const m = cni ?? Gc;
       const trace: CallTrace = { reserved: [] };
       const result = await service.call(m, body, trace);
