@@ -11,8 +11,26 @@ import { postCni } from './warm-client';
 
 const dir = mkdtempSync(join(tmpdir(), `bt${process.pid}-act-`));
 let child: ChildProcess | undefined;
+// berthd's pid when it is not `child` itself (a "systemd" that forks it): it must be gone before the
+// directory is removed, or it writes its leases and state into a recreated one.
+let forkedBerthd: number | undefined;
+
+const alive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
 
 afterEach(async () => {
+  if (forkedBerthd !== undefined && alive(forkedBerthd)) {
+    process.kill(forkedBerthd, 'SIGKILL');
+    // Not our child: poll until the kernel has reaped it (its parent, `child`, waits for it).
+    for (let i = 0; i < 500 && alive(forkedBerthd); i++) await new Promise((r) => setTimeout(r, 10));
+  }
+  forkedBerthd = undefined;
   if (child !== undefined && child.exitCode === null && child.signalCode === null) {
     const gone = new Promise((r) => child!.once('exit', r));
     child.kill('SIGKILL');
@@ -107,6 +125,7 @@ test('stopping with a call in flight, berthd answers new calls 503 on the socket
     await new Promise((r) => setTimeout(r, 20));
   }
   const berthd = Number(out.trim());
+  forkedBerthd = berthd;
   // A call in flight for 3 s: its network's lock is held by another process meanwhile.
   const net = `bt${process.pid}dr`;
   mkdirSync(join(dataDir, net), { recursive: true });
