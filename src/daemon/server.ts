@@ -134,8 +134,13 @@ export class BerthServer {
     const close = (): Promise<void> => new Promise<void>((resolve) => this.http.close(() => resolve()));
     const closed = opts.keepListening === true ? undefined : close();
     this.http.closeIdleConnections();
-    if (this.inFlight > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
-    await this.o.service.drain();
+    // A request can start while the stores drain (one read before the listener closed, or, on systemd's
+    // socket, a new one answered 503): wait for it too, or closing the connections below cuts its reply
+    // and a caller that sent its whole request must report code 11 instead of running it itself.
+    do {
+      if (this.inFlight > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+      await this.o.service.drain();
+    } while (this.inFlight > 0);
     const closing = closed ?? close();
     this.http.closeAllConnections();
     await closing;

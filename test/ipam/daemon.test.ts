@@ -771,6 +771,43 @@ describe('clients that leave', () => {
   });
 });
 
+describe('stopping', () => {
+  test('a request that starts while the stores drain is answered before the connections close', async () => {
+    await startServer();
+    const body = JSON.stringify(envelope('ctr-late'));
+    const c = net.createConnection(socket);
+    await new Promise<void>((resolve) => c.on('connect', resolve));
+    let reply = '';
+    const closed = new Promise<void>((resolve) => c.on('close', () => resolve()));
+    c.on('data', (d: Buffer) => (reply += d.toString()));
+    c.on('error', () => undefined); // a cut connection: the assertions below say so
+    // The request line only: the connection is busy (not idle, so not closed at once), nothing in flight yet.
+    c.write('POST /v1/allocate HTTP/1.1\r\n');
+    await new Promise((r) => setTimeout(r, 50));
+    // Its headers arrive while the stores drain: the request starts then.
+    const drain = service.drain.bind(service);
+    let drains = 0;
+    service.drain = async () => {
+      if (drains++ === 0) {
+        c.write(`Host: x\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body.slice(0, 5)}`);
+        await expect.poll(() => server!.inFlightCount).toBe(1);
+      }
+      await drain();
+    };
+    const stopping = server!.shutdown();
+    await expect.poll(() => drains).toBeGreaterThan(0);
+    await new Promise((r) => setTimeout(r, 50));
+    c.write(body.slice(5));
+    await stopping;
+    await closed;
+    service.close();
+    server = undefined;
+    // Served, not cut: the caller, which sent its whole request, gets its answer.
+    expect(reply).toMatch(/^HTTP\/1\.1 200 /);
+    expect(leaseFiles().size).toBe(1);
+  });
+});
+
 describe('log and metrics formats', () => {
   test('text lines for people, JSON lines for collectors, below-level lines dropped', () => {
     const out: string[] = [];
