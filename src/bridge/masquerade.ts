@@ -244,6 +244,7 @@ export async function removeMasquerade(
     nft: scope.nft,
     family: FAMILY,
     table: scope.table,
+    baseChain: 'postrouting',
     tablesLock: scope.tablesLock,
     plan: (objects) => removePlan(scope, objects, pick),
   });
@@ -280,7 +281,8 @@ function removePlan(
     (o.set !== undefined && sets.has(o.set.name as string)) ||
     (o.rule !== undefined && (o.rule.chain === n.chain || jumps.includes(o.rule.handle as number)));
   const tableEmpty = remaining === 0 && emptyButFor(objects, 'postrouting', own);
-  return { cmds, tags: [...new Set(doomed.map((d) => d.tag ?? ''))], tableEmpty };
+  const networkGone = remaining === 0 && cmds.length > doomed.length;
+  return { cmds, tags: [...new Set(doomed.map((d) => d.tag ?? ''))], tableEmpty, networkGone };
 }
 
 /** The container addresses present for one attachment (CHECK). */

@@ -44,6 +44,8 @@ export interface RemovePlan {
   tags: string[];
   /** Nothing but the removed entries' network would be left: the table itself can go. */
   tableEmpty: boolean;
+  /** The network's own chain, sets and rules go too (its last entries): the table may be left empty. */
+  networkGone: boolean;
 }
 
 /**
@@ -55,6 +57,7 @@ export async function removeAndMaybeDropTable(opts: {
   nft: Nft;
   family: string;
   table: string;
+  baseChain: string;
   tablesLock: TablesLock;
   plan: (objects: readonly NftObject[]) => RemovePlan;
 }): Promise<string[]> {
@@ -64,6 +67,14 @@ export async function removeAndMaybeDropTable(opts: {
   const first = opts.plan(objects);
   if (!first.tableEmpty) {
     await nft.apply(first.cmds);
+    // Two networks removing their last entries at once each saw the other's objects in the table, and
+    // neither deleted it: whoever finds it empty now does (under the tables lock, as setup takes it).
+    if (first.networkGone)
+      await opts.tablesLock(async () => {
+        const now = await nft.listTable(family, table);
+        if (now !== undefined && emptyButFor(now, opts.baseChain, () => false))
+          await nft.apply([{ delete: { table: { family, name: table } } }]);
+      });
     return first.tags;
   }
   return opts.tablesLock(async () => {

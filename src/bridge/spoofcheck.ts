@@ -153,6 +153,7 @@ export async function removeSpoofCheck(
     nft: scope.nft,
     family: FAMILY,
     table: scope.table,
+    baseChain: 'prerouting',
     tablesLock: scope.tablesLock,
     plan: (objects) => removePlan(scope, objects, pick),
   });
@@ -183,7 +184,8 @@ function removePlan(
     (o.set !== undefined && (o.set.name === n.ports || o.set.name === n.allowed)) ||
     (o.rule !== undefined && rules.includes(o.rule.handle as number));
   const tableEmpty = last && emptyButFor(objects, 'prerouting', own);
-  return { cmds, tags: [...new Set(doomed.map((d) => d.comment ?? ''))], tableEmpty };
+  const networkGone = last && cmds.length > doomed.length;
+  return { cmds, tags: [...new Set(doomed.map((d) => d.comment ?? ''))], tableEmpty, networkGone };
 }
 
 /** The (port, MAC) pairs allowed for one attachment (CHECK). */

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { withTablesLock } from '../../src/bridge/lock';
 import { addMasquerade, masqNames, masqueradeAddresses, removeMasquerade } from '../../src/bridge/masquerade';
-import { attachmentTag, systemNft, type TablesLock } from '../../src/bridge/nft';
+import { attachmentTag, type Nft, systemNft, type TablesLock } from '../../src/bridge/nft';
 import { addSpoofCheck, removeSpoofCheck, spoofCheckEntries, spoofNames } from '../../src/bridge/spoofcheck';
 
 const table = `bt${process.pid}nft`;
@@ -38,6 +38,25 @@ afterEach(() => {
     }
   }
 });
+
+/**
+ * The real nft, with the first two listings held until both are done: two removals that each list the
+ * table before either applies its change, as two networks' last DELs on two cores can.
+ */
+function listingsMeet(): Nft {
+  let listed = 0;
+  let meet!: () => void;
+  const both = new Promise<void>((resolve) => (meet = resolve));
+  return {
+    apply: (cmds) => systemNft.apply(cmds),
+    listTable: async (family, name) => {
+      const objects = await systemNft.listTable(family, name);
+      if (++listed === 2) meet();
+      if (listed <= 2) await both;
+      return objects;
+    },
+  };
+}
 
 describe('masquerade sets', () => {
   const scope = { nft: systemNft, table, network: 'bt-net-a', tablesLock };
@@ -105,6 +124,20 @@ describe('masquerade sets', () => {
     expect(text).not.toContain(masqNames('bt-net-a').chain);
   });
 
+  it('two networks removing their last elements at once leave no table behind', async () => {
+    const other = { ...scope, network: 'bt-net-b' };
+    await addMasquerade(scope, { containerId: 'c1', ifname: 'eth0' }, [v4('198.18.128.2')]);
+    await addMasquerade(other, { containerId: 'c2', ifname: 'eth0' }, [
+      { ip: '198.18.129.2', family: 4, subnet: '198.18.129.0', prefixLen: 24 },
+    ]);
+    const nft = listingsMeet();
+    await Promise.all([
+      removeMasquerade({ ...scope, nft }, () => true),
+      removeMasquerade({ ...other, nft }, () => true),
+    ]);
+    expect(list('inet')).toBe('');
+  });
+
   it('removing from a table holding only an empty base chain deletes it (leftover of an older run)', async () => {
     execFileSync('nft', ['add', 'table', 'inet', table]);
     execFileSync('nft', [
@@ -167,5 +200,23 @@ describe('spoof-check sets', () => {
     expect(text).toContain('veth00000002');
     await removeSpoofCheck(other, () => true);
     expect(exists('bridge')).toBe(false);
+  });
+
+  it('two networks removing their last pairs at once leave no table behind', async () => {
+    const other = { ...scope, network: 'bt-net-b' };
+    const port = (n: number) => ({
+      containerId: `c${n}`,
+      ifname: 'eth0',
+      hostVeth: `veth0000000${n}`,
+      mac: `02:00:00:00:00:0${n}`,
+    });
+    await addSpoofCheck(scope, port(1));
+    await addSpoofCheck(other, port(2));
+    const nft = listingsMeet();
+    await Promise.all([
+      removeSpoofCheck({ ...scope, nft }, () => true),
+      removeSpoofCheck({ ...other, nft }, () => true),
+    ]);
+    expect(list('bridge')).toBe('');
   });
 });
