@@ -4,7 +4,7 @@
 // for IPv6, a global address on that same interface.
 import { createSocket } from 'node:dgram';
 import { lookup } from 'node:dns/promises';
-import { parseIp } from '../address/ip';
+import { formatIp, type Ip, parseIp } from '../address/ip';
 import type { Address, Netlink } from '../netlink/types';
 
 /** IFA_F_TEMPORARY (an IPv6 privacy address; the bit means secondary for IPv4) and IFA_F_DEPRECATED. */
@@ -18,15 +18,43 @@ export interface Underlay {
   underlay6?: string;
 }
 
-/** Splits flag values (`--underlay-address`, repeatable) by family; two of one family is an error. */
+/**
+ * Why other nodes could not route to `ip` as this node's next hop, or undefined when they can: the
+ * unspecified and broadcast addresses, loopback, multicast, and IPv6 link-local (a next hop there needs an
+ * interface name, which a route published to every node cannot carry).
+ */
+function unusableUnderlay(ip: Ip): string | undefined {
+  if (ip.family === 4) {
+    const first = Number(ip.value >> 24n);
+    if (ip.value === 0n) return 'the unspecified address';
+    if (ip.value === 0xffffffffn) return 'the broadcast address';
+    if (first === 127) return 'a loopback address';
+    if (first >= 224 && first <= 239) return 'a multicast address';
+    return undefined;
+  }
+  const top16 = ip.value >> 112n;
+  if (ip.value === 0n) return 'the unspecified address';
+  if (ip.value === 1n) return 'the loopback address';
+  if (top16 >> 8n === 0xffn) return 'a multicast address';
+  if (top16 >> 6n === 0xfe80n >> 6n) return 'a link-local address';
+  return undefined;
+}
+
+/**
+ * Splits flag values (`--underlay-address`, repeatable) by family; two of one family, or an address no
+ * other node can route through, is an error.
+ */
 export function underlayFromFlags(values: readonly string[]): Underlay {
   const out: Underlay = {};
   for (const v of values) {
     const ip = parseIp(v);
     if (ip === undefined) throw new Error(`--underlay-address: ${JSON.stringify(v)} is not an IP address`);
+    const unusable = unusableUnderlay(ip);
+    if (unusable !== undefined)
+      throw new Error(`--underlay-address: ${v} is ${unusable}: other nodes cannot route through it`);
     const key = ip.family === 4 ? 'underlay' : 'underlay6';
     if (out[key] !== undefined) throw new Error(`--underlay-address: two IPv${ip.family} addresses given`);
-    out[key] = v;
+    out[key] = formatIp(ip);
   }
   return out;
 }

@@ -17,6 +17,23 @@ describe('underlay', () => {
     });
     expect(() => underlayFromFlags(['198.18.0.11', '198.18.0.12'])).toThrow(/two IPv4/);
     expect(() => underlayFromFlags(['node1'])).toThrow(/not an IP/);
+    // Addresses no other node can route through as this node's next hop.
+    for (const [v, why] of [
+      ['0.0.0.0', /unspecified/],
+      ['::', /unspecified/],
+      ['127.0.0.2', /loopback/],
+      ['::1', /loopback/],
+      ['255.255.255.255', /broadcast/],
+      ['239.1.1.1', /multicast/],
+      ['ff02::1', /multicast/],
+      ['fe80::11', /link-local/],
+    ] as const)
+      expect(() => underlayFromFlags([v]), v).toThrow(why);
+    // One address, one spelling: an IPv4-mapped IPv6 flag is the IPv4 underlay, as other nodes route it.
+    expect(underlayFromFlags(['::ffff:198.18.0.11', 'FD00:FF::0011'])).toEqual({
+      underlay: '198.18.0.11',
+      underlay6: 'fd00:ff::11',
+    });
   });
 
   it('detects the source address towards the etcd endpoint and the IPv6 address beside it', async () => {
