@@ -77,7 +77,8 @@ export class Fixture {
   private daemon: Promise<TestDaemon> | undefined;
   private daemonPid: number | undefined;
   /** Plugin calls berthd served (warm mode), and those it sent back to run standalone. */
-  readonly warmCalls = { served: 0, fallback: 0 };
+  /** Warm mode: calls berthd served, calls it sent back (421, by design), and calls that found no berthd. */
+  readonly warmCalls = { served: 0, fallback: 0, unexpected: [] as string[] };
 
   constructor(tag: string) {
     // bt<pid><tag>: unique on the machine, short enough for link names (<= 15 bytes with a suffix).
@@ -168,6 +169,10 @@ export class Fixture {
     const r = await runLikeShim(d.socket, path, env, stdin);
     if (r.warm) this.warmCalls.served++;
     else this.warmCalls.fallback++;
+    // berthd sends back what it does not serve by design (421: fault injection, another run dir, a path
+    // that is no namespace); anything else means the run was not on the warm path it claims to test.
+    if (r.fallback !== undefined && r.fallback !== '421')
+      this.warmCalls.unexpected.push(`${env.CNI_COMMAND ?? '?'}: ${r.fallback}`);
     return { code: r.code, stdout: r.stdout, stderr: r.stderr, json: parseJson(r.stdout) };
   }
 
@@ -220,10 +225,17 @@ export class Fixture {
   }
 
   dispose(): void {
+    const w = this.warmCalls;
     if (WARM)
-      process.stderr.write(
-        `${this.prefix}: warm calls served ${this.warmCalls.served}, standalone ${this.warmCalls.fallback}\n`,
-      );
+      process.stderr.write(`${this.prefix}: warm calls served ${w.served}, standalone ${w.fallback}\n`);
+    // Checked after the cleanup below, so that a failing check still leaves nothing behind.
+    const warmProblem = !WARM
+      ? undefined
+      : w.unexpected.length > 0
+        ? `berthd did not answer as on the warm path: ${w.unexpected.slice(0, 5).join(', ')}`
+        : w.fallback > 0 && w.served === 0
+          ? `berthd served none of ${w.fallback} calls: every one ran standalone`
+          : undefined;
     if (this.daemonPid !== undefined) {
       try {
         process.kill(this.daemonPid, 'SIGTERM');
@@ -236,6 +248,7 @@ export class Fixture {
     rmSync(this.dataDir, { recursive: true, force: true });
     rmSync(this.runDir, { recursive: true, force: true });
     rmSync(this.extraBin, { recursive: true, force: true });
+    if (warmProblem !== undefined) throw new Error(`${this.prefix}: ${warmProblem}`);
   }
 }
 

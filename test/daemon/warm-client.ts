@@ -73,23 +73,28 @@ export function runStandalone(
   });
 }
 
-/** The shim's behaviour: warm when served, standalone otherwise (any non-200, or no daemon). */
+/**
+ * The shim's behaviour: warm when served, standalone otherwise (any non-200, or no daemon). `fallback` says
+ * why a berth plugin's call ran standalone: berthd's status, or `unreachable` (no connection, or no reply).
+ */
 export async function runLikeShim(
   socket: string,
   path: string,
   env: Record<string, string>,
   stdin: string,
-): Promise<{ code: number; stdout: string; stderr: string; warm: boolean }> {
+): Promise<{ code: number; stdout: string; stderr: string; warm: boolean; fallback?: string }> {
   const plugin = basename(path);
+  let fallback: string | undefined;
   if (plugin === 'berth-bridge' || plugin === 'berth-ipam') {
     try {
       const r = await postCni(socket, { plugin, env, stdin });
       if (r.status === 200) return { code: r.code, stdout: r.stdout, stderr: r.stderr, warm: true };
+      fallback = String(r.status);
     } catch {
-      // no daemon: standalone
+      fallback = 'unreachable';
     }
   }
-  return { ...(await runStandalone(path, env, stdin)), warm: false };
+  return { ...(await runStandalone(path, env, stdin)), warm: false, ...(fallback ? { fallback } : {}) };
 }
 
 export interface TestDaemon {

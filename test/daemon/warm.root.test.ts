@@ -2,11 +2,12 @@
 // daemon's dispatcher (PluginHost), many calls at once, then a real berthd on /v1/cni: its refusals, the
 // bytes it answers, and a caller that leaves in the middle of an ADD.
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import type { CallOutput } from '../../src/cni-spec/dispatch';
+import { networkLockFile } from '../../src/bridge/lock';
 import type * as LogModule from '../../src/daemon/log';
 import type * as MetricsModule from '../../src/daemon/metrics';
 import type * as HostModule from '../../src/daemon/plugin-host';
@@ -287,16 +288,28 @@ describe('a real berthd on /v1/cni', () => {
     const c = conf('198.18.182.0/24');
     const ns = fx.netns();
     const id = `${fx.prefix}gone`;
-    const reply = postCni(
-      d.socket,
-      { plugin: 'berth-bridge', env: callEnv('ADD', id, ns.path), stdin: JSON.stringify(c) },
-      { onRequestSent: (req) => setTimeout(() => req.destroy(), 5) },
-    ).catch((e: unknown) => e);
-    expect(await reply).toBeInstanceOf(Error);
+    // The network's lock held by another process: berthd reads the whole call, then waits in the ADD, so the
+    // caller surely leaves in its middle (not before berthd has the request).
+    mkdirSync(join(fx.runDir, 'bridge'), { recursive: true });
+    const holder = spawn('flock', ['-o', networkLockFile(fx.runDir, c.name as string), 'sleep', '30'], {
+      stdio: 'ignore',
+    });
+    try {
+      await new Promise((r) => setTimeout(r, 200));
+      const reply = postCni(
+        d.socket,
+        { plugin: 'berth-bridge', env: callEnv('ADD', id, ns.path), stdin: JSON.stringify(c) },
+        { onRequestSent: (req) => setTimeout(() => req.destroy(), 300) },
+      ).catch((e: unknown) => e);
+      expect(await reply).toBeInstanceOf(Error);
+    } finally {
+      holder.kill('SIGKILL');
+    }
     // berthd finishes the ADD, then deletes it, in the attachment's order.
     const deadline = Date.now() + 20_000;
     while (!/caller left before the ADD reply/.test(d.log()) && Date.now() < deadline)
       await new Promise((r) => setTimeout(r, 50));
+    expect(d.log()).toMatch(/caller left before the ADD reply/);
     // A CHECK-free way to wait until the attachment's queue is empty: a DEL queued after it.
     await postCni(d.socket, {
       plugin: 'berth-bridge',
