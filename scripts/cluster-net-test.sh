@@ -11,10 +11,10 @@
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-[ "$(id -u)" = 0 ] || { echo "SKIP cluster-net-test.sh: needs root (network namespaces)"; exit 0; }
+[ "$(id -u)" = 0 ] || { echo "SKIP cluster-net-test.sh: needs root (network namespaces)"; exit 77; }
 for c in etcd etcdctl ping nft curl; do
   command -v "$c" >/dev/null ||
-    { echo "SKIP cluster-net-test.sh: $c missing (scripts/ensure-deps.sh installs it)"; exit 0; }
+    { echo "SKIP cluster-net-test.sh: $c missing (scripts/ensure-deps.sh installs it)"; exit 77; }
 done
 [ -f "$repo/dist/main.js" ] || { echo "cluster-net-test.sh: build first (npm run build)" >&2; exit 1; }
 
@@ -253,6 +253,9 @@ check "no route duplicated on n1 ($(duplicates 1 | wc -l) destinations twice)" [
 lost="$(comm -23 <(echo "$before1") <(kernel_routes 1) | while read -r b _ _; do
   etcd_ctl get "$PREFIX/nets/$NET/blocks/${b/\//-}" --print-value-only | grep -q . && echo "$b"; done)"
 check "no route lost on n1 (every route from before whose block is still claimed is there)" [ -z "$lost" ]
+for b in $lost; do
+  echo "     lost: $b; now: $(kernel_routes 1 | grep -F "$b " || echo none); etcd: $(etcd_ctl get "$PREFIX/nets/$NET/blocks/${b/\//-}" --print-value-only)"
+done
 check "berth cluster routes on n1 after the restart: the kernel agrees (within 5 s)" wait_for 5 berth_on 1 cluster routes
 check "p10 (n1) still reaches p31 (n3) after the restart" ip netns exec "$(pod_ns p10)" ping -c 1 -w 5 "${V4[p31]}"
 
@@ -278,7 +281,7 @@ tmp="$(mktemp -d "/tmp/$P-cn-check.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 check "no namespace left" bash -c "! ip netns list | grep -q '^$P-'"
 check "no link left in the host namespace" bash -c "! ip -o link | grep -q '$P'"
-check "no proto-190 route to the pool in the host namespace" bash -c "! ip route show proto 190 | grep -q '198\.19\.64\.'; ! ip -6 route show proto 190 | grep -q 'fd00:b15:64:'"
+check "no proto-190 route to the pool in the host namespace" bash -c "! ip route show proto 190 | grep -q '198\.19\.64\.' && ! ip -6 route show proto 190 | grep -q 'fd00:b15:64:'"
 check "no nft table left in the host namespace" bash -c "! nft list tables | grep -q '$NFT_TABLE'"
 check "no etcd or berthd process left" bash -c "for p in $pids; do kill -0 \$p 2>/dev/null && exit 1; done; exit 0"
 check "no temp dir left" bash -c "! ls -d /tmp/$P-cn.* 2>/dev/null | grep -q ."

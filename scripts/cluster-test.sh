@@ -7,9 +7,9 @@
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-[ "$(id -u)" = 0 ] || { echo "SKIP cluster-test.sh: needs root (network namespace)"; exit 0; }
+[ "$(id -u)" = 0 ] || { echo "SKIP cluster-test.sh: needs root (network namespace)"; exit 77; }
 command -v etcd >/dev/null && command -v etcdctl >/dev/null ||
-  { echo "SKIP cluster-test.sh: etcd/etcdctl missing (scripts/ensure-deps.sh installs etcd-server etcd-client)"; exit 0; }
+  { echo "SKIP cluster-test.sh: etcd/etcdctl missing (scripts/ensure-deps.sh installs etcd-server etcd-client)"; exit 77; }
 [ -f "$repo/dist/main.js" ] || { echo "cluster-test.sh: build first (npm run build)" >&2; exit 1; }
 
 P="bt$$"
@@ -144,14 +144,17 @@ check "n2's blocks from before the kill that hold its leases are still n2's" [ -
 
 # 4. kill -9 the etcd leader during a storm, restart it 4 s later: 0 failed ADDs
 leader=$(etcd_leader)
+check "an etcd leader to kill (m$leader)" [ -n "${ETCD_PID[$leader]:-}" ]
 ( storm "$T/s3.json" 4000 200 s3 >"$T/s3.out" ) &
 spid=$!
 sleep 0.3
 etcd_kill_member "$leader"
+check "the leader's etcd is gone" bash -c "! kill -0 ${ETCD_PID[$leader]:-0} 2>/dev/null"
 sleep 4
 etcd_start_member "$leader" existing
 wait $spid
 echo "     storm with leader m$leader killed: $(cat "$T/s3.out")"
+check "etcd leader kill -9: the storm ran ($(jsonf "$(cat "$T/s3.out")" ok) ADDs)" [ "$(jsonf "$(cat "$T/s3.out")" ok)" -gt 0 ]
 check "etcd leader kill -9: 0 failed ADDs" [ "$(jsonf "$(cat "$T/s3.out")" failed)" = 0 ]
 check "etcd healthy again" etcd_healthy 20
 
@@ -232,6 +235,7 @@ export -f cni_del
 # (xargs, not `wait`: a bare wait would also wait for the etcd members and daemons.)
 seq 0 99 | xargs -P 4 -I{} bash -c 'cni_del {}'
 sleep 4
+check "drain: both nodes' network directories are there" test -d "$T/n1/data/$NET" -a -d "$T/n2/data/$NET"
 left="$(ls "$T"/n1/data/$NET "$T"/n2/data/$NET | grep -c '^198\.')"
 check "drain: no lease file left on n1/n2 ($left)" [ "$left" = 0 ]
 check "drain: empty blocks released, n1 keeps 1 ($(blocks_of n1 | wc -l))" [ "$(blocks_of n1 | wc -l)" = 1 ]

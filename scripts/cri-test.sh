@@ -121,7 +121,7 @@ if [ -n "$given_bin" ]; then
 else
   if ! grep -q "$SEA_FUSE" "$(node -p process.execPath)"; then
     echo "SKIP cri-test.sh: $(node -p process.execPath) has no single-executable fuse; cannot build berth"
-    exit 0
+    exit 77
   fi
   if [ ! -f "$repo/dist/sea/entry.js" ] || [ ! -f "$repo/native/build/Release/berth_native.node" ]; then
     (cd "$repo" && npm run build >&2)
@@ -311,8 +311,9 @@ wait "$ctrd_pid" 2>/dev/null
 ctrd_pid=""
 no_procs_at_all() { local p; p="$(our_pids)"; [ -z "$p" ] || { ps -o pid,args -p "$(echo $p | tr ' ' ,)"; return 1; }; }
 check "no process of this run left after containerd stopped" no_procs_at_all
-# The reference's iptables leaves an empty `nat` table; berth's own tables go with their last element.
-remove_new_empty_nft_tables "$nft_before"
+# The reference's iptables leaves an empty `nat` table (removed here); berth's own tables must go with their
+# last element, so they are not removed before the check.
+remove_new_empty_nft_tables "$nft_before" nat
 no_new_table() { local now; now="$(nft_tables_now)"; [ "$now" = "$nft_before" ] || { echo "before: $nft_before"; echo "now: $now"; return 1; }; }
 check "no nftables table left that this run created" no_new_table
 

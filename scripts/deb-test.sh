@@ -19,7 +19,7 @@ done
 SEA_FUSE=NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2
 if ! grep -q "$SEA_FUSE" "$(node -p process.execPath)"; then
   echo "SKIP deb-test.sh: $(node -p process.execPath) has no single-executable fuse; cannot build berth"
-  exit 0
+  exit 77
 fi
 
 P="bt$$"
@@ -60,12 +60,14 @@ check "berth_${old_version}_*.deb and berth_${version}_*.deb built (scripts/buil
 old_deb="$(ls "$tmp"/debs/berth_"${old_version}"_*.deb 2>/dev/null)"
 new_deb="$(ls "$tmp"/debs/berth_"${version}"_*.deb 2>/dev/null)"
 [ "$fails" = 0 ] || exit 1
-units="$(dpkg-deb -c "$new_deb" | grep -c 'lib/systemd/system/berthd\.')"
+# The units the package must carry: every berthd unit in deploy/systemd (not a count of the package's own).
+units="$(find "$repo/deploy/systemd" -maxdepth 1 -name 'berthd.*' | wc -l)"
 contents_ok() {
   dpkg-deb -I "$new_deb" && dpkg-deb -c "$new_deb" >"$tmp/contents" && cat "$tmp/contents" &&
     grep -q ' ./opt/cni/bin/berth-ipam' "$tmp/contents" &&
     grep -q ' ./usr/bin/berth -> /opt/cni/bin/berth$' "$tmp/contents" &&
-    grep -q ' ./usr/share/doc/berth/examples/10-berth-ipv4.conflist$' "$tmp/contents"
+    grep -q ' ./usr/share/doc/berth/examples/10-berth-ipv4.conflist$' "$tmp/contents" &&
+    [ "$units" -gt 0 ] && [ "$(grep -c 'lib/systemd/system/berthd\.' "$tmp/contents")" = "$units" ]
 }
 check "package holds the plugins, /usr/bin/berth, the examples ($units systemd units)" contents_ok
 

@@ -22,7 +22,7 @@ done
 # The one reason outside this project not to run: a node binary built without single-executable support.
 if ! grep -q "$SEA_FUSE" "$(node -p process.execPath)"; then
   echo "SKIP install-test.sh: $(node -p process.execPath) has no single-executable fuse; cannot build the package"
-  exit 0
+  exit 77
 fi
 
 P="bt$$"

@@ -198,7 +198,7 @@ lease_file_for() { [ -n "$(find "$tmp/ipam" -name "$1" 2>/dev/null)" ]; }
 in_nft() { local rules; rules="$(nft list ruleset)" && grep -qw -- "$1" <<<"$rules"; }
 nft_clean() { # addresses…: none of them appears in the ruleset
   local rules a
-  rules="$(nft list ruleset 2>&1)"
+  rules="$(nft list ruleset)" || { echo "nft list ruleset failed"; return 1; }
   for a in "$@"; do
     if grep -qw -- "$a" <<<"$rules"; then echo "still in nftables: $a"; return 1; fi
   done

@@ -27,7 +27,7 @@ kubectl_bin="$(command -v kubectl || true)"
 SEA_FUSE=NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2
 if ! grep -q "$SEA_FUSE" "$(node -p process.execPath)"; then
   echo "SKIP node-image-test.sh: $(node -p process.execPath) has no single-executable fuse; cannot build berth"
-  exit 0
+  exit 77
 fi
 
 P="bt$$"

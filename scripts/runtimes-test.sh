@@ -15,7 +15,7 @@ done
 SEA_FUSE=NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2
 if ! grep -q "$SEA_FUSE" "$(node -p process.execPath)"; then
   echo "SKIP runtimes-test.sh: no single-executable fuse in $(node -p process.execPath)"
-  exit 0
+  exit 77
 fi
 
 P="bt$$"
