@@ -150,9 +150,12 @@ describe('CHECK', () => {
 
   it('fails when the IPAM reservation is gone (IPAM CHECK is delegated)', async () => {
     const a = await attach();
-    for (const lease of fx.leases(a.c.name as string))
-      sh('rm', [`${fx.dataDir}/${a.c.name as string}/${lease}`]);
+    expect((await check(a)).code).toBe(0);
+    const leases = fx.leases(a.c.name as string);
+    expect(leases).toHaveLength(1);
+    for (const lease of leases) sh('rm', [`${fx.dataDir}/${a.c.name as string}/${lease}`]);
     const r = await check(a);
     expect(r.code).not.toBe(0);
+    expect(`${r.json.msg} ${r.json.details ?? ''}`).toMatch(/failed to find address added by container/i);
   });
 });

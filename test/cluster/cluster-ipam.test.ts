@@ -240,7 +240,7 @@ describe('claims', () => {
     )!;
     const claims = (): number =>
       a.cluster.stats.counter('berthd_cluster_etcd_requests_total', { op: 'claim', result: 'ok' });
-    await vi.waitFor(() => expect(net).toBeDefined());
+    expect(net).toBeDefined();
     const claimsBefore = claims();
     fake.txnAnswerDelayMs = 150;
     const writes = vi.spyOn(net, 'writeRecord');

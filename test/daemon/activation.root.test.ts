@@ -146,14 +146,13 @@ test('stopping with a call in flight, berthd answers new calls 503 on the socket
     await new Promise((r) => setTimeout(r, 300));
     process.kill(berthd, 'SIGTERM');
     await new Promise((r) => setTimeout(r, 300));
-    // A new call meanwhile: answered at once, "did nothing" (the shim runs it standalone), not queued.
-    const started = Date.now();
+    // A new call meanwhile: answered "did nothing" (the shim runs it standalone) while the call in flight
+    // still waits for its lock, not queued behind it.
     const late = await Promise.race([
       postCni(activated, { plugin: 'berth-bridge', env: { ...env, CNI_COMMAND: 'VERSION' }, stdin: '' }),
       new Promise<never>((_, reject) => setTimeout(() => reject(new Error('queued: no answer')), 2000)),
     ]);
     expect(late.status).toBe(503);
-    expect(Date.now() - started).toBeLessThan(2000);
     // The call in flight still finishes.
     const first = await inFlight;
     expect(first.status).toBe(200);

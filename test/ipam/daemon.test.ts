@@ -576,9 +576,8 @@ describe('a slow sync round (someone else writing a lot to the filesystem)', () 
     const other = spawnSync('flock', ['-w', '1', join(dataDir, 'btnet', 'lock'), 'true'], {
       encoding: 'utf8',
     });
-    const waited = Date.now() - t0;
+    // flock -w 1 exits 0 only if it got the lock within its 1 s.
     expect(other.status, other.stderr).toBe(0);
-    expect(waited).toBeLessThan(1000);
     // The reply still waited for its round.
     const r = await add;
     expect(r.status).toBe(200);

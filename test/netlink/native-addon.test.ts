@@ -12,7 +12,7 @@ import {
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { addonCandidates, loadNativeAddon } from '../../src/native-addon';
 
 const addon = loadNativeAddon();
@@ -125,9 +125,13 @@ describe('flock against Go host-local (go-filemutex on <dataDir>/<net>/lock)', (
       const done = new Promise<number | null>((resolve) => child.on('exit', resolve));
       child.stdin.end(conf);
 
-      // While we hold the lock, host-local cannot reserve anything.
-      const early = await Promise.race([done, new Promise((r) => setTimeout(() => r('waiting'), 400))]);
-      expect(early).toBe('waiting');
+      // While we hold the lock, host-local cannot reserve anything: it is seen waiting on our flock in
+      // /proc/locks (a "->" line with its pid), not merely slow to start.
+      const waiter = new RegExp(`->\\s+FLOCK\\s+ADVISORY\\s+WRITE\\s+${child.pid}\\s`);
+      await vi.waitFor(() => expect(readFileSync('/proc/locks', 'utf8')).toMatch(waiter), {
+        timeout: 10_000,
+      });
+      expect(child.exitCode).toBeNull();
       expect(existsSync(join(dataDir, net, '198.18.3.2'))).toBe(false);
 
       expect(addon.flock(fd, 'un')).toBe(true);

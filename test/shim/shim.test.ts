@@ -272,7 +272,6 @@ describe('fallback: berthd cannot have run the call', () => {
       expect(queued.length).toBeGreaterThan(0);
       expect(queued.length).toBeLessThan(20);
       const cases = adds().slice(0, 2);
-      const started = Date.now();
       const runs = await Promise.race([
         runAll(cases, throughShim(sock, { BERTH_SHIM_TIMEOUT: '60' })),
         new Promise<never>((_, reject) =>
@@ -280,7 +279,6 @@ describe('fallback: berthd cannot have run the call', () => {
         ),
       ]);
       expectSame(cases, runs, want(cases));
-      expect(Date.now() - started).toBeLessThan(20_000);
     } finally {
       for (const c of queued) c.destroy();
       process.kill(listener.pid!, 'SIGKILL');
