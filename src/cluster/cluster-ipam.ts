@@ -325,11 +325,13 @@ export class ClusterIpam implements ClusterAllocator {
       'Whether this node stopped allocating (past its ownership horizon, or forgotten).',
       this.node.fenceReason() === undefined ? 0 : 1,
     );
-    g(
-      'berthd_cluster_etcd_round_trips_total',
-      'Requests sent to etcd members (each attempt counts).',
-      this.etcd.roundTrips,
-    );
+    out.push({
+      name: 'berthd_cluster_etcd_round_trips_total',
+      help: 'Requests sent to etcd members (each attempt counts).',
+      labels: {},
+      value: this.etcd.roundTrips,
+      counter: true,
+    });
     for (const n of this.networks.values()) {
       const counts = new Map<string, number>();
       for (const b of n.ownedBlocks()) {

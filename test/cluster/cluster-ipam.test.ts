@@ -418,6 +418,10 @@ describe('etcd down', () => {
     const st = (await a.service.call(Status, envelope(a.dataDir, 'st')).catch((e: unknown) => e)) as CniError;
     expect(st.code).toBe(ErrorCode.PluginNotAvailable);
     expect(a.cluster.gauges().find((g) => g.name === 'berthd_cluster_fenced')!.value).toBe(1);
+    // Prometheus conventions, as for berthd's own series: a _total is a counter, never a gauge.
+    const types = [...a.cluster.metricsText().matchAll(/^# TYPE (\S+) (\S+)$/gm)].map((m) => [m[1], m[2]]);
+    expect(types.filter(([name, type]) => /_total$/.test(name!) && type !== 'counter')).toEqual([]);
+    expect(types).toContainEqual(['berthd_cluster_etcd_round_trips_total', 'counter']);
     fake.setMode(0, 'up');
     fake.setMode(1, 'up');
     await new Promise((r) => setTimeout(r, 1200));
