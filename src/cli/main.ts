@@ -310,8 +310,14 @@ function daemonOptions(cmd: Command): Command {
       '--forget-margin <duration>',
       'clock-skew margin before `berth node forget` is accepted (default 30s)',
     )
-    .option('--run-dir <dir>', "berth-bridge's run dir for plugin calls (default /run/berth)")
-    .option('--nft-table <name>', "berth-bridge's nftables table for plugin calls (default berth)")
+    .option(
+      '--run-dir <dir>',
+      "berth-bridge's run dir for plugin calls (default $BERTH_RUN_DIR or /run/berth)",
+    )
+    .option(
+      '--nft-table <name>',
+      "berth-bridge's nftables table for plugin calls (default $BERTH_NFT_TABLE or berth)",
+    )
     .option(
       '--call-timeout <seconds>',
       'deadline of one plugin call; delegates are killed then (default 120)',
