@@ -111,7 +111,7 @@ before_n2="$(blocks_of n2)"
 ( RETRY_MS=15000 storm "$T/s2.json" 3000 200 s2 >"$T/s2.out" ) &
 spid=$!
 sleep 1.2
-kill -9 "${DPID[n2]}"; wait "${DPID[n2]}" 2>/dev/null
+kill -9 "${DPID[n2]}"; wait "${DPID[n2]}" 2>/dev/null; unset "DPID[n2]"
 sleep 2
 check "berthd n2 restarted" start_daemon n2 "$EP"
 wait $spid
@@ -144,12 +144,13 @@ check "n2's blocks from before the kill that hold its leases are still n2's" [ -
 
 # 4. kill -9 the etcd leader during a storm, restart it 4 s later: 0 failed ADDs
 leader=$(etcd_leader)
-check "an etcd leader to kill (m$leader)" [ -n "${ETCD_PID[$leader]:-}" ]
+leader_pid="${ETCD_PID[$leader]:-}"
+check "an etcd leader to kill (m$leader)" [ -n "$leader_pid" ]
 ( storm "$T/s3.json" 4000 200 s3 >"$T/s3.out" ) &
 spid=$!
 sleep 0.3
 etcd_kill_member "$leader"
-check "the leader's etcd is gone" bash -c "! kill -0 ${ETCD_PID[$leader]:-0} 2>/dev/null"
+check "the leader's etcd is gone" bash -c "! kill -0 ${leader_pid:-0} 2>/dev/null"
 sleep 4
 etcd_start_member "$leader" existing
 wait $spid

@@ -143,7 +143,7 @@ done
 mkdir -p "$tmp/net.d"
 jq -n --arg n "$net" --arg b "$br" --arg d "$tmp/ipam" \
   '{cniVersion:"1.0.0", name:$n, type:"berth-bridge", bridge:$b, isGateway:true, ipMasq:true,
-    ipam:{type:"berth-ipam", dataDir:$d, ranges:[[{subnet:"198.19.200.0/24"}]]}}' >"$tmp/conf.json"
+    ipam:{type:"berth-ipam", dataDir:$d, daemonSocket:false, ranges:[[{subnet:"198.19.200.0/24"}]]}}' >"$tmp/conf.json"
 jq '{cniVersion, name, plugins:[del(.cniVersion, .name)]}' "$tmp/conf.json" >"$tmp/net.d/$net.conflist"
 
 addr_of() { jq -r '.ips[0].address | split("/")[0]' "$tmp/$1.json"; }

@@ -185,7 +185,8 @@ if [ "$systemd" = true ]; then
     sed "s#/opt/cni/bin/#${prefix%/}/#g" "$src" >"$rendered"
     install_file "$rendered" "$systemd_dir/$unit" 644
   done
-  if [ "$changed" -gt "$units_changed" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+  # Only for units where systemd looks: a --systemd-dir elsewhere (a test's, a staging tree) is none of its business.
+  if [ "$changed" -gt "$units_changed" ] && live_units && command -v systemctl >/dev/null; then
     systemctl daemon-reload
     say "ran        systemctl daemon-reload (enable with: systemctl enable --now berthd.socket)"
   fi

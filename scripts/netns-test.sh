@@ -132,6 +132,11 @@ pingable() { # pod, address
 write_conf() { # net, bridge, ranges-json[, cniVersion]
   local ipam
   ipam="$(jq -nc --arg t "$IPAM_TYPE" --arg d "$tmp/ipam" --argjson r "$3" '{type:$t, dataDir:$d, ranges:$r}')"
+  # berth-ipam's daemon is this run's berthd, or none: never the host's /run/berth/berthd.sock (the default).
+  if [ "$IPAM_TYPE" = berth-ipam ]; then
+    ipam="$(jq -c --argjson s "$(if [ -n "$berthd_pid" ]; then jq -n --arg s "$BERTH_SOCKET" '$s'; else echo false; fi)" \
+      '.daemonSocket = $s' <<<"$ipam")"
+  fi
   jq -n --arg v "${4:-$CNI_VERSION}" --arg n "$1" --arg t "$BRIDGE_TYPE" --arg b "$2" --argjson m "$IPMASQ" --argjson ipam "$ipam" \
     '{cniVersion:$v, name:$n, plugins:[{type:$t, bridge:$b, isGateway:true, ipMasq:$m, ipam:$ipam}]}' \
     >"$NETCONFPATH/$1.conflist"

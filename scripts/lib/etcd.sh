@@ -51,6 +51,8 @@ etcd_kill_member() { # i
   [ -n "$p" ] || return 0
   kill -9 "$p" 2>/dev/null
   wait "$p" 2>/dev/null
+  # Reaped: its pid may be anyone's now, and the cleanup must not kill it again.
+  unset "ETCD_PID[$1]"
   return 0
 }
 
