@@ -32,7 +32,13 @@ bad() { echo "FAIL $*"; failed=$((failed + 1)); }
 check() { local what="$1"; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
 inns() { ip netns exec "$NS" "$@"; }
 
+spid=""
 cleanup() {
+  # A storm still running (the script stopped in its middle): its driver is the subshell's child.
+  if [ -n "$spid" ]; then
+    # shellcheck disable=SC2046 # one pid per word
+    kill -9 $(cat /proc/"$spid"/task/*/children 2>/dev/null) "$spid" 2>/dev/null
+  fi
   for p in "${DPID[@]}"; do kill -CONT "$p" 2>/dev/null; kill -9 "$p" 2>/dev/null; done
   for p in "${DPID[@]}"; do wait "$p" 2>/dev/null; done
   etcd_kill_all
@@ -115,6 +121,7 @@ kill -9 "${DPID[n2]}"; wait "${DPID[n2]}" 2>/dev/null; unset "DPID[n2]"
 sleep 2
 check "berthd n2 restarted" start_daemon n2 "$EP"
 wait $spid
+spid=""
 echo "     storm with n2 killed: $(cat "$T/s2.out")"
 check "every ADD of the kill storm acknowledged" [ "$(jsonf "$(cat "$T/s2.out")" ok)" = 3000 ]
 v2="$(verify "$T/s1.json" "$T/s2.json")"
@@ -154,6 +161,7 @@ check "the leader's etcd is gone" bash -c "! kill -0 ${leader_pid:-0} 2>/dev/nul
 sleep 4
 etcd_start_member "$leader" existing
 wait $spid
+spid=""
 echo "     storm with leader m$leader killed: $(cat "$T/s3.out")"
 check "etcd leader kill -9: the storm ran ($(jsonf "$(cat "$T/s3.out")" ok) ADDs)" [ "$(jsonf "$(cat "$T/s3.out")" ok)" -gt 0 ]
 check "etcd leader kill -9: 0 failed ADDs" [ "$(jsonf "$(cat "$T/s3.out")" failed)" = 0 ]
@@ -166,6 +174,7 @@ check "all etcd members stopped" bash -c "! ip netns exec $NS env ETCDCTL_API=3 
 ( storm "$T/s4.json" 6000 100 s4 >"$T/s4.out" ) &
 spid=$!
 wait $spid
+spid=""
 s4="$(cat "$T/s4.out")"
 echo "     storm with etcd down: $s4"
 check "etcd down: ADDs inside owned blocks succeed ($(jsonf "$s4" ok))" [ "$(jsonf "$s4" ok)" -gt 0 ]

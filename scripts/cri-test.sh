@@ -64,6 +64,8 @@ SEA_FUSE=NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2
 . "$repo/scripts/lib/oci-image.sh"
 # shellcheck source=lib/nft-leftovers.sh
 . "$repo/scripts/lib/nft-leftovers.sh"
+# shellcheck source=lib/stop.sh
+. "$repo/scripts/lib/stop.sh"
 nft_before="$(nft_tables_now)"
 
 ctr_() { ctr -a "$sock" -n k8s.io "$@"; }
@@ -79,11 +81,10 @@ cleanup() {
     for id in $(ctr_ containers ls -q 2>/dev/null); do
       node "$repo/test/cri/cri-pods.js" --socket "$sock" --stop-only "$id" >/dev/null 2>&1
     done
-    kill "$ctrd_pid"
-    wait "$ctrd_pid" 2>/dev/null
+    stop_pid "$ctrd_pid"
   fi
   for p in $(our_pids); do kill -9 "$p" 2>/dev/null; done
-  [ -n "$berthd_pid" ] && kill "$berthd_pid" 2>/dev/null && wait "$berthd_pid" 2>/dev/null
+  stop_pid "$berthd_pid"
   findmnt -rn -o TARGET | grep -F "$tmp/" | sort -r | while read -r m; do umount -l "$m"; done
   for f in "$tmp"/report-*.json; do
     [ -f "$f" ] || continue
@@ -282,8 +283,7 @@ run_mode() { # mode, subnet third octet, kind (reference|standalone|berthd|insta
   fi
   gone_checks "$mode" "$net" "$br" "$leases" "${reports[@]}"
   if [ "$kind" = berthd ]; then
-    kill "$berthd_pid"
-    wait "$berthd_pid" 2>/dev/null
+    stop_pid "$berthd_pid"
     berthd_pid=""
   fi
   rm -f "$netd"/*
@@ -306,8 +306,7 @@ for mode in "${modes[@]}"; do
 done
 
 check "containerd still running" kill -0 "$ctrd_pid"
-kill "$ctrd_pid"
-wait "$ctrd_pid" 2>/dev/null
+stop_pid "$ctrd_pid"
 ctrd_pid=""
 no_procs_at_all() { local p; p="$(our_pids)"; [ -z "$p" ] || { ps -o pid,args -p "$(echo $p | tr ' ' ,)"; return 1; }; }
 check "no process of this run left after containerd stopped" no_procs_at_all

@@ -32,6 +32,8 @@ dpkg_=(dpkg --root="$root" --force-script-chrootless --force-depends --log="$tmp
 
 # shellcheck source=lib/checks.sh
 . "$repo/scripts/lib/checks.sh"
+# shellcheck source=lib/stop.sh
+. "$repo/scripts/lib/stop.sh"
 
 host_view() { # what of the host this test must not change
   ls -lid /opt/cni/bin/* /usr/bin/berth /etc/cni/net.d/* /lib/systemd/system/berthd.* 2>/dev/null
@@ -40,7 +42,7 @@ host_view() { # what of the host this test must not change
 }
 cleanup() {
   set +e
-  [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
+  stop_pid "$daemon_pid"
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -160,8 +162,7 @@ check "the running berthd still executes its old (now unlinked) file" old_kept
 check "the running berthd is still healthy after the upgrade" healthy
 no_leftovers() { ! find "$root" -name '*.dpkg-*' | grep .; }
 check "no .dpkg-new/.dpkg-tmp left in the root" no_leftovers
-kill "$daemon_pid"
-wait "$daemon_pid" 2>/dev/null
+stop_pid "$daemon_pid"
 daemon_pid=""
 
 # --- remove, purge -------------------------------------------------------------------------------------

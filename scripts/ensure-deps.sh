@@ -25,8 +25,18 @@ done
 if [ "$(id -u)" = 0 ]; then
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Another apt run (a second CI job) holds dpkg's lock: wait for it rather than fail at once. And start no
+    # service while installing (etcd-server and containerd would, on a systemd host, and stay running): the
+    # tests start their own, privately. policy-rc.d is Debian's switch for that, only if none is in place.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=false
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=true
+      trap '[ "$own_policy" = true ] && rm -f "$policy"' EXIT
+    fi
+    apt-get -o DPkg::Lock::Timeout=300 update -qq
+    apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if [ "$own_policy" = true ]; then rm -f "$policy"; own_policy=false; fi
   fi
   setup="$repo/../shared/tools/setup-cni-reference.sh"
   if [ -f "$setup" ]; then

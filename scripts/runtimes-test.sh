@@ -28,6 +28,8 @@ podman_=(podman --root "$tmp/storage" --runroot "$tmp/runroot" --storage-driver 
 limits=(--ulimit "nofile=$(ulimit -Sn):$(ulimit -Hn)" --ulimit nproc=4096:4096)
 # shellcheck source=lib/checks.sh
 . "$repo/scripts/lib/checks.sh"
+# shellcheck source=lib/stop.sh
+. "$repo/scripts/lib/stop.sh"
 # shellcheck source=lib/oci-image.sh
 . "$repo/scripts/lib/oci-image.sh"
 
@@ -35,8 +37,8 @@ cleanup() {
   set +e
   "${podman_[@]}" rm -f -t 2 "$P-pod" >/dev/null 2>&1
   "${podman_[@]}" rmi -f berth.local/busybox:1 >/dev/null 2>&1
-  [ -n "$ctrd_pid" ] && kill "$ctrd_pid" 2>/dev/null && wait "$ctrd_pid" 2>/dev/null
-  [ -n "$berthd_pid" ] && kill "$berthd_pid" 2>/dev/null && wait "$berthd_pid" 2>/dev/null
+  stop_pid "$ctrd_pid"
+  stop_pid "$berthd_pid"
   for br in "${P}ct" "${P}pm"; do
     for l in $(ip -o link show master "$br" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do ip link del "$l"; done
     ip link del "$br" 2>/dev/null
@@ -102,7 +104,7 @@ served() { local a d; a="$(calls ADD)" d="$(calls DEL)"; echo "ADD ${adds0:-0}->
   [ "${a:-0}" -gt "${adds0:-0}" ] && [ "${d:-0}" -gt "${dels0:-0}" ]; }
 check "berthd ran ctr's berth-bridge ADD and DEL in-process (warm path)" served
 check "ctr's DEL released the lease" leases_gone "$P-ctr"
-kill "$ctrd_pid"; wait "$ctrd_pid" 2>/dev/null; ctrd_pid=""
+stop_pid "$ctrd_pid"; ctrd_pid=""
 
 # --- podman, CNI backend ------------------------------------------------------------------------------------
 conflist "$P-pm" "${P}pm" 245 >"$tmp/net.d/10-berth.conflist"
