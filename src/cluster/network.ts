@@ -90,6 +90,8 @@ export class ClusterNetwork {
   /** Leases counted at the last check. */
   private usedAtCheck = 0;
   private lastRecordContact = 0;
+  /** The fence the last cluster.json write carried: a change (fenced, lifted) is written at the next check. */
+  private lastRecordFence: string | undefined;
   /** The last cluster.json write asked for (settled, never rejects), and the one not started yet. */
   private recordWritten: Promise<void> = Promise.resolve();
   private recordQueued: Promise<void> | undefined;
@@ -112,6 +114,7 @@ export class ClusterNetwork {
     const rec = readClusterRecord(this.dataDir, this.name);
     if (rec !== undefined && rec.node === node.name && rec.uid === node.uid) {
       node.inheritContact(rec.lastContact);
+      if (rec.fenced !== undefined) node.inheritFence(rec.fenced);
       for (const b of rec.blocks) this.adoptLocal(b);
     }
   }
@@ -182,7 +185,7 @@ export class ClusterNetwork {
       })),
       lastContact: this.node.lastContactWall(),
       horizonSeconds: this.node.o.horizonSeconds,
-      ...(this.node.identityFence !== undefined ? { fenced: this.node.identityFence } : {}),
+      ...(this.node.recordedFence() !== undefined ? { fenced: this.node.recordedFence()! } : {}),
     };
   }
 
@@ -197,8 +200,10 @@ export class ClusterNetwork {
     const write = async (): Promise<void> => {
       this.recordQueued = undefined;
       const contact = this.node.lastContact();
-      await writeClusterRecord(this.dataDir, this.name, this.record());
+      const record = this.record();
+      await writeClusterRecord(this.dataDir, this.name, record);
       this.lastRecordContact = contact;
+      this.lastRecordFence = record.fenced;
     };
     const queued = this.recordWritten.then(write);
     this.recordQueued = queued;
@@ -744,7 +749,9 @@ export class ClusterNetwork {
       this.usedAtCheck = used;
     });
     for (const cidr of toRelease) await this.release(cidr);
-    if (this.node.lastContact() !== this.lastRecordContact) {
+    const fenceChanged = (this.node.recordedFence() === undefined) !== (this.lastRecordFence === undefined);
+    if (fenceChanged) await this.writeRecord();
+    else if (this.node.lastContact() !== this.lastRecordContact) {
       const every = Math.min(30_000, (this.node.o.horizonSeconds * 1000) / 4);
       if (this.node.lastContact() - this.lastRecordContact >= every) await this.writeRecord();
     }

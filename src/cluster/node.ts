@@ -52,6 +52,10 @@ export class ClusterNode {
   private stopped = false;
   /** Seen past the ownership horizon since the last registration (see fenceReason). */
   private pastHorizon = false;
+  /** A fence an earlier process recorded in cluster.json: held until this process has registered. */
+  private inheritedFence: string | undefined;
+  /** This process has registered at least once. */
+  private registered = false;
   /** Times the node went past its horizon: a registration begun before the latest one does not lift it. */
   private gaps = 0;
 
@@ -105,6 +109,8 @@ export class ClusterNode {
    */
   fenceReason(): string | undefined {
     if (this.identityFence !== undefined) return this.identityFence;
+    if (this.inheritedFence !== undefined)
+      return `${this.inheritedFence} (recorded before berthd restarted; it allocates again once it has registered)`;
     const age = this.lastContactAgeSeconds();
     if (age > this.o.horizonSeconds) {
       if (!this.pastHorizon) {
@@ -117,6 +123,23 @@ export class ClusterNode {
       return `node ${this.name} was cut off from etcd past its ownership horizon (${this.o.horizonSeconds} s); it allocates again once it has registered anew (its blocks may have been forgotten meanwhile)`;
     }
     return undefined;
+  }
+
+  /**
+   * An earlier process's fence, from cluster.json (forgotten, left, or cut off past the horizon): a restart
+   * does not lift it, only this process's registration does (which finds a `forgotten` tombstone again).
+   */
+  inheritFence(reason: string): void {
+    // Registered already (a network first used after the start): the registration has had its say.
+    if (!this.registered) this.inheritedFence ??= reason;
+  }
+
+  /**
+   * The fence cluster.json must carry, for berth-ipam on the files and for the next berthd: the one in force,
+   * including the sticky one after a gap past the horizon that etcd's first answers do not lift.
+   */
+  recordedFence(): string | undefined {
+    return this.identityFence ?? this.inheritedFence ?? (this.pastHorizon ? this.fenceReason() : undefined);
   }
 
   /** Registers (identity, lease, alive) and keeps the lease alive. Throws IdentityConflictError only. */
@@ -300,6 +323,8 @@ export class ClusterNode {
       throw new Error(`node ${this.name}'s identity changed while registering`);
     }
     this.identityFence = undefined;
+    this.inheritedFence = undefined;
+    this.registered = true;
     if (this.gaps === gapsAtStart) this.pastHorizon = false;
     this.lease = lease.id;
     this.o.stats.inc('berthd_cluster_lease_registrations_total', 'Times this node registered its alive key.');

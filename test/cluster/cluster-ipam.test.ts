@@ -17,6 +17,8 @@ import {
   clusterRecordPath,
   filesClusterAllocator,
   readClusterRecord,
+  recordFenceReason,
+  writeClusterRecord,
 } from '../../src/ipam/cluster-blocks';
 import { canonicalizeRangeSet } from '../../src/ipam/range-set';
 import { Allocate, Release, Status } from '../../src/ipam/daemon/protocol';
@@ -593,7 +595,7 @@ describe('release, forget, leave', () => {
     // etcd answers n1 again: its keepalive at once, its registration (a txn) only after 1.5 s, and its block
     // watch not at all, so nothing but the fence stands between n1 and its stale blocks meanwhile.
     fake.holdWatches = true;
-    fake.txnAnswerDelayMs = 1500;
+    fake.txnAnswerDelayMs = 4000;
     fake.setMode(0, 'up');
     try {
       await vi.waitFor(() => expect(a.cluster.node.lastContactAgeSeconds()).toBeLessThan(0.5), {
@@ -607,6 +609,14 @@ describe('release, forget, leave', () => {
       expect(late).toBeInstanceOf(CniError);
       expect((late as CniError).code).toBe(ErrorCode.TryAgainLater);
       expect((late as CniError).message).toMatch(/registered anew/);
+      // cluster.json, once it has the fresh contact, still says fenced: berth-ipam on the files (berthd gone
+      // in this window) and the next berthd must not allocate from the stale blocks either.
+      await vi.waitFor(
+        () =>
+          expect(Date.now() - Date.parse(readClusterRecord(a.dataDir, NET)!.lastContact)).toBeLessThan(1500),
+        { timeout: 3000, interval: 50 },
+      );
+      expect(recordFenceReason(readClusterRecord(a.dataDir, NET)!, new Date())).toMatch(/registered anew/);
     } finally {
       fake.txnAnswerDelayMs = 0;
       fake.holdWatches = false;
@@ -617,6 +627,43 @@ describe('release, forget, leave', () => {
       interval: 100,
     });
   }, 30_000);
+
+  test('a fence recorded in cluster.json holds a restarted berthd until it has registered', async () => {
+    const a = await startNode('n1');
+    await add(a, 'a-0');
+    nodes.splice(nodes.indexOf(a), 1);
+    await a.cluster.stop();
+    await a.service.drain();
+    a.service.close();
+    // The previous berthd was fenced (forgotten, say) when it stopped; its contact is fresh.
+    const rec = readClusterRecord(a.dataDir, NET)!;
+    expect(rec.blocks.length).toBeGreaterThan(0);
+    const fenced = "node n1 was forgotten (by n2 at a test) while this boot's pods may still run";
+    await writeClusterRecord(a.dataDir, NET, { ...rec, lastContact: new Date().toISOString(), fenced });
+    // etcd unreachable as the new berthd starts: it cannot register, so nothing says the fence is over.
+    fake.setMode(0, 'refuse');
+    fake.setMode(1, 'refuse');
+    const b = await startNode('n1');
+    const early = await add(b, 'b-0').then(
+      (ip) => `handed out ${ip}`,
+      (err: unknown) => err,
+    );
+    expect(early).toBeInstanceOf(CniError);
+    expect((early as CniError).code).toBe(ErrorCode.TryAgainLater);
+    expect((early as CniError).message).toMatch(/was forgotten .*recorded before berthd restarted/);
+    // etcd answers: the registration (no tombstone in this etcd) lifts it, and the record says so.
+    fake.setMode(0, 'up');
+    fake.setMode(1, 'up');
+    await vi.waitFor(() => expect(b.cluster.node.fenceReason()).toBeUndefined(), {
+      timeout: 8000,
+      interval: 100,
+    });
+    expect(await add(b, 'b-1')).toMatch(/^198\.18\./);
+    await vi.waitFor(() => expect(readClusterRecord(b.dataDir, NET)!.fenced).toBeUndefined(), {
+      timeout: 3000,
+      interval: 50,
+    });
+  }, 20_000);
 
   test('forget is refused while the node is alive and before its horizon, accepted after; leave frees all', async () => {
     const a = await startNode('n1');
