@@ -81,6 +81,9 @@ cleanup() {
     for id in $(ctr_ containers ls -q 2>/dev/null); do
       node "$repo/test/cri/cri-pods.js" --socket "$sock" --stop-only "$id" >/dev/null 2>&1
     done
+    # What the runtime did not stop: killed through containerd, since killing a shim below would leave its
+    # container's processes running (reparented), holding their namespaces.
+    for id in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks kill -a -s SIGKILL "$id" >/dev/null 2>&1; done
     stop_pid "$ctrd_pid"
   fi
   for p in $(our_pids); do kill -9 "$p" 2>/dev/null; done

@@ -47,9 +47,12 @@ br="${P}nd"
 # shellcheck source=lib/checks.sh
 . "$repo/scripts/lib/checks.sh"
 
+agent_pids=()
 cleanup() {
   set +e
   "${podman_[@]}" rm -f -t 5 "$P-agent" "$P-probe" >/dev/null 2>&1
+  # If podman failed or hung: the agent (privileged, host PID) and its conmon must not outlive the run.
+  for p in "${agent_pids[@]}"; do [ "$p" -gt 1 ] 2>/dev/null && kill -9 "$p" 2>/dev/null; done
   "${podman_[@]}" rmi -f "$tag" >/dev/null 2>&1
   ip netns del "$probe_ns" 2>/dev/null
   for l in $(ip -o link show master "$br" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do ip link del "$l"; done
@@ -170,7 +173,9 @@ args+=("--run-dir=$host/run/berth")
 agent_log="$tmp/agent.log"
 start_agent() {
   "${podman_[@]}" run -d "${limits[@]}" --name "$P-agent" --network host --pid host --privileged "${volumes[@]}" "$tag" \
-    "${args[@]}" >/dev/null
+    "${args[@]}" >/dev/null || return 1
+  # shellcheck disable=SC2207 # two pids (the previous agent's, if any, were removed before this start)
+  agent_pids=($("${podman_[@]}" inspect -f '{{.State.Pid}} {{.State.ConmonPid}}' "$P-agent" 2>/dev/null))
 }
 healthy() {
   for _ in $(seq 1 150); do

@@ -44,6 +44,9 @@ cleanup() {
     ip link del "$br" 2>/dev/null
   done
   findmnt -rn -o TARGET | grep -F "$tmp/" | sort -r | while read -r m; do umount -l "$m"; done
+  # containerd's runc keeps per-namespace state in /run/containerd/runc/<namespace>: ours is $P, and empty now.
+  rmdir "/run/containerd/runc/$P" 2>/dev/null
+  rm -f /var/lib/cni/results/"$P"-* 2>/dev/null
   rm -rf "$tmp"
 }
 trap cleanup EXIT
