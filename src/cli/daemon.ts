@@ -109,14 +109,13 @@ export function clusterSettingsOf(o: DaemonCliOptions, env: NodeJS.ProcessEnv): 
 export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /**
- * `--call-timeout` (seconds) in ms, or null when no timer can hold it: under 1 ms every call would start
- * cancelled; past MAX_TIMER_MS every call failed in AbortSignal.timeout and the shim silently ran standalone.
+ * `--call-timeout` (a duration as the other flags take: plain seconds, or with ms/s/m/h) in ms, or null when
+ * no timer can hold it: under 1 ms every call would start cancelled; past MAX_TIMER_MS every call failed in
+ * AbortSignal.timeout and the shim silently ran standalone.
  */
-export function callDeadlineMs(seconds: string): number | null {
-  const s = Number(seconds);
-  if (seconds.trim() === '' || !Number.isFinite(s)) return null;
-  const ms = Math.round(s * 1000);
-  return ms >= 1 && ms <= MAX_TIMER_MS ? ms : null;
+export function callDeadlineMs(text: string): number | null {
+  const ms = parseDuration(text);
+  return ms !== undefined && ms >= 1 && ms <= MAX_TIMER_MS ? ms : null;
 }
 
 export async function runDaemonCommand(o: DaemonCliOptions, err: (s: string) => void): Promise<number> {
@@ -177,7 +176,7 @@ export async function runDaemonCommand(o: DaemonCliOptions, err: (s: string) => 
   const deadlineMs = o.callTimeout === undefined ? undefined : callDeadlineMs(o.callTimeout);
   if (deadlineMs === null) {
     err(
-      `berth daemon: --call-timeout wants seconds from 0.001 to ${MAX_TIMER_MS / 1000}, got ${o.callTimeout}\n`,
+      `berth daemon: --call-timeout wants a duration from 1ms to ${MAX_TIMER_MS / 1000}s (plain seconds, or with ms, s, m or h), got ${o.callTimeout}\n`,
     );
     return 2;
   }

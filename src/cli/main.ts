@@ -319,8 +319,8 @@ function daemonOptions(cmd: Command): Command {
       "berth-bridge's nftables table for plugin calls (default $BERTH_NFT_TABLE or berth)",
     )
     .option(
-      '--call-timeout <seconds>',
-      'deadline of one plugin call; delegates are killed then (default 120)',
+      '--call-timeout <duration>',
+      'deadline of one plugin call; delegates are killed then (default 120s)',
     )
     .option('--no-plugins', 'do not serve plugin calls (/v1/cni answers 421: the shim runs them standalone)');
 }

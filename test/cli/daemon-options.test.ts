@@ -8,11 +8,15 @@ describe('--call-timeout', () => {
     expect(callDeadlineMs('0.25')).toBe(250);
     expect(callDeadlineMs('0.001')).toBe(1);
     expect(callDeadlineMs(String(MAX_TIMER_MS / 1000))).toBe(MAX_TIMER_MS);
+    // The duration syntax of the other daemon flags.
+    expect(callDeadlineMs('2m')).toBe(120_000);
+    expect(callDeadlineMs('500ms')).toBe(500);
+    expect(callDeadlineMs('90s')).toBe(90_000);
   });
 
   test('refused: what no timer can hold, and what is no number', () => {
     // 0.0004 s rounds to 0 ms: every call would start cancelled.
-    for (const bad of ['0', '-1', '0.0004', '5e6', 'Infinity', 'NaN', '', ' ', '2m'])
+    for (const bad of ['0', '-1', '0.0004', '5e6', 'Infinity', 'NaN', '', ' ', '2 m', '1d', '0ms', '600h'])
       expect(callDeadlineMs(bad), bad).toBeNull();
   });
 
