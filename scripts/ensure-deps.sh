@@ -25,13 +25,16 @@ done
 if [ "$(id -u)" = 0 ]; then
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
-    # Another apt run (a second CI job) holds dpkg's lock: wait for it rather than fail at once. And start no
-    # service while installing (etcd-server and containerd would, on a systemd host, and stay running): the
-    # tests start their own, privately. policy-rc.d is Debian's switch for that, only if none is in place.
+    # Another apt run (a second CI job) holds dpkg's lock: wait for it rather than fail at once. And do not
+    # start etcd or containerd while installing them (on a systemd host they would, and stay running): the
+    # tests start their own, privately. policy-rc.d is Debian's switch for that; ours refuses only those two
+    # and carries a marker, so one a killed run left behind is known as ours and replaced, then removed.
     policy=/usr/sbin/policy-rc.d
+    marker='# berth ensure-deps'
     own_policy=false
-    if [ ! -e "$policy" ]; then
-      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=true
+    if [ ! -e "$policy" ] || grep -qxF "$marker" "$policy"; then
+      printf '#!/bin/sh\n%s\ncase "$1" in etcd | etcd.service | containerd | containerd.service) exit 101 ;; esac\nexit 0\n' \
+        "$marker" >"$policy" && chmod 755 "$policy" && own_policy=true
       trap '[ "$own_policy" = true ] && rm -f "$policy"' EXIT
     fi
     apt-get -o DPkg::Lock::Timeout=300 update -qq

@@ -228,7 +228,7 @@ check "the agent's berthd handed out the $((seq_pods + par_pods)) pod addresses 
 
 # --- SIGTERM: plugins stay ---------------------------------------------------------------------------------
 stop_agent() {
-  "${podman_[@]}" stop -t 20 "$P-agent" >/dev/null || return 1
+  "${podman_[@]}" stop -t 20 "$P-agent" >/dev/null && agent_pids=() || return 1
   local code
   code="$("${podman_[@]}" inspect "$P-agent" --format '{{.State.ExitCode}}')"
   echo "exit code $code"
@@ -245,12 +245,13 @@ still_answers() {
 }
 check "the installed berth-bridge still answers with no berthd (the shim runs berth standalone)" still_answers
 restart_unchanged() {
-  "${podman_[@]}" rm "$P-agent" >/dev/null && start_agent && healthy >/dev/null || return 1
+  "${podman_[@]}" rm "$P-agent" >/dev/null && agent_pids=() && start_agent && healthy >/dev/null || return 1
   "${podman_[@]}" logs "$P-agent" 2>&1 | grep 'node-agent:'
   [ "$("${podman_[@]}" logs "$P-agent" 2>&1 | grep -c 'node-agent: unchanged')" = 4 ]
 }
 check "a second start finds every file in place and changes none" restart_unchanged
-"${podman_[@]}" stop -t 20 "$P-agent" >/dev/null 2>&1
+# Stopped: its pids are no longer ours to kill (they may be anyone's by the cleanup).
+"${podman_[@]}" stop -t 20 "$P-agent" >/dev/null 2>&1 && agent_pids=()
 
 # --- the probes' route over TCP, in a network namespace of ours ---------------------------------------------
 mkdir -p "$tmp/probe/run"

@@ -53,22 +53,24 @@ fi
 # The root projects run in a private network namespace, and a private mount namespace so that /sys shows that
 # namespace's links: whatever subnets and names they use, they cannot meet another run's on this shared
 # machine or the host's own networking, and what a killed run leaves behind goes with the namespace.
+# The cgroup tree under /sys is kept (moved aside and back over the new sysfs): runc and podman need it.
 in_private_netns() {
-  unshare --net --mount --propagation private -- \
-    bash -c 'mount -t sysfs sysfs /sys && ip link set lo up && exec "$@"' in_private_netns "$@"
+  unshare --net --mount --propagation private -- bash -c '
+    c="$(mktemp -d)" && mount --rbind /sys/fs/cgroup "$c" && mount -t sysfs sysfs /sys &&
+      mount --move "$c" /sys/fs/cgroup && rmdir "$c" && ip link set lo up && exec "$@"' in_private_netns "$@"
 }
 for run in "${runs[@]}"; do
   read -r project args <<<"$run"
   report="$reports/$project.json"
   # shellcheck disable=SC2086
   case "$project" in
-    unit) timeout -k 30 1800 npx vitest run $args --reporter=default --reporter=json --outputFile="$report" ;;
+    unit) timeout --foreground -k 30 1800 npx vitest run $args --reporter=default --reporter=json --outputFile="$report" ;;
     root)
-      in_private_netns timeout -k 30 1800 \
+      in_private_netns timeout --foreground -k 30 1800 \
         npx vitest run $args --reporter=default --reporter=json --outputFile="$report"
       ;;
     root-warm)
-      in_private_netns env BERTH_TEST_MODE=warm timeout -k 30 1800 \
+      in_private_netns env BERTH_TEST_MODE=warm timeout --foreground -k 30 1800 \
         npx vitest run $args --reporter=default --reporter=json --outputFile="$report"
       ;;
   esac
@@ -89,13 +91,15 @@ shopt -s nullglob
 for script in scripts/*-test.sh; do
   if [ "$(id -u)" != 0 ]; then
     echo "test.sh: not root: skipping $script" >&2
+    skipped+=("$script")
     continue
   fi
   echo "test.sh: running $script" >&2
   # Each script in a namespace of its own, as the vitest root projects: its bridges, routes, nft tables and
   # sysctls meet no other run's on this shared machine, whatever names and subnets it picks. The timeout
-  # (TERM, the script's trap cleans up; KILL 30 s later) keeps one hang from eating CI's whole budget.
-  in_private_netns timeout -k 30 900 bash "$script"
+  # (TERM, the script's trap cleans up; KILL 30 s later) keeps one hang from eating CI's whole budget;
+  # --foreground keeps it in our process group, so Ctrl-C or a cancelled job still reaches the script.
+  in_private_netns timeout --foreground -k 30 900 bash "$script"
   rc=$?
   if [ "$rc" -eq 0 ]; then
     passed=$((passed + 1))

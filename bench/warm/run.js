@@ -88,10 +88,6 @@ const refData = join(work, 'host-local');
 const runDir = join(work, 'run');
 const table = `${prefix}t`;
 for (const d of [netconf, refData, runDir]) fs.mkdirSync(d, { recursive: true });
-// berth's run dir is /run/berth, tmpfs on a node; on this VM /run and /tmp are the root filesystem, whose
-// journal the lease files' syncfs rounds hold: a run dir there makes berthd's main thread wait in unlink and
-// open for another call's journal commit, which no node pays.
-sh('mount', ['-t', 'tmpfs', '-o', 'mode=0700,size=16m', `${prefix}-run`, runDir]);
 
 /**
  * The four networks: per ipMasq setting (m = 0 off, 1 on) one for the reference and one for berth, each on
@@ -362,6 +358,10 @@ function report({ results, rss, life, counts, loadBefore, loadAfter }) {
 async function main() {
   const forward = sh('sysctl', ['-n', 'net.ipv4.ip_forward']).trim();
   const tablesBefore = nftTables();
+  // berth's run dir is /run/berth, tmpfs on a node; on this VM /run and /tmp are the root filesystem, whose
+  // journal the lease files' syncfs rounds hold: a run dir there makes berthd's main thread wait in unlink
+  // and open for another call's journal commit, which no node pays. (Unmounted in the finally below.)
+  sh('mount', ['-t', 'tmpfs', '-o', 'mode=0700,size=16m', `${prefix}-run`, runDir]);
   let nets = [];
   try {
     const daemonArgs = ['--run-dir', runDir, '--nft-table', table];
@@ -429,7 +429,7 @@ async function main() {
     trySh('nft', ['delete', 'table', 'inet', table]);
     removeNewEmptyNftTables(tablesBefore);
     trySh('sysctl', ['-qw', `net.ipv4.ip_forward=${forward}`]);
-    trySh('umount', [runDir]);
+    trySh('umount', ['-l', runDir]);
     fs.rmSync(work, { recursive: true, force: true });
   }
 }

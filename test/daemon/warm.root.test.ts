@@ -291,11 +291,15 @@ describe('a real berthd on /v1/cni', () => {
     // The network's lock held by another process: berthd reads the whole call, then waits in the ADD, so the
     // caller surely leaves in its middle (not before berthd has the request).
     mkdirSync(join(fx.runDir, 'bridge'), { recursive: true });
-    const holder = spawn('flock', ['-o', networkLockFile(fx.runDir, c.name as string), 'sleep', '30'], {
-      stdio: 'ignore',
-    });
+    const lockFile = networkLockFile(fx.runDir, c.name as string);
+    // Its own process group, so that its sleep goes with it.
+    const holder = spawn('flock', ['-o', lockFile, 'sleep', '30'], { stdio: 'ignore', detached: true });
     try {
-      await new Promise((r) => setTimeout(r, 200));
+      // Held before the call is sent: a second flock cannot take it.
+      await vi.waitFor(() => expect(trySh('flock', ['-n', lockFile, 'true'])).toBeUndefined(), {
+        timeout: 5000,
+        interval: 20,
+      });
       const reply = postCni(
         d.socket,
         { plugin: 'berth-bridge', env: callEnv('ADD', id, ns.path), stdin: JSON.stringify(c) },
@@ -303,7 +307,7 @@ describe('a real berthd on /v1/cni', () => {
       ).catch((e: unknown) => e);
       expect(await reply).toBeInstanceOf(Error);
     } finally {
-      holder.kill('SIGKILL');
+      process.kill(-holder.pid!, 'SIGKILL');
     }
     // berthd finishes the ADD, then deletes it, in the attachment's order.
     const deadline = Date.now() + 20_000;
