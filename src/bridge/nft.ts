@@ -69,12 +69,15 @@ export async function removeAndMaybeDropTable(opts: {
     await nft.apply(first.cmds);
     // Two networks removing their last entries at once each saw the other's objects in the table, and
     // neither deleted it: whoever finds it empty now does (under the tables lock, as setup takes it).
+    // Best effort: the removal is done; an empty table left by a failure here goes with a later removal.
     if (first.networkGone)
-      await opts.tablesLock(async () => {
-        const now = await nft.listTable(family, table);
-        if (now !== undefined && emptyButFor(now, opts.baseChain, () => false))
-          await nft.apply([{ delete: { table: { family, name: table } } }]);
-      });
+      await opts
+        .tablesLock(async () => {
+          const now = await nft.listTable(family, table);
+          if (now !== undefined && emptyButFor(now, opts.baseChain, () => false))
+            await nft.apply([{ delete: { table: { family, name: table } } }]);
+        })
+        .catch(() => undefined);
     return first.tags;
   }
   return opts.tablesLock(async () => {
