@@ -54,10 +54,14 @@ fi
 # namespace's links: whatever subnets and names they use, they cannot meet another run's on this shared
 # machine or the host's own networking, and what a killed run leaves behind goes with the namespace.
 # The cgroup tree under /sys is kept (moved aside and back over the new sysfs): runc and podman need it.
+# Then every mount is made shared again, among this namespace's own peers only (nothing reaches the host's):
+# as on a host, a container started with a slave mount of /run/netns sees the netns files made after it
+# (node-image-test's agent, containerd's pods).
 in_private_netns() {
   unshare --net --mount --propagation private -- bash -c '
     c="$(mktemp -d)" && mount --rbind /sys/fs/cgroup "$c" && mount -t sysfs sysfs /sys &&
-      mount --move "$c" /sys/fs/cgroup && rmdir "$c" && ip link set lo up && exec "$@"' in_private_netns "$@"
+      mount --move "$c" /sys/fs/cgroup && rmdir "$c" && mount --make-rshared / &&
+      ip link set lo up && exec "$@"' in_private_netns "$@"
 }
 for run in "${runs[@]}"; do
   read -r project args <<<"$run"
