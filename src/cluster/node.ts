@@ -56,6 +56,8 @@ export class ClusterNode {
   private inheritedFence: string | undefined;
   /** This process has registered at least once. */
   private registered = false;
+  /** The identity and start of the current alive key (registration), to publish a late underlay in it. */
+  private aliveAs: { identityText: string; since: string } | undefined;
   /** Times the node went past its horizon: a registration begun before the latest one does not lift it. */
   private gaps = 0;
 
@@ -216,6 +218,42 @@ export class ClusterNode {
     return this.registering;
   }
 
+  private aliveValue(since: string): AliveValue {
+    return {
+      uid: this.uid,
+      bootId: this.o.bootId,
+      pid: process.pid,
+      version: this.o.version,
+      since,
+      ...(this.o.underlay?.underlay !== undefined ? { underlay: this.o.underlay.underlay } : {}),
+      ...(this.o.underlay?.underlay6 !== undefined ? { underlay6: this.o.underlay.underlay6 } : {}),
+    };
+  }
+
+  /**
+   * An underlay found after the start (the node's network was not up yet): published in the alive key at
+   * once, under the current lease while the identity is still ours; without a lease, the next registration
+   * carries it. Other nodes then route this node's blocks.
+   */
+  async publishUnderlay(underlay: Underlay): Promise<void> {
+    this.o.underlay = underlay;
+    const lease = this.lease;
+    const as = this.aliveAs;
+    if (lease === undefined || as === undefined) return;
+    const { keys } = this.o;
+    const r = await this.o.etcd.txn(
+      {
+        compare: [{ key: keys.identity(this.name), target: 'VALUE', value: as.identityText }],
+        success: [
+          { put: { key: keys.alive(this.name), value: JSON.stringify(this.aliveValue(as.since)), lease } },
+        ],
+        failure: [],
+      },
+      'register',
+    );
+    if (!r.succeeded) throw new Error(`node ${this.name}'s identity changed: underlay not published`);
+  }
+
   private identityValue(): IdentityValue {
     return {
       uid: this.uid,
@@ -298,15 +336,8 @@ export class ClusterNode {
       throw new Error(`could not register node ${this.name} (identity kept changing)`);
     // 2. alive under a new lease, only while the identity is still ours.
     const lease = await etcd.leaseGrant(this.o.ttlSeconds);
-    const alive: AliveValue = {
-      uid: this.uid,
-      bootId: this.o.bootId,
-      pid: process.pid,
-      version: this.o.version,
-      since: this.wallClock().toISOString(),
-      ...(this.o.underlay?.underlay !== undefined ? { underlay: this.o.underlay.underlay } : {}),
-      ...(this.o.underlay?.underlay6 !== undefined ? { underlay6: this.o.underlay.underlay6 } : {}),
-    };
+    const since = this.wallClock().toISOString();
+    const alive = this.aliveValue(since);
     const r = await etcd.txn(
       {
         compare: [{ key: idKey, target: 'VALUE', value: identityText }],
@@ -327,6 +358,7 @@ export class ClusterNode {
     this.registered = true;
     if (this.gaps === gapsAtStart) this.pastHorizon = false;
     this.lease = lease.id;
+    this.aliveAs = { identityText, since };
     this.o.stats.inc('berthd_cluster_lease_registrations_total', 'Times this node registered its alive key.');
     this.o.log.log('info', 'cluster: node registered', { node: this.name, lease: lease.id });
     return lease.id;

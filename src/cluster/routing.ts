@@ -81,10 +81,9 @@ export async function resolveUnderlay(o: {
   if (o.flags !== undefined && o.flags.length > 0) return underlayFromFlags(o.flags);
   const first = o.endpoints[0];
   if (first === undefined) return {};
-  const nl = openNetlink();
   try {
-    const found = await detectUnderlay(first, nl);
-    const got = [found.underlay, found.underlay6].filter(Boolean).join(', ');
+    const found = await detectUnderlayTowards(first);
+    const got = underlayText(found);
     o.log(
       got !== ''
         ? `routes: underlay detected: ${got}`
@@ -98,7 +97,62 @@ export async function resolveUnderlay(o: {
       'warn',
     );
     return {};
+  }
+}
+
+/** Detects the underlay towards `endpoint` on a netlink socket of its own. */
+export async function detectUnderlayTowards(endpoint: string): Promise<Underlay> {
+  const nl = openNetlink();
+  try {
+    return await detectUnderlay(endpoint, nl);
   } finally {
     nl.close();
   }
+}
+
+function underlayText(u: Underlay): string {
+  return [u.underlay, u.underlay6].filter(Boolean).join(', ');
+}
+
+/**
+ * When the start found no underlay (the node's network not up yet: DHCP, a late interface), detection runs
+ * again every `everyMs` until one is found, and `publish` puts it in this node's alive key; otherwise the
+ * other nodes would hold this node's blocks unrouted until berthd restarted. Returns the stop.
+ */
+export function retryUnderlayDetection(o: {
+  detect: () => Promise<Underlay>;
+  publish: (u: Underlay) => Promise<void>;
+  log: (line: string, level?: 'info' | 'warn') => void;
+  everyMs?: number;
+}): () => void {
+  let stopped = false;
+  let timer: NodeJS.Timeout | undefined;
+  const attempt = async (): Promise<void> => {
+    let found: Underlay = {};
+    try {
+      found = await o.detect();
+    } catch {
+      // not yet: the next attempt tells
+    }
+    if (stopped) return;
+    if (underlayText(found) !== '') {
+      try {
+        await o.publish(found);
+        o.log(`routes: underlay detected after the start: ${underlayText(found)}; published`);
+        return;
+      } catch (err) {
+        o.log(`routes: could not publish the underlay (${(err as Error).message}); trying again`, 'warn');
+      }
+    }
+    if (!stopped) schedule();
+  };
+  const schedule = (): void => {
+    timer = setTimeout(() => void attempt(), o.everyMs ?? 5000);
+    timer.unref();
+  };
+  schedule();
+  return () => {
+    stopped = true;
+    if (timer !== undefined) clearTimeout(timer);
+  };
 }

@@ -166,6 +166,22 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
     // Refuses to start when the node name belongs to another machine; an unreachable etcd only delays it.
     await cluster.start();
   }
+  // No underlay found at the start and none given: look again until the node's network is up.
+  const firstEndpoint = o.cluster?.etcd.endpoints[0];
+  const stopUnderlayRetry =
+    cluster !== undefined &&
+    routingModule !== undefined &&
+    firstEndpoint !== undefined &&
+    o.cluster?.underlay === undefined &&
+    (o.underlayAddresses ?? []).length === 0 &&
+    underlay?.underlay === undefined &&
+    underlay?.underlay6 === undefined
+      ? routingModule.retryUnderlayDetection({
+          detect: () => routingModule.detectUnderlayTowards(firstEndpoint),
+          publish: (u) => cluster.node.publishUnderlay(u),
+          log: routeLog,
+        })
+      : undefined;
   // Routes to the other nodes' blocks (issue 15): follows the block map in etcd.
   const routing =
     cluster !== undefined && routingModule !== undefined && o.cluster !== undefined
@@ -282,6 +298,7 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
   clearInterval(sweeper);
   await server.shutdown({ keepListening: !ownSocket });
   metricsServer?.close();
+  stopUnderlayRetry?.();
   // Routes stay in the kernel: pods keep their traffic while berthd is down.
   await routing?.close();
   await cluster?.stop();

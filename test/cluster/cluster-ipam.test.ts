@@ -665,6 +665,19 @@ describe('release, forget, leave', () => {
     });
   }, 20_000);
 
+  test('an underlay found after the start is published in the alive key, under the same lease', async () => {
+    const a = await startNode('n1');
+    const key = '/berth/v1/nodes/n1/alive';
+    const before = fake.get(key)!;
+    expect(JSON.parse(before.value)).not.toHaveProperty('underlay');
+    await a.cluster.node.publishUnderlay({ underlay: '198.18.9.1', underlay6: 'fd00:9::1' });
+    const after = fake.get(key)!;
+    expect(JSON.parse(after.value)).toMatchObject({ underlay: '198.18.9.1', underlay6: 'fd00:9::1' });
+    // Same lease and registration: the node did not flap to absent and back.
+    expect(after.lease).toBe(before.lease);
+    expect(JSON.parse(after.value).since).toBe(JSON.parse(before.value).since);
+  });
+
   test('forget is refused while the node is alive and before its horizon, accepted after; leave frees all', async () => {
     const a = await startNode('n1');
     const b = await startNode('n2', { horizonSeconds: 1 });
