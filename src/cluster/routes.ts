@@ -45,7 +45,7 @@ export interface HeldBlock {
   dst: string;
   node: string;
   network: string;
-  reason: 'underlay unknown' | 'no underlay of this family';
+  reason: 'underlay unknown' | 'no underlay of this family' | 'underlay shared with another node';
 }
 
 export interface DesiredRoutes {
@@ -77,6 +77,16 @@ export function desiredRoutes(
 ): DesiredRoutes {
   const underlayOf = new Map<string, readonly string[]>(lastKnown);
   for (const n of view.alive) underlayOf.set(n.node, n.underlay);
+  // An address two nodes publish (a copied --underlay-address, a cloned machine) cannot tell which node a
+  // packet is for: neither node's blocks are routed through it, rather than half of them to the wrong node.
+  const nodesAt = new Map<string, Set<string>>();
+  for (const [node, addrs] of underlayOf)
+    for (const a of addrs) {
+      const ip = parseIp(a);
+      if (ip === undefined) continue;
+      const key = formatIp(ip);
+      nodesAt.set(key, (nodesAt.get(key) ?? new Set()).add(node));
+    }
   const routes: DesiredRoute[] = [];
   const held: HeldBlock[] = [];
   const seen = new Set<string>();
@@ -97,7 +107,12 @@ export function desiredRoutes(
       held.push({ dst, node: b.node, network: b.network, reason: 'no underlay of this family' });
       continue;
     }
-    routes.push({ dst, via: formatIp(parseIp(via)!), node: b.node, network: b.network });
+    const viaIp = formatIp(parseIp(via)!);
+    if ((nodesAt.get(viaIp)?.size ?? 0) > 1) {
+      held.push({ dst, node: b.node, network: b.network, reason: 'underlay shared with another node' });
+      continue;
+    }
+    routes.push({ dst, via: viaIp, node: b.node, network: b.network });
   }
   routes.sort((a, b) => (a.dst < b.dst ? -1 : a.dst > b.dst ? 1 : 0));
   return { routes, held };

@@ -51,6 +51,39 @@ describe('desiredRoutes', () => {
     ]);
   });
 
+  it('holds the blocks of nodes that publish the same underlay address, this node included', () => {
+    const shared: ClusterView = {
+      blocks: [...view.blocks, { network: 'pods', cidr: '198.19.0.192/26', node: 'n4' }],
+      alive: [
+        ...view.alive,
+        // n4 copied n2's IPv4 address (written another way); n3's IPv6 one is its own.
+        { node: 'n4', underlay: ['::ffff:198.18.0.12'] },
+      ],
+    };
+    const d = desiredRoutes(shared, 'n1');
+    const why = 'underlay shared with another node';
+    expect(d.held).toEqual([
+      { dst: '198.19.0.64/26', node: 'n2', network: 'pods', reason: why },
+      { dst: '198.19.0.192/26', node: 'n4', network: 'pods', reason: why },
+    ]);
+    // n2's IPv6 block goes via its own IPv6 address; n3 is unaffected.
+    expect(d.routes.map((r) => `${r.dst} ${r.via}`)).toEqual([
+      '198.19.0.128/26 fd00:ff::13',
+      'fd00:b::1c0/122 fd00:ff::12',
+      'fd00:b::200/122 fd00:ff::13',
+    ]);
+    // A node that publishes this node's own address: its blocks are held too.
+    const mine = desiredRoutes(
+      {
+        blocks: view.blocks,
+        alive: [...view.alive.filter((n) => n.node !== 'n3'), { node: 'n3', underlay: ['198.18.0.11'] }],
+      },
+      'n1',
+    );
+    expect(mine.held).toContainEqual({ dst: '198.19.0.128/26', node: 'n3', network: 'pods', reason: why });
+    expect(mine.routes.filter((r) => r.node === 'n3')).toEqual([]);
+  });
+
   it('keeps the routes of a node whose lease lapsed via the last underlay seen; holds unknown ones', () => {
     const lapsed = { blocks: view.blocks, alive: view.alive.filter((n) => n.node !== 'n2') };
     const withMemory = desiredRoutes(lapsed, 'n1', new Map([['n2', ['198.18.0.12', 'fd00:ff::12']]]));
