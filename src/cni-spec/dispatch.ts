@@ -54,7 +54,9 @@ export async function dispatch(io: PluginIo, handlers: PluginHandlers, about: Pl
   let cniVersion: string | undefined;
   try {
     if (rawCommand === '') {
+      // Someone ran the program by hand: say what it is and exit 0, as skel's plugins do (nothing on stdout).
       io.stderr(`${about.name}: a CNI plugin; CNI spec versions ${SUPPORTED_VERSIONS.join(', ')}\n`);
+      return 0;
     }
     const command: Command = parseCommand(io.env);
     if (command === 'VERSION') {

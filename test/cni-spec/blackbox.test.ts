@@ -63,12 +63,23 @@ describe('VERSION', () => {
     expect(r.status).toBe(0);
     expect(r.stdout).toBe(`{"cniVersion":"1.1.0","supportedVersions":${SUPPORTED}}\n`);
   });
+
+  it.each(['berth-bridge', 'berth-ipam'])(
+    '%s run by hand (no CNI_COMMAND) says what it is on stderr and exits 0, as the reference plugins do',
+    (bin) => {
+      const r = runPlugin(bin, { CNI_COMMAND: undefined }, GOOD);
+      expect(r.status).toBe(0);
+      expect(r.stdout).toBe('');
+      expect(r.stderr).toMatch(
+        new RegExp(`^${bin}: a CNI plugin; CNI spec versions 0\\.1\\.0, .*1\\.1\\.0\\n$`),
+      );
+    },
+  );
 });
 
 // [label, environment changes, stdin, expected code]
 const BAD_INPUTS: Array<[string, Record<string, string | undefined>, string, number]> = [
   ['unknown command', { CNI_COMMAND: 'FROB' }, GOOD, 4],
-  ['no CNI_COMMAND', { CNI_COMMAND: undefined }, GOOD, 4],
   ['ADD without CNI_CONTAINERID', { CNI_CONTAINERID: undefined }, GOOD, 4],
   ['ADD without CNI_NETNS', { CNI_NETNS: undefined }, GOOD, 4],
   ['ADD without CNI_IFNAME', { CNI_IFNAME: undefined }, GOOD, 4],
