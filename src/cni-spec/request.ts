@@ -268,8 +268,9 @@ export function parseNetConf(stdin: string, command: RequestCommand): NetConf {
       'error decoding network config from stdin: expected a JSON object',
     );
   }
-  const cniVersion = value.cniVersion;
-  if (cniVersion === undefined) throw invalidConfig('network config has no cniVersion');
+  // No cniVersion (or an empty one) is 0.1.0, the version before the field existed: as skel's plugins read
+  // it (a runtime that passes an old .conf as it is gets the same answer as from the reference plugins).
+  const cniVersion = value.cniVersion === undefined || value.cniVersion === '' ? '0.1.0' : value.cniVersion;
   if (typeof cniVersion !== 'string' || !isVersionString(cniVersion)) {
     throw invalidConfig(
       `invalid cniVersion ${JSON.stringify(cniVersion)}: expected a version such as "1.1.0"`,

@@ -103,7 +103,12 @@ const BAD_INPUTS: Array<[string, Record<string, string | undefined>, string, num
   ['name empty', {}, conf({ name: '' }), 7],
   ['name "../x"', {}, conf({ name: '../x' }), 7],
   ['name "a/b"', {}, conf({ name: 'a/b' }), 7],
-  ['cniVersion missing', {}, conf({ cniVersion: undefined }), 7],
+  [
+    'CHECK with cniVersion missing (0.1.0, as skel reads it)',
+    { CNI_COMMAND: 'CHECK' },
+    conf({ cniVersion: undefined }),
+    1,
+  ],
   ['cniVersion not a version', {}, conf({ cniVersion: 'one' }), 7],
   ['cniVersion unsupported', {}, conf({ cniVersion: '9.0.0' }), 1],
   ['CHECK on 0.3.1', { CNI_COMMAND: 'CHECK' }, conf({ cniVersion: '0.3.1' }), 1],

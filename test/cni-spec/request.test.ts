@@ -232,9 +232,14 @@ describe('stdin configuration', () => {
   });
 
   it.each([
-    ['missing', undefined, ErrorCode.InvalidNetworkConfig],
+    ['missing', undefined],
+    ['empty', ''],
+  ])('cniVersion %s is 0.1.0, as skel reads it', (_label, cniVersion) => {
+    expect(parseRequest(withConf({ cniVersion })).cniVersion).toBe('0.1.0');
+  });
+
+  it.each([
     ['a number', 1.1, ErrorCode.InvalidNetworkConfig],
-    ['empty', '', ErrorCode.InvalidNetworkConfig],
     ['not a version', 'latest', ErrorCode.InvalidNetworkConfig],
     ['two parts', '1.1', ErrorCode.InvalidNetworkConfig],
     ['a pre-release', '1.1.0-rc1', ErrorCode.InvalidNetworkConfig],
