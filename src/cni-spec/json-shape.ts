@@ -32,14 +32,17 @@ export function expectObject(v: unknown, ctx: ShapeContext): JsonObject {
   return v;
 }
 
+// In the optional readers, null is absent: Go's decoder leaves a field at its zero value for a JSON null, so
+// a result a plugin in another language writes with "dns": null reads as the reference plugins read it.
+
 export function optionalObject(o: JsonObject, key: string, ctx: ShapeContext): JsonObject | undefined {
   const v = o[key];
-  return v === undefined ? undefined : expectObject(v, at(ctx, key));
+  return v === undefined || v === null ? undefined : expectObject(v, at(ctx, key));
 }
 
 export function optionalString(o: JsonObject, key: string, ctx: ShapeContext): string | undefined {
   const v = o[key];
-  if (v === undefined) return undefined;
+  if (v === undefined || v === null) return undefined;
   if (typeof v !== 'string') throw shapeError(at(ctx, key), 'a string', v);
   return v;
 }
@@ -53,7 +56,7 @@ export function requiredString(o: JsonObject, key: string, ctx: ShapeContext): s
 /** A non-negative integer (indices, MTUs, table ids). */
 export function optionalUint(o: JsonObject, key: string, ctx: ShapeContext): number | undefined {
   const v = o[key];
-  if (v === undefined) return undefined;
+  if (v === undefined || v === null) return undefined;
   if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) {
     throw shapeError(at(ctx, key), 'a non-negative integer', v);
   }
@@ -62,7 +65,7 @@ export function optionalUint(o: JsonObject, key: string, ctx: ShapeContext): num
 
 export function optionalArray(o: JsonObject, key: string, ctx: ShapeContext): unknown[] | undefined {
   const v = o[key];
-  if (v === undefined) return undefined;
+  if (v === undefined || v === null) return undefined;
   if (!Array.isArray(v)) throw shapeError(at(ctx, key), 'an array', v);
   return v;
 }

@@ -194,6 +194,30 @@ describe('parseResult details', () => {
     expect(r).toEqual({ cniVersion: '1.1.0', interfaces: [{ name: 'eth0' }] });
   });
 
+  it('reads null as absent, as Go does (a plugin in another language may write it)', () => {
+    const r = parseResult(
+      {
+        cniVersion: '1.1.0',
+        interfaces: [{ name: 'eth0', mac: null, sandbox: null, mtu: null }],
+        ips: [{ address: '198.18.0.5/24', gateway: null, interface: null }],
+        routes: null,
+        dns: { nameservers: null, domain: null },
+      },
+      '1.1.0',
+    );
+    expect(r).toEqual({
+      cniVersion: '1.1.0',
+      interfaces: [{ name: 'eth0' }],
+      ips: [{ address: '198.18.0.5/24' }],
+    });
+    expect(
+      parseResult(
+        { cniVersion: '0.2.0', ip4: { ip: '198.18.0.5/24', gateway: null, routes: null }, ip6: null },
+        '0.2.0',
+      ),
+    ).toEqual({ cniVersion: '1.1.0', ips: [{ address: '198.18.0.5/24' }] });
+  });
+
   it.each([
     ['not JSON', '{"cniVersion":', ErrorCode.DecodingFailure, /not valid JSON/],
     ['an array', '[]', ErrorCode.DecodingFailure, /expected an object/],
