@@ -232,14 +232,18 @@ export class ClusterNode {
 
   /**
    * An underlay found after the start (the node's network was not up yet): published in the alive key at
-   * once, under the current lease while the identity is still ours; without a lease, the next registration
-   * carries it. Other nodes then route this node's blocks.
+   * once, under the current lease while the identity is still ours (true); without a lease, the next
+   * registration carries it (false). Other nodes then route this node's blocks. A node that left or was
+   * forgotten publishes nothing (false).
    */
-  async publishUnderlay(underlay: Underlay): Promise<void> {
+  async publishUnderlay(underlay: Underlay): Promise<boolean> {
     this.o.underlay = underlay;
+    // A registration on its way built its alive value before this: let it land, then publish over it.
+    if (this.registering !== undefined) await this.registering.catch(() => undefined);
     const lease = this.lease;
     const as = this.aliveAs;
-    if (lease === undefined || as === undefined) return;
+    if (this.stopped || this.identityFence !== undefined || lease === undefined || as === undefined)
+      return false;
     const { keys } = this.o;
     const r = await this.o.etcd.txn(
       {
@@ -252,6 +256,7 @@ export class ClusterNode {
       'register',
     );
     if (!r.succeeded) throw new Error(`node ${this.name}'s identity changed: underlay not published`);
+    return true;
   }
 
   private identityValue(): IdentityValue {

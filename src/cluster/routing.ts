@@ -115,18 +115,27 @@ function underlayText(u: Underlay): string {
 }
 
 /**
- * When the start found no underlay (the node's network not up yet: DHCP, a late interface), detection runs
- * again every `everyMs` until one is found, and `publish` puts it in this node's alive key; otherwise the
- * other nodes would hold this node's blocks unrouted until berthd restarted. Returns the stop.
+ * When the start found no underlay of a family (the node's network not up yet: DHCP, a late interface, an
+ * IPv6 address still in DAD), detection runs again, every `everyMs` at first and backing off to `maxEveryMs`,
+ * and each time it finds a family more, `publish` puts the addresses in this node's alive key (true: now;
+ * false: with the next registration, or not at all for a node that left). Otherwise the other nodes would hold
+ * this node's blocks of that family unrouted until berthd restarted. Ends once both families are known.
+ * Returns the stop.
  */
 export function retryUnderlayDetection(o: {
+  /** What the node publishes already. */
+  have: Underlay;
   detect: () => Promise<Underlay>;
-  publish: (u: Underlay) => Promise<void>;
+  publish: (u: Underlay) => Promise<boolean>;
   log: (line: string, level?: 'info' | 'warn') => void;
   everyMs?: number;
+  maxEveryMs?: number;
 }): () => void {
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
+  let have: Underlay = { ...o.have };
+  let every = o.everyMs ?? 5000;
+  const complete = (u: Underlay): boolean => u.underlay !== undefined && u.underlay6 !== undefined;
   const attempt = async (): Promise<void> => {
     let found: Underlay = {};
     try {
@@ -135,20 +144,30 @@ export function retryUnderlayDetection(o: {
       // not yet: the next attempt tells
     }
     if (stopped) return;
-    if (underlayText(found) !== '') {
+    const more: Underlay = {
+      ...have,
+      ...(have.underlay === undefined && found.underlay !== undefined ? { underlay: found.underlay } : {}),
+      ...(have.underlay6 === undefined && found.underlay6 !== undefined
+        ? { underlay6: found.underlay6 }
+        : {}),
+    };
+    if (underlayText(more) !== underlayText(have)) {
       try {
-        await o.publish(found);
-        o.log(`routes: underlay detected after the start: ${underlayText(found)}; published`);
-        return;
+        const now = await o.publish(more);
+        have = more;
+        o.log(
+          `routes: underlay detected after the start: ${underlayText(more)}; ${now ? 'published' : 'kept for the next registration'}`,
+        );
       } catch (err) {
         o.log(`routes: could not publish the underlay (${(err as Error).message}); trying again`, 'warn');
       }
     }
-    if (!stopped) schedule();
+    if (!stopped && !complete(have)) schedule();
   };
   const schedule = (): void => {
-    timer = setTimeout(() => void attempt(), o.everyMs ?? 5000);
+    timer = setTimeout(() => void attempt(), every);
     timer.unref();
+    every = Math.min(every * 2, o.maxEveryMs ?? 60_000);
   };
   schedule();
   return () => {

@@ -166,7 +166,8 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
     // Refuses to start when the node name belongs to another machine; an unreachable etcd only delays it.
     await cluster.start();
   }
-  // No underlay found at the start and none given: look again until the node's network is up.
+  // A family of the underlay not found at the start, and none given: look again (the network may not be
+  // up yet) and publish what turns up.
   const firstEndpoint = o.cluster?.etcd.endpoints[0];
   const stopUnderlayRetry =
     cluster !== undefined &&
@@ -174,9 +175,9 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
     firstEndpoint !== undefined &&
     o.cluster?.underlay === undefined &&
     (o.underlayAddresses ?? []).length === 0 &&
-    underlay?.underlay === undefined &&
-    underlay?.underlay6 === undefined
+    (underlay?.underlay === undefined || underlay.underlay6 === undefined)
       ? routingModule.retryUnderlayDetection({
+          have: underlay ?? {},
           detect: () => routingModule.detectUnderlayTowards(firstEndpoint),
           publish: (u) => cluster.node.publishUnderlay(u),
           log: routeLog,

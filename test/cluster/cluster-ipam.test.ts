@@ -670,13 +670,30 @@ describe('release, forget, leave', () => {
     const key = '/berth/v1/nodes/n1/alive';
     const before = fake.get(key)!;
     expect(JSON.parse(before.value)).not.toHaveProperty('underlay');
-    await a.cluster.node.publishUnderlay({ underlay: '198.18.9.1', underlay6: 'fd00:9::1' });
+    expect(await a.cluster.node.publishUnderlay({ underlay: '198.18.9.1', underlay6: 'fd00:9::1' })).toBe(
+      true,
+    );
     const after = fake.get(key)!;
     expect(JSON.parse(after.value)).toMatchObject({ underlay: '198.18.9.1', underlay6: 'fd00:9::1' });
     // Same lease and registration: the node did not flap to absent and back.
     expect(after.lease).toBe(before.lease);
     expect(JSON.parse(after.value).since).toBe(JSON.parse(before.value).since);
   });
+
+  test('an underlay found while the node registers again is in the alive key the registration leaves', async () => {
+    const a = await startNode('n1');
+    const node = a.cluster.node as unknown as { registering?: Promise<string> };
+    // The lease lapses; the re-registration's txns answer only after 200 ms (the client waits 300 ms).
+    fake.txnAnswerDelayMs = 200;
+    fake.expireAllLeases();
+    try {
+      await vi.waitFor(() => expect(node.registering).toBeDefined(), { timeout: 5000, interval: 10 });
+      expect(await a.cluster.node.publishUnderlay({ underlay: '198.18.9.2' })).toBe(true);
+    } finally {
+      fake.txnAnswerDelayMs = 0;
+    }
+    expect(JSON.parse(fake.get('/berth/v1/nodes/n1/alive')!.value)).toMatchObject({ underlay: '198.18.9.2' });
+  }, 15_000);
 
   test('forget is refused while the node is alive and before its horizon, accepted after; leave frees all', async () => {
     const a = await startNode('n1');

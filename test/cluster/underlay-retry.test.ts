@@ -1,61 +1,91 @@
-// berthd started before its network was up: the underlay detection runs again until it finds one, and
-// publishes it once (src/cluster/routing.ts retryUnderlayDetection). Detection and publication are stubs.
+// berthd started before its network was up: the underlay detection runs again until it knows both
+// families, and publishes each family it finds (src/cluster/routing.ts retryUnderlayDetection). Detection and
+// publication are stubs.
 import { describe, expect, test, vi } from 'vitest';
 import { retryUnderlayDetection } from '../../src/cluster/routing';
 import type { Underlay } from '../../src/cluster/underlay';
 
+/** Runs the loop over scripted detections until `until` holds; returns what it published and logged. */
+async function run(o: {
+  have?: Underlay;
+  answers: (Underlay | Error)[];
+  publish?: (u: Underlay) => Promise<boolean>;
+  until: (published: Underlay[], detections: number) => boolean;
+}): Promise<{ published: Underlay[]; detections: number; lines: string[]; afterStop: () => number }> {
+  let detections = 0;
+  const published: Underlay[] = [];
+  const lines: string[] = [];
+  const stop = retryUnderlayDetection({
+    have: o.have ?? {},
+    detect: () => {
+      const a = o.answers[Math.min(detections++, o.answers.length - 1)]!;
+      return a instanceof Error ? Promise.reject(a) : Promise.resolve(a);
+    },
+    publish: async (u) => {
+      const now = await (o.publish ?? (() => Promise.resolve(true)))(u);
+      published.push(u);
+      return now;
+    },
+    log: (line) => void lines.push(line),
+    everyMs: 2,
+    maxEveryMs: 5,
+  });
+  try {
+    await vi.waitFor(() => expect(o.until(published, detections)).toBe(true), { timeout: 3000 });
+  } finally {
+    stop();
+  }
+  const at = detections;
+  await new Promise((r) => setTimeout(r, 40));
+  return { published, detections: at, lines, afterStop: () => detections - at };
+}
+
 describe('underlay detection after the start', () => {
-  test('tries again past empty answers and failures, publishes the first underlay found, then stops', async () => {
-    const answers: (Underlay | Error)[] = [{}, new Error('no route'), { underlay: '198.18.0.5' }];
-    let detections = 0;
-    const published: Underlay[] = [];
-    const lines: string[] = [];
-    const stop = retryUnderlayDetection({
-      detect: () => {
-        const a = answers[Math.min(detections++, answers.length - 1)]!;
-        return a instanceof Error ? Promise.reject(a) : Promise.resolve(a);
-      },
-      publish: (u) => {
-        published.push(u);
-        return Promise.resolve();
-      },
-      log: (line) => void lines.push(line),
-      everyMs: 5,
+  test('tries again past empty answers and failures; publishes each family as it turns up; ends with both', async () => {
+    const r = await run({
+      answers: [
+        {},
+        new Error('no route'),
+        { underlay: '198.18.0.5' },
+        { underlay: '198.18.0.5' },
+        { underlay: '198.18.0.5', underlay6: 'fd00:5::5' },
+      ],
+      until: (p) => p.length === 2,
     });
-    try {
-      await vi.waitFor(() => expect(published).toEqual([{ underlay: '198.18.0.5' }]), { timeout: 2000 });
-      await new Promise((r) => setTimeout(r, 50));
-      expect(detections).toBe(3); // nothing after the one it published
-      expect(lines.join('\n')).toMatch(/underlay detected after the start: 198\.18\.0\.5; published/);
-    } finally {
-      stop();
-    }
+    expect(r.published).toEqual([
+      { underlay: '198.18.0.5' },
+      { underlay: '198.18.0.5', underlay6: 'fd00:5::5' },
+    ]);
+    expect(r.detections).toBe(5); // none after both families were published
+    expect(r.afterStop()).toBe(0);
+    expect(r.lines.join('\n')).toMatch(
+      /underlay detected after the start: 198\.18\.0\.5, fd00:5::5; published/,
+    );
   });
 
-  test('a failed publication is tried again; stop ends the attempts', async () => {
-    let publications = 0;
-    const stop = retryUnderlayDetection({
-      detect: () => Promise.resolve({ underlay6: 'fd00:5::5' }),
-      publish: () => (++publications < 3 ? Promise.reject(new Error('etcd away')) : Promise.resolve()),
-      log: () => undefined,
-      everyMs: 5,
+  test('the family known at the start is kept, not replaced by what a later detection says', async () => {
+    const r = await run({
+      have: { underlay: '198.18.0.7' },
+      answers: [{ underlay: '198.18.0.99', underlay6: 'fd00:7::7' }],
+      until: (p) => p.length === 1,
     });
-    await vi.waitFor(() => expect(publications).toBe(3), { timeout: 2000 });
-    stop();
-    await new Promise((r) => setTimeout(r, 50));
-    expect(publications).toBe(3);
+    expect(r.published).toEqual([{ underlay: '198.18.0.7', underlay6: 'fd00:7::7' }]);
+  });
 
-    let detections = 0;
-    const stopEarly = retryUnderlayDetection({
-      detect: () => Promise.resolve((detections++, {})),
-      publish: () => Promise.resolve(),
-      log: () => undefined,
-      everyMs: 5,
+  test('a failed publication is tried again; one kept for the next registration is said so', async () => {
+    let calls = 0;
+    const r = await run({
+      answers: [{ underlay6: 'fd00:5::5' }],
+      publish: () => (++calls < 3 ? Promise.reject(new Error('etcd away')) : Promise.resolve(false)),
+      until: (p) => p.length === 1,
     });
-    await vi.waitFor(() => expect(detections).toBeGreaterThan(1), { timeout: 2000 });
-    stopEarly();
-    const at = detections;
-    await new Promise((r) => setTimeout(r, 50));
-    expect(detections).toBeLessThanOrEqual(at + 1); // at most the attempt already under way
+    expect(calls).toBe(3);
+    expect(r.lines.join('\n')).toMatch(/could not publish the underlay \(etcd away\); trying again/);
+    expect(r.lines.join('\n')).toMatch(/fd00:5::5; kept for the next registration/);
+  });
+
+  test('stop ends the attempts', async () => {
+    const r = await run({ answers: [{}], until: (_p, d) => d > 2 });
+    expect(r.afterStop()).toBeLessThanOrEqual(1); // at most the attempt already under way
   });
 });
