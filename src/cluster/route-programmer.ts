@@ -186,7 +186,7 @@ export class RouteProgrammer {
       })),
       {
         name: 'berthd_cluster_routes_held',
-        help: 'Blocks of other nodes berthd cannot route (owner underlay unknown); their kernel routes are left alone',
+        help: 'Blocks of other nodes berthd cannot route (owner underlay unknown, of no usable family, or shared with another node); their kernel routes are left alone',
         labels: {},
         value: desired?.held.length ?? 0,
         type: 'gauge',

@@ -77,16 +77,23 @@ export function desiredRoutes(
 ): DesiredRoutes {
   const underlayOf = new Map<string, readonly string[]>(lastKnown);
   for (const n of view.alive) underlayOf.set(n.node, n.underlay);
-  // An address two nodes publish (a copied --underlay-address, a cloned machine) cannot tell which node a
-  // packet is for: neither node's blocks are routed through it, rather than half of them to the wrong node.
-  const nodesAt = new Map<string, Set<string>>();
-  for (const [node, addrs] of underlayOf)
-    for (const a of addrs) {
+  // An address two live nodes publish (a copied --underlay-address, a cloned machine) cannot tell which node
+  // a packet is for: neither node's blocks go through it, rather than half of them to the wrong node. A live
+  // node's address is its own: a lapsed node's last address that a live node now publishes is not used.
+  const liveAt = new Map<string, Set<string>>();
+  for (const n of view.alive)
+    for (const a of n.underlay) {
       const ip = parseIp(a);
       if (ip === undefined) continue;
       const key = formatIp(ip);
-      nodesAt.set(key, (nodesAt.get(key) ?? new Set()).add(node));
+      liveAt.set(key, (liveAt.get(key) ?? new Set()).add(n.node));
     }
+  const live = new Set(view.alive.map((n) => n.node));
+  const sharedFor = (node: string, addr: string): boolean => {
+    const holders = liveAt.get(addr);
+    if (holders === undefined) return false;
+    return live.has(node) ? holders.size > 1 : [...holders].some((h) => h !== node);
+  };
   const routes: DesiredRoute[] = [];
   const held: HeldBlock[] = [];
   const seen = new Set<string>();
@@ -101,18 +108,21 @@ export function desiredRoutes(
       held.push({ dst, node: b.node, network: b.network, reason: 'underlay unknown' });
       continue;
     }
-    const same = underlay.find((u) => familyOfIp(u) === family);
-    const via = same ?? (family === 4 ? underlay.find((u) => familyOfIp(u) === 6) : undefined);
-    if (via === undefined) {
+    // The owner's address of the block's family, else (IPv4 block) its IPv6 one; the first not shared.
+    const candidates = [
+      ...underlay.filter((u) => familyOfIp(u) === family),
+      ...(family === 4 ? underlay.filter((u) => familyOfIp(u) === 6) : []),
+    ].map((u) => formatIp(parseIp(u)!));
+    if (candidates.length === 0) {
       held.push({ dst, node: b.node, network: b.network, reason: 'no underlay of this family' });
       continue;
     }
-    const viaIp = formatIp(parseIp(via)!);
-    if ((nodesAt.get(viaIp)?.size ?? 0) > 1) {
+    const via = candidates.find((c) => !sharedFor(b.node, c));
+    if (via === undefined) {
       held.push({ dst, node: b.node, network: b.network, reason: 'underlay shared with another node' });
       continue;
     }
-    routes.push({ dst, via: viaIp, node: b.node, network: b.network });
+    routes.push({ dst, via, node: b.node, network: b.network });
   }
   routes.sort((a, b) => (a.dst < b.dst ? -1 : a.dst > b.dst ? 1 : 0));
   return { routes, held };

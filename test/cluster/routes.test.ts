@@ -51,28 +51,26 @@ describe('desiredRoutes', () => {
     ]);
   });
 
-  it('holds the blocks of nodes that publish the same underlay address, this node included', () => {
+  it('does not route through an address two live nodes publish, this node included', () => {
     const shared: ClusterView = {
       blocks: [...view.blocks, { network: 'pods', cidr: '198.19.0.192/26', node: 'n4' }],
       alive: [
         ...view.alive,
-        // n4 copied n2's IPv4 address (written another way); n3's IPv6 one is its own.
+        // n4 copied n2's IPv4 address (written another way).
         { node: 'n4', underlay: ['::ffff:198.18.0.12'] },
       ],
     };
     const d = desiredRoutes(shared, 'n1');
     const why = 'underlay shared with another node';
-    expect(d.held).toEqual([
-      { dst: '198.19.0.64/26', node: 'n2', network: 'pods', reason: why },
-      { dst: '198.19.0.192/26', node: 'n4', network: 'pods', reason: why },
-    ]);
-    // n2's IPv6 block goes via its own IPv6 address; n3 is unaffected.
+    // n4 has nothing else: held. n2's IPv4 block goes via its own IPv6 address instead (RFC 5549).
+    expect(d.held).toEqual([{ dst: '198.19.0.192/26', node: 'n4', network: 'pods', reason: why }]);
     expect(d.routes.map((r) => `${r.dst} ${r.via}`)).toEqual([
       '198.19.0.128/26 fd00:ff::13',
+      '198.19.0.64/26 fd00:ff::12',
       'fd00:b::1c0/122 fd00:ff::12',
       'fd00:b::200/122 fd00:ff::13',
     ]);
-    // A node that publishes this node's own address: its blocks are held too.
+    // A node that publishes this node's own address: its IPv4 block is held (routed through ourselves before).
     const mine = desiredRoutes(
       {
         blocks: view.blocks,
@@ -82,6 +80,25 @@ describe('desiredRoutes', () => {
     );
     expect(mine.held).toContainEqual({ dst: '198.19.0.128/26', node: 'n3', network: 'pods', reason: why });
     expect(mine.routes.filter((r) => r.node === 'n3')).toEqual([]);
+  });
+
+  it("a live node's address is its own: a lapsed node's last address taken over is not routed through for it", () => {
+    // n2 lapsed at 198.18.0.12; n5, alive, publishes that address now (a reused machine address).
+    const taken: ClusterView = {
+      blocks: [...view.blocks, { network: 'pods', cidr: '198.19.1.0/26', node: 'n5' }],
+      alive: [...view.alive.filter((n) => n.node !== 'n2'), { node: 'n5', underlay: ['198.18.0.12'] }],
+    };
+    const d = desiredRoutes(taken, 'n1', new Map([['n2', ['198.18.0.12']]]));
+    expect(d.routes.filter((r) => r.node === 'n5').map((r) => `${r.dst} ${r.via}`)).toEqual([
+      '198.19.1.0/26 198.18.0.12',
+    ]);
+    expect(d.routes.filter((r) => r.node === 'n2')).toEqual([]);
+    expect(d.held).toContainEqual({
+      dst: '198.19.0.64/26',
+      node: 'n2',
+      network: 'pods',
+      reason: 'underlay shared with another node',
+    });
   });
 
   it('keeps the routes of a node whose lease lapsed via the last underlay seen; holds unknown ones', () => {
