@@ -265,7 +265,7 @@ export function parseResult(json: string | JsonObject, version: string, what = '
     }
   }
   const o = expectObject(value, ctx);
-  const own = o.cniVersion;
+  const own = o.cniVersion === null || o.cniVersion === '' ? undefined : o.cniVersion;
   if (own !== undefined && typeof own !== 'string') {
     throw new CniError(ErrorCode.DecodingFailure, `${what}.cniVersion: expected a string, got ${typeof own}`);
   }

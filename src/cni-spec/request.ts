@@ -268,9 +268,10 @@ export function parseNetConf(stdin: string, command: RequestCommand): NetConf {
       'error decoding network config from stdin: expected a JSON object',
     );
   }
-  // No cniVersion (or an empty one) is 0.1.0, the version before the field existed: as skel's plugins read
+  // No cniVersion (or an empty or null one) is 0.1.0, the version before the field existed: as skel's plugins read
   // it (a runtime that passes an old .conf as it is gets the same answer as from the reference plugins).
-  const cniVersion = value.cniVersion === undefined || value.cniVersion === '' ? '0.1.0' : value.cniVersion;
+  const raw = value.cniVersion;
+  const cniVersion = raw === undefined || raw === null || raw === '' ? '0.1.0' : raw;
   if (typeof cniVersion !== 'string' || !isVersionString(cniVersion)) {
     throw invalidConfig(
       `invalid cniVersion ${JSON.stringify(cniVersion)}: expected a version such as "1.1.0"`,
@@ -305,7 +306,8 @@ export function parseNetConf(stdin: string, command: RequestCommand): NetConf {
 
 function readObjectKey(config: NetConf, key: string): JsonObject | undefined {
   const v = config[key];
-  if (v === undefined) return undefined;
+  // null is absent, as Go's decoder reads it.
+  if (v === undefined || v === null) return undefined;
   if (!isJsonObject(v)) throw invalidConfig(`network config "${key}" must be an object`);
   return v;
 }

@@ -218,6 +218,12 @@ describe('parseResult details', () => {
     ).toEqual({ cniVersion: '1.1.0', ips: [{ address: '198.18.0.5/24' }] });
   });
 
+  it("reads a null version tag or cniVersion as absent: the address's family, the given version", () => {
+    expect(
+      parseResult({ cniVersion: null, ips: [{ version: null, address: 'fd00:1::5/64' }] }, '0.4.0'),
+    ).toEqual({ cniVersion: '1.1.0', ips: [{ address: 'fd00:1::5/64' }] });
+  });
+
   it.each([
     ['not JSON', '{"cniVersion":', ErrorCode.DecodingFailure, /not valid JSON/],
     ['an array', '[]', ErrorCode.DecodingFailure, /expected an object/],

@@ -234,6 +234,7 @@ describe('stdin configuration', () => {
   it.each([
     ['missing', undefined],
     ['empty', ''],
+    ['null', null],
   ])('cniVersion %s is 0.1.0, as skel reads it', (_label, cniVersion) => {
     expect(parseRequest(withConf({ cniVersion })).cniVersion).toBe('0.1.0');
   });
@@ -275,6 +276,13 @@ describe('stdin configuration', () => {
     ['a path', '../bin/bridge'],
   ])('plugin type %s → code 7', (_label, type) => {
     expectCniError(() => parseRequest(withConf({ type })), ErrorCode.InvalidNetworkConfig, /type/);
+  });
+
+  it('reads null prevResult, runtimeConfig and args as absent, as Go does', () => {
+    const r = parseRequest(withConf({ prevResult: null, runtimeConfig: null, args: null }));
+    expect(r.prevResult).toBeUndefined();
+    expect(r.runtimeConfig('portMappings')).toBeUndefined();
+    expect(r.args).toEqual({});
   });
 
   it('accepts names with the full charset', () => {
