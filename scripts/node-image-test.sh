@@ -50,9 +50,14 @@ br="${P}nd"
 agent_pids=()
 cleanup() {
   set +e
-  "${podman_[@]}" rm -f -t 5 "$P-agent" "$P-probe" >/dev/null 2>&1
-  # If podman failed or hung: the agent (privileged, host PID) and its conmon must not outlive the run.
-  for p in "${agent_pids[@]}"; do [ "$p" -gt 1 ] 2>/dev/null && kill -9 "$p" 2>/dev/null; done
+  # If podman could not remove the agent: it (privileged, host PID) and its conmon must not outlive the run.
+  # Only then, and only a pid that is still a conmon or a berth (a pid of one that exited may be anyone's).
+  if ! "${podman_[@]}" rm -f -t 5 "$P-agent" >/dev/null 2>&1; then
+    for p in "${agent_pids[@]}"; do
+      [ "$p" -gt 1 ] 2>/dev/null && grep -qxE 'conmon|berth' "/proc/$p/comm" 2>/dev/null && kill -9 "$p" 2>/dev/null
+    done
+  fi
+  "${podman_[@]}" rm -f -t 5 "$P-probe" >/dev/null 2>&1
   "${podman_[@]}" rmi -f "$tag" >/dev/null 2>&1
   ip netns del "$probe_ns" 2>/dev/null
   for l in $(ip -o link show master "$br" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do ip link del "$l"; done

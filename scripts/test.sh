@@ -59,9 +59,10 @@ fi
 # (node-image-test's agent, containerd's pods).
 in_private_netns() {
   unshare --net --mount --propagation private -- bash -c '
-    c="$(mktemp -d)" && mount --rbind /sys/fs/cgroup "$c" && mount -t sysfs sysfs /sys &&
-      mount --move "$c" /sys/fs/cgroup && rmdir "$c" && mount --make-rshared / &&
-      ip link set lo up && exec "$@"' in_private_netns "$@"
+    c="$(mktemp -d /tmp/berth-cgroup.XXXXXX)" || exit 1
+    { mount --rbind /sys/fs/cgroup "$c" && mount -t sysfs sysfs /sys && mount --move "$c" /sys/fs/cgroup; } ||
+      { umount -l "$c" 2>/dev/null; rmdir "$c"; exit 1; }
+    rmdir "$c" && mount --make-rshared / && ip link set lo up && exec "$@"' in_private_netns "$@"
 }
 for run in "${runs[@]}"; do
   read -r project args <<<"$run"
