@@ -159,6 +159,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
+      # runc's state in this run's dir, not under the host's /run/containerd/runc/k8s.io (shared with any
+      # containerd of the host, and left behind by a killed run).
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        Root = "$tmp/runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "$bin"
     conf_dir = "$netd"
