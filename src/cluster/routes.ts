@@ -88,10 +88,20 @@ export function desiredRoutes(
       const key = formatIp(ip);
       liveAt.set(key, (liveAt.get(key) ?? new Set()).add(n.node));
     }
+  // Every node's address, the lapsed ones' last seen included: an address no live node holds is still
+  // shared when two lapsed nodes held it (clones restarting together).
+  const anyAt = new Map<string, Set<string>>();
+  for (const [node, addrs] of underlayOf)
+    for (const a of addrs) {
+      const ip = parseIp(a);
+      if (ip === undefined) continue;
+      const key = formatIp(ip);
+      anyAt.set(key, (anyAt.get(key) ?? new Set()).add(node));
+    }
   const live = new Set(view.alive.map((n) => n.node));
   const sharedFor = (node: string, addr: string): boolean => {
     const holders = liveAt.get(addr);
-    if (holders === undefined) return false;
+    if (holders === undefined) return (anyAt.get(addr)?.size ?? 0) > 1;
     return live.has(node) ? holders.size > 1 : [...holders].some((h) => h !== node);
   };
   const routes: DesiredRoute[] = [];

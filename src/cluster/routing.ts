@@ -119,7 +119,8 @@ function underlayText(u: Underlay): string {
  * IPv6 address still in DAD), detection runs again, every `everyMs` at first and backing off to `maxEveryMs`,
  * and each time it finds a family more, `publish` puts the addresses in this node's alive key (true: now;
  * false: with the next registration, or not at all for a node that left). Otherwise the other nodes would hold
- * this node's blocks of that family unrouted until berthd restarted. Ends once both families are known.
+ * this node's blocks of that family unrouted until berthd restarted. Ends once both families are known, or
+ * `otherFamilyForMs` (10 min) after the start once one is (a single-stack node).
  * Returns the stop.
  */
 export function retryUnderlayDetection(o: {
@@ -130,12 +131,19 @@ export function retryUnderlayDetection(o: {
   log: (line: string, level?: 'info' | 'warn') => void;
   everyMs?: number;
   maxEveryMs?: number;
+  /** Once a family is known, how long to wait for the other (a single-stack node never has it). */
+  otherFamilyForMs?: number;
+  now?: () => number;
 }): () => void {
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
   let have: Underlay = { ...o.have };
   let every = o.everyMs ?? 5000;
-  const complete = (u: Underlay): boolean => u.underlay !== undefined && u.underlay6 !== undefined;
+  const now = o.now ?? ((): number => performance.now());
+  const started = now();
+  const done = (u: Underlay): boolean =>
+    (u.underlay !== undefined && u.underlay6 !== undefined) ||
+    (underlayText(u) !== '' && now() - started >= (o.otherFamilyForMs ?? 10 * 60_000));
   const attempt = async (): Promise<void> => {
     let found: Underlay = {};
     try {
@@ -153,16 +161,18 @@ export function retryUnderlayDetection(o: {
     };
     if (underlayText(more) !== underlayText(have)) {
       try {
-        const now = await o.publish(more);
+        const published = await o.publish(more);
         have = more;
+        if (stopped) return;
         o.log(
-          `routes: underlay detected after the start: ${underlayText(more)}; ${now ? 'published' : 'kept for the next registration'}`,
+          `routes: underlay detected after the start: ${underlayText(more)}; ${published ? 'published' : 'kept for the next registration'}`,
         );
       } catch (err) {
+        if (stopped) return;
         o.log(`routes: could not publish the underlay (${(err as Error).message}); trying again`, 'warn');
       }
     }
-    if (!stopped && !complete(have)) schedule();
+    if (!stopped && !done(have)) schedule();
   };
   const schedule = (): void => {
     timer = setTimeout(() => void attempt(), every);

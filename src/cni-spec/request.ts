@@ -315,7 +315,7 @@ function readObjectKey(config: NetConf, key: string): JsonObject | undefined {
 function readArgsCni(config: NetConf): Readonly<Record<string, unknown>> {
   const args = readObjectKey(config, 'args');
   const cni = args?.cni;
-  if (cni === undefined) return {};
+  if (cni === undefined || cni === null) return {};
   if (!isJsonObject(cni)) throw invalidConfig('network config "args.cni" must be an object');
   return cni;
 }

@@ -101,6 +101,25 @@ describe('desiredRoutes', () => {
     });
   });
 
+  it('two lapsed nodes that shared an address stay held while no live node holds it', () => {
+    const clones: ClusterView = {
+      blocks: [...view.blocks, { network: 'pods', cidr: '198.19.0.192/26', node: 'n4' }],
+      alive: view.alive.filter((n) => n.node !== 'n2'),
+    };
+    const d = desiredRoutes(
+      clones,
+      'n1',
+      new Map([
+        ['n2', ['198.18.0.12']],
+        ['n4', ['198.18.0.12']],
+      ]),
+    );
+    expect(d.routes.filter((r) => r.node === 'n2' || r.node === 'n4')).toEqual([]);
+    expect(d.held.filter((h) => h.reason === 'underlay shared with another node').map((h) => h.node)).toEqual(
+      ['n2', 'n4'],
+    );
+  });
+
   it('keeps the routes of a node whose lease lapsed via the last underlay seen; holds unknown ones', () => {
     const lapsed = { blocks: view.blocks, alive: view.alive.filter((n) => n.node !== 'n2') };
     const withMemory = desiredRoutes(lapsed, 'n1', new Map([['n2', ['198.18.0.12', 'fd00:ff::12']]]));

@@ -84,6 +84,38 @@ describe('underlay detection after the start', () => {
     expect(r.lines.join('\n')).toMatch(/fd00:5::5; kept for the next registration/);
   });
 
+  test('backs off from everyMs to maxEveryMs; a single-stack node stops waiting for the other family', async () => {
+    vi.useFakeTimers();
+    try {
+      let clock = 0;
+      const at: number[] = [];
+      const stop = retryUnderlayDetection({
+        have: { underlay: '198.18.0.7' },
+        detect: () => {
+          at.push(clock);
+          return Promise.resolve({ underlay: '198.18.0.7' });
+        },
+        publish: () => Promise.resolve(true),
+        log: () => undefined,
+        everyMs: 100,
+        maxEveryMs: 400,
+        otherFamilyForMs: 2000,
+        now: () => clock,
+      });
+      for (let i = 0; i < 40; i++) {
+        clock += 50;
+        await vi.advanceTimersByTimeAsync(50);
+      }
+      stop();
+      // 100, then 200, then 400 apart, capped; none once 2 s have passed with IPv4 known and no IPv6.
+      expect(at.slice(0, 5)).toEqual([100, 300, 700, 1100, 1500]);
+      expect(at[at.length - 1]).toBeLessThanOrEqual(2300);
+      expect(at.filter((t) => t > 2300)).toEqual([]);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
   test('stop ends the attempts', async () => {
     const r = await run({ answers: [{}], until: (_p, d) => d > 2 });
     expect(r.afterStop()).toBeLessThanOrEqual(1); // at most the attempt already under way

@@ -283,6 +283,7 @@ describe('stdin configuration', () => {
     expect(r.prevResult).toBeUndefined();
     expect(r.runtimeConfig('portMappings')).toBeUndefined();
     expect(r.args).toEqual({});
+    expect(parseRequest(withConf({ args: { cni: null } })).args).toEqual({});
   });
 
   it('accepts names with the full charset', () => {
