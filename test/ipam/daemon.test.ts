@@ -309,6 +309,32 @@ describe('the daemon store keeps the files and lease-file-store index as the plu
     expect(leaseFiles().size).toBe(1);
   });
 
+  test('an ADD again while the first one is on its way to the disk is answered only once the lease is durable', async () => {
+    // The first sync round is held before its syncfs until the test lets it go; later rounds run.
+    let letGo!: () => void;
+    let rounds = 0;
+    let synced = 0;
+    const gated = new FilesystemSync(async (fd) => {
+      if (rounds++ === 0) await new Promise<void>((r) => (letGo = r));
+      await loadNativeAddon().syncfs(fd);
+      synced++;
+    });
+    await startServer(undefined, gated);
+    const first = callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-1') });
+    await expect.poll(() => rounds).toBe(1); // the first ADD's lease is written, its round held
+    let again;
+    try {
+      // The repeat finds the lease in memory, not yet on the disk: its answer waits for a syncfs of its own.
+      again = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-1') });
+      expect(synced).toBe(1);
+    } finally {
+      letGo();
+    }
+    const a = await first;
+    expect(again.body).toEqual(a.body);
+    expect(leaseFiles().size).toBe(1);
+  });
+
   test("allocate/release cycles recycle inodes: a release keeps the lease's inode as a spare, later leases are spares", async () => {
     await startServer();
     const netDir = join(dataDir, 'btnet');

@@ -79,6 +79,10 @@ interface Hold {
 interface Tx {
   /** Lease files the batch created: its replies wait for the next sync round. */
   newLeases: number;
+  /** The batch answers with a lease an earlier batch wrote whose sync round has not succeeded yet. */
+  readsUnsynced: boolean;
+  /** Its number: the sync round started after it covers every lease written by it and before it. */
+  gen: number;
 }
 
 interface Pending {
@@ -165,6 +169,10 @@ export class NetworkStore implements LeaseStore {
   private hold: Hold | undefined;
   /** Committed batches whose replies wait for a sync round. */
   private syncs = 0;
+  /** Batches run so far (Tx.gen). */
+  private batchGen = 0;
+  /** Lease files written whose sync round has not succeeded yet, with the batch that wrote each. */
+  private readonly unsynced = new Map<string, number>();
   /** Wakes the batch loop while it keeps a hold waiting for a request or the end of a sync round. */
   private wake: (() => void) | undefined;
   private readonly idleWaiters: (() => void)[] = [];
@@ -279,7 +287,7 @@ export class NetworkStore implements LeaseStore {
           continue;
         }
         const batch = this.queue.splice(0, MAX_BATCH);
-        const tx: Tx = { newLeases: 0 };
+        const tx: Tx = { newLeases: 0, readsUnsynced: false, gen: ++this.batchGen };
         const outcomes: ({ ok: true; value: unknown } | { ok: false; err: unknown })[] = [];
         let failure: unknown;
         const t0 = process.hrtime.bigint();
@@ -339,9 +347,11 @@ export class NetworkStore implements LeaseStore {
         // Only new leases wait for a sync round: a removal lost to a power cut brings back a lease of a
         // container that is gone (released by GC or the reboot rule), never a duplicate; the next round
         // covers it anyway.
-        if (failure !== undefined || tx.newLeases === 0) settle();
+        // A repeat ADD answered with a lease still on its way to the disk waits for a round too: its reply
+        // must not promise more than the first ADD's.
+        if (failure !== undefined || (tx.newLeases === 0 && !tx.readsUnsynced)) settle();
         // The batch's files are written: its sync round next, while the next batch runs under the same hold.
-        else this.syncBatch(settle);
+        else this.syncBatch(settle, tx.gen);
         this.stats.batchSeconds += Number(process.hrtime.bigint() - t0) / 1e9;
         // More requests may have arrived while this batch ran; a short turn of the event loop lets them in.
         await new Promise<void>((resolve) => setImmediate(resolve));
@@ -391,7 +401,7 @@ export class NetworkStore implements LeaseStore {
    * dirty on that filesystem, so under someone else's heavy writing a round takes longer (and gathers more).
    * The same round makes the removals before it durable: only then are their inodes reused (spare-files.ts).
    */
-  private syncBatch(settle: (err?: unknown) => void): void {
+  private syncBatch(settle: (err?: unknown) => void, gen: number): void {
     this.syncs++;
     const cooled = this.spares.takeCooling();
     let sync: Promise<{ round: number; seconds: number }>;
@@ -404,6 +414,7 @@ export class NetworkStore implements LeaseStore {
       .then(
         ({ round, seconds }) => {
           this.spares.warm(cooled);
+          for (const [name, g] of this.unsynced) if (g <= gen) this.unsynced.delete(name);
           if (round !== this.lastRound) {
             this.lastRound = round;
             this.stats.fsyncRounds++;
@@ -649,6 +660,7 @@ export class NetworkStore implements LeaseStore {
       );
     }
     tx.newLeases++;
+    this.unsynced.set(name, tx.gen);
     hold.changed = true;
     this.mark(name, lease.ip, true);
     const key = disk.attKey(lease);
@@ -711,9 +723,14 @@ export class NetworkStore implements LeaseStore {
     const of = (key: string): Lease[] =>
       [...(this.byAtt.get(key)?.ips ?? [])].map((ip) => this.byIp.get(ip)!);
     const exact = of(disk.attKey(a));
-    if (exact.length > 0 || a.ifname === '') return exact;
-    // host-local matches legacy files (id only) when no exact match exists.
-    return of(disk.attKey({ containerId: a.containerId, ifname: '' }));
+    const found =
+      exact.length > 0 || a.ifname === ''
+        ? exact
+        : // host-local matches legacy files (id only) when no exact match exists.
+          of(disk.attKey({ containerId: a.containerId, ifname: '' }));
+    if (this.tx !== undefined && found.some((l) => this.unsynced.has(formatIp(l.ip))))
+      this.tx.readsUnsynced = true;
+    return found;
   }
 
   private release(lease: Lease): void {
