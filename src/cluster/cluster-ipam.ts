@@ -310,8 +310,14 @@ export class ClusterIpam implements ClusterAllocator {
 
   gauges(): GaugeLine[] {
     const out: GaugeLine[] = [];
-    const g = (name: string, help: string, value: number, labels: Record<string, string> = {}): void => {
-      out.push({ name, help, labels, value });
+    const g = (
+      name: string,
+      help: string,
+      value: number,
+      labels: Record<string, string> = {},
+      type: GaugeLine['type'] = 'gauge',
+    ): void => {
+      out.push({ name, help, labels, value, type });
     };
     const age = this.node.lastContactAgeSeconds();
     g(
@@ -325,13 +331,13 @@ export class ClusterIpam implements ClusterAllocator {
       'Whether this node stopped allocating (past its ownership horizon, or forgotten).',
       this.node.fenceReason() === undefined ? 0 : 1,
     );
-    out.push({
-      name: 'berthd_cluster_etcd_round_trips_total',
-      help: 'Requests sent to etcd members (each attempt counts).',
-      labels: {},
-      value: this.etcd.roundTrips,
-      counter: true,
-    });
+    g(
+      'berthd_cluster_etcd_round_trips_total',
+      'Requests sent to etcd members (each attempt counts).',
+      this.etcd.roundTrips,
+      {},
+      'counter',
+    );
     for (const n of this.networks.values()) {
       const counts = new Map<string, number>();
       for (const b of n.ownedBlocks()) {

@@ -54,9 +54,7 @@ export class ClusterNode {
   private pastHorizon = false;
   /** A fence an earlier process recorded in cluster.json: held until this process has registered. */
   private inheritedFence: string | undefined;
-  /** This process has registered at least once. */
-  private registered = false;
-  /** The identity and start of the current alive key (registration), to publish a late underlay in it. */
+  /** The identity and start of the current alive key, set by this process's first registration on. */
   private aliveAs: { identityText: string; since: string } | undefined;
   /** Times the node went past its horizon: a registration begun before the latest one does not lift it. */
   private gaps = 0;
@@ -133,7 +131,7 @@ export class ClusterNode {
    */
   inheritFence(reason: string): void {
     // Registered already (a network first used after the start): the registration has had its say.
-    if (!this.registered) this.inheritedFence ??= reason;
+    if (this.aliveAs === undefined) this.inheritedFence ??= reason;
   }
 
   /**
@@ -360,7 +358,6 @@ export class ClusterNode {
     }
     this.identityFence = undefined;
     this.inheritedFence = undefined;
-    this.registered = true;
     if (this.gaps === gapsAtStart) this.pastHorizon = false;
     this.lease = lease.id;
     this.aliveAs = { identityText, since };

@@ -3,7 +3,7 @@
 // routing protocol number, so it can list, repair and remove exactly its own routes and never touches
 // anyone else's (the operator's, the kernel's, a routing daemon's).
 import { formatCidr, networkIp, parseCidr } from '../address/cidr';
-import { type Family, formatIp, parseIp } from '../address/ip';
+import { type Ip, formatIp, parseIp } from '../address/ip';
 import { NetlinkError } from '../netlink/errors';
 import { RTPROT, RT_TABLE } from '../netlink/rtnl-codec';
 import type { Netlink, Route } from '../netlink/types';
@@ -59,10 +59,6 @@ export function canonicalCidr(text: string): string | undefined {
   return c === undefined ? undefined : formatCidr(networkIp(c), c.prefix);
 }
 
-function familyOfIp(text: string): Family | undefined {
-  return parseIp(text)?.family;
-}
-
 /**
  * The routes this node should have: one per block owned by another node, via that node's underlay address
  * of the block's family (an IPv4 block may go via an IPv6 underlay, RFC 5549; the kernel offers no IPv6
@@ -75,34 +71,24 @@ export function desiredRoutes(
   self: string,
   lastKnown: ReadonlyMap<string, readonly string[]> = new Map(),
 ): DesiredRoutes {
-  const underlayOf = new Map<string, readonly string[]>(lastKnown);
-  for (const n of view.alive) underlayOf.set(n.node, n.underlay);
-  // An address two live nodes publish (a copied --underlay-address, a cloned machine) cannot tell which node
-  // a packet is for: neither node's blocks go through it, rather than half of them to the wrong node. A live
-  // node's address is its own: a lapsed node's last address that a live node now publishes is not used.
-  const liveAt = new Map<string, Set<string>>();
-  for (const n of view.alive)
-    for (const a of n.underlay) {
-      const ip = parseIp(a);
-      if (ip === undefined) continue;
-      const key = formatIp(ip);
-      liveAt.set(key, (liveAt.get(key) ?? new Set()).add(n.node));
-    }
-  // Every node's address, the lapsed ones' last seen included: an address no live node holds is still
-  // shared when two lapsed nodes held it (clones restarting together).
-  const anyAt = new Map<string, Set<string>>();
-  for (const [node, addrs] of underlayOf)
-    for (const a of addrs) {
-      const ip = parseIp(a);
-      if (ip === undefined) continue;
-      const key = formatIp(ip);
-      anyAt.set(key, (anyAt.get(key) ?? new Set()).add(node));
-    }
+  // Each node's addresses, parsed once: a live node's from its alive key, a lapsed one's as last seen.
+  const underlayOf = new Map<string, Ip[]>();
+  const parsed = (addrs: readonly string[]): Ip[] => addrs.flatMap((a) => parseIp(a) ?? []);
+  for (const [node, addrs] of lastKnown) underlayOf.set(node, parsed(addrs));
+  for (const n of view.alive) underlayOf.set(n.node, parsed(n.underlay));
   const live = new Set(view.alive.map((n) => n.node));
+  const holdersAt = new Map<string, string[]>();
+  for (const [node, ips] of underlayOf)
+    for (const ip of ips) holdersAt.set(formatIp(ip), [...(holdersAt.get(formatIp(ip)) ?? []), node]);
+  // An address two nodes publish (a copied --underlay-address, a cloned machine) cannot tell which node a
+  // packet is for: neither node's blocks go through it, rather than half of them to the wrong node. A live
+  // node's address is its own: a lapsed node's last address that a live node now publishes is not used;
+  // one that only lapsed nodes held is shared when two did (clones restarting together).
   const sharedFor = (node: string, addr: string): boolean => {
-    const holders = liveAt.get(addr);
-    if (holders === undefined) return (anyAt.get(addr)?.size ?? 0) > 1;
-    return live.has(node) ? holders.size > 1 : [...holders].some((h) => h !== node);
+    const holders = holdersAt.get(addr) ?? [];
+    const liveHolders = holders.filter((h) => live.has(h));
+    if (liveHolders.length === 0) return holders.length > 1;
+    return live.has(node) ? liveHolders.length > 1 : liveHolders.some((h) => h !== node);
   };
   const routes: DesiredRoute[] = [];
   const held: HeldBlock[] = [];
@@ -120,9 +106,9 @@ export function desiredRoutes(
     }
     // The owner's address of the block's family, else (IPv4 block) its IPv6 one; the first not shared.
     const candidates = [
-      ...underlay.filter((u) => familyOfIp(u) === family),
-      ...(family === 4 ? underlay.filter((u) => familyOfIp(u) === 6) : []),
-    ].map((u) => formatIp(parseIp(u)!));
+      ...underlay.filter((u) => u.family === family),
+      ...(family === 4 ? underlay.filter((u) => u.family === 6) : []),
+    ].map(formatIp);
     if (candidates.length === 0) {
       held.push({ dst, node: b.node, network: b.network, reason: 'no underlay of this family' });
       continue;

@@ -23,8 +23,8 @@ export interface GaugeLine {
   help: string;
   labels: Labels;
   value: number;
-  /** A sum since start that is sampled rather than counted here (named _total): typed as a counter. */
-  counter?: true;
+  /** As daemon/metrics' SampledValue: 'counter' for a sum since start sampled rather than counted here. */
+  type?: 'gauge' | 'counter';
 }
 
 export class ClusterStats {
@@ -91,7 +91,7 @@ export class ClusterStats {
     const byName = new Map<string, GaugeLine[]>();
     for (const g of gauges) byName.set(g.name, [...(byName.get(g.name) ?? []), g]);
     for (const [name, gs] of byName) {
-      out.push(`# HELP ${name} ${gs[0]!.help}`, `# TYPE ${name} ${gs[0]!.counter ? 'counter' : 'gauge'}`);
+      out.push(`# HELP ${name} ${gs[0]!.help}`, `# TYPE ${name} ${gs[0]!.type ?? 'gauge'}`);
       for (const g of gs) out.push(`${name}${labelText(g.labels)} ${g.value}`);
     }
     return out.length === 0 ? '' : `${out.join('\n')}\n`;

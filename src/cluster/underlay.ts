@@ -5,11 +5,11 @@
 import { createSocket } from 'node:dgram';
 import { lookup } from 'node:dns/promises';
 import { formatIp, type Ip, parseIp } from '../address/ip';
+import { IFA_F } from '../netlink/rtnl-codec';
 import type { Address, Netlink } from '../netlink/types';
 
-/** IFA_F_TEMPORARY (an IPv6 privacy address; the bit means secondary for IPv4) and IFA_F_DEPRECATED. */
-const IFA_F_TEMPORARY = 0x01;
-const IFA_F_DEPRECATED = 0x20;
+/** IFA_F_TEMPORARY (an IPv6 privacy address) is the bit IPv4 calls IFA_F_SECONDARY. */
+const IFA_F_TEMPORARY = IFA_F.SECONDARY;
 
 export interface Underlay {
   /** IPv4 underlay address, if any. */
@@ -87,11 +87,15 @@ export async function detectUnderlay(
   const port = url.port !== '' ? Number(url.port) : 2379;
   let source = await sourceAddressTowards(host, port);
   const all = await nl.listAddresses();
-  const loopback = (a: string) => a === '::1' || a.startsWith('127.');
+  // The same rule as for --underlay-address: no loopback, unspecified, multicast or IPv6 link-local.
+  const routable = (a: string): boolean => {
+    const ip = parseIp(a);
+    return ip !== undefined && unusableUnderlay(ip) === undefined;
+  };
   // An IPv6 privacy (temporary) or deprecated address expires: other nodes' routes via it would die with it.
-  const passing = (a: Address) => a.family === 6 && (a.flags & (IFA_F_TEMPORARY | IFA_F_DEPRECATED)) !== 0;
+  const passing = (a: Address) => a.family === 6 && (a.flags & (IFA_F_TEMPORARY | IFA_F.DEPRECATED)) !== 0;
   const usable = (a: Address) =>
-    a.scope === 0 && !a.tentative && !a.dadFailed && !loopback(a.address) && !passing(a);
+    a.scope === 0 && !a.tentative && !a.dadFailed && routable(a.address) && !passing(a);
   let mine = all.find((a) => a.address === source);
   if (mine !== undefined && passing(mine)) {
     // The kernel may prefer a temporary source (use_tempaddr=2): a stable one of the same interface instead.
@@ -102,7 +106,7 @@ export async function detectUnderlay(
     }
   }
   const out: Underlay = {};
-  if (!loopback(source) && (mine === undefined || !passing(mine))) {
+  if (routable(source) && (mine === undefined || !passing(mine))) {
     if (source.includes(':')) out.underlay6 = source;
     else out.underlay = source;
   }
