@@ -244,7 +244,6 @@ export async function removeMasquerade(
     nft: scope.nft,
     family: FAMILY,
     table: scope.table,
-    baseChain: 'postrouting',
     tablesLock: scope.tablesLock,
     plan: (objects) => removePlan(scope, objects, pick),
   });

@@ -57,7 +57,6 @@ export async function removeAndMaybeDropTable(opts: {
   nft: Nft;
   family: string;
   table: string;
-  baseChain: string;
   tablesLock: TablesLock;
   plan: (objects: readonly NftObject[]) => RemovePlan;
 }): Promise<string[]> {
@@ -65,19 +64,11 @@ export async function removeAndMaybeDropTable(opts: {
   const objects = await nft.listTable(family, table);
   if (objects === undefined) return [];
   const first = opts.plan(objects);
-  if (!first.tableEmpty) {
+  // A removal that takes its network's chain and sets out may leave the table empty, also when another
+  // network's last removal runs at the same moment (each listing shows the other's objects): both plan again
+  // under the tables lock, so the second finds the table empty and deletes it.
+  if (!first.tableEmpty && !first.networkGone) {
     await nft.apply(first.cmds);
-    // Two networks removing their last entries at once each saw the other's objects in the table, and
-    // neither deleted it: whoever finds it empty now does (under the tables lock, as setup takes it).
-    // Best effort: the removal is done; an empty table left by a failure here goes with a later removal.
-    if (first.networkGone)
-      await opts
-        .tablesLock(async () => {
-          const now = await nft.listTable(family, table);
-          if (now !== undefined && emptyButFor(now, opts.baseChain, () => false))
-            await nft.apply([{ delete: { table: { family, name: table } } }]);
-        })
-        .catch(() => undefined);
     return first.tags;
   }
   return opts.tablesLock(async () => {

@@ -153,7 +153,6 @@ export async function removeSpoofCheck(
     nft: scope.nft,
     family: FAMILY,
     table: scope.table,
-    baseChain: 'prerouting',
     tablesLock: scope.tablesLock,
     plan: (objects) => removePlan(scope, objects, pick),
   });
