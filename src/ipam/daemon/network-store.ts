@@ -77,10 +77,11 @@ interface Hold {
 
 /** One batch: what must reach the disk before its replies leave. */
 interface Tx {
-  /** Lease files the batch created: its replies wait for the next sync round. */
-  newLeases: number;
-  /** The batch answers with a lease an earlier batch wrote whose sync round has not succeeded yet. */
-  readsUnsynced: boolean;
+  /**
+   * Its replies wait for a sync round: the batch created lease files, or answers with a lease an earlier
+   * batch wrote whose round has not succeeded yet (an ADD again while the first is on its way to the disk).
+   */
+  waitsForSync: boolean;
   /** Its number: the sync round started after it covers every lease written by it and before it. */
   gen: number;
 }
@@ -287,7 +288,7 @@ export class NetworkStore implements LeaseStore {
           continue;
         }
         const batch = this.queue.splice(0, MAX_BATCH);
-        const tx: Tx = { newLeases: 0, readsUnsynced: false, gen: ++this.batchGen };
+        const tx: Tx = { waitsForSync: false, gen: ++this.batchGen };
         const outcomes: ({ ok: true; value: unknown } | { ok: false; err: unknown })[] = [];
         let failure: unknown;
         const t0 = process.hrtime.bigint();
@@ -347,9 +348,7 @@ export class NetworkStore implements LeaseStore {
         // Only new leases wait for a sync round: a removal lost to a power cut brings back a lease of a
         // container that is gone (released by GC or the reboot rule), never a duplicate; the next round
         // covers it anyway.
-        // A repeat ADD answered with a lease still on its way to the disk waits for a round too: its reply
-        // must not promise more than the first ADD's.
-        if (failure !== undefined || (tx.newLeases === 0 && !tx.readsUnsynced)) settle();
+        if (failure !== undefined || !tx.waitsForSync) settle();
         // The batch's files are written: its sync round next, while the next batch runs under the same hold.
         else this.syncBatch(settle, tx.gen);
         this.stats.batchSeconds += Number(process.hrtime.bigint() - t0) / 1e9;
@@ -659,7 +658,7 @@ export class NetworkStore implements LeaseStore {
         `lease ${target} appeared outside the network's lock; the leases are re-read, retry`,
       );
     }
-    tx.newLeases++;
+    tx.waitsForSync = true;
     this.unsynced.set(name, tx.gen);
     hold.changed = true;
     this.mark(name, lease.ip, true);
@@ -720,17 +719,15 @@ export class NetworkStore implements LeaseStore {
   private leasesOf(a: Attachment): Lease[] {
     checkContainerId(a.containerId);
     if (a.ifname !== '') checkIfname(a.ifname);
-    const of = (key: string): Lease[] =>
-      [...(this.byAtt.get(key)?.ips ?? [])].map((ip) => this.byIp.get(ip)!);
-    const exact = of(disk.attKey(a));
-    const found =
+    const namesOf = (key: string): string[] => [...(this.byAtt.get(key)?.ips ?? [])];
+    const exact = namesOf(disk.attKey(a));
+    const names =
       exact.length > 0 || a.ifname === ''
         ? exact
         : // host-local matches legacy files (id only) when no exact match exists.
-          of(disk.attKey({ containerId: a.containerId, ifname: '' }));
-    if (this.tx !== undefined && found.some((l) => this.unsynced.has(formatIp(l.ip))))
-      this.tx.readsUnsynced = true;
-    return found;
+          namesOf(disk.attKey({ containerId: a.containerId, ifname: '' }));
+    if (this.tx !== undefined && names.some((n) => this.unsynced.has(n))) this.tx.waitsForSync = true;
+    return names.map((n) => this.byIp.get(n)!);
   }
 
   private release(lease: Lease): void {
