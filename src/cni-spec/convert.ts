@@ -1,6 +1,12 @@
 // Converts results between spec versions: one explicit registry of converters, with 0.4.0 as the hub.
 import { CniError, ErrorCode } from './errors';
-import { expectObject, withoutUndefined, type JsonObject, type ShapeContext } from './json-shape';
+import {
+  expectObject,
+  optionalString,
+  withoutUndefined,
+  type JsonObject,
+  type ShapeContext,
+} from './json-shape';
 import {
   ipFamilyOf,
   readResult020,
@@ -265,11 +271,8 @@ export function parseResult(json: string | JsonObject, version: string, what = '
     }
   }
   const o = expectObject(value, ctx);
-  const own = o.cniVersion === null || o.cniVersion === '' ? undefined : o.cniVersion;
-  if (own !== undefined && typeof own !== 'string') {
-    throw new CniError(ErrorCode.DecodingFailure, `${what}.cniVersion: expected a string, got ${typeof own}`);
-  }
-  const v = own ?? version;
+  // Absent, null or "": the version the caller reads it in (libcni's fixupResultVersion).
+  const v = optionalString(o, 'cniVersion', ctx) || version;
   if (!isSupportedVersion(v)) throw unsupportedVersionError(`${what} version`, v);
   const family = VERSION_FAMILY[v];
   const read = READERS[family];

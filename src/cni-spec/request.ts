@@ -304,20 +304,17 @@ export function parseNetConf(stdin: string, command: RequestCommand): NetConf {
   return { ...value, cniVersion, name, type };
 }
 
-function readObjectKey(config: NetConf, key: string): JsonObject | undefined {
-  const v = config[key];
-  // null is absent, as Go's decoder reads it.
+/** `o[key]` when it is an object; absent for undefined and null (as Go's decoder reads null); else code 7. */
+function readObjectKey(o: JsonObject, key: string, path = key): JsonObject | undefined {
+  const v = o[key];
   if (v === undefined || v === null) return undefined;
-  if (!isJsonObject(v)) throw invalidConfig(`network config "${key}" must be an object`);
+  if (!isJsonObject(v)) throw invalidConfig(`network config "${path}" must be an object`);
   return v;
 }
 
 function readArgsCni(config: NetConf): Readonly<Record<string, unknown>> {
   const args = readObjectKey(config, 'args');
-  const cni = args?.cni;
-  if (cni === undefined || cni === null) return {};
-  if (!isJsonObject(cni)) throw invalidConfig('network config "args.cni" must be an object');
-  return cni;
+  return (args && readObjectKey(args, 'cni', 'args.cni')) ?? {};
 }
 
 /** prevResult is read in the config's version when it does not name its own. */

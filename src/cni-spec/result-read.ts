@@ -79,7 +79,7 @@ function readIPConfig100(o: JsonObject, ctx: ShapeContext): IPConfig100 {
 }
 
 function readIPConfig040(o: JsonObject, ctx: ShapeContext): IPConfig040 {
-  const version = o.version === null ? undefined : o.version;
+  const version = optionalString(o, 'version', ctx);
   // Some 0.3.x producers omitted the tag (or wrote null); the address says which family it is.
   if (version !== undefined && version !== '4' && version !== '6') {
     throw shapeError(at(ctx, 'version'), '"4" or "6"', version);
