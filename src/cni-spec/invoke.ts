@@ -88,18 +88,13 @@ function execOnce(opts: ExecPluginOptions): Promise<PluginOutput> {
       return;
     }
     const child = spawn(opts.path, [], { env: childEnv(opts), stdio: ['pipe', 'pipe', 'pipe'] });
-    let cancelled = false;
-    const kill = (): void => {
-      cancelled = true;
-      child.kill('SIGKILL');
-    };
+    const kill = (): void => void child.kill('SIGKILL');
     opts.signal?.addEventListener('abort', kill, { once: true });
     child.once('close', () => opts.signal?.removeEventListener('abort', kill));
     // Killed for the call's sake: done once the plugin itself is gone. Its own children may still hold the
     // pipes (a script's `sleep`); waiting for 'close' would wait for them, past the deadline.
     child.once('exit', (_code, signal) => {
-      if (!cancelled) return;
-      opts.signal?.removeEventListener('abort', kill);
+      if (opts.signal?.aborted !== true) return;
       child.stdout.destroy();
       child.stderr.destroy();
       reject(
