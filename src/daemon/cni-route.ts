@@ -50,7 +50,7 @@ function refusal(status: number, reason: string): { raw: RawReply } {
 }
 
 /** The uid at the other end of the request's unix socket; undefined when it cannot be known. */
-export function peerUid(req: http.IncomingMessage): number | undefined {
+function peerUid(req: http.IncomingMessage): number | undefined {
   const fd = (req.socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
   if (typeof fd !== 'number' || fd < 0) return undefined;
   try {
@@ -58,6 +58,15 @@ export function peerUid(req: http.IncomingMessage): number | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Why the caller may not change anything (its uid, or "unknown"), or undefined for one of `writerUids`: the
+ * socket is root-only already; this keeps a socket whose mode was loosened from serving others.
+ */
+export function notAWriter(req: http.IncomingMessage, writerUids: readonly number[]): string | undefined {
+  const uid = peerUid(req);
+  return uid !== undefined && writerUids.includes(uid) ? undefined : `peer uid ${uid ?? 'unknown'}`;
 }
 
 /** The reply to send, or, with `sent`, the reply that was already sent (or tried) from the call's turn. */
@@ -68,10 +77,8 @@ export async function serveCniCall(
   if (req.method !== 'POST') return refusal(405, 'POST /v1/cni only');
   if (ctx.plugins === undefined) return refusal(421, 'this berthd does not serve plugin calls');
   if (ctx.draining) return refusal(503, 'berthd is stopping');
-  // The socket is root-only already; this keeps a socket whose mode was loosened from serving others.
-  const uid = peerUid(req);
-  if (uid === undefined || !ctx.writerUids.includes(uid))
-    return refusal(403, `plugin calls are served to root only (peer uid ${uid ?? 'unknown'})`);
+  const notWriter = notAWriter(req, ctx.writerUids);
+  if (notWriter !== undefined) return refusal(403, `plugin calls are served to root only (${notWriter})`);
   const body = await ctx.readJson();
   const problem = envelopeProblem(body);
   if (problem !== undefined) return refusal(400, `malformed call: ${problem}`);

@@ -3,7 +3,7 @@
 import * as http from 'node:http';
 import { CniError, ErrorCode, toCniError } from '../cni-spec/errors';
 import type { RouteMetricSample, RoutesReport } from '../cluster/route-programmer';
-import { peerUid, serveCniCall, type RawReply } from './cni-route';
+import { notAWriter, serveCniCall, type RawReply } from './cni-route';
 import { CNI_PATH as CNI_CALL_PATH } from './protocol';
 import type { Logger } from './log';
 import type { Metrics, SampledValue } from './metrics';
@@ -369,16 +369,13 @@ export class BerthServer {
     const path = url.pathname;
     const service = this.o.service;
     // Anything but a read is for a writer (writerUids, root by default), whatever the socket's mode.
-    if (method !== 'GET' && method !== 'HEAD') {
-      const uid = peerUid(req);
-      if (uid === undefined || !this.writerUids.includes(uid)) {
-        throw new ServiceError(
-          403,
-          ErrorCode.Internal,
-          `berthd serves ${method} ${url.pathname} to root only (peer uid ${uid ?? 'unknown'})`,
-        );
-      }
-    }
+    const notWriter = method === 'GET' || method === 'HEAD' ? undefined : notAWriter(req, this.writerUids);
+    if (notWriter !== undefined)
+      throw new ServiceError(
+        403,
+        ErrorCode.Internal,
+        `berthd serves ${method} ${path} to root only (${notWriter})`,
+      );
     const wrongMethod = (allowed: string): never => {
       throw new ServiceError(405, ErrorCode.UnsupportedField, `${method} ${path}: use ${allowed}`);
     };
