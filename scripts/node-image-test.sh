@@ -47,13 +47,12 @@ br="${P}nd"
 # shellcheck source=lib/checks.sh
 . "$repo/scripts/lib/checks.sh"
 
-agent_pids=()
 cleanup() {
   set +e
   # If podman could not remove the agent: it (privileged, host PID) and its conmon must not outlive the run.
   # Only then, and only a pid that is still a conmon or a berth (a pid of one that exited may be anyone's).
   if ! "${podman_[@]}" rm -f -t 5 "$P-agent" >/dev/null 2>&1; then
-    for p in "${agent_pids[@]}"; do
+    for p in $("${podman_[@]}" inspect -f '{{.State.Pid}} {{.State.ConmonPid}}' "$P-agent" 2>/dev/null); do
       [ "$p" -gt 1 ] 2>/dev/null && grep -qxE 'conmon|berth' "/proc/$p/comm" 2>/dev/null && kill -9 "$p" 2>/dev/null
     done
   fi
@@ -178,9 +177,7 @@ args+=("--run-dir=$host/run/berth")
 agent_log="$tmp/agent.log"
 start_agent() {
   "${podman_[@]}" run -d "${limits[@]}" --name "$P-agent" --network host --pid host --privileged "${volumes[@]}" "$tag" \
-    "${args[@]}" >/dev/null || return 1
-  # shellcheck disable=SC2207 # two pids (the previous agent's, if any, were removed before this start)
-  agent_pids=($("${podman_[@]}" inspect -f '{{.State.Pid}} {{.State.ConmonPid}}' "$P-agent" 2>/dev/null))
+    "${args[@]}" >/dev/null
 }
 healthy() {
   for _ in $(seq 1 150); do
@@ -233,7 +230,7 @@ check "the agent's berthd handed out the $((seq_pods + par_pods)) pod addresses 
 
 # --- SIGTERM: plugins stay ---------------------------------------------------------------------------------
 stop_agent() {
-  "${podman_[@]}" stop -t 20 "$P-agent" >/dev/null && agent_pids=() || return 1
+  "${podman_[@]}" stop -t 20 "$P-agent" >/dev/null || return 1
   local code
   code="$("${podman_[@]}" inspect "$P-agent" --format '{{.State.ExitCode}}')"
   echo "exit code $code"
@@ -250,13 +247,12 @@ still_answers() {
 }
 check "the installed berth-bridge still answers with no berthd (the shim runs berth standalone)" still_answers
 restart_unchanged() {
-  "${podman_[@]}" rm "$P-agent" >/dev/null && agent_pids=() && start_agent && healthy >/dev/null || return 1
+  "${podman_[@]}" rm "$P-agent" >/dev/null && start_agent && healthy >/dev/null || return 1
   "${podman_[@]}" logs "$P-agent" 2>&1 | grep 'node-agent:'
   [ "$("${podman_[@]}" logs "$P-agent" 2>&1 | grep -c 'node-agent: unchanged')" = 4 ]
 }
 check "a second start finds every file in place and changes none" restart_unchanged
-# Stopped: its pids are no longer ours to kill (they may be anyone's by the cleanup).
-"${podman_[@]}" stop -t 20 "$P-agent" >/dev/null 2>&1 && agent_pids=()
+"${podman_[@]}" stop -t 20 "$P-agent" >/dev/null 2>&1
 
 # --- the probes' route over TCP, in a network namespace of ours ---------------------------------------------
 mkdir -p "$tmp/probe/run"

@@ -44,8 +44,6 @@ cleanup() {
     ip link del "$br" 2>/dev/null
   done
   findmnt -rn -o TARGET | grep -F "$tmp/" | sort -r | while read -r m; do umount -l "$m"; done
-  # containerd's runc keeps per-namespace state in /run/containerd/runc/<namespace>: ours is $P, and empty now.
-  rmdir "/run/containerd/runc/$P" 2>/dev/null
   rm -f /var/lib/cni/results/"$P"-* 2>/dev/null
   rm -rf "$tmp"
 }
@@ -99,8 +97,8 @@ ctr_run() {
     for d in /opt/cni/bin /opt/cni /opt; do [ -d "$d" ] && { mount -t tmpfs tmpfs "$d"; break; }; done
     mkdir -p /opt/cni/bin /etc/cni/net.d && mount -t tmpfs tmpfs /etc/cni/net.d
     cp -a "$1"/. /opt/cni/bin/ && cp "$2" /etc/cni/net.d/10-berth.conflist
-    ctr -a "$3" -n "$4" run --rm --cni berth.local/busybox:1 "$4-c" sh -c "$5" 198.19.244.2 198.19.244.1
-  ' _ "$tmp/bin" "$tmp/ctr.conflist" "$sock" "$P" "$in_pod"
+    ctr -a "$3" -n "$4" run --rm --cni --runc-root "$6" berth.local/busybox:1 "$4-c" sh -c "$5" 198.19.244.2 198.19.244.1
+  ' _ "$tmp/bin" "$tmp/ctr.conflist" "$sock" "$P" "$in_pod" "$tmp/runc"
 }
 check "ctr run --cni: the container has 198.19.244.2 on eth0 and pings the gateway" ctr_run
 served() { local a d; a="$(calls ADD)" d="$(calls DEL)"; echo "ADD ${adds0:-0}->$a DEL ${dels0:-0}->$d"

@@ -67,17 +67,12 @@ in_private_netns() {
 for run in "${runs[@]}"; do
   read -r project args <<<"$run"
   report="$reports/$project.json"
-  # shellcheck disable=SC2086
+  # shellcheck disable=SC2206 # args are words
+  vitest=(timeout --foreground -k 30 1800 npx vitest run $args --reporter=default --reporter=json --outputFile="$report")
   case "$project" in
-    unit) timeout --foreground -k 30 1800 npx vitest run $args --reporter=default --reporter=json --outputFile="$report" ;;
-    root)
-      in_private_netns timeout --foreground -k 30 1800 \
-        npx vitest run $args --reporter=default --reporter=json --outputFile="$report"
-      ;;
-    root-warm)
-      in_private_netns env BERTH_TEST_MODE=warm timeout --foreground -k 30 1800 \
-        npx vitest run $args --reporter=default --reporter=json --outputFile="$report"
-      ;;
+    unit) "${vitest[@]}" ;;
+    root) in_private_netns "${vitest[@]}" ;;
+    root-warm) in_private_netns env BERTH_TEST_MODE=warm "${vitest[@]}" ;;
   esac
   rc=$?
   if [ -s "$report" ]; then
