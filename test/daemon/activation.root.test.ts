@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, expect, test } from 'vitest';
 import { REPO } from '../bridge/harness';
+import { holdFlock } from '../netlink/flock-holder';
 import { postCni } from './warm-client';
 
 const dir = mkdtempSync(join(tmpdir(), `bt${process.pid}-act-`));
@@ -126,12 +127,11 @@ test('stopping with a call in flight, berthd answers new calls 503 on the socket
   }
   const berthd = Number(out.trim());
   forkedBerthd = berthd;
-  // A call in flight for 3 s: its network's lock is held by another process meanwhile.
+  // A call in flight: its network's lock is held by another process until the test lets go.
   const net = `bt${process.pid}dr`;
   mkdirSync(join(dataDir, net), { recursive: true });
-  const holder = spawn('flock', [join(dataDir, net, 'lock'), 'sleep', '3'], { stdio: 'ignore' });
+  const holder = await holdFlock(join(dataDir, net, 'lock'));
   try {
-    await new Promise((r) => setTimeout(r, 200));
     const env = { BERTH_RUN_DIR: runDir, BERTH_NFT_TABLE: table, CNI_CONTAINERID: 'c1', CNI_IFNAME: 'eth0' };
     const inFlight = postCni(activated, {
       plugin: 'berth-ipam',
@@ -153,11 +153,12 @@ test('stopping with a call in flight, berthd answers new calls 503 on the socket
       new Promise<never>((_, reject) => setTimeout(() => reject(new Error('queued: no answer')), 2000)),
     ]);
     expect(late.status).toBe(503);
-    // The call in flight still finishes.
+    // The call in flight still finishes once the lock is free.
+    await holder.release();
     const first = await inFlight;
     expect(first.status).toBe(200);
     expect(first.code, first.stdout).toBe(0);
   } finally {
-    holder.kill('SIGKILL');
+    await holder.release();
   }
 }, 30_000);

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import type { CallOutput } from '../../src/cni-spec/dispatch';
 import { networkLockFile } from '../../src/bridge/lock';
+import { holdFlock } from '../netlink/flock-holder';
 import type * as LogModule from '../../src/daemon/log';
 import type * as MetricsModule from '../../src/daemon/metrics';
 import type * as HostModule from '../../src/daemon/plugin-host';
@@ -292,14 +293,8 @@ describe('a real berthd on /v1/cni', () => {
     // caller surely leaves in its middle (not before berthd has the request).
     mkdirSync(join(fx.runDir, 'bridge'), { recursive: true });
     const lockFile = networkLockFile(fx.runDir, c.name as string);
-    // Its own process group, so that its sleep goes with it.
-    const holder = spawn('flock', ['-o', lockFile, 'sleep', '30'], { stdio: 'ignore', detached: true });
+    const holder = await holdFlock(lockFile);
     try {
-      // Held before the call is sent: a second flock cannot take it.
-      await vi.waitFor(() => expect(trySh('flock', ['-n', lockFile, 'true'])).toBeUndefined(), {
-        timeout: 5000,
-        interval: 20,
-      });
       const reply = postCni(
         d.socket,
         { plugin: 'berth-bridge', env: callEnv('ADD', id, ns.path), stdin: JSON.stringify(c) },
@@ -307,7 +302,7 @@ describe('a real berthd on /v1/cni', () => {
       ).catch((e: unknown) => e);
       expect(await reply).toBeInstanceOf(Error);
     } finally {
-      process.kill(-holder.pid!, 'SIGKILL');
+      await holder.release();
     }
     // berthd finishes the ADD, then deletes it, in the attachment's order.
     const deadline = Date.now() + 20_000;

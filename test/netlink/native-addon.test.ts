@@ -1,5 +1,6 @@
 // The addon's flock(2) must exclude other processes that use flock(2) (util-linux flock, Go's go-filemutex).
 import { spawn, type ChildProcess } from 'node:child_process';
+import { holdFlock } from './flock-holder';
 import {
   closeSync,
   existsSync,
@@ -33,17 +34,11 @@ function openFd(path: string, flags: string): number {
   return fd;
 }
 
-/** Starts util-linux `flock <file> cat`, which holds the lock until its stdin closes. */
+/** Starts a holder of the lock in another process (flock-holder.ts), let go at the test's end. */
 async function holdLockInOtherProcess(path: string, shared: boolean): Promise<ChildProcess> {
-  const child = spawn('flock', [shared ? '-s' : '-x', path, 'sh', '-c', 'echo held; cat'], {
-    stdio: ['pipe', 'pipe', 'inherit'],
-  });
-  cleanups.push(() => child.kill());
-  await new Promise<void>((resolve, reject) => {
-    child.once('error', reject);
-    child.stdout.once('data', () => resolve());
-  });
-  return child;
+  const holder = await holdFlock(path, { shared });
+  cleanups.push(() => holder.child.kill());
+  return holder.child;
 }
 
 describe('native flock', () => {
