@@ -127,12 +127,17 @@ beforeEach(async () => {
   root = mkdtempSync(join(tmpdir(), 'bt-cluster-'));
 });
 
+/** A berthd stopped as on SIGTERM: the cluster layer, then its lease store; no longer stopped at the end. */
+async function stopNode(n: (typeof nodes)[number]): Promise<void> {
+  const i = nodes.indexOf(n);
+  if (i !== -1) nodes.splice(i, 1);
+  await n.cluster.stop();
+  await n.service.drain();
+  n.service.close();
+}
+
 afterEach(async () => {
-  for (const n of nodes.splice(0)) {
-    await n.cluster.stop();
-    await n.service.drain();
-    n.service.close();
-  }
+  for (const n of [...nodes]) await stopNode(n);
   await fake.close();
   rmSync(root, { recursive: true, force: true });
 });
@@ -435,10 +440,7 @@ describe('daemon down: berth-ipam on the files', () => {
   test('allocates only inside the blocks of cluster.json and never claims', async () => {
     const a = await startNode('n1');
     await add(a, 'c-0');
-    await a.cluster.stop();
-    await a.service.drain();
-    a.service.close();
-    nodes.pop();
+    await stopNode(a);
     const owned = readClusterRecord(a.dataDir, NET)!.blocks.map((b) => b.cidr);
     const txnsBefore = fake.calls.get('/v3/kv/txn') ?? 0;
     const deps = {
@@ -631,10 +633,7 @@ describe('release, forget, leave', () => {
   test('a fence recorded in cluster.json holds a restarted berthd until it has registered', async () => {
     const a = await startNode('n1');
     await add(a, 'a-0');
-    nodes.splice(nodes.indexOf(a), 1);
-    await a.cluster.stop();
-    await a.service.drain();
-    a.service.close();
+    await stopNode(a);
     // The previous berthd was fenced (forgotten, say) when it stopped; its contact is fresh.
     const rec = readClusterRecord(a.dataDir, NET)!;
     expect(rec.blocks.length).toBeGreaterThan(0);
