@@ -141,9 +141,9 @@ export function retryUnderlayDetection(o: {
   let every = o.everyMs ?? 5000;
   const now = o.now ?? ((): number => performance.now());
   const started = now();
+  const complete = (u: Underlay): boolean => u.underlay !== undefined && u.underlay6 !== undefined;
   const done = (u: Underlay): boolean =>
-    (u.underlay !== undefined && u.underlay6 !== undefined) ||
-    (underlayText(u) !== '' && now() - started >= (o.otherFamilyForMs ?? 10 * 60_000));
+    complete(u) || (underlayText(u) !== '' && now() - started >= (o.otherFamilyForMs ?? 10 * 60_000));
   const attempt = async (): Promise<void> => {
     let found: Underlay = {};
     try {
@@ -179,7 +179,8 @@ export function retryUnderlayDetection(o: {
     timer.unref();
     every = Math.min(every * 2, o.maxEveryMs ?? 60_000);
   };
-  schedule();
+  // Both families known already: nothing to look for.
+  if (!complete(have)) schedule();
   return () => {
     stopped = true;
     if (timer !== undefined) clearTimeout(timer);

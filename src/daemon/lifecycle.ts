@@ -166,16 +166,15 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
     // Refuses to start when the node name belongs to another machine; an unreachable etcd only delays it.
     await cluster.start();
   }
-  // A family of the underlay not found at the start, and none given: look again (the network may not be
-  // up yet) and publish what turns up.
+  // No underlay given: while a family was not found at the start, look again (the network may not be up
+  // yet) and publish what turns up.
   const firstEndpoint = o.cluster?.etcd.endpoints[0];
   const stopUnderlayRetry =
     cluster !== undefined &&
     routingModule !== undefined &&
     firstEndpoint !== undefined &&
     o.cluster?.underlay === undefined &&
-    (o.underlayAddresses ?? []).length === 0 &&
-    (underlay?.underlay === undefined || underlay.underlay6 === undefined)
+    (o.underlayAddresses ?? []).length === 0
       ? routingModule.retryUnderlayDetection({
           have: underlay ?? {},
           detect: () => routingModule.detectUnderlayTowards(firstEndpoint),

@@ -116,6 +116,20 @@ describe('underlay detection after the start', () => {
     }
   });
 
+  test('both families known at the start: nothing to look for', async () => {
+    let detections = 0;
+    const stop = retryUnderlayDetection({
+      have: { underlay: '198.18.0.7', underlay6: 'fd00:7::7' },
+      detect: () => Promise.resolve((detections++, {})),
+      publish: () => Promise.resolve(true),
+      log: () => undefined,
+      everyMs: 2,
+    });
+    await new Promise((r) => setTimeout(r, 40));
+    stop();
+    expect(detections).toBe(0);
+  });
+
   test('stop ends the attempts', async () => {
     const r = await run({ answers: [{}], until: (_p, d) => d > 2 });
     expect(r.afterStop()).toBeLessThanOrEqual(1); // at most the attempt already under way
