@@ -47,7 +47,22 @@ if [ "$(id -u)" = 0 ]; then
   if [ -f "$setup" ]; then
     bash "$setup" >&2
   else
-    log "no $setup beside the repo: cnitool not built (scripts that need it will say so)"
+    # A clone on its own (CI's fresh clone): cnitool from this repo's copy of the project's source
+    # (scripts/cnitool/main.go, on Debian's libcni; the reference plugins come from containernetworking-plugins
+    # above). The same build and up-to-date stamp as setup-cni-reference.sh, offline.
+    cnitool=/usr/local/bin/cnitool
+    sum="$(sha256sum "$repo/scripts/cnitool/main.go" | cut -c1-16)"
+    if [ -x "$cnitool" ] && [ "$(cat "$cnitool.srcsum" 2>/dev/null || true)" = "$sum" ]; then
+      log "cnitool up to date at $cnitool"
+    else
+      b="$(mktemp -d)"
+      mkdir -p "$b/src/cnitool" && cp "$repo/scripts/cnitool/main.go" "$b/src/cnitool/main.go"
+      (cd "$b/src/cnitool" && GO111MODULE=off GOPATH="$b:/usr/share/gocode" GOCACHE="$b/cache" GOFLAGS= \
+        GOPROXY=off CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$cnitool" .)
+      rm -rf "$b"
+      echo "$sum" >"$cnitool.srcsum"
+      log "cnitool built at $cnitool (scripts/cnitool/main.go)"
+    fi
   fi
 elif [ ${#missing[@]} -gt 0 ]; then
   log "not root: not installing ${missing[*]} (the unit tests do not need them)"
