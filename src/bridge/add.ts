@@ -430,6 +430,15 @@ function chainedResult(prev: Result, ours: Result): Result {
   return merged;
 }
 
+/**
+ * IPAM types that never look at the pod's interface (addresses from lease files or from the config): for a new
+ * attachment their ADD runs while the veth pair is created and attached, which the kernel does on a pool
+ * thread (berthd) or which keeps the process waiting anyway (standalone), so the ADD takes about the shorter of
+ * the two less. Any other type (a DHCP client sends from the interface) is called once the interface exists,
+ * as in the reference.
+ */
+const INTERFACE_FREE_IPAM: ReadonlySet<string> = new Set(['berth-ipam', 'host-local', 'static']);
+
 /** A delegate run by the rollback gets this long in berthd: a hung one must not hold the attachment forever. */
 const CLEANUP_TIMEOUT_MS = 30_000;
 
@@ -465,6 +474,19 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
     throw toKernelCniError(err);
   }
   let pod: Netlink | undefined;
+  // The IPAM ADD once started; its DEL is armed the moment it succeeds.
+  let ipamAdd: Promise<Result | undefined> | undefined;
+  const startIpamAdd = (ipamType: string): Promise<Result | undefined> => {
+    const added = deps.ipam({ pluginType: ipamType, command: 'ADD', request: req }).then((r) => {
+      undo.push(`IPAM DEL (${ipamType})`, async () => {
+        await deps.ipam({ pluginType: ipamType, command: 'DEL', request: forCleanup(req) });
+      });
+      return r;
+    });
+    // Awaited later (after the veth, or by the rollback): a failure meanwhile is not an unhandled rejection.
+    added.catch(() => undefined);
+    return added;
+  };
   try {
     // The socket is opened on the fd already held, so the pod namespace is entered by the same reference.
     pod = await deps.kernel.netns(netnsRef.fd);
@@ -499,6 +521,10 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
         undo.push('unregister attachment', () =>
           withNetworkLock(lockOpts, async () => unregisterAttachment(deps.runDir, conf.network, tag)),
         );
+      // Only for a new attachment: a repeated ADD whose veth then fails (its eth0 is there) must not have its
+      // rollback's IPAM DEL release the address the earlier ADD handed out, so it calls IPAM after, as before.
+      if (!existed && conf.ipamType !== undefined && INTERFACE_FREE_IPAM.has(conf.ipamType))
+        ipamAdd = startIpamAdd(conf.ipamType);
       const v = await createVeth(ctx, undo);
       await configurePort(ctx, { bridge: b.link, veth: v.host, alias: tag });
       return { bridge: b.link, veth: v };
@@ -535,11 +561,7 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
 
     let plan: AddressPlan | undefined;
     if (conf.ipamType !== undefined) {
-      const ipamType = conf.ipamType;
-      const ipam = await deps.ipam({ pluginType: ipamType, command: 'ADD', request: req });
-      undo.push(`IPAM DEL (${ipamType})`, async () => {
-        await deps.ipam({ pluginType: ipamType, command: 'DEL', request: forCleanup(req) });
-      });
+      const ipam = await (ipamAdd ??= startIpamAdd(conf.ipamType));
       fault('after-ipam');
       if (ipam === undefined || ipam.ips === undefined || ipam.ips.length === 0) {
         throw new CniError(ErrorCode.Internal, 'IPAM plugin returned missing IP config');
@@ -619,6 +641,8 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
     if (conf.dns !== undefined) result.dns = conf.dns;
     return req.prevResult !== undefined ? chainedResult(req.prevResult, result) : result;
   } catch (err) {
+    // An IPAM ADD still running beside a failed veth step: its DEL must be on the stack before the unwind.
+    await ipamAdd?.catch(() => undefined);
     await undo.unwind(req.log);
     throw toKernelCniError(err);
   } finally {

@@ -131,6 +131,30 @@ describe('rollback of a failed ADD', () => {
     },
   );
 
+  it.each(['berth-ipam', 'host-local'])(
+    "a repeated ADD whose veth fails (eth0 is there) keeps the first ADD's lease and pod (%s)",
+    async (type) => {
+      // The first ADD's IPAM runs beside its veth (a new attachment); the repeat's must not, or its rollback's
+      // IPAM DEL would release the address the first handed out (berth-ipam hands the same one out again).
+      const ns = fx.netns();
+      const ranges = [[{ subnet: '198.18.131.0/24' }], [{ subnet: 'fd00:b::/64' }]];
+      const c = conf({
+        ipMasq: false,
+        macspoofchk: false,
+        ipam: type === 'host-local' ? fx.hostLocal(ranges) : { type, dataDir: fx.dataDir, ranges },
+      });
+      const call = { command: 'ADD' as const, conf: c, containerId: 'ctr1', netns: ns.path, ifname: 'eth0' };
+      expect((await fx.run(call)).code).toBe(0);
+      const leases = fx.leases(c.name as string);
+      expect(leases).toHaveLength(2);
+      const again = await fx.run(call);
+      expect(again.code).not.toBe(0);
+      expect(again.json.msg).toMatch(/already exists/);
+      expect(fx.leases(c.name as string)).toEqual(leases);
+      expect(ipJson(['-n', ns.name, 'link', 'show', 'eth0'])).toHaveLength(1);
+    },
+  );
+
   it('a "%" in CNI_IFNAME or the bridge name is refused up front (4, 7): no veth, no eth0 in the pod', async () => {
     const ns = fx.netns();
     const c = conf();
@@ -237,6 +261,67 @@ describe('rollback when the call was cancelled (berthd: the caller left, or the 
     });
     await expect(add).rejects.toThrow(/after-ipam/);
     expect(ipamCalls).toEqual(['ADD cancelled=false', 'DEL cancelled=false']);
+    expectNothingLeft(c, ns, { bridgeGone: true });
+  });
+});
+
+describe('when IPAM is called', () => {
+  const dist = (m: string): unknown => require(join(REPO, 'dist', m));
+  const { cmdAdd } = dist('bridge/add.js') as typeof AddModule;
+  const { systemKernel, faultAt } = dist('bridge/deps.js') as typeof DepsModule;
+  const { parseRequest } = dist('cni-spec/request.js') as typeof RequestModule;
+
+  /** An ADD whose IPAM (of `type`) is a stand-in recording whether eth0 was in the pod when each call came. */
+  function addWith(type: string, opts: { fault?: string; ipamDelayMs?: number } = {}) {
+    const ns = fx.netns();
+    const c = conf({ ipMasq: false, macspoofchk: false, ipam: { type } });
+    const calls: string[] = [];
+    const req = parseRequest({
+      env: { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'ctr7', CNI_NETNS: ns.path, CNI_IFNAME: 'eth0', CNI_PATH },
+      stdin: JSON.stringify(c),
+    });
+    const add = cmdAdd(req, {
+      runDir: fx.runDir,
+      nftTable: fx.nftTable,
+      kernel: systemKernel,
+      ipam: async (call) => {
+        // Read at once, as a DHCP client would look for its interface.
+        const eth0 = trySh('ip', ['-n', ns.name, 'link', 'show', 'eth0']) !== undefined;
+        calls.push(`${call.pluginType} ${call.command} eth0=${eth0}`);
+        if (opts.ipamDelayMs !== undefined) await new Promise((r) => setTimeout(r, opts.ipamDelayMs));
+        if (call.command !== 'ADD') return undefined;
+        return {
+          cniVersion: '1.1.0',
+          ips: [{ address: '198.18.131.7/24', gateway: '198.18.131.1' }],
+        };
+      },
+      ...(opts.fault !== undefined ? { fault: faultAt(opts.fault) } : {}),
+    });
+    return { ns, c, calls, add };
+  }
+
+  it('an IPAM that may use the interface (dhcp) is called once eth0 is in the pod', async () => {
+    const { ns, calls, add } = addWith('dhcp');
+    const result = await add;
+    expect(result.ips?.[0]?.address).toBe('198.18.131.7/24');
+    expect(calls).toEqual(['dhcp ADD eth0=true']);
+    expect(ipJson(['-n', ns.name, '-4', 'addr', 'show', 'eth0'])[0].addr_info[0].local).toBe('198.18.131.7');
+  });
+
+  it('host-local, static and berth-ipam hand out addresses while the veth is made', async () => {
+    for (const type of ['host-local', 'static', 'berth-ipam']) {
+      const { calls, add } = addWith(type);
+      await add;
+      expect(calls).toEqual([`${type} ADD eth0=false`]);
+      fx.cleanup();
+    }
+  });
+
+  it('a veth step that fails while that IPAM ADD still runs: the rollback waits for it, then releases it', async () => {
+    const { c, ns, calls, add } = addWith('host-local', { fault: 'veth-created', ipamDelayMs: 300 });
+    await expect(add).rejects.toThrow(/veth-created/);
+    expect(calls).toHaveLength(2);
+    expect(calls[1]).toMatch(/^host-local DEL /);
     expectNothingLeft(c, ns, { bridgeGone: true });
   });
 });
