@@ -23,8 +23,13 @@ tmp="$(mktemp -d "/tmp/$P-rt.XXXXXX")"
 sock="$tmp/containerd.sock"
 bsock="$tmp/berthd/berthd.sock"
 ctrd_pid="" berthd_pid=""
+# The directories of /etc/cni/net.d this run had to make for ctr (a host without them): removed in cleanup.
+etc_made=()
 podman_=(podman --root "$tmp/storage" --runroot "$tmp/runroot" --storage-driver vfs --cgroup-manager cgroupfs
   --events-backend file --tmpdir "$tmp/podman-tmp")
+# Every podman command of this run, the cleanup's too: with the defaults, podman's CNI backend makes
+# /etc/cni/net.d/cni.lock on the host.
+pm() { CONTAINERS_CONF="$tmp/containers.conf" "${podman_[@]}" --network-backend cni --cni-config-dir "$tmp/net.d" "$@"; }
 limits=(--ulimit "nofile=$(ulimit -Sn):$(ulimit -Hn)" --ulimit nproc=4096:4096)
 # shellcheck source=lib/checks.sh
 . "$repo/scripts/lib/checks.sh"
@@ -35,8 +40,8 @@ limits=(--ulimit "nofile=$(ulimit -Sn):$(ulimit -Hn)" --ulimit nproc=4096:4096)
 
 cleanup() {
   set +e
-  "${podman_[@]}" rm -f -t 2 "$P-pod" >/dev/null 2>&1
-  "${podman_[@]}" rmi -f berth.local/busybox:1 >/dev/null 2>&1
+  pm rm -f -t 2 "$P-pod" >/dev/null 2>&1
+  pm rmi -f berth.local/busybox:1 >/dev/null 2>&1
   stop_pid "$ctrd_pid"
   stop_pid "$berthd_pid"
   for br in "${P}ct" "${P}pm"; do
@@ -45,6 +50,7 @@ cleanup() {
   done
   findmnt -rn -o TARGET | grep -F "$tmp/" | sort -r | while read -r m; do umount -l "$m"; done
   rm -f /var/lib/cni/results/"$P"-* 2>/dev/null
+  for d in "${etc_made[@]}"; do rmdir "$d"; done
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -90,6 +96,10 @@ check "private containerd is up (pid $ctrd_pid)" up
 check "busybox imported" ctr -a "$sock" -n "$P" images import "$tmp/busybox.tar"
 conflist "$P-ctr" "${P}ct" 244 >"$tmp/ctr.conflist"
 adds0="$(calls ADD)" dels0="$(calls DEL)"
+# ctr reads /etc/cni/net.d and nothing else; the tmpfs below goes over it, so it must exist. A host without it
+# gets it for the run only (removed in cleanup, deepest first).
+for d in /etc/cni /etc/cni/net.d; do [ -d "$d" ] || { mkdir "$d" && etc_made=("$d" "${etc_made[@]}"); }; done
+etc_before="$(ls -A /etc/cni/net.d)"
 ctr_run() {
   unshare -m --propagation private bash -c '
     set -e
@@ -120,9 +130,8 @@ network_backend = "cni"
 cni_plugin_dirs = ["$tmp/bin"]
 network_config_dir = "$tmp/net.d"
 EOF
-check "busybox loaded into podman" "${podman_[@]}" load -i "$tmp/busybox.tar"
+check "busybox loaded into podman" pm load -i "$tmp/busybox.tar"
 adds0="$(calls ADD)" dels0="$(calls DEL)"
-pm() { CONTAINERS_CONF="$tmp/containers.conf" "${podman_[@]}" --network-backend cni --cni-config-dir "$tmp/net.d" "$@"; }
 # Started detached and then killed: the DEL is run by the cleanup that conmon starts when the container
 # exits (as for any container that ends by itself), with conmon_env_vars as its environment.
 podman_run() {
@@ -142,5 +151,7 @@ nothing_left() {
   ! ls /var/lib/cni/results/"$P"-* 2>/dev/null
 }
 check "no veth left on either bridge, no result cache file of these networks" nothing_left
+etc_untouched() { local now; now="$(ls -A /etc/cni/net.d)"; [ "$now" = "$etc_before" ] || { echo "was: $etc_before now: $now"; return 1; }; }
+check "the host's /etc/cni/net.d as before (ctr and podman had their own)" etc_untouched
 echo "# runtimes-test: $checks checks, $fails failed"
 [ "$fails" -eq 0 ]
