@@ -35,8 +35,10 @@ tmp="$(mktemp -d "/tmp/$P-img.XXXXXX")"
 host="$tmp/host"
 tag="berth.local/berth-node:$P"
 probe_ns="$P-probe"
+# Its own network config dir too: with the default, podman's CNI backend writes /etc/cni/net.d/cni.lock on the
+# host (the agent runs on the host network, so no CNI network is ever used).
 podman_=(podman --root "$tmp/storage" --runroot "$tmp/runroot" --storage-driver vfs --cgroup-manager cgroupfs
-  --events-backend file --tmpdir "$tmp/podman-tmp")
+  --events-backend file --tmpdir "$tmp/podman-tmp" --network-config-dir "$tmp/podman-net.d")
 net="$P-node"
 # podman sets the open-files and process limits of a privileged container above ours, which runc cannot do
 # where CAP_SYS_RESOURCE is missing (this VM): our own open-files limit, and a process limit below ours
@@ -69,6 +71,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 echo "# node-image-test: $(podman --version), dir $tmp"
+etc_before="$(ls -A /etc/cni/net.d 2>/dev/null)"
 
 # --- the manifest --------------------------------------------------------------------------------------
 manifest="$repo/deploy/berth.yaml"
@@ -129,7 +132,7 @@ if [ ! -f "$repo/dist/sea/entry.js" ] || [ ! -f "$repo/native/build/Release/bert
   (cd "$repo" && npm run build >&2)
 fi
 check "berth built (scripts/package.js)" node "$repo/scripts/package.js" --out "$tmp/build"
-mkdir -p "$tmp/podman-tmp"
+mkdir -p "$tmp/podman-tmp" "$tmp/podman-net.d"
 build_image() { PODMAN="${podman_[*]}" bash "$repo/scripts/build-image.sh" --from "$tmp/build" --tag "$tag"; }
 check "image built offline from scratch (scripts/build-image.sh)" build_image
 [ "$fails" = 0 ] || exit 1
@@ -276,6 +279,8 @@ probe_route() {
   return 1
 }
 check "GET /v1/health over TCP at the manifest's --metrics-address port answers ok (liveness/readiness)" probe_route
+etc_untouched() { local now; now="$(ls -A /etc/cni/net.d 2>/dev/null)"; [ "$now" = "$etc_before" ] || { echo "was: $etc_before now: $now"; return 1; }; }
+check "the host's /etc/cni/net.d as before (podman had its own network config dir)" etc_untouched
 
 echo "# node-image-test: $checks checks, $fails failed"
 [ "$fails" -eq 0 ]
