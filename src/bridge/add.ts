@@ -474,15 +474,25 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
     throw toKernelCniError(err);
   }
   let pod: Netlink | undefined;
-  // The IPAM ADD once started; its DEL is armed the moment it succeeds.
+  // The IPAM ADD once started; its DEL is armed the moment it succeeds, or fails cut short by the call's end.
   let ipamAdd: Promise<Result | undefined> | undefined;
   const startIpamAdd = (ipamType: string): Promise<Result | undefined> => {
-    const added = deps.ipam({ pluginType: ipamType, command: 'ADD', request: req }).then((r) => {
+    const armDel = (): void =>
       undo.push(`IPAM DEL (${ipamType})`, async () => {
         await deps.ipam({ pluginType: ipamType, command: 'DEL', request: forCleanup(req) });
       });
-      return r;
-    });
+    const added = deps.ipam({ pluginType: ipamType, command: 'ADD', request: req }).then(
+      (r) => {
+        armDel();
+        return r;
+      },
+      (err: unknown) => {
+        // The caller left or the deadline passed while the plugin ran (a delegate is then killed): it may
+        // have written its lease already.
+        if (req.signal?.aborted === true) armDel();
+        throw err;
+      },
+    );
     // Awaited later (after the veth, or by the rollback): a failure meanwhile is not an unhandled rejection.
     added.catch(() => undefined);
     return added;

@@ -317,6 +317,33 @@ describe('when IPAM is called', () => {
     }
   });
 
+  it('an IPAM ADD cut short by the caller leaving still gets its DEL (it may have written its lease)', async () => {
+    const ns = fx.netns();
+    const c = conf({ ipMasq: false, macspoofchk: false, ipam: { type: 'host-local' } });
+    const caller = new AbortController();
+    const calls: string[] = [];
+    const req = parseRequest({
+      env: { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'ctr8', CNI_NETNS: ns.path, CNI_IFNAME: 'eth0', CNI_PATH },
+      stdin: JSON.stringify(c),
+    });
+    req.signal = caller.signal;
+    const add = cmdAdd(req, {
+      runDir: fx.runDir,
+      nftTable: fx.nftTable,
+      kernel: systemKernel,
+      ipam: async (call) => {
+        calls.push(call.command);
+        if (call.command !== 'ADD') return undefined;
+        // The runtime gives up while the plugin runs; the delegate is killed after its lease is written.
+        caller.abort();
+        throw new Error('IPAM plugin host-local killed: the call was cancelled');
+      },
+    });
+    await expect(add).rejects.toThrow(/cancelled/);
+    expect(calls).toEqual(['ADD', 'DEL']);
+    expectNothingLeft(c, ns, { bridgeGone: true });
+  });
+
   it('a veth step that fails while that IPAM ADD still runs: the rollback waits for it, then releases it', async () => {
     const { c, ns, calls, add } = addWith('host-local', { fault: 'veth-created', ipamDelayMs: 300 });
     await expect(add).rejects.toThrow(/veth-created/);
