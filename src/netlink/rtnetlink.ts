@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { closeSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createNetlink, type NetlinkSocket } from 'netlink/dist/netlink';
+import type { NetlinkMessage } from 'netlink/dist/structs';
 import { NetlinkError, fromErrno, toNetlinkError } from './errors';
 import { bytesToIp, ipToBytes, ipv4Broadcast, parseCidr, type IpFamily } from './ip-bytes';
 import { loadNativeAddon } from '../native-addon';
@@ -22,6 +23,7 @@ import {
   IFLA_BR_VLAN_FILTERING,
   IFLA_INFO,
   NLA_F_NESTED,
+  NLMSG_DONE,
   NLMSG_ERROR,
   NLMSG_HDRLEN,
   NLM_F,
@@ -255,6 +257,9 @@ class RtnlSocket implements Netlink {
   /** The slow requests on `slowFd`, chained: one acknowledgement is awaited per socket at a time. */
   private slowQueue: Promise<unknown> = Promise.resolve();
   private slowSeq = 0;
+  private seq = 0;
+  /** The NLMSG_DONE ending each reply a request on `socket` waits for, by sequence number. */
+  private readonly dumpEnds = new Map<number, { done?: NetlinkMessage }>();
 
   constructor(
     private readonly socket: NetlinkSocket,
@@ -275,6 +280,21 @@ class RtnlSocket implements Netlink {
       for (const fail of this.pending) fail(err);
       this.pending.clear();
     });
+    // The library hands a request its dump without the NLMSG_DONE, and with it what the kernel says only there:
+    // the error that ended a dump early (its payload) and NLM_F_DUMP_INTR when the table changed near the end.
+    // It is kept here for the waiting request (protected in the library; reached through its instance).
+    const lib = socket as unknown as {
+      emitMessage(msg: NetlinkMessage | NetlinkMessage[], rinfo: unknown): unknown;
+    };
+    const emitMessage = lib.emitMessage.bind(socket);
+    lib.emitMessage = (msg, rinfo) => {
+      const done = Array.isArray(msg) ? msg[msg.length - 1] : undefined;
+      if (done !== undefined && done.type === NLMSG_DONE) {
+        const slot = this.dumpEnds.get(done.seq);
+        if (slot !== undefined) slot.done = done;
+      }
+      return emitMessage(msg, rinfo);
+    };
   }
 
   close(): void {
@@ -325,15 +345,27 @@ class RtnlSocket implements Netlink {
     if (errno !== 0) throw fromErrno(errno, op, this.where(object));
   }
 
-  /** One request and its reply, failed by a socket error or after the timeout. */
-  private send(type: number, payload: Buffer, flags: number): ReturnType<NetlinkSocket['request']> {
-    if (this.broken !== undefined) return Promise.reject(this.broken);
+  /**
+   * One request and its reply (a dump's NLMSG_DONE apart, as `done`), failed by a socket error or after the
+   * timeout.
+   */
+  private async send(
+    type: number,
+    payload: Buffer,
+    flags: number,
+  ): Promise<{ msgs: NetlinkMessage[]; done: NetlinkMessage | undefined }> {
+    if (this.broken !== undefined) throw this.broken;
     let fail: (err: Error) => void = () => undefined;
     const failed = new Promise<never>((_, reject) => (fail = reject));
     this.pending.add(fail);
+    this.seq = (this.seq % 0xffffffff) + 1;
+    const seq = this.seq;
+    const slot: { done?: NetlinkMessage } = {};
+    this.dumpEnds.set(seq, slot);
     const reply = this.socket
       .request(type, payload, {
         flags,
+        seq,
         checkError: false,
         timeout: this.timeoutMs,
         // The kernel routes replies by the socket, not by nlmsg_pid (iproute2 sends 0 too); without it
@@ -346,7 +378,13 @@ class RtnlSocket implements Netlink {
           code: 'ETIMEDOUT',
         });
       });
-    return Promise.race([reply, failed]).finally(() => this.pending.delete(fail));
+    try {
+      const [msgs] = await Promise.race([reply, failed]);
+      return { msgs, done: slot.done };
+    } finally {
+      this.pending.delete(fail);
+      this.dumpEnds.delete(seq);
+    }
   }
 
   /**
@@ -355,20 +393,28 @@ class RtnlSocket implements Netlink {
    * 5 attempts in all, the last one accepted as is (the Go plugins' netlinksafe does the same).
    */
   private async request(type: number, payload: Buffer, flags: number, object: string): Promise<Buffer[]> {
-    let msgs;
+    const op = RTM_NAMES[type] ?? `RTM ${type}`;
+    const dump = (flags & NLM_F.DUMP) === NLM_F.DUMP;
+    let reply;
     for (let attempt = 1; ; attempt++) {
       try {
-        [msgs] = await this.send(type, payload, flags);
+        reply = await this.send(type, payload, flags);
       } catch (err) {
-        throw toNetlinkError(err, RTM_NAMES[type] ?? `RTM ${type}`, this.where(object));
+        throw toNetlinkError(err, op, this.where(object));
       }
-      const dump = (flags & NLM_F.DUMP) === NLM_F.DUMP;
-      if (!dump || attempt >= 5 || !msgs.some((m) => (m.flags & NLM_F_DUMP_INTR) !== 0)) break;
+      const interrupted = [...reply.msgs, ...(reply.done !== undefined ? [reply.done] : [])].some(
+        (m) => (m.flags & NLM_F_DUMP_INTR) !== 0,
+      );
+      if (!dump || attempt >= 5 || !interrupted) break;
     }
+    const { msgs, done } = reply;
+    // A dump the kernel ended with an error (its NLMSG_DONE carries it) is not the whole table.
+    const doneErrno = done !== undefined && done.data.length >= 4 ? done.data.readInt32LE(0) : 0;
+    if (doneErrno < 0) throw fromErrno(doneErrno, op, this.where(object));
     const first = msgs[0];
     if (first !== undefined && first.type === NLMSG_ERROR) {
       const errno = first.data.readInt32LE(0);
-      if (errno !== 0) throw fromErrno(errno, RTM_NAMES[type] ?? `RTM ${type}`, this.where(object));
+      if (errno !== 0) throw fromErrno(errno, op, this.where(object));
       return [];
     }
     return msgs.map((m) => m.data);

@@ -30,6 +30,7 @@ export const NLM_F = {
   APPEND: 0x800,
 } as const;
 export const NLMSG_ERROR = 2;
+export const NLMSG_DONE = 3;
 export const NLA_F_NESTED = 0x8000;
 export const NLM_F_REQUEST = 0x1;
 export const NLM_F_ACK = 0x4;
