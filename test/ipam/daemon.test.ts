@@ -15,6 +15,8 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { spawnSync } from 'node:child_process';
+import type * as fs from 'node:fs';
+import { syncBuiltinESMExports } from 'node:module';
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -584,6 +586,41 @@ describe("a plugin holding a network's flock", () => {
     const done = await waiting;
     expect(done.status).toBe(200);
     expect([...leaseFiles().values()]).toEqual(['ctr-waits\r\neth0']);
+  });
+});
+
+describe("a batch that fails once the network's flock is taken", () => {
+  test('lets go of the flock: a plugin on the files takes it at once', async () => {
+    await startServer();
+    expect(
+      (await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-a') })).status,
+    ).toBe(200);
+    const lock = join(dataDir, 'btnet', 'lock');
+    // node:fs as the store sees it (its ESM namespace follows the builtin's exports once synced).
+    const builtinFs = require('node:fs') as typeof fs;
+    const statSync = builtinFs.statSync;
+    const restore = (): void => {
+      builtinFs.statSync = statSync;
+      syncBuiltinESMExports();
+    };
+    // The look at the lock file that follows the flock fails once (EIO).
+    builtinFs.statSync = ((path: fs.PathLike, opts?: fs.StatSyncOptions) => {
+      if (String(path) === lock) {
+        restore();
+        throw Object.assign(new Error(`EIO: i/o error, stat '${lock}'`), { code: 'EIO' });
+      }
+      return statSync(path, opts);
+    }) as typeof fs.statSync;
+    syncBuiltinESMExports();
+    let failed;
+    try {
+      failed = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-b') });
+    } finally {
+      restore();
+    }
+    expect(failed.status).not.toBe(200);
+    const other = spawnSync('flock', ['-n', lock, 'true'], { encoding: 'utf8' });
+    expect(other.status, other.stderr).toBe(0);
   });
 });
 

@@ -454,7 +454,11 @@ export class NetworkStore implements LeaseStore {
         try {
           current = fs.statSync(this.p.lock).ino;
         } catch (err) {
-          if (errnoOf(err) !== 'ENOENT') throw err;
+          if (errnoOf(err) !== 'ENOENT') {
+            // Not kept over a failed batch: a plugin on the files would wait for berthd's next one.
+            this.unlock();
+            throw err;
+          }
         }
         if (current === this.lockIno) return;
         this.close();
