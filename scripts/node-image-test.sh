@@ -49,8 +49,9 @@ br="${P}nd"
 # shellcheck source=lib/checks.sh
 . "$repo/scripts/lib/checks.sh"
 
-cleanup() {
-  set +e
+# podman's part of the cleanup, also run before the last check (it must touch nothing outside the run).
+podman_gone() {
+  local p
   # If podman could not remove the agent: it (privileged, host PID) and its conmon must not outlive the run.
   # Only then, and only a pid that is still a conmon or a berth (a pid of one that exited may be anyone's).
   if ! "${podman_[@]}" rm -f -t 5 "$P-agent" >/dev/null 2>&1; then
@@ -60,6 +61,10 @@ cleanup() {
   fi
   "${podman_[@]}" rm -f -t 5 "$P-probe" >/dev/null 2>&1
   "${podman_[@]}" rmi -f "$tag" >/dev/null 2>&1
+}
+cleanup() {
+  set +e
+  podman_gone
   ip netns del "$probe_ns" 2>/dev/null
   for l in $(ip -o link show master "$br" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do ip link del "$l"; done
   ip link del "$br" 2>/dev/null
@@ -279,6 +284,7 @@ probe_route() {
   return 1
 }
 check "GET /v1/health over TCP at the manifest's --metrics-address port answers ok (liveness/readiness)" probe_route
+podman_gone
 etc_untouched() { local now; now="$(ls -A /etc/cni/net.d 2>/dev/null)"; [ "$now" = "$etc_before" ] || { echo "was: $etc_before now: $now"; return 1; }; }
 check "the host's /etc/cni/net.d as before (podman had its own network config dir)" etc_untouched
 

@@ -23,8 +23,9 @@ tmp="$(mktemp -d "/tmp/$P-rt.XXXXXX")"
 sock="$tmp/containerd.sock"
 bsock="$tmp/berthd/berthd.sock"
 ctrd_pid="" berthd_pid=""
-# The directories of /etc/cni/net.d this run had to make for ctr (a host without them): removed in cleanup.
-etc_made=()
+# The directories of /opt/cni/bin and /etc/cni/net.d this run had to make for ctr (a host without them):
+# removed in cleanup, deepest first.
+made_dirs=()
 podman_=(podman --root "$tmp/storage" --runroot "$tmp/runroot" --storage-driver vfs --cgroup-manager cgroupfs
   --events-backend file --tmpdir "$tmp/podman-tmp")
 # Every podman command of this run, the cleanup's too: with the defaults, podman's CNI backend makes
@@ -38,10 +39,14 @@ limits=(--ulimit "nofile=$(ulimit -Sn):$(ulimit -Hn)" --ulimit nproc=4096:4096)
 # shellcheck source=lib/oci-image.sh
 . "$repo/scripts/lib/oci-image.sh"
 
-cleanup() {
-  set +e
+# podman's part of the cleanup, also run before the last check (it must touch nothing outside the run).
+podman_gone() {
   pm rm -f -t 2 "$P-pod" >/dev/null 2>&1
   pm rmi -f berth.local/busybox:1 >/dev/null 2>&1
+}
+cleanup() {
+  set +e
+  podman_gone
   stop_pid "$ctrd_pid"
   stop_pid "$berthd_pid"
   for br in "${P}ct" "${P}pm"; do
@@ -50,7 +55,7 @@ cleanup() {
   done
   findmnt -rn -o TARGET | grep -F "$tmp/" | sort -r | while read -r m; do umount -l "$m"; done
   rm -f /var/lib/cni/results/"$P"-* 2>/dev/null
-  for d in "${etc_made[@]}"; do rmdir "$d"; done
+  for d in "${made_dirs[@]}"; do rmdir "$d"; done
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -96,14 +101,14 @@ check "private containerd is up (pid $ctrd_pid)" up
 check "busybox imported" ctr -a "$sock" -n "$P" images import "$tmp/busybox.tar"
 conflist "$P-ctr" "${P}ct" 244 >"$tmp/ctr.conflist"
 adds0="$(calls ADD)" dels0="$(calls DEL)"
-# ctr reads /etc/cni/net.d and nothing else; the tmpfs below goes over it, so it must exist. A host without it
-# gets it for the run only (removed in cleanup, deepest first).
-for d in /etc/cni /etc/cni/net.d; do [ -d "$d" ] || { mkdir "$d" && etc_made=("$d" "${etc_made[@]}"); }; done
+# ctr reads /opt/cni/bin and /etc/cni/net.d and nothing else; tmpfs goes over /opt (or deeper) and over
+# /etc/cni/net.d below, so those must exist. A host without them gets them for the run only.
+for d in /opt /etc/cni /etc/cni/net.d; do [ -d "$d" ] || { mkdir "$d" && made_dirs=("$d" "${made_dirs[@]}"); }; done
 etc_before="$(ls -A /etc/cni/net.d)"
 ctr_run() {
   unshare -m --propagation private bash -c '
     set -e
-    # tmpfs on the deepest of /opt/cni/bin, /opt/cni, /opt that exists (nothing is created on the host)
+    # tmpfs on the deepest of /opt/cni/bin, /opt/cni, /opt that exists (nothing else is made on the host)
     for d in /opt/cni/bin /opt/cni /opt; do [ -d "$d" ] && { mount -t tmpfs tmpfs "$d"; break; }; done
     mkdir -p /opt/cni/bin /etc/cni/net.d && mount -t tmpfs tmpfs /etc/cni/net.d
     cp -a "$1"/. /opt/cni/bin/ && cp "$2" /etc/cni/net.d/10-berth.conflist
@@ -151,6 +156,7 @@ nothing_left() {
   ! ls /var/lib/cni/results/"$P"-* 2>/dev/null
 }
 check "no veth left on either bridge, no result cache file of these networks" nothing_left
+podman_gone
 etc_untouched() { local now; now="$(ls -A /etc/cni/net.d)"; [ "$now" = "$etc_before" ] || { echo "was: $etc_before now: $now"; return 1; }; }
 check "the host's /etc/cni/net.d as before (ctr and podman had their own)" etc_untouched
 echo "# runtimes-test: $checks checks, $fails failed"
