@@ -476,6 +476,8 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
   let pod: Netlink | undefined;
   // The IPAM ADD once started; its DEL is armed the moment it succeeds, or fails cut short by the call's end.
   let ipamAdd: Promise<Result | undefined> | undefined;
+  // No attachment record before this ADD: whatever IPAM hands out now is this ADD's alone.
+  let newAttachment = false;
   const startIpamAdd = (ipamType: string): Promise<Result | undefined> => {
     const armDel = (): void =>
       undo.push(`IPAM DEL (${ipamType})`, async () => {
@@ -488,8 +490,8 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
       },
       (err: unknown) => {
         // The caller left or the deadline passed while the plugin ran (a delegate is then killed): it may
-        // have written its lease already.
-        if (req.signal?.aborted === true) armDel();
+        // have written its lease already. Not for a repeated ADD: the lease may be the earlier ADD's.
+        if (req.signal?.aborted === true && newAttachment) armDel();
         throw err;
       },
     );
@@ -527,6 +529,7 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
         masquerade: conf.ipMasq,
         spoofCheck: conf.macSpoofCheck,
       });
+      newAttachment = !existed;
       if (!existed)
         undo.push('unregister attachment', () =>
           withNetworkLock(lockOpts, async () => unregisterAttachment(deps.runDir, conf.network, tag)),

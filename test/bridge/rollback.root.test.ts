@@ -6,7 +6,7 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import type * as AddModule from '../../src/bridge/add';
 import type * as DepsModule from '../../src/bridge/deps';
 import type * as RequestModule from '../../src/cni-spec/request';
-import { CNI_PATH, Fixture, REPO, ipJson, trySh } from './harness';
+import { CNI_PATH, Fixture, REPO, ipJson, sh, trySh } from './harness';
 
 const fx = new Fixture('r');
 afterEach(() => fx.cleanup());
@@ -342,6 +342,44 @@ describe('when IPAM is called', () => {
     await expect(add).rejects.toThrow(/cancelled/);
     expect(calls).toEqual(['ADD', 'DEL']);
     expectNothingLeft(c, ns, { bridgeGone: true });
+  });
+
+  it("a repeated ADD's IPAM ADD cut short gets no DEL: the lease may be the first ADD's", async () => {
+    const ns = fx.netns();
+    const c = conf({ ipMasq: false, macspoofchk: false, ipam: { type: 'host-local' } });
+    const calls: string[] = [];
+    const addOnce = (leave: boolean) => {
+      const caller = new AbortController();
+      const req = parseRequest({
+        env: {
+          CNI_COMMAND: 'ADD',
+          CNI_CONTAINERID: 'ctr8',
+          CNI_NETNS: ns.path,
+          CNI_IFNAME: 'eth0',
+          CNI_PATH,
+        },
+        stdin: JSON.stringify(c),
+      });
+      req.signal = caller.signal;
+      return cmdAdd(req, {
+        runDir: fx.runDir,
+        nftTable: fx.nftTable,
+        kernel: systemKernel,
+        ipam: async (call) => {
+          calls.push(call.command);
+          if (call.command !== 'ADD') return undefined;
+          if (!leave)
+            return { cniVersion: '1.1.0', ips: [{ address: '198.18.131.8/24', gateway: '198.18.131.1' }] };
+          caller.abort();
+          throw new Error('IPAM plugin host-local killed: the call was cancelled');
+        },
+      });
+    };
+    await addOnce(false);
+    // The pod lost its eth0 (so the repeat's veth can be made); the attachment's record is still there.
+    sh('ip', ['-n', ns.name, 'link', 'del', 'eth0']);
+    await expect(addOnce(true)).rejects.toThrow(/cancelled/);
+    expect(calls).toEqual(['ADD', 'ADD']);
   });
 
   it('a veth step that fails while that IPAM ADD still runs: the rollback waits for it, then releases it', async () => {
