@@ -223,33 +223,61 @@ describe('rollback of a failed ADD', () => {
   });
 });
 
-describe('rollback when the call was cancelled (berthd: the caller left, or the deadline passed)', () => {
-  // In-process, as berthd runs the handler (the built code), with a delegated IPAM (host-local).
-  const dist = (m: string): unknown => require(join(REPO, 'dist', m));
-  const { cmdAdd } = dist('bridge/add.js') as typeof AddModule;
-  const { execIpam, faultAt, systemKernel } = dist('bridge/deps.js') as typeof DepsModule;
-  const { parseRequest } = dist('cni-spec/request.js') as typeof RequestModule;
+// In-process, as berthd runs the handler (the built code).
+const dist = (m: string): unknown => require(join(REPO, 'dist', m));
+const { cmdAdd } = dist('bridge/add.js') as typeof AddModule;
+const { execIpam, faultAt, systemKernel } = dist('bridge/deps.js') as typeof DepsModule;
+const { parseRequest } = dist('cni-spec/request.js') as typeof RequestModule;
 
+/** berth-bridge's ADD of `containerId`/eth0 in `ns`, in-process, with the IPAM, caller signal and fault given. */
+function addInProcess(opts: {
+  ns: { path: string };
+  c: Record<string, unknown>;
+  containerId: string;
+  ipam: DepsModule.BridgeDeps['ipam'];
+  signal?: AbortSignal;
+  fault?: string;
+}) {
+  const req = parseRequest({
+    env: {
+      CNI_COMMAND: 'ADD',
+      CNI_CONTAINERID: opts.containerId,
+      CNI_NETNS: opts.ns.path,
+      CNI_IFNAME: 'eth0',
+      CNI_PATH,
+    },
+    stdin: JSON.stringify(opts.c),
+  });
+  if (opts.signal !== undefined) req.signal = opts.signal;
+  return cmdAdd(req, {
+    runDir: fx.runDir,
+    nftTable: fx.nftTable,
+    kernel: systemKernel,
+    ipam: opts.ipam,
+    ...(opts.fault !== undefined ? { fault: faultAt(opts.fault) } : {}),
+  });
+}
+
+/** What a stand-in IPAM hands out. */
+const STAND_IN = (address: string) => ({ cniVersion: '1.1.0', ips: [{ address, gateway: '198.18.131.1' }] });
+
+/** The caller gives up while the IPAM plugin runs; the delegate is killed (after its lease is written). */
+function cutShort(caller: AbortController): never {
+  caller.abort();
+  throw new Error('IPAM plugin host-local killed: the call was cancelled');
+}
+
+describe('rollback when the call was cancelled (berthd: the caller left, or the deadline passed)', () => {
   it("the delegated IPAM's lease is still released: the rollback is not cancelled with the call", async () => {
     const ns = fx.netns();
     const c = conf({ ipMasq: false, macspoofchk: false });
     const caller = new AbortController();
     const ipamCalls: string[] = [];
-    const req = parseRequest({
-      env: {
-        CNI_COMMAND: 'ADD',
-        CNI_CONTAINERID: 'ctr9',
-        CNI_NETNS: ns.path,
-        CNI_IFNAME: 'eth0',
-        CNI_PATH,
-      },
-      stdin: JSON.stringify(c),
-    });
-    req.signal = caller.signal;
-    const add = cmdAdd(req, {
-      runDir: fx.runDir,
-      nftTable: fx.nftTable,
-      kernel: systemKernel,
+    const add = addInProcess({
+      ns,
+      c,
+      containerId: 'ctr9',
+      signal: caller.signal,
       ipam: async (call) => {
         ipamCalls.push(`${call.command} cancelled=${call.request.signal?.aborted}`);
         const r = await execIpam(call);
@@ -257,45 +285,77 @@ describe('rollback when the call was cancelled (berthd: the caller left, or the 
         if (call.command === 'ADD') caller.abort();
         return r;
       },
-      fault: faultAt('after-ipam'),
+      fault: 'after-ipam',
     });
     await expect(add).rejects.toThrow(/after-ipam/);
     expect(ipamCalls).toEqual(['ADD cancelled=false', 'DEL cancelled=false']);
     expectNothingLeft(c, ns, { bridgeGone: true });
   });
+
+  it('an IPAM ADD cut short by the caller leaving still gets its DEL (it may have written its lease)', async () => {
+    const ns = fx.netns();
+    const c = conf({ ipMasq: false, macspoofchk: false, ipam: { type: 'host-local' } });
+    const caller = new AbortController();
+    const calls: string[] = [];
+    const add = addInProcess({
+      ns,
+      c,
+      containerId: 'ctr8',
+      signal: caller.signal,
+      ipam: async (call) => {
+        calls.push(call.command);
+        return call.command === 'ADD' ? cutShort(caller) : undefined;
+      },
+    });
+    await expect(add).rejects.toThrow(/cancelled/);
+    expect(calls).toEqual(['ADD', 'DEL']);
+    expectNothingLeft(c, ns, { bridgeGone: true });
+  });
+
+  it("a repeated ADD's IPAM ADD cut short gets no DEL: the lease may be the first ADD's", async () => {
+    const ns = fx.netns();
+    const c = conf({ ipMasq: false, macspoofchk: false, ipam: { type: 'host-local' } });
+    const calls: string[] = [];
+    const addOnce = (leave: boolean) => {
+      const caller = new AbortController();
+      return addInProcess({
+        ns,
+        c,
+        containerId: 'ctr8',
+        signal: caller.signal,
+        ipam: async (call) => {
+          calls.push(call.command);
+          if (call.command !== 'ADD') return undefined;
+          return leave ? cutShort(caller) : STAND_IN('198.18.131.8/24');
+        },
+      });
+    };
+    await addOnce(false);
+    // The pod lost its eth0 (so the repeat's veth can be made); the attachment's record is still there.
+    sh('ip', ['-n', ns.name, 'link', 'del', 'eth0']);
+    await expect(addOnce(true)).rejects.toThrow(/cancelled/);
+    expect(calls).toEqual(['ADD', 'ADD']);
+  });
 });
 
 describe('when IPAM is called', () => {
-  const dist = (m: string): unknown => require(join(REPO, 'dist', m));
-  const { cmdAdd } = dist('bridge/add.js') as typeof AddModule;
-  const { systemKernel, faultAt } = dist('bridge/deps.js') as typeof DepsModule;
-  const { parseRequest } = dist('cni-spec/request.js') as typeof RequestModule;
-
   /** An ADD whose IPAM (of `type`) is a stand-in recording whether eth0 was in the pod when each call came. */
   function addWith(type: string, opts: { fault?: string; ipamDelayMs?: number } = {}) {
     const ns = fx.netns();
     const c = conf({ ipMasq: false, macspoofchk: false, ipam: { type } });
     const calls: string[] = [];
-    const req = parseRequest({
-      env: { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'ctr7', CNI_NETNS: ns.path, CNI_IFNAME: 'eth0', CNI_PATH },
-      stdin: JSON.stringify(c),
-    });
-    const add = cmdAdd(req, {
-      runDir: fx.runDir,
-      nftTable: fx.nftTable,
-      kernel: systemKernel,
+    const add = addInProcess({
+      ns,
+      c,
+      containerId: 'ctr7',
       ipam: async (call) => {
         // Read at once, as a DHCP client would look for its interface.
         const eth0 = trySh('ip', ['-n', ns.name, 'link', 'show', 'eth0']) !== undefined;
         calls.push(`${call.pluginType} ${call.command} eth0=${eth0}`);
         if (opts.ipamDelayMs !== undefined) await new Promise((r) => setTimeout(r, opts.ipamDelayMs));
-        if (call.command !== 'ADD') return undefined;
-        return {
-          cniVersion: '1.1.0',
-          ips: [{ address: '198.18.131.7/24', gateway: '198.18.131.1' }],
-        };
+        return call.command === 'ADD' ? STAND_IN('198.18.131.7/24') : undefined;
       },
-      ...(opts.fault !== undefined ? { fault: faultAt(opts.fault) } : {}),
+      ...(opts.fault !== undefined ? { fault: opts.fault } : {}),
     });
     return { ns, c, calls, add };
   }
@@ -315,71 +375,6 @@ describe('when IPAM is called', () => {
       expect(calls).toEqual([`${type} ADD eth0=false`]);
       fx.cleanup();
     }
-  });
-
-  it('an IPAM ADD cut short by the caller leaving still gets its DEL (it may have written its lease)', async () => {
-    const ns = fx.netns();
-    const c = conf({ ipMasq: false, macspoofchk: false, ipam: { type: 'host-local' } });
-    const caller = new AbortController();
-    const calls: string[] = [];
-    const req = parseRequest({
-      env: { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'ctr8', CNI_NETNS: ns.path, CNI_IFNAME: 'eth0', CNI_PATH },
-      stdin: JSON.stringify(c),
-    });
-    req.signal = caller.signal;
-    const add = cmdAdd(req, {
-      runDir: fx.runDir,
-      nftTable: fx.nftTable,
-      kernel: systemKernel,
-      ipam: async (call) => {
-        calls.push(call.command);
-        if (call.command !== 'ADD') return undefined;
-        // The runtime gives up while the plugin runs; the delegate is killed after its lease is written.
-        caller.abort();
-        throw new Error('IPAM plugin host-local killed: the call was cancelled');
-      },
-    });
-    await expect(add).rejects.toThrow(/cancelled/);
-    expect(calls).toEqual(['ADD', 'DEL']);
-    expectNothingLeft(c, ns, { bridgeGone: true });
-  });
-
-  it("a repeated ADD's IPAM ADD cut short gets no DEL: the lease may be the first ADD's", async () => {
-    const ns = fx.netns();
-    const c = conf({ ipMasq: false, macspoofchk: false, ipam: { type: 'host-local' } });
-    const calls: string[] = [];
-    const addOnce = (leave: boolean) => {
-      const caller = new AbortController();
-      const req = parseRequest({
-        env: {
-          CNI_COMMAND: 'ADD',
-          CNI_CONTAINERID: 'ctr8',
-          CNI_NETNS: ns.path,
-          CNI_IFNAME: 'eth0',
-          CNI_PATH,
-        },
-        stdin: JSON.stringify(c),
-      });
-      req.signal = caller.signal;
-      return cmdAdd(req, {
-        runDir: fx.runDir,
-        nftTable: fx.nftTable,
-        kernel: systemKernel,
-        ipam: async (call) => {
-          calls.push(call.command);
-          if (call.command !== 'ADD') return undefined;
-          if (!leave)
-            return { cniVersion: '1.1.0', ips: [{ address: '198.18.131.8/24', gateway: '198.18.131.1' }] };
-          caller.abort();
-          throw new Error('IPAM plugin host-local killed: the call was cancelled');
-        },
-      });
-    };
-    await addOnce(false);
-    // The pod lost its eth0 (so the repeat's veth can be made); the attachment's record is still there.
-    sh('ip', ['-n', ns.name, 'link', 'del', 'eth0']);
-    await expect(addOnce(true)).rejects.toThrow(/cancelled/);
-    expect(calls).toEqual(['ADD', 'ADD']);
   });
 
   it('a veth step that fails while that IPAM ADD still runs: the rollback waits for it, then releases it', async () => {
