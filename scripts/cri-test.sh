@@ -56,7 +56,8 @@ ipfwd4="$(sysctl -n net.ipv4.ip_forward)"
 nets=()
 bridges=()
 declare -A run_ms
-SEA_FUSE=NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2
+# shellcheck source=lib/sea.sh
+. "$repo/scripts/lib/sea.sh"
 
 # shellcheck source=lib/checks.sh
 . "$repo/scripts/lib/checks.sh"
@@ -123,10 +124,7 @@ mkdir -p "$bin" "$netd"
 if [ -n "$given_bin" ]; then
   cp -a "$given_bin"/. "$bin"/
 else
-  if ! grep -q "$SEA_FUSE" "$(node -p process.execPath)"; then
-    echo "SKIP cri-test.sh: $(node -p process.execPath) has no single-executable fuse; cannot build berth"
-    exit 77
-  fi
+  require_sea_fuse cri-test.sh
   if [ ! -f "$repo/dist/sea/entry.js" ] || [ ! -f "$repo/native/build/Release/berth_native.node" ]; then
     (cd "$repo" && npm run build >&2)
   fi

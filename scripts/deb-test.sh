@@ -16,11 +16,9 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 for tool in dpkg dpkg-deb node curl jq; do
   command -v "$tool" >/dev/null || { echo "deb-test.sh: missing $tool" >&2; exit 1; }
 done
-SEA_FUSE=NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2
-if ! grep -q "$SEA_FUSE" "$(node -p process.execPath)"; then
-  echo "SKIP deb-test.sh: $(node -p process.execPath) has no single-executable fuse; cannot build berth"
-  exit 77
-fi
+# shellcheck source=lib/sea.sh
+. "$repo/scripts/lib/sea.sh"
+require_sea_fuse deb-test.sh
 
 P="bt$$"
 tmp="$(mktemp -d "/tmp/$P-deb.XXXXXX")"

@@ -13,17 +13,14 @@ set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CNITOOL="${CNITOOL:-/usr/local/bin/cnitool}"
-SEA_FUSE=NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2
+# shellcheck source=lib/sea.sh
+. "$repo/scripts/lib/sea.sh"
 
 [ "$(id -u)" = 0 ] || { echo "install-test.sh: must run as root" >&2; exit 1; }
 for tool in ip nft jq ping node "$CNITOOL"; do
   command -v "$tool" >/dev/null || { echo "install-test.sh: missing $tool (see scripts/ensure-deps.sh)" >&2; exit 1; }
 done
-# The one reason outside this project not to run: a node binary built without single-executable support.
-if ! grep -q "$SEA_FUSE" "$(node -p process.execPath)"; then
-  echo "SKIP install-test.sh: $(node -p process.execPath) has no single-executable fuse; cannot build the package"
-  exit 77
-fi
+require_sea_fuse install-test.sh
 
 P="bt$$"
 tmp="$(mktemp -d "/tmp/$P-install.XXXXXX")"

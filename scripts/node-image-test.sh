@@ -24,11 +24,9 @@ for tool in podman jq curl python3 node ip; do
   command -v "$tool" >/dev/null || { echo "node-image-test.sh: missing $tool (see scripts/ensure-deps.sh)" >&2; exit 1; }
 done
 kubectl_bin="$(command -v kubectl || true)"
-SEA_FUSE=NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2
-if ! grep -q "$SEA_FUSE" "$(node -p process.execPath)"; then
-  echo "SKIP node-image-test.sh: $(node -p process.execPath) has no single-executable fuse; cannot build berth"
-  exit 77
-fi
+# shellcheck source=lib/sea.sh
+. "$repo/scripts/lib/sea.sh"
+require_sea_fuse node-image-test.sh
 
 P="bt$$"
 tmp="$(mktemp -d "/tmp/$P-img.XXXXXX")"

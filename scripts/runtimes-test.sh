@@ -12,11 +12,9 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 for tool in containerd ctr podman jq curl node unshare gcc; do
   command -v "$tool" >/dev/null || { echo "runtimes-test.sh: missing $tool" >&2; exit 1; }
 done
-SEA_FUSE=NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2
-if ! grep -q "$SEA_FUSE" "$(node -p process.execPath)"; then
-  echo "SKIP runtimes-test.sh: no single-executable fuse in $(node -p process.execPath)"
-  exit 77
-fi
+# shellcheck source=lib/sea.sh
+. "$repo/scripts/lib/sea.sh"
+require_sea_fuse runtimes-test.sh
 
 P="bt$$"
 tmp="$(mktemp -d "/tmp/$P-rt.XXXXXX")"
