@@ -24,7 +24,7 @@ import {
   type Netlink,
   type NetnsRef,
 } from './kernel';
-import { withNetworkLock } from './lock';
+import { withBridgeLock, withNetworkLock } from './lock';
 import { addMasquerade, removeMasquerade } from './masquerade';
 import { attachmentTag, nftScope } from './nft';
 import { registerAttachment, unregisterAttachment } from './registry';
@@ -459,6 +459,11 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
   const tag = attachmentTag(req.containerId, req.ifname);
   const nft = nftScope(deps, conf.network);
   const lockOpts = { network: conf.network, runDir: deps.runDir };
+  // What this ADD does to the bridge itself, which other networks may share: the bridge's lock inside the
+  // network's (lock.ts).
+  const bridgeLockOpts = { bridge: conf.bridge, runDir: deps.runDir };
+  const onBridge = <T>(fn: () => Promise<T>): Promise<T> =>
+    withNetworkLock(lockOpts, () => withBridgeLock(bridgeLockOpts, fn));
   const fault = (point: string): void => deps.fault?.(point);
   let netnsRef;
   try {
@@ -506,13 +511,14 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
     // not by a lookup first: one request less on every ADD.
     const ctx: AddContext = { req, conf, host, pod, netns: netnsRef, fault };
 
-    // Bridge creation and port attachment happen under the network lock, so a rollback that removes a bridge
-    // it created (when the bridge has no port) can never pull it from under another ADD's new port.
-    const { bridge, veth } = await withNetworkLock(lockOpts, async () => {
+    // Bridge creation and port attachment happen under the network's and the bridge's lock, so a rollback that
+    // removes a bridge it created (when the bridge has no port) can never pull it from under another ADD's new
+    // port, of this network or of another one on the same bridge.
+    const { bridge, veth } = await onBridge(async () => {
       const b = await ensureBridge(host, conf);
       if (b.created) {
         undo.push(`delete bridge ${conf.bridge}`, () =>
-          withNetworkLock(lockOpts, async () => {
+          onBridge(async () => {
             const ports = (await host.listLinks()).filter((l) => l.masterIndex === b.link.index);
             if (ports.length === 0)
               await host
@@ -591,37 +597,38 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
     if (plan !== undefined && (conf.isGateway || conf.ipMasq)) {
       const p = plan;
       await withNetworkLock(lockOpts, async () => {
-        if (conf.isGateway && p.gateways.length > 0) {
-          const target = conf.vlan !== 0 ? await ensureVlanGateway(ctx, bridge) : bridge;
-          if (target !== bridge)
-            (result.interfaces as Interface[]).push({
-              name: target.name,
-              ...(target.mac !== undefined ? { mac: target.mac } : {}),
-            });
-          const added = await ensureGateways(ctx, target, p.gateways);
-          if (p.gateways.some((g) => g.hostRouted === true)) {
-            // Host-routed pods reach each other through the gateway; a redirect would tell a pod to skip it
-            // for a neighbour its own routes do not put on-link.
-            trySysctl(undefined, `net/ipv4/conf/${target.name}/send_redirects`, '0');
-          }
-          if (added.length > 0) {
-            undo.push('remove gateway addresses', () =>
-              withNetworkLock(lockOpts, async () => {
-                // Other pods may already route through them: remove only while ours is the only port.
-                const ports = (await host.listLinks()).filter(
-                  (l) => l.masterIndex === bridge.index && l.index !== veth.host.index,
-                );
-                if (ports.length > 0) return;
-                for (const g of added)
-                  await host
-                    .delAddress({ link: target.index, address: g.ip, prefixLength: g.prefixLen })
-                    .catch(() => undefined);
-              }),
-            );
-          }
-          pinnedBridgeMac = await pinBridgeMac(host, target, added.length > 0);
-          enableForwarding(p);
-        }
+        if (conf.isGateway && p.gateways.length > 0)
+          await withBridgeLock(bridgeLockOpts, async () => {
+            const target = conf.vlan !== 0 ? await ensureVlanGateway(ctx, bridge) : bridge;
+            if (target !== bridge)
+              (result.interfaces as Interface[]).push({
+                name: target.name,
+                ...(target.mac !== undefined ? { mac: target.mac } : {}),
+              });
+            const added = await ensureGateways(ctx, target, p.gateways);
+            if (p.gateways.some((g) => g.hostRouted === true)) {
+              // Host-routed pods reach each other through the gateway; a redirect would tell a pod to skip it
+              // for a neighbour its own routes do not put on-link.
+              trySysctl(undefined, `net/ipv4/conf/${target.name}/send_redirects`, '0');
+            }
+            if (added.length > 0) {
+              undo.push('remove gateway addresses', () =>
+                onBridge(async () => {
+                  // Other pods may already route through them: remove only while ours is the only port.
+                  const ports = (await host.listLinks()).filter(
+                    (l) => l.masterIndex === bridge.index && l.index !== veth.host.index,
+                  );
+                  if (ports.length > 0) return;
+                  for (const g of added)
+                    await host
+                      .delAddress({ link: target.index, address: g.ip, prefixLength: g.prefixLen })
+                      .catch(() => undefined);
+                }),
+              );
+            }
+            pinnedBridgeMac = await pinBridgeMac(host, target, added.length > 0);
+            enableForwarding(p);
+          });
         fault('after-gateway');
         if (conf.ipMasq) {
           await addMasquerade(nft, { containerId: req.containerId, ifname: req.ifname }, p.masq);

@@ -38,10 +38,30 @@ export async function withNetworkLock<T>(opts: NetworkLockOptions, fn: () => Pro
   return withFileLock({ file, what: `network "${opts.network}"`, timeoutMs: opts.timeoutMs }, fn);
 }
 
+/** The bridge's lock file (kept after use, as the network's). */
+export function bridgeLockFile(runDir: string, bridge: string): string {
+  return join(runDir, 'bridge', `br-${networkKey(bridge)}.lock`);
+}
+
+/**
+ * Runs fn holding the lock of one bridge, for what networks sharing it (Multus: one bridge, a network per
+ * VLAN) do to the bridge itself: creating it and attaching a port, its gateway addresses and `<bridge>.<vlan>`,
+ * and a rollback's removal of a bridge it created. Without it, one network's rollback could remove the bridge
+ * between another network's lookup and its port's attachment. Taken inside the network's lock, never around it.
+ */
+export async function withBridgeLock<T>(
+  opts: { bridge: string; runDir: string; timeoutMs?: number },
+  fn: () => Promise<T>,
+): Promise<T> {
+  const file = bridgeLockFile(opts.runDir, opts.bridge);
+  return withFileLock({ file, what: `bridge "${opts.bridge}"`, timeoutMs: opts.timeoutMs }, fn);
+}
+
 /**
  * Runs fn holding the one host-wide lock that creating berth's nftables tables (and their base chains) and
  * deleting them take, so that a table is never deleted between another network's look at it and its setup.
- * Lock order: a network lock first, then this one; nobody takes a network lock while holding it.
+ * Lock order: a network lock first, then a bridge lock, then this one; nobody takes a network or bridge lock
+ * while holding it.
  */
 export async function withTablesLock<T>(runDir: string, fn: () => Promise<T>): Promise<T> {
   const file = join(runDir, 'bridge', 'nft-tables.lock');

@@ -11,7 +11,7 @@ import { confListFromBytes, type NetworkConfigList } from './runtime/conflist';
 import { addNetworkList, delNetworkList, type Runtime } from './runtime/network-list';
 import type { RuntimeConf } from './runtime/request-config';
 import { runDir } from '../bridge/deps';
-import { networkLockFile } from '../bridge/lock';
+import { bridgeLockFile, networkLockFile } from '../bridge/lock';
 
 const run = promisify(execFile);
 
@@ -134,7 +134,9 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
       bridge,
       tmp,
       chain,
-      lockFile: opts.reference ? undefined : networkLockFile(runDir(process.env), network),
+      lockFiles: opts.reference
+        ? []
+        : [networkLockFile(runDir(process.env), network), bridgeLockFile(runDir(process.env), bridge)],
       err: opts.err,
     });
     process.off('SIGINT', onSignal);
@@ -159,8 +161,8 @@ async function cleanup(c: {
   bridge: string;
   tmp: string;
   chain: { runtime: Runtime; list: NetworkConfigList } | undefined;
-  /** berth-bridge's lock file of this throw-away network: nobody else uses the network, so it can go. */
-  lockFile: string | undefined;
+  /** berth-bridge's lock files of this throw-away network and bridge: nobody else uses them, so they can go. */
+  lockFiles: string[];
   err(s: string): void;
 }): Promise<void> {
   // The DEL releases what only the plugins know about (leases, nftables entries), so it goes first.
@@ -186,9 +188,9 @@ async function cleanup(c: {
   await rm(c.tmp, { recursive: true, force: true }).catch((e: unknown) =>
     c.err(`cleanup: rm ${c.tmp}: ${describeError(e)}\n`),
   );
-  if (c.lockFile !== undefined)
-    await rm(c.lockFile, { force: true }).catch((e: unknown) =>
-      c.err(`cleanup: rm ${c.lockFile}: ${describeError(e)}\n`),
+  for (const file of c.lockFiles)
+    await rm(file, { force: true }).catch((e: unknown) =>
+      c.err(`cleanup: rm ${file}: ${describeError(e)}\n`),
     );
 }
 

@@ -237,6 +237,7 @@ function addInProcess(opts: {
   ipam: DepsModule.BridgeDeps['ipam'];
   signal?: AbortSignal;
   fault?: string;
+  kernel?: DepsModule.BridgeKernel;
 }) {
   const req = parseRequest({
     env: {
@@ -252,7 +253,7 @@ function addInProcess(opts: {
   return cmdAdd(req, {
     runDir: fx.runDir,
     nftTable: fx.nftTable,
-    kernel: systemKernel,
+    kernel: opts.kernel ?? systemKernel,
     ipam: opts.ipam,
     ...(opts.fault !== undefined ? { fault: faultAt(opts.fault) } : {}),
   });
@@ -383,5 +384,77 @@ describe('when IPAM is called', () => {
     expect(calls).toHaveLength(2);
     expect(calls[1]).toMatch(/^host-local DEL /);
     expectNothingLeft(c, ns, { bridgeGone: true });
+  });
+});
+
+describe('two networks on one bridge (Multus: a network per VLAN, say)', () => {
+  it("one network's rollback does not remove the bridge under the other's ADD", async () => {
+    const bridge = fx.bridge();
+    const net = (name: string) =>
+      fx.conf({
+        name: `${fx.prefix}${name}`,
+        bridge,
+        ipMasq: false,
+        macspoofchk: false,
+        ipam: { type: 'host-local' },
+      });
+    const [a, b] = [net('neta'), net('netb')];
+    const gate = <T = void>() => {
+      let open: (v: T) => void = () => undefined;
+      const p = new Promise<T>((r) => (open = r));
+      return { p, open };
+    };
+    const bAttaching = gate();
+    const aSettled = gate();
+    // A made the bridge and fails after its port; its rollback starts once B has found the bridge and is
+    // about to make its veth. B goes on when A is done, or after 500 ms if A waits (for the bridge's lock).
+    const addA = addInProcess({
+      ns: fx.netns(),
+      c: a,
+      containerId: 'ctra',
+      ipam: async (call) => (call.command === 'ADD' ? STAND_IN('198.18.131.9/24') : undefined),
+      fault: 'after-veth',
+      kernel: {
+        ...systemKernel,
+        host: async () => {
+          const nl = await systemKernel.host();
+          const deleteLink = nl.deleteLink.bind(nl);
+          nl.deleteLink = async (ref) => {
+            await bAttaching.p;
+            return deleteLink(ref);
+          };
+          return nl;
+        },
+      },
+    });
+    void addA.finally(() => aSettled.open()).catch(() => undefined);
+    await expect
+      .poll(() => trySh('ip', ['link', 'show', bridge]) !== undefined, { timeout: 5000 })
+      .toBe(true);
+    const addB = addInProcess({
+      ns: fx.netns(),
+      c: b,
+      containerId: 'ctrb',
+      ipam: async (call) => (call.command === 'ADD' ? STAND_IN('198.18.131.10/24') : undefined),
+      kernel: {
+        ...systemKernel,
+        host: async () => {
+          const nl = await systemKernel.host();
+          const createVethPair = nl.createVethPair.bind(nl);
+          nl.createVethPair = async (o) => {
+            bAttaching.open();
+            await Promise.race([aSettled.p, new Promise((r) => setTimeout(r, 500))]);
+            return createVethPair(o);
+          };
+          return nl;
+        },
+      },
+    });
+    await expect(addA).rejects.toThrow(/after-veth/);
+    const result = await addB;
+    expect(result.ips?.[0]?.address).toBe('198.18.131.10/24');
+    // B's port is on the bridge A made.
+    const ports = ipJson(['link', 'show', 'master', bridge]).map((l: any) => l.ifname);
+    expect(ports).toEqual([result.interfaces?.[1]?.name]);
   });
 });

@@ -5,7 +5,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { resolve } from 'node:path';
 import { expect, test } from 'vitest';
-import { networkLockFile } from '../../src/bridge/lock';
+import { bridgeLockFile, networkLockFile } from '../../src/bridge/lock';
 
 const BERTH = resolve(__dirname, '../../bin/berth');
 
@@ -19,8 +19,8 @@ function leftovers(prefix: string): string[] {
     .split('\n')
     .filter((l) => l.includes(prefix));
   const temp = readdirSync(tmpdir()).filter((f) => f.startsWith(prefix));
-  const lock = networkLockFile('/run/berth', `${prefix}-net`);
-  return [...netns, ...links, ...temp, ...(existsSync(lock) ? [lock] : [])];
+  const locks = [networkLockFile('/run/berth', `${prefix}-net`), bridgeLockFile('/run/berth', `${prefix}br`)];
+  return [...netns, ...links, ...temp, ...locks.filter((l) => existsSync(l))];
 }
 
 test('berth demo attaches two pods, pings across, and removes everything', () => {
