@@ -405,9 +405,11 @@ describe('two networks on one bridge (Multus: a network per VLAN, say)', () => {
       return { p, open };
     };
     const bAttaching = gate();
+    const aVethGone = gate();
     const aSettled = gate();
     // A made the bridge and fails after its port; its rollback starts once B has found the bridge and is
-    // about to make its veth. B goes on when A is done, or after 500 ms if A waits (for the bridge's lock).
+    // about to make its veth. B goes on when A is done, or 2 s after A's veth went if A waits (for the
+    // bridge's lock): A's remaining steps (a stand-in IPAM's DEL, its record, the bridge) take milliseconds.
     const addA = addInProcess({
       ns: fx.netns(),
       c: a,
@@ -421,7 +423,11 @@ describe('two networks on one bridge (Multus: a network per VLAN, say)', () => {
           const deleteLink = nl.deleteLink.bind(nl);
           nl.deleteLink = async (ref) => {
             await bAttaching.p;
-            return deleteLink(ref);
+            try {
+              return await deleteLink(ref);
+            } finally {
+              aVethGone.open();
+            }
           };
           return nl;
         },
@@ -443,13 +449,16 @@ describe('two networks on one bridge (Multus: a network per VLAN, say)', () => {
           const createVethPair = nl.createVethPair.bind(nl);
           nl.createVethPair = async (o) => {
             bAttaching.open();
-            await Promise.race([aSettled.p, new Promise((r) => setTimeout(r, 500))]);
+            await aVethGone.p;
+            await Promise.race([aSettled.p, new Promise((r) => setTimeout(r, 2000).unref())]);
             return createVethPair(o);
           };
           return nl;
         },
       },
     });
+    // A's rollback must not wait for B forever if B fails before its veth.
+    void addB.finally(() => bAttaching.open()).catch(() => undefined);
     await expect(addA).rejects.toThrow(/after-veth/);
     const result = await addB;
     expect(result.ips?.[0]?.address).toBe('198.18.131.10/24');
