@@ -11,7 +11,14 @@ import type { ClusterAllocator } from '../ipam/cluster-blocks';
 import type { IpamConfig } from '../ipam/config';
 import type { Range } from '../ipam/range-set';
 import type { LeaseStore } from '../ipam/store';
-import { EtcdGateway, type EtcdGatewayOptions, EtcdUnavailableError, type TxnOp } from './etcd-gateway';
+import {
+  type Compare,
+  EtcdGateway,
+  type EtcdGatewayOptions,
+  EtcdUnavailableError,
+  type KeyValue,
+  type TxnOp,
+} from './etcd-gateway';
 import {
   type AbsentValue,
   type BlockValue,
@@ -557,8 +564,7 @@ export class ClusterIpam implements ClusterAllocator {
     if (node === this.node.name)
       throw new CniError(ErrorCode.InvalidEnvironmentVariables, 'use `berth node leave` for this node');
     const idKv = await etcd.get(keys.identity(node));
-    if (idKv === undefined)
-      throw new CniError(ErrorCode.UnknownContainer, `node ${node} has no identity in etcd`);
+    if (idKv === undefined) return this.finishForget(node);
     const id = parseValue<IdentityValue>(idKv.value)!;
     const aliveKv = await etcd.get(keys.alive(node));
     if (aliveKv !== undefined && !force) {
@@ -583,37 +589,101 @@ export class ClusterIpam implements ClusterAllocator {
         );
       }
     }
-    const netsR = await etcd.range(keys.nets(), { prefix: true });
-    const theirs = netsR.kvs
-      .map((kv) => ({ kv, k: keys.parseBlockKey(kv.key), v: parseValue<BlockValue>(kv.value) }))
-      .filter((x) => x.k !== undefined && x.v?.node === node);
+    const theirs = await this.blocksOf(node);
     const forgotten: ForgottenValue = {
       at: new Date().toISOString(),
       by: this.node.name,
       uid: id.uid,
       bootId: id.bootId,
-      blocks: theirs.map((x) => `${x.k!.net} ${x.k!.cidr}`),
+      blocks: theirs.map((x) => x.name),
     };
-    // Blocks in batches of 64 (etcd's --max-txn-ops is 128), each by CAS; identity and tombstone in the last.
-    const batches: (typeof theirs)[] = [];
-    for (let i = 0; i < theirs.length; i += 64) batches.push(theirs.slice(i, i + 64));
-    if (batches.length === 0) batches.push([]);
-    for (const [i, batch] of batches.entries()) {
-      const last = i === batches.length - 1;
-      const success: TxnOp[] = batch.map((x) => ({ deleteRange: { key: x.kv.key } }));
-      if (last) {
-        success.push({ deleteRange: { key: keys.identity(node) } });
-        success.push({ deleteRange: { key: keys.absent(node) } });
-        success.push({ put: { key: keys.forgotten(node), value: JSON.stringify(forgotten) } });
-      }
-      const r = await etcd.txn(
+    const tombstone = JSON.stringify(forgotten);
+    // Blocks go in batches of 64 (etcd's --max-txn-ops is 128), each by CAS. The first batch goes with the
+    // tombstone and the identity's removal: from then on the node, should it come back, finds the tombstone
+    // and stays fenced, so no block is free while the node that had it might still hand out its addresses. A
+    // forget cut short after it is finished by running it again (finishForget).
+    const [first = [], ...rest] = inBatches(theirs);
+    const r = await etcd.txn(
+      {
+        compare: [
+          ...(force ? [] : [{ key: keys.alive(node), target: 'CREATE' as const, createRevision: '0' }]),
+          { key: keys.identity(node), target: 'MOD', modRevision: idKv.modRevision },
+          ...blockCas(first),
+        ],
+        success: [
+          ...first.map((x): TxnOp => ({ deleteRange: { key: x.kv.key } })),
+          { deleteRange: { key: keys.identity(node) } },
+          { deleteRange: { key: keys.absent(node) } },
+          { put: { key: keys.forgotten(node), value: tombstone } },
+        ],
+        failure: [],
+      },
+      'forget',
+    );
+    if (!r.succeeded) {
+      throw new CniError(
+        ErrorCode.TryAgainLater,
+        `node ${node} changed while being forgotten (it came back, or its blocks changed); nothing was deleted, run it again`,
+      );
+    }
+    await this.deleteForgottenBlocks(node, tombstone, rest);
+    this.o.log.log('warn', 'cluster: node forgotten, its blocks are free', {
+      node,
+      blocks: theirs.length,
+      force,
+    });
+    return { node, blocks: forgotten.blocks };
+  }
+
+  /** Every block key whose value names `node` as its owner, with its `net cidr` name and value. */
+  private async blocksOf(node: string): Promise<{ kv: KeyValue; name: string; v: BlockValue }[]> {
+    const { keys, etcd } = this;
+    const r = await etcd.range(keys.nets(), { prefix: true });
+    return r.kvs.flatMap((kv) => {
+      const k = keys.parseBlockKey(kv.key);
+      const v = parseValue<BlockValue>(kv.value);
+      return k !== undefined && v?.node === node ? [{ kv, name: `${k.net} ${k.cidr}`, v }] : [];
+    });
+  }
+
+  /**
+   * A forget cut short after its tombstone (lost connection, a batch whose block changed): the node's blocks
+   * still claimed under the forgotten uid are deleted now, under the same tombstone.
+   */
+  private async finishForget(node: string): Promise<{ node: string; blocks: string[] }> {
+    const fgKv = await this.etcd.get(this.keys.forgotten(node));
+    const fg = fgKv === undefined ? undefined : parseValue<ForgottenValue>(fgKv.value);
+    if (fgKv === undefined || fg === undefined)
+      throw new CniError(ErrorCode.UnknownContainer, `node ${node} has no identity in etcd`);
+    const left = (await this.blocksOf(node)).filter((x) => x.v.uid === fg.uid);
+    if (left.length === 0) {
+      throw new CniError(
+        ErrorCode.UnknownContainer,
+        `node ${node} was forgotten already (by ${fg.by} at ${fg.at}); none of its blocks is left`,
+      );
+    }
+    await this.deleteForgottenBlocks(node, fgKv.value, inBatches(left));
+    this.o.log.log('warn', "cluster: the rest of a forgotten node's blocks are free", {
+      node,
+      blocks: left.length,
+    });
+    return { node, blocks: left.map((x) => x.name) };
+  }
+
+  /** Deletes batches of a forgotten node's blocks while its tombstone is the one written by this forget. */
+  private async deleteForgottenBlocks(
+    node: string,
+    tombstone: string,
+    batches: readonly (readonly { kv: KeyValue }[])[],
+  ): Promise<void> {
+    for (const batch of batches) {
+      const r = await this.etcd.txn(
         {
           compare: [
-            ...(force ? [] : [{ key: keys.alive(node), target: 'CREATE' as const, createRevision: '0' }]),
-            { key: keys.identity(node), target: 'MOD', modRevision: idKv.modRevision },
-            ...batch.map((x) => ({ key: x.kv.key, target: 'MOD' as const, modRevision: x.kv.modRevision })),
+            { key: this.keys.forgotten(node), target: 'VALUE', value: tombstone },
+            ...blockCas(batch),
           ],
-          success,
+          success: batch.map((x): TxnOp => ({ deleteRange: { key: x.kv.key } })),
           failure: [],
         },
         'forget',
@@ -621,16 +691,10 @@ export class ClusterIpam implements ClusterAllocator {
       if (!r.succeeded) {
         throw new CniError(
           ErrorCode.TryAgainLater,
-          `node ${node} changed while being forgotten (it came back, or its blocks changed); nothing more was deleted, run it again`,
+          `node ${node} is forgotten, but some of its blocks changed meanwhile (or it registered afresh); the rest were not deleted, run it again`,
         );
       }
     }
-    this.o.log.log('warn', 'cluster: node forgotten, its blocks are free', {
-      node,
-      blocks: theirs.length,
-      force,
-    });
-    return { node, blocks: forgotten.blocks };
   }
 
   /** `berth node leave`: this node releases its (empty) blocks and its identity. */
@@ -679,4 +743,16 @@ export class ClusterIpam implements ClusterAllocator {
   async rejoin(): Promise<void> {
     await this.node.rejoin();
   }
+}
+
+/** Batches of 64: with their compares and the tombstone's three writes, within etcd's 128 operations a txn. */
+function inBatches<T>(items: readonly T[]): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += 64) out.push(items.slice(i, i + 64));
+  return out;
+}
+
+/** Each block unchanged since it was read. */
+function blockCas(batch: readonly { kv: KeyValue }[]): Compare[] {
+  return batch.map((x) => ({ key: x.kv.key, target: 'MOD' as const, modRevision: x.kv.modRevision }));
 }

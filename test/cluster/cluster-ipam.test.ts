@@ -694,6 +694,48 @@ describe('release, forget, leave', () => {
     expect(JSON.parse(fake.get('/berth/v1/nodes/n1/alive')!.value)).toMatchObject({ underlay: '198.18.9.2' });
   }, 15_000);
 
+  test('a forget cut short after its first batch has fenced the node already; run again, it frees the rest', async () => {
+    const a = await startNode('n1');
+    const b = await startNode('n2');
+    await add(b, 'b-0');
+    const uid = (JSON.parse(fake.get('/berth/v1/nodes/n2/identity')!.value) as { uid: string }).uid;
+    // More blocks than one txn deletes (64 a batch), in a second network only etcd knows of.
+    const extra = Array.from({ length: 100 }, (_, i) => `/berth/v1/nets/other/blocks/198.19.${i}.0-24`);
+    for (const k of extra)
+      fake.putDirect(k, JSON.stringify({ node: 'n2', uid, claimedAt: new Date().toISOString() }));
+    await stopNode(b);
+    fake.expireAllLeases();
+    // The forget's connection drops after its first txn.
+    const etcd = (a.cluster as unknown as { etcd: { txn: (...args: unknown[]) => Promise<unknown> } }).etcd;
+    const txn = etcd.txn.bind(etcd);
+    let forgets = 0;
+    etcd.txn = (...args: unknown[]) =>
+      args[1] === 'forget' && ++forgets === 2 ? Promise.reject(new Error('connection lost')) : txn(...args);
+    await expect(a.cluster.forget('n2', true)).rejects.toThrow(/connection lost/);
+    etcd.txn = txn;
+    const ownedByN2 = () =>
+      fake.keys('/berth/v1/nets/').filter((k) => fake.get(k)!.value.includes('"node":"n2"'));
+    const left = ownedByN2();
+    expect(left.length).toBeGreaterThan(0);
+    expect(left.length).toBeLessThan(extra.length);
+    expect(left.every((k) => extra.includes(k))).toBe(true);
+    // Blocks are free already: the node must find itself forgotten if it comes back (same machine, same boot).
+    expect(fake.get('/berth/v1/nodes/n2/forgotten')).toBeDefined();
+    expect(fake.get('/berth/v1/nodes/n2/identity')).toBeUndefined();
+    const back = await startNode('n2');
+    const late = await add(back, 'b-1').then(
+      (ip) => `handed out ${ip}`,
+      (err: unknown) => err,
+    );
+    expect(late).toBeInstanceOf(CniError);
+    expect((late as CniError).message).toMatch(/forgotten/);
+    // Run again: the rest goes, under the same tombstone.
+    const again = await a.cluster.forget('n2', true);
+    expect(again.blocks.length).toBe(left.length);
+    expect(ownedByN2()).toEqual([]);
+    await expect(a.cluster.forget('n2', true)).rejects.toThrow(/forgotten already/);
+  }, 20_000);
+
   test('forget is refused while the node is alive and before its horizon, accepted after; leave frees all', async () => {
     const a = await startNode('n1');
     const b = await startNode('n2', { horizonSeconds: 1 });
