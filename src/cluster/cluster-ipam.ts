@@ -564,7 +564,7 @@ export class ClusterIpam implements ClusterAllocator {
     if (node === this.node.name)
       throw new CniError(ErrorCode.InvalidEnvironmentVariables, 'use `berth node leave` for this node');
     const idKv = await etcd.get(keys.identity(node));
-    if (idKv === undefined) return this.finishForget(node);
+    if (idKv === undefined) return this.finishForget(node, force);
     const id = parseValue<IdentityValue>(idKv.value)!;
     const aliveKv = await etcd.get(keys.alive(node));
     if (aliveKv !== undefined && !force) {
@@ -648,14 +648,23 @@ export class ClusterIpam implements ClusterAllocator {
 
   /**
    * A forget cut short after its tombstone (lost connection, a batch whose block changed): the node's blocks
-   * still claimed under the forgotten uid are deleted now, under the same tombstone.
+   * still claimed under the forgotten uid, or named in the tombstone, are deleted now, under the same tombstone.
    */
-  private async finishForget(node: string): Promise<{ node: string; blocks: string[] }> {
-    const fgKv = await this.etcd.get(this.keys.forgotten(node));
+  private async finishForget(node: string, force: boolean): Promise<{ node: string; blocks: string[] }> {
+    const { etcd, keys } = this;
+    const fgKv = await etcd.get(keys.forgotten(node));
     const fg = fgKv === undefined ? undefined : parseValue<ForgottenValue>(fgKv.value);
     if (fgKv === undefined || fg === undefined)
       throw new CniError(ErrorCode.UnknownContainer, `node ${node} has no identity in etcd`);
-    const left = (await this.blocksOf(node)).filter((x) => x.v.uid === fg.uid);
+    // A forced forget leaves a live node's alive key: refused again while it is there, as the first time.
+    if (!force && (await etcd.get(keys.alive(node))) !== undefined) {
+      throw new CniError(
+        ErrorCode.TryAgainLater,
+        `node ${node} is alive (its liveness key exists): refusing to forget it`,
+      );
+    }
+    const listed = new Set(fg.blocks);
+    const left = (await this.blocksOf(node)).filter((x) => x.v.uid === fg.uid || listed.has(x.name));
     if (left.length === 0) {
       throw new CniError(
         ErrorCode.UnknownContainer,
@@ -689,9 +698,17 @@ export class ClusterIpam implements ClusterAllocator {
         'forget',
       );
       if (!r.succeeded) {
+        // The tombstone gone or another: the node registered afresh, and what is left of its blocks is its own
+        // again. Running the forget again would forget a live node.
+        if ((await this.etcd.get(this.keys.forgotten(node)))?.value !== tombstone) {
+          throw new CniError(
+            ErrorCode.TryAgainLater,
+            `node ${node} registered again while being forgotten: the blocks not freed yet are its own again; do not run the forget again unless it is gone`,
+          );
+        }
         throw new CniError(
           ErrorCode.TryAgainLater,
-          `node ${node} is forgotten, but some of its blocks changed meanwhile (or it registered afresh); the rest were not deleted, run it again`,
+          `node ${node} is forgotten, but some of its blocks changed meanwhile; the rest were not deleted, run it again`,
         );
       }
     }

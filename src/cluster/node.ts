@@ -5,7 +5,13 @@
 import type { EtcdGateway } from './etcd-gateway';
 import { EtcdUnavailableError } from './etcd-gateway';
 import type { ClusterKeys } from './keys';
-import { type AliveValue, type ForgottenValue, type IdentityValue, parseValue } from './keys';
+import {
+  type AliveValue,
+  type BlockValue,
+  type ForgottenValue,
+  type IdentityValue,
+  parseValue,
+} from './keys';
 import type { ClusterStats } from './stats';
 import type { Underlay } from './underlay';
 
@@ -318,6 +324,16 @@ export class ClusterNode {
           this.identityFence = `node ${this.name} was forgotten (by ${fg.by} at ${fg.at}) while this boot's pods may still run: drain them, then run \`berth node rejoin\``;
           throw new Error(this.identityFence);
         }
+        // Another machine under this name, while a forget cut short left blocks under the forgotten uid: they
+        // would stay claimed by nobody (this uid never adopts them). The forget is finished first.
+        if (fg !== undefined && fg.uid !== this.uid) {
+          const left = await this.blocksClaimedBy(fg.uid);
+          if (left > 0) {
+            throw new IdentityConflictError(
+              `node name ${this.name} was forgotten (by ${fg.by} at ${fg.at}), but ${left} of its blocks are still claimed under the forgotten uid ${fg.uid}: run \`berth node forget ${this.name}\` again to free them; this node registers after that`,
+            );
+          }
+        }
         // A new boot (or another machine): nothing of the old blocks is in use any more; start afresh.
         const d = await etcd.txn(
           {
@@ -364,6 +380,17 @@ export class ClusterNode {
     this.o.stats.inc('berthd_cluster_lease_registrations_total', 'Times this node registered its alive key.');
     this.o.log.log('info', 'cluster: node registered', { node: this.name, lease: lease.id });
     return lease.id;
+  }
+
+  /** How many block keys name this node under `uid`. */
+  private async blocksClaimedBy(uid: string): Promise<number> {
+    const { etcd, keys } = this.o;
+    const r = await etcd.range(keys.nets(), { prefix: true });
+    return r.kvs.filter((kv) => {
+      if (keys.parseBlockKey(kv.key) === undefined) return false;
+      const v = parseValue<BlockValue>(kv.value);
+      return v?.node === this.name && v.uid === uid;
+    }).length;
   }
 
   /** Clears the forgotten fence after its pods were drained (`berth node rejoin`). */

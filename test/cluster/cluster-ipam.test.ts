@@ -61,6 +61,8 @@ async function startNode(
     reserveWindowMs?: number;
     /** Only these members (default: all). */
     endpoints?: string[];
+    /** Default: boot-<name>. */
+    bootId?: string;
   } = {},
 ): Promise<(typeof nodes)[number]> {
   const dataDir = join(root, name, 'data');
@@ -69,7 +71,7 @@ async function startNode(
     prefix: '/berth/v1',
     nodeName: name,
     nodeIdFile: opts.uidFile ?? join(root, name, 'node-id'),
-    bootId: `boot-${name}`,
+    bootId: opts.bootId ?? `boot-${name}`,
     ttlSeconds: 3,
     horizonSeconds: opts.horizonSeconds ?? 3600,
     claimTimeoutMs: opts.claimTimeoutMs ?? 1500,
@@ -694,15 +696,19 @@ describe('release, forget, leave', () => {
     expect(JSON.parse(fake.get('/berth/v1/nodes/n1/alive')!.value)).toMatchObject({ underlay: '198.18.9.2' });
   }, 15_000);
 
-  test('a forget cut short after its first batch has fenced the node already; run again, it frees the rest', async () => {
+  /** n1 and n2 (with 100 more blocks in a second network), n2 gone, and n1's forget of it cut short after its first txn. */
+  async function forgetCutShort(): Promise<{ a: (typeof nodes)[number]; ownedByN2: () => string[] }> {
     const a = await startNode('n1');
     const b = await startNode('n2');
     await add(b, 'b-0');
     const uid = (JSON.parse(fake.get('/berth/v1/nodes/n2/identity')!.value) as { uid: string }).uid;
     // More blocks than one txn deletes (64 a batch), in a second network only etcd knows of.
-    const extra = Array.from({ length: 100 }, (_, i) => `/berth/v1/nets/other/blocks/198.19.${i}.0-24`);
-    for (const k of extra)
-      fake.putDirect(k, JSON.stringify({ node: 'n2', uid, claimedAt: new Date().toISOString() }));
+    for (let i = 0; i < 100; i++) {
+      fake.putDirect(
+        `/berth/v1/nets/other/blocks/198.19.${i}.0-24`,
+        JSON.stringify({ node: 'n2', uid, claimedAt: new Date().toISOString() }),
+      );
+    }
     await stopNode(b);
     fake.expireAllLeases();
     // The forget's connection drops after its first txn.
@@ -715,10 +721,15 @@ describe('release, forget, leave', () => {
     etcd.txn = txn;
     const ownedByN2 = () =>
       fake.keys('/berth/v1/nets/').filter((k) => fake.get(k)!.value.includes('"node":"n2"'));
+    return { a, ownedByN2 };
+  }
+
+  test('a forget cut short after its first batch has fenced the node already; run again, it frees the rest', async () => {
+    const { a, ownedByN2 } = await forgetCutShort();
     const left = ownedByN2();
     expect(left.length).toBeGreaterThan(0);
-    expect(left.length).toBeLessThan(extra.length);
-    expect(left.every((k) => extra.includes(k))).toBe(true);
+    expect(left.length).toBeLessThan(100);
+    expect(left.every((k) => k.startsWith('/berth/v1/nets/other/'))).toBe(true);
     // Blocks are free already: the node must find itself forgotten if it comes back (same machine, same boot).
     expect(fake.get('/berth/v1/nodes/n2/forgotten')).toBeDefined();
     expect(fake.get('/berth/v1/nodes/n2/identity')).toBeUndefined();
@@ -729,11 +740,45 @@ describe('release, forget, leave', () => {
     );
     expect(late).toBeInstanceOf(CniError);
     expect((late as CniError).message).toMatch(/forgotten/);
-    // Run again: the rest goes, under the same tombstone.
-    const again = await a.cluster.forget('n2', true);
+    // Run again: refused while n2 has an alive key (a forced forget leaves a live node's), as the first time.
+    fake.putDirect('/berth/v1/nodes/n2/alive', '{}');
+    await expect(a.cluster.forget('n2', false)).rejects.toThrow(/is alive/);
+    fake.deleteDirect('/berth/v1/nodes/n2/alive');
+    // Not alive: the rest goes, under the same tombstone.
+    const again = await a.cluster.forget('n2', false);
     expect(again.blocks.length).toBe(left.length);
     expect(ownedByN2()).toEqual([]);
     await expect(a.cluster.forget('n2', true)).rejects.toThrow(/forgotten already/);
+  }, 20_000);
+
+  test('a forget run again while the node registers afresh stops, and says not to run it again', async () => {
+    const { a, ownedByN2 } = await forgetCutShort();
+    const left = ownedByN2();
+    // n2 comes back with a new boot (its pods are gone) between the re-run's reads and its delete: the
+    // tombstone goes, and what is left of its blocks is its own again.
+    const tombstone = Buffer.from('/berth/v1/nodes/n2/forgotten').toString('base64');
+    fake.onTxn = (body) => {
+      const compares = (body.compare as { key?: string }[] | undefined) ?? [];
+      if (!compares.some((c) => c.key === tombstone)) return;
+      fake.onTxn = undefined;
+      fake.deleteDirect('/berth/v1/nodes/n2/forgotten');
+    };
+    await expect(a.cluster.forget('n2', false)).rejects.toThrow(
+      /registered again.*do not run the forget again/,
+    );
+    expect(ownedByN2()).toEqual(left);
+  }, 20_000);
+
+  test('another machine under a forgotten name registers only once a forget cut short is finished', async () => {
+    const { a, ownedByN2 } = await forgetCutShort();
+    // Its blocks under the old uid would be claimed by nobody: this uid never adopts them.
+    const other = { uidFile: join(root, 'n2-other-node-id'), bootId: 'boot-other' };
+    await expect(startNode('n2', other)).rejects.toThrow(/still claimed under the forgotten uid.*forget n2/);
+    expect(fake.get('/berth/v1/nodes/n2/forgotten')).toBeDefined();
+    await a.cluster.forget('n2', false);
+    expect(ownedByN2()).toEqual([]);
+    const c = await startNode('n2', other);
+    expect(await add(c, 'c-0')).toMatch(/^198\.18\./);
   }, 20_000);
 
   test('forget is refused while the node is alive and before its horizon, accepted after; leave frees all', async () => {

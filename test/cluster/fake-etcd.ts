@@ -132,6 +132,10 @@ export class FakeEtcd {
     this.writeTxn((w) => w.put(key, Buffer.from(value), 0n));
   }
 
+  deleteDirect(key: string): void {
+    this.writeTxn((w) => w.del(key));
+  }
+
   /** Several keys in one write txn: one revision, one watch batch. */
   putManyDirect(entries: [key: string, value: string][]): void {
     this.writeTxn((w) => {
@@ -298,6 +302,11 @@ export class FakeEtcd {
 
   private doTxn(body: Json): Json {
     this.onTxn?.(body);
+    // etcd's --max-txn-ops (128 by default), counted per list as etcd does.
+    for (const list of ['compare', 'success', 'failure'] as const) {
+      if (((body[list] as Json[] | undefined) ?? []).length > 128)
+        throw new FakeError(400, 3, 'etcdserver: too many operations in txn request');
+    }
     const compares = (body.compare as Json[] | undefined) ?? [];
     const ok = compares.every((c) => this.compare(c));
     const ops = ((ok ? body.success : body.failure) as Json[] | undefined) ?? [];
