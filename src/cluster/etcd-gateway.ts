@@ -667,21 +667,23 @@ export class EtcdGateway {
       };
       if (this.token !== undefined) headers.authorization = this.token;
       let settled = false;
+      /** Ends this stream once (its request, its place among the open ones); false if it had ended already. */
+      const settle = (): boolean => {
+        if (settled) return false;
+        settled = true;
+        this.watchStreams.delete(stream);
+        r.destroy();
+        return true;
+      };
       const stream: WatchStream = (open = {
         idx,
         drop: (why) => {
-          if (settled) return;
-          settled = true;
-          this.watchStreams.delete(stream);
-          r.destroy();
-          reconnect(why, 0);
+          if (settle()) reconnect(why, 0);
         },
       });
       this.watchStreams.add(stream);
       const fail = (err: Error): void => {
-        if (settled) return;
-        settled = true;
-        this.watchStreams.delete(stream);
+        if (!settle()) return;
         // Not the member's fault when the stream merely ended: try the same one again first.
         if (!/ended/.test(err.message)) {
           this.suspect(idx, err.message);
@@ -723,16 +725,13 @@ export class EtcdGateway {
               // No contact from a watch: a member without quorum still creates watches (the gateway sends
               // no require-leader), so a stream says nothing of whether etcd as a whole answers.
               if (msg.error !== undefined) {
-                r.destroy();
                 fail(new Error(`watch: ${JSON.stringify(msg.error)}`));
                 return;
               }
               const result = (msg.result ?? {}) as Json;
               const compacted = int64(result.compact_revision);
               if (compacted !== '0') {
-                settled = true;
-                this.watchStreams.delete(stream);
-                r.destroy();
+                if (!settle()) return;
                 handlers.onReset().then(
                   (rev) => {
                     next = (BigInt(rev) + 1n).toString();
