@@ -11,13 +11,14 @@
 // sent, berthd may be running the call: a lost, garbled or late reply is then a CNI error with code 11
 // (try again later) rather than a second run, and the runtime's retry or DEL cleans up.
 //
-// libc only, built statically when libc.a is there (npm run build:shim); no allocation that matters,
-// no threads, no signals touched (the standalone program inherits the caller's dispositions).
+// libc only, built statically when libc.a is there (npm run build:shim); no allocation that matters, no
+// threads, no signal touched before the last exec (the standalone program inherits the caller's dispositions).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,6 +120,11 @@ static int fail(int code, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
+  // Paths and strerror text may hold bytes that are not UTF-8; JSON must be (libcni tolerates it, others not).
+  for (char *c = msg; *c; c++)
+    if ((unsigned char)*c >= 0x80) *c = '?';
+  // Nothing is exec'd after a failure: a caller that closed its end gets EPIPE here, not a death by SIGPIPE.
+  signal(SIGPIPE, SIG_IGN);
   struct buf out = {0};
   char head[32];
   snprintf(head, sizeof head, "{\"code\":%d,\"msg\":\"", code);
@@ -253,10 +259,7 @@ int main(int argc, char **argv) {
   (void)argc;
   static char exe[PATH_MAX];
   ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
-  if (len <= 0) {
-    fprintf(stderr, "berth-shim: cannot read /proc/self/exe: %s\n", strerror(errno));
-    return 1;
-  }
+  if (len <= 0) return fail(999, "cannot read /proc/self/exe: %s", strerror(errno));
   exe[len] = 0;
   // A caller may set argv[0] to anything; a hard link's own name (in /proc/self/exe) decides then.
   const char *from_argv = argv[0] ? base_name(argv[0]) : "";
@@ -265,11 +268,9 @@ int main(int argc, char **argv) {
     plugin = from_argv;
   else if (known(from_exe, PLUGINS, 2))
     plugin = from_exe;
-  else {
-    fprintf(stderr, "berth-shim: started as \"%s\"; install it as berth-bridge or berth-ipam beside berth\n",
-            from_argv);
-    return 1;
-  }
+  else
+    return fail(999, "started as \"%s\"; install it as berth-bridge or berth-ipam beside berth",
+                from_argv);
   memcpy(self_dir, exe, (size_t)(from_exe - exe));
   self_dir[from_exe - exe > 1 ? from_exe - exe - 1 : from_exe - exe] = 0;
 
@@ -410,6 +411,9 @@ int main(int argc, char **argv) {
                   path);
   }
   close(sock);
+  // No exec from here on (the standalone program inherits the caller's dispositions): a runtime that closed
+  // its end of stdout makes the write fail with EPIPE, as it does the standalone program, instead of killing us.
+  signal(SIGPIPE, SIG_IGN);
   const char *body_start = rep.p + head_len;
   if (write_all(1, body_start, (size_t)stdout_length) != 0) return 1;
   write_all(2, body_start + stdout_length, (size_t)(content_length - stdout_length));

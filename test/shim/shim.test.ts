@@ -12,6 +12,7 @@ import {
   readFileSync,
   readdirSync,
   rmSync,
+  symlinkSync,
   writeFileSync,
 } from 'node:fs';
 import { spawn } from 'node:child_process';
@@ -396,5 +397,52 @@ describe('names', () => {
     expect(run.stderr.toString()).toMatch(
       /started as "other-name"; install it as berth-bridge or berth-ipam/,
     );
+    // The runtime reads stdout: a CNI error there, not nothing.
+    expect(JSON.parse(run.stdout.toString())).toEqual({
+      code: 999,
+      msg: 'started as "other-name"; install it as berth-bridge or berth-ipam beside berth',
+    });
+  });
+
+  it("an error naming a path that is not UTF-8 is still UTF-8 JSON (the path's other bytes as '?')", async () => {
+    // Installed in a directory whose name is not UTF-8, without berth beside it and without berthd: the
+    // fallback cannot exec and says so, naming the path.
+    const dir = Buffer.concat([Buffer.from(join(work, 'bin-')), Buffer.from([0xff, 0xfe]), Buffer.from('x')]);
+    mkdirSync(dir);
+    const shim = Buffer.concat([dir, Buffer.from('/berth-ipam')]);
+    copyFileSync(join(repo, 'native/shim/build/berth-shim'), shim);
+    chmodSync(shim, 0o755);
+    // Run through a link of a UTF-8 name (Node spawns only those); the shim finds its place in /proc/self/exe.
+    mkdirSync(join(work, 'link'));
+    symlinkSync(shim, join(work, 'link', 'berth-ipam'));
+    const run = await runProgram(
+      join(work, 'link', 'berth-ipam'),
+      [],
+      { ...cniEnv('VERSION'), BERTH_SOCKET: join(work, 'no-berthd.sock') },
+      '',
+    );
+    expect(run.code).toBe(1);
+    const text = new TextDecoder('utf-8', { fatal: true }).decode(run.stdout);
+    const err = JSON.parse(text) as { code: number; msg: string };
+    expect(err.code).toBe(999);
+    expect(err.msg).toContain(`${join(work, 'bin-')}??x/berth `);
+  });
+});
+
+describe('a runtime that closed its end of stdout', () => {
+  it('the shim exits with an error instead of dying of SIGPIPE', async () => {
+    const child = spawn(join(shimDir, 'berth-bridge'), [], {
+      env: { ...cniEnv('VERSION'), BERTH_SOCKET: fake.socket },
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
+    // Closed before the shim can write: its reply comes from the fake berthd, which answers only once this
+    // event loop turn is over.
+    child.stdout.destroy();
+    const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
+      child.on('exit', (c, s) => resolve([c, s])),
+    );
+    expect(fake.calls.length).toBe(1);
+    expect(signal).toBeNull();
+    expect(code).toBe(1);
   });
 });
