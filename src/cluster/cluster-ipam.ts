@@ -635,15 +635,12 @@ export class ClusterIpam implements ClusterAllocator {
     return { node, blocks: forgotten.blocks };
   }
 
-  /** Every block key whose value names `node` as its owner, with its `net cidr` name and value. */
-  private async blocksOf(node: string): Promise<{ kv: KeyValue; name: string; v: BlockValue }[]> {
-    const { keys, etcd } = this;
-    const r = await etcd.range(keys.nets(), { prefix: true });
-    return r.kvs.flatMap((kv) => {
-      const k = keys.parseBlockKey(kv.key);
-      const v = parseValue<BlockValue>(kv.value);
-      return k !== undefined && v?.node === node ? [{ kv, name: `${k.net} ${k.cidr}`, v }] : [];
-    });
+  /** Every block key whose value names `node` as its owner, with its `net cidr` name and claim. */
+  private async blocksOf(node: string): Promise<{ kv: KeyValue; name: string; claim: BlockValue }[]> {
+    const r = await this.etcd.range(this.keys.nets(), { prefix: true });
+    return this.keys
+      .blocksNamedBy(r.kvs, node)
+      .map((b) => ({ kv: b.kv, name: `${b.net} ${b.cidr}`, claim: b.claim }));
   }
 
   /**
@@ -664,7 +661,7 @@ export class ClusterIpam implements ClusterAllocator {
       );
     }
     const listed = new Set(fg.blocks);
-    const left = (await this.blocksOf(node)).filter((x) => x.v.uid === fg.uid || listed.has(x.name));
+    const left = (await this.blocksOf(node)).filter((x) => x.claim.uid === fg.uid || listed.has(x.name));
     if (left.length === 0) {
       throw new CniError(
         ErrorCode.UnknownContainer,
@@ -732,12 +729,10 @@ export class ClusterIpam implements ClusterAllocator {
     }
     const { keys, etcd } = this;
     const netsR = await etcd.range(keys.nets(), { prefix: true });
-    const left = netsR.kvs.filter((kv) => {
-      const v = parseValue<BlockValue>(kv.value);
-      return (
-        keys.parseBlockKey(kv.key) !== undefined && v?.node === this.node.name && v.uid === this.node.uid
-      );
-    });
+    const left = keys
+      .blocksNamedBy(netsR.kvs, this.node.name)
+      .filter((b) => b.claim.uid === this.node.uid)
+      .map((b) => b.kv);
     if (left.length > 0) {
       throw new CniError(
         ErrorCode.TryAgainLater,

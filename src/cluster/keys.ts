@@ -56,6 +56,18 @@ export class ClusterKeys {
     const cidr = blockCidrOfKeyName(parts[2]!);
     return cidr === undefined ? undefined : { net: parts[0]!, cidr };
   }
+
+  /** The block keys of a range of `nets()` whose value names `node` as owner (any uid), with their claim. */
+  blocksNamedBy<KV extends { key: string; value: string }>(
+    kvs: readonly KV[],
+    node: string,
+  ): { kv: KV; net: string; cidr: string; claim: BlockValue }[] {
+    return kvs.flatMap((kv) => {
+      const k = this.parseBlockKey(kv.key);
+      const claim = k === undefined ? undefined : parseValue<BlockValue>(kv.value);
+      return k !== undefined && claim?.node === node ? [{ kv, ...k, claim }] : [];
+    });
+  }
 }
 
 export interface IdentityValue {

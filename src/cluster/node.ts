@@ -5,13 +5,7 @@
 import type { EtcdGateway } from './etcd-gateway';
 import { EtcdUnavailableError } from './etcd-gateway';
 import type { ClusterKeys } from './keys';
-import {
-  type AliveValue,
-  type BlockValue,
-  type ForgottenValue,
-  type IdentityValue,
-  parseValue,
-} from './keys';
+import { type AliveValue, type ForgottenValue, type IdentityValue, parseValue } from './keys';
 import type { ClusterStats } from './stats';
 import type { Underlay } from './underlay';
 
@@ -386,11 +380,7 @@ export class ClusterNode {
   private async blocksClaimedBy(uid: string): Promise<number> {
     const { etcd, keys } = this.o;
     const r = await etcd.range(keys.nets(), { prefix: true });
-    return r.kvs.filter((kv) => {
-      if (keys.parseBlockKey(kv.key) === undefined) return false;
-      const v = parseValue<BlockValue>(kv.value);
-      return v?.node === this.name && v.uid === uid;
-    }).length;
+    return keys.blocksNamedBy(r.kvs, this.name).filter((b) => b.claim.uid === uid).length;
   }
 
   /** Clears the forgotten fence after its pods were drained (`berth node rejoin`). */
