@@ -1,6 +1,7 @@
 // DEL: idempotent teardown that works without a namespace and without a prevResult. The host veth is found
 // by its alias tag when the namespace is gone or unknown; IPAM is released and the attachment's masquerade
-// and spoof-check elements are removed in every case.
+// and spoof-check elements are removed in every case, and the reference bridge's masquerade for an attachment
+// berth has no record of.
 import { CniError, ErrorCode } from '../cni-spec/errors';
 import type { Request } from '../cni-spec/request';
 import { confFromRequest } from './config';
@@ -10,6 +11,7 @@ import { isCode, netlinkCode, toKernelCniError, type Link, type Netlink } from '
 import { withNetworkLock } from './lock';
 import { removeMasquerade } from './masquerade';
 import { attachmentTag, nftScope } from './nft';
+import { removeReferenceMasquerade } from './reference-masquerade';
 import { attachmentNftUse, unregisterAttachment } from './registry';
 import { removeSpoofCheck } from './spoofcheck';
 
@@ -120,11 +122,14 @@ export async function cmdDel(req: Request, deps: BridgeDeps): Promise<void> {
   }
 
   const scope = nftScope(deps, conf.network);
+  let recorded = true;
   try {
     await withNetworkLock({ network: conf.network, runDir: deps.runDir }, async () => {
       // Only the tables the ADD recorded it may use (each a few netlink dumps); both without a record.
       // Two tables, independent of each other: side by side, both finished before the lock goes.
-      const use = attachmentNftUse(deps.runDir, conf.network, tag) ?? { masquerade: true, spoofCheck: true };
+      const record = attachmentNftUse(deps.runDir, conf.network, tag);
+      recorded = record !== undefined;
+      const use = record ?? { masquerade: true, spoofCheck: true };
       const outcomes = await Promise.allSettled([
         use.masquerade ? removeMasquerade(scope, (t) => t === tag) : undefined,
         use.spoofCheck ? removeSpoofCheck(scope, (t) => t === tag) : undefined,
@@ -139,6 +144,21 @@ export async function cmdDel(req: Request, deps: BridgeDeps): Promise<void> {
     });
   } catch (err) {
     note('network lock', err);
+  }
+  // No record of berth's ADD: the attachment may be the reference bridge's, from before the node was switched
+  // to berth. Its masquerade is not berth's state, so a failure to remove it is logged, not a failed DEL
+  // (which the runtime would retry for good). Three netlink GETs when there is none.
+  if (!recorded) {
+    try {
+      const removed = await removeReferenceMasquerade(scope.nft, {
+        network: conf.network,
+        containerId: req.containerId,
+        ifname: req.ifname,
+      });
+      if (removed.length > 0) req.log(`removed the reference bridge's masquerade: ${removed.join(', ')}`);
+    } catch (err) {
+      req.log(`the reference bridge's masquerade could not be removed: ${(err as Error).message}`);
+    }
   }
 
   if (firstError !== undefined) {

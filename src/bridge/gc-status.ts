@@ -1,5 +1,5 @@
 // GC and STATUS (spec 1.1): GC removes what belongs to attachments the runtime no longer lists (host veths on
-// this bridge, masquerade and spoof-check elements) and then asks IPAM to do the same; STATUS says whether an
+// this bridge, masquerade and spoof-check elements, the reference bridge's masquerade) and then asks IPAM to do the same; STATUS says whether an
 // ADD could be served now.
 import { CniError, ErrorCode } from '../cni-spec/errors';
 import type { Request } from '../cni-spec/request';
@@ -9,6 +9,7 @@ import { isCode } from './kernel';
 import { withNetworkLock } from './lock';
 import { removeMasquerade } from './masquerade';
 import { attachmentTag, nftScope } from './nft';
+import { collectReferenceMasquerade } from './reference-masquerade';
 import { registeredElsewhere, registeredTags, unregisterAttachment } from './registry';
 import { removeSpoofCheck } from './spoofcheck';
 
@@ -76,6 +77,16 @@ export async function cmdGc(req: Request, deps: BridgeDeps): Promise<void> {
       await removeSpoofCheck(scope, stale);
     } catch (err) {
       failures.push(`spoof-check entries: ${(err as Error).message}`);
+    }
+    try {
+      const attachments = (req.validAttachments ?? []).map((a) => ({
+        containerId: a.containerID,
+        ifname: a.ifname,
+      }));
+      const removed = await collectReferenceMasquerade(scope.nft, conf.network, attachments);
+      if (removed.length > 0) req.log(`removed the reference bridge's masquerade: ${removed.join(', ')}`);
+    } catch (err) {
+      failures.push(`the reference bridge's masquerade: ${(err as Error).message}`);
     }
   }).catch((err: unknown) => {
     failures.push(`network lock: ${(err as Error).message}`);

@@ -13,7 +13,7 @@ export type { Link } from '../netlink/types';
 export { netlinkCode, toKernelCniError } from '../netlink/errors';
 export { isOwnNetns, openNetns, type NetnsRef } from '../netlink/netns';
 export { type NftFamily } from '../netlink/nftables';
-export { applyNft, readNftTable } from '../netlink/nftnl';
+export { applyNft, nfnlListChain as readNftChain, readNftTable } from '../netlink/nftnl';
 export { randomLocalMac } from '../netlink/rtnetlink';
 
 /** A socket in the plugin's own (host) namespace. */

@@ -1,7 +1,7 @@
 // The bridge's view of nftables: the two calls it needs (apply a transaction, list a table), the table
 // name, and the attachment tags carried as element comments.
 import { createHash } from 'node:crypto';
-import { applyNft, readNftTable, type NftFamily } from './kernel';
+import { applyNft, readNftChain, readNftTable, type NftFamily } from './kernel';
 import { withTablesLock } from './lock';
 
 /** One command of libnftables' JSON schema, e.g. `{ add: { element: {...} } }`. */
@@ -15,6 +15,8 @@ export interface Nft {
   apply(cmds: NftCommand[]): Promise<void>;
   /** Lists a table; undefined when it does not exist. */
   listTable(family: string, table: string): Promise<NftObject[] | undefined>;
+  /** Lists one chain's rules; undefined when the table or the chain does not exist. */
+  listChain(family: string, table: string, chain: string): Promise<NftObject[] | undefined>;
 }
 
 /**
@@ -88,6 +90,7 @@ export async function removeAndMaybeDropTable(opts: {
 export const systemNft: Nft = {
   apply: (cmds) => applyNft(cmds),
   listTable: (family, table) => readNftTable({ family: family as NftFamily, name: table }),
+  listChain: (family, table, chain) => readNftChain({ family: family as NftFamily, name: table }, chain),
 };
 
 export { DEFAULT_NFT_TABLE, nftTable } from './deps';

@@ -62,7 +62,7 @@ export const NFPROTO: Record<string, number> = { inet: 1, ip: 2, arp: 3, netdev:
 export const NFTA_LIST_ELEM = 1;
 export const NFTA_TABLE = { NAME: 1, HANDLE: 4 } as const;
 export const NFTA_CHAIN = { TABLE: 1, HANDLE: 2, NAME: 3 } as const;
-export const NFTA_RULE = { TABLE: 1, CHAIN: 2, HANDLE: 3, EXPRESSIONS: 4 } as const;
+export const NFTA_RULE = { TABLE: 1, CHAIN: 2, HANDLE: 3, EXPRESSIONS: 4, USERDATA: 7 } as const;
 export const NFTA_SET = { TABLE: 1, NAME: 2, FLAGS: 3, KEY_TYPE: 4, KEY_LEN: 5, HANDLE: 16 } as const;
 export const NFTA_SET_ELEM = {
   KEY: 1,
@@ -80,6 +80,8 @@ export const NFTA_EXPR = { NAME: 1, DATA: 2 } as const;
 export const NFTA_IMMEDIATE_DATA = 2;
 export const NFTA_LOOKUP_SET = 1;
 export const NFTA_DYNSET_SET_NAME = 1;
+/** An xtables match inside a rule (iptables-nft): its name and its struct (xt_comment_info: char[256]). */
+export const NFTA_MATCH = { NAME: 1, INFO: 3 } as const;
 export const NFTA_GEN_ID = 1;
 export const NFTA_OBJ = { TABLE: 1, NAME: 2, TYPE: 3 } as const;
 export const NFTA_FLOWTABLE = { TABLE: 1, NAME: 2 } as const;
@@ -97,8 +99,11 @@ export const NFT_SET_F = {
 } as const;
 export const NFT_JUMP = -3;
 export const NFT_GOTO = -4;
-/** NFTNL_UDATA_SET_ELEM_COMMENT: the element comment in libnftnl's userdata TLVs (type u8, len u8). */
-const UDATA_SET_ELEM_COMMENT = 0;
+/**
+ * NFTNL_UDATA_SET_ELEM_COMMENT and NFTNL_UDATA_RULE_COMMENT: the comment in libnftnl's userdata TLVs of an
+ * element or a rule (type u8, len u8).
+ */
+const UDATA_COMMENT = 0;
 
 /** A request this codec cannot express, or an answer it cannot read: the caller uses `nft -j` instead. */
 export class NftnlUnsupported extends Error {
@@ -395,18 +400,18 @@ export function typeName(set: SetInfo): string | string[] {
   return names.length === 1 ? names[0]! : names;
 }
 
-/** An element's userdata carrying its comment (libnftnl's TLV: type, length, NUL-terminated text). */
+/** An element's or rule's userdata carrying its comment (libnftnl's TLV: type, length, NUL-terminated text). */
 export function commentUdata(comment: string): Buffer {
   const text = Buffer.from(comment, 'utf8');
   if (text.length + 1 > 255) throw new NftnlUnsupported(`comment of ${text.length} bytes`);
-  return Buffer.concat([Buffer.from([UDATA_SET_ELEM_COMMENT, text.length + 1]), text, Buffer.alloc(1)]);
+  return Buffer.concat([Buffer.from([UDATA_COMMENT, text.length + 1]), text, Buffer.alloc(1)]);
 }
 
 export function udataComment(b: Buffer | undefined): string | undefined {
   let pos = 0;
   while (b !== undefined && pos + 2 <= b.length) {
     const [type, len] = [b[pos]!, b[pos + 1]!];
-    if (type === UDATA_SET_ELEM_COMMENT) return readStr(b.subarray(pos + 2, pos + 2 + len));
+    if (type === UDATA_COMMENT) return readStr(b.subarray(pos + 2, pos + 2 + len));
     pos += 2 + len;
   }
   return undefined;
@@ -478,11 +483,17 @@ export interface RuleInfo {
    * `{<name>: null}` for every other expression.
    */
   expr: unknown[];
+  /**
+   * The rule's comment: nft's (the rule's userdata), else an iptables-nft `-m comment --comment` (an xtables
+   * match, which nft itself lists only as `xt match "comment"`).
+   */
+  comment?: string;
 }
 
 export function parseRule(m: NlMsg): RuleInfo {
   const a = msgAttrs(m);
   const expr: unknown[] = [];
+  let xtComment: string | undefined;
   for (const [, e] of decodeAttrList(a.get(NFTA_RULE.EXPRESSIONS) ?? Buffer.alloc(0))) {
     const ea = decodeAttrs(e);
     const name = readStr(ea.get(NFTA_EXPR.NAME)) ?? '';
@@ -504,13 +515,17 @@ export function parseRule(m: NlMsg): RuleInfo {
     } else if (name === 'dynset') {
       expr.push({ set: { set: `@${readStr(data.get(NFTA_DYNSET_SET_NAME)) ?? ''}` } });
       continue;
+    } else if (name === 'match' && readStr(data.get(NFTA_MATCH.NAME)) === 'comment') {
+      xtComment ??= readStr(data.get(NFTA_MATCH.INFO));
     }
     expr.push({ [name]: null });
   }
+  const comment = udataComment(a.get(NFTA_RULE.USERDATA)) ?? xtComment;
   return {
     table: readStr(a.get(NFTA_RULE.TABLE)) ?? '',
     chain: readStr(a.get(NFTA_RULE.CHAIN)) ?? '',
     handle: readBe64(a.get(NFTA_RULE.HANDLE)) ?? 0,
     expr,
+    ...(comment !== undefined ? { comment } : {}),
   };
 }

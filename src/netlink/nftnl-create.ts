@@ -19,6 +19,7 @@ import {
   NLM_F_CREATE,
   NftnlUnsupported,
   be32,
+  commentUdata,
   nested,
   type NftMsg,
   type SetInfo,
@@ -35,7 +36,6 @@ const NFTA_SET_DESC = 9;
 const NFTA_SET_DESC_CONCAT = 2;
 const NFTA_SET_FIELD_LEN = 1;
 const NFTA_SET_USERDATA = 13;
-const NFTA_RULE_USERDATA = 7;
 const NFTA_TABLE_FLAGS = 2;
 const HOOKS: Record<string, number> = { prerouting: 0, input: 1, forward: 2, output: 3, postrouting: 4 };
 const POLICY: Record<string, number> = { drop: 0, accept: 1 };
@@ -286,15 +286,8 @@ function ruleMsg(family: number, familyName: string, o: Record<string, unknown>,
     [NFTA_RULE.CHAIN, str(String(o.chain))],
     nested(NFTA_RULE.EXPRESSIONS, compileRule(o.expr as unknown[], familyName, String(o.table), sets)),
   ];
-  if (o.comment !== undefined) {
-    // NFTNL_UDATA_RULE_COMMENT: type 0, length with the NUL.
-    const text = Buffer.from(String(o.comment), 'utf8');
-    if (text.length + 1 > 255) unsupported(o);
-    attrs.push([
-      NFTA_RULE_USERDATA,
-      Buffer.concat([Buffer.from([0, text.length + 1]), text, Buffer.alloc(1)]),
-    ]);
-  }
+  // NFTNL_UDATA_RULE_COMMENT has the same TLV as an element's comment (type 0, length with the NUL).
+  if (o.comment !== undefined) attrs.push([NFTA_RULE.USERDATA, commentUdata(String(o.comment))]);
   return { type: NFT_MSG.NEWRULE, family, flags: NLM_F_CREATE | NLM_F_APPEND, attrs };
 }
 

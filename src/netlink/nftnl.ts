@@ -43,6 +43,7 @@ import {
   typeName,
   type NftMsg,
   type NlMsg,
+  type RuleInfo,
   type SetInfo,
 } from './nftnl-codec';
 import {
@@ -359,10 +360,7 @@ async function readTable(s: NfnlSocket, t: TableRef, family: number): Promise<Nf
     if ((set.flags & NFT_SET_F.ANONYMOUS) !== 0) continue;
     objects.push({ set: await readSet(s, t, family, set) });
   }
-  for (const m of await dump(NFT_MSG.GETRULE, NFTA_RULE.TABLE)) {
-    const r = parseRule(m);
-    objects.push({ rule: { ...base, chain: r.chain, handle: r.handle, expr: r.expr } });
-  }
+  for (const m of await dump(NFT_MSG.GETRULE, NFTA_RULE.TABLE)) objects.push(ruleObject(t, parseRule(m)));
   // Stateful objects and flowtables only count as "something else in the table" (nft names objects by
   // their type, e.g. `counter`; berth only needs to know they are there).
   for (const m of await dump(NFT_MSG.GETOBJ, NFTA_OBJ.TABLE))
@@ -370,6 +368,59 @@ async function readTable(s: NfnlSocket, t: TableRef, family: number): Promise<Nf
   for (const m of await dump(NFT_MSG.GETFLOWTABLE, NFTA_FLOWTABLE.TABLE))
     objects.push({ flowtable: { ...base, name: readStr(msgAttrs(m).get(NFTA_FLOWTABLE.NAME)) ?? '' } });
   return objects;
+}
+
+/** A rule as `nft -j list` gives it (expressions reduced, see RuleInfo). */
+function ruleObject(t: TableRef, r: RuleInfo): NftObject {
+  const comment = r.comment !== undefined ? { comment: r.comment } : {};
+  return {
+    rule: { family: t.family, table: t.name, chain: r.chain, handle: r.handle, expr: r.expr, ...comment },
+  };
+}
+
+/**
+ * One chain's rules, as `nft -j list chain` gives them (handle, reduced expressions, comment); undefined when
+ * the table or the chain does not exist. A GET and a dump the kernel filters by chain: a table berth does not
+ * own (iptables-nft's `ip nat`, with kube-proxy's thousands of rules) is not read whole for one chain.
+ */
+export async function nfnlListChain(
+  t: TableRef,
+  chain: string,
+  opts: NftOptions = {},
+): Promise<NftObject[] | undefined> {
+  const family = familyNumber(t.family);
+  const where = `${t.family} ${t.name} ${chain}`;
+  const names = (table: number, name: number): Attr[] => [
+    [table, str(t.name)],
+    [name, str(chain)],
+  ];
+  return withNfnl(opts.netns, async (s) => {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await s.get(
+          { type: NFT_MSG.GETCHAIN, family, flags: 0, attrs: names(NFTA_CHAIN.TABLE, NFTA_CHAIN.NAME) },
+          where,
+        );
+      } catch (err) {
+        if (err instanceof NetlinkError && err.code === 'ENOENT') return undefined;
+        throw err;
+      }
+      let answers: NlMsg[];
+      try {
+        answers = await s.dump(
+          { type: NFT_MSG.GETRULE, family, flags: 0, attrs: names(NFTA_RULE.TABLE, NFTA_RULE.CHAIN) },
+          where,
+        );
+      } catch (err) {
+        if (err instanceof Retry && attempt < LIST_ATTEMPTS) continue;
+        throw err;
+      }
+      return answers
+        .map(parseRule)
+        .filter((r) => r.table === t.name && r.chain === chain)
+        .map((r) => ruleObject(t, r));
+    }
+  });
 }
 
 async function readSet(

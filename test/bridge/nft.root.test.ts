@@ -55,6 +55,7 @@ function listingsMeet(): Nft {
       if (listed <= 2) await both;
       return objects;
     },
+    listChain: (family, table, chain) => systemNft.listChain(family, table, chain),
   };
 }
 

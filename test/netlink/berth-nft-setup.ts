@@ -9,7 +9,11 @@ export async function berthSetupCommands(
   addrs: readonly MasqAddress[],
 ): Promise<NftCommand[][]> {
   const batches: NftCommand[][] = [];
-  const nft: Nft = { apply: async (cmds) => void batches.push(cmds), listTable: async () => undefined };
+  const nft: Nft = {
+    apply: async (cmds) => void batches.push(cmds),
+    listTable: async () => undefined,
+    listChain: async () => undefined,
+  };
   const scope = { nft, table, network: 'net1', tablesLock: <T>(fn: () => Promise<T>) => fn() };
   await addMasquerade(scope, { containerId: 'c1', ifname: 'eth0' }, addrs);
   await addSpoofCheck(scope, {
