@@ -7,12 +7,13 @@
 //
 // When berthd did nothing (no socket, connection refused, any status but 200) it execs the standalone
 // program instead: `berth` beside this file, run under the plugin's name, fed the same stdin bytes through
-// a memfd, so a node without berthd works exactly as without the shim. Once the whole request has been
+// a memfd (a pipe without one), so a node without berthd works exactly as without the shim. Once the whole request has been
 // sent, berthd may be running the call: a lost, garbled or late reply is then a CNI error with code 11
 // (try again later) rather than a second run, and the runtime's retry or DEL cleans up.
 //
 // libc only, built statically when libc.a is there (npm run build:shim); no allocation that matters, no
-// threads, no signal touched before the last exec (the standalone program inherits the caller's dispositions).
+// threads, no signal touched before the last exec (the standalone program inherits the caller's dispositions;
+// the only child, replay_pipe's writer, ignores SIGPIPE in itself).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -177,6 +178,40 @@ static int read_stdin(struct buf *b) {
 }
 
 /**
+ * Without a memfd (kernel < 3.17, or a seccomp profile that refuses it): the stdin bytes in a pipe. A pipe
+ * holds up to its capacity without a reader, which is enough for any config; more than that is written by a
+ * child process while the standalone program reads (written here, it would wait for a reader that is only
+ * exec'd afterwards, for good). The child holds no end of the caller's stdout or stderr, so the runtime sees
+ * their end when the program exits; a program that exits without reading all of it ends the child by EPIPE.
+ */
+static int replay_pipe(const struct buf *in) {
+  int p[2];
+  if (pipe(p) != 0) return -1;
+  fcntl(p[1], F_SETPIPE_SZ, 1 << 20);
+  int capacity = fcntl(p[1], F_GETPIPE_SZ);
+  if (capacity > 0 && in->len <= (size_t)capacity) {
+    if (write_all(p[1], in->p ? in->p : "", in->len) != 0) goto failed;
+    close(p[1]);
+    return p[0];
+  }
+  pid_t writer = fork();
+  if (writer < 0) goto failed;
+  if (writer == 0) {
+    close(p[0]);
+    close(1);
+    close(2);
+    signal(SIGPIPE, SIG_IGN);
+    _exit(write_all(p[1], in->p, in->len) == 0 ? 0 : 1);
+  }
+  close(p[1]);
+  return p[0];
+failed:
+  close(p[0]);
+  close(p[1]);
+  return -1;
+}
+
+/**
  * Runs the standalone program in this process: `berth` beside the shim, under the plugin's name
  * (argv[0], which the single executable reads; BERTH_FALLBACK_PROGRAM for a development tree's Node
  * launcher, which cannot see argv[0]). The stdin bytes already read become fd 0 again.
@@ -193,18 +228,8 @@ static int fall_back(char **argv, const struct buf *in, int stdin_read) {
         fd = -1;
       }
     }
-    if (fd < 0) {
-      // No memfd (kernel < 3.17): a pipe holds up to its capacity without a reader, enough for a config.
-      int p[2];
-      if (pipe(p) != 0) return fail(11, "cannot replay stdin to %s: %s", exe, strerror(errno));
-      fcntl(p[1], F_SETPIPE_SZ, 1 << 20);
-      int flags = fcntl(p[1], F_GETFL);
-      fcntl(p[1], F_SETFL, flags | O_NONBLOCK);
-      if (write_all(p[1], in->p ? in->p : "", in->len) != 0)
-        return fail(11, "cannot replay stdin to %s: %s", exe, strerror(errno));
-      close(p[1]);
-      fd = p[0];
-    }
+    if (fd < 0) fd = replay_pipe(in);
+    if (fd < 0) return fail(11, "cannot replay stdin to %s: %s", exe, strerror(errno));
     if (fd != 0) {
       if (dup2(fd, 0) < 0) return fail(11, "cannot replay stdin to %s: %s", exe, strerror(errno));
       close(fd);

@@ -15,7 +15,7 @@ import {
   symlinkSync,
   writeFileSync,
 } from 'node:fs';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { type Socket, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { isDeepStrictEqual } from 'node:util';
@@ -445,4 +445,38 @@ describe('a runtime that closed its end of stdout', () => {
     expect(signal).toBeNull();
     expect(code).toBe(1);
   });
+});
+
+describe('no memfd (a kernel before 3.17, or a seccomp profile that refuses memfd_create)', () => {
+  // test/shim/no-memfd.c: the shim run under a seccomp filter that answers memfd_create with ENOSYS.
+  const noMemfd = join(work, 'no-memfd');
+  beforeAll(() => {
+    execFileSync('gcc', ['-Wall', '-Wextra', '-Werror', '-o', noMemfd, join(__dirname, 'no-memfd.c')]);
+  });
+
+  it.each([
+    ['a config a pipe holds', 2_000],
+    ['a stdin larger than a pipe holds (2 MiB)', 2 << 20],
+  ])(
+    'the fallback gets %s whole: same bytes as the standalone program, no hang',
+    async (_what, size) => {
+      // Read to its end and parsed: the unsupported version comes after the padding.
+      const stdin = JSON.stringify({
+        pad: 'x'.repeat(size),
+        cniVersion: '9.9.9',
+        name: 'n',
+        type: 'berth-bridge',
+      });
+      const c: Case = { name: 'no memfd', plugin: 'berth-bridge', env: cniEnv('ADD'), stdin };
+      const want = await standalone(c);
+      expect(want.code).toBe(1);
+      expect(want.stdout.toString()).toContain('9.9.9');
+      const shim = join(shimDir, c.plugin);
+      const env = { ...c.env, BERTH_SOCKET: join(work, 'absent.sock') };
+      // Killed after 30 s: a hang shows as exit code null, not as a test that never ends.
+      const got = await runProgram('timeout', ['-s', 'KILL', '30', noMemfd, shim], env, stdin);
+      expect(view(got)).toEqual(view(want));
+    },
+    60_000,
+  );
 });
