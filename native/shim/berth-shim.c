@@ -236,6 +236,11 @@ static int fall_back(char **argv, const struct buf *in, int stdin_read) {
     }
   }
   setenv("BERTH_FALLBACK_PROGRAM", plugin, 1);
+  // Started with no arguments at all (argc 0, which kernels before 5.18 allow), argv[0] is the NULL that
+  // ends argv and the environment follows it: only the name is passed on then, not the environment as
+  // arguments.
+  char *alone[] = {name, NULL};
+  if (argv[0] == NULL) argv = alone;
   argv[0] = name;
   execv(exe, argv);
   return fail(999, "berthd did not take the call and the standalone program %s cannot be run: %s", exe,
