@@ -10,7 +10,7 @@ import type { BridgeDeps, BridgeKernel } from './deps';
 import { isCode, netlinkCode, toKernelCniError, type Link, type Netlink } from './kernel';
 import { withNetworkLock } from './lock';
 import { removeMasquerade } from './masquerade';
-import { attachmentTag, nftScope } from './nft';
+import { attachmentTag, nftScope, type Nft } from './nft';
 import { removeReferenceMasquerade } from './reference-masquerade';
 import { attachmentNftUse, unregisterAttachment } from './registry';
 import { removeSpoofCheck } from './spoofcheck';
@@ -122,13 +122,11 @@ export async function cmdDel(req: Request, deps: BridgeDeps): Promise<void> {
   }
 
   const scope = nftScope(deps, conf.network);
-  let recorded = true;
   try {
     await withNetworkLock({ network: conf.network, runDir: deps.runDir }, async () => {
       // Only the tables the ADD recorded it may use (each a few netlink dumps); both without a record.
       // Two tables, independent of each other: side by side, both finished before the lock goes.
       const record = attachmentNftUse(deps.runDir, conf.network, tag);
-      recorded = record !== undefined;
       const use = record ?? { masquerade: true, spoofCheck: true };
       const outcomes = await Promise.allSettled([
         use.masquerade ? removeMasquerade(scope, (t) => t === tag) : undefined,
@@ -136,6 +134,8 @@ export async function cmdDel(req: Request, deps: BridgeDeps): Promise<void> {
       ]);
       const failed = outcomes.find((o) => o.status === 'rejected');
       if (failed !== undefined) note('remove nftables entries', failed.reason);
+      // Under the lock, as GC's: the two would otherwise list and delete the same chains at once.
+      if (record === undefined) await removeReferenceMasqueradeOf(req, scope.nft, conf.network);
       try {
         unregisterAttachment(deps.runDir, conf.network, tag);
       } catch (err) {
@@ -145,27 +145,29 @@ export async function cmdDel(req: Request, deps: BridgeDeps): Promise<void> {
   } catch (err) {
     note('network lock', err);
   }
-  // No record of berth's ADD: the attachment may be the reference bridge's, from before the node was switched
-  // to berth. Its masquerade is not berth's state, so a failure to remove it is logged, not a failed DEL
-  // (which the runtime would retry for good). Three netlink GETs when there is none.
-  if (!recorded) {
-    try {
-      const removed = await removeReferenceMasquerade(scope.nft, {
-        network: conf.network,
-        containerId: req.containerId,
-        ifname: req.ifname,
-      });
-      if (removed.length > 0) req.log(`removed the reference bridge's masquerade: ${removed.join(', ')}`);
-    } catch (err) {
-      req.log(`the reference bridge's masquerade could not be removed: ${(err as Error).message}`);
-    }
-  }
-
   if (firstError !== undefined) {
     if (errors.length === 1 && firstError instanceof CniError) throw firstError;
     throw new CniError(
       firstError instanceof CniError ? firstError.code : ErrorCode.Internal,
       `DEL finished with ${errors.length} error(s): ${errors.join('; ')}`,
     );
+  }
+}
+
+/**
+ * No record of berth's ADD: the attachment may be the reference bridge's, from before the node was switched
+ * to berth. Its masquerade is not berth's state, so a failure to remove it is logged, not a failed DEL (which
+ * the runtime would retry for good). Three netlink GETs when there is none.
+ */
+async function removeReferenceMasqueradeOf(req: Request, nft: Nft, network: string): Promise<void> {
+  try {
+    const removed = await removeReferenceMasquerade(nft, {
+      network,
+      containerId: req.containerId,
+      ifname: req.ifname,
+    });
+    if (removed.length > 0) req.log(`removed the reference bridge's masquerade: ${removed.join(', ')}`);
+  } catch (err) {
+    req.log(`the reference bridge's masquerade could not all be removed: ${(err as Error).message}`);
   }
 }

@@ -8,6 +8,7 @@
 // Names, hashes and comments as the reference writes them (containernetworking/plugins pkg/utils and
 // pkg/ip/ipmasq_*_linux.go); a rule or chain that does not match them exactly is not touched.
 import { createHash } from 'node:crypto';
+import { isCode } from './kernel';
 import type { Nft, NftCommand, NftObject } from './nft';
 
 const IPT_TABLE = 'nat';
@@ -65,75 +66,111 @@ const deleteRule = (family: string, table: string, rule: Rule): NftCommand => ({
 });
 
 /**
- * Removes iptables chains of the nat table of one family, with the POSTROUTING rules that jump to them, in
- * one transaction. `which` picks them from POSTROUTING's rules (target chain and comment). Returns the
- * chains removed.
+ * What a removal did: the objects removed, and the failures of the steps that failed. Each step (a chain
+ * with its jumps, the nftables backend's rules) is its own transaction, so one that cannot go (a chain an
+ * operator's rule still jumps to: EBUSY) keeps no other from going. ENOENT counts as done: a DEL and a GC
+ * (or a DEL of the same container's other interface) found it first.
+ */
+class Outcome {
+  readonly removed: string[] = [];
+  readonly failed: string[] = [];
+
+  /** Runs one step; `fn` returns what it removed (undefined: nothing). `what` names it in a failure. */
+  async step(what: string, fn: () => Promise<string | undefined>): Promise<void> {
+    try {
+      const removed = await fn();
+      if (removed !== undefined) this.removed.push(removed);
+    } catch (err) {
+      if (!isCode(err, 'ENOENT')) this.failed.push(`${what}: ${(err as Error).message}`);
+    }
+  }
+
+  /** The objects removed; throws with every failure (and what was removed anyway) when a step failed. */
+  result(): string[] {
+    if (this.failed.length === 0) return this.removed;
+    const also = this.removed.length > 0 ? ` (removed: ${this.removed.join(', ')})` : '';
+    throw new Error(`${this.failed.join('; ')}${also}`);
+  }
+}
+
+/**
+ * Removes iptables chains of the nat table of one family, each with the POSTROUTING rules that jump to it
+ * (also a chain in `alone` whose jump is gone). `which` picks them from POSTROUTING's rules (target chain and
+ * comment).
  */
 async function removeIptablesChains(
   nft: Nft,
+  out: Outcome,
   family: string,
   which: (target: string, comment: string | undefined) => boolean,
-): Promise<string[]> {
-  const postrouting = rulesOf(await nft.listChain(family, IPT_TABLE, 'POSTROUTING'));
-  const chains = new Set<string>();
+  alone: readonly string[] = [],
+): Promise<void> {
+  let postrouting: Rule[] = [];
+  await out.step(`${family} ${IPT_TABLE} POSTROUTING listed`, async () => {
+    postrouting = rulesOf(await nft.listChain(family, IPT_TABLE, 'POSTROUTING'));
+    return undefined;
+  });
+  const chains = new Set(alone);
   for (const r of postrouting) {
     const target = jumpTarget(r);
     if (target !== undefined && IPT_CHAIN_RE.test(target) && which(target, r.comment)) chains.add(target);
   }
-  if (chains.size === 0) return [];
-  const t = { family, table: IPT_TABLE };
-  await nft.apply([
-    ...postrouting
-      .filter((r) => chains.has(jumpTarget(r) ?? ''))
-      .map((r) => deleteRule(family, IPT_TABLE, r)),
-    ...[...chains].flatMap((name) => [
-      { flush: { chain: { ...t, name } } },
-      { delete: { chain: { ...t, name } } },
-    ]),
-  ]);
-  return [...chains].map((c) => `${family} ${IPT_TABLE} ${c}`);
+  for (const name of chains) {
+    const t = { family, table: IPT_TABLE, name };
+    const what = `${family} ${IPT_TABLE} ${name}`;
+    await out.step(what, async () => {
+      const jumps = postrouting.filter((r) => jumpTarget(r) === name);
+      await nft.apply([
+        ...jumps.map((r) => deleteRule(family, IPT_TABLE, r)),
+        { flush: { chain: t } },
+        { delete: { chain: t } },
+      ]);
+      return what;
+    });
+  }
 }
 
-/** Deletes the nftables backend's rules whose comment `stale` picks; returns how many. */
-async function removeNftRules(nft: Nft, stale: (comment: string) => boolean): Promise<number> {
-  const rules = rulesOf(await nft.listChain(NFT_FAMILY, NFT_TABLE, NFT_CHAIN)).filter(
-    (r) => r.comment !== undefined && stale(r.comment),
-  );
-  if (rules.length > 0) await nft.apply(rules.map((r) => deleteRule(NFT_FAMILY, NFT_TABLE, r)));
-  return rules.length;
+/** Deletes the nftables backend's rules whose comment `stale` picks. */
+async function removeNftRules(nft: Nft, out: Outcome, stale: (comment: string) => boolean): Promise<void> {
+  const where = `${NFT_FAMILY} ${NFT_TABLE} ${NFT_CHAIN}`;
+  await out.step(where, async () => {
+    const rules = rulesOf(await nft.listChain(NFT_FAMILY, NFT_TABLE, NFT_CHAIN)).filter(
+      (r) => r.comment !== undefined && stale(r.comment),
+    );
+    if (rules.length === 0) return undefined;
+    await nft.apply(rules.map((r) => deleteRule(NFT_FAMILY, NFT_TABLE, r)));
+    return `${rules.length} rule(s) of ${where}`;
+  });
 }
 
 /**
  * DEL of an attachment the reference made: its masquerade chain in both families (also when its POSTROUTING
  * jump is gone, e.g. half torn down) and its nftables-backend rules. Found by name, so unlike the reference's
- * own teardown it needs no addresses from the pod. Returns what it removed, for the log.
+ * own teardown it needs no addresses from the pod. Returns what it removed, for the log; throws with every
+ * step that failed (the others done).
  */
 export async function removeReferenceMasquerade(nft: Nft, a: ReferenceAttachment): Promise<string[]> {
   const chain = referenceChainName(a.network, a.containerId);
-  const removed: string[] = [];
+  const out = new Outcome();
   for (const family of IPT_FAMILIES) {
-    if ((await nft.listChain(family, IPT_TABLE, chain)) === undefined) continue;
-    const withJumps = await removeIptablesChains(nft, family, (target) => target === chain);
-    if (withJumps.length > 0) {
-      removed.push(...withJumps);
-      continue;
-    }
-    // No jump to it left: the chain alone.
-    const t = { family, table: IPT_TABLE, name: chain };
-    await nft.apply([{ flush: { chain: t } }, { delete: { chain: t } }]);
-    removed.push(`${family} ${IPT_TABLE} ${chain}`);
+    let present = false;
+    await out.step(`${family} ${IPT_TABLE} ${chain} looked up`, async () => {
+      present = (await nft.listChain(family, IPT_TABLE, chain)) !== undefined;
+      return undefined;
+    });
+    if (present) await removeIptablesChains(nft, out, family, (target) => target === chain, [chain]);
   }
   const prefix = referenceNftPrefix(a.network, a.ifname, a.containerId);
-  const n = await removeNftRules(nft, (c) => c.startsWith(prefix));
-  if (n > 0) removed.push(`${n} rule(s) of ${NFT_FAMILY} ${NFT_TABLE} ${NFT_CHAIN}`);
-  return removed;
+  await removeNftRules(nft, out, (c) => c.startsWith(prefix));
+  return out.result();
 }
 
 /**
  * GC: the reference's masquerade of this network for containers the runtime no longer lists. iptables
  * chains are known as this network's by their POSTROUTING jump's comment (the chain name must match it
  * too); the iptables backend ignores ifname, so a container counts as valid with any of its interfaces.
- * The reference itself has no GC for its iptables backend. Returns what it removed.
+ * The reference itself has no GC for its iptables backend. Returns what it removed; throws with every step
+ * that failed (the others done).
  */
 export async function collectReferenceMasquerade(
   nft: Nft,
@@ -158,14 +195,14 @@ export async function collectReferenceMasquerade(
       !validIds.has(id)
     );
   };
-  const removed: string[] = [];
-  for (const family of IPT_FAMILIES) removed.push(...(await removeIptablesChains(nft, family, staleChain)));
+  const out = new Outcome();
+  for (const family of IPT_FAMILIES) await removeIptablesChains(nft, out, family, staleChain);
   const netPrefix = nftNetworkPrefix(network);
   const validPrefixes = new Set(valid.map((v) => referenceNftPrefix(network, v.ifname, v.containerId)));
-  const n = await removeNftRules(
+  await removeNftRules(
     nft,
+    out,
     (c) => c.startsWith(netPrefix) && !validPrefixes.has(c.slice(0, netPrefix.length + 16)),
   );
-  if (n > 0) removed.push(`${n} rule(s) of ${NFT_FAMILY} ${NFT_TABLE} ${NFT_CHAIN}`);
-  return removed;
+  return out.result();
 }

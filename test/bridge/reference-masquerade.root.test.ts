@@ -186,6 +186,56 @@ describe("berth-bridge removes the reference bridge's masquerade", () => {
     expect(natRules()).toContain('-A POSTROUTING -s 198.18.142.0/24 -j MASQUERADE');
   });
 
+  it("a chain an operator's rule still jumps to stays (EBUSY); everything else still goes, at DEL and GC", async () => {
+    const br = fx.bridge();
+    const netns = await referencePods(br, ['c1', 'c2', 'c3']);
+    const [c1, c2, c3] = ['c1', 'c2', 'c3'].map((id) => referenceChainName(NETWORK, id));
+    const operator = `${fx.prefix}OP`;
+    const pin = (chain: string) => {
+      sh('iptables', ['-t', 'nat', '-A', operator, '-j', chain]);
+      made.push(() => trySh('iptables', ['-t', 'nat', '-D', operator, '-j', chain]));
+    };
+    sh('iptables', ['-t', 'nat', '-N', operator]);
+    made.push(() => {
+      trySh('iptables', ['-t', 'nat', '-F', operator]);
+      trySh('iptables', ['-t', 'nat', '-X', operator]);
+    });
+    pin(c1!);
+    pin(c2!);
+    const lines = (chain: string, ipt: string) =>
+      sh(ipt, ['-t', 'nat', '-S'])
+        .split('\n')
+        .filter((l) => l.startsWith(`-N ${chain}`)).length;
+
+    const del = await berthDel(br, 'c1', netns.c1);
+    expect(del.code, del.stdout + del.stderr).toBe(0);
+    expect(del.stderr).toMatch(/masquerade could not all be removed: .*ip nat CNI-[0-9a-f]{24}.*EBUSY/);
+    // The IPv4 chain stays (the operator's rule needs it); the IPv6 one went all the same.
+    expect([lines(c1!, 'iptables'), lines(c1!, 'ip6tables')]).toEqual([1, 0]);
+
+    // GC, nothing valid: c2's IPv4 chain is pinned too; c3's chains and c2's IPv6 one go all the same, and GC
+    // reports the one that could not.
+    const gc = await fx.run({ command: 'GC', conf: conf('berth-bridge', br, '1.1.0') });
+    expect(gc.code).not.toBe(0);
+    expect(gc.stdout).toContain(`ip nat ${c2}`);
+    expect(gc.stdout).toContain('EBUSY');
+    expect([lines(c2!, 'iptables'), lines(c2!, 'ip6tables')]).toEqual([1, 0]);
+    expect([lines(c3!, 'iptables'), lines(c3!, 'ip6tables')]).toEqual([0, 0]);
+  });
+
+  it('DEL and GC of the same network at once: both succeed, nothing is left', async () => {
+    const br = fx.bridge();
+    const netns = await referencePods(br, ['c1', 'c2', 'c3']);
+    const [del, gc] = await Promise.all([
+      berthDel(br, 'c1', netns.c1),
+      fx.run({ command: 'GC', conf: conf('berth-bridge', br, '1.1.0') }),
+    ]);
+    expect(del.code, del.stdout + del.stderr).toBe(0);
+    expect(del.stderr).not.toContain('could not');
+    expect(gc.code, gc.stdout + gc.stderr).toBe(0);
+    expect(natRules()).not.toMatch(/CNI-/);
+  });
+
   it("the nftables backend's rules (plugins 1.5+): DEL and GC remove this attachment's, by comment", async () => {
     // Made by hand in the reference's layout (Debian's reference plugins predate that backend).
     const table = 'inet cni_plugins_masquerade';
