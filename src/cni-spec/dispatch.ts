@@ -148,7 +148,7 @@ export interface FailureReport {
  */
 export function reportFailure(io: Pick<PluginIo, 'stdout' | 'stderr'>, report: FailureReport): number {
   const { about, command, err } = report;
-  const cniErr = err instanceof CniError ? err : unexpected(err, about, command);
+  const cniErr = asCniError(err, about, command);
   const json = JSON.stringify(cniErr.toJSON(report.cniVersion));
   const details = cniErr.details === undefined ? '' : ` (${cniErr.details})`;
   io.stderr(
@@ -158,6 +158,11 @@ export function reportFailure(io: Pick<PluginIo, 'stdout' | 'stderr'>, report: F
   if (cause instanceof Error && cause.stack !== undefined) io.stderr(`${cause.stack}\n`);
   io.stdout(`${json}\n`);
   return 1;
+}
+
+/** The CniError a plugin reports for `err`: itself, or code 999 naming an unexpected failure. */
+export function asCniError(err: unknown, about: PluginAbout, command: string): CniError {
+  return err instanceof CniError ? err : unexpected(err, about, command);
 }
 
 function unexpected(err: unknown, about: PluginAbout, command: string): CniError {

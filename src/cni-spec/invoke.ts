@@ -88,22 +88,30 @@ function execOnce(opts: ExecPluginOptions): Promise<PluginOutput> {
       return;
     }
     const child = spawn(opts.path, [], { env: childEnv(opts), stdio: ['pipe', 'pipe', 'pipe'] });
-    const kill = (): void => void child.kill('SIGKILL');
-    opts.signal?.addEventListener('abort', kill, { once: true });
-    child.once('close', () => opts.signal?.removeEventListener('abort', kill));
-    // Killed for the call's sake: done once the plugin itself is gone. Its own children may still hold the
-    // pipes (a script's `sleep`); waiting for 'close' would wait for them, past the deadline.
-    child.once('exit', (_code, signal) => {
-      if (opts.signal?.aborted !== true) return;
+    // Cancelled: done once the plugin itself is gone. Its own children may still hold the pipes (a script's
+    // `sleep`); waiting for 'close' would wait for them, past the deadline.
+    const cancelled = (how: string): void => {
       child.stdout.destroy();
       child.stderr.destroy();
       reject(
         new CniError(
           ErrorCode.TryAgainLater,
           `plugin ${opts.path} was killed: the call was cancelled (its deadline passed, or its caller left)`,
-          `${opts.path}: killed by ${signal ?? 'SIGKILL'}`,
+          `${opts.path}: ${how}`,
         ),
       );
+    };
+    // A plugin that has exited already while a child of its own holds its output open (`cmd &` in a script)
+    // is not there to kill, and no 'exit' follows: the call ends here, or it would wait for that child.
+    const kill = (): void => {
+      if (child.exitCode !== null || child.signalCode !== null)
+        cancelled(`exited (${child.exitCode ?? child.signalCode}), its output still held open by a child`);
+      else child.kill('SIGKILL');
+    };
+    opts.signal?.addEventListener('abort', kill, { once: true });
+    child.once('close', () => opts.signal?.removeEventListener('abort', kill));
+    child.once('exit', (_code, signal) => {
+      if (opts.signal?.aborted === true) cancelled(`killed by ${signal ?? 'SIGKILL'}`);
     });
     const stdout: Buffer[] = [];
     const stderr: Buffer[] = [];

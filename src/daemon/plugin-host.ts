@@ -2,8 +2,13 @@
 // dispatcher the executables use, so a forwarded call prints the bytes the standalone program would. Many
 // calls at once on one event loop; calls for one attachment in arrival order; each with a deadline.
 import { toVersion, parseResult } from '../cni-spec/convert';
-import { type CallOutput, type PluginHandlers, dispatchCall } from '../cni-spec/dispatch';
-import { CniError, ErrorCode } from '../cni-spec/errors';
+import {
+  type CallOutput,
+  type PluginHandlers,
+  asCniError,
+  dispatchCall,
+  reportFailure,
+} from '../cni-spec/dispatch';
 import { findPlugin } from '../cni-spec/invoke';
 import { COMMANDS, type Request } from '../cni-spec/request';
 import type { Result } from '../cni-spec/types/result';
@@ -266,16 +271,11 @@ export class PluginHost {
     try {
       result = await this.o.service.run(req);
     } catch (err) {
-      if (err instanceof CniError) throw err;
-      const what = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
-      throw new CniError(
-        ErrorCode.Internal,
-        `berth-ipam ${call.command}: unexpected failure: ${what}`,
-        undefined,
-        {
-          cause: err,
-        },
-      );
+      // The line the executable prints on its stderr, which berth-bridge passes on to its caller: the same
+      // bytes in both modes (a stack trace's frames aside).
+      const report = { about: BERTH_IPAM_ABOUT, command: call.command, cniVersion: req.cniVersion, err };
+      reportFailure({ stdout: () => undefined, stderr: (text) => call.request.stderr(text) }, report);
+      throw asCniError(err, BERTH_IPAM_ABOUT, call.command);
     }
     if (call.command !== 'ADD' || result === undefined) return undefined;
     const printed = JSON.stringify(toVersion(result, req.cniVersion));

@@ -92,6 +92,41 @@ describe('rollback of a failed ADD', () => {
     ).toBe(true);
   });
 
+  it("berth-ipam fails (range exhausted): the caller's stderr has berth-ipam's own line, in both modes", async () => {
+    // Standalone, berth-ipam is a process whose stderr berth-bridge passes on; in berthd it runs in-process
+    // and must print the same line.
+    const c = conf({
+      ipam: { type: 'berth-ipam', dataDir: fx.dataDir, ranges: [[{ subnet: '198.18.131.0/30' }]] },
+    });
+    const first = fx.netns();
+    const ok = await fx.run({
+      command: 'ADD',
+      conf: c,
+      containerId: 'ctr1',
+      netns: first.path,
+      ifname: 'eth0',
+    });
+    expect(ok.code, ok.stdout + ok.stderr).toBe(0);
+    const second = fx.netns();
+    const add = await fx.run({
+      command: 'ADD',
+      conf: c,
+      containerId: 'ctr2',
+      netns: second.path,
+      ifname: 'eth0',
+    });
+    expect(add.code).not.toBe(0);
+    const lines = add.stderr.split('\n');
+    const ipamLine = lines.findIndex((l) => l.startsWith(`berth-ipam: ADD failed: code ${add.json.code}: `));
+    const bridgeLine = lines.findIndex((l) =>
+      l.startsWith(`berth-bridge: ADD failed: code ${add.json.code}: `),
+    );
+    expect(ipamLine, add.stderr).toBeGreaterThanOrEqual(0);
+    expect(bridgeLine, add.stderr).toBeGreaterThan(ipamLine);
+    expect(lines[ipamLine]).toContain(add.json.msg);
+    expect(ipJson(['-n', second.name, 'link', 'show']).map((l: any) => l.ifname)).toEqual(['lo']);
+  });
+
   it('a route that cannot be added (real kernel error after IPAM and veth): lease released, veth gone', async () => {
     const ns = fx.netns();
     const c = conf({

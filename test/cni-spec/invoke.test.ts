@@ -1,4 +1,4 @@
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -162,6 +162,41 @@ describe('execPlugin', () => {
       const { err, ms } = await cancelledOnceStarted(parent, new AbortController());
       expect(ms).toBeLessThan(5_000);
       expect(err).toMatchObject({ code: ErrorCode.TryAgainLater });
+    } finally {
+      try {
+        process.kill(Number(readFileSync(childPid, 'utf8')), 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+  });
+
+  it('a plugin that exited while its child still holds its output: the cancellation ends the call', async () => {
+    // The plugin is done (exit 0) but its background `sleep` keeps stdout open: no 'close' for 30 s, and no
+    // process left to kill when the deadline comes.
+    const childPid = join(root, 'exited-child.pid');
+    const parent = plugin(dirA, 'exited', `sleep 30 & echo $! > ${childPid}; echo '{}'; exit 0`);
+    const ac = new AbortController();
+    const t0 = Date.now();
+    try {
+      const run = execPlugin({
+        path: parent,
+        command: 'ADD',
+        env: { PATH: process.env.PATH },
+        stdin: '',
+        signal: ac.signal,
+      });
+      // The deadline, once the plugin has exited.
+      for (let i = 0; i < 100 && !existsSync(childPid); i++) await new Promise((r) => setTimeout(r, 20));
+      await new Promise((r) => setTimeout(r, 200));
+      ac.abort();
+      const err = await run.catch((e: unknown) => e);
+      expect(Date.now() - t0).toBeLessThan(5_000);
+      expect(err).toBeInstanceOf(CniError);
+      expect(err).toMatchObject({
+        code: ErrorCode.TryAgainLater,
+        details: `${parent}: exited (0), its output still held open by a child`,
+      });
     } finally {
       try {
         process.kill(Number(readFileSync(childPid, 'utf8')), 'SIGKILL');
