@@ -28,7 +28,7 @@ import { callDaemon } from '../../src/ipam/daemon-client';
 import { createLogger } from '../../src/daemon/log';
 import { FilesystemSync } from '../../src/ipam/daemon/fs-sync';
 import { Metrics } from '../../src/daemon/metrics';
-import { Allocate, Release } from '../../src/ipam/daemon/protocol';
+import { Allocate, Release, Status } from '../../src/ipam/daemon/protocol';
 import { BerthServer } from '../../src/daemon/server';
 import { Service } from '../../src/ipam/daemon/service';
 import { add as fileAdd, status as fileStatus } from '../../src/ipam/handlers';
@@ -1136,6 +1136,33 @@ describe('memory', () => {
 });
 
 describe('reboot', () => {
+  test("a STATUS before the new boot's first ADD leaves the earlier boot's leases to that ADD to release", async () => {
+    const log = createLogger({ format: 'text', level: 'error', write: () => undefined });
+    const cfg = (cid: string) => ({
+      env: { CNI_CONTAINERID: cid, CNI_NETNS: `/run/netns/${cid}`, CNI_IFNAME: 'eth0' },
+      config: {
+        cniVersion: '1.1.0',
+        name: 'btnet',
+        type: 'berth-ipam',
+        ipam: { type: 'berth-ipam', dataDir, ranges: [[{ subnet: '198.18.200.0/29' }]] },
+      },
+    });
+    const before = new Service({ dataDir, bootId: 'boot-1', log });
+    expect((await before.call(Allocate, cfg('x')))!.ips![0]!.address).toBe('198.18.200.2/29');
+    await before.drain();
+    before.close();
+    service = new Service({ dataDir, bootId: 'boot-2', log });
+    // A runtime's readiness check (CNI STATUS) comes first: it changes nothing, the boot included.
+    await service.call(Status, { env: {}, config: cfg('x').config });
+    await service.drain();
+    expect(leaseFiles().get('198.18.200.2')).toBe('x\r\neth0');
+    // The first ADD of boot 2 applies the reboot rule: x's lease of boot 1 goes.
+    await service.call(Allocate, cfg('y'));
+    await service.drain();
+    expect([...leaseFiles().keys()].filter((f) => /^198/.test(f))).toEqual(['198.18.200.3']);
+    service.close();
+  });
+
   test('a container id that came back after the reboot (through host-local) with another address keeps it', async () => {
     const log = createLogger({ format: 'text', level: 'error', write: () => undefined });
     const cfg = (cid: string) => ({

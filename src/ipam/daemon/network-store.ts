@@ -167,6 +167,8 @@ export class NetworkStore implements LeaseStore {
   private readonly queue: Pending[] = [];
   private running = false;
   private tx: Tx | undefined;
+  /** Whether the request the batch is running now is read-only (TransactOptions.readOnly). */
+  private runningReadOnly = false;
   private hold: Hold | undefined;
   /** Committed batches whose replies wait for a sync round. */
   private syncs = 0;
@@ -310,6 +312,7 @@ export class NetworkStore implements LeaseStore {
           }
           this.tx = tx;
           for (const item of batch) {
+            this.runningReadOnly = item.readOnly;
             try {
               outcomes.push({ ok: true, value: await item.fn(this.session) });
             } catch (err) {
@@ -628,7 +631,9 @@ export class NetworkStore implements LeaseStore {
     all: async (): Promise<Lease[]> => this.snapshot(),
     leasesFromEarlierBoots: async (): Promise<Lease[]> => {
       if (this.indexState.bootId === this.opts.bootId) return [];
-      this.hold!.bootSeen = true;
+      // A read-only request (STATUS, CHECK) releases none of them: the boot is seen only by one that does,
+      // else the reboot rule would never run for this boot's earlier leases.
+      if (!this.runningReadOnly) this.hold!.bootSeen = true;
       return this.snapshot().filter((l) => l.meta.bootId !== this.opts.bootId);
     },
     release: async (lease: Lease): Promise<void> => this.release(lease),
