@@ -833,6 +833,36 @@ describe('clients that leave', () => {
   });
 });
 
+describe('a retried ADD while the first one waits', () => {
+  test("the first one's caller leaves: the lease the retry answered with stays", async () => {
+    await startServer();
+    const release = holdNetworkLock();
+    let retry: Promise<{ body: unknown }>;
+    try {
+      const c = net.createConnection(socket);
+      await new Promise<void>((resolve) => c.on('connect', resolve));
+      const body = JSON.stringify(envelope('ctr-retried'));
+      c.write(
+        `POST /v1/allocate HTTP/1.1\r\nHost: x\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+      );
+      await expect.poll(() => service.batchStats().lockWaits, { timeout: 5000 }).toBeGreaterThan(0);
+      // The runtime gave up on the first and retries the same attachment; then the first caller is gone.
+      retry = callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-retried') });
+      await expect.poll(() => server!.inFlightCount, { timeout: 5000 }).toBe(2);
+      c.destroy();
+      await new Promise((r) => setTimeout(r, 50));
+    } finally {
+      release();
+    }
+    const answered = (await retry).body as { ips: { address: string }[] };
+    expect(answered.ips[0]!.address).toBe('198.18.200.2/24');
+    await expect.poll(() => server!.inFlightCount, { timeout: 5000 }).toBe(0);
+    await service.drain();
+    // The pod the retry configured keeps its lease (the first ADD's undo released it before).
+    expect(leaseFiles().get('198.18.200.2')).toBe('ctr-retried\r\neth0');
+  });
+});
+
 describe('stopping', () => {
   test('a request that starts while the stores drain is answered before the connections close', async () => {
     await startServer();

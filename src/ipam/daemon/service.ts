@@ -69,6 +69,11 @@ interface DataDirsState {
 /** What a CNI call did beyond its reply: the leases it newly took (undone when the client is gone). */
 export interface CallTrace {
   reserved: Lease[];
+  /**
+   * Another ADD of the same attachment ran at the same time: it may answer with the lease this one
+   * reserved (ADD again is idempotent), so this one's undo must leave it (see Service.undo).
+   */
+  superseded?: boolean;
 }
 
 export interface LeaseFilter {
@@ -109,6 +114,8 @@ function compareLeases(a: LeaseView, b: LeaseView): number {
 
 export class Service {
   private readonly stores = new Map<string, NetworkStore>();
+  /** The traces of the ADDs running now, by attachment (network, container id, ifname). */
+  private readonly addsInFlight = new Map<string, Set<CallTrace>>();
   private readonly lastExclude = new Map<string, readonly Cidr[]>();
   readonly dataDir: string;
   private readonly syncer: FilesystemSync;
@@ -326,8 +333,21 @@ export class Service {
   async run(req: Request, trace: CallTrace = { reserved: [] }): Promise<Result | undefined> {
     const deps = this.deps(trace);
     switch (req.command) {
-      case 'ADD':
-        return add(req, deps);
+      case 'ADD': {
+        // ADDs of one attachment at the same time (a runtime's retry while the first waits for its sync
+        // round) each mark the others: whichever of them is answered may hand out what another reserved.
+        const key = `${req.config.name}\0${req.containerId}\0${req.ifname}`;
+        const others = this.addsInFlight.get(key) ?? new Set<CallTrace>();
+        for (const t of others) t.superseded = true;
+        if (others.size > 0) trace.superseded = true;
+        this.addsInFlight.set(key, others.add(trace));
+        try {
+          return await add(req, deps);
+        } finally {
+          others.delete(trace);
+          if (others.size === 0) this.addsInFlight.delete(key);
+        }
+      }
       case 'DEL':
         await del(req, deps);
         return undefined;
@@ -343,8 +363,16 @@ export class Service {
     }
   }
 
-  /** Gives back what an ADD took when its caller went away before the reply (it will never use it). */
+  /**
+   * Gives back what an ADD took when its caller went away before the reply (it will never use it); nothing
+   * when another ADD of the attachment ran at the same time, which may have answered with it (the runtime's
+   * DEL after its failed ADD releases it then). An ADD of it that starts later queues behind this undo.
+   */
   async undo(trace: CallTrace): Promise<number> {
+    if (trace.superseded === true) {
+      trace.reserved.length = 0;
+      return 0;
+    }
     let undone = 0;
     const byStore = new Map<NetworkStore, Lease[]>();
     for (const l of trace.reserved) {
