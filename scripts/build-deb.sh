@@ -56,20 +56,23 @@ else
   echo "build-deb.sh: no deploy/systemd/berthd.{socket,service}: the package has no systemd units" >&2
 fi
 
-# Maintainer scripts: systemd only when it runs the system and dpkg works on the real root (DPKG_ROOT is
-# set by `dpkg --root … --force-script-chrootless`, as the tests do: nothing outside that root is touched).
+# Maintainer scripts: only when dpkg works on the real root (DPKG_ROOT is set by `dpkg --root …
+# --force-script-chrootless`, as the tests do: nothing outside that root is touched); systemd's running
+# state only when it runs the system. Enabling is a symlink: also done in an image build (chroot, container)
+# where no systemd runs, so the node boots with the warm path on.
 cat >"$stage/DEBIAN/postinst" <<'EOF'
 #!/bin/sh
 set -e
-if [ "$1" = configure ] && [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ] &&
-  [ -f /lib/systemd/system/berthd.socket ]; then
-  systemctl daemon-reload || true
+running() { [ -d /run/systemd/system ]; }
+if [ "$1" = configure ] && [ -z "${DPKG_ROOT:-}" ] && [ -f /lib/systemd/system/berthd.socket ] &&
+  command -v systemctl >/dev/null; then
+  if running; then systemctl daemon-reload || true; fi
   if [ -z "$2" ] || [ -e /var/lib/berth/.deb-socket-was-enabled ]; then
     # First install, or again after a remove that found the socket enabled (prerm left the mark): on.
     rm -f /var/lib/berth/.deb-socket-was-enabled
     systemctl enable berthd.socket || true
-    systemctl start berthd.socket || true
-  else
+    if running; then systemctl start berthd.socket || true; fi
+  elif running; then
     # Upgrade: as the admin left it (switching to standalone disables the units; an upgrade must not undo
     # that). The running berthd finishes what it has in flight, the socket starts the new one.
     systemctl try-restart berthd.service || true
@@ -88,7 +91,8 @@ if [ "$1" = remove ] && [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; t
     mkdir -p /var/lib/berth && touch /var/lib/berth/.deb-socket-was-enabled
   fi
   systemctl stop berthd.socket berthd.service || true
-  systemctl disable berthd.socket || true
+  # Both: berthd.service can be enabled on its own (its [Install]); a link left would name a removed unit.
+  systemctl disable berthd.socket berthd.service || true
 fi
 if [ "$1" = remove ]; then
   # The admin's network configs stay, and a runtime still running berth-bridge from them fails every pod's
@@ -107,6 +111,14 @@ cat >"$stage/DEBIAN/postrm" <<'EOF'
 set -e
 if [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
   systemctl daemon-reload || true
+fi
+if [ "$1" = purge ]; then
+  # What the package itself made: the unpacked native addons and the warm path's mark. The leases
+  # (/var/lib/cni) and the node's cluster identity (/var/lib/berth/node-id) are the operator's: kept.
+  root="${DPKG_ROOT:-}"
+  rm -rf "$root/var/lib/berth/native"
+  rm -f "$root/var/lib/berth/.deb-socket-was-enabled"
+  rmdir "$root/var/lib/berth" 2>/dev/null || true
 fi
 exit 0
 EOF

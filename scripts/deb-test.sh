@@ -81,7 +81,8 @@ touch "$root/var/lib/dpkg/status" "$root/var/lib/dpkg/available"
 # /run/systemd/system and the unit exist and `systemctl` only logs, for a first install and for upgrades
 # with the socket enabled and disabled (the README's switch to standalone must survive an upgrade).
 postinst_calls() { # script (postinst/prerm), its argument, $2 (old version or ""), is-enabled answer (0/1),
-  # "mark" to start with prerm's mark of an enabled socket; prints systemctl's calls, then "mark" if left
+  # "mark" to start with prerm's mark of an enabled socket, "image" for an image build (no systemd running:
+  # no /run/systemd/system); prints systemctl's calls, then "mark" if left
   local d="$tmp/maint-$RANDOM"
   mkdir -p "$d/bin" "$d/units" "$d/varlib" && dpkg-deb --ctrl-tarfile "$new_deb" | tar -x -C "$d" "./$1"
   printf '#!/bin/sh\necho "$*" >>%s/calls\n[ "$1 $2" = "is-enabled --quiet" ] && exit %s\nexit 0\n' "$d" "$4" >"$d/bin/systemctl"
@@ -89,26 +90,29 @@ postinst_calls() { # script (postinst/prerm), its argument, $2 (old version or "
   if [ "${5:-}" = mark ]; then mkdir -p "$d/varlib/berth" && touch "$d/varlib/berth/.deb-socket-was-enabled"; fi
   unshare --mount --propagation private sh -c '
     mount -t tmpfs none /run/systemd 2>/dev/null || { mkdir -p /run/systemd && mount -t tmpfs none /run/systemd; }
-    mkdir -p /run/systemd/system && mount --bind "$1/units" /lib/systemd/system && mount --bind "$1/varlib" /var/lib &&
-    PATH="$1/bin:$PATH" sh "$1/$2" "$3" "$4"' maint "$d" "$1" "$2" "$3" >/dev/null 2>&1
+    { [ "$5" = image ] || mkdir -p /run/systemd/system; } &&
+    mount --bind "$1/units" /lib/systemd/system && mount --bind "$1/varlib" /var/lib &&
+    PATH="$1/bin:$PATH" sh "$1/$2" "$3" "$4"' maint "$d" "$1" "$2" "$3" "${5:-}" >/dev/null 2>&1
   tr '\n' ';' <"$d/calls"
   [ -e "$d/varlib/berth/.deb-socket-was-enabled" ] && echo mark
 }
 postinst_ok() {
-  local first up_on up_off back rm_on
+  local first image up_on up_off back rm_on
   first="$(postinst_calls postinst configure "" 0)"
+  image="$(postinst_calls postinst configure "" 0 image)"
   up_on="$(postinst_calls postinst configure "$old_version" 0)"
   up_off="$(postinst_calls postinst configure "$old_version" 1)"
   back="$(postinst_calls postinst configure "$old_version" 1 mark)"
   rm_on="$(postinst_calls prerm remove "" 0)"
-  echo "first install: $first | upgrade, enabled: $up_on | upgrade, disabled: $up_off | after a remove that found it enabled: $back | prerm remove, enabled: $rm_on"
+  echo "first install: $first | in an image build: $image | upgrade, enabled: $up_on | upgrade, disabled: $up_off | after a remove that found it enabled: $back | prerm remove, enabled: $rm_on"
   [ "$first" = "daemon-reload;enable berthd.socket;start berthd.socket;" ] &&
+    [ "$image" = "enable berthd.socket;" ] &&
     [ "$up_on" = "daemon-reload;try-restart berthd.service;is-enabled --quiet berthd.socket;start berthd.socket;" ] &&
     [ "$up_off" = "daemon-reload;try-restart berthd.service;is-enabled --quiet berthd.socket;" ] &&
     [ "$back" = "daemon-reload;enable berthd.socket;start berthd.socket;" ] &&
-    [ "$rm_on" = "is-enabled --quiet berthd.socket;stop berthd.socket berthd.service;disable berthd.socket;mark" ]
+    [ "$rm_on" = "is-enabled --quiet berthd.socket;stop berthd.socket berthd.service;disable berthd.socket berthd.service;mark" ]
 }
-check "maintainer scripts: the socket on at a first install, and again after a remove that found it on; an upgrade leaves a disabled one off" postinst_ok
+check "maintainer scripts: the socket on at a first install (also in an image build), and again after a remove that found it on; an upgrade leaves a disabled one off" postinst_ok
 check "dpkg -i berth_${old_version} into the temp root" "${dpkg_[@]}" -i "$old_deb"
 status_is() { "${dpkg_[@]}" -s berth | tee /dev/stderr | grep -q "^Status: $1" && "${dpkg_[@]}" -s berth | grep -q "^Version: $2\$"; }
 check "dpkg says berth $old_version is installed" status_is "install ok installed" "$old_version"
@@ -179,7 +183,13 @@ check "the admin's /etc/cni/net.d/10-berth-ipv4.conflist is kept" \
   cmp "$repo/conf/10-berth-ipv4.conflist" "$root/etc/cni/net.d/10-berth-ipv4.conflist"
 forgotten() { ! "${dpkg_[@]}" -s berth 2>/dev/null | grep -q '^Status: install'; }
 check "dpkg no longer lists berth as installed" forgotten
+# What berth made at run time: its unpacked addons (the package's to remove) and a cluster node's identity
+# (the operator's, kept).
+mkdir -p "$root/var/lib/berth/native" && touch "$root/var/lib/berth/native/berth_native-x.node"
+echo "test-node-uid" >"$root/var/lib/berth/node-id"
 check "dpkg --purge berth" "${dpkg_[@]}" --purge berth
+purged() { [ ! -e "$root/var/lib/berth/native" ] && [ -f "$root/var/lib/berth/node-id" ]; }
+check "purge removes /var/lib/berth/native and keeps /var/lib/berth/node-id" purged
 check "the admin's config is still kept after purge (not the package's file)" \
   test -f "$root/etc/cni/net.d/10-berth-ipv4.conflist"
 

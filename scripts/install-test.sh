@@ -34,10 +34,12 @@ br="${P}br"
 pods=("$P-a" "$P-b" "$P-c")
 ipfwd4="$(sysctl -n net.ipv4.ip_forward)"
 plugin_pid=""
+daemon_pid=""
 
 cleanup() {
   set +e
   [ -n "$plugin_pid" ] && kill "$plugin_pid" 2>/dev/null
+  [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null
   for pod in "${pods[@]}"; do
     if [ -x "$prefix/berth-bridge" ] && [ -e "/run/netns/$pod" ]; then
       pod_env DEL "$pod" "$prefix/berth-bridge" <"$tmp/conf.json" >/dev/null 2>&1
@@ -184,6 +186,13 @@ blocked_on_stdin() {
   return 1
 }
 check "berth-bridge ADD started and blocked reading stdin" blocked_on_stdin
+# A berthd from this prefix (not run by systemd: its units here are a test's): install.sh names it.
+mkdir -p -m 700 "$tmp/berthd"
+env -i PATH="$tools" BERTH_NATIVE_DIR="$native" "$prefix/berth" daemon --socket "$tmp/berthd/berthd.sock" \
+  --data-dir "$tmp/berthd-leases" >"$tmp/berthd.log" 2>&1 &
+daemon_pid=$!
+berthd_up() { for _ in $(seq 1 100); do [ -S "$tmp/berthd/berthd.sock" ] && return 0; sleep 0.1; done; return 1; }
+check "a berthd runs from the prefix's berth (pid $daemon_pid)" berthd_up
 inode_before="$(stat -c %i "$prefix/berth")"
 "$repo/scripts/install.sh" --from "$tmp/build2" "${install_args[@]}" >"$tmp/install3.out" 2>&1
 status=$?
@@ -192,6 +201,10 @@ report "install.sh of build 2 while the plugin runs" "$status"
 sed 's/^/     : /' "$tmp/install3.out"
 check "berth replaced (new inode), the shims stay (same bytes in both builds)" bash -c "[ \"\$(stat -c %i '$prefix/berth')\" != '$inode_before' ] && cmp '$tmp/build2/berth' '$prefix/berth' && cmp '$tmp/build2/berth-shim' '$prefix/berth-bridge' && [ '$prefix/berth-ipam' -ef '$prefix/berth-bridge' ]"
 check "the blocked shim is still waiting for its stdin" bash -c "[ \"\$(readlink '/proc/$plugin_pid/exe')\" = '$prefix/berth-bridge' ]"
+check "install.sh says berthd (pid $daemon_pid) still runs the berth it replaced" \
+  grep -q "berthd (pid $daemon_pid) still runs the berth just replaced" "$tmp/install3.out"
+kill "$daemon_pid" && wait "$daemon_pid" 2>/dev/null
+daemon_pid=""
 cat "$tmp/conf.json" >&3
 exec 3>&-
 wait "$plugin_pid"

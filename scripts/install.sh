@@ -129,6 +129,9 @@ if [ "$uninstall" = true ]; then
     say "stopped    berthd.socket berthd.service (and disabled)"
   fi
   for name in berth-bridge berth-ipam berth; do remove_file "$prefix/$name"; done
+  if [ "$systemd" = false ] && [ -f "$systemd_dir/berthd.service" ]; then
+    say "note       $systemd_dir/berthd.{socket,service} stay and start a berth that is gone: add --with-systemd"
+  fi
   if [ "$systemd" = true ]; then
     for unit in "${units[@]}"; do remove_file "$systemd_dir/$unit"; done
     if live_units; then systemctl daemon-reload || true; fi
@@ -151,7 +154,9 @@ if [ "$standalone" = false ] && [ ! -f "$shim" ]; then
   standalone=true
 fi
 # berth first: the shim falls back to it, so it must be in place before the shim is.
+before_berth=$changed
 install_file "$exe" "$prefix/berth" 755
+berth_changed=$((changed - before_berth))
 if [ "$standalone" = true ]; then
   link_file "$prefix/berth" "$prefix/berth-bridge"
 else
@@ -187,9 +192,24 @@ if [ "$systemd" = true ]; then
   done
   # Only for units where systemd looks: a --systemd-dir elsewhere (a test's, a staging tree) is none of its business.
   if [ "$changed" -gt "$units_changed" ] && live_units && command -v systemctl >/dev/null; then
-    systemctl daemon-reload
+    systemctl daemon-reload || true
     say "ran        systemctl daemon-reload (enable with: systemctl enable --now berthd.socket)"
   fi
+fi
+
+# A new berth over a running berthd: warm calls would run the old code (from its deleted file) until it
+# restarts. It drains (calls made meanwhile run standalone, the new code) and the socket starts the new one,
+# as the .deb's upgrade does. Only berthd run by systemd from this prefix's units; any other is named.
+if [ "$berth_changed" -gt 0 ]; then
+  for pid in $(pgrep -x berth 2>/dev/null || true); do
+    [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$prefix/berth (deleted)" ] || continue
+    if [ "$systemd" = true ] && live_units && systemctl is-active --quiet berthd.service 2>/dev/null; then
+      systemctl try-restart berthd.service || true
+      say "restarted  berthd.service (it ran the berth just replaced)"
+      break
+    fi
+    say "note       berthd (pid $pid) still runs the berth just replaced: restart it to run the new one"
+  done
 fi
 
 if [ "$changed" -eq 0 ]; then
