@@ -88,12 +88,21 @@ function prepareSocketDir(path: string, log: Logger): void {
     fs.chmodSync(dir, 0o700);
     return;
   }
-  const mode = fs.statSync(dir).mode & 0o777;
-  if ((mode & 0o077) !== 0)
-    log.log('warn', 'socket directory is accessible to others; the socket itself is 0600', {
-      dir,
-      mode: mode.toString(8),
-    });
+  const st = fs.statSync(dir);
+  const mode = st.mode & 0o777;
+  if ((mode & 0o077) === 0) return;
+  // berth's own directory, made by someone else with the usual 0755: a kubelet's DirectoryOrCreate hostPath
+  // (the DaemonSet's /run/berth, again after every reboot), or an install. It is made private as berthd
+  // would have made it. Any other directory (a test's socket under /tmp) is not berthd's to change.
+  if (dir === dirname(DEFAULT_SOCKET) && st.uid === 0 && st.isDirectory()) {
+    fs.chmodSync(dir, 0o700);
+    log.log('info', 'socket directory made private (0700)', { dir, was: mode.toString(8) });
+    return;
+  }
+  log.log('warn', 'socket directory is accessible to others; the socket itself is 0600', {
+    dir,
+    mode: mode.toString(8),
+  });
 }
 
 function listen(server: http.Server, target: { path: string } | { fd: number }): Promise<void> {

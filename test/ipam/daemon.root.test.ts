@@ -21,6 +21,7 @@ import {
   ipam,
   leaseFiles,
   netConf,
+  REPO,
   runProgram,
   removeSandbox,
   sandbox,
@@ -226,6 +227,36 @@ describe('berthd serves berth-ipam and curl', () => {
 });
 
 describe('lifecycle', () => {
+  test("berth's own /run/berth made 0755 by someone else (a kubelet hostPath) is made 0700 again", () => {
+    // In a private mount namespace over a tmpfs /run: the host's /run/berth is never touched.
+    const s = box('mode');
+    const script = `
+      mount -t tmpfs -o mode=755 tmpfs /run && mkdir -m 755 /run/berth && mkdir -p "$2" || exit 90
+      "$0" "$1" daemon --data-dir "$2" --no-plugins 2>"$2/berthd.err" & pid=$!
+      for i in $(seq 1 100); do [ -S /run/berth/berthd.sock ] && break; sleep 0.1; done
+      echo $(stat -c %a /run/berth /run/berth/berthd.sock)
+      kill $pid; wait $pid`;
+    const r = spawnSync(
+      'unshare',
+      [
+        '--mount',
+        '--propagation',
+        'private',
+        'sh',
+        '-c',
+        script,
+        process.execPath,
+        join(REPO, 'bin', 'berth'),
+        s.dataDir,
+      ],
+      { encoding: 'utf8', timeout: 30_000 },
+    );
+    expect(r.stdout.trim(), `${r.stderr}${readFileSync(join(s.dataDir, 'berthd.err'), 'utf8')}`).toBe(
+      '700 600',
+    );
+    expect(readFileSync(join(s.dataDir, 'berthd.err'), 'utf8')).toMatch(/socket directory made private/);
+  });
+
   test('plugin falls back to the files when the daemon is stopped; the restarted daemon sees those leases', async () => {
     const s = box('fallback');
     const conf = netConf(s, { daemon: true });
