@@ -4,6 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import { networkOf } from '../address/cidr';
 import { FAMILY_BITS, formatIp } from '../address/ip';
+import { refuseResultWithoutAddresses } from '../cni-spec/convert';
 import { CniError, ErrorCode } from '../cni-spec/errors';
 import type { Request } from '../cni-spec/request';
 import type { Interface, Result } from '../cni-spec/types/result';
@@ -332,13 +333,13 @@ async function ensureGateways(
   const added: GatewayAddress[] = [];
   for (const gw of gateways) {
     const present = await host.listAddresses({ link: bridge.index, family: gw.family });
-    let have = false;
+    // The gateway already there: done, whatever else the bridge carries. The reference stops at it too, but
+    // only when it is listed before the others (usually so); berth never takes another address for a
+    // conflict then, nor deletes one with forceAddress.
+    if (present.some((a) => a.scope === 0 && a.address === gw.ip && a.prefixLength === gw.prefixLen))
+      continue;
     for (const a of present) {
       if (a.scope !== 0) continue;
-      if (a.address === gw.ip && a.prefixLength === gw.prefixLen) {
-        have = true;
-        continue;
-      }
       const overlaps = gw.family === 4 || sameSubnet(`${a.address}/${a.prefixLength}`, gw.cidr);
       if (!overlaps) continue;
       if (!conf.forceAddress) {
@@ -349,7 +350,6 @@ async function ensureGateways(
       }
       await host.delAddress({ link: bridge.index, address: a.address, prefixLength: a.prefixLength });
     }
-    if (have) continue;
     try {
       // IPv6 gateway with NODAD: never tentative, usable by the first pod at once.
       await host.addAddress({
@@ -455,6 +455,9 @@ function forCleanup(req: Request): Request {
 export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
   const conf = confFromRequest(req);
   refuseOwnNetns(req);
+  // L2 only, nothing chained before: no address to print, which 0.1.0/0.2.0 cannot; refused before the veth.
+  if (conf.ipamType === undefined && (req.prevResult?.ips ?? []).length === 0)
+    refuseResultWithoutAddresses(req.cniVersion);
   const undo = new UndoStack();
   const tag = attachmentTag(req.containerId, req.ifname);
   const nft = nftScope(deps, conf.network);

@@ -13,6 +13,8 @@ import type { BridgeDeps } from './deps';
 import { toKernelCniError } from './kernel';
 import { masqueradeAddresses } from './masquerade';
 import { attachmentTag, nftScope } from './nft';
+import { referenceMasqueradeFamilies } from './reference-masquerade';
+import { attachmentNftUse } from './registry';
 import { spoofCheckEntries } from './spoofcheck';
 
 function fail(msg: string): never {
@@ -133,10 +135,23 @@ export async function cmdCheck(req: Request, deps: BridgeDeps): Promise<void> {
     const scope = nftScope(deps, conf.network);
     if (conf.ipMasq && conf.ipamType !== undefined) {
       const masq = new Set(await masqueradeAddresses(scope, tag));
+      // A pod the reference bridge attached (before the node was switched to berth: no record of berth's
+      // ADD) has the reference's masquerade instead, which berth's DEL and GC remove; its CHECK passes on it.
+      const reference =
+        attachmentNftUse(deps.runDir, conf.network, tag) === undefined
+          ? await referenceMasqueradeFamilies(scope.nft, {
+              network: conf.network,
+              containerId: req.containerId,
+              ifname: req.ifname,
+            })
+          : new Set<4 | 6>();
       for (const ip of prev.ips ?? []) {
+        // Only this interface's addresses: a chained plugin's on another interface are not berth's to masquerade.
+        if (ip.interface !== undefined && ip.interface !== contIdx) continue;
         const p = parseCidr(ip.address);
         const addr = formatIp(p.ip);
-        if (!masq.has(addr)) fail(`masquerade entry for ${addr} (${tag}) is missing`);
+        if (!masq.has(addr) && !reference.has(p.ip.family))
+          fail(`masquerade entry for ${addr} (${tag}) is missing`);
       }
     }
     if (conf.macSpoofCheck) {

@@ -169,7 +169,7 @@ function argsCniMac(config: Record<string, unknown>): unknown {
 }
 
 function cniArgsMac(cniArgs: ReadonlyMap<string, string>): string | undefined {
-  // The reference's LoadArgs matches field names case-insensitively (MAC=, mac=).
+  // The reference's LoadArgs takes `MAC=` only (Go's FieldByName is case-sensitive); berth also takes `mac=`.
   for (const [k, v] of cniArgs) if (k.toLowerCase() === 'mac') return v;
   return undefined;
 }

@@ -166,6 +166,28 @@ export async function removeReferenceMasquerade(nft: Nft, a: ReferenceAttachment
 }
 
 /**
+ * The address families for which the reference's masquerade of this attachment is in place (CHECK of a pod
+ * the reference attached): its iptables chain with a POSTROUTING jump to it, or (both families) a rule of
+ * the nftables backend for it.
+ */
+export async function referenceMasqueradeFamilies(nft: Nft, a: ReferenceAttachment): Promise<Set<4 | 6>> {
+  const families = new Set<4 | 6>();
+  const prefix = referenceNftPrefix(a.network, a.ifname, a.containerId);
+  const nftRules = rulesOf(await nft.listChain(NFT_FAMILY, NFT_TABLE, NFT_CHAIN));
+  if (nftRules.some((r) => r.comment?.startsWith(prefix) === true)) return new Set([4, 6]);
+  const chain = referenceChainName(a.network, a.containerId);
+  for (const [family, n] of [
+    ['ip', 4],
+    ['ip6', 6],
+  ] as const) {
+    if ((await nft.listChain(family, IPT_TABLE, chain)) === undefined) continue;
+    const postrouting = rulesOf(await nft.listChain(family, IPT_TABLE, 'POSTROUTING'));
+    if (postrouting.some((r) => jumpTarget(r) === chain)) families.add(n);
+  }
+  return families;
+}
+
+/**
  * GC: the reference's masquerade of this network for containers the runtime no longer lists. iptables
  * chains are known as this network's by their POSTROUTING jump's comment (the chain name must match it
  * too); the iptables backend ignores ifname, so a container counts as valid with any of its interfaces.

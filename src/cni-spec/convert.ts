@@ -24,6 +24,7 @@ import {
   isSupportedVersion,
   type SpecVersion,
   unsupportedVersionError,
+  versionAtLeast,
 } from './versions';
 
 /** Versions sharing one result shape. */
@@ -185,14 +186,25 @@ function from040to020(r: Result040, cniVersion: string): Result020 {
   };
   const ip4 = first('4');
   const ip6 = first('6');
-  if (ip4 === undefined && ip6 === undefined) {
-    throw new CniError(
-      ErrorCode.IncompatibleCniVersion,
-      `cannot express a result without IP addresses in CNI ${cniVersion}`,
-      'versions 0.1.0 and 0.2.0 carry only ip4/ip6; use cniVersion 0.3.0 or later for results without addresses',
-    );
-  }
+  if (ip4 === undefined && ip6 === undefined) throw noAddressesIn(cniVersion);
   return to020({ cniVersion, ip4, ip6, dns: r.dns }, cniVersion);
+}
+
+/** 0.1.0 and 0.2.0 results are their addresses: one without any cannot be printed. */
+function noAddressesIn(cniVersion: string): CniError {
+  return new CniError(
+    ErrorCode.IncompatibleCniVersion,
+    `cannot express a result without IP addresses in CNI ${cniVersion}`,
+    'versions 0.1.0 and 0.2.0 carry only ip4/ip6; use cniVersion 0.3.0 or later for results without addresses',
+  );
+}
+
+/**
+ * Throws the error printing would, for a plugin that knows before doing anything that its result will have
+ * no address (an L2-only ADD in 0.1.0/0.2.0): so that it fails before it changes the kernel, not after.
+ */
+export function refuseResultWithoutAddresses(cniVersion: string): void {
+  if (!versionAtLeast(cniVersion, '0.3.0')) throw noAddressesIn(cniVersion);
 }
 
 function from020to040(r: Result020, cniVersion: string): Result040 {

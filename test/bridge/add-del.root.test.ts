@@ -210,6 +210,29 @@ describe('ADD refusals', () => {
     expect(fx.ports(c.bridge as string)).toEqual([]);
   });
 
+  it.each(['0.1.0', '0.2.0'])(
+    'L2 only in %s (a result without addresses it cannot print): refused before the veth, nothing made',
+    async (cniVersion) => {
+      const ns = fx.netns();
+      const c = { ...conf(), cniVersion };
+      delete c.ipam;
+      const add = await fx.run({
+        command: 'ADD',
+        conf: c,
+        containerId: 'ctr9',
+        netns: ns.path,
+        ifname: 'eth0',
+      });
+      expect(add.code).not.toBe(0);
+      expect(add.json).toMatchObject({
+        code: 1,
+        msg: `cannot express a result without IP addresses in CNI ${cniVersion}`,
+      });
+      expect(ipJson(['-n', ns.name, 'link', 'show']).map((l: any) => l.ifname)).toEqual(['lo']);
+      expect(trySh('ip', ['link', 'show', 'dev', c.bridge as string])).toBeUndefined();
+    },
+  );
+
   it("refuses the plugin's own network namespace (code 8) for ADD, CHECK and DEL, unless CNI_NETNS_OVERRIDE", async () => {
     // A host link of ours named like the pod's interface: a DEL in the host namespace would delete it.
     const dummy = `${fx.prefix}o0`;

@@ -49,6 +49,30 @@ describe('CHECK', () => {
     expect(r.stdout).toBe('');
   });
 
+  it("a chained plugin's address on another interface needs no masquerade entry of berth's", async () => {
+    const ns = fx.netns();
+    const c = fx.conf({
+      ipMasq: true,
+      ipam: fx.hostLocal([[{ subnet: '198.18.139.0/24' }]]),
+      prevResult: {
+        cniVersion: '1.0.0',
+        interfaces: [{ name: 'lo', sandbox: ns.path }],
+        ips: [{ address: '198.18.9.9/32', interface: 0 }],
+      },
+    });
+    const add = await fx.run({
+      command: 'ADD',
+      conf: c,
+      containerId: 'ctr1',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
+    expect(add.code, add.stdout).toBe(0);
+    expect(add.json.ips.map((i: any) => i.address)).toEqual(['198.18.9.9/32', '198.18.139.2/24']);
+    const r = await check({ ns, c, result: add.json, hostVeth: add.json.interfaces[2].name });
+    expect(r.code, r.stdout).toBe(0);
+  });
+
   it('fails without prevResult', async () => {
     const a = await attach();
     const r = await fx.run({

@@ -90,6 +90,24 @@ describe('gateway options', () => {
   });
 });
 
+describe('gateway already on the bridge', () => {
+  it('with another address too: ADD succeeds and keeps both, with or without forceAddress', async () => {
+    const c = conf({ isGateway: true });
+    sh('ip', ['link', 'add', c.bridge as string, 'type', 'bridge']);
+    // The gateway first (as an earlier ADD put it), then an address the operator added.
+    sh('ip', ['addr', 'add', '198.18.133.1/24', 'dev', c.bridge as string]);
+    sh('ip', ['addr', 'add', '198.18.134.1/24', 'dev', c.bridge as string]);
+    const v4 = () =>
+      ipJson(['addr', 'show', 'dev', c.bridge as string])[0]
+        .addr_info.filter((a: any) => a.family === 'inet')
+        .map((a: any) => `${a.local}/${a.prefixlen}`);
+    await add(c);
+    expect(v4()).toEqual(['198.18.133.1/24', '198.18.134.1/24']);
+    await add({ ...c, forceAddress: true }, { id: 'ctr2' });
+    expect(v4()).toEqual(['198.18.133.1/24', '198.18.134.1/24']);
+  });
+});
+
 describe('ipMasq', () => {
   /** An "outside" namespace reachable from the host only; it has no route back to the pod subnet. */
   function outside(): { name: string } {

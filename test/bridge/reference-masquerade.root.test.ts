@@ -129,6 +129,39 @@ describe("berth-bridge removes the reference bridge's masquerade", () => {
     expect(fx.leases(NETWORK)).toEqual([]);
   });
 
+  it("CHECK of a pod the reference attached passes on its masquerade, and fails once a family's is gone", async () => {
+    const br = fx.bridge();
+    const ns = fx.netns();
+    const add = await fx.run({
+      plugin: REFERENCE,
+      command: 'ADD',
+      conf: conf('bridge', br),
+      containerId: 'c1',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
+    expect(add.code, add.stdout + add.stderr).toBe(0);
+    const check = () =>
+      fx.run({
+        command: 'CHECK',
+        conf: { ...conf('berth-bridge', br), prevResult: add.json },
+        containerId: 'c1',
+        netns: ns.path,
+        ifname: 'eth0',
+      });
+    const ok = await check();
+    expect(ok.code, ok.stdout + ok.stderr).toBe(0);
+    // The IPv4 jump gone (the chain left): the IPv4 address has no masquerade any more.
+    const chain = referenceChainName(NETWORK, 'c1');
+    const jump = sh('iptables', ['-t', 'nat', '-S', 'POSTROUTING'])
+      .split('\n')
+      .find((l) => l.endsWith(`-j ${chain}`))!;
+    sh('sh', ['-c', `iptables -t nat ${jump.replace(/^-A /, '-D ')}`]);
+    const drift = await check();
+    expect(drift.code).not.toBe(0);
+    expect(drift.json.msg).toMatch(/masquerade entry for 198\.18\.141\.\d+ \(c1\/eth0\) is missing/);
+  });
+
   it('a chain left without its jump (a teardown cut short) goes at DEL too', async () => {
     const br = fx.bridge();
     const netns = await referencePods(br, ['c1']);
