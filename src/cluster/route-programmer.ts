@@ -102,7 +102,14 @@ export class RouteProgrammer {
   private async loop(): Promise<void> {
     do {
       this.queued = false;
-      await this.reconcileOnce();
+      try {
+        await this.reconcileOnce();
+      } catch (err) {
+        // A reconcile that could not even start (no netlink socket: EMFILE) or list the table: counted and
+        // logged, and the next event or resync tries again. Thrown on, it would end berthd (unhandled).
+        this.counts.reconcileErrors++;
+        this.opts.log(`routes: reconcile failed: ${(err as Error).message}`);
+      }
     } while (this.queued && !this.stopped);
   }
 

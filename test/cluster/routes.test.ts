@@ -351,6 +351,47 @@ describe('RouteProgrammer', () => {
   });
 });
 
+describe('RouteProgrammer, a reconcile that fails as a whole', () => {
+  it('no netlink socket (EMFILE): counted and logged, berthd goes on, the next reconcile works', async () => {
+    const t = new FakeRouteTable();
+    const m = new BlockMap(P);
+    m.reset([
+      { key: `${P}/nets/pods/blocks/198.19.0.64-26`, value: '{"node":"n2"}' },
+      { key: `${P}/nodes/n2/alive`, value: '{"underlay":"198.18.0.12"}' },
+    ]);
+    let sockets = 0;
+    const lines: string[] = [];
+    const p = new RouteProgrammer({
+      source: m,
+      self: 'n1',
+      openTable: () => {
+        if (sockets++ === 0)
+          throw Object.assign(new Error('socket: too many open files'), { code: 'EMFILE' });
+        return t;
+      },
+      resyncMs: 0,
+      log: (l) => void lines.push(l),
+    });
+    const unhandled = vi.fn();
+    process.on('unhandledRejection', unhandled);
+    try {
+      p.start();
+      await p.reconcileNow();
+      await new Promise((r) => setImmediate(r));
+      expect(unhandled).not.toHaveBeenCalled();
+      expect(lines).toContain('routes: reconcile failed: socket: too many open files');
+      expect(p.samples().find((s) => s.name === 'berthd_cluster_route_reconcile_errors_total')!.value).toBe(
+        1,
+      );
+      await p.reconcileNow();
+      expect(t.routes.map((r) => r.dst)).toEqual(['198.19.0.64/26']);
+    } finally {
+      process.off('unhandledRejection', unhandled);
+      await p.stop();
+    }
+  });
+});
+
 describe('followBlockMap', () => {
   it('loads with one range, follows watch events, reloads on compaction', async () => {
     const { followBlockMap } = await import('../../src/cluster/block-map-feed');
