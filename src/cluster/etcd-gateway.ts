@@ -743,6 +743,22 @@ export class EtcdGateway {
                 );
                 return;
               }
+              if (result.canceled === true) {
+                // etcd cancels a watch it will not serve (an expired or invalid token: after an outage longer
+                // than --auth-token-ttl, the watch comes back first with the old one) and keeps the stream
+                // open, silent: ended here, or no event would come again.
+                const why = new Error(
+                  `watch canceled by etcd: ${String(result.cancel_reason ?? 'no reason')}`,
+                );
+                if (!settle()) return;
+                if (this.o.auth !== undefined && /auth token/i.test(why.message)) {
+                  this.authenticate().then(
+                    () => reconnect(why, 0),
+                    (err: unknown) => reconnect(err as Error, 1000),
+                  );
+                } else reconnect(why, 1000);
+                return;
+              }
               const events = ((result.events as unknown[]) ?? []).map((e): WatchEvent => {
                 const o = e as Json;
                 const ev: WatchEvent = { type: o.type === 'DELETE' ? 'DELETE' : 'PUT', kv: decodeKv(o.kv) };

@@ -246,6 +246,33 @@ describe('auth', () => {
 });
 
 describe('watch', () => {
+  test('a token that expired while the watch was away: etcd cancels it, the watch authenticates again', async () => {
+    fake.auth = { user: 'berth', password: 'pw' };
+    const c = client({ auth: { user: 'berth', password: 'pw' } });
+    const start = await c.put('/a/0', 'zero');
+    const seen: string[] = [];
+    const w = c.watch('/a/', (BigInt(start) + 1n).toString(), {
+      onEvents: (ev) => seen.push(...ev.map((e) => e.kv.key)),
+      onReset: () => Promise.resolve(start),
+    });
+    try {
+      await c.put('/a/1', 'one');
+      await until(() => seen.length === 1);
+      // An outage longer than the token's TTL: the watch comes back with the old token and is canceled.
+      fake.expireTokens();
+      fake.setMode(0, 'refuse');
+      fake.setMode(0, 'up');
+      await new Promise((r) => setTimeout(r, 1500));
+      const other = client({ auth: { user: 'berth', password: 'pw' } });
+      await other.put('/a/2', 'two');
+      await until(() => seen.length === 2, 5000);
+      expect(seen).toEqual(['/a/1', '/a/2']);
+    } finally {
+      w.close();
+      fake.auth = undefined;
+    }
+  });
+
   test('a watch stream is no contact: a member without quorum still creates watches', async () => {
     // As a partitioned member through the gateway: every call 503, a watch created (then its stream ends now
     // and then, as when the member restarts). Only answers of etcd as a whole may lift the node's fence.

@@ -62,6 +62,8 @@ export class FakeEtcd {
   /** When set, requests need `Authorization: <token>` from /v3/auth/authenticate with these credentials. */
   auth: { user: string; password: string } | undefined;
   private readonly tokens = new Set<string>();
+  /** Watch streams answered "canceled" (a refused token) and left open, as etcd does. */
+  private readonly refusedWatches = new Set<http.ServerResponse>();
   now: () => number = () => Date.now();
   /** Holds back each txn's answer (after it is applied and watchers have their events). */
   txnAnswerDelayMs = 0;
@@ -90,12 +92,19 @@ export class FakeEtcd {
         w.res.destroy();
         this.watches.delete(w);
       }
+      for (const r of this.refusedWatches) r.destroy();
     }
+  }
+
+  /** Every token handed out so far stops being valid (etcd's --auth-token-ttl passed). */
+  expireTokens(): void {
+    this.tokens.clear();
   }
 
   async close(): Promise<void> {
     for (const w of this.watches) w.res.destroy();
     this.watches.clear();
+    for (const r of this.refusedWatches) r.destroy();
     await Promise.all(
       this.members.map(
         (m) =>
@@ -386,6 +395,17 @@ export class FakeEtcd {
         return;
       }
       if (this.auth !== undefined && !this.tokens.has(String(req.headers.authorization))) {
+        if (path === '/v3/watch') {
+          // As etcd 3.4's gateway: the watch is created and canceled at once, and the stream stays open.
+          res.writeHead(200, { 'content-type': 'application/json' });
+          const reason = 'rpc error: code = Unauthenticated desc = etcdserver: invalid auth token';
+          res.write(
+            `${JSON.stringify({ result: { header: this.header(), created: true, canceled: true, cancel_reason: reason } })}\n`,
+          );
+          this.refusedWatches.add(res);
+          res.on('close', () => this.refusedWatches.delete(res));
+          return;
+        }
         send(401, { error: 'etcdserver: invalid auth token', code: 16 });
         return;
       }
