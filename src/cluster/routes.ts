@@ -51,6 +51,11 @@ export interface HeldBlock {
 export interface DesiredRoutes {
   routes: DesiredRoute[];
   held: HeldBlock[];
+  /**
+   * The nodes that publish (or, lapsed, last published) each underlay address: a held block's route via
+   * another node's address is stale (the block moved), not the owner's to keep.
+   */
+  publishedBy?: ReadonlyMap<string, readonly string[]>;
 }
 
 /** A CIDR in one canonical text (network address, RFC 5952), so etcd's and the kernel's forms compare. */
@@ -121,7 +126,7 @@ export function desiredRoutes(
     routes.push({ dst, via, node: b.node, network: b.network });
   }
   routes.sort((a, b) => (a.dst < b.dst ? -1 : a.dst > b.dst ? 1 : 0));
-  return { routes, held };
+  return { routes, held, publishedBy: holdersAt };
 }
 
 /** The verbs of the kernel room a reconcile needs (a fake stands in for it in unit tests). */
@@ -187,7 +192,16 @@ export async function reconcileRoutes(opts: ReconcileOptions): Promise<Reconcile
     return out;
   }
   const want = new Map(opts.desired.routes.map((r) => [r.dst, r]));
-  const hold = new Set(opts.desired.held.map((h) => h.dst));
+  const heldFor = new Map(opts.desired.held.map((h) => [h.dst, h.node]));
+  // A held block's route is left alone (its owner's address may be unknown here since a restart), unless
+  // its next hop is an address only other nodes publish: the block moved, and the route is the old owner's.
+  const heldRoute = (dst: string, r: Route): boolean => {
+    const owner = heldFor.get(dst);
+    if (owner === undefined) return false;
+    const gw = r.gateway === undefined ? undefined : parseIp(r.gateway);
+    const holders = gw === undefined ? [] : (opts.desired.publishedBy?.get(formatIp(gw)) ?? []);
+    return holders.length === 0 || holders.includes(owner);
+  };
   const kept = new Map<string, Route>();
   const base = { protocol: BERTH_ROUTE_PROTOCOL, table: tableId };
   const attempt = async (dst: string, op: RouteError['op'], fn: () => Promise<void>): Promise<boolean> => {
@@ -203,7 +217,7 @@ export async function reconcileRoutes(opts: ReconcileOptions): Promise<Reconcile
   for (const r of present) {
     const dst = canonicalCidr(r.dst) ?? r.dst;
     const duplicate = kept.has(dst);
-    if (!duplicate && (want.has(dst) || hold.has(dst))) {
+    if (!duplicate && (want.has(dst) || heldRoute(dst, r))) {
       kept.set(dst, r);
       continue;
     }

@@ -199,6 +199,36 @@ describe('reconcileRoutes', () => {
     expect(t.routes).toEqual([]);
   });
 
+  it("a held block's route via another node (the block moved in one go) goes; via the owner's old address it stays", async () => {
+    const t = new FakeRouteTable();
+    // Routes to n2's blocks, as installed while n2 owned them.
+    await t.addRoute({ dst: '198.19.0.64/26', gateway: '198.18.0.12', protocol: 190 });
+    await t.addRoute({ dst: 'fd00:b::1c0/122', gateway: 'fd00:ff::12', protocol: 190 });
+    // n2 released both; n3 (underlay never seen) took the IPv4 one, n4 (IPv4 only) the IPv6 one: both held.
+    const moved: ClusterView = {
+      blocks: [
+        { network: 'pods', cidr: '198.19.0.64/26', node: 'n3' },
+        { network: 'pods', cidr: 'fd00:b::1c0/122', node: 'n4' },
+      ],
+      alive: [
+        { node: 'n2', underlay: ['198.18.0.12', 'fd00:ff::12'] },
+        { node: 'n4', underlay: ['198.18.0.14'] },
+      ],
+    };
+    const d = desiredRoutes(moved, 'n1');
+    expect(d.held.map((h) => [h.dst, h.node])).toEqual([
+      ['198.19.0.64/26', 'n3'],
+      ['fd00:b::1c0/122', 'n4'],
+    ]);
+    const out = await reconcileRoutes({ table: t, desired: d });
+    expect(out.removed.sort()).toEqual(['198.19.0.64/26', 'fd00:b::1c0/122']);
+    expect(t.routes).toEqual([]);
+    // After a restart nothing is known of n3's address: its route via an address no node publishes stays.
+    await t.addRoute({ dst: '198.19.0.64/26', gateway: '198.18.0.13', protocol: 190 });
+    expect((await reconcileRoutes({ table: t, desired: desiredRoutes(moved, 'n1') })).removed).toEqual([]);
+    expect(t.routes.map((r) => r.dst)).toEqual(['198.19.0.64/26']);
+  });
+
   it('compareRoutes says, per destination, whether the kernel agrees', () => {
     const d = desiredRoutes(view, 'n1');
     const present = [
