@@ -343,7 +343,12 @@ export class BerthServer {
     });
   }
 
-  private filterOf(url: URL): LeaseFilter {
+  /**
+   * The network/dataDir filter of an admin request. A data dir berthd does not serve yet is opened as root
+   * (its .berth state made or repaired): named by a reader that is no writer (the socket opened to a group
+   * for `berth status`), it is refused, or any user could have root write under a directory of theirs.
+   */
+  private filterOf(url: URL, req: http.IncomingMessage): LeaseFilter {
     const f: LeaseFilter = {};
     const network = url.searchParams.get('network');
     const dataDir = url.searchParams.get('dataDir');
@@ -356,6 +361,13 @@ export class BerthServer {
           'dataDir must be an absolute path',
         );
       f.dataDir = dataDir;
+      const notWriter = this.o.service.servesDataDir(dataDir) ? undefined : notAWriter(req, this.writerUids);
+      if (notWriter !== undefined)
+        throw new ServiceError(
+          403,
+          ErrorCode.Internal,
+          `dataDir ${dataDir} is not served by berthd: naming another is for root only (${notWriter})`,
+        );
     }
     return f;
   }
@@ -408,12 +420,12 @@ export class BerthServer {
 
     if (path === '/v1/leases') {
       if (method !== 'GET') wrongMethod('GET');
-      return { body: { leases: await service.list(this.filterOf(url)) } };
+      return { body: { leases: await service.list(this.filterOf(url, req)) } };
     }
     if (path.startsWith('/v1/leases/')) {
       const id = decodeURIComponent(path.slice('/v1/leases/'.length));
       if (method === 'GET') {
-        const leases = await service.show(id, this.filterOf(url));
+        const leases = await service.show(id, this.filterOf(url, req));
         if (leases.length === 0)
           throw new ServiceError(404, ErrorCode.UnknownContainer, `no lease for ${JSON.stringify(id)}`);
         return { body: { leases } };
@@ -422,7 +434,7 @@ export class BerthServer {
         const containerId = url.searchParams.get('containerId');
         const holder =
           containerId === null ? undefined : { containerId, ifname: url.searchParams.get('ifname') ?? '' };
-        return { body: await service.release(id, this.filterOf(url), holder) };
+        return { body: await service.release(id, this.filterOf(url, req), holder) };
       }
       wrongMethod('GET or DELETE');
     }
@@ -438,7 +450,7 @@ export class BerthServer {
         uptimeSeconds: Math.round((Date.now() - this.started) / 1000),
         socket: this.o.socketPath,
         draining: this.draining,
-        networks: await service.networkViews(this.filterOf(url)),
+        networks: await service.networkViews(this.filterOf(url, req)),
       };
       if (this.o.plugins !== undefined) s.warm = { up: !this.draining, ...this.o.plugins.stats() };
       return { body: s };

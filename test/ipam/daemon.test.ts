@@ -1101,6 +1101,39 @@ describe('CLI pieces', () => {
     const del = await callDaemon({ socket, method: 'DELETE', path: '/v1/leases/198.18.200.2' });
     expect(del.status).toBe(403);
     expect((await callDaemon({ socket, method: 'GET', path: '/v1/leases' })).status).toBe(200);
+    // A reader names a directory berthd does not serve: berthd would open it as root (its .berth state made
+    // or repaired there). Refused, and nothing written under it.
+    const theirs = mkdtempSync(join(tmpdir(), 'bt-theirs-'));
+    try {
+      mkdirSync(join(theirs, 'x'));
+      writeFileSync(join(theirs, 'x', 'lock'), '');
+      const q = `/v1/leases?dataDir=${encodeURIComponent(theirs)}`;
+      const r = await callDaemon({ socket, method: 'GET', path: q });
+      expect(r.status).toBe(403);
+      expect(JSON.stringify(r.body)).toMatch(/not served by berthd: naming another is for root only/);
+      expect(readdirSync(join(theirs, 'x'))).toEqual(['lock']);
+      // Its own data dir stays readable by name.
+      const own = `/v1/leases?dataDir=${encodeURIComponent(dataDir)}`;
+      expect((await callDaemon({ socket, method: 'GET', path: own })).status).toBe(200);
+    } finally {
+      rmSync(theirs, { recursive: true, force: true });
+    }
+  });
+
+  test('a data dir a root read names is listed, but not remembered as one berthd serves', async () => {
+    const log = createLogger({ format: 'text', level: 'error', write: () => undefined });
+    const file = join(dataDir, '..', 'served-dirs.json');
+    service = new Service({ dataDir, bootId: BOOT, log, dataDirsFile: file });
+    const other = mkdtempSync(join(tmpdir(), 'bt-other-'));
+    try {
+      mkdirSync(join(other, 'x'));
+      writeFileSync(join(other, 'x', 'lock'), '');
+      expect(await service.list({ dataDir: other })).toEqual([]);
+      expect(service.servesDataDir(other)).toBe(false);
+      expect(existsSync(file) ? readFileSync(file, 'utf8') : '').not.toContain(other);
+    } finally {
+      rmSync(other, { recursive: true, force: true });
+    }
   });
 
   test('lease table and ages', () => {

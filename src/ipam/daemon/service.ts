@@ -131,6 +131,11 @@ export class Service {
     if (opts.dataDirsFile !== undefined) this.loadDataDirs(opts.dataDirsFile);
   }
 
+  /** Whether berthd serves this data dir already (`--data-dir`, or one a plugin call used). */
+  servesDataDir(dataDir: string): boolean {
+    return dataDir === this.dataDir || this.servedDataDirs.has(dataDir);
+  }
+
   /** Data dirs listed when a request names none: `--data-dir`, then the others served, in order. */
   get knownDataDirs(): string[] {
     return [this.dataDir, ...[...this.servedDataDirs].filter((d) => d !== this.dataDir)];
@@ -185,9 +190,14 @@ export class Service {
     this.saveDataDirs();
   }
 
-  /** The store of a network directory; one per directory for the daemon's lifetime. */
-  store(dataDir: string, network: string): NetworkStore {
+  /**
+   * The store of a network directory; one per directory for the daemon's lifetime. A data dir a plugin call
+   * uses is remembered (listed again after a restart); one an admin read only looked at (`served` false) is
+   * not, so that naming a directory in a listing does not make it berthd's.
+   */
+  store(dataDir: string, network: string, served = true): NetworkStore {
     const key = join(dataDir, network);
+    if (served) this.rememberDataDir(dataDir);
     let s = this.stores.get(key);
     if (s === undefined) {
       s = new NetworkStore({
@@ -199,7 +209,6 @@ export class Service {
         ...(this.opts.now ? { now: this.opts.now } : {}),
       });
       this.stores.set(key, s);
-      this.rememberDataDir(dataDir);
     }
     return s;
   }
@@ -421,7 +430,7 @@ export class Service {
       for (const name of names) {
         if (filter.network !== undefined && name !== filter.network) continue;
         if (networkNameProblem(name) !== undefined || !fs.existsSync(join(dataDir, name, 'lock'))) continue;
-        const s = this.store(dataDir, name);
+        const s = this.store(dataDir, name, false);
         out.set(s.dir, s);
       }
     }
