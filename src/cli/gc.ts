@@ -1,6 +1,6 @@
 // `berth gc`: releases every lease of a network whose attachment is not in a list of valid ones (the same
 // rule as CNI GC's cni.dev/valid-attachments), or only lists them with --dry-run.
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { openAdminBackend, type BackendOptions } from '../daemon/admin-backend';
 import type { CliIo } from './leases';
 
@@ -52,8 +52,10 @@ export function parseValidList(text: string): { containerID: string; ifname: str
 }
 
 export async function runGc(o: GcCliOptions, io: CliIo): Promise<number> {
-  // The list is at most this old: a lease made from now on belongs to a pod it cannot name, and stays.
-  const listedAt = new Date().toISOString();
+  // The list is at most this old: a lease made since belongs to a pod it cannot name, and stays. A file's
+  // list is as old as the file (written, reviewed with --dry-run, then run for real: pods made meanwhile).
+  const now = Date.now();
+  const listedAt = new Date(o.valid === '-' ? now : Math.min(now, statSync(o.valid).mtimeMs)).toISOString();
   const valid = parseValidList(readFileSync(o.valid === '-' ? 0 : o.valid, 'utf8'));
   if (valid.length === 0 && o.all !== true) {
     // Most often a command upstream of `--valid -` that failed and printed nothing.

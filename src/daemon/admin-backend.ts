@@ -118,6 +118,9 @@ export async function openAdminBackend(o: BackendOptions): Promise<AdminBackend>
       return daemonBackend(socket, o.dataDir !== undefined ? { dataDir: o.dataDir } : {});
   } catch (err) {
     if (!(err instanceof DaemonUnavailable)) throw err;
+    // Not "berthd is down": this user may not use its socket, and the files are root's too.
+    if (err.sysCode === 'EACCES' || err.sysCode === 'EPERM')
+      throw new Error(`permission denied on ${socket}: berth's admin commands need root`);
   }
   return filesBackend(o.dataDir ?? DEFAULT_DATA_DIR);
 }

@@ -511,7 +511,8 @@ export class BerthServer {
 
   metricsText(): string {
     const sampled: SampledValue[] = this.o.service.poolGauges().flatMap((p) => {
-      const labels = { network: p.network, range_set: String(p.rangeSet) };
+      // data_dir as on berthd_leases: the same network name in two data dirs is two series, not a duplicate.
+      const labels = { network: p.network, data_dir: p.dataDir, range_set: String(p.rangeSet) };
       return [
         {
           name: 'berthd_pool_size',

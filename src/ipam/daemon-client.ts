@@ -25,6 +25,8 @@ export class DaemonUnavailable extends Error {
    * reply (on a unix socket: it closed with the request unread).
    */
   maybeRan = false;
+  /** The socket's own error code when that was the failure (ENOENT, ECONNREFUSED, EACCES…). */
+  sysCode: string | undefined;
 }
 
 export interface DaemonReply {
@@ -95,12 +97,13 @@ export function callDaemon(c: DaemonCall): Promise<DaemonReply> {
     const chunks: Buffer[] = [];
     let settled = false;
     let written = false;
-    const fail = (why: string, resetBeforeReply = false): void => {
+    const fail = (why: string, resetBeforeReply = false, sysCode?: string): void => {
       if (settled) return;
       settled = true;
       sock.destroy();
       const err = new DaemonUnavailable(`berthd at ${c.socket}: ${why}`);
       err.maybeRan = written && !resetBeforeReply;
+      err.sysCode = sysCode;
       reject(err);
     };
     const sock = net.createConnection(c.socket);
@@ -112,7 +115,7 @@ export function callDaemon(c: DaemonCall): Promise<DaemonReply> {
     );
     sock.on('data', (d: Buffer) => chunks.push(d));
     sock.on('error', (err: NodeJS.ErrnoException) =>
-      fail(err.code ?? err.message, err.code === 'ECONNRESET' && chunks.length === 0),
+      fail(err.code ?? err.message, err.code === 'ECONNRESET' && chunks.length === 0, err.code),
     );
     sock.on('end', () => {
       if (settled) return;

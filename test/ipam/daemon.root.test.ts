@@ -199,6 +199,21 @@ describe('berthd serves berth-ipam and curl', () => {
       { encoding: 'utf8', timeout: 20_000 },
     );
     expect(throughOpenDir.status).toBe(7);
+    // berth's admin commands as nobody: told it needs root, not "berthd is not answering" and then a failure
+    // on the lease files.
+    const leases = spawnSync(
+      'setpriv',
+      [
+        '--reuid=nobody',
+        '--regid=nogroup',
+        '--clear-groups',
+        process.execPath,
+        join(REPO, 'bin', 'berth'),
+      ].concat(['leases', '--socket', s.socket, '--data-dir', s.dataDir]),
+      { encoding: 'utf8', timeout: 20_000 },
+    );
+    expect(leases.status).toBe(1);
+    expect(leases.stderr).toContain(`permission denied on ${s.socket}: berth's admin commands need root`);
     spawnSync('chmod', ['0700', dirname(s.socket)]);
     expect(curl(s, ['http://berthd/v1/health']).out).toBe('{"ok":true,"draining":false}');
   });

@@ -12,6 +12,7 @@ import {
   readlinkSync,
   rmSync,
   statSync,
+  utimesSync,
   writeFileSync,
 } from 'node:fs';
 import { spawnSync } from 'node:child_process';
@@ -957,6 +958,21 @@ describe('metric types follow the Prometheus conventions', () => {
     return { types, values };
   }
 
+  test('one network name in two data dirs: two pool series (data_dir), not a duplicate Prometheus drops', async () => {
+    await startServer();
+    const second = join(dir, 'second-data');
+    for (const d of [dataDir, second]) {
+      const body = envelope('ctr-p');
+      (body.config as { ipam: { dataDir: string } }).ipam.dataDir = d;
+      expect((await callDaemon({ socket, method: 'POST', path: Allocate.path, body })).status).toBe(200);
+    }
+    const text = String((await callDaemon({ socket, method: 'GET', path: '/metrics' })).body);
+    const series = text.split('\n').filter((l) => l.startsWith('berthd_pool_used{'));
+    expect(series).toHaveLength(2);
+    expect(new Set(series.map((l) => l.replace(/ \S+$/, ''))).size).toBe(2);
+    expect(series.join('\n')).toContain(`data_dir="${second}"`);
+  });
+
   test('sums since start are counters named _total / _seconds_total, and never go down when a network is forgotten', async () => {
     await startServer();
     await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-m1') });
@@ -1070,8 +1086,13 @@ describe('CLI pieces', () => {
     await new Promise((r) => setTimeout(r, 20));
     await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-3') });
     // A lease host-local wrote (leaked) before the list: berth first reads it after listedAt, and must
-    // not take that for its age.
-    writeFileSync(join(dataDir, 'btnet', '198.18.200.50'), 'ctr-leak\r\neth0', { mode: 0o600 });
+    // not take that for its age; its file's time is its age.
+    const leak = join(dataDir, 'btnet', '198.18.200.50');
+    writeFileSync(leak, 'ctr-leak\r\neth0', { mode: 0o600 });
+    const before = new Date(Date.parse(listed) - 60_000);
+    utimesSync(leak, before, before);
+    // One host-local wrote after the list (a pod the list cannot name): it stays.
+    writeFileSync(join(dataDir, 'btnet', '198.18.200.51'), 'ctr-new-hl\r\neth0', { mode: 0o600 });
     const gc = await callDaemon({
       socket,
       method: 'POST',
@@ -1082,9 +1103,51 @@ describe('CLI pieces', () => {
     expect(
       (gc.body as { released: { containerId: string }[] }).released.map((l) => l.containerId).sort(),
     ).toEqual(['ctr-2', 'ctr-leak']);
-    expect([...leaseFiles().values()].sort()).toEqual(['ctr-1\r\neth0', 'ctr-3\r\neth0']);
+    expect([...leaseFiles().values()].sort()).toEqual([
+      'ctr-1\r\neth0',
+      'ctr-3\r\neth0',
+      'ctr-new-hl\r\neth0',
+    ]);
+    // The list file is as old as its last write: written now, it covers every lease.
+    writeFileSync(empty, '\n');
     expect(await runGc({ socket, network: 'btnet', valid: empty, all: true }, io)).toBe(0);
     expect(leaseFiles().size).toBe(0);
+  });
+
+  test('berth gc --valid FILE: the list is as old as the file (dry run, review, then the real run)', async () => {
+    await startServer();
+    await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-1') });
+    const { io } = capturedIo();
+    const list = join(dir, 'valid.txt');
+    writeFileSync(list, 'ctr-1 eth0\n');
+    const written = new Date(Date.now() - 5_000);
+    utimesSync(list, written, written);
+    // A pod made after the list was written, before the real run.
+    await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-2') });
+    expect(await runGc({ socket, network: 'btnet', valid: list }, io)).toBe(0);
+    expect([...leaseFiles().values()].sort()).toEqual(['ctr-1\r\neth0', 'ctr-2\r\neth0']);
+  });
+
+  test("berth gc: a valid id that only starts a lease's id is refused; dryRun must be a boolean", async () => {
+    await startServer();
+    const long = `${'ab'.repeat(32)}`;
+    await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope(long) });
+    const short = await callDaemon({
+      socket,
+      method: 'POST',
+      path: '/v1/gc',
+      body: { network: 'btnet', valid: [{ containerID: long.slice(0, 12), ifname: 'eth0' }] },
+    });
+    expect(short.status).toBe(400);
+    expect(JSON.stringify(short.body)).toMatch(/only the start of .*give whole ids/);
+    const text = await callDaemon({
+      socket,
+      method: 'POST',
+      path: '/v1/gc',
+      body: { network: 'btnet', valid: [], dryRun: 'true' },
+    });
+    expect(text.status).toBe(400);
+    expect(leaseFiles().size).toBe(1);
   });
 
   test('only writerUids may change anything; reads are open to whoever reaches the socket', async () => {

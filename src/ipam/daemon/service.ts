@@ -81,6 +81,29 @@ export interface LeaseFilter {
   dataDir?: string;
 }
 
+/** Whether a lease was made after `at` (ms): berth's recorded time, or for one it found, its file's mtime. */
+function madeAfter(store: NetworkStore, l: Lease, at: number): boolean {
+  if (l.meta.origin !== 'found' && l.meta.createdAt !== undefined) {
+    const created = Date.parse(l.meta.createdAt);
+    return !Number.isNaN(created) && created > at;
+  }
+  try {
+    return fs.statSync(join(store.dir, formatIp(l.ip))).mtimeMs > at;
+  } catch {
+    return false;
+  }
+}
+
+/** One range set's addresses, for /metrics (a network name may exist in several data dirs). */
+export interface PoolGauge {
+  network: string;
+  dataDir: string;
+  rangeSet: number;
+  size: number;
+  used: number;
+  free: number;
+}
+
 function leaseView(store: NetworkStore, l: Lease): LeaseView {
   const v: LeaseView = {
     network: store.network,
@@ -538,6 +561,9 @@ export class Service {
         );
       }
     }
+    // A string "true" taken for false would release for real what the operator meant to look at.
+    if (r.dryRun !== undefined && typeof r.dryRun !== 'boolean')
+      throw new ServiceError(400, ErrorCode.DecodingFailure, '"dryRun" must be true or false');
     const dryRun = r.dryRun === true;
     const stores = this.networks({
       network: r.network,
@@ -558,17 +584,27 @@ export class Service {
     const validIds = new Set(r.valid.map((a) => a.containerID));
     const released = await store!.transact(
       async (s) => {
+        const leases = await s.all();
+        // A valid entry that is only the start of a lease's container id (`berth leases` prints 12
+        // characters) matches nothing, and the pod it means would be released: refused instead.
+        for (const id of validIds) {
+          const longer = leases.find((l) => l.containerId !== id && l.containerId.startsWith(id));
+          if (longer !== undefined && !leases.some((l) => l.containerId === id))
+            throw new ServiceError(
+              400,
+              ErrorCode.InvalidEnvironmentVariables,
+              `valid container ${JSON.stringify(id)} is only the start of ${longer.containerId}: give whole ids`,
+            );
+        }
         const gone: Lease[] = [];
-        for (const l of await s.all()) {
+        for (const l of leases) {
           // As berth-ipam's GC: a legacy lease names no interface and stays while its container is valid.
           const keep =
             l.ifname === '' ? validIds.has(l.containerId) : validKeys.has(`${l.containerId}\n${l.ifname}`);
           if (keep) continue;
-          // Made after the list was taken: its pod is newer than the list.
-          // Only for leases berth made: one it found (host-local's) carries the time berth first read it.
-          const created =
-            l.meta.createdAt === undefined || l.meta.origin === 'found' ? NaN : Date.parse(l.meta.createdAt);
-          if (!Number.isNaN(listedAt) && !Number.isNaN(created) && created > listedAt) continue;
+          // Made after the list was taken: its pod is newer than the list. A lease berth made carries its
+          // time; one it found (host-local's) carries when berth first read it, so its file's time counts.
+          if (!Number.isNaN(listedAt) && madeAfter(store!, l, listedAt)) continue;
           if (!dryRun) await s.release(l);
           gone.push(l);
         }
@@ -614,14 +650,15 @@ export class Service {
   }
 
   /** Pool gauges from memory only (a scrape must not take locks). */
-  poolGauges(): { network: string; rangeSet: number; size: number; used: number; free: number }[] {
-    const out: { network: string; rangeSet: number; size: number; used: number; free: number }[] = [];
+  poolGauges(): PoolGauge[] {
+    const out: PoolGauge[] = [];
     for (const s of this.stores.values()) {
       const exclude = this.lastExclude.get(s.dir) ?? [];
       s.pools().forEach((p, i) => {
         const blocked = blockedOrdinals(p.set, exclude).reduce((n, b) => n + (b.hi - b.lo + 1n), 0n);
         const size = Number(p.size - blocked);
-        out.push({ network: s.network, rangeSet: i, size, used: p.used, free: Math.max(0, size - p.used) });
+        const free = Math.max(0, size - p.used);
+        out.push({ network: s.network, dataDir: s.dataDir, rangeSet: i, size, used: p.used, free });
       });
     }
     return out;
