@@ -288,7 +288,15 @@ export class ClusterIpam implements ClusterAllocator {
 
   async ownedRangeSets(conf: IpamConfig): Promise<Range[][]> {
     const n = this.network(conf);
-    return Promise.resolve(n.ownedRangeSets());
+    // cluster.json's blocks serve only while etcd cannot say which are still this node's: one forgotten
+    // while its berthd was down (its blocks freed, maybe claimed and filled by others) must not hand out
+    // their addresses before the first sync drops them. Once synced, this costs nothing.
+    try {
+      await n.sync();
+    } catch (err) {
+      if (err instanceof CniError) throw err;
+    }
+    return n.ownedRangeSets();
   }
 
   async needMore(conf: IpamConfig, setId: number, sinceMs: number): Promise<void> {

@@ -81,7 +81,7 @@ async function startNode(
     version: 'test',
     log: quiet,
   });
-  const service = new Service({ dataDir, bootId: `boot-${name}`, log: quiet, cluster });
+  const service = new Service({ dataDir, bootId: opts.bootId ?? `boot-${name}`, log: quiet, cluster });
   cluster.useStores((conf) => service.store(conf.dataDir, conf.network));
   await cluster.start();
   const n = { cluster, service, dataDir, name };
@@ -483,6 +483,32 @@ describe('daemon down: berth-ipam on the files', () => {
 });
 
 describe('release, forget, leave', () => {
+  test("a forgotten node back with a new boot hands out nothing of its old blocks (another node's since)", async () => {
+    const a = await startNode('n1');
+    const b = await startNode('n2');
+    const ipB = await add(b, 'b-0');
+    const x = etcdBlocksOf('n2').find((c) => inBlocks(ipB, [c]))!;
+    await stopNode(b);
+    await a.cluster.forget('n2', true);
+    expect(etcdBlocksOf('n2')).toEqual([]);
+    // n1 claims x afterwards (as its claim txn would; written directly, its watch adopts it) and fills it.
+    const uid1 = (JSON.parse(fake.get('/berth/v1/nodes/n1/identity')!.value) as { uid: string }).uid;
+    fake.putDirect(
+      `/berth/v1/nets/${NET}/blocks/${x.replace('/', '-')}`,
+      JSON.stringify({ node: 'n1', uid: uid1, claimedAt: new Date().toISOString() }),
+    );
+    await new Promise((r) => setTimeout(r, 300));
+    const full = () => leaseFiles(a.dataDir).filter((f) => inBlocks(f, [x])).length >= capacityOf([x]);
+    for (let i = 0; i < 400 && !full(); i++) await add(a, `a-${i}`);
+    expect(full()).toBe(true);
+    // n2's machine rebooted (new boot id), same uid and data dir, its cluster.json still naming x.
+    const b2 = await startNode('n2', { bootId: 'boot-n2-second' });
+    expect(fake.get('/berth/v1/nodes/n2/forgotten')).toBeUndefined();
+    const ip2 = await add(b2, 'b2-0');
+    expect(inBlocks(ip2, [x])).toBe(false);
+    expect(leaseFiles(a.dataDir)).not.toContain(ip2);
+  }, 30_000);
+
   test('the owner releases blocks that stayed empty, keeping one', async () => {
     const a = await startNode('n1', { releaseAfterMs: 0 });
     for (let i = 0; i < 200; i++) await add(a, `c-${i}`);
