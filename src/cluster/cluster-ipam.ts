@@ -104,6 +104,8 @@ export class ClusterIpam implements ClusterAllocator {
   readonly keys: ClusterKeys;
   readonly node: ClusterNode;
   private readonly networks = new Map<string, ClusterNetwork>();
+  /** `berth node leave` went through: this process stays out until it restarts. */
+  private hasLeft = false;
   private storeOf: ((conf: IpamConfig) => LeaseStore) | undefined;
   private ticker: NodeJS.Timeout | undefined;
   private nodeWatch: { close(): void } | undefined;
@@ -723,6 +725,15 @@ export class ClusterIpam implements ClusterAllocator {
   async leave(): Promise<{ released: string[]; kept: string[] }> {
     const released: string[] = [];
     const kept: string[] = [];
+    // Fenced while it leaves: the background reserve claim (which sees the released blocks' free addresses
+    // gone) must not claim a block back between the releases and the lease's revoke, where it would be left
+    // claimed by a node with no identity, which forget refuses. Lifted again if leaving fails.
+    const before = this.node.identityFence;
+    this.node.identityFence = `node ${this.node.name} is leaving the cluster`;
+    const stay = (err: CniError): never => {
+      this.node.identityFence = before;
+      throw err;
+    };
     for (const n of this.networks.values()) {
       const r = await n.leave();
       released.push(...r.released.map((c) => `${n.name} ${c}`));
@@ -730,9 +741,11 @@ export class ClusterIpam implements ClusterAllocator {
     }
     // Blocks of networks this daemon has not served since it started are released too when no lease file is in them.
     if (kept.length > 0) {
-      throw new CniError(
-        ErrorCode.TryAgainLater,
-        `blocks still hold leases, not leaving: ${kept.join(', ')}; released ${released.length}`,
+      stay(
+        new CniError(
+          ErrorCode.TryAgainLater,
+          `blocks still hold leases, not leaving: ${kept.join(', ')}; released ${released.length}`,
+        ),
       );
     }
     const { keys, etcd } = this;
@@ -742,9 +755,11 @@ export class ClusterIpam implements ClusterAllocator {
       .filter((b) => b.claim.uid === this.node.uid)
       .map((b) => b.kv);
     if (left.length > 0) {
-      throw new CniError(
-        ErrorCode.TryAgainLater,
-        `this node still owns ${left.length} block(s) of networks it has not served since it started (${left.map((kv) => kv.key).join(', ')}); run an ADD/DEL on them first or forget from another node`,
+      stay(
+        new CniError(
+          ErrorCode.TryAgainLater,
+          `this node still owns ${left.length} block(s) of networks it has not served since it started (${left.map((kv) => kv.key).join(', ')}); run an ADD/DEL on them first or forget from another node`,
+        ),
       );
     }
     await this.node.stop(true);
@@ -756,14 +771,24 @@ export class ClusterIpam implements ClusterAllocator {
       ],
       failure: [],
     });
-    this.node.identityFence = `node ${this.node.name} left the cluster; restart berthd to join again`;
+    this.node.identityFence = LEFT_FENCE(this.node.name);
+    this.hasLeft = true;
     return { released, kept };
   }
 
   async rejoin(): Promise<void> {
+    // Its lease revoked and keepalive stopped: rejoin would clear the fence without registering, and the
+    // node would fence itself for good at its horizon. Joining again after leave is a restart.
+    if (this.hasLeft)
+      throw new CniError(
+        ErrorCode.TryAgainLater,
+        `${LEFT_FENCE(this.node.name)}; rejoin is for a forgotten node`,
+      );
     await this.node.rejoin();
   }
 }
+
+const LEFT_FENCE = (node: string): string => `node ${node} left the cluster; restart berthd to join again`;
 
 /** Batches of 64: with their compares and the tombstone's three writes, within etcd's 128 operations a txn. */
 function inBatches<T>(items: readonly T[]): T[][] {

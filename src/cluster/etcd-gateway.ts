@@ -500,7 +500,11 @@ export class EtcdGateway {
         this.suspect(idx, message);
         continue;
       }
-      this.noteContact(sent, idx);
+      // An auth refusal (401/403, Unauthenticated 16, PermissionDenied 7) is answered by a member on its own,
+      // also one cut off from its peers: no sign that etcd as a whole answers, so no contact (it would
+      // put off this node's self-fence).
+      const authRefusal = r.status === 401 || r.status === 403 || code === 16 || code === 7;
+      if (!authRefusal) this.noteContact(sent, idx);
       if (
         (code === 16 || /auth token/.test(message)) &&
         this.o.auth !== undefined &&

@@ -111,7 +111,18 @@ export class ClusterNetwork {
     this.dataDir = conf.dataDir;
     this.pools = conf.rangeSets.map((set) => new PoolBlocks(set, conf.cluster!));
     this.clock = clock ?? (() => performance.now());
-    const rec = readClusterRecord(this.dataDir, this.name);
+    let rec: ReturnType<typeof readClusterRecord>;
+    try {
+      rec = readClusterRecord(this.dataDir, this.name);
+    } catch (err) {
+      // Damaged (a torn write on a filesystem without its guarantees, a hand edit): as if absent. The first
+      // sync adopts this node's blocks from etcd and writes it anew; until then nothing is allocated.
+      node.o.log.log('warn', 'cluster: cluster.json unreadable; rebuilt from etcd', {
+        network: this.name,
+        error: (err as Error).message,
+      });
+      rec = undefined;
+    }
     if (rec !== undefined && rec.node === node.name && rec.uid === node.uid) {
       node.inheritContact(rec.lastContact);
       if (rec.fenced !== undefined) node.inheritFence(rec.fenced);
@@ -802,6 +813,9 @@ export class ClusterNetwork {
 
   /** `berth node leave`: releases every block (they must be empty). */
   async leave(): Promise<{ released: string[]; kept: { cidr: string; used: number }[] }> {
+    // The node is fenced by now (no new claim starts); one already under way lands first, so that its
+    // blocks are released below instead of being left to nobody.
+    await Promise.allSettled([...this.inFlight.values()]);
     await this.store().transact(async (s) => {
       const leases = await s.all();
       for (const [cidr, o] of this.owned) {

@@ -483,6 +483,50 @@ describe('daemon down: berth-ipam on the files', () => {
 });
 
 describe('release, forget, leave', () => {
+  test('leave: a reserve claim cannot land between its releases and its revoke (no block left to nobody)', async () => {
+    const a = await startNode('n1');
+    const b = await startNode('n2');
+    await add(a, 'a-0');
+    await a.service.call(Release, envelope(a.dataDir, 'a-0'));
+    // leave's read of the blocks made slow: the 1 s reserve tick runs meanwhile, with nothing free any more.
+    const etcd = (a.cluster as unknown as { etcd: { range: (...args: unknown[]) => Promise<unknown> } }).etcd;
+    const range = etcd.range.bind(etcd);
+    etcd.range = async (...args: unknown[]) => {
+      const r = await range(...args);
+      if (args[0] === '/berth/v1/nets/') await new Promise((res) => setTimeout(res, 1500));
+      return r;
+    };
+    try {
+      await a.cluster.leave();
+    } finally {
+      etcd.range = range;
+    }
+    expect(etcdBlocksOf('n1')).toEqual([]);
+    expect(fake.get('/berth/v1/nodes/n1/identity')).toBeUndefined();
+    expect((await b.cluster.check()).problems).toEqual([]);
+  }, 20_000);
+
+  test('rejoin after leave is refused (joining again is a restart), and the node stays out', async () => {
+    const a = await startNode('n1');
+    await add(a, 'a-0');
+    await a.service.call(Release, envelope(a.dataDir, 'a-0'));
+    await a.cluster.leave();
+    await expect(a.cluster.rejoin()).rejects.toThrow(/left the cluster; restart berthd to join again/);
+    expect(a.cluster.node.fenceReason()).toMatch(/left the cluster/);
+  });
+
+  test('a damaged cluster.json is taken as absent: rebuilt from etcd, the network allocates again', async () => {
+    const a = await startNode('n1');
+    const first = await add(a, 'a-0');
+    await stopNode(a);
+    fs.writeFileSync(clusterRecordPath(a.dataDir, NET), '{"blocks":[{"cidr":"198.18.0.0/2');
+    const b = await startNode('n1');
+    const ip = await add(b, 'b-0');
+    expect(ip).not.toBe(first);
+    expect(inBlocks(ip, etcdBlocksOf('n1'))).toBe(true);
+    expect(readClusterRecord(b.dataDir, NET)?.blocks.length).toBeGreaterThan(0);
+  }, 20_000);
+
   test("a forgotten node back with a new boot hands out nothing of its old blocks (another node's since)", async () => {
     const a = await startNode('n1');
     const b = await startNode('n2');

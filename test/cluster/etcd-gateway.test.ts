@@ -309,6 +309,39 @@ describe('watch', () => {
     }
   });
 
+  test('an auth refusal is no contact: a member cut off from its peers answers 401 on its own', async () => {
+    // As a partitioned member with auth on: a call with an expired token gets 401 at once (no quorum
+    // needed), authenticating again needs the cluster and fails. The node's self-fence must not be put off.
+    const member = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        if (req.url === '/v3/auth/authenticate') {
+          res
+            .writeHead(503, { 'content-type': 'application/json' })
+            .end(JSON.stringify({ error: 'etcdserver: request timed out', code: 14 }));
+          return;
+        }
+        res
+          .writeHead(401, { 'content-type': 'application/json' })
+          .end(JSON.stringify({ error: 'etcdserver: invalid auth token', code: 16 }));
+      });
+    });
+    await new Promise<void>((r) => member.listen(0, '127.0.0.1', () => r()));
+    try {
+      const c = new EtcdGateway({
+        endpoints: [`http://127.0.0.1:${(member.address() as AddressInfo).port}`],
+        timeoutMs: 300,
+        auth: { user: 'berth', password: 'pw' },
+      });
+      clients.push(c);
+      (c as unknown as { token: string }).token = 'expired';
+      await expect(c.get('/k')).rejects.toThrow();
+      expect(c.lastContact).toBeUndefined();
+    } finally {
+      member.close();
+    }
+  });
+
   test('a watch on a member that hangs moves to another member once a call finds it unfit', async () => {
     const c = client();
     const start = await c.put('/h/0', 'zero');
