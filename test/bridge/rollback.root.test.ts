@@ -43,6 +43,29 @@ function expectNothingLeft(
   if (opts.bridgeGone) expect(trySh('ip', ['link', 'show', 'dev', c.bridge as string])).toBeUndefined();
 }
 
+/** Two pods on a range with room for one: the first ADD succeeds; the second's namespace and failed ADD. */
+async function secondPodOfOne(c: Record<string, unknown>) {
+  const first = fx.netns();
+  const ok = await fx.run({
+    command: 'ADD',
+    conf: c,
+    containerId: 'ctr1',
+    netns: first.path,
+    ifname: 'eth0',
+  });
+  expect(ok.code, ok.stdout + ok.stderr).toBe(0);
+  const second = fx.netns();
+  const add = await fx.run({
+    command: 'ADD',
+    conf: c,
+    containerId: 'ctr2',
+    netns: second.path,
+    ifname: 'eth0',
+  });
+  expect(add.code).not.toBe(0);
+  return { second, add };
+}
+
 describe('rollback of a failed ADD', () => {
   it('IPAM fails (bad IPAM config): veth and the bridge it created are removed', async () => {
     const ns = fx.netns();
@@ -61,24 +84,7 @@ describe('rollback of a failed ADD', () => {
 
   it('IPAM fails (range exhausted): the second pod leaves nothing, the first is untouched', async () => {
     const c = conf({ ipam: fx.hostLocal([[{ subnet: '198.18.131.0/30' }]]) });
-    const first = fx.netns();
-    const ok = await fx.run({
-      command: 'ADD',
-      conf: c,
-      containerId: 'ctr1',
-      netns: first.path,
-      ifname: 'eth0',
-    });
-    expect(ok.code, ok.stdout).toBe(0);
-    const second = fx.netns();
-    const add = await fx.run({
-      command: 'ADD',
-      conf: c,
-      containerId: 'ctr2',
-      netns: second.path,
-      ifname: 'eth0',
-    });
-    expect(add.code).not.toBe(0);
+    const { second, add } = await secondPodOfOne(c);
     expect(add.json.msg).toContain('no IP addresses available');
     expect(ipJson(['-n', second.name, 'link', 'show']).map((l: any) => l.ifname)).toEqual(['lo']);
     expect(fx.leases(c.name as string)).toEqual(['198.18.131.2']);
@@ -98,24 +104,7 @@ describe('rollback of a failed ADD', () => {
     const c = conf({
       ipam: { type: 'berth-ipam', dataDir: fx.dataDir, ranges: [[{ subnet: '198.18.131.0/30' }]] },
     });
-    const first = fx.netns();
-    const ok = await fx.run({
-      command: 'ADD',
-      conf: c,
-      containerId: 'ctr1',
-      netns: first.path,
-      ifname: 'eth0',
-    });
-    expect(ok.code, ok.stdout + ok.stderr).toBe(0);
-    const second = fx.netns();
-    const add = await fx.run({
-      command: 'ADD',
-      conf: c,
-      containerId: 'ctr2',
-      netns: second.path,
-      ifname: 'eth0',
-    });
-    expect(add.code).not.toBe(0);
+    const { second, add } = await secondPodOfOne(c);
     const lines = add.stderr.split('\n');
     const ipamLine = lines.findIndex((l) => l.startsWith(`berth-ipam: ADD failed: code ${add.json.code}: `));
     const bridgeLine = lines.findIndex((l) =>

@@ -1262,22 +1262,28 @@ describe('memory', () => {
 });
 
 describe('reboot', () => {
-  test("a STATUS before the new boot's first ADD leaves the earlier boot's leases to that ADD to release", async () => {
-    const log = createLogger({ format: 'text', level: 'error', write: () => undefined });
-    const cfg = (cid: string) => ({
-      env: { CNI_CONTAINERID: cid, CNI_NETNS: `/run/netns/${cid}`, CNI_IFNAME: 'eth0' },
-      config: {
-        cniVersion: '1.1.0',
-        name: 'btnet',
-        type: 'berth-ipam',
-        ipam: { type: 'berth-ipam', dataDir, ranges: [[{ subnet: '198.18.200.0/29' }]] },
-      },
-    });
-    const before = new Service({ dataDir, bootId: 'boot-1', log });
-    expect((await before.call(Allocate, cfg('x')))!.ips![0]!.address).toBe('198.18.200.2/29');
+  const quietLog = () => createLogger({ format: 'text', level: 'error', write: () => undefined });
+  const bootCfg = (cid: string, cniVersion: string) => ({
+    env: { CNI_CONTAINERID: cid, CNI_NETNS: `/run/netns/${cid}`, CNI_IFNAME: 'eth0' },
+    config: {
+      cniVersion,
+      name: 'btnet',
+      type: 'berth-ipam',
+      ipam: { type: 'berth-ipam', dataDir, ranges: [[{ subnet: '198.18.200.0/29' }]] },
+    },
+  });
+  /** Boot 1 of berthd: x gets 198.18.200.2, then the daemon stops. */
+  async function bootOneWithX(cniVersion: string): Promise<void> {
+    const before = new Service({ dataDir, bootId: 'boot-1', log: quietLog() });
+    expect((await before.call(Allocate, bootCfg('x', cniVersion)))!.ips![0]!.address).toBe('198.18.200.2/29');
     await before.drain();
     before.close();
-    service = new Service({ dataDir, bootId: 'boot-2', log });
+  }
+
+  test("a STATUS before the new boot's first ADD leaves the earlier boot's leases to that ADD to release", async () => {
+    const cfg = (cid: string) => bootCfg(cid, '1.1.0');
+    await bootOneWithX('1.1.0');
+    service = new Service({ dataDir, bootId: 'boot-2', log: quietLog() });
     // A runtime's readiness check (CNI STATUS) comes first: it changes nothing, the boot included.
     await service.call(Status, { env: {}, config: cfg('x').config });
     await service.drain();
@@ -1290,20 +1296,9 @@ describe('reboot', () => {
   });
 
   test('a container id that came back after the reboot (through host-local) with another address keeps it', async () => {
-    const log = createLogger({ format: 'text', level: 'error', write: () => undefined });
-    const cfg = (cid: string) => ({
-      env: { CNI_CONTAINERID: cid, CNI_NETNS: `/run/netns/${cid}`, CNI_IFNAME: 'eth0' },
-      config: {
-        cniVersion: '1.0.0',
-        name: 'btnet',
-        type: 'berth-ipam',
-        ipam: { type: 'berth-ipam', dataDir, ranges: [[{ subnet: '198.18.200.0/29' }]] },
-      },
-    });
-    const before = new Service({ dataDir, bootId: 'boot-1', log });
-    expect((await before.call(Allocate, cfg('x')))!.ips![0]!.address).toBe('198.18.200.2/29');
-    await before.drain();
-    before.close();
+    const log = quietLog();
+    const cfg = (cid: string) => bootCfg(cid, '1.0.0');
+    await bootOneWithX('1.0.0');
     // Boot 2: the runtime restarts x under the same id through host-local (its DEL, then its ADD).
     rmSync(join(dataDir, 'btnet', '198.18.200.2'));
     writeFileSync(join(dataDir, 'btnet', '198.18.200.3'), 'x\r\neth0');
