@@ -14,7 +14,8 @@ import type {
   LeaseView,
   NetworkView,
 } from '../ipam/daemon/protocol';
-import { DEFAULT_SOCKET } from '../ipam/daemon/protocol';
+import { DATA_DIRS_FILE, DEFAULT_SOCKET } from '../ipam/daemon/protocol';
+import { dirname, join } from 'node:path';
 import type { LeaseFilter } from '../ipam/daemon/service';
 
 export interface AdminBackend {
@@ -91,19 +92,30 @@ function daemonBackend(socket: string, defaults: LeaseFilter): AdminBackend {
   };
 }
 
-function filesBackend(dataDir: string): AdminBackend {
+/**
+ * The files themselves. With --data-dir, that one only; without, as berthd would answer: its --data-dir's
+ * default and every data dir it listed as served (its state file beside the socket), so that berthd being
+ * down does not hide the leases of another data dir.
+ */
+function filesBackend(o: BackendOptions, socket: string): AdminBackend {
   // Loaded only here: the daemon's store is not needed when the daemon answers.
   const { Service } = require('../ipam/daemon/service') as typeof import('../ipam/daemon/service');
   const log = createLogger({ format: 'text', level: 'warn', write: (s) => process.stderr.write(s) });
-  const service = new Service({ dataDir, bootId: readBootId(BOOT_ID_FILE, () => undefined), log });
-  const f = (filter: LeaseFilter): LeaseFilter => ({ dataDir, ...filter });
+  const dataDir = o.dataDir ?? DEFAULT_DATA_DIR;
+  const service = new Service({
+    dataDir,
+    bootId: readBootId(BOOT_ID_FILE, () => undefined),
+    log,
+    ...(o.dataDir === undefined ? { dataDirsFile: join(dirname(socket), DATA_DIRS_FILE) } : {}),
+  });
+  const f = (filter: LeaseFilter): LeaseFilter => (o.dataDir !== undefined ? { dataDir, ...filter } : filter);
   return {
     kind: 'files',
-    where: dataDir,
+    where: o.dataDir === undefined ? service.knownDataDirs.join(', ') : dataDir,
     list: (filter) => service.list(f(filter)),
     show: (q, filter) => service.show(q, f(filter)),
     release: (ip, filter, holder) => service.release(ip, f(filter), holder),
-    gc: (req) => service.adminGc({ dataDir, ...req }),
+    gc: (req) => service.adminGc(o.dataDir !== undefined ? { dataDir, ...req } : req),
     status: async (filter) => ({ networks: await service.networkViews(f(filter)) }),
     close: () => service.close(),
   };
@@ -122,5 +134,5 @@ export async function openAdminBackend(o: BackendOptions): Promise<AdminBackend>
     if (err.sysCode === 'EACCES' || err.sysCode === 'EPERM')
       throw new Error(`permission denied on ${socket}: berth's admin commands need root`);
   }
-  return filesBackend(o.dataDir ?? DEFAULT_DATA_DIR);
+  return filesBackend(o, socket);
 }

@@ -7,7 +7,7 @@ import { dirname, join } from 'node:path';
 import { BOOT_ID_FILE, readBootId } from '../ipam/boot-id';
 import { type LogFormat, type LogLevel, type Logger, createLogger } from './log';
 import { Metrics } from './metrics';
-import { DEFAULT_SOCKET } from '../ipam/daemon/protocol';
+import { DATA_DIRS_FILE, DEFAULT_SOCKET } from '../ipam/daemon/protocol';
 import { nftTable, runDir } from '../bridge/deps';
 import { DEFAULT_CALL_DEADLINE_MS, PluginHost } from './plugin-host';
 import { BerthServer } from './server';
@@ -44,7 +44,7 @@ export interface DaemonOptions {
 }
 
 /** The data dirs berthd served, so a restarted daemon lists their networks before a plugin names them. */
-export const DATA_DIRS_FILE = 'berthd-data-dirs.json';
+export { DATA_DIRS_FILE } from '../ipam/daemon/protocol';
 
 /** systemd's socket activation: the listening socket arrives as fd 3 when LISTEN_PID names us. */
 function activationFd(env: NodeJS.ProcessEnv): number | undefined {

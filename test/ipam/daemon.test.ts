@@ -19,6 +19,7 @@ import { spawnSync } from 'node:child_process';
 import type * as fs from 'node:fs';
 import { syncBuiltinESMExports } from 'node:module';
 import * as net from 'node:net';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
@@ -1258,6 +1259,42 @@ describe('memory', () => {
     again.config.runtimeConfig = { ipRanges: [[{ subnet: '198.18.100.0/24' }]] };
     const r = await callDaemon({ socket, method: 'POST', path: Allocate.path, body: again });
     expect((r.body as { ips: { address: string }[] }).ips[0]!.address).toBe('198.18.100.3/24');
+  });
+});
+
+describe('admin commands with berthd down', () => {
+  test('without --data-dir, the files of every data dir berthd listed as served are read, as berthd would', async () => {
+    // From dist: the backend loads the lease service with require(), which a TypeScript source cannot serve.
+    const { openAdminBackend } = createRequire(__filename)(
+      join(__dirname, '../../dist/daemon/admin-backend'),
+    ) as typeof import('../../src/daemon/admin-backend');
+    const log = createLogger({ format: 'text', level: 'error', write: () => undefined });
+    // berthd served a second data dir (named by a plugin config), then stopped: its state file stays.
+    const stateDir = join(dir, 'state');
+    mkdirSync(stateDir, { mode: 0o700 });
+    const other = join(dir, 'other-data');
+    const network = `btd${process.pid}o`;
+    const d = new Service({
+      dataDir,
+      bootId: BOOT,
+      log,
+      dataDirsFile: join(stateDir, 'berthd-data-dirs.json'),
+    });
+    const body = envelope('ctr-o', network);
+    (body.config as { ipam: { dataDir: string } }).ipam.dataDir = other;
+    await d.call(Allocate, body);
+    await d.drain();
+    d.close();
+    const b = await openAdminBackend({ socket: join(stateDir, 'berthd.sock') });
+    try {
+      expect(b.kind).toBe('files');
+      expect(b.where).toContain(other);
+      // Only this network: the default data dir of the host is looked in, and has no such network.
+      const leases = await b.list({ network });
+      expect(leases.map((l) => [l.containerId, l.dataDir])).toEqual([['ctr-o', other]]);
+    } finally {
+      b.close();
+    }
   });
 });
 

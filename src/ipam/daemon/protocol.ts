@@ -5,6 +5,8 @@ import type { Result } from '../../cni-spec/types/result';
 
 /** Where berthd listens unless told otherwise (directory 0700, socket 0600). */
 export const DEFAULT_SOCKET = '/run/berth/berthd.sock';
+/** berthd's list of the data dirs it serves, in its state dir (by default the socket's directory). */
+export const DATA_DIRS_FILE = 'berthd-data-dirs.json';
 
 /** Largest request body berthd reads; a CNI config is a few KiB. */
 export const MAX_BODY_BYTES = 1 << 20;
