@@ -15,7 +15,7 @@ import type {
   NetworkView,
 } from '../ipam/daemon/protocol';
 import { DATA_DIRS_FILE, DEFAULT_SOCKET } from '../ipam/daemon/protocol';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import type { LeaseFilter } from '../ipam/daemon/service';
 
 export interface AdminBackend {
@@ -122,7 +122,9 @@ function filesBackend(o: BackendOptions, socket: string): AdminBackend {
 }
 
 /** berthd when its socket answers /v1/health, else the files under the data dir. */
-export async function openAdminBackend(o: BackendOptions): Promise<AdminBackend> {
+export async function openAdminBackend(given: BackendOptions): Promise<AdminBackend> {
+  // A relative --data-dir means the same to berthd as to the files: this command's directory.
+  const o = given.dataDir !== undefined ? { ...given, dataDir: resolve(given.dataDir) } : given;
   const socket = o.socket ?? DEFAULT_SOCKET;
   try {
     const reply = await callDaemon({ socket, method: 'GET', path: '/v1/health', timeoutMs: 5_000 });

@@ -37,7 +37,7 @@ import { add as fileAdd, status as fileStatus } from '../../src/ipam/handlers';
 import { openLeaseFileStore } from '../../src/ipam/lease-file-store';
 import { loadNativeAddon } from '../../src/native-addon';
 import { parseValidList, runGc } from '../../src/cli/gc';
-import { age, leaseTable, runLeasesRelease } from '../../src/cli/leases';
+import { age, leaseTable, runLeasesList, runLeasesRelease } from '../../src/cli/leases';
 
 const BOOT = 'boot-test-1';
 
@@ -1113,6 +1113,21 @@ describe('CLI pieces', () => {
     writeFileSync(empty, '\n');
     expect(await runGc({ socket, network: 'btnet', valid: empty, all: true }, io)).toBe(0);
     expect(leaseFiles().size).toBe(0);
+  });
+
+  test("a relative --data-dir means the same to berthd as to the files (the command's directory)", async () => {
+    await startServer();
+    await callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-rel') });
+    const { lines, io } = capturedIo();
+    const cwd = process.cwd();
+    process.chdir(dir);
+    try {
+      expect(await runLeasesList({ socket, dataDir: 'data', json: true }, io)).toBe(0);
+    } finally {
+      process.chdir(cwd);
+    }
+    const listed = JSON.parse(lines.join('')) as { containerId: string; dataDir: string }[];
+    expect(listed.map((l) => [l.containerId, l.dataDir])).toEqual([['ctr-rel', dataDir]]);
   });
 
   test('berth gc --valid FILE: the list is as old as the file (dry run, review, then the real run)', async () => {
