@@ -164,6 +164,16 @@ export function randomLocalMac(): string {
   return bytesToMac(b)!;
 }
 
+/** The address bytes with every bit past `prefix` cleared. */
+function networkBytes(bytes: Buffer, prefix: number): Buffer {
+  const out = Buffer.from(bytes);
+  for (let i = 0; i < out.length; i++) {
+    const keep = Math.max(0, Math.min(8, prefix - i * 8));
+    out[i]! &= (0xff << (8 - keep)) & 0xff;
+  }
+  return out;
+}
+
 function familyOf(f: IpFamily): number {
   return f === 4 ? AF.INET : AF.INET6;
 }
@@ -347,7 +357,9 @@ class RtnlSocket implements Netlink {
 
   /**
    * One request and its reply (a dump's NLMSG_DONE apart, as `done`), failed by a socket error or after the
-   * timeout.
+   * timeout. One request at a time per socket: every caller awaits each before the next (the library keeps
+   * one multipart buffer, and the kernel refuses a second dump while one is unfinished: EBUSY); calls that
+   * run side by side use sockets of their own.
    */
   private async send(
     type: number,
@@ -769,7 +781,10 @@ class RtnlSocket implements Netlink {
             ? RT_SCOPE.link
             : RT_SCOPE.universe;
     const attrs: Attr[] = [];
-    if (dst.prefix > 0) attrs.push([RTA.DST, ipToBytes(dst.ip)]);
+    // The network of the destination: an IPAM route written with host bits (`10.1.2.3/24`, which libcni's
+    // ParseCIDR keeps) is taken as its network, as the kernel does for IPv6; for IPv4 it answers EINVAL
+    // (the reference bridge fails the ADD so).
+    if (dst.prefix > 0) attrs.push([RTA.DST, networkBytes(ipToBytes(dst.ip), dst.prefix)]);
     if (opts.gateway !== undefined) {
       const gw = ipToBytes(opts.gateway);
       const gwFamily = gw.length === 4 ? 4 : 6;

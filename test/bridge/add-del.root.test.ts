@@ -500,6 +500,30 @@ describe('nothing left behind', () => {
   });
 });
 
+describe('IPAM routes', () => {
+  it('a route whose destination has host bits is installed as its network (the reference fails: EINVAL)', async () => {
+    const ns = fx.netns();
+    const c = conf({
+      ipam: fx.hostLocal([V4], {
+        routes: [{ dst: '198.18.250.5/24' }, { dst: 'fd00:e::5/64' }],
+      }),
+    });
+    const add = await fx.run({
+      command: 'ADD',
+      conf: c,
+      containerId: 'ctr5',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
+    expect(add.code, add.stdout + add.stderr).toBe(0);
+    const dsts = ['-4', '-6'].flatMap((f) =>
+      ipJson(['-n', ns.name, f, 'route', 'show']).map((r: any) => r.dst),
+    );
+    expect(dsts).toContain('198.18.250.0/24');
+    expect(dsts).toContain('fd00:e::/64');
+  });
+});
+
 describe('chained ADD', () => {
   it('with a prevResult, prints it plus its own interfaces, IPs (indices shifted) and routes', async () => {
     const ns = fx.netns();
