@@ -4,6 +4,7 @@ import { closeSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createNetlink, type NetlinkSocket } from 'netlink/dist/netlink';
 import type { NetlinkMessage } from 'netlink/dist/structs';
+import { networkIp } from '../address/cidr';
 import { NetlinkError, fromErrno, toNetlinkError } from './errors';
 import { bytesToIp, ipToBytes, ipv4Broadcast, parseCidr, type IpFamily } from './ip-bytes';
 import { loadNativeAddon } from '../native-addon';
@@ -162,16 +163,6 @@ export function randomLocalMac(): string {
   const b = randomBytes(6);
   b[0] = (b[0]! & 0xfe) | 0x02;
   return bytesToMac(b)!;
-}
-
-/** The address bytes with every bit past `prefix` cleared. */
-function networkBytes(bytes: Buffer, prefix: number): Buffer {
-  const out = Buffer.from(bytes);
-  for (let i = 0; i < out.length; i++) {
-    const keep = Math.max(0, Math.min(8, prefix - i * 8));
-    out[i]! &= (0xff << (8 - keep)) & 0xff;
-  }
-  return out;
 }
 
 function familyOf(f: IpFamily): number {
@@ -784,7 +775,7 @@ class RtnlSocket implements Netlink {
     // The network of the destination: an IPAM route written with host bits (`10.1.2.3/24`, which libcni's
     // ParseCIDR keeps) is taken as its network, as the kernel does for IPv6; for IPv4 it answers EINVAL
     // (the reference bridge fails the ADD so).
-    if (dst.prefix > 0) attrs.push([RTA.DST, networkBytes(ipToBytes(dst.ip), dst.prefix)]);
+    if (dst.prefix > 0) attrs.push([RTA.DST, ipToBytes(networkIp(dst))]);
     if (opts.gateway !== undefined) {
       const gw = ipToBytes(opts.gateway);
       const gwFamily = gw.length === 4 ? 4 : 6;
