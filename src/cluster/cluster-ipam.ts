@@ -723,45 +723,19 @@ export class ClusterIpam implements ClusterAllocator {
 
   /** `berth node leave`: this node releases its (empty) blocks and its identity. */
   async leave(): Promise<{ released: string[]; kept: string[] }> {
-    const released: string[] = [];
-    const kept: string[] = [];
     // Fenced while it leaves: the background reserve claim (which sees the released blocks' free addresses
     // gone) must not claim a block back between the releases and the lease's revoke, where it would be left
-    // claimed by a node with no identity, which forget refuses. Lifted again if leaving fails.
+    // claimed by a node with no identity, which forget refuses. Lifted again if leaving fails, however.
     const before = this.node.identityFence;
     this.node.identityFence = `node ${this.node.name} is leaving the cluster`;
-    const stay = (err: CniError): never => {
+    let released: string[];
+    try {
+      released = await this.releaseAllForLeave();
+    } catch (err) {
       this.node.identityFence = before;
       throw err;
-    };
-    for (const n of this.networks.values()) {
-      const r = await n.leave();
-      released.push(...r.released.map((c) => `${n.name} ${c}`));
-      kept.push(...r.kept.map((k) => `${n.name} ${k.cidr} (${k.used} leases)`));
-    }
-    // Blocks of networks this daemon has not served since it started are released too when no lease file is in them.
-    if (kept.length > 0) {
-      stay(
-        new CniError(
-          ErrorCode.TryAgainLater,
-          `blocks still hold leases, not leaving: ${kept.join(', ')}; released ${released.length}`,
-        ),
-      );
     }
     const { keys, etcd } = this;
-    const netsR = await etcd.range(keys.nets(), { prefix: true });
-    const left = keys
-      .blocksNamedBy(netsR.kvs, this.node.name)
-      .filter((b) => b.claim.uid === this.node.uid)
-      .map((b) => b.kv);
-    if (left.length > 0) {
-      stay(
-        new CniError(
-          ErrorCode.TryAgainLater,
-          `this node still owns ${left.length} block(s) of networks it has not served since it started (${left.map((kv) => kv.key).join(', ')}); run an ADD/DEL on them first or forget from another node`,
-        ),
-      );
-    }
     await this.node.stop(true);
     await etcd.txn({
       compare: [],
@@ -773,7 +747,33 @@ export class ClusterIpam implements ClusterAllocator {
     });
     this.node.identityFence = LEFT_FENCE(this.node.name);
     this.hasLeft = true;
-    return { released, kept };
+    return { released, kept: [] };
+  }
+
+  /** leave's part before the identity goes: every empty block released; throws while any is left. */
+  private async releaseAllForLeave(): Promise<string[]> {
+    const released: string[] = [];
+    const kept: string[] = [];
+    for (const n of this.networks.values()) {
+      const r = await n.leave();
+      released.push(...r.released.map((c) => `${n.name} ${c}`));
+      kept.push(...r.kept.map((k) => `${n.name} ${k.cidr} (${k.used} leases)`));
+    }
+    if (kept.length > 0) {
+      throw new CniError(
+        ErrorCode.TryAgainLater,
+        `blocks still hold leases, not leaving: ${kept.join(', ')}; released ${released.length}`,
+      );
+    }
+    // Blocks of networks this daemon has not served since it started (no lease store open for them).
+    const left = (await this.blocksOf(this.node.name)).filter((b) => b.claim.uid === this.node.uid);
+    if (left.length > 0) {
+      throw new CniError(
+        ErrorCode.TryAgainLater,
+        `this node still owns ${left.length} block(s) of networks it has not served since it started (${left.map((b) => b.kv.key).join(', ')}); run an ADD/DEL on them first or forget from another node`,
+      );
+    }
+    return released;
   }
 
   async rejoin(): Promise<void> {

@@ -506,6 +506,27 @@ describe('release, forget, leave', () => {
     expect((await b.cluster.check()).problems).toEqual([]);
   }, 20_000);
 
+  test('a leave that fails, refused or by an etcd error, lifts its fence: the node allocates again', async () => {
+    const a = await startNode('n1');
+    await add(a, 'a-0');
+    await expect(a.cluster.leave()).rejects.toThrow(/blocks still hold leases, not leaving/);
+    expect(a.cluster.node.fenceReason()).toBeUndefined();
+    await a.service.call(Release, envelope(a.dataDir, 'a-0'));
+    const etcd = (a.cluster as unknown as { etcd: { range: (...args: unknown[]) => Promise<unknown> } }).etcd;
+    const range = etcd.range.bind(etcd);
+    etcd.range = async (...args: unknown[]) => {
+      if (args[0] === '/berth/v1/nets/') throw new Error('etcd went away');
+      return range(...args);
+    };
+    try {
+      await expect(a.cluster.leave()).rejects.toThrow(/etcd went away/);
+    } finally {
+      etcd.range = range;
+    }
+    expect(a.cluster.node.fenceReason()).toBeUndefined();
+    expect(inBlocks(await add(a, 'a-1'), etcdBlocksOf('n1'))).toBe(true);
+  }, 20_000);
+
   test('rejoin after leave is refused (joining again is a restart), and the node stays out', async () => {
     const a = await startNode('n1');
     await add(a, 'a-0');
