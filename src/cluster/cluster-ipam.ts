@@ -599,7 +599,7 @@ export class ClusterIpam implements ClusterAllocator {
         );
       }
     }
-    const theirs = await this.blocksOf(node);
+    const theirs = await this.node.blocksOf(node);
     const forgotten: ForgottenValue = {
       at: new Date().toISOString(),
       by: this.node.name,
@@ -645,14 +645,6 @@ export class ClusterIpam implements ClusterAllocator {
     return { node, blocks: forgotten.blocks };
   }
 
-  /** Every block key whose value names `node` as its owner, with its `net cidr` name and claim. */
-  private async blocksOf(node: string): Promise<{ kv: KeyValue; name: string; claim: BlockValue }[]> {
-    const r = await this.etcd.range(this.keys.nets(), { prefix: true });
-    return this.keys
-      .blocksNamedBy(r.kvs, node)
-      .map((b) => ({ kv: b.kv, name: `${b.net} ${b.cidr}`, claim: b.claim }));
-  }
-
   /**
    * A forget cut short after its tombstone (lost connection, a batch whose block changed): the node's blocks
    * still claimed under the forgotten uid, or named in the tombstone, are deleted now, under the same tombstone.
@@ -671,7 +663,7 @@ export class ClusterIpam implements ClusterAllocator {
       );
     }
     const listed = new Set(fg.blocks);
-    const left = (await this.blocksOf(node)).filter((x) => x.claim.uid === fg.uid || listed.has(x.name));
+    const left = (await this.node.blocksOf(node)).filter((x) => x.claim.uid === fg.uid || listed.has(x.name));
     if (left.length === 0) {
       throw new CniError(
         ErrorCode.UnknownContainer,
@@ -766,7 +758,7 @@ export class ClusterIpam implements ClusterAllocator {
       );
     }
     // Blocks of networks this daemon has not served since it started (no lease store open for them).
-    const left = (await this.blocksOf(this.node.name)).filter((b) => b.claim.uid === this.node.uid);
+    const left = (await this.node.blocksOf(this.node.name)).filter((b) => b.claim.uid === this.node.uid);
     if (left.length > 0) {
       throw new CniError(
         ErrorCode.TryAgainLater,

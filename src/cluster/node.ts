@@ -2,10 +2,16 @@
 // its blocks), its `alive` key under a lease kept alive every TTL/3, re-registration when the lease lapsed,
 // and the self-fence: past the ownership horizon since etcd last answered, the node stops allocating even in
 // its own blocks, which is what lets `berth node forget` elsewhere free them safely afterwards.
-import type { EtcdGateway } from './etcd-gateway';
+import type { EtcdGateway, KeyValue } from './etcd-gateway';
 import { EtcdUnavailableError } from './etcd-gateway';
 import type { ClusterKeys } from './keys';
-import { type AliveValue, type ForgottenValue, type IdentityValue, parseValue } from './keys';
+import {
+  type AliveValue,
+  type BlockValue,
+  type ForgottenValue,
+  type IdentityValue,
+  parseValue,
+} from './keys';
 import type { ClusterStats } from './stats';
 import type { Underlay } from './underlay';
 
@@ -321,7 +327,7 @@ export class ClusterNode {
         // Another machine under this name, while a forget cut short left blocks under the forgotten uid: they
         // would stay claimed by nobody (this uid never adopts them). The forget is finished first.
         if (fg !== undefined && fg.uid !== this.uid) {
-          const left = await this.blocksClaimedBy(fg.uid);
+          const left = (await this.blocksOf(this.name)).filter((b) => b.claim.uid === fg.uid).length;
           if (left > 0) {
             throw new IdentityConflictError(
               `node name ${this.name} was forgotten (by ${fg.by} at ${fg.at}), but ${left} of its blocks are still claimed under the forgotten uid ${fg.uid}: run \`berth node forget ${this.name}\` again to free them; this node registers after that`,
@@ -376,11 +382,13 @@ export class ClusterNode {
     return lease.id;
   }
 
-  /** How many block keys name this node under `uid`. */
-  private async blocksClaimedBy(uid: string): Promise<number> {
+  /** Every block key in etcd whose claim names `node` (any uid), with its `net cidr` name and claim. */
+  async blocksOf(node: string): Promise<{ kv: KeyValue; name: string; claim: BlockValue }[]> {
     const { etcd, keys } = this.o;
     const r = await etcd.range(keys.nets(), { prefix: true });
-    return keys.blocksNamedBy(r.kvs, this.name).filter((b) => b.claim.uid === uid).length;
+    return keys
+      .blocksNamedBy(r.kvs, node)
+      .map((b) => ({ kv: b.kv, name: `${b.net} ${b.cidr}`, claim: b.claim }));
   }
 
   /** Clears the forgotten fence after its pods were drained (`berth node rejoin`). */
