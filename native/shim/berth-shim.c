@@ -7,9 +7,9 @@
 //
 // When berthd did nothing (no socket, connection refused, any status but 200) it execs the standalone
 // program instead: `berth` beside this file, run under the plugin's name, fed the same stdin bytes through
-// a memfd (a pipe without one), so a node without berthd works exactly as without the shim. Once the whole request has been
-// sent, berthd may be running the call: a lost, garbled or late reply is then a CNI error with code 11
-// (try again later) rather than a second run, and the runtime's retry or DEL cleans up.
+// a memfd (a pipe without one), so a node without berthd works exactly as without the shim. Once the whole
+// request has been sent, berthd may be running the call: a lost, garbled or late reply is then a CNI error
+// with code 11 (try again later) rather than a second run, and the runtime's retry or DEL cleans up.
 //
 // libc only, built statically when libc.a is there (npm run build:shim); no allocation that matters, no
 // threads, no signal touched before the last exec (the standalone program inherits the caller's dispositions;

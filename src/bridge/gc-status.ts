@@ -1,6 +1,6 @@
 // GC and STATUS (spec 1.1): GC removes what belongs to attachments the runtime no longer lists (host veths on
-// this bridge, masquerade and spoof-check elements, the reference bridge's masquerade) and then asks IPAM to do the same; STATUS says whether an
-// ADD could be served now.
+// this bridge, masquerade and spoof-check elements, the reference bridge's masquerade) and then asks IPAM to
+// do the same; STATUS says whether an ADD could be served now.
 import { CniError, ErrorCode } from '../cni-spec/errors';
 import type { Request } from '../cni-spec/request';
 import { confFromRequest } from './config';

@@ -1,5 +1,5 @@
-// The bridge's view of nftables: the two calls it needs (apply a transaction, list a table), the table
-// name, and the attachment tags carried as element comments.
+// The bridge's view of nftables: the calls it needs (apply a transaction, list a table or one chain), the
+// table name, and the attachment tags carried as element comments.
 import { createHash } from 'node:crypto';
 import { applyNft, readNftChain, readNftTable, type NftFamily } from './kernel';
 import { withTablesLock } from './lock';
