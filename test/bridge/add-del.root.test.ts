@@ -216,13 +216,7 @@ describe('ADD refusals', () => {
       const ns = fx.netns();
       const c = { ...conf(), cniVersion };
       delete c.ipam;
-      const add = await fx.run({
-        command: 'ADD',
-        conf: c,
-        containerId: 'ctr9',
-        netns: ns.path,
-        ifname: 'eth0',
-      });
+      const add = await fx.add(c, 'ctr9', ns.path);
       expect(add.code).not.toBe(0);
       expect(add.json).toMatchObject({
         code: 1,
@@ -508,13 +502,7 @@ describe('IPAM routes', () => {
         routes: [{ dst: '198.18.250.5/24' }, { dst: 'fd00:e::5/64' }],
       }),
     });
-    const add = await fx.run({
-      command: 'ADD',
-      conf: c,
-      containerId: 'ctr5',
-      netns: ns.path,
-      ifname: 'eth0',
-    });
+    const add = await fx.add(c, 'ctr5', ns.path);
     expect(add.code, add.stdout + add.stderr).toBe(0);
     const dsts = ['-4', '-6'].flatMap((f) =>
       ipJson(['-n', ns.name, f, 'route', 'show']).map((r: any) => r.dst),

@@ -60,13 +60,7 @@ describe('CHECK', () => {
         ips: [{ address: '198.18.9.9/32', interface: 0 }],
       },
     });
-    const add = await fx.run({
-      command: 'ADD',
-      conf: c,
-      containerId: 'ctr1',
-      netns: ns.path,
-      ifname: 'eth0',
-    });
+    const add = await fx.add(c, 'ctr1', ns.path);
     expect(add.code, add.stdout).toBe(0);
     expect(add.json.ips.map((i: any) => i.address)).toEqual(['198.18.9.9/32', '198.18.139.2/24']);
     const r = await check({ ns, c, result: add.json, hostVeth: add.json.interfaces[2].name });

@@ -159,6 +159,16 @@ export class Fixture {
     return this.runWarm(withEnv);
   }
 
+  /** An ADD of berth-bridge (or `plugin`) for one container's `ifname` (eth0) in a namespace. */
+  add(
+    conf: Record<string, unknown>,
+    containerId: string,
+    netns: string,
+    ifname = 'eth0',
+  ): Promise<RunResult> {
+    return this.run({ command: 'ADD', conf, containerId, netns, ifname });
+  }
+
   private async runWarm(opts: RunOptions): Promise<RunResult> {
     this.daemon ??= startDaemon({ tag: 'fx', runDir: this.runDir, nftTable: this.nftTable }).then((d) => {
       this.daemonPid = d.pid;

@@ -46,22 +46,10 @@ function expectNothingLeft(
 /** Two pods on a range with room for one: the first ADD succeeds; the second's namespace and failed ADD. */
 async function secondPodOfOne(c: Record<string, unknown>) {
   const first = fx.netns();
-  const ok = await fx.run({
-    command: 'ADD',
-    conf: c,
-    containerId: 'ctr1',
-    netns: first.path,
-    ifname: 'eth0',
-  });
+  const ok = await fx.add(c, 'ctr1', first.path);
   expect(ok.code, ok.stdout + ok.stderr).toBe(0);
   const second = fx.netns();
-  const add = await fx.run({
-    command: 'ADD',
-    conf: c,
-    containerId: 'ctr2',
-    netns: second.path,
-    ifname: 'eth0',
-  });
+  const add = await fx.add(c, 'ctr2', second.path);
   expect(add.code).not.toBe(0);
   return { second, add };
 }

@@ -1,6 +1,6 @@
 // The gateway client against the in-memory fake: txn semantics as etcd has them, lease ids beyond 2^53 kept
 // exact, failover between members, auth, watch with reconnect and compaction.
-import { createServer } from 'node:http';
+import { type ServerResponse, createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import {
@@ -245,6 +245,27 @@ describe('auth', () => {
   });
 });
 
+/** A JSON answer of a member. */
+const reply = (res: ServerResponse, status: number, body: object): void =>
+  void res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
+
+/** A one-member "etcd" that answers each request as `answer` says, for `fn` (closed after it). */
+async function withMember(
+  answer: (url: string | undefined, res: ServerResponse) => void,
+  fn: (endpoint: string) => Promise<void>,
+): Promise<void> {
+  const member = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => answer(req.url, res));
+  });
+  await new Promise<void>((r) => member.listen(0, '127.0.0.1', () => r()));
+  try {
+    await fn(`http://127.0.0.1:${(member.address() as AddressInfo).port}`);
+  } finally {
+    member.close();
+  }
+}
+
 describe('watch', () => {
   test('a token that expired while the watch was away: etcd cancels it, the watch authenticates again', async () => {
     fake.auth = { user: 'berth', password: 'pw' };
@@ -276,70 +297,51 @@ describe('watch', () => {
   test('a watch stream is no contact: a member without quorum still creates watches', async () => {
     // As a partitioned member through the gateway: every call 503, a watch created (then its stream ends now
     // and then, as when the member restarts). Only answers of etcd as a whole may lift the node's fence.
-    const member = createServer((req, res) => {
-      req.resume();
-      req.on('end', () => {
-        if (req.url === '/v3/watch') {
+    await withMember(
+      (url, res) => {
+        if (url === '/v3/watch') {
           res.writeHead(200, { 'content-type': 'application/json' });
           res.write(`${JSON.stringify({ result: { header: { revision: '5' }, created: true } })}\n`);
           setTimeout(() => res.end(), 100);
           return;
         }
-        res
-          .writeHead(503, { 'content-type': 'application/json' })
-          .end(JSON.stringify({ error: 'etcdserver: no leader', code: 14 }));
-      });
-    });
-    await new Promise<void>((r) => member.listen(0, '127.0.0.1', () => r()));
-    try {
-      const c = new EtcdGateway({
-        endpoints: [`http://127.0.0.1:${(member.address() as AddressInfo).port}`],
-        timeoutMs: 300,
-      });
-      clients.push(c);
-      const w = c.watch('/k/', '6', { onEvents: () => undefined, onReset: () => Promise.resolve('5') });
-      await new Promise((r) => setTimeout(r, 1500));
-      w.close();
-      await expect(c.txn({ compare: [], success: [], failure: [] })).rejects.toBeInstanceOf(
-        EtcdUnavailableError,
-      );
-      expect(c.lastContact).toBeUndefined();
-    } finally {
-      member.close();
-    }
+        reply(res, 503, { error: 'etcdserver: no leader', code: 14 });
+      },
+      async (endpoint) => {
+        const c = new EtcdGateway({ endpoints: [endpoint], timeoutMs: 300 });
+        clients.push(c);
+        const w = c.watch('/k/', '6', { onEvents: () => undefined, onReset: () => Promise.resolve('5') });
+        await new Promise((r) => setTimeout(r, 1500));
+        w.close();
+        await expect(c.txn({ compare: [], success: [], failure: [] })).rejects.toBeInstanceOf(
+          EtcdUnavailableError,
+        );
+        expect(c.lastContact).toBeUndefined();
+      },
+    );
   });
 
   test('an auth refusal is no contact: a member cut off from its peers answers 401 on its own', async () => {
     // As a partitioned member with auth on: a call with an expired token gets 401 at once (no quorum
     // needed), authenticating again needs the cluster and fails. The node's self-fence must not be put off.
-    const member = createServer((req, res) => {
-      req.resume();
-      req.on('end', () => {
-        if (req.url === '/v3/auth/authenticate') {
-          res
-            .writeHead(503, { 'content-type': 'application/json' })
-            .end(JSON.stringify({ error: 'etcdserver: request timed out', code: 14 }));
-          return;
-        }
-        res
-          .writeHead(401, { 'content-type': 'application/json' })
-          .end(JSON.stringify({ error: 'etcdserver: invalid auth token', code: 16 }));
-      });
-    });
-    await new Promise<void>((r) => member.listen(0, '127.0.0.1', () => r()));
-    try {
-      const c = new EtcdGateway({
-        endpoints: [`http://127.0.0.1:${(member.address() as AddressInfo).port}`],
-        timeoutMs: 300,
-        auth: { user: 'berth', password: 'pw' },
-      });
-      clients.push(c);
-      (c as unknown as { token: string }).token = 'expired';
-      await expect(c.get('/k')).rejects.toThrow();
-      expect(c.lastContact).toBeUndefined();
-    } finally {
-      member.close();
-    }
+    await withMember(
+      (url, res) => {
+        if (url === '/v3/auth/authenticate')
+          reply(res, 503, { error: 'etcdserver: request timed out', code: 14 });
+        else reply(res, 401, { error: 'etcdserver: invalid auth token', code: 16 });
+      },
+      async (endpoint) => {
+        const c = new EtcdGateway({
+          endpoints: [endpoint],
+          timeoutMs: 300,
+          auth: { user: 'berth', password: 'pw' },
+        });
+        clients.push(c);
+        (c as unknown as { token: string }).token = 'expired';
+        await expect(c.get('/k')).rejects.toThrow();
+        expect(c.lastContact).toBeUndefined();
+      },
+    );
   });
 
   test('a watch on a member that hangs moves to another member once a call finds it unfit', async () => {

@@ -89,6 +89,21 @@ function inodesUnder(root: string): number[] {
   return out;
 }
 
+/**
+ * An allocate for `cid` on a raw connection (the test closes it to play a caller that left), once berthd
+ * waits for the network's flock with it (holdNetworkLock first).
+ */
+async function allocateWaitingOnLock(cid: string): Promise<net.Socket> {
+  const c = net.createConnection(socket);
+  await new Promise<void>((resolve) => c.on('connect', resolve));
+  const body = JSON.stringify(envelope(cid));
+  c.write(
+    `POST /v1/allocate HTTP/1.1\r\nHost: x\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  );
+  await expect.poll(() => service.batchStats().lockWaits, { timeout: 5000 }).toBeGreaterThan(0);
+  return c;
+}
+
 /** Holds the network's flock as a plugin working on the files would; returns the release. */
 function holdNetworkLock(network = 'btnet'): () => void {
   const netDir = join(dataDir, network);
@@ -814,13 +829,7 @@ describe('clients that leave', () => {
     // Hold the network's flock as a plugin on the files would: the daemon queues the request and waits.
     const release = holdNetworkLock();
     try {
-      const c = net.createConnection(socket);
-      await new Promise<void>((resolve) => c.on('connect', resolve));
-      const body = JSON.stringify(envelope('ctr-gone'));
-      c.write(
-        `POST /v1/allocate HTTP/1.1\r\nHost: x\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
-      );
-      await expect.poll(() => service.batchStats().lockWaits, { timeout: 5000 }).toBeGreaterThan(0);
+      const c = await allocateWaitingOnLock('ctr-gone');
       c.destroy();
       await new Promise((r) => setTimeout(r, 50));
     } finally {
@@ -841,13 +850,7 @@ describe('a retried ADD while the first one waits', () => {
     const release = holdNetworkLock();
     let retry: Promise<{ body: unknown }>;
     try {
-      const c = net.createConnection(socket);
-      await new Promise<void>((resolve) => c.on('connect', resolve));
-      const body = JSON.stringify(envelope('ctr-retried'));
-      c.write(
-        `POST /v1/allocate HTTP/1.1\r\nHost: x\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
-      );
-      await expect.poll(() => service.batchStats().lockWaits, { timeout: 5000 }).toBeGreaterThan(0);
+      const c = await allocateWaitingOnLock('ctr-retried');
       // The runtime gave up on the first and retries the same attachment; then the first caller is gone.
       retry = callDaemon({ socket, method: 'POST', path: Allocate.path, body: envelope('ctr-retried') });
       await expect.poll(() => server!.inFlightCount, { timeout: 5000 }).toBe(2);
