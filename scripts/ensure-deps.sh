@@ -13,9 +13,11 @@ log() { echo "ensure-deps: $*" >&2; }
 # containerd, runc, busybox-static: scripts/cri-test.sh (a private containerd with its CRI plugin).
 # podman, python3-yaml: scripts/node-image-test.sh (builds and runs the node image, reads deploy/berth.yaml).
 # procps: sysctl, pgrep and ps in the end-to-end scripts; git: install-test.sh's build id (not Essential).
+# iptables: the reference bridge's ipMasq, and the tests that read and make its chains (reference-masquerade);
+# named here, not left to containernetworking-plugins' Depends.
 pkgs=(nftables iproute2 iputils-ping jq containernetworking-plugins build-essential python3 golang-go
   golang-github-appc-cni-dev curl etcd-server etcd-client containerd runc busybox-static podman python3-yaml
-  procps git)
+  procps git iptables)
 # kubectl (node-image-test.sh parses the manifest with `kubectl kustomize`): Debian's kubernetes-client
 # only when no kubectl is there, since another kubectl package owns the same /usr/bin/kubectl.
 command -v kubectl >/dev/null || pkgs+=(kubernetes-client)
