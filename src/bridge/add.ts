@@ -241,6 +241,8 @@ async function configureContainer(ctx: AddContext, plan: AddressPlan | undefined
         ...(r.priority !== undefined ? { priority: r.priority } : {}),
         ...(r.table !== undefined ? { table: r.table } : {}),
         ...(r.scope !== undefined ? { scope: scopeName(r.scope) } : {}),
+        ...(r.mtu !== undefined && r.mtu > 0 ? { mtu: r.mtu } : {}),
+        ...(r.advmss !== undefined && r.advmss > 0 ? { advmss: r.advmss } : {}),
       });
     } catch (err) {
       if (isCode(err, 'EEXIST')) continue;

@@ -31,6 +31,7 @@ import {
   NLM_F_ACK,
   NLM_F_REQUEST,
   RTA,
+  RTAX,
   RTEXT_FILTER,
   RTM,
   RTM_NAMES,
@@ -785,6 +786,10 @@ class RtnlSocket implements Netlink {
     if (oif !== undefined) attrs.push([RTA.OIF, u32(oif)]);
     if (opts.priority !== undefined) attrs.push([RTA.PRIORITY, u32(opts.priority)]);
     if (opts.src !== undefined) attrs.push([RTA.PREFSRC, ipToBytes(opts.src)]);
+    const metrics: Attr[] = [];
+    if (opts.mtu !== undefined) metrics.push([RTAX.MTU, u32(opts.mtu)]);
+    if (opts.advmss !== undefined) metrics.push([RTAX.ADVMSS, u32(opts.advmss)]);
+    if (metrics.length > 0) attrs.push([RTA.METRICS, metrics]);
     attrs.push([RTA.TABLE, u32(table)]);
     const payload = Buffer.concat([
       rtmsg({

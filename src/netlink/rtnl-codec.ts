@@ -101,7 +101,18 @@ export const IFA_F = {
 } as const;
 
 /** RTA_* (struct rtmsg attributes). */
-export const RTA = { DST: 1, OIF: 4, GATEWAY: 5, PRIORITY: 6, PREFSRC: 7, TABLE: 15, VIA: 18 } as const;
+export const RTA = {
+  DST: 1,
+  OIF: 4,
+  GATEWAY: 5,
+  PRIORITY: 6,
+  PREFSRC: 7,
+  METRICS: 8,
+  TABLE: 15,
+  VIA: 18,
+} as const;
+/** RTAX_* (nested in RTA_METRICS): the route's path MTU and the MSS advertised on it. */
+export const RTAX = { MTU: 2, ADVMSS: 8 } as const;
 export const RT_TABLE = { UNSPEC: 0, MAIN: 254, LOCAL: 255 } as const;
 export const RT_SCOPE = { universe: 0, site: 200, link: 253, host: 254, nowhere: 255 } as const;
 /**

@@ -162,6 +162,10 @@ export interface RouteOptions {
   scope?: RouteScope;
   /** Preferred source address (RTA_PREFSRC). */
   src?: string;
+  /** Path MTU of the route (RTAX_MTU in RTA_METRICS, `ip route … mtu N`). */
+  mtu?: number;
+  /** MSS advertised to peers on this route (RTAX_ADVMSS, `ip route … advmss N`). */
+  advmss?: number;
   /**
    * RTPROT_* the route is installed with (default 3, boot, like `ip route add`). On delete, a given
    * protocol must match (the kernel compares it when non-zero), so a delete never hits another owner's route.

@@ -191,6 +191,31 @@ describe('link options', () => {
     expect(readSysctlIn(off.ns.name, 'net.ipv6.conf.eth0.accept_dad')).toBe('0');
   });
 
+  it('IPAM routes at 1.1.0: priority, table, mtu and advmss are applied in the pod', async () => {
+    const routes = [
+      { dst: '198.18.240.0/24', priority: 300, mtu: 1300, advmss: 1260 },
+      { dst: '198.18.241.0/24', table: 100 },
+      { dst: 'fd00:b:240::/48', mtu: 1350 },
+    ];
+    const ipam = {
+      type: 'berth-ipam',
+      dataDir: fx.dataDir,
+      ranges: [[{ subnet: SUBNET }], [{ subnet: 'fd00:b::/64' }]],
+      routes,
+    };
+    const { ns, result } = await add(conf({ cniVersion: '1.1.0', ipam }));
+    expect(result.routes).toEqual(routes);
+    const [r1] = ipJson(['-n', ns.name, 'route', 'show', '198.18.240.0/24']);
+    expect(r1).toMatchObject({ gateway: '198.18.133.1', metric: 300 });
+    expect(r1.metrics).toEqual([{ mtu: 1300, advmss: 1260 }]);
+    expect(ipJson(['-n', ns.name, 'route', 'show', 'table', '100'])).toMatchObject([
+      { dst: '198.18.241.0/24', gateway: '198.18.133.1' },
+    ]);
+    expect(ipJson(['-n', ns.name, 'route', 'show', '198.18.241.0/24'])).toEqual([]);
+    const [r6] = ipJson(['-n', ns.name, '-6', 'route', 'show', 'fd00:b:240::/48']);
+    expect(r6.metrics).toEqual([{ mtu: 1350 }]);
+  });
+
   it('IPv6 is left alone in an IPv4-only pod', async () => {
     const { ns } = await add(conf());
     // the namespace default (1 = keep addresses off on down) is not touched for IPv4-only pods
