@@ -203,7 +203,8 @@ describe('link options', () => {
       ranges: [[{ subnet: SUBNET }], [{ subnet: 'fd00:b::/64' }]],
       routes,
     };
-    const { ns, result } = await add(conf({ cniVersion: '1.1.0', ipam }));
+    const c = conf({ cniVersion: '1.1.0', ipam });
+    const { ns, result } = await add(c);
     expect(result.routes).toEqual(routes);
     const [r1] = ipJson(['-n', ns.name, 'route', 'show', '198.18.240.0/24']);
     expect(r1).toMatchObject({ gateway: '198.18.133.1', metric: 300 });
@@ -214,6 +215,14 @@ describe('link options', () => {
     expect(ipJson(['-n', ns.name, 'route', 'show', '198.18.241.0/24'])).toEqual([]);
     const [r6] = ipJson(['-n', ns.name, '-6', 'route', 'show', 'fd00:b:240::/48']);
     expect(r6.metrics).toEqual([{ mtu: 1350 }]);
+    const check = await fx.run({
+      command: 'CHECK',
+      conf: { ...c, prevResult: result },
+      containerId: 'ctr1',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
+    expect(check.code, check.stdout + check.stderr).toBe(0);
   });
 
   it('IPv6 is left alone in an IPv4-only pod', async () => {
