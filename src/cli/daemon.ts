@@ -30,8 +30,11 @@ export interface DaemonCliOptions {
   nftTable?: string;
   callTimeout?: string;
   plugins?: boolean;
-  /** Not a flag: `berth node-agent` runs berthd in a container (delegated IPAM then runs on the host). */
-  inContainer?: boolean;
+  /**
+   * berthd runs in a container whose view of the host's `/` is this directory: delegated IPAM then runs on
+   * the host, and berth-ipam calls whose state the host does not share too. `berth node-agent`: /proc/1/root.
+   */
+  hostRoot?: string;
 }
 
 /** `15s`, `500ms`, `5m`, `1h`, or plain seconds → milliseconds. */
@@ -165,6 +168,10 @@ export async function runDaemonCommand(o: DaemonCliOptions, err: (s: string) => 
       return 2;
     }
   }
+  if (o.hostRoot !== undefined && !o.hostRoot.startsWith('/')) {
+    err(`berth daemon: --host-root must be an absolute path, got ${o.hostRoot}\n`);
+    return 2;
+  }
   if (o.runDir !== undefined && !o.runDir.startsWith('/')) {
     err(`berth daemon: --run-dir must be an absolute path, got ${o.runDir}\n`);
     return 2;
@@ -187,7 +194,7 @@ export async function runDaemonCommand(o: DaemonCliOptions, err: (s: string) => 
     ...(o.nftTable !== undefined ? { nftTable: o.nftTable } : {}),
     ...(deadlineMs !== undefined ? { callDeadlineMs: deadlineMs } : {}),
     ...(o.plugins === false ? { servePlugins: false } : {}),
-    ...(o.inContainer === true ? { delegatedIpamHere: false } : {}),
+    ...(o.hostRoot !== undefined ? { delegatedIpamHere: false, hostRoot: o.hostRoot } : {}),
     logFormat: format,
     logLevel: level,
     ...(o.socket !== undefined ? { socket: o.socket } : {}),

@@ -322,5 +322,9 @@ function daemonOptions(cmd: Command): Command {
       '--call-timeout <duration>',
       'deadline of one plugin call; delegates are killed then (default 120s)',
     )
-    .option('--no-plugins', 'do not serve plugin calls (/v1/cni answers 421: the shim runs them standalone)');
+    .option('--no-plugins', 'do not serve plugin calls (/v1/cni answers 421: the shim runs them standalone)')
+    .option(
+      '--host-root <dir>',
+      "berthd runs in a container: the host's / as seen from it; calls whose state it does not share run on the host (node-agent: /proc/1/root)",
+    );
 }

@@ -143,6 +143,7 @@ export async function runNodeAgent(o: NodeAgentCliOptions, err: (s: string) => v
     return 1;
   }
   const { runDaemonCommand } = require('./daemon') as typeof import('./daemon');
-  // The node image's container: a delegated IPAM plugin must run on the host, where its state is.
-  return runDaemonCommand({ ...o, inContainer: true }, err);
+  // The node image's container (hostPID: pid 1's root is the host's): a delegated IPAM plugin, and berth-ipam
+  // state outside the mounted directories, stay on the host, where the fallback's state is.
+  return runDaemonCommand({ ...o, hostRoot: o.hostRoot ?? '/proc/1/root' }, err);
 }

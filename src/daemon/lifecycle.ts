@@ -9,6 +9,7 @@ import { type LogFormat, type LogLevel, type Logger, createLogger } from './log'
 import { Metrics } from './metrics';
 import { DATA_DIRS_FILE, DEFAULT_SOCKET } from '../ipam/daemon/protocol';
 import { nftTable, runDir } from '../bridge/deps';
+import { hostViewThrough } from './host-view';
 import { DEFAULT_CALL_DEADLINE_MS, PluginHost } from './plugin-host';
 import { BerthServer } from './server';
 import { Service } from '../ipam/daemon/service';
@@ -30,6 +31,11 @@ export interface DaemonOptions {
   servePlugins?: boolean;
   /** Run a served berth-bridge call's delegated IPAM plugin here (default true); false in a container (see PluginHost). */
   delegatedIpamHere?: boolean;
+  /**
+   * berthd runs in a container: the host's root as seen from it (`/proc/1/root` with hostPID). berth-ipam
+   * calls whose state the host does not share are left to the host (src/daemon/host-view.ts).
+   */
+  hostRoot?: string;
   /** `HOST:PORT` for a TCP listener serving only /metrics; none unless asked for. */
   metricsAddress?: string;
   env?: NodeJS.ProcessEnv;
@@ -202,6 +208,9 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
         })
       : undefined;
   const routes = o.routes ?? routing?.programmer;
+  const hostView =
+    o.hostRoot !== undefined ? hostViewThrough(o.hostRoot, (line) => log.log('warn', line)) : undefined;
+  if (hostView?.unchecked !== undefined) log.log('warn', hostView.unchecked);
   const plugins =
     o.servePlugins === false
       ? undefined
@@ -214,6 +223,7 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
           bootIdFile: bootFile !== undefined && bootFile !== '' ? bootFile : BOOT_ID_FILE,
           deadlineMs: o.callDeadlineMs ?? DEFAULT_CALL_DEADLINE_MS,
           ...(o.delegatedIpamHere === false ? { delegatedIpamHere: false } : {}),
+          ...(hostView !== undefined ? { hostView } : {}),
         });
   const server = new BerthServer({
     service,
@@ -223,6 +233,7 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
     ...(routes !== undefined ? { routes } : {}),
     ...(cluster !== undefined ? { cluster } : {}),
     ...(plugins ? { plugins } : {}),
+    ...(hostView !== undefined ? { hostView } : {}),
   });
 
   const fd = activationFd(env);

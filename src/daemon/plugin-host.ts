@@ -14,9 +14,11 @@ import { COMMANDS, type Request } from '../cni-spec/request';
 import type { Result } from '../cni-spec/types/result';
 import { type BridgeDeps, type IpamCall, execIpam, nftTable, runDir, systemKernel } from '../bridge/deps';
 import { BRIDGE_ABOUT, bridgeHandlers } from '../bridge/handlers';
+import { DEFAULT_DATA_DIR } from '../ipam/config';
 import type { Service } from '../ipam/daemon/service';
 import { isNamespaceFile } from '../netlink/netns';
 import { AttachmentQueue, attachmentOf } from './attachments';
+import { type HostView, berthIpamNotShared } from './host-view';
 import type { Logger } from './log';
 import type { Metrics } from './metrics';
 import { type ForwardedCall, WARM_PLUGINS, type WarmPlugin } from './protocol';
@@ -38,6 +40,12 @@ export interface PluginHostOptions {
    * container's own files, beside the host's that standalone runs use; such calls get 421.
    */
   delegatedIpamHere?: boolean;
+  /**
+   * berthd in a container: the host's view of berth-ipam's state (src/daemon/host-view.ts). A call whose
+   * dataDir or resolvConf the host does not share gets 421, so the standalone program on the host runs it
+   * on the host's files, the same ones every fallback uses.
+   */
+  hostView?: HostView;
 }
 
 /** Default per-call deadline; a runtime gives a plugin about as long before it gives up. */
@@ -45,15 +53,19 @@ export const DEFAULT_CALL_DEADLINE_MS = 120_000;
 
 const BERTH_IPAM_ABOUT = { name: 'berth-ipam' } as const;
 
-/** The `ipam.type` of a network config, undefined when there is none or it does not parse (dispatch says why). */
-function ipamTypeOf(stdin: string): string | undefined {
+/** A network config, undefined when it does not parse (dispatch says why). */
+function configOf(stdin: string): unknown {
   try {
-    const conf = JSON.parse(stdin) as { ipam?: { type?: unknown } } | null;
-    const t = conf?.ipam?.type;
-    return typeof t === 'string' ? t : undefined;
+    return JSON.parse(stdin) as unknown;
   } catch {
     return undefined;
   }
+}
+
+/** The `ipam.type` of a network config, undefined when there is none. */
+function ipamTypeOf(config: unknown): string | undefined {
+  const t = (config as { ipam?: { type?: unknown } } | null | undefined)?.ipam?.type;
+  return typeof t === 'string' ? t : undefined;
 }
 
 /** Calls seen since start, for `berth status` and /v1/status. */
@@ -143,6 +155,13 @@ export class PluginHost {
   private notVisibleHere(call: ForwardedCall): string | undefined {
     const env = call.env;
     const command = env.CNI_COMMAND;
+    const config =
+      this.o.hostView !== undefined || call.plugin === 'berth-bridge' ? configOf(call.stdin) : undefined;
+    const ipamType = ipamTypeOf(config);
+    if (this.o.hostView !== undefined && (call.plugin === 'berth-ipam' || ipamType === 'berth-ipam')) {
+      const why = berthIpamNotShared(this.o.hostView, config, DEFAULT_DATA_DIR);
+      if (why !== undefined) return `data-dir: ${why}`;
+    }
     // berth-ipam never enters the namespace, nor runs another plugin.
     if (call.plugin !== 'berth-bridge') return undefined;
     if (command !== 'ADD' && command !== 'CHECK' && command !== 'DEL') return undefined;
@@ -150,7 +169,6 @@ export class PluginHost {
     // Missing here, or only the file it is mounted on (a mount the container did not get: propagation).
     if (command !== 'DEL' && netns !== undefined && netns !== '' && !isNamespaceFile(netns))
       return `netns: ${netns} is not visible to berthd as a namespace`;
-    const ipamType = ipamTypeOf(call.stdin);
     if (ipamType === undefined || ipamType === 'berth-ipam') return undefined;
     if (this.o.delegatedIpamHere === false)
       return `ipam: delegated plugin ${ipamType} keeps its state on the host; berthd runs in a container`;

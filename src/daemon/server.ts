@@ -5,6 +5,8 @@ import { CniError, ErrorCode, toCniError } from '../cni-spec/errors';
 import type { RouteMetricSample, RoutesReport } from '../cluster/route-programmer';
 import { notAWriter, serveCniCall, type RawReply } from './cni-route';
 import { CNI_PATH as CNI_CALL_PATH } from './protocol';
+import { type HostView, berthIpamNotShared } from './host-view';
+import { DEFAULT_DATA_DIR } from '../ipam/config';
 import type { Logger } from './log';
 import type { Metrics, SampledValue } from './metrics';
 import {
@@ -37,6 +39,11 @@ export interface ServerOptions {
    * the server in their own process as another user name theirs.
    */
   writerUids?: readonly number[];
+  /**
+   * berthd in a container: berth-ipam's requests whose dataDir or resolvConf the host does not share are
+   * answered 421 without a CNI error, so berth-ipam works on the host's files itself (src/daemon/host-view.ts).
+   */
+  hostView?: HostView;
   /** On a cluster node: the route programmer (routes to other nodes' blocks), for /v1/cluster/routes and /metrics. */
   routes?: { report(): Promise<RoutesReport>; samples(): RouteMetricSample[] };
   /** On a cluster IPAM node: status, check, forget/leave/rejoin, and the cluster's metrics. */
@@ -404,6 +411,15 @@ export class BerthServer {
       // berth-ipam runs the call on the files itself. On its own socket berthd takes no connection once
       // stopping, and serves every request of those it took.
       if (this.refusingNew) return { status: 503, body: { draining: true, message: 'berthd is stopping' } };
+      const notShared =
+        this.o.hostView === undefined
+          ? undefined
+          : berthIpamNotShared(
+              this.o.hostView,
+              (body as { config?: unknown } | null)?.config,
+              DEFAULT_DATA_DIR,
+            );
+      if (notShared !== undefined) return { status: 421, body: { notServed: true, message: notShared } };
       const m = cni ?? Gc;
       const trace: CallTrace = { reserved: [] };
       const result = await service.call(m, body, trace);

@@ -114,6 +114,8 @@ export async function startDaemon(opts: {
   nftTable: string;
   dataDir?: string;
   extraArgs?: string[];
+  /** A command berthd runs under (it gets node and berthd's arguments after these), e.g. an unshare. */
+  wrap?: string[];
 }): Promise<TestDaemon> {
   const dir = mkdtempSync(join(tmpdir(), `bt${process.pid}-${opts.tag}-d-`));
   const socket = join(dir, 'berthd.sock');
@@ -134,7 +136,8 @@ export async function startDaemon(opts: {
   const env = { ...process.env };
   delete env.BERTH_RUN_DIR;
   delete env.BERTH_NFT_TABLE;
-  const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'ignore', 'pipe'] });
+  const [cmd, ...cmdArgs] = [...(opts.wrap ?? []), process.execPath, ...args];
+  const child = spawn(cmd!, cmdArgs, { env, stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   child.stderr.setEncoding('utf8').on('data', (d: string) => (log += d));
   const exited = new Promise<void>((r) => child.once('exit', () => r()));

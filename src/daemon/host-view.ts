@@ -1,0 +1,96 @@
+// berthd in a container (the node image's agent) sees its own files; the runtime on the host, and the
+// standalone program a shim falls back to, see the host's. State berth-ipam keeps (its dataDir) or reads
+// (resolvConf) must be the same file in both views, or a lease written by berthd lands in the container's
+// layer while a fallback allocates from the host's directory: two pods, one address. Such calls are left
+// to the host (421 on the warm path, a non-CNI answer to berth-ipam's daemon client).
+import { type Stats, readlinkSync, statSync } from 'node:fs';
+import { dirname } from 'node:path';
+
+export interface HostView {
+  /** Why `path` is not the same file for berthd and for the host, or undefined when it is (or cannot be told). */
+  notShared(path: string): string | undefined;
+  /** Why nothing is checked (the host's root cannot be read from here), for berthd's log at start. */
+  unchecked?: string;
+}
+
+function statOrUndefined(path: string): Stats | undefined {
+  try {
+    return statSync(path);
+  } catch {
+    return undefined;
+  }
+}
+
+/** `/proc/<pid>/root`'s process is in our mount namespace: one view of every path. */
+function sameMountNamespace(hostRoot: string): boolean {
+  const m = /^\/proc\/(\d+)\/root\/?$/.exec(hostRoot);
+  if (m === null) return false;
+  try {
+    return readlinkSync(`/proc/${m[1]}/ns/mnt`) === readlinkSync('/proc/self/ns/mnt');
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The view through `hostRoot`: the host's `/` as seen from here (`/proc/1/root` with hostPID). A path is
+ * compared at its nearest existing directory (a dataDir is made on the first ADD): same device and inode
+ * through both roots, so it is one directory, bind mount or not. When `hostRoot` is a process's root in our
+ * own mount namespace (berthd not in a container, or pid 1 is the container's own: no hostPID), nothing can
+ * differ and every path is shared; when `hostRoot` cannot be read, nothing can be told (`unchecked` says so).
+ */
+export function hostViewThrough(hostRoot: string, warn: (line: string) => void = () => undefined): HostView {
+  if (sameMountNamespace(hostRoot)) return { notShared: () => undefined };
+  try {
+    statSync(hostRoot);
+  } catch (err) {
+    return {
+      notShared: () => undefined,
+      unchecked: `the host's root ${hostRoot} cannot be read (${(err as NodeJS.ErrnoException).code ?? String(err)}; hostPID?): berth-ipam's data dirs are not checked against the host's`,
+    };
+  }
+  const warned = new Set<string>();
+  return {
+    notShared(path: string): string | undefined {
+      let at = path;
+      let here = statOrUndefined(at);
+      while (here === undefined && at !== '/') {
+        at = dirname(at);
+        here = statOrUndefined(at);
+      }
+      if (here === undefined) return undefined;
+      const there = statOrUndefined(`${hostRoot}${at === '/' ? '' : at}`);
+      if (there !== undefined && there.dev === here.dev && there.ino === here.ino) return undefined;
+      const why = `${path} is not the host's (${at} differs between berthd's container and the host: mount it)`;
+      // Once per path: each of its calls still runs, standalone on the host, and the metric counts them.
+      if (!warned.has(path) && warned.size < 64) {
+        warned.add(path);
+        warn(`${why}; its berth-ipam calls run standalone on the host`);
+      }
+      return why;
+    },
+  };
+}
+
+/** The paths of berth-ipam's state in a network config: its dataDir (default given) and resolvConf. */
+export function berthIpamPaths(config: unknown, defaultDataDir: string): string[] {
+  const ipam =
+    typeof config === 'object' && config !== null ? (config as { ipam?: unknown }).ipam : undefined;
+  const o = typeof ipam === 'object' && ipam !== null ? (ipam as Record<string, unknown>) : {};
+  const dataDir = typeof o.dataDir === 'string' && o.dataDir.startsWith('/') ? o.dataDir : defaultDataDir;
+  const resolvConf = typeof o.resolvConf === 'string' && o.resolvConf.startsWith('/') ? [o.resolvConf] : [];
+  return [dataDir, ...resolvConf];
+}
+
+/** The first of a config's berth-ipam paths the host does not share, as a reason; undefined when all are. */
+export function berthIpamNotShared(
+  view: HostView,
+  config: unknown,
+  defaultDataDir: string,
+): string | undefined {
+  for (const p of berthIpamPaths(config, defaultDataDir)) {
+    const why = view.notShared(p);
+    if (why !== undefined) return why;
+  }
+  return undefined;
+}
