@@ -6,6 +6,7 @@ import {
   lstatSync,
   mkdirSync,
   openSync,
+  realpathSync,
   renameSync,
   unlinkSync,
   writeSync,
@@ -42,7 +43,8 @@ function euid(): number {
 /**
  * Refuses a directory someone else could plant a library in: `dir` must be a real directory owned by us
  * and writable by nobody else, and every ancestor must be owned by root or us and not writable by others
- * unless sticky (so a private dir under /tmp is fine, a dir inside a world-writable one is not).
+ * unless sticky (so a private dir under /tmp is fine, a dir inside a world-writable one is not), both on
+ * the path as written and on the one its symlinked ancestors lead to.
  */
 export function assertPrivateDir(dir: string): void {
   const me = euid();
@@ -51,20 +53,33 @@ export function assertPrivateDir(dir: string): void {
   if (st.uid !== me) throw new Error(`${dir} is owned by uid ${st.uid}, not by uid ${me}`);
   if ((st.mode & 0o022) !== 0)
     throw new Error(`${dir} is writable by group or others (mode ${(st.mode & 0o777).toString(8)})`);
-  for (let up = dirname(dir); ; up = dirname(up)) {
+  assertSafeAncestors(dirname(dir), dir);
+  // A symlinked ancestor (/var/lib/berth on a data disk, /var/run → /run): where it leads must hold too.
+  const real = realpathSync(dirname(dir));
+  if (real !== dirname(dir)) assertSafeAncestors(real, dir);
+}
+
+function assertSafeAncestors(from: string, dir: string): void {
+  const me = euid();
+  for (let up = from; ; up = dirname(up)) {
     const a = lstatSync(up);
     const sticky = (a.mode & 0o1000) !== 0;
     if (a.uid !== 0 && a.uid !== me) throw new Error(`${up} (above ${dir}) is owned by uid ${a.uid}`);
-    if ((a.mode & 0o022) !== 0 && !sticky)
+    // A symlink's own mode is always 0777 and means nothing: its owner and its directory count (checked).
+    if (!a.isSymbolicLink() && (a.mode & 0o022) !== 0 && !sticky)
       throw new Error(`${up} (above ${dir}) is writable by group or others`);
     if (up === dirname(up)) break;
   }
 }
 
-function trustedFile(file: string): boolean {
+/**
+ * A library of ours nobody else can write, of the embedded asset's size: a file cut short (a full disk
+ * when an older berth wrote it without checking) is written again, not dlopen()ed (SIGBUS on every call).
+ */
+function trustedFile(file: string, size: number): boolean {
   try {
     const st = lstatSync(file);
-    return st.isFile() && st.uid === euid() && (st.mode & 0o022) === 0;
+    return st.isFile() && st.uid === euid() && (st.mode & 0o022) === 0 && st.size === size;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
     throw err;
@@ -73,16 +88,13 @@ function trustedFile(file: string): boolean {
 
 /** Writes `bytes` to `file` through a temp file in the same directory and a rename, so no reader sees half a library. */
 function writeAtomically(file: string, bytes: Uint8Array): void {
-  const tmp = `${file}.${process.pid}.tmp`;
-  // Left behind only by a process of the same pid that died mid-write: ours to replace.
-  try {
-    unlinkSync(tmp);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-  }
+  // Unique beyond the pid (berth processes of two pid namespaces may share the directory); 'wx' refuses
+  // whatever is there already.
+  const tmp = `${file}.${process.pid}-${Math.random().toString(36).slice(2, 10)}.tmp`;
   const fd = openSync(tmp, 'wx', 0o500);
   try {
-    writeSync(fd, bytes);
+    // write(2) may write less than asked (a disk filling up): the rest, until all of it or an error.
+    for (let done = 0; done < bytes.length;) done += writeSync(fd, bytes, done);
     fsyncSync(fd);
   } catch (err) {
     closeSync(fd);
@@ -109,18 +121,34 @@ export function extractAddon(name: string, env: NodeJS.ProcessEnv = process.env)
     env.BERTH_NATIVE_DIR !== undefined && env.BERTH_NATIVE_DIR !== ''
       ? env.BERTH_NATIVE_DIR
       : DEFAULT_NATIVE_DIR;
-  const file = join(dir, `${entry.sha256}.node`);
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  // The embedded bytes themselves, not a copy (sea.getRawAsset).
+  return placeAddon(dir, name, entry.sha256, new Uint8Array(sea().getRawAsset(entry.asset) as ArrayBuffer));
+}
+
+/** `bytes` (addon `name`, of that sha256) as `<sha256>.node` in the private directory `dir`, unless there already. */
+export function placeAddon(dir: string, name: string, sha256: string, bytes: Uint8Array): string {
+  const file = join(dir, `${sha256}.node`);
+  makeDir(dir);
   assertPrivateDir(dir);
-  if (trustedFile(file)) return file;
-  const bytes = new Uint8Array(sea().getRawAsset(entry.asset) as ArrayBuffer);
+  if (trustedFile(file, bytes.length)) return file;
   // Required here: only a first extraction needs node:crypto, which is slow to load.
   const { createHash } = require('node:crypto') as typeof import('node:crypto');
   const actual = createHash('sha256').update(bytes).digest('hex');
-  if (actual !== entry.sha256)
-    throw new Error(`embedded addon ${name} is corrupt (sha256 ${actual}, expected ${entry.sha256})`);
+  if (actual !== sha256)
+    throw new Error(`embedded addon ${name} is corrupt (sha256 ${actual}, expected ${sha256})`);
   writeAtomically(file, bytes);
   return file;
+}
+
+/** mkdir -p (0700); a failure names its real cause (a recursive mkdir says ENOENT for a read-only parent). */
+function makeDir(dir: string): void {
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    mkdirSync(dir, { mode: 0o700 });
+    throw err;
+  }
 }
 
 /** Loads the embedded addon `name` (once per process) with process.dlopen, as require() would a .node file. */
