@@ -12,6 +12,9 @@
 #     --save FILE   also write the image as an OCI archive (podman load -i FILE; ctr images import FILE)
 #   PODMAN="podman --root DIR --runroot DIR" picks the storage (the tests use their own).
 set -euo pipefail
+# The image's directories are made with the builder's umask: under 002 (a user's rootless podman) /var and
+# /var/lib would be group-writable, and berth refuses to extract its addon below them (no warm path).
+umask 022
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 from="$repo/out"
 version="$(node -p "require('$repo/package.json').version" 2>/dev/null || echo 0.0.0)"

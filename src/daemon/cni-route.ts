@@ -49,14 +49,17 @@ function refusal(status: number, reason: string): { raw: RawReply } {
   };
 }
 
-/** The uid at the other end of the request's unix socket; undefined when it cannot be known. */
-function peerUid(req: http.IncomingMessage): number | undefined {
+/**
+ * The uid at the other end of the request's unix socket, or why it cannot be known (the native addon not
+ * loading, say: named in every refusal, or berthd would refuse all callers without saying why).
+ */
+function peerUid(req: http.IncomingMessage): number | { unknown: string } {
   const fd = (req.socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) return undefined;
+  if (typeof fd !== 'number' || fd < 0) return { unknown: 'not a unix socket' };
   try {
     return loadNativeAddon().peerCredentials(fd).uid;
-  } catch {
-    return undefined;
+  } catch (err) {
+    return { unknown: (err as Error).message };
   }
 }
 
@@ -66,7 +69,8 @@ function peerUid(req: http.IncomingMessage): number | undefined {
  */
 export function notAWriter(req: http.IncomingMessage, writerUids: readonly number[]): string | undefined {
   const uid = peerUid(req);
-  return uid !== undefined && writerUids.includes(uid) ? undefined : `peer uid ${uid ?? 'unknown'}`;
+  if (typeof uid !== 'number') return `peer uid unknown: ${uid.unknown}`;
+  return writerUids.includes(uid) ? undefined : `peer uid ${uid}`;
 }
 
 /** The reply to send, or, with `sent`, the reply that was already sent (or tried) from the call's turn. */
