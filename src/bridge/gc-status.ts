@@ -15,6 +15,8 @@ import { removeSpoofCheck } from './spoofcheck';
 
 /** An alias berth wrote: `<containerID>/<ifname>` (ifname has no '/'). */
 const TAG_RE = /^.+\/[^/]{1,15}$/;
+/** The name berth gives a pod's host veth (hostVethName in add.ts). */
+const HOST_VETH_RE = /^veth[0-9a-f]{8}$/;
 
 export async function cmdGc(req: Request, deps: BridgeDeps): Promise<void> {
   const conf = confFromRequest(req);
@@ -35,6 +37,7 @@ export async function cmdGc(req: Request, deps: BridgeDeps): Promise<void> {
     }
     try {
       const br = await host.findLink(conf.bridge);
+      const registered = new Set(registeredTags(deps.runDir, conf.network));
       if (br !== undefined && br.kind === 'bridge') {
         for (const l of await host.listLinks()) {
           if (
@@ -45,6 +48,9 @@ export async function cmdGc(req: Request, deps: BridgeDeps): Promise<void> {
           )
             continue;
           if (valid.has(l.alias)) continue;
+          // Only berth's own ports: registered by this network's ADD, or (a record lost) named and tagged as
+          // berth names and tags them. An operator's port with an alias of that shape is not berth's.
+          if (!registered.has(l.alias) && !HOST_VETH_RE.test(l.name)) continue;
           // A port another network registered is that network's to collect, even on a shared bridge.
           if (registeredElsewhere(deps.runDir, conf.network, l.alias)) continue;
           try {

@@ -1,5 +1,5 @@
 // GC and STATUS (spec 1.1.0) with berth-ipam as the delegated IPAM.
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { Fixture, WARM, ipJson, sh } from './harness';
@@ -38,10 +38,14 @@ describe('GC', () => {
   ])('keeps what %s lists, removes the rest (host veths, nft entries, leases)', async (_what, key) => {
     const c = conf();
     const [a] = await threePods(c);
-    // a port berth did not create (no alias) is never touched
+    // ports berth did not create are never touched: one without an alias, one (an operator's uplink) whose
+    // alias has the shape of berth's `<containerID>/<ifname>` tag
     const foreign = `${fx.prefix}f`;
     sh('ip', ['link', 'add', foreign, 'type', 'veth', 'peer', 'name', `${foreign}p`]);
     sh('ip', ['link', 'set', foreign, 'master', c.bridge as string]);
+    const uplink = `${fx.prefix}u`;
+    sh('ip', ['link', 'add', uplink, 'type', 'veth', 'peer', 'name', `${uplink}p`]);
+    sh('ip', ['link', 'set', uplink, 'master', c.bridge as string, 'alias', 'uplink/eth1']);
 
     const gc = await fx.run({
       command: 'GC',
@@ -49,7 +53,7 @@ describe('GC', () => {
     });
     expect(gc.code, gc.stdout + gc.stderr).toBe(0);
     const ports = fx.ports(c.bridge as string).map((l: any) => l.ifname);
-    expect(ports.sort()).toEqual([a!.result.interfaces[1].name, foreign].sort());
+    expect(ports.sort()).toEqual([a!.result.interfaces[1].name, foreign, uplink].sort());
     expect(fx.leases(c.name as string)).toEqual(['198.18.135.2']);
     const inet = fx.nftList('inet');
     expect(inet).toContain('podA/eth0');
@@ -64,11 +68,16 @@ describe('GC', () => {
     });
     expect(check.code, check.stdout).toBe(0);
     sh('ip', ['link', 'del', foreign]);
+    sh('ip', ['link', 'del', uplink]);
   });
 
   it('without a list, nothing is valid: everything of the network goes', async () => {
     const c = conf();
     await threePods(c);
+    // a pod whose registry record was lost: its port is still berth's by name and tag
+    const [record] = readdirSync(join(fx.runDir, 'bridge')).filter((d) => d.endsWith('.attachments'));
+    const dir = join(fx.runDir, 'bridge', record!);
+    rmSync(join(dir, readdirSync(dir)[0]!));
     const gc = await fx.run({ command: 'GC', conf: c });
     expect(gc.code, gc.stdout).toBe(0);
     // idempotent: a second GC finds nothing and succeeds
