@@ -247,7 +247,8 @@ export function parseStoreLocation(config: Readonly<Record<string, unknown>>): {
 }
 
 function dataDirOf(ipam: Readonly<Record<string, unknown>> | undefined): string {
-  const dataDir = ipam?.dataDir ?? DEFAULT_DATA_DIR;
+  // An empty string is the default too, as in host-local (templates that leave the value blank).
+  const dataDir = ipam?.dataDir === '' ? DEFAULT_DATA_DIR : (ipam?.dataDir ?? DEFAULT_DATA_DIR);
   if (typeof dataDir !== 'string' || !dataDir.startsWith('/')) {
     throw invalid(`ipam.dataDir must be an absolute path, got ${JSON.stringify(dataDir)}`);
   }

@@ -2,7 +2,12 @@
 import { describe, expect, test } from 'vitest';
 import { CniError, ErrorCode } from '../../src/cni-spec/errors';
 import { formatIp } from '../../src/address/ip';
-import { type ConfigInput, DEFAULT_DATA_DIR, parseIpamConfig } from '../../src/ipam/config';
+import {
+  type ConfigInput,
+  DEFAULT_DATA_DIR,
+  parseIpamConfig,
+  parseStoreLocation,
+} from '../../src/ipam/config';
 import { describeRangeSet } from '../../src/ipam/range-set';
 
 function input(
@@ -44,6 +49,12 @@ describe('defaults (host-local semantics)', () => {
     expect(c.releaseOnReboot).toBe(true);
     expect(c.routes).toEqual([]);
     expect(c.requested).toEqual([]);
+  });
+  test('an empty dataDir is the default, as in host-local (ADD and the DEL-only parse alike)', () => {
+    expect(parseIpamConfig(input({ subnet: '198.18.64.0/24', dataDir: '' })).dataDir).toBe(DEFAULT_DATA_DIR);
+    expect(
+      parseStoreLocation({ name: 'n', ipam: { type: 'berth-ipam', dataDir: '' } } as never).dataDir,
+    ).toBe(DEFAULT_DATA_DIR);
   });
   test('IPv6 /64 runs to the last address of the subnet', () => {
     const c = parseIpamConfig(input({ ranges: [[{ subnet: 'fd00:5::/64' }]] }));
