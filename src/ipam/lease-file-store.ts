@@ -792,7 +792,17 @@ export function openLeaseFileStore(opts: LeaseFileStoreOptions): LeaseStore {
           try {
             session.commit();
           } catch (err) {
-            throw ioError(`cannot update the lease index in ${p.berth}`, err);
+            // The lease files, host-local's, are the truth and are right already; the index is derived from
+            // them. Without it (a full disk, when kubelet evicts pods) the next call rebuilds it, so the
+            // command stands: failing a DEL here would leave the pod Terminating with nothing wrong.
+            try {
+              fs.rmSync(p.state, { force: true });
+            } catch {
+              // an index left stale is caught by its directory sentinel
+            }
+            opts.warn?.(
+              `berth-ipam: cannot update the lease index in ${p.berth} (${(err as Error).message}); the next call rebuilds it from the lease files`,
+            );
           }
         };
         let result: T;

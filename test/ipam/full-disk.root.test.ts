@@ -1,0 +1,61 @@
+// berth-ipam on a full disk (when kubelet evicts pods): the lease files, host-local's layout, are right
+// after a DEL even when berth's derived index (.berth/) cannot be written; the DEL must not fail for that,
+// and once there is room again the index is rebuilt from the files. A small tmpfs is the full disk.
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { addressesOf, assertBuilt, hostLocal, ipam, leaseFiles, netConf } from './harness';
+
+const base = mkdtempSync(join(tmpdir(), `bt${process.pid}-ipamfull-`));
+const dataDir = join(base, 'mnt');
+mkdirSync(dataDir);
+const name = `bt${process.pid}-full`;
+const config = (type: 'berth-ipam' | 'host-local') =>
+  netConf({ name, type, cniVersion: '1.0.0', ipam: { dataDir, ranges: [[{ subnet: '198.18.154.0/24' }]] } });
+
+beforeAll(() => {
+  assertBuilt();
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=256k', `bt${process.pid}-ipamfull`, dataDir]);
+});
+afterAll(() => {
+  try {
+    execFileSync('umount', [dataDir]);
+  } catch {
+    // not mounted
+  }
+  rmSync(base, { recursive: true, force: true });
+});
+
+describe('berth-ipam on a full disk', () => {
+  it('DEL succeeds with the index unwritable; with room again, the files decide and ADD works', () => {
+    for (const id of ['c1', 'c2'])
+      expect(ipam({ command: 'ADD', config: config('berth-ipam'), containerId: id }).status).toBe(0);
+    // host-local changes the directory: berth's next call has to rebuild (and write) its index
+    expect(hostLocal({ command: 'ADD', config: config('host-local'), containerId: 'h1' }).status).toBe(0);
+    const filler = join(dataDir, 'filler');
+    try {
+      execFileSync('dd', ['if=/dev/zero', `of=${filler}`, 'bs=4k', 'count=1000'], { stdio: 'ignore' });
+    } catch {
+      // stops at ENOSPC, as meant
+    }
+    // A DEL of an attachment holding nothing frees no space: the rebuilt index cannot be written.
+    const none = ipam({ command: 'DEL', config: config('berth-ipam'), containerId: 'x1' });
+    expect(none.status, none.stdout + none.stderr).toBe(0);
+    expect(none.stderr).toMatch(/cannot update the lease index/);
+    const del = ipam({ command: 'DEL', config: config('berth-ipam'), containerId: 'c1' });
+    expect(del.status, del.stdout + del.stderr).toBe(0);
+    expect([...leaseFiles(dataDir, name).values()].map((v) => v.split('\r\n')[0]).sort()).toEqual([
+      'c2',
+      'h1',
+    ]);
+
+    rmSync(filler);
+    const again = ipam({ command: 'ADD', config: config('berth-ipam'), containerId: 'c1' });
+    expect(again.status, again.stdout + again.stderr).toBe(0);
+    const [ip] = addressesOf(again);
+    expect(leaseFiles(dataDir, name).get(ip!)).toBe('c1\r\neth0');
+    expect(new Set(leaseFiles(dataDir, name).keys()).size).toBe(3);
+  });
+});
