@@ -122,6 +122,30 @@ export function callDeadlineMs(text: string): number | null {
 }
 
 export async function runDaemonCommand(o: DaemonCliOptions, err: (s: string) => void): Promise<number> {
+  const options = daemonOptionsOf(o, err);
+  return typeof options === 'number' ? options : runCheckedDaemon(options, err);
+}
+
+/** berthd with options daemonOptionsOf accepted, until a signal stops it; a failed start exits the process. */
+export async function runCheckedDaemon(
+  options: Parameters<typeof runDaemon>[0],
+  err: (s: string) => void,
+): Promise<number> {
+  try {
+    return await runDaemon(options);
+  } catch (e) {
+    err(`berth daemon: ${(e as Error).message}\n`);
+    // A start that failed half-way (the cluster registered, a listener open) must not leave a process that
+    // serves nothing running: a DaemonSet would count it as a healthy pod.
+    process.exit(1);
+  }
+}
+
+/** The flags checked and turned into berthd's options, or the exit code (2) after saying what is wrong. */
+export function daemonOptionsOf(
+  o: DaemonCliOptions,
+  err: (s: string) => void,
+): Parameters<typeof runDaemon>[0] | number {
   const format = o.logFormat ?? 'text';
   const level = o.logLevel ?? 'info';
   if (!isLogFormat(format)) {
@@ -187,7 +211,14 @@ export async function runDaemonCommand(o: DaemonCliOptions, err: (s: string) => 
     );
     return 2;
   }
-  return runDaemon({
+  if (o.metricsAddress !== undefined) {
+    const m = /^(.*):(\d+)$/.exec(o.metricsAddress);
+    if (m === null || m[1] === '' || Number(m[2]) > 65535) {
+      err(`berth daemon: --metrics-address wants HOST:PORT, got ${o.metricsAddress}\n`);
+      return 2;
+    }
+  }
+  return {
     ...(cluster !== undefined ? { cluster } : {}),
     ...(underlayAddresses.length > 0 ? { underlayAddresses } : {}),
     ...(o.runDir !== undefined ? { runDir: o.runDir } : {}),
@@ -201,5 +232,5 @@ export async function runDaemonCommand(o: DaemonCliOptions, err: (s: string) => 
     ...(o.dataDir !== undefined ? { dataDir: o.dataDir } : {}),
     ...(o.stateDir !== undefined ? { stateDir: o.stateDir } : {}),
     ...(o.metricsAddress !== undefined ? { metricsAddress: o.metricsAddress } : {}),
-  });
+  };
 }

@@ -6,9 +6,22 @@
 // shims run berth standalone while no berthd answers).
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { chmod, copyFile, open, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { constants as fsConstants } from 'node:fs';
+import {
+  access,
+  chmod,
+  copyFile,
+  open,
+  readdir,
+  readFile,
+  rename,
+  stat,
+  unlink,
+  writeFile,
+} from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import type { DaemonCliOptions } from './daemon';
+import { type DaemonCliOptions, daemonOptionsOf, runCheckedDaemon } from './daemon';
+import { pluginTypes } from './runtime/compat';
 
 export interface NodeAgentCliOptions extends DaemonCliOptions {
   /** Holds `berth` and `berth-shim` (default: the directory of the running executable). */
@@ -117,7 +130,26 @@ export async function installOnNode(p: InstallPlan): Promise<string[]> {
     lines.push(`${await installExecutable(join(p.pluginsFrom, source), dest)} ${dest}`);
   }
   if (p.conflist !== undefined) {
+    // Every plugin the config runs must be there before a runtime reads it: a missing one (a portmap
+    // added to the ConfigMap on nodes without it) would fail every pod of a node that looks Ready.
+    const missing: string[] = [];
+    for (const t of new Set(pluginTypes(JSON.parse(config!) as Record<string, unknown>))) {
+      try {
+        await access(join(p.cniBinDir, t), fsConstants.X_OK);
+      } catch {
+        missing.push(t);
+      }
+    }
+    if (missing.length > 0)
+      throw new Error(
+        `${p.conflist} runs ${missing.join(', ')}, which ${p.cniBinDir} does not hold (as an executable): the config is not installed (every pod would fail); install the plugin on the node or take it out of the config`,
+      );
     const dest = join(p.cniConfDir, basename(p.conflist));
+    const first = await firstNetworkConfig(p.cniConfDir);
+    if (first !== undefined && first < basename(p.conflist))
+      lines.push(
+        `warning: ${join(p.cniConfDir, first)} sorts before ${basename(p.conflist)}: runtimes use the first network config, so not berth's (remove or rename it)`,
+      );
     const old = await readFile(dest, 'utf8').catch(() => undefined);
     if (old === config) {
       lines.push(`unchanged ${dest}`);
@@ -129,6 +161,12 @@ export async function installOnNode(p: InstallPlan): Promise<string[]> {
   return lines;
 }
 
+/** The config file runtimes pick from a conf dir: the first `.conf`, `.conflist` or `.json` by name. */
+async function firstNetworkConfig(dir: string): Promise<string | undefined> {
+  const names = await readdir(dir).catch(() => [] as string[]);
+  return names.filter((n) => /\.(conf|conflist|json)$/.test(n)).sort()[0];
+}
+
 export async function runNodeAgent(o: NodeAgentCliOptions, err: (s: string) => void): Promise<number> {
   const plan: InstallPlan = {
     pluginsFrom: o.pluginsFrom ?? dirname(process.execPath),
@@ -136,14 +174,17 @@ export async function runNodeAgent(o: NodeAgentCliOptions, err: (s: string) => v
     cniConfDir: o.cniConfDir ?? '/host/etc/cni/net.d',
     ...(o.conflist !== undefined ? { conflist: o.conflist } : {}),
   };
+  // berthd's flags are checked before anything is installed: a typo in the DaemonSet's args must not leave
+  // a node that turns Ready (the config is there) while berthd cannot start.
+  // The node image's container (hostPID: pid 1's root is the host's): a delegated IPAM plugin, and berth-ipam
+  // state outside the mounted directories, stay on the host, where the fallback's state is.
+  const options = daemonOptionsOf({ ...o, hostRoot: o.hostRoot ?? '/proc/1/root' }, err);
+  if (typeof options === 'number') return options;
   try {
     for (const line of await installOnNode(plan)) err(`berth node-agent: ${line}\n`);
   } catch (e) {
     err(`berth node-agent: ${(e as Error).message}\n`);
     return 1;
   }
-  const { runDaemonCommand } = require('./daemon') as typeof import('./daemon');
-  // The node image's container (hostPID: pid 1's root is the host's): a delegated IPAM plugin, and berth-ipam
-  // state outside the mounted directories, stay on the host, where the fallback's state is.
-  return runDaemonCommand({ ...o, hostRoot: o.hostRoot ?? '/proc/1/root' }, err);
+  return runCheckedDaemon(options, err);
 }

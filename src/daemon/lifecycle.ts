@@ -123,6 +123,60 @@ function listen(server: http.Server, target: { path: string } | { fd: number }):
   });
 }
 
+function inodeOf(path: string): number | undefined {
+  try {
+    return fs.statSync(path).ino;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * GET /v1/health over TCP (kubelet's probes): 503 while starting (no socket yet), while draining, and once
+ * berthd's socket file is gone or another's (removed by hand, or by another berthd): the plugins' calls
+ * cannot reach this berthd any more, and a restart makes the socket again.
+ */
+function healthOf(
+  server: BerthServer | undefined,
+  socketPath: string,
+  socketIno: number | undefined,
+): { ok: boolean; [k: string]: unknown } {
+  if (server === undefined) return { ok: false, starting: true };
+  if (server.isDraining) return { ok: false, draining: true };
+  if (socketIno !== undefined && inodeOf(socketPath) !== socketIno)
+    return { ok: false, draining: false, socket: `${socketPath} is no longer this berthd's` };
+  return { ok: true, draining: false };
+}
+
+/** The TCP listener for /metrics and /v1/health (`--metrics-address HOST:PORT`). */
+async function listenMetrics(
+  address: string,
+  health: () => { ok: boolean },
+  metricsText: () => string,
+): Promise<http.Server> {
+  const m = /^(.*):(\d+)$/.exec(address);
+  if (m === null) throw new Error(`--metrics-address wants HOST:PORT, got ${address}`);
+  const srv = http.createServer((req, res) => {
+    // /v1/health here too: kubelet's httpGet probes reach TCP only (deploy/berth.yaml probes it).
+    if (req.method === 'GET' && req.url === '/v1/health') {
+      const h = health();
+      res.writeHead(h.ok ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify(h));
+      return;
+    }
+    const ok = req.method === 'GET' && (req.url === '/metrics' || req.url === '/v1/metrics');
+    const body = ok ? metricsText() : 'only GET /metrics and /v1/health here\n';
+    res.writeHead(ok ? 200 : 404, { 'content-type': 'text/plain; version=0.0.4' }).end(body);
+  });
+  await new Promise<void>((resolve, reject) => {
+    srv.once('error', reject);
+    srv.listen(Number(m[2]), m[1]!.replace(/^\[|\]$/g, ''), () => {
+      srv.off('error', reject);
+      resolve();
+    });
+  });
+  return srv;
+}
+
 /** Runs berthd until a signal stops it; resolves to the exit code. */
 export async function runDaemon(o: DaemonOptions): Promise<number> {
   const env = o.env ?? process.env;
@@ -141,6 +195,42 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
   );
   const metrics = new Metrics();
   const socketPath = o.socket ?? DEFAULT_SOCKET;
+  // From the start: a SIGTERM while berthd is starting (reading networks, reaching etcd) waits for the start
+  // to end and then drains, rather than killing berthd with a request half-served.
+  const stopSignal = new Promise<NodeJS.Signals>((resolve) => {
+    const on = (sig: NodeJS.Signals): void => {
+      process.off('SIGTERM', on);
+      process.off('SIGINT', on);
+      resolve(sig);
+    };
+    process.on('SIGTERM', on);
+    process.on('SIGINT', on);
+  });
+  // The metrics listener before anything else is started: a bad address or a port in use (the previous
+  // pod's berthd still on it) stops berthd at once, with nothing running that would keep the process up.
+  // What the health probe reads, set as the start goes on.
+  const live: { server?: BerthServer; listening: boolean; socketIno?: number } = { listening: false };
+  const metricsServer =
+    o.metricsAddress === undefined
+      ? undefined
+      : await listenMetrics(
+          o.metricsAddress,
+          () => healthOf(live.listening ? live.server : undefined, socketPath, live.socketIno),
+          () => live.server?.metricsText() ?? '',
+        );
+  if (metricsServer !== undefined) log.log('info', 'metrics listening', { address: o.metricsAddress });
+  // A live berthd on the socket (the previous pod's, during an overlap) stops this one before it registers
+  // in the cluster or reads any network: one berthd per node.
+  const fd = activationFd(env);
+  if (fd === undefined) {
+    try {
+      prepareSocketDir(socketPath, log);
+      await clearStaleSocket(socketPath);
+    } catch (err) {
+      metricsServer?.close();
+      throw err;
+    }
+  }
   const stateDir = o.stateDir ?? dirname(socketPath);
   fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   // The etcd client and the route programmer load only here: a plugin execution never pays for them.
@@ -236,14 +326,11 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
     ...(hostView !== undefined ? { hostView } : {}),
   });
 
-  const fd = activationFd(env);
   let ownSocket = false;
   if (fd !== undefined) {
     await listen(server.http, { fd });
     log.log('info', 'listening on the socket passed by systemd', { fd });
   } else {
-    prepareSocketDir(socketPath, log);
-    await clearStaleSocket(socketPath);
     // The socket is born 0600: no moment in which another user could connect.
     const oldMask = process.umask(0o177);
     try {
@@ -253,32 +340,13 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
     }
     fs.chmodSync(socketPath, 0o600);
     ownSocket = true;
+    // This daemon's socket file: at exit only this one is removed (a berthd started meanwhile on the same
+    // path, the next pod's during an overlap, keeps its own), and health fails once it is gone.
+    live.socketIno = fs.statSync(socketPath).ino;
     log.log('info', 'listening', { socket: socketPath, pid: process.pid });
   }
-
-  let metricsServer: http.Server | undefined;
-  if (o.metricsAddress !== undefined) {
-    const m = /^(.*):(\d+)$/.exec(o.metricsAddress);
-    if (m === null) throw new Error(`--metrics-address wants HOST:PORT, got ${o.metricsAddress}`);
-    metricsServer = http.createServer((req, res) => {
-      // /v1/health here too: kubelet's httpGet probes reach TCP only (deploy/berth.yaml probes it).
-      if (req.method === 'GET' && req.url === '/v1/health') {
-        const draining = server.isDraining;
-        res
-          .writeHead(draining ? 503 : 200, { 'content-type': 'application/json' })
-          .end(JSON.stringify({ ok: !draining, draining }));
-        return;
-      }
-      const ok = req.method === 'GET' && (req.url === '/metrics' || req.url === '/v1/metrics');
-      const body = ok ? server.metricsText() : 'only GET /metrics and /v1/health here\n';
-      res.writeHead(ok ? 200 : 404, { 'content-type': 'text/plain; version=0.0.4' }).end(body);
-    });
-    await new Promise<void>((resolve, reject) => {
-      metricsServer!.once('error', reject);
-      metricsServer!.listen(Number(m[2]), m[1]!.replace(/^\[|\]$/g, ''), () => resolve());
-    });
-    log.log('info', 'metrics listening', { address: o.metricsAddress });
-  }
+  live.server = server;
+  live.listening = true;
   // The networks of the data dirs (--data-dir and those remembered) are read now, not at their first
   // request: the view is warm, and a broken directory shows in the log at start rather than in a pod's ADD.
   try {
@@ -298,15 +366,7 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
   }, 60_000);
   sweeper.unref();
 
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    const on = (sig: NodeJS.Signals): void => {
-      process.off('SIGTERM', on);
-      process.off('SIGINT', on);
-      resolve(sig);
-    };
-    process.on('SIGTERM', on);
-    process.on('SIGINT', on);
-  });
+  const signal = await stopSignal;
   log.log('info', 'stopping: finishing requests in flight', { signal });
   // A second signal while draining means "now".
   const force = (): void => {
@@ -323,7 +383,8 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
   await routing?.close();
   await cluster?.stop();
   service.close();
-  if (ownSocket) fs.rmSync(socketPath, { force: true });
+  if (ownSocket && live.socketIno !== undefined && inodeOf(socketPath) === live.socketIno)
+    fs.rmSync(socketPath, { force: true });
   log.log('info', 'stopped');
   return 0;
 }

@@ -12,7 +12,7 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { checkNetworkConfig, installOnNode, type InstallPlan } from '../../src/cli/node-agent';
+import { checkNetworkConfig, installOnNode, type InstallPlan, runNodeAgent } from '../../src/cli/node-agent';
 
 let dir: string;
 let plan: InstallPlan;
@@ -91,6 +91,45 @@ describe('berth node-agent: install on the node', () => {
     await expect(installOnNode(plan)).rejects.toThrow(/berth-shim/);
     expect(existsSync(join(dir, 'net.d/10-pods.conflist'))).toBe(false);
     expect(readdirSync(join(dir, 'bin'))).toEqual(['berth']);
+  });
+
+  it('a config running a plugin the bin dir lacks is not installed (the plugins are)', async () => {
+    const withPortmap = { ...conflist, plugins: [...conflist.plugins, { type: 'portmap' }] };
+    writeFileSync(join(dir, 'config/10-pods.conflist'), JSON.stringify(withPortmap));
+    await expect(installOnNode(plan)).rejects.toThrow(/runs portmap, which .* does not hold/);
+    expect(existsSync(join(dir, 'net.d/10-pods.conflist'))).toBe(false);
+    expect(readdirSync(join(dir, 'bin')).sort()).toEqual(['berth', 'berth-bridge', 'berth-ipam']);
+    // once the node has it, the config goes in
+    writeFileSync(join(dir, 'bin/portmap'), '#!/bin/sh\n', { mode: 0o755 });
+    await installOnNode(plan);
+    expect(existsSync(join(dir, 'net.d/10-pods.conflist'))).toBe(true);
+  });
+
+  it("a network config sorting before berth's is named: runtimes would use it", async () => {
+    writeFileSync(join(dir, 'net.d/05-cilium.conflist'), '{}');
+    const lines = await installOnNode(plan);
+    expect(lines).toContainEqual(expect.stringMatching(/05-cilium\.conflist sorts before 10-pods\.conflist/));
+    writeFileSync(join(dir, 'net.d/99-other.conf'), '{}');
+    rmSync(join(dir, 'net.d/05-cilium.conflist'));
+    expect((await installOnNode(plan)).some((l) => l.includes('sorts before'))).toBe(false);
+  });
+
+  it("berthd's flags are checked before anything is installed (exit 2, node untouched)", async () => {
+    const errs: string[] = [];
+    const code = await runNodeAgent(
+      {
+        pluginsFrom: plan.pluginsFrom,
+        cniBinDir: plan.cniBinDir,
+        cniConfDir: plan.cniConfDir,
+        conflist: plan.conflist!,
+        etcdEndpoints: 'etcd-0:2379',
+      },
+      (l) => void errs.push(l),
+    );
+    expect(code).toBe(2);
+    expect(errs.join('')).toMatch(/is not http\(s\):\/\/host:port/);
+    expect(readdirSync(join(dir, 'bin'))).toEqual([]);
+    expect(readdirSync(join(dir, 'net.d'))).toEqual([]);
   });
 
   it('without --conflist only the plugins are installed', async () => {

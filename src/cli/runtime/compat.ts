@@ -113,7 +113,8 @@ export function effectiveVersion(
   return v;
 }
 
-function pluginTypes(config: Record<string, unknown>): string[] {
+/** The plugin types a network config runs: each plugin's `type` and its IPAM's. */
+export function pluginTypes(config: Record<string, unknown>): string[] {
   const plugins = Array.isArray(config.plugins) ? (config.plugins as unknown[]) : [config];
   const types: string[] = [];
   for (const p of plugins) {
