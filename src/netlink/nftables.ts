@@ -95,13 +95,15 @@ function run(args: string[], opts: NftOptions): Promise<{ code: number; stdout: 
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
     child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    // Not nft's own answer: an nft that cannot be started (not installed: ENOENT) must not read as a
+    // missing table (ENOENT), which DEL and GC take for "nothing to remove" and ADD for "set it all up".
     child.on('error', (err) =>
       reject(
         new NetlinkError({
-          code: (err as NodeJS.ErrnoException).code ?? 'EIO',
+          code: 'EIO',
           errno: 0,
           op: 'nft',
-          message: `cannot run nft: ${err.message}`,
+          message: `cannot run nft (${(err as NodeJS.ErrnoException).code ?? 'error'}: ${err.message}; is nftables installed?)`,
           cause: err,
         }),
       ),
