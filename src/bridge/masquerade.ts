@@ -109,15 +109,41 @@ function setupCommands(scope: MasqScope, withJumps: boolean): NftCommand[] {
 
 /** Handles of this network's jump rules in postrouting. */
 function jumpHandles(objects: readonly NftObject[], network: string): number[] {
-  const chain = masqNames(network).chain;
-  const handles: number[] = [];
+  return jumpsOf(objects, network).map((j) => j.handle);
+}
+
+/** This network's jump rules in postrouting, with the family whose source set each one matches. */
+function jumpsOf(objects: readonly NftObject[], network: string): { handle: number; family?: 4 | 6 }[] {
+  const n = masqNames(network);
+  const out: { handle: number; family?: 4 | 6 }[] = [];
   for (const o of objects) {
     const r = o.rule;
     if (r === undefined || r.chain !== 'postrouting') continue;
-    const jumps = JSON.stringify(r.expr ?? []).includes(`"jump":{"target":"${chain}"}`);
-    if (jumps) handles.push(r.handle as number);
+    const text = JSON.stringify(r.expr ?? []);
+    if (!text.includes(`"jump":{"target":"${n.chain}"}`)) continue;
+    const family = text.includes(`"@${n.c4}"`) ? 4 : text.includes(`"@${n.c6}"`) ? 6 : undefined;
+    out.push({ handle: r.handle as number, ...(family !== undefined ? { family } : {}) });
   }
-  return handles;
+  return out;
+}
+
+/** The rules setupCommands puts in a network's chain (multicast ×2, in-pool ×2, masquerade). */
+const CHAIN_RULES = 5;
+
+/**
+ * How much of a network's masquerade is in place: its chain with all its rules, and the jumps of each
+ * family (`exact`: one each, as setup makes them; else at least one each, which is what traffic needs).
+ */
+function masqueradeWhole(objects: readonly NftObject[], network: string, exact: boolean): boolean {
+  const n = masqNames(network);
+  const rules = objects.filter((o) => o.rule !== undefined && o.rule.chain === n.chain).length;
+  return hasChain(objects, n.chain) && rules === CHAIN_RULES && jumpsInPlace(objects, network, exact);
+}
+
+function jumpsInPlace(objects: readonly NftObject[], network: string, exact: boolean): boolean {
+  const jumps = jumpsOf(objects, network);
+  const per = (f: 4 | 6): number => jumps.filter((j) => j.family === f).length;
+  return exact ? jumps.length === 2 && per(4) === 1 && per(6) === 1 : per(4) >= 1 && per(6) >= 1;
 }
 
 function hasChain(objects: readonly NftObject[], name: string): boolean {
@@ -186,13 +212,14 @@ function addPlan(
 ): { ready: boolean; cmds: NftCommand[] } {
   const n = masqNames(scope.network);
   const ready =
-    hasChain(objects, n.chain) &&
-    jumpHandles(objects, scope.network).length === 2 &&
+    masqueradeWhole(objects, scope.network, true) &&
     [n.c4, n.c6, n.s4, n.s6].every((s) => setElements(objects, s) !== undefined);
-  const cmds = ready ? [] : setupCommands(scope, jumpHandles(objects, scope.network).length === 0);
-  if (!ready && jumpHandles(objects, scope.network).length === 1) {
-    // A half-present pair of jumps (someone deleted one): rebuild both.
-    for (const h of jumpHandles(objects, scope.network))
+  const jumps = jumpHandles(objects, scope.network);
+  // The setup refills the chain (flushed first); the jumps are added with it when there are none.
+  const cmds = ready ? [] : setupCommands(scope, jumps.length === 0);
+  if (!ready && jumps.length > 0 && !jumpsInPlace(objects, scope.network, true)) {
+    // Jumps that are not one per family (one deleted, or the ruleset loaded twice): rebuild both.
+    for (const h of jumps)
       cmds.push({
         delete: { rule: { family: FAMILY, table: scope.table, chain: 'postrouting', handle: h } },
       });
@@ -288,8 +315,7 @@ function removePlan(
 export async function masqueradeAddresses(scope: MasqScope, tag: string): Promise<string[]> {
   const objects = (await scope.nft.listTable(FAMILY, scope.table)) ?? [];
   const n = masqNames(scope.network);
-  const ready = hasChain(objects, n.chain) && jumpHandles(objects, scope.network).length === 2;
-  if (!ready) return [];
+  if (!masqueradeWhole(objects, scope.network, false)) return [];
   return [n.c4, n.c6].flatMap((s) =>
     (setElements(objects, s) ?? []).filter((e) => e.comment === tag).map((e) => String(e.val)),
   );

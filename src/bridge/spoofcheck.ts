@@ -193,11 +193,18 @@ export async function spoofCheckEntries(
   tag: string,
 ): Promise<{ port: string; mac: string }[]> {
   const objects = (await scope.nft.listTable(FAMILY, scope.table)) ?? [];
-  if (ruleHandles(objects, scope.network).length !== 1) return [];
-  return (setElements(objects, spoofNames(scope.network).allowed) ?? [])
+  // The rule (a duplicate does no harm: the next ADD makes it one again), and the port in both sets: a port
+  // missing from the guarded set is not checked at all, whatever the allowed set holds.
+  if (ruleHandles(objects, scope.network).length === 0) return [];
+  const n = spoofNames(scope.network);
+  const guarded = new Set(
+    (setElements(objects, n.ports) ?? []).filter((e) => e.comment === tag).map((e) => String(e.val)),
+  );
+  return (setElements(objects, n.allowed) ?? [])
     .filter((e) => e.comment === tag)
     .map((e) => {
       const [port, mac] = (e.val as { concat: [string, string] }).concat;
       return { port, mac };
-    });
+    })
+    .filter((e) => guarded.has(e.port));
 }

@@ -94,6 +94,31 @@ describe('masquerade sets', () => {
     expect(await removeMasquerade(scope, (t) => t === 'c2/eth0')).toEqual([]);
   });
 
+  it('a ruleset loaded twice (jumps doubled) or a flushed chain: CHECK tells, the next ADD repairs', async () => {
+    const n = masqNames('bt-net-a');
+    const c1 = attachmentTag('c1', 'eth0');
+    await addMasquerade(scope, { containerId: 'c1', ifname: 'eth0' }, [v4('198.18.128.2')]);
+    // `nft list ruleset > f; nft -f f` without a flush: every rule twice (the chain's too)
+    const saved = execFileSync('nft', ['list', 'table', 'inet', table], { encoding: 'utf8' });
+    execFileSync('nft', ['-f', '-'], { input: saved });
+    expect(list('inet').match(new RegExp(`jump ${n.chain}`, 'g'))).toHaveLength(4);
+    // NAT still works with doubled jumps, but the chain holds every rule twice: not the setup's, so
+    // CHECK fails until an ADD rewrites it
+    await addMasquerade(scope, { containerId: 'c2', ifname: 'eth0' }, [v4('198.18.128.3')]);
+    let text = list('inet');
+    expect(text.match(new RegExp(`jump ${n.chain}`, 'g'))).toHaveLength(2);
+    expect(text.match(/^\s*masquerade$/gm)).toHaveLength(1);
+    expect(await masqueradeAddresses(scope, c1)).toEqual(['198.18.128.2']);
+    // the chain emptied by hand: no NAT any more, and CHECK says so; an ADD fills it again
+    execFileSync('nft', ['flush', 'chain', 'inet', table, n.chain]);
+    expect(await masqueradeAddresses(scope, c1)).toEqual([]);
+    await addMasquerade(scope, { containerId: 'c3', ifname: 'eth0' }, [v4('198.18.128.4')]);
+    text = list('inet');
+    expect(text.match(/^\s*masquerade$/gm)).toHaveLength(1);
+    expect(text.match(new RegExp(`jump ${n.chain}`, 'g'))).toHaveLength(2);
+    expect(await masqueradeAddresses(scope, c1)).toEqual(['198.18.128.2']);
+  });
+
   it('an address that comes back replaces a stale element of another attachment', async () => {
     await addMasquerade(scope, { containerId: 'old', ifname: 'eth0' }, [v4('198.18.128.9')]);
     await addMasquerade(scope, { containerId: 'new', ifname: 'eth0' }, [v4('198.18.128.9')]);
@@ -179,6 +204,18 @@ describe('spoof-check sets', () => {
     expect(list('bridge')).not.toContain('veth00000001');
     await removeSpoofCheck(scope, (t) => t === 'c2/eth0');
     expect(exists('bridge')).toBe(false);
+  });
+
+  it('CHECK: a port taken out of the guarded set is unchecked (missing); a doubled rule is not', async () => {
+    const pod = { containerId: 'c1', ifname: 'eth0', hostVeth: 'veth00000001', mac: '02:00:00:00:00:01' };
+    await addSpoofCheck(scope, pod);
+    const n = spoofNames('bt-net-a');
+    const saved = execFileSync('nft', ['list', 'table', 'bridge', table], { encoding: 'utf8' });
+    execFileSync('nft', ['-f', '-'], { input: saved });
+    expect(list('bridge').match(new RegExp(`@${n.allowed} drop`, 'g'))).toHaveLength(2);
+    expect(await spoofCheckEntries(scope, 'c1/eth0')).toEqual([{ port: pod.hostVeth, mac: pod.mac }]);
+    execFileSync('nft', ['delete', 'element', 'bridge', table, n.ports, `{ "${pod.hostVeth}" }`]);
+    expect(await spoofCheckEntries(scope, 'c1/eth0')).toEqual([]);
   });
 
   it("keeps the table while another network's rule and sets are in it", async () => {
