@@ -13,7 +13,7 @@ import type { BridgeDeps } from './deps';
 import { toKernelCniError } from './kernel';
 import { masqueradeAddresses } from './masquerade';
 import { attachmentTag, nftScope } from './nft';
-import { referenceMasqueradeFamilies } from './reference-masquerade';
+import { referenceMasqueradeFamilies, referenceSpoofCheckPresent } from './reference-masquerade';
 import { attachmentNftUse } from './registry';
 import { spoofCheckEntries } from './spoofcheck';
 
@@ -156,7 +156,18 @@ export async function cmdCheck(req: Request, deps: BridgeDeps): Promise<void> {
     }
     if (conf.macSpoofCheck) {
       const entries = await spoofCheckEntries(scope, tag);
-      if (!entries.some((e) => e.port === hv.name && sameMac(e.mac, cont.mac)))
+      // A pod the reference attached has the reference's spoof check instead (removed by berth's DEL).
+      if (
+        !entries.some((e) => e.port === hv.name && sameMac(e.mac, cont.mac)) &&
+        !(
+          attachmentNftUse(deps.runDir, conf.network, tag) === undefined &&
+          (await referenceSpoofCheckPresent(scope.nft, {
+            network: conf.network,
+            containerId: req.containerId,
+            ifname: req.ifname,
+          }))
+        )
+      )
         fail(`spoof-check entry for ${hv.name} (${tag}) is missing`);
     }
   } catch (err) {

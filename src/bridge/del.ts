@@ -11,7 +11,7 @@ import { isCode, netlinkCode, toKernelCniError, type Link, type Netlink } from '
 import { withNetworkLock } from './lock';
 import { removeMasquerade } from './masquerade';
 import { attachmentTag, nftScope, type Nft } from './nft';
-import { removeReferenceMasquerade } from './reference-masquerade';
+import { removeReferenceRules } from './reference-masquerade';
 import { attachmentNftUse, unregisterAttachment } from './registry';
 import { removeSpoofCheck } from './spoofcheck';
 
@@ -135,7 +135,7 @@ export async function cmdDel(req: Request, deps: BridgeDeps): Promise<void> {
       const failed = outcomes.find((o) => o.status === 'rejected');
       if (failed !== undefined) note('remove nftables entries', failed.reason);
       // Under the lock, as GC's: the two would otherwise list and delete the same chains at once.
-      if (record === undefined) await removeReferenceMasqueradeOf(req, scope.nft, conf.network);
+      if (record === undefined) await removeReferenceRulesOf(req, scope.nft, conf.network);
       try {
         unregisterAttachment(deps.runDir, conf.network, tag);
       } catch (err) {
@@ -156,18 +156,18 @@ export async function cmdDel(req: Request, deps: BridgeDeps): Promise<void> {
 
 /**
  * No record of berth's ADD: the attachment may be the reference bridge's, from before the node was switched
- * to berth. Its masquerade is not berth's state, so a failure to remove it is logged, not a failed DEL (which
- * the runtime would retry for good). Three netlink GETs when there is none.
+ * to berth. Its masquerade and spoof check are not berth's state, so a failure to remove them is logged, not
+ * a failed DEL (which the runtime would retry for good). Seven netlink GETs when there are none.
  */
-async function removeReferenceMasqueradeOf(req: Request, nft: Nft, network: string): Promise<void> {
+async function removeReferenceRulesOf(req: Request, nft: Nft, network: string): Promise<void> {
   try {
-    const removed = await removeReferenceMasquerade(nft, {
+    const removed = await removeReferenceRules(nft, {
       network,
       containerId: req.containerId,
       ifname: req.ifname,
     });
-    if (removed.length > 0) req.log(`removed the reference bridge's masquerade: ${removed.join(', ')}`);
+    if (removed.length > 0) req.log(`removed the reference bridge's rules: ${removed.join(', ')}`);
   } catch (err) {
-    req.log(`the reference bridge's masquerade could not all be removed: ${(err as Error).message}`);
+    req.log(`the reference bridge's rules could not all be removed: ${(err as Error).message}`);
   }
 }

@@ -144,14 +144,89 @@ async function removeNftRules(nft: Nft, out: Outcome, stale: (comment: string) =
 }
 
 /**
- * DEL of an attachment the reference made: its masquerade chain in both families (also when its POSTROUTING
- * jump is gone, e.g. half torn down) and its nftables-backend rules. Found by name, so unlike the reference's
- * own teardown it needs no addresses from the pod. Returns what it removed, for the log; throws with every
- * step that failed (the others done).
+ * The reference's `macspoofchk`, per attachment (pkg/link/spoofcheck.go): in a bridge-family table, a rule in
+ * the base chain (`iifname <host veth> jump cni-br-iface-<containerID>-<ifname>`, commented
+ * `macspoofchk-<containerID>-<ifname>`), that chain, and its `-mac` chain (the allowed MAC, then drop). The
+ * table and base chain are `nat`/`PREROUTING` up to plugins 1.4 (Debian's 1.1.1), `cni_spoofcheck`/
+ * `prerouting` since (knftables); both are looked at.
  */
-export async function removeReferenceMasquerade(nft: Nft, a: ReferenceAttachment): Promise<string[]> {
+const SPOOF_FAMILY = 'bridge';
+const SPOOF_LAYOUTS = [
+  { table: 'nat', base: 'PREROUTING' },
+  { table: 'cni_spoofcheck', base: 'prerouting' },
+] as const;
+
+export function referenceSpoofChain(containerId: string, ifname: string): string {
+  return `cni-br-iface-${containerId}-${ifname}`;
+}
+
+/** The reference's spoof-check rules of one attachment in one layout: base-chain rules, and which chains exist. */
+async function referenceSpoofCheckIn(
+  nft: Nft,
+  layout: (typeof SPOOF_LAYOUTS)[number],
+  a: ReferenceAttachment,
+): Promise<{ base: Rule[]; chains: string[] }> {
+  const iface = referenceSpoofChain(a.containerId, a.ifname);
+  const comment = `macspoofchk-${a.containerId}-${a.ifname}`;
+  const chains: string[] = [];
+  for (const c of [iface, `${iface}-mac`])
+    if ((await nft.listChain(SPOOF_FAMILY, layout.table, c)) !== undefined) chains.push(c);
+  const base =
+    chains.length === 0
+      ? []
+      : rulesOf(await nft.listChain(SPOOF_FAMILY, layout.table, layout.base)).filter(
+          (r) => r.comment === comment || jumpTarget(r) === iface,
+        );
+  return { base, chains };
+}
+
+/** Removes the reference's spoof check of one attachment, in each layout where it is. */
+async function removeReferenceSpoofCheck(nft: Nft, out: Outcome, a: ReferenceAttachment): Promise<void> {
+  for (const layout of SPOOF_LAYOUTS) {
+    let found: { base: Rule[]; chains: string[] } = { base: [], chains: [] };
+    await out.step(`${SPOOF_FAMILY} ${layout.table} spoof check looked up`, async () => {
+      found = await referenceSpoofCheckIn(nft, layout, a);
+      return undefined;
+    });
+    if (found.chains.length === 0) continue;
+    const what = `${SPOOF_FAMILY} ${layout.table} ${found.chains.join(', ')}`;
+    await out.step(what, async () => {
+      // The base rule first (it jumps to the first chain), then each chain emptied (the first jumps to the
+      // second) and deleted.
+      await nft.apply([
+        ...found.base.map((r) => deleteRule(SPOOF_FAMILY, layout.table, r)),
+        ...found.chains.flatMap((name): NftCommand[] => {
+          const t = { family: SPOOF_FAMILY, table: layout.table, name };
+          return [{ flush: { chain: t } }, { delete: { chain: t } }];
+        }),
+      ]);
+      return what;
+    });
+  }
+}
+
+/**
+ * Whether the reference's spoof check of this attachment is in place (CHECK of a pod the reference
+ * attached): the base chain's jump and both chains, in either layout.
+ */
+export async function referenceSpoofCheckPresent(nft: Nft, a: ReferenceAttachment): Promise<boolean> {
+  for (const layout of SPOOF_LAYOUTS) {
+    const found = await referenceSpoofCheckIn(nft, layout, a);
+    if (found.chains.length === 2 && found.base.length > 0) return true;
+  }
+  return false;
+}
+
+/**
+ * DEL of an attachment the reference made: its masquerade chain in both families (also when its POSTROUTING
+ * jump is gone, e.g. half torn down), its nftables-backend rules, and its spoof check. Found by name, so
+ * unlike the reference's own teardown it needs no addresses from the pod. Returns what it removed, for the
+ * log; throws with every step that failed (the others done).
+ */
+export async function removeReferenceRules(nft: Nft, a: ReferenceAttachment): Promise<string[]> {
   const chain = referenceChainName(a.network, a.containerId);
   const out = new Outcome();
+  await removeReferenceSpoofCheck(nft, out, a);
   for (const family of IPT_FAMILIES) {
     let present = false;
     await out.step(`${family} ${IPT_TABLE} ${chain} looked up`, async () => {

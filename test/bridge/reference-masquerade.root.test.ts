@@ -1,6 +1,7 @@
 // A node switched from the reference bridge to berth-bridge: pods the reference attached with ipMasq have its
 // masquerade (iptables chains CNI-<hash> in the nat tables, or rules in the nftables backend's table). berth's
 // DEL of such a pod, and berth's GC, remove it; nothing else in those tables is touched.
+import { execFileSync } from 'node:child_process';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import {
   referenceChainName,
@@ -162,6 +163,69 @@ describe("berth-bridge removes the reference bridge's masquerade", () => {
     expect(drift.json.msg).toMatch(/masquerade entry for 198\.18\.141\.\d+ \(c1\/eth0\) is missing/);
   });
 
+  it("the reference's macspoofchk (both of its layouts): CHECK passes on it, DEL removes it, nothing else", async () => {
+    const br = fx.bridge();
+    const ns = fx.netns();
+    const spoofConf = (type: 'bridge' | 'berth-bridge') => ({ ...conf(type, br), macspoofchk: true });
+    // c1 by Debian's reference (plugins 1.1.1: table bridge nat, base chain PREROUTING)
+    const add = await fx.run({
+      plugin: REFERENCE,
+      command: 'ADD',
+      conf: spoofConf('bridge'),
+      containerId: 'c1',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
+    expect(add.code, add.stdout + add.stderr).toBe(0);
+    made.push(() => {
+      for (const c of ['cni-br-iface-c1-eth0', 'cni-br-iface-c1-eth0-mac']) {
+        trySh('nft', ['flush', 'chain', 'bridge', 'nat', c]);
+        trySh('nft', ['delete', 'chain', 'bridge', 'nat', c]);
+      }
+    });
+    const natBridge = () => trySh('nft', ['list', 'table', 'bridge', 'nat']) ?? '';
+    expect(natBridge()).toMatch(/jump cni-br-iface-c1-eth0 comment "macspoofchk-c1-eth0"/);
+    // c2 as plugins 1.5+ leave it (knftables: table bridge cni_spoofcheck, base chain prerouting), and
+    // another pod's (c3) there, which stays
+    made.push(() => trySh('nft', ['delete', 'table', 'bridge', 'cni_spoofcheck']));
+    const knft = (id: string, port: string) => `
+      add chain bridge cni_spoofcheck cni-br-iface-${id}-eth0
+      add chain bridge cni_spoofcheck cni-br-iface-${id}-eth0-mac
+      add rule bridge cni_spoofcheck prerouting iifname "${port}" jump cni-br-iface-${id}-eth0 comment "macspoofchk-${id}-eth0"
+      add rule bridge cni_spoofcheck cni-br-iface-${id}-eth0 jump cni-br-iface-${id}-eth0-mac comment "macspoofchk-${id}-eth0"
+      add rule bridge cni_spoofcheck cni-br-iface-${id}-eth0-mac ether saddr 02:00:00:00:00:01 return comment "macspoofchk-${id}-eth0"
+      add rule bridge cni_spoofcheck cni-br-iface-${id}-eth0-mac drop comment "macspoofchk-${id}-eth0"`;
+    execFileSync('nft', ['-f', '-'], {
+      input: `add table bridge cni_spoofcheck
+      add chain bridge cni_spoofcheck prerouting { type filter hook prerouting priority -300; policy accept; }
+      ${knft('c2', 'vethc2')}${knft('c3', 'vethc3')}\n`,
+    });
+    const knftables = () => trySh('nft', ['list', 'table', 'bridge', 'cni_spoofcheck']) ?? '';
+    const check = await fx.run({
+      command: 'CHECK',
+      conf: { ...spoofConf('berth-bridge'), prevResult: add.json },
+      containerId: 'c1',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
+    expect(check.code, check.stdout + check.stderr).toBe(0);
+    const del = await fx.run({
+      command: 'DEL',
+      conf: spoofConf('berth-bridge'),
+      containerId: 'c1',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
+    expect(del.code, del.stdout + del.stderr).toBe(0);
+    expect(natBridge()).not.toMatch(/c1-eth0/);
+    expect(natBridge()).toMatch(/chain PREROUTING/); // the reference's own table and base chain stay
+    expect(knftables()).toMatch(/c2-eth0/);
+    const del2 = await berthDel(br, 'c2', undefined);
+    expect(del2.code, del2.stdout + del2.stderr).toBe(0);
+    expect(knftables()).not.toMatch(/c2-eth0/);
+    expect(knftables().match(/macspoofchk-c3-eth0/g)).toHaveLength(4);
+  });
+
   it('a chain left without its jump (a teardown cut short) goes at DEL too', async () => {
     const br = fx.bridge();
     const netns = await referencePods(br, ['c1']);
@@ -242,7 +306,7 @@ describe("berth-bridge removes the reference bridge's masquerade", () => {
 
     const del = await berthDel(br, 'c1', netns.c1);
     expect(del.code, del.stdout + del.stderr).toBe(0);
-    expect(del.stderr).toMatch(/masquerade could not all be removed: .*ip nat CNI-[0-9a-f]{24}.*EBUSY/);
+    expect(del.stderr).toMatch(/rules could not all be removed: .*ip nat CNI-[0-9a-f]{24}.*EBUSY/);
     // The IPv4 chain stays (the operator's rule needs it); the IPv6 one went all the same.
     expect([lines(c1!, 'iptables'), lines(c1!, 'ip6tables')]).toEqual([1, 0]);
 
