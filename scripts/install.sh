@@ -53,6 +53,8 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+# One spelling of the prefix in the units and messages: /opt/cni/bin/ is /opt/cni/bin.
+while [ "${prefix%/}" != "$prefix" ] && [ "$prefix" != / ]; do prefix="${prefix%/}"; done
 
 if [ -z "$from" ]; then
   if [ -f "$here/berth" ]; then from="$here"; else from="$repo/out"; fi
@@ -201,8 +203,10 @@ fi
 # restarts. It drains (calls made meanwhile run standalone, the new code) and the socket starts the new one,
 # as the .deb's upgrade does. Only berthd run by systemd from this prefix's units; any other is named.
 if [ "$berth_changed" -gt 0 ]; then
+  # The kernel names the executable by its resolved path: a symlinked prefix (or one ending in /) must be too.
+  real_prefix="$(cd "$prefix" && pwd -P)"
   for pid in $(pgrep -x berth 2>/dev/null || true); do
-    [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$prefix/berth (deleted)" ] || continue
+    [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$real_prefix/berth (deleted)" ] || continue
     if [ "$systemd" = true ] && live_units && systemctl is-active --quiet berthd.service 2>/dev/null; then
       systemctl try-restart berthd.service || true
       say "restarted  berthd.service (it ran the berth just replaced)"
