@@ -47,10 +47,14 @@ export function main(invokedAs: string = programFromInvocation(process.argv, pro
       }
       (require('./cli/main') as typeof import('./cli/main')).main();
       return;
-    default:
-      process.stderr.write(
-        `berth: started as "${name}"; run as berth-bridge, berth-ipam or berth (hard links to one program)\n`,
-      );
+    default: {
+      const msg = `started as "${name}"; run as berth-bridge, berth-ipam or berth (hard links to one program)`;
+      // Run by a runtime (a copy installed under another name): it reads a CNI error on stdout, as the
+      // shim prints one in the same case.
+      if (process.env.CNI_COMMAND !== undefined && process.env.CNI_COMMAND !== '')
+        process.stdout.write(`${JSON.stringify({ code: 999, msg })}\n`);
+      process.stderr.write(`berth: ${msg}\n`);
       process.exitCode = 1;
+    }
   }
 }

@@ -1,5 +1,7 @@
 // How the multi-call program knows which of its names it was started under: the launchers' script, or,
 // in the single executable, the caller's argv[0] (argv[1] there) and the executable's own path.
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { programFromInvocation, takeFallbackProgram } from '../../src/main';
 
@@ -39,4 +41,28 @@ describe('takeFallbackProgram (berth-shim runs `berth` under a plugin name)', ()
       expect(env).toEqual({ PATH: '/bin' });
     },
   );
+});
+
+describe('started under another name', () => {
+  it('by a runtime (CNI_COMMAND set): a CNI error on stdout as well as the line on stderr; else stderr only', () => {
+    const run = (env: Record<string, string>) =>
+      spawnSync(
+        process.execPath,
+        ['-e', `require(${JSON.stringify(join(__dirname, '../../dist/main.js'))}).main('x-berth-bridge')`],
+        {
+          env: { PATH: process.env.PATH ?? '', ...env },
+          encoding: 'utf8',
+        },
+      );
+    const cni = run({ CNI_COMMAND: 'ADD' });
+    expect(cni.status).toBe(1);
+    expect(JSON.parse(cni.stdout)).toEqual({
+      code: 999,
+      msg: expect.stringMatching(/started as "x-berth-bridge"/),
+    });
+    expect(cni.stderr).toMatch(/^berth: started as "x-berth-bridge"/);
+    const admin = run({});
+    expect(admin.status).toBe(1);
+    expect(admin.stdout).toBe('');
+  });
 });
