@@ -133,9 +133,15 @@ describe('two networks on one bridge', () => {
         () => 'ok',
         (e: Error) => `failed: ${e.message}`,
       );
-      // A's own stale port (no network registered it): the GC must remove this one, so that "B's port
+      // A's own stale port (named as berth names them; no network registered it): the GC must remove this one, so that "B's port
       // left alone" below is not what a GC that removes nothing would also show.
-      w.links.set(50, { index: 50, name: 'vethstale', kind: 'veth', alias: 'ctrOld/eth0', masterIndex: 1 });
+      w.links.set(50, {
+        index: 50,
+        name: 'vethdeadbeef',
+        kind: 'veth',
+        alias: 'ctrOld/eth0',
+        masterIndex: 1,
+      });
       await w.atPort; // B's veth is tagged ctrB/eth0 and on br0
       const gc = await cmdGc(request('GC', 'netA'), deps).then(
         () => undefined,
@@ -145,7 +151,7 @@ describe('two networks on one bridge', () => {
       expect(await add).toBe('ok');
       // Whatever failed, it was not the host's links (this kernel has no nftables: the scope's may fail).
       expect(gc ?? '').not.toMatch(/host netlink|list host veths|delete host veth/);
-      expect(w.deleted).toEqual(['vethstale ctrOld/eth0']);
+      expect(w.deleted).toEqual(['vethdeadbeef ctrOld/eth0']);
     } finally {
       rmSync(runDir, { recursive: true, force: true });
     }

@@ -52,9 +52,9 @@ describe('defaults (host-local semantics)', () => {
   });
   test('an empty dataDir is the default, as in host-local (ADD and the DEL-only parse alike)', () => {
     expect(parseIpamConfig(input({ subnet: '198.18.64.0/24', dataDir: '' })).dataDir).toBe(DEFAULT_DATA_DIR);
-    expect(
-      parseStoreLocation({ name: 'n', ipam: { type: 'berth-ipam', dataDir: '' } } as never).dataDir,
-    ).toBe(DEFAULT_DATA_DIR);
+    expect(parseStoreLocation({ name: 'n', ipam: { type: 'berth-ipam', dataDir: '' } }).dataDir).toBe(
+      DEFAULT_DATA_DIR,
+    );
   });
   test('IPv6 /64 runs to the last address of the subnet', () => {
     const c = parseIpamConfig(input({ ranges: [[{ subnet: 'fd00:5::/64' }]] }));
