@@ -285,6 +285,18 @@ export async function gc(req: Request, deps: IpamDeps): Promise<void> {
         failures.push(`${formatIp(l.ip)}: ${(err as Error).message}`);
       }
     }
+    // Files named after an address that hold no lease: nobody's, so never valid (host-local leaks them).
+    try {
+      const dead = (await s.releaseDeadFiles?.()) ?? [];
+      if (dead.length > 0) {
+        released.push(...dead);
+        deps.warn(
+          `berth-ipam: GC released ${dead.length} address(es) whose lease file held no attachment: ${dead.map(formatIp).join(', ')}`,
+        );
+      }
+    } catch (err) {
+      failures.push(`files holding no lease: ${(err as Error).message}`);
+    }
   });
   if (conf.cluster !== undefined && released.length > 0) deps.cluster?.afterRelease(conf, released);
   if (failures.length > 0) {

@@ -48,6 +48,7 @@ import {
   isRecord,
   leaseContent,
   leaseDirPaths,
+  leaseNameIp,
   listLeaseAddrs,
   newFoundId,
   readFoundEntries,
@@ -618,6 +619,25 @@ class FileSession implements LeaseSession {
     if (this.state.bootId === this.opts.bootId) return [];
     this.bootSeen = true;
     return this.leasesWhere((meta) => meta.bootId !== this.opts.bootId);
+  }
+
+  async releaseDeadFiles(): Promise<Ip[]> {
+    const scan = scanLeases(this.p.dir);
+    const out: Ip[] = [];
+    for (const [i, problem] of scan.problems) {
+      if (!problem.corrupt) continue;
+      const name = scan.name(i);
+      const ip = leaseNameIp(name);
+      if (ip === undefined) continue;
+      try {
+        fs.unlinkSync(join(this.p.dir, name));
+      } catch (err) {
+        if (errnoOf(err) !== 'ENOENT') throw ioError(`cannot remove ${join(this.p.dir, name)}`, err);
+      }
+      this.noteChange(ip, false);
+      out.push(ip);
+    }
+    return out;
   }
 
   async release(lease: Lease): Promise<void> {

@@ -62,6 +62,13 @@ export interface LeaseSession {
   leasesFromEarlierBoots(): Promise<Lease[]>;
   /** Releases one lease (as returned by leasesOf/all); a no-op when it is already gone. */
   release(lease: Lease): Promise<void>;
+  /**
+   * Removes IP-named files that were read and hold no lease (empty, or not `<id>\r\n<ifname>`: host-local
+   * killed between its exclusive create and its write, a power cut before the data reached the disk).
+   * They keep their address taken, and no runtime can name them in a DEL or a GC's valid list; taken under
+   * the lock host-local also writes under, none is half-way through a write. Returns their addresses. (GC.)
+   */
+  releaseDeadFiles?(): Promise<Ip[]>;
 }
 
 export interface TransactOptions {

@@ -1,7 +1,7 @@
 // Drop-in: Debian's host-local and berth-ipam on the same dataDir, taking turns. Neither duplicates an
 // address, berth continues host-local's round-robin cursor exactly, each releases the other's leases, and
 // both see the same set of leases.
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import {
@@ -162,5 +162,41 @@ describe('IPv6 file names', () => {
       ok(hostLocal({ config: conf6('host-local'), command: 'DEL', containerId: `b6-${i}` })),
     );
     expect(leaseFiles(dataDir, 'compat6').size).toBe(0);
+  });
+});
+
+describe('a lease file host-local left empty (killed between its create and its write)', () => {
+  test("berth-ipam's GC frees its address (host-local keeps it taken for good); a valid lease stays", () => {
+    const keys = { dataDir, ranges: [[{ subnet: '198.18.65.0/29' }]] };
+    const c = (type: 'host-local' | 'berth-ipam', version: string) =>
+      netConf({ name: 'dead', type, ipam: keys, cniVersion: version });
+    ok(hostLocal({ config: c('host-local', '0.4.0'), command: 'ADD', containerId: 'h1' }));
+    writeFileSync(join(dataDir, 'dead', '198.18.65.3'), '');
+    const gc = ok(
+      ipam({
+        config: {
+          ...c('berth-ipam', '1.1.0'),
+          'cni.dev/valid-attachments': [{ containerID: 'h1', ifname: 'eth0' }],
+        },
+        command: 'GC',
+      }),
+    );
+    expect(gc.stderr).toMatch(
+      /GC released 1 address\(es\) whose lease file held no attachment: 198\.18\.65\.3/,
+    );
+    expect([...leaseFiles(dataDir, 'dead').keys()]).toEqual(['198.18.65.2']);
+    // host-local hands the address out again
+    expect(
+      addressesOf(
+        ok(
+          hostLocal({
+            config: c('host-local', '0.4.0'),
+            command: 'ADD',
+            containerId: 'h2',
+            cniArgs: 'IP=198.18.65.3',
+          }),
+        ),
+      ),
+    ).toEqual(['198.18.65.3']);
   });
 });

@@ -146,6 +146,8 @@ export class NetworkStore implements LeaseStore {
   private readonly spares: SpareFiles;
   /** Every IP-named file, parseable or not: an unreadable lease still holds its address. */
   private readonly taken = new Map<string, Ip>();
+  /** IP-named files read at the last scan that hold no lease (see LeaseSession.releaseDeadFiles). */
+  private readonly dead = new Set<string>();
   private readonly byIp = new Map<string, Lease>();
   private readonly byAtt = new Map<string, AttEntry>();
   /** Bitmaps of the range sets in use, least recently used first (at most MAX_OCCUPANCIES). */
@@ -489,6 +491,7 @@ export class NetworkStore implements LeaseStore {
     const hold = this.hold!;
     this.stats.rescans++;
     this.taken.clear();
+    this.dead.clear();
     this.byIp.clear();
     this.byAtt.clear();
     this.occupancies.clear();
@@ -531,10 +534,12 @@ export class NetworkStore implements LeaseStore {
       this.taken.set(l.name, l.ip);
       const att = l.att;
       if (att === undefined) {
-        if (l.corrupt === true)
-          this.opts.log.log('warn', 'corrupt lease file keeps its address taken', {
+        if (l.corrupt === true) {
+          this.dead.add(l.name);
+          this.opts.log.log('warn', 'corrupt lease file keeps its address taken (until a GC)', {
             file: join(this.p.dir, l.name),
           });
+        }
         else
           this.opts.log.log('warn', 'unreadable lease file keeps its address taken', {
             file: join(this.p.dir, l.name),
@@ -637,7 +642,27 @@ export class NetworkStore implements LeaseStore {
       return this.snapshot().filter((l) => l.meta.bootId !== this.opts.bootId);
     },
     release: async (lease: Lease): Promise<void> => this.release(lease),
+    releaseDeadFiles: async (): Promise<Ip[]> => this.releaseDeadFiles(),
   };
+
+  private releaseDeadFiles(): Ip[] {
+    const out: Ip[] = [];
+    for (const name of [...this.dead]) {
+      const ip = this.taken.get(name);
+      this.dead.delete(name);
+      if (ip === undefined || this.byIp.has(name)) continue;
+      try {
+        this.spares.remove(join(this.p.dir, name));
+      } catch (err) {
+        this.hold!.failed = true;
+        throw ioError(`cannot remove ${join(this.p.dir, name)}`, err);
+      }
+      this.hold!.changed = true;
+      this.mark(name, ip, false);
+      out.push(ip);
+    }
+    return out;
+  }
 
   /** The attachment's `.berth/att` record follows its leases when the hold ends (see `Hold`). */
   private recordAtt(key: string): void {
