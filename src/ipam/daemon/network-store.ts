@@ -539,8 +539,7 @@ export class NetworkStore implements LeaseStore {
           this.opts.log.log('warn', 'corrupt lease file keeps its address taken (until a GC)', {
             file: join(this.p.dir, l.name),
           });
-        }
-        else
+        } else
           this.opts.log.log('warn', 'unreadable lease file keeps its address taken', {
             file: join(this.p.dir, l.name),
             error: l.problem,
