@@ -374,8 +374,11 @@ static napi_value read_small_files(napi_env env, napi_callback_info info) {
     int ok;
     unsigned char type = e->d_type;
     if (type == DT_UNKNOWN) {
-      struct stat st;
-      if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) type = S_ISREG(st.st_mode) ? DT_REG : DT_FIFO;
+      // statx (glibc 2.28, as Node 20 itself needs), not fstatat: built against glibc >= 2.33, fstatat
+      // binds to that version's new symbol and the addon would not load on older hosts (RHEL 8, Ubuntu 20.04).
+      struct statx stx;
+      if (statx(dfd, name, AT_SYMLINK_NOFOLLOW, STATX_TYPE, &stx) == 0)
+        type = S_ISREG(stx.stx_mode) ? DT_REG : DT_FIFO;
     }
     if (type != DT_REG) {
       ok = out_entry(&o, 1, name, nlen, 0, NULL, 0);

@@ -1,5 +1,5 @@
 // The addon's flock(2) must exclude other processes that use flock(2) (util-linux flock, Go's go-filemutex).
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { holdFlock } from './flock-holder';
 import {
   closeSync,
@@ -227,5 +227,24 @@ describe('native addon loader', () => {
     expect(() => loadNativeAddon(['/nonexistent/a.node', dir])).toThrow(
       /checked:\n {2}\/nonexistent\/a\.node: not found\n {2}.*lock: not found/,
     );
+  });
+});
+
+describe('the glibc the addon needs', () => {
+  // berth on a host is Node 20 (glibc 2.28) plus this addon: the addon must ask for no newer glibc, or the
+  // plugins fail to load on RHEL 8, Ubuntu 20.04 or Debian 11 (fstatat binds to glibc 2.33's new symbol).
+  it('no symbol newer than GLIBC_2.28', () => {
+    const file = join(__dirname, '../../native/build/Release/berth_native.node');
+    const versions = [
+      ...new Set(
+        execFileSync('objdump', ['-T', file], { encoding: 'utf8' }).match(/GLIBC_\d+(\.\d+)+/g) ?? [],
+      ),
+    ];
+    const newer = versions.filter((v) => {
+      const [maj, min] = v.slice('GLIBC_'.length).split('.').map(Number);
+      return maj! > 2 || (maj === 2 && min! > 28);
+    });
+    expect(versions.length).toBeGreaterThan(0);
+    expect(newer).toEqual([]);
   });
 });
