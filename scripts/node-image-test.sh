@@ -212,8 +212,10 @@ conflist_ok() { cmp "$host/configmap/"* "$host/etc/cni/net.d/"*; }
 check "the ConfigMap's network config installed as is into the host's conf dir" conflist_ok
 config_last() {
   cat "$agent_log"
-  grep 'node-agent: installed' "$agent_log" | tail -n 1 | grep -q '/host/etc/cni/net.d/' &&
-    [ "$(grep -c 'node-agent: installed /host/opt/cni/bin/' "$agent_log")" = 3 ]
+  # The DaemonSet's --log-format=json: the agent's lines are JSON lines, with its component.
+  grep '"msg":"installed ' "$agent_log" | grep -F '"component":"node-agent"' | tail -n 1 |
+    grep -q '/host/etc/cni/net.d/' &&
+    [ "$(grep -c '"msg":"installed /host/opt/cni/bin/' "$agent_log")" = 3 ]
 }
 check "the config was written after the three plugins (agent log order)" config_last
 
@@ -254,8 +256,8 @@ still_answers() {
 check "the installed berth-bridge still answers with no berthd (the shim runs berth standalone)" still_answers
 restart_unchanged() {
   "${podman_[@]}" rm "$P-agent" >/dev/null && start_agent && healthy >/dev/null || return 1
-  "${podman_[@]}" logs "$P-agent" 2>&1 | grep 'node-agent:'
-  [ "$("${podman_[@]}" logs "$P-agent" 2>&1 | grep -c 'node-agent: unchanged')" = 4 ]
+  "${podman_[@]}" logs "$P-agent" 2>&1 | grep -F '"component":"node-agent"'
+  [ "$("${podman_[@]}" logs "$P-agent" 2>&1 | grep -F '"component":"node-agent"' | grep -c '"msg":"unchanged ')" = 4 ]
 }
 check "a second start finds every file in place and changes none" restart_unchanged
 "${podman_[@]}" stop -t 20 "$P-agent" >/dev/null 2>&1

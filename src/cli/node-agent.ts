@@ -21,6 +21,7 @@ import {
 } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { type DaemonCliOptions, daemonOptionsOf, runCheckedDaemon } from './daemon';
+import { createLogger } from '../daemon/log';
 import { pluginTypes } from './runtime/compat';
 
 export interface NodeAgentCliOptions extends DaemonCliOptions {
@@ -180,10 +181,20 @@ export async function runNodeAgent(o: NodeAgentCliOptions, err: (s: string) => v
   // state outside the mounted directories, stay on the host, where the fallback's state is.
   const options = daemonOptionsOf({ ...o, hostRoot: o.hostRoot ?? '/proc/1/root' }, err);
   if (typeof options === 'number') return options;
+  // With --log-format json the agent's lines are JSON lines too: a collector parsing them keeps these.
+  const json = createLogger({ format: 'json', level: 'info', write: err });
+  const say = (level: 'info' | 'warn' | 'error', line: string): void => {
+    if (options.logFormat === 'json') json.log(level, line, { component: 'node-agent' });
+    else
+      err(
+        `berth node-agent: ${level === 'info' ? '' : `${level === 'warn' ? 'warning' : 'error'}: `}${line}\n`,
+      );
+  };
   try {
-    for (const line of await installOnNode(plan)) err(`berth node-agent: ${line}\n`);
+    for (const line of await installOnNode(plan))
+      say(line.startsWith('warning: ') ? 'warn' : 'info', line.replace(/^warning: /, ''));
   } catch (e) {
-    err(`berth node-agent: ${(e as Error).message}\n`);
+    say('error', (e as Error).message);
     return 1;
   }
   return runCheckedDaemon(options, err);

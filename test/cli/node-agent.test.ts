@@ -132,6 +132,22 @@ describe('berth node-agent: install on the node', () => {
     expect(readdirSync(join(dir, 'net.d'))).toEqual([]);
   });
 
+  it('with --log-format json its own lines are JSON lines too', async () => {
+    writeFileSync(join(dir, 'config/10-pods.conflist'), '{"name": "pods", ');
+    const errs: string[] = [];
+    const code = await runNodeAgent(
+      { ...plan, conflist: plan.conflist!, logFormat: 'json' },
+      (l) => void errs.push(l),
+    );
+    expect(code).toBe(1);
+    expect(errs).toHaveLength(1);
+    expect(JSON.parse(errs[0]!)).toMatchObject({
+      level: 'error',
+      component: 'node-agent',
+      msg: expect.stringMatching(/is not JSON/),
+    });
+  });
+
   it('without --conflist only the plugins are installed', async () => {
     const { conflist: _, ...noConfig } = plan;
     expect(await installOnNode(noConfig)).toHaveLength(3);
