@@ -66,6 +66,8 @@ export async function dispatch(io: PluginIo, handlers: PluginHandlers, about: Pl
     const request = parseRequest(io);
     request.log = (line) => io.stderr(`${about.name}: ${line}\n`);
     request.stderr = (text) => io.stderr(text);
+    if (request.ignoredPrevResult !== undefined)
+      request.log(`DEL without prevResult, which cannot be read: ${request.ignoredPrevResult}`);
     if (io.signal !== undefined) request.signal = io.signal;
     cniVersion = request.cniVersion;
     const result = await runHandler(handlers, request, about);

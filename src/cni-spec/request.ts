@@ -52,6 +52,8 @@ export interface Request {
   cniVersion: string;
   /** Already converted to the internal model. */
   prevResult?: Result;
+  /** DEL only: why the prevResult given could not be read (the DEL goes on without it). */
+  ignoredPrevResult?: string;
   /** `args.cni` of the config (runtime-supplied metadata such as `ips` or `mac`); {} when absent. */
   args: Readonly<Record<string, unknown>>;
   /** runtimeConfig lookup ignoring key case: containerd sends `HostPort`, CRI-O `hostPort`. */
@@ -175,7 +177,16 @@ export function parseRequest(input: Invocation): Request {
   }
   const fromEnv = readEnvVars(input.env, command);
   const config = parseNetConf(input.stdin, command);
-  const prevResult = readPrevResult(config);
+  // DEL is best effort and prevResult optional there: one berth cannot read (another plugin's output the
+  // runtime cached) must not fail it for good, which would leave its lease and veth behind. Said on stderr.
+  let prevResult: Result | undefined;
+  let ignoredPrevResult: string | undefined;
+  try {
+    prevResult = readPrevResult(config);
+  } catch (err) {
+    if (command !== 'DEL' || !(err instanceof CniError)) throw err;
+    ignoredPrevResult = err.message;
+  }
   const runtimeConfig = readObjectKey(config, 'runtimeConfig');
   const args = readArgsCni(config);
   const request: Request = {
@@ -192,6 +203,7 @@ export function parseRequest(input: Invocation): Request {
       runtimeConfig === undefined ? undefined : caseInsensitiveGet(runtimeConfig, key),
   };
   if (prevResult !== undefined) request.prevResult = prevResult;
+  if (ignoredPrevResult !== undefined) request.ignoredPrevResult = ignoredPrevResult;
   if (command === 'GC') request.validAttachments = readValidAttachments(config);
   return request;
 }

@@ -79,8 +79,11 @@ function readIPConfig100(o: JsonObject, ctx: ShapeContext): IPConfig100 {
 }
 
 function readIPConfig040(o: JsonObject, ctx: ShapeContext): IPConfig040 {
-  const version = optionalString(o, 'version', ctx);
-  // Some 0.3.x producers omitted the tag (or wrote null); the address says which family it is.
+  const written = optionalString(o, 'version', ctx);
+  // Some 0.3.x producers omitted the tag (or wrote null), and libcni 1.1 passes such an omission on as ""
+  // (its 0.4.0 type always writes the field: chained ADDs, and the cache CHECK and DEL read): the address
+  // says which family it is.
+  const version = written === '' ? undefined : written;
   if (version !== undefined && version !== '4' && version !== '6') {
     throw shapeError(at(ctx, 'version'), '"4" or "6"', version);
   }

@@ -224,6 +224,12 @@ describe('parseResult details', () => {
     ).toEqual({ cniVersion: '1.1.0', ips: [{ address: 'fd00:1::5/64' }] });
   });
 
+  it('reads an empty version tag as absent: libcni 1.1 writes "" for an omitted one (chains, its cache)', () => {
+    expect(
+      parseResult({ cniVersion: '0.4.0', ips: [{ version: '', address: '198.18.251.2/24' }] }, '0.4.0'),
+    ).toEqual({ cniVersion: '1.1.0', ips: [{ address: '198.18.251.2/24' }] });
+  });
+
   it.each([
     ['not JSON', '{"cniVersion":', ErrorCode.DecodingFailure, /not valid JSON/],
     ['an array', '[]', ErrorCode.DecodingFailure, /expected an object/],

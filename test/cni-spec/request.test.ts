@@ -406,6 +406,14 @@ describe('prevResult', () => {
     expect(parseRequest(withConf({ prevResult })).prevResult).toEqual({ cniVersion: '1.1.0', ...prevResult });
   });
 
+  it('that cannot be read does not stop a DEL (best effort): it goes on without, saying why', () => {
+    const bad = { cniVersion: '1.1.0', ips: [{ interface: '0', address: '198.18.0.5/24' }] };
+    const del = parseRequest(withConf({ prevResult: bad }, { ...ADD_ENV, CNI_COMMAND: 'DEL' }));
+    expect(del.prevResult).toBeUndefined();
+    expect(del.ignoredPrevResult).toMatch(/prevResult.*interface/);
+    expectCniError(() => parseRequest(withConf({ prevResult: bad })), ErrorCode.DecodingFailure, /interface/);
+  });
+
   it('that is malformed fails naming prevResult', () => {
     expectCniError(
       () => parseRequest(withConf({ prevResult: { ips: [{ gateway: '198.18.0.1' }] } })),
