@@ -4,7 +4,8 @@ import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, w
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-// Behaviour is steered by files in $FAKE_DIR: fail-<name>-<COMMAND> makes that call fail with code 11.
+// Behaviour is steered by files in $FAKE_DIR: fail-<name>-<COMMAND> makes that call fail with code 11,
+// out-<name>-<COMMAND> is printed as that call's answer.
 const SCRIPT = `#!/bin/bash
 name=$(basename "$0")
 in=$(cat)
@@ -17,6 +18,10 @@ env -0 > "$rec.env"
 if [ -e "$dir/fail-$name-$CNI_COMMAND" ]; then
   printf '{"code":11,"msg":"%s told to fail","details":"%s"}' "$name" "$CNI_COMMAND"
   exit 1
+fi
+if [ -e "$dir/out-$name-$CNI_COMMAND" ]; then
+  cat "$dir/out-$name-$CNI_COMMAND"
+  exit 0
 fi
 if [ "$CNI_COMMAND" = ADD ]; then
   printf '{"interfaces":[{"name":"%s"}],"ips":[{"address":"198.18.7.%d/24","interface":0}]}' "$name" "$((n + 1))"
@@ -40,6 +45,8 @@ export interface FakePlugins {
   dir: string;
   writeConf(file: string, content: unknown): void;
   failOn(plugin: string, command: string): void;
+  /** The plugin prints `stdout` (and exits 0) for that command. */
+  answer(plugin: string, command: string, stdout: string): void;
   calls(): Call[];
   resetCalls(): void;
   cleanup(): void;
@@ -63,6 +70,7 @@ export function makeFakePlugins(names: string[]): FakePlugins {
     writeConf: (file, content) =>
       writeFileSync(join(confDir, file), typeof content === 'string' ? content : JSON.stringify(content)),
     failOn: (plugin, command) => writeFileSync(join(dir, `fail-${plugin}-${command}`), ''),
+    answer: (plugin, command, stdout) => writeFileSync(join(dir, `out-${plugin}-${command}`), stdout),
     calls: () => {
       let files: string[];
       try {

@@ -139,6 +139,35 @@ describe('ADD', () => {
   });
 });
 
+describe('results a runtime would refuse', () => {
+  test.each([
+    ['an unknown cniVersion', '{"cniVersion":"9.9.9"}', /9\.9\.9/],
+    ['an interface index as a string', '{"ips":[{"address":"198.18.7.9/24","interface":"0"}]}', /interface/],
+  ])('%s: the ADD fails at that plugin and nothing is cached', async (_what, out, message) => {
+    fake.writeConf('10-net1.conflist', list());
+    fake.answer('b', 'ADD', out);
+    const r = await exec('add', '/run/netns/p1');
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/plugin type="b" failed \(add\)/);
+    expect(r.stderr).toMatch(message);
+    expect(order()).toEqual(['a:ADD', 'b:ADD']);
+    expect(cacheFiles()).toEqual([]);
+  });
+});
+
+describe('a list without cniVersion (0.1.0, as libcni reads it)', () => {
+  test('ADD, then DEL and GC of it work', async () => {
+    const { cniVersion: _, ...noVersion } = list();
+    fake.writeConf('10-net1.conflist', noVersion);
+    expect((await exec('add', '/run/netns/p1')).code).toBe(0);
+    const del = await exec('del', '/run/netns/p1');
+    expect(del, del.stderr).toMatchObject({ code: 0 });
+    expect(order().slice(-3)).toEqual(['c:DEL', 'b:DEL', 'a:DEL']);
+    expect(cacheFiles()).toEqual([]);
+    expect((await exec('gc', '/run/netns/p1')).code).toBe(0);
+  });
+});
+
 describe('DEL', () => {
   test('runs in reverse order with the cached result as prevResult, then removes the cache file', async () => {
     fake.writeConf('10-net1.conflist', list());

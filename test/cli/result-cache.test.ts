@@ -83,6 +83,16 @@ describe('cache file', () => {
     expect(await listCachedAttachments(dir)).toEqual([]);
   });
 
+  test('an entry naming no interface or no network is not listed for GC (libcni skips it too)', async () => {
+    await writeCacheEntry(dir, entry());
+    const o = JSON.parse(readFileSync(cacheFilePath(dir, entry()), 'utf8')) as Record<string, unknown>;
+    writeFileSync(join(dir, 'results', 'zz-noif'), JSON.stringify({ ...o, ifName: '' }));
+    writeFileSync(join(dir, 'results', 'zz-nonet'), JSON.stringify({ ...o, networkName: '' }));
+    expect((await listCachedAttachments(dir)).map((e) => `${e.networkName}/${e.ifName}`)).toEqual([
+      'net/eth0',
+    ]);
+  });
+
   test.each([
     [{ containerId: '' }, 'invalid container id ""'],
     [{ containerId: '../x' }, 'invalid container id "../x"'],

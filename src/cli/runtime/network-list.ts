@@ -1,5 +1,6 @@
 // The runtime half of CNI for one network list (libcni's *NetworkList functions): which plugins run, in
 // which order, with what, and what is cached — the contract `berth exec` shares with cnitool.
+import { parseResult as readResult } from '../../cni-spec/convert';
 import { CniError, ErrorCode, toCniError } from '../../cni-spec/errors';
 import type { NetworkConfigList, PluginConf } from './conflist';
 import type { PluginRequestInput, RuntimeCommand, RuntimeConf } from './request-config';
@@ -120,6 +121,10 @@ function parseResult(stdout: string, configVersion: string): Record<string, unkn
   }
   const result = parsed as Record<string, unknown>;
   if (typeof result.cniVersion !== 'string' || result.cniVersion === '') result.cniVersion = configVersion;
+  // Read as libcni decodes it (an unknown version, a field of the wrong type is an error), though passed on
+  // and cached as the plugin wrote it: a result a runtime would refuse must not pass here and be cached for
+  // the runtime's DEL to trip on.
+  readResult(result, configVersion || '0.1.0');
   return result;
 }
 
@@ -255,7 +260,8 @@ export async function statusNetworkList(runtime: Runtime, list: NetworkConfigLis
 
 function versionAtLeast(list: NetworkConfigList, min: string): boolean {
   try {
-    return atLeast(list.cniVersion, min);
+    // No cniVersion is 0.1.0, as libcni's ParseVersion("") reads it.
+    return atLeast(list.cniVersion === '' ? '0.1.0' : list.cniVersion, min);
   } catch (err) {
     throw new CniError(ErrorCode.IncompatibleCniVersion, (err as Error).message, undefined, { cause: err });
   }

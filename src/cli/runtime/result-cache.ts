@@ -155,7 +155,9 @@ export async function listCachedAttachments(cacheDir: string): Promise<CachedAtt
       continue; // removed by a concurrent DEL, or not a regular file
     }
     const entry = decodeCacheEntry(text);
-    if (entry !== undefined) out.push(entry);
+    // As libcni's GetCachedAttachments: an entry without its interface or network names no attachment
+    // (a DEL of it could only fail, and fail the whole GC).
+    if (entry !== undefined && entry.ifName !== '' && entry.networkName !== '') out.push(entry);
   }
   return out;
 }
