@@ -213,7 +213,8 @@ export function daemonOptionsOf(
   }
   if (o.metricsAddress !== undefined) {
     const m = /^(.*):(\d+)$/.exec(o.metricsAddress);
-    if (m === null || m[1] === '' || Number(m[2]) > 65535) {
+    // An empty host (`:9377`, as Go writes it) listens on every address, as Node's listen(port, '') does.
+    if (m === null || Number(m[2]) > 65535) {
       err(`berth daemon: --metrics-address wants HOST:PORT, got ${o.metricsAddress}\n`);
       return 2;
     }

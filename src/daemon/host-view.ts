@@ -3,7 +3,7 @@
 // (resolvConf) must be the same file in both views, or a lease written by berthd lands in the container's
 // layer while a fallback allocates from the host's directory: two pods, one address. Such calls are left
 // to the host (421 on the warm path, a non-CNI answer to berth-ipam's daemon client).
-import { type Stats, readlinkSync, statSync } from 'node:fs';
+import { type Stats, lstatSync, readlinkSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 
 export interface HostView {
@@ -15,7 +15,7 @@ export interface HostView {
 
 function statOrUndefined(path: string): Stats | undefined {
   try {
-    return statSync(path);
+    return statSync(path, { throwIfNoEntry: false });
   } catch {
     return undefined;
   }
@@ -59,7 +59,8 @@ export function hostViewThrough(hostRoot: string, warn: (line: string) => void =
         here = statOrUndefined(at);
       }
       if (here === undefined) return undefined;
-      const there = statOrUndefined(`${hostRoot}${at === '/' ? '' : at}`);
+      const resolved = resolveInRoot(hostRoot, at);
+      const there = resolved === undefined ? undefined : statOrUndefined(resolved);
       if (there !== undefined && there.dev === here.dev && there.ino === here.ino) return undefined;
       const why = `${path} is not the host's (${at} differs between berthd's container and the host: mount it)`;
       // Once per path: each of its calls still runs, standalone on the host, and the metric counts them.
@@ -70,6 +71,41 @@ export function hostViewThrough(hostRoot: string, warn: (line: string) => void =
       return why;
     },
   };
+}
+
+/**
+ * `path` of the host's view, resolved under `root` as the host would resolve it, or undefined when a part
+ * is missing or the links loop. The kernel resolves an absolute symlink met below `/proc/<pid>/root` against
+ * the caller's root, not that process's (the host's /var/run → /run would land in berthd's own /run): each
+ * link is read here and followed inside `root`, and `..` stops at `root`.
+ */
+export function resolveInRoot(root: string, path: string): string | undefined {
+  const parts = (p: string): string[] => p.split('/').filter((c) => c !== '' && c !== '.');
+  let done: string[] = [];
+  let todo = parts(path);
+  for (let links = 0; todo.length > 0;) {
+    const c = todo.shift()!;
+    if (c === '..') {
+      done.pop();
+      continue;
+    }
+    const here = `${root}/${[...done, c].join('/')}`;
+    let isLink: boolean;
+    try {
+      isLink = lstatSync(here).isSymbolicLink();
+    } catch {
+      return undefined;
+    }
+    if (!isLink) {
+      done.push(c);
+      continue;
+    }
+    if (++links > 40) return undefined;
+    const target = readlinkSync(here);
+    if (target.startsWith('/')) done = [];
+    todo = [...parts(target), ...todo];
+  }
+  return `${root}/${done.join('/')}`;
 }
 
 /** The paths of berth-ipam's state in a network config: its dataDir (default given) and resolvConf. */

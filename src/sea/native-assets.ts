@@ -11,7 +11,7 @@ import {
   unlinkSync,
   writeSync,
 } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 
 /** Default extraction directory; BERTH_NATIVE_DIR replaces it (tests use a private temp dir). */
 export const DEFAULT_NATIVE_DIR = '/var/lib/berth/native';
@@ -127,9 +127,12 @@ export function extractAddon(name: string, env: NodeJS.ProcessEnv = process.env)
 
 /** `bytes` (addon `name`, of that sha256) as `<sha256>.node` in the private directory `dir`, unless there already. */
 export function placeAddon(dir: string, name: string, sha256: string, bytes: Uint8Array): string {
-  const file = join(dir, `${sha256}.node`);
   makeDir(dir);
-  assertPrivateDir(dir);
+  // Checked, written and loaded through the path with no symlink left in it: a link on the way (one its
+  // owner could retarget between the check and the dlopen) is resolved once, here.
+  const real = join(realpathSync(dirname(dir)), basename(dir));
+  assertPrivateDir(real);
+  const file = join(real, `${sha256}.node`);
   if (trustedFile(file, bytes.length)) return file;
   // Required here: only a first extraction needs node:crypto, which is slow to load.
   const { createHash } = require('node:crypto') as typeof import('node:crypto');

@@ -1,6 +1,6 @@
 // berth daemon's option checks that are pure functions of the text given.
 import { describe, expect, test } from 'vitest';
-import { MAX_TIMER_MS, callDeadlineMs } from '../../src/cli/daemon';
+import { MAX_TIMER_MS, callDeadlineMs, daemonOptionsOf } from '../../src/cli/daemon';
 
 describe('--call-timeout', () => {
   test('seconds become whole milliseconds', () => {
@@ -24,5 +24,22 @@ describe('--call-timeout', () => {
     const ms = callDeadlineMs(String(MAX_TIMER_MS / 1000))!;
     const signal = AbortSignal.timeout(ms);
     expect(signal.aborted).toBe(false);
+  });
+});
+
+describe('--metrics-address', () => {
+  test('HOST:PORT, [v6]:PORT and :PORT (every address, as Go writes it) pass; no port or a port over 65535 is refused', () => {
+    for (const ok of ['127.0.0.1:9377', '[::1]:9377', ':9377']) {
+      const errs: string[] = [];
+      expect(typeof daemonOptionsOf({ metricsAddress: ok }, (l) => void errs.push(l)), ok).toBe('object');
+    }
+    for (const bad of ['9377', '127.0.0.1:', '127.0.0.1:65536']) {
+      const errs: string[] = [];
+      expect(
+        daemonOptionsOf({ metricsAddress: bad }, (l) => void errs.push(l)),
+        bad,
+      ).toBe(2);
+      expect(errs.join('')).toMatch(/--metrics-address wants HOST:PORT/);
+    }
   });
 });

@@ -1,55 +1,89 @@
 // The container/host comparison of berth-ipam's paths (src/daemon/host-view.ts), on a fake host root: a
-// directory whose tree links back to some of this machine's directories (shared) and not to others.
+// directory `host` standing for the host's `/`. What berthd sees as shared with it is reached through a
+// symlink of ours into `host`; what is berthd's alone is a directory of ours of the same name.
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { berthIpamNotShared, berthIpamPaths, hostViewThrough } from '../../src/daemon/host-view';
+import {
+  berthIpamNotShared,
+  berthIpamPaths,
+  hostViewThrough,
+  resolveInRoot,
+} from '../../src/daemon/host-view';
 
 const t = mkdtempSync(join(tmpdir(), `bt${process.pid}-hvu-`));
 const hostRoot = join(t, 'host');
-for (const d of ['shared', 'mine', 'etc']) mkdirSync(join(t, d));
-writeFileSync(join(t, 'etc', 'resolv.conf'), 'nameserver 198.18.0.53\n');
-// The host sees t/shared as it is; t/mine and t/etc are other directories of the same name on the host.
-mkdirSync(join(hostRoot, t, 'mine'), { recursive: true });
-mkdirSync(join(hostRoot, t, 'etc'), { recursive: true });
-symlinkSync(join(t, 'shared'), join(hostRoot, t, 'shared'));
+const ours = join(t, 'ours');
+// The host's /data, /run and an absolute link /var/run → /run (as on Debian); ours the same names.
+for (const d of ['data', 'run', 'var', 'etc']) mkdirSync(join(hostRoot, d), { recursive: true });
+symlinkSync('/run', join(hostRoot, 'var', 'run'));
+writeFileSync(join(hostRoot, 'etc', 'resolv.conf'), 'nameserver 198.18.0.53\n');
+// berthd's view: `ours/shared` is the host's /data (a mount, in a real container), `ours/mine` its own.
+mkdirSync(ours);
+mkdirSync(join(ours, 'mine'));
+symlinkSync(join(hostRoot, 'data'), join(ours, 'shared'));
 afterAll(() => rmSync(t, { recursive: true, force: true }));
+
+describe('resolveInRoot', () => {
+  it("follows an absolute link inside the root, as the host's kernel would (not in ours)", () => {
+    expect(resolveInRoot(hostRoot, '/var/run')).toBe(`${hostRoot}/run`);
+    expect(resolveInRoot(hostRoot, '/var/run/../data')).toBe(`${hostRoot}/data`);
+    expect(resolveInRoot(hostRoot, '/../../data')).toBe(`${hostRoot}/data`);
+    expect(resolveInRoot(hostRoot, '/nope/x')).toBeUndefined();
+  });
+
+  it('a loop of links is undefined, not a hang', () => {
+    symlinkSync('/loop2', join(hostRoot, 'loop1'));
+    symlinkSync('/loop1', join(hostRoot, 'loop2'));
+    expect(resolveInRoot(hostRoot, '/loop1/x')).toBeUndefined();
+  });
+});
 
 describe('hostViewThrough', () => {
   const warnings: string[] = [];
+  // A path is the same string on both sides: `ours/...` in berthd's root and in the host's (under hostRoot).
   const view = hostViewThrough(hostRoot, (l) => warnings.push(l));
+  const shared = join(ours, 'shared');
 
   it('a directory both see is shared, also a data dir not made yet below it', () => {
-    expect(view.notShared(join(t, 'shared'))).toBeUndefined();
-    expect(view.notShared(join(t, 'shared', 'not-yet', 'net'))).toBeUndefined();
+    // berthd's `ours/shared` and the host's `ours/shared`: the host has the same link (it is the host's
+    // tree that decides), to its /data.
+    mkdirSync(join(hostRoot, ours), { recursive: true });
+    symlinkSync('/data', join(hostRoot, ours, 'shared'));
+    expect(view.notShared(shared)).toBeUndefined();
+    expect(view.notShared(join(shared, 'not-yet', 'net'))).toBeUndefined();
   });
 
   it("a directory only berthd's side has is not shared, named once in the log", () => {
-    expect(view.notShared(join(t, 'mine'))).toMatch(/is not the host's/);
-    expect(view.notShared(join(t, 'mine', 'not-yet'))).toMatch(new RegExp(`${join(t, 'mine')} differs`));
-    view.notShared(join(t, 'mine'));
-    expect(warnings.filter((w) => w.startsWith(join(t, 'mine ')))).toHaveLength(1);
+    mkdirSync(join(hostRoot, ours, 'mine'), { recursive: true });
+    expect(view.notShared(join(ours, 'mine'))).toMatch(/is not the host's/);
+    expect(view.notShared(join(ours, 'mine', 'not-yet'))).toMatch(
+      new RegExp(`${join(ours, 'mine')} differs`),
+    );
+    view.notShared(join(ours, 'mine'));
+    expect(warnings.filter((w) => w.startsWith(`${join(ours, 'mine')} `))).toHaveLength(1);
   });
 
   it("a config's data dir and resolvConf are both checked; the default data dir when none is named", () => {
     const config = (ipam: Record<string, unknown>) => ({ name: 'n', ipam: { type: 'berth-ipam', ...ipam } });
     expect(berthIpamPaths(config({}), '/var/lib/cni/networks')).toEqual(['/var/lib/cni/networks']);
-    expect(berthIpamNotShared(view, config({ dataDir: join(t, 'shared') }), '/x')).toBeUndefined();
+    expect(berthIpamNotShared(view, config({ dataDir: shared }), '/x')).toBeUndefined();
+    writeFileSync(join(ours, 'mine', 'resolv.conf'), 'nameserver 198.18.0.54\n');
     expect(
       berthIpamNotShared(
         view,
-        config({ dataDir: join(t, 'shared'), resolvConf: join(t, 'etc', 'resolv.conf') }),
+        config({ dataDir: shared, resolvConf: join(ours, 'mine', 'resolv.conf') }),
         '/x',
       ),
     ).toMatch(/resolv\.conf is not the host's/);
-    expect(berthIpamNotShared(view, config({ dataDir: join(t, 'mine') }), '/x')).toMatch(/not the host's/);
+    expect(berthIpamNotShared(view, config({ dataDir: join(ours, 'mine') }), '/x')).toMatch(/not the host's/);
   });
 
   it('our own root, or a root that cannot be read: nothing is refused', () => {
-    expect(hostViewThrough(`/proc/${process.pid}/root`).notShared(join(t, 'mine'))).toBeUndefined();
+    expect(hostViewThrough(`/proc/${process.pid}/root`).notShared(join(ours, 'mine'))).toBeUndefined();
     const missing = hostViewThrough(join(t, 'no-such-root'));
-    expect(missing.notShared(join(t, 'mine'))).toBeUndefined();
+    expect(missing.notShared(join(ours, 'mine'))).toBeUndefined();
     expect(missing.unchecked).toMatch(/cannot be read/);
   });
 });

@@ -7,6 +7,7 @@ import {
   mkdtempSync,
   readFileSync,
   readdirSync,
+  realpathSync,
   rmSync,
   statSync,
   symlinkSync,
@@ -117,6 +118,13 @@ describe('placeAddon', () => {
     writeFileSync(join(dir, `${sha}.node`), bytes.subarray(0, 16_384), { mode: 0o500 });
     const file = placeAddon(dir, 'x', sha, bytes);
     expect(statSync(file).size).toBe(bytes.length);
+  });
+
+  it('through a symlinked ancestor: checked, written and loaded at the path with no link in it', () => {
+    mkdirSync(join(base, 'disk', 'berth'), { recursive: true, mode: 0o700 });
+    symlinkSync(join(base, 'disk', 'berth'), join(base, 'berth'));
+    const file = placeAddon(join(base, 'berth', 'native'), 'x', sha, bytes);
+    expect(file).toBe(join(realpathSync(base), 'disk', 'berth', 'native', `${sha}.node`));
   });
 
   it('bytes that are not what the manifest says are refused', () => {
