@@ -44,6 +44,10 @@ async function ensureBridge(nl: Netlink, conf: BridgeConf): Promise<{ link: Link
     try {
       link = await nl.createBridge({
         name: conf.bridge,
+        // A MAC given at creation is the bridge's for good (addr_assign_type 3), in every mode: one left
+        // to the kernel follows the lowest port's as pods come and go, and a CHECK of an earlier pod (CRI-O
+        // runs one after every ADD and at restart) then fails on it. With a gateway it is pinned anyway.
+        mac: randomLocalMac(),
         ...(conf.mtu !== undefined ? { mtu: conf.mtu } : {}),
         ...(wantsVlanFiltering(conf) ? { vlanFiltering: true } : {}),
       });

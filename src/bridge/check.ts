@@ -10,7 +10,7 @@ import { confFromRequest } from './config';
 import { refuseOwnNetns } from './own-netns';
 import { canonicalIp, parseCidr } from './gateway';
 import type { BridgeDeps } from './deps';
-import { toKernelCniError } from './kernel';
+import { pinnedMac, toKernelCniError } from './kernel';
 import { masqueradeAddresses } from './masquerade';
 import { attachmentTag, nftScope } from './nft';
 import { referenceMasqueradeFamilies, referenceSpoofCheckPresent } from './reference-masquerade';
@@ -52,7 +52,10 @@ export async function cmdCheck(req: Request, deps: BridgeDeps): Promise<void> {
     const br = await host.findLink(conf.bridge);
     if (br === undefined) fail(`CNI created bridge ${conf.bridge} in host namespace was not found`);
     if (br.kind !== 'bridge') fail(`Interface ${conf.bridge} does not have link type of bridge`);
-    if (!sameMac(brIf.mac, br.mac)) fail(`Bridge interface ${conf.bridge} Mac doesn't match: ${brIf.mac}`);
+    // A bridge whose MAC is not pinned (made by the operator, in L2 mode) follows its lowest port's as
+    // ports come and go: that is the kernel's doing, not drift to report.
+    if (!sameMac(brIf.mac, br.mac) && pinnedMac(conf.bridge) !== undefined)
+      fail(`Bridge interface ${conf.bridge} Mac doesn't match: ${brIf.mac}`);
     if (br.promisc !== conf.promiscMode) {
       fail(
         `Bridge interface ${conf.bridge} configured Promisc Mode ${conf.promiscMode} doesn't match current state: ${br.promisc}`,

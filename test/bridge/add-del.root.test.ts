@@ -314,6 +314,44 @@ describe('ADD refusals', () => {
     expect(await addPod(c, 'ctr8')).toBe(0);
     expect(assignType(c)).toBe('3');
   });
+
+  it.each([
+    ['a bridge berth makes keeps its MAC without a gateway', true],
+    ["an operator's unpinned bridge following its ports is not drift", false],
+  ])('%s: CHECK of an earlier pod passes as ports come and go', async (_what, berthMakesIt) => {
+    const c = conf(); // no isGateway: nothing pins the MAC but the creation
+    const bridge = c.bridge as string;
+    if (!berthMakesIt) sh('ip', ['link', 'add', bridge, 'type', 'bridge']);
+    const ns = fx.netns();
+    const add = await fx.run({
+      command: 'ADD',
+      conf: c,
+      containerId: 'ctr9',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
+    expect(add.code, add.stdout + add.stderr).toBe(0);
+    const assigned = readFileSync(`/sys/class/net/${bridge}/addr_assign_type`, 'utf8').trim();
+    expect(assigned === '3').toBe(berthMakesIt);
+    // A port with the lowest MAC there can be: an unpinned bridge takes it as its own.
+    const low = `${fx.prefix}lo`;
+    sh('ip', ['link', 'add', low, 'address', '02:00:00:00:00:01', 'type', 'veth', 'peer', 'name', `${low}p`]);
+    try {
+      sh('ip', ['link', 'set', low, 'master', bridge, 'up']);
+      const mac = ipJson(['link', 'show', 'dev', bridge])[0].address;
+      expect(mac === '02:00:00:00:00:01').toBe(!berthMakesIt);
+      const check = await fx.run({
+        command: 'CHECK',
+        conf: { ...c, prevResult: add.json },
+        containerId: 'ctr9',
+        netns: ns.path,
+        ifname: 'eth0',
+      });
+      expect(check.code, check.stdout + check.stderr).toBe(0);
+    } finally {
+      trySh('ip', ['link', 'del', low]);
+    }
+  });
 });
 
 describe('DEL is idempotent', () => {
