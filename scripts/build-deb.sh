@@ -141,7 +141,7 @@ Description: CNI bridge and IPAM plugins with an IPAM daemon (berthd)
  compatible leases, or berthd when it runs) for containerd, CRI-O, podman
  and any CNI runtime, plus the berth admin command and berthd, started by
  systemd socket activation. One self-contained executable: no Node.js needed.
- Containerd and CRI-O also need the loopback plugin (containernetworking-plugins).
+ containerd also needs the loopback plugin (containernetworking-plugins).
 EOF
 
 mkdir -p "$out"

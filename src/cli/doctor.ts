@@ -5,6 +5,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import {
   diagnose,
   parseRuntimeVersion,
+  pluginTypes,
   type InstalledRuntime,
   type NetworkConfigFile,
   type RuntimeName,
@@ -67,13 +68,42 @@ async function readConfigs(dir: string): Promise<NetworkConfigFile[]> {
   );
 }
 
+/** A plugin's supportedVersions, from its answer to VERSION; undefined when it cannot be run or says nothing. */
+function supportedVersionsOf(path: string): Promise<string[] | undefined> {
+  return new Promise((resolve) => {
+    const child = execFile(
+      path,
+      [],
+      { timeout: 5_000, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', CNI_COMMAND: 'VERSION' } },
+      (err, stdout) => {
+        if (err !== null) return resolve(undefined);
+        try {
+          const v = (JSON.parse(stdout) as { supportedVersions?: unknown }).supportedVersions;
+          resolve(Array.isArray(v) && v.every((x) => typeof x === 'string') ? v : undefined);
+        } catch {
+          resolve(undefined);
+        }
+      },
+    );
+    child.stdin?.end('{"cniVersion":"1.0.0"}');
+  });
+}
+
 export async function runDoctor(o: DoctorCliOptions, io: CliIo): Promise<number> {
   const confDir = o.confDir ?? '/etc/cni/net.d';
   const binDir = o.binDir ?? '/opt/cni/bin';
   const runtimes =
     o.runtime !== undefined && o.runtime.length > 0 ? o.runtime.map(parseRuntimeArg) : await detectRuntimes();
   const plugins = await readdir(binDir).catch(() => [] as string[]);
-  const findings = diagnose({ confDir, binDir, configs: await readConfigs(confDir), plugins, runtimes });
+  const configs = await readConfigs(confDir);
+  const pluginVersions: Record<string, string[]> = {};
+  const named = new Set(configs.flatMap((c) => (c.config !== undefined ? pluginTypes(c.config) : [])));
+  for (const t of named) {
+    if (!plugins.includes(t)) continue;
+    const v = await supportedVersionsOf(`${binDir}/${t}`);
+    if (v !== undefined) pluginVersions[t] = v;
+  }
+  const findings = diagnose({ confDir, binDir, configs, plugins, runtimes, pluginVersions });
   if (o.json === true) io.out(`${JSON.stringify({ confDir, binDir, runtimes, findings }, null, 2)}\n`);
   else for (const f of findings) io.out(`${f.level === 'warn' ? 'WARN' : 'ok  '} ${f.message}\n`);
   return findings.some((f) => f.level === 'warn') ? 1 : 0;

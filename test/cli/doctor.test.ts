@@ -60,6 +60,9 @@ describe('runtime support table', () => {
     const c = conflist('1.0.0', { cniVersions: ['1.0.0', '1.1.0'] });
     expect(effectiveVersion(c, runtimeSupport('containerd', '2.0.1'))).toBe('1.1.0');
     expect(effectiveVersion(c, runtimeSupport('containerd', '1.6.20'))).toBe('1.0.0');
+    // cniVersion is a candidate too (libcni's ConfListFromBytes)
+    const older = conflist('1.0.0', { cniVersions: ['0.4.0'] });
+    expect(effectiveVersion(older, runtimeSupport('containerd', '2.0.1'))).toBe('1.0.0');
   });
 });
 
@@ -83,19 +86,62 @@ describe('diagnose', () => {
     expect(warnings(facts({ runtimes: [{ name: 'containerd', version: '1.6.20' }], configs }))).toEqual([]);
     expect(warnings(facts({ runtimes: [{ name: 'containerd', version: '2.0.2' }], configs }))).toEqual([]);
   });
-  it('warns when loopback is missing for containerd or CRI-O, not for podman 4', () => {
+  it('warns when loopback is missing for containerd; not for CRI-O (it brings lo up itself) or podman 4', () => {
     const configs = [{ file: 'a.conflist', config: conflist('1.0.0') }];
     const plugins = ['berth-bridge', 'berth-ipam'];
     expect(
       warnings(facts({ plugins, configs, runtimes: [{ name: 'containerd', version: '1.6.20' }] }))[0],
     ).toContain('/b/loopback is missing');
-    expect(
-      warnings(facts({ plugins, configs, runtimes: [{ name: 'cri-o', version: '1.28.0' }] })),
-    ).toHaveLength(1);
+    expect(warnings(facts({ plugins, configs, runtimes: [{ name: 'cri-o', version: '1.28.0' }] }))).toEqual(
+      [],
+    );
     expect(warnings(facts({ plugins, configs, runtimes: [{ name: 'podman', version: '4.3.1' }] }))).toEqual(
       [],
     );
   });
+  it('warns when a chained plugin does not speak the version the runtime picks from cniVersions', () => {
+    const chain = {
+      cniVersion: '1.0.0',
+      cniVersions: ['1.0.0', '1.1.0'],
+      name: 'n',
+      plugins: [{ type: 'berth-bridge', ipam: { type: 'berth-ipam' } }, { type: 'portmap' }],
+    };
+    const all = ['0.1.0', '0.2.0', '0.3.0', '0.3.1', '0.4.0', '1.0.0'];
+    const f = (version: string) =>
+      facts({
+        plugins: ['loopback', 'berth-bridge', 'berth-ipam', 'portmap'],
+        configs: [{ file: 'a.conflist', config: chain }],
+        runtimes: [{ name: 'containerd', version }],
+        pluginVersions: {
+          'berth-bridge': [...all, '1.1.0'],
+          'berth-ipam': [...all, '1.1.0'],
+          portmap: all, // Debian 12's containernetworking-plugins 1.1.1
+        },
+      });
+    expect(warnings(f('2.0.0'))).toEqual([
+      expect.stringMatching(
+        /gives its plugins cniVersion 1\.1\.0, which portmap does not speak.*drop 1\.1\.0 from cniVersions/,
+      ),
+    ]);
+    // containerd 1.6 ignores cniVersions: 1.0.0, which portmap speaks
+    expect(warnings(f('1.6.20'))).toEqual([]);
+  });
+
+  it('podman 5 beside another runtime: a note, not a warning', () => {
+    const configs = [{ file: 'a.conflist', config: conflist('1.0.0') }];
+    expect(
+      warnings(
+        facts({
+          configs,
+          runtimes: [
+            { name: 'containerd', version: '1.6.20' },
+            { name: 'podman', version: '5.0.1' },
+          ],
+        }),
+      ),
+    ).toEqual([]);
+  });
+
   it('warns on a missing plugin type, an unreadable file, no config at all', () => {
     expect(
       warnings(
@@ -143,5 +189,30 @@ describe('berth doctor on a conf dir', () => {
     out = '';
     expect(await runDoctor(o, io)).toBe(0);
     expect(out).toContain('containerd 1.6.20 will use cniVersion 1.0.0');
+  });
+
+  it("asks each plugin of the chain for its versions (VERSION) and warns on the one below the runtime's pick", async () => {
+    dir = mkdtempSync(join(tmpdir(), 'berth-doctor-'));
+    mkdirSync(join(dir, 'net.d'));
+    mkdirSync(join(dir, 'bin'));
+    const answer = (versions: string[]) =>
+      `#!/bin/sh\ncat >/dev/null\necho '${JSON.stringify({ cniVersion: '1.0.0', supportedVersions: versions })}'\n`;
+    const upTo10 = ['0.3.1', '0.4.0', '1.0.0'];
+    for (const [p, v] of [
+      ['berth-bridge', [...upTo10, '1.1.0']],
+      ['berth-ipam', [...upTo10, '1.1.0']],
+      ['portmap', upTo10],
+    ] as const)
+      writeFileSync(join(dir, 'bin', p), answer([...v]), { mode: 0o755 });
+    const chain = conflist('1.0.0', { cniVersions: ['1.0.0', '1.1.0'] });
+    (chain.plugins as unknown[]).push({ type: 'portmap' });
+    writeFileSync(join(dir, 'net.d', '10-berth.conflist'), JSON.stringify(chain));
+    let out = '';
+    const io = { out: (s: string) => void (out += s), err: () => undefined };
+    const o = { confDir: join(dir, 'net.d'), binDir: join(dir, 'bin'), runtime: ['cri-o=1.31.0'] };
+    expect(await runDoctor(o, io)).toBe(1);
+    expect(out).toMatch(
+      /^WARN .*cri-o 1\.31\.0 gives its plugins cniVersion 1\.1\.0, which portmap does not speak/m,
+    );
   });
 });

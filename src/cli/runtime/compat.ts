@@ -54,9 +54,10 @@ export function runtimeSupport(name: RuntimeName, version: string): RuntimeSuppo
       if (at('1.6.0'))
         return { ...libcni.v1, needsLoopback: true, note: 'containerd 1.6/1.7 (libcni 1.1): up to 1.0.0' };
       return { ...libcni.old, needsLoopback: true, note: 'containerd < 1.6 (libcni 0.8): up to 0.4.0' };
+    // CRI-O brings the pod's lo up itself, over netlink (cri-o/ocicni#71, 2020): no loopback plugin.
     case 'cri-o':
-      if (at('1.30.0')) return { ...libcni.v12, needsLoopback: true, note: 'CRI-O >= 1.30 (libcni 1.2)' };
-      return { ...libcni.v1, needsLoopback: true, note: 'CRI-O < 1.30 (libcni 1.1): up to 1.0.0' };
+      if (at('1.30.0')) return { ...libcni.v12, needsLoopback: false, note: 'CRI-O >= 1.30 (libcni 1.2)' };
+      return { ...libcni.v1, needsLoopback: false, note: 'CRI-O < 1.30 (libcni 1.1): up to 1.0.0' };
     case 'podman':
       if (at('5.0.0'))
         return {
@@ -87,6 +88,8 @@ export interface DoctorFacts {
   configs: NetworkConfigFile[];
   /** Names of the files in binDir. */
   plugins: string[];
+  /** Each plugin type's answer to VERSION (its supportedVersions), when it could be run. */
+  pluginVersions?: Record<string, string[]>;
   runtimes: InstalledRuntime[];
 }
 
@@ -106,7 +109,10 @@ export function effectiveVersion(
     ? config.cniVersions.filter((x): x is string => typeof x === 'string')
     : [];
   if (support.readsCniVersions && list.length > 0) {
-    const usable = list.filter((x) => compareVersions(x, support.maxVersion) <= 0 && known.includes(x));
+    // libcni takes the highest of cniVersions and cniVersion itself that it supports.
+    const usable = [...list, ...(v !== undefined ? [v] : [])].filter(
+      (x) => compareVersions(x, support.maxVersion) <= 0 && known.includes(x),
+    );
     usable.sort(compareVersions);
     return usable.at(-1) ?? v;
   }
@@ -138,7 +144,8 @@ export function diagnose(f: DoctorFacts): Finding[] {
   const cniRuntimes = f.runtimes.filter((r) => !runtimeSupport(r.name, r.version).noCni);
   for (const r of f.runtimes) {
     const s = runtimeSupport(r.name, r.version);
-    if (s.noCni) warn(`${r.name} ${r.version}: ${s.note}; the configs in ${f.confDir} are not used by it`);
+    // Not a problem of the configs: another runtime on the host may read them.
+    if (s.noCni) ok(`${r.name} ${r.version}: ${s.note}; the configs in ${f.confDir} are not used by it`);
     else ok(`${r.name} ${r.version}: reads CNI results up to ${s.maxVersion} (${s.note})`);
     if (s.needsLoopback && !s.noCni) {
       if (has.has('loopback')) ok(`${r.name} needs the loopback plugin: ${f.binDir}/loopback is there`);
@@ -176,6 +183,23 @@ export function diagnose(f: DoctorFacts): Finding[] {
     }
     for (const t of pluginTypes(c.config))
       if (!has.has(t)) warn(`${where}: plugin type ${t} is not in ${f.binDir}`);
+    // Each plugin must speak the version the runtime gives the whole list (libcni >= 1.2 picks it from
+    // cniVersions without asking them): one that stops below it fails every ADD, DEL and STATUS.
+    for (const r of cniRuntimes) {
+      const eff = effectiveVersion(c.config, runtimeSupport(r.name, r.version));
+      if (eff === undefined) continue;
+      for (const t of new Set(pluginTypes(c.config))) {
+        const supported = f.pluginVersions?.[t];
+        if (supported !== undefined && !supported.includes(eff))
+          warn(
+            `${where}: ${r.name} ${r.version} gives its plugins cniVersion ${eff}, which ${t} does not speak (it supports ${supported.join(', ')}): every ADD, DEL and STATUS on this network fails; ` +
+              (Array.isArray(c.config.cniVersions)
+                ? `drop ${eff} from cniVersions`
+                : `use a cniVersion it supports`) +
+              ` or update ${t}`,
+          );
+      }
+    }
   });
   return [...out.filter((x) => x.level === 'warn'), ...out.filter((x) => x.level === 'ok')];
 }
