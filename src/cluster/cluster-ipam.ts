@@ -294,7 +294,7 @@ export class ClusterIpam implements ClusterAllocator {
     // while its berthd was down (its blocks freed, maybe claimed and filled by others) must not hand out
     // their addresses before the first sync drops them. Once synced, this costs nothing.
     try {
-      await n.sync();
+      await n.syncForCall();
     } catch (err) {
       if (err instanceof CniError) throw err;
     }

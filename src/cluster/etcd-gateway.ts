@@ -265,6 +265,19 @@ interface Endpoint {
 }
 
 /** A transport error that says nothing listens there (as opposed to a timeout or a dropped connection). */
+/** A member's host for the request: an IPv6 URL's hostname keeps its brackets, which the lookup refuses. */
+function hostnameOf(url: URL): string {
+  return url.hostname.replace(/^\[(.*)\]$/, '$1');
+}
+
+/** An error of the gateway as text: a string, or (streams: keepalive, watch) an object with a message. */
+function errorText(e: unknown): string {
+  if (typeof e === 'string') return e;
+  if (typeof e === 'object' && e !== null && typeof (e as { message?: unknown }).message === 'string')
+    return (e as { message: string }).message;
+  return JSON.stringify(e);
+}
+
 function notListening(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException).code;
   return (
@@ -310,13 +323,17 @@ export class EtcdGateway {
     });
     this.timeoutMs = o.timeoutMs ?? 2000;
     this.clock = o.clock ?? (() => performance.now());
-    this.httpsAgent = new https.Agent({
-      keepAlive: true,
-      maxSockets: 64,
-      ...(o.tls?.ca !== undefined ? { ca: o.tls.ca } : {}),
-      ...(o.tls?.cert !== undefined ? { cert: o.tls.cert } : {}),
-      ...(o.tls?.key !== undefined ? { key: o.tls.key } : {}),
-    });
+    this.httpsAgent = new https.Agent({ keepAlive: true, maxSockets: 64, ...this.tlsOptions() });
+  }
+
+  /** CA, client certificate and key for https members: the pooled agent's, and the watch's (no agent). */
+  private tlsOptions(): Pick<https.AgentOptions, 'ca' | 'cert' | 'key'> {
+    const t = this.o.tls;
+    return {
+      ...(t?.ca !== undefined ? { ca: t.ca } : {}),
+      ...(t?.cert !== undefined ? { cert: t.cert } : {}),
+      ...(t?.key !== undefined ? { key: t.key } : {}),
+    };
   }
 
   get endpointInUse(): string {
@@ -349,7 +366,7 @@ export class EtcdGateway {
       const req = mod.request(
         {
           protocol: ep.url.protocol,
-          hostname: ep.url.hostname,
+          hostname: hostnameOf(ep.url),
           port: ep.url.port,
           method,
           path,
@@ -416,7 +433,9 @@ export class EtcdGateway {
     if (auth === undefined) return;
     this.authenticating ??= (async () => {
       try {
-        this.token = undefined;
+        // The old token stays until the new one arrives: a call sent meanwhile (to another member, in a
+        // failover) gets an auth refusal and retries after this, where no token at all was a refusal
+        // ("user name is empty") that is not retried.
         const r = (await this.call(
           'auth',
           '/v3/auth/authenticate',
@@ -491,7 +510,7 @@ export class EtcdGateway {
         this.noteContact(sent, idx);
         return parsed;
       }
-      const message = String(parsed.error ?? parsed.message ?? r.text.slice(0, 200));
+      const message = errorText(parsed.error ?? parsed.message ?? r.text.slice(0, 200));
       const code = typeof parsed.code === 'number' ? parsed.code : undefined;
       // 503 / Unavailable (14) / DeadlineExceeded (4): this member cannot serve now (no leader, no quorum).
       if (r.status === 503 || code === 14 || code === 4 || r.status >= 500) {
@@ -698,12 +717,14 @@ export class EtcdGateway {
       const r = mod.request(
         {
           protocol: ep.url.protocol,
-          hostname: ep.url.hostname,
+          hostname: hostnameOf(ep.url),
           port: ep.url.port,
           method: 'POST',
           path: '/v3/watch',
           headers,
           agent: false,
+          // Without an agent the request carries its own TLS settings (the watch failed every handshake).
+          ...(ep.url.protocol === 'https:' ? this.tlsOptions() : {}),
         },
         (res) => {
           if (res.statusCode !== 200) {
@@ -729,7 +750,7 @@ export class EtcdGateway {
               // No contact from a watch: a member without quorum still creates watches (the gateway sends
               // no require-leader), so a stream says nothing of whether etcd as a whole answers.
               if (msg.error !== undefined) {
-                fail(new Error(`watch: ${JSON.stringify(msg.error)}`));
+                fail(new Error(`watch: ${errorText(msg.error)}`));
                 return;
               }
               const result = (msg.result ?? {}) as Json;

@@ -415,6 +415,23 @@ describe('etcd down', () => {
     expect(inBlocks(ip, etcdBlocksOf('n1'))).toBe(true);
   });
 
+  test('restarted while etcd is down: ADDs queued on the lock do not each try the sync again (cluster.json serves)', async () => {
+    const { a, owned } = await nodeWithItsFirstBlocks(800);
+    await stopNode(a);
+    fake.setMode(0, 'refuse');
+    fake.setMode(1, 'refuse');
+    const b = await startNode('n1'); // its first sync fails: etcd unreachable
+    const before = fake.connections;
+    const ips = await Promise.all(Array.from({ length: 8 }, (_, i) => add(b, `q-${i}`)));
+    await b.service.call(Release, envelope(b.dataDir, 'c-0'));
+    expect(ips.every((ip) => inBlocks(ip, owned))).toBe(true);
+    // One sync attempt connects to each member (and the node keeps trying to register): 8 ADDs each trying
+    // the sync again was 16 connections and more.
+    expect(fake.connections - before).toBeLessThan(8);
+    fake.setMode(0, 'up');
+    fake.setMode(1, 'up');
+  });
+
   test('past the ownership horizon without etcd the node fences itself: ADD 11, STATUS 50', async () => {
     const a = await startNode('n1', { horizonSeconds: 1 });
     await add(a, 'c-0');

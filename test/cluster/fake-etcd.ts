@@ -4,6 +4,8 @@
 // prev_kv and compaction, /health, token auth. Several "members" (HTTP listeners) share one store, and
 // each can be made to refuse, hang or answer 503, so the client's failover can be tested.
 import * as http from 'node:http';
+import * as https from 'node:https';
+import type * as net from 'node:net';
 import type { AddressInfo } from 'node:net';
 
 type Json = Record<string, unknown>;
@@ -57,6 +59,8 @@ export class FakeEtcd {
   private nextLease = 7587880000000000001n; // above 2^53, as real lease ids are
   revision = 1n;
   compactRevision = 0n;
+  /** Connections the members accepted (also those a 'refuse' member closes at once). */
+  connections = 0;
   /** Requests by path, for counting round trips. */
   readonly calls = new Map<string, number>();
   /** When set, requests need `Authorization: <token>` from /v3/auth/authenticate with these credentials. */
@@ -73,16 +77,29 @@ export class FakeEtcd {
   onTxn: ((body: Json) => void) | undefined;
 
   /** Starts one more member (HTTP listener on 127.0.0.1); returns its URL. */
-  async addMember(): Promise<string> {
-    const member = { server: http.createServer(), mode: 'up' as MemberMode, port: 0 };
+  /**
+   * A member on a port of its own; its client URL. `tls`: https with that key and certificate, asking for a
+   * client certificate signed by `ca` (etcd's --client-cert-auth). `host`: the address to listen on
+   * (default 127.0.0.1; '::1' gives a bracketed IPv6 URL).
+   */
+  async addMember(
+    opts: { tls?: { key: string; cert: string; ca: string }; host?: string } = {},
+  ): Promise<string> {
+    const server =
+      opts.tls === undefined
+        ? http.createServer()
+        : https.createServer({ ...opts.tls, requestCert: true, rejectUnauthorized: true });
+    const member = { server: server as http.Server, mode: 'up' as MemberMode, port: 0 };
     member.server.on('request', (req, res) => this.handle(member, req, res));
-    member.server.on('connection', (sock) => {
+    member.server.on(opts.tls === undefined ? 'connection' : 'secureConnection', (sock: net.Socket) => {
+      this.connections++;
       if (member.mode === 'refuse') sock.destroy();
     });
-    await new Promise<void>((resolve) => member.server.listen(0, '127.0.0.1', resolve));
+    const host = opts.host ?? '127.0.0.1';
+    await new Promise<void>((resolve) => member.server.listen(0, host, resolve));
     member.port = (member.server.address() as AddressInfo).port;
     this.members.push(member);
-    return `http://127.0.0.1:${member.port}`;
+    return `${opts.tls === undefined ? 'http' : 'https'}://${host.includes(':') ? `[${host}]` : host}:${member.port}`;
   }
 
   setMode(i: number, mode: MemberMode): void {
@@ -392,6 +409,11 @@ export class FakeEtcd {
         const token = `tok${this.tokens.size + 1}.${Math.random().toString(36).slice(2)}`;
         this.tokens.add(token);
         send(200, { header: this.header(), token });
+        return;
+      }
+      // No token at all is another refusal than a stale one, as etcd answers it (not an auth-token error).
+      if (this.auth !== undefined && req.headers.authorization === undefined && path !== '/v3/watch') {
+        send(400, { error: 'etcdserver: user name is empty', code: 3 });
         return;
       }
       if (this.auth !== undefined && !this.tokens.has(String(req.headers.authorization))) {
