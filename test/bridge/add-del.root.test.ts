@@ -95,13 +95,7 @@ describe.each(SUPPORTED_VERSIONS)('[%s] ADD, CHECK, DEL', (version) => {
     }
 
     if (specHasCheck(version)) {
-      const check = await fx.run({
-        command: 'CHECK',
-        conf: { ...c, prevResult: r },
-        containerId: 'ctr1',
-        netns: ns.path,
-        ifname: 'eth0',
-      });
+      const check = await fx.check(c, r, 'ctr1', ns.path);
       expect(check.stdout + check.stderr).toBe('');
       expect(check.code).toBe(0);
     }
@@ -180,13 +174,7 @@ describe('dual stack', () => {
     });
     expect(add.code).toBe(0);
     sh('ip', ['link', 'del', add.json.interfaces[1].name]);
-    const check = await fx.run({
-      command: 'CHECK',
-      conf: { ...c, prevResult: add.json },
-      containerId: 'ctr3',
-      netns: ns.path,
-      ifname: 'eth0',
-    });
+    const check = await fx.check(c, add.json, 'ctr3', ns.path);
     expect(check.code).not.toBe(0);
     expect(check.json.msg).toMatch(/not found/);
   });
@@ -340,13 +328,7 @@ describe('ADD refusals', () => {
       sh('ip', ['link', 'set', low, 'master', bridge, 'up']);
       const mac = ipJson(['link', 'show', 'dev', bridge])[0].address;
       expect(mac === '02:00:00:00:00:01').toBe(!berthMakesIt);
-      const check = await fx.run({
-        command: 'CHECK',
-        conf: { ...c, prevResult: add.json },
-        containerId: 'ctr9',
-        netns: ns.path,
-        ifname: 'eth0',
-      });
+      const check = await fx.check(c, add.json, 'ctr9', ns.path);
       expect(check.code, check.stdout + check.stderr).toBe(0);
     } finally {
       trySh('ip', ['link', 'del', low]);

@@ -169,6 +169,17 @@ export class Fixture {
     return this.run({ command: 'ADD', conf, containerId, netns, ifname });
   }
 
+  /** berth-bridge's CHECK of one attachment, with its ADD's result as prevResult. */
+  check(
+    conf: Record<string, unknown>,
+    prevResult: unknown,
+    containerId: string,
+    netns: string,
+    ifname = 'eth0',
+  ): Promise<RunResult> {
+    return this.run({ command: 'CHECK', conf: { ...conf, prevResult }, containerId, netns, ifname });
+  }
+
   private async runWarm(opts: RunOptions): Promise<RunResult> {
     this.daemon ??= startDaemon({ tag: 'fx', runDir: this.runDir, nftTable: this.nftTable }).then((d) => {
       this.daemonPid = d.pid;

@@ -215,13 +215,7 @@ describe('link options', () => {
     expect(ipJson(['-n', ns.name, 'route', 'show', '198.18.241.0/24'])).toEqual([]);
     const [r6] = ipJson(['-n', ns.name, '-6', 'route', 'show', 'fd00:b:240::/48']);
     expect(r6.metrics).toEqual([{ mtu: 1350 }]);
-    const check = await fx.run({
-      command: 'CHECK',
-      conf: { ...c, prevResult: result },
-      containerId: 'ctr1',
-      netns: ns.path,
-      ifname: 'eth0',
-    });
+    const check = await fx.check(c, result, 'ctr1', ns.path);
     expect(check.code, check.stdout + check.stderr).toBe(0);
   });
 
@@ -341,13 +335,7 @@ describe('L2 and container options', () => {
     const { ns, result } = await add(c);
     expect(result.ips).toBeUndefined();
     expect(linkDetail('eth0', ns.name).operstate).toBe('UP');
-    const check = await fx.run({
-      command: 'CHECK',
-      conf: { ...c, prevResult: result },
-      containerId: 'ctr1',
-      netns: ns.path,
-      ifname: 'eth0',
-    });
+    const check = await fx.check(c, result, 'ctr1', ns.path);
     expect(check.code, check.stdout).toBe(0);
   });
 
