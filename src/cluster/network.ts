@@ -609,6 +609,9 @@ export class ClusterNetwork {
         await this.claim(setId, 'wait');
         return;
       } catch (err) {
+        // A claim whose answer was lost may have landed all the same: the watch has made its block ours, and
+        // the waiting ADD can take an address there whatever etcd answers now.
+        if (this.freeIn(setId) > 0) return;
         if (!(err instanceof EtcdUnavailableError) || !err.membersListening) throw err;
         if (this.clock() + CLAIM_RETRY_MS >= deadline) throw err;
         await new Promise((r) => setTimeout(r, CLAIM_RETRY_MS));

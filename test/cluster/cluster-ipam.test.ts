@@ -432,6 +432,33 @@ describe('etcd down', () => {
     fake.setMode(1, 'up');
   });
 
+  test('a claim whose answer is lost before etcd goes away: the block it made (the watch saw it) serves the waiting ADD', async () => {
+    const { a, owned, capacity } = await nodeWithItsFirstBlocks(3000);
+    // No background claim while the owned blocks fill ('hang' keeps the watch streams, silent meanwhile).
+    fake.setMode(0, 'hang');
+    fake.setMode(1, 'hang');
+    for (let i = 1; i < capacity; i++) expect(inBlocks(await add(a, `c-${i}`), owned)).toBe(true);
+    fake.setMode(0, 'up');
+    fake.setMode(1, 'up');
+    fake.txnAnswerDelayMs = 5000; // the claim is applied and watchers told; its answer comes too late
+    try {
+      const waiting = add(a, 'needs-a-block');
+      const before = etcdBlocksOf('n1').length;
+      for (let i = 0; i < 200 && etcdBlocksOf('n1').length === before; i++)
+        await new Promise((r) => setTimeout(r, 5));
+      await new Promise((r) => setTimeout(r, 50));
+      fake.setMode(0, 'refuse'); // then etcd is gone: the retry cannot connect
+      fake.setMode(1, 'refuse');
+      const ip = await waiting;
+      expect(inBlocks(ip, owned)).toBe(false);
+      expect(inBlocks(ip, etcdBlocksOf('n1'))).toBe(true);
+    } finally {
+      fake.txnAnswerDelayMs = 0;
+      fake.setMode(0, 'up');
+      fake.setMode(1, 'up');
+    }
+  });
+
   test('past the ownership horizon without etcd the node fences itself: ADD 11, STATUS 50', async () => {
     const a = await startNode('n1', { horizonSeconds: 1 });
     await add(a, 'c-0');
