@@ -67,7 +67,9 @@ if [ "${BERTHD:-}" = private ]; then
   mkdir -m 0700 "$tmp/berthd"
   export BERTH_SOCKET="$tmp/berthd/berthd.sock"
   # Started directly (no subshell), so $! is berthd itself: cleanup kills exactly it.
-  node "$repo/bin/berth" daemon --socket "$BERTH_SOCKET" --run-dir "$BERTH_RUN_DIR" 2>"$tmp/berthd.log" &
+  # Its own --data-dir: berthd reads it at start, and the host's /var/lib/cni/networks is not the test's.
+  node "$repo/bin/berth" daemon --socket "$BERTH_SOCKET" --run-dir "$BERTH_RUN_DIR" \
+    --data-dir "$tmp/berthd/leases" 2>"$tmp/berthd.log" &
   berthd_pid=$!
   for _ in $(seq 100); do
     curl -sf --unix-socket "$BERTH_SOCKET" http://berthd/v1/health >/dev/null 2>&1 && break

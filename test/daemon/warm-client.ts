@@ -130,7 +130,10 @@ export async function startDaemon(opts: {
     opts.nftTable,
     '--log-level',
     'debug',
-    ...(opts.dataDir !== undefined ? ['--data-dir', opts.dataDir] : []),
+    // Its own data dir when the test names none: berthd reads its --data-dir at start (and keeps an index
+    // there), which must never be the host's /var/lib/cni/networks.
+    '--data-dir',
+    opts.dataDir ?? join(dir, 'data'),
     ...(opts.extraArgs ?? []),
   ];
   const env = { ...process.env };
