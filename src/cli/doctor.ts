@@ -2,6 +2,7 @@
 // and prints what runtime/compat.ts concludes. Exit 1 when anything is wrong, so scripts can use it.
 import { execFile } from 'node:child_process';
 import { readdir, readFile } from 'node:fs/promises';
+import { execPlugin } from '../cni-spec/invoke';
 import {
   diagnose,
   parseRuntimeVersion,
@@ -69,24 +70,20 @@ async function readConfigs(dir: string): Promise<NetworkConfigFile[]> {
 }
 
 /** A plugin's supportedVersions, from its answer to VERSION; undefined when it cannot be run or says nothing. */
-function supportedVersionsOf(path: string): Promise<string[] | undefined> {
-  return new Promise((resolve) => {
-    const child = execFile(
+async function supportedVersionsOf(path: string): Promise<string[] | undefined> {
+  try {
+    const { stdout } = await execPlugin({
       path,
-      [],
-      { timeout: 5_000, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', CNI_COMMAND: 'VERSION' } },
-      (err, stdout) => {
-        if (err !== null) return resolve(undefined);
-        try {
-          const v = (JSON.parse(stdout) as { supportedVersions?: unknown }).supportedVersions;
-          resolve(Array.isArray(v) && v.every((x) => typeof x === 'string') ? v : undefined);
-        } catch {
-          resolve(undefined);
-        }
-      },
-    );
-    child.stdin?.end('{"cniVersion":"1.0.0"}');
-  });
+      command: 'VERSION',
+      env: { PATH: process.env.PATH },
+      stdin: '{"cniVersion":"1.0.0"}',
+      signal: AbortSignal.timeout(5_000),
+    });
+    const v = (JSON.parse(stdout) as { supportedVersions?: unknown }).supportedVersions;
+    return Array.isArray(v) && v.every((x) => typeof x === 'string') ? v : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 export async function runDoctor(o: DoctorCliOptions, io: CliIo): Promise<number> {

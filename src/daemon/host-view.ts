@@ -5,6 +5,7 @@
 // to the host (421 on the warm path, a non-CNI answer to berth-ipam's daemon client).
 import { type Stats, lstatSync, readlinkSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { ipamStatePaths } from '../ipam/config';
 
 export interface HostView {
   /** Why `path` is not the same file for berthd and for the host, or undefined when it is (or cannot be told). */
@@ -108,23 +109,9 @@ export function resolveInRoot(root: string, path: string): string | undefined {
   return `${root}/${done.join('/')}`;
 }
 
-/** The paths of berth-ipam's state in a network config: its dataDir (default given) and resolvConf. */
-export function berthIpamPaths(config: unknown, defaultDataDir: string): string[] {
-  const ipam =
-    typeof config === 'object' && config !== null ? (config as { ipam?: unknown }).ipam : undefined;
-  const o = typeof ipam === 'object' && ipam !== null ? (ipam as Record<string, unknown>) : {};
-  const dataDir = typeof o.dataDir === 'string' && o.dataDir.startsWith('/') ? o.dataDir : defaultDataDir;
-  const resolvConf = typeof o.resolvConf === 'string' && o.resolvConf.startsWith('/') ? [o.resolvConf] : [];
-  return [dataDir, ...resolvConf];
-}
-
 /** The first of a config's berth-ipam paths the host does not share, as a reason; undefined when all are. */
-export function berthIpamNotShared(
-  view: HostView,
-  config: unknown,
-  defaultDataDir: string,
-): string | undefined {
-  for (const p of berthIpamPaths(config, defaultDataDir)) {
+export function berthIpamNotShared(view: HostView, config: unknown): string | undefined {
+  for (const p of ipamStatePaths(config)) {
     const why = view.notShared(p);
     if (why !== undefined) return why;
   }

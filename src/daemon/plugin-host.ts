@@ -14,7 +14,6 @@ import { COMMANDS, type Request } from '../cni-spec/request';
 import type { Result } from '../cni-spec/types/result';
 import { type BridgeDeps, type IpamCall, execIpam, nftTable, runDir, systemKernel } from '../bridge/deps';
 import { BRIDGE_ABOUT, bridgeHandlers } from '../bridge/handlers';
-import { DEFAULT_DATA_DIR } from '../ipam/config';
 import type { Service } from '../ipam/daemon/service';
 import { isNamespaceFile } from '../netlink/netns';
 import { AttachmentQueue, attachmentOf } from './attachments';
@@ -159,7 +158,7 @@ export class PluginHost {
       this.o.hostView !== undefined || call.plugin === 'berth-bridge' ? configOf(call.stdin) : undefined;
     const ipamType = ipamTypeOf(config);
     if (this.o.hostView !== undefined && (call.plugin === 'berth-ipam' || ipamType === 'berth-ipam')) {
-      const why = berthIpamNotShared(this.o.hostView, config, DEFAULT_DATA_DIR);
+      const why = berthIpamNotShared(this.o.hostView, config);
       if (why !== undefined) return `data-dir: ${why}`;
     }
     // berth-ipam never enters the namespace, nor runs another plugin.

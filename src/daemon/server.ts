@@ -6,7 +6,6 @@ import type { RouteMetricSample, RoutesReport } from '../cluster/route-programme
 import { notAWriter, serveCniCall, type RawReply } from './cni-route';
 import { CNI_PATH as CNI_CALL_PATH } from './protocol';
 import { type HostView, berthIpamNotShared } from './host-view';
-import { DEFAULT_DATA_DIR } from '../ipam/config';
 import type { Logger } from './log';
 import type { Metrics, SampledValue } from './metrics';
 import {
@@ -414,11 +413,7 @@ export class BerthServer {
       const notShared =
         this.o.hostView === undefined
           ? undefined
-          : berthIpamNotShared(
-              this.o.hostView,
-              (body as { config?: unknown } | null)?.config,
-              DEFAULT_DATA_DIR,
-            );
+          : berthIpamNotShared(this.o.hostView, (body as { config?: unknown } | null)?.config);
       if (notShared !== undefined) return { status: 421, body: { notServed: true, message: notShared } };
       const m = cni ?? Gc;
       const trace: CallTrace = { reserved: [] };

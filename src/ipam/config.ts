@@ -246,6 +246,24 @@ export function parseStoreLocation(config: Readonly<Record<string, unknown>>): {
   return { network: checkNetworkName(config.name), dataDir: dataDirOf(ipamObject(config)) };
 }
 
+/**
+ * The paths berth-ipam keeps state in or reads for a network config, as its handlers read them (field names
+ * in any case, the default data dir): the data dir and an absolute `resolvConf`. [] when the config names
+ * no valid data dir (the call is refused on it anyway).
+ */
+export function ipamStatePaths(config: unknown): string[] {
+  if (typeof config !== 'object' || config === null) return [];
+  const ipam = ipamObject(config as Record<string, unknown>);
+  let dataDir: string;
+  try {
+    dataDir = dataDirOf(ipam);
+  } catch {
+    return [];
+  }
+  const resolvConf = ipam?.resolvConf;
+  return [dataDir, ...(typeof resolvConf === 'string' && resolvConf.startsWith('/') ? [resolvConf] : [])];
+}
+
 function dataDirOf(ipam: Readonly<Record<string, unknown>> | undefined): string {
   // An empty string is the default too, as in host-local (templates that leave the value blank).
   const dataDir = ipam?.dataDir === '' ? DEFAULT_DATA_DIR : (ipam?.dataDir ?? DEFAULT_DATA_DIR);

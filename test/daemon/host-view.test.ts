@@ -5,12 +5,8 @@ import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import {
-  berthIpamNotShared,
-  berthIpamPaths,
-  hostViewThrough,
-  resolveInRoot,
-} from '../../src/daemon/host-view';
+import { berthIpamNotShared, hostViewThrough, resolveInRoot } from '../../src/daemon/host-view';
+import { ipamStatePaths } from '../../src/ipam/config';
 
 const t = mkdtempSync(join(tmpdir(), `bt${process.pid}-hvu-`));
 const hostRoot = join(t, 'host');
@@ -67,17 +63,15 @@ describe('hostViewThrough', () => {
 
   it("a config's data dir and resolvConf are both checked; the default data dir when none is named", () => {
     const config = (ipam: Record<string, unknown>) => ({ name: 'n', ipam: { type: 'berth-ipam', ...ipam } });
-    expect(berthIpamPaths(config({}), '/var/lib/cni/networks')).toEqual(['/var/lib/cni/networks']);
-    expect(berthIpamNotShared(view, config({ dataDir: shared }), '/x')).toBeUndefined();
+    // Read as berth-ipam reads them: the default data dir, field names in any case.
+    expect(ipamStatePaths(config({}))).toEqual(['/var/lib/cni/networks']);
+    expect(ipamStatePaths(config({ DataDir: join(ours, 'mine') }))).toEqual([join(ours, 'mine')]);
+    expect(berthIpamNotShared(view, config({ dataDir: shared }))).toBeUndefined();
     writeFileSync(join(ours, 'mine', 'resolv.conf'), 'nameserver 198.18.0.54\n');
     expect(
-      berthIpamNotShared(
-        view,
-        config({ dataDir: shared, resolvConf: join(ours, 'mine', 'resolv.conf') }),
-        '/x',
-      ),
+      berthIpamNotShared(view, config({ dataDir: shared, resolvConf: join(ours, 'mine', 'resolv.conf') })),
     ).toMatch(/resolv\.conf is not the host's/);
-    expect(berthIpamNotShared(view, config({ dataDir: join(ours, 'mine') }), '/x')).toMatch(/not the host's/);
+    expect(berthIpamNotShared(view, config({ dataDir: join(ours, 'mine') }))).toMatch(/not the host's/);
   });
 
   it('our own root, or a root that cannot be read: nothing is refused', () => {
