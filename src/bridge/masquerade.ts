@@ -112,10 +112,16 @@ function jumpHandles(objects: readonly NftObject[], network: string): number[] {
   return jumpsOf(objects, network).map((j) => j.handle);
 }
 
-/** This network's jump rules in postrouting, with the family whose source set each one matches. */
-function jumpsOf(objects: readonly NftObject[], network: string): { handle: number; family?: 4 | 6 }[] {
+/** A jump rule of a network in postrouting, with the family whose source set it matches. */
+interface Jump {
+  handle: number;
+  family?: 4 | 6;
+}
+
+/** This network's jump rules in postrouting. */
+function jumpsOf(objects: readonly NftObject[], network: string): Jump[] {
   const n = masqNames(network);
-  const out: { handle: number; family?: 4 | 6 }[] = [];
+  const out: Jump[] = [];
   for (const o of objects) {
     const r = o.rule;
     if (r === undefined || r.chain !== 'postrouting') continue;
@@ -134,14 +140,18 @@ const CHAIN_RULES = 5;
  * How much of a network's masquerade is in place: its chain with all its rules, and the jumps of each
  * family (`exact`: one each, as setup makes them; else at least one each, which is what traffic needs).
  */
-function masqueradeWhole(objects: readonly NftObject[], network: string, exact: boolean): boolean {
+function masqueradeWhole(
+  objects: readonly NftObject[],
+  network: string,
+  jumps: readonly Jump[],
+  exact: boolean,
+): boolean {
   const n = masqNames(network);
   const rules = objects.filter((o) => o.rule !== undefined && o.rule.chain === n.chain).length;
-  return hasChain(objects, n.chain) && rules === CHAIN_RULES && jumpsInPlace(objects, network, exact);
+  return hasChain(objects, n.chain) && rules === CHAIN_RULES && jumpsInPlace(jumps, exact);
 }
 
-function jumpsInPlace(objects: readonly NftObject[], network: string, exact: boolean): boolean {
-  const jumps = jumpsOf(objects, network);
+function jumpsInPlace(jumps: readonly Jump[], exact: boolean): boolean {
   const per = (f: 4 | 6): number => jumps.filter((j) => j.family === f).length;
   return exact ? jumps.length === 2 && per(4) === 1 && per(6) === 1 : per(4) >= 1 && per(6) >= 1;
 }
@@ -211,17 +221,17 @@ function addPlan(
   tag: string,
 ): { ready: boolean; cmds: NftCommand[] } {
   const n = masqNames(scope.network);
+  const jumps = jumpsOf(objects, scope.network);
   const ready =
-    masqueradeWhole(objects, scope.network, true) &&
+    masqueradeWhole(objects, scope.network, jumps, true) &&
     [n.c4, n.c6, n.s4, n.s6].every((s) => setElements(objects, s) !== undefined);
-  const jumps = jumpHandles(objects, scope.network);
   // The setup refills the chain (flushed first); the jumps are added with it when there are none.
   const cmds = ready ? [] : setupCommands(scope, jumps.length === 0);
-  if (!ready && jumps.length > 0 && !jumpsInPlace(objects, scope.network, true)) {
+  if (!ready && jumps.length > 0 && !jumpsInPlace(jumps, true)) {
     // Jumps that are not one per family (one deleted, or the ruleset loaded twice): rebuild both.
-    for (const h of jumps)
+    for (const j of jumps)
       cmds.push({
-        delete: { rule: { family: FAMILY, table: scope.table, chain: 'postrouting', handle: h } },
+        delete: { rule: { family: FAMILY, table: scope.table, chain: 'postrouting', handle: j.handle } },
       });
     cmds.push(...setupCommands(scope, true).slice(-2));
   }
@@ -315,7 +325,7 @@ function removePlan(
 export async function masqueradeAddresses(scope: MasqScope, tag: string): Promise<string[]> {
   const objects = (await scope.nft.listTable(FAMILY, scope.table)) ?? [];
   const n = masqNames(scope.network);
-  if (!masqueradeWhole(objects, scope.network, false)) return [];
+  if (!masqueradeWhole(objects, scope.network, jumpsOf(objects, scope.network), false)) return [];
   return [n.c4, n.c6].flatMap((s) =>
     (setElements(objects, s) ?? []).filter((e) => e.comment === tag).map((e) => String(e.val)),
   );
