@@ -109,7 +109,11 @@ function registerBerthd(program: Command, setExit: (code: number) => void): void
   const where = (c: Command): Command =>
     c
       .option('--socket <path>', 'berthd socket (default /run/berth/berthd.sock)')
-      .option('--data-dir <dir>', 'lease data dir when no daemon answers (default /var/lib/cni/networks)');
+      .option('--data-dir <dir>', 'lease data dir when no daemon answers (default /var/lib/cni/networks)')
+      .option(
+        '--state-dir <dir>',
+        "berthd's --state-dir, for the data dirs it served when it does not answer (default: the socket's directory and /var/lib/berth)",
+      );
   daemonOptions(
     program
       .command('daemon')

@@ -14,7 +14,7 @@ import type {
   LeaseView,
   NetworkView,
 } from '../ipam/daemon/protocol';
-import { DATA_DIRS_FILE, DEFAULT_SOCKET } from '../ipam/daemon/protocol';
+import { DATA_DIRS_FILE, DEFAULT_SOCKET, RECOMMENDED_STATE_DIR } from '../ipam/daemon/protocol';
 import { dirname, join, resolve } from 'node:path';
 import type { LeaseFilter } from '../ipam/daemon/service';
 
@@ -39,6 +39,17 @@ export interface BackendOptions {
   socket?: string;
   /** Given explicitly: also passed to the daemon, which otherwise lists its own --data-dir. */
   dataDir?: string;
+  /** berthd's --state-dir, where it lists the data dirs it served (read when berthd does not answer). */
+  stateDir?: string;
+}
+
+/**
+ * Where berthd may have listed the data dirs it served: the given --state-dir, else its default (the
+ * socket's directory) and the one the README and the DaemonSet recommend (kept across reboots).
+ */
+export function dataDirsFiles(o: BackendOptions, socket: string): string[] {
+  const dirs = o.stateDir !== undefined ? [resolve(o.stateDir)] : [dirname(socket), RECOMMENDED_STATE_DIR];
+  return [...new Set(dirs)].map((d) => join(d, DATA_DIRS_FILE));
 }
 
 function query(filter: LeaseFilter): string {
@@ -94,8 +105,8 @@ function daemonBackend(socket: string, defaults: LeaseFilter): AdminBackend {
 
 /**
  * The files themselves. With --data-dir, that one only; without, as berthd would answer: its --data-dir's
- * default and every data dir it listed as served (its state file beside the socket), so that berthd being
- * down does not hide the leases of another data dir.
+ * default and every data dir it listed as served (its state dir's list, see dataDirsFiles), so that berthd
+ * being down does not hide the leases of another data dir.
  */
 function filesBackend(o: BackendOptions, socket: string): AdminBackend {
   // Loaded only here: the daemon's store is not needed when the daemon answers.
@@ -106,7 +117,7 @@ function filesBackend(o: BackendOptions, socket: string): AdminBackend {
     dataDir,
     bootId: readBootId(BOOT_ID_FILE, () => undefined),
     log,
-    ...(o.dataDir === undefined ? { dataDirsFile: join(dirname(socket), DATA_DIRS_FILE) } : {}),
+    ...(o.dataDir === undefined ? { readDataDirsFiles: dataDirsFiles(o, socket) } : {}),
   });
   const f = (filter: LeaseFilter): LeaseFilter => (o.dataDir !== undefined ? { dataDir, ...filter } : filter);
   return {

@@ -344,6 +344,24 @@ describe('lifecycle', () => {
     expect(statSync(stateFile).mode & 0o777).toBe(0o600);
   });
 
+  test('with berthd down, berth leases on the files finds the data dirs a berthd with --state-dir served', async () => {
+    const s = box('sdir');
+    const other: Sandbox = { ...s, dataDir: join(s.dir, 'other-data'), network: `${s.network}o` };
+    const stateDir = join(s.dir, 'state');
+    const d = await daemon(s, { extraArgs: ['--state-dir', stateDir] });
+    const a = await ipam('ADD', 'ctr-other', netConf(other, { daemon: true, subnet: '198.18.198.0/24' }));
+    expect(a.code, a.stderr).toBe(0);
+    expect(await stopDaemon(d, 'SIGTERM')).toBe(0);
+    const listed = async (extra: string[]): Promise<string[]> => {
+      const r = await berth(['leases', '--json', '--socket', s.socket, ...extra]);
+      expect(r.code, r.stderr).toBe(0);
+      return (JSON.parse(r.stdout) as { containerId: string }[]).map((l) => l.containerId);
+    };
+    // The list is not beside the socket: found through --state-dir (berthd's own flag, given again).
+    expect(await listed([])).not.toContain('ctr-other');
+    expect(await listed(['--state-dir', stateDir])).toContain('ctr-other');
+  });
+
   test('kill -9 in the middle of 200 concurrent ADDs loses no acknowledged lease and duplicates none', async () => {
     const s = box('kill');
     const conf = netConf(s, { daemon: true, subnet: '198.18.193.0/24' });

@@ -7,6 +7,8 @@ import type { Result } from '../../cni-spec/types/result';
 export const DEFAULT_SOCKET = '/run/berth/berthd.sock';
 /** berthd's list of the data dirs it serves, in its state dir (by default the socket's directory). */
 export const DATA_DIRS_FILE = 'berthd-data-dirs.json';
+/** The --state-dir the README and the DaemonSet give berthd: kept across reboots, unlike /run. */
+export const RECOMMENDED_STATE_DIR = '/var/lib/berth';
 
 /** Largest request body berthd reads; a CNI config is a few KiB. */
 export const MAX_BODY_BYTES = 1 << 20;

@@ -59,6 +59,8 @@ export interface ServiceOptions {
    * The CLI working on the files has none.
    */
   dataDirsFile?: string;
+  /** More such lists, only read (the CLI on the files: each state dir berthd may have used). */
+  readDataDirsFiles?: readonly string[];
 }
 
 interface DataDirsState {
@@ -152,6 +154,7 @@ export class Service {
     this.dataDir = opts.dataDir ?? DEFAULT_DATA_DIR;
     this.syncer = opts.syncer ?? new FilesystemSync();
     if (opts.dataDirsFile !== undefined) this.loadDataDirs(opts.dataDirsFile);
+    for (const file of opts.readDataDirsFiles ?? []) this.loadDataDirs(file);
   }
 
   /** Whether berthd serves this data dir already (`--data-dir`, or one a plugin call used). */
