@@ -270,6 +270,17 @@ else
 fi
 check "no attachment registry left under BERTH_RUN_DIR" bash -c "[ -d '$BERTH_RUN_DIR/bridge' ] && ! find '$BERTH_RUN_DIR' -name '*.attachments' | grep -q ."
 
+# --- a copy on a host without the checkout: install.sh with berth, the shim, the conflist and units ----
+rel="$tmp/release"
+mkdir -p "$rel"
+cp "$tmp/build2/berth" "$tmp/build2/berth-shim" "$repo/scripts/install.sh" "$repo/conf/10-berth-ipv4.conflist" "$rel/"
+for unit in berthd.service berthd.socket; do [ ! -f "$repo/deploy/systemd/$unit" ] || cp "$repo/deploy/systemd/$unit" "$rel/"; done
+rel_args=(--prefix "$tmp/rel-bin" --conf --conf-dir "$tmp/rel-etc/net.d" --with-systemd --systemd-dir "$tmp/rel-etc/systemd")
+check "a copied install.sh installs what is beside it" "$rel/install.sh" "${rel_args[@]}"
+check "… the conflist beside it" cmp "$rel/10-berth-ipv4.conflist" "$tmp/rel-etc/net.d/10-berth-ipv4.conflist"
+check "… the units beside it" bash -c "for u in '$rel'/berthd.*; do test -f '$tmp/rel-etc/systemd/'\$(basename \$u) || exit 1; done"
+check "… and removes it again" "$rel/install.sh" --uninstall "${rel_args[@]}"
+
 # --- uninstall -----------------------------------------------------------------------------------------
 check "install.sh --uninstall" "$repo/scripts/install.sh" --uninstall "${install_args[@]}"
 check "the prefix holds no berth file any more" bash -c "[ -z \"\$(ls -A '$prefix')\" ]"

@@ -11,12 +11,14 @@
 #
 #   scripts/install.sh [--prefix DIR] [--from DIR] [--conf[=FILE]] [--with-systemd] [--uninstall]
 #     --prefix DIR       plugin directory (default /opt/cni/bin)
-#     --from DIR         where berth, berth-bridge, berth-ipam were built (default: <repo>/out, or the
+#     --from DIR         where berth and berth-shim were built (default: <repo>/out, or the
 #                        directory holding this script when berth sits beside it, as in a release)
 #     --conf[=FILE]      also install an example network (default conf/10-berth-ipv4.conflist) into
 #                        --conf-dir (default /etc/cni/net.d) unless a file of that name is there
 #     --with-systemd     also install deploy/systemd/berthd.service and berthd.socket (when present) into
 #                        --systemd-dir (default /etc/systemd/system), then `systemctl daemon-reload`
+#   Copied into one directory with berth and berth-shim (a host without the checkout), it takes the
+#   conflist and the units from beside it too.
 #     --standalone       plugins as hard links to berth (no shim, no warm path)
 #     --uninstall        remove berth, berth-bridge and berth-ipam from --prefix (and, with
 #                        --with-systemd, the units); leases, configs and /var/lib/berth stay
@@ -32,6 +34,8 @@ systemd=false
 systemd_dir=/etc/systemd/system
 uninstall=false
 standalone=false
+# A file shipped with install.sh: beside it when berth is too (copied to a host), else in the checkout.
+beside_or_in_repo() { if [ -f "$here/berth" ] && [ -f "$here/$1" ]; then echo "$here/$1"; else echo "$repo/$2/$1"; fi; }
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2; exit "${1:-2}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -39,7 +43,7 @@ while [ $# -gt 0 ]; do
     --prefix=*) prefix="${1#*=}" ;;
     --from) from="${2:?--from needs a directory}"; shift ;;
     --from=*) from="${1#*=}" ;;
-    --conf) conf="$repo/conf/10-berth-ipv4.conflist" ;;
+    --conf) conf="$(beside_or_in_repo 10-berth-ipv4.conflist conf)" ;;
     --conf=*) conf="${1#*=}" ;;
     --conf-dir) conf_dir="${2:?--conf-dir needs a directory}"; shift ;;
     --conf-dir=*) conf_dir="${1#*=}" ;;
@@ -180,7 +184,7 @@ fi
 if [ "$systemd" = true ]; then
   units_changed=$changed
   for unit in "${units[@]}"; do
-    src="$repo/deploy/systemd/$unit"
+    src="$(beside_or_in_repo "$unit" deploy/systemd)"
     if [ ! -f "$src" ]; then
       say "skipped    $unit (no $src in this tree)"
       continue
