@@ -53,7 +53,9 @@ def main():
         if not argv[0].startswith("/"):
             sys.exit(f"startup.py: give an absolute path for {name}")
         cmds.append((name, argv))
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": "VERSION"}
+    # BERTH_SOCKET names no socket: berth-shim always falls back (a berthd on this host would answer it).
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": "VERSION",
+           "BERTH_SOCKET": "/nonexistent/berthd.sock"}
     samples = {name: ([], []) for name, _ in cmds}
     for r in range(a.warmup + a.runs):
         for name, argv in cmds:
