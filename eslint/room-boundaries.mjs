@@ -1,7 +1,8 @@
-// Encodes DESIGN.md's room table: which folder of src/ may import which. A wrong-way import (the
-// protocol room reaching into the bridge, the IPAM room into the kernel room, anything into the CLI)
-// fails lint instead of waiting for a review. Static imports, re-exports, `import()` and literal
-// `require()` calls are all checked, since the plugin path loads rooms lazily with `require`.
+// Encodes the room table (README.md's Layout; it grew from the shared DESIGN.md's): which folder of src/
+// may import which. A wrong-way import (the protocol room reaching into the bridge, the IPAM room into
+// the kernel room, anything into the CLI) fails lint instead of waiting for a review. Static imports,
+// re-exports, `import()` and literal `require()` calls are all checked, since the plugin path loads rooms
+// lazily with `require`.
 import path from 'node:path';
 
 // Room → rooms it may import. `address` is the shared vocabulary (IP addresses and prefixes) that every
@@ -38,14 +39,14 @@ function roomOf(srcRoot, file) {
 export const roomBoundaries = {
   meta: {
     type: 'problem',
-    docs: { description: "imports between rooms follow DESIGN.md's table" },
+    docs: { description: 'imports between rooms follow the room table (README.md, Layout)' },
     schema: [],
     messages: {
       wrongWay:
-        "room '{{from}}' may not import room '{{to}}' (allowed: {{allowed}}); see DESIGN.md's room table",
+        "room '{{from}}' may not import room '{{to}}' (allowed: {{allowed}}); see the room table in README.md's Layout",
       notTheDoor: "room '{{from}}' reaches room '{{to}}' only through {{doors}}; import it from there",
       unknownRoom:
-        "'{{room}}' is not a room in eslint/room-boundaries.mjs; add it to ROOM_IMPORTS and DESIGN.md",
+        "'{{room}}' is not a room in eslint/room-boundaries.mjs; add it to ROOM_IMPORTS and README.md's Layout",
     },
   },
   create(context) {
