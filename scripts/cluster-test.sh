@@ -157,7 +157,6 @@ check "an etcd leader to kill (m$leader)" [ -n "$leader_pid" ]
 spid=$!
 sleep 0.3
 etcd_kill_member "$leader"
-check "the leader's etcd is gone" bash -c "! kill -0 ${leader_pid:-0} 2>/dev/null"
 sleep 4
 etcd_start_member "$leader" existing
 wait $spid

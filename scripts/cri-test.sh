@@ -45,7 +45,10 @@ for f in /bin/busybox "$ref_dir/loopback" "$ref_dir/bridge" "$ref_dir/host-local
   [ -x "$f" ] || { echo "cri-test.sh: missing $f (busybox-static, containernetworking-plugins)" >&2; exit 1; }
 done
 
-P="bt$$"
+# Unique beyond the pid: test.sh runs each script in a PID namespace of its own (pids repeat between runs),
+# and this prefix names cgroups, which all runs on the machine share.
+P="bt$$$(printf %04x $((RANDOM % 65536)))"
+export CRI_TEST_CGROUP_PARENT="/$P"
 tmp="$(mktemp -d "/tmp/$P-cri.XXXXXX")"
 sock="$tmp/containerd.sock"
 bin="$tmp/cni/bin"
@@ -75,6 +78,12 @@ our_pids() { # processes started for this run's containerd (shims name its socke
   for p in $(pgrep -f -- "$sock" 2>/dev/null); do [ "$p" != "$ctrd_pid" ] && [ "$p" != "$$" ] && echo "$p"; done
 }
 
+# The pods' cgroups are /$P/<id> (cri-pods.js sets cgroup_parent): this run's, removed once empty.
+remove_pod_cgroups() {
+  local c
+  for c in /sys/fs/cgroup/*/"$P"/* /sys/fs/cgroup/"$P"/*; do [ ! -d "$c" ] || rmdir "$c" || return 1; done
+  for c in /sys/fs/cgroup/*/"$P" /sys/fs/cgroup/"$P"; do [ ! -d "$c" ] || rmdir "$c" || return 1; done
+}
 cleanup() {
   set +e
   # Whatever a failed run left: sandboxes through the runtime first (so CNI DEL runs), then by force.
@@ -89,6 +98,7 @@ cleanup() {
   fi
   for p in $(our_pids); do kill -9 "$p" 2>/dev/null; done
   stop_pid "$berthd_pid"
+  remove_pod_cgroups
   findmnt -rn -o TARGET | grep -F "$tmp/" | sort -r | while read -r m; do umount -l "$m"; done
   for f in "$tmp"/report-*.json; do
     [ -f "$f" ] || continue
@@ -169,7 +179,9 @@ EOF
 # The plugins inherit containerd's environment: berth's lock files and addon extraction go to this run,
 # and the shims (berth-bridge, berth-ipam) ask this run's berthd socket, never the host's /run/berth (in
 # the modes without berthd nobody listens there and they run berth standalone).
-BERTH_RUN_DIR="${given_run_dir:-$tmp/run}" BERTH_NATIVE_DIR="$tmp/native" BERTH_SOCKET="${given_socket:-$tmp/berthd/berthd.sock}" containerd --config "$tmp/containerd.toml" \
+# A session of its own: a Ctrl-C to this script's process group leaves containerd up, so the cleanup can
+# stop the pods through it (a killed containerd leaves them running, reparented).
+BERTH_RUN_DIR="${given_run_dir:-$tmp/run}" BERTH_NATIVE_DIR="$tmp/native" BERTH_SOCKET="${given_socket:-$tmp/berthd/berthd.sock}" setsid containerd --config "$tmp/containerd.toml" \
   >"$tmp/containerd.log" 2>&1 &
 ctrd_pid=$!
 up() { for _ in $(seq 1 100); do ctr -a "$sock" version >/dev/null 2>&1 && return 0; sleep 0.1; done; return 1; }
@@ -315,6 +327,7 @@ stop_pid "$ctrd_pid"
 ctrd_pid=""
 no_procs_at_all() { local p; p="$(our_pids)"; [ -z "$p" ] || { ps -o pid,args -p "$(echo $p | tr ' ' ,)"; return 1; }; }
 check "no process of this run left after containerd stopped" no_procs_at_all
+check "the pods' cgroups (under /$P) empty and removed" remove_pod_cgroups
 # The reference's iptables leaves an empty `nat` table (removed here); berth's own tables must go with their
 # last element, so they are not removed before the check.
 remove_new_empty_nft_tables "$nft_before" nat

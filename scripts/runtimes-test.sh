@@ -16,7 +16,9 @@ done
 . "$repo/scripts/lib/sea.sh"
 require_sea_fuse runtimes-test.sh
 
-P="bt$$"
+# Unique beyond the pid: test.sh runs each script in a PID namespace of its own (pids repeat between runs),
+# and this prefix names cgroups, which all runs on the machine share.
+P="bt$$$(printf %04x $((RANDOM % 65536)))"
 tmp="$(mktemp -d "/tmp/$P-rt.XXXXXX")"
 sock="$tmp/containerd.sock"
 bsock="$tmp/berthd/berthd.sock"
@@ -47,6 +49,8 @@ cleanup() {
   podman_gone
   stop_pid "$ctrd_pid"
   stop_pid "$berthd_pid"
+  # ctr's namespace $P is a cgroup of that name in every hierarchy: its container's goes, it stays.
+  for c in /sys/fs/cgroup/*/"$P" /sys/fs/cgroup/"$P"; do [ ! -d "$c" ] || rmdir "$c"; done
   for br in "${P}ct" "${P}pm"; do
     for l in $(ip -o link show master "$br" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do ip link del "$l"; done
     ip link del "$br" 2>/dev/null
@@ -157,5 +161,8 @@ check "no veth left on either bridge, no result cache file of these networks" no
 podman_gone
 etc_untouched() { local now; now="$(ls -A /etc/cni/net.d)"; [ "$now" = "$etc_before" ] || { echo "was: $etc_before now: $now"; return 1; }; }
 check "the host's /etc/cni/net.d as before (ctr and podman had their own)" etc_untouched
+stop_pid "$ctrd_pid"
+no_cgroup_left() { for c in /sys/fs/cgroup/*/"$P" /sys/fs/cgroup/"$P"; do [ ! -d "$c" ] || rmdir "$c" || return 1; done; }
+check "ctr's cgroups of namespace $P removed once containerd is gone (empty)" no_cgroup_left
 echo "# runtimes-test: $checks checks, $fails failed"
 [ "$fails" -eq 0 ]

@@ -31,7 +31,7 @@ count_report() {
     console.log(r.numPassedTests, r.numFailedTests + brokenFiles.length, r.numPendingTests + r.numTodoTests);' "$1"
 }
 
-# House rules first: lint (type-aware, with DESIGN.md's room table) and the format check. Each counts as
+# House rules first: lint (type-aware, with the room table) and the format check. Each counts as
 # one test, so a submission that breaks either fails the run.
 for check in lint format:check; do
   if npm run --silent "$check" >&2; then
@@ -57,18 +57,30 @@ fi
 # Then every mount is made shared again, among this namespace's own peers only (nothing reaches the host's):
 # as on a host, a container started with a slave mount of /run/netns sees the netns files made after it
 # (node-image-test's agent, containerd's pods).
+# And a PID namespace: its first process, this bash, runs the command and reaps orphans; when it exits (the
+# command ended, or timed out and was killed), the kernel kills whatever is left in the namespace (a berthd,
+# etcd, containerd or conmon that a killed script could not stop), and so does unshare's --kill-child when
+# test.sh itself is killed. Pids repeat between runs now, and the names made from them (bt<pid>-…) with
+# them: /run/netns (the netns files) and /var/lib/cni (runtimes' result caches) get a tmpfs of the run's
+# own, so that neither another run nor the host sees them, and whatever a killed run left there goes too.
 in_private_netns() {
-  unshare --net --mount --propagation private -- bash -c '
+  unshare --net --mount --pid --fork --kill-child --propagation private -- bash -c '
     c="$(mktemp -d /tmp/berth-cgroup.XXXXXX)" || exit 1
     { mount --rbind /sys/fs/cgroup "$c" && mount -t sysfs sysfs /sys && mount --move "$c" /sys/fs/cgroup; } ||
       { umount -l "$c" 2>/dev/null; rmdir "$c"; exit 1; }
-    rmdir "$c" && mount --make-rshared / && ip link set lo up && exec "$@"' in_private_netns "$@"
+    rmdir "$c" && mount -t proc proc /proc && mkdir -p /run/netns /var/lib/cni &&
+      mount -t tmpfs -o mode=755 berth-test-netns /run/netns &&
+      mount -t tmpfs -o mode=755 berth-test-cni /var/lib/cni &&
+      mount --make-rshared / && ip link set lo up || exit 1
+    "$@"
+    exit $?' in_private_netns "$@"
 }
 for run in "${runs[@]}"; do
   read -r project args <<<"$run"
   report="$reports/$project.json"
   # shellcheck disable=SC2206 # args are words
-  vitest=(timeout --foreground -k 30 1800 npx vitest run $args --reporter=default --reporter=json --outputFile="$report")
+  # vitest itself, not npx: npx does not pass the timeout's TERM on.
+  vitest=(timeout --foreground -k 30 1800 node_modules/.bin/vitest run $args --reporter=default --reporter=json --outputFile="$report")
   case "$project" in
     unit) "${vitest[@]}" ;;
     root) in_private_netns "${vitest[@]}" ;;

@@ -115,7 +115,11 @@ function sandboxConfig(o, i, runId) {
     hostname: name,
     logDirectory,
     labels: { app: 'berth-cri-test', run: runId },
-    linux: { securityContext: { namespaceOptions: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } } },
+    linux: {
+      // A test's own cgroup parent (cri-test: /bt<pid>), which its cleanup can tell from anyone else's.
+      cgroup_parent: process.env.CRI_TEST_CGROUP_PARENT ?? '',
+      securityContext: { namespaceOptions: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } },
+    },
   };
 }
 
