@@ -545,6 +545,7 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
         spoofCheck: conf.macSpoofCheck,
       });
       newAttachment = !existed;
+      if (!existed) req.madeNew?.();
       if (!existed)
         undo.push('unregister attachment', () =>
           withNetworkLock(lockOpts, async () => unregisterAttachment(deps.runDir, conf.network, tag)),

@@ -21,6 +21,8 @@ export interface PluginIo {
   stderr(s: string): void;
   /** Cancels the request (berthd: caller gone, deadline); handed to the handler as `Request.signal`. */
   signal?: CancelSignal;
+  /** Handed to the handler as `Request.madeNew`. */
+  madeNew?: () => void;
 }
 
 /** A plugin is a table of handlers; a command without one fails with a clear error, never succeeds silently. */
@@ -69,6 +71,7 @@ export async function dispatch(io: PluginIo, handlers: PluginHandlers, about: Pl
     if (request.ignoredPrevResult !== undefined)
       request.log(`DEL without prevResult, which cannot be read: ${request.ignoredPrevResult}`);
     if (io.signal !== undefined) request.signal = io.signal;
+    if (io.madeNew !== undefined) request.madeNew = io.madeNew;
     cniVersion = request.cniVersion;
     const result = await runHandler(handlers, request, about);
     if (result !== undefined) io.stdout(`${JSON.stringify(toVersion(result, request.cniVersion))}\n`);
@@ -111,7 +114,7 @@ export interface CallOutput {
  * it to its log).
  */
 export async function dispatchCall(
-  call: Invocation & { signal?: CancelSignal; onStderr?: (s: string) => void },
+  call: Invocation & { signal?: CancelSignal; onStderr?: (s: string) => void; madeNew?: () => void },
   handlers: PluginHandlers,
   about: PluginAbout,
 ): Promise<CallOutput> {
@@ -127,6 +130,7 @@ export async function dispatchCall(
     },
   };
   if (call.signal !== undefined) io.signal = call.signal;
+  if (call.madeNew !== undefined) io.madeNew = call.madeNew;
   let code: number;
   try {
     code = await dispatch(io, handlers, about);

@@ -69,6 +69,11 @@ export interface Request {
   stderr(text: string): void;
   /** Aborted when the caller is gone or its deadline passed (berthd); delegated plugins are killed then. */
   signal?: CancelSignal;
+  /**
+   * ADD only: called when the ADD makes an attachment that was not there (not a repeat of one that is).
+   * berthd deletes an ADD whose caller left only then: a repeated ADD answers for a pod in use.
+   */
+  madeNew?(): void;
 }
 
 /**

@@ -4,17 +4,19 @@
 import { toVersion, parseResult } from '../cni-spec/convert';
 import {
   type CallOutput,
+  type PluginAbout,
   type PluginHandlers,
   asCniError,
   dispatchCall,
   reportFailure,
 } from '../cni-spec/dispatch';
+import { CniError, ErrorCode } from '../cni-spec/errors';
 import { findPlugin } from '../cni-spec/invoke';
 import { COMMANDS, type Request } from '../cni-spec/request';
 import type { Result } from '../cni-spec/types/result';
 import { type BridgeDeps, type IpamCall, execIpam, nftTable, runDir, systemKernel } from '../bridge/deps';
 import { BRIDGE_ABOUT, bridgeHandlers } from '../bridge/handlers';
-import type { Service } from '../ipam/daemon/service';
+import type { CallTrace, Service } from '../ipam/daemon/service';
 import { isNamespaceFile } from '../netlink/netns';
 import { AttachmentQueue, attachmentOf } from './attachments';
 import { type HostView, berthIpamNotShared } from './host-view';
@@ -208,14 +210,21 @@ export class PluginHost {
         // The deadline counts from the call's turn: a DEL queued behind its slow ADD gets the whole of it.
         // The wait itself is bounded by the caller (the shim gives up after BERTH_SHIM_TIMEOUT: clientGone).
         deadline = AbortSignal.timeout(this.o.deadlineMs);
+        // An ADD whose caller left while it waited for its turn is not run: nobody would ever see its pod.
+        if (command === 'ADD' && clientGone.aborted) {
+          this.o.log.log('warn', 'caller left before its ADD could run; not run', fields);
+          return callerLeft(table.about);
+        }
         const signal = AbortSignal.any([clientGone, deadline]);
+        let madeNew = false;
         const r = await dispatchCall(
-          { env: call.env, stdin: call.stdin, signal, onStderr },
+          { env: call.env, stdin: call.stdin, signal, onStderr, madeNew: () => (madeNew = true) },
           table.handlers,
           table.about,
         );
         const delivered = !clientGone.aborted && (deliver === undefined || (await deliver(r)));
-        if (command === 'ADD' && r.code === 0 && !delivered) await this.undoAdd(call, id);
+        // Only what this ADD made goes again: a repeated ADD answered for a pod that is in use.
+        if (command === 'ADD' && r.code === 0 && !delivered && madeNew) await this.undoAdd(call, id);
         return r;
       });
       if (deadline?.aborted === true) this.o.log.log('warn', 'call passed its deadline', fields);
@@ -267,7 +276,13 @@ export class PluginHost {
 
   /** berth-ipam's handlers over the daemon's lease stores (never the file store: §2.2 row 18). */
   private ipamHandlers(): PluginHandlers {
-    const run = (req: Request): Promise<Result | undefined> => this.o.service.run(req);
+    const run = async (req: Request): Promise<Result | undefined> => {
+      const trace: CallTrace = { reserved: [] };
+      const result = await this.o.service.run(req, trace);
+      // Leases this ADD reserved (none when it repeated an earlier ADD's answer).
+      if (trace.reserved.length > 0) req.madeNew?.();
+      return result;
+    };
     return {
       add: async (req) => (await run(req)) as Result,
       del: async (req) => void (await run(req)),
@@ -308,4 +323,14 @@ function lineLogger(log: (line: string) => void): (text: string) => void {
     partial = lines.pop() ?? '';
     for (const l of lines) if (l !== '') log(l);
   };
+}
+
+/** The reply of an ADD not run because its caller had left (read by nobody; the log and metrics see it). */
+function callerLeft(about: PluginAbout): CallOutput {
+  let stdout = '';
+  let stderr = '';
+  const io = { stdout: (s: string) => void (stdout += s), stderr: (s: string) => void (stderr += s) };
+  const err = new CniError(ErrorCode.TryAgainLater, 'the caller left before its ADD could run; not run');
+  const code = reportFailure(io, { about, command: 'ADD', err });
+  return { code, stdout, stderr };
 }

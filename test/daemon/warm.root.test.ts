@@ -15,7 +15,7 @@ import type * as HostModule from '../../src/daemon/plugin-host';
 import type * as ServerModule from '../../src/daemon/server';
 import type * as ServiceModule from '../../src/ipam/daemon/service';
 import { CNI_PATH, Fixture, REPO, ipJson, nsExec, trySh } from '../bridge/harness';
-import { type TestDaemon, postCni, runStandalone, startDaemon } from './warm-client';
+import { type TestDaemon, type WarmReply, postCni, runStandalone, startDaemon } from './warm-client';
 
 // The built code (dist/), as berthd runs it: the handler tables load their modules with require().
 const dist = (m: string): unknown => require(join(REPO, 'dist', m));
@@ -176,8 +176,9 @@ describe('the reply of an ADD', () => {
     (stubHost as unknown as { tables: Record<string, { handlers: unknown }> }).tables[
       'berth-ipam'
     ]!.handlers = {
-      add: async () => {
+      add: async (req: { madeNew?(): void }) => {
         calls.push('ADD');
+        req.madeNew?.(); // a new attachment: only such an ADD is deleted again
         await new Promise((r) => setTimeout(r, 50));
         const until = Date.now() + 300;
         while (Date.now() < until); // the last, synchronous step
@@ -321,5 +322,91 @@ describe('a real berthd on /v1/cni', () => {
     expect(leaseFiles(c.name as string)).toEqual([]);
     expect(fx.runState()).toEqual([]);
     expect(fx.nftList('inet')).not.toMatch(/198\.18\.182\./);
+  });
+
+  /** Waits until the attachment's queue (and the network's) has run dry: a DEL of another attachment. */
+  async function settled(c: Record<string, unknown>, ns: string, id: string): Promise<void> {
+    await postCni(d.socket, {
+      plugin: 'berth-bridge',
+      env: callEnv('DEL', `${id}x`, ns),
+      stdin: JSON.stringify(c),
+    });
+    await new Promise((r) => setTimeout(r, 300));
+  }
+
+  test('a repeated ADD whose caller leaves does not take down the pod the first ADD made', async () => {
+    const c = conf('198.18.184.0/24');
+    const ns = fx.netns();
+    const id = `${fx.prefix}rep`;
+    const call = { plugin: 'berth-bridge', env: callEnv('ADD', id, ns.path), stdin: JSON.stringify(c) };
+    const first = await postCni(d.socket, call);
+    expect(first.code, first.stdout).toBe(0);
+    const logFrom = d.log().length;
+    const ip = (JSON.parse(first.stdout) as { ips: { address: string }[] }).ips[0]!.address;
+    // The pod's IPAM ADD repeated (its answer is the lease the pod has), held on the lease dir's flock while
+    // its caller gives up: the lease must stay the pod's.
+    const holder = await holdFlock(join(ipamDir, c.name as string, 'lock'));
+    try {
+      const reply = postCni(
+        d.socket,
+        { ...call, plugin: 'berth-ipam' },
+        { onRequestSent: (req) => setTimeout(() => req.destroy(), 300) },
+      );
+      expect(await reply.catch((e: unknown) => e)).toBeInstanceOf(Error);
+      await new Promise((r) => setTimeout(r, 300));
+    } finally {
+      await holder.release();
+    }
+    await settled(c, id);
+    expect(d.log().slice(logFrom)).not.toMatch(/caller left before the ADD reply/);
+    expect(leaseFiles(c.name as string)).toEqual([ip.split('/')[0]]);
+    expect(
+      ipJson<{ addr_info: { local: string; prefixlen: number }[] }[]>([
+        '-n',
+        ns.name,
+        'addr',
+        'show',
+        'dev',
+        'eth0',
+      ]).flatMap((l) => l.addr_info.map((a) => `${a.local}/${a.prefixlen}`)),
+    ).toContain(ip);
+    const del = await postCni(d.socket, { ...call, env: callEnv('DEL', id, ns.path) });
+    expect(del.code, del.stdout).toBe(0);
+    expect(leaseFiles(c.name as string)).toEqual([]);
+  });
+
+  test("an ADD whose caller left while it waited behind the same attachment's ADD is not run", async () => {
+    const c = conf('198.18.185.0/24');
+    const id = `${fx.prefix}dup`;
+    // berth-ipam never enters the namespace: any path will do.
+    const call = {
+      plugin: 'berth-ipam',
+      env: callEnv('ADD', id, '/run/netns/none'),
+      stdin: JSON.stringify(c),
+    };
+    mkdirSync(join(ipamDir, c.name as string), { recursive: true });
+    const holder = await holdFlock(join(ipamDir, c.name as string, 'lock'));
+    let first: Promise<WarmReply>;
+    try {
+      first = postCni(d.socket, call); // waits for the lock, its caller stays
+      await new Promise((r) => setTimeout(r, 100));
+      const second = postCni(d.socket, call, {
+        onRequestSent: (req) => setTimeout(() => req.destroy(), 300),
+      });
+      const got = await second.catch((e: unknown) => e);
+      expect(got, JSON.stringify(got)).toBeInstanceOf(Error);
+      await new Promise((r) => setTimeout(r, 200));
+    } finally {
+      await holder.release();
+    }
+    const r = await first;
+    expect(r.code, r.stdout).toBe(0);
+    const ip = (JSON.parse(r.stdout) as { ips: { address: string }[] }).ips[0]!.address;
+    await settled(c, id);
+    expect(leaseFiles(c.name as string)).toEqual([ip.split('/')[0]]);
+    expect(d.log()).toMatch(/caller left before its ADD could run; not run/);
+    const del = await postCni(d.socket, { ...call, env: callEnv('DEL', id, '/run/netns/none') });
+    expect(del.code, del.stdout).toBe(0);
+    expect(leaseFiles(c.name as string)).toEqual([]);
   });
 });
