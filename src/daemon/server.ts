@@ -33,6 +33,12 @@ export interface ServerOptions {
   socketPath: string;
   maxBodyBytes?: number;
   /**
+   * How long a warm-path reply may take to reach its caller's socket (default 10 s): a caller that stops
+   * reading would otherwise hold its attachment's queue, and every later call of that pod, for good. Past
+   * it the reply counts as not delivered (an ADD that made the attachment is deleted again).
+   */
+  replyDeadlineMs?: number;
+  /**
    * Peer uids (SO_PEERCRED) served anything but reads: allocations, releases, GC, cluster changes. Root only
    * by default; the socket's mode may be loosened (a group for `berth status`), this may not. Tests that run
    * the server in their own process as another user name theirs.
@@ -153,9 +159,20 @@ export class BerthServer {
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    let url: URL;
+    try {
+      url = new URL(req.url ?? '/', 'http://berthd');
+    } catch {
+      // `//`, `//:99999`: no route, and nothing counted in flight that a drain would wait for.
+      const err = new CniError(
+        ErrorCode.DecodingFailure,
+        `bad request target: ${String(req.url).slice(0, 200)}`,
+      );
+      this.send(res, 400, JSON.stringify(err.toJSON()));
+      return;
+    }
     this.inFlight++;
     const t0 = process.hrtime.bigint();
-    const url = new URL(req.url ?? '/', 'http://berthd');
     const route = this.routeName(req.method ?? 'GET', url.pathname);
     let gone = false;
     const clientGone = new AbortController();
@@ -254,7 +271,16 @@ export class BerthServer {
     const socket = res.socket;
     if (socket === null || res.destroyed || res.headersSent) return Promise.resolve(false);
     return new Promise((resolve) => {
-      res.once('close', () => resolve(socket.errored === null));
+      const timer = setTimeout(() => {
+        res.removeListener('close', closed);
+        res.destroy();
+        resolve(false);
+      }, this.o.replyDeadlineMs ?? 10_000);
+      const closed = (): void => {
+        clearTimeout(timer);
+        resolve(socket.errored === null);
+      };
+      res.once('close', closed);
       this.sendRaw(res, raw);
     });
   }

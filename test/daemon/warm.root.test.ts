@@ -2,6 +2,7 @@
 // daemon's dispatcher (PluginHost), many calls at once, then a real berthd on /v1/cni: its refusals, the
 // bytes it answers, and a caller that leaves in the middle of an ADD.
 import { spawn } from 'node:child_process';
+import net from 'node:net';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -222,6 +223,68 @@ describe('the reply of an ADD', () => {
       await vi.waitFor(() => expect(calls).toEqual(['ADD', 'DEL']), { timeout: 5000, interval: 20 });
       await exited;
     } finally {
+      await new Promise((r) => server.http.close(r));
+      rmSync(sock, { force: true });
+    }
+  });
+  test("a caller that stops reading its reply holds its pod's queue only until the reply deadline", async () => {
+    const calls: string[] = [];
+    const stubHost = new PluginHost({
+      service,
+      log: createLogger({ format: 'text', level: 'error', write: () => undefined }),
+      metrics: new Metrics(),
+      runDir: fx.runDir,
+      nftTable: fx.nftTable,
+      bootIdFile: '/proc/sys/kernel/random/boot_id',
+      deadlineMs: 60_000,
+    });
+    (stubHost as unknown as { tables: Record<string, { handlers: unknown }> }).tables[
+      'berth-ipam'
+    ]!.handlers = {
+      // A reply far larger than the socket's buffers (2 MB of DNS servers).
+      add: (req: { madeNew?(): void }) => {
+        calls.push('ADD');
+        req.madeNew?.();
+        const nameservers = Array.from({ length: 150_000 }, () => '198.18.0.1');
+        return Promise.resolve({
+          cniVersion: '1.0.0',
+          ips: [{ address: '198.18.186.2/24' }],
+          dns: { nameservers },
+        });
+      },
+      del: () => {
+        calls.push('DEL');
+        return Promise.resolve();
+      },
+    };
+    const server = new BerthServer({
+      service,
+      plugins: stubHost,
+      log: createLogger({ format: 'text', level: 'error', write: () => undefined }),
+      metrics: new Metrics(),
+      socketPath: 'test',
+      replyDeadlineMs: 500,
+    });
+    const sock = join(fx.runDir, 'unread-test.sock');
+    await new Promise<void>((r) => server.http.listen(sock, () => r()));
+    const env = { ...callEnv('ADD', `${fx.prefix}-unread`, '/nonexistent'), CNI_PATH: '/nonexistent' };
+    const stdin = JSON.stringify({ cniVersion: '1.0.0', name: `${fx.prefix}-unread`, type: 'berth-ipam' });
+    const body = JSON.stringify({ v: 1, plugin: 'berth-ipam', env, stdin });
+    const reader = net.connect(sock, () =>
+      reader.write(
+        `POST /v1/cni HTTP/1.1\r\nHost: berthd\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+      ),
+    );
+    reader.pause(); // never reads
+    reader.on('error', () => undefined);
+    try {
+      await vi.waitFor(() => expect(calls).toEqual(['ADD']), { timeout: 5000, interval: 20 });
+      // The pod's DEL, queued behind the ADD, is served once the ADD's reply is given up (and the ADD undone).
+      const del = await postCni(sock, { plugin: 'berth-ipam', env: { ...env, CNI_COMMAND: 'DEL' }, stdin });
+      expect(del.code, del.stdout).toBe(0);
+      expect(calls).toEqual(['ADD', 'DEL', 'DEL']);
+    } finally {
+      reader.destroy();
       await new Promise((r) => server.http.close(r));
       rmSync(sock, { force: true });
     }
