@@ -212,6 +212,9 @@ export class Service {
 
   private rememberDataDir(dataDir: string): void {
     if (dataDir === this.dataDir || this.servedDataDirs.has(dataDir)) return;
+    // Not a path a call could make its directory (a file, a NUL byte): that call fails, and its data dir
+    // must not be listed for good after it.
+    if (!usableDirPath(dataDir)) return;
     this.servedDataDirs.add(dataDir);
     this.saveDataDirs();
   }
@@ -451,7 +454,11 @@ export class Service {
         names = fs.readdirSync(dataDir);
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
-        throw new ServiceError(500, ErrorCode.IoFailure, `cannot list ${dataDir}: ${(err as Error).message}`);
+        const why = `cannot list ${dataDir}: ${(err as Error).message}`;
+        if (filter.dataDir !== undefined) throw new ServiceError(500, ErrorCode.IoFailure, why);
+        // One data dir gone bad (a file now, no permission) does not hide every other's networks.
+        this.opts.log.log('warn', why);
+        continue;
       }
       for (const name of names) {
         if (filter.network !== undefined && name !== filter.network) continue;
@@ -673,5 +680,15 @@ export class Service {
     for (const s of this.stores.values())
       for (const k of Object.keys(t) as (keyof typeof t)[]) t[k] += s.stats[k];
     return t;
+  }
+}
+
+/** A directory, or nothing yet (made by the call), and a path the kernel takes. */
+function usableDirPath(dir: string): boolean {
+  if (dir.includes('\0')) return false;
+  try {
+    return fs.statSync(dir).isDirectory();
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ENOENT';
   }
 }
