@@ -149,6 +149,9 @@ function healthOf(
 }
 
 /** The TCP listener for /metrics and /v1/health (`--metrics-address HOST:PORT`). */
+/** Connections the metrics port holds at once (scrapers and probes are a handful). */
+export const METRICS_MAX_CONNECTIONS = 64;
+
 async function listenMetrics(
   address: string,
   health: () => { ok: boolean },
@@ -156,17 +159,42 @@ async function listenMetrics(
 ): Promise<http.Server> {
   const m = /^(.*):(\d+)$/.exec(address);
   if (m === null) throw new Error(`--metrics-address wants HOST:PORT, got ${address}`);
-  const srv = http.createServer((req, res) => {
-    // /v1/health here too: kubelet's httpGet probes reach TCP only (deploy/berth.yaml probes it).
-    if (req.method === 'GET' && req.url === '/v1/health') {
-      const h = health();
-      res.writeHead(h.ok ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify(h));
-      return;
+  // Any local user reaches this port (hostNetwork in the DaemonSet): connections are capped and held only
+  // briefly, and the text is made at most once a second, so a flood here costs berthd little and the pods'
+  // calls on the unix socket nothing much.
+  const srv = http.createServer(
+    {
+      headersTimeout: 5_000,
+      requestTimeout: 10_000,
+      keepAliveTimeout: 5_000,
+      connectionsCheckingInterval: 1_000,
+    },
+    (req, res) => {
+      // /v1/health here too: kubelet's httpGet probes reach TCP only (deploy/berth.yaml probes it).
+      if (req.method === 'GET' && req.url === '/v1/health') {
+        const h = health();
+        res.writeHead(h.ok ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify(h));
+        return;
+      }
+      const ok = req.method === 'GET' && (req.url === '/metrics' || req.url === '/v1/metrics');
+      const headers: http.OutgoingHttpHeaders = { 'content-type': 'text/plain; version=0.0.4' };
+      // Anything else: no body read, the connection closed after the answer.
+      if (!ok) headers.connection = 'close';
+      res.writeHead(ok ? 200 : 404, headers).end(ok ? cached() : 'only GET /metrics and /v1/health here\n');
+    },
+  );
+  srv.maxConnections = METRICS_MAX_CONNECTIONS;
+  // A connection that says nothing at all is no request yet: the header timeout never starts for it.
+  srv.setTimeout(5_000);
+  let text = '';
+  let madeAt = 0;
+  const cached = (): string => {
+    if (Date.now() - madeAt >= 1_000) {
+      text = metricsText();
+      madeAt = Date.now();
     }
-    const ok = req.method === 'GET' && (req.url === '/metrics' || req.url === '/v1/metrics');
-    const body = ok ? metricsText() : 'only GET /metrics and /v1/health here\n';
-    res.writeHead(ok ? 200 : 404, { 'content-type': 'text/plain; version=0.0.4' }).end(body);
-  });
+    return text;
+  };
   await new Promise<void>((resolve, reject) => {
     srv.once('error', reject);
     srv.listen(Number(m[2]), m[1]!.replace(/^\[|\]$/g, ''), () => {

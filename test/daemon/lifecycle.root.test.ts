@@ -128,6 +128,53 @@ describe('berthd start and stop', () => {
     expect(await b.exited).toBe(0);
   });
 
+  it('the metrics port holds at most 64 connections, each briefly, and closes after anything but a GET', async () => {
+    const d = tempDir('m');
+    const socket = join(d, 'berthd.sock');
+    const b = berthd([
+      '--socket',
+      socket,
+      '--data-dir',
+      join(d, 'data'),
+      '--metrics-address',
+      '127.0.0.1:19379',
+    ]);
+    await until('berthd listening', () => /INFO listening/.test(b.log()));
+    // 100 connections that say nothing.
+    const closedAt: number[] = [];
+    const t0 = Date.now();
+    const idle = Array.from({ length: 100 }, () => {
+      const c = net.connect(19379, '127.0.0.1');
+      c.on('error', () => undefined);
+      c.on('close', () => closedAt.push(Date.now() - t0));
+      return c;
+    });
+    try {
+      await until('the connections over the cap dropped', () => closedAt.length >= 36, 3_000);
+      expect(closedAt.length).toBeLessThan(100);
+      await until('the idle ones timed out', () => closedAt.length === 100, 10_000);
+      expect(Math.max(...closedAt)).toBeLessThan(9_000);
+      expect((await get({ port: 19379 }, '/v1/health')).status).toBe(200);
+      // A POST announcing a gigabyte: answered 404 at once and the connection closed, its body never read.
+      const post = await new Promise<string>((resolve, reject) => {
+        const c = net.connect(19379, '127.0.0.1', () =>
+          c.write('POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n'),
+        );
+        let got = '';
+        c.setEncoding('utf8').on('data', (x: string) => (got += x));
+        c.on('close', () => resolve(got));
+        c.on('error', reject);
+        setTimeout(() => reject(new Error(`still open: ${got}`)), 3_000);
+      });
+      expect(post).toMatch(/^HTTP\/1\.1 404/);
+      expect(post.toLowerCase()).toMatch(/connection: close/);
+    } finally {
+      for (const c of idle) c.destroy();
+      b.child.kill('SIGTERM');
+      expect(await b.exited).toBe(0);
+    }
+  });
+
   it('a metrics port still taken stops berthd at once (exit 1), without leaving its socket', async () => {
     const d = tempDir('p');
     const busy = net.createServer();
