@@ -40,6 +40,8 @@ static const char DEFAULT_SOCKET[] = "/run/berth/berthd.sock";
 // berthd's own deadline per call plus a margin, so that berthd's answer (a CNI error) normally wins.
 static const double DEFAULT_TIMEOUT_S = 130;
 static const size_t MAX_HEAD = 64 * 1024;
+// A plugin's stdout and stderr are a few KiB; a reply announcing more is not read into memory.
+static const long long MAX_REPLY = 64LL << 20;
 
 struct buf {
   char *p;
@@ -434,6 +436,11 @@ int main(int argc, char **argv) {
     content_length = number_header(rep.p, "content-length", 1LL << 40);
     stdout_length = number_header(rep.p, "berth-stdout-length", 1LL << 40);
     exit_code = number_header(rep.p, "berth-exit-code", 255);
+    if (content_length > MAX_REPLY)
+      return fail(11,
+                  "berthd's reply (%s) announces %lld bytes, more than the %lld a shim reads: try again "
+                  "later",
+                  path, content_length, MAX_REPLY);
     if (content_length < 0 || stdout_length < 0 || exit_code < 0 || stdout_length > content_length)
       return fail(11,
                   "berthd's reply (%s) lacks a valid Content-Length, Berth-Exit-Code or "

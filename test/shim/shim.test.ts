@@ -359,6 +359,20 @@ describe('after the request was sent, a bad reply is code 11 and never a second 
     expect(fake.calls).toHaveLength(2);
   });
 
+  it('a reply announcing more than 64 MiB is not read (code 11)', async () => {
+    fake.mode = {
+      kind: 'raw',
+      reply:
+        'HTTP/1.1 200 OK\r\nContent-Length: 1099511627776\r\nBerth-Exit-Code: 0\r\nBerth-Stdout-Length: 3\r\n\r\n{}\n',
+    };
+    const run = await throughShim(fake.socket)(add);
+    expect(run.code).toBe(1);
+    expect(JSON.parse(run.stdout.toString())).toMatchObject({
+      code: 11,
+      msg: expect.stringMatching(/announces 1099511627776 bytes, more than the 67108864 a shim reads/),
+    });
+  });
+
   it('a status of four digits is not HTTP (not taken as 200)', async () => {
     fake.mode = {
       kind: 'raw',
