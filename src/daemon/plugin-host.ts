@@ -321,8 +321,14 @@ function lineLogger(log: (line: string) => void): (text: string) => void {
   return (text) => {
     const lines = (partial + text).split('\n');
     partial = lines.pop() ?? '';
-    for (const l of lines) if (l !== '') log(l);
+    for (const l of lines) if (l !== '') log(shortLogLine(l));
   };
+}
+
+/** A call's stderr line as the log takes it: a plugin error may echo a config of megabytes (the caller gets it whole). */
+const MAX_LOG_LINE = 4096;
+function shortLogLine(line: string): string {
+  return line.length <= MAX_LOG_LINE ? line : `${line.slice(0, MAX_LOG_LINE)}… (${line.length} characters)`;
 }
 
 /** The reply of an ADD not run because its caller had left (read by nobody; the log and metrics see it). */

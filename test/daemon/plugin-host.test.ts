@@ -139,3 +139,30 @@ describe('what berthd cannot see is served by the standalone program (421)', () 
     expect(host(false).notServedReason(forward('ADD', '/proc/self/ns/net', 'berth-ipam'))).toBeUndefined();
   });
 });
+
+describe("a call's stderr in berthd's log", () => {
+  test('each line at most 4 KiB there, whole for the caller', async () => {
+    const lines: string[] = [];
+    const host = new PluginHost({
+      service: {} as Service,
+      log: createLogger({ format: 'text', level: 'info', write: (l) => void lines.push(l) }),
+      metrics: new Metrics(),
+      runDir: '/nonexistent/berth-run',
+      nftTable: 'berth',
+      bootIdFile: '/proc/sys/kernel/random/boot_id',
+      deadlineMs: 5_000,
+    });
+    const tables = (host as unknown as { tables: Record<string, { handlers: PluginHandlers }> }).tables;
+    tables['berth-bridge']!.handlers = {
+      del: (req) => {
+        req.log(`echo ${'x'.repeat(500_000)}`);
+        return Promise.resolve();
+      },
+    };
+    const out = await host.serve(call('DEL'), never);
+    expect(out.stderr.length).toBeGreaterThan(500_000);
+    const logged = lines.find((l) => l.includes('echo xxx'))!;
+    expect(logged.length).toBeLessThan(5_000);
+    expect(logged).toMatch(/… \(500019 characters\)/);
+  });
+});
