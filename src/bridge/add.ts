@@ -241,6 +241,8 @@ async function configureContainer(ctx: AddContext, plan: AddressPlan | undefined
       await pod.addRoute({
         dst: r.dst,
         link: ifn,
+        // Two routes to one destination through different gateways are both kept, as the reference does.
+        beside: true,
         ...(gw !== undefined ? { gateway: gw } : {}),
         ...(r.priority !== undefined ? { priority: r.priority } : {}),
         ...(r.table !== undefined ? { table: r.table } : {}),
@@ -328,15 +330,18 @@ async function ensureVlanGateway(ctx: AddContext, bridge: Link): Promise<Link> {
   return host.getLink(name);
 }
 
-/** Gateway addresses on the bridge (or VLAN gateway), reference ensureAddr semantics; returns those this call added. */
+/**
+ * Gateway addresses on the bridge (or VLAN gateway), reference ensureAddr semantics. Each address this call
+ * adds goes into `added` at once, so a failure on a later family still has the earlier ones undone.
+ */
 async function ensureGateways(
   ctx: AddContext,
   target: Link,
   gateways: readonly GatewayAddress[],
-): Promise<GatewayAddress[]> {
+  added: GatewayAddress[],
+): Promise<void> {
   const { host, conf } = ctx;
   const bridge = target;
-  const added: GatewayAddress[] = [];
   for (const gw of gateways) {
     const present = await host.listAddresses({ link: bridge.index, family: gw.family });
     // The gateway already there: done, whatever else the bridge carries. The reference stops at it too, but
@@ -375,7 +380,6 @@ async function ensureGateways(
         );
     }
   }
-  return added;
 }
 
 /**
@@ -615,26 +619,26 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
                 name: target.name,
                 ...(target.mac !== undefined ? { mac: target.mac } : {}),
               });
-            const added = await ensureGateways(ctx, target, p.gateways);
+            const added: GatewayAddress[] = [];
+            undo.push('remove gateway addresses', () =>
+              onBridge(async () => {
+                if (added.length === 0) return;
+                // Other pods may already route through them: remove only while ours is the only port.
+                const ports = (await host.listLinks()).filter(
+                  (l) => l.masterIndex === bridge.index && l.index !== veth.host.index,
+                );
+                if (ports.length > 0) return;
+                for (const g of added)
+                  await host
+                    .delAddress({ link: target.index, address: g.ip, prefixLength: g.prefixLen })
+                    .catch(() => undefined);
+              }),
+            );
+            await ensureGateways(ctx, target, p.gateways, added);
             if (p.gateways.some((g) => g.hostRouted === true)) {
               // Host-routed pods reach each other through the gateway; a redirect would tell a pod to skip it
               // for a neighbour its own routes do not put on-link.
               trySysctl(undefined, `net/ipv4/conf/${target.name}/send_redirects`, '0');
-            }
-            if (added.length > 0) {
-              undo.push('remove gateway addresses', () =>
-                onBridge(async () => {
-                  // Other pods may already route through them: remove only while ours is the only port.
-                  const ports = (await host.listLinks()).filter(
-                    (l) => l.masterIndex === bridge.index && l.index !== veth.host.index,
-                  );
-                  if (ports.length > 0) return;
-                  for (const g of added)
-                    await host
-                      .delAddress({ link: target.index, address: g.ip, prefixLength: g.prefixLen })
-                      .catch(() => undefined);
-                }),
-              );
             }
             pinnedBridgeMac = await pinBridgeMac(host, target, added.length > 0);
             enableForwarding(p);

@@ -41,6 +41,7 @@ import {
   RT_SCOPE,
   RT_TABLE,
   VETH_INFO_PEER,
+  align4,
   decodeAttrList,
   decodeAttrs,
   encodeAttrs,
@@ -240,6 +241,31 @@ function parseRoute(data: Buffer): Route {
     type: data.readUInt8(7),
     prefsrc: prefsrc !== undefined ? bytesToIp(prefsrc) : undefined,
   };
+}
+
+/**
+ * A route as listed: one entry per next hop, so that a multipath route (RTA_MULTIPATH: rtnexthop structs,
+ * each with its ifindex and its own RTA_GATEWAY or RTA_VIA) shows each of its gateways and interfaces.
+ */
+function parseRoutes(data: Buffer): Route[] {
+  const route = parseRoute(data);
+  const multipath = decodeAttrs(data, RTMSG_LEN).get(RTA.MULTIPATH);
+  if (multipath === undefined) return [route];
+  const hops: Route[] = [];
+  for (let pos = 0; pos + 8 <= multipath.length;) {
+    const len = multipath.readUInt16LE(pos);
+    if (len < 8 || pos + len > multipath.length) break;
+    const a = decodeAttrs(multipath.subarray(pos + 8, pos + len));
+    const via = a.get(RTA.VIA);
+    const gw = a.get(RTA.GATEWAY) ?? (via !== undefined && via.length > 2 ? via.subarray(2) : undefined);
+    hops.push({
+      ...route,
+      oif: multipath.readInt32LE(pos + 4),
+      gateway: gw !== undefined ? bytesToIp(gw) : undefined,
+    });
+    pos += align4(len);
+  }
+  return hops.length > 0 ? hops : [route];
 }
 
 function refLabel(ref: LinkRef): string {
@@ -808,7 +834,7 @@ class RtnlSocket implements Netlink {
   }
 
   addRoute(opts: RouteOptions): Promise<void> {
-    return this.routeRequest(RTM.NEWROUTE, opts, NLM_F.CREATE | NLM_F.EXCL);
+    return this.routeRequest(RTM.NEWROUTE, opts, NLM_F.CREATE | (opts.beside === true ? 0 : NLM_F.EXCL));
   }
 
   replaceRoute(opts: RouteOptions): Promise<void> {
@@ -825,7 +851,7 @@ class RtnlSocket implements Netlink {
     const replies = await this.request(RTM.GETROUTE, rtmsg({ family }), NLM_F.DUMP, 'routes');
     return replies
       .filter((r) => r[0] === AF.INET || r[0] === AF.INET6) // not the multicast (RTNL_FAMILY_IPMR…) tables
-      .map(parseRoute)
+      .flatMap(parseRoutes)
       .filter(
         (r) =>
           (filter.table === undefined || r.table === filter.table) &&

@@ -108,6 +108,7 @@ export const RTA = {
   PRIORITY: 6,
   PREFSRC: 7,
   METRICS: 8,
+  MULTIPATH: 9,
   TABLE: 15,
   VIA: 18,
 } as const;
@@ -126,7 +127,7 @@ export const RTN_UNICAST = 1;
 /** One attribute to encode; `nested` attributes are encoded recursively. */
 export type Attr = readonly [type: number, value: Buffer | readonly Attr[]];
 
-const align4 = (n: number) => (n + 3) & ~3;
+export const align4 = (n: number) => (n + 3) & ~3;
 
 export function u8(v: number): Buffer {
   return Buffer.from([v & 0xff]);

@@ -167,6 +167,12 @@ export interface RouteOptions {
   /** MSS advertised to peers on this route (RTAX_ADVMSS, `ip route … advmss N`). */
   advmss?: number;
   /**
+   * addRoute: a route to the same destination through another next hop stays, and this one goes beside it
+   * (IPv4: a second route; IPv6: another next hop of a multipath route), as Go netlink's RouteAddEcmp does
+   * for the reference plugins. Only the very same route is EEXIST. Default: any route to the destination is.
+   */
+  beside?: boolean;
+  /**
    * RTPROT_* the route is installed with (default 3, boot, like `ip route add`). On delete, a given
    * protocol must match (the kernel compares it when non-zero), so a delete never hits another owner's route.
    */

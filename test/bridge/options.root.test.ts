@@ -53,6 +53,28 @@ describe('gateway options', () => {
     expect(ipJson(['-n', ns.name, 'route', 'show', 'default'])).toEqual([]);
   });
 
+  it('IPAM routes to one destination through two gateways: both in the pod (IPv6: two next hops), CHECK passes', async () => {
+    const c = fx.conf({
+      ipam: fx.hostLocal([[{ subnet: SUBNET }], [{ subnet: 'fd00:133::/64' }]], {
+        routes: [
+          { dst: '198.19.0.0/16', gw: '198.18.133.9' },
+          { dst: '198.19.0.0/16', gw: '198.18.133.8' },
+          { dst: 'fd00:19::/48', gw: 'fd00:133::9' },
+          { dst: 'fd00:19::/48', gw: 'fd00:133::8' },
+        ],
+      }),
+    });
+    const { ns, result } = await add(c);
+    const v4 = ipJson(['-n', ns.name, 'route', 'show', '198.19.0.0/16']).map((r: any) => r.gateway);
+    expect(v4.sort()).toEqual(['198.18.133.8', '198.18.133.9']);
+    const v6 = ipJson(['-n', ns.name, '-6', 'route', 'show', 'fd00:19::/48']).flatMap((r: any) =>
+      r.nexthops !== undefined ? r.nexthops.map((h: any) => h.gateway) : [r.gateway],
+    );
+    expect(v6.sort()).toEqual(['fd00:133::8', 'fd00:133::9']);
+    const check = await fx.check(c, result, 'ctr1', ns.path);
+    expect(check.code, check.stdout + check.stderr).toBe(0);
+  });
+
   it('without isGateway: no address on the bridge, no gateway in the result', async () => {
     const c = conf();
     const { result } = await add(c);
@@ -87,6 +109,34 @@ describe('gateway options', () => {
       .addr_info.filter((a: any) => a.family === 'inet')
       .map((a: any) => a.local);
     expect(v4).toEqual(['198.18.133.1']);
+  });
+});
+
+describe('a gateway refused on an existing bridge', () => {
+  it('dual stack, the IPv6 one conflicting: the failed ADD takes back the IPv4 gateway it had added', async () => {
+    const c = fx.conf({
+      isGateway: true,
+      ipam: fx.hostLocal([[{ subnet: SUBNET }], [{ subnet: 'fd00:133::/64' }]]),
+    });
+    sh('ip', ['link', 'add', c.bridge as string, 'type', 'bridge']);
+    sh('ip', ['addr', 'add', 'fd00:133::5/64', 'dev', c.bridge as string, 'nodad']);
+    const ns = fx.netns();
+    const refused = await fx.run({
+      command: 'ADD',
+      conf: c,
+      containerId: 'ctr1',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
+    expect(refused.code).not.toBe(0);
+    expect(refused.json.msg).toBe(
+      `"${c.bridge as string}" already has an IP address different from fd00:133::1/64`,
+    );
+    const global = ipJson(['addr', 'show', 'dev', c.bridge as string, 'scope', 'global'])[0]
+      .addr_info.filter((a: any) => a.local !== undefined)
+      .map((a: any) => `${a.local}/${a.prefixlen}`);
+    expect(global).toEqual(['fd00:133::5/64']);
+    expect(fx.leases(c.name as string)).toEqual([]);
   });
 });
 
