@@ -61,19 +61,26 @@ fi
 # command ended, or timed out and was killed), the kernel kills whatever is left in the namespace (a berthd,
 # etcd, containerd or conmon that a killed script could not stop), and so does unshare's --kill-child when
 # test.sh itself is killed. Pids repeat between runs now, and the names made from them (bt<pid>-…) with
-# them: /run/netns (the netns files) and /var/lib/cni (runtimes' result caches) get a tmpfs of the run's
-# own, so that neither another run nor the host sees them, and whatever a killed run left there goes too.
+# them: /run/netns (the netns files), /var/lib/cni (runtimes' result caches) and /run/berth (berth's default
+# run dir and socket) get a tmpfs of the run's own, and TMPDIR a directory of its own, removed afterwards,
+# so that neither another run nor the host sees them, and whatever a killed run left there goes too.
 in_private_netns() {
-  unshare --net --mount --pid --fork --kill-child --propagation private -- bash -c '
+  local run_tmp rc
+  run_tmp="$(mktemp -d "${TMPDIR:-/tmp}/berth-test-run.XXXXXX")" || return 1
+  TMPDIR="$run_tmp" unshare --net --mount --pid --fork --kill-child --propagation private -- bash -c '
     c="$(mktemp -d /tmp/berth-cgroup.XXXXXX)" || exit 1
     { mount --rbind /sys/fs/cgroup "$c" && mount -t sysfs sysfs /sys && mount --move "$c" /sys/fs/cgroup; } ||
       { umount -l "$c" 2>/dev/null; rmdir "$c"; exit 1; }
     rmdir "$c" && mount -t proc proc /proc && mkdir -p /run/netns /var/lib/cni &&
       mount -t tmpfs -o mode=755 berth-test-netns /run/netns &&
       mount -t tmpfs -o mode=755 berth-test-cni /var/lib/cni &&
+      mkdir -p /run/berth && mount -t tmpfs -o mode=700 berth-test-run /run/berth &&
       mount --make-rshared / && ip link set lo up || exit 1
     "$@"
     exit $?' in_private_netns "$@"
+  rc=$?
+  rm -rf "$run_tmp"
+  return "$rc"
 }
 for run in "${runs[@]}"; do
   read -r project args <<<"$run"

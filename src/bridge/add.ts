@@ -549,7 +549,6 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
         spoofCheck: conf.macSpoofCheck,
       });
       newAttachment = !existed;
-      if (!existed) req.madeNew?.();
       if (!existed)
         undo.push('unregister attachment', () =>
           withNetworkLock(lockOpts, async () => unregisterAttachment(deps.runDir, conf.network, tag)),
@@ -559,6 +558,9 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
       if (!existed && conf.ipamType !== undefined && INTERFACE_FREE_IPAM.has(conf.ipamType))
         ipamAdd = startIpamAdd(conf.ipamType);
       const v = await createVeth(ctx, undo);
+      // A veth of this ADD's own (a repeated ADD fails at it while the pod has its interface): an ADD whose
+      // caller then left is deleted again by berthd, also over a stale attachment record.
+      req.madeNew?.();
       await configurePort(ctx, { bridge: b.link, veth: v.host, alias: tag });
       return { bridge: b.link, veth: v };
     });

@@ -203,6 +203,9 @@ export async function reconcileRoutes(opts: ReconcileOptions): Promise<Reconcile
     return holders.length === 0 || holders.includes(owner);
   };
   const kept = new Map<string, Route>();
+  // Destinations whose route has more than one next hop (a multipath route, listed once per hop): IPv4
+  // deletes only by the first hop, so the route is replaced whole by the one wanted instead.
+  const multipath = new Set<string>();
   const base = { protocol: BERTH_ROUTE_PROTOCOL, table: tableId };
   const attempt = async (dst: string, op: RouteError['op'], fn: () => Promise<void>): Promise<boolean> => {
     try {
@@ -227,20 +230,23 @@ export async function reconcileRoutes(opts: ReconcileOptions): Promise<Reconcile
       ...(r.gateway !== undefined ? { gateway: r.gateway } : {}),
       ...(r.priority !== undefined ? { priority: r.priority } : {}),
     };
+    let gone = false;
     const ok = await attempt(dst, 'delete', async () => {
       try {
         await opts.table.delRoute(del);
       } catch (err) {
-        // Gone meanwhile: what we wanted.
         if (!(err instanceof NetlinkError && err.code === 'ESRCH')) throw err;
+        // Gone meanwhile (what we wanted), or a next hop of a multipath route IPv4 cannot delete alone.
+        gone = true;
       }
     });
-    if (ok) out.removed.push(dst);
+    if (ok && gone && duplicate) multipath.add(dst);
+    else if (ok) out.removed.push(dst);
   }
 
   for (const r of opts.desired.routes) {
     const have = kept.get(r.dst);
-    if (have !== undefined && sameAddress(have.gateway, r.via)) {
+    if (have !== undefined && sameAddress(have.gateway, r.via) && !multipath.has(r.dst)) {
       out.unchanged++;
       continue;
     }

@@ -5,6 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { BlockMap } from '../../src/cluster/block-map';
 import { RouteProgrammer } from '../../src/cluster/route-programmer';
+import { reconcileRoutes } from '../../src/cluster/routes';
 import { openNetlink } from '../../src/netlink/rtnetlink';
 import { observe, observeJson, useKernelFixture, type Place } from '../netlink/kernel-fixture';
 
@@ -113,5 +114,44 @@ describe('route programmer in a node namespace', () => {
     expect(report.entries.map((e) => `${e.dst} ${e.state}`)).toEqual(['fd00:b::40/122 ok']);
     await programmer.stop();
     expect(operator()).toEqual(['198.19.0.192/26', '198.19.99.0/24']);
+  });
+});
+
+describe("a multipath proto-190 route (not berthd's making)", () => {
+  it('is replaced by the one next hop wanted, not reported removed on every pass', async () => {
+    const fx = kernel.fresh();
+    const node = fx.addNetns('m');
+    const peer = fx.addNetns('p');
+    const nl = kernel.track(openNetlink(node.path));
+    await nl.createVethPair({ name: 'ul0', peerName: 'ul0', peerNetns: peer.path! });
+    await nl.setUp('ul0');
+    await nl.addAddress({ link: 'ul0', address: '198.18.41.11', prefixLength: 24 });
+    observe(node, 'ip', [
+      'route',
+      'add',
+      '198.19.1.0/26',
+      'proto',
+      '190',
+      'nexthop',
+      'via',
+      '198.18.41.12',
+      'dev',
+      'ul0',
+      'nexthop',
+      'via',
+      '198.18.41.13',
+      'dev',
+      'ul0',
+    ]);
+    const desired = {
+      routes: [{ dst: '198.19.1.0/26', via: '198.18.41.12', node: 'n2', network: 'pods' }],
+      held: [],
+    };
+    const first = await reconcileRoutes({ table: nl, desired });
+    expect(first.errors).toEqual([]);
+    expect(first.removed).toEqual([]);
+    expect(routes(node)).toEqual(['198.19.1.0/26 via 198.18.41.12']);
+    const second = await reconcileRoutes({ table: nl, desired });
+    expect(second).toMatchObject({ removed: [], replaced: [], added: [], unchanged: 1 });
   });
 });
