@@ -9,6 +9,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import type { CallOutput } from '../../src/cni-spec/dispatch';
 import { networkLockFile } from '../../src/bridge/lock';
+import { attachmentTag } from '../../src/bridge/nft';
+import { registerAttachment } from '../../src/bridge/registry';
 import { holdFlock } from '../netlink/flock-holder';
 import type * as LogModule from '../../src/daemon/log';
 import type * as MetricsModule from '../../src/daemon/metrics';
@@ -385,6 +387,34 @@ describe('a real berthd on /v1/cni', () => {
     expect(leaseFiles(c.name as string)).toEqual([]);
     expect(fx.runState()).toEqual([]);
     expect(fx.nftList('inet')).not.toMatch(/198\.18\.182\./);
+  });
+
+  test('an ADD over a stale attachment record (its veth gone) whose caller leaves is deleted again too', async () => {
+    const c = conf('198.18.187.0/24');
+    const ns = fx.netns();
+    const id = `${fx.prefix}stale`;
+    // What a DEL cut short (or berthd killed after the record) leaves: the record, no veth, no lease.
+    registerAttachment(fx.runDir, c.name as string, attachmentTag(id, 'eth0'), {
+      masquerade: true,
+      spoofCheck: false,
+    });
+    const logFrom = d.log().length;
+    const holder = await holdFlock(networkLockFile(fx.runDir, c.name as string));
+    try {
+      const reply = postCni(
+        d.socket,
+        { plugin: 'berth-bridge', env: callEnv('ADD', id, ns.path), stdin: JSON.stringify(c) },
+        { onRequestSent: (req) => setTimeout(() => req.destroy(), 300) },
+      ).catch((e: unknown) => e);
+      expect(await reply).toBeInstanceOf(Error);
+    } finally {
+      await holder.release();
+    }
+    await settled(c, id);
+    expect(d.log().slice(logFrom)).toMatch(/caller left before the ADD reply/);
+    expect(trySh('ip', ['-n', ns.name, 'link', 'show', 'eth0'])).toBeUndefined();
+    expect(leaseFiles(c.name as string)).toEqual([]);
+    expect(fx.ports(c.bridge as string)).toHaveLength(0);
   });
 
   /**
