@@ -2,7 +2,8 @@
 // live node, kept from etcd's keys (design/cluster-ipam.md §3.2). Fed with a full range (`reset`, at start
 // and after a watch reconnect or compaction) and then with watch events (`apply`); listeners hear about
 // every change. Pure bookkeeping: the etcd client that feeds it lives elsewhere.
-import type { BlockOwner, ClusterView, NodeUnderlay } from './routes';
+import { parseIp } from '../address/ip';
+import type { BlockOwner, ClusterView, NodeUnderlay, PoolRange } from './routes';
 
 export interface KeyValue {
   key: string;
@@ -15,7 +16,10 @@ export interface KeyEvent extends KeyValue {
 }
 
 export type ClusterKey =
-  { kind: 'block'; network: string; cidr: string } | { kind: 'alive'; node: string } | undefined;
+  | { kind: 'block'; network: string; cidr: string }
+  | { kind: 'alive'; node: string }
+  | { kind: 'config'; network: string }
+  | undefined;
 
 /** Which of our keys this is: `<prefix>/nets/<net>/blocks/<addr>-<len>` or `<prefix>/nodes/<node>/alive`. */
 export function parseClusterKey(prefix: string, key: string): ClusterKey {
@@ -30,7 +34,39 @@ export function parseClusterKey(prefix: string, key: string): ClusterKey {
   }
   if (parts.length === 3 && parts[0] === 'nodes' && parts[2] === 'alive')
     return { kind: 'alive', node: parts[1]! };
+  if (parts.length === 3 && parts[0] === 'nets' && parts[2] === 'config')
+    return { kind: 'config', network: parts[1]! };
   return undefined;
+}
+
+/** The ranges a network's `config` value lists (`{"pools": [["start-end", …], …]}`); [] when unreadable. */
+export function poolRangesOf(value: string | undefined): PoolRange[] {
+  const config = jsonObject(value);
+  const pools = config?.pools;
+  if (!Array.isArray(pools)) return [];
+  const blockPrefix = (family: 4 | 6): number | undefined => {
+    const n = config?.[family === 4 ? 'blockSize4' : 'blockSize6'];
+    return typeof n === 'number' && n > 0 ? n : undefined;
+  };
+  const out: PoolRange[] = [];
+  for (const set of pools) {
+    if (!Array.isArray(set)) continue;
+    for (const r of set) {
+      if (typeof r !== 'string') continue;
+      const [a, b] = r.split('-');
+      const start = a === undefined ? undefined : parseIp(a);
+      const end = b === undefined ? undefined : parseIp(b);
+      if (start === undefined || end === undefined || start.family !== end.family) continue;
+      const prefix = blockPrefix(start.family);
+      out.push({
+        family: start.family,
+        start: start.value,
+        end: end.value,
+        ...(prefix !== undefined ? { blockPrefix: prefix } : {}),
+      });
+    }
+  }
+  return out;
 }
 
 function jsonObject(text: string | undefined): Record<string, unknown> | undefined {
@@ -64,13 +100,17 @@ export class BlockMap implements BlockMapSource {
   private loaded = false;
   private readonly blocks = new Map<string, BlockOwner>();
   private readonly alive = new Map<string, NodeUnderlay>();
+  /** Each network's pools, by its config key. */
+  private readonly pools = new Map<string, { network: string; ranges: PoolRange[] }>();
   private readonly listeners = new Set<() => void>();
 
   constructor(private readonly prefix: string) {}
 
   view(): ClusterView | undefined {
     if (!this.loaded) return undefined;
-    return { blocks: [...this.blocks.values()], alive: [...this.alive.values()] };
+    const pools = new Map<string, PoolRange[]>();
+    for (const p of this.pools.values()) pools.set(p.network, p.ranges);
+    return { blocks: [...this.blocks.values()], alive: [...this.alive.values()], pools };
   }
 
   onChange(listener: () => void): () => void {
@@ -82,6 +122,7 @@ export class BlockMap implements BlockMapSource {
   reset(kvs: readonly KeyValue[]): void {
     this.blocks.clear();
     this.alive.clear();
+    this.pools.clear();
     for (const kv of kvs) this.put(kv);
     this.loaded = true;
     this.emit();
@@ -103,12 +144,16 @@ export class BlockMap implements BlockMapSource {
       this.blocks.set(kv.key, { network: k.network, cidr: k.cidr, node });
       return true;
     }
+    if (k.kind === 'config') {
+      this.pools.set(kv.key, { network: k.network, ranges: poolRangesOf(kv.value) });
+      return true;
+    }
     this.alive.set(kv.key, { node: k.node, underlay: underlayOf(kv.value) });
     return true;
   }
 
   private remove(key: string): boolean {
-    return this.blocks.delete(key) || this.alive.delete(key);
+    return this.blocks.delete(key) || this.alive.delete(key) || this.pools.delete(key);
   }
 
   private emit(): void {

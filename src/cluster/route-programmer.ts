@@ -126,9 +126,23 @@ export class RouteProgrammer {
     return desiredRoutes(view, this.opts.self, this.lastKnown);
   }
 
+  /** Refused block keys already logged. */
+  private refusedLogged = new Set<string>();
+
   private async reconcileOnce(): Promise<void> {
     const desired = this.desired();
     if (desired === undefined) return;
+    // Said once per block key, while it stays refused.
+    const refusedNow = new Set<string>();
+    for (const r of desired.refused) {
+      const key = `${r.network} ${r.dst} ${r.node}`;
+      refusedNow.add(key);
+      if (!this.refusedLogged.has(key))
+        this.opts.log(
+          `routes: block ${r.dst} of node ${r.node} (network ${r.network}) not routed: ${r.reason}`,
+        );
+    }
+    this.refusedLogged = refusedNow;
     const table = this.opts.openTable();
     let outcome: ReconcileOutcome;
     try {

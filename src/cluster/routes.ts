@@ -26,10 +26,57 @@ export interface NodeUnderlay {
   underlay: readonly string[];
 }
 
+/** One range of a network's pools (`nets/<network>/config`), as addresses. */
+export interface PoolRange {
+  family: 4 | 6;
+  start: bigint;
+  end: bigint;
+  /** The network's block size for this family, when its config names one. */
+  blockPrefix?: number;
+}
+
 /** The cluster as one snapshot: blocks with owners, and the underlay of nodes that are alive now. */
 export interface ClusterView {
   blocks: readonly BlockOwner[];
   alive: readonly NodeUnderlay[];
+  /**
+   * Each network's pools: a block is routed only inside them (a key anyone with etcd access can write must
+   * not route the API server, a /32 or the default route to some node). The block map always sets it.
+   */
+  pools?: ReadonlyMap<string, readonly PoolRange[]>;
+}
+
+/** A block key no route is made for, and why (its route, if berthd had made one, goes). */
+export interface RefusedBlock {
+  dst: string;
+  node: string;
+  network: string;
+  reason: string;
+}
+
+/** Block sizes a cluster network can have (ipam.cluster blockSize 16–30, blockSize6 96–126). */
+const BLOCK_PREFIX = { 4: [16, 30], 6: [96, 126] } as const;
+
+/** Why a block key is not one berthd routes; undefined when it is. */
+function blockProblem(cidr: string, network: string, pools: ClusterView['pools']): string | undefined {
+  const c = parseCidr(cidr);
+  if (c === undefined) return 'not a prefix';
+  const [min, max] = BLOCK_PREFIX[c.ip.family];
+  if (c.prefix < min || c.prefix > max) return `a /${c.prefix} is no block size (${min}–${max})`;
+  const first = networkIp(c).value;
+  if (first !== c.ip.value) return 'not a network address';
+  if (pools === undefined) return undefined;
+  const size = 1n << BigInt((c.ip.family === 4 ? 32 : 128) - c.prefix);
+  const ranges = (pools.get(network) ?? []).filter((r) => r.family === c.ip.family);
+  // A range starts after its subnet's network address (host-local's default): the block holding its first
+  // address starts below it, and the one holding its last ends above it.
+  const inside = ranges.some(
+    (r) => (r.start / size) * size <= first && first + size - 1n <= (r.end / size + 1n) * size - 1n,
+  );
+  if (!inside) return `outside the pools of network ${network}`;
+  const want = ranges.find((r) => r.blockPrefix !== undefined)?.blockPrefix;
+  if (want !== undefined && want !== c.prefix) return `a /${c.prefix}, not the network's block size /${want}`;
+  return undefined;
 }
 
 /** One route berthd wants: `dst via via` (proto 190). */
@@ -51,6 +98,8 @@ export interface HeldBlock {
 export interface DesiredRoutes {
   routes: DesiredRoute[];
   held: HeldBlock[];
+  /** Block keys that are no block of their network's pools: never routed. */
+  refused: RefusedBlock[];
   /**
    * The nodes that publish (or, lapsed, last published) each underlay address: a held block's route via
    * another node's address is stale (the block moved), not the owner's to keep.
@@ -97,11 +146,18 @@ export function desiredRoutes(
   };
   const routes: DesiredRoute[] = [];
   const held: HeldBlock[] = [];
+  const refused: RefusedBlock[] = [];
   const seen = new Set<string>();
   for (const b of view.blocks) {
     if (b.node === self) continue;
     const dst = canonicalCidr(b.cidr);
-    if (dst === undefined || seen.has(dst)) continue;
+    if (dst === undefined) continue;
+    const problem = blockProblem(b.cidr, b.network, view.pools);
+    if (problem !== undefined) {
+      refused.push({ dst, node: b.node, network: b.network, reason: problem });
+      continue;
+    }
+    if (seen.has(dst)) continue;
     seen.add(dst);
     const family = dst.includes(':') ? 6 : 4;
     const underlay = underlayOf.get(b.node);
@@ -126,7 +182,7 @@ export function desiredRoutes(
     routes.push({ dst, via, node: b.node, network: b.network });
   }
   routes.sort((a, b) => (a.dst < b.dst ? -1 : a.dst > b.dst ? 1 : 0));
-  return { routes, held, publishedBy: holdersAt };
+  return { routes, held, refused, publishedBy: holdersAt };
 }
 
 /** The verbs of the kernel room a reconcile needs (a fake stands in for it in unit tests). */

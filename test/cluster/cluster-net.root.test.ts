@@ -170,6 +170,16 @@ describe('cluster network across three node namespaces', () => {
       ['198.19.50.128/26', 'fd00:b15:50::80/122'],
     ];
     map.reset([
+      // The network's pools, as cluster IPAM records them: blocks are routed only inside them.
+      {
+        key: `${P}/nets/pods/config`,
+        value: JSON.stringify({
+          pools: [['198.19.50.1-198.19.50.254'], ['fd00:b15:50::1-fd00:b15:50::ffff:ffff:ffff:ffff']],
+          blockSize4: 26,
+          blockSize6: 0,
+          schema: 1,
+        }),
+      },
       ...blocks.flatMap((bs, i) =>
         bs.map((b) => ({ key: blockKey(b), value: JSON.stringify({ node: `n${i + 1}` }) })),
       ),

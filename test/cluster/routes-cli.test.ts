@@ -13,6 +13,7 @@ import { BerthServer } from '../../src/daemon/server';
 import { callDaemon } from '../../src/ipam/daemon-client';
 import { Service } from '../../src/ipam/daemon/service';
 import { FakeRouteTable } from './fake-route-table';
+import { poolsConfig } from './pools-fixture';
 
 const P = '/berth/v1';
 const cleanups: (() => Promise<void> | void)[] = [];
@@ -50,6 +51,7 @@ describe('berth cluster routes', () => {
     const table = new FakeRouteTable();
     const map = new BlockMap(P);
     map.reset([
+      poolsConfig(P),
       { key: `${P}/nets/pods/blocks/198.19.0.64-26`, value: '{"node":"n2"}' },
       { key: `${P}/nets/pods/blocks/fd00:b::40-122`, value: '{"node":"n2"}' },
       { key: `${P}/nets/pods/blocks/198.19.0.128-26`, value: '{"node":"n3"}' },

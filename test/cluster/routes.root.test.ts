@@ -8,6 +8,7 @@ import { RouteProgrammer } from '../../src/cluster/route-programmer';
 import { reconcileRoutes } from '../../src/cluster/routes';
 import { openNetlink } from '../../src/netlink/rtnetlink';
 import { observe, observeJson, useKernelFixture, type Place } from '../netlink/kernel-fixture';
+import { poolsConfig } from './pools-fixture';
 
 const kernel = useKernelFixture();
 const P = '/berth/v1';
@@ -61,6 +62,7 @@ describe('route programmer in a node namespace', () => {
     };
     let programmer = start();
     map.reset([
+      poolsConfig(P),
       block('198.19.0.0/26', 'n1'),
       block('198.19.0.64/26', 'n2'),
       block('fd00:b::40/122', 'n2'),

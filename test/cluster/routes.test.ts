@@ -11,6 +11,7 @@ import {
   type ClusterView,
 } from '../../src/cluster/routes';
 import { FakeRouteTable } from './fake-route-table';
+import { poolsConfig } from './pools-fixture';
 
 const P = '/berth/v1';
 const view: ClusterView = {
@@ -269,8 +270,8 @@ describe('BlockMap', () => {
       cidr: 'fd00::1c0/122',
     });
     expect(parseClusterKey(`${P}/`, '/berth/v1/nodes/n1/alive')).toEqual({ kind: 'alive', node: 'n1' });
+    expect(parseClusterKey(P, '/berth/v1/nets/pods/config')).toEqual({ kind: 'config', network: 'pods' });
     for (const k of [
-      '/berth/v1/nets/pods/config',
       '/berth/v1/nodes/n1/identity',
       '/other/v1/nodes/n1/alive',
       '/berth/v1/nets/pods/blocks/x',
@@ -292,12 +293,28 @@ describe('BlockMap', () => {
     m.reset([
       { key: `${P}/nets/pods/blocks/198.19.0.64-26`, value: '{"node":"n2"}' },
       { key: `${P}/nodes/n2/alive`, value: '{"underlay":"198.18.0.12"}' },
-      { key: `${P}/nets/pods/config`, value: '{}' },
+      {
+        key: `${P}/nets/pods/config`,
+        value: '{"pools":[["198.19.0.0-198.19.0.255","x-y"],["fd00:b::-fd00:b::ff"]]}',
+      },
     ]);
     expect(heard).toBe(1);
     expect(m.view()).toEqual({
       blocks: [{ network: 'pods', cidr: '198.19.0.64/26', node: 'n2' }],
       alive: [{ node: 'n2', underlay: ['198.18.0.12'] }],
+      pools: new Map([
+        [
+          'pods',
+          [
+            { family: 4, start: 0xc6130000n, end: 0xc61300ffn },
+            {
+              family: 6,
+              start: 0xfd00000b000000000000000000000000n,
+              end: 0xfd00000b0000000000000000000000ffn,
+            },
+          ],
+        ],
+      ]),
     });
     m.apply([
       { type: 'delete', key: `${P}/nets/pods/blocks/198.19.0.64-26` },
@@ -305,7 +322,7 @@ describe('BlockMap', () => {
       { type: 'delete', key: `${P}/nodes/n2/alive` },
     ]);
     expect(heard).toBe(2);
-    expect(m.view()).toEqual({
+    expect(m.view()).toMatchObject({
       blocks: [{ network: 'pods', cidr: '198.19.0.128/26', node: 'n3' }],
       alive: [],
     });
@@ -326,6 +343,7 @@ describe('RouteProgrammer', () => {
     expect((await p.report()).loaded).toBe(false);
 
     m.reset([
+      poolsConfig(P),
       { key: `${P}/nets/pods/blocks/198.19.0.64-26`, value: '{"node":"n2"}' },
       { key: `${P}/nets/pods/blocks/198.19.0.128-26`, value: '{"node":"n3"}' },
       { key: `${P}/nodes/n2/alive`, value: '{"underlay":"198.18.0.12"}' },
@@ -363,7 +381,7 @@ describe('RouteProgrammer', () => {
   it('coalesces bursts of changes into few reconciles and counts failures', async () => {
     const t = new FakeRouteTable();
     const m = new BlockMap(P);
-    m.reset([{ key: `${P}/nodes/n2/alive`, value: '{"underlay":"198.18.0.12"}' }]);
+    m.reset([poolsConfig(P), { key: `${P}/nodes/n2/alive`, value: '{"underlay":"198.18.0.12"}' }]);
     const p = new RouteProgrammer({ source: m, self: 'n1', openTable: () => t, resyncMs: 0, log: () => {} });
     p.start();
     t.failOn.set('198.19.0.192/26', 'ENETUNREACH');
@@ -386,6 +404,7 @@ describe('RouteProgrammer, a reconcile that fails as a whole', () => {
     const t = new FakeRouteTable();
     const m = new BlockMap(P);
     m.reset([
+      poolsConfig(P),
       { key: `${P}/nets/pods/blocks/198.19.0.64-26`, value: '{"node":"n2"}' },
       { key: `${P}/nodes/n2/alive`, value: '{"underlay":"198.18.0.12"}' },
     ]);
@@ -425,7 +444,7 @@ describe('RouteProgrammer, a reconcile that fails as a whole', () => {
 describe('followBlockMap', () => {
   it('loads with one range, follows watch events, reloads on compaction', async () => {
     const { followBlockMap } = await import('../../src/cluster/block-map-feed');
-    let store = [{ key: `${P}/nets/pods/blocks/198.19.0.64-26`, value: '{"node":"n2"}' }];
+    let store = [poolsConfig(P), { key: `${P}/nets/pods/blocks/198.19.0.64-26`, value: '{"node":"n2"}' }];
     let handlers: any;
     let watchedFrom = '';
     const etcd = {
@@ -449,11 +468,11 @@ describe('followBlockMap', () => {
       ],
       '43',
     );
-    expect(map.view()).toEqual({ blocks: [], alive: [{ node: 'n2', underlay: ['198.18.0.12'] }] });
-    store = [{ key: `${P}/nets/pods/blocks/198.19.0.128-26`, value: '{"node":"n3"}' }];
+    expect(map.view()).toMatchObject({ blocks: [], alive: [{ node: 'n2', underlay: ['198.18.0.12'] }] });
+    store = [poolsConfig(P), { key: `${P}/nets/pods/blocks/198.19.0.128-26`, value: '{"node":"n3"}' }];
     // The revision the reload reflects: the gateway resumes the watch after it (the next write included).
     expect(await handlers.onReset()).toBe('41');
-    expect(map.view()).toEqual({
+    expect(map.view()).toMatchObject({
       blocks: [{ network: 'pods', cidr: '198.19.0.128/26', node: 'n3' }],
       alive: [],
     });
@@ -505,5 +524,68 @@ describe('followBlockMap', () => {
       gw.close();
       await fake.close();
     }
+  });
+});
+
+describe('block keys that are no block of their network', () => {
+  it('are never routed: outside the pools, no block size, not a network address, a network without config', () => {
+    // 198.19.0.1–198.19.255.254 (a subnet's default range), blocks of /26.
+    const pools = new Map([
+      ['pods', [{ family: 4 as const, start: 0xc6130001n, end: 0xc613fffen, blockPrefix: 26 }]],
+    ]);
+    const alive = [{ node: 'evil', underlay: ['198.18.0.2'] }];
+    const blocks = [
+      '0.0.0.0/0',
+      '198.18.5.5/32',
+      '198.18.128.0/17',
+      '198.19.1.5/26',
+      '198.19.1.0/26',
+      '198.19.0.0/26',
+      '198.19.255.192/26',
+      '198.19.4.0/24',
+      '198.19.2.0/26@other',
+    ].map((c) => {
+      const [cidr, network] = c.split('@');
+      return { network: network ?? 'pods', cidr: cidr!, node: 'evil' };
+    });
+    const d = desiredRoutes({ blocks, alive, pools }, 'n1');
+    expect(d.routes.map((r) => r.dst)).toEqual(['198.19.0.0/26', '198.19.1.0/26', '198.19.255.192/26']);
+    expect(d.refused.map((r) => `${r.dst} ${r.reason}`)).toEqual([
+      '0.0.0.0/0 a /0 is no block size (16–30)',
+      '198.18.5.5/32 a /32 is no block size (16–30)',
+      '198.18.128.0/17 outside the pools of network pods',
+      '198.19.1.0/26 not a network address',
+      "198.19.4.0/24 a /24, not the network's block size /26",
+      '198.19.2.0/26 outside the pools of network other',
+    ]);
+  });
+
+  it('a forged block key in etcd gets no route, and a route berthd made for one before goes', async () => {
+    const t = new FakeRouteTable();
+    await t.addRoute({ dst: '198.18.128.0/17', gateway: '198.18.0.2', protocol: 190 });
+    const m = new BlockMap(P);
+    m.reset([
+      poolsConfig(P),
+      { key: `${P}/nodes/evil/alive`, value: '{"underlay":"198.18.0.2"}' },
+      { key: `${P}/nets/pods/blocks/198.19.0.64-26`, value: '{"node":"evil"}' },
+      { key: `${P}/nets/pods/blocks/198.18.128.0-17`, value: '{"node":"evil"}' },
+      { key: `${P}/nets/zzz/blocks/198.19.1.0-26`, value: '{"node":"evil"}' },
+    ]);
+    const lines: string[] = [];
+    const p = new RouteProgrammer({
+      source: m,
+      self: 'n1',
+      openTable: () => t,
+      resyncMs: 0,
+      log: (l) => lines.push(l),
+    });
+    p.start();
+    await p.reconcileNow();
+    expect(t.routes.map((r) => r.dst)).toEqual(['198.19.0.64/26']);
+    expect(lines.join('\n')).toMatch(
+      /block 198\.18\.128\.0\/17 of node evil \(network pods\) not routed: outside the pools/,
+    );
+    expect(lines.join('\n')).toMatch(/block 198\.19\.1\.0\/26 of node evil \(network zzz\) not routed/);
+    await p.stop();
   });
 });

@@ -10,6 +10,7 @@ import { Allocate } from '../../src/ipam/daemon/protocol';
 import { Service } from '../../src/ipam/daemon/service';
 import { FakeEtcd } from './fake-etcd';
 import { FakeRouteTable } from './fake-route-table';
+import { poolsConfig } from './pools-fixture';
 
 const cleanups: (() => Promise<void> | void)[] = [];
 afterEach(async () => {
@@ -107,6 +108,7 @@ test('routing waits for an unreachable etcd without touching the routes, then lo
         ? Promise.reject(new Error('etcd unreachable'))
         : Promise.resolve({
             kvs: [
+              poolsConfig('/berth/v1', 'n'),
               { key: '/berth/v1/nets/n/blocks/198.19.0.64-26', value: '{"node":"n2"}' },
               { key: '/berth/v1/nodes/n2/alive', value: '{"underlay":"198.18.0.12"}' },
             ],
