@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
 import { dirname, join } from 'node:path';
-import { BOOT_ID_FILE, readBootId } from '../ipam/boot-id';
+import { BOOT_ID_FILE, bootStartedMs, readBootId } from '../ipam/boot-id';
 import { type LogFormat, type LogLevel, type Logger, createLogger } from './log';
 import { Metrics } from './metrics';
 import { DATA_DIRS_FILE, DEFAULT_SOCKET } from '../ipam/daemon/protocol';
@@ -218,9 +218,8 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
   // rounds. (16 dates from one fdatasync per lease; it was not re-measured when rounds replaced those.)
   if (env.UV_THREADPOOL_SIZE === undefined) process.env.UV_THREADPOOL_SIZE = '16';
   const bootFile = env.BERTH_BOOT_ID_FILE;
-  const bootId = readBootId(bootFile !== undefined && bootFile !== '' ? bootFile : BOOT_ID_FILE, (m) =>
-    log.log('warn', m),
-  );
+  const bootIdFile = bootFile !== undefined && bootFile !== '' ? bootFile : BOOT_ID_FILE;
+  const bootId = readBootId(bootIdFile, (m) => log.log('warn', m));
   const metrics = new Metrics();
   const socketPath = o.socket ?? DEFAULT_SOCKET;
   // From the start: a SIGTERM while berthd is starting (reading networks, reaching etcd) waits for the start
@@ -288,6 +287,7 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
         });
   const service = new Service({
     bootId,
+    bootStartedMs: bootStartedMs(bootIdFile),
     log,
     metrics,
     dataDirsFile: join(stateDir, DATA_DIRS_FILE),
@@ -338,7 +338,7 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
           metrics,
           runDir: o.runDir ?? runDir(env),
           nftTable: o.nftTable ?? nftTable(env),
-          bootIdFile: bootFile !== undefined && bootFile !== '' ? bootFile : BOOT_ID_FILE,
+          bootIdFile,
           deadlineMs: o.callDeadlineMs ?? DEFAULT_CALL_DEADLINE_MS,
           ...(o.delegatedIpamHere === false ? { delegatedIpamHere: false } : {}),
           ...(hostView !== undefined ? { hostView } : {}),

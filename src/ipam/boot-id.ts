@@ -1,6 +1,6 @@
 // The kernel's boot id: a lease stamped with another boot's id cannot belong to a live pod (no network
 // namespace survives a reboot), which is what lets berth-ipam release host-local's classic leak.
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 
 export const BOOT_ID_FILE = '/proc/sys/kernel/random/boot_id';
 
@@ -19,4 +19,18 @@ export function readBootId(file: string, warn: (msg: string) => void): string | 
     );
   }
   return undefined;
+}
+
+/**
+ * When the boot `file` names began, by the wall clock (ms): the kernel's from /proc/uptime; a test's boot id
+ * file (BERTH_BOOT_ID_FILE), when it was last written (a simulated reboot). Undefined when unknown.
+ */
+export function bootStartedMs(file: string, now: number = Date.now()): number | undefined {
+  try {
+    if (file !== BOOT_ID_FILE) return statSync(file).mtimeMs;
+    const up = Number(readFileSync('/proc/uptime', 'utf8').split(' ')[0]);
+    return Number.isFinite(up) ? now - up * 1000 : undefined;
+  } catch {
+    return undefined;
+  }
 }

@@ -999,12 +999,30 @@ export function clearTemp(p: LeaseDirPaths): void {
  * The metadata (boot, pod) of an attachment whose leases are `holds`: the first of `sources` (its record,
  * then its found-index entry) that names an address it still holds, else `fresh`. A container id that came
  * back with other addresses (a restart under the same id, through host-local) is new to berth: the old boot
- * id would make the reboot rule release its live lease.
+ * id would make the reboot rule release its live lease. So is one that came back with the same address
+ * after a reboot (a static IP; host-local's DEL and ADD): an earlier boot's metadata is not taken over for a
+ * lease file `writtenThisBoot` says was written since this boot began.
  */
 export function inheritedMeta(
   holds: (name: string) => boolean,
   sources: readonly ({ ips: readonly string[]; meta: LeaseMeta } | undefined)[],
   fresh: LeaseMeta,
+  writtenThisBoot: (name: string) => boolean = () => false,
 ): LeaseMeta {
-  return sources.find((s) => s !== undefined && s.ips.some(holds))?.meta ?? fresh;
+  const from = sources.find((s) => s !== undefined && s.ips.some(holds));
+  if (from === undefined) return fresh;
+  if (from.meta.bootId !== fresh.bootId && from.ips.some((i) => holds(i) && writtenThisBoot(i))) return fresh;
+  return from.meta;
+}
+
+/** Whether the lease file `name` in `dir` was written since `since` (ms); false when unknown. */
+export function writtenSince(dir: string, since: number | undefined): (name: string) => boolean {
+  return (name) => {
+    if (since === undefined) return false;
+    try {
+      return fs.statSync(join(dir, name)).mtimeMs > since;
+    } catch {
+      return false;
+    }
+  };
 }

@@ -57,6 +57,7 @@ import {
   stampSentinel,
   unwritableReason,
   inheritedMeta,
+  writtenSince,
 } from './lease-dir';
 import { checkContainerId, checkIfname } from './names';
 import { OrdinalBitmap, fitsBitmap, probeOccupancy } from './occupancy';
@@ -76,6 +77,8 @@ export interface LeaseFileStoreOptions {
   network: string;
   /** The current boot (kernel boot_id): stamped on new leases and on host-local leases first seen. */
   bootId: string;
+  /** When the current boot began (ms, wall clock): a lease file written since is this boot's. */
+  bootStartedMs?: number | undefined;
   /** Warnings (foreign files, rebuilds) go here: stderr in the plugin. */
   warn?: (msg: string) => void;
   now?: () => Date;
@@ -321,6 +324,7 @@ class FileSession implements LeaseSession {
       origin: 'found',
     };
     const found = FoundSet.fromScan(scan, firstSeen);
+    const thisBoot = writtenSince(this.p.dir, this.opts.bootStartedMs);
     this.addrs = scan.addrs();
     if (found.size > 0 || !quiet) this.warn(`rebuilt the lease index of ${this.p.dir} (${reason})`);
     // Bitmaps already handed to the allocator are refilled in place: it keeps using the same objects.
@@ -358,7 +362,7 @@ class FileSession implements LeaseSession {
           prev !== undefined && prev.ips.length === t.ips.length && t.ips.every((i) => prev.ips.includes(i));
         // Metadata (boot, pod) stays only with an address it was about (a tombstone's is that of leases
         // released since).
-        rec.meta = inheritedMeta((i) => t.ips.includes(i), [prev, old.get(key)], firstSeen);
+        rec.meta = inheritedMeta((i) => t.ips.includes(i), [prev, old.get(key)], firstSeen, thisBoot);
         if (!sameIps) this.dirtyRecords.add(key);
       }
       this.records.set(key, rec);
@@ -369,7 +373,7 @@ class FileSession implements LeaseSession {
       if (now !== undefined)
         found.setMeta(
           key,
-          inheritedMeta((i) => now.ips.includes(i), [e], now.meta),
+          inheritedMeta((i) => now.ips.includes(i), [e], now.meta, thisBoot),
         );
     }
     for (const key of onDisk) if (this.records.get(key) === null) this.dirtyRecords.add(key);

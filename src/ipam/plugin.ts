@@ -1,7 +1,7 @@
 // berth-ipam's entry: the handler table bound to the lease-file store, the real boot id and stderr.
 import { runPlugin } from '../cni-spec/dispatch';
 import type { Request } from '../cni-spec/request';
-import { BOOT_ID_FILE, readBootId } from './boot-id';
+import { BOOT_ID_FILE, bootStartedMs, readBootId } from './boot-id';
 import { filesClusterAllocator } from './cluster-blocks';
 import { forwardToDaemon } from './daemon-client';
 import type { IpamDeps } from './handlers';
@@ -18,7 +18,8 @@ function warnerOf(req: Request): (msg: string) => void {
 function depsFor(req: Request): IpamDeps {
   const warn = warnerOf(req);
   const bootFile = req.env.BERTH_BOOT_ID_FILE;
-  const bootId = readBootId(bootFile !== undefined && bootFile !== '' ? bootFile : BOOT_ID_FILE, warn);
+  const bootIdFile = bootFile !== undefined && bootFile !== '' ? bootFile : BOOT_ID_FILE;
+  const bootId = readBootId(bootIdFile, warn);
   return {
     bootId,
     warn,
@@ -29,6 +30,7 @@ function depsFor(req: Request): IpamDeps {
         dataDir: conf.dataDir,
         network: conf.network,
         bootId: bootId ?? 'unknown',
+        bootStartedMs: bootStartedMs(bootIdFile),
         warn,
       }),
   };

@@ -280,6 +280,24 @@ describe('reboot', () => {
     expect(files.get('198.18.64.3')).toBe('x\r\neth0');
   });
 
+  test('a container id that came back after the reboot (through host-local) with the same address keeps it', () => {
+    const s = setup({ ranges: [[{ subnet: '198.18.64.0/29' }]] });
+    expect(addressesOf(s.call({ command: 'ADD', containerId: 'x' }))).toEqual(['198.18.64.2']);
+    writeFileSync(s.bootFile, 'boot-2\n');
+    const until = Date.now() + 20;
+    while (Date.now() < until); // the next file's mtime past the boot's start, on any timestamp granularity
+    // A static address: the runtime's DEL and ADD of x through host-local in boot-2, the same file again.
+    rmSync(join(s.netDir, '198.18.64.2'));
+    writeFileSync(join(s.netDir, '198.18.64.2'), 'x\r\neth0');
+    // berth's record of x names boot-1 and .2, but the file is boot-2's: x's live .2 stays x's.
+    const r = s.call({ command: 'ADD', containerId: 'y' });
+    expect(r.stderr).not.toMatch(/released \d+ lease/);
+    expect(addressesOf(r)).toEqual(['198.18.64.3']);
+    const again = s.call({ command: 'ADD', containerId: 'z', env: { CNI_ARGS: 'IP=198.18.64.2' } });
+    expect(again.status).not.toBe(0);
+    expect(leaseFiles(s.dataDir, 'net1').get('198.18.64.2')).toBe('x\r\neth0');
+  });
+
   test('releaseOnReboot: false keeps them', () => {
     const s = setup({ releaseOnReboot: false });
     expect(s.call({ command: 'ADD', containerId: 'old1' }).status).toBe(0);

@@ -49,6 +49,8 @@ export interface NetworkStoreOptions {
   dataDir: string;
   network: string;
   bootId: string;
+  /** When the current boot began (ms, wall clock): a lease file written since is this boot's. */
+  bootStartedMs?: number | undefined;
   log: Logger;
   /** The daemon's group commit, shared by every network (sync rounds per filesystem, fs-sync.ts). */
   syncer: FilesystemSync;
@@ -525,6 +527,7 @@ export class NetworkStore implements LeaseStore {
       createdAt: (this.opts.now?.() ?? new Date()).toISOString(),
       origin: 'found',
     };
+    const thisBoot = disk.writtenSince(this.p.dir, this.opts.bootStartedMs);
     const stamped: string[] = [];
     disk.scanLeaseDir(this.p.dir, (l) => {
       if (l.spareStamp === true) {
@@ -561,6 +564,7 @@ export class NetworkStore implements LeaseStore {
         (i) => entry.ips.has(i),
         [records.get(key), oldFound?.get(key)],
         firstSeen,
+        thisBoot,
       );
       for (const name of entry.ips) {
         const ip = this.taken.get(name)!;
