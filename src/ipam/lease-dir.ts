@@ -99,13 +99,19 @@ export function leaseContent(a: Attachment): string {
   return a.ifname === '' ? a.containerId.trim() : `${a.containerId.trim()}\r\n${a.ifname}`;
 }
 
+/**
+ * The longest container id a lease file is read with: host-local has no limit (a runtime's ids are 64 hex
+ * characters); the directory scan reads files of up to 4096 bytes whole (native readSmallFiles).
+ */
+const MAX_LEASE_ID = 4000;
+
 export function parseLeaseContent(raw: string): Attachment | undefined {
   const t = raw.trim();
   const nl = t.indexOf('\r\n');
   const containerId = nl === -1 ? t : t.slice(0, nl);
   const ifname = nl === -1 ? '' : t.slice(nl + 2);
   // Anything host-local could have written passes; binary junk and JSON do not.
-  if (!/^[^\s{}\0]{1,1024}$/.test(containerId)) return undefined;
+  if (containerId.length > MAX_LEASE_ID || !/^[^\s{}\0]+$/.test(containerId)) return undefined;
   if (ifname !== '' && !/^[^\s/\0]{1,64}$/.test(ifname)) return undefined;
   return { containerId, ifname };
 }
@@ -253,7 +259,7 @@ function asciiLease(c: LeaseColumns, i: number, buf: Buffer, start: number, end:
       break;
     }
   const ifStart = nl === b ? b : nl + 2;
-  if (nl - a < 1 || nl - a > 1024 || b - ifStart > 64) return false;
+  if (nl - a < 1 || nl - a > MAX_LEASE_ID || b - ifStart > 64) return false;
   let h = 0x811c9dc5;
   for (let k = a; k < nl; k++) {
     const c = buf[k]!;

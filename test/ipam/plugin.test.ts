@@ -415,6 +415,27 @@ describe('DEL, CHECK, GC', () => {
   });
 });
 
+describe('a container id longer than runtimes use (host-local takes any length)', () => {
+  test('a lease file of a 1,100-character id is its lease: GC keeps it while it is valid', () => {
+    const s = setup();
+    expect(s.call({ command: 'ADD', containerId: 'b1' }).status).toBe(0);
+    const long = 'a'.repeat(1100);
+    writeFileSync(join(s.netDir, '198.18.64.50'), `${long}\r\neth0`);
+    const gc = ipam({
+      config: {
+        ...s.config,
+        'cni.dev/valid-attachments': [
+          { containerID: 'b1', ifname: 'eth0' },
+          { containerID: long, ifname: 'eth0' },
+        ],
+      },
+      command: 'GC',
+    });
+    expect(gc.status, gc.stdout + gc.stderr).toBe(0);
+    expect(leaseFiles(s.dataDir, 'net1').get('198.18.64.50')).toBe(`${long}\r\neth0`);
+  });
+});
+
 describe('corrupt and foreign files', () => {
   test('are skipped with a warning, never a crash; an IP-named file keeps its address taken', () => {
     const s = setup();
