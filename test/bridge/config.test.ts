@@ -136,6 +136,8 @@ describe('parseBridgeConf rejects invalid configs with code 7 naming the key', (
     [{ bridge: 'a-name-longer-than-15' }, 'bridge'],
     [{ bridge: 'a/b' }, 'bridge'],
     [{ bridge: 'x%d' }, 'bridge'],
+    [{ bridge: 'cni0\u0000x' }, 'bridge'],
+    [{ bridge: 'br\u001b' }, 'bridge'],
     // The same rule as CNI_IFNAME (cni-spec/identifiers.ts): bytes, not characters, count.
     [{ bridge: '' }, 'bridge'],
     [{ bridge: '..' }, 'bridge'],
