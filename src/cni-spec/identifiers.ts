@@ -33,7 +33,6 @@ export function ifnameProblem(name: string): string | undefined {
   if (name.includes(':')) return 'must not contain ":"';
   if (/\s/u.test(name)) return 'must not contain whitespace';
   // The kernel cuts a name at a NUL: "cni0\0x" would be the bridge cni0 under another lock's name.
-  // eslint-disable-next-line no-control-regex -- control characters are what is refused here
   if (/[\x00-\x1f\x7f]/.test(name)) return 'must not contain control characters';
   // The kernel takes a name with "%" as a template ("eth%d" becomes eth0, eth1, …): the link would be
   // created under another name than the one asked for, and then not be found by it.
