@@ -13,7 +13,9 @@ export function findPlugin(type: string, dirs: readonly string[]): string {
     throw new CniError(ErrorCode.InvalidNetworkConfig, `invalid plugin type ${JSON.stringify(type)}`);
   }
   for (const dir of dirs) {
-    const candidate = join(dir, type);
+    // CNI_PATH=. gives a bare name, which spawn would look up in PATH: the file checked is the one run.
+    const joined = join(dir, type);
+    const candidate = joined.includes('/') ? joined : `./${joined}`;
     if (isExecutableFile(candidate)) return candidate;
   }
   throw new CniError(

@@ -173,6 +173,9 @@ export class PluginHost {
     if (ipamType === undefined || ipamType === 'berth-ipam') return undefined;
     if (this.o.delegatedIpamHere === false)
       return `ipam: delegated plugin ${ipamType} keeps its state on the host; berthd runs in a container`;
+    // Relative to the caller's directory, which berthd does not share.
+    if ((env.CNI_PATH ?? '').split(':').some((d) => d !== '' && !d.startsWith('/')))
+      return `ipam: CNI_PATH has a relative directory; berthd does not run in the caller's directory`;
     try {
       findPlugin(
         ipamType,

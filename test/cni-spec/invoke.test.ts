@@ -79,6 +79,17 @@ describe('findPlugin', () => {
     expect(err.details).toBe(`searched ${join(dirA, 'missing')}, /nonexistent/missing`);
   });
 
+  it('a relative directory gives a path the spawn runs as is, not a name it looks up in PATH', () => {
+    const cwd = process.cwd();
+    try {
+      process.chdir(dirA);
+      expect(findPlugin('both', ['.'])).toBe('./both');
+      expect(findPlugin('both', [dirB, '.'])).toBe(join(dirB, 'both'));
+    } finally {
+      process.chdir(cwd);
+    }
+  });
+
   it('says so when CNI_PATH is empty', () => {
     expect(expectCniError(() => findPlugin('both', []), ErrorCode.InvalidNetworkConfig).details).toBe(
       'CNI_PATH is empty',

@@ -130,6 +130,10 @@ describe('what berthd cannot see is served by the standalone program (421)', () 
     expect(host().notServedReason(forward('DEL', '', 'bt-no-such-ipam'))).toMatch(/^ipam:/);
     // /bin/true stands in for a plugin berthd can run (in the host's mount namespace).
     expect(host(true).notServedReason(forward('ADD', '/proc/self/ns/net', 'true', '/bin'))).toBeUndefined();
+    // A relative CNI_PATH entry means the caller's directory, which berthd does not share.
+    expect(host(true).notServedReason(forward('ADD', '/proc/self/ns/net', 'true', 'bin:/bin'))).toMatch(
+      /^ipam: CNI_PATH has a relative directory/,
+    );
   });
 
   test('any delegated IPAM when berthd is in a mount namespace of its own (a container): it keeps its state on the host', () => {
