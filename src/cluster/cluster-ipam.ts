@@ -403,7 +403,8 @@ export class ClusterIpam implements ClusterAllocator {
     const get = (name: string): NodeStatus => {
       let s = byName.get(name);
       if (s === undefined) {
-        s = { node: name, alive: false, blocks: {} };
+        // No prototype: a network named "__proto__" or "constructor" in a block key is just a name.
+        s = { node: name, alive: false, blocks: Object.create(null) as Record<string, string[]> };
         byName.set(name, s);
         nodes.push(s);
       }
@@ -575,7 +576,9 @@ export class ClusterIpam implements ClusterAllocator {
       throw new CniError(ErrorCode.InvalidEnvironmentVariables, 'use `berth node leave` for this node');
     const idKv = await etcd.get(keys.identity(node));
     if (idKv === undefined) return this.finishForget(node, force);
-    const id = parseValue<IdentityValue>(idKv.value)!;
+    const id = parseValue<IdentityValue>(idKv.value);
+    if (id === undefined)
+      throw new CniError(ErrorCode.Internal, `node ${node}'s identity in etcd (${idKv.key}) cannot be read`);
     const aliveKv = await etcd.get(keys.alive(node));
     if (aliveKv !== undefined && !force) {
       throw new CniError(

@@ -949,3 +949,19 @@ describe('release, forget, leave', () => {
     expect(fake.get('/berth/v1/nodes/n1/identity')).toBeUndefined();
   }, 20_000);
 });
+
+describe('etcd values no berthd wrote', () => {
+  test('a block key under a network named __proto__ is listed by status like any; a garbled identity fails forget with a message', async () => {
+    const a = await startNode('n1');
+    fake.putDirect('/berth/v1/nets/__proto__/blocks/198.18.200.0-26', JSON.stringify({ node: 'n9' }));
+    fake.putDirect('/berth/v1/nets/constructor/blocks/198.18.200.64-26', JSON.stringify({ node: 'n9' }));
+    const st = await a.cluster.status();
+    const n9 = st.nodes.find((n) => n.node === 'n9')!;
+    expect(Object.entries(n9.blocks).sort()).toEqual([
+      ['__proto__', ['198.18.200.0/26']],
+      ['constructor', ['198.18.200.64/26']],
+    ]);
+    fake.putDirect('/berth/v1/nodes/n8/identity', 'not json');
+    await expect(a.cluster.forget('n8', true)).rejects.toThrow(/identity in etcd .* cannot be read/);
+  }, 20_000);
+});
