@@ -172,6 +172,16 @@ export class Service {
   private loadDataDirs(file: string): void {
     let text: string;
     try {
+      // Every data dir it names is opened as root: only a file of our own that nobody else may write counts
+      // (a state dir in /tmp, say, where any user could leave one naming a directory of theirs).
+      const st = fs.lstatSync(file);
+      const uid = process.getuid?.();
+      if (!st.isFile() || (uid !== undefined && st.uid !== uid) || (st.mode & 0o022) !== 0) {
+        this.opts.log.log('warn', 'ignoring a list of data dirs served that is not our own private file', {
+          file,
+        });
+        return;
+      }
       text = fs.readFileSync(file, 'utf8');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
@@ -201,7 +211,9 @@ export class Service {
     const state: DataDirsState = { version: 1, dataDirs: [...this.servedDataDirs] };
     const tmp = `${file}.tmp-${process.pid}`;
     try {
-      fs.writeFileSync(tmp, `${JSON.stringify(state)}\n`, { mode: 0o600 });
+      // A new file (no symlink followed), not one someone put there.
+      fs.rmSync(tmp, { force: true });
+      fs.writeFileSync(tmp, `${JSON.stringify(state)}\n`, { mode: 0o600, flag: 'wx' });
       fs.renameSync(tmp, file);
     } catch (err) {
       fs.rmSync(tmp, { force: true });
