@@ -335,6 +335,13 @@ int main(int argc, char **argv) {
   if (sock < 0) return fall_back(argv, &in, stdin_read);
   if (connect(sock, (struct sockaddr *)&addr, sizeof addr) != 0)
     return close(sock), fall_back(argv, &in, stdin_read);
+  // Only a berthd of root's (or of this user's) gets the call and its environment, and is believed: a
+  // socket path where another user could listen (a directory others write) must not forge our result.
+  struct ucred peer;
+  socklen_t peer_len = sizeof peer;
+  if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &peer, &peer_len) != 0 ||
+      (peer.uid != 0 && peer.uid != geteuid()))
+    return close(sock), fall_back(argv, &in, stdin_read);
 
   // The request: the body first (its length goes in the head), then both in one send when they fit.
   struct buf body = {0};

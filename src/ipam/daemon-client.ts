@@ -84,6 +84,18 @@ function parseResponse(raw: Buffer): DaemonReply {
 }
 
 /** One request on a fresh connection (`Connection: close`); rejects with DaemonUnavailable on any transport failure. */
+/** A reply is a result or a listing; past this, the other end is no berthd (as the shim's limit). */
+const MAX_REPLY_BYTES = 64 << 20;
+
+/** The uid owning the socket file; undefined when it cannot be read (the connect then says why). */
+function socketOwner(path: string): number | undefined {
+  try {
+    return statSync(path).uid;
+  } catch {
+    return undefined;
+  }
+}
+
 export function callDaemon(c: DaemonCall): Promise<DaemonReply> {
   const net = require('node:net') as typeof import('node:net');
   const payload = c.body === undefined ? '' : JSON.stringify(c.body);
@@ -106,6 +118,15 @@ export function callDaemon(c: DaemonCall): Promise<DaemonReply> {
       err.sysCode = sysCode;
       reject(err);
     };
+    // Only a socket root (or this user) made is berthd's: one another user bound, in a directory others
+    // write, would get the call and have its answer believed (the shim checks the peer's uid the same way).
+    const owner = socketOwner(c.socket);
+    if (owner !== undefined && owner !== 0 && owner !== process.geteuid?.()) {
+      const err = new DaemonUnavailable(`berthd at ${c.socket}: the socket is not root's (uid ${owner})`);
+      err.maybeRan = false;
+      reject(err);
+      return;
+    }
     const sock = net.createConnection(c.socket);
     sock.setTimeout(c.timeoutMs ?? 30_000, () => fail('no reply in time'));
     sock.on('connect', () =>
@@ -113,7 +134,12 @@ export function callDaemon(c: DaemonCall): Promise<DaemonReply> {
         if (err === undefined || err === null) written = true;
       }),
     );
-    sock.on('data', (d: Buffer) => chunks.push(d));
+    let received = 0;
+    sock.on('data', (d: Buffer) => {
+      received += d.length;
+      if (received > MAX_REPLY_BYTES) fail(`a reply of more than ${MAX_REPLY_BYTES} bytes`);
+      else chunks.push(d);
+    });
     sock.on('error', (err: NodeJS.ErrnoException) =>
       fail(err.code ?? err.message, err.code === 'ECONNRESET' && chunks.length === 0, err.code),
     );

@@ -1,6 +1,6 @@
 // The plugin's client against scripted servers on a temp socket: what it accepts as a reply, and that
 // every transport failure is "no daemon" (the plugin then works on the files), never a CNI failure.
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chownSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -117,6 +117,35 @@ describe('callDaemon', () => {
       DaemonUnavailable,
     );
   });
+
+  test('a reply of more than 64 MiB → DaemonUnavailable, not read into memory', async () => {
+    await scripted((c) => {
+      c.write('HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1099511627776\r\n\r\n');
+      const chunk = Buffer.alloc(1 << 20, 0x20);
+      const more = (): void => {
+        while (!c.destroyed && c.write(chunk));
+        if (!c.destroyed) c.once('drain', more);
+      };
+      c.on('error', () => undefined);
+      more();
+    });
+    await expect(callDaemon({ socket, method: 'GET', path: '/v1/health' })).rejects.toThrow(
+      /a reply of more than 67108864 bytes/,
+    );
+  });
+
+  test.runIf(process.getuid?.() === 0)(
+    "a socket file another user owns is not berthd's: DaemonUnavailable before anything is sent",
+    async () => {
+      await scripted('HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}');
+      chownSync(socket, 65534, 65534);
+      const err = await callDaemon({ socket, method: 'GET', path: '/v1/health' }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(DaemonUnavailable);
+      expect((err as DaemonUnavailable).maybeRan).toBe(false);
+      expect((err as Error).message).toMatch(/the socket is not root's \(uid 65534\)/);
+      expect(received).toEqual([]);
+    },
+  );
 
   test('a daemon that never answers → DaemonUnavailable after the timeout', async () => {
     await scripted(() => undefined);

@@ -246,6 +246,45 @@ describe('fallback: berthd cannot have run the call', () => {
     expectSame(cases, runs, want(cases));
   }, 60_000);
 
+  it.runIf(process.getuid?.() === 0)(
+    "a socket another user listens on (not root's, not ours): its forged answer is not taken, the call runs standalone",
+    async () => {
+      // A directory nobody may write into, and nobody's listener answering every call with a forged result.
+      // Straight under /tmp: the test's own temp dirs are private, and nobody could not reach into them.
+      const dir = mkdtempSync(`/tmp/bt${process.pid}-nobody-`);
+      chmodSync(dir, 0o777);
+      const sock = join(dir, 'berthd.sock');
+      const forged = '{"cniVersion":"1.0.0","ips":[{"address":"198.19.9.9/24"}]}\n';
+      const reply =
+        `HTTP/1.1 200 OK\r\nContent-Length: ${forged.length}\r\nBerth-Exit-Code: 0\r\n` +
+        `Berth-Stdout-Length: ${forged.length}\r\nConnection: close\r\n\r\n${forged}`;
+      const listener = spawn(
+        'setpriv',
+        [
+          '--reuid=nobody',
+          '--regid=nogroup',
+          '--clear-groups',
+          process.execPath,
+          '-e',
+          `require('net').createServer((c) => { c.on('error', () => {}); c.on('data', () => {}); c.end(${JSON.stringify(reply)}); })` +
+            `.listen(${JSON.stringify(sock)}, () => console.log('up'))`,
+        ],
+        { stdio: ['ignore', 'pipe', 'inherit'] },
+      );
+      try {
+        await new Promise<void>((resolve) => listener.stdout.once('data', () => resolve()));
+        const cases = adds().slice(0, 2);
+        const runs = await runAll(cases, throughShim(sock));
+        expectSame(cases, runs, want(cases));
+        for (const r of runs) expect(r.stdout.toString()).not.toContain('198.19.9.9');
+      } finally {
+        listener.kill('SIGKILL');
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+    60_000,
+  );
+
   it("berthd's listen queue is full (it accepts nothing): falls back at once, no hang in connect(2)", async () => {
     // A listener with a queue of one that never accepts (its process is stopped), and the queue filled.
     const sock = join(work, 'stuck.sock');
