@@ -67,6 +67,7 @@ fi
 in_private_netns() {
   local run_tmp rc
   run_tmp="$(mktemp -d "${TMPDIR:-/tmp}/berth-test-run.XXXXXX")" || return 1
+  chmod 1777 "$run_tmp" # as /tmp: tests that run something as nobody reach (or write) their files there
   TMPDIR="$run_tmp" unshare --net --mount --pid --fork --kill-child --propagation private -- bash -c '
     c="$(mktemp -d /tmp/berth-cgroup.XXXXXX)" || exit 1
     { mount --rbind /sys/fs/cgroup "$c" && mount -t sysfs sysfs /sys && mount --move "$c" /sys/fs/cgroup; } ||
