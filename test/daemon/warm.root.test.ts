@@ -163,13 +163,19 @@ describe('metrics of served calls', () => {
 });
 
 describe('the reply of an ADD', () => {
-  test('an ADD whose reply cannot be written (the caller left as it ended) is deleted before the next call', async () => {
-    // berthd's server and PluginHost in this process; berth-ipam's handlers are stubs. The ADD's last step
-    // holds the event loop, and the caller leaves meanwhile: its close is seen only when the reply is written.
-    const calls: string[] = [];
+  /**
+   * berthd's server and a PluginHost in this process, berth-ipam's handlers replaced by `handlers`,
+   * listening on a socket of the test's run dir; `close` stops it.
+   */
+  async function stubServer(
+    handlers: Record<string, unknown>,
+    tag: string,
+    extra: { replyDeadlineMs?: number } = {},
+  ): Promise<{ sock: string; close: () => Promise<void> }> {
+    const quiet = createLogger({ format: 'text', level: 'error', write: () => undefined });
     const stubHost = new PluginHost({
       service,
-      log: createLogger({ format: 'text', level: 'error', write: () => undefined }),
+      log: quiet,
       metrics: new Metrics(),
       runDir: fx.runDir,
       nftTable: fx.nftTable,
@@ -178,29 +184,48 @@ describe('the reply of an ADD', () => {
     });
     (stubHost as unknown as { tables: Record<string, { handlers: unknown }> }).tables[
       'berth-ipam'
-    ]!.handlers = {
-      add: async (req: { madeNew?(): void }) => {
-        calls.push('ADD');
-        req.madeNew?.(); // a new attachment: only such an ADD is deleted again
-        await new Promise((r) => setTimeout(r, 50));
-        const until = Date.now() + 300;
-        while (Date.now() < until); // the last, synchronous step
-        return { cniVersion: '1.0.0', ips: [{ address: '198.18.183.2/24' }] };
-      },
-      del: () => {
-        calls.push('DEL');
-        return Promise.resolve();
-      },
-    };
+    ]!.handlers = handlers;
     const server = new BerthServer({
       service,
       plugins: stubHost,
-      log: createLogger({ format: 'text', level: 'error', write: () => undefined }),
+      log: quiet,
       metrics: new Metrics(),
       socketPath: 'test',
+      ...extra,
     });
-    const sock = join(fx.runDir, 'reply-test.sock');
+    const sock = join(fx.runDir, `${tag}.sock`);
     await new Promise<void>((r) => server.http.listen(sock, () => r()));
+    return {
+      sock,
+      close: async () => {
+        await new Promise((r) => server.http.close(r));
+        rmSync(sock, { force: true });
+      },
+    };
+  }
+
+  test('an ADD whose reply cannot be written (the caller left as it ended) is deleted before the next call', async () => {
+    // berthd's server and PluginHost in this process; berth-ipam's handlers are stubs. The ADD's last step
+    // holds the event loop, and the caller leaves meanwhile: its close is seen only when the reply is written.
+    const calls: string[] = [];
+    const stub = await stubServer(
+      {
+        add: async (req: { madeNew?(): void }) => {
+          calls.push('ADD');
+          req.madeNew?.(); // a new attachment: only such an ADD is deleted again
+          await new Promise((r) => setTimeout(r, 50));
+          const until = Date.now() + 300;
+          while (Date.now() < until); // the last, synchronous step
+          return { cniVersion: '1.0.0', ips: [{ address: '198.18.183.2/24' }] };
+        },
+        del: () => {
+          calls.push('DEL');
+          return Promise.resolve();
+        },
+      },
+      'reply-test',
+    );
+    const sock = stub.sock;
     try {
       const body = JSON.stringify({
         v: 1,
@@ -225,50 +250,33 @@ describe('the reply of an ADD', () => {
       await vi.waitFor(() => expect(calls).toEqual(['ADD', 'DEL']), { timeout: 5000, interval: 20 });
       await exited;
     } finally {
-      await new Promise((r) => server.http.close(r));
-      rmSync(sock, { force: true });
+      await stub.close();
     }
   });
   test("a caller that stops reading its reply holds its pod's queue only until the reply deadline", async () => {
     const calls: string[] = [];
-    const stubHost = new PluginHost({
-      service,
-      log: createLogger({ format: 'text', level: 'error', write: () => undefined }),
-      metrics: new Metrics(),
-      runDir: fx.runDir,
-      nftTable: fx.nftTable,
-      bootIdFile: '/proc/sys/kernel/random/boot_id',
-      deadlineMs: 60_000,
-    });
-    (stubHost as unknown as { tables: Record<string, { handlers: unknown }> }).tables[
-      'berth-ipam'
-    ]!.handlers = {
-      // A reply far larger than the socket's buffers (2 MB of DNS servers).
-      add: (req: { madeNew?(): void }) => {
-        calls.push('ADD');
-        req.madeNew?.();
-        const nameservers = Array.from({ length: 150_000 }, () => '198.18.0.1');
-        return Promise.resolve({
-          cniVersion: '1.0.0',
-          ips: [{ address: '198.18.186.2/24' }],
-          dns: { nameservers },
-        });
+    const stub = await stubServer(
+      {
+        // A reply far larger than the socket's buffers (2 MB of DNS servers).
+        add: (req: { madeNew?(): void }) => {
+          calls.push('ADD');
+          req.madeNew?.();
+          const nameservers = Array.from({ length: 150_000 }, () => '198.18.0.1');
+          return Promise.resolve({
+            cniVersion: '1.0.0',
+            ips: [{ address: '198.18.186.2/24' }],
+            dns: { nameservers },
+          });
+        },
+        del: () => {
+          calls.push('DEL');
+          return Promise.resolve();
+        },
       },
-      del: () => {
-        calls.push('DEL');
-        return Promise.resolve();
-      },
-    };
-    const server = new BerthServer({
-      service,
-      plugins: stubHost,
-      log: createLogger({ format: 'text', level: 'error', write: () => undefined }),
-      metrics: new Metrics(),
-      socketPath: 'test',
-      replyDeadlineMs: 500,
-    });
-    const sock = join(fx.runDir, 'unread-test.sock');
-    await new Promise<void>((r) => server.http.listen(sock, () => r()));
+      'unread-test',
+      { replyDeadlineMs: 500 },
+    );
+    const sock = stub.sock;
     const env = { ...callEnv('ADD', `${fx.prefix}-unread`, '/nonexistent'), CNI_PATH: '/nonexistent' };
     const stdin = JSON.stringify({ cniVersion: '1.0.0', name: `${fx.prefix}-unread`, type: 'berth-ipam' });
     const body = JSON.stringify({ v: 1, plugin: 'berth-ipam', env, stdin });
@@ -287,8 +295,7 @@ describe('the reply of an ADD', () => {
       expect(calls).toEqual(['ADD', 'DEL', 'DEL']);
     } finally {
       reader.destroy();
-      await new Promise((r) => server.http.close(r));
-      rmSync(sock, { force: true });
+      await stub.close();
     }
   });
 });
