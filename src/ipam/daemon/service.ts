@@ -85,11 +85,14 @@ export interface LeaseFilter {
   dataDir?: string;
 }
 
-/** Whether a lease was made after `at` (ms): berth's recorded time, or for one it found, its file's mtime. */
+/**
+ * Whether a lease was made after `at` (ms): berth's recorded time, or its file's mtime (for one it found,
+ * and for one host-local wrote again since berth made it: a DEL and ADD of the same id and address).
+ */
 function madeAfter(store: NetworkStore, l: Lease, at: number): boolean {
   if (l.meta.origin !== 'found' && l.meta.createdAt !== undefined) {
     const created = Date.parse(l.meta.createdAt);
-    return !Number.isNaN(created) && created > at;
+    if (!Number.isNaN(created) && created > at) return true;
   }
   try {
     return fs.statSync(join(store.dir, formatIp(l.ip))).mtimeMs > at;
