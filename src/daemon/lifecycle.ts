@@ -287,7 +287,7 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
         });
   const service = new Service({
     bootId,
-    bootStartedMs: bootStartedMs(bootIdFile),
+    bootStarted: () => bootStartedMs(bootIdFile),
     log,
     metrics,
     dataDirsFile: join(stateDir, DATA_DIRS_FILE),

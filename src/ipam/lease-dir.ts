@@ -1021,12 +1021,20 @@ export function inheritedMeta(
   return from.meta;
 }
 
-/** Whether the lease file `name` in `dir` was written since `since` (ms); false when unknown. */
-export function writtenSince(dir: string, since: number | undefined): (name: string) => boolean {
+/**
+ * Whether the lease file `name` in `dir` was written since the time `since` gives (ms); false when unknown.
+ * `since` is asked once, and only when a file is: after a reboot, not on every call.
+ */
+export function writtenSince(
+  dir: string,
+  since: (() => number | undefined) | undefined,
+): (name: string) => boolean {
+  let at: number | undefined | null = null;
   return (name) => {
-    if (since === undefined) return false;
+    if (at === null) at = since?.();
+    if (at === undefined) return false;
     try {
-      return fs.statSync(join(dir, name)).mtimeMs > since;
+      return fs.statSync(join(dir, name)).mtimeMs > at;
     } catch {
       return false;
     }

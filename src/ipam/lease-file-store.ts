@@ -77,8 +77,8 @@ export interface LeaseFileStoreOptions {
   network: string;
   /** The current boot (kernel boot_id): stamped on new leases and on host-local leases first seen. */
   bootId: string;
-  /** When the current boot began (ms, wall clock): a lease file written since is this boot's. */
-  bootStartedMs?: number | undefined;
+  /** When the current boot began (ms, wall clock; asked only after a reboot): a lease file written since is this boot's. */
+  bootStarted?: () => number | undefined;
   /** Warnings (foreign files, rebuilds) go here: stderr in the plugin. */
   warn?: (msg: string) => void;
   now?: () => Date;
@@ -324,7 +324,7 @@ class FileSession implements LeaseSession {
       origin: 'found',
     };
     const found = FoundSet.fromScan(scan, firstSeen);
-    const thisBoot = writtenSince(this.p.dir, this.opts.bootStartedMs);
+    const thisBoot = writtenSince(this.p.dir, this.opts.bootStarted);
     this.addrs = scan.addrs();
     if (found.size > 0 || !quiet) this.warn(`rebuilt the lease index of ${this.p.dir} (${reason})`);
     // Bitmaps already handed to the allocator are refilled in place: it keeps using the same objects.

@@ -30,7 +30,7 @@ function depsFor(req: Request): IpamDeps {
         dataDir: conf.dataDir,
         network: conf.network,
         bootId: bootId ?? 'unknown',
-        bootStartedMs: bootStartedMs(bootIdFile),
+        bootStarted: () => bootStartedMs(bootIdFile),
         warn,
       }),
   };

@@ -49,8 +49,8 @@ export interface NetworkStoreOptions {
   dataDir: string;
   network: string;
   bootId: string;
-  /** When the current boot began (ms, wall clock): a lease file written since is this boot's. */
-  bootStartedMs?: number | undefined;
+  /** When the current boot began (ms, wall clock; asked only after a reboot): a lease file written since is this boot's. */
+  bootStarted?: () => number | undefined;
   log: Logger;
   /** The daemon's group commit, shared by every network (sync rounds per filesystem, fs-sync.ts). */
   syncer: FilesystemSync;
@@ -527,7 +527,7 @@ export class NetworkStore implements LeaseStore {
       createdAt: (this.opts.now?.() ?? new Date()).toISOString(),
       origin: 'found',
     };
-    const thisBoot = disk.writtenSince(this.p.dir, this.opts.bootStartedMs);
+    const thisBoot = disk.writtenSince(this.p.dir, this.opts.bootStarted);
     const stamped: string[] = [];
     disk.scanLeaseDir(this.p.dir, (l) => {
       if (l.spareStamp === true) {

@@ -46,8 +46,8 @@ export interface ServiceOptions {
   /** Where networks are listed from when a request names none (`--data-dir`). */
   dataDir?: string;
   bootId: string | undefined;
-  /** When the current boot began (ms, wall clock; boot-id.ts bootStartedMs). */
-  bootStartedMs?: number | undefined;
+  /** When the current boot began (ms, wall clock; boot-id.ts bootStartedMs), asked only after a reboot. */
+  bootStarted?: () => number | undefined;
   log: Logger;
   metrics?: Counters;
   /** Cluster networks' blocks (berthd started with etcd endpoints); without it a cluster network's ADD fails. */
@@ -250,7 +250,7 @@ export class Service {
         dataDir,
         network,
         bootId: this.opts.bootId ?? 'unknown',
-        bootStartedMs: this.opts.bootStartedMs,
+        ...(this.opts.bootStarted ? { bootStarted: this.opts.bootStarted } : {}),
         log: this.opts.log,
         syncer: this.syncer,
         ...(this.opts.now ? { now: this.opts.now } : {}),
