@@ -220,19 +220,27 @@ function parseAddress(data: Buffer): Address {
   };
 }
 
-function parseRoute(data: Buffer): Route {
+/** A next hop's address: RTA_GATEWAY, or RTA_VIA (struct rtvia: u16 family, then a next hop of the other family). */
+function gatewayOf(a: Map<number, Buffer>): string | undefined {
+  const via = a.get(RTA.VIA);
+  const gw = a.get(RTA.GATEWAY) ?? (via !== undefined && via.length > 2 ? via.subarray(2) : undefined);
+  return gw !== undefined ? bytesToIp(gw) : undefined;
+}
+
+/**
+ * A route as listed: one entry per next hop, so that a multipath route (RTA_MULTIPATH: rtnexthop structs,
+ * each with its ifindex and its own RTA_GATEWAY or RTA_VIA) shows each of its gateways and interfaces.
+ */
+function parseRoutes(data: Buffer): Route[] {
   const family = data.readUInt8(0) === AF.INET ? 4 : 6;
   const dstLen = data.readUInt8(1);
   const a = decodeAttrs(data, RTMSG_LEN);
   const dst = a.get(RTA.DST);
-  // RTA_VIA (struct rtvia: u16 family, then the address) carries a next hop of the other family.
-  const via = a.get(RTA.VIA);
-  const gw = a.get(RTA.GATEWAY) ?? (via !== undefined && via.length > 2 ? via.subarray(2) : undefined);
   const prefsrc = a.get(RTA.PREFSRC);
-  return {
+  const route: Route = {
     family,
     dst: `${dst !== undefined ? bytesToIp(dst) : family === 4 ? '0.0.0.0' : '::'}/${dstLen}`,
-    gateway: gw !== undefined ? bytesToIp(gw) : undefined,
+    gateway: gatewayOf(a),
     oif: readU32(a.get(RTA.OIF)),
     priority: readU32(a.get(RTA.PRIORITY)),
     table: readU32(a.get(RTA.TABLE)) ?? data.readUInt8(4),
@@ -241,28 +249,14 @@ function parseRoute(data: Buffer): Route {
     type: data.readUInt8(7),
     prefsrc: prefsrc !== undefined ? bytesToIp(prefsrc) : undefined,
   };
-}
-
-/**
- * A route as listed: one entry per next hop, so that a multipath route (RTA_MULTIPATH: rtnexthop structs,
- * each with its ifindex and its own RTA_GATEWAY or RTA_VIA) shows each of its gateways and interfaces.
- */
-function parseRoutes(data: Buffer): Route[] {
-  const route = parseRoute(data);
-  const multipath = decodeAttrs(data, RTMSG_LEN).get(RTA.MULTIPATH);
+  const multipath = a.get(RTA.MULTIPATH);
   if (multipath === undefined) return [route];
   const hops: Route[] = [];
   for (let pos = 0; pos + 8 <= multipath.length;) {
     const len = multipath.readUInt16LE(pos);
     if (len < 8 || pos + len > multipath.length) break;
-    const a = decodeAttrs(multipath.subarray(pos + 8, pos + len));
-    const via = a.get(RTA.VIA);
-    const gw = a.get(RTA.GATEWAY) ?? (via !== undefined && via.length > 2 ? via.subarray(2) : undefined);
-    hops.push({
-      ...route,
-      oif: multipath.readInt32LE(pos + 4),
-      gateway: gw !== undefined ? bytesToIp(gw) : undefined,
-    });
+    const hop = decodeAttrs(multipath.subarray(pos + 8, pos + len));
+    hops.push({ ...route, oif: multipath.readInt32LE(pos + 4), gateway: gatewayOf(hop) });
     pos += align4(len);
   }
   return hops.length > 0 ? hops : [route];
