@@ -83,7 +83,6 @@ function parseResponse(raw: Buffer): DaemonReply {
   }
 }
 
-/** One request on a fresh connection (`Connection: close`); rejects with DaemonUnavailable on any transport failure. */
 /** A reply is a result or a listing; past this, the other end is no berthd (as the shim's limit). */
 const MAX_REPLY_BYTES = 64 << 20;
 
@@ -96,6 +95,7 @@ function socketOwner(path: string): number | undefined {
   }
 }
 
+/** One request on a fresh connection (`Connection: close`); rejects with DaemonUnavailable on any transport failure. */
 export function callDaemon(c: DaemonCall): Promise<DaemonReply> {
   const net = require('node:net') as typeof import('node:net');
   const payload = c.body === undefined ? '' : JSON.stringify(c.body);
