@@ -41,6 +41,13 @@ const bridgeVlans = (dev: string): any[] => {
   return out[0]?.vlans ?? [];
 };
 
+/** The bridge made by hand with an address of the operator's (`ip addr add` arguments), then an ADD on it. */
+async function addOnBridgeWith(c: Record<string, unknown>, address: string[]) {
+  sh('ip', ['link', 'add', c.bridge as string, 'type', 'bridge']);
+  sh('ip', ['addr', 'add', address[0]!, 'dev', c.bridge as string, ...address.slice(1)]);
+  return fx.run({ command: 'ADD', conf: c, containerId: 'ctr1', netns: fx.netns().path, ifname: 'eth0' });
+}
+
 describe('gateway options', () => {
   it('isGateway: gateway on the bridge, forwarding on, no default route', async () => {
     const c = conf({ isGateway: true });
@@ -88,16 +95,7 @@ describe('gateway options', () => {
 
   it('forceAddress: a different address on the bridge is an error without it, replaced with it', async () => {
     const c = conf({ isGateway: true });
-    sh('ip', ['link', 'add', c.bridge as string, 'type', 'bridge']);
-    sh('ip', ['addr', 'add', '198.18.134.1/24', 'dev', c.bridge as string]);
-    const ns = fx.netns();
-    const refused = await fx.run({
-      command: 'ADD',
-      conf: c,
-      containerId: 'ctr1',
-      netns: ns.path,
-      ifname: 'eth0',
-    });
+    const refused = await addOnBridgeWith(c, ['198.18.134.1/24']);
     expect(refused.code).not.toBe(0);
     expect(refused.json.msg).toBe(
       `"${c.bridge as string}" already has an IP address different from 198.18.133.1/24`,
@@ -118,16 +116,7 @@ describe('a gateway refused on an existing bridge', () => {
       isGateway: true,
       ipam: fx.hostLocal([[{ subnet: SUBNET }], [{ subnet: 'fd00:133::/64' }]]),
     });
-    sh('ip', ['link', 'add', c.bridge as string, 'type', 'bridge']);
-    sh('ip', ['addr', 'add', 'fd00:133::5/64', 'dev', c.bridge as string, 'nodad']);
-    const ns = fx.netns();
-    const refused = await fx.run({
-      command: 'ADD',
-      conf: c,
-      containerId: 'ctr1',
-      netns: ns.path,
-      ifname: 'eth0',
-    });
+    const refused = await addOnBridgeWith(c, ['fd00:133::5/64', 'nodad']);
     expect(refused.code).not.toBe(0);
     expect(refused.json.msg).toBe(
       `"${c.bridge as string}" already has an IP address different from fd00:133::1/64`,

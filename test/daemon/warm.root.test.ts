@@ -358,6 +358,27 @@ describe('a real berthd on /v1/cni', () => {
     expect(unseen.status).toBe(421);
   });
 
+  /**
+   * Posts `call` while another process holds `lockFile`: berthd reads the whole call, then waits in it, and
+   * the caller leaves 300 ms later (in its middle, not before berthd has it); the lock goes `holdMs` after.
+   */
+  async function leaveDuring(
+    lockFile: string,
+    call: { plugin: string; env: Record<string, string>; stdin: string },
+    holdMs = 0,
+  ): Promise<void> {
+    const holder = await holdFlock(lockFile);
+    try {
+      const reply = postCni(d.socket, call, {
+        onRequestSent: (req) => setTimeout(() => req.destroy(), 300),
+      }).catch((e: unknown) => e);
+      expect(await reply).toBeInstanceOf(Error);
+      if (holdMs > 0) await new Promise((r) => setTimeout(r, holdMs));
+    } finally {
+      await holder.release();
+    }
+  }
+
   test('a caller that disconnects in the middle of an ADD leaves nothing behind once berthd is done', async () => {
     const c = conf('198.18.182.0/24');
     const ns = fx.netns();
@@ -365,18 +386,11 @@ describe('a real berthd on /v1/cni', () => {
     // The network's lock held by another process: berthd reads the whole call, then waits in the ADD, so the
     // caller surely leaves in its middle (not before berthd has the request).
     mkdirSync(join(fx.runDir, 'bridge'), { recursive: true });
-    const lockFile = networkLockFile(fx.runDir, c.name as string);
-    const holder = await holdFlock(lockFile);
-    try {
-      const reply = postCni(
-        d.socket,
-        { plugin: 'berth-bridge', env: callEnv('ADD', id, ns.path), stdin: JSON.stringify(c) },
-        { onRequestSent: (req) => setTimeout(() => req.destroy(), 300) },
-      ).catch((e: unknown) => e);
-      expect(await reply).toBeInstanceOf(Error);
-    } finally {
-      await holder.release();
-    }
+    await leaveDuring(networkLockFile(fx.runDir, c.name as string), {
+      plugin: 'berth-bridge',
+      env: callEnv('ADD', id, ns.path),
+      stdin: JSON.stringify(c),
+    });
     // berthd finishes the ADD, then deletes it, in the attachment's order.
     const deadline = Date.now() + 20_000;
     while (!/caller left before the ADD reply/.test(d.log()) && Date.now() < deadline)
@@ -406,17 +420,11 @@ describe('a real berthd on /v1/cni', () => {
       spoofCheck: false,
     });
     const logFrom = d.log().length;
-    const holder = await holdFlock(networkLockFile(fx.runDir, c.name as string));
-    try {
-      const reply = postCni(
-        d.socket,
-        { plugin: 'berth-bridge', env: callEnv('ADD', id, ns.path), stdin: JSON.stringify(c) },
-        { onRequestSent: (req) => setTimeout(() => req.destroy(), 300) },
-      ).catch((e: unknown) => e);
-      expect(await reply).toBeInstanceOf(Error);
-    } finally {
-      await holder.release();
-    }
+    await leaveDuring(networkLockFile(fx.runDir, c.name as string), {
+      plugin: 'berth-bridge',
+      env: callEnv('ADD', id, ns.path),
+      stdin: JSON.stringify(c),
+    });
     await settled(c, id);
     expect(d.log().slice(logFrom)).toMatch(/caller left before the ADD reply/);
     expect(trySh('ip', ['-n', ns.name, 'link', 'show', 'eth0'])).toBeUndefined();
@@ -447,18 +455,7 @@ describe('a real berthd on /v1/cni', () => {
     const ip = (JSON.parse(first.stdout) as { ips: { address: string }[] }).ips[0]!.address;
     // The pod's IPAM ADD repeated (its answer is the lease the pod has), held on the lease dir's flock while
     // its caller gives up: the lease must stay the pod's.
-    const holder = await holdFlock(join(ipamDir, c.name as string, 'lock'));
-    try {
-      const reply = postCni(
-        d.socket,
-        { ...call, plugin: 'berth-ipam' },
-        { onRequestSent: (req) => setTimeout(() => req.destroy(), 300) },
-      );
-      expect(await reply.catch((e: unknown) => e)).toBeInstanceOf(Error);
-      await new Promise((r) => setTimeout(r, 300));
-    } finally {
-      await holder.release();
-    }
+    await leaveDuring(join(ipamDir, c.name as string, 'lock'), { ...call, plugin: 'berth-ipam' }, 300);
     await settled(c, id);
     expect(d.log().slice(logFrom)).not.toMatch(/caller left before the ADD reply/);
     expect(leaseFiles(c.name as string)).toEqual([ip.split('/')[0]]);
