@@ -3,6 +3,7 @@
 // and after a watch reconnect or compaction) and then with watch events (`apply`); listeners hear about
 // every change. Pure bookkeeping: the etcd client that feeds it lives elsewhere.
 import { parseIp } from '../address/ip';
+import { type PoolConfigValue, parseValue } from './keys';
 import type { BlockOwner, ClusterView, NodeUnderlay, PoolRange } from './routes';
 
 export interface KeyValue {
@@ -40,33 +41,16 @@ export function parseClusterKey(prefix: string, key: string): ClusterKey {
 }
 
 /** The ranges a network's `config` value lists (`{"pools": [["start-end", …], …]}`); [] when unreadable. */
-export function poolRangesOf(value: string | undefined): PoolRange[] {
-  const config = jsonObject(value);
-  const pools = config?.pools;
+function poolRangesOf(value: string | undefined): PoolRange[] {
+  const pools = value === undefined ? undefined : parseValue<Partial<PoolConfigValue>>(value)?.pools;
   if (!Array.isArray(pools)) return [];
-  const blockPrefix = (family: 4 | 6): number | undefined => {
-    const n = config?.[family === 4 ? 'blockSize4' : 'blockSize6'];
-    return typeof n === 'number' && n > 0 ? n : undefined;
-  };
-  const out: PoolRange[] = [];
-  for (const set of pools) {
-    if (!Array.isArray(set)) continue;
-    for (const r of set) {
-      if (typeof r !== 'string') continue;
-      const [a, b] = r.split('-');
-      const start = a === undefined ? undefined : parseIp(a);
-      const end = b === undefined ? undefined : parseIp(b);
-      if (start === undefined || end === undefined || start.family !== end.family) continue;
-      const prefix = blockPrefix(start.family);
-      out.push({
-        family: start.family,
-        start: start.value,
-        end: end.value,
-        ...(prefix !== undefined ? { blockPrefix: prefix } : {}),
-      });
-    }
-  }
-  return out;
+  return pools.flat().flatMap((r): PoolRange[] => {
+    if (typeof r !== 'string') return [];
+    const [start, end] = r.split('-').map((a) => parseIp(a));
+    return start !== undefined && end !== undefined && start.family === end.family
+      ? [{ family: start.family, start: start.value, end: end.value }]
+      : [];
+  });
 }
 
 function jsonObject(text: string | undefined): Record<string, unknown> | undefined {

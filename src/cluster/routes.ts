@@ -3,10 +3,11 @@
 // routing protocol number, so it can list, repair and remove exactly its own routes and never touches
 // anyone else's (the operator's, the kernel's, a routing daemon's).
 import { formatCidr, networkIp, parseCidr } from '../address/cidr';
-import { type Ip, formatIp, parseIp } from '../address/ip';
+import { type Ip, FAMILY_BITS, formatIp, parseIp } from '../address/ip';
 import { NetlinkError } from '../netlink/errors';
 import { RTPROT, RT_TABLE } from '../netlink/rtnl-codec';
 import type { Netlink, Route } from '../netlink/types';
+import { BLOCK_SIZE_LIMITS, blockSpan } from '../ipam/cluster-blocks';
 
 /** RTPROT_BERTH (190): `ip route show proto 190` lists berthd's routes; see rtnl-codec.ts. */
 export const BERTH_ROUTE_PROTOCOL = RTPROT.BERTH;
@@ -31,8 +32,6 @@ export interface PoolRange {
   family: 4 | 6;
   start: bigint;
   end: bigint;
-  /** The network's block size for this family, when its config names one. */
-  blockPrefix?: number;
 }
 
 /** The cluster as one snapshot: blocks with owners, and the underlay of nodes that are alive now. */
@@ -54,29 +53,22 @@ export interface RefusedBlock {
   reason: string;
 }
 
-/** Block sizes a cluster network can have (ipam.cluster blockSize 16–30, blockSize6 96–126). */
-const BLOCK_PREFIX = { 4: [16, 30], 6: [96, 126] } as const;
-
-/** Why a block key is not one berthd routes; undefined when it is. */
 function blockProblem(cidr: string, network: string, pools: ClusterView['pools']): string | undefined {
   const c = parseCidr(cidr);
   if (c === undefined) return 'not a prefix';
-  const [min, max] = BLOCK_PREFIX[c.ip.family];
-  if (c.prefix < min || c.prefix > max) return `a /${c.prefix} is no block size (${min}–${max})`;
+  // Blocks are of the configured size, or of a pool's subnet when that is smaller: never larger than this.
+  const min = BLOCK_SIZE_LIMITS[c.ip.family][0];
+  if (c.prefix < min) return `a /${c.prefix} is larger than any block (/${min})`;
   const first = networkIp(c).value;
   if (first !== c.ip.value) return 'not a network address';
   if (pools === undefined) return undefined;
-  const size = 1n << BigInt((c.ip.family === 4 ? 32 : 128) - c.prefix);
-  const ranges = (pools.get(network) ?? []).filter((r) => r.family === c.ip.family);
-  // A range starts after its subnet's network address (host-local's default): the block holding its first
-  // address starts below it, and the one holding its last ends above it.
-  const inside = ranges.some(
-    (r) => (r.start / size) * size <= first && first + size - 1n <= (r.end / size + 1n) * size - 1n,
-  );
-  if (!inside) return `outside the pools of network ${network}`;
-  const want = ranges.find((r) => r.blockPrefix !== undefined)?.blockPrefix;
-  if (want !== undefined && want !== c.prefix) return `a /${c.prefix}, not the network's block size /${want}`;
-  return undefined;
+  const size = 1n << BigInt(FAMILY_BITS[c.ip.family] - c.prefix);
+  const inside = (pools.get(network) ?? []).some((r) => {
+    if (r.family !== c.ip.family) return false;
+    const span = blockSpan(r.start, r.end, size);
+    return span.first <= first && first + size - 1n <= span.last;
+  });
+  return inside ? undefined : `outside the pools of network ${network}`;
 }
 
 /** One route berthd wants: `dst via via` (proto 190). */

@@ -32,7 +32,20 @@ export function parseClusterSettings(raw: unknown): ClusterSettings | undefined 
     }
     return v;
   };
-  return { blockSize4: size('blockSize', 26, 16, 30), blockSize6: size('blockSize6', 122, 96, 126) };
+  const [min4, max4] = BLOCK_SIZE_LIMITS[4];
+  const [min6, max6] = BLOCK_SIZE_LIMITS[6];
+  return { blockSize4: size('blockSize', 26, min4, max4), blockSize6: size('blockSize6', 122, min6, max6) };
+}
+
+/** The block sizes `cluster` takes, per family (a block is never larger than the smallest of them). */
+export const BLOCK_SIZE_LIMITS = { 4: [16, 30], 6: [96, 126] } as const;
+
+/**
+ * The first and the last block-aligned address of the blocks of `size` addresses that cover a range: a
+ * range starts after its subnet's network address, and its first block below it.
+ */
+export function blockSpan(start: bigint, end: bigint, size: bigint): { first: bigint; last: bigint } {
+  return { first: start - (start % size), last: end - (end % size) + size - 1n };
 }
 
 /** The prefix length of blocks of a range: the configured size, or the range's subnet when that is smaller. */
@@ -65,8 +78,8 @@ export class PoolBlocks {
     for (const range of set) {
       const prefix = blockPrefixOf(range, settings);
       const size = 1n << BigInt(FAMILY_BITS[range.family] - prefix);
-      const first = range.start - (range.start % size);
-      const count = (range.end - (range.end % size) - first) / size + 1n;
+      const { first, last } = blockSpan(range.start, range.end, size);
+      const count = (last + 1n - first) / size;
       this.parts.push({ range, prefix, first, count, size });
       total += count;
     }

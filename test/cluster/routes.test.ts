@@ -528,11 +528,9 @@ describe('followBlockMap', () => {
 });
 
 describe('block keys that are no block of their network', () => {
-  it('are never routed: outside the pools, no block size, not a network address, a network without config', () => {
-    // 198.19.0.1–198.19.255.254 (a subnet's default range), blocks of /26.
-    const pools = new Map([
-      ['pods', [{ family: 4 as const, start: 0xc6130001n, end: 0xc613fffen, blockPrefix: 26 }]],
-    ]);
+  it('are never routed: outside the pools, larger than any block, not a network address, a network without config', () => {
+    // 198.19.0.1–198.19.255.254 (a subnet's default range).
+    const pools = new Map([['pods', [{ family: 4 as const, start: 0xc6130001n, end: 0xc613fffen }]]]);
     const alive = [{ node: 'evil', underlay: ['198.18.0.2'] }];
     const blocks = [
       '0.0.0.0/0',
@@ -542,20 +540,25 @@ describe('block keys that are no block of their network', () => {
       '198.19.1.0/26',
       '198.19.0.0/26',
       '198.19.255.192/26',
-      '198.19.4.0/24',
+      '198.19.4.16/28',
       '198.19.2.0/26@other',
     ].map((c) => {
       const [cidr, network] = c.split('@');
       return { network: network ?? 'pods', cidr: cidr!, node: 'evil' };
     });
     const d = desiredRoutes({ blocks, alive, pools }, 'n1');
-    expect(d.routes.map((r) => r.dst)).toEqual(['198.19.0.0/26', '198.19.1.0/26', '198.19.255.192/26']);
+    // The pool's first and last blocks start and end beyond its range; a /28 is a block of a /28 subnet.
+    expect(d.routes.map((r) => r.dst)).toEqual([
+      '198.19.0.0/26',
+      '198.19.1.0/26',
+      '198.19.255.192/26',
+      '198.19.4.16/28',
+    ]);
     expect(d.refused.map((r) => `${r.dst} ${r.reason}`)).toEqual([
-      '0.0.0.0/0 a /0 is no block size (16–30)',
-      '198.18.5.5/32 a /32 is no block size (16–30)',
+      '0.0.0.0/0 a /0 is larger than any block (/16)',
+      '198.18.5.5/32 outside the pools of network pods',
       '198.18.128.0/17 outside the pools of network pods',
       '198.19.1.0/26 not a network address',
-      "198.19.4.0/24 a /24, not the network's block size /26",
       '198.19.2.0/26 outside the pools of network other',
     ]);
   });
