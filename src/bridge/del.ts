@@ -135,7 +135,7 @@ export async function cmdDel(req: Request, deps: BridgeDeps): Promise<void> {
       const failed = outcomes.find((o) => o.status === 'rejected');
       if (failed !== undefined) note('remove nftables entries', failed.reason);
       // Under the lock, as GC's: the two would otherwise list and delete the same chains at once.
-      if (record === undefined) await removeReferenceRulesOf(req, scope.nft, conf.network);
+      if (record === undefined) await removeReferenceRulesOf(req, scope.nft, conf);
       try {
         unregisterAttachment(deps.runDir, conf.network, tag);
       } catch (err) {
@@ -157,15 +157,20 @@ export async function cmdDel(req: Request, deps: BridgeDeps): Promise<void> {
 /**
  * No record of berth's ADD: the attachment may be the reference bridge's, from before the node was switched
  * to berth. Its masquerade and spoof check are not berth's state, so a failure to remove them is logged, not
- * a failed DEL (which the runtime would retry for good). Seven netlink GETs when there are none.
+ * a failed DEL (which the runtime would retry for good). Three netlink GETs when there are none (seven with
+ * `macspoofchk`).
  */
-async function removeReferenceRulesOf(req: Request, nft: Nft, network: string): Promise<void> {
+async function removeReferenceRulesOf(
+  req: Request,
+  nft: Nft,
+  conf: { network: string; macSpoofCheck: boolean },
+): Promise<void> {
   try {
-    const removed = await removeReferenceRules(nft, {
-      network,
-      containerId: req.containerId,
-      ifname: req.ifname,
-    });
+    const removed = await removeReferenceRules(
+      nft,
+      { network: conf.network, containerId: req.containerId, ifname: req.ifname },
+      { spoofCheck: conf.macSpoofCheck },
+    );
     if (removed.length > 0) req.log(`removed the reference bridge's rules: ${removed.join(', ')}`);
   } catch (err) {
     req.log(`the reference bridge's rules could not all be removed: ${(err as Error).message}`);

@@ -220,7 +220,13 @@ describe("berth-bridge removes the reference bridge's masquerade", () => {
     expect(natBridge()).not.toMatch(/c1-eth0/);
     expect(natBridge()).toMatch(/chain PREROUTING/); // the reference's own table and base chain stay
     expect(knftables()).toMatch(/c2-eth0/);
-    const del2 = await berthDel(br, 'c2', undefined);
+    // The same network config as the pod's (the reference's spoof check is looked for with macspoofchk).
+    const del2 = await fx.run({
+      command: 'DEL',
+      conf: spoofConf('berth-bridge'),
+      containerId: 'c2',
+      ifname: 'eth0',
+    });
     expect(del2.code, del2.stdout + del2.stderr).toBe(0);
     expect(knftables()).not.toMatch(/c2-eth0/);
     expect(knftables().match(/macspoofchk-c3-eth0/g)).toHaveLength(4);
