@@ -40,6 +40,8 @@ export interface DaemonCall {
   path: string;
   body?: unknown;
   timeoutMs?: number;
+  /** The socket file's owner, when the caller has stat'ed it already (one stat per call, not two). */
+  owner?: number;
 }
 
 /** Splits a complete HTTP/1.1 response (read until the server closed) into status and JSON body. */
@@ -95,6 +97,11 @@ function socketOwner(path: string): number | undefined {
   }
 }
 
+/** Whether a socket file of this owner may be berthd's: made by root, or by the caller itself. */
+function trustedOwner(uid: number): boolean {
+  return uid === 0 || uid === process.geteuid?.();
+}
+
 /** One request on a fresh connection (`Connection: close`); rejects with DaemonUnavailable on any transport failure. */
 export function callDaemon(c: DaemonCall): Promise<DaemonReply> {
   const net = require('node:net') as typeof import('node:net');
@@ -120,8 +127,8 @@ export function callDaemon(c: DaemonCall): Promise<DaemonReply> {
     };
     // Only a socket root (or this user) made is berthd's: one another user bound, in a directory others
     // write, would get the call and have its answer believed (the shim checks the peer's uid the same way).
-    const owner = socketOwner(c.socket);
-    if (owner !== undefined && owner !== 0 && owner !== process.geteuid?.()) {
+    const owner = c.owner ?? socketOwner(c.socket);
+    if (owner !== undefined && !trustedOwner(owner)) {
       const err = new DaemonUnavailable(`berthd at ${c.socket}: the socket is not root's (uid ${owner})`);
       err.maybeRan = false;
       reject(err);
@@ -189,8 +196,11 @@ export async function forwardToDaemon(
 ): Promise<{ result?: Result } | undefined> {
   const socket = daemonSocketOf(req.config);
   if (socket === undefined) return undefined;
+  let owner: number;
   try {
-    if (!statSync(socket).isSocket()) return undefined;
+    const st = statSync(socket);
+    if (!st.isSocket()) return undefined;
+    owner = st.uid;
   } catch {
     return undefined;
   }
@@ -203,7 +213,7 @@ export async function forwardToDaemon(
   const method = METHOD_OF[req.command];
   let reply: DaemonReply;
   try {
-    reply = await callDaemon({ socket, method: 'POST', path: method.path, body: envelope });
+    reply = await callDaemon({ socket, method: 'POST', path: method.path, body: envelope, owner });
   } catch (err) {
     if (!(err instanceof DaemonUnavailable)) throw err;
     // An ADD berthd may have run must not run again on the files: berthd, seeing its caller gone, undoes
