@@ -44,19 +44,22 @@ function euid(): number {
  * Refuses a directory someone else could plant a library in: `dir` must be a real directory owned by us
  * and writable by nobody else, and every ancestor must be owned by root or us and not writable by others
  * unless sticky (so a private dir under /tmp is fine, a dir inside a world-writable one is not), both on
- * the path as written and on the one its symlinked ancestors lead to.
+ * the path as written and on the one its symlinked ancestors lead to. Returns `dir` with its ancestors'
+ * symlinks resolved (resolved once: what is checked is what the caller goes on to use).
  */
-export function assertPrivateDir(dir: string): void {
+export function assertPrivateDir(dir: string): string {
   const me = euid();
-  const st = lstatSync(dir);
+  const parent = realpathSync(dirname(dir));
+  const real = join(parent, basename(dir));
+  const st = lstatSync(real);
   if (!st.isDirectory()) throw new Error(`${dir} is not a directory (a symlink is refused)`);
   if (st.uid !== me) throw new Error(`${dir} is owned by uid ${st.uid}, not by uid ${me}`);
   if ((st.mode & 0o022) !== 0)
     throw new Error(`${dir} is writable by group or others (mode ${(st.mode & 0o777).toString(8)})`);
   assertSafeAncestors(dirname(dir), dir);
   // A symlinked ancestor (/var/lib/berth on a data disk, /var/run → /run): where it leads must hold too.
-  const real = realpathSync(dirname(dir));
-  if (real !== dirname(dir)) assertSafeAncestors(real, dir);
+  if (parent !== dirname(dir)) assertSafeAncestors(parent, dir);
+  return real;
 }
 
 function assertSafeAncestors(from: string, dir: string): void {
@@ -129,9 +132,8 @@ export function extractAddon(name: string, env: NodeJS.ProcessEnv = process.env)
 export function placeAddon(dir: string, name: string, sha256: string, bytes: Uint8Array): string {
   makeDir(dir);
   // Checked, written and loaded through the path with no symlink left in it: a link on the way (one its
-  // owner could retarget between the check and the dlopen) is resolved once, here.
-  const real = join(realpathSync(dirname(dir)), basename(dir));
-  assertPrivateDir(real);
+  // owner could retarget between the check and the dlopen) is resolved once, by the check.
+  const real = assertPrivateDir(dir);
   const file = join(real, `${sha256}.node`);
   if (trustedFile(file, bytes.length)) return file;
   // Required here: only a first extraction needs node:crypto, which is slow to load.
