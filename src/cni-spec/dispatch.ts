@@ -148,6 +148,17 @@ export interface FailureReport {
   err: unknown;
 }
 
+/** A failure rendered as `reportFailure` does, as the output of a call that was not run. */
+export function failureOutput(report: FailureReport): CallOutput {
+  let stdout = '';
+  let stderr = '';
+  const code = reportFailure(
+    { stdout: (t) => void (stdout += t), stderr: (t) => void (stderr += t) },
+    report,
+  );
+  return { code, stdout, stderr };
+}
+
 /**
  * Renders a failure once: the error object as the only stdout output, the story (with any stack) on
  * stderr. Anything that is not a CniError becomes code 999 naming what was thrown.

@@ -8,6 +8,7 @@ import {
   type PluginHandlers,
   asCniError,
   dispatchCall,
+  failureOutput,
   reportFailure,
 } from '../cni-spec/dispatch';
 import { CniError, ErrorCode } from '../cni-spec/errors';
@@ -173,14 +174,12 @@ export class PluginHost {
     if (ipamType === undefined || ipamType === 'berth-ipam') return undefined;
     if (this.o.delegatedIpamHere === false)
       return `ipam: delegated plugin ${ipamType} keeps its state on the host; berthd runs in a container`;
+    const dirs = (env.CNI_PATH ?? '').split(':').filter((d) => d !== '');
     // Relative to the caller's directory, which berthd does not share.
-    if ((env.CNI_PATH ?? '').split(':').some((d) => d !== '' && !d.startsWith('/')))
+    if (dirs.some((d) => !d.startsWith('/')))
       return `ipam: CNI_PATH has a relative directory; berthd does not run in the caller's directory`;
     try {
-      findPlugin(
-        ipamType,
-        (env.CNI_PATH ?? '').split(':').filter((d) => d !== ''),
-      );
+      findPlugin(ipamType, dirs);
     } catch {
       return `ipam: plugin ${ipamType} is not on CNI_PATH as berthd sees it`;
     }
@@ -336,10 +335,6 @@ function shortLogLine(line: string): string {
 
 /** The reply of an ADD not run because its caller had left (read by nobody; the log and metrics see it). */
 function callerLeft(about: PluginAbout): CallOutput {
-  let stdout = '';
-  let stderr = '';
-  const io = { stdout: (s: string) => void (stdout += s), stderr: (s: string) => void (stderr += s) };
   const err = new CniError(ErrorCode.TryAgainLater, 'the caller left before its ADD could run; not run');
-  const code = reportFailure(io, { about, command: 'ADD', err });
-  return { code, stdout, stderr };
+  return failureOutput({ about, command: 'ADD', err });
 }
