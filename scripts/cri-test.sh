@@ -78,12 +78,6 @@ our_pids() { # processes started for this run's containerd (shims name its socke
   for p in $(pgrep -f -- "$sock" 2>/dev/null); do [ "$p" != "$ctrd_pid" ] && [ "$p" != "$$" ] && echo "$p"; done
 }
 
-# The pods' cgroups are /$P/<id> (cri-pods.js sets cgroup_parent): this run's, removed once empty.
-remove_pod_cgroups() {
-  local c
-  for c in /sys/fs/cgroup/*/"$P"/* /sys/fs/cgroup/"$P"/*; do [ ! -d "$c" ] || rmdir "$c" || return 1; done
-  for c in /sys/fs/cgroup/*/"$P" /sys/fs/cgroup/"$P"; do [ ! -d "$c" ] || rmdir "$c" || return 1; done
-}
 cleanup() {
   set +e
   # Whatever a failed run left: sandboxes through the runtime first (so CNI DEL runs), then by force.
@@ -98,7 +92,7 @@ cleanup() {
   fi
   for p in $(our_pids); do kill -9 "$p" 2>/dev/null; done
   stop_pid "$berthd_pid"
-  remove_pod_cgroups
+  remove_cgroups "$P" # the pods' cgroups are /$P/<id> (cri-pods.js sets cgroup_parent)
   findmnt -rn -o TARGET | grep -F "$tmp/" | sort -r | while read -r m; do umount -l "$m"; done
   for f in "$tmp"/report-*.json; do
     [ -f "$f" ] || continue
@@ -327,7 +321,7 @@ stop_pid "$ctrd_pid"
 ctrd_pid=""
 no_procs_at_all() { local p; p="$(our_pids)"; [ -z "$p" ] || { ps -o pid,args -p "$(echo $p | tr ' ' ,)"; return 1; }; }
 check "no process of this run left after containerd stopped" no_procs_at_all
-check "the pods' cgroups (under /$P) empty and removed" remove_pod_cgroups
+check "the pods' cgroups (under /$P) empty and removed" remove_cgroups "$P"
 # The reference's iptables leaves an empty `nat` table (removed here); berth's own tables must go with their
 # last element, so they are not removed before the check.
 remove_new_empty_nft_tables "$nft_before" nat

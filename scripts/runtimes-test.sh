@@ -50,7 +50,7 @@ cleanup() {
   stop_pid "$ctrd_pid"
   stop_pid "$berthd_pid"
   # ctr's namespace $P is a cgroup of that name in every hierarchy: its container's goes, it stays.
-  for c in /sys/fs/cgroup/*/"$P" /sys/fs/cgroup/"$P"; do [ ! -d "$c" ] || rmdir "$c"; done
+  remove_cgroups "$P"
   for br in "${P}ct" "${P}pm"; do
     for l in $(ip -o link show master "$br" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do ip link del "$l"; done
     ip link del "$br" 2>/dev/null
@@ -162,7 +162,6 @@ podman_gone
 etc_untouched() { local now; now="$(ls -A /etc/cni/net.d)"; [ "$now" = "$etc_before" ] || { echo "was: $etc_before now: $now"; return 1; }; }
 check "the host's /etc/cni/net.d as before (ctr and podman had their own)" etc_untouched
 stop_pid "$ctrd_pid"
-no_cgroup_left() { for c in /sys/fs/cgroup/*/"$P" /sys/fs/cgroup/"$P"; do [ ! -d "$c" ] || rmdir "$c" || return 1; done; }
-check "ctr's cgroups of namespace $P removed once containerd is gone (empty)" no_cgroup_left
+check "ctr's cgroups of namespace $P removed once containerd is gone (empty)" remove_cgroups "$P"
 echo "# runtimes-test: $checks checks, $fails failed"
 [ "$fails" -eq 0 ]

@@ -14,3 +14,11 @@ stop_pid() {
   wait "$pid" 2>/dev/null
   return 0
 }
+
+# remove_cgroups NAME: removes the empty cgroup NAME (a run's own, e.g. ctr's namespace or a pods' parent)
+# and the empty cgroups right under it, in every hierarchy; fails when one is not empty.
+remove_cgroups() {
+  local c
+  for c in /sys/fs/cgroup/*/"$1"/* /sys/fs/cgroup/"$1"/*; do [ ! -d "$c" ] || rmdir "$c" || return 1; done
+  for c in /sys/fs/cgroup/*/"$1" /sys/fs/cgroup/"$1"; do [ ! -d "$c" ] || rmdir "$c" || return 1; done
+}
