@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { isLogFormat, isLogLevel } from '../daemon/log';
-import { runDaemon } from '../daemon/lifecycle';
+import { parseListenAddress, runDaemon } from '../daemon/lifecycle';
 
 export interface DaemonCliOptions {
   socket?: string;
@@ -212,9 +212,7 @@ export function daemonOptionsOf(
     return 2;
   }
   if (o.metricsAddress !== undefined) {
-    const m = /^(.*):(\d+)$/.exec(o.metricsAddress);
-    // An empty host (`:9377`, as Go writes it) listens on every address, as Node's listen(port, '') does.
-    if (m === null || Number(m[2]) > 65535) {
+    if (parseListenAddress(o.metricsAddress) === undefined) {
       err(`berth daemon: --metrics-address wants HOST:PORT, got ${o.metricsAddress}\n`);
       return 2;
     }

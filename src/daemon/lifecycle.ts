@@ -148,17 +148,27 @@ function healthOf(
   return { ok: true, draining: false };
 }
 
-/** The TCP listener for /metrics and /v1/health (`--metrics-address HOST:PORT`). */
 /** Connections the metrics port holds at once (scrapers and probes are a handful). */
-export const METRICS_MAX_CONNECTIONS = 64;
+const METRICS_MAX_CONNECTIONS = 64;
 
+/**
+ * `--metrics-address HOST:PORT`: an empty host (`:9377`, as Go writes it) listens on every address, as Node's
+ * listen(port, '') does; an IPv6 host may be bracketed. Undefined when it is not one.
+ */
+export function parseListenAddress(text: string): { host: string; port: number } | undefined {
+  const m = /^(.*):(\d+)$/.exec(text);
+  if (m === null || Number(m[2]) > 65535) return undefined;
+  return { host: m[1]!.replace(/^\[|\]$/g, ''), port: Number(m[2]) };
+}
+
+/** The TCP listener for /metrics and /v1/health (`--metrics-address HOST:PORT`). */
 async function listenMetrics(
   address: string,
   health: () => { ok: boolean },
   metricsText: () => string,
 ): Promise<http.Server> {
-  const m = /^(.*):(\d+)$/.exec(address);
-  if (m === null) throw new Error(`--metrics-address wants HOST:PORT, got ${address}`);
+  const at = parseListenAddress(address);
+  if (at === undefined) throw new Error(`--metrics-address wants HOST:PORT, got ${address}`);
   // Any local user reaches this port (hostNetwork in the DaemonSet): connections are capped and held only
   // briefly, and the text is made at most once a second, so a flood here costs berthd little and the pods'
   // calls on the unix socket nothing much.
@@ -197,7 +207,7 @@ async function listenMetrics(
   };
   await new Promise<void>((resolve, reject) => {
     srv.once('error', reject);
-    srv.listen(Number(m[2]), m[1]!.replace(/^\[|\]$/g, ''), () => {
+    srv.listen(at.port, at.host, () => {
       srv.off('error', reject);
       resolve();
     });
