@@ -264,7 +264,6 @@ interface Endpoint {
   suspectUntil: number;
 }
 
-/** A transport error that says nothing listens there (as opposed to a timeout or a dropped connection). */
 /** A member's host for the request: an IPv6 URL's hostname keeps its brackets, which the lookup refuses. */
 function hostnameOf(url: URL): string {
   return url.hostname.replace(/^\[(.*)\]$/, '$1');
@@ -278,6 +277,7 @@ function errorText(e: unknown): string {
   return JSON.stringify(e);
 }
 
+/** A transport error that says nothing listens there (as opposed to a timeout or a dropped connection). */
 function notListening(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException).code;
   return (
