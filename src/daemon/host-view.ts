@@ -51,6 +51,16 @@ export function hostViewThrough(hostRoot: string, warn: (line: string) => void =
     };
   }
   const warned = new Set<string>();
+  // The host's links on the way to a path are walked once (an lstat per part, on berthd's event loop, for
+  // every berth-ipam call otherwise); what the two ends are is still stat'ed each time.
+  const resolvedIn = new Map<string, string>();
+  const resolve = (at: string): string | undefined => {
+    const known = resolvedIn.get(at);
+    if (known !== undefined) return known;
+    const r = resolveInRoot(hostRoot, at);
+    if (r !== undefined && resolvedIn.size < 256) resolvedIn.set(at, r);
+    return r;
+  };
   return {
     notShared(path: string): string | undefined {
       let at = path;
@@ -60,7 +70,7 @@ export function hostViewThrough(hostRoot: string, warn: (line: string) => void =
         here = statOrUndefined(at);
       }
       if (here === undefined) return undefined;
-      const resolved = resolveInRoot(hostRoot, at);
+      const resolved = resolve(at);
       const there = resolved === undefined ? undefined : statOrUndefined(resolved);
       if (there !== undefined && there.dev === here.dev && there.ino === here.ino) return undefined;
       const why = `${path} is not the host's (${at} differs between berthd's container and the host: mount it)`;
