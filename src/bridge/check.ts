@@ -10,7 +10,7 @@ import { confFromRequest } from './config';
 import { refuseOwnNetns } from './own-netns';
 import { canonicalIp, parseCidr } from './gateway';
 import type { BridgeDeps } from './deps';
-import { pinnedMac, toKernelCniError } from './kernel';
+import { pinnedMac, RT_TABLE, toKernelCniError } from './kernel';
 import { masqueradeAddresses } from './masquerade';
 import { attachmentTag, nftScope } from './nft';
 import { referenceMasqueradeFamilies, referenceSpoofCheckPresent } from './reference-masquerade';
@@ -121,9 +121,13 @@ export async function cmdCheck(req: Request, deps: BridgeDeps): Promise<void> {
     const routes = await pod.listRoutes({});
     for (const r of prev.routes ?? []) {
       const d = parseCidr(r.dst);
+      // In the table the result names (1.1.0), else the main one, as the reference's route filter: a route the
+      // pod lost from main is missing even if a copy sits in another table (sbr moves them there).
+      const table = r.table ?? RT_TABLE.MAIN;
       const found = routes.some((x) => {
         const xd = parseCidr(x.dst);
         return (
+          x.table === table &&
           xd.ip.family === d.ip.family &&
           networkOf(xd) === networkOf(d) &&
           xd.prefix === d.prefix &&
@@ -158,10 +162,10 @@ export async function cmdCheck(req: Request, deps: BridgeDeps): Promise<void> {
       }
     }
     if (conf.macSpoofCheck) {
-      const entries = await spoofCheckEntries(scope, tag);
+      const entries = (await spoofCheckEntries(scope, tag)).filter((e) => e.port === hv.name);
       // A pod the reference attached has the reference's spoof check instead (removed by berth's DEL).
       if (
-        !entries.some((e) => e.port === hv.name && sameMac(e.mac, cont.mac)) &&
+        !entries.some((e) => sameMac(e.mac, cont.mac)) &&
         !(
           attachmentNftUse(deps.runDir, conf.network, tag) === undefined &&
           (await referenceSpoofCheckPresent(scope.nft, {
@@ -171,7 +175,12 @@ export async function cmdCheck(req: Request, deps: BridgeDeps): Promise<void> {
           }))
         )
       )
-        fail(`spoof-check entry for ${hv.name} (${tag}) is missing`);
+        fail(
+          entries.length > 0
+            ? // a chained plugin (tuning's `mac`) changed it after the ADD: the pod's frames are dropped
+              `spoof-check entry for ${hv.name} (${tag}) allows ${entries.map((e) => e.mac).join(', ')}, not the container's ${cont.mac}`
+            : `spoof-check entry for ${hv.name} (${tag}) is missing`,
+        );
     }
   } catch (err) {
     throw toKernelCniError(err);

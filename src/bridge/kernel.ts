@@ -14,6 +14,7 @@ export { netlinkCode, toKernelCniError } from '../netlink/errors';
 export { isOwnNetns, openNetns, type NetnsRef } from '../netlink/netns';
 export { type NftFamily } from '../netlink/nftables';
 export { applyNft, nfnlListChain as readNftChain, readNftTable } from '../netlink/nftnl';
+export { RT_TABLE } from '../netlink/rtnl-codec';
 export { randomLocalMac } from '../netlink/rtnetlink';
 
 /** A socket in the plugin's own (host) namespace. */
