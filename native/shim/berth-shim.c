@@ -37,8 +37,9 @@ static const char *const PLUGINS[] = {"berth-bridge", "berth-ipam"};
 // The commands whose stdin the standalone adapter reads (src/cni-spec/process-io.ts needsStdin).
 static const char *const STDIN_COMMANDS[] = {"ADD", "DEL", "CHECK", "GC", "STATUS"};
 static const char DEFAULT_SOCKET[] = "/run/berth/berthd.sock";
-// berthd's own deadline per call plus a margin, so that berthd's answer (a CNI error) normally wins.
-static const double DEFAULT_TIMEOUT_S = 130;
+// berthd's own deadline per call (120 s), plus the 30 s a failed ADD's rollback may take after it, plus a
+// margin, so that berthd's answer (a CNI error) normally wins.
+static const double DEFAULT_TIMEOUT_S = 160;
 static const size_t MAX_HEAD = 64 * 1024;
 // A plugin's stdout and stderr are a few KiB; a reply announcing more is not read into memory.
 static const long long MAX_REPLY = 64LL << 20;

@@ -450,7 +450,7 @@ function chainedResult(prev: Result, ours: Result): Result {
 const INTERFACE_FREE_IPAM: ReadonlySet<string> = new Set(['berth-ipam', 'host-local', 'static']);
 
 /** A delegate run by the rollback gets this long in berthd: a hung one must not hold the attachment forever. */
-const CLEANUP_TIMEOUT_MS = 30_000;
+export const CLEANUP_TIMEOUT_MS = 30_000;
 
 /**
  * The request for a rollback step: not cancelled with the call. A caller that left, or a deadline that
