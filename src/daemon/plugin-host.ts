@@ -309,7 +309,10 @@ export class PluginHost {
       // bytes in both modes (a stack trace's frames aside).
       const report = { about: BERTH_IPAM_ABOUT, command: call.command, cniVersion: req.cniVersion, err };
       reportFailure({ stdout: () => undefined, stderr: (text) => call.request.stderr(text) }, report);
-      throw asCniError(err, BERTH_IPAM_ABOUT, call.command);
+      // What berth-bridge gets from the executable is its printed error object: code, msg and details, no
+      // cause (whose stack berth-bridge's own report would print a second time).
+      const printed = asCniError(err, BERTH_IPAM_ABOUT, call.command).toJSON();
+      throw new CniError(printed.code, printed.msg, printed.details);
     }
     if (call.command !== 'ADD' || result === undefined) return undefined;
     const printed = JSON.stringify(toVersion(result, req.cniVersion));

@@ -358,6 +358,22 @@ describe('a real berthd on /v1/cni', () => {
     expect(unseen.status).toBe(421);
   });
 
+  test("a full pool: berth-ipam's in-process error reaches the caller as the executable's does", async () => {
+    const full = JSON.stringify(conf('198.18.182.0/30')); // the gateway and one pod
+    const first = { plugin: 'berth-bridge', env: callEnv('ADD', 'c-full1', fx.netns().path), stdin: full };
+    expect((await postCni(d.socket, first)).code).toBe(0);
+    const env = callEnv('ADD', 'c-full2', fx.netns().path);
+    const warm = await postCni(d.socket, { plugin: 'berth-bridge', env, stdin: full });
+    const cold = await runStandalone(join(REPO, 'bin', 'berth-bridge'), env, full);
+    expect(warm.stdout).toMatch(/no IP addresses available/);
+    expect({ code: warm.code, stdout: warm.stdout }).toEqual({ code: cold.code, stdout: cold.stdout });
+    // berth-ipam's report (with its cause's stack) once, then berth-bridge's line: frames differ by mode.
+    const lines = (stderr: string): string[] => stderr.split('\n').filter((l) => !l.startsWith('    at '));
+    expect(lines(warm.stderr)).toEqual(lines(cold.stderr));
+    const del = await postCni(d.socket, { ...first, env: { ...first.env, CNI_COMMAND: 'DEL' } });
+    expect(del.code, del.stdout).toBe(0);
+  });
+
   /**
    * Posts `call` while another process holds `lockFile`: berthd reads the whole call, then waits in it, and
    * the caller leaves 300 ms later (in its middle, not before berthd has it); the lock goes `holdMs` after.
