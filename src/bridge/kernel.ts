@@ -13,7 +13,7 @@ export type { Link } from '../netlink/types';
 export { netlinkCode, toKernelCniError } from '../netlink/errors';
 export { isOwnNetns, openNetns, type NetnsRef } from '../netlink/netns';
 export { type NftFamily } from '../netlink/nftables';
-export { applyNft, nfnlListChain as readNftChain, readNftTable } from '../netlink/nftnl';
+export { applyNft, nfnlListChain as readNftChain, readNftTable, type ListFocus } from '../netlink/nftnl';
 export { RT_TABLE } from '../netlink/rtnl-codec';
 export { randomLocalMac } from '../netlink/rtnetlink';
 

@@ -10,6 +10,7 @@ import {
   type Nft,
   type NftCommand,
   type NftObject,
+  type ListFocus,
   type RemovePlan,
   type TablesLock,
 } from './nft';
@@ -42,6 +43,12 @@ export function masqNames(network: string): {
 } {
   const h = networkKey(network);
   return { chain: `masq_${h}`, c4: `c4_${h}`, c6: `c6_${h}`, s4: `s4_${h}`, s6: `s6_${h}` };
+}
+
+/** What of the table one network's masquerade reads: its sets' elements, its chain and the jumps to it. */
+function masqFocus(network: string): ListFocus {
+  const n = masqNames(network);
+  return { sets: [n.c4, n.c6, n.s4, n.s6], chains: ['postrouting', n.chain] };
 }
 
 function jumpComment(network: string): string {
@@ -202,7 +209,8 @@ export async function addMasquerade(
   addrs: readonly MasqAddress[],
 ): Promise<void> {
   const tag = attachmentTag(attachment.containerId, attachment.ifname);
-  const first = addPlan(scope, (await scope.nft.listTable(FAMILY, scope.table)) ?? [], addrs, tag);
+  const focus = masqFocus(scope.network);
+  const first = addPlan(scope, (await scope.nft.listTable(FAMILY, scope.table, focus)) ?? [], addrs, tag);
   // Ready: this network's chain and sets are in the table. Only holders of this network's lock (we hold it)
   // remove them, and a teardown deletes the table only when it finds no other network's objects in it
   // (listed inside the tables lock), so the table stays until our elements are in: no tables lock needed.
@@ -210,7 +218,9 @@ export async function addMasquerade(
   // Setup: a teardown could have listed the table before our setup and delete it after; under the tables
   // lock and with a fresh listing, setup and teardown are ordered.
   return scope.tablesLock(async () =>
-    scope.nft.apply(addPlan(scope, (await scope.nft.listTable(FAMILY, scope.table)) ?? [], addrs, tag).cmds),
+    scope.nft.apply(
+      addPlan(scope, (await scope.nft.listTable(FAMILY, scope.table, focus)) ?? [], addrs, tag).cmds,
+    ),
   );
 }
 
@@ -282,6 +292,7 @@ export async function removeMasquerade(
     family: FAMILY,
     table: scope.table,
     tablesLock: scope.tablesLock,
+    focus: masqFocus(scope.network),
     plan: (objects) => removePlan(scope, objects, pick),
   });
 }
@@ -323,7 +334,7 @@ function removePlan(
 
 /** The container addresses present for one attachment (CHECK). */
 export async function masqueradeAddresses(scope: MasqScope, tag: string): Promise<string[]> {
-  const objects = (await scope.nft.listTable(FAMILY, scope.table)) ?? [];
+  const objects = (await scope.nft.listTable(FAMILY, scope.table, masqFocus(scope.network))) ?? [];
   const n = masqNames(scope.network);
   if (!masqueradeWhole(objects, scope.network, jumpsOf(objects, scope.network), false)) return [];
   return [n.c4, n.c6].flatMap((s) =>

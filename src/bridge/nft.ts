@@ -1,7 +1,7 @@
 // The bridge's view of nftables: the calls it needs (apply a transaction, list a table or one chain), the
 // table name, and the attachment tags carried as element comments.
 import { createHash } from 'node:crypto';
-import { applyNft, readNftChain, readNftTable, type NftFamily } from './kernel';
+import { applyNft, readNftChain, readNftTable, type ListFocus, type NftFamily } from './kernel';
 import { withTablesLock } from './lock';
 
 /** One command of libnftables' JSON schema, e.g. `{ add: { element: {...} } }`. */
@@ -13,8 +13,11 @@ export type NftObject = Record<string, Record<string, unknown>>;
 export interface Nft {
   /** Applies the commands as one transaction (all or nothing). */
   apply(cmds: NftCommand[]): Promise<void>;
-  /** Lists a table; undefined when it does not exist. */
-  listTable(family: string, table: string): Promise<NftObject[] | undefined>;
+  /**
+   * Lists a table; undefined when it does not exist. With `focus`, only the named sets come with their
+   * elements and only the named chains with their rules (one network's part: see ListFocus).
+   */
+  listTable(family: string, table: string, focus?: ListFocus): Promise<NftObject[] | undefined>;
   /** Lists one chain's rules; undefined when the table or the chain does not exist. */
   listChain(family: string, table: string, chain: string): Promise<NftObject[] | undefined>;
 }
@@ -60,10 +63,12 @@ export async function removeAndMaybeDropTable(opts: {
   family: string;
   table: string;
   tablesLock: TablesLock;
+  /** The part of the table `plan` reads (every chain and set is listed anyway, for `tableEmpty`). */
+  focus: ListFocus;
   plan: (objects: readonly NftObject[]) => RemovePlan;
 }): Promise<string[]> {
-  const { nft, family, table } = opts;
-  const objects = await nft.listTable(family, table);
+  const { nft, family, table, focus } = opts;
+  const objects = await nft.listTable(family, table, focus);
   if (objects === undefined) return [];
   const first = opts.plan(objects);
   // A removal that takes its network's chain and sets out may leave the table empty, also when another
@@ -74,7 +79,7 @@ export async function removeAndMaybeDropTable(opts: {
     return first.tags;
   }
   return opts.tablesLock(async () => {
-    const now = await nft.listTable(family, table);
+    const now = await nft.listTable(family, table, focus);
     if (now === undefined) return [];
     const plan = opts.plan(now);
     await nft.apply(plan.tableEmpty ? [{ delete: { table: { family, name: table } } }] : plan.cmds);
@@ -89,11 +94,12 @@ export async function removeAndMaybeDropTable(opts: {
  */
 export const systemNft: Nft = {
   apply: (cmds) => applyNft(cmds),
-  listTable: (family, table) => readNftTable({ family: family as NftFamily, name: table }),
+  listTable: (family, table, focus) => readNftTable({ family: family as NftFamily, name: table }, {}, focus),
   listChain: (family, table, chain) => readNftChain({ family: family as NftFamily, name: table }, chain),
 };
 
 export { DEFAULT_NFT_TABLE, nftTable } from './deps';
+export type { ListFocus } from './kernel';
 
 /** nft's comment limit is 128 bytes; a longer tag is shortened the same way at ADD, DEL and GC. */
 export function attachmentTag(containerId: string, ifname: string): string {

@@ -10,6 +10,7 @@ import {
   type Nft,
   type NftCommand,
   type NftObject,
+  type ListFocus,
   type RemovePlan,
   type TablesLock,
 } from './nft';
@@ -27,6 +28,12 @@ const FAMILY = 'bridge';
 export function spoofNames(network: string): { ports: string; allowed: string } {
   const h = networkKey(network);
   return { ports: `p_${h}`, allowed: `a_${h}` };
+}
+
+/** What of the table one network's spoof check reads: its sets' elements and the base chain's rules. */
+function spoofFocus(network: string): ListFocus {
+  const n = spoofNames(network);
+  return { sets: [n.ports, n.allowed], chains: ['prerouting'] };
 }
 
 function ruleComment(network: string): string {
@@ -73,12 +80,15 @@ export async function addSpoofCheck(
   scope: SpoofScope,
   attachment: { containerId: string; ifname: string; hostVeth: string; mac: string },
 ): Promise<void> {
-  const first = addPlan(scope, (await scope.nft.listTable(FAMILY, scope.table)) ?? [], attachment);
+  const focus = spoofFocus(scope.network);
+  const first = addPlan(scope, (await scope.nft.listTable(FAMILY, scope.table, focus)) ?? [], attachment);
   // Ready needs no tables lock: our sets and rule go only under our network lock (held), and a teardown
   // keeps a table that holds another network's objects (same reasoning as addMasquerade).
   if (first.ready) return scope.nft.apply(first.cmds);
   return scope.tablesLock(async () =>
-    scope.nft.apply(addPlan(scope, (await scope.nft.listTable(FAMILY, scope.table)) ?? [], attachment).cmds),
+    scope.nft.apply(
+      addPlan(scope, (await scope.nft.listTable(FAMILY, scope.table, focus)) ?? [], attachment).cmds,
+    ),
   );
 }
 
@@ -154,6 +164,7 @@ export async function removeSpoofCheck(
     family: FAMILY,
     table: scope.table,
     tablesLock: scope.tablesLock,
+    focus: spoofFocus(scope.network),
     plan: (objects) => removePlan(scope, objects, pick),
   });
 }
@@ -192,7 +203,7 @@ export async function spoofCheckEntries(
   scope: SpoofScope,
   tag: string,
 ): Promise<{ port: string; mac: string }[]> {
-  const objects = (await scope.nft.listTable(FAMILY, scope.table)) ?? [];
+  const objects = (await scope.nft.listTable(FAMILY, scope.table, spoofFocus(scope.network))) ?? [];
   // The rule (a duplicate does no harm: the next ADD makes it one again), and the port in both sets: a port
   // missing from the guarded set is not checked at all, whatever the allowed set holds.
   if (ruleHandles(objects, scope.network).length === 0) return [];

@@ -297,14 +297,18 @@ function familyNumber(family: string): number {
  * table does not exist. Read between two equal ruleset generations (as nft does), else read again.
  * Throws NftnlUnsupported (nothing else done) for a set it cannot read: nft lists those.
  */
-export async function nfnlListTable(t: TableRef, opts: NftOptions = {}): Promise<NftObject[] | undefined> {
+export async function nfnlListTable(
+  t: TableRef,
+  opts: NftOptions = {},
+  focus?: ListFocus,
+): Promise<NftObject[] | undefined> {
   const family = familyNumber(t.family);
   return withNfnl(opts.netns, async (s) => {
     for (let attempt = 1; ; attempt++) {
       const gen = await s.genId();
       let objects: NftObject[] | undefined;
       try {
-        objects = await readTable(s, t, family);
+        objects = await readTable(s, t, family, focus);
       } catch (err) {
         // An interrupted dump or a set gone under the listing (Retry), or a failure after which the
         // generation moved (another network's teardown committed in between): read again, as nft does.
@@ -323,7 +327,22 @@ export async function nfnlListTable(t: TableRef, opts: NftOptions = {}): Promise
   });
 }
 
-async function readTable(s: NfnlSocket, t: TableRef, family: number): Promise<NftObject[] | undefined> {
+/**
+ * What of a table a caller reads: every chain and set is listed, but only these sets with their elements and
+ * only these chains' rules. One network's ADD, DEL or CHECK then costs the same however many other networks
+ * and pods the table holds (each set's elements are a dump of their own, each rule's expressions decoded).
+ */
+export interface ListFocus {
+  sets: readonly string[];
+  chains: readonly string[];
+}
+
+async function readTable(
+  s: NfnlSocket,
+  t: TableRef,
+  family: number,
+  focus: ListFocus | undefined,
+): Promise<NftObject[] | undefined> {
   const where = `${t.family} ${t.name}`;
   const tableAttr = (type: number) => [[type, str(t.name)]] as const;
   let table: NlMsg;
@@ -358,9 +377,14 @@ async function readTable(s: NfnlSocket, t: TableRef, family: number): Promise<Nf
     const set = parseSet(m);
     // Anonymous sets belong to the rules that use them; nft does not list them either.
     if ((set.flags & NFT_SET_F.ANONYMOUS) !== 0) continue;
-    objects.push({ set: await readSet(s, t, family, set) });
+    const read = focus === undefined || focus.sets.includes(set.name);
+    objects.push({ set: read ? await readSet(s, t, family, set) : setObject(t, set, undefined) });
   }
-  for (const m of await dump(NFT_MSG.GETRULE, NFTA_RULE.TABLE)) objects.push(ruleObject(t, parseRule(m)));
+  for (const m of await dump(NFT_MSG.GETRULE, NFTA_RULE.TABLE)) {
+    if (focus !== undefined && !focus.chains.includes(readStr(msgAttrs(m).get(NFTA_RULE.CHAIN)) ?? ''))
+      continue;
+    objects.push(ruleObject(t, parseRule(m)));
+  }
   // Stateful objects and flowtables only count as "something else in the table" (nft names objects by
   // their type, e.g. `counter`; berth only needs to know they are there).
   for (const m of await dump(NFT_MSG.GETOBJ, NFTA_OBJ.TABLE))
@@ -454,15 +478,24 @@ async function readSet(
   const elem = answers
     .flatMap((m) => parseElements(set, m))
     .map((e) => (e.comment !== undefined ? { elem: { val: e.val, comment: e.comment } } : e.val));
+  return setObject(t, set, elem);
+}
+
+/**
+ * A set as `nft -j list` gives it; `elem` undefined for one outside a listing's focus (read neither its
+ * elements nor its type: it may be a set this module cannot decode, an operator's, which is no reason to
+ * list the table through `nft`).
+ */
+function setObject(t: TableRef, set: SetInfo, elem: unknown[] | undefined): Record<string, unknown> {
   const flags = (set.flags & NFT_SET_F.INTERVAL) !== 0 ? { flags: ['interval'] } : {};
   return {
     family: t.family,
     name: set.name,
     table: t.name,
-    type: typeName(set),
+    ...(elem !== undefined ? { type: typeName(set) } : {}),
     handle: set.handle,
     ...flags,
-    ...(elem.length > 0 ? { elem } : {}),
+    ...(elem !== undefined && elem.length > 0 ? { elem } : {}),
   };
 }
 
@@ -639,9 +672,13 @@ function failed(err: unknown, cmd: NftCommand | undefined, n: number): NetlinkEr
 // --- the entry points: netlink where it can, `nft -j` where it cannot -----------------------------------
 
 /** listTable over netlink; through `nft -j list` when the table holds a set this module cannot read. */
-export async function readNftTable(t: TableRef, opts: NftOptions = {}): Promise<NftObject[] | undefined> {
+export async function readNftTable(
+  t: TableRef,
+  opts: NftOptions = {},
+  focus?: ListFocus,
+): Promise<NftObject[] | undefined> {
   try {
-    return await nfnlListTable(t, opts);
+    return await nfnlListTable(t, opts, focus);
   } catch (err) {
     if (err instanceof NftnlUnsupported) return listTable(t, opts);
     throw err;

@@ -190,6 +190,37 @@ describe('nftables over netlink', () => {
     expect(await nfnlListTable({ family: 'inet', name: `${table}x` }, opts)).toBeUndefined();
   });
 
+  it("a focused listing reads only the named sets' elements and chains' rules, and lists every chain and set", async () => {
+    const { pod, table, opts } = setup();
+    await nfnlApply(
+      [
+        add('inet', table, 'c4', [{ elem: { val: '198.18.0.8', comment: 'c8/eth0' } }]),
+        add('inet', table, 'c6', [{ elem: { val: 'fd00::8', comment: 'c8/eth0' } }]),
+      ],
+      opts,
+    );
+    // Another party's set of a type this module cannot decode (which makes a whole listing go through nft).
+    observe(pod, 'nft', ['add', 'set', 'inet', table, 'ports', '{ type inet_service; elements = { 53 } }']);
+    const t = { family: 'inet' as const, name: table };
+    const focused = (await nfnlListTable(t, opts, { sets: ['c4'], chains: ['postrouting'] }))!;
+    const whole = (await listTable(t, opts))!;
+    const names = (objs: typeof whole, kind: string) =>
+      objs
+        .filter((o) => o[kind] !== undefined)
+        .map((o) => String(o[kind]!.name))
+        .sort();
+    expect(names(focused, 'chain')).toEqual(names(whole, 'chain'));
+    expect(names(focused, 'set')).toEqual(names(whole, 'set'));
+    const elems = (objs: typeof whole, set: string) => objs.find((o) => o.set?.name === set)?.set?.elem;
+    expect(elems(focused, 'c4')).toEqual(elems(whole, 'c4'));
+    expect(elems(whole, 'c6')).toBeDefined();
+    expect(elems(focused, 'c6')).toBeUndefined();
+    const rules = (objs: typeof whole) =>
+      objs.filter((o) => o.rule !== undefined).map((o) => [o.rule!.chain, o.rule!.handle]);
+    expect(rules(whole).some(([chain]) => chain === 'masq')).toBe(true);
+    expect(rules(focused)).toEqual(rules(whole).filter(([chain]) => chain === 'postrouting'));
+  });
+
   it('deletes a rule by handle, a chain, a set and the table in one transaction', async () => {
     const { pod, table, opts } = setup();
     const objs = (await nfnlListTable({ family: 'inet', name: table }, opts))!;
