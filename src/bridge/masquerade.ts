@@ -1,6 +1,7 @@
 // Source NAT for container addresses through nftables: one table for berth, per network two named sets
 // (container addresses, and address·own-subnet pairs) so that ADD and DEL are element changes, each
 // element tagged with its attachment so DEL and GC find it without the prevResult.
+import { netlinkCode } from './kernel';
 import { networkKey } from './lock';
 import {
   attachmentTag,
@@ -169,7 +170,7 @@ function hasChain(objects: readonly NftObject[], name: string): boolean {
 
 function elementCommands(
   scope: MasqScope,
-  op: 'add' | 'delete',
+  op: 'add' | 'create' | 'delete',
   addrs: readonly MasqAddress[],
   tag: string,
 ): NftCommand[] {
@@ -210,6 +211,18 @@ export async function addMasquerade(
 ): Promise<void> {
   const tag = attachmentTag(attachment.containerId, attachment.ifname);
   const focus = masqFocus(scope.network);
+  // Most ADDs: the network's chain, sets and jumps are in place and no element holds the pod's addresses.
+  // Then the elements go in with `create`, read from a listing without any element (a network's sets hold
+  // all its pods: reading them made each ADD's cost grow with the node's pods); an element already there
+  // (a repeated ADD, a stale one of an address reused) fails it whole, and the plan below reads them.
+  const bare = (await scope.nft.listTable(FAMILY, scope.table, { ...focus, sets: [] })) ?? [];
+  if (masqueradeReady(bare, scope.network)) {
+    try {
+      return await scope.nft.apply(elementCommands(scope, 'create', addrs, tag));
+    } catch (err) {
+      if (netlinkCode(err) !== 'EEXIST') throw err;
+    }
+  }
   const first = addPlan(scope, (await scope.nft.listTable(FAMILY, scope.table, focus)) ?? [], addrs, tag);
   // Ready: this network's chain and sets are in the table. Only holders of this network's lock (we hold it)
   // remove them, and a teardown deletes the table only when it finds no other network's objects in it
@@ -224,6 +237,15 @@ export async function addMasquerade(
   );
 }
 
+/** The network's chain with its rules, one jump per family and its four sets are in the table. */
+function masqueradeReady(objects: readonly NftObject[], network: string): boolean {
+  const n = masqNames(network);
+  return (
+    masqueradeWhole(objects, network, jumpsOf(objects, network), true) &&
+    [n.c4, n.c6, n.s4, n.s6].every((s) => setElements(objects, s) !== undefined)
+  );
+}
+
 function addPlan(
   scope: MasqScope,
   objects: readonly NftObject[],
@@ -232,9 +254,7 @@ function addPlan(
 ): { ready: boolean; cmds: NftCommand[] } {
   const n = masqNames(scope.network);
   const jumps = jumpsOf(objects, scope.network);
-  const ready =
-    masqueradeWhole(objects, scope.network, jumps, true) &&
-    [n.c4, n.c6, n.s4, n.s6].every((s) => setElements(objects, s) !== undefined);
+  const ready = masqueradeReady(objects, scope.network);
   // The setup refills the chain (flushed first); the jumps are added with it when there are none.
   const cmds = ready ? [] : setupCommands(scope, jumps.length === 0);
   if (!ready && jumps.length > 0 && !jumpsInPlace(jumps, true)) {

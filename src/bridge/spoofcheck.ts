@@ -80,7 +80,9 @@ export async function addSpoofCheck(
   scope: SpoofScope,
   attachment: { containerId: string; ifname: string; hostVeth: string; mac: string },
 ): Promise<void> {
-  const focus = spoofFocus(scope.network);
+  // The plan reads which sets and rules are there, no element: a listing without any (the sets hold every
+  // pod of the network).
+  const focus = { ...spoofFocus(scope.network), sets: [] };
   const first = addPlan(scope, (await scope.nft.listTable(FAMILY, scope.table, focus)) ?? [], attachment);
   // Ready needs no tables lock: our sets and rule go only under our network lock (held), and a teardown
   // keeps a table that holds another network's objects (same reasoning as addMasquerade).

@@ -51,6 +51,7 @@ export { NLM_F_ACK, NLM_F_REQUEST };
 export const NLM_F_MULTI = 0x2;
 export const NLM_F_DUMP = 0x300;
 export const NLM_F_CREATE = 0x400;
+export const NLM_F_EXCL = 0x200;
 export const NLMSG_ERROR = 2;
 export const NLMSG_DONE = 3;
 const NLA_F_NESTED = 0x8000;
@@ -428,7 +429,7 @@ export function elementAttrs(set: SetInfo, val: unknown, comment: string | undef
 
 /** NEWSETELEM / DELSETELEM naming the set and carrying `elems` (built by elementAttrs). */
 export function setElemMsg(
-  op: 'add' | 'delete',
+  op: 'add' | 'create' | 'delete',
   family: number,
   table: string,
   set: string,
@@ -438,10 +439,11 @@ export function setElemMsg(
   // A set made earlier in the same batch is named by its NFTA_SET_ID too, as nft does.
   const id: Attr[] = setId !== undefined ? [[NFTA_SET_ELEM_LIST.SET_ID, be32(setId)]] : [];
   return {
-    type: op === 'add' ? NFT_MSG.NEWSETELEM : NFT_MSG.DELSETELEM,
+    type: op === 'delete' ? NFT_MSG.DELSETELEM : NFT_MSG.NEWSETELEM,
     family,
     // `add element` is NLM_F_CREATE without EXCL: an element already there is no error and keeps its comment.
-    flags: op === 'add' ? NLM_F_CREATE : 0,
+    // `create element` adds EXCL: one already there fails the transaction (EEXIST), as nft's.
+    flags: op === 'add' ? NLM_F_CREATE : op === 'create' ? NLM_F_CREATE | NLM_F_EXCL : 0,
     attrs: [
       [NFTA_SET_ELEM_LIST.TABLE, str(table)],
       [NFTA_SET_ELEM_LIST.SET, str(set)],

@@ -502,7 +502,7 @@ function setObject(t: TableRef, set: SetInfo, elem: unknown[] | undefined): Reco
 // --- applying a transaction ----------------------------------------------------------------------------
 
 interface ElementCmd {
-  op: 'add' | 'delete';
+  op: 'add' | 'create' | 'delete';
   family: string;
   table: string;
   name: string;
@@ -510,7 +510,7 @@ interface ElementCmd {
 }
 
 function asElementCmd(cmd: NftCommand): ElementCmd | undefined {
-  for (const op of ['add', 'delete'] as const) {
+  for (const op of ['add', 'create', 'delete'] as const) {
     const e = (cmd[op] as { element?: Omit<ElementCmd, 'op'> } | undefined)?.element;
     if (e !== undefined && Object.keys(cmd).length === 1) return { op, ...e };
   }
@@ -588,7 +588,8 @@ function describe(cmd: NftCommand): string {
 
 /**
  * Applies `commands` as one nf_tables transaction over netlink: element adds and deletes (nft's
- * `add element` semantics: an element already there is kept, comment and all), deletes of rules by
+ * `add element` semantics: an element already there is kept, comment and all; `create element` fails on
+ * one, EEXIST), deletes of rules by
  * handle, chains, sets and tables, and what createMsg compiles (add table/chain/set/rule, flush chain).
  * Throws NftnlUnsupported, before anything is sent, for any other command or a set it cannot encode. Errors: NetlinkError op 'nft' with the kernel's errno name of the
  * first failing command (`ENOENT` for a missing table, set, chain or element, …) and that command in the
@@ -641,7 +642,7 @@ export async function nfnlApply(commands: readonly NftCommand[], opts: NftOption
           return elementAttrs(
             known,
             inner.val,
-            p.op === 'add' && typeof inner.comment === 'string' ? inner.comment : undefined,
+            p.op !== 'delete' && typeof inner.comment === 'string' ? inner.comment : undefined,
           );
         }
         return elementAttrs(known, e, undefined);

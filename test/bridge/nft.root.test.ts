@@ -61,6 +61,8 @@ function listingsMeet(): Nft {
 
 describe('masquerade sets', () => {
   const scope = { nft: systemNft, table, network: 'bt-net-a', tablesLock };
+  const names = masqNames('bt-net-a');
+  const masqFocusSets = [names.c4, names.c6, names.s4, names.s6];
   const v4 = (ip: string) => ({ ip, family: 4 as const, subnet: '198.18.128.0', prefixLen: 24 });
 
   it('adds tagged elements, removes them by attachment, and removes the network objects with the last one', async () => {
@@ -126,6 +128,28 @@ describe('masquerade sets', () => {
     expect(text).toContain('198.18.128.9 comment "new/eth0"');
     expect(text).toContain('198.18.128.9 . 198.18.128.0/24 comment "new/eth0"');
     expect(text).not.toContain('old/eth0');
+  });
+
+  it('an ADD to a network set up reads none of its elements; a repeated one does, and changes nothing', async () => {
+    for (const i of [2, 3, 4])
+      await addMasquerade(scope, { containerId: `c${i}`, ifname: 'eth0' }, [v4(`198.18.128.${i}`)]);
+    const focuses: (readonly string[] | undefined)[] = [];
+    const recording: Nft = {
+      ...systemNft,
+      listTable: (family, name, focus) => {
+        focuses.push(focus?.sets);
+        return systemNft.listTable(family, name, focus);
+      },
+    };
+    const watched = { ...scope, nft: recording };
+    await addMasquerade(watched, { containerId: 'c5', ifname: 'eth0' }, [v4('198.18.128.5')]);
+    expect(focuses).toEqual([[]]);
+    expect(list('inet')).toContain('198.18.128.5 . 198.18.128.0/24 comment "c5/eth0"');
+    focuses.length = 0;
+    const before = list('inet');
+    await addMasquerade(watched, { containerId: 'c5', ifname: 'eth0' }, [v4('198.18.128.5')]);
+    expect(focuses).toEqual([[], masqFocusSets]);
+    expect(list('inet')).toBe(before);
   });
 
   it('leaves other networks alone', async () => {
