@@ -53,5 +53,6 @@ export function warmPathLines(daemon: DaemonStatus | undefined): string[] {
       `${w.nftTable}, deadline ${w.deadlineMs / 1000} s per call)`,
     `  calls served ${w.served} (${w.errors} ended with a CNI error), ${w.inFlight} in flight; ` +
       `${w.notServed} sent back to run standalone (421)`,
+    ...(w.settingsMismatch !== undefined ? [`  warning: ${w.settingsMismatch}`] : []),
   ];
 }

@@ -81,7 +81,15 @@ export interface WarmStats {
   deadlineMs: number;
   runDir: string;
   nftTable: string;
+  /** The last call refused for naming another run dir, nft table or boot id file than berthd's. */
+  settingsMismatch?: string;
 }
+
+/** Reasons for a 421 that are a difference of settings between the caller and berthd. */
+const SETTINGS: ReadonlySet<string> = new Set(['run-dir', 'nft-table', 'boot-id-file']);
+
+/** How often the log repeats that calls name other settings than berthd's (one kind of mismatch). */
+const MISMATCH_WARN_MS = 10 * 60_000;
 
 export class PluginHost {
   private readonly tables: Record<WarmPlugin, { handlers: PluginHandlers; about: { name: string } }>;
@@ -91,6 +99,8 @@ export class PluginHost {
   private errors = 0;
   private notServed = 0;
   private inFlight = 0;
+  private settingsMismatch: string | undefined;
+  private readonly mismatchWarned = new Map<string, number>();
 
   constructor(private readonly o: PluginHostOptions) {
     const bridgeDeps: BridgeDeps = {
@@ -115,6 +125,7 @@ export class PluginHost {
       deadlineMs: this.o.deadlineMs,
       runDir: this.o.runDir,
       nftTable: this.o.nftTable,
+      ...(this.settingsMismatch !== undefined ? { settingsMismatch: this.settingsMismatch } : {}),
     };
   }
 
@@ -127,12 +138,37 @@ export class PluginHost {
     const reason = this.reasonOf(call);
     if (reason !== undefined) {
       this.notServed++;
+      const kind = reason.split(':')[0]!;
       this.o.metrics.inc('berthd_plugin_fallbacks_total', 'Plugin calls not served here (421).', {
         plugin: (WARM_PLUGINS as readonly string[]).includes(call.plugin) ? call.plugin : 'other',
-        reason: reason.split(':')[0]!,
+        reason: kind,
       });
+      if (SETTINGS.has(kind)) this.mismatch(kind, call.env);
     }
     return reason;
+  }
+
+  /**
+   * Calls that name another run dir, table or boot id file than berthd's all run standalone: on a node
+   * whose plugins set none of them, berthd's own flag is wrong and the warm path serves nothing. Said in
+   * the log (once per kind every 10 minutes) and by `berth status`, not only in a metric.
+   */
+  private mismatch(kind: string, env: Record<string, string>): void {
+    const theirs =
+      kind === 'run-dir'
+        ? `run dir ${runDir(env)} (berthd's: ${this.o.runDir})`
+        : kind === 'nft-table'
+          ? `nft table ${nftTable(env)} (berthd's: ${this.o.nftTable})`
+          : `boot id file ${env.BERTH_BOOT_ID_FILE} (berthd's: ${this.o.bootIdFile})`;
+    this.settingsMismatch = `plugin calls name ${theirs}: they run standalone`;
+    const now = Date.now();
+    if (now - (this.mismatchWarned.get(kind) ?? -Infinity) < MISMATCH_WARN_MS) return;
+    this.mismatchWarned.set(kind, now);
+    this.o.log.log(
+      'warn',
+      `${this.settingsMismatch}; without BERTH_* settings in the runtime's environment, berthd's own flag is the one to fix`,
+      {},
+    );
   }
 
   private reasonOf(call: ForwardedCall): string | undefined {

@@ -31,6 +31,13 @@ describe('berth status: the warm path', () => {
     ]);
   });
 
+  test('calls naming another run dir than berthd: a warning line', () => {
+    const mismatch = "plugin calls name run dir /run/berth (berthd's: /run/x): they run standalone";
+    expect(warmPathLines({ ...daemon, warm: { ...daemon.warm!, settingsMismatch: mismatch } }).at(-1)).toBe(
+      `  warning: ${mismatch}`,
+    );
+  });
+
   test('draining, off (--no-plugins), and no daemon at all', () => {
     expect(warmPathLines({ ...daemon, draining: true })[0]).toMatch(
       /^warm path: draining \(new calls run standalone\)/,

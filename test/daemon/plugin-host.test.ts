@@ -144,6 +144,47 @@ describe('what berthd cannot see is served by the standalone program (421)', () 
   });
 });
 
+describe("calls that name other settings than berthd's", () => {
+  test('run standalone, and the log (once per kind a while) and berth status say so', () => {
+    const lines: string[] = [];
+    const host = new PluginHost({
+      service: {} as Service,
+      log: createLogger({ format: 'text', level: 'info', write: (l) => void lines.push(l) }),
+      metrics: new Metrics(),
+      runDir: '/run/berth-typo',
+      nftTable: 'berth',
+      bootIdFile: '/proc/sys/kernel/random/boot_id',
+      deadlineMs: 1000,
+    });
+    // The runtime sets no BERTH_*: the plugins' defaults (run dir /run/berth).
+    const plain = { ...call('DEL'), env: { ...call('DEL').env } };
+    expect(host.stats().settingsMismatch).toBeUndefined();
+    for (let i = 0; i < 3; i++) expect(host.notServedReason(plain)).toMatch(/^run-dir:/);
+    const table = {
+      ...call('DEL'),
+      env: { ...call('DEL').env, BERTH_RUN_DIR: '/run/berth-typo', BERTH_NFT_TABLE: 'x' },
+    };
+    expect(host.notServedReason(table)).toMatch(/^nft-table:/);
+    const warnings = lines.filter((l) => /warn/i.test(l));
+    expect(warnings).toHaveLength(2);
+    expect(warnings[0]).toContain(
+      "plugin calls name run dir /run/berth (berthd's: /run/berth-typo): they run standalone",
+    );
+    expect(warnings[1]).toContain("nft table x (berthd's: berth)");
+    expect(host.stats().settingsMismatch).toBe(
+      "plugin calls name nft table x (berthd's: berth): they run standalone",
+    );
+    // Other reasons are no mismatch of settings (a test fault, a namespace berthd cannot see).
+    lines.length = 0;
+    const fault = {
+      ...call('DEL'),
+      env: { ...call('DEL').env, BERTH_RUN_DIR: '/run/berth-typo', BERTH_TEST_FAULT: 'x' },
+    };
+    expect(host.notServedReason(fault)).toMatch(/^test-fault:/);
+    expect(lines).toEqual([]);
+  });
+});
+
 describe("a call's stderr in berthd's log", () => {
   test('each line at most 4 KiB there, whole for the caller', async () => {
     const lines: string[] = [];

@@ -136,6 +136,8 @@ export interface WarmStatus {
   deadlineMs: number;
   runDir: string;
   nftTable: string;
+  /** The last call refused for naming another run dir, nft table or boot id file than berthd's. */
+  settingsMismatch?: string;
 }
 
 /** GET /v1/health. */
