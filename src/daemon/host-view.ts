@@ -77,7 +77,7 @@ export function hostViewThrough(hostRoot: string, warn: (line: string) => void =
       // Once per path: each of its calls still runs, standalone on the host, and the metric counts them.
       if (!warned.has(path) && warned.size < 64) {
         warned.add(path);
-        warn(`${why}; its berth-ipam calls run standalone on the host`);
+        warn(`${why}; the calls that use it run standalone on the host`);
       }
       return why;
     },

@@ -101,6 +101,11 @@ export class PluginHost {
   private inFlight = 0;
   private settingsMismatch: string | undefined;
   private readonly mismatchWarned = new Map<string, number>();
+  /**
+   * berthd in a container whose run dir is not the host's (a deployment without that mount): the attachment
+   * records and locks of its calls and of the host's standalone ones would be two sets. Told once, at start.
+   */
+  private readonly runDirNotShared: string | undefined;
 
   constructor(private readonly o: PluginHostOptions) {
     const bridgeDeps: BridgeDeps = {
@@ -109,6 +114,7 @@ export class PluginHost {
       kernel: systemKernel,
       ipam: (call) => (call.pluginType === 'berth-ipam' ? this.ipamInProcess(call) : execIpam(call)),
     };
+    this.runDirNotShared = o.hostView?.notShared(o.runDir);
     this.tables = {
       'berth-bridge': { handlers: bridgeHandlers(bridgeDeps), about: BRIDGE_ABOUT },
       'berth-ipam': { handlers: this.ipamHandlers(), about: BERTH_IPAM_ABOUT },
@@ -143,7 +149,7 @@ export class PluginHost {
         plugin: (WARM_PLUGINS as readonly string[]).includes(call.plugin) ? call.plugin : 'other',
         reason: kind,
       });
-      if (SETTINGS.has(kind)) this.mismatch(kind, call.env);
+      if (SETTINGS.has(kind)) this.mismatch(kind, reason, call.env);
     }
     return reason;
   }
@@ -153,14 +159,17 @@ export class PluginHost {
    * whose plugins set none of them, berthd's own flag is wrong and the warm path serves nothing. Said in
    * the log (once per kind every 10 minutes) and by `berth status`, not only in a metric.
    */
-  private mismatch(kind: string, env: Record<string, string>): void {
+  private mismatch(kind: string, reason: string, env: Record<string, string>): void {
     const theirs =
       kind === 'run-dir'
         ? `run dir ${runDir(env)} (berthd's: ${this.o.runDir})`
         : kind === 'nft-table'
           ? `nft table ${nftTable(env)} (berthd's: ${this.o.nftTable})`
           : `boot id file ${env.BERTH_BOOT_ID_FILE} (berthd's: ${this.o.bootIdFile})`;
-    this.settingsMismatch = `plugin calls name ${theirs}: they run standalone`;
+    this.settingsMismatch =
+      reason === this.runDirRefusal()
+        ? `${reason.slice('run-dir: '.length)}: plugin calls run standalone`
+        : `plugin calls name ${theirs}: they run standalone`;
     const now = Date.now();
     if (now - (this.mismatchWarned.get(kind) ?? -Infinity) < MISMATCH_WARN_MS) return;
     this.mismatchWarned.set(kind, now);
@@ -171,11 +180,16 @@ export class PluginHost {
     );
   }
 
+  private runDirRefusal(): string {
+    return `run-dir: berthd's run dir ${this.runDirNotShared}`;
+  }
+
   private reasonOf(call: ForwardedCall): string | undefined {
     const env = call.env;
     if (!(WARM_PLUGINS as readonly string[]).includes(call.plugin))
       return `plugin: ${JSON.stringify(call.plugin)} is not served by berthd`;
     if (runDir(env) !== this.o.runDir) return `run-dir: the caller's BERTH_RUN_DIR is not berthd's`;
+    if (this.runDirNotShared !== undefined) return this.runDirRefusal();
     if (nftTable(env) !== this.o.nftTable) return `nft-table: the caller's BERTH_NFT_TABLE is not berthd's`;
     const boot = env.BERTH_BOOT_ID_FILE;
     if (boot !== undefined && boot !== '' && boot !== this.o.bootIdFile)

@@ -185,6 +185,30 @@ describe("calls that name other settings than berthd's", () => {
   });
 });
 
+describe("berthd in a container whose run dir is not the host's", () => {
+  test('every plugin call runs standalone, and berth status says why', () => {
+    const host = new PluginHost({
+      service: {} as Service,
+      log: createLogger({ format: 'text', level: 'error', write: () => undefined }),
+      metrics: new Metrics(),
+      runDir: '/run/berth',
+      nftTable: 'berth',
+      bootIdFile: '/proc/sys/kernel/random/boot_id',
+      deadlineMs: 1000,
+      hostView: {
+        notShared: (path) =>
+          path === '/run/berth' ? `${path} is not the host's (/run differs: mount it)` : undefined,
+      },
+    });
+    expect(host.notServedReason(call('DEL'))).toBe(
+      "run-dir: berthd's run dir /run/berth is not the host's (/run differs: mount it)",
+    );
+    expect(host.stats().settingsMismatch).toBe(
+      "berthd's run dir /run/berth is not the host's (/run differs: mount it): plugin calls run standalone",
+    );
+  });
+});
+
 describe("a call's stderr in berthd's log", () => {
   test('each line at most 4 KiB there, whole for the caller', async () => {
     const lines: string[] = [];
