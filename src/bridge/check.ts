@@ -122,8 +122,9 @@ export async function cmdCheck(req: Request, deps: BridgeDeps): Promise<void> {
     for (const r of prev.routes ?? []) {
       const d = parseCidr(r.dst);
       // In the table the result names (1.1.0), else the main one, as the reference's route filter: a route the
-      // pod lost from main is missing even if a copy sits in another table (sbr moves them there).
-      const table = r.table ?? RT_TABLE.MAIN;
+      // pod lost from main is missing even if a copy sits in another table (sbr moves them there). Table 0 is
+      // the main one, as ADD put it.
+      const table = r.table === undefined || r.table === 0 ? RT_TABLE.MAIN : r.table;
       const found = routes.some((x) => {
         const xd = parseCidr(x.dst);
         return (

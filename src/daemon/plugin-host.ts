@@ -99,7 +99,8 @@ export class PluginHost {
   private errors = 0;
   private notServed = 0;
   private inFlight = 0;
-  private settingsMismatch: string | undefined;
+  /** The last refusal for a difference of settings, and when (shown by `berth status` for 10 minutes). */
+  private settingsMismatch: { text: string; at: number } | undefined;
   private readonly mismatchWarned = new Map<string, number>();
   /**
    * berthd in a container whose run dir is not the host's (a deployment without that mount): the attachment
@@ -115,6 +116,9 @@ export class PluginHost {
       ipam: (call) => (call.pluginType === 'berth-ipam' ? this.ipamInProcess(call) : execIpam(call)),
     };
     this.runDirNotShared = o.hostView?.notShared(o.runDir);
+    // A standing condition (the host's calls may not even reach this socket): said at once, and for good.
+    if (this.runDirNotShared !== undefined)
+      this.settingsMismatch = { text: this.runDirNotSharedText(), at: Infinity };
     this.tables = {
       'berth-bridge': { handlers: bridgeHandlers(bridgeDeps), about: BRIDGE_ABOUT },
       'berth-ipam': { handlers: this.ipamHandlers(), about: BERTH_IPAM_ABOUT },
@@ -131,7 +135,9 @@ export class PluginHost {
       deadlineMs: this.o.deadlineMs,
       runDir: this.o.runDir,
       nftTable: this.o.nftTable,
-      ...(this.settingsMismatch !== undefined ? { settingsMismatch: this.settingsMismatch } : {}),
+      ...(this.settingsMismatch !== undefined && Date.now() - this.settingsMismatch.at < MISMATCH_WARN_MS
+        ? { settingsMismatch: this.settingsMismatch.text }
+        : {}),
     };
   }
 
@@ -166,22 +172,27 @@ export class PluginHost {
         : kind === 'nft-table'
           ? `nft table ${nftTable(env)} (berthd's: ${this.o.nftTable})`
           : `boot id file ${env.BERTH_BOOT_ID_FILE} (berthd's: ${this.o.bootIdFile})`;
-    this.settingsMismatch =
-      reason === this.runDirRefusal()
-        ? `${reason.slice('run-dir: '.length)}: plugin calls run standalone`
-        : `plugin calls name ${theirs}: they run standalone`;
+    const notShared = reason === this.runDirRefusal();
     const now = Date.now();
+    if (!notShared)
+      this.settingsMismatch = { text: `plugin calls name ${theirs}: they run standalone`, at: now };
     if (now - (this.mismatchWarned.get(kind) ?? -Infinity) < MISMATCH_WARN_MS) return;
     this.mismatchWarned.set(kind, now);
     this.o.log.log(
       'warn',
-      `${this.settingsMismatch}; without BERTH_* settings in the runtime's environment, berthd's own flag is the one to fix`,
+      notShared
+        ? this.runDirNotSharedText()
+        : `${this.settingsMismatch!.text}; without BERTH_* settings in the runtime's environment, berthd's own flag is the one to fix`,
       {},
     );
   }
 
   private runDirRefusal(): string {
     return `run-dir: berthd's run dir ${this.runDirNotShared}`;
+  }
+
+  private runDirNotSharedText(): string {
+    return `berthd's run dir ${this.runDirNotShared}: plugin calls run standalone`;
   }
 
   private reasonOf(call: ForwardedCall): string | undefined {

@@ -293,9 +293,10 @@ function familyNumber(family: string): number {
 /**
  * A table as `nft -j list table` gives it, reduced to what berth's plans read: the table; chains (name,
  * handle); named sets (name, type, flags, elements with their comments); rules (chain, handle, and the
- * expressions berth looks for, see RuleInfo); stateful objects and flowtables by name. Undefined when the
- * table does not exist. Read between two equal ruleset generations (as nft does), else read again.
- * Throws NftnlUnsupported (nothing else done) for a set it cannot read: nft lists those.
+ * expressions berth looks for, see RuleInfo); stateful objects and flowtables by name. With `focus`, only
+ * the sets and chains it names come with elements and rules. Undefined when the table does not exist. Read
+ * between two equal ruleset generations (as nft does), else read again. Throws NftnlUnsupported (nothing
+ * else done) for a set it cannot read among those it reads: nft lists those.
  */
 export async function nfnlListTable(
   t: TableRef,

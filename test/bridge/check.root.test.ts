@@ -109,6 +109,24 @@ describe('CHECK', () => {
     expect(reported.json.msg).toMatch(/MTU 1300 doesn't match 1400/);
   });
 
+  it("a 1.1.0 route's table: 0 and 254 are the main one, another is looked for there", async () => {
+    const a = await attach();
+    // 1.1.0 without IPAM (the fixture's host-local stops at 1.0.0), as in the MTU test above.
+    a.c = { ...a.c, cniVersion: '1.1.0', ipam: {}, ipMasq: false };
+    const withTable = (table: number) => ({
+      ...a.result,
+      cniVersion: '1.1.0',
+      routes: a.result.routes.map((r: Record<string, unknown>) => ({ ...r, table })),
+    });
+    for (const table of [0, 254]) {
+      const r = await check({ ...a, result: withTable(table) });
+      expect(r.code, `table ${table}: ${r.stdout}`).toBe(0);
+    }
+    const elsewhere = await check({ ...a, result: withTable(200) });
+    expect(elsewhere.code).not.toBe(0);
+    expect(elsewhere.json.msg).toMatch(/route 0\.0\.0\.0\/0/);
+  });
+
   it.each<[string, (a: Attached) => void, RegExp]>([
     ['container interface removed', (a) => sh('ip', ['-n', a.ns.name, 'link', 'del', 'eth0']), /not found/],
     ['container interface down', (a) => sh('ip', ['-n', a.ns.name, 'link', 'set', 'eth0', 'down']), /down/],

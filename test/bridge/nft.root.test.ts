@@ -49,8 +49,8 @@ function listingsMeet(): Nft {
   const both = new Promise<void>((resolve) => (meet = resolve));
   return {
     apply: (cmds) => systemNft.apply(cmds),
-    listTable: async (family, name) => {
-      const objects = await systemNft.listTable(family, name);
+    listTable: async (family, name, focus) => {
+      const objects = await systemNft.listTable(family, name, focus);
       if (++listed === 2) meet();
       if (listed <= 2) await both;
       return objects;
