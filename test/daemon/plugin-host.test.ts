@@ -9,16 +9,28 @@ import { Metrics } from '../../src/daemon/metrics';
 import { PluginHost } from '../../src/daemon/plugin-host';
 import type { Service } from '../../src/ipam/daemon/service';
 
-function hostWith(handlers: PluginHandlers, deadlineMs: number): PluginHost {
-  const host = new PluginHost({
+/** A PluginHost without IPAM service or kernel; its log lines go to `lines` when given. */
+function newHost(
+  o: Partial<ConstructorParameters<typeof PluginHost>[0]> & { deadlineMs: number },
+  lines?: string[],
+): PluginHost {
+  return new PluginHost({
     service: {} as Service,
-    log: createLogger({ format: 'text', level: 'error', write: () => undefined }),
+    log: createLogger({
+      format: 'text',
+      level: lines !== undefined ? 'info' : 'error',
+      write: (l) => void lines?.push(l),
+    }),
     metrics: new Metrics(),
     runDir: '/nonexistent/berth-run',
     nftTable: 'berth',
     bootIdFile: '/proc/sys/kernel/random/boot_id',
-    deadlineMs,
+    ...o,
   });
+}
+
+function hostWith(handlers: PluginHandlers, deadlineMs: number): PluginHost {
+  const host = newHost({ deadlineMs });
   const tables = (host as unknown as { tables: Record<string, { handlers: PluginHandlers }> }).tables;
   tables['berth-bridge']!.handlers = handlers;
   return host;
@@ -147,15 +159,7 @@ describe('what berthd cannot see is served by the standalone program (421)', () 
 describe("calls that name other settings than berthd's", () => {
   test('run standalone, and the log (once per kind a while) and berth status say so', () => {
     const lines: string[] = [];
-    const host = new PluginHost({
-      service: {} as Service,
-      log: createLogger({ format: 'text', level: 'info', write: (l) => void lines.push(l) }),
-      metrics: new Metrics(),
-      runDir: '/run/berth-typo',
-      nftTable: 'berth',
-      bootIdFile: '/proc/sys/kernel/random/boot_id',
-      deadlineMs: 1000,
-    });
+    const host = newHost({ runDir: '/run/berth-typo', deadlineMs: 1000 }, lines);
     // The runtime sets no BERTH_*: the plugins' defaults (run dir /run/berth).
     const plain = { ...call('DEL'), env: { ...call('DEL').env } };
     expect(host.stats().settingsMismatch).toBeUndefined();
@@ -193,19 +197,17 @@ describe("calls that name other settings than berthd's", () => {
 describe("berthd in a container whose run dir is not the host's", () => {
   test('every plugin call runs standalone, and berth status says why', () => {
     const lines: string[] = [];
-    const host = new PluginHost({
-      service: {} as Service,
-      log: createLogger({ format: 'text', level: 'info', write: (l) => void lines.push(l) }),
-      metrics: new Metrics(),
-      runDir: '/run/berth',
-      nftTable: 'berth',
-      bootIdFile: '/proc/sys/kernel/random/boot_id',
-      deadlineMs: 1000,
-      hostView: {
-        notShared: (path) =>
-          path === '/run/berth' ? `${path} is not the host's (/run differs: mount it)` : undefined,
+    const host = newHost(
+      {
+        runDir: '/run/berth',
+        deadlineMs: 1000,
+        hostView: {
+          notShared: (path) =>
+            path === '/run/berth' ? `${path} is not the host's (/run differs: mount it)` : undefined,
+        },
       },
-    });
+      lines,
+    );
     expect(host.notServedReason(call('DEL'))).toBe(
       "run-dir: berthd's run dir /run/berth is not the host's (/run differs: mount it)",
     );
@@ -222,15 +224,7 @@ describe("berthd in a container whose run dir is not the host's", () => {
 describe("a call's stderr in berthd's log", () => {
   test('each line at most 4 KiB there, whole for the caller', async () => {
     const lines: string[] = [];
-    const host = new PluginHost({
-      service: {} as Service,
-      log: createLogger({ format: 'text', level: 'info', write: (l) => void lines.push(l) }),
-      metrics: new Metrics(),
-      runDir: '/nonexistent/berth-run',
-      nftTable: 'berth',
-      bootIdFile: '/proc/sys/kernel/random/boot_id',
-      deadlineMs: 5_000,
-    });
+    const host = newHost({ deadlineMs: 5_000 }, lines);
     const tables = (host as unknown as { tables: Record<string, { handlers: PluginHandlers }> }).tables;
     tables['berth-bridge']!.handlers = {
       del: (req) => {
