@@ -13,6 +13,7 @@ import {
   Check,
   Gc,
   MAX_BODY_BYTES,
+  MAX_GC_BODY_BYTES,
   Release,
   Status,
   type DaemonStatus,
@@ -308,8 +309,10 @@ export class BerthServer {
   }
 
   /** Reads the whole body (bounded) and parses it as JSON. */
-  private readJson(req: http.IncomingMessage): Promise<unknown> {
-    const limit = this.o.maxBodyBytes ?? MAX_BODY_BYTES;
+  private readJson(
+    req: http.IncomingMessage,
+    limit = this.o.maxBodyBytes ?? MAX_BODY_BYTES,
+  ): Promise<unknown> {
     return new Promise((resolve, reject) => {
       const declared = Number(req.headers['content-length'] ?? '0');
       if (declared > limit) {
@@ -428,7 +431,8 @@ export class BerthServer {
     // GET /v1/status is the daemon's own status; POST carries a CNI STATUS.
     if ((cni !== undefined && !(path === Status.path && method === 'GET')) || path === Gc.path) {
       if (method !== 'POST') wrongMethod('POST');
-      const body = await this.readJson(req);
+      // Only a writer gets here (above): a GC's valid list may be long.
+      const body = await this.readJson(req, path === Gc.path ? MAX_GC_BODY_BYTES : undefined);
       if (path === Gc.path && typeof body === 'object' && body !== null && !('config' in body)) {
         return { body: await service.adminGc(body) };
       }

@@ -12,6 +12,11 @@ export const RECOMMENDED_STATE_DIR = '/var/lib/berth';
 
 /** Largest request body berthd reads; a CNI config is a few KiB. */
 export const MAX_BODY_BYTES = 1 << 20;
+/**
+ * Largest GC request (root only): its valid list may name every pod an operator's script found, ~45 bytes
+ * each; 1 MiB refused a list of ~23,000 (`berth gc --valid` fed from a cluster-wide listing).
+ */
+export const MAX_GC_BODY_BYTES = 64 << 20;
 
 /**
  * A CNI invocation forwarded as is (Multus' `{Env, Config}`): the CNI_* variables and the network's whole
