@@ -277,17 +277,31 @@ function scopeName(scope: number): 'universe' | 'site' | 'link' | 'host' | 'nowh
   }
 }
 
-/** With enabledad, IPv6 addresses must leave the tentative state (5 s, as the reference) and never fail DAD. */
+/** The smallest MTU a link with an IPv6 address may have (RFC 8200). */
+const IPV6_MIN_MTU = 1280;
+
+/** How long an ADD with enabledad waits for DAD: the reference's SettleAddresses' 10 s. */
+const DAD_WAIT_S = 10;
+
+/**
+ * With enabledad, the interface's IPv6 addresses, its link-local one too, must leave the tentative state
+ * (as the reference's SettleAddresses: ready when the ADD returns, also with a slow DAD, `dad_transmits`
+ * above 1), and a failed DAD fails the ADD at once (the reference waits out its 10 s, then succeeds with
+ * the duplicate address configured).
+ */
 async function waitDad(pod: Netlink, ifname: string): Promise<void> {
-  const deadline = Date.now() + 5000;
+  const deadline = Date.now() + DAD_WAIT_S * 1000;
   for (;;) {
-    const addrs = (await pod.listAddresses({ link: ifname, family: 6 })).filter((a) => a.scope === 0);
+    const addrs = await pod.listAddresses({ link: ifname, family: 6 });
     const failed = addrs.find((a) => a.dadFailed);
     if (failed !== undefined)
       throw new CniError(ErrorCode.Internal, `IPv6 DAD failed for ${failed.address} on "${ifname}"`);
     if (!addrs.some((a) => a.tentative)) return;
     if (Date.now() > deadline)
-      throw new CniError(ErrorCode.Internal, `IPv6 addresses on "${ifname}" still tentative after 5 s`);
+      throw new CniError(
+        ErrorCode.Internal,
+        `IPv6 addresses on "${ifname}" still tentative after ${DAD_WAIT_S} s`,
+      );
     await new Promise((r) => setTimeout(r, 50));
   }
 }
@@ -602,6 +616,12 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
         throw new CniError(ErrorCode.Internal, 'IPAM plugin returned missing IP config');
       }
       plan = planAddresses(conf, ipam.ips, ipam.routes ?? []);
+      // The kernel refuses an IPv6 address on a link below IPv6's minimum MTU (EINVAL): say why instead.
+      if (plan.hasV6 && conf.mtu !== undefined && conf.mtu < IPV6_MIN_MTU)
+        throw new CniError(
+          ErrorCode.InvalidNetworkConfig,
+          `mtu ${conf.mtu} is below IPv6's minimum of ${IPV6_MIN_MTU}, and IPAM gave this pod an IPv6 address`,
+        );
       result.ips = plan.ips;
       if (plan.routes.length > 0) result.routes = plan.routes;
       if (ipam.dns !== undefined) result.dns = ipam.dns;

@@ -222,13 +222,46 @@ describe('link options', () => {
     const on = await add(conf({ enabledad: true, ipam: fx.hostLocal(v6) }));
     expect(readSysctlIn(on.ns.name, 'net.ipv6.conf.eth0.accept_dad')).toBe('1');
     expect(readSysctlIn(on.ns.name, 'net.ipv6.conf.eth0.enhanced_dad')).toBe('1');
-    const addrs = ipJson(['-n', on.ns.name, 'addr', 'show', 'dev', 'eth0'])[0].addr_info.filter(
-      (a: any) => a.scope === 'global',
-    );
-    expect(addrs[0].tentative).toBeUndefined(); // ADD waited for DAD
+    // ADD waited for DAD, of the link-local address too
+    const addrs = ipJson(['-n', on.ns.name, 'addr', 'show', 'dev', 'eth0'])[0].addr_info;
+    expect(addrs.map((a: any) => a.scope).sort()).toEqual(['global', 'link']);
+    for (const a of addrs) expect(a.tentative, a.local).toBeUndefined();
     const off = await add(conf({ ipam: fx.hostLocal(v6) }), { id: 'ctr2' });
     expect(readSysctlIn(off.ns.name, 'net.ipv6.conf.eth0.accept_dad')).toBe('0');
   });
+
+  it('an mtu below 1280 with an IPv6 address: code 7 naming it, and nothing left', async () => {
+    const c = conf({ mtu: 1200, ipam: fx.hostLocal([[{ subnet: 'fd00:b::/64' }]]) });
+    const ns = fx.netns();
+    const r = await fx.run({
+      command: 'ADD',
+      conf: c,
+      containerId: 'ctr-mtu',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
+    expect(r.code).not.toBe(0);
+    expect(r.json).toMatchObject({
+      code: 7,
+      msg: expect.stringMatching(/mtu 1200 is below IPv6's minimum of 1280/),
+    });
+    expect(ipJson(['-n', ns.name, 'link', 'show']).map((l: any) => l.ifname)).toEqual(['lo']);
+  });
+
+  it('enabledad with a slow DAD (5 probes, ~5 s): the ADD waits for it and succeeds', async () => {
+    const ns = fx.netns();
+    sh('ip', ['netns', 'exec', ns.name, 'sysctl', '-qw', 'net.ipv6.conf.default.dad_transmits=5']);
+    const r = await fx.run({
+      command: 'ADD',
+      conf: conf({ enabledad: true, ipam: fx.hostLocal([[{ subnet: 'fd00:b::/64' }]]) }),
+      containerId: 'ctr-slow',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    const addrs = ipJson(['-n', ns.name, 'addr', 'show', 'dev', 'eth0'])[0].addr_info;
+    for (const a of addrs) expect(a.tentative, a.local).toBeUndefined();
+  }, 20_000);
 
   it('IPAM routes at 1.1.0: priority, table, mtu and advmss are applied in the pod', async () => {
     const routes = [
