@@ -144,7 +144,11 @@ export function planAddresses(
     }
     if (out.gateway === undefined && conf.isGateway) out.gateway = firstHost(p);
     if (conf.isDefaultGateway && !defaultRouteFound[family]) {
-      defaultRouteFound[family] = routes.some((r) => r.gw !== undefined && isDefaultDst(r.dst, family));
+      // An IPAM default route without `gw` goes via this gateway too (configureContainer): it is the one, not
+      // a second to list in the result (the reference adds both and fails on the kernel's EEXIST).
+      defaultRouteFound[family] = routes.some(
+        (r) => isDefaultDst(r.dst, family) && (r.gw !== undefined || out.gateway !== undefined),
+      );
       if (!defaultRouteFound[family]) {
         const route: Route = { dst: family === 4 ? '0.0.0.0/0' : '::/0' };
         if (out.gateway !== undefined) route.gw = out.gateway;

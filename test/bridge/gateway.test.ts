@@ -74,6 +74,11 @@ describe('planAddresses', () => {
     );
     expect(p.routes).toEqual([{ dst: '0.0.0.0/0', gw: '198.18.128.254' }]);
   });
+
+  it('isDefaultGateway takes an IPAM default route without gw as its own (one route, via the gateway)', () => {
+    const p = planAddresses(conf({ isDefaultGateway: true }), ipam, [{ dst: '::/0' }, { dst: '0.0.0.0/0' }]);
+    expect(p.routes).toEqual([{ dst: '::/0' }, { dst: '0.0.0.0/0' }]);
+  });
 });
 
 describe('planAddresses with host-routed addresses (cluster networks)', () => {
