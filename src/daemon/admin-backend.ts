@@ -147,5 +147,11 @@ export async function openAdminBackend(given: BackendOptions): Promise<AdminBack
     if (err.sysCode === 'EACCES' || err.sysCode === 'EPERM')
       throw new Error(`permission denied on ${socket}: berth's admin commands need root`);
   }
+  // Not as another user either: the directories it may not read would be skipped with a warning, and an
+  // empty node reported with exit 0 (berthd down and its socket's directory open to others, after a reboot).
+  if (process.geteuid?.() !== 0)
+    throw new Error(
+      `berthd does not answer on ${socket}, and the lease files are root's: berth's admin commands need root`,
+    );
   return filesBackend(o, socket);
 }

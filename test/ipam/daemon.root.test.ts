@@ -214,6 +214,18 @@ describe('berthd serves berth-ipam and curl', () => {
     );
     expect(leases.status).toBe(1);
     expect(leases.stderr).toContain(`permission denied on ${s.socket}: berth's admin commands need root`);
+    // With no berthd to ask (no socket there): the same, not an empty node with exit 0.
+    for (const command of [['leases'], ['status'], ['leases', '--data-dir', s.dataDir]]) {
+      const files = spawnSync(
+        'setpriv',
+        ['--reuid=nobody', '--regid=nogroup', '--clear-groups', process.execPath, join(REPO, 'bin', 'berth')]
+          .concat(command)
+          .concat(['--socket', '/nonexistent-berth-test/berthd.sock']),
+        { encoding: 'utf8', timeout: 20_000 },
+      );
+      expect(files.status, command.join(' ')).toBe(1);
+      expect(files.stderr).toContain("the lease files are root's: berth's admin commands need root");
+    }
     spawnSync('chmod', ['0700', dirname(s.socket)]);
     expect(curl(s, ['http://berthd/v1/health']).out).toBe('{"ok":true,"draining":false}');
   });

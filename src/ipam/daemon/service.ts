@@ -463,6 +463,8 @@ export class Service {
     const out = new Map<string, NetworkStore>();
     for (const s of this.stores.values()) {
       if (filter.dataDir !== undefined && s.dataDir !== filter.dataDir) continue;
+      // A data dir an admin read named once (`berth leases --data-dir X`) is not listed as served after it.
+      if (filter.dataDir === undefined && !this.servesDataDir(s.dataDir)) continue;
       if (filter.network !== undefined && s.network !== filter.network) continue;
       if (fs.existsSync(s.dir)) out.set(s.dir, s);
     }
@@ -471,7 +473,11 @@ export class Service {
       try {
         names = fs.readdirSync(dataDir);
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        // A data dir not made yet (no ADD so far) holds nothing; one the caller named is a mistake to say.
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+          if (filter.dataDir === undefined) continue;
+          throw new ServiceError(404, ErrorCode.InvalidNetworkConfig, `data dir ${dataDir} does not exist`);
+        }
         const why = `cannot list ${dataDir}: ${(err as Error).message}`;
         if (filter.dataDir !== undefined) throw new ServiceError(500, ErrorCode.IoFailure, why);
         // One data dir gone bad (a file now, no permission) does not hide every other's networks.
@@ -670,17 +676,22 @@ export class Service {
 
   /** Leases per network from memory (a scrape must not take locks), also before any config was seen. */
   leaseGauges(): { network: string; dataDir: string; leases: number }[] {
-    return [...this.stores.values()].map((s) => ({
+    return this.servedStores().map((s) => ({
       network: s.network,
       dataDir: s.dataDir,
       leases: s.leaseCount,
     }));
   }
 
+  /** The stores of data dirs served: not one an admin read opened (`berth leases --data-dir X`). */
+  private servedStores(): NetworkStore[] {
+    return [...this.stores.values()].filter((s) => this.servesDataDir(s.dataDir));
+  }
+
   /** Pool gauges from memory only (a scrape must not take locks). */
   poolGauges(): PoolGauge[] {
     const out: PoolGauge[] = [];
-    for (const s of this.stores.values()) {
+    for (const s of this.servedStores()) {
       const exclude = this.lastExclude.get(s.dir) ?? [];
       s.pools().forEach((p, i) => {
         const blocked = blockedOrdinals(p.set, exclude).reduce((n, b) => n + (b.hi - b.lo + 1n), 0n);
