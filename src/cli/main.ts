@@ -150,6 +150,14 @@ function registerBerthd(program: Command, setExit: (code: number) => void): void
       const { runLeasesList } = require('./leases') as typeof import('./leases');
       setExit(await runLeasesList(o, io));
     });
+  // `berth leases list` as `berth leases` (beside show and release, where operators look for it).
+  where(leases.command('list').description('the same as `berth leases`'))
+    .option('--network <name>', 'only this network')
+    .option('--json', 'JSON instead of a table')
+    .action(async (_o: unknown, cmd: Command) => {
+      const { runLeasesList } = require('./leases') as typeof import('./leases');
+      setExit(await runLeasesList(cmd.optsWithGlobals(), io));
+    });
   where(leases.command('show <ip|container>').description("one lease (or a container's leases) in detail"))
     .option('--network <name>', 'only this network')
     .option('--json', 'JSON output')

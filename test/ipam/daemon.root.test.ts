@@ -656,6 +656,10 @@ describe('admin CLI', () => {
         containerId: string;
       }[];
       expect(json.map((l) => [l.containerId, l.ip])).toEqual([...added]);
+      // `leases list`, as operators look for it beside show and release: the same answer.
+      expect((await berth(['leases', 'list', '--json', ...where])).stdout).toBe(
+        (await berth(['leases', '--json', ...where])).stdout,
+      );
 
       const show = await berth(['leases', 'show', 'bbbb2222', ...where]);
       expect(show.stdout).toMatch(new RegExp(`ip:\\s+${added.get('bbbb2222')!.replace(/\./g, '\\.')}\\n`));
