@@ -14,7 +14,7 @@ import {
   statusNetworkList,
 } from './runtime/network-list';
 import type { RuntimeConf } from './runtime/request-config';
-import { DEFAULT_CACHE_DIR } from './runtime/result-cache';
+import { DEFAULT_CACHE_DIR, listCachedAttachments } from './runtime/result-cache';
 import { convertCachedResult } from './runtime/result-version';
 
 export const EXEC_VERBS = ['add', 'check', 'del', 'gc', 'status'] as const;
@@ -86,6 +86,26 @@ function parseValid(pairs: string[] | undefined): GcArgs {
   };
 }
 
+/**
+ * A --valid id that is only the start of a cached attachment's id (`berth leases` prints 12 characters) names
+ * no attachment: the one meant would be DELed as stale, its pod cut off. Refused, as `berth gc` refuses it
+ * (libcni would go ahead).
+ */
+async function refuseShortIds(cacheDir: string, network: string, gc: GcArgs): Promise<void> {
+  const valid = gc.validAttachments ?? [];
+  if (valid.length === 0) return;
+  const cached = (await listCachedAttachments(cacheDir)).filter((c) => c.networkName === network);
+  for (const v of valid) {
+    if (cached.some((c) => c.containerId === v.containerID && c.ifName === v.ifname)) continue;
+    const longer = cached.find((c) => c.ifName === v.ifname && c.containerId.startsWith(v.containerID));
+    if (longer !== undefined)
+      throw new CniError(
+        ErrorCode.InvalidEnvironmentVariables,
+        `--valid ${v.containerID}/${v.ifname} is only the start of ${longer.containerId}: give whole ids`,
+      );
+  }
+}
+
 /** Real executables through cni-spec/invoke: their stderr flows through to ours, as under libcni. */
 const processRunner: PluginRunner = {
   find: async (type, dirs) => findPlugin(type, dirs),
@@ -146,9 +166,12 @@ export async function runExec(opts: ExecOptions, io: ExecIo): Promise<number> {
       case 'del':
         await delNetworkList(runtime, list, rt);
         break;
-      case 'gc':
-        await gcNetworkList(runtime, list, parseValid(opts.valid));
+      case 'gc': {
+        const gc = parseValid(opts.valid);
+        await refuseShortIds(runtime.cacheDir, list.name, gc);
+        await gcNetworkList(runtime, list, gc);
         break;
+      }
       case 'status':
         await statusNetworkList(runtime, list);
         break;

@@ -296,6 +296,17 @@ describe('GC', () => {
     fake.resetCalls();
   }
 
+  test('a --valid id that is only the start of a cached one is refused, and nothing is DELed', async () => {
+    await addThree();
+    const keep = containerIdFor('/run/netns/p1');
+    const r = await exec('gc', '/run/netns/ignored', { valid: [`${keep.slice(0, 12)}/eth0`] });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(
+      `--valid ${keep.slice(0, 12)}/eth0 is only the start of ${keep}: give whole ids`,
+    );
+    expect(fake.calls()).toEqual([]);
+  });
+
   test('phase 1 DELs every stale attachment with its cached netns and args, phase 2 sends GC to each plugin', async () => {
     await addThree();
     const keep = containerIdFor('/run/netns/p1');
