@@ -20,8 +20,13 @@ export interface GcCliOptions extends BackendOptions {
  */
 export function parseValidList(text: string): { containerID: string; ifname: string }[] {
   const t = text.trim();
-  if (t.startsWith('[')) {
-    const list = JSON.parse(t) as unknown;
+  if (t.startsWith('[') || t.startsWith('{')) {
+    let list: unknown;
+    try {
+      list = JSON.parse(t);
+    } catch (err) {
+      throw new Error(`the valid list is not valid JSON: ${(err as Error).message}`);
+    }
     if (!Array.isArray(list)) throw new Error('the valid list must be a JSON array');
     return list.map((a: unknown, i) => {
       const o = a as Record<string, unknown>;
@@ -55,8 +60,23 @@ export async function runGc(o: GcCliOptions, io: CliIo): Promise<number> {
   // The list is at most this old: a lease made since belongs to a pod it cannot name, and stays. A file's
   // list is as old as the file (written, reviewed with --dry-run, then run for real: pods made meanwhile).
   const now = Date.now();
-  const listedAt = new Date(o.valid === '-' ? now : Math.min(now, statSync(o.valid).mtimeMs)).toISOString();
-  const valid = parseValidList(readFileSync(o.valid === '-' ? 0 : o.valid, 'utf8'));
+  let mtimeMs = now;
+  try {
+    if (o.valid !== '-') mtimeMs = statSync(o.valid).mtimeMs;
+  } catch (err) {
+    // `--valid <id>/eth0`, berth exec gc's form: name what the option takes.
+    throw new Error(
+      `--valid ${o.valid}: ${(err as Error).message}; it takes a file of valid attachments, or - for stdin`,
+    );
+  }
+  const listedAt = new Date(Math.min(now, mtimeMs)).toISOString();
+  const source = o.valid === '-' ? 'stdin' : o.valid;
+  let valid: { containerID: string; ifname: string }[];
+  try {
+    valid = parseValidList(readFileSync(o.valid === '-' ? 0 : o.valid, 'utf8'));
+  } catch (err) {
+    throw new Error(`--valid ${source}: ${(err as Error).message}`);
+  }
   if (valid.length === 0 && o.all !== true) {
     // Most often a command upstream of `--valid -` that failed and printed nothing.
     io.err(

@@ -473,9 +473,10 @@ export class Service {
       try {
         names = fs.readdirSync(dataDir);
       } catch (err) {
-        // A data dir not made yet (no ADD so far) holds nothing; one the caller named is a mistake to say.
+        // A data dir served but not made yet (no ADD so far) holds nothing; another one the caller named
+        // (a typo in a script) is a mistake to say, not an empty node.
         if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-          if (filter.dataDir === undefined) continue;
+          if (filter.dataDir === undefined || this.servesDataDir(dataDir)) continue;
           throw new ServiceError(404, ErrorCode.InvalidNetworkConfig, `data dir ${dataDir} does not exist`);
         }
         const why = `cannot list ${dataDir}: ${(err as Error).message}`;
