@@ -6,7 +6,7 @@ import { networkOf } from '../address/cidr';
 import { FAMILY_BITS, formatIp } from '../address/ip';
 import { refuseResultWithoutAddresses } from '../cni-spec/convert';
 import { CniError, ErrorCode } from '../cni-spec/errors';
-import type { Request } from '../cni-spec/request';
+import type { CancelSignal, Request } from '../cni-spec/request';
 import type { Interface, Result } from '../cni-spec/types/result';
 import { confFromRequest, wantsVlanFiltering, type BridgeConf } from './config';
 import { refuseOwnNetns } from './own-netns';
@@ -224,7 +224,7 @@ async function configureContainer(ctx: AddContext, plan: AddressPlan | undefined
   }
   if (!conf.disableContainerInterface) await pod.setUp(ifn);
   if (plan === undefined) return;
-  if (plan.hasV6 && conf.enableDad) await waitDad(pod, ifn);
+  if (plan.hasV6 && conf.enableDad) await waitDad(pod, ifn, req.signal);
   const gwOf = { 4: undefined as string | undefined, 6: undefined as string | undefined };
   for (const ip of plan.ips) {
     const f = parseCidr(ip.address).ip.family;
@@ -289,9 +289,12 @@ const DAD_WAIT_S = 10;
  * above 1), and a failed DAD fails the ADD at once (the reference waits out its 10 s, then succeeds with
  * the duplicate address configured).
  */
-async function waitDad(pod: Netlink, ifname: string): Promise<void> {
+async function waitDad(pod: Netlink, ifname: string, signal: CancelSignal | undefined): Promise<void> {
   const deadline = Date.now() + DAD_WAIT_S * 1000;
   for (;;) {
+    // A caller that left or a deadline passed does not keep the attachment's queue for the rest of the wait.
+    if (signal?.aborted === true)
+      throw new CniError(ErrorCode.TryAgainLater, `the call was cancelled while "${ifname}" waited for DAD`);
     const addrs = await pod.listAddresses({ link: ifname, family: 6 });
     const failed = addrs.find((a) => a.dadFailed);
     if (failed !== undefined)

@@ -133,7 +133,7 @@ export function planAddresses(
       // pool is masqueraded.
       masq.push({ ip, family: family, subnet: formatIp(networkIp(pool)), prefixLen: pool.prefix });
       if (conf.isDefaultGateway && !defaultRouteFound[family]) {
-        defaultRouteFound[family] = routes.some((r) => r.gw !== undefined && isDefaultDst(r.dst, family));
+        defaultRouteFound[family] = routes.some((r) => isDefaultDst(r.dst, family));
         if (!defaultRouteFound[family]) {
           routes.push({ dst: family === 4 ? '0.0.0.0/0' : '::/0', gw: gwIp });
           defaultRouteFound[family] = true;
@@ -144,11 +144,10 @@ export function planAddresses(
     }
     if (out.gateway === undefined && conf.isGateway) out.gateway = firstHost(p);
     if (conf.isDefaultGateway && !defaultRouteFound[family]) {
-      // An IPAM default route without `gw` goes via this gateway too (configureContainer): it is the one, not
-      // a second to list in the result (the reference adds both and fails on the kernel's EEXIST).
-      defaultRouteFound[family] = routes.some(
-        (r) => isDefaultDst(r.dst, family) && (r.gw !== undefined || out.gateway !== undefined),
-      );
+      // An IPAM default route without `gw` goes via this gateway too (configureContainer, isGateway being
+      // implied): it is the one, not a second to list in the result (the reference adds both and fails on
+      // the kernel's EEXIST).
+      defaultRouteFound[family] = routes.some((r) => isDefaultDst(r.dst, family));
       if (!defaultRouteFound[family]) {
         const route: Route = { dst: family === 4 ? '0.0.0.0/0' : '::/0' };
         if (out.gateway !== undefined) route.gw = out.gateway;

@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import { resolve } from 'node:path';
 import { CniError, ErrorCode } from '../cni-spec/errors';
 import { execPlugin, findPlugin } from '../cni-spec/invoke';
-import { loadNetworkConfList } from './runtime/conflist';
+import { loadNetworkConfList, type NetworkConfigList } from './runtime/conflist';
 import type { GcArgs, PluginRunner, Runtime } from './runtime/network-list';
 import {
   addNetworkList,
@@ -91,12 +91,13 @@ function parseValid(pairs: string[] | undefined): GcArgs {
  * no attachment: the one meant would be DELed as stale, its pod cut off. Refused, as `berth gc` refuses it
  * (libcni would go ahead).
  */
-async function refuseShortIds(cacheDir: string, network: string, gc: GcArgs): Promise<void> {
+async function refuseShortIds(cacheDir: string, list: NetworkConfigList, gc: GcArgs): Promise<void> {
   const valid = gc.validAttachments ?? [];
-  if (valid.length === 0) return;
-  const cached = (await listCachedAttachments(cacheDir)).filter((c) => c.networkName === network);
+  if (valid.length === 0 || list.disableGC) return;
+  const cached = (await listCachedAttachments(cacheDir)).filter((c) => c.networkName === list.name);
   for (const v of valid) {
-    if (cached.some((c) => c.containerId === v.containerID && c.ifName === v.ifname)) continue;
+    // A whole id of a cached attachment (of any interface) is what it says, as berth gc takes it.
+    if (cached.some((c) => c.containerId === v.containerID)) continue;
     const longer = cached.find((c) => c.ifName === v.ifname && c.containerId.startsWith(v.containerID));
     if (longer !== undefined)
       throw new CniError(
@@ -168,7 +169,7 @@ export async function runExec(opts: ExecOptions, io: ExecIo): Promise<number> {
         break;
       case 'gc': {
         const gc = parseValid(opts.valid);
-        await refuseShortIds(runtime.cacheDir, list.name, gc);
+        await refuseShortIds(runtime.cacheDir, list, gc);
         await gcNetworkList(runtime, list, gc);
         break;
       }

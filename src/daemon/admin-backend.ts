@@ -15,6 +15,7 @@ import type {
   NetworkView,
 } from '../ipam/daemon/protocol';
 import { DATA_DIRS_FILE, DEFAULT_SOCKET, RECOMMENDED_STATE_DIR } from '../ipam/daemon/protocol';
+import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import type { LeaseFilter } from '../ipam/daemon/service';
 
@@ -109,6 +110,9 @@ function daemonBackend(socket: string, defaults: LeaseFilter): AdminBackend {
  * being down does not hide the leases of another data dir.
  */
 function filesBackend(o: BackendOptions, socket: string): AdminBackend {
+  // Named, and not there: a typo, said as berthd says it (not an empty node).
+  if (o.dataDir !== undefined && !existsSync(o.dataDir))
+    throw new Error(`data dir ${o.dataDir} does not exist`);
   // Loaded only here: the daemon's store is not needed when the daemon answers.
   const { Service } = require('../ipam/daemon/service') as typeof import('../ipam/daemon/service');
   const log = createLogger({ format: 'text', level: 'warn', write: (s) => process.stderr.write(s) });

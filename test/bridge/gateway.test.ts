@@ -93,6 +93,14 @@ describe('planAddresses with host-routed addresses (cluster networks)', () => {
     { dst: '198.18.5.0/24', gw: '198.19.0.1' },
   ];
 
+  it('isDefaultGateway takes an IPAM default route without gw as its own here too', () => {
+    const p = planAddresses(conf({ isGateway: true, isDefaultGateway: true }), ipam, [
+      ...routes,
+      { dst: '0.0.0.0/0' },
+    ]);
+    expect(p.routes.filter((r) => r.dst === '0.0.0.0/0')).toEqual([{ dst: '0.0.0.0/0' }]);
+  });
+
   it('puts the gateway on the bridge with the widest pool route via it, and on-link routes first', () => {
     const p = planAddresses(conf({ isGateway: true, isDefaultGateway: true }), ipam, routes);
     expect(p.gateways).toEqual([

@@ -305,6 +305,12 @@ describe('GC', () => {
       `--valid ${keep.slice(0, 12)}/eth0 is only the start of ${keep}: give whole ids`,
     );
     expect(fake.calls()).toEqual([]);
+    // Nothing is checked with disableGC (GC does nothing, as libcni's), and a whole id, of another interface
+    // than cached, is not a short one.
+    fake.writeConf('10-net1.conflist', list({ disableGC: true }));
+    expect((await exec('gc', '/run/netns/ignored', { valid: [`${keep.slice(0, 12)}/eth0`] })).code).toBe(0);
+    fake.writeConf('10-net1.conflist', list());
+    expect((await exec('gc', '/run/netns/ignored', { valid: [`${keep}/net9`] })).code).toBe(0);
   });
 
   test('phase 1 DELs every stale attachment with its cached netns and args, phase 2 sends GC to each plugin', async () => {

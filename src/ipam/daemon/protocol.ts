@@ -13,10 +13,12 @@ export const RECOMMENDED_STATE_DIR = '/var/lib/berth';
 /** Largest request body berthd reads; a CNI config is a few KiB. */
 export const MAX_BODY_BYTES = 1 << 20;
 /**
- * Largest GC request (root only): its valid list may name every pod an operator's script found, ~45 bytes
- * each; 1 MiB refused a list of ~23,000 (`berth gc --valid` fed from a cluster-wide listing).
+ * Largest GC request (root only): its valid list may name every pod an operator's script found, ~100 bytes
+ * each with 64-hex container ids, so 1 MiB refused a list of ~10,000 (`berth gc --valid` fed from a
+ * cluster-wide listing); 16 MiB takes ~170,000, more than Kubernetes' 150,000 pods per cluster, and its
+ * copies while read and parsed stay well inside the DaemonSet's 256 MiB.
  */
-export const MAX_GC_BODY_BYTES = 64 << 20;
+export const MAX_GC_BODY_BYTES = 16 << 20;
 
 /**
  * A CNI invocation forwarded as is (Multus' `{Env, Config}`): the CNI_* variables and the network's whole
