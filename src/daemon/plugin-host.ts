@@ -117,8 +117,11 @@ export class PluginHost {
     };
     this.runDirNotShared = o.hostView?.notShared(o.runDir);
     // A standing condition (the host's calls may not even reach this socket): said at once, and for good.
-    if (this.runDirNotShared !== undefined)
-      this.settingsMismatch = { text: this.runDirNotSharedText(), at: Infinity };
+    if (this.runDirNotShared !== undefined) {
+      const text = `berthd's run dir ${this.runDirNotShared}: plugin calls run standalone`;
+      this.settingsMismatch = { text, at: Infinity };
+      o.log.log('warn', text, {});
+    }
     this.tables = {
       'berth-bridge': { handlers: bridgeHandlers(bridgeDeps), about: BRIDGE_ABOUT },
       'berth-ipam': { handlers: this.ipamHandlers(), about: BERTH_IPAM_ABOUT },
@@ -155,7 +158,7 @@ export class PluginHost {
         plugin: (WARM_PLUGINS as readonly string[]).includes(call.plugin) ? call.plugin : 'other',
         reason: kind,
       });
-      if (SETTINGS.has(kind)) this.mismatch(kind, reason, call.env);
+      if (SETTINGS.has(kind)) this.mismatch(kind, call.env);
     }
     return reason;
   }
@@ -165,34 +168,25 @@ export class PluginHost {
    * whose plugins set none of them, berthd's own flag is wrong and the warm path serves nothing. Said in
    * the log (once per kind every 10 minutes) and by `berth status`, not only in a metric.
    */
-  private mismatch(kind: string, reason: string, env: Record<string, string>): void {
+  private mismatch(kind: string, env: Record<string, string>): void {
+    // A run dir not the host's refuses every call: said at start (the constructor), and what matters.
+    if (this.runDirNotShared !== undefined) return;
     const theirs =
       kind === 'run-dir'
         ? `run dir ${runDir(env)} (berthd's: ${this.o.runDir})`
         : kind === 'nft-table'
           ? `nft table ${nftTable(env)} (berthd's: ${this.o.nftTable})`
           : `boot id file ${env.BERTH_BOOT_ID_FILE} (berthd's: ${this.o.bootIdFile})`;
-    const notShared = reason === this.runDirRefusal();
+    const text = `plugin calls name ${theirs}: they run standalone`;
     const now = Date.now();
-    if (!notShared)
-      this.settingsMismatch = { text: `plugin calls name ${theirs}: they run standalone`, at: now };
+    this.settingsMismatch = { text, at: now };
     if (now - (this.mismatchWarned.get(kind) ?? -Infinity) < MISMATCH_WARN_MS) return;
     this.mismatchWarned.set(kind, now);
     this.o.log.log(
       'warn',
-      notShared
-        ? this.runDirNotSharedText()
-        : `${this.settingsMismatch!.text}; without BERTH_* settings in the runtime's environment, berthd's own flag is the one to fix`,
+      `${text}; without BERTH_* settings in the runtime's environment, berthd's own flag is the one to fix`,
       {},
     );
-  }
-
-  private runDirRefusal(): string {
-    return `run-dir: berthd's run dir ${this.runDirNotShared}`;
-  }
-
-  private runDirNotSharedText(): string {
-    return `berthd's run dir ${this.runDirNotShared}: plugin calls run standalone`;
   }
 
   private reasonOf(call: ForwardedCall): string | undefined {
@@ -200,7 +194,7 @@ export class PluginHost {
     if (!(WARM_PLUGINS as readonly string[]).includes(call.plugin))
       return `plugin: ${JSON.stringify(call.plugin)} is not served by berthd`;
     if (runDir(env) !== this.o.runDir) return `run-dir: the caller's BERTH_RUN_DIR is not berthd's`;
-    if (this.runDirNotShared !== undefined) return this.runDirRefusal();
+    if (this.runDirNotShared !== undefined) return `run-dir: berthd's run dir ${this.runDirNotShared}`;
     if (nftTable(env) !== this.o.nftTable) return `nft-table: the caller's BERTH_NFT_TABLE is not berthd's`;
     const boot = env.BERTH_BOOT_ID_FILE;
     if (boot !== undefined && boot !== '' && boot !== this.o.bootIdFile)
