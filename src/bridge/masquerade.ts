@@ -215,6 +215,9 @@ export async function addMasquerade(
   // Then the elements go in with `create`, read from a listing without any element (a network's sets hold
   // all its pods: reading them made each ADD's cost grow with the node's pods); an element already there
   // (a repeated ADD, a stale one of an address reused) fails it whole, and the plan below reads them.
+  // Ready: this network's chain and sets are in the table. Only holders of this network's lock (we hold it)
+  // remove them, and a teardown deletes the table only when it finds no other network's objects in it
+  // (listed inside the tables lock), so the table stays until our elements are in: no tables lock needed.
   const bare = (await scope.nft.listTable(FAMILY, scope.table, { ...focus, sets: [] })) ?? [];
   if (masqueradeReady(bare, scope.network)) {
     try {
@@ -222,14 +225,17 @@ export async function addMasquerade(
     } catch (err) {
       if (netlinkCode(err) !== 'EEXIST') throw err;
     }
+    const withElements = addPlan(
+      scope,
+      (await scope.nft.listTable(FAMILY, scope.table, focus)) ?? [],
+      addrs,
+      tag,
+    );
+    if (withElements.ready) return scope.nft.apply(withElements.cmds);
   }
-  const first = addPlan(scope, (await scope.nft.listTable(FAMILY, scope.table, focus)) ?? [], addrs, tag);
-  // Ready: this network's chain and sets are in the table. Only holders of this network's lock (we hold it)
-  // remove them, and a teardown deletes the table only when it finds no other network's objects in it
-  // (listed inside the tables lock), so the table stays until our elements are in: no tables lock needed.
-  if (first.ready) return scope.nft.apply(first.cmds);
-  // Setup: a teardown could have listed the table before our setup and delete it after; under the tables
-  // lock and with a fresh listing, setup and teardown are ordered.
+  // Setup (the network's first ADD, or its objects changed by hand): a teardown could have listed the table
+  // before our setup and delete it after; under the tables lock and with a fresh listing, setup and teardown
+  // are ordered.
   return scope.tablesLock(async () =>
     scope.nft.apply(
       addPlan(scope, (await scope.nft.listTable(FAMILY, scope.table, focus)) ?? [], addrs, tag).cmds,
