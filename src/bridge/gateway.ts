@@ -106,6 +106,15 @@ export function planAddresses(
   const gateways: GatewayAddress[] = [];
   const masq: MasqAddress[] = [];
   const defaultRouteFound = { 4: false, 6: false };
+  // isDefaultGateway: a default route per family via its first gateway, unless IPAM gave one. One without
+  // `gw` goes via that gateway too (configureContainer, isGateway being implied): it is the one, not a second
+  // to list in the result (the reference adds both and fails on the kernel's EEXIST).
+  const defaultRouteVia = (family: 4 | 6, gw: string | undefined): void => {
+    if (!conf.isDefaultGateway || defaultRouteFound[family]) return;
+    defaultRouteFound[family] = true;
+    if (routes.some((r) => isDefaultDst(r.dst, family))) return;
+    routes.push({ dst: family === 4 ? '0.0.0.0/0' : '::/0', ...(gw !== undefined ? { gw } : {}) });
+  };
   const onLink: Route[] = [];
   for (const ipc of ipamIps) {
     const p = parseCidr(ipc.address);
@@ -132,29 +141,12 @@ export function planAddresses(
       // Traffic inside the pool (to pods of this node and of others) keeps its source: only what leaves the
       // pool is masqueraded.
       masq.push({ ip, family: family, subnet: formatIp(networkIp(pool)), prefixLen: pool.prefix });
-      if (conf.isDefaultGateway && !defaultRouteFound[family]) {
-        defaultRouteFound[family] = routes.some((r) => isDefaultDst(r.dst, family));
-        if (!defaultRouteFound[family]) {
-          routes.push({ dst: family === 4 ? '0.0.0.0/0' : '::/0', gw: gwIp });
-          defaultRouteFound[family] = true;
-        }
-      }
+      defaultRouteVia(family, gwIp);
       ips.push(out);
       continue;
     }
     if (out.gateway === undefined && conf.isGateway) out.gateway = firstHost(p);
-    if (conf.isDefaultGateway && !defaultRouteFound[family]) {
-      // An IPAM default route without `gw` goes via this gateway too (configureContainer, isGateway being
-      // implied): it is the one, not a second to list in the result (the reference adds both and fails on
-      // the kernel's EEXIST).
-      defaultRouteFound[family] = routes.some((r) => isDefaultDst(r.dst, family));
-      if (!defaultRouteFound[family]) {
-        const route: Route = { dst: family === 4 ? '0.0.0.0/0' : '::/0' };
-        if (out.gateway !== undefined) route.gw = out.gateway;
-        routes.push(route);
-        defaultRouteFound[family] = true;
-      }
-    }
+    defaultRouteVia(family, out.gateway);
     if (conf.isGateway && out.gateway !== undefined) {
       const gwIp = canonicalIp(out.gateway);
       const cidr = formatCidr(parseIp(gwIp), p.prefix);
