@@ -3,6 +3,7 @@
 import { createHash } from 'node:crypto';
 import { resolve } from 'node:path';
 import { CniError, ErrorCode } from '../cni-spec/errors';
+import { shortContainerId } from '../cni-spec/identifiers';
 import { execPlugin, findPlugin } from '../cni-spec/invoke';
 import { loadNetworkConfList, type NetworkConfigList } from './runtime/conflist';
 import type { GcArgs, PluginRunner, Runtime } from './runtime/network-list';
@@ -95,15 +96,16 @@ async function refuseShortIds(cacheDir: string, list: NetworkConfigList, gc: GcA
   const valid = gc.validAttachments ?? [];
   if (valid.length === 0 || list.disableGC) return;
   const cached = (await listCachedAttachments(cacheDir)).filter((c) => c.networkName === list.name);
-  for (const v of valid) {
-    // A whole id of a cached attachment (of any interface) is what it says, as berth gc takes it.
-    if (cached.some((c) => c.containerId === v.containerID)) continue;
-    const longer = cached.find((c) => c.ifName === v.ifname && c.containerId.startsWith(v.containerID));
-    if (longer !== undefined)
-      throw new CniError(
-        ErrorCode.InvalidEnvironmentVariables,
-        `--valid ${v.containerID}/${v.ifname} is only the start of ${longer.containerId}: give whole ids`,
-      );
+  const short = shortContainerId(
+    valid.map((v) => v.containerID),
+    cached.map((c) => c.containerId),
+  );
+  if (short !== undefined) {
+    const v = valid.find((a) => a.containerID === short.id)!;
+    throw new CniError(
+      ErrorCode.InvalidEnvironmentVariables,
+      `--valid ${v.containerID}/${v.ifname} is only the start of ${short.whole}: give whole ids`,
+    );
   }
 }
 

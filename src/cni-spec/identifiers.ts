@@ -49,3 +49,30 @@ function utf8Length(s: string): number {
   }
   return n;
 }
+
+/**
+ * A valid-list id that names no known container id but is the start of one (`berth leases` prints 12
+ * characters): the container meant would be taken for stale. The first such id with the whole one, or
+ * undefined. Sorted known ids and a binary search per id: a valid list may name a cluster's pods.
+ */
+export function shortContainerId(
+  valid: Iterable<string>,
+  known: Iterable<string>,
+): { id: string; whole: string } | undefined {
+  const knownIds = new Set(known);
+  const sorted = [...knownIds].sort();
+  for (const id of valid) {
+    if (knownIds.has(id)) continue;
+    // The smallest known id not below `id` is the only one that can start with it, if any does.
+    let lo = 0;
+    let hi = sorted.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (sorted[mid]! < id) lo = mid + 1;
+      else hi = mid;
+    }
+    const next = sorted[lo];
+    if (next !== undefined && next.startsWith(id)) return { id, whole: next };
+  }
+  return undefined;
+}

@@ -13,7 +13,7 @@ import type { ClusterAllocator } from '../cluster-blocks';
 import type { IpamConfig } from '../config';
 import { DEFAULT_DATA_DIR } from '../config';
 import { type IpamDeps, add, check, del, gc, status } from '../handlers';
-import { networkNameProblem } from '../../cni-spec/identifiers';
+import { networkNameProblem, shortContainerId } from '../../cni-spec/identifiers';
 import { describeRangeSet } from '../range-set';
 import type { Lease, LeaseSession, LeaseStore } from '../store';
 import type { Logger } from './observer';
@@ -622,15 +622,16 @@ export class Service {
         const leases = await s.all();
         // A valid entry that is only the start of a lease's container id (`berth leases` prints 12
         // characters) matches nothing, and the pod it means would be released: refused instead.
-        for (const id of validIds) {
-          const longer = leases.find((l) => l.containerId !== id && l.containerId.startsWith(id));
-          if (longer !== undefined && !leases.some((l) => l.containerId === id))
-            throw new ServiceError(
-              400,
-              ErrorCode.InvalidEnvironmentVariables,
-              `valid container ${JSON.stringify(id)} is only the start of ${longer.containerId}: give whole ids`,
-            );
-        }
+        const short = shortContainerId(
+          validIds,
+          leases.map((l) => l.containerId),
+        );
+        if (short !== undefined)
+          throw new ServiceError(
+            400,
+            ErrorCode.InvalidEnvironmentVariables,
+            `valid container ${JSON.stringify(short.id)} is only the start of ${short.whole}: give whole ids`,
+          );
         const gone: Lease[] = [];
         for (const l of leases) {
           // As berth-ipam's GC: a legacy lease names no interface and stays while its container is valid.
