@@ -17,11 +17,12 @@ function conf(extra: Record<string, unknown> = {}): Record<string, unknown> {
   });
 }
 
-async function add(
+/** An ADD in a new namespace (or `ns`), whatever its outcome. */
+async function runAdd(
   c: Record<string, unknown>,
-  opts: { id?: string; ifname?: string; cniArgs?: string } = {},
+  opts: { id?: string; ifname?: string; cniArgs?: string; ns?: ReturnType<typeof fx.netns> } = {},
 ) {
-  const ns = fx.netns();
+  const ns = opts.ns ?? fx.netns();
   const r = await fx.run({
     command: 'ADD',
     conf: c,
@@ -30,6 +31,14 @@ async function add(
     ifname: opts.ifname ?? 'eth0',
     ...(opts.cniArgs !== undefined ? { cniArgs: opts.cniArgs } : {}),
   });
+  return { ns, r };
+}
+
+async function add(
+  c: Record<string, unknown>,
+  opts: { id?: string; ifname?: string; cniArgs?: string } = {},
+) {
+  const { ns, r } = await runAdd(c, opts);
   expect(r.code, r.stdout + r.stderr).toBe(0);
   return { ns, result: r.json, hostVeth: r.json.interfaces[1].name as string };
 }
@@ -232,14 +241,7 @@ describe('link options', () => {
 
   it('an mtu below 1280 with an IPv6 address: code 7 naming it, and nothing left', async () => {
     const c = conf({ mtu: 1200, ipam: fx.hostLocal([[{ subnet: 'fd00:b::/64' }]]) });
-    const ns = fx.netns();
-    const r = await fx.run({
-      command: 'ADD',
-      conf: c,
-      containerId: 'ctr-mtu',
-      netns: ns.path,
-      ifname: 'eth0',
-    });
+    const { ns, r } = await runAdd(c, { id: 'ctr-mtu' });
     expect(r.code).not.toBe(0);
     expect(r.json).toMatchObject({
       code: 7,
@@ -251,12 +253,9 @@ describe('link options', () => {
   it('enabledad with a slow DAD (5 probes, ~5 s): the ADD waits for it and succeeds', async () => {
     const ns = fx.netns();
     sh('ip', ['netns', 'exec', ns.name, 'sysctl', '-qw', 'net.ipv6.conf.default.dad_transmits=5']);
-    const r = await fx.run({
-      command: 'ADD',
-      conf: conf({ enabledad: true, ipam: fx.hostLocal([[{ subnet: 'fd00:b::/64' }]]) }),
-      containerId: 'ctr-slow',
-      netns: ns.path,
-      ifname: 'eth0',
+    const { r } = await runAdd(conf({ enabledad: true, ipam: fx.hostLocal([[{ subnet: 'fd00:b::/64' }]]) }), {
+      id: 'ctr-slow',
+      ns,
     });
     expect(r.code, r.stdout + r.stderr).toBe(0);
     const addrs = ipJson(['-n', ns.name, 'addr', 'show', 'dev', 'eth0'])[0].addr_info;
@@ -312,14 +311,7 @@ describe.skipIf(VLAN_OK)('VLANs on a kernel without bridge VLAN filtering', () =
     '%j fails clearly and leaves nothing',
     async (extra) => {
       const c = conf(extra);
-      const ns = fx.netns();
-      const r = await fx.run({
-        command: 'ADD',
-        conf: c,
-        containerId: 'ctr1',
-        netns: ns.path,
-        ifname: 'eth0',
-      });
+      const { ns, r } = await runAdd(c);
       expect(r.code).not.toBe(0);
       expect(r.json.msg).toContain('CONFIG_BRIDGE_VLAN_FILTERING');
       expect(trySh('ip', ['link', 'show', 'dev', c.bridge as string])).toBeUndefined();
