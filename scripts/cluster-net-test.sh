@@ -238,12 +238,28 @@ check "n1, n2, n3 routes match etcd after the release" wait_for 5 all_agree 1 2 
 # --- n1's berthd restarted: reconciled, none duplicated, none lost -----------------------------------------
 before1="$(kernel_routes 1)"
 claims1="$(block_claims)"
+# Lost: a route from before whose block kept the same claim all along (same value in etcd before the kill and
+# now). A block released in the moment between the reading above and the kill (a node's reserve releases and
+# claims in the background) may have had its route rightly removed, and may be claimed again just after, so
+# "still claimed" is not enough. The kernel is read before etcd: a claim unchanged at the later read was there
+# throughout, and so was its route's due.
+lost_on_n1() {
+  LC_ALL=C comm -23 <(echo "$before1" | awk '{print $1}' | LC_ALL=C sort) <(kernel_routes 1 | awk '{print $1}' | LC_ALL=C sort) |
+    while read -r b; do
+      k="$PREFIX/nets/$NET/blocks/${b/\//-}"
+      was="$(echo "$claims1" | awk -F '\t' -v k="$k" '$1 == k {print $2}')"
+      [ -n "$was" ] || continue
+      # A failed read proves nothing: the route counts as lost rather than hidden.
+      now="$(etcd_ctl get "$k" --print-value-only)" || { echo "$b"; continue; }
+      [ "$now" = "$was" ] && echo "$b"
+    done
+}
 kill_daemon 1
 s="$(storm 3 "$T/extra3.json" 150 x3)"
 check "while n1's berthd is down, n3 allocates past its blocks (150 ok)" [ "$(jsonf "$s" ok)" = 150 ]
 check "n2 routes n3's new blocks" wait_for 5 all_agree 2
 refuse "n1's kernel misses them while its berthd is down" routes_agree 1
-kept_while_down() { [ -z "$(comm -23 <(echo "$before1") <(kernel_routes 1))" ]; }
+kept_while_down() { [ -z "$(lost_on_n1)" ]; }
 check "n1's routes from before stay in the kernel while its berthd is down" kept_while_down
 t_up="$(now_ms)"
 check "berthd n1 restarted" start_daemon 1
@@ -254,19 +270,8 @@ duplicates() { # i → destinations with more than one proto-190 route
     awk '{print $1}' | sort | uniq -d
 }
 check "no route duplicated on n1 ($(duplicates 1 | wc -l) destinations twice)" [ -z "$(duplicates 1)" ]
-# Lost: a route from before whose block kept the same claim all along (same value in etcd before the kill and
-# now). A block released while n1 was down had its route rightly removed at the restart, and may be claimed
-# again just after (a node's reserve claims in the background), so "still claimed" is not enough. The kernel
-# is read before etcd: a claim unchanged at the later read was there throughout, and so was its route's due.
-lost="$(LC_ALL=C comm -23 <(echo "$before1" | awk '{print $1}' | LC_ALL=C sort) <(kernel_routes 1 | awk '{print $1}' | LC_ALL=C sort) |
-  while read -r b; do
-    k="$PREFIX/nets/$NET/blocks/${b/\//-}"
-    was="$(echo "$claims1" | awk -F '\t' -v k="$k" '$1 == k {print $2}')"
-    [ -n "$was" ] || continue
-    # A failed read proves nothing: the route counts as lost rather than hidden.
-    now="$(etcd_ctl get "$k" --print-value-only)" || { echo "$b"; continue; }
-    [ "$now" = "$was" ] && echo "$b"
-  done)"
+# A block released while n1 was down had its route rightly removed at the restart (see lost_on_n1).
+lost="$(lost_on_n1)"
 check "no route lost on n1 (every route from before whose block kept its claim is there)" [ -z "$lost" ]
 for b in $lost; do
   echo "     lost: $b; now: $(kernel_routes 1 | grep -F "$b " || echo none); etcd: $(etcd_ctl get "$PREFIX/nets/$NET/blocks/${b/\//-}" --print-value-only)"
