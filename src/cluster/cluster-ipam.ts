@@ -2,12 +2,12 @@
 // serves, the ClusterAllocator the IPAM handlers call, and the admin operations behind `berth cluster
 // status|check` and `berth node forget|leave|rejoin`.
 import * as fs from 'node:fs';
-import { dirname } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { CniError, ErrorCode } from '../cni-spec/errors';
 import { lastOf, networkOf, parseCidr } from '../address/cidr';
-import type { Ip } from '../address/ip';
-import type { ClusterAllocator } from '../ipam/cluster-blocks';
+import { type Ip, parseIp } from '../address/ip';
+import { type ClusterAllocator, readClusterRecord } from '../ipam/cluster-blocks';
 import type { IpamConfig } from '../ipam/config';
 import type { Range } from '../ipam/range-set';
 import type { LeaseStore } from '../ipam/store';
@@ -27,7 +27,7 @@ import {
   type IdentityValue,
   parseValue,
 } from './keys';
-import { ClusterNetwork, type NetworkSettings } from './network';
+import { ClusterNetwork, type NetworkSettings, poolKeyOf } from './network';
 import { type ClusterLog, ClusterNode } from './node';
 import { ClusterStats, type GaugeLine } from './stats';
 import type { Underlay } from './underlay';
@@ -107,6 +107,7 @@ export class ClusterIpam implements ClusterAllocator {
   /** `berth node leave` went through: this process stays out until it restarts. */
   private hasLeft = false;
   private storeOf: ((conf: IpamConfig) => LeaseStore) | undefined;
+  private dataDirs: () => readonly string[] = () => [];
   private ticker: NodeJS.Timeout | undefined;
   private nodeWatch: { close(): void } | undefined;
   private nodeWatchStarting = false;
@@ -160,9 +161,13 @@ export class ClusterIpam implements ClusterAllocator {
     };
   }
 
-  /** Where the networks' lease stores come from (berthd's service), set before the first request. */
-  useStores(storeOf: (conf: IpamConfig) => LeaseStore): void {
+  /**
+   * Where the networks' lease stores come from (berthd's service), set before the first request; `dataDirs`,
+   * the data dirs berthd serves, are where a network's leases may be from an earlier config.
+   */
+  useStores(storeOf: (conf: IpamConfig) => LeaseStore, dataDirs?: () => readonly string[]): void {
     this.storeOf = storeOf;
+    if (dataDirs !== undefined) this.dataDirs = dataDirs;
   }
 
   /** Registers the node (refusing to start on an identity conflict) and starts the periodic checks. */
@@ -266,10 +271,32 @@ export class ClusterIpam implements ClusterAllocator {
     this.etcd.close();
   }
 
+  /**
+   * The network a call's config names, built from the first config seen. A later config must agree on what
+   * decides its blocks (berthd serves a network from one config at a time, as etcd holds one per cluster):
+   * - another dataDir is refused: the network's leases, counted before a block is released, are in the
+   *   first, so blocks with pods would look empty and go to other nodes (two pods, one address);
+   * - other pools are refused once etcd agreed with the first config (it cannot agree with both); a network
+   *   that etcd never agreed with (refused there, or not reached yet) is rebuilt from the new config, so an
+   *   edit put back after a restart takes effect without another one.
+   */
   private network(conf: IpamConfig): ClusterNetwork {
     let n = this.networks.get(conf.network);
+    const dataDir = resolve(conf.dataDir);
+    if (n !== undefined && n.dataDir !== dataDir) throw movedDataDir(conf.network, n.dataDir, dataDir);
+    if (n !== undefined && n.poolKey !== poolKeyOf(conf)) {
+      if (n.agreedWithEtcd)
+        throw new CniError(
+          ErrorCode.InvalidNetworkConfig,
+          `cluster network ${conf.network}: this config's pools (${poolKeyOf(conf)}) differ from the ones etcd holds and berthd serves it with (${n.poolKey}); every node must use the same ranges`,
+        );
+      n.close();
+      this.networks.delete(conf.network);
+      n = undefined;
+    }
     if (n === undefined) {
       if (this.storeOf === undefined) throw new Error('cluster: no lease stores attached');
+      this.refuseLeasesElsewhere(conf.network, dataDir);
       const storeOf = this.storeOf;
       const first = conf;
       n = new ClusterNetwork(this.node, conf, () => storeOf(first), this.settings, this.stats);
@@ -284,6 +311,24 @@ export class ClusterIpam implements ClusterAllocator {
       });
     }
     return n;
+  }
+
+  /**
+   * A network first seen under `dataDir` whose blocks this node recorded, with leases, in another data dir
+   * berthd serves (the config's dataDir changed over a restart): refused, as a change while running is.
+   */
+  private refuseLeasesElsewhere(network: string, dataDir: string): void {
+    for (const other of this.dataDirs()) {
+      if (resolve(other) === dataDir) continue;
+      let rec: ReturnType<typeof readClusterRecord>;
+      try {
+        rec = readClusterRecord(other, network);
+      } catch {
+        continue; // damaged: not a record this check can go by
+      }
+      if (rec === undefined || rec.node !== this.node.name || rec.uid !== this.node.uid) continue;
+      if (leaseCount(join(other, network)) > 0) throw movedDataDir(network, resolve(other), dataDir);
+    }
   }
 
   // ---- ClusterAllocator ----
@@ -795,4 +840,21 @@ function inBatches<T>(items: readonly T[]): T[][] {
 /** Each block unchanged since it was read. */
 function blockCas(batch: readonly { kv: KeyValue }[]): Compare[] {
   return batch.map((x) => ({ key: x.kv.key, target: 'MOD' as const, modRevision: x.kv.modRevision }));
+}
+
+function movedDataDir(network: string, theirs: string, ours: string): CniError {
+  return new CniError(
+    ErrorCode.InvalidNetworkConfig,
+    `cluster network ${network}: this node's leases and blocks are in data dir ${theirs}, this config names ${ours}; ` +
+      "a cluster network keeps its data dir while it has pods (put dataDir back, or move the network's directory there and restart berthd)",
+  );
+}
+
+/** Lease files (named by an address) in a network directory; 0 when there is none. */
+function leaseCount(dir: string): number {
+  try {
+    return fs.readdirSync(dir).filter((f) => parseIp(f) !== undefined).length;
+  } catch {
+    return 0;
+  }
 }

@@ -6,6 +6,7 @@
 // Invariant: the blocks used locally ⊆ the blocks etcd says this node owns. A claim is written to
 // cluster.json only after its txn committed; a release marks the block `releasing` (under the network's lock,
 // after checking it is empty) before the txn that deletes it.
+import { resolve } from 'node:path';
 import { CniError, ErrorCode } from '../cni-spec/errors';
 import { type Ip, formatIp } from '../address/ip';
 import {
@@ -71,6 +72,15 @@ function nameHash(name: string): bigint {
   return h;
 }
 
+/**
+ * What of a config decides a cluster network's blocks: its range sets and block sizes. A call whose config
+ * differs from the one a network was built from is not served from it (ClusterIpam.network).
+ */
+export function poolKeyOf(conf: IpamConfig): string {
+  const c = conf.cluster;
+  return `${conf.rangeSets.map(describeRangeSet).join(' ; ')} /${c?.blockSize4}/${c?.blockSize6}`;
+}
+
 /** After a sync found etcd unreachable, how long ADDs use cluster.json's blocks without trying again. */
 const SYNC_QUIET_MS = 5_000;
 
@@ -82,6 +92,10 @@ export class ClusterNetwork {
   /** Every claimed block of the network (any node), from a range and the watch. */
   private readonly claimed = new Map<string, Claimed>();
   private synced = false;
+  /** etcd's pool config of the network matched this node's (or was written from it) at a sync. */
+  agreedWithEtcd = false;
+  /** The config's pools and block sizes the network was built from (see poolKeyOf). */
+  readonly poolKey: string;
   /** close() was called (daemon stop): a sync still on its way opens no watch. */
   private closed = false;
   private syncing: Promise<void> | undefined;
@@ -111,7 +125,8 @@ export class ClusterNetwork {
     clock?: () => number,
   ) {
     this.name = conf.network;
-    this.dataDir = conf.dataDir;
+    this.dataDir = resolve(conf.dataDir);
+    this.poolKey = poolKeyOf(conf);
     this.pools = conf.rangeSets.map((set) => new PoolBlocks(set, conf.cluster!));
     this.clock = clock ?? (() => performance.now());
     let rec: ReturnType<typeof readClusterRecord>;
@@ -345,9 +360,11 @@ export class ClusterNetwork {
       },
       'config',
     );
-    if (r.succeeded) return;
-    const kv = 'range' in r.responses[0]! ? r.responses[0].range.kvs[0] : undefined;
-    if (kv === undefined || kv.value === text) return;
+    const kv = r.succeeded ? undefined : 'range' in r.responses[0]! ? r.responses[0].range.kvs[0] : undefined;
+    if (kv === undefined || kv.value === text) {
+      this.agreedWithEtcd = true;
+      return;
+    }
     const theirs = parseValue<PoolConfigValue>(kv.value);
     throw new CniError(
       ErrorCode.InvalidNetworkConfig,

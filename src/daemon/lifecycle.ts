@@ -305,7 +305,10 @@ export async function runDaemon(o: DaemonOptions): Promise<number> {
     ...(cluster !== undefined ? { cluster } : {}),
   });
   if (cluster !== undefined) {
-    cluster.useStores((conf) => service.store(conf.dataDir, conf.network));
+    cluster.useStores(
+      (conf) => service.store(conf.dataDir, conf.network),
+      () => service.knownDataDirs,
+    );
     // Refuses to start when the node name belongs to another machine; an unreachable etcd only delays it.
     await cluster.start();
   }

@@ -82,7 +82,10 @@ async function startNode(
     log: quiet,
   });
   const service = new Service({ dataDir, bootId: opts.bootId ?? `boot-${name}`, log: quiet, cluster });
-  cluster.useStores((conf) => service.store(conf.dataDir, conf.network));
+  cluster.useStores(
+    (conf) => service.store(conf.dataDir, conf.network),
+    () => service.knownDataDirs,
+  );
   await cluster.start();
   const n = { cluster, service, dataDir, name };
   nodes.push(n);
@@ -947,6 +950,64 @@ describe('release, forget, leave', () => {
     expect(left.kept).toEqual([]);
     expect(etcdBlocksOf('n1')).toEqual([]);
     expect(fake.get('/berth/v1/nodes/n1/identity')).toBeUndefined();
+  }, 20_000);
+});
+
+describe('a config edited while berthd runs', () => {
+  /** An ADD with the config changed by `edit`; its CniError's code and message, or its address. */
+  async function addEdited(
+    n: (typeof nodes)[number],
+    cid: string,
+    edit: (ipam: Record<string, unknown>) => void,
+  ): Promise<string> {
+    const body = envelope(n.dataDir, cid) as { config: { ipam: Record<string, unknown> } };
+    edit(body.config.ipam);
+    try {
+      const r = await n.service.call(Allocate, body);
+      return r!.ips![0]!.address.split('/')[0]!;
+    } catch (err) {
+      if (!(err instanceof CniError)) throw err;
+      return `code ${err.code}: ${err.message}`;
+    }
+  }
+
+  test("another dataDir is refused, running and after a restart: the blocks of the first one's pods are not released", async () => {
+    const a = await startNode('n1', { releaseAfterMs: 0, reserveWindowMs: 1 });
+    for (let i = 0; i < 3; i++) await add(a, `p-${i}`);
+    const owned = etcdBlocksOf('n1');
+    const moved = join(root, 'n1', 'moved');
+    const refused =
+      /^code 7: cluster network ctnet: this node's leases and blocks are in data dir .*n1\/data, this config names .*n1\/moved;/;
+    for (let i = 0; i < 3; i++)
+      expect(await addEdited(a, `m-${i}`, (ipam) => (ipam.dataDir = moved))).toMatch(refused);
+    // Checks of emptiness ran meanwhile (every second): none released a block with the first dir's pods.
+    await new Promise((r) => setTimeout(r, 2500));
+    expect(etcdBlocksOf('n1')).toEqual(expect.arrayContaining(owned));
+    expect(leaseFiles(moved)).toEqual([]);
+    // The same edit over a restart: the first call of the network names the other dir.
+    await stopNode(a);
+    const b = await startNode('n1');
+    expect(await addEdited(b, 'm-r', (ipam) => (ipam.dataDir = moved))).toMatch(refused);
+    expect(leaseFiles(moved)).toEqual([]);
+    // The same dir spelled with a trailing slash is the same dir.
+    expect(inBlocks(await addEdited(b, 'p-3', (ipam) => (ipam.dataDir = `${b.dataDir}/`)), owned)).toBe(true);
+  }, 20_000);
+
+  test('other pools once etcd agreed: code 7 naming both (was a TypeError, 999); a refused edit put back serves again', async () => {
+    const a = await startNode('n1');
+    await add(a, 'p-0');
+    const v6 = (ipam: Record<string, unknown>): void => {
+      ipam.ranges = [[{ subnet: POOL }], [{ subnet: 'fd00:18::/112' }]];
+    };
+    expect(await addEdited(a, 'p-1', v6)).toMatch(
+      /^code 7: cluster network ctnet: this config's pools .*fd00:18::.* differ from the ones etcd holds and berthd serves it with/,
+    );
+    // A second node whose berthd first sees the edited config: etcd refuses it; put back, it serves without
+    // a restart (it stayed refused before).
+    const b = await startNode('n2');
+    expect(await addEdited(b, 'q-0', v6)).toMatch(/^code 7: .*differ from the ones in etcd/);
+    expect(await addEdited(b, 'q-1', () => undefined)).toMatch(/^198\.18\./);
+    expect(etcdBlocksOf('n2').length).toBeGreaterThan(0);
   }, 20_000);
 });
 
