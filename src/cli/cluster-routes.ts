@@ -1,8 +1,7 @@
 // `berth cluster routes`: the routes berthd keeps to other nodes' blocks and whether the kernel agrees
 // (asked of the daemon, which reads its own namespace's table at that moment). Exit 1 when they differ.
 import type { RoutesReport } from '../cluster/route-programmer';
-import { callDaemon } from '../ipam/daemon-client';
-import { DEFAULT_SOCKET } from '../ipam/daemon/protocol';
+import { ask } from './cluster';
 import type { CliIo } from './leases';
 
 export interface ClusterRoutesCliOptions {
@@ -11,17 +10,8 @@ export interface ClusterRoutesCliOptions {
 }
 
 export async function runClusterRoutes(o: ClusterRoutesCliOptions, io: CliIo): Promise<number> {
-  const reply = await callDaemon({
-    socket: o.socket ?? DEFAULT_SOCKET,
-    method: 'GET',
-    path: '/v1/cluster/routes',
-  });
-  if (reply.status !== 200) {
-    const msg = (reply.body as { msg?: string } | undefined)?.msg ?? `HTTP ${reply.status}`;
-    io.err(`berth cluster routes: ${msg}\n`);
-    return 1;
-  }
-  const r = reply.body as RoutesReport;
+  const r = (await ask('cluster routes', o, io, 'GET', '/v1/cluster/routes')) as RoutesReport | undefined;
+  if (r === undefined) return 1;
   const disagree = r.entries.filter((e) => e.state !== 'ok' && e.state !== 'held');
   if (o.json === true) {
     io.out(`${JSON.stringify({ ...r, agrees: disagree.length === 0 }, null, 2)}\n`);

@@ -1,7 +1,7 @@
 // `berth cluster status|check` and `berth node forget|leave|rejoin`: asked of the local berthd, which holds
 // the etcd endpoints and credentials (none of them on this command line).
 import type { ClusterCheckReply, ClusterStatusReply } from '../cluster/cluster-ipam';
-import { callDaemon } from '../ipam/daemon-client';
+import { DaemonUnavailable, callDaemon } from '../ipam/daemon-client';
 import { DEFAULT_SOCKET } from '../ipam/daemon/protocol';
 import type { CliIo } from './leases';
 
@@ -10,7 +10,8 @@ export interface ClusterCliOptions {
   json?: boolean;
 }
 
-async function ask(
+/** One request to berthd; undefined, with the reason on stderr, when it fails or berthd refuses it. */
+export async function ask(
   what: string,
   o: ClusterCliOptions,
   io: CliIo,
@@ -21,9 +22,9 @@ async function ask(
   try {
     reply = await callDaemon({ socket: o.socket ?? DEFAULT_SOCKET, method, path });
   } catch (err) {
-    io.err(
-      `berth ${what}: berthd does not answer on ${o.socket ?? DEFAULT_SOCKET}: ${(err as Error).message}\n`,
-    );
+    // The client's error names the socket already ("berthd at <socket>: ENOENT").
+    if (!(err instanceof DaemonUnavailable)) throw err;
+    io.err(`berth ${what}: no answer from ${err.message}\n`);
     return undefined;
   }
   if (reply.status !== 200) {

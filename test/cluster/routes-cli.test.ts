@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BlockMap } from '../../src/cluster/block-map';
 import { RouteProgrammer } from '../../src/cluster/route-programmer';
+import { runClusterStatus } from '../../src/cli/cluster';
 import { runClusterRoutes } from '../../src/cli/cluster-routes';
 import { createLogger } from '../../src/daemon/log';
 import { Metrics } from '../../src/daemon/metrics';
@@ -90,6 +91,16 @@ describe('berth cluster routes', () => {
     expect(String(metrics.body)).toContain('berthd_cluster_routes_held 1');
     expect(String(metrics.body)).toContain('berthd_cluster_route_reconcile_errors_total 0');
     expect(String(metrics.body)).toContain('berthd_cluster_route_changes_total{op="added"} 2');
+  });
+
+  it('says once where berthd does not answer, exit 1', async () => {
+    const c = capture();
+    const socket = join(tmpdir(), `bt${process.pid}-none.sock`);
+    expect(await runClusterRoutes({ socket }, c.io)).toBe(1);
+    expect(c.err.join('')).toBe(`berth cluster routes: no answer from berthd at ${socket}: ENOENT\n`);
+    const s = capture();
+    expect(await runClusterStatus({ socket }, s.io)).toBe(1);
+    expect(s.err.join('')).toBe(`berth cluster status: no answer from berthd at ${socket}: ENOENT\n`);
   });
 
   it('says so when the daemon is not a cluster node', async () => {
