@@ -172,9 +172,23 @@ export function reportFailure(io: Pick<PluginIo, 'stdout' | 'stderr'>, report: F
     `${about.name}: ${command === '' ? 'no command' : command} failed: code ${cniErr.code}: ${cniErr.message}${details}\n`,
   );
   const cause = err instanceof CniError ? err.cause : err;
-  if (cause instanceof Error && cause.stack !== undefined) io.stderr(`${cause.stack}\n`);
+  if (cause instanceof Error && cause.stack !== undefined && !saidInTheMessage(cause, cniErr))
+    io.stderr(`${cause.stack}\n`);
   io.stdout(`${json}\n`);
   return 1;
+}
+
+/**
+ * A failed system call (EACCES, ENOSPC…) that the error's message already quotes: its stack adds only
+ * berth's own frames to an operator's log, not what went wrong. Unexpected failures (999) keep theirs.
+ */
+function saidInTheMessage(cause: Error, cniErr: CniError): boolean {
+  const syscall = (cause as { syscall?: unknown }).syscall;
+  return (
+    cniErr.code !== ErrorCode.Internal &&
+    typeof syscall === 'string' &&
+    cniErr.message.includes(cause.message)
+  );
 }
 
 /** The CniError a plugin reports for `err`: itself, or code 999 naming an unexpected failure. */

@@ -163,6 +163,31 @@ describe('failures are rendered once', () => {
     expect(r.stderr).toMatch(/TypeError[^\n]*\n\s+at /);
   });
 
+  it("a failed system call that the error's message quotes prints no stack; another cause does", async () => {
+    const denied = Object.assign(new Error("EACCES: permission denied, mkdir '/d/n'"), {
+      code: 'EACCES',
+      syscall: 'mkdir',
+    });
+    const add = async (): Promise<Result> => {
+      throw new CniError(
+        ErrorCode.IoFailure,
+        `cannot open the lease store /d/n: ${denied.message}`,
+        undefined,
+        {
+          cause: denied,
+        },
+      );
+    };
+    const r = await run({ handlers: { add } });
+    expect(r.stderr).toBe(
+      "berth-test: ADD failed: code 5: cannot open the lease store /d/n: EACCES: permission denied, mkdir '/d/n'\n",
+    );
+    const other = async (): Promise<Result> => {
+      throw new CniError(ErrorCode.IoFailure, 'cannot write the lease', undefined, { cause: denied });
+    };
+    expect((await run({ handlers: { add: other } })).stderr).toMatch(/\nError: EACCES[^\n]*\n\s+at /);
+  });
+
   it('a thrown non-Error value becomes 999 naming it', async () => {
     const del = async (): Promise<void> => {
       // eslint-disable-next-line @typescript-eslint/only-throw-error -- the case under test
