@@ -134,7 +134,11 @@ export async function runCheckedDaemon(
   try {
     return await runDaemon(options);
   } catch (e) {
-    err(`berth daemon: ${(e as Error).message}\n`);
+    const code = (e as NodeJS.ErrnoException).code;
+    // Not root: berthd's socket, run dir and data dir are root's (a test's private paths may be anyone's).
+    const hint =
+      (code === 'EACCES' || code === 'EPERM') && process.getuid?.() !== 0 ? ' (berthd runs as root)' : '';
+    err(`berth daemon: ${(e as Error).message}${hint}\n`);
     // A start that failed half-way (the cluster registered, a listener open) must not leave a process that
     // serves nothing running: a DaemonSet would count it as a healthy pod.
     process.exit(1);

@@ -226,6 +226,28 @@ describe('berthd serves berth-ipam and curl', () => {
       expect(files.status, command.join(' ')).toBe(1);
       expect(files.stderr).toContain("the lease files are root's: berth's admin commands need root");
     }
+    // berthd itself as nobody: the failed mkdir says berthd runs as root.
+    const berthd = spawnSync(
+      'setpriv',
+      [
+        '--reuid=nobody',
+        '--regid=nogroup',
+        '--clear-groups',
+        process.execPath,
+        join(REPO, 'bin', 'berth'),
+      ].concat([
+        'daemon',
+        '--socket',
+        '/nonexistent-berth-test/berthd.sock',
+        '--state-dir',
+        '/nonexistent-berth-test',
+      ]),
+      { encoding: 'utf8', timeout: 20_000 },
+    );
+    expect(berthd.status).toBe(1);
+    expect(berthd.stderr).toMatch(
+      /^berth daemon: EACCES: permission denied, mkdir .*\(berthd runs as root\)\n$/m,
+    );
     spawnSync('chmod', ['0700', dirname(s.socket)]);
     expect(curl(s, ['http://berthd/v1/health']).out).toBe('{"ok":true,"draining":false}');
   });
