@@ -985,7 +985,7 @@ export function unwritableReason(p: LeaseDirPaths): string | undefined {
       const st = fs.statSync(dir);
       if (!st.isDirectory()) return `${dir} is not a directory`;
       fs.accessSync(dir, fs.constants.W_OK);
-      return undefined;
+      return fullReason(dir) ?? shutDownReason(p);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code !== 'ENOENT' && code !== 'ENOTDIR') return `${dir} is not writable: ${(err as Error).message}`;
@@ -994,6 +994,40 @@ export function unwritableReason(p: LeaseDirPaths): string | undefined {
     if (parent === dir) return `no existing directory above ${p.dir}`;
     dir = parent;
   }
+}
+
+/**
+ * A filesystem with no block or no inode left fails every ADD (a lease is a new file with content) while
+ * `access` still says writable. Root may use the blocks reserved for it; others only those available.
+ */
+function fullReason(dir: string): string | undefined {
+  let fsStat: fs.StatsFs;
+  try {
+    fsStat = fs.statfsSync(dir);
+  } catch {
+    return undefined; // no answer is no evidence
+  }
+  const free = process.getuid?.() === 0 ? fsStat.bfree : fsStat.bavail;
+  if (free === 0) return `the filesystem of ${dir} is full`;
+  if (fsStat.files > 0 && fsStat.ffree === 0) return `the filesystem of ${dir} has no free inode`;
+  return undefined;
+}
+
+/**
+ * A filesystem that shut itself down after an error (ext4's errors=remount-ro: "emergency_ro") refuses
+ * writes with EROFS while its mount still says rw: opening the lock file for writing (no write, no mtime
+ * change) tells. Nothing to open on a network with no lock file yet.
+ */
+function shutDownReason(p: LeaseDirPaths): string | undefined {
+  let fd: number;
+  try {
+    fd = fs.openSync(p.lock, fs.constants.O_WRONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    return code === 'EROFS' || code === 'EIO' ? `${p.dir} is not writable: ${(err as Error).message}` : undefined;
+  }
+  fs.closeSync(fd);
+  return undefined;
 }
 
 /** Temp files a crashed writer left: host-local would match their content on CHECK. Only under the lock. */

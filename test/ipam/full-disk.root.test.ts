@@ -2,7 +2,7 @@
 // after a DEL even when berth's derived index (.berth/) cannot be written; the DEL must not fail for that,
 // and once there is room again the index is rebuilt from the files. A small tmpfs is the full disk.
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -12,8 +12,13 @@ const base = mkdtempSync(join(tmpdir(), `bt${process.pid}-ipamfull-`));
 const dataDir = join(base, 'mnt');
 mkdirSync(dataDir);
 const name = `bt${process.pid}-full`;
-const config = (type: 'berth-ipam' | 'host-local') =>
-  netConf({ name, type, cniVersion: '1.0.0', ipam: { dataDir, ranges: [[{ subnet: '198.18.154.0/24' }]] } });
+const config = (type: 'berth-ipam' | 'host-local', cniVersion = '1.0.0', dir = dataDir) =>
+  netConf({ name, type, cniVersion, ipam: { dataDir: dir, ranges: [[{ subnet: '198.18.154.0/24' }]] } });
+/** STATUS (spec 1.1.0) of berth-ipam on `dir`: its exit code and error message. */
+function status(dir = dataDir): { status: number | null; code?: number; msg?: string } {
+  const r = ipam({ command: 'STATUS', config: config('berth-ipam', '1.1.0', dir) });
+  return r.status === 0 ? { status: 0 } : { status: r.status, code: r.json?.code, msg: r.json?.msg };
+}
 
 beforeAll(() => {
   assertBuilt();
@@ -40,6 +45,12 @@ describe('berth-ipam on a full disk', () => {
     } catch {
       // stops at ENOSPC, as meant
     }
+    // Every ADD would fail now, though the directory is writable: STATUS says so (the runtime's readiness).
+    expect(status()).toEqual({
+      status: 1,
+      code: 50,
+      msg: expect.stringMatching(/the filesystem of .* is full/),
+    });
     // A DEL of an attachment holding nothing frees no space: the rebuilt index cannot be written.
     const none = ipam({ command: 'DEL', config: config('berth-ipam'), containerId: 'x1' });
     expect(none.status, none.stdout + none.stderr).toBe(0);
@@ -52,10 +63,41 @@ describe('berth-ipam on a full disk', () => {
     ]);
 
     rmSync(filler);
+    expect(status()).toEqual({ status: 0 });
     const again = ipam({ command: 'ADD', config: config('berth-ipam'), containerId: 'c1' });
     expect(again.status, again.stdout + again.stderr).toBe(0);
     const [ip] = addressesOf(again);
     expect(leaseFiles(dataDir, name).get(ip!)).toBe('c1\r\neth0');
     expect(new Set(leaseFiles(dataDir, name).keys()).size).toBe(3);
+  });
+});
+
+describe('berth-ipam with no inode left', () => {
+  it('STATUS is 50 while the filesystem has no free inode, and ready again once one is free', () => {
+    const dir = join(base, 'inodes');
+    mkdirSync(dir);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m,nr_inodes=64', `bt${process.pid}-ipaminodes`, dir]);
+    try {
+      expect(
+        ipam({ command: 'ADD', config: config('berth-ipam', '1.1.0', dir), containerId: 'i1' }).status,
+      ).toBe(0);
+      expect(status(dir)).toEqual({ status: 0 });
+      let n = 0;
+      try {
+        for (; n < 100; n++) writeFileSync(join(dir, `filler-${n}`), '');
+      } catch {
+        // ENOSPC: out of inodes, as meant
+      }
+      expect(n).toBeLessThan(100);
+      expect(status(dir)).toEqual({
+        status: 1,
+        code: 50,
+        msg: expect.stringMatching(/the filesystem of .* has no free inode/),
+      });
+      rmSync(join(dir, 'filler-0'));
+      expect(status(dir)).toEqual({ status: 0 });
+    } finally {
+      execFileSync('umount', [dir]);
+    }
   });
 });
