@@ -404,6 +404,18 @@ export class Service {
         this.addsInFlight.set(key, others.add(trace));
         try {
           return await add(req, deps);
+        } catch (err) {
+          // Failed after its lease was reserved (the lease's sync round failed: ENOSPC, EIO): the caller is
+          // told the ADD failed, and a runtime need not DEL after that, so the address goes back now.
+          if (trace.reserved.length > 0)
+            await this.undo(trace).catch((e: unknown) =>
+              this.opts.log.log('warn', 'cannot give back the address of a failed ADD', {
+                network: req.config.name,
+                container: req.containerId,
+                error: String(e),
+              }),
+            );
+          throw err;
         } finally {
           others.delete(trace);
           if (others.size === 0) this.addsInFlight.delete(key);
