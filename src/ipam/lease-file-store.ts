@@ -473,9 +473,16 @@ class FileSession implements LeaseSession {
       } finally {
         fs.rmSync(tmp, { force: true });
       }
-      writeAtomic(this.p, cursorPath(this.p, setId), name, { fsync: false });
     } catch (err) {
       throw ioError(`cannot write lease ${target}`, err);
+    }
+    // The lease is made: a cursor that cannot be written (a full disk with room for the lease alone) only
+    // moves the next search's start, as berthd's commit treats it; failing here reported a failed ADD whose
+    // lease stayed.
+    try {
+      writeAtomic(this.p, cursorPath(this.p, setId), name, { fsync: false });
+    } catch (err) {
+      this.warn(`cannot write the cursor of range set ${setId}: ${(err as Error).message}`);
     }
     this.noteChange(lease.ip, true);
     const key = attKey(lease);

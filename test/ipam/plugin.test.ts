@@ -437,6 +437,18 @@ describe('a container id longer than runtimes use (host-local takes any length)'
 });
 
 describe('corrupt and foreign files', () => {
+  test('a cursor that cannot be written (a directory in its place) costs a warning, not the ADD (whose lease stayed)', () => {
+    const s = setup();
+    mkdirSync(join(s.netDir, 'last_reserved_ip.0', 'x'), { recursive: true });
+    const r = s.call({ command: 'ADD', containerId: 'c1' });
+    expect(r.status, r.stdout).toBe(0);
+    expect(addressesOf(r)).toEqual(['198.18.64.2']);
+    expect(r.stderr).toMatch(/cannot write the cursor of range set 0/);
+    const again = s.call({ command: 'ADD', containerId: 'c2' });
+    expect(addressesOf(again)).toEqual(['198.18.64.3']);
+    expect([...leaseFiles(s.dataDir, 'net1').keys()].sort()).toEqual(['198.18.64.2', '198.18.64.3']);
+  });
+
   test('are skipped with a warning, never a crash; an IP-named file keeps its address taken', () => {
     const s = setup();
     mkdirSync(join(s.netDir, 'subdir'), { recursive: true });
