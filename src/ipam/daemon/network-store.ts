@@ -813,7 +813,18 @@ export class NetworkStore implements LeaseStore {
     // succeeded), so pod identities are kept; but no sentinel: the next holder re-reads the files.
     for (const setId of hold.cursors) {
       const ip = this.cursors.get(setId);
-      if (ip !== undefined) this.writeAtomic(disk.cursorPath(this.p, setId), formatIp(ip));
+      if (ip === undefined) continue;
+      // A hint where the next search starts: one that cannot be written (a directory in its place) must not
+      // stop the records, sentinel and state.json after it, or every batch re-reads the directory.
+      try {
+        this.writeAtomic(disk.cursorPath(this.p, setId), formatIp(ip));
+      } catch (err) {
+        this.opts.log.log('warn', 'cannot write a range set cursor', {
+          network: this.network,
+          rangeSet: setId,
+          error: (err as Error).message,
+        });
+      }
     }
     // The found index, written whole in one write: the attachments without a record of their own.
     let foundId = this.indexState.found;
