@@ -4,7 +4,7 @@
 // run at once (the second starts while the first flushes): one at a time gave ~7 % fewer pairs/s in
 // alternating bench runs.
 //
-// Each filesystem gets one descriptor for the daemon's lifetime. The kernel (Linux >= 5.8) reports a
+// Each filesystem gets one descriptor for as long as a network on it is known. The kernel (Linux >= 5.8) reports a
 // writeback error once per descriptor, to the first syncfs that checks after it happened, which may be
 // another round than the one covering the failed write: so an error fails every round in flight and every
 // caller already waiting, and only callers that come later can succeed again.
@@ -71,11 +71,20 @@ export class FilesystemSync {
 
   /** Closes the descriptors (shutdown, tests); rounds still running keep theirs until they end. */
   close(): void {
-    for (const f of this.byDev.values()) {
+    this.closeExcept(new Set());
+  }
+
+  /**
+   * Closes the descriptors of filesystems no network uses any more (all forgotten): one held on a removed
+   * data dir kept its filesystem busy, so it could not be unmounted or remounted read-only.
+   */
+  closeExcept(inUse: ReadonlySet<number | bigint>): void {
+    for (const [dev, f] of this.byDev) {
+      if (inUse.has(dev)) continue;
       f.closed = true;
       if (f.inFlight.size === 0) fs.closeSync(f.fd);
+      this.byDev.delete(dev);
     }
-    this.byDev.clear();
   }
 
   private run(f: Filesystem): void {

@@ -166,6 +166,10 @@ export class NetworkStore implements LeaseStore {
   private lockIno: number | bigint | undefined;
   /** The filesystem of the network directory (its sync rounds are shared with the other networks on it). */
   private dev: number | bigint | undefined;
+  /** The device of the network directory's filesystem, once the directory was opened. */
+  get device(): number | bigint | undefined {
+    return this.dev;
+  }
   /** The last sync round this network's batches were covered by (stats count distinct rounds). */
   private lastRound = 0;
   private readonly queue: Pending[] = [];

@@ -290,6 +290,10 @@ export class Service {
       this.lastExclude.delete(s.dir);
       n++;
     }
+    if (n > 0) {
+      const devices = [...this.stores.values()].map((s) => s.device).filter((d) => d !== undefined);
+      this.syncer.closeExcept(new Set(devices));
+    }
     // A data dir that is gone (a removed temp dir) is no longer listed, nor remembered.
     let forgot = false;
     for (const d of this.servedDataDirs) {
