@@ -305,17 +305,25 @@ export class Service {
     return n;
   }
 
-  private deps(trace: CallTrace): IpamDeps {
+  private deps(trace: CallTrace, req?: Request): IpamDeps {
     const metrics = this.opts.metrics;
     return {
       bootId: this.opts.bootId,
-      warn: (msg) => this.opts.log.log('warn', msg),
+      // To the log, and to the caller's stderr as the program on the files prints it (a no-op on the HTTP API).
+      warn: (msg) => {
+        this.opts.log.log('warn', msg);
+        req?.stderr(`${msg}\n`);
+      },
       now: this.opts.now ?? (() => new Date()),
       ...(this.opts.cluster !== undefined ? { cluster: this.opts.cluster } : {}),
       openStore: (conf: IpamConfig): LeaseStore => {
         const store = this.store(conf.dataDir, conf.network);
-        store.lastRangeSets = conf.rangeSets;
-        this.lastExclude.set(store.dir, conf.exclude);
+        // The pools the metrics and `berth status` show: not from a DEL or GC whose ranges no longer parse
+        // (released by attachment, no range sets), which emptied them until the next ADD.
+        if (conf.rangeSets.length > 0) {
+          store.lastRangeSets = conf.rangeSets;
+          this.lastExclude.set(store.dir, conf.exclude);
+        }
         const network = conf.network;
         return {
           unwritableReason: () => store.unwritableReason(),
@@ -396,7 +404,7 @@ export class Service {
    * berth-ipam calls, and berth-bridge's IPAM calls in berthd, go straight here.
    */
   async run(req: Request, trace: CallTrace = { reserved: [] }): Promise<Result | undefined> {
-    const deps = this.deps(trace);
+    const deps = this.deps(trace, req);
     switch (req.command) {
       case 'ADD': {
         // ADDs of one attachment at the same time (a runtime's retry while the first waits for its sync
