@@ -6,7 +6,7 @@ import { CniError, ErrorCode } from '../../src/cni-spec/errors';
 import type { Request } from '../../src/cni-spec/request';
 import { createLogger } from '../../src/daemon/log';
 import { Metrics } from '../../src/daemon/metrics';
-import { PluginHost } from '../../src/daemon/plugin-host';
+import { PluginHost, nestedDeeperThan } from '../../src/daemon/plugin-host';
 import type { Service } from '../../src/ipam/daemon/service';
 
 /** A PluginHost without IPAM service or kernel; its log lines go to `lines` when given. */
@@ -191,6 +191,22 @@ describe("calls that name other settings than berthd's", () => {
     };
     expect(host.notServedReason(fault)).toMatch(/^test-fault:/);
     expect(lines).toEqual([]);
+  });
+});
+
+describe('a config nested deeper than any real one', () => {
+  test('runs standalone (421, counted), before berthd parses it; strings and escapes do not count', () => {
+    const host = newHost({ deadlineMs: 1000, runDir: '/run/berth' }, []);
+    const deep = {
+      ...call('DEL'),
+      stdin: `{"cniVersion":"1.0.0","name":"n","x":${'['.repeat(65)}${']'.repeat(65)}}`,
+    };
+    expect(host.notServedReason(deep)).toBe('config: nested deeper than 64 levels; run standalone');
+    const shallow = { ...call('DEL'), stdin: `{"name":"n","x":${'['.repeat(63)}${']'.repeat(63)}}` };
+    expect(host.notServedReason(shallow)).toBeUndefined();
+    expect(nestedDeeperThan(`{"s":"${'[{'.repeat(100)}\\\"[[["}`, 2)).toBe(false);
+    expect(nestedDeeperThan('[[[', 2)).toBe(true);
+    expect(host.stats().notServed).toBe(1);
   });
 });
 
