@@ -83,9 +83,21 @@ export async function serveCniCall(
   if (ctx.draining) return refusal(503, 'berthd is stopping');
   const notWriter = notAWriter(req, ctx.writerUids);
   if (notWriter !== undefined) return refusal(403, `plugin calls are served to root only (${notWriter})`);
-  const body = await ctx.readJson();
+  let body: unknown;
+  try {
+    body = await ctx.readJson();
+  } catch (err) {
+    // Over the body limit (a config of megabytes), or not JSON: the shim runs the program, as for a 421.
+    const status = (err as { status?: unknown }).status;
+    if (status === 413 || status === 400)
+      ctx.plugins.countFallback(status === 413 ? 'too-large' : 'malformed', undefined);
+    throw err;
+  }
   const problem = envelopeProblem(body);
-  if (problem !== undefined) return refusal(400, `malformed call: ${problem}`);
+  if (problem !== undefined) {
+    ctx.plugins.countFallback('malformed', (body as { plugin?: unknown } | null)?.plugin);
+    return refusal(400, `malformed call: ${problem}`);
+  }
   const call = body as ForwardedCall;
   const reason = ctx.plugins.notServedReason(call);
   if (reason !== undefined) return refusal(421, `not served here: ${reason}`);

@@ -152,15 +152,23 @@ export class PluginHost {
   notServedReason(call: ForwardedCall): string | undefined {
     const reason = this.reasonOf(call);
     if (reason !== undefined) {
-      this.notServed++;
       const kind = reason.split(':')[0]!;
-      this.o.metrics.inc('berthd_plugin_fallbacks_total', 'Plugin calls not served here (421).', {
-        plugin: (WARM_PLUGINS as readonly string[]).includes(call.plugin) ? call.plugin : 'other',
-        reason: kind,
-      });
+      this.countFallback(kind, call.plugin);
       if (SETTINGS.has(kind)) this.mismatch(kind, call.env);
     }
     return reason;
+  }
+
+  /**
+   * A call the shim runs standalone, by why: the reasons above, or a request berthd could not read (too
+   * large, malformed), which the shim also takes back to the standalone program.
+   */
+  countFallback(kind: string, plugin: unknown): void {
+    this.notServed++;
+    this.o.metrics.inc('berthd_plugin_fallbacks_total', 'Plugin calls not served here (421).', {
+      plugin: (WARM_PLUGINS as readonly unknown[]).includes(plugin) ? (plugin as string) : 'other',
+      reason: kind,
+    });
   }
 
   /**

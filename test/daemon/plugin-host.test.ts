@@ -1,5 +1,8 @@
 // PluginHost's own rules, with berth-bridge's handlers replaced by stubs (no kernel): the per-call deadline
 // and the order of calls of one attachment.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, test, vi } from 'vitest';
 import type { PluginHandlers } from '../../src/cni-spec/dispatch';
 import { CniError, ErrorCode } from '../../src/cni-spec/errors';
@@ -7,6 +10,8 @@ import type { Request } from '../../src/cni-spec/request';
 import { createLogger } from '../../src/daemon/log';
 import { Metrics } from '../../src/daemon/metrics';
 import { PluginHost, nestedDeeperThan } from '../../src/daemon/plugin-host';
+import { BerthServer } from '../../src/daemon/server';
+import { callDaemon } from '../../src/ipam/daemon-client';
 import type { Service } from '../../src/ipam/daemon/service';
 
 /** A PluginHost without IPAM service or kernel; its log lines go to `lines` when given. */
@@ -207,6 +212,48 @@ describe('a config nested deeper than any real one', () => {
     expect(nestedDeeperThan(`{"s":"${'[{'.repeat(100)}\\\"[[["}`, 2)).toBe(false);
     expect(nestedDeeperThan('[[[', 2)).toBe(true);
     expect(host.stats().notServed).toBe(1);
+  });
+});
+
+describe('calls berthd cannot read', () => {
+  test('over the body limit or malformed: counted as fallbacks (the shim runs the program for them too)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'bt-cni-refused-'));
+    const metrics = new Metrics();
+    const log = createLogger({ format: 'text', level: 'error', write: () => undefined });
+    const host = new PluginHost({
+      service: {} as Service,
+      log,
+      metrics,
+      runDir: '/run/berth',
+      nftTable: 'berth',
+      bootIdFile: '/proc/sys/kernel/random/boot_id',
+      deadlineMs: 1000,
+    });
+    const socket = join(dir, 'berthd.sock');
+    const server = new BerthServer({
+      service: {} as Service,
+      log,
+      metrics,
+      socketPath: socket,
+      writerUids: [process.getuid!()],
+      plugins: host,
+      maxBodyBytes: 4096,
+    });
+    await new Promise<void>((resolve) => server.http.listen(socket, resolve));
+    try {
+      const big = { ...call('ADD'), stdin: 'x'.repeat(8192) };
+      expect((await callDaemon({ socket, method: 'POST', path: '/v1/cni', body: big })).status).toBe(413);
+      expect((await callDaemon({ socket, method: 'POST', path: '/v1/cni', body: { v: 1 } })).status).toBe(
+        400,
+      );
+      const text = metrics.render([]);
+      expect(text).toContain('berthd_plugin_fallbacks_total{plugin="other",reason="too-large"} 1');
+      expect(text).toContain('berthd_plugin_fallbacks_total{plugin="other",reason="malformed"} 1');
+      expect(host.stats().notServed).toBe(2);
+    } finally {
+      await new Promise<void>((resolve) => server.http.close(() => resolve()));
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
