@@ -290,6 +290,11 @@ export class ClusterIpam implements ClusterAllocator {
           ErrorCode.InvalidNetworkConfig,
           `cluster network ${conf.network}: this config's pools (${poolKeyOf(conf)}) differ from the ones etcd holds and berthd serves it with (${n.poolKey}); every node must use the same ranges`,
         );
+      if (n.busy)
+        throw new CniError(
+          ErrorCode.TryAgainLater,
+          `cluster network ${conf.network}: its config changed while berthd was still reaching etcd with the earlier one; try again`,
+        );
       n.close();
       this.networks.delete(conf.network);
       n = undefined;
@@ -332,6 +337,10 @@ export class ClusterIpam implements ClusterAllocator {
   }
 
   // ---- ClusterAllocator ----
+
+  checkConfig(conf: IpamConfig): void {
+    this.network(conf);
+  }
 
   async ownedRangeSets(conf: IpamConfig): Promise<Range[][]> {
     const n = this.network(conf);
@@ -845,8 +854,8 @@ function blockCas(batch: readonly { kv: KeyValue }[]): Compare[] {
 function movedDataDir(network: string, theirs: string, ours: string): CniError {
   return new CniError(
     ErrorCode.InvalidNetworkConfig,
-    `cluster network ${network}: this node's leases and blocks are in data dir ${theirs}, this config names ${ours}; ` +
-      "a cluster network keeps its data dir while it has pods (put dataDir back, or move the network's directory there and restart berthd)",
+    `cluster network ${network}: this node's blocks are recorded in data dir ${theirs} (its cluster.json, beside its pods' leases), this config names ${ours}; ` +
+      "a cluster network keeps its data dir (put dataDir back, or move the network's directory to the new one and restart berthd)",
   );
 }
 

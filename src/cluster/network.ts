@@ -78,7 +78,11 @@ function nameHash(name: string): bigint {
  */
 export function poolKeyOf(conf: IpamConfig): string {
   const c = conf.cluster;
-  return `${conf.rangeSets.map(describeRangeSet).join(' ; ')} /${c?.blockSize4}/${c?.blockSize6}`;
+  // Only the block sizes of the families the pools have: blockSize6 of an IPv4 network decides nothing.
+  const families = new Set(conf.rangeSets.flatMap((set) => set.map((r) => r.family)));
+  const v4 = families.has(4) ? ` blocks /${c?.blockSize4}` : '';
+  const v6 = families.has(6) ? ` blocks /${c?.blockSize6}` : '';
+  return `${conf.rangeSets.map(describeRangeSet).join(' ; ')}${v4}${v6}`;
 }
 
 /** After a sync found etcd unreachable, how long ADDs use cluster.json's blocks without trying again. */
@@ -112,6 +116,8 @@ export class ClusterNetwork {
   /** The last cluster.json write asked for (settled, never rejects), and the one not started yet. */
   private recordWritten: Promise<void> = Promise.resolve();
   private recordQueued: Promise<void> | undefined;
+  /** cluster.json writes asked for and not settled yet. */
+  private recordsPending = 0;
   private backgroundFailedAt = -Infinity;
   lastError: { message: string; at: number } | undefined;
   private readonly clock: () => number;
@@ -237,7 +243,17 @@ export class ClusterNetwork {
     const queued = this.recordWritten.then(write);
     this.recordQueued = queued;
     this.recordWritten = queued.catch(() => undefined);
+    this.recordsPending++;
+    void this.recordWritten.then(() => this.recordsPending--);
     return queued;
+  }
+
+  /**
+   * A sync, a claim or a cluster.json write is on its way: the network cannot be replaced by another built
+   * from a new config now (both would write cluster.json, and an old sync could still put its pools in etcd).
+   */
+  get busy(): boolean {
+    return this.syncing !== undefined || this.inFlight.size > 0 || this.recordsPending > 0;
   }
 
   /** writeRecord() from a caller that cannot wait (a watch event): a failure is logged; the next write retries. */

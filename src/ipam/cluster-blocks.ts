@@ -248,6 +248,11 @@ export interface ClusterAllocator {
   afterRelease(conf: IpamConfig, ips: readonly Ip[]): void;
   /** STATUS found no free owned address in some range set: why no claim is possible, or undefined. */
   claimImpossibleReason(conf: IpamConfig): Promise<string | undefined>;
+  /**
+   * Throws (code 7, or 11) when `conf` cannot be served as the network's config (its dataDir or pools
+   * changed): called by ADD and STATUS before the store is opened, so a refused data dir is not made.
+   */
+  checkConfig?(conf: IpamConfig): void;
 }
 
 /** cluster.json's fence for berth-ipam on the files: past the horizon since etcd last answered, nothing is handed out. */

@@ -34,6 +34,7 @@ function clusterOf(conf: IpamConfig, deps: IpamDeps): ClusterAllocator | undefin
       `network ${conf.network} is a cluster network; this store has no blocks`,
     );
   }
+  deps.cluster.checkConfig?.(conf);
   return deps.cluster;
 }
 
@@ -310,6 +311,7 @@ export async function gc(req: Request, deps: IpamDeps): Promise<void> {
 
 export async function status(req: Request, deps: IpamDeps): Promise<void> {
   const conf = configOf(req);
+  const cluster = clusterOf(conf, deps);
   const store = deps.openStore(conf);
   const unwritable = await store.unwritableReason();
   if (unwritable !== undefined) {
@@ -318,7 +320,6 @@ export async function status(req: Request, deps: IpamDeps): Promise<void> {
       `lease store of network ${conf.network} is not writable: ${unwritable}`,
     );
   }
-  const cluster = clusterOf(conf, deps);
   const full = await store.transact(
     async (s) => {
       let sets = conf.rangeSets;

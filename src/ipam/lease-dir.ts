@@ -1024,7 +1024,9 @@ function shutDownReason(p: LeaseDirPaths): string | undefined {
     fd = fs.openSync(p.lock, fs.constants.O_WRONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    return code === 'EROFS' || code === 'EIO' ? `${p.dir} is not writable: ${(err as Error).message}` : undefined;
+    return code === 'EROFS' || code === 'EIO'
+      ? `${p.dir} is not writable: ${(err as Error).message}`
+      : undefined;
   }
   fs.closeSync(fd);
   return undefined;

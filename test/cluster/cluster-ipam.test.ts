@@ -977,18 +977,20 @@ describe('a config edited while berthd runs', () => {
     const owned = etcdBlocksOf('n1');
     const moved = join(root, 'n1', 'moved');
     const refused =
-      /^code 7: cluster network ctnet: this node's leases and blocks are in data dir .*n1\/data, this config names .*n1\/moved;/;
+      /^code 7: cluster network ctnet: this node's blocks are recorded in data dir .*n1\/data \(its cluster.json, beside its pods' leases\), this config names .*n1\/moved;/;
     for (let i = 0; i < 3; i++)
       expect(await addEdited(a, `m-${i}`, (ipam) => (ipam.dataDir = moved))).toMatch(refused);
     // Checks of emptiness ran meanwhile (every second): none released a block with the first dir's pods.
     await new Promise((r) => setTimeout(r, 2500));
     expect(etcdBlocksOf('n1')).toEqual(expect.arrayContaining(owned));
-    expect(leaseFiles(moved)).toEqual([]);
+    // Nothing made in the refused dir, nor listed: `berth gc` would find the network in two data dirs.
+    expect(existsSync(join(moved, NET))).toBe(false);
+    expect(a.service.knownDataDirs).toEqual([a.dataDir]);
     // The same edit over a restart: the first call of the network names the other dir.
     await stopNode(a);
     const b = await startNode('n1');
     expect(await addEdited(b, 'm-r', (ipam) => (ipam.dataDir = moved))).toMatch(refused);
-    expect(leaseFiles(moved)).toEqual([]);
+    expect(existsSync(join(moved, NET))).toBe(false);
     // The same dir spelled with a trailing slash is the same dir.
     expect(inBlocks(await addEdited(b, 'p-3', (ipam) => (ipam.dataDir = `${b.dataDir}/`)), owned)).toBe(true);
   }, 20_000);
@@ -1002,12 +1004,32 @@ describe('a config edited while berthd runs', () => {
     expect(await addEdited(a, 'p-1', v6)).toMatch(
       /^code 7: cluster network ctnet: this config's pools .*fd00:18::.* differ from the ones etcd holds and berthd serves it with/,
     );
+    // blockSize6 decides nothing on an IPv4-only network: an edit of it is served.
+    expect(await addEdited(a, 'p-2', (ipam) => (ipam.cluster = { blockSize: 26, blockSize6: 120 }))).toMatch(
+      /^198\.18\./,
+    );
     // A second node whose berthd first sees the edited config: etcd refuses it; put back, it serves without
     // a restart (it stayed refused before).
     const b = await startNode('n2');
     expect(await addEdited(b, 'q-0', v6)).toMatch(/^code 7: .*differ from the ones in etcd/);
     expect(await addEdited(b, 'q-1', () => undefined)).toMatch(/^198\.18\./);
     expect(etcdBlocksOf('n2').length).toBeGreaterThan(0);
+  }, 20_000);
+
+  test('a network still reaching etcd with its first config is not replaced meanwhile (code 11)', async () => {
+    const a = await startNode('n1');
+    fake.setMode(0, 'hang');
+    fake.setMode(1, 'hang');
+    const first = addEdited(a, 'p-0', () => undefined); // its sync waits for etcd
+    await new Promise((r) => setTimeout(r, 50));
+    expect(
+      await addEdited(a, 'p-1', (ipam) => {
+        ipam.ranges = [[{ subnet: '198.18.64.0/20' }]];
+      }),
+    ).toMatch(/^code 11: cluster network ctnet: its config changed while berthd was still reaching etcd/);
+    fake.setMode(0, 'up');
+    fake.setMode(1, 'up');
+    await first;
   }, 20_000);
 });
 
