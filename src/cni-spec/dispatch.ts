@@ -179,17 +179,32 @@ export function reportFailure(io: Pick<PluginIo, 'stdout' | 'stderr'>, report: F
 }
 
 /**
- * A failed system call (EACCES, ENOSPC…) that the error's message already quotes: its stack adds only
- * berth's own frames to an operator's log, not what went wrong. Unexpected failures (999) keep theirs.
+ * A failed system call the machine's state explains (EACCES, ENOSPC…) that the error's message already
+ * quotes: its stack adds only berth's own frames to an operator's log. Unexpected failures (999) and other
+ * errnos (EBADF, EINVAL: berth's own bugs) keep theirs.
  */
 function saidInTheMessage(cause: Error, cniErr: CniError): boolean {
-  const syscall = (cause as { syscall?: unknown }).syscall;
+  const { syscall, code } = cause as { syscall?: unknown; code?: unknown };
   return (
     cniErr.code !== ErrorCode.Internal &&
     typeof syscall === 'string' &&
+    typeof code === 'string' &&
+    MACHINE_STATE_ERRNOS.has(code) &&
     cniErr.message.includes(cause.message)
   );
 }
+
+const MACHINE_STATE_ERRNOS = new Set([
+  'EACCES',
+  'EPERM',
+  'ENOSPC',
+  'EDQUOT',
+  'EROFS',
+  'EIO',
+  'ENOENT',
+  'ENOTDIR',
+  'EEXIST',
+]);
 
 /** The CniError a plugin reports for `err`: itself, or code 999 naming an unexpected failure. */
 export function asCniError(err: unknown, about: PluginAbout, command: string): CniError {

@@ -1008,7 +1008,8 @@ function fullReason(dir: string): string | undefined {
     return undefined; // no answer is no evidence
   }
   const free = process.getuid?.() === 0 ? fsStat.bfree : fsStat.bavail;
-  if (free === 0) return `the filesystem of ${dir} is full`;
+  // blocks 0: a filesystem that keeps no count (ramfs, FUSE without statfs), not a full one.
+  if (fsStat.blocks > 0 && free === 0) return `the filesystem of ${dir} is full`;
   if (fsStat.files > 0 && fsStat.ffree === 0) return `the filesystem of ${dir} has no free inode`;
   return undefined;
 }

@@ -186,6 +186,15 @@ describe('failures are rendered once', () => {
       throw new CniError(ErrorCode.IoFailure, 'cannot write the lease', undefined, { cause: denied });
     };
     expect((await run({ handlers: { add: other } })).stderr).toMatch(/\nError: EACCES[^\n]*\n\s+at /);
+    // An errno that is berth's own bug keeps its stack, quoted or not.
+    const badFd = Object.assign(new Error('EBADF: bad file descriptor, write'), {
+      code: 'EBADF',
+      syscall: 'write',
+    });
+    const bug = async (): Promise<Result> => {
+      throw new CniError(ErrorCode.IoFailure, `cannot write: ${badFd.message}`, undefined, { cause: badFd });
+    };
+    expect((await run({ handlers: { add: bug } })).stderr).toMatch(/\nError: EBADF[^\n]*\n\s+at /);
   });
 
   it('a thrown non-Error value becomes 999 naming it', async () => {

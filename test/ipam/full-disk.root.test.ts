@@ -101,3 +101,19 @@ describe('berth-ipam with no inode left', () => {
     }
   });
 });
+
+describe('berth-ipam on a filesystem that keeps no block count', () => {
+  it('STATUS is ready on ramfs (statfs says 0 blocks of 0 free: no count, not full)', () => {
+    const dir = join(base, 'ramfs');
+    mkdirSync(dir);
+    execFileSync('mount', ['-t', 'ramfs', '-o', 'mode=0755', `bt${process.pid}-ipamramfs`, dir]);
+    try {
+      expect(
+        ipam({ command: 'ADD', config: config('berth-ipam', '1.1.0', dir), containerId: 'r1' }).status,
+      ).toBe(0);
+      expect(status(dir)).toEqual({ status: 0 });
+    } finally {
+      execFileSync('umount', [dir]);
+    }
+  });
+});
