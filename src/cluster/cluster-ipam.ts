@@ -2,13 +2,13 @@
 // serves, the ClusterAllocator the IPAM handlers call, and the admin operations behind `berth cluster
 // status|check` and `berth node forget|leave|rejoin`.
 import * as fs from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { CniError, ErrorCode } from '../cni-spec/errors';
 import { lastOf, networkOf, parseCidr } from '../address/cidr';
 import { type Ip, parseIp } from '../address/ip';
 import { type ClusterAllocator, readClusterRecord } from '../ipam/cluster-blocks';
-import type { IpamConfig } from '../ipam/config';
+import { type IpamConfig, normalDataDir } from '../ipam/config';
 import type { Range } from '../ipam/range-set';
 import type { LeaseStore } from '../ipam/store';
 import {
@@ -282,7 +282,7 @@ export class ClusterIpam implements ClusterAllocator {
    */
   private network(conf: IpamConfig): ClusterNetwork {
     let n = this.networks.get(conf.network);
-    const dataDir = resolve(conf.dataDir);
+    const dataDir = normalDataDir(conf.dataDir);
     if (n !== undefined && n.dataDir !== dataDir) throw movedDataDir(conf.network, n.dataDir, dataDir);
     if (n !== undefined && n.poolKey !== poolKeyOf(conf)) {
       if (n.agreedWithEtcd)
@@ -324,7 +324,7 @@ export class ClusterIpam implements ClusterAllocator {
    */
   private refuseLeasesElsewhere(network: string, dataDir: string): void {
     for (const other of this.dataDirs()) {
-      if (resolve(other) === dataDir) continue;
+      if (normalDataDir(other) === dataDir) continue;
       let rec: ReturnType<typeof readClusterRecord>;
       try {
         rec = readClusterRecord(other, network);
@@ -332,7 +332,7 @@ export class ClusterIpam implements ClusterAllocator {
         continue; // damaged: not a record this check can go by
       }
       if (rec === undefined || rec.node !== this.node.name || rec.uid !== this.node.uid) continue;
-      if (leaseCount(join(other, network)) > 0) throw movedDataDir(network, resolve(other), dataDir);
+      if (leaseCount(join(other, network)) > 0) throw movedDataDir(network, normalDataDir(other), dataDir);
     }
   }
 

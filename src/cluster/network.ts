@@ -6,7 +6,6 @@
 // Invariant: the blocks used locally ⊆ the blocks etcd says this node owns. A claim is written to
 // cluster.json only after its txn committed; a release marks the block `releasing` (under the network's lock,
 // after checking it is empty) before the txn that deletes it.
-import { resolve } from 'node:path';
 import { CniError, ErrorCode } from '../cni-spec/errors';
 import { type Ip, formatIp } from '../address/ip';
 import {
@@ -17,7 +16,7 @@ import {
   readClusterRecord,
   writeClusterRecord,
 } from '../ipam/cluster-blocks';
-import type { IpamConfig } from '../ipam/config';
+import { type IpamConfig, normalDataDir } from '../ipam/config';
 import { type Range, describeRangeSet } from '../ipam/range-set';
 import type { LeaseStore } from '../ipam/store';
 import { EtcdUnavailableError, type KeyValue, type TxnOp, type Watcher } from './etcd-gateway';
@@ -131,7 +130,7 @@ export class ClusterNetwork {
     clock?: () => number,
   ) {
     this.name = conf.network;
-    this.dataDir = resolve(conf.dataDir);
+    this.dataDir = normalDataDir(conf.dataDir);
     this.poolKey = poolKeyOf(conf);
     this.pools = conf.rangeSets.map((set) => new PoolBlocks(set, conf.cluster!));
     this.clock = clock ?? (() => performance.now());

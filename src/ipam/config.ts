@@ -1,6 +1,7 @@
 // berth-ipam's configuration: host-local's keys with host-local's merge order and defaults, berth's own
 // additions (exclude, allocation, releaseOnReboot), and the requested-IP inputs; every problem is code 7
 // (or 4 for CNI_ARGS) and names the key at fault.
+import { resolve } from 'node:path';
 import { CniError, ErrorCode } from '../cni-spec/errors';
 import { withGoFieldNames } from '../cni-spec/request';
 import { specHasMultipleIPs } from '../cni-spec/versions';
@@ -262,6 +263,20 @@ export function ipamStatePaths(config: unknown): string[] {
   }
   const resolvConf = ipam?.resolvConf;
   return [dataDir, ...(typeof resolvConf === 'string' && resolvConf.startsWith('/') ? [resolvConf] : [])];
+}
+
+/**
+ * One spelling per data dir, to compare them: repeated and trailing slashes and `.` segments dropped. `..`
+ * stays: after a symlink it names another directory than the text before it does (the kernel follows the
+ * link first), and the plugins on the files open the path as given. A relative path (a command line's) is
+ * taken from the current directory.
+ */
+export function normalDataDir(path: string): string {
+  if (!path.startsWith('/')) return resolve(path);
+  return `/${path
+    .split('/')
+    .filter((p) => p !== '' && p !== '.')
+    .join('/')}`;
 }
 
 function dataDirOf(ipam: Readonly<Record<string, unknown>> | undefined): string {

@@ -5,6 +5,7 @@ import { formatIp } from '../../src/address/ip';
 import {
   type ConfigInput,
   DEFAULT_DATA_DIR,
+  normalDataDir,
   parseIpamConfig,
   parseStoreLocation,
 } from '../../src/ipam/config';
@@ -265,4 +266,14 @@ describe('validation: code 7 naming the problem', () => {
       expect(err.message).toMatch(/invalid network name/);
     },
   );
+});
+
+describe('normalDataDir', () => {
+  test('one spelling per data dir; `..` kept (after a symlink it names another directory)', () => {
+    expect(normalDataDir('/x/')).toBe('/x');
+    expect(normalDataDir('//x//y/./')).toBe('/x/y');
+    expect(normalDataDir('/data/link/../nets')).toBe('/data/link/../nets');
+    expect(normalDataDir('/')).toBe('/');
+    expect(normalDataDir('rel')).toBe(`${process.cwd()}/rel`);
+  });
 });

@@ -2,7 +2,7 @@
 // stores, and the admin operations (list, show, release, GC, status). The `berth` CLI runs the same
 // service in-process on the files when no daemon answers, so both paths behave alike.
 import * as fs from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { CniError, ErrorCode } from '../../cni-spec/errors';
 import { type Request, parseRequest } from '../../cni-spec/request';
 import type { Result } from '../../cni-spec/types/result';
@@ -11,7 +11,7 @@ import { formatIp, parseIp, sameIp } from '../../address/ip';
 import { blockedOrdinals } from '../allocator';
 import type { ClusterAllocator } from '../cluster-blocks';
 import type { IpamConfig } from '../config';
-import { DEFAULT_DATA_DIR } from '../config';
+import { DEFAULT_DATA_DIR, normalDataDir } from '../config';
 import { type IpamDeps, add, check, del, gc, status } from '../handlers';
 import { networkNameProblem, shortContainerId } from '../../cni-spec/identifiers';
 import { describeRangeSet } from '../range-set';
@@ -156,7 +156,7 @@ export class Service {
   private readonly servedDataDirs = new Set<string>();
 
   constructor(private readonly opts: ServiceOptions) {
-    this.dataDir = resolve(opts.dataDir ?? DEFAULT_DATA_DIR);
+    this.dataDir = normalDataDir(opts.dataDir ?? DEFAULT_DATA_DIR);
     this.syncer = opts.syncer ?? new FilesystemSync();
     if (opts.dataDirsFile !== undefined) this.loadDataDirs(opts.dataDirsFile);
     for (const file of opts.readDataDirsFiles ?? []) this.loadDataDirs(file);
@@ -164,7 +164,7 @@ export class Service {
 
   /** Whether berthd serves this data dir already (`--data-dir`, or one a plugin call used). */
   servesDataDir(given: string): boolean {
-    const dataDir = resolve(given);
+    const dataDir = normalDataDir(given);
     return dataDir === this.dataDir || this.servedDataDirs.has(dataDir);
   }
 
@@ -199,7 +199,7 @@ export class Service {
       const st = JSON.parse(text) as Partial<DataDirsState>;
       if (!Array.isArray(st.dataDirs)) throw new Error('no "dataDirs" list');
       for (const d of st.dataDirs)
-        if (typeof d === 'string' && d.startsWith('/')) this.servedDataDirs.add(resolve(d));
+        if (typeof d === 'string' && d.startsWith('/')) this.servedDataDirs.add(normalDataDir(d));
     } catch (err) {
       // An index, not the truth: a corrupt list only costs the networks it named until a plugin names them.
       this.opts.log.log('warn', 'ignoring a corrupt list of data dirs served', {
@@ -246,7 +246,7 @@ export class Service {
   store(given: string, network: string, served = true): NetworkStore {
     // One data dir, one name: `/x/`, `/x` and `//x` in configs must not make three served data dirs, each
     // listing the same networks (and `berth gc` find each network "in several data dirs").
-    const dataDir = resolve(given);
+    const dataDir = normalDataDir(given);
     const key = join(dataDir, network);
     if (served) this.rememberDataDir(dataDir);
     let s = this.stores.get(key);
@@ -488,7 +488,7 @@ export class Service {
 
   /** Network directories under a data dir (those with host-local's `lock` file), plus those served. */
   private networks(given: LeaseFilter): NetworkStore[] {
-    const filter = given.dataDir !== undefined ? { ...given, dataDir: resolve(given.dataDir) } : given;
+    const filter = given.dataDir !== undefined ? { ...given, dataDir: normalDataDir(given.dataDir) } : given;
     const dirs = filter.dataDir !== undefined ? [filter.dataDir] : this.knownDataDirs;
     const out = new Map<string, NetworkStore>();
     for (const s of this.stores.values()) {
