@@ -383,3 +383,28 @@ export function caseInsensitiveGet(obj: Readonly<Record<string, unknown>>, key: 
   for (const [k, v] of Object.entries(obj)) if (k.toLowerCase() === lower) return v;
   return undefined;
 }
+
+/**
+ * How deep a config's JSON may nest for berthd to parse it (deeper ones run in the program on the files, a
+ * process of its own). Real configs nest a few levels; one nested 400,000 levels (under berthd's body limit)
+ * cost ~21 MB of heap per parse, which berthd kept, and stalled every other call while it was parsed.
+ */
+export const MAX_CONFIG_DEPTH = 64;
+
+/** Whether JSON text nests arrays and objects deeper than `limit` (brackets inside strings do not count). */
+export function nestedDeeperThan(text: string, limit: number): boolean {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === 0x5c)
+        i++; // backslash: the next character is escaped
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) inString = true;
+    else if (c === 0x5b || c === 0x7b) {
+      if (++depth > limit) return true;
+    } else if (c === 0x5d || c === 0x7d) depth--;
+  }
+  return false;
+}

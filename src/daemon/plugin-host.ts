@@ -13,7 +13,7 @@ import {
 } from '../cni-spec/dispatch';
 import { CniError, ErrorCode } from '../cni-spec/errors';
 import { findPlugin } from '../cni-spec/invoke';
-import { COMMANDS, type Request } from '../cni-spec/request';
+import { COMMANDS, MAX_CONFIG_DEPTH, type Request, nestedDeeperThan } from '../cni-spec/request';
 import type { Result } from '../cni-spec/types/result';
 import { type BridgeDeps, type IpamCall, execIpam, nftTable, runDir, systemKernel } from '../bridge/deps';
 import { BRIDGE_ABOUT, bridgeHandlers } from '../bridge/handlers';
@@ -384,31 +384,6 @@ export class PluginHost {
     const printed = JSON.stringify(toVersion(result, req.cniVersion));
     return parseResult(printed, req.cniVersion, 'result of berth-ipam');
   }
-}
-
-/**
- * How deep a config's JSON may nest for berthd to parse it. Real configs nest a few levels; one nested
- * 400,000 levels (under the body limit) cost ~21 MB of heap per parse, which berthd kept, and stalled
- * every other call while it was parsed.
- */
-const MAX_CONFIG_DEPTH = 64;
-
-/** Whether JSON text nests arrays and objects deeper than `limit` (brackets inside strings do not count). */
-export function nestedDeeperThan(text: string, limit: number): boolean {
-  let depth = 0;
-  let inString = false;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (inString) {
-      if (c === 0x5c)
-        i++; // backslash: the next character is escaped
-      else if (c === 0x22) inString = false;
-    } else if (c === 0x22) inString = true;
-    else if (c === 0x5b || c === 0x7b) {
-      if (++depth > limit) return true;
-    } else if (c === 0x5d || c === 0x7d) depth--;
-  }
-  return false;
 }
 
 /** Splits stderr text into lines for the daemon's log (the caller gets the bytes as they are). */

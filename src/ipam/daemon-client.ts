@@ -3,7 +3,7 @@
 // "no daemon": the caller then works on the files, so DEL never fails because the daemon is down.
 import { statSync } from 'node:fs';
 import { CniError, ErrorCode } from '../cni-spec/errors';
-import type { Request } from '../cni-spec/request';
+import { MAX_CONFIG_DEPTH, type Request, nestedDeeperThan } from '../cni-spec/request';
 import type { Result } from '../cni-spec/types/result';
 import {
   Allocate,
@@ -196,6 +196,8 @@ export async function forwardToDaemon(
 ): Promise<{ result?: Result } | undefined> {
   const socket = daemonSocketOf(req.config);
   if (socket === undefined) return undefined;
+  // Not for berthd to parse (see MAX_CONFIG_DEPTH): this process, which parsed it already, works on the files.
+  if (nestedDeeperThan(req.stdin, MAX_CONFIG_DEPTH)) return undefined;
   let owner: number;
   try {
     const st = statSync(socket);

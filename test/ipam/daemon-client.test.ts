@@ -164,6 +164,14 @@ describe('forwardToDaemon (the plugin side)', () => {
     expect(() => daemonSocketOf({ ipam: { daemonSocket: 'relative.sock' } })).toThrow(CniError);
   });
 
+  test('a config nested deeper than berthd parses is not sent: the plugin works on the files', async () => {
+    await scripted('HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}');
+    const deep = request('ADD', socket);
+    deep.stdin = deep.stdin.replace(/}$/, `,"x":${'['.repeat(65)}${']'.repeat(65)}}`);
+    expect(await forwardToDaemon(deep, () => undefined)).toBeUndefined();
+    expect(received).toEqual([]);
+  });
+
   test('forwards {env, config} and returns the result of an ADD', async () => {
     const result = '{"cniVersion":"1.1.0","ips":[{"address":"198.18.201.2/24","gateway":"198.18.201.1"}]}';
     await scripted(
