@@ -447,8 +447,10 @@ describe('etcd down', () => {
     try {
       const waiting = add(a, 'needs-a-block');
       const before = etcdBlocksOf('n1').length;
-      for (let i = 0; i < 200 && etcdBlocksOf('n1').length === before; i++)
+      // Up to 5 s (a loaded machine; one full unit run on 2 cores took over 1 s here and failed).
+      for (let i = 0; i < 1000 && etcdBlocksOf('n1').length === before; i++)
         await new Promise((r) => setTimeout(r, 5));
+      expect(etcdBlocksOf('n1').length).toBeGreaterThan(before);
       await new Promise((r) => setTimeout(r, 50));
       fake.setMode(0, 'refuse'); // then etcd is gone: the retry cannot connect
       fake.setMode(1, 'refuse');
