@@ -201,49 +201,35 @@ describe('berthd serves berth-ipam and curl', () => {
     expect(throughOpenDir.status).toBe(7);
     // berth's admin commands as nobody: told it needs root, not "berthd is not answering" and then a failure
     // on the lease files.
-    const leases = spawnSync(
-      'setpriv',
-      [
-        '--reuid=nobody',
-        '--regid=nogroup',
-        '--clear-groups',
-        process.execPath,
-        join(REPO, 'bin', 'berth'),
-      ].concat(['leases', '--socket', s.socket, '--data-dir', s.dataDir]),
-      { encoding: 'utf8', timeout: 20_000 },
-    );
+    const berthAsNobody = (args: string[]) =>
+      spawnSync(
+        'setpriv',
+        [
+          '--reuid=nobody',
+          '--regid=nogroup',
+          '--clear-groups',
+          process.execPath,
+          join(REPO, 'bin', 'berth'),
+        ].concat(args),
+        { encoding: 'utf8', timeout: 20_000 },
+      );
+    const leases = berthAsNobody(['leases', '--socket', s.socket, '--data-dir', s.dataDir]);
     expect(leases.status).toBe(1);
     expect(leases.stderr).toContain(`permission denied on ${s.socket}: berth's admin commands need root`);
     // With no berthd to ask (no socket there): the same, not an empty node with exit 0.
     for (const command of [['leases'], ['status'], ['leases', '--data-dir', s.dataDir]]) {
-      const files = spawnSync(
-        'setpriv',
-        ['--reuid=nobody', '--regid=nogroup', '--clear-groups', process.execPath, join(REPO, 'bin', 'berth')]
-          .concat(command)
-          .concat(['--socket', '/nonexistent-berth-test/berthd.sock']),
-        { encoding: 'utf8', timeout: 20_000 },
-      );
+      const files = berthAsNobody([...command, '--socket', '/nonexistent-berth-test/berthd.sock']);
       expect(files.status, command.join(' ')).toBe(1);
       expect(files.stderr).toContain("the lease files are root's: berth's admin commands need root");
     }
     // berthd itself as nobody: the failed mkdir says berthd runs as root.
-    const berthd = spawnSync(
-      'setpriv',
-      [
-        '--reuid=nobody',
-        '--regid=nogroup',
-        '--clear-groups',
-        process.execPath,
-        join(REPO, 'bin', 'berth'),
-      ].concat([
-        'daemon',
-        '--socket',
-        '/nonexistent-berth-test/berthd.sock',
-        '--state-dir',
-        '/nonexistent-berth-test',
-      ]),
-      { encoding: 'utf8', timeout: 20_000 },
-    );
+    const berthd = berthAsNobody([
+      'daemon',
+      '--socket',
+      '/nonexistent-berth-test/berthd.sock',
+      '--state-dir',
+      '/nonexistent-berth-test',
+    ]);
     expect(berthd.status).toBe(1);
     expect(berthd.stderr).toMatch(
       /^berth daemon: EACCES: permission denied, mkdir .*\(berthd runs as root\)\n$/m,

@@ -72,15 +72,24 @@ describe('berth-ipam on a full disk', () => {
   });
 });
 
+/** `fn` on a filesystem of `type` mounted for it under the test's dir, unmounted after (also on failure). */
+function onMount(label: string, type: string, options: string, fn: (dir: string) => void): void {
+  const dir = join(base, label);
+  mkdirSync(dir);
+  execFileSync('mount', ['-t', type, '-o', options, `bt${process.pid}-ipam${label}`, dir]);
+  try {
+    expect(
+      ipam({ command: 'ADD', config: config('berth-ipam', '1.1.0', dir), containerId: `${label}1` }).status,
+    ).toBe(0);
+    fn(dir);
+  } finally {
+    execFileSync('umount', [dir]);
+  }
+}
+
 describe('berth-ipam with no inode left', () => {
   it('STATUS is 50 while the filesystem has no free inode, and ready again once one is free', () => {
-    const dir = join(base, 'inodes');
-    mkdirSync(dir);
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m,nr_inodes=64', `bt${process.pid}-ipaminodes`, dir]);
-    try {
-      expect(
-        ipam({ command: 'ADD', config: config('berth-ipam', '1.1.0', dir), containerId: 'i1' }).status,
-      ).toBe(0);
+    onMount('inodes', 'tmpfs', 'size=1m,nr_inodes=64', (dir) => {
       expect(status(dir)).toEqual({ status: 0 });
       let n = 0;
       try {
@@ -96,24 +105,12 @@ describe('berth-ipam with no inode left', () => {
       });
       rmSync(join(dir, 'filler-0'));
       expect(status(dir)).toEqual({ status: 0 });
-    } finally {
-      execFileSync('umount', [dir]);
-    }
+    });
   });
 });
 
 describe('berth-ipam on a filesystem that keeps no block count', () => {
   it('STATUS is ready on ramfs (statfs says 0 blocks of 0 free: no count, not full)', () => {
-    const dir = join(base, 'ramfs');
-    mkdirSync(dir);
-    execFileSync('mount', ['-t', 'ramfs', '-o', 'mode=0755', `bt${process.pid}-ipamramfs`, dir]);
-    try {
-      expect(
-        ipam({ command: 'ADD', config: config('berth-ipam', '1.1.0', dir), containerId: 'r1' }).status,
-      ).toBe(0);
-      expect(status(dir)).toEqual({ status: 0 });
-    } finally {
-      execFileSync('umount', [dir]);
-    }
+    onMount('ramfs', 'ramfs', 'mode=0755', (dir) => expect(status(dir)).toEqual({ status: 0 }));
   });
 });
