@@ -179,9 +179,9 @@ export function reportFailure(io: Pick<PluginIo, 'stdout' | 'stderr'>, report: F
 }
 
 /**
- * A failed system call the machine's state explains (EACCES, ENOSPC…) that the error's message already
- * quotes: its stack adds only berth's own frames to an operator's log. Unexpected failures (999) and other
- * errnos (EBADF, EINVAL: berth's own bugs) keep theirs.
+ * A failed system call that the error's message already quotes (EACCES, ENOSPC, EBUSY…: the machine's
+ * state): its stack adds only berth's own frames to an operator's log. Unexpected failures (999) keep
+ * theirs, and so do the errnos that mean a bug in berth (a bad descriptor or argument).
  */
 function saidInTheMessage(cause: Error, cniErr: CniError): boolean {
   const { syscall, code } = cause as { syscall?: unknown; code?: unknown };
@@ -189,22 +189,12 @@ function saidInTheMessage(cause: Error, cniErr: CniError): boolean {
     cniErr.code !== ErrorCode.Internal &&
     typeof syscall === 'string' &&
     typeof code === 'string' &&
-    MACHINE_STATE_ERRNOS.has(code) &&
+    !BUG_ERRNOS.has(code) &&
     cniErr.message.includes(cause.message)
   );
 }
 
-const MACHINE_STATE_ERRNOS = new Set([
-  'EACCES',
-  'EPERM',
-  'ENOSPC',
-  'EDQUOT',
-  'EROFS',
-  'EIO',
-  'ENOENT',
-  'ENOTDIR',
-  'EEXIST',
-]);
+const BUG_ERRNOS = new Set(['EBADF', 'EINVAL', 'EFAULT', 'ENOTSOCK']);
 
 /** The CniError a plugin reports for `err`: itself, or code 999 naming an unexpected failure. */
 export function asCniError(err: unknown, about: PluginAbout, command: string): CniError {

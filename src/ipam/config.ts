@@ -266,17 +266,12 @@ export function ipamStatePaths(config: unknown): string[] {
 }
 
 /**
- * One spelling per data dir, to compare them: repeated and trailing slashes and `.` segments dropped. `..`
- * stays: after a symlink it names another directory than the text before it does (the kernel follows the
- * link first), and the plugins on the files open the path as given. A relative path (a command line's) is
- * taken from the current directory.
+ * One spelling per data dir, to compare them: `/x/`, `//x` and `/x` are one. Lexical, `..` included, as the
+ * lease files' own paths are (path.join, like host-local's filepath.Join), so berthd and the program on the
+ * files name the same directory. A relative path (a command line's) is taken from the current directory.
  */
 export function normalDataDir(path: string): string {
-  if (!path.startsWith('/')) return resolve(path);
-  return `/${path
-    .split('/')
-    .filter((p) => p !== '' && p !== '.')
-    .join('/')}`;
+  return resolve(path);
 }
 
 function dataDirOf(ipam: Readonly<Record<string, unknown>> | undefined): string {

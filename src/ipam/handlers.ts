@@ -229,6 +229,7 @@ export async function del(req: Request, deps: IpamDeps): Promise<void> {
 export async function check(req: Request, deps: IpamDeps): Promise<void> {
   const conf = configOf(req);
   const att = attachmentOf(req);
+  clusterOf(conf, deps); // a refused cluster config is said before its data dir is made
   const leases = await deps.openStore(conf).transact(async (s) => s.leasesOf(att), { readOnly: true });
   if (leases.length === 0) {
     // host-local's words ("Failed to find address added by container"), but the spec's code for an
@@ -309,9 +310,24 @@ export async function gc(req: Request, deps: IpamDeps): Promise<void> {
   }
 }
 
+/** STATUS's answer for what an ADD is told to try again later (11: fenced, busy): not ready (50). */
+function notReadyFor11<T>(fn: () => T): T {
+  const as50 = (err: unknown): never => {
+    if (err instanceof CniError && err.code === ErrorCode.TryAgainLater)
+      throw new CniError(NOT_AVAILABLE, err.message);
+    throw err;
+  };
+  try {
+    const r = fn();
+    return (r instanceof Promise ? r.catch(as50) : r) as T;
+  } catch (err) {
+    return as50(err);
+  }
+}
+
 export async function status(req: Request, deps: IpamDeps): Promise<void> {
   const conf = configOf(req);
-  const cluster = clusterOf(conf, deps);
+  const cluster = notReadyFor11(() => clusterOf(conf, deps));
   const store = deps.openStore(conf);
   const unwritable = await store.unwritableReason();
   if (unwritable !== undefined) {
@@ -324,15 +340,7 @@ export async function status(req: Request, deps: IpamDeps): Promise<void> {
     async (s) => {
       let sets = conf.rangeSets;
       if (cluster !== undefined) {
-        try {
-          sets = await cluster.ownedRangeSets(conf);
-        } catch (err) {
-          // A fenced node is not ready (50), where an ADD is told to try again later (11).
-          if (err instanceof CniError && err.code === ErrorCode.TryAgainLater) {
-            throw new CniError(NOT_AVAILABLE, err.message);
-          }
-          throw err;
-        }
+        sets = await notReadyFor11(() => cluster.ownedRangeSets(conf));
       }
       const releasable =
         conf.releaseOnReboot && deps.bootId !== undefined ? await s.leasesFromEarlierBoots() : [];

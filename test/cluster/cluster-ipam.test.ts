@@ -21,7 +21,7 @@ import {
   writeClusterRecord,
 } from '../../src/ipam/cluster-blocks';
 import { canonicalizeRangeSet } from '../../src/ipam/range-set';
-import { Allocate, Release, Status } from '../../src/ipam/daemon/protocol';
+import { Allocate, Check, Release, Status } from '../../src/ipam/daemon/protocol';
 import { Service } from '../../src/ipam/daemon/service';
 import { add as fileAdd } from '../../src/ipam/handlers';
 import { openLeaseFileStore } from '../../src/ipam/lease-file-store';
@@ -61,13 +61,15 @@ async function startNode(
     reserveWindowMs?: number;
     /** Only these members (default: all). */
     endpoints?: string[];
+    /** How long a request to an etcd member may take (default 300 ms). */
+    etcdTimeoutMs?: number;
     /** Default: boot-<name>. */
     bootId?: string;
   } = {},
 ): Promise<(typeof nodes)[number]> {
   const dataDir = join(root, name, 'data');
   const cluster = new ClusterIpam({
-    etcd: { endpoints: opts.endpoints ?? urls, timeoutMs: 300 },
+    etcd: { endpoints: opts.endpoints ?? urls, timeoutMs: opts.etcdTimeoutMs ?? 300 },
     prefix: '/berth/v1',
     nodeName: name,
     nodeIdFile: opts.uidFile ?? join(root, name, 'node-id'),
@@ -448,7 +450,8 @@ describe('etcd down', () => {
       const waiting = add(a, 'needs-a-block');
       const before = etcdBlocksOf('n1').length;
       // Up to 5 s (a loaded machine; one full unit run on 2 cores took over 1 s here and failed).
-      for (let i = 0; i < 1000 && etcdBlocksOf('n1').length === before; i++)
+      const until = Date.now() + 5000;
+      while (Date.now() < until && etcdBlocksOf('n1').length === before)
         await new Promise((r) => setTimeout(r, 5));
       expect(etcdBlocksOf('n1').length).toBeGreaterThan(before);
       await new Promise((r) => setTimeout(r, 50));
@@ -961,12 +964,13 @@ describe('a config edited while berthd runs', () => {
     n: (typeof nodes)[number],
     cid: string,
     edit: (ipam: Record<string, unknown>) => void,
+    method: typeof Allocate | typeof Check | typeof Status = Allocate,
   ): Promise<string> {
     const body = envelope(n.dataDir, cid) as { config: { ipam: Record<string, unknown> } };
     edit(body.config.ipam);
     try {
-      const r = await n.service.call(Allocate, body);
-      return r!.ips![0]!.address.split('/')[0]!;
+      const r = await n.service.call(method, body);
+      return r?.ips?.[0]?.address.split('/')[0] ?? 'ok';
     } catch (err) {
       if (!(err instanceof CniError)) throw err;
       return `code ${err.code}: ${err.message}`;
@@ -985,6 +989,8 @@ describe('a config edited while berthd runs', () => {
     // Checks of emptiness ran meanwhile (every second): none released a block with the first dir's pods.
     await new Promise((r) => setTimeout(r, 2500));
     expect(etcdBlocksOf('n1')).toEqual(expect.arrayContaining(owned));
+    // CHECK too (a runtime's CHECK of a pod after the edit).
+    expect(await addEdited(a, 'p-0', (ipam) => (ipam.dataDir = moved), Check)).toMatch(refused);
     // Nothing made in the refused dir, nor listed: `berth gc` would find the network in two data dirs.
     expect(existsSync(join(moved, NET))).toBe(false);
     expect(a.service.knownDataDirs).toEqual([a.dataDir]);
@@ -1018,8 +1024,8 @@ describe('a config edited while berthd runs', () => {
     expect(etcdBlocksOf('n2').length).toBeGreaterThan(0);
   }, 20_000);
 
-  test('a network still reaching etcd with its first config is not replaced meanwhile (code 11)', async () => {
-    const a = await startNode('n1');
+  test('a network still reaching etcd with its first config is not replaced meanwhile (ADD 11, STATUS 50)', async () => {
+    const a = await startNode('n1', { etcdTimeoutMs: 3000 }); // the sync below waits up to 2 × 3 s
     fake.setMode(0, 'hang');
     fake.setMode(1, 'hang');
     const first = addEdited(a, 'p-0', () => undefined); // its sync waits for etcd
@@ -1029,6 +1035,12 @@ describe('a config edited while berthd runs', () => {
         ipam.ranges = [[{ subnet: '198.18.64.0/20' }]];
       }),
     ).toMatch(/^code 11: cluster network ctnet: its config changed while berthd was still reaching etcd/);
+    const edited = (ipam: Record<string, unknown>): void => {
+      ipam.ranges = [[{ subnet: '198.18.64.0/20' }]];
+    };
+    expect(await addEdited(a, 'st', edited, Status)).toMatch(
+      /^code 50: cluster network ctnet: its config changed/,
+    );
     fake.setMode(0, 'up');
     fake.setMode(1, 'up');
     await first;
