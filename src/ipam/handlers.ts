@@ -34,8 +34,13 @@ function clusterOf(conf: IpamConfig, deps: IpamDeps): ClusterAllocator | undefin
       `network ${conf.network} is a cluster network; this store has no blocks`,
     );
   }
-  deps.cluster.checkConfig?.(conf);
+  refuseEditedClusterConfig(conf, deps);
   return deps.cluster;
+}
+
+/** A cluster network's config its allocator cannot serve (dataDir or pools edited): said before its store is opened. */
+function refuseEditedClusterConfig(conf: IpamConfig, deps: IpamDeps): void {
+  if (conf.cluster !== undefined) deps.cluster?.checkConfig?.(conf);
 }
 
 /** Code for an ADD/STATUS that cannot be served because a pool is full or the store unwritable (spec: STATUS). */
@@ -229,7 +234,7 @@ export async function del(req: Request, deps: IpamDeps): Promise<void> {
 export async function check(req: Request, deps: IpamDeps): Promise<void> {
   const conf = configOf(req);
   const att = attachmentOf(req);
-  clusterOf(conf, deps); // a refused cluster config is said before its data dir is made
+  refuseEditedClusterConfig(conf, deps); // CHECK needs no blocks, only a config the network is served with
   const leases = await deps.openStore(conf).transact(async (s) => s.leasesOf(att), { readOnly: true });
   if (leases.length === 0) {
     // host-local's words ("Failed to find address added by container"), but the spec's code for an

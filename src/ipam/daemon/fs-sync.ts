@@ -4,10 +4,10 @@
 // run at once (the second starts while the first flushes): one at a time gave ~7 % fewer pairs/s in
 // alternating bench runs.
 //
-// Each filesystem gets one descriptor for as long as a network on it is known. The kernel (Linux >= 5.8) reports a
-// writeback error once per descriptor, to the first syncfs that checks after it happened, which may be
-// another round than the one covering the failed write: so an error fails every round in flight and every
-// caller already waiting, and only callers that come later can succeed again.
+// Each filesystem gets one descriptor for as long as a network on it is known. The kernel (Linux >= 5.8)
+// reports a writeback error once per descriptor, to the first syncfs that checks after it happened, which
+// may be another round than the one covering the failed write: so an error fails every round in flight and
+// every caller already waiting, and only callers that come later can succeed again.
 import * as fs from 'node:fs';
 import { loadNativeAddon } from '../../native-addon';
 
