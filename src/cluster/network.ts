@@ -7,9 +7,11 @@
 // cluster.json only after its txn committed; a release marks the block `releasing` (under the network's lock,
 // after checking it is empty) before the txn that deletes it.
 import { CniError, ErrorCode } from '../cni-spec/errors';
-import { type Ip, formatIp } from '../address/ip';
+import { type Family, type Ip, formatIp } from '../address/ip';
+import { lastOf, networkOf, parseCidr } from '../address/cidr';
 import {
   type ClusterRecord,
+  type ClusterSettings,
   type LocalBlock,
   PoolBlocks,
   ownedRangeSet,
@@ -56,6 +58,54 @@ interface Claimed {
   uid: string;
 }
 
+/** A claimed block's addresses. */
+interface Span {
+  family: Family;
+  first: bigint;
+  last: bigint;
+}
+
+function overlaps(span: Span, family: Family, start: bigint, end: bigint): boolean {
+  return span.family === family && span.first <= end && span.last >= start;
+}
+
+/**
+ * The pool config value this node writes to etcd and compares with (design 3.2): the pools, and the block
+ * size of each family they have. Builds before this one recorded instead the prefix of the first pool's
+ * first block, for that pool's family only (`legacy`); a value they wrote is taken as agreeing when it is
+ * exactly what they would have written for this config, as it says nothing of the other sizes (the claimed
+ * blocks are checked instead, see ClusterNetwork.foreignLayout).
+ */
+export function poolConfigValues(
+  pools: readonly PoolBlocks[],
+  sizes: ClusterSettings,
+): { current: string; legacy: string } {
+  const value = (blockSize4: number, blockSize6: number): string =>
+    JSON.stringify({
+      pools: pools.map((p) => describeRangeSet(p.set).split(',')),
+      blockSize4,
+      blockSize6,
+      schema: 1,
+    } satisfies PoolConfigValue);
+  const has = (f: Family): boolean => pools.some((p) => p.family === f);
+  const first = pools[0];
+  const c = first?.at(0n).cidr ?? '/0';
+  const firstPrefix = Number(c.slice(c.indexOf('/') + 1));
+  return {
+    current: value(has(4) ? sizes.blockSize4 : 0, has(6) ? sizes.blockSize6 : 0),
+    legacy: value(first?.family === 4 ? firstPrefix : 0, first?.family === 6 ? firstPrefix : 0),
+  };
+}
+
+/** "pools [...] in blocks /26 (IPv4), /122 (IPv6)" of a pool config value, for messages. */
+function describePoolConfig(v: PoolConfigValue | undefined): string {
+  const sizes = [
+    v?.blockSize4 ? `/${v.blockSize4} (IPv4)` : '',
+    v?.blockSize6 ? `/${v.blockSize6} (IPv6)` : '',
+  ].filter((s) => s !== '');
+  return `pools ${JSON.stringify(v?.pools)}${sizes.length > 0 ? ` in blocks ${sizes.join(', ')}` : ''}`;
+}
+
 function usableOf(r: Range): number {
   const n = Number(r.end - r.start + 1n);
   return r.gateway.value >= r.start && r.gateway.value <= r.end ? n - 1 : n;
@@ -91,9 +141,16 @@ export class ClusterNetwork {
   readonly name: string;
   readonly dataDir: string;
   readonly pools: PoolBlocks[];
+  private readonly blockSizes: ClusterSettings;
   private readonly owned = new Map<string, Owned>();
   /** Every claimed block of the network (any node), from a range and the watch. */
   private readonly claimed = new Map<string, Claimed>();
+  /**
+   * Claimed blocks inside the pools that are not blocks of this node's layout: another node cuts the pools
+   * into blocks of another size (a network whose etcd value an older build wrote, which did not record the
+   * second family's size). Empty normally. No block overlapping one is claimed here.
+   */
+  private readonly foreignLayout = new Map<string, Span>();
   private synced = false;
   /** etcd's pool config of the network matched this node's (or was written from it) at a sync. */
   agreedWithEtcd = false;
@@ -132,7 +189,8 @@ export class ClusterNetwork {
     this.name = conf.network;
     this.dataDir = normalDataDir(conf.dataDir);
     this.poolKey = poolKeyOf(conf);
-    this.pools = conf.rangeSets.map((set) => new PoolBlocks(set, conf.cluster!));
+    this.blockSizes = conf.cluster!;
+    this.pools = conf.rangeSets.map((set) => new PoolBlocks(set, this.blockSizes));
     this.clock = clock ?? (() => performance.now());
     let rec: ReturnType<typeof readClusterRecord>;
     try {
@@ -354,36 +412,24 @@ export class ClusterNetwork {
 
   private async checkPoolConfig(): Promise<void> {
     const { etcd, keys } = this.node;
-    const want: PoolConfigValue = {
-      pools: this.pools.map((p) => describeRangeSet(p.set).split(',')),
-      blockSize4: 0,
-      blockSize6: 0,
-      schema: 1,
-    };
-    const first = this.pools[0];
-    if (first !== undefined) {
-      const c = first.at(0n).cidr;
-      want[first.family === 4 ? 'blockSize4' : 'blockSize6'] = Number(c.slice(c.indexOf('/') + 1));
-    }
-    const text = JSON.stringify(want);
+    const { current, legacy } = poolConfigValues(this.pools, this.blockSizes);
     const key = keys.config(this.name);
     const r = await etcd.txn(
       {
         compare: [{ key, target: 'CREATE', createRevision: '0' }],
-        success: [{ put: { key, value: text } }],
+        success: [{ put: { key, value: current } }],
         failure: [{ range: { key } }],
       },
       'config',
     );
     const kv = r.succeeded ? undefined : 'range' in r.responses[0]! ? r.responses[0].range.kvs[0] : undefined;
-    if (kv === undefined || kv.value === text) {
+    if (kv === undefined || kv.value === current || kv.value === legacy) {
       this.agreedWithEtcd = true;
       return;
     }
-    const theirs = parseValue<PoolConfigValue>(kv.value);
     throw new CniError(
       ErrorCode.InvalidNetworkConfig,
-      `cluster network ${this.name}: this node's pools ${JSON.stringify(want.pools)} differ from the ones in etcd ${JSON.stringify(theirs?.pools)}; every node must use the same ranges`,
+      `cluster network ${this.name}: this node's ${describePoolConfig(parseValue<PoolConfigValue>(current))} differ from the ones in etcd, ${describePoolConfig(parseValue<PoolConfigValue>(kv.value))}; every node must use the same ranges and block sizes`,
     );
   }
 
@@ -399,10 +445,11 @@ export class ClusterNetwork {
       if (v === undefined) continue;
       seen.add(parsed.cidr);
       this.claimed.set(parsed.cidr, { node: v.node, uid: v.uid });
+      const where = this.poolOf(parsed.cidr);
+      if (where === undefined) this.noteForeignLayout(parsed.cidr, v.node);
       const mine = v.node === this.node.name && v.uid === this.node.uid;
       const o = this.owned.get(parsed.cidr);
       if (mine && o === undefined) {
-        const where = this.poolOf(parsed.cidr);
         if (where !== undefined) {
           this.owned.set(parsed.cidr, {
             setId: where.setId,
@@ -437,6 +484,7 @@ export class ClusterNetwork {
     }
     if (complete) {
       for (const cidr of [...this.claimed.keys()]) if (!seen.has(cidr)) this.claimed.delete(cidr);
+      for (const cidr of [...this.foreignLayout.keys()]) if (!seen.has(cidr)) this.foreignLayout.delete(cidr);
       for (const cidr of [...this.owned.keys()]) {
         if (!seen.has(cidr)) {
           this.owned.delete(cidr);
@@ -447,8 +495,34 @@ export class ClusterNetwork {
     if (changed && this.synced) this.writeRecordLater();
   }
 
+  /** A claimed block that is not one of this node's blocks: kept in foreignLayout if it overlaps the pools. */
+  private noteForeignLayout(cidr: string, owner: string): void {
+    if (this.foreignLayout.has(cidr)) return;
+    const c = parseCidr(cidr);
+    if (c === undefined) return;
+    const span: Span = { family: c.ip.family, first: networkOf(c), last: lastOf(c) };
+    const inPools = this.pools.some((p) => p.set.some((r) => overlaps(span, r.family, r.start, r.end)));
+    if (!inPools) return;
+    this.foreignLayout.set(cidr, span);
+    const ours = [...this.owned.keys()].filter((b) => {
+      const r = this.poolOf(b)?.range;
+      return r !== undefined && overlaps(span, r.family, r.start, r.end);
+    });
+    this.node.o.log.log(
+      'warn',
+      "cluster: another node's block does not match this node's block size; the nodes' ipam.cluster block sizes differ (every node must use the same)",
+      {
+        network: this.name,
+        block: cidr,
+        owner,
+        ...(ours.length > 0 ? { overlapsOurs: ours.join(' ') } : {}),
+      },
+    );
+  }
+
   private blockGone(cidr: string): void {
     this.claimed.delete(cidr);
+    this.foreignLayout.delete(cidr);
     const o = this.owned.get(cidr);
     if (o !== undefined && o.state === 'owned') {
       // Deleted by someone else (`berth node forget --force`): etcd no longer says it is ours.
@@ -503,9 +577,15 @@ export class ClusterNetwork {
     const limit = BigInt(this.claimed.size + k + 1);
     for (let i = 0n; i < pool.count && i < limit && out.length < k; i++) {
       const b = pool.at((start + i) % pool.count);
-      if (!this.claimed.has(b.cidr) && !this.owned.has(b.cidr)) out.push(b.cidr);
+      if (!this.claimed.has(b.cidr) && !this.owned.has(b.cidr) && !this.overlapsForeignLayout(b.range))
+        out.push(b.cidr);
     }
     return out;
+  }
+
+  private overlapsForeignLayout(r: Range): boolean {
+    for (const span of this.foreignLayout.values()) if (overlaps(span, r.family, r.start, r.end)) return true;
+    return false;
   }
 
   /** One claim attempt of `k` blocks; resolves with the number claimed (0: all taken, pick again). */

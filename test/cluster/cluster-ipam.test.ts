@@ -14,6 +14,7 @@ import { cidrContains, parseCidr } from '../../src/address/cidr';
 import { parseIp } from '../../src/address/ip';
 import {
   PoolBlocks,
+  blockKeyName,
   clusterRecordPath,
   filesClusterAllocator,
   readClusterRecord,
@@ -1060,5 +1061,72 @@ describe('etcd values no berthd wrote', () => {
     ]);
     fake.putDirect('/berth/v1/nodes/n8/identity', 'not json');
     await expect(a.cluster.forget('n8', true)).rejects.toThrow(/identity in etcd .* cannot be read/);
+  }, 20_000);
+});
+
+describe('block sizes across nodes', () => {
+  const V6 = 'fd00:18::/118';
+  /** An ADD of a dual-stack config with these IPv6 blocks: its addresses, or its CniError's code and message. */
+  async function addDual(
+    n: (typeof nodes)[number],
+    cid: string,
+    blockSize6: number,
+  ): Promise<string[] | string> {
+    const body = envelope(n.dataDir, cid) as { config: { ipam: Record<string, unknown> } };
+    body.config.ipam.ranges = [[{ subnet: POOL }], [{ subnet: V6 }]];
+    body.config.ipam.cluster = { blockSize: 26, blockSize6 };
+    try {
+      const r = await n.service.call(Allocate, body);
+      return r!.ips!.map((ip) => ip.address.split('/')[0]!);
+    } catch (err) {
+      if (!(err instanceof CniError)) throw err;
+      return `code ${err.code}: ${err.message}`;
+    }
+  }
+
+  const overlapping = (a: string, b: string): boolean =>
+    cidrContains(parseCidr(a)!, parseCidr(b)!.ip) || cidrContains(parseCidr(b)!, parseCidr(a)!.ip);
+
+  test("a dual-stack node whose blockSize6 differs from etcd's is refused (code 7 naming both) and claims nothing", async () => {
+    const a = await startNode('n1');
+    expect(await addDual(a, 'p-0', 122)).toEqual([
+      expect.stringMatching(/^198\.18\./),
+      expect.stringMatching(/^fd00:18::/),
+    ]);
+    const b = await startNode('n2');
+    expect(await addDual(b, 'q-0', 120)).toMatch(
+      /^code 7: cluster network ctnet: this node's pools .* in blocks \/26 \(IPv4\), \/120 \(IPv6\) differ from the ones in etcd, pools .* in blocks \/26 \(IPv4\), \/122 \(IPv6\);/,
+    );
+    expect(etcdBlocksOf('n2')).toEqual([]);
+    // The same block sizes are served.
+    expect(await addDual(b, 'q-1', 122)).toHaveLength(2);
+  }, 20_000);
+
+  test('on a value an older build wrote (no IPv6 block size), no block overlapping another size is claimed', async () => {
+    // What builds before this one wrote for this config: the first pool's family only.
+    fake.putDirect(
+      `/berth/v1/nets/${NET}/config`,
+      JSON.stringify({
+        pools: [['198.18.0.1-198.18.15.254'], ['fd00:18::1-fd00:18::3ff']],
+        blockSize4: 26,
+        blockSize6: 0,
+        schema: 1,
+      }),
+    );
+    // Another node's /122 blocks in three of the pool's four /120s.
+    const theirs = ['fd00:18::40/122', 'fd00:18::140/122', 'fd00:18::240/122'];
+    fake.putManyDirect(
+      theirs.map((c) => [
+        `/berth/v1/nets/${NET}/blocks/${blockKeyName(c)}`,
+        JSON.stringify({ node: 'n9', uid: 'u9', claimedAt: new Date().toISOString() }),
+      ]),
+    );
+    const b = await startNode('n2');
+    const ips = await addDual(b, 'q-0', 120);
+    expect(ips, String(ips)).toHaveLength(2);
+    expect(cidrContains(parseCidr('fd00:18::300/120')!, parseIp(ips[1]!)!)).toBe(true);
+    const mine = etcdBlocksOf('n2').filter((c) => c.includes(':'));
+    expect(mine).toEqual(['fd00:18::300/120']);
+    for (const c of mine) for (const t of theirs) expect(overlapping(c, t)).toBe(false);
   }, 20_000);
 });
