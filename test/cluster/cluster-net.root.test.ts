@@ -176,7 +176,7 @@ describe('cluster network across three node namespaces', () => {
         value: JSON.stringify({
           pools: [['198.19.50.1-198.19.50.254'], ['fd00:b15:50::1-fd00:b15:50::ffff:ffff:ffff:ffff']],
           blockSize4: 26,
-          blockSize6: 0,
+          blockSize6: 122,
           schema: 1,
         }),
       },
