@@ -12,7 +12,13 @@ import { withNetworkLock } from './lock';
 import { removeMasquerade } from './masquerade';
 import { attachmentTag, nftScope, type Nft } from './nft';
 import { removeReferenceRules } from './reference-masquerade';
-import { attachmentNftUse, unregisterAttachment } from './registry';
+import {
+  HOST_VETH_RE,
+  attachmentNftUse,
+  attachmentRecorded,
+  registeredElsewhere,
+  unregisterAttachment,
+} from './registry';
 import { removeSpoofCheck } from './spoofcheck';
 
 /**
@@ -61,16 +67,23 @@ async function isHostEndOf(host: Netlink, podLink: Link, tag: string): Promise<b
 /**
  * Host veths carrying this attachment's tag (left behind when the namespace is unknown or still alive
  * elsewhere). Only ports of this network's bridge, or veths detached from any bridge, count: a veth with the
- * same tag on another bridge belongs to another network's attachment and is not ours to delete.
+ * same tag on another bridge belongs to another network's attachment and is not ours to delete. Except when
+ * none is on ours and `movedOk`: the attachment is this network's alone (its record), so a berth-named veth
+ * with its tag on another bridge is its own, left there by a config whose `bridge` changed since the ADD.
  */
-async function deleteTaggedVeths(host: Netlink, opts: { tag: string; bridge: string }): Promise<void> {
+async function deleteTaggedVeths(
+  host: Netlink,
+  opts: { tag: string; bridge: string; movedOk: () => boolean },
+): Promise<void> {
   const bridge = await host.findLink(opts.bridge);
-  for (const l of await host.listLinks()) {
-    const onOurs = l.masterIndex === undefined || (bridge !== undefined && l.masterIndex === bridge.index);
-    if (l.kind === 'veth' && l.alias === opts.tag && onOurs) {
-      await host.deleteLink(l.index).catch((e) => (isCode(e, 'ENODEV') ? undefined : Promise.reject(e)));
-    }
-  }
+  const tagged = (await host.listLinks()).filter((l) => l.kind === 'veth' && l.alias === opts.tag);
+  const onOurs = (l: Link): boolean =>
+    l.masterIndex === undefined || (bridge !== undefined && l.masterIndex === bridge.index);
+  let doomed = tagged.filter(onOurs);
+  if (doomed.length === 0 && tagged.length > 0 && opts.movedOk())
+    doomed = tagged.filter((l) => HOST_VETH_RE.test(l.name));
+  for (const l of doomed)
+    await host.deleteLink(l.index).catch((e) => (isCode(e, 'ENODEV') ? undefined : Promise.reject(e)));
 }
 
 export async function cmdDel(req: Request, deps: BridgeDeps): Promise<void> {
@@ -103,7 +116,13 @@ export async function cmdDel(req: Request, deps: BridgeDeps): Promise<void> {
     // host, ~2 ms of the event loop per DEL on a node with 110 pods.
     if (host !== undefined && !hostEndDeleted) {
       try {
-        await deleteTaggedVeths(host, { tag, bridge: conf.bridge });
+        await deleteTaggedVeths(host, {
+          tag,
+          bridge: conf.bridge,
+          movedOk: () =>
+            attachmentRecorded(deps.runDir, conf.network, tag) &&
+            !registeredElsewhere(deps.runDir, conf.network, tag),
+        });
       } catch (err) {
         note('delete host veth', err);
       }

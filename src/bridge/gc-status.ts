@@ -10,13 +10,11 @@ import { withNetworkLock } from './lock';
 import { removeMasquerade } from './masquerade';
 import { attachmentTag, nftScope } from './nft';
 import { collectReferenceMasquerade } from './reference-masquerade';
-import { registeredElsewhere, registeredTags, unregisterAttachment } from './registry';
+import { HOST_VETH_RE, registeredElsewhere, registeredTags, unregisterAttachment } from './registry';
 import { removeSpoofCheck } from './spoofcheck';
 
 /** An alias berth wrote: `<containerID>/<ifname>` (ifname has no '/'). */
 const TAG_RE = /^.+\/[^/]{1,15}$/;
-/** The name berth gives a pod's host veth (hostVethName in add.ts). */
-const HOST_VETH_RE = /^veth[0-9a-f]{8}$/;
 
 export async function cmdGc(req: Request, deps: BridgeDeps): Promise<void> {
   const conf = confFromRequest(req);

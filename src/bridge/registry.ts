@@ -75,6 +75,14 @@ function readRecord(
   return { existed: true, nft: record.tag === tag ? record.nft : undefined };
 }
 
+/** Whether the network has a record of the attachment (an ADD of it got as far as registering it). */
+export function attachmentRecorded(runDir: string, network: string, tag: string): boolean {
+  return readRecord(runDir, network, tag).existed;
+}
+
+/** The name berth gives a pod's host veth (hostVethName in add.ts). */
+export const HOST_VETH_RE = /^veth[0-9a-f]{8}$/;
+
 /** Caller holds the network lock; the network's directory goes with its last attachment. */
 export function unregisterAttachment(runDir: string, network: string, tag: string): void {
   const dir = networkDir(runDir, network);

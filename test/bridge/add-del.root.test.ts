@@ -407,6 +407,15 @@ describe('DEL is idempotent', () => {
     expect(survivor.master).toBe(otherBridge);
   });
 
+  it("with an empty CNI_NETNS after the config's bridge changed: its veth on the old bridge goes too", async () => {
+    const { ns, c } = await added();
+    const moved = { ...c, bridge: fx.bridge() };
+    const del = await fx.run({ command: 'DEL', conf: moved, containerId: 'ctr7', netns: '', ifname: 'eth0' });
+    expect(del.code, del.stdout).toBe(0);
+    expectAllGone(c);
+    expect(ipJson(['-n', ns.name, 'link', 'show']).map((l: any) => l.ifname)).toEqual(['lo']);
+  });
+
   it('after the netns was deleted, with prevResult', async () => {
     const { ns, c, result } = await added();
     fx.deleteNetns(ns.name);
