@@ -153,6 +153,22 @@ async function createVeth(ctx: AddContext, undo: UndoStack): Promise<VethPair> {
 }
 
 /**
+ * A port below IPv6's minimum MTU lowers the bridge's MTU (unless an operator set it), and the kernel then
+ * drops every IPv6 address of the bridge: another network's gateways on a shared bridge, whose pods lose them
+ * while their CHECK still passes (the reference does the same). Refused before anything is made, only for
+ * such an mtu (no cost to other ADDs).
+ */
+async function refuseMtuDroppingIpv6(host: Netlink, conf: BridgeConf, bridge: Link): Promise<void> {
+  if (conf.mtu === undefined || conf.mtu >= IPV6_MIN_MTU) return;
+  const v6 = (await host.listAddresses({ link: bridge.index, family: 6 })).filter((a) => a.scope === 0);
+  if (v6.length === 0) return;
+  throw new CniError(
+    ErrorCode.InvalidNetworkConfig,
+    `mtu ${conf.mtu} is below IPv6's minimum of ${IPV6_MIN_MTU}, and bridge "${conf.bridge}" carries IPv6 addresses (${v6.map((a) => `${a.address}/${a.prefixLength}`).join(', ')}): a port of this MTU would lower the bridge's and the kernel would remove them`,
+  );
+}
+
+/**
  * A bridge port: a pod's host veth, or (`vlanGateway`) the port of the `<bridge>.<vlan>` gateway pair. The
  * gateway's port gets none of the pods' port options, as in the reference (hairpin off, not isolated, the
  * access VLAN only): isolated like the pods' ports it could not reach them, and no pod its gateway.
@@ -546,6 +562,7 @@ export async function cmdAdd(req: Request, deps: BridgeDeps): Promise<Result> {
     // port, of this network or of another one on the same bridge.
     const { bridge, veth } = await onBridge(async () => {
       const b = await ensureBridge(host, conf);
+      if (!b.created) await refuseMtuDroppingIpv6(host, conf, b.link);
       if (b.created) {
         undo.push(`delete bridge ${conf.bridge}`, () =>
           onBridge(async () => {

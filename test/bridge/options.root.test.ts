@@ -250,6 +250,24 @@ describe('link options', () => {
     expect(ipJson(['-n', ns.name, 'link', 'show']).map((l: any) => l.ifname)).toEqual(['lo']);
   });
 
+  it("an mtu below 1280 on a bridge carrying another network's IPv6 gateway: code 7, the gateway kept", async () => {
+    const v6 = conf({ isGateway: true, ipam: fx.hostLocal([[{ subnet: 'fd00:b::/64' }]]) });
+    await add(v6);
+    const small = { ...conf({ mtu: 1200 }), name: `${fx.prefix}small`, bridge: v6.bridge };
+    const { ns, r } = await runAdd(small, { id: 'ctr-small' });
+    expect(r.json).toMatchObject({
+      code: 7,
+      msg: expect.stringMatching(
+        /mtu 1200 is below IPv6's minimum of 1280, and bridge ".*" carries IPv6 addresses \(fd00:b::1\/64\)/,
+      ),
+    });
+    expect(ipJson(['-n', ns.name, 'link', 'show']).map((l: any) => l.ifname)).toEqual(['lo']);
+    expect(fx.leases(small.name)).toEqual([]);
+    const bridgeV6 = ipJson(['-6', 'addr', 'show', 'dev', v6.bridge as string])[0].addr_info;
+    expect(bridgeV6.map((a: any) => a.local)).toContain('fd00:b::1');
+    expect(linkDetail(v6.bridge as string).mtu).toBe(1500);
+  });
+
   it('enabledad with a slow DAD (5 probes, ~5 s): the ADD waits for it and succeeds', async () => {
     const ns = fx.netns();
     sh('ip', ['netns', 'exec', ns.name, 'sysctl', '-qw', 'net.ipv6.conf.default.dad_transmits=5']);
