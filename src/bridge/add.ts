@@ -189,16 +189,27 @@ async function configurePort(
   });
   const trunk = gateway ? [] : conf.vlanTrunk;
   if (conf.vlan !== 0 || trunk.length > 0) {
-    if (!conf.preserveDefaultVlan) {
-      const existing = await host.listPortVlans(veth.index);
-      if (existing.length > 0) await host.delPortVlans(veth.index, existing);
-    }
     const vlans = [];
     // Access VLAN: PVID and untagged; with only a trunk, the native VLAN is 1 as in the reference.
     if (conf.vlan !== 0) vlans.push({ vid: conf.vlan, pvid: true, untagged: true });
     else vlans.push({ vid: 1, pvid: true, untagged: true });
     for (const vid of trunk) if (vid !== conf.vlan) vlans.push({ vid });
-    await host.addPortVlans(veth.index, vlans);
+    try {
+      if (!conf.preserveDefaultVlan) {
+        const existing = await host.listPortVlans(veth.index);
+        if (existing.length > 0) await host.delPortVlans(veth.index, existing);
+      }
+      await host.addPortVlans(veth.index, vlans);
+    } catch (err) {
+      // A bridge made elsewhere, on a kernel without VLAN filtering: say so as for a bridge berth creates.
+      if (!isCode(err, 'EOPNOTSUPP')) throw err;
+      throw new CniError(
+        ErrorCode.Internal,
+        `cannot set VLANs on a port of bridge "${port.bridge.name}": this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING), needed by "vlan"/"vlanTrunk"`,
+        undefined,
+        { cause: err },
+      );
+    }
   }
   await host.setUp(veth.index);
 }

@@ -337,6 +337,17 @@ describe.skipIf(VLAN_OK)('VLANs on a kernel without bridge VLAN filtering', () =
       expect(fx.leases(c.name as string)).toEqual([]);
     },
   );
+
+  it('on an existing bridge: the same clear error, the bridge kept, nothing else left', async () => {
+    const c = conf({ vlan: 100 });
+    sh('ip', ['link', 'add', c.bridge as string, 'type', 'bridge']);
+    const { ns, r } = await runAdd(c);
+    expect(r.code).not.toBe(0);
+    expect(r.json.msg).toMatch(/^cannot set VLANs on a port of bridge ".*": .*CONFIG_BRIDGE_VLAN_FILTERING/);
+    expect(fx.ports(c.bridge as string)).toEqual([]);
+    expect(ipJson(['-n', ns.name, 'link', 'show']).map((l: any) => l.ifname)).toEqual(['lo']);
+    expect(fx.leases(c.name as string)).toEqual([]);
+  });
 });
 
 describe.runIf(VLAN_OK)('VLANs', () => {
