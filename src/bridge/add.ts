@@ -418,7 +418,11 @@ async function ensureGateways(
       if (!isCode(err, 'EEXIST'))
         throw new CniError(
           ErrorCode.Internal,
-          `could not add IP address to "${target.name}": ${(err as Error).message}`,
+          `could not add IP address to "${target.name}": ${(err as Error).message}${
+            gw.family === 6 && isCode(err, 'EACCES')
+              ? ` (IPv6 is disabled on it: net.ipv6.conf.${target.name}.disable_ipv6 is 1, taken from net.ipv6.conf.default.disable_ipv6 when it was created)`
+              : ''
+          }`,
           undefined,
           { cause: err },
         );

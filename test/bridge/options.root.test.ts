@@ -268,6 +268,20 @@ describe('link options', () => {
     expect(linkDetail(v6.bridge as string).mtu).toBe(1500);
   });
 
+  it('an IPv6 gateway on a bridge whose IPv6 is disabled: the error names the sysctl', async () => {
+    const c = conf({ isGateway: true, ipam: fx.hostLocal([[{ subnet: 'fd00:b::/64' }]]) });
+    sh('ip', ['link', 'add', c.bridge as string, 'type', 'bridge']);
+    sh('sysctl', ['-qw', `net.ipv6.conf.${c.bridge as string}.disable_ipv6=1`]);
+    const { ns, r } = await runAdd(c);
+    expect(r.code).not.toBe(0);
+    expect(r.json.msg).toMatch(
+      /^could not add IP address to ".*": .*EACCES \(IPv6 is disabled on it: net\.ipv6\.conf\..*\.disable_ipv6 is 1/,
+    );
+    expect(fx.ports(c.bridge as string)).toEqual([]);
+    expect(ipJson(['-n', ns.name, 'link', 'show']).map((l: any) => l.ifname)).toEqual(['lo']);
+    expect(fx.leases(c.name as string)).toEqual([]);
+  });
+
   it('enabledad with a slow DAD (5 probes, ~5 s): the ADD waits for it and succeeds', async () => {
     const ns = fx.netns();
     sh('ip', ['netns', 'exec', ns.name, 'sysctl', '-qw', 'net.ipv6.conf.default.dad_transmits=5']);
