@@ -360,6 +360,8 @@ describe('GC', () => {
     expect(r.stderr).toContain(`failed to delete stale attachment ${containerIdFor('/run/netns/p1')} eth0`);
     expect(r.stderr).toContain(`failed to delete stale attachment ${containerIdFor('/run/netns/p2')} eth0`);
     expect(r.stderr).toContain('plugin type="a" failed (gc)');
+    // Each once (they were logged, then printed again in the error).
+    expect(r.stderr.split('plugin type="a" failed (gc)')).toHaveLength(2);
     expect(cacheFiles()).toHaveLength(3);
   });
 

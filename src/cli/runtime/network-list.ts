@@ -236,7 +236,7 @@ export async function gcNetworkList(
   const [only] = errors;
   if (only !== undefined && errors.length === 1) throw only;
   if (errors.length > 1) {
-    for (const e of errors) runtime.log?.(e.message);
+    // Each failure once, in the error (libcni's errors.Join): logging them too printed them twice.
     throw new CniError(
       errors[0]?.code ?? ErrorCode.Internal,
       errors.map((e) => e.message).join('\n'),
