@@ -510,7 +510,7 @@ export class ClusterNetwork {
     });
     this.node.o.log.log(
       'warn',
-      "cluster: another node's block does not match this node's block size; the nodes' ipam.cluster block sizes differ (every node must use the same)",
+      "cluster: a claimed block is not of this node's block size: ipam.cluster block sizes differ between nodes or configs (every node must use the same), and no block overlapping it is claimed here",
       {
         network: this.name,
         block: cidr,
