@@ -14,6 +14,7 @@ import { attachmentTag, nftScope, type Nft } from './nft';
 import { removeReferenceRules } from './reference-masquerade';
 import {
   HOST_VETH_RE,
+  TAG_RE,
   attachmentNftUse,
   attachmentRecorded,
   registeredElsewhere,
@@ -33,6 +34,7 @@ async function deleteInNetns(
   netns: string,
   ifname: string,
   tag: string,
+  log: (line: string) => void,
 ): Promise<boolean> {
   let pod: Netlink;
   try {
@@ -45,7 +47,17 @@ async function deleteInNetns(
   try {
     const link = await pod.findLink(ifname);
     if (link === undefined) return false;
-    const hostEndIsOurs = host !== undefined && (await isHostEndOf(host, link, tag));
+    const peer = host === undefined ? undefined : await hostPeerOf(host, link);
+    const hostEndIsOurs = peer?.alias === tag;
+    // The interface of another berth attachment (its host end carries another tag): the namespace path now
+    // names another pod's namespace (a reused /proc/<pid>/ns/net, a netns name made again). Not ours to
+    // delete; the reference deletes it, and that pod loses its interface while keeping its lease.
+    if (!hostEndIsOurs && peer !== undefined && isBerthPort(peer)) {
+      log(
+        `left ${ifname} in ${netns}: its host end ${peer.name} belongs to attachment ${peer.alias}, not ${tag}`,
+      );
+      return false;
+    }
     await pod.deleteLink(link.index).catch((e) => (isCode(e, 'ENODEV') ? undefined : Promise.reject(e)));
     return hostEndIsOurs;
   } finally {
@@ -53,15 +65,18 @@ async function deleteInNetns(
   }
 }
 
-/** Whether `podLink` is a veth whose peer, in the host namespace, is this attachment's host veth. */
-async function isHostEndOf(host: Netlink, podLink: Link, tag: string): Promise<boolean> {
+/** The host end of `podLink` when it is a veth whose peer, in the host namespace, points back at it. */
+async function hostPeerOf(host: Netlink, podLink: Link): Promise<Link | undefined> {
   if (podLink.kind !== 'veth' || podLink.parentIndex === undefined || podLink.linkNetnsId === undefined) {
-    return false;
+    return undefined;
   }
   const peer = await host.findLink(podLink.parentIndex);
-  return (
-    peer !== undefined && peer.kind === 'veth' && peer.alias === tag && peer.parentIndex === podLink.index
-  );
+  return peer !== undefined && peer.kind === 'veth' && peer.parentIndex === podLink.index ? peer : undefined;
+}
+
+/** A host veth as berth makes them: its name's shape and an attachment tag as alias. */
+function isBerthPort(l: Link): boolean {
+  return l.alias !== undefined && TAG_RE.test(l.alias) && HOST_VETH_RE.test(l.name);
 }
 
 /**
@@ -107,7 +122,9 @@ export async function cmdDel(req: Request, deps: BridgeDeps): Promise<void> {
     let hostEndDeleted = false;
     try {
       if (req.netns !== '')
-        hostEndDeleted = await deleteInNetns(deps.kernel, host, req.netns, req.ifname, tag);
+        hostEndDeleted = await deleteInNetns(deps.kernel, host, req.netns, req.ifname, tag, (l) =>
+          req.log(l),
+        );
     } catch (err) {
       note('delete container interface', err);
     }

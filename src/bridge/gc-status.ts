@@ -10,16 +10,18 @@ import { withNetworkLock } from './lock';
 import { removeMasquerade } from './masquerade';
 import { attachmentTag, nftScope } from './nft';
 import { collectReferenceMasquerade } from './reference-masquerade';
-import { HOST_VETH_RE, registeredElsewhere, registeredTags, unregisterAttachment } from './registry';
+import { HOST_VETH_RE, TAG_RE, registeredElsewhere, registeredTags, unregisterAttachment } from './registry';
 import { removeSpoofCheck } from './spoofcheck';
-
-/** An alias berth wrote: `<containerID>/<ifname>` (ifname has no '/'). */
-const TAG_RE = /^.+\/[^/]{1,15}$/;
 
 export async function cmdGc(req: Request, deps: BridgeDeps): Promise<void> {
   const conf = confFromRequest(req);
   const valid = new Set((req.validAttachments ?? []).map((a) => attachmentTag(a.containerID, a.ifname)));
-  const stale = (tag: string | undefined): boolean => tag === undefined || !valid.has(tag);
+  // Tags of berth-made ports on this bridge that no record attributes to any network (records lost while
+  // pods live: a run dir cleaned, a caller with another run dir). Such a port may be another network's on a
+  // shared bridge, so nothing of its attachment is removed: the runtime's DEL does that.
+  const unproven = new Set<string>();
+  const stale = (tag: string | undefined): boolean =>
+    tag === undefined || (!valid.has(tag) && !unproven.has(tag));
   const failures: string[] = [];
   const lockOpts = { network: conf.network, runDir: deps.runDir };
 
@@ -33,40 +35,47 @@ export async function cmdGc(req: Request, deps: BridgeDeps): Promise<void> {
       failures.push(`host netlink: ${(err as Error).message}`);
       return;
     }
+    const registered = new Set(registeredTags(deps.runDir, conf.network));
+    // Records kept for ports that could not be deleted: the next GC, or the DEL, still knows they are ours.
+    const notDeleted = new Set<string>();
     try {
       const br = await host.findLink(conf.bridge);
-      const registered = new Set(registeredTags(deps.runDir, conf.network));
-      if (br !== undefined && br.kind === 'bridge') {
-        for (const l of await host.listLinks()) {
-          if (
-            l.masterIndex !== br.index ||
-            l.kind !== 'veth' ||
-            l.alias === undefined ||
-            !TAG_RE.test(l.alias)
-          )
-            continue;
-          if (valid.has(l.alias)) continue;
-          // Only berth's own ports: registered by this network's ADD, or (a record lost) named and tagged as
-          // berth names and tags them. An operator's port with an alias of that shape is not berth's.
-          if (!registered.has(l.alias) && !HOST_VETH_RE.test(l.name)) continue;
-          // A port another network registered is that network's to collect, even on a shared bridge.
-          if (registeredElsewhere(deps.runDir, conf.network, l.alias)) continue;
-          try {
-            await host.deleteLink(l.index);
-          } catch (err) {
-            if (!isCode(err, 'ENODEV'))
-              failures.push(`delete host veth ${l.name} (${l.alias}): ${(err as Error).message}`);
+      const bridgeIndex = br !== undefined && br.kind === 'bridge' ? br.index : undefined;
+      for (const l of await host.listLinks()) {
+        if (l.kind !== 'veth' || l.alias === undefined || !TAG_RE.test(l.alias) || valid.has(l.alias))
+          continue;
+        const onOurs = bridgeIndex !== undefined && l.masterIndex === bridgeIndex;
+        // A port of ours whose bridge was deleted (or that left it) is still ours by its record.
+        const detachedOurs = l.masterIndex === undefined && registered.has(l.alias);
+        if (!onOurs && !detachedOurs) continue;
+        if (!registered.has(l.alias)) {
+          // An operator's port with an alias of that shape is not berth's; a port another network
+          // registered is that network's to collect, even on a shared bridge.
+          if (!HOST_VETH_RE.test(l.name) || registeredElsewhere(deps.runDir, conf.network, l.alias)) continue;
+          unproven.add(l.alias);
+          req.log(
+            `left host veth ${l.name} (${l.alias}) and its attachment's state: no record says it is network ${conf.network}'s (another network on this bridge may own it); the runtime's DEL removes it`,
+          );
+          continue;
+        }
+        try {
+          await host.deleteLink(l.index);
+        } catch (err) {
+          if (!isCode(err, 'ENODEV')) {
+            notDeleted.add(l.alias);
+            failures.push(`delete host veth ${l.name} (${l.alias}): ${(err as Error).message}`);
           }
         }
       }
     } catch (err) {
       failures.push(`list host veths: ${(err as Error).message}`);
+      for (const tag of registered) notDeleted.add(tag);
     } finally {
       host.close();
     }
-    for (const tag of registeredTags(deps.runDir, conf.network)) {
+    for (const tag of registered) {
       try {
-        if (!valid.has(tag)) unregisterAttachment(deps.runDir, conf.network, tag);
+        if (!valid.has(tag) && !notDeleted.has(tag)) unregisterAttachment(deps.runDir, conf.network, tag);
       } catch (err) {
         failures.push(`unregister ${tag}: ${(err as Error).message}`);
       }
@@ -98,7 +107,7 @@ export async function cmdGc(req: Request, deps: BridgeDeps): Promise<void> {
 
   if (conf.ipamType !== undefined) {
     try {
-      await deps.ipam({ pluginType: conf.ipamType, command: 'GC', request: req });
+      await deps.ipam({ pluginType: conf.ipamType, command: 'GC', request: withAlsoValid(req, unproven) });
     } catch (err) {
       failures.push(`IPAM GC (${conf.ipamType}): ${(err as Error).message}`);
     }
@@ -110,6 +119,22 @@ export async function cmdGc(req: Request, deps: BridgeDeps): Promise<void> {
       failures.join('; '),
     );
   }
+}
+
+/**
+ * The GC request IPAM gets: with `tags` (unproven ports' attachments) among the valid ones, so their leases
+ * stay with them. A tag shortened with a hash (container ids over ~110 bytes) names no container: skipped.
+ */
+function withAlsoValid(req: Request, tags: ReadonlySet<string>): Request {
+  const more = [...tags]
+    .filter((t) => !t.includes('~'))
+    .map((t) => ({ containerID: t.slice(0, t.lastIndexOf('/')), ifname: t.slice(t.lastIndexOf('/') + 1) }));
+  if (more.length === 0) return req;
+  const validAttachments = [...(req.validAttachments ?? []), ...more];
+  const config = { ...req.config };
+  delete config['cni.dev/attachments'];
+  config['cni.dev/valid-attachments'] = validAttachments;
+  return { ...req, config, validAttachments, stdin: JSON.stringify(config) };
 }
 
 /**

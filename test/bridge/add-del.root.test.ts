@@ -416,6 +416,30 @@ describe('DEL is idempotent', () => {
     expect(ipJson(['-n', ns.name, 'link', 'show']).map((l: any) => l.ifname)).toEqual(['lo']);
   });
 
+  it("of an id never added, in another berth pod's namespace (a path reused): that pod's interface stays", async () => {
+    const { ns, c, result } = await added();
+    const del = await fx.run({
+      command: 'DEL',
+      conf: c,
+      containerId: 'ctrX',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
+    expect(del.code, del.stdout).toBe(0);
+    expect(del.stderr).toMatch(
+      /left eth0 in .*: its host end veth[0-9a-f]{8} belongs to attachment ctr7\/eth0, not ctrX\/eth0/,
+    );
+    expect(ipJson(['-n', ns.name, 'link', 'show']).map((l: any) => l.ifname)).toEqual(['lo', 'eth0']);
+    const check = await fx.run({
+      command: 'CHECK',
+      conf: { ...c, prevResult: result },
+      containerId: 'ctr7',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
+    expect(check.code, check.stdout + check.stderr).toBe(0);
+  });
+
   it('after the netns was deleted, with prevResult', async () => {
     const { ns, c, result } = await added();
     fx.deleteNetns(ns.name);

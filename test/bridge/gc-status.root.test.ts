@@ -1,7 +1,8 @@
 // GC and STATUS (spec 1.1.0) with berth-ipam as the delegated IPAM.
-import { existsSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { registeredTags } from '../../src/bridge/registry';
 import { Fixture, WARM, ipJson, sh } from './harness';
 
 const fx = new Fixture('g');
@@ -74,10 +75,6 @@ describe('GC', () => {
   it('without a list, nothing is valid: everything of the network goes', async () => {
     const c = conf();
     await threePods(c);
-    // a pod whose registry record was lost: its port is still berth's by name and tag
-    const [record] = readdirSync(join(fx.runDir, 'bridge')).filter((d) => d.endsWith('.attachments'));
-    const dir = join(fx.runDir, 'bridge', record!);
-    rmSync(join(dir, readdirSync(dir)[0]!));
     const gc = await fx.run({ command: 'GC', conf: c });
     expect(gc.code, gc.stdout).toBe(0);
     // idempotent: a second GC finds nothing and succeeds
@@ -89,6 +86,96 @@ describe('GC', () => {
     // the last attachments of the only network: both tables and the registry dir go too
     expect(fx.tables()).toEqual([]);
     expect(fx.runState()).toEqual([]);
+  });
+
+  it("a pod whose record was lost is left whole (it may be another network's), with a line; its DEL removes it", async () => {
+    const c = conf();
+    const [a] = await threePods(c);
+    const [record] = readdirSync(join(fx.runDir, 'bridge')).filter((d) => d.endsWith('.attachments'));
+    const dir = join(fx.runDir, 'bridge', record!);
+    const aFile = readdirSync(dir).find((f) => readFileSync(join(dir, f), 'utf8').startsWith('podA/eth0'));
+    rmSync(join(dir, aFile!));
+    const gc = await fx.run({ command: 'GC', conf: c });
+    expect(gc.code, gc.stdout).toBe(0);
+    expect(gc.stderr).toMatch(
+      /left host veth veth[0-9a-f]{8} \(podA\/eth0\) and its attachment's state: no record/,
+    );
+    expect(fx.ports(c.bridge as string).map((l: any) => l.ifname)).toEqual([a!.result.interfaces[1].name]);
+    expect(fx.leases(c.name as string)).toEqual(['198.18.135.2']);
+    expect(fx.nftList('inet')).toContain('podA/eth0');
+    expect(fx.nftList('inet')).not.toMatch(/podB|podC/);
+    const del = await fx.run({
+      command: 'DEL',
+      conf: c,
+      containerId: 'podA',
+      netns: a!.ns.path,
+      ifname: 'eth0',
+    });
+    expect(del.code, del.stdout).toBe(0);
+    expect(fx.ports(c.bridge as string)).toEqual([]);
+    expect(fx.leases(c.name as string)).toEqual([]);
+    expect(fx.tables()).toEqual([]);
+  });
+
+  it("records lost on a shared bridge: GC of one network leaves the other's pod working", async () => {
+    const bridge = fx.bridge();
+    const net1 = conf({ name: `${fx.prefix}n1`, bridge });
+    const net2 = conf({
+      name: `${fx.prefix}n2`,
+      bridge,
+      isGateway: false,
+      ipam: { type: 'berth-ipam', dataDir: fx.dataDir, ranges: [[{ subnet: '198.18.136.0/24' }]] },
+    });
+    const ns1 = fx.netns();
+    const ns2 = fx.netns();
+    const a = await fx.run({
+      command: 'ADD',
+      conf: net1,
+      containerId: 'podA',
+      netns: ns1.path,
+      ifname: 'eth0',
+    });
+    const f = await fx.run({
+      command: 'ADD',
+      conf: net2,
+      containerId: 'podF',
+      netns: ns2.path,
+      ifname: 'eth0',
+    });
+    expect(a.code, a.stdout).toBe(0);
+    expect(f.code, f.stdout).toBe(0);
+    rmSync(join(fx.runDir, 'bridge'), { recursive: true, force: true });
+    const gc = await fx.run({
+      command: 'GC',
+      conf: { ...net1, 'cni.dev/valid-attachments': [{ containerID: 'podA', ifname: 'eth0' }] },
+    });
+    expect(gc.code, gc.stdout + gc.stderr).toBe(0);
+    expect(fx.ports(bridge)).toHaveLength(2);
+    expect(fx.leases(net2.name as string)).toEqual(['198.18.136.2']);
+    const check = await fx.run({
+      command: 'CHECK',
+      conf: { ...net2, prevResult: f.json },
+      containerId: 'podF',
+      netns: ns2.path,
+      ifname: 'eth0',
+    });
+    expect(check.code, check.stdout + check.stderr).toBe(0);
+  });
+
+  it("the bridge deleted: a stale pod's veth still goes with its record", async () => {
+    const c = conf();
+    const [a, b] = await threePods(c);
+    sh('ip', ['link', 'del', c.bridge as string]);
+    const gc = await fx.run({
+      command: 'GC',
+      conf: { ...c, 'cni.dev/valid-attachments': [{ containerID: 'podB', ifname: 'eth0' }] },
+    });
+    expect(gc.code, gc.stdout + gc.stderr).toBe(0);
+    const left = (ns: string): string[] => ipJson(['-n', ns, 'link', 'show']).map((l: any) => l.ifname);
+    expect(left(a!.ns.name)).toEqual(['lo']);
+    expect(left(b!.ns.name)).toEqual(['lo', 'eth0']);
+    expect(registeredTags(fx.runDir, c.name as string)).toEqual(['podB/eth0']);
+    expect(fx.leases(c.name as string)).toEqual(['198.18.135.3']);
   });
 
   it('leaves other networks on other bridges alone', async () => {
