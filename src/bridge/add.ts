@@ -317,7 +317,7 @@ const DAD_WAIT_S = 10;
  * the duplicate address configured).
  */
 async function waitDad(pod: Netlink, ifname: string, signal: CancelSignal | undefined): Promise<void> {
-  const deadline = Date.now() + DAD_WAIT_S * 1000;
+  const deadline = performance.now() + DAD_WAIT_S * 1000;
   for (;;) {
     // A caller that left or a deadline passed does not keep the attachment's queue for the rest of the wait.
     if (signal?.aborted === true)
@@ -327,7 +327,7 @@ async function waitDad(pod: Netlink, ifname: string, signal: CancelSignal | unde
     if (failed !== undefined)
       throw new CniError(ErrorCode.Internal, `IPv6 DAD failed for ${failed.address} on "${ifname}"`);
     if (!addrs.some((a) => a.tentative)) return;
-    if (Date.now() > deadline)
+    if (performance.now() > deadline)
       throw new CniError(
         ErrorCode.Internal,
         `IPv6 addresses on "${ifname}" still tentative after ${DAD_WAIT_S} s`,

@@ -95,7 +95,7 @@ async function takeTurn(file: string, what: string, deadline: number): Promise<(
   };
   let timer: NodeJS.Timeout | undefined;
   const timedOut = new Promise<'timeout'>((resolve) => {
-    timer = setTimeout(() => resolve('timeout'), Math.max(0, deadline - Date.now()));
+    timer = setTimeout(() => resolve('timeout'), Math.max(0, deadline - performance.now()));
   });
   try {
     if ((await Promise.race([turn, timedOut])) === 'timeout') {
@@ -112,7 +112,8 @@ async function withFileLock<T>(
   opts: { file: string; what: string; timeoutMs?: number | undefined },
   fn: () => Promise<T>,
 ): Promise<T> {
-  const deadline = Date.now() + (opts.timeoutMs ?? 60_000);
+  // Monotonic, as every deadline here: a step of the wall clock neither ends the wait at once nor stretches it.
+  const deadline = performance.now() + (opts.timeoutMs ?? 60_000);
   const leave = await takeTurn(opts.file, opts.what, deadline);
   try {
     return await withFlock(opts, deadline, fn);
@@ -134,7 +135,7 @@ async function withFlock<T>(
     // Non-blocking attempts with a short back-off: a blocking flock would freeze the event loop and
     // could not time out.
     while (!addon.flock(fd, 'ex', true)) {
-      if (Date.now() > deadline) {
+      if (performance.now() > deadline) {
         throw new CniError(
           ErrorCode.TryAgainLater,
           `timed out waiting for the lock of ${opts.what} (${opts.file})`,

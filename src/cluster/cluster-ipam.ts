@@ -362,7 +362,7 @@ export class ClusterIpam implements ClusterAllocator {
     } catch (err) {
       if (err instanceof CniError) throw err;
     }
-    await n.needMore(setId, sinceMs, Date.now());
+    await n.needMore(setId, sinceMs, performance.now());
   }
 
   afterAdd(conf: IpamConfig, ips: readonly Ip[]): void {

@@ -197,11 +197,12 @@ async function listenMetrics(
   // A connection that says nothing at all is no request yet: the header timeout never starts for it.
   srv.setTimeout(5_000);
   let text = '';
-  let madeAt = 0;
+  let madeAt = -Infinity;
   const cached = (): string => {
-    if (Date.now() - madeAt >= 1_000) {
+    // Monotonic: a wall clock stepped back would freeze the text for as long as the step.
+    if (performance.now() - madeAt >= 1_000) {
       text = metricsText();
-      madeAt = Date.now();
+      madeAt = performance.now();
     }
     return text;
   };

@@ -138,7 +138,7 @@ export class PluginHost {
       deadlineMs: this.o.deadlineMs,
       runDir: this.o.runDir,
       nftTable: this.o.nftTable,
-      ...(this.settingsMismatch !== undefined && Date.now() - this.settingsMismatch.at < MISMATCH_WARN_MS
+      ...(this.settingsMismatch !== undefined && performance.now() - this.settingsMismatch.at < MISMATCH_WARN_MS
         ? { settingsMismatch: this.settingsMismatch.text }
         : {}),
     };
@@ -186,7 +186,7 @@ export class PluginHost {
           ? `nft table ${nftTable(env)} (berthd's: ${this.o.nftTable})`
           : `boot id file ${env.BERTH_BOOT_ID_FILE} (berthd's: ${this.o.bootIdFile})`;
     const text = `plugin calls name ${theirs}: they run standalone`;
-    const now = Date.now();
+    const now = performance.now();
     this.settingsMismatch = { text, at: now };
     if (now - (this.mismatchWarned.get(kind) ?? -Infinity) < MISMATCH_WARN_MS) return;
     this.mismatchWarned.set(kind, now);

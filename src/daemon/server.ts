@@ -99,7 +99,8 @@ export class BerthServer {
   private get writerUids(): readonly number[] {
     return this.o.writerUids ?? [0];
   }
-  private readonly started = Date.now();
+  /** Monotonic: uptime does not follow steps of the wall clock. */
+  private readonly started = performance.now();
   private readonly idleWaiters: (() => void)[] = [];
 
   constructor(private readonly o: ServerOptions) {
@@ -488,7 +489,7 @@ export class BerthServer {
       const s: DaemonStatus = {
         version: 1,
         pid: process.pid,
-        uptimeSeconds: Math.round((Date.now() - this.started) / 1000),
+        uptimeSeconds: Math.round((performance.now() - this.started) / 1000),
         socket: this.o.socketPath,
         draining: this.draining,
         networks: await service.networkViews(this.filterOf(url, req)),

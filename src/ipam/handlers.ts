@@ -111,7 +111,8 @@ export async function add(req: Request, deps: IpamDeps): Promise<Result> {
   if (pod !== undefined) meta.pod = pod;
 
   const cluster = clusterOf(conf, deps);
-  const started = deps.now().getTime();
+  // Monotonic (the claim timeout counts from here): not the lease's wall-clock time.
+  const started = performance.now();
   let ips: IPConfig[];
   for (;;) {
     // On a cluster network a range set with no free owned address ends the attempt (nothing kept), a block

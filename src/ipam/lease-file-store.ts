@@ -762,10 +762,10 @@ async function lockFile(path: string): Promise<() => void> {
   const addon = loadNativeAddon();
   const fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_CREAT, 0o600);
   try {
-    const deadline = Date.now() + LOCK_TIMEOUT_MS;
+    const deadline = performance.now() + LOCK_TIMEOUT_MS;
     let wait = 1;
     while (!addon.flock(fd, 'ex', true)) {
-      if (Date.now() > deadline) {
+      if (performance.now() > deadline) {
         throw new CniError(ErrorCode.TryAgainLater, `timed out waiting for the lock ${path}`);
       }
       await new Promise((resolve) => setTimeout(resolve, wait));

@@ -610,11 +610,11 @@ class RtnlSocket implements Netlink {
   }
 
   async waitOperUp(ref: LinkRef, opts: WaitOptions = {}): Promise<Link> {
-    const deadline = Date.now() + (opts.timeoutMs ?? 5000);
+    const deadline = performance.now() + (opts.timeoutMs ?? 5000);
     for (let delay = 1; ; delay = Math.min(delay * 2, 50)) {
       const link = await this.getLink(ref);
       if (link.operState === 'up') return link;
-      if (Date.now() >= deadline) {
+      if (performance.now() >= deadline) {
         throw new NetlinkError({
           code: 'ETIMEDOUT',
           errno: -110,
@@ -623,7 +623,7 @@ class RtnlSocket implements Netlink {
           message: `wait operstate up ${this.where(refLabel(ref))}: still ${link.operState} after ${opts.timeoutMs ?? 5000} ms`,
         });
       }
-      await sleep(Math.min(delay, Math.max(1, deadline - Date.now())));
+      await sleep(Math.min(delay, Math.max(1, deadline - performance.now())));
     }
   }
 

@@ -87,4 +87,48 @@ describe('withNetworkLock inside one process', () => {
       holder.kill('SIGKILL');
     }
   });
+
+  /** A flock held by another process for `seconds`; resolves once it holds it. */
+  async function heldElsewhere(seconds: number): Promise<ReturnType<typeof spawn>> {
+    const file = networkLockFile(runDir, 'n1');
+    await withNetworkLock({ network: 'n1', runDir }, async () => undefined); // creates the file
+    const holder = spawn('flock', [file, 'sh', '-c', `echo held; sleep ${seconds}`], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    await new Promise<void>((resolve) => holder.stdout!.once('data', () => resolve()));
+    return holder;
+  }
+
+  /** Date.now stepped by `step` ms from 50 ms on. */
+  function stepWallClock(step: number): void {
+    const real = Date.now.bind(Date);
+    const t0 = real();
+    vi.spyOn(Date, 'now').mockImplementation(() => (real() - t0 > 50 ? real() + step : real()));
+  }
+
+  it('a wall clock stepped forward while waiting for the flock: the lock is still had once free', async () => {
+    const holder = await heldElsewhere(0.4);
+    try {
+      stepWallClock(3_600_000);
+      expect(await withNetworkLock({ network: 'n1', runDir, timeoutMs: 1_500 }, async () => 'got it')).toBe(
+        'got it',
+      );
+    } finally {
+      holder.kill('SIGKILL');
+    }
+  });
+
+  it('a wall clock stepped back while waiting for the flock: the timeout still ends the wait', async () => {
+    const holder = await heldElsewhere(3);
+    try {
+      stepWallClock(-3_600_000);
+      const t0 = performance.now();
+      await expect(
+        withNetworkLock({ network: 'n1', runDir, timeoutMs: 300 }, async () => 'got it'),
+      ).rejects.toMatchObject({ code: 11 });
+      expect(performance.now() - t0).toBeLessThan(2_000);
+    } finally {
+      holder.kill('SIGKILL');
+    }
+  });
 });
