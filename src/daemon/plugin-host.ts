@@ -138,7 +138,8 @@ export class PluginHost {
       deadlineMs: this.o.deadlineMs,
       runDir: this.o.runDir,
       nftTable: this.o.nftTable,
-      ...(this.settingsMismatch !== undefined && performance.now() - this.settingsMismatch.at < MISMATCH_WARN_MS
+      ...(this.settingsMismatch !== undefined &&
+      performance.now() - this.settingsMismatch.at < MISMATCH_WARN_MS
         ? { settingsMismatch: this.settingsMismatch.text }
         : {}),
     };

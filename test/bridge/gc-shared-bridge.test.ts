@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { describe, expect, it, vi } from 'vitest';
 import type { BridgeDeps } from '../../src/bridge/deps';
 import type { Request } from '../../src/cni-spec/request';
+import { registerAttachment } from '../../src/bridge/registry';
 
 vi.mock('../../src/bridge/kernel', async (original) => ({
   ...(await original<Record<string, unknown>>()),
@@ -133,8 +134,9 @@ describe('two networks on one bridge', () => {
         () => 'ok',
         (e: Error) => `failed: ${e.message}`,
       );
-      // A's own stale port (named as berth names them; no network registered it): the GC must remove this one, so that "B's port
-      // left alone" below is not what a GC that removes nothing would also show.
+      // A's own stale port (named as berth names them, registered by A): the GC must remove this one, so that
+      // "B's port left alone" below is not what a GC that removes nothing would also show.
+      registerAttachment(runDir, 'netA', 'ctrOld/eth0', { masquerade: false, spoofCheck: false });
       w.links.set(50, {
         index: 50,
         name: 'vethdeadbeef',

@@ -95,7 +95,7 @@ describe('withNetworkLock inside one process', () => {
     const holder = spawn('flock', [file, 'sh', '-c', `echo held; sleep ${seconds}`], {
       stdio: ['ignore', 'pipe', 'inherit'],
     });
-    await new Promise<void>((resolve) => holder.stdout!.once('data', () => resolve()));
+    await new Promise<void>((resolve) => holder.stdout.once('data', () => resolve()));
     return holder;
   }
 

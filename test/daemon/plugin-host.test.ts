@@ -185,8 +185,13 @@ describe("calls that name other settings than berthd's", () => {
       "plugin calls name nft table x (berthd's: berth): they run standalone",
     );
     // berth status shows it for 10 minutes after the last such call (a test's private run dir passes).
-    const now = Date.now();
-    const clock = vi.spyOn(Date, 'now').mockReturnValue(now + 11 * 60_000);
+    // On the monotonic clock: a wall clock stepped back by an hour does not keep it (nor one stepped ahead
+    // hide it).
+    const wall = vi.spyOn(Date, 'now').mockReturnValue(Date.now() + 11 * 60_000);
+    expect(host.stats().settingsMismatch).toBeDefined();
+    wall.mockRestore();
+    const now = performance.now();
+    const clock = vi.spyOn(performance, 'now').mockReturnValue(now + 11 * 60_000);
     expect(host.stats().settingsMismatch).toBeUndefined();
     clock.mockRestore();
     // Other reasons are no mismatch of settings (a test fault, a namespace berthd cannot see).
