@@ -56,6 +56,9 @@ export function parseValidList(text: string): { containerID: string; ifname: str
   return out;
 }
 
+/** How far in the future a list's mtime may be (filesystem and clock granularity) before it is refused. */
+const FUTURE_MTIME_TOLERANCE_MS = 2_000;
+
 export async function runGc(o: GcCliOptions, io: CliIo): Promise<number> {
   // The list is at most this old: a lease made since belongs to a pod it cannot name, and stays. A file's
   // list is as old as the file (written, reviewed with --dry-run, then run for real: pods made meanwhile).
@@ -67,6 +70,13 @@ export async function runGc(o: GcCliOptions, io: CliIo): Promise<number> {
     // `--valid <id>/eth0`, berth exec gc's form: name what the option takes.
     throw new Error(
       `--valid ${o.valid}: ${(err as Error).message}; it takes a file of valid attachments, or - for stdin`,
+    );
+  }
+  if (mtimeMs > now + FUTURE_MTIME_TOLERANCE_MS) {
+    // Written before the clock stepped back, or copied with its times (cp -p, rsync -t): how old the list
+    // is cannot be told, and taking it as written now would release the leases of pods made since.
+    throw new Error(
+      `--valid ${o.valid}: the file was last modified at ${new Date(mtimeMs).toISOString()}, after this clock's ${new Date(now).toISOString()} (the clock stepped back, or the file kept another machine's times): how old the list is cannot be told, so leases made since could be released; write the list anew, or give it on stdin with --valid -`,
     );
   }
   const listedAt = new Date(Math.min(now, mtimeMs)).toISOString();
