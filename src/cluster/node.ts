@@ -14,6 +14,7 @@ import {
 } from './keys';
 import type { ClusterStats } from './stats';
 import type { Underlay } from './underlay';
+import { contactAheadFence } from '../ipam/cluster-blocks';
 
 export interface ClusterLog {
   log(level: 'debug' | 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>): void;
@@ -89,6 +90,11 @@ export class ClusterNode {
   inheritContact(wall: string): void {
     const t = Date.parse(wall);
     if (Number.isNaN(t)) return;
+    const ahead = contactAheadFence(this.name, wall, this.wallClock());
+    if (ahead !== undefined) {
+      this.inheritFence(ahead);
+      return;
+    }
     const mono = this.clock() - (this.wallClock().getTime() - t);
     if (this.inheritedContact === undefined || mono > this.inheritedContact) this.inheritedContact = mono;
   }

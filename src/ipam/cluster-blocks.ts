@@ -256,10 +256,26 @@ export interface ClusterAllocator {
 }
 
 /** cluster.json's fence for berth-ipam on the files: past the horizon since etcd last answered, nothing is handed out. */
+/** How far a recorded last contact may be ahead of the clock (steps of a few seconds at boot) before it fences. */
+const CONTACT_AHEAD_TOLERANCE_MS = 60_000;
+
+/**
+ * The fence of a last contact with etcd recorded later than the clock reads now: the clock stepped back since
+ * (an RTC behind, a boot before NTP), so how long the node has been cut off cannot be told from it. Without
+ * this the age came out negative and never passed the horizon.
+ */
+export function contactAheadFence(node: string, lastContact: string, now: Date): string | undefined {
+  const last = Date.parse(lastContact);
+  if (Number.isNaN(last) || last - now.getTime() <= CONTACT_AHEAD_TOLERANCE_MS) return undefined;
+  return `node ${node}'s last contact with etcd (${lastContact}) is later than this clock (${now.toISOString()}): the clock stepped back, so how long the node has been cut off cannot be told; it allocates again once berthd has registered it with etcd`;
+}
+
 export function recordFenceReason(rec: ClusterRecord, now: Date): string | undefined {
   if (rec.fenced !== undefined) return rec.fenced;
   const last = Date.parse(rec.lastContact);
   if (Number.isNaN(last)) return undefined;
+  const ahead = contactAheadFence(rec.node, rec.lastContact, now);
+  if (ahead !== undefined) return ahead;
   const age = (now.getTime() - last) / 1000;
   if (age > rec.horizonSeconds) {
     return `node ${rec.node} has not reached etcd for ${Math.round(age)} s (ownership horizon ${rec.horizonSeconds} s): it no longer allocates, even in its own blocks`;

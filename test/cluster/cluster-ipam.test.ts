@@ -21,6 +21,7 @@ import {
   recordFenceReason,
   writeClusterRecord,
 } from '../../src/ipam/cluster-blocks';
+import { parseIpamConfig } from '../../src/ipam/config';
 import { canonicalizeRangeSet } from '../../src/ipam/range-set';
 import { Allocate, Check, Release, Status } from '../../src/ipam/daemon/protocol';
 import { Service } from '../../src/ipam/daemon/service';
@@ -808,6 +809,43 @@ describe('release, forget, leave', () => {
       timeout: 3000,
       interval: 50,
     });
+  }, 20_000);
+
+  test('a last contact recorded later than the clock (a clock stepped back) fences until registered, also on the files', async () => {
+    const a = await startNode('n1', { horizonSeconds: 3600 });
+    await add(a, 'a-0');
+    await stopNode(a);
+    const rec = readClusterRecord(a.dataDir, NET)!;
+    // Written 3 h "in the future": the clock is 3 h behind the one that wrote it.
+    const ahead = new Date(Date.now() + 3 * 3_600_000).toISOString();
+    await writeClusterRecord(a.dataDir, NET, { ...rec, lastContact: ahead });
+    const later = /last contact with etcd \(.*\) is later than this clock/;
+    // berth-ipam on the files (the shim's fallback at boot, before berthd).
+    const files = filesClusterAllocator(() => new Date());
+    const conf = parseRequest({
+      env: { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'f', CNI_NETNS: '/x', CNI_IFNAME: 'eth0', CNI_PATH: '/x' },
+      stdin: JSON.stringify(config(a.dataDir)),
+    });
+    await expect((async () => files.ownedRangeSets(parseIpamConfig(conf)))()).rejects.toMatchObject({
+      code: ErrorCode.TryAgainLater,
+      message: expect.stringMatching(later),
+    });
+    // berthd restarted while etcd cannot be reached: fenced, not allocating in its blocks.
+    fake.setMode(0, 'refuse');
+    fake.setMode(1, 'refuse');
+    const b = await startNode('n1', { horizonSeconds: 3600 });
+    const early = await add(b, 'b-0').then(
+      (ip) => `handed out ${ip}`,
+      (err: unknown) => err,
+    );
+    expect(early).toMatchObject({ code: ErrorCode.TryAgainLater, message: expect.stringMatching(later) });
+    fake.setMode(0, 'up');
+    fake.setMode(1, 'up');
+    await vi.waitFor(() => expect(b.cluster.node.fenceReason()).toBeUndefined(), {
+      timeout: 8000,
+      interval: 100,
+    });
+    expect(await add(b, 'b-1')).toMatch(/^198\.18\./);
   }, 20_000);
 
   test('an underlay found after the start is published in the alive key, under the same lease', async () => {
