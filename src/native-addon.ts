@@ -57,6 +57,11 @@ export interface NativeAddon {
    * `timeoutMs`. One request at a time per fd. For requests answered by an acknowledgement alone.
    */
   netlinkRequest?(fd: number, message: Buffer, timeoutMs: number): Promise<number>;
+  /**
+   * CLOCK_BOOTTIME in ms: monotonic (no wall-clock steps) and, unlike performance.now(), counting the time
+   * the machine was suspended. Absent from an addon built before it.
+   */
+  bootTimeMs?(): number;
 }
 
 /** Where the addon is looked for, first hit wins. Exposed so error messages and tests can name them. */

@@ -20,6 +20,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <time.h>
 #include <linux/netlink.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -582,6 +583,19 @@ static napi_value netlink_request(napi_env env, napi_callback_info info) {
                         netlink_job_free);
 }
 
+/*
+ * bootTimeMs(): CLOCK_BOOTTIME in milliseconds. Monotonic like CLOCK_MONOTONIC (performance.now()), but it
+ * also counts the time the machine was suspended, which an age that decides ownership must not miss.
+ */
+static napi_value boot_time_ms(napi_env env, napi_callback_info info) {
+  (void)info;
+  struct timespec ts;
+  if (clock_gettime(CLOCK_BOOTTIME, &ts) != 0) return errno_error(env, errno, "clock_gettime");
+  napi_value ret;
+  napi_create_double(env, (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6, &ret);
+  return ret;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"setnsRun", NULL, setns_run, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -592,6 +606,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"readSmallFiles", NULL, read_small_files, NULL, NULL, NULL, napi_enumerable, NULL},
     {"netlinkOpen", NULL, netlink_open, NULL, NULL, NULL, napi_enumerable, NULL},
     {"netlinkRequest", NULL, netlink_request, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"bootTimeMs", NULL, boot_time_ms, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

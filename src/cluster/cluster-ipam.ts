@@ -28,7 +28,7 @@ import {
   parseValue,
 } from './keys';
 import { ClusterNetwork, type NetworkSettings, poolKeyOf } from './network';
-import { type ClusterLog, ClusterNode } from './node';
+import { type ClusterLog, ClusterNode, suspendAwareClock } from './node';
 import { ClusterStats, type GaugeLine } from './stats';
 import type { Underlay } from './underlay';
 
@@ -117,8 +117,12 @@ export class ClusterIpam implements ClusterAllocator {
 
   constructor(private readonly o: ClusterOptions) {
     this.keys = new ClusterKeys(o.prefix);
+    // One clock for the node's contact ages and the gateway's contact times: CLOCK_BOOTTIME, so that a
+    // suspend longer than the horizon fences the node on resume (another node may have forgotten it).
+    const clock = o.etcd.clock ?? suspendAwareClock();
     this.etcd = new EtcdGateway({
       ...o.etcd,
+      clock,
       onRequest: (op, result, seconds) => {
         this.stats.inc('berthd_cluster_etcd_requests_total', 'Requests to etcd, by operation and result.', {
           op,
@@ -137,6 +141,7 @@ export class ClusterIpam implements ClusterAllocator {
       },
     });
     this.node = new ClusterNode({
+      clock,
       etcd: this.etcd,
       keys: this.keys,
       name: o.nodeName,

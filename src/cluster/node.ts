@@ -15,6 +15,7 @@ import {
 import type { ClusterStats } from './stats';
 import type { Underlay } from './underlay';
 import { contactAheadFence } from '../ipam/cluster-blocks';
+import { loadNativeAddon } from '../native-addon';
 
 export interface ClusterLog {
   log(level: 'debug' | 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>): void;
@@ -40,6 +41,22 @@ export interface ClusterNodeOptions {
 
 /** The node refuses to run: its name belongs to another machine. */
 export class IdentityConflictError extends Error {}
+
+/**
+ * The clock of ownership ages: CLOCK_BOOTTIME, which counts the time the machine was suspended (the
+ * monotonic clock of performance.now() stops meanwhile, and a node suspended past its horizon, forgotten by
+ * then, went on allocating in blocks others had taken). performance.now() with an addon built before it.
+ */
+export function suspendAwareClock(): () => number {
+  let addon: ReturnType<typeof loadNativeAddon> | undefined;
+  try {
+    addon = loadNativeAddon();
+  } catch {
+    addon = undefined;
+  }
+  const boot = addon?.bootTimeMs?.bind(addon);
+  return boot ?? (() => performance.now());
+}
 
 export class ClusterNode {
   readonly name: string;
