@@ -58,11 +58,14 @@ export function clusterSettingsOf(o: DaemonCliOptions, env: NodeJS.ProcessEnv): 
     if (!/^https?:\/\/[^/]+\/?$/.test(e))
       throw new Error(`--etcd-endpoints: ${e} is not http(s)://host:port`);
   }
-  const dur = (flag: string, v: string | undefined, def: number, min = 0): number => {
+  // `max`: a duration a timer holds (Node fires a longer setTimeout/setInterval after 1 ms).
+  const dur = (flag: string, v: string | undefined, def: number, min = 0, max = Infinity): number => {
     if (v === undefined) return def;
     const ms = parseDuration(v);
-    if (ms === undefined || ms < min)
-      throw new Error(`${flag} wants a duration such as 15s, 5m or 1h, got ${v}`);
+    if (ms === undefined || ms < min || ms > max)
+      throw new Error(
+        `${flag} wants a duration such as 15s, 5m or 1h${max < Infinity ? `, at most ${Math.floor(max / 3_600_000)}h` : ''}, got ${v}`,
+      );
     return ms;
   };
   const read = (flag: string, path: string | undefined): Buffer | undefined => {
@@ -80,7 +83,8 @@ export function clusterSettingsOf(o: DaemonCliOptions, env: NodeJS.ProcessEnv): 
   if (o.etcdUser !== undefined && (password === undefined || password === '')) {
     throw new Error('--etcd-user needs the password in $BERTH_ETCD_PASSWORD (never on the command line)');
   }
-  const ttl = dur('--node-lease-ttl', o.nodeLeaseTtl, 15_000, 2000);
+  // The keepalive runs every TTL/3.
+  const ttl = dur('--node-lease-ttl', o.nodeLeaseTtl, 15_000, 2000, 3 * MAX_TIMER_MS);
   const horizon = dur('--ownership-horizon', o.ownershipHorizon, 3_600_000, 1000);
   if (horizon < 2 * ttl) throw new Error('--ownership-horizon must be at least twice --node-lease-ttl');
   return {
@@ -101,7 +105,7 @@ export function clusterSettingsOf(o: DaemonCliOptions, env: NodeJS.ProcessEnv): 
     nodeIdFile: o.nodeIdFile ?? '/var/lib/berth/node-id',
     ttlSeconds: Math.round(ttl / 1000),
     horizonSeconds: Math.round(horizon / 1000),
-    claimTimeoutMs: dur('--claim-timeout', o.claimTimeout, 5000, 100),
+    claimTimeoutMs: dur('--claim-timeout', o.claimTimeout, 5000, 100, MAX_TIMER_MS),
     blockReleaseAfterMs: dur('--block-release-after', o.blockReleaseAfter, 300_000),
     reserveWindowMs: dur('--reserve-window', o.reserveWindow, 60_000, 1000),
     forgetMarginSeconds: Math.round(dur('--forget-margin', o.forgetMargin, 30_000) / 1000),

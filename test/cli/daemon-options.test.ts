@@ -43,3 +43,24 @@ describe('--metrics-address', () => {
     }
   });
 });
+
+describe('cluster durations that drive timers', () => {
+  const cluster = { etcdEndpoints: 'http://127.0.0.1:2379' };
+  test('--claim-timeout and --node-lease-ttl past what a timer holds are refused (a timer fired after 1 ms)', () => {
+    for (const [flag, key, bad, ok] of [
+      ['--claim-timeout', 'claimTimeout', '600h', '596h'],
+      ['--node-lease-ttl', 'nodeLeaseTtl', '1800h', '1700h'],
+    ] as const) {
+      const errs: string[] = [];
+      const wide = flag === '--node-lease-ttl' ? { ownershipHorizon: '4000h' } : {};
+      expect(
+        daemonOptionsOf({ ...cluster, ...wide, [key]: bad }, (l) => void errs.push(l)),
+        bad,
+      ).toBe(2);
+      expect(errs.join('')).toMatch(
+        new RegExp(`${flag} wants a duration such as 15s, 5m or 1h, at most \\d+h`),
+      );
+      expect(typeof daemonOptionsOf({ ...cluster, ...wide, [key]: ok }, () => undefined), ok).toBe('object');
+    }
+  });
+});
