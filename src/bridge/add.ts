@@ -153,8 +153,8 @@ async function createVeth(ctx: AddContext, undo: UndoStack): Promise<VethPair> {
 }
 
 /**
- * A port below IPv6's minimum MTU lowers the bridge's MTU (unless an operator set it), and the kernel then
- * drops every IPv6 address of the bridge: another network's gateways on a shared bridge, whose pods lose them
+ * A port below IPv6's minimum MTU lowers the bridge's MTU (unless an operator set the bridge's; refused
+ * anyway, that cannot be read back), and the kernel then drops every IPv6 address of the bridge: another network's gateways on a shared bridge, whose pods lose them
  * while their CHECK still passes (the reference does the same). Refused before anything is made, only for
  * such an mtu (no cost to other ADDs).
  */

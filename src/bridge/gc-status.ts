@@ -48,10 +48,12 @@ export async function cmdGc(req: Request, deps: BridgeDeps): Promise<void> {
         // A port of ours whose bridge was deleted (or that left it) is still ours by its record.
         const detachedOurs = l.masterIndex === undefined && registered.has(l.alias);
         if (!onOurs && !detachedOurs) continue;
+        // A port another network registered is that network's to collect, even on a shared bridge (also
+        // when this network holds a stale record of the same attachment).
+        if (registeredElsewhere(deps.runDir, conf.network, l.alias)) continue;
         if (!registered.has(l.alias)) {
-          // An operator's port with an alias of that shape is not berth's; a port another network
-          // registered is that network's to collect, even on a shared bridge.
-          if (!HOST_VETH_RE.test(l.name) || registeredElsewhere(deps.runDir, conf.network, l.alias)) continue;
+          // An operator's port with an alias of that shape is not berth's.
+          if (!HOST_VETH_RE.test(l.name)) continue;
           unproven.add(l.alias);
           req.log(
             `left host veth ${l.name} (${l.alias}) and its attachment's state: no record says it is network ${conf.network}'s (another network on this bridge may own it); the runtime's DEL removes it`,
@@ -131,9 +133,10 @@ function withAlsoValid(req: Request, tags: ReadonlySet<string>): Request {
     .map((t) => ({ containerID: t.slice(0, t.lastIndexOf('/')), ifname: t.slice(t.lastIndexOf('/') + 1) }));
   if (more.length === 0) return req;
   const validAttachments = [...(req.validAttachments ?? []), ...more];
+  // Both keys, as libcni sends them: an IPAM plugin of spec 1.1.0's first tag reads only the older one.
   const config = { ...req.config };
-  delete config['cni.dev/attachments'];
   config['cni.dev/valid-attachments'] = validAttachments;
+  config['cni.dev/attachments'] = validAttachments;
   return { ...req, config, validAttachments, stdin: JSON.stringify(config) };
 }
 

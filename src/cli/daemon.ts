@@ -83,8 +83,14 @@ export function clusterSettingsOf(o: DaemonCliOptions, env: NodeJS.ProcessEnv): 
   if (o.etcdUser !== undefined && (password === undefined || password === '')) {
     throw new Error('--etcd-user needs the password in $BERTH_ETCD_PASSWORD (never on the command line)');
   }
-  // The keepalive runs every TTL/3.
-  const ttl = dur('--node-lease-ttl', o.nodeLeaseTtl, 15_000, 2000, 3 * MAX_TIMER_MS);
+  // The keepalive runs every TTL/3 of the whole seconds the TTL is rounded to.
+  const ttl = dur(
+    '--node-lease-ttl',
+    o.nodeLeaseTtl,
+    15_000,
+    2000,
+    Math.floor((3 * MAX_TIMER_MS) / 1000) * 1000,
+  );
   const horizon = dur('--ownership-horizon', o.ownershipHorizon, 3_600_000, 1000);
   if (horizon < 2 * ttl) throw new Error('--ownership-horizon must be at least twice --node-lease-ttl');
   return {

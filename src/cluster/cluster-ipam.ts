@@ -582,11 +582,13 @@ export class ClusterIpam implements ClusterAllocator {
         return { cidr: r.b.cidr, fam: c.ip.family, lo: networkOf(c), hi: lastOf(c) };
       });
       spans.sort((a, b) => (a.fam !== b.fam ? a.fam - b.fam : a.lo < b.lo ? -1 : a.lo > b.lo ? 1 : 0));
-      for (let i = 1; i < spans.length; i++) {
-        const a = spans[i - 1]!;
-        const b = spans[i]!;
-        if (a.fam === b.fam && b.lo <= a.hi)
-          problems.push(`blocks ${a.cidr} and ${b.cidr} of ${net} overlap`);
+      // Against the span reaching furthest so far, not only the previous one: a large block (another
+      // node's block size) can hold several.
+      let reach: (typeof spans)[number] | undefined;
+      for (const b of spans) {
+        if (reach !== undefined && reach.fam === b.fam && b.lo <= reach.hi)
+          problems.push(`blocks ${reach.cidr} and ${b.cidr} of ${net} overlap`);
+        if (reach === undefined || reach.fam !== b.fam || b.hi > reach.hi) reach = b;
       }
       const pools = configs.get(net);
       const local = this.networks.get(net);

@@ -11,7 +11,6 @@ import { type Family, type Ip, formatIp } from '../address/ip';
 import { lastOf, networkOf, parseCidr } from '../address/cidr';
 import {
   type ClusterRecord,
-  type ClusterSettings,
   type LocalBlock,
   PoolBlocks,
   ownedRangeSet,
@@ -70,31 +69,27 @@ function overlaps(span: Span, family: Family, start: bigint, end: bigint): boole
 }
 
 /**
- * The pool config value this node writes to etcd and compares with (design 3.2): the pools, and the block
- * size of each family they have. Builds before this one recorded instead the prefix of the first pool's
- * first block, for that pool's family only (`legacy`); a value they wrote is taken as agreeing when it is
- * exactly what they would have written for this config, as it says nothing of the other sizes (the claimed
- * blocks are checked instead, see ClusterNetwork.foreignLayout).
+ * The pool config value this node writes to etcd and compares with (design 3.2): the pools, and for each
+ * family they have the prefix of its first pool's first block (the block size, or the range's subnet when
+ * that is smaller). Builds before this one recorded it for the first pool's family only (`legacy`); a value
+ * they wrote is taken as agreeing when it is exactly what they would have written for this config, as it
+ * says nothing of the other family's size (see ClusterNetwork.foreignLayout). For one family both are equal.
  */
-export function poolConfigValues(
-  pools: readonly PoolBlocks[],
-  sizes: ClusterSettings,
-): { current: string; legacy: string } {
-  const value = (blockSize4: number, blockSize6: number): string =>
-    JSON.stringify({
+export function poolConfigValues(pools: readonly PoolBlocks[]): { current: string; legacy: string } {
+  const value = (families: readonly (PoolBlocks | undefined)[]): string => {
+    const prefixOf = (f: Family): number => {
+      const pool = families.find((p) => p?.family === f);
+      const c = pool?.at(0n).cidr;
+      return c === undefined ? 0 : Number(c.slice(c.indexOf('/') + 1));
+    };
+    return JSON.stringify({
       pools: pools.map((p) => describeRangeSet(p.set).split(',')),
-      blockSize4,
-      blockSize6,
+      blockSize4: prefixOf(4),
+      blockSize6: prefixOf(6),
       schema: 1,
     } satisfies PoolConfigValue);
-  const has = (f: Family): boolean => pools.some((p) => p.family === f);
-  const first = pools[0];
-  const c = first?.at(0n).cidr ?? '/0';
-  const firstPrefix = Number(c.slice(c.indexOf('/') + 1));
-  return {
-    current: value(has(4) ? sizes.blockSize4 : 0, has(6) ? sizes.blockSize6 : 0),
-    legacy: value(first?.family === 4 ? firstPrefix : 0, first?.family === 6 ? firstPrefix : 0),
   };
+  return { current: value(pools), legacy: value(pools.slice(0, 1)) };
 }
 
 /** "pools [...] in blocks /26 (IPv4), /122 (IPv6)" of a pool config value, for messages. */
@@ -141,7 +136,6 @@ export class ClusterNetwork {
   readonly name: string;
   readonly dataDir: string;
   readonly pools: PoolBlocks[];
-  private readonly blockSizes: ClusterSettings;
   private readonly owned = new Map<string, Owned>();
   /** Every claimed block of the network (any node), from a range and the watch. */
   private readonly claimed = new Map<string, Claimed>();
@@ -189,8 +183,7 @@ export class ClusterNetwork {
     this.name = conf.network;
     this.dataDir = normalDataDir(conf.dataDir);
     this.poolKey = poolKeyOf(conf);
-    this.blockSizes = conf.cluster!;
-    this.pools = conf.rangeSets.map((set) => new PoolBlocks(set, this.blockSizes));
+    this.pools = conf.rangeSets.map((set) => new PoolBlocks(set, conf.cluster!));
     this.clock = clock ?? (() => performance.now());
     let rec: ReturnType<typeof readClusterRecord>;
     try {
@@ -412,7 +405,7 @@ export class ClusterNetwork {
 
   private async checkPoolConfig(): Promise<void> {
     const { etcd, keys } = this.node;
-    const { current, legacy } = poolConfigValues(this.pools, this.blockSizes);
+    const { current, legacy } = poolConfigValues(this.pools);
     const key = keys.config(this.name);
     const r = await etcd.txn(
       {
@@ -573,12 +566,15 @@ export class ClusterNetwork {
     const start =
       mine.length > 0 ? mine.reduce((a, b) => (a > b ? a : b)) + 1n : nameHash(this.node.name) % pool.count;
     const out: string[] = [];
-    // At most every claimed block plus k is probed: the pool itself is never enumerated.
-    const limit = BigInt(this.claimed.size + k + 1);
-    for (let i = 0n; i < pool.count && i < limit && out.length < k; i++) {
+    // At most every claimed block plus k is probed: the pool itself is never enumerated. Blocks inside a
+    // block of another layout (foreignLayout, one claimed key covering several of ours) are passed over
+    // without counting: there are as many as such blocks cover, normally none.
+    let budget = this.claimed.size + k + 1;
+    for (let i = 0n; i < pool.count && budget > 0 && out.length < k; i++) {
       const b = pool.at((start + i) % pool.count);
-      if (!this.claimed.has(b.cidr) && !this.owned.has(b.cidr) && !this.overlapsForeignLayout(b.range))
-        out.push(b.cidr);
+      if (this.overlapsForeignLayout(b.range)) continue;
+      budget--;
+      if (!this.claimed.has(b.cidr) && !this.owned.has(b.cidr)) out.push(b.cidr);
     }
     return out;
   }

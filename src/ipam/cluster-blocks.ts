@@ -255,7 +255,6 @@ export interface ClusterAllocator {
   checkConfig?(conf: IpamConfig): void;
 }
 
-/** cluster.json's fence for berth-ipam on the files: past the horizon since etcd last answered, nothing is handed out. */
 /** How far a recorded last contact may be ahead of the clock (steps of a few seconds at boot) before it fences. */
 const CONTACT_AHEAD_TOLERANCE_MS = 60_000;
 
@@ -270,6 +269,7 @@ export function contactAheadFence(node: string, lastContact: string, now: Date):
   return `node ${node}'s last contact with etcd (${lastContact}) is later than this clock (${now.toISOString()}): the clock stepped back, so how long the node has been cut off cannot be told; it allocates again once berthd has registered it with etcd`;
 }
 
+/** cluster.json's fence for berth-ipam on the files: past the horizon since etcd last answered, nothing is handed out. */
 export function recordFenceReason(rec: ClusterRecord, now: Date): string | undefined {
   if (rec.fenced !== undefined) return rec.fenced;
   const last = Date.parse(rec.lastContact);

@@ -187,3 +187,48 @@ describe('GC past failures', () => {
     }
   });
 });
+
+describe('GC and ports by their records', () => {
+  it("a port no record attributes is left, valid for IPAM's GC under both keys; a port another network registered stays though this one holds a stale record of it", async () => {
+    const runDir = mkdtempSync(join(tmpdir(), `bt${process.pid}-gcrec-`));
+    try {
+      const w = world();
+      w.links.set(50, {
+        index: 50,
+        name: 'vethdeadbeef',
+        kind: 'veth',
+        alias: 'ctrLost/eth0',
+        masterIndex: 1,
+      });
+      w.links.set(51, { index: 51, name: 'vethfeedface', kind: 'veth', alias: 'ctrB/eth0', masterIndex: 1 });
+      const nft = { masquerade: false, spoofCheck: false };
+      registerAttachment(runDir, 'netB', 'ctrB/eth0', nft);
+      registerAttachment(runDir, 'netA', 'ctrB/eth0', nft); // A's DEL of an earlier ctrB/eth0 failed
+      let ipamGot: Request | undefined;
+      const deps = {
+        runDir,
+        nftTable: 'btgcrec',
+        kernel: { host: () => Promise.resolve(w.host), netns: () => Promise.resolve(w.pod) },
+        ipam: (call: { request: Request }) => {
+          ipamGot = call.request;
+          return Promise.resolve(undefined);
+        },
+      } as unknown as BridgeDeps;
+      const base = request('GC', 'netA');
+      const config = { ...base.config, ipam: { type: 'berth-ipam' } };
+      const lines: string[] = [];
+      const req: Request = { ...base, config, stdin: JSON.stringify(config), log: (l) => void lines.push(l) };
+      // nftables is not reachable here: GC reports that, after the rest.
+      await cmdGc(req, deps).catch(() => undefined);
+      expect(w.deleted).toEqual([]);
+      expect(lines.join('\n')).toMatch(/left host veth vethdeadbeef \(ctrLost\/eth0\)/);
+      const lost = [{ containerID: 'ctrLost', ifname: 'eth0' }];
+      const sent = JSON.parse(ipamGot!.stdin) as Record<string, unknown>;
+      expect(sent['cni.dev/valid-attachments']).toEqual(lost);
+      expect(sent['cni.dev/attachments']).toEqual(lost);
+      expect(ipamGot!.validAttachments).toEqual(lost);
+    } finally {
+      rmSync(runDir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1167,4 +1167,50 @@ describe('block sizes across nodes', () => {
     expect(mine).toEqual(['fd00:18::300/120']);
     for (const c of mine) for (const t of theirs) expect(overlapping(c, t)).toBe(false);
   }, 20_000);
+
+  /** etcd's value as builds before this one wrote it for the dual-stack config of addDual. */
+  function legacyValue(): void {
+    fake.putDirect(
+      `/berth/v1/nets/${NET}/config`,
+      JSON.stringify({
+        pools: [['198.18.0.1-198.18.15.254'], ['fd00:18::1-fd00:18::3ff']],
+        blockSize4: 26,
+        blockSize6: 0,
+        schema: 1,
+      }),
+    );
+  }
+
+  test('a larger block of another node covering many of ours does not use up the search: the free ones are found', async () => {
+    legacyValue();
+    // n9 cuts the pool in larger blocks: a /119 (eight of our /122s) and a /120 (four).
+    const theirs = ['fd00:18::/119', 'fd00:18::300/120'];
+    fake.putManyDirect(
+      theirs.map((c) => [
+        `/berth/v1/nets/${NET}/blocks/${blockKeyName(c)}`,
+        JSON.stringify({ node: 'n9', uid: 'u9', claimedAt: new Date().toISOString() }),
+      ]),
+    );
+    // Names whose search starts inside n9's blocks (each failed with "every block … is claimed").
+    for (const name of ['n4', 'n5']) {
+      const n = await startNode(name);
+      const ips = await addDual(n, 'q-0', 122);
+      expect(ips, String(ips)).toHaveLength(2);
+      expect(cidrContains(parseCidr('fd00:18::200/120')!, parseIp(ips[1]!)!)).toBe(true);
+    }
+    // berth cluster check names every overlap of a larger block, not only with its neighbour in order.
+    fake.putManyDirect(
+      ['fd00:18::40/122', 'fd00:18::80/122'].map((c) => [
+        `/berth/v1/nets/${NET}/blocks/${blockKeyName(c)}`,
+        JSON.stringify({ node: 'n8', uid: 'u8', claimedAt: new Date().toISOString() }),
+      ]),
+    );
+    const problems = (await nodes[0]!.cluster.check()).problems.filter((p) => p.includes('overlap'));
+    expect(problems).toEqual(
+      expect.arrayContaining([
+        `blocks fd00:18::/119 and fd00:18::40/122 of ${NET} overlap`,
+        `blocks fd00:18::/119 and fd00:18::80/122 of ${NET} overlap`,
+      ]),
+    );
+  }, 20_000);
 });
