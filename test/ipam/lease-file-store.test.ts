@@ -65,6 +65,34 @@ function walk(dir: string): string[] {
     .map((e) => join(e.parentPath, e.name));
 }
 
+describe('a requested address', () => {
+  test('already taken: refused from the index, without a rebuild of the directory (a static IP retried)', async () => {
+    const { store, warnings } = open();
+    const req = (containerId: string): Promise<string> =>
+      store.transact(async (s) =>
+        formatIp(
+          await allocateFromSet({
+            session: s,
+            set: v4,
+            setId: 0,
+            containerId,
+            ifname: 'eth0',
+            meta: { bootId: 'boot-1' },
+            policy: 'round-robin',
+            exclude: [],
+            requested: parseIp('198.18.64.15')!,
+          }),
+        ),
+      );
+    await alloc(store, 'c0'); // the index exists
+    expect(await req('c1')).toBe('198.18.64.15');
+    warnings.length = 0;
+    for (let i = 0; i < 3; i++)
+      await expect(req(`c${i + 2}`)).rejects.toThrow(/requested IP address 198\.18\.64\.15 is not available/);
+    expect(warnings).toEqual([]);
+  });
+});
+
 describe('layout', () => {
   test('lease files, cursor and lock as host-local has them; every berth file starts with "{"', async () => {
     const { store, dir } = open();
