@@ -109,6 +109,25 @@ export async function cmdCheck(req: Request, deps: BridgeDeps): Promise<void> {
       for (const id of conf.vlanTrunk) if (!vids.has(id)) fail(`Host veth ${hv.name} lacks trunk VLAN ${id}`);
     }
 
+    // The gateways on the bridge (or its VLAN gateway interface), as the ADD put them: a pod whose gateway
+    // went (an operator's flush, another network's port below IPv6's MTU) has no way out, yet the rest
+    // checks fine. The reference does not look.
+    if (conf.isGateway) {
+      const gws = (prev.ips ?? [])
+        .filter((ip) => (ip.interface === undefined || ip.interface === contIdx) && ip.gateway !== undefined)
+        .map((ip) => canonicalIp(ip.gateway!));
+      if (gws.length > 0) {
+        const target = conf.vlan !== 0 ? await host.findLink(`${conf.bridge}.${conf.vlan}`) : br;
+        const on =
+          target === undefined
+            ? []
+            : (await host.listAddresses({ link: target.index })).filter((a) => a.scope === 0);
+        for (const gw of gws)
+          if (!on.some((a) => canonicalIp(a.address) === gw))
+            fail(`Gateway ${gw} is not on ${target?.name ?? `${conf.bridge}.${conf.vlan}`}`);
+      }
+    }
+
     // Addresses and routes in the container.
     const addrs = await pod.listAddresses({ link: cont.index });
     for (const ip of prev.ips ?? []) {

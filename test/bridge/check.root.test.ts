@@ -182,6 +182,11 @@ describe('CHECK', () => {
       /isolation/,
     ],
     [
+      "the gateway address removed from the bridge (the pod's way out)",
+      (a) => sh('ip', ['addr', 'del', '198.18.139.1/24', 'dev', a.c.bridge as string]),
+      /Gateway 198\.18\.139\.1 is not on /,
+    ],
+    [
       'promiscuous mode switched on the bridge',
       (a) => sh('ip', ['link', 'set', a.c.bridge as string, 'promisc', 'on']),
       /Promisc/,
