@@ -595,8 +595,18 @@ export class ClusterIpam implements ClusterAllocator {
       if (pools === undefined) problems.push(`network ${net} has blocks but no config key`);
       if (local !== undefined) {
         for (const { cidr } of list) {
-          if (!local.pools.some((p) => p.find(cidr) !== undefined))
-            problems.push(`block ${cidr} of ${net} lies outside every pool`);
+          if (local.pools.some((p) => p.find(cidr) !== undefined)) continue;
+          const c = parseCidr(cidr);
+          const lo = c === undefined ? 0n : networkOf(c);
+          const hi = c === undefined ? -1n : lastOf(c);
+          const inside = local.pools.find((p) =>
+            p.set.some((r) => r.family === c?.ip.family && lo <= r.end && hi >= r.start),
+          );
+          problems.push(
+            inside === undefined
+              ? `block ${cidr} of ${net} lies outside every pool`
+              : `block ${cidr} of ${net} is a /${c!.prefix} block inside the pools; this node's blocks there are /${inside.at(0n).cidr.split('/')[1]} (the nodes' block sizes differ)`,
+          );
         }
       }
     }

@@ -11,6 +11,7 @@ import { type Family, type Ip, formatIp } from '../address/ip';
 import { lastOf, networkOf, parseCidr } from '../address/cidr';
 import {
   type ClusterRecord,
+  type ClusterSettings,
   type LocalBlock,
   PoolBlocks,
   ownedRangeSet,
@@ -69,27 +70,36 @@ function overlaps(span: Span, family: Family, start: bigint, end: bigint): boole
 }
 
 /**
- * The pool config value this node writes to etcd and compares with (design 3.2): the pools, and for each
- * family they have the prefix of its first pool's first block (the block size, or the range's subnet when
- * that is smaller). Builds before this one recorded it for the first pool's family only (`legacy`); a value
- * they wrote is taken as agreeing when it is exactly what they would have written for this config, as it
- * says nothing of the other family's size (see ClusterNetwork.foreignLayout). For one family both are equal.
+ * The pool config value this node writes to etcd and compares with (design 3.2): the pools and each family's
+ * block size. For the first pool's family it is the prefix of that pool's first block (the block size, or
+ * the range's subnet when that is smaller), as builds before this one recorded it; they recorded no other
+ * family (`legacy`: a value they wrote is taken as agreeing when it is exactly what they would have written
+ * for this config, see ClusterNetwork.foreignLayout). For another family it is the configured block size.
  */
-export function poolConfigValues(pools: readonly PoolBlocks[]): { current: string; legacy: string } {
-  const value = (families: readonly (PoolBlocks | undefined)[]): string => {
-    const prefixOf = (f: Family): number => {
-      const pool = families.find((p) => p?.family === f);
-      const c = pool?.at(0n).cidr;
-      return c === undefined ? 0 : Number(c.slice(c.indexOf('/') + 1));
-    };
+export function poolConfigValues(
+  pools: readonly PoolBlocks[],
+  sizes: ClusterSettings,
+): { current: string; legacy: string } {
+  const first = pools[0];
+  const c = first?.at(0n).cidr;
+  const firstPrefix = c === undefined ? 0 : Number(c.slice(c.indexOf('/') + 1));
+  const value = (otherFamily: boolean): string => {
+    const sizeOf = (f: Family): number =>
+      first?.family === f
+        ? firstPrefix
+        : otherFamily && pools.some((p) => p.family === f)
+          ? f === 4
+            ? sizes.blockSize4
+            : sizes.blockSize6
+          : 0;
     return JSON.stringify({
       pools: pools.map((p) => describeRangeSet(p.set).split(',')),
-      blockSize4: prefixOf(4),
-      blockSize6: prefixOf(6),
+      blockSize4: sizeOf(4),
+      blockSize6: sizeOf(6),
       schema: 1,
     } satisfies PoolConfigValue);
   };
-  return { current: value(pools), legacy: value(pools.slice(0, 1)) };
+  return { current: value(true), legacy: value(false) };
 }
 
 /** "pools [...] in blocks /26 (IPv4), /122 (IPv6)" of a pool config value, for messages. */
@@ -136,6 +146,7 @@ export class ClusterNetwork {
   readonly name: string;
   readonly dataDir: string;
   readonly pools: PoolBlocks[];
+  private readonly blockSizes: ClusterSettings;
   private readonly owned = new Map<string, Owned>();
   /** Every claimed block of the network (any node), from a range and the watch. */
   private readonly claimed = new Map<string, Claimed>();
@@ -183,7 +194,8 @@ export class ClusterNetwork {
     this.name = conf.network;
     this.dataDir = normalDataDir(conf.dataDir);
     this.poolKey = poolKeyOf(conf);
-    this.pools = conf.rangeSets.map((set) => new PoolBlocks(set, conf.cluster!));
+    this.blockSizes = conf.cluster!;
+    this.pools = conf.rangeSets.map((set) => new PoolBlocks(set, this.blockSizes));
     this.clock = clock ?? (() => performance.now());
     let rec: ReturnType<typeof readClusterRecord>;
     try {
@@ -239,7 +251,12 @@ export class ClusterNetwork {
     return this.pools.map((pool, setId) =>
       ownedRangeSet(
         pool,
-        [...this.owned.entries()].filter(([, o]) => o.setId === setId && o.state === 'owned').map(([c]) => c),
+        [...this.owned.entries()]
+          .filter(([, o]) => o.setId === setId && o.state === 'owned')
+          .map(([c]) => c)
+          // An owned block that a block of another size overlaps hands out nothing more: the other node
+          // (an older build does not look) may hand out the same addresses. Its pods keep their leases.
+          .filter((c) => this.foreignLayout.size === 0 || !this.overlapsForeignLayout(pool.find(c)!.range)),
       ),
     );
   }
@@ -405,7 +422,7 @@ export class ClusterNetwork {
 
   private async checkPoolConfig(): Promise<void> {
     const { etcd, keys } = this.node;
-    const { current, legacy } = poolConfigValues(this.pools);
+    const { current, legacy } = poolConfigValues(this.pools, this.blockSizes);
     const key = keys.config(this.name);
     const r = await etcd.txn(
       {
@@ -503,7 +520,7 @@ export class ClusterNetwork {
     });
     this.node.o.log.log(
       'warn',
-      "cluster: a claimed block is not of this node's block size: ipam.cluster block sizes differ between nodes or configs (every node must use the same), and no block overlapping it is claimed here",
+      "cluster: a claimed block is not of this node's block size: ipam.cluster block sizes differ between nodes or configs (every node must use the same); no block overlapping it is claimed here, and none of ours it overlaps hands out more addresses",
       {
         network: this.name,
         block: cidr,

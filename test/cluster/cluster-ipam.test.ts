@@ -1109,9 +1109,10 @@ describe('block sizes across nodes', () => {
     n: (typeof nodes)[number],
     cid: string,
     blockSize6: number,
+    v6: Record<string, unknown>[] = [{ subnet: V6 }],
   ): Promise<string[] | string> {
     const body = envelope(n.dataDir, cid) as { config: { ipam: Record<string, unknown> } };
-    body.config.ipam.ranges = [[{ subnet: POOL }], [{ subnet: V6 }]];
+    body.config.ipam.ranges = [[{ subnet: POOL }], v6];
     body.config.ipam.cluster = { blockSize: 26, blockSize6 };
     try {
       const r = await n.service.call(Allocate, body);
@@ -1166,6 +1167,40 @@ describe('block sizes across nodes', () => {
     const mine = etcdBlocksOf('n2').filter((c) => c.includes(':'));
     expect(mine).toEqual(['fd00:18::300/120']);
     for (const c of mine) for (const t of theirs) expect(overlapping(c, t)).toBe(false);
+  }, 20_000);
+
+  test("a second family whose first range is smaller than a block: nodes' block sizes still must agree", async () => {
+    const v6 = [{ subnet: 'fd00:18:9::/124' }, { subnet: 'fd00:18:a::/116' }];
+    const a = await startNode('n1');
+    expect(await addDual(a, 'p-0', 122, v6)).toHaveLength(2);
+    const b = await startNode('n2');
+    expect(await addDual(b, 'q-0', 120, v6)).toMatch(
+      /^code 7: .*\/120 \(IPv6\) differ from the ones in etcd, .*\/122 \(IPv6\)/,
+    );
+  }, 20_000);
+
+  test('an owned block that a block of another size comes to overlap hands out nothing more; cluster check names both sizes', async () => {
+    legacyValue();
+    const n9 = JSON.stringify({ node: 'n9', uid: 'u9', claimedAt: new Date().toISOString() });
+    fake.putDirect(`/berth/v1/nets/${NET}/blocks/${blockKeyName('fd00:18::40/122')}`, n9);
+    const b = await startNode('n2');
+    expect(await addDual(b, 'q-0', 120)).toHaveLength(2);
+    const target = etcdBlocksOf('n2').find((c) => c.includes(':'))!;
+    // An older build's node claims a /122 inside it (it does not look at other sizes).
+    const inside = `${target.split('/')[0]}/122`;
+    fake.putDirect(`/berth/v1/nets/${NET}/blocks/${blockKeyName(inside)}`, n9);
+    await vi.waitFor(
+      async () =>
+        expect((await b.cluster.check()).problems).toContain(
+          `block ${inside} of ${NET} is a /122 block inside the pools; this node's blocks there are /120 (the nodes' block sizes differ)`,
+        ),
+      { timeout: 5000, interval: 50 },
+    );
+    for (let i = 1; i <= 4; i++) {
+      const ips = await addDual(b, `q-${i}`, 120);
+      expect(ips, String(ips)).toHaveLength(2);
+      expect(cidrContains(parseCidr(target)!, parseIp(ips[1]!)!), ips[1]).toBe(false);
+    }
   }, 20_000);
 
   /** etcd's value as builds before this one wrote it for the dual-stack config of addDual. */
