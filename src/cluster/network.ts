@@ -470,10 +470,16 @@ export class ClusterNetwork {
             used: 0,
           });
           changed = true;
-          this.node.o.log.log('info', 'cluster: adopted a block etcd says is ours', {
-            network: this.name,
-            block: parsed.cidr,
-          });
+          // A claim of ours on its way: the watch brought its PUT before the txn's answer (the usual
+          // case, debug). Otherwise a claim whose answer was lost, or a block cluster.json did not have.
+          this.node.o.log.log(
+            this.inFlight.size > 0 ? 'debug' : 'info',
+            'cluster: adopted a block etcd says is ours',
+            {
+              network: this.name,
+              block: parsed.cidr,
+            },
+          );
         }
       } else if (mine && o !== undefined) {
         o.modRevision = kv.modRevision;
