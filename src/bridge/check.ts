@@ -121,7 +121,8 @@ export async function cmdCheck(req: Request, deps: BridgeDeps): Promise<void> {
         const on =
           target === undefined
             ? []
-            : (await host.listAddresses({ link: target.index })).filter((a) => a.scope === 0);
+            : // Any scope: an IPAM gateway fe80::1 is on the bridge as a link-scope address.
+              await host.listAddresses({ link: target.index });
         for (const gw of gws)
           if (!on.some((a) => canonicalIp(a.address) === gw))
             fail(`Gateway ${gw} is not on ${target?.name ?? `${conf.bridge}.${conf.vlan}`}`);

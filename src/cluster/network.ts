@@ -251,12 +251,7 @@ export class ClusterNetwork {
     return this.pools.map((pool, setId) =>
       ownedRangeSet(
         pool,
-        [...this.owned.entries()]
-          .filter(([, o]) => o.setId === setId && o.state === 'owned')
-          .map(([c]) => c)
-          // An owned block that a block of another size overlaps hands out nothing more: the other node
-          // (an older build does not look) may hand out the same addresses. Its pods keep their leases.
-          .filter((c) => this.foreignLayout.size === 0 || !this.overlapsForeignLayout(pool.find(c)!.range)),
+        [...this.owned.entries()].filter(([c, o]) => o.setId === setId && this.serving(c, o)).map(([c]) => c),
       ),
     );
   }
@@ -554,8 +549,8 @@ export class ClusterNetwork {
   /** Free usable addresses of a pool's owned blocks (estimate between recounts). */
   freeIn(setId: number): number {
     let n = 0;
-    for (const o of this.owned.values())
-      if (o.setId === setId && o.state === 'owned') n += Math.max(0, o.usable - o.used);
+    for (const [c, o] of this.owned)
+      if (o.setId === setId && this.serving(c, o)) n += Math.max(0, o.usable - o.used);
     return n;
   }
 
@@ -593,18 +588,41 @@ export class ClusterNetwork {
     // block of another layout (foreignLayout, one claimed key covering several of ours) are passed over
     // without counting: there are as many as such blocks cover, normally none.
     let budget = this.claimed.size + k + 1;
-    for (let i = 0n; i < pool.count && budget > 0 && out.length < k; i++) {
-      const b = pool.at((start + i) % pool.count);
-      if (this.overlapsForeignLayout(b.range)) continue;
+    for (let i = 0n; i < pool.count && budget > 0 && out.length < k;) {
+      const index = (start + i) % pool.count;
+      const b = pool.at(index);
       budget--;
+      const span = this.foreignSpanOver(b.range);
+      if (span !== undefined) {
+        // Past every block of ours the span covers in one step (a /96 covers 2^26 blocks of /122): the
+        // span is one claimed key, one unit of the budget.
+        i += pool.nextIndexPast(index, span.last) - index;
+        continue;
+      }
       if (!this.claimed.has(b.cidr) && !this.owned.has(b.cidr)) out.push(b.cidr);
+      i++;
     }
     return out;
   }
 
+  private foreignSpanOver(r: Range): Span | undefined {
+    for (const span of this.foreignLayout.values()) if (overlaps(span, r.family, r.start, r.end)) return span;
+    return undefined;
+  }
+
   private overlapsForeignLayout(r: Range): boolean {
-    for (const span of this.foreignLayout.values()) if (overlaps(span, r.family, r.start, r.end)) return true;
-    return false;
+    return this.foreignSpanOver(r) !== undefined;
+  }
+
+  /**
+   * An owned block that serves new addresses: not being released, and no block of another size overlaps it
+   * (the other node, an older build does not look, may hand out the same addresses; its pods keep theirs).
+   */
+  private serving(cidr: string, o: Owned): boolean {
+    if (o.state !== 'owned') return false;
+    return (
+      this.foreignLayout.size === 0 || !this.overlapsForeignLayout(this.pools[o.setId]!.find(cidr)!.range)
+    );
   }
 
   /** One claim attempt of `k` blocks; resolves with the number claimed (0: all taken, pick again). */
@@ -911,9 +929,12 @@ export class ClusterNetwork {
         // Keep minBlocks per pool, and the reserve (one block's worth of free addresses plus the burst still
         // remembered): a release below it was claimed back by the reserve check right after, the same block
         // often, while other nodes' routes to it went and came back (cluster-net-test's release check).
-        const sameSet = [...this.owned.values()].filter((x) => x.setId === o.setId && x.state === 'owned');
-        const freeAfter = this.freeIn(o.setId) - o.usable;
-        if (sameSet.length <= this.settings.minBlocks || freeAfter < this.reserveTarget(o.setId)) continue;
+        // A block that no longer serves (another size overlaps it) goes once empty, whatever is kept.
+        if (this.serving(cidr, o)) {
+          const sameSet = [...this.owned].filter(([c, x]) => x.setId === o.setId && this.serving(c, x));
+          const freeAfter = this.freeIn(o.setId) - o.usable;
+          if (sameSet.length <= this.settings.minBlocks || freeAfter < this.reserveTarget(o.setId)) continue;
+        }
         o.state = 'releasing';
         toRelease.push(cidr);
       }

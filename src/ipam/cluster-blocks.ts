@@ -125,6 +125,24 @@ export class PoolBlocks {
     return undefined;
   }
 
+  /**
+   * The index to probe after block `index` when every block of its range from there to the one holding
+   * address `last` is to be passed over: the first block of that range starting past `last`, or the next
+   * range's first block. Always past `index`.
+   */
+  nextIndexPast(index: bigint, last: bigint): bigint {
+    let base = 0n;
+    for (const p of this.parts) {
+      if (index < base + p.count) {
+        const k = last < p.first ? 0n : (last - p.first) / p.size + 1n;
+        const next = base + (k < p.count ? k : p.count);
+        return next > index ? next : index + 1n;
+      }
+      base += p.count;
+    }
+    return index + 1n;
+  }
+
   /** The block holding an address of the pool. */
   blockOf(ip: Ip): PoolBlock | undefined {
     let base = 0n;

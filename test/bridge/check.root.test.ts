@@ -226,6 +226,24 @@ describe('CHECK', () => {
     expect(r.json.msg).toMatch(msg);
   });
 
+  it('an IPAM gateway fe80::1 (link scope on the bridge) passes the gateway check', async () => {
+    const c = fx.conf({
+      isGateway: true,
+      ipam: fx.hostLocal([[{ subnet: 'fd00:b:139::/64', gateway: 'fe80::1' }]]),
+    });
+    const ns = fx.netns();
+    const add = await fx.run({
+      command: 'ADD',
+      conf: c,
+      containerId: 'ctr1',
+      netns: ns.path,
+      ifname: 'eth0',
+    });
+    expect(add.code, add.stdout + add.stderr).toBe(0);
+    const r = await check({ ns, c, result: add.json, hostVeth: add.json.interfaces[1].name });
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+  });
+
   it('fails when the IPAM reservation is gone (IPAM CHECK is delegated)', async () => {
     const a = await attach();
     expect((await check(a)).code).toBe(0);

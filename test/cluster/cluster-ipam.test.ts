@@ -1203,6 +1203,78 @@ describe('block sizes across nodes', () => {
     }
   }, 20_000);
 
+  /** A DEL of addDual's config. */
+  async function delDual(n: (typeof nodes)[number], cid: string, blockSize6: number): Promise<void> {
+    const body = envelope(n.dataDir, cid) as { config: { ipam: Record<string, unknown> } };
+    body.config.ipam.ranges = [[{ subnet: POOL }], [{ subnet: V6 }]];
+    body.config.ipam.cluster = { blockSize: 26, blockSize6 };
+    await n.service.call(Release, body);
+  }
+
+  const n9Claim = JSON.stringify({ node: 'n9', uid: 'u9', claimedAt: new Date().toISOString() });
+  const putN9 = (cidr: string): void =>
+    fake.putDirect(`/berth/v1/nets/${NET}/blocks/${blockKeyName(cidr)}`, n9Claim);
+
+  test('every block overlapped by blocks of another size: an ADD fails at once, it does not loop on the overlapped one', async () => {
+    legacyValue();
+    const b = await startNode('n2', { claimTimeoutMs: 1500 });
+    expect(await addDual(b, 'q-0', 120)).toHaveLength(2);
+    // A /122 of n9 inside each of the pool's four /120s, n2's own among them.
+    for (const c of ['fd00:18::40/122', 'fd00:18::140/122', 'fd00:18::240/122', 'fd00:18::340/122']) putN9(c);
+    await vi.waitFor(async () => expect((await b.cluster.check()).problems.join('\n')).toMatch(/340\/122/), {
+      timeout: 5000,
+      interval: 50,
+    });
+    const t0 = performance.now();
+    const got = await Promise.race([
+      addDual(b, 'q-1', 120),
+      new Promise<string>((r) => setTimeout(() => r('still running after 8 s'), 8000)),
+    ]);
+    expect(got).toMatch(/^code (999|11): /);
+    expect(performance.now() - t0).toBeLessThan(4000);
+  }, 20_000);
+
+  test('an overlapped block of ours goes once empty, though it is the only one (minBlocks keeps serving ones only)', async () => {
+    legacyValue();
+    const b = await startNode('n2', { releaseAfterMs: 0, reserveWindowMs: 1 });
+    expect(await addDual(b, 'q-0', 120)).toHaveLength(2);
+    const target = etcdBlocksOf('n2').find((c) => c.includes(':'))!;
+    putN9(`${target.split('/')[0]}/122`);
+    await delDual(b, 'q-0', 120);
+    await vi.waitFor(() => expect(etcdBlocksOf('n2')).not.toContain(target), {
+      timeout: 8000,
+      interval: 100,
+    });
+  }, 20_000);
+
+  test('a block of another size covering 2^30 of ours is passed over in one step (the search does not walk it)', async () => {
+    // /122 blocks of fd00:18::/90 (2^32 of them); n9's /92 covers the first quarter.
+    const big = 'fd00:18::/90';
+    fake.putDirect(
+      `/berth/v1/nets/${NET}/config`,
+      JSON.stringify({
+        pools: [['198.18.0.1-198.18.15.254'], ['fd00:18::1-fd00:18::3f:ffff:ffff']],
+        blockSize4: 26,
+        blockSize6: 0,
+        schema: 1,
+      }),
+    );
+    putN9('fd00:18::/92');
+    // A node whose search starts inside it: FNV-1a of the name (nameHash in network.ts) mod 2^32 below 2^30.
+    const fnv = (name: string): bigint => {
+      let h = 0xcbf29ce484222325n;
+      for (const c of Buffer.from(name, 'utf8')) h = ((h ^ BigInt(c)) * 0x100000001b3n) & 0xffffffffffffffffn;
+      return h;
+    };
+    const name = [...Array(64).keys()].map((i) => `n${i}`).find((n) => fnv(n) % 2n ** 32n < 2n ** 30n)!;
+    const b = await startNode(name);
+    const t0 = performance.now();
+    const ips = await addDual(b, 'q-0', 122, [{ subnet: big }]);
+    expect(ips, String(ips)).toHaveLength(2);
+    expect(cidrContains(parseCidr('fd00:18::/92')!, parseIp(ips[1]!)!)).toBe(false);
+    expect(performance.now() - t0).toBeLessThan(3000);
+  }, 30_000);
+
   /** etcd's value as builds before this one wrote it for the dual-stack config of addDual. */
   function legacyValue(): void {
     fake.putDirect(
