@@ -591,14 +591,15 @@ export class ClusterNetwork {
     for (let i = 0n; i < pool.count && budget > 0 && out.length < k;) {
       const index = (start + i) % pool.count;
       const b = pool.at(index);
-      budget--;
       const span = this.foreignSpanOver(b.range);
       if (span !== undefined) {
-        // Past every block of ours the span covers in one step (a /96 covers 2^26 blocks of /122): the
-        // span is one claimed key, one unit of the budget.
+        // Past every block of ours the span covers in this range in one step (a /96 covers 2^26 blocks of
+        // /122), at no cost to the budget: each step passes at least one block, and there are at most
+        // (spans × ranges + 1) of them.
         i += pool.nextIndexPast(index, span.last) - index;
         continue;
       }
+      budget--;
       if (!this.claimed.has(b.cidr) && !this.owned.has(b.cidr)) out.push(b.cidr);
       i++;
     }
@@ -633,7 +634,7 @@ export class ClusterNetwork {
     if (cidrs.length === 0) {
       throw new CniError(
         ErrorCode.Internal,
-        `no IP addresses available in range set: ${describeRangeSet(this.pools[setId]!.set)} (every block of the pool of cluster network ${this.name} is claimed)`,
+        `no IP addresses available in range set: ${describeRangeSet(this.pools[setId]!.set)} (every block of the pool of cluster network ${this.name} is claimed${this.foreignLayout.size > 0 ? ', or overlapped by a block of another size' : ''})`,
       );
     }
     const value: BlockValue = {

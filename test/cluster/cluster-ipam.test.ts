@@ -1275,6 +1275,28 @@ describe('block sizes across nodes', () => {
     expect(performance.now() - t0).toBeLessThan(3000);
   }, 30_000);
 
+  test('a block of another size over many ranges of the pool does not use up the search: a free block past them is found', async () => {
+    // Twelve small ranges inside n9's /96, then one outside it.
+    const v6 = [
+      ...[...Array(12).keys()].map((i) => ({ subnet: `fd00:18::${(i + 1).toString(16)}00/120` })),
+      { subnet: 'fd00:19::/120' },
+    ];
+    const b = await startNode('n2');
+    // The value for this config as builds before this one wrote it (the second family unrecorded).
+    const first = await addDual(b, 'q-probe', 122, v6);
+    expect(first).toHaveLength(2);
+    await delDual(b, 'q-probe', 122);
+    await stopNode(b);
+    const value = JSON.parse(fake.get(`/berth/v1/nets/${NET}/config`)!.value) as Record<string, unknown>;
+    fake.putDirect(`/berth/v1/nets/${NET}/config`, JSON.stringify({ ...value, blockSize6: 0 }));
+    for (const k of fake.keys(`/berth/v1/nets/${NET}/blocks/`)) fake.deleteDirect(k);
+    putN9('fd00:18::/96');
+    const c = await startNode('n3');
+    const ips = await addDual(c, 'q-0', 122, v6);
+    expect(ips, String(ips)).toHaveLength(2);
+    expect(cidrContains(parseCidr('fd00:19::/120')!, parseIp(ips[1]!)!)).toBe(true);
+  }, 20_000);
+
   /** etcd's value as builds before this one wrote it for the dual-stack config of addDual. */
   function legacyValue(): void {
     fake.putDirect(
