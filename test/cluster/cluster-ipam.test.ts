@@ -536,6 +536,34 @@ describe('daemon down: berth-ipam on the files', () => {
   });
 });
 
+/**
+ * berthd restarted as `name` while etcd refuses: its first ADD is refused (11, `message`); once etcd answers,
+ * it registers and serves.
+ */
+async function fencedUntilRegistered(
+  name: string,
+  message: RegExp,
+  opts: Parameters<typeof startNode>[1] = {},
+): Promise<(typeof nodes)[number]> {
+  fake.setMode(0, 'refuse');
+  fake.setMode(1, 'refuse');
+  const b = await startNode(name, opts);
+  const early = await add(b, 'b-0').then(
+    (ip) => `handed out ${ip}`,
+    (err: unknown) => err,
+  );
+  expect(early).toBeInstanceOf(CniError);
+  expect(early).toMatchObject({ code: ErrorCode.TryAgainLater, message: expect.stringMatching(message) });
+  fake.setMode(0, 'up');
+  fake.setMode(1, 'up');
+  await vi.waitFor(() => expect(b.cluster.node.fenceReason()).toBeUndefined(), {
+    timeout: 8000,
+    interval: 100,
+  });
+  expect(await add(b, 'b-1')).toMatch(/^198\.18\./);
+  return b;
+}
+
 describe('release, forget, leave', () => {
   test('leave: a reserve claim cannot land between its releases and its revoke (no block left to nobody)', async () => {
     const a = await startNode('n1');
@@ -786,25 +814,9 @@ describe('release, forget, leave', () => {
     expect(rec.blocks.length).toBeGreaterThan(0);
     const fenced = "node n1 was forgotten (by n2 at a test) while this boot's pods may still run";
     await writeClusterRecord(a.dataDir, NET, { ...rec, lastContact: new Date().toISOString(), fenced });
-    // etcd unreachable as the new berthd starts: it cannot register, so nothing says the fence is over.
-    fake.setMode(0, 'refuse');
-    fake.setMode(1, 'refuse');
-    const b = await startNode('n1');
-    const early = await add(b, 'b-0').then(
-      (ip) => `handed out ${ip}`,
-      (err: unknown) => err,
-    );
-    expect(early).toBeInstanceOf(CniError);
-    expect((early as CniError).code).toBe(ErrorCode.TryAgainLater);
-    expect((early as CniError).message).toMatch(/was forgotten .*recorded before berthd restarted/);
-    // etcd answers: the registration (no tombstone in this etcd) lifts it, and the record says so.
-    fake.setMode(0, 'up');
-    fake.setMode(1, 'up');
-    await vi.waitFor(() => expect(b.cluster.node.fenceReason()).toBeUndefined(), {
-      timeout: 8000,
-      interval: 100,
-    });
-    expect(await add(b, 'b-1')).toMatch(/^198\.18\./);
+    // etcd unreachable as the new berthd starts: it cannot register, so nothing says the fence is over; once
+    // etcd answers, the registration (no tombstone in this etcd) lifts it, and the record says so.
+    const b = await fencedUntilRegistered('n1', /was forgotten .*recorded before berthd restarted/);
     await vi.waitFor(() => expect(readClusterRecord(b.dataDir, NET)!.fenced).toBeUndefined(), {
       timeout: 3000,
       interval: 50,
@@ -830,22 +842,8 @@ describe('release, forget, leave', () => {
       code: ErrorCode.TryAgainLater,
       message: expect.stringMatching(later),
     });
-    // berthd restarted while etcd cannot be reached: fenced, not allocating in its blocks.
-    fake.setMode(0, 'refuse');
-    fake.setMode(1, 'refuse');
-    const b = await startNode('n1', { horizonSeconds: 3600 });
-    const early = await add(b, 'b-0').then(
-      (ip) => `handed out ${ip}`,
-      (err: unknown) => err,
-    );
-    expect(early).toMatchObject({ code: ErrorCode.TryAgainLater, message: expect.stringMatching(later) });
-    fake.setMode(0, 'up');
-    fake.setMode(1, 'up');
-    await vi.waitFor(() => expect(b.cluster.node.fenceReason()).toBeUndefined(), {
-      timeout: 8000,
-      interval: 100,
-    });
-    expect(await add(b, 'b-1')).toMatch(/^198\.18\./);
+    // berthd restarted while etcd cannot be reached: fenced, not allocating in its blocks, until registered.
+    await fencedUntilRegistered('n1', later, { horizonSeconds: 3600 });
   }, 20_000);
 
   test('an underlay found after the start is published in the alive key, under the same lease', async () => {
@@ -1142,16 +1140,7 @@ describe('block sizes across nodes', () => {
   }, 20_000);
 
   test('on a value an older build wrote (no IPv6 block size), no block overlapping another size is claimed', async () => {
-    // What builds before this one wrote for this config: the first pool's family only.
-    fake.putDirect(
-      `/berth/v1/nets/${NET}/config`,
-      JSON.stringify({
-        pools: [['198.18.0.1-198.18.15.254'], ['fd00:18::1-fd00:18::3ff']],
-        blockSize4: 26,
-        blockSize6: 0,
-        schema: 1,
-      }),
-    );
+    legacyValue();
     // Another node's /122 blocks in three of the pool's four /120s.
     const theirs = ['fd00:18::40/122', 'fd00:18::140/122', 'fd00:18::240/122'];
     fake.putManyDirect(
@@ -1250,15 +1239,7 @@ describe('block sizes across nodes', () => {
   test('a block of another size covering 2^30 of ours is passed over in one step (the search does not walk it)', async () => {
     // /122 blocks of fd00:18::/90 (2^32 of them); n9's /92 covers the first quarter.
     const big = 'fd00:18::/90';
-    fake.putDirect(
-      `/berth/v1/nets/${NET}/config`,
-      JSON.stringify({
-        pools: [['198.18.0.1-198.18.15.254'], ['fd00:18::1-fd00:18::3f:ffff:ffff']],
-        blockSize4: 26,
-        blockSize6: 0,
-        schema: 1,
-      }),
-    );
+    legacyValue('fd00:18::1-fd00:18::3f:ffff:ffff');
     putN9('fd00:18::/92');
     // A node whose search starts inside it: FNV-1a of the name (nameHash in network.ts) mod 2^32 below 2^30.
     const fnv = (name: string): bigint => {
@@ -1297,12 +1278,12 @@ describe('block sizes across nodes', () => {
     expect(cidrContains(parseCidr('fd00:19::/120')!, parseIp(ips[1]!)!)).toBe(true);
   }, 20_000);
 
-  /** etcd's value as builds before this one wrote it for the dual-stack config of addDual. */
-  function legacyValue(): void {
+  /** etcd's value as builds before this one wrote it for addDual's config (the first pool's family only). */
+  function legacyValue(v6Range = 'fd00:18::1-fd00:18::3ff'): void {
     fake.putDirect(
       `/berth/v1/nets/${NET}/config`,
       JSON.stringify({
-        pools: [['198.18.0.1-198.18.15.254'], ['fd00:18::1-fd00:18::3ff']],
+        pools: [['198.18.0.1-198.18.15.254'], [v6Range]],
         blockSize4: 26,
         blockSize6: 0,
         schema: 1,

@@ -42,6 +42,7 @@ function alloc(
   store: LeaseStore,
   containerId: string,
   policy: 'lowest' | 'round-robin' = 'round-robin',
+  requested?: Ip,
 ): Promise<string> {
   return store.transact(async (s) =>
     formatIp(
@@ -54,6 +55,7 @@ function alloc(
         meta: { bootId: 'boot-1' },
         policy,
         exclude: [],
+        ...(requested !== undefined ? { requested } : {}),
       }),
     ),
   );
@@ -69,21 +71,7 @@ describe('a requested address', () => {
   test('already taken: refused from the index, without a rebuild of the directory (a static IP retried)', async () => {
     const { store, warnings } = open();
     const req = (containerId: string): Promise<string> =>
-      store.transact(async (s) =>
-        formatIp(
-          await allocateFromSet({
-            session: s,
-            set: v4,
-            setId: 0,
-            containerId,
-            ifname: 'eth0',
-            meta: { bootId: 'boot-1' },
-            policy: 'round-robin',
-            exclude: [],
-            requested: parseIp('198.18.64.15')!,
-          }),
-        ),
-      );
+      alloc(store, containerId, 'round-robin', parseIp('198.18.64.15'));
     await alloc(store, 'c0'); // the index exists
     expect(await req('c1')).toBe('198.18.64.15');
     warnings.length = 0;
