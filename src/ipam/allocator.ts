@@ -150,10 +150,7 @@ export async function allocateFromSet(o: AllocateOptions): Promise<Ip> {
         ErrorCode.Internal,
         `requested IP address ${formatIp(ip)} is not available in range set ${where}`,
       );
-    // Taken by the index: refused without trying the file. The exclusive create's EEXIST means the index
-    // missed a lease and rebuilds it; for an address the index knows is taken (a static IP retried while
-    // another pod holds it) that was a whole directory's rescan on every retry (~280 ms at 20,000 leases).
-    if ((await o.session.occupancy(o.set)).firstFree(ord, ord) === undefined) throw notAvailable();
+    if (await o.session.isTaken(ip, o.set)) throw notAvailable();
     if (!(await o.session.reserve({ ...lease, ip }, o.setId))) throw notAvailable();
     return ip;
   }

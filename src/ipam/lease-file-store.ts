@@ -61,7 +61,7 @@ import {
 } from './lease-dir';
 import { checkContainerId, checkIfname } from './names';
 import { OrdinalBitmap, fitsBitmap, probeOccupancy } from './occupancy';
-import { type RangeSet, rangeSetKey } from './range-set';
+import { type RangeSet, ordinalOf, rangeSetKey } from './range-set';
 import type {
   Attachment,
   Lease,
@@ -511,6 +511,11 @@ class FileSession implements LeaseSession {
     if (ip === undefined && text !== '')
       this.warn(`ignoring corrupt cursor file ${cursorPath(this.p, setId)}`);
     return ip;
+  }
+
+  async isTaken(ip: Ip, set: RangeSet): Promise<boolean> {
+    const o = ordinalOf(set, ip);
+    return o !== undefined && (await this.occupancy(set)).firstFree(o, o) === undefined;
   }
 
   async occupancy(set: RangeSet): Promise<Occupancy> {

@@ -49,6 +49,12 @@ export interface LeaseSession {
   reserve(lease: NewLease, setId: number): Promise<boolean>;
   /** The cursor host-local keeps per range set (`last_reserved_ip.<setId>`). */
   lastReserved(setId: number): Promise<Ip | undefined>;
+  /**
+   * Whether the index has `ip` (an address of `set`) taken, asked before reserving a requested address: a
+   * reserve of a taken one would look like an index that missed a lease (the file store rebuilds it then).
+   * Each store answers the cheapest way it knows (berthd: its taken set; the files: the set's occupancy).
+   */
+  isTaken(ip: Ip, set: RangeSet): Promise<boolean>;
   /** Which addresses of the set are taken, kept current by reserve/release of this session. */
   occupancy(set: RangeSet): Promise<Occupancy>;
   /** Leases held by the attachment (legacy id-only leases too when `ifname` matches none). Cheap: O(its leases). */

@@ -34,6 +34,9 @@ export function memoryStore(bootId = 'boot-a'): MemoryStore {
         async lastReserved(setId: number) {
           return store.cursors.get(setId);
         },
+        async isTaken(ip: Ip) {
+          return store.leases.has(formatIp(ip));
+        },
         async occupancy(set: RangeSet): Promise<Occupancy> {
           return {
             firstFree(lo: bigint, hi: bigint) {

@@ -638,6 +638,7 @@ export class NetworkStore implements LeaseStore {
   private readonly session: LeaseSession = {
     reserve: async (lease: NewLease, setId: number): Promise<boolean> => this.reserve(lease, setId),
     lastReserved: async (setId: number): Promise<Ip | undefined> => this.lastReserved(setId),
+    isTaken: async (ip: Ip): Promise<boolean> => this.taken.has(formatIp(ip)),
     occupancy: async (set: RangeSet): Promise<Occupancy> => this.occupancy(set),
     leasesOf: async (a: Attachment): Promise<Lease[]> => this.leasesOf(a),
     all: async (): Promise<Lease[]> => this.snapshot(),
