@@ -48,6 +48,8 @@ interface Owned {
   state: 'owned' | 'releasing';
   /** Monotonic ms of the first check that found it empty (undefined: in use at the last check). */
   emptySince?: number;
+  /** The block's addresses that belong to the pool (PoolBlock.range). */
+  range: Range;
   /** Addresses of the block that can be handed out (gateway excluded). */
   usable: number;
   used: number;
@@ -233,6 +235,7 @@ export class ClusterNetwork {
       createRevision: b.createRevision,
       modRevision: b.createRevision,
       state: b.state,
+      range: where.range,
       usable: usableOf(where.range),
       used: 0,
     });
@@ -251,7 +254,7 @@ export class ClusterNetwork {
     return this.pools.map((pool, setId) =>
       ownedRangeSet(
         pool,
-        [...this.owned.entries()].filter(([c, o]) => o.setId === setId && this.serving(c, o)).map(([c]) => c),
+        [...this.owned.entries()].filter(([, o]) => o.setId === setId && this.serving(o)).map(([c]) => c),
       ),
     );
   }
@@ -461,6 +464,7 @@ export class ClusterNetwork {
             createRevision: kv.createRevision,
             modRevision: kv.modRevision,
             state: 'owned',
+            range: where.range,
             usable: usableOf(where.range),
             used: 0,
           });
@@ -515,10 +519,9 @@ export class ClusterNetwork {
     const inPools = this.pools.some((p) => p.set.some((r) => overlaps(span, r.family, r.start, r.end)));
     if (!inPools) return;
     this.foreignLayout.set(cidr, span);
-    const ours = [...this.owned.keys()].filter((b) => {
-      const r = this.poolOf(b)?.range;
-      return r !== undefined && overlaps(span, r.family, r.start, r.end);
-    });
+    const ours = [...this.owned]
+      .filter(([, o]) => overlaps(span, o.range.family, o.range.start, o.range.end))
+      .map(([c]) => c);
     this.node.o.log.log(
       'warn',
       "cluster: a claimed block is not of this node's block size: ipam.cluster block sizes differ between nodes or configs (every node must use the same); no block overlapping it is claimed here, and none of ours it overlaps hands out more addresses",
@@ -549,8 +552,8 @@ export class ClusterNetwork {
   /** Free usable addresses of a pool's owned blocks (estimate between recounts). */
   freeIn(setId: number): number {
     let n = 0;
-    for (const [c, o] of this.owned)
-      if (o.setId === setId && this.serving(c, o)) n += Math.max(0, o.usable - o.used);
+    for (const o of this.owned.values())
+      if (o.setId === setId && this.serving(o)) n += Math.max(0, o.usable - o.used);
     return n;
   }
 
@@ -619,11 +622,8 @@ export class ClusterNetwork {
    * An owned block that serves new addresses: not being released, and no block of another size overlaps it
    * (the other node, an older build does not look, may hand out the same addresses; its pods keep theirs).
    */
-  private serving(cidr: string, o: Owned): boolean {
-    if (o.state !== 'owned') return false;
-    return (
-      this.foreignLayout.size === 0 || !this.overlapsForeignLayout(this.pools[o.setId]!.find(cidr)!.range)
-    );
+  private serving(o: Owned): boolean {
+    return o.state === 'owned' && (this.foreignLayout.size === 0 || !this.overlapsForeignLayout(o.range));
   }
 
   /** One claim attempt of `k` blocks; resolves with the number claimed (0: all taken, pick again). */
@@ -677,6 +677,7 @@ export class ClusterNetwork {
           createRevision: r.revision,
           modRevision: r.revision,
           state: 'owned',
+          range: where.range,
           usable: usableOf(where.range),
           used: 0,
         });
@@ -931,8 +932,8 @@ export class ClusterNetwork {
         // remembered): a release below it was claimed back by the reserve check right after, the same block
         // often, while other nodes' routes to it went and came back (cluster-net-test's release check).
         // A block that no longer serves (another size overlaps it) goes once empty, whatever is kept.
-        if (this.serving(cidr, o)) {
-          const sameSet = [...this.owned].filter(([c, x]) => x.setId === o.setId && this.serving(c, x));
+        if (this.serving(o)) {
+          const sameSet = [...this.owned.values()].filter((x) => x.setId === o.setId && this.serving(x));
           const freeAfter = this.freeIn(o.setId) - o.usable;
           if (sameSet.length <= this.settings.minBlocks || freeAfter < this.reserveTarget(o.setId)) continue;
         }
