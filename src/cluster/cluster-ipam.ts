@@ -572,14 +572,11 @@ export class ClusterIpam implements ClusterAllocator {
         );
     }
     for (const [net, list] of perNet) {
-      // Overlaps: impossible by construction (one key per aligned block), checked anyway.
-      const ranges = list.map((b) => {
-        const [ip, len] = b.cidr.split('/');
-        return { b, ip: ip!, len: Number(len) };
-      });
-      const spans = ranges.map((r) => {
-        const c = parseCidr(`${r.ip}/${r.len}`)!;
-        return { cidr: r.b.cidr, fam: c.ip.family, lo: networkOf(c), hi: lastOf(c) };
+      // Overlaps: one key per aligned block, so only blocks of different sizes (nodes whose block sizes
+      // differ) can overlap.
+      const spans = list.map((b) => {
+        const c = parseCidr(b.cidr)!;
+        return { cidr: b.cidr, fam: c.ip.family, lo: networkOf(c), hi: lastOf(c) };
       });
       spans.sort((a, b) => (a.fam !== b.fam ? a.fam - b.fam : a.lo < b.lo ? -1 : a.lo > b.lo ? 1 : 0));
       // Against the span reaching furthest so far, not only the previous one: a large block (another
@@ -596,16 +593,12 @@ export class ClusterIpam implements ClusterAllocator {
       if (local !== undefined) {
         for (const { cidr } of list) {
           if (local.pools.some((p) => p.find(cidr) !== undefined)) continue;
-          const c = parseCidr(cidr);
-          const lo = c === undefined ? 0n : networkOf(c);
-          const hi = c === undefined ? -1n : lastOf(c);
-          const inside = local.pools.find((p) =>
-            p.set.some((r) => r.family === c?.ip.family && lo <= r.end && hi >= r.start),
-          );
+          const span = spans.find((x) => x.cidr === cidr)!;
+          const inside = local.poolOverlapping({ family: span.fam, first: span.lo, last: span.hi });
           problems.push(
             inside === undefined
               ? `block ${cidr} of ${net} lies outside every pool`
-              : `block ${cidr} of ${net} is a /${c!.prefix} block inside the pools; this node's blocks there are /${inside.at(0n).cidr.split('/')[1]} (the nodes' block sizes differ)`,
+              : `block ${cidr} of ${net} is a /${cidr.split('/')[1]} block inside the pools; this node's blocks there are /${inside.at(0n).cidr.split('/')[1]} (the nodes' block sizes differ)`,
           );
         }
       }

@@ -61,7 +61,7 @@ interface Claimed {
 }
 
 /** A claimed block's addresses. */
-interface Span {
+export interface Span {
   family: Family;
   first: bigint;
   last: bigint;
@@ -516,8 +516,7 @@ export class ClusterNetwork {
     const c = parseCidr(cidr);
     if (c === undefined) return;
     const span: Span = { family: c.ip.family, first: networkOf(c), last: lastOf(c) };
-    const inPools = this.pools.some((p) => p.set.some((r) => overlaps(span, r.family, r.start, r.end)));
-    if (!inPools) return;
+    if (this.poolOverlapping(span) === undefined) return;
     this.foreignLayout.set(cidr, span);
     const ours = [...this.owned]
       .filter(([, o]) => overlaps(span, o.range.family, o.range.start, o.range.end))
@@ -607,6 +606,11 @@ export class ClusterNetwork {
       i++;
     }
     return out;
+  }
+
+  /** The first pool with an address in `span`: a block that is not one of the pool's but lies in it. */
+  poolOverlapping(span: Span): PoolBlocks | undefined {
+    return this.pools.find((p) => p.set.some((r) => overlaps(span, r.family, r.start, r.end)));
   }
 
   private foreignSpanOver(r: Range): Span | undefined {
