@@ -10,11 +10,10 @@ import type { BridgeDeps, BridgeKernel } from './deps';
 import { isCode, netlinkCode, toKernelCniError, type Link, type Netlink } from './kernel';
 import { withNetworkLock } from './lock';
 import { removeMasquerade } from './masquerade';
-import { attachmentTag, nftScope, type Nft } from './nft';
+import { TAG_RE, attachmentTag, nftScope, type Nft } from './nft';
 import { removeReferenceRules } from './reference-masquerade';
 import {
   HOST_VETH_RE,
-  TAG_RE,
   attachmentNftUse,
   attachmentRecorded,
   registeredElsewhere,

@@ -8,9 +8,9 @@ import type { BridgeDeps } from './deps';
 import { isCode } from './kernel';
 import { withNetworkLock } from './lock';
 import { removeMasquerade } from './masquerade';
-import { attachmentTag, nftScope } from './nft';
+import { TAG_RE, attachmentOfTag, attachmentTag, nftScope } from './nft';
 import { collectReferenceMasquerade } from './reference-masquerade';
-import { HOST_VETH_RE, TAG_RE, registeredElsewhere, registeredTags, unregisterAttachment } from './registry';
+import { HOST_VETH_RE, registeredElsewhere, registeredTags, unregisterAttachment } from './registry';
 import { removeSpoofCheck } from './spoofcheck';
 
 export async function cmdGc(req: Request, deps: BridgeDeps): Promise<void> {
@@ -128,9 +128,7 @@ export async function cmdGc(req: Request, deps: BridgeDeps): Promise<void> {
  * stay with them. A tag shortened with a hash (container ids over ~110 bytes) names no container: skipped.
  */
 function withAlsoValid(req: Request, tags: ReadonlySet<string>): Request {
-  const more = [...tags]
-    .filter((t) => !t.includes('~'))
-    .map((t) => ({ containerID: t.slice(0, t.lastIndexOf('/')), ifname: t.slice(t.lastIndexOf('/') + 1) }));
+  const more = [...tags].map(attachmentOfTag).filter((a) => a !== undefined);
   if (more.length === 0) return req;
   const validAttachments = [...(req.validAttachments ?? []), ...more];
   // Both keys, as libcni sends them: an IPAM plugin of spec 1.1.0's first tag reads only the older one.

@@ -108,6 +108,16 @@ export function attachmentTag(containerId: string, ifname: string): string {
   return `${containerId.slice(0, 64)}~${createHash('sha256').update(tag).digest('hex').slice(0, 32)}/${ifname}`;
 }
 
+/** An alias or comment berth wrote: `<containerID>/<ifname>` (ifname has no '/'). */
+export const TAG_RE = /^.+\/[^/]{1,15}$/;
+
+/** The attachment a tag names; undefined for a shortened one (attachmentTag), which names no container. */
+export function attachmentOfTag(tag: string): { containerID: string; ifname: string } | undefined {
+  if (/^.{64}~[0-9a-f]{32}\//.test(tag)) return undefined;
+  const slash = tag.lastIndexOf('/');
+  return { containerID: tag.slice(0, slash), ifname: tag.slice(slash + 1) };
+}
+
 /** Set elements as listed: the key value and the attachment comment. */
 export interface SetElement {
   val: unknown;

@@ -80,9 +80,6 @@ export function attachmentRecorded(runDir: string, network: string, tag: string)
   return readRecord(runDir, network, tag).existed;
 }
 
-/** An alias berth wrote: `<containerID>/<ifname>` (ifname has no '/'). */
-export const TAG_RE = /^.+\/[^/]{1,15}$/;
-
 /** The name berth gives a pod's host veth (hostVethName in add.ts). */
 export const HOST_VETH_RE = /^veth[0-9a-f]{8}$/;
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { attachmentTag, nftTable, setElements } from '../../src/bridge/nft';
+import { attachmentOfTag, attachmentTag, nftTable, setElements } from '../../src/bridge/nft';
 import { UndoStack } from '../../src/bridge/undo';
 
 describe('UndoStack', () => {
@@ -35,6 +35,12 @@ describe('attachmentTag', () => {
     expect(t1).toBe(attachmentTag(long1, 'eth0'));
     expect(t1).not.toBe(attachmentTag(long2, 'eth0'));
     expect(t1.endsWith('/eth0')).toBe(true);
+  });
+  it('attachmentOfTag gives the attachment back, none for a shortened tag', () => {
+    const id = 'c'.repeat(64);
+    expect(attachmentOfTag(attachmentTag(id, 'net1'))).toEqual({ containerID: id, ifname: 'net1' });
+    expect(attachmentOfTag(attachmentTag('a/b~c', 'eth0'))).toEqual({ containerID: 'a/b~c', ifname: 'eth0' });
+    expect(attachmentOfTag(attachmentTag('x'.repeat(200), 'eth0'))).toBeUndefined();
   });
 });
 
