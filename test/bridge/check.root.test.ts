@@ -15,8 +15,9 @@ interface Attached {
   hostVeth: string;
 }
 
-async function attach(): Promise<Attached> {
-  const c = fx.conf({
+/** An ADD of `c` (by default a config with every option CHECK looks at) in a new namespace. */
+async function attach(
+  c: Record<string, unknown> = fx.conf({
     isDefaultGateway: true,
     ipMasq: true,
     macspoofchk: true,
@@ -24,10 +25,11 @@ async function attach(): Promise<Attached> {
     portIsolation: true,
     mtu: 1400,
     ipam: fx.hostLocal([[{ subnet: '198.18.139.0/24' }]]),
-  });
+  }),
+): Promise<Attached> {
   const ns = fx.netns();
   const add = await fx.run({ command: 'ADD', conf: c, containerId: 'ctr1', netns: ns.path, ifname: 'eth0' });
-  expect(add.code, add.stdout).toBe(0);
+  expect(add.code, add.stdout + add.stderr).toBe(0);
   return { ns, c, result: add.json, hostVeth: add.json.interfaces[1].name };
 }
 
@@ -227,20 +229,10 @@ describe('CHECK', () => {
   });
 
   it('an IPAM gateway fe80::1 (link scope on the bridge) passes the gateway check', async () => {
-    const c = fx.conf({
-      isGateway: true,
-      ipam: fx.hostLocal([[{ subnet: 'fd00:b:139::/64', gateway: 'fe80::1' }]]),
-    });
-    const ns = fx.netns();
-    const add = await fx.run({
-      command: 'ADD',
-      conf: c,
-      containerId: 'ctr1',
-      netns: ns.path,
-      ifname: 'eth0',
-    });
-    expect(add.code, add.stdout + add.stderr).toBe(0);
-    const r = await check({ ns, c, result: add.json, hostVeth: add.json.interfaces[1].name });
+    const a = await attach(
+      fx.conf({ isGateway: true, ipam: fx.hostLocal([[{ subnet: 'fd00:b:139::/64', gateway: 'fe80::1' }]]) }),
+    );
+    const r = await check(a);
     expect(r.code, r.stdout + r.stderr).toBe(0);
   });
 

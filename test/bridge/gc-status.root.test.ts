@@ -20,14 +20,17 @@ function conf(extra: Record<string, unknown> = {}): Record<string, unknown> {
   });
 }
 
+/** A pod of `c` in a new namespace: its ADD succeeded. */
+async function addPod(c: Record<string, unknown>, id: string, ifname = 'eth0') {
+  const ns = fx.netns();
+  const r = await fx.run({ command: 'ADD', conf: c, containerId: id, netns: ns.path, ifname });
+  expect(r.code, r.stdout + r.stderr).toBe(0);
+  return { id, ns, result: r.json };
+}
+
 async function threePods(c: Record<string, unknown>) {
   const pods = [];
-  for (const id of ['podA', 'podB', 'podC']) {
-    const ns = fx.netns();
-    const r = await fx.run({ command: 'ADD', conf: c, containerId: id, netns: ns.path, ifname: 'eth0' });
-    expect(r.code, r.stdout + r.stderr).toBe(0);
-    pods.push({ id, ns, result: r.json });
-  }
+  for (const id of ['podA', 'podB', 'podC']) pods.push(await addPod(c, id));
   expect(fx.ports(c.bridge as string)).toHaveLength(3);
   return pods;
 }
@@ -126,24 +129,8 @@ describe('GC', () => {
       isGateway: false,
       ipam: { type: 'berth-ipam', dataDir: fx.dataDir, ranges: [[{ subnet: '198.18.136.0/24' }]] },
     });
-    const ns1 = fx.netns();
-    const ns2 = fx.netns();
-    const a = await fx.run({
-      command: 'ADD',
-      conf: net1,
-      containerId: 'podA',
-      netns: ns1.path,
-      ifname: 'eth0',
-    });
-    const f = await fx.run({
-      command: 'ADD',
-      conf: net2,
-      containerId: 'podF',
-      netns: ns2.path,
-      ifname: 'eth0',
-    });
-    expect(a.code, a.stdout).toBe(0);
-    expect(f.code, f.stdout).toBe(0);
+    await addPod(net1, 'podA');
+    const f = await addPod(net2, 'podF');
     rmSync(join(fx.runDir, 'bridge'), { recursive: true, force: true });
     const gc = await fx.run({
       command: 'GC',
@@ -154,9 +141,9 @@ describe('GC', () => {
     expect(fx.leases(net2.name as string)).toEqual(['198.18.136.2']);
     const check = await fx.run({
       command: 'CHECK',
-      conf: { ...net2, prevResult: f.json },
+      conf: { ...net2, prevResult: f.result },
       containerId: 'podF',
-      netns: ns2.path,
+      netns: f.ns.path,
       ifname: 'eth0',
     });
     expect(check.code, check.stdout + check.stderr).toBe(0);
@@ -201,26 +188,10 @@ describe('GC', () => {
     const bridge = fx.bridge();
     const netA = conf({ name: `${fx.prefix}na`, bridge, ipam: {}, isGateway: false, ipMasq: false });
     const netB = conf({ name: `${fx.prefix}nb`, bridge, ipam: {}, isGateway: false, ipMasq: false });
-    const nsA = fx.netns();
-    const nsB = fx.netns();
-    const a = await fx.run({
-      command: 'ADD',
-      conf: netA,
-      containerId: 'podA',
-      netns: nsA.path,
-      ifname: 'eth0',
-    });
-    const b = await fx.run({
-      command: 'ADD',
-      conf: netB,
-      containerId: 'podB',
-      netns: nsB.path,
-      ifname: 'eth1',
-    });
-    expect(a.code, a.stdout).toBe(0);
-    expect(b.code, b.stdout).toBe(0);
+    await addPod(netA, 'podA');
+    const b = await addPod(netB, 'podB', 'eth1');
     expect((await fx.run({ command: 'GC', conf: netA })).code).toBe(0);
-    expect(fx.ports(bridge).map((l: any) => l.ifname)).toEqual([b.json.interfaces[1].name]);
+    expect(fx.ports(bridge).map((l: any) => l.ifname)).toEqual([b.result.interfaces[1].name]);
     expect((await fx.run({ command: 'GC', conf: netB })).code).toBe(0);
     expect(fx.ports(bridge)).toEqual([]);
   });
