@@ -79,6 +79,10 @@ async function ensureBridge(nl: Netlink, conf: BridgeConf): Promise<{ link: Link
   }
   // We own the routes of this interface.
   trySysctl(undefined, `net/ipv6/conf/${conf.bridge}/accept_ra`, '0');
+  // A bridge made here gets its link-local address without DAD, as its IPv6 gateways (NODAD): while that
+  // address is tentative the host sends no neighbour solicitation for what it forwards to the pods (host-routed
+  // pods of a cluster network reach each other only so), and the first packets wait ~2 s. Its MAC is random.
+  if (created) trySysctl(undefined, `net/ipv6/conf/${conf.bridge}/accept_dad`, '0');
   if (!link.up) {
     await nl.setUp(conf.bridge);
     changed = true;

@@ -135,6 +135,13 @@ describe('dual stack', () => {
     );
     expect(brAddrs.map((a) => a.local).sort()).toEqual(['198.18.130.1', 'fd00:b::1']);
     expect(brAddrs.find((a) => a.local === 'fd00:b::1').tentative).toBeUndefined();
+    // The bridge this ADD made has its link-local address without DAD too: while tentative, the host sends no
+    // neighbour solicitation for what it forwards to the pods.
+    const brLinkLocal = (ipJson(['addr', 'show', 'dev', br])[0].addr_info as any[]).filter(
+      (a) => a.family === 'inet6' && a.scope === 'link',
+    );
+    expect(brLinkLocal).toEqual([expect.objectContaining({ local: expect.stringMatching(/^fe80:/) })]);
+    expect(brLinkLocal[0].tentative).toBeUndefined();
     expect(readSysctlIn(ns.name, 'net.ipv6.conf.eth1.accept_dad')).toBe('0');
     expect(readSysctlIn(ns.name, 'net.ipv6.conf.eth1.disable_ipv6')).toBe('0');
     // IPv6 reachability from the pod to its gateway, right after ADD.
