@@ -11,7 +11,14 @@ import type { Interface, Result } from '../cni-spec/types/result';
 import { confFromRequest, wantsVlanFiltering, type BridgeConf } from './config';
 import { refuseOwnNetns } from './own-netns';
 import type { BridgeDeps } from './deps';
-import { canonicalIp, planAddresses, parseCidr, type AddressPlan, type GatewayAddress } from './gateway';
+import {
+  canonicalIp,
+  isHostRouted,
+  planAddresses,
+  parseCidr,
+  type AddressPlan,
+  type GatewayAddress,
+} from './gateway';
 import {
   isCode,
   openNetns,
@@ -285,12 +292,30 @@ async function configureContainer(ctx: AddContext, plan: AddressPlan | undefined
       if (isCode(err, 'EEXIST')) continue;
       throw new CniError(
         ErrorCode.Internal,
-        `failed to add route ${r.dst}${gw !== undefined ? ` via ${gw}` : ''} on "${ifn}": ${(err as Error).message}`,
+        `failed to add route ${r.dst}${gw !== undefined ? ` via ${gw}` : ''} on "${ifn}": ${(err as Error).message}${isCode(err, 'ENETUNREACH', 'EHOSTUNREACH') ? gatewayOffLinkHint(conf, plan, gw) : ''}`,
         undefined,
         { cause: err },
       );
     }
   }
+}
+
+/**
+ * Why a route via `gw` found it unreachable, when a pod address with that gateway is a host prefix (a cluster
+ * network's): without isGateway its gateway is the IPAM's word only, on no link of the pod (the reference
+ * fails the same way, with the kernel's error alone).
+ */
+function gatewayOffLinkHint(conf: BridgeConf, plan: AddressPlan, gw: string | undefined): string {
+  if (conf.isGateway || gw === undefined) return '';
+  const gateway = canonicalIp(gw);
+  const ip = plan.ips.find(
+    (i) =>
+      i.gateway !== undefined &&
+      canonicalIp(i.gateway) === gateway &&
+      isHostRouted(parseCidr(i.address), gateway),
+  );
+  if (ip === undefined) return '';
+  return `; the pod's address ${ip.address} is a host prefix, so its gateway ${gateway} is on no link of the pod: host-routed addresses (a cluster network's) need "isGateway" (or "isDefaultGateway"), which puts the gateway on the bridge and an on-link route to it in the pod`;
 }
 
 function scopeName(scope: number): 'universe' | 'site' | 'link' | 'host' | 'nowhere' {

@@ -113,7 +113,7 @@ describe('host-routed addresses (cluster networks)', () => {
     expect(check.code, check.stdout + check.stderr).toBe(0);
   });
 
-  it('refuses a host-routed address without the pool route (code 7); without isGateway it is no host-routed address', async () => {
+  it('refuses a host-routed address without the pool route (code 7); without isGateway it is no host-routed address, and the failure says so', async () => {
     const bridge = fx.bridge();
     const noPool = conf(bridge, 7);
     (noPool.ipam as any).routes = [];
@@ -136,10 +136,14 @@ describe('host-routed addresses (cluster networks)', () => {
       ifname: 'eth0',
     });
     // As the reference: the /32 is added like any address and the gateway is not on the bridge, so the
-    // IPAM's routes via it cannot be added (the gateway is on no link of the pod).
+    // IPAM's routes via it cannot be added (the gateway is on no link of the pod). The message says why
+    // (the reference's has the kernel's error alone).
     expect(r2.code).not.toBe(0);
-    expect(r2.json.msg).not.toMatch(/host-routed/);
-    expect(r2.json.msg).toMatch(/route/i);
+    expect(r2.json.code).toBe(999);
+    expect(r2.json.msg).toMatch(/^failed to add route .* via 198\.19\.214\.1 on "eth0": .*UNREACH/);
+    expect(r2.json.msg).toContain(
+      `the pod's address 198.19.214.8/32 is a host prefix, so its gateway 198.19.214.1 is on no link of the pod: host-routed addresses (a cluster network's) need "isGateway"`,
+    );
     // The failed ADD's rollback took the bridge it created; had the gateway been put on it, the ADD would
     // have passed.
     expect(trySh('ip', ['-j', 'addr', 'show', 'dev', bridge]) ?? '').not.toContain('198.19.214.1');
