@@ -719,7 +719,11 @@ export class ClusterNetwork {
   /** Claims until something was claimed (a few attempts), sized to what waits plus the reserve. */
   private claim(setId: number, why: 'wait' | 'reserve'): Promise<void> {
     let p = this.inFlight.get(setId);
-    if (p !== undefined) return p;
+    // A reserve claim may end claiming nothing (the pool's last block): an ADD that waits then claims its own.
+    if (p !== undefined)
+      return why === 'wait'
+        ? p.then(() => (this.freeIn(setId) > 0 ? undefined : this.claim(setId, 'wait')))
+        : p;
     p = (async () => {
       try {
         await this.sync();
@@ -728,9 +732,22 @@ export class ClusterNetwork {
         // alone, a claim started by the first ADD below the reserve is one block, so a storm paid one txn per
         // block (bench/cluster: 35 txns for 39 blocks); with the burst added, one txn per burst. Without
         // growth the burst is 0 and this is the reserve exactly, so slow growth holds no extra block.
-        const want =
-          (this.waiting.get(setId) ?? 0) + this.reserveTarget(setId) + this.burst(setId) - this.freeIn(setId);
-        const k = Math.min(this.settings.maxBlocksPerClaim, Math.max(1, Math.ceil(want / block)));
+        const waiting = this.waiting.get(setId) ?? 0;
+        const free = this.freeIn(setId);
+        const want = waiting + this.reserveTarget(setId) + this.burst(setId) - free;
+        let k = Math.min(this.settings.maxBlocksPerClaim, Math.max(1, Math.ceil(want / block)));
+        // What the waiting ADDs need themselves; the rest is reserve, claimed ahead for speed only. A reserve
+        // never takes a pool's last unclaimed block: a small pool (a few blocks per node) would otherwise be
+        // held whole by the first nodes, one block each in use and one spare, and a node with none has no
+        // block for its first pod (the spares are released once the pool is full: tick).
+        // An ADD that waits found nothing free, whatever the estimate says (`exclude` is not counted in it).
+        const needed =
+          why === 'wait' ? Math.min(k, Math.max(1, Math.ceil(Math.max(0, waiting - free) / block))) : 0;
+        if (k > needed) {
+          const unclaimed = this.candidates(setId, k + 1).length;
+          if (unclaimed <= k) k = Math.max(needed, unclaimed - 1);
+        }
+        if (k === 0) return;
         for (let attempt = 0; attempt < 8; attempt++) {
           if ((await this.claimOnce(setId, k)) > 0) return;
         }
@@ -903,6 +920,8 @@ export class ClusterNetwork {
     }
     const now = this.clock();
     const toRelease: string[] = [];
+    /** By range set, once asked: no block of the pool is unclaimed. */
+    const poolFull: (boolean | undefined)[] = [];
     await this.store().transact(async (s) => {
       const leases = await s.all();
       for (const o of this.owned.values()) o.used = 0;
@@ -936,10 +955,15 @@ export class ClusterNetwork {
         // remembered): a release below it was claimed back by the reserve check right after, the same block
         // often, while other nodes' routes to it went and came back (cluster-net-test's release check).
         // A block that no longer serves (another size overlaps it) goes once empty, whatever is kept.
+        // Not the reserve when the pool has no unclaimed block left: another node may have none (see claim).
         if (this.serving(o)) {
           const sameSet = [...this.owned.values()].filter((x) => x.setId === o.setId && this.serving(x));
+          if (sameSet.length <= this.settings.minBlocks) continue;
           const freeAfter = this.freeIn(o.setId) - o.usable;
-          if (sameSet.length <= this.settings.minBlocks || freeAfter < this.reserveTarget(o.setId)) continue;
+          if (freeAfter < this.reserveTarget(o.setId)) {
+            poolFull[o.setId] ??= this.candidates(o.setId, 1).length === 0;
+            if (!poolFull[o.setId]) continue;
+          }
         }
         o.state = 'releasing';
         toRelease.push(cidr);

@@ -1100,6 +1100,67 @@ describe('etcd values no berthd wrote', () => {
   }, 20_000);
 });
 
+describe('small pools', () => {
+  const SMALL = '198.18.77.0/24'; // four /26 blocks
+
+  /** An ADD on the small pool: its address, or its CniError's code and message. */
+  async function addSmall(n: (typeof nodes)[number], cid: string): Promise<string> {
+    const body = envelope(n.dataDir, cid) as { config: { ipam: Record<string, unknown> } };
+    body.config.ipam.ranges = [[{ subnet: SMALL }]];
+    try {
+      const r = await n.service.call(Allocate, body);
+      return r!.ips![0]!.address.split('/')[0]!;
+    } catch (err) {
+      if (!(err instanceof CniError)) throw err;
+      return `code ${err.code}: ${err.message}`;
+    }
+  }
+
+  /** Until no node's claim count has moved for half a second (background reserve claims done). */
+  async function claimsSettled(ns: (typeof nodes)[number][]): Promise<number> {
+    const total = (): number =>
+      ns.reduce((t, n) => t + n.cluster.stats.total('berthd_cluster_block_claims_total'), 0);
+    let claims = total();
+    for (let quiet = 0; quiet < 10;) {
+      await new Promise((r) => setTimeout(r, 50));
+      const c = total();
+      quiet = c === claims ? quiet + 1 : 0;
+      claims = c;
+    }
+    return claims;
+  }
+
+  test("reserve claims leave the pool's last block, and spares go once it is full: four nodes of a four-block pool get one each", async () => {
+    const ns = [
+      await startNode('n1', { releaseAfterMs: 0 }),
+      await startNode('n2', { releaseAfterMs: 0 }),
+      await startNode('n3', { releaseAfterMs: 0 }),
+      await startNode('n4', { releaseAfterMs: 0 }),
+    ];
+    // The first node claims its block and a spare (the reserve) while the pool has room; the next ones take
+    // one block each, the reserve leaving the last one unclaimed for a node that has none.
+    for (const [i, n] of ns.slice(0, 3).entries()) {
+      expect(await addSmall(n, `p-${i}`)).toMatch(/^198\.18\.77\./);
+      await claimsSettled(ns);
+    }
+    expect(['n1', 'n2', 'n3'].map((n) => etcdBlocksOf(n).length)).toEqual([2, 1, 1]);
+    // The pool is full now: n1's spare (empty) goes at its next check, and n4's ADD gets it.
+    let last = '';
+    await vi.waitFor(
+      async () => {
+        last = await addSmall(ns[3]!, 'p-3');
+        expect(last).toMatch(/^198\.18\.77\./);
+      },
+      { timeout: 8000, interval: 200 },
+    );
+    const claims = await claimsSettled(ns);
+    // Settled, and stays so over more checks than a claim back would take: one block each.
+    await new Promise((r) => setTimeout(r, 2500));
+    expect(['n1', 'n2', 'n3', 'n4'].map((n) => etcdBlocksOf(n).length)).toEqual([1, 1, 1, 1]);
+    expect(await claimsSettled(ns)).toBe(claims);
+  }, 30_000);
+});
+
 describe('block sizes across nodes', () => {
   const V6 = 'fd00:18::/118';
   /** An ADD of a dual-stack config with these IPv6 blocks: its addresses, or its CniError's code and message. */
