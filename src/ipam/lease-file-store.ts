@@ -316,8 +316,14 @@ class FileSession implements LeaseSession {
           : `skipping unreadable lease file ${file}: ${l.problem}; the address stays taken`,
       );
     }
-    for (const name of scan.foreign)
-      this.warn(`skipping foreign file ${join(this.p.dir, name)} (not named after an IP address)`);
+    for (const name of scan.foreign) {
+      // Another spelling of an address (upper case, zeros written out) is no lease to host-local either: it
+      // looks for the name it writes (Go's canonical text), and neither hands out what such a file names.
+      const ip = parseIp(name);
+      this.warn(
+        `skipping foreign file ${join(this.p.dir, name)} (${ip === undefined ? 'not named after an IP address' : `named after ${formatIp(ip)}, but not as host-local writes it: neither berth nor host-local counts the address taken`})`,
+      );
+    }
     const firstSeen: LeaseMeta = {
       bootId: this.opts.bootId,
       createdAt: this.now().toISOString(),

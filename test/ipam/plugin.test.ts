@@ -455,6 +455,7 @@ describe('corrupt and foreign files', () => {
     writeFileSync(join(s.netDir, '198.18.64.2'), '\0\0\xff binary junk');
     writeFileSync(join(s.netDir, '198.18.64.3'), '');
     writeFileSync(join(s.netDir, 'README'), 'hello');
+    writeFileSync(join(s.netDir, 'FD00::5'), 'c\r\neth0');
     writeFileSync(join(s.netDir, '198.18.64.004'), 'c\r\neth0');
     writeFileSync(join(s.netDir, 'last_reserved_ip.0'), 'garbage');
     const r = s.call({ command: 'ADD', containerId: 'c1' });
@@ -462,7 +463,10 @@ describe('corrupt and foreign files', () => {
     expect(addressesOf(r)).toEqual(['198.18.64.4']);
     expect(r.stderr).toMatch(/corrupt lease file .*198\.18\.64\.2/);
     expect(r.stderr).toMatch(/corrupt lease file .*198\.18\.64\.3/);
-    expect(r.stderr).toMatch(/foreign file .*README/);
+    expect(r.stderr).toMatch(/foreign file .*README \(not named after an IP address\)/);
+    expect(r.stderr).toContain(
+      `foreign file ${join(s.netDir, 'FD00::5')} (named after fd00::5, but not as host-local writes it: neither berth nor host-local counts the address taken)`,
+    );
     expect(r.stderr).toMatch(/corrupt cursor/);
     // A corrupt index is rebuilt from the lease files.
     for (const f of readdirSync(join(s.netDir, '.berth', 'att')))
