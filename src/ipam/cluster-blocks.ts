@@ -8,7 +8,7 @@ import { CniError, ErrorCode } from '../cni-spec/errors';
 import { type Cidr, formatCidr, parseCidr } from '../address/cidr';
 import { type Family, type Ip, FAMILY_BITS } from '../address/ip';
 import type { IpamConfig } from './config';
-import { BERTH_DIR } from './lease-dir';
+import { BERTH_DIR, readRegularFile } from './lease-dir';
 import type { Range, RangeSet } from './range-set';
 
 /** `ipam.cluster` of a network config: its presence makes the network a cluster network. */
@@ -193,7 +193,7 @@ export function clusterRecordPath(dataDir: string, network: string): string {
 export function readClusterRecord(dataDir: string, network: string): ClusterRecord | undefined {
   let text: string;
   try {
-    text = fs.readFileSync(clusterRecordPath(dataDir, network), 'utf8');
+    text = readRegularFile(clusterRecordPath(dataDir, network)).toString('utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw new CniError(

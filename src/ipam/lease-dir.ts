@@ -46,6 +46,26 @@ export function cursorPath(p: LeaseDirPaths, setId: number): string {
   return join(p.dir, `${CURSOR_PREFIX}${setId}`);
 }
 
+/**
+ * A small file read whole (a record, a cursor, the state, cluster.json, a resolv.conf), never blocking: opened
+ * non-blocking and read only when it is a regular file. A FIFO or a device in its place would hold the reader
+ * in open(2) or read(2): in berthd, every call of every network (host-local blocks in its own process only).
+ * Errors as readFileSync's; another kind of file is EINVAL, one over `maxBytes` EFBIG.
+ */
+export function readRegularFile(path: string, maxBytes = Infinity): Buffer {
+  const fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile())
+      throw Object.assign(new Error(`${path} is not a regular file`), { code: 'EINVAL', path });
+    if (st.size > maxBytes)
+      throw Object.assign(new Error(`${path} is larger than ${maxBytes} bytes`), { code: 'EFBIG', path });
+    return fs.readFileSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 /** The lock, the cursors and `.berth`: names in the network directory that are never leases. */
 export function isBookkeepingName(name: string): boolean {
   return name === 'lock' || name === BERTH_DIR || name.startsWith(CURSOR_PREFIX);
@@ -494,7 +514,7 @@ export function encodeState(s: { gen: number; dirMtimeNs: string; bootId?: strin
 /** The state, or undefined when missing or corrupt (the index is then rebuilt). */
 export function readState(p: LeaseDirPaths): IndexState | undefined {
   try {
-    const s = JSON.parse(fs.readFileSync(p.state, 'utf8')) as IndexState;
+    const s = JSON.parse(readRegularFile(p.state).toString('utf8')) as IndexState;
     if (
       (s.v === 1 || s.v === 2) &&
       typeof s.gen === 'number' &&
@@ -859,7 +879,7 @@ export class FoundIndex {
   static open(path: string, id: string): FoundIndex | undefined {
     let fd: number;
     try {
-      fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+      fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw new CorruptFoundIndex((err as Error).message);
@@ -899,7 +919,10 @@ export class FoundIndex {
 
   private read(start: number, end: number): string {
     if (end < start) throw new CorruptFoundIndex('bad table');
-    const fd = fs.openSync(this.path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    const fd = fs.openSync(
+      this.path,
+      fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK,
+    );
     try {
       const buf = Buffer.alloc(end - start);
       const n = fs.readSync(fd, buf, 0, buf.length, this.bodyStart + start);

@@ -58,6 +58,7 @@ import {
   unwritableReason,
   inheritedMeta,
   writtenSince,
+  readRegularFile,
 } from './lease-dir';
 import { checkContainerId, checkIfname } from './names';
 import { OrdinalBitmap, fitsBitmap, probeOccupancy } from './occupancy';
@@ -400,7 +401,7 @@ class FileSession implements LeaseSession {
   /** A record from disk, or undefined when absent or unreadable (no rebuild). */
   private readRecordQuiet(key: string): AttRecord | undefined {
     try {
-      const rec: unknown = JSON.parse(fs.readFileSync(join(this.p.att, key), 'utf8'));
+      const rec: unknown = JSON.parse(readRegularFile(join(this.p.att, key)).toString('utf8'));
       return isRecord(rec) ? rec : undefined;
     } catch {
       return undefined;
@@ -419,7 +420,7 @@ class FileSession implements LeaseSession {
     }
     let rec: AttRecord | null;
     try {
-      const parsed: unknown = JSON.parse(fs.readFileSync(join(this.p.att, key), 'utf8'));
+      const parsed: unknown = JSON.parse(readRegularFile(join(this.p.att, key)).toString('utf8'));
       if (!isRecord(parsed)) throw new Error('not a lease record');
       rec = parsed;
     } catch (err) {
@@ -507,7 +508,7 @@ class FileSession implements LeaseSession {
   async lastReserved(setId: number): Promise<Ip | undefined> {
     let text: string;
     try {
-      text = fs.readFileSync(cursorPath(this.p, setId), 'utf8');
+      text = readRegularFile(cursorPath(this.p, setId)).toString('utf8');
     } catch (err) {
       if (errnoOf(err) === 'ENOENT') return undefined;
       this.warn(`cannot read the cursor of range set ${setId}: ${(err as Error).message}`);
@@ -534,7 +535,7 @@ class FileSession implements LeaseSession {
     let bitmap: Bitmap | undefined;
     if (this.rebuilt === undefined) {
       try {
-        const d = Bitmap.decode(fs.readFileSync(join(this.p.sets, setHash(key))));
+        const d = Bitmap.decode(readRegularFile(join(this.p.sets, setHash(key))));
         if (d !== undefined && d.header.gen === this.state.gen && d.header.key === key) bitmap = d.bitmap;
       } catch (err) {
         if (errnoOf(err) !== 'ENOENT')
@@ -575,7 +576,7 @@ class FileSession implements LeaseSession {
     const want = leaseContent(rec);
     return rec.ips.every((t) => {
       try {
-        return fs.readFileSync(join(this.p.dir, t), 'utf8').trim() === want;
+        return readRegularFile(join(this.p.dir, t)).toString('utf8').trim() === want;
       } catch {
         return false;
       }
@@ -739,7 +740,7 @@ class FileSession implements LeaseSession {
       if ([...this.bitmaps.keys()].some((k) => setHash(k) === file)) continue;
       let d: ReturnType<typeof Bitmap.decode>;
       try {
-        d = this.rebuilt !== undefined ? undefined : Bitmap.decode(fs.readFileSync(path));
+        d = this.rebuilt !== undefined ? undefined : Bitmap.decode(readRegularFile(path));
       } catch {
         d = undefined;
       }
@@ -771,7 +772,7 @@ const LOCK_TIMEOUT_MS = 60_000;
  */
 async function lockFile(path: string): Promise<() => void> {
   const addon = loadNativeAddon();
-  const fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_CREAT, 0o600);
+  const fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_CREAT | fs.constants.O_NONBLOCK, 0o600);
   try {
     const deadline = performance.now() + LOCK_TIMEOUT_MS;
     let wait = 1;

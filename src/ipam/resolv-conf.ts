@@ -1,7 +1,7 @@
 // The DNS part of an IPAM result, read from a resolv.conf-style file exactly as host-local parses it.
-import { readFileSync } from 'node:fs';
 import { CniError, ErrorCode } from '../cni-spec/errors';
 import type { DNS } from '../cni-spec/types/result';
+import { readRegularFile } from './lease-dir';
 
 export function parseResolvConf(text: string): DNS {
   const dns: DNS = {};
@@ -32,10 +32,13 @@ export function parseResolvConf(text: string): DNS {
   return dns;
 }
 
+const RESOLV_CONF_MAX_BYTES = 1 << 20;
+
 export function readResolvConf(path: string): DNS {
   let text: string;
   try {
-    text = readFileSync(path, 'utf8');
+    // A regular file of at most 1 MiB: a FIFO, a device or a huge file there would stall or swamp berthd.
+    text = readRegularFile(path, RESOLV_CONF_MAX_BYTES).toString('utf8');
   } catch (err) {
     throw new CniError(
       ErrorCode.IoFailure,

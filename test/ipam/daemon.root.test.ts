@@ -1,7 +1,7 @@
 // berthd's acceptance (root): a real daemon process on a socket in a temp dir, the built berth-ipam and
 // curl as clients, the lease files as the judge. Each test removes its daemon (by PID) and its temp dir.
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import { parseRequest } from '../../src/cni-spec/request';
@@ -258,6 +258,41 @@ describe('berthd serves berth-ipam and curl', () => {
     }
     expect(d.child.exitCode).toBe(null);
     expect(curl(s, ['http://berthd/v1/health']).code).toBe(0);
+  });
+});
+
+describe('a FIFO where berthd reads or writes a file', () => {
+  test('never stalls berthd: a resolvConf FIFO fails its ADD (code 5); FIFOs as a spare and a cursor are passed over', async () => {
+    const s = box('fifo');
+    await daemon(s);
+    const fifo = (path: string): void => {
+      mkdirSync(dirname(path), { recursive: true });
+      expect(spawnSync('mkfifo', [path]).status).toBe(0);
+    };
+    // Opened without a writer (or a reader), a FIFO holds the opening thread in open(2): berthd's main thread,
+    // every call of every network.
+    const resolv = join(s.dir, 'resolv.fifo');
+    fifo(resolv);
+    const withResolv = netConf(s, { daemon: true });
+    (withResolv.ipam as Record<string, unknown>).resolvConf = resolv;
+    const r = await ipam('ADD', 'ctr-resolv', withResolv);
+    expect(r.code).not.toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({
+      code: 5,
+      msg: `cannot read resolvConf ${resolv}: ${resolv} is not a regular file`,
+    });
+    const netDir = join(s.dataDir, s.network);
+    fifo(join(netDir, '.berth', 'spare', 's-fifo'));
+    fifo(join(netDir, 'last_reserved_ip.0'));
+    const conf = netConf(s, { daemon: true });
+    for (const cid of ['ctr-a', 'ctr-b']) {
+      const a = await ipam('ADD', cid, conf);
+      expect(a.code, a.stdout + a.stderr).toBe(0);
+    }
+    expect([...leaseFiles(s).values()].sort()).toEqual(['ctr-a\r\neth0', 'ctr-b\r\neth0']);
+    expect(await metric(s, 'berthd_allocations_total')).toBe(2);
+    const health = await callDaemon({ socket: s.socket, method: 'GET', path: '/v1/health', timeoutMs: 2000 });
+    expect(health.status).toBe(200);
   });
 });
 

@@ -313,4 +313,40 @@ describe('SpareFiles', () => {
     expect(b).not.toBe(a);
     expect(readFileSync(join(net, 'theirs'), 'utf8')).toBe('{"theirs":true}');
   });
+
+  test('a removed file with another name (a `cp -al` backup) keeps its content and mode there', () => {
+    const s = new SpareFiles(spareDir);
+    place(s, '198.18.0.2', 'ours\r\neth0');
+    // A lease berth did not place (host-local's, 0644), and one it did; both hard-linked into a backup.
+    writeFileSync(join(net, '198.18.0.3'), 'theirs\r\neth0', { mode: 0o644 });
+    const backup = join(dir, 'backup');
+    mkdirSync(backup);
+    for (const f of ['198.18.0.2', '198.18.0.3']) linkSync(join(net, f), join(backup, f));
+    expect(s.remove(join(net, '198.18.0.2'))).toBe(true);
+    expect(s.remove(join(net, '198.18.0.3'))).toBe(true);
+    expect(readFileSync(join(backup, '198.18.0.2'), 'utf8')).toBe('ours\r\neth0');
+    expect(readFileSync(join(backup, '198.18.0.3'), 'utf8')).toBe('theirs\r\neth0');
+    expect(statSync(join(backup, '198.18.0.3')).mode & 0o777).toBe(0o644);
+    // Neither inode is a spare: nothing under the spare directory names them, and new files get others.
+    expect(s.coolingCount).toBe(0);
+    synced(s);
+    const backupInodes = inodesIn(backup);
+    expect(inodesIn(spareDir).filter((i) => backupInodes.includes(i))).toEqual([]);
+    expect(backupInodes).not.toContain(place(s, '198.18.0.4', 'new\r\neth0'));
+  });
+
+  test('a FIFO under a spare name never blocks (it is dropped), nor one under a removed lease name', () => {
+    const fifo = (path: string): void => {
+      expect(spawnSync('mkfifo', [path]).status).toBe(0);
+    };
+    fifo(join(spareDir, 's-fifo'));
+    const s = new SpareFiles(spareDir);
+    // Opened for writing without a reader, a FIFO would hold this thread in open(2) for good.
+    place(s, '198.18.0.2', 'a\r\neth0');
+    expect(readdirSync(spareDir)).not.toContain('s-fifo');
+    fifo(join(net, '198.18.0.5'));
+    expect(s.remove(join(net, '198.18.0.5'))).toBe(true);
+    expect(s.coolingCount).toBe(0);
+    expect(readdirSync(spareDir).filter((f) => statSync(join(spareDir, f)).isFIFO())).toEqual([]);
+  });
 });

@@ -454,7 +454,12 @@ export class NetworkStore implements LeaseStore {
         fs.mkdirSync(this.p.dir, { recursive: true, mode: 0o755 });
         for (const d of [this.p.berth, this.p.att, this.p.sets, this.p.tmp, this.p.spare])
           fs.mkdirSync(d, { recursive: true, mode: 0o700 });
-        this.lockFd = fs.openSync(this.p.lock, fs.constants.O_RDONLY | fs.constants.O_CREAT, 0o600);
+        // Non-blocking: a FIFO in the lock's place must not hold berthd in open(2).
+        this.lockFd = fs.openSync(
+          this.p.lock,
+          fs.constants.O_RDONLY | fs.constants.O_CREAT | fs.constants.O_NONBLOCK,
+          0o600,
+        );
         const st = fs.fstatSync(this.lockFd);
         this.lockIno = st.ino;
         this.dev = st.dev;
@@ -516,7 +521,7 @@ export class NetworkStore implements LeaseStore {
     const attFiles = new Set(fs.readdirSync(this.p.att));
     for (const key of attFiles) {
       try {
-        const r: unknown = JSON.parse(fs.readFileSync(join(this.p.att, key), 'utf8'));
+        const r: unknown = JSON.parse(disk.readRegularFile(join(this.p.att, key)).toString('utf8'));
         if (disk.isRecord(r)) records.set(key, { ips: r.ips, meta: r.meta });
       } catch {
         // An unreadable record is rewritten from the lease files below.
@@ -727,7 +732,7 @@ export class NetworkStore implements LeaseStore {
     if (this.cursors.has(setId)) return this.cursors.get(setId);
     let ip: Ip | undefined;
     try {
-      ip = parseIp(fs.readFileSync(disk.cursorPath(this.p, setId), 'utf8').trim());
+      ip = parseIp(disk.readRegularFile(disk.cursorPath(this.p, setId)).toString('utf8').trim());
     } catch (err) {
       if (errnoOf(err) !== 'ENOENT')
         this.opts.log.log('warn', 'cannot read a cursor', {

@@ -17,12 +17,19 @@
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 
-const REUSE = fs.constants.O_WRONLY | fs.constants.O_NOFOLLOW;
+// Non-blocking: a FIFO someone put under one of these names must not hold berthd in open(2) (a spare is
+// checked to be a regular file before anything is written to it).
+const REUSE = fs.constants.O_WRONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK;
 const CREATE = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
 const NOT_A_LEASE = Buffer.from('{');
 
 function errnoOf(err: unknown): string | undefined {
   return (err as NodeJS.ErrnoException | undefined)?.code;
+}
+
+/** A regular file with this one name: an inode berth may stamp and hand out again. */
+function isSpareInode(st: fs.Stats): boolean {
+  return st.isFile() && st.nlink === 1;
 }
 
 /** At most this many descriptors stay open per network (spares and placed files); beyond, paths are reopened. */
@@ -191,7 +198,8 @@ export class SpareFiles {
       let fd: number | undefined;
       try {
         fd = fs.openSync(path, REUSE);
-        if (fs.fstatSync(fd).nlink > 1 || this.cooling.length >= this.max) throw new Error('not a spare');
+        if (!isSpareInode(fs.fstatSync(fd)) || this.cooling.length >= this.max)
+          throw new Error('not a spare');
         fs.writeSync(fd, NOT_A_LEASE, 0, 1, 0);
         fs.fchmodSync(fd, 0o600);
         const held = this.hold(fd);
@@ -241,7 +249,7 @@ export class SpareFiles {
       // used the inode for a file of its own since it became our spare: a spare has no other name. The same
       // look tells whether the new content needs a truncate (the old one may be longer).
       const st = spare === undefined ? undefined : fs.fstatSync(fd);
-      if (st !== undefined && st.nlink !== 1) {
+      if (st !== undefined && !isSpareInode(st)) {
         fs.closeSync(fd);
         continue;
       }
@@ -358,11 +366,14 @@ export class SpareFiles {
     let own = fd;
     try {
       own ??= fs.openSync(path, REUSE);
+      // Another name of the inode (a backup made with `cp -al`, a hard link put in the directory) would get
+      // the stamp and the mode: the name goes, the inode stays theirs.
+      if (!isSpareInode(fs.fstatSync(own))) throw new Error('not ours alone');
       fs.writeSync(own, NOT_A_LEASE, 0, 1, 0);
       if (fd === undefined) fs.fchmodSync(own, 0o600);
     } catch {
-      // Gone (host-local's DEL removed a shadow), or not a regular file (a symlink or directory someone put
-      // under a lease's name).
+      // Gone (host-local's DEL removed a shadow), not a regular file (a symlink, directory or FIFO someone put
+      // under a lease's name), or an inode with another name.
       if (own !== undefined && own !== fd) fs.closeSync(own);
       this.drop(path, fd);
       return;
