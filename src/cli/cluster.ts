@@ -4,6 +4,7 @@ import type { ClusterCheckReply, ClusterStatusReply } from '../cluster/cluster-i
 import { DaemonUnavailable, callDaemon } from '../ipam/daemon-client';
 import { DEFAULT_SOCKET } from '../ipam/daemon/protocol';
 import type { CliIo } from './leases';
+import { columnWidths } from './table';
 
 export interface ClusterCliOptions {
   socket?: string;
@@ -36,7 +37,7 @@ export async function ask(
 }
 
 function table(rows: string[][], io: CliIo): void {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  const widths = columnWidths(rows);
   for (const r of rows)
     io.out(
       `${r

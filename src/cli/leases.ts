@@ -3,6 +3,7 @@
 import { type AdminBackend, type BackendOptions, openAdminBackend } from '../daemon/admin-backend';
 import { formatIp, parseIp } from '../address/ip';
 import type { LeaseView } from '../ipam/daemon/protocol';
+import { columnWidths } from './table';
 
 export interface CliIo {
   out(s: string): void;
@@ -42,7 +43,7 @@ export function leaseTable(leases: readonly LeaseView[], now: Date): string {
       age(l.createdAt, now),
     ]),
   ];
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  const widths = columnWidths(rows);
   return (
     rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')).join('\n') +
     '\n'

@@ -297,7 +297,7 @@ export async function gc(req: Request, deps: IpamDeps): Promise<void> {
     try {
       const dead = (await s.releaseDeadFiles?.()) ?? [];
       if (dead.length > 0) {
-        released.push(...dead);
+        for (const ip of dead) released.push(ip);
         deps.warn(
           `berth-ipam: GC released ${dead.length} address(es) whose lease file held no attachment: ${dead.map(formatIp).join(', ')}`,
         );

@@ -7,7 +7,7 @@ import { CniError, ErrorCode } from '../../cni-spec/errors';
 import { type Request, parseRequest } from '../../cni-spec/request';
 import type { Result } from '../../cni-spec/types/result';
 import { type Cidr } from '../../address/cidr';
-import { formatIp, parseIp, sameIp } from '../../address/ip';
+import { type Ip, formatIp, parseIp, sameIp } from '../../address/ip';
 import { blockedOrdinals } from '../allocator';
 import type { ClusterAllocator } from '../cluster-blocks';
 import type { IpamConfig } from '../config';
@@ -134,12 +134,11 @@ function leaseView(store: NetworkStore, l: Lease): LeaseView {
   return v;
 }
 
-function compareLeases(a: LeaseView, b: LeaseView): number {
-  if (a.network !== b.network) return a.network < b.network ? -1 : 1;
-  const ia = parseIp(a.ip)!;
-  const ib = parseIp(b.ip)!;
-  if (ia.family !== ib.family) return ia.family - ib.family;
-  return ia.value < ib.value ? -1 : ia.value > ib.value ? 1 : 0;
+/** By network, then address: on the addresses held, not parsed back from the views' text per comparison. */
+function compareLeases(a: { view: LeaseView; ip: Ip }, b: { view: LeaseView; ip: Ip }): number {
+  if (a.view.network !== b.view.network) return a.view.network < b.view.network ? -1 : 1;
+  if (a.ip.family !== b.ip.family) return a.ip.family - b.ip.family;
+  return a.ip.value < b.ip.value ? -1 : a.ip.value > b.ip.value ? 1 : 0;
 }
 
 export class Service {
@@ -532,15 +531,16 @@ export class Service {
     return [...out.values()];
   }
 
-  private async leasesIn(store: NetworkStore): Promise<LeaseView[]> {
-    const leases = await store.transact(async (s) => s.all(), { readOnly: true });
-    return leases.map((l) => leaseView(store, l));
+  private leasesIn(store: NetworkStore): Promise<Lease[]> {
+    return store.transact(async (s) => s.all(), { readOnly: true });
   }
 
   async list(filter: LeaseFilter): Promise<LeaseView[]> {
-    const out: LeaseView[] = [];
-    for (const s of this.networks(filter)) out.push(...(await this.leasesIn(s)));
-    return out.sort(compareLeases);
+    // Appended one by one: a network's leases spread into one push() overflowed the stack past ~125,000.
+    const rows: { view: LeaseView; ip: Ip }[] = [];
+    for (const s of this.networks(filter))
+      for (const l of await this.leasesIn(s)) rows.push({ view: leaseView(s, l), ip: l.ip });
+    return rows.sort(compareLeases).map((r) => r.view);
   }
 
   /** Leases by address, or by container id (a unique prefix of at least 4 characters counts too). */
@@ -684,8 +684,11 @@ export class Service {
   async networkViews(filter: LeaseFilter = {}): Promise<NetworkView[]> {
     const out: NetworkView[] = [];
     for (const s of this.networks(filter)) {
-      const leases = await this.leasesIn(s);
-      const view: NetworkView = { network: s.network, dataDir: s.dataDir, leases: leases.length };
+      const view: NetworkView = {
+        network: s.network,
+        dataDir: s.dataDir,
+        leases: (await this.leasesIn(s)).length,
+      };
       const pools = s.pools();
       if (pools.length > 0) {
         const exclude = this.lastExclude.get(s.dir) ?? [];
