@@ -91,6 +91,12 @@ const SETTINGS: ReadonlySet<string> = new Set(['run-dir', 'nft-table', 'boot-id-
 /** How often the log repeats that calls name other settings than berthd's (one kind of mismatch). */
 const MISMATCH_WARN_MS = 10 * 60_000;
 
+/** A path whose meaning depends on the process that opens it: relative, or through /proc/self or /dev/fd. */
+function namesTheCaller(path: string): boolean {
+  return (
+    !path.startsWith('/') || /^\/(proc\/(self|thread-self)|dev\/(fd|stdin|stdout|stderr))(\/|$)/.test(path)
+  );
+}
 export class PluginHost {
   private readonly tables: Record<WarmPlugin, { handlers: PluginHandlers; about: { name: string } }>;
   private readonly attachments = new AttachmentQueue();
@@ -235,6 +241,10 @@ export class PluginHost {
     if (call.plugin !== 'berth-bridge') return undefined;
     if (command !== 'ADD' && command !== 'CHECK' && command !== 'DEL') return undefined;
     const netns = env.CNI_NETNS;
+    // A path that names the calling process's own files (its fds, its cwd) would name berthd's here: a pod's
+    // namespace another call holds open (/proc/self/fd/N), entered for this one.
+    if (netns !== undefined && netns !== '' && namesTheCaller(netns))
+      return `netns: ${netns} is relative to the calling process, which berthd is not`;
     // Missing here, or only the file it is mounted on (a mount the container did not get: propagation).
     if (command !== 'DEL' && netns !== undefined && netns !== '' && !isNamespaceFile(netns))
       return `netns: ${netns} is not visible to berthd as a namespace`;

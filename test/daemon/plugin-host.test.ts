@@ -101,6 +101,8 @@ describe('deadline', () => {
 });
 
 describe('what berthd cannot see is served by the standalone program (421)', () => {
+  /** A namespace file every test process can open (its own network namespace, named by its pid). */
+  const OWN_NETNS = `/proc/${process.pid}/ns/net`;
   // berthd's own settings (the caller names none): only visibility decides here.
   const host = (delegatedIpamHere = true): PluginHost => {
     const h = hostWith({}, 1000);
@@ -127,6 +129,25 @@ describe('what berthd cannot see is served by the standalone program (421)', () 
     stdin: JSON.stringify({ cniVersion: '1.0.0', name: 'n', type: 'berth-bridge', ipam: { type: ipamType } }),
   });
 
+  test("a namespace path relative to the calling process (its fds, its cwd): berthd's own files otherwise", () => {
+    for (const command of ['ADD', 'CHECK', 'DEL'])
+      for (const netns of [
+        '/proc/self/fd/21',
+        '/proc/thread-self/ns/net',
+        '/dev/fd/21',
+        'netns/pod',
+        '/proc/self',
+      ])
+        expect(host().notServedReason(forward(command, netns, 'berth-ipam')), `${command} ${netns}`).toBe(
+          `netns: ${netns} is relative to the calling process, which berthd is not`,
+        );
+    // A process's namespace named by its pid is the same file for berthd.
+    expect(host().notServedReason(forward('ADD', OWN_NETNS, 'berth-ipam'))).toBeUndefined();
+    expect(host().notServedReason(forward('ADD', '/proc/selfish/ns/net', 'berth-ipam'))).toMatch(
+      /is not visible to berthd as a namespace/,
+    );
+  });
+
   test("a pod namespace path that is not in berthd's mount namespace", () => {
     expect(host().notServedReason(forward('ADD', '/var/run/netns-not-here/cni-1', 'berth-ipam'))).toMatch(
       /^netns: \/var\/run\/netns-not-here\/cni-1 is not visible to berthd as a namespace/,
@@ -138,27 +159,27 @@ describe('what berthd cannot see is served by the standalone program (421)', () 
     );
     // DEL of a namespace gone everywhere is still berthd's (the host veth is found by its tag).
     expect(host().notServedReason(forward('DEL', '/nonexistent/ns', 'berth-ipam'))).toBeUndefined();
-    expect(host().notServedReason(forward('ADD', '/proc/self/ns/net', 'berth-ipam'))).toBeUndefined();
+    expect(host().notServedReason(forward('ADD', OWN_NETNS, 'berth-ipam'))).toBeUndefined();
   });
 
   test('a delegated IPAM plugin that is not on CNI_PATH as berthd sees it', () => {
-    expect(host().notServedReason(forward('ADD', '/proc/self/ns/net', 'bt-no-such-ipam'))).toMatch(
+    expect(host().notServedReason(forward('ADD', OWN_NETNS, 'bt-no-such-ipam'))).toMatch(
       /^ipam: plugin bt-no-such-ipam is not on CNI_PATH as berthd sees it/,
     );
     expect(host().notServedReason(forward('DEL', '', 'bt-no-such-ipam'))).toMatch(/^ipam:/);
     // /bin/true stands in for a plugin berthd can run (in the host's mount namespace).
-    expect(host(true).notServedReason(forward('ADD', '/proc/self/ns/net', 'true', '/bin'))).toBeUndefined();
+    expect(host(true).notServedReason(forward('ADD', OWN_NETNS, 'true', '/bin'))).toBeUndefined();
     // A relative CNI_PATH entry means the caller's directory, which berthd does not share.
-    expect(host(true).notServedReason(forward('ADD', '/proc/self/ns/net', 'true', 'bin:/bin'))).toMatch(
+    expect(host(true).notServedReason(forward('ADD', OWN_NETNS, 'true', 'bin:/bin'))).toMatch(
       /^ipam: CNI_PATH has a relative directory/,
     );
   });
 
   test('any delegated IPAM when berthd is in a mount namespace of its own (a container): it keeps its state on the host', () => {
-    expect(host(false).notServedReason(forward('ADD', '/proc/self/ns/net', 'true', '/bin'))).toMatch(
+    expect(host(false).notServedReason(forward('ADD', OWN_NETNS, 'true', '/bin'))).toMatch(
       /^ipam: delegated plugin true keeps its state on the host; berthd runs in a container/,
     );
-    expect(host(false).notServedReason(forward('ADD', '/proc/self/ns/net', 'berth-ipam'))).toBeUndefined();
+    expect(host(false).notServedReason(forward('ADD', OWN_NETNS, 'berth-ipam'))).toBeUndefined();
   });
 });
 
