@@ -69,20 +69,29 @@ async function readConfigs(dir: string): Promise<NetworkConfigFile[]> {
   );
 }
 
-/** A plugin's supportedVersions, from its answer to VERSION; undefined when it cannot be run or says nothing. */
-async function supportedVersionsOf(path: string): Promise<string[] | undefined> {
+/**
+ * A plugin's answer to VERSION: its supportedVersions (undefined when it says nothing usable), or why it failed.
+ * Run with a socket path no berthd listens on, so berth's shim runs its standalone fallback (`berth` beside it):
+ * answered by a running berthd, a shim whose fallback is missing would pass until berthd stops.
+ */
+async function versionAnswerOf(path: string): Promise<{ versions?: string[]; failure?: string }> {
+  let stdout: string;
   try {
-    const { stdout } = await execPlugin({
+    ({ stdout } = await execPlugin({
       path,
       command: 'VERSION',
-      env: { PATH: process.env.PATH },
+      env: { PATH: process.env.PATH, BERTH_SOCKET: '/nonexistent/berth-doctor.sock' },
       stdin: '{"cniVersion":"1.0.0"}',
       signal: AbortSignal.timeout(5_000),
-    });
+    }));
+  } catch (err) {
+    return { failure: err instanceof Error ? err.message : String(err) };
+  }
+  try {
     const v = (JSON.parse(stdout) as { supportedVersions?: unknown }).supportedVersions;
-    return Array.isArray(v) && v.every((x) => typeof x === 'string') ? v : undefined;
+    return Array.isArray(v) && v.every((x) => typeof x === 'string') ? { versions: v } : {};
   } catch {
-    return undefined;
+    return {};
   }
 }
 
@@ -94,13 +103,15 @@ export async function runDoctor(o: DoctorCliOptions, io: CliIo): Promise<number>
   const plugins = await readdir(binDir).catch(() => [] as string[]);
   const configs = await readConfigs(confDir);
   const pluginVersions: Record<string, string[]> = {};
+  const pluginFailures: Record<string, string> = {};
   const named = new Set(configs.flatMap((c) => (c.config !== undefined ? pluginTypes(c.config) : [])));
   for (const t of named) {
     if (!plugins.includes(t)) continue;
-    const v = await supportedVersionsOf(`${binDir}/${t}`);
-    if (v !== undefined) pluginVersions[t] = v;
+    const answer = await versionAnswerOf(`${binDir}/${t}`);
+    if (answer.versions !== undefined) pluginVersions[t] = answer.versions;
+    if (answer.failure !== undefined) pluginFailures[t] = answer.failure;
   }
-  const findings = diagnose({ confDir, binDir, configs, plugins, runtimes, pluginVersions });
+  const findings = diagnose({ confDir, binDir, configs, plugins, runtimes, pluginVersions, pluginFailures });
   if (o.json === true) io.out(`${JSON.stringify({ confDir, binDir, runtimes, findings }, null, 2)}\n`);
   else for (const f of findings) io.out(`${f.level === 'warn' ? 'WARN' : 'ok  '} ${f.message}\n`);
   return findings.some((f) => f.level === 'warn') ? 1 : 0;

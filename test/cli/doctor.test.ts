@@ -1,4 +1,4 @@
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -173,11 +173,17 @@ describe('diagnose', () => {
 describe('berth doctor on a conf dir', () => {
   let dir = '';
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
+  /** A plugin that answers VERSION with these versions. */
+  const answer = (versions: string[]) =>
+    `#!/bin/sh\ncat >/dev/null\necho '${JSON.stringify({ cniVersion: '1.0.0', supportedVersions: versions })}'\n`;
+  const ALL = ['0.1.0', '0.2.0', '0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'];
+
   it('reads the dirs it is given, exits 1 with a warning, 0 once the config is fixed', async () => {
     dir = mkdtempSync(join(tmpdir(), 'berth-doctor-'));
     mkdirSync(join(dir, 'net.d'));
     mkdirSync(join(dir, 'bin'));
-    for (const p of ['loopback', 'berth-bridge', 'berth-ipam']) writeFileSync(join(dir, 'bin', p), '');
+    for (const p of ['loopback', 'berth-bridge', 'berth-ipam'])
+      writeFileSync(join(dir, 'bin', p), answer(ALL), { mode: 0o755 });
     writeFileSync(join(dir, 'net.d', '10-berth.conflist'), JSON.stringify(conflist('1.1.0')));
     writeFileSync(join(dir, 'net.d', 'README'), 'not a config');
     let out = '';
@@ -195,8 +201,6 @@ describe('berth doctor on a conf dir', () => {
     dir = mkdtempSync(join(tmpdir(), 'berth-doctor-'));
     mkdirSync(join(dir, 'net.d'));
     mkdirSync(join(dir, 'bin'));
-    const answer = (versions: string[]) =>
-      `#!/bin/sh\ncat >/dev/null\necho '${JSON.stringify({ cniVersion: '1.0.0', supportedVersions: versions })}'\n`;
     const upTo10 = ['0.3.1', '0.4.0', '1.0.0'];
     for (const [p, v] of [
       ['berth-bridge', [...upTo10, '1.1.0']],
@@ -214,5 +218,26 @@ describe('berth doctor on a conf dir', () => {
     expect(out).toMatch(
       /^WARN .*cri-o 1\.31\.0 gives its plugins cniVersion 1\.1\.0, which portmap does not speak/m,
     );
+  });
+
+  it('warns when the shims have no `berth` beside them: every call fails once no berthd takes it', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'berth-doctor-'));
+    mkdirSync(join(dir, 'net.d'));
+    mkdirSync(join(dir, 'bin'));
+    const shim = join(__dirname, '../../native/shim/build/bin/berth-bridge');
+    for (const p of ['berth-bridge', 'berth-ipam']) copyFileSync(shim, join(dir, 'bin', p));
+    writeFileSync(join(dir, 'bin', 'loopback'), answer(ALL), { mode: 0o755 });
+    writeFileSync(join(dir, 'net.d', '10-berth.conflist'), JSON.stringify(conflist('1.0.0')));
+    let out = '';
+    const io = { out: (s: string) => void (out += s), err: () => undefined };
+    const o = { confDir: join(dir, 'net.d'), binDir: join(dir, 'bin'), runtime: ['containerd=1.7.13'] };
+    expect(await runDoctor(o, io)).toBe(1);
+    for (const p of ['berth-bridge', 'berth-ipam'])
+      expect(out).toContain(`: ${join(dir, 'bin', p)} fails VERSION when no berthd takes the call (`);
+    expect(out).toMatch(/standalone program .*\/berth cannot be run/);
+    // With the standalone program beside them (here the development tree's launcher), all is well.
+    symlinkSync(join(__dirname, '../../bin/berth'), join(dir, 'bin', 'berth'));
+    out = '';
+    expect(await runDoctor(o, io), out).toBe(0);
   });
 });

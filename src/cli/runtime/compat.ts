@@ -90,6 +90,8 @@ export interface DoctorFacts {
   plugins: string[];
   /** Each plugin type's answer to VERSION (its supportedVersions), when it could be run. */
   pluginVersions?: Record<string, string[]>;
+  /** Why a plugin type's VERSION failed (run as with no berthd answering: a shim runs its fallback). */
+  pluginFailures?: Record<string, string>;
   runtimes: InstalledRuntime[];
 }
 
@@ -183,6 +185,13 @@ export function diagnose(f: DoctorFacts): Finding[] {
     }
     for (const t of pluginTypes(c.config))
       if (!has.has(t)) warn(`${where}: plugin type ${t} is not in ${f.binDir}`);
+    for (const t of new Set(pluginTypes(c.config))) {
+      const failure = f.pluginFailures?.[t];
+      if (failure !== undefined)
+        warn(
+          `${where}: ${f.binDir}/${t} fails VERSION when no berthd takes the call (${failure}): every call on this network fails then`,
+        );
+    }
     // Each plugin must speak the version the runtime gives the whole list (libcni >= 1.2 picks it from
     // cniVersions without asking them): one that stops below it fails every ADD, DEL and STATUS.
     for (const r of cniRuntimes) {
