@@ -343,7 +343,7 @@ export class Service {
                     await s.release(lease);
                     const i = trace.reserved.findIndex((r) => sameIp(r.ip, lease.ip));
                     if (i !== -1) trace.reserved.splice(i, 1);
-                    metrics?.inc('berthd_releases_total', 'Addresses released.', { network });
+                    this.countRelease(network);
                   },
                 } satisfies LeaseSession),
               o,
@@ -477,12 +477,18 @@ export class Service {
           if (held !== undefined) {
             await s.release(held);
             undone++;
+            this.countRelease(store.network);
           }
         }
       });
     }
     trace.reserved.length = 0;
     return undone;
+  }
+
+  /** Every release berthd makes counts (plugin calls, admin release and GC, a gone caller's undo). */
+  private countRelease(network: string): void {
+    this.opts.metrics?.inc('berthd_releases_total', 'Addresses released.', { network });
   }
 
   /** Network directories under a data dir (those with host-local's `lock` file), plus those served. */
@@ -595,7 +601,7 @@ export class Service {
         }
         await s.release(lease);
         released.push(leaseView(store, lease));
-        this.opts.metrics?.inc('berthd_releases_total', 'Addresses released.', { network: store.network });
+        this.countRelease(store.network);
       });
     }
     if (released.length === 0)
@@ -671,7 +677,10 @@ export class Service {
           // Made after the list was taken: its pod is newer than the list. A lease berth made carries its
           // time; one it found (host-local's) carries when berth first read it, so its file's time counts.
           if (!Number.isNaN(listedAt) && madeAfter(store!, l, listedAt)) continue;
-          if (!dryRun) await s.release(l);
+          if (!dryRun) {
+            await s.release(l);
+            this.countRelease(store!.network);
+          }
           gone.push(l);
         }
         return gone;
