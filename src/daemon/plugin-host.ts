@@ -280,7 +280,10 @@ export class PluginHost {
     const table = this.tables[call.plugin];
     const t0 = process.hrtime.bigint();
     const fields = { req: id, plugin: call.plugin, command, container: call.env.CNI_CONTAINERID };
-    const onStderr = lineLogger((line) => this.o.log.log('info', line, fields));
+    // The caller's stderr, line by line; a stack's frames only at debug (the failure's own line says it).
+    const onStderr = lineLogger((line) =>
+      this.o.log.log(STACK_FRAME.test(line) ? 'debug' : 'info', line, fields),
+    );
     let deadline: AbortSignal | undefined;
     this.inFlight++;
     this.served++;
@@ -307,11 +310,30 @@ export class PluginHost {
         return r;
       });
       if (deadline?.aborted === true) this.o.log.log('warn', 'call passed its deadline', fields);
+      if (out.code !== 0) this.logFailure(out, fields);
       this.count(call.plugin, command, out.code, t0);
       return out;
     } finally {
       this.inFlight--;
     }
+  }
+
+  /**
+   * One line per failed call, with the CNI error it answered: at warn, so that `--log-level warn` shows every
+   * failed ADD, DEL, CHECK and GC; a STATUS (a runtime polls it every few seconds while a pool is full) at info.
+   */
+  private logFailure(out: CallOutput, fields: Record<string, string | undefined>): void {
+    let error: { code?: unknown; msg?: unknown } = {};
+    try {
+      error = JSON.parse(out.stdout) as typeof error;
+    } catch {
+      // Not JSON (a plugin that printed nothing): the exit code is what there is.
+    }
+    this.o.log.log(fields.command === 'STATUS' ? 'info' : 'warn', 'call failed', {
+      ...fields,
+      code: typeof error.code === 'number' ? error.code : `exit ${out.code}`,
+      ...(typeof error.msg === 'string' ? { msg: shortLogLine(error.msg) } : {}),
+    });
   }
 
   /** The caller left after its ADD succeeded: the runtime will retry with a new ADD, so this one goes. */
@@ -406,6 +428,9 @@ function lineLogger(log: (line: string) => void): (text: string) => void {
     for (const l of lines) if (l !== '') log(shortLogLine(l));
   };
 }
+
+/** A stack frame line of an error's stack, as a failure prints it on stderr. */
+const STACK_FRAME = /^\s+at /;
 
 /** A call's stderr line as the log takes it: a plugin error may echo a config of megabytes (the caller gets it whole). */
 const MAX_LOG_LINE = 4096;

@@ -90,6 +90,9 @@ const CNI_ROUTES: ReadonlyMap<string, Method<unknown>> = new Map(
 
 type Reply = { status?: number; body: unknown } | string | { raw: RawReply };
 
+/** The routes of berth-ipam's calls that change or check leases (STATUS, polled, is not among them). */
+const IPAM_CALL_ROUTES = new Set(['POST /v1/allocate', 'POST /v1/release', 'POST /v1/check', 'POST /v1/gc']);
+
 export class BerthServer {
   readonly http: http.Server;
   private inFlight = 0;
@@ -216,6 +219,13 @@ export class BerthServer {
         this.o.log.log('error', 'unexpected failure', {
           route,
           error: err instanceof Error ? (err.stack ?? err.message) : String(err),
+        });
+      // berth-ipam's calls (its program forwards them here) fail as a plugin call does: one line at warn.
+      else
+        this.o.log.log(IPAM_CALL_ROUTES.has(route) ? 'warn' : 'info', 'request failed', {
+          route,
+          code: cni.code,
+          msg: cni.message.length <= 4096 ? cni.message : `${cni.message.slice(0, 4096)}…`,
         });
       this.o.metrics.inc(
         'berthd_errors_total',

@@ -312,6 +312,34 @@ describe("berthd in a container whose run dir is not the host's", () => {
 });
 
 describe("a call's stderr in berthd's log", () => {
+  test('a failed call is one WARN line with its code and message; the stack frames only at debug', async () => {
+    const lines: string[] = [];
+    const host = newHost({ deadlineMs: 5_000 }, lines);
+    const tables = (host as unknown as { tables: Record<string, { handlers: PluginHandlers }> }).tables;
+    tables['berth-bridge']!.handlers = {
+      add: () =>
+        Promise.reject(
+          new CniError(ErrorCode.Internal, 'no more addresses', undefined, { cause: new Error('inner') }),
+        ),
+    };
+    const out = await host.serve(call('ADD'), never);
+    expect(out.code).not.toBe(0);
+    // The caller gets the whole story, stack included.
+    expect(out.stderr).toMatch(/\n\s+at /);
+    expect(lines.filter((l) => / WARN /.test(l))).toEqual([
+      expect.stringMatching(
+        / WARN call failed req=\w+ plugin=berth-bridge command=ADD container=ctr-deadline code=999 msg="no more addresses"/,
+      ),
+    ]);
+    expect(lines.filter((l) => /\bat /.test(l) && / INFO /.test(l))).toEqual([]);
+    // STATUS is polled (every few seconds while a pool is full): its failures at info. (This one is refused
+    // for its config's version, which is all the stub call allows.)
+    lines.length = 0;
+    await host.serve(call('STATUS'), never);
+    expect(lines.filter((l) => / WARN /.test(l))).toEqual([]);
+    expect(lines).toContainEqual(expect.stringMatching(/ INFO call failed .*command=STATUS .*code=1 msg=/));
+  });
+
   test('each line at most 4 KiB there, whole for the caller', async () => {
     const lines: string[] = [];
     const host = newHost({ deadlineMs: 5_000 }, lines);
