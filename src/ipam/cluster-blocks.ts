@@ -8,7 +8,7 @@ import { CniError, ErrorCode } from '../cni-spec/errors';
 import { type Cidr, formatCidr, parseCidr } from '../address/cidr';
 import { type Family, type Ip, FAMILY_BITS } from '../address/ip';
 import type { IpamConfig } from './config';
-import { BERTH_DIR, readRegularFile } from './lease-dir';
+import { BERTH_DIR, ensureBerthDirs, leaseDirPaths, readRegularFile } from './lease-dir';
 import type { Range, RangeSet } from './range-set';
 
 /** `ipam.cluster` of a network config: its presence makes the network a cluster network. */
@@ -224,10 +224,16 @@ export async function writeClusterRecord(
   rec: ClusterRecord,
 ): Promise<void> {
   const target = clusterRecordPath(dataDir, network);
-  const dir = join(dataDir, network, BERTH_DIR);
-  await fs.promises.mkdir(dir, { recursive: true, mode: 0o700 });
+  const paths = leaseDirPaths(dataDir, network);
+  await fs.promises.mkdir(paths.dir, { recursive: true, mode: 0o755 });
+  ensureBerthDirs(paths, []);
+  const dir = paths.berth;
   const tmp = `${target}.${process.pid}.tmp`;
-  const file = await fs.promises.open(tmp, 'w', 0o600);
+  const file = await fs.promises.open(
+    tmp,
+    fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC | fs.constants.O_NOFOLLOW,
+    0o600,
+  );
   try {
     await file.writeFile(`${JSON.stringify(rec)}\n`);
     await file.sync();

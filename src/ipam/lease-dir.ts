@@ -66,6 +66,34 @@ export function readRegularFile(path: string, maxBytes = Infinity): Buffer {
   }
 }
 
+/**
+ * Makes `.berth` and the given subdirectories of it (0700), and refuses any that is not a directory of this
+ * user's: a symlink or another user's directory there (a data dir others can write to) would have berth write
+ * its files, and delete others, wherever it points. Errors: ENOTDIR, EPERM, or mkdir's.
+ */
+export function ensureBerthDirs(p: LeaseDirPaths, subdirs: readonly string[]): void {
+  for (const d of [p.berth, ...subdirs]) {
+    try {
+      fs.mkdirSync(d, { mode: 0o700 });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    const st = fs.lstatSync(d);
+    if (!st.isDirectory())
+      throw Object.assign(
+        new Error(
+          `${d} is ${st.isSymbolicLink() ? 'a symlink' : 'not a directory'}: berth keeps its own files there; remove it`,
+        ),
+        { code: 'ENOTDIR' },
+      );
+    const me = process.geteuid?.();
+    if (me !== undefined && st.uid !== me)
+      throw Object.assign(new Error(`${d} belongs to uid ${st.uid}, not to this user (${me}); remove it`), {
+        code: 'EPERM',
+      });
+  }
+}
+
 /** The lock, the cursors and `.berth`: names in the network directory that are never leases. */
 export function isBookkeepingName(name: string): boolean {
   return name === 'lock' || name === BERTH_DIR || name.startsWith(CURSOR_PREFIX);

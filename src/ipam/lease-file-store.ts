@@ -59,6 +59,7 @@ import {
   inheritedMeta,
   writtenSince,
   readRegularFile,
+  ensureBerthDirs,
 } from './lease-dir';
 import { checkContainerId, checkIfname } from './names';
 import { OrdinalBitmap, fitsBitmap, probeOccupancy } from './occupancy';
@@ -805,7 +806,7 @@ export function openLeaseFileStore(opts: LeaseFileStoreOptions): LeaseStore {
       let unlock: () => void;
       try {
         fs.mkdirSync(p.dir, { recursive: true, mode: 0o755 });
-        for (const d of [p.berth, p.att, p.sets, p.tmp]) fs.mkdirSync(d, { recursive: true, mode: 0o700 });
+        ensureBerthDirs(p, [p.att, p.sets, p.tmp]);
         unlock = await lockFile(p.lock);
       } catch (err) {
         if (err instanceof CniError) throw err;

@@ -8,6 +8,7 @@ import {
   readdirSync,
   rmSync,
   statSync,
+  symlinkSync,
   writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
@@ -437,6 +438,30 @@ describe('a container id longer than runtimes use (host-local takes any length)'
 });
 
 describe('corrupt and foreign files', () => {
+  test('.berth or a directory of it planted as a symlink (a data dir others write to): refused, nothing there touched', () => {
+    for (const sub of ['', 'tmp', 'att', 'sets']) {
+      const s = setup();
+      const decoy = join(s.dir, 'decoy');
+      mkdirSync(decoy);
+      writeFileSync(join(decoy, 'precious'), 'keep me');
+      const planted = join(s.netDir, '.berth', sub);
+      mkdirSync(sub === '' ? s.netDir : join(s.netDir, '.berth'), { recursive: true });
+      symlinkSync(decoy, planted);
+      const r = s.call({ command: 'ADD', containerId: 'c1' });
+      expect(r.status, sub).not.toBe(0);
+      expect(JSON.parse(r.stdout), sub).toMatchObject({
+        code: 5,
+        msg: expect.stringContaining(
+          `${planted.replace(/\/$/, '')} is a symlink: berth keeps its own files there; remove it`,
+        ),
+      });
+      expect(readdirSync(decoy), sub).toEqual(['precious']);
+      expect(readFileSync(join(decoy, 'precious'), 'utf8')).toBe('keep me');
+      expect(s.call({ command: 'DEL', containerId: 'c1' }).status).not.toBe(0);
+      expect(readdirSync(decoy), sub).toEqual(['precious']);
+    }
+  });
+
   test('a cursor that cannot be written (a directory in its place) costs a warning, not the ADD (whose lease stayed)', () => {
     const s = setup();
     mkdirSync(join(s.netDir, 'last_reserved_ip.0', 'x'), { recursive: true });

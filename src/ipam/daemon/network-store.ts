@@ -452,8 +452,7 @@ export class NetworkStore implements LeaseStore {
     for (;;) {
       if (this.lockFd === undefined) {
         fs.mkdirSync(this.p.dir, { recursive: true, mode: 0o755 });
-        for (const d of [this.p.berth, this.p.att, this.p.sets, this.p.tmp, this.p.spare])
-          fs.mkdirSync(d, { recursive: true, mode: 0o700 });
+        disk.ensureBerthDirs(this.p, [this.p.att, this.p.sets, this.p.tmp, this.p.spare]);
         // Non-blocking: a FIFO in the lock's place must not hold berthd in open(2).
         this.lockFd = fs.openSync(
           this.p.lock,
@@ -508,8 +507,7 @@ export class NetworkStore implements LeaseStore {
     this.occupancies.clear();
     this.cursors.clear();
     // A plugin on the files recreates `.berth` without `spare`, and anyone may have removed any of it.
-    for (const d of [this.p.berth, this.p.att, this.p.sets, this.p.tmp, this.p.spare])
-      fs.mkdirSync(d, { recursive: true, mode: 0o700 });
+    disk.ensureBerthDirs(this.p, [this.p.att, this.p.sets, this.p.tmp, this.p.spare]);
     // Temp files of a writer that died: nobody writes them without the lock, which is held now.
     disk.clearTemp(this.p);
     this.foundKeys.clear();
