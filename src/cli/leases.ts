@@ -26,9 +26,25 @@ export function age(createdAt: string | undefined, now: Date): string {
   return `${Math.floor(s / 86400)}d`;
 }
 
-function pod(l: LeaseView): string {
-  if (l.pod === undefined) return '-';
-  return [l.pod.namespace, l.pod.name].filter((x) => x !== undefined).join('/') || '-';
+/**
+ * Text a caller chose (K8S_POD_NAME, CNI_NETNS: berth-ipam takes them as given) as a terminal line may show it:
+ * control characters escaped (they could move the cursor, clear the screen or forge rows), and cut at `max`.
+ */
+function printable(text: string, max = Infinity): string {
+  const safe = text.replace(
+    /[\u0000-\u001f\u007f-\u009f]/g,
+    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`,
+  );
+  return safe.length <= max ? safe : `${safe.slice(0, max - 1)}…`;
+}
+
+/** A Kubernetes name is at most 253 characters: the table shows namespace/name up to 80. */
+const POD_COLUMN_MAX = 80;
+
+function podText(l: LeaseView): string | undefined {
+  if (l.pod === undefined) return undefined;
+  const text = [l.pod.namespace, l.pod.name].filter(Boolean).join('/');
+  return text === '' ? undefined : text;
 }
 
 export function leaseTable(leases: readonly LeaseView[], now: Date): string {
@@ -39,7 +55,7 @@ export function leaseTable(leases: readonly LeaseView[], now: Date): string {
       l.ip,
       l.containerId.length > 12 ? l.containerId.slice(0, 12) : l.containerId,
       l.ifname || '-',
-      pod(l),
+      printable(podText(l) ?? '-', POD_COLUMN_MAX),
       age(l.createdAt, now),
     ]),
   ];
@@ -88,10 +104,9 @@ export async function runLeasesShow(query: string, o: LeaseCliOptions, io: CliIo
           'pod',
           l.pod === undefined
             ? undefined
-            : [l.pod.namespace, l.pod.name].filter(Boolean).join('/') +
-              (l.pod.uid ? ` (uid ${l.pod.uid})` : ''),
+            : printable((podText(l) ?? '') + (l.pod.uid ? ` (uid ${l.pod.uid})` : '')),
         ],
-        ['netns', l.netns],
+        ['netns', l.netns === undefined ? undefined : printable(l.netns)],
         [
           'created',
           l.createdAt === undefined ? undefined : `${l.createdAt} (${age(l.createdAt, new Date())} ago)`,
