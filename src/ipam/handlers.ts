@@ -6,7 +6,13 @@ import type { IPConfig, Result } from '../cni-spec/types/result';
 import { IMPLEMENTED_VERSION } from '../cni-spec/versions';
 import { parseCidr } from '../address/cidr';
 import { type Ip, formatIp, sameIp } from '../address/ip';
-import { RangeSetExhaustedError, allocateFromSet, blockedOrdinals, nextCandidate } from './allocator';
+import {
+  RangeSetExhaustedError,
+  allocateFromSet,
+  blockedOrdinals,
+  nextCandidate,
+  startOrdinal,
+} from './allocator';
 import type { ClusterAllocator } from './cluster-blocks';
 import { type ConfigInput, type IpamConfig, parseIpamConfig, parseIpamConfigForRelease } from './config';
 import { hostRoutedAddressing } from './host-routed';
@@ -357,12 +363,10 @@ export async function status(req: Request, deps: IpamDeps): Promise<void> {
           continue;
         }
         const occupancy = await s.occupancy(set);
-        const free = nextCandidate({
-          set,
-          start: 0n,
-          occupancy,
-          blocked: blockedOrdinals(set, conf.exclude),
-        });
+        // From after the cursor, where the next ADD looks: a set too large for a bitmap (an IPv6 /64) is probed
+        // address by address, and from its start a STATUS stepped past every lease (0.35 s at 20,000 leases).
+        const start = startOrdinal({ set, cursor: await s.lastReserved(setId), policy: 'round-robin' });
+        const free = nextCandidate({ set, start, occupancy, blocked: blockedOrdinals(set, conf.exclude) });
         if (free === undefined && !releasable.some((l) => rangeSetContains(set, l.ip))) {
           out.push(`range set ${setId} (${describeRangeSet(set)})`);
         }

@@ -69,6 +69,19 @@ describe('handlers on the in-memory store', () => {
     await status(request('STATUS'), deps(s));
   });
 
+  test('STATUS of a set probed address by address (an IPv6 /64) looks from the cursor, not past every lease', async () => {
+    const s = memoryStore();
+    const ipam = { ranges: [[{ subnet: 'fd00:5::/64' }]] };
+    for (let i = 0; i < 50; i++) await add(request('ADD', { id: `c${i}`, ipam }), deps(s));
+    expect(s.leases.size).toBe(50);
+    let looks = 0;
+    const has = s.leases.has.bind(s.leases);
+    s.leases.has = (k: string) => (looks++, has(k));
+    await status(request('STATUS', { ipam }), deps(s));
+    // The address after the cursor is free: one look (from the set's start, 51: every lease, then .52).
+    expect(looks).toBe(1);
+  });
+
   test('CHECK passes for the ADD result and fails when an address differs', async () => {
     const s = memoryStore();
     const r = await add(request('ADD'), deps(s));
