@@ -128,10 +128,27 @@ function leaseView(store: NetworkStore, l: Lease): LeaseView {
     v.pod = pod;
   }
   if (m.netns !== undefined) v.netns = m.netns;
-  if (m.createdAt !== undefined) v.createdAt = m.createdAt;
-  if (m.bootId !== undefined) v.bootId = m.bootId;
+  if (m.origin === 'found') {
+    // Found (host-local's, at a take-over): its meta holds when, and in which boot, berth first read it. The
+    // lease file's time is its age: a leak of last week must not look a second old.
+    const written = fileTimeOf(store, l);
+    if (written !== undefined) v.createdAt = written;
+    else if (m.createdAt !== undefined) v.createdAt = m.createdAt;
+  } else {
+    if (m.createdAt !== undefined) v.createdAt = m.createdAt;
+    if (m.bootId !== undefined) v.bootId = m.bootId;
+  }
   if (m.origin !== undefined) v.origin = m.origin;
   return v;
+}
+
+/** The lease file's modification time, ISO; undefined when it cannot be read. */
+function fileTimeOf(store: NetworkStore, l: Lease): string | undefined {
+  try {
+    return fs.statSync(join(store.dir, formatIp(l.ip))).mtime.toISOString();
+  } catch {
+    return undefined;
+  }
 }
 
 /** By network, then address: on the addresses held, not parsed back from the views' text per comparison. */
