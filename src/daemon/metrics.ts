@@ -95,7 +95,10 @@ export class Metrics {
       for (const s of samples) out.push(`${name}${labelText(s.labels)} ${s.value}`);
     }
     const h = 'berthd_request_duration_seconds';
-    out.push(`# HELP ${h} Time from a request's last byte to its reply, by route.`, `# TYPE ${h} histogram`);
+    out.push(
+      `# HELP ${h} Time from a request's headers to its reply (the body's transfer included), by route.`,
+      `# TYPE ${h} histogram`,
+    );
     for (const [key, hist] of this.histograms) {
       const inner = key.slice(1, -1);
       BUCKETS.forEach((b, i) => out.push(`${h}_bucket{${inner},le="${b}"} ${hist.counts[i]}`));
