@@ -241,6 +241,16 @@ export class NetworkStore implements LeaseStore {
     return this.byIp.size;
   }
 
+  /** Someone else changed the directory since berthd last read or wrote it (host-local's ADD or DEL). */
+  changedOnDisk(): boolean {
+    if (this.knownMtime === undefined) return false;
+    try {
+      return fs.statSync(this.p.dir, { bigint: true }).mtimeNs !== this.knownMtime;
+    } catch {
+      return false;
+    }
+  }
+
   /** Used addresses per range set of the last config seen. */
   pools(): { set: RangeSet; size: bigint; used: number }[] {
     return this.lastRangeSets.map((set) => {

@@ -152,6 +152,9 @@ function fileTimeOf(store: NetworkStore, l: Lease): string | undefined {
 }
 
 /** By network, then address: on the addresses held, not parsed back from the views' text per comparison. */
+/** How often a scrape may have a changed network directory read again. */
+const SCRAPE_REREAD_MS = 60_000;
+
 function compareLeases(a: { view: LeaseView; ip: Ip }, b: { view: LeaseView; ip: Ip }): number {
   if (a.view.network !== b.view.network) return a.view.network < b.view.network ? -1 : 1;
   if (a.ip.family !== b.ip.family) return a.ip.family - b.ip.family;
@@ -737,11 +740,34 @@ export class Service {
 
   /** Leases per network from memory (a scrape must not take locks), also before any config was seen. */
   leaseGauges(): { network: string; dataDir: string; leases: number }[] {
-    return this.servedStores().map((s) => ({
+    const stores = this.servedStores();
+    for (const s of stores) this.rereadIfChanged(s);
+    return stores.map((s) => ({
       network: s.network,
       dataDir: s.dataDir,
       leases: s.leaseCount,
     }));
+  }
+
+  /** When each store was last read again for a scrape (monotonic ms). */
+  private readonly scrapeRereads = new WeakMap<NetworkStore, number>();
+
+  /**
+   * A directory someone else changed (host-local's ADD or DEL) is read again in the background, at most once a
+   * minute per network: the gauges, read from memory, kept what berthd last saw until its next call there.
+   * The scrape after it shows the files.
+   */
+  private rereadIfChanged(s: NetworkStore): void {
+    const now = performance.now();
+    const last = this.scrapeRereads.get(s);
+    if ((last !== undefined && now - last < SCRAPE_REREAD_MS) || !s.changedOnDisk()) return;
+    this.scrapeRereads.set(s, now);
+    s.transact(async () => undefined, { readOnly: true }).catch((err: unknown) => {
+      this.opts.log.log('debug', 'cannot read a network again for the metrics', {
+        network: s.network,
+        error: String(err),
+      });
+    });
   }
 
   /** The stores of data dirs served: not one an admin read opened (`berth leases --data-dir X`). */
