@@ -8,7 +8,15 @@ export function main(argv: readonly string[] = process.argv): void {
       process.exitCode = code;
     },
     (err: unknown) => {
-      process.stderr.write(`berth: ${err instanceof Error ? err.message : String(err)}\n`);
+      const msg = err instanceof Error ? err.message : String(err);
+      process.stderr.write(`berth: ${msg}\n`);
+      // A script that asked for JSON gets the error as JSON too (stdout was empty: nothing to parse).
+      if (argv.includes('--json')) {
+        const code = (err as { code?: unknown }).code;
+        process.stdout.write(
+          `${JSON.stringify({ error: { ...(typeof code === 'number' ? { code } : {}), msg } })}\n`,
+        );
+      }
       process.exitCode = 1;
     },
   );

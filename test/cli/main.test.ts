@@ -73,3 +73,25 @@ test('berth --help lists exec and demo and exits 0', () => {
   expect(r.stdout).toMatch(/exec/);
   expect(r.stdout).toMatch(/demo/);
 });
+
+test('--json: a failure is JSON on stdout too (and the message on stderr, exit 1), for scripts that parse it', () => {
+  const empty = join(fake.root, 'no-networks');
+  const r = berth(
+    'leases',
+    '--json',
+    '--network',
+    'nope',
+    '--data-dir',
+    empty,
+    '--socket',
+    join(empty, 'no.sock'),
+  );
+  expect(r.code).toBe(1);
+  expect(r.stderr).toMatch(/^berth: .+/);
+  const out = JSON.parse(r.stdout) as { error: { code?: number; msg: string } };
+  expect(out.error.msg).toBe(r.stderr.replace(/^berth: /, '').trim());
+  // Without --json, stdout stays empty.
+  expect(
+    berth('leases', '--network', 'nope', '--data-dir', empty, '--socket', join(empty, 'no.sock')).stdout,
+  ).toBe('');
+});
