@@ -716,7 +716,10 @@ export class ClusterNetwork {
     return 0;
   }
 
-  /** Claims until something was claimed (a few attempts), sized to what waits plus the reserve. */
+  /**
+   * Claims until something was claimed (a few attempts), sized to what waits plus the reserve; a reserve claim
+   * that may not take the pool's last unclaimed block claims nothing.
+   */
   private claim(setId: number, why: 'wait' | 'reserve'): Promise<void> {
     let p = this.inFlight.get(setId);
     // A reserve claim may end claiming nothing (the pool's last block): an ADD that waits then claims its own.
@@ -747,7 +750,11 @@ export class ClusterNetwork {
           const unclaimed = this.candidates(setId, k + 1).length;
           if (unclaimed <= k) k = Math.max(needed, unclaimed - 1);
         }
-        if (k === 0) return;
+        if (k === 0) {
+          // Background claims pause as after a failure: every ADD below the reserve would search again.
+          this.backgroundFailedAt = this.clock();
+          return;
+        }
         for (let attempt = 0; attempt < 8; attempt++) {
           if ((await this.claimOnce(setId, k)) > 0) return;
         }
@@ -782,8 +789,10 @@ export class ClusterNetwork {
         return;
       } catch (err) {
         // A claim whose answer was lost may have landed all the same: the watch has made its block ours, and
-        // the waiting ADD can take an address there whatever etcd answers now.
-        if (this.freeIn(setId) > 0) return;
+        // the waiting ADD can take an address there whatever etcd answers now. Not after etcd's own answer (a
+        // CniError: every block claimed): the estimate counts `exclude`d addresses as free, and the ADD would
+        // find none and wait here again, for good.
+        if (!(err instanceof CniError) && this.freeIn(setId) > 0) return;
         if (!(err instanceof EtcdUnavailableError) || !err.membersListening) throw err;
         if (this.clock() + CLAIM_RETRY_MS >= deadline) throw err;
         await new Promise((r) => setTimeout(r, CLAIM_RETRY_MS));
@@ -967,6 +976,8 @@ export class ClusterNetwork {
         }
         o.state = 'releasing';
         toRelease.push(cidr);
+        // One block going makes the pool not full: a second spare then stays (it would be claimed back).
+        poolFull[o.setId] = false;
       }
       if (toRelease.length > 0) await this.writeRecord();
       const used = this.usedNow();

@@ -1130,6 +1130,33 @@ describe('small pools', () => {
     return claims;
   }
 
+  test('a full pool whose free addresses are all excluded: the ADD fails at once (it looped for good)', async () => {
+    const n = await startNode('n1', { claimTimeoutMs: 1000 });
+    const addOne = async (cid: string): Promise<string> => {
+      const body = envelope(n.dataDir, cid) as { config: { ipam: Record<string, unknown> } };
+      body.config.ipam.ranges = [[{ subnet: '198.18.79.0/26' }]]; // one block
+      body.config.ipam.exclude = ['198.18.79.32/27'];
+      try {
+        const r = await n.service.call(Allocate, body);
+        return r!.ips![0]!.address.split('/')[0]!;
+      } catch (err) {
+        if (!(err instanceof CniError)) throw err;
+        return `code ${err.code}: ${err.message}`;
+      }
+    };
+    const got: string[] = [];
+    for (let i = 0; i < 30; i++) got.push(await addOne(`x-${i}`));
+    // .1 is the gateway, .32-.63 excluded: .2-.31 are the 30 addresses there are.
+    expect(new Set(got).size).toBe(30);
+    expect(got.every((ip) => /^198\.18\.79\.([2-9]|[12]\d|3[01])$/.test(ip))).toBe(true);
+    // It looped without end (the claim timeout never fired): 5 s is a guard, not a measure.
+    const last = await Promise.race([
+      addOne('x-30'),
+      new Promise<string>((r) => setTimeout(() => r('still waiting after 5 s'), 5000)),
+    ]);
+    expect(last).toMatch(/^code 999: no IP addresses available in range set: .*every block of the pool/);
+  }, 15_000);
+
   test("reserve claims leave the pool's last block, and spares go once it is full: four nodes of a four-block pool get one each", async () => {
     const ns = [
       await startNode('n1', { releaseAfterMs: 0 }),
