@@ -1,6 +1,7 @@
 // berthd's warm path: berth-bridge's and berth-ipam's handler tables run in this process through the same
 // dispatcher the executables use, so a forwarded call prints the bytes the standalone program would. Many
 // calls at once on one event loop; calls for one attachment in arrival order; each with a deadline.
+import { posix } from 'node:path';
 import { toVersion, parseResult } from '../cni-spec/convert';
 import {
   type CallOutput,
@@ -91,10 +92,14 @@ const SETTINGS: ReadonlySet<string> = new Set(['run-dir', 'nft-table', 'boot-id-
 /** How often the log repeats that calls name other settings than berthd's (one kind of mismatch). */
 const MISMATCH_WARN_MS = 10 * 60_000;
 
-/** A path whose meaning depends on the process that opens it: relative, or through /proc/self or /dev/fd. */
+/**
+ * A path whose meaning depends on the process that opens it: relative, or through /proc/self or /dev/fd (in
+ * any spelling the kernel resolves the same: `//proc/./self/fd/5`).
+ */
 function namesTheCaller(path: string): boolean {
   return (
-    !path.startsWith('/') || /^\/(proc\/(self|thread-self)|dev\/(fd|stdin|stdout|stderr))(\/|$)/.test(path)
+    !path.startsWith('/') ||
+    /^\/(proc\/(self|thread-self)|dev\/(fd|stdin|stdout|stderr))(\/|$)/.test(posix.normalize(path))
   );
 }
 export class PluginHost {

@@ -35,6 +35,8 @@ export function parseResolvConf(text: string): DNS {
 const RESOLV_CONF_MAX_BYTES = 1 << 20;
 
 export function readResolvConf(path: string): DNS {
+  // "No DNS" as host-local reads it (a character device, which berth otherwise refuses).
+  if (path === '/dev/null') return {};
   let text: string;
   try {
     // A regular file of at most 1 MiB: a FIFO, a device or a huge file there would stall or swamp berthd.

@@ -137,6 +137,10 @@ describe('what berthd cannot see is served by the standalone program (421)', () 
         '/dev/fd/21',
         'netns/pod',
         '/proc/self',
+        // Other spellings of the same paths, as the kernel resolves them.
+        '//proc/self/fd/21',
+        '/proc/./self/fd/21',
+        '/dev//fd/21',
       ])
         expect(host().notServedReason(forward(command, netns, 'berth-ipam')), `${command} ${netns}`).toBe(
           `netns: ${netns} is relative to the calling process, which berthd is not`,

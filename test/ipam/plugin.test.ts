@@ -80,6 +80,19 @@ describe('ADD result', () => {
     expect(existsSync(join(s.netDir, 'lock'))).toBe(true);
   });
 
+  test('resolvConf /dev/null means no DNS, as host-local reads it; a FIFO or a directory is code 5', () => {
+    const s = setup({ resolvConf: '/dev/null' });
+    const r = s.call({ command: 'ADD', containerId: 'ctr1' });
+    expect(r.status, r.stdout + r.stderr).toBe(0);
+    expect(r.json).not.toHaveProperty('dns');
+    const dir = setup({ resolvConf: '/tmp' });
+    const bad = dir.call({ command: 'ADD', containerId: 'ctr1' });
+    expect(bad.json).toMatchObject({
+      code: 5,
+      msg: 'cannot read resolvConf /tmp: /tmp is not a regular file',
+    });
+  });
+
   test.each([
     [
       '0.4.0',

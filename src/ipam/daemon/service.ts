@@ -151,10 +151,10 @@ function fileTimeOf(store: NetworkStore, l: Lease): string | undefined {
   }
 }
 
-/** By network, then address: on the addresses held, not parsed back from the views' text per comparison. */
 /** How often a scrape may have a changed network directory read again. */
 const SCRAPE_REREAD_MS = 60_000;
 
+/** By network, then address: on the addresses held, not parsed back from the views' text per comparison. */
 function compareLeases(a: { view: LeaseView; ip: Ip }, b: { view: LeaseView; ip: Ip }): number {
   if (a.view.network !== b.view.network) return a.view.network < b.view.network ? -1 : 1;
   if (a.ip.family !== b.ip.family) return a.ip.family - b.ip.family;
