@@ -33,6 +33,7 @@ async function deleteInNetns(
   netns: string,
   ifname: string,
   tag: string,
+  isThisNetworks: (peer: Link) => Promise<boolean>,
   log: (line: string) => void,
 ): Promise<boolean> {
   let pod: Netlink;
@@ -54,6 +55,14 @@ async function deleteInNetns(
     if (!hostEndIsOurs && peer !== undefined && isBerthPort(peer)) {
       log(
         `left ${ifname} in ${netns}: its host end ${peer.name} belongs to attachment ${peer.alias}, not ${tag}`,
+      );
+      return false;
+    }
+    // The tag names no network: the same container and interface name on another network (Multus given one
+    // name twice, this network's ADD then failing on it and its DEL cleaning up) carries it too.
+    if (hostEndIsOurs && !(await isThisNetworks(peer))) {
+      log(
+        `left ${ifname} in ${netns}: its host end ${peer.name} is another network's attachment of the same container and interface name`,
       );
       return false;
     }
@@ -120,9 +129,24 @@ export async function cmdDel(req: Request, deps: BridgeDeps): Promise<void> {
   try {
     let hostEndDeleted = false;
     try {
+      // This network's when its record says so (every DEL after an ADD: one file read); without a record, when
+      // no other network registered it and it is on this network's bridge (or on none).
+      const isThisNetworks = async (peer: Link): Promise<boolean> => {
+        if (attachmentRecorded(deps.runDir, conf.network, tag)) return true;
+        if (registeredElsewhere(deps.runDir, conf.network, tag)) return false;
+        if (peer.masterIndex === undefined) return true;
+        const bridge = await host!.findLink(conf.bridge);
+        return bridge !== undefined && bridge.index === peer.masterIndex;
+      };
       if (req.netns !== '')
-        hostEndDeleted = await deleteInNetns(deps.kernel, host, req.netns, req.ifname, tag, (l) =>
-          req.log(l),
+        hostEndDeleted = await deleteInNetns(
+          deps.kernel,
+          host,
+          req.netns,
+          req.ifname,
+          tag,
+          isThisNetworks,
+          (l) => req.log(l),
         );
     } catch (err) {
       note('delete container interface', err);

@@ -3,6 +3,12 @@
 import type { Command } from 'commander';
 
 export function main(argv: readonly string[] = process.argv): void {
+  // Output piped into a reader that stopped (`berth status | head -5`): done, as a command killed by SIGPIPE,
+  // not an unhandled 'error' with a stack.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+    process.exit(process.exitCode ?? 0);
+  });
   run(argv).then(
     (code) => {
       process.exitCode = code;

@@ -375,6 +375,26 @@ describe('DEL is idempotent', () => {
     expect(fx.runState()).toEqual([]);
   }
 
+  it("of another network's failed ADD of the same interface name: this network's interface stays (the tag names no network)", async () => {
+    const { ns, c, result } = await added();
+    // Another network, its own bridge and subnet, given the same interface name (Multus given one twice).
+    const other = conf({ name: `${fx.prefix}n2`, ipam: fx.hostLocal([[{ subnet: '198.18.131.0/24' }]]) });
+    const args = { containerId: 'ctr7', netns: ns.path, ifname: 'eth0' };
+    const failed = await fx.run({ command: 'ADD', conf: other, ...args });
+    expect(failed.code).not.toBe(0);
+    expect(failed.json.msg).toMatch(/container veth name provided \(eth0\) already exists/);
+    // The runtime cleans up after the failed ADD.
+    const del = await fx.run({ command: 'DEL', conf: other, ...args });
+    expect(del.code, del.stdout).toBe(0);
+    expect(del.stderr).toMatch(
+      /left eth0 in .*: its host end veth[0-9a-f]{8} is another network's attachment/,
+    );
+    expect(ipJson(['-n', ns.name, 'link', 'show']).map((l: any) => l.ifname)).toContain('eth0');
+    const check = await fx.run({ command: 'CHECK', conf: { ...c, prevResult: result }, ...args });
+    expect(check.code, check.stdout).toBe(0);
+    expect(fx.leases(c.name as string)).toHaveLength(1);
+  });
+
   it('twice, without prevResult', async () => {
     const { ns, c } = await added();
     for (let i = 0; i < 2; i++) {

@@ -1,7 +1,7 @@
 // The `berth` command line as people run it: the built bin/berth in a subprocess (run `npm run build:ts`
 // first), flags wired to the runtime, usage errors as exit codes.
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterEach, beforeEach, expect, test } from 'vitest';
 import { containerIdFor } from '../../src/cli/exec';
@@ -94,4 +94,22 @@ test('--json: a failure is JSON on stdout too (and the message on stderr, exit 1
   expect(
     berth('leases', '--network', 'nope', '--data-dir', empty, '--socket', join(empty, 'no.sock')).stdout,
   ).toBe('');
+});
+
+test('output piped into a reader that stops early (`| head -1`): no EPIPE stack, a quiet end', () => {
+  const empty = join(fake.root, 'no-networks');
+  mkdirSync(empty);
+  // `true` has exited before berth writes: every write meets a closed pipe.
+  const r = spawnSync(
+    'bash',
+    [
+      '-c',
+      `"$0" "$1" status --data-dir "$2" --socket "$2/no.sock" 2>"$2.err" | true; cat "$2.err"`,
+      process.execPath,
+      BERTH,
+      empty,
+    ],
+    { encoding: 'utf8' },
+  );
+  expect(r.stdout).toBe('');
 });
