@@ -15,6 +15,15 @@ export interface LoggerOptions {
   now?: () => Date;
 }
 
+/**
+ * Text a caller chose as the log takes it (a call's stderr line, an error's message): a plugin error may echo
+ * a config of megabytes (the caller gets it whole).
+ */
+const MAX_LOG_LINE = 4096;
+export function shortLogLine(line: string): string {
+  return line.length <= MAX_LOG_LINE ? line : `${line.slice(0, MAX_LOG_LINE)}… (${line.length} characters)`;
+}
+
 export function createLogger(o: LoggerOptions): Logger {
   const min = RANK[o.level];
   return {

@@ -22,7 +22,7 @@ import type { CallTrace, Service } from '../ipam/daemon/service';
 import { isNamespaceFile } from '../netlink/netns';
 import { AttachmentQueue, attachmentOf } from './attachments';
 import { type HostView, berthIpamNotShared } from './host-view';
-import type { Logger } from './log';
+import { type Logger, shortLogLine } from './log';
 import type { Metrics } from './metrics';
 import { type ForwardedCall, WARM_PLUGINS, type WarmPlugin } from './protocol';
 
@@ -436,12 +436,6 @@ function lineLogger(log: (line: string) => void): (text: string) => void {
 
 /** A stack frame line of an error's stack, as a failure prints it on stderr. */
 const STACK_FRAME = /^\s+at /;
-
-/** A call's stderr line as the log takes it: a plugin error may echo a config of megabytes (the caller gets it whole). */
-const MAX_LOG_LINE = 4096;
-function shortLogLine(line: string): string {
-  return line.length <= MAX_LOG_LINE ? line : `${line.slice(0, MAX_LOG_LINE)}… (${line.length} characters)`;
-}
 
 /** The reply of an ADD not run because its caller had left (read by nobody; the log and metrics see it). */
 function callerLeft(about: PluginAbout): CallOutput {

@@ -6,7 +6,7 @@ import type { RouteMetricSample, RoutesReport } from '../cluster/route-programme
 import { notAWriter, serveCniCall, type RawReply } from './cni-route';
 import { CNI_PATH as CNI_CALL_PATH } from './protocol';
 import { type HostView, berthIpamNotShared } from './host-view';
-import type { Logger } from './log';
+import { type Logger, shortLogLine } from './log';
 import type { Metrics, SampledValue } from './metrics';
 import {
   Allocate,
@@ -225,7 +225,7 @@ export class BerthServer {
         this.o.log.log(IPAM_CALL_ROUTES.has(route) ? 'warn' : 'info', 'request failed', {
           route,
           code: cni.code,
-          msg: cni.message.length <= 4096 ? cni.message : `${cni.message.slice(0, 4096)}…`,
+          msg: shortLogLine(cni.message),
         });
       this.o.metrics.inc(
         'berthd_errors_total',
