@@ -1103,10 +1103,14 @@ describe('etcd values no berthd wrote', () => {
 describe('small pools', () => {
   const SMALL = '198.18.77.0/24'; // four /26 blocks
 
-  /** An ADD on the small pool: its address, or its CniError's code and message. */
-  async function addSmall(n: (typeof nodes)[number], cid: string): Promise<string> {
+  /** An ADD on the small pool (or with these IPAM keys): its address, or its CniError's code and message. */
+  async function addSmall(
+    n: (typeof nodes)[number],
+    cid: string,
+    ipam: Record<string, unknown> = { ranges: [[{ subnet: SMALL }]] },
+  ): Promise<string> {
     const body = envelope(n.dataDir, cid) as { config: { ipam: Record<string, unknown> } };
-    body.config.ipam.ranges = [[{ subnet: SMALL }]];
+    Object.assign(body.config.ipam, ipam);
     try {
       const r = await n.service.call(Allocate, body);
       return r!.ips![0]!.address.split('/')[0]!;
@@ -1132,18 +1136,9 @@ describe('small pools', () => {
 
   test('a full pool whose free addresses are all excluded: the ADD fails at once (it looped for good)', async () => {
     const n = await startNode('n1', { claimTimeoutMs: 1000 });
-    const addOne = async (cid: string): Promise<string> => {
-      const body = envelope(n.dataDir, cid) as { config: { ipam: Record<string, unknown> } };
-      body.config.ipam.ranges = [[{ subnet: '198.18.79.0/26' }]]; // one block
-      body.config.ipam.exclude = ['198.18.79.32/27'];
-      try {
-        const r = await n.service.call(Allocate, body);
-        return r!.ips![0]!.address.split('/')[0]!;
-      } catch (err) {
-        if (!(err instanceof CniError)) throw err;
-        return `code ${err.code}: ${err.message}`;
-      }
-    };
+    // One block, half of it excluded.
+    const ipam = { ranges: [[{ subnet: '198.18.79.0/26' }]], exclude: ['198.18.79.32/27'] };
+    const addOne = (cid: string): Promise<string> => addSmall(n, cid, ipam);
     const got: string[] = [];
     for (let i = 0; i < 30; i++) got.push(await addOne(`x-${i}`));
     // .1 is the gateway, .32-.63 excluded: .2-.31 are the 30 addresses there are.
