@@ -94,10 +94,15 @@ function madeAfter(store: NetworkStore, l: Lease, at: number): boolean {
     const created = Date.parse(l.meta.createdAt);
     if (!Number.isNaN(created) && created > at) return true;
   }
+  return (leaseFileMtimeMs(store, l) ?? -Infinity) > at;
+}
+
+/** The lease file's modification time (ms, with its fraction); undefined when it cannot be read. */
+function leaseFileMtimeMs(store: NetworkStore, l: Lease): number | undefined {
   try {
-    return fs.statSync(join(store.dir, formatIp(l.ip))).mtimeMs > at;
+    return fs.statSync(join(store.dir, formatIp(l.ip))).mtimeMs;
   } catch {
-    return false;
+    return undefined;
   }
 }
 
@@ -131,8 +136,8 @@ function leaseView(store: NetworkStore, l: Lease): LeaseView {
   if (m.origin === 'found') {
     // Found (host-local's, at a take-over): its meta holds when, and in which boot, berth first read it. The
     // lease file's time is its age: a leak of last week must not look a second old.
-    const written = fileTimeOf(store, l);
-    if (written !== undefined) v.createdAt = written;
+    const written = leaseFileMtimeMs(store, l);
+    if (written !== undefined) v.createdAt = new Date(written).toISOString();
     else if (m.createdAt !== undefined) v.createdAt = m.createdAt;
   } else {
     if (m.createdAt !== undefined) v.createdAt = m.createdAt;
@@ -140,15 +145,6 @@ function leaseView(store: NetworkStore, l: Lease): LeaseView {
   }
   if (m.origin !== undefined) v.origin = m.origin;
   return v;
-}
-
-/** The lease file's modification time, ISO; undefined when it cannot be read. */
-function fileTimeOf(store: NetworkStore, l: Lease): string | undefined {
-  try {
-    return fs.statSync(join(store.dir, formatIp(l.ip))).mtime.toISOString();
-  } catch {
-    return undefined;
-  }
 }
 
 /** How often a scrape may have a changed network directory read again. */
@@ -561,6 +557,11 @@ export class Service {
     return store.transact(async (s) => s.all(), { readOnly: true });
   }
 
+  /** A read-only turn on the network: its files read again when someone else changed them. */
+  private reread(store: NetworkStore): Promise<void> {
+    return store.transact(async () => undefined, { readOnly: true });
+  }
+
   async list(filter: LeaseFilter): Promise<LeaseView[]> {
     // Appended one by one: a network's leases spread into one push() overflowed the stack past ~125,000.
     const rows: { view: LeaseView; ip: Ip }[] = [];
@@ -716,7 +717,8 @@ export class Service {
       const view: NetworkView = {
         network: s.network,
         dataDir: s.dataDir,
-        leases: (await this.leasesIn(s)).length,
+        // Counted, not copied (a list of 100,000 leases only to take its length).
+        leases: await this.reread(s).then(() => s.leaseCount),
       };
       const pools = s.pools();
       if (pools.length > 0) {
@@ -762,7 +764,7 @@ export class Service {
     const last = this.scrapeRereads.get(s);
     if ((last !== undefined && now - last < SCRAPE_REREAD_MS) || !s.changedOnDisk()) return;
     this.scrapeRereads.set(s, now);
-    s.transact(async () => undefined, { readOnly: true }).catch((err: unknown) => {
+    this.reread(s).catch((err: unknown) => {
       this.opts.log.log('debug', 'cannot read a network again for the metrics', {
         network: s.network,
         error: String(err),
