@@ -137,7 +137,8 @@ function leaseView(store: NetworkStore, l: Lease): LeaseView {
     // Found (host-local's, at a take-over): its meta holds when, and in which boot, berth first read it. The
     // lease file's time is its age: a leak of last week must not look a second old.
     const written = leaseFileMtimeMs(store, l);
-    if (written !== undefined) v.createdAt = new Date(written).toISOString();
+    // Rounded as Node rounds a Stats date (the fraction of a float mtimeMs can fall just below a whole ms).
+    if (written !== undefined) v.createdAt = new Date(Math.round(written)).toISOString();
     else if (m.createdAt !== undefined) v.createdAt = m.createdAt;
   } else {
     if (m.createdAt !== undefined) v.createdAt = m.createdAt;
